@@ -1,0 +1,319 @@
+//! The story consent-broker exists for, step by step.
+//!
+//! A messaging platform ("chat") wants to show Alice her balance and fraud alerts from her bank.
+//! Alice opts in at the bank, which attests her approval; every access goes through the broker's
+//! checked call; nothing is permitted for advertising; revocation and expiry are final; and the
+//! audit trail shows all of it.
+//!
+//! Run: `cargo run --example messenger_bank`. The example checks each outcome against the story
+//! and exits non-zero if any differs.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use consent_broker::*;
+use ring::rand::SystemRandom;
+use time::format_description::well_known::Rfc3339;
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+struct Story {
+    broker: Broker<MemoryStore>,
+    clock: Arc<ManualClock>,
+    bank_signer: AttestationSigner,
+    rng: SystemRandom,
+    step: u32,
+}
+
+impl Story {
+    fn step(&mut self, title: &str) {
+        self.step += 1;
+        println!("\n{}. {title}", self.step);
+    }
+
+    /// The bank authenticates Alice, shows her the request, and signs what she approved.
+    fn bank_attests(
+        &self,
+        request: &ConsentRequest,
+        scopes: &[Scope],
+        accounts: &[&AccountId],
+        lasting: Duration,
+    ) -> Result<String> {
+        let statement = ApprovalStatement {
+            consent: request.id.clone(),
+            subject: request.subject.clone(),
+            scopes: scopes.iter().copied().collect(),
+            purposes: request.purposes.clone(),
+            accounts: accounts.iter().map(|a| (*a).clone()).collect(),
+            consent_expires_at: self.broker.now() + lasting,
+        };
+        Ok(self
+            .bank_signer
+            .sign(&statement, self.broker.id(), self.broker.now(), &self.rng)?)
+    }
+
+    fn access(&self, request: &AccessRequest, expect: &Decision) -> Result<()> {
+        let outcome = self.broker.authorise_access(request)?;
+        let decision = outcome.decision();
+        println!(
+            "   {} {} for {} ({:?}) -> {}",
+            request.account,
+            request.scope,
+            request.purpose,
+            request.presence,
+            describe(&decision)
+        );
+        if &decision != expect {
+            return Err(format!("expected {expect:?}, got {decision:?}").into());
+        }
+        Ok(())
+    }
+}
+
+fn describe(decision: &Decision) -> String {
+    match decision {
+        Decision::Permit => "PERMIT".to_owned(),
+        Decision::Deny { reasons } => {
+            let reasons: Vec<String> = reasons
+                .iter()
+                .map(|r| serde_json::to_string(r).unwrap_or_else(|_| format!("{r:?}")))
+                .collect();
+            format!("DENY {}", reasons.join(" "))
+        }
+    }
+}
+
+fn deny(reasons: Vec<DenyReason>) -> Decision {
+    Decision::Deny { reasons }
+}
+
+fn main() -> Result<()> {
+    let start: OffsetDateTime = datetime!(2026-11-21 09:00 UTC);
+    let clock = Arc::new(ManualClock::new(start));
+    let broker = Broker::builder(
+        BrokerId::new("consent-broker.chat.example")?,
+        MemoryStore::new(),
+    )
+    .clock(clock.clone())
+    .ids(Arc::new(SequentialIds::new()))
+    .build()?;
+    let rng = SystemRandom::new();
+    let bank = HolderId::new("first-bank")?;
+    let chat = PlatformId::new("chat")?;
+    let alice = SubjectId::new("alice")?;
+    let current = AccountId::new("acc-current")?;
+    let savings = AccountId::new("acc-savings")?;
+    let bank_signer = AttestationSigner::new(bank.clone(), SigningKey::generate(&rng)?)?;
+    let mut story = Story {
+        broker,
+        clock,
+        bank_signer,
+        rng,
+        step: 0,
+    };
+
+    story.step("The bank and the platform register with the broker");
+    story.broker.register_holder(HolderRegistration {
+        id: bank.clone(),
+        policy: HolderPolicy::default(),
+        attestation_keys: vec![story.bank_signer.public_key()],
+    })?;
+    story.broker.register_platform(PlatformProfile {
+        id: chat.clone(),
+        registered_purposes: BTreeSet::from(Purpose::ALL),
+    })?;
+    println!("   holder {bank}: shares balance and alerts, at most 4 unattended accesses a day");
+    println!("   platform {chat}: registered for customer_service and fraud_protection");
+
+    story.step("The platform asks Alice for balance + alerts on both her accounts");
+    let request = story.broker.request_consent(ConsentRequestDraft {
+        subject: alice.clone(),
+        platform: chat.clone(),
+        holder: bank.clone(),
+        scopes: vec![Scope::Balance.into(), Scope::Alerts.into()],
+        purposes: vec![
+            Purpose::CustomerService.into(),
+            Purpose::FraudProtection.into(),
+        ],
+        accounts: AccountSelection::Listed(BTreeSet::from([current.clone(), savings.clone()])),
+        duration: Duration::days(90),
+    })?;
+    let deadline = request.approval_deadline.format(&Rfc3339)?;
+    println!(
+        "   consent {} requested; Alice has until {deadline} to approve",
+        request.id
+    );
+
+    story.step("At the bank, Alice approves balance only, on her current account (attested)");
+    let attestation =
+        story.bank_attests(&request, &[Scope::Balance], &[&current], Duration::days(90))?;
+    let approved = story.broker.approve(&request.id, &attestation)?;
+    println!(
+        "   consent {} is {:?}",
+        request.id,
+        approved.status(story.broker.now())
+    );
+
+    let balance = AccessRequest {
+        consent: request.id.clone(),
+        platform: chat.clone(),
+        scope: Scope::Balance.into(),
+        purpose: Purpose::CustomerService.into(),
+        account: current.clone(),
+        presence: Presence::SubjectPresent,
+    };
+
+    story.step("Alice asks the chat for her balance (customer service)");
+    story.access(&balance, &Decision::Permit)?;
+
+    story.step("The platform asks for fraud alerts, which Alice did not approve");
+    let alerts = AccessRequest {
+        scope: Scope::Alerts.into(),
+        purpose: Purpose::FraudProtection.into(),
+        ..balance.clone()
+    };
+    story.access(
+        &alerts,
+        &deny(vec![DenyReason::ScopeNotGranted {
+            scope: Scope::Alerts,
+        }]),
+    )?;
+
+    story.step("The platform asks for the balance to target ads");
+    let ads = AccessRequest {
+        purpose: "ads".parse()?,
+        ..balance.clone()
+    };
+    story.access(
+        &ads,
+        &deny(vec![DenyReason::ProhibitedPurpose {
+            prohibited: ProhibitedUse::Ads,
+        }]),
+    )?;
+
+    story.step("Unattended balance checks for fraud protection: four a day, then no more");
+    let poll = AccessRequest {
+        purpose: Purpose::FraudProtection.into(),
+        presence: Presence::Unattended,
+        ..balance.clone()
+    };
+    for _ in 0..4 {
+        story.access(&poll, &Decision::Permit)?;
+    }
+    story.access(
+        &poll,
+        &deny(vec![DenyReason::FrequencyExceeded { limit: 4 }]),
+    )?;
+    println!("   (Alice herself can still ask:)");
+    story.access(&balance, &Decision::Permit)?;
+
+    story.step("The platform tries to approve a consent by itself, with its own key");
+    let second = story.broker.request_consent(ConsentRequestDraft {
+        scopes: vec![Scope::Alerts.into()],
+        purposes: vec![Purpose::FraudProtection.into()],
+        ..draft_for(&alice, &chat, &bank, &current)
+    })?;
+    let platform_key = SigningKey::generate(&story.rng)?;
+    let forger = AttestationSigner::new(bank.clone(), platform_key)?;
+    let forged = forger.sign(
+        &ApprovalStatement {
+            consent: second.id.clone(),
+            subject: alice.clone(),
+            scopes: BTreeSet::from([Scope::Alerts]),
+            purposes: BTreeSet::from([Purpose::FraudProtection]),
+            accounts: BTreeSet::from([current.clone()]),
+            consent_expires_at: story.broker.now() + Duration::days(30),
+        },
+        story.broker.id(),
+        story.broker.now(),
+        &story.rng,
+    )?;
+    match story.broker.approve(&second.id, &forged) {
+        Err(Error::Attestation(error)) => println!("   refused: {error}"),
+        other => return Err(format!("a forged attestation was not refused: {other:?}").into()),
+    }
+    println!(
+        "   consent {} is {:?}",
+        second.id,
+        story.broker.consent(&second.id)?.status
+    );
+
+    story.step("Alice revokes her consent in the chat");
+    story.broker.revoke(
+        &request.id,
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )?;
+    story.access(
+        &balance,
+        &deny(vec![DenyReason::Revoked {
+            by: Revoker::Subject,
+        }]),
+    )?;
+
+    story.step("A second, one-day grant runs past its expiry");
+    let short = story.broker.request_consent(ConsentRequestDraft {
+        duration: Duration::days(1),
+        ..draft_for(&alice, &chat, &bank, &current)
+    })?;
+    let attestation =
+        story.bank_attests(&short, &[Scope::Balance], &[&current], Duration::days(1))?;
+    let granted = story.broker.approve(&short.id, &attestation)?;
+    let expires_at = granted.grant().map(|g| g.expires_at).ok_or("no grant")?;
+    let in_time = AccessRequest {
+        consent: short.id.clone(),
+        ..balance.clone()
+    };
+    story.access(&in_time, &Decision::Permit)?;
+    story.clock.advance(Duration::days(2));
+    println!("   two days later ...");
+    story.access(
+        &in_time,
+        &deny(vec![DenyReason::Expired { at: expires_at }]),
+    )?;
+
+    story.step("Alice's consents, as she would see them");
+    for view in story.broker.consents_of(&alice)? {
+        let scopes: Vec<&str> = match view.consent.grant() {
+            Some(grant) => grant.scopes.iter().map(|s| s.as_str()).collect(),
+            None => view
+                .consent
+                .request
+                .scopes
+                .iter()
+                .map(|s| s.as_str())
+                .collect(),
+        };
+        println!(
+            "   {} {:?} scopes {:?}",
+            view.consent.id(),
+            view.status,
+            scopes
+        );
+    }
+
+    story.step("The audit trail");
+    for entry in story.broker.audit_log()? {
+        println!("   {}", serde_json::to_string(&entry)?);
+    }
+    Ok(())
+}
+
+fn draft_for(
+    subject: &SubjectId,
+    platform: &PlatformId,
+    holder: &HolderId,
+    account: &AccountId,
+) -> ConsentRequestDraft {
+    ConsentRequestDraft {
+        subject: subject.clone(),
+        platform: platform.clone(),
+        holder: holder.clone(),
+        scopes: vec![Scope::Balance.into()],
+        purposes: vec![Purpose::CustomerService.into()],
+        accounts: AccountSelection::Listed(BTreeSet::from([account.clone()])),
+        duration: Duration::days(30),
+    }
+}

@@ -1,0 +1,409 @@
+//! The holder's signed statement that the subject approved a consent, and its verification.
+//!
+//! The holder (bank) authenticates the subject, shows them the request, and signs what they
+//! approved: a compact JWS (`alg` EdDSA, `typ` [`ATTESTATION_TYPE`], `kid` the RFC 7638
+//! thumbprint of the holder's key). The broker verifies it against the holder's registered keys
+//! and the pending request. Only [`verify`] makes an [`Approval`], and only an [`Approval`]
+//! activates a grant: the platform cannot authorise a consent by itself.
+//!
+//! Time claims are checked here against the caller's `now`, never by jsonwebtoken, whose checks
+//! read the system clock and are lax by default (60 s leeway, only `exp` required).
+
+use std::collections::BTreeSet;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Header, Validation};
+use ring::rand::SecureRandom;
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+use crate::consent::{ConsentRequest, Grant};
+use crate::crypto::{self, ProviderError};
+use crate::ids::{AccountId, BrokerId, ConsentId, HolderId, SubjectId};
+use crate::keys::{Ed25519PublicKey, SigningKey};
+use crate::vocab::{Purpose, Scope};
+
+/// The JOSE `typ` of an attestation.
+pub const ATTESTATION_TYPE: &str = "consent-attestation+jwt";
+/// Longest an attestation may be valid (`exp - iat`).
+pub const MAX_ATTESTATION_LIFETIME: Duration = Duration::minutes(10);
+/// Default validity the holder helper gives an attestation.
+pub const DEFAULT_ATTESTATION_LIFETIME: Duration = Duration::minutes(5);
+/// Clock difference tolerated between holder and broker.
+pub const ATTESTATION_LEEWAY: Duration = Duration::seconds(30);
+/// Largest attestation accepted, in bytes; longer input is refused before any parsing.
+pub const MAX_ATTESTATION_LEN: usize = 16 * 1024;
+
+/// What the subject approved, as the holder states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalStatement {
+    /// The consent request approved.
+    pub consent: ConsentId,
+    /// Who approved (the subject the holder authenticated).
+    pub subject: SubjectId,
+    /// Approved scopes.
+    pub scopes: BTreeSet<Scope>,
+    /// Approved purposes.
+    pub purposes: BTreeSet<Purpose>,
+    /// Approved accounts.
+    pub accounts: BTreeSet<AccountId>,
+    /// Until when the approval holds.
+    pub consent_expires_at: OffsetDateTime,
+}
+
+/// The claims of an attestation, as on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttestationClaims {
+    iss: HolderId,
+    aud: BrokerId,
+    sub: SubjectId,
+    cid: ConsentId,
+    scope: BTreeSet<Scope>,
+    purpose: BTreeSet<Purpose>,
+    acct: BTreeSet<AccountId>,
+    consent_exp: i64,
+    iat: i64,
+    exp: i64,
+    jti: String,
+}
+
+/// Why an attestation was refused.
+///
+/// The variants tell the operator which check failed; none carries key material or a signature.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "error", content = "detail", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AttestationError {
+    /// No attestation was given.
+    #[error("no attestation was given: approval requires the holder's signed attestation")]
+    Missing,
+    /// Not a well-formed compact JWS with the expected claims.
+    #[error("the attestation is malformed: {0}")]
+    Malformed(String),
+    /// The header names an algorithm other than EdDSA.
+    #[error("the attestation must be signed with EdDSA")]
+    WrongAlgorithm,
+    /// The header's `typ` is not [`ATTESTATION_TYPE`].
+    #[error("the attestation's typ must be {ATTESTATION_TYPE:?}")]
+    WrongType,
+    /// The `kid` is missing or names no key registered for the holder.
+    #[error("the attestation is signed with a key not registered for holder {holder}")]
+    UnknownKey {
+        /// The holder whose keys were searched.
+        holder: HolderId,
+    },
+    /// The signature does not verify: the attestation was forged or altered.
+    #[error("the attestation's signature is invalid")]
+    BadSignature,
+    /// `iss` is not the consent's holder.
+    #[error("the attestation was issued by another holder")]
+    WrongIssuer,
+    /// `aud` is not this broker.
+    #[error("the attestation is addressed to another broker")]
+    WrongAudience,
+    /// `cid` names another consent.
+    #[error("the attestation is for another consent")]
+    WrongConsent,
+    /// `sub` names another subject.
+    #[error("the attestation names another subject")]
+    WrongSubject,
+    /// `iat` lies in the future beyond the leeway.
+    #[error("the attestation was issued in the future")]
+    IssuedInFuture,
+    /// The attestation's own validity (`exp`) has passed.
+    #[error("the attestation expired at unix time {exp}")]
+    Expired {
+        /// Its `exp`.
+        exp: i64,
+    },
+    /// `exp - iat` is longer than [`MAX_ATTESTATION_LIFETIME`] or not positive.
+    #[error("the attestation's validity must be positive and at most {} s", MAX_ATTESTATION_LIFETIME.whole_seconds())]
+    LifetimeInvalid,
+    /// The attestation (`jti`) was already used.
+    #[error("the attestation was already used (replay)")]
+    Replayed,
+    /// An approved scope that the request did not ask for.
+    #[error("scope {0} was approved but not requested")]
+    ScopeNotRequested(Scope),
+    /// An approved purpose that the request did not ask for.
+    #[error("purpose {0} was approved but not requested")]
+    PurposeNotRequested(Purpose),
+    /// An approved account that the request did not name.
+    #[error("account {0} was approved but not requested")]
+    AccountNotRequested(AccountId),
+    /// The approval names no scope, purpose or account.
+    #[error("the approval must name at least one scope, one purpose and one account")]
+    NothingApproved,
+    /// The consent expiry is not in the future, or later than the request allows.
+    #[error(
+        "the approved consent expiry (unix {consent_exp}) must be after now and at most unix {max}"
+    )]
+    ConsentExpiryOutOfRange {
+        /// The attested expiry.
+        consent_exp: i64,
+        /// The latest allowed.
+        max: i64,
+    },
+    /// The JWT crypto provider cannot be used.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The attestation could not be signed (holder side).
+    #[error("the attestation could not be signed")]
+    Signing,
+}
+
+/// A verified approval: only [`verify`] makes one, and only it activates a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub(crate) scopes: BTreeSet<Scope>,
+    pub(crate) purposes: BTreeSet<Purpose>,
+    pub(crate) accounts: BTreeSet<AccountId>,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) attestation_id: String,
+    pub(crate) token: String,
+}
+
+impl Approval {
+    /// The attestation's unique id (`jti`), recorded to refuse replays.
+    pub fn attestation_id(&self) -> &str {
+        &self.attestation_id
+    }
+
+    /// Approved scopes.
+    pub fn scopes(&self) -> &BTreeSet<Scope> {
+        &self.scopes
+    }
+
+    /// Approved accounts.
+    pub fn accounts(&self) -> &BTreeSet<AccountId> {
+        &self.accounts
+    }
+
+    /// When the approved consent expires.
+    pub fn expires_at(&self) -> OffsetDateTime {
+        self.expires_at
+    }
+
+    pub(crate) fn into_grant(self, now: OffsetDateTime) -> Grant {
+        Grant {
+            scopes: self.scopes,
+            purposes: self.purposes,
+            accounts: self.accounts,
+            authorised_at: now,
+            expires_at: self.expires_at,
+            attestation: self.token,
+        }
+    }
+}
+
+/// What an attestation is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Expectations<'a> {
+    /// This broker's id (the attestation's `aud`).
+    pub broker: &'a BrokerId,
+    /// The pending request.
+    pub request: &'a ConsentRequest,
+    /// The holder's registered attestation keys.
+    pub holder_keys: &'a [Ed25519PublicKey],
+    /// The latest consent expiry allowed (request duration and holder maximum from now).
+    pub latest_expiry: OffsetDateTime,
+}
+
+/// Verifies an attestation for `expected.request` at `now`.
+///
+/// Replay (a `jti` already used) needs the store and is checked by the broker.
+///
+/// # Errors
+/// The first failed check, as an [`AttestationError`].
+pub fn verify(
+    token: &str,
+    expected: &Expectations<'_>,
+    now: OffsetDateTime,
+) -> Result<Approval, AttestationError> {
+    crypto::install()?;
+    if token.is_empty() {
+        return Err(AttestationError::Missing);
+    }
+    if token.len() > MAX_ATTESTATION_LEN {
+        return Err(AttestationError::Malformed(format!(
+            "{} bytes, more than the {MAX_ATTESTATION_LEN} accepted",
+            token.len()
+        )));
+    }
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|e| AttestationError::Malformed(format!("header: {e}")))?;
+    if header.alg != Algorithm::EdDSA {
+        return Err(AttestationError::WrongAlgorithm);
+    }
+    if header.typ.as_deref() != Some(ATTESTATION_TYPE) {
+        return Err(AttestationError::WrongType);
+    }
+    let holder = &expected.request.holder;
+    let key = header
+        .kid
+        .as_deref()
+        .and_then(|kid| expected.holder_keys.iter().find(|k| k.thumbprint() == kid))
+        .ok_or_else(|| AttestationError::UnknownKey {
+            holder: holder.clone(),
+        })?;
+
+    let claims = decode_claims(token, key)?;
+    check_claims(&claims, expected, now)?;
+    Ok(Approval {
+        scopes: claims.scope,
+        purposes: claims.purpose,
+        accounts: claims.acct,
+        expires_at: from_unix(claims.consent_exp)?,
+        attestation_id: claims.jti,
+        token: token.to_owned(),
+    })
+}
+
+fn decode_claims(
+    token: &str,
+    key: &Ed25519PublicKey,
+) -> Result<AttestationClaims, AttestationError> {
+    // Signature and algorithm only: every claim, time included, is checked by `check_claims`.
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    match jsonwebtoken::decode::<AttestationClaims>(token, &key.decoding_key(), &validation) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => Err(match e.kind() {
+            ErrorKind::InvalidSignature => AttestationError::BadSignature,
+            ErrorKind::InvalidAlgorithm => AttestationError::WrongAlgorithm,
+            _ => AttestationError::Malformed(e.to_string()),
+        }),
+    }
+}
+
+fn check_claims(
+    claims: &AttestationClaims,
+    expected: &Expectations<'_>,
+    now: OffsetDateTime,
+) -> Result<(), AttestationError> {
+    let request = expected.request;
+    if claims.iss != request.holder {
+        return Err(AttestationError::WrongIssuer);
+    }
+    if &claims.aud != expected.broker {
+        return Err(AttestationError::WrongAudience);
+    }
+    if claims.cid != request.id {
+        return Err(AttestationError::WrongConsent);
+    }
+    if claims.sub != request.subject {
+        return Err(AttestationError::WrongSubject);
+    }
+    let now_unix = now.unix_timestamp();
+    let leeway = ATTESTATION_LEEWAY.whole_seconds();
+    if claims.iat > now_unix.saturating_add(leeway) {
+        return Err(AttestationError::IssuedInFuture);
+    }
+    let lifetime = claims.exp.saturating_sub(claims.iat);
+    if lifetime <= 0 || lifetime > MAX_ATTESTATION_LIFETIME.whole_seconds() {
+        return Err(AttestationError::LifetimeInvalid);
+    }
+    if now_unix >= claims.exp.saturating_add(leeway) {
+        return Err(AttestationError::Expired { exp: claims.exp });
+    }
+    if claims.jti.is_empty() || claims.jti.len() > 128 {
+        return Err(AttestationError::Malformed(
+            "jti must be 1 to 128 bytes".into(),
+        ));
+    }
+    if claims.scope.is_empty() || claims.purpose.is_empty() || claims.acct.is_empty() {
+        return Err(AttestationError::NothingApproved);
+    }
+    if let Some(scope) = claims.scope.iter().find(|s| !request.scopes.contains(s)) {
+        return Err(AttestationError::ScopeNotRequested(*scope));
+    }
+    if let Some(purpose) = claims
+        .purpose
+        .iter()
+        .find(|p| !request.purposes.contains(p))
+    {
+        return Err(AttestationError::PurposeNotRequested(*purpose));
+    }
+    if let Some(account) = claims.acct.iter().find(|a| !request.accounts.allows(a)) {
+        return Err(AttestationError::AccountNotRequested(account.clone()));
+    }
+    let max = expected.latest_expiry.unix_timestamp();
+    if claims.consent_exp <= now_unix || claims.consent_exp > max {
+        return Err(AttestationError::ConsentExpiryOutOfRange {
+            consent_exp: claims.consent_exp,
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn from_unix(seconds: i64) -> Result<OffsetDateTime, AttestationError> {
+    OffsetDateTime::from_unix_timestamp(seconds)
+        .map_err(|_| AttestationError::Malformed(format!("time {seconds} is out of range")))
+}
+
+/// The holder-side helper that signs attestations with the holder's key.
+#[derive(Debug)]
+pub struct AttestationSigner {
+    holder: HolderId,
+    key: SigningKey,
+    lifetime: Duration,
+}
+
+impl AttestationSigner {
+    /// A signer for `holder` with `key`; attestations are valid for
+    /// [`DEFAULT_ATTESTATION_LIFETIME`].
+    ///
+    /// # Errors
+    /// [`AttestationError::Provider`] if the JWT crypto provider cannot be used.
+    pub fn new(holder: HolderId, key: SigningKey) -> Result<Self, AttestationError> {
+        crypto::install()?;
+        Ok(Self {
+            holder,
+            key,
+            lifetime: DEFAULT_ATTESTATION_LIFETIME,
+        })
+    }
+
+    /// The public key to register with the broker.
+    pub fn public_key(&self) -> Ed25519PublicKey {
+        self.key.public_key()
+    }
+
+    /// Signs `statement` for `broker` at `now`, with a fresh random `jti` from `rng`.
+    ///
+    /// # Errors
+    /// [`AttestationError::Signing`] if signing or randomness fails.
+    pub fn sign(
+        &self,
+        statement: &ApprovalStatement,
+        broker: &BrokerId,
+        now: OffsetDateTime,
+        rng: &dyn SecureRandom,
+    ) -> Result<String, AttestationError> {
+        let jti = crate::ids::random_token(rng).ok_or(AttestationError::Signing)?;
+        let iat = now.unix_timestamp();
+        let claims = AttestationClaims {
+            iss: self.holder.clone(),
+            aud: broker.clone(),
+            sub: statement.subject.clone(),
+            cid: statement.consent.clone(),
+            scope: statement.scopes.clone(),
+            purpose: statement.purposes.clone(),
+            acct: statement.accounts.clone(),
+            consent_exp: statement.consent_expires_at.unix_timestamp(),
+            iat,
+            exp: iat + self.lifetime.whole_seconds(),
+            jti,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(ATTESTATION_TYPE.to_owned());
+        header.kid = Some(self.key.kid().to_owned());
+        jsonwebtoken::encode(&header, &claims, self.key.encoding_key())
+            .map_err(|_| AttestationError::Signing)
+    }
+}

@@ -1,0 +1,246 @@
+//! Typed identifiers, and the injected source of fresh ones.
+//!
+//! Each party and record has its own id type so that a subject id can never be passed where an
+//! account id is expected. Ids are short printable ASCII: they appear in tokens, audit entries and
+//! log lines, so they must never carry whitespace, control characters or unbounded length.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Longest accepted id, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+
+/// An identifier that is empty, too long, or contains a character outside the allowed set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    /// The id is the empty string.
+    #[error("{kind} must not be empty")]
+    Empty {
+        /// Which id type.
+        kind: &'static str,
+    },
+    /// The id is longer than [`MAX_ID_LEN`] bytes.
+    #[error("{kind} is {len} bytes long; at most {MAX_ID_LEN} are allowed")]
+    TooLong {
+        /// Which id type.
+        kind: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The id contains a character other than ASCII letters, digits and `-._~:@`.
+    #[error(
+        "{kind} contains {found:?} at byte {at}; only ASCII letters, digits and -._~:@ are allowed"
+    )]
+    InvalidCharacter {
+        /// Which id type.
+        kind: &'static str,
+        /// The offending character.
+        found: char,
+        /// Its byte offset.
+        at: usize,
+    },
+}
+
+fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong {
+            kind,
+            len: value.len(),
+        });
+    }
+    match value
+        .char_indices()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || "-._~:@".contains(c)))
+    {
+        Some((at, found)) => Err(IdError::InvalidCharacter { kind, found, at }),
+        None => Ok(()),
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks and wraps an identifier.
+            ///
+            /// # Errors
+            /// [`IdError`] when the value is empty, longer than [`MAX_ID_LEN`] bytes, or holds a
+            /// character outside ASCII letters, digits and `-._~:@`.
+            pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                validate($kind, &value)?;
+                Ok(Self(value))
+            }
+
+            /// The identifier as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(value: &str) -> Result<Self, IdError> {
+                Self::new(value)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let value = String::deserialize(deserializer)?;
+                Self::new(value).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// The person whose data it is, as the holder knows them.
+    SubjectId, "subject id"
+);
+id_type!(
+    /// The data recipient (the messaging platform).
+    PlatformId, "platform id"
+);
+id_type!(
+    /// The data holder (the bank).
+    HolderId, "holder id"
+);
+id_type!(
+    /// An account at the holder.
+    AccountId, "account id"
+);
+id_type!(
+    /// A consent, from request through grant to its end.
+    ConsentId, "consent id"
+);
+id_type!(
+    /// The broker, as named in the `aud` of attestations and the `iss` of its tokens.
+    BrokerId, "broker id"
+);
+
+/// Source of fresh consent ids, injected so that tests are deterministic.
+pub trait IdGenerator: Send + Sync {
+    /// A consent id never returned before by this generator.
+    fn consent_id(&self) -> ConsentId;
+}
+
+/// Consent ids with 128 bits from the operating system's CSPRNG (`ring::rand::SystemRandom`).
+#[derive(Debug)]
+pub struct RandomIds {
+    rng: SystemRandom,
+}
+
+impl Default for RandomIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RandomIds {
+    /// A generator backed by the system CSPRNG.
+    pub fn new() -> Self {
+        Self {
+            rng: SystemRandom::new(),
+        }
+    }
+}
+
+/// 16 random bytes, base64url: the id material for consents, attestations and tokens.
+pub(crate) fn random_token(rng: &dyn SecureRandom) -> Option<String> {
+    let mut bytes = [0u8; 16];
+    rng.fill(&mut bytes).ok()?;
+    Some(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+impl IdGenerator for RandomIds {
+    fn consent_id(&self) -> ConsentId {
+        // The system RNG failing is an unrecoverable platform fault in ring's model; fall back to
+        // a process-unique counter so that an id is still unique, never reused.
+        static FALLBACK: AtomicU64 = AtomicU64::new(0);
+        let body = random_token(&self.rng)
+            .unwrap_or_else(|| format!("fallback-{}", FALLBACK.fetch_add(1, Ordering::Relaxed)));
+        ConsentId(format!("cns_{body}"))
+    }
+}
+
+/// Consent ids `cns_1`, `cns_2`, …: deterministic, for tests and examples.
+#[derive(Debug, Default)]
+pub struct SequentialIds {
+    next: AtomicU64,
+}
+
+impl SequentialIds {
+    /// Starts at `cns_1`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl IdGenerator for SequentialIds {
+    fn consent_id(&self) -> ConsentId {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        ConsentId(format!("cns_{n}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert_eq!(
+            SubjectId::new(""),
+            Err(IdError::Empty { kind: "subject id" })
+        );
+        assert!(matches!(
+            AccountId::new("a".repeat(129)),
+            Err(IdError::TooLong { len: 129, .. })
+        ));
+        assert_eq!(
+            HolderId::new("bank one"),
+            Err(IdError::InvalidCharacter {
+                kind: "holder id",
+                found: ' ',
+                at: 4
+            })
+        );
+        assert!(ConsentId::new("cns_ab-9.x~y:z@w").is_ok());
+        assert!(serde_json::from_str::<PlatformId>("\"é\"").is_err());
+    }
+
+    #[test]
+    fn generators_never_repeat() {
+        let random = RandomIds::new();
+        assert_ne!(random.consent_id(), random.consent_id());
+        let sequential = SequentialIds::new();
+        assert_eq!(sequential.consent_id().as_str(), "cns_1");
+        assert_eq!(sequential.consent_id().as_str(), "cns_2");
+    }
+}

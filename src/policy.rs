@@ -1,0 +1,316 @@
+//! The checked policy call: [`evaluate`] and what it decides over.
+//!
+//! `evaluate` is a pure function of the access request, the consent (if one was found), the
+//! holder's policy, the platform's profile, today's usage and the time. It reads no clock, does
+//! no I/O and draws no randomness, so the same inputs always give the same [`Decision`]. A denial
+//! lists every rule that failed, each as a typed [`DenyReason`]. A prohibited purpose or scope is
+//! refused before anything about a grant is considered, and no setting of any input lets it
+//! through.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+use crate::consent::{
+    ABSOLUTE_MAX_CONSENT_DURATION, Consent, ConsentState, DEFAULT_MAX_CONSENT_DURATION, Revoker,
+};
+use crate::ids::{AccountId, ConsentId, PlatformId};
+use crate::vocab::{ProhibitedUse, Purpose, RequestedPurpose, RequestedScope, Scope};
+
+/// Unattended accesses allowed per grant per day unless the holder says otherwise (as in Berlin
+/// Group NextGenPSD2).
+pub const DEFAULT_UNATTENDED_DAILY_LIMIT: u32 = 4;
+
+/// The holder's (bank's) rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HolderPolicy {
+    /// Scopes the holder shares. `transactions` is off unless listed here.
+    pub enabled_scopes: BTreeSet<Scope>,
+    /// Longest consent the holder allows; values above 365 days are treated as 365 days.
+    #[serde(
+        rename = "max_consent_duration_seconds",
+        with = "crate::consent::seconds"
+    )]
+    pub max_consent_duration: Duration,
+    /// Unattended accesses allowed per grant per UTC day.
+    pub unattended_daily_limit: u32,
+}
+
+impl Default for HolderPolicy {
+    fn default() -> Self {
+        Self {
+            enabled_scopes: BTreeSet::from([Scope::Balance, Scope::Alerts]),
+            max_consent_duration: DEFAULT_MAX_CONSENT_DURATION,
+            unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
+        }
+    }
+}
+
+impl HolderPolicy {
+    /// The holder's maximum consent duration, capped at 365 days.
+    pub fn effective_max_duration(&self) -> Duration {
+        self.max_consent_duration.min(ABSOLUTE_MAX_CONSENT_DURATION)
+    }
+}
+
+/// What the broker knows of a platform (data recipient).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformProfile {
+    /// The platform.
+    pub id: PlatformId,
+    /// Purposes the platform is registered to pursue. There is no way to register a prohibited
+    /// use: the set's element type has no such value.
+    pub registered_purposes: BTreeSet<Purpose>,
+}
+
+/// Whether the subject takes part in the access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// The subject asked, in the conversation (not counted against the daily limit).
+    SubjectPresent,
+    /// Background access, for example a fraud-alert poll (limited per grant per day).
+    Unattended,
+}
+
+/// A platform's request to reach data under a consent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    /// The consent relied on.
+    pub consent: ConsentId,
+    /// Who asks.
+    pub platform: PlatformId,
+    /// What data.
+    pub scope: RequestedScope,
+    /// Why.
+    pub purpose: RequestedPurpose,
+    /// Which account.
+    pub account: AccountId,
+    /// Whether the subject is present.
+    pub presence: Presence,
+}
+
+/// Today's usage of a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Unattended accesses permitted so far on this UTC day.
+    pub unattended_today: u32,
+}
+
+/// One rule that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DenyReason {
+    /// The purpose is a prohibited use. Decided before any grant lookup; never overridable.
+    ProhibitedPurpose {
+        /// The prohibited use named.
+        prohibited: ProhibitedUse,
+    },
+    /// A prohibited use was named as the scope. Decided before any grant lookup.
+    ProhibitedScope {
+        /// The prohibited use named.
+        prohibited: ProhibitedUse,
+    },
+    /// No consent with this id exists.
+    UnknownConsent,
+    /// The consent was given to another platform.
+    WrongPlatform,
+    /// The platform is not registered for this purpose.
+    PurposeNotRegistered {
+        /// The purpose.
+        purpose: Purpose,
+    },
+    /// The consent was requested but not (yet) approved.
+    NotAuthorised,
+    /// The subject or holder declined the consent.
+    Rejected,
+    /// The consent was revoked.
+    Revoked {
+        /// Who revoked it.
+        by: Revoker,
+    },
+    /// The consent has expired.
+    Expired {
+        /// When it expired.
+        #[serde(with = "time::serde::timestamp")]
+        at: OffsetDateTime,
+    },
+    /// The scope is not in the grant.
+    ScopeNotGranted {
+        /// The scope.
+        scope: Scope,
+    },
+    /// The purpose is not in the grant.
+    PurposeNotGranted {
+        /// The purpose.
+        purpose: Purpose,
+    },
+    /// The account is not in the grant.
+    AccountNotGranted {
+        /// The account.
+        account: AccountId,
+    },
+    /// The holder's policy does not (or no longer) share this scope.
+    HolderForbidsScope {
+        /// The scope.
+        scope: Scope,
+    },
+    /// The grant's unattended accesses for today are used up.
+    FrequencyExceeded {
+        /// The daily limit.
+        limit: u32,
+    },
+}
+
+/// The answer of the checked policy call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    /// Access is allowed.
+    Permit,
+    /// Access is refused, for every listed reason (never empty).
+    Deny {
+        /// Every rule that failed, in the order the rules are checked.
+        reasons: Vec<DenyReason>,
+    },
+}
+
+impl Decision {
+    /// Whether the decision permits.
+    pub fn is_permit(&self) -> bool {
+        matches!(self, Self::Permit)
+    }
+
+    /// The reasons for a denial (empty for a permit).
+    pub fn reasons(&self) -> &[DenyReason] {
+        match self {
+            Self::Permit => &[],
+            Self::Deny { reasons } => reasons,
+        }
+    }
+
+    fn from_reasons(reasons: Vec<DenyReason>) -> Self {
+        if reasons.is_empty() {
+            Self::Permit
+        } else {
+            Self::Deny { reasons }
+        }
+    }
+}
+
+/// Refusals that need no grant: a prohibited purpose or scope. The broker calls this before it
+/// looks anything up, so a prohibited request never touches a grant.
+pub fn prohibited_reasons(request: &AccessRequest) -> Vec<DenyReason> {
+    let mut reasons = Vec::new();
+    if let RequestedPurpose::Prohibited(prohibited) = request.purpose {
+        reasons.push(DenyReason::ProhibitedPurpose { prohibited });
+    }
+    if let RequestedScope::Prohibited(prohibited) = request.scope {
+        reasons.push(DenyReason::ProhibitedScope { prohibited });
+    }
+    reasons
+}
+
+/// The checked policy call.
+///
+/// `consent` is `None` when no consent with the requested id exists. A prohibited purpose or
+/// scope yields only the prohibited reasons: nothing about the grant is examined.
+pub fn evaluate(
+    request: &AccessRequest,
+    consent: Option<&Consent>,
+    holder_policy: &HolderPolicy,
+    platform: &PlatformProfile,
+    usage: Usage,
+    now: OffsetDateTime,
+) -> Decision {
+    let (scope, purpose) = match (request.scope, request.purpose) {
+        (RequestedScope::Data(scope), RequestedPurpose::Permitted(purpose)) => (scope, purpose),
+        _ => {
+            return Decision::Deny {
+                reasons: prohibited_reasons(request),
+            };
+        }
+    };
+    let Some(consent) = consent else {
+        return Decision::Deny {
+            reasons: vec![DenyReason::UnknownConsent],
+        };
+    };
+
+    let mut reasons = Vec::new();
+    if consent.request.platform != request.platform || platform.id != request.platform {
+        reasons.push(DenyReason::WrongPlatform);
+    }
+    if !platform.registered_purposes.contains(&purpose) {
+        reasons.push(DenyReason::PurposeNotRegistered { purpose });
+    }
+    let grant = match &consent.state {
+        ConsentState::Requested => {
+            reasons.push(DenyReason::NotAuthorised);
+            None
+        }
+        ConsentState::Rejected { .. } => {
+            reasons.push(DenyReason::Rejected);
+            None
+        }
+        ConsentState::Revoked { grant, by, .. } => {
+            reasons.push(DenyReason::Revoked { by: *by });
+            Some(grant)
+        }
+        ConsentState::Authorised { grant } => {
+            if now >= grant.expires_at {
+                reasons.push(DenyReason::Expired {
+                    at: grant.expires_at,
+                });
+            }
+            Some(grant)
+        }
+    };
+    match grant {
+        Some(grant) => {
+            if !grant.scopes.contains(&scope) {
+                reasons.push(DenyReason::ScopeNotGranted { scope });
+            }
+            if !grant.purposes.contains(&purpose) {
+                reasons.push(DenyReason::PurposeNotGranted { purpose });
+            }
+            if !grant.accounts.contains(&request.account) {
+                reasons.push(DenyReason::AccountNotGranted {
+                    account: request.account.clone(),
+                });
+            }
+        }
+        // Without a grant, compare against what was requested: a denial still says whether the
+        // access could ever have been covered.
+        None => {
+            let asked = &consent.request;
+            if !asked.scopes.contains(&scope) {
+                reasons.push(DenyReason::ScopeNotGranted { scope });
+            }
+            if !asked.purposes.contains(&purpose) {
+                reasons.push(DenyReason::PurposeNotGranted { purpose });
+            }
+            if !asked.accounts.allows(&request.account) {
+                reasons.push(DenyReason::AccountNotGranted {
+                    account: request.account.clone(),
+                });
+            }
+        }
+    }
+    if !holder_policy.enabled_scopes.contains(&scope) {
+        reasons.push(DenyReason::HolderForbidsScope { scope });
+    }
+    if request.presence == Presence::Unattended
+        && usage.unattended_today >= holder_policy.unattended_daily_limit
+    {
+        reasons.push(DenyReason::FrequencyExceeded {
+            limit: holder_policy.unattended_daily_limit,
+        });
+    }
+    Decision::from_reasons(reasons)
+}

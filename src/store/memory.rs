@@ -1,0 +1,289 @@
+//! The in-memory store: for tests and for embedding where durability is not needed.
+//!
+//! One `RwLock` guards everything, so a commit is trivially atomic with respect to readers; a
+//! commit that fails part-way is rolled back from an undo log before the lock is released.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use time::Date;
+
+use super::{
+    Change, Commit, CommitReceipt, HolderRecord, Precondition, RecordKind, Store, StoreError,
+};
+use crate::audit::AuditEntry;
+use crate::consent::Consent;
+use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
+use crate::policy::{PlatformProfile, Usage};
+
+/// A [`Store`] that keeps everything in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    holders: HashMap<HolderId, HolderRecord>,
+    platforms: HashMap<PlatformId, PlatformProfile>,
+    consents: HashMap<ConsentId, Consent>,
+    by_subject: HashMap<SubjectId, Vec<ConsentId>>,
+    usage: HashMap<(ConsentId, Date), Usage>,
+    attestations: HashSet<String>,
+    audit: Vec<AuditEntry>,
+}
+
+/// How to take back one applied change.
+enum Undo {
+    Holder(HolderId, Option<HolderRecord>),
+    Platform(PlatformId),
+    ConsentInserted(ConsentId, SubjectId),
+    ConsentUpdated(Consent),
+    Usage((ConsentId, Date), Option<Usage>),
+    Attestation(String),
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> Result<RwLockReadGuard<'_, Inner>, StoreError> {
+        self.inner.read().map_err(|_| poisoned())
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, Inner>, StoreError> {
+        self.inner.write().map_err(|_| poisoned())
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Unavailable("memory store lock poisoned by a panicking writer".into())
+}
+
+impl Inner {
+    fn check(&self, precondition: &Precondition) -> bool {
+        match precondition {
+            Precondition::ConsentVersion { consent, version } => {
+                self.consents.get(consent).map(|c| c.version) == Some(*version)
+            }
+            Precondition::HolderVersion { holder, version } => {
+                self.holders.get(holder).map(|h| h.version) == Some(*version)
+            }
+            Precondition::UsageIs {
+                consent,
+                day,
+                usage,
+            } => {
+                self.usage
+                    .get(&(consent.clone(), *day))
+                    .copied()
+                    .unwrap_or_default()
+                    == *usage
+            }
+        }
+    }
+
+    fn apply(&mut self, change: Change) -> Result<Undo, StoreError> {
+        match change {
+            Change::InsertHolder(record) => {
+                if self.holders.contains_key(&record.id) {
+                    return Err(duplicate(RecordKind::Holder, record.id.as_str()));
+                }
+                let id = record.id.clone();
+                self.holders.insert(id.clone(), record);
+                Ok(Undo::Holder(id, None))
+            }
+            Change::UpdateHolder(record) => {
+                let Some(stored) = self.holders.get(&record.id) else {
+                    return Err(missing(RecordKind::Holder, record.id.as_str()));
+                };
+                if stored.version.checked_add(1) != Some(record.version) {
+                    return Err(StoreError::Conflict);
+                }
+                let id = record.id.clone();
+                let old = self.holders.insert(id.clone(), record);
+                Ok(Undo::Holder(id, old))
+            }
+            Change::InsertPlatform(profile) => {
+                if self.platforms.contains_key(&profile.id) {
+                    return Err(duplicate(RecordKind::Platform, profile.id.as_str()));
+                }
+                let id = profile.id.clone();
+                self.platforms.insert(id.clone(), profile);
+                Ok(Undo::Platform(id))
+            }
+            Change::InsertConsent(consent) => {
+                if self.consents.contains_key(consent.id()) {
+                    return Err(duplicate(RecordKind::Consent, consent.id().as_str()));
+                }
+                let id = consent.id().clone();
+                let subject = consent.request.subject.clone();
+                self.by_subject
+                    .entry(subject.clone())
+                    .or_default()
+                    .push(id.clone());
+                self.consents.insert(id.clone(), consent);
+                Ok(Undo::ConsentInserted(id, subject))
+            }
+            Change::UpdateConsent(consent) => {
+                let Some(stored) = self.consents.get_mut(consent.id()) else {
+                    return Err(missing(RecordKind::Consent, consent.id().as_str()));
+                };
+                if stored.version.checked_add(1) != Some(consent.version) {
+                    return Err(StoreError::Conflict);
+                }
+                Ok(Undo::ConsentUpdated(std::mem::replace(stored, consent)))
+            }
+            Change::CountUnattendedAccess { consent, day } => {
+                let key = (consent, day);
+                let old = self.usage.get(&key).copied();
+                let mut usage = old.unwrap_or_default();
+                usage.unattended_today = usage.unattended_today.saturating_add(1);
+                self.usage.insert(key.clone(), usage);
+                Ok(Undo::Usage(key, old))
+            }
+            Change::UseAttestation(id) => {
+                if !self.attestations.insert(id.clone()) {
+                    return Err(duplicate(RecordKind::Attestation, &id));
+                }
+                Ok(Undo::Attestation(id))
+            }
+        }
+    }
+
+    fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Holder(id, Some(old)) => {
+                self.holders.insert(id, old);
+            }
+            Undo::Holder(id, None) => {
+                self.holders.remove(&id);
+            }
+            Undo::Platform(id) => {
+                self.platforms.remove(&id);
+            }
+            Undo::ConsentInserted(id, subject) => {
+                self.consents.remove(&id);
+                if let Some(ids) = self.by_subject.get_mut(&subject) {
+                    ids.retain(|c| c != &id);
+                }
+            }
+            Undo::ConsentUpdated(old) => {
+                self.consents.insert(old.id().clone(), old);
+            }
+            Undo::Usage(key, Some(old)) => {
+                self.usage.insert(key, old);
+            }
+            Undo::Usage(key, None) => {
+                self.usage.remove(&key);
+            }
+            Undo::Attestation(id) => {
+                self.attestations.remove(&id);
+            }
+        }
+    }
+}
+
+fn duplicate(kind: RecordKind, id: &str) -> StoreError {
+    StoreError::Duplicate {
+        kind,
+        id: id.to_owned(),
+    }
+}
+
+fn missing(kind: RecordKind, id: &str) -> StoreError {
+    StoreError::Missing {
+        kind,
+        id: id.to_owned(),
+    }
+}
+
+impl Store for MemoryStore {
+    fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
+        Ok(self.read()?.holders.get(id).cloned())
+    }
+
+    fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError> {
+        Ok(self.read()?.platforms.get(id).cloned())
+    }
+
+    fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
+        Ok(self.read()?.consents.get(id).cloned())
+    }
+
+    fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
+        let inner = self.read()?;
+        let ids = inner
+            .by_subject
+            .get(subject)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        Ok(ids
+            .iter()
+            .filter_map(|id| inner.consents.get(id).cloned())
+            .collect())
+    }
+
+    fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
+        Ok(self
+            .read()?
+            .usage
+            .get(&(consent.clone(), day))
+            .copied()
+            .unwrap_or_default())
+    }
+
+    fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError> {
+        Ok(self.read()?.attestations.contains(attestation_id))
+    }
+
+    fn audit_len(&self) -> Result<u64, StoreError> {
+        Ok(self.read()?.audit.len() as u64)
+    }
+
+    fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
+        let inner = self.read()?;
+        let len = inner.audit.len();
+        let start = usize::try_from(range.start).unwrap_or(usize::MAX).min(len);
+        let end = usize::try_from(range.end)
+            .unwrap_or(usize::MAX)
+            .clamp(start, len);
+        Ok(inner
+            .audit
+            .get(start..end)
+            .map(<[AuditEntry]>::to_vec)
+            .unwrap_or_default())
+    }
+
+    fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
+        let mut inner = self.write()?;
+        if !commit.preconditions.iter().all(|p| inner.check(p)) {
+            return Err(StoreError::Conflict);
+        }
+        let mut undo_log = Vec::with_capacity(commit.changes.len());
+        for change in commit.changes {
+            match inner.apply(change) {
+                Ok(undo) => undo_log.push(undo),
+                Err(error) => {
+                    for undo in undo_log.into_iter().rev() {
+                        inner.undo(undo);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        let first = inner.audit.len() as u64;
+        for (offset, record) in commit.audit.into_iter().enumerate() {
+            inner.audit.push(AuditEntry {
+                seq: first + offset as u64,
+                record,
+            });
+        }
+        Ok(CommitReceipt {
+            audit_seqs: first..inner.audit.len() as u64,
+        })
+    }
+}

@@ -1,0 +1,242 @@
+//! Storage: one [`Store`] trait, committed atomically.
+//!
+//! A [`Commit`] carries preconditions, state changes and audit records. A store applies all of
+//! it or none of it: if a precondition fails, a change conflicts or the write fails, nothing is
+//! visible afterwards, and the audit log has no gap. The broker relies on this for its central
+//! promise: a permit is returned only after its audit entry is durable in the same commit as the
+//! usage it consumed.
+//!
+//! Preconditions give optimistic concurrency: a decision taken on a consent at version `v`
+//! commits only if the consent is still at `v`, so a permit can never be committed after a
+//! revocation that it did not see.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use time::Date;
+
+use crate::audit::{AuditEntry, AuditRecord};
+use crate::consent::Consent;
+use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
+use crate::keys::Ed25519PublicKey;
+use crate::policy::{HolderPolicy, PlatformProfile, Usage};
+
+/// What the broker knows of a holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderRecord {
+    /// The holder.
+    pub id: HolderId,
+    /// Its policy.
+    pub policy: HolderPolicy,
+    /// Keys that sign its attestations.
+    pub attestation_keys: Vec<Ed25519PublicKey>,
+    /// Incremented by every change.
+    pub version: u64,
+}
+
+/// A condition that must still hold when a commit is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Precondition {
+    /// The consent is stored at exactly this version.
+    ConsentVersion {
+        /// The consent.
+        consent: ConsentId,
+        /// The version read.
+        version: u64,
+    },
+    /// The holder record is stored at exactly this version (its policy was read).
+    HolderVersion {
+        /// The holder.
+        holder: HolderId,
+        /// The version read.
+        version: u64,
+    },
+    /// Today's usage of the consent is exactly this.
+    UsageIs {
+        /// The consent.
+        consent: ConsentId,
+        /// The UTC day.
+        day: Date,
+        /// The usage read.
+        usage: Usage,
+    },
+}
+
+/// A state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// Adds a holder; fails with [`StoreError::Duplicate`] if the id exists.
+    InsertHolder(HolderRecord),
+    /// Replaces a holder; its version must be one more than the stored one.
+    UpdateHolder(HolderRecord),
+    /// Adds a platform; fails with [`StoreError::Duplicate`] if the id exists.
+    InsertPlatform(PlatformProfile),
+    /// Adds a consent; fails with [`StoreError::Duplicate`] if the id exists.
+    InsertConsent(Consent),
+    /// Replaces a consent; its version must be one more than the stored one.
+    UpdateConsent(Consent),
+    /// Counts one unattended access of the consent on the day.
+    CountUnattendedAccess {
+        /// The consent.
+        consent: ConsentId,
+        /// The UTC day.
+        day: Date,
+    },
+    /// Marks an attestation id as used; fails with [`StoreError::Duplicate`] if it was.
+    UseAttestation(String),
+}
+
+/// The kind of record a duplicate id belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A holder.
+    Holder,
+    /// A platform.
+    Platform,
+    /// A consent.
+    Consent,
+    /// An attestation id.
+    Attestation,
+}
+
+/// Everything one commit applies, atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// Checked first; if any fails, nothing is applied ([`StoreError::Conflict`]).
+    pub preconditions: Vec<Precondition>,
+    /// Applied in order.
+    pub changes: Vec<Change>,
+    /// Appended to the audit log, in order, with consecutive sequence numbers.
+    pub audit: Vec<AuditRecord>,
+}
+
+/// A storage failure. After any error, the commit left no trace.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A precondition no longer holds: another writer got there first. Re-read and retry.
+    #[error("the stored state changed since it was read (concurrent update)")]
+    Conflict,
+    /// An insert with an id that already exists.
+    #[error("a {kind:?} with id {id} already exists")]
+    Duplicate {
+        /// The kind of record.
+        kind: RecordKind,
+        /// The id.
+        id: String,
+    },
+    /// An update of a record that does not exist.
+    #[error("no {kind:?} with id {id} exists")]
+    Missing {
+        /// The kind of record.
+        kind: RecordKind,
+        /// The id.
+        id: String,
+    },
+    /// The store cannot be used (I/O failure, poisoned lock, disk full, …).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where the audit entries of a commit landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitReceipt {
+    /// Sequence numbers of the commit's audit entries.
+    pub audit_seqs: Range<u64>,
+}
+
+/// Durable state of the broker: registrations, consents, usage, used attestations, audit log.
+pub trait Store: Send + Sync {
+    /// A holder's record.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError>;
+
+    /// A platform's profile.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError>;
+
+    /// A consent.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError>;
+
+    /// Every consent of a subject, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError>;
+
+    /// A consent's usage on a UTC day (zero if none was recorded).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError>;
+
+    /// Whether an attestation id was already used.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError>;
+
+    /// Number of audit entries.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn audit_len(&self) -> Result<u64, StoreError>;
+
+    /// Audit entries with sequence numbers in `range` (clamped to the log).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Applies a commit atomically: all of it, or nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when a precondition fails or an update's version is stale,
+    /// [`StoreError::Duplicate`] / [`StoreError::Missing`] for inserts and updates,
+    /// [`StoreError::Unavailable`] when the write fails.
+    fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError>;
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
+        (**self).holder(id)
+    }
+    fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError> {
+        (**self).platform(id)
+    }
+    fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
+        (**self).consent(id)
+    }
+    fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
+        (**self).consents_of_subject(subject)
+    }
+    fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
+        (**self).usage(consent, day)
+    }
+    fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError> {
+        (**self).attestation_used(attestation_id)
+    }
+    fn audit_len(&self) -> Result<u64, StoreError> {
+        (**self).audit_len()
+    }
+    fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
+        (**self).audit_entries(range)
+    }
+    fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
+        (**self).commit(commit)
+    }
+}
