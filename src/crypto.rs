@@ -20,7 +20,6 @@
 #![forbid(unsafe_code)]
 
 use std::panic;
-use std::ptr;
 use std::sync::OnceLock;
 
 use jsonwebtoken::crypto::{self, CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
@@ -57,10 +56,12 @@ pub static RING_PROVIDER: CryptoProvider = CryptoProvider {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Installed {
-    /// [`RING_PROVIDER`] is the process-wide provider (installed by this call or earlier).
+    /// The first `install` call installed [`RING_PROVIDER`], and it passed the self-test.
     Ours,
-    /// The host application had installed its own provider; it was kept, and it passed the
-    /// self-test.
+    /// A provider was already installed when `install` first ran, normally the host
+    /// application's own; it was kept, and it passed the self-test. `jsonwebtoken` does not say
+    /// which provider is installed, so this is also the answer if the host installed
+    /// [`RING_PROVIDER`] itself directly.
     Host,
 }
 
@@ -99,9 +100,11 @@ pub enum ProviderError {
 pub fn install() -> Result<Installed, ProviderError> {
     static OUTCOME: OnceLock<Result<Installed, ProviderError>> = OnceLock::new();
     *OUTCOME.get_or_init(|| {
+        // `install_default` is `OnceLock::set`: its `Err` hands back the provider we offered,
+        // not the installed one, and jsonwebtoken has no getter. So identity cannot be compared
+        // (`ptr::eq` would always say "ours"); whether ours went in is all there is to know.
         let installed = match RING_PROVIDER.install_default() {
             Ok(()) => Installed::Ours,
-            Err(existing) if ptr::eq(existing, &RING_PROVIDER) => Installed::Ours,
             Err(_) => Installed::Host,
         };
         if self_test_passes() {
@@ -163,7 +166,7 @@ fn new_signer(alg: &Algorithm, key: &EncodingKey) -> JwtResult<Box<dyn JwtSigner
     let alg = *alg;
     require_family(alg, key.family())?;
     let bytes = key.as_bytes();
-    let hmac = |hash| -> JwtResult<Box<dyn JwtSigner>> {
+    let mac = |hash| -> JwtResult<Box<dyn JwtSigner>> {
         Ok(Box::new(HmacSigner {
             alg,
             key: hmac_key(hash, bytes)?,
@@ -187,9 +190,9 @@ fn new_signer(alg: &Algorithm, key: &EncodingKey) -> JwtResult<Box<dyn JwtSigner
         }))
     };
     match alg {
-        Algorithm::HS256 => hmac(hmac::HMAC_SHA256),
-        Algorithm::HS384 => hmac(hmac::HMAC_SHA384),
-        Algorithm::HS512 => hmac(hmac::HMAC_SHA512),
+        Algorithm::HS256 => mac(hmac::HMAC_SHA256),
+        Algorithm::HS384 => mac(hmac::HMAC_SHA384),
+        Algorithm::HS512 => mac(hmac::HMAC_SHA512),
         Algorithm::RS256 => rsa(&ring_sig::RSA_PKCS1_SHA256),
         Algorithm::RS384 => rsa(&ring_sig::RSA_PKCS1_SHA384),
         Algorithm::RS512 => rsa(&ring_sig::RSA_PKCS1_SHA512),
@@ -210,7 +213,7 @@ fn new_signer(alg: &Algorithm, key: &EncodingKey) -> JwtResult<Box<dyn JwtSigner
 fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> JwtResult<Box<dyn JwtVerifier>> {
     let alg = *alg;
     require_family(alg, key.family())?;
-    let hmac = |hash| -> JwtResult<Box<dyn JwtVerifier>> {
+    let mac = |hash| -> JwtResult<Box<dyn JwtVerifier>> {
         Ok(Box::new(HmacVerifier {
             alg,
             key: hmac_key(hash, key.try_get_as_bytes()?)?,
@@ -223,23 +226,16 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> JwtResult<Box<dyn JwtVeri
             key: rsa_public_key(key)?,
         }))
     };
-    let ecdsa = |verification: &'static dyn VerificationAlgorithm,
-                 coordinate_len|
-     -> JwtResult<Box<dyn JwtVerifier>> {
+    let ecdsa = |verification: &'static dyn VerificationAlgorithm, coordinate_len| {
         let point = key.try_get_as_bytes()?;
-        if split_ec_point(point, coordinate_len).is_none() {
-            return Err(new_error(ErrorKind::InvalidEcdsaKey));
-        }
-        let public_key = UnparsedPublicKey::new(verification, point.to_vec());
-        Ok(Box::new(PublicKeyVerifier {
-            alg,
-            key: public_key,
-        }))
+        let well_formed = split_ec_point(point, coordinate_len).is_some();
+        let malformed = ErrorKind::InvalidEcdsaKey;
+        point_verifier(alg, verification, point, well_formed, malformed)
     };
     match alg {
-        Algorithm::HS256 => hmac(hmac::HMAC_SHA256),
-        Algorithm::HS384 => hmac(hmac::HMAC_SHA384),
-        Algorithm::HS512 => hmac(hmac::HMAC_SHA512),
+        Algorithm::HS256 => mac(hmac::HMAC_SHA256),
+        Algorithm::HS384 => mac(hmac::HMAC_SHA384),
+        Algorithm::HS512 => mac(hmac::HMAC_SHA512),
         Algorithm::RS256 => rsa(&ring_sig::RSA_PKCS1_2048_8192_SHA256),
         Algorithm::RS384 => rsa(&ring_sig::RSA_PKCS1_2048_8192_SHA384),
         Algorithm::RS512 => rsa(&ring_sig::RSA_PKCS1_2048_8192_SHA512),
@@ -250,17 +246,28 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> JwtResult<Box<dyn JwtVeri
         Algorithm::ES384 => ecdsa(&ring_sig::ECDSA_P384_SHA384_FIXED, P384_COORDINATE_LEN),
         Algorithm::EdDSA => {
             let public_key = key.try_get_as_bytes()?;
-            if public_key.len() != ring_sig::ED25519_PUBLIC_KEY_LEN {
-                return Err(new_error(ErrorKind::InvalidEddsaKey));
-            }
-            let public_key = UnparsedPublicKey::new(&ring_sig::ED25519, public_key.to_vec());
-            Ok(Box::new(PublicKeyVerifier {
-                alg,
-                key: public_key,
-            }))
+            let well_formed = public_key.len() == ring_sig::ED25519_PUBLIC_KEY_LEN;
+            let malformed = ErrorKind::InvalidEddsaKey;
+            point_verifier(alg, &ring_sig::ED25519, public_key, well_formed, malformed)
         }
         _ => Err(new_error(ErrorKind::UnsupportedAlgorithm)),
     }
+}
+
+/// ECDSA and Ed25519 keys are raw public keys that ring only parses when verifying: checking
+/// their shape here makes a wrong key a factory error, not a verifier that rejects every token.
+fn point_verifier(
+    alg: Algorithm,
+    verification: &'static dyn VerificationAlgorithm,
+    public_key: &[u8],
+    well_formed: bool,
+    malformed: ErrorKind,
+) -> JwtResult<Box<dyn JwtVerifier>> {
+    if !well_formed {
+        return Err(new_error(malformed));
+    }
+    let key = UnparsedPublicKey::new(verification, public_key.to_vec());
+    Ok(Box::new(PublicKeyVerifier { alg, key }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -301,7 +308,7 @@ struct RsaVerifier {
     key: RsaPublicKeyComponents<Vec<u8>>,
 }
 
-/// ECDSA and Ed25519: a public key whose length the factory has already checked.
+/// ECDSA and Ed25519.
 struct PublicKeyVerifier {
     alg: Algorithm,
     key: UnparsedPublicKey<Vec<u8>>,
