@@ -39,7 +39,7 @@ enum Undo {
     Holder(HolderId, Option<HolderRecord>),
     Platform(PlatformId),
     ConsentInserted(ConsentId, SubjectId),
-    ConsentUpdated(Consent),
+    ConsentUpdated(Box<Consent>),
     Usage((ConsentId, Date), Option<Usage>),
     Attestation(String),
 }
@@ -135,7 +135,7 @@ impl Inner {
                 if stored.version.checked_add(1) != Some(consent.version) {
                     return Err(StoreError::Conflict);
                 }
-                Ok(Undo::ConsentUpdated(std::mem::replace(stored, consent)))
+                Ok(Undo::ConsentUpdated(Box::new(std::mem::replace(stored, consent))))
             }
             Change::CountUnattendedAccess { consent, day } => {
                 let key = (consent, day);
@@ -172,7 +172,7 @@ impl Inner {
                 }
             }
             Undo::ConsentUpdated(old) => {
-                self.consents.insert(old.id().clone(), old);
+                self.consents.insert(old.id().clone(), *old);
             }
             Undo::Usage(key, Some(old)) => {
                 self.usage.insert(key, old);
