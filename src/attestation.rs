@@ -397,7 +397,7 @@ impl AttestationSigner {
             acct: statement.accounts.clone(),
             consent_exp: statement.consent_expires_at.unix_timestamp(),
             iat,
-            exp: iat + self.lifetime.whole_seconds(),
+            exp: iat.saturating_add(self.lifetime.whole_seconds()),
             jti,
         };
         let mut header = Header::new(Algorithm::EdDSA);

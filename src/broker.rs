@@ -13,7 +13,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::attestation::{self, Approval, AttestationError, Expectations};
 use crate::audit::{Actor, AuditEntry, AuditKind, AuditRecord, Refusal, Revocation};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, saturating_add};
 use crate::consent::{
     Consent, ConsentRequest, ConsentRequestDraft, ConsentStatus, DEFAULT_APPROVAL_WINDOW,
     RequestError, RequestLimits, RevocationReason, Revoker,
@@ -317,7 +317,7 @@ impl<S: Store> Broker<S> {
                 .into());
             };
             record.policy = policy.clone();
-            record.version += 1;
+            record.version = record.version.saturating_add(1);
             let audit = AuditRecord::new(
                 self.now(),
                 AuditKind::HolderPolicyChanged,
@@ -488,7 +488,10 @@ impl<S: Store> Broker<S> {
                 broker: &self.id,
                 request,
                 holder_keys: &holder.attestation_keys,
-                latest_expiry: now + request.duration.min(holder.policy.effective_max_duration()),
+                latest_expiry: saturating_add(
+                    now,
+                    request.duration.min(holder.policy.effective_max_duration()),
+                ),
             };
             let approval: Approval = match attestation::verify(token, &expectations, now) {
                 Ok(approval) => approval,

@@ -61,8 +61,40 @@ impl Clock for ManualClock {
     }
 }
 
+/// `time + by`, saturating at the largest representable time instead of panicking: a deadline
+/// that far away means "never", which is the only sensible reading of such input.
+pub fn saturating_add(time: OffsetDateTime, by: Duration) -> OffsetDateTime {
+    time.checked_add(by).unwrap_or_else(|| {
+        if by.is_negative() {
+            time::PrimitiveDateTime::MIN.assume_utc()
+        } else {
+            time::PrimitiveDateTime::MAX.assume_utc()
+        }
+    })
+}
+
 impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     fn now(&self) -> OffsetDateTime {
         (**self).now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saturating_add_never_panics() {
+        let far = time::PrimitiveDateTime::MAX.assume_utc();
+        assert_eq!(saturating_add(far, Duration::days(1)), far);
+        let now = OffsetDateTime::UNIX_EPOCH;
+        assert_eq!(
+            saturating_add(now, Duration::MIN),
+            time::PrimitiveDateTime::MIN.assume_utc()
+        );
+        assert_eq!(
+            saturating_add(now, Duration::days(1)).unix_timestamp(),
+            86_400
+        );
     }
 }

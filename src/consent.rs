@@ -238,7 +238,7 @@ impl ConsentRequest {
             accounts: draft.accounts,
             duration: draft.duration,
             requested_at: now,
-            approval_deadline: now + limits.approval_window,
+            approval_deadline: crate::clock::saturating_add(now, limits.approval_window),
         })
     }
 }

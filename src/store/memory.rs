@@ -135,7 +135,9 @@ impl Inner {
                 if stored.version.checked_add(1) != Some(consent.version) {
                     return Err(StoreError::Conflict);
                 }
-                Ok(Undo::ConsentUpdated(Box::new(std::mem::replace(stored, consent))))
+                Ok(Undo::ConsentUpdated(Box::new(std::mem::replace(
+                    stored, consent,
+                ))))
             }
             Change::CountUnattendedAccess { consent, day } => {
                 let key = (consent, day);
