@@ -154,36 +154,32 @@ pub struct ConsentView {
 
 /// Builds a [`Broker`]; see [`Broker::builder`].
 pub struct BrokerBuilder<S> {
-    id: BrokerId,
-    store: S,
-    clock: Arc<dyn Clock>,
-    ids: Arc<dyn IdGenerator>,
-    approval_window: Duration,
-    max_attempts: u32,
+    broker: Broker<S>,
 }
 
 impl<S: Store> BrokerBuilder<S> {
     /// Uses `clock` instead of the system clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.broker.clock = clock;
         self
     }
 
     /// Uses `ids` instead of random consent ids.
     pub fn ids(mut self, ids: Arc<dyn IdGenerator>) -> Self {
-        self.ids = ids;
+        self.broker.ids = ids;
         self
     }
 
-    /// How long a request stays open for approval (default 10 minutes).
+    /// How long a request stays open for approval (default 10 minutes). A window that is not
+    /// positive closes every request at once.
     pub fn approval_window(mut self, window: Duration) -> Self {
-        self.approval_window = window;
+        self.broker.approval_window = window;
         self
     }
 
     /// How many times a call re-decides under concurrent updates (at least 1).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts.max(1);
+        self.broker.max_attempts = attempts.max(1);
         self
     }
 
@@ -193,14 +189,7 @@ impl<S: Store> BrokerBuilder<S> {
     /// [`Error::Provider`] if the process-wide JWT crypto provider is unusable.
     pub fn build(self) -> Result<Broker<S>, Error> {
         crypto::install()?;
-        Ok(Broker {
-            id: self.id,
-            store: self.store,
-            clock: self.clock,
-            ids: self.ids,
-            approval_window: self.approval_window,
-            max_attempts: self.max_attempts,
-        })
+        Ok(self.broker)
     }
 }
 
@@ -226,12 +215,14 @@ impl<S: Store> Broker<S> {
     /// Starts building a broker named `id` over `store`, with the system clock and random ids.
     pub fn builder(id: BrokerId, store: S) -> BrokerBuilder<S> {
         BrokerBuilder {
-            id,
-            store,
-            clock: Arc::new(SystemClock),
-            ids: Arc::new(RandomIds::new()),
-            approval_window: DEFAULT_APPROVAL_WINDOW,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            broker: Broker {
+                id,
+                store,
+                clock: Arc::new(SystemClock),
+                ids: Arc::new(RandomIds::new()),
+                approval_window: DEFAULT_APPROVAL_WINDOW,
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+            },
         }
     }
 

@@ -271,36 +271,33 @@ pub fn evaluate(
             Some(grant)
         }
     };
-    match grant {
-        Some(grant) => {
-            if !grant.scopes.contains(&scope) {
-                reasons.push(DenyReason::ScopeNotGranted { scope });
-            }
-            if !grant.purposes.contains(&purpose) {
-                reasons.push(DenyReason::PurposeNotGranted { purpose });
-            }
-            if !grant.accounts.contains(&request.account) {
-                reasons.push(DenyReason::AccountNotGranted {
-                    account: request.account.clone(),
-                });
-            }
-        }
-        // Without a grant, compare against what was requested: a denial still says whether the
-        // access could ever have been covered.
+    // Without a grant, compare against what was requested: a denial still says whether the
+    // access could ever have been covered.
+    let (scopes, purposes, account_covered) = match grant {
+        Some(grant) => (
+            &grant.scopes,
+            &grant.purposes,
+            grant.accounts.contains(&request.account),
+        ),
         None => {
             let asked = &consent.request;
-            if !asked.scopes.contains(&scope) {
-                reasons.push(DenyReason::ScopeNotGranted { scope });
-            }
-            if !asked.purposes.contains(&purpose) {
-                reasons.push(DenyReason::PurposeNotGranted { purpose });
-            }
-            if !asked.accounts.allows(&request.account) {
-                reasons.push(DenyReason::AccountNotGranted {
-                    account: request.account.clone(),
-                });
-            }
+            (
+                &asked.scopes,
+                &asked.purposes,
+                asked.accounts.allows(&request.account),
+            )
         }
+    };
+    if !scopes.contains(&scope) {
+        reasons.push(DenyReason::ScopeNotGranted { scope });
+    }
+    if !purposes.contains(&purpose) {
+        reasons.push(DenyReason::PurposeNotGranted { purpose });
+    }
+    if !account_covered {
+        reasons.push(DenyReason::AccountNotGranted {
+            account: request.account.clone(),
+        });
     }
     if !holder_policy.enabled_scopes.contains(&scope) {
         reasons.push(DenyReason::HolderForbidsScope { scope });

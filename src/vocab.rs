@@ -91,19 +91,9 @@ pub enum VocabError {
     Prohibited(ProhibitedUse),
 }
 
-macro_rules! wire_names {
-    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl $ty {
-            /// The wire name (as used in JSON, tokens and the audit log).
-            pub const fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $name),+ }
-            }
-
-            fn from_wire(word: &str) -> Option<Self> {
-                match word { $($name => Some(Self::$variant),)+ _ => None }
-            }
-        }
-
+/// `Display`, `Serialize` and `Deserialize` through `as_str` and `FromStr`.
+macro_rules! text_wire {
+    ($ty:ty) => {
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())
@@ -122,6 +112,23 @@ macro_rules! wire_names {
                 word.parse().map_err(serde::de::Error::custom)
             }
         }
+    };
+}
+
+macro_rules! wire_names {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The wire name (as used in JSON, tokens and the audit log).
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $name),+ }
+            }
+
+            fn from_wire(word: &str) -> Option<Self> {
+                match word { $($name => Some(Self::$variant),)+ _ => None }
+            }
+        }
+
+        text_wire!($ty);
     };
 }
 
@@ -233,31 +240,8 @@ impl From<Purpose> for RequestedPurpose {
     }
 }
 
-macro_rules! requested_wire {
-    ($ty:ty) => {
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let word = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-                word.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-
-requested_wire!(RequestedScope);
-requested_wire!(RequestedPurpose);
+text_wire!(RequestedScope);
+text_wire!(RequestedPurpose);
 
 #[cfg(test)]
 mod tests {
