@@ -269,11 +269,13 @@ impl<S: Store> Broker<S> {
     /// Registers a holder.
     ///
     /// # Errors
-    /// [`Error::NoAttestationKeys`], or [`Error::Store`] (a duplicate id included).
+    /// [`Error::NoAttestationKeys`], [`Error::InvalidPolicy`], or [`Error::Store`] (a duplicate
+    /// id included).
     pub fn register_holder(&self, registration: HolderRegistration) -> Result<(), Error> {
         if registration.attestation_keys.is_empty() {
             return Err(Error::NoAttestationKeys(registration.id));
         }
+        registration.policy.validate()?;
         let record = AuditRecord::new(
             self.now(),
             AuditKind::HolderRegistered,
@@ -297,8 +299,10 @@ impl<S: Store> Broker<S> {
     /// Replaces a holder's policy. Grants already given are then checked against the new policy.
     ///
     /// # Errors
-    /// [`Error::Store`] (an unknown holder included, as [`StoreError::Missing`]).
+    /// [`Error::InvalidPolicy`]; [`Error::Store`] (an unknown holder included, as
+    /// [`StoreError::Missing`]).
     pub fn set_holder_policy(&self, holder: &HolderId, policy: HolderPolicy) -> Result<(), Error> {
+        policy.validate()?;
         self.retrying(|| {
             let Some(mut record) = self.store.holder(holder)? else {
                 return Err(StoreError::Missing {

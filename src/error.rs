@@ -10,6 +10,7 @@ use crate::consent::{ConsentError, RequestError};
 use crate::crypto::ProviderError;
 use crate::ids::{ConsentId, HolderId, IdError};
 use crate::keys::KeyError;
+use crate::policy::PolicyError;
 use crate::store::StoreError;
 
 /// Everything a broker call can fail with.
@@ -31,6 +32,9 @@ pub enum Error {
     /// No consent with this id exists.
     #[error("no consent with id {0} exists")]
     UnknownConsent(ConsentId),
+    /// A holder policy that cannot be applied.
+    #[error("holder policy refused: {0}")]
+    InvalidPolicy(#[from] PolicyError),
     /// A holder registration without any attestation key.
     #[error("holder {0} must register at least one attestation key")]
     NoAttestationKeys(HolderId),

@@ -47,7 +47,8 @@ pub use ids::{
 };
 pub use keys::{Ed25519PublicKey, KeyError, SigningKey};
 pub use policy::{
-    AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, Presence, Usage, evaluate,
+    AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, PolicyError, Presence,
+    Usage, evaluate,
 };
 pub use store::{MemoryStore, Store, StoreError};
 pub use vocab::{ProhibitedUse, Purpose, RequestedPurpose, RequestedScope, Scope, VocabError};

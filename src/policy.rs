@@ -48,7 +48,32 @@ impl Default for HolderPolicy {
     }
 }
 
+/// A holder policy that cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The maximum consent duration is zero or negative, so no consent could ever be granted.
+    #[error("the maximum consent duration must be positive, got {seconds} s")]
+    MaxDurationNotPositive {
+        /// The configured maximum, in seconds.
+        seconds: i64,
+    },
+}
+
 impl HolderPolicy {
+    /// Checks that the policy can be applied.
+    ///
+    /// # Errors
+    /// [`PolicyError::MaxDurationNotPositive`].
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if !self.max_consent_duration.is_positive() {
+            return Err(PolicyError::MaxDurationNotPositive {
+                seconds: self.max_consent_duration.whole_seconds(),
+            });
+        }
+        Ok(())
+    }
+
     /// The holder's maximum consent duration, capped at 365 days.
     pub fn effective_max_duration(&self) -> Duration {
         self.max_consent_duration.min(ABSOLUTE_MAX_CONSENT_DURATION)
@@ -169,7 +194,7 @@ pub enum DenyReason {
 
 /// The answer of the checked policy call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "decision", rename_all = "snake_case")]
+#[serde(tag = "decision", rename_all = "snake_case", try_from = "DecisionWire")]
 pub enum Decision {
     /// Access is allowed.
     Permit,
@@ -178,6 +203,27 @@ pub enum Decision {
         /// Every rule that failed, in the order the rules are checked.
         reasons: Vec<DenyReason>,
     },
+}
+
+/// `Decision` as parsed, before the rule that a denial has at least one reason is checked.
+#[derive(Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case", deny_unknown_fields)]
+enum DecisionWire {
+    Permit,
+    Deny { reasons: Vec<DenyReason> },
+}
+
+impl TryFrom<DecisionWire> for Decision {
+    type Error = &'static str;
+    fn try_from(wire: DecisionWire) -> Result<Self, Self::Error> {
+        match wire {
+            DecisionWire::Permit => Ok(Self::Permit),
+            DecisionWire::Deny { reasons } if reasons.is_empty() => {
+                Err("a denial must carry at least one reason")
+            }
+            DecisionWire::Deny { reasons } => Ok(Self::Deny { reasons }),
+        }
+    }
 }
 
 impl Decision {
