@@ -8,9 +8,10 @@
 //! Run: `cargo run --example messenger_bank`. The example checks each outcome against the story
 //! and exits non-zero if any differs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use consent_broker::data::{AlertsGrant, BalanceGrant, Money};
 use consent_broker::*;
 use ring::rand::SystemRandom;
 use time::format_description::well_known::Rfc3339;
@@ -19,8 +20,46 @@ use time::{Duration, OffsetDateTime};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// The bank's data, served only through verified access.
+struct FirstBank {
+    balances: HashMap<AccountId, i64>,
+}
+
+impl DataHolder for FirstBank {
+    type Error = String;
+
+    fn balance(&self, grant: BalanceGrant<'_>) -> std::result::Result<Balance, String> {
+        let minor_units = *self
+            .balances
+            .get(grant.account())
+            .ok_or("no such account")?;
+        Ok(Balance {
+            account: grant.account().clone(),
+            available: Money {
+                minor_units,
+                currency: "EUR".into(),
+            },
+            as_of: datetime!(2026-11-21 08:59 UTC),
+        })
+    }
+
+    fn pending_alerts(
+        &self,
+        grant: AlertsGrant<'_>,
+    ) -> std::result::Result<Vec<FraudAlert>, String> {
+        Ok(vec![FraudAlert {
+            account: grant.account().clone(),
+            reference: "FA-1".into(),
+            message: "Card used in two countries within an hour".into(),
+            raised_at: datetime!(2026-11-21 08:30 UTC),
+        }])
+    }
+}
+
 struct Story {
-    broker: Broker<MemoryStore>,
+    broker: Broker<Arc<MemoryStore>>,
+    verifier: TokenVerifier<StoreStatus<Arc<MemoryStore>>>,
+    bank_data: FirstBank,
     clock: Arc<ManualClock>,
     bank_signer: AttestationSigner,
     rng: SystemRandom,
@@ -52,6 +91,25 @@ impl Story {
         Ok(self
             .bank_signer
             .sign(&statement, self.broker.id(), self.broker.now(), &self.rng)?)
+    }
+
+    /// The platform gets a token; the bank verifies it and serves the data.
+    fn fetch_with_token(&self, request: &AccessRequest) -> Result<String> {
+        let TokenOutcome::Issued(token) = self.broker.authorise_with_token(request)? else {
+            return Err("expected a permit and a token".into());
+        };
+        println!(
+            "   token {} issued, expires {}",
+            token.token_id,
+            token.expires_at.format(&Rfc3339)?
+        );
+        let access = self.verifier.verify(&token.token)?;
+        let data = serve(&self.bank_data, &access)?;
+        println!(
+            "   bank verified the token and answered: {}",
+            serde_json::to_string(&data)?
+        );
+        Ok(token.token)
     }
 
     fn access(&self, request: &AccessRequest, expect: &Decision) -> Result<()> {
@@ -92,13 +150,12 @@ fn deny(reasons: Vec<DenyReason>) -> Decision {
 fn main() -> Result<()> {
     let start: OffsetDateTime = datetime!(2026-11-21 09:00 UTC);
     let clock = Arc::new(ManualClock::new(start));
-    let broker = Broker::builder(
-        BrokerId::new("consent-broker.chat.example")?,
-        MemoryStore::new(),
-    )
-    .clock(clock.clone())
-    .ids(Arc::new(SequentialIds::new()))
-    .build()?;
+    let store = Arc::new(MemoryStore::new());
+    let broker_id = BrokerId::new("consent-broker.chat.example")?;
+    let broker = Broker::builder(broker_id.clone(), store.clone())
+        .clock(clock.clone())
+        .ids(Arc::new(SequentialIds::new()))
+        .build()?;
     let rng = SystemRandom::new();
     let bank = HolderId::new("first-bank")?;
     let chat = PlatformId::new("chat")?;
@@ -106,8 +163,23 @@ fn main() -> Result<()> {
     let current = AccountId::new("acc-current")?;
     let savings = AccountId::new("acc-savings")?;
     let bank_signer = AttestationSigner::new(bank.clone(), SigningKey::generate(&rng)?)?;
+    // The bank verifies tokens offline with the broker's published keys, and reads consent
+    // status from the broker's store, so a revocation reaches it at once.
+    let verifier = TokenVerifier::new(
+        bank.clone(),
+        broker_id,
+        &broker.jwks(),
+        clock.clone(),
+        StoreStatus(store.clone()),
+    )?
+    .with_replay_detection();
+    let bank_data = FirstBank {
+        balances: HashMap::from([(current.clone(), 1_234_56), (savings.clone(), 98_765_43)]),
+    };
     let mut story = Story {
         broker,
+        verifier,
+        bank_data,
         clock,
         bank_signer,
         rng,
@@ -167,6 +239,7 @@ fn main() -> Result<()> {
 
     story.step("Alice asks the chat for her balance (customer service)");
     story.access(&balance, &Decision::Permit)?;
+    let token_before_revocation = story.fetch_with_token(&balance)?;
 
     story.step("The platform asks for fraud alerts, which Alice did not approve");
     let alerts = AccessRequest {
@@ -252,6 +325,15 @@ fn main() -> Result<()> {
             by: Revoker::Subject,
         }]),
     )?;
+    println!("   the platform presents the token it got before the revocation ...");
+    match story.verifier.verify(&token_before_revocation) {
+        Err(TokenError::ConsentNotLive(status)) => {
+            println!("   bank refuses it: consent is {status:?}")
+        }
+        other => {
+            return Err(format!("the bank accepted a token of a revoked consent: {other:?}").into());
+        }
+    }
 
     story.step("A second, one-day grant runs past its expiry");
     let short = story.broker.request_consent(ConsentRequestDraft {

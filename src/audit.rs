@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use crate::attestation::AttestationError;
 use crate::consent::{ConsentError, RequestError, RevocationReason, Revoker};
-use crate::ids::{AccountId, ConsentId, HolderId, PlatformId, SubjectId};
+use crate::ids::{AccountId, BrokerId, ConsentId, HolderId, PlatformId, SubjectId};
 use crate::policy::{DenyReason, Presence};
 use crate::vocab::{RequestedPurpose, RequestedScope};
 
@@ -46,6 +46,10 @@ pub enum AuditKind {
     ConsentReauthorised,
     /// A re-authorisation was refused.
     ReauthorisationRefused,
+    /// An access token was issued for a permit.
+    TokenIssued,
+    /// The broker's token signing key was rotated.
+    SigningKeyRotated,
 }
 
 /// Who caused the event.
@@ -58,6 +62,8 @@ pub enum Actor {
     Platform(PlatformId),
     /// The holder.
     Holder(HolderId),
+    /// The broker itself (key management).
+    Broker(BrokerId),
 }
 
 /// Why a request, approval or re-authorisation was refused.
@@ -121,6 +127,12 @@ pub struct AuditRecord {
     /// The attestation's `jti` (approvals and re-authorisations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation_id: Option<String>,
+    /// The access token's `jti` (token issuing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// The key id of the new signing key (key rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 impl AuditRecord {
@@ -140,6 +152,8 @@ impl AuditRecord {
             refusal: None,
             revocation: None,
             attestation_id: None,
+            token_id: None,
+            key_id: None,
         }
     }
 

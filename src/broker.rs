@@ -7,7 +7,9 @@
 //! changed meanwhile (a revocation, a policy change, another access using the last unattended
 //! slot) is re-decided, never committed.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use ring::rand::SystemRandom;
 
 use time::{Duration, OffsetDateTime};
 
@@ -23,11 +25,12 @@ use crate::error::Error;
 use crate::ids::{
     AccountId, BrokerId, ConsentId, HolderId, IdGenerator, PlatformId, RandomIds, SubjectId,
 };
-use crate::keys::Ed25519PublicKey;
+use crate::keys::{Ed25519PublicKey, Jwks, KeyError, KeySet, SigningKey};
 use crate::policy::{
     self, AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, Presence, Usage,
 };
 use crate::store::{Change, Commit, HolderRecord, Precondition, RecordKind, Store, StoreError};
+use crate::token::{self, AccessClaims, DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME};
 use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
 
 /// How many times a call re-reads and re-decides when a concurrent writer changed its inputs.
@@ -60,6 +63,7 @@ pub struct Permit {
     presence: Presence,
     decided_at: OffsetDateTime,
     audit_seq: u64,
+    consent_version: u64,
 }
 
 impl Permit {
@@ -114,6 +118,39 @@ pub struct Denial {
     pub audit_seq: u64,
 }
 
+/// A signed access token, as handed to the platform.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    /// The compact JWT.
+    pub token: String,
+    /// Its `jti`.
+    pub token_id: String,
+    /// Its `exp`.
+    pub expires_at: OffsetDateTime,
+    /// The key that signed it.
+    pub key_id: String,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A bearer token is a credential: keep it out of logs.
+        f.debug_struct("AccessToken")
+            .field("token_id", &self.token_id)
+            .field("expires_at", &self.expires_at)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer of [`Broker::authorise_with_token`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenOutcome {
+    /// Permitted, and a token was issued.
+    Issued(AccessToken),
+    /// Refused.
+    Denied(Denial),
+}
+
 /// The recorded answer of the checked call.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AccessOutcome {
@@ -155,6 +192,7 @@ pub struct ConsentView {
 /// Builds a [`Broker`]; see [`Broker::builder`].
 pub struct BrokerBuilder<S> {
     broker: Broker<S>,
+    signing_key: Option<SigningKey>,
 }
 
 impl<S: Store> BrokerBuilder<S> {
@@ -183,13 +221,39 @@ impl<S: Store> BrokerBuilder<S> {
         self
     }
 
+    /// Signs tokens with `key` (by default a fresh key is generated).
+    pub fn signing_key(mut self, key: SigningKey) -> Self {
+        self.signing_key = Some(key);
+        self
+    }
+
+    /// Lifetime of access tokens: default 5 minutes, at most 15.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.broker.token_lifetime = lifetime;
+        self
+    }
+
     /// Installs the JWT crypto provider (if the host has not) and builds the broker.
     ///
     /// # Errors
-    /// [`Error::Provider`] if the process-wide JWT crypto provider is unusable.
+    /// [`Error::Provider`] if the process-wide JWT crypto provider is unusable;
+    /// [`Error::InvalidTokenLifetime`]; [`Error::Key`] if no key was given and none could be
+    /// generated.
     pub fn build(self) -> Result<Broker<S>, Error> {
         crypto::install()?;
-        Ok(self.broker)
+        let lifetime = self.broker.token_lifetime;
+        if lifetime < Duration::SECOND || lifetime > MAX_TOKEN_LIFETIME {
+            return Err(Error::InvalidTokenLifetime {
+                seconds: lifetime.whole_seconds(),
+            });
+        }
+        let key = match self.signing_key {
+            Some(key) => key,
+            None => SigningKey::generate(&self.broker.rng)?,
+        };
+        let mut broker = self.broker;
+        broker.keys = RwLock::new(Some(KeySet::new(key)));
+        Ok(broker)
     }
 }
 
@@ -201,6 +265,10 @@ pub struct Broker<S> {
     ids: Arc<dyn IdGenerator>,
     approval_window: Duration,
     max_attempts: u32,
+    token_lifetime: Duration,
+    /// Always `Some` after `build`; an `Option` only so the builder can fill it last.
+    keys: RwLock<Option<KeySet>>,
+    rng: SystemRandom,
 }
 
 impl<S> std::fmt::Debug for Broker<S> {
@@ -222,7 +290,11 @@ impl<S: Store> Broker<S> {
                 ids: Arc::new(RandomIds::new()),
                 approval_window: DEFAULT_APPROVAL_WINDOW,
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
+                token_lifetime: DEFAULT_TOKEN_LIFETIME,
+                keys: RwLock::new(None),
+                rng: SystemRandom::new(),
             },
+            signing_key: None,
         }
     }
 
@@ -700,6 +772,7 @@ impl<S: Store> Broker<S> {
             presence: request.presence,
             decided_at: now,
             audit_seq: receipt.audit_seqs.start,
+            consent_version: consent.version,
         }))
     }
 
@@ -720,6 +793,154 @@ impl<S: Store> Broker<S> {
             reasons,
             audit_seq: receipt.audit_seqs.start,
         }))
+    }
+
+    fn key_set(&self) -> RwLockReadGuard<'_, Option<KeySet>> {
+        // No code path panics while holding the lock, so a poisoned lock still guards a
+        // consistent key set.
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Turns a permit into a signed access token, bound to its consent, scope, purpose, account
+    /// and holder, and records the issuing (with the token's `jti`) before returning it.
+    ///
+    /// The token expires after the configured lifetime, or with the grant if that is sooner.
+    ///
+    /// # Errors
+    /// [`Error::PermitStale`] if the consent changed since the permit was decided (for example,
+    /// it was revoked); [`Error::Store`] if the issuing cannot be recorded (then no token is
+    /// returned); [`Error::Provider`]; [`Error::Key`].
+    pub fn issue_token(&self, permit: Permit) -> Result<AccessToken, Error> {
+        let now = self.now();
+        let consent = self.load(&permit.consent)?;
+        let stale = || Error::PermitStale(permit.consent.clone());
+        if consent.version != permit.consent_version {
+            return Err(stale());
+        }
+        let grant = consent.ensure_live(now).map_err(|_| stale())?;
+        let expires_at = saturating_add(now, self.token_lifetime).min(grant.expires_at);
+        let token_id =
+            crate::ids::random_token(&self.rng).ok_or(KeyError::RandomnessUnavailable)?;
+        let claims = AccessClaims {
+            iss: self.id.clone(),
+            aud: permit.holder.clone(),
+            sub: permit.subject.clone(),
+            client_id: permit.platform.clone(),
+            cid: permit.consent.clone(),
+            scope: permit.scope,
+            purpose: permit.purpose,
+            acct: permit.account.clone(),
+            iat: now.unix_timestamp(),
+            nbf: now.unix_timestamp(),
+            exp: expires_at.unix_timestamp(),
+            jti: token_id.clone(),
+        };
+        let (token, key_id) = {
+            let keys = self.key_set();
+            let key = keys
+                .as_ref()
+                .and_then(KeySet::signing_key)
+                .ok_or(KeyError::InvalidPkcs8)?;
+            let token = token::sign(&claims, key)?;
+            // Noted before the commit: over-estimating a key's last expiry only keeps it
+            // published a little longer.
+            if let Some(keys) = keys.as_ref() {
+                keys.note_signed(key.kid(), expires_at);
+            }
+            (token, key.kid().to_owned())
+        };
+        let record = AuditRecord {
+            scope: Some(permit.scope.into()),
+            purpose: Some(permit.purpose.into()),
+            account: Some(permit.account.clone()),
+            presence: Some(permit.presence),
+            token_id: Some(token_id.clone()),
+            ..AuditRecord::new(
+                now,
+                AuditKind::TokenIssued,
+                Actor::Platform(permit.platform.clone()),
+            )
+            .about(&permit.consent, Some(&permit.subject))
+        };
+        let commit = Commit {
+            preconditions: vec![Precondition::ConsentVersion {
+                consent: permit.consent.clone(),
+                version: permit.consent_version,
+            }],
+            changes: Vec::new(),
+            audit: vec![record],
+        };
+        match self.store.commit(commit) {
+            Ok(_) => Ok(AccessToken {
+                token,
+                token_id,
+                expires_at,
+                key_id,
+            }),
+            Err(StoreError::Conflict) => Err(stale()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The checked call followed by token issuing: decides, records the decision, and on a
+    /// permit issues and records a token. Re-decides if the consent changed in between.
+    ///
+    /// # Errors
+    /// As [`Broker::authorise_access`] and [`Broker::issue_token`].
+    pub fn authorise_with_token(&self, request: &AccessRequest) -> Result<TokenOutcome, Error> {
+        for _ in 0..self.max_attempts {
+            match self.authorise_access(request)? {
+                AccessOutcome::Denied(denial) => return Ok(TokenOutcome::Denied(denial)),
+                AccessOutcome::Permitted(permit) => match self.issue_token(permit) {
+                    Err(Error::PermitStale(_)) => continue,
+                    other => return other.map(TokenOutcome::Issued),
+                },
+            }
+        }
+        Err(Error::Contention {
+            attempts: self.max_attempts,
+        })
+    }
+
+    /// The JWKS the bank fetches: the signing key and retired keys still verifying.
+    pub fn jwks(&self) -> Jwks {
+        let now = self.now();
+        self.key_set()
+            .as_ref()
+            .map(|keys| keys.jwks(now))
+            .unwrap_or_default()
+    }
+
+    /// Makes `key` the signing key from now on. The previous key stays in the JWKS until the
+    /// last token it signed has expired.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the rotation cannot be recorded (then nothing changes).
+    pub fn rotate_signing_key(&self, key: SigningKey) -> Result<(), Error> {
+        let now = self.now();
+        let mut keys = self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let record = AuditRecord {
+            key_id: Some(key.kid().to_owned()),
+            ..AuditRecord::new(
+                now,
+                AuditKind::SigningKeyRotated,
+                Actor::Broker(self.id.clone()),
+            )
+        };
+        self.store.commit(Commit {
+            audit: vec![record],
+            ..Commit::default()
+        })?;
+        match keys.as_mut() {
+            Some(set) => set.rotate(key, now),
+            None => *keys = Some(KeySet::new(key)),
+        }
+        Ok(())
     }
 
     /// A consent by id.

@@ -47,6 +47,16 @@ pub enum Error {
     /// The JWT crypto provider cannot be used.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// The consent changed (revoked, expired, re-authorised) after the permit was decided: decide
+    /// again.
+    #[error("consent {0} changed since the permit was decided; ask again")]
+    PermitStale(ConsentId),
+    /// The configured token lifetime is outside 1 s to 15 minutes.
+    #[error("token lifetime must be between 1 s and 15 minutes, got {seconds} s")]
+    InvalidTokenLifetime {
+        /// The configured lifetime, in seconds.
+        seconds: i64,
+    },
     /// Concurrent writers kept changing the consent; the call gave up after this many attempts.
     #[error(
         "gave up after {attempts} attempts: the consent kept changing under concurrent updates"

@@ -11,6 +11,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use ring::rand::SecureRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
 
 /// Length of an Ed25519 public key in bytes.
 pub const ED25519_PUBLIC_KEY_LEN: usize = 32;
@@ -27,6 +30,21 @@ pub enum KeyError {
     InvalidPublicKeyLength {
         /// The length given.
         len: usize,
+    },
+    /// A JWKS document that is not valid JSON of the expected shape.
+    #[error("the JWKS document is malformed: {0}")]
+    MalformedJwks(String),
+    /// A JWK whose `kid` is not the RFC 7638 thumbprint of its key.
+    #[error("JWK {kid:?} does not carry its key's RFC 7638 thumbprint as kid")]
+    KidMismatch {
+        /// The `kid` given.
+        kid: String,
+    },
+    /// A JWK for another key type, curve, use or algorithm.
+    #[error("JWK {kid:?} is not an Ed25519 signature key for EdDSA")]
+    UnsupportedJwk {
+        /// The `kid` given.
+        kid: String,
     },
     /// A public key that is not base64url.
     #[error("an Ed25519 public key in a JWK must be unpadded base64url")]
@@ -107,9 +125,10 @@ impl fmt::Debug for Ed25519PublicKey {
     }
 }
 
-/// An Ed25519 signing key with its public half and key id.
+/// An Ed25519 signing key with its public half and key id. The private bytes are zeroized on
+/// drop.
 pub struct SigningKey {
-    pkcs8: Vec<u8>,
+    pkcs8: Zeroizing<Vec<u8>>,
     encoding: EncodingKey,
     public: Ed25519PublicKey,
     kid: String,
@@ -135,7 +154,7 @@ impl SigningKey {
             Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| KeyError::InvalidPkcs8)?;
         let public = Ed25519PublicKey::from_bytes(pair.public_key().as_ref())?;
         Ok(Self {
-            pkcs8: der.to_vec(),
+            pkcs8: Zeroizing::new(der.to_vec()),
             encoding: EncodingKey::from_ed_der(der),
             kid: public.thumbprint(),
             public,
@@ -162,23 +181,210 @@ impl SigningKey {
     }
 }
 
-impl Drop for SigningKey {
-    fn drop(&mut self) {
-        // Best effort without `unsafe`: overwrite our copy of the secret before freeing it.
-        // `EncodingKey` zeroizes its own copy on drop.
-        for byte in &mut self.pkcs8 {
-            *byte = 0;
-        }
-        std::hint::black_box(&self.pkcs8);
-    }
-}
-
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SigningKey")
             .field("kid", &self.kid)
             .field("public", &self.public)
             .field("private", &"[redacted]")
+            .finish()
+    }
+}
+
+/// One key of a JSON Web Key Set (RFC 7517), as this crate publishes it: an Ed25519 signature
+/// key (`kty` `OKP`, `crv` `Ed25519`, RFC 8037) for `alg` `EdDSA`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwk {
+    /// Key type: `OKP`.
+    pub kty: String,
+    /// Curve: `Ed25519`.
+    pub crv: String,
+    /// The public key, unpadded base64url.
+    pub x: String,
+    /// Key id: the RFC 7638 thumbprint.
+    pub kid: String,
+    /// Public key use: `sig`.
+    #[serde(rename = "use")]
+    pub use_: String,
+    /// Algorithm: `EdDSA`.
+    pub alg: String,
+}
+
+impl Jwk {
+    /// The JWK of an Ed25519 public key.
+    pub fn from_public_key(key: &Ed25519PublicKey) -> Self {
+        Self {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: key.to_base64url(),
+            kid: key.thumbprint(),
+            use_: "sig".into(),
+            alg: "EdDSA".into(),
+        }
+    }
+
+    /// The public key, after checking type, curve, use, algorithm and that `kid` is the key's
+    /// thumbprint.
+    ///
+    /// # Errors
+    /// [`KeyError::UnsupportedJwk`], [`KeyError::KidMismatch`], or a key encoding error.
+    pub fn public_key(&self) -> Result<Ed25519PublicKey, KeyError> {
+        if (
+            self.kty.as_str(),
+            self.crv.as_str(),
+            self.use_.as_str(),
+            self.alg.as_str(),
+        ) != ("OKP", "Ed25519", "sig", "EdDSA")
+        {
+            return Err(KeyError::UnsupportedJwk {
+                kid: self.kid.clone(),
+            });
+        }
+        let key = Ed25519PublicKey::from_base64url(&self.x)?;
+        if key.thumbprint() != self.kid {
+            return Err(KeyError::KidMismatch {
+                kid: self.kid.clone(),
+            });
+        }
+        Ok(key)
+    }
+}
+
+/// A JSON Web Key Set (RFC 7517 §5): what a bank fetches to verify the broker's tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Jwks {
+    /// The keys.
+    pub keys: Vec<Jwk>,
+}
+
+impl Jwks {
+    /// Parses a JWKS document and checks every key in it.
+    ///
+    /// # Errors
+    /// [`KeyError::MalformedJwks`] or the first key's error.
+    pub fn from_json(json: &str) -> Result<Self, KeyError> {
+        let jwks: Self =
+            serde_json::from_str(json).map_err(|e| KeyError::MalformedJwks(e.to_string()))?;
+        for jwk in &jwks.keys {
+            jwk.public_key()?;
+        }
+        Ok(jwks)
+    }
+
+    /// The document as JSON.
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings into JSON cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The keys with their ids.
+    ///
+    /// # Errors
+    /// The first key's error.
+    pub fn public_keys(&self) -> Result<Vec<Ed25519PublicKey>, KeyError> {
+        self.keys.iter().map(Jwk::public_key).collect()
+    }
+}
+
+/// How long after a retired key's last token expired it stays published: the verifier's
+/// largest clock leeway, so a token accepted under leeway still finds its key.
+pub const RETIRED_KEY_GRACE: Duration = Duration::seconds(30);
+
+struct KeyEntry {
+    key: SigningKey,
+    retired_at: Option<OffsetDateTime>,
+    /// `exp` of the last token this key signed (unix seconds), or `i64::MIN`.
+    last_expiry: std::sync::atomic::AtomicI64,
+}
+
+/// The broker's signing keys, with rotation.
+///
+/// The newest key signs from the moment it is added. A retired key keeps verifying (stays in
+/// the JWKS) until the last token it signed has expired, plus [`RETIRED_KEY_GRACE`]; then it
+/// drops out.
+pub struct KeySet {
+    entries: Vec<KeyEntry>,
+}
+
+impl KeySet {
+    /// A key set whose only key is `key`.
+    pub fn new(key: SigningKey) -> Self {
+        Self {
+            entries: vec![Self::entry(key)],
+        }
+    }
+
+    fn entry(key: SigningKey) -> KeyEntry {
+        KeyEntry {
+            key,
+            retired_at: None,
+            last_expiry: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Makes `key` the signing key from `now`; the previous signing key is retired.
+    pub fn rotate(&mut self, key: SigningKey, now: OffsetDateTime) {
+        self.prune(now);
+        for entry in &mut self.entries {
+            entry.retired_at.get_or_insert(now);
+        }
+        self.entries.push(Self::entry(key));
+    }
+
+    /// The key that signs now.
+    pub fn signing_key(&self) -> Option<&SigningKey> {
+        self.entries.last().map(|e| &e.key)
+    }
+
+    /// Records that the signing key signed a token expiring at `exp`.
+    pub(crate) fn note_signed(&self, kid: &str, exp: OffsetDateTime) {
+        if let Some(entry) = self.entries.iter().find(|e| e.key.kid() == kid) {
+            entry
+                .last_expiry
+                .fetch_max(exp.unix_timestamp(), std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn verifies_at(entry: &KeyEntry, now: OffsetDateTime) -> bool {
+        match entry.retired_at {
+            None => true,
+            Some(_) => {
+                let last = entry.last_expiry.load(std::sync::atomic::Ordering::SeqCst);
+                now.unix_timestamp() < last.saturating_add(RETIRED_KEY_GRACE.whole_seconds())
+            }
+        }
+    }
+
+    /// Drops retired keys whose last token has expired.
+    pub fn prune(&mut self, now: OffsetDateTime) {
+        self.entries.retain(|entry| Self::verifies_at(entry, now));
+    }
+
+    /// The public keys that verify at `now`: the signing key and retired keys still in overlap.
+    pub fn verification_keys(&self, now: OffsetDateTime) -> Vec<Ed25519PublicKey> {
+        self.entries
+            .iter()
+            .filter(|entry| Self::verifies_at(entry, now))
+            .map(|entry| entry.key.public_key())
+            .collect()
+    }
+
+    /// The JWKS to publish at `now`.
+    pub fn jwks(&self, now: OffsetDateTime) -> Jwks {
+        Jwks {
+            keys: self
+                .verification_keys(now)
+                .iter()
+                .map(Jwk::from_public_key)
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|e| e.key.kid()))
             .finish()
     }
 }

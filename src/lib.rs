@@ -23,32 +23,39 @@ pub mod broker;
 pub mod clock;
 pub mod consent;
 pub mod crypto;
+pub mod data;
 pub mod error;
+pub mod holder;
 pub mod ids;
 pub mod keys;
 pub mod policy;
 pub mod store;
+pub mod token;
 pub mod vocab;
 
 pub use attestation::{Approval, ApprovalStatement, AttestationError, AttestationSigner};
 pub use audit::{Actor, AuditEntry, AuditKind, AuditRecord, Refusal, Revocation};
 pub use broker::{
-    AccessOutcome, Broker, BrokerBuilder, ConsentView, Denial, HolderRegistration, Permit,
+    AccessOutcome, AccessToken, Broker, BrokerBuilder, ConsentView, Denial, HolderRegistration,
+    Permit, TokenOutcome,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use consent::{
     AccountSelection, Consent, ConsentError, ConsentRequest, ConsentRequestDraft, ConsentState,
     ConsentStatus, Grant, RequestError, RevocationReason, Revoker,
 };
+pub use data::{AccountData, Balance, DataError, DataHolder, FraudAlert, serve};
 pub use error::Error;
+pub use holder::{ConsentStatusSource, StoreStatus, TokenVerifier, VerifiedAccess};
 pub use ids::{
     AccountId, BrokerId, ConsentId, HolderId, IdError, IdGenerator, PlatformId, RandomIds,
     SequentialIds, SubjectId,
 };
-pub use keys::{Ed25519PublicKey, KeyError, SigningKey};
+pub use keys::{Ed25519PublicKey, Jwk, Jwks, KeyError, KeySet, SigningKey};
 pub use policy::{
     AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, PolicyError, Presence,
     Usage, evaluate,
 };
 pub use store::{MemoryStore, Store, StoreError};
+pub use token::{AccessClaims, TokenError};
 pub use vocab::{ProhibitedUse, Purpose, RequestedPurpose, RequestedScope, Scope, VocabError};

@@ -1,0 +1,451 @@
+//! Access tokens: the claims, signing them, and checking a token's bytes.
+//!
+//! A permit becomes a JWT (RFC 9068 shape): header `alg` `EdDSA`, `typ` `at+jwt`, `kid` the RFC
+//! 7638 thumbprint of the broker's key; claims `iss`, `aud`, `sub`, `client_id`, `cid`, `scope`,
+//! `purpose`, `acct`, `iat`, `nbf`, `exp`, `jti`. [`check`] is the pure part of verification:
+//! it parses the token itself, strictly (exact segment count, unpadded base64url, exact JSON
+//! types, every claim required), verifies the signature through jsonwebtoken's process-wide
+//! provider, and checks times against the caller's `now`. It never follows `jku`, `x5u` or an
+//! embedded `jwk`, never accepts an algorithm other than EdDSA, and never panics on input.
+//! The consent's live status is the verifier's job ([`crate::holder`]).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, Header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::{Duration, OffsetDateTime};
+
+use crate::crypto::{self, ProviderError};
+use crate::ids::{AccountId, BrokerId, ConsentId, HolderId, PlatformId, SubjectId};
+use crate::keys::{Ed25519PublicKey, SigningKey};
+use crate::vocab::{ProhibitedUse, Purpose, RequestedPurpose, RequestedScope, Scope};
+
+/// The JOSE `typ` of an access token (RFC 9068 §2.1).
+pub const TOKEN_TYPE: &str = "at+jwt";
+/// Default token lifetime.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::minutes(5);
+/// Longest token lifetime any configuration allows.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::minutes(15);
+/// Largest clock leeway a verifier may be configured with.
+pub const MAX_LEEWAY: Duration = Duration::seconds(30);
+/// Largest token accepted, in bytes; longer input is refused before any decoding.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Latest time a token may name (9999-12-31T23:59:59Z); later values are refused as absurd.
+pub const MAX_UNIX_TIME: i64 = 253_402_300_799;
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// The broker that issued it.
+    pub iss: BrokerId,
+    /// The holder it is for.
+    pub aud: HolderId,
+    /// The subject, as the holder knows them.
+    pub sub: SubjectId,
+    /// The platform that presents it.
+    pub client_id: PlatformId,
+    /// The consent it relies on.
+    pub cid: ConsentId,
+    /// The one permitted scope.
+    pub scope: Scope,
+    /// The one permitted purpose.
+    pub purpose: Purpose,
+    /// The one permitted account.
+    pub acct: AccountId,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Not before (unix seconds).
+    pub nbf: i64,
+    /// Expires at (unix seconds).
+    pub exp: i64,
+    /// Unique token id (128 random bits, base64url).
+    pub jti: String,
+}
+
+/// Which part of a token a decoding error is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenPart {
+    /// The JOSE header.
+    Header,
+    /// The claims.
+    Payload,
+    /// The signature.
+    Signature,
+}
+
+/// What is wrong with a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimProblem {
+    /// The claim is absent.
+    Missing,
+    /// The claim has another JSON type (for example an array or a float where a string or an
+    /// integer is required).
+    WrongType,
+    /// The claim has the right type but an unacceptable value (an invalid id, an unknown scope,
+    /// a time outside 0..=9999-12-31).
+    Invalid,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "error", content = "detail", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Longer than [`MAX_TOKEN_LEN`].
+    #[error("the token is {len} bytes long; at most {MAX_TOKEN_LEN} are accepted")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// Not three dot-separated segments.
+    #[error("a token has 3 segments, this one has {segments}")]
+    SegmentCount {
+        /// How many it has.
+        segments: usize,
+    },
+    /// A segment is not unpadded base64url.
+    #[error("the token's {0:?} is not unpadded base64url")]
+    Base64(TokenPart),
+    /// The header or payload is not a UTF-8 JSON object.
+    #[error("the token's {0:?} is not a UTF-8 JSON object")]
+    Json(TokenPart),
+    /// `alg` is `none` (in any case).
+    #[error("unsigned tokens (alg none) are never accepted")]
+    AlgorithmNone,
+    /// `alg` is missing or not `EdDSA`.
+    #[error("only EdDSA tokens are accepted, got alg {0:?}")]
+    UnsupportedAlgorithm(Option<String>),
+    /// `typ` is missing or not `at+jwt`.
+    #[error("the token's typ must be \"at+jwt\", got {0:?}")]
+    WrongType(Option<String>),
+    /// The header has `crit`: no extension is understood, so none may be critical.
+    #[error("the token names critical header extensions, none of which are supported")]
+    CriticalHeader,
+    /// The header points at key material (`jku`, `x5u`, `jwk`, `x5c`, `x5t`, `x5t#S256`): never
+    /// followed, always refused.
+    #[error("the token header carries {0:?}, which is never followed")]
+    ForbiddenHeader(String),
+    /// No `kid`.
+    #[error("the token header has no kid")]
+    MissingKeyId,
+    /// The `kid` names no known key.
+    #[error("the token is signed with an unknown key")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    /// A required claim is missing, mistyped or invalid.
+    #[error("claim {claim:?}: {problem:?}")]
+    Claim {
+        /// The claim.
+        claim: String,
+        /// What is wrong.
+        problem: ClaimProblem,
+    },
+    /// `iss` is not the expected broker.
+    #[error("the token was issued by another broker")]
+    WrongIssuer,
+    /// `aud` is not this holder.
+    #[error("the token is for another holder")]
+    WrongAudience,
+    /// Past `exp` (plus leeway).
+    #[error("the token expired at unix time {exp}")]
+    Expired {
+        /// Its `exp`.
+        exp: i64,
+    },
+    /// Before `nbf` (minus leeway).
+    #[error("the token is not valid before unix time {nbf}")]
+    NotYetValid {
+        /// Its `nbf`.
+        nbf: i64,
+    },
+    /// `iat` in the future (beyond leeway).
+    #[error("the token was issued in the future (iat {iat})")]
+    IssuedInFuture {
+        /// Its `iat`.
+        iat: i64,
+    },
+    /// `exp - iat` is not positive or exceeds the maximum lifetime.
+    #[error("the token's lifetime of {seconds} s is not within 1 s to the allowed maximum")]
+    LifetimeInvalid {
+        /// `exp - iat`.
+        seconds: i64,
+    },
+    /// The purpose is a prohibited use.
+    #[error("purpose {0} is a prohibited use")]
+    ProhibitedPurpose(ProhibitedUse),
+    /// The scope is a prohibited use.
+    #[error("scope {0} is a prohibited use")]
+    ProhibitedScope(ProhibitedUse),
+    /// No consent with the token's `cid` is known.
+    #[error("the token's consent is unknown")]
+    UnknownConsent,
+    /// The consent is revoked, expired, or was never authorised.
+    #[error("the token's consent is not live: {0:?}")]
+    ConsentNotLive(crate::consent::ConsentStatus),
+    /// A claim disagrees with the consent (its subject, platform or holder).
+    #[error("claim {0:?} disagrees with the consent")]
+    ConsentMismatch(String),
+    /// The consent does not (or no longer) grant the token's scope.
+    #[error("the consent does not grant scope {0}")]
+    ScopeNotGranted(Scope),
+    /// The consent does not grant the token's purpose.
+    #[error("the consent does not grant purpose {0}")]
+    PurposeNotGranted(Purpose),
+    /// The consent does not grant the token's account.
+    #[error("the consent does not grant account {0}")]
+    AccountNotGranted(AccountId),
+    /// The token's `jti` was seen before (replay detection is on).
+    #[error("the token was already presented (replay)")]
+    Replayed,
+    /// The consent status could not be read: refused, because a revocation might be missed.
+    #[error("the consent status is unavailable: {0}")]
+    StatusUnavailable(String),
+    /// The verification could not be audited: refused, fail closed.
+    #[error("the verification could not be audited: {0}")]
+    AuditUnavailable(String),
+    /// The JWT crypto provider cannot be used.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+/// What a token is checked against, apart from keys and time.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenExpectations<'a> {
+    /// The broker's issuer id.
+    pub issuer: &'a BrokerId,
+    /// This holder's id.
+    pub audience: &'a HolderId,
+    /// Clock leeway (at most [`MAX_LEEWAY`]).
+    pub leeway: Duration,
+    /// Longest lifetime accepted (at most [`MAX_TOKEN_LIFETIME`]).
+    pub max_lifetime: Duration,
+}
+
+/// Signs `claims` with `key` as an `at+jwt` EdDSA token.
+pub(crate) fn sign(claims: &AccessClaims, key: &SigningKey) -> Result<String, ProviderError> {
+    crypto::install()?;
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.typ = Some(TOKEN_TYPE.to_owned());
+    header.kid = Some(key.kid().to_owned());
+    jsonwebtoken::encode(&header, claims, key.encoding_key()).map_err(|_| ProviderError::Unusable)
+}
+
+fn claim_error(claim: &str, problem: ClaimProblem) -> TokenError {
+    TokenError::Claim {
+        claim: claim.to_owned(),
+        problem,
+    }
+}
+
+fn decode_segment(segment: &str, part: TokenPart) -> Result<Vec<u8>, TokenError> {
+    // The engine refuses padding and non-canonical trailing bits; the character check refuses
+    // the standard alphabet's `+` and `/`.
+    if !segment
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(TokenError::Base64(part));
+    }
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| TokenError::Base64(part))
+}
+
+fn json_object(bytes: &[u8], part: TokenPart) -> Result<Map<String, Value>, TokenError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(TokenError::Json(part)),
+    }
+}
+
+fn string_claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Result<&'a str, TokenError> {
+    match claims.get(name) {
+        None => Err(claim_error(name, ClaimProblem::Missing)),
+        Some(Value::String(value)) => Ok(value),
+        Some(_) => Err(claim_error(name, ClaimProblem::WrongType)),
+    }
+}
+
+fn parsed_claim<T: std::str::FromStr>(
+    claims: &Map<String, Value>,
+    name: &str,
+) -> Result<T, TokenError> {
+    string_claim(claims, name)?
+        .parse()
+        .map_err(|_| claim_error(name, ClaimProblem::Invalid))
+}
+
+fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<i64, TokenError> {
+    let Some(value) = claims.get(name) else {
+        return Err(claim_error(name, ClaimProblem::Missing));
+    };
+    let Value::Number(number) = value else {
+        return Err(claim_error(name, ClaimProblem::WrongType));
+    };
+    if number.is_f64() {
+        return Err(claim_error(name, ClaimProblem::WrongType));
+    }
+    match number.as_i64() {
+        Some(seconds) if (0..=MAX_UNIX_TIME).contains(&seconds) => Ok(seconds),
+        _ => Err(claim_error(name, ClaimProblem::Invalid)),
+    }
+}
+
+/// Parses and checks a token's bytes, signature and times. `key_for` maps a `kid` to a key.
+///
+/// # Errors
+/// The first failed check, as a [`TokenError`].
+pub fn check(
+    token: &str,
+    key_for: impl Fn(&str) -> Option<Ed25519PublicKey>,
+    expected: &TokenExpectations<'_>,
+    now: OffsetDateTime,
+) -> Result<AccessClaims, TokenError> {
+    crypto::install()?;
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLarge { len: token.len() });
+    }
+    let segments: Vec<&str> = token.split('.').collect();
+    let [header_b64, payload_b64, signature_b64] = segments.as_slice() else {
+        return Err(TokenError::SegmentCount {
+            segments: segments.len(),
+        });
+    };
+    let header = json_object(
+        &decode_segment(header_b64, TokenPart::Header)?,
+        TokenPart::Header,
+    )?;
+    let key = check_header(&header, key_for)?;
+    let signature = decode_segment(signature_b64, TokenPart::Signature)?;
+    let payload_bytes = decode_segment(payload_b64, TokenPart::Payload)?;
+
+    let signing_input_len = header_b64.len() + 1 + payload_b64.len();
+    let signing_input = token.get(..signing_input_len).unwrap_or_default();
+    if signature.len() != 64 {
+        return Err(TokenError::BadSignature);
+    }
+    match jsonwebtoken::crypto::verify(
+        signature_b64,
+        signing_input.as_bytes(),
+        &key.decoding_key(),
+        Algorithm::EdDSA,
+    ) {
+        Ok(true) => {}
+        _ => return Err(TokenError::BadSignature),
+    }
+
+    let claims = json_object(&payload_bytes, TokenPart::Payload)?;
+    check_claims(&claims, expected, now)
+}
+
+fn check_header(
+    header: &Map<String, Value>,
+    key_for: impl Fn(&str) -> Option<Ed25519PublicKey>,
+) -> Result<Ed25519PublicKey, TokenError> {
+    match header.get("alg") {
+        Some(Value::String(alg)) if alg == "EdDSA" => {}
+        Some(Value::String(alg)) if alg.eq_ignore_ascii_case("none") => {
+            return Err(TokenError::AlgorithmNone);
+        }
+        Some(Value::String(alg)) => {
+            return Err(TokenError::UnsupportedAlgorithm(Some(alg.clone())));
+        }
+        _ => return Err(TokenError::UnsupportedAlgorithm(None)),
+    }
+    match header.get("typ") {
+        Some(Value::String(typ))
+            if typ.eq_ignore_ascii_case(TOKEN_TYPE)
+                || typ.eq_ignore_ascii_case("application/at+jwt") => {}
+        Some(Value::String(typ)) => return Err(TokenError::WrongType(Some(typ.clone()))),
+        Some(other) => return Err(TokenError::WrongType(Some(other.to_string()))),
+        None => return Err(TokenError::WrongType(None)),
+    }
+    if header.contains_key("crit") {
+        return Err(TokenError::CriticalHeader);
+    }
+    for forbidden in ["jku", "x5u", "jwk", "x5c", "x5t", "x5t#S256"] {
+        if header.contains_key(forbidden) {
+            return Err(TokenError::ForbiddenHeader(forbidden.to_owned()));
+        }
+    }
+    let Some(Value::String(kid)) = header.get("kid") else {
+        return Err(TokenError::MissingKeyId);
+    };
+    key_for(kid).ok_or(TokenError::UnknownKey)
+}
+
+fn check_claims(
+    claims: &Map<String, Value>,
+    expected: &TokenExpectations<'_>,
+    now: OffsetDateTime,
+) -> Result<AccessClaims, TokenError> {
+    let iss: BrokerId = parsed_claim(claims, "iss")?;
+    if &iss != expected.issuer {
+        return Err(TokenError::WrongIssuer);
+    }
+    let aud: HolderId = parsed_claim(claims, "aud")?;
+    if &aud != expected.audience {
+        return Err(TokenError::WrongAudience);
+    }
+    let sub = parsed_claim(claims, "sub")?;
+    let client_id = parsed_claim(claims, "client_id")?;
+    let cid = parsed_claim(claims, "cid")?;
+    let scope = match parsed_claim::<RequestedScope>(claims, "scope")? {
+        RequestedScope::Data(scope) => scope,
+        RequestedScope::Prohibited(used) => return Err(TokenError::ProhibitedScope(used)),
+    };
+    let purpose = match parsed_claim::<RequestedPurpose>(claims, "purpose")? {
+        RequestedPurpose::Permitted(purpose) => purpose,
+        RequestedPurpose::Prohibited(used) => return Err(TokenError::ProhibitedPurpose(used)),
+    };
+    let acct = parsed_claim(claims, "acct")?;
+    let iat = time_claim(claims, "iat")?;
+    let nbf = time_claim(claims, "nbf")?;
+    let exp = time_claim(claims, "exp")?;
+    let jti = string_claim(claims, "jti")?;
+    if !(16..=128).contains(&jti.len()) {
+        return Err(claim_error("jti", ClaimProblem::Invalid));
+    }
+
+    let lifetime = exp - iat;
+    let max_lifetime = expected
+        .max_lifetime
+        .min(MAX_TOKEN_LIFETIME)
+        .whole_seconds();
+    if lifetime <= 0 || lifetime > max_lifetime {
+        return Err(TokenError::LifetimeInvalid { seconds: lifetime });
+    }
+    let now = now.unix_timestamp();
+    let leeway = expected
+        .leeway
+        .clamp(Duration::ZERO, MAX_LEEWAY)
+        .whole_seconds();
+    if now >= exp.saturating_add(leeway) {
+        return Err(TokenError::Expired { exp });
+    }
+    if nbf > now.saturating_add(leeway) {
+        return Err(TokenError::NotYetValid { nbf });
+    }
+    if iat > now.saturating_add(leeway) {
+        return Err(TokenError::IssuedInFuture { iat });
+    }
+    Ok(AccessClaims {
+        iss,
+        aud,
+        sub,
+        client_id,
+        cid,
+        scope,
+        purpose,
+        acct,
+        iat,
+        nbf,
+        exp,
+        jti: jti.to_owned(),
+    })
+}
