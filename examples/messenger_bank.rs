@@ -174,7 +174,7 @@ fn main() -> Result<()> {
     )?
     .with_replay_detection();
     let bank_data = FirstBank {
-        balances: HashMap::from([(current.clone(), 1_234_56), (savings.clone(), 98_765_43)]),
+        balances: HashMap::from([(current.clone(), 123_456), (savings.clone(), 9_876_543)]),
     };
     let mut story = Story {
         broker,
