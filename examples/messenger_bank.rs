@@ -331,7 +331,9 @@ fn main() -> Result<()> {
             println!("   bank refuses it: consent is {status:?}")
         }
         other => {
-            return Err(format!("the bank accepted a token of a revoked consent: {other:?}").into());
+            return Err(
+                format!("the bank accepted a token of a revoked consent: {other:?}").into(),
+            );
         }
     }
 
