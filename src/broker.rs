@@ -50,7 +50,24 @@ pub struct HolderRegistration {
 /// Proof that the broker permitted one access and recorded it.
 ///
 /// Only the broker's checked call constructs a `Permit`; it is not `Clone`, and its fields are
-/// private, so code that holds one has passed the policy check.
+/// private, so code that holds one has passed the policy check:
+///
+/// ```compile_fail,E0451
+/// use consent_broker::{Permit, Presence, Purpose, Scope};
+/// let forged = Permit {
+///     consent: "cns_1".parse().unwrap(),
+///     subject: "alice".parse().unwrap(),
+///     holder: "bank".parse().unwrap(),
+///     platform: "chat".parse().unwrap(),
+///     scope: Scope::Balance,
+///     purpose: Purpose::CustomerService,
+///     account: "acc-1".parse().unwrap(),
+///     presence: Presence::SubjectPresent,
+///     decided_at: time::OffsetDateTime::UNIX_EPOCH,
+///     audit_seq: 0,
+///     consent_version: 1,
+/// };
+/// ```
 #[derive(Debug, PartialEq, Eq)]
 pub struct Permit {
     consent: ConsentId,
@@ -999,5 +1016,30 @@ impl Transition {
             Self::Approve => AuditKind::ApprovalRefused,
             Self::Reauthorise => AuditKind::ReauthorisationRefused,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `compile_fail` example on [`Permit`] is this literal, which compiles where the fields
+    /// are visible.
+    #[test]
+    fn the_forging_literal_is_otherwise_well_formed() {
+        let made = Permit {
+            consent: "cns_1".parse().unwrap(),
+            subject: "alice".parse().unwrap(),
+            holder: "bank".parse().unwrap(),
+            platform: "chat".parse().unwrap(),
+            scope: Scope::Balance,
+            purpose: Purpose::CustomerService,
+            account: "acc-1".parse().unwrap(),
+            presence: Presence::SubjectPresent,
+            decided_at: time::OffsetDateTime::UNIX_EPOCH,
+            audit_seq: 0,
+            consent_version: 1,
+        };
+        assert_eq!(made.scope(), Scope::Balance);
     }
 }

@@ -6,7 +6,7 @@
 //! scope: a balance carries no transactions. [`serve`] dispatches on the verified scope and
 //! refuses (fails closed) data that the holder returned for any other account.
 //!
-//! ```compile_fail
+//! ```compile_fail,E0451
 //! use consent_broker::data::BalanceGrant;
 //! // Grants cannot be built by hand: only a verified access hands them out.
 //! let grant = BalanceGrant { account: &"acc-1".parse().unwrap() };
@@ -224,4 +224,18 @@ pub fn serve<H: DataHolder>(
         only_this_account(&transaction.account)?;
     }
     Ok(AccountData::Transactions(transactions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The module's `compile_fail` example is this literal, which compiles where the field is
+    /// visible.
+    #[test]
+    fn the_forging_literal_is_otherwise_well_formed() {
+        let account: AccountId = "acc-1".parse().unwrap();
+        let grant = BalanceGrant { account: &account };
+        assert_eq!(grant.account(), &account);
+    }
 }

@@ -144,10 +144,21 @@ impl ReplayGuard {
 /// Access that passed the check: built only by [`TokenVerifier::verify`] or from a broker
 /// [`Permit`].
 ///
-/// ```compile_fail
+/// Its fields are private, so it cannot be made up, even with every field given:
+///
+/// ```compile_fail,E0451
 /// use consent_broker::holder::VerifiedAccess;
-/// // The fields are private: a verified access cannot be made up.
-/// let forged = VerifiedAccess { consent: "cns_1".parse().unwrap() };
+/// use consent_broker::{Purpose, Scope};
+/// let forged = VerifiedAccess {
+///     consent: "cns_1".parse().unwrap(),
+///     subject: "alice".parse().unwrap(),
+///     platform: "chat".parse().unwrap(),
+///     holder: "bank".parse().unwrap(),
+///     scope: Scope::Balance,
+///     purpose: Purpose::CustomerService,
+///     account: "acc-1".parse().unwrap(),
+///     token_id: None,
+/// };
 /// ```
 #[derive(Debug, PartialEq, Eq)]
 pub struct VerifiedAccess {
@@ -411,4 +422,26 @@ pub enum VerifierSetupError {
     /// The JWT crypto provider cannot be used.
     #[error(transparent)]
     Provider(#[from] crypto::ProviderError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `compile_fail` example on [`VerifiedAccess`] is the same literal: it compiles here,
+    /// where the fields are visible, so outside it fails only because they are private.
+    #[test]
+    fn the_forging_literal_is_otherwise_well_formed() {
+        let made = VerifiedAccess {
+            consent: "cns_1".parse().unwrap(),
+            subject: "alice".parse().unwrap(),
+            platform: "chat".parse().unwrap(),
+            holder: "bank".parse().unwrap(),
+            scope: Scope::Balance,
+            purpose: Purpose::CustomerService,
+            account: "acc-1".parse().unwrap(),
+            token_id: None,
+        };
+        assert_eq!(made.scope(), Scope::Balance);
+    }
 }
