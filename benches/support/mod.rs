@@ -1,0 +1,90 @@
+//! One setup for every benchmark: a broker on a manual clock over a shared in-memory store, a
+//! registered bank and platform, and a live balance grant.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use consent_broker::*;
+use ring::rand::SystemRandom;
+use time::Duration;
+use time::macros::datetime;
+
+pub struct Setup {
+    pub broker: Broker<Arc<MemoryStore>>,
+    pub store: Arc<MemoryStore>,
+    pub clock: Arc<ManualClock>,
+    pub bank: HolderId,
+    pub profile: PlatformProfile,
+    pub policy: HolderPolicy,
+    pub consent: Consent,
+    /// Balance, customer service, the granted account, subject present: a permit.
+    pub access: AccessRequest,
+}
+
+pub fn setup() -> Setup {
+    let clock = Arc::new(ManualClock::new(datetime!(2026-11-21 09:00 UTC)));
+    let store = Arc::new(MemoryStore::new());
+    let broker = Broker::builder("broker".parse().unwrap(), store.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let rng = SystemRandom::new();
+    let bank: HolderId = "bank".parse().unwrap();
+    let signer = AttestationSigner::new(bank.clone(), SigningKey::generate(&rng).unwrap()).unwrap();
+    let policy = HolderPolicy::default();
+    broker
+        .register_holder(HolderRegistration {
+            id: bank.clone(),
+            policy: policy.clone(),
+            attestation_keys: vec![signer.public_key()],
+        })
+        .unwrap();
+    let profile = PlatformProfile {
+        id: "chat".parse().unwrap(),
+        registered_purposes: BTreeSet::from(Purpose::ALL),
+    };
+    broker.register_platform(profile.clone()).unwrap();
+    let account: AccountId = "acc-1".parse().unwrap();
+    let request = broker
+        .request_consent(ConsentRequestDraft {
+            subject: "alice".parse().unwrap(),
+            platform: profile.id.clone(),
+            holder: bank.clone(),
+            scopes: vec![Scope::Balance.into()],
+            purposes: vec![Purpose::CustomerService.into()],
+            accounts: AccountSelection::Listed(BTreeSet::from([account.clone()])),
+            duration: Duration::days(90),
+        })
+        .unwrap();
+    let statement = ApprovalStatement {
+        consent: request.id.clone(),
+        subject: request.subject.clone(),
+        scopes: request.scopes.clone(),
+        purposes: request.purposes.clone(),
+        accounts: BTreeSet::from([account.clone()]),
+        consent_expires_at: broker.now() + Duration::days(90),
+    };
+    let attestation = signer
+        .sign(&statement, broker.id(), broker.now(), &rng)
+        .unwrap();
+    let consent = broker.approve(&request.id, &attestation).unwrap();
+    let access = AccessRequest {
+        consent: request.id.clone(),
+        platform: profile.id.clone(),
+        scope: Scope::Balance.into(),
+        purpose: Purpose::CustomerService.into(),
+        account,
+        presence: Presence::SubjectPresent,
+    };
+    Setup {
+        broker,
+        store,
+        clock,
+        bank,
+        profile,
+        policy,
+        consent,
+        access,
+    }
+}
