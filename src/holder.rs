@@ -139,6 +139,14 @@ impl ReplayGuard {
         seen.insert(jti.to_owned(), exp);
         Ok(())
     }
+
+    /// Forgets `jti` (its verification was refused after it was recorded).
+    fn release(&self, jti: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(jti);
+    }
 }
 
 /// Access that passed the check: built only by [`TokenVerifier::verify`] or from a broker
@@ -327,16 +335,22 @@ impl<St: ConsentStatusSource> TokenVerifier<St> {
         let mut identified = None;
         let outcome = self.verify_at(token, now, &mut identified);
         if let Some(audit) = &self.audit {
-            let (jti, consent) = identified.unzip();
             let refusal = outcome.as_ref().err().cloned();
-            audit
-                .record(VerificationRecord {
-                    at: now,
-                    jti,
-                    consent,
-                    refusal,
-                })
-                .map_err(TokenError::AuditUnavailable)?;
+            let (jti, consent) = identified.unzip();
+            let record = VerificationRecord {
+                at: now,
+                jti,
+                consent,
+                refusal,
+            };
+            if let Err(failure) = audit.record(record) {
+                // The token was refused for want of an audit record: it was not used, so a
+                // later presentation must not count as a replay.
+                if let (Ok(access), Some(replay)) = (&outcome, &self.replay) {
+                    replay.release(access.token_id().unwrap_or_default());
+                }
+                return Err(TokenError::AuditUnavailable(failure));
+            }
         }
         outcome
     }

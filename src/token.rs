@@ -287,8 +287,17 @@ fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<i64, TokenError
     let Value::Number(number) = value else {
         return Err(claim_error(name, ClaimProblem::WrongType));
     };
-    if number.is_f64() {
-        return Err(claim_error(name, ClaimProblem::WrongType));
+    if let Some(float) = number.as_f64().filter(|_| number.is_f64()) {
+        // serde_json reads an integer too large for 64 bits as a float, so a float outside the
+        // i64 range is an absurd time, whatever its notation; inside it, a float is the wrong
+        // type (NumericDate here is a whole number of seconds).
+        let in_range = float.abs() < 9.223_372_036_854_775_808e18;
+        let problem = if in_range {
+            ClaimProblem::WrongType
+        } else {
+            ClaimProblem::Invalid
+        };
+        return Err(claim_error(name, problem));
     }
     match number.as_i64() {
         Some(seconds) if (0..=MAX_UNIX_TIME).contains(&seconds) => Ok(seconds),

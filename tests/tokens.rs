@@ -536,3 +536,41 @@ fn transactions_are_served_only_where_offered() {
     };
     assert!(matches!(serve(&sharing, &verified), Ok(AccountData::Transactions(t)) if t.len() == 1));
 }
+
+/// An audit sink that fails while `down` is set.
+#[derive(Default)]
+struct FlakyAudit {
+    down: std::sync::atomic::AtomicBool,
+    log: MemoryVerificationLog,
+}
+
+impl consent_broker::holder::VerificationAudit for FlakyAudit {
+    fn record(&self, record: consent_broker::holder::VerificationRecord) -> Result<(), String> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("audit disk full".into());
+        }
+        self.log.record(record)
+    }
+}
+
+#[test]
+fn a_token_refused_for_want_of_an_audit_record_is_not_burnt_by_replay_detection() {
+    let fx = fixture();
+    let request = fx.granted();
+    let token = issue(&fx, &fx.access(&request.id));
+    let audit = Arc::new(FlakyAudit::default());
+    let bank = verifier(&fx)
+        .with_replay_detection()
+        .with_audit(audit.clone());
+    audit.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        bank.verify(&token.token),
+        Err(TokenError::AuditUnavailable("audit disk full".into()))
+    );
+    audit.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(bank.verify(&token.token).is_ok(), "first recorded use");
+    assert_eq!(bank.verify(&token.token), Err(TokenError::Replayed));
+    let refusals: Vec<Option<TokenError>> =
+        audit.log.records().into_iter().map(|r| r.refusal).collect();
+    assert_eq!(refusals, vec![None, Some(TokenError::Replayed)]);
+}
