@@ -291,7 +291,8 @@ fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<i64, TokenError
         // serde_json reads an integer too large for 64 bits as a float, so a float outside the
         // i64 range is an absurd time, whatever its notation; inside it, a float is the wrong
         // type (NumericDate here is a whole number of seconds).
-        let in_range = float.abs() < 9.223_372_036_854_775_808e18;
+        // `i64::MAX as f64` rounds to 2^63, the first magnitude an i64 cannot hold.
+        let in_range = float.abs() < i64::MAX as f64;
         let problem = if in_range {
             ClaimProblem::WrongType
         } else {
