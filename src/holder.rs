@@ -4,8 +4,9 @@
 //! ([`crate::keys::Jwks`]), then asks a [`ConsentStatusSource`] whether the consent is still
 //! live, so that a revocation is seen by the very next verification. Only a successful
 //! verification (or the broker's own checked call, through [`VerifiedAccess::from`] a
-//! [`Permit`]) makes a [`VerifiedAccess`]; the [`DataHolder`](crate::data::DataHolder) trait's methods take grants that
-//! only a [`VerifiedAccess`] hands out, so bank data cannot be fetched without a check.
+//! [`Permit`]) makes a [`VerifiedAccess`]; the [`DataHolder`](crate::data::DataHolder) trait's
+//! methods take grants that only a [`VerifiedAccess`] hands out, so bank data cannot be fetched
+//! without a check.
 //!
 //! # Keeping consent status current when the bank runs separately
 //!
