@@ -48,8 +48,8 @@ pub enum AuditKind {
     ReauthorisationRefused,
     /// An access token was issued for a permit.
     TokenIssued,
-    /// The broker's token signing key was rotated.
-    SigningKeyRotated,
+    /// A token signing key was activated: the broker's first key, or a rotation.
+    SigningKeyActivated,
 }
 
 /// Who caused the event.

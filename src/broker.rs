@@ -29,7 +29,9 @@ use crate::keys::{Ed25519PublicKey, Jwks, KeyError, KeySet, SigningKey};
 use crate::policy::{
     self, AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, Presence, Usage,
 };
-use crate::store::{Change, Commit, HolderRecord, Precondition, RecordKind, Store, StoreError};
+use crate::store::{
+    Change, Commit, HolderRecord, Precondition, PublishedKey, RecordKind, Store, StoreError,
+};
 use crate::token::{self, AccessClaims, DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME};
 use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
 
@@ -268,8 +270,19 @@ impl<S: Store> BrokerBuilder<S> {
             Some(key) => key,
             None => SigningKey::generate(&self.broker.rng)?,
         };
-        let mut broker = self.broker;
-        broker.keys = RwLock::new(Some(KeySet::new(key)));
+        let broker = self.broker;
+        let already_published = broker
+            .store
+            .signing_keys()?
+            .iter()
+            .any(|k| k.kid == key.kid());
+        if !already_published {
+            broker.publish_key(&key, broker.now())?;
+        }
+        *broker
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(KeySet::new(key));
         Ok(broker)
     }
 }
@@ -941,22 +954,35 @@ impl<S: Store> Broker<S> {
             .keys
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let record = AuditRecord {
-            key_id: Some(key.kid().to_owned()),
-            ..AuditRecord::new(
-                now,
-                AuditKind::SigningKeyRotated,
-                Actor::Broker(self.id.clone()),
-            )
-        };
-        self.store.commit(Commit {
-            audit: vec![record],
-            ..Commit::default()
-        })?;
+        self.publish_key(&key, now)?;
         match keys.as_mut() {
             Some(set) => set.rotate(key, now),
             None => *keys = Some(KeySet::new(key)),
         }
+        Ok(())
+    }
+
+    /// Records a key's public half and its activation, atomically.
+    fn publish_key(&self, key: &SigningKey, now: OffsetDateTime) -> Result<(), Error> {
+        let record = AuditRecord {
+            key_id: Some(key.kid().to_owned()),
+            ..AuditRecord::new(
+                now,
+                AuditKind::SigningKeyActivated,
+                Actor::Broker(self.id.clone()),
+            )
+        };
+        let published = PublishedKey {
+            kid: key.kid().to_owned(),
+            public_key: key.public_key(),
+            activated_at: now,
+        };
+        let commit = Commit {
+            changes: vec![Change::PublishSigningKey(published)],
+            audit: vec![record],
+            ..Commit::default()
+        };
+        self.store.commit(commit)?;
         Ok(())
     }
 

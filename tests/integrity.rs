@@ -12,7 +12,7 @@ use std::thread;
 
 use common::*;
 use consent_broker::audit::AuditEntry;
-use consent_broker::store::{Change, Commit, CommitReceipt, HolderRecord};
+use consent_broker::store::{Change, Commit, CommitReceipt, HolderRecord, PublishedKey};
 use consent_broker::*;
 use time::Date;
 
@@ -53,6 +53,9 @@ impl Store for FailingStore {
     }
     fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
         self.inner.audit_entries(range)
+    }
+    fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
+        self.inner.signing_keys()
     }
     fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
         if self.failing.load(Ordering::SeqCst) {

@@ -343,6 +343,7 @@ fn every_transition_appends_to_a_gap_free_log() {
     assert_eq!(
         kinds,
         vec![
+            AuditKind::SigningKeyActivated,
             AuditKind::HolderRegistered,
             AuditKind::PlatformRegistered,
             AuditKind::ConsentRequested,
@@ -352,5 +353,5 @@ fn every_transition_appends_to_a_gap_free_log() {
         ]
     );
     let seqs: Vec<u64> = fx.audit().into_iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (0..6).collect::<Vec<u64>>());
+    assert_eq!(seqs, (0..7).collect::<Vec<u64>>());
 }

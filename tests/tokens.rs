@@ -214,7 +214,7 @@ fn rotated_keys_overlap_until_their_last_token_expires_then_drop_out() {
     let new_kid = new_key.kid().to_owned();
     fx.broker.rotate_signing_key(new_key).unwrap();
     let rotation = fx.last_audit();
-    assert_eq!(rotation.record.kind, AuditKind::SigningKeyRotated);
+    assert_eq!(rotation.record.kind, AuditKind::SigningKeyActivated);
     assert_eq!(rotation.record.key_id.as_deref(), Some(new_kid.as_str()));
 
     // The new key signs from the moment it is activated; both keys are published.

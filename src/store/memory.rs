@@ -10,7 +10,8 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use time::Date;
 
 use super::{
-    Change, Commit, CommitReceipt, HolderRecord, Precondition, RecordKind, Store, StoreError,
+    Change, Commit, CommitReceipt, HolderRecord, Precondition, PublishedKey, RecordKind, Store,
+    StoreError,
 };
 use crate::audit::AuditEntry;
 use crate::consent::Consent;
@@ -31,6 +32,7 @@ struct Inner {
     by_subject: HashMap<SubjectId, Vec<ConsentId>>,
     usage: HashMap<(ConsentId, Date), Usage>,
     attestations: HashSet<String>,
+    signing_keys: Vec<PublishedKey>,
     audit: Vec<AuditEntry>,
 }
 
@@ -42,6 +44,7 @@ enum Undo {
     ConsentUpdated(Box<Consent>),
     Usage((ConsentId, Date), Option<Usage>),
     Attestation(String),
+    SigningKey,
 }
 
 impl MemoryStore {
@@ -153,6 +156,13 @@ impl Inner {
                 }
                 Ok(Undo::Attestation(id))
             }
+            Change::PublishSigningKey(key) => {
+                if self.signing_keys.iter().any(|k| k.kid == key.kid) {
+                    return Err(duplicate(RecordKind::SigningKey, &key.kid));
+                }
+                self.signing_keys.push(key);
+                Ok(Undo::SigningKey)
+            }
         }
     }
 
@@ -184,6 +194,9 @@ impl Inner {
             }
             Undo::Attestation(id) => {
                 self.attestations.remove(&id);
+            }
+            Undo::SigningKey => {
+                self.signing_keys.pop();
             }
         }
     }
@@ -258,6 +271,10 @@ impl Store for MemoryStore {
             .get(start..end)
             .map(<[AuditEntry]>::to_vec)
             .unwrap_or_default())
+    }
+
+    fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
+        Ok(self.read()?.signing_keys.clone())
     }
 
     fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {

@@ -90,6 +90,21 @@ pub enum Change {
     },
     /// Marks an attestation id as used; fails with [`StoreError::Duplicate`] if it was.
     UseAttestation(String),
+    /// Publishes the public half of a token signing key; fails with [`StoreError::Duplicate`]
+    /// if its kid is already published.
+    PublishSigningKey(PublishedKey),
+}
+
+/// The public half of a token signing key, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedKey {
+    /// Key id (RFC 7638 thumbprint).
+    pub kid: String,
+    /// The public key.
+    pub public_key: Ed25519PublicKey,
+    /// When it started signing.
+    #[serde(with = "time::serde::timestamp")]
+    pub activated_at: time::OffsetDateTime,
 }
 
 /// The kind of record a duplicate id belongs to.
@@ -104,6 +119,8 @@ pub enum RecordKind {
     Consent,
     /// An attestation id.
     Attestation,
+    /// A token signing key.
+    SigningKey,
 }
 
 /// Everything one commit applies, atomically.
@@ -140,9 +157,37 @@ pub enum StoreError {
         /// The id.
         id: String,
     },
-    /// The store cannot be used (I/O failure, poisoned lock, disk full, …).
+    /// The store cannot be used (an I/O failure, a lost connection, …).
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The file is not a database of this store's kind.
+    #[error("{path} is not a consent-broker database: {detail}")]
+    NotADatabase {
+        /// The file.
+        path: String,
+        /// What the engine said.
+        detail: String,
+    },
+    /// The database is damaged (truncated, overwritten, failed its integrity check).
+    #[error("the database is corrupt: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer version of this crate.
+    #[error("the database has schema version {found}; this build supports up to {supported}")]
+    SchemaTooNew {
+        /// The version found.
+        found: i64,
+        /// The newest version this build understands.
+        supported: i64,
+    },
+    /// The database cannot be written (a read-only file, directory or file system).
+    #[error("the database cannot be written: {0}")]
+    ReadOnly(String),
+    /// The disk (or the configured size limit) is full.
+    #[error("the database is full: {0}")]
+    Full(String),
+    /// Another process held the database lock for longer than the busy timeout.
+    #[error("the database stayed locked by another writer: {0}")]
+    Busy(String),
 }
 
 /// Where the audit entries of a commit landed.
@@ -202,6 +247,12 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Unavailable`].
     fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError>;
 
+    /// The published token signing keys, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError>;
+
     /// Applies a commit atomically: all of it, or nothing.
     ///
     /// # Errors
@@ -235,6 +286,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
         (**self).audit_entries(range)
+    }
+    fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
+        (**self).signing_keys()
     }
     fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
         (**self).commit(commit)
