@@ -56,6 +56,8 @@ pub use policy::{
     AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, PolicyError, Presence,
     Usage, evaluate,
 };
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
 pub use store::{MemoryStore, Store, StoreError};
 pub use token::{AccessClaims, TokenError};
 pub use vocab::{ProhibitedUse, Purpose, RequestedPurpose, RequestedScope, Scope, VocabError};

@@ -11,8 +11,12 @@
 //! revocation that it did not see.
 
 mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 
 use std::ops::Range;
 
@@ -262,35 +266,43 @@ pub trait Store: Send + Sync {
     fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError>;
 }
 
-impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
-    fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
-        (**self).holder(id)
-    }
-    fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError> {
-        (**self).platform(id)
-    }
-    fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
-        (**self).consent(id)
-    }
-    fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
-        (**self).consents_of_subject(subject)
-    }
-    fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
-        (**self).usage(consent, day)
-    }
-    fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError> {
-        (**self).attestation_used(attestation_id)
-    }
-    fn audit_len(&self) -> Result<u64, StoreError> {
-        (**self).audit_len()
-    }
-    fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
-        (**self).audit_entries(range)
-    }
-    fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
-        (**self).signing_keys()
-    }
-    fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
-        (**self).commit(commit)
-    }
+/// Forwards every `Store` method through a pointer type, so a broker can own, share or borrow
+/// its store.
+macro_rules! forward_store {
+    ($($pointer:ty),+) => {$(
+        impl<S: Store + ?Sized> Store for $pointer {
+            fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
+                (**self).holder(id)
+            }
+            fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError> {
+                (**self).platform(id)
+            }
+            fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
+                (**self).consent(id)
+            }
+            fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
+                (**self).consents_of_subject(subject)
+            }
+            fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
+                (**self).usage(consent, day)
+            }
+            fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError> {
+                (**self).attestation_used(attestation_id)
+            }
+            fn audit_len(&self) -> Result<u64, StoreError> {
+                (**self).audit_len()
+            }
+            fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
+                (**self).audit_entries(range)
+            }
+            fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
+                (**self).signing_keys()
+            }
+            fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
+                (**self).commit(commit)
+            }
+        }
+    )+};
 }
+
+forward_store!(std::sync::Arc<S>, &S);
