@@ -9,14 +9,15 @@
 //! and exits non-zero if any differs.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use consent_broker::data::{AlertsGrant, BalanceGrant, Money};
 use consent_broker::*;
 use ring::rand::SystemRandom;
+use time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::macros::datetime;
-use time::{Duration, OffsetDateTime};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -57,8 +58,8 @@ impl DataHolder for FirstBank {
 }
 
 struct Story {
-    broker: Broker<Arc<MemoryStore>>,
-    verifier: TokenVerifier<StoreStatus<Arc<MemoryStore>>>,
+    broker: Broker<Arc<dyn Store>>,
+    verifier: TokenVerifier<StoreStatus<Arc<dyn Store>>>,
     bank_data: FirstBank,
     clock: Arc<ManualClock>,
     bank_signer: AttestationSigner,
@@ -147,14 +148,91 @@ fn deny(reasons: Vec<DenyReason>) -> Decision {
     Decision::Deny { reasons }
 }
 
+/// Where the story keeps its data: `--db PATH` or `CONSENT_BROKER_DB`, `--memory` for none.
+enum Storage {
+    Sqlite(PathBuf),
+    Memory,
+}
+
+fn storage() -> Result<Storage> {
+    let mut args = std::env::args().skip(1);
+    let mut storage = match std::env::var_os("CONSENT_BROKER_DB") {
+        Some(path) => Storage::Sqlite(path.into()),
+        None => Storage::Sqlite(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("messenger_bank.sqlite"),
+        ),
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--db" => storage = Storage::Sqlite(args.next().ok_or("--db needs a path")?.into()),
+            "--memory" => storage = Storage::Memory,
+            other => {
+                return Err(
+                    format!("unknown argument {other:?} (use --db PATH or --memory)").into(),
+                );
+            }
+        }
+    }
+    Ok(storage)
+}
+
+/// The bank's attestation key lives beside the database, as a bank keeps its key: a second run
+/// signs with the key the first run registered.
+fn bank_key(storage: &Storage, rng: &SystemRandom) -> Result<SigningKey> {
+    let Storage::Sqlite(db) = storage else {
+        return Ok(SigningKey::generate(rng)?);
+    };
+    let path = db.with_extension("bank-key.der");
+    match std::fs::read(&path) {
+        Ok(der) => Ok(SigningKey::from_pkcs8_der(&der)?),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::generate(rng)?;
+            std::fs::write(&path, key.to_pkcs8_der())?;
+            Ok(key)
+        }
+        Err(error) => Err(format!("cannot read the bank key {}: {error}", path.display()).into()),
+    }
+}
+
 fn main() -> Result<()> {
-    let start: OffsetDateTime = datetime!(2026-11-21 09:00 UTC);
+    let storage = storage()?;
+    let store: Arc<dyn Store> = match &storage {
+        Storage::Sqlite(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            println!("Data: SQLite database {}", path.display());
+            Arc::new(SqliteStore::open(path)?)
+        }
+        Storage::Memory => {
+            println!("Data: in memory (nothing is kept after this run)");
+            Arc::new(MemoryStore::new())
+        }
+    };
+    let earlier = store.audit_len()?;
+    let last_time = match earlier.checked_sub(1) {
+        Some(last) => store
+            .audit_entries(last..earlier)?
+            .first()
+            .map(|e| e.record.at),
+        None => None,
+    };
+    if let Some(last) = last_time {
+        println!(
+            "      {earlier} audit entries from earlier runs are kept; this run appends to them."
+        );
+        // Earlier runs moved the story's clock ahead (the expiry step); start after them so the
+        // log stays in time order.
+        let _ = last;
+    }
+    let now = SystemClock.now();
+    let start = last_time.map_or(now, |last| now.max(last + Duration::minutes(1)));
     let clock = Arc::new(ManualClock::new(start));
-    let store = Arc::new(MemoryStore::new());
     let broker_id = BrokerId::new("consent-broker.chat.example")?;
     let broker = Broker::builder(broker_id.clone(), store.clone())
         .clock(clock.clone())
-        .ids(Arc::new(SequentialIds::new()))
         .build()?;
     let rng = SystemRandom::new();
     let bank = HolderId::new("first-bank")?;
@@ -162,7 +240,7 @@ fn main() -> Result<()> {
     let alice = SubjectId::new("alice")?;
     let current = AccountId::new("acc-current")?;
     let savings = AccountId::new("acc-savings")?;
-    let bank_signer = AttestationSigner::new(bank.clone(), SigningKey::generate(&rng)?)?;
+    let bank_signer = AttestationSigner::new(bank.clone(), bank_key(&storage, &rng)?)?;
     // The bank verifies tokens offline with the broker's published keys, and reads consent
     // status from the broker's store, so a revocation reaches it at once.
     let verifier = TokenVerifier::new(
@@ -187,15 +265,31 @@ fn main() -> Result<()> {
     };
 
     story.step("The bank and the platform register with the broker");
-    story.broker.register_holder(HolderRegistration {
-        id: bank.clone(),
-        policy: HolderPolicy::default(),
-        attestation_keys: vec![story.bank_signer.public_key()],
-    })?;
-    story.broker.register_platform(PlatformProfile {
-        id: chat.clone(),
-        registered_purposes: BTreeSet::from(Purpose::ALL),
-    })?;
+    match store.holder(&bank)? {
+        None => story.broker.register_holder(HolderRegistration {
+            id: bank.clone(),
+            policy: HolderPolicy::default(),
+            attestation_keys: vec![story.bank_signer.public_key()],
+        })?,
+        Some(registered)
+            if registered
+                .attestation_keys
+                .contains(&story.bank_signer.public_key()) =>
+        {
+            println!("   (registered by an earlier run)");
+        }
+        Some(_) => {
+            return Err("the database's bank was registered with another key; \
+                        delete the database and its .bank-key.der file to start fresh"
+                .into());
+        }
+    }
+    if store.platform(&chat)?.is_none() {
+        story.broker.register_platform(PlatformProfile {
+            id: chat.clone(),
+            registered_purposes: BTreeSet::from(Purpose::ALL),
+        })?;
+    }
     println!("   holder {bank}: shares balance and alerts, at most 4 unattended accesses a day");
     println!("   platform {chat}: registered for customer_service and fraud_protection");
 
@@ -378,9 +472,16 @@ fn main() -> Result<()> {
         );
     }
 
-    story.step("The audit trail");
-    for entry in story.broker.audit_log()? {
+    story.step("The audit trail of this run");
+    let total = story.broker.store().audit_len()?;
+    for entry in story.broker.store().audit_entries(earlier..total)? {
         println!("   {}", serde_json::to_string(&entry)?);
+    }
+    if let Storage::Sqlite(path) = &storage {
+        println!(
+            "\nThe log ({total} entries) is kept in {}; run again to add to it.",
+            path.display()
+        );
     }
     Ok(())
 }

@@ -10,9 +10,9 @@ use ring::rand::SystemRandom;
 use time::Duration;
 use time::macros::datetime;
 
-pub struct Setup {
-    pub broker: Broker<Arc<MemoryStore>>,
-    pub store: Arc<MemoryStore>,
+pub struct Setup<S: Store = Arc<MemoryStore>> {
+    pub broker: Broker<S>,
+    pub store: S,
     pub clock: Arc<ManualClock>,
     pub bank: HolderId,
     pub profile: PlatformProfile,
@@ -23,8 +23,12 @@ pub struct Setup {
 }
 
 pub fn setup() -> Setup {
+    setup_on(Arc::new(MemoryStore::new()))
+}
+
+/// The same setup on any store.
+pub fn setup_on<S: Store + Clone>(store: S) -> Setup<S> {
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-21 09:00 UTC)));
-    let store = Arc::new(MemoryStore::new());
     let broker = Broker::builder("broker".parse().unwrap(), store.clone())
         .clock(clock.clone())
         .build()
