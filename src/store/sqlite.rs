@@ -65,8 +65,8 @@ pub const MIGRATIONS: &[Migration] = &[
             ) STRICT;
             CREATE TABLE platforms (id TEXT PRIMARY KEY, record TEXT NOT NULL) STRICT;
             CREATE TABLE consents (
-                id TEXT PRIMARY KEY, subject TEXT NOT NULL, version INTEGER NOT NULL,
-                record TEXT NOT NULL
+                position INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, subject TEXT NOT NULL,
+                version INTEGER NOT NULL, record TEXT NOT NULL
             ) STRICT;
             CREATE INDEX consents_by_subject ON consents (subject);
             CREATE TABLE usage (
@@ -524,7 +524,7 @@ impl Store for SqliteStore {
         let connection = self.lock();
         let fail = |e| store_error(&self.path, e);
         let rows: Vec<String> = connection
-            .prepare_cached("SELECT record FROM consents WHERE subject = ?1 ORDER BY rowid")
+            .prepare_cached("SELECT record FROM consents WHERE subject = ?1 ORDER BY position")
             .and_then(|mut statement| {
                 statement
                     .query_map([subject.as_str()], |row| row.get(0))?
