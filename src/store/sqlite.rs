@@ -60,6 +60,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         sql: "
+            PRAGMA application_id = 1128419947;
             CREATE TABLE holders (
                 id TEXT PRIMARY KEY, version INTEGER NOT NULL, record TEXT NOT NULL
             ) STRICT;
@@ -93,6 +94,10 @@ pub const MIGRATIONS: &[Migration] = &[
         ",
     },
 ];
+
+/// SQLite `application_id` of a consent-broker database (`0x4342_526B`, "CBRk"), written by the
+/// first migration. A file with another application id is refused as not ours.
+pub const APPLICATION_ID: i32 = 0x4342_526B;
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -154,8 +159,30 @@ impl SqliteStore {
         connection
             .busy_timeout(DEFAULT_BUSY_TIMEOUT)
             .map_err(fail)?;
-        // Reading the journal mode is the first access to the file's header: a file that is not
-        // SQLite fails here with SQLITE_NOTADB.
+        // Decide whether the file is ours before writing anything to it. Reading the header is
+        // the first access: a file that is not SQLite fails here with SQLITE_NOTADB.
+        let application_id: i32 = connection
+            .pragma_query_value(None, "application_id", |row| row.get(0))
+            .map_err(fail)?;
+        let tables: i64 = connection
+            .query_row("SELECT COUNT(*) FROM sqlite_schema", [], |row| row.get(0))
+            .map_err(fail)?;
+        let fresh = application_id == 0 && tables == 0;
+        if application_id != APPLICATION_ID && !fresh {
+            return Err(StoreError::NotADatabase {
+                path: path.display().to_string(),
+                detail: format!(
+                    "a SQLite database of another application (application_id {application_id:#x}, \
+                     {tables} schema objects)"
+                ),
+            });
+        }
+        let check: String = connection
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(fail)?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt(check));
+        }
         let mode: String = connection
             .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
             .map_err(fail)?;
@@ -171,12 +198,6 @@ impl SqliteStore {
         connection
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(fail)?;
-        let check: String = connection
-            .query_row("PRAGMA quick_check", [], |row| row.get(0))
-            .map_err(fail)?;
-        if check != "ok" {
-            return Err(StoreError::Corrupt(check));
-        }
         let store = Self {
             connection: Mutex::new(connection),
             path,
@@ -201,9 +222,10 @@ impl SqliteStore {
             .map_err(|e| store_error(&self.path, e))
     }
 
-    /// Caps the database at `max_bytes` (rounded down to whole pages): a commit that would grow
-    /// it further fails with [`StoreError::Full`] and leaves nothing behind. A quota for this
-    /// connection, and the way to test full-disk behaviour without filling a disk.
+    /// Caps the database at `max_bytes` (rounded down to whole pages, never below its current
+    /// size): a commit that would grow it further fails with [`StoreError::Full`] and leaves
+    /// nothing behind. A quota for this connection, and the way to test full-disk behaviour
+    /// without filling a disk.
     ///
     /// # Errors
     /// [`StoreError`] when the limit cannot be set.
@@ -213,7 +235,9 @@ impl SqliteStore {
         let page_size: i64 = connection
             .pragma_query_value(None, "page_size", |row| row.get(0))
             .map_err(fail)?;
-        let pages = i64::try_from(max_bytes).unwrap_or(i64::MAX) / page_size.max(1);
+        // SQLite reads `max_page_count = 0` as a query, not a limit, and never lowers the limit
+        // below the current size: ask for at least one page and let SQLite clamp.
+        let pages = (i64::try_from(max_bytes).unwrap_or(i64::MAX) / page_size.max(1)).max(1);
         connection
             .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
             .map_err(fail)?;
