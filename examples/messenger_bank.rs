@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use consent_broker::audit::checkpoint::NoteVerifier;
 use consent_broker::data::{AlertsGrant, BalanceGrant, Money};
 use consent_broker::*;
 use ring::rand::SystemRandom;
@@ -178,13 +179,14 @@ fn storage() -> Result<Storage> {
     Ok(storage)
 }
 
-/// The bank's attestation key lives beside the database, as a bank keeps its key: a second run
-/// signs with the key the first run registered.
-fn bank_key(storage: &Storage, rng: &SystemRandom) -> Result<SigningKey> {
+/// A key kept beside the database (`<db>.<name>.der`), made on first use: the bank's
+/// attestation key, and the broker's checkpoint key, so a second run signs with the keys the
+/// first run used. In memory, a fresh key.
+fn kept_key(storage: &Storage, name: &str, rng: &SystemRandom) -> Result<SigningKey> {
     let Storage::Sqlite(db) = storage else {
         return Ok(SigningKey::generate(rng)?);
     };
-    let path = db.with_extension("bank-key.der");
+    let path = db.with_extension(format!("{name}.der"));
     match std::fs::read(&path) {
         Ok(der) => Ok(SigningKey::from_pkcs8_der(&der)?),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -192,7 +194,7 @@ fn bank_key(storage: &Storage, rng: &SystemRandom) -> Result<SigningKey> {
             std::fs::write(&path, key.to_pkcs8_der())?;
             Ok(key)
         }
-        Err(error) => Err(format!("cannot read the bank key {}: {error}", path.display()).into()),
+        Err(error) => Err(format!("cannot read {}: {error}", path.display()).into()),
     }
 }
 
@@ -231,16 +233,17 @@ fn main() -> Result<()> {
     let start = last_time.map_or(now, |last| now.max(last + Duration::minutes(1)));
     let clock = Arc::new(ManualClock::new(start));
     let broker_id = BrokerId::new("consent-broker.chat.example")?;
+    let rng = SystemRandom::new();
     let broker = Broker::builder(broker_id.clone(), store.clone())
         .clock(clock.clone())
+        .checkpoint_key(kept_key(&storage, "checkpoint-key", &rng)?)
         .build()?;
-    let rng = SystemRandom::new();
     let bank = HolderId::new("first-bank")?;
     let chat = PlatformId::new("chat")?;
     let alice = SubjectId::new("alice")?;
     let current = AccountId::new("acc-current")?;
     let savings = AccountId::new("acc-savings")?;
-    let bank_signer = AttestationSigner::new(bank.clone(), bank_key(&storage, &rng)?)?;
+    let bank_signer = AttestationSigner::new(bank.clone(), kept_key(&storage, "bank-key", &rng)?)?;
     // The bank verifies tokens offline with the broker's published keys, and reads consent
     // status from the broker's store, so a revocation reaches it at once.
     let verifier = TokenVerifier::new(
@@ -331,6 +334,7 @@ fn main() -> Result<()> {
         presence: Presence::SubjectPresent,
     };
 
+    let first_decision_seq = story.broker.store().audit_len()?;
     story.step("Alice asks the chat for her balance (customer service)");
     story.access(&balance, &Decision::Permit)?;
     let token_before_revocation = story.fetch_with_token(&balance)?;
@@ -477,10 +481,45 @@ fn main() -> Result<()> {
     for entry in story.broker.store().audit_entries(earlier..total)? {
         println!("   {}", serde_json::to_string(&entry)?);
     }
+
+    story.step("A signed checkpoint, and a receipt Alice can keep");
+    let checkpoint = story.broker.checkpoint()?;
+    print!(
+        "{}",
+        checkpoint
+            .note
+            .lines()
+            .map(|l| format!("   {l}\n"))
+            .collect::<String>()
+    );
+    let receipt = story.broker.receipt(first_decision_seq)?;
+    let vkey = story.broker.checkpoint_verifier_key()?;
+    let proven = receipt.verify(&NoteVerifier::from_vkey(&vkey)?)?;
+    println!(
+        "   receipt for entry {}: {:?}, proven by a {}-hash inclusion proof",
+        receipt.index,
+        proven.record.kind,
+        receipt.proof.len()
+    );
     if let Storage::Sqlite(path) = &storage {
+        let checkpoint_file = path.with_extension("checkpoint");
+        let vkey_file = path.with_extension("vkey");
+        std::fs::write(&checkpoint_file, &checkpoint.note)?;
+        std::fs::write(&vkey_file, format!("{vkey}\n"))?;
         println!(
             "\nThe log ({total} entries) is kept in {}; run again to add to it.",
             path.display()
+        );
+        println!(
+            "An auditor keeps the checkpoint ({}) and the verifier key ({}), then runs:",
+            checkpoint_file.display(),
+            vkey_file.display()
+        );
+        println!(
+            "   cargo run --features cli --bin consent-broker -- audit verify --db {} --checkpoint {} --vkey-file {}",
+            path.display(),
+            checkpoint_file.display(),
+            vkey_file.display()
         );
     }
     Ok(())

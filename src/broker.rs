@@ -14,7 +14,10 @@ use ring::rand::SystemRandom;
 use time::{Duration, OffsetDateTime};
 
 use crate::attestation::{self, Approval, AttestationError, Expectations};
-use crate::audit::{Actor, AuditEntry, AuditKind, AuditRecord, Refusal, Revocation};
+use crate::audit::checkpoint::NoteSigner;
+use crate::audit::log::{Receipt, StoreNodes};
+use crate::audit::merkle;
+use crate::audit::{self, Actor, AuditEntry, AuditKind, AuditRecord, Refusal, Revocation};
 use crate::clock::{Clock, SystemClock, saturating_add};
 use crate::consent::{
     Consent, ConsentRequest, ConsentRequestDraft, ConsentStatus, DEFAULT_APPROVAL_WINDOW,
@@ -31,6 +34,7 @@ use crate::policy::{
 };
 use crate::store::{
     Change, Commit, HolderRecord, Precondition, PublishedKey, RecordKind, Store, StoreError,
+    StoredCheckpoint,
 };
 use crate::token::{self, AccessClaims, DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME};
 use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
@@ -212,6 +216,7 @@ pub struct ConsentView {
 pub struct BrokerBuilder<S> {
     broker: Broker<S>,
     signing_key: Option<SigningKey>,
+    checkpoint_key: Option<SigningKey>,
 }
 
 impl<S: Store> BrokerBuilder<S> {
@@ -246,6 +251,14 @@ impl<S: Store> BrokerBuilder<S> {
         self
     }
 
+    /// Signs audit checkpoints with `key` (by default a fresh key is generated, which an auditor
+    /// can only learn from [`Broker::checkpoint_verifier_key`]; persist a key to keep checkpoints
+    /// verifiable across restarts).
+    pub fn checkpoint_key(mut self, key: SigningKey) -> Self {
+        self.checkpoint_key = Some(key);
+        self
+    }
+
     /// Lifetime of access tokens: default 5 minutes, at most 15.
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
         self.broker.token_lifetime = lifetime;
@@ -270,7 +283,15 @@ impl<S: Store> BrokerBuilder<S> {
             Some(key) => key,
             None => SigningKey::generate(&self.broker.rng)?,
         };
-        let broker = self.broker;
+        let checkpoint_key = match self.checkpoint_key {
+            Some(key) => key,
+            None => SigningKey::generate(&self.broker.rng)?,
+        };
+        let mut broker = self.broker;
+        broker.checkpoints = Some(NoteSigner::new(
+            broker.id.as_str(),
+            checkpoint_key.to_pkcs8_der(),
+        )?);
         let already_published = broker
             .store
             .signing_keys()?
@@ -298,6 +319,8 @@ pub struct Broker<S> {
     token_lifetime: Duration,
     /// Always `Some` after `build`; an `Option` only so the builder can fill it last.
     keys: RwLock<Option<KeySet>>,
+    /// Always `Some` after `build`, for the same reason.
+    checkpoints: Option<NoteSigner>,
     rng: SystemRandom,
 }
 
@@ -322,9 +345,11 @@ impl<S: Store> Broker<S> {
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
                 token_lifetime: DEFAULT_TOKEN_LIFETIME,
                 keys: RwLock::new(None),
+                checkpoints: None,
                 rng: SystemRandom::new(),
             },
             signing_key: None,
+            checkpoint_key: None,
         }
     }
 
@@ -984,6 +1009,84 @@ impl<S: Store> Broker<S> {
         };
         self.store.commit(commit)?;
         Ok(())
+    }
+
+    fn note_signer(&self) -> Result<&NoteSigner, Error> {
+        self.checkpoints
+            .as_ref()
+            .ok_or(Error::Key(KeyError::InvalidPkcs8))
+    }
+
+    /// The checkpoints' origin line: the broker's id.
+    pub fn log_origin(&self) -> &str {
+        self.id.as_str()
+    }
+
+    /// The verifier key of the broker's checkpoint signatures (C2SP `signed-note` vkey), for
+    /// auditors to keep.
+    ///
+    /// # Errors
+    /// Only if the broker was not built.
+    pub fn checkpoint_verifier_key(&self) -> Result<String, Error> {
+        Ok(self.note_signer()?.verifier_key())
+    }
+
+    /// Signs a checkpoint of the whole audit log (C2SP `tlog-checkpoint` in a `signed-note`),
+    /// after proving that the log is consistent with the last checkpoint it signed: the broker
+    /// never signs two inconsistent checkpoints. The checkpoint is recorded in the store.
+    ///
+    /// # Errors
+    /// [`Error::CheckpointInconsistent`]; [`Error::Merkle`]; [`Error::Store`].
+    pub fn checkpoint(&self) -> Result<StoredCheckpoint, Error> {
+        audit::log::checkpoint_log(&self.store, self.log_origin(), self.note_signer()?)
+    }
+
+    /// A receipt for the audit entry at `seq`: the entry, its inclusion proof, and a freshly
+    /// signed checkpoint it is proven against.
+    ///
+    /// # Errors
+    /// [`Error::Store`] (for example [`StoreError::Missing`] if there is no such entry),
+    /// [`Error::Merkle`], and the errors of [`Broker::checkpoint`].
+    pub fn receipt(&self, seq: u64) -> Result<Receipt, Error> {
+        let missing = || {
+            Error::Store(StoreError::Missing {
+                kind: RecordKind::AuditEntry,
+                id: seq.to_string(),
+            })
+        };
+        let stored = self
+            .store
+            .audit_bytes(seq..seq.saturating_add(1))?
+            .pop()
+            .ok_or_else(missing)?;
+        let entry = String::from_utf8(stored.bytes)
+            .map_err(|_| StoreError::Corrupt(format!("audit entry {seq} is not UTF-8")))?;
+        let checkpoint = self.checkpoint()?;
+        let proof = merkle::inclusion_proof(seq, checkpoint.size, &StoreNodes(&self.store))?;
+        Ok(Receipt {
+            index: seq,
+            entry,
+            tree_size: checkpoint.size,
+            proof: audit::log::encode_hashes(&proof),
+            checkpoint: checkpoint.note,
+        })
+    }
+
+    /// Who asked for a subject's data, when, why, and what was decided: every audit entry about
+    /// the subject or one of their consents, in order.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn subject_history(&self, subject: &SubjectId) -> Result<Vec<AuditEntry>, Error> {
+        Ok(audit::log::subject_history(&self.store, subject)?)
+    }
+
+    /// Every audit entry about a consent, in order.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn consent_history(&self, consent: &ConsentId) -> Result<Vec<AuditEntry>, Error> {
+        Ok(audit::log::consent_history(&self.store, consent)?)
     }
 
     /// A consent by id.

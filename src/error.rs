@@ -6,6 +6,8 @@
 //! permit.
 
 use crate::attestation::AttestationError;
+use crate::audit::checkpoint::{CheckpointError, NoteError};
+use crate::audit::merkle::MerkleError;
 use crate::consent::{ConsentError, RequestError};
 use crate::crypto::ProviderError;
 use crate::ids::{ConsentId, HolderId, IdError};
@@ -56,6 +58,24 @@ pub enum Error {
     InvalidTokenLifetime {
         /// The configured lifetime, in seconds.
         seconds: i64,
+    },
+    /// The audit log's Merkle tree could not be read (a node is missing or unreadable).
+    #[error("the audit log's Merkle tree is unusable: {0}")]
+    Merkle(#[from] MerkleError),
+    /// A signed note could not be made (a bad checkpoint key or name).
+    #[error("signed note: {0}")]
+    Note(#[from] NoteError),
+    /// A checkpoint could not be made or signed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// The log is not consistent with the last checkpoint the broker signed: it refuses to sign
+    /// another (history was rewritten or truncated behind its back).
+    #[error(
+        "the audit log is inconsistent with the checkpoint of size {previous_size}; refusing to sign"
+    )]
+    CheckpointInconsistent {
+        /// The size of the last checkpoint signed.
+        previous_size: u64,
     },
     /// Concurrent writers kept changing the consent; the call gave up after this many attempts.
     #[error(

@@ -12,7 +12,9 @@ use std::thread;
 
 use common::*;
 use consent_broker::audit::AuditEntry;
-use consent_broker::store::{Change, Commit, CommitReceipt, HolderRecord, PublishedKey};
+use consent_broker::store::{
+    Change, Commit, CommitReceipt, HolderRecord, PublishedKey, StoredCheckpoint, StoredEntry,
+};
 use consent_broker::*;
 use time::Date;
 
@@ -51,8 +53,14 @@ impl Store for FailingStore {
     fn audit_len(&self) -> Result<u64, StoreError> {
         self.inner.audit_len()
     }
-    fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
-        self.inner.audit_entries(range)
+    fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
+        self.inner.audit_bytes(range)
+    }
+    fn merkle_node(&self, level: u32, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        self.inner.merkle_node(level, index)
+    }
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.inner.latest_checkpoint()
     }
     fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
         self.inner.signing_keys()

@@ -11,9 +11,10 @@ use time::Date;
 
 use super::{
     Change, Commit, CommitReceipt, HolderRecord, Precondition, PublishedKey, RecordKind, Store,
-    StoreError,
+    StoreError, StoredCheckpoint, StoredEntry,
 };
 use crate::audit::AuditEntry;
+use crate::audit::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::policy::{PlatformProfile, Usage};
@@ -33,7 +34,10 @@ struct Inner {
     usage: HashMap<(ConsentId, Date), Usage>,
     attestations: HashSet<String>,
     signing_keys: Vec<PublishedKey>,
-    audit: Vec<AuditEntry>,
+    /// Entry bytes, by sequence number.
+    audit: Vec<Vec<u8>>,
+    nodes: MemoryNodes,
+    checkpoints: Vec<StoredCheckpoint>,
 }
 
 /// How to take back one applied change.
@@ -45,6 +49,7 @@ enum Undo {
     Usage((ConsentId, Date), Option<Usage>),
     Attestation(String),
     SigningKey,
+    Checkpoint,
 }
 
 impl MemoryStore {
@@ -156,6 +161,17 @@ impl Inner {
                 }
                 Ok(Undo::Attestation(id))
             }
+            Change::RecordCheckpoint(checkpoint) => {
+                if self
+                    .checkpoints
+                    .last()
+                    .is_some_and(|last| last.size > checkpoint.size)
+                {
+                    return Err(StoreError::Conflict);
+                }
+                self.checkpoints.push(checkpoint);
+                Ok(Undo::Checkpoint)
+            }
             Change::PublishSigningKey(key) => {
                 if self.signing_keys.iter().any(|k| k.kid == key.kid) {
                     return Err(duplicate(RecordKind::SigningKey, &key.kid));
@@ -197,6 +213,9 @@ impl Inner {
             }
             Undo::SigningKey => {
                 self.signing_keys.pop();
+            }
+            Undo::Checkpoint => {
+                self.checkpoints.pop();
             }
         }
     }
@@ -259,18 +278,30 @@ impl Store for MemoryStore {
         Ok(self.read()?.audit.len() as u64)
     }
 
-    fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
+    fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
         let inner = self.read()?;
-        let len = inner.audit.len();
-        let start = usize::try_from(range.start).unwrap_or(usize::MAX).min(len);
-        let end = usize::try_from(range.end)
-            .unwrap_or(usize::MAX)
-            .clamp(start, len);
-        Ok(inner
-            .audit
-            .get(start..end)
-            .map(<[AuditEntry]>::to_vec)
-            .unwrap_or_default())
+        let end = range.end.min(inner.audit.len() as u64);
+        Ok((range.start..end)
+            .filter_map(|seq| {
+                let bytes = inner.audit.get(usize::try_from(seq).ok()?)?;
+                Some(StoredEntry {
+                    seq,
+                    bytes: bytes.clone(),
+                })
+            })
+            .collect())
+    }
+
+    fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
+        match self.read()?.nodes.node(level, index) {
+            Ok(hash) => Ok(Some(hash)),
+            Err(MerkleError::MissingNode { .. }) => Ok(None),
+            Err(other) => Err(StoreError::Corrupt(other.to_string())),
+        }
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        Ok(self.read()?.checkpoints.last().cloned())
     }
 
     fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
@@ -294,12 +325,34 @@ impl Store for MemoryStore {
                 }
             }
         }
+        // Encoding and hashing cannot fail half-way through the log: prepare every entry first.
         let first = inner.audit.len() as u64;
+        let mut prepared = Vec::with_capacity(commit.audit.len());
         for (offset, record) in commit.audit.into_iter().enumerate() {
-            inner.audit.push(AuditEntry {
+            let entry = AuditEntry {
                 seq: first + offset as u64,
                 record,
-            });
+            };
+            let bytes = entry
+                .to_bytes()
+                .map_err(|e| StoreError::Unavailable(e.to_string()));
+            match bytes {
+                Ok(bytes) => prepared.push(bytes),
+                Err(error) => {
+                    for undo in undo_log.into_iter().rev() {
+                        inner.undo(undo);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        for bytes in prepared {
+            let leaf = merkle::leaf_hash(&bytes);
+            if let Err(error) = inner.nodes.push(leaf) {
+                // Unreachable for an in-memory tree that only grows; refuse rather than diverge.
+                return Err(StoreError::Corrupt(error.to_string()));
+            }
+            inner.audit.push(bytes);
         }
         Ok(CommitReceipt {
             audit_seqs: first..inner.audit.len() as u64,

@@ -23,6 +23,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 use time::Date;
 
+use crate::audit::merkle::Hash;
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
@@ -97,6 +98,29 @@ pub enum Change {
     /// Publishes the public half of a token signing key; fails with [`StoreError::Duplicate`]
     /// if its kid is already published.
     PublishSigningKey(PublishedKey),
+    /// Records a signed checkpoint; it must not be smaller than the latest one recorded
+    /// ([`StoreError::Conflict`] otherwise).
+    RecordCheckpoint(StoredCheckpoint),
+}
+
+/// An audit entry as stored: its position and the exact bytes that were hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// Its sequence number (its leaf index in the Merkle tree).
+    pub seq: u64,
+    /// The entry's JSON bytes, exactly as written and hashed.
+    pub bytes: Vec<u8>,
+}
+
+/// A checkpoint the broker signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// The tree size it covers.
+    pub size: u64,
+    /// The tree's root hash at that size.
+    pub root: Hash,
+    /// The signed note (C2SP `tlog-checkpoint` in a `signed-note`).
+    pub note: String,
 }
 
 /// The public half of a token signing key, as stored.
@@ -125,6 +149,10 @@ pub enum RecordKind {
     Attestation,
     /// A token signing key.
     SigningKey,
+    /// A checkpoint.
+    Checkpoint,
+    /// An audit entry.
+    AuditEntry,
 }
 
 /// Everything one commit applies, atomically.
@@ -245,11 +273,48 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Unavailable`].
     fn audit_len(&self) -> Result<u64, StoreError>;
 
-    /// Audit entries with sequence numbers in `range` (clamped to the log).
+    /// The stored bytes of the audit entries with sequence numbers in `range` (clamped to the
+    /// log), in sequence order. A store returns what it holds: a verifier checks that the
+    /// sequence numbers have no gap.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
-    fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError>;
+    fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError>;
+
+    /// Audit entries with sequence numbers in `range` (clamped to the log), parsed.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for bytes that do not parse or whose sequence number is not
+    /// their position; [`StoreError::Unavailable`].
+    fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_bytes(range)?
+            .into_iter()
+            .map(|stored| {
+                let entry = AuditEntry::from_bytes(&stored.bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("audit entry {}: {e}", stored.seq)))?;
+                if entry.seq != stored.seq {
+                    return Err(StoreError::Corrupt(format!(
+                        "audit entry stored at {} says it is {}",
+                        stored.seq, entry.seq
+                    )));
+                }
+                Ok(entry)
+            })
+            .collect()
+    }
+
+    /// A node of the audit log's Merkle tree: the hash of leaves
+    /// `[index·2^level, (index+1)·2^level)`, stored once that subtree is complete.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError>;
+
+    /// The latest checkpoint the broker signed, if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
 
     /// The published token signing keys, oldest first.
     ///
@@ -292,8 +357,17 @@ macro_rules! forward_store {
             fn audit_len(&self) -> Result<u64, StoreError> {
                 (**self).audit_len()
             }
+            fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
+                (**self).audit_bytes(range)
+            }
             fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
                 (**self).audit_entries(range)
+            }
+            fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
+                (**self).merkle_node(level, index)
+            }
+            fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+                (**self).latest_checkpoint()
             }
             fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
                 (**self).signing_keys()

@@ -38,9 +38,10 @@ use time::Date;
 
 use super::{
     Change, Commit, CommitReceipt, HolderRecord, Precondition, PublishedKey, RecordKind, Store,
-    StoreError,
+    StoreError, StoredCheckpoint, StoredEntry,
 };
-use crate::audit::{AuditEntry, AuditRecord};
+use crate::audit::AuditEntry;
+use crate::audit::merkle::{self, Hash, MerkleError, NodeSource};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::keys::Ed25519PublicKey;
@@ -93,6 +94,24 @@ pub const MIGRATIONS: &[Migration] = &[
                 BEGIN SELECT RAISE(ABORT, 'the audit sequence must stay gap-free'); END;
         ",
     },
+    Migration {
+        version: 3,
+        // The Merkle tree's complete subtrees, and the checkpoints signed over them. Existing
+        // audit rows get their nodes computed from their stored bytes by the migration.
+        sql: "
+            CREATE TABLE merkle_nodes (
+                level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+                PRIMARY KEY (level, idx)
+            ) STRICT, WITHOUT ROWID;
+            CREATE TRIGGER merkle_nodes_no_update BEFORE UPDATE ON merkle_nodes
+                BEGIN SELECT RAISE(ABORT, 'Merkle nodes are append-only'); END;
+            CREATE TRIGGER merkle_nodes_no_delete BEFORE DELETE ON merkle_nodes
+                BEGIN SELECT RAISE(ABORT, 'Merkle nodes are append-only'); END;
+            CREATE TABLE checkpoints (
+                size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL
+            ) STRICT;
+        ",
+    },
 ];
 
 /// SQLite `application_id` of a consent-broker database (`0x4342_526B`, "CBRk"), written by the
@@ -100,7 +119,7 @@ pub const MIGRATIONS: &[Migration] = &[
 pub const APPLICATION_ID: i32 = 0x4342_526B;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a writer waits for another writer's lock by default.
 pub const DEFAULT_BUSY_TIMEOUT: StdDuration = StdDuration::from_secs(5);
@@ -282,6 +301,9 @@ impl SqliteStore {
         }
         for migration in MIGRATIONS.iter().filter(|m| m.version > version) {
             tx.execute_batch(migration.sql).map_err(fail)?;
+            if migration.version == 3 {
+                backfill_merkle_nodes(&tx).map_err(|e| commit_error(&self.path, e))?;
+            }
             tx.pragma_update(None, "user_version", migration.version)
                 .map_err(fail)?;
         }
@@ -318,12 +340,14 @@ fn apply_commit(tx: &Transaction<'_>, commit: Commit) -> Result<CommitReceipt, r
     let first: i64 = tx.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit", [], |row| {
         row.get(0)
     })?;
-    let mut insert = tx.prepare_cached("INSERT INTO audit (seq, entry) VALUES (?1, ?2)")?;
     let mut next = first;
-    for record in &commit.audit {
-        let json = serde_json::to_string(record)
+    for record in commit.audit {
+        let seq = u64::try_from(next)
+            .map_err(|_| refused(StoreError::Corrupt("negative audit sequence".into())))?;
+        let bytes = AuditEntry { seq, record }
+            .to_bytes()
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        insert.execute(params![next, json])?;
+        append_entry(tx, seq, &bytes)?;
         next += 1;
     }
     let start = u64::try_from(first).unwrap_or_default();
@@ -331,6 +355,74 @@ fn apply_commit(tx: &Transaction<'_>, commit: Commit) -> Result<CommitReceipt, r
     Ok(CommitReceipt {
         audit_seqs: start..end,
     })
+}
+
+/// Writes one entry's bytes and the Merkle nodes its leaf completes.
+fn append_entry(tx: &Transaction<'_>, seq: u64, bytes: &[u8]) -> Result<(), rusqlite::Error> {
+    // The entry column is TEXT: the bytes are the UTF-8 JSON text, stored and returned verbatim.
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    tx.prepare_cached("INSERT INTO audit (seq, entry) VALUES (?1, ?2)")?
+        .execute(params![seq_param(seq), text])?;
+    append_leaf(tx, seq, merkle::leaf_hash(bytes))
+}
+
+fn append_leaf(tx: &Transaction<'_>, size: u64, leaf: Hash) -> Result<(), rusqlite::Error> {
+    let nodes = merkle::append(size, leaf, &TxNodes(tx))
+        .map_err(|e| refused(StoreError::Corrupt(format!("Merkle tree: {e}"))))?;
+    let mut insert =
+        tx.prepare_cached("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+    for (level, index, hash) in nodes {
+        insert.execute(params![level, seq_param(index), &hash[..]])?;
+    }
+    Ok(())
+}
+
+/// Computes the Merkle nodes of audit rows written before schema version 3.
+fn backfill_merkle_nodes(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
+    let rows: Vec<(i64, String)> = tx
+        .prepare("SELECT seq, entry FROM audit ORDER BY seq")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (expected, (seq, entry)) in (0u64..).zip(rows) {
+        if seq_param(expected) != seq {
+            return Err(refused(StoreError::Corrupt(format!(
+                "audit sequence broken at {seq}"
+            ))));
+        }
+        append_leaf(tx, expected, merkle::leaf_hash(entry.as_bytes()))?;
+    }
+    Ok(())
+}
+
+/// The Merkle nodes as seen inside a write transaction.
+struct TxNodes<'a, 'b>(&'a Transaction<'b>);
+
+impl NodeSource for TxNodes<'_, '_> {
+    fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
+        read_node(self.0, level, index)
+            .map_err(|e| MerkleError::Source(e.to_string()))?
+            .ok_or(MerkleError::MissingNode { level, index })
+    }
+}
+
+fn read_node(
+    connection: &Connection,
+    level: u32,
+    index: u64,
+) -> Result<Option<Hash>, rusqlite::Error> {
+    let blob: Option<Vec<u8>> = connection
+        .prepare_cached("SELECT hash FROM merkle_nodes WHERE level = ?1 AND idx = ?2")?
+        .query_row(params![level, seq_param(index)], |row| row.get(0))
+        .optional()?;
+    blob.map(|bytes| {
+        Hash::try_from(bytes.as_slice()).map_err(|_| {
+            refused(StoreError::Corrupt(format!(
+                "Merkle node ({level}, {index}) is not 32 bytes"
+            )))
+        })
+    })
+    .transpose()
 }
 
 /// A store-level outcome smuggled through rusqlite's error type, so that `?` works inside the
@@ -345,6 +437,17 @@ impl std::fmt::Display for Refused {
 }
 
 impl std::error::Error for Refused {}
+
+/// Unwraps a [`Refused`] outcome, or maps an engine error.
+fn commit_error(path: &Path, error: rusqlite::Error) -> StoreError {
+    match error {
+        rusqlite::Error::ToSqlConversionFailure(inner) => match inner.downcast::<Refused>() {
+            Ok(refused) => refused.0,
+            Err(other) => StoreError::Unavailable(format!("encoding: {other}")),
+        },
+        other => store_error(path, other),
+    }
+}
 
 fn refused(error: StoreError) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(Box::new(Refused(error)))
@@ -504,6 +607,23 @@ fn apply(tx: &Transaction<'_>, change: Change) -> Result<(), rusqlite::Error> {
             RecordKind::Attestation,
             &id,
         ),
+        Change::RecordCheckpoint(checkpoint) => {
+            let latest: Option<i64> =
+                tx.query_row("SELECT MAX(size) FROM checkpoints", [], |row| row.get(0))?;
+            if latest.is_some_and(|latest| latest > seq_param(checkpoint.size)) {
+                return Err(conflict());
+            }
+            tx.prepare_cached(
+                "INSERT INTO checkpoints (size, root, note) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (size) DO NOTHING",
+            )?
+            .execute(params![
+                seq_param(checkpoint.size),
+                &checkpoint.root[..],
+                checkpoint.note
+            ])?;
+            Ok(())
+        }
         Change::PublishSigningKey(key) => insert_new(
             tx,
             "INSERT INTO signing_keys (kid, public_key, activated_at) VALUES (?1, ?2, ?3) \
@@ -596,7 +716,7 @@ impl Store for SqliteStore {
         u64::try_from(next).map_err(|_| StoreError::Corrupt("negative audit sequence".into()))
     }
 
-    fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
+    fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
         let connection = self.lock();
         let rows: Vec<(i64, String)> = connection
             .prepare_cached(
@@ -612,13 +732,40 @@ impl Store for SqliteStore {
             })
             .map_err(|e| store_error(&self.path, e))?;
         rows.into_iter()
-            .map(|(seq, json)| {
-                let record: AuditRecord = from_json(&format!("audit entry {seq}"), &json)?;
+            .map(|(seq, entry)| {
                 let seq = u64::try_from(seq)
                     .map_err(|_| StoreError::Corrupt(format!("audit sequence {seq}")))?;
-                Ok(AuditEntry { seq, record })
+                Ok(StoredEntry {
+                    seq,
+                    bytes: entry.into_bytes(),
+                })
             })
             .collect()
+    }
+
+    fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
+        let connection = self.lock();
+        read_node(&connection, level, index).map_err(|e| commit_error(&self.path, e))
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let connection = self.lock();
+        let row: Option<(i64, Vec<u8>, String)> = connection
+            .query_row(
+                "SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| store_error(&self.path, e))?;
+        row.map(|(size, root, note)| {
+            let size = u64::try_from(size)
+                .map_err(|_| StoreError::Corrupt(format!("checkpoint size {size}")))?;
+            let root = Hash::try_from(root.as_slice())
+                .map_err(|_| StoreError::Corrupt("checkpoint root is not 32 bytes".into()))?;
+            Ok(StoredCheckpoint { size, root, note })
+        })
+        .transpose()
     }
 
     fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
@@ -650,13 +797,7 @@ impl Store for SqliteStore {
 
     fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
         let mut connection = self.lock();
-        let fail = |error: rusqlite::Error| match error {
-            rusqlite::Error::ToSqlConversionFailure(inner) => match inner.downcast::<Refused>() {
-                Ok(refused) => refused.0,
-                Err(other) => StoreError::Unavailable(format!("encoding: {other}")),
-            },
-            other => store_error(&self.path, other),
-        };
+        let fail = |error| commit_error(&self.path, error);
         let tx = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(fail)?;

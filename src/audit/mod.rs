@@ -5,6 +5,10 @@
 //! describes. The store gives it a gap-free sequence number and keeps it as an [`AuditEntry`].
 //! This module never performs I/O and never drops a record.
 
+pub mod checkpoint;
+pub mod log;
+pub mod merkle;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -179,4 +183,23 @@ pub struct AuditEntry {
     /// The record.
     #[serde(flatten)]
     pub record: AuditRecord,
+}
+
+impl AuditEntry {
+    /// The entry's bytes: its JSON, written once and hashed as the Merkle leaf. A verifier hashes
+    /// the stored bytes; it never re-encodes an entry.
+    ///
+    /// # Errors
+    /// Only if a value cannot be encoded as JSON, which no audit record contains.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Parses stored entry bytes.
+    ///
+    /// # Errors
+    /// The bytes are not the JSON of an audit entry.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
 }
