@@ -149,6 +149,17 @@ fn open(db: &Db) -> Result<SqliteStore, String> {
     SqliteStore::open(&db.db).map_err(|e| format!("{}: {e}", db.db.display()))
 }
 
+/// Every token signing key the store has published, as a JWKS.
+fn published_jwks(store: &dyn Store) -> Result<Jwks, String> {
+    let keys = store.signing_keys().map_err(|e| e.to_string())?;
+    Ok(Jwks {
+        keys: keys
+            .iter()
+            .map(|k| Jwk::from_public_key(&k.public_key))
+            .collect(),
+    })
+}
+
 fn read(path: &PathBuf) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -228,13 +239,7 @@ fn run(command: Command) -> Outcome {
         }
         Command::Keys(KeysCommand::Jwks { db }) => {
             let store = open(&db)?;
-            let keys = store.signing_keys().map_err(|e| e.to_string())?;
-            let jwks = Jwks {
-                keys: keys
-                    .iter()
-                    .map(|k| Jwk::from_public_key(&k.public_key))
-                    .collect(),
-            };
+            let jwks = published_jwks(&store)?;
             println!("{}", jwks.to_json());
             Ok(true)
         }
@@ -247,13 +252,7 @@ fn run(command: Command) -> Outcome {
             let store: Arc<dyn Store> = Arc::new(open(&db)?);
             let holder: HolderId = holder.parse().map_err(|e| format!("{e}"))?;
             let issuer: BrokerId = issuer.parse().map_err(|e| format!("{e}"))?;
-            let keys = store.signing_keys().map_err(|e| e.to_string())?;
-            let jwks = Jwks {
-                keys: keys
-                    .iter()
-                    .map(|k| Jwk::from_public_key(&k.public_key))
-                    .collect(),
-            };
+            let jwks = published_jwks(&*store)?;
             let verifier = TokenVerifier::new(
                 holder,
                 issuer,
