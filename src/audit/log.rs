@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AuditEntry;
 use super::checkpoint::{self, Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
-use super::merkle::{self, Hash, MerkleError, NodeSource, ProofError, TreeBuilder};
+use super::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource, ProofError};
 use crate::error::Error;
 use crate::ids::{ConsentId, SubjectId};
 use crate::store::{Change, Commit, Store, StoreError, StoredCheckpoint};
@@ -123,47 +123,54 @@ pub fn verify_log<S: Store + ?Sized>(
     checkpoint: Option<(&str, &NoteVerifier)>,
 ) -> Result<LogReport, LogError> {
     let checkpoint = match checkpoint {
+        // Our notes are signed by a key named after the log's origin.
         Some((note, verifier)) => Some(
-            checkpoint::verify_checkpoint(note, verifier, None).map_err(LogError::Checkpoint)?,
+            checkpoint::verify_checkpoint(note, verifier, Some(verifier.name()))
+                .map_err(LogError::Checkpoint)?,
         ),
         None => None,
     };
     let size = store.audit_len()?;
-    let mut builder = TreeBuilder::new();
-    let mut root_at_checkpoint = None;
+    // Recompute every node from the stored bytes (about 64 bytes of memory per entry), then
+    // compare each with the store's: the first entry whose leaf differs is named, and a
+    // tampered inner node is caught even where no root or proof would pass through it.
+    let mut recomputed = MemoryNodes::new();
     let mut next = 0u64;
     while next < size {
-        let chunk = store.audit_bytes(next..next.saturating_add(CHUNK).min(size))?;
+        let end = next.saturating_add(CHUNK).min(size);
+        let chunk = store.audit_bytes(next..end)?;
         if chunk.is_empty() {
             return Err(LogError::MissingEntry { index: next });
         }
-        for stored in chunk {
-            if stored.seq != next {
+        let mut stored_leaves = store.merkle_nodes(0, next..end)?.into_iter().peekable();
+        for entry in chunk {
+            if entry.seq != next {
                 return Err(LogError::MissingEntry { index: next });
             }
-            if checkpoint.as_ref().is_some_and(|c| c.size == next) {
-                root_at_checkpoint = Some(builder.root());
+            let leaf = merkle::leaf_hash(&entry.bytes);
+            while stored_leaves.next_if(|(index, _)| *index < next).is_some() {}
+            match stored_leaves.next_if(|(index, _)| *index == next) {
+                Some((_, stored)) if stored == leaf => {}
+                Some(_) => return Err(LogError::AlteredEntry { index: next }),
+                None => return Err(LogError::ForgedEntry { index: next }),
             }
-            builder.push(merkle::leaf_hash(&stored.bytes));
+            recomputed
+                .push(leaf)
+                .map_err(|_| LogError::TreeMismatch { size: next })?;
             next += 1;
         }
     }
-    if checkpoint.as_ref().is_some_and(|c| c.size == size) {
-        root_at_checkpoint = Some(builder.root());
+    if let Some(checkpoint) = checkpoint.as_ref().filter(|c| c.size > size) {
+        return Err(LogError::Truncated {
+            log_size: size,
+            checkpoint_size: checkpoint.size,
+        });
     }
-    let root = builder.root();
-    // The stored tree must agree with the entries; if not, find the entry that differs.
-    let stored_root = merkle::root(size, &StoreNodes(store));
-    if stored_root.as_ref() != Ok(&root) {
-        return Err(locate_mismatch(store, size));
-    }
+    compare_inner_nodes(store, &recomputed, size)?;
+    let root = merkle::root(size, &recomputed).map_err(|_| LogError::TreeMismatch { size })?;
     if let Some(checkpoint) = &checkpoint {
-        let Some(prefix_root) = root_at_checkpoint else {
-            return Err(LogError::Truncated {
-                log_size: size,
-                checkpoint_size: checkpoint.size,
-            });
-        };
+        let prefix_root = merkle::root(checkpoint.size, &recomputed)
+            .map_err(|_| LogError::TreeMismatch { size })?;
         if prefix_root != checkpoint.root {
             return Err(LogError::CheckpointMismatch {
                 checkpoint_size: checkpoint.size,
@@ -177,25 +184,43 @@ pub fn verify_log<S: Store + ?Sized>(
     })
 }
 
-/// The slow path, taken only once tampering is certain: compare every entry with its leaf.
-fn locate_mismatch<S: Store + ?Sized>(store: &S, size: u64) -> LogError {
-    let mut next = 0u64;
-    while next < size {
-        let chunk = match store.audit_bytes(next..next.saturating_add(CHUNK).min(size)) {
-            Ok(chunk) => chunk,
-            Err(error) => return LogError::Store(error),
-        };
-        for stored in chunk {
-            match store.merkle_node(0, stored.seq) {
-                Ok(Some(leaf)) if leaf == merkle::leaf_hash(&stored.bytes) => {}
-                Ok(Some(_)) => return LogError::AlteredEntry { index: stored.seq },
-                Ok(None) => return LogError::ForgedEntry { index: stored.seq },
-                Err(error) => return LogError::Store(error),
+/// Every stored inner node must equal the recomputed one, and no node may be stored for a
+/// subtree that is not complete (nor a leaf past the end).
+fn compare_inner_nodes<S: Store + ?Sized>(
+    store: &S,
+    recomputed: &MemoryNodes,
+    size: u64,
+) -> Result<(), LogError> {
+    let mismatch = LogError::TreeMismatch { size };
+    if !store
+        .merkle_nodes(0, size..size.saturating_add(1))?
+        .is_empty()
+    {
+        return Err(mismatch);
+    }
+    for level in 1..64u32 {
+        let count = size >> level;
+        let mut start = 0u64;
+        // Read one index past the complete subtrees: a node there must not exist.
+        let limit = count.saturating_add(1);
+        while start < limit {
+            let end = start.saturating_add(CHUNK).min(limit);
+            let stored = store.merkle_nodes(level, start..end)?;
+            for (index, hash) in &stored {
+                if *index >= count || recomputed.node(level, *index).ok() != Some(*hash) {
+                    return Err(mismatch);
+                }
             }
-            next = stored.seq + 1;
+            if stored.len() as u64 != end.min(count).saturating_sub(start) {
+                return Err(mismatch);
+            }
+            start = end;
+        }
+        if count == 0 {
+            break;
         }
     }
-    LogError::TreeMismatch { size }
+    Ok(())
 }
 
 /// Signs a checkpoint of the whole log in `store` with `signer` (C2SP `tlog-checkpoint` in a
@@ -212,21 +237,18 @@ pub fn checkpoint_log<S: Store + ?Sized>(
     let nodes = StoreNodes(store);
     let size = store.audit_len()?;
     let root = merkle::root(size, &nodes)?;
-    if let Some(previous) = store.latest_checkpoint()? {
+    let previous = store.latest_checkpoint()?;
+    if let Some(previous) = &previous {
         let inconsistent = Error::CheckpointInconsistent {
             previous_size: previous.size,
         };
         if previous.size > size {
             return Err(inconsistent);
         }
-        if previous.size == size {
-            return if previous.root == root {
-                Ok(previous)
-            } else {
-                Err(inconsistent)
-            };
+        if previous.size == size && previous.root != root {
+            return Err(inconsistent);
         }
-        if previous.size > 0 {
+        if previous.size > 0 && previous.size < size {
             let proof = merkle::consistency_proof(previous.size, size, &nodes)?;
             merkle::verify_consistency(previous.size, size, &previous.root, &root, &proof)
                 .map_err(|_| inconsistent)?;
@@ -240,17 +262,19 @@ pub fn checkpoint_log<S: Store + ?Sized>(
     };
     let note = checkpoint::sign_checkpoint(&body, signer)?;
     let signed = StoredCheckpoint { size, root, note };
+    // Always a fresh signature by `signer`; the store records one checkpoint per size (the
+    // first), which is all the consistency check above needs.
+    if previous.is_some_and(|previous| previous.size == size) {
+        return Ok(signed);
+    }
     let commit = Commit {
         changes: vec![Change::RecordCheckpoint(signed.clone())],
         ..Commit::default()
     };
     match store.commit(commit) {
-        Ok(_) => Ok(signed),
-        // Another broker on the same store recorded a larger checkpoint meanwhile: it is
-        // consistent with this one (both were checked against the same history), so use it.
-        Err(StoreError::Conflict) => store
-            .latest_checkpoint()?
-            .ok_or(Error::Store(StoreError::Conflict)),
+        // A larger checkpoint recorded meanwhile by another broker on the same store was checked
+        // against the same append-only history; this one stays valid for its size.
+        Ok(_) | Err(StoreError::Conflict) => Ok(signed),
         Err(error) => Err(error.into()),
     }
 }
@@ -351,18 +375,21 @@ pub fn subject_history<S: Store + ?Sized>(
     store: &S,
     subject: &SubjectId,
 ) -> Result<Vec<AuditEntry>, StoreError> {
-    let consents: Vec<ConsentId> = store
+    // An entry that names only a consent id counts if it is about one of the subject's
+    // consents, from the moment that consent was requested (an earlier denial may name an id
+    // that did not exist yet).
+    let consents: Vec<(ConsentId, time::OffsetDateTime)> = store
         .consents_of_subject(subject)?
         .iter()
-        .map(|c| c.id().clone())
+        .map(|c| (c.id().clone(), c.request.requested_at))
         .collect();
     entries_where(store, |entry| {
         entry.record.subject.as_ref() == Some(subject)
-            || entry
-                .record
-                .consent
-                .as_ref()
-                .is_some_and(|c| consents.contains(c))
+            || entry.record.consent.as_ref().is_some_and(|id| {
+                consents
+                    .iter()
+                    .any(|(c, since)| c == id && entry.record.at >= *since)
+            })
     })
 }
 

@@ -310,6 +310,21 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Unavailable`].
     fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError>;
 
+    /// The stored nodes at `level` with indices in `range`, in index order (a bulk read for
+    /// verifiers; stores should override the default, which reads one node at a time).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let mut nodes = Vec::new();
+        for index in range {
+            if let Some(hash) = self.merkle_node(level, index)? {
+                nodes.push((index, hash));
+            }
+        }
+        Ok(nodes)
+    }
+
     /// The latest checkpoint the broker signed, if any.
     ///
     /// # Errors
@@ -365,6 +380,13 @@ macro_rules! forward_store {
             }
             fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
                 (**self).merkle_node(level, index)
+            }
+            fn merkle_nodes(
+                &self,
+                level: u32,
+                range: Range<u64>,
+            ) -> Result<Vec<(u64, Hash)>, StoreError> {
+                (**self).merkle_nodes(level, range)
             }
             fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
                 (**self).latest_checkpoint()

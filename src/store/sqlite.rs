@@ -718,7 +718,9 @@ impl Store for SqliteStore {
 
     fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
         let connection = self.lock();
-        let rows: Vec<(i64, String)> = connection
+        // The raw bytes, whatever they are: a verifier must see bytes that are no longer valid
+        // UTF-8 too, and hash them, to name the altered entry.
+        let rows: Vec<(i64, Vec<u8>)> = connection
             .prepare_cached(
                 "SELECT seq, entry FROM audit WHERE seq >= ?1 AND seq < ?2 ORDER BY seq",
             )
@@ -726,19 +728,47 @@ impl Store for SqliteStore {
                 statement
                     .query_map(
                         params![seq_param(range.start), seq_param(range.end)],
+                        |row| {
+                            let bytes = row.get_ref(1)?.as_bytes()?.to_vec();
+                            Ok((row.get(0)?, bytes))
+                        },
+                    )?
+                    .collect()
+            })
+            .map_err(|e| store_error(&self.path, e))?;
+        rows.into_iter()
+            .map(|(seq, bytes)| {
+                let seq = u64::try_from(seq)
+                    .map_err(|_| StoreError::Corrupt(format!("audit sequence {seq}")))?;
+                Ok(StoredEntry { seq, bytes })
+            })
+            .collect()
+    }
+
+    fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let connection = self.lock();
+        let rows: Vec<(i64, Vec<u8>)> = connection
+            .prepare_cached(
+                "SELECT idx, hash FROM merkle_nodes WHERE level = ?1 AND idx >= ?2 AND idx < ?3 \
+                 ORDER BY idx",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_map(
+                        params![level, seq_param(range.start), seq_param(range.end)],
                         |row| Ok((row.get(0)?, row.get(1)?)),
                     )?
                     .collect()
             })
             .map_err(|e| store_error(&self.path, e))?;
         rows.into_iter()
-            .map(|(seq, entry)| {
-                let seq = u64::try_from(seq)
-                    .map_err(|_| StoreError::Corrupt(format!("audit sequence {seq}")))?;
-                Ok(StoredEntry {
-                    seq,
-                    bytes: entry.into_bytes(),
-                })
+            .map(|(index, hash)| {
+                let index = u64::try_from(index)
+                    .map_err(|_| StoreError::Corrupt(format!("Merkle node index {index}")))?;
+                let hash = Hash::try_from(hash.as_slice()).map_err(|_| {
+                    StoreError::Corrupt(format!("Merkle node ({level}, {index}) is not 32 bytes"))
+                })?;
+                Ok((index, hash))
             })
             .collect()
     }
