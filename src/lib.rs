@@ -56,6 +56,8 @@ pub use policy::{
     AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, PolicyError, Presence,
     Usage, evaluate,
 };
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{MemoryStore, Store, StoreError};
