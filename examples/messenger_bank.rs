@@ -152,6 +152,9 @@ fn deny(reasons: Vec<DenyReason>) -> Decision {
 /// Where the story keeps its data: `--db PATH` or `CONSENT_BROKER_DB`, `--memory` for none.
 enum Storage {
     Sqlite(PathBuf),
+    /// `--postgres URL` or `CONSENT_BROKER_POSTGRES` (needs `--features postgres`).
+    #[cfg(feature = "postgres")]
+    Postgres(String),
     Memory,
 }
 
@@ -165,10 +168,18 @@ fn storage() -> Result<Storage> {
                 .join("messenger_bank.sqlite"),
         ),
     };
+    #[cfg(feature = "postgres")]
+    if let Ok(url) = std::env::var("CONSENT_BROKER_POSTGRES") {
+        storage = Storage::Postgres(url);
+    }
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--db" => storage = Storage::Sqlite(args.next().ok_or("--db needs a path")?.into()),
             "--memory" => storage = Storage::Memory,
+            #[cfg(feature = "postgres")]
+            "--postgres" => {
+                storage = Storage::Postgres(args.next().ok_or("--postgres needs a URL")?);
+            }
             other => {
                 return Err(
                     format!("unknown argument {other:?} (use --db PATH or --memory)").into(),
@@ -183,10 +194,14 @@ fn storage() -> Result<Storage> {
 /// attestation key, and the broker's checkpoint key, so a second run signs with the keys the
 /// first run used. In memory, a fresh key.
 fn kept_key(storage: &Storage, name: &str, rng: &SystemRandom) -> Result<SigningKey> {
-    let Storage::Sqlite(db) = storage else {
-        return Ok(SigningKey::generate(rng)?);
+    let path = match storage {
+        Storage::Sqlite(db) => db.with_extension(format!("{name}.der")),
+        #[cfg(feature = "postgres")]
+        Storage::Postgres(_) => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(format!("messenger_bank-postgres.{name}.der")),
+        Storage::Memory => return Ok(SigningKey::generate(rng)?),
     };
-    let path = db.with_extension(format!("{name}.der"));
     match std::fs::read(&path) {
         Ok(der) => Ok(SigningKey::from_pkcs8_der(&der)?),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -207,6 +222,11 @@ fn main() -> Result<()> {
             }
             println!("Data: SQLite database {}", path.display());
             Arc::new(SqliteStore::open(path)?)
+        }
+        #[cfg(feature = "postgres")]
+        Storage::Postgres(url) => {
+            println!("Data: PostgreSQL database {url}");
+            Arc::new(PostgresStore::open(url)?)
         }
         Storage::Memory => {
             println!("Data: in memory (nothing is kept after this run)");
