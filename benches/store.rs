@@ -25,8 +25,67 @@ fn bench(c: &mut Criterion) {
             b.iter(|| s.broker.authorise_access(black_box(&s.access)).unwrap())
         });
     }
+    postgres(&mut group);
     group.finish();
 }
+
+/// PostgreSQL, when `DATABASE_URL` names a server (`scripts/with-postgres cargo bench --features
+/// postgres --bench store`): one broker, and four brokers with their own connections deciding
+/// concurrently on one database (as four processes would).
+#[cfg(feature = "postgres")]
+fn postgres(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    use consent_broker::store::postgres::PostgresOptions;
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        eprintln!("store/postgres: skipped (no DATABASE_URL; run under scripts/with-postgres)");
+        return;
+    };
+    let schema = format!("bench_{}", std::process::id());
+    let open = || {
+        let options = PostgresOptions {
+            schema: Some(schema.clone()),
+            ..Default::default()
+        };
+        Arc::new(PostgresStore::open_with(&url, options).unwrap()) as Arc<dyn Store>
+    };
+    let s = support::setup_on(open());
+    group.bench_function("postgres/authorise_access_permit", |b| {
+        b.iter(|| s.broker.authorise_access(black_box(&s.access)).unwrap())
+    });
+    const BROKERS: usize = 4;
+    let brokers: Vec<_> = (0..BROKERS)
+        .map(|_| {
+            Broker::builder("broker".parse().unwrap(), open())
+                .clock(s.clock.clone())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    group.bench_function("postgres/authorise_access_permit_4_brokers", |b| {
+        b.iter_custom(|iterations| {
+            let per_broker = iterations.div_ceil(BROKERS as u64);
+            let start = std::time::Instant::now();
+            std::thread::scope(|scope| {
+                for broker in &brokers {
+                    let access = &s.access;
+                    scope.spawn(move || {
+                        for _ in 0..per_broker {
+                            broker.authorise_access(access).unwrap();
+                        }
+                    });
+                }
+            });
+            // Criterion wants the time `iterations` decisions took; they ran spread over the
+            // brokers, so scale the wall time of all of them: the aggregate throughput.
+            let decided = per_broker * BROKERS as u64;
+            start
+                .elapsed()
+                .mul_f64(iterations as f64 / decided.max(1) as f64)
+        })
+    });
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres(_: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {}
 
 criterion_group!(benches, bench);
 criterion_main!(benches);

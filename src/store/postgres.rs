@@ -387,14 +387,52 @@ fn refused(error: StoreError) -> Failure {
     Failure::Refused(error)
 }
 
-/// The Merkle nodes as seen inside the commit's transaction.
-struct TxNodes<'a, 'b>(RefCell<&'a mut Transaction<'b>>);
+/// The Merkle nodes as seen inside the commit's transaction, with the left siblings that
+/// appending leaf `size` needs fetched in one round trip instead of one per level.
+struct TxNodes<'a, 'b> {
+    tx: RefCell<&'a mut Transaction<'b>>,
+    prefetched: std::collections::HashMap<(u32, u64), Hash>,
+}
+
+impl<'a, 'b> TxNodes<'a, 'b> {
+    fn for_append(tx: &'a mut Transaction<'b>, size: u64) -> Result<Self, postgres::Error> {
+        // Appending leaf `size` combines it with the complete subtree to its left at every level
+        // where `size` has a 1 bit: node (level, (size >> level) - 1).
+        let wanted: Vec<(i32, i64)> = (0..64u32)
+            .filter(|level| (size >> level) & 1 == 1)
+            .map(|level| (level as i32, to_i64((size >> level) - 1)))
+            .collect();
+        let levels: Vec<i32> = wanted.iter().map(|w| w.0).collect();
+        let indices: Vec<i64> = wanted.iter().map(|w| w.1).collect();
+        let rows = tx.query(
+            "SELECT n.level, n.idx, n.hash FROM merkle_nodes n
+             JOIN UNNEST($1::INTEGER[], $2::BIGINT[]) AS w (level, idx)
+               ON n.level = w.level AND n.idx = w.idx",
+            &[&levels, &indices],
+        )?;
+        let prefetched = rows
+            .iter()
+            .filter_map(|row| {
+                let level = u32::try_from(row.get::<_, i32>(0)).ok()?;
+                let index = u64::try_from(row.get::<_, i64>(1)).ok()?;
+                Some(((level, index), Hash::try_from(row.get::<_, &[u8]>(2)).ok()?))
+            })
+            .collect();
+        Ok(Self {
+            tx: RefCell::new(tx),
+            prefetched,
+        })
+    }
+}
 
 impl NodeSource for TxNodes<'_, '_> {
     fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
+        if let Some(hash) = self.prefetched.get(&(level, index)) {
+            return Ok(*hash);
+        }
         let level_param = i32::try_from(level).unwrap_or(i32::MAX);
         let row = self
-            .0
+            .tx
             .borrow_mut()
             .query_opt(
                 "SELECT hash FROM merkle_nodes WHERE level = $1 AND idx = $2",
@@ -617,7 +655,7 @@ fn apply_commit(tx: &mut Transaction<'_>, commit: Commit) -> Result<CommitReceip
             &[&to_i64(next), &bytes],
         )?;
         let nodes = {
-            let source = TxNodes(RefCell::new(&mut *tx));
+            let source = TxNodes::for_append(&mut *tx, next)?;
             merkle::append(next, merkle::leaf_hash(&bytes), &source)
                 .map_err(|e| refused(StoreError::Corrupt(format!("Merkle tree: {e}"))))?
         };
