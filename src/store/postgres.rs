@@ -27,6 +27,7 @@
 //! [`StoreError::SchemaTooNew`]. Audit rows and Merkle nodes are append-only (triggers).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::mpsc::{self, Sender};
@@ -34,7 +35,8 @@ use std::thread::JoinHandle;
 use std::time::Duration as StdDuration;
 
 use postgres::error::SqlState;
-use postgres::{Client, Config, IsolationLevel, NoTls, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Row, Statement, Transaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use time::Date;
@@ -110,6 +112,62 @@ struct Worker {
     config: Config,
     schema: Option<String>,
     client: Option<Client>,
+    /// Statements prepared on the current connection, by SQL text: each is parsed once, so a
+    /// later use is one round trip instead of two.
+    statements: HashMap<String, Statement>,
+}
+
+/// A client or transaction whose statements are prepared once and reused.
+struct Db<'a, C> {
+    client: &'a mut C,
+    statements: &'a mut HashMap<String, Statement>,
+}
+
+impl<C: GenericClient> Db<'_, C> {
+    fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query(&statement, params)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query_opt(&statement, params)
+    }
+
+    fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query_one(&statement, params)
+    }
+
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.execute(&statement, params)
+    }
 }
 
 impl Worker {
@@ -125,6 +183,7 @@ impl Worker {
                     .map_err(|e| pg_error(&e))?;
             }
             self.client = Some(client);
+            self.statements.clear();
         }
         self.client
             .as_mut()
@@ -135,10 +194,16 @@ impl Worker {
     /// so the next call reconnects.
     fn with<T>(
         &mut self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        f: impl FnOnce(&mut Db<'_, Client>) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        let client = self.client()?;
-        match f(client) {
+        self.client()?;
+        let Some(client) = self.client.as_mut() else {
+            return Err(StoreError::Unavailable("not connected".into()));
+        };
+        match f(&mut Db {
+            client,
+            statements: &mut self.statements,
+        }) {
             Ok(value) => Ok(value),
             Err(error) => {
                 if error.is_closed() || error.code().is_none() {
@@ -245,6 +310,7 @@ impl PostgresStore {
             config,
             schema: options.schema,
             client: None,
+            statements: HashMap::new(),
         };
         let worker = std::thread::Builder::new()
             .name("consent-broker-postgres".into())
@@ -338,7 +404,7 @@ fn to_u64(what: &str, value: i64) -> Result<u64, StoreError> {
 
 fn migrate(worker: &mut Worker) -> Result<(), StoreError> {
     worker.with(|c| {
-        c.batch_execute(
+        c.client.batch_execute(
             "CREATE TABLE IF NOT EXISTS consent_broker_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
         )
     })?;
@@ -389,13 +455,13 @@ fn refused(error: StoreError) -> Failure {
 
 /// The Merkle nodes as seen inside the commit's transaction, with the left siblings that
 /// appending leaf `size` needs fetched in one round trip instead of one per level.
-struct TxNodes<'a, 'b> {
-    tx: RefCell<&'a mut Transaction<'b>>,
+struct TxNodes<'a, 'c, 'b> {
+    tx: RefCell<&'a mut Db<'c, Transaction<'b>>>,
     prefetched: std::collections::HashMap<(u32, u64), Hash>,
 }
 
-impl<'a, 'b> TxNodes<'a, 'b> {
-    fn for_append(tx: &'a mut Transaction<'b>, size: u64) -> Result<Self, postgres::Error> {
+impl<'a, 'c, 'b> TxNodes<'a, 'c, 'b> {
+    fn for_append(tx: &'a mut Db<'c, Transaction<'b>>, size: u64) -> Result<Self, postgres::Error> {
         // Appending leaf `size` combines it with the complete subtree to its left at every level
         // where `size` has a 1 bit: node (level, (size >> level) - 1).
         let wanted: Vec<(i32, i64)> = (0..64u32)
@@ -425,7 +491,7 @@ impl<'a, 'b> TxNodes<'a, 'b> {
     }
 }
 
-impl NodeSource for TxNodes<'_, '_> {
+impl NodeSource for TxNodes<'_, '_, '_> {
     fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
         if let Some(hash) = self.prefetched.get(&(level, index)) {
             return Ok(*hash);
@@ -444,7 +510,10 @@ impl NodeSource for TxNodes<'_, '_> {
     }
 }
 
-fn holds(tx: &mut Transaction<'_>, precondition: &Precondition) -> Result<bool, postgres::Error> {
+fn holds(
+    tx: &mut Db<'_, Transaction<'_>>,
+    precondition: &Precondition,
+) -> Result<bool, postgres::Error> {
     Ok(match precondition {
         Precondition::ConsentVersion { consent, version } => {
             tx.query_opt(
@@ -478,9 +547,9 @@ fn holds(tx: &mut Transaction<'_>, precondition: &Precondition) -> Result<bool, 
 }
 
 fn insert_new(
-    tx: &mut Transaction<'_>,
+    tx: &mut Db<'_, Transaction<'_>>,
     sql: &str,
-    params: &[&(dyn postgres::types::ToSql + Sync)],
+    params: &[&(dyn ToSql + Sync)],
     kind: RecordKind,
     id: &str,
 ) -> Result<(), Failure> {
@@ -494,7 +563,7 @@ fn insert_new(
 }
 
 fn update_versioned(
-    tx: &mut Transaction<'_>,
+    tx: &mut Db<'_, Transaction<'_>>,
     table: &str,
     id: &str,
     version: u64,
@@ -528,7 +597,7 @@ fn update_versioned(
     }))
 }
 
-fn apply(tx: &mut Transaction<'_>, change: Change) -> Result<(), Failure> {
+fn apply(tx: &mut Db<'_, Transaction<'_>>, change: Change) -> Result<(), Failure> {
     match change {
         Change::InsertHolder(record) => {
             let body = to_json(&record).map_err(refused)?;
@@ -631,7 +700,10 @@ fn apply(tx: &mut Transaction<'_>, change: Change) -> Result<(), Failure> {
     }
 }
 
-fn apply_commit(tx: &mut Transaction<'_>, commit: Commit) -> Result<CommitReceipt, Failure> {
+fn apply_commit(
+    tx: &mut Db<'_, Transaction<'_>>,
+    commit: Commit,
+) -> Result<CommitReceipt, Failure> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])?;
     for precondition in &commit.preconditions {
         if !holds(tx, precondition)? {
@@ -677,13 +749,27 @@ fn commit_on(worker: &mut Worker, commit: Commit) -> Result<CommitReceipt, Store
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let client = worker.client()?;
+        worker.client()?;
+        let Worker {
+            client: Some(client),
+            statements,
+            ..
+        } = &mut *worker
+        else {
+            return Err(StoreError::Unavailable("not connected".into()));
+        };
         let outcome = (|| -> Result<CommitReceipt, Failure> {
             let mut tx = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::ReadCommitted)
                 .start()?;
-            let receipt = apply_commit(&mut tx, commit.clone())?;
+            let receipt = apply_commit(
+                &mut Db {
+                    client: &mut tx,
+                    statements,
+                },
+                commit.clone(),
+            )?;
             tx.commit()?;
             Ok(receipt)
         })();
