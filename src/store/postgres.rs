@@ -102,6 +102,10 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             FOR EACH ROW EXECUTE FUNCTION consent_broker_append_only();
         CREATE TRIGGER merkle_nodes_append_only BEFORE UPDATE OR DELETE ON merkle_nodes
             FOR EACH ROW EXECUTE FUNCTION consent_broker_append_only();
+        CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+            FOR EACH STATEMENT EXECUTE FUNCTION consent_broker_append_only();
+        CREATE TRIGGER merkle_nodes_no_truncate BEFORE TRUNCATE ON merkle_nodes
+            FOR EACH STATEMENT EXECUTE FUNCTION consent_broker_append_only();
     ",
 }];
 
@@ -110,6 +114,7 @@ type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 /// The worker thread's state: the connection settings and, while connected, the client.
 struct Worker {
     config: Config,
+    connect_timeout: StdDuration,
     schema: Option<String>,
     client: Option<Client>,
     /// Statements prepared on the current connection, by SQL text: each is parsed once, so a
@@ -173,12 +178,15 @@ impl<C: GenericClient> Db<'_, C> {
 impl Worker {
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let mut client = self.config.connect(NoTls).map_err(|e| pg_error(&e))?;
+            let mut client = connect_within(&self.config, self.connect_timeout)?;
             if let Some(schema) = &self.schema {
                 let quoted = quote_identifier(schema);
+                // Under the commit lock: two brokers creating the same schema at once would
+                // otherwise collide in the catalog.
                 client
                     .batch_execute(&format!(
-                        "CREATE SCHEMA IF NOT EXISTS {quoted}; SET search_path TO {quoted}"
+                        "BEGIN; SELECT pg_advisory_xact_lock({COMMIT_LOCK}); \
+                         CREATE SCHEMA IF NOT EXISTS {quoted}; COMMIT; SET search_path TO {quoted}"
                     ))
                     .map_err(|e| pg_error(&e))?;
             }
@@ -215,13 +223,40 @@ impl Worker {
     }
 }
 
+/// Connects, giving up after `timeout` even if the server accepts the TCP connection and then
+/// never answers (the client's own timeout covers only the TCP connect). The handshake runs on a
+/// helper thread; if it hangs, that thread is left to end when the server closes the socket.
+fn connect_within(config: &Config, timeout: StdDuration) -> Result<Client, StoreError> {
+    let (sender, receiver) = mpsc::channel();
+    let config = config.clone();
+    std::thread::Builder::new()
+        .name("consent-broker-postgres-connect".into())
+        .spawn(move || {
+            let _ = sender.send(config.connect(NoTls));
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start connecting: {e}")))?;
+    match receiver.recv_timeout(timeout) {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(error)) => Err(pg_error(&error)),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "the server did not complete the connection within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
 fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Maps a client error to a store error a caller can act on.
 fn pg_error(error: &postgres::Error) -> StoreError {
-    let detail = error.to_string();
+    // `Display` of a server error is just "db error": say what the server said, and why.
+    let detail = match (error.as_db_error(), std::error::Error::source(error)) {
+        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        (None, Some(source)) => format!("{error}: {source}"),
+        (None, None) => error.to_string(),
+    };
     match error.code() {
         Some(code) if *code == SqlState::QUERY_CANCELED => {
             StoreError::Busy(format!("statement timeout: {detail}"))
@@ -308,6 +343,7 @@ impl PostgresStore {
         let (sender, receiver) = mpsc::channel::<Job>();
         let mut state = Worker {
             config,
+            connect_timeout: options.connect_timeout,
             schema: options.schema,
             client: None,
             statements: HashMap::new(),
@@ -403,15 +439,16 @@ fn to_u64(what: &str, value: i64) -> Result<u64, StoreError> {
 }
 
 fn migrate(worker: &mut Worker) -> Result<(), StoreError> {
-    worker.with(|c| {
-        c.client.batch_execute(
-            "CREATE TABLE IF NOT EXISTS consent_broker_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
-        )
-    })?;
     let client = worker.client()?;
     let mut tx = client.transaction().map_err(|e| pg_error(&e))?;
+    // Everything under the commit lock, the version table's creation included: two brokers
+    // starting on a new database at once must not both create it.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])
         .map_err(|e| pg_error(&e))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS consent_broker_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    )
+    .map_err(|e| pg_error(&e))?;
     let version: i64 = tx
         .query_opt(
             "SELECT value FROM consent_broker_meta WHERE key = 'schema_version'",
