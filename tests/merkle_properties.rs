@@ -422,7 +422,9 @@ proptest! {
         }
         let (a, b) = if small { (a % 45, b % 45) } else { (a, b) };
         let inclusion = inclusion_proof(a, b, &nodes);
-        prop_assert_eq!(inclusion.is_ok(), a < b && b <= 37);
+        // A proof never needs the proven leaf itself, so the last leaf of a tree one leaf larger
+        // than what is stored is still provable (its siblings all exist).
+        prop_assert_eq!(inclusion.is_ok(), a < b && (b <= 37 || (b == 38 && a == 37)));
         let consistency = consistency_proof(a, b, &nodes);
         prop_assert_eq!(consistency.is_ok(), 0 < a && (a == b || (a < b && b <= 37)));
         prop_assert_eq!(root(a, &nodes).is_ok(), a <= 37);
@@ -786,4 +788,16 @@ fn tree_builder_and_memory_nodes_start_empty() {
             index: u64::MAX
         })
     );
+}
+
+/// The case proptest found: the last leaf of a tree one larger than what is stored.
+#[test]
+fn the_last_leaf_needs_no_stored_leaf_of_its_own() {
+    let mut nodes = MemoryNodes::new();
+    for i in 0u8..37 {
+        nodes.push(leaf_hash(&[i])).unwrap();
+    }
+    assert!(inclusion_proof(37, 38, &nodes).is_ok());
+    assert!(inclusion_proof(36, 38, &nodes).is_err());
+    assert!(consistency_proof(37, 38, &nodes).is_err());
 }
