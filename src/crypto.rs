@@ -20,7 +20,7 @@
 #![forbid(unsafe_code)]
 
 use std::panic;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use jsonwebtoken::crypto::{self, CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
 use jsonwebtoken::errors::{Error, ErrorKind, Result as JwtResult, new_error};
@@ -203,7 +203,7 @@ fn new_signer(alg: &Algorithm, key: &EncodingKey) -> JwtResult<Box<dyn JwtSigner
         Algorithm::ES384 => ecdsa(&ring_sig::ECDSA_P384_SHA384_FIXED_SIGNING),
         Algorithm::EdDSA => Ok(Box::new(EdSigner {
             alg,
-            key_pair: ed_key_pair(bytes)?,
+            key_pair: cached_ed_key_pair(bytes)?,
         })),
         // `Algorithm` is non-exhaustive: one added upstream is refused until it is added here.
         _ => Err(new_error(ErrorKind::UnsupportedAlgorithm)),
@@ -294,7 +294,7 @@ struct EcdsaSigner {
 
 struct EdSigner {
     alg: Algorithm,
-    key_pair: Ed25519KeyPair,
+    key_pair: Arc<Ed25519KeyPair>,
 }
 
 struct HmacVerifier {
@@ -410,6 +410,40 @@ fn rsa_key_pair(der: &[u8]) -> JwtResult<RsaKeyPair> {
 fn ecdsa_key_pair(curve: &'static EcdsaSigningAlgorithm, pkcs8: &[u8]) -> JwtResult<EcdsaKeyPair> {
     EcdsaKeyPair::from_pkcs8(curve, pkcs8, &SystemRandom::new())
         .map_err(|_| new_error(ErrorKind::InvalidEcdsaKey))
+}
+
+/// How many parsed Ed25519 signing keys are kept.
+const ED_KEY_CACHE: usize = 8;
+
+/// The parsed key pair for `pkcs8`, from a small cache keyed by the SHA-256 of the PKCS#8 bytes.
+///
+/// jsonwebtoken asks for a new signer for every token; parsing the key derives its public half
+/// (a scalar multiplication, as costly as the signature itself), so a broker signing many tokens
+/// with one key would pay twice per token. The cache holds at most [`ED_KEY_CACHE`] keys; the
+/// least recently used one is dropped when a new key arrives.
+fn cached_ed_key_pair(pkcs8: &[u8]) -> JwtResult<Arc<Ed25519KeyPair>> {
+    type Cache = Mutex<Vec<([u8; 32], Arc<Ed25519KeyPair>)>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let id: [u8; 32] = digest::digest(&digest::SHA256, pkcs8)
+        .as_ref()
+        .try_into()
+        .map_err(|_| new_error(ErrorKind::InvalidEddsaKey))?;
+    let cache = CACHE.get_or_init(|| Mutex::new(Vec::with_capacity(ED_KEY_CACHE)));
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(position) = cache.iter().position(|(cached, _)| *cached == id) {
+        let entry = cache.remove(position);
+        let key_pair = Arc::clone(&entry.1);
+        cache.push(entry);
+        return Ok(key_pair);
+    }
+    let key_pair = Arc::new(ed_key_pair(pkcs8)?);
+    if cache.len() >= ED_KEY_CACHE {
+        cache.remove(0);
+    }
+    cache.push((id, Arc::clone(&key_pair)));
+    Ok(key_pair)
 }
 
 fn ed_key_pair(pkcs8: &[u8]) -> JwtResult<Ed25519KeyPair> {
@@ -570,4 +604,30 @@ fn compute_digest(data: &[u8], hash: ThumbprintHash) -> JwtResult<Vec<u8>> {
         _ => return Err(new_error(ErrorKind::UnsupportedAlgorithm)),
     };
     Ok(digest::digest(algorithm, data).as_ref().to_vec())
+}
+
+#[cfg(test)]
+mod key_cache_tests {
+    use super::*;
+    use ring::signature::{ED25519, UnparsedPublicKey};
+
+    /// More keys than the cache holds, used in turn: every signature is by the right key.
+    #[test]
+    fn the_signing_key_cache_never_mixes_keys() {
+        let rng = SystemRandom::new();
+        let keys: Vec<Vec<u8>> = (0..ED_KEY_CACHE + 3)
+            .map(|_| Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref().to_vec())
+            .collect();
+        for round in 0..3 {
+            for pkcs8 in &keys {
+                let message = format!("round {round}");
+                let signature = cached_ed_key_pair(pkcs8).unwrap().sign(message.as_bytes());
+                let public = ed_key_pair(pkcs8).unwrap().public_key().as_ref().to_vec();
+                UnparsedPublicKey::new(&ED25519, public)
+                    .verify(message.as_bytes(), signature.as_ref())
+                    .unwrap();
+            }
+        }
+        assert!(cached_ed_key_pair(b"not a key").is_err());
+    }
 }
