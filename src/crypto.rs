@@ -616,7 +616,12 @@ mod key_cache_tests {
     fn the_signing_key_cache_never_mixes_keys() {
         let rng = SystemRandom::new();
         let keys: Vec<Vec<u8>> = (0..ED_KEY_CACHE + 3)
-            .map(|_| Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref().to_vec())
+            .map(|_| {
+                Ed25519KeyPair::generate_pkcs8(&rng)
+                    .unwrap()
+                    .as_ref()
+                    .to_vec()
+            })
             .collect();
         for round in 0..3 {
             for pkcs8 in &keys {
