@@ -39,42 +39,9 @@ type SqliteFixture = Fixture<Arc<SqliteStore>>;
 /// The common fixture (bank + platform registered, manual clock, sequential ids), but with a
 /// checkpoint key the test knows.
 fn keyed_fixture(store: Arc<SqliteStore>, checkpoint_key: &[u8]) -> SqliteFixture {
-    let clock = Arc::new(ManualClock::new(START));
-    let broker = Broker::builder(id("broker"), store)
-        .clock(clock.clone())
-        .ids(Arc::new(SequentialIds::new()))
-        .checkpoint_key(SigningKey::from_pkcs8_der(checkpoint_key).unwrap())
-        .build()
-        .unwrap();
-    let rng = SystemRandom::new();
-    let bank: HolderId = id("bank");
-    let bank_signer =
-        AttestationSigner::new(bank.clone(), SigningKey::generate(&rng).unwrap()).unwrap();
-    broker
-        .register_holder(HolderRegistration {
-            id: bank.clone(),
-            policy: HolderPolicy::default(),
-            attestation_keys: vec![bank_signer.public_key()],
-        })
-        .unwrap();
-    let platform: PlatformId = id("chat");
-    broker
-        .register_platform(PlatformProfile {
-            id: platform.clone(),
-            registered_purposes: Purpose::ALL.into_iter().collect(),
-        })
-        .unwrap();
-    Fixture {
-        broker,
-        clock,
-        bank,
-        bank_signer,
-        platform,
-        alice: id("alice"),
-        current: id("acc-current"),
-        savings: id("acc-savings"),
-        rng,
-    }
+    Fixture::with_builder(store, |builder| {
+        builder.checkpoint_key(SigningKey::from_pkcs8_der(checkpoint_key).unwrap())
+    })
 }
 
 /// What the story wrote, for the history checks.

@@ -70,42 +70,12 @@ fn system_clock_fixture(
     token_key: &[u8],
     checkpoint_key: &[u8],
 ) -> SqliteFixture {
-    let broker = Broker::builder(id("broker"), store)
-        .clock(Arc::new(SystemClock))
-        .ids(Arc::new(SequentialIds::new()))
-        .signing_key(SigningKey::from_pkcs8_der(token_key).unwrap())
-        .checkpoint_key(SigningKey::from_pkcs8_der(checkpoint_key).unwrap())
-        .build()
-        .unwrap();
-    let rng = SystemRandom::new();
-    let bank: HolderId = id("bank");
-    let bank_signer =
-        AttestationSigner::new(bank.clone(), SigningKey::generate(&rng).unwrap()).unwrap();
-    broker
-        .register_holder(HolderRegistration {
-            id: bank.clone(),
-            policy: HolderPolicy::default(),
-            attestation_keys: vec![bank_signer.public_key()],
-        })
-        .unwrap();
-    let platform: PlatformId = id("chat");
-    broker
-        .register_platform(PlatformProfile {
-            id: platform.clone(),
-            registered_purposes: Purpose::ALL.into_iter().collect(),
-        })
-        .unwrap();
-    Fixture {
-        broker,
-        clock: Arc::new(ManualClock::new(SystemClock.now())),
-        bank,
-        bank_signer,
-        platform,
-        alice: id("alice"),
-        current: id("acc-current"),
-        savings: id("acc-savings"),
-        rng,
-    }
+    Fixture::with_builder(store, |builder| {
+        builder
+            .clock(Arc::new(SystemClock))
+            .signing_key(SigningKey::from_pkcs8_der(token_key).unwrap())
+            .checkpoint_key(SigningKey::from_pkcs8_der(checkpoint_key).unwrap())
+    })
 }
 
 /// The files an auditor has: the database, the checkpoint it kept, the verifier key, and (for

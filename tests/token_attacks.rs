@@ -118,41 +118,9 @@ fn keyed_fixture_with(
     pkcs8: &[u8],
     configure: impl FnOnce(BrokerBuilder<Arc<MemoryStore>>) -> BrokerBuilder<Arc<MemoryStore>>,
 ) -> Fixture<Arc<MemoryStore>> {
-    let clock = Arc::new(ManualClock::new(START));
-    let builder = Broker::builder(id("broker"), Arc::new(MemoryStore::new()))
-        .clock(clock.clone())
-        .ids(Arc::new(SequentialIds::new()))
-        .signing_key(SigningKey::from_pkcs8_der(pkcs8).unwrap());
-    let broker = configure(builder).build().unwrap();
-    let rng = SystemRandom::new();
-    let bank: HolderId = id("bank");
-    let bank_signer =
-        AttestationSigner::new(bank.clone(), SigningKey::generate(&rng).unwrap()).unwrap();
-    broker
-        .register_holder(HolderRegistration {
-            id: bank.clone(),
-            policy: HolderPolicy::default(),
-            attestation_keys: vec![bank_signer.public_key()],
-        })
-        .unwrap();
-    let platform: PlatformId = id("chat");
-    broker
-        .register_platform(PlatformProfile {
-            id: platform.clone(),
-            registered_purposes: BTreeSet::from(Purpose::ALL),
-        })
-        .unwrap();
-    Fixture {
-        broker,
-        clock,
-        bank,
-        bank_signer,
-        platform,
-        alice: id("alice"),
-        current: id("acc-current"),
-        savings: id("acc-savings"),
-        rng,
-    }
+    Fixture::with_builder(Arc::new(MemoryStore::new()), |builder| {
+        configure(builder.signing_key(SigningKey::from_pkcs8_der(pkcs8).unwrap()))
+    })
 }
 
 fn keyed_fixture(pkcs8: &[u8]) -> Fixture<Arc<MemoryStore>> {

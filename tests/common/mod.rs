@@ -44,12 +44,27 @@ impl<S: Store> Fixture<S> {
     }
 
     pub fn with_policy(store: S, policy: HolderPolicy) -> Self {
+        Self::configured(store, policy, |builder| builder)
+    }
+
+    /// The fixture with a broker configured further by `configure` (keys, clock, lifetimes).
+    pub fn with_builder(
+        store: S,
+        configure: impl FnOnce(BrokerBuilder<S>) -> BrokerBuilder<S>,
+    ) -> Self {
+        Self::configured(store, HolderPolicy::default(), configure)
+    }
+
+    fn configured(
+        store: S,
+        policy: HolderPolicy,
+        configure: impl FnOnce(BrokerBuilder<S>) -> BrokerBuilder<S>,
+    ) -> Self {
         let clock = Arc::new(ManualClock::new(START));
-        let broker = Broker::builder(id("broker"), store)
+        let builder = Broker::builder(id("broker"), store)
             .clock(clock.clone())
-            .ids(Arc::new(SequentialIds::new()))
-            .build()
-            .unwrap();
+            .ids(Arc::new(SequentialIds::new()));
+        let broker = configure(builder).build().unwrap();
         let rng = SystemRandom::new();
         let bank: HolderId = id("bank");
         let bank_signer =
