@@ -428,6 +428,18 @@ mod suite {
         assert_eq!(s.audit_entries(2..100).unwrap(), expected[2..].to_vec());
         assert_eq!(s.audit_entries(5..9).unwrap(), vec![]);
         assert_eq!(s.audit_entries(0..u64::MAX).unwrap(), expected);
+        // Merkle nodes in bulk: 3 leaves, 1 complete pair, nothing above; huge ranges and
+        // levels return at once.
+        assert_eq!(s.merkle_nodes(0, 0..u64::MAX).unwrap().len(), 3);
+        assert_eq!(s.merkle_nodes(1, 0..u64::MAX).unwrap().len(), 1);
+        assert_eq!(s.merkle_nodes(2, 0..u64::MAX).unwrap(), vec![]);
+        assert_eq!(s.merkle_nodes(200, 0..u64::MAX).unwrap(), vec![]);
+        let leaves = s.merkle_nodes(0, 1..3).unwrap();
+        assert_eq!(
+            leaves.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(Some(leaves[0].1), s.merkle_node(0, 1).unwrap());
         #[allow(clippy::reversed_empty_ranges)]
         let reversed = s.audit_entries(2..1).unwrap();
         assert_eq!(reversed, vec![]);

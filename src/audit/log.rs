@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AuditEntry;
 use super::checkpoint::{self, Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
-use super::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource, ProofError};
+use super::merkle::{self, Hash, MerkleError, NodeSource, ProofError};
 use crate::error::Error;
 use crate::ids::{ConsentId, SubjectId};
 use crate::store::{Change, Commit, Store, StoreError, StoredCheckpoint};
@@ -134,7 +134,7 @@ pub fn verify_log<S: Store + ?Sized>(
     // Recompute every node from the stored bytes (about 64 bytes of memory per entry), then
     // compare each with the store's: the first entry whose leaf differs is named, and a
     // tampered inner node is caught even where no root or proof would pass through it.
-    let mut recomputed = MemoryNodes::new();
+    let mut leaves: Vec<Hash> = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     let mut next = 0u64;
     while next < size {
         let end = next.saturating_add(CHUNK).min(size);
@@ -154,9 +154,7 @@ pub fn verify_log<S: Store + ?Sized>(
                 Some(_) => return Err(LogError::AlteredEntry { index: next }),
                 None => return Err(LogError::ForgedEntry { index: next }),
             }
-            recomputed
-                .push(leaf)
-                .map_err(|_| LogError::TreeMismatch { size: next })?;
+            leaves.push(leaf);
             next += 1;
         }
     }
@@ -166,6 +164,7 @@ pub fn verify_log<S: Store + ?Sized>(
             checkpoint_size: checkpoint.size,
         });
     }
+    let recomputed = Levels::build(leaves);
     compare_inner_nodes(store, &recomputed, size)?;
     let root = merkle::root(size, &recomputed).map_err(|_| LogError::TreeMismatch { size })?;
     if let Some(checkpoint) = &checkpoint {
@@ -184,11 +183,43 @@ pub fn verify_log<S: Store + ?Sized>(
     })
 }
 
+/// Every complete subtree's hash, level by level, computed bottom-up from the leaves: each level
+/// is one pass over the one below (no per-leaf bookkeeping), about 64 bytes per entry in all.
+struct Levels(Vec<Vec<Hash>>);
+
+impl Levels {
+    fn build(leaves: Vec<Hash>) -> Self {
+        let mut levels = vec![leaves];
+        while let Some(below) = levels.last().filter(|level| level.len() > 1) {
+            // Pairs (0,1), (2,3), …; an odd last node has no complete parent yet.
+            let lefts = below.iter().step_by(2);
+            let rights = below.iter().skip(1).step_by(2);
+            let above: Vec<Hash> = lefts
+                .zip(rights)
+                .map(|(l, r)| merkle::node_hash(l, r))
+                .collect();
+            levels.push(above);
+        }
+        Self(levels)
+    }
+}
+
+impl NodeSource for Levels {
+    fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
+        usize::try_from(level)
+            .ok()
+            .and_then(|level| self.0.get(level))
+            .and_then(|nodes| nodes.get(usize::try_from(index).ok()?))
+            .copied()
+            .ok_or(MerkleError::MissingNode { level, index })
+    }
+}
+
 /// Every stored inner node must equal the recomputed one, and no node may be stored for a
 /// subtree that is not complete (nor a leaf past the end).
 fn compare_inner_nodes<S: Store + ?Sized>(
     store: &S,
-    recomputed: &MemoryNodes,
+    recomputed: &Levels,
     size: u64,
 ) -> Result<(), LogError> {
     let mismatch = LogError::TreeMismatch { size };

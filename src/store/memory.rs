@@ -300,6 +300,16 @@ impl Store for MemoryStore {
         }
     }
 
+    fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
+        // One lock for the whole range: verifiers read every node.
+        let inner = self.read()?;
+        let count = inner.nodes.size().checked_shr(level).unwrap_or(0);
+        let range = range.start..range.end.min(count);
+        Ok(range
+            .filter_map(|index| Some((index, inner.nodes.node(level, index).ok()?)))
+            .collect())
+    }
+
     fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
         Ok(self.read()?.checkpoints.last().cloned())
     }

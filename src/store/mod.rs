@@ -320,8 +320,10 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// [`StoreError::Unavailable`].
     fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
+        // No level has more nodes than the log has entries: bound the walk by that.
+        let end = range.end.min(self.audit_len()?);
         let mut nodes = Vec::new();
-        for index in range {
+        for index in range.start..end {
             if let Some(hash) = self.merkle_node(level, index)? {
                 nodes.push((index, hash));
             }
