@@ -212,9 +212,20 @@ pub struct ConsentView {
     pub status: ConsentStatus,
 }
 
+/// What a builder collects and a broker keeps, apart from its store and keys.
+struct Settings {
+    id: BrokerId,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdGenerator>,
+    approval_window: Duration,
+    max_attempts: u32,
+    token_lifetime: Duration,
+}
+
 /// Builds a [`Broker`]; see [`Broker::builder`].
 pub struct BrokerBuilder<S> {
-    broker: Broker<S>,
+    settings: Settings,
+    store: S,
     signing_key: Option<SigningKey>,
     checkpoint_key: Option<SigningKey>,
 }
@@ -222,26 +233,26 @@ pub struct BrokerBuilder<S> {
 impl<S: Store> BrokerBuilder<S> {
     /// Uses `clock` instead of the system clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.broker.clock = clock;
+        self.settings.clock = clock;
         self
     }
 
     /// Uses `ids` instead of random consent ids.
     pub fn ids(mut self, ids: Arc<dyn IdGenerator>) -> Self {
-        self.broker.ids = ids;
+        self.settings.ids = ids;
         self
     }
 
     /// How long a request stays open for approval (default 10 minutes). A window that is not
     /// positive closes every request at once.
     pub fn approval_window(mut self, window: Duration) -> Self {
-        self.broker.approval_window = window;
+        self.settings.approval_window = window;
         self
     }
 
     /// How many times a call re-decides under concurrent updates (at least 1).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.broker.max_attempts = attempts.max(1);
+        self.settings.max_attempts = attempts.max(1);
         self
     }
 
@@ -261,7 +272,7 @@ impl<S: Store> BrokerBuilder<S> {
 
     /// Lifetime of access tokens: default 5 minutes, at most 15.
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
-        self.broker.token_lifetime = lifetime;
+        self.settings.token_lifetime = lifetime;
         self
     }
 
@@ -273,61 +284,56 @@ impl<S: Store> BrokerBuilder<S> {
     /// generated.
     pub fn build(self) -> Result<Broker<S>, Error> {
         crypto::install()?;
-        let lifetime = self.broker.token_lifetime;
+        let lifetime = self.settings.token_lifetime;
         if lifetime < Duration::SECOND || lifetime > MAX_TOKEN_LIFETIME {
             return Err(Error::InvalidTokenLifetime {
                 seconds: lifetime.whole_seconds(),
             });
         }
+        let rng = SystemRandom::new();
         let key = match self.signing_key {
             Some(key) => key,
-            None => SigningKey::generate(&self.broker.rng)?,
+            None => SigningKey::generate(&rng)?,
         };
         let checkpoint_key = match self.checkpoint_key {
             Some(key) => key,
-            None => SigningKey::generate(&self.broker.rng)?,
+            None => SigningKey::generate(&rng)?,
         };
-        let mut broker = self.broker;
-        broker.checkpoints = Some(NoteSigner::new(
-            broker.id.as_str(),
-            checkpoint_key.to_pkcs8_der(),
-        )?);
-        let already_published = broker
+        let checkpoints =
+            NoteSigner::new(self.settings.id.as_str(), checkpoint_key.to_pkcs8_der())?;
+        let already_published = self
             .store
             .signing_keys()?
             .iter()
-            .any(|k| k.kid == key.kid());
+            .any(|published| published.kid == key.kid());
+        let broker = Broker {
+            settings: self.settings,
+            store: self.store,
+            keys: RwLock::new(KeySet::new(key)),
+            checkpoints,
+            rng,
+        };
         if !already_published {
-            broker.publish_key(&key, broker.now())?;
+            let keys = broker.key_set();
+            broker.publish_key(keys.signing_key(), broker.now())?;
         }
-        *broker
-            .keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(KeySet::new(key));
         Ok(broker)
     }
 }
 
 /// The consent broker.
 pub struct Broker<S> {
-    id: BrokerId,
+    settings: Settings,
     store: S,
-    clock: Arc<dyn Clock>,
-    ids: Arc<dyn IdGenerator>,
-    approval_window: Duration,
-    max_attempts: u32,
-    token_lifetime: Duration,
-    /// Always `Some` after `build`; an `Option` only so the builder can fill it last.
-    keys: RwLock<Option<KeySet>>,
-    /// Always `Some` after `build`, for the same reason.
-    checkpoints: Option<NoteSigner>,
+    keys: RwLock<KeySet>,
+    checkpoints: NoteSigner,
     rng: SystemRandom,
 }
 
 impl<S> std::fmt::Debug for Broker<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
-            .field("id", &self.id)
+            .field("id", &self.settings.id)
             .finish_non_exhaustive()
     }
 }
@@ -336,18 +342,15 @@ impl<S: Store> Broker<S> {
     /// Starts building a broker named `id` over `store`, with the system clock and random ids.
     pub fn builder(id: BrokerId, store: S) -> BrokerBuilder<S> {
         BrokerBuilder {
-            broker: Broker {
+            settings: Settings {
                 id,
-                store,
                 clock: Arc::new(SystemClock),
                 ids: Arc::new(RandomIds::new()),
                 approval_window: DEFAULT_APPROVAL_WINDOW,
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
                 token_lifetime: DEFAULT_TOKEN_LIFETIME,
-                keys: RwLock::new(None),
-                checkpoints: None,
-                rng: SystemRandom::new(),
             },
+            store,
             signing_key: None,
             checkpoint_key: None,
         }
@@ -355,7 +358,7 @@ impl<S: Store> Broker<S> {
 
     /// The broker's id (the `aud` of attestations).
     pub fn id(&self) -> &BrokerId {
-        &self.id
+        &self.settings.id
     }
 
     /// The store.
@@ -365,19 +368,19 @@ impl<S: Store> Broker<S> {
 
     /// The current time, from the injected clock.
     pub fn now(&self) -> OffsetDateTime {
-        self.clock.now()
+        self.settings.clock.now()
     }
 
     /// Re-runs `attempt` while a concurrent writer invalidates what it read.
     fn retrying<T>(&self, mut attempt: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
-        for _ in 0..self.max_attempts {
+        for _ in 0..self.settings.max_attempts {
             match attempt() {
                 Err(Error::Store(StoreError::Conflict)) => continue,
                 other => return other,
             }
         }
         Err(Error::Contention {
-            attempts: self.max_attempts,
+            attempts: self.settings.max_attempts,
         })
     }
 
@@ -518,13 +521,17 @@ impl<S: Store> Broker<S> {
         let limits = RequestLimits {
             offered_scopes: &holder.policy.enabled_scopes,
             max_duration: holder.policy.effective_max_duration(),
-            approval_window: self.approval_window,
+            approval_window: self.settings.approval_window,
         };
-        let request =
-            match ConsentRequest::from_draft(draft.clone(), self.ids.consent_id(), limits, now) {
-                Ok(request) => request,
-                Err(error) => return Err(refused(error)),
-            };
+        let request = match ConsentRequest::from_draft(
+            draft.clone(),
+            self.settings.ids.consent_id(),
+            limits,
+            now,
+        ) {
+            Ok(request) => request,
+            Err(error) => return Err(refused(error)),
+        };
         let record = AuditRecord::new(
             now,
             AuditKind::ConsentRequested,
@@ -607,7 +614,7 @@ impl<S: Store> Broker<S> {
                 self.refuse(record, error.into())
             };
             let expectations = Expectations {
-                broker: &self.id,
+                broker: &self.settings.id,
                 request,
                 holder_keys: &holder.attestation_keys,
                 latest_expiry: saturating_add(
@@ -850,7 +857,7 @@ impl<S: Store> Broker<S> {
         }))
     }
 
-    fn key_set(&self) -> RwLockReadGuard<'_, Option<KeySet>> {
+    fn key_set(&self) -> RwLockReadGuard<'_, KeySet> {
         // No code path panics while holding the lock, so a poisoned lock still guards a
         // consistent key set.
         self.keys
@@ -875,11 +882,11 @@ impl<S: Store> Broker<S> {
             return Err(stale());
         }
         let grant = consent.ensure_live(now).map_err(|_| stale())?;
-        let expires_at = saturating_add(now, self.token_lifetime).min(grant.expires_at);
+        let expires_at = saturating_add(now, self.settings.token_lifetime).min(grant.expires_at);
         let token_id =
             crate::ids::random_token(&self.rng).ok_or(KeyError::RandomnessUnavailable)?;
         let claims = AccessClaims {
-            iss: self.id.clone(),
+            iss: self.settings.id.clone(),
             aud: permit.holder.clone(),
             sub: permit.subject.clone(),
             client_id: permit.platform.clone(),
@@ -894,16 +901,11 @@ impl<S: Store> Broker<S> {
         };
         let (token, key_id) = {
             let keys = self.key_set();
-            let key = keys
-                .as_ref()
-                .and_then(KeySet::signing_key)
-                .ok_or(KeyError::InvalidPkcs8)?;
+            let key = keys.signing_key();
             let token = token::sign(&claims, key)?;
             // Noted before the commit: over-estimating a key's last expiry only keeps it
             // published a little longer.
-            if let Some(keys) = keys.as_ref() {
-                keys.note_signed(key.kid(), expires_at);
-            }
+            keys.note_signed(key.kid(), expires_at);
             (token, key.kid().to_owned())
         };
         let record = AuditRecord {
@@ -945,7 +947,7 @@ impl<S: Store> Broker<S> {
     /// # Errors
     /// As [`Broker::authorise_access`] and [`Broker::issue_token`].
     pub fn authorise_with_token(&self, request: &AccessRequest) -> Result<TokenOutcome, Error> {
-        for _ in 0..self.max_attempts {
+        for _ in 0..self.settings.max_attempts {
             match self.authorise_access(request)? {
                 AccessOutcome::Denied(denial) => return Ok(TokenOutcome::Denied(denial)),
                 AccessOutcome::Permitted(permit) => match self.issue_token(permit) {
@@ -955,17 +957,14 @@ impl<S: Store> Broker<S> {
             }
         }
         Err(Error::Contention {
-            attempts: self.max_attempts,
+            attempts: self.settings.max_attempts,
         })
     }
 
     /// The JWKS the bank fetches: the signing key and retired keys still verifying.
     pub fn jwks(&self) -> Jwks {
         let now = self.now();
-        self.key_set()
-            .as_ref()
-            .map(|keys| keys.jwks(now))
-            .unwrap_or_default()
+        self.key_set().jwks(now)
     }
 
     /// Makes `key` the signing key from now on. The previous key stays in the JWKS until the
@@ -980,10 +979,7 @@ impl<S: Store> Broker<S> {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.publish_key(&key, now)?;
-        match keys.as_mut() {
-            Some(set) => set.rotate(key, now),
-            None => *keys = Some(KeySet::new(key)),
-        }
+        keys.rotate(key, now);
         Ok(())
     }
 
@@ -994,7 +990,7 @@ impl<S: Store> Broker<S> {
             ..AuditRecord::new(
                 now,
                 AuditKind::SigningKeyActivated,
-                Actor::Broker(self.id.clone()),
+                Actor::Broker(self.settings.id.clone()),
             )
         };
         let published = PublishedKey {
@@ -1011,24 +1007,15 @@ impl<S: Store> Broker<S> {
         Ok(())
     }
 
-    fn note_signer(&self) -> Result<&NoteSigner, Error> {
-        self.checkpoints
-            .as_ref()
-            .ok_or(Error::Key(KeyError::InvalidPkcs8))
-    }
-
     /// The checkpoints' origin line: the broker's id.
     pub fn log_origin(&self) -> &str {
-        self.id.as_str()
+        self.settings.id.as_str()
     }
 
     /// The verifier key of the broker's checkpoint signatures (C2SP `signed-note` vkey), for
     /// auditors to keep.
-    ///
-    /// # Errors
-    /// Only if the broker was not built.
-    pub fn checkpoint_verifier_key(&self) -> Result<String, Error> {
-        Ok(self.note_signer()?.verifier_key())
+    pub fn checkpoint_verifier_key(&self) -> String {
+        self.checkpoints.verifier_key()
     }
 
     /// Signs a checkpoint of the whole audit log (C2SP `tlog-checkpoint` in a `signed-note`),
@@ -1038,7 +1025,7 @@ impl<S: Store> Broker<S> {
     /// # Errors
     /// [`Error::CheckpointInconsistent`]; [`Error::Merkle`]; [`Error::Store`].
     pub fn checkpoint(&self) -> Result<StoredCheckpoint, Error> {
-        audit::log::checkpoint_log(&self.store, self.log_origin(), self.note_signer()?)
+        audit::log::checkpoint_log(&self.store, self.log_origin(), &self.checkpoints)
     }
 
     /// A receipt for the audit entry at `seq`: the entry, its inclusion proof, and a freshly

@@ -292,9 +292,23 @@ pub const RETIRED_KEY_GRACE: Duration = Duration::seconds(30);
 
 struct KeyEntry {
     key: SigningKey,
-    retired_at: Option<OffsetDateTime>,
     /// `exp` of the last token this key signed (unix seconds), or `i64::MIN`.
     last_expiry: std::sync::atomic::AtomicI64,
+}
+
+impl KeyEntry {
+    fn new(key: SigningKey) -> Self {
+        Self {
+            key,
+            last_expiry: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Whether a retired key still verifies: its last token (plus the grace) has not expired.
+    fn still_verifies(&self, now: OffsetDateTime) -> bool {
+        let last = self.last_expiry.load(std::sync::atomic::Ordering::SeqCst);
+        now.unix_timestamp() < last.saturating_add(RETIRED_KEY_GRACE.whole_seconds())
+    }
 }
 
 /// The broker's signing keys, with rotation.
@@ -303,68 +317,56 @@ struct KeyEntry {
 /// the JWKS) until the last token it signed has expired, plus [`RETIRED_KEY_GRACE`]; then it
 /// drops out.
 pub struct KeySet {
-    entries: Vec<KeyEntry>,
+    current: KeyEntry,
+    retired: Vec<KeyEntry>,
 }
 
 impl KeySet {
     /// A key set whose only key is `key`.
     pub fn new(key: SigningKey) -> Self {
         Self {
-            entries: vec![Self::entry(key)],
-        }
-    }
-
-    fn entry(key: SigningKey) -> KeyEntry {
-        KeyEntry {
-            key,
-            retired_at: None,
-            last_expiry: std::sync::atomic::AtomicI64::new(i64::MIN),
+            current: KeyEntry::new(key),
+            retired: Vec::new(),
         }
     }
 
     /// Makes `key` the signing key from `now`; the previous signing key is retired.
     pub fn rotate(&mut self, key: SigningKey, now: OffsetDateTime) {
+        let previous = std::mem::replace(&mut self.current, KeyEntry::new(key));
+        self.retired.push(previous);
         self.prune(now);
-        for entry in &mut self.entries {
-            entry.retired_at.get_or_insert(now);
-        }
-        self.entries.push(Self::entry(key));
     }
 
     /// The key that signs now.
-    pub fn signing_key(&self) -> Option<&SigningKey> {
-        self.entries.last().map(|e| &e.key)
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.current.key
     }
 
-    /// Records that the signing key signed a token expiring at `exp`.
+    /// Records that a key of this set signed a token expiring at `exp`.
     pub(crate) fn note_signed(&self, kid: &str, exp: OffsetDateTime) {
-        if let Some(entry) = self.entries.iter().find(|e| e.key.kid() == kid) {
+        let entry = std::iter::once(&self.current)
+            .chain(&self.retired)
+            .find(|e| e.key.kid() == kid);
+        if let Some(entry) = entry {
             entry
                 .last_expiry
                 .fetch_max(exp.unix_timestamp(), std::sync::atomic::Ordering::SeqCst);
         }
     }
 
-    fn verifies_at(entry: &KeyEntry, now: OffsetDateTime) -> bool {
-        match entry.retired_at {
-            None => true,
-            Some(_) => {
-                let last = entry.last_expiry.load(std::sync::atomic::Ordering::SeqCst);
-                now.unix_timestamp() < last.saturating_add(RETIRED_KEY_GRACE.whole_seconds())
-            }
-        }
-    }
-
     /// Drops retired keys whose last token has expired.
     pub fn prune(&mut self, now: OffsetDateTime) {
-        self.entries.retain(|entry| Self::verifies_at(entry, now));
+        self.retired.retain(|entry| entry.still_verifies(now));
     }
 
     /// The public keys that verify at `now`: the signing key and retired keys still in overlap.
     pub fn verification_keys(&self, now: OffsetDateTime) -> Vec<Ed25519PublicKey> {
-        self.entries
-            .iter()
-            .filter(|entry| Self::verifies_at(entry, now))
+        std::iter::once(&self.current)
+            .chain(
+                self.retired
+                    .iter()
+                    .filter(|entry| entry.still_verifies(now)),
+            )
             .map(|entry| entry.key.public_key())
             .collect()
     }
@@ -384,7 +386,11 @@ impl KeySet {
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.entries.iter().map(|e| e.key.kid()))
+            .entries(
+                std::iter::once(&self.current)
+                    .chain(&self.retired)
+                    .map(|e| e.key.kid()),
+            )
             .finish()
     }
 }

@@ -182,7 +182,7 @@ impl Logged {
         let fx = keyed_fixture(Arc::new(SqliteStore::open(&path).unwrap()), &checkpoint_key);
         write_story(&fx);
         let signed = fx.broker.checkpoint().unwrap();
-        let vkey = fx.broker.checkpoint_verifier_key().unwrap();
+        let vkey = fx.broker.checkpoint_verifier_key();
         let size = fx.audit_len();
         assert!(size >= 30, "the story writes over 30 entries, got {size}");
         assert_eq!(signed.size, size);
@@ -1015,7 +1015,7 @@ fn live() -> (
         &key,
     );
     let story = write_story(&fx);
-    let verifier = NoteVerifier::from_vkey(&fx.broker.checkpoint_verifier_key().unwrap()).unwrap();
+    let verifier = NoteVerifier::from_vkey(&fx.broker.checkpoint_verifier_key()).unwrap();
     (dir, fx, story, verifier, key)
 }
 
@@ -1276,7 +1276,7 @@ fn receipts_verify_with_the_current_checkpoint_key_after_a_key_change() {
         size,
         "the restart appended nothing"
     );
-    let verifier = NoteVerifier::from_vkey(&broker.checkpoint_verifier_key().unwrap()).unwrap();
+    let verifier = NoteVerifier::from_vkey(&broker.checkpoint_verifier_key()).unwrap();
     let checkpoint = broker.checkpoint().unwrap();
     verify_checkpoint(&checkpoint.note, &verifier, None).unwrap();
     broker.receipt(0).unwrap().verify(&verifier).unwrap();

@@ -154,7 +154,7 @@ fn setup() -> (Audited, SqliteFixture) {
     };
 
     let signed = fx.broker.checkpoint().unwrap();
-    let vkey = fx.broker.checkpoint_verifier_key().unwrap();
+    let vkey = fx.broker.checkpoint_verifier_key();
     let checkpoint = dir.path().join("kept.checkpoint");
     let vkey_file = dir.path().join("broker.vkey");
     let key_file = dir.path().join("checkpoint-key.der");

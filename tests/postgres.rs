@@ -962,7 +962,7 @@ fn several_processes_share_one_database() {
         (len, report.root),
         "the checkpoint covers the verified log"
     );
-    let verifier = NoteVerifier::from_vkey(&fx.broker.checkpoint_verifier_key().unwrap()).unwrap();
+    let verifier = NoteVerifier::from_vkey(&fx.broker.checkpoint_verifier_key()).unwrap();
     let checked = verify_log(store, Some((&checkpoint.note, &verifier)))
         .expect("the log verifies against the checkpoint");
     assert_eq!(checked.checkpoint.map(|c| c.size), Some(len));
