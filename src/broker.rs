@@ -779,19 +779,20 @@ impl<S: Store> Broker<S> {
         // A consent's holder is registered before the consent can exist; if it has gone missing,
         // an empty policy shares nothing.
         let holder = self.store.holder(&consent.request.holder)?;
+        let shares_nothing;
         let (policy, holder_version) = match &holder {
-            Some(holder) => (holder.policy.clone(), Some(holder.version)),
-            None => (
-                HolderPolicy {
+            Some(holder) => (&holder.policy, Some(holder.version)),
+            None => {
+                shares_nothing = HolderPolicy {
                     enabled_scopes: Default::default(),
                     ..HolderPolicy::default()
-                },
-                None,
-            ),
+                };
+                (&shares_nothing, None)
+            }
         };
         let day = now.date();
         let usage: Usage = self.store.usage(&request.consent, day)?;
-        let decision = policy::evaluate(request, Some(&consent), &policy, &platform, usage, now);
+        let decision = policy::evaluate(request, Some(&consent), policy, &platform, usage, now);
         let mut preconditions = vec![Precondition::ConsentVersion {
             consent: request.consent.clone(),
             version: consent.version,
