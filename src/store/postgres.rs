@@ -43,13 +43,12 @@ use time::Date;
 
 use super::{
     Change, Commit, CommitReceipt, HolderRecord, Precondition, PublishedKey, RecordKind, Store,
-    StoreError, StoredCheckpoint, StoredEntry,
+    StoreError, StoredCheckpoint, StoredEntry, rows,
 };
 use crate::audit::AuditEntry;
 use crate::audit::merkle::{self, Hash, MerkleError, NodeSource};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
-use crate::keys::Ed25519PublicKey;
 use crate::policy::{PlatformProfile, Usage};
 
 /// The schema version this build writes.
@@ -398,7 +397,7 @@ impl PostgresStore {
     ) -> Result<Option<T>, StoreError> {
         self.run(move |w| {
             let row = w.with(|c| c.query_opt(sql, &[&key]))?;
-            row.map(|row| from_json(&format!("{what} {key}"), row.get::<_, &str>(0)))
+            row.map(|row| rows::json(&format!("{what} {key}"), row.get::<_, &str>(0)))
                 .transpose()
         })
     }
@@ -422,20 +421,8 @@ impl Drop for PostgresStore {
     }
 }
 
-fn from_json<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
-}
-
 fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(what: &str, value: i64) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} is negative")))
 }
 
 fn migrate(worker: &mut Worker) -> Result<(), StoreError> {
@@ -503,7 +490,7 @@ impl<'a, 'c, 'b> TxNodes<'a, 'c, 'b> {
         // where `size` has a 1 bit: node (level, (size >> level) - 1).
         let wanted: Vec<(i32, i64)> = (0..64u32)
             .filter(|level| (size >> level) & 1 == 1)
-            .map(|level| (level as i32, to_i64((size >> level) - 1)))
+            .map(|level| (level as i32, rows::signed((size >> level) - 1)))
             .collect();
         let levels: Vec<i32> = wanted.iter().map(|w| w.0).collect();
         let indices: Vec<i64> = wanted.iter().map(|w| w.1).collect();
@@ -539,7 +526,7 @@ impl NodeSource for TxNodes<'_, '_, '_> {
             .borrow_mut()
             .query_opt(
                 "SELECT hash FROM merkle_nodes WHERE level = $1 AND idx = $2",
-                &[&level_param, &to_i64(index)],
+                &[&level_param, &rows::signed(index)],
             )
             .map_err(|e| MerkleError::Source(e.to_string()))?
             .ok_or(MerkleError::MissingNode { level, index })?;
@@ -558,7 +545,7 @@ fn holds(
                 &[&consent.as_str()],
             )?
             .map(|row| row.get::<_, i64>(0))
-                == Some(to_i64(*version))
+                == Some(rows::signed(*version))
         }
         Precondition::HolderVersion { holder, version } => {
             tx.query_opt(
@@ -566,7 +553,7 @@ fn holds(
                 &[&holder.as_str()],
             )?
             .map(|row| row.get::<_, i64>(0))
-                == Some(to_i64(*version))
+                == Some(rows::signed(*version))
         }
         Precondition::UsageIs {
             consent,
@@ -612,10 +599,10 @@ fn update_versioned(
     let changed = tx.execute(
         &sql,
         &[
-            &to_i64(version),
+            &rows::signed(version),
             &record,
             &id,
-            &to_i64(version.saturating_sub(1)),
+            &rows::signed(version.saturating_sub(1)),
         ],
     )?;
     if changed == 1 {
@@ -641,7 +628,7 @@ fn apply(tx: &mut Db<'_, Transaction<'_>>, change: Change) -> Result<(), Failure
             insert_new(
                 tx,
                 "INSERT INTO holders (id, version, record) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&record.id.as_str(), &to_i64(record.version), &body],
+                &[&record.id.as_str(), &rows::signed(record.version), &body],
                 RecordKind::Holder,
                 record.id.as_str(),
             )
@@ -676,7 +663,7 @@ fn apply(tx: &mut Db<'_, Transaction<'_>>, change: Change) -> Result<(), Failure
                 &[
                     &consent.id().as_str(),
                     &consent.request.subject.as_str(),
-                    &to_i64(consent.version),
+                    &rows::signed(consent.version),
                     &body,
                 ],
                 RecordKind::Consent,
@@ -725,12 +712,12 @@ fn apply(tx: &mut Db<'_, Transaction<'_>>, change: Change) -> Result<(), Failure
             let latest: Option<i64> = tx
                 .query_one("SELECT MAX(size) FROM checkpoints", &[])?
                 .get(0);
-            if latest.is_some_and(|latest| latest > to_i64(checkpoint.size)) {
+            if latest.is_some_and(|latest| latest > rows::signed(checkpoint.size)) {
                 return Err(refused(StoreError::Conflict));
             }
             tx.execute(
                 "INSERT INTO checkpoints (size, root, note) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&to_i64(checkpoint.size), &&checkpoint.root[..], &checkpoint.note],
+                &[&rows::signed(checkpoint.size), &&checkpoint.root[..], &checkpoint.note],
             )?;
             Ok(())
         }
@@ -753,7 +740,7 @@ fn apply_commit(
     let first: i64 = tx
         .query_one("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit", &[])?
         .get(0);
-    let start = to_u64("audit sequence", first).map_err(refused)?;
+    let start = rows::unsigned("audit sequence", first).map_err(refused)?;
     let mut next = start;
     for record in commit.audit {
         let bytes = AuditEntry { seq: next, record }
@@ -761,7 +748,7 @@ fn apply_commit(
             .map_err(|e| refused(StoreError::Unavailable(format!("encoding: {e}"))))?;
         tx.execute(
             "INSERT INTO audit (seq, entry) VALUES ($1, $2)",
-            &[&to_i64(next), &bytes],
+            &[&rows::signed(next), &bytes],
         )?;
         let nodes = {
             let source = TxNodes::for_append(&mut *tx, next)?;
@@ -772,7 +759,7 @@ fn apply_commit(
             let level = i32::try_from(level).unwrap_or(i32::MAX);
             tx.execute(
                 "INSERT INTO merkle_nodes (level, idx, hash) VALUES ($1, $2, $3)",
-                &[&level, &to_i64(index), &&hash[..]],
+                &[&level, &rows::signed(index), &&hash[..]],
             )?;
         }
         next += 1;
@@ -860,7 +847,7 @@ impl Store for PostgresStore {
                 )
             })?;
             rows.iter()
-                .map(|row| from_json("consent", row.get::<_, &str>(0)))
+                .map(|row| rows::json("consent", row.get::<_, &str>(0)))
                 .collect()
         })
     }
@@ -896,7 +883,7 @@ impl Store for PostgresStore {
             let next: i64 = w
                 .with(|c| c.query_one("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit", &[]))?
                 .get(0);
-            to_u64("audit length", next)
+            rows::unsigned("audit length", next)
         })
     }
 
@@ -905,13 +892,13 @@ impl Store for PostgresStore {
             let rows = w.with(|c| {
                 c.query(
                     "SELECT seq, entry FROM audit WHERE seq >= $1 AND seq < $2 ORDER BY seq",
-                    &[&to_i64(range.start), &to_i64(range.end)],
+                    &[&rows::signed(range.start), &rows::signed(range.end)],
                 )
             })?;
             rows.iter()
                 .map(|row| {
                     Ok(StoredEntry {
-                        seq: to_u64("audit sequence", row.get(0))?,
+                        seq: rows::unsigned("audit sequence", row.get(0))?,
                         bytes: row.get::<_, Vec<u8>>(1),
                     })
                 })
@@ -929,23 +916,16 @@ impl Store for PostgresStore {
     fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
         self.run(move |w| {
             let level_param = i32::try_from(level).unwrap_or(i32::MAX);
-            let rows = w.with(|c| {
-                c.query(
+            let rows =
+                w.with(|c| {
+                    c.query(
                     "SELECT idx, hash FROM merkle_nodes WHERE level = $1 AND idx >= $2 AND idx < $3
                      ORDER BY idx",
-                    &[&level_param, &to_i64(range.start), &to_i64(range.end)],
+                    &[&level_param, &rows::signed(range.start), &rows::signed(range.end)],
                 )
-            })?;
+                })?;
             rows.iter()
-                .map(|row| {
-                    let index = to_u64("Merkle node index", row.get(0))?;
-                    let hash = Hash::try_from(row.get::<_, &[u8]>(1)).map_err(|_| {
-                        StoreError::Corrupt(format!(
-                            "Merkle node ({level}, {index}) is not 32 bytes"
-                        ))
-                    })?;
-                    Ok((index, hash))
-                })
+                .map(|row| rows::node(level, row.get(0), row.get::<_, &[u8]>(1)))
                 .collect()
         })
     }
@@ -958,17 +938,8 @@ impl Store for PostgresStore {
                     &[],
                 )
             })?;
-            row.map(|row| {
-                let size = to_u64("checkpoint size", row.get(0))?;
-                let root = Hash::try_from(row.get::<_, &[u8]>(1))
-                    .map_err(|_| StoreError::Corrupt("checkpoint root is not 32 bytes".into()))?;
-                Ok(StoredCheckpoint {
-                    size,
-                    root,
-                    note: row.get(2),
-                })
-            })
-            .transpose()
+            row.map(|row| rows::checkpoint(row.get(0), row.get::<_, &[u8]>(1), row.get(2)))
+                .transpose()
         })
     }
 
@@ -981,14 +952,7 @@ impl Store for PostgresStore {
                 )
             })?;
             rows.iter()
-                .map(|row| {
-                    let kid: String = row.get(0);
-                    let public_key = Ed25519PublicKey::from_base64url(row.get(1))
-                        .map_err(|e| StoreError::Corrupt(format!("signing key {kid}: {e}")))?;
-                    let activated_at = time::OffsetDateTime::from_unix_timestamp(row.get(2))
-                        .map_err(|e| StoreError::Corrupt(format!("signing key {kid}: {e}")))?;
-                    Ok(PublishedKey { kid, public_key, activated_at })
-                })
+                .map(|row| rows::published_key(row.get(0), row.get(1), row.get(2)))
                 .collect()
         })
     }

@@ -38,13 +38,12 @@ use time::Date;
 
 use super::{
     Change, Commit, CommitReceipt, HolderRecord, Precondition, PublishedKey, RecordKind, Store,
-    StoreError, StoredCheckpoint, StoredEntry,
+    StoreError, StoredCheckpoint, StoredEntry, rows,
 };
 use crate::audit::AuditEntry;
 use crate::audit::merkle::{self, Hash, MerkleError, NodeSource};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
-use crate::keys::Ed25519PublicKey;
 use crate::policy::{PlatformProfile, Usage};
 
 /// One step of the schema's history.
@@ -150,16 +149,8 @@ fn store_error(path: &Path, error: rusqlite::Error) -> StoreError {
     }
 }
 
-fn from_json<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
-}
-
 fn day_key(day: Date) -> String {
     day.to_string()
-}
-
-fn seq_param(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
 impl SqliteStore {
@@ -327,7 +318,7 @@ impl SqliteStore {
             .prepare_cached(sql)
             .and_then(|mut statement| statement.query_row([key], |row| row.get(0)).optional())
             .map_err(fail)?;
-        json.map(|json| from_json(&format!("{what} {key}"), &json))
+        json.map(|json| rows::json(&format!("{what} {key}"), &json))
             .transpose()
     }
 }
@@ -368,7 +359,7 @@ fn append_entry(tx: &Transaction<'_>, seq: u64, bytes: &[u8]) -> Result<(), rusq
     let text = std::str::from_utf8(bytes)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     tx.prepare_cached("INSERT INTO audit (seq, entry) VALUES (?1, ?2)")?
-        .execute(params![seq_param(seq), text])?;
+        .execute(params![rows::signed(seq), text])?;
     append_leaf(tx, seq, merkle::leaf_hash(bytes))
 }
 
@@ -378,7 +369,7 @@ fn append_leaf(tx: &Transaction<'_>, size: u64, leaf: Hash) -> Result<(), rusqli
     let mut insert =
         tx.prepare_cached("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
     for (level, index, hash) in nodes {
-        insert.execute(params![level, seq_param(index), &hash[..]])?;
+        insert.execute(params![level, rows::signed(index), &hash[..]])?;
     }
     Ok(())
 }
@@ -390,7 +381,7 @@ fn backfill_merkle_nodes(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<Result<_, _>>()?;
     for (expected, (seq, entry)) in (0u64..).zip(rows) {
-        if seq_param(expected) != seq {
+        if rows::signed(expected) != seq {
             return Err(refused(StoreError::Corrupt(format!(
                 "audit sequence broken at {seq}"
             ))));
@@ -418,7 +409,7 @@ fn read_node(
 ) -> Result<Option<Hash>, rusqlite::Error> {
     let blob: Option<Vec<u8>> = connection
         .prepare_cached("SELECT hash FROM merkle_nodes WHERE level = ?1 AND idx = ?2")?
-        .query_row(params![level, seq_param(index)], |row| row.get(0))
+        .query_row(params![level, rows::signed(index)], |row| row.get(0))
         .optional()?;
     blob.map(|bytes| {
         Hash::try_from(bytes.as_slice()).map_err(|_| {
@@ -496,10 +487,6 @@ fn encode<T: Serialize>(value: &T) -> Result<String, rusqlite::Error> {
     serde_json::to_string(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
-fn version_param(version: u64) -> i64 {
-    i64::try_from(version).unwrap_or(i64::MAX)
-}
-
 /// Inserts a row unless its key exists; a duplicate is reported as such.
 fn insert_new(
     tx: &Transaction<'_>,
@@ -528,10 +515,10 @@ fn update_versioned(
 ) -> Result<(), rusqlite::Error> {
     let sql =
         format!("UPDATE {table} SET version = ?1, record = ?2 WHERE id = ?3 AND version = ?4");
-    let previous = version_param(version.saturating_sub(1));
+    let previous = rows::signed(version.saturating_sub(1));
     let changed =
         tx.prepare_cached(&sql)?
-            .execute(params![version_param(version), record, id, previous])?;
+            .execute(params![rows::signed(version), record, id, previous])?;
     if changed == 1 {
         return Ok(());
     }
@@ -555,7 +542,7 @@ fn apply(tx: &Transaction<'_>, change: Change) -> Result<(), rusqlite::Error> {
             "INSERT INTO holders (id, version, record) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             &[
                 &record.id.as_str(),
-                &version_param(record.version),
+                &rows::signed(record.version),
                 &encode(&record)?,
             ],
             RecordKind::Holder,
@@ -583,7 +570,7 @@ fn apply(tx: &Transaction<'_>, change: Change) -> Result<(), rusqlite::Error> {
             &[
                 &consent.id().as_str(),
                 &consent.request.subject.as_str(),
-                &version_param(consent.version),
+                &rows::signed(consent.version),
                 &encode(&consent)?,
             ],
             RecordKind::Consent,
@@ -615,7 +602,7 @@ fn apply(tx: &Transaction<'_>, change: Change) -> Result<(), rusqlite::Error> {
         Change::RecordCheckpoint(checkpoint) => {
             let latest: Option<i64> =
                 tx.query_row("SELECT MAX(size) FROM checkpoints", [], |row| row.get(0))?;
-            if latest.is_some_and(|latest| latest > seq_param(checkpoint.size)) {
+            if latest.is_some_and(|latest| latest > rows::signed(checkpoint.size)) {
                 return Err(conflict());
             }
             tx.prepare_cached(
@@ -623,7 +610,7 @@ fn apply(tx: &Transaction<'_>, change: Change) -> Result<(), rusqlite::Error> {
                  ON CONFLICT (size) DO NOTHING",
             )?
             .execute(params![
-                seq_param(checkpoint.size),
+                rows::signed(checkpoint.size),
                 &checkpoint.root[..],
                 checkpoint.note
             ])?;
@@ -680,7 +667,9 @@ impl Store for SqliteStore {
                     .collect()
             })
             .map_err(fail)?;
-        rows.iter().map(|json| from_json("consent", json)).collect()
+        rows.iter()
+            .map(|json| rows::json("consent", json))
+            .collect()
     }
 
     fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
@@ -718,7 +707,7 @@ impl Store for SqliteStore {
                 row.get(0)
             })
             .map_err(|e| store_error(&self.path, e))?;
-        u64::try_from(next).map_err(|_| StoreError::Corrupt("negative audit sequence".into()))
+        rows::unsigned("audit length", next)
     }
 
     fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
@@ -732,7 +721,7 @@ impl Store for SqliteStore {
             .and_then(|mut statement| {
                 statement
                     .query_map(
-                        params![seq_param(range.start), seq_param(range.end)],
+                        params![rows::signed(range.start), rows::signed(range.end)],
                         |row| {
                             let bytes = row.get_ref(1)?.as_bytes()?.to_vec();
                             Ok((row.get(0)?, bytes))
@@ -743,9 +732,10 @@ impl Store for SqliteStore {
             .map_err(|e| store_error(&self.path, e))?;
         rows.into_iter()
             .map(|(seq, bytes)| {
-                let seq = u64::try_from(seq)
-                    .map_err(|_| StoreError::Corrupt(format!("audit sequence {seq}")))?;
-                Ok(StoredEntry { seq, bytes })
+                Ok(StoredEntry {
+                    seq: rows::unsigned("audit sequence", seq)?,
+                    bytes,
+                })
             })
             .collect()
     }
@@ -760,21 +750,14 @@ impl Store for SqliteStore {
             .and_then(|mut statement| {
                 statement
                     .query_map(
-                        params![level, seq_param(range.start), seq_param(range.end)],
+                        params![level, rows::signed(range.start), rows::signed(range.end)],
                         |row| Ok((row.get(0)?, row.get(1)?)),
                     )?
                     .collect()
             })
             .map_err(|e| store_error(&self.path, e))?;
         rows.into_iter()
-            .map(|(index, hash)| {
-                let index = u64::try_from(index)
-                    .map_err(|_| StoreError::Corrupt(format!("Merkle node index {index}")))?;
-                let hash = Hash::try_from(hash.as_slice()).map_err(|_| {
-                    StoreError::Corrupt(format!("Merkle node ({level}, {index}) is not 32 bytes"))
-                })?;
-                Ok((index, hash))
-            })
+            .map(|(index, hash)| rows::node(level, index, &hash))
             .collect()
     }
 
@@ -793,14 +776,8 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(|e| store_error(&self.path, e))?;
-        row.map(|(size, root, note)| {
-            let size = u64::try_from(size)
-                .map_err(|_| StoreError::Corrupt(format!("checkpoint size {size}")))?;
-            let root = Hash::try_from(root.as_slice())
-                .map_err(|_| StoreError::Corrupt("checkpoint root is not 32 bytes".into()))?;
-            Ok(StoredCheckpoint { size, root, note })
-        })
-        .transpose()
+        row.map(|(size, root, note)| rows::checkpoint(size, &root, note))
+            .transpose()
     }
 
     fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
@@ -816,17 +793,7 @@ impl Store for SqliteStore {
             })
             .map_err(|e| store_error(&self.path, e))?;
         rows.into_iter()
-            .map(|(kid, x, activated)| {
-                let public_key = Ed25519PublicKey::from_base64url(&x)
-                    .map_err(|e| StoreError::Corrupt(format!("signing key {kid}: {e}")))?;
-                let activated_at = time::OffsetDateTime::from_unix_timestamp(activated)
-                    .map_err(|e| StoreError::Corrupt(format!("signing key {kid}: {e}")))?;
-                Ok(PublishedKey {
-                    kid,
-                    public_key,
-                    activated_at,
-                })
-            })
+            .map(|(kid, x, activated)| rows::published_key(kid, &x, activated))
             .collect()
     }
 
