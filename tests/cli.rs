@@ -181,6 +181,25 @@ fn setup() -> (Audited, SqliteFixture) {
 }
 
 /// The log, closed: the file alone holds it.
+/// `audit checkpoint` signed with a fresh key that is not the broker's, origin
+/// `auditor.example`: the key and the tool's run.
+fn checkpoint_with_another_key(audited: &Audited) -> (SigningKey, Run) {
+    let other = SigningKey::generate(&SystemRandom::new()).unwrap();
+    let key_file = audited.dir.path().join("other.der");
+    std::fs::write(&key_file, other.to_pkcs8_der()).unwrap();
+    let run = cli([
+        "audit",
+        "checkpoint",
+        "--db",
+        s(&audited.db),
+        "--key",
+        s(&key_file),
+        "--origin",
+        "auditor.example",
+    ]);
+    (other, run)
+}
+
 fn closed() -> Audited {
     let (audited, fx) = setup();
     drop(fx);
@@ -566,19 +585,7 @@ fn checkpoint_prints_a_note_signed_with_the_key() {
 fn checkpoint_with_another_key_on_a_grown_log_is_signed_by_that_key() {
     let (audited, fx) = setup();
     fx.decide(&fx.access(&audited.bob_consent));
-    let other = SigningKey::generate(&SystemRandom::new()).unwrap();
-    let key_file = audited.dir.path().join("other.der");
-    std::fs::write(&key_file, other.to_pkcs8_der()).unwrap();
-    let run = cli([
-        "audit",
-        "checkpoint",
-        "--db",
-        s(&audited.db),
-        "--key",
-        s(&key_file),
-        "--origin",
-        "auditor.example",
-    ]);
+    let (other, run) = checkpoint_with_another_key(&audited);
     assert_eq!(run.code, 0, "{run:?}");
     let signer = NoteSigner::new("auditor.example", other.to_pkcs8_der()).unwrap();
     let verifier = NoteVerifier::from_vkey(&signer.verifier_key()).unwrap();
@@ -590,19 +597,7 @@ fn checkpoint_with_another_key_on_a_grown_log_is_signed_by_that_key() {
 fn the_brokers_receipts_still_verify_after_an_auditor_signed_with_another_key() {
     let (audited, fx) = setup();
     fx.decide(&fx.access(&audited.bob_consent));
-    let other = SigningKey::generate(&SystemRandom::new()).unwrap();
-    let key_file = audited.dir.path().join("other.der");
-    std::fs::write(&key_file, other.to_pkcs8_der()).unwrap();
-    let run = cli([
-        "audit",
-        "checkpoint",
-        "--db",
-        s(&audited.db),
-        "--key",
-        s(&key_file),
-        "--origin",
-        "auditor.example",
-    ]);
+    let (_, run) = checkpoint_with_another_key(&audited);
     assert_eq!(run.code, 0, "{run:?}");
     let verifier = NoteVerifier::from_vkey(&audited.vkey).unwrap();
     let receipt = fx.broker.receipt(0).unwrap();
@@ -612,19 +607,7 @@ fn the_brokers_receipts_still_verify_after_an_auditor_signed_with_another_key() 
 #[test]
 fn checkpoint_with_another_key_on_an_unchanged_log_is_signed_by_that_key() {
     let audited = closed();
-    let other = SigningKey::generate(&SystemRandom::new()).unwrap();
-    let key_file = audited.dir.path().join("other.der");
-    std::fs::write(&key_file, other.to_pkcs8_der()).unwrap();
-    let run = cli([
-        "audit",
-        "checkpoint",
-        "--db",
-        s(&audited.db),
-        "--key",
-        s(&key_file),
-        "--origin",
-        "auditor.example",
-    ]);
+    let (other, run) = checkpoint_with_another_key(&audited);
     if run.code == 2 {
         return;
     }
