@@ -160,6 +160,22 @@ impl HandHolder {
     }
 }
 
+/// A registered hand-built holder, a request at it, and the claims of a full, valid five-minute
+/// attestation of that request with the given `jti`.
+fn hand_holder_claims(fx: &Fixture, jti: &str) -> (HandHolder, ConsentRequest, Value) {
+    let holder = HandHolder::new(fx, "hand-bank").register(fx);
+    let request = request_at(fx, &holder.id);
+    let claims = claims(
+        &holder.id,
+        fx.broker.id(),
+        &fx.full_statement(&request),
+        fx.broker.now(),
+        Duration::minutes(5),
+        jti,
+    );
+    (holder, request, claims)
+}
+
 fn request_at(fx: &Fixture, holder: &HolderId) -> ConsentRequest {
     fx.broker
         .request_consent(ConsentRequestDraft {
@@ -407,16 +423,7 @@ fn the_platform_forging_an_attestation_with_its_own_key_is_refused_as_unknown_ke
 #[test]
 fn a_token_without_kid_is_refused_as_unknown_key() {
     let fx = Fixture::new();
-    let holder = HandHolder::new(&fx, "hand-bank").register(&fx);
-    let request = request_at(&fx, &holder.id);
-    let claims = claims(
-        &holder.id,
-        fx.broker.id(),
-        &fx.full_statement(&request),
-        fx.broker.now(),
-        Duration::minutes(5),
-        "no-kid",
-    );
+    let (holder, request, claims) = hand_holder_claims(&fx, "no-kid");
     let token = holder.sign(&json!({ "alg": "EdDSA", "typ": TYP }), &claims);
     assert_eq!(
         refused_approval(&fx, &request, &token),
@@ -546,16 +553,7 @@ fn hs256_signed_with_the_bank_public_key_as_secret_is_refused_as_wrong_algorithm
 #[test]
 fn a_properly_signed_token_with_the_wrong_typ_is_refused() {
     let fx = Fixture::new();
-    let holder = HandHolder::new(&fx, "hand-bank").register(&fx);
-    let request = request_at(&fx, &holder.id);
-    let claims = claims(
-        &holder.id,
-        fx.broker.id(),
-        &fx.full_statement(&request),
-        fx.broker.now(),
-        Duration::minutes(5),
-        "typ-1",
-    );
+    let (holder, request, claims) = hand_holder_claims(&fx, "typ-1");
     for header in [
         json!({ "alg": "EdDSA", "typ": "JWT", "kid": holder.kid }),
         json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": holder.kid }),
