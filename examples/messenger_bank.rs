@@ -8,7 +8,7 @@
 //! Run: `cargo run --example messenger_bank`. The example checks each outcome against the story
 //! and exits non-zero if any differs.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -310,7 +310,7 @@ fn main() -> Result<()> {
     if store.platform(&chat)?.is_none() {
         story.broker.register_platform(PlatformProfile {
             id: chat.clone(),
-            registered_purposes: BTreeSet::from(Purpose::ALL),
+            registered_purposes: PurposeSet::from(Purpose::ALL),
         })?;
     }
     println!("   holder {bank}: shares balance and alerts, at most 4 unattended accesses a day");
@@ -326,7 +326,7 @@ fn main() -> Result<()> {
             Purpose::CustomerService.into(),
             Purpose::FraudProtection.into(),
         ],
-        accounts: AccountSelection::Listed(BTreeSet::from([current.clone(), savings.clone()])),
+        accounts: AccountSelection::Listed(AccountSet::from([current.clone(), savings.clone()])),
         duration: Duration::days(90),
     })?;
     let deadline = request.approval_deadline.format(&Rfc3339)?;
@@ -412,9 +412,9 @@ fn main() -> Result<()> {
         &ApprovalStatement {
             consent: second.id.clone(),
             subject: alice.clone(),
-            scopes: BTreeSet::from([Scope::Alerts]),
-            purposes: BTreeSet::from([Purpose::FraudProtection]),
-            accounts: BTreeSet::from([current.clone()]),
+            scopes: ScopeSet::from([Scope::Alerts]),
+            purposes: PurposeSet::from([Purpose::FraudProtection]),
+            accounts: AccountSet::from([current.clone()]),
             consent_expires_at: story.broker.now() + Duration::days(30),
         },
         story.broker.id(),
@@ -557,7 +557,7 @@ fn draft_for(
         holder: holder.clone(),
         scopes: vec![Scope::Balance.into()],
         purposes: vec![Purpose::CustomerService.into()],
-        accounts: AccountSelection::Listed(BTreeSet::from([account.clone()])),
+        accounts: AccountSelection::Listed(AccountSet::from([account.clone()])),
         duration: Duration::days(30),
     }
 }

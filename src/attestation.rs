@@ -9,7 +9,7 @@
 //! Time claims are checked here against the caller's `now`, never by jsonwebtoken, whose checks
 //! read the system clock and are lax by default (60 s leeway, only `exp` required).
 
-use std::collections::BTreeSet;
+use crate::sets::{AccountSet, PurposeSet, ScopeSet};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header, Validation};
@@ -42,11 +42,11 @@ pub struct ApprovalStatement {
     /// Who approved (the subject the holder authenticated).
     pub subject: SubjectId,
     /// Approved scopes.
-    pub scopes: BTreeSet<Scope>,
+    pub scopes: ScopeSet,
     /// Approved purposes.
-    pub purposes: BTreeSet<Purpose>,
+    pub purposes: PurposeSet,
     /// Approved accounts.
-    pub accounts: BTreeSet<AccountId>,
+    pub accounts: AccountSet,
     /// Until when the approval holds.
     pub consent_expires_at: OffsetDateTime,
 }
@@ -59,9 +59,9 @@ struct AttestationClaims {
     aud: BrokerId,
     sub: SubjectId,
     cid: ConsentId,
-    scope: BTreeSet<Scope>,
-    purpose: BTreeSet<Purpose>,
-    acct: BTreeSet<AccountId>,
+    scope: ScopeSet,
+    purpose: PurposeSet,
+    acct: AccountSet,
     consent_exp: i64,
     iat: i64,
     exp: i64,
@@ -156,9 +156,9 @@ pub enum AttestationError {
 /// A verified approval: only [`verify`] makes one, and only it activates a grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
-    pub(crate) scopes: BTreeSet<Scope>,
-    pub(crate) purposes: BTreeSet<Purpose>,
-    pub(crate) accounts: BTreeSet<AccountId>,
+    pub(crate) scopes: ScopeSet,
+    pub(crate) purposes: PurposeSet,
+    pub(crate) accounts: AccountSet,
     pub(crate) expires_at: OffsetDateTime,
     pub(crate) attestation_id: String,
     pub(crate) token: String,
@@ -171,12 +171,12 @@ impl Approval {
     }
 
     /// Approved scopes.
-    pub fn scopes(&self) -> &BTreeSet<Scope> {
+    pub fn scopes(&self) -> &ScopeSet {
         &self.scopes
     }
 
     /// Approved accounts.
-    pub fn accounts(&self) -> &BTreeSet<AccountId> {
+    pub fn accounts(&self) -> &AccountSet {
         &self.accounts
     }
 
@@ -319,14 +319,14 @@ fn check_claims(
         return Err(AttestationError::NothingApproved);
     }
     if let Some(scope) = claims.scope.iter().find(|s| !request.scopes.contains(s)) {
-        return Err(AttestationError::ScopeNotRequested(*scope));
+        return Err(AttestationError::ScopeNotRequested(scope));
     }
     if let Some(purpose) = claims
         .purpose
         .iter()
         .find(|p| !request.purposes.contains(p))
     {
-        return Err(AttestationError::PurposeNotRequested(*purpose));
+        return Err(AttestationError::PurposeNotRequested(purpose));
     }
     if let Some(account) = claims.acct.iter().find(|a| !request.accounts.allows(a)) {
         return Err(AttestationError::AccountNotRequested(account.clone()));

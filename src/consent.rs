@@ -7,7 +7,7 @@
 //! authorised without the holder's verified signature. Expiry is derived from `now`; no
 //! background job ever has to run for an expired grant to stop permitting.
 
-use std::collections::BTreeSet;
+use crate::sets::{AccountSet, PurposeSet, ScopeSet};
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -28,7 +28,7 @@ pub const ABSOLUTE_MAX_CONSENT_DURATION: Duration = Duration::days(365);
 #[serde(rename_all = "snake_case")]
 pub enum AccountSelection {
     /// Exactly these accounts (the subject may approve a subset).
-    Listed(BTreeSet<AccountId>),
+    Listed(AccountSet),
     /// The subject picks the accounts at the holder.
     SubjectChooses,
 }
@@ -148,9 +148,9 @@ pub struct ConsentRequest {
     /// Who holds the data.
     pub holder: HolderId,
     /// What data (non-empty).
-    pub scopes: BTreeSet<Scope>,
+    pub scopes: ScopeSet,
     /// Why (non-empty).
-    pub purposes: BTreeSet<Purpose>,
+    pub purposes: PurposeSet,
     /// Which accounts.
     pub accounts: AccountSelection,
     /// How long the consent lasts once approved.
@@ -168,7 +168,7 @@ pub struct ConsentRequest {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLimits<'a> {
     /// Scopes the holder offers.
-    pub offered_scopes: &'a BTreeSet<Scope>,
+    pub offered_scopes: &'a ScopeSet,
     /// Longest consent the holder allows (already capped at [`ABSOLUTE_MAX_CONSENT_DURATION`]).
     pub max_duration: Duration,
     /// How long the subject has to approve.
@@ -188,7 +188,7 @@ impl ConsentRequest {
     ) -> Result<Self, RequestError> {
         draft.check_prohibited()?;
         // After `check_prohibited`, every word is grantable.
-        let purposes: BTreeSet<Purpose> = draft
+        let purposes: PurposeSet = draft
             .purposes
             .iter()
             .filter_map(|p| match p {
@@ -196,7 +196,7 @@ impl ConsentRequest {
                 RequestedPurpose::Prohibited(_) => None,
             })
             .collect();
-        let scopes: BTreeSet<Scope> = draft
+        let scopes: ScopeSet = draft
             .scopes
             .iter()
             .filter_map(|s| match s {
@@ -211,7 +211,7 @@ impl ConsentRequest {
             return Err(RequestError::NoPurposes);
         }
         if let Some(scope) = scopes.iter().find(|s| !limits.offered_scopes.contains(s)) {
-            return Err(RequestError::ScopeNotOffered(*scope));
+            return Err(RequestError::ScopeNotOffered(scope));
         }
         if matches!(&draft.accounts, AccountSelection::Listed(accounts) if accounts.is_empty()) {
             return Err(RequestError::NoAccounts);
@@ -247,11 +247,11 @@ impl ConsentRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     /// Approved scopes (a non-empty subset of the requested ones).
-    pub scopes: BTreeSet<Scope>,
+    pub scopes: ScopeSet,
     /// Approved purposes (a non-empty subset of the requested ones).
-    pub purposes: BTreeSet<Purpose>,
+    pub purposes: PurposeSet,
     /// Approved accounts (non-empty).
-    pub accounts: BTreeSet<AccountId>,
+    pub accounts: AccountSet,
     /// When the broker activated (or last re-authorised) the grant.
     #[serde(with = "time::serde::timestamp")]
     pub authorised_at: OffsetDateTime,

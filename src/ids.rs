@@ -5,12 +5,13 @@
 //! log lines, so they must never carry whitespace, control characters or unbounded length.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Longest accepted id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -69,9 +70,10 @@ fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// The text is shared (`Arc<str>`): cloning an id copies a pointer, never the text.
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Checks and wraps an identifier.
@@ -82,7 +84,7 @@ macro_rules! id_type {
             pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
                 let value = value.into();
                 validate($kind, &value)?;
-                Ok(Self(value))
+                Ok(Self(value.into()))
             }
 
             /// The identifier as text.
@@ -107,6 +109,12 @@ macro_rules! id_type {
             type Err = IdError;
             fn from_str(value: &str) -> Result<Self, IdError> {
                 Self::new(value)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
             }
         }
 
@@ -185,7 +193,7 @@ impl IdGenerator for RandomIds {
         static FALLBACK: AtomicU64 = AtomicU64::new(0);
         let body = random_token(&self.rng)
             .unwrap_or_else(|| format!("fallback-{}", FALLBACK.fetch_add(1, Ordering::Relaxed)));
-        ConsentId(format!("cns_{body}"))
+        ConsentId(format!("cns_{body}").into())
     }
 }
 
@@ -205,7 +213,7 @@ impl SequentialIds {
 impl IdGenerator for SequentialIds {
     fn consent_id(&self) -> ConsentId {
         let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        ConsentId(format!("cns_{n}"))
+        ConsentId(format!("cns_{n}").into())
     }
 }
 

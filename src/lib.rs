@@ -29,6 +29,7 @@ pub mod holder;
 pub mod ids;
 pub mod keys;
 pub mod policy;
+pub mod sets;
 pub mod store;
 pub mod token;
 pub mod vocab;
@@ -56,6 +57,7 @@ pub use policy::{
     AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, PolicyError, Presence,
     Usage, evaluate,
 };
+pub use sets::{AccountSet, Flag, FlagSet, PurposeSet, ScopeSet};
 #[cfg(feature = "postgres")]
 pub use store::PostgresStore;
 #[cfg(feature = "sqlite")]

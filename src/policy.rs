@@ -7,7 +7,7 @@
 //! refused before anything about a grant is considered, and no setting of any input lets it
 //! through.
 
-use std::collections::BTreeSet;
+use crate::sets::{PurposeSet, ScopeSet};
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -27,7 +27,7 @@ pub const DEFAULT_UNATTENDED_DAILY_LIMIT: u32 = 4;
 #[serde(deny_unknown_fields)]
 pub struct HolderPolicy {
     /// Scopes the holder shares. `transactions` is off unless listed here.
-    pub enabled_scopes: BTreeSet<Scope>,
+    pub enabled_scopes: ScopeSet,
     /// Longest consent the holder allows; values above 365 days are treated as 365 days.
     #[serde(
         rename = "max_consent_duration_seconds",
@@ -41,7 +41,7 @@ pub struct HolderPolicy {
 impl Default for HolderPolicy {
     fn default() -> Self {
         Self {
-            enabled_scopes: BTreeSet::from([Scope::Balance, Scope::Alerts]),
+            enabled_scopes: ScopeSet::from([Scope::Balance, Scope::Alerts]),
             max_consent_duration: DEFAULT_MAX_CONSENT_DURATION,
             unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
         }
@@ -88,7 +88,7 @@ pub struct PlatformProfile {
     pub id: PlatformId,
     /// Purposes the platform is registered to pursue. There is no way to register a prohibited
     /// use: the set's element type has no such value.
-    pub registered_purposes: BTreeSet<Purpose>,
+    pub registered_purposes: PurposeSet,
 }
 
 /// Whether the subject takes part in the access.

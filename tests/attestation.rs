@@ -8,8 +8,6 @@
 mod common;
 use common::*;
 
-use std::collections::BTreeSet;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use consent_broker::*;
@@ -309,9 +307,9 @@ fn a_full_approval_activates_the_grant_and_keeps_the_attestation_as_evidence() {
     assert_eq!(
         grant,
         Grant {
-            scopes: BTreeSet::from([Scope::Balance, Scope::Alerts]),
-            purposes: BTreeSet::from(Purpose::ALL),
-            accounts: BTreeSet::from([fx.current.clone(), fx.savings.clone()]),
+            scopes: ScopeSet::from([Scope::Balance, Scope::Alerts]),
+            purposes: PurposeSet::from(Purpose::ALL),
+            accounts: AccountSet::from([fx.current.clone(), fx.savings.clone()]),
             authorised_at: START,
             expires_at: START + Duration::days(90),
             attestation: token.clone(),
@@ -947,7 +945,7 @@ fn a_scope_that_was_not_requested_cannot_be_approved() {
         })
         .unwrap();
     let statement = ApprovalStatement {
-        scopes: BTreeSet::from([Scope::Balance, Scope::Alerts]),
+        scopes: ScopeSet::from([Scope::Balance, Scope::Alerts]),
         ..fx.full_statement(&request)
     };
     assert_eq!(
@@ -955,7 +953,7 @@ fn a_scope_that_was_not_requested_cannot_be_approved() {
         attestation(AttestationError::ScopeNotRequested(Scope::Alerts))
     );
     let statement = ApprovalStatement {
-        scopes: BTreeSet::from([Scope::Transactions]),
+        scopes: ScopeSet::from([Scope::Transactions]),
         ..fx.full_statement(&request)
     };
     assert_eq!(
@@ -971,12 +969,12 @@ fn an_account_that_was_not_requested_cannot_be_approved() {
     let request = fx
         .broker
         .request_consent(ConsentRequestDraft {
-            accounts: AccountSelection::Listed(BTreeSet::from([fx.current.clone()])),
+            accounts: AccountSelection::Listed(AccountSet::from([fx.current.clone()])),
             ..fx.draft()
         })
         .unwrap();
     let statement = ApprovalStatement {
-        accounts: BTreeSet::from([fx.current.clone(), fx.savings.clone()]),
+        accounts: AccountSet::from([fx.current.clone(), fx.savings.clone()]),
         ..fx.full_statement(&request)
     };
     assert_eq!(
@@ -997,7 +995,7 @@ fn a_purpose_that_was_not_requested_cannot_be_approved() {
         })
         .unwrap();
     let statement = ApprovalStatement {
-        purposes: BTreeSet::from(Purpose::ALL),
+        purposes: PurposeSet::from(Purpose::ALL),
         ..fx.full_statement(&request)
     };
     assert_eq!(
@@ -1016,15 +1014,15 @@ fn an_approval_of_nothing_is_refused() {
     let full = fx.full_statement(&request);
     for statement in [
         ApprovalStatement {
-            scopes: BTreeSet::new(),
+            scopes: ScopeSet::new(),
             ..full.clone()
         },
         ApprovalStatement {
-            purposes: BTreeSet::new(),
+            purposes: PurposeSet::new(),
             ..full.clone()
         },
         ApprovalStatement {
-            accounts: BTreeSet::new(),
+            accounts: AccountSet::new(),
             ..full.clone()
         },
     ] {
@@ -1107,9 +1105,9 @@ fn a_partial_approval_grants_exactly_the_subset() {
     let fx = Fixture::new();
     let request = fx.request();
     let statement = ApprovalStatement {
-        scopes: BTreeSet::from([Scope::Alerts]),
-        purposes: BTreeSet::from([Purpose::FraudProtection]),
-        accounts: BTreeSet::from([fx.savings.clone()]),
+        scopes: ScopeSet::from([Scope::Alerts]),
+        purposes: PurposeSet::from([Purpose::FraudProtection]),
+        accounts: AccountSet::from([fx.savings.clone()]),
         consent_expires_at: START + Duration::days(7),
         ..fx.full_statement(&request)
     };
@@ -1118,9 +1116,9 @@ fn a_partial_approval_grants_exactly_the_subset() {
     assert_eq!(
         grant,
         Grant {
-            scopes: BTreeSet::from([Scope::Alerts]),
-            purposes: BTreeSet::from([Purpose::FraudProtection]),
-            accounts: BTreeSet::from([fx.savings.clone()]),
+            scopes: ScopeSet::from([Scope::Alerts]),
+            purposes: PurposeSet::from([Purpose::FraudProtection]),
+            accounts: AccountSet::from([fx.savings.clone()]),
             authorised_at: START,
             expires_at: START + Duration::days(7),
             attestation: token,
@@ -1170,11 +1168,14 @@ fn when_the_subject_chooses_the_bank_may_attest_any_account() {
         .unwrap();
     let chosen: AccountId = id("acc-joint-42");
     let statement = ApprovalStatement {
-        accounts: BTreeSet::from([chosen.clone(), fx.savings.clone()]),
+        accounts: AccountSet::from([chosen.clone(), fx.savings.clone()]),
         ..fx.full_statement(&request)
     };
     let grant = approved(&fx, &request, &fx.attest(&statement));
-    assert_eq!(grant.accounts, BTreeSet::from([chosen, fx.savings.clone()]));
+    assert_eq!(
+        grant.accounts,
+        AccountSet::from([chosen, fx.savings.clone()])
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1223,9 +1224,9 @@ fn a_reauthorisation_extends_the_grant() {
     assert_eq!(
         grant,
         Grant {
-            scopes: BTreeSet::from([Scope::Balance, Scope::Alerts]),
-            purposes: BTreeSet::from(Purpose::ALL),
-            accounts: BTreeSet::from([fx.current.clone(), fx.savings.clone()]),
+            scopes: ScopeSet::from([Scope::Balance, Scope::Alerts]),
+            purposes: PurposeSet::from(Purpose::ALL),
+            accounts: AccountSet::from([fx.current.clone(), fx.savings.clone()]),
             authorised_at: START + Duration::days(20),
             expires_at: START + Duration::days(110),
             attestation: token,

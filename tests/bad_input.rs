@@ -9,7 +9,6 @@ mod common;
 use common::*;
 
 use std::any::type_name;
-use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -216,7 +215,7 @@ fn every_deserializable_type_refuses_truncated_and_malformed_json() {
     refuses_malformed(&HolderPolicy::default());
     refuses_malformed(&PlatformProfile {
         id: fx.platform.clone(),
-        registered_purposes: BTreeSet::from(Purpose::ALL),
+        registered_purposes: PurposeSet::from(Purpose::ALL),
     });
     refuses_malformed(&Decision::Permit);
     refuses_malformed(&fx.decide(&fx.access(&request.id)));
@@ -974,7 +973,7 @@ fn unknown_parties_and_unregistered_purposes_are_refused() {
     fx.broker
         .register_platform(PlatformProfile {
             id: support_bot.clone(),
-            registered_purposes: BTreeSet::from([Purpose::CustomerService]),
+            registered_purposes: PurposeSet::from([Purpose::CustomerService]),
         })
         .unwrap();
     assert_eq!(
@@ -1200,7 +1199,7 @@ fn a_holder_registered_twice_keeps_its_first_registration() {
         fx.broker.register_holder(HolderRegistration {
             id: fx.bank.clone(),
             policy: HolderPolicy {
-                enabled_scopes: BTreeSet::from(Scope::ALL),
+                enabled_scopes: ScopeSet::from(Scope::ALL),
                 ..HolderPolicy::default()
             },
             attestation_keys: vec![impostor.public_key()],
@@ -1238,7 +1237,7 @@ fn a_platform_registered_twice_keeps_its_first_registration() {
     let error = unaudited(&fx, None, || {
         fx.broker.register_platform(PlatformProfile {
             id: fx.platform.clone(),
-            registered_purposes: BTreeSet::from([Purpose::CustomerService]),
+            registered_purposes: PurposeSet::from([Purpose::CustomerService]),
         })
     });
     assert_eq!(
@@ -1309,7 +1308,7 @@ fn a_repeated_consent_id_is_refused_and_the_first_consent_is_untouched() {
     broker
         .register_platform(PlatformProfile {
             id: id("chat"),
-            registered_purposes: BTreeSet::from(Purpose::ALL),
+            registered_purposes: PurposeSet::from(Purpose::ALL),
         })
         .unwrap();
     let alice: SubjectId = id("alice");
@@ -1423,7 +1422,7 @@ fn an_absurd_approval_window_does_not_panic() {
     broker
         .register_platform(PlatformProfile {
             id: fx.platform.clone(),
-            registered_purposes: BTreeSet::from(Purpose::ALL),
+            registered_purposes: PurposeSet::from(Purpose::ALL),
         })
         .unwrap();
     let request = catch_unwind(AssertUnwindSafe(|| broker.request_consent(fx.draft())))

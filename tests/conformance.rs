@@ -3,7 +3,6 @@
 //! Adding a store means implementing [`Harness`] for it and adding one `conformance!` line at
 //! the bottom; durable stores add `durable` to also run the reopening test.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use consent_broker::store::{Change, Commit, HolderRecord, Precondition, PublishedKey, RecordKind};
@@ -139,7 +138,7 @@ fn holder(name: &str, version: u64) -> HolderRecord {
 fn platform(name: &str) -> PlatformProfile {
     PlatformProfile {
         id: id(name),
-        registered_purposes: BTreeSet::from([Purpose::CustomerService]),
+        registered_purposes: PurposeSet::from([Purpose::CustomerService]),
     }
 }
 
@@ -149,9 +148,9 @@ fn consent(name: &str, subject: &str) -> Consent {
         subject: id(subject),
         platform: id("chat"),
         holder: id("bank"),
-        scopes: BTreeSet::from([Scope::Balance]),
-        purposes: BTreeSet::from([Purpose::CustomerService]),
-        accounts: AccountSelection::Listed(BTreeSet::from([id("acc-1")])),
+        scopes: ScopeSet::from([Scope::Balance]),
+        purposes: PurposeSet::from([Purpose::CustomerService]),
+        accounts: AccountSelection::Listed(AccountSet::from([id("acc-1")])),
         duration: Duration::days(30),
         requested_at: NOW,
         approval_deadline: NOW + Duration::minutes(10),
@@ -740,7 +739,7 @@ mod suite {
         broker
             .register_platform(PlatformProfile {
                 id: id("chat"),
-                registered_purposes: BTreeSet::from(Purpose::ALL),
+                registered_purposes: PurposeSet::from(Purpose::ALL),
             })
             .unwrap();
         let request = broker
@@ -750,7 +749,7 @@ mod suite {
                 holder: id("bank"),
                 scopes: vec![Scope::Balance.into()],
                 purposes: vec![Purpose::CustomerService.into()],
-                accounts: AccountSelection::Listed(BTreeSet::from([id("acc-1")])),
+                accounts: AccountSelection::Listed(AccountSet::from([id("acc-1")])),
                 duration: Duration::days(30),
             })
             .unwrap();
@@ -759,7 +758,7 @@ mod suite {
             subject: id("alice"),
             scopes: request.scopes.clone(),
             purposes: request.purposes.clone(),
-            accounts: BTreeSet::from([id("acc-1")]),
+            accounts: AccountSet::from([id("acc-1")]),
             consent_expires_at: NOW + Duration::days(30),
         };
         let token = signer.sign(&statement, broker.id(), NOW, &rng).unwrap();

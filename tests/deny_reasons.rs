@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-
 use common::*;
 use consent_broker::*;
 use time::Duration;
@@ -122,7 +120,7 @@ fn ads_as_a_scope_is_refused_the_same_way() {
 fn no_configuration_lever_permits_a_prohibited_use() {
     // The most permissive holder policy: every scope, the longest duration, an enormous limit.
     let permissive = HolderPolicy {
-        enabled_scopes: BTreeSet::from(Scope::ALL),
+        enabled_scopes: ScopeSet::from(Scope::ALL),
         max_consent_duration: Duration::days(365),
         unattended_daily_limit: u32::MAX,
     };
@@ -145,7 +143,7 @@ fn no_configuration_lever_permits_a_prohibited_use() {
         })
         .unwrap();
     let mut statement = fx.full_statement(&request);
-    statement.accounts = BTreeSet::from([fx.current.clone(), fx.savings.clone()]);
+    statement.accounts = AccountSet::from([fx.current.clone(), fx.savings.clone()]);
     fx.broker
         .approve(&request.id, &fx.attest(&statement))
         .unwrap();
@@ -163,7 +161,7 @@ fn no_configuration_lever_permits_a_prohibited_use() {
     // The pure core with every input as permissive as its type allows.
     let profile = PlatformProfile {
         id: fx.platform.clone(),
-        registered_purposes: BTreeSet::from(Purpose::ALL),
+        registered_purposes: PurposeSet::from(Purpose::ALL),
     };
     let consent = fx.broker.consent(&request.id).unwrap().consent;
     for prohibited in ProhibitedUse::ALL {
@@ -238,7 +236,7 @@ fn wrong_platform() {
     fx.broker
         .register_platform(PlatformProfile {
             id: id("other-app"),
-            registered_purposes: BTreeSet::from(Purpose::ALL),
+            registered_purposes: PurposeSet::from(Purpose::ALL),
         })
         .unwrap();
     let request = fx.granted();
@@ -345,8 +343,8 @@ fn scope_purpose_and_account_not_granted_after_a_partial_approval() {
         })
         .unwrap();
     let mut statement = fx.full_statement(&request);
-    statement.scopes = BTreeSet::from([Scope::Balance]);
-    statement.accounts = BTreeSet::from([fx.current.clone()]);
+    statement.scopes = ScopeSet::from([Scope::Balance]);
+    statement.accounts = AccountSet::from([fx.current.clone()]);
     fx.broker
         .approve(&request.id, &fx.attest(&statement))
         .unwrap();
@@ -392,7 +390,7 @@ fn holder_forbids_a_scope_after_the_grant() {
     };
     assert_eq!(fx.decide(&alerts), Decision::Permit);
     let policy = HolderPolicy {
-        enabled_scopes: BTreeSet::from([Scope::Balance]),
+        enabled_scopes: ScopeSet::from([Scope::Balance]),
         ..HolderPolicy::default()
     };
     fx.broker.set_holder_policy(&fx.bank, policy).unwrap();
@@ -485,7 +483,7 @@ fn a_denial_lists_every_rule_that_failed() {
     fx.broker
         .register_platform(PlatformProfile {
             id: id("other-app"),
-            registered_purposes: BTreeSet::new(),
+            registered_purposes: PurposeSet::new(),
         })
         .unwrap();
     let request = fx
@@ -493,7 +491,7 @@ fn a_denial_lists_every_rule_that_failed() {
         .request_consent(ConsentRequestDraft {
             scopes: vec![Scope::Balance.into()],
             purposes: vec![Purpose::CustomerService.into()],
-            accounts: AccountSelection::Listed(BTreeSet::from([fx.current.clone()])),
+            accounts: AccountSelection::Listed(AccountSet::from([fx.current.clone()])),
             ..fx.draft()
         })
         .unwrap();
@@ -509,7 +507,7 @@ fn a_denial_lists_every_rule_that_failed() {
         assert_eq!(fx.decide(&poll), Decision::Permit);
     }
     let policy = HolderPolicy {
-        enabled_scopes: BTreeSet::from([Scope::Balance]),
+        enabled_scopes: ScopeSet::from([Scope::Balance]),
         ..HolderPolicy::default()
     };
     fx.broker.set_holder_policy(&fx.bank, policy).unwrap();
@@ -562,7 +560,7 @@ fn the_pure_call_is_deterministic_and_reads_no_clock() {
     let expires_at = consent.grant().unwrap().expires_at;
     let profile = PlatformProfile {
         id: fx.platform.clone(),
-        registered_purposes: BTreeSet::from(Purpose::ALL),
+        registered_purposes: PurposeSet::from(Purpose::ALL),
     };
     let access = fx.access(&request.id);
     let policy = HolderPolicy::default();

@@ -17,7 +17,6 @@
 mod common;
 use common::*;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -186,7 +185,7 @@ fn live_broker(signing_key: SigningKey) -> Live {
     broker
         .register_platform(PlatformProfile {
             id: platform.clone(),
-            registered_purposes: BTreeSet::from(Purpose::ALL),
+            registered_purposes: PurposeSet::from(Purpose::ALL),
         })
         .unwrap();
     let current: AccountId = id("acc-current");
@@ -197,7 +196,7 @@ fn live_broker(signing_key: SigningKey) -> Live {
             holder: bank,
             scopes: vec![Scope::Balance.into()],
             purposes: vec![Purpose::CustomerService.into()],
-            accounts: AccountSelection::Listed(BTreeSet::from([current.clone()])),
+            accounts: AccountSelection::Listed(AccountSet::from([current.clone()])),
             duration: Duration::days(30),
         })
         .unwrap();
@@ -206,7 +205,7 @@ fn live_broker(signing_key: SigningKey) -> Live {
         subject: request.subject.clone(),
         scopes: request.scopes.clone(),
         purposes: request.purposes.clone(),
-        accounts: BTreeSet::from([current.clone()]),
+        accounts: AccountSet::from([current.clone()]),
         consent_expires_at: broker.now() + Duration::days(30),
     };
     let attestation = signer

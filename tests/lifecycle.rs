@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-
 use common::*;
 use consent_broker::*;
 use time::Duration;
@@ -16,7 +14,7 @@ fn a_request_waits_for_the_subject() {
     assert_eq!(request.id.as_str(), "cns_1");
     assert_eq!(
         request.scopes,
-        BTreeSet::from([Scope::Balance, Scope::Alerts])
+        ScopeSet::from([Scope::Balance, Scope::Alerts])
     );
     assert_eq!(request.approval_deadline, START + Duration::minutes(10));
     let view = fx.broker.consent(&request.id).unwrap();
@@ -41,8 +39,8 @@ fn approval_with_the_holders_attestation_authorises_exactly_what_was_approved() 
     let fx = Fixture::new();
     let request = fx.request();
     let mut statement = fx.full_statement(&request);
-    statement.scopes = BTreeSet::from([Scope::Balance]);
-    statement.accounts = BTreeSet::from([fx.current.clone()]);
+    statement.scopes = ScopeSet::from([Scope::Balance]);
+    statement.accounts = AccountSet::from([fx.current.clone()]);
     statement.consent_expires_at = START + Duration::days(30);
     let token = fx.attest(&statement);
     fx.clock.advance(Duration::minutes(1));
@@ -51,9 +49,9 @@ fn approval_with_the_holders_attestation_authorises_exactly_what_was_approved() 
     assert_eq!(consent.status(fx.broker.now()), ConsentStatus::Authorised);
     assert_eq!(consent.version, 2);
     let grant = consent.grant().unwrap();
-    assert_eq!(grant.scopes, BTreeSet::from([Scope::Balance]));
+    assert_eq!(grant.scopes, ScopeSet::from([Scope::Balance]));
     assert_eq!(grant.purposes, request.purposes);
-    assert_eq!(grant.accounts, BTreeSet::from([fx.current.clone()]));
+    assert_eq!(grant.accounts, AccountSet::from([fx.current.clone()]));
     assert_eq!(grant.authorised_at, START + Duration::minutes(1));
     assert_eq!(grant.expires_at, START + Duration::days(30));
     assert_eq!(grant.attestation, token);
@@ -144,7 +142,7 @@ fn the_approval_window_is_configurable() {
     broker
         .register_platform(PlatformProfile {
             id: fx.platform.clone(),
-            registered_purposes: BTreeSet::from(Purpose::ALL),
+            registered_purposes: PurposeSet::from(Purpose::ALL),
         })
         .unwrap();
     let request = broker.request_consent(fx.draft()).unwrap();

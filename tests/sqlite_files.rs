@@ -279,7 +279,7 @@ fn a_version_1_database_is_migrated_keeping_its_data() {
     let (_dir, path) = temp_db("v1.sqlite");
     let profile = PlatformProfile {
         id: id("legacy-chat"),
-        registered_purposes: BTreeSet::from([Purpose::CustomerService]),
+        registered_purposes: PurposeSet::from([Purpose::CustomerService]),
     };
     {
         let v1 = &MIGRATIONS[0];

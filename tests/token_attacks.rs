@@ -9,7 +9,6 @@
 mod common;
 use common::*;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -1313,7 +1312,7 @@ fn scope_purpose_or_account_the_consent_does_not_grant_is_refused() {
         ConsentRequestDraft {
             scopes: vec![Scope::Balance.into()],
             purposes: vec![Purpose::CustomerService.into()],
-            accounts: AccountSelection::Listed(BTreeSet::from([at.fx.current.clone()])),
+            accounts: AccountSelection::Listed(AccountSet::from([at.fx.current.clone()])),
             ..at.fx.draft()
         },
         &at.fx.bank_signer,

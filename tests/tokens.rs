@@ -503,7 +503,7 @@ fn a_broker_permit_is_also_a_verified_access_for_a_bank_that_embeds_the_broker()
 #[test]
 fn transactions_are_served_only_where_offered() {
     let open = HolderPolicy {
-        enabled_scopes: BTreeSet::from(Scope::ALL),
+        enabled_scopes: ScopeSet::from(Scope::ALL),
         ..HolderPolicy::default()
     };
     let fx = Fixture::with_policy(Arc::new(MemoryStore::new()), open);

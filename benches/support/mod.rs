@@ -2,7 +2,6 @@
 //! registered bank and platform, and a live balance grant.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use consent_broker::*;
@@ -46,7 +45,7 @@ pub fn setup_on<S: Store + Clone>(store: S) -> Setup<S> {
         .unwrap();
     let profile = PlatformProfile {
         id: "chat".parse().unwrap(),
-        registered_purposes: BTreeSet::from(Purpose::ALL),
+        registered_purposes: PurposeSet::from(Purpose::ALL),
     };
     broker.register_platform(profile.clone()).unwrap();
     let account: AccountId = "acc-1".parse().unwrap();
@@ -57,7 +56,7 @@ pub fn setup_on<S: Store + Clone>(store: S) -> Setup<S> {
             holder: bank.clone(),
             scopes: vec![Scope::Balance.into()],
             purposes: vec![Purpose::CustomerService.into()],
-            accounts: AccountSelection::Listed(BTreeSet::from([account.clone()])),
+            accounts: AccountSelection::Listed(AccountSet::from([account.clone()])),
             duration: Duration::days(90),
         })
         .unwrap();
@@ -66,7 +65,7 @@ pub fn setup_on<S: Store + Clone>(store: S) -> Setup<S> {
         subject: request.subject.clone(),
         scopes: request.scopes.clone(),
         purposes: request.purposes.clone(),
-        accounts: BTreeSet::from([account.clone()]),
+        accounts: AccountSet::from([account.clone()]),
         consent_expires_at: broker.now() + Duration::days(90),
     };
     let attestation = signer

@@ -2,7 +2,6 @@
 //! registered bank (with its attestation signer) and a registered platform.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use consent_broker::*;
@@ -80,7 +79,7 @@ impl<S: Store> Fixture<S> {
         broker
             .register_platform(PlatformProfile {
                 id: platform.clone(),
-                registered_purposes: BTreeSet::from(Purpose::ALL),
+                registered_purposes: PurposeSet::from(Purpose::ALL),
             })
             .unwrap();
         Self {
@@ -107,7 +106,7 @@ impl<S: Store> Fixture<S> {
                 Purpose::CustomerService.into(),
                 Purpose::FraudProtection.into(),
             ],
-            accounts: AccountSelection::Listed(BTreeSet::from([
+            accounts: AccountSelection::Listed(AccountSet::from([
                 self.current.clone(),
                 self.savings.clone(),
             ])),
@@ -123,7 +122,7 @@ impl<S: Store> Fixture<S> {
     pub fn full_statement(&self, request: &ConsentRequest) -> ApprovalStatement {
         let accounts = match &request.accounts {
             AccountSelection::Listed(accounts) => accounts.clone(),
-            AccountSelection::SubjectChooses => BTreeSet::from([self.current.clone()]),
+            AccountSelection::SubjectChooses => AccountSet::from([self.current.clone()]),
         };
         ApprovalStatement {
             consent: request.id.clone(),
