@@ -86,7 +86,7 @@ impl Story {
             consent: request.id.clone(),
             subject: request.subject.clone(),
             scopes: scopes.iter().copied().collect(),
-            purposes: request.purposes.clone(),
+            purposes: request.purposes,
             accounts: accounts.iter().map(|a| (*a).clone()).collect(),
             consent_expires_at: self.broker.now() + lasting,
         };

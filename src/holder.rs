@@ -414,10 +414,10 @@ impl<St: ConsentStatusSource> TokenVerifier<St> {
             (ConsentStatus::Authorised, Some(grant)) => grant,
             (status, _) => return Err(TokenError::ConsentNotLive(status)),
         };
-        if !grant.scopes.contains(&claims.scope) {
+        if !grant.scopes.contains(claims.scope) {
             return Err(TokenError::ScopeNotGranted(claims.scope));
         }
-        if !grant.purposes.contains(&claims.purpose) {
+        if !grant.purposes.contains(claims.purpose) {
             return Err(TokenError::PurposeNotGranted(claims.purpose));
         }
         if !grant.accounts.contains(&claims.acct) {

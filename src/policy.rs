@@ -292,7 +292,7 @@ pub fn evaluate(
     if consent.request.platform != request.platform || platform.id != request.platform {
         reasons.push(DenyReason::WrongPlatform);
     }
-    if !platform.registered_purposes.contains(&purpose) {
+    if !platform.registered_purposes.contains(purpose) {
         reasons.push(DenyReason::PurposeNotRegistered { purpose });
     }
     let grant = match &consent.state {
@@ -334,10 +334,10 @@ pub fn evaluate(
             )
         }
     };
-    if !scopes.contains(&scope) {
+    if !scopes.contains(scope) {
         reasons.push(DenyReason::ScopeNotGranted { scope });
     }
-    if !purposes.contains(&purpose) {
+    if !purposes.contains(purpose) {
         reasons.push(DenyReason::PurposeNotGranted { purpose });
     }
     if !account_covered {
@@ -345,7 +345,7 @@ pub fn evaluate(
             account: request.account.clone(),
         });
     }
-    if !holder_policy.enabled_scopes.contains(&scope) {
+    if !holder_policy.enabled_scopes.contains(scope) {
         reasons.push(DenyReason::HolderForbidsScope { scope });
     }
     if request.presence == Presence::Unattended

@@ -1385,7 +1385,7 @@ fn a_holder_policy_without_a_positive_maximum_is_refused_and_the_pure_path_does_
     fx.broker.approve(&pending.id, &token).unwrap();
 
     // The pure validation never panics on such limits either.
-    let offered = policy.enabled_scopes.clone();
+    let offered = policy.enabled_scopes;
     let limits = consent_broker::consent::RequestLimits {
         offered_scopes: &offered,
         max_duration: policy.effective_max_duration(),

@@ -756,8 +756,8 @@ mod suite {
         let statement = ApprovalStatement {
             consent: request.id.clone(),
             subject: id("alice"),
-            scopes: request.scopes.clone(),
-            purposes: request.purposes.clone(),
+            scopes: request.scopes,
+            purposes: request.purposes,
             accounts: AccountSet::from([id("acc-1")]),
             consent_expires_at: NOW + Duration::days(30),
         };

@@ -203,8 +203,8 @@ fn live_broker(signing_key: SigningKey) -> Live {
     let statement = ApprovalStatement {
         consent: request.id.clone(),
         subject: request.subject.clone(),
-        scopes: request.scopes.clone(),
-        purposes: request.purposes.clone(),
+        scopes: request.scopes,
+        purposes: request.purposes,
         accounts: AccountSet::from([current.clone()]),
         consent_expires_at: broker.now() + Duration::days(30),
     };

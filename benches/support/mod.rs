@@ -63,8 +63,8 @@ pub fn setup_on<S: Store + Clone>(store: S) -> Setup<S> {
     let statement = ApprovalStatement {
         consent: request.id.clone(),
         subject: request.subject.clone(),
-        scopes: request.scopes.clone(),
-        purposes: request.purposes.clone(),
+        scopes: request.scopes,
+        purposes: request.purposes,
         accounts: AccountSet::from([account.clone()]),
         consent_expires_at: broker.now() + Duration::days(90),
     };

@@ -127,8 +127,8 @@ impl<S: Store> Fixture<S> {
         ApprovalStatement {
             consent: request.id.clone(),
             subject: request.subject.clone(),
-            scopes: request.scopes.clone(),
-            purposes: request.purposes.clone(),
+            scopes: request.scopes,
+            purposes: request.purposes,
             accounts,
             consent_expires_at: self.broker.now() + request.duration,
         }
