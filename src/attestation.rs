@@ -170,6 +170,11 @@ impl Approval {
         &self.attestation_id
     }
 
+    /// The attestation itself (compact JWS): the evidence the broker records in the audit log.
+    pub fn attestation(&self) -> &str {
+        &self.token
+    }
+
     /// Approved scopes.
     pub fn scopes(&self) -> &ScopeSet {
         &self.scopes
@@ -192,7 +197,6 @@ impl Approval {
             accounts: self.accounts,
             authorised_at: now,
             expires_at: self.expires_at,
-            attestation: self.token,
         }
     }
 }

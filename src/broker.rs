@@ -631,6 +631,7 @@ impl<S: Store> Broker<S> {
                 return Err(refuse_attestation(AttestationError::Replayed));
             }
             let attestation_id = approval.attestation_id().to_owned();
+            let evidence = approval.attestation().to_owned();
             let next = match transition {
                 Transition::Approve => consent.approve(approval, now),
                 Transition::Reauthorise => consent.reauthorise(approval, now),
@@ -644,6 +645,7 @@ impl<S: Store> Broker<S> {
             };
             let record = AuditRecord {
                 attestation_id: Some(attestation_id.clone()),
+                attestation: Some(evidence),
                 ..AuditRecord::new(
                     now,
                     transition.done_kind(),

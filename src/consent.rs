@@ -258,9 +258,9 @@ pub struct Grant {
     /// When the grant stops permitting.
     #[serde(with = "time::serde::timestamp")]
     pub expires_at: OffsetDateTime,
-    /// The holder's attestation (compact JWS) that activated the grant: evidence anyone holding
-    /// the holder's public key can re-check.
-    pub attestation: String,
+    // The holder's attestation that activated the grant is evidence, not state: it is kept in the
+    // audit entry of the approval (`AuditRecord::attestation`), where it is tamper-evident, and
+    // not in every stored grant, where it would triple the memory a grant costs.
 }
 
 /// Who revoked a consent.

@@ -131,6 +131,10 @@ pub struct AuditRecord {
     /// The attestation's `jti` (approvals and re-authorisations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation_id: Option<String>,
+    /// The holder's attestation itself, a compact JWS (approvals and re-authorisations): the
+    /// evidence of the subject's approval, re-checkable by anyone holding the holder's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
     /// The access token's `jti` (token issuing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
@@ -156,6 +160,7 @@ impl AuditRecord {
             refusal: None,
             revocation: None,
             attestation_id: None,
+            attestation: None,
             token_id: None,
             key_id: None,
         }
