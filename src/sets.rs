@@ -282,6 +282,16 @@ impl AccountSet {
     pub fn as_slice(&self) -> &[AccountId] {
         &self.0
     }
+
+    /// Points every account that `source` also holds at `source`'s copy of the id, so that the
+    /// text is stored once (ids are shared `Arc<str>`s). The set is unchanged as a value.
+    pub(crate) fn share_from(&mut self, source: &AccountSet) {
+        for account in self.0.iter_mut() {
+            if let Ok(at) = source.0.binary_search(account) {
+                *account = source.0[at].clone();
+            }
+        }
+    }
 }
 
 impl fmt::Debug for AccountSet {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::audit::AuditEntry;
 use crate::audit::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource};
-use crate::consent::Consent;
+use crate::consent::{AccountSelection, Consent, ConsentState};
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::policy::{PlatformProfile, Usage};
 
@@ -29,7 +29,9 @@ pub struct MemoryStore {
 struct Inner {
     holders: HashMap<HolderId, HolderRecord>,
     platforms: HashMap<PlatformId, PlatformProfile>,
-    consents: HashMap<ConsentId, Consent>,
+    /// Boxed: a hash table keeps spare slots, and a slot the size of a consent would cost far
+    /// more than a pointer.
+    consents: HashMap<ConsentId, Box<Consent>>,
     by_subject: HashMap<SubjectId, Vec<ConsentId>>,
     usage: HashMap<(ConsentId, Date), Usage>,
     attestations: HashSet<String>,
@@ -45,7 +47,7 @@ enum Undo {
     Holder(HolderId, Option<HolderRecord>),
     Platform(PlatformId),
     ConsentInserted(ConsentId, SubjectId),
-    ConsentUpdated(Box<Consent>),
+    ConsentUpdated(Consent),
     Usage((ConsentId, Date), Option<Usage>),
     Attestation(String),
     SigningKey,
@@ -94,6 +96,33 @@ impl Inner {
         }
     }
 
+    /// Points the ids of a consent at copies the store already holds (ids are shared
+    /// `Arc<str>`s): a platform's or holder's id, the subject's, and the granted accounts that
+    /// the request listed, are then stored once however many consents name them.
+    fn share_ids(&self, consent: &mut Consent) {
+        let request = &mut consent.request;
+        if let Some((id, _)) = self.platforms.get_key_value(&request.platform) {
+            request.platform = id.clone();
+        }
+        if let Some((id, _)) = self.holders.get_key_value(&request.holder) {
+            request.holder = id.clone();
+        }
+        if let Some((id, _)) = self.by_subject.get_key_value(&request.subject) {
+            request.subject = id.clone();
+        }
+        if let Some((id, _)) = self.consents.get_key_value(&request.id) {
+            request.id = id.clone();
+        }
+        let (ConsentState::Authorised { grant } | ConsentState::Revoked { grant, .. }) =
+            &mut consent.state
+        else {
+            return;
+        };
+        if let AccountSelection::Listed(requested) = &request.accounts {
+            grant.accounts.share_from(requested);
+        }
+    }
+
     fn apply(&mut self, change: Change) -> Result<Undo, StoreError> {
         match change {
             Change::InsertHolder(record) => {
@@ -123,7 +152,8 @@ impl Inner {
                 self.platforms.insert(id.clone(), profile);
                 Ok(Undo::Platform(id))
             }
-            Change::InsertConsent(consent) => {
+            Change::InsertConsent(mut consent) => {
+                self.share_ids(&mut consent);
                 if self.consents.contains_key(consent.id()) {
                     return Err(duplicate(RecordKind::Consent, consent.id().as_str()));
                 }
@@ -133,19 +163,18 @@ impl Inner {
                     .entry(subject.clone())
                     .or_default()
                     .push(id.clone());
-                self.consents.insert(id.clone(), consent);
+                self.consents.insert(id.clone(), Box::new(consent));
                 Ok(Undo::ConsentInserted(id, subject))
             }
-            Change::UpdateConsent(consent) => {
+            Change::UpdateConsent(mut consent) => {
+                self.share_ids(&mut consent);
                 let Some(stored) = self.consents.get_mut(consent.id()) else {
                     return Err(missing(RecordKind::Consent, consent.id().as_str()));
                 };
                 if stored.version.checked_add(1) != Some(consent.version) {
                     return Err(StoreError::Conflict);
                 }
-                Ok(Undo::ConsentUpdated(Box::new(std::mem::replace(
-                    stored, consent,
-                ))))
+                Ok(Undo::ConsentUpdated(std::mem::replace(stored, consent)))
             }
             Change::CountUnattendedAccess { consent, day } => {
                 let key = (consent, day);
@@ -200,7 +229,7 @@ impl Inner {
                 }
             }
             Undo::ConsentUpdated(old) => {
-                self.consents.insert(old.id().clone(), *old);
+                self.consents.insert(old.id().clone(), Box::new(old));
             }
             Undo::Usage(key, Some(old)) => {
                 self.usage.insert(key, old);
@@ -245,7 +274,7 @@ impl Store for MemoryStore {
     }
 
     fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
-        Ok(self.read()?.consents.get(id).cloned())
+        Ok(self.read()?.consents.get(id).map(|c| Consent::clone(c)))
     }
 
     fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
@@ -257,7 +286,7 @@ impl Store for MemoryStore {
             .unwrap_or_default();
         Ok(ids
             .iter()
-            .filter_map(|id| inner.consents.get(id).cloned())
+            .filter_map(|id| inner.consents.get(id).map(|c| Consent::clone(c)))
             .collect())
     }
 
