@@ -287,8 +287,13 @@ impl AccountSet {
     /// text is stored once (ids are shared `Arc<str>`s). The set is unchanged as a value.
     pub(crate) fn share_from(&mut self, source: &AccountSet) {
         for account in self.0.iter_mut() {
-            if let Ok(at) = source.0.binary_search(account) {
-                *account = source.0[at].clone();
+            if let Some(shared) = source
+                .0
+                .binary_search(account)
+                .ok()
+                .and_then(|at| source.0.get(at))
+            {
+                *account = shared.clone();
             }
         }
     }
