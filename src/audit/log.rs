@@ -266,9 +266,12 @@ pub fn checkpoint_log<S: Store + ?Sized>(
     signer: &NoteSigner,
 ) -> Result<StoredCheckpoint, Error> {
     let nodes = StoreNodes(store);
+    // The recorded checkpoint is read before the log's size: the log only grows, so the size read
+    // after it is at least the checkpoint's. Read the other way round, a larger checkpoint
+    // recorded in between (by another thread or broker) would look like a truncated log.
+    let previous = store.latest_checkpoint()?;
     let size = store.audit_len()?;
     let root = merkle::root(size, &nodes)?;
-    let previous = store.latest_checkpoint()?;
     if let Some(previous) = &previous {
         let inconsistent = Error::CheckpointInconsistent {
             previous_size: previous.size,
