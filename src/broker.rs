@@ -174,6 +174,13 @@ pub enum TokenOutcome {
     Denied(Denial),
 }
 
+/// What one attempt at the checked call produced.
+enum Decided {
+    Denied(Denial),
+    Permitted(Permit),
+    Issued(AccessToken),
+}
+
 /// The recorded answer of the checked call.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AccessOutcome {
@@ -743,10 +750,20 @@ impl<S: Store> Broker<S> {
     /// [`Error::Store`] when the decision could not be recorded (then nothing is permitted), or
     /// [`Error::Contention`].
     pub fn authorise_access(&self, request: &AccessRequest) -> Result<AccessOutcome, Error> {
-        self.retrying(|| self.decide_once(request))
+        match self.retrying(|| self.decide_once(request, false))? {
+            Decided::Denied(denial) => Ok(AccessOutcome::Denied(denial)),
+            Decided::Permitted(permit) => Ok(AccessOutcome::Permitted(permit)),
+            // Not asked for; unreachable, and refused rather than assumed.
+            Decided::Issued(_) => Err(Error::Store(StoreError::Unavailable(
+                "a token was issued where none was asked for".into(),
+            ))),
+        }
     }
 
-    fn decide_once(&self, request: &AccessRequest) -> Result<AccessOutcome, Error> {
+    /// One attempt at the checked call. With `with_token`, a permit's token is signed before the
+    /// commit and its issuing recorded in the same commit as the permit: either both are in the
+    /// log and the caller gets the token, or neither is (a failed call spends no unattended slot).
+    fn decide_once(&self, request: &AccessRequest, with_token: bool) -> Result<Decided, Error> {
         let now = self.now();
         let mut record = AuditRecord {
             consent: Some(request.consent.clone()),
@@ -802,6 +819,8 @@ impl<S: Store> Broker<S> {
         if let Decision::Deny { reasons } = decision {
             return self.record_denial(record, reasons, preconditions);
         }
+        // A permit implies a live grant; its expiry caps a token's.
+        let grant_expires_at = consent.grant().map_or(now, |grant| grant.expires_at);
         if let Some(version) = holder_version {
             preconditions.push(Precondition::HolderVersion {
                 holder: consent.request.holder.clone(),
@@ -821,12 +840,7 @@ impl<S: Store> Broker<S> {
             });
         }
         record.kind = AuditKind::AccessPermitted;
-        let receipt = self.store.commit(Commit {
-            preconditions,
-            changes,
-            audit: vec![record],
-        })?;
-        Ok(AccessOutcome::Permitted(Permit {
+        let mut permit = Permit {
             consent: request.consent.clone(),
             subject: consent.request.subject.clone(),
             holder: consent.request.holder.clone(),
@@ -836,56 +850,37 @@ impl<S: Store> Broker<S> {
             account: request.account.clone(),
             presence: request.presence,
             decided_at: now,
-            audit_seq: receipt.audit_seqs.start,
+            audit_seq: 0,
             consent_version: consent.version,
-        }))
-    }
-
-    fn record_denial(
-        &self,
-        mut record: AuditRecord,
-        reasons: Vec<DenyReason>,
-        preconditions: Vec<Precondition>,
-    ) -> Result<AccessOutcome, Error> {
-        record.kind = AuditKind::AccessDenied;
-        record.reasons = reasons.clone();
+        };
+        let mut audit = vec![record];
+        let token = if with_token {
+            let (token, issued) = self.sign_token(&permit, now, grant_expires_at)?;
+            audit.push(issued);
+            Some(token)
+        } else {
+            None
+        };
         let receipt = self.store.commit(Commit {
             preconditions,
-            changes: Vec::new(),
-            audit: vec![record],
+            changes,
+            audit,
         })?;
-        Ok(AccessOutcome::Denied(Denial {
-            reasons,
-            audit_seq: receipt.audit_seqs.start,
-        }))
+        permit.audit_seq = receipt.audit_seqs.start;
+        Ok(match token {
+            Some(token) => Decided::Issued(token),
+            None => Decided::Permitted(permit),
+        })
     }
 
-    fn key_set(&self) -> RwLockReadGuard<'_, KeySet> {
-        // No code path panics while holding the lock, so a poisoned lock still guards a
-        // consistent key set.
-        self.keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Turns a permit into a signed access token, bound to its consent, scope, purpose, account
-    /// and holder, and records the issuing (with the token's `jti`) before returning it.
-    ///
-    /// The token expires after the configured lifetime, or with the grant if that is sooner.
-    ///
-    /// # Errors
-    /// [`Error::PermitStale`] if the consent changed since the permit was decided (for example,
-    /// it was revoked); [`Error::Store`] if the issuing cannot be recorded (then no token is
-    /// returned); [`Error::Provider`]; [`Error::Key`].
-    pub fn issue_token(&self, permit: Permit) -> Result<AccessToken, Error> {
-        let now = self.now();
-        let consent = self.load(&permit.consent)?;
-        let stale = || Error::PermitStale(permit.consent.clone());
-        if consent.version != permit.consent_version {
-            return Err(stale());
-        }
-        let grant = consent.ensure_live(now).map_err(|_| stale())?;
-        let expires_at = saturating_add(now, self.settings.token_lifetime).min(grant.expires_at);
+    /// Signs the access token for `permit` and builds the audit record of its issuing.
+    fn sign_token(
+        &self,
+        permit: &Permit,
+        now: OffsetDateTime,
+        grant_expires_at: OffsetDateTime,
+    ) -> Result<(AccessToken, AuditRecord), Error> {
+        let expires_at = saturating_add(now, self.settings.token_lifetime).min(grant_expires_at);
         let token_id =
             crate::ids::random_token(&self.rng).ok_or(KeyError::RandomnessUnavailable)?;
         let claims = AccessClaims {
@@ -924,6 +919,60 @@ impl<S: Store> Broker<S> {
             )
             .about(&permit.consent, Some(&permit.subject))
         };
+        let token = AccessToken {
+            token,
+            token_id,
+            expires_at,
+            key_id,
+        };
+        Ok((token, record))
+    }
+
+    fn record_denial(
+        &self,
+        mut record: AuditRecord,
+        reasons: Vec<DenyReason>,
+        preconditions: Vec<Precondition>,
+    ) -> Result<Decided, Error> {
+        record.kind = AuditKind::AccessDenied;
+        record.reasons = reasons.clone();
+        let receipt = self.store.commit(Commit {
+            preconditions,
+            changes: Vec::new(),
+            audit: vec![record],
+        })?;
+        Ok(Decided::Denied(Denial {
+            reasons,
+            audit_seq: receipt.audit_seqs.start,
+        }))
+    }
+
+    fn key_set(&self) -> RwLockReadGuard<'_, KeySet> {
+        // No code path panics while holding the lock, so a poisoned lock still guards a
+        // consistent key set.
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Turns a permit into a signed access token, bound to its consent, scope, purpose, account
+    /// and holder, and records the issuing (with the token's `jti`) before returning it.
+    ///
+    /// The token expires after the configured lifetime, or with the grant if that is sooner.
+    ///
+    /// # Errors
+    /// [`Error::PermitStale`] if the consent changed since the permit was decided (for example,
+    /// it was revoked); [`Error::Store`] if the issuing cannot be recorded (then no token is
+    /// returned); [`Error::Provider`]; [`Error::Key`].
+    pub fn issue_token(&self, permit: Permit) -> Result<AccessToken, Error> {
+        let now = self.now();
+        let consent = self.load(&permit.consent)?;
+        let stale = || Error::PermitStale(permit.consent.clone());
+        if consent.version != permit.consent_version {
+            return Err(stale());
+        }
+        let grant = consent.ensure_live(now).map_err(|_| stale())?;
+        let (token, record) = self.sign_token(&permit, now, grant.expires_at)?;
         let commit = Commit {
             preconditions: vec![Precondition::ConsentVersion {
                 consent: permit.consent.clone(),
@@ -933,35 +982,29 @@ impl<S: Store> Broker<S> {
             audit: vec![record],
         };
         match self.store.commit(commit) {
-            Ok(_) => Ok(AccessToken {
-                token,
-                token_id,
-                expires_at,
-                key_id,
-            }),
+            Ok(_) => Ok(token),
             Err(StoreError::Conflict) => Err(stale()),
             Err(error) => Err(error.into()),
         }
     }
 
-    /// The checked call followed by token issuing: decides, records the decision, and on a
-    /// permit issues and records a token. Re-decides if the consent changed in between.
+    /// The checked call with token issuing: decides and, on a permit, signs a token; the decision
+    /// and the token's issuing are recorded in one commit, so either both are in the audit log and
+    /// the token is returned, or neither is (a failed call permits nothing and spends no
+    /// unattended slot). Re-decides if the consent or the holder's policy changed meanwhile.
     ///
     /// # Errors
-    /// As [`Broker::authorise_access`] and [`Broker::issue_token`].
+    /// As [`Broker::authorise_access`], and [`Error::Provider`] or [`Error::Key`] if the token
+    /// cannot be signed (then nothing is recorded).
     pub fn authorise_with_token(&self, request: &AccessRequest) -> Result<TokenOutcome, Error> {
-        for _ in 0..self.settings.max_attempts {
-            match self.authorise_access(request)? {
-                AccessOutcome::Denied(denial) => return Ok(TokenOutcome::Denied(denial)),
-                AccessOutcome::Permitted(permit) => match self.issue_token(permit) {
-                    Err(Error::PermitStale(_)) => continue,
-                    other => return other.map(TokenOutcome::Issued),
-                },
-            }
+        match self.retrying(|| self.decide_once(request, true))? {
+            Decided::Denied(denial) => Ok(TokenOutcome::Denied(denial)),
+            Decided::Issued(token) => Ok(TokenOutcome::Issued(token)),
+            // Asked for a token; unreachable, and refused rather than assumed.
+            Decided::Permitted(_) => Err(Error::Store(StoreError::Unavailable(
+                "a permit was decided without its token".into(),
+            ))),
         }
-        Err(Error::Contention {
-            attempts: self.settings.max_attempts,
-        })
     }
 
     /// The JWKS the bank fetches: the signing key and retired keys still verifying.
