@@ -134,7 +134,10 @@ pub fn verify_log<S: Store + ?Sized>(
     // Recompute every node from the stored bytes (about 64 bytes of memory per entry), then
     // compare each with the store's: the first entry whose leaf differs is named, and a
     // tampered inner node is caught even where no root or proof would pass through it.
-    let mut leaves: Vec<Hash> = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    // Reserved for at most a million entries up front: the length is the store's claim, and a
+    // tampered store may claim any length; beyond that the vector grows as entries are read.
+    let mut leaves: Vec<Hash> =
+        Vec::with_capacity(usize::try_from(size.min(1 << 20)).unwrap_or(0));
     let mut next = 0u64;
     while next < size {
         let end = next.saturating_add(CHUNK).min(size);
@@ -449,12 +452,15 @@ fn entries_where<S: Store + ?Sized>(
     let mut next = 0u64;
     while next < size {
         let end = next.saturating_add(CHUNK).min(size);
-        found.extend(
-            store
-                .audit_entries(next..end)?
-                .into_iter()
-                .filter(|e| keep(e)),
-        );
+        let chunk = store.audit_entries(next..end)?;
+        // Read what the store holds, not what it claims: a tampered length must not turn a
+        // history into billions of empty reads.
+        if chunk.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "the audit log claims {size} entries but holds none from {next}"
+            )));
+        }
+        found.extend(chunk.into_iter().filter(|e| keep(e)));
         next = end;
     }
     Ok(found)
