@@ -439,7 +439,9 @@ impl Consent {
         Self {
             request: self.request.clone(),
             state,
-            version: self.version + 1,
+            // Saturating: a hand-made record at u64::MAX then fails the stores' version check
+            // (fail closed) instead of overflowing.
+            version: self.version.saturating_add(1),
         }
     }
 

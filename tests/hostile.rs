@@ -1208,8 +1208,8 @@ fn a_tampered_store_claiming_an_absurd_length_is_refused_not_trusted() {
 /// Found by this suite (fixed): `subject_history` and `consent_history` read the log in chunks
 /// of 4,096 entries up to the length the store claims, not up to the first chunk that comes back
 /// empty (now a `StoreError::Corrupt`). After the tampering above (one row at 2^58), the auditor's
-/// `consent-broker audit history` makes 2^46 reads: it hangs. Here a store of one entry that
-/// claims 4,096,000 makes a thousand reads.
+/// `consent-broker audit history` made 2^46 reads: it hung. Here a store of one entry that claims
+/// 4,096,000 made a thousand reads.
 #[test]
 fn histories_read_what_a_store_holds_not_what_it_claims() {
     let entry =

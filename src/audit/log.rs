@@ -136,8 +136,7 @@ pub fn verify_log<S: Store + ?Sized>(
     // tampered inner node is caught even where no root or proof would pass through it.
     // Reserved for at most a million entries up front: the length is the store's claim, and a
     // tampered store may claim any length; beyond that the vector grows as entries are read.
-    let mut leaves: Vec<Hash> =
-        Vec::with_capacity(usize::try_from(size.min(1 << 20)).unwrap_or(0));
+    let mut leaves: Vec<Hash> = Vec::with_capacity(usize::try_from(size.min(1 << 20)).unwrap_or(0));
     let mut next = 0u64;
     while next < size {
         let end = next.saturating_add(CHUNK).min(size);
