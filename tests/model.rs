@@ -193,6 +193,7 @@ enum MState {
 #[derive(Debug, Clone)]
 struct MConsent {
     id: ConsentId,
+    subject: usize,
     platform: usize,
     scopes: u8,
     purposes: u8,
@@ -444,15 +445,24 @@ impl World {
         }
     }
 
-    fn attest(&self, forged: bool, statement: &ApprovalStatement) -> String {
+    /// The holder's attestation (or a forger's) approving `grant` for the consent `c`.
+    fn attest(&self, forged: bool, c: &MConsent, grant: MGrant) -> String {
         let signer = if forged {
             &self.forger
         } else {
             &self.fx.bank_signer
         };
+        let statement = ApprovalStatement {
+            consent: c.id.clone(),
+            subject: id(SUBJECTS[c.subject]),
+            scopes: scopes_of(grant.scopes),
+            purposes: purposes_of(grant.purposes),
+            accounts: accounts_of(grant.accounts),
+            consent_expires_at: grant.expires_at,
+        };
         signer
             .sign(
-                statement,
+                &statement,
                 self.fx.broker.id(),
                 self.fx.broker.now(),
                 &self.fx.rng,
@@ -521,6 +531,7 @@ impl World {
                 if let Ok(request) = result {
                     self.model.consents.push(MConsent {
                         id: request.id,
+                        subject,
                         platform,
                         scopes,
                         purposes,
@@ -551,20 +562,12 @@ impl World {
                     now + Duration::seconds(c.duration.whole_seconds() * per_mille / 1000);
                 let token = self.attest(
                     forged,
-                    &ApprovalStatement {
-                        consent: c.id.clone(),
-                        subject: self
-                            .fx
-                            .broker
-                            .consent(&c.id)
-                            .unwrap()
-                            .consent
-                            .request
-                            .subject,
-                        scopes: scopes_of(scopes),
-                        purposes: purposes_of(purposes),
-                        accounts: accounts_of(accounts),
-                        consent_expires_at: expires_at,
+                    &c,
+                    MGrant {
+                        scopes,
+                        purposes,
+                        accounts,
+                        expires_at,
                     },
                 );
                 let result = self.fx.broker.approve(&c.id, &token);
@@ -611,20 +614,12 @@ impl World {
                     now + Duration::seconds(c.duration.whole_seconds() * per_mille / 1000);
                 let token = self.attest(
                     forged,
-                    &ApprovalStatement {
-                        consent: c.id.clone(),
-                        subject: self
-                            .fx
-                            .broker
-                            .consent(&c.id)
-                            .unwrap()
-                            .consent
-                            .request
-                            .subject,
-                        scopes: scopes_of(current.scopes),
-                        purposes: purposes_of(current.purposes),
-                        accounts: accounts_of(current.accounts),
-                        consent_expires_at: expires_at,
+                    &c,
+                    MGrant {
+                        scopes: current.scopes,
+                        purposes: current.purposes,
+                        accounts: current.accounts,
+                        expires_at,
                     },
                 );
                 let result = self.fx.broker.reauthorise(&c.id, &token);
