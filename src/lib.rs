@@ -57,7 +57,7 @@ pub use policy::{
     AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, PolicyError, Presence,
     Usage, evaluate,
 };
-pub use sets::{AccountSet, Flag, FlagSet, PurposeSet, ScopeSet};
+pub use sets::{AccountSet, Flag, FlagIter, FlagSet, PurposeSet, ScopeSet};
 #[cfg(feature = "postgres")]
 pub use store::PostgresStore;
 #[cfg(feature = "sqlite")]

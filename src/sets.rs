@@ -116,9 +116,11 @@ impl<T: Flag> FlagSet<T> {
     }
 
     /// The values in ascending order.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = T> + use<T> {
-        let bits = self.bits;
-        T::ALL.iter().copied().filter(move |v| bits & v.bit() != 0)
+    pub fn iter(&self) -> FlagIter<T> {
+        FlagIter {
+            bits: self.bits,
+            all: T::ALL.iter(),
+        }
     }
 
     /// The smallest value, if any.
@@ -161,21 +163,48 @@ impl<T: Flag, const N: usize> From<[T; N]> for FlagSet<T> {
     }
 }
 
+/// The values of a [`FlagSet`], in ascending order.
+#[derive(Debug, Clone)]
+pub struct FlagIter<T: Flag> {
+    bits: u8,
+    all: std::slice::Iter<'static, T>,
+}
+
+impl<T: Flag> Iterator for FlagIter<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        let bits = self.bits;
+        self.all.by_ref().copied().find(|v| bits & v.bit() != 0)
+    }
+}
+
+impl<T: Flag> DoubleEndedIterator for FlagIter<T> {
+    fn next_back(&mut self) -> Option<T> {
+        let bits = self.bits;
+        self.all
+            .by_ref()
+            .rev()
+            .copied()
+            .find(|v| bits & v.bit() != 0)
+    }
+}
+
 impl<T: Flag> IntoIterator for FlagSet<T> {
     type Item = T;
-    type IntoIter = Box<dyn DoubleEndedIterator<Item = T>>;
+    type IntoIter = FlagIter<T>;
 
     fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
+        self.iter()
     }
 }
 
 impl<T: Flag> IntoIterator for &FlagSet<T> {
     type Item = T;
-    type IntoIter = Box<dyn DoubleEndedIterator<Item = T>>;
+    type IntoIter = FlagIter<T>;
 
     fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
+        self.iter()
     }
 }
 
@@ -368,6 +397,9 @@ mod tests {
             let reference: BTreeSet<Scope> = values.iter().copied().collect();
             assert_eq!(ours.len(), reference.len());
             assert_eq!(ours.iter().collect::<Vec<_>>(), values);
+            let backwards: Vec<Scope> = ours.iter().rev().collect();
+            assert_eq!(backwards, values.iter().rev().copied().collect::<Vec<_>>());
+            assert_eq!(ours.into_iter().count(), values.len());
             assert_eq!(
                 serde_json::to_string(&ours).unwrap(),
                 serde_json::to_string(&reference).unwrap()
