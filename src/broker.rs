@@ -174,11 +174,20 @@ pub enum TokenOutcome {
     Denied(Denial),
 }
 
-/// What one attempt at the checked call produced.
+/// What one attempt at the checked call produced: a recorded denial, or a permit not yet
+/// recorded.
 enum Decided {
     Denied(Denial),
-    Permitted(Permit),
-    Issued(AccessToken),
+    Permit(PendingPermit),
+}
+
+/// A permit with the commit that records it (the audit entry, and an unattended access's count,
+/// under the preconditions the decision relied on).
+struct PendingPermit {
+    permit: Permit,
+    commit: Commit,
+    /// Caps the expiry of a token issued for the permit.
+    grant_expires_at: OffsetDateTime,
 }
 
 /// The recorded answer of the checked call.
@@ -750,20 +759,20 @@ impl<S: Store> Broker<S> {
     /// [`Error::Store`] when the decision could not be recorded (then nothing is permitted), or
     /// [`Error::Contention`].
     pub fn authorise_access(&self, request: &AccessRequest) -> Result<AccessOutcome, Error> {
-        match self.retrying(|| self.decide_once(request, false))? {
+        self.retrying(|| match self.decide_once(request)? {
             Decided::Denied(denial) => Ok(AccessOutcome::Denied(denial)),
-            Decided::Permitted(permit) => Ok(AccessOutcome::Permitted(permit)),
-            // Not asked for; unreachable, and refused rather than assumed.
-            Decided::Issued(_) => Err(Error::Store(StoreError::Unavailable(
-                "a token was issued where none was asked for".into(),
-            ))),
-        }
+            Decided::Permit(mut pending) => {
+                let receipt = self.store.commit(pending.commit)?;
+                pending.permit.audit_seq = receipt.audit_seqs.start;
+                Ok(AccessOutcome::Permitted(pending.permit))
+            }
+        })
     }
 
-    /// One attempt at the checked call. With `with_token`, a permit's token is signed before the
-    /// commit and its issuing recorded in the same commit as the permit: either both are in the
-    /// log and the caller gets the token, or neither is (a failed call spends no unattended slot).
-    fn decide_once(&self, request: &AccessRequest, with_token: bool) -> Result<Decided, Error> {
+    /// One attempt at the checked call: a denial is recorded and returned; a permit is returned
+    /// with the commit that records it, for the caller to complete (with a token's issuing, for
+    /// `authorise_with_token`) and make. Nothing is permitted until that commit succeeds.
+    fn decide_once(&self, request: &AccessRequest) -> Result<Decided, Error> {
         let now = self.now();
         let mut record = AuditRecord {
             consent: Some(request.consent.clone()),
@@ -840,7 +849,7 @@ impl<S: Store> Broker<S> {
             });
         }
         record.kind = AuditKind::AccessPermitted;
-        let mut permit = Permit {
+        let permit = Permit {
             consent: request.consent.clone(),
             subject: consent.request.subject.clone(),
             holder: consent.request.holder.clone(),
@@ -853,24 +862,15 @@ impl<S: Store> Broker<S> {
             audit_seq: 0,
             consent_version: consent.version,
         };
-        let mut audit = vec![record];
-        let token = if with_token {
-            let (token, issued) = self.sign_token(&permit, now, grant_expires_at)?;
-            audit.push(issued);
-            Some(token)
-        } else {
-            None
-        };
-        let receipt = self.store.commit(Commit {
-            preconditions,
-            changes,
-            audit,
-        })?;
-        permit.audit_seq = receipt.audit_seqs.start;
-        Ok(match token {
-            Some(token) => Decided::Issued(token),
-            None => Decided::Permitted(permit),
-        })
+        Ok(Decided::Permit(PendingPermit {
+            permit,
+            commit: Commit {
+                preconditions,
+                changes,
+                audit: vec![record],
+            },
+            grant_expires_at,
+        }))
     }
 
     /// Signs the access token for `permit` and builds the audit record of its issuing.
@@ -997,14 +997,17 @@ impl<S: Store> Broker<S> {
     /// As [`Broker::authorise_access`], and [`Error::Provider`] or [`Error::Key`] if the token
     /// cannot be signed (then nothing is recorded).
     pub fn authorise_with_token(&self, request: &AccessRequest) -> Result<TokenOutcome, Error> {
-        match self.retrying(|| self.decide_once(request, true))? {
+        self.retrying(|| match self.decide_once(request)? {
             Decided::Denied(denial) => Ok(TokenOutcome::Denied(denial)),
-            Decided::Issued(token) => Ok(TokenOutcome::Issued(token)),
-            // Asked for a token; unreachable, and refused rather than assumed.
-            Decided::Permitted(_) => Err(Error::Store(StoreError::Unavailable(
-                "a permit was decided without its token".into(),
-            ))),
-        }
+            Decided::Permit(mut pending) => {
+                let permit = &pending.permit;
+                let (token, issued) =
+                    self.sign_token(permit, permit.decided_at, pending.grant_expires_at)?;
+                pending.commit.audit.push(issued);
+                self.store.commit(pending.commit)?;
+                Ok(TokenOutcome::Issued(token))
+            }
+        })
     }
 
     /// The JWKS the bank fetches: the signing key and retired keys still verifying.
