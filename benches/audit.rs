@@ -3,45 +3,26 @@
 //! bytes.
 //!
 //! Run: `cargo bench --bench audit`.
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented entry point"
+)]
+#![expect(clippy::unwrap_used, reason = "a benchmark fails by panicking")]
 
 use std::hint::black_box;
 
-use consent_broker::audit::log::verify_log;
-use consent_broker::audit::merkle;
-use consent_broker::store::Commit;
-use consent_broker::*;
+use consent_broker::merkle;
+use consent_broker::time::macros::datetime;
+use consent_broker::{time, *};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use time::macros::datetime;
 
 const ENTRIES: u64 = 100_000;
 
-/// A realistic access-decision record.
-fn record(n: u64) -> AuditRecord {
-    AuditRecord {
-        consent: Some(format!("cns_{n:022}").parse().unwrap()),
-        subject: Some("alice".parse().unwrap()),
-        scope: Some(Scope::Balance.into()),
-        purpose: Some(Purpose::CustomerService.into()),
-        account: Some("acc-current".parse().unwrap()),
-        presence: Some(Presence::SubjectPresent),
-        ..AuditRecord::new(
-            datetime!(2026-11-21 09:00 UTC),
-            AuditKind::AccessPermitted,
-            Actor::Platform("chat".parse().unwrap()),
-        )
-    }
-}
+const AT: time::OffsetDateTime = datetime!(2026-11-21 09:00 UTC);
 
+/// A log of realistic access-decision entries (the test kit's bulk append).
 fn filled<S: Store>(store: S) -> S {
-    for chunk in (0..ENTRIES).collect::<Vec<_>>().chunks(1000) {
-        let audit = chunk.iter().map(|&n| record(n)).collect();
-        store
-            .commit(Commit {
-                audit,
-                ..Commit::default()
-            })
-            .unwrap();
-    }
+    testing::bulk::append_decisions(&store, ENTRIES, AT).unwrap();
     store
 }
 
@@ -50,14 +31,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("append/memory", |b| {
         let store = MemoryStore::new();
-        b.iter(|| {
-            store
-                .commit(Commit {
-                    audit: vec![record(7)],
-                    ..Commit::default()
-                })
-                .unwrap()
-        })
+        b.iter(|| testing::bulk::append_decisions(&store, 1, AT).unwrap())
     });
 
     let memory = filled(MemoryStore::new());

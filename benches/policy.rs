@@ -1,6 +1,11 @@
 //! The checked call: the pure decision, and the broker's audited decision on the in-memory store.
 //!
 //! Inputs are prepared outside the timed loops. Run: `cargo bench --bench policy`.
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented entry point"
+)]
+#![expect(clippy::unwrap_used, reason = "a benchmark fails by panicking")]
 
 use std::hint::black_box;
 

@@ -3,6 +3,11 @@
 //!
 //! Run: `cargo bench --bench store`. The database lives in a temporary directory on the same
 //! file system as the system temp dir; the figure depends on that disk's fsync latency.
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented entry point"
+)]
+#![expect(clippy::unwrap_used, reason = "a benchmark fails by panicking")]
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -34,7 +39,7 @@ fn bench(c: &mut Criterion) {
 /// concurrently on one database (as four processes would).
 #[cfg(feature = "postgres")]
 fn postgres(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
-    use consent_broker::store::postgres::PostgresOptions;
+    use consent_broker::PostgresOptions;
     let Ok(url) = std::env::var("DATABASE_URL") else {
         eprintln!("store/postgres: skipped (no DATABASE_URL; run under scripts/with-postgres)");
         return;
@@ -56,6 +61,7 @@ fn postgres(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::Wa
         .map(|_| {
             Broker::builder("broker".parse().unwrap(), open())
                 .clock(s.clock.clone())
+                .keys(support::keys())
                 .build()
                 .unwrap()
         })

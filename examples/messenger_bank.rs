@@ -12,13 +12,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use consent_broker::audit::checkpoint::NoteVerifier;
-use consent_broker::data::{AlertsGrant, BalanceGrant, Money};
+use consent_broker::checkpoint::NoteVerifier;
+use consent_broker::time::Duration;
+use consent_broker::time::format_description::well_known::Rfc3339;
+use consent_broker::time::macros::datetime;
 use consent_broker::*;
-use ring::rand::SystemRandom;
-use time::Duration;
-use time::format_description::well_known::Rfc3339;
-use time::macros::datetime;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -30,11 +28,11 @@ struct FirstBank {
 impl DataHolder for FirstBank {
     type Error = String;
 
-    fn balance(&self, grant: BalanceGrant<'_>) -> std::result::Result<Balance, String> {
+    fn balance(&self, grant: BalanceGrant<'_>) -> std::result::Result<Balance, DataError<String>> {
         let minor_units = *self
             .balances
             .get(grant.account())
-            .ok_or("no such account")?;
+            .ok_or_else(|| DataError::Holder("no such account".to_owned()))?;
         Ok(Balance {
             account: grant.account().clone(),
             available: Money {
@@ -48,7 +46,7 @@ impl DataHolder for FirstBank {
     fn pending_alerts(
         &self,
         grant: AlertsGrant<'_>,
-    ) -> std::result::Result<Vec<FraudAlert>, String> {
+    ) -> std::result::Result<Vec<FraudAlert>, DataError<String>> {
         Ok(vec![FraudAlert {
             account: grant.account().clone(),
             reference: "FA-1".into(),
@@ -83,10 +81,10 @@ impl Story {
         lasting: Duration,
     ) -> Result<String> {
         let statement = ApprovalStatement {
-            consent: request.id.clone(),
-            subject: request.subject.clone(),
+            consent: request.id().clone(),
+            subject: request.subject().clone(),
             scopes: scopes.iter().copied().collect(),
-            purposes: request.purposes,
+            purposes: request.purposes(),
             accounts: accounts.iter().map(|a| (*a).clone()).collect(),
             consent_expires_at: self.broker.now() + lasting,
         };
@@ -190,27 +188,21 @@ fn storage() -> Result<Storage> {
     Ok(storage)
 }
 
-/// A key kept beside the database (`<db>.<name>.der`), made on first use: the bank's
-/// attestation key, and the broker's checkpoint key, so a second run signs with the keys the
-/// first run used. In memory, a fresh key.
-fn kept_key(storage: &Storage, name: &str, rng: &SystemRandom) -> Result<SigningKey> {
-    let path = match storage {
-        Storage::Sqlite(db) => db.with_extension(format!("{name}.der")),
+/// Where the story keeps its keys: a directory beside the database (`<db>.keys/`), holding the
+/// broker's token and checkpoint keys and the example bank's attestation key, each created with
+/// mode 0600 on the first run and reused on every later one, so the verifier key printed at the
+/// end keeps verifying the log across runs. In memory, nothing is kept.
+fn key_directory(storage: &Storage) -> Result<Option<PathBuf>> {
+    let directory = match storage {
+        Storage::Sqlite(db) => db.with_extension("keys"),
         #[cfg(feature = "postgres")]
         Storage::Postgres(_) => Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("target")
-            .join(format!("messenger_bank-postgres.{name}.der")),
-        Storage::Memory => return Ok(SigningKey::generate(rng)?),
+            .join("messenger_bank-postgres.keys"),
+        Storage::Memory => return Ok(None),
     };
-    match std::fs::read(&path) {
-        Ok(der) => Ok(SigningKey::from_pkcs8_der(&der)?),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let key = SigningKey::generate(rng)?;
-            std::fs::write(&path, key.to_pkcs8_der())?;
-            Ok(key)
-        }
-        Err(error) => Err(format!("cannot read {}: {error}", path.display()).into()),
-    }
+    std::fs::create_dir_all(&directory)?;
+    Ok(Some(directory))
 }
 
 fn main() -> Result<()> {
@@ -235,10 +227,7 @@ fn main() -> Result<()> {
     };
     let earlier = store.audit_len()?;
     let last_time = match earlier.checked_sub(1) {
-        Some(last) => store
-            .audit_entries(last..earlier)?
-            .first()
-            .map(|e| e.record.at),
+        Some(last) => store.audit_entries(last..earlier)?.first().map(|e| e.at),
         None => None,
     };
     if let Some(last) = last_time {
@@ -254,22 +243,35 @@ fn main() -> Result<()> {
     let clock = Arc::new(ManualClock::new(start));
     let broker_id = BrokerId::new("consent-broker.chat.example")?;
     let rng = SystemRandom::new();
+    let keys = key_directory(&storage)?;
+    let broker_keys = match &keys {
+        Some(directory) => BrokerKeys::load_or_create(directory, &rng)?,
+        None => BrokerKeys::ephemeral(&rng)?,
+    };
     let broker = Broker::builder(broker_id.clone(), store.clone())
         .clock(clock.clone())
-        .checkpoint_key(kept_key(&storage, "checkpoint-key", &rng)?)
+        .keys(broker_keys)
         .build()?;
     let bank = HolderId::new("first-bank")?;
     let chat = PlatformId::new("chat")?;
     let alice = SubjectId::new("alice")?;
     let current = AccountId::new("acc-current")?;
     let savings = AccountId::new("acc-savings")?;
-    let bank_signer = AttestationSigner::new(bank.clone(), kept_key(&storage, "bank-key", &rng)?)?;
+    let bank_key = match &keys {
+        Some(directory) => {
+            KeyFile::new(directory.join("bank-key.der"))
+                .load_or_create(&rng)?
+                .0
+        }
+        None => SigningKey::generate(&rng)?,
+    };
+    let bank_signer = AttestationSigner::new(bank.clone(), bank_key)?;
     // The bank verifies tokens offline with the broker's published keys, and reads consent
     // status from the broker's store, so a revocation reaches it at once.
     let verifier = TokenVerifier::new(
         bank.clone(),
         broker_id,
-        &broker.jwks(),
+        &broker.jwks()?,
         clock.clone(),
         StoreStatus(store.clone()),
     )?
@@ -288,30 +290,28 @@ fn main() -> Result<()> {
     };
 
     story.step("The bank and the platform register with the broker");
-    match store.holder(&bank)? {
-        None => story.broker.register_holder(HolderRegistration {
+    // Registration runs on every start: registering again what is registered changes nothing,
+    // and a bank registered with another key is refused, not hidden.
+    let registered = story
+        .broker
+        .register_holder(HolderRegistration {
             id: bank.clone(),
             policy: HolderPolicy::default(),
             attestation_keys: vec![story.bank_signer.public_key()],
-        })?,
-        Some(registered)
-            if registered
-                .attestation_keys
-                .contains(&story.bank_signer.public_key()) =>
-        {
-            println!("   (registered by an earlier run)");
-        }
-        Some(_) => {
-            return Err("the database's bank was registered with another key; \
-                        delete the database and its .bank-key.der file to start fresh"
-                .into());
-        }
-    }
-    if store.platform(&chat)?.is_none() {
-        story.broker.register_platform(PlatformProfile {
-            id: chat.clone(),
-            registered_purposes: PurposeSet::from(Purpose::ALL),
+        })
+        .map_err(|error| match error {
+            Error::RegistrationMismatch { .. } => format!(
+                "{error}: the database was made with other keys; delete it and its .keys \
+                 directory to start fresh"
+            ),
+            other => other.to_string(),
         })?;
+    story.broker.register_platform(PlatformProfile {
+        id: chat.clone(),
+        registered_purposes: PurposeSet::from(Purpose::ALL),
+    })?;
+    if registered == Registered::Unchanged {
+        println!("   (registered by an earlier run)");
     }
     println!("   holder {bank}: shares balance and alerts, at most 4 unattended accesses a day");
     println!("   platform {chat}: registered for customer_service and fraud_protection");
@@ -329,24 +329,24 @@ fn main() -> Result<()> {
         accounts: AccountSelection::Listed(AccountSet::from([current.clone(), savings.clone()])),
         duration: Duration::days(90),
     })?;
-    let deadline = request.approval_deadline.format(&Rfc3339)?;
+    let deadline = request.approval_deadline().format(&Rfc3339)?;
     println!(
         "   consent {} requested; Alice has until {deadline} to approve",
-        request.id
+        request.id()
     );
 
     story.step("At the bank, Alice approves balance only, on her current account (attested)");
     let attestation =
         story.bank_attests(&request, &[Scope::Balance], &[&current], Duration::days(90))?;
-    let approved = story.broker.approve(&request.id, &attestation)?;
+    let approved = story.broker.approve(request.id(), &attestation)?;
     println!(
         "   consent {} is {:?}",
-        request.id,
+        request.id(),
         approved.status(story.broker.now())
     );
 
     let balance = AccessRequest {
-        consent: request.id.clone(),
+        consent: request.id().clone(),
         platform: chat.clone(),
         scope: Scope::Balance.into(),
         purpose: Purpose::CustomerService.into(),
@@ -410,7 +410,7 @@ fn main() -> Result<()> {
     let forger = AttestationSigner::new(bank.clone(), platform_key)?;
     let forged = forger.sign(
         &ApprovalStatement {
-            consent: second.id.clone(),
+            consent: second.id().clone(),
             subject: alice.clone(),
             scopes: ScopeSet::from([Scope::Alerts]),
             purposes: PurposeSet::from([Purpose::FraudProtection]),
@@ -421,19 +421,19 @@ fn main() -> Result<()> {
         story.broker.now(),
         &story.rng,
     )?;
-    match story.broker.approve(&second.id, &forged) {
+    match story.broker.approve(second.id(), &forged) {
         Err(Error::Attestation(error)) => println!("   refused: {error}"),
         other => return Err(format!("a forged attestation was not refused: {other:?}").into()),
     }
     println!(
         "   consent {} is {:?}",
-        second.id,
-        story.broker.consent(&second.id)?.status
+        second.id(),
+        story.broker.consent(second.id())?.status
     );
 
     story.step("Alice revokes her consent in the chat");
     story.broker.revoke(
-        &request.id,
+        request.id(),
         Revoker::Subject,
         RevocationReason::SubjectWithdrew,
     )?;
@@ -462,10 +462,10 @@ fn main() -> Result<()> {
     })?;
     let attestation =
         story.bank_attests(&short, &[Scope::Balance], &[&current], Duration::days(1))?;
-    let granted = story.broker.approve(&short.id, &attestation)?;
-    let expires_at = granted.grant().map(|g| g.expires_at).ok_or("no grant")?;
+    let granted = story.broker.approve(short.id(), &attestation)?;
+    let expires_at = granted.grant().map(Grant::expires_at).ok_or("no grant")?;
     let in_time = AccessRequest {
-        consent: short.id.clone(),
+        consent: short.id().clone(),
         ..balance.clone()
     };
     story.access(&in_time, &Decision::Permit)?;
@@ -478,16 +478,11 @@ fn main() -> Result<()> {
 
     story.step("Alice's consents, as she would see them");
     for view in story.broker.consents_of(&alice)? {
-        let scopes: Vec<&str> = match view.consent.grant() {
-            Some(grant) => grant.scopes.iter().map(|s| s.as_str()).collect(),
-            None => view
-                .consent
-                .request
-                .scopes
-                .iter()
-                .map(|s| s.as_str())
-                .collect(),
+        let scopes = match view.consent.grant() {
+            Some(grant) => grant.scopes(),
+            None => view.consent.request().scopes(),
         };
+        let scopes: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
         println!(
             "   {} {:?} scopes {:?}",
             view.consent.id(),
@@ -518,7 +513,7 @@ fn main() -> Result<()> {
     println!(
         "   receipt for entry {}: {:?}, proven by a {}-hash inclusion proof",
         receipt.index,
-        proven.record.kind,
+        proven.kind(),
         receipt.proof.len()
     );
     if let Storage::Sqlite(path) = &storage {

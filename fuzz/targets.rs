@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets, shared by the libFuzzer binaries (`fuzz/fuzz_targets/*.rs`),
-//! the corpus replay test (`tests/fuzz_corpus.rs`) and the hostile-input test
-//! (`tests/hostile.rs`), which all include this file with `#[path] mod targets;`: the code that
+//! the corpus replay test (`tests/it/fuzz_corpus.rs`) and the hostile-input test
+//! (`tests/it/hostile.rs`), which include this file with `#[path] mod targets;`: the code that
 //! is fuzzed is exactly the code that is replayed under `cargo test`.
 //!
 //! Every body takes arbitrary bytes, feeds them to the public parsing entry points of one area,
@@ -8,13 +8,13 @@
 //!
 //! | body | entry points |
 //! | --- | --- |
-//! | [`token_verify`] | `token::check`, `TokenVerifier::verify`, `AccessClaims` JSON |
-//! | [`attestation_verify`] | `attestation::verify` against a pending request |
-//! | [`consent_request_json`] | `ConsentRequestDraft` JSON, `check_prohibited`, `ConsentRequest::from_draft`, `ConsentRequest` / `Consent` JSON |
-//! | [`access_request_json`] | `AccessRequest` JSON, `policy::evaluate`, `HolderPolicy`, `PlatformProfile`, `Decision`, `DenyReason` JSON |
+//! | [`token_verify`] | `check_token`, `TokenVerifier::verify`, `AccessClaims` JSON |
+//! | [`attestation_verify`] | `check_attestation` against a pending request |
+//! | [`consent_request_json`] | `ConsentRequestDraft` JSON, `check_prohibited`, `ConsentRequest::from_draft`, `Consent::from_stored` |
+//! | [`access_request_json`] | `AccessRequest` JSON, `evaluate`, `HolderPolicy`, `PlatformProfile`, `Decision`, `DenyReason` JSON |
 //! | [`checkpoint_note`] | `open_note`, `verify_checkpoint`, `Checkpoint::parse_body`, `NoteVerifier::from_vkey`, `NoteSigner::sign` |
 //! | [`proof_decode`] | `Receipt` JSON and `Receipt::verify`, `decode_hashes`, `verify_inclusion`, `verify_consistency`, the provers |
-//! | [`audit_log_verify`] | `AuditEntry::from_bytes`, `verify_log`, `Store::audit_entries`, `subject_history`, `consent_history`, `checkpoint_log` over a store of arbitrary bytes |
+//! | [`audit_log_verify`] | `AuditEntry::from_bytes`, `verify_log`, `LogRead::audit_entries`, `subject_history`, `consent_history`, `checkpoint_log` over a store of arbitrary bytes |
 //! | [`keys_ids`] | `Jwks::from_json`, `Jwk` JSON, `Ed25519PublicKey::from_base64url`, `SigningKey::from_pkcs8_der`, `NoteSigner::new`, every id and vocabulary `FromStr` |
 //!
 //! The fixture (keys, a broker, a live grant, a pending request) is built once per process and is
@@ -27,23 +27,13 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use consent_broker::attestation::{self, Expectations};
-use consent_broker::audit::checkpoint::{
+use consent_broker::checkpoint::{
     self, Checkpoint, NoteSigner, NoteVerifier, open_note, verify_checkpoint,
 };
-use consent_broker::audit::log::{self, LogError, Receipt, decode_hashes, verify_log};
-use consent_broker::audit::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource};
-use consent_broker::consent::{DEFAULT_APPROVAL_WINDOW, RequestLimits};
-use consent_broker::policy::{self, evaluate};
-use consent_broker::store::{
-    Commit, CommitReceipt, HolderRecord, PublishedKey, StoredCheckpoint, StoredEntry,
-};
-use consent_broker::token::{
-    self, MAX_LEEWAY, MAX_TOKEN_LEN, MAX_TOKEN_LIFETIME, TokenExpectations,
-};
+use consent_broker::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource};
+use consent_broker::time::macros::datetime;
+use consent_broker::time::{Date, Duration, OffsetDateTime};
 use consent_broker::*;
-use time::macros::datetime;
-use time::{Date, Duration, OffsetDateTime};
 
 /// The fixture's clock: every token, attestation and decision is checked at this instant.
 pub const NOW: OffsetDateTime = datetime!(2026-11-21 09:00 UTC);
@@ -151,13 +141,14 @@ pub fn tree_leaf(index: u64) -> Hash {
 fn build_fixture() -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let clock = Arc::new(ManualClock::new(NOW));
+    let keys = BrokerKeys::new(
+        SigningKey::from_pkcs8_der(&pkcs8(TOKEN_KEY_SEED)).expect("token key"),
+        SigningKey::from_pkcs8_der(&pkcs8(CHECKPOINT_KEY_SEED)).expect("checkpoint key"),
+    );
     let broker = Broker::builder(id("broker"), store.clone())
         .clock(clock.clone())
         .ids(Arc::new(SequentialIds::new()))
-        .signing_key(SigningKey::from_pkcs8_der(&pkcs8(TOKEN_KEY_SEED)).expect("token key"))
-        .checkpoint_key(
-            SigningKey::from_pkcs8_der(&pkcs8(CHECKPOINT_KEY_SEED)).expect("checkpoint key"),
-        )
+        .keys(keys)
         .build()
         .expect("broker");
     let bank: HolderId = id("bank");
@@ -184,12 +175,12 @@ fn build_fixture() -> Fixture {
         .request_consent(draft(AccountSelection::Listed(listed_accounts())))
         .expect("cns_1");
     let statement = ApprovalStatement {
-        consent: request.id.clone(),
-        subject: request.subject.clone(),
-        scopes: request.scopes,
-        purposes: request.purposes,
+        consent: request.id().clone(),
+        subject: request.subject().clone(),
+        scopes: request.scopes(),
+        purposes: request.purposes(),
         accounts: listed_accounts(),
-        consent_expires_at: NOW + request.duration,
+        consent_expires_at: NOW + request.duration(),
     };
     let attestation = bank_signer
         .sign(
@@ -199,7 +190,9 @@ fn build_fixture() -> Fixture {
             &ring::rand::SystemRandom::new(),
         )
         .expect("attestation");
-    let granted = broker.approve(&request.id, &attestation).expect("approval");
+    let granted = broker
+        .approve(request.id(), &attestation)
+        .expect("approval");
     let pending = broker
         .request_consent(draft(AccountSelection::SubjectChooses))
         .expect("cns_2");
@@ -207,12 +200,12 @@ fn build_fixture() -> Fixture {
     let verifier = TokenVerifier::new(
         bank.clone(),
         broker.id().clone(),
-        &broker.jwks(),
+        &broker.jwks().expect("jwks"),
         clock,
         StoreStatus(store),
     )
     .expect("verifier");
-    let token_key = broker.jwks().public_keys().expect("jwks")[0];
+    let token_key = broker.jwks().expect("jwks").public_keys().expect("jwks")[0];
     let note_signer =
         NoteSigner::new(broker.log_origin(), &pkcs8(CHECKPOINT_KEY_SEED)).expect("note signer");
     let note_verifier =
@@ -267,7 +260,7 @@ where
 // ---------------------------------------------------------------------------------------------
 // Tokens
 
-/// `token::check` and `TokenVerifier::verify` on arbitrary bytes (lossily made UTF-8).
+/// `check_token` and `TokenVerifier::verify` on arbitrary bytes (lossily made UTF-8).
 pub fn token_verify(data: &[u8]) {
     let fx = fixture();
     let token = String::from_utf8_lossy(data);
@@ -277,7 +270,7 @@ pub fn token_verify(data: &[u8]) {
         leeway: MAX_LEEWAY,
         max_lifetime: MAX_TOKEN_LIFETIME,
     };
-    let checked = token::check(
+    let checked = check_token(
         &token,
         |kid| (kid == fx.token_kid).then_some(fx.token_key),
         &expected,
@@ -303,9 +296,9 @@ pub fn token_verify(data: &[u8]) {
         assert_eq!(access.account(), &claims.acct);
         assert_eq!(access.token_id(), Some(claims.jti.as_str()));
         let grant = fx.granted.grant().expect("cns_1 is granted");
-        assert!(grant.scopes.contains(access.scope()));
-        assert!(grant.purposes.contains(access.purpose()));
-        assert!(grant.accounts.contains(access.account()));
+        assert!(grant.scopes().contains(access.scope()));
+        assert!(grant.purposes().contains(access.purpose()));
+        assert!(grant.accounts().contains(access.account()));
     }
     let _ = json_round_trip::<AccessClaims>(data);
 }
@@ -313,7 +306,7 @@ pub fn token_verify(data: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // Attestations
 
-/// `attestation::verify` on arbitrary bytes against the pending request `cns_2`.
+/// `check_attestation` on arbitrary bytes against the pending request `cns_2`.
 pub fn attestation_verify(data: &[u8]) {
     let fx = fixture();
     let token = String::from_utf8_lossy(data);
@@ -321,23 +314,26 @@ pub fn attestation_verify(data: &[u8]) {
         broker: fx.broker.id(),
         request: &fx.pending,
         holder_keys: &fx.holder_keys,
-        latest_expiry: NOW + fx.pending.duration,
+        latest_expiry: NOW + fx.pending.duration(),
     };
-    if let Ok(approval) = attestation::verify(&token, &expected, NOW) {
-        assert_eq!(approval.attestation(), token);
-        assert!(approval.scopes().is_subset(&fx.pending.scopes));
-        assert!(!approval.scopes().is_empty());
-        assert!(!approval.accounts().is_empty());
-        assert!(approval.expires_at() > NOW);
-        assert!(approval.expires_at() <= expected.latest_expiry);
-        assert!(!approval.attestation_id().is_empty());
+    if let Ok(checked) = check_attestation(&token, &expected, NOW) {
+        let statement = &checked.statement;
+        assert_eq!(&statement.consent, fx.pending.id());
+        assert_eq!(&statement.subject, fx.pending.subject());
+        assert!(statement.scopes.is_subset(&fx.pending.scopes()));
+        assert!(statement.purposes.is_subset(&fx.pending.purposes()));
+        assert!(!statement.scopes.is_empty());
+        assert!(!statement.accounts.is_empty());
+        assert!(statement.consent_expires_at > NOW);
+        assert!(statement.consent_expires_at <= expected.latest_expiry);
+        assert!(!checked.attestation_id.is_empty());
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Consent requests and access requests
 
-/// `ConsentRequestDraft` from JSON, then its validation; `ConsentRequest` and `Consent` JSON.
+/// `ConsentRequestDraft` from JSON, then its validation; a stored `Consent` read back.
 pub fn consent_request_json(data: &[u8]) {
     let fx = fixture();
     if let Some(draft) = json_round_trip::<ConsentRequestDraft>(data) {
@@ -350,13 +346,13 @@ pub fn consent_request_json(data: &[u8]) {
         match ConsentRequest::from_draft(draft, id("cns_fuzz"), limits, NOW) {
             Ok(request) => {
                 assert_eq!(prohibited, Ok(()));
-                assert!(!request.scopes.is_empty());
-                assert!(!request.purposes.is_empty());
-                assert!(request.scopes.is_subset(limits.offered_scopes));
-                assert!(request.duration.is_positive());
-                assert!(request.duration <= limits.max_duration);
-                assert_eq!(request.requested_at, NOW);
-                assert_eq!(request.approval_deadline, NOW + DEFAULT_APPROVAL_WINDOW);
+                assert!(!request.scopes().is_empty());
+                assert!(!request.purposes().is_empty());
+                assert!(request.scopes().is_subset(limits.offered_scopes));
+                assert!(request.duration().is_positive());
+                assert!(request.duration() <= limits.max_duration);
+                assert_eq!(request.requested_at(), NOW);
+                assert_eq!(request.approval_deadline(), NOW + DEFAULT_APPROVAL_WINDOW);
             }
             Err(error) => {
                 if let Err(first) = prohibited {
@@ -365,8 +361,12 @@ pub fn consent_request_json(data: &[u8]) {
             }
         }
     }
-    let _ = json_round_trip::<ConsentRequest>(data);
-    if let Some(consent) = json_round_trip::<Consent>(data) {
+    if let Ok(consent) = Consent::from_stored(data) {
+        let json = serde_json::to_vec(&consent).expect("a consent serializes");
+        assert_eq!(
+            Consent::from_stored(&json).expect("a stored consent reads back"),
+            consent
+        );
         let _ = consent.status(NOW);
         let _ = consent.ensure_live(NOW);
         let _ = consent.ensure_awaiting_decision(NOW);
@@ -377,11 +377,11 @@ pub fn consent_request_json(data: &[u8]) {
 pub fn access_request_json(data: &[u8]) {
     let fx = fixture();
     if let Some(access) = json_round_trip::<AccessRequest>(data) {
-        let prohibited = policy::prohibited_reasons(&access);
-        let decide = |consent: Option<&Consent>, usage: policy::Usage| {
+        let prohibited = prohibited_reasons(&access);
+        let decide = |consent: Option<&Consent>, usage: Usage| {
             evaluate(&access, consent, &fx.policy, &fx.profile, usage, NOW)
         };
-        let decision = decide(Some(&fx.granted), policy::Usage::default());
+        let decision = decide(Some(&fx.granted), Usage::default());
         if !prohibited.is_empty() {
             assert_eq!(
                 decision,
@@ -394,14 +394,14 @@ pub fn access_request_json(data: &[u8]) {
         if decision.is_permit() {
             let grant = fx.granted.grant().expect("cns_1 is granted");
             assert_eq!(&access.platform, &fx.profile.id);
-            assert!(grant.accounts.contains(&access.account));
+            assert!(grant.accounts().contains(&access.account));
         } else {
             assert!(!decision.reasons().is_empty());
         }
-        assert!(!decide(None, policy::Usage::default()).is_permit());
+        assert!(!decide(None, Usage::default()).is_permit());
         let exhausted = decide(
             Some(&fx.granted),
-            policy::Usage {
+            Usage {
                 unattended_today: u32::MAX,
             },
         );
@@ -411,10 +411,7 @@ pub fn access_request_json(data: &[u8]) {
     }
     if let Some(policy) = json_round_trip::<HolderPolicy>(data) {
         let valid = policy.validate();
-        assert!(
-            policy.effective_max_duration()
-                <= consent_broker::consent::ABSOLUTE_MAX_CONSENT_DURATION
-        );
+        assert!(policy.effective_max_duration() <= ABSOLUTE_MAX_CONSENT_DURATION);
         if valid.is_ok() {
             assert!(policy.max_consent_duration.is_positive());
         }
@@ -424,7 +421,7 @@ pub fn access_request_json(data: &[u8]) {
         assert_eq!(decision.is_permit(), decision.reasons().is_empty());
     }
     let _ = json_round_trip::<DenyReason>(data);
-    let _ = json_round_trip::<policy::Usage>(data);
+    let _ = json_round_trip::<Usage>(data);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -632,25 +629,7 @@ impl LogStore {
     }
 }
 
-impl Store for LogStore {
-    fn holder(&self, _: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
-        Ok(None)
-    }
-    fn platform(&self, _: &PlatformId) -> Result<Option<PlatformProfile>, StoreError> {
-        Ok(None)
-    }
-    fn consent(&self, _: &ConsentId) -> Result<Option<Consent>, StoreError> {
-        Ok(None)
-    }
-    fn consents_of_subject(&self, _: &SubjectId) -> Result<Vec<Consent>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn usage(&self, _: &ConsentId, _: Date) -> Result<policy::Usage, StoreError> {
-        Ok(policy::Usage::default())
-    }
-    fn attestation_used(&self, _: &str) -> Result<bool, StoreError> {
-        Ok(false)
-    }
+impl LogRead for LogStore {
     fn audit_len(&self) -> Result<u64, StoreError> {
         Ok(self.claimed_len.unwrap_or(self.entries.len() as u64))
     }
@@ -679,10 +658,39 @@ impl Store for LogStore {
     fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
         Ok(None)
     }
-    fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
+}
+
+/// Empty state: the log is all this store has, and signing a checkpoint over it only needs the
+/// state traits to exist.
+impl StateRead for LogStore {
+    fn holder(&self, _: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
+        Ok(None)
+    }
+    fn platform(&self, _: &PlatformId) -> Result<Option<PlatformProfile>, StoreError> {
+        Ok(None)
+    }
+    fn consent(&self, _: &ConsentId) -> Result<Option<Consent>, StoreError> {
+        Ok(None)
+    }
+    fn consents_of_subject(&self, _: &SubjectId) -> Result<Vec<Consent>, StoreError> {
         Ok(Vec::new())
     }
+    fn usage(&self, _: &ConsentId, _: Date) -> Result<Usage, StoreError> {
+        Ok(Usage::default())
+    }
+    fn attestation_used(&self, _: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+impl Store for LogStore {
     fn commit(&self, _: Commit) -> Result<CommitReceipt, StoreError> {
+        Err(StoreError::Unavailable("a read-only log".into()))
+    }
+    fn record_checkpoint(&self, _: &StoredCheckpoint) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("a read-only log".into()))
     }
 }
@@ -790,9 +798,9 @@ pub fn audit_log_verify(data: &[u8]) {
     {
         assert_eq!(parsed.len() as u64, size);
     }
-    let _ = log::subject_history(&store, &id("alice"));
-    let _ = log::consent_history(&store, &id("cns_1"));
-    let _ = log::checkpoint_log(&store, fx.note_signer.name(), &fx.note_signer);
+    let _ = subject_history(&store, &id("alice"));
+    let _ = consent_history(&store, &id("cns_1"));
+    let _ = checkpoint_log(&store, fx.note_signer.name(), &fx.note_signer);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -830,7 +838,7 @@ pub fn keys_ids(data: &[u8]) {
         if let Ok(id) = text.parse::<T>() {
             let shown = id.to_string();
             assert_eq!(shown, text);
-            assert!(!shown.is_empty() && shown.len() <= consent_broker::ids::MAX_ID_LEN);
+            assert!(!shown.is_empty() && shown.len() <= MAX_ID_LEN);
             assert!(
                 shown
                     .bytes()

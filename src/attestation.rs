@@ -3,24 +3,26 @@
 //! The holder (bank) authenticates the subject, shows them the request, and signs what they
 //! approved: a compact JWS (`alg` EdDSA, `typ` [`ATTESTATION_TYPE`], `kid` the RFC 7638
 //! thumbprint of the holder's key). The broker verifies it against the holder's registered keys
-//! and the pending request. Only [`verify`] makes an [`Approval`], and only an [`Approval`]
-//! activates a grant: the platform cannot authorise a consent by itself.
+//! and the pending request. Only the crate-private `verify` makes an [`Approval`], and only the
+//! broker calls it, with the keys the holder registered; only an [`Approval`] activates a grant,
+//! so the platform cannot authorise a consent by itself. Anyone may re-check an attestation with
+//! [`check_attestation`] (an auditor re-verifying the evidence in the log, say): that yields the
+//! statement, with no power to activate anything.
 //!
 //! Time claims are checked here against the caller's `now`, never by jsonwebtoken, whose checks
 //! read the system clock and are lax by default (60 s leeway, only `exp` required).
 
-use crate::sets::{AccountSet, PurposeSet, ScopeSet};
-
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header, Validation};
-use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
-use crate::consent::{ConsentRequest, Grant};
+use crate::consent::{Approval, ConsentRequest};
 use crate::crypto::{self, ProviderError};
 use crate::ids::{AccountId, BrokerId, ConsentId, HolderId, SubjectId};
 use crate::keys::{Ed25519PublicKey, SigningKey};
+use crate::random::{RandomSource, random_token};
+use crate::sets::{AccountSet, PurposeSet, ScopeSet};
 use crate::vocab::{Purpose, Scope};
 
 /// The JOSE `typ` of an attestation.
@@ -153,52 +155,14 @@ pub enum AttestationError {
     Signing,
 }
 
-/// A verified approval: only [`verify`] makes one, and only it activates a grant.
+/// An attestation that passed every check, as [`check_attestation`] returns it: what the holder
+/// stated, and the attestation's id. Evidence only: it activates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Approval {
-    pub(crate) scopes: ScopeSet,
-    pub(crate) purposes: PurposeSet,
-    pub(crate) accounts: AccountSet,
-    pub(crate) expires_at: OffsetDateTime,
-    pub(crate) attestation_id: String,
-    pub(crate) token: String,
-}
-
-impl Approval {
-    /// The attestation's unique id (`jti`), recorded to refuse replays.
-    pub fn attestation_id(&self) -> &str {
-        &self.attestation_id
-    }
-
-    /// The attestation itself (compact JWS): the evidence the broker records in the audit log.
-    pub fn attestation(&self) -> &str {
-        &self.token
-    }
-
-    /// Approved scopes.
-    pub fn scopes(&self) -> &ScopeSet {
-        &self.scopes
-    }
-
-    /// Approved accounts.
-    pub fn accounts(&self) -> &AccountSet {
-        &self.accounts
-    }
-
-    /// When the approved consent expires.
-    pub fn expires_at(&self) -> OffsetDateTime {
-        self.expires_at
-    }
-
-    pub(crate) fn into_grant(self, now: OffsetDateTime) -> Grant {
-        Grant {
-            scopes: self.scopes,
-            purposes: self.purposes,
-            accounts: self.accounts,
-            authorised_at: now,
-            expires_at: self.expires_at,
-        }
-    }
+pub struct CheckedAttestation {
+    /// What the subject approved.
+    pub statement: ApprovalStatement,
+    /// The attestation's unique id (`jti`).
+    pub attestation_id: String,
 }
 
 /// What an attestation is checked against.
@@ -214,17 +178,55 @@ pub struct Expectations<'a> {
     pub latest_expiry: OffsetDateTime,
 }
 
-/// Verifies an attestation for `expected.request` at `now`.
-///
-/// Replay (a `jti` already used) needs the store and is checked by the broker.
+/// Checks an attestation for `expected.request` at `now`: header, signature against
+/// `expected.holder_keys`, every claim. Replay (a `jti` already used) needs the broker's store and
+/// is not checked here.
 ///
 /// # Errors
 /// The first failed check, as an [`AttestationError`].
-pub fn verify(
+pub fn check_attestation(
+    token: &str,
+    expected: &Expectations<'_>,
+    now: OffsetDateTime,
+) -> Result<CheckedAttestation, AttestationError> {
+    let claims = checked_claims(token, expected, now)?;
+    Ok(CheckedAttestation {
+        statement: ApprovalStatement {
+            consent: claims.cid,
+            subject: claims.sub,
+            scopes: claims.scope,
+            purposes: claims.purpose,
+            accounts: claims.acct,
+            consent_expires_at: from_unix(claims.consent_exp)?,
+        },
+        attestation_id: claims.jti,
+    })
+}
+
+/// The broker's verification: as [`check_attestation`], and the result is the [`Approval`] that
+/// activates a grant. Crate-private: the broker calls it with the keys the holder registered, and
+/// nothing else can mint an approval.
+pub(crate) fn verify(
     token: &str,
     expected: &Expectations<'_>,
     now: OffsetDateTime,
 ) -> Result<Approval, AttestationError> {
+    let claims = checked_claims(token, expected, now)?;
+    Ok(Approval {
+        scopes: claims.scope,
+        purposes: claims.purpose,
+        accounts: claims.acct,
+        expires_at: from_unix(claims.consent_exp)?,
+        attestation_id: claims.jti,
+        attestation: token.to_owned(),
+    })
+}
+
+fn checked_claims(
+    token: &str,
+    expected: &Expectations<'_>,
+    now: OffsetDateTime,
+) -> Result<AttestationClaims, AttestationError> {
     crypto::install()?;
     if token.is_empty() {
         return Err(AttestationError::Missing);
@@ -254,14 +256,7 @@ pub fn verify(
 
     let claims = decode_claims(token, key)?;
     check_claims(&claims, expected, now)?;
-    Ok(Approval {
-        scopes: claims.scope,
-        purposes: claims.purpose,
-        accounts: claims.acct,
-        expires_at: from_unix(claims.consent_exp)?,
-        attestation_id: claims.jti,
-        token: token.to_owned(),
-    })
+    Ok(claims)
 }
 
 fn decode_claims(
@@ -378,7 +373,7 @@ impl AttestationSigner {
         self.key.public_key()
     }
 
-    /// Signs `statement` for `broker` at `now`, with a fresh random `jti` from `rng`.
+    /// Signs `statement` for `broker` at `now`, with a fresh random `jti` from `random`.
     ///
     /// # Errors
     /// [`AttestationError::Signing`] if signing or randomness fails.
@@ -387,9 +382,9 @@ impl AttestationSigner {
         statement: &ApprovalStatement,
         broker: &BrokerId,
         now: OffsetDateTime,
-        rng: &dyn SecureRandom,
+        random: &dyn RandomSource,
     ) -> Result<String, AttestationError> {
-        let jti = crate::ids::random_token(rng).ok_or(AttestationError::Signing)?;
+        let jti = random_token(random).map_err(|_| AttestationError::Signing)?;
         let iat = now.unix_timestamp();
         let claims = AttestationClaims {
             iss: self.holder.clone(),

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use time::{Duration, OffsetDateTime};
+use time::{Duration, OffsetDateTime, UtcOffset};
 
 /// A source of the current time (UTC, whole seconds).
 pub trait Clock: Send + Sync {
@@ -61,9 +61,23 @@ impl Clock for ManualClock {
     }
 }
 
+/// `time` at offset UTC. The broker reads its clock through this, so that whatever offset an
+/// injected clock returns, dates (the day of a frequency limit above all) are UTC dates.
+pub(crate) fn utc(time: OffsetDateTime) -> OffsetDateTime {
+    // Only a time within a day of the representable range can fail to convert; such a clock is
+    // broken, and the nearest representable UTC time is the only sensible reading.
+    time.checked_to_offset(UtcOffset::UTC).unwrap_or_else(|| {
+        if time.year() < 0 {
+            time::PrimitiveDateTime::MIN.assume_utc()
+        } else {
+            time::PrimitiveDateTime::MAX.assume_utc()
+        }
+    })
+}
+
 /// `time + by`, saturating at the largest representable time instead of panicking: a deadline
 /// that far away means "never", which is the only sensible reading of such input.
-pub fn saturating_add(time: OffsetDateTime, by: Duration) -> OffsetDateTime {
+pub(crate) fn saturating_add(time: OffsetDateTime, by: Duration) -> OffsetDateTime {
     time.checked_add(by).unwrap_or_else(|| {
         if by.is_negative() {
             time::PrimitiveDateTime::MIN.assume_utc()
@@ -96,5 +110,14 @@ mod tests {
             saturating_add(now, Duration::days(1)).unix_timestamp(),
             86_400
         );
+    }
+
+    #[test]
+    fn utc_keeps_the_instant_and_moves_the_date() {
+        let late_evening = time::macros::datetime!(2026-11-21 23:30 -05:00);
+        let at_utc = utc(late_evening);
+        assert_eq!(at_utc, late_evening);
+        assert_eq!(at_utc.offset(), UtcOffset::UTC);
+        assert_eq!(at_utc.date(), time::macros::date!(2026 - 11 - 22));
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! A bank implements [`DataHolder`]. Its methods take a grant ([`BalanceGrant`],
 //! [`AlertsGrant`], [`TransactionsGrant`]) that names exactly one account, and that only a
-//! [`VerifiedAccess`] of the matching scope hands out. Each method returns only the data of its
-//! scope: a balance carries no transactions. [`serve`] dispatches on the verified scope and
-//! refuses (fails closed) data that the holder returned for any other account.
+//! [`VerifiedAccess`] of the matching scope hands out, and defaults to refusing, so a bank
+//! implements only the scopes it serves. Each method returns only the data of its scope: a balance
+//! carries no transactions. [`serve_balance`], [`serve_alerts`] and [`serve_transactions`] serve
+//! one scope (for an endpoint that serves one); [`serve`] dispatches on the verified scope. All
+//! refuse (fail closed) data that the holder returned for any other account, without naming it.
 //!
 //! ```compile_fail,E0451
-//! use consent_broker::data::BalanceGrant;
+//! use consent_broker::BalanceGrant;
 //! // Grants cannot be built by hand: only a verified access hands them out.
 //! let grant = BalanceGrant { account: &"acc-1".parse().unwrap() };
 //! ```
@@ -122,6 +124,9 @@ pub struct Transaction {
 }
 
 /// The bank's data, reachable only through grants.
+///
+/// Every method has a default that refuses with [`DataError::NotOffered`]: a bank implements
+/// the scopes it serves and nothing else.
 pub trait DataHolder {
     /// The holder's own failure type.
     type Error;
@@ -129,27 +134,34 @@ pub trait DataHolder {
     /// The balance of the grant's account.
     ///
     /// # Errors
-    /// The holder's failure.
-    fn balance(&self, grant: BalanceGrant<'_>) -> Result<Balance, Self::Error>;
+    /// [`DataError::NotOffered`] by default; the holder's failure as [`DataError::Holder`].
+    fn balance(&self, grant: BalanceGrant<'_>) -> Result<Balance, DataError<Self::Error>> {
+        let _ = grant;
+        Err(DataError::NotOffered(Scope::Balance))
+    }
 
     /// The pending fraud alerts of the grant's account.
     ///
     /// # Errors
-    /// The holder's failure.
-    fn pending_alerts(&self, grant: AlertsGrant<'_>) -> Result<Vec<FraudAlert>, Self::Error>;
+    /// As [`DataHolder::balance`].
+    fn pending_alerts(
+        &self,
+        grant: AlertsGrant<'_>,
+    ) -> Result<Vec<FraudAlert>, DataError<Self::Error>> {
+        let _ = grant;
+        Err(DataError::NotOffered(Scope::Alerts))
+    }
 
-    /// The transactions of the grant's account. Holders that never share transactions keep the
-    /// default, which refuses.
+    /// The transactions of the grant's account.
     ///
     /// # Errors
-    /// The holder's failure; by default `None` is returned through [`serve`] as
-    /// [`DataError::NotOffered`].
+    /// As [`DataHolder::balance`].
     fn transactions(
         &self,
         grant: TransactionsGrant<'_>,
-    ) -> Option<Result<Vec<Transaction>, Self::Error>> {
+    ) -> Result<Vec<Transaction>, DataError<Self::Error>> {
         let _ = grant;
-        None
+        Err(DataError::NotOffered(Scope::Transactions))
     }
 }
 
@@ -172,18 +184,92 @@ pub enum DataError<E> {
     /// The holder does not offer this scope's data.
     #[error("the holder does not offer {0} data")]
     NotOffered(Scope),
-    /// The holder returned data of another account: refused, nothing is passed on.
-    #[error("the holder returned data of account {returned} under a grant for another account")]
-    OtherAccount {
-        /// The account the data belonged to.
-        returned: AccountId,
+    /// The verified access is for another scope than the one asked to serve.
+    #[error("the access is for {granted} data, not {asked}")]
+    WrongScope {
+        /// The scope the access verified.
+        granted: Scope,
+        /// The scope asked to serve.
+        asked: Scope,
     },
+    /// The holder returned data of another account: refused, nothing is passed on.
+    #[error("the holder returned data of another account than the one granted")]
+    OtherAccount,
     /// The holder failed.
     #[error("the holder failed")]
     Holder(E),
 }
 
-/// Serves the data of `access`'s scope and account from `holder`.
+fn only<E>(account: &AccountId, returned: &AccountId) -> Result<(), DataError<E>> {
+    if returned == account {
+        Ok(())
+    } else {
+        Err(DataError::OtherAccount)
+    }
+}
+
+fn wrong<E>(access: &VerifiedAccess, asked: Scope) -> DataError<E> {
+    DataError::WrongScope {
+        granted: access.scope(),
+        asked,
+    }
+}
+
+/// Serves the balance under `access`, which must be a `balance` access: for a bank endpoint that
+/// serves one scope, with no other scope to handle.
+///
+/// # Errors
+/// [`DataError::WrongScope`] for an access of another scope; [`DataError::OtherAccount`] if the
+/// holder returned another account's balance; the holder's refusal or failure.
+pub fn serve_balance<H: DataHolder>(
+    holder: &H,
+    access: &VerifiedAccess,
+) -> Result<Balance, DataError<H::Error>> {
+    let grant = access
+        .balance_grant()
+        .ok_or_else(|| wrong(access, Scope::Balance))?;
+    let balance = holder.balance(grant)?;
+    only(access.account(), &balance.account)?;
+    Ok(balance)
+}
+
+/// Serves the pending fraud alerts under `access`, which must be an `alerts` access.
+///
+/// # Errors
+/// As [`serve_balance`].
+pub fn serve_alerts<H: DataHolder>(
+    holder: &H,
+    access: &VerifiedAccess,
+) -> Result<Vec<FraudAlert>, DataError<H::Error>> {
+    let grant = access
+        .alerts_grant()
+        .ok_or_else(|| wrong(access, Scope::Alerts))?;
+    let alerts = holder.pending_alerts(grant)?;
+    for alert in &alerts {
+        only(access.account(), &alert.account)?;
+    }
+    Ok(alerts)
+}
+
+/// Serves the transactions under `access`, which must be a `transactions` access.
+///
+/// # Errors
+/// As [`serve_balance`].
+pub fn serve_transactions<H: DataHolder>(
+    holder: &H,
+    access: &VerifiedAccess,
+) -> Result<Vec<Transaction>, DataError<H::Error>> {
+    let grant = access
+        .transactions_grant()
+        .ok_or_else(|| wrong(access, Scope::Transactions))?;
+    let transactions = holder.transactions(grant)?;
+    for transaction in &transactions {
+        only(access.account(), &transaction.account)?;
+    }
+    Ok(transactions)
+}
+
+/// Serves the data of `access`'s scope and account from `holder`, whatever the scope.
 ///
 /// # Errors
 /// [`DataError`].
@@ -191,39 +277,11 @@ pub fn serve<H: DataHolder>(
     holder: &H,
     access: &VerifiedAccess,
 ) -> Result<AccountData, DataError<H::Error>> {
-    let account = access.account();
-    let only_this_account = |returned: &AccountId| {
-        if returned == account {
-            Ok(())
-        } else {
-            Err(DataError::OtherAccount {
-                returned: returned.clone(),
-            })
-        }
-    };
-    if let Some(grant) = access.balance_grant() {
-        let balance = holder.balance(grant).map_err(DataError::Holder)?;
-        only_this_account(&balance.account)?;
-        return Ok(AccountData::Balance(balance));
+    match access.scope() {
+        Scope::Balance => serve_balance(holder, access).map(AccountData::Balance),
+        Scope::Alerts => serve_alerts(holder, access).map(AccountData::Alerts),
+        Scope::Transactions => serve_transactions(holder, access).map(AccountData::Transactions),
     }
-    if let Some(grant) = access.alerts_grant() {
-        let alerts = holder.pending_alerts(grant).map_err(DataError::Holder)?;
-        for alert in &alerts {
-            only_this_account(&alert.account)?;
-        }
-        return Ok(AccountData::Alerts(alerts));
-    }
-    let Some(grant) = access.transactions_grant() else {
-        return Err(DataError::NotOffered(access.scope()));
-    };
-    let transactions = holder
-        .transactions(grant)
-        .ok_or(DataError::NotOffered(Scope::Transactions))?
-        .map_err(DataError::Holder)?;
-    for transaction in &transactions {
-        only_this_account(&transaction.account)?;
-    }
-    Ok(AccountData::Transactions(transactions))
 }
 
 #[cfg(test)]

@@ -6,14 +6,15 @@
 //! permit.
 
 use crate::attestation::AttestationError;
-use crate::audit::checkpoint::{CheckpointError, NoteError};
-use crate::audit::merkle::MerkleError;
+use crate::auditor::SigningError;
+use crate::checkpoint::{CheckpointError, NoteError};
 use crate::consent::{ConsentError, RequestError};
 use crate::crypto::ProviderError;
 use crate::ids::{ConsentId, HolderId, IdError};
 use crate::keys::KeyError;
+use crate::merkle::MerkleError;
 use crate::policy::PolicyError;
-use crate::store::StoreError;
+use crate::store::{KeyUse, RecordKind, StoreError};
 
 /// Everything a broker call can fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,13 +50,45 @@ pub enum Error {
     /// The JWT crypto provider cannot be used.
     #[error(transparent)]
     Provider(#[from] ProviderError),
-    /// The consent changed (revoked, expired, re-authorised) after the permit was decided: decide
-    /// again.
-    #[error("consent {0} changed since the permit was decided; ask again")]
+    /// The consent or the holder's policy changed (revoked, expired, re-authorised, a scope no
+    /// longer shared) after the permit was decided: decide again.
+    #[error("consent {0} or its holder's policy changed since the permit was decided; ask again")]
     PermitStale(ConsentId),
+    /// The permit is older than the broker's permit lifetime: decide again.
+    #[error("the permit for consent {0} has lapsed; ask again")]
+    PermitLapsed(ConsentId),
+    /// A registration repeated at start-up differs from what is registered: the keys or the
+    /// policy (holder) or the purposes (platform) are not the ones recorded. Nothing was changed;
+    /// change them explicitly (`set_holder_keys`, `set_holder_policy`) if that is intended.
+    #[error("{kind:?} {id} is registered with a different {field:?}")]
+    RegistrationMismatch {
+        /// A holder or a platform.
+        kind: RecordKind,
+        /// Its id.
+        id: String,
+        /// What differs.
+        field: RegistrationField,
+    },
+    /// A key given to the broker was replaced before: a retired key never signs again.
+    #[error("the {key_use:?} key {kid} was retired and cannot sign again")]
+    KeyRetired {
+        /// What the key was for.
+        key_use: KeyUse,
+        /// Its id.
+        kid: String,
+    },
+    /// The same key was given for tokens and for checkpoints: each use needs its own key.
+    #[error("the token key and the checkpoint key must be different keys")]
+    SameKeyForTwoUses,
     /// The configured token lifetime is outside 1 s to 15 minutes.
     #[error("token lifetime must be between 1 s and 15 minutes, got {seconds} s")]
     InvalidTokenLifetime {
+        /// The configured lifetime, in seconds.
+        seconds: i64,
+    },
+    /// The configured permit lifetime is outside 1 s to 15 minutes.
+    #[error("permit lifetime must be between 1 s and 15 minutes, got {seconds} s")]
+    InvalidPermitLifetime {
         /// The configured lifetime, in seconds.
         seconds: i64,
     },
@@ -77,6 +110,9 @@ pub enum Error {
         /// The size of the last checkpoint signed.
         previous_size: u64,
     },
+    /// A check of the audit log's integrity failed while preparing the answer.
+    #[error(transparent)]
+    Receipt(#[from] crate::auditor::ProveError),
     /// Concurrent writers kept changing the consent; the call gave up after this many attempts.
     #[error(
         "gave up after {attempts} attempts: the consent kept changing under concurrent updates"
@@ -85,4 +121,47 @@ pub enum Error {
         /// Attempts made.
         attempts: u32,
     },
+}
+
+/// The part of a registration that differs from what is registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistrationField {
+    /// The holder's attestation keys.
+    AttestationKeys,
+    /// The holder's policy.
+    Policy,
+    /// The platform's registered purposes.
+    Purposes,
+}
+
+impl From<SigningError> for Error {
+    fn from(error: SigningError) -> Self {
+        match error {
+            SigningError::Inconsistent { previous_size } => {
+                Self::CheckpointInconsistent { previous_size }
+            }
+            SigningError::Merkle(error) => Self::Merkle(error),
+            SigningError::Store(error) => Self::Store(error),
+            SigningError::Note(error) => Self::Note(error),
+            SigningError::Checkpoint(error) => Self::Checkpoint(error),
+        }
+    }
+}
+
+impl Error {
+    /// Whether the same call, made again later, can succeed without anyone changing anything: a
+    /// store that was busy or unreachable, writers that kept conflicting, a permit that went
+    /// stale or lapsed (decide again). Refusals of the input (a bad request, a forged
+    /// attestation, a transition the consent's state does not allow, a mismatched registration)
+    /// will be refused again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(error) => error.is_retryable(),
+            Self::Contention { .. } | Self::PermitStale(_) | Self::PermitLapsed(_) => true,
+            Self::Id(IdError::RandomnessUnavailable)
+            | Self::Key(KeyError::RandomnessUnavailable) => true,
+            _ => false,
+        }
+    }
 }

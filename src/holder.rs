@@ -36,7 +36,7 @@ use crate::consent::{Consent, ConsentStatus};
 use crate::crypto;
 use crate::ids::{AccountId, BrokerId, ConsentId, HolderId, PlatformId, SubjectId};
 use crate::keys::{Ed25519PublicKey, Jwks, KeyError};
-use crate::store::Store;
+use crate::store::StateRead;
 use crate::token::{
     self, AccessClaims, MAX_LEEWAY, MAX_TOKEN_LIFETIME, TokenError, TokenExpectations,
 };
@@ -51,11 +51,11 @@ pub trait ConsentStatusSource: Send + Sync {
     fn consent(&self, consent: &ConsentId) -> Result<Option<Consent>, String>;
 }
 
-/// A [`ConsentStatusSource`] over the broker's own [`Store`].
+/// A [`ConsentStatusSource`] over the broker's own store (anything [`StateRead`]).
 #[derive(Debug, Clone)]
 pub struct StoreStatus<S>(pub S);
 
-impl<S: Store> ConsentStatusSource for StoreStatus<S> {
+impl<S: StateRead> ConsentStatusSource for StoreStatus<S> {
     fn consent(&self, consent: &ConsentId) -> Result<Option<Consent>, String> {
         self.0.consent(consent).map_err(|e| e.to_string())
     }
@@ -374,7 +374,7 @@ impl<St: ConsentStatusSource> TokenVerifier<St> {
                 .keys
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            token::check(token, |kid| keys.get(kid).copied(), &expected, now)?
+            token::check_token(token, |kid| keys.get(kid).copied(), &expected, now)?
         };
         *identified = Some((claims.jti.clone(), claims.cid.clone()));
         self.check_consent(&claims, now)?;

@@ -8,10 +8,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::random::{RandomSource, random_token};
 
 /// Longest accepted id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -46,6 +45,9 @@ pub enum IdError {
         /// Its byte offset.
         at: usize,
     },
+    /// A fresh id was needed and the random source failed: no id is made up instead.
+    #[error("no random bytes were available for a fresh id")]
+    RandomnessUnavailable,
 }
 
 fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
@@ -155,13 +157,22 @@ id_type!(
 /// Source of fresh consent ids, injected so that tests are deterministic.
 pub trait IdGenerator: Send + Sync {
     /// A consent id never returned before by this generator.
-    fn consent_id(&self) -> ConsentId;
+    ///
+    /// # Errors
+    /// [`IdError::RandomnessUnavailable`] when a generator that needs randomness cannot get any:
+    /// the caller fails closed rather than use a predictable id.
+    fn consent_id(&self) -> Result<ConsentId, IdError>;
 }
 
-/// Consent ids with 128 bits from the operating system's CSPRNG (`ring::rand::SystemRandom`).
-#[derive(Debug)]
+/// Consent ids with 128 bits from a [`RandomSource`] (by default the operating system's CSPRNG).
 pub struct RandomIds {
-    rng: SystemRandom,
+    random: Arc<dyn RandomSource>,
+}
+
+impl std::fmt::Debug for RandomIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RandomIds").finish_non_exhaustive()
+    }
 }
 
 impl Default for RandomIds {
@@ -173,27 +184,22 @@ impl Default for RandomIds {
 impl RandomIds {
     /// A generator backed by the system CSPRNG.
     pub fn new() -> Self {
-        Self {
-            rng: SystemRandom::new(),
-        }
+        Self::from_source(Arc::new(ring::rand::SystemRandom::new()))
+    }
+
+    /// A generator drawing from `random`.
+    pub fn from_source(random: Arc<dyn RandomSource>) -> Self {
+        Self { random }
     }
 }
 
-/// 16 random bytes, base64url: the id material for consents, attestations and tokens.
-pub(crate) fn random_token(rng: &dyn SecureRandom) -> Option<String> {
-    let mut bytes = [0u8; 16];
-    rng.fill(&mut bytes).ok()?;
-    Some(URL_SAFE_NO_PAD.encode(bytes))
-}
-
 impl IdGenerator for RandomIds {
-    fn consent_id(&self) -> ConsentId {
-        // The system RNG failing is an unrecoverable platform fault in ring's model; fall back to
-        // a process-unique counter so that an id is still unique, never reused.
-        static FALLBACK: AtomicU64 = AtomicU64::new(0);
-        let body = random_token(&self.rng)
-            .unwrap_or_else(|| format!("fallback-{}", FALLBACK.fetch_add(1, Ordering::Relaxed)));
-        ConsentId(format!("cns_{body}").into())
+    fn consent_id(&self) -> Result<ConsentId, IdError> {
+        // No fallback: an id that an attacker could predict would let them name a consent
+        // before it exists.
+        let body =
+            random_token(self.random.as_ref()).map_err(|_| IdError::RandomnessUnavailable)?;
+        Ok(ConsentId(format!("cns_{body}").into()))
     }
 }
 
@@ -211,9 +217,9 @@ impl SequentialIds {
 }
 
 impl IdGenerator for SequentialIds {
-    fn consent_id(&self) -> ConsentId {
+    fn consent_id(&self) -> Result<ConsentId, IdError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        ConsentId(format!("cns_{n}").into())
+        Ok(ConsentId(format!("cns_{n}").into()))
     }
 }
 
@@ -246,9 +252,21 @@ mod tests {
     #[test]
     fn generators_never_repeat() {
         let random = RandomIds::new();
-        assert_ne!(random.consent_id(), random.consent_id());
+        assert_ne!(random.consent_id().unwrap(), random.consent_id().unwrap());
         let sequential = SequentialIds::new();
-        assert_eq!(sequential.consent_id().as_str(), "cns_1");
-        assert_eq!(sequential.consent_id().as_str(), "cns_2");
+        assert_eq!(sequential.consent_id().unwrap().as_str(), "cns_1");
+        assert_eq!(sequential.consent_id().unwrap().as_str(), "cns_2");
+    }
+
+    #[test]
+    fn a_failing_random_source_fails_closed() {
+        struct Broken;
+        impl RandomSource for Broken {
+            fn fill(&self, _: &mut [u8]) -> Result<(), crate::random::RandomError> {
+                Err(crate::random::RandomError)
+            }
+        }
+        let ids = RandomIds::from_source(Arc::new(Broken));
+        assert_eq!(ids.consent_id(), Err(IdError::RandomnessUnavailable));
     }
 }

@@ -9,11 +9,12 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{DecodingKey, EncodingKey};
-use ring::rand::SecureRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
-use time::{Duration, OffsetDateTime};
+use time::Duration;
 use zeroize::Zeroizing;
+
+use crate::random::RandomSource;
 
 /// Length of an Ed25519 public key in bytes.
 pub const ED25519_PUBLIC_KEY_LEN: usize = 32;
@@ -135,14 +136,34 @@ pub struct SigningKey {
 }
 
 impl SigningKey {
-    /// Generates a fresh key (PKCS#8 v2) from `rng`.
+    /// Generates a fresh key from 32 bytes of `random` (the Ed25519 private key, RFC 8032), kept
+    /// as PKCS#8 v1 (RFC 8410).
     ///
     /// # Errors
     /// [`KeyError::RandomnessUnavailable`].
-    pub fn generate(rng: &dyn SecureRandom) -> Result<Self, KeyError> {
-        let document =
-            Ed25519KeyPair::generate_pkcs8(rng).map_err(|_| KeyError::RandomnessUnavailable)?;
-        Self::from_pkcs8_der(document.as_ref())
+    pub fn generate(random: &dyn RandomSource) -> Result<Self, KeyError> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        random
+            .fill(seed.as_mut())
+            .map_err(|_| KeyError::RandomnessUnavailable)?;
+        Self::from_seed(&seed)
+    }
+
+    /// The key whose 32-byte Ed25519 private key (RFC 8032 "seed") is `seed`.
+    ///
+    /// # Errors
+    /// Never for 32 bytes; [`KeyError::InvalidPkcs8`] only if the encoding were refused.
+    pub fn from_seed(seed: &[u8; 32]) -> Result<Self, KeyError> {
+        // RFC 8410 §7: SEQUENCE { INTEGER 0, AlgorithmIdentifier { id-Ed25519 },
+        // OCTET STRING { OCTET STRING seed } }.
+        const PREFIX: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        let mut der = Zeroizing::new(Vec::with_capacity(PREFIX.len() + seed.len()));
+        der.extend_from_slice(&PREFIX);
+        der.extend_from_slice(seed);
+        Self::from_pkcs8_der(&der)
     }
 
     /// Loads a PKCS#8 (v1 or v2) Ed25519 private key. For v2 the embedded public key must match.
@@ -286,112 +307,107 @@ impl Jwks {
     }
 }
 
-/// How long after a retired key's last token expired it stays published: the verifier's
-/// largest clock leeway, so a token accepted under leeway still finds its key.
+/// How long after a retired token key's last possible token expired it stays published: the
+/// verifier's largest clock leeway, so a token accepted under leeway still finds its key.
 pub const RETIRED_KEY_GRACE: Duration = Duration::seconds(30);
 
-struct KeyEntry {
-    key: SigningKey,
-    /// `exp` of the last token this key signed (unix seconds), or `i64::MIN`.
-    last_expiry: std::sync::atomic::AtomicI64,
-}
-
-impl KeyEntry {
-    fn new(key: SigningKey) -> Self {
-        Self {
-            key,
-            last_expiry: std::sync::atomic::AtomicI64::new(i64::MIN),
-        }
-    }
-
-    /// Whether a retired key still verifies: its last token (plus the grace) has not expired.
-    fn still_verifies(&self, now: OffsetDateTime) -> bool {
-        let last = self.last_expiry.load(std::sync::atomic::Ordering::SeqCst);
-        now.unix_timestamp() < last.saturating_add(RETIRED_KEY_GRACE.whole_seconds())
-    }
-}
-
-/// The broker's signing keys, with rotation.
+/// A private key kept in a file (PKCS#8 DER), made on first use: the way to keep the broker's
+/// keys (and a bank's attestation key) across restarts, so that what an auditor saved keeps
+/// verifying.
 ///
-/// The newest key signs from the moment it is added. A retired key keeps verifying (stays in
-/// the JWKS) until the last token it signed has expired, plus [`RETIRED_KEY_GRACE`]; then it
-/// drops out.
-pub struct KeySet {
-    current: KeyEntry,
-    retired: Vec<KeyEntry>,
+/// A new file is created with mode `0600` (owner read and write only, on Unix) and synced to
+/// disk before the key is used; an existing file is read as it is, and a file that is not a key
+/// is an error, never overwritten.
+#[derive(Debug, Clone)]
+pub struct KeyFile {
+    path: std::path::PathBuf,
 }
 
-impl KeySet {
-    /// A key set whose only key is `key`.
-    pub fn new(key: SigningKey) -> Self {
-        Self {
-            current: KeyEntry::new(key),
-            retired: Vec::new(),
-        }
-    }
-
-    /// Makes `key` the signing key from `now`; the previous signing key is retired.
-    pub fn rotate(&mut self, key: SigningKey, now: OffsetDateTime) {
-        let previous = std::mem::replace(&mut self.current, KeyEntry::new(key));
-        self.retired.push(previous);
-        self.prune(now);
-    }
-
-    /// The key that signs now.
-    pub fn signing_key(&self) -> &SigningKey {
-        &self.current.key
-    }
-
-    /// Records that a key of this set signed a token expiring at `exp`.
-    pub(crate) fn note_signed(&self, kid: &str, exp: OffsetDateTime) {
-        let entry = std::iter::once(&self.current)
-            .chain(&self.retired)
-            .find(|e| e.key.kid() == kid);
-        if let Some(entry) = entry {
-            entry
-                .last_expiry
-                .fetch_max(exp.unix_timestamp(), std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    /// Drops retired keys whose last token has expired.
-    pub fn prune(&mut self, now: OffsetDateTime) {
-        self.retired.retain(|entry| entry.still_verifies(now));
-    }
-
-    /// The public keys that verify at `now`: the signing key and retired keys still in overlap.
-    pub fn verification_keys(&self, now: OffsetDateTime) -> Vec<Ed25519PublicKey> {
-        std::iter::once(&self.current)
-            .chain(
-                self.retired
-                    .iter()
-                    .filter(|entry| entry.still_verifies(now)),
-            )
-            .map(|entry| entry.key.public_key())
-            .collect()
-    }
-
-    /// The JWKS to publish at `now`.
-    pub fn jwks(&self, now: OffsetDateTime) -> Jwks {
-        Jwks {
-            keys: self
-                .verification_keys(now)
-                .iter()
-                .map(Jwk::from_public_key)
-                .collect(),
-        }
-    }
+/// Whether [`KeyFile::load_or_create`] found the key or made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// The file existed and held the key.
+    Loaded,
+    /// There was no file: a fresh key was generated and written.
+    Created,
 }
 
-impl fmt::Debug for KeySet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(
-                std::iter::once(&self.current)
-                    .chain(&self.retired)
-                    .map(|e| e.key.kid()),
-            )
-            .finish()
+/// A key file that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// The file could not be read, created or synced.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file exists but does not hold an Ed25519 PKCS#8 key.
+    #[error("key file {path}: {source}")]
+    Key {
+        /// The file.
+        path: String,
+        /// Why the bytes are not a key.
+        #[source]
+        source: KeyError,
+    },
+}
+
+impl KeyFile {
+    /// The key file at `path`.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Reads the key, or, if the file does not exist, generates one from `random`, writes it
+    /// (mode `0600`, synced) and returns it.
+    ///
+    /// # Errors
+    /// [`KeyFileError::Io`]; [`KeyFileError::Key`] for a file that is not a key, or when no
+    /// randomness is available for a new one.
+    pub fn load_or_create(
+        &self,
+        random: &dyn RandomSource,
+    ) -> Result<(SigningKey, KeyOrigin), KeyFileError> {
+        let path = self.path.display().to_string();
+        let io = |source| KeyFileError::Io {
+            path: path.clone(),
+            source,
+        };
+        let key_error = |source| KeyFileError::Key {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::read(&self.path) {
+            Ok(der) => {
+                let der = Zeroizing::new(der);
+                return Ok((
+                    SigningKey::from_pkcs8_der(&der).map_err(key_error)?,
+                    KeyOrigin::Loaded,
+                ));
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io(error)),
+        }
+        let key = SigningKey::generate(random).map_err(key_error)?;
+        let mut options = std::fs::OpenOptions::new();
+        // `create_new`: if another process made the file meanwhile, fail rather than overwrite
+        // the key it may already be using.
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&self.path).map_err(io)?;
+        std::io::Write::write_all(&mut file, key.to_pkcs8_der()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok((key, KeyOrigin::Created))
     }
 }
 
@@ -408,6 +424,51 @@ mod tests {
             key.thumbprint(),
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
+    }
+
+    #[test]
+    fn a_seed_gives_the_rfc_8032_key() {
+        // RFC 8032 §7.1, TEST 1.
+        let seed: [u8; 32] = [
+            0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec,
+            0x2c, 0xc4, 0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32, 0x69, 0x19, 0x70, 0x3b, 0xac, 0x03,
+            0x1c, 0xae, 0x7f, 0x60,
+        ];
+        let key = SigningKey::from_seed(&seed).unwrap();
+        assert_eq!(
+            key.public_key().as_bytes(),
+            &[
+                0xd7, 0x5a, 0x98, 0x01, 0x82, 0xb1, 0x0a, 0xb7, 0xd5, 0x4b, 0xfe, 0xd3, 0xc9, 0x64,
+                0x07, 0x3a, 0x0e, 0xe1, 0x72, 0xf3, 0xda, 0xa6, 0x23, 0x25, 0xaf, 0x02, 0x1a, 0x68,
+                0xf7, 0x07, 0x51, 0x1a
+            ]
+        );
+    }
+
+    #[test]
+    fn key_files_are_created_private_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("cb-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = KeyFile::new(dir.join("token.der"));
+        let _ = std::fs::remove_file(file.path());
+        let random = ring::rand::SystemRandom::new();
+        let (made, origin) = file.load_or_create(&random).unwrap();
+        assert_eq!(origin, KeyOrigin::Created);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(file.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (read, origin) = file.load_or_create(&random).unwrap();
+        assert_eq!(origin, KeyOrigin::Loaded);
+        assert_eq!(read.kid(), made.kid());
+        std::fs::write(file.path(), b"not a key").unwrap();
+        assert!(matches!(
+            file.load_or_create(&random),
+            Err(KeyFileError::Key { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

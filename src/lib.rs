@@ -1,67 +1,108 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
-#![deny(missing_docs)]
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+// Lints are set in Cargo.toml's [lints], so they reach every target; the library's own unit tests
+// fail by panicking, and say so here.
 #![cfg_attr(
     test,
     allow(
         clippy::unwrap_used,
         clippy::expect_used,
         clippy::panic,
-        clippy::indexing_slicing
+        clippy::indexing_slicing,
+        reason = "unit tests fail by panicking"
     )
 )]
 
-pub mod attestation;
-pub mod audit;
-pub mod broker;
-pub mod clock;
-pub mod consent;
+mod attestation;
+mod audit;
+mod auditor;
+mod broker;
+pub mod checkpoint;
+mod clock;
+mod consent;
 pub mod crypto;
-pub mod data;
-pub mod error;
-pub mod holder;
-pub mod ids;
-pub mod keys;
-pub mod policy;
-pub mod sets;
-pub mod store;
-pub mod token;
-pub mod vocab;
+mod data;
+mod error;
+mod holder;
+mod ids;
+mod keys;
+pub mod merkle;
+mod policy;
+mod random;
+mod sets;
+mod store;
+mod token;
+mod vocab;
 
-pub use attestation::{Approval, ApprovalStatement, AttestationError, AttestationSigner};
-pub use audit::{Actor, AuditEntry, AuditKind, AuditRecord, Refusal, Revocation};
+#[cfg(feature = "store-conformance")]
+pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+// One path per type: everything is used from the crate root, except the protocol helpers that
+// live in their own namespaces (`checkpoint`, `merkle`, `crypto`) and the test kits.
+pub use attestation::{
+    ATTESTATION_LEEWAY, ATTESTATION_TYPE, ApprovalStatement, AttestationError, AttestationSigner,
+    CheckedAttestation, DEFAULT_ATTESTATION_LIFETIME, Expectations, MAX_ATTESTATION_LEN,
+    MAX_ATTESTATION_LIFETIME, check_attestation,
+};
+pub use audit::{Actor, AuditEntry, AuditEvent, AuditKind, AuditRecord, Refusal, Revocation};
+pub use auditor::{
+    LogError, LogReport, ProveError, Receipt, ReceiptError, SigningError, StoreNodes,
+    checkpoint_log, consent_history, decode_hashes, encode_hashes, prove, subject_history,
+    verify_log,
+};
 pub use broker::{
-    AccessOutcome, AccessToken, Broker, BrokerBuilder, ConsentView, Denial, HolderRegistration,
-    Permit, TokenOutcome,
+    AccessOutcome, AccessToken, Broker, BrokerBuilder, BrokerKeys, ConsentView,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_PERMIT_LIFETIME, Denial, HolderRegistration, NeedsKeys, Permit,
+    Registered, TokenOutcome, published_jwks,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use consent::{
-    AccountSelection, Consent, ConsentError, ConsentRequest, ConsentRequestDraft, ConsentState,
-    ConsentStatus, Grant, RequestError, RevocationReason, Revoker,
+    ABSOLUTE_MAX_CONSENT_DURATION, AccountSelection, Approval, Consent, ConsentError,
+    ConsentRequest, ConsentRequestDraft, ConsentState, ConsentStatus, DEFAULT_APPROVAL_WINDOW,
+    DEFAULT_MAX_CONSENT_DURATION, Grant, RequestError, RequestLimits, RevocationReason, Revoker,
 };
-pub use data::{AccountData, Balance, DataError, DataHolder, FraudAlert, serve};
-pub use error::Error;
-pub use holder::{ConsentStatusSource, StoreStatus, TokenVerifier, VerifiedAccess};
+pub use data::{
+    AccountData, AlertsGrant, Balance, BalanceGrant, DataError, DataHolder, FraudAlert, Money,
+    Transaction, TransactionsGrant, serve, serve_alerts, serve_balance, serve_transactions,
+};
+pub use error::{Error, RegistrationField};
+pub use holder::{
+    ConsentStatusSource, MemoryVerificationLog, ReplayGuard, StoreStatus, TokenVerifier,
+    VerificationAudit, VerificationRecord, VerifiedAccess, VerifierSetupError,
+};
 pub use ids::{
-    AccountId, BrokerId, ConsentId, HolderId, IdError, IdGenerator, PlatformId, RandomIds,
-    SequentialIds, SubjectId,
+    AccountId, BrokerId, ConsentId, HolderId, IdError, IdGenerator, MAX_ID_LEN, PlatformId,
+    RandomIds, SequentialIds, SubjectId,
 };
-pub use keys::{Ed25519PublicKey, Jwk, Jwks, KeyError, KeySet, SigningKey};
+pub use keys::{
+    ED25519_PUBLIC_KEY_LEN, Ed25519PublicKey, Jwk, Jwks, KeyError, KeyFile, KeyFileError,
+    KeyOrigin, RETIRED_KEY_GRACE, SigningKey,
+};
 pub use policy::{
-    AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, PolicyError, Presence,
-    Usage, evaluate,
+    AccessRequest, DEFAULT_UNATTENDED_DAILY_LIMIT, Decision, DenyReason, HolderPolicy,
+    PlatformProfile, PolicyError, Presence, Usage, evaluate, prohibited_reasons,
 };
+pub use random::{RandomError, RandomSource};
+/// The operating system's CSPRNG, `ring`'s: the [`RandomSource`] production code uses.
+pub use ring::rand::SystemRandom;
 pub use sets::{AccountSet, Flag, FlagIter, FlagSet, PurposeSet, ScopeSet};
-#[cfg(feature = "postgres")]
-pub use store::PostgresStore;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use store::Migration;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
-pub use store::{MemoryStore, Store, StoreError};
-pub use token::{AccessClaims, TokenError};
+pub use store::{
+    Change, Commit, CommitParts, CommitReceipt, HolderRecord, KeyUse, LogRead, MemoryStore,
+    Precondition, PublishedKey, ReadOnly, RecordKind, StateRead, Store, StoreError,
+    StoredCheckpoint, StoredEntry,
+};
+#[cfg(feature = "postgres")]
+pub use store::{PostgresOptions, PostgresStore};
+/// The `time` crate, whose `OffsetDateTime` and `Duration` the API takes and returns.
+pub use time;
+pub use token::{
+    AccessClaims, ClaimProblem, DEFAULT_TOKEN_LIFETIME, MAX_LEEWAY, MAX_TOKEN_LEN,
+    MAX_TOKEN_LIFETIME, MAX_UNIX_TIME, TOKEN_TYPE, TokenError, TokenExpectations, TokenPart,
+    check_token,
+};
 pub use vocab::{ProhibitedUse, Purpose, RequestedPurpose, RequestedScope, Scope, VocabError};

@@ -192,6 +192,79 @@ pub enum DenyReason {
     },
 }
 
+impl std::fmt::Display for DenyReason {
+    /// A sentence a person can read, naming no identifier but the account they asked about.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ProhibitedPurpose { prohibited } | Self::ProhibitedScope { prohibited } => {
+                write!(f, "{} is never allowed", prohibited_use_words(*prohibited))
+            }
+            Self::UnknownConsent => f.write_str("there is no such consent"),
+            Self::WrongPlatform => f.write_str("the consent was given to another service"),
+            Self::PurposeNotRegistered { purpose } => write!(
+                f,
+                "this service is not registered for {}",
+                purpose_words(*purpose)
+            ),
+            Self::NotAuthorised => f.write_str("the consent has not been approved"),
+            Self::Rejected => f.write_str("the consent was declined"),
+            Self::Revoked { by } => write!(
+                f,
+                "the consent was withdrawn by {}",
+                match by {
+                    Revoker::Subject => "the customer",
+                    Revoker::Holder => "the bank",
+                    Revoker::Platform => "the service",
+                }
+            ),
+            Self::Expired { .. } => f.write_str("the consent has expired"),
+            Self::ScopeNotGranted { scope } => {
+                write!(f, "the consent does not cover {}", scope_words(*scope))
+            }
+            Self::PurposeNotGranted { purpose } => {
+                write!(
+                    f,
+                    "the consent does not allow use for {}",
+                    purpose_words(*purpose)
+                )
+            }
+            Self::AccountNotGranted { account } => {
+                write!(f, "the consent does not cover account {account}")
+            }
+            Self::HolderForbidsScope { scope } => {
+                write!(f, "the bank does not share {}", scope_words(*scope))
+            }
+            Self::FrequencyExceeded { limit } => write!(
+                f,
+                "the {limit} background checks allowed today have been used"
+            ),
+        }
+    }
+}
+
+fn prohibited_use_words(used: ProhibitedUse) -> &'static str {
+    match used {
+        ProhibitedUse::Ads => "use for advertising",
+        ProhibitedUse::CrossSelling => "use for selling other products",
+        ProhibitedUse::DataSale => "selling the data",
+    }
+}
+
+fn purpose_words(purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::CustomerService => "answering the customer's questions",
+        Purpose::FraudProtection => "fraud protection",
+    }
+}
+
+fn scope_words(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Balance => "account balances",
+        Scope::Alerts => "fraud alerts",
+        Scope::Transactions => "transaction history",
+    }
+}
+
 /// The answer of the checked policy call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "snake_case", try_from = "DecisionWire")]

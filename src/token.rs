@@ -2,7 +2,7 @@
 //!
 //! A permit becomes a JWT (RFC 9068 shape): header `alg` `EdDSA`, `typ` `at+jwt`, `kid` the RFC
 //! 7638 thumbprint of the broker's key; claims `iss`, `aud`, `sub`, `client_id`, `cid`, `scope`,
-//! `purpose`, `acct`, `iat`, `nbf`, `exp`, `jti`. [`check`] is the pure part of verification:
+//! `purpose`, `acct`, `iat`, `nbf`, `exp`, `jti`. [`check_token`] is the pure part of verification:
 //! it parses the token itself, strictly (exact segment count, unpadded base64url, exact JSON
 //! types, every claim required), verifies the signature through jsonwebtoken's process-wide
 //! provider, and checks times against the caller's `now`. It never follows `jku`, `x5u` or an
@@ -310,7 +310,7 @@ fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<i64, TokenError
 ///
 /// # Errors
 /// The first failed check, as a [`TokenError`].
-pub fn check(
+pub fn check_token(
     token: &str,
     key_for: impl Fn(&str) -> Option<Ed25519PublicKey>,
     expected: &TokenExpectations<'_>,

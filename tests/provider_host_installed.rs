@@ -1,5 +1,6 @@
 //! A host application that installs its own provider before `install()` keeps it.
 //! Its own test binary, hence its own process: the process-wide provider starts empty.
+#![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
 use consent_broker::crypto::{Installed, RING_PROVIDER, install};
 use jsonwebtoken::crypto::{CryptoProvider, KeyUtils, sign, verify};

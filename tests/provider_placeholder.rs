@@ -1,6 +1,7 @@
 //! A jsonwebtoken call before any provider is installed leaves the panicking placeholder for
 //! the life of the process; `install()` must detect it and report it, not panic.
 //! Its own test binary, hence its own process.
+#![expect(clippy::expect_used, reason = "tests fail by panicking")]
 
 use std::panic;
 

@@ -1,13 +1,13 @@
 //! One setup for every benchmark: a broker on a manual clock over a shared in-memory store, a
 //! registered bank and platform, and a live balance grant.
-#![allow(dead_code, clippy::unwrap_used)]
+#![expect(clippy::unwrap_used, reason = "a benchmark's setup fails by panicking")]
+#![allow(dead_code, reason = "each benchmark uses its own part of the setup")]
 
 use std::sync::Arc;
 
+use consent_broker::time::Duration;
+use consent_broker::time::macros::datetime;
 use consent_broker::*;
-use ring::rand::SystemRandom;
-use time::Duration;
-use time::macros::datetime;
 
 pub struct Setup<S: Store = Arc<MemoryStore>> {
     pub broker: Broker<S>,
@@ -21,6 +21,11 @@ pub struct Setup<S: Store = Arc<MemoryStore>> {
     pub access: AccessRequest,
 }
 
+/// The benchmarks' broker keys (a fixed seed), the same for every broker on one store.
+pub fn keys() -> BrokerKeys {
+    BrokerKeys::ephemeral(&consent_broker::testing::SeededRandom::new(1)).unwrap()
+}
+
 pub fn setup() -> Setup {
     setup_on(Arc::new(MemoryStore::new()))
 }
@@ -30,6 +35,7 @@ pub fn setup_on<S: Store + Clone>(store: S) -> Setup<S> {
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-21 09:00 UTC)));
     let broker = Broker::builder("broker".parse().unwrap(), store.clone())
         .clock(clock.clone())
+        .keys(keys())
         .build()
         .unwrap();
     let rng = SystemRandom::new();
@@ -61,19 +67,19 @@ pub fn setup_on<S: Store + Clone>(store: S) -> Setup<S> {
         })
         .unwrap();
     let statement = ApprovalStatement {
-        consent: request.id.clone(),
-        subject: request.subject.clone(),
-        scopes: request.scopes,
-        purposes: request.purposes,
+        consent: request.id().clone(),
+        subject: request.subject().clone(),
+        scopes: request.scopes(),
+        purposes: request.purposes(),
         accounts: AccountSet::from([account.clone()]),
         consent_expires_at: broker.now() + Duration::days(90),
     };
     let attestation = signer
         .sign(&statement, broker.id(), broker.now(), &rng)
         .unwrap();
-    let consent = broker.approve(&request.id, &attestation).unwrap();
+    let consent = broker.approve(request.id(), &attestation).unwrap();
     let access = AccessRequest {
-        consent: request.id.clone(),
+        consent: request.id().clone(),
         platform: profile.id.clone(),
         scope: Scope::Balance.into(),
         purpose: Purpose::CustomerService.into(),

@@ -12,13 +12,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use consent_broker::audit::checkpoint::{NoteSigner, NoteVerifier};
-use consent_broker::audit::log::{self, LogError, Receipt, StoreNodes};
-use consent_broker::audit::merkle;
-use consent_broker::holder::{StoreStatus, TokenVerifier};
-use consent_broker::keys::{Jwk, Jwks};
+use consent_broker::checkpoint::{NoteSigner, NoteVerifier};
 use consent_broker::{
-    BrokerId, ConsentId, HolderId, SigningKey, SqliteStore, Store, SubjectId, SystemClock,
+    BrokerId, Clock, ConsentId, HolderId, Jwks, LogError, LogRead, SigningKey, SqliteStore,
+    StoreStatus, SubjectId, SystemClock, TokenVerifier, checkpoint_log, consent_history,
+    encode_hashes, prove, published_jwks, subject_history, verify_log,
 };
 
 #[derive(Parser)]
@@ -103,7 +101,8 @@ enum AuditCommand {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Print the JWKS of every token signing key the store has published.
+    /// Print the JWKS of the token keys the store publishes now (the active key, and retired
+    /// keys whose last tokens may still be presented).
     Jwks {
         #[command(flatten)]
         db: Db,
@@ -112,7 +111,8 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Verify an access token as the bank would (keys and consent status from the store).
+    /// Verify an access token as the bank would (the keys the store publishes now, consent
+    /// status from the store).
     Verify {
         #[command(flatten)]
         db: Db,
@@ -149,15 +149,10 @@ fn open(db: &Db) -> Result<SqliteStore, String> {
     SqliteStore::open(&db.db).map_err(|e| format!("{}: {e}", db.db.display()))
 }
 
-/// Every token signing key the store has published, as a JWKS.
-fn published_jwks(store: &dyn Store) -> Result<Jwks, String> {
-    let keys = store.signing_keys().map_err(|e| e.to_string())?;
-    Ok(Jwks {
-        keys: keys
-            .iter()
-            .map(|k| Jwk::from_public_key(&k.public_key))
-            .collect(),
-    })
+/// The token keys the store publishes now: the active key, and retired keys whose last tokens may
+/// still be presented (never every key ever published).
+fn current_jwks(store: &SqliteStore) -> Result<Jwks, String> {
+    published_jwks(store, SystemClock.now()).map_err(|e| e.to_string())
 }
 
 fn read(path: &PathBuf) -> Result<String, String> {
@@ -177,8 +172,7 @@ fn run(command: Command) -> Outcome {
             let der = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
             let key = SigningKey::from_pkcs8_der(&der).map_err(|e| e.to_string())?;
             let signer = NoteSigner::new(&origin, key.to_pkcs8_der()).map_err(|e| e.to_string())?;
-            let signed =
-                log::checkpoint_log(&store, &origin, &signer).map_err(|e| e.to_string())?;
+            let signed = checkpoint_log(&store, &origin, &signer).map_err(|e| e.to_string())?;
             print!("{}", signed.note);
             Ok(true)
         }
@@ -191,20 +185,7 @@ fn run(command: Command) -> Outcome {
                 .ok_or_else(|| {
                     format!("no checkpoint covers entry {index}; sign one with `audit checkpoint`")
                 })?;
-            let entry = store
-                .audit_bytes(index..index + 1)
-                .map_err(|e| e.to_string())?
-                .pop()
-                .ok_or_else(|| format!("there is no entry {index}"))?;
-            let proof = merkle::inclusion_proof(index, checkpoint.size, &StoreNodes(&store))
-                .map_err(|e| e.to_string())?;
-            let receipt = Receipt {
-                index,
-                entry: String::from_utf8(entry.bytes).map_err(|_| "entry is not UTF-8")?,
-                tree_size: checkpoint.size,
-                proof: log::encode_hashes(&proof),
-                checkpoint: checkpoint.note,
-            };
+            let receipt = prove(&store, index, &checkpoint).map_err(|e| e.to_string())?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&receipt).map_err(|e| e.to_string())?
@@ -220,11 +201,11 @@ fn run(command: Command) -> Outcome {
             let entries = match (subject, consent) {
                 (Some(subject), _) => {
                     let subject: SubjectId = subject.parse().map_err(|e| format!("{e}"))?;
-                    log::subject_history(&store, &subject)
+                    subject_history(&store, &subject)
                 }
                 (None, Some(consent)) => {
                     let consent: ConsentId = consent.parse().map_err(|e| format!("{e}"))?;
-                    log::consent_history(&store, &consent)
+                    consent_history(&store, &consent)
                 }
                 (None, None) => return Err("give --subject or --consent".into()),
             }
@@ -239,7 +220,7 @@ fn run(command: Command) -> Outcome {
         }
         Command::Keys(KeysCommand::Jwks { db }) => {
             let store = open(&db)?;
-            let jwks = published_jwks(&store)?;
+            let jwks = current_jwks(&store)?;
             println!("{}", jwks.to_json());
             Ok(true)
         }
@@ -249,10 +230,10 @@ fn run(command: Command) -> Outcome {
             issuer,
             token,
         }) => {
-            let store: Arc<dyn Store> = Arc::new(open(&db)?);
+            let store = Arc::new(open(&db)?);
             let holder: HolderId = holder.parse().map_err(|e| format!("{e}"))?;
             let issuer: BrokerId = issuer.parse().map_err(|e| format!("{e}"))?;
-            let jwks = published_jwks(&*store)?;
+            let jwks = current_jwks(&store)?;
             let verifier = TokenVerifier::new(
                 holder,
                 issuer,
@@ -308,9 +289,9 @@ fn verify(
         (None, _) => None,
     };
     let against = note.as_deref().zip(verifier.as_ref());
-    match log::verify_log(&store, against) {
+    match verify_log(&store, against) {
         Ok(report) => {
-            let root = log::encode_hashes(&[report.root]).concat();
+            let root = encode_hashes(&[report.root]).concat();
             match report.checkpoint {
                 Some(checkpoint) => println!(
                     "valid: {} entries, root {root}; consistent with the signed checkpoint of size {}",

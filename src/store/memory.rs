@@ -10,13 +10,12 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use time::Date;
 
 use super::{
-    Change, Commit, CommitReceipt, HolderRecord, Precondition, PublishedKey, RecordKind, Store,
-    StoreError, StoredCheckpoint, StoredEntry,
+    Change, Commit, CommitReceipt, HolderRecord, LogRead, Precondition, PublishedKey, RecordKind,
+    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
 };
-use crate::audit::AuditEntry;
-use crate::audit::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource};
 use crate::consent::{AccountSelection, Consent, ConsentState};
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
+use crate::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource};
 use crate::policy::{PlatformProfile, Usage};
 
 /// A [`Store`] that keeps everything in memory.
@@ -35,7 +34,7 @@ struct Inner {
     by_subject: HashMap<SubjectId, Vec<ConsentId>>,
     usage: HashMap<(ConsentId, Date), Usage>,
     attestations: HashSet<String>,
-    signing_keys: Vec<PublishedKey>,
+    keys: Vec<PublishedKey>,
     /// Entry bytes, by sequence number.
     audit: Vec<Vec<u8>>,
     nodes: MemoryNodes,
@@ -50,8 +49,8 @@ enum Undo {
     ConsentUpdated(Consent),
     Usage((ConsentId, Date), Option<Usage>),
     Attestation(String),
-    SigningKey,
-    Checkpoint,
+    KeyActivated,
+    KeyRetired(usize),
 }
 
 impl MemoryStore {
@@ -76,16 +75,17 @@ fn poisoned() -> StoreError {
 impl Inner {
     fn check(&self, precondition: &Precondition) -> bool {
         match precondition {
-            Precondition::ConsentVersion { consent, version } => {
-                self.consents.get(consent).map(|c| c.version) == Some(*version)
-            }
-            Precondition::HolderVersion { holder, version } => {
-                self.holders.get(holder).map(|h| h.version) == Some(*version)
-            }
+            Precondition::ConsentVersion {
+                consent, version, ..
+            } => self.consents.get(consent).map(|c| c.version) == Some(*version),
+            Precondition::HolderVersion {
+                holder, version, ..
+            } => self.holders.get(holder).map(|h| h.version) == Some(*version),
             Precondition::UsageIs {
                 consent,
                 day,
                 usage,
+                ..
             } => {
                 self.usage
                     .get(&(consent.clone(), *day))
@@ -125,34 +125,34 @@ impl Inner {
 
     fn apply(&mut self, change: Change) -> Result<Undo, StoreError> {
         match change {
-            Change::InsertHolder(record) => {
-                if self.holders.contains_key(&record.id) {
-                    return Err(duplicate(RecordKind::Holder, record.id.as_str()));
+            Change::InsertHolder { holder, .. } => {
+                if self.holders.contains_key(&holder.id) {
+                    return Err(duplicate(RecordKind::Holder, holder.id.as_str()));
                 }
-                let id = record.id.clone();
-                self.holders.insert(id.clone(), record);
+                let id = holder.id.clone();
+                self.holders.insert(id.clone(), holder);
                 Ok(Undo::Holder(id, None))
             }
-            Change::UpdateHolder(record) => {
-                let Some(stored) = self.holders.get(&record.id) else {
-                    return Err(missing(RecordKind::Holder, record.id.as_str()));
+            Change::UpdateHolder { holder, .. } => {
+                let Some(stored) = self.holders.get(&holder.id) else {
+                    return Err(missing(RecordKind::Holder, holder.id.as_str()));
                 };
-                if stored.version.checked_add(1) != Some(record.version) {
+                if stored.version.checked_add(1) != Some(holder.version) {
                     return Err(StoreError::Conflict);
                 }
-                let id = record.id.clone();
-                let old = self.holders.insert(id.clone(), record);
+                let id = holder.id.clone();
+                let old = self.holders.insert(id.clone(), holder);
                 Ok(Undo::Holder(id, old))
             }
-            Change::InsertPlatform(profile) => {
-                if self.platforms.contains_key(&profile.id) {
-                    return Err(duplicate(RecordKind::Platform, profile.id.as_str()));
+            Change::InsertPlatform { platform, .. } => {
+                if self.platforms.contains_key(&platform.id) {
+                    return Err(duplicate(RecordKind::Platform, platform.id.as_str()));
                 }
-                let id = profile.id.clone();
-                self.platforms.insert(id.clone(), profile);
+                let id = platform.id.clone();
+                self.platforms.insert(id.clone(), platform);
                 Ok(Undo::Platform(id))
             }
-            Change::InsertConsent(mut consent) => {
+            Change::InsertConsent { mut consent, .. } => {
                 self.share_ids(&mut consent);
                 if self.consents.contains_key(consent.id()) {
                     return Err(duplicate(RecordKind::Consent, consent.id().as_str()));
@@ -166,7 +166,7 @@ impl Inner {
                 self.consents.insert(id.clone(), Box::new(consent));
                 Ok(Undo::ConsentInserted(id, subject))
             }
-            Change::UpdateConsent(mut consent) => {
+            Change::UpdateConsent { mut consent, .. } => {
                 self.share_ids(&mut consent);
                 let Some(stored) = self.consents.get_mut(consent.id()) else {
                     return Err(missing(RecordKind::Consent, consent.id().as_str()));
@@ -176,7 +176,7 @@ impl Inner {
                 }
                 Ok(Undo::ConsentUpdated(std::mem::replace(stored, consent)))
             }
-            Change::CountUnattendedAccess { consent, day } => {
+            Change::CountUnattendedAccess { consent, day, .. } => {
                 let key = (consent, day);
                 let old = self.usage.get(&key).copied();
                 let mut usage = old.unwrap_or_default();
@@ -184,29 +184,50 @@ impl Inner {
                 self.usage.insert(key.clone(), usage);
                 Ok(Undo::Usage(key, old))
             }
-            Change::UseAttestation(id) => {
-                if !self.attestations.insert(id.clone()) {
-                    return Err(duplicate(RecordKind::Attestation, &id));
+            Change::UseAttestation { attestation_id, .. } => {
+                if !self.attestations.insert(attestation_id.clone()) {
+                    return Err(duplicate(RecordKind::Attestation, &attestation_id));
                 }
-                Ok(Undo::Attestation(id))
+                Ok(Undo::Attestation(attestation_id))
             }
-            Change::RecordCheckpoint(checkpoint) => {
+            Change::ActivateKey { key, .. } => {
                 if self
-                    .checkpoints
-                    .last()
-                    .is_some_and(|last| last.size > checkpoint.size)
+                    .keys
+                    .iter()
+                    .any(|k| k.key_use == key.key_use && k.kid == key.kid)
+                {
+                    return Err(duplicate(RecordKind::Key, &key.kid));
+                }
+                // One active key per use: another broker activated one first.
+                if self
+                    .keys
+                    .iter()
+                    .any(|k| k.key_use == key.key_use && k.is_active())
                 {
                     return Err(StoreError::Conflict);
                 }
-                self.checkpoints.push(checkpoint);
-                Ok(Undo::Checkpoint)
+                self.keys.push(key);
+                Ok(Undo::KeyActivated)
             }
-            Change::PublishSigningKey(key) => {
-                if self.signing_keys.iter().any(|k| k.kid == key.kid) {
-                    return Err(duplicate(RecordKind::SigningKey, &key.kid));
+            Change::RetireKey {
+                key_use,
+                kid,
+                retired_at,
+                verifies_until,
+                ..
+            } => {
+                let Some(position) = self
+                    .keys
+                    .iter()
+                    .position(|k| k.key_use == key_use && k.kid == kid && k.is_active())
+                else {
+                    return Err(missing(RecordKind::Key, &kid));
+                };
+                if let Some(key) = self.keys.get_mut(position) {
+                    key.retired_at = Some(retired_at);
+                    key.verifies_until = verifies_until;
                 }
-                self.signing_keys.push(key);
-                Ok(Undo::SigningKey)
+                Ok(Undo::KeyRetired(position))
             }
         }
     }
@@ -240,11 +261,14 @@ impl Inner {
             Undo::Attestation(id) => {
                 self.attestations.remove(&id);
             }
-            Undo::SigningKey => {
-                self.signing_keys.pop();
+            Undo::KeyActivated => {
+                self.keys.pop();
             }
-            Undo::Checkpoint => {
-                self.checkpoints.pop();
+            Undo::KeyRetired(position) => {
+                if let Some(key) = self.keys.get_mut(position) {
+                    key.retired_at = None;
+                    key.verifies_until = None;
+                }
             }
         }
     }
@@ -264,7 +288,7 @@ fn missing(kind: RecordKind, id: &str) -> StoreError {
     }
 }
 
-impl Store for MemoryStore {
+impl StateRead for MemoryStore {
     fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
         Ok(self.read()?.holders.get(id).cloned())
     }
@@ -303,6 +327,12 @@ impl Store for MemoryStore {
         Ok(self.read()?.attestations.contains(attestation_id))
     }
 
+    fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
+        Ok(self.read()?.keys.clone())
+    }
+}
+
+impl LogRead for MemoryStore {
     fn audit_len(&self) -> Result<u64, StoreError> {
         Ok(self.read()?.audit.len() as u64)
     }
@@ -342,46 +372,39 @@ impl Store for MemoryStore {
     fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
         Ok(self.read()?.checkpoints.last().cloned())
     }
+}
 
-    fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
-        Ok(self.read()?.signing_keys.clone())
-    }
-
+impl Store for MemoryStore {
     fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
+        let parts = commit.into_parts();
         let mut inner = self.write()?;
-        if !commit.preconditions.iter().all(|p| inner.check(p)) {
+        if !parts.preconditions.iter().all(|p| inner.check(p)) {
             return Err(StoreError::Conflict);
         }
-        let mut undo_log = Vec::with_capacity(commit.changes.len());
-        for change in commit.changes {
+        let mut undo_log = Vec::with_capacity(parts.changes.len());
+        let rollback = |inner: &mut Inner, undo_log: Vec<Undo>| {
+            for undo in undo_log.into_iter().rev() {
+                inner.undo(undo);
+            }
+        };
+        for change in parts.changes {
             match inner.apply(change) {
                 Ok(undo) => undo_log.push(undo),
                 Err(error) => {
-                    for undo in undo_log.into_iter().rev() {
-                        inner.undo(undo);
-                    }
+                    rollback(&mut inner, undo_log);
                     return Err(error);
                 }
             }
         }
-        // Encoding and hashing cannot fail half-way through the log: prepare every entry first.
+        // Encoding cannot fail half-way through the log: prepare every entry first.
         let first = inner.audit.len() as u64;
-        let mut prepared = Vec::with_capacity(commit.audit.len());
-        for (offset, record) in commit.audit.into_iter().enumerate() {
-            let entry = AuditEntry {
-                seq: first + offset as u64,
-                record,
-            };
-            let bytes = entry
-                .to_bytes()
-                .map_err(|e| StoreError::Unavailable(e.to_string()));
-            match bytes {
+        let mut prepared = Vec::with_capacity(parts.records.len());
+        for (seq, record) in (first..).zip(&parts.records) {
+            match record.entry_bytes(seq) {
                 Ok(bytes) => prepared.push(bytes),
                 Err(error) => {
-                    for undo in undo_log.into_iter().rev() {
-                        inner.undo(undo);
-                    }
-                    return Err(error);
+                    rollback(&mut inner, undo_log);
+                    return Err(StoreError::Unavailable(format!("encoding: {error}")));
                 }
             }
         }
@@ -396,5 +419,17 @@ impl Store for MemoryStore {
         Ok(CommitReceipt {
             audit_seqs: first..inner.audit.len() as u64,
         })
+    }
+
+    fn record_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+        let mut inner = self.write()?;
+        match inner.checkpoints.last() {
+            Some(last) if last.size > checkpoint.size => Err(StoreError::Conflict),
+            Some(last) if last.size == checkpoint.size => Ok(()),
+            _ => {
+                inner.checkpoints.push(checkpoint.clone());
+                Ok(())
+            }
+        }
     }
 }

@@ -1,176 +1,49 @@
-//! Storage: one [`Store`] trait, committed atomically.
+//! Storage, split by what each user needs.
 //!
-//! A [`Commit`] carries preconditions, state changes and audit records. A store applies all of
-//! it or none of it: if a precondition fails, a change conflicts or the write fails, nothing is
-//! visible afterwards, and the audit log has no gap. The broker relies on this for its central
-//! promise: a permit is returned only after its audit entry is durable in the same commit as the
-//! usage it consumed.
+//! - [`LogRead`]: the audit log, read-only (length, entry bytes, Merkle nodes, checkpoints). What
+//!   an auditor, the command-line tool and log verification need, and all they get.
+//! - [`StateRead`]: the broker's state, read-only (holders, platforms, consents, usage, used
+//!   attestations, published keys).
+//! - [`Store`]: both, plus [`Store::commit`], which applies a [`Commit`] atomically: its
+//!   preconditions, state changes and audit records all, or none of it. If a precondition fails,
+//!   a change conflicts or the write fails, nothing is visible afterwards and the audit log has no
+//!   gap.
+//!
+//! A [`Commit`] and its [`Change`]s can be read by anyone (so a store for another database can
+//! apply them) but built only by this crate, and every commit carries at least one audit record:
+//! there is no way, through this API, to change state without the log saying so. A store keeps
+//! what it was given; the broker re-checks nothing it reads back, which is why the bank decides
+//! from its own records, not from the platform's store.
 //!
 //! Preconditions give optimistic concurrency: a decision taken on a consent at version `v`
 //! commits only if the consent is still at `v`, so a permit can never be committed after a
 //! revocation that it did not see.
 
+mod commit;
 mod memory;
-#[cfg(feature = "postgres")]
-pub mod postgres;
+mod records;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod rows;
-#[cfg(feature = "sqlite")]
-pub mod sqlite;
+mod sql;
 
+pub use commit::{Change, Commit, CommitParts, CommitReceipt, Precondition};
 pub use memory::MemoryStore;
+pub use records::{HolderRecord, KeyUse, PublishedKey, RecordKind, StoredCheckpoint, StoredEntry};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql::Migration;
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresStore;
+pub use sql::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use sql::sqlite::SqliteStore;
 
 use std::ops::Range;
 
-use serde::{Deserialize, Serialize};
 use time::Date;
 
-use crate::audit::merkle::Hash;
-use crate::audit::{AuditEntry, AuditRecord};
+use crate::audit::AuditEntry;
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
-use crate::keys::Ed25519PublicKey;
-use crate::policy::{HolderPolicy, PlatformProfile, Usage};
-
-/// What the broker knows of a holder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HolderRecord {
-    /// The holder.
-    pub id: HolderId,
-    /// Its policy.
-    pub policy: HolderPolicy,
-    /// Keys that sign its attestations.
-    pub attestation_keys: Vec<Ed25519PublicKey>,
-    /// Incremented by every change.
-    pub version: u64,
-}
-
-/// A condition that must still hold when a commit is applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Precondition {
-    /// The consent is stored at exactly this version.
-    ConsentVersion {
-        /// The consent.
-        consent: ConsentId,
-        /// The version read.
-        version: u64,
-    },
-    /// The holder record is stored at exactly this version (its policy was read).
-    HolderVersion {
-        /// The holder.
-        holder: HolderId,
-        /// The version read.
-        version: u64,
-    },
-    /// Today's usage of the consent is exactly this.
-    UsageIs {
-        /// The consent.
-        consent: ConsentId,
-        /// The UTC day.
-        day: Date,
-        /// The usage read.
-        usage: Usage,
-    },
-}
-
-/// A state change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Change {
-    /// Adds a holder; fails with [`StoreError::Duplicate`] if the id exists.
-    InsertHolder(HolderRecord),
-    /// Replaces a holder; its version must be one more than the stored one.
-    UpdateHolder(HolderRecord),
-    /// Adds a platform; fails with [`StoreError::Duplicate`] if the id exists.
-    InsertPlatform(PlatformProfile),
-    /// Adds a consent; fails with [`StoreError::Duplicate`] if the id exists.
-    InsertConsent(Consent),
-    /// Replaces a consent; its version must be one more than the stored one.
-    UpdateConsent(Consent),
-    /// Counts one unattended access of the consent on the day.
-    CountUnattendedAccess {
-        /// The consent.
-        consent: ConsentId,
-        /// The UTC day.
-        day: Date,
-    },
-    /// Marks an attestation id as used; fails with [`StoreError::Duplicate`] if it was.
-    UseAttestation(String),
-    /// Publishes the public half of a token signing key; fails with [`StoreError::Duplicate`]
-    /// if its kid is already published.
-    PublishSigningKey(PublishedKey),
-    /// Records a signed checkpoint; it must not be smaller than the latest one recorded
-    /// ([`StoreError::Conflict`] otherwise).
-    RecordCheckpoint(StoredCheckpoint),
-}
-
-/// An audit entry as stored: its position and the exact bytes that were hashed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEntry {
-    /// Its sequence number (its leaf index in the Merkle tree).
-    pub seq: u64,
-    /// The entry's JSON bytes, exactly as written and hashed.
-    pub bytes: Vec<u8>,
-}
-
-/// A checkpoint the broker signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredCheckpoint {
-    /// The tree size it covers.
-    pub size: u64,
-    /// The tree's root hash at that size.
-    pub root: Hash,
-    /// The signed note (C2SP `tlog-checkpoint` in a `signed-note`).
-    pub note: String,
-}
-
-/// The public half of a token signing key, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishedKey {
-    /// Key id (RFC 7638 thumbprint).
-    pub kid: String,
-    /// The public key.
-    pub public_key: Ed25519PublicKey,
-    /// When it started signing.
-    #[serde(with = "time::serde::timestamp")]
-    pub activated_at: time::OffsetDateTime,
-}
-
-/// The kind of record a duplicate id belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RecordKind {
-    /// A holder.
-    Holder,
-    /// A platform.
-    Platform,
-    /// A consent.
-    Consent,
-    /// An attestation id.
-    Attestation,
-    /// A token signing key.
-    SigningKey,
-    /// A checkpoint.
-    Checkpoint,
-    /// An audit entry.
-    AuditEntry,
-}
-
-/// Everything one commit applies, atomically.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Commit {
-    /// Checked first; if any fails, nothing is applied ([`StoreError::Conflict`]).
-    pub preconditions: Vec<Precondition>,
-    /// Applied in order.
-    pub changes: Vec<Change>,
-    /// Appended to the audit log, in order, with consecutive sequence numbers.
-    pub audit: Vec<AuditRecord>,
-}
+use crate::merkle::Hash;
+use crate::policy::{PlatformProfile, Usage};
 
 /// A storage failure. After any error, the commit left no trace.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,7 +68,7 @@ pub enum StoreError {
         /// The id.
         id: String,
     },
-    /// The store cannot be used (an I/O failure, a lost connection, …).
+    /// The store cannot be used right now (an I/O failure, a lost connection, …).
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
     /// The file is not a database of this store's kind.
@@ -228,51 +101,18 @@ pub enum StoreError {
     Busy(String),
 }
 
-/// Where the audit entries of a commit landed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitReceipt {
-    /// Sequence numbers of the commit's audit entries.
-    pub audit_seqs: Range<u64>,
+impl StoreError {
+    /// Whether trying the same call again later can succeed without anyone fixing anything: a
+    /// conflict with a concurrent writer, a lock held too long, a store that could not be reached.
+    /// A duplicate, a missing record, a full disk, a read-only or corrupt or foreign database need
+    /// a person (or different input) first.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Conflict | Self::Busy(_) | Self::Unavailable(_))
+    }
 }
 
-/// Durable state of the broker: registrations, consents, usage, used attestations, audit log.
-pub trait Store: Send + Sync {
-    /// A holder's record.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`].
-    fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError>;
-
-    /// A platform's profile.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`].
-    fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError>;
-
-    /// A consent.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`].
-    fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError>;
-
-    /// Every consent of a subject, oldest first.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`].
-    fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError>;
-
-    /// A consent's usage on a UTC day (zero if none was recorded).
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`].
-    fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError>;
-
-    /// Whether an attestation id was already used.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`].
-    fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError>;
-
+/// The audit log, read-only: what auditors, verification and the command-line tool need.
+pub trait LogRead: Send + Sync {
     /// Number of audit entries.
     ///
     /// # Errors
@@ -338,75 +178,176 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// [`StoreError::Unavailable`].
     fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
+}
 
-    /// The published token signing keys, oldest first.
+/// The broker's state, read-only.
+pub trait StateRead: Send + Sync {
+    /// A holder's record.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`]; [`StoreError::Corrupt`] for a record that does not decode.
+    fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError>;
+
+    /// A platform's profile.
+    ///
+    /// # Errors
+    /// As [`StateRead::holder`].
+    fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError>;
+
+    /// A consent.
+    ///
+    /// # Errors
+    /// As [`StateRead::holder`].
+    fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError>;
+
+    /// Every consent of a subject, oldest first.
+    ///
+    /// # Errors
+    /// As [`StateRead::holder`].
+    fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError>;
+
+    /// A consent's usage on a UTC day (zero if none was recorded).
+    ///
+    /// # Errors
+    /// As [`StateRead::holder`].
+    fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError>;
+
+    /// Whether an attestation id was already used.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
-    fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError>;
+    fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError>;
 
-    /// Applies a commit atomically: all of it, or nothing.
+    /// Every key the broker published, of both uses, oldest activation first.
+    ///
+    /// # Errors
+    /// As [`StateRead::holder`].
+    fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError>;
+}
+
+/// Durable state of the broker: both read traits, and atomic commits.
+pub trait Store: LogRead + StateRead {
+    /// Applies a commit atomically: all of it, or nothing. Its audit records are appended in
+    /// order with consecutive sequence numbers, with the Merkle nodes they complete.
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when a precondition fails or an update's version is stale,
     /// [`StoreError::Duplicate`] / [`StoreError::Missing`] for inserts and updates,
-    /// [`StoreError::Unavailable`] when the write fails.
+    /// [`StoreError::Unavailable`] (and the other failure variants) when the write fails.
     fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError>;
+
+    /// Records a checkpoint the broker signed. One checkpoint is kept per size (the first); a
+    /// checkpoint smaller than the latest recorded is refused with [`StoreError::Conflict`].
+    /// This is log metadata, not a state change: it carries no audit record (the checkpoint is
+    /// itself a signature over the log).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`]; [`StoreError::Unavailable`] when the write fails.
+    fn record_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError>;
 }
 
-/// Forwards every `Store` method through a pointer type, so a broker can own, share or borrow
-/// its store.
-macro_rules! forward_store {
+/// A read-only view of a store: what [`Broker::store`](crate::Broker::store) hands out, so that
+/// nothing outside the broker writes through it.
+#[derive(Debug)]
+pub struct ReadOnly<'a, S: ?Sized>(&'a S);
+
+impl<'a, S: ?Sized> ReadOnly<'a, S> {
+    pub(crate) fn new(store: &'a S) -> Self {
+        Self(store)
+    }
+
+    fn inner(&self) -> &'a S {
+        self.0
+    }
+}
+
+impl<S: ?Sized> Clone for ReadOnly<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: ?Sized> Copy for ReadOnly<'_, S> {}
+
+macro_rules! forward_log_read {
+    ($target:path) => {
+        fn audit_len(&self) -> Result<u64, StoreError> {
+            $target(self).audit_len()
+        }
+        fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
+            $target(self).audit_bytes(range)
+        }
+        fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
+            $target(self).audit_entries(range)
+        }
+        fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
+            $target(self).merkle_node(level, index)
+        }
+        fn merkle_nodes(
+            &self,
+            level: u32,
+            range: Range<u64>,
+        ) -> Result<Vec<(u64, Hash)>, StoreError> {
+            $target(self).merkle_nodes(level, range)
+        }
+        fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+            $target(self).latest_checkpoint()
+        }
+    };
+}
+
+macro_rules! forward_state_read {
+    ($target:path) => {
+        fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
+            $target(self).holder(id)
+        }
+        fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError> {
+            $target(self).platform(id)
+        }
+        fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
+            $target(self).consent(id)
+        }
+        fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
+            $target(self).consents_of_subject(subject)
+        }
+        fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
+            $target(self).usage(consent, day)
+        }
+        fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError> {
+            $target(self).attestation_used(attestation_id)
+        }
+        fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
+            $target(self).published_keys()
+        }
+    };
+}
+
+impl<S: LogRead + ?Sized> LogRead for ReadOnly<'_, S> {
+    forward_log_read!(Self::inner);
+}
+
+impl<S: StateRead + ?Sized> StateRead for ReadOnly<'_, S> {
+    forward_state_read!(Self::inner);
+}
+
+/// Forwards every trait through a pointer type, so a broker can own, share or borrow its store.
+macro_rules! forward_through_pointer {
     ($($pointer:ty),+) => {$(
+        impl<S: LogRead + ?Sized> LogRead for $pointer {
+            forward_log_read!(std::ops::Deref::deref);
+        }
+        impl<S: StateRead + ?Sized> StateRead for $pointer {
+            forward_state_read!(std::ops::Deref::deref);
+        }
         impl<S: Store + ?Sized> Store for $pointer {
-            fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
-                (**self).holder(id)
-            }
-            fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError> {
-                (**self).platform(id)
-            }
-            fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
-                (**self).consent(id)
-            }
-            fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
-                (**self).consents_of_subject(subject)
-            }
-            fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
-                (**self).usage(consent, day)
-            }
-            fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError> {
-                (**self).attestation_used(attestation_id)
-            }
-            fn audit_len(&self) -> Result<u64, StoreError> {
-                (**self).audit_len()
-            }
-            fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
-                (**self).audit_bytes(range)
-            }
-            fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
-                (**self).audit_entries(range)
-            }
-            fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
-                (**self).merkle_node(level, index)
-            }
-            fn merkle_nodes(
-                &self,
-                level: u32,
-                range: Range<u64>,
-            ) -> Result<Vec<(u64, Hash)>, StoreError> {
-                (**self).merkle_nodes(level, range)
-            }
-            fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
-                (**self).latest_checkpoint()
-            }
-            fn signing_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
-                (**self).signing_keys()
-            }
             fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
                 (**self).commit(commit)
+            }
+            fn record_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+                (**self).record_checkpoint(checkpoint)
             }
         }
     )+};
 }
 
-forward_store!(std::sync::Arc<S>, &S);
+forward_through_pointer!(std::sync::Arc<S>, &S, Box<S>);

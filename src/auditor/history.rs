@@ -1,0 +1,72 @@
+//! A subject's history ("who asked for my data, when, why, and what was decided"), and a
+//! consent's, read from the log alone.
+
+use std::collections::HashSet;
+
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::ids::{ConsentId, SubjectId};
+use crate::store::{LogRead, StoreError};
+
+use super::CHUNK;
+
+/// Every entry about a subject, in order: those naming the subject, and those naming one of the
+/// subject's consents from the entry that requested it on (an access refused for a prohibited
+/// purpose names only the consent).
+///
+/// Decided by position in the log, not by time: an entry naming a consent id before the entry
+/// that requested that consent (a probe for an id that did not exist yet, even in the same
+/// second) is not the subject's.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn subject_history<S: LogRead + ?Sized>(
+    log: &S,
+    subject: &SubjectId,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut consents: HashSet<ConsentId> = HashSet::new();
+    entries_where(log, |entry| {
+        if let AuditEvent::ConsentRequested {
+            consent,
+            subject: requested_for,
+        } = &entry.event
+            && requested_for == subject
+        {
+            consents.insert(consent.clone());
+        }
+        entry.subject() == Some(subject) || entry.consent().is_some_and(|c| consents.contains(c))
+    })
+}
+
+/// Every entry about a consent, in order.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn consent_history<S: LogRead + ?Sized>(
+    log: &S,
+    consent: &ConsentId,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    entries_where(log, |entry| entry.consent() == Some(consent))
+}
+
+fn entries_where<S: LogRead + ?Sized>(
+    log: &S,
+    mut keep: impl FnMut(&AuditEntry) -> bool,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let size = log.audit_len()?;
+    let mut found = Vec::new();
+    let mut next = 0u64;
+    while next < size {
+        let end = next.saturating_add(CHUNK).min(size);
+        let chunk = log.audit_entries(next..end)?;
+        // Read what the store holds, not what it claims: a tampered length must not turn a
+        // history into billions of empty reads.
+        if chunk.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "the audit log claims {size} entries but holds none from {next}"
+            )));
+        }
+        next = end;
+        found.extend(chunk.into_iter().filter(|e| keep(e)));
+    }
+    Ok(found)
+}

@@ -1,0 +1,236 @@
+//! The checked call: read → plan → commit, and the [`Permit`] only it makes.
+
+use time::OffsetDateTime;
+
+use super::Broker;
+use super::plan::{AccessInputs, AccessPlan, plan_access};
+use crate::error::Error;
+use crate::ids::{AccountId, ConsentId, HolderId, PlatformId, SubjectId};
+use crate::policy::{AccessRequest, Decision, DenyReason, Presence};
+use crate::store::Store;
+use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
+
+/// Proof that the broker permitted one access and recorded it.
+///
+/// Only the broker's checked call constructs a `Permit`; it is not `Clone` (turning it into a
+/// token consumes it: single use), it lapses a short time after its decision (60 seconds by
+/// default), and its fields are private, so code that holds one has passed the policy check:
+///
+/// ```compile_fail,E0451
+/// use consent_broker::{Permit, Presence, Purpose, Scope};
+/// let forged = Permit {
+///     consent: "cns_1".parse().unwrap(),
+///     subject: "alice".parse().unwrap(),
+///     holder: "bank".parse().unwrap(),
+///     platform: "chat".parse().unwrap(),
+///     scope: Scope::Balance,
+///     purpose: Purpose::CustomerService,
+///     account: "acc-1".parse().unwrap(),
+///     presence: Presence::SubjectPresent,
+///     decided_at: time::OffsetDateTime::UNIX_EPOCH,
+///     lapses_at: time::OffsetDateTime::UNIX_EPOCH,
+///     audit_seq: 0,
+///     consent_version: 1,
+///     holder_version: Some(1),
+///     grant_expires_at: time::OffsetDateTime::UNIX_EPOCH,
+/// };
+/// ```
+#[derive(Debug, PartialEq, Eq)]
+pub struct Permit {
+    pub(super) consent: ConsentId,
+    pub(super) subject: SubjectId,
+    pub(super) holder: HolderId,
+    pub(super) platform: PlatformId,
+    pub(super) scope: Scope,
+    pub(super) purpose: Purpose,
+    pub(super) account: AccountId,
+    pub(super) presence: Presence,
+    pub(super) decided_at: OffsetDateTime,
+    pub(super) lapses_at: OffsetDateTime,
+    pub(super) audit_seq: u64,
+    pub(super) consent_version: u64,
+    pub(super) holder_version: Option<u64>,
+    pub(super) grant_expires_at: OffsetDateTime,
+}
+
+impl Permit {
+    /// The consent relied on.
+    pub fn consent(&self) -> &ConsentId {
+        &self.consent
+    }
+    /// Whose data.
+    pub fn subject(&self) -> &SubjectId {
+        &self.subject
+    }
+    /// Who holds it.
+    pub fn holder(&self) -> &HolderId {
+        &self.holder
+    }
+    /// Who receives it.
+    pub fn platform(&self) -> &PlatformId {
+        &self.platform
+    }
+    /// The permitted scope.
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+    /// The permitted purpose.
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
+    /// The permitted account.
+    pub fn account(&self) -> &AccountId {
+        &self.account
+    }
+    /// Whether the subject was present.
+    pub fn presence(&self) -> Presence {
+        self.presence
+    }
+    /// When the decision was taken.
+    pub fn decided_at(&self) -> OffsetDateTime {
+        self.decided_at
+    }
+    /// From this instant on the permit can no longer become a token.
+    pub fn lapses_at(&self) -> OffsetDateTime {
+        self.lapses_at
+    }
+    /// The audit entry that records the permit.
+    pub fn audit_seq(&self) -> u64 {
+        self.audit_seq
+    }
+}
+
+/// A recorded denial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// Every rule that failed.
+    pub reasons: Vec<DenyReason>,
+    /// The audit entry that records the denial.
+    pub audit_seq: u64,
+}
+
+/// The recorded answer of the checked call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AccessOutcome {
+    /// Access allowed; the permit is the witness.
+    Permitted(Permit),
+    /// Access refused.
+    Denied(Denial),
+}
+
+impl AccessOutcome {
+    /// The decision, without the witness.
+    pub fn decision(&self) -> Decision {
+        match self {
+            Self::Permitted(_) => Decision::Permit,
+            Self::Denied(denial) => Decision::Deny {
+                reasons: denial.reasons.clone(),
+            },
+        }
+    }
+
+    /// The audit entry that records the decision.
+    pub fn audit_seq(&self) -> u64 {
+        match self {
+            Self::Permitted(permit) => permit.audit_seq,
+            Self::Denied(denial) => denial.audit_seq,
+        }
+    }
+}
+
+impl<S: Store> Broker<S> {
+    /// The checked call: decides an access, records the decision, and only then answers.
+    ///
+    /// A prohibited purpose or scope is refused before anything is read. A permit for an
+    /// unattended access consumes one of the day's slots in the same commit.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the decision could not be recorded (then nothing is permitted), or
+    /// [`Error::Contention`].
+    pub fn authorise_access(&self, request: &AccessRequest) -> Result<AccessOutcome, Error> {
+        self.retrying(|| {
+            let (commit, decision, permit) = self.plan(request)?.into_commit();
+            let seq = self.commit(commit)?.audit_seqs.start;
+            Ok(match (permit, decision) {
+                (Some(mut permit), _) => {
+                    permit.audit_seq = seq;
+                    AccessOutcome::Permitted(permit)
+                }
+                (None, decision) => AccessOutcome::Denied(Denial {
+                    reasons: decision.reasons().to_vec(),
+                    audit_seq: seq,
+                }),
+            })
+        })
+    }
+
+    /// Reads what the access needs and plans it (nothing is written).
+    pub(super) fn plan(&self, request: &AccessRequest) -> Result<AccessPlan, Error> {
+        let now = self.now();
+        let inputs = self.read_for(request, now)?;
+        Ok(plan_access(
+            request,
+            inputs.as_ref(),
+            now,
+            self.settings.permit_lifetime,
+        ))
+    }
+
+    /// Everything an access decision reads, or nothing when it names a prohibited use.
+    fn read_for(
+        &self,
+        request: &AccessRequest,
+        now: OffsetDateTime,
+    ) -> Result<Option<AccessInputs>, Error> {
+        if matches!(request.scope, RequestedScope::Prohibited(_))
+            || matches!(request.purpose, RequestedPurpose::Prohibited(_))
+        {
+            return Ok(None);
+        }
+        let day = now.date();
+        let consent = self.store.consent(&request.consent)?;
+        let platform = self.store.platform(&request.platform)?;
+        let (holder, usage) = match &consent {
+            Some(consent) => (
+                self.store.holder(&consent.request.holder)?,
+                self.store.usage(&request.consent, day)?,
+            ),
+            None => (None, Default::default()),
+        };
+        Ok(Some(AccessInputs {
+            consent,
+            platform,
+            holder,
+            usage,
+            day,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `compile_fail` example on [`Permit`] is this literal, which compiles where the fields
+    /// are visible.
+    #[test]
+    fn the_forging_literal_is_otherwise_well_formed() {
+        let made = Permit {
+            consent: "cns_1".parse().unwrap(),
+            subject: "alice".parse().unwrap(),
+            holder: "bank".parse().unwrap(),
+            platform: "chat".parse().unwrap(),
+            scope: Scope::Balance,
+            purpose: Purpose::CustomerService,
+            account: "acc-1".parse().unwrap(),
+            presence: Presence::SubjectPresent,
+            decided_at: time::OffsetDateTime::UNIX_EPOCH,
+            lapses_at: time::OffsetDateTime::UNIX_EPOCH,
+            audit_seq: 0,
+            consent_version: 1,
+            holder_version: Some(1),
+            grant_expires_at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        assert_eq!(made.scope(), Scope::Balance);
+    }
+}

@@ -1,0 +1,154 @@
+//! The broker's keys: reconciling the keys it was given with the ones the store has published,
+//! rotation, and the JWKS a bank fetches.
+//!
+//! Every key change is one commit: the new key's public half, the retirement of the key it
+//! replaces, and the audit entry naming both by thumbprint. The store, not this process's
+//! memory, says which keys verify, so every broker on one store, the command-line tool and a
+//! restarted broker publish the same JWKS.
+
+use time::OffsetDateTime;
+
+use super::Broker;
+use crate::audit::{Actor, AuditEvent, AuditRecord};
+use crate::clock::saturating_add;
+use crate::error::Error;
+use crate::keys::{Jwk, Jwks, RETIRED_KEY_GRACE, SigningKey};
+use crate::store::{Change, Commit, KeyUse, PublishedKey, StateRead, Store, StoreError};
+use crate::token::MAX_TOKEN_LIFETIME;
+
+/// The JWKS of the token keys `state` publishes at `now`: the active key, and retired keys whose
+/// last tokens may still be presented. What [`Broker::jwks`] serves, and what the command-line
+/// tool trusts (never every key ever published).
+///
+/// # Errors
+/// [`StoreError`].
+pub fn published_jwks<S: StateRead + ?Sized>(
+    state: &S,
+    now: OffsetDateTime,
+) -> Result<Jwks, StoreError> {
+    Ok(Jwks {
+        keys: state
+            .published_keys()?
+            .iter()
+            .filter(|key| key.key_use == KeyUse::Token && key.verifies_at(now))
+            .map(|key| Jwk::from_public_key(&key.public_key))
+            .collect(),
+    })
+}
+
+impl<S: Store> Broker<S> {
+    /// Makes sure the store publishes the broker's token and checkpoint keys as the active keys
+    /// of their uses, recording a change where they are new.
+    pub(super) fn reconcile_keys(&self, checkpoint_key: &SigningKey) -> Result<(), Error> {
+        let token_key = self.token_key();
+        // After a restart with another token key, the previous one may have signed a token just
+        // before: it verifies for the longest lifetime any configuration allows, plus the grace.
+        self.activate(
+            KeyUse::Token,
+            &token_key,
+            MAX_TOKEN_LIFETIME + RETIRED_KEY_GRACE,
+        )?;
+        self.activate(KeyUse::Checkpoint, checkpoint_key, time::Duration::ZERO)?;
+        Ok(())
+    }
+
+    /// Publishes `key` as the active key of `key_use` unless it already is; the key it replaces
+    /// is retired now (token keys keep verifying for `overlap`). One commit, audited.
+    fn activate(
+        &self,
+        key_use: KeyUse,
+        key: &SigningKey,
+        overlap: time::Duration,
+    ) -> Result<(), Error> {
+        self.retrying(|| {
+            let now = self.now();
+            let published = self.store.published_keys()?;
+            if published
+                .iter()
+                .any(|p| p.key_use != key_use && p.kid == key.kid())
+            {
+                return Err(Error::SameKeyForTwoUses);
+            }
+            let mine = published
+                .iter()
+                .filter(|p| p.key_use == key_use)
+                .collect::<Vec<_>>();
+            if let Some(known) = mine.iter().find(|p| p.kid == key.kid()) {
+                if known.is_active() {
+                    return Ok(());
+                }
+                return Err(Error::KeyRetired {
+                    key_use,
+                    kid: key.kid().to_owned(),
+                });
+            }
+            let retiring = mine.iter().find(|p| p.is_active()).map(|p| p.kid.clone());
+            let event = match key_use {
+                KeyUse::Token => AuditEvent::SigningKeyActivated {
+                    key_id: key.kid().to_owned(),
+                    public_key: Some(key.public_key()),
+                    retired_key_id: retiring.clone(),
+                },
+                KeyUse::Checkpoint => AuditEvent::CheckpointKeyActivated {
+                    key_id: key.kid().to_owned(),
+                    verifier_key: self.checkpoints.verifier_key(),
+                    retired_key_id: retiring.clone(),
+                },
+            };
+            let record = AuditRecord::new(now, Actor::Broker(self.settings.id.clone()), event);
+            let mut commit = Commit::new(record);
+            if let Some(kid) = retiring {
+                commit = commit.change(Change::RetireKey {
+                    key_use,
+                    kid,
+                    retired_at: now,
+                    verifies_until: (key_use == KeyUse::Token)
+                        .then(|| saturating_add(now, overlap)),
+                });
+            }
+            commit = commit.change(Change::ActivateKey {
+                key: PublishedKey {
+                    key_use,
+                    kid: key.kid().to_owned(),
+                    public_key: key.public_key(),
+                    activated_at: now,
+                    retired_at: None,
+                    verifies_until: None,
+                },
+            });
+            self.commit(commit)?;
+            Ok(())
+        })
+    }
+
+    /// The JWKS the bank fetches: the signing key, and retired keys whose last tokens may still
+    /// be presented, as the store publishes them.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn jwks(&self) -> Result<Jwks, Error> {
+        Ok(published_jwks(&self.store, self.now())?)
+    }
+
+    /// Makes `key` the token signing key from now on. The previous key stops signing at once and
+    /// stays in the JWKS until every token it may have signed has expired (the configured token
+    /// lifetime plus [`RETIRED_KEY_GRACE`]). The change is one audited commit.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the rotation cannot be recorded (then nothing changes);
+    /// [`Error::KeyRetired`] for a key that was replaced before.
+    pub fn rotate_signing_key(&self, key: SigningKey) -> Result<(), Error> {
+        let mut current = self
+            .token_key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Under the write lock: no token is signed with the old key after its retirement time.
+        self.activate(
+            KeyUse::Token,
+            &key,
+            self.settings.token_lifetime + RETIRED_KEY_GRACE,
+        )?;
+        *current = key;
+        Ok(())
+    }
+}

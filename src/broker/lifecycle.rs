@@ -1,0 +1,335 @@
+//! A consent's life at the broker: the platform's request, the subject's approval (attested by
+//! the holder) or rejection, re-authorisation, revocation, and looking consents up.
+
+use super::Broker;
+use crate::attestation::{self, AttestationError, Expectations};
+use crate::audit::{Actor, AuditEvent, AuditRecord, Refusal, Revocation};
+use crate::clock::saturating_add;
+use crate::consent::{
+    Approval, Consent, ConsentRequest, ConsentRequestDraft, ConsentStatus, RequestError,
+    RequestLimits, RevocationReason, Revoker,
+};
+use crate::error::Error;
+use crate::ids::{AccountId, ConsentId, PlatformId, SubjectId};
+use crate::store::{Change, Commit, RecordKind, Store, StoreError};
+use crate::vocab::{RequestedPurpose, Scope};
+
+/// A consent with its status at the time it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentView {
+    /// The consent.
+    pub consent: Consent,
+    /// Its status when read.
+    pub status: ConsentStatus,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Transition {
+    Approve,
+    Reauthorise,
+}
+
+impl<S: Store> Broker<S> {
+    /// A platform asks for consent. The request waits for the subject's approval at the holder.
+    ///
+    /// # Errors
+    /// [`Error::Request`] (audited) when the request names a prohibited use, an unknown holder
+    /// or platform, nothing, or too long a duration; [`Error::Id`] when no fresh consent id can
+    /// be made (nothing is recorded); [`Error::Store`].
+    pub fn request_consent(&self, draft: ConsentRequestDraft) -> Result<ConsentRequest, Error> {
+        let now = self.now();
+        let refused = |error: RequestError| {
+            let record = AuditRecord::new(
+                now,
+                Actor::Platform(draft.platform.clone()),
+                AuditEvent::ConsentRequestRefused {
+                    subject: draft.subject.clone(),
+                    refusal: Refusal::Request(error.clone()),
+                },
+            );
+            self.refuse(record, Error::Request(error))
+        };
+        // Prohibited uses are refused before anything is looked up.
+        if let Err(error) = draft.check_prohibited() {
+            return Err(refused(error));
+        }
+        let Some(holder) = self.store.holder(&draft.holder)? else {
+            return Err(refused(RequestError::UnknownHolder(draft.holder.clone())));
+        };
+        let Some(platform) = self.store.platform(&draft.platform)? else {
+            return Err(refused(RequestError::UnknownPlatform(
+                draft.platform.clone(),
+            )));
+        };
+        let unregistered = draft.purposes.iter().find_map(|p| match p {
+            RequestedPurpose::Permitted(p) if !platform.registered_purposes.contains(p) => Some(*p),
+            _ => None,
+        });
+        if let Some(purpose) = unregistered {
+            return Err(refused(RequestError::PurposeNotRegistered(purpose)));
+        }
+        let limits = RequestLimits {
+            offered_scopes: &holder.policy.enabled_scopes,
+            max_duration: holder.policy.effective_max_duration(),
+            approval_window: self.settings.approval_window,
+        };
+        let id = self.settings.ids.consent_id()?;
+        let request = match ConsentRequest::from_draft(draft.clone(), id, limits, now) {
+            Ok(request) => request,
+            Err(error) => return Err(refused(error)),
+        };
+        let record = AuditRecord::new(
+            now,
+            Actor::Platform(request.platform.clone()),
+            AuditEvent::ConsentRequested {
+                consent: request.id.clone(),
+                subject: request.subject.clone(),
+            },
+        );
+        self.commit(Commit::new(record).change(Change::InsertConsent {
+            consent: Consent::requested(request.clone()),
+        }))?;
+        Ok(request)
+    }
+
+    /// Activates a requested consent with the holder's attestation of the subject's approval,
+    /// verified against the keys registered for the consent's holder.
+    ///
+    /// # Errors
+    /// [`Error::Attestation`] (audited) for a missing, forged, expired, replayed or mismatched
+    /// attestation; [`Error::Consent`] (audited) when the request is no longer open;
+    /// [`Error::UnknownConsent`]; [`Error::Store`].
+    pub fn approve(&self, consent: &ConsentId, attestation: &str) -> Result<Consent, Error> {
+        self.attest(consent, attestation, Transition::Approve)
+    }
+
+    /// Extends a live grant with a new attestation of the subject's approval.
+    ///
+    /// # Errors
+    /// As [`Broker::approve`]; [`Error::Consent`] when the grant is not live or the new expiry
+    /// does not extend it.
+    pub fn reauthorise(&self, consent: &ConsentId, attestation: &str) -> Result<Consent, Error> {
+        self.attest(consent, attestation, Transition::Reauthorise)
+    }
+
+    fn attest(
+        &self,
+        id: &ConsentId,
+        token: &str,
+        transition: Transition,
+    ) -> Result<Consent, Error> {
+        self.retrying(|| {
+            let now = self.now();
+            let consent = self.load(id)?;
+            let request = &consent.request;
+            let holder = self.load_holder(&request.holder)?;
+            let refused = |refusal: Refusal, error: Error| {
+                let subject = request.subject.clone();
+                let consent = id.clone();
+                let event = match transition {
+                    Transition::Approve => AuditEvent::ApprovalRefused {
+                        consent,
+                        subject,
+                        refusal,
+                    },
+                    Transition::Reauthorise => AuditEvent::ReauthorisationRefused {
+                        consent,
+                        subject,
+                        refusal,
+                    },
+                };
+                let record = AuditRecord::new(now, Actor::Holder(holder.id.clone()), event);
+                self.refuse(record, error)
+            };
+            let lifecycle = match transition {
+                Transition::Approve => consent.ensure_awaiting_decision(now),
+                Transition::Reauthorise => consent.ensure_live(now).map(|_| ()),
+            };
+            if let Err(error) = lifecycle {
+                return Err(refused(Refusal::Lifecycle(error.clone()), error.into()));
+            }
+            let refuse_attestation = |error: AttestationError| {
+                refused(Refusal::Attestation(error.clone()), error.into())
+            };
+            let expectations = Expectations {
+                broker: &self.settings.id,
+                request,
+                holder_keys: &holder.attestation_keys,
+                latest_expiry: saturating_add(
+                    now,
+                    request.duration.min(holder.policy.effective_max_duration()),
+                ),
+            };
+            let approval: Approval = match attestation::verify(token, &expectations, now) {
+                Ok(approval) => approval,
+                Err(AttestationError::Provider(error)) => return Err(error.into()),
+                Err(error) => return Err(refuse_attestation(error)),
+            };
+            if self.store.attestation_used(approval.attestation_id())? {
+                return Err(refuse_attestation(AttestationError::Replayed));
+            }
+            let attestation_id = approval.attestation_id().to_owned();
+            let evidence = approval.attestation().to_owned();
+            let next = match transition {
+                Transition::Approve => consent.approve(approval, now),
+                Transition::Reauthorise => consent.reauthorise(approval, now),
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(error) => return Err(refused(Refusal::Lifecycle(error.clone()), error.into())),
+            };
+            let (consent_id, subject) = (id.clone(), request.subject.clone());
+            let event = match transition {
+                Transition::Approve => AuditEvent::ConsentApproved {
+                    consent: consent_id,
+                    subject,
+                    attestation_id: attestation_id.clone(),
+                    attestation: Some(evidence),
+                },
+                Transition::Reauthorise => AuditEvent::ConsentReauthorised {
+                    consent: consent_id,
+                    subject,
+                    attestation_id: attestation_id.clone(),
+                    attestation: Some(evidence),
+                },
+            };
+            let record = AuditRecord::new(now, Actor::Holder(holder.id.clone()), event);
+            let commit = Commit::new(record)
+                .change(Change::UseAttestation { attestation_id })
+                .change(Change::UpdateConsent {
+                    consent: next.clone(),
+                });
+            match self.store.commit(commit) {
+                Ok(_) => Ok(next),
+                Err(StoreError::Duplicate {
+                    kind: RecordKind::Attestation,
+                    ..
+                }) => Err(refuse_attestation(AttestationError::Replayed)),
+                Err(error) => Err(error.into()),
+            }
+        })
+    }
+
+    /// The subject declines a requested consent (reported by the holder).
+    ///
+    /// # Errors
+    /// [`Error::Consent`] when the request is no longer open; [`Error::UnknownConsent`];
+    /// [`Error::Store`].
+    pub fn reject(&self, consent: &ConsentId) -> Result<Consent, Error> {
+        self.retrying(|| {
+            let now = self.now();
+            let current = self.load(consent)?;
+            let next = current.reject(now)?;
+            let subject = current.request.subject.clone();
+            let record = AuditRecord::new(
+                now,
+                Actor::Subject(subject.clone()),
+                AuditEvent::ConsentRejected {
+                    consent: consent.clone(),
+                    subject,
+                },
+            );
+            self.commit(Commit::new(record).change(Change::UpdateConsent {
+                consent: next.clone(),
+            }))?;
+            Ok(next)
+        })
+    }
+
+    /// Revokes a live consent: immediate and final. The next access decision on it is a denial,
+    /// and no permit decided before can become a token.
+    ///
+    /// # Errors
+    /// [`Error::Consent`] when the consent is not live; [`Error::UnknownConsent`];
+    /// [`Error::Store`].
+    pub fn revoke(
+        &self,
+        consent: &ConsentId,
+        by: Revoker,
+        reason: RevocationReason,
+    ) -> Result<Consent, Error> {
+        self.retrying(|| {
+            let now = self.now();
+            let current = self.load(consent)?;
+            let next = current.revoke(by, reason, now)?;
+            let request = &current.request;
+            let actor = match by {
+                Revoker::Subject => Actor::Subject(request.subject.clone()),
+                Revoker::Holder => Actor::Holder(request.holder.clone()),
+                Revoker::Platform => Actor::Platform(request.platform.clone()),
+            };
+            let record = AuditRecord::new(
+                now,
+                actor,
+                AuditEvent::ConsentRevoked {
+                    consent: consent.clone(),
+                    subject: request.subject.clone(),
+                    revocation: Revocation { by, reason },
+                },
+            );
+            self.commit(Commit::new(record).change(Change::UpdateConsent {
+                consent: next.clone(),
+            }))?;
+            Ok(next)
+        })
+    }
+
+    /// A consent by id, with its status now.
+    ///
+    /// # Errors
+    /// [`Error::UnknownConsent`]; [`Error::Store`].
+    pub fn consent(&self, consent: &ConsentId) -> Result<ConsentView, Error> {
+        let consent = self.load(consent)?;
+        let status = consent.status(self.now());
+        Ok(ConsentView { consent, status })
+    }
+
+    /// Every consent of a subject with its current status, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn consents_of(&self, subject: &SubjectId) -> Result<Vec<ConsentView>, Error> {
+        let now = self.now();
+        Ok(self
+            .store
+            .consents_of_subject(subject)?
+            .into_iter()
+            .map(|consent| ConsentView {
+                status: consent.status(now),
+                consent,
+            })
+            .collect())
+    }
+
+    /// The subject's live consent for `platform` that covers `scope` on `account`, if there is
+    /// one (the one expiring last, if several do): what a platform looks up before asking for
+    /// access, to know which consent to name or whether to ask the subject first.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn live_consent(
+        &self,
+        subject: &SubjectId,
+        platform: &PlatformId,
+        scope: Scope,
+        account: &AccountId,
+    ) -> Result<Option<ConsentView>, Error> {
+        let now = self.now();
+        Ok(self
+            .store
+            .consents_of_subject(subject)?
+            .into_iter()
+            .filter(|consent| &consent.request.platform == platform)
+            .filter_map(|consent| {
+                let grant = consent.ensure_live(now).ok()?;
+                let covers = grant.scopes.contains(scope) && grant.accounts.contains(account);
+                let expires = grant.expires_at;
+                covers.then_some((expires, consent))
+            })
+            .max_by_key(|(expires, _)| *expires)
+            .map(|(_, consent)| ConsentView {
+                status: consent.status(now),
+                consent,
+            }))
+    }
+}

@@ -1,0 +1,73 @@
+//! The broker's side of its audit log: signing checkpoints, handing out receipts, and reading
+//! histories.
+
+use super::Broker;
+use crate::audit::AuditEntry;
+use crate::auditor::{self, Receipt};
+use crate::error::Error;
+use crate::ids::{ConsentId, SubjectId};
+use crate::store::{Store, StoredCheckpoint};
+
+impl<S: Store> Broker<S> {
+    /// The checkpoints' origin line: the broker's id.
+    pub fn log_origin(&self) -> &str {
+        self.settings.id.as_str()
+    }
+
+    /// The verifier key of the broker's checkpoint signatures (C2SP `signed-note` vkey), for
+    /// auditors to keep. It is also recorded in the log when the key is activated.
+    pub fn checkpoint_verifier_key(&self) -> String {
+        self.checkpoints.verifier_key()
+    }
+
+    /// Signs a checkpoint of the whole audit log (C2SP `tlog-checkpoint` in a `signed-note`),
+    /// after proving that the log is consistent with the last checkpoint recorded: the broker
+    /// never signs two inconsistent checkpoints. The checkpoint is recorded in the store.
+    ///
+    /// # Errors
+    /// [`Error::CheckpointInconsistent`]; [`Error::Merkle`]; [`Error::Store`].
+    pub fn checkpoint(&self) -> Result<StoredCheckpoint, Error> {
+        Ok(auditor::checkpoint_log(
+            &self.store,
+            self.log_origin(),
+            &self.checkpoints,
+        )?)
+    }
+
+    /// A receipt for the audit entry at `seq`: the entry, its inclusion proof, and a freshly
+    /// signed checkpoint it is proven against.
+    ///
+    /// # Errors
+    /// [`Error::Receipt`] (for example a missing entry, as `StoreError::Missing`), and the errors
+    /// of [`Broker::checkpoint`].
+    pub fn receipt(&self, seq: u64) -> Result<Receipt, Error> {
+        let checkpoint = self.checkpoint()?;
+        Ok(auditor::prove(&self.store, seq, &checkpoint)?)
+    }
+
+    /// Who asked for a subject's data, when, why, and what was decided: every audit entry about
+    /// the subject or one of their consents, in order.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn subject_history(&self, subject: &SubjectId) -> Result<Vec<AuditEntry>, Error> {
+        Ok(auditor::subject_history(&self.store, subject)?)
+    }
+
+    /// Every audit entry about a consent, in order.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn consent_history(&self, consent: &ConsentId) -> Result<Vec<AuditEntry>, Error> {
+        Ok(auditor::consent_history(&self.store, consent)?)
+    }
+
+    /// The whole audit log, in sequence order.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, Error> {
+        let len = self.store.audit_len()?;
+        Ok(self.store.audit_entries(0..len)?)
+    }
+}

@@ -1,0 +1,151 @@
+//! The broker: the platform's side, tying the pure core to a store, a clock, keys and a random
+//! source.
+//!
+//! Every call reads what it needs from the [`Store`], decides with the pure core, and commits the
+//! state change together with its audit records in one atomic [`Commit`]; only after that commit
+//! succeeds does it answer. If the commit fails, the call returns an [`Error`], never a
+//! [`Permit`]. Commits carry the versions they were decided on, so a decision taken on state that
+//! changed meanwhile (a revocation, a policy change, another access using the last unattended
+//! slot) is re-decided, never committed.
+//!
+//! One file per concern: [`builder`] (settings and keys), [`registration`] (holders and
+//! platforms), [`lifecycle`] (requests, approvals, revocations, lookups), [`access`] (the checked
+//! call as read → plan → commit, with the pure planning in [`plan`]), [`tokens`], [`keys`]
+//! (rotation and the published JWKS) and [`log`] (checkpoints, receipts, histories).
+
+mod access;
+mod builder;
+mod keys;
+mod lifecycle;
+mod log;
+mod plan;
+mod registration;
+mod tokens;
+
+pub use access::{AccessOutcome, Denial, Permit};
+pub use builder::{BrokerBuilder, BrokerKeys, NeedsKeys};
+pub use keys::published_jwks;
+pub use lifecycle::ConsentView;
+pub use registration::{HolderRegistration, Registered};
+pub use tokens::{AccessToken, TokenOutcome};
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use time::{Duration, OffsetDateTime};
+
+use crate::audit::AuditRecord;
+use crate::checkpoint::NoteSigner;
+use crate::clock::{self, Clock};
+use crate::consent::Consent;
+use crate::error::Error;
+use crate::ids::{BrokerId, ConsentId, HolderId, IdGenerator};
+use crate::keys::SigningKey;
+use crate::random::RandomSource;
+use crate::store::{Commit, CommitReceipt, HolderRecord, ReadOnly, RecordKind, Store, StoreError};
+
+/// How many times a call re-reads and re-decides when a concurrent writer changed its inputs.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 16;
+
+/// How long a [`Permit`] can be turned into a token after its decision, by default.
+pub const DEFAULT_PERMIT_LIFETIME: Duration = Duration::seconds(60);
+
+/// What a builder collects and a broker keeps, apart from its store and keys.
+struct Settings {
+    id: BrokerId,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdGenerator>,
+    random: Arc<dyn RandomSource>,
+    approval_window: Duration,
+    max_attempts: u32,
+    token_lifetime: Duration,
+    permit_lifetime: Duration,
+}
+
+/// The consent broker.
+pub struct Broker<S> {
+    settings: Settings,
+    store: S,
+    /// The key that signs tokens now; replaced by a rotation (retired keys live in the store).
+    token_key: RwLock<SigningKey>,
+    checkpoints: NoteSigner,
+}
+
+impl<S> std::fmt::Debug for Broker<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("id", &self.settings.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Broker<S> {
+    /// The broker's id (the `aud` of attestations, the `iss` of tokens, the log's origin).
+    pub fn id(&self) -> &BrokerId {
+        &self.settings.id
+    }
+
+    /// The store, read-only: the log and the state can be read through it, nothing written.
+    pub fn store(&self) -> ReadOnly<'_, S> {
+        ReadOnly::new(&self.store)
+    }
+
+    /// The broker's clock, for code that must agree with the broker on what time it is (the bank
+    /// signing attestations in a test, a platform showing expiries).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.settings.clock
+    }
+
+    /// The current time, from the injected clock, in UTC whatever offset the clock returns.
+    pub fn now(&self) -> OffsetDateTime {
+        clock::utc(self.settings.clock.now())
+    }
+
+    /// Re-runs `attempt` while a concurrent writer invalidates what it read.
+    fn retrying<T>(&self, mut attempt: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+        for _ in 0..self.settings.max_attempts {
+            match attempt() {
+                Err(Error::Store(StoreError::Conflict)) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Contention {
+            attempts: self.settings.max_attempts,
+        })
+    }
+
+    /// Commits `commit` (its records first among what the log says).
+    fn commit(&self, commit: Commit) -> Result<CommitReceipt, Error> {
+        Ok(self.store.commit(commit)?)
+    }
+
+    /// Records a refusal and returns `error`; if even the audit append fails, returns that.
+    fn refuse(&self, record: AuditRecord, error: Error) -> Error {
+        match self.store.commit(Commit::new(record)) {
+            Ok(_) => error,
+            Err(store) => Error::Store(store),
+        }
+    }
+
+    fn load(&self, consent: &ConsentId) -> Result<Consent, Error> {
+        self.store
+            .consent(consent)?
+            .ok_or_else(|| Error::UnknownConsent(consent.clone()))
+    }
+
+    fn load_holder(&self, holder: &HolderId) -> Result<HolderRecord, Error> {
+        self.store.holder(holder)?.ok_or_else(|| {
+            StoreError::Missing {
+                kind: RecordKind::Holder,
+                id: holder.to_string(),
+            }
+            .into()
+        })
+    }
+
+    fn token_key(&self) -> RwLockReadGuard<'_, SigningKey> {
+        // No code path panics while holding the lock, so a poisoned lock still guards a key.
+        self.token_key
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,186 @@
+//! The checked call's decision and what it writes, as a pure function of what was read.
+//!
+//! [`plan_access`] takes the access request, the records the broker read for it and the time,
+//! and returns the decision, the audit record, the preconditions the decision relied on and the
+//! state changes it makes: everything a commit needs, with no I/O, no clock and no randomness.
+//! The broker reads first, plans, and commits the plan; a plan that meets changed state fails its
+//! preconditions and is planned again from a fresh read.
+
+use time::{Date, Duration, OffsetDateTime};
+
+use super::access::Permit;
+use crate::audit::{Actor, AuditEvent, AuditRecord};
+use crate::clock::saturating_add;
+use crate::consent::Consent;
+use crate::policy::{
+    self, AccessRequest, Decision, HolderPolicy, PlatformProfile, Presence, Usage,
+};
+use crate::store::{Change, Commit, HolderRecord, Precondition};
+use crate::vocab::{RequestedPurpose, RequestedScope};
+
+/// What the broker read for one access: nothing at all when the request names a prohibited use.
+#[derive(Debug)]
+pub(super) struct AccessInputs {
+    /// The consent named, if it exists.
+    pub consent: Option<Consent>,
+    /// The platform asking, if registered.
+    pub platform: Option<PlatformProfile>,
+    /// The consent's holder, if the consent exists and its holder is registered.
+    pub holder: Option<HolderRecord>,
+    /// The consent's unattended usage on `day`.
+    pub usage: Usage,
+    /// The UTC day of the decision.
+    pub day: Date,
+}
+
+/// The decision with everything its commit writes.
+#[derive(Debug)]
+pub(super) struct AccessPlan {
+    pub decision: Decision,
+    pub record: AuditRecord,
+    pub preconditions: Vec<Precondition>,
+    pub changes: Vec<Change>,
+    /// For a permit: the witness, to be handed out once the commit succeeded.
+    pub permit: Option<Permit>,
+}
+
+impl AccessPlan {
+    /// The commit that records the plan, and the permit it yields once committed.
+    pub fn into_commit(self) -> (Commit, Decision, Option<Permit>) {
+        let mut commit = Commit::new(self.record);
+        for precondition in self.preconditions {
+            commit = commit.precondition(precondition);
+        }
+        for change in self.changes {
+            commit = commit.change(change);
+        }
+        (commit, self.decision, self.permit)
+    }
+}
+
+/// Plans one access decision. `inputs` is `None` when the request names a prohibited purpose or
+/// scope: such a request is refused before anything is read.
+pub(super) fn plan_access(
+    request: &AccessRequest,
+    inputs: Option<&AccessInputs>,
+    now: OffsetDateTime,
+    permit_lifetime: Duration,
+) -> AccessPlan {
+    let denied = |decision: Decision, subject, preconditions| AccessPlan {
+        record: AuditRecord::new(
+            now,
+            Actor::Platform(request.platform.clone()),
+            AuditEvent::AccessDenied {
+                consent: request.consent.clone(),
+                subject,
+                scope: request.scope,
+                purpose: request.purpose,
+                account: request.account.clone(),
+                presence: request.presence,
+                reasons: decision.reasons().to_vec(),
+            },
+        ),
+        decision,
+        preconditions,
+        changes: Vec::new(),
+        permit: None,
+    };
+    let (RequestedScope::Data(scope), RequestedPurpose::Permitted(purpose), Some(inputs)) =
+        (request.scope, request.purpose, inputs)
+    else {
+        let reasons = policy::prohibited_reasons(request);
+        return denied(Decision::Deny { reasons }, None, Vec::new());
+    };
+    let Some(consent) = &inputs.consent else {
+        let decision = policy::evaluate(
+            request,
+            None,
+            &HolderPolicy::default(),
+            &unregistered(request),
+            inputs.usage,
+            now,
+        );
+        return denied(decision, None, Vec::new());
+    };
+    // A consent's holder is registered before the consent can exist; if it has gone missing, an
+    // empty policy shares nothing.
+    let shares_nothing = HolderPolicy {
+        enabled_scopes: Default::default(),
+        ..HolderPolicy::default()
+    };
+    let policy = inputs
+        .holder
+        .as_ref()
+        .map_or(&shares_nothing, |h| &h.policy);
+    let platform = inputs
+        .platform
+        .clone()
+        .unwrap_or_else(|| unregistered(request));
+    let decision = policy::evaluate(request, Some(consent), policy, &platform, inputs.usage, now);
+    let mut preconditions = vec![Precondition::consent_version(consent.id(), consent.version)];
+    let subject = consent.request.subject.clone();
+    if !decision.is_permit() {
+        return denied(decision, Some(subject), preconditions);
+    }
+    let holder_version = inputs.holder.as_ref().map(|holder| {
+        preconditions.push(Precondition::holder_version(&holder.id, holder.version));
+        holder.version
+    });
+    let mut changes = Vec::new();
+    if request.presence == Presence::Unattended {
+        preconditions.push(Precondition::usage_is(
+            &request.consent,
+            inputs.day,
+            inputs.usage,
+        ));
+        changes.push(Change::CountUnattendedAccess {
+            consent: request.consent.clone(),
+            day: inputs.day,
+        });
+    }
+    // A permit implies a live grant; its expiry caps a token's.
+    let grant_expires_at = consent.grant().map_or(now, |grant| grant.expires_at);
+    let record = AuditRecord::new(
+        now,
+        Actor::Platform(request.platform.clone()),
+        AuditEvent::AccessPermitted {
+            consent: request.consent.clone(),
+            subject: subject.clone(),
+            scope,
+            purpose,
+            account: request.account.clone(),
+            presence: request.presence,
+        },
+    );
+    let permit = Permit {
+        consent: request.consent.clone(),
+        subject,
+        holder: consent.request.holder.clone(),
+        platform: request.platform.clone(),
+        scope,
+        purpose,
+        account: request.account.clone(),
+        presence: request.presence,
+        decided_at: now,
+        lapses_at: saturating_add(now, permit_lifetime),
+        audit_seq: 0,
+        consent_version: consent.version,
+        holder_version,
+        grant_expires_at,
+    };
+    AccessPlan {
+        decision,
+        record,
+        preconditions,
+        changes,
+        permit: Some(permit),
+    }
+}
+
+/// The profile of a platform that is not registered: no purposes.
+fn unregistered(request: &AccessRequest) -> PlatformProfile {
+    PlatformProfile {
+        id: request.platform.clone(),
+        registered_purposes: Default::default(),
+    }
+}

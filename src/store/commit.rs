@@ -1,0 +1,282 @@
+//! What a store applies: [`Commit`]s of preconditions, [`Change`]s and audit records.
+//!
+//! Readable from anywhere, so that a store for another database can apply them; buildable only
+//! inside this crate. A commit cannot exist without an audit record: its only constructor takes
+//! the first one. A change cannot be made outside the crate either: every variant is
+//! `#[non_exhaustive]`, so matching works (with `..`) and constructing does not:
+//!
+//! ```compile_fail,E0639
+//! use consent_broker::{Change, Consent};
+//! // A state change with no commit, and so no audit record: refused.
+//! fn sneak(consent: Consent) -> Change {
+//!     Change::UpdateConsent { consent }
+//! }
+//! ```
+//!
+//! ```compile_fail,E0624
+//! use consent_broker::{AuditRecord, Commit};
+//! // A commit built by hand: refused, its constructor is private to the crate.
+//! fn hand_built(record: AuditRecord) -> Commit {
+//!     Commit::new(record)
+//! }
+//! ```
+//!
+//! (Both compile inside the crate: see this module's unit tests.)
+
+use std::ops::Range;
+
+use time::{Date, OffsetDateTime};
+
+use super::records::{HolderRecord, KeyUse, PublishedKey};
+use crate::audit::AuditRecord;
+use crate::consent::Consent;
+use crate::ids::{ConsentId, HolderId};
+use crate::policy::{PlatformProfile, Usage};
+
+/// A condition that must still hold when a commit is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Precondition {
+    /// The consent is stored at exactly this version.
+    #[non_exhaustive]
+    ConsentVersion {
+        /// The consent.
+        consent: ConsentId,
+        /// The version read.
+        version: u64,
+    },
+    /// The holder record is stored at exactly this version (its policy was read).
+    #[non_exhaustive]
+    HolderVersion {
+        /// The holder.
+        holder: HolderId,
+        /// The version read.
+        version: u64,
+    },
+    /// The consent's usage on the UTC day is exactly this.
+    #[non_exhaustive]
+    UsageIs {
+        /// The consent.
+        consent: ConsentId,
+        /// The UTC day.
+        day: Date,
+        /// The usage read.
+        usage: Usage,
+    },
+}
+
+/// A state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// Adds a holder; fails with [`StoreError::Duplicate`](super::StoreError::Duplicate) if the
+    /// id exists.
+    #[non_exhaustive]
+    InsertHolder {
+        /// The record.
+        holder: HolderRecord,
+    },
+    /// Replaces a holder; its version must be one more than the stored one.
+    #[non_exhaustive]
+    UpdateHolder {
+        /// The new record.
+        holder: HolderRecord,
+    },
+    /// Adds a platform; fails with `Duplicate` if the id exists.
+    #[non_exhaustive]
+    InsertPlatform {
+        /// The profile.
+        platform: PlatformProfile,
+    },
+    /// Adds a consent; fails with `Duplicate` if the id exists.
+    #[non_exhaustive]
+    InsertConsent {
+        /// The consent (its JSON, `serde_json::to_vec(&consent)`, is what a store keeps and
+        /// reads back with [`Consent::from_stored`]).
+        consent: Consent,
+    },
+    /// Replaces a consent; its version must be one more than the stored one.
+    #[non_exhaustive]
+    UpdateConsent {
+        /// The new consent.
+        consent: Consent,
+    },
+    /// Counts one unattended access of the consent on the day.
+    #[non_exhaustive]
+    CountUnattendedAccess {
+        /// The consent.
+        consent: ConsentId,
+        /// The UTC day.
+        day: Date,
+    },
+    /// Marks an attestation id as used; fails with `Duplicate` if it was.
+    #[non_exhaustive]
+    UseAttestation {
+        /// The attestation's `jti`.
+        attestation_id: String,
+    },
+    /// Publishes the public half of a key that starts signing; fails with `Duplicate` if a key
+    /// of the same use and id was ever published.
+    #[non_exhaustive]
+    ActivateKey {
+        /// The key.
+        key: PublishedKey,
+    },
+    /// Marks the active key of a use as retired; fails with `Missing` if no active key of that
+    /// use has this id.
+    #[non_exhaustive]
+    RetireKey {
+        /// The key's use.
+        key_use: KeyUse,
+        /// Its id.
+        kid: String,
+        /// When it stopped signing.
+        retired_at: OffsetDateTime,
+        /// Until when tokens it signed may be presented (token keys).
+        verifies_until: Option<OffsetDateTime>,
+    },
+}
+
+/// Everything one commit applies, atomically: at least one audit record, and any preconditions
+/// and state changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    preconditions: Vec<Precondition>,
+    changes: Vec<Change>,
+    // Never empty: the only constructor takes the first record, and records are only added.
+    records: Vec<AuditRecord>,
+}
+
+/// A commit taken apart, for a store that applies it by value.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CommitParts {
+    /// Checked first; if any fails, nothing is applied.
+    pub preconditions: Vec<Precondition>,
+    /// Applied in order.
+    pub changes: Vec<Change>,
+    /// Appended in order with consecutive sequence numbers. Never empty.
+    pub records: Vec<AuditRecord>,
+}
+
+impl Commit {
+    /// A commit that appends `record`.
+    pub(crate) fn new(record: AuditRecord) -> Self {
+        Self {
+            preconditions: Vec::new(),
+            changes: Vec::new(),
+            records: vec![record],
+        }
+    }
+
+    /// Adds a state change.
+    pub(crate) fn change(mut self, change: Change) -> Self {
+        self.changes.push(change);
+        self
+    }
+
+    /// Adds a precondition.
+    pub(crate) fn precondition(mut self, precondition: Precondition) -> Self {
+        self.preconditions.push(precondition);
+        self
+    }
+
+    /// Appends another record after the ones already in the commit.
+    pub(crate) fn push_record(&mut self, record: AuditRecord) {
+        self.records.push(record);
+    }
+
+    /// Checked first; if any fails, nothing is applied ([`StoreError::Conflict`](super::StoreError::Conflict)).
+    pub fn preconditions(&self) -> &[Precondition] {
+        &self.preconditions
+    }
+
+    /// Applied in order.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    /// Appended to the audit log, in order, with consecutive sequence numbers. Never empty.
+    pub fn records(&self) -> &[AuditRecord] {
+        &self.records
+    }
+
+    /// The parts, by value.
+    pub fn into_parts(self) -> CommitParts {
+        CommitParts {
+            preconditions: self.preconditions,
+            changes: self.changes,
+            records: self.records,
+        }
+    }
+}
+
+impl Precondition {
+    pub(crate) fn consent_version(consent: &ConsentId, version: u64) -> Self {
+        Self::ConsentVersion {
+            consent: consent.clone(),
+            version,
+        }
+    }
+
+    pub(crate) fn holder_version(holder: &HolderId, version: u64) -> Self {
+        Self::HolderVersion {
+            holder: holder.clone(),
+            version,
+        }
+    }
+
+    pub(crate) fn usage_is(consent: &ConsentId, day: Date, usage: Usage) -> Self {
+        Self::UsageIs {
+            consent: consent.clone(),
+            day,
+            usage,
+        }
+    }
+}
+
+/// Where the audit entries of a commit landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitReceipt {
+    /// Sequence numbers of the commit's audit entries.
+    pub audit_seqs: Range<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Actor, AuditEvent};
+
+    fn record() -> AuditRecord {
+        AuditRecord::new(
+            OffsetDateTime::UNIX_EPOCH,
+            Actor::Platform("chat".parse().unwrap()),
+            AuditEvent::PlatformRegistered { purposes: None },
+        )
+    }
+
+    /// The module's `compile_fail` examples compile here, where the items are visible.
+    #[test]
+    fn the_refused_constructions_are_otherwise_well_formed() {
+        fn hand_built(record: AuditRecord) -> Commit {
+            Commit::new(record)
+        }
+        let commit = hand_built(record());
+        assert_eq!(commit.records().len(), 1);
+        fn sneak(consent: Consent) -> Change {
+            Change::UpdateConsent { consent }
+        }
+        let _ = sneak;
+    }
+
+    #[test]
+    fn a_commit_always_carries_a_record() {
+        let mut commit = Commit::new(record()).change(Change::UseAttestation {
+            attestation_id: "a".into(),
+        });
+        assert_eq!(commit.records().len(), 1);
+        commit.push_record(record());
+        let parts = commit.into_parts();
+        assert_eq!((parts.changes.len(), parts.records.len()), (1, 2));
+    }
+}

@@ -1,0 +1,163 @@
+//! The records a store keeps besides consents: holders, published keys, checkpoints, entries.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ids::HolderId;
+use crate::keys::Ed25519PublicKey;
+use crate::merkle::Hash;
+use crate::policy::HolderPolicy;
+
+/// What the broker knows of a holder: its policy and the keys that sign its attestations.
+///
+/// Read-only outside the crate, like a [`Consent`](crate::Consent): the keys decide whose
+/// attestations activate grants, so only the broker's registration writes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HolderRecord {
+    pub(crate) id: HolderId,
+    pub(crate) policy: HolderPolicy,
+    pub(crate) attestation_keys: Vec<Ed25519PublicKey>,
+    pub(crate) version: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(remote = "HolderRecord")]
+struct StoredHolder {
+    id: HolderId,
+    policy: HolderPolicy,
+    attestation_keys: Vec<Ed25519PublicKey>,
+    version: u64,
+}
+
+impl HolderRecord {
+    /// The holder.
+    pub fn id(&self) -> &HolderId {
+        &self.id
+    }
+    /// Its policy.
+    pub fn policy(&self) -> &HolderPolicy {
+        &self.policy
+    }
+    /// Keys that sign its attestations.
+    pub fn attestation_keys(&self) -> &[Ed25519PublicKey] {
+        &self.attestation_keys
+    }
+    /// Incremented by every change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Turns back into a record the JSON a store was given to keep (the record serialized with
+    /// `serde_json`). For [`Store`](crate::Store) implementations only; see
+    /// [`Consent::from_stored`](crate::Consent::from_stored).
+    ///
+    /// # Errors
+    /// The JSON error, when the bytes are not a stored holder record.
+    pub fn from_stored(json: &[u8]) -> Result<Self, serde_json::Error> {
+        StoredHolder::deserialize(&mut serde_json::Deserializer::from_slice(json))
+    }
+}
+
+/// What a published key is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyUse {
+    /// Signs access tokens (published in the JWKS).
+    Token,
+    /// Signs audit-log checkpoints (C2SP signed notes).
+    Checkpoint,
+}
+
+impl KeyUse {
+    /// The name stored and shown: `token` or `checkpoint`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Checkpoint => "checkpoint",
+        }
+    }
+
+    /// The use named `name`, as [`KeyUse::as_str`] writes it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "token" => Some(Self::Token),
+            "checkpoint" => Some(Self::Checkpoint),
+            _ => None,
+        }
+    }
+}
+
+/// The public half of one of the broker's keys, with its life: activated, and, once replaced,
+/// retired (a retired token key keeps verifying until `verifies_until`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedKey {
+    /// What the key signs.
+    pub key_use: KeyUse,
+    /// Key id (RFC 7638 thumbprint).
+    pub kid: String,
+    /// The public key.
+    pub public_key: Ed25519PublicKey,
+    /// When it started signing.
+    pub activated_at: OffsetDateTime,
+    /// When it stopped signing, if it was replaced.
+    pub retired_at: Option<OffsetDateTime>,
+    /// For a retired token key: until when tokens it signed may still be presented.
+    pub verifies_until: Option<OffsetDateTime>,
+}
+
+impl PublishedKey {
+    /// Whether the key is the one signing now (it was never retired).
+    pub fn is_active(&self) -> bool {
+        self.retired_at.is_none()
+    }
+
+    /// Whether a verifier should trust the key at `now`: it is active, or retired with tokens
+    /// that may still be live.
+    pub fn verifies_at(&self, now: OffsetDateTime) -> bool {
+        match (self.retired_at, self.verifies_until) {
+            (None, _) => true,
+            (Some(_), Some(until)) => now < until,
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// An audit entry as stored: its position and the exact bytes that were hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// Its sequence number (its leaf index in the Merkle tree).
+    pub seq: u64,
+    /// The entry's JSON bytes, exactly as written and hashed.
+    pub bytes: Vec<u8>,
+}
+
+/// A checkpoint the broker signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// The tree size it covers.
+    pub size: u64,
+    /// The tree's root hash at that size.
+    pub root: Hash,
+    /// The signed note (C2SP `tlog-checkpoint` in a `signed-note`).
+    pub note: String,
+}
+
+/// The kind of record an error names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A holder.
+    Holder,
+    /// A platform.
+    Platform,
+    /// A consent.
+    Consent,
+    /// An attestation id.
+    Attestation,
+    /// A published key.
+    Key,
+    /// A checkpoint.
+    Checkpoint,
+    /// An audit entry.
+    AuditEntry,
+}

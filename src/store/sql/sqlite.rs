@@ -1,0 +1,502 @@
+//! The SQLite store: embedded, durable, the default.
+//!
+//! SQLite is compiled in (rusqlite's `bundled` feature), so no system library is needed. The
+//! database runs in WAL mode with `synchronous=FULL`: a commit that returned has reached the
+//! disk, and survives `kill -9` and power loss. Tables are `STRICT`, foreign keys are enforced,
+//! and triggers refuse any `UPDATE` or `DELETE` of audit rows and any audit row that would leave
+//! a gap in the sequence. A [`Commit`] is one `BEGIN IMMEDIATE` transaction: preconditions are
+//! read and changes written under the database's write lock, with the audit rows, or nothing is.
+//!
+//! # Several brokers on one file
+//!
+//! Any number of [`SqliteStore`]s, in one process or several, may open the same file on a local
+//! file system. Writers are serialised by SQLite's lock (a writer waits up to the busy timeout,
+//! 5 s by default, then gets [`StoreError::Busy`]); because preconditions are checked inside the
+//! write transaction, a decision taken on stale state is refused as [`StoreError::Conflict`] and
+//! re-decided by the broker, never committed; and the audit sequence stays gap-free (enforced by
+//! a trigger as well). WAL needs shared memory between processes, so network file systems are not
+//! supported.
+//!
+//! # Schema versions
+//!
+//! The schema version is SQLite's `user_version`. Opening a database of an older version applies
+//! the missing [`SqliteStore::MIGRATIONS`] in one transaction; a newer version is refused with
+//! [`StoreError::SchemaTooNew`]; a SQLite file with tables of its own but no version is refused as
+//! [`StoreError::NotADatabase`].
+//!
+//! The statements and the commit semantics are shared with the PostgreSQL store (the parent
+//! module); this file holds what is SQLite's own: opening and checking the file, its pragmas, its
+//! schema history, and the [`Dialect`] over rusqlite.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration as StdDuration;
+
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use time::Date;
+
+use super::{Dialect, Failure, Migration, Row, Value, read};
+use crate::consent::Consent;
+use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
+use crate::merkle::{self, Hash};
+use crate::policy::{PlatformProfile, Usage};
+use crate::store::{
+    Commit, CommitReceipt, HolderRecord, LogRead, PublishedKey, StateRead, Store, StoreError,
+    StoredCheckpoint, StoredEntry,
+};
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: "
+            PRAGMA application_id = 1128419947;
+            CREATE TABLE holders (
+                id TEXT PRIMARY KEY, version INTEGER NOT NULL, record TEXT NOT NULL
+            ) STRICT;
+            CREATE TABLE platforms (id TEXT PRIMARY KEY, record TEXT NOT NULL) STRICT;
+            CREATE TABLE consents (
+                position INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, subject TEXT NOT NULL,
+                version INTEGER NOT NULL, record TEXT NOT NULL
+            ) STRICT;
+            CREATE INDEX consents_by_subject ON consents (subject);
+            CREATE TABLE usage (
+                consent TEXT NOT NULL REFERENCES consents (id), day TEXT NOT NULL,
+                unattended INTEGER NOT NULL, PRIMARY KEY (consent, day)
+            ) STRICT;
+            CREATE TABLE attestations (id TEXT PRIMARY KEY) STRICT;
+            CREATE TABLE audit (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL) STRICT;
+            CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+                BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+            CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+                BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        ",
+    },
+    Migration {
+        version: 2,
+        sql: "
+            CREATE TABLE signing_keys (
+                kid TEXT PRIMARY KEY, public_key TEXT NOT NULL, activated_at INTEGER NOT NULL
+            ) STRICT;
+            CREATE TRIGGER audit_gap_free BEFORE INSERT ON audit
+                WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq) + 1, 0) FROM audit)
+                BEGIN SELECT RAISE(ABORT, 'the audit sequence must stay gap-free'); END;
+        ",
+    },
+    Migration {
+        version: 3,
+        // The Merkle tree's complete subtrees, and the checkpoints signed over them. Existing
+        // audit rows get their nodes computed from their stored bytes by the migration.
+        sql: "
+            CREATE TABLE merkle_nodes (
+                level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+                PRIMARY KEY (level, idx)
+            ) STRICT, WITHOUT ROWID;
+            CREATE TRIGGER merkle_nodes_no_update BEFORE UPDATE ON merkle_nodes
+                BEGIN SELECT RAISE(ABORT, 'Merkle nodes are append-only'); END;
+            CREATE TRIGGER merkle_nodes_no_delete BEFORE DELETE ON merkle_nodes
+                BEGIN SELECT RAISE(ABORT, 'Merkle nodes are append-only'); END;
+            CREATE TABLE checkpoints (
+                size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL
+            ) STRICT;
+        ",
+    },
+    Migration {
+        version: 4,
+        // Keys of both uses with their life (activation, retirement, how long a retired token
+        // key still verifies). Earlier versions kept token keys only, with no retirement: every
+        // key but the newest is taken as retired when the next one was activated, verifying for
+        // the longest token lifetime plus the grace after that (15 min + 30 s).
+        sql: "
+            CREATE TABLE published_keys (
+                position INTEGER PRIMARY KEY, key_use TEXT NOT NULL, kid TEXT NOT NULL,
+                public_key TEXT NOT NULL, activated_at INTEGER NOT NULL, retired_at INTEGER,
+                verifies_until INTEGER, UNIQUE (key_use, kid)
+            ) STRICT;
+            INSERT INTO published_keys (key_use, kid, public_key, activated_at)
+                SELECT 'token', kid, public_key, activated_at FROM signing_keys
+                ORDER BY activated_at, rowid;
+            UPDATE published_keys SET retired_at = (
+                SELECT MIN(n.activated_at) FROM published_keys n
+                WHERE n.key_use = published_keys.key_use AND n.position > published_keys.position
+            ) WHERE EXISTS (
+                SELECT 1 FROM published_keys n
+                WHERE n.key_use = published_keys.key_use AND n.position > published_keys.position
+            );
+            UPDATE published_keys SET verifies_until = retired_at + 930
+                WHERE retired_at IS NOT NULL;
+            DROP TABLE signing_keys;
+        ",
+    },
+];
+
+/// A [`Store`] in a SQLite database file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    connection: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// Maps an engine error to a store error that says what the caller can do.
+fn store_error(path: &Path, error: rusqlite::Error) -> StoreError {
+    let detail = error.to_string();
+    match error.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => StoreError::NotADatabase {
+            path: path.display().to_string(),
+            detail,
+        },
+        Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt(detail),
+        Some(ErrorCode::ReadOnly) => StoreError::ReadOnly(detail),
+        Some(ErrorCode::DiskFull) => StoreError::Full(detail),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy(detail),
+        Some(ErrorCode::CannotOpen) => {
+            StoreError::Unavailable(format!("cannot open {}: {detail}", path.display()))
+        }
+        _ => StoreError::Unavailable(detail),
+    }
+}
+
+fn failure(path: &Path, failure: Failure<rusqlite::Error>) -> StoreError {
+    match failure {
+        Failure::Refused(error) => error,
+        Failure::Engine(error) => store_error(path, error),
+    }
+}
+
+impl SqliteStore {
+    /// The schema's history, oldest first. The last version is [`SqliteStore::SCHEMA_VERSION`].
+    pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
+
+    /// The schema version this build writes.
+    pub const SCHEMA_VERSION: i64 = 4;
+
+    /// SQLite `application_id` of a consent-broker database (`0x4342_526B`, "CBRk"), written by
+    /// the first migration. A file with another application id is refused as not ours.
+    pub const APPLICATION_ID: i32 = 0x4342_526B;
+
+    /// How long a writer waits for another writer's lock by default.
+    pub const DEFAULT_BUSY_TIMEOUT: StdDuration = StdDuration::from_secs(5);
+
+    /// Opens (creating if needed) the database at `path`, checks its integrity, and brings its
+    /// schema up to [`SqliteStore::SCHEMA_VERSION`].
+    ///
+    /// # Errors
+    /// [`StoreError::NotADatabase`] for a file that is not SQLite or not ours,
+    /// [`StoreError::Corrupt`] for a damaged one, [`StoreError::SchemaTooNew`],
+    /// [`StoreError::ReadOnly`] / [`StoreError::Unavailable`] when it cannot be created or
+    /// written, [`StoreError::Busy`] when another process holds the lock too long.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let fail = |e| store_error(&path, e);
+        let connection = Connection::open(&path).map_err(fail)?;
+        connection
+            .busy_timeout(Self::DEFAULT_BUSY_TIMEOUT)
+            .map_err(fail)?;
+        // Decide whether the file is ours before writing anything to it. Reading the header is
+        // the first access: a file that is not SQLite fails here with SQLITE_NOTADB.
+        let application_id: i32 = connection
+            .pragma_query_value(None, "application_id", |row| row.get(0))
+            .map_err(fail)?;
+        let tables: i64 = connection
+            .query_row("SELECT COUNT(*) FROM sqlite_schema", [], |row| row.get(0))
+            .map_err(fail)?;
+        let fresh = application_id == 0 && tables == 0;
+        if application_id != Self::APPLICATION_ID && !fresh {
+            return Err(StoreError::NotADatabase {
+                path: path.display().to_string(),
+                detail: format!(
+                    "a SQLite database of another application (application_id {application_id:#x}, \
+                     {tables} schema objects)"
+                ),
+            });
+        }
+        let check: String = connection
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(fail)?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt(check));
+        }
+        let mode: String = connection
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(fail)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "{} cannot use write-ahead logging (journal mode {mode})",
+                path.display()
+            )));
+        }
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(fail)?;
+        connection
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(fail)?;
+        // Reads (whole-log verification above all) go through memory-mapped pages, up to
+        // 256 MiB, instead of copying every page through read(2).
+        connection
+            .pragma_update(None, "mmap_size", 256 * 1024 * 1024)
+            .map_err(fail)?;
+        let store = Self {
+            connection: Mutex::new(connection),
+            path,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the open database.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database cannot be read.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        let connection = self.lock();
+        connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|e| store_error(&self.path, e))
+    }
+
+    /// Caps the database at `max_bytes` (rounded down to whole pages, never below its current
+    /// size): a commit that would grow it further fails with [`StoreError::Full`] and leaves
+    /// nothing behind. A quota for this connection, and the way to test full-disk behaviour
+    /// without filling a disk.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the limit cannot be set.
+    pub fn limit_size(&self, max_bytes: u64) -> Result<(), StoreError> {
+        let connection = self.lock();
+        let fail = |e| store_error(&self.path, e);
+        let page_size: i64 = connection
+            .pragma_query_value(None, "page_size", |row| row.get(0))
+            .map_err(fail)?;
+        // SQLite reads `max_page_count = 0` as a query, not a limit, and never lowers the limit
+        // below the current size: ask for at least one page and let SQLite clamp.
+        let pages = (i64::try_from(max_bytes).unwrap_or(i64::MAX) / page_size.max(1)).max(1);
+        connection
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(fail)?;
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction open: the transaction guard
+        // rolls back on unwind. The connection is therefore still usable.
+        self.connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let fail = |e| store_error(&self.path, e);
+        let tx = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(fail)?;
+        if version > Self::SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                supported: Self::SCHEMA_VERSION,
+            });
+        }
+        if version == 0 {
+            let tables: i64 = tx
+                .query_row("SELECT COUNT(*) FROM sqlite_schema", [], |row| row.get(0))
+                .map_err(fail)?;
+            if tables > 0 {
+                return Err(StoreError::NotADatabase {
+                    path: self.path.display().to_string(),
+                    detail: "a SQLite database with tables of its own and no consent-broker \
+                             schema version"
+                        .into(),
+                });
+            }
+        }
+        for migration in MIGRATIONS.iter().filter(|m| m.version > version) {
+            tx.execute_batch(migration.sql).map_err(fail)?;
+            if migration.version == 3 {
+                backfill_merkle_nodes(&tx).map_err(|e| failure(&self.path, e))?;
+            }
+            tx.pragma_update(None, "user_version", migration.version)
+                .map_err(fail)?;
+        }
+        tx.commit().map_err(fail)
+    }
+
+    /// Runs a read on the connection.
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
+    ) -> Result<T, StoreError> {
+        let connection = self.lock();
+        read(&mut Lite(&connection)).map_err(|e| failure(&self.path, e))
+    }
+
+    /// Runs `write` in one `BEGIN IMMEDIATE` transaction: committed if it succeeds, rolled back
+    /// (by dropping the transaction) if anything in it fails.
+    fn write<T>(
+        &self,
+        write: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.lock();
+        let fail = |e| store_error(&self.path, e);
+        let tx = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let value = write(&mut Lite(&tx)).map_err(|e| failure(&self.path, e))?;
+        tx.commit().map_err(fail)?;
+        Ok(value)
+    }
+}
+
+/// The [`Dialect`] over a rusqlite connection (or a transaction, which derefs to one).
+struct Lite<'a>(&'a Connection);
+
+fn bind(params: &[Value<'_>]) -> Vec<rusqlite::types::Value> {
+    use rusqlite::types::Value as Sql;
+    params
+        .iter()
+        .map(|value| match *value {
+            Value::Int(int) => Sql::Integer(int),
+            Value::OptionalInt(Some(int)) => Sql::Integer(int),
+            Value::OptionalInt(None) => Sql::Null,
+            Value::Text(text) => Sql::Text(text.to_owned()),
+            Value::Blob(bytes) => Sql::Blob(bytes.to_vec()),
+        })
+        .collect()
+}
+
+impl Row for rusqlite::Row<'_> {
+    fn int(&self, column: usize) -> Result<Option<i64>, StoreError> {
+        self.get(column)
+            .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
+    }
+
+    fn bytes(&self, column: usize) -> Result<Vec<u8>, StoreError> {
+        self.get_ref(column)
+            .and_then(|value| Ok(value.as_bytes()?.to_vec()))
+            .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
+    }
+}
+
+impl Dialect for Lite<'_> {
+    type Error = rusqlite::Error;
+
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[Value<'_>],
+    ) -> Result<u64, Failure<Self::Error>> {
+        let changed = self
+            .0
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute(rusqlite::params_from_iter(bind(params))))
+            .map_err(Failure::Engine)?;
+        Ok(changed as u64)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[Value<'_>],
+        each: &mut dyn FnMut(&dyn Row) -> Result<(), StoreError>,
+    ) -> Result<(), Failure<Self::Error>> {
+        let mut statement = self.0.prepare_cached(sql).map_err(Failure::Engine)?;
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(bind(params)))
+            .map_err(Failure::Engine)?;
+        while let Some(row) = rows.next().map_err(Failure::Engine)? {
+            each(row)?;
+        }
+        Ok(())
+    }
+}
+
+/// Computes the Merkle nodes of audit rows written before schema version 3.
+fn backfill_merkle_nodes(tx: &Connection) -> Result<(), Failure<rusqlite::Error>> {
+    let rows: Vec<(i64, String)> = tx
+        .prepare("SELECT seq, entry FROM audit ORDER BY seq")
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(Failure::Engine)?;
+    for (expected, (seq, entry)) in (0u64..).zip(rows) {
+        if super::signed(expected) != seq {
+            return Err(Failure::Refused(StoreError::Corrupt(format!(
+                "audit sequence broken at {seq}"
+            ))));
+        }
+        super::append_leaf(&mut Lite(tx), expected, merkle::leaf_hash(entry.as_bytes()))?;
+    }
+    Ok(())
+}
+
+impl StateRead for SqliteStore {
+    fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
+        self.read(|db| read::holder(db, id))
+    }
+
+    fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError> {
+        self.read(|db| read::platform(db, id))
+    }
+
+    fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
+        self.read(|db| read::consent(db, id))
+    }
+
+    fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
+        self.read(|db| read::consents_of_subject(db, subject))
+    }
+
+    fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
+        self.read(|db| read::usage(db, consent, day))
+    }
+
+    fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError> {
+        self.read(|db| read::attestation_used(db, attestation_id))
+    }
+
+    fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
+        self.read(|db| read::published_keys(db))
+    }
+}
+
+impl LogRead for SqliteStore {
+    fn audit_len(&self) -> Result<u64, StoreError> {
+        self.read(|db| read::audit_len(db))
+    }
+
+    fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
+        self.read(|db| read::audit_bytes(db, range))
+    }
+
+    fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
+        self.read(|db| read::merkle_node(db, level, index))
+    }
+
+    fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
+        self.read(|db| read::merkle_nodes(db, level, range))
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.read(|db| read::latest_checkpoint(db))
+    }
+}
+
+impl Store for SqliteStore {
+    fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
+        self.write(|db| super::apply_commit(db, &commit))
+    }
+
+    fn record_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+        self.write(|db| super::record_checkpoint(db, checkpoint))
+    }
+}

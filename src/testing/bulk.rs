@@ -1,0 +1,118 @@
+//! Bulk data for benchmarks and load tests: logs and stores of a size no test would build one
+//! call at a time.
+
+use time::OffsetDateTime;
+
+use crate::audit::{Actor, AuditEvent, AuditRecord};
+use crate::consent::{AccountSelection, Consent};
+use crate::ids::AccountId;
+use crate::policy::{DenyReason, Presence};
+use crate::sets::AccountSet;
+use crate::store::{Change, Commit, Store, StoreError};
+use crate::vocab::{Purpose, Scope};
+
+/// How many records or consents one commit carries.
+const BATCH: u64 = 1_000;
+
+/// Parses an id the bulk data makes up.
+fn id<T: std::str::FromStr>(text: String) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e| StoreError::Unavailable(format!("bulk id {text}: {e}")))
+}
+
+fn decision(n: u64, at: OffsetDateTime) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord::new(
+        at,
+        Actor::Platform(id("chat".into())?),
+        AuditEvent::AccessDenied {
+            consent: id(format!("cns_{n:022}"))?,
+            subject: Some(id("alice".into())?),
+            scope: Scope::Balance.into(),
+            purpose: Purpose::CustomerService.into(),
+            account: id("acc-current".into())?,
+            presence: Presence::SubjectPresent,
+            reasons: vec![DenyReason::UnknownConsent],
+        },
+    ))
+}
+
+/// Appends `count` access-decision records (about 260 bytes each, like the broker's) to
+/// `store`'s log, in commits of up to a thousand, changing no state.
+///
+/// # Errors
+/// The store's.
+pub fn append_decisions<S: Store + ?Sized>(
+    store: &S,
+    count: u64,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let mut next = 0;
+    while next < count {
+        let end = (next + BATCH).min(count);
+        let mut commit = Commit::new(decision(next, at)?);
+        for n in next + 1..end {
+            commit.push_record(decision(n, at)?);
+        }
+        store.commit(commit)?;
+        next = end;
+    }
+    Ok(())
+}
+
+/// **Dangerous, for benchmarks only**: stores `count` copies of the consent `template` (a live
+/// grant, say), each with its own id `cns_<n>`, subject `subject-<n>` and single account
+/// `acc-<n>`, with every id parsed afresh (nothing shared but what the store itself shares).
+/// No attestation stands behind them: each commit of up to a thousand carries one
+/// `test_data_imported` entry, so the log says so.
+///
+/// # Errors
+/// The store's.
+pub fn dangerous_copy_grants<S: Store + ?Sized>(
+    store: &S,
+    template: &Consent,
+    count: u64,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let mut next = 1u64;
+    while next <= count {
+        let end = (next + BATCH).min(count + 1);
+        let record = AuditRecord::new(
+            at,
+            Actor::Platform(template.request.platform.clone()),
+            AuditEvent::TestDataImported {
+                consents: end - next,
+            },
+        );
+        let mut commit = Commit::new(record);
+        for n in next..end {
+            commit = commit.change(Change::InsertConsent {
+                consent: copy(template, n)?,
+            });
+        }
+        store.commit(commit)?;
+        next = end;
+    }
+    Ok(())
+}
+
+fn copy(template: &Consent, n: u64) -> Result<Consent, StoreError> {
+    let mut consent = template.clone();
+    let request = &mut consent.request;
+    request.id = id(format!("cns_{n:022}"))?;
+    request.subject = id(format!("subject-{n}"))?;
+    request.platform = id(request.platform.as_str().to_owned())?;
+    request.holder = id(request.holder.as_str().to_owned())?;
+    let account: AccountId = id(format!("acc-{n:08}"))?;
+    request.accounts = AccountSelection::Listed(AccountSet::from([account]));
+    if let Some(grant) = match &mut consent.state {
+        crate::consent::ConsentState::Authorised { grant }
+        | crate::consent::ConsentState::Revoked { grant, .. } => Some(grant),
+        _ => None,
+    } {
+        grant.accounts = AccountSet::from([id::<AccountId>(format!("acc-{n:08}"))?]);
+    }
+    Ok(consent)
+}

@@ -1,0 +1,349 @@
+//! A store that fails, on purpose, at every point a real one can.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use time::Date;
+
+use crate::audit::AuditKind;
+use crate::consent::Consent;
+use crate::error::Error;
+use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
+use crate::merkle::{Hash, MerkleError};
+use crate::policy::{HolderPolicy, PlatformProfile, Usage};
+use crate::store::{
+    Change, Commit, CommitReceipt, HolderRecord, LogRead, PublishedKey, RecordKind, StateRead,
+    Store, StoreError, StoredCheckpoint, StoredEntry,
+};
+
+/// Where a fault strikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fault {
+    /// A commit fails before the write: the inner store never sees it.
+    Before,
+    /// A commit fails during the write: the inner store gets it with one more change that must
+    /// fail (an update of a holder that does not exist) after every real change was applied, so
+    /// it has to roll all of them back, audit records included.
+    During,
+    /// A commit fails after the write: the inner store commits, then the caller gets an error.
+    /// The outcome is recorded but the caller cannot know it (the ambiguous case).
+    After,
+    /// A read fails.
+    Read,
+}
+
+/// How often random faults strike, in parts per thousand of commits (reads for `read`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultRates {
+    /// Commits failed before the write.
+    pub before: u64,
+    /// Commits failed during the write.
+    pub during: u64,
+    /// Commits failed after the write.
+    pub after: u64,
+    /// Reads failed.
+    pub read: u64,
+}
+
+impl Default for FaultRates {
+    /// 6 % of commits at each point, 1.5 % of reads.
+    fn default() -> Self {
+        Self {
+            before: 60,
+            during: 60,
+            after: 60,
+            read: 15,
+        }
+    }
+}
+
+/// One injected fault, as the store saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injected {
+    /// Where it struck.
+    pub fault: Fault,
+    /// The kinds of the audit records the failed commit carried (empty for reads).
+    pub kinds: Vec<AuditKind>,
+    /// Where they landed: after-write faults only (the inner commit succeeded).
+    pub seqs: Range<u64>,
+}
+
+/// Run once, before a read.
+type Hook = Box<dyn FnOnce() + Send>;
+
+struct State {
+    /// Hooks run once, at the start of the next read of the named method.
+    hooks: Vec<(&'static str, Hook)>,
+    rng: u64,
+    random: bool,
+    rates: FaultRates,
+    script: Vec<(AuditKind, Fault)>,
+    injected: Vec<Injected>,
+    totals: BTreeMap<Fault, u64>,
+}
+
+impl State {
+    /// xorshift64*: tiny and seeded.
+    fn per_mille(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % 1000
+    }
+}
+
+/// The holder the during-write fault tries to update: it never exists.
+const NO_SUCH_HOLDER: &str = "fault-injection-no-such-holder";
+
+/// A [`Store`] wrapper that forwards to `inner`, except where it injects a [`Fault`]: at random
+/// (seeded, at [`FaultRates`]) once [`FaultStore::random_faults`] is on, and on script
+/// ([`FaultStore::script`]). Injected errors are `StoreError::Unavailable("injected …")`. It can
+/// also run a hook just before a read ([`FaultStore::before_next_read`]), to make an interleaving
+/// with another thread deterministic.
+pub struct FaultStore<S> {
+    inner: S,
+    state: Mutex<State>,
+}
+
+impl<S> std::fmt::Debug for FaultStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultStore").finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> FaultStore<S> {
+    /// Wraps `inner`; random faults are off until turned on.
+    pub fn new(inner: S, seed: u64) -> Self {
+        Self {
+            inner,
+            state: Mutex::new(State {
+                hooks: Vec::new(),
+                rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+                random: false,
+                rates: FaultRates::default(),
+                script: Vec::new(),
+                injected: Vec::new(),
+                totals: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// The store behind the faults.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Turns random faults on or off.
+    pub fn random_faults(&self, on: bool) {
+        self.state().random = on;
+    }
+
+    /// Sets the rates of random faults.
+    pub fn rates(&self, rates: FaultRates) {
+        self.state().rates = rates;
+    }
+
+    /// Fails the next commit that carries a `kind` record with `fault` (not `Read`).
+    pub fn script(&self, kind: AuditKind, fault: Fault) {
+        self.state().script.push((kind, fault));
+    }
+
+    /// Runs `hook` once, just before the next call of the read method named `method` (for
+    /// example `"latest_checkpoint"`) goes to the inner store.
+    pub fn before_next_read(&self, method: &'static str, hook: impl FnOnce() + Send + 'static) {
+        self.state().hooks.push((method, Box::new(hook)));
+    }
+
+    /// The faults injected since the last call.
+    pub fn take_injected(&self) -> Vec<Injected> {
+        std::mem::take(&mut self.state().injected)
+    }
+
+    /// How many faults of each kind were injected in all.
+    pub fn totals(&self) -> BTreeMap<Fault, u64> {
+        self.state().totals.clone()
+    }
+
+    /// Whether `error` is one this store injected (passed on as it is, or, from the Merkle
+    /// tree's reader, as the unreadable node it made).
+    pub fn is_injected(error: &Error) -> bool {
+        match error {
+            Error::Store(StoreError::Unavailable(message)) => message.starts_with("injected"),
+            Error::Merkle(MerkleError::Source(message)) => message.contains("injected"),
+            _ => false,
+        }
+    }
+
+    fn note(&self, fault: Fault, kinds: Vec<AuditKind>, seqs: Range<u64>) {
+        let mut state = self.state();
+        *state.totals.entry(fault).or_default() += 1;
+        state.injected.push(Injected { fault, kinds, seqs });
+    }
+
+    fn read(&self, what: &'static str) -> Result<(), StoreError> {
+        let (fail, hook) = {
+            let mut state = self.state();
+            let rate = state.rates.read;
+            let hook = state
+                .hooks
+                .iter()
+                .position(|(method, _)| *method == what)
+                .map(|at| state.hooks.remove(at).1);
+            (state.random && state.per_mille() < rate, hook)
+        };
+        // Outside the lock: the hook may use this store.
+        if let Some(hook) = hook {
+            hook();
+        }
+        if fail {
+            self.note(Fault::Read, Vec::new(), 0..0);
+            return Err(injected(&format!("read ({what})")));
+        }
+        Ok(())
+    }
+
+    fn commit_fault(&self, kinds: &[AuditKind]) -> Option<Fault> {
+        let mut state = self.state();
+        if let Some(at) = state
+            .script
+            .iter()
+            .position(|(kind, _)| kinds.contains(kind))
+        {
+            return Some(state.script.remove(at).1);
+        }
+        if !state.random {
+            return None;
+        }
+        let rates = state.rates;
+        let roll = state.per_mille();
+        if roll < rates.before {
+            Some(Fault::Before)
+        } else if roll < rates.before + rates.during {
+            Some(Fault::During)
+        } else if roll < rates.before + rates.during + rates.after {
+            Some(Fault::After)
+        } else {
+            None
+        }
+    }
+}
+
+fn injected(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("injected {what} fault"))
+}
+
+impl<S: Store> StateRead for FaultStore<S> {
+    fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
+        self.read("holder")?;
+        self.inner.holder(id)
+    }
+    fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError> {
+        self.read("platform")?;
+        self.inner.platform(id)
+    }
+    fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
+        self.read("consent")?;
+        self.inner.consent(id)
+    }
+    fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
+        self.read("consents_of_subject")?;
+        self.inner.consents_of_subject(subject)
+    }
+    fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
+        self.read("usage")?;
+        self.inner.usage(consent, day)
+    }
+    fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError> {
+        self.read("attestation_used")?;
+        self.inner.attestation_used(attestation_id)
+    }
+    fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
+        self.read("published_keys")?;
+        self.inner.published_keys()
+    }
+}
+
+impl<S: Store> LogRead for FaultStore<S> {
+    fn audit_len(&self) -> Result<u64, StoreError> {
+        self.read("audit_len")?;
+        self.inner.audit_len()
+    }
+    fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
+        self.read("audit_bytes")?;
+        self.inner.audit_bytes(range)
+    }
+    fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
+        self.read("merkle_node")?;
+        self.inner.merkle_node(level, index)
+    }
+    fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
+        self.read("merkle_nodes")?;
+        self.inner.merkle_nodes(level, range)
+    }
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.read("latest_checkpoint")?;
+        self.inner.latest_checkpoint()
+    }
+}
+
+impl<S: Store> Store for FaultStore<S> {
+    fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
+        let kinds: Vec<AuditKind> = commit.records().iter().map(|r| r.event().kind()).collect();
+        match self.commit_fault(&kinds) {
+            None | Some(Fault::Read) => self.inner.commit(commit),
+            Some(Fault::Before) => {
+                self.note(Fault::Before, kinds, 0..0);
+                Err(injected("before-write"))
+            }
+            Some(Fault::During) => {
+                // Every real change is applied first; the last one fails, and the inner store
+                // must take all of them back, with the audit records.
+                let doomed = commit.change(Change::UpdateHolder {
+                    holder: HolderRecord {
+                        id: NO_SUCH_HOLDER.parse().expect("a valid holder id"),
+                        policy: HolderPolicy::default(),
+                        attestation_keys: Vec::new(),
+                        version: 2,
+                    },
+                });
+                match self.inner.commit(doomed) {
+                    Err(StoreError::Missing {
+                        kind: RecordKind::Holder,
+                        id,
+                    }) if id == NO_SUCH_HOLDER => {
+                        self.note(Fault::During, kinds, 0..0);
+                        Err(injected("during-write"))
+                    }
+                    Ok(receipt) => panic!(
+                        "the inner store applied an update of a holder that does not exist \
+                         ({receipt:?})"
+                    ),
+                    // A real outcome came first (a conflict): nothing was injected.
+                    Err(other) => Err(other),
+                }
+            }
+            Some(Fault::After) => {
+                let receipt = self.inner.commit(commit)?;
+                self.note(Fault::After, kinds, receipt.audit_seqs);
+                Err(injected("after-write"))
+            }
+        }
+    }
+
+    fn record_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+        if self.commit_fault(&[]) == Some(Fault::Before) {
+            self.note(Fault::Before, Vec::new(), 0..0);
+            return Err(injected("before-write"));
+        }
+        self.inner.record_checkpoint(checkpoint)
+    }
+}

@@ -1,0 +1,67 @@
+//! The embedder's test kit (feature `testing`): what a platform needs to test that its own code
+//! asks for consent properly, and to audit the decisions it gets, against the real broker.
+//!
+//! - [`SimulatedBank`]: a bank with a deterministic attestation key that registers and approves
+//!   a subject's consent in one call (everything asked, or what a closure narrows it to).
+//! - [`TestBroker`]: a broker on the memory store (or SQLite) in one line, with a manual clock at
+//!   a fixed start, sequential consent ids, a seeded random source for token ids and keys, a
+//!   registered bank and a registered platform.
+//! - [`LogAssertions`]: assertions that read the real audit log ("this call was recorded as
+//!   denied with exactly these reasons", "nothing was ever permitted for a prohibited use", "the
+//!   subject's history holds these kinds", "the log verifies against this checkpoint"); a failure
+//!   prints the entries involved.
+//! - [`SeededRandom`] and [`FailingRandom`]: random sources for deterministic tests and for
+//!   testing what happens when randomness fails.
+//! - [`FaultStore`]: a store wrapper that fails before, during or after a commit, or on a read,
+//!   at random (seeded) or on script, to test what an embedding does when its database fails.
+//! - [`bulk`]: logs and stores of benchmark size (a million grants, say), the grants marked in the
+//!   log as imported test data.
+//!
+//! Never for production: the seeded source is predictable by design.
+//!
+//! A platform's test, in full:
+//!
+//! ```
+//! use consent_broker::testing::{LogAssertions, TestBroker};
+//! use consent_broker::*;
+//!
+//! let t = TestBroker::memory();
+//! let consent = t.granted();                     // requested by the platform, approved at the bank
+//! let mut ask = t.access(consent.id());          // balance, customer service, subject present
+//! assert!(t.broker.authorise_access(&ask).unwrap().decision().is_permit());
+//!
+//! ask.purpose = "ads".parse().unwrap();          // the platform's ad team tries its luck
+//! let outcome = t.broker.authorise_access(&ask).unwrap();
+//! t.broker.assert_denied(
+//!     outcome.audit_seq(),
+//!     &[DenyReason::ProhibitedPurpose { prohibited: ProhibitedUse::Ads }],
+//! );
+//! t.broker.assert_never_permitted_prohibited_use();
+//! t.broker.assert_history(                        // what Alice sees of it
+//!     &t.subject,
+//!     &[
+//!         AuditKind::ConsentRequested,
+//!         AuditKind::ConsentApproved,
+//!         AuditKind::AccessPermitted,
+//!         AuditKind::AccessDenied,
+//!     ],
+//! );
+//! ```
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    reason = "test assertions and fixtures fail by panicking, with a message saying why"
+)]
+
+mod assertions;
+mod bank;
+pub mod bulk;
+mod faults;
+mod fixture;
+mod random;
+
+pub use assertions::LogAssertions;
+pub use bank::SimulatedBank;
+pub use faults::{Fault, FaultRates, FaultStore, Injected};
+pub use fixture::{START, TestBroker};
+pub use random::{FailingRandom, SeededRandom};

@@ -1,0 +1,1 @@
+//! What embedding needs: start-up registration, keys that never change silently, lookups.

@@ -1,0 +1,191 @@
+//! Shared support for the integration tests: the crate's own test kit
+//! ([`consent_broker::testing`]), and a [`Fixture`] over it with the helpers these tests use
+//! everywhere (requests as `ConsentRequest`s, statements, attestations, the log).
+#![allow(
+    dead_code,
+    reason = "each test module uses a different part of the support"
+)]
+
+use std::ops::Deref;
+
+#[allow(
+    unused_imports,
+    reason = "each test binary uses its own part of the kit"
+)]
+pub use consent_broker::testing::{
+    FailingRandom, Fault, FaultRates, FaultStore, Injected, LogAssertions, START, SeededRandom,
+    SimulatedBank, TestBroker,
+};
+use consent_broker::*;
+
+/// Parses an id (or anything else) that the test knows is valid.
+pub fn id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().unwrap()
+}
+
+/// A [`TestBroker`] (reachable through `Deref`: `broker`, `clock`, `platform`, `current`,
+/// `savings`), with the bank's and the subject's ids at hand and a system random source.
+pub struct Fixture<S: Store = MemoryStore> {
+    /// The kit's broker, bank and clock.
+    pub kit: TestBroker<S>,
+    /// The bank's id.
+    pub bank: HolderId,
+    /// The subject.
+    pub alice: SubjectId,
+    /// A system random source for the tests' own keys and attestations.
+    pub rng: SystemRandom,
+    /// The store, for a fixture made with [`Fixture::sharing`] (the broker lends its own out
+    /// read-only; a bank-side verifier needs a handle of its own, as in an embedding).
+    shared: Option<S>,
+}
+
+impl<S: Store> Deref for Fixture<S> {
+    type Target = TestBroker<S>;
+    fn deref(&self) -> &TestBroker<S> {
+        &self.kit
+    }
+}
+
+impl Fixture<MemoryStore> {
+    pub fn new() -> Self {
+        Self::with_store(MemoryStore::new())
+    }
+}
+
+impl<S: Store + Clone> Fixture<S> {
+    /// As [`Fixture::with_builder`], keeping a handle on the store ([`Fixture::shared_store`]).
+    pub fn sharing(
+        store: S,
+        configure: impl FnOnce(BrokerBuilder<S, BrokerKeys>) -> BrokerBuilder<S, BrokerKeys>,
+    ) -> Self {
+        let mut fixture = Self::with_builder(store.clone(), configure);
+        fixture.shared = Some(store);
+        fixture
+    }
+
+    /// As [`Fixture::with_policy`], keeping a handle on the store.
+    pub fn sharing_with_policy(store: S, policy: HolderPolicy) -> Self {
+        let mut fixture = Self::with_policy(store.clone(), policy);
+        fixture.shared = Some(store);
+        fixture
+    }
+}
+
+impl<S: Store> Fixture<S> {
+    fn from_kit(kit: TestBroker<S>) -> Self {
+        Self {
+            bank: kit.bank.id().clone(),
+            alice: kit.subject.clone(),
+            kit,
+            rng: SystemRandom::new(),
+            shared: None,
+        }
+    }
+
+    /// The bank (default policy) and the platform (all purposes) registered on `store`.
+    pub fn with_store(store: S) -> Self {
+        Self::from_kit(TestBroker::on(store))
+    }
+
+    pub fn with_policy(store: S, policy: HolderPolicy) -> Self {
+        Self::from_kit(TestBroker::with_policy(store, policy))
+    }
+
+    /// The fixture with a broker configured further by `configure` (keys, clock, lifetimes).
+    pub fn with_builder(
+        store: S,
+        configure: impl FnOnce(BrokerBuilder<S, BrokerKeys>) -> BrokerBuilder<S, BrokerKeys>,
+    ) -> Self {
+        Self::from_kit(TestBroker::configured(
+            store,
+            HolderPolicy::default(),
+            configure,
+        ))
+    }
+
+    /// The store handle kept by [`Fixture::sharing`].
+    pub fn shared_store(&self) -> S
+    where
+        S: Clone,
+    {
+        self.shared
+            .clone()
+            .expect("a fixture made with Fixture::sharing")
+    }
+
+    /// The bank's attestation signer.
+    pub fn bank_signer(&self) -> &AttestationSigner {
+        self.kit.bank.signer()
+    }
+
+    /// The statement approving everything requested (listed accounts), for the request's full
+    /// duration from now.
+    pub fn full_statement(&self, request: &ConsentRequest) -> ApprovalStatement {
+        self.kit.bank.full_statement(request, self.broker.now())
+    }
+
+    /// The bank's attestation of `statement`, signed now.
+    pub fn attest(&self, statement: &ApprovalStatement) -> String {
+        self.kit.bank.attest(&self.broker, statement).unwrap()
+    }
+
+    /// Requests and approves everything: a live grant.
+    pub fn granted(&self) -> ConsentRequest {
+        let request = self.request();
+        self.kit.bank.approve_all(&self.broker, &request).unwrap();
+        request
+    }
+
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        self.broker.audit_log().unwrap()
+    }
+
+    pub fn last_audit(&self) -> AuditEntry {
+        self.audit().pop().unwrap()
+    }
+
+    pub fn audit_len(&self) -> u64 {
+        self.broker.store().audit_len().unwrap()
+    }
+}
+
+/// The broker keys every fixture uses (from a fixed seed), for brokers a test builds itself.
+pub fn keys() -> BrokerKeys {
+    BrokerKeys::ephemeral(&SeededRandom::new(1)).unwrap()
+}
+
+fn copy(key: &SigningKey) -> SigningKey {
+    SigningKey::from_pkcs8_der(key.to_pkcs8_der()).unwrap()
+}
+
+/// [`keys`] with this token key.
+pub fn keys_with_token(token: SigningKey) -> BrokerKeys {
+    BrokerKeys::new(token, copy(keys().checkpoint()))
+}
+
+/// [`keys`] with this checkpoint key.
+pub fn keys_with_checkpoint(checkpoint: SigningKey) -> BrokerKeys {
+    BrokerKeys::new(copy(keys().token()), checkpoint)
+}
+
+/// A grant's contents, to compare with what a test expects.
+pub fn grant_parts(
+    grant: &Grant,
+) -> (
+    ScopeSet,
+    PurposeSet,
+    AccountSet,
+    time::OffsetDateTime,
+    time::OffsetDateTime,
+) {
+    (
+        grant.scopes(),
+        grant.purposes(),
+        grant.accounts().clone(),
+        grant.authorised_at(),
+        grant.expires_at(),
+    )
+}
