@@ -106,3 +106,8 @@ pub use token::{
     check_token,
 };
 pub use vocab::{ProhibitedUse, Purpose, RequestedPurpose, RequestedScope, Scope, VocabError};
+
+/// The examples of `docs/EMBEDDING.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/EMBEDDING.md")]
+struct EmbeddingDoc;

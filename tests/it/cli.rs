@@ -830,6 +830,46 @@ fn token_verify_accepts_a_fresh_token_and_refuses_it_after_revocation() {
     assert!(run.stdout.starts_with("refused:"), "{run:?}");
 }
 
+/// Before: the tool trusted every key the store had ever published, so a retired token key (a
+/// leaked one, say) could sign tokens the tool accepted for ever. Now it trusts what the broker
+/// publishes now: the active key, and a retired key only until its last tokens expired.
+#[test]
+fn token_verify_trusts_a_retired_key_only_until_its_overlap_ends() {
+    let (audited, fx) = setup();
+    // `audited.token` was signed by the first key, and is valid for minutes yet.
+    fx.broker
+        .rotate_signing_key(SigningKey::generate(&SystemRandom::new()).unwrap())
+        .unwrap();
+    let run = verify_token(&audited.db, "bank", "broker", &audited.token);
+    assert_eq!(run.code, 0, "during the overlap: {run:?}");
+    // The tool runs on the system clock: let the overlap end by moving the retired key's
+    // end of overlap into the past, as the passing of six minutes would.
+    let connection = Connection::open(&audited.db).unwrap();
+    let moved = connection
+        .execute(
+            "UPDATE published_keys SET verifies_until = ?1 WHERE kid = ?2",
+            params![
+                SystemClock.now().unix_timestamp() - 1,
+                audited.token_kid.as_str()
+            ],
+        )
+        .unwrap();
+    assert_eq!(moved, 1);
+    drop(connection);
+    let run = verify_token(&audited.db, "bank", "broker", &audited.token);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains(&TokenError::UnknownKey.to_string()),
+        "{run:?}"
+    );
+    let run = cli(["keys", "jwks", "--db", s(&audited.db)]);
+    let jwks = Jwks::from_json(run.stdout.trim()).unwrap();
+    assert!(
+        jwks.keys.iter().all(|k| k.kid != audited.token_kid),
+        "{run:?}"
+    );
+}
+
 #[test]
 fn token_verify_refuses_garbage() {
     let audited = closed();

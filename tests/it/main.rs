@@ -22,6 +22,7 @@ mod attestation;
 mod bad_input;
 mod deny_reasons;
 mod lifecycle;
+mod review_fixes;
 mod sealed;
 mod token_attacks;
 mod tokens;

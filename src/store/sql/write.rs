@@ -1,0 +1,348 @@
+//! The commit semantics of the SQL stores, for any dialect: preconditions, changes, audit rows
+//! with the Merkle nodes they complete, and checkpoints. Everything runs inside the transaction
+//! the store opened; any failure makes the store roll it all back.
+
+use time::OffsetDateTime;
+
+use super::{Dialect, Failure, Nodes, Value, day_key, node, one, read, signed};
+use crate::merkle::{self, Hash, MerkleError, NodeSource};
+use crate::store::{
+    Change, Commit, CommitReceipt, Precondition, RecordKind, StoreError, StoredCheckpoint,
+};
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
+}
+
+fn engine<E>(error: E) -> Failure<E> {
+    Failure::Engine(error)
+}
+
+/// Inserts a row unless its key exists; a duplicate is reported as such.
+fn insert_new<D: Dialect + ?Sized>(
+    db: &mut D,
+    sql: &'static str,
+    params: &[Value<'_>],
+    kind: RecordKind,
+    id: &str,
+) -> Result<(), Failure<D::Error>> {
+    if db.execute(sql, params)? == 0 {
+        return Err(Failure::Refused(StoreError::Duplicate {
+            kind,
+            id: id.to_owned(),
+        }));
+    }
+    Ok(())
+}
+
+/// The statements of a versioned table.
+struct Versioned {
+    update: &'static str,
+    exists: &'static str,
+    kind: RecordKind,
+}
+
+const HOLDERS: Versioned = Versioned {
+    update: "UPDATE holders SET version = ?1, record = ?2 WHERE id = ?3 AND version = ?4",
+    exists: "SELECT version FROM holders WHERE id = ?1",
+    kind: RecordKind::Holder,
+};
+
+const CONSENTS: Versioned = Versioned {
+    update: "UPDATE consents SET version = ?1, record = ?2 WHERE id = ?3 AND version = ?4",
+    exists: "SELECT version FROM consents WHERE id = ?1",
+    kind: RecordKind::Consent,
+};
+
+/// Replaces a versioned row whose stored version is one less than the new one.
+fn update_versioned<D: Dialect + ?Sized>(
+    db: &mut D,
+    table: &Versioned,
+    id: &str,
+    version: u64,
+    record: &str,
+) -> Result<(), Failure<D::Error>> {
+    let previous = signed(version.saturating_sub(1));
+    let params = [
+        Value::Int(signed(version)),
+        Value::Text(record),
+        Value::Text(id),
+        Value::Int(previous),
+    ];
+    if db.execute(table.update, &params)? == 1 {
+        return Ok(());
+    }
+    let exists = one(db, table.exists, &[Value::Text(id)], |_| Ok(()))?.is_some();
+    Err(Failure::Refused(if exists {
+        StoreError::Conflict
+    } else {
+        StoreError::Missing {
+            kind: table.kind,
+            id: id.to_owned(),
+        }
+    }))
+}
+
+fn stored_version<D: Dialect + ?Sized>(
+    db: &mut D,
+    sql: &'static str,
+    id: &str,
+) -> Result<Option<i64>, Failure<D::Error>> {
+    Ok(one(db, sql, &[Value::Text(id)], |row| row.int(0))?.flatten())
+}
+
+fn holds<D: Dialect + ?Sized>(
+    db: &mut D,
+    precondition: &Precondition,
+) -> Result<bool, Failure<D::Error>> {
+    Ok(match precondition {
+        Precondition::ConsentVersion {
+            consent, version, ..
+        } => stored_version(db, CONSENTS.exists, consent.as_str())? == Some(signed(*version)),
+        Precondition::HolderVersion {
+            holder, version, ..
+        } => stored_version(db, HOLDERS.exists, holder.as_str())? == Some(signed(*version)),
+        Precondition::UsageIs {
+            consent,
+            day,
+            usage,
+            ..
+        } => read::usage(db, consent, *day)? == *usage,
+    })
+}
+
+fn apply<D: Dialect + ?Sized>(db: &mut D, change: &Change) -> Result<(), Failure<D::Error>> {
+    match change {
+        Change::InsertHolder { holder, .. } => insert_new(
+            db,
+            "INSERT INTO holders (id, version, record) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            &[
+                Value::Text(holder.id.as_str()),
+                Value::Int(signed(holder.version)),
+                Value::Text(&json(holder)?),
+            ],
+            RecordKind::Holder,
+            holder.id.as_str(),
+        ),
+        Change::UpdateHolder { holder, .. } => update_versioned(
+            db,
+            &HOLDERS,
+            holder.id.as_str(),
+            holder.version,
+            &json(holder)?,
+        ),
+        Change::InsertPlatform { platform, .. } => insert_new(
+            db,
+            "INSERT INTO platforms (id, record) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            &[
+                Value::Text(platform.id.as_str()),
+                Value::Text(&json(platform)?),
+            ],
+            RecordKind::Platform,
+            platform.id.as_str(),
+        ),
+        Change::InsertConsent { consent, .. } => insert_new(
+            db,
+            "INSERT INTO consents (id, subject, version, record) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT DO NOTHING",
+            &[
+                Value::Text(consent.id().as_str()),
+                Value::Text(consent.request.subject.as_str()),
+                Value::Int(signed(consent.version)),
+                Value::Text(&json(consent)?),
+            ],
+            RecordKind::Consent,
+            consent.id().as_str(),
+        ),
+        Change::UpdateConsent { consent, .. } => update_versioned(
+            db,
+            &CONSENTS,
+            consent.id().as_str(),
+            consent.version,
+            &json(consent)?,
+        ),
+        Change::CountUnattendedAccess { consent, day, .. } => {
+            db.execute(
+                "INSERT INTO usage (consent, day, unattended) VALUES (?1, ?2, 1) \
+                 ON CONFLICT (consent, day) DO UPDATE SET unattended = usage.unattended + 1",
+                &[Value::Text(consent.as_str()), Value::Text(&day_key(*day))],
+            )?;
+            Ok(())
+        }
+        Change::UseAttestation { attestation_id, .. } => insert_new(
+            db,
+            "INSERT INTO attestations (id) VALUES (?1) ON CONFLICT DO NOTHING",
+            &[Value::Text(attestation_id)],
+            RecordKind::Attestation,
+            attestation_id,
+        ),
+        Change::ActivateKey { key, .. } => {
+            // One active key per use: another broker activated one first.
+            let active = one(
+                db,
+                "SELECT kid FROM published_keys WHERE key_use = ?1 AND retired_at IS NULL",
+                &[Value::Text(key.key_use.as_str())],
+                |_| Ok(()),
+            )?;
+            if active.is_some() {
+                return Err(Failure::Refused(StoreError::Conflict));
+            }
+            insert_new(
+                db,
+                "INSERT INTO published_keys (key_use, kid, public_key, activated_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                &[
+                    Value::Text(key.key_use.as_str()),
+                    Value::Text(&key.kid),
+                    Value::Text(&key.public_key.to_base64url()),
+                    Value::Int(key.activated_at.unix_timestamp()),
+                ],
+                RecordKind::Key,
+                &key.kid,
+            )
+        }
+        Change::RetireKey {
+            key_use,
+            kid,
+            retired_at,
+            verifies_until,
+            ..
+        } => {
+            let changed = db.execute(
+                "UPDATE published_keys SET retired_at = ?3, verifies_until = ?4 \
+                     WHERE key_use = ?1 AND kid = ?2 AND retired_at IS NULL",
+                &[
+                    Value::Text(key_use.as_str()),
+                    Value::Text(kid),
+                    Value::Int(retired_at.unix_timestamp()),
+                    Value::OptionalInt(verifies_until.map(OffsetDateTime::unix_timestamp)),
+                ],
+            )?;
+            if changed != 1 {
+                return Err(Failure::Refused(StoreError::Missing {
+                    kind: RecordKind::Key,
+                    id: kid.clone(),
+                }));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The Merkle nodes as seen inside the commit's transaction: the siblings fetched for the
+/// append first, then one query per node should the append need any other.
+struct TxNodes<'a, D: ?Sized> {
+    db: std::cell::RefCell<&'a mut D>,
+    prefetched: Nodes,
+}
+
+impl<D: Dialect + ?Sized> NodeSource for TxNodes<'_, D> {
+    fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
+        if let Some(hash) = self.prefetched.get(&(level, index)) {
+            return Ok(*hash);
+        }
+        let mut db = self.db.borrow_mut();
+        match node(&mut **db, level, index) {
+            Ok(Some(hash)) => Ok(hash),
+            Ok(None) => Err(MerkleError::MissingNode { level, index }),
+            Err(Failure::Refused(error)) => Err(MerkleError::Source(error.to_string())),
+            Err(Failure::Engine(_)) => Err(MerkleError::Source("the engine failed".into())),
+        }
+    }
+}
+
+/// Writes one entry's bytes and the Merkle nodes its leaf completes.
+pub(crate) fn append_entry<D: Dialect + ?Sized>(
+    db: &mut D,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<(), Failure<D::Error>> {
+    // Entries are UTF-8 JSON; SQLite keeps them as TEXT, PostgreSQL as BYTEA (the dialect binds
+    // the bytes), both verbatim.
+    let entry = std::str::from_utf8(bytes)
+        .map_err(|_| StoreError::Unavailable("an audit entry is not UTF-8".into()))?;
+    db.execute(
+        "INSERT INTO audit (seq, entry) VALUES (?1, ?2)",
+        &[Value::Int(signed(seq)), Value::Text(entry)],
+    )?;
+    append_leaf(db, seq, merkle::leaf_hash(bytes))
+}
+
+/// Writes the Merkle nodes that leaf `size` completes.
+pub(crate) fn append_leaf<D: Dialect + ?Sized>(
+    db: &mut D,
+    size: u64,
+    leaf: Hash,
+) -> Result<(), Failure<D::Error>> {
+    let prefetched = db.append_siblings(size)?;
+    let nodes = {
+        let source = TxNodes {
+            db: std::cell::RefCell::new(&mut *db),
+            prefetched,
+        };
+        merkle::append(size, leaf, &source)
+            .map_err(|e| StoreError::Corrupt(format!("Merkle tree: {e}")))?
+    };
+    for (level, index, hash) in nodes {
+        db.execute(
+            "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
+            &[
+                Value::Int(i64::from(level)),
+                Value::Int(signed(index)),
+                Value::Blob(&hash),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Applies one commit inside the transaction the store opened.
+pub(crate) fn apply_commit<D: Dialect + ?Sized>(
+    db: &mut D,
+    commit: &Commit,
+) -> Result<CommitReceipt, Failure<D::Error>> {
+    db.lock_for_commit().map_err(engine)?;
+    for precondition in commit.preconditions() {
+        if !holds(db, precondition)? {
+            return Err(Failure::Refused(StoreError::Conflict));
+        }
+    }
+    for change in commit.changes() {
+        apply(db, change)?;
+    }
+    let first = read::audit_len(db)?;
+    let mut next = first;
+    for record in commit.records() {
+        let bytes = record
+            .entry_bytes(next)
+            .map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))?;
+        append_entry(db, next, &bytes)?;
+        next += 1;
+    }
+    Ok(CommitReceipt {
+        audit_seqs: first..next,
+    })
+}
+
+/// Records a checkpoint inside the transaction the store opened.
+pub(crate) fn record_checkpoint<D: Dialect + ?Sized>(
+    db: &mut D,
+    checkpoint: &StoredCheckpoint,
+) -> Result<(), Failure<D::Error>> {
+    db.lock_for_commit().map_err(engine)?;
+    if let Some(latest) = read::latest_checkpoint(db)?
+        && latest.size > checkpoint.size
+    {
+        return Err(Failure::Refused(StoreError::Conflict));
+    }
+    db.execute(
+        "INSERT INTO checkpoints (size, root, note) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (size) DO NOTHING",
+        &[
+            Value::Int(signed(checkpoint.size)),
+            Value::Blob(&checkpoint.root),
+            Value::Text(&checkpoint.note),
+        ],
+    )?;
+    Ok(())
+}
