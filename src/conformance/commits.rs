@@ -155,14 +155,7 @@ pub fn concurrency<H: Harness>() {
     const OPS: u64 = 40;
     let h = H::new();
     let s = h.store();
-    let c: ConsentId = id("cns_1");
-    s.commit(commit(
-        vec![Change::InsertConsent {
-            consent: consent("cns_1", "alice"),
-        }],
-        vec![],
-    ))
-    .unwrap();
+    let c = insert_consent(s, "cns_1", "alice");
     let before = s.audit_len().unwrap();
     let conflicts = AtomicU64::new(0);
     std::thread::scope(|scope| {

@@ -167,6 +167,19 @@ fn commit(changes: Vec<Change>, records: Vec<AuditRecord>) -> Commit {
     commit
 }
 
+/// Commits one consent `name` of `subject` with no other change and returns its id.
+fn insert_consent<S: Store + ?Sized>(store: &S, name: &str, subject: &str) -> ConsentId {
+    store
+        .commit(commit(
+            vec![Change::InsertConsent {
+                consent: consent(name, subject),
+            }],
+            vec![],
+        ))
+        .unwrap();
+    id(name)
+}
+
 fn published(key_use: KeyUse, n: u8, at: OffsetDateTime) -> PublishedKey {
     let public_key = Ed25519PublicKey::from_bytes(&[n; 32]).unwrap();
     PublishedKey {

@@ -165,14 +165,7 @@ pub fn consents<H: Harness>() {
 pub fn usage_and_attestations<H: Harness>() {
     let h = H::new();
     let s = h.store();
-    let c: ConsentId = id("cns_1");
-    s.commit(commit(
-        vec![Change::InsertConsent {
-            consent: consent("cns_1", "alice"),
-        }],
-        vec![],
-    ))
-    .unwrap();
+    let c = insert_consent(s, "cns_1", "alice");
     assert_eq!(s.usage(&c, DAY).unwrap(), Usage::default());
     let count = |day| Change::CountUnattendedAccess {
         consent: c.clone(),
