@@ -205,7 +205,17 @@ fn key_directory(storage: &Storage) -> Result<Option<PathBuf>> {
     Ok(Some(directory))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let storage = storage()?;
     let store: Arc<dyn Store> = match &storage {
         Storage::Sqlite(path) => {
@@ -519,6 +529,7 @@ fn main() -> Result<()> {
     if let Storage::Sqlite(path) = &storage {
         let checkpoint_file = path.with_extension("checkpoint");
         let vkey_file = path.with_extension("vkey");
+        check_last_runs_checkpoint(&story.broker, &checkpoint_file, &vkey_file)?;
         std::fs::write(&checkpoint_file, &checkpoint.note)?;
         std::fs::write(&vkey_file, format!("{vkey}\n"))?;
         println!(
@@ -537,6 +548,32 @@ fn main() -> Result<()> {
             vkey_file.display()
         );
     }
+    Ok(())
+}
+
+/// What an auditor who kept the last run's checkpoint and verifier key does on this run: the
+/// saved key still verifies the saved checkpoint (the broker's keys were reused, not replaced),
+/// and today's log, every entry re-hashed, extends what that checkpoint committed to. A broker
+/// that had silently made new keys, or a log rewritten between runs, stops the story here.
+fn check_last_runs_checkpoint(
+    broker: &Broker<Arc<dyn Store>>,
+    checkpoint_file: &Path,
+    vkey_file: &Path,
+) -> Result<()> {
+    let (Ok(old_note), Ok(old_vkey)) = (
+        std::fs::read_to_string(checkpoint_file),
+        std::fs::read_to_string(vkey_file),
+    ) else {
+        return Ok(()); // The first run: nothing kept yet.
+    };
+    let verifier = NoteVerifier::from_vkey(old_vkey.trim())?;
+    let report = verify_log(&broker.store(), Some((&old_note, &verifier)))?;
+    let kept = report.checkpoint.map_or(0, |c| c.size);
+    println!(
+        "   the checkpoint kept from the last run ({kept} entries) verifies with the verifier \
+         key printed then, and this log of {} entries extends it",
+        report.size
+    );
     Ok(())
 }
 

@@ -20,7 +20,13 @@
 //! The fixture (keys, a broker, a live grant, a pending request) is built once per process and is
 //! deterministic: fixed key seeds, a manual clock at [`NOW`] and sequential consent ids, so that
 //! the tokens, attestations and checkpoints committed in `fuzz/corpus/` stay valid.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "included both by the fuzz crate and by the tests, each of which uses part of it; fixtures fail by panicking"
+)]
 
 use std::collections::BTreeMap;
 use std::ops::Range;

@@ -60,7 +60,7 @@ pub enum Error {
     /// A registration repeated at start-up differs from what is registered: the keys or the
     /// policy (holder) or the purposes (platform) are not the ones recorded. Nothing was changed;
     /// change them explicitly (`set_holder_keys`, `set_holder_policy`) if that is intended.
-    #[error("{kind:?} {id} is registered with a different {field:?}")]
+    #[error("{kind} {id} is registered with different {field}")]
     RegistrationMismatch {
         /// A holder or a platform.
         kind: RecordKind,
@@ -70,7 +70,7 @@ pub enum Error {
         field: RegistrationField,
     },
     /// A key given to the broker was replaced before: a retired key never signs again.
-    #[error("the {key_use:?} key {kid} was retired and cannot sign again")]
+    #[error("the {key_use} key {kid} was retired and cannot sign again")]
     KeyRetired {
         /// What the key was for.
         key_use: KeyUse,
@@ -133,6 +133,16 @@ pub enum RegistrationField {
     Policy,
     /// The platform's registered purposes.
     Purposes,
+}
+
+impl std::fmt::Display for RegistrationField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::AttestationKeys => "attestation keys",
+            Self::Policy => "policy",
+            Self::Purposes => "purposes",
+        })
+    }
 }
 
 impl From<SigningError> for Error {

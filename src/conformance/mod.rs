@@ -212,7 +212,10 @@ pub mod suite {
 macro_rules! store_conformance_tests {
     (@module $name:ident, $harness:ty, [$($durable:ident)?], $attrs:tt) => {
         mod $name {
-            #[allow(unused_imports)]
+            #[allow(
+                unused_imports,
+                reason = "the caller's harness may or may not need its module's names here"
+            )]
             use super::*;
             $crate::store_conformance_tests!(@tests $harness, $attrs, holders_and_platforms,
                 consents, usage_and_attestations, published_keys, audit_log, checkpoints,

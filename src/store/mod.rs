@@ -53,7 +53,7 @@ pub enum StoreError {
     #[error("the stored state changed since it was read (concurrent update)")]
     Conflict,
     /// An insert with an id that already exists.
-    #[error("a {kind:?} with id {id} already exists")]
+    #[error("a {kind} with id {id} already exists")]
     Duplicate {
         /// The kind of record.
         kind: RecordKind,
@@ -61,7 +61,7 @@ pub enum StoreError {
         id: String,
     },
     /// An update of a record that does not exist.
-    #[error("no {kind:?} with id {id} exists")]
+    #[error("no {kind} with id {id} exists")]
     Missing {
         /// The kind of record.
         kind: RecordKind,

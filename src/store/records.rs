@@ -68,6 +68,12 @@ pub enum KeyUse {
     Checkpoint,
 }
 
+impl std::fmt::Display for KeyUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl KeyUse {
     /// The name stored and shown: `token` or `checkpoint`.
     pub const fn as_str(self) -> &'static str {
@@ -160,4 +166,18 @@ pub enum RecordKind {
     Checkpoint,
     /// An audit entry.
     AuditEntry,
+}
+
+impl std::fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Holder => "holder",
+            Self::Platform => "platform",
+            Self::Consent => "consent",
+            Self::Attestation => "attestation",
+            Self::Key => "published key",
+            Self::Checkpoint => "checkpoint",
+            Self::AuditEntry => "audit entry",
+        })
+    }
 }

@@ -1232,6 +1232,11 @@ fn a_holder_registered_twice_keeps_its_first_registration() {
             field: RegistrationField::AttestationKeys,
         }
     );
+    // What an operator reads at start-up: words, not the enum's debug names.
+    assert_eq!(
+        error.to_string(),
+        "holder bank is registered with different attestation keys"
+    );
     // The same key with another policy: refused too, naming the policy.
     let error = unaudited(&fx, None, || {
         fx.broker.register_holder(HolderRegistration {

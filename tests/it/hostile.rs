@@ -11,7 +11,6 @@
 //!
 //! `tests/bad_input.rs` covers each wire type's own malformed fields; this file covers the
 //! hostile shapes, across all entry points at once.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
