@@ -132,7 +132,7 @@ pub enum AttestationError {
     #[error("purpose {0} was approved but not requested")]
     PurposeNotRequested(Purpose),
     /// An approved account that the request did not name.
-    #[error("account {0} was approved but not requested")]
+    #[error("an account was approved that the request did not name")]
     AccountNotRequested(AccountId),
     /// The approval names no scope, purpose or account.
     #[error("the approval must name at least one scope, one purpose and one account")]

@@ -228,8 +228,10 @@ impl std::fmt::Display for DenyReason {
                     purpose_words(*purpose)
                 )
             }
-            Self::AccountNotGranted { account } => {
-                write!(f, "the consent does not cover account {account}")
+            // The account's id stays out of the message: it is shown to people and written to
+            // logs, and the id is in the audit entry for whoever may read it.
+            Self::AccountNotGranted { .. } => {
+                f.write_str("the consent does not cover this account")
             }
             Self::HolderForbidsScope { scope } => {
                 write!(f, "the bank does not share {}", scope_words(*scope))

@@ -197,7 +197,7 @@ pub enum TokenError {
     #[error("the consent does not grant purpose {0}")]
     PurposeNotGranted(Purpose),
     /// The consent does not grant the token's account.
-    #[error("the consent does not grant account {0}")]
+    #[error("the consent does not grant the token's account")]
     AccountNotGranted(AccountId),
     /// The token's `jti` was seen before (replay detection is on).
     #[error("the token was already presented (replay)")]
