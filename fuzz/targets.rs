@@ -696,7 +696,7 @@ impl Store for LogStore {
     fn commit(&self, _: Commit) -> Result<CommitReceipt, StoreError> {
         Err(StoreError::Unavailable("a read-only log".into()))
     }
-    fn record_checkpoint(&self, _: &StoredCheckpoint) -> Result<(), StoreError> {
+    fn record_checkpoint(&self, _: &SignedCheckpoint) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("a read-only log".into()))
     }
 }

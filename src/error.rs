@@ -57,6 +57,10 @@ pub enum Error {
     /// The permit is older than the broker's permit lifetime: decide again.
     #[error("the permit for consent {0} has lapsed; ask again")]
     PermitLapsed(ConsentId),
+    /// The permit was decided by another broker instance: a broker turns only its own permits
+    /// into tokens or verified access.
+    #[error("the permit was decided by another broker")]
+    ForeignPermit,
     /// A registration repeated at start-up differs from what is registered: the keys or the
     /// policy (holder) or the purposes (platform) are not the ones recorded. Nothing was changed;
     /// change them explicitly (`set_holder_keys`, `set_holder_policy`) if that is intended.

@@ -3,8 +3,9 @@
 //! [`TokenVerifier`] checks a token offline against the broker's published keys
 //! ([`crate::keys::Jwks`]), then asks a [`ConsentStatusSource`] whether the consent is still
 //! live, so that a revocation is seen by the very next verification. Only a successful
-//! verification (or the broker's own checked call, through [`VerifiedAccess::from`] a
-//! [`Permit`]) makes a [`VerifiedAccess`]; the [`DataHolder`](crate::data::DataHolder) trait's
+//! verification (or the broker's own checked call, through
+//! [`Broker::verified_access`](crate::Broker::verified_access) on a [`Permit`] it decided) makes a
+//! [`VerifiedAccess`]; the [`DataHolder`](crate::data::DataHolder) trait's
 //! methods take grants that only a [`VerifiedAccess`] hands out, so bank data cannot be fetched
 //! without a check.
 //!
@@ -150,13 +151,14 @@ impl ReplayGuard {
     }
 }
 
-/// Access that passed the check: built only by [`TokenVerifier::verify`] or from a broker
-/// [`Permit`].
+/// Access that passed the check: built only by [`TokenVerifier::verify`], or by
+/// [`Broker::verified_access`](crate::Broker::verified_access) from a [`Permit`] that broker
+/// decided.
 ///
 /// Its fields are private, so it cannot be made up, even with every field given:
 ///
 /// ```compile_fail,E0451
-/// use consent_broker::holder::VerifiedAccess;
+/// use consent_broker::VerifiedAccess;
 /// use consent_broker::{Purpose, Scope};
 /// let forged = VerifiedAccess {
 ///     consent: "cns_1".parse().unwrap(),
@@ -216,8 +218,10 @@ impl VerifiedAccess {
     }
 }
 
-impl From<Permit> for VerifiedAccess {
-    fn from(permit: Permit) -> Self {
+impl VerifiedAccess {
+    /// The access a permit stands for; only [`Broker::verified_access`](crate::Broker::verified_access)
+    /// calls it, after checking that the permit is the broker's own and still good.
+    pub(crate) fn from_permit(permit: Permit) -> Self {
         Self {
             consent: permit.consent().clone(),
             subject: permit.subject().clone(),

@@ -93,8 +93,8 @@ pub use store::Migration;
 pub use store::SqliteStore;
 pub use store::{
     Change, Commit, CommitParts, CommitReceipt, HolderRecord, KeyUse, LogRead, MemoryStore,
-    Precondition, PublishedKey, ReadOnly, RecordKind, StateRead, Store, StoreError,
-    StoredCheckpoint, StoredEntry,
+    Precondition, PublishedKey, ReadOnly, RecordKind, SignedCheckpoint, StateRead, Store,
+    StoreError, StoredCheckpoint, StoredEntry,
 };
 #[cfg(feature = "postgres")]
 pub use store::{PostgresOptions, PostgresStore};

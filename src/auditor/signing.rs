@@ -2,7 +2,7 @@
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, NoteError, NoteSigner};
 use crate::merkle::{self, MerkleError};
-use crate::store::{Store, StoreError, StoredCheckpoint};
+use crate::store::{SignedCheckpoint, Store, StoreError, StoredCheckpoint};
 
 use super::StoreNodes;
 
@@ -80,7 +80,7 @@ pub fn checkpoint_log<S: Store + ?Sized>(
     if previous.is_some_and(|previous| previous.size == size) {
         return Ok(signed);
     }
-    match store.record_checkpoint(&signed) {
+    match store.record_checkpoint(&SignedCheckpoint::new(signed.clone())) {
         // A larger checkpoint recorded meanwhile by another broker on the same store was checked
         // against the same append-only history; this one stays valid for its size.
         Ok(_) | Err(StoreError::Conflict) => Ok(signed),

@@ -5,6 +5,7 @@ use time::OffsetDateTime;
 use super::Broker;
 use super::plan::{AccessInputs, AccessPlan, plan_access};
 use crate::error::Error;
+use crate::holder::VerifiedAccess;
 use crate::ids::{AccountId, ConsentId, HolderId, PlatformId, SubjectId};
 use crate::policy::{AccessRequest, Decision, DenyReason, Presence};
 use crate::store::Store;
@@ -33,6 +34,7 @@ use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
 ///     consent_version: 1,
 ///     holder_version: Some(1),
 ///     grant_expires_at: time::OffsetDateTime::UNIX_EPOCH,
+///     issued_by: 1,
 /// };
 /// ```
 #[derive(Debug, PartialEq, Eq)]
@@ -51,6 +53,10 @@ pub struct Permit {
     pub(super) consent_version: u64,
     pub(super) holder_version: Option<u64>,
     pub(super) grant_expires_at: OffsetDateTime,
+    /// The broker instance that decided it: only that broker turns it into a token or a
+    /// verified access, so a permit a throwaway broker decided on its own store is worthless to
+    /// the real one.
+    pub(super) issued_by: u64,
 }
 
 impl Permit {
@@ -164,6 +170,28 @@ impl<S: Store> Broker<S> {
         })
     }
 
+    /// The access a permit stands for, for a bank that runs in the same process as this broker
+    /// and serves data without a token: the permit must be this broker's own (a permit another
+    /// broker decided, on a store of its own, is refused), unlapsed, and its consent and its
+    /// holder's policy unchanged since the decision. Consumes the permit; writes nothing (the
+    /// decision's audit entry is the record of the access).
+    ///
+    /// There is no other way from a permit to a verified access:
+    ///
+    /// ```compile_fail,E0277
+    /// fn bypass(permit: consent_broker::Permit) -> consent_broker::VerifiedAccess {
+    ///     consent_broker::VerifiedAccess::from(permit)
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ForeignPermit`]; [`Error::PermitLapsed`]; [`Error::PermitStale`];
+    /// [`Error::UnknownConsent`]; [`Error::Store`].
+    pub fn verified_access(&self, permit: Permit) -> Result<VerifiedAccess, Error> {
+        self.check_permit(&permit, self.now())?;
+        Ok(VerifiedAccess::from_permit(permit))
+    }
+
     /// Reads what the access needs and plans it (nothing is written).
     pub(super) fn plan(&self, request: &AccessRequest) -> Result<AccessPlan, Error> {
         let now = self.now();
@@ -173,6 +201,7 @@ impl<S: Store> Broker<S> {
             inputs.as_ref(),
             now,
             self.settings.permit_lifetime,
+            self.instance,
         ))
     }
 
@@ -230,6 +259,7 @@ mod tests {
             consent_version: 1,
             holder_version: Some(1),
             grant_expires_at: time::OffsetDateTime::UNIX_EPOCH,
+            issued_by: 1,
         };
         assert_eq!(made.scope(), Scope::Balance);
     }

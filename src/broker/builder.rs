@@ -182,6 +182,20 @@ impl<S, K> BrokerBuilder<S, K> {
 }
 
 impl<S: Store> BrokerBuilder<S, BrokerKeys> {
+    /// Whether building would replace a key the store publishes as active: the test kit, whose
+    /// keys come from a public seed, refuses to.
+    #[cfg(feature = "testing")]
+    pub(crate) fn would_replace_keys(&self) -> Result<bool, crate::store::StoreError> {
+        use crate::store::KeyUse;
+        Ok(self.store.published_keys()?.iter().any(|key| {
+            let ours = match key.key_use {
+                KeyUse::Token => self.keys.token.kid(),
+                KeyUse::Checkpoint => self.keys.checkpoint.kid(),
+            };
+            key.is_active() && key.kid != ours
+        }))
+    }
+
     /// Installs the JWT crypto provider (if the host has not), reconciles the keys with the ones
     /// the store has published (recording an activation, and the retirement of the key it
     /// replaces, for each key that is new) and builds the broker.
@@ -214,8 +228,10 @@ impl<S: Store> BrokerBuilder<S, BrokerKeys> {
         let broker = Broker {
             settings,
             store: self.store,
+            instance: super::next_instance(),
             token_key: RwLock::new(token),
             checkpoints,
+            checkpoint_kid: checkpoint.kid().to_owned(),
         };
         broker.reconcile_keys(&checkpoint)?;
         Ok(broker)

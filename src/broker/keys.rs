@@ -121,6 +121,23 @@ impl<S: Store> Broker<S> {
         })
     }
 
+    /// [`Error::KeyRetired`] unless the store publishes `kid` as the active key of `key_use`: a
+    /// broker whose key another broker on the same store has replaced stops signing with it.
+    pub(super) fn ensure_active(&self, key_use: KeyUse, kid: &str) -> Result<(), Error> {
+        let published = self.store.published_keys()?;
+        if published
+            .iter()
+            .any(|key| key.key_use == key_use && key.kid == kid && key.is_active())
+        {
+            Ok(())
+        } else {
+            Err(Error::KeyRetired {
+                key_use,
+                kid: kid.to_owned(),
+            })
+        }
+    }
+
     /// The JWKS the bank fetches: the signing key, and retired keys whose last tokens may still
     /// be presented, as the store publishes them.
     ///

@@ -6,7 +6,7 @@ use crate::audit::AuditEntry;
 use crate::auditor::{self, Receipt};
 use crate::error::Error;
 use crate::ids::{ConsentId, SubjectId};
-use crate::store::{Store, StoredCheckpoint};
+use crate::store::{KeyUse, Store, StoredCheckpoint};
 
 impl<S: Store> Broker<S> {
     /// The checkpoints' origin line: the broker's id.
@@ -25,8 +25,10 @@ impl<S: Store> Broker<S> {
     /// never signs two inconsistent checkpoints. The checkpoint is recorded in the store.
     ///
     /// # Errors
-    /// [`Error::CheckpointInconsistent`]; [`Error::Merkle`]; [`Error::Store`].
+    /// [`Error::CheckpointInconsistent`]; [`Error::KeyRetired`] if another broker on the same
+    /// store has replaced this broker's checkpoint key; [`Error::Merkle`]; [`Error::Store`].
     pub fn checkpoint(&self) -> Result<StoredCheckpoint, Error> {
+        self.ensure_active(KeyUse::Checkpoint, &self.checkpoint_kid)?;
         Ok(auditor::checkpoint_log(
             &self.store,
             self.log_origin(),

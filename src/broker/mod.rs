@@ -29,6 +29,7 @@ pub use lifecycle::ConsentView;
 pub use registration::{HolderRegistration, Registered};
 pub use tokens::{AccessToken, TokenOutcome};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use time::{Duration, OffsetDateTime};
@@ -61,13 +62,25 @@ struct Settings {
     permit_lifetime: Duration,
 }
 
+/// Numbers broker instances within the process (see [`Permit`]'s binding to its broker).
+static INSTANCES: AtomicU64 = AtomicU64::new(1);
+
+/// A number no other broker in this process has.
+fn next_instance() -> u64 {
+    INSTANCES.fetch_add(1, Ordering::Relaxed)
+}
+
 /// The consent broker.
 pub struct Broker<S> {
     settings: Settings,
     store: S,
+    /// This broker among the process's brokers: its permits carry it.
+    instance: u64,
     /// The key that signs tokens now; replaced by a rotation (retired keys live in the store).
     token_key: RwLock<SigningKey>,
     checkpoints: NoteSigner,
+    /// The checkpoint key's RFC 7638 thumbprint, as published in the store.
+    checkpoint_kid: String,
 }
 
 impl<S> std::fmt::Debug for Broker<S> {

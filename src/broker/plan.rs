@@ -65,6 +65,7 @@ pub(super) fn plan_access(
     inputs: Option<&AccessInputs>,
     now: OffsetDateTime,
     permit_lifetime: Duration,
+    instance: u64,
 ) -> AccessPlan {
     let denied = |decision: Decision, subject, preconditions| AccessPlan {
         record: AuditRecord::new(
@@ -167,6 +168,7 @@ pub(super) fn plan_access(
         consent_version: consent.version,
         holder_version,
         grant_expires_at,
+        issued_by: instance,
     };
     AccessPlan {
         decision,

@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::keys::KeyError;
 use crate::policy::AccessRequest;
 use crate::random::random_token;
-use crate::store::{Commit, Precondition, Store, StoreError};
+use crate::store::{Commit, KeyUse, Precondition, Store, StoreError};
 use crate::token::{self, AccessClaims};
 
 /// A signed access token, as handed to the platform.
@@ -98,23 +98,14 @@ impl<S: Store> Broker<S> {
         Ok((token, record))
     }
 
-    /// Turns a permit into a signed access token, bound to its consent, scope, purpose, account
-    /// and holder, and records the issuing (with the token's `jti`) before returning it.
-    ///
-    /// The permit is consumed (single use) and must not have lapsed. Its consent and its
-    /// holder's policy must be exactly as they were when it was decided: a permit decided before
-    /// a revocation, a re-authorisation or a policy change (the bank stopped sharing a scope,
-    /// say) never becomes a token. The token expires after the configured lifetime, or with the
-    /// grant if that is sooner.
-    ///
-    /// # Errors
-    /// [`Error::PermitLapsed`]; [`Error::PermitStale`] if the consent or the holder's policy
-    /// changed since the permit was decided; [`Error::Store`] if the issuing cannot be recorded
-    /// (then no token is returned); [`Error::Provider`]; [`Error::Key`].
-    pub fn issue_token(&self, permit: Permit) -> Result<AccessToken, Error> {
-        let now = self.now();
+    /// Checks that `permit` may still be used at `now`: decided by this broker, not lapsed, and
+    /// its consent (still live) and its holder's policy exactly as they were when it was decided.
+    pub(super) fn check_permit(&self, permit: &Permit, now: OffsetDateTime) -> Result<(), Error> {
+        if permit.issued_by != self.instance {
+            return Err(Error::ForeignPermit);
+        }
         if now >= permit.lapses_at {
-            return Err(Error::PermitLapsed(permit.consent));
+            return Err(Error::PermitLapsed(permit.consent.clone()));
         }
         let stale = || Error::PermitStale(permit.consent.clone());
         let consent = self.load(&permit.consent)?;
@@ -125,18 +116,57 @@ impl<S: Store> Broker<S> {
         if holder.as_ref().map(|h| h.version) != permit.holder_version {
             return Err(stale());
         }
-        let (token, record) = self.sign_token(&permit, now)?;
-        let mut commit = Commit::new(record).precondition(Precondition::consent_version(
-            &permit.consent,
-            permit.consent_version,
-        ));
-        if let Some(version) = permit.holder_version {
-            commit = commit.precondition(Precondition::holder_version(&permit.holder, version));
-        }
-        match self.store.commit(commit) {
-            Ok(_) => Ok(token),
-            Err(StoreError::Conflict) => Err(stale()),
-            Err(error) => Err(error.into()),
+        Ok(())
+    }
+
+    /// Turns a permit into a signed access token, bound to its consent, scope, purpose, account
+    /// and holder, and records the issuing (with the token's `jti`) before returning it.
+    ///
+    /// The permit is consumed (single use), must have been decided by this broker, and must not
+    /// have lapsed. Its consent and its holder's policy must be exactly as they were when it was
+    /// decided: a permit decided before a revocation, a re-authorisation or a policy change (the
+    /// bank stopped sharing a scope, say) never becomes a token. The token is recorded only while
+    /// its signing key is the store's active token key. It expires after the configured
+    /// lifetime, or with the grant if that is sooner.
+    ///
+    /// # Errors
+    /// [`Error::ForeignPermit`]; [`Error::PermitLapsed`]; [`Error::PermitStale`] if the consent or
+    /// the holder's policy changed since the permit was decided; [`Error::KeyRetired`] if another
+    /// broker on the same store replaced this broker's token key; [`Error::Store`] if the issuing
+    /// cannot be recorded (then no token is returned); [`Error::Provider`]; [`Error::Key`].
+    pub fn issue_token(&self, permit: Permit) -> Result<AccessToken, Error> {
+        self.retrying(|| {
+            let now = self.now();
+            self.check_permit(&permit, now)?;
+            let (token, record) = self.sign_token(&permit, now)?;
+            let mut commit = Commit::new(record)
+                .precondition(Precondition::consent_version(
+                    &permit.consent,
+                    permit.consent_version,
+                ))
+                .precondition(Precondition::key_active(KeyUse::Token, &token.key_id));
+            if let Some(version) = permit.holder_version {
+                commit = commit.precondition(Precondition::holder_version(&permit.holder, version));
+            }
+            match self.store.commit(commit) {
+                Ok(_) => Ok(token),
+                // Another writer changed something the token rests on; the next attempt finds
+                // out what (a stale permit, a retired key) or succeeds (a rotation by this broker
+                // raced the signature: the next one uses the new key).
+                Err(StoreError::Conflict) => Err(self.token_conflict()),
+                Err(error) => Err(error.into()),
+            }
+        })
+    }
+
+    /// What a token commit's failed precondition means: [`Error::KeyRetired`] if this broker's
+    /// current token key is no longer the store's active one (another broker replaced it; no
+    /// retry can help), otherwise a conflict to retry.
+    fn token_conflict(&self) -> Error {
+        let kid = self.token_key().kid().to_owned();
+        match self.ensure_active(KeyUse::Token, &kid) {
+            Ok(()) => Error::Store(StoreError::Conflict),
+            Err(error) => error,
         }
     }
 
@@ -160,8 +190,13 @@ impl<S: Store> Broker<S> {
             };
             let (token, issued) = self.sign_token(&permit, permit.decided_at)?;
             commit.push_record(issued);
-            self.commit(commit)?;
-            Ok(TokenOutcome::Issued(token))
+            let commit =
+                commit.precondition(Precondition::key_active(KeyUse::Token, &token.key_id));
+            match self.store.commit(commit) {
+                Ok(_) => Ok(TokenOutcome::Issued(token)),
+                Err(StoreError::Conflict) => Err(self.token_conflict()),
+                Err(error) => Err(error.into()),
+            }
         })
     }
 }

@@ -4,9 +4,13 @@ use super::*;
 
 /// Every precondition, failing and holding.
 pub fn preconditions<H: Harness>() {
-    let h = H::new();
+    let h = fresh::<H>();
     let s = h.store();
     let c: ConsentId = id("cns_1");
+    let (retired, active) = (
+        published(KeyUse::Token, 1, NOW),
+        published(KeyUse::Token, 2, NOW),
+    );
     s.commit(commit(
         vec![
             Change::InsertConsent {
@@ -14,6 +18,18 @@ pub fn preconditions<H: Harness>() {
             },
             Change::InsertHolder {
                 holder: holder("bank", 1),
+            },
+            Change::ActivateKey {
+                key: retired.clone(),
+            },
+            Change::RetireKey {
+                key_use: KeyUse::Token,
+                kid: retired.kid.clone(),
+                retired_at: NOW,
+                verifies_until: Some(NOW + Duration::minutes(10)),
+            },
+            Change::ActivateKey {
+                key: active.clone(),
             },
         ],
         vec![],
@@ -45,6 +61,9 @@ pub fn preconditions<H: Harness>() {
                 unattended_today: 1,
             },
         ),
+        Precondition::key_active(KeyUse::Token, &retired.kid),
+        Precondition::key_active(KeyUse::Checkpoint, &active.kid),
+        Precondition::key_active(KeyUse::Token, "no-such-key"),
     ] {
         assert_eq!(
             counted(vec![failing.clone()]),
@@ -58,6 +77,7 @@ pub fn preconditions<H: Harness>() {
         Precondition::consent_version(&c, 1),
         Precondition::holder_version(&id("bank"), 1),
         Precondition::usage_is(&c, DAY, Usage::default()),
+        Precondition::key_active(KeyUse::Token, &active.kid),
     ])
     .unwrap();
     assert_eq!(s.usage(&c, DAY).unwrap().unattended_today, 1);
@@ -66,7 +86,7 @@ pub fn preconditions<H: Harness>() {
 
 /// A failure part-way through a commit (its last change fails) leaves no trace at all.
 pub fn atomicity<H: Harness>() {
-    let h = H::new();
+    let h = fresh::<H>();
     let s = h.store();
     let c: ConsentId = id("cns_1");
     let original = consent("cns_1", "alice");
@@ -153,7 +173,7 @@ pub fn atomicity<H: Harness>() {
 pub fn concurrency<H: Harness>() {
     const THREADS: u64 = 4;
     const OPS: u64 = 40;
-    let h = H::new();
+    let h = fresh::<H>();
     let s = h.store();
     let c = insert_consent(s, "cns_1", "alice");
     let before = s.audit_len().unwrap();
@@ -215,7 +235,7 @@ pub fn concurrency<H: Harness>() {
 
 /// Everything committed is there after closing and reopening.
 pub fn reopening<H: Harness>() {
-    let h = H::new();
+    let h = fresh::<H>();
     let s = h.store();
     let c: ConsentId = id("cns_1");
     let key = published(KeyUse::Checkpoint, 3, NOW);
@@ -251,7 +271,8 @@ pub fn reopening<H: Harness>() {
         root: [9; 32],
         note: "note".into(),
     };
-    s.record_checkpoint(&checkpoint).unwrap();
+    s.record_checkpoint(&SignedCheckpoint::new(checkpoint.clone()))
+        .unwrap();
     let before = s.audit_bytes(0..2).unwrap();
     let h = h.reopen();
     let s = h.store();
@@ -275,7 +296,7 @@ pub fn reopening<H: Harness>() {
 
 /// The broker end to end on this store: the story's decisions come out the same.
 pub fn broker_story<H: Harness>() {
-    let h = H::new();
+    let h = fresh::<H>();
     let t = crate::testing::TestBroker::on(h.store());
     let request = t.request();
     let consent = t.bank.approve_all(&t.broker, &request).unwrap();

@@ -5,7 +5,7 @@ use super::*;
 /// The audit log: consecutive sequence numbers per commit, exact bytes, clamped reads, and
 /// the Merkle nodes of complete subtrees.
 pub fn audit_log<H: Harness>() {
-    let h = H::new();
+    let h = fresh::<H>();
     let s = h.store();
     assert_eq!(s.audit_len().unwrap(), 0);
     assert_eq!(s.audit_entries(0..10).unwrap(), vec![]);
@@ -59,7 +59,7 @@ pub fn audit_log<H: Harness>() {
 
 /// Checkpoints: the latest is returned; one per size (the first); never a smaller one.
 pub fn checkpoints<H: Harness>() {
-    let h = H::new();
+    let h = fresh::<H>();
     let s = h.store();
     assert_eq!(s.latest_checkpoint().unwrap(), None);
     let checkpoint = |size, note: &str| StoredCheckpoint {
@@ -67,13 +67,16 @@ pub fn checkpoints<H: Harness>() {
         root: [size as u8; 32],
         note: note.into(),
     };
-    s.record_checkpoint(&checkpoint(2, "two")).unwrap();
-    s.record_checkpoint(&checkpoint(5, "five")).unwrap();
+    s.record_checkpoint(&SignedCheckpoint::new(checkpoint(2, "two")))
+        .unwrap();
+    s.record_checkpoint(&SignedCheckpoint::new(checkpoint(5, "five")))
+        .unwrap();
     assert_eq!(s.latest_checkpoint().unwrap(), Some(checkpoint(5, "five")));
-    s.record_checkpoint(&checkpoint(5, "five again")).unwrap();
+    s.record_checkpoint(&SignedCheckpoint::new(checkpoint(5, "five again")))
+        .unwrap();
     assert_eq!(s.latest_checkpoint().unwrap(), Some(checkpoint(5, "five")));
     assert_eq!(
-        s.record_checkpoint(&checkpoint(4, "four")),
+        s.record_checkpoint(&SignedCheckpoint::new(checkpoint(4, "four"))),
         Err(StoreError::Conflict)
     );
     assert_eq!(s.latest_checkpoint().unwrap(), Some(checkpoint(5, "five")));

@@ -41,7 +41,7 @@ use crate::policy::{DenyReason, HolderPolicy, PlatformProfile, Presence, Usage};
 use crate::sets::{AccountSet, PurposeSet, ScopeSet};
 use crate::store::{
     Change, Commit, HolderRecord, KeyUse, LogRead, Precondition, PublishedKey, RecordKind,
-    StateRead, Store, StoreError, StoredCheckpoint,
+    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint,
 };
 use crate::vocab::{ProhibitedUse, Purpose, RequestedPurpose, RequestedScope, Scope};
 use crate::{AttestationError, Decision, RevocationReason, Revoker};
@@ -56,6 +56,21 @@ pub trait Harness: Sized {
     fn store(&self) -> &Self::Store;
     /// Closes the store and opens the same data again. Only the `durable` suite calls it.
     fn reopen(self) -> Self;
+}
+
+/// A fresh store from `H`, checked to be empty before the suite writes its made-up records: a
+/// harness pointed at a store with data in it (a real one) stops here, before any write.
+fn fresh<H: Harness>() -> H {
+    let h = H::new();
+    let s = h.store();
+    assert!(
+        s.audit_len().unwrap() == 0
+            && s.published_keys().unwrap().is_empty()
+            && s.latest_checkpoint().unwrap().is_none(),
+        "the conformance suite runs only on a fresh, empty store: Harness::new returned one \
+         with a log, keys or checkpoints"
+    );
+    h
 }
 
 const NOW: OffsetDateTime = datetime!(2026-11-21 09:00 UTC);
@@ -196,7 +211,7 @@ mod commits;
 mod log;
 mod state;
 
-/// The tests. Each makes a fresh store with `H::new()`.
+/// The tests. Each makes a fresh store with `H::new()` and checks that it is empty.
 pub mod suite {
     pub use super::commits::{atomicity, broker_story, concurrency, preconditions, reopening};
     pub use super::log::{audit_log, checkpoints};

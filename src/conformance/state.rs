@@ -4,7 +4,7 @@ use super::*;
 
 /// Holders and platforms: insert, read back, duplicates, versioned updates, missing ones.
 pub fn holders_and_platforms<H: Harness>() {
-    let h = H::new();
+    let h = fresh::<H>();
     let s = h.store();
     assert_eq!(s.holder(&id("bank")).unwrap(), None);
     s.commit(commit(
@@ -86,7 +86,7 @@ pub fn holders_and_platforms<H: Harness>() {
 
 /// Consents: insert, read by id and by subject (oldest first), versioned updates.
 pub fn consents<H: Harness>() {
-    let h = H::new();
+    let h = fresh::<H>();
     let s = h.store();
     let first = consent("cns_1", "alice");
     let second = consent("cns_2", "alice");
@@ -163,7 +163,7 @@ pub fn consents<H: Harness>() {
 
 /// Usage counters per consent and UTC day, and used attestations.
 pub fn usage_and_attestations<H: Harness>() {
-    let h = H::new();
+    let h = fresh::<H>();
     let s = h.store();
     let c = insert_consent(s, "cns_1", "alice");
     assert_eq!(s.usage(&c, DAY).unwrap(), Usage::default());
@@ -197,7 +197,7 @@ pub fn usage_and_attestations<H: Harness>() {
 
 /// Published keys: one active key per use, retirement with its times, no key twice.
 pub fn published_keys<H: Harness>() {
-    let h = H::new();
+    let h = fresh::<H>();
     let s = h.store();
     let first = published(KeyUse::Token, 1, NOW);
     let checkpoint = published(KeyUse::Checkpoint, 3, NOW);

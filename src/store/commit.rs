@@ -63,6 +63,16 @@ pub enum Precondition {
         /// The usage read.
         usage: Usage,
     },
+    /// The key is published for this use and not retired: a token signed with it is recorded
+    /// only while it is the broker's active key, so a broker whose key another broker on the same
+    /// store has since replaced cannot go on issuing tokens with it.
+    #[non_exhaustive]
+    KeyActive {
+        /// What the key signs.
+        key_use: KeyUse,
+        /// Its RFC 7638 thumbprint.
+        kid: String,
+    },
 }
 
 /// A state change.
@@ -223,6 +233,13 @@ impl Precondition {
         Self::HolderVersion {
             holder: holder.clone(),
             version,
+        }
+    }
+
+    pub(crate) fn key_active(key_use: KeyUse, kid: &str) -> Self {
+        Self::KeyActive {
+            key_use,
+            kid: kid.to_owned(),
         }
     }
 

@@ -11,7 +11,7 @@ use time::Date;
 
 use super::{
     Change, Commit, CommitReceipt, HolderRecord, LogRead, Precondition, PublishedKey, RecordKind,
-    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
+    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
 };
 use crate::consent::{AccountSelection, Consent, ConsentState};
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
@@ -93,6 +93,10 @@ impl Inner {
                     .unwrap_or_default()
                     == *usage
             }
+            Precondition::KeyActive { key_use, kid, .. } => self
+                .keys
+                .iter()
+                .any(|key| key.key_use == *key_use && key.kid == *kid && key.retired_at.is_none()),
         }
     }
 
@@ -421,7 +425,8 @@ impl Store for MemoryStore {
         })
     }
 
-    fn record_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+    fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
+        let checkpoint = checkpoint.checkpoint();
         let mut inner = self.write()?;
         match inner.checkpoints.last() {
             Some(last) if last.size > checkpoint.size => Err(StoreError::Conflict),

@@ -27,7 +27,9 @@ mod sql;
 
 pub use commit::{Change, Commit, CommitParts, CommitReceipt, Precondition};
 pub use memory::MemoryStore;
-pub use records::{HolderRecord, KeyUse, PublishedKey, RecordKind, StoredCheckpoint, StoredEntry};
+pub use records::{
+    HolderRecord, KeyUse, PublishedKey, RecordKind, SignedCheckpoint, StoredCheckpoint, StoredEntry,
+};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::Migration;
 #[cfg(feature = "postgres")]
@@ -239,11 +241,12 @@ pub trait Store: LogRead + StateRead {
     /// Records a checkpoint the broker signed. One checkpoint is kept per size (the first); a
     /// checkpoint smaller than the latest recorded is refused with [`StoreError::Conflict`].
     /// This is log metadata, not a state change: it carries no audit record (the checkpoint is
-    /// itself a signature over the log).
+    /// itself a signature over the log), and only [`checkpoint_log`](crate::checkpoint_log)
+    /// makes the [`SignedCheckpoint`] it takes, from the store's own log.
     ///
     /// # Errors
     /// [`StoreError::Conflict`]; [`StoreError::Unavailable`] when the write fails.
-    fn record_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError>;
+    fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError>;
 }
 
 /// A read-only view of a store: what [`Broker::store`](crate::Broker::store) hands out, so that
@@ -343,7 +346,7 @@ macro_rules! forward_through_pointer {
             fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
                 (**self).commit(commit)
             }
-            fn record_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+            fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
                 (**self).record_checkpoint(checkpoint)
             }
         }

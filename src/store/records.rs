@@ -148,6 +148,40 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
+/// A checkpoint for a store to record, made only by [`checkpoint_log`](crate::checkpoint_log)
+/// after it computed the root from the store's own log and proved the log consistent with the
+/// checkpoint recorded before: a store is never asked to record a size or a root its log does
+/// not have, and no public method writes one it did not compute.
+///
+/// A store reads it through [`SignedCheckpoint::checkpoint`]; outside the crate it cannot be
+/// made up:
+///
+/// ```compile_fail,E0451
+/// use consent_broker::{SignedCheckpoint, StoredCheckpoint};
+/// let forged = SignedCheckpoint {
+///     checkpoint: StoredCheckpoint {
+///         size: 1 << 40,
+///         root: [0; 32],
+///         note: "forged".into(),
+///     },
+/// };
+/// ```
+#[derive(Debug, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    checkpoint: StoredCheckpoint,
+}
+
+impl SignedCheckpoint {
+    pub(crate) fn new(checkpoint: StoredCheckpoint) -> Self {
+        Self { checkpoint }
+    }
+
+    /// The checkpoint to record.
+    pub fn checkpoint(&self) -> &StoredCheckpoint {
+        &self.checkpoint
+    }
+}
+
 /// The kind of record an error names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -179,5 +213,24 @@ impl std::fmt::Display for RecordKind {
             Self::Checkpoint => "checkpoint",
             Self::AuditEntry => "audit entry",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `compile_fail` example on [`SignedCheckpoint`] is this literal, which compiles where
+    /// the field is visible.
+    #[test]
+    fn the_forging_literal_is_otherwise_well_formed() {
+        let made = SignedCheckpoint {
+            checkpoint: StoredCheckpoint {
+                size: 1 << 40,
+                root: [0; 32],
+                note: "forged".into(),
+            },
+        };
+        assert_eq!(made.checkpoint().size, 1 << 40);
     }
 }

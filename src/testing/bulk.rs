@@ -11,6 +11,19 @@ use crate::sets::AccountSet;
 use crate::store::{Change, Commit, Store, StoreError};
 use crate::vocab::{Purpose, Scope};
 
+/// Why bulk data was not written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BulkError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store publishes broker keys: a broker has run on it, so it is not a store made for
+    /// a benchmark, and made-up decisions must not land in its log.
+    #[error("bulk decisions go only into a store no broker has run on")]
+    BrokerStore,
+}
+
 /// How many records or consents one commit carries.
 const BATCH: u64 = 1_000;
 
@@ -39,16 +52,21 @@ fn decision(n: u64, at: OffsetDateTime) -> Result<AuditRecord, StoreError> {
     ))
 }
 
-/// Appends `count` access-decision records (about 260 bytes each, like the broker's) to
-/// `store`'s log, in commits of up to a thousand, changing no state.
+/// Appends `count` made-up access-decision records (about 260 bytes each, like the broker's) to
+/// `store`'s log, in commits of up to a thousand, changing no state: a log to verify or prove
+/// against in a benchmark. Only into a store no broker has run on (one that publishes no
+/// keys), so that made-up decisions never join a real log.
 ///
 /// # Errors
-/// The store's.
+/// [`BulkError::BrokerStore`]; the store's.
 pub fn append_decisions<S: Store + ?Sized>(
     store: &S,
     count: u64,
     at: OffsetDateTime,
-) -> Result<(), StoreError> {
+) -> Result<(), BulkError> {
+    if !store.published_keys()?.is_empty() {
+        return Err(BulkError::BrokerStore);
+    }
     let mut next = 0;
     while next < count {
         let end = (next + BATCH).min(count);

@@ -13,8 +13,8 @@ use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{Hash, MerkleError};
 use crate::policy::{HolderPolicy, PlatformProfile, Usage};
 use crate::store::{
-    Change, Commit, CommitReceipt, HolderRecord, LogRead, PublishedKey, RecordKind, StateRead,
-    Store, StoreError, StoredCheckpoint, StoredEntry,
+    Change, Commit, CommitReceipt, HolderRecord, LogRead, PublishedKey, RecordKind,
+    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
 };
 
 /// Where a fault strikes.
@@ -339,7 +339,7 @@ impl<S: Store> Store for FaultStore<S> {
         }
     }
 
-    fn record_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+    fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
         if self.commit_fault(&[]) == Some(Fault::Before) {
             self.note(Fault::Before, Vec::new(), 0..0);
             return Err(injected("before-write"));

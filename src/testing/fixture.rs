@@ -86,7 +86,10 @@ impl<S: Store> TestBroker<S> {
     /// keys…) after the fixture's settings.
     ///
     /// # Panics
-    /// If the broker cannot be built or the bank and platform cannot be registered.
+    /// If the store publishes keys other than the ones the broker would use (a store a real
+    /// broker ran on: the kit's keys come from a public seed and must never replace real ones;
+    /// nothing is written then), or if the broker cannot be built or the bank and platform cannot
+    /// be registered.
     pub fn configured(
         store: S,
         policy: HolderPolicy,
@@ -100,7 +103,15 @@ impl<S: Store> TestBroker<S> {
             .ids(Arc::new(SequentialIds::new()))
             .random(random)
             .keys(keys);
-        let broker = configure(builder).build().expect("the test broker builds");
+        let builder = configure(builder);
+        // The kit's keys come from a public seed: published on a real store, they would let
+        // anyone sign its tokens and checkpoints.
+        assert!(
+            !builder.would_replace_keys().expect("the store answers"),
+            "a TestBroker replaces no key a store already publishes: it runs only on a store \
+             of its own (empty, or one the kit made)"
+        );
+        let broker = builder.build().expect("the test broker builds");
         let bank = SimulatedBank::new(id("bank"), 2).with_policy(policy);
         bank.register(&broker).expect("the bank registers");
         let platform: PlatformId = id("chat");

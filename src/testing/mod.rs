@@ -17,7 +17,11 @@
 //! - [`bulk`]: logs and stores of benchmark size (a million grants, say), the grants marked in the
 //!   log as imported test data.
 //!
-//! Never for production: the seeded source is predictable by design.
+//! Never for production: the seeded source is predictable by design. Pointed at a store a real
+//! broker runs on by mistake, the kit refuses before writing anything: a [`TestBroker`] will not
+//! replace keys the store publishes, and [`bulk::append_decisions`] will not add made-up
+//! decisions to a log a broker writes ([`bulk::dangerous_copy_grants`] is for a benchmark's own
+//! store, and marks every commit it makes in the log).
 //!
 //! A platform's test, in full:
 //!

@@ -241,7 +241,7 @@ fn a_bank_serves_one_scope_without_handling_the_others() {
             ..fx.access(consent.id())
         };
         match fx.broker.authorise_access(&access).unwrap() {
-            AccessOutcome::Permitted(permit) => VerifiedAccess::from(permit),
+            AccessOutcome::Permitted(permit) => fx.broker.verified_access(permit).unwrap(),
             AccessOutcome::Denied(denial) => panic!("{denial:?}"),
         }
     };

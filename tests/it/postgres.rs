@@ -1349,21 +1349,16 @@ fn a_commit_blocked_beyond_the_statement_timeout_is_busy() {
     let day = fx.broker.now().date();
     let access = unattended(fx.access(&granted));
     let len = store.audit_len().unwrap();
-    // A write of the store's own that takes the commit lock: recording a checkpoint.
-    let checkpoint = StoredCheckpoint {
-        size: len,
-        root: [7; 32],
-        note: "a checkpoint".into(),
-    };
 
     let (held_tx, held) = mpsc::channel();
     let (release, release_rx) = mpsc::channel::<()>();
     let holder = hold_commit_lock(database.url.clone(), held_tx, release_rx);
     held.recv().unwrap();
     let locked_at = Instant::now();
-    let direct = store.record_checkpoint(&checkpoint);
+    // A write that takes the commit lock without an audit record: recording a checkpoint.
+    let direct = fx.broker.checkpoint();
     assert!(
-        matches!(direct, Err(StoreError::Busy(_))),
+        matches!(direct, Err(Error::Store(StoreError::Busy(_)))),
         "a write behind the lock: {direct:?}"
     );
     let decided = fx.broker.authorise_access(&access);
@@ -1384,8 +1379,9 @@ fn a_commit_blocked_beyond_the_statement_timeout_is_busy() {
     release.send(()).unwrap();
     holder.join().unwrap();
 
-    store
-        .record_checkpoint(&checkpoint)
+    let checkpoint = fx
+        .broker
+        .checkpoint()
         .expect("a write after the lock was released");
     assert_eq!(store.latest_checkpoint().unwrap(), Some(checkpoint));
     assert_eq!(

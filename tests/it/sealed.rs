@@ -238,3 +238,161 @@ fn registrations_and_changes_record_what_was_registered_and_what_changed() {
         Err(Error::NoAttestationKeys(fx.bank.clone()))
     );
 }
+
+/// The permit of the checked call (panics on a denial).
+fn permit_of<S: Store>(kit: &TestBroker<S>, consent: &ConsentId) -> Permit {
+    match kit.broker.authorise_access(&kit.access(consent)).unwrap() {
+        AccessOutcome::Permitted(permit) => permit,
+        AccessOutcome::Denied(denial) => panic!("denied: {denial:?}"),
+    }
+}
+
+/// A dishonest platform runs a second broker of its own, on a store of its own, where its
+/// "bank" approves a consent with the same id as the real one: here it is an exact twin, same
+/// ids, same keys, same bank key. Its permit is worthless to the real broker, for a token as
+/// for an embedded bank's verified access, and the real log records nothing.
+#[test]
+fn a_permit_another_broker_decided_is_neither_a_token_nor_a_verified_access() {
+    let real = Fixture::new();
+    let consent = real.granted();
+    let twin = TestBroker::memory();
+    let twins_request = twin.request();
+    twin.bank.approve_all(&twin.broker, &twins_request).unwrap();
+    assert_eq!(twins_request.id(), consent.id(), "the same consent id");
+    let before = real.audit_len();
+
+    let foreign = permit_of(&twin, consent.id());
+    assert_eq!(real.broker.issue_token(foreign), Err(Error::ForeignPermit));
+    let foreign = permit_of(&twin, consent.id());
+    assert_eq!(
+        real.broker.verified_access(foreign),
+        Err(Error::ForeignPermit)
+    );
+    assert_eq!(real.audit_len(), before, "the real log holds nothing of it");
+    assert!(!Error::ForeignPermit.is_retryable());
+
+    // Each broker honours its own permits.
+    let own = permit_of(&real, consent.id());
+    assert_eq!(
+        real.broker.verified_access(own).unwrap().consent(),
+        consent.id()
+    );
+    real.broker
+        .issue_token(permit_of(&real, consent.id()))
+        .unwrap();
+    twin.broker
+        .issue_token(permit_of(&twin, consent.id()))
+        .unwrap();
+}
+
+/// A second broker started on the same store with other keys replaces the first one's keys (and
+/// records it). The first broker, still running with its keys in memory, then signs nothing: no
+/// token, no checkpoint, and nothing is recorded for what it tried.
+#[test]
+fn a_broker_whose_keys_another_broker_replaced_signs_nothing_more() {
+    let store = Arc::new(MemoryStore::new());
+    let first = Fixture::sharing(Arc::clone(&store), |builder| builder);
+    let consent = first.granted();
+    let permit = permit_of(&first, consent.id());
+    let old = first.broker.jwks().unwrap().keys[0].kid.clone();
+
+    let second = Broker::builder(first.broker.id().clone(), Arc::clone(&store))
+        .clock(first.clock.clone())
+        .keys(BrokerKeys::ephemeral(&SeededRandom::new(99)).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        first.audit()[first.audit().len() - 2..]
+            .iter()
+            .map(AuditEntry::kind)
+            .collect::<Vec<_>>(),
+        [
+            AuditKind::SigningKeyActivated,
+            AuditKind::CheckpointKeyActivated
+        ]
+    );
+    let before = first.audit_len();
+    let retired = |result: Result<_, Error>, expected: KeyUse| match result {
+        Err(Error::KeyRetired { key_use, kid }) => {
+            assert_eq!(key_use, expected);
+            kid
+        }
+        other => panic!("not refused as retired: {other:?}"),
+    };
+    assert_eq!(
+        retired(first.broker.issue_token(permit).map(drop), KeyUse::Token),
+        old
+    );
+    retired(
+        first
+            .broker
+            .authorise_with_token(&first.access(consent.id()))
+            .map(drop),
+        KeyUse::Token,
+    );
+    retired(first.broker.checkpoint().map(drop), KeyUse::Checkpoint);
+    assert_eq!(first.audit_len(), before, "nothing recorded");
+
+    // The broker with the store's active keys signs as usual, and the bank accepts its tokens.
+    let token = second
+        .authorise_with_token(&first.access(consent.id()))
+        .unwrap();
+    assert!(matches!(token, TokenOutcome::Issued(_)));
+    second.checkpoint().unwrap();
+}
+
+/// A store a real broker runs on, for the conformance harness below to point at by mistake.
+static REAL_STORE: std::sync::OnceLock<Arc<MemoryStore>> = std::sync::OnceLock::new();
+
+/// A harness that, wrongly, hands the conformance suite a store with data in it.
+struct PointedAtARealStore(Arc<MemoryStore>);
+
+impl consent_broker::conformance::Harness for PointedAtARealStore {
+    type Store = Arc<MemoryStore>;
+    fn new() -> Self {
+        Self(Arc::clone(REAL_STORE.get().unwrap()))
+    }
+    fn store(&self) -> &Arc<MemoryStore> {
+        &self.0
+    }
+    fn reopen(self) -> Self {
+        self
+    }
+}
+
+/// The test kit's keys and made-up records come from public seeds. Pointed by mistake at a store
+/// a real broker runs on, each part of it refuses before writing anything: the test broker (its
+/// keys would replace the real ones), the bulk decisions, and the conformance suite.
+#[test]
+fn the_test_kit_writes_nothing_into_a_store_a_real_broker_runs_on() {
+    let store = REAL_STORE.get_or_init(|| Arc::new(MemoryStore::new()));
+    let _real = Broker::builder(id("broker"), Arc::clone(store))
+        .keys(BrokerKeys::ephemeral(&SystemRandom::new()).unwrap())
+        .build()
+        .unwrap();
+    let (keys, len) = (store.published_keys().unwrap(), store.audit_len().unwrap());
+
+    let kit = std::panic::catch_unwind(|| TestBroker::on(Arc::clone(store)));
+    assert!(kit.is_err(), "the test broker refused the store");
+    assert_eq!(
+        testing::bulk::append_decisions(&**store, 3, START),
+        Err(testing::bulk::BulkError::BrokerStore)
+    );
+    let suite = std::panic::catch_unwind(
+        consent_broker::conformance::suite::usage_and_attestations::<PointedAtARealStore>,
+    );
+    assert!(suite.is_err(), "the conformance suite refused the store");
+
+    assert_eq!(
+        store.published_keys().unwrap(),
+        keys,
+        "the keys are the real ones"
+    );
+    assert_eq!(store.audit_len().unwrap(), len, "nothing was written");
+    assert_eq!(store.consent(&id("cns_1")).unwrap(), None);
+
+    // On a store of its own, the bulk data goes in.
+    let bench = MemoryStore::new();
+    testing::bulk::append_decisions(&bench, 3, START).unwrap();
+    assert_eq!(bench.audit_len().unwrap(), 3);
+}

@@ -544,7 +544,7 @@ fn a_broker_permit_is_also_a_verified_access_for_a_bank_that_embeds_the_broker()
     else {
         panic!("expected a permit");
     };
-    let access = VerifiedAccess::from(permit);
+    let access = fx.broker.verified_access(permit).unwrap();
     assert_eq!(access.token_id(), None);
     let data = Bank {
         balances: HashMap::from([(fx.current.clone(), 7)]),

@@ -42,8 +42,8 @@ use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash};
 use crate::policy::{PlatformProfile, Usage};
 use crate::store::{
-    Commit, CommitReceipt, HolderRecord, LogRead, PublishedKey, StateRead, Store, StoreError,
-    StoredCheckpoint, StoredEntry,
+    Commit, CommitReceipt, HolderRecord, LogRead, PublishedKey, SignedCheckpoint, StateRead, Store,
+    StoreError, StoredCheckpoint, StoredEntry,
 };
 
 const MIGRATIONS: &[Migration] = &[
@@ -496,7 +496,7 @@ impl Store for SqliteStore {
         self.write(|db| super::apply_commit(db, &commit))
     }
 
-    fn record_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
-        self.write(|db| super::record_checkpoint(db, checkpoint))
+    fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
+        self.write(|db| super::record_checkpoint(db, checkpoint.checkpoint()))
     }
 }

@@ -108,6 +108,14 @@ fn holds<D: Dialect + ?Sized>(
             usage,
             ..
         } => read::usage(db, consent, *day)? == *usage,
+        Precondition::KeyActive { key_use, kid, .. } => one(
+            db,
+            "SELECT 1 FROM published_keys \
+             WHERE key_use = ?1 AND kid = ?2 AND retired_at IS NULL",
+            &[Value::Text(key_use.as_str()), Value::Text(kid)],
+            |_| Ok(()),
+        )?
+        .is_some(),
     })
 }
 

@@ -49,8 +49,8 @@ use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::Hash;
 use crate::policy::{PlatformProfile, Usage};
 use crate::store::{
-    Commit, CommitReceipt, HolderRecord, LogRead, PublishedKey, StateRead, Store, StoreError,
-    StoredCheckpoint, StoredEntry,
+    Commit, CommitReceipt, HolderRecord, LogRead, PublishedKey, SignedCheckpoint, StateRead, Store,
+    StoreError, StoredCheckpoint, StoredEntry,
 };
 
 /// The advisory lock key every broker's commits take ("CBRk").
@@ -410,8 +410,8 @@ impl Store for PostgresStore {
         self.run(move |worker| transaction(worker, |db| super::apply_commit(db, &commit)))
     }
 
-    fn record_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
-        let checkpoint = checkpoint.clone();
+    fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
+        let checkpoint = checkpoint.checkpoint().clone();
         self.run(move |worker| transaction(worker, |db| super::record_checkpoint(db, &checkpoint)))
     }
 }
