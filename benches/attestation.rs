@@ -60,10 +60,12 @@ fn bench(c: &mut Criterion) {
     let statement = ApprovalStatement {
         consent: request.id().clone(),
         subject: request.subject().clone(),
+        platform: request.platform().clone(),
         scopes: request.scopes(),
         purposes: request.purposes(),
         accounts,
         consent_expires_at: now + Duration::days(90),
+        unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
     };
     let token = signer.sign(&statement, broker.id(), now, &rng).unwrap();
     let keys = [signer.public_key()];

@@ -81,10 +81,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let statement = ApprovalStatement {
         consent: request.id().clone(),
         subject: request.subject().clone(),
+        platform: request.platform().clone(),
         scopes: request.scopes(),
         purposes: request.purposes(),
         accounts: AccountSet::from([account.clone()]),
         consent_expires_at: broker.now() + Duration::days(30),
+        unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
     };
     broker.approve(
         request.id(),

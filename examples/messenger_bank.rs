@@ -83,10 +83,12 @@ impl Story {
         let statement = ApprovalStatement {
             consent: request.id().clone(),
             subject: request.subject().clone(),
+            platform: request.platform().clone(),
             scopes: scopes.iter().copied().collect(),
             purposes: request.purposes(),
             accounts: accounts.iter().map(|a| (*a).clone()).collect(),
             consent_expires_at: self.broker.now() + lasting,
+            unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
         };
         Ok(self
             .bank_signer
@@ -422,10 +424,12 @@ fn run() -> Result<()> {
         &ApprovalStatement {
             consent: second.id().clone(),
             subject: alice.clone(),
+            platform: second.platform().clone(),
             scopes: ScopeSet::from([Scope::Alerts]),
             purposes: PurposeSet::from([Purpose::FraudProtection]),
             accounts: AccountSet::from([current.clone()]),
             consent_expires_at: story.broker.now() + Duration::days(30),
+            unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
         },
         story.broker.id(),
         story.broker.now(),

@@ -183,10 +183,12 @@ fn build_fixture() -> Fixture {
     let statement = ApprovalStatement {
         consent: request.id().clone(),
         subject: request.subject().clone(),
+        platform: request.platform().clone(),
         scopes: request.scopes(),
         purposes: request.purposes(),
         accounts: listed_accounts(),
         consent_expires_at: NOW + request.duration(),
+        unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
     };
     let attestation = bank_signer
         .sign(

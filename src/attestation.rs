@@ -19,7 +19,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::consent::{Approval, ConsentRequest};
 use crate::crypto::{self, ProviderError};
-use crate::ids::{AccountId, BrokerId, ConsentId, HolderId, SubjectId};
+use crate::ids::{AccountId, BrokerId, ConsentId, HolderId, PlatformId, SubjectId};
 use crate::keys::{Ed25519PublicKey, SigningKey};
 use crate::random::{RandomSource, random_token};
 use crate::sets::{AccountSet, PurposeSet, ScopeSet};
@@ -43,6 +43,8 @@ pub struct ApprovalStatement {
     pub consent: ConsentId,
     /// Who approved (the subject the holder authenticated).
     pub subject: SubjectId,
+    /// The platform the subject approved sharing with (the request's recipient).
+    pub platform: PlatformId,
     /// Approved scopes.
     pub scopes: ScopeSet,
     /// Approved purposes.
@@ -51,6 +53,9 @@ pub struct ApprovalStatement {
     pub accounts: AccountSet,
     /// Until when the approval holds.
     pub consent_expires_at: OffsetDateTime,
+    /// How many unattended accesses (the subject not in the conversation, a fraud-alert poll)
+    /// the subject agreed to per UTC day; `0` when they approved none.
+    pub unattended_daily_limit: u32,
 }
 
 /// The claims of an attestation, as on the wire.
@@ -60,11 +65,13 @@ struct AttestationClaims {
     iss: HolderId,
     aud: BrokerId,
     sub: SubjectId,
+    client_id: PlatformId,
     cid: ConsentId,
     scope: ScopeSet,
     purpose: PurposeSet,
     acct: AccountSet,
     consent_exp: i64,
+    unattended_daily_limit: u32,
     iat: i64,
     exp: i64,
     jti: String,
@@ -110,6 +117,9 @@ pub enum AttestationError {
     /// `sub` names another subject.
     #[error("the attestation names another subject")]
     WrongSubject,
+    /// `client_id` names another platform than the request's.
+    #[error("the attestation approves sharing with another platform")]
+    WrongPlatform,
     /// `iat` lies in the future beyond the leeway.
     #[error("the attestation was issued in the future")]
     IssuedInFuture,
@@ -194,10 +204,12 @@ pub fn check_attestation(
         statement: ApprovalStatement {
             consent: claims.cid,
             subject: claims.sub,
+            platform: claims.client_id,
             scopes: claims.scope,
             purposes: claims.purpose,
             accounts: claims.acct,
             consent_expires_at: from_unix(claims.consent_exp)?,
+            unattended_daily_limit: claims.unattended_daily_limit,
         },
         attestation_id: claims.jti,
     })
@@ -217,6 +229,7 @@ pub(crate) fn verify(
         purposes: claims.purpose,
         accounts: claims.acct,
         expires_at: from_unix(claims.consent_exp)?,
+        unattended_daily_limit: claims.unattended_daily_limit,
         attestation_id: claims.jti,
         attestation: token.to_owned(),
     })
@@ -296,6 +309,9 @@ fn check_claims(
     }
     if claims.sub != request.subject {
         return Err(AttestationError::WrongSubject);
+    }
+    if claims.client_id != request.platform {
+        return Err(AttestationError::WrongPlatform);
     }
     let now_unix = now.unix_timestamp();
     let leeway = ATTESTATION_LEEWAY.whole_seconds();
@@ -390,11 +406,13 @@ impl AttestationSigner {
             iss: self.holder.clone(),
             aud: broker.clone(),
             sub: statement.subject.clone(),
+            client_id: statement.platform.clone(),
             cid: statement.consent.clone(),
             scope: statement.scopes,
             purpose: statement.purposes,
             acct: statement.accounts.clone(),
             consent_exp: statement.consent_expires_at.unix_timestamp(),
+            unattended_daily_limit: statement.unattended_daily_limit,
             iat,
             exp: iat.saturating_add(self.lifetime.whole_seconds()),
             jti,

@@ -190,6 +190,9 @@ pub enum DenyReason {
         /// The daily limit.
         limit: u32,
     },
+    /// The subject did not agree to unattended access under this grant (the attested daily
+    /// limit is 0).
+    UnattendedNotApproved,
 }
 
 impl std::fmt::Display for DenyReason {
@@ -240,6 +243,9 @@ impl std::fmt::Display for DenyReason {
                 f,
                 "the {limit} background checks allowed today have been used"
             ),
+            Self::UnattendedNotApproved => {
+                f.write_str("the customer did not agree to checks while they are away")
+            }
         }
     }
 }
@@ -423,12 +429,17 @@ pub fn evaluate(
     if !holder_policy.enabled_scopes.contains(scope) {
         reasons.push(DenyReason::HolderForbidsScope { scope });
     }
-    if request.presence == Presence::Unattended
-        && usage.unattended_today >= holder_policy.unattended_daily_limit
-    {
-        reasons.push(DenyReason::FrequencyExceeded {
-            limit: holder_policy.unattended_daily_limit,
+    if request.presence == Presence::Unattended {
+        // The subject's attested limit, never more than the holder's policy allows.
+        let attested = grant.map(|grant| grant.unattended_daily_limit);
+        let limit = attested.map_or(holder_policy.unattended_daily_limit, |attested| {
+            attested.min(holder_policy.unattended_daily_limit)
         });
+        if attested == Some(0) {
+            reasons.push(DenyReason::UnattendedNotApproved);
+        } else if usage.unattended_today >= limit {
+            reasons.push(DenyReason::FrequencyExceeded { limit });
+        }
     }
     Decision::from_reasons(reasons)
 }

@@ -69,10 +69,12 @@ pub fn setup_on<S: Store + Clone>(store: S) -> Setup<S> {
     let statement = ApprovalStatement {
         consent: request.id().clone(),
         subject: request.subject().clone(),
+        platform: request.platform().clone(),
         scopes: request.scopes(),
         purposes: request.purposes(),
         accounts: AccountSet::from([account.clone()]),
         consent_expires_at: broker.now() + Duration::days(90),
+        unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
     };
     let attestation = signer
         .sign(&statement, broker.id(), broker.now(), &rng)

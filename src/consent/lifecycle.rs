@@ -27,6 +27,11 @@ pub struct Grant {
     pub(crate) authorised_at: OffsetDateTime,
     #[serde(with = "time::serde::timestamp")]
     pub(crate) expires_at: OffsetDateTime,
+    /// The id (`jti`) of the attestation the grant rests on: access tokens name it, and the
+    /// bank's gate finds the grant in its own ledger by it.
+    pub(crate) attestation_id: Box<str>,
+    /// Unattended accesses per UTC day the subject agreed to (0: none).
+    pub(crate) unattended_daily_limit: u32,
     // The holder's attestation that activated the grant is evidence, not state: it is kept in the
     // audit entry of the approval, where it is tamper-evident, and not in every stored grant,
     // where it would triple the memory a grant costs.
@@ -42,6 +47,16 @@ struct StoredGrant {
     authorised_at: OffsetDateTime,
     #[serde(with = "time::serde::timestamp")]
     expires_at: OffsetDateTime,
+    // Grants stored before attestations named them: no attestation id (a gate finds no ledger
+    // record for it), and the holder policy's default limit, which then applied.
+    #[serde(default)]
+    attestation_id: Box<str>,
+    #[serde(default = "legacy_unattended_limit")]
+    unattended_daily_limit: u32,
+}
+
+fn legacy_unattended_limit() -> u32 {
+    crate::policy::DEFAULT_UNATTENDED_DAILY_LIMIT
 }
 
 impl Grant {
@@ -64,6 +79,14 @@ impl Grant {
     /// When the grant stops permitting.
     pub fn expires_at(&self) -> OffsetDateTime {
         self.expires_at
+    }
+    /// The id of the holder's attestation the grant rests on.
+    pub fn attestation_id(&self) -> &str {
+        &self.attestation_id
+    }
+    /// Unattended accesses per UTC day the subject agreed to (0: none).
+    pub fn unattended_daily_limit(&self) -> u32 {
+        self.unattended_daily_limit
     }
 }
 
@@ -259,6 +282,7 @@ pub enum ConsentError {
 ///     purposes: PurposeSet::new(),
 ///     accounts: AccountSet::new(),
 ///     expires_at: time::OffsetDateTime::UNIX_EPOCH,
+///     unattended_daily_limit: 0,
 ///     attestation_id: String::new(),
 ///     attestation: String::new(),
 /// };
@@ -271,6 +295,7 @@ pub struct Approval {
     pub(crate) purposes: PurposeSet,
     pub(crate) accounts: AccountSet,
     pub(crate) expires_at: OffsetDateTime,
+    pub(crate) unattended_daily_limit: u32,
     pub(crate) attestation_id: String,
     pub(crate) attestation: String,
 }
@@ -306,6 +331,11 @@ impl Approval {
         self.expires_at
     }
 
+    /// Unattended accesses per UTC day the subject agreed to (0: none).
+    pub fn unattended_daily_limit(&self) -> u32 {
+        self.unattended_daily_limit
+    }
+
     fn into_grant(self, now: OffsetDateTime) -> Grant {
         Grant {
             scopes: self.scopes,
@@ -313,6 +343,8 @@ impl Approval {
             accounts: self.accounts,
             authorised_at: now,
             expires_at: self.expires_at,
+            attestation_id: self.attestation_id.into_boxed_str(),
+            unattended_daily_limit: self.unattended_daily_limit,
         }
     }
 }
@@ -514,6 +546,8 @@ mod tests {
             accounts: AccountSet::from(["acc-1".parse().unwrap()]),
             authorised_at: datetime!(2026-11-21 09:01 UTC),
             expires_at: datetime!(2031-11-21 09:01 UTC),
+            attestation_id: "att-1".into(),
+            unattended_daily_limit: 4,
         }
     }
 
@@ -543,6 +577,7 @@ mod tests {
             purposes: PurposeSet::new(),
             accounts: AccountSet::new(),
             expires_at: time::OffsetDateTime::UNIX_EPOCH,
+            unattended_daily_limit: 0,
             attestation_id: String::new(),
             attestation: String::new(),
         };

@@ -115,10 +115,12 @@ impl SimulatedBank {
         ApprovalStatement {
             consent: request.id().clone(),
             subject: request.subject().clone(),
+            platform: request.platform().clone(),
             scopes: request.scopes(),
             purposes: request.purposes(),
             accounts,
             consent_expires_at: now + request.duration(),
+            unattended_daily_limit: self.policy.unattended_daily_limit,
         }
     }
 

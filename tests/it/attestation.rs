@@ -82,11 +82,13 @@ fn claims(
         "iss": issuer,
         "aud": audience,
         "sub": statement.subject,
+        "client_id": statement.platform,
         "cid": statement.consent,
         "scope": statement.scopes,
         "purpose": statement.purposes,
         "acct": statement.accounts,
         "consent_exp": statement.consent_expires_at.unix_timestamp(),
+        "unattended_daily_limit": statement.unattended_daily_limit,
         "iat": iat.unix_timestamp(),
         "exp": (iat + lifetime).unix_timestamp(),
         "jti": jti,
@@ -829,6 +831,74 @@ fn an_attestation_for_another_consent_is_refused() {
     );
     approves_afterwards(&fx, &b);
     approved(&fx, &a, &token_for_a);
+}
+
+/// The subject approved sharing with one platform; a platform that requested the same consent
+/// id cannot use that approval for itself.
+#[test]
+fn an_attestation_approving_another_platform_is_refused() {
+    let fx = Fixture::new();
+    let request = fx.request();
+    let statement = ApprovalStatement {
+        platform: id("other-chat"),
+        ..fx.full_statement(&request)
+    };
+    assert_eq!(
+        refused_approval(&fx, &request, &fx.attest(&statement)),
+        attestation(AttestationError::WrongPlatform)
+    );
+    approves_afterwards(&fx, &request);
+}
+
+/// What the subject agreed to about unattended access travels with the grant: none at all, and
+/// unattended access is refused with its own reason; a lower limit than the bank's, and that
+/// limit applies.
+#[test]
+fn the_attested_unattended_limit_binds_the_grant() {
+    let fx = Fixture::new();
+    for (agreed, permits) in [(0u32, 0u32), (2, 2)] {
+        let request = fx.request();
+        let statement = ApprovalStatement {
+            unattended_daily_limit: agreed,
+            ..fx.full_statement(&request)
+        };
+        let grant = approved(&fx, &request, &fx.attest(&statement));
+        assert_eq!(grant.unattended_daily_limit(), agreed);
+        let unattended = AccessRequest {
+            presence: Presence::Unattended,
+            ..fx.access(request.id())
+        };
+        for _ in 0..permits {
+            assert!(
+                fx.broker
+                    .authorise_access(&unattended)
+                    .unwrap()
+                    .decision()
+                    .is_permit()
+            );
+        }
+        let expected = if agreed == 0 {
+            DenyReason::UnattendedNotApproved
+        } else {
+            DenyReason::FrequencyExceeded { limit: agreed }
+        };
+        assert_eq!(
+            fx.broker
+                .authorise_access(&unattended)
+                .unwrap()
+                .decision()
+                .reasons(),
+            [expected]
+        );
+        // Present access is not limited by it.
+        assert!(
+            fx.broker
+                .authorise_access(&fx.access(request.id()))
+                .unwrap()
+                .decision()
+                .is_permit()
+        );
+    }
 }
 
 #[test]

@@ -338,10 +338,12 @@ fn attestation_seeds() {
     let statement = ApprovalStatement {
         consent: fx.pending.id().clone(),
         subject: id("alice"),
+        platform: fx.pending.platform().clone(),
         scopes: ScopeSet::from([Scope::Balance]),
         purposes: PurposeSet::from([Purpose::CustomerService]),
         accounts: AccountSet::from([id("acc-current")]),
         consent_expires_at: NOW + Duration::days(90),
+        unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
     };
     let sign = |statement: &ApprovalStatement| {
         fx.bank_signer

@@ -833,7 +833,7 @@ fn attestation_with(members: &str) -> String {
         fx.holder_keys[0].thumbprint()
     );
     let claims = format!(
-        r#"{{"iss":"bank","aud":"broker","sub":"alice","cid":"cns_2","scope":["balance"],"purpose":["customer_service"],"acct":["acc-current"],"jti":"hostile-attestation-1"{members}}}"#
+        r#"{{"iss":"bank","aud":"broker","sub":"alice","client_id":"chat","cid":"cns_2","scope":["balance"],"purpose":["customer_service"],"acct":["acc-current"],"unattended_daily_limit":4,"jti":"hostile-attestation-1"{members}}}"#
     );
     targets::sign_jws(&header, &claims, targets::BANK_KEY_SEED)
 }

@@ -202,10 +202,12 @@ fn live_broker(signing_key: SigningKey) -> Live {
     let statement = ApprovalStatement {
         consent: request.id().clone(),
         subject: request.subject().clone(),
+        platform: request.platform().clone(),
         scopes: request.scopes(),
         purposes: request.purposes(),
         accounts: AccountSet::from([current.clone()]),
         consent_expires_at: broker.now() + Duration::days(30),
+        unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
     };
     let attestation = signer
         .sign(&statement, broker.id(), broker.now(), &rng)

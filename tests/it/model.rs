@@ -96,6 +96,8 @@ enum Op {
         accounts: u8,
         /// The approved expiry, in thousandths of the requested duration (over 1000: too late).
         per_mille: i64,
+        /// The unattended accesses per day the subject agrees to (0: none).
+        unattended: u32,
         forged: bool,
     },
     Reauthorise {
@@ -135,9 +137,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(subject, platform, scopes, purposes, accounts, days, ads, within_limits)| Op::Request {
                 subject, platform, scopes, purposes, accounts, days, ads, within_limits,
             }),
-        4 => (prop_oneof![3 => 0..3usize, 1 => 3..6usize], 0..8u8, 0..4u8, 0..8u8, 0..1100i64, prop::bool::weighted(0.15))
-            .prop_map(|(consent, scopes, purposes, accounts, per_mille, forged)| Op::Approve {
-                consent, scopes, purposes, accounts, per_mille, forged,
+        4 => (prop_oneof![3 => 0..3usize, 1 => 3..6usize], 0..8u8, 0..4u8, 0..8u8, 0..1100i64, prop_oneof![1 => Just(0u32), 3 => 1..6u32], prop::bool::weighted(0.15))
+            .prop_map(|(consent, scopes, purposes, accounts, per_mille, unattended, forged)| Op::Approve {
+                consent, scopes, purposes, accounts, per_mille, unattended, forged,
             }),
         1 => (0..6usize, 0..1100i64, prop::bool::weighted(0.2))
             .prop_map(|(consent, per_mille, forged)| Op::Reauthorise { consent, per_mille, forged }),
@@ -176,6 +178,8 @@ struct MGrant {
     purposes: u8,
     accounts: u8,
     expires_at: OffsetDateTime,
+    /// The attested unattended accesses per day.
+    unattended: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -348,6 +352,10 @@ impl Model {
         if platform_purposes(platform) & (1 << purpose as u8) == 0 {
             reasons.push(DenyReason::PurposeNotRegistered { purpose });
         }
+        let attested = match c.state {
+            MState::Authorised(g) | MState::Revoked(g, _) => Some(g.unattended),
+            _ => None,
+        };
         // What the access is compared against: the grant if there is one, else the request.
         let (scopes, purposes, accounts) = match c.state {
             MState::Requested => {
@@ -388,10 +396,12 @@ impl Model {
             .get(&(consent, self.now.date()))
             .copied()
             .unwrap_or(0);
-        if unattended && used >= self.policy.limit {
-            reasons.push(DenyReason::FrequencyExceeded {
-                limit: self.policy.limit,
-            });
+        // The subject's attested limit, within the holder's.
+        let limit = attested.map_or(self.policy.limit, |a| a.min(self.policy.limit));
+        if unattended && attested == Some(0) {
+            reasons.push(DenyReason::UnattendedNotApproved);
+        } else if unattended && used >= limit {
+            reasons.push(DenyReason::FrequencyExceeded { limit });
         }
         reasons
     }
@@ -451,10 +461,12 @@ impl World {
         let statement = ApprovalStatement {
             consent: c.id.clone(),
             subject: id(SUBJECTS[c.subject]),
+            platform: id(PLATFORMS[c.platform]),
             scopes: scopes_of(grant.scopes),
             purposes: purposes_of(grant.purposes),
             accounts: accounts_of(grant.accounts),
             consent_expires_at: grant.expires_at,
+            unattended_daily_limit: grant.unattended,
         };
         signer
             .sign(
@@ -544,6 +556,7 @@ impl World {
                 purposes,
                 accounts,
                 per_mille,
+                unattended,
                 forged,
             } => {
                 let Some(c) = self.model.consents.get(consent).cloned() else {
@@ -564,6 +577,7 @@ impl World {
                         purposes,
                         accounts,
                         expires_at,
+                        unattended,
                     },
                 );
                 let result = self.fx.broker.approve(&c.id, &token);
@@ -586,6 +600,7 @@ impl World {
                         purposes,
                         accounts,
                         expires_at,
+                        unattended,
                     });
                 }
             }
@@ -604,6 +619,7 @@ impl World {
                         purposes: c.purposes,
                         accounts: c.accounts.unwrap_or(0b001),
                         expires_at: now,
+                        unattended: DEFAULT_UNATTENDED_DAILY_LIMIT,
                     },
                 };
                 let expires_at =
@@ -616,6 +632,7 @@ impl World {
                         purposes: current.purposes,
                         accounts: current.accounts,
                         expires_at,
+                        unattended: current.unattended,
                     },
                 );
                 let result = self.fx.broker.reauthorise(&c.id, &token);
@@ -767,6 +784,7 @@ impl World {
         for reason in decision.reasons() {
             hit(match reason {
                 DenyReason::FrequencyExceeded { .. } => "denied: frequency",
+                DenyReason::UnattendedNotApproved => "denied: unattended not approved",
                 DenyReason::Expired { .. } => "denied: expired",
                 DenyReason::Revoked { .. } => "denied: revoked",
                 DenyReason::ProhibitedPurpose { .. } | DenyReason::ProhibitedScope { .. } => {
@@ -893,6 +911,7 @@ fn the_broker_behaves_as_the_model() {
         "permit",
         "unattended permit",
         "denied: frequency",
+        "denied: unattended not approved",
         "denied: expired",
         "denied: revoked",
         "denied: prohibited",

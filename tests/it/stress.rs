@@ -120,10 +120,12 @@ impl<S: Store> Shared<S> {
         let statement = ApprovalStatement {
             consent: request.id().clone(),
             subject: request.subject().clone(),
+            platform: request.platform().clone(),
             scopes: request.scopes(),
             purposes: request.purposes(),
             accounts: accounts.clone(),
             consent_expires_at: self.fx.broker.now() + GRANT + Duration::seconds(extra),
+            unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
         };
         self.fx.attest(&statement)
     }
