@@ -21,9 +21,11 @@ mod clock;
 mod consent;
 pub mod crypto;
 mod data;
+pub mod dpop;
 mod error;
 mod holder;
 mod ids;
+mod jws;
 mod keys;
 pub mod merkle;
 mod policy;
@@ -101,7 +103,7 @@ pub use store::{PostgresOptions, PostgresStore};
 /// The `time` crate, whose `OffsetDateTime` and `Duration` the API takes and returns.
 pub use time;
 pub use token::{
-    AccessClaims, ClaimProblem, DEFAULT_TOKEN_LIFETIME, MAX_LEEWAY, MAX_TOKEN_LEN,
+    AccessClaims, ClaimProblem, Confirmation, DEFAULT_TOKEN_LIFETIME, MAX_LEEWAY, MAX_TOKEN_LEN,
     MAX_TOKEN_LIFETIME, MAX_UNIX_TIME, TOKEN_TYPE, TokenError, TokenExpectations, TokenPart,
     check_token,
 };

@@ -1,16 +1,16 @@
 //! Access tokens: the claims, signing them, and checking a token's bytes.
 //!
 //! A permit becomes a JWT (RFC 9068 shape): header `alg` `EdDSA`, `typ` `at+jwt`, `kid` the RFC
-//! 7638 thumbprint of the broker's key; claims `iss`, `aud`, `sub`, `client_id`, `cid`, `scope`,
-//! `purpose`, `acct`, `iat`, `nbf`, `exp`, `jti`. [`check_token`] is the pure part of verification:
+//! 7638 thumbprint of the broker's key; claims `iss`, `aud`, `sub`, `client_id`, `cid`, `att`
+//! (the holder's attestation the grant rests on), `scope`, `purpose`, `acct`, `presence` (what the
+//! platform claims), `cnf` (`{"jkt": …}`, RFC 9449: the thumbprint of the key the presenter must
+//! prove possession of; absent when the platform has no sender key), `iat`, `nbf`, `exp`, `jti`. [`check_token`] is the pure part of verification:
 //! it parses the token itself, strictly (exact segment count, unpadded base64url, exact JSON
 //! types, every claim required), verifies the signature through jsonwebtoken's process-wide
 //! provider, and checks times against the caller's `now`. It never follows `jku`, `x5u` or an
 //! embedded `jwk`, never accepts an algorithm other than EdDSA, and never panics on input.
 //! The consent's live status is the verifier's job ([`crate::holder`]).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -18,7 +18,9 @@ use time::{Duration, OffsetDateTime};
 
 use crate::crypto::{self, ProviderError};
 use crate::ids::{AccountId, BrokerId, ConsentId, HolderId, PlatformId, SubjectId};
+use crate::jws::{self, JwsProblem};
 use crate::keys::{Ed25519PublicKey, SigningKey};
+use crate::policy::Presence;
 use crate::vocab::{ProhibitedUse, Purpose, RequestedPurpose, RequestedScope, Scope};
 
 /// The JOSE `typ` of an access token (RFC 9068 §2.1).
@@ -47,12 +49,20 @@ pub struct AccessClaims {
     pub client_id: PlatformId,
     /// The consent it relies on.
     pub cid: ConsentId,
+    /// The id (`jti`) of the holder's attestation the consent's grant rests on.
+    pub att: String,
     /// The one permitted scope.
     pub scope: Scope,
     /// The one permitted purpose.
     pub purpose: Purpose,
     /// The one permitted account.
     pub acct: AccountId,
+    /// Whether the platform says the subject is present (it cannot be proven: the bank bounds
+    /// what a false label can gain).
+    pub presence: Presence,
+    /// The key the presenter must prove possession of (RFC 9449), if the platform has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
     /// Issued at (unix seconds).
     pub iat: i64,
     /// Not before (unix seconds).
@@ -61,6 +71,14 @@ pub struct AccessClaims {
     pub exp: i64,
     /// Unique token id (128 random bits, base64url).
     pub jti: String,
+}
+
+/// A token's confirmation claim (RFC 7800 `cnf`), as RFC 9449 uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    /// The RFC 7638 thumbprint (SHA-256, base64url) of the presenter's public key.
+    pub jkt: String,
 }
 
 /// Which part of a token a decoding error is in.
@@ -235,75 +253,35 @@ pub(crate) fn sign(claims: &AccessClaims, key: &SigningKey) -> Result<String, Pr
     jsonwebtoken::encode(&header, claims, key.encoding_key()).map_err(|_| ProviderError::Unusable)
 }
 
+impl From<JwsProblem> for TokenError {
+    fn from(problem: JwsProblem) -> Self {
+        match problem {
+            JwsProblem::TooLarge { len } => Self::TooLarge { len },
+            JwsProblem::SegmentCount { segments } => Self::SegmentCount { segments },
+            JwsProblem::Base64(part) => Self::Base64(part),
+            JwsProblem::Json(part) => Self::Json(part),
+            JwsProblem::Claim { claim, problem } => Self::Claim { claim, problem },
+        }
+    }
+}
+
 fn claim_error(claim: &str, problem: ClaimProblem) -> TokenError {
-    TokenError::Claim {
-        claim: claim.to_owned(),
-        problem,
-    }
-}
-
-fn decode_segment(segment: &str, part: TokenPart) -> Result<Vec<u8>, TokenError> {
-    // The engine refuses padding and non-canonical trailing bits; the character check refuses
-    // the standard alphabet's `+` and `/`.
-    if !segment
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(TokenError::Base64(part));
-    }
-    URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| TokenError::Base64(part))
-}
-
-fn json_object(bytes: &[u8], part: TokenPart) -> Result<Map<String, Value>, TokenError> {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(TokenError::Json(part)),
-    }
+    jws::claim_error(claim, problem).into()
 }
 
 fn string_claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Result<&'a str, TokenError> {
-    match claims.get(name) {
-        None => Err(claim_error(name, ClaimProblem::Missing)),
-        Some(Value::String(value)) => Ok(value),
-        Some(_) => Err(claim_error(name, ClaimProblem::WrongType)),
-    }
+    Ok(jws::string_claim(claims, name)?)
 }
 
 fn parsed_claim<T: std::str::FromStr>(
     claims: &Map<String, Value>,
     name: &str,
 ) -> Result<T, TokenError> {
-    string_claim(claims, name)?
-        .parse()
-        .map_err(|_| claim_error(name, ClaimProblem::Invalid))
+    Ok(jws::parsed_claim(claims, name)?)
 }
 
 fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<i64, TokenError> {
-    let Some(value) = claims.get(name) else {
-        return Err(claim_error(name, ClaimProblem::Missing));
-    };
-    let Value::Number(number) = value else {
-        return Err(claim_error(name, ClaimProblem::WrongType));
-    };
-    if let Some(float) = number.as_f64().filter(|_| number.is_f64()) {
-        // serde_json reads an integer too large for 64 bits as a float, so a float outside the
-        // i64 range is an absurd time, whatever its notation; inside it, a float is the wrong
-        // type (NumericDate here is a whole number of seconds).
-        // `i64::MAX as f64` rounds to 2^63, the first magnitude an i64 cannot hold.
-        let in_range = float.abs() < i64::MAX as f64;
-        let problem = if in_range {
-            ClaimProblem::WrongType
-        } else {
-            ClaimProblem::Invalid
-        };
-        return Err(claim_error(name, problem));
-    }
-    match number.as_i64() {
-        Some(seconds) if (0..=MAX_UNIX_TIME).contains(&seconds) => Ok(seconds),
-        _ => Err(claim_error(name, ClaimProblem::Invalid)),
-    }
+    Ok(jws::time_claim(claims, name)?)
 }
 
 /// Parses and checks a token's bytes, signature and times. `key_for` maps a `kid` to a key.
@@ -317,39 +295,9 @@ pub fn check_token(
     now: OffsetDateTime,
 ) -> Result<AccessClaims, TokenError> {
     crypto::install()?;
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(TokenError::TooLarge { len: token.len() });
-    }
-    let segments: Vec<&str> = token.split('.').collect();
-    let [header_b64, payload_b64, signature_b64] = segments.as_slice() else {
-        return Err(TokenError::SegmentCount {
-            segments: segments.len(),
-        });
-    };
-    let header = json_object(
-        &decode_segment(header_b64, TokenPart::Header)?,
-        TokenPart::Header,
-    )?;
-    let key = check_header(&header, key_for)?;
-    let signature = decode_segment(signature_b64, TokenPart::Signature)?;
-    let payload_bytes = decode_segment(payload_b64, TokenPart::Payload)?;
-
-    let signing_input_len = header_b64.len() + 1 + payload_b64.len();
-    let signing_input = token.get(..signing_input_len).unwrap_or_default();
-    if signature.len() != 64 {
-        return Err(TokenError::BadSignature);
-    }
-    match jsonwebtoken::crypto::verify(
-        signature_b64,
-        signing_input.as_bytes(),
-        &key.decoding_key(),
-        Algorithm::EdDSA,
-    ) {
-        Ok(true) => {}
-        _ => return Err(TokenError::BadSignature),
-    }
-
-    let claims = json_object(&payload_bytes, TokenPart::Payload)?;
+    let compact = jws::split(token, MAX_TOKEN_LEN)?;
+    let key = check_header(&compact.header, key_for)?;
+    let claims = compact.open(&key)?.ok_or(TokenError::BadSignature)?;
     check_claims(&claims, expected, now)
 }
 
@@ -405,6 +353,10 @@ fn check_claims(
     let sub = parsed_claim(claims, "sub")?;
     let client_id = parsed_claim(claims, "client_id")?;
     let cid = parsed_claim(claims, "cid")?;
+    let att = string_claim(claims, "att")?;
+    if !(1..=128).contains(&att.len()) {
+        return Err(claim_error("att", ClaimProblem::Invalid));
+    }
     let scope = match parsed_claim::<RequestedScope>(claims, "scope")? {
         RequestedScope::Data(scope) => scope,
         RequestedScope::Prohibited(used) => return Err(TokenError::ProhibitedScope(used)),
@@ -414,6 +366,12 @@ fn check_claims(
         RequestedPurpose::Prohibited(used) => return Err(TokenError::ProhibitedPurpose(used)),
     };
     let acct = parsed_claim(claims, "acct")?;
+    let presence = match string_claim(claims, "presence")? {
+        "subject_present" => Presence::SubjectPresent,
+        "unattended" => Presence::Unattended,
+        _ => return Err(claim_error("presence", ClaimProblem::Invalid)),
+    };
+    let cnf = confirmation_claim(claims)?;
     let iat = time_claim(claims, "iat")?;
     let nbf = time_claim(claims, "nbf")?;
     let exp = time_claim(claims, "exp")?;
@@ -450,12 +408,32 @@ fn check_claims(
         sub,
         client_id,
         cid,
+        att: att.to_owned(),
         scope,
         purpose,
         acct,
+        presence,
+        cnf,
         iat,
         nbf,
         exp,
         jti: jti.to_owned(),
     })
+}
+
+/// `cnf`, when present: an object holding exactly a `jkt`, 43 base64url characters (a SHA-256
+/// thumbprint).
+fn confirmation_claim(claims: &Map<String, Value>) -> Result<Option<Confirmation>, TokenError> {
+    let Some(value) = claims.get("cnf") else {
+        return Ok(None);
+    };
+    let Value::Object(cnf) = value else {
+        return Err(claim_error("cnf", ClaimProblem::WrongType));
+    };
+    match (cnf.len(), cnf.get("jkt")) {
+        (1, Some(Value::String(jkt))) if jkt.len() == 43 && jws::is_base64url(jkt) => {
+            Ok(Some(Confirmation { jkt: jkt.clone() }))
+        }
+        _ => Err(claim_error("cnf", ClaimProblem::Invalid)),
+    }
 }

@@ -214,6 +214,9 @@ pub enum AuditEvent {
         presence: Presence,
         /// The token's `jti`.
         token_id: String,
+        /// The thumbprint of the key the token is bound to (its `cnf.jkt`), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender_key: Option<String>,
     },
     /// A token signing key was activated: the broker's first key, or a rotation.
     SigningKeyActivated {

@@ -34,6 +34,7 @@ use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
 ///     consent_version: 1,
 ///     holder_version: Some(1),
 ///     grant_expires_at: time::OffsetDateTime::UNIX_EPOCH,
+///     attestation_id: "att-1".into(),
 ///     issued_by: 1,
 /// };
 /// ```
@@ -53,6 +54,8 @@ pub struct Permit {
     pub(super) consent_version: u64,
     pub(super) holder_version: Option<u64>,
     pub(super) grant_expires_at: OffsetDateTime,
+    /// The attestation the grant rests on (a token names it).
+    pub(super) attestation_id: Box<str>,
     /// The broker instance that decided it: only that broker turns it into a token or a
     /// verified access, so a permit a throwaway broker decided on its own store is worthless to
     /// the real one.
@@ -259,6 +262,7 @@ mod tests {
             consent_version: 1,
             holder_version: Some(1),
             grant_expires_at: time::OffsetDateTime::UNIX_EPOCH,
+            attestation_id: "att-1".into(),
             issued_by: 1,
         };
         assert_eq!(made.scope(), Scope::Balance);

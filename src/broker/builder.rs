@@ -20,8 +20,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::consent::DEFAULT_APPROVAL_WINDOW;
 use crate::crypto;
 use crate::error::Error;
-use crate::ids::{BrokerId, IdGenerator, RandomIds};
-use crate::keys::{KeyError, KeyFile, KeyFileError, SigningKey};
+use crate::ids::{BrokerId, IdGenerator, PlatformId, RandomIds};
+use crate::keys::{Ed25519PublicKey, KeyError, KeyFile, KeyFileError, SigningKey};
 use crate::random::RandomSource;
 use crate::store::Store;
 use crate::token::{DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME};
@@ -118,6 +118,7 @@ impl<S: Store> Broker<S> {
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
                 token_lifetime: DEFAULT_TOKEN_LIFETIME,
                 permit_lifetime: DEFAULT_PERMIT_LIFETIME,
+                sender_keys: Default::default(),
             },
             store,
             keys: NeedsKeys,
@@ -170,6 +171,15 @@ impl<S, K> BrokerBuilder<S, K> {
     /// Lifetime of access tokens: default 5 minutes, at most 15.
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
         self.settings.token_lifetime = lifetime;
+        self
+    }
+
+    /// Binds the tokens issued for `platform` to `key` (RFC 9449 DPoP): each token carries the
+    /// key's thumbprint as `cnf.jkt`, and a bank's gate accepts it only with a proof signed by
+    /// that key, so a copied token is worthless without the key. Tokens for a platform without a
+    /// sender key carry no `cnf`, and a gate refuses them.
+    pub fn sender_key(mut self, platform: PlatformId, key: &Ed25519PublicKey) -> Self {
+        self.settings.sender_keys.insert(platform, key.thumbprint());
         self
     }
 

@@ -60,6 +60,8 @@ struct Settings {
     max_attempts: u32,
     token_lifetime: Duration,
     permit_lifetime: Duration,
+    /// Per platform, the thumbprint of the key its tokens are bound to (RFC 9449 `cnf.jkt`).
+    sender_keys: std::collections::HashMap<crate::ids::PlatformId, String>,
 }
 
 /// Numbers broker instances within the process (see [`Permit`]'s binding to its broker).

@@ -140,7 +140,10 @@ pub(super) fn plan_access(
         });
     }
     // A permit implies a live grant; its expiry caps a token's.
-    let grant_expires_at = consent.grant().map_or(now, |grant| grant.expires_at);
+    let (grant_expires_at, attestation_id) =
+        consent.grant().map_or((now, Box::default()), |grant| {
+            (grant.expires_at, grant.attestation_id.clone())
+        });
     let record = AuditRecord::new(
         now,
         Actor::Platform(request.platform.clone()),
@@ -168,6 +171,7 @@ pub(super) fn plan_access(
         consent_version: consent.version,
         holder_version,
         grant_expires_at,
+        attestation_id,
         issued_by: instance,
     };
     AccessPlan {

@@ -12,7 +12,7 @@ use crate::keys::KeyError;
 use crate::policy::AccessRequest;
 use crate::random::random_token;
 use crate::store::{Commit, KeyUse, Precondition, Store, StoreError};
-use crate::token::{self, AccessClaims};
+use crate::token::{self, AccessClaims, Confirmation};
 
 /// A signed access token, as handed to the platform.
 #[derive(Clone, PartialEq, Eq)]
@@ -56,6 +56,7 @@ impl<S: Store> Broker<S> {
     ) -> Result<(AccessToken, AuditRecord), Error> {
         let expires_at =
             saturating_add(now, self.settings.token_lifetime).min(permit.grant_expires_at);
+        let sender_key = self.settings.sender_keys.get(&permit.platform).cloned();
         let token_id = random_token(self.settings.random.as_ref())
             .map_err(|_| KeyError::RandomnessUnavailable)?;
         let claims = AccessClaims {
@@ -64,9 +65,12 @@ impl<S: Store> Broker<S> {
             sub: permit.subject.clone(),
             client_id: permit.platform.clone(),
             cid: permit.consent.clone(),
+            att: permit.attestation_id.to_string(),
             scope: permit.scope,
             purpose: permit.purpose,
             acct: permit.account.clone(),
+            presence: permit.presence,
+            cnf: sender_key.clone().map(|jkt| Confirmation { jkt }),
             iat: now.unix_timestamp(),
             nbf: now.unix_timestamp(),
             exp: expires_at.unix_timestamp(),
@@ -87,6 +91,7 @@ impl<S: Store> Broker<S> {
                 account: permit.account.clone(),
                 presence: permit.presence,
                 token_id: token_id.clone(),
+                sender_key,
             },
         );
         let token = AccessToken {

@@ -9,7 +9,9 @@ use super::{SeededRandom, SimulatedBank};
 use crate::broker::{Broker, BrokerBuilder, BrokerKeys};
 use crate::clock::ManualClock;
 use crate::consent::{AccountSelection, Consent, ConsentRequest, ConsentRequestDraft};
+use crate::dpop::DpopSigner;
 use crate::ids::{AccountId, ConsentId, PlatformId, SequentialIds, SubjectId};
+use crate::keys::SigningKey;
 use crate::policy::{AccessRequest, Decision, HolderPolicy, PlatformProfile, Presence};
 use crate::random::RandomSource;
 use crate::sets::{AccountSet, PurposeSet};
@@ -21,8 +23,9 @@ pub const START: OffsetDateTime = datetime!(2026-11-21 09:00 UTC);
 
 /// A broker ready for a test: a manual clock at [`START`], consent ids `cns_1`, `cns_2`, …, token
 /// ids and keys from a seeded source, a [`SimulatedBank`] `bank` (registered, default policy) and
-/// a platform `chat` registered for every purpose. The subject is `alice`, with the accounts
-/// `acc-current` and `acc-savings`.
+/// a platform `chat` registered for every purpose, whose tokens are bound to its DPoP key
+/// [`TestBroker::sender`]. The subject is `alice`, with the accounts `acc-current` and
+/// `acc-savings`.
 pub struct TestBroker<S = MemoryStore> {
     /// The broker under test.
     pub broker: Broker<S>,
@@ -38,6 +41,9 @@ pub struct TestBroker<S = MemoryStore> {
     pub current: AccountId,
     /// The subject's savings account.
     pub savings: AccountId,
+    /// The platform's DPoP key: the broker binds the platform's tokens to it, and a test makes
+    /// the proofs a bank's gate asks for with it.
+    pub sender: DpopSigner,
 }
 
 impl<S> std::fmt::Debug for TestBroker<S> {
@@ -98,7 +104,12 @@ impl<S: Store> TestBroker<S> {
         let clock = Arc::new(ManualClock::new(START));
         let random: Arc<dyn RandomSource> = Arc::new(SeededRandom::new(1));
         let keys = BrokerKeys::ephemeral(random.as_ref()).expect("a seeded source never fails");
+        let platform: PlatformId = id("chat");
+        let sender =
+            DpopSigner::new(SigningKey::from_seed(&[3; 32]).expect("a fixed seed is a key"))
+                .expect("the crypto provider installs");
         let builder = Broker::builder(id("broker"), store)
+            .sender_key(platform.clone(), &sender.public_key())
             .clock(clock.clone())
             .ids(Arc::new(SequentialIds::new()))
             .random(random)
@@ -114,7 +125,6 @@ impl<S: Store> TestBroker<S> {
         let broker = builder.build().expect("the test broker builds");
         let bank = SimulatedBank::new(id("bank"), 2).with_policy(policy);
         bank.register(&broker).expect("the bank registers");
-        let platform: PlatformId = id("chat");
         broker
             .register_platform(PlatformProfile {
                 id: platform.clone(),
@@ -131,6 +141,7 @@ impl<S: Store> TestBroker<S> {
             subject: id("alice"),
             current,
             savings: id("acc-savings"),
+            sender,
         }
     }
 

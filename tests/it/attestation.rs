@@ -26,10 +26,6 @@ enum Call {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn b64(bytes: impl AsRef<[u8]>) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
 /// A compact JWS over `header` and the raw `payload`, signed by `sign`.
 fn jws_raw(header: &Value, payload: &str, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
     let input = format!("{}.{}", b64(header.to_string()), b64(payload));

@@ -11,9 +11,10 @@ use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+use crate::support::b64;
 use crate::targets::{self, NOW, TARGETS, fixture, id, pkcs8};
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use consent_broker::checkpoint::{Checkpoint, NoteSigner, verify_checkpoint};
 use consent_broker::merkle;
 use consent_broker::*;
@@ -205,10 +206,6 @@ fn seed(target: &str, name: &str, bytes: impl AsRef<[u8]>) {
     std::fs::write(dir.join(name), bytes).unwrap();
 }
 
-fn b64url(bytes: impl AsRef<[u8]>) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
 /// A compact JWS of `header` and `payload`, signed with the fixed key `key_seed`.
 fn jws(header: &Value, payload: &Value, key_seed: u8) -> String {
     targets::sign_jws(&header.to_string(), &payload.to_string(), key_seed)
@@ -319,8 +316,8 @@ fn token_seeds() {
     }
     let none = format!(
         "{}.{}.",
-        b64url(json!({ "alg": "none", "typ": "at+jwt" }).to_string()),
-        b64url(claims.to_string())
+        b64(json!({ "alg": "none", "typ": "at+jwt" }).to_string()),
+        b64(claims.to_string())
     );
     seed(target, "alg-none.jwt", none);
     seed(target, "bad-signature.jwt", bad_signature(&valid));
@@ -425,8 +422,8 @@ fn attestation_seeds() {
     );
     let none = format!(
         "{}.{}.",
-        b64url(json!({ "alg": "none", "typ": "consent-attestation+jwt" }).to_string()),
-        b64url(claims.to_string())
+        b64(json!({ "alg": "none", "typ": "consent-attestation+jwt" }).to_string()),
+        b64(claims.to_string())
     );
     seed(target, "alg-none.jws", none);
     seed(target, "garbage.txt", "not.a.jws");

@@ -818,7 +818,7 @@ fn token_with(members: &str) -> String {
         fx.token_kid
     );
     let claims = format!(
-        r#"{{"iss":"broker","aud":"bank","sub":"alice","client_id":"chat","cid":"cns_1","scope":"balance","purpose":"customer_service","acct":"acc-current","iat":{now},"nbf":{now},"exp":{},"jti":"hostile-token-0001"{members}}}"#,
+        r#"{{"iss":"broker","aud":"bank","sub":"alice","client_id":"chat","cid":"cns_1","att":"hostile-attestation","scope":"balance","purpose":"customer_service","acct":"acc-current","presence":"subject_present","iat":{now},"nbf":{now},"exp":{},"jti":"hostile-token-0001"{members}}}"#,
         now + 300
     );
     targets::sign_jws(&header, &claims, targets::TOKEN_KEY_SEED)
@@ -1116,7 +1116,7 @@ fn duplicate_keys_are_refused_except_in_token_json_where_the_last_counts() {
     );
     let now = NOW.unix_timestamp();
     let claims = format!(
-        r#"{{"iss":"broker","aud":"bank","sub":"alice","client_id":"chat","cid":"cns_1","scope":"balance","purpose":"customer_service","acct":"acc-current","iat":{now},"nbf":{now},"exp":{},"jti":"hostile-token-0002"}}"#,
+        r#"{{"iss":"broker","aud":"bank","sub":"alice","client_id":"chat","cid":"cns_1","att":"hostile-attestation","scope":"balance","purpose":"customer_service","acct":"acc-current","presence":"subject_present","iat":{now},"nbf":{now},"exp":{},"jti":"hostile-token-0002"}}"#,
         now + 300
     );
     let header = format!(
@@ -1210,4 +1210,73 @@ fn histories_read_what_a_store_holds_not_what_it_claims() {
     let _ = consent_broker::subject_history(&store, &id("alice"));
     let reads = store.reads.load(std::sync::atomic::Ordering::Relaxed);
     assert!(reads <= 2, "{reads} reads of a store that holds one entry");
+}
+
+/// The claims a bank's gate relies on (`att`, `presence`, `cnf`) are as strict as the others: a
+/// wrong type or value is a typed refusal, and `cnf` holds exactly a 43-character `jkt`.
+#[test]
+fn the_attestation_presence_and_confirmation_claims_are_strict() {
+    let claim = |claim: &str, problem| {
+        Err(TokenError::Claim {
+            claim: claim.to_owned(),
+            problem,
+        })
+    };
+    let jkt = "A".repeat(43);
+    for (members, expected) in [
+        (
+            r#","att":"""#.to_owned(),
+            claim("att", ClaimProblem::Invalid),
+        ),
+        (
+            r#","att":7"#.to_owned(),
+            claim("att", ClaimProblem::WrongType),
+        ),
+        (
+            format!(r#","att":"{}""#, "a".repeat(129)),
+            claim("att", ClaimProblem::Invalid),
+        ),
+        (
+            r#","presence":"sometimes""#.to_owned(),
+            claim("presence", ClaimProblem::Invalid),
+        ),
+        (
+            r#","presence":true"#.to_owned(),
+            claim("presence", ClaimProblem::WrongType),
+        ),
+        (
+            r#","cnf":"x""#.to_owned(),
+            claim("cnf", ClaimProblem::WrongType),
+        ),
+        (
+            r#","cnf":{}"#.to_owned(),
+            claim("cnf", ClaimProblem::Invalid),
+        ),
+        (
+            r#","cnf":{"jkt":"short"}"#.to_owned(),
+            claim("cnf", ClaimProblem::Invalid),
+        ),
+        (
+            format!(r#","cnf":{{"jkt":"{jkt}","jwk":{{}}}}"#),
+            claim("cnf", ClaimProblem::Invalid),
+        ),
+        (
+            format!(r#","cnf":{{"jkt":"{}+"}}"#, "A".repeat(42)),
+            claim("cnf", ClaimProblem::Invalid),
+        ),
+    ] {
+        assert_eq!(
+            checked(&token_with(&members)).map(drop),
+            expected,
+            "{members}"
+        );
+    }
+    let bound = checked(&token_with(&format!(
+        r#","presence":"unattended","cnf":{{"jkt":"{jkt}"}}"#
+    )))
+    .unwrap();
+    assert_eq!(bound.presence, Presence::Unattended);
+    assert_eq!(bound.cnf, Some(Confirmation { jkt }));
+    assert_eq!(bound.att, "hostile-attestation");
+    assert_eq!(checked(&token_with("")).unwrap().cnf, None);
 }

@@ -21,6 +21,7 @@ mod targets;
 mod attestation;
 mod bad_input;
 mod deny_reasons;
+mod dpop;
 mod lifecycle;
 mod review_fixes;
 mod sealed;

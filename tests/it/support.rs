@@ -18,6 +18,20 @@ pub use consent_broker::testing::{
 };
 use consent_broker::*;
 
+/// Unpadded base64url, as JOSE encodes.
+pub fn b64(bytes: impl AsRef<[u8]>) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes unpadded base64url that the test knows is valid.
+pub fn unb64(segment: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .unwrap()
+}
+
 /// Parses an id (or anything else) that the test knows is valid.
 pub fn id<T: std::str::FromStr>(s: &str) -> T
 where

@@ -11,7 +11,7 @@ use crate::support::*;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE;
 use consent_broker::*;
 use ring::hmac;
 use ring::rand::SystemRandom;
@@ -23,14 +23,6 @@ type Verifier = TokenVerifier<StoreStatus<Arc<MemoryStore>>>;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn b64(bytes: impl AsRef<[u8]>) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn unb64(segment: &str) -> Vec<u8> {
-    URL_SAFE_NO_PAD.decode(segment).unwrap()
-}
 
 fn segments(token: &str) -> [String; 3] {
     let parts: Vec<&str> = token.split('.').collect();

@@ -57,13 +57,17 @@ fn a_permit_becomes_a_bound_short_lived_token_and_the_issuing_is_audited() {
     assert_eq!(token.key_id, signing_kid);
     let now = START.unix_timestamp();
     let claims = segment(&token.token, 1);
+    let consent = fx.broker.consent(request.id()).unwrap().consent;
+    let attestation = consent.grant().unwrap().attestation_id();
+    assert!(!attestation.is_empty());
     assert_eq!(
         claims,
         json!({
             "iss": "broker", "aud": "bank", "sub": "alice", "client_id": "chat",
-            "cid": request.id().as_str(), "scope": "balance", "purpose": "customer_service",
-            "acct": "acc-current", "iat": now, "nbf": now, "exp": now + 300,
-            "jti": token.token_id,
+            "cid": request.id().as_str(), "att": attestation, "scope": "balance",
+            "purpose": "customer_service", "acct": "acc-current", "presence": "subject_present",
+            "cnf": { "jkt": fx.sender.thumbprint() },
+            "iat": now, "nbf": now, "exp": now + 300, "jti": token.token_id,
         })
     );
     // 128 random bits, base64url: 22 characters, and never the same twice.

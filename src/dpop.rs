@@ -1,0 +1,365 @@
+//! Sender-constrained tokens: DPoP proofs (RFC 9449) for Ed25519 keys.
+//!
+//! The platform holds a key ([`DpopSigner`]); the broker binds each access token to that key's
+//! RFC 7638 thumbprint (`cnf.jkt`); with every request the platform sends a fresh proof, a JWT
+//! signed by the key over the request's method and URL and the token's hash. The bank's gate
+//! checks the proof ([`check_proof`]): a copied token is worthless without the key, and a copied
+//! proof is worthless for another request, another token or a second time.
+//!
+//! The proof is parsed as strictly as an access token: `typ` `dpop+jwt`, `alg` `EdDSA` only, the
+//! public key in the header as an Ed25519 JWK with no private member, no `crit` and no pointer to
+//! key material elsewhere (`jku`, `x5u`, `x5c`, `kid`); claims `jti` (16 to 128 characters), `htm`
+//! (exactly the method), `htu` (the URL without query and fragment, compared after normalising
+//! scheme and host case and default ports), `iat` (within a window before now and a small leeway
+//! after), `ath` (base64url SHA-256 of the access token). Replay of a proof's `jti` needs memory
+//! shared by every process of the bank, so the gate keeps it in the bank's store.
+
+use ring::digest;
+use serde_json::{Map, Value, json};
+use time::{Duration, OffsetDateTime};
+
+use crate::crypto::{self, ProviderError};
+use crate::jws::{self, JwsProblem};
+use crate::keys::{Ed25519PublicKey, SigningKey};
+use crate::random::{RandomSource, random_token};
+use crate::token::{ClaimProblem, MAX_LEEWAY, TokenPart};
+
+/// The JOSE `typ` of a DPoP proof.
+pub const DPOP_TYPE: &str = "dpop+jwt";
+/// Largest proof accepted, in bytes; longer input is refused before any decoding.
+pub const MAX_PROOF_LEN: usize = 4 * 1024;
+/// How old a proof's `iat` may be, by default.
+pub const DEFAULT_PROOF_WINDOW: Duration = Duration::seconds(60);
+/// Longest window a gate may be configured with.
+pub const MAX_PROOF_WINDOW: Duration = Duration::minutes(5);
+
+/// Why a DPoP proof was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "error", content = "detail", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DpopError {
+    /// No proof came with the request.
+    #[error("the request carries no DPoP proof")]
+    Missing,
+    /// Longer than [`MAX_PROOF_LEN`].
+    #[error("the proof is {len} bytes long; at most {MAX_PROOF_LEN} are accepted")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// Not three dot-separated segments.
+    #[error("a proof has 3 segments, this one has {segments}")]
+    SegmentCount {
+        /// How many it has.
+        segments: usize,
+    },
+    /// A segment is not unpadded base64url.
+    #[error("the proof's {0:?} is not unpadded base64url")]
+    Base64(TokenPart),
+    /// The header or payload is not a UTF-8 JSON object.
+    #[error("the proof's {0:?} is not a UTF-8 JSON object")]
+    Json(TokenPart),
+    /// `typ` is not `dpop+jwt`.
+    #[error("the proof's typ must be \"dpop+jwt\"")]
+    WrongType,
+    /// `alg` is `none`.
+    #[error("unsigned proofs (alg none) are never accepted")]
+    AlgorithmNone,
+    /// `alg` is not `EdDSA`.
+    #[error("only EdDSA proofs are accepted")]
+    UnsupportedAlgorithm,
+    /// The header has `crit`.
+    #[error("the proof names critical header extensions, none of which are supported")]
+    CriticalHeader,
+    /// The header points at key material elsewhere (`jku`, `x5u`, `x5c`, `kid`, …).
+    #[error("the proof header carries {0:?}, which is never followed")]
+    ForbiddenHeader(String),
+    /// No `jwk`, or not an Ed25519 public key (`kty` `OKP`, `crv` `Ed25519`, a 32-byte `x`).
+    #[error("the proof's jwk is missing or not an Ed25519 public key")]
+    BadKey,
+    /// The `jwk` carries private key material: the key is compromised by being sent.
+    #[error("the proof's jwk carries a private key")]
+    PrivateKey,
+    /// The proof's key is not the one the token is bound to.
+    #[error("the proof is signed by another key than the token is bound to")]
+    KeyMismatch,
+    /// The signature does not verify.
+    #[error("the proof's signature is invalid")]
+    BadSignature,
+    /// A claim is missing, mistyped or invalid.
+    #[error("proof claim {claim:?}: {problem:?}")]
+    Claim {
+        /// The claim.
+        claim: String,
+        /// What is wrong.
+        problem: ClaimProblem,
+    },
+    /// `htm` is not the request's method.
+    #[error("the proof is for another HTTP method")]
+    MethodMismatch,
+    /// `htu` is not the request's URL.
+    #[error("the proof is for another URL")]
+    UrlMismatch,
+    /// The request's URL, as the caller gave it, is not an absolute http(s) URL.
+    #[error("the request URL given to the check is not an absolute http or https URL")]
+    InvalidRequestUrl,
+    /// `iat` is later than now plus the leeway.
+    #[error("the proof was issued in the future")]
+    IssuedInFuture,
+    /// `iat` is earlier than the window allows.
+    #[error("the proof is too old")]
+    TooOld,
+    /// `ath` is not the hash of the token presented with it.
+    #[error("the proof was made for another access token")]
+    TokenHashMismatch,
+    /// The proof's `jti` was seen before.
+    #[error("the proof was already used (replay)")]
+    Replayed,
+    /// The JWT crypto provider cannot be used.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The proof could not be signed (platform side).
+    #[error("the proof could not be signed")]
+    Signing,
+}
+
+impl From<JwsProblem> for DpopError {
+    fn from(problem: JwsProblem) -> Self {
+        match problem {
+            JwsProblem::TooLarge { len } => Self::TooLarge { len },
+            JwsProblem::SegmentCount { segments } => Self::SegmentCount { segments },
+            JwsProblem::Base64(part) => Self::Base64(part),
+            JwsProblem::Json(part) => Self::Json(part),
+            JwsProblem::Claim { claim, problem } => Self::Claim { claim, problem },
+        }
+    }
+}
+
+/// The HTTP request a proof must be for, as the server received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpRequest<'a> {
+    /// The method, exactly as sent (`GET`).
+    pub method: &'a str,
+    /// The absolute URL the request was sent to (`https://bank.example/v1/balance?x=1`); query
+    /// and fragment are ignored.
+    pub url: &'a str,
+}
+
+/// A proof that passed every check but replay, which needs the bank's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedProof {
+    /// Its `jti`, to remember until the window has passed.
+    pub jti: String,
+    /// Its `iat` (unix seconds).
+    pub iat: i64,
+}
+
+/// The base64url SHA-256 of an access token, as a proof's `ath` carries it.
+pub fn token_hash(access_token: &str) -> String {
+    jws::encode(digest::digest(&digest::SHA256, access_token.as_bytes()).as_ref())
+}
+
+/// The URL a proof's `htu` is compared on: scheme and host in lower case, the scheme's default
+/// port dropped, an empty path as `/`, query and fragment removed. `None` for anything but an
+/// absolute `http` or `https` URL with a host.
+pub fn normalise_htu(url: &str) -> Option<String> {
+    let url = url.split(['#', '?']).next().unwrap_or_default();
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return None,
+    };
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |at| rest.split_at(at));
+    if authority.is_empty() || authority.contains('@') || !path.starts_with('/') {
+        return None;
+    }
+    let authority = authority.to_ascii_lowercase();
+    let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
+    if authority.is_empty()
+        || authority
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return None;
+    }
+    Some(format!("{scheme}://{authority}{path}"))
+}
+
+/// Checks a DPoP proof for `request`, presented with `access_token`, against the thumbprint the
+/// token is bound to (`expected_jkt`), at `now`: its `iat` may be up to `window` old (at most
+/// [`MAX_PROOF_WINDOW`]) and up to [`MAX_LEEWAY`] ahead. Replay is not checked here.
+///
+/// # Errors
+/// The first failed check, as a [`DpopError`].
+pub fn check_proof(
+    proof: &str,
+    request: &HttpRequest<'_>,
+    access_token: &str,
+    expected_jkt: &str,
+    window: Duration,
+    now: OffsetDateTime,
+) -> Result<CheckedProof, DpopError> {
+    crypto::install()?;
+    if proof.is_empty() {
+        return Err(DpopError::Missing);
+    }
+    let compact = jws::split(proof, MAX_PROOF_LEN)?;
+    let key = check_header(&compact.header)?;
+    if key.thumbprint() != expected_jkt {
+        return Err(DpopError::KeyMismatch);
+    }
+    let claims = compact.open(&key)?.ok_or(DpopError::BadSignature)?;
+    check_claims(&claims, request, access_token, window, now)
+}
+
+fn check_header(header: &Map<String, Value>) -> Result<Ed25519PublicKey, DpopError> {
+    match header.get("typ") {
+        Some(Value::String(typ)) if typ == DPOP_TYPE => {}
+        _ => return Err(DpopError::WrongType),
+    }
+    match header.get("alg") {
+        Some(Value::String(alg)) if alg == "EdDSA" => {}
+        Some(Value::String(alg)) if alg.eq_ignore_ascii_case("none") => {
+            return Err(DpopError::AlgorithmNone);
+        }
+        _ => return Err(DpopError::UnsupportedAlgorithm),
+    }
+    if header.contains_key("crit") {
+        return Err(DpopError::CriticalHeader);
+    }
+    for forbidden in ["jku", "x5u", "x5c", "x5t", "x5t#S256", "kid"] {
+        if header.contains_key(forbidden) {
+            return Err(DpopError::ForbiddenHeader(forbidden.to_owned()));
+        }
+    }
+    let Some(Value::Object(jwk)) = header.get("jwk") else {
+        return Err(DpopError::BadKey);
+    };
+    // RFC 9449 §4.3: the key must not be private. Any of the private members refuses it.
+    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+        .iter()
+        .any(|private| jwk.contains_key(*private))
+    {
+        return Err(DpopError::PrivateKey);
+    }
+    match (jwk.get("kty"), jwk.get("crv"), jwk.get("x")) {
+        (Some(Value::String(kty)), Some(Value::String(crv)), Some(Value::String(x)))
+            if kty == "OKP" && crv == "Ed25519" =>
+        {
+            Ed25519PublicKey::from_base64url(x).map_err(|_| DpopError::BadKey)
+        }
+        _ => Err(DpopError::BadKey),
+    }
+}
+
+fn check_claims(
+    claims: &Map<String, Value>,
+    request: &HttpRequest<'_>,
+    access_token: &str,
+    window: Duration,
+    now: OffsetDateTime,
+) -> Result<CheckedProof, DpopError> {
+    let jti = jws::string_claim(claims, "jti")?;
+    if !(16..=128).contains(&jti.len()) {
+        return Err(jws::claim_error("jti", ClaimProblem::Invalid).into());
+    }
+    let htm = jws::string_claim(claims, "htm")?;
+    let htu = jws::string_claim(claims, "htu")?;
+    let iat = jws::time_claim(claims, "iat")?;
+    let ath = jws::string_claim(claims, "ath")?;
+    if htm != request.method {
+        return Err(DpopError::MethodMismatch);
+    }
+    let expected = normalise_htu(request.url).ok_or(DpopError::InvalidRequestUrl)?;
+    if normalise_htu(htu).as_deref() != Some(expected.as_str()) {
+        return Err(DpopError::UrlMismatch);
+    }
+    let now = now.unix_timestamp();
+    if iat > now.saturating_add(MAX_LEEWAY.whole_seconds()) {
+        return Err(DpopError::IssuedInFuture);
+    }
+    let window = window
+        .clamp(Duration::ZERO, MAX_PROOF_WINDOW)
+        .whole_seconds();
+    if iat < now.saturating_sub(window) {
+        return Err(DpopError::TooOld);
+    }
+    if ath != token_hash(access_token) {
+        return Err(DpopError::TokenHashMismatch);
+    }
+    Ok(CheckedProof {
+        jti: jti.to_owned(),
+        iat,
+    })
+}
+
+/// The platform's DPoP key: makes a proof for each request it sends with an access token.
+#[derive(Debug)]
+pub struct DpopSigner {
+    key: SigningKey,
+    jwk: Value,
+}
+
+impl DpopSigner {
+    /// A signer with `key` (keep it where the platform keeps its other keys: it is what makes
+    /// its tokens usable).
+    ///
+    /// # Errors
+    /// [`DpopError::Provider`] if the JWT crypto provider cannot be used.
+    pub fn new(key: SigningKey) -> Result<Self, DpopError> {
+        crypto::install()?;
+        let jwk = json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": key.public_key().to_base64url(),
+        });
+        Ok(Self { key, jwk })
+    }
+
+    /// The public key, to give the broker ([`BrokerBuilder::sender_key`](crate::BrokerBuilder::sender_key)).
+    pub fn public_key(&self) -> Ed25519PublicKey {
+        self.key.public_key()
+    }
+
+    /// The RFC 7638 thumbprint of the public key: the `cnf.jkt` of the tokens bound to it.
+    pub fn thumbprint(&self) -> &str {
+        self.key.kid()
+    }
+
+    /// A proof for one `request` carrying `access_token`, made at `now`, with a fresh `jti` from
+    /// `random`.
+    ///
+    /// # Errors
+    /// [`DpopError::Signing`] if signing or randomness fails.
+    pub fn proof(
+        &self,
+        request: &HttpRequest<'_>,
+        access_token: &str,
+        now: OffsetDateTime,
+        random: &dyn RandomSource,
+    ) -> Result<String, DpopError> {
+        let jti = random_token(random).map_err(|_| DpopError::Signing)?;
+        let header = json!({ "typ": DPOP_TYPE, "alg": "EdDSA", "jwk": self.jwk });
+        let claims = json!({
+            "jti": jti,
+            "htm": request.method,
+            "htu": request.url.split(['#', '?']).next().unwrap_or_default(),
+            "iat": now.unix_timestamp(),
+            "ath": token_hash(access_token),
+        });
+        let input = format!(
+            "{}.{}",
+            jws::encode(header.to_string().as_bytes()),
+            jws::encode(claims.to_string().as_bytes())
+        );
+        let signature = jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            self.key.encoding_key(),
+            jsonwebtoken::Algorithm::EdDSA,
+        )
+        .map_err(|_| DpopError::Signing)?;
+        Ok(format!("{input}.{signature}"))
+    }
+}
