@@ -229,10 +229,10 @@ fn check_header(header: &Map<String, Value>) -> Result<Ed25519PublicKey, DpopErr
     if header.contains_key("crit") {
         return Err(DpopError::CriticalHeader);
     }
-    for forbidden in ["jku", "x5u", "x5c", "x5t", "x5t#S256", "kid"] {
-        if header.contains_key(forbidden) {
-            return Err(DpopError::ForbiddenHeader(forbidden.to_owned()));
-        }
+    if let Some(forbidden) =
+        jws::first_present(header, &["jku", "x5u", "x5c", "x5t", "x5t#S256", "kid"])
+    {
+        return Err(DpopError::ForbiddenHeader(forbidden.to_owned()));
     }
     let Some(Value::Object(jwk)) = header.get("jwk") else {
         return Err(DpopError::BadKey);

@@ -95,6 +95,18 @@ impl Compact<'_> {
     }
 }
 
+/// The first of `members` the header has, if any: members that point at key material elsewhere
+/// and are never followed.
+pub(crate) fn first_present(
+    header: &Map<String, Value>,
+    members: &[&'static str],
+) -> Option<&'static str> {
+    members
+        .iter()
+        .copied()
+        .find(|member| header.contains_key(*member))
+}
+
 /// Unpadded base64url of `bytes`.
 pub(crate) fn encode(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)

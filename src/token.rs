@@ -326,10 +326,10 @@ fn check_header(
     if header.contains_key("crit") {
         return Err(TokenError::CriticalHeader);
     }
-    for forbidden in ["jku", "x5u", "jwk", "x5c", "x5t", "x5t#S256"] {
-        if header.contains_key(forbidden) {
-            return Err(TokenError::ForbiddenHeader(forbidden.to_owned()));
-        }
+    if let Some(forbidden) =
+        jws::first_present(header, &["jku", "x5u", "jwk", "x5c", "x5t", "x5t#S256"])
+    {
+        return Err(TokenError::ForbiddenHeader(forbidden.to_owned()));
     }
     let Some(Value::String(kid)) = header.get("kid") else {
         return Err(TokenError::MissingKeyId);
