@@ -94,8 +94,9 @@ pub use store::Migration;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{
-    Change, Commit, CommitParts, CommitReceipt, HolderRecord, KeyUse, LogRead, MemoryStore,
-    Precondition, PublishedKey, ReadOnly, RecordKind, SignedCheckpoint, StateRead, Store,
+    AttestationRecord, BankRevocation, Change, Commit, CommitParts, CommitReceipt, FeedState,
+    GateView, HolderRecord, KeyUse, LedgerRead, LogRead, MemoryStore, PolicyRecord, Precondition,
+    PublishedKey, ReadOnly, RecordKind, SeenKind, ServedCounts, SignedCheckpoint, StateRead, Store,
     StoreError, StoredCheckpoint, StoredEntry,
 };
 #[cfg(feature = "postgres")]

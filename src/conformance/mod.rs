@@ -208,24 +208,31 @@ fn published(key_use: KeyUse, n: u8, at: OffsetDateTime) -> PublishedKey {
 }
 
 mod commits;
+mod ledger;
 mod log;
 mod state;
 
 /// The tests. Each makes a fresh store with `H::new()` and checks that it is empty.
 pub mod suite {
     pub use super::commits::{atomicity, broker_story, concurrency, preconditions, reopening};
+    pub use super::ledger::{
+        ledger_attestations, ledger_feed_and_view, ledger_policies, ledger_seen_ids,
+        ledger_served_counts,
+    };
     pub use super::log::{audit_log, checkpoints};
     pub use super::state::{
         consents, holders_and_platforms, published_keys, usage_and_attestations,
     };
 }
 
-/// `store_conformance_tests!(name, Harness[, durable][; attribute])`: the suite for one store,
-/// as a module `name` with one `#[test]` per property. `durable` adds the reopening test; the
-/// attribute, if given, goes on every test (for example `ignore = "needs a server"`).
+/// `store_conformance_tests!(name, Harness[, durable][, ledger][; attribute])`: the suite for
+/// one store, as a module `name` with one `#[test]` per property. `durable` adds the reopening
+/// test; `ledger` adds the tests of a bank's ledger (for a store that implements
+/// [`LedgerRead`](crate::LedgerRead)); the attribute, if given, goes on every test (for example
+/// `ignore = "needs a server"`).
 #[macro_export]
 macro_rules! store_conformance_tests {
-    (@module $name:ident, $harness:ty, [$($durable:ident)?], $attrs:tt) => {
+    (@module $name:ident, $harness:ty, [$($flag:ident)*], $attrs:tt) => {
         mod $name {
             #[allow(
                 unused_imports,
@@ -235,7 +242,7 @@ macro_rules! store_conformance_tests {
             $crate::store_conformance_tests!(@tests $harness, $attrs, holders_and_platforms,
                 consents, usage_and_attestations, published_keys, audit_log, checkpoints,
                 preconditions, atomicity, concurrency, broker_story);
-            $($crate::store_conformance_tests!(@$durable $harness, $attrs);)?
+            $($crate::store_conformance_tests!(@$flag $harness, $attrs);)*
         }
     };
     (@tests $harness:ty, $attrs:tt, $($test:ident),+) => {
@@ -248,14 +255,14 @@ macro_rules! store_conformance_tests {
             $crate::conformance::suite::$test::<$harness>();
         }
     };
-    (@durable $harness:ty, [$($attr:meta)?]) => {
-        #[test]
-        $(#[$attr])?
-        fn reopening() {
-            $crate::conformance::suite::reopening::<$harness>();
-        }
+    (@durable $harness:ty, $attrs:tt) => {
+        $crate::store_conformance_tests!(@tests $harness, $attrs, reopening);
     };
-    ($name:ident, $harness:ty $(, $durable:ident)? $(; $attr:meta)?) => {
-        $crate::store_conformance_tests!(@module $name, $harness, [$($durable)?], [$($attr)?]);
+    (@ledger $harness:ty, $attrs:tt) => {
+        $crate::store_conformance_tests!(@tests $harness, $attrs, ledger_attestations,
+            ledger_policies, ledger_served_counts, ledger_seen_ids, ledger_feed_and_view);
+    };
+    ($name:ident, $harness:ty $(, $flag:ident)* $(; $attr:meta)?) => {
+        $crate::store_conformance_tests!(@module $name, $harness, [$($flag)*], [$($attr)?]);
     };
 }

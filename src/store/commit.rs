@@ -27,11 +27,12 @@ use std::ops::Range;
 
 use time::{Date, OffsetDateTime};
 
+use super::ledger::{AttestationRecord, FeedState, PolicyRecord, SeenKind, ServedCounts};
 use super::records::{HolderRecord, KeyUse, PublishedKey};
 use crate::audit::AuditRecord;
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId};
-use crate::policy::{PlatformProfile, Usage};
+use crate::policy::{PlatformProfile, Presence, Usage};
 
 /// A condition that must still hold when a commit is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,30 @@ pub enum Precondition {
         key_use: KeyUse,
         /// Its RFC 7638 thumbprint.
         kid: String,
+    },
+    /// The bank's ledger holds the attestation at exactly this version.
+    #[non_exhaustive]
+    AttestationVersion {
+        /// The attestation's id.
+        attestation: String,
+        /// The version read.
+        version: u64,
+    },
+    /// The bank's served counts of the attestation on the UTC day are exactly these.
+    #[non_exhaustive]
+    ServedIs {
+        /// The attestation's id.
+        attestation: String,
+        /// The UTC day.
+        day: Date,
+        /// The counts read.
+        counts: ServedCounts,
+    },
+    /// The bank's current policy is at exactly this version (`None`: the bank has none yet).
+    #[non_exhaustive]
+    BankPolicyVersion {
+        /// The version read.
+        version: Option<u64>,
     },
 }
 
@@ -144,6 +169,70 @@ pub enum Change {
         retired_at: OffsetDateTime,
         /// Until when tokens it signed may be presented (token keys).
         verifies_until: Option<OffsetDateTime>,
+    },
+    /// Adds an attestation to the bank's ledger; fails with `Duplicate` if its id exists.
+    #[non_exhaustive]
+    RecordAttestation {
+        /// The record.
+        record: AttestationRecord,
+    },
+    /// Replaces an attestation in the bank's ledger; its version must be one more than the
+    /// stored one.
+    #[non_exhaustive]
+    UpdateAttestation {
+        /// The new record.
+        record: AttestationRecord,
+    },
+    /// Adds a version of the bank's policy; fails with `Duplicate` if that version exists.
+    #[non_exhaustive]
+    AppendBankPolicy {
+        /// The record.
+        record: PolicyRecord,
+    },
+    /// Counts one access the bank served under an attestation on a UTC day.
+    #[non_exhaustive]
+    CountServed {
+        /// The attestation's id.
+        attestation: String,
+        /// The UTC day.
+        day: Date,
+        /// Which count.
+        presence: Presence,
+    },
+    /// Remembers a presented id until `expires_at`; fails with `Duplicate` if it is
+    /// remembered already (the presentation is a replay).
+    #[non_exhaustive]
+    RememberSeen {
+        /// What kind of id.
+        kind: SeenKind,
+        /// The id.
+        id: String,
+        /// When it can be forgotten (it no longer verifies after).
+        expires_at: OffsetDateTime,
+    },
+    /// Forgets at most `limit` remembered ids that expired before `before`: bounded work per
+    /// call, so pruning never stalls a request.
+    #[non_exhaustive]
+    PruneSeen {
+        /// Ids that expired before this are forgotten.
+        before: OffsetDateTime,
+        /// At most this many.
+        limit: u32,
+    },
+    /// Records that the platform revoked a consent (from the broker's feed); a second record
+    /// of the same consent keeps the first.
+    #[non_exhaustive]
+    RecordPlatformRevocation {
+        /// The consent.
+        consent: ConsentId,
+        /// When the platform revoked it.
+        revoked_at: OffsetDateTime,
+    },
+    /// Sets how far the feed of platform-side revocations has been followed.
+    #[non_exhaustive]
+    SetFeedState {
+        /// The new state.
+        state: FeedState,
     },
 }
 
@@ -240,6 +329,21 @@ impl Precondition {
         Self::KeyActive {
             key_use,
             kid: kid.to_owned(),
+        }
+    }
+
+    pub(crate) fn attestation_version(attestation: &str, version: u64) -> Self {
+        Self::AttestationVersion {
+            attestation: attestation.to_owned(),
+            version,
+        }
+    }
+
+    pub(crate) fn served_is(attestation: &str, day: Date, counts: ServedCounts) -> Self {
+        Self::ServedIs {
+            attestation: attestation.to_owned(),
+            day,
+            counts,
         }
     }
 

@@ -20,12 +20,17 @@
 //! revocation that it did not see.
 
 mod commit;
+mod ledger;
 mod memory;
 mod records;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 
 pub use commit::{Change, Commit, CommitParts, CommitReceipt, Precondition};
+pub use ledger::{
+    AttestationRecord, BankRevocation, FeedState, GateView, LedgerRead, PolicyRecord, SeenKind,
+    ServedCounts,
+};
 pub use memory::MemoryStore;
 pub use records::{
     HolderRecord, KeyUse, PublishedKey, RecordKind, SignedCheckpoint, StoredCheckpoint, StoredEntry,

@@ -200,6 +200,12 @@ pub enum RecordKind {
     Checkpoint,
     /// An audit entry.
     AuditEntry,
+    /// An attestation in a bank's ledger.
+    AttestationRecord,
+    /// A version of a bank's policy.
+    BankPolicy,
+    /// A presented id (DPoP proof or token) the bank remembers.
+    SeenId,
 }
 
 impl std::fmt::Display for RecordKind {
@@ -212,6 +218,9 @@ impl std::fmt::Display for RecordKind {
             Self::Key => "published key",
             Self::Checkpoint => "checkpoint",
             Self::AuditEntry => "audit entry",
+            Self::AttestationRecord => "attestation record",
+            Self::BankPolicy => "bank policy version",
+            Self::SeenId => "presented id",
         })
     }
 }

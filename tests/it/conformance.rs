@@ -102,15 +102,16 @@ impl Harness for PostgresHarness {
     }
 }
 
-consent_broker::store_conformance_tests!(memory, MemoryHarness);
-consent_broker::store_conformance_tests!(sqlite, SqliteHarness, durable);
+consent_broker::store_conformance_tests!(memory, MemoryHarness, ledger);
+consent_broker::store_conformance_tests!(sqlite, SqliteHarness, durable, ledger);
 // Needs a server: `scripts/with-postgres cargo test --features postgres -- --include-ignored`
 // (`.ci/run` does this). Without the feature, the placeholder below reports them as not run.
 #[cfg(feature = "postgres")]
 consent_broker::store_conformance_tests!(
     postgres,
     PostgresHarness,
-    durable;
+    durable,
+    ledger;
     ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"
 );
 

@@ -12,6 +12,7 @@
 //! Everything here runs inside a transaction the store opened: a [`Failure::Refused`] outcome
 //! (a failed precondition, a duplicate) and an engine error both make the store roll it back.
 
+pub(crate) mod ledger;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod read;
@@ -56,6 +57,8 @@ pub(crate) trait Row {
     fn int(&self, column: usize) -> Result<Option<i64>, StoreError>;
     /// A text or binary column, as bytes.
     fn bytes(&self, column: usize) -> Result<Vec<u8>, StoreError>;
+    /// A text or binary column, as bytes, `None` for `NULL`.
+    fn optional_bytes(&self, column: usize) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// Why a statement inside a commit did not complete.

@@ -36,14 +36,15 @@ use std::time::Duration as StdDuration;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use time::Date;
 
-use super::{Dialect, Failure, Migration, Row, Value, read};
+use super::{Dialect, Failure, Migration, Row, Value, ledger, read};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash};
 use crate::policy::{PlatformProfile, Usage};
 use crate::store::{
-    Commit, CommitReceipt, HolderRecord, LogRead, PublishedKey, SignedCheckpoint, StateRead, Store,
-    StoreError, StoredCheckpoint, StoredEntry,
+    AttestationRecord, Commit, CommitReceipt, GateView, HolderRecord, LedgerRead, LogRead,
+    PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint, StateRead, Store, StoreError,
+    StoredCheckpoint, StoredEntry,
 };
 
 const MIGRATIONS: &[Migration] = &[
@@ -128,6 +129,37 @@ const MIGRATIONS: &[Migration] = &[
             DROP TABLE signing_keys;
         ",
     },
+    Migration {
+        version: 5,
+        // A bank's ledger (empty in a broker's database): attestations it signed, its policy
+        // history, its served counts, the ids it has seen presented, and what it learned of
+        // platform-side revocations.
+        sql: "
+            CREATE TABLE bank_attestations (
+                position INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, consent TEXT NOT NULL,
+                subject TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL
+            ) STRICT;
+            CREATE INDEX bank_attestations_by_subject ON bank_attestations (subject);
+            CREATE INDEX bank_attestations_by_consent ON bank_attestations (consent);
+            CREATE TABLE bank_policies (version INTEGER PRIMARY KEY, record TEXT NOT NULL) STRICT;
+            CREATE TABLE bank_served (
+                attestation TEXT NOT NULL, day TEXT NOT NULL, unattended INTEGER NOT NULL,
+                present INTEGER NOT NULL, PRIMARY KEY (attestation, day)
+            ) STRICT, WITHOUT ROWID;
+            CREATE TABLE bank_seen (
+                kind TEXT NOT NULL, id TEXT NOT NULL, expires_at INTEGER NOT NULL,
+                PRIMARY KEY (kind, id)
+            ) STRICT, WITHOUT ROWID;
+            CREATE INDEX bank_seen_by_expiry ON bank_seen (expires_at);
+            CREATE TABLE bank_platform_revocations (
+                consent TEXT PRIMARY KEY, revoked_at INTEGER NOT NULL
+            ) STRICT;
+            CREATE TABLE bank_feed (
+                id INTEGER PRIMARY KEY CHECK (id = 1), position INTEGER NOT NULL,
+                generated_at INTEGER NOT NULL
+            ) STRICT;
+        ",
+    },
 ];
 
 /// A [`Store`] in a SQLite database file.
@@ -168,7 +200,7 @@ impl SqliteStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 4;
+    pub const SCHEMA_VERSION: i64 = 5;
 
     /// SQLite `application_id` of a consent-broker database (`0x4342_526B`, "CBRk"), written by
     /// the first migration. A file with another application id is refused as not ours.
@@ -383,6 +415,12 @@ impl Row for rusqlite::Row<'_> {
             .and_then(|value| Ok(value.as_bytes()?.to_vec()))
             .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
     }
+
+    fn optional_bytes(&self, column: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_ref(column)
+            .and_then(|value| Ok(value.as_bytes_or_null()?.map(<[u8]>::to_vec)))
+            .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
+    }
 }
 
 impl Dialect for Lite<'_> {
@@ -466,6 +504,43 @@ impl StateRead for SqliteStore {
 
     fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
         self.read(|db| read::published_keys(db))
+    }
+}
+
+impl LedgerRead for SqliteStore {
+    fn attestation_record(&self, id: &str) -> Result<Option<AttestationRecord>, StoreError> {
+        self.read(|db| ledger::attestation_record(db, id))
+    }
+
+    fn attestations_of_subject(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        self.read(|db| ledger::attestations_of_subject(db, subject))
+    }
+
+    fn attestations_of_consent(
+        &self,
+        consent: &ConsentId,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        self.read(|db| ledger::attestations_of_consent(db, consent))
+    }
+
+    fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        self.read(|db| ledger::bank_policies(db))
+    }
+
+    fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError> {
+        self.read(|db| ledger::seen(db, kind, id))
+    }
+
+    fn gate_view(
+        &self,
+        attestation: &str,
+        consent: &ConsentId,
+        day: Date,
+    ) -> Result<GateView, StoreError> {
+        self.read(|db| ledger::gate_view(db, attestation, consent, day))
     }
 }
 

@@ -10,7 +10,7 @@ use crate::store::{
     Change, Commit, CommitReceipt, Precondition, RecordKind, StoreError, StoredCheckpoint,
 };
 
-fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+pub(super) fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
 }
 
@@ -19,7 +19,7 @@ fn engine<E>(error: E) -> Failure<E> {
 }
 
 /// Inserts a row unless its key exists; a duplicate is reported as such.
-fn insert_new<D: Dialect + ?Sized>(
+pub(super) fn insert_new<D: Dialect + ?Sized>(
     db: &mut D,
     sql: &'static str,
     params: &[Value<'_>],
@@ -36,10 +36,10 @@ fn insert_new<D: Dialect + ?Sized>(
 }
 
 /// The statements of a versioned table.
-struct Versioned {
-    update: &'static str,
-    exists: &'static str,
-    kind: RecordKind,
+pub(super) struct Versioned {
+    pub(super) update: &'static str,
+    pub(super) exists: &'static str,
+    pub(super) kind: RecordKind,
 }
 
 const HOLDERS: Versioned = Versioned {
@@ -55,7 +55,7 @@ const CONSENTS: Versioned = Versioned {
 };
 
 /// Replaces a versioned row whose stored version is one less than the new one.
-fn update_versioned<D: Dialect + ?Sized>(
+pub(super) fn update_versioned<D: Dialect + ?Sized>(
     db: &mut D,
     table: &Versioned,
     id: &str,
@@ -83,7 +83,7 @@ fn update_versioned<D: Dialect + ?Sized>(
     }))
 }
 
-fn stored_version<D: Dialect + ?Sized>(
+pub(super) fn stored_version<D: Dialect + ?Sized>(
     db: &mut D,
     sql: &'static str,
     id: &str,
@@ -116,6 +116,9 @@ fn holds<D: Dialect + ?Sized>(
             |_| Ok(()),
         )?
         .is_some(),
+        Precondition::AttestationVersion { .. }
+        | Precondition::ServedIs { .. }
+        | Precondition::BankPolicyVersion { .. } => super::ledger::holds(db, precondition)?,
     })
 }
 
@@ -234,6 +237,14 @@ fn apply<D: Dialect + ?Sized>(db: &mut D, change: &Change) -> Result<(), Failure
             }
             Ok(())
         }
+        Change::RecordAttestation { .. }
+        | Change::UpdateAttestation { .. }
+        | Change::AppendBankPolicy { .. }
+        | Change::CountServed { .. }
+        | Change::RememberSeen { .. }
+        | Change::PruneSeen { .. }
+        | Change::RecordPlatformRevocation { .. }
+        | Change::SetFeedState { .. } => super::ledger::apply(db, change),
     }
 }
 

@@ -110,6 +110,11 @@ impl Row for postgres::Row {
     }
 
     fn bytes(&self, column: usize) -> Result<Vec<u8>, StoreError> {
+        self.optional_bytes(column)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {column} is NULL")))
+    }
+
+    fn optional_bytes(&self, column: usize) -> Result<Option<Vec<u8>>, StoreError> {
         let corrupt = |e: postgres::Error| StoreError::Corrupt(format!("column {column}: {e}"));
         let declared = self
             .columns()
@@ -117,12 +122,12 @@ impl Row for postgres::Row {
             .map(|c| c.type_().clone())
             .ok_or_else(|| StoreError::Corrupt(format!("no column {column}")))?;
         if declared == Type::BYTEA {
-            self.try_get::<_, Vec<u8>>(column).map_err(corrupt)
+            self.try_get::<_, Option<Vec<u8>>>(column).map_err(corrupt)
         } else {
             Ok(self
-                .try_get::<_, String>(column)
+                .try_get::<_, Option<String>>(column)
                 .map_err(corrupt)?
-                .into_bytes())
+                .map(String::into_bytes))
         }
     }
 }

@@ -43,14 +43,15 @@ use postgres::{Client, Config, IsolationLevel, Transaction};
 use time::Date;
 
 use self::connection::{Db, Job, Worker, pg_error, retryable};
-use super::{Failure, Migration, read};
+use super::{Failure, Migration, ledger, read};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::Hash;
 use crate::policy::{PlatformProfile, Usage};
 use crate::store::{
-    Commit, CommitReceipt, HolderRecord, LogRead, PublishedKey, SignedCheckpoint, StateRead, Store,
-    StoreError, StoredCheckpoint, StoredEntry,
+    AttestationRecord, Commit, CommitReceipt, GateView, HolderRecord, LedgerRead, LogRead,
+    PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint, StateRead, Store, StoreError,
+    StoredCheckpoint, StoredEntry,
 };
 
 /// The advisory lock key every broker's commits take ("CBRk").
@@ -120,6 +121,35 @@ const MIGRATIONS: &[Migration] = &[
         DROP TABLE signing_keys;
     ",
     },
+    Migration {
+        version: 3,
+        // As the SQLite store's version 5: a bank's ledger.
+        sql: "
+        CREATE TABLE bank_attestations (
+            position BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, consent TEXT NOT NULL,
+            subject TEXT NOT NULL, version BIGINT NOT NULL, record TEXT NOT NULL
+        );
+        CREATE INDEX bank_attestations_by_subject ON bank_attestations (subject);
+        CREATE INDEX bank_attestations_by_consent ON bank_attestations (consent);
+        CREATE TABLE bank_policies (version BIGINT PRIMARY KEY, record TEXT NOT NULL);
+        CREATE TABLE bank_served (
+            attestation TEXT NOT NULL, day TEXT NOT NULL, unattended BIGINT NOT NULL,
+            present BIGINT NOT NULL, PRIMARY KEY (attestation, day)
+        );
+        CREATE TABLE bank_seen (
+            kind TEXT NOT NULL, id TEXT NOT NULL, expires_at BIGINT NOT NULL,
+            PRIMARY KEY (kind, id)
+        );
+        CREATE INDEX bank_seen_by_expiry ON bank_seen (expires_at);
+        CREATE TABLE bank_platform_revocations (
+            consent TEXT PRIMARY KEY, revoked_at BIGINT NOT NULL
+        );
+        CREATE TABLE bank_feed (
+            id INTEGER PRIMARY KEY CHECK (id = 1), position BIGINT NOT NULL,
+            generated_at BIGINT NOT NULL
+        );
+    ",
+    },
 ];
 
 /// A [`Store`] in a PostgreSQL database.
@@ -160,7 +190,7 @@ impl PostgresStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 2;
+    pub const SCHEMA_VERSION: i64 = 3;
 
     /// How often a transaction is retried after a serialisation failure or deadlock.
     pub const MAX_TRANSACTION_ATTEMPTS: u32 = 5;
@@ -380,6 +410,48 @@ impl StateRead for PostgresStore {
 
     fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
         self.read(|db| read::published_keys(db))
+    }
+}
+
+impl LedgerRead for PostgresStore {
+    fn attestation_record(&self, id: &str) -> Result<Option<AttestationRecord>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |db| ledger::attestation_record(db, &id))
+    }
+
+    fn attestations_of_subject(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        let subject = subject.clone();
+        self.read(move |db| ledger::attestations_of_subject(db, &subject))
+    }
+
+    fn attestations_of_consent(
+        &self,
+        consent: &ConsentId,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        let consent = consent.clone();
+        self.read(move |db| ledger::attestations_of_consent(db, &consent))
+    }
+
+    fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        self.read(|db| ledger::bank_policies(db))
+    }
+
+    fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.read(move |db| ledger::seen(db, kind, &id))
+    }
+
+    fn gate_view(
+        &self,
+        attestation: &str,
+        consent: &ConsentId,
+        day: Date,
+    ) -> Result<GateView, StoreError> {
+        let (attestation, consent) = (attestation.to_owned(), consent.clone());
+        self.read(move |db| ledger::gate_view(db, &attestation, &consent, day))
     }
 }
 

@@ -3,6 +3,8 @@
 //! One `RwLock` guards everything, so a commit is trivially atomic with respect to readers; a
 //! commit that fails part-way is rolled back from an undo log before the lock is released.
 
+mod ledger;
+
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -10,13 +12,15 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use time::Date;
 
 use super::{
-    Change, Commit, CommitReceipt, HolderRecord, LogRead, Precondition, PublishedKey, RecordKind,
-    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
+    AttestationRecord, Change, Commit, CommitReceipt, GateView, HolderRecord, LedgerRead, LogRead,
+    PolicyRecord, Precondition, PublishedKey, RecordKind, SeenKind, SignedCheckpoint, StateRead,
+    Store, StoreError, StoredCheckpoint, StoredEntry,
 };
 use crate::consent::{AccountSelection, Consent, ConsentState};
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource};
 use crate::policy::{PlatformProfile, Usage};
+use ledger::{LedgerState, LedgerUndo};
 
 /// A [`Store`] that keeps everything in memory.
 #[derive(Debug, Default)]
@@ -39,6 +43,8 @@ struct Inner {
     audit: Vec<Vec<u8>>,
     nodes: MemoryNodes,
     checkpoints: Vec<StoredCheckpoint>,
+    /// A bank's ledger (empty in a broker's store).
+    ledger: LedgerState,
 }
 
 /// How to take back one applied change.
@@ -51,6 +57,7 @@ enum Undo {
     Attestation(String),
     KeyActivated,
     KeyRetired(usize),
+    Ledger(LedgerUndo),
 }
 
 impl MemoryStore {
@@ -97,6 +104,11 @@ impl Inner {
                 .keys
                 .iter()
                 .any(|key| key.key_use == *key_use && key.kid == *kid && key.retired_at.is_none()),
+            Precondition::AttestationVersion { .. }
+            | Precondition::ServedIs { .. }
+            | Precondition::BankPolicyVersion { .. } => {
+                self.ledger.check(precondition).unwrap_or(false)
+            }
         }
     }
 
@@ -233,6 +245,16 @@ impl Inner {
                 }
                 Ok(Undo::KeyRetired(position))
             }
+            change @ (Change::RecordAttestation { .. }
+            | Change::UpdateAttestation { .. }
+            | Change::AppendBankPolicy { .. }
+            | Change::CountServed { .. }
+            | Change::RememberSeen { .. }
+            | Change::PruneSeen { .. }
+            | Change::RecordPlatformRevocation { .. }
+            | Change::SetFeedState { .. }) => Ok(Undo::Ledger(
+                self.ledger.apply(&change)?.unwrap_or(LedgerUndo::Nothing),
+            )),
         }
     }
 
@@ -274,6 +296,7 @@ impl Inner {
                     key.verifies_until = None;
                 }
             }
+            Undo::Ledger(undo) => self.ledger.undo(undo),
         }
     }
 }
@@ -333,6 +356,43 @@ impl StateRead for MemoryStore {
 
     fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
         Ok(self.read()?.keys.clone())
+    }
+}
+
+impl LedgerRead for MemoryStore {
+    fn attestation_record(&self, id: &str) -> Result<Option<AttestationRecord>, StoreError> {
+        Ok(self.read()?.ledger.attestation(id))
+    }
+
+    fn attestations_of_subject(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        Ok(self.read()?.ledger.of_subject(subject))
+    }
+
+    fn attestations_of_consent(
+        &self,
+        consent: &ConsentId,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        Ok(self.read()?.ledger.of_consent(consent))
+    }
+
+    fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        Ok(self.read()?.ledger.policies())
+    }
+
+    fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError> {
+        Ok(self.read()?.ledger.seen(kind, id))
+    }
+
+    fn gate_view(
+        &self,
+        attestation: &str,
+        consent: &ConsentId,
+        day: Date,
+    ) -> Result<GateView, StoreError> {
+        Ok(self.read()?.ledger.gate_view(attestation, consent, day))
     }
 }
 

@@ -1,0 +1,342 @@
+//! A bank's ledger: attestations, policy history, served counts, presented ids, the feed.
+
+use super::*;
+use crate::store::{
+    AttestationRecord, BankRevocation, FeedState, GateView, LedgerRead, PolicyRecord, SeenKind,
+    ServedCounts,
+};
+
+fn attestation(id: &str, consent: &str, subject: &str) -> AttestationRecord {
+    AttestationRecord {
+        id: id.to_owned(),
+        consent: super::id(consent),
+        subject: super::id(subject),
+        platform: super::id("chat"),
+        broker: super::id("broker"),
+        scopes: ScopeSet::from([Scope::Balance]),
+        purposes: PurposeSet::from([Purpose::CustomerService]),
+        accounts: AccountSet::from([super::id("acc-1")]),
+        unattended_daily_limit: 4,
+        signed_at: NOW,
+        expires_at: NOW + Duration::days(90),
+        revoked: None,
+        superseded_by: None,
+        version: 1,
+    }
+}
+
+fn policy(version: u64) -> PolicyRecord {
+    PolicyRecord {
+        version,
+        policy: HolderPolicy {
+            unattended_daily_limit: u32::try_from(version).unwrap(),
+            ..HolderPolicy::default()
+        },
+        effective_at: NOW + Duration::minutes(i64::try_from(version).unwrap()),
+    }
+}
+
+fn only(change: Change) -> Commit {
+    commit(vec![change], vec![])
+}
+
+/// Attestations: insert, duplicate, versioned update, lookups by subject and consent in order.
+pub fn ledger_attestations<H: Harness>()
+where
+    H::Store: LedgerRead,
+{
+    let h = fresh::<H>();
+    let s = h.store();
+    let first = attestation("att-1", "cns_1", "alice");
+    let bobs = attestation("att-2", "cns_2", "bob");
+    let renewed = attestation("att-3", "cns_1", "alice");
+    for record in [&first, &bobs, &renewed] {
+        s.commit(only(Change::RecordAttestation {
+            record: record.clone(),
+        }))
+        .unwrap();
+    }
+    assert_eq!(s.attestation_record("att-1").unwrap(), Some(first.clone()));
+    assert_eq!(s.attestation_record("att-9").unwrap(), None);
+    assert_eq!(
+        s.commit(only(Change::RecordAttestation {
+            record: first.clone()
+        })),
+        Err(StoreError::Duplicate {
+            kind: RecordKind::AttestationRecord,
+            id: "att-1".into(),
+        })
+    );
+    assert_eq!(
+        s.attestations_of_subject(&id("alice")).unwrap(),
+        [first.clone(), renewed.clone()]
+    );
+    assert_eq!(
+        s.attestations_of_consent(&id("cns_1")).unwrap(),
+        [first.clone(), renewed.clone()]
+    );
+    assert_eq!(s.attestations_of_consent(&id("cns_2")).unwrap(), [bobs]);
+    let revoked = AttestationRecord {
+        revoked: Some(BankRevocation {
+            by: Revoker::Subject,
+            reason: RevocationReason::SubjectWithdrew,
+            at: NOW + Duration::days(1),
+        }),
+        version: 2,
+        ..first.clone()
+    };
+    let stale =
+        commit(vec![], vec![record(0)]).precondition(Precondition::attestation_version("att-1", 2));
+    assert_eq!(s.commit(stale), Err(StoreError::Conflict));
+    s.commit(
+        only(Change::UpdateAttestation {
+            record: revoked.clone(),
+        })
+        .precondition(Precondition::attestation_version("att-1", 1)),
+    )
+    .unwrap();
+    assert_eq!(
+        s.attestation_record("att-1").unwrap(),
+        Some(revoked.clone())
+    );
+    // The same version again, or a record that is not there.
+    assert_eq!(
+        s.commit(only(Change::UpdateAttestation { record: revoked })),
+        Err(StoreError::Conflict)
+    );
+    assert_eq!(
+        s.commit(only(Change::UpdateAttestation {
+            record: AttestationRecord {
+                version: 2,
+                ..attestation("att-9", "cns_9", "carol")
+            }
+        })),
+        Err(StoreError::Missing {
+            kind: RecordKind::AttestationRecord,
+            id: "att-9".into(),
+        })
+    );
+}
+
+/// The policy history: versions in order, a version once, the latest as a precondition.
+pub fn ledger_policies<H: Harness>()
+where
+    H::Store: LedgerRead,
+{
+    let h = fresh::<H>();
+    let s = h.store();
+    let guarded = |version| {
+        commit(vec![], vec![record(0)]).precondition(Precondition::BankPolicyVersion { version })
+    };
+    s.commit(guarded(None)).unwrap();
+    assert_eq!(s.commit(guarded(Some(1))), Err(StoreError::Conflict));
+    for version in [1, 2] {
+        s.commit(only(Change::AppendBankPolicy {
+            record: policy(version),
+        }))
+        .unwrap();
+    }
+    assert_eq!(
+        s.commit(only(Change::AppendBankPolicy { record: policy(2) })),
+        Err(StoreError::Duplicate {
+            kind: RecordKind::BankPolicy,
+            id: "2".into(),
+        })
+    );
+    assert_eq!(s.bank_policies().unwrap(), [policy(1), policy(2)]);
+    s.commit(guarded(Some(2))).unwrap();
+    assert_eq!(s.commit(guarded(Some(1))), Err(StoreError::Conflict));
+    assert_eq!(s.commit(guarded(None)), Err(StoreError::Conflict));
+    let view = s.gate_view("att-1", &id("cns_1"), DAY).unwrap();
+    assert_eq!(view.policy, Some(policy(2)));
+}
+
+/// Served counts per attestation and UTC day, by presence, and their precondition.
+pub fn ledger_served_counts<H: Harness>()
+where
+    H::Store: LedgerRead,
+{
+    let h = fresh::<H>();
+    let s = h.store();
+    let count = |day, presence| {
+        only(Change::CountServed {
+            attestation: "att-1".into(),
+            day,
+            presence,
+        })
+    };
+    let served = |day| s.gate_view("att-1", &id("cns_1"), day).unwrap().served;
+    assert_eq!(served(DAY), ServedCounts::default());
+    s.commit(count(DAY, Presence::Unattended)).unwrap();
+    s.commit(count(DAY, Presence::Unattended)).unwrap();
+    s.commit(count(DAY, Presence::SubjectPresent)).unwrap();
+    s.commit(count(DAY.next_day().unwrap(), Presence::SubjectPresent))
+        .unwrap();
+    let expected = ServedCounts {
+        unattended: 2,
+        present: 1,
+    };
+    assert_eq!(served(DAY), expected);
+    assert_eq!(
+        served(DAY.next_day().unwrap()),
+        ServedCounts {
+            unattended: 0,
+            present: 1
+        }
+    );
+    assert_eq!(
+        s.gate_view("att-2", &id("cns_1"), DAY).unwrap().served,
+        ServedCounts::default()
+    );
+    let guarded = |counts| {
+        count(DAY, Presence::Unattended).precondition(Precondition::served_is("att-1", DAY, counts))
+    };
+    assert_eq!(
+        s.commit(guarded(ServedCounts::default())),
+        Err(StoreError::Conflict)
+    );
+    assert_eq!(served(DAY), expected, "a failed commit counts nothing");
+    s.commit(guarded(expected)).unwrap();
+    assert_eq!(served(DAY).unattended, 3);
+}
+
+/// Presented ids: remembered once per kind, a second presentation is a duplicate, and pruning
+/// forgets at most its limit of the oldest expired ids.
+pub fn ledger_seen_ids<H: Harness>()
+where
+    H::Store: LedgerRead,
+{
+    let h = fresh::<H>();
+    let s = h.store();
+    let remember = |kind, id: &str, minutes: i64| {
+        only(Change::RememberSeen {
+            kind,
+            id: id.to_owned(),
+            expires_at: NOW + Duration::minutes(minutes),
+        })
+    };
+    s.commit(remember(SeenKind::Proof, "p-1", 1)).unwrap();
+    s.commit(remember(SeenKind::Proof, "p-2", 2)).unwrap();
+    s.commit(remember(SeenKind::Proof, "p-3", 10)).unwrap();
+    s.commit(remember(SeenKind::Token, "p-1", 1)).unwrap();
+    assert_eq!(
+        s.commit(remember(SeenKind::Proof, "p-1", 5)),
+        Err(StoreError::Duplicate {
+            kind: RecordKind::SeenId,
+            id: "p-1".into(),
+        })
+    );
+    assert!(s.seen(SeenKind::Proof, "p-1").unwrap());
+    assert!(!s.seen(SeenKind::Proof, "p-4").unwrap());
+    let prune = |limit| {
+        only(Change::PruneSeen {
+            before: NOW + Duration::minutes(5),
+            limit,
+        })
+    };
+    // Three expired before the cut (two proofs and a token), one not; at most two go, the
+    // oldest first.
+    s.commit(prune(2)).unwrap();
+    assert!(!s.seen(SeenKind::Proof, "p-1").unwrap());
+    assert!(!s.seen(SeenKind::Token, "p-1").unwrap());
+    assert!(
+        s.seen(SeenKind::Proof, "p-2").unwrap(),
+        "beyond the limit: kept for now"
+    );
+    s.commit(prune(10)).unwrap();
+    assert!(!s.seen(SeenKind::Proof, "p-1").unwrap());
+    assert!(!s.seen(SeenKind::Token, "p-1").unwrap());
+    assert!(s.seen(SeenKind::Proof, "p-3").unwrap(), "not expired: kept");
+    // Forgotten, an id can be remembered again.
+    s.commit(remember(SeenKind::Proof, "p-1", 20)).unwrap();
+}
+
+/// Platform-side revocations and the feed's state, in the gate's view; a ledger change rolled
+/// back with the rest of a failed commit.
+pub fn ledger_feed_and_view<H: Harness>()
+where
+    H::Store: LedgerRead,
+{
+    let h = fresh::<H>();
+    let s = h.store();
+    assert_eq!(
+        s.gate_view("att-1", &id("cns_1"), DAY).unwrap(),
+        GateView::default()
+    );
+    let first = NOW + Duration::hours(1);
+    for at in [first, first + Duration::hours(1)] {
+        s.commit(only(Change::RecordPlatformRevocation {
+            consent: id("cns_1"),
+            revoked_at: at,
+        }))
+        .unwrap();
+    }
+    for position in [7, 9] {
+        s.commit(only(Change::SetFeedState {
+            state: FeedState {
+                position,
+                generated_at: NOW + Duration::minutes(i64::try_from(position).unwrap()),
+            },
+        }))
+        .unwrap();
+    }
+    let kept = attestation("att-1", "cns_1", "alice");
+    s.commit(only(Change::RecordAttestation {
+        record: kept.clone(),
+    }))
+    .unwrap();
+    let view = s.gate_view("att-1", &id("cns_1"), DAY).unwrap();
+    assert_eq!(view.attestation, Some(kept));
+    assert_eq!(
+        view.platform_revoked_at,
+        Some(first),
+        "the first record stays"
+    );
+    assert_eq!(
+        view.feed,
+        Some(FeedState {
+            position: 9,
+            generated_at: NOW + Duration::minutes(9)
+        })
+    );
+    assert_eq!(
+        s.gate_view("att-1", &id("cns_2"), DAY)
+            .unwrap()
+            .platform_revoked_at,
+        None
+    );
+    // All or nothing: the attestation, the count and the id go with the duplicate that fails.
+    let len = s.audit_len().unwrap();
+    let failing = commit(
+        vec![
+            Change::RecordAttestation {
+                record: attestation("att-2", "cns_2", "bob"),
+            },
+            Change::CountServed {
+                attestation: "att-2".into(),
+                day: DAY,
+                presence: Presence::Unattended,
+            },
+            Change::RememberSeen {
+                kind: SeenKind::Proof,
+                id: "p-9".into(),
+                expires_at: NOW,
+            },
+            Change::RecordAttestation {
+                record: attestation("att-1", "cns_1", "alice"),
+            },
+        ],
+        vec![record(1)],
+    );
+    assert!(matches!(
+        s.commit(failing),
+        Err(StoreError::Duplicate { .. })
+    ));
+    assert_eq!(s.attestation_record("att-2").unwrap(), None);
+    assert_eq!(
+        s.gate_view("att-2", &id("cns_2"), DAY).unwrap().served,
+        ServedCounts::default()
+    );
+    assert!(!s.seen(SeenKind::Proof, "p-9").unwrap());
+    assert_eq!(s.audit_len().unwrap(), len);
+}

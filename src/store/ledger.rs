@@ -1,0 +1,223 @@
+//! The bank's ledger: what a holder keeps in its own store, apart from the platform's.
+//!
+//! The same store layer keeps it (memory, SQLite, PostgreSQL; the same commits, the same
+//! tamper-evident log, the same conformance suite), in the bank's own database: every attestation
+//! the bank signed, with its revocation if any; the bank's policy and its history; the bank's own
+//! count of served accesses per grant and UTC day; the ids of DPoP proofs and tokens already
+//! presented; and the platform-side revocations it learned from the broker's feed. The bank's
+//! gate decides from these records, never from the platform's store.
+
+use serde::{Deserialize, Serialize};
+use time::{Date, OffsetDateTime};
+
+use super::StoreError;
+use crate::consent::{RevocationReason, Revoker};
+use crate::ids::{BrokerId, ConsentId, PlatformId, SubjectId};
+use crate::policy::HolderPolicy;
+use crate::sets::{AccountSet, PurposeSet, ScopeSet};
+
+/// An attestation the bank signed, as its ledger keeps it: what the subject approved at the bank.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationRecord {
+    /// The attestation's `jti`: access tokens name it (`att`).
+    pub id: String,
+    /// The consent request it approved.
+    pub consent: ConsentId,
+    /// The subject the bank authenticated.
+    pub subject: SubjectId,
+    /// The platform the subject approved sharing with.
+    pub platform: PlatformId,
+    /// The broker it was addressed to (whose tokens may rest on it).
+    pub broker: BrokerId,
+    /// Approved scopes.
+    pub scopes: ScopeSet,
+    /// Approved purposes.
+    pub purposes: PurposeSet,
+    /// Approved accounts.
+    pub accounts: AccountSet,
+    /// Unattended accesses per UTC day the subject agreed to (0: none).
+    pub unattended_daily_limit: u32,
+    /// When the bank signed it.
+    #[serde(with = "time::serde::timestamp")]
+    pub signed_at: OffsetDateTime,
+    /// Until when the approval holds.
+    #[serde(with = "time::serde::timestamp")]
+    pub expires_at: OffsetDateTime,
+    /// Set when the subject or the bank withdrew it at the bank.
+    pub revoked: Option<BankRevocation>,
+    /// Set when a later attestation for the same consent (a re-authorisation) replaced it.
+    pub superseded_by: Option<String>,
+    /// Incremented by every change.
+    pub version: u64,
+}
+
+/// A withdrawal made at the bank.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BankRevocation {
+    /// The subject (at the bank) or the bank itself.
+    pub by: Revoker,
+    /// Why.
+    pub reason: RevocationReason,
+    /// When.
+    #[serde(with = "time::serde::timestamp")]
+    pub at: OffsetDateTime,
+}
+
+/// One version of the bank's policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRecord {
+    /// 1 for the first policy, then one more per change.
+    pub version: u64,
+    /// The policy.
+    pub policy: HolderPolicy,
+    /// From when it applies.
+    #[serde(with = "time::serde::timestamp")]
+    pub effective_at: OffsetDateTime,
+}
+
+/// The bank's own count of accesses it served under one attestation on one UTC day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedCounts {
+    /// Accesses the platform labelled unattended.
+    pub unattended: u32,
+    /// Accesses the platform labelled subject-present.
+    pub present: u32,
+}
+
+/// What kind of presented id the bank remembers, to refuse its second presentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeenKind {
+    /// A DPoP proof's `jti`.
+    Proof,
+    /// An access token's `jti` (when the gate takes each token once).
+    Token,
+}
+
+impl SeenKind {
+    /// The name stored.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Proof => "proof",
+            Self::Token => "token",
+        }
+    }
+}
+
+/// How far the bank has followed the broker's feed of platform-side revocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedState {
+    /// The broker's log position the feed covered (entries before it were all seen).
+    pub position: u64,
+    /// When the broker produced the feed last applied: the gate refuses when this is older
+    /// than its staleness bound.
+    #[serde(with = "time::serde::timestamp")]
+    pub generated_at: OffsetDateTime,
+}
+
+/// Everything the gate reads for one access, read at once (one statement on the SQL stores).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GateView {
+    /// The attestation the token names, if the ledger has it.
+    pub attestation: Option<AttestationRecord>,
+    /// The bank's current policy.
+    pub policy: Option<PolicyRecord>,
+    /// Today's served counts under the attestation.
+    pub served: ServedCounts,
+    /// When the platform revoked the consent, if the feed said so.
+    pub platform_revoked_at: Option<OffsetDateTime>,
+    /// How far the feed has been followed.
+    pub feed: Option<FeedState>,
+}
+
+/// The bank's ledger, read-only.
+pub trait LedgerRead {
+    /// The attestation with this id.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn attestation_record(&self, id: &str) -> Result<Option<AttestationRecord>, StoreError>;
+
+    /// The attestations the bank signed for `subject`, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn attestations_of_subject(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<Vec<AttestationRecord>, StoreError>;
+
+    /// The attestations the bank signed for `consent`, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn attestations_of_consent(
+        &self,
+        consent: &ConsentId,
+    ) -> Result<Vec<AttestationRecord>, StoreError>;
+
+    /// Every version of the bank's policy, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
+
+    /// Whether an id of this kind was presented before (and is still remembered).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError>;
+
+    /// What the gate reads for one access: the attestation `attestation`, the current policy,
+    /// the served counts of the attestation on `day`, whether the platform revoked `consent`, and
+    /// the feed's state.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn gate_view(
+        &self,
+        attestation: &str,
+        consent: &ConsentId,
+        day: Date,
+    ) -> Result<GateView, StoreError>;
+}
+
+macro_rules! forward_ledger_read {
+    ($($wrapper:ty),+) => {$(
+        impl<T: LedgerRead + ?Sized> LedgerRead for $wrapper {
+            fn attestation_record(&self, id: &str) -> Result<Option<AttestationRecord>, StoreError> {
+                (**self).attestation_record(id)
+            }
+            fn attestations_of_subject(
+                &self,
+                subject: &SubjectId,
+            ) -> Result<Vec<AttestationRecord>, StoreError> {
+                (**self).attestations_of_subject(subject)
+            }
+            fn attestations_of_consent(
+                &self,
+                consent: &ConsentId,
+            ) -> Result<Vec<AttestationRecord>, StoreError> {
+                (**self).attestations_of_consent(consent)
+            }
+            fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+                (**self).bank_policies()
+            }
+            fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError> {
+                (**self).seen(kind, id)
+            }
+            fn gate_view(
+                &self,
+                attestation: &str,
+                consent: &ConsentId,
+                day: Date,
+            ) -> Result<GateView, StoreError> {
+                (**self).gate_view(attestation, consent, day)
+            }
+        }
+    )+};
+}
+forward_ledger_read!(&T, Box<T>, std::sync::Arc<T>);

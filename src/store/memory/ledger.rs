@@ -1,0 +1,243 @@
+//! The bank's ledger in the memory store: the same commit semantics as the SQL stores, with an
+//! undo for every change so that a failed commit leaves nothing behind.
+
+use std::collections::{BTreeSet, HashMap};
+
+use time::{Date, OffsetDateTime};
+
+use super::{duplicate, missing};
+use crate::ids::{ConsentId, SubjectId};
+use crate::policy::Presence;
+use crate::store::{
+    AttestationRecord, Change, FeedState, GateView, PolicyRecord, Precondition, RecordKind,
+    SeenKind, ServedCounts, StoreError,
+};
+
+/// The ledger's tables.
+#[derive(Debug, Default)]
+pub(super) struct LedgerState {
+    attestations: HashMap<String, AttestationRecord>,
+    /// Attestation ids in the order they were recorded.
+    order: Vec<String>,
+    policies: Vec<PolicyRecord>,
+    served: HashMap<(String, Date), ServedCounts>,
+    seen: HashMap<(SeenKind, String), OffsetDateTime>,
+    /// The same ids by expiry, so that pruning takes the oldest few without a scan.
+    seen_by_expiry: BTreeSet<(OffsetDateTime, SeenKind, String)>,
+    platform_revocations: HashMap<ConsentId, OffsetDateTime>,
+    feed: Option<FeedState>,
+}
+
+/// How to take back one applied ledger change.
+pub(super) enum LedgerUndo {
+    AttestationInserted(String),
+    AttestationUpdated(AttestationRecord),
+    PolicyAppended,
+    Served((String, Date), Option<ServedCounts>),
+    Seen(SeenKind, String, OffsetDateTime),
+    Pruned(Vec<(OffsetDateTime, SeenKind, String)>),
+    PlatformRevocation(ConsentId),
+    Nothing,
+    Feed(Option<FeedState>),
+}
+
+impl LedgerState {
+    /// Whether a ledger precondition holds; `None` for a precondition that is not the ledger's.
+    pub(super) fn check(&self, precondition: &Precondition) -> Option<bool> {
+        Some(match precondition {
+            Precondition::AttestationVersion {
+                attestation,
+                version,
+                ..
+            } => self.attestations.get(attestation).map(|a| a.version) == Some(*version),
+            Precondition::ServedIs {
+                attestation,
+                day,
+                counts,
+                ..
+            } => self.served_on(attestation, *day) == *counts,
+            Precondition::BankPolicyVersion { version, .. } => {
+                self.policies.last().map(|p| p.version) == *version
+            }
+            _ => return None,
+        })
+    }
+
+    /// Applies a ledger change; `Ok(None)` for a change that is not the ledger's.
+    pub(super) fn apply(&mut self, change: &Change) -> Result<Option<LedgerUndo>, StoreError> {
+        Ok(Some(match change {
+            Change::RecordAttestation { record, .. } => {
+                if self.attestations.contains_key(&record.id) {
+                    return Err(duplicate(RecordKind::AttestationRecord, &record.id));
+                }
+                self.attestations.insert(record.id.clone(), record.clone());
+                self.order.push(record.id.clone());
+                LedgerUndo::AttestationInserted(record.id.clone())
+            }
+            Change::UpdateAttestation { record, .. } => {
+                let Some(stored) = self.attestations.get_mut(&record.id) else {
+                    return Err(missing(RecordKind::AttestationRecord, &record.id));
+                };
+                if stored.version.checked_add(1) != Some(record.version) {
+                    return Err(StoreError::Conflict);
+                }
+                LedgerUndo::AttestationUpdated(std::mem::replace(stored, record.clone()))
+            }
+            Change::AppendBankPolicy { record, .. } => {
+                if self.policies.iter().any(|p| p.version == record.version) {
+                    return Err(duplicate(
+                        RecordKind::BankPolicy,
+                        &record.version.to_string(),
+                    ));
+                }
+                self.policies.push(record.clone());
+                LedgerUndo::PolicyAppended
+            }
+            Change::CountServed {
+                attestation,
+                day,
+                presence,
+                ..
+            } => {
+                let key = (attestation.clone(), *day);
+                let old = self.served.get(&key).copied();
+                let mut counts = old.unwrap_or_default();
+                match presence {
+                    Presence::Unattended => counts.unattended = counts.unattended.saturating_add(1),
+                    Presence::SubjectPresent => counts.present = counts.present.saturating_add(1),
+                }
+                self.served.insert(key.clone(), counts);
+                LedgerUndo::Served(key, old)
+            }
+            Change::RememberSeen {
+                kind,
+                id,
+                expires_at,
+                ..
+            } => {
+                if self.seen.contains_key(&(*kind, id.clone())) {
+                    return Err(duplicate(RecordKind::SeenId, id));
+                }
+                self.seen.insert((*kind, id.clone()), *expires_at);
+                self.seen_by_expiry.insert((*expires_at, *kind, id.clone()));
+                LedgerUndo::Seen(*kind, id.clone(), *expires_at)
+            }
+            Change::PruneSeen { before, limit, .. } => {
+                let expired: Vec<_> = self
+                    .seen_by_expiry
+                    .iter()
+                    .take_while(|(expiry, _, _)| expiry < before)
+                    .take(usize::try_from(*limit).unwrap_or(usize::MAX))
+                    .cloned()
+                    .collect();
+                for entry in &expired {
+                    self.seen_by_expiry.remove(entry);
+                    self.seen.remove(&(entry.1, entry.2.clone()));
+                }
+                LedgerUndo::Pruned(expired)
+            }
+            Change::RecordPlatformRevocation {
+                consent,
+                revoked_at,
+                ..
+            } => {
+                if self.platform_revocations.contains_key(consent) {
+                    LedgerUndo::Nothing
+                } else {
+                    self.platform_revocations
+                        .insert(consent.clone(), *revoked_at);
+                    LedgerUndo::PlatformRevocation(consent.clone())
+                }
+            }
+            Change::SetFeedState { state, .. } => LedgerUndo::Feed(self.feed.replace(*state)),
+            _ => return Ok(None),
+        }))
+    }
+
+    pub(super) fn undo(&mut self, undo: LedgerUndo) {
+        match undo {
+            LedgerUndo::AttestationInserted(id) => {
+                self.attestations.remove(&id);
+                if self.order.last() == Some(&id) {
+                    self.order.pop();
+                }
+            }
+            LedgerUndo::AttestationUpdated(old) => {
+                self.attestations.insert(old.id.clone(), old);
+            }
+            LedgerUndo::PolicyAppended => {
+                self.policies.pop();
+            }
+            LedgerUndo::Served(key, Some(old)) => {
+                self.served.insert(key, old);
+            }
+            LedgerUndo::Served(key, None) => {
+                self.served.remove(&key);
+            }
+            LedgerUndo::Seen(kind, id, expires_at) => {
+                self.seen.remove(&(kind, id.clone()));
+                self.seen_by_expiry.remove(&(expires_at, kind, id));
+            }
+            LedgerUndo::Pruned(entries) => {
+                for (expires_at, kind, id) in entries {
+                    self.seen.insert((kind, id.clone()), expires_at);
+                    self.seen_by_expiry.insert((expires_at, kind, id));
+                }
+            }
+            LedgerUndo::PlatformRevocation(consent) => {
+                self.platform_revocations.remove(&consent);
+            }
+            LedgerUndo::Nothing => {}
+            LedgerUndo::Feed(old) => self.feed = old,
+        }
+    }
+
+    fn served_on(&self, attestation: &str, day: Date) -> ServedCounts {
+        self.served
+            .get(&(attestation.to_owned(), day))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    pub(super) fn attestation(&self, id: &str) -> Option<AttestationRecord> {
+        self.attestations.get(id).cloned()
+    }
+
+    pub(super) fn attestations_where(
+        &self,
+        keep: impl Fn(&AttestationRecord) -> bool,
+    ) -> Vec<AttestationRecord> {
+        self.order
+            .iter()
+            .filter_map(|id| self.attestations.get(id))
+            .filter(|record| keep(record))
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn of_subject(&self, subject: &SubjectId) -> Vec<AttestationRecord> {
+        self.attestations_where(|record| &record.subject == subject)
+    }
+
+    pub(super) fn of_consent(&self, consent: &ConsentId) -> Vec<AttestationRecord> {
+        self.attestations_where(|record| &record.consent == consent)
+    }
+
+    pub(super) fn policies(&self) -> Vec<PolicyRecord> {
+        self.policies.clone()
+    }
+
+    pub(super) fn seen(&self, kind: SeenKind, id: &str) -> bool {
+        self.seen.contains_key(&(kind, id.to_owned()))
+    }
+
+    pub(super) fn gate_view(&self, attestation: &str, consent: &ConsentId, day: Date) -> GateView {
+        GateView {
+            attestation: self.attestation(attestation),
+            policy: self.policies.last().cloned(),
+            served: self.served_on(attestation, day),
+            platform_revoked_at: self.platform_revocations.get(consent).copied(),
+            feed: self.feed,
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The bank's ledger in the SQL stores: its reads, its preconditions and its changes, for any
+//! dialect. The tables are `bank_*` (see each engine's schema history).
+
+use time::Date;
+
+use super::{Dialect, Failure, Row, Value, corrupt, day_key, one, rows, signed, time};
+use crate::ids::{ConsentId, SubjectId};
+use crate::policy::Presence;
+use crate::store::{
+    AttestationRecord, Change, FeedState, GateView, PolicyRecord, Precondition, RecordKind,
+    SeenKind, ServedCounts, StoreError,
+};
+
+use super::write::{Versioned, insert_new, json, stored_version, update_versioned};
+
+const ATTESTATIONS: Versioned = Versioned {
+    update: "UPDATE bank_attestations SET version = ?1, record = ?2 WHERE id = ?3 AND version = ?4",
+    exists: "SELECT version FROM bank_attestations WHERE id = ?1",
+    kind: RecordKind::AttestationRecord,
+};
+
+fn attestation(bytes: &[u8]) -> Result<AttestationRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(corrupt("attestation record".into()))
+}
+
+fn policy(bytes: &[u8]) -> Result<PolicyRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(corrupt("bank policy".into()))
+}
+
+fn count(what: &str, value: Option<i64>) -> Result<u32, StoreError> {
+    u32::try_from(value.unwrap_or(0))
+        .map_err(|_| StoreError::Corrupt(format!("{what} out of range")))
+}
+
+pub(crate) fn attestation_record<D: Dialect + ?Sized>(
+    db: &mut D,
+    id: &str,
+) -> Result<Option<AttestationRecord>, Failure<D::Error>> {
+    one(
+        db,
+        "SELECT record FROM bank_attestations WHERE id = ?1",
+        &[Value::Text(id)],
+        |row| attestation(&row.bytes(0)?),
+    )
+}
+
+pub(crate) fn attestations_of_subject<D: Dialect + ?Sized>(
+    db: &mut D,
+    subject: &SubjectId,
+) -> Result<Vec<AttestationRecord>, Failure<D::Error>> {
+    rows(
+        db,
+        "SELECT record FROM bank_attestations WHERE subject = ?1 ORDER BY position",
+        &[Value::Text(subject.as_str())],
+        |row| attestation(&row.bytes(0)?),
+    )
+}
+
+pub(crate) fn attestations_of_consent<D: Dialect + ?Sized>(
+    db: &mut D,
+    consent: &ConsentId,
+) -> Result<Vec<AttestationRecord>, Failure<D::Error>> {
+    rows(
+        db,
+        "SELECT record FROM bank_attestations WHERE consent = ?1 ORDER BY position",
+        &[Value::Text(consent.as_str())],
+        |row| attestation(&row.bytes(0)?),
+    )
+}
+
+pub(crate) fn bank_policies<D: Dialect + ?Sized>(
+    db: &mut D,
+) -> Result<Vec<PolicyRecord>, Failure<D::Error>> {
+    rows(
+        db,
+        "SELECT record FROM bank_policies ORDER BY version",
+        &[],
+        |row| policy(&row.bytes(0)?),
+    )
+}
+
+pub(crate) fn seen<D: Dialect + ?Sized>(
+    db: &mut D,
+    kind: SeenKind,
+    id: &str,
+) -> Result<bool, Failure<D::Error>> {
+    Ok(one(
+        db,
+        "SELECT 1 FROM bank_seen WHERE kind = ?1 AND id = ?2",
+        &[Value::Text(kind.as_str()), Value::Text(id)],
+        |_| Ok(()),
+    )?
+    .is_some())
+}
+
+fn served<D: Dialect + ?Sized>(
+    db: &mut D,
+    attestation: &str,
+    day: Date,
+) -> Result<ServedCounts, Failure<D::Error>> {
+    let counts = one(
+        db,
+        "SELECT unattended, present FROM bank_served WHERE attestation = ?1 AND day = ?2",
+        &[Value::Text(attestation), Value::Text(&day_key(day))],
+        |row| {
+            Ok(ServedCounts {
+                unattended: count("served count", row.int(0)?)?,
+                present: count("served count", row.int(1)?)?,
+            })
+        },
+    )?;
+    Ok(counts.unwrap_or_default())
+}
+
+/// Everything the gate reads, in one statement (one round trip on PostgreSQL).
+pub(crate) fn gate_view<D: Dialect + ?Sized>(
+    db: &mut D,
+    attestation_id: &str,
+    consent: &ConsentId,
+    day: Date,
+) -> Result<GateView, Failure<D::Error>> {
+    let day = day_key(day);
+    let view = one(
+        db,
+        "SELECT (SELECT record FROM bank_attestations WHERE id = ?1), \
+                (SELECT record FROM bank_policies ORDER BY version DESC LIMIT 1), \
+                (SELECT unattended FROM bank_served WHERE attestation = ?1 AND day = ?3), \
+                (SELECT present FROM bank_served WHERE attestation = ?1 AND day = ?3), \
+                (SELECT revoked_at FROM bank_platform_revocations WHERE consent = ?2), \
+                (SELECT position FROM bank_feed WHERE id = 1), \
+                (SELECT generated_at FROM bank_feed WHERE id = 1)",
+        &[
+            Value::Text(attestation_id),
+            Value::Text(consent.as_str()),
+            Value::Text(&day),
+        ],
+        |row| decode_view(row),
+    )?;
+    Ok(view.unwrap_or_default())
+}
+
+fn decode_view(row: &dyn Row) -> Result<GateView, StoreError> {
+    let feed = match (row.int(5)?, row.int(6)?) {
+        (Some(position), Some(generated_at)) => Some(FeedState {
+            position: u64::try_from(position)
+                .map_err(|_| StoreError::Corrupt("feed position is negative".into()))?,
+            generated_at: time("feed time", generated_at)?,
+        }),
+        _ => None,
+    };
+    Ok(GateView {
+        attestation: row
+            .optional_bytes(0)?
+            .map(|b| attestation(&b))
+            .transpose()?,
+        policy: row.optional_bytes(1)?.map(|b| policy(&b)).transpose()?,
+        served: ServedCounts {
+            unattended: count("served count", row.int(2)?)?,
+            present: count("served count", row.int(3)?)?,
+        },
+        platform_revoked_at: row
+            .int(4)?
+            .map(|at| time("platform revocation", at))
+            .transpose()?,
+        feed,
+    })
+}
+
+/// Whether a ledger precondition holds.
+pub(crate) fn holds<D: Dialect + ?Sized>(
+    db: &mut D,
+    precondition: &Precondition,
+) -> Result<bool, Failure<D::Error>> {
+    Ok(match precondition {
+        Precondition::AttestationVersion {
+            attestation,
+            version,
+            ..
+        } => stored_version(db, ATTESTATIONS.exists, attestation)? == Some(signed(*version)),
+        Precondition::ServedIs {
+            attestation,
+            day,
+            counts,
+            ..
+        } => served(db, attestation, *day)? == *counts,
+        Precondition::BankPolicyVersion { version, .. } => {
+            let latest = one(db, "SELECT MAX(version) FROM bank_policies", &[], |row| {
+                row.int(0)
+            })?
+            .flatten();
+            latest == version.map(signed)
+        }
+        _ => false,
+    })
+}
+
+/// Applies a ledger change.
+pub(crate) fn apply<D: Dialect + ?Sized>(
+    db: &mut D,
+    change: &Change,
+) -> Result<(), Failure<D::Error>> {
+    match change {
+        Change::RecordAttestation { record, .. } => insert_new(
+            db,
+            "INSERT INTO bank_attestations (id, consent, subject, version, record) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            &[
+                Value::Text(&record.id),
+                Value::Text(record.consent.as_str()),
+                Value::Text(record.subject.as_str()),
+                Value::Int(signed(record.version)),
+                Value::Text(&json(record)?),
+            ],
+            RecordKind::AttestationRecord,
+            &record.id,
+        ),
+        Change::UpdateAttestation { record, .. } => update_versioned(
+            db,
+            &ATTESTATIONS,
+            &record.id,
+            record.version,
+            &json(record)?,
+        ),
+        Change::AppendBankPolicy { record, .. } => insert_new(
+            db,
+            "INSERT INTO bank_policies (version, record) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            &[
+                Value::Int(signed(record.version)),
+                Value::Text(&json(record)?),
+            ],
+            RecordKind::BankPolicy,
+            &record.version.to_string(),
+        ),
+        Change::CountServed {
+            attestation,
+            day,
+            presence,
+            ..
+        } => {
+            let (unattended, present) = match presence {
+                Presence::Unattended => (1, 0),
+                Presence::SubjectPresent => (0, 1),
+            };
+            db.execute(
+                "INSERT INTO bank_served (attestation, day, unattended, present) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (attestation, day) DO UPDATE SET \
+                 unattended = bank_served.unattended + excluded.unattended, \
+                 present = bank_served.present + excluded.present",
+                &[
+                    Value::Text(attestation),
+                    Value::Text(&day_key(*day)),
+                    Value::Int(unattended),
+                    Value::Int(present),
+                ],
+            )?;
+            Ok(())
+        }
+        Change::RememberSeen {
+            kind,
+            id,
+            expires_at,
+            ..
+        } => insert_new(
+            db,
+            "INSERT INTO bank_seen (kind, id, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT DO NOTHING",
+            &[
+                Value::Text(kind.as_str()),
+                Value::Text(id),
+                Value::Int(expires_at.unix_timestamp()),
+            ],
+            RecordKind::SeenId,
+            id,
+        ),
+        Change::PruneSeen { before, limit, .. } => {
+            db.execute(
+                "DELETE FROM bank_seen WHERE (kind, id) IN (SELECT kind, id FROM bank_seen \
+                 WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)",
+                &[
+                    Value::Int(before.unix_timestamp()),
+                    Value::Int(i64::from(*limit)),
+                ],
+            )?;
+            Ok(())
+        }
+        Change::RecordPlatformRevocation {
+            consent,
+            revoked_at,
+            ..
+        } => {
+            db.execute(
+                "INSERT INTO bank_platform_revocations (consent, revoked_at) VALUES (?1, ?2) \
+                 ON CONFLICT DO NOTHING",
+                &[
+                    Value::Text(consent.as_str()),
+                    Value::Int(revoked_at.unix_timestamp()),
+                ],
+            )?;
+            Ok(())
+        }
+        Change::SetFeedState { state, .. } => {
+            db.execute(
+                "INSERT INTO bank_feed (id, position, generated_at) VALUES (1, ?1, ?2) \
+                 ON CONFLICT (id) DO UPDATE SET position = excluded.position, \
+                 generated_at = excluded.generated_at",
+                &[
+                    Value::Int(signed(state.position)),
+                    Value::Int(state.generated_at.unix_timestamp()),
+                ],
+            )?;
+            Ok(())
+        }
+        _ => Err(Failure::Refused(StoreError::Unavailable(
+            "not a ledger change".into(),
+        ))),
+    }
+}
