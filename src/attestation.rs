@@ -389,6 +389,23 @@ impl AttestationSigner {
         self.key.public_key()
     }
 
+    /// Signs an instruction to `broker` (a policy change, a key rotation, a revocation made at
+    /// the bank) at `now`, valid for [`INSTRUCTION_LIFETIME`](crate::INSTRUCTION_LIFETIME), with
+    /// a fresh `jti` from `random`. The same key signs attestations and instructions.
+    ///
+    /// # Errors
+    /// [`InstructionError::Signing`](crate::InstructionError::Signing) if signing or randomness
+    /// fails.
+    pub fn sign_instruction(
+        &self,
+        instruction: &crate::Instruction,
+        broker: &BrokerId,
+        now: OffsetDateTime,
+        random: &dyn RandomSource,
+    ) -> Result<String, crate::InstructionError> {
+        crate::instruction::sign(&self.holder, &self.key, instruction, broker, now, random)
+    }
+
     /// Signs `statement` for `broker` at `now`, with a fresh random `jti` from `random`.
     ///
     /// # Errors

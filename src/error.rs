@@ -11,6 +11,7 @@ use crate::checkpoint::{CheckpointError, NoteError};
 use crate::consent::{ConsentError, RequestError};
 use crate::crypto::ProviderError;
 use crate::ids::{ConsentId, HolderId, IdError};
+use crate::instruction::InstructionError;
 use crate::keys::KeyError;
 use crate::merkle::MerkleError;
 use crate::policy::PolicyError;
@@ -38,6 +39,14 @@ pub enum Error {
     /// A holder policy that cannot be applied.
     #[error("holder policy refused: {0}")]
     InvalidPolicy(#[from] PolicyError),
+    /// A holder's signed instruction was refused (nothing was applied).
+    #[error("holder instruction refused: {0}")]
+    Instruction(#[from] InstructionError),
+    /// A holder's action (a revocation by the bank, a policy or key change) was asked without
+    /// the holder's signed instruction: the broker records a holder's actions only on its
+    /// signature ([`Broker::apply_holder_instruction`](crate::Broker::apply_holder_instruction)).
+    #[error("a holder's action needs the holder's signed instruction")]
+    HolderMustSign,
     /// A holder registration without any attestation key.
     #[error("holder {0} must register at least one attestation key")]
     NoAttestationKeys(HolderId),

@@ -69,6 +69,15 @@ pub(crate) fn split(jws: &str, max_len: usize) -> Result<Compact<'_>, JwsProblem
 }
 
 impl Compact<'_> {
+    /// The payload, *unverified*: only to learn which keys to verify it with (an issuer), never
+    /// to act on.
+    pub(crate) fn unverified_payload(&self) -> Result<Map<String, Value>, JwsProblem> {
+        object(
+            &decode(self.payload_b64, TokenPart::Payload)?,
+            TokenPart::Payload,
+        )
+    }
+
     /// Checks the signature with `key`, then parses the payload: `Ok(None)` when the signature
     /// does not verify (nothing of the payload is interpreted then).
     pub(crate) fn open(

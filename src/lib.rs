@@ -25,11 +25,13 @@ pub mod dpop;
 mod error;
 mod holder;
 mod ids;
+mod instruction;
 mod jws;
 mod keys;
 pub mod merkle;
 mod policy;
 mod random;
+mod refusal;
 mod sets;
 mod store;
 mod token;
@@ -77,6 +79,10 @@ pub use ids::{
     AccountId, BrokerId, ConsentId, HolderId, IdError, IdGenerator, MAX_ID_LEN, PlatformId,
     RandomIds, SequentialIds, SubjectId,
 };
+pub use instruction::{
+    INSTRUCTION_LIFETIME, INSTRUCTION_TYPE, Instruction, InstructionError, MAX_INSTRUCTION_LEN,
+    MAX_INSTRUCTION_LIFETIME,
+};
 pub use keys::{
     ED25519_PUBLIC_KEY_LEN, Ed25519PublicKey, Jwk, Jwks, KeyError, KeyFile, KeyFileError,
     KeyOrigin, RETIRED_KEY_GRACE, SigningKey,
@@ -86,6 +92,7 @@ pub use policy::{
     PlatformProfile, PolicyError, Presence, Usage, evaluate, prohibited_reasons,
 };
 pub use random::{RandomError, RandomSource};
+pub use refusal::GateRefusal;
 /// The operating system's CSPRNG, `ring`'s: the [`RandomSource`] production code uses.
 pub use ring::rand::SystemRandom;
 pub use sets::{AccountSet, Flag, FlagIter, FlagSet, PurposeSet, ScopeSet};

@@ -236,35 +236,37 @@ impl<S: Store> Broker<S> {
         })
     }
 
-    /// Revokes a live consent: immediate and final. The next access decision on it is a denial,
-    /// and no permit decided before can become a token.
+    /// Revokes a live consent, as the platform asserts it: by the subject (in the conversation)
+    /// or by the platform itself. Immediate and final: the next access decision on it is a
+    /// denial, and no permit decided before can become a token. The entry's actor is the platform,
+    /// which asserted it; a revocation by the holder reaches the broker only as the holder's
+    /// signed instruction ([`Broker::apply_holder_instruction`]).
     ///
     /// # Errors
-    /// [`Error::Consent`] when the consent is not live; [`Error::UnknownConsent`];
-    /// [`Error::Store`].
+    /// [`Error::HolderMustSign`] for `by` [`Revoker::Holder`]; [`Error::Consent`] when the
+    /// consent is not live; [`Error::UnknownConsent`]; [`Error::Store`].
     pub fn revoke(
         &self,
         consent: &ConsentId,
         by: Revoker,
         reason: RevocationReason,
     ) -> Result<Consent, Error> {
+        if by == Revoker::Holder {
+            return Err(Error::HolderMustSign);
+        }
         self.retrying(|| {
             let now = self.now();
             let current = self.load(consent)?;
             let next = current.revoke(by, reason, now)?;
             let request = &current.request;
-            let actor = match by {
-                Revoker::Subject => Actor::Subject(request.subject.clone()),
-                Revoker::Holder => Actor::Holder(request.holder.clone()),
-                Revoker::Platform => Actor::Platform(request.platform.clone()),
-            };
             let record = AuditRecord::new(
                 now,
-                actor,
+                Actor::Platform(request.platform.clone()),
                 AuditEvent::ConsentRevoked {
                     consent: consent.clone(),
                     subject: request.subject.clone(),
                     revocation: Revocation { by, reason },
+                    instruction: None,
                 },
             );
             self.commit(Commit::new(record).change(Change::UpdateConsent {

@@ -15,6 +15,7 @@
 
 mod access;
 mod builder;
+mod instructions;
 mod keys;
 mod lifecycle;
 mod log;

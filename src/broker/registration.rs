@@ -4,8 +4,8 @@
 //! already registered, identically, changes nothing and writes nothing ([`Registered::Unchanged`]);
 //! registering something different under the same id is refused with
 //! [`Error::RegistrationMismatch`], naming what differs, so a wrong key is noticed instead of
-//! failing as a duplicate or being hidden. Changes are explicit and audited:
-//! [`Broker::set_holder_policy`], [`Broker::set_holder_keys`].
+//! failing as a duplicate or being hidden. A holder's policy and keys change only by the holder's
+//! own signed instruction ([`Broker::apply_holder_instruction`]).
 
 use super::Broker;
 use crate::audit::{Actor, AuditEvent, AuditRecord};
@@ -35,7 +35,7 @@ pub enum Registered {
     Unchanged,
 }
 
-fn thumbprints(keys: &[Ed25519PublicKey]) -> Vec<String> {
+pub(super) fn thumbprints(keys: &[Ed25519PublicKey]) -> Vec<String> {
     keys.iter().map(Ed25519PublicKey::thumbprint).collect()
 }
 
@@ -95,67 +95,12 @@ impl<S: Store> Broker<S> {
                 id: registration.id.clone(),
                 policy: registration.policy.clone(),
                 attestation_keys: registration.attestation_keys.clone(),
+                retired_attestation_keys: Vec::new(),
                 version: 1,
             };
             self.commit(Commit::new(record).change(Change::InsertHolder { holder }))
                 .map_err(|e| raced(e, RecordKind::Holder))?;
             Ok(Registered::New)
-        })
-    }
-
-    /// Replaces a holder's policy. Grants already given are then checked against the new policy,
-    /// and permits decided under the old one can no longer become tokens. The entry records the
-    /// new policy in full.
-    ///
-    /// # Errors
-    /// [`Error::InvalidPolicy`]; [`Error::Store`] (an unknown holder included, as
-    /// [`StoreError::Missing`]).
-    pub fn set_holder_policy(&self, holder: &HolderId, policy: HolderPolicy) -> Result<(), Error> {
-        policy.validate()?;
-        self.update_holder(
-            holder,
-            |record| record.policy = policy.clone(),
-            || AuditEvent::HolderPolicyChanged {
-                policy: Some(policy.clone()),
-            },
-        )
-    }
-
-    /// Replaces the keys that sign a holder's attestations (the bank rotated its key). Approvals
-    /// from then on must be signed by one of `keys`. The entry records their thumbprints.
-    ///
-    /// # Errors
-    /// [`Error::NoAttestationKeys`]; [`Error::Store`] (an unknown holder included).
-    pub fn set_holder_keys(
-        &self,
-        holder: &HolderId,
-        keys: Vec<Ed25519PublicKey>,
-    ) -> Result<(), Error> {
-        if keys.is_empty() {
-            return Err(Error::NoAttestationKeys(holder.clone()));
-        }
-        self.update_holder(
-            holder,
-            |record| record.attestation_keys = keys.clone(),
-            || AuditEvent::HolderKeysChanged {
-                attestation_keys: thumbprints(&keys),
-            },
-        )
-    }
-
-    fn update_holder(
-        &self,
-        holder: &HolderId,
-        change: impl Fn(&mut HolderRecord),
-        event: impl Fn() -> AuditEvent,
-    ) -> Result<(), Error> {
-        self.retrying(|| {
-            let mut record = self.load_holder(holder)?;
-            change(&mut record);
-            record.version = record.version.saturating_add(1);
-            let audit = AuditRecord::new(self.now(), Actor::Holder(holder.clone()), event());
-            self.commit(Commit::new(audit).change(Change::UpdateHolder { holder: record }))?;
-            Ok(())
         })
     }
 

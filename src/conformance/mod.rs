@@ -88,6 +88,7 @@ fn holder(name: &str, version: u64) -> HolderRecord {
         id: id(name),
         policy: HolderPolicy::default(),
         attestation_keys: vec![Ed25519PublicKey::from_bytes(&[7; 32]).unwrap()],
+        retired_attestation_keys: vec![Ed25519PublicKey::from_bytes(&[6; 32]).unwrap()],
         version,
     }
 }

@@ -17,6 +17,10 @@ pub struct HolderRecord {
     pub(crate) id: HolderId,
     pub(crate) policy: HolderPolicy,
     pub(crate) attestation_keys: Vec<Ed25519PublicKey>,
+    /// Keys that signed its attestations before a rotation: no longer accepted for approvals,
+    /// kept so that the approvals they signed stay verifiable as evidence.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) retired_attestation_keys: Vec<Ed25519PublicKey>,
     pub(crate) version: u64,
 }
 
@@ -26,6 +30,8 @@ struct StoredHolder {
     id: HolderId,
     policy: HolderPolicy,
     attestation_keys: Vec<Ed25519PublicKey>,
+    #[serde(default)]
+    retired_attestation_keys: Vec<Ed25519PublicKey>,
     version: u64,
 }
 
@@ -41,6 +47,11 @@ impl HolderRecord {
     /// Keys that sign its attestations.
     pub fn attestation_keys(&self) -> &[Ed25519PublicKey] {
         &self.attestation_keys
+    }
+    /// Keys that signed its attestations before a rotation (approvals they signed still verify
+    /// as evidence; no new approval is accepted from them).
+    pub fn retired_attestation_keys(&self) -> &[Ed25519PublicKey] {
+        &self.retired_attestation_keys
     }
     /// Incremented by every change.
     pub fn version(&self) -> u64 {

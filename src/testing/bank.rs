@@ -10,6 +10,7 @@ use crate::broker::{Broker, HolderRegistration, Registered};
 use crate::consent::{AccountSelection, Consent, ConsentRequest};
 use crate::error::Error;
 use crate::ids::HolderId;
+use crate::instruction::Instruction;
 use crate::keys::{Ed25519PublicKey, SigningKey};
 use crate::policy::HolderPolicy;
 use crate::random::RandomSource;
@@ -135,6 +136,25 @@ impl SimulatedBank {
     ) -> Result<String, AttestationError> {
         self.signer
             .sign(statement, broker.id(), broker.now(), self.random.as_ref())
+    }
+
+    /// Signs `instruction` for `broker` at the broker's time and has the broker apply it: what a
+    /// bank does to change its policy or keys, or to pass on a revocation made at the bank.
+    ///
+    /// # Errors
+    /// As [`Broker::apply_holder_instruction`].
+    pub fn instruct<S: Store>(
+        &self,
+        broker: &Broker<S>,
+        instruction: &Instruction,
+    ) -> Result<Instruction, Error> {
+        let signed = self.signer.sign_instruction(
+            instruction,
+            broker.id(),
+            broker.now(),
+            self.random.as_ref(),
+        )?;
+        broker.apply_holder_instruction(&signed)
     }
 
     /// The subject approves everything `request` asked for, at the bank: registers the bank if

@@ -312,6 +312,7 @@ impl<S: Store> Store for FaultStore<S> {
                         id: NO_SUCH_HOLDER.parse().expect("a valid holder id"),
                         policy: HolderPolicy::default(),
                         attestation_keys: Vec::new(),
+                        retired_attestation_keys: Vec::new(),
                         version: 2,
                     },
                 });

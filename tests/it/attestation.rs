@@ -1139,15 +1139,11 @@ fn a_consent_expiry_beyond_the_requested_duration_or_not_in_the_future_is_refuse
 fn a_holder_that_lowers_its_maximum_after_the_request_caps_the_approval() {
     let fx = Fixture::new();
     let request = fx.request();
-    fx.broker
-        .set_holder_policy(
-            &fx.bank,
-            HolderPolicy {
-                max_consent_duration: Duration::days(30),
-                ..HolderPolicy::default()
-            },
-        )
-        .unwrap();
+    fx.set_policy(HolderPolicy {
+        max_consent_duration: Duration::days(30),
+        ..HolderPolicy::default()
+    })
+    .unwrap();
     let statement = fx.full_statement(&request);
     assert_eq!(statement.consent_expires_at, START + Duration::days(90));
     assert_eq!(
@@ -1343,13 +1339,12 @@ fn a_reauthorisation_that_does_not_extend_is_refused() {
 fn a_revoked_consent_cannot_be_reauthorised() {
     let fx = Fixture::new();
     let request = fx.granted();
-    fx.broker
-        .revoke(
-            request.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.revoke(
+        request.id(),
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )
+    .unwrap();
     fx.clock.advance(Duration::minutes(1));
     let token = fx.attest(&fx.full_statement(&request));
     assert_eq!(

@@ -126,13 +126,12 @@ fn write_story(fx: &SqliteFixture) -> Story {
 
     let second = fx.request();
     fx.broker.reject(second.id()).unwrap();
-    fx.broker
-        .revoke(
-            alice.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.revoke(
+        alice.id(),
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )
+    .unwrap();
     assert_eq!(
         deny(fx.decide(&balance)),
         vec![DenyReason::Revoked {

@@ -151,13 +151,12 @@ fn storied() -> (Fixture, ConsentRequest) {
     fx.decide(&ads);
     let refused = fx.broker.approve(fx.request().id(), "garbage");
     assert!(refused.is_err());
-    fx.broker
-        .revoke(
-            request.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.revoke(
+        request.id(),
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )
+    .unwrap();
     fx.decide(&fx.access(request.id()));
     (fx, request)
 }
@@ -1042,7 +1041,7 @@ fn every_call_on_an_unknown_consent_says_so() {
         expected
     );
     assert_eq!(
-        unaudited(&fx, None, || fx.broker.revoke(
+        unaudited(&fx, None, || fx.revoke(
             &unknown,
             Revoker::Platform,
             RevocationReason::NoLongerNeeded
@@ -1155,7 +1154,7 @@ fn only_a_live_grant_can_be_revoked() {
     let fx = Fixture::new();
     let pending = fx.request();
     assert_eq!(
-        unaudited(&fx, Some(pending.id()), || fx.broker.revoke(
+        unaudited(&fx, Some(pending.id()), || fx.revoke(
             pending.id(),
             Revoker::Subject,
             RevocationReason::SubjectWithdrew
@@ -1172,7 +1171,6 @@ fn only_a_live_grant_can_be_revoked() {
 
     let granted = fx.granted();
     let revoked = fx
-        .broker
         .revoke(
             granted.id(),
             Revoker::Holder,
@@ -1186,7 +1184,7 @@ fn only_a_live_grant_can_be_revoked() {
         (Revoker::Platform, RevocationReason::NoLongerNeeded),
     ] {
         assert_eq!(
-            unaudited(&fx, Some(granted.id()), || fx.broker.revoke(
+            unaudited(&fx, Some(granted.id()), || fx.revoke(
                 granted.id(),
                 by,
                 reason
@@ -1404,10 +1402,7 @@ fn a_holder_policy_without_a_positive_maximum_is_refused_and_the_pure_path_does_
     let pending = fx.request();
     let token = fx.attest(&fx.full_statement(&pending));
     let audit_len = fx.audit_len();
-    assert_eq!(
-        fx.broker.set_holder_policy(&fx.bank, policy.clone()),
-        Err(refusal.clone())
-    );
+    assert_eq!(fx.set_policy(policy.clone()), Err(refusal.clone()));
     assert_eq!(
         fx.broker.register_holder(HolderRegistration {
             id: id("bank-2"),
@@ -1421,7 +1416,7 @@ fn a_holder_policy_without_a_positive_maximum_is_refused_and_the_pure_path_does_
         ..HolderPolicy::default()
     };
     assert_eq!(
-        fx.broker.set_holder_policy(&fx.bank, zero),
+        fx.set_policy(zero),
         Err(Error::InvalidPolicy(PolicyError::MaxDurationNotPositive {
             seconds: 0
         }))

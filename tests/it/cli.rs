@@ -818,13 +818,12 @@ fn token_verify_accepts_a_fresh_token_and_refuses_it_after_revocation() {
         assert!(run.stdout.starts_with("refused:"), "{run:?}");
     }
 
-    fx.broker
-        .revoke(
-            &audited.alice_consent,
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.revoke(
+        &audited.alice_consent,
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )
+    .unwrap();
     let run = verify_token(&audited.db, "bank", "broker", &audited.token);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.starts_with("refused:"), "{run:?}");

@@ -295,8 +295,7 @@ fn revoked_by_each_party() {
         let request = fx.granted();
         let access = fx.access(request.id());
         assert_eq!(fx.decide(&access), Decision::Permit);
-        fx.broker
-            .revoke(request.id(), by, RevocationReason::SubjectWithdrew)
+        fx.revoke(request.id(), by, RevocationReason::SubjectWithdrew)
             .unwrap();
         let expected = deny(vec![DenyReason::Revoked { by }]);
         assert_eq!(fx.decide(&access), expected);
@@ -391,7 +390,7 @@ fn holder_forbids_a_scope_after_the_grant() {
         enabled_scopes: ScopeSet::from([Scope::Balance]),
         ..HolderPolicy::default()
     };
-    fx.broker.set_holder_policy(&fx.bank, policy).unwrap();
+    fx.set_policy(policy).unwrap();
     assert_eq!(fx.last_audit().kind(), AuditKind::HolderPolicyChanged);
     let expected = deny(vec![DenyReason::HolderForbidsScope {
         scope: Scope::Alerts,
@@ -508,14 +507,13 @@ fn a_denial_lists_every_rule_that_failed() {
         enabled_scopes: ScopeSet::from([Scope::Balance]),
         ..HolderPolicy::default()
     };
-    fx.broker.set_holder_policy(&fx.bank, policy).unwrap();
-    fx.broker
-        .revoke(
-            request.id(),
-            Revoker::Holder,
-            RevocationReason::SuspectedMisuse,
-        )
-        .unwrap();
+    fx.set_policy(policy).unwrap();
+    fx.revoke(
+        request.id(),
+        Revoker::Holder,
+        RevocationReason::SuspectedMisuse,
+    )
+    .unwrap();
     let everything_wrong = AccessRequest {
         platform: id("other-app"),
         scope: Scope::Alerts.into(),

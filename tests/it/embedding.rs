@@ -66,13 +66,12 @@ fn the_subjects_live_consent_for_a_question_is_found() {
     );
     assert_eq!(found(Scope::Transactions, &fx.current), None);
     // Once the first is revoked, nothing covers the savings account.
-    fx.broker
-        .revoke(
-            first.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.revoke(
+        first.id(),
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )
+    .unwrap();
     assert_eq!(
         found(Scope::Balance, &fx.current),
         Some(second.id().clone())

@@ -367,8 +367,7 @@ fn run_seed<S: Store>(inner: S, seed: u64) -> SeedReport {
             }
             Op::Revoke(consent) => (
                 "revoke",
-                fx.broker
-                    .revoke(consent, Revoker::Subject, RevocationReason::SubjectWithdrew)
+                fx.revoke(consent, Revoker::Subject, RevocationReason::SubjectWithdrew)
                     .map(|_| vec![AuditKind::ConsentRevoked]),
             ),
             Op::Checkpoint => (
@@ -575,13 +574,12 @@ fn run_seed<S: Store>(inner: S, seed: u64) -> SeedReport {
     let TokenOutcome::Issued(token) = fx.broker.authorise_with_token(&access).unwrap() else {
         panic!("seed {seed:#x}: no token after the faults stopped");
     };
-    fx.broker
-        .revoke(
-            request.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.revoke(
+        request.id(),
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )
+    .unwrap();
     let denied = fx.decide(&access);
     let log = fx.audit();
     let tail: Vec<AuditKind> = log[len as usize..].iter().map(|e| e.kind()).collect();

@@ -96,7 +96,7 @@ fn state_changes_are_not_applied_without_their_audit_entry() {
 
     store.random_faults(true);
     assert_eq!(
-        fx.broker.revoke(
+        fx.revoke(
             request.id(),
             Revoker::Subject,
             RevocationReason::SubjectWithdrew
@@ -191,13 +191,12 @@ fn no_permit_is_recorded_after_a_revocation_returns() {
             })
             .collect();
         thread::yield_now();
-        fx.broker
-            .revoke(
-                request.id(),
-                Revoker::Subject,
-                RevocationReason::SubjectWithdrew,
-            )
-            .unwrap();
+        fx.revoke(
+            request.id(),
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
         revoked.store(true, Ordering::SeqCst);
         let late: i32 = workers.into_iter().map(|w| w.join().unwrap()).sum();
         assert_eq!(late, 0, "a permit was granted after revoke returned");

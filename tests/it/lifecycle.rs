@@ -171,34 +171,54 @@ fn revocation_by_each_party_is_immediate_and_final() {
     ] {
         let fx = Fixture::new();
         let request = fx.granted();
-        let consent = fx.broker.revoke(request.id(), by, reason).unwrap();
+        // The bank's revocation reaches the broker only as its signed instruction; the subject's
+        // (in the chat) and the platform's are the platform's word, and the log says so.
+        let revoke = || match by {
+            Revoker::Holder => fx
+                .kit
+                .bank
+                .instruct(
+                    &fx.broker,
+                    &Instruction::Revoke {
+                        consent: request.id().clone(),
+                        by,
+                        reason,
+                    },
+                )
+                .map(drop),
+            _ => fx.revoke(request.id(), by, reason).map(drop),
+        };
+        revoke().unwrap();
+        let consent = fx.broker.consent(request.id()).unwrap().consent;
         assert_eq!(
             consent.status(fx.broker.now()),
             ConsentStatus::Revoked { by, reason }
         );
         assert_eq!(consent.version(), 3);
-        let actor = match by {
-            Revoker::Subject => Actor::Subject(fx.alice.clone()),
-            Revoker::Holder => Actor::Holder(fx.bank.clone()),
-            Revoker::Platform => Actor::Platform(fx.platform.clone()),
+        let (actor, signed) = match by {
+            Revoker::Holder => (Actor::Holder(fx.bank.clone()), true),
+            _ => (Actor::Platform(fx.platform.clone()), false),
         };
         let entry = fx.last_audit();
-        assert_eq!(
-            (entry.at, &entry.actor, &entry.event),
-            (
-                START,
-                &actor,
-                &AuditEvent::ConsentRevoked {
-                    consent: request.id().clone(),
-                    subject: fx.alice.clone(),
-                    revocation: Revocation { by, reason },
-                }
-            )
-        );
+        assert_eq!((entry.at, &entry.actor), (START, &actor));
+        match &entry.event {
+            AuditEvent::ConsentRevoked {
+                consent,
+                subject,
+                revocation,
+                instruction,
+            } => {
+                assert_eq!(consent, request.id());
+                assert_eq!(subject, &fx.alice);
+                assert_eq!(revocation, &Revocation { by, reason });
+                assert_eq!(instruction.is_some(), signed);
+            }
+            other => panic!("not a revocation: {other:?}"),
+        }
         // Final: no second revocation, no re-authorisation, no approval; nothing written.
         let len = fx.audit_len();
         assert!(matches!(
-            fx.broker.revoke(request.id(), by, reason),
+            revoke(),
             Err(Error::Consent(ConsentError::NotLive { .. }))
         ));
         let mut statement = fx.full_statement(&request);
@@ -238,7 +258,7 @@ fn expiry_is_derived_and_final() {
         consent.version()
     );
     assert!(matches!(
-        fx.broker.revoke(
+        fx.revoke(
             request.id(),
             Revoker::Subject,
             RevocationReason::SubjectWithdrew
@@ -300,13 +320,12 @@ fn the_subject_lists_their_consents_with_live_status() {
     let rejected = fx.request();
     fx.broker.reject(rejected.id()).unwrap();
     let revoked = fx.granted();
-    fx.broker
-        .revoke(
-            revoked.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.revoke(
+        revoked.id(),
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )
+    .unwrap();
     let listed: Vec<(ConsentId, ConsentStatus)> = fx
         .broker
         .consents_of(&fx.alice)
@@ -347,13 +366,12 @@ fn every_transition_appends_to_a_gap_free_log() {
     let fx = Fixture::new();
     let request = fx.granted();
     fx.decide(&fx.access(request.id()));
-    fx.broker
-        .revoke(
-            request.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.revoke(
+        request.id(),
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )
+    .unwrap();
     let kinds: Vec<AuditKind> = fx.audit().into_iter().map(|e| e.kind()).collect();
     assert_eq!(
         kinds,

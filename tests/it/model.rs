@@ -690,10 +690,7 @@ impl World {
                     return Ok(());
                 };
                 let by = [Revoker::Subject, Revoker::Holder, Revoker::Platform][by];
-                let result = self
-                    .fx
-                    .broker
-                    .revoke(&c.id, by, RevocationReason::SubjectWithdrew);
+                let result = self.fx.revoke(&c.id, by, RevocationReason::SubjectWithdrew);
                 let expected = match c.live(now) {
                     Some(_) => Outcome::Ok,
                     None => Outcome::Lifecycle,

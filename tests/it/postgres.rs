@@ -1011,13 +1011,12 @@ fn a_revocation_by_one_broker_is_seen_by_the_next_decision_of_another() {
         panic!("B permits before the revocation")
     };
 
-    fx.broker
-        .revoke(
-            &granted,
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.revoke(
+        &granted,
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )
+    .unwrap();
     let revoked_at = fx.audit_len() - 1;
 
     for access in [access.clone(), unattended(access.clone())] {

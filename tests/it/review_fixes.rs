@@ -76,15 +76,11 @@ fn a_permit_decided_before_a_policy_change_never_becomes_a_token() {
     else {
         panic!("expected a permit");
     };
-    fx.broker
-        .set_holder_policy(
-            &fx.bank,
-            HolderPolicy {
-                enabled_scopes: ScopeSet::from([Scope::Alerts]),
-                ..HolderPolicy::default()
-            },
-        )
-        .unwrap();
+    fx.set_policy(HolderPolicy {
+        enabled_scopes: ScopeSet::from([Scope::Alerts]),
+        ..HolderPolicy::default()
+    })
+    .unwrap();
     let len = fx.audit_len();
     assert_eq!(
         fx.broker.issue_token(permit),

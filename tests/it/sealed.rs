@@ -191,15 +191,14 @@ fn registrations_and_changes_record_what_was_registered_and_what_changed() {
         unattended_daily_limit: 1,
         ..HolderPolicy::default()
     };
-    fx.broker
-        .set_holder_policy(&fx.bank, stricter.clone())
-        .unwrap();
-    assert_eq!(
+    fx.set_policy(stricter.clone()).unwrap();
+    assert!(matches!(
         fx.last_audit().event,
         AuditEvent::HolderPolicyChanged {
-            policy: Some(stricter)
-        }
-    );
+            policy: Some(policy),
+            instruction: Some(_),
+        } if policy == stricter
+    ));
 
     // The bank rotates its attestation key: approvals signed by the old one are refused.
     let request = fx.request();
@@ -209,14 +208,27 @@ fn registrations_and_changes_record_what_was_registered_and_what_changed() {
         SigningKey::generate(&SystemRandom::new()).unwrap(),
     )
     .unwrap();
-    fx.broker
-        .set_holder_keys(&fx.bank, vec![rotated.public_key()])
+    fx.kit
+        .bank
+        .instruct(
+            &fx.broker,
+            &Instruction::SetKeys {
+                keys: vec![rotated.public_key()],
+            },
+        )
         .unwrap();
-    assert_eq!(
+    assert!(matches!(
         fx.last_audit().event,
         AuditEvent::HolderKeysChanged {
-            attestation_keys: vec![rotated.public_key().thumbprint()]
-        }
+            attestation_keys,
+            instruction: Some(_),
+        } if attestation_keys == [rotated.public_key().thumbprint()]
+    ));
+    // The replaced key no longer approves, but stays on record for the evidence it signed.
+    let holder = fx.broker.store().holder(&fx.bank).unwrap().unwrap();
+    assert_eq!(
+        holder.retired_attestation_keys(),
+        [fx.bank_signer().public_key()]
     );
     assert_eq!(
         fx.broker.approve(request.id(), &old_token),
@@ -233,10 +245,19 @@ fn registrations_and_changes_record_what_was_registered_and_what_changed() {
         )
         .unwrap();
     fx.broker.approve(request.id(), &new_token).unwrap();
-    assert_eq!(
-        fx.broker.set_holder_keys(&fx.bank, Vec::new()),
-        Err(Error::NoAttestationKeys(fx.bank.clone()))
-    );
+    // A rotation to no key at all is not applied (signed by the current key, this time).
+    let empty = rotated
+        .sign_instruction(
+            &Instruction::SetKeys { keys: Vec::new() },
+            fx.broker.id(),
+            fx.broker.now(),
+            &SystemRandom::new(),
+        )
+        .unwrap();
+    assert!(matches!(
+        fx.broker.apply_holder_instruction(&empty),
+        Err(Error::Instruction(InstructionError::Inapplicable(_)))
+    ));
 }
 
 /// The permit of the checked call (panics on a denial).

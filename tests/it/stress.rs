@@ -370,7 +370,7 @@ fn worker<S: Store>(shared: &Shared<S>, thread: usize, seed: u64, ops: u64) -> T
                     1 => (Revoker::Holder, RevocationReason::SuspectedMisuse),
                     _ => (Revoker::Platform, RevocationReason::NoLongerNeeded),
                 };
-                match broker.revoke(slot.request.id(), by, reason) {
+                match shared.fx.revoke(slot.request.id(), by, reason) {
                     Ok(_) => {
                         slot.revoked.store(true, Ordering::SeqCst);
                         log.count("revocations");

@@ -153,6 +153,34 @@ impl<S: Store> Fixture<S> {
         request
     }
 
+    /// The bank changes its policy: a signed instruction the broker applies.
+    pub fn set_policy(&self, policy: HolderPolicy) -> Result<(), Error> {
+        self.kit
+            .bank
+            .instruct(&self.broker, &Instruction::SetPolicy { policy })
+            .map(drop)
+    }
+
+    /// Revokes as `by` would: the bank by its signed instruction, the subject (in the chat) and
+    /// the platform through the platform's broker.
+    pub fn revoke(
+        &self,
+        consent: &ConsentId,
+        by: Revoker,
+        reason: RevocationReason,
+    ) -> Result<Consent, Error> {
+        if by == Revoker::Holder {
+            let revoke = Instruction::Revoke {
+                consent: consent.clone(),
+                by,
+                reason,
+            };
+            self.kit.bank.instruct(&self.broker, &revoke)?;
+            return Ok(self.broker.consent(consent)?.consent);
+        }
+        self.broker.revoke(consent, by, reason)
+    }
+
     pub fn audit(&self) -> Vec<AuditEntry> {
         self.broker.audit_log().unwrap()
     }

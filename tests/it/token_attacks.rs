@@ -1234,7 +1234,6 @@ fn token_of_a_revoked_consent_is_refused() {
     let at = Attack::new();
     at.verify(at.token()).unwrap();
     at.fx
-        .broker
         .revoke(
             &at.consent,
             Revoker::Subject,
@@ -1460,7 +1459,6 @@ fn verification_log_records_accepted_and_refused_tokens() {
     let garbage = verifier.verify("garbage").unwrap_err();
     let forged = verifier.verify(&flip_bit(at.token(), 2, 0, 0)).unwrap_err();
     at.fx
-        .broker
         .revoke(
             &at.consent,
             Revoker::Holder,
@@ -1511,7 +1509,6 @@ fn permit_whose_consent_was_revoked_before_issuing_is_stale() {
         panic!("expected a permit");
     };
     at.fx
-        .broker
         .revoke(
             &at.consent,
             Revoker::Platform,

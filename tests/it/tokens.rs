@@ -124,13 +124,12 @@ fn a_revocation_reaches_the_verifier_at_once() {
     let token = issue(&fx, &fx.access(request.id()));
     let bank = verifier(&fx);
     assert!(bank.verify(&token.token).is_ok());
-    fx.broker
-        .revoke(
-            request.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.revoke(
+        request.id(),
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )
+    .unwrap();
     assert_eq!(
         bank.verify(&token.token),
         Err(TokenError::ConsentNotLive(ConsentStatus::Revoked {
@@ -148,13 +147,12 @@ fn a_revocation_reaches_the_verifier_at_once() {
     else {
         panic!("expected a permit");
     };
-    fx.broker
-        .revoke(
-            request.id(),
-            Revoker::Holder,
-            RevocationReason::SuspectedMisuse,
-        )
-        .unwrap();
+    fx.revoke(
+        request.id(),
+        Revoker::Holder,
+        RevocationReason::SuspectedMisuse,
+    )
+    .unwrap();
     let before = fx.audit_len();
     assert_eq!(
         fx.broker.issue_token(permit),
@@ -414,13 +412,12 @@ fn the_holder_can_audit_every_verification() {
         bank.verify("not.a.token"),
         Err(TokenError::Base64(TokenPart::Header))
     );
-    fx.broker
-        .revoke(
-            request.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.revoke(
+        request.id(),
+        Revoker::Subject,
+        RevocationReason::SubjectWithdrew,
+    )
+    .unwrap();
     assert!(bank.verify(&token.token).is_err());
     let records = log.records();
     assert_eq!(records.len(), 3);
