@@ -28,6 +28,17 @@ struct FirstBank {
 impl DataHolder for FirstBank {
     type Error = String;
 
+    fn account_owner(
+        &self,
+        account: &AccountId,
+    ) -> std::result::Result<Option<SubjectId>, String> {
+        // The story's bank has one customer.
+        self.balances
+            .contains_key(account)
+            .then(|| SubjectId::new("alice").map_err(|e| e.to_string()))
+            .transpose()
+    }
+
     fn balance(&self, grant: BalanceGrant<'_>) -> std::result::Result<Balance, DataError<String>> {
         let minor_units = *self
             .balances

@@ -417,6 +417,18 @@ impl AttestationSigner {
         now: OffsetDateTime,
         random: &dyn RandomSource,
     ) -> Result<String, AttestationError> {
+        self.sign_identified(statement, broker, now, random)
+            .map(|(signed, _)| signed)
+    }
+
+    /// As [`AttestationSigner::sign`], with the attestation's `jti`.
+    pub(crate) fn sign_identified(
+        &self,
+        statement: &ApprovalStatement,
+        broker: &BrokerId,
+        now: OffsetDateTime,
+        random: &dyn RandomSource,
+    ) -> Result<(String, String), AttestationError> {
         let jti = random_token(random).map_err(|_| AttestationError::Signing)?;
         let iat = now.unix_timestamp();
         let claims = AttestationClaims {
@@ -432,12 +444,13 @@ impl AttestationSigner {
             unattended_daily_limit: statement.unattended_daily_limit,
             iat,
             exp: iat.saturating_add(self.lifetime.whole_seconds()),
-            jti,
+            jti: jti.clone(),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(ATTESTATION_TYPE.to_owned());
         header.kid = Some(self.key.kid().to_owned());
-        jsonwebtoken::encode(&header, &claims, self.key.encoding_key())
-            .map_err(|_| AttestationError::Signing)
+        let signed = jsonwebtoken::encode(&header, &claims, self.key.encoding_key())
+            .map_err(|_| AttestationError::Signing)?;
+        Ok((signed, jti))
     }
 }

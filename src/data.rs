@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::holder::VerifiedAccess;
-use crate::ids::AccountId;
+use crate::ids::{AccountId, SubjectId};
 use crate::vocab::Scope;
 
 /// Leave to read one account's balance.
@@ -130,6 +130,14 @@ pub struct Transaction {
 pub trait DataHolder {
     /// The holder's own failure type.
     type Error;
+
+    /// The customer who owns `account` in the bank's own account system, `None` when the bank
+    /// knows no such account. The bank's gate admits an access only to an account of the subject
+    /// the bank attested for, whatever the token says.
+    ///
+    /// # Errors
+    /// The holder's failure (the gate then serves nothing).
+    fn account_owner(&self, account: &AccountId) -> Result<Option<SubjectId>, Self::Error>;
 
     /// The balance of the grant's account.
     ///

@@ -158,6 +158,17 @@ impl std::fmt::Display for RegistrationField {
     }
 }
 
+impl From<crate::keyring::KeyringError> for Error {
+    fn from(error: crate::keyring::KeyringError) -> Self {
+        use crate::keyring::KeyringError;
+        match error {
+            KeyringError::Store(error) => Self::Store(error),
+            KeyringError::Retired { key_use, kid } => Self::KeyRetired { key_use, kid },
+            KeyringError::SameKeyForTwoUses => Self::SameKeyForTwoUses,
+        }
+    }
+}
+
 impl From<SigningError> for Error {
     fn from(error: SigningError) -> Self {
         match error {

@@ -219,6 +219,20 @@ impl VerifiedAccess {
 }
 
 impl VerifiedAccess {
+    /// The access a token stands for, once a verifier or the bank's gate admitted it.
+    pub(crate) fn from_claims(claims: AccessClaims) -> Self {
+        Self {
+            consent: claims.cid,
+            subject: claims.sub,
+            platform: claims.client_id,
+            holder: claims.aud,
+            scope: claims.scope,
+            purpose: claims.purpose,
+            account: claims.acct,
+            token_id: Some(claims.jti),
+        }
+    }
+
     /// The access a permit stands for; only [`Broker::verified_access`](crate::Broker::verified_access)
     /// calls it, after checking that the permit is the broker's own and still good.
     pub(crate) fn from_permit(permit: Permit) -> Self {
@@ -385,16 +399,7 @@ impl<St: ConsentStatusSource> TokenVerifier<St> {
         if let Some(replay) = &self.replay {
             replay.check_and_record(&claims.jti, claims.exp, now.unix_timestamp())?;
         }
-        Ok(VerifiedAccess {
-            consent: claims.cid,
-            subject: claims.sub,
-            platform: claims.client_id,
-            holder: claims.aud,
-            scope: claims.scope,
-            purpose: claims.purpose,
-            account: claims.acct,
-            token_id: Some(claims.jti),
-        })
+        Ok(VerifiedAccess::from_claims(claims))
     }
 
     fn check_consent(&self, claims: &AccessClaims, now: OffsetDateTime) -> Result<(), TokenError> {

@@ -15,6 +15,7 @@
 mod attestation;
 mod audit;
 mod auditor;
+mod bank;
 mod broker;
 pub mod checkpoint;
 mod clock;
@@ -23,10 +24,12 @@ pub mod crypto;
 mod data;
 pub mod dpop;
 mod error;
+pub mod feed;
 mod holder;
 mod ids;
 mod instruction;
 mod jws;
+mod keyring;
 mod keys;
 pub mod merkle;
 mod policy;
@@ -54,6 +57,10 @@ pub use auditor::{
     LogError, LogReport, ProveError, Receipt, ReceiptError, SigningError, StoreNodes,
     checkpoint_log, consent_history, decode_hashes, encode_hashes, prove, subject_history,
     verify_log,
+};
+pub use bank::{
+    Bank, BankBuilder, BankError, BankKeys, GateError, GateRequest, GateSettings, Served,
+    SubjectView,
 };
 pub use broker::{
     AccessOutcome, AccessToken, Broker, BrokerBuilder, BrokerKeys, ConsentView,
@@ -102,9 +109,9 @@ pub use store::Migration;
 pub use store::SqliteStore;
 pub use store::{
     AttestationRecord, BankRevocation, Change, Commit, CommitParts, CommitReceipt, FeedState,
-    GateView, HolderRecord, KeyUse, LedgerRead, LogRead, MemoryStore, PolicyRecord, Precondition,
-    PublishedKey, ReadOnly, RecordKind, SeenKind, ServedCounts, SignedCheckpoint, StateRead, Store,
-    StoreError, StoredCheckpoint, StoredEntry,
+    GateQuery, GateView, HolderRecord, KeyUse, LedgerRead, LogRead, MemoryStore, PolicyRecord,
+    Precondition, PublishedKey, ReadOnly, RecordKind, SeenKind, ServedCounts, SignedCheckpoint,
+    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
 };
 #[cfg(feature = "postgres")]
 pub use store::{PostgresOptions, PostgresStore};

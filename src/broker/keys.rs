@@ -10,10 +10,10 @@ use time::OffsetDateTime;
 
 use super::Broker;
 use crate::audit::{Actor, AuditEvent, AuditRecord};
-use crate::clock::saturating_add;
 use crate::error::Error;
+use crate::keyring;
 use crate::keys::{Jwk, Jwks, RETIRED_KEY_GRACE, SigningKey};
-use crate::store::{Change, Commit, KeyUse, PublishedKey, StateRead, Store, StoreError};
+use crate::store::{KeyUse, StateRead, Store, StoreError};
 use crate::token::MAX_TOKEN_LIFETIME;
 
 /// The JWKS of the token keys `state` publishes at `now`: the active key, and retired keys whose
@@ -62,73 +62,30 @@ impl<S: Store> Broker<S> {
     ) -> Result<(), Error> {
         self.retrying(|| {
             let now = self.now();
-            let published = self.store.published_keys()?;
-            if published
-                .iter()
-                .any(|p| p.key_use != key_use && p.kid == key.kid())
-            {
-                return Err(Error::SameKeyForTwoUses);
-            }
-            let mine = published
-                .iter()
-                .filter(|p| p.key_use == key_use)
-                .collect::<Vec<_>>();
-            if let Some(known) = mine.iter().find(|p| p.kid == key.kid()) {
-                if known.is_active() {
-                    return Ok(());
-                }
-                return Err(Error::KeyRetired {
-                    key_use,
-                    kid: key.kid().to_owned(),
-                });
-            }
-            let retiring = mine.iter().find(|p| p.is_active()).map(|p| p.kid.clone());
-            let event = match key_use {
+            let event = |retiring: Option<String>| match key_use {
                 KeyUse::Token => AuditEvent::SigningKeyActivated {
                     key_id: key.kid().to_owned(),
                     public_key: Some(key.public_key()),
-                    retired_key_id: retiring.clone(),
+                    retired_key_id: retiring,
                 },
-                KeyUse::Checkpoint => AuditEvent::CheckpointKeyActivated {
+                _ => AuditEvent::CheckpointKeyActivated {
                     key_id: key.kid().to_owned(),
                     verifier_key: self.checkpoints.verifier_key(),
-                    retired_key_id: retiring.clone(),
+                    retired_key_id: retiring,
                 },
             };
-            let record = AuditRecord::new(now, Actor::Broker(self.settings.id.clone()), event);
-            let mut commit = Commit::new(record);
-            if let Some(kid) = retiring {
-                commit = commit.change(Change::RetireKey {
-                    key_use,
-                    kid,
-                    retired_at: now,
-                    verifies_until: (key_use == KeyUse::Token)
-                        .then(|| saturating_add(now, overlap)),
-                });
-            }
-            commit = commit.change(Change::ActivateKey {
-                key: PublishedKey {
-                    key_use,
-                    kid: key.kid().to_owned(),
-                    public_key: key.public_key(),
-                    activated_at: now,
-                    retired_at: None,
-                    verifies_until: None,
-                },
-            });
-            self.commit(commit)?;
-            Ok(())
+            let actor = Actor::Broker(self.settings.id.clone());
+            keyring::activate(&self.store, key_use, key, overlap, now, |retiring| {
+                AuditRecord::new(now, actor, event(retiring))
+            })
+            .map_err(Error::from)
         })
     }
 
     /// [`Error::KeyRetired`] unless the store publishes `kid` as the active key of `key_use`: a
     /// broker whose key another broker on the same store has replaced stops signing with it.
     pub(super) fn ensure_active(&self, key_use: KeyUse, kid: &str) -> Result<(), Error> {
-        let published = self.store.published_keys()?;
-        if published
-            .iter()
-            .any(|key| key.key_use == key_use && key.kid == kid && key.is_active())
-        {
+        if keyring::is_active(&self.store, key_use, kid)? {
             Ok(())
         } else {
             Err(Error::KeyRetired {

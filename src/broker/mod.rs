@@ -15,6 +15,7 @@
 
 mod access;
 mod builder;
+mod feed;
 mod instructions;
 mod keys;
 mod lifecycle;

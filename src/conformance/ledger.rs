@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::store::{
-    AttestationRecord, BankRevocation, FeedState, GateView, LedgerRead, PolicyRecord, SeenKind,
-    ServedCounts,
+    AttestationRecord, BankRevocation, FeedState, GateQuery, GateView, LedgerRead, PolicyRecord,
+    SeenKind, ServedCounts,
 };
 
 fn attestation(id: &str, consent: &str, subject: &str) -> AttestationRecord {
@@ -34,6 +34,19 @@ fn policy(version: u64) -> PolicyRecord {
         },
         effective_at: NOW + Duration::minutes(i64::try_from(version).unwrap()),
     }
+}
+
+/// The gate's view of an access under `attestation` and `consent` on `day`, with proof `p-1` and
+/// token `t-1`.
+fn view<S: LedgerRead + ?Sized>(s: &S, attestation: &str, consent: &str, day: Date) -> GateView {
+    s.gate_view(&GateQuery {
+        attestation,
+        consent: &id(consent),
+        day,
+        proof_id: "p-1",
+        token_id: "t-1",
+    })
+    .unwrap()
 }
 
 fn only(change: Change) -> Commit {
@@ -147,8 +160,8 @@ where
     s.commit(guarded(Some(2))).unwrap();
     assert_eq!(s.commit(guarded(Some(1))), Err(StoreError::Conflict));
     assert_eq!(s.commit(guarded(None)), Err(StoreError::Conflict));
-    let view = s.gate_view("att-1", &id("cns_1"), DAY).unwrap();
-    assert_eq!(view.policy, Some(policy(2)));
+    let current = view(s, "att-1", "cns_1", DAY);
+    assert_eq!(current.policy, Some(policy(2)));
 }
 
 /// Served counts per attestation and UTC day, by presence, and their precondition.
@@ -165,7 +178,7 @@ where
             presence,
         })
     };
-    let served = |day| s.gate_view("att-1", &id("cns_1"), day).unwrap().served;
+    let served = |day| view(s, "att-1", "cns_1", day).served;
     assert_eq!(served(DAY), ServedCounts::default());
     s.commit(count(DAY, Presence::Unattended)).unwrap();
     s.commit(count(DAY, Presence::Unattended)).unwrap();
@@ -185,7 +198,7 @@ where
         }
     );
     assert_eq!(
-        s.gate_view("att-2", &id("cns_1"), DAY).unwrap().served,
+        view(s, "att-2", "cns_1", DAY).served,
         ServedCounts::default()
     );
     let guarded = |counts| {
@@ -228,6 +241,9 @@ where
     );
     assert!(s.seen(SeenKind::Proof, "p-1").unwrap());
     assert!(!s.seen(SeenKind::Proof, "p-4").unwrap());
+    // The gate reads both at once: proof `p-1` seen, token `t-1` not.
+    let both = view(s, "att-1", "cns_1", DAY);
+    assert!(both.proof_seen && !both.token_seen);
     let prune = |limit| {
         only(Change::PruneSeen {
             before: NOW + Duration::minutes(5),
@@ -259,10 +275,7 @@ where
 {
     let h = fresh::<H>();
     let s = h.store();
-    assert_eq!(
-        s.gate_view("att-1", &id("cns_1"), DAY).unwrap(),
-        GateView::default()
-    );
+    assert_eq!(view(s, "att-1", "cns_1", DAY), GateView::default());
     let first = NOW + Duration::hours(1);
     for at in [first, first + Duration::hours(1)] {
         s.commit(only(Change::RecordPlatformRevocation {
@@ -285,26 +298,21 @@ where
         record: kept.clone(),
     }))
     .unwrap();
-    let view = s.gate_view("att-1", &id("cns_1"), DAY).unwrap();
-    assert_eq!(view.attestation, Some(kept));
+    let current = view(s, "att-1", "cns_1", DAY);
+    assert_eq!(current.attestation, Some(kept));
     assert_eq!(
-        view.platform_revoked_at,
+        current.platform_revoked_at,
         Some(first),
         "the first record stays"
     );
     assert_eq!(
-        view.feed,
+        current.feed,
         Some(FeedState {
             position: 9,
             generated_at: NOW + Duration::minutes(9)
         })
     );
-    assert_eq!(
-        s.gate_view("att-1", &id("cns_2"), DAY)
-            .unwrap()
-            .platform_revoked_at,
-        None
-    );
+    assert_eq!(view(s, "att-1", "cns_2", DAY).platform_revoked_at, None);
     // All or nothing: the attestation, the count and the id go with the duplicate that fails.
     let len = s.audit_len().unwrap();
     let failing = commit(
@@ -334,7 +342,7 @@ where
     ));
     assert_eq!(s.attestation_record("att-2").unwrap(), None);
     assert_eq!(
-        s.gate_view("att-2", &id("cns_2"), DAY).unwrap().served,
+        view(s, "att-2", "cns_2", DAY).served,
         ServedCounts::default()
     );
     assert!(!s.seen(SeenKind::Proof, "p-9").unwrap());

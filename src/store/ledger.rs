@@ -118,9 +118,28 @@ pub struct FeedState {
     pub generated_at: OffsetDateTime,
 }
 
+/// What the gate asks its ledger about one access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateQuery<'a> {
+    /// The attestation the token names.
+    pub attestation: &'a str,
+    /// The consent the token names.
+    pub consent: &'a ConsentId,
+    /// The UTC day of the access.
+    pub day: Date,
+    /// The DPoP proof's `jti`.
+    pub proof_id: &'a str,
+    /// The token's `jti`.
+    pub token_id: &'a str,
+}
+
 /// Everything the gate reads for one access, read at once (one statement on the SQL stores).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GateView {
+    /// Whether the proof's `jti` was presented before.
+    pub proof_seen: bool,
+    /// Whether the token's `jti` was presented before.
+    pub token_seen: bool,
     /// The attestation the token names, if the ledger has it.
     pub attestation: Option<AttestationRecord>,
     /// The bank's current policy.
@@ -165,24 +184,25 @@ pub trait LedgerRead {
     /// [`StoreError`].
     fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
 
+    /// How far the feed of platform-side revocations has been followed, if at all.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn feed_state(&self) -> Result<Option<FeedState>, StoreError>;
+
     /// Whether an id of this kind was presented before (and is still remembered).
     ///
     /// # Errors
     /// [`StoreError`].
     fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError>;
 
-    /// What the gate reads for one access: the attestation `attestation`, the current policy,
-    /// the served counts of the attestation on `day`, whether the platform revoked `consent`, and
-    /// the feed's state.
+    /// What the gate reads for one access: whether the proof and the token were presented
+    /// before, the attestation, the current policy, the attestation's served counts on the day,
+    /// whether the platform revoked the consent, and the feed's state.
     ///
     /// # Errors
     /// [`StoreError`].
-    fn gate_view(
-        &self,
-        attestation: &str,
-        consent: &ConsentId,
-        day: Date,
-    ) -> Result<GateView, StoreError>;
+    fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError>;
 }
 
 macro_rules! forward_ledger_read {
@@ -209,13 +229,11 @@ macro_rules! forward_ledger_read {
             fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError> {
                 (**self).seen(kind, id)
             }
-            fn gate_view(
-                &self,
-                attestation: &str,
-                consent: &ConsentId,
-                day: Date,
-            ) -> Result<GateView, StoreError> {
-                (**self).gate_view(attestation, consent, day)
+            fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
+                (**self).feed_state()
+            }
+            fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
+                (**self).gate_view(query)
             }
         }
     )+};

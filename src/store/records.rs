@@ -77,6 +77,8 @@ pub enum KeyUse {
     Token,
     /// Signs audit-log checkpoints (C2SP signed notes).
     Checkpoint,
+    /// Signs a bank's attestations and instructions (in a bank's ledger).
+    Attestation,
 }
 
 impl std::fmt::Display for KeyUse {
@@ -86,11 +88,12 @@ impl std::fmt::Display for KeyUse {
 }
 
 impl KeyUse {
-    /// The name stored and shown: `token` or `checkpoint`.
+    /// The name stored and shown: `token`, `checkpoint` or `attestation`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Token => "token",
             Self::Checkpoint => "checkpoint",
+            Self::Attestation => "attestation",
         }
     }
 
@@ -99,6 +102,7 @@ impl KeyUse {
         match name {
             "token" => Some(Self::Token),
             "checkpoint" => Some(Self::Checkpoint),
+            "attestation" => Some(Self::Attestation),
             _ => None,
         }
     }

@@ -217,6 +217,10 @@ struct BalancesOnly;
 impl DataHolder for BalancesOnly {
     type Error = std::convert::Infallible;
 
+    fn account_owner(&self, _: &AccountId) -> Result<Option<SubjectId>, Self::Error> {
+        Ok(Some(id("alice")))
+    }
+
     fn balance(&self, grant: BalanceGrant<'_>) -> Result<Balance, DataError<Self::Error>> {
         Ok(Balance {
             account: grant.account().clone(),

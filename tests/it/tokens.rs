@@ -444,6 +444,10 @@ struct Bank {
 impl DataHolder for Bank {
     type Error = String;
 
+    fn account_owner(&self, account: &AccountId) -> Result<Option<SubjectId>, String> {
+        Ok(self.balances.contains_key(account).then(|| id("alice")))
+    }
+
     fn balance(&self, grant: BalanceGrant<'_>) -> Result<Balance, DataError<String>> {
         // A leaky bank answers with another account's data; `serve` must refuse it.
         let account = if self.leaky {

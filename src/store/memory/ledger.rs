@@ -9,8 +9,8 @@ use super::{duplicate, missing};
 use crate::ids::{ConsentId, SubjectId};
 use crate::policy::Presence;
 use crate::store::{
-    AttestationRecord, Change, FeedState, GateView, PolicyRecord, Precondition, RecordKind,
-    SeenKind, ServedCounts, StoreError,
+    AttestationRecord, Change, FeedState, GateQuery, GateView, PolicyRecord, Precondition,
+    RecordKind, SeenKind, ServedCounts, StoreError,
 };
 
 /// The ledger's tables.
@@ -227,16 +227,22 @@ impl LedgerState {
         self.policies.clone()
     }
 
+    pub(super) fn feed(&self) -> Option<FeedState> {
+        self.feed
+    }
+
     pub(super) fn seen(&self, kind: SeenKind, id: &str) -> bool {
         self.seen.contains_key(&(kind, id.to_owned()))
     }
 
-    pub(super) fn gate_view(&self, attestation: &str, consent: &ConsentId, day: Date) -> GateView {
+    pub(super) fn gate_view(&self, query: &GateQuery<'_>) -> GateView {
         GateView {
-            attestation: self.attestation(attestation),
+            proof_seen: self.seen(SeenKind::Proof, query.proof_id),
+            token_seen: self.seen(SeenKind::Token, query.token_id),
+            attestation: self.attestation(query.attestation),
             policy: self.policies.last().cloned(),
-            served: self.served_on(attestation, day),
-            platform_revoked_at: self.platform_revocations.get(consent).copied(),
+            served: self.served_on(query.attestation, query.day),
+            platform_revoked_at: self.platform_revocations.get(query.consent).copied(),
             feed: self.feed,
         }
     }

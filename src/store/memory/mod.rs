@@ -12,9 +12,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use time::Date;
 
 use super::{
-    AttestationRecord, Change, Commit, CommitReceipt, GateView, HolderRecord, LedgerRead, LogRead,
-    PolicyRecord, Precondition, PublishedKey, RecordKind, SeenKind, SignedCheckpoint, StateRead,
-    Store, StoreError, StoredCheckpoint, StoredEntry,
+    AttestationRecord, Change, Commit, CommitReceipt, FeedState, GateQuery, GateView, HolderRecord,
+    LedgerRead, LogRead, PolicyRecord, Precondition, PublishedKey, RecordKind, SeenKind,
+    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
 };
 use crate::consent::{AccountSelection, Consent, ConsentState};
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
@@ -386,13 +386,12 @@ impl LedgerRead for MemoryStore {
         Ok(self.read()?.ledger.seen(kind, id))
     }
 
-    fn gate_view(
-        &self,
-        attestation: &str,
-        consent: &ConsentId,
-        day: Date,
-    ) -> Result<GateView, StoreError> {
-        Ok(self.read()?.ledger.gate_view(attestation, consent, day))
+    fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
+        Ok(self.read()?.ledger.feed())
+    }
+
+    fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
+        Ok(self.read()?.ledger.gate_view(query))
     }
 }
 

@@ -7,8 +7,8 @@ use super::{Dialect, Failure, Row, Value, corrupt, day_key, one, rows, signed, t
 use crate::ids::{ConsentId, SubjectId};
 use crate::policy::Presence;
 use crate::store::{
-    AttestationRecord, Change, FeedState, GateView, PolicyRecord, Precondition, RecordKind,
-    SeenKind, ServedCounts, StoreError,
+    AttestationRecord, Change, FeedState, GateQuery, GateView, PolicyRecord, Precondition,
+    RecordKind, SeenKind, ServedCounts, StoreError,
 };
 
 use super::write::{Versioned, insert_new, json, stored_version, update_versioned};
@@ -93,6 +93,24 @@ pub(crate) fn seen<D: Dialect + ?Sized>(
     .is_some())
 }
 
+pub(crate) fn feed_state<D: Dialect + ?Sized>(
+    db: &mut D,
+) -> Result<Option<FeedState>, Failure<D::Error>> {
+    let state = one(
+        db,
+        "SELECT position, generated_at FROM bank_feed WHERE id = 1",
+        &[],
+        |row| {
+            Ok(FeedState {
+                position: u64::try_from(row.int(0)?.unwrap_or(-1))
+                    .map_err(|_| StoreError::Corrupt("feed position".into()))?,
+                generated_at: time("feed time", row.int(1)?.unwrap_or(i64::MIN))?,
+            })
+        },
+    )?;
+    Ok(state)
+}
+
 fn served<D: Dialect + ?Sized>(
     db: &mut D,
     attestation: &str,
@@ -115,11 +133,9 @@ fn served<D: Dialect + ?Sized>(
 /// Everything the gate reads, in one statement (one round trip on PostgreSQL).
 pub(crate) fn gate_view<D: Dialect + ?Sized>(
     db: &mut D,
-    attestation_id: &str,
-    consent: &ConsentId,
-    day: Date,
+    query: &GateQuery<'_>,
 ) -> Result<GateView, Failure<D::Error>> {
-    let day = day_key(day);
+    let day = day_key(query.day);
     let view = one(
         db,
         "SELECT (SELECT record FROM bank_attestations WHERE id = ?1), \
@@ -128,11 +144,15 @@ pub(crate) fn gate_view<D: Dialect + ?Sized>(
                 (SELECT present FROM bank_served WHERE attestation = ?1 AND day = ?3), \
                 (SELECT revoked_at FROM bank_platform_revocations WHERE consent = ?2), \
                 (SELECT position FROM bank_feed WHERE id = 1), \
-                (SELECT generated_at FROM bank_feed WHERE id = 1)",
+                (SELECT generated_at FROM bank_feed WHERE id = 1), \
+                (SELECT COUNT(*) FROM bank_seen WHERE kind = 'proof' AND id = ?4), \
+                (SELECT COUNT(*) FROM bank_seen WHERE kind = 'token' AND id = ?5)",
         &[
-            Value::Text(attestation_id),
-            Value::Text(consent.as_str()),
+            Value::Text(query.attestation),
+            Value::Text(query.consent.as_str()),
             Value::Text(&day),
+            Value::Text(query.proof_id),
+            Value::Text(query.token_id),
         ],
         |row| decode_view(row),
     )?;
@@ -149,6 +169,8 @@ fn decode_view(row: &dyn Row) -> Result<GateView, StoreError> {
         _ => None,
     };
     Ok(GateView {
+        proof_seen: row.int(7)?.unwrap_or(0) > 0,
+        token_seen: row.int(8)?.unwrap_or(0) > 0,
         attestation: row
             .optional_bytes(0)?
             .map(|b| attestation(&b))

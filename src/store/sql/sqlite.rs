@@ -42,9 +42,9 @@ use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash};
 use crate::policy::{PlatformProfile, Usage};
 use crate::store::{
-    AttestationRecord, Commit, CommitReceipt, GateView, HolderRecord, LedgerRead, LogRead,
-    PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint, StateRead, Store, StoreError,
-    StoredCheckpoint, StoredEntry,
+    AttestationRecord, Commit, CommitReceipt, FeedState, GateQuery, GateView, HolderRecord,
+    LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint, StateRead, Store,
+    StoreError, StoredCheckpoint, StoredEntry,
 };
 
 const MIGRATIONS: &[Migration] = &[
@@ -534,13 +534,12 @@ impl LedgerRead for SqliteStore {
         self.read(|db| ledger::seen(db, kind, id))
     }
 
-    fn gate_view(
-        &self,
-        attestation: &str,
-        consent: &ConsentId,
-        day: Date,
-    ) -> Result<GateView, StoreError> {
-        self.read(|db| ledger::gate_view(db, attestation, consent, day))
+    fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
+        self.read(|db| ledger::feed_state(db))
+    }
+
+    fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
+        self.read(|db| ledger::gate_view(db, query))
     }
 }
 

@@ -49,9 +49,9 @@ use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::Hash;
 use crate::policy::{PlatformProfile, Usage};
 use crate::store::{
-    AttestationRecord, Commit, CommitReceipt, GateView, HolderRecord, LedgerRead, LogRead,
-    PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint, StateRead, Store, StoreError,
-    StoredCheckpoint, StoredEntry,
+    AttestationRecord, Commit, CommitReceipt, FeedState, GateQuery, GateView, HolderRecord,
+    LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint, StateRead, Store,
+    StoreError, StoredCheckpoint, StoredEntry,
 };
 
 /// The advisory lock key every broker's commits take ("CBRk").
@@ -444,14 +444,30 @@ impl LedgerRead for PostgresStore {
         self.read(move |db| ledger::seen(db, kind, &id))
     }
 
-    fn gate_view(
-        &self,
-        attestation: &str,
-        consent: &ConsentId,
-        day: Date,
-    ) -> Result<GateView, StoreError> {
-        let (attestation, consent) = (attestation.to_owned(), consent.clone());
-        self.read(move |db| ledger::gate_view(db, &attestation, &consent, day))
+    fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
+        self.read(|db| ledger::feed_state(db))
+    }
+
+    fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
+        let (attestation, consent, proof_id, token_id) = (
+            query.attestation.to_owned(),
+            query.consent.clone(),
+            query.proof_id.to_owned(),
+            query.token_id.to_owned(),
+        );
+        let day = query.day;
+        self.read(move |db| {
+            ledger::gate_view(
+                db,
+                &GateQuery {
+                    attestation: &attestation,
+                    consent: &consent,
+                    day,
+                    proof_id: &proof_id,
+                    token_id: &token_id,
+                },
+            )
+        })
     }
 }
 

@@ -1,0 +1,486 @@
+//! The bank's gate: every access decided from the bank's own records, fail-closed, each refusal
+//! typed and journalled, and every served access journalled before any data is served.
+
+use time::{Duration, OffsetDateTime};
+
+use super::{Bank, MAX_ATTEMPTS};
+use crate::audit::{Actor, AuditEvent};
+use crate::data::{AccountData, DataError, DataHolder, serve};
+use crate::dpop::{self, DEFAULT_PROOF_WINDOW, HttpRequest, MAX_PROOF_WINDOW};
+use crate::holder::VerifiedAccess;
+use crate::ids::SubjectId;
+use crate::policy::Presence;
+use crate::refusal::GateRefusal;
+use crate::store::{
+    Change, Commit, GateQuery, GateView, LedgerRead, Precondition, RecordKind, SeenKind, Store,
+    StoreError,
+};
+use crate::token::{self, AccessClaims, MAX_LEEWAY, MAX_TOKEN_LIFETIME, TokenExpectations};
+
+/// How many expired presented ids one access forgets, at most: bounded work per call.
+const PRUNE_PER_CALL: u32 = 8;
+
+/// What the data path answered once the gate admitted an access (and journalled it): the data,
+/// or the holder's refusal or failure.
+pub type Served<E> = Result<AccountData, DataError<E>>;
+
+/// How the gate is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GateSettings {
+    /// Clock leeway for tokens and proofs (at most 30 s).
+    pub leeway: Duration,
+    /// How old a DPoP proof may be (at most 5 minutes).
+    pub proof_window: Duration,
+    /// Longest token lifetime accepted (at most 15 minutes).
+    pub max_token_lifetime: Duration,
+    /// How old the last revocation feed applied may be; beyond it the gate refuses, since a
+    /// revocation on the platform might not have reached the bank.
+    pub feed_staleness: Duration,
+    /// Accesses the platform labels subject-present that one approval may have per UTC day. The
+    /// label cannot be proven; this bounds what a false one gains.
+    pub present_daily_ceiling: u32,
+    /// Take each access token once (the default): every served access then rests on its own
+    /// token, and so on its own `token_issued` entry in the broker's log.
+    pub single_use_tokens: bool,
+}
+
+impl Default for GateSettings {
+    fn default() -> Self {
+        Self {
+            leeway: MAX_LEEWAY,
+            proof_window: DEFAULT_PROOF_WINDOW,
+            max_token_lifetime: MAX_TOKEN_LIFETIME,
+            feed_staleness: Duration::minutes(5),
+            present_daily_ceiling: 50,
+            single_use_tokens: true,
+        }
+    }
+}
+
+impl GateSettings {
+    /// The settings with every bound within its maximum.
+    pub(super) fn clamped(mut self) -> Self {
+        self.leeway = self.leeway.clamp(Duration::ZERO, MAX_LEEWAY);
+        self.proof_window = self.proof_window.clamp(Duration::ZERO, MAX_PROOF_WINDOW);
+        self.max_token_lifetime = self.max_token_lifetime.min(MAX_TOKEN_LIFETIME);
+        self
+    }
+}
+
+/// One request at the bank's API: the access token, the DPoP proof that came with it, and the
+/// HTTP method and URL the request was received on.
+#[derive(Debug, Clone, Copy)]
+pub struct GateRequest<'a> {
+    /// The access token (`Authorization: DPoP <token>`).
+    pub token: &'a str,
+    /// The DPoP proof (`DPoP` header).
+    pub proof: &'a str,
+    /// The request as received.
+    pub http: HttpRequest<'a>,
+}
+
+/// Why the gate let nothing through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GateError<E> {
+    /// Refused, for this reason; the refusal is in the bank's journal at `journal_seq`.
+    #[error("refused: {refusal}")]
+    Refused {
+        /// Why.
+        refusal: GateRefusal,
+        /// The journal entry recording the refusal.
+        journal_seq: u64,
+    },
+    /// The ledger could not be read, or the decision could not be journalled: nothing served.
+    #[error("the bank's ledger failed; nothing was served: {0}")]
+    Store(StoreError),
+    /// The bank's account system failed while the gate asked who owns the account.
+    #[error("the bank's account system failed; nothing was served")]
+    AccountSystem(E),
+    /// Other accesses kept changing the counts this one read.
+    #[error("gave up after {0} attempts under concurrent accesses")]
+    Contention(u32),
+}
+
+impl<E> GateError<E> {
+    /// Whether trying again later can help (a store or account-system failure, contention).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Refused { .. } => false,
+            Self::Store(error) => error.is_retryable(),
+            Self::AccountSystem(_) | Self::Contention(_) => true,
+        }
+    }
+}
+
+/// Why one attempt stopped.
+enum Stop<E> {
+    Refuse(GateRefusal, Option<Box<AccessClaims>>, Option<SubjectId>),
+    Fail(GateError<E>),
+    Retry,
+}
+
+impl<E> From<StoreError> for Stop<E> {
+    fn from(error: StoreError) -> Self {
+        Self::Fail(GateError::Store(error))
+    }
+}
+
+impl<S: Store + LedgerRead> Bank<S> {
+    /// The gate's check of one request, in the documented order of [`GateRefusal`]: the token
+    /// (broker's signature, claims), its sender constraint (a DPoP proof for this request and
+    /// token, signed by the key the token names, never seen before; the token itself never seen
+    /// before when the gate takes tokens once), then the bank's own records: the attestation the
+    /// token names, its terms, its status (expiry, the bank's revocations, the platform's from a
+    /// fresh enough feed), the bank's current policy, the account's owner (asked of `accounts`,
+    /// the bank's own account system), and the bank's counts for today.
+    ///
+    /// A served access is recorded in the journal, with the counts and the presented ids, in one
+    /// commit *before* this returns the [`VerifiedAccess`] that the data methods need; a refusal
+    /// is journalled with its reason. If either cannot be recorded, nothing is served.
+    ///
+    /// # Errors
+    /// [`GateError::Refused`] with the first failed check; [`GateError::Store`];
+    /// [`GateError::AccountSystem`]; [`GateError::Contention`].
+    pub fn check<H: DataHolder>(
+        &self,
+        request: &GateRequest<'_>,
+        accounts: &H,
+    ) -> Result<VerifiedAccess, GateError<H::Error>> {
+        for _ in 0..MAX_ATTEMPTS {
+            match self.attempt(request, accounts) {
+                Ok(access) => return Ok(access),
+                Err(Stop::Retry) => continue,
+                Err(Stop::Fail(error)) => return Err(error),
+                Err(Stop::Refuse(refusal, claims, subject)) => {
+                    return Err(self.journal_refusal(refusal, claims.as_deref(), subject));
+                }
+            }
+        }
+        Err(GateError::Contention(MAX_ATTEMPTS))
+    }
+
+    /// [`Bank::check`], then the data of the verified scope and account from `holder`.
+    ///
+    /// # Errors
+    /// As [`Bank::check`]; the data path's [`DataError`] (as `Ok(Err(..))`: the access was
+    /// journalled as served, the holder then failed or refused).
+    pub fn serve<H: DataHolder>(
+        &self,
+        request: &GateRequest<'_>,
+        holder: &H,
+    ) -> Result<Served<H::Error>, GateError<H::Error>> {
+        let access = self.check(request, holder)?;
+        Ok(serve(holder, &access))
+    }
+
+    /// The checks without recording anything: what [`Bank::check`] would decide now, for
+    /// diagnostics and for measuring the checks apart from the journal's write.
+    ///
+    /// # Errors
+    /// As [`Bank::check`], with `journal_seq` 0 (nothing is journalled).
+    pub fn precheck<H: DataHolder>(
+        &self,
+        request: &GateRequest<'_>,
+        accounts: &H,
+    ) -> Result<VerifiedAccess, GateError<H::Error>> {
+        match self.decide(request, accounts) {
+            Ok(decided) => Ok(VerifiedAccess::from_claims(decided.claims)),
+            Err(Stop::Refuse(refusal, ..)) => Err(GateError::Refused {
+                refusal,
+                journal_seq: 0,
+            }),
+            Err(Stop::Fail(error)) => Err(error),
+            Err(Stop::Retry) => Err(GateError::Contention(1)),
+        }
+    }
+
+    fn attempt<H: DataHolder>(
+        &self,
+        request: &GateRequest<'_>,
+        accounts: &H,
+    ) -> Result<VerifiedAccess, Stop<H::Error>> {
+        let decided = self.decide(request, accounts)?;
+        let Decided {
+            claims,
+            view,
+            proof_id,
+            proof_expires,
+            now,
+        } = decided;
+        let Some(attestation) = view.attestation else {
+            return Err(Stop::Fail(GateError::Store(StoreError::Conflict)));
+        };
+        let day = now.date();
+        let entry = self.record(
+            Actor::Platform(claims.client_id.clone()),
+            AuditEvent::AccessServed {
+                attestation: attestation.id.clone(),
+                consent: claims.cid.clone(),
+                subject: attestation.subject.clone(),
+                platform: claims.client_id.clone(),
+                scope: claims.scope,
+                purpose: claims.purpose,
+                account: claims.acct.clone(),
+                presence: claims.presence,
+                token_id: claims.jti.clone(),
+                proof_id: proof_id.clone(),
+            },
+        );
+        let mut commit = Commit::new(entry)
+            .precondition(Precondition::attestation_version(
+                &attestation.id,
+                attestation.version,
+            ))
+            .precondition(Precondition::served_is(&attestation.id, day, view.served))
+            .precondition(Precondition::BankPolicyVersion {
+                version: view.policy.as_ref().map(|p| p.version),
+            })
+            .change(Change::CountServed {
+                attestation: attestation.id.clone(),
+                day,
+                presence: claims.presence,
+            })
+            .change(Change::RememberSeen {
+                kind: SeenKind::Proof,
+                id: proof_id.clone(),
+                expires_at: proof_expires,
+            });
+        if self.gate.single_use_tokens {
+            let token_expires = OffsetDateTime::from_unix_timestamp(claims.exp)
+                .map_or(now, |exp| exp + self.gate.leeway);
+            commit = commit.change(Change::RememberSeen {
+                kind: SeenKind::Token,
+                id: claims.jti.clone(),
+                expires_at: token_expires,
+            });
+        }
+        commit = commit.change(Change::PruneSeen {
+            before: now,
+            limit: PRUNE_PER_CALL,
+        });
+        match self.ledger.commit(commit) {
+            Ok(_) => Ok(VerifiedAccess::from_claims(claims)),
+            Err(StoreError::Conflict) => Err(Stop::Retry),
+            // Another process took the same proof or token between our read and our write.
+            Err(StoreError::Duplicate {
+                kind: RecordKind::SeenId,
+                id,
+            }) => {
+                let refusal = if id == proof_id {
+                    GateRefusal::Proof(dpop::DpopError::Replayed)
+                } else {
+                    GateRefusal::TokenReplayed
+                };
+                Err(Stop::Refuse(
+                    refusal,
+                    Some(Box::new(claims)),
+                    Some(attestation.subject),
+                ))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Every check, reading but writing nothing.
+    fn decide<H: DataHolder>(
+        &self,
+        request: &GateRequest<'_>,
+        accounts: &H,
+    ) -> Result<Decided, Stop<H::Error>> {
+        let now = self.now();
+        let settings = &self.gate;
+        // 1. The token: the broker's signature and every claim.
+        let expected = TokenExpectations {
+            issuer: &self.broker,
+            audience: &self.id,
+            leeway: settings.leeway,
+            max_lifetime: settings.max_token_lifetime,
+        };
+        let claims = token::check_token(request.token, |kid| self.broker_key(kid), &expected, now)
+            .map_err(|e| Stop::Refuse(GateRefusal::Token(e), None, None))?;
+        let refuse = |refusal: GateRefusal, claims: &AccessClaims, subject: Option<SubjectId>| {
+            Stop::Refuse(refusal, Some(Box::new(claims.clone())), subject)
+        };
+        // 2. The sender constraint.
+        let Some(cnf) = &claims.cnf else {
+            return Err(refuse(GateRefusal::NotSenderConstrained, &claims, None));
+        };
+        let proof = dpop::check_proof(
+            request.proof,
+            &request.http,
+            request.token,
+            &cnf.jkt,
+            settings.proof_window,
+            now,
+        )
+        .map_err(|e| refuse(GateRefusal::Proof(e), &claims, None))?;
+        let view = self.ledger.gate_view(&GateQuery {
+            attestation: &claims.att,
+            consent: &claims.cid,
+            day: now.date(),
+            proof_id: &proof.jti,
+            token_id: &claims.jti,
+        })?;
+        if view.proof_seen {
+            let replayed = GateRefusal::Proof(dpop::DpopError::Replayed);
+            return Err(refuse(replayed, &claims, None));
+        }
+        if settings.single_use_tokens && view.token_seen {
+            return Err(refuse(GateRefusal::TokenReplayed, &claims, None));
+        }
+        // 3. The bank's ledger.
+        let Some(attestation) = &view.attestation else {
+            return Err(refuse(GateRefusal::UnknownAttestation, &claims, None));
+        };
+        let subject = Some(attestation.subject.clone());
+        let mismatch = |claim: &str| {
+            refuse(
+                GateRefusal::AttestationMismatch {
+                    claim: claim.to_owned(),
+                },
+                &claims,
+                subject.clone(),
+            )
+        };
+        if attestation.subject != claims.sub {
+            return Err(mismatch("sub"));
+        }
+        if attestation.platform != claims.client_id {
+            return Err(mismatch("client_id"));
+        }
+        if attestation.consent != claims.cid {
+            return Err(mismatch("cid"));
+        }
+        if attestation.broker != claims.iss {
+            return Err(mismatch("iss"));
+        }
+        if attestation.superseded_by.is_some() {
+            return Err(refuse(GateRefusal::Superseded, &claims, subject));
+        }
+        // 4. The terms the subject approved at the bank.
+        let terms = if !attestation.scopes.contains(claims.scope) {
+            Some(GateRefusal::ScopeNotAttested(claims.scope))
+        } else if !attestation.purposes.contains(claims.purpose) {
+            Some(GateRefusal::PurposeNotAttested(claims.purpose))
+        } else if !attestation.accounts.contains(&claims.acct) {
+            Some(GateRefusal::AccountNotAttested)
+        } else {
+            None
+        };
+        if let Some(refusal) = terms {
+            return Err(refuse(refusal, &claims, subject));
+        }
+        // 5. Its status.
+        let status = if now >= attestation.expires_at {
+            Some(GateRefusal::Expired {
+                at: attestation.expires_at,
+            })
+        } else if let Some(revoked) = &attestation.revoked {
+            Some(GateRefusal::RevokedAtBank { by: revoked.by })
+        } else if view.platform_revoked_at.is_some() {
+            Some(GateRefusal::RevokedAtPlatform)
+        } else if view
+            .feed
+            .is_none_or(|feed| feed.generated_at + settings.feed_staleness < now)
+        {
+            Some(GateRefusal::RevocationFeedStale {
+                generated_at: view.feed.map(|feed| feed.generated_at),
+            })
+        } else {
+            None
+        };
+        if let Some(refusal) = status {
+            return Err(refuse(refusal, &claims, subject));
+        }
+        // 6. The bank's current policy.
+        let policy = match &view.policy {
+            Some(record) if record.policy.enabled_scopes.contains(claims.scope) => &record.policy,
+            _ => {
+                let refusal = GateRefusal::PolicyForbidsScope(claims.scope);
+                return Err(refuse(refusal, &claims, subject));
+            }
+        };
+        // 7. The account's owner, in the bank's own account system.
+        let owner = accounts
+            .account_owner(&claims.acct)
+            .map_err(|e| Stop::Fail(GateError::AccountSystem(e)))?;
+        if owner.as_ref() != Some(&attestation.subject) {
+            return Err(refuse(GateRefusal::AccountNotSubjects, &claims, subject));
+        }
+        // 8. The bank's counts today.
+        let counts = match claims.presence {
+            Presence::Unattended if attestation.unattended_daily_limit == 0 => {
+                Some(GateRefusal::UnattendedNotApproved)
+            }
+            Presence::Unattended => {
+                let limit = attestation
+                    .unattended_daily_limit
+                    .min(policy.unattended_daily_limit);
+                (view.served.unattended >= limit)
+                    .then_some(GateRefusal::UnattendedLimitReached { limit })
+            }
+            Presence::SubjectPresent => (view.served.present >= settings.present_daily_ceiling)
+                .then_some(GateRefusal::PresentCeilingReached {
+                    ceiling: settings.present_daily_ceiling,
+                }),
+        };
+        if let Some(refusal) = counts {
+            return Err(refuse(refusal, &claims, subject));
+        }
+        let proof_expires = OffsetDateTime::from_unix_timestamp(proof.iat)
+            .map_or(now, |iat| iat + settings.proof_window + settings.leeway);
+        Ok(Decided {
+            claims,
+            view,
+            proof_id: proof.jti,
+            proof_expires,
+            now,
+        })
+    }
+
+    /// Journals a refusal, with what the gate could establish; if even that fails, nothing was
+    /// served and the failure is the answer.
+    fn journal_refusal<E>(
+        &self,
+        refusal: GateRefusal,
+        claims: Option<&AccessClaims>,
+        subject: Option<SubjectId>,
+    ) -> GateError<E> {
+        let actor = claims.map_or_else(
+            || Actor::Holder(self.id.clone()),
+            |c| Actor::Platform(c.client_id.clone()),
+        );
+        let entry = self.record(
+            actor,
+            AuditEvent::AccessRefusedAtGate {
+                refusal: refusal.clone(),
+                token_id: claims.map(|c| c.jti.clone()),
+                attestation: claims.map(|c| c.att.clone()),
+                consent: claims.map(|c| c.cid.clone()),
+                subject,
+                platform: claims.map(|c| c.client_id.clone()),
+                scope: claims.map(|c| c.scope),
+                account: claims.map(|c| c.acct.clone()),
+                presence: claims.map(|c| c.presence),
+            },
+        );
+        match self.ledger.commit(Commit::new(entry)) {
+            Ok(receipt) => GateError::Refused {
+                refusal,
+                journal_seq: receipt.audit_seqs.start,
+            },
+            Err(error) => GateError::Store(error),
+        }
+    }
+}
+
+/// What the checks established for an access they admit.
+struct Decided {
+    claims: AccessClaims,
+    view: GateView,
+    proof_id: String,
+    proof_expires: OffsetDateTime,
+    now: OffsetDateTime,
+}

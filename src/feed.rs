@@ -1,0 +1,167 @@
+//! The broker's feed of revocations to a bank: the consents revoked on the platform's side (by
+//! the platform, or by the subject in the conversation), read from the broker's log.
+//!
+//! A feed is a compact JWS (`typ` [`FEED_TYPE`], signed with the broker's token key, which the
+//! bank already trusts for tokens) covering the log from position `after` to `position`. The bank
+//! applies feeds in order: each must start where the last one ended, and be newer than it, so a
+//! relay can neither skip a stretch of the log nor replay an old feed to make the bank's view look
+//! fresh. The bank's gate refuses when its last feed is older than its staleness bound: a
+//! revocation on the platform reaches the bank within that bound, or nothing is served.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::consent::Revoker;
+use crate::crypto::{self, ProviderError};
+use crate::ids::{BrokerId, ConsentId, HolderId};
+use crate::jws::{self, JwsProblem};
+use crate::keys::{Ed25519PublicKey, SigningKey};
+
+/// The JOSE `typ` of a revocation feed.
+pub const FEED_TYPE: &str = "revocation-feed+jwt";
+/// Largest feed accepted, in bytes.
+pub const MAX_FEED_LEN: usize = 1024 * 1024;
+/// Clock difference tolerated between broker and bank.
+const LEEWAY: i64 = 30;
+
+/// One consent the feed says was revoked on the platform's side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedRevocation {
+    /// The consent.
+    pub consent: ConsentId,
+    /// The entry of the broker's log that records it.
+    pub seq: u64,
+    /// When (unix seconds).
+    pub at: i64,
+    /// Who revoked it, as the broker's log says.
+    pub by: Revoker,
+}
+
+/// A feed's contents, once its signature and addressing are checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationFeed {
+    /// The broker (`iss`).
+    pub iss: BrokerId,
+    /// The bank it is for (`aud`).
+    pub aud: HolderId,
+    /// When the broker produced it (unix seconds).
+    pub iat: i64,
+    /// The log position it starts at.
+    pub after: u64,
+    /// The log position it covers up to (exclusive): the broker's log length when it was made.
+    pub position: u64,
+    /// The revocations of the bank's consents in that stretch of the log, in order.
+    pub revoked: Vec<FeedRevocation>,
+}
+
+/// Why a feed was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "error", content = "detail", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FeedError {
+    /// Not a well-formed compact JWS with the expected claims.
+    #[error("the feed is malformed: {0}")]
+    Malformed(String),
+    /// `typ` or `alg` is not the feed's.
+    #[error("the feed must be an EdDSA {FEED_TYPE:?}")]
+    WrongType,
+    /// The `kid` names no key of the broker the bank trusts.
+    #[error("the feed is signed with a key the bank does not trust")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("the feed's signature is invalid")]
+    BadSignature,
+    /// Another broker issued it, or it is for another bank.
+    #[error("the feed is from another broker or for another bank")]
+    WrongParties,
+    /// It does not start where the last feed applied ended: a stretch of the log would be
+    /// skipped.
+    #[error("the feed starts at {after}, the bank has followed the log to {expected}")]
+    Gap {
+        /// Where the bank expects it to start.
+        expected: u64,
+        /// Where it starts.
+        after: u64,
+    },
+    /// It is not newer than the last feed applied, or ends before it starts.
+    #[error("the feed is older than the one applied, or covers nothing")]
+    Rollback,
+    /// It was made in the future.
+    #[error("the feed was produced in the future")]
+    IssuedInFuture,
+    /// The JWT crypto provider cannot be used.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+impl From<JwsProblem> for FeedError {
+    fn from(problem: JwsProblem) -> Self {
+        Self::Malformed(format!("{problem:?}"))
+    }
+}
+
+/// Signs `feed` with `key` (the broker's token key).
+pub(crate) fn sign(feed: &RevocationFeed, key: &SigningKey) -> Result<String, ProviderError> {
+    crypto::install()?;
+    let header = json!({ "alg": "EdDSA", "typ": FEED_TYPE, "kid": key.kid() });
+    let payload = serde_json::to_string(feed).map_err(|_| ProviderError::Unusable)?;
+    let input = format!(
+        "{}.{}",
+        jws::encode(header.to_string().as_bytes()),
+        jws::encode(payload.as_bytes())
+    );
+    let signature = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        key.encoding_key(),
+        jsonwebtoken::Algorithm::EdDSA,
+    )
+    .map_err(|_| ProviderError::Unusable)?;
+    Ok(format!("{input}.{signature}"))
+}
+
+/// Checks a feed's signature (a key `key_for` knows), its parties and its time; the order
+/// against the feeds applied before is the bank's to check.
+///
+/// # Errors
+/// [`FeedError`].
+pub fn check_feed(
+    feed: &str,
+    key_for: impl Fn(&str) -> Option<Ed25519PublicKey>,
+    broker: &BrokerId,
+    holder: &HolderId,
+    now: OffsetDateTime,
+) -> Result<RevocationFeed, FeedError> {
+    crypto::install()?;
+    let compact = jws::split(feed, MAX_FEED_LEN)?;
+    match (compact.header.get("alg"), compact.header.get("typ")) {
+        (Some(Value::String(alg)), Some(Value::String(typ)))
+            if alg == "EdDSA" && typ == FEED_TYPE => {}
+        _ => return Err(FeedError::WrongType),
+    }
+    if jws::first_present(&compact.header, &["crit", "jku", "x5u", "jwk", "x5c"]).is_some() {
+        return Err(FeedError::Malformed(
+            "the header carries members that are never followed".into(),
+        ));
+    }
+    let key = match compact.header.get("kid") {
+        Some(Value::String(kid)) => key_for(kid),
+        _ => None,
+    }
+    .ok_or(FeedError::UnknownKey)?;
+    let payload = compact.open(&key)?.ok_or(FeedError::BadSignature)?;
+    let contents: RevocationFeed = serde_json::from_value(Value::Object(payload))
+        .map_err(|e| FeedError::Malformed(e.to_string()))?;
+    if &contents.iss != broker || &contents.aud != holder {
+        return Err(FeedError::WrongParties);
+    }
+    if contents.iat > now.unix_timestamp().saturating_add(LEEWAY) {
+        return Err(FeedError::IssuedInFuture);
+    }
+    if contents.position < contents.after {
+        return Err(FeedError::Rollback);
+    }
+    Ok(contents)
+}
