@@ -28,10 +28,7 @@ struct FirstBank {
 impl DataHolder for FirstBank {
     type Error = String;
 
-    fn account_owner(
-        &self,
-        account: &AccountId,
-    ) -> std::result::Result<Option<SubjectId>, String> {
+    fn account_owner(&self, account: &AccountId) -> std::result::Result<Option<SubjectId>, String> {
         // The story's bank has one customer.
         self.balances
             .contains_key(account)

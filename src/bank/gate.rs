@@ -24,9 +24,8 @@ const PRUNE_PER_CALL: u32 = 8;
 /// or the holder's refusal or failure.
 pub type Served<E> = Result<AccountData, DataError<E>>;
 
-/// How the gate is configured.
+/// How the gate is configured (start from `GateSettings::default()`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct GateSettings {
     /// Clock leeway for tokens and proofs (at most 30 s).
     pub leeway: Duration,

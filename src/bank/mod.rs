@@ -669,7 +669,10 @@ impl<S: Store + LedgerRead> Bank<S> {
             }
             let generated_at = OffsetDateTime::from_unix_timestamp(contents.iat)
                 .map_err(|_| FeedError::Malformed("iat out of range".into()))?;
-            if last.is_some_and(|last| generated_at <= last) {
+            // An older feed would make the bank's view look fresher than it is. (The same second
+            // is not older: a later feed from the same second covers more of the log, since it
+            // starts where the last one ended.)
+            if last.is_some_and(|last| generated_at < last) {
                 return Err(FeedError::Rollback.into());
             }
             let state = FeedState {

@@ -24,6 +24,8 @@ pub struct SimulatedBank {
     signer: AttestationSigner,
     policy: HolderPolicy,
     random: Arc<dyn RandomSource>,
+    /// The seed its key was drawn from.
+    seed: u64,
     /// The accounts a subject picks when the request lets them choose.
     chosen_accounts: AccountSet,
 }
@@ -48,8 +50,15 @@ impl SimulatedBank {
             signer,
             policy: HolderPolicy::default(),
             random,
+            seed,
             chosen_accounts: AccountSet::new(),
         }
+    }
+
+    /// Its attestation key itself, drawn again from its seed: for a [`Bank`](crate::Bank) that
+    /// signs as this simulated bank does.
+    pub(crate) fn attestation_key(&self) -> SigningKey {
+        SigningKey::generate(&SeededRandom::new(self.seed)).expect("a seeded source never fails")
     }
 
     /// The same bank with `policy`.

@@ -62,10 +62,12 @@ mod bank;
 pub mod bulk;
 mod faults;
 mod fixture;
+mod gate;
 mod random;
 
 pub use assertions::LogAssertions;
 pub use bank::SimulatedBank;
 pub use faults::{Fault, FaultRates, FaultStore, Injected};
 pub use fixture::{START, TestBroker};
+pub use gate::{Accounts, BALANCE_URL, GET_BALANCE, TestBank};
 pub use random::{FailingRandom, SeededRandom};

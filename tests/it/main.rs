@@ -22,6 +22,7 @@ mod attestation;
 mod bad_input;
 mod deny_reasons;
 mod dpop;
+mod gate;
 mod instructions;
 mod lifecycle;
 mod review_fixes;

@@ -1,0 +1,651 @@
+//! The bank's gate against a fully dishonest platform: it edits its own SQLite file, signs
+//! approvals itself, asks for other customers' accounts, keeps using grants the bank revoked or
+//! scopes the bank stopped sharing, labels background polls as the customer being present, lets
+//! its tokens be copied, replays proofs, and stops sending its revocations. Each attack is
+//! refused with its exact reason, journalled at the bank, and nothing is served.
+
+use std::path::PathBuf;
+
+use consent_broker::dpop::{DpopError, HttpRequest};
+use consent_broker::testing::{Accounts, GET_BALANCE, TestBank};
+use consent_broker::time::Duration;
+use consent_broker::*;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// A platform whose broker keeps its state in a SQLite file it can edit, and a bank beside it.
+struct World {
+    kit: TestBroker<SqliteStore>,
+    bank: TestBank,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn world() -> World {
+    world_with(GateSettings::default())
+}
+
+fn world_with(settings: GateSettings) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("platform.sqlite");
+    let kit = TestBroker::sqlite(&db);
+    let bank = TestBank::with_settings(&kit, MemoryStore::new(), settings);
+    World {
+        kit,
+        bank,
+        db,
+        _dir: dir,
+    }
+}
+
+impl World {
+    fn served_count(&self) -> usize {
+        self.journal_kinds()
+            .iter()
+            .filter(|kind| **kind == AuditKind::AccessServed)
+            .count()
+    }
+
+    fn journal_kinds(&self) -> Vec<AuditKind> {
+        self.bank
+            .bank
+            .journal()
+            .audit_entries(0..u64::MAX)
+            .unwrap()
+            .iter()
+            .map(AuditEntry::kind)
+            .collect()
+    }
+
+    fn last_journal_entry(&self) -> AuditEntry {
+        let journal = self.bank.bank.journal();
+        let len = journal.audit_len().unwrap();
+        journal.audit_entries(len - 1..len).unwrap().pop().unwrap()
+    }
+
+    /// Presents `token` with a fresh proof for `GET /v1/balance`.
+    fn present(&self, token: &str) -> Result<VerifiedAccess, GateError<std::convert::Infallible>> {
+        let mut proof = String::new();
+        let request = self.bank.present(&self.kit, token, &mut proof);
+        self.bank.bank.check(&request, &self.bank.accounts)
+    }
+
+    fn check(
+        &self,
+        request: &GateRequest<'_>,
+    ) -> Result<VerifiedAccess, GateError<std::convert::Infallible>> {
+        self.bank.bank.check(request, &self.bank.accounts)
+    }
+
+    /// Asserts the gate refused `outcome` with `expected`, journalled it with that reason, and
+    /// served nothing.
+    fn assert_refused(
+        &self,
+        outcome: Result<VerifiedAccess, GateError<std::convert::Infallible>>,
+        expected: GateRefusal,
+        served_before: usize,
+    ) {
+        match outcome {
+            Err(GateError::Refused {
+                refusal,
+                journal_seq,
+            }) => {
+                assert_eq!(refusal, expected);
+                let entry = self.last_journal_entry();
+                assert_eq!(entry.seq, journal_seq);
+                match entry.event {
+                    AuditEvent::AccessRefusedAtGate { refusal, .. } => {
+                        assert_eq!(refusal, expected)
+                    }
+                    other => panic!("the refusal is not journalled: {other:?}"),
+                }
+            }
+            other => panic!("expected a refusal ({expected:?}), got {other:?}"),
+        }
+        assert_eq!(self.served_count(), served_before, "nothing was served");
+    }
+
+    /// Rewrites the stored JSON of `consent` in the platform's own database, as a platform that
+    /// edits its database would.
+    fn tamper(&self, consent: &ConsentId, edit: impl FnOnce(&mut Value)) {
+        let connection = rusqlite::Connection::open(&self.db).unwrap();
+        let json: String = connection
+            .query_row(
+                "SELECT record FROM consents WHERE id = ?1",
+                [consent.as_str()],
+                |row| row.get(0),
+            )
+            .unwrap();
+        let mut record: Value = serde_json::from_str(&json).unwrap();
+        edit(&mut record);
+        connection
+            .execute(
+                "UPDATE consents SET record = ?1 WHERE id = ?2",
+                [record.to_string(), consent.as_str().to_owned()],
+            )
+            .unwrap();
+    }
+}
+
+#[test]
+fn an_honest_access_is_journalled_before_it_is_served_and_the_subject_sees_it() {
+    let w = world();
+    let consent = w.bank.granted(&w.kit);
+    let token = w.kit.token(&w.kit.access(consent.id()));
+    let access = w.present(&token.token).unwrap();
+    assert_eq!(access.account(), &w.kit.current);
+    assert_eq!(w.served_count(), 1);
+    match w.last_journal_entry().event {
+        AuditEvent::AccessServed {
+            token_id, presence, ..
+        } => {
+            assert_eq!(token_id, token.token_id);
+            assert_eq!(presence, Presence::SubjectPresent);
+        }
+        other => panic!("not journalled as served: {other:?}"),
+    }
+    let data = consent_broker::serve(&w.bank.accounts, &access).unwrap();
+    assert!(matches!(data, AccountData::Balance(_)));
+    let view = w.bank.bank.subject_view(&w.kit.subject).unwrap();
+    assert_eq!(view.approvals.len(), 1);
+    let kinds: Vec<_> = view.journal.iter().map(AuditEntry::kind).collect();
+    assert_eq!(
+        kinds,
+        [AuditKind::AttestationSigned, AuditKind::AccessServed]
+    );
+}
+
+#[test]
+fn consent_rows_written_into_the_platforms_database_are_not_the_banks_word() {
+    let w = world();
+    let consent = w.bank.granted(&w.kit);
+    let served = w.served_count();
+    // The platform widens the stored grant: transactions, a savings account the subject never
+    // approved, ten more years; its broker then permits and issues what the edited row says.
+    let bob_account: AccountId = id("acc-bob-1");
+    w.tamper(consent.id(), |record| {
+        let grant = &mut record["state"]["grant"];
+        grant["scopes"] = json!(["balance", "alerts", "transactions"]);
+        grant["accounts"] = json!(["acc-current", "acc-savings", "acc-bob-1"]);
+        grant["expires_at"] = json!(START.unix_timestamp() + 10 * 365 * 86_400);
+    });
+    // The platform's broker believes its own database; nothing in it stops the tokens.
+    let policy = HolderPolicy {
+        enabled_scopes: ScopeSet::from(Scope::ALL),
+        ..HolderPolicy::default()
+    };
+    w.kit
+        .bank
+        .instruct(&w.kit.broker, &Instruction::SetPolicy { policy })
+        .unwrap();
+    let widened = |scope: Scope, account: &AccountId| {
+        w.kit.token(&AccessRequest {
+            scope: scope.into(),
+            account: account.clone(),
+            ..w.kit.access(consent.id())
+        })
+    };
+    // Transactions: the subject never approved them at the bank.
+    let token = widened(Scope::Transactions, &w.kit.current);
+    w.assert_refused(
+        w.present(&token.token),
+        GateRefusal::ScopeNotAttested(Scope::Transactions),
+        served,
+    );
+    // Another customer's account, written into alice's grant.
+    let token = widened(Scope::Balance, &bob_account);
+    w.assert_refused(
+        w.present(&token.token),
+        GateRefusal::AccountNotAttested,
+        served,
+    );
+    // A whole consent row of the platform's own making: no attestation the bank ever signed.
+    w.tamper(consent.id(), |record| {
+        record["state"]["grant"]["attestation_id"] = json!("made-up-by-the-platform");
+    });
+    let token = widened(Scope::Balance, &w.kit.current);
+    w.assert_refused(
+        w.present(&token.token),
+        GateRefusal::UnknownAttestation,
+        served,
+    );
+}
+
+#[test]
+fn an_approval_the_platform_signed_itself_names_nothing_in_the_banks_ledger() {
+    let w = world();
+    // The platform registers "bank" at a broker of its own with a key it made, approves a
+    // consent with its own attestation, and has that broker issue a token (with the real
+    // broker's keys, which it also holds).
+    let request = w.kit.request();
+    let forger = SimulatedBank::new(id("bank"), 99);
+    let statement = forger.full_statement(&request, w.kit.broker.now());
+    let forged = forger.attest(&w.kit.broker, &statement).unwrap();
+    // The real broker refuses it (the key is not the bank's) ...
+    assert!(matches!(
+        w.kit.broker.approve(request.id(), &forged),
+        Err(Error::Attestation(AttestationError::UnknownKey { .. }))
+    ));
+    // ... so the platform writes the approval straight into its database instead.
+    let served = w.served_count();
+    w.tamper(request.id(), |record| {
+        record["state"] = json!({
+            "state": "authorised",
+            "grant": {
+                "scopes": ["balance", "alerts"],
+                "purposes": ["customer_service", "fraud_protection"],
+                "accounts": ["acc-current", "acc-savings"],
+                "authorised_at": START.unix_timestamp(),
+                "expires_at": START.unix_timestamp() + 86_400,
+                "attestation_id": "forged-attestation",
+                "unattended_daily_limit": 4,
+            }
+        });
+    });
+    let token = w.kit.token(&w.kit.access(request.id()));
+    w.assert_refused(
+        w.present(&token.token),
+        GateRefusal::UnknownAttestation,
+        served,
+    );
+}
+
+#[test]
+fn the_banks_own_revocation_and_policy_bind_at_once_whatever_the_platform_says() {
+    let w = world();
+    let consent = w.bank.granted(&w.kit);
+    let second = w.bank.granted(&w.kit);
+    w.present(&w.kit.token(&w.kit.access(consent.id())).token)
+        .unwrap();
+    let served = w.served_count();
+    // The subject withdraws at the bank; the platform never applies the instruction, and its
+    // broker keeps issuing tokens.
+    let _unapplied = w
+        .bank
+        .bank
+        .revoke(
+            consent.id(),
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
+    let token = w.kit.token(&w.kit.access(consent.id()));
+    w.assert_refused(
+        w.present(&token.token),
+        GateRefusal::RevokedAtBank {
+            by: Revoker::Subject,
+        },
+        served,
+    );
+    // The bank stops sharing balances; a permit decided before, and the platform's broker which
+    // never hears of it, still make balance tokens.
+    let permit = match w
+        .kit
+        .broker
+        .authorise_access(&w.kit.access(second.id()))
+        .unwrap()
+    {
+        AccessOutcome::Permitted(permit) => permit,
+        other => panic!("{other:?}"),
+    };
+    let _unapplied = w
+        .bank
+        .bank
+        .set_policy(HolderPolicy {
+            enabled_scopes: ScopeSet::from([Scope::Alerts]),
+            ..HolderPolicy::default()
+        })
+        .unwrap();
+    let stale = w.kit.broker.issue_token(permit).unwrap();
+    w.assert_refused(
+        w.present(&stale.token),
+        GateRefusal::PolicyForbidsScope(Scope::Balance),
+        served,
+    );
+}
+
+#[test]
+fn an_account_the_bank_says_is_not_the_subjects_is_refused() {
+    let w = world();
+    let consent = w.bank.granted(&w.kit);
+    let served = w.served_count();
+    // The account changed hands at the bank after the approval.
+    let accounts = Accounts::new().with(w.kit.current.clone(), id("bob"));
+    let token = w.kit.token(&w.kit.access(consent.id()));
+    let mut proof = String::new();
+    let request = w.bank.present(&w.kit, &token.token, &mut proof);
+    let outcome = w.bank.bank.check(&request, &accounts);
+    w.assert_refused(outcome, GateRefusal::AccountNotSubjects, served);
+}
+
+#[test]
+fn presence_labels_buy_no_more_than_the_bank_allows() {
+    let w = world_with(GateSettings {
+        present_daily_ceiling: 3,
+        ..GateSettings::default()
+    });
+    // The subject agreed to two background checks a day.
+    let request = w.kit.request();
+    w.bank
+        .approve(&w.kit, &request, |statement| {
+            statement.unattended_daily_limit = 2
+        })
+        .unwrap();
+    let access = |presence| AccessRequest {
+        presence,
+        ..w.kit.access(request.id())
+    };
+    for _ in 0..2 {
+        w.present(&w.kit.token(&access(Presence::Unattended)).token)
+            .unwrap();
+    }
+    // The platform resets its own count in its database; its broker then permits more.
+    let connection = rusqlite::Connection::open(&w.db).unwrap();
+    connection.execute("DELETE FROM usage", []).unwrap();
+    let served = w.served_count();
+    w.assert_refused(
+        w.present(&w.kit.token(&access(Presence::Unattended)).token),
+        GateRefusal::UnattendedLimitReached { limit: 2 },
+        served,
+    );
+    // So it labels its polls "subject present": the bank's ceiling bounds that too.
+    for _ in 0..3 {
+        w.present(&w.kit.token(&access(Presence::SubjectPresent)).token)
+            .unwrap();
+    }
+    let served = w.served_count();
+    w.assert_refused(
+        w.present(&w.kit.token(&access(Presence::SubjectPresent)).token),
+        GateRefusal::PresentCeilingReached { ceiling: 3 },
+        served,
+    );
+    // Both labels are in the subject's view at the bank.
+    let view = w.bank.bank.subject_view(&w.kit.subject).unwrap();
+    let labels: Vec<Presence> = view
+        .journal
+        .iter()
+        .filter_map(|entry| match &entry.event {
+            AuditEvent::AccessServed { presence, .. } => Some(*presence),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            Presence::Unattended,
+            Presence::Unattended,
+            Presence::SubjectPresent,
+            Presence::SubjectPresent,
+            Presence::SubjectPresent
+        ]
+    );
+    // None approved at all: unattended access is refused outright.
+    let none = w.kit.request();
+    w.bank
+        .approve(&w.kit, &none, |statement| {
+            statement.unattended_daily_limit = 0
+        })
+        .unwrap();
+    // (the broker refuses it as well; a platform that edited its own row gets the token anyway)
+    w.tamper(none.id(), |record| {
+        record["state"]["grant"]["unattended_daily_limit"] = json!(4);
+    });
+    let served = w.served_count();
+    let token = w.kit.token(&AccessRequest {
+        presence: Presence::Unattended,
+        ..w.kit.access(none.id())
+    });
+    w.assert_refused(
+        w.present(&token.token),
+        GateRefusal::UnattendedNotApproved,
+        served,
+    );
+}
+
+#[test]
+fn a_copied_token_or_a_replayed_proof_is_worthless() {
+    let w = world();
+    let consent = w.bank.granted(&w.kit);
+    let token = w.kit.token(&w.kit.access(consent.id()));
+    let served = w.served_count();
+    // A thief with the token but not the platform's key.
+    let thief =
+        consent_broker::dpop::DpopSigner::new(SigningKey::from_seed(&[8; 32]).unwrap()).unwrap();
+    let stolen_proof = thief
+        .proof(
+            &GET_BALANCE,
+            &token.token,
+            w.kit.broker.now(),
+            &SystemRandom::new(),
+        )
+        .unwrap();
+    let stolen = GateRequest {
+        token: &token.token,
+        proof: &stolen_proof,
+        http: GET_BALANCE,
+    };
+    w.assert_refused(
+        w.check(&stolen),
+        GateRefusal::Proof(DpopError::KeyMismatch),
+        served,
+    );
+    let no_proof = GateRequest {
+        proof: "",
+        ..stolen
+    };
+    w.assert_refused(
+        w.check(&no_proof),
+        GateRefusal::Proof(DpopError::Missing),
+        served,
+    );
+    // The platform's own proof, for another request.
+    for http in [
+        HttpRequest {
+            method: "GET",
+            url: "https://bank.example/v1/transactions",
+        },
+        HttpRequest {
+            method: "POST",
+            url: GET_BALANCE.url,
+        },
+    ] {
+        let proof = w
+            .kit
+            .sender
+            .proof(
+                &http,
+                &token.token,
+                w.kit.broker.now(),
+                &SystemRandom::new(),
+            )
+            .unwrap();
+        let request = GateRequest {
+            token: &token.token,
+            proof: &proof,
+            http: GET_BALANCE,
+        };
+        let expected = if http.method == "GET" {
+            DpopError::UrlMismatch
+        } else {
+            DpopError::MethodMismatch
+        };
+        w.assert_refused(w.check(&request), GateRefusal::Proof(expected), served);
+    }
+    // The real request, once; the same request again is a replay of its proof.
+    let mut proof = String::new();
+    let request = w.bank.present(&w.kit, &token.token, &mut proof);
+    w.check(&request).unwrap();
+    let served = w.served_count();
+    w.assert_refused(
+        w.check(&request),
+        GateRefusal::Proof(DpopError::Replayed),
+        served,
+    );
+    // A fresh proof does not make the used token new again.
+    w.assert_refused(w.present(&token.token), GateRefusal::TokenReplayed, served);
+}
+
+#[test]
+fn a_token_bound_to_no_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A platform that gives its broker no sender key: its tokens carry no cnf.
+    let kit = TestBroker::configured(
+        SqliteStore::open(dir.path().join("p.sqlite")).unwrap(),
+        HolderPolicy::default(),
+        |builder| builder,
+    );
+    let bank = TestBank::beside(&kit);
+    let consent = bank.granted(&kit);
+    let token = kit.token(&kit.access(consent.id()));
+    let claims: Value =
+        serde_json::from_slice(&unb64(token.token.split('.').nth(1).unwrap())).unwrap();
+    assert!(claims.get("cnf").is_some(), "the kit binds its tokens");
+    // Strip the binding and re-sign as the broker would without a sender key: the platform
+    // holds the broker's key, so it can.
+    let mut unbound_claims = claims.clone();
+    unbound_claims.as_object_mut().unwrap().remove("cnf");
+    let header: Value =
+        serde_json::from_slice(&unb64(token.token.split('.').next().unwrap())).unwrap();
+    let resigned = sign_as_broker(&header, &unbound_claims);
+    let mut proof = String::new();
+    let request = bank.present(&kit, &resigned, &mut proof);
+    match bank.bank.check(&request, &bank.accounts) {
+        Err(GateError::Refused { refusal, .. }) => {
+            assert_eq!(refusal, GateRefusal::NotSenderConstrained)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Signs a token with the test kit's broker token key (seeded: the platform holds it).
+fn sign_as_broker(header: &Value, claims: &Value) -> String {
+    let keys = BrokerKeys::ephemeral(&SeededRandom::new(1)).unwrap();
+    let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
+    let pair =
+        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(keys.token().to_pkcs8_der())
+            .unwrap();
+    format!("{input}.{}", b64(pair.sign(input.as_bytes())))
+}
+
+#[test]
+fn revocations_on_the_platform_reach_the_gate_or_nothing_is_served() {
+    let w = world();
+    let consent = w.bank.granted(&w.kit);
+    let kept = w.bank.granted(&w.kit);
+    // The subject withdraws in the chat; the feed carries it to the bank.
+    w.kit
+        .broker
+        .revoke(
+            consent.id(),
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
+    w.bank.sync(&w.kit).unwrap();
+    // Consents not revoked are served as before.
+    let served = w.served_count();
+    let other = w.kit.token(&w.kit.access(kept.id()));
+    w.present(&other.token).unwrap();
+    let served_after = w.served_count();
+    assert_eq!(served_after, served + 1);
+    // The platform edits its database back to "authorised" and gets a token: the bank knows.
+    w.tamper(consent.id(), |record| {
+        let grant = record["state"]["grant"].clone();
+        record["state"] = json!({ "state": "authorised", "grant": grant });
+    });
+    let token = w.kit.token(&w.kit.access(consent.id()));
+    w.assert_refused(
+        w.present(&token.token),
+        GateRefusal::RevokedAtPlatform,
+        served_after,
+    );
+    // The platform stops sending feeds: past the bound, nothing is served at all.
+    w.kit
+        .clock
+        .advance(Duration::minutes(5) + Duration::seconds(1));
+    let token = w.kit.token(&w.kit.access(kept.id()));
+    let stale = w.present(&token.token);
+    match &stale {
+        Err(GateError::Refused {
+            refusal:
+                GateRefusal::RevocationFeedStale {
+                    generated_at: Some(_),
+                },
+            ..
+        }) => {}
+        other => panic!("not refused as stale: {other:?}"),
+    }
+    assert_eq!(w.served_count(), served_after);
+    // A fresh feed, and the same kind of token is served again.
+    w.bank.sync(&w.kit).unwrap();
+    let token = w.kit.token(&w.kit.access(kept.id()));
+    w.present(&token.token).unwrap();
+}
+
+#[test]
+fn feeds_cannot_be_skipped_replayed_or_forged() {
+    let w = world();
+    let consent = w.bank.granted(&w.kit);
+    let position = w.bank.bank.ledger().feed_state().unwrap().unwrap().position;
+    w.kit
+        .broker
+        .revoke(
+            consent.id(),
+            Revoker::Platform,
+            RevocationReason::NoLongerNeeded,
+        )
+        .unwrap();
+    // A feed that starts later than the bank has followed would skip the revocation.
+    let len = w.kit.broker.store().audit_len().unwrap();
+    let skipping = w.kit.broker.revocation_feed(w.bank.bank.id(), len).unwrap();
+    assert_eq!(
+        w.bank.bank.apply_revocation_feed(&skipping),
+        Err(BankError::Feed(consent_broker::feed::FeedError::Gap {
+            expected: position,
+            after: len
+        }))
+    );
+    let feed = w
+        .kit
+        .broker
+        .revocation_feed(w.bank.bank.id(), position)
+        .unwrap();
+    w.kit.clock.advance(Duration::seconds(1));
+    let newer = w
+        .kit
+        .broker
+        .revocation_feed(w.bank.bank.id(), position)
+        .unwrap();
+    w.bank.bank.apply_revocation_feed(&newer).unwrap();
+    // An older feed, replayed to look fresh, or a feed for the same stretch again.
+    assert!(matches!(
+        w.bank.bank.apply_revocation_feed(&feed),
+        Err(BankError::Feed(_))
+    ));
+    // A feed signed by a key the bank does not trust.
+    let mut parts: Vec<String> = newer.split('.').map(str::to_owned).collect();
+    parts[2] = b64([0u8; 64]);
+    assert!(matches!(
+        w.bank.bank.apply_revocation_feed(&parts.join(".")),
+        Err(BankError::Feed(_))
+    ));
+    // What was applied is in the ledger and the journal.
+    assert_eq!(
+        w.last_journal_entry().kind(),
+        AuditKind::RevocationFeedApplied
+    );
+    let token = {
+        w.tamper(consent.id(), |record| {
+            let grant = record["state"]["grant"].clone();
+            record["state"] = json!({ "state": "authorised", "grant": grant });
+        });
+        w.kit.token(&w.kit.access(consent.id()))
+    };
+    let served = w.served_count();
+    w.assert_refused(
+        w.present(&token.token),
+        GateRefusal::RevokedAtPlatform,
+        served,
+    );
+}
