@@ -23,6 +23,7 @@ mod bad_input;
 mod deny_reasons;
 mod dpop;
 mod gate;
+mod gate_model;
 mod instructions;
 mod lifecycle;
 mod review_fixes;
