@@ -15,6 +15,8 @@
 //! | [`checkpoint_note`] | `open_note`, `verify_checkpoint`, `Checkpoint::parse_body`, `NoteVerifier::from_vkey`, `NoteSigner::sign` |
 //! | [`proof_decode`] | `Receipt` JSON and `Receipt::verify`, `decode_hashes`, `verify_inclusion`, `verify_consistency`, the provers |
 //! | [`audit_log_verify`] | `AuditEntry::from_bytes`, `verify_log`, `LogRead::audit_entries`, `subject_history`, `consent_history`, `checkpoint_log` over a store of arbitrary bytes |
+//! | [`dpop_proof`] | `dpop::check_proof` for a fixed request, token and key, `dpop::normalise_htu` |
+//! | [`revocation_feed`] | `feed::check_feed` against the broker's keys, for the bank |
 //! | [`keys_ids`] | `Jwks::from_json`, `Jwk` JSON, `Ed25519PublicKey::from_base64url`, `SigningKey::from_pkcs8_der`, `NoteSigner::new`, every id and vocabulary `FromStr` |
 //!
 //! The fixture (keys, a broker, a live grant, a pending request) is built once per process and is
@@ -55,6 +57,16 @@ pub const TOKEN_KEY_SEED: u8 = 1;
 pub const CHECKPOINT_KEY_SEED: u8 = 2;
 /// Seed of the bank's attestation key.
 pub const BANK_KEY_SEED: u8 = 3;
+/// Seed of the platform's DPoP key.
+pub const DPOP_KEY_SEED: u8 = 5;
+/// The access token every DPoP proof of the `dpop_proof` target is checked against.
+pub const PROOF_TOKEN: &str = "fuzz.access.token";
+/// The request every DPoP proof of the `dpop_proof` target is checked against.
+pub const PROOF_REQUEST: consent_broker::dpop::HttpRequest<'static> =
+    consent_broker::dpop::HttpRequest {
+        method: "GET",
+        url: "https://bank.example/v1/balance",
+    };
 
 /// A fixed Ed25519 key as PKCS#8 v1 DER: the seed is 32 copies of `seed`.
 pub fn pkcs8(seed: u8) -> Vec<u8> {
@@ -113,6 +125,8 @@ pub struct Fixture {
     pub note_signer: NoteSigner,
     /// Verifies the broker's checkpoints.
     pub note_verifier: NoteVerifier,
+    /// The platform's DPoP key (seed [`DPOP_KEY_SEED`]).
+    pub dpop: consent_broker::dpop::DpopSigner,
     /// A Merkle tree of 64 leaves (`leaf_hash` of the index as 8 little-endian bytes); it holds
     /// the complete subtrees of every size up to 64.
     pub tree: MemoryNodes,
@@ -223,7 +237,12 @@ fn build_fixture() -> Fixture {
     for index in 0..64 {
         tree.push(tree_leaf(index)).expect("tree");
     }
+    let dpop = consent_broker::dpop::DpopSigner::new(
+        SigningKey::from_pkcs8_der(&pkcs8(DPOP_KEY_SEED)).expect("dpop key"),
+    )
+    .expect("dpop signer");
     Fixture {
+        dpop,
         token_kid: token_key.thumbprint(),
         token_key,
         holder_keys: vec![bank_signer.public_key()],
@@ -884,12 +903,63 @@ pub fn keys_ids(data: &[u8]) {
     let _ = json_round_trip::<AccountSet>(data);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The bank's inputs from the platform: DPoP proofs and revocation feeds
+
+/// A DPoP proof for [`PROOF_REQUEST`] and [`PROOF_TOKEN`], bound to the fixture's key.
+pub fn dpop_proof(data: &[u8]) {
+    use consent_broker::dpop::{self, DEFAULT_PROOF_WINDOW, MAX_PROOF_LEN};
+    let fx = fixture();
+    let proof = String::from_utf8_lossy(data);
+    let checked = dpop::check_proof(
+        &proof,
+        &PROOF_REQUEST,
+        PROOF_TOKEN,
+        fx.dpop.thumbprint(),
+        DEFAULT_PROOF_WINDOW,
+        NOW,
+    );
+    if let Ok(checked) = checked {
+        assert!(proof.len() <= MAX_PROOF_LEN);
+        assert!((16..=128).contains(&checked.jti.len()));
+        let now = NOW.unix_timestamp();
+        assert!(checked.iat <= now + MAX_LEEWAY.whole_seconds());
+        assert!(checked.iat >= now - DEFAULT_PROOF_WINDOW.whole_seconds());
+    }
+    // The URL comparison never panics, and is idempotent.
+    if let Some(normal) = dpop::normalise_htu(&proof) {
+        assert_eq!(
+            dpop::normalise_htu(&normal).as_deref(),
+            Some(normal.as_str())
+        );
+    }
+}
+
+/// A revocation feed for the bank, checked against the broker's token key.
+pub fn revocation_feed(data: &[u8]) {
+    let fx = fixture();
+    let feed = String::from_utf8_lossy(data);
+    let checked = consent_broker::feed::check_feed(
+        &feed,
+        |kid| (kid == fx.token_kid).then_some(fx.token_key),
+        fx.broker.id(),
+        &fx.bank,
+        NOW,
+    );
+    if let Ok(contents) = checked {
+        assert_eq!(&contents.iss, fx.broker.id());
+        assert_eq!(contents.aud, fx.bank);
+        assert!(contents.position >= contents.after);
+        assert!(contents.iat <= NOW.unix_timestamp() + 30);
+    }
+}
+
 /// The body of a fuzz target.
 pub type Body = fn(&[u8]);
 
 /// Every target: its name (the name of its `fuzz_targets/` file and `corpus/` directory) and
 /// its body.
-pub const TARGETS: [(&str, Body); 8] = [
+pub const TARGETS: [(&str, Body); 10] = [
     ("token_verify", token_verify),
     ("attestation_verify", attestation_verify),
     ("consent_request_json", consent_request_json),
@@ -898,4 +968,6 @@ pub const TARGETS: [(&str, Body); 8] = [
     ("proof_decode", proof_decode),
     ("audit_log_verify", audit_log_verify),
     ("keys_ids", keys_ids),
+    ("dpop_proof", dpop_proof),
+    ("revocation_feed", revocation_feed),
 ];

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use crate::support::b64;
+use crate::support::{SeededRandom, b64};
 use crate::targets::{self, NOW, TARGETS, fixture, id, pkcs8};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -191,6 +191,27 @@ fn valid_seeds_are_still_accepted() {
             .verify(&fx.note_verifier)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
+    for (path, proof) in valid("dpop_proof") {
+        consent_broker::dpop::check_proof(
+            &proof,
+            &targets::PROOF_REQUEST,
+            targets::PROOF_TOKEN,
+            fx.dpop.thumbprint(),
+            consent_broker::dpop::DEFAULT_PROOF_WINDOW,
+            NOW,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    for (path, feed) in valid("revocation_feed") {
+        consent_broker::feed::check_feed(
+            &feed,
+            |kid| (kid == fx.token_kid).then_some(fx.token_key),
+            fx.broker.id(),
+            &fx.bank,
+            NOW,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
     for (path, json) in valid("keys_ids") {
         Jwks::from_json(&json).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
@@ -279,7 +300,9 @@ fn token_seeds() {
     let header = json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": fx.token_kid });
     let claims = json!({
         "iss": "broker", "aud": "bank", "sub": "alice", "client_id": "chat", "cid": "cns_1",
-        "scope": "balance", "purpose": "customer_service", "acct": "acc-current",
+        "att": "seed-attestation", "scope": "balance", "purpose": "customer_service",
+        "acct": "acc-current", "presence": "subject_present",
+        "cnf": { "jkt": fx.dpop.thumbprint() },
         "iat": unix(NOW), "nbf": unix(NOW), "exp": unix(NOW) + 300,
         "jti": "seed-token-id-0001",
     });
@@ -783,4 +806,81 @@ fn regenerate_seed_corpus() {
     proof_seeds();
     audit_log_seeds();
     key_seeds();
+    dpop_seeds();
+    feed_seeds();
+}
+
+fn dpop_seeds() {
+    let fx = fixture();
+    let target = "dpop_proof";
+    let valid = fx
+        .dpop
+        .proof(
+            &targets::PROOF_REQUEST,
+            targets::PROOF_TOKEN,
+            NOW,
+            &SeededRandom::new(11),
+        )
+        .unwrap();
+    seed(target, "valid-proof.jwt", &valid);
+    let jwk = json!({ "kty": "OKP", "crv": "Ed25519", "x": fx.dpop.public_key().to_base64url() });
+    let header = json!({ "typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk });
+    let claims = json!({
+        "jti": "seed-proof-id-0001", "htm": "GET", "htu": targets::PROOF_REQUEST.url,
+        "iat": unix(NOW), "ath": consent_broker::dpop::token_hash(targets::PROOF_TOKEN),
+    });
+    let signed = |header: &Value, claims: &Value| jws(header, claims, targets::DPOP_KEY_SEED);
+    seed(target, "valid-crafted.jwt", signed(&header, &claims));
+    for (name, changes) in [
+        ("wrong-method.jwt", json!({ "htm": "POST" })),
+        (
+            "wrong-url.jwt",
+            json!({ "htu": "https://evil.example/v1/balance" }),
+        ),
+        ("old.jwt", json!({ "iat": unix(NOW) - 600 })),
+        ("other-token.jwt", json!({ "ath": "AAAA" })),
+        ("float-iat.jwt", json!({ "iat": 1.5 })),
+    ] {
+        seed(target, name, signed(&header, &with(&claims, changes)));
+    }
+    let mut private = jwk.clone();
+    private["d"] = json!(b64([5u8; 32]));
+    for (name, changes) in [
+        ("alg-none.jwt", json!({ "alg": "none" })),
+        ("typ-jwt.jwt", json!({ "typ": "JWT" })),
+        ("private-jwk.jwt", json!({ "jwk": private })),
+        ("kid-header.jwt", json!({ "kid": "k" })),
+    ] {
+        seed(target, name, signed(&with(&header, changes), &claims));
+    }
+    seed(target, "bad-signature.jwt", bad_signature(&valid));
+    seed(target, "url.txt", "HTTPS://Bank.Example:443/v1/balance?x#y");
+}
+
+fn feed_seeds() {
+    let fx = fixture();
+    let target = "revocation_feed";
+    let valid = fx.broker.revocation_feed(&fx.bank, 0).unwrap();
+    seed(target, "valid-feed.jwt", &valid);
+    let header = json!({ "alg": "EdDSA", "typ": "revocation-feed+jwt", "kid": fx.token_kid });
+    let contents = json!({
+        "iss": "broker", "aud": "bank", "iat": unix(NOW), "after": 0, "position": 3,
+        "revoked": [{ "consent": "cns_1", "seq": 2, "at": unix(NOW), "by": "platform" }],
+    });
+    let signed = |header: &Value, claims: &Value| jws(header, claims, targets::TOKEN_KEY_SEED);
+    seed(target, "valid-crafted.jwt", signed(&header, &contents));
+    for (name, changes) in [
+        ("other-bank.jwt", json!({ "aud": "other-bank" })),
+        ("backwards.jwt", json!({ "position": 0, "after": 5 })),
+        ("future.jwt", json!({ "iat": unix(NOW) + 3600 })),
+        ("unknown-member.jwt", json!({ "extra": true })),
+    ] {
+        seed(target, name, signed(&header, &with(&contents, changes)));
+    }
+    seed(
+        target,
+        "typ-at-jwt.jwt",
+        signed(&with(&header, json!({ "typ": "at+jwt" })), &contents),
+    );
+    seed(target, "bad-signature.jwt", bad_signature(&valid));
 }
