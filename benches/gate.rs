@@ -1,0 +1,106 @@
+//! The bank's gate: the full check of one request (token signature and claims, DPoP proof, the
+//! bank's ledger on SQLite: attestation, policy, counts, presented ids, feed; account owner),
+//! beside two raw ring Ed25519 verifications of the same bytes (the token's and the proof's
+//! signatures, the floor any such check pays); and, separately, the journal's write of a served
+//! access (one fsynced SQLite transaction).
+//!
+//! Run: `cargo bench --bench gate`.
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented entry point"
+)]
+#![expect(clippy::unwrap_used, reason = "a benchmark fails by panicking")]
+
+use std::hint::black_box;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use consent_broker::testing::{GET_BALANCE, SeededRandom, TestBank, TestBroker};
+use consent_broker::time::Duration;
+use consent_broker::*;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use ring::signature::{ED25519, UnparsedPublicKey};
+
+/// The signing input and signature of a compact JWS.
+fn signed_parts(jws: &str) -> (Vec<u8>, Vec<u8>) {
+    let (input, signature) = jws.rsplit_once('.').unwrap();
+    (
+        input.as_bytes().to_vec(),
+        URL_SAFE_NO_PAD.decode(signature).unwrap(),
+    )
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let kit = TestBroker::memory();
+    let settings = GateSettings {
+        present_daily_ceiling: u32::MAX,
+        feed_staleness: Duration::days(365),
+        ..GateSettings::default()
+    };
+    let ledger = SqliteStore::open(dir.path().join("bank.sqlite")).unwrap();
+    let bank = TestBank::with_settings(&kit, ledger, settings);
+    let consent = bank.granted(&kit);
+    let access = kit.access(consent.id());
+    let random = SeededRandom::new(21);
+    let token = kit.token(&access).token;
+    let proof = kit
+        .sender
+        .proof(&GET_BALANCE, &token, kit.broker.now(), &random)
+        .unwrap();
+    let request = GateRequest {
+        token: &token,
+        proof: &proof,
+        http: GET_BALANCE,
+    };
+    bank.bank.precheck(&request, &bank.accounts).unwrap();
+
+    let mut group = c.benchmark_group("gate");
+    group.bench_function("check_sqlite_dpop", |b| {
+        b.iter(|| black_box(bank.bank.precheck(black_box(&request), &bank.accounts)).unwrap())
+    });
+
+    // The floor: the two Ed25519 verifications any check of a DPoP-bound token makes.
+    let broker_key = kit.broker.jwks().unwrap().public_keys().unwrap()[0];
+    let platform_key = kit.sender.public_key();
+    let (token_input, token_signature) = signed_parts(&token);
+    let (proof_input, proof_signature) = signed_parts(&proof);
+    group.bench_function("raw/two_ed25519_verifications", |b| {
+        b.iter(|| {
+            UnparsedPublicKey::new(&ED25519, broker_key.as_bytes())
+                .verify(black_box(&token_input), black_box(&token_signature))
+                .unwrap();
+            UnparsedPublicKey::new(&ED25519, platform_key.as_bytes())
+                .verify(black_box(&proof_input), black_box(&proof_signature))
+                .unwrap();
+        })
+    });
+
+    // The whole gate with the journal's write: a fresh token and proof per access (made outside
+    // the timed part), checked and journalled in one fsynced transaction.
+    group.bench_function("check_and_journal_sqlite", |b| {
+        b.iter_batched(
+            || {
+                let token = kit.token(&access).token;
+                let proof = kit
+                    .sender
+                    .proof(&GET_BALANCE, &token, kit.broker.now(), &random)
+                    .unwrap();
+                (token, proof)
+            },
+            |(token, proof)| {
+                let request = GateRequest {
+                    token: &token,
+                    proof: &proof,
+                    http: GET_BALANCE,
+                };
+                bank.bank.check(&request, &bank.accounts).unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
