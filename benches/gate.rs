@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
     });
 
     // The floor: the two Ed25519 verifications any check of a DPoP-bound token makes.
-    let broker_key = kit.broker.jwks().unwrap().public_keys().unwrap()[0];
+    let broker_key = *kit.broker.jwks().unwrap().public_keys().unwrap().first().unwrap();
     let platform_key = kit.sender.public_key();
     let (token_input, token_signature) = signed_parts(&token);
     let (proof_input, proof_signature) = signed_parts(&proof);

@@ -25,9 +25,16 @@ pub fn subject_history<S: LogRead + ?Sized>(
 ) -> Result<Vec<AuditEntry>, StoreError> {
     let mut consents: HashSet<ConsentId> = HashSet::new();
     entries_where(log, |entry| {
+        // A broker's log names the subject's consents when they are requested, a bank's journal
+        // when it attests them.
         if let AuditEvent::ConsentRequested {
             consent,
             subject: requested_for,
+        }
+        | AuditEvent::AttestationSigned {
+            consent,
+            subject: requested_for,
+            ..
         } = &entry.event
             && requested_for == subject
         {
