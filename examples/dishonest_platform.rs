@@ -39,7 +39,7 @@ impl DataHolder for Accounts {
         Ok(Balance {
             account: grant.account().clone(),
             available: Money {
-                minor_units: 123_45,
+                minor_units: 12_345,
                 currency: "EUR".into(),
             },
             as_of: consent_broker::time::OffsetDateTime::now_utc(),
