@@ -234,4 +234,63 @@ mod tests {
             AuditKind::Unrecognised
         );
     }
+
+    /// Every kind, named so that adding one without documenting it fails here.
+    fn every_kind() -> Vec<AuditKind> {
+        use AuditKind::*;
+        let all = vec![
+            HolderRegistered,
+            HolderPolicyChanged,
+            HolderKeysChanged,
+            PlatformRegistered,
+            ConsentRequested,
+            ConsentRequestRefused,
+            ConsentApproved,
+            ApprovalRefused,
+            ConsentRejected,
+            AccessPermitted,
+            AccessDenied,
+            ConsentRevoked,
+            ConsentReauthorised,
+            ReauthorisationRefused,
+            TokenIssued,
+            SigningKeyActivated,
+            CheckpointKeyActivated,
+            TestDataImported,
+            AttestationSigned,
+            RevokedAtBank,
+            BankPolicySet,
+            AccessServed,
+            AccessRefusedAtGate,
+            RevocationFeedApplied,
+            AttestationKeyActivated,
+        ];
+        for kind in &all {
+            // Exhaustive: a new kind must be added to the list above as well.
+            match kind {
+                HolderRegistered | HolderPolicyChanged | HolderKeysChanged | PlatformRegistered
+                | ConsentRequested | ConsentRequestRefused | ConsentApproved | ApprovalRefused
+                | ConsentRejected | AccessPermitted | AccessDenied | ConsentRevoked
+                | ConsentReauthorised | ReauthorisationRefused | TokenIssued
+                | SigningKeyActivated | CheckpointKeyActivated | TestDataImported
+                | AttestationSigned | RevokedAtBank | BankPolicySet | AccessServed
+                | AccessRefusedAtGate | RevocationFeedApplied | AttestationKeyActivated
+                | Unrecognised => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn the_format_document_describes_every_kind() {
+        let document = include_str!("../../docs/AUDIT_FORMAT.md");
+        for kind in every_kind() {
+            let name = serde_json::to_string(&kind).unwrap();
+            let name = name.trim_matches('"');
+            assert!(
+                document.contains(&format!("`{name}`")),
+                "docs/AUDIT_FORMAT.md does not describe `{name}`"
+            );
+        }
+    }
 }
