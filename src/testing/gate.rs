@@ -86,7 +86,8 @@ impl DataHolder for Accounts {
 /// A real [`Bank`] beside a [`TestBroker`]: on a ledger of its own, on the kit's clock, signing
 /// with the kit bank's attestation key (so the broker accepts its attestations), with the kit
 /// bank's policy set, the broker's token keys trusted and a first revocation feed applied. Its
-/// account system gives `alice` both of her accounts.
+/// account system gives `alice` both of her accounts. One per [`TestBroker`]: two would sign
+/// attestations with the same seeded ids, and the broker refuses the second as a replay.
 pub struct TestBank<L = MemoryStore> {
     /// The bank.
     pub bank: Bank<L>,
