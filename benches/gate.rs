@@ -74,7 +74,12 @@ fn bench(c: &mut Criterion) {
         .token;
     let memory_proof = memory_kit
         .sender
-        .proof(&GET_BALANCE, &memory_token, memory_kit.broker.now(), &random)
+        .proof(
+            &GET_BALANCE,
+            &memory_token,
+            memory_kit.broker.now(),
+            &random,
+        )
         .unwrap();
     let memory_request = GateRequest {
         token: &memory_token,
@@ -93,7 +98,14 @@ fn bench(c: &mut Criterion) {
     });
 
     // The floor: the two Ed25519 verifications any check of a DPoP-bound token makes.
-    let broker_key = *kit.broker.jwks().unwrap().public_keys().unwrap().first().unwrap();
+    let broker_key = *kit
+        .broker
+        .jwks()
+        .unwrap()
+        .public_keys()
+        .unwrap()
+        .first()
+        .unwrap();
     let platform_key = kit.sender.public_key();
     let (token_input, token_signature) = signed_parts(&token);
     let (proof_input, proof_signature) = signed_parts(&proof);

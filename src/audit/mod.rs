@@ -268,13 +268,31 @@ mod tests {
         for kind in &all {
             // Exhaustive: a new kind must be added to the list above as well.
             match kind {
-                HolderRegistered | HolderPolicyChanged | HolderKeysChanged | PlatformRegistered
-                | ConsentRequested | ConsentRequestRefused | ConsentApproved | ApprovalRefused
-                | ConsentRejected | AccessPermitted | AccessDenied | ConsentRevoked
-                | ConsentReauthorised | ReauthorisationRefused | TokenIssued
-                | SigningKeyActivated | CheckpointKeyActivated | TestDataImported
-                | AttestationSigned | RevokedAtBank | BankPolicySet | AccessServed
-                | AccessRefusedAtGate | RevocationFeedApplied | AttestationKeyActivated
+                HolderRegistered
+                | HolderPolicyChanged
+                | HolderKeysChanged
+                | PlatformRegistered
+                | ConsentRequested
+                | ConsentRequestRefused
+                | ConsentApproved
+                | ApprovalRefused
+                | ConsentRejected
+                | AccessPermitted
+                | AccessDenied
+                | ConsentRevoked
+                | ConsentReauthorised
+                | ReauthorisationRefused
+                | TokenIssued
+                | SigningKeyActivated
+                | CheckpointKeyActivated
+                | TestDataImported
+                | AttestationSigned
+                | RevokedAtBank
+                | BankPolicySet
+                | AccessServed
+                | AccessRefusedAtGate
+                | RevocationFeedApplied
+                | AttestationKeyActivated
                 | Unrecognised => {}
             }
         }

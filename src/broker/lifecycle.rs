@@ -210,7 +210,8 @@ impl<S: Store> Broker<S> {
         })
     }
 
-    /// The subject declines a requested consent (reported by the holder).
+    /// The subject declines a requested consent, as the platform reports it: the entry's actor is
+    /// the platform, which asserted it (the subject cannot be proven to have acted).
     ///
     /// # Errors
     /// [`Error::Consent`] when the request is no longer open; [`Error::UnknownConsent`];
@@ -223,7 +224,7 @@ impl<S: Store> Broker<S> {
             let subject = current.request.subject.clone();
             let record = AuditRecord::new(
                 now,
-                Actor::Subject(subject.clone()),
+                Actor::Platform(current.request.platform.clone()),
                 AuditEvent::ConsentRejected {
                     consent: consent.clone(),
                     subject,

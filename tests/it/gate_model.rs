@@ -18,7 +18,7 @@ use consent_broker::*;
 use proptest::prelude::*;
 use serde_json::json;
 
-use crate::support::{b64, id};
+use crate::support::{b64, id, purposes_of, scopes_of};
 
 const ACCOUNTS: [&str; 3] = ["acc-current", "acc-savings", "acc-bob"];
 /// `acc-bob` belongs to bob at the bank.
@@ -119,24 +119,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..STEPS.len()).prop_map(|step| Op::Advance { step }),
         10 => presentation().prop_map(Op::Present),
     ]
-}
-
-fn scopes_of(mask: u8) -> ScopeSet {
-    Scope::ALL
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| mask & (1 << i) != 0)
-        .map(|(_, s)| *s)
-        .collect()
-}
-
-fn purposes_of(mask: u8) -> PurposeSet {
-    Purpose::ALL
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| mask & (1 << i) != 0)
-        .map(|(_, p)| *p)
-        .collect()
 }
 
 fn accounts_of(mask: u8) -> AccountSet {

@@ -219,3 +219,64 @@ fn a_key_rotation_must_be_signed_by_a_key_registered_before_it() {
         ))
         .unwrap();
 }
+
+/// The bank rotates its attestation key: the instruction is signed by the old key (the one the
+/// broker knows), new approvals are signed by the new one, and an approval signed before the
+/// rotation still verifies, from the log, with the key kept as retired.
+#[test]
+fn a_banks_rotation_keeps_what_the_old_key_signed_verifiable() {
+    let kit = TestBroker::memory();
+    let bank = consent_broker::testing::TestBank::beside(&kit);
+    let before = bank.granted(&kit);
+    let old_key = bank.bank.attestation_key();
+    let instruction = bank
+        .bank
+        .rotate_attestation_key(SigningKey::generate(&SystemRandom::new()).unwrap())
+        .unwrap();
+    kit.broker.apply_holder_instruction(&instruction).unwrap();
+    let holder = kit.broker.store().holder(kit.bank.id()).unwrap().unwrap();
+    assert_eq!(holder.attestation_keys(), [bank.bank.attestation_key()]);
+    assert_eq!(holder.retired_attestation_keys(), [old_key]);
+    // The bank's journal records the change with the new key's thumbprint.
+    let journal = bank.bank.journal();
+    let len = journal.audit_len().unwrap();
+    let last = journal.audit_entries(len - 1..len).unwrap().pop().unwrap();
+    assert!(matches!(
+        last.event,
+        AuditEvent::AttestationKeyActivated { key_id, retired_key_id: Some(retired), .. }
+            if key_id == bank.bank.attestation_key().thumbprint() && retired == old_key.thumbprint()
+    ));
+    // New approvals, signed with the new key, are accepted.
+    let after = bank.granted(&kit);
+    assert_eq!(
+        kit.broker.consent(after.id()).unwrap().status,
+        ConsentStatus::Authorised
+    );
+    // The evidence of the first approval, re-checked as an auditor would: at its entry's time,
+    // against the keys the holder had then (kept as retired).
+    let approval = kit
+        .broker
+        .consent_history(before.id())
+        .unwrap()
+        .into_iter()
+        .find(|entry| entry.kind() == AuditKind::ConsentApproved)
+        .unwrap();
+    let AuditEvent::ConsentApproved { attestation, .. } = &approval.event else {
+        panic!("not an approval");
+    };
+    let expected = Expectations {
+        broker: kit.broker.id(),
+        request: before.request(),
+        holder_keys: holder.retired_attestation_keys(),
+        latest_expiry: approval.at + before.request().duration(),
+    };
+    check_attestation(attestation.as_deref().unwrap(), &expected, approval.at).unwrap();
+    // The old key signs nothing the broker accepts any more.
+    let late = kit
+        .bank
+        .instruct(&kit.broker, &Instruction::SetPolicy { policy: stricter() });
+    assert!(matches!(
+        late,
+        Err(Error::Instruction(InstructionError::UnknownKey))
+    ));
+}

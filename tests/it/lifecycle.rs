@@ -85,7 +85,8 @@ fn rejection_is_final() {
         (entry.at, &entry.actor, &entry.event),
         (
             START,
-            &Actor::Subject(fx.alice.clone()),
+            // The platform reported it: the log says who asserted it.
+            &Actor::Platform(fx.platform.clone()),
             &AuditEvent::ConsentRejected {
                 consent: request.id().clone(),
                 subject: fx.alice.clone(),

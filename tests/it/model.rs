@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use crate::support::{Fixture, id};
+use crate::support::{Fixture, id, purposes_of, scopes_of};
 use consent_broker::*;
 use proptest::prelude::*;
 use time::{Date, Duration, OffsetDateTime};
@@ -38,24 +38,6 @@ const STEPS: [Duration; 7] = [
     Duration::days(1),
     Duration::days(30),
 ];
-
-fn scopes_of(mask: u8) -> ScopeSet {
-    Scope::ALL
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| mask & (1 << i) != 0)
-        .map(|(_, s)| *s)
-        .collect()
-}
-
-fn purposes_of(mask: u8) -> PurposeSet {
-    Purpose::ALL
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| mask & (1 << i) != 0)
-        .map(|(_, p)| *p)
-        .collect()
-}
 
 fn accounts_of(mask: u8) -> AccountSet {
     ACCOUNTS

@@ -32,6 +32,26 @@ pub fn unb64(segment: &str) -> Vec<u8> {
         .unwrap()
 }
 
+/// The scopes whose bits are set in `mask` (bit `i` is `Scope::ALL[i]`).
+pub fn scopes_of(mask: u8) -> ScopeSet {
+    Scope::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, s)| *s)
+        .collect()
+}
+
+/// The purposes whose bits are set in `mask` (bit `i` is `Purpose::ALL[i]`).
+pub fn purposes_of(mask: u8) -> PurposeSet {
+    Purpose::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, p)| *p)
+        .collect()
+}
+
 /// Parses an id (or anything else) that the test knows is valid.
 pub fn id<T: std::str::FromStr>(s: &str) -> T
 where
