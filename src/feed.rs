@@ -163,5 +163,12 @@ pub fn check_feed(
     if contents.position < contents.after {
         return Err(FeedError::Rollback);
     }
+    // Positions are log indices, which no store numbers past i64::MAX.
+    let limit = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
+    if contents.position > limit || contents.revoked.iter().any(|r| r.seq > limit) {
+        return Err(FeedError::Malformed(
+            "a log position beyond any store's".into(),
+        ));
+    }
     Ok(contents)
 }

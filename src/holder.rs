@@ -249,7 +249,11 @@ impl VerifiedAccess {
     }
 }
 
-/// The bank's verifier of access tokens.
+/// A verifier of access tokens that takes each consent's status from a
+/// [`ConsentStatusSource`]: the platform's store ([`StoreStatus`]) or a status service. It checks
+/// no DPoP proof and reads no ledger of the bank's own, so it trusts the platform's records: use it
+/// inside the platform's trust domain. A bank in its own domain decides through
+/// [`Bank::check`](crate::Bank::check) (see `docs/TRUST.md`).
 pub struct TokenVerifier<St> {
     holder: HolderId,
     issuer: BrokerId,

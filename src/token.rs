@@ -265,6 +265,16 @@ impl From<JwsProblem> for TokenError {
     }
 }
 
+/// At most 32 characters of a value the token's sender chose, for an error that names it: an
+/// error may be logged or journalled, and must not carry whatever a stranger sent.
+fn bounded(value: &str) -> String {
+    const KEPT: usize = 32;
+    match value.char_indices().nth(KEPT) {
+        Some((cut, _)) => format!("{}…", value.get(..cut).unwrap_or_default()),
+        None => value.to_owned(),
+    }
+}
+
 fn claim_error(claim: &str, problem: ClaimProblem) -> TokenError {
     jws::claim_error(claim, problem).into()
 }
@@ -311,7 +321,7 @@ fn check_header(
             return Err(TokenError::AlgorithmNone);
         }
         Some(Value::String(alg)) => {
-            return Err(TokenError::UnsupportedAlgorithm(Some(alg.clone())));
+            return Err(TokenError::UnsupportedAlgorithm(Some(bounded(alg))));
         }
         _ => return Err(TokenError::UnsupportedAlgorithm(None)),
     }
@@ -319,8 +329,8 @@ fn check_header(
         Some(Value::String(typ))
             if typ.eq_ignore_ascii_case(TOKEN_TYPE)
                 || typ.eq_ignore_ascii_case("application/at+jwt") => {}
-        Some(Value::String(typ)) => return Err(TokenError::WrongType(Some(typ.clone()))),
-        Some(other) => return Err(TokenError::WrongType(Some(other.to_string()))),
+        Some(Value::String(typ)) => return Err(TokenError::WrongType(Some(bounded(typ)))),
+        Some(other) => return Err(TokenError::WrongType(Some(bounded(&other.to_string())))),
         None => return Err(TokenError::WrongType(None)),
     }
     if header.contains_key("crit") {

@@ -83,13 +83,17 @@ pub struct GateRequest<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GateError<E> {
-    /// Refused, for this reason; the refusal is in the bank's journal at `journal_seq`.
+    /// Refused, for this reason. The refusal is in the bank's journal at `journal_seq` once the
+    /// token verified (it is then the platform's request); a request whose token does not
+    /// verify (malformed, an unknown key, a bad signature, another audience, expired) is refused
+    /// without an entry (`None`): anyone can send one, and journalling them would let anyone
+    /// grow the journal. Count and rate-limit those where requests arrive.
     #[error("refused: {refusal}")]
     Refused {
         /// Why.
         refusal: GateRefusal,
-        /// The journal entry recording the refusal.
-        journal_seq: u64,
+        /// The journal entry recording the refusal, if it was journalled.
+        journal_seq: Option<u64>,
     },
     /// The ledger could not be read, or the decision could not be journalled: nothing served.
     #[error("the bank's ledger failed; nothing was served: {0}")]
@@ -178,7 +182,7 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// diagnostics and for measuring the checks apart from the journal's write.
     ///
     /// # Errors
-    /// As [`Bank::check`], with `journal_seq` 0 (nothing is journalled).
+    /// As [`Bank::check`], with `journal_seq` `None` (nothing is journalled).
     pub fn precheck<H: DataHolder>(
         &self,
         request: &GateRequest<'_>,
@@ -188,7 +192,7 @@ impl<S: Store + LedgerRead> Bank<S> {
             Ok(decided) => Ok(VerifiedAccess::from_claims(decided.claims)),
             Err(Stop::Refuse(refusal, ..)) => Err(GateError::Refused {
                 refusal,
-                journal_seq: 0,
+                journal_seq: None,
             }),
             Err(Stop::Fail(error)) => Err(error),
             Err(Stop::Retry) => Err(GateError::Contention(1)),
@@ -439,18 +443,23 @@ impl<S: Store + LedgerRead> Bank<S> {
         })
     }
 
-    /// Journals a refusal, with what the gate could establish; if even that fails, nothing was
-    /// served and the failure is the answer.
+    /// Journals a refusal of a request whose token verified, with what the gate could establish;
+    /// if even that fails, nothing was served and the failure is the answer. A request whose
+    /// token did not verify is refused without an entry.
     fn journal_refusal<E>(
         &self,
         refusal: GateRefusal,
         claims: Option<&AccessClaims>,
         subject: Option<SubjectId>,
     ) -> GateError<E> {
-        let actor = claims.map_or_else(
-            || Actor::Holder(self.id.clone()),
-            |c| Actor::Platform(c.client_id.clone()),
-        );
+        let Some(verified) = claims else {
+            return GateError::Refused {
+                refusal,
+                journal_seq: None,
+            };
+        };
+        let claims = Some(verified);
+        let actor = Actor::Platform(verified.client_id.clone());
         let entry = self.record(
             actor,
             AuditEvent::AccessRefusedAtGate {
@@ -468,7 +477,7 @@ impl<S: Store + LedgerRead> Bank<S> {
         match self.ledger.commit(Commit::new(entry)) {
             Ok(receipt) => GateError::Refused {
                 refusal,
-                journal_seq: receipt.audit_seqs.start,
+                journal_seq: Some(receipt.audit_seqs.start),
             },
             Err(error) => GateError::Store(error),
         }

@@ -138,6 +138,10 @@ pub enum BankError {
     /// The approval asks for more than the bank's policy allows.
     #[error("the approval goes beyond the bank's policy: {0}")]
     OutsidePolicy(String),
+    /// The consent id was approved at the bank by another subject or for another platform: an
+    /// approval cannot replace theirs.
+    #[error("consent {0} was approved by someone else or for another platform")]
+    ConsentOfAnother(ConsentId),
     /// No live attestation of this consent is in the ledger.
     #[error("the bank has no live approval of consent {0}")]
     NothingToRevoke(ConsentId),
@@ -512,6 +516,14 @@ impl<S: Store + LedgerRead> Bank<S> {
                 .into_iter()
                 .filter(|a| a.superseded_by.is_none())
                 .collect();
+            // A consent id is the platform's: one already approved by another subject, or for
+            // another platform, is not this approval's to replace.
+            if earlier
+                .iter()
+                .any(|a| a.subject != statement.subject || a.platform != statement.platform)
+            {
+                return Err(BankError::ConsentOfAnother(statement.consent.clone()));
+            }
             let record = AttestationRecord {
                 id: id.clone(),
                 consent: statement.consent.clone(),
@@ -544,7 +556,12 @@ impl<S: Store + LedgerRead> Bank<S> {
                     supersedes: earlier.last().map(|a| a.id.clone()),
                 },
             );
-            let mut commit = Commit::new(entry).change(Change::RecordAttestation { record });
+            // Two approvals of one consent at once: the second to commit finds the first live and
+            // retries, replacing it.
+            let mut commit = Commit::new(entry).precondition(Precondition::LiveAttestations {
+                consent: statement.consent.clone(),
+                ids: earlier.iter().map(|a| a.id.clone()).collect(),
+            });
             for old in earlier {
                 commit = commit
                     .precondition(Precondition::attestation_version(&old.id, old.version))
@@ -556,20 +573,24 @@ impl<S: Store + LedgerRead> Bank<S> {
                         },
                     });
             }
+            commit = commit.change(Change::RecordAttestation { record });
             self.ledger.commit(commit)?;
             Ok(signed)
         })
     }
 
-    /// A revocation at the bank: by the subject there, or by the bank. Records it against the
-    /// consent's live approval in the ledger and the journal (from then on the gate refuses the
-    /// consent's tokens), and returns the signed instruction that tells the broker.
+    /// A revocation at the bank: by the subject there (authenticated by the bank), or by the
+    /// bank. Records it against `subject`'s live approval of the consent in the ledger and the
+    /// journal (from then on the gate refuses the consent's tokens), and returns the signed
+    /// instruction that tells the broker.
     ///
     /// # Errors
     /// [`BankError::NotTheBanksRevocation`] for `by` [`Revoker::Platform`];
-    /// [`BankError::NothingToRevoke`]; [`BankError::Store`]; [`BankError::Instruction`].
+    /// [`BankError::NothingToRevoke`] when `subject` has no live approval of the consent;
+    /// [`BankError::Store`]; [`BankError::Instruction`].
     pub fn revoke(
         &self,
+        subject: &SubjectId,
         consent: &ConsentId,
         by: Revoker,
         reason: RevocationReason,
@@ -583,7 +604,9 @@ impl<S: Store + LedgerRead> Bank<S> {
                 .ledger
                 .attestations_of_consent(consent)?
                 .into_iter()
-                .rfind(|a| a.superseded_by.is_none() && a.revoked.is_none())
+                .rfind(|a| {
+                    &a.subject == subject && a.superseded_by.is_none() && a.revoked.is_none()
+                })
                 .ok_or_else(|| BankError::NothingToRevoke(consent.clone()))?;
             let instruction = self.sign_instruction(&Instruction::Revoke {
                 consent: consent.clone(),
@@ -667,8 +690,11 @@ impl<S: Store + LedgerRead> Bank<S> {
                 }
                 .into());
             }
+            // A feed dated ahead of the bank's clock (within the leeway) counts as made now: its
+            // freshness is never stretched past what the bank's own clock has seen.
             let generated_at = OffsetDateTime::from_unix_timestamp(contents.iat)
-                .map_err(|_| FeedError::Malformed("iat out of range".into()))?;
+                .map_err(|_| FeedError::Malformed("iat out of range".into()))?
+                .min(now);
             // An older feed would make the bank's view look fresher than it is. (The same second
             // is not older: a later feed from the same second covers more of the log, since it
             // starts where the last one ended.)

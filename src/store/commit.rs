@@ -92,6 +92,15 @@ pub enum Precondition {
         /// The counts read.
         counts: ServedCounts,
     },
+    /// The consent's attestations in the bank's ledger that no later one replaced are exactly
+    /// these ids, oldest first: two approvals of one consent at once cannot both stay live.
+    #[non_exhaustive]
+    LiveAttestations {
+        /// The consent.
+        consent: ConsentId,
+        /// The ids read.
+        ids: Vec<String>,
+    },
     /// The bank's current policy is at exactly this version (`None`: the bank has none yet).
     #[non_exhaustive]
     BankPolicyVersion {

@@ -93,7 +93,7 @@ impl World {
             }) => {
                 assert_eq!(refusal, expected);
                 let entry = self.last_journal_entry();
-                assert_eq!(entry.seq, journal_seq);
+                assert_eq!(Some(entry.seq), journal_seq);
                 match entry.event {
                     AuditEvent::AccessRefusedAtGate { refusal, .. } => {
                         assert_eq!(refusal, expected)
@@ -265,6 +265,7 @@ fn the_banks_own_revocation_and_policy_bind_at_once_whatever_the_platform_says()
         .bank
         .bank
         .revoke(
+            &w.kit.subject,
             consent.id(),
             Revoker::Subject,
             RevocationReason::SubjectWithdrew,
@@ -648,4 +649,164 @@ fn feeds_cannot_be_skipped_replayed_or_forged() {
         GateRefusal::RevokedAtPlatform,
         served,
     );
+}
+
+/// Two approvals of one consent at the bank at once (a double-submitted form, two workers): one
+/// replaces the other, so one approval stays live and a withdrawal at the bank binds at once.
+#[test]
+fn approving_one_consent_twice_at_once_leaves_one_live_approval() {
+    for round in 0..8 {
+        let w = world();
+        let request = w.kit.request();
+        let statement = w.kit.bank.full_statement(&request, w.kit.broker.now());
+        let barrier = std::sync::Barrier::new(2);
+        let signed: Vec<String> = std::thread::scope(|scope| {
+            let both: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        w.bank.bank.attest(&statement).unwrap()
+                    })
+                })
+                .collect();
+            both.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let records = w
+            .bank
+            .bank
+            .ledger()
+            .attestations_of_consent(request.id())
+            .unwrap();
+        assert_eq!(records.len(), 2, "round {round}");
+        let live: Vec<_> = records
+            .iter()
+            .filter(|a| a.superseded_by.is_none())
+            .collect();
+        assert_eq!(live.len(), 1, "round {round}: {records:?}");
+        // The platform uses whichever attestation it likes; only the live one is served, and
+        // the withdrawal at the bank binds it.
+        w.kit.broker.approve(request.id(), &signed[0]).unwrap();
+        w.bank
+            .bank
+            .revoke(
+                &w.kit.subject,
+                request.id(),
+                Revoker::Subject,
+                RevocationReason::SubjectWithdrew,
+            )
+            .unwrap();
+        let served = w.served_count();
+        let token = w.kit.token(&w.kit.access(request.id()));
+        let outcome = w.present(&token.token);
+        assert!(
+            matches!(
+                outcome,
+                Err(GateError::Refused {
+                    refusal: GateRefusal::RevokedAtBank { .. } | GateRefusal::Superseded,
+                    ..
+                })
+            ),
+            "round {round}: {outcome:?}"
+        );
+        assert_eq!(w.served_count(), served);
+    }
+}
+
+/// Consent ids are the platform's: one approved by alice cannot be re-approved by bob (which
+/// would replace hers), and a withdrawal at the bank is the subject's own.
+#[test]
+fn a_reused_consent_id_cannot_replace_or_revoke_another_subjects_approval() {
+    let w = world();
+    let consent = w.bank.granted(&w.kit);
+    let bob: SubjectId = id("bob");
+    let mut bobs = w
+        .kit
+        .bank
+        .full_statement(consent.request(), w.kit.broker.now());
+    bobs.subject = bob.clone();
+    assert_eq!(
+        w.bank.bank.attest(&bobs),
+        Err(BankError::ConsentOfAnother(consent.id().clone()))
+    );
+    assert_eq!(
+        w.bank.bank.revoke(
+            &bob,
+            consent.id(),
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew
+        ),
+        Err(BankError::NothingToRevoke(consent.id().clone()))
+    );
+    // Alice's approval is untouched and serves.
+    w.present(&w.kit.token(&w.kit.access(consent.id())).token)
+        .unwrap();
+}
+
+/// A stranger's garbage does not grow the bank's journal, and what it sent is not echoed
+/// whole into the refusal.
+#[test]
+fn tokens_that_do_not_verify_are_refused_without_a_journal_entry() {
+    let w = world();
+    let len = w.bank.bank.journal().audit_len().unwrap();
+    let header = json!({ "alg": "X".repeat(6_000), "typ": "at+jwt" });
+    let token = format!("{}.e30.{}", b64(header.to_string()), b64([0u8; 64]));
+    let outcome = w.check(&GateRequest {
+        token: &token,
+        proof: "",
+        http: GET_BALANCE,
+    });
+    match outcome {
+        Err(GateError::Refused {
+            refusal: GateRefusal::Token(TokenError::UnsupportedAlgorithm(Some(alg))),
+            journal_seq: None,
+        }) => assert!(alg.chars().count() <= 33, "{} characters", alg.len()),
+        other => panic!("{other:?}"),
+    }
+    for garbage in ["", "a.b.c", "not a token"] {
+        let outcome = w.check(&GateRequest {
+            token: garbage,
+            proof: "",
+            http: GET_BALANCE,
+        });
+        assert!(matches!(
+            outcome,
+            Err(GateError::Refused {
+                journal_seq: None,
+                ..
+            })
+        ));
+    }
+    assert_eq!(w.bank.bank.journal().audit_len().unwrap(), len);
+}
+
+/// A feed dated ahead of the bank's clock counts as made now; a feed naming positions no store
+/// has is malformed.
+#[test]
+fn a_feed_cannot_stretch_its_freshness_or_name_impossible_positions() {
+    let w = world();
+    let state = w.bank.bank.ledger().feed_state().unwrap().unwrap();
+    let keys = BrokerKeys::ephemeral(&SeededRandom::new(1)).unwrap();
+    let header = json!({ "alg": "EdDSA", "typ": "revocation-feed+jwt", "kid": keys.token().kid() });
+    let now = w.kit.broker.now();
+    let feed = |position: u64, iat: i64| {
+        let contents = json!({
+            "iss": "broker", "aud": "bank", "iat": iat, "after": state.position,
+            "position": position, "revoked": [],
+        });
+        sign_as_broker(&header, &contents)
+    };
+    let ahead = w
+        .bank
+        .bank
+        .apply_revocation_feed(&feed(state.position, now.unix_timestamp() + 29))
+        .unwrap();
+    assert_eq!(ahead.generated_at, now);
+    assert!(matches!(
+        w.bank
+            .bank
+            .apply_revocation_feed(&feed(u64::MAX, now.unix_timestamp())),
+        Err(BankError::Feed(consent_broker::feed::FeedError::Malformed(
+            _
+        )))
+    ));
 }

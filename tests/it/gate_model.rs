@@ -429,10 +429,12 @@ impl World {
                     self.model.atts.iter().rposition(|m| {
                         m.consent == a.consent && !m.superseded && m.revoked.is_none()
                     });
-                let result =
-                    self.bank
-                        .bank
-                        .revoke(&id(&a.consent), by, RevocationReason::SuspectedMisuse);
+                let result = self.bank.bank.revoke(
+                    &id("alice"),
+                    &id(&a.consent),
+                    by,
+                    RevocationReason::SuspectedMisuse,
+                );
                 prop_assert_eq!(
                     result.is_ok(),
                     live.is_some(),

@@ -59,6 +59,15 @@ impl LedgerState {
             Precondition::BankPolicyVersion { version, .. } => {
                 self.policies.last().map(|p| p.version) == *version
             }
+            Precondition::LiveAttestations { consent, ids, .. } => {
+                let live: Vec<String> = self
+                    .of_consent(consent)
+                    .into_iter()
+                    .filter(|a| a.superseded_by.is_none())
+                    .map(|a| a.id)
+                    .collect();
+                live == *ids
+            }
             _ => return None,
         })
     }

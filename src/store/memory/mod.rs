@@ -106,7 +106,8 @@ impl Inner {
                 .any(|key| key.key_use == *key_use && key.kid == *kid && key.retired_at.is_none()),
             Precondition::AttestationVersion { .. }
             | Precondition::ServedIs { .. }
-            | Precondition::BankPolicyVersion { .. } => {
+            | Precondition::BankPolicyVersion { .. }
+            | Precondition::LiveAttestations { .. } => {
                 self.ledger.check(precondition).unwrap_or(false)
             }
         }

@@ -212,6 +212,14 @@ pub(crate) fn holds<D: Dialect + ?Sized>(
             .flatten();
             latest == version.map(signed)
         }
+        Precondition::LiveAttestations { consent, ids, .. } => {
+            let live: Vec<String> = attestations_of_consent(db, consent)?
+                .into_iter()
+                .filter(|a| a.superseded_by.is_none())
+                .map(|a| a.id)
+                .collect();
+            live == *ids
+        }
         _ => false,
     })
 }

@@ -118,7 +118,8 @@ fn holds<D: Dialect + ?Sized>(
         .is_some(),
         Precondition::AttestationVersion { .. }
         | Precondition::ServedIs { .. }
-        | Precondition::BankPolicyVersion { .. } => super::ledger::holds(db, precondition)?,
+        | Precondition::BankPolicyVersion { .. }
+        | Precondition::LiveAttestations { .. } => super::ledger::holds(db, precondition)?,
     })
 }
 
