@@ -1,9 +1,11 @@
 //! The story consent-broker exists for, step by step.
 //!
 //! A messaging platform ("chat") wants to show Alice her balance and fraud alerts from her bank.
-//! Alice opts in at the bank, which attests her approval; every access goes through the broker's
-//! checked call; nothing is permitted for advertising; revocation and expiry are final; and the
-//! audit trail shows all of it.
+//! Alice opts in at the bank, which records her approval in its own ledger and attests it; every
+//! access goes through the broker's checked call; the bank serves data only through its gate,
+//! which checks each DPoP-bound token against the bank's own records; nothing is permitted for
+//! advertising; revocation and expiry are final; and the audit trail shows all of it. (The platform
+//! cheating, and the gate refusing it, is `examples/dishonest_platform.rs`.)
 //!
 //! Run: `cargo run --example messenger_bank`. The example checks each outcome against the story
 //! and exits non-zero if any differs.
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use consent_broker::checkpoint::NoteVerifier;
+use consent_broker::dpop::{DpopSigner, HttpRequest};
 use consent_broker::time::Duration;
 use consent_broker::time::format_description::well_known::Rfc3339;
 use consent_broker::time::macros::datetime;
@@ -64,12 +67,23 @@ impl DataHolder for FirstBank {
     }
 }
 
+/// The bank's ledger: a store of the bank's own (its approvals, policy, counts and journal).
+trait Ledger: Store + LedgerRead {}
+impl<T: Store + LedgerRead> Ledger for T {}
+
+const BALANCE_URL: HttpRequest<'static> = HttpRequest {
+    method: "GET",
+    url: "https://first-bank.example/v1/balance",
+};
+
 struct Story {
     broker: Broker<Arc<dyn Store>>,
-    verifier: TokenVerifier<StoreStatus<Arc<dyn Store>>>,
+    /// The bank, on its own ledger: it decides every access from its own records.
+    bank: Bank<Arc<dyn Ledger>>,
     bank_data: FirstBank,
     clock: Arc<ManualClock>,
-    bank_signer: AttestationSigner,
+    /// The platform's DPoP key: its tokens are bound to it.
+    dpop: DpopSigner,
     rng: SystemRandom,
     step: u32,
 }
@@ -80,7 +94,21 @@ impl Story {
         println!("\n{}. {title}", self.step);
     }
 
-    /// The bank authenticates Alice, shows her the request, and signs what she approved.
+    /// The bank brings its view of the platform's revocations up to date (the broker's signed
+    /// feed, from where the bank's ledger left off).
+    fn sync_feed(&self) -> Result<()> {
+        let position = self
+            .bank
+            .ledger()
+            .feed_state()?
+            .map_or(0, |feed| feed.position);
+        let feed = self.broker.revocation_feed(self.bank.id(), position)?;
+        self.bank.apply_revocation_feed(&feed)?;
+        Ok(())
+    }
+
+    /// The bank authenticates Alice, shows her the request, records what she approved in its
+    /// ledger and signs it.
     fn bank_attests(
         &self,
         request: &ConsentRequest,
@@ -98,12 +126,25 @@ impl Story {
             consent_expires_at: self.broker.now() + lasting,
             unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
         };
-        Ok(self
-            .bank_signer
-            .sign(&statement, self.broker.id(), self.broker.now(), &self.rng)?)
+        Ok(self.bank.attest(&statement)?)
     }
 
-    /// The platform gets a token; the bank verifies it and serves the data.
+    /// The platform presents `token` with a fresh proof of its key; the bank's gate decides.
+    fn present(&self, token: &str) -> std::result::Result<Served<String>, GateError<String>> {
+        let proof = self
+            .dpop
+            .proof(&BALANCE_URL, token, self.broker.now(), &self.rng)
+            .map_err(|e| GateError::AccountSystem(e.to_string()))?;
+        let request = GateRequest {
+            token,
+            proof: &proof,
+            http: BALANCE_URL,
+        };
+        self.bank.serve(&request, &self.bank_data)
+    }
+
+    /// The platform gets a token; the bank's gate checks it against the bank's own records and
+    /// serves the data.
     fn fetch_with_token(&self, request: &AccessRequest) -> Result<String> {
         let TokenOutcome::Issued(token) = self.broker.authorise_with_token(request)? else {
             return Err("expected a permit and a token".into());
@@ -113,10 +154,10 @@ impl Story {
             token.token_id,
             token.expires_at.format(&Rfc3339)?
         );
-        let access = self.verifier.verify(&token.token)?;
-        let data = serve(&self.bank_data, &access)?;
+        self.sync_feed()?;
+        let data = self.present(&token.token)??;
         println!(
-            "   bank verified the token and answered: {}",
+            "   the bank's gate checked it against the bank's own ledger and answered: {}",
             serde_json::to_string(&data)?
         );
         Ok(token.token)
@@ -268,43 +309,56 @@ fn run() -> Result<()> {
         Some(directory) => BrokerKeys::load_or_create(directory, &rng)?,
         None => BrokerKeys::ephemeral(&rng)?,
     };
-    let broker = Broker::builder(broker_id.clone(), store.clone())
-        .clock(clock.clone())
-        .keys(broker_keys)
-        .build()?;
-    let bank = HolderId::new("first-bank")?;
-    let chat = PlatformId::new("chat")?;
-    let alice = SubjectId::new("alice")?;
-    let current = AccountId::new("acc-current")?;
-    let savings = AccountId::new("acc-savings")?;
-    let bank_key = match &keys {
+    let dpop = DpopSigner::new(match &keys {
         Some(directory) => {
-            KeyFile::new(directory.join("bank-key.der"))
+            KeyFile::new(directory.join("platform-dpop-key.der"))
                 .load_or_create(&rng)?
                 .0
         }
         None => SigningKey::generate(&rng)?,
+    })?;
+    let chat = PlatformId::new("chat")?;
+    let broker = Broker::builder(broker_id.clone(), store.clone())
+        .clock(clock.clone())
+        .keys(broker_keys)
+        .sender_key(chat.clone(), &dpop.public_key())
+        .build()?;
+    let bank = HolderId::new("first-bank")?;
+    let alice = SubjectId::new("alice")?;
+    let current = AccountId::new("acc-current")?;
+    let savings = AccountId::new("acc-savings")?;
+    // The bank: its own ledger (a SQLite file of its own beside the platform's, or memory), its
+    // own keys, kept like the broker's.
+    let (bank_keys, ledger): (BankKeys, Arc<dyn Ledger>) = match (&keys, &storage) {
+        (Some(directory), Storage::Sqlite(path)) => (
+            BankKeys::new(
+                KeyFile::new(directory.join("bank-key.der"))
+                    .load_or_create(&rng)?
+                    .0,
+                KeyFile::new(directory.join("bank-journal-key.der"))
+                    .load_or_create(&rng)?
+                    .0,
+            ),
+            Arc::new(SqliteStore::open(path.with_extension("bank.sqlite"))?),
+        ),
+        _ => (BankKeys::ephemeral(&rng)?, Arc::new(MemoryStore::new())),
     };
-    let bank_signer = AttestationSigner::new(bank.clone(), bank_key)?;
-    // The bank verifies tokens offline with the broker's published keys, and reads consent
-    // status from the broker's store, so a revocation reaches it at once.
-    let verifier = TokenVerifier::new(
-        bank.clone(),
-        broker_id,
-        &broker.jwks()?,
-        clock.clone(),
-        StoreStatus(store.clone()),
-    )?
-    .with_replay_detection();
+    let bank_side = Bank::builder(bank.clone(), ledger, bank_keys, broker_id)
+        .clock(clock.clone())
+        .build()?;
+    if bank_side.policy()?.map(|record| record.policy) != Some(HolderPolicy::default()) {
+        bank_side.set_policy(HolderPolicy::default())?;
+    }
+    bank_side.trust_broker_keys(&broker.jwks()?)?;
     let bank_data = FirstBank {
         balances: HashMap::from([(current.clone(), 123_456), (savings.clone(), 9_876_543)]),
     };
     let mut story = Story {
         broker,
-        verifier,
+        bank: bank_side,
         bank_data,
         clock,
-        bank_signer,
+        dpop,
         rng,
         step: 0,
     };
@@ -317,7 +371,7 @@ fn run() -> Result<()> {
         .register_holder(HolderRegistration {
             id: bank.clone(),
             policy: HolderPolicy::default(),
-            attestation_keys: vec![story.bank_signer.public_key()],
+            attestation_keys: vec![story.bank.attestation_key()],
         })
         .map_err(|error| match error {
             Error::RegistrationMismatch { .. } => format!(
@@ -377,7 +431,7 @@ fn run() -> Result<()> {
     let first_decision_seq = story.broker.store().audit_len()?;
     story.step("Alice asks the chat for her balance (customer service)");
     story.access(&balance, &Decision::Permit)?;
-    let token_before_revocation = story.fetch_with_token(&balance)?;
+    story.fetch_with_token(&balance)?;
 
     story.step("The platform asks for fraud alerts, which Alice did not approve");
     let alerts = AccessRequest {
@@ -454,6 +508,11 @@ fn run() -> Result<()> {
     );
 
     story.step("Alice revokes her consent in the chat");
+    // The platform holds a token it got just before, not yet presented.
+    let TokenOutcome::Issued(held) = story.broker.authorise_with_token(&balance)? else {
+        return Err("expected a token".into());
+    };
+    let token_before_revocation = held.token;
     story.broker.revoke(
         request.id(),
         Revoker::Subject,
@@ -466,9 +525,10 @@ fn run() -> Result<()> {
         }]),
     )?;
     println!("   the platform presents the token it got before the revocation ...");
-    match story.verifier.verify(&token_before_revocation) {
-        Err(TokenError::ConsentNotLive(status)) => {
-            println!("   bank refuses it: consent is {status:?}")
+    story.sync_feed()?;
+    match story.present(&token_before_revocation) {
+        Err(GateError::Refused { refusal, .. }) => {
+            println!("   the bank's gate refuses it: {refusal}")
         }
         other => {
             return Err(
