@@ -312,11 +312,7 @@ impl<St: ConsentStatusSource> TokenVerifier<St> {
     /// # Errors
     /// [`KeyError`] for an invalid key; the previous keys are then kept.
     pub fn set_keys(&self, jwks: &Jwks) -> Result<(), KeyError> {
-        let keys = jwks
-            .keys
-            .iter()
-            .map(|jwk| jwk.public_key().map(|key| (jwk.kid.clone(), key)))
-            .collect::<Result<HashMap<_, _>, _>>()?;
+        let keys = jwks.by_kid()?;
         *self
             .keys
             .write()

@@ -305,6 +305,17 @@ impl Jwks {
     pub fn public_keys(&self) -> Result<Vec<Ed25519PublicKey>, KeyError> {
         self.keys.iter().map(Jwk::public_key).collect()
     }
+
+    /// The keys by `kid`, as a verifier looks them up.
+    ///
+    /// # Errors
+    /// The first key's error.
+    pub fn by_kid(&self) -> Result<std::collections::HashMap<String, Ed25519PublicKey>, KeyError> {
+        self.keys
+            .iter()
+            .map(|jwk| jwk.public_key().map(|key| (jwk.kid.clone(), key)))
+            .collect()
+    }
 }
 
 /// How long after a retired token key's last possible token expired it stays published: the

@@ -362,11 +362,7 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// [`KeyError`] for a key that is not a valid Ed25519 JWK with its thumbprint as `kid`; the
     /// keys trusted before are then kept.
     pub fn trust_broker_keys(&self, jwks: &Jwks) -> Result<(), KeyError> {
-        let keys = jwks
-            .keys
-            .iter()
-            .map(|jwk| jwk.public_key().map(|key| (jwk.kid.clone(), key)))
-            .collect::<Result<HashMap<_, _>, _>>()?;
+        let keys = jwks.by_kid()?;
         self.trust
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
