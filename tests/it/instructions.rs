@@ -280,3 +280,43 @@ fn a_banks_rotation_keeps_what_the_old_key_signed_verifiable() {
         Err(Error::Instruction(InstructionError::UnknownKey))
     ));
 }
+
+/// The bank's keys never change silently either: one key for both uses is refused, a restart
+/// with the kept keys writes nothing, and a key its ledger has retired never signs again.
+#[test]
+fn the_banks_keys_are_recorded_and_a_retired_one_never_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("bank.sqlite");
+    let key = |seed: u8| SigningKey::from_seed(&[seed; 32]).unwrap();
+    let build = |attestation: u8, journal: u8| {
+        Bank::builder(
+            id("bank"),
+            SqliteStore::open(&ledger).unwrap(),
+            BankKeys::new(key(attestation), key(journal)),
+            id("broker"),
+        )
+        .build()
+    };
+    assert!(matches!(build(1, 1), Err(BankError::SameKeyForTwoUses)));
+    let bank = build(1, 2).unwrap();
+    let len = bank.journal().audit_len().unwrap();
+    assert_eq!(len, 2, "the attestation key and the journal key, recorded");
+    drop(bank);
+    let again = build(1, 2).unwrap();
+    assert_eq!(
+        again.journal().audit_len().unwrap(),
+        len,
+        "nothing new at a restart"
+    );
+    again.rotate_attestation_key(key(3)).unwrap();
+    drop(again);
+    assert!(matches!(
+        build(1, 2),
+        Err(BankError::KeyRetired {
+            key_use: KeyUse::Attestation,
+            ..
+        })
+    ));
+    let rotated = build(3, 2).unwrap();
+    assert_eq!(rotated.attestation_key(), key(3).public_key());
+}
