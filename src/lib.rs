@@ -26,6 +26,7 @@ pub mod dpop;
 mod error;
 pub mod feed;
 mod holder;
+pub mod hpke;
 mod ids;
 mod instruction;
 mod jws;

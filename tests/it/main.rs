@@ -28,6 +28,7 @@ mod instructions;
 mod lifecycle;
 mod review_fixes;
 mod sealed;
+mod sealing;
 mod token_attacks;
 mod tokens;
 
