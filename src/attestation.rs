@@ -56,6 +56,11 @@ pub struct ApprovalStatement {
     /// How many unattended accesses (the subject not in the conversation, a fraud-alert poll)
     /// the subject agreed to per UTC day; `0` when they approved none.
     pub unattended_daily_limit: u32,
+    /// RFC 7638 thumbprints of the subject's device keys, registered at the bank, that the
+    /// bank's responses are sealed to (see [`crate::seal_response`]).
+    pub devices: Vec<String>,
+    /// Purposes for which the subject agreed to receive data unsealed (empty: always sealed).
+    pub plaintext_purposes: PurposeSet,
 }
 
 /// The claims of an attestation, as on the wire.
@@ -72,6 +77,10 @@ struct AttestationClaims {
     acct: AccountSet,
     consent_exp: i64,
     unattended_daily_limit: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dev: Vec<String>,
+    #[serde(default, skip_serializing_if = "PurposeSet::is_empty")]
+    plain: PurposeSet,
     iat: i64,
     exp: i64,
     jti: String,
@@ -210,6 +219,8 @@ pub fn check_attestation(
             accounts: claims.acct,
             consent_expires_at: from_unix(claims.consent_exp)?,
             unattended_daily_limit: claims.unattended_daily_limit,
+            devices: claims.dev,
+            plaintext_purposes: claims.plain,
         },
         attestation_id: claims.jti,
     })
@@ -442,6 +453,8 @@ impl AttestationSigner {
             acct: statement.accounts.clone(),
             consent_exp: statement.consent_expires_at.unix_timestamp(),
             unattended_daily_limit: statement.unattended_daily_limit,
+            dev: statement.devices.clone(),
+            plain: statement.plaintext_purposes,
             iat,
             exp: iat.saturating_add(self.lifetime.whole_seconds()),
             jti: jti.clone(),

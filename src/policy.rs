@@ -36,6 +36,10 @@ pub struct HolderPolicy {
     pub max_consent_duration: Duration,
     /// Unattended accesses allowed per grant per UTC day.
     pub unattended_daily_limit: u32,
+    /// Purposes for which the bank may serve data unsealed, where the subject agreed to it too;
+    /// empty by default: every response is sealed to the subject's devices.
+    #[serde(default)]
+    pub plaintext_purposes: PurposeSet,
 }
 
 impl Default for HolderPolicy {
@@ -44,6 +48,7 @@ impl Default for HolderPolicy {
             enabled_scopes: ScopeSet::from([Scope::Balance, Scope::Alerts]),
             max_consent_duration: DEFAULT_MAX_CONSENT_DURATION,
             unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
+            plaintext_purposes: PurposeSet::new(),
         }
     }
 }

@@ -24,7 +24,10 @@ use crate::vocab::{Purpose, Scope};
 /// 6. the bank's current policy shares the scope;
 /// 7. the account belongs to the subject, in the bank's own account system;
 /// 8. the bank's own counts today: unattended accesses within what the subject agreed to, and
-///    accesses labelled subject-present within the bank's ceiling.
+///    accesses labelled subject-present within the bank's ceiling;
+/// 9. where the response goes: sealed to the subject's devices the approval named and that are
+///    still registered (unsealed only for a purpose both the bank's policy and the approval
+///    allow).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "refusal", content = "detail", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -101,6 +104,10 @@ pub enum GateRefusal {
         /// The limit the subject agreed to (within the bank's).
         limit: u32,
     },
+    /// The response must be sealed and the approval names no device key of the subject's that
+    /// is still registered (all revoked, or none named).
+    #[error("no device of the customer's to seal the response to")]
+    NoDeviceToSealTo,
     /// Today's accesses labelled subject-present under this approval reached the bank's
     /// ceiling: the label cannot be proven, and the ceiling bounds what a false one gains.
     #[error("the {ceiling} accesses with the customer present allowed today were used")]

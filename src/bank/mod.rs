@@ -20,6 +20,8 @@
 //! come back from these calls as signed instructions for
 //! [`Broker::apply_holder_instruction`](crate::Broker::apply_holder_instruction).
 
+mod approvals;
+mod devices;
 mod gate;
 
 pub use gate::{GateError, GateRequest, GateSettings, Served};
@@ -30,12 +32,11 @@ use std::sync::{Arc, RwLock};
 
 use time::{Duration, OffsetDateTime};
 
-use crate::attestation::{ApprovalStatement, AttestationError, AttestationSigner};
-use crate::audit::{Actor, AuditEntry, AuditEvent, AuditRecord, Revocation};
+use crate::attestation::{AttestationError, AttestationSigner};
+use crate::audit::{Actor, AuditEntry, AuditEvent, AuditRecord};
 use crate::auditor::{self, SigningError};
 use crate::checkpoint::NoteSigner;
 use crate::clock::{self, Clock, SystemClock};
-use crate::consent::{RevocationReason, Revoker};
 use crate::crypto::{self, ProviderError};
 use crate::feed::{self, FeedError};
 use crate::ids::{BrokerId, ConsentId, HolderId, SubjectId};
@@ -45,8 +46,8 @@ use crate::keys::{Ed25519PublicKey, Jwks, KeyError, KeyFile, KeyFileError, Signi
 use crate::policy::{HolderPolicy, PolicyError};
 use crate::random::RandomSource;
 use crate::store::{
-    AttestationRecord, BankRevocation, Change, Commit, FeedState, KeyUse, LedgerRead, LogRead,
-    PolicyRecord, Precondition, Store, StoreError, StoredCheckpoint,
+    AttestationRecord, Change, Commit, FeedState, KeyUse, LedgerRead, LogRead, PolicyRecord,
+    Precondition, Store, StoreError, StoredCheckpoint,
 };
 
 /// How many times a call re-reads and re-decides when another writer changed its inputs.
@@ -142,6 +143,14 @@ pub enum BankError {
     /// approval cannot replace theirs.
     #[error("consent {0} was approved by someone else or for another platform")]
     ConsentOfAnother(ConsentId),
+    /// A device key the approval names is not registered at the bank for the subject, or was
+    /// revoked.
+    #[error("device key {0} is not a live key of the subject's at the bank")]
+    UnknownDevice(String),
+    /// The approval names no device key, and some purpose it approves is not one the subject
+    /// agreed to receive unsealed: its responses could never be delivered.
+    #[error("the approval names no device to seal responses to")]
+    NoDevice,
     /// No live attestation of this consent is in the ledger.
     #[error("the bank has no live approval of consent {0}")]
     NothingToRevoke(ConsentId),
@@ -487,156 +496,6 @@ impl<S: Store + LedgerRead> Bank<S> {
         )?)
     }
 
-    /// The subject approved at the bank: checks the approval against the bank's current policy,
-    /// records it in the ledger and the journal (replacing an earlier approval of the same
-    /// consent, for a re-authorisation), and only then returns the signed attestation for the
-    /// broker. What the ledger records is what the gate will admit, whatever the broker is told.
-    ///
-    /// # Errors
-    /// [`BankError::NoPolicy`]; [`BankError::OutsidePolicy`]; [`BankError::Store`] (then no
-    /// attestation exists); [`BankError::Attestation`].
-    pub fn attest(&self, statement: &ApprovalStatement) -> Result<String, BankError> {
-        self.retrying(|| {
-            let now = self.now();
-            let policy = self.policy()?.ok_or(BankError::NoPolicy)?.policy;
-            check_within(statement, &policy, now)?;
-            let (signed, id) = self.signer().sign_identified(
-                statement,
-                &self.broker,
-                now,
-                self.random.as_ref(),
-            )?;
-            let earlier: Vec<AttestationRecord> = self
-                .ledger
-                .attestations_of_consent(&statement.consent)?
-                .into_iter()
-                .filter(|a| a.superseded_by.is_none())
-                .collect();
-            // A consent id is the platform's: one already approved by another subject, or for
-            // another platform, is not this approval's to replace.
-            if earlier
-                .iter()
-                .any(|a| a.subject != statement.subject || a.platform != statement.platform)
-            {
-                return Err(BankError::ConsentOfAnother(statement.consent.clone()));
-            }
-            let record = AttestationRecord {
-                id: id.clone(),
-                consent: statement.consent.clone(),
-                subject: statement.subject.clone(),
-                platform: statement.platform.clone(),
-                broker: self.broker.clone(),
-                scopes: statement.scopes,
-                purposes: statement.purposes,
-                accounts: statement.accounts.clone(),
-                unattended_daily_limit: statement.unattended_daily_limit,
-                signed_at: now,
-                expires_at: statement.consent_expires_at,
-                revoked: None,
-                superseded_by: None,
-                version: 1,
-            };
-            let entry = self.record(
-                self.me(),
-                AuditEvent::AttestationSigned {
-                    attestation: id.clone(),
-                    consent: statement.consent.clone(),
-                    subject: statement.subject.clone(),
-                    platform: statement.platform.clone(),
-                    broker: self.broker.clone(),
-                    scopes: statement.scopes,
-                    purposes: statement.purposes,
-                    accounts: statement.accounts.clone(),
-                    expires_at: statement.consent_expires_at,
-                    unattended_daily_limit: statement.unattended_daily_limit,
-                    supersedes: earlier.last().map(|a| a.id.clone()),
-                },
-            );
-            // Two approvals of one consent at once: the second to commit finds the first live and
-            // retries, replacing it.
-            let mut commit = Commit::new(entry).precondition(Precondition::LiveAttestations {
-                consent: statement.consent.clone(),
-                ids: earlier.iter().map(|a| a.id.clone()).collect(),
-            });
-            for old in earlier {
-                commit = commit
-                    .precondition(Precondition::attestation_version(&old.id, old.version))
-                    .change(Change::UpdateAttestation {
-                        record: AttestationRecord {
-                            superseded_by: Some(id.clone()),
-                            version: old.version.saturating_add(1),
-                            ..old
-                        },
-                    });
-            }
-            commit = commit.change(Change::RecordAttestation { record });
-            self.ledger.commit(commit)?;
-            Ok(signed)
-        })
-    }
-
-    /// A revocation at the bank: by the subject there (authenticated by the bank), or by the
-    /// bank. Records it against `subject`'s live approval of the consent in the ledger and the
-    /// journal (from then on the gate refuses the consent's tokens), and returns the signed
-    /// instruction that tells the broker.
-    ///
-    /// # Errors
-    /// [`BankError::NotTheBanksRevocation`] for `by` [`Revoker::Platform`];
-    /// [`BankError::NothingToRevoke`] when `subject` has no live approval of the consent;
-    /// [`BankError::Store`]; [`BankError::Instruction`].
-    pub fn revoke(
-        &self,
-        subject: &SubjectId,
-        consent: &ConsentId,
-        by: Revoker,
-        reason: RevocationReason,
-    ) -> Result<String, BankError> {
-        if by == Revoker::Platform {
-            return Err(BankError::NotTheBanksRevocation);
-        }
-        self.retrying(|| {
-            let now = self.now();
-            let live = self
-                .ledger
-                .attestations_of_consent(consent)?
-                .into_iter()
-                .rfind(|a| {
-                    &a.subject == subject && a.superseded_by.is_none() && a.revoked.is_none()
-                })
-                .ok_or_else(|| BankError::NothingToRevoke(consent.clone()))?;
-            let instruction = self.sign_instruction(&Instruction::Revoke {
-                consent: consent.clone(),
-                by,
-                reason,
-            })?;
-            let entry = self.record(
-                self.me(),
-                AuditEvent::RevokedAtBank {
-                    attestation: live.id.clone(),
-                    consent: consent.clone(),
-                    subject: live.subject.clone(),
-                    revocation: Revocation { by, reason },
-                },
-            );
-            let version = live.version;
-            let revoked = AttestationRecord {
-                revoked: Some(BankRevocation {
-                    by,
-                    reason,
-                    at: now,
-                }),
-                version: version.saturating_add(1),
-                ..live
-            };
-            self.ledger.commit(
-                Commit::new(entry)
-                    .precondition(Precondition::attestation_version(&revoked.id, version))
-                    .change(Change::UpdateAttestation { record: revoked }),
-            )?;
-            Ok(instruction)
-        })
-    }
-
     /// Rotates the key that signs the bank's attestations: records the new key (and the old
     /// one's retirement) in the ledger and the journal, and returns the instruction that tells
     /// the broker, signed by the old key, which the broker knows. Attestations signed before stay
@@ -748,30 +607,4 @@ impl<S: Store + LedgerRead> Bank<S> {
             &self.journal,
         )?)
     }
-}
-
-/// Whether the approval stays within the bank's policy.
-fn check_within(
-    statement: &ApprovalStatement,
-    policy: &HolderPolicy,
-    now: OffsetDateTime,
-) -> Result<(), BankError> {
-    let outside = |why: String| Err(BankError::OutsidePolicy(why));
-    if let Some(scope) = statement
-        .scopes
-        .iter()
-        .find(|s| !policy.enabled_scopes.contains(*s))
-    {
-        return outside(format!("the bank does not share {scope}"));
-    }
-    if statement.unattended_daily_limit > policy.unattended_daily_limit {
-        return outside(format!(
-            "{} unattended accesses a day, the bank allows {}",
-            statement.unattended_daily_limit, policy.unattended_daily_limit
-        ));
-    }
-    if statement.consent_expires_at > now + policy.effective_max_duration() {
-        return outside("longer than the bank's maximum consent duration".into());
-    }
-    Ok(())
 }

@@ -1,9 +1,10 @@
 //! A bank's ledger: attestations, policy history, served counts, presented ids, the feed.
 
 use super::*;
+use crate::hpke::DeviceSecretKey;
 use crate::store::{
-    AttestationRecord, BankRevocation, FeedState, GateQuery, GateView, LedgerRead, PolicyRecord,
-    SeenKind, ServedCounts,
+    AttestationRecord, BankRevocation, DeviceKeyRecord, FeedState, GateQuery, GateView, LedgerRead,
+    PolicyRecord, SeenKind, ServedCounts,
 };
 
 fn attestation(id: &str, consent: &str, subject: &str) -> AttestationRecord {
@@ -21,6 +22,8 @@ fn attestation(id: &str, consent: &str, subject: &str) -> AttestationRecord {
         expires_at: NOW + Duration::days(90),
         revoked: None,
         superseded_by: None,
+        devices: vec!["device-1".into()],
+        plaintext_purposes: PurposeSet::new(),
         version: 1,
     }
 }
@@ -347,4 +350,139 @@ where
     );
     assert!(!s.seen(SeenKind::Proof, "p-9").unwrap());
     assert_eq!(s.audit_len().unwrap(), len);
+}
+
+fn device(subject: &str, seed: &[u8], at: OffsetDateTime) -> DeviceKeyRecord {
+    DeviceKeyRecord {
+        subject: id(subject),
+        key: DeviceSecretKey::derive(seed).public_key(),
+        registered_at: at,
+        revoked_at: None,
+    }
+}
+
+/// Device keys: registered once (by key, across subjects), listed per subject in order,
+/// revoked once and only by their subject; the live keys as a precondition; a registration
+/// rolled back with the rest of a failed commit.
+pub fn ledger_device_keys<H: Harness>()
+where
+    H::Store: LedgerRead,
+{
+    let h = fresh::<H>();
+    let s = h.store();
+    assert_eq!(s.device_keys(&id("alice")).unwrap(), []);
+    let phone = device("alice", b"phone", NOW);
+    let tablet = device("alice", b"tablet", NOW + Duration::minutes(1));
+    let bobs = device("bob", b"bob's phone", NOW);
+    for record in [&phone, &bobs, &tablet] {
+        s.commit(only(Change::RegisterDeviceKey {
+            record: record.clone(),
+        }))
+        .unwrap();
+    }
+    assert_eq!(
+        s.device_keys(&id("alice")).unwrap(),
+        [phone.clone(), tablet.clone()]
+    );
+    assert_eq!(
+        s.device_keys(&id("bob")).unwrap(),
+        std::slice::from_ref(&bobs)
+    );
+    // One key, one registration: not again, and not for another subject.
+    for again in [
+        phone.clone(),
+        DeviceKeyRecord {
+            subject: id("mallory"),
+            ..phone.clone()
+        },
+    ] {
+        assert_eq!(
+            s.commit(only(Change::RegisterDeviceKey { record: again })),
+            Err(StoreError::Duplicate {
+                kind: RecordKind::DeviceKey,
+                id: phone.key.thumbprint(),
+            })
+        );
+    }
+    assert_eq!(s.device_keys(&id("mallory")).unwrap(), []);
+    let live = |keys: &[&DeviceKeyRecord]| Precondition::LiveDeviceKeys {
+        subject: id("alice"),
+        thumbprints: keys.iter().map(|k| k.key.thumbprint()).collect(),
+    };
+    let probe = |precondition| commit(vec![], vec![record(0)]).precondition(precondition);
+    assert_eq!(
+        s.commit(probe(live(&[&tablet, &phone]))),
+        Err(StoreError::Conflict),
+        "in the order registered"
+    );
+    s.commit(probe(live(&[&phone, &tablet]))).unwrap();
+    // Bob cannot revoke Alice's phone; Alice can, once.
+    let revoke = |subject: &str, key: &DeviceKeyRecord| {
+        only(Change::RevokeDeviceKey {
+            subject: id(subject),
+            thumbprint: key.key.thumbprint(),
+            at: NOW + Duration::hours(1),
+        })
+    };
+    let missing = Err(StoreError::Missing {
+        kind: RecordKind::DeviceKey,
+        id: phone.key.thumbprint(),
+    });
+    assert_eq!(s.commit(revoke("bob", &phone)), missing);
+    s.commit(revoke("alice", &phone)).unwrap();
+    assert_eq!(s.commit(revoke("alice", &phone)), missing);
+    let revoked = DeviceKeyRecord {
+        revoked_at: Some(NOW + Duration::hours(1)),
+        ..phone.clone()
+    };
+    assert_eq!(
+        s.device_keys(&id("alice")).unwrap(),
+        [revoked, tablet.clone()]
+    );
+    assert_eq!(
+        s.commit(probe(live(&[&phone, &tablet]))),
+        Err(StoreError::Conflict),
+        "a revoked key is not live"
+    );
+    s.commit(probe(live(&[&tablet]))).unwrap();
+    assert_eq!(
+        s.commit(probe(Precondition::LiveDeviceKeys {
+            subject: id("carol"),
+            thumbprints: Vec::new(),
+        }))
+        .map(|_| ()),
+        Ok(())
+    );
+    // All or nothing: a registration and a revocation go with the duplicate that fails.
+    let len = s.audit_len().unwrap();
+    let failing = commit(
+        vec![
+            Change::RegisterDeviceKey {
+                record: device("alice", b"laptop", NOW),
+            },
+            Change::RevokeDeviceKey {
+                subject: id("alice"),
+                thumbprint: tablet.key.thumbprint(),
+                at: NOW,
+            },
+            Change::RegisterDeviceKey {
+                record: bobs.clone(),
+            },
+        ],
+        vec![record(1)],
+    );
+    assert!(matches!(
+        s.commit(failing),
+        Err(StoreError::Duplicate {
+            kind: RecordKind::DeviceKey,
+            ..
+        })
+    ));
+    assert_eq!(s.audit_len().unwrap(), len);
+    assert_eq!(
+        s.device_keys(&id("alice")).unwrap().last(),
+        Some(&tablet),
+        "nothing of the failed commit stays"
+    );
+    assert_eq!(s.device_keys(&id("alice")).unwrap().len(), 2);
 }

@@ -217,8 +217,8 @@ mod state;
 pub mod suite {
     pub use super::commits::{atomicity, broker_story, concurrency, preconditions, reopening};
     pub use super::ledger::{
-        ledger_attestations, ledger_feed_and_view, ledger_policies, ledger_seen_ids,
-        ledger_served_counts,
+        ledger_attestations, ledger_device_keys, ledger_feed_and_view, ledger_policies,
+        ledger_seen_ids, ledger_served_counts,
     };
     pub use super::log::{audit_log, checkpoints};
     pub use super::state::{
@@ -261,7 +261,8 @@ macro_rules! store_conformance_tests {
     };
     (@ledger $harness:ty, $attrs:tt) => {
         $crate::store_conformance_tests!(@tests $harness, $attrs, ledger_attestations,
-            ledger_policies, ledger_served_counts, ledger_seen_ids, ledger_feed_and_view);
+            ledger_policies, ledger_served_counts, ledger_seen_ids, ledger_feed_and_view,
+            ledger_device_keys);
     };
     ($name:ident, $harness:ty $(, $flag:ident)* $(; $attr:meta)?) => {
         $crate::store_conformance_tests!(@module $name, $harness, [$($flag)*], [$($attr)?]);

@@ -27,11 +27,13 @@ use std::ops::Range;
 
 use time::{Date, OffsetDateTime};
 
-use super::ledger::{AttestationRecord, FeedState, PolicyRecord, SeenKind, ServedCounts};
+use super::ledger::{
+    AttestationRecord, DeviceKeyRecord, FeedState, PolicyRecord, SeenKind, ServedCounts,
+};
 use super::records::{HolderRecord, KeyUse, PublishedKey};
 use crate::audit::AuditRecord;
 use crate::consent::Consent;
-use crate::ids::{ConsentId, HolderId};
+use crate::ids::{ConsentId, HolderId, SubjectId};
 use crate::policy::{PlatformProfile, Presence, Usage};
 
 /// A condition that must still hold when a commit is applied.
@@ -106,6 +108,16 @@ pub enum Precondition {
     BankPolicyVersion {
         /// The version read.
         version: Option<u64>,
+    },
+    /// The subject's device keys in the bank's ledger that are not revoked are exactly these
+    /// thumbprints, in the order they were registered: nothing is sealed to, or approved for, a
+    /// key revoked since it was read.
+    #[non_exhaustive]
+    LiveDeviceKeys {
+        /// Whose keys.
+        subject: SubjectId,
+        /// The thumbprints read.
+        thumbprints: Vec<String>,
     },
 }
 
@@ -236,6 +248,23 @@ pub enum Change {
         consent: ConsentId,
         /// When the platform revoked it.
         revoked_at: OffsetDateTime,
+    },
+    /// Registers a device key; fails with `Duplicate` if the key is registered already.
+    #[non_exhaustive]
+    RegisterDeviceKey {
+        /// The record.
+        record: DeviceKeyRecord,
+    },
+    /// Revokes a device key; fails with `Missing` unless it is registered to the subject and
+    /// not revoked.
+    #[non_exhaustive]
+    RevokeDeviceKey {
+        /// Whose key.
+        subject: SubjectId,
+        /// The key's thumbprint.
+        thumbprint: String,
+        /// When.
+        at: OffsetDateTime,
     },
     /// Sets how far the feed of platform-side revocations has been followed.
     #[non_exhaustive]

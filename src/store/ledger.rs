@@ -12,6 +12,7 @@ use time::{Date, OffsetDateTime};
 
 use super::StoreError;
 use crate::consent::{RevocationReason, Revoker};
+use crate::hpke::DevicePublicKey;
 use crate::ids::{BrokerId, ConsentId, PlatformId, SubjectId};
 use crate::policy::HolderPolicy;
 use crate::sets::{AccountSet, PurposeSet, ScopeSet};
@@ -48,8 +49,33 @@ pub struct AttestationRecord {
     pub revoked: Option<BankRevocation>,
     /// Set when a later attestation for the same consent (a re-authorisation) replaced it.
     pub superseded_by: Option<String>,
+    /// Thumbprints of the subject's device keys the approval named: responses are sealed to
+    /// these (those not revoked since), and to no other key.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Purposes for which the subject agreed to receive data unsealed (the bank's policy must
+    /// allow it too); empty by default: everything is sealed.
+    #[serde(default)]
+    pub plaintext_purposes: PurposeSet,
     /// Incremented by every change.
     pub version: u64,
+}
+
+/// A key of one of the subject's devices, registered at the bank: the bank seals responses to
+/// it (see [`crate::seal_response`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceKeyRecord {
+    /// Whose device.
+    pub subject: SubjectId,
+    /// The device's X25519 public key.
+    pub key: DevicePublicKey,
+    /// When the subject registered it at the bank.
+    #[serde(with = "time::serde::timestamp")]
+    pub registered_at: OffsetDateTime,
+    /// When the subject revoked it (a lost phone), if they did: it receives nothing after.
+    #[serde(default, with = "time::serde::timestamp::option")]
+    pub revoked_at: Option<OffsetDateTime>,
 }
 
 /// A withdrawal made at the bank.
@@ -184,6 +210,12 @@ pub trait LedgerRead {
     /// [`StoreError`].
     fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
 
+    /// The device keys the subject registered at the bank, oldest first, revoked ones included.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn device_keys(&self, subject: &SubjectId) -> Result<Vec<DeviceKeyRecord>, StoreError>;
+
     /// How far the feed of platform-side revocations has been followed, if at all.
     ///
     /// # Errors
@@ -232,6 +264,9 @@ macro_rules! forward_ledger_read {
             fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
                 (**self).feed_state()
             }
+            fn device_keys(&self, subject: &SubjectId) -> Result<Vec<DeviceKeyRecord>, StoreError> {
+                (**self).device_keys(subject)
+            }
             fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
                 (**self).gate_view(query)
             }
@@ -239,3 +274,11 @@ macro_rules! forward_ledger_read {
     )+};
 }
 forward_ledger_read!(&T, Box<T>, std::sync::Arc<T>);
+
+/// The thumbprints of the keys that are not revoked, in order.
+pub(crate) fn live_thumbprints(keys: &[DeviceKeyRecord]) -> Vec<String> {
+    keys.iter()
+        .filter(|key| key.revoked_at.is_none())
+        .map(|key| key.key.thumbprint())
+        .collect()
+}

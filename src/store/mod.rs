@@ -28,8 +28,8 @@ mod sql;
 
 pub use commit::{Change, Commit, CommitParts, CommitReceipt, Precondition};
 pub use ledger::{
-    AttestationRecord, BankRevocation, FeedState, GateQuery, GateView, LedgerRead, PolicyRecord,
-    SeenKind, ServedCounts,
+    AttestationRecord, BankRevocation, DeviceKeyRecord, FeedState, GateQuery, GateView, LedgerRead,
+    PolicyRecord, SeenKind, ServedCounts,
 };
 pub use memory::MemoryStore;
 pub use records::{

@@ -221,6 +221,8 @@ pub enum RecordKind {
     BankPolicy,
     /// A presented id (DPoP proof or token) the bank remembers.
     SeenId,
+    /// A device key registered at a bank.
+    DeviceKey,
 }
 
 impl std::fmt::Display for RecordKind {
@@ -236,6 +238,7 @@ impl std::fmt::Display for RecordKind {
             Self::AttestationRecord => "attestation record",
             Self::BankPolicy => "bank policy version",
             Self::SeenId => "presented id",
+            Self::DeviceKey => "device key",
         })
     }
 }

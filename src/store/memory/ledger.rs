@@ -8,9 +8,10 @@ use time::{Date, OffsetDateTime};
 use super::{duplicate, missing};
 use crate::ids::{ConsentId, SubjectId};
 use crate::policy::Presence;
+use crate::store::ledger::live_thumbprints;
 use crate::store::{
-    AttestationRecord, Change, FeedState, GateQuery, GateView, PolicyRecord, Precondition,
-    RecordKind, SeenKind, ServedCounts, StoreError,
+    AttestationRecord, Change, DeviceKeyRecord, FeedState, GateQuery, GateView, PolicyRecord,
+    Precondition, RecordKind, SeenKind, ServedCounts, StoreError,
 };
 
 /// The ledger's tables.
@@ -26,6 +27,8 @@ pub(super) struct LedgerState {
     seen_by_expiry: BTreeSet<(OffsetDateTime, SeenKind, String)>,
     platform_revocations: HashMap<ConsentId, OffsetDateTime>,
     feed: Option<FeedState>,
+    /// Device keys in the order they were registered.
+    devices: Vec<DeviceKeyRecord>,
 }
 
 /// How to take back one applied ledger change.
@@ -39,6 +42,8 @@ pub(super) enum LedgerUndo {
     PlatformRevocation(ConsentId),
     Nothing,
     Feed(Option<FeedState>),
+    DeviceRegistered,
+    DeviceRevoked(usize),
 }
 
 impl LedgerState {
@@ -68,6 +73,11 @@ impl LedgerState {
                     .collect();
                 live == *ids
             }
+            Precondition::LiveDeviceKeys {
+                subject,
+                thumbprints,
+                ..
+            } => live_thumbprints(&self.devices_of(subject)) == *thumbprints,
             _ => return None,
         })
     }
@@ -159,6 +169,32 @@ impl LedgerState {
                 }
             }
             Change::SetFeedState { state, .. } => LedgerUndo::Feed(self.feed.replace(*state)),
+            Change::RegisterDeviceKey { record, .. } => {
+                let thumbprint = record.key.thumbprint();
+                if self.devices.iter().any(|d| d.key == record.key) {
+                    return Err(duplicate(RecordKind::DeviceKey, &thumbprint));
+                }
+                self.devices.push(record.clone());
+                LedgerUndo::DeviceRegistered
+            }
+            Change::RevokeDeviceKey {
+                subject,
+                thumbprint,
+                at,
+                ..
+            } => {
+                let Some(position) = self.devices.iter().position(|d| {
+                    d.revoked_at.is_none()
+                        && d.subject == *subject
+                        && d.key.thumbprint() == *thumbprint
+                }) else {
+                    return Err(missing(RecordKind::DeviceKey, thumbprint));
+                };
+                if let Some(device) = self.devices.get_mut(position) {
+                    device.revoked_at = Some(*at);
+                }
+                LedgerUndo::DeviceRevoked(position)
+            }
             _ => return Ok(None),
         }))
     }
@@ -198,6 +234,14 @@ impl LedgerState {
             }
             LedgerUndo::Nothing => {}
             LedgerUndo::Feed(old) => self.feed = old,
+            LedgerUndo::DeviceRegistered => {
+                self.devices.pop();
+            }
+            LedgerUndo::DeviceRevoked(position) => {
+                if let Some(device) = self.devices.get_mut(position) {
+                    device.revoked_at = None;
+                }
+            }
         }
     }
 
@@ -234,6 +278,14 @@ impl LedgerState {
 
     pub(super) fn policies(&self) -> Vec<PolicyRecord> {
         self.policies.clone()
+    }
+
+    pub(super) fn devices_of(&self, subject: &SubjectId) -> Vec<DeviceKeyRecord> {
+        self.devices
+            .iter()
+            .filter(|d| &d.subject == subject)
+            .cloned()
+            .collect()
     }
 
     pub(super) fn feed(&self) -> Option<FeedState> {

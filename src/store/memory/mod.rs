@@ -12,9 +12,10 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use time::Date;
 
 use super::{
-    AttestationRecord, Change, Commit, CommitReceipt, FeedState, GateQuery, GateView, HolderRecord,
-    LedgerRead, LogRead, PolicyRecord, Precondition, PublishedKey, RecordKind, SeenKind,
-    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
+    AttestationRecord, Change, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery,
+    GateView, HolderRecord, LedgerRead, LogRead, PolicyRecord, Precondition, PublishedKey,
+    RecordKind, SeenKind, SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint,
+    StoredEntry,
 };
 use crate::consent::{AccountSelection, Consent, ConsentState};
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
@@ -107,7 +108,8 @@ impl Inner {
             Precondition::AttestationVersion { .. }
             | Precondition::ServedIs { .. }
             | Precondition::BankPolicyVersion { .. }
-            | Precondition::LiveAttestations { .. } => {
+            | Precondition::LiveAttestations { .. }
+            | Precondition::LiveDeviceKeys { .. } => {
                 self.ledger.check(precondition).unwrap_or(false)
             }
         }
@@ -253,7 +255,9 @@ impl Inner {
             | Change::RememberSeen { .. }
             | Change::PruneSeen { .. }
             | Change::RecordPlatformRevocation { .. }
-            | Change::SetFeedState { .. }) => Ok(Undo::Ledger(
+            | Change::SetFeedState { .. }
+            | Change::RegisterDeviceKey { .. }
+            | Change::RevokeDeviceKey { .. }) => Ok(Undo::Ledger(
                 self.ledger.apply(&change)?.unwrap_or(LedgerUndo::Nothing),
             )),
         }
@@ -389,6 +393,10 @@ impl LedgerRead for MemoryStore {
 
     fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
         Ok(self.read()?.ledger.feed())
+    }
+
+    fn device_keys(&self, subject: &SubjectId) -> Result<Vec<DeviceKeyRecord>, StoreError> {
+        Ok(self.read()?.ledger.devices_of(subject))
     }
 
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {

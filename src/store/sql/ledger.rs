@@ -6,9 +6,10 @@ use time::Date;
 use super::{Dialect, Failure, Row, Value, corrupt, day_key, one, rows, signed, time};
 use crate::ids::{ConsentId, SubjectId};
 use crate::policy::Presence;
+use crate::store::ledger::live_thumbprints;
 use crate::store::{
-    AttestationRecord, Change, FeedState, GateQuery, GateView, PolicyRecord, Precondition,
-    RecordKind, SeenKind, ServedCounts, StoreError,
+    AttestationRecord, Change, DeviceKeyRecord, FeedState, GateQuery, GateView, PolicyRecord,
+    Precondition, RecordKind, SeenKind, ServedCounts, StoreError,
 };
 
 use super::write::{Versioned, insert_new, json, stored_version, update_versioned};
@@ -21,6 +22,22 @@ const ATTESTATIONS: Versioned = Versioned {
 
 fn attestation(bytes: &[u8]) -> Result<AttestationRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(corrupt("attestation record".into()))
+}
+
+fn device_key(bytes: &[u8]) -> Result<DeviceKeyRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(corrupt("device key".into()))
+}
+
+pub(crate) fn device_keys<D: Dialect + ?Sized>(
+    db: &mut D,
+    subject: &SubjectId,
+) -> Result<Vec<DeviceKeyRecord>, Failure<D::Error>> {
+    rows(
+        db,
+        "SELECT record FROM bank_device_keys WHERE subject = ?1 ORDER BY position",
+        &[Value::Text(subject.as_str())],
+        |row| device_key(&row.bytes(0)?),
+    )
 }
 
 fn policy(bytes: &[u8]) -> Result<PolicyRecord, StoreError> {
@@ -220,6 +237,11 @@ pub(crate) fn holds<D: Dialect + ?Sized>(
                 .collect();
             live == *ids
         }
+        Precondition::LiveDeviceKeys {
+            subject,
+            thumbprints,
+            ..
+        } => live_thumbprints(&device_keys(db, subject)?) == *thumbprints,
         _ => false,
     })
 }
@@ -337,6 +359,46 @@ pub(crate) fn apply<D: Dialect + ?Sized>(
                     Value::Int(signed(state.position)),
                     Value::Int(state.generated_at.unix_timestamp()),
                 ],
+            )?;
+            Ok(())
+        }
+        Change::RegisterDeviceKey { record, .. } => {
+            let thumbprint = record.key.thumbprint();
+            insert_new(
+                db,
+                "INSERT INTO bank_device_keys (thumbprint, subject, record) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+                &[
+                    Value::Text(&thumbprint),
+                    Value::Text(record.subject.as_str()),
+                    Value::Text(&json(record)?),
+                ],
+                RecordKind::DeviceKey,
+                &thumbprint,
+            )
+        }
+        Change::RevokeDeviceKey {
+            subject,
+            thumbprint,
+            at,
+            ..
+        } => {
+            let stored = one(
+                db,
+                "SELECT record FROM bank_device_keys WHERE thumbprint = ?1 AND subject = ?2",
+                &[Value::Text(thumbprint), Value::Text(subject.as_str())],
+                |row| device_key(&row.bytes(0)?),
+            )?;
+            let Some(mut record) = stored.filter(|record| record.revoked_at.is_none()) else {
+                return Err(Failure::Refused(StoreError::Missing {
+                    kind: RecordKind::DeviceKey,
+                    id: thumbprint.clone(),
+                }));
+            };
+            record.revoked_at = Some(*at);
+            db.execute(
+                "UPDATE bank_device_keys SET record = ?1 WHERE thumbprint = ?2",
+                &[Value::Text(&json(&record)?), Value::Text(thumbprint)],
             )?;
             Ok(())
         }

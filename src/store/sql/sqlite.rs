@@ -42,9 +42,9 @@ use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash};
 use crate::policy::{PlatformProfile, Usage};
 use crate::store::{
-    AttestationRecord, Commit, CommitReceipt, FeedState, GateQuery, GateView, HolderRecord,
-    LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint, StateRead, Store,
-    StoreError, StoredCheckpoint, StoredEntry,
+    AttestationRecord, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery, GateView,
+    HolderRecord, LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint,
+    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
 };
 
 const MIGRATIONS: &[Migration] = &[
@@ -160,6 +160,17 @@ const MIGRATIONS: &[Migration] = &[
             ) STRICT;
         ",
     },
+    Migration {
+        version: 6,
+        // A bank's register of its customers' device keys (responses are sealed to them).
+        sql: "
+            CREATE TABLE bank_device_keys (
+                position INTEGER PRIMARY KEY, thumbprint TEXT NOT NULL UNIQUE,
+                subject TEXT NOT NULL, record TEXT NOT NULL
+            ) STRICT;
+            CREATE INDEX bank_device_keys_by_subject ON bank_device_keys (subject);
+        ",
+    },
 ];
 
 /// A [`Store`] in a SQLite database file.
@@ -200,7 +211,7 @@ impl SqliteStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 5;
+    pub const SCHEMA_VERSION: i64 = 6;
 
     /// SQLite `application_id` of a consent-broker database (`0x4342_526B`, "CBRk"), written by
     /// the first migration. A file with another application id is refused as not ours.
@@ -536,6 +547,10 @@ impl LedgerRead for SqliteStore {
 
     fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
         self.read(|db| ledger::feed_state(db))
+    }
+
+    fn device_keys(&self, subject: &SubjectId) -> Result<Vec<DeviceKeyRecord>, StoreError> {
+        self.read(|db| ledger::device_keys(db, subject))
     }
 
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {

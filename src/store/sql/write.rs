@@ -119,7 +119,8 @@ fn holds<D: Dialect + ?Sized>(
         Precondition::AttestationVersion { .. }
         | Precondition::ServedIs { .. }
         | Precondition::BankPolicyVersion { .. }
-        | Precondition::LiveAttestations { .. } => super::ledger::holds(db, precondition)?,
+        | Precondition::LiveAttestations { .. }
+        | Precondition::LiveDeviceKeys { .. } => super::ledger::holds(db, precondition)?,
     })
 }
 
@@ -245,7 +246,9 @@ fn apply<D: Dialect + ?Sized>(db: &mut D, change: &Change) -> Result<(), Failure
         | Change::RememberSeen { .. }
         | Change::PruneSeen { .. }
         | Change::RecordPlatformRevocation { .. }
-        | Change::SetFeedState { .. } => super::ledger::apply(db, change),
+        | Change::SetFeedState { .. }
+        | Change::RegisterDeviceKey { .. }
+        | Change::RevokeDeviceKey { .. } => super::ledger::apply(db, change),
     }
 }
 

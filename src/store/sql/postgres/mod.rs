@@ -49,9 +49,9 @@ use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::Hash;
 use crate::policy::{PlatformProfile, Usage};
 use crate::store::{
-    AttestationRecord, Commit, CommitReceipt, FeedState, GateQuery, GateView, HolderRecord,
-    LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint, StateRead, Store,
-    StoreError, StoredCheckpoint, StoredEntry,
+    AttestationRecord, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery, GateView,
+    HolderRecord, LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint,
+    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
 };
 
 /// The advisory lock key every broker's commits take ("CBRk").
@@ -150,6 +150,17 @@ const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    Migration {
+        version: 4,
+        // As the SQLite store's version 6: device keys.
+        sql: "
+        CREATE TABLE bank_device_keys (
+            position BIGSERIAL PRIMARY KEY, thumbprint TEXT NOT NULL UNIQUE,
+            subject TEXT NOT NULL, record TEXT NOT NULL
+        );
+        CREATE INDEX bank_device_keys_by_subject ON bank_device_keys (subject);
+    ",
+    },
 ];
 
 /// A [`Store`] in a PostgreSQL database.
@@ -190,7 +201,7 @@ impl PostgresStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 3;
+    pub const SCHEMA_VERSION: i64 = 4;
 
     /// How often a transaction is retried after a serialisation failure or deadlock.
     pub const MAX_TRANSACTION_ATTEMPTS: u32 = 5;
@@ -446,6 +457,11 @@ impl LedgerRead for PostgresStore {
 
     fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
         self.read(|db| ledger::feed_state(db))
+    }
+
+    fn device_keys(&self, subject: &SubjectId) -> Result<Vec<DeviceKeyRecord>, StoreError> {
+        let subject = subject.clone();
+        self.read(move |db| ledger::device_keys(db, &subject))
     }
 
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {

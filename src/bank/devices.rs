@@ -1,0 +1,108 @@
+//! The subject's device keys at the bank: registered in the bank's authenticated session (the
+//! subject compares a confirmation code shown by the device with the one the bank shows), named
+//! in each approval, and revoked when a phone is lost. Responses are sealed to the keys an
+//! approval named that are not revoked.
+
+use super::{Bank, BankError};
+use crate::audit::AuditEvent;
+use crate::hpke::DevicePublicKey;
+use crate::ids::SubjectId;
+use crate::store::{Change, Commit, DeviceKeyRecord, LedgerRead, Store, StoreError};
+
+impl<S: Store + LedgerRead> Bank<S> {
+    /// Registers one of `subject`'s device keys, after the subject confirmed, in the bank's
+    /// authenticated session, that the code the device shows is
+    /// [`DevicePublicKey::confirmation_code`] of this key (a key swapped in by anyone else shows
+    /// another code). Recorded in the ledger and the journal.
+    ///
+    /// # Errors
+    /// [`BankError::Store`] (a key registered before included, as `StoreError::Duplicate`).
+    pub fn register_device(
+        &self,
+        subject: &SubjectId,
+        key: DevicePublicKey,
+    ) -> Result<(), BankError> {
+        let entry = self.record(
+            self.me(),
+            AuditEvent::DeviceKeyRegistered {
+                subject: subject.clone(),
+                device: key.thumbprint(),
+            },
+        );
+        let record = DeviceKeyRecord {
+            subject: subject.clone(),
+            key,
+            registered_at: self.now(),
+            revoked_at: None,
+        };
+        self.ledger
+            .commit(Commit::new(entry).change(Change::RegisterDeviceKey { record }))?;
+        Ok(())
+    }
+
+    /// Revokes one of `subject`'s device keys (a lost phone): nothing is sealed to it after.
+    ///
+    /// # Errors
+    /// [`BankError::UnknownDevice`] for a key that is not a live key of the subject's;
+    /// [`BankError::Store`].
+    pub fn revoke_device(&self, subject: &SubjectId, thumbprint: &str) -> Result<(), BankError> {
+        self.check_devices(subject, &[thumbprint.to_owned()])?;
+        let entry = self.record(
+            self.me(),
+            AuditEvent::DeviceKeyRevoked {
+                subject: subject.clone(),
+                device: thumbprint.to_owned(),
+            },
+        );
+        let change = Change::RevokeDeviceKey {
+            subject: subject.clone(),
+            thumbprint: thumbprint.to_owned(),
+            at: self.now(),
+        };
+        match self.ledger.commit(Commit::new(entry).change(change)) {
+            Ok(_) => Ok(()),
+            Err(StoreError::Missing { .. }) => Err(BankError::UnknownDevice(thumbprint.into())),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// `subject`'s device keys, revoked ones included.
+    ///
+    /// # Errors
+    /// [`BankError::Store`].
+    pub fn devices(&self, subject: &SubjectId) -> Result<Vec<DeviceKeyRecord>, BankError> {
+        Ok(self.ledger.device_keys(subject)?)
+    }
+
+    /// Every thumbprint names a live device key of `subject`'s: the thumbprints of all of the
+    /// subject's live keys, for the commit's precondition.
+    pub(super) fn check_devices(
+        &self,
+        subject: &SubjectId,
+        thumbprints: &[String],
+    ) -> Result<Vec<String>, BankError> {
+        let live: Vec<String> = self
+            .live_devices(subject)?
+            .iter()
+            .map(DevicePublicKey::thumbprint)
+            .collect();
+        match thumbprints.iter().find(|t| !live.contains(t)) {
+            Some(unknown) => Err(BankError::UnknownDevice(unknown.clone())),
+            None => Ok(live),
+        }
+    }
+
+    /// `subject`'s device keys that are not revoked, in the order they were registered.
+    pub(super) fn live_devices(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<Vec<DevicePublicKey>, StoreError> {
+        Ok(self
+            .ledger
+            .device_keys(subject)?
+            .into_iter()
+            .filter(|record| record.revoked_at.is_none())
+            .map(|record| record.key)
+            .collect())
+    }
+}
