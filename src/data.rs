@@ -185,6 +185,21 @@ pub enum AccountData {
     Transactions(Vec<Transaction>),
 }
 
+impl AccountData {
+    /// Whether this is data of `scope`, about `account` only.
+    pub fn is_for(&self, scope: Scope, account: &AccountId) -> bool {
+        match self {
+            Self::Balance(balance) => scope == Scope::Balance && &balance.account == account,
+            Self::Alerts(alerts) => {
+                scope == Scope::Alerts && alerts.iter().all(|alert| &alert.account == account)
+            }
+            Self::Transactions(transactions) => {
+                scope == Scope::Transactions && transactions.iter().all(|t| &t.account == account)
+            }
+        }
+    }
+}
+
 /// Why data was not served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

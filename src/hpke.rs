@@ -100,17 +100,25 @@ impl DevicePublicKey {
         )
     }
 
-    /// A six-digit code derived from the thumbprint, for the subject to compare between the
-    /// device that shows it and the bank's authenticated session: if a platform swapped in a key
-    /// of its own, the codes differ.
+    /// The code the subject compares, while registering the device in the bank's authenticated
+    /// session, between what the device shows and what the bank shows for the key it received:
+    /// 20 digits in four groups of five (`12345-67890-12345-67890`), from the first 72 bits of
+    /// SHA-256 of the thumbprint. A platform that relays the key and swaps in its own must find a
+    /// key whose code matches the device's: about 2^66 tries, where a six-digit code would take a
+    /// million (seconds of work). `js/open-sealed-response.mjs` computes the same code.
     pub fn confirmation_code(&self) -> String {
         let digest = ring::digest::digest(&ring::digest::SHA256, self.thumbprint().as_bytes());
-        let bytes = digest.as_ref();
-        let value = bytes
+        let value = digest
+            .as_ref()
             .iter()
-            .take(4)
-            .fold(0u32, |acc, byte| acc << 8 | u32::from(*byte));
-        format!("{:06}", value % 1_000_000)
+            .take(9)
+            .fold(0u128, |acc, byte| acc << 8 | u128::from(*byte));
+        let digits = format!("{:020}", value % 10u128.pow(20));
+        let groups: Vec<&str> = [0, 5, 10, 15]
+            .iter()
+            .filter_map(|start| digits.get(*start..start + 5))
+            .collect();
+        groups.join("-")
     }
 }
 

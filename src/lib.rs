@@ -36,6 +36,7 @@ pub mod merkle;
 mod policy;
 mod random;
 mod refusal;
+mod sealing;
 mod sets;
 mod store;
 mod token;
@@ -47,7 +48,7 @@ pub mod conformance;
 pub mod testing;
 
 // One path per type: everything is used from the crate root, except the protocol helpers that
-// live in their own namespaces (`checkpoint`, `merkle`, `crypto`) and the test kits.
+// live in their own namespaces (`checkpoint`, `merkle`, `crypto`, `hpke`) and the test kits.
 pub use attestation::{
     ATTESTATION_LEEWAY, ATTESTATION_TYPE, ApprovalStatement, AttestationError, AttestationSigner,
     CheckedAttestation, DEFAULT_ATTESTATION_LIFETIME, Expectations, MAX_ATTESTATION_LEN,
@@ -103,16 +104,20 @@ pub use random::{RandomError, RandomSource};
 pub use refusal::GateRefusal;
 /// The operating system's CSPRNG, `ring`'s: the [`RandomSource`] production code uses.
 pub use ring::rand::SystemRandom;
+pub use sealing::{
+    Delivery, Envelope, INFO_LABEL, OpenError, PAD_BUCKETS, Response, ResponseContext,
+    SealedResponse, open_response, seal_response,
+};
 pub use sets::{AccountSet, Flag, FlagIter, FlagSet, PurposeSet, ScopeSet};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use store::Migration;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{
-    AttestationRecord, BankRevocation, Change, Commit, CommitParts, CommitReceipt, FeedState,
-    GateQuery, GateView, HolderRecord, KeyUse, LedgerRead, LogRead, MemoryStore, PolicyRecord,
-    Precondition, PublishedKey, ReadOnly, RecordKind, SeenKind, ServedCounts, SignedCheckpoint,
-    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
+    AttestationRecord, BankRevocation, Change, Commit, CommitParts, CommitReceipt, DeviceKeyRecord,
+    FeedState, GateQuery, GateView, HolderRecord, KeyUse, LedgerRead, LogRead, MemoryStore,
+    PolicyRecord, Precondition, PublishedKey, ReadOnly, RecordKind, SeenKind, ServedCounts,
+    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
 };
 #[cfg(feature = "postgres")]
 pub use store::{PostgresOptions, PostgresStore};

@@ -8,6 +8,7 @@ use crate::ids::{AccountId, BrokerId, ConsentId, PlatformId, SubjectId};
 use crate::keys::Ed25519PublicKey;
 use crate::policy::{DenyReason, HolderPolicy, Presence};
 use crate::refusal::GateRefusal;
+use crate::sealing::Delivery;
 use crate::sets::PurposeSet;
 use crate::sets::{AccountSet, ScopeSet};
 use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
@@ -238,6 +239,12 @@ pub enum AuditEvent {
         expires_at: OffsetDateTime,
         /// Unattended accesses per day the subject agreed to.
         unattended_daily_limit: u32,
+        /// The device keys (thumbprints) responses are sealed to.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        devices: Vec<String>,
+        /// Purposes the subject agreed to receive unsealed.
+        #[serde(default, skip_serializing_if = "PurposeSet::is_empty")]
+        plaintext_purposes: PurposeSet,
         /// The earlier attestation of the same consent this one replaces (a re-authorisation).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         supersedes: Option<String>,
@@ -282,6 +289,9 @@ pub enum AuditEvent {
         token_id: String,
         /// The DPoP proof's `jti`.
         proof_id: String,
+        /// How the data leaves the bank: sealed to which devices, or unsealed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delivery: Option<Delivery>,
     },
     /// The bank's gate refused an access; the members the gate could establish are given.
     AccessRefusedAtGate {
@@ -321,6 +331,20 @@ pub enum AuditEvent {
         generated_at: OffsetDateTime,
         /// The consents it learned were revoked on the platform.
         revoked: Vec<ConsentId>,
+    },
+    /// The subject registered a device key at the bank (responses are sealed to it).
+    DeviceKeyRegistered {
+        /// Whose device.
+        subject: SubjectId,
+        /// The key's RFC 7638 thumbprint.
+        device: String,
+    },
+    /// The subject revoked a device key at the bank: nothing is sealed to it after.
+    DeviceKeyRevoked {
+        /// Whose device.
+        subject: SubjectId,
+        /// The key's RFC 7638 thumbprint.
+        device: String,
     },
     /// A key that signs the bank's attestations and instructions was activated.
     AttestationKeyActivated {
@@ -372,6 +396,8 @@ pub enum AuditKind {
     AccessRefusedAtGate,
     RevocationFeedApplied,
     AttestationKeyActivated,
+    DeviceKeyRegistered,
+    DeviceKeyRevoked,
     Unrecognised,
 }
 
@@ -404,6 +430,8 @@ impl AuditEvent {
             Self::AccessRefusedAtGate { .. } => AuditKind::AccessRefusedAtGate,
             Self::RevocationFeedApplied { .. } => AuditKind::RevocationFeedApplied,
             Self::AttestationKeyActivated { .. } => AuditKind::AttestationKeyActivated,
+            Self::DeviceKeyRegistered { .. } => AuditKind::DeviceKeyRegistered,
+            Self::DeviceKeyRevoked { .. } => AuditKind::DeviceKeyRevoked,
             Self::Unrecognised => AuditKind::Unrecognised,
         }
     }
@@ -444,7 +472,9 @@ impl AuditEvent {
             | Self::TokenIssued { subject, .. }
             | Self::AttestationSigned { subject, .. }
             | Self::RevokedAtBank { subject, .. }
-            | Self::AccessServed { subject, .. } => Some(subject),
+            | Self::AccessServed { subject, .. }
+            | Self::DeviceKeyRegistered { subject, .. }
+            | Self::DeviceKeyRevoked { subject, .. } => Some(subject),
             Self::AccessDenied { subject, .. } | Self::AccessRefusedAtGate { subject, .. } => {
                 subject.as_ref()
             }

@@ -264,6 +264,8 @@ mod tests {
             AccessRefusedAtGate,
             RevocationFeedApplied,
             AttestationKeyActivated,
+            DeviceKeyRegistered,
+            DeviceKeyRevoked,
         ];
         for kind in &all {
             // Exhaustive: a new kind must be added to the list above as well.
@@ -293,6 +295,8 @@ mod tests {
                 | AccessRefusedAtGate
                 | RevocationFeedApplied
                 | AttestationKeyActivated
+                | DeviceKeyRegistered
+                | DeviceKeyRevoked
                 | Unrecognised => {}
             }
         }

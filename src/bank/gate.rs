@@ -5,12 +5,14 @@ use time::{Duration, OffsetDateTime};
 
 use super::{Bank, MAX_ATTEMPTS};
 use crate::audit::{Actor, AuditEvent};
-use crate::data::{AccountData, DataError, DataHolder, serve};
+use crate::data::{DataError, DataHolder, serve};
 use crate::dpop::{self, DEFAULT_PROOF_WINDOW, HttpRequest, MAX_PROOF_WINDOW};
 use crate::holder::VerifiedAccess;
+use crate::hpke::{DevicePublicKey, HpkeError};
 use crate::ids::SubjectId;
 use crate::policy::Presence;
 use crate::refusal::GateRefusal;
+use crate::sealing::{Delivery, Response, ResponseContext, seal_response};
 use crate::store::{
     Change, Commit, GateQuery, GateView, LedgerRead, Precondition, RecordKind, SeenKind, Store,
     StoreError,
@@ -20,9 +22,9 @@ use crate::token::{self, AccessClaims, MAX_LEEWAY, MAX_TOKEN_LIFETIME, TokenExpe
 /// How many expired presented ids one access forgets, at most: bounded work per call.
 const PRUNE_PER_CALL: u32 = 8;
 
-/// What the data path answered once the gate admitted an access (and journalled it): the data,
-/// or the holder's refusal or failure.
-pub type Served<E> = Result<AccountData, DataError<E>>;
+/// What the data path answered once the gate admitted an access (and journalled it): the
+/// response (sealed by default), or the holder's refusal or failure.
+pub type Served<E> = Result<Response, DataError<E>>;
 
 /// How the gate is configured (start from `GateSettings::default()`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +106,10 @@ pub enum GateError<E> {
     /// Other accesses kept changing the counts this one read.
     #[error("gave up after {0} attempts under concurrent accesses")]
     Contention(u32),
+    /// The admitted access's response could not be sealed (no randomness, say): nothing was
+    /// served.
+    #[error("the response could not be sealed; nothing was served: {0}")]
+    Seal(HpkeError),
 }
 
 impl<E> GateError<E> {
@@ -113,6 +119,7 @@ impl<E> GateError<E> {
             Self::Refused { .. } => false,
             Self::Store(error) => error.is_retryable(),
             Self::AccountSystem(_) | Self::Contention(_) => true,
+            Self::Seal(error) => *error == HpkeError::RandomnessUnavailable,
         }
     }
 }
@@ -151,9 +158,18 @@ impl<S: Store + LedgerRead> Bank<S> {
         request: &GateRequest<'_>,
         accounts: &H,
     ) -> Result<VerifiedAccess, GateError<H::Error>> {
+        self.admit(request, accounts)
+            .map(|admitted| admitted.access)
+    }
+
+    fn admit<H: DataHolder>(
+        &self,
+        request: &GateRequest<'_>,
+        accounts: &H,
+    ) -> Result<Admitted, GateError<H::Error>> {
         for _ in 0..MAX_ATTEMPTS {
             match self.attempt(request, accounts) {
-                Ok(access) => return Ok(access),
+                Ok(admitted) => return Ok(admitted),
                 Err(Stop::Retry) => continue,
                 Err(Stop::Fail(error)) => return Err(error),
                 Err(Stop::Refuse(refusal, claims, subject)) => {
@@ -164,18 +180,42 @@ impl<S: Store + LedgerRead> Bank<S> {
         Err(GateError::Contention(MAX_ATTEMPTS))
     }
 
-    /// [`Bank::check`], then the data of the verified scope and account from `holder`.
+    /// [`Bank::check`], then the data of the verified scope and account from `holder`, sealed
+    /// to the subject's devices the approval named (see [`crate::seal_response`]), or unsealed for a
+    /// purpose both the bank's policy and the approval allow; the journal entry records which.
+    /// [`Bank::check`] alone leaves the serving to the caller, who must then deliver as the
+    /// journal says.
     ///
     /// # Errors
-    /// As [`Bank::check`]; the data path's [`DataError`] (as `Ok(Err(..))`: the access was
-    /// journalled as served, the holder then failed or refused).
+    /// As [`Bank::check`]; [`GateError::Seal`] when the response could not be sealed (nothing is
+    /// served then); the data path's [`DataError`] (as `Ok(Err(..))`: the access was journalled
+    /// as served, the holder then failed or refused).
     pub fn serve<H: DataHolder>(
         &self,
         request: &GateRequest<'_>,
         holder: &H,
     ) -> Result<Served<H::Error>, GateError<H::Error>> {
-        let access = self.check(request, holder)?;
-        Ok(serve(holder, &access))
+        let admitted = self.admit(request, holder)?;
+        let data = match serve(holder, &admitted.access) {
+            Ok(data) => data,
+            Err(error) => return Ok(Err(error)),
+        };
+        let devices = match admitted.plan {
+            Plan::Plaintext => return Ok(Ok(Response::Plaintext(data))),
+            Plan::Sealed { to, .. } => to,
+        };
+        let access = &admitted.access;
+        let context = ResponseContext {
+            holder: self.id.clone(),
+            consent: access.consent().clone(),
+            token_id: access.token_id().unwrap_or_default().to_owned(),
+            scope: access.scope(),
+            account: access.account().clone(),
+            sequence: admitted.journal_seq,
+        };
+        let sealed = seal_response(&data, &context, &devices, self.random.as_ref())
+            .map_err(GateError::Seal)?;
+        Ok(Ok(Response::Sealed(sealed)))
     }
 
     /// The checks without recording anything: what [`Bank::check`] would decide now, for
@@ -203,7 +243,7 @@ impl<S: Store + LedgerRead> Bank<S> {
         &self,
         request: &GateRequest<'_>,
         accounts: &H,
-    ) -> Result<VerifiedAccess, Stop<H::Error>> {
+    ) -> Result<Admitted, Stop<H::Error>> {
         let decided = self.decide(request, accounts)?;
         let Decided {
             claims,
@@ -211,6 +251,7 @@ impl<S: Store + LedgerRead> Bank<S> {
             proof_id,
             proof_expires,
             now,
+            plan,
         } = decided;
         let Some(attestation) = view.attestation else {
             return Err(Stop::Fail(GateError::Store(StoreError::Conflict)));
@@ -229,6 +270,7 @@ impl<S: Store + LedgerRead> Bank<S> {
                 presence: claims.presence,
                 token_id: claims.jti.clone(),
                 proof_id: proof_id.clone(),
+                delivery: Some(plan.delivery()),
             },
         );
         let mut commit = Commit::new(entry)
@@ -259,12 +301,22 @@ impl<S: Store + LedgerRead> Bank<S> {
                 expires_at: token_expires,
             });
         }
+        if let Plan::Sealed { live, .. } = &plan {
+            commit = commit.precondition(Precondition::LiveDeviceKeys {
+                subject: attestation.subject.clone(),
+                thumbprints: live.clone(),
+            });
+        }
         commit = commit.change(Change::PruneSeen {
             before: now,
             limit: PRUNE_PER_CALL,
         });
         match self.ledger.commit(commit) {
-            Ok(_) => Ok(VerifiedAccess::from_claims(claims)),
+            Ok(receipt) => Ok(Admitted {
+                access: VerifiedAccess::from_claims(claims),
+                plan,
+                journal_seq: receipt.audit_seqs.start,
+            }),
             Err(StoreError::Conflict) => Err(Stop::Retry),
             // Another process took the same proof or token between our read and our write.
             Err(StoreError::Duplicate {
@@ -432,9 +484,35 @@ impl<S: Store + LedgerRead> Bank<S> {
         if let Some(refusal) = counts {
             return Err(refuse(refusal, &claims, subject));
         }
+        // 9. Where the response goes: sealed unless both the policy and the approval allow the
+        // purpose unsealed; to the approval's devices that are still registered.
+        let plan = if policy.plaintext_purposes.contains(claims.purpose)
+            && attestation.plaintext_purposes.contains(claims.purpose)
+        {
+            Plan::Plaintext
+        } else {
+            let live = self.live_devices(&attestation.subject)?;
+            let live: Vec<(String, DevicePublicKey)> = live
+                .into_iter()
+                .map(|key| (key.thumbprint(), key))
+                .collect();
+            let to: Vec<DevicePublicKey> = live
+                .iter()
+                .filter(|(thumbprint, _)| attestation.devices.contains(thumbprint))
+                .map(|(_, key)| *key)
+                .collect();
+            if to.is_empty() {
+                return Err(refuse(GateRefusal::NoDeviceToSealTo, &claims, subject));
+            }
+            Plan::Sealed {
+                to,
+                live: live.into_iter().map(|(thumbprint, _)| thumbprint).collect(),
+            }
+        };
         let proof_expires = OffsetDateTime::from_unix_timestamp(proof.iat)
             .map_or(now, |iat| iat + settings.proof_window + settings.leeway);
         Ok(Decided {
+            plan,
             claims,
             view,
             proof_id: proof.jti,
@@ -486,9 +564,40 @@ impl<S: Store + LedgerRead> Bank<S> {
 
 /// What the checks established for an access they admit.
 struct Decided {
+    plan: Plan,
     claims: AccessClaims,
     view: GateView,
     proof_id: String,
     proof_expires: OffsetDateTime,
     now: OffsetDateTime,
+}
+
+/// Where an admitted access's data goes.
+enum Plan {
+    /// Sealed `to` these keys; `live` are the thumbprints of all the subject's keys not revoked
+    /// when read (the commit's precondition).
+    Sealed {
+        to: Vec<DevicePublicKey>,
+        live: Vec<String>,
+    },
+    Plaintext,
+}
+
+impl Plan {
+    /// As the journal records it.
+    fn delivery(&self) -> Delivery {
+        match self {
+            Self::Sealed { to, .. } => Delivery::Sealed {
+                devices: to.iter().map(DevicePublicKey::thumbprint).collect(),
+            },
+            Self::Plaintext => Delivery::Plaintext,
+        }
+    }
+}
+
+/// An access the gate admitted and journalled.
+struct Admitted {
+    access: VerifiedAccess,
+    plan: Plan,
+    journal_seq: u64,
 }

@@ -15,6 +15,7 @@ use crate::data::{
 };
 use crate::dpop::HttpRequest;
 use crate::error::Error;
+use crate::hpke::DeviceSecretKey;
 use crate::ids::{AccountId, SubjectId};
 use crate::keys::SigningKey;
 use crate::policy::AccessRequest;
@@ -93,6 +94,9 @@ pub struct TestBank<L = MemoryStore> {
     pub bank: Bank<L>,
     /// Its account system.
     pub accounts: Accounts,
+    /// The subject's phone: its key is registered at the bank, and every approval
+    /// [`TestBank::approve`] makes names it, so responses are sealed to it.
+    pub device: DeviceSecretKey,
     random: SeededRandom,
 }
 
@@ -143,9 +147,13 @@ impl<L: Store + LedgerRead> TestBank<L> {
         let accounts = Accounts::new()
             .with(kit.current.clone(), kit.subject.clone())
             .with(kit.savings.clone(), kit.subject.clone());
+        let device = DeviceSecretKey::derive(b"the test subject's phone");
+        bank.register_device(&kit.subject, device.public_key())
+            .expect("the device key registers");
         let test_bank = Self {
             bank,
             accounts,
+            device,
             random: SeededRandom::new(7),
         };
         test_bank.sync(kit).expect("the first feed applies");
@@ -186,10 +194,22 @@ impl<L: Store + LedgerRead> TestBank<L> {
         request: &ConsentRequest,
         narrow: impl FnOnce(&mut ApprovalStatement),
     ) -> Result<Consent, Error> {
-        let mut statement = kit.bank.full_statement(request, kit.broker.now());
+        let mut statement = self.statement(kit, request);
         narrow(&mut statement);
         let signed = self.bank.attest(&statement).expect("the bank attests");
         kit.broker.approve(request.id(), &signed)
+    }
+
+    /// What the subject approves for `request` at the bank: everything asked, responses sealed to
+    /// [`TestBank::device`].
+    pub fn statement<S: Store>(
+        &self,
+        kit: &TestBroker<S>,
+        request: &ConsentRequest,
+    ) -> ApprovalStatement {
+        let mut statement = kit.bank.full_statement(request, kit.broker.now());
+        statement.devices = vec![self.device.public_key().thumbprint()];
+        statement
     }
 
     /// [`TestBroker::request`], approved in full at the bank: a live grant the bank's ledger
