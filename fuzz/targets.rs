@@ -203,6 +203,8 @@ fn build_fixture() -> Fixture {
         accounts: listed_accounts(),
         consent_expires_at: NOW + request.duration(),
         unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
+        devices: Vec::new(),
+        plaintext_purposes: PurposeSet::new(),
     };
     let attestation = bank_signer
         .sign(

@@ -364,6 +364,8 @@ fn attestation_seeds() {
         accounts: AccountSet::from([id("acc-current")]),
         consent_expires_at: NOW + Duration::days(90),
         unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
+        devices: Vec::new(),
+        plaintext_purposes: PurposeSet::new(),
     };
     let sign = |statement: &ApprovalStatement| {
         fx.bank_signer

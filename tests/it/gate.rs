@@ -152,7 +152,11 @@ fn an_honest_access_is_journalled_before_it_is_served_and_the_subject_sees_it() 
     let kinds: Vec<_> = view.journal.iter().map(AuditEntry::kind).collect();
     assert_eq!(
         kinds,
-        [AuditKind::AttestationSigned, AuditKind::AccessServed]
+        [
+            AuditKind::DeviceKeyRegistered,
+            AuditKind::AttestationSigned,
+            AuditKind::AccessServed
+        ]
     );
 }
 
@@ -658,7 +662,7 @@ fn approving_one_consent_twice_at_once_leaves_one_live_approval() {
     for round in 0..8 {
         let w = world();
         let request = w.kit.request();
-        let statement = w.kit.bank.full_statement(&request, w.kit.broker.now());
+        let statement = w.bank.statement(&w.kit, &request);
         let barrier = std::sync::Barrier::new(2);
         let signed: Vec<String> = std::thread::scope(|scope| {
             let both: Vec<_> = (0..2)
@@ -719,10 +723,7 @@ fn a_reused_consent_id_cannot_replace_or_revoke_another_subjects_approval() {
     let w = world();
     let consent = w.bank.granted(&w.kit);
     let bob: SubjectId = id("bob");
-    let mut bobs = w
-        .kit
-        .bank
-        .full_statement(consent.request(), w.kit.broker.now());
+    let mut bobs = w.bank.statement(&w.kit, consent.request());
     bobs.subject = bob.clone();
     assert_eq!(
         w.bank.bank.attest(&bobs),

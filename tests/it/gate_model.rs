@@ -1,17 +1,19 @@
 //! Model-based test of the bank's gate: random sequences of attestations, re-authorisations,
 //! revocations at the bank and on the platform, policy changes, feeds, clock jumps and
-//! presentations, run against the real bank and against a plain reference model of the bank's
-//! rules written from the documented order of `GateRefusal` (not from the gate's code). The
-//! platform is fully dishonest: it signs its tokens itself with the broker's key, with whatever
-//! claims it likes, so nothing but the bank's own records can stop it. Every presentation's
-//! outcome, served or the exact refusal, must match the model.
+//! presentations, device keys registered and revoked, run against the real bank and against a
+//! plain reference model of the bank's rules written from the documented order of `GateRefusal`
+//! (not from the gate's code). The platform is fully dishonest: it signs its tokens itself with
+//! the broker's key, with whatever claims it likes, so nothing but the bank's own records can
+//! stop it. Every presentation's outcome must match the model: the exact refusal, or served,
+//! unsealed or sealed to exactly the devices the model names (and opening on them).
 //!
-//! Cases: 128 by default; `CONSENT_BROKER_MODEL_CASES` sets more (CI runs 2,000).
+//! Cases: 256 by default; `CONSENT_BROKER_MODEL_CASES` sets more (CI runs 2,000).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use consent_broker::dpop::{DpopError, DpopSigner};
+use consent_broker::hpke::DeviceSecretKey;
 use consent_broker::testing::{GET_BALANCE, START, SeededRandom, TestBank, TestBroker};
 use consent_broker::time::{Date, Duration, OffsetDateTime};
 use consent_broker::*;
@@ -41,6 +43,16 @@ enum Op {
         accounts: u8,
         limit: u32,
         days: i64,
+        /// Which of the subject's device keys the approval names: bit `i` is the `i`-th most
+        /// recently registered.
+        devices: u8,
+        /// Purposes approved unsealed.
+        plain: u8,
+    },
+    RegisterDevice,
+    RevokeDevice {
+        /// The `which`-th most recently registered key.
+        which: usize,
     },
     Reattest {
         which: usize,
@@ -56,6 +68,7 @@ enum Op {
     Policy {
         enabled: u8,
         limit: u32,
+        plain: u8,
     },
     Advance {
         step: usize,
@@ -65,8 +78,8 @@ enum Op {
 
 #[derive(Debug, Clone)]
 struct Presentation {
-    /// Which attestation the token names, the most recent first; 4 and 5 name one the bank
-    /// never signed.
+    /// Which attestation the token names, the most recent first (modulo how many of the four
+    /// most recent there are); 4 and 5 name one the bank never signed.
     which: usize,
     /// 0 honest, 1 another subject, 2 another platform, 3 another consent.
     lie: u8,
@@ -108,14 +121,22 @@ fn presentation() -> impl Strategy<Value = Presentation> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (1..4u8, 1..4u8, 1..8u8, 0..4u32, 1..60i64).prop_map(|(scopes, purposes, accounts, limit, days)| {
-            Op::Attest { scopes, purposes, accounts, limit, days }
-        }),
+        3 => (
+            (1..4u8, 1..4u8, 1..8u8, 0..4u32, 1..60i64),
+            prop_oneof![6 => Just(1u8), 1 => 0..4u8],
+            prop_oneof![1 => Just(0u8), 1 => 0..4u8],
+        )
+            .prop_map(|((scopes, purposes, accounts, limit, days), devices, plain)| {
+                Op::Attest { scopes, purposes, accounts, limit, days, devices, plain }
+            }),
+        1 => Just(Op::RegisterDevice),
+        2 => (0..2usize).prop_map(|which| Op::RevokeDevice { which }),
         1 => (0..4usize).prop_map(|which| Op::Reattest { which }),
         1 => (0..4usize, any::<bool>()).prop_map(|(which, by_subject)| Op::RevokeAtBank { which, by_subject }),
         1 => (0..4usize).prop_map(|which| Op::RevokeOnPlatform { which }),
         1 => Just(Op::Feed),
-        1 => (1..8u8, 0..5u32).prop_map(|(enabled, limit)| Op::Policy { enabled, limit }),
+        1 => (1..8u8, 0..5u32, prop_oneof![1 => Just(0u8), 1 => 0..4u8])
+            .prop_map(|(enabled, limit, plain)| Op::Policy { enabled, limit, plain }),
         1 => (0..STEPS.len()).prop_map(|step| Op::Advance { step }),
         10 => presentation().prop_map(Op::Present),
     ]
@@ -142,13 +163,29 @@ struct MAtt {
     expires_at: OffsetDateTime,
     revoked: Option<Revoker>,
     superseded: bool,
+    /// The device keys named (thumbprints).
+    devices: Vec<String>,
+    plain: u8,
 }
+
+/// A device key as the model keeps it.
+#[derive(Debug, Clone)]
+struct MKey {
+    thumbprint: String,
+    live: bool,
+}
+
+/// How the model expects a served access delivered: unsealed (`None`), or sealed to these
+/// thumbprints, in the order the keys were registered.
+type Delivered = Option<Vec<String>>;
 
 /// The reference model: the bank's rules, plainly.
 struct Model {
     atts: Vec<MAtt>,
+    keys: Vec<MKey>,
     policy_scopes: u8,
     policy_limit: u32,
+    policy_plain: u8,
     platform_revoked: HashSet<String>,
     feed_at: OffsetDateTime,
     served: HashMap<(String, Date), (u32, u32)>,
@@ -161,7 +198,7 @@ impl Model {
         p: &Presentation,
         att: Option<&MAtt>,
         proof_ok: Option<GateRefusal>,
-    ) -> Result<(), GateRefusal> {
+    ) -> Result<Delivered, GateRefusal> {
         if let Some(refusal) = proof_ok {
             return Err(refusal);
         }
@@ -223,7 +260,67 @@ impl Model {
         } else if present >= CEILING {
             return Err(GateRefusal::PresentCeilingReached { ceiling: CEILING });
         }
+        let purpose = 1 << p.purpose;
+        if self.policy_plain & a.plain & purpose != 0 {
+            return Ok(None);
+        }
+        let to: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|k| k.live && a.devices.contains(&k.thumbprint))
+            .map(|k| k.thumbprint.clone())
+            .collect();
+        if to.is_empty() {
+            return Err(GateRefusal::NoDeviceToSealTo);
+        }
+        Ok(Some(to))
+    }
+
+    /// What attesting these terms should give: the bank's policy first, then the devices.
+    fn attest_outcome(
+        &self,
+        scopes: u8,
+        limit: u32,
+        purposes: u8,
+        devices: &[String],
+        plain: u8,
+    ) -> Result<(), &'static str> {
+        if scopes & !self.policy_scopes != 0
+            || limit > self.policy_limit
+            || plain & !self.policy_plain != 0
+        {
+            return Err("outside policy");
+        }
+        if devices
+            .iter()
+            .any(|d| !self.keys.iter().any(|k| k.live && k.thumbprint == *d))
+        {
+            return Err("unknown device");
+        }
+        if devices.is_empty() && purposes & !plain != 0 {
+            return Err("no device");
+        }
         Ok(())
+    }
+
+    /// The thumbprints of the keys `mask` picks, bit `i` the `i`-th most recently registered.
+    fn pick(&self, mask: u8) -> Vec<String> {
+        self.keys
+            .iter()
+            .rev()
+            .enumerate()
+            .filter(|(i, _)| *i < 8 && mask & (1 << i) != 0)
+            .map(|(_, k)| k.thumbprint.clone())
+            .collect()
+    }
+}
+
+fn attest_error(error: &BankError) -> &'static str {
+    match error {
+        BankError::OutsidePolicy(_) => "outside policy",
+        BankError::UnknownDevice(_) => "unknown device",
+        BankError::NoDevice => "no device",
+        _ => "other",
     }
 }
 
@@ -246,6 +343,8 @@ struct World {
     tokens: u64,
     /// The last request served: its token and proof, and its token's `jti`.
     last_served: Option<(String, String)>,
+    /// The subject's device keys, as registered (the model's `keys` in the same order).
+    device_keys: Vec<DeviceSecretKey>,
 }
 
 impl World {
@@ -261,11 +360,20 @@ impl World {
             },
         );
         let feed_position = bank.bank.ledger().feed_state().unwrap().unwrap().position;
-        let policy = bank.bank.policy().unwrap().unwrap().policy;
+        // The bank starts out allowing either purpose unsealed (where the subject agrees too).
+        let mut policy = bank.bank.policy().unwrap().unwrap().policy;
+        policy.plaintext_purposes = PurposeSet::from(Purpose::ALL);
+        bank.bank.set_policy(policy.clone()).unwrap();
+        let device_keys = vec![DeviceSecretKey::from_bytes(bank.device.to_bytes())];
         let model = Model {
             atts: Vec::new(),
+            keys: vec![MKey {
+                thumbprint: bank.device.public_key().thumbprint(),
+                live: true,
+            }],
             policy_scopes: mask(policy.enabled_scopes),
             policy_limit: policy.unattended_daily_limit,
+            policy_plain: 0b11,
             platform_revoked: HashSet::new(),
             feed_at: START,
             served: HashMap::new(),
@@ -288,6 +396,7 @@ impl World {
             consents: 0,
             tokens: 0,
             last_served: None,
+            device_keys,
         }
     }
 
@@ -329,6 +438,7 @@ impl World {
         }
     }
 
+    #[allow(clippy::too_many_arguments, reason = "the terms of one approval")]
     fn attest(
         &mut self,
         scopes: u8,
@@ -336,6 +446,8 @@ impl World {
         accounts: u8,
         limit: u32,
         days: i64,
+        devices: Vec<String>,
+        plain: u8,
         consent: Option<String>,
     ) -> Result<String, BankError> {
         let consent = consent.unwrap_or_else(|| {
@@ -351,6 +463,8 @@ impl World {
             accounts: accounts_of(accounts),
             consent_expires_at: self.now() + Duration::days(days),
             unattended_daily_limit: limit,
+            devices: devices.clone(),
+            plaintext_purposes: purposes_of(plain),
         };
         let signed = self.bank.bank.attest(&statement)?;
         let attestation: serde_json::Value =
@@ -370,6 +484,8 @@ impl World {
             expires_at: statement.consent_expires_at,
             revoked: None,
             superseded: false,
+            devices,
+            plain,
         });
         Ok(jti)
     }
@@ -383,15 +499,28 @@ impl World {
                 accounts,
                 limit,
                 days,
+                devices,
+                plain,
             } => {
-                let result = self.attest(*scopes, *purposes, *accounts, *limit, *days, None);
-                let within =
-                    scopes & !self.model.policy_scopes == 0 && *limit <= self.model.policy_limit;
-                prop_assert_eq!(result.is_ok(), within, "attest {:?}: {:?}", op, result);
-                hit(if within {
-                    "attested"
-                } else {
-                    "attestation refused"
+                let devices = self.model.pick(*devices);
+                let expected = self
+                    .model
+                    .attest_outcome(*scopes, *limit, *purposes, &devices, *plain);
+                let result = self.attest(
+                    *scopes, *purposes, *accounts, *limit, *days, devices, *plain, None,
+                );
+                prop_assert_eq!(
+                    result.as_ref().map(|_| ()).map_err(attest_error),
+                    expected,
+                    "attest {:?}: {:?}",
+                    op,
+                    result
+                );
+                hit(match expected {
+                    Ok(()) => "attested",
+                    Err("unknown device") => "attestation names a revoked device",
+                    Err("no device") => "attestation names no device",
+                    Err(_) => "attestation refused",
                 });
             }
             Op::Reattest { which } => {
@@ -400,8 +529,10 @@ impl World {
                 };
                 if a.superseded
                     || a.revoked.is_some()
-                    || a.scopes & !self.model.policy_scopes != 0
-                    || a.limit > self.model.policy_limit
+                    || self
+                        .model
+                        .attest_outcome(a.scopes, a.limit, a.purposes, &a.devices, a.plain)
+                        .is_err()
                 {
                     return Ok(());
                 }
@@ -411,10 +542,41 @@ impl World {
                     a.accounts,
                     a.limit,
                     30,
+                    a.devices,
+                    a.plain,
                     Some(a.consent),
                 )
                 .unwrap();
                 hit("re-attested");
+            }
+            Op::RegisterDevice => {
+                let key = DeviceSecretKey::derive(
+                    format!("device {}", self.device_keys.len()).as_bytes(),
+                );
+                self.bank
+                    .bank
+                    .register_device(&id("alice"), key.public_key())
+                    .unwrap();
+                self.model.keys.push(MKey {
+                    thumbprint: key.public_key().thumbprint(),
+                    live: true,
+                });
+                self.device_keys.push(key);
+                hit("device registered");
+            }
+            Op::RevokeDevice { which } => {
+                let Some(index) = self.model.keys.len().checked_sub(which + 1) else {
+                    return Ok(());
+                };
+                let key = self.model.keys[index].clone();
+                let result = self.bank.bank.revoke_device(&id("alice"), &key.thumbprint);
+                prop_assert_eq!(result.is_ok(), key.live, "revoke device: {:?}", result);
+                if key.live {
+                    self.model.keys[index].live = false;
+                    hit("device revoked");
+                } else {
+                    prop_assert!(matches!(result, Err(BankError::UnknownDevice(_))));
+                }
             }
             Op::RevokeAtBank { which, by_subject } => {
                 let Some(a) = self.model.atts.iter().rev().nth(*which).cloned() else {
@@ -455,15 +617,21 @@ impl World {
                 hit("revoked on the platform");
             }
             Op::Feed => self.feed(None),
-            Op::Policy { enabled, limit } => {
+            Op::Policy {
+                enabled,
+                limit,
+                plain,
+            } => {
                 let policy = HolderPolicy {
                     enabled_scopes: scopes_of(*enabled),
                     unattended_daily_limit: *limit,
+                    plaintext_purposes: purposes_of(*plain),
                     ..HolderPolicy::default()
                 };
                 self.bank.bank.set_policy(policy).unwrap();
                 self.model.policy_scopes = *enabled;
                 self.model.policy_limit = *limit;
+                self.model.policy_plain = *plain;
             }
             Op::Advance { step } => self.kit.clock.advance(STEPS[*step]),
             Op::Present(p) => self.present(p)?,
@@ -520,8 +688,10 @@ impl World {
             hit("replay refused");
             return Ok(());
         }
-        let att = if p.which < 4 {
-            self.model.atts.iter().rev().nth(p.which).cloned()
+        // Among the four most recent (fewer when fewer were signed).
+        let att = if p.which < 4 && !self.model.atts.is_empty() {
+            let recent = self.model.atts.len().min(4);
+            self.model.atts.iter().rev().nth(p.which % recent).cloned()
         } else {
             None
         };
@@ -579,11 +749,67 @@ impl World {
             proof: &proof,
             http: GET_BALANCE,
         };
-        let outcome = self.bank.bank.check(&request, &self.bank.accounts);
+        let outcome = self.bank.bank.serve(&request, &self.bank.accounts);
         match (&expected, outcome) {
-            (Ok(()), Ok(access)) => {
+            (Ok(delivered), Ok(Ok(response))) => {
                 let a = att.unwrap();
-                prop_assert_eq!(access.account().as_str(), ACCOUNTS[p.account]);
+                let data = match (delivered, response) {
+                    (None, Response::Plaintext(data)) => {
+                        hit("served unsealed");
+                        data
+                    }
+                    (Some(to), Response::Sealed(sealed)) => {
+                        let sealed_to: Vec<&str> =
+                            sealed.envelopes.iter().map(|e| e.device.as_str()).collect();
+                        prop_assert_eq!(&sealed_to, to, "sealed to");
+                        // It opens on each named device, and on no other registered one.
+                        let mut opened = None;
+                        for key in &self.device_keys {
+                            let result = open_response(&sealed, key);
+                            if to.contains(&key.public_key().thumbprint()) {
+                                opened = Some(result.unwrap());
+                            } else {
+                                prop_assert_eq!(result, Err(OpenError::NotForThisDevice));
+                            }
+                        }
+                        // The context names the journal entry that recorded the access and where
+                        // its data went.
+                        let seq = sealed.context.sequence;
+                        let entry = self
+                            .bank
+                            .bank
+                            .journal()
+                            .audit_entries(seq..seq + 1)
+                            .unwrap()
+                            .pop()
+                            .unwrap();
+                        match entry.event {
+                            AuditEvent::AccessServed {
+                                token_id, delivery, ..
+                            } => {
+                                prop_assert_eq!(&token_id, &sealed.context.token_id);
+                                prop_assert_eq!(
+                                    delivery,
+                                    Some(Delivery::Sealed {
+                                        devices: to.clone()
+                                    })
+                                );
+                            }
+                            other => {
+                                return Err(TestCaseError::fail(format!(
+                                    "entry {seq} is not the access: {other:?}"
+                                )));
+                            }
+                        }
+                        opened.unwrap()
+                    }
+                    (delivered, response) => {
+                        return Err(TestCaseError::fail(format!(
+                            "model delivers {delivered:?}, gate {response:?}, for {p:?}"
+                        )));
+                    }
+                };
+                prop_assert!(data.is_for(Scope::ALL[p.scope], &id(ACCOUNTS[p.account])));
                 let counts = self.model.served.entry((a.id, now.date())).or_default();
                 if p.unattended {
                     counts.0 += 1;
@@ -637,6 +863,7 @@ fn refusal_path(refusal: &GateRefusal) -> &'static str {
             "unattended limit"
         }
         GateRefusal::PresentCeilingReached { .. } => "present ceiling",
+        GateRefusal::NoDeviceToSealTo => "no device to seal to",
         _ => "proof or token",
     }
 }
@@ -655,7 +882,7 @@ fn cases() -> u32 {
     std::env::var("CONSENT_BROKER_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .map_or(128, |cases: u32| cases.clamp(1, 2_000))
+        .map_or(256, |cases: u32| cases.clamp(1, 2_000))
 }
 
 #[test]
@@ -702,6 +929,12 @@ fn the_gate_decides_as_the_model_of_the_banks_rules() {
         "not the subject's account",
         "unattended limit",
         "proof or token",
+        "attestation names a revoked device",
+        "attestation names no device",
+        "device registered",
+        "device revoked",
+        "served unsealed",
+        "no device to seal to",
     ] {
         assert!(
             coverage.get(path).copied().unwrap_or(0) > 0,

@@ -17,6 +17,14 @@ mod support;
 #[path = "../../fuzz/targets.rs"]
 mod targets;
 
+/// The main example's story, which `platform_blind` runs and then searches.
+#[path = "../../examples/messenger_bank.rs"]
+#[allow(
+    dead_code,
+    reason = "the example's `main` and its argument parsing are not used here"
+)]
+mod story;
+
 // The core: decisions, lifecycle, attestations, tokens and the data path.
 mod attestation;
 mod bad_input;
@@ -26,8 +34,10 @@ mod gate;
 mod gate_model;
 mod instructions;
 mod lifecycle;
+mod platform_blind;
 mod review_fixes;
 mod sealed;
+mod sealed_delivery;
 mod sealing;
 mod token_attacks;
 mod tokens;

@@ -1,5 +1,6 @@
 //! Sealed responses: our HPKE against an independent implementation (the `hpke` crate), both
-//! ways; what a flipped bit, another key or another context does; and the bank's side of sealing.
+//! ways; what a flipped bit, another key or another context does; and the JavaScript opener
+//! (WebCrypto alone, under Node) on what the Rust side sealed.
 
 use ::hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 use consent_broker::hpke::{self, DevicePublicKey, DeviceSecretKey, HpkeError};
@@ -99,4 +100,148 @@ fn a_flipped_bit_another_key_or_another_context_does_not_open() {
         hpke::open(&device, &[0u8; 32], b"info", b"aad", &sealed.ciphertext),
         Err(HpkeError::BadKey)
     );
+}
+
+/// Runs `node tests/js/open_sealed.mjs` on `cases`: what the JavaScript opener made of each.
+/// `Err` with the reason when Node cannot run here.
+fn open_in_javascript(cases: &serde_json::Value) -> Result<Vec<serde_json::Value>, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let input = dir.path().join("cases.json");
+    std::fs::write(&input, cases.to_string()).map_err(|e| e.to_string())?;
+    let output = std::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/js/open_sealed.mjs"
+        ))
+        .arg(&input)
+        .output()
+        .map_err(|e| format!("node could not be started ({e}): install Node.js 20 or later"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("Unrecognized algorithm name") || stderr.contains("X25519") {
+            return Err(format!(
+                "this Node has no WebCrypto X25519 (needs 20+): {stderr}"
+            ));
+        }
+        panic!("the JavaScript opener failed: {stderr}");
+    }
+    Ok(serde_json::from_slice(&output.stdout).unwrap())
+}
+
+/// The JavaScript opener (WebCrypto alone) opens what the bank sealed, computes the same
+/// thumbprint and confirmation code, and refuses what was moved, altered or not for it.
+/// Needs Node.js 20+: without it the test says so and passes, unless `CI` is set.
+#[test]
+fn the_javascript_opener_opens_what_rust_sealed_and_refuses_the_rest() {
+    let random = SystemRandom::new();
+    let device = DeviceSecretKey::generate(&random).unwrap();
+    let other = DeviceSecretKey::generate(&random).unwrap();
+    let context = ResponseContext {
+        holder: "first-bank".parse().unwrap(),
+        consent: "cns_1".parse().unwrap(),
+        token_id: "tok-1".into(),
+        scope: Scope::Alerts,
+        account: "acc-current".parse().unwrap(),
+        sequence: u64::from(u32::MAX) + 7,
+    };
+    let alerts = AccountData::Alerts(
+        (0..40)
+            .map(|i| FraudAlert {
+                account: context.account.clone(),
+                reference: format!("FA-{i}"),
+                message: "Card used abroad — « 2 countries »".into(),
+                raised_at: consent_broker::testing::START,
+            })
+            .collect(),
+    );
+    let keys = [device.public_key(), other.public_key()];
+    let sealed = seal_response(&alerts, &context, &keys, &random).unwrap();
+    let balance_context = ResponseContext {
+        scope: Scope::Balance,
+        sequence: 1,
+        ..context.clone()
+    };
+    let balance = AccountData::Balance(Balance {
+        account: context.account.clone(),
+        available: Money {
+            minor_units: -4_200,
+            currency: "EUR".into(),
+        },
+        as_of: consent_broker::testing::START,
+    });
+    let small = seal_response(&balance, &balance_context, &keys[..1], &random).unwrap();
+    let mut moved = sealed.clone();
+    moved.context.sequence += 1;
+    let mut altered = sealed.clone();
+    let mut bytes = crate::support::unb64(&altered.envelopes[0].ciphertext);
+    bytes[100] ^= 0x20;
+    altered.envelopes[0].ciphertext = crate::support::b64(&bytes);
+    let not_the_context = seal_response(&balance, &context, &keys[..1], &random).unwrap();
+
+    let case = |response: &SealedResponse, key: &DeviceSecretKey| {
+        serde_json::json!({
+            "response": Response::Sealed(response.clone()),
+            "secret_key": crate::support::b64(key.to_bytes()),
+            "public_key": key.public_key().to_base64url(),
+        })
+    };
+    let cases = serde_json::json!([
+        case(&sealed, &device),
+        case(&sealed, &other),
+        case(&small, &device),
+        case(&small, &other),
+        case(&moved, &device),
+        case(&altered, &device),
+        case(&not_the_context, &device),
+    ]);
+    let results = match open_in_javascript(&cases) {
+        Ok(results) => results,
+        Err(reason) if std::env::var_os("CI").is_some() => {
+            panic!("CI is set and the JavaScript opener cannot run: {reason}")
+        }
+        Err(reason) => {
+            eprintln!(
+                "SKIPPED the JavaScript opener test (set CI to make this a failure): {reason}"
+            );
+            return;
+        }
+    };
+    let opened = |i: usize| serde_json::from_value::<AccountData>(results[i]["opened"].clone());
+    assert_eq!(opened(0).unwrap(), alerts);
+    assert_eq!(opened(1).unwrap(), alerts);
+    assert_eq!(opened(2).unwrap(), balance);
+    let errors: Vec<&str> = results[3..]
+        .iter()
+        .map(|r| r["error"].as_str().unwrap_or("opened"))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "not_for_this_device",
+            "does_not_open",
+            "does_not_open",
+            "malformed"
+        ]
+    );
+    // Rust agrees on each.
+    assert_eq!(
+        open_response(&small, &other),
+        Err(OpenError::NotForThisDevice)
+    );
+    assert_eq!(open_response(&moved, &device), Err(OpenError::DoesNotOpen));
+    assert_eq!(
+        open_response(&altered, &device),
+        Err(OpenError::DoesNotOpen)
+    );
+    assert_eq!(
+        open_response(&not_the_context, &device),
+        Err(OpenError::Malformed)
+    );
+    for (result, key) in results.iter().zip([&device, &other]) {
+        assert_eq!(result["thumbprint"], key.public_key().thumbprint());
+        assert_eq!(
+            result["confirmation_code"],
+            key.public_key().confirmation_code()
+        );
+    }
 }

@@ -126,6 +126,8 @@ impl<S: Store> Shared<S> {
             accounts: accounts.clone(),
             consent_expires_at: self.fx.broker.now() + GRANT + Duration::seconds(extra),
             unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
+            devices: Vec::new(),
+            plaintext_purposes: PurposeSet::new(),
         };
         self.fx.attest(&statement)
     }
