@@ -87,6 +87,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         accounts: AccountSet::from([account.clone()]),
         consent_expires_at: broker.now() + Duration::days(30),
         unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
+        devices: Vec::new(),
+        plaintext_purposes: PurposeSet::new(),
     };
     broker.approve(
         request.id(),

@@ -87,18 +87,28 @@ fn step(title: &str) {
 }
 
 /// Presents a request at the bank's gate and says what happened.
-fn present(bank: &Bank<SqliteStore>, token: &str, proof: &str, what: &str) -> Result<()> {
+/// A served response is sealed to Alice's phone: the platform relays it, her phone opens it.
+fn present(
+    bank: &Bank<SqliteStore>,
+    token: &str,
+    proof: &str,
+    what: &str,
+    phone: &hpke::DeviceSecretKey,
+) -> Result<()> {
     let request = GateRequest {
         token,
         proof,
         http: GET,
     };
     match bank.serve(&request, &Accounts) {
-        Ok(Ok(AccountData::Balance(balance))) => println!(
-            "   {what}: served, balance {} {}",
-            balance.available.minor_units, balance.available.currency
-        ),
-        Ok(Ok(data)) => println!("   {what}: served {data:?}"),
+        Ok(Ok(Response::Sealed(sealed))) => match open_response(&sealed, phone)? {
+            AccountData::Balance(balance) => println!(
+                "   {what}: served sealed to Alice's phone, which opens it: balance {} {}",
+                balance.available.minor_units, balance.available.currency
+            ),
+            data => println!("   {what}: served sealed, Alice's phone opens {data:?}"),
+        },
+        Ok(Ok(Response::Plaintext(data))) => println!("   {what}: served in the clear {data:?}"),
         Ok(Err(error)) => println!("   {what}: admitted, then the data path refused: {error}"),
         Err(GateError::Refused { refusal, .. }) => println!("   {what}: REFUSED, {refusal}"),
         Err(error) => return Err(error.to_string().into()),
@@ -156,6 +166,14 @@ fn main() -> Result<()> {
     };
     println!("   platform database: {}", platform.db.display());
 
+    step("Alice registers her phone's key at her bank (she compares the confirmation codes)");
+    let phone = hpke::DeviceSecretKey::generate(&random)?;
+    println!(
+        "   code shown by phone and bank: {}",
+        phone.public_key().confirmation_code()
+    );
+    bank.register_device(&alice, phone.public_key())?;
+
     step("Alice approves, at her bank, balance checks on her own account, two polls a day");
     let request = platform.broker.request_consent(ConsentRequestDraft {
         subject: alice.clone(),
@@ -175,6 +193,8 @@ fn main() -> Result<()> {
         accounts: AccountSet::from([own.clone()]),
         consent_expires_at: platform.broker.now() + Duration::days(30),
         unattended_daily_limit: 2,
+        devices: vec![phone.public_key().thumbprint()],
+        plaintext_purposes: PurposeSet::new(),
     })?;
     platform.broker.approve(request.id(), &attestation)?;
     let access = |scope: Scope, account: &AccountId, presence: Presence| AccessRequest {
@@ -188,7 +208,7 @@ fn main() -> Result<()> {
 
     step("An honest request");
     let (token, proof) = platform.token(&access(Scope::Balance, &own, Presence::SubjectPresent))?;
-    present(&bank, &token, &proof, "Alice asks for her balance")?;
+    present(&bank, &token, &proof, "Alice asks for her balance", &phone)?;
 
     step("The platform edits its own database: Bob's account and transactions in Alice's grant");
     platform.edit(&format!(
@@ -207,33 +227,31 @@ fn main() -> Result<()> {
         &token,
         &proof,
         "Bob's balance, under Alice's consent",
+        &phone,
     )?;
     let (token, proof) =
         platform.token(&access(Scope::Transactions, &own, Presence::SubjectPresent))?;
-    present(&bank, &token, &proof, "Alice's transactions")?;
+    present(&bank, &token, &proof, "Alice's transactions", &phone)?;
 
     step("Background polls: two agreed; the platform resets its count, then calls them 'present'");
     for poll in 1..=3 {
         let (token, proof) = platform.token(&access(Scope::Balance, &own, Presence::Unattended))?;
-        present(&bank, &token, &proof, &format!("unattended poll {poll}"))?;
+        let what = format!("unattended poll {poll}");
+        present(&bank, &token, &proof, &what, &phone)?;
         platform.edit("DELETE FROM usage")?;
     }
     for poll in 1..=3 {
         let (token, proof) =
             platform.token(&access(Scope::Balance, &own, Presence::SubjectPresent))?;
-        present(
-            &bank,
-            &token,
-            &proof,
-            &format!("poll labelled 'present' {poll}"),
-        )?;
+        let what = format!("poll labelled 'present' {poll}");
+        present(&bank, &token, &proof, &what, &phone)?;
     }
 
     step("A token copied by someone without the platform's key");
     let (token, _) = platform.token(&access(Scope::Balance, &own, Presence::SubjectPresent))?;
     let thief = DpopSigner::new(SigningKey::generate(&random)?)?;
     let stolen_proof = thief.proof(&GET, &token, platform.broker.now(), &random)?;
-    present(&bank, &token, &stolen_proof, "the copied token")?;
+    present(&bank, &token, &stolen_proof, "the copied token", &phone)?;
 
     step("What Alice sees at her bank");
     let view = bank.subject_view(&alice)?;

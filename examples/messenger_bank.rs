@@ -3,9 +3,11 @@
 //! A messaging platform ("chat") wants to show Alice her balance and fraud alerts from her bank.
 //! Alice opts in at the bank, which records her approval in its own ledger and attests it; every
 //! access goes through the broker's checked call; the bank serves data only through its gate,
-//! which checks each DPoP-bound token against the bank's own records; nothing is permitted for
-//! advertising; revocation and expiry are final; and the audit trail shows all of it. (The platform
-//! cheating, and the gate refusing it, is `examples/dishonest_platform.rs`.)
+//! which checks each DPoP-bound token against the bank's own records and seals what it serves to
+//! Alice's phone, so the platform relays her balance without being able to read it; nothing is
+//! permitted for advertising; revocation and expiry are final; and the audit trail shows all of
+//! it. At the end the story searches everything the platform stored for Alice's figures. (The
+//! platform cheating, and the gate refusing it, is `examples/dishonest_platform.rs`.)
 //!
 //! Run: `cargo run --example messenger_bank`. The example checks each outcome against the story
 //! and exits non-zero if any differs.
@@ -22,6 +24,9 @@ use consent_broker::time::macros::datetime;
 use consent_broker::*;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The fraud alert pending on Alice's current account.
+const ALERT: &str = "Card used in two countries within an hour";
 
 /// The bank's data, served only through verified access.
 struct FirstBank {
@@ -61,7 +66,7 @@ impl DataHolder for FirstBank {
         Ok(vec![FraudAlert {
             account: grant.account().clone(),
             reference: "FA-1".into(),
-            message: "Card used in two countries within an hour".into(),
+            message: ALERT.into(),
             raised_at: datetime!(2026-11-21 08:30 UTC),
         }])
     }
@@ -84,6 +89,10 @@ struct Story {
     clock: Arc<ManualClock>,
     /// The platform's DPoP key: its tokens are bound to it.
     dpop: DpopSigner,
+    /// Alice's phone's key (on her phone; the platform never holds it).
+    phone: hpke::DeviceSecretKey,
+    /// The platform's log of the responses it relayed to Alice's phone.
+    relay_log: Vec<u8>,
     rng: SystemRandom,
     step: u32,
 }
@@ -125,6 +134,8 @@ impl Story {
             accounts: accounts.iter().map(|a| (*a).clone()).collect(),
             consent_expires_at: self.broker.now() + lasting,
             unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
+            devices: vec![self.phone.public_key().thumbprint()],
+            plaintext_purposes: PurposeSet::new(),
         };
         Ok(self.bank.attest(&statement)?)
     }
@@ -144,8 +155,9 @@ impl Story {
     }
 
     /// The platform gets a token; the bank's gate checks it against the bank's own records and
-    /// serves the data.
-    fn fetch_with_token(&self, request: &AccessRequest) -> Result<String> {
+    /// serves the data, sealed to Alice's phone; the platform relays it (and logs what it
+    /// relayed); her phone opens it.
+    fn fetch_with_token(&mut self, request: &AccessRequest) -> Result<String> {
         let TokenOutcome::Issued(token) = self.broker.authorise_with_token(request)? else {
             return Err("expected a permit and a token".into());
         };
@@ -155,10 +167,22 @@ impl Story {
             token.expires_at.format(&Rfc3339)?
         );
         self.sync_feed()?;
-        let data = self.present(&token.token)??;
+        let Response::Sealed(sealed) = self.present(&token.token)?? else {
+            return Err("the bank served it unsealed".into());
+        };
+        let relayed = serde_json::to_string(&sealed)?;
+        self.relay_log.extend_from_slice(relayed.as_bytes());
+        self.relay_log.push(b'\n');
         println!(
-            "   the bank's gate checked it against the bank's own ledger and answered: {}",
-            serde_json::to_string(&data)?
+            "   the bank's gate checked it against the bank's own ledger and sealed the answer to \
+             Alice's phone (journal entry {}); the platform relays {} bytes it cannot read",
+            sealed.context.sequence,
+            relayed.len()
+        );
+        let opened = open_response(&serde_json::from_str(&relayed)?, &self.phone)?;
+        println!(
+            "   Alice's phone opens it: {}",
+            serde_json::to_string(&opened)?
         );
         Ok(token.token)
     }
@@ -199,11 +223,13 @@ fn deny(reasons: Vec<DenyReason>) -> Decision {
 }
 
 /// Where the story keeps its data: `--db PATH` or `CONSENT_BROKER_DB`, `--memory` for none.
-enum Storage {
+pub enum Storage {
+    /// A SQLite file (the bank's ledger beside it, `<db>.bank.sqlite`).
     Sqlite(PathBuf),
     /// `--postgres URL` or `CONSENT_BROKER_POSTGRES` (needs `--features postgres`).
     #[cfg(feature = "postgres")]
     Postgres(String),
+    /// Nothing kept.
     Memory,
 }
 
@@ -267,8 +293,13 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    let storage = storage()?;
-    let store: Arc<dyn Store> = match &storage {
+    tell(&storage()?)
+}
+
+/// The story, on `storage`. (`tests/it/platform_blind.rs` runs it too, then searches what the
+/// platform stored.)
+pub fn tell(storage: &Storage) -> Result<()> {
+    let store: Arc<dyn Store> = match storage {
         Storage::Sqlite(path) => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -304,7 +335,7 @@ fn run() -> Result<()> {
     let clock = Arc::new(ManualClock::new(start));
     let broker_id = BrokerId::new("consent-broker.chat.example")?;
     let rng = SystemRandom::new();
-    let keys = key_directory(&storage)?;
+    let keys = key_directory(storage)?;
     let broker_keys = match &keys {
         Some(directory) => BrokerKeys::load_or_create(directory, &rng)?,
         None => BrokerKeys::ephemeral(&rng)?,
@@ -329,7 +360,7 @@ fn run() -> Result<()> {
     let savings = AccountId::new("acc-savings")?;
     // The bank: its own ledger (a SQLite file of its own beside the platform's, or memory), its
     // own keys, kept like the broker's.
-    let (bank_keys, ledger): (BankKeys, Arc<dyn Ledger>) = match (&keys, &storage) {
+    let (bank_keys, ledger): (BankKeys, Arc<dyn Ledger>) = match (&keys, storage) {
         (Some(directory), Storage::Sqlite(path)) => (
             BankKeys::new(
                 KeyFile::new(directory.join("bank-key.der"))
@@ -359,6 +390,8 @@ fn run() -> Result<()> {
         bank_data,
         clock,
         dpop,
+        phone: phone_key(storage, &rng)?,
+        relay_log: Vec::new(),
         rng,
         step: 0,
     };
@@ -390,6 +423,19 @@ fn run() -> Result<()> {
     println!("   holder {bank}: shares balance and alerts, at most 4 unattended accesses a day");
     println!("   platform {chat}: registered for customer_service and fraud_protection");
 
+    story.step("Alice registers her phone's key at her bank");
+    let phone = story.phone.public_key();
+    println!(
+        "   her phone and her bank's app both show {}: she confirms they match",
+        phone.confirmation_code()
+    );
+    let known = story.bank.devices(&alice)?.iter().any(|d| d.key == phone);
+    if known {
+        println!("   (registered by an earlier run)");
+    } else {
+        story.bank.register_device(&alice, phone)?;
+    }
+
     story.step("The platform asks Alice for balance + alerts on both her accounts");
     let request = story.broker.request_consent(ConsentRequestDraft {
         subject: alice.clone(),
@@ -409,9 +455,13 @@ fn run() -> Result<()> {
         request.id()
     );
 
-    story.step("At the bank, Alice approves balance only, on her current account (attested)");
-    let attestation =
-        story.bank_attests(&request, &[Scope::Balance], &[&current], Duration::days(90))?;
+    story.step("At the bank, Alice approves balance and alerts on her current account only");
+    let attestation = story.bank_attests(
+        &request,
+        &[Scope::Balance, Scope::Alerts],
+        &[&current],
+        Duration::days(90),
+    )?;
     let approved = story.broker.approve(request.id(), &attestation)?;
     println!(
         "   consent {} is {:?}",
@@ -433,16 +483,15 @@ fn run() -> Result<()> {
     story.access(&balance, &Decision::Permit)?;
     story.fetch_with_token(&balance)?;
 
-    story.step("The platform asks for fraud alerts, which Alice did not approve");
-    let alerts = AccessRequest {
-        scope: Scope::Alerts.into(),
-        purpose: Purpose::FraudProtection.into(),
+    story.step("The platform asks for her savings balance, which Alice did not approve");
+    let savings_balance = AccessRequest {
+        account: savings.clone(),
         ..balance.clone()
     };
     story.access(
-        &alerts,
-        &deny(vec![DenyReason::ScopeNotGranted {
-            scope: Scope::Alerts,
+        &savings_balance,
+        &deny(vec![DenyReason::AccountNotGranted {
+            account: savings.clone(),
         }]),
     )?;
 
@@ -458,13 +507,16 @@ fn run() -> Result<()> {
         }]),
     )?;
 
-    story.step("Unattended balance checks for fraud protection: four a day, then no more");
+    story.step("Unattended fraud-alert checks: four a day, then no more");
     let poll = AccessRequest {
+        scope: Scope::Alerts.into(),
         purpose: Purpose::FraudProtection.into(),
         presence: Presence::Unattended,
         ..balance.clone()
     };
-    for _ in 0..4 {
+    println!("   the first finds an alert; it reaches Alice's phone while she is away, sealed:");
+    story.fetch_with_token(&poll)?;
+    for _ in 1..4 {
         story.access(&poll, &Decision::Permit)?;
     }
     story.access(
@@ -492,6 +544,8 @@ fn run() -> Result<()> {
             accounts: AccountSet::from([current.clone()]),
             consent_expires_at: story.broker.now() + Duration::days(30),
             unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
+            devices: Vec::new(),
+            plaintext_purposes: PurposeSet::new(),
         },
         story.broker.id(),
         story.broker.now(),
@@ -573,6 +627,39 @@ fn run() -> Result<()> {
         );
     }
 
+    story.step("What the platform stored and logged holds none of Alice's figures");
+    let mut platform_bytes = vec![(
+        "the platform's relay log".to_owned(),
+        story.relay_log.clone(),
+    )];
+    if let Storage::Sqlite(path) = storage {
+        let log = path.with_extension("relay.log");
+        std::fs::write(&log, &story.relay_log)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            if let Ok(bytes) = std::fs::read(&file) {
+                platform_bytes.push((file.display().to_string(), bytes));
+            }
+        }
+    }
+    for figure in ["123456", "1234.56", "9876543", ALERT] {
+        for (name, bytes) in &platform_bytes {
+            if let Some(form) = find_figure(bytes, figure) {
+                return Err(format!("{name} holds Alice's figure {figure} ({form})").into());
+            }
+        }
+    }
+    println!(
+        "   searched {} bytes ({}) for 123456, 1234.56, 9876543 and the alert's text, as text, \
+         base64 and hex: none",
+        platform_bytes.iter().map(|(_, b)| b.len()).sum::<usize>(),
+        platform_bytes
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
     story.step("The audit trail of this run");
     let total = story.broker.store().audit_len()?;
     for entry in story.broker.store().audit_entries(earlier..total)? {
@@ -598,7 +685,7 @@ fn run() -> Result<()> {
         proven.kind(),
         receipt.proof.len()
     );
-    if let Storage::Sqlite(path) = &storage {
+    if let Storage::Sqlite(path) = storage {
         let checkpoint_file = path.with_extension("checkpoint");
         let vkey_file = path.with_extension("vkey");
         check_last_runs_checkpoint(&story.broker, &checkpoint_file, &vkey_file)?;
@@ -664,4 +751,62 @@ fn draft_for(
         accounts: AccountSelection::Listed(AccountSet::from([account.clone()])),
         duration: Duration::days(30),
     }
+}
+
+/// Alice's phone's key: in a real deployment it is made on the phone and never leaves it. Here
+/// it is kept apart from the platform's files, in `<db>.phone/alice-phone.x25519` (mode 0600), so
+/// later runs find it registered.
+fn phone_key(storage: &Storage, rng: &SystemRandom) -> Result<hpke::DeviceSecretKey> {
+    let Storage::Sqlite(db) = storage else {
+        return Ok(hpke::DeviceSecretKey::generate(rng)?);
+    };
+    let directory = db.with_extension("phone");
+    std::fs::create_dir_all(&directory)?;
+    let file = directory.join("alice-phone.x25519");
+    if let Ok(bytes) = std::fs::read(&file) {
+        let bytes: [u8; hpke::KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| format!("{} is not a 32-byte key", file.display()))?;
+        return Ok(hpke::DeviceSecretKey::from_bytes(bytes));
+    }
+    let key = hpke::DeviceSecretKey::generate(rng)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&file)?, &key.to_bytes())?;
+    Ok(key)
+}
+
+/// Whether `bytes` hold `figure` as text, as hex (either case) or in base64 (standard or URL-safe,
+/// at any of the three alignments): the form found.
+fn find_figure(bytes: &[u8], figure: &str) -> Option<&'static str> {
+    use base64::Engine as _;
+    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    if contains(figure.as_bytes()) {
+        return Some("text");
+    }
+    let hex: String = figure.bytes().map(|b| format!("{b:02x}")).collect();
+    if contains(hex.as_bytes()) || contains(hex.to_uppercase().as_bytes()) {
+        return Some("hex");
+    }
+    for engine in [
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ] {
+        for shift in 0..3 {
+            // The figure after `shift` leading bytes: the characters wholly its own.
+            let mut input = vec![0u8; shift];
+            input.extend_from_slice(figure.as_bytes());
+            let encoded = engine.encode(&input);
+            let start = (shift * 4).div_ceil(3);
+            let end = (input.len() * 4) / 3;
+            if let Some(core) = encoded.get(start..end).filter(|c| c.len() >= 4)
+                && contains(core.as_bytes())
+            {
+                return Some("base64");
+            }
+        }
+    }
+    None
 }
