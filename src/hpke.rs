@@ -136,7 +136,12 @@ impl<'de> serde::Deserialize<'de> for DevicePublicKey {
 }
 
 /// A device's X25519 private key: it never leaves the device. Its bytes are wiped on drop.
-pub struct DeviceSecretKey(StaticSecret);
+pub struct DeviceSecretKey {
+    secret: StaticSecret,
+    /// Computed once: opening needs it for the KEM context, and a scalar multiplication is the
+    /// dearest step there is.
+    public: DevicePublicKey,
+}
 
 impl std::fmt::Debug for DeviceSecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,12 +161,14 @@ impl DeviceSecretKey {
         random
             .fill(&mut bytes)
             .map_err(|_| HpkeError::RandomnessUnavailable)?;
-        Ok(Self(StaticSecret::from(bytes)))
+        Ok(Self::from_bytes(bytes))
     }
 
     /// The key from its 32 bytes (clamped as X25519 requires).
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        Self(StaticSecret::from(bytes))
+        let secret = StaticSecret::from(bytes);
+        let public = DevicePublicKey(PublicKey::from(&secret).to_bytes());
+        Self { secret, public }
     }
 
     /// RFC 9180 `DeriveKeyPair(ikm)` for X25519.
@@ -174,12 +181,12 @@ impl DeviceSecretKey {
 
     /// Its public key: what the device registers at the bank.
     pub fn public_key(&self) -> DevicePublicKey {
-        DevicePublicKey(PublicKey::from(&self.0).to_bytes())
+        self.public
     }
 
     /// Its 32 bytes, to keep on the device.
     pub fn to_bytes(&self) -> [u8; KEY_LEN] {
-        self.0.to_bytes()
+        self.secret.to_bytes()
     }
 }
 
@@ -331,8 +338,10 @@ pub(crate) fn seal_with_ephemeral(
     plaintext: &[u8],
     ephemeral: &DeviceSecretKey,
 ) -> Result<Sealed, HpkeError> {
-    let enc = ephemeral.public_key().0;
-    let dh = ephemeral.0.diffie_hellman(&PublicKey::from(recipient.0));
+    let enc = ephemeral.public.0;
+    let dh = ephemeral
+        .secret
+        .diffie_hellman(&PublicKey::from(recipient.0));
     let shared = shared_secret(dh.as_bytes(), &enc, &recipient.0)?;
     let (key, nonce) = key_schedule(&shared, info);
     let mut ciphertext = plaintext.to_vec();
@@ -357,8 +366,8 @@ pub fn open(
     aad: &[u8],
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, HpkeError> {
-    let dh = recipient.0.diffie_hellman(&PublicKey::from(*enc));
-    let shared = shared_secret(dh.as_bytes(), enc, &recipient.public_key().0)?;
+    let dh = recipient.secret.diffie_hellman(&PublicKey::from(*enc));
+    let shared = shared_secret(dh.as_bytes(), enc, &recipient.public.0)?;
     let (key, nonce) = key_schedule(&shared, info);
     let mut buffer = ciphertext.to_vec();
     let opened = aead(&key)
@@ -413,7 +422,7 @@ mod tests {
         );
         let enc = ephemeral.public_key().0;
         let dh = ephemeral
-            .0
+            .secret
             .diffie_hellman(&PublicKey::from(recipient.public_key().0));
         let shared = shared_secret(dh.as_bytes(), &enc, recipient.public_key().as_bytes()).unwrap();
         assert_eq!(
