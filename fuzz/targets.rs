@@ -17,6 +17,7 @@
 //! | [`audit_log_verify`] | `AuditEntry::from_bytes`, `verify_log`, `LogRead::audit_entries`, `subject_history`, `consent_history`, `checkpoint_log` over a store of arbitrary bytes |
 //! | [`dpop_proof`] | `dpop::check_proof` for a fixed request, token and key, `dpop::normalise_htu` |
 //! | [`revocation_feed`] | `feed::check_feed` against the broker's keys, for the bank |
+//! | [`sealed_response`] | `SealedResponse` JSON and `open_response` on the subject's device, `hpke::open` |
 //! | [`keys_ids`] | `Jwks::from_json`, `Jwk` JSON, `Ed25519PublicKey::from_base64url`, `SigningKey::from_pkcs8_der`, `NoteSigner::new`, every id and vocabulary `FromStr` |
 //!
 //! The fixture (keys, a broker, a live grant, a pending request) is built once per process and is
@@ -59,6 +60,8 @@ pub const CHECKPOINT_KEY_SEED: u8 = 2;
 pub const BANK_KEY_SEED: u8 = 3;
 /// Seed of the platform's DPoP key.
 pub const DPOP_KEY_SEED: u8 = 5;
+/// What the subject's device key is derived from.
+pub const DEVICE_KEY_IKM: &[u8] = b"the fuzz subject's phone";
 /// The access token every DPoP proof of the `dpop_proof` target is checked against.
 pub const PROOF_TOKEN: &str = "fuzz.access.token";
 /// The request every DPoP proof of the `dpop_proof` target is checked against.
@@ -127,6 +130,10 @@ pub struct Fixture {
     pub note_verifier: NoteVerifier,
     /// The platform's DPoP key (seed [`DPOP_KEY_SEED`]).
     pub dpop: consent_broker::dpop::DpopSigner,
+    /// The subject's device key ([`DEVICE_KEY_IKM`]).
+    pub device: consent_broker::hpke::DeviceSecretKey,
+    /// A balance of `acc-1` sealed to [`Fixture::device`] under [`sealed_context`].
+    pub sealed: SealedResponse,
     /// A Merkle tree of 64 leaves (`leaf_hash` of the index as 8 little-endian bytes); it holds
     /// the complete subtrees of every size up to 64.
     pub tree: MemoryNodes,
@@ -243,7 +250,17 @@ fn build_fixture() -> Fixture {
         SigningKey::from_pkcs8_der(&pkcs8(DPOP_KEY_SEED)).expect("dpop key"),
     )
     .expect("dpop signer");
+    let device = consent_broker::hpke::DeviceSecretKey::derive(DEVICE_KEY_IKM);
+    let sealed = seal_response(
+        &sealed_balance(),
+        &sealed_context(),
+        &[device.public_key()],
+        &ring::rand::SystemRandom::new(),
+    )
+    .expect("sealing");
     Fixture {
+        device,
+        sealed,
         dpop,
         token_kid: token_key.thumbprint(),
         token_key,
@@ -260,6 +277,30 @@ fn build_fixture() -> Fixture {
         note_verifier,
         tree,
     }
+}
+
+/// The context of [`Fixture::sealed`].
+pub fn sealed_context() -> ResponseContext {
+    ResponseContext {
+        holder: id("bank"),
+        consent: id("cns_1"),
+        token_id: "tok-1".to_owned(),
+        scope: Scope::Balance,
+        account: id("acc-1"),
+        sequence: 7,
+    }
+}
+
+/// The data of [`Fixture::sealed`].
+pub fn sealed_balance() -> AccountData {
+    AccountData::Balance(Balance {
+        account: id("acc-1"),
+        available: Money {
+            minor_units: 4_200,
+            currency: "EUR".into(),
+        },
+        as_of: NOW,
+    })
 }
 
 /// The process-wide fixture.
@@ -956,12 +997,51 @@ pub fn revocation_feed(data: &[u8]) {
     }
 }
 
+/// What the platform relays to the subject's device: a `SealedResponse` as JSON (input starting
+/// with `{`), or raw bytes put in place of the fixture's ciphertext (first byte even) or of its
+/// encapsulated key and ciphertext (odd), opened with the device's key. Whatever opens is data
+/// of the context's scope and account; anything but the fixture's own bytes does not open.
+pub fn sealed_response(data: &[u8]) {
+    let fx = fixture();
+    if data.first() == Some(&b'{') {
+        let text = String::from_utf8_lossy(data);
+        if let Ok(sealed) = serde_json::from_str::<SealedResponse>(&text) {
+            if let Ok(opened) = open_response(&sealed, &fx.device) {
+                assert!(opened.is_for(sealed.context.scope, &sealed.context.account));
+            }
+            let again = serde_json::to_string(&sealed).expect("a sealed response serializes");
+            let back: SealedResponse = serde_json::from_str(&again).expect("and parses back");
+            assert_eq!(back, sealed);
+        }
+        return;
+    }
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let mut sealed = fx.sealed.clone();
+    let envelope = &mut sealed.envelopes[0];
+    let original = envelope.clone();
+    match data.split_first() {
+        Some((mode, rest)) if mode % 2 == 1 && rest.len() >= 32 => {
+            let (enc, ciphertext) = rest.split_at(32);
+            envelope.enc = b64(enc);
+            envelope.ciphertext = b64(ciphertext);
+            let enc: [u8; 32] = enc.try_into().expect("32 bytes");
+            let opened = consent_broker::hpke::open(&fx.device, &enc, b"info", b"aad", ciphertext);
+            assert!(opened.is_err(), "arbitrary bytes opened under HPKE");
+        }
+        _ => envelope.ciphertext = b64(data.get(1..).unwrap_or_default()),
+    }
+    let changed = *envelope != original;
+    let opened = open_response(&sealed, &fx.device);
+    assert_eq!(opened.is_ok(), !changed, "{opened:?}");
+}
+
 /// The body of a fuzz target.
 pub type Body = fn(&[u8]);
 
 /// Every target: its name (the name of its `fuzz_targets/` file and `corpus/` directory) and
 /// its body.
-pub const TARGETS: [(&str, Body); 10] = [
+pub const TARGETS: [(&str, Body); 11] = [
     ("token_verify", token_verify),
     ("attestation_verify", attestation_verify),
     ("consent_request_json", consent_request_json),
@@ -972,4 +1052,5 @@ pub const TARGETS: [(&str, Body); 10] = [
     ("keys_ids", keys_ids),
     ("dpop_proof", dpop_proof),
     ("revocation_feed", revocation_feed),
+    ("sealed_response", sealed_response),
 ];
