@@ -584,3 +584,55 @@ fn both_kinds_of_response_round_trip_through_json() {
     assert_eq!(plaintext["delivery"], "plaintext");
     assert_eq!(plaintext["scope"], "balance");
 }
+
+/// The gate journals an access before it seals the response (the envelope's `info` carries the
+/// journal's sequence). Without randomness the seal fails: the caller gets a retryable
+/// `GateError::Seal` and no data, and the journal over-records (served, nothing delivered), as
+/// docs/RELIABILITY.md says; it never under-records.
+#[test]
+fn a_seal_that_fails_after_the_journal_delivers_nothing_and_the_journal_over_records() {
+    use consent_broker::testing::FailingRandom;
+    use std::sync::Arc;
+
+    let kit = TestBroker::memory();
+    let ledger = Arc::new(MemoryStore::new());
+    let bank = TestBank::on(&kit, ledger.clone());
+    let consent = bank.granted(&kit);
+    // The same bank's ledger, served by a process whose random source has failed.
+    let keys = BankKeys::new(
+        SigningKey::from_seed(&[8; 32]).unwrap(),
+        SigningKey::from_seed(&[9; 32]).unwrap(),
+    );
+    let broken = Bank::builder(kit.bank.id().clone(), ledger, keys, kit.broker.id().clone())
+        .clock(kit.clock.clone())
+        .random(Arc::new(FailingRandom::always()))
+        .build()
+        .unwrap();
+    broken
+        .trust_broker_keys(&kit.broker.jwks().unwrap())
+        .unwrap();
+    let token = kit.token(&kit.access(consent.id()));
+    let mut proof = String::new();
+    let request = bank.present(&kit, &token.token, &mut proof);
+    let journal_before = broken.journal().audit_len().unwrap();
+    match broken.serve(&request, &bank.accounts) {
+        Err(error @ GateError::Seal(hpke::HpkeError::RandomnessUnavailable)) => {
+            assert!(error.is_retryable());
+        }
+        other => panic!("expected the seal to fail, got {other:?}"),
+    }
+    let journal = broken.journal();
+    assert_eq!(journal.audit_len().unwrap(), journal_before + 1);
+    let last = journal
+        .audit_entries(journal_before..journal_before + 1)
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert!(matches!(
+        last.event,
+        AuditEvent::AccessServed {
+            delivery: Some(Delivery::Sealed { .. }),
+            ..
+        }
+    ));
+}

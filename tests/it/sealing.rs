@@ -115,7 +115,7 @@ fn open_in_javascript(cases: &serde_json::Value) -> Result<Vec<serde_json::Value
         ))
         .arg(&input)
         .output()
-        .map_err(|e| format!("node could not be started ({e}): install Node.js 20 or later"))?;
+        .map_err(|e| format!("node could not be started ({e}): install Node.js 20 or later, or run scripts/ensure-node"))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         if stderr.contains("Unrecognized algorithm name") || stderr.contains("X25519") {
@@ -130,7 +130,8 @@ fn open_in_javascript(cases: &serde_json::Value) -> Result<Vec<serde_json::Value
 
 /// The JavaScript opener (WebCrypto alone) opens what the bank sealed, computes the same
 /// thumbprint and confirmation code, and refuses what was moved, altered or not for it.
-/// Needs Node.js 20+: without it the test says so and passes, unless `CI` is set.
+/// Needs Node.js 20+ (`scripts/ensure-node` installs it): without it the test says so and
+/// passes, unless `CI` is set.
 #[test]
 fn the_javascript_opener_opens_what_rust_sealed_and_refuses_the_rest() {
     let random = SystemRandom::new();
