@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
         consent_expires_at: now + Duration::days(90),
         unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
         devices: Vec::new(),
-        plaintext_purposes: PurposeSet::new(),
+        plaintext: PlaintextUses::new(),
     };
     let token = signer.sign(&statement, broker.id(), now, &rng).unwrap();
     let keys = [signer.public_key()];

@@ -148,17 +148,17 @@ fn bank_settings() -> GateSettings {
 fn serving(c: &mut Criterion) {
     let kit = TestBroker::memory();
     let bank = TestBank::with_settings(&kit, MemoryStore::new(), bank_settings());
-    let customer_service = PurposeSet::from([Purpose::CustomerService]);
+    let customer_service = PlaintextUses::from([(Scope::Balance, Purpose::CustomerService)]);
     bank.bank
         .set_policy(HolderPolicy {
-            plaintext_purposes: customer_service,
+            plaintext: customer_service,
             ..kit.bank.policy().clone()
         })
         .unwrap();
     let sealed = bank.granted(&kit);
     let unsealed = bank
         .approve(&kit, &kit.request(), |statement| {
-            statement.plaintext_purposes = customer_service;
+            statement.plaintext = customer_service;
         })
         .unwrap();
     let random = SeededRandom::new(21);

@@ -88,7 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         consent_expires_at: broker.now() + Duration::days(30),
         unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
         devices: Vec::new(),
-        plaintext_purposes: PurposeSet::new(),
+        plaintext: PlaintextUses::new(),
     };
     broker.approve(
         request.id(),

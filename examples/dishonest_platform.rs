@@ -194,7 +194,7 @@ fn main() -> Result<()> {
         consent_expires_at: platform.broker.now() + Duration::days(30),
         unattended_daily_limit: 2,
         devices: vec![phone.public_key().thumbprint()],
-        plaintext_purposes: PurposeSet::new(),
+        plaintext: PlaintextUses::new(),
     })?;
     platform.broker.approve(request.id(), &attestation)?;
     let access = |scope: Scope, account: &AccountId, presence: Presence| AccessRequest {

@@ -135,7 +135,7 @@ impl Story {
             consent_expires_at: self.broker.now() + lasting,
             unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
             devices: vec![self.phone.public_key().thumbprint()],
-            plaintext_purposes: PurposeSet::new(),
+            plaintext: PlaintextUses::new(),
         };
         Ok(self.bank.attest(&statement)?)
     }
@@ -545,7 +545,7 @@ pub fn tell(storage: &Storage) -> Result<()> {
             consent_expires_at: story.broker.now() + Duration::days(30),
             unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
             devices: Vec::new(),
-            plaintext_purposes: PurposeSet::new(),
+            plaintext: PlaintextUses::new(),
         },
         story.broker.id(),
         story.broker.now(),

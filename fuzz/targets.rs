@@ -211,7 +211,7 @@ fn build_fixture() -> Fixture {
         consent_expires_at: NOW + request.duration(),
         unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
         devices: Vec::new(),
-        plaintext_purposes: PurposeSet::new(),
+        plaintext: PlaintextUses::new(),
     };
     let attestation = bank_signer
         .sign(

@@ -22,7 +22,7 @@ use crate::crypto::{self, ProviderError};
 use crate::ids::{AccountId, BrokerId, ConsentId, HolderId, PlatformId, SubjectId};
 use crate::keys::{Ed25519PublicKey, SigningKey};
 use crate::random::{RandomSource, random_token};
-use crate::sets::{AccountSet, PurposeSet, ScopeSet};
+use crate::sets::{AccountSet, PlaintextUses, PurposeSet, ScopeSet};
 use crate::vocab::{Purpose, Scope};
 
 /// The JOSE `typ` of an attestation.
@@ -59,8 +59,9 @@ pub struct ApprovalStatement {
     /// RFC 7638 thumbprints of the subject's device keys, registered at the bank, that the
     /// bank's responses are sealed to (see [`crate::seal_response`]).
     pub devices: Vec<String>,
-    /// Purposes for which the subject agreed to receive data unsealed (empty: always sealed).
-    pub plaintext_purposes: PurposeSet,
+    /// Uses (scope and purpose) for which the subject agreed to receive data unsealed (empty:
+    /// always sealed); the bank's policy must allow each of them too.
+    pub plaintext: PlaintextUses,
 }
 
 /// The claims of an attestation, as on the wire.
@@ -79,8 +80,8 @@ struct AttestationClaims {
     unattended_daily_limit: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     dev: Vec<String>,
-    #[serde(default, skip_serializing_if = "PurposeSet::is_empty")]
-    plain: PurposeSet,
+    #[serde(default, skip_serializing_if = "PlaintextUses::is_empty")]
+    plain: PlaintextUses,
     iat: i64,
     exp: i64,
     jti: String,
@@ -220,7 +221,7 @@ pub fn check_attestation(
             consent_expires_at: from_unix(claims.consent_exp)?,
             unattended_daily_limit: claims.unattended_daily_limit,
             devices: claims.dev,
-            plaintext_purposes: claims.plain,
+            plaintext: claims.plain,
         },
         attestation_id: claims.jti,
     })
@@ -454,7 +455,7 @@ impl AttestationSigner {
             consent_exp: statement.consent_expires_at.unix_timestamp(),
             unattended_daily_limit: statement.unattended_daily_limit,
             dev: statement.devices.clone(),
-            plain: statement.plaintext_purposes,
+            plain: statement.plaintext,
             iat,
             exp: iat.saturating_add(self.lifetime.whole_seconds()),
             jti: jti.clone(),

@@ -61,8 +61,8 @@ pub use auditor::{
     verify_log,
 };
 pub use bank::{
-    Bank, BankBuilder, BankError, BankKeys, GateError, GateRequest, GateSettings, Served,
-    SubjectView,
+    Admission, Bank, BankBuilder, BankError, BankKeys, GateError, GateRequest, GateSettings,
+    Served, SubjectView,
 };
 pub use broker::{
     AccessOutcome, AccessToken, Broker, BrokerBuilder, BrokerKeys, ConsentView,
@@ -105,10 +105,10 @@ pub use refusal::GateRefusal;
 /// The operating system's CSPRNG, `ring`'s: the [`RandomSource`] production code uses.
 pub use ring::rand::SystemRandom;
 pub use sealing::{
-    Delivery, Envelope, INFO_LABEL, OpenError, PAD_BUCKETS, Response, ResponseContext,
-    SealedResponse, open_response, seal_response,
+    Delivery, Envelope, INFO_LABEL, MAX_ENVELOPES, MAX_RESPONSE_BYTES, OpenError, PAD_BUCKETS,
+    Response, ResponseContext, SealedResponse, open_response, seal_response,
 };
-pub use sets::{AccountSet, Flag, FlagIter, FlagSet, PurposeSet, ScopeSet};
+pub use sets::{AccountSet, Flag, FlagIter, FlagSet, PlaintextUses, PurposeSet, ScopeSet};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use store::Migration;
 #[cfg(feature = "sqlite")]

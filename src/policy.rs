@@ -7,7 +7,7 @@
 //! refused before anything about a grant is considered, and no setting of any input lets it
 //! through.
 
-use crate::sets::{PurposeSet, ScopeSet};
+use crate::sets::{PlaintextUses, PurposeSet, ScopeSet};
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -36,10 +36,12 @@ pub struct HolderPolicy {
     pub max_consent_duration: Duration,
     /// Unattended accesses allowed per grant per UTC day.
     pub unattended_daily_limit: u32,
-    /// Purposes for which the bank may serve data unsealed, where the subject agreed to it too;
-    /// empty by default: every response is sealed to the subject's devices.
+    /// Uses (scope and purpose) for which the bank may serve data unsealed, where the subject
+    /// agreed to the same use too; empty by default: every response is sealed to the subject's
+    /// devices. The purpose is the platform's word, as presence is: allow a pair only where the
+    /// data may be read by the platform whatever the purpose it claims.
     #[serde(default)]
-    pub plaintext_purposes: PurposeSet,
+    pub plaintext: PlaintextUses,
 }
 
 impl Default for HolderPolicy {
@@ -48,7 +50,7 @@ impl Default for HolderPolicy {
             enabled_scopes: ScopeSet::from([Scope::Balance, Scope::Alerts]),
             max_consent_duration: DEFAULT_MAX_CONSENT_DURATION,
             unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
-            plaintext_purposes: PurposeSet::new(),
+            plaintext: PlaintextUses::new(),
         }
     }
 }

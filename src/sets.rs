@@ -243,6 +243,111 @@ where
     }
 }
 
+/// Uses of data the subject agreed to receive unsealed: pairs of a [`Scope`] and a [`Purpose`]
+/// (the data, and what the platform says it is for), in one byte. A pair names exactly what may
+/// leave the bank unsealed: allowing alerts for fraud protection does not let a balance out
+/// unsealed under the same purpose label. Serialized as an array of `[scope, purpose]` pairs in
+/// ascending order.
+///
+/// ```
+/// use consent_broker::{PlaintextUses, Purpose, Scope};
+///
+/// let uses = PlaintextUses::from([(Scope::Alerts, Purpose::FraudProtection)]);
+/// assert!(uses.contains(Scope::Alerts, Purpose::FraudProtection));
+/// assert!(!uses.contains(Scope::Balance, Purpose::FraudProtection));
+/// assert_eq!(
+///     serde_json::to_string(&uses).unwrap(),
+///     r#"[["alerts","fraud_protection"]]"#
+/// );
+/// ```
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PlaintextUses {
+    bits: u8,
+}
+
+impl PlaintextUses {
+    /// The empty set: everything sealed.
+    pub const fn new() -> Self {
+        Self { bits: 0 }
+    }
+
+    fn bit(scope: Scope, purpose: Purpose) -> u8 {
+        // Three scopes times two purposes: six bits.
+        1 << ((scope as u8) * (Purpose::ALL.len() as u8) + purpose as u8)
+    }
+
+    /// Adds a use; whether it was absent.
+    pub fn insert(&mut self, scope: Scope, purpose: Purpose) -> bool {
+        let absent = !self.contains(scope, purpose);
+        self.bits |= Self::bit(scope, purpose);
+        absent
+    }
+
+    /// Whether data of `scope` may leave unsealed for `purpose`.
+    pub fn contains(&self, scope: Scope, purpose: Purpose) -> bool {
+        self.bits & Self::bit(scope, purpose) != 0
+    }
+
+    /// How many uses the set holds.
+    pub fn len(&self) -> usize {
+        self.bits.count_ones() as usize
+    }
+
+    /// Whether the set is empty (everything sealed).
+    pub fn is_empty(&self) -> bool {
+        self.bits == 0
+    }
+
+    /// Whether every use of `self` is in `other`.
+    pub fn is_subset(&self, other: &Self) -> bool {
+        self.bits & !other.bits == 0
+    }
+
+    /// The uses, ordered by scope, then purpose.
+    pub fn iter(&self) -> impl Iterator<Item = (Scope, Purpose)> + '_ {
+        Scope::ALL.into_iter().flat_map(move |scope| {
+            Purpose::ALL
+                .into_iter()
+                .filter(move |purpose| self.contains(scope, *purpose))
+                .map(move |purpose| (scope, purpose))
+        })
+    }
+}
+
+impl fmt::Debug for PlaintextUses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<(Scope, Purpose)> for PlaintextUses {
+    fn from_iter<I: IntoIterator<Item = (Scope, Purpose)>>(uses: I) -> Self {
+        let mut set = Self::new();
+        for (scope, purpose) in uses {
+            set.insert(scope, purpose);
+        }
+        set
+    }
+}
+
+impl<const N: usize> From<[(Scope, Purpose); N]> for PlaintextUses {
+    fn from(uses: [(Scope, Purpose); N]) -> Self {
+        uses.into_iter().collect()
+    }
+}
+
+impl Serialize for PlaintextUses {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for PlaintextUses {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(SetVisitor(PhantomData))
+    }
+}
+
 /// A set of accounts: sorted, without duplicates, in one exactly sized allocation.
 ///
 /// ```

@@ -76,7 +76,7 @@ pub fn setup_on<S: Store + Clone>(store: S) -> Setup<S> {
         consent_expires_at: broker.now() + Duration::days(90),
         unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
         devices: Vec::new(),
-        plaintext_purposes: PurposeSet::new(),
+        plaintext: PlaintextUses::new(),
     };
     let attestation = signer
         .sign(&statement, broker.id(), broker.now(), &rng)

@@ -9,8 +9,8 @@ use crate::keys::Ed25519PublicKey;
 use crate::policy::{DenyReason, HolderPolicy, Presence};
 use crate::refusal::GateRefusal;
 use crate::sealing::Delivery;
-use crate::sets::PurposeSet;
 use crate::sets::{AccountSet, ScopeSet};
+use crate::sets::{PlaintextUses, PurposeSet};
 use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
 
 /// What happened: one variant per kind of entry, each with exactly its members.
@@ -242,9 +242,9 @@ pub enum AuditEvent {
         /// The device keys (thumbprints) responses are sealed to.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         devices: Vec<String>,
-        /// Purposes the subject agreed to receive unsealed.
-        #[serde(default, skip_serializing_if = "PurposeSet::is_empty")]
-        plaintext_purposes: PurposeSet,
+        /// Uses (scope, purpose) the subject agreed to receive unsealed.
+        #[serde(default, skip_serializing_if = "PlaintextUses::is_empty")]
+        plaintext: PlaintextUses,
         /// The earlier attestation of the same consent this one replaces (a re-authorisation).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         supersedes: Option<String>,

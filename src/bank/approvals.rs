@@ -45,12 +45,13 @@ impl<S: Store + LedgerRead> Bank<S> {
                 return Err(BankError::ConsentOfAnother(statement.consent.clone()));
             }
             let live = self.check_devices(&statement.subject, &statement.devices)?;
-            if statement.devices.is_empty()
-                && statement
+            let all_unsealed = statement.scopes.iter().all(|scope| {
+                statement
                     .purposes
                     .iter()
-                    .any(|p| !statement.plaintext_purposes.contains(p))
-            {
+                    .all(|purpose| statement.plaintext.contains(scope, purpose))
+            });
+            if statement.devices.is_empty() && !all_unsealed {
                 return Err(BankError::NoDevice);
             }
             let (signed, id) = self.signer().sign_identified(
@@ -74,7 +75,7 @@ impl<S: Store + LedgerRead> Bank<S> {
                 revoked: None,
                 superseded_by: None,
                 devices: statement.devices.clone(),
-                plaintext_purposes: statement.plaintext_purposes,
+                plaintext: statement.plaintext,
                 version: 1,
             };
             let entry = self.record(
@@ -91,7 +92,7 @@ impl<S: Store + LedgerRead> Bank<S> {
                     expires_at: statement.consent_expires_at,
                     unattended_daily_limit: statement.unattended_daily_limit,
                     devices: statement.devices.clone(),
-                    plaintext_purposes: statement.plaintext_purposes,
+                    plaintext: statement.plaintext,
                     supersedes: earlier.last().map(|a| a.id.clone()),
                 },
             );
@@ -210,12 +211,18 @@ fn check_within(
     if statement.consent_expires_at > now + policy.effective_max_duration() {
         return outside("longer than the bank's maximum consent duration".into());
     }
-    if let Some(purpose) = statement
-        .plaintext_purposes
+    if statement.devices.len() > crate::MAX_ENVELOPES {
+        return outside(format!(
+            "more than {} devices to seal to",
+            crate::MAX_ENVELOPES
+        ));
+    }
+    if let Some((scope, purpose)) = statement
+        .plaintext
         .iter()
-        .find(|p| !policy.plaintext_purposes.contains(*p))
+        .find(|(scope, purpose)| !policy.plaintext.contains(*scope, *purpose))
     {
-        return outside(format!("the bank seals every response for {purpose}"));
+        return outside(format!("the bank seals {scope} for {purpose}"));
     }
     Ok(())
 }

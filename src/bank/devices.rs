@@ -7,7 +7,7 @@ use super::{Bank, BankError};
 use crate::audit::AuditEvent;
 use crate::hpke::DevicePublicKey;
 use crate::ids::SubjectId;
-use crate::store::{Change, Commit, DeviceKeyRecord, LedgerRead, Store, StoreError};
+use crate::store::{Change, Commit, DeviceKeyRecord, LedgerRead, RecordKind, Store, StoreError};
 
 impl<S: Store + LedgerRead> Bank<S> {
     /// Registers one of `subject`'s device keys, after the subject confirmed, in the bank's
@@ -16,7 +16,7 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// another code). Recorded in the ledger and the journal.
     ///
     /// # Errors
-    /// [`BankError::Store`] (a key registered before included, as `StoreError::Duplicate`).
+    /// [`BankError::DeviceKeyInUse`] for a key registered before, for anyone; [`BankError::Store`].
     pub fn register_device(
         &self,
         subject: &SubjectId,
@@ -35,9 +35,17 @@ impl<S: Store + LedgerRead> Bank<S> {
             registered_at: self.now(),
             revoked_at: None,
         };
-        self.ledger
-            .commit(Commit::new(entry).change(Change::RegisterDeviceKey { record }))?;
-        Ok(())
+        match self
+            .ledger
+            .commit(Commit::new(entry).change(Change::RegisterDeviceKey { record }))
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::Duplicate {
+                kind: RecordKind::DeviceKey,
+                ..
+            }) => Err(BankError::DeviceKeyInUse),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Revokes one of `subject`'s device keys (a lost phone): nothing is sealed to it after.

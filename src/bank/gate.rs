@@ -146,9 +146,11 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// fresh enough feed), the bank's current policy, the account's owner (asked of `accounts`,
     /// the bank's own account system), and the bank's counts for today.
     ///
-    /// A served access is recorded in the journal, with the counts and the presented ids, in one
-    /// commit *before* this returns the [`VerifiedAccess`] that the data methods need; a refusal
-    /// is journalled with its reason. If either cannot be recorded, nothing is served.
+    /// A served access is recorded in the journal, with the counts, the presented ids and where
+    /// its data goes, in one commit *before* this returns the [`Admission`]: the
+    /// [`VerifiedAccess`] that the data methods need, and the delivery the journal recorded,
+    /// which [`Bank::deliver`] carries out. A refusal is journalled with its reason. If either
+    /// cannot be recorded, nothing is served. [`Bank::serve`] does all of it in one call.
     ///
     /// # Errors
     /// [`GateError::Refused`] with the first failed check; [`GateError::Store`];
@@ -157,19 +159,10 @@ impl<S: Store + LedgerRead> Bank<S> {
         &self,
         request: &GateRequest<'_>,
         accounts: &H,
-    ) -> Result<VerifiedAccess, GateError<H::Error>> {
-        self.admit(request, accounts)
-            .map(|admitted| admitted.access)
-    }
-
-    fn admit<H: DataHolder>(
-        &self,
-        request: &GateRequest<'_>,
-        accounts: &H,
-    ) -> Result<Admitted, GateError<H::Error>> {
+    ) -> Result<Admission, GateError<H::Error>> {
         for _ in 0..MAX_ATTEMPTS {
             match self.attempt(request, accounts) {
-                Ok(admitted) => return Ok(admitted),
+                Ok(admission) => return Ok(admission),
                 Err(Stop::Retry) => continue,
                 Err(Stop::Fail(error)) => return Err(error),
                 Err(Stop::Refuse(refusal, claims, subject)) => {
@@ -180,11 +173,37 @@ impl<S: Store + LedgerRead> Bank<S> {
         Err(GateError::Contention(MAX_ATTEMPTS))
     }
 
-    /// [`Bank::check`], then the data of the verified scope and account from `holder`, sealed
-    /// to the subject's devices the approval named (see [`crate::seal_response`]), or unsealed for a
-    /// purpose both the bank's policy and the approval allow; the journal entry records which.
-    /// [`Bank::check`] alone leaves the serving to the caller, who must then deliver as the
-    /// journal says.
+    /// Delivers `data`, the data of the admitted access (what the data methods returned for
+    /// [`Admission::access`]), as the journal recorded: sealed to the devices named there (one
+    /// HPKE envelope each, under the access's context, see [`crate::seal_response`]), or
+    /// unsealed. Data of another scope or account seals, but the device refuses it.
+    ///
+    /// # Errors
+    /// [`HpkeError`]: the random source failed (nothing is delivered; the journal says served).
+    pub fn deliver(
+        &self,
+        admission: &Admission,
+        data: crate::AccountData,
+    ) -> Result<Response, HpkeError> {
+        let Some(devices) = &admission.to else {
+            return Ok(Response::Plaintext(data));
+        };
+        let access = &admission.access;
+        let context = ResponseContext {
+            holder: self.id.clone(),
+            consent: access.consent().clone(),
+            token_id: access.token_id().unwrap_or_default().to_owned(),
+            scope: access.scope(),
+            account: access.account().clone(),
+            sequence: admission.journal_seq,
+        };
+        seal_response(&data, &context, devices, self.random.as_ref()).map(Response::Sealed)
+    }
+
+    /// [`Bank::check`], then the data of the verified scope and account from `holder`, delivered
+    /// by [`Bank::deliver`]: sealed to the subject's devices the approval named, or unsealed for
+    /// a use (scope and purpose) both the bank's policy and the approval allow; the journal entry
+    /// records which.
     ///
     /// # Errors
     /// As [`Bank::check`]; [`GateError::Seal`] when the response could not be sealed (nothing is
@@ -195,27 +214,14 @@ impl<S: Store + LedgerRead> Bank<S> {
         request: &GateRequest<'_>,
         holder: &H,
     ) -> Result<Served<H::Error>, GateError<H::Error>> {
-        let admitted = self.admit(request, holder)?;
-        let data = match serve(holder, &admitted.access) {
+        let admission = self.check(request, holder)?;
+        let data = match serve(holder, admission.access()) {
             Ok(data) => data,
             Err(error) => return Ok(Err(error)),
         };
-        let devices = match admitted.plan {
-            Plan::Plaintext => return Ok(Ok(Response::Plaintext(data))),
-            Plan::Sealed { to, .. } => to,
-        };
-        let access = &admitted.access;
-        let context = ResponseContext {
-            holder: self.id.clone(),
-            consent: access.consent().clone(),
-            token_id: access.token_id().unwrap_or_default().to_owned(),
-            scope: access.scope(),
-            account: access.account().clone(),
-            sequence: admitted.journal_seq,
-        };
-        let sealed = seal_response(&data, &context, &devices, self.random.as_ref())
-            .map_err(GateError::Seal)?;
-        Ok(Ok(Response::Sealed(sealed)))
+        self.deliver(&admission, data)
+            .map(Ok)
+            .map_err(GateError::Seal)
     }
 
     /// The checks without recording anything: what [`Bank::check`] would decide now, for
@@ -243,7 +249,7 @@ impl<S: Store + LedgerRead> Bank<S> {
         &self,
         request: &GateRequest<'_>,
         accounts: &H,
-    ) -> Result<Admitted, Stop<H::Error>> {
+    ) -> Result<Admission, Stop<H::Error>> {
         let decided = self.decide(request, accounts)?;
         let Decided {
             claims,
@@ -312,9 +318,13 @@ impl<S: Store + LedgerRead> Bank<S> {
             limit: PRUNE_PER_CALL,
         });
         match self.ledger.commit(commit) {
-            Ok(receipt) => Ok(Admitted {
+            Ok(receipt) => Ok(Admission {
+                delivery: plan.delivery(),
+                to: match plan {
+                    Plan::Sealed { to, .. } => Some(to),
+                    Plan::Plaintext => None,
+                },
                 access: VerifiedAccess::from_claims(claims),
-                plan,
                 journal_seq: receipt.audit_seqs.start,
             }),
             Err(StoreError::Conflict) => Err(Stop::Retry),
@@ -484,10 +494,10 @@ impl<S: Store + LedgerRead> Bank<S> {
         if let Some(refusal) = counts {
             return Err(refuse(refusal, &claims, subject));
         }
-        // 9. Where the response goes: sealed unless both the policy and the approval allow the
-        // purpose unsealed; to the approval's devices that are still registered.
-        let plan = if policy.plaintext_purposes.contains(claims.purpose)
-            && attestation.plaintext_purposes.contains(claims.purpose)
+        // 9. Where the response goes: sealed unless both the policy and the approval allow this
+        // scope unsealed for this purpose; to the approval's devices that are still registered.
+        let plan = if policy.plaintext.contains(claims.scope, claims.purpose)
+            && attestation.plaintext.contains(claims.scope, claims.purpose)
         {
             Plan::Plaintext
         } else {
@@ -595,9 +605,37 @@ impl Plan {
     }
 }
 
-/// An access the gate admitted and journalled.
-struct Admitted {
+/// An access the gate admitted and journalled, made only by [`Bank::check`]: the verified access
+/// for the data methods, and where its data goes, as the journal recorded it. Hand the data to
+/// [`Bank::deliver`].
+#[derive(Debug)]
+pub struct Admission {
     access: VerifiedAccess,
-    plan: Plan,
+    /// The devices to seal to; `None`: unsealed.
+    to: Option<Vec<DevicePublicKey>>,
+    delivery: Delivery,
     journal_seq: u64,
+}
+
+impl Admission {
+    /// The verified access, for the data methods.
+    pub fn access(&self) -> &VerifiedAccess {
+        &self.access
+    }
+
+    /// The verified access alone, for a caller that delivers by other means (the journal still
+    /// says what [`Admission::delivery`] says).
+    pub fn into_access(self) -> VerifiedAccess {
+        self.access
+    }
+
+    /// Where the data goes, as the journal recorded it.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
+    /// The journal's entry that recorded the access (the sealed context's `sequence`).
+    pub fn journal_seq(&self) -> u64 {
+        self.journal_seq
+    }
 }

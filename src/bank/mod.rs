@@ -24,7 +24,7 @@ mod approvals;
 mod devices;
 mod gate;
 
-pub use gate::{GateError, GateRequest, GateSettings, Served};
+pub use gate::{Admission, GateError, GateRequest, GateSettings, Served};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -147,8 +147,15 @@ pub enum BankError {
     /// revoked.
     #[error("device key {0} is not a live key of the subject's at the bank")]
     UnknownDevice(String),
-    /// The approval names no device key, and some purpose it approves is not one the subject
-    /// agreed to receive unsealed: its responses could never be delivered.
+    /// The device key is registered at the bank already (for this subject or another). Device
+    /// keys are random: a key registered for another customer was relayed to someone who
+    /// registered it first. Have the device make a new key and bring it to the bank by a path
+    /// the relay does not carry (the bank's app scanning it), and look into the other
+    /// registration.
+    #[error("this device key is registered at the bank already")]
+    DeviceKeyInUse,
+    /// The approval names no device key, and some use (scope and purpose) it approves is not
+    /// one the subject agreed to receive unsealed: its responses could never be delivered.
     #[error("the approval names no device to seal responses to")]
     NoDevice,
     /// No live attestation of this consent is in the ledger.

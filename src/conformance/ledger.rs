@@ -23,7 +23,7 @@ fn attestation(id: &str, consent: &str, subject: &str) -> AttestationRecord {
         revoked: None,
         superseded_by: None,
         devices: vec!["device-1".into()],
-        plaintext_purposes: PurposeSet::new(),
+        plaintext: crate::PlaintextUses::new(),
         version: 1,
     }
 }

@@ -15,7 +15,7 @@ use crate::consent::{RevocationReason, Revoker};
 use crate::hpke::DevicePublicKey;
 use crate::ids::{BrokerId, ConsentId, PlatformId, SubjectId};
 use crate::policy::HolderPolicy;
-use crate::sets::{AccountSet, PurposeSet, ScopeSet};
+use crate::sets::{AccountSet, PlaintextUses, PurposeSet, ScopeSet};
 
 /// An attestation the bank signed, as its ledger keeps it: what the subject approved at the bank.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,10 +53,10 @@ pub struct AttestationRecord {
     /// these (those not revoked since), and to no other key.
     #[serde(default)]
     pub devices: Vec<String>,
-    /// Purposes for which the subject agreed to receive data unsealed (the bank's policy must
-    /// allow it too); empty by default: everything is sealed.
+    /// Uses (scope and purpose) for which the subject agreed to receive data unsealed (the
+    /// bank's policy must allow each too); empty by default: everything is sealed.
     #[serde(default)]
-    pub plaintext_purposes: PurposeSet,
+    pub plaintext: PlaintextUses,
     /// Incremented by every change.
     pub version: u64,
 }

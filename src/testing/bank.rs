@@ -14,7 +14,7 @@ use crate::instruction::Instruction;
 use crate::keys::{Ed25519PublicKey, SigningKey};
 use crate::policy::HolderPolicy;
 use crate::random::RandomSource;
-use crate::sets::{AccountSet, PurposeSet};
+use crate::sets::{AccountSet, PlaintextUses};
 use crate::store::Store;
 
 /// A bank as a platform's test sees it: an attestation key (deterministic, from a seed), a
@@ -132,7 +132,7 @@ impl SimulatedBank {
             consent_expires_at: now + request.duration(),
             unattended_daily_limit: self.policy.unattended_daily_limit,
             devices: Vec::new(),
-            plaintext_purposes: PurposeSet::new(),
+            plaintext: PlaintextUses::new(),
         }
     }
 

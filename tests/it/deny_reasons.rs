@@ -121,7 +121,10 @@ fn no_configuration_lever_permits_a_prohibited_use() {
         enabled_scopes: ScopeSet::from(Scope::ALL),
         max_consent_duration: Duration::days(365),
         unattended_daily_limit: u32::MAX,
-        plaintext_purposes: PurposeSet::from(Purpose::ALL),
+        plaintext: Scope::ALL
+            .into_iter()
+            .flat_map(|scope| Purpose::ALL.map(|purpose| (scope, purpose)))
+            .collect(),
     };
     let fx = Fixture::with_policy(MemoryStore::new(), permissive.clone());
     // The widest grant: every scope, every purpose, subject-chosen accounts, the longest duration.

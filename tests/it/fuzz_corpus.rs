@@ -339,7 +339,7 @@ fn attestation_seeds() {
         consent_expires_at: NOW + Duration::days(90),
         unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
         devices: Vec::new(),
-        plaintext_purposes: PurposeSet::new(),
+        plaintext: PlaintextUses::new(),
     };
     let sign = |statement: &ApprovalStatement| {
         fx.bank_signer

@@ -68,14 +68,20 @@ impl World {
     fn present(&self, token: &str) -> Result<VerifiedAccess, GateError<std::convert::Infallible>> {
         let mut proof = String::new();
         let request = self.bank.present(&self.kit, token, &mut proof);
-        self.bank.bank.check(&request, &self.bank.accounts)
+        self.bank
+            .bank
+            .check(&request, &self.bank.accounts)
+            .map(Admission::into_access)
     }
 
     fn check(
         &self,
         request: &GateRequest<'_>,
     ) -> Result<VerifiedAccess, GateError<std::convert::Infallible>> {
-        self.bank.bank.check(request, &self.bank.accounts)
+        self.bank
+            .bank
+            .check(request, &self.bank.accounts)
+            .map(Admission::into_access)
     }
 
     /// Asserts the gate refused `outcome` with `expected`, journalled it with that reason, and
@@ -320,7 +326,11 @@ fn an_account_the_bank_says_is_not_the_subjects_is_refused() {
     let token = w.kit.token(&w.kit.access(consent.id()));
     let mut proof = String::new();
     let request = w.bank.present(&w.kit, &token.token, &mut proof);
-    let outcome = w.bank.bank.check(&request, &accounts);
+    let outcome = w
+        .bank
+        .bank
+        .check(&request, &accounts)
+        .map(Admission::into_access);
     w.assert_refused(outcome, GateRefusal::AccountNotSubjects, served);
 }
 

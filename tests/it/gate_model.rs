@@ -46,7 +46,7 @@ enum Op {
         /// Which of the subject's device keys the approval names: bit `i` is the `i`-th most
         /// recently registered.
         devices: u8,
-        /// Purposes approved unsealed.
+        /// Uses approved unsealed: bit `2 * scope + purpose` (see [`uses_of`]).
         plain: u8,
     },
     RegisterDevice,
@@ -124,7 +124,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (
             (1..4u8, 1..4u8, 1..8u8, 0..4u32, 1..60i64),
             prop_oneof![6 => Just(1u8), 1 => 0..4u8],
-            prop_oneof![1 => Just(0u8), 1 => 0..4u8],
+            prop_oneof![1 => Just(0u8), 1 => 0..64u8],
         )
             .prop_map(|((scopes, purposes, accounts, limit, days), devices, plain)| {
                 Op::Attest { scopes, purposes, accounts, limit, days, devices, plain }
@@ -135,7 +135,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..4usize, any::<bool>()).prop_map(|(which, by_subject)| Op::RevokeAtBank { which, by_subject }),
         1 => (0..4usize).prop_map(|which| Op::RevokeOnPlatform { which }),
         1 => Just(Op::Feed),
-        1 => (1..8u8, 0..5u32, prop_oneof![1 => Just(0u8), 1 => 0..4u8])
+        1 => (1..8u8, 0..5u32, prop_oneof![1 => Just(0u8), 1 => Just(63u8), 1 => 0..64u8])
             .prop_map(|(enabled, limit, plain)| Op::Policy { enabled, limit, plain }),
         1 => (0..STEPS.len()).prop_map(|step| Op::Advance { step }),
         10 => presentation().prop_map(Op::Present),
@@ -178,6 +178,35 @@ struct MKey {
 /// How the model expects a served access delivered: unsealed (`None`), or sealed to these
 /// thumbprints, in the order the keys were registered.
 type Delivered = Option<Vec<String>>;
+
+/// The uses (scope, purpose) of a mask: bit `2 * scope + purpose`, indices into `Scope::ALL` and
+/// `Purpose::ALL`.
+fn uses_of(mask: u8) -> PlaintextUses {
+    Scope::ALL
+        .iter()
+        .enumerate()
+        .flat_map(|(i, scope)| {
+            Purpose::ALL
+                .iter()
+                .enumerate()
+                .filter(move |(j, _)| mask & (1 << (2 * i + j)) != 0)
+                .map(move |(_, purpose)| (*scope, *purpose))
+        })
+        .collect()
+}
+
+/// Every use of `scopes` × `purposes` (masks over `Scope::ALL`, `Purpose::ALL`), as a use mask.
+fn cross(scopes: u8, purposes: u8) -> u8 {
+    let mut uses = 0;
+    for i in 0..Scope::ALL.len() {
+        for j in 0..Purpose::ALL.len() {
+            if scopes & (1 << i) != 0 && purposes & (1 << j) != 0 {
+                uses |= 1 << (2 * i + j);
+            }
+        }
+    }
+    uses
+}
 
 /// The reference model: the bank's rules, plainly.
 struct Model {
@@ -260,8 +289,8 @@ impl Model {
         } else if present >= CEILING {
             return Err(GateRefusal::PresentCeilingReached { ceiling: CEILING });
         }
-        let purpose = 1 << p.purpose;
-        if self.policy_plain & a.plain & purpose != 0 {
+        let bit = 1 << (2 * p.scope + p.purpose);
+        if self.policy_plain & a.plain & bit != 0 {
             return Ok(None);
         }
         let to: Vec<String> = self
@@ -297,7 +326,7 @@ impl Model {
         {
             return Err("unknown device");
         }
-        if devices.is_empty() && purposes & !plain != 0 {
+        if devices.is_empty() && cross(scopes, purposes) & !plain != 0 {
             return Err("no device");
         }
         Ok(())
@@ -362,7 +391,7 @@ impl World {
         let feed_position = bank.bank.ledger().feed_state().unwrap().unwrap().position;
         // The bank starts out allowing either purpose unsealed (where the subject agrees too).
         let mut policy = bank.bank.policy().unwrap().unwrap().policy;
-        policy.plaintext_purposes = PurposeSet::from(Purpose::ALL);
+        policy.plaintext = uses_of(0b11_1111);
         bank.bank.set_policy(policy.clone()).unwrap();
         let device_keys = vec![DeviceSecretKey::from_bytes(bank.device.to_bytes())];
         let model = Model {
@@ -373,7 +402,7 @@ impl World {
             }],
             policy_scopes: mask(policy.enabled_scopes),
             policy_limit: policy.unattended_daily_limit,
-            policy_plain: 0b11,
+            policy_plain: 0b11_1111,
             platform_revoked: HashSet::new(),
             feed_at: START,
             served: HashMap::new(),
@@ -464,7 +493,7 @@ impl World {
             consent_expires_at: self.now() + Duration::days(days),
             unattended_daily_limit: limit,
             devices: devices.clone(),
-            plaintext_purposes: purposes_of(plain),
+            plaintext: uses_of(plain),
         };
         let signed = self.bank.bank.attest(&statement)?;
         let attestation: serde_json::Value =
@@ -625,7 +654,7 @@ impl World {
                 let policy = HolderPolicy {
                     enabled_scopes: scopes_of(*enabled),
                     unattended_daily_limit: *limit,
-                    plaintext_purposes: purposes_of(*plain),
+                    plaintext: uses_of(*plain),
                     ..HolderPolicy::default()
                 };
                 self.bank.bank.set_policy(policy).unwrap();

@@ -54,8 +54,8 @@ impl World {
         key
     }
 
-    /// Approves the kit's request at the bank, naming `devices` and the purposes unsealed.
-    fn approve(&self, devices: &[&DeviceSecretKey], plaintext: PurposeSet) -> Consent {
+    /// Approves the kit's request at the bank, naming `devices` and the uses unsealed.
+    fn approve(&self, devices: &[&DeviceSecretKey], plaintext: PlaintextUses) -> Consent {
         let request = self.kit.request();
         self.bank
             .approve(&self.kit, &request, |statement| {
@@ -63,7 +63,7 @@ impl World {
                     .iter()
                     .map(|key| key.public_key().thumbprint())
                     .collect();
-                statement.plaintext_purposes = plaintext;
+                statement.plaintext = plaintext;
             })
             .unwrap()
     }
@@ -229,7 +229,7 @@ fn a_response_moved_to_another_context_or_altered_does_not_open() {
 fn only_devices_the_approval_names_receive_and_a_revoked_one_receives_nothing() {
     let w = world();
     let phone = &w.bank.device;
-    let consent = w.approve(&[phone], PurposeSet::new());
+    let consent = w.approve(&[phone], PlaintextUses::new());
     let access = w.kit.access(consent.id());
     // A tablet registered after the approval: the approval does not name it.
     let tablet = w.new_device("tablet");
@@ -241,7 +241,7 @@ fn only_devices_the_approval_names_receive_and_a_revoked_one_receives_nothing() 
     assert!(open_response(&sealed, phone).is_ok());
 
     // Approved again naming both: both receive, each its own envelope.
-    let both = w.approve(&[phone, &tablet], PurposeSet::new());
+    let both = w.approve(&[phone, &tablet], PlaintextUses::new());
     let access = w.kit.access(both.id());
     let sealed = w.sealed(&access);
     assert_eq!(
@@ -351,13 +351,14 @@ fn an_approval_names_only_live_keys_of_the_subjects_own() {
             Err(BankError::UnknownDevice(key.public_key().thumbprint()))
         );
     }
-    // A key registered once cannot be registered again, for anyone.
-    assert!(matches!(
-        w.bank
-            .bank
-            .register_device(&w.kit.subject, bobs.public_key()),
-        Err(BankError::Store(StoreError::Duplicate { .. }))
-    ));
+    // A key registered once cannot be registered again, for anyone: a platform that registered
+    // a relayed key under a customer of its own first is found out when the subject registers.
+    for subject in [&w.kit.subject, &id("bob")] {
+        assert_eq!(
+            w.bank.bank.register_device(subject, bobs.public_key()),
+            Err(BankError::DeviceKeyInUse)
+        );
+    }
     // No device at all: nothing could ever be delivered.
     statement.devices = Vec::new();
     assert_eq!(attest(&statement), Err(BankError::NoDevice));
@@ -375,24 +376,24 @@ fn an_approval_names_only_live_keys_of_the_subjects_own() {
 #[test]
 fn unsealed_only_where_both_the_banks_policy_and_the_subject_allow_it() {
     let w = world();
-    let fraud = PurposeSet::from([Purpose::FraudProtection]);
+    let fraud = PlaintextUses::from([(Scope::Alerts, Purpose::FraudProtection)]);
     let phone = &w.bank.device;
     // The subject agrees to unsealed fraud alerts; the bank's policy does not allow it yet.
     let request = w.kit.request();
     let mut statement = w.bank.statement(&w.kit, &request);
-    statement.plaintext_purposes = fraud;
+    statement.plaintext = fraud;
     assert!(matches!(
         w.bank.bank.attest(&statement),
         Err(BankError::OutsidePolicy(_))
     ));
 
-    let policy = |plaintext: PurposeSet| HolderPolicy {
-        plaintext_purposes: plaintext,
+    let policy = |plaintext: PlaintextUses| HolderPolicy {
+        plaintext,
         ..w.kit.bank.policy().clone()
     };
     w.bank.bank.set_policy(policy(fraud)).unwrap();
     // The subject agreed to nothing unsealed: sealed, whatever the bank allows.
-    let sealed_only = w.approve(&[phone], PurposeSet::new());
+    let sealed_only = w.approve(&[phone], PlaintextUses::new());
     let alerts = AccessRequest {
         scope: Scope::Alerts.into(),
         purpose: Purpose::FraudProtection.into(),
@@ -400,8 +401,8 @@ fn unsealed_only_where_both_the_banks_policy_and_the_subject_allow_it() {
     };
     assert!(matches!(w.serve(&alerts), Ok(Response::Sealed(_))));
 
-    // Both agree for fraud protection: alerts for it leave unsealed, customer service stays
-    // sealed, and the journal says which.
+    // Both agree to alerts for fraud protection: those leave unsealed, alerts for customer
+    // service stay sealed, and the journal says which.
     let consent = w.approve(&[phone], fraud);
     let alerts = AccessRequest {
         consent: consent.id().clone(),
@@ -420,13 +421,33 @@ fn unsealed_only_where_both_the_banks_policy_and_the_subject_allow_it() {
             ..
         }
     ));
+    let customer_service = AccessRequest {
+        purpose: Purpose::CustomerService.into(),
+        ..alerts.clone()
+    };
     assert!(matches!(
-        w.serve(&w.kit.access(consent.id())),
+        w.serve(&customer_service),
         Ok(Response::Sealed(_))
     ));
+    // The purpose is the platform's word: labelling a balance "fraud protection" does not let it
+    // out unsealed, since only alerts were agreed to unsealed.
+    let relabelled = AccessRequest {
+        scope: Scope::Balance.into(),
+        purpose: Purpose::FraudProtection.into(),
+        ..w.kit.access(consent.id())
+    };
+    assert!(matches!(w.serve(&relabelled), Ok(Response::Sealed(_))));
+    let unattended = AccessRequest {
+        presence: Presence::Unattended,
+        ..relabelled
+    };
+    assert!(matches!(w.serve(&unattended), Ok(Response::Sealed(_))));
 
     // The bank withdraws it: sealed again from the next access on.
-    w.bank.bank.set_policy(policy(PurposeSet::new())).unwrap();
+    w.bank
+        .bank
+        .set_policy(policy(PlaintextUses::new()))
+        .unwrap();
     assert!(matches!(w.serve(&alerts), Ok(Response::Sealed(_))));
 }
 
@@ -635,4 +656,89 @@ fn a_seal_that_fails_after_the_journal_delivers_nothing_and_the_journal_over_rec
             ..
         }
     ));
+}
+
+/// A bank that calls its data methods itself: `check` hands it the admission with the delivery
+/// the journal recorded, and `deliver` seals as recorded, under the journal's sequence.
+#[test]
+fn check_then_deliver_seals_as_the_journal_recorded() {
+    let w = world();
+    let consent = w.bank.granted(&w.kit);
+    let token = w.kit.token(&w.kit.access(consent.id()));
+    w.bank.sync(&w.kit).unwrap();
+    let mut proof = String::new();
+    let request = w.bank.present(&w.kit, &token.token, &mut proof);
+    let admission = w.bank.bank.check(&request, &w.bank.accounts).unwrap();
+    let phone = w.bank.device.public_key().thumbprint();
+    assert_eq!(
+        admission.delivery(),
+        &Delivery::Sealed {
+            devices: vec![phone.clone()]
+        }
+    );
+    match w.journal_entry(admission.journal_seq()).event {
+        AuditEvent::AccessServed { delivery, .. } => {
+            assert_eq!(delivery.as_ref(), Some(admission.delivery()));
+        }
+        other => panic!("{other:?}"),
+    }
+    let data = serve(&w.bank.accounts, admission.access()).unwrap();
+    let sealed = match w.bank.bank.deliver(&admission, data.clone()).unwrap() {
+        Response::Sealed(sealed) => sealed,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(sealed.context.sequence, admission.journal_seq());
+    assert_eq!(thumbprints(&sealed), [phone]);
+    assert_eq!(open_response(&sealed, &w.bank.device).unwrap(), data);
+}
+
+/// What the platform relays is bounded before any decoding or cryptography, and so is what the
+/// bank seals.
+#[test]
+fn sealed_responses_are_bounded_on_both_sides() {
+    let random = SystemRandom::new();
+    let phone = DeviceSecretKey::derive(b"phone");
+    let data = balance("acc-1", 5);
+    let sealed = seal_response(&data, &context("acc-1"), &[phone.public_key()], &random).unwrap();
+
+    let mut huge = sealed.clone();
+    huge.envelopes[0].ciphertext = "A".repeat(2 * MAX_RESPONSE_BYTES);
+    assert_eq!(open_response(&huge, &phone), Err(OpenError::DoesNotOpen));
+    let mut long_enc = sealed.clone();
+    long_enc.envelopes[0].enc.push('A');
+    assert_eq!(
+        open_response(&long_enc, &phone),
+        Err(OpenError::DoesNotOpen)
+    );
+    let mut crowded = sealed.clone();
+    crowded.envelopes = vec![sealed.envelopes[0].clone(); MAX_ENVELOPES + 1];
+    assert_eq!(open_response(&crowded, &phone), Err(OpenError::Malformed));
+    assert!(open_response(&sealed, &phone).is_ok());
+
+    let devices: Vec<_> = (0..=MAX_ENVELOPES)
+        .map(|i| DeviceSecretKey::derive(&[i as u8]).public_key())
+        .collect();
+    assert_eq!(
+        seal_response(&data, &context("acc-1"), &devices, &random),
+        Err(hpke::HpkeError::SealFailed)
+    );
+    assert!(seal_response(&data, &context("acc-1"), &devices[1..], &random).is_ok());
+    let mut too_many = 1;
+    while serde_json::to_vec(&alerts(too_many)).unwrap().len() + 4 <= MAX_RESPONSE_BYTES {
+        too_many *= 2;
+    }
+    let context = ResponseContext {
+        scope: Scope::Alerts,
+        ..context("acc-1")
+    };
+    assert_eq!(
+        seal_response(&alerts(too_many), &context, &[phone.public_key()], &random),
+        Err(hpke::HpkeError::SealFailed)
+    );
+    let mut fits = too_many / 2;
+    while serde_json::to_vec(&alerts(fits)).unwrap().len() + 4 > MAX_RESPONSE_BYTES {
+        fits /= 2;
+    }
+    let big = seal_response(&alerts(fits), &context, &[phone.public_key()], &random).unwrap();
+    assert_eq!(open_response(&big, &phone).unwrap(), alerts(fits));
 }
