@@ -8,8 +8,9 @@
 //   const keys = await crypto.subtle.generateKey({ name: "X25519" }, false, ["deriveBits"]);
 //   const publicKey = new Uint8Array(await crypto.subtle.exportKey("raw", keys.publicKey));
 //   // ... register `publicKey` at the bank, then for each response the platform relays:
-//   const data = await openSealedResponse(relayed, keys.privateKey, publicKey);
-//   // data: {scope: "balance", data: {...}}; compare relayed.context with what you asked for.
+//   const { context, data } = await openSealedResponse(relayed, keys.privateKey, publicKey);
+//   // data: {scope: "balance", data: {...}}; compare `context` (checked, not the relayed JSON)
+//   // with what you asked for, and its sequence with the last one you accepted.
 //
 // The private key can stay non-extractable: only deriveBits is used. Nothing here sends
 // anything anywhere.
@@ -83,15 +84,42 @@ async function labeledExpand(suite, prk, label, info, length) {
   return block.slice(0, length);
 }
 
+const CONTEXT_FIELDS = ["holder", "consent", "token_id", "scope", "account"];
+const SCOPES = ["balance", "alerts", "transactions"];
+/** The largest padded response (1 MiB) and the most envelopes, as in Rust. */
+export const MAX_RESPONSE_BYTES = 32 * 32768;
+export const MAX_ENVELOPES = 16;
+
+/**
+ * The context exactly as Rust reads it, or an `OpenError("malformed")`: an object with these six
+ * members and no other, ids as non-empty strings (at most 8 KiB), a known scope, and the
+ * sequence a non-negative safe integer (a larger one, or one relayed as a string, would not be
+ * the number the bank sealed under). Returns a frozen copy: compare that, not the relayed JSON.
+ */
+export function checkedContext(context) {
+  const malformed = (why) => new OpenError("malformed", `context: ${why}`);
+  if (context === null || typeof context !== "object" || Array.isArray(context)) throw malformed("not an object");
+  const keys = Object.keys(context).sort();
+  if (keys.join() !== [...CONTEXT_FIELDS, "sequence"].sort().join()) throw malformed("unexpected members");
+  for (const field of CONTEXT_FIELDS) {
+    const value = context[field];
+    if (typeof value !== "string" || value.length === 0 || value.length > 8192) throw malformed(field);
+  }
+  if (!SCOPES.includes(context.scope)) throw malformed("scope");
+  if (!Number.isSafeInteger(context.sequence) || context.sequence < 0) throw malformed("sequence");
+  return Object.freeze(Object.fromEntries([...CONTEXT_FIELDS, "sequence"].map((f) => [f, context[f]])));
+}
+
 /** The HPKE `info` of a response context (AUDIT_FORMAT.md 1.7). */
 export function responseInfo(context) {
+  const checked = checkedContext(context);
   const parts = [utf8.encode(INFO_LABEL)];
-  for (const field of ["holder", "consent", "token_id", "scope", "account"]) {
-    const bytes = utf8.encode(String(context[field]));
+  for (const field of CONTEXT_FIELDS) {
+    const bytes = utf8.encode(checked[field]);
     parts.push(u16(bytes.length), bytes);
   }
   const sequence = new Uint8Array(8);
-  new DataView(sequence.buffer).setBigUint64(0, BigInt(context.sequence));
+  new DataView(sequence.buffer).setBigUint64(0, BigInt(checked.sequence));
   parts.push(sequence);
   return concat(...parts);
 }
@@ -135,20 +163,41 @@ function isFor(data, context) {
 /**
  * Opens `sealed` (the bank's response as relayed: `{delivery: "sealed", context, envelopes}`,
  * or the same without `delivery`) with this device's X25519 key pair: `privateKey` a CryptoKey
- * usable for deriveBits, `publicKeyRaw` its 32-byte public key. Returns the data
- * (`{scope, data}`) once the envelope opened under the response's own context and the data is
- * of that context's scope and account. Throws an `OpenError` otherwise.
+ * usable for deriveBits, `publicKeyRaw` its 32-byte public key. Returns `{context, data}` once
+ * the envelope opened under the response's own context and the data is of that context's scope
+ * and account: `context` the checked, frozen context (compare it with what you asked for: your
+ * consent and account, and a `sequence` above the last you accepted from this bank, which
+ * refuses a replayed response), `data` the response (`{scope, data}`; a balance carries its
+ * `as_of`). Throws an `OpenError` otherwise.
  */
 export async function openSealedResponse(sealed, privateKey, publicKeyRaw) {
-  if (sealed?.delivery !== undefined && sealed.delivery !== "sealed") {
+  if (sealed === null || typeof sealed !== "object") throw new OpenError("malformed", "not an object");
+  if (sealed.delivery !== undefined && sealed.delivery !== "sealed") {
     throw new OpenError("malformed", "not a sealed response");
   }
-  const { context, envelopes } = sealed ?? {};
-  if (!context || !Array.isArray(envelopes)) throw new OpenError("malformed", "no context or envelopes");
+  if (Object.keys(sealed).some((k) => !["delivery", "context", "envelopes"].includes(k))) {
+    throw new OpenError("malformed", "unexpected members");
+  }
+  const { envelopes } = sealed;
+  const context = checkedContext(sealed.context);
+  if (!Array.isArray(envelopes) || envelopes.length > MAX_ENVELOPES) {
+    throw new OpenError("malformed", "no envelopes, or too many");
+  }
   const pkR = new Uint8Array(publicKeyRaw);
   const device = await thumbprint(pkR);
   const envelope = envelopes.find((e) => e?.device === device);
   if (!envelope) throw new OpenError("not_for_this_device", "the response is not sealed to this device");
+  if (Object.keys(envelope).sort().join() !== "ciphertext,device,enc") {
+    throw new OpenError("malformed", "unexpected envelope members");
+  }
+  if (
+    typeof envelope.enc !== "string" ||
+    envelope.enc.length !== 43 ||
+    typeof envelope.ciphertext !== "string" ||
+    envelope.ciphertext.length > Math.ceil((MAX_RESPONSE_BYTES + 16) / 3) * 4
+  ) {
+    throw new OpenError("does_not_open", "enc or ciphertext of the wrong size");
+  }
   const enc = unbase64url(envelope.enc);
   const ciphertext = unbase64url(envelope.ciphertext);
   if (enc.length !== 32) throw new OpenError("does_not_open", "enc is not an X25519 key");
@@ -184,5 +233,5 @@ export async function openSealedResponse(sealed, privateKey, publicKeyRaw) {
     throw new OpenError("malformed", "not JSON");
   }
   if (!isFor(data, context)) throw new OpenError("malformed", "not the context's scope and account");
-  return data;
+  return { context, data };
 }

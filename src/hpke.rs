@@ -12,6 +12,7 @@
 use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hmac;
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
 
 use crate::random::RandomSource;
 
@@ -42,7 +43,8 @@ pub enum HpkeError {
     /// No randomness was available for the ephemeral key.
     #[error("no randomness for the ephemeral key")]
     RandomnessUnavailable,
-    /// The AEAD refused to seal (more than it can encrypt at once).
+    /// The plaintext could not be sealed (for a response: larger than
+    /// [`crate::MAX_RESPONSE_BYTES`] padded, or to more than [`crate::MAX_ENVELOPES`] devices).
     #[error("the plaintext could not be sealed")]
     SealFailed,
 }
@@ -58,14 +60,19 @@ impl std::fmt::Debug for DevicePublicKey {
 }
 
 impl DevicePublicKey {
-    /// The key from its 32 bytes.
+    /// The key from its 32 bytes: a canonical u-coordinate (below 2^255 − 19) of a point that
+    /// is not of small order, so that every response sealed to it has a secret only the device
+    /// can compute.
     ///
     /// # Errors
-    /// [`HpkeError::BadKey`] for another length.
+    /// [`HpkeError::BadKey`] for another length, a non-canonical encoding, or a point of small
+    /// order (all-zero shared secrets: RFC 7748 §6.1, RFC 9180 §7.1.4).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, HpkeError> {
-        <[u8; KEY_LEN]>::try_from(bytes)
-            .map(Self)
-            .map_err(|_| HpkeError::BadKey)
+        let bytes = <[u8; KEY_LEN]>::try_from(bytes).map_err(|_| HpkeError::BadKey)?;
+        if !canonical(&bytes) || SMALL_ORDER.contains(&bytes) {
+            return Err(HpkeError::BadKey);
+        }
+        Ok(Self(bytes))
     }
 
     /// The key from unpadded base64url (a JWK's `x`).
@@ -73,6 +80,9 @@ impl DevicePublicKey {
     /// # Errors
     /// [`HpkeError::BadKey`].
     pub fn from_base64url(x: &str) -> Result<Self, HpkeError> {
+        if x.len() != 43 {
+            return Err(HpkeError::BadKey);
+        }
         let bytes = crate::jws::decode(x, crate::token::TokenPart::Payload)
             .map_err(|_| HpkeError::BadKey)?;
         Self::from_bytes(&bytes)
@@ -135,7 +145,9 @@ impl<'de> serde::Deserialize<'de> for DevicePublicKey {
     }
 }
 
-/// A device's X25519 private key: it never leaves the device. Its bytes are wiped on drop.
+/// A device's X25519 private key: it never leaves the device. Its bytes are wiped on drop, as
+/// are the seeds, shared secrets and keys this module derives on the way (`zeroize`); copies the
+/// compiler leaves on the stack and the key schedules inside `ring`'s HMAC and AES-GCM are not.
 pub struct DeviceSecretKey {
     secret: StaticSecret,
     /// Computed once: opening needs it for the KEM context, and a scalar multiplication is the
@@ -157,11 +169,11 @@ impl DeviceSecretKey {
     /// # Errors
     /// [`HpkeError::RandomnessUnavailable`].
     pub fn generate(random: &dyn RandomSource) -> Result<Self, HpkeError> {
-        let mut bytes = [0u8; KEY_LEN];
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         random
-            .fill(&mut bytes)
+            .fill(bytes.as_mut())
             .map_err(|_| HpkeError::RandomnessUnavailable)?;
-        Ok(Self::from_bytes(bytes))
+        Ok(Self::from_bytes(*bytes))
     }
 
     /// The key from its 32 bytes (clamped as X25519 requires).
@@ -174,9 +186,9 @@ impl DeviceSecretKey {
     /// RFC 9180 `DeriveKeyPair(ikm)` for X25519.
     pub fn derive(ikm: &[u8]) -> Self {
         let prk = labeled_extract(&kem_suite(), b"", b"dkp_prk", ikm);
-        let mut sk = [0u8; KEY_LEN];
-        labeled_expand(&kem_suite(), &prk, b"sk", b"", &mut sk);
-        Self::from_bytes(sk)
+        let mut sk = Zeroizing::new([0u8; KEY_LEN]);
+        labeled_expand(&kem_suite(), &prk, b"sk", b"", sk.as_mut());
+        Self::from_bytes(*sk)
     }
 
     /// Its public key: what the device registers at the bank.
@@ -197,6 +209,45 @@ pub struct Sealed {
     pub enc: [u8; KEY_LEN],
     /// The AES-128-GCM ciphertext with its 16-byte tag.
     pub ciphertext: Vec<u8>,
+}
+
+/// The canonical encodings of the points of small order on Curve25519 and its twist (the list
+/// libsodium refuses): 0, 1, the two points of order 8, and p − 1. With non-canonical
+/// encodings refused, no other encoding gives an all-zero shared secret.
+const SMALL_ORDER: [[u8; KEY_LEN]; 5] = [
+    [0; KEY_LEN],
+    {
+        let mut one = [0; KEY_LEN];
+        one[0] = 1;
+        one
+    },
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    {
+        let mut minus_one = [0xff; KEY_LEN];
+        minus_one[0] = 0xec;
+        minus_one[KEY_LEN - 1] = 0x7f;
+        minus_one
+    },
+];
+
+/// Whether `u` (little-endian) is below 2^255 − 19.
+fn canonical(u: &[u8; KEY_LEN]) -> bool {
+    let (low, rest) = u.split_at(1);
+    let (middle, top) = rest.split_at(KEY_LEN - 2);
+    match top.first() {
+        Some(&top) if top < 0x7f => true,
+        Some(&0x7f) => middle.iter().any(|byte| *byte != 0xff) || low.first() < Some(&0xed),
+        _ => false,
+    }
 }
 
 fn suite(prefix: &[u8]) -> Vec<u8> {
@@ -220,10 +271,10 @@ fn hpke_suite() -> Vec<u8> {
 }
 
 /// HKDF-Extract with HMAC-SHA256.
-fn extract(salt: &[u8], ikm: &[u8]) -> [u8; 32] {
+fn extract(salt: &[u8], ikm: &[u8]) -> Zeroizing<[u8; 32]> {
     let key = hmac::Key::new(hmac::HMAC_SHA256, salt);
     let tag = hmac::sign(&key, ikm);
-    let mut prk = [0u8; 32];
+    let mut prk = Zeroizing::new([0u8; 32]);
     prk.copy_from_slice(tag.as_ref());
     prk
 }
@@ -231,7 +282,7 @@ fn extract(salt: &[u8], ikm: &[u8]) -> [u8; 32] {
 /// HKDF-Expand with HMAC-SHA256 into `out` (at most 255 × 32 bytes; every use here is ≤ 32).
 fn expand(prk: &[u8; 32], info: &[u8], out: &mut [u8]) {
     let key = hmac::Key::new(hmac::HMAC_SHA256, prk);
-    let mut previous: Vec<u8> = Vec::new();
+    let mut previous: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::new());
     for (counter, chunk) in (1u8..).zip(out.chunks_mut(32)) {
         let mut context = hmac::Context::with_key(&key);
         context.update(&previous);
@@ -240,12 +291,12 @@ fn expand(prk: &[u8; 32], info: &[u8], out: &mut [u8]) {
         let block = context.sign();
         let block = block.as_ref();
         chunk.copy_from_slice(block.get(..chunk.len()).unwrap_or_default());
-        previous = block.to_vec();
+        previous = Zeroizing::new(block.to_vec());
     }
 }
 
-fn labeled_extract(suite_id: &[u8], salt: &[u8], label: &[u8], ikm: &[u8]) -> [u8; 32] {
-    let mut labeled = b"HPKE-v1".to_vec();
+fn labeled_extract(suite_id: &[u8], salt: &[u8], label: &[u8], ikm: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut labeled = Zeroizing::new(b"HPKE-v1".to_vec());
     labeled.extend_from_slice(suite_id);
     labeled.extend_from_slice(label);
     labeled.extend_from_slice(ikm);
@@ -254,7 +305,7 @@ fn labeled_extract(suite_id: &[u8], salt: &[u8], label: &[u8], ikm: &[u8]) -> [u
 
 fn labeled_expand(suite_id: &[u8], prk: &[u8; 32], label: &[u8], info: &[u8], out: &mut [u8]) {
     let length = u16::try_from(out.len()).unwrap_or(u16::MAX);
-    let mut labeled = length.to_be_bytes().to_vec();
+    let mut labeled = Zeroizing::new(length.to_be_bytes().to_vec());
     labeled.extend_from_slice(b"HPKE-v1");
     labeled.extend_from_slice(suite_id);
     labeled.extend_from_slice(label);
@@ -263,7 +314,11 @@ fn labeled_expand(suite_id: &[u8], prk: &[u8; 32], label: &[u8], info: &[u8], ou
 }
 
 /// DHKEM's `ExtractAndExpand(dh, kem_context)`.
-fn shared_secret(dh: &[u8; 32], enc: &[u8; 32], pk_r: &[u8; 32]) -> Result<[u8; 32], HpkeError> {
+fn shared_secret(
+    dh: &[u8; 32],
+    enc: &[u8; 32],
+    pk_r: &[u8; 32],
+) -> Result<Zeroizing<[u8; 32]>, HpkeError> {
     // A low-order point gives an all-zero shared secret (RFC 9180 §7.1.4): refuse it.
     if dh.iter().all(|byte| *byte == 0) {
         return Err(HpkeError::BadKey);
@@ -271,28 +326,28 @@ fn shared_secret(dh: &[u8; 32], enc: &[u8; 32], pk_r: &[u8; 32]) -> Result<[u8; 
     let eae_prk = labeled_extract(&kem_suite(), b"", b"eae_prk", dh);
     let mut kem_context = enc.to_vec();
     kem_context.extend_from_slice(pk_r);
-    let mut secret = [0u8; 32];
+    let mut secret = Zeroizing::new([0u8; 32]);
     labeled_expand(
         &kem_suite(),
         &eae_prk,
         b"shared_secret",
         &kem_context,
-        &mut secret,
+        secret.as_mut(),
     );
     Ok(secret)
 }
 
 /// The base-mode key schedule: the AEAD key and the base nonce.
-fn key_schedule(shared: &[u8; 32], info: &[u8]) -> ([u8; 16], [u8; 12]) {
+fn key_schedule(shared: &[u8; 32], info: &[u8]) -> (Zeroizing<[u8; 16]>, [u8; 12]) {
     let suite = hpke_suite();
     let psk_id_hash = labeled_extract(&suite, b"", b"psk_id_hash", b"");
     let info_hash = labeled_extract(&suite, b"", b"info_hash", info);
     let mut context = vec![0u8]; // mode_base
-    context.extend_from_slice(&psk_id_hash);
-    context.extend_from_slice(&info_hash);
+    context.extend_from_slice(&psk_id_hash[..]);
+    context.extend_from_slice(&info_hash[..]);
     let secret = labeled_extract(&suite, shared, b"secret", b"");
-    let mut key = [0u8; 16];
-    labeled_expand(&suite, &secret, b"key", &context, &mut key);
+    let mut key = Zeroizing::new([0u8; 16]);
+    labeled_expand(&suite, &secret, b"key", &context, key.as_mut());
     let mut nonce = [0u8; 12];
     labeled_expand(&suite, &secret, b"base_nonce", &context, &mut nonce);
     (key, nonce)
@@ -317,16 +372,16 @@ pub fn seal(
     plaintext: &[u8],
     random: &dyn RandomSource,
 ) -> Result<Sealed, HpkeError> {
-    let mut ikm = [0u8; KEY_LEN];
+    let mut ikm = Zeroizing::new([0u8; KEY_LEN]);
     random
-        .fill(&mut ikm)
+        .fill(ikm.as_mut())
         .map_err(|_| HpkeError::RandomnessUnavailable)?;
     seal_with_ephemeral(
         recipient,
         info,
         aad,
         plaintext,
-        &DeviceSecretKey::derive(&ikm),
+        &DeviceSecretKey::derive(&ikm[..]),
     )
 }
 
@@ -395,6 +450,34 @@ mod tests {
 
     /// RFC 9180 Appendix A.1.1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM, base
     /// mode, the first encryption (sequence number 0).
+    #[test]
+    fn the_small_order_list_is_exactly_what_gives_zero_secrets() {
+        let probe = StaticSecret::from([0x55; KEY_LEN]);
+        for point in SMALL_ORDER {
+            assert!(canonical(&point));
+            assert!(
+                !probe
+                    .diffie_hellman(&PublicKey::from(point))
+                    .was_contributory()
+            );
+        }
+        // Every other canonical encoding among 512 at both edges (0..=255, p - 256..p) is not.
+        for low in 0..=255u8 {
+            for top in [0x00, 0x7f] {
+                let mut u = [0xff; KEY_LEN];
+                u[0] = low;
+                u[KEY_LEN - 1] = top;
+                if top == 0 {
+                    u = [0; KEY_LEN];
+                    u[0] = low;
+                }
+                if canonical(&u) && !SMALL_ORDER.contains(&u) {
+                    assert!(probe.diffie_hellman(&PublicKey::from(u)).was_contributory());
+                }
+            }
+        }
+    }
+
     #[test]
     fn rfc9180_a_1_1_base_mode_vectors() {
         let info = hex("4f6465206f6e2061204772656369616e2055726e");

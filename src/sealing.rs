@@ -6,8 +6,9 @@
 //! the scope, the account and the journal entry that recorded the access), so a sealed response
 //! cannot be replayed into another consent or conversation; the AEAD's associated data binds
 //! each envelope to its device. The plaintext is padded to a fixed bucket size
-//! ([`PAD_BUCKETS`]), so the ciphertext's length does not reveal a balance's magnitude or how
-//! many alerts there are.
+//! ([`PAD_BUCKETS`]), so the ciphertext's length does not reveal a balance's magnitude, and
+//! reveals how many alerts or transactions there are only to the bucket (one alert or five: 512
+//! bytes; six to about twenty: 2,048).
 //!
 //! The device opens with [`open_response`] (or `js/open-sealed-response.mjs` in a browser, with
 //! WebCrypto alone) and checks the context against what it asked for.
@@ -28,6 +29,11 @@ pub const INFO_LABEL: &[u8] = b"consent-broker sealed response v1";
 /// multiple of it.
 pub const PAD_BUCKETS: [usize; 4] = [512, 2_048, 8_192, LARGEST_BUCKET];
 const LARGEST_BUCKET: usize = 32_768;
+/// The largest padded response: 32 of the largest buckets (1 MiB). The bank refuses to seal more
+/// ([`HpkeError::SealFailed`]); the device refuses a larger ciphertext before decoding it.
+pub const MAX_RESPONSE_BYTES: usize = 32 * LARGEST_BUCKET;
+/// The most envelopes a response carries (devices per subject that an approval can name).
+pub const MAX_ENVELOPES: usize = 16;
 
 /// How a served access's data left the bank, as its journal entry records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +177,9 @@ pub fn seal_response(
 ) -> Result<SealedResponse, HpkeError> {
     let json = serde_json::to_vec(data).map_err(|_| HpkeError::SealFailed)?;
     let plaintext = pad(&json);
+    if plaintext.len() > MAX_RESPONSE_BYTES || devices.len() > MAX_ENVELOPES {
+        return Err(HpkeError::SealFailed);
+    }
     let info = context.info();
     let envelopes = devices
         .iter()
@@ -200,12 +209,22 @@ pub fn open_response(
     sealed: &SealedResponse,
     device: &DeviceSecretKey,
 ) -> Result<AccountData, OpenError> {
+    if sealed.envelopes.len() > MAX_ENVELOPES {
+        return Err(OpenError::Malformed);
+    }
     let thumbprint = device.public_key().thumbprint();
     let envelope = sealed
         .envelopes
         .iter()
         .find(|envelope| envelope.device == thumbprint)
         .ok_or(OpenError::NotForThisDevice)?;
+    // Unpadded base64url: 43 characters for the key, the tag and the largest response for the
+    // ciphertext. Anything longer is refused before it is decoded.
+    if envelope.enc.len() != 43
+        || envelope.ciphertext.len() > (MAX_RESPONSE_BYTES + hpke::TAG_LEN).div_ceil(3) * 4
+    {
+        return Err(OpenError::DoesNotOpen);
+    }
     let enc: [u8; KEY_LEN] = jws::decode(&envelope.enc, TokenPart::Header)
         .ok()
         .and_then(|bytes| bytes.try_into().ok())

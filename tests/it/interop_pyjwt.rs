@@ -209,7 +209,7 @@ fn live_broker(signing_key: SigningKey) -> Live {
         consent_expires_at: broker.now() + Duration::days(30),
         unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
         devices: Vec::new(),
-        plaintext_purposes: PurposeSet::new(),
+        plaintext: PlaintextUses::new(),
     };
     let attestation = signer
         .sign(&statement, broker.id(), broker.now(), &rng)

@@ -407,7 +407,7 @@ impl World {
             enabled_scopes: scopes_of(policy.enabled),
             max_consent_duration: Duration::days(policy.max_days),
             unattended_daily_limit: policy.limit,
-            plaintext_purposes: PurposeSet::new(),
+            plaintext: PlaintextUses::new(),
         };
         let fx = Fixture::with_policy(MemoryStore::new(), holder_policy);
         fx.broker
@@ -451,7 +451,7 @@ impl World {
             consent_expires_at: grant.expires_at,
             unattended_daily_limit: grant.unattended,
             devices: Vec::new(),
-            plaintext_purposes: PurposeSet::new(),
+            plaintext: PlaintextUses::new(),
         };
         signer
             .sign(

@@ -90,12 +90,38 @@ fn a_flipped_bit_another_key_or_another_context_does_not_open() {
         hpke::open(&device, &sealed.enc, b"info", b"aae", &sealed.ciphertext),
         Err(HpkeError::OpenFailed)
     );
-    // A low-order point as the recipient or as `enc` is refused, never a zero secret.
-    let low_order = DevicePublicKey::from_bytes(&[0u8; 32]).unwrap();
-    assert_eq!(
-        hpke::seal(&low_order, b"info", b"aad", b"x", &random),
-        Err(HpkeError::BadKey)
-    );
+    // A small-order point (the list libsodium refuses, RFC 7748 §7) or a non-canonical encoding
+    // is never a device key; as `enc` it is refused, never a zero secret.
+    let hex = |text: &str| -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let max = "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+    let small_order = [
+        "0000000000000000000000000000000000000000000000000000000000000000".to_owned(),
+        "0100000000000000000000000000000000000000000000000000000000000000".to_owned(),
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800".to_owned(),
+        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157".to_owned(),
+        format!("ec{max}7f"),
+    ];
+    let non_canonical = [
+        format!("ed{max}7f"),
+        format!("ee{max}7f"),
+        format!("00{max}ff"),
+    ];
+    for bad in small_order.iter().chain(&non_canonical) {
+        assert_eq!(
+            DevicePublicKey::from_bytes(&hex(bad)),
+            Err(HpkeError::BadKey),
+            "{bad}"
+        );
+    }
+    // The largest canonical encoding of a point of large order is a key.
+    let good = device.public_key();
+    assert_eq!(DevicePublicKey::from_bytes(good.as_bytes()), Ok(good));
+    assert!(DevicePublicKey::from_bytes(&hex(&format!("eb{max}7f"))).is_ok());
     assert_eq!(
         hpke::open(&device, &[0u8; 32], b"info", b"aad", &sealed.ciphertext),
         Err(HpkeError::BadKey)
@@ -186,7 +212,46 @@ fn the_javascript_opener_opens_what_rust_sealed_and_refuses_the_rest() {
             "public_key": key.public_key().to_base64url(),
         })
     };
-    let cases = serde_json::json!([
+    // The platform relays the same bytes with the context written otherwise: Rust's types refuse
+    // each form, and so must the JavaScript opener (a sequence that still opened would let an old
+    // response pass for a new one).
+    let relayed = serde_json::to_value(Response::Sealed(small.clone())).unwrap();
+    let rewritten = |path: &[&str], value: serde_json::Value| {
+        let mut json = relayed.clone();
+        let mut at = &mut json;
+        for key in &path[..path.len() - 1] {
+            at = &mut at[*key];
+        }
+        at[path[path.len() - 1]] = value;
+        json
+    };
+    let sequence = serde_json::json!(balance_context.sequence);
+    let forms = [
+        rewritten(&["context", "sequence"], serde_json::json!("1")),
+        rewritten(&["context", "sequence"], serde_json::json!("0x1")),
+        rewritten(
+            &["context", "sequence"],
+            serde_json::from_str::<serde_json::Value>("18446744073709551617").unwrap(),
+        ),
+        rewritten(&["context", "sequence"], serde_json::json!(1.0e0 + 0.5)),
+        rewritten(&["context", "holder"], serde_json::json!(["first-bank"])),
+        rewritten(&["context", "extra"], sequence.clone()),
+        rewritten(&["extra"], sequence),
+    ];
+    for form in &forms {
+        assert!(
+            serde_json::from_value::<Response>(form.clone()).is_err(),
+            "{form}"
+        );
+    }
+    let relayed_case = |response: &serde_json::Value| {
+        serde_json::json!({
+            "response": response,
+            "secret_key": crate::support::b64(device.to_bytes()),
+            "public_key": device.public_key().to_base64url(),
+        })
+    };
+    let mut cases = vec![
         case(&sealed, &device),
         case(&sealed, &other),
         case(&small, &device),
@@ -194,7 +259,9 @@ fn the_javascript_opener_opens_what_rust_sealed_and_refuses_the_rest() {
         case(&moved, &device),
         case(&altered, &device),
         case(&not_the_context, &device),
-    ]);
+    ];
+    cases.extend(forms.iter().map(relayed_case));
+    let cases = serde_json::Value::from(cases);
     let results = match open_in_javascript(&cases) {
         Ok(results) => results,
         Err(reason) if std::env::var_os("CI").is_some() => {
@@ -207,10 +274,16 @@ fn the_javascript_opener_opens_what_rust_sealed_and_refuses_the_rest() {
             return;
         }
     };
-    let opened = |i: usize| serde_json::from_value::<AccountData>(results[i]["opened"].clone());
+    let opened =
+        |i: usize| serde_json::from_value::<AccountData>(results[i]["opened"]["data"].clone());
     assert_eq!(opened(0).unwrap(), alerts);
     assert_eq!(opened(1).unwrap(), alerts);
     assert_eq!(opened(2).unwrap(), balance);
+    // The context it returns is the one the bank sealed under, read as Rust reads it.
+    assert_eq!(
+        serde_json::from_value::<ResponseContext>(results[2]["opened"]["context"].clone()).unwrap(),
+        balance_context
+    );
     let errors: Vec<&str> = results[3..]
         .iter()
         .map(|r| r["error"].as_str().unwrap_or("opened"))
@@ -221,7 +294,14 @@ fn the_javascript_opener_opens_what_rust_sealed_and_refuses_the_rest() {
             "not_for_this_device",
             "does_not_open",
             "does_not_open",
-            "malformed"
+            "malformed",
+            "malformed",
+            "malformed",
+            "malformed",
+            "malformed",
+            "malformed",
+            "malformed",
+            "malformed",
         ]
     );
     // Rust agrees on each.

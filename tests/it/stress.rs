@@ -127,7 +127,7 @@ impl<S: Store> Shared<S> {
             consent_expires_at: self.fx.broker.now() + GRANT + Duration::seconds(extra),
             unattended_daily_limit: DEFAULT_UNATTENDED_DAILY_LIMIT,
             devices: Vec::new(),
-            plaintext_purposes: PurposeSet::new(),
+            plaintext: PlaintextUses::new(),
         };
         self.fx.attest(&statement)
     }
