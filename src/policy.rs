@@ -40,7 +40,7 @@ pub struct HolderPolicy {
     /// agreed to the same use too; empty by default: every response is sealed to the subject's
     /// devices. The purpose is the platform's word, as presence is: allow a pair only where the
     /// data may be read by the platform whatever the purpose it claims.
-    #[serde(default)]
+    #[serde(default, alias = "plaintext_purposes")]
     pub plaintext: PlaintextUses,
 }
 

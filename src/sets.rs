@@ -342,9 +342,33 @@ impl Serialize for PlaintextUses {
     }
 }
 
+/// An element of a serialized [`PlaintextUses`]: a `[scope, purpose]` pair, or a bare purpose
+/// as an earlier draft of the format wrote it (purposes without scopes), which is read as nothing
+/// unsealed: a permission that did not name its scope is not widened to every scope, it is
+/// dropped (fail closed: those responses are sealed).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UseElement {
+    Use(Scope, Purpose),
+    Draft(
+        #[expect(
+            dead_code,
+            reason = "read only to accept the draft's form, then dropped"
+        )]
+        Purpose,
+    ),
+}
+
 impl<'de> Deserialize<'de> for PlaintextUses {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_seq(SetVisitor(PhantomData))
+        let elements: Vec<UseElement> = deserializer.deserialize_seq(SetVisitor(PhantomData))?;
+        Ok(elements
+            .into_iter()
+            .filter_map(|element| match element {
+                UseElement::Use(scope, purpose) => Some((scope, purpose)),
+                UseElement::Draft(_) => None,
+            })
+            .collect())
     }
 }
 
@@ -489,6 +513,38 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+
+    #[test]
+    fn plaintext_uses_round_trip_and_a_drafts_bare_purposes_unseal_nothing() {
+        let every: Vec<(Scope, Purpose)> = Scope::ALL
+            .into_iter()
+            .flat_map(|scope| Purpose::ALL.map(|purpose| (scope, purpose)))
+            .collect();
+        for bits in 0u8..64 {
+            let uses: PlaintextUses = (0..every.len())
+                .filter(|k| bits & (1 << k) != 0)
+                .map(|k| every[k])
+                .collect();
+            assert_eq!(uses.len(), bits.count_ones() as usize);
+            let json = serde_json::to_string(&uses).unwrap();
+            assert_eq!(serde_json::from_str::<PlaintextUses>(&json).unwrap(), uses);
+        }
+        let draft: PlaintextUses =
+            serde_json::from_str(r#"["fraud_protection", ["alerts", "customer_service"]]"#)
+                .unwrap();
+        assert_eq!(
+            draft,
+            PlaintextUses::from([(Scope::Alerts, Purpose::CustomerService)])
+        );
+        for bad in [
+            r#"["ads"]"#,
+            r#"[["ads", "fraud_protection"]]"#,
+            r#"[["balance"]]"#,
+            "{}",
+        ] {
+            assert!(serde_json::from_str::<PlaintextUses>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn flag_sets_behave_like_ordered_sets() {

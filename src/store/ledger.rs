@@ -55,7 +55,7 @@ pub struct AttestationRecord {
     pub devices: Vec<String>,
     /// Uses (scope and purpose) for which the subject agreed to receive data unsealed (the
     /// bank's policy must allow each too); empty by default: everything is sealed.
-    #[serde(default)]
+    #[serde(default, alias = "plaintext_purposes")]
     pub plaintext: PlaintextUses,
     /// Incremented by every change.
     pub version: u64,
