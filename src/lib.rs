@@ -39,6 +39,7 @@ mod refusal;
 mod sealing;
 mod sets;
 mod store;
+pub mod tiles;
 mod token;
 mod vocab;
 

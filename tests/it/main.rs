@@ -48,6 +48,7 @@ mod checkpoint;
 mod cli;
 mod merkle_properties;
 mod merkle_vectors;
+mod tiles;
 
 // Stores: the conformance suite on every store, SQLite files, PostgreSQL.
 mod conformance;

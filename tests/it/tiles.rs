@@ -1,0 +1,376 @@
+//! The log published as C2SP tlog-tiles: written incrementally, read back and verified without
+//! the database, checked against an independent implementation (the `tlog_tiles` crate, a port
+//! of Go's `golang.org/x/mod/sumdb/tlog`), and every tampering with the published files caught.
+
+use std::path::Path;
+
+use consent_broker::checkpoint::{NoteSigner, NoteVerifier};
+use consent_broker::testing::bulk::append_decisions;
+use consent_broker::tiles::{
+    DirTiles, Tile, TileError, TileKind, TiledLog, publish, tile_bytes, verify_tiles,
+};
+use consent_broker::*;
+use tlog_tiles as independent;
+
+const ORIGIN: &str = "broker.example/log";
+
+fn signer() -> NoteSigner {
+    NoteSigner::new(ORIGIN, &crate::targets::pkcs8(2)).unwrap()
+}
+
+fn verifier() -> NoteVerifier {
+    NoteVerifier::from_vkey(&signer().verifier_key()).unwrap()
+}
+
+/// A store holding `count` made-up decisions, and its signed checkpoint.
+fn log_of(store: &MemoryStore, count: u64) -> StoredCheckpoint {
+    let have = store.audit_len().unwrap();
+    append_decisions(store, count - have, consent_broker::testing::START).unwrap();
+    checkpoint_log(store, ORIGIN, &signer()).unwrap()
+}
+
+fn files_under(dir: &Path) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        count += if path.is_dir() { files_under(&path) } else { 1 };
+    }
+    count
+}
+
+#[test]
+fn a_published_log_verifies_from_its_files_alone_and_grows_incrementally() {
+    let store = MemoryStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    let first = log_of(&store, 700);
+    let published = publish(&store, dir.path(), &first).unwrap();
+    // Two full level-0 tiles and bundles, the partial ones (188), a partial level-1 tile (2).
+    assert_eq!((published.from, published.to, published.files), (0, 700, 7));
+    assert_eq!(files_under(dir.path()), 8, "seven tiles and the checkpoint");
+    let report = verify_tiles(&DirTiles::new(dir.path()), &verifier(), Some(ORIGIN)).unwrap();
+    assert_eq!(
+        (report.checkpoint.size, report.checkpoint.root),
+        (700, first.root)
+    );
+    assert_eq!(report.tiles, 4);
+
+    // A monitor reads the log once, then only what is new.
+    let mut monitor = TiledLog::new();
+    let seen = monitor
+        .update(&DirTiles::new(dir.path()), &verifier(), Some(ORIGIN))
+        .unwrap();
+    assert_eq!(seen.len(), 700);
+    assert_eq!(
+        seen[699].bytes,
+        store.audit_bytes(699..700).unwrap()[0].bytes
+    );
+
+    let second = log_of(&store, 70_000);
+    let grown = publish(&store, dir.path(), &second).unwrap();
+    assert_eq!((grown.from, grown.to), (700, 70_000));
+    let new = monitor
+        .update(&DirTiles::new(dir.path()), &verifier(), Some(ORIGIN))
+        .unwrap();
+    assert_eq!((new.first().unwrap().index, new.len()), (700, 69_300));
+    assert_eq!(monitor.size(), 70_000);
+    let report = verify_tiles(&DirTiles::new(dir.path()), &verifier(), Some(ORIGIN)).unwrap();
+    assert_eq!(report.checkpoint.root, second.root);
+    // Publishing the same checkpoint again writes nothing new but the checkpoint.
+    assert_eq!(publish(&store, dir.path(), &second).unwrap().files, 0);
+}
+
+/// Our tiles read through the independent implementation: same paths, same tile contents from
+/// the same tree, and its tile-authenticating reader derives the checkpoint's root from our files.
+#[test]
+fn the_independent_implementation_reads_our_tiles_as_its_own() {
+    struct Nodes<'a>(&'a MemoryStore);
+    impl independent::HashReader for Nodes<'_> {
+        fn read_hashes(
+            &self,
+            indexes: &[u64],
+        ) -> Result<Vec<independent::Hash>, independent::Error> {
+            indexes
+                .iter()
+                .map(|index| {
+                    let (level, n) = independent::split_stored_hash_index(*index);
+                    self.0
+                        .merkle_node(u32::from(level), n)
+                        .unwrap()
+                        .map(independent::Hash)
+                        .ok_or(independent::Error::InvalidProof)
+                })
+                .collect()
+        }
+    }
+    struct Files<'a>(&'a Path);
+    impl independent::TileReader for Files<'_> {
+        fn height(&self) -> u8 {
+            8
+        }
+        fn read_tiles(
+            &self,
+            tiles: &[independent::Tile],
+        ) -> Result<Vec<Vec<u8>>, independent::Error> {
+            Ok(tiles
+                .iter()
+                .map(|tile| std::fs::read(self.0.join(c2sp(tile))).unwrap())
+                .collect())
+        }
+        fn save_tiles(&self, _: &[independent::Tile], _: &[Vec<u8>]) {}
+    }
+    /// The C2SP path of a sumdb tile: no height segment, `entries` for data.
+    fn c2sp(tile: &independent::Tile) -> String {
+        let path = tile.path();
+        match path.strip_prefix("tile/8/data/") {
+            Some(rest) => format!("tile/entries/{rest}"),
+            None => path.replacen("tile/8/", "tile/", 1),
+        }
+    }
+
+    // Paths of tiles far beyond this test's logs, every level, full and partial.
+    for index in [0, 999, 1_000, 1_234_067, 999_999_999, u64::MAX >> 8] {
+        for (level, width) in [(0u8, 256u16), (1, 5), (63, 255)] {
+            let ours = Tile::hashes(level, index).with_width(width);
+            let theirs = independent::Tile::new(8, level, index, u32::from(width), false);
+            assert_eq!(c2sp(&theirs), ours.path());
+            assert_eq!(Tile::parse(&c2sp(&theirs)), Ok(ours));
+        }
+    }
+    let store = MemoryStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut previous = 0;
+    for size in [1, 255, 256, 257, 1_000, 65_536, 70_001] {
+        let checkpoint = log_of(&store, size);
+        publish(&store, dir.path(), &checkpoint).unwrap();
+        // What changed: the same tiles as the independent implementation's `new_tiles`.
+        let ours: Vec<String> = Tile::new_between(previous, size)
+            .iter()
+            .filter(|t| t.kind != TileKind::Entries)
+            .map(Tile::path)
+            .collect();
+        let theirs: Vec<String> = independent::Tile::new_tiles(8, previous, size)
+            .iter()
+            .map(c2sp)
+            .collect();
+        assert_eq!(sorted(ours), sorted(theirs), "{previous} -> {size}");
+        previous = size;
+
+        for tile in Tile::all_for(size) {
+            let (level, data) = match tile.kind {
+                TileKind::Hashes { level } => (level, false),
+                TileKind::Entries => (0, true),
+            };
+            let theirs = independent::Tile::new(8, level, tile.index, u32::from(tile.width), data);
+            assert_eq!(c2sp(&theirs), tile.path());
+            if !data {
+                assert_eq!(
+                    theirs.read_data(&Nodes(&store)).unwrap(),
+                    tile_bytes(&store, &tile).unwrap(),
+                    "{tile}"
+                );
+            }
+        }
+        let files = Files(dir.path());
+        let reader =
+            independent::TileHashReader::new(size, independent::Hash(checkpoint.root), &files);
+        assert_eq!(
+            independent::tree_hash(size, &reader).unwrap(),
+            independent::Hash(checkpoint.root)
+        );
+        // And an inclusion proof the independent code builds from our tiles checks out.
+        let leaf = size / 2;
+        let proof = independent::prove_record(size, leaf, &reader).unwrap();
+        let entry = &store.audit_bytes(leaf..leaf + 1).unwrap()[0].bytes;
+        independent::check_record(
+            &proof,
+            size,
+            independent::Hash(checkpoint.root),
+            leaf,
+            independent::record_hash(entry),
+        )
+        .unwrap();
+    }
+}
+
+fn sorted(mut paths: Vec<String>) -> Vec<String> {
+    paths.sort();
+    paths
+}
+
+/// Every way of altering the published files is caught: a byte of an entry, a leaf hash, a
+/// higher tile, a deleted file, two entries swapped, a truncated log, a consistent rewrite with
+/// every hash recomputed (the checkpoint's signature then does not cover it), and a rollback.
+#[test]
+fn tampering_with_the_published_files_is_caught() {
+    let store = MemoryStore::new();
+    let checkpoint = log_of(&store, 600);
+    let clean = tempfile::tempdir().unwrap();
+    publish(&store, clean.path(), &checkpoint).unwrap();
+    let verify = |dir: &Path| verify_tiles(&DirTiles::new(dir), &verifier(), Some(ORIGIN));
+    verify(clean.path()).unwrap();
+
+    let copy = || {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(clean.path(), dir.path());
+        dir
+    };
+    let bundle = "tile/entries/001";
+    let leaves = "tile/0/001";
+
+    // One byte of an entry.
+    let dir = copy();
+    edit(dir.path(), bundle, |bytes| bytes[10] ^= 1);
+    assert_eq!(
+        verify(dir.path()),
+        Err(TileError::EntryMismatch { index: 256 })
+    );
+    // The entry and its leaf hash changed together: the root no longer matches.
+    let dir = copy();
+    edit(dir.path(), bundle, |bytes| bytes[10] ^= 1);
+    let bundle_bytes = std::fs::read(dir.path().join(bundle)).unwrap();
+    let first_len = u16::from_be_bytes([bundle_bytes[0], bundle_bytes[1]]) as usize;
+    let rehashed = consent_broker::merkle::leaf_hash(&bundle_bytes[2..2 + first_len]);
+    edit(dir.path(), leaves, |bytes| {
+        bytes[..32].copy_from_slice(&rehashed)
+    });
+    assert_eq!(
+        verify(dir.path()),
+        Err(TileError::RootMismatch { size: 600 })
+    );
+    // A higher tile that lies about the tree (the entries are intact).
+    let dir = copy();
+    edit(dir.path(), "tile/1/000.p/2", |bytes| bytes[0] ^= 1);
+    assert!(matches!(
+        verify(dir.path()),
+        Err(TileError::TileMismatch { .. })
+    ));
+    // A deleted bundle.
+    let dir = copy();
+    std::fs::remove_file(dir.path().join(bundle)).unwrap();
+    assert!(matches!(verify(dir.path()), Err(TileError::Missing { .. })));
+    // Two entries swapped, their leaf hashes with them.
+    let dir = copy();
+    swap_first_two(dir.path(), "tile/entries/000", "tile/0/000");
+    assert_eq!(
+        verify(dir.path()),
+        Err(TileError::RootMismatch { size: 600 })
+    );
+    // A truncated bundle (one entry short): malformed.
+    let dir = copy();
+    edit(dir.path(), "tile/entries/002.p/88", |bytes| {
+        let keep = bytes.len() - 10;
+        bytes.truncate(keep);
+    });
+    assert!(matches!(
+        verify(dir.path()),
+        Err(TileError::Malformed { .. })
+    ));
+    // A consistent rewrite: another log of the same size, every tile recomputed, published
+    // under the old checkpoint (the forger cannot sign a new one).
+    let forged = MemoryStore::new();
+    append_decisions(
+        &forged,
+        600,
+        consent_broker::testing::START + time::Duration::days(1),
+    )
+    .unwrap();
+    let dir = copy();
+    let forged_checkpoint = checkpoint_log(&forged, ORIGIN, &signer()).unwrap();
+    for tile in Tile::all_for(600) {
+        std::fs::write(
+            dir.path().join(tile.path()),
+            tile_bytes(&forged, &tile).unwrap(),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        verify(dir.path()),
+        Err(TileError::RootMismatch { size: 600 })
+    );
+    // Re-signed by someone else: the signature does not verify.
+    let other = NoteSigner::new(ORIGIN, &crate::targets::pkcs8(9)).unwrap();
+    let resigned = other
+        .sign(&forged_checkpoint.note[..forged_checkpoint.note.find("\n\n").unwrap() + 1])
+        .unwrap();
+    std::fs::write(dir.path().join("checkpoint"), resigned).unwrap();
+    assert!(matches!(verify(dir.path()), Err(TileError::Checkpoint(_))));
+
+    // A rollback: the publisher will not publish a smaller checkpoint over a larger one, and a
+    // monitor that saw the larger one refuses the smaller.
+    let mut monitor = TiledLog::new();
+    monitor
+        .update(&DirTiles::new(clean.path()), &verifier(), Some(ORIGIN))
+        .unwrap();
+    let older = tempfile::tempdir().unwrap();
+    let small = MemoryStore::new();
+    let small_checkpoint = log_of(&small, 300);
+    publish(&small, older.path(), &small_checkpoint).unwrap();
+    assert_eq!(
+        publish(&small, clean.path(), &small_checkpoint),
+        Err(TileError::Rollback {
+            size: 300,
+            known: 600
+        })
+    );
+    assert_eq!(
+        monitor
+            .update(&DirTiles::new(older.path()), &verifier(), Some(ORIGIN))
+            .map(|e| e.len()),
+        Err(TileError::Rollback {
+            size: 300,
+            known: 600
+        })
+    );
+    // A fork of the same size signed with the real key is caught by a monitor that saw the
+    // other: the root differs from the one its verified prefix makes.
+    let mut fork_monitor = TiledLog::new();
+    fork_monitor
+        .update(&DirTiles::new(clean.path()), &verifier(), Some(ORIGIN))
+        .unwrap();
+    let fork = tempfile::tempdir().unwrap();
+    publish(&forged, fork.path(), &forged_checkpoint).unwrap();
+    assert_eq!(
+        fork_monitor
+            .update(&DirTiles::new(fork.path()), &verifier(), Some(ORIGIN))
+            .map(|e| e.len()),
+        Err(TileError::RootMismatch { size: 600 })
+    );
+}
+
+fn edit(dir: &Path, path: &str, change: impl FnOnce(&mut Vec<u8>)) {
+    let full = dir.join(path);
+    let mut bytes = std::fs::read(&full).unwrap();
+    change(&mut bytes);
+    std::fs::write(full, bytes).unwrap();
+}
+
+fn swap_first_two(dir: &Path, bundle: &str, leaves: &str) {
+    edit(dir, bundle, |bytes| {
+        let len = |at: usize, b: &[u8]| u16::from_be_bytes([b[at], b[at + 1]]) as usize;
+        let a = len(0, bytes);
+        let b = len(2 + a, bytes);
+        let first = bytes[..2 + a].to_vec();
+        let second = bytes[2 + a..4 + a + b].to_vec();
+        let rest = bytes[4 + a + b..].to_vec();
+        *bytes = [second, first, rest].concat();
+    });
+    edit(dir, leaves, |bytes| {
+        let first: Vec<u8> = bytes[..32].to_vec();
+        let second: Vec<u8> = bytes[32..64].to_vec();
+        bytes[..32].copy_from_slice(&second);
+        bytes[32..64].copy_from_slice(&first);
+    });
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
