@@ -47,7 +47,7 @@ pub const MAX_SIGNATURES: usize = 100;
 const ALG_ED25519: u8 = 0x01;
 
 /// What starts every signature line: U+2014 EM DASH, then a space.
-const SIG_PREFIX: &str = "\u{2014} ";
+pub(crate) const SIG_PREFIX: &str = "\u{2014} ";
 
 /// Why a signed note, key or signing request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -331,7 +331,7 @@ fn has_forbidden_control(s: &str) -> bool {
 /// Key names must be non-empty, without Unicode whitespace or '+' (the
 /// separator of verifier keys), per the spec. Control characters are refused
 /// too because no note containing them can be opened.
-fn is_valid_key_name(name: &str) -> bool {
+pub(crate) fn is_valid_key_name(name: &str) -> bool {
     !name.is_empty()
         && !name
             .chars()
@@ -340,10 +340,15 @@ fn is_valid_key_name(name: &str) -> bool {
 
 /// `SHA-256(name || 0x0A || 0x01 || public key)[:4]`, as the spec recommends.
 fn ed25519_key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
+    key_id(name, ALG_ED25519, public_key)
+}
+
+/// `SHA-256(name || 0x0A || signature type || public key)[:4]`.
+pub(crate) fn key_id(name: &str, algorithm: u8, public_key: &[u8; 32]) -> [u8; 4] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(name.as_bytes());
     ctx.update(b"\n");
-    ctx.update(&[ALG_ED25519]);
+    ctx.update(&[algorithm]);
     ctx.update(public_key);
     let hash = ctx.finish();
     match hash.as_ref().first_chunk::<4>() {
@@ -354,8 +359,71 @@ fn ed25519_key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
     }
 }
 
+/// Splits `<name>+<8 hex key ID>+<base64(algorithm || 32-byte public key)>` into the name, the
+/// claimed key ID and the key, for a key of `algorithm`.
+pub(crate) fn parse_vkey(
+    vkey: &str,
+    algorithm: u8,
+) -> Result<(&str, [u8; 4], [u8; 32]), NoteError> {
+    // Names cannot contain '+', but base64 can, so split only twice.
+    let mut parts = vkey.splitn(3, '+');
+    let (Some(name), Some(hex), Some(key64)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(NoteError::MalformedVerifierKey);
+    };
+    if !is_valid_key_name(name) {
+        return Err(NoteError::BadKeyName);
+    }
+    // `from_str_radix` would accept a sign, so check the digits first.
+    if hex.len() != 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(NoteError::MalformedVerifierKey);
+    }
+    let claimed_id = u32::from_str_radix(hex, 16)
+        .map_err(|_| NoteError::MalformedVerifierKey)?
+        .to_be_bytes();
+    let key = BASE64
+        .decode(key64)
+        .map_err(|_| NoteError::MalformedVerifierKey)?;
+    let Some((&found, public_key)) = key.split_first() else {
+        return Err(NoteError::MalformedVerifierKey);
+    };
+    if found != algorithm {
+        return Err(NoteError::UnknownAlgorithm { algorithm: found });
+    }
+    let public_key: [u8; 32] = public_key
+        .try_into()
+        .map_err(|_| NoteError::MalformedVerifierKey)?;
+    Ok((name, claimed_id, public_key))
+}
+
+/// `<name>+<8 lowercase hex key ID>+<base64(algorithm || public key)>`.
+pub(crate) fn format_vkey(
+    name: &str,
+    key_id: [u8; 4],
+    algorithm: u8,
+    public_key: &[u8; 32],
+) -> String {
+    let mut key = Vec::with_capacity(33);
+    key.push(algorithm);
+    key.extend_from_slice(public_key);
+    format!("{}+{}", key_label(name, key_id), BASE64.encode(key))
+}
+
+/// An Ed25519 key pair from a PKCS#8 (v1 or v2) document, and its public key.
+pub(crate) fn ed25519_key_pair(pkcs8: &[u8]) -> Result<(Ed25519KeyPair, [u8; 32]), NoteError> {
+    // `maybe_unchecked` accepts v1 documents (seed only), which is what
+    // most tooling, including OpenSSL, writes.
+    let key_pair =
+        Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).map_err(|_| NoteError::BadPrivateKey)?;
+    let public_key: [u8; 32] = key_pair
+        .public_key()
+        .as_ref()
+        .try_into()
+        .map_err(|_| NoteError::BadPrivateKey)?;
+    Ok((key_pair, public_key))
+}
+
 /// Formats a key for error messages the way Go does: `<name>+<hex key ID>`.
-fn key_label(name: &str, key_id: [u8; 4]) -> String {
+pub(crate) fn key_label(name: &str, key_id: [u8; 4]) -> String {
     format!("{name}+{:08x}", u32::from_be_bytes(key_id))
 }
 
@@ -381,15 +449,7 @@ impl NoteSigner {
         if !is_valid_key_name(name) {
             return Err(NoteError::BadKeyName);
         }
-        // `maybe_unchecked` accepts v1 documents (seed only), which is what
-        // most tooling, including OpenSSL, writes.
-        let key_pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
-            .map_err(|_| NoteError::BadPrivateKey)?;
-        let public_key: [u8; 32] = key_pair
-            .public_key()
-            .as_ref()
-            .try_into()
-            .map_err(|_| NoteError::BadPrivateKey)?;
+        let (key_pair, public_key) = ed25519_key_pair(pkcs8)?;
         let verifier = NoteVerifier::from_public_key(name, &public_key)?;
         Ok(Self { key_pair, verifier })
     }
@@ -446,34 +506,7 @@ impl NoteVerifier {
     /// Parses `<name>+<8 hex key ID>+<base64(0x01 || 32-byte public key)>`,
     /// checking that the key ID matches the name and key.
     pub fn from_vkey(vkey: &str) -> Result<Self, NoteError> {
-        // Names cannot contain '+', but base64 can, so split only twice.
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(hex), Some(key64)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(NoteError::MalformedVerifierKey);
-        };
-        if !is_valid_key_name(name) {
-            return Err(NoteError::BadKeyName);
-        }
-        // `from_str_radix` would accept a sign, so check the digits first.
-        if hex.len() != 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(NoteError::MalformedVerifierKey);
-        }
-        let claimed_id = u32::from_str_radix(hex, 16)
-            .map_err(|_| NoteError::MalformedVerifierKey)?
-            .to_be_bytes();
-        let key = BASE64
-            .decode(key64)
-            .map_err(|_| NoteError::MalformedVerifierKey)?;
-        let Some((&algorithm, public_key)) = key.split_first() else {
-            return Err(NoteError::MalformedVerifierKey);
-        };
-        if algorithm != ALG_ED25519 {
-            return Err(NoteError::UnknownAlgorithm { algorithm });
-        }
-        let public_key: [u8; 32] = public_key
-            .try_into()
-            .map_err(|_| NoteError::MalformedVerifierKey)?;
+        let (name, claimed_id, public_key) = parse_vkey(vkey, ALG_ED25519)?;
         let verifier = Self::from_public_key(name, &public_key)?;
         if verifier.key_id != claimed_id {
             return Err(NoteError::KeyIdMismatch);
@@ -505,14 +538,7 @@ impl NoteVerifier {
 
     /// The text form `<name>+<8 lowercase hex>+<base64(0x01 || public key)>`.
     pub fn to_vkey(&self) -> String {
-        let mut key = Vec::with_capacity(33);
-        key.push(ALG_ED25519);
-        key.extend_from_slice(&self.public_key);
-        format!(
-            "{}+{}",
-            key_label(&self.name, self.key_id),
-            BASE64.encode(key)
-        )
+        format_vkey(&self.name, self.key_id, ALG_ED25519, &self.public_key)
     }
 
     fn verify(&self, text: &str, sig: &[u8]) -> bool {
@@ -523,10 +549,10 @@ impl NoteVerifier {
 }
 
 /// One syntactically valid signature line.
-struct SignatureLine<'a> {
-    name: &'a str,
-    key_id: [u8; 4],
-    signature: Vec<u8>,
+pub(crate) struct SignatureLine<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) key_id: [u8; 4],
+    pub(crate) signature: Vec<u8>,
 }
 
 fn parse_signature_line(line: &str, number: usize) -> Result<SignatureLine<'_>, NoteError> {
@@ -560,14 +586,9 @@ fn parse_signature_line(line: &str, number: usize) -> Result<SignatureLine<'_>, 
     })
 }
 
-/// Opens a signed note: returns the text if at least one signature by one of
-/// `verifiers` verifies.
-///
-/// Signatures from unknown keys (name or key ID not matching any verifier)
-/// are ignored, as the spec requires; a signature from a known key that fails
-/// to verify rejects the whole note. Size and signature-count limits are
-/// enforced before any signature is checked.
-pub fn open_note(note: &str, verifiers: &[NoteVerifier]) -> Result<String, NoteError> {
+/// A note split into its text (with its final newline) and its parsed signature lines, with
+/// every size and syntax limit checked and no signature verified.
+pub(crate) fn split_note(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), NoteError> {
     if note.len() > MAX_NOTE_BYTES {
         return Err(NoteError::TooLarge { len: note.len() });
     }
@@ -600,7 +621,18 @@ pub fn open_note(note: &str, verifiers: &[NoteVerifier]) -> Result<String, NoteE
         .enumerate()
         .map(|(i, line)| parse_signature_line(line, i.saturating_add(1)))
         .collect::<Result<Vec<_>, _>>()?;
+    Ok((text, parsed))
+}
 
+/// Opens a signed note: returns the text if at least one signature by one of
+/// `verifiers` verifies.
+///
+/// Signatures from unknown keys (name or key ID not matching any verifier)
+/// are ignored, as the spec requires; a signature from a known key that fails
+/// to verify rejects the whole note. Size and signature-count limits are
+/// enforced before any signature is checked.
+pub fn open_note(note: &str, verifiers: &[NoteVerifier]) -> Result<String, NoteError> {
+    let (text, parsed) = split_note(note)?;
     let mut verified = false;
     for sig in &parsed {
         let mut known = verifiers

@@ -20,6 +20,7 @@ mod broker;
 pub mod checkpoint;
 mod clock;
 mod consent;
+pub mod cosignature;
 pub mod crypto;
 mod data;
 pub mod dpop;
@@ -42,6 +43,8 @@ mod store;
 pub mod tiles;
 mod token;
 mod vocab;
+#[cfg(feature = "sqlite")]
+pub mod witness;
 
 #[cfg(feature = "store-conformance")]
 pub mod conformance;

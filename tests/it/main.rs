@@ -49,6 +49,7 @@ mod cli;
 mod merkle_properties;
 mod merkle_vectors;
 mod tiles;
+mod witnessing;
 
 // Stores: the conformance suite on every store, SQLite files, PostgreSQL.
 mod conformance;
