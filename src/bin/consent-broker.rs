@@ -12,11 +12,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use consent_broker::checkpoint::{NoteSigner, NoteVerifier};
+use consent_broker::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
+use consent_broker::cosignature::{CosignatureVerifier, WitnessPolicy, verify_witnessed};
+use consent_broker::merkle;
+use consent_broker::tiles::{DirTiles, publish, verify_tiles};
+use consent_broker::witness::AddCheckpoint;
 use consent_broker::{
     BrokerId, Clock, ConsentId, HolderId, Jwks, LogError, LogRead, SigningKey, SqliteStore,
-    StoreStatus, SubjectId, SystemClock, TokenVerifier, checkpoint_log, consent_history,
-    encode_hashes, prove, published_jwks, subject_history, verify_log,
+    StoreNodes, StoreStatus, SubjectId, SystemClock, TokenVerifier, checkpoint_log,
+    consent_history, encode_hashes, prove, published_jwks, subject_history, verify_log,
 };
 
 #[derive(Parser)]
@@ -50,13 +54,51 @@ struct Db {
     db: PathBuf,
 }
 
+/// What signing a checkpoint needs: the store, the key, the origin.
+#[derive(Args)]
+struct Signing {
+    #[command(flatten)]
+    db: Db,
+    /// The checkpoint signing key (Ed25519, PKCS#8 DER).
+    #[arg(long)]
+    key: PathBuf,
+    /// The log's origin line (the broker's id).
+    #[arg(long)]
+    origin: String,
+}
+
+impl Signing {
+    /// Signs (and records) a checkpoint of the whole log.
+    fn sign(&self) -> Result<(SqliteStore, consent_broker::StoredCheckpoint), String> {
+        let store = open_for_writing(&self.db)?;
+        let signer = checkpoint_signer(&self.key, &self.origin)?;
+        let signed = checkpoint_log(&store, &self.origin, &signer).map_err(|e| e.to_string())?;
+        Ok((store, signed))
+    }
+}
+
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Recompute the Merkle tree over the stored log; with --checkpoint, also check the
-    /// checkpoint's signature and that the log is consistent with it.
+    /// Recompute the Merkle tree over the stored log (opened read-only: the tool never writes
+    /// to evidence); with a verifier key, also check the store's own latest signed checkpoint,
+    /// and with --checkpoint one the auditor kept, that each verifies and the log is consistent
+    /// with it. With --tiles instead of --db, verify a published tile directory.
     Verify {
-        #[command(flatten)]
-        db: Db,
+        /// The broker's SQLite database.
+        #[arg(long, required_unless_present = "tiles", conflicts_with = "tiles")]
+        db: Option<PathBuf>,
+        /// A directory of published tiles (C2SP tlog-tiles) to verify instead of a database.
+        #[arg(long)]
+        tiles: Option<PathBuf>,
+        /// The log's origin line a tile directory's checkpoint must carry.
+        #[arg(long, requires = "tiles")]
+        origin: Option<String>,
+        /// A witness's cosignature verifier key (type 0x04); repeat for each trusted witness.
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// How many of the --witness keys must have cosigned the tiles' checkpoint.
+        #[arg(long, default_value_t = 0)]
+        quorum: usize,
         /// A signed checkpoint the auditor kept.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
@@ -70,13 +112,26 @@ enum AuditCommand {
     /// Sign a checkpoint of the whole log with the broker's checkpoint key and print it.
     Checkpoint {
         #[command(flatten)]
+        signing: Signing,
+    },
+    /// Print a consistency proof from a checkpoint the auditor kept to the store's latest
+    /// signed checkpoint, as a C2SP tlog-witness add-checkpoint body: `old <size>`, the proof's
+    /// hashes in base64 one per line, a blank line, the newer signed checkpoint.
+    Consistency {
+        #[command(flatten)]
         db: Db,
-        /// The checkpoint signing key (Ed25519, PKCS#8 DER).
+        /// The older signed checkpoint.
         #[arg(long)]
-        key: PathBuf,
-        /// The log's origin line (the broker's id).
+        from: PathBuf,
+    },
+    /// Sign a checkpoint of the whole log and publish it with its tiles (C2SP tlog-tiles) under
+    /// a directory: only the tiles new since the checkpoint already there.
+    Publish {
+        #[command(flatten)]
+        signing: Signing,
+        /// The directory to publish to.
         #[arg(long)]
-        origin: String,
+        dir: PathBuf,
     },
     /// Print a receipt for entry N: the entry, its inclusion proof and the latest checkpoint.
     Prove {
@@ -142,11 +197,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// The store, read-only: every command but `checkpoint` and `publish` only reads evidence.
 fn open(db: &Db) -> Result<SqliteStore, String> {
+    open_path(&db.db)
+}
+
+fn open_path(path: &std::path::Path) -> Result<SqliteStore, String> {
+    SqliteStore::open_read_only(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The store, to write the checkpoint it signs.
+fn open_for_writing(db: &Db) -> Result<SqliteStore, String> {
     if !db.db.exists() {
         return Err(format!("{} does not exist", db.db.display()));
     }
     SqliteStore::open(&db.db).map_err(|e| format!("{}: {e}", db.db.display()))
+}
+
+fn checkpoint_signer(key: &PathBuf, origin: &str) -> Result<NoteSigner, String> {
+    let der = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key = SigningKey::from_pkcs8_der(&der).map_err(|e| e.to_string())?;
+    NoteSigner::new(origin, key.to_pkcs8_der()).map_err(|e| e.to_string())
 }
 
 /// The token keys the store publishes now: the active key, and retired keys whose last tokens may
@@ -163,17 +234,94 @@ fn run(command: Command) -> Outcome {
     match command {
         Command::Audit(AuditCommand::Verify {
             db,
+            tiles,
+            origin,
+            witnesses,
+            quorum,
             checkpoint,
             vkey,
             vkey_file,
-        }) => verify(&db, checkpoint, vkey, vkey_file),
-        Command::Audit(AuditCommand::Checkpoint { db, key, origin }) => {
-            let store = open(&db)?;
-            let der = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-            let key = SigningKey::from_pkcs8_der(&der).map_err(|e| e.to_string())?;
-            let signer = NoteSigner::new(&origin, key.to_pkcs8_der()).map_err(|e| e.to_string())?;
-            let signed = checkpoint_log(&store, &origin, &signer).map_err(|e| e.to_string())?;
+        }) => {
+            let vkey = match (vkey, vkey_file) {
+                (Some(vkey), _) => Some(vkey),
+                (None, Some(path)) => Some(read(&path)?),
+                (None, None) => None,
+            };
+            match (db, tiles) {
+                (_, Some(tiles)) => {
+                    let policy = WitnessPolicy {
+                        witnesses: witnesses
+                            .iter()
+                            .map(|w| CosignatureVerifier::from_vkey(w.trim()))
+                            .collect::<Result<_, _>>()
+                            .map_err(|e| format!("--witness: {e}"))?,
+                        quorum,
+                    };
+                    let vkey = vkey.ok_or("--tiles needs the log's verifier key (--vkey)")?;
+                    verify_published(&tiles, vkey.trim(), origin.as_deref(), &policy)
+                }
+                (Some(db), None) => verify(&db, checkpoint, vkey),
+                (None, None) => Err("give --db or --tiles".into()),
+            }
+        }
+        Command::Audit(AuditCommand::Checkpoint { signing }) => {
+            let (_, signed) = signing.sign()?;
             print!("{}", signed.note);
+            Ok(true)
+        }
+        Command::Audit(AuditCommand::Publish { signing, dir }) => {
+            let (store, signed) = signing.sign()?;
+            let published = publish(&store, &dir, &signed).map_err(|e| e.to_string())?;
+            println!(
+                "published size {} (was {}): {} tiles and bundles, {} bytes, under {}",
+                published.to,
+                published.from,
+                published.files,
+                published.bytes,
+                dir.display()
+            );
+            Ok(true)
+        }
+        Command::Audit(AuditCommand::Consistency { db, from }) => {
+            let store = open(&db)?;
+            let old = read(&from)?;
+            let old = old
+                .split("\n\n")
+                .next()
+                .map(|body| format!("{body}\n"))
+                .unwrap_or_default();
+            let old = Checkpoint::parse_body(&old).map_err(|e| format!("--from: {e}"))?;
+            let new = store
+                .latest_checkpoint()
+                .map_err(|e| e.to_string())?
+                .ok_or("the store holds no signed checkpoint; sign one with `audit checkpoint`")?;
+            let proof = if old.size == 0 || old.size == new.size {
+                Vec::new()
+            } else {
+                merkle::consistency_proof(old.size, new.size, &StoreNodes(&store))
+                    .map_err(|e| e.to_string())?
+            };
+            if old.size == new.size && old.root != new.root {
+                println!("INCONSISTENT: the same size with another root");
+                return Ok(false);
+            }
+            // The proof must take the kept root to the new one: otherwise the log was rewritten.
+            if old.size > 0
+                && merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof)
+                    .is_err()
+            {
+                println!(
+                    "INCONSISTENT: the log is not an extension of the kept checkpoint of size {}",
+                    old.size
+                );
+                return Ok(false);
+            }
+            let body = AddCheckpoint {
+                old_size: old.size,
+                proof,
+                note: new.note,
+            };
+            print!("{}", body.to_body());
             Ok(true)
         }
         Command::Audit(AuditCommand::Prove { db, index }) => {
@@ -264,29 +412,17 @@ fn run(command: Command) -> Outcome {
     }
 }
 
-fn verify(
-    db: &Db,
-    checkpoint: Option<PathBuf>,
-    vkey: Option<String>,
-    vkey_file: Option<PathBuf>,
-) -> Outcome {
-    let store = open(db)?;
-    let vkey = match (vkey, vkey_file) {
-        (Some(vkey), _) => Some(vkey),
-        (None, Some(path)) => Some(read(&path)?),
-        (None, None) => None,
-    };
+fn verify(db: &std::path::Path, checkpoint: Option<PathBuf>, vkey: Option<String>) -> Outcome {
+    let store = open_path(db)?;
     let note = checkpoint.as_ref().map(read).transpose()?;
-    let verifier = match (&note, vkey) {
-        (Some(_), Some(vkey)) => {
-            Some(NoteVerifier::from_vkey(vkey.trim()).map_err(|e| e.to_string())?)
-        }
-        (Some(_), None) => {
+    let verifier = match vkey {
+        Some(vkey) => Some(NoteVerifier::from_vkey(vkey.trim()).map_err(|e| e.to_string())?),
+        None if note.is_some() => {
             return Err(
                 "--checkpoint needs the broker's verifier key (--vkey or --vkey-file)".into(),
             );
         }
-        (None, _) => None,
+        None => None,
     };
     let against = note.as_deref().zip(verifier.as_ref());
     match verify_log(&store, against) {
@@ -299,14 +435,80 @@ fn verify(
                 ),
                 None => println!("valid: {} entries, root {root}", report.size),
             }
+        }
+        Err(LogError::Store(error)) => return Err(error.to_string()),
+        Err(error) => {
+            invalid(&error, "");
+            return Ok(false);
+        }
+    }
+    // The store's own latest signed checkpoint is evidence too: a log rewritten consistently
+    // (every hash recomputed) no longer matches what the broker signed before.
+    let (Some(verifier), Some(own)) = (
+        &verifier,
+        store.latest_checkpoint().map_err(|e| e.to_string())?,
+    ) else {
+        return Ok(true);
+    };
+    match verify_log(&store, Some((own.note.as_str(), verifier))) {
+        Ok(_) => {
+            println!(
+                "the store's own signed checkpoint of size {} verifies; the log is consistent with it",
+                own.size
+            );
             Ok(true)
         }
         Err(LogError::Store(error)) => Err(error.to_string()),
         Err(error) => {
-            match error.first_bad_index() {
-                Some(index) => println!("INVALID at entry {index}: {error}"),
-                None => println!("INVALID: {error}"),
-            }
+            invalid(&error, " (against the store's own signed checkpoint)");
+            Ok(false)
+        }
+    }
+}
+
+fn invalid(error: &LogError, against: &str) {
+    match error.first_bad_index() {
+        Some(index) => println!("INVALID at entry {index}: {error}{against}"),
+        None => println!("INVALID: {error}{against}"),
+    }
+}
+
+/// Verifies a published tile directory: the checkpoint's signature, the witnesses' quorum, every
+/// entry and tile.
+fn verify_published(
+    dir: &std::path::Path,
+    vkey: &str,
+    origin: Option<&str>,
+    policy: &WitnessPolicy,
+) -> Outcome {
+    let log = NoteVerifier::from_vkey(vkey).map_err(|e| e.to_string())?;
+    let source = DirTiles::new(dir);
+    let note = read(&dir.join("checkpoint"))?;
+    let witnessed = match verify_witnessed(&note, &log, origin, policy) {
+        Ok(witnessed) => witnessed,
+        Err(error) => {
+            println!("INVALID checkpoint: {error}");
+            return Ok(false);
+        }
+    };
+    match verify_tiles(&source, &log, origin) {
+        Ok(report) if report.checkpoint == witnessed.checkpoint => {
+            let root = encode_hashes(&[report.checkpoint.root]).concat();
+            println!(
+                "valid: {} entries, root {root}; {} hash tiles checked; cosigned by {} of the {} required witnesses",
+                report.checkpoint.size,
+                report.tiles,
+                witnessed.cosigned_by.len(),
+                policy.quorum
+            );
+            Ok(true)
+        }
+        Ok(_) => {
+            println!("INVALID: the checkpoint changed while it was read");
+            Ok(false)
+        }
+        Err(error) => {
+            println!("INVALID: {error}");
             Ok(false)
         }
     }

@@ -885,3 +885,222 @@ fn token_verify_refuses_garbage() {
     let run = verify_token(&audited.db, "bank", "broker", &audited.token);
     assert_eq!(run.code, 0, "{run:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Read-only evidence, the store's own checkpoints, tiles, consistency
+// ---------------------------------------------------------------------------------------------
+
+/// The auditor's tool never writes to what it audits: it verifies a copy whose file and
+/// directory are read-only, and the bytes are the same afterwards.
+#[cfg(unix)]
+#[test]
+fn verify_reads_a_read_only_copy_and_writes_nothing() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let audited = closed();
+    let evidence = audited.dir.path().join("evidence");
+    std::fs::create_dir(&evidence).unwrap();
+    let copy = evidence.join("broker.sqlite");
+    std::fs::copy(&audited.db, &copy).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(&evidence, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let run = audited.verify_checked(&copy);
+    let listing: Vec<_> = std::fs::read_dir(&evidence)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    std::fs::set_permissions(&evidence, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("valid:"), "{run:?}");
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
+    assert_eq!(
+        listing,
+        ["broker.sqlite"],
+        "no -wal, -shm or journal appeared"
+    );
+}
+
+/// Without a checkpoint of the auditor's, the store's own signed checkpoint still exposes a
+/// consistent rewrite (every hash recomputed) that the signing key did not re-sign.
+#[test]
+fn verify_checks_the_stores_own_signed_checkpoint() {
+    let audited = closed();
+    let copy = audited.tampered("rewrite-own", |c| rewrite_consistently(c, 4));
+    assert_eq!(
+        audited.verify(&copy).code,
+        0,
+        "no key: nothing to check against"
+    );
+    let run = cli(["audit", "verify", "--db", s(&copy), "--vkey", &audited.vkey]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("against the store's own signed checkpoint"),
+        "{run:?}"
+    );
+    let clean = cli([
+        "audit",
+        "verify",
+        "--db",
+        s(&audited.db),
+        "--vkey",
+        &audited.vkey,
+    ]);
+    assert_eq!(clean.code, 0, "{clean:?}");
+    assert!(
+        clean.stdout.contains("the store's own signed checkpoint"),
+        "{clean:?}"
+    );
+}
+
+#[test]
+fn publish_then_verify_the_tiles_with_the_standard_layout() {
+    let audited = closed();
+    let origin = NoteVerifier::from_vkey(&audited.vkey)
+        .unwrap()
+        .name()
+        .to_owned();
+    let tiles = audited.dir.path().join("tiles");
+    let db = audited.dir.path().join("publisher.sqlite");
+    std::fs::copy(&audited.db, &db).unwrap();
+    let run = cli([
+        "audit",
+        "publish",
+        "--db",
+        s(&db),
+        "--key",
+        s(&audited.key_file),
+        "--origin",
+        &origin,
+        "--dir",
+        s(&tiles),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        tiles.join("tile/0/000.p").is_dir() || tiles.join("tile/0/000").is_file(),
+        "{run:?}"
+    );
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "verify",
+            "--tiles",
+            s(&tiles),
+            "--vkey",
+            &audited.vkey,
+            "--origin",
+            &origin,
+        ];
+        args.extend_from_slice(extra);
+        cli(args)
+    };
+    let run = verify(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .starts_with(&format!("valid: {} entries", audited.size)),
+        "{run:?}"
+    );
+    // A witness policy the checkpoint does not meet.
+    let witness = consent_broker::cosignature::CosignatureSigner::new(
+        "witness.example",
+        SigningKey::generate(&SystemRandom::new())
+            .unwrap()
+            .to_pkcs8_der(),
+    )
+    .unwrap();
+    let run = verify(&["--witness", &witness.verifier().to_vkey(), "--quorum", "1"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("0 of the required 1 witnesses"),
+        "{run:?}"
+    );
+    // An entry bundle altered after publication.
+    let bundle = std::fs::read_dir(tiles.join("tile/entries"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bundle = if bundle.is_dir() {
+        std::fs::read_dir(&bundle)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    } else {
+        bundle
+    };
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    bytes[5] ^= 1;
+    std::fs::write(&bundle, bytes).unwrap();
+    let run = verify(&[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("INVALID"), "{run:?}");
+}
+
+/// The consistency proof from a kept checkpoint, in the add-checkpoint format a witness takes;
+/// a rewritten store cannot produce one.
+#[test]
+fn consistency_proofs_from_a_kept_checkpoint() {
+    use consent_broker::witness::{AddCheckpoint, Witness};
+    let (audited, fx) = setup();
+    // The log grows after the auditor kept its checkpoint; the broker signs a new one.
+    let balance = fx.access(&audited.alice_consent);
+    assert_eq!(fx.decide(&balance), Decision::Permit);
+    fx.broker.checkpoint().unwrap();
+    drop(fx);
+    let run = cli([
+        "audit",
+        "consistency",
+        "--db",
+        s(&audited.db),
+        "--from",
+        s(&audited.checkpoint),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let request = AddCheckpoint::parse(&run.stdout).unwrap();
+    assert_eq!(request.old_size, audited.size);
+    assert!(!request.proof.is_empty());
+    // A witness that cosigned the kept checkpoint accepts it.
+    let verifier = NoteVerifier::from_vkey(&audited.vkey).unwrap();
+    let origin = verifier.name().to_owned();
+    let witness = Witness::open(
+        audited.dir.path().join("witness.sqlite"),
+        consent_broker::cosignature::CosignatureSigner::new(
+            "witness.example",
+            SigningKey::generate(&SystemRandom::new())
+                .unwrap()
+                .to_pkcs8_der(),
+        )
+        .unwrap(),
+        Arc::new(SystemClock),
+    )
+    .unwrap()
+    .follow(&origin, verifier);
+    let kept = std::fs::read_to_string(&audited.checkpoint).unwrap();
+    witness
+        .add_checkpoint(
+            &AddCheckpoint {
+                old_size: 0,
+                proof: vec![],
+                note: kept,
+            }
+            .to_body(),
+        )
+        .unwrap();
+    witness.add_checkpoint(&run.stdout).unwrap();
+    // A consistently rewritten copy (the attacker re-signs with the key it holds) is refused.
+    let copy = audited.tampered("rewrite-consistency", |c| rewrite_consistently(c, 2));
+    let run = cli([
+        "audit",
+        "consistency",
+        "--db",
+        s(&copy),
+        "--from",
+        s(&audited.checkpoint),
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.starts_with("INCONSISTENT"), "{run:?}");
+}

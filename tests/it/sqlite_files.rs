@@ -505,3 +505,48 @@ fn a_cap_below_one_page_stops_growth() {
         "limit_size(0) never stopped the database from growing"
     );
 }
+
+/// A copy taken while the broker runs holds committed entries only in its `-wal` file: the
+/// read-only open reads them (and creates only the `-shm` SQLite needs), and a copy without the
+/// `-wal` holds what was checkpointed into the main file.
+#[test]
+fn a_read_only_open_reads_the_write_ahead_log_of_a_live_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live.sqlite");
+    let store = SqliteStore::open(&live).unwrap();
+    consent_broker::testing::bulk::append_decisions(&store, 50, consent_broker::testing::START)
+        .unwrap();
+    let wal = dir.path().join("live.sqlite-wal");
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "the entries are in the -wal"
+    );
+    let copies = dir.path().join("copies");
+    std::fs::create_dir(&copies).unwrap();
+    std::fs::copy(&live, copies.join("with.sqlite")).unwrap();
+    std::fs::copy(&wal, copies.join("with.sqlite-wal")).unwrap();
+    std::fs::copy(&live, copies.join("without.sqlite")).unwrap();
+    let with = SqliteStore::open_read_only(copies.join("with.sqlite")).unwrap();
+    assert_eq!(with.audit_len().unwrap(), store.audit_len().unwrap());
+    let main_file_only = SqliteStore::open_read_only(copies.join("without.sqlite"));
+    // The main file alone holds no checkpointed state yet: it is not even recognisable as ours.
+    match main_file_only {
+        Ok(store) => assert!(store.audit_len().unwrap() < 50),
+        Err(error) => assert!(matches!(error, StoreError::NotADatabase { .. }), "{error}"),
+    }
+    // Nothing but the -shm the WAL read needs was created beside the copies.
+    let mut names: Vec<String> = std::fs::read_dir(&copies)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "with.sqlite",
+            "with.sqlite-shm",
+            "with.sqlite-wal",
+            "without.sqlite"
+        ]
+    );
+}

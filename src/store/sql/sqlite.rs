@@ -287,6 +287,90 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Opens the database at `path` for reading only, never writing to it (no schema migration,
+    /// no journal-mode change): what an auditor's tool uses on evidence. Works on a read-only
+    /// copy. Without a `-wal` file beside it, the file is opened as immutable and nothing at all
+    /// is created next to it. A copy in write-ahead-log mode needs its `-wal` file (committed
+    /// entries may live only there) and, for SQLite to read it, a writable directory or an
+    /// existing `-shm` file (SQLite then creates or uses the `-shm`, never touching the
+    /// database or the log); without either, only what was checkpointed into the main file is
+    /// read. Copy the `-wal` and `-shm` files with the database, or checkpoint it first.
+    ///
+    /// # Errors
+    /// [`StoreError::NotADatabase`], [`StoreError::Corrupt`], [`StoreError::SchemaTooNew`],
+    /// [`StoreError::Unavailable`].
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        use rusqlite::OpenFlags;
+        let path = path.as_ref().to_path_buf();
+        let fail = |e| store_error(&path, e);
+        if !path.is_file() {
+            return Err(StoreError::Unavailable(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+        let uri = |extra: &str| {
+            format!(
+                "file:{}?mode=ro{extra}",
+                path.display()
+                    .to_string()
+                    .replace('%', "%25")
+                    .replace('?', "%3f")
+                    .replace('#', "%23")
+            )
+        };
+        let probe = |connection: &Connection| -> Result<(i32, i64), rusqlite::Error> {
+            let id = connection.pragma_query_value(None, "application_id", |row| row.get(0))?;
+            let version = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+            Ok((id, version))
+        };
+        // With no write-ahead log beside it, everything committed is in the main file: open it
+        // as immutable, so that not even a `-shm` file is created next to the evidence.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let has_wal = std::fs::metadata(PathBuf::from(wal)).is_ok_and(|m| m.len() > 0);
+        let immutable = || -> Result<_, StoreError> {
+            let connection =
+                Connection::open_with_flags(uri("&immutable=1"), flags).map_err(fail)?;
+            let found = probe(&connection).map_err(fail)?;
+            Ok((connection, found))
+        };
+        let (connection, (application_id, version)) = if has_wal {
+            let connection = Connection::open_with_flags(uri(""), flags).map_err(fail)?;
+            match probe(&connection) {
+                Ok(found) => (connection, found),
+                // A directory SQLite cannot write the `-shm` to: the log's tail in the `-wal`
+                // cannot be read; what the main file holds can.
+                Err(_) => immutable()?,
+            }
+        } else {
+            immutable()?
+        };
+        if application_id != Self::APPLICATION_ID {
+            return Err(StoreError::NotADatabase {
+                path: path.display().to_string(),
+                detail: format!("application_id {application_id:#x}"),
+            });
+        }
+        if version > Self::SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                supported: Self::SCHEMA_VERSION,
+            });
+        }
+        let check: String = connection
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(fail)?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt(check));
+        }
+        Ok(Self {
+            connection: Mutex::new(connection),
+            path,
+        })
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
