@@ -65,8 +65,9 @@ pub use auditor::{
     verify_log,
 };
 pub use bank::{
-    Admission, Bank, BankBuilder, BankError, BankKeys, GateError, GateRequest, GateSettings,
-    Served, SubjectView,
+    Admission, Bank, BankBuilder, BankError, BankKeys, DEFAULT_MAX_MERGE_DELAY, GateError,
+    GateRequest, GateSettings, LogMonitor, MissingToken, MonitorError, MonitorReport, Served,
+    SubjectView,
 };
 pub use broker::{
     AccessOutcome, AccessToken, Broker, BrokerBuilder, BrokerKeys, ConsentView,

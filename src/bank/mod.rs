@@ -23,8 +23,10 @@
 mod approvals;
 mod devices;
 mod gate;
+mod monitor;
 
 pub use gate::{Admission, GateError, GateRequest, GateSettings, Served};
+pub use monitor::{DEFAULT_MAX_MERGE_DELAY, LogMonitor, MissingToken, MonitorError, MonitorReport};
 
 use std::collections::HashMap;
 use std::path::Path;

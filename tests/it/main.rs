@@ -48,6 +48,7 @@ mod checkpoint;
 mod cli;
 mod merkle_properties;
 mod merkle_vectors;
+mod monitor;
 mod tiles;
 mod witnessing;
 

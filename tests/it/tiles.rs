@@ -10,6 +10,8 @@ use consent_broker::tiles::{
     DirTiles, Tile, TileError, TileKind, TiledLog, publish, tile_bytes, verify_tiles,
 };
 use consent_broker::*;
+
+use crate::support::copy_dir;
 use tlog_tiles as independent;
 
 const ORIGIN: &str = "broker.example/log";
@@ -360,17 +362,4 @@ fn swap_first_two(dir: &Path, bundle: &str, leaves: &str) {
         bytes[..32].copy_from_slice(&second);
         bytes[32..64].copy_from_slice(&first);
     });
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }

@@ -1,0 +1,176 @@
+//! The bank monitors the platform's published log: everything its gate served must be there,
+//! under a checkpoint its witness policy accepts. A platform that serves from a shadow broker
+//! (same keys, a store it never publishes) is found out; a log that is not witnessed, or that
+//! goes backwards, is not believed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use consent_broker::checkpoint::NoteVerifier;
+use consent_broker::cosignature::{CosignatureSigner, WitnessPolicy, WitnessedError};
+use consent_broker::testing::{SeededRandom, TestBank, TestBroker};
+use consent_broker::tiles::{DirTiles, TileError, publish};
+use consent_broker::witness::{Cosigning, Witness, WitnessClient};
+use consent_broker::*;
+
+use crate::support::copy_dir;
+
+struct Platform {
+    kit: TestBroker,
+    dir: tempfile::TempDir,
+}
+
+impl Platform {
+    fn log_key(&self) -> NoteVerifier {
+        NoteVerifier::from_vkey(&self.kit.broker.checkpoint_verifier_key()).unwrap()
+    }
+
+    /// Signs a checkpoint, has `witness` cosign it, and publishes it with its tiles.
+    fn publish(&self, witness: &Witness) {
+        let checkpoint = self.kit.broker.checkpoint().unwrap();
+        let store = self.kit.broker.store();
+        let cosigned = Cosigning::new(vec![(
+            witness as &dyn WitnessClient,
+            witness.verifier().clone(),
+        )])
+        .cosign(&store, &checkpoint, &self.log_key())
+        .unwrap();
+        assert_eq!(cosigned.alarms, []);
+        let witnessed = StoredCheckpoint {
+            note: cosigned.note,
+            ..checkpoint
+        };
+        publish(&store, self.dir.path(), &witnessed).unwrap();
+    }
+}
+
+fn serve(kit: &TestBroker, bank: &TestBank, consent: &Consent) {
+    let token = kit.token(&kit.access(consent.id()));
+    bank.sync(kit).unwrap();
+    let mut proof = String::new();
+    let request = bank.present(kit, &token.token, &mut proof);
+    bank.bank.serve(&request, &bank.accounts).unwrap().unwrap();
+}
+
+fn bank_witness(dir: &Path, platform: &Platform) -> Witness {
+    Witness::open(
+        dir.join("witness.sqlite"),
+        CosignatureSigner::new("bank.example/witness", &crate::targets::pkcs8(21)).unwrap(),
+        platform.kit.clock.clone(),
+    )
+    .unwrap()
+    .follow(platform.kit.broker.log_origin(), platform.log_key())
+}
+
+/// A platform with its broker and published directory, the bank beside it (also its witness),
+/// and a consent the bank approved.
+fn world() -> (Platform, TestBank, tempfile::TempDir, Witness, Consent) {
+    let platform = Platform {
+        kit: TestBroker::memory(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let bank = TestBank::beside(&platform.kit);
+    let witness_dir = tempfile::tempdir().unwrap();
+    let witness = bank_witness(witness_dir.path(), &platform);
+    let consent = bank.granted(&platform.kit);
+    (platform, bank, witness_dir, witness, consent)
+}
+
+#[test]
+fn the_bank_finds_what_its_gate_served_in_the_platforms_log_and_misses_a_shadow_brokers() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    for _ in 0..3 {
+        serve(kit, &bank, &consent);
+    }
+    platform.publish(&witness);
+
+    let policy = WitnessPolicy {
+        witnesses: vec![witness.verifier().clone()],
+        quorum: 1,
+    };
+    let mut monitor = LogMonitor::new(kit.broker.log_origin(), platform.log_key(), policy.clone());
+    let source = DirTiles::new(platform.dir.path());
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.pending, 0);
+    assert_eq!(report.witnessed_by, ["bank.example/witness"]);
+
+    // A shadow broker: the platform's keys on a store it never publishes.
+    let shadow = TestBroker::configured(MemoryStore::new(), kit.bank.policy().clone(), |builder| {
+        builder.random(Arc::new(SeededRandom::new(99)))
+    });
+    for _ in 0..3 {
+        shadow.request();
+    }
+    let shadow_consent = bank.granted(&shadow);
+    serve(&shadow, &bank, &shadow_consent);
+    let served = bank.bank.journal().audit_len().unwrap() - 1;
+    // Within the merge delay it is pending; past it, missing.
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(report.is_clean());
+    assert_eq!(report.pending, 1);
+    let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
+    let report = monitor.check(&bank.bank, &source, later).unwrap();
+    assert!(!report.is_clean());
+    assert_eq!(report.missing_tokens.len(), 1);
+    assert_eq!(report.missing_tokens[0].journal_seq, served);
+    // Meanwhile the honest platform's accesses keep showing up.
+    serve(kit, &bank, &consent);
+    platform.publish(&witness);
+    let report = monitor.check(&bank.bank, &source, later).unwrap();
+    assert!(
+        report.missing_tokens.is_empty(),
+        "reported once: {report:?}"
+    );
+    assert_eq!(report.pending, 0);
+}
+
+#[test]
+fn an_unwitnessed_or_rolled_back_log_is_not_believed() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    serve(kit, &bank, &consent);
+    platform.publish(&witness);
+    let other =
+        CosignatureSigner::new("other.example/witness", &crate::targets::pkcs8(22)).unwrap();
+    let strict = WitnessPolicy {
+        witnesses: vec![witness.verifier().clone(), other.verifier().clone()],
+        quorum: 2,
+    };
+    let mut monitor = LogMonitor::new(kit.broker.log_origin(), platform.log_key(), strict);
+    let source = DirTiles::new(platform.dir.path());
+    assert!(matches!(
+        monitor.check(&bank.bank, &source, kit.broker.now()),
+        Err(MonitorError::Checkpoint(WitnessedError::Quorum {
+            got: 1,
+            quorum: 2
+        }))
+    ));
+
+    // A copy of the published directory taken now: an older, witnessed log.
+    let older = tempfile::tempdir().unwrap();
+    copy_dir(platform.dir.path(), older.path());
+    serve(kit, &bank, &consent);
+    platform.publish(&witness);
+    let policy = WitnessPolicy {
+        witnesses: vec![witness.verifier().clone()],
+        quorum: 1,
+    };
+    let mut monitor = LogMonitor::new(kit.broker.log_origin(), platform.log_key(), policy);
+    assert!(
+        monitor
+            .check(&bank.bank, &source, kit.broker.now())
+            .unwrap()
+            .is_clean()
+    );
+    // Served the older directory afterwards (a rollback of what is published): refused.
+    assert!(matches!(
+        monitor.check(&bank.bank, &DirTiles::new(older.path()), kit.broker.now()),
+        Err(MonitorError::Tiles(TileError::Rollback { .. }))
+    ));
+}
