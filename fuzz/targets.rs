@@ -18,6 +18,8 @@
 //! | [`dpop_proof`] | `dpop::check_proof` for a fixed request, token and key, `dpop::normalise_htu` |
 //! | [`revocation_feed`] | `feed::check_feed` against the broker's keys, for the bank |
 //! | [`sealed_response`] | `SealedResponse` JSON and `open_response` on the subject's device, `hpke::open` |
+//! | [`tiles`] | `Tile::parse`, and `TiledLog::update` / `verify_tiles` over a published directory made of the input |
+//! | [`cosignatures`] | `verify_witnessed` with the fixture's log and witness keys, `CosignatureVerifier::from_vkey`, `AddCheckpoint::parse` |
 //! | [`keys_ids`] | `Jwks::from_json`, `Jwk` JSON, `Ed25519PublicKey::from_base64url`, `SigningKey::from_pkcs8_der`, `NoteSigner::new`, every id and vocabulary `FromStr` |
 //!
 //! The fixture (keys, a broker, a live grant, a pending request) is built once per process and is
@@ -1036,12 +1038,120 @@ pub fn sealed_response(data: &[u8]) {
     assert_eq!(opened.is_ok(), !changed, "{opened:?}");
 }
 
+/// A published directory of three files: the checkpoint, the first level-0 tile, the first
+/// entry bundle (whatever their width).
+pub struct TileFiles(pub Vec<Vec<u8>>);
+
+impl consent_broker::tiles::TileSource for TileFiles {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, consent_broker::tiles::TileError> {
+        let index = if path == "checkpoint" {
+            0
+        } else if path.starts_with("tile/0/000") {
+            1
+        } else if path.starts_with("tile/entries/000") {
+            2
+        } else {
+            return Ok(None);
+        };
+        Ok(self.0.get(index).cloned())
+    }
+}
+
+/// Files framed as in [`tiles`]: each a 4-byte big-endian length and its bytes.
+pub fn framed_files(mut data: &[u8]) -> Vec<Vec<u8>> {
+    let mut files = Vec::new();
+    while let Some((len, rest)) = data.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*len) as usize;
+        let Some((file, rest)) = rest.split_at_checked(len.min(rest.len())) else {
+            break;
+        };
+        files.push(file.to_vec());
+        data = rest;
+    }
+    files
+}
+
+/// Frames files for [`tiles`].
+pub fn frame_files(files: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for file in files {
+        out.extend_from_slice(&u32::try_from(file.len()).expect("small").to_be_bytes());
+        out.extend_from_slice(file);
+    }
+    out
+}
+
+/// Tiles as a reader gets them from a server: the input is a tile path up to the first `0xff`
+/// byte, then a directory of a checkpoint, one level-0 tile and one entry bundle, each framed
+/// with its length ([`framed_files`]). The path is parsed, the directory verified. Nothing but
+/// the fixture's own published log verifies.
+pub fn tiles(data: &[u8]) {
+    use consent_broker::tiles::{Tile, TiledLog, verify_tiles};
+    let (path, rest) = match data.iter().position(|b| *b == 0xff) {
+        Some(at) => data.split_at(at),
+        None => (data, &[][..]),
+    };
+    let path = String::from_utf8_lossy(path);
+    if let Ok(tile) = Tile::parse(&path) {
+        assert_eq!(tile.path(), path);
+    }
+    let files = TileFiles(framed_files(rest.get(1..).unwrap_or_default()));
+    let fx = fixture();
+    let mut log = TiledLog::new();
+    if let Ok(entries) = log.update(&files, &fx.note_verifier, None) {
+        assert_eq!(u64::try_from(entries.len()).ok(), Some(log.size()));
+    }
+    let _ = verify_tiles(&files, &fx.note_verifier, None);
+}
+
+/// A checkpoint with cosignatures, a witness vkey and an add-checkpoint body, as a witness or a
+/// verifier gets them.
+pub fn cosignatures(data: &[u8]) {
+    use consent_broker::cosignature::{CosignatureVerifier, WitnessPolicy, verify_witnessed};
+    let text = String::from_utf8_lossy(data);
+    let fx = fixture();
+    let witness = CosignatureVerifier::from_public_key(
+        WITNESS_NAME,
+        SigningKey::from_pkcs8_der(&pkcs8(WITNESS_KEY_SEED))
+            .expect("witness key")
+            .public_key()
+            .as_bytes(),
+    )
+    .expect("witness");
+    for quorum in [0, 1] {
+        let policy = WitnessPolicy {
+            witnesses: vec![witness.clone()],
+            quorum,
+        };
+        if let Ok(witnessed) = verify_witnessed(&text, &fx.note_verifier, None, &policy) {
+            assert!(witnessed.cosigned_by.len() >= quorum);
+        }
+    }
+    if let Ok(verifier) = CosignatureVerifier::from_vkey(&text) {
+        assert_eq!(
+            CosignatureVerifier::from_vkey(&verifier.to_vkey()).ok(),
+            Some(verifier)
+        );
+    }
+    if let Ok(request) = consent_broker::witness::AddCheckpoint::parse(&text) {
+        assert_eq!(
+            consent_broker::witness::AddCheckpoint::parse(&request.to_body()).ok(),
+            Some(request)
+        );
+    }
+}
+
+/// The witness of the [`cosignatures`] target.
+pub const WITNESS_NAME: &str = "witness.example";
+/// Seed of that witness's key.
+pub const WITNESS_KEY_SEED: u8 = 8;
+
 /// The body of a fuzz target.
 pub type Body = fn(&[u8]);
 
 /// Every target: its name (the name of its `fuzz_targets/` file and `corpus/` directory) and
 /// its body.
-pub const TARGETS: [(&str, Body); 11] = [
+pub const TARGETS: [(&str, Body); 13] = [
     ("token_verify", token_verify),
     ("attestation_verify", attestation_verify),
     ("consent_request_json", consent_request_json),
@@ -1053,4 +1163,6 @@ pub const TARGETS: [(&str, Body); 11] = [
     ("dpop_proof", dpop_proof),
     ("revocation_feed", revocation_feed),
     ("sealed_response", sealed_response),
+    ("tiles", tiles),
+    ("cosignatures", cosignatures),
 ];

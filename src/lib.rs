@@ -43,7 +43,6 @@ mod store;
 pub mod tiles;
 mod token;
 mod vocab;
-#[cfg(feature = "sqlite")]
 pub mod witness;
 
 #[cfg(feature = "store-conformance")]

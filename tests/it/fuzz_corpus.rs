@@ -16,6 +16,7 @@ use crate::targets::{self, NOW, TARGETS, fixture, id, pkcs8};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use consent_broker::checkpoint::{Checkpoint, NoteSigner, verify_checkpoint};
+use consent_broker::cosignature::CosignatureSigner;
 use consent_broker::merkle;
 use consent_broker::*;
 use serde_json::{Value, json};
@@ -185,6 +186,36 @@ fn valid_seeds_are_still_accepted() {
         let sealed: SealedResponse =
             serde_json::from_str(&json).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         open_response(&sealed, &fx.device).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    for (path, seed) in corpus("tiles") {
+        if !path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("valid-")
+        {
+            continue;
+        }
+        let at = seed.iter().position(|b| *b == 0xff).unwrap();
+        let files = targets::TileFiles(targets::framed_files(&seed[at + 1..]));
+        let mut log = consent_broker::tiles::TiledLog::new();
+        let entries = log
+            .update(&files, &fx.note_verifier, None)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!entries.is_empty(), "{}", path.display());
+    }
+    for (path, note) in valid("cosignatures") {
+        use consent_broker::cosignature::{CosignatureVerifier, WitnessPolicy, verify_witnessed};
+        let witness =
+            CosignatureSigner::new(targets::WITNESS_NAME, &pkcs8(targets::WITNESS_KEY_SEED))
+                .unwrap();
+        let policy = WitnessPolicy {
+            witnesses: vec![CosignatureVerifier::from_vkey(&witness.verifier().to_vkey()).unwrap()],
+            quorum: 1,
+        };
+        verify_witnessed(&note, &fx.note_verifier, None, &policy)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
     for (path, json) in valid("keys_ids") {
         Jwks::from_json(&json).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -785,6 +816,108 @@ fn regenerate_seed_corpus() {
     dpop_seeds();
     feed_seeds();
     sealed_seeds();
+    tiles_seeds();
+    cosignature_seeds();
+}
+
+/// The fixture's log as published: its checkpoint, its level-0 tile and its entry bundle.
+fn published_fixture() -> (String, Vec<u8>, Vec<u8>) {
+    use consent_broker::tiles::{Tile, tile_bytes};
+    let fx = fixture();
+    let checkpoint = fx.broker.checkpoint().unwrap();
+    let store = fx.broker.store();
+    let width = u16::try_from(checkpoint.size).unwrap();
+    assert!(width < 256, "the fixture's log fits in one partial tile");
+    let leaves = tile_bytes(&store, &Tile::hashes(0, 0).with_width(width)).unwrap();
+    let bundle = tile_bytes(&store, &Tile::entries(0).with_width(width)).unwrap();
+    (checkpoint.note, leaves, bundle)
+}
+
+/// A tiles seed: a path, `0xff`, then the framed files.
+fn join(parts: &[&[u8]]) -> Vec<u8> {
+    let (path, files) = parts.split_first().unwrap();
+    [*path, &[0xff], &targets::frame_files(files)].concat()
+}
+
+fn tiles_seeds() {
+    let target = "tiles";
+    let (note, leaves, bundle) = published_fixture();
+    seed(
+        target,
+        "valid-log.bin",
+        join(&[
+            b"tile/0/x001/x234/067.p/5",
+            note.as_bytes(),
+            &leaves,
+            &bundle,
+        ]),
+    );
+    let mut altered = bundle.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    seed(
+        target,
+        "altered-entry.bin",
+        join(&[b"tile/entries/000", note.as_bytes(), &leaves, &altered]),
+    );
+    seed(
+        target,
+        "short-tile.bin",
+        join(&[b"tile/0/000.p/0", note.as_bytes(), &leaves[..40], &bundle]),
+    );
+    seed(
+        target,
+        "bad-framing.bin",
+        join(&[b"tile/00/000", note.as_bytes(), &leaves, &[0xff, 0xff, 1]]),
+    );
+    for (name, path) in [
+        (
+            "path-overflow.txt",
+            "tile/0/x018/x446/x744/x073/x709/x551/616",
+        ),
+        ("path-dotdot.txt", "tile/../../etc/passwd"),
+        ("path-level-64.txt", "tile/64/000"),
+    ] {
+        seed(target, name, path);
+    }
+}
+
+/// The fixture's checkpoint cosigned by the cosignatures target's witness.
+fn cosigned_fixture() -> String {
+    use consent_broker::cosignature::{CosignatureSigner, add_cosignatures};
+    let fx = fixture();
+    let checkpoint = fx.broker.checkpoint().unwrap();
+    let witness =
+        CosignatureSigner::new(targets::WITNESS_NAME, &pkcs8(targets::WITNESS_KEY_SEED)).unwrap();
+    let body = &checkpoint.note[..checkpoint.note.find("\n\n").unwrap() + 1];
+    add_cosignatures(
+        &checkpoint.note,
+        &witness.cosign(body, NOW.unix_timestamp() as u64),
+    )
+}
+
+fn cosignature_seeds() {
+    use consent_broker::cosignature::CosignatureSigner;
+    use consent_broker::witness::AddCheckpoint;
+    let target = "cosignatures";
+    let note = cosigned_fixture();
+    seed(target, "valid-cosigned.txt", &note);
+    seed(target, "flipped.txt", flip(&note, 20));
+    let witness =
+        CosignatureSigner::new(targets::WITNESS_NAME, &pkcs8(targets::WITNESS_KEY_SEED)).unwrap();
+    seed(target, "vkey.txt", witness.verifier().to_vkey());
+    seed(target, "log-vkey.txt", fixture().note_signer.verifier_key());
+    seed(
+        target,
+        "add-checkpoint.txt",
+        AddCheckpoint {
+            old_size: 3,
+            proof: vec![[7; 32]; 2],
+            note: note.clone(),
+        }
+        .to_body(),
+    );
+    seed(target, "old-leading-zero.txt", format!("old 03\n\n{note}"));
 }
 
 fn sealed_seeds() {
