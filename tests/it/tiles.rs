@@ -363,3 +363,43 @@ fn swap_first_two(dir: &Path, bundle: &str, leaves: &str) {
         bytes[32..64].copy_from_slice(&first);
     });
 }
+
+/// The recipe in docs/AUDIT_FORMAT.md §10 (Python's standard library only) verifies a published
+/// log and refuses an altered one: an outsider's check, run as written.
+#[test]
+fn the_documented_python_recipe_verifies_a_published_log() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/AUDIT_FORMAT.md"))
+        .unwrap();
+    let section = &doc[doc.find("## 10.").unwrap()..];
+    let start = section.find("```python\n").unwrap() + "```python\n".len();
+    let recipe = &section[start..start + section[start..].find("```").unwrap()];
+    let store = MemoryStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    publish(&store, dir.path(), &log_of(&store, 700)).unwrap();
+    let run = |dir: &Path| {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(recipe)
+            .current_dir(dir)
+            .output()
+    };
+    let output = match run(dir.path()) {
+        Ok(output) => output,
+        Err(error) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED the Python recipe (python3: {error}); CI runs it");
+            return;
+        }
+        Err(error) => panic!("python3 is needed in CI: {error}"),
+    };
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    edit(dir.path(), "tile/entries/001", |bytes| bytes[10] ^= 1);
+    let output = run(dir.path()).unwrap();
+    assert!(
+        !output.status.success(),
+        "the recipe accepted an altered entry"
+    );
+}
