@@ -1,0 +1,204 @@
+//! Transparency: publishing the log as C2SP tiles (entries per second), a witness's
+//! add-checkpoint with a consistency proof against one Ed25519 verification plus the proof's
+//! hashes (the floor of any witness), and a bank's monitor pass over 100,000 served tokens.
+//!
+//! Run: `cargo bench --bench transparency`.
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented entry point"
+)]
+#![expect(clippy::unwrap_used, reason = "a benchmark fails by panicking")]
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use consent_broker::checkpoint::{NoteSigner, NoteVerifier, open_note};
+use consent_broker::cosignature::{CosignatureSigner, WitnessPolicy};
+use consent_broker::merkle::{self, verify_consistency};
+use consent_broker::testing::bulk::append_decisions;
+use consent_broker::testing::{GET_BALANCE, SeededRandom, START, TestBank, TestBroker};
+use consent_broker::tiles::{DirTiles, Tile, publish, tile_bytes};
+use consent_broker::time::Duration;
+use consent_broker::witness::{AddCheckpoint, Witness};
+use consent_broker::*;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+
+const ORIGIN: &str = "broker.example/log";
+
+fn pkcs8(seed: u8) -> Vec<u8> {
+    SigningKey::from_seed(&[seed; 32])
+        .unwrap()
+        .to_pkcs8_der()
+        .to_vec()
+}
+
+fn publishing(c: &mut Criterion) {
+    const ENTRIES: u64 = 70_000;
+    let store = MemoryStore::new();
+    append_decisions(&store, ENTRIES, START).unwrap();
+    let signer = NoteSigner::new(ORIGIN, &pkcs8(2)).unwrap();
+    let checkpoint = checkpoint_log(&store, ORIGIN, &signer).unwrap();
+    let mut group = c.benchmark_group("tiles");
+    group.sample_size(10);
+    group.throughput(criterion::Throughput::Elements(ENTRIES));
+    group.bench_function("publish_70000_entries", |b| {
+        b.iter_batched(
+            || tempfile::tempdir().unwrap(),
+            |dir| {
+                publish(&store, dir.path(), &checkpoint).unwrap();
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // The same tiles computed, not written: what the files and their fsyncs cost.
+    group.bench_function("tile_bytes_70000_entries", |b| {
+        b.iter(|| {
+            Tile::all_for(ENTRIES)
+                .iter()
+                .map(|tile| tile_bytes(&store, tile).unwrap().len())
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+}
+
+fn witnessing(c: &mut Criterion) {
+    // A log of a million entries, grown by 1,000 between checkpoints: a 20-odd hash proof.
+    let store = MemoryStore::new();
+    append_decisions(&store, 1_000_000, START).unwrap();
+    let signer = NoteSigner::new(ORIGIN, &pkcs8(2)).unwrap();
+    let log_key = NoteVerifier::from_vkey(&signer.verifier_key()).unwrap();
+    let old = merkle::root(999_000, &StoreNodes(&store)).unwrap();
+    let new = checkpoint_log(&store, ORIGIN, &signer).unwrap();
+    let proof = merkle::consistency_proof(999_000, 1_000_000, &StoreNodes(&store)).unwrap();
+    let body = AddCheckpoint {
+        old_size: 999_000,
+        proof: proof.clone(),
+        note: new.note.clone(),
+    }
+    .to_body();
+    let clock = Arc::new(ManualClock::new(START));
+    let mut group = c.benchmark_group("witness");
+    for (name, dir) in [
+        ("add_checkpoint_sqlite_tmpfs", "/dev/shm"),
+        ("add_checkpoint_sqlite_disk", "target"),
+    ] {
+        let dir = tempfile::tempdir_in(dir).unwrap();
+        let witness = Witness::open(
+            dir.path().join("w.sqlite"),
+            CosignatureSigner::new("witness.example", &pkcs8(9)).unwrap(),
+            clock.clone(),
+        )
+        .unwrap()
+        .follow(ORIGIN, log_key.clone());
+        // Seed its state at the old size (first use, no proof), then cosign the same step again
+        // and again: the witness finds old == its size each time only if the step is undone, so
+        // the state is reset to the old size outside the timed part.
+        let first = checkpoint_log_at(&store, &signer, 999_000, old);
+        let reset = || {
+            let connection = rusqlite::Connection::open(dir.path().join("w.sqlite")).unwrap();
+            connection
+                .execute(
+                    "UPDATE witnessed SET size = ?1, root = ?2",
+                    rusqlite::params![999_000i64, old.as_slice()],
+                )
+                .unwrap();
+        };
+        witness
+            .add_checkpoint(
+                &AddCheckpoint {
+                    old_size: 0,
+                    proof: vec![],
+                    note: first,
+                }
+                .to_body(),
+            )
+            .unwrap();
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                reset,
+                |()| witness.add_checkpoint(black_box(&body)).unwrap(),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    // The floor: the log's signature and the consistency proof's hashes.
+    group.bench_function("raw/ed25519_verify_and_proof", |b| {
+        b.iter(|| {
+            open_note(black_box(&new.note), std::slice::from_ref(&log_key)).unwrap();
+            verify_consistency(999_000, 1_000_000, &old, &new.root, black_box(&proof)).unwrap();
+        })
+    });
+    group.finish();
+}
+
+/// A checkpoint note for `size` with `root`, signed by `signer` (the store's own checkpoints are
+/// of its whole log).
+fn checkpoint_log_at(
+    _store: &MemoryStore,
+    signer: &NoteSigner,
+    size: u64,
+    root: merkle::Hash,
+) -> String {
+    let body = consent_broker::checkpoint::Checkpoint {
+        origin: ORIGIN.to_owned(),
+        size,
+        root,
+        extensions: vec![],
+    }
+    .to_body()
+    .unwrap();
+    signer.sign(&body).unwrap()
+}
+
+fn monitoring(c: &mut Criterion) {
+    const TOKENS: usize = 100_000;
+    let kit = TestBroker::memory();
+    let bank = TestBank::with_settings(
+        &kit,
+        MemoryStore::new(),
+        GateSettings {
+            present_daily_ceiling: u32::MAX,
+            feed_staleness: Duration::days(365),
+            ..GateSettings::default()
+        },
+    );
+    let consent = bank.granted(&kit);
+    let access = kit.access(consent.id());
+    let random = SeededRandom::new(5);
+    for _ in 0..TOKENS {
+        let token = kit.token(&access).token;
+        let proof = kit
+            .sender
+            .proof(&GET_BALANCE, &token, kit.broker.now(), &random)
+            .unwrap();
+        let request = GateRequest {
+            token: &token,
+            proof: &proof,
+            http: GET_BALANCE,
+        };
+        bank.bank.check(&request, &bank.accounts).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = kit.broker.checkpoint().unwrap();
+    publish(&kit.broker.store(), dir.path(), &checkpoint).unwrap();
+    let log_key = NoteVerifier::from_vkey(&kit.broker.checkpoint_verifier_key()).unwrap();
+    let source = DirTiles::new(dir.path());
+    let mut group = c.benchmark_group("monitor");
+    group.sample_size(10);
+    group.throughput(criterion::Throughput::Elements(TOKENS as u64));
+    group.bench_function("first_pass_100000_served_tokens", |b| {
+        b.iter(|| {
+            let mut monitor =
+                LogMonitor::new(kit.broker.log_origin(), log_key.clone(), WitnessPolicy::none());
+            let report = monitor.check(&bank.bank, &source, kit.broker.now()).unwrap();
+            assert!(report.is_clean() && report.pending == 0);
+            report
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, publishing, witnessing, monitoring);
+criterion_main!(benches);
