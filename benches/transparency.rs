@@ -16,7 +16,7 @@ use consent_broker::checkpoint::{NoteSigner, NoteVerifier, open_note};
 use consent_broker::cosignature::{CosignatureSigner, WitnessPolicy};
 use consent_broker::merkle::{self, verify_consistency};
 use consent_broker::testing::bulk::append_decisions;
-use consent_broker::testing::{GET_BALANCE, SeededRandom, START, TestBank, TestBroker};
+use consent_broker::testing::{GET_BALANCE, START, SeededRandom, TestBank, TestBroker};
 use consent_broker::tiles::{DirTiles, Tile, publish, tile_bytes};
 use consent_broker::time::Duration;
 use consent_broker::witness::{AddCheckpoint, Witness};
@@ -190,9 +190,14 @@ fn monitoring(c: &mut Criterion) {
     group.throughput(criterion::Throughput::Elements(TOKENS as u64));
     group.bench_function("first_pass_100000_served_tokens", |b| {
         b.iter(|| {
-            let mut monitor =
-                LogMonitor::new(kit.broker.log_origin(), log_key.clone(), WitnessPolicy::none());
-            let report = monitor.check(&bank.bank, &source, kit.broker.now()).unwrap();
+            let mut monitor = LogMonitor::new(
+                kit.broker.log_origin(),
+                log_key.clone(),
+                WitnessPolicy::none(),
+            );
+            let report = monitor
+                .check(&bank.bank, &source, kit.broker.now())
+                .unwrap();
             assert!(report.is_clean() && report.pending == 0);
             report
         })

@@ -31,6 +31,7 @@ pub mod hpke;
 mod ids;
 mod instruction;
 mod jws;
+pub mod key_history;
 mod keyring;
 mod keys;
 pub mod merkle;

@@ -207,6 +207,11 @@ pub enum AuditEvent {
         /// The key it replaced; checkpoints that key signed remain valid for their sizes.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retired_key_id: Option<String>,
+        /// For a rotation: a signed note, signed by the retiring key *and* the new one, whose
+        /// text is [`crate::key_history::rotation_statement`]. A key change without it was not
+        /// endorsed by the key it replaced.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rotation: Option<String>,
     },
     /// Consents were copied into the store by the test kit (feature `testing`) for a benchmark or
     /// a load test, with no attestation behind them. A production log never holds this entry.

@@ -437,6 +437,7 @@ impl<S: Store + LedgerRead> Bank<S> {
                     key_id: key.kid().to_owned(),
                     verifier_key: self.journal.verifier_key(),
                     retired_key_id: retiring,
+                    rotation: None,
                 },
             };
             let actor = self.me();

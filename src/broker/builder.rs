@@ -242,8 +242,10 @@ impl<S: Store> BrokerBuilder<S, BrokerKeys> {
             store: self.store,
             instance: super::next_instance(),
             token_key: RwLock::new(token),
-            checkpoints,
-            checkpoint_kid: checkpoint.kid().to_owned(),
+            checkpoints: RwLock::new(super::Checkpointer {
+                signer: checkpoints,
+                kid: checkpoint.kid().to_owned(),
+            }),
         };
         broker.reconcile_keys(&checkpoint)?;
         Ok(broker)

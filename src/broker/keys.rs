@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 
 use super::Broker;
 use crate::audit::{Actor, AuditEvent, AuditRecord};
+use crate::checkpoint::NoteSigner;
 use crate::error::Error;
 use crate::keyring;
 use crate::keys::{Jwk, Jwks, RETIRED_KEY_GRACE, SigningKey};
@@ -47,8 +48,47 @@ impl<S: Store> Broker<S> {
             KeyUse::Token,
             &token_key,
             MAX_TOKEN_LIFETIME + RETIRED_KEY_GRACE,
+            None,
         )?;
-        self.activate(KeyUse::Checkpoint, checkpoint_key, time::Duration::ZERO)?;
+        self.activate(
+            KeyUse::Checkpoint,
+            checkpoint_key,
+            time::Duration::ZERO,
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Makes `key` the checkpoint key from now on, endorsed in the log itself: the rotation's
+    /// entry carries a note signed by the old key *and* the new one
+    /// ([`crate::key_history::rotation_statement`]), so a verifier that trusts the old key learns
+    /// the new one from the log ([`crate::key_history::KeyHistory`]). Checkpoints signed before
+    /// stay valid for their sizes; every later one is signed with the new key.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the rotation cannot be recorded (then nothing changes);
+    /// [`Error::KeyRetired`] for a key that was replaced before; [`Error::SameKeyForTwoUses`]
+    /// for the token key.
+    pub fn rotate_checkpoint_key(&self, key: SigningKey) -> Result<(), Error> {
+        if key.kid() == self.token_key().kid() {
+            return Err(Error::SameKeyForTwoUses);
+        }
+        let mut current = self
+            .checkpoints
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let signer = NoteSigner::new(self.settings.id.as_str(), key.to_pkcs8_der())?;
+        let rotation = crate::key_history::endorse(&current.signer, &signer)?;
+        self.activate(
+            KeyUse::Checkpoint,
+            &key,
+            time::Duration::ZERO,
+            Some(rotation),
+        )?;
+        *current = super::Checkpointer {
+            signer,
+            kid: key.kid().to_owned(),
+        };
         Ok(())
     }
 
@@ -59,7 +99,15 @@ impl<S: Store> Broker<S> {
         key_use: KeyUse,
         key: &SigningKey,
         overlap: time::Duration,
+        rotation: Option<String>,
     ) -> Result<(), Error> {
+        // The verifier key of the key being activated (not of the one signing now).
+        let verifier_key = match key_use {
+            KeyUse::Checkpoint => {
+                NoteSigner::new(self.settings.id.as_str(), key.to_pkcs8_der())?.verifier_key()
+            }
+            _ => String::new(),
+        };
         self.retrying(|| {
             let now = self.now();
             let event = |retiring: Option<String>| match key_use {
@@ -70,8 +118,9 @@ impl<S: Store> Broker<S> {
                 },
                 _ => AuditEvent::CheckpointKeyActivated {
                     key_id: key.kid().to_owned(),
-                    verifier_key: self.checkpoints.verifier_key(),
+                    verifier_key: verifier_key.clone(),
                     retired_key_id: retiring,
+                    rotation: rotation.clone(),
                 },
             };
             let actor = Actor::Broker(self.settings.id.clone());
@@ -121,6 +170,7 @@ impl<S: Store> Broker<S> {
             KeyUse::Token,
             &key,
             self.settings.token_lifetime + RETIRED_KEY_GRACE,
+            None,
         )?;
         *current = key;
         Ok(())

@@ -17,7 +17,13 @@ impl<S: Store> Broker<S> {
     /// The verifier key of the broker's checkpoint signatures (C2SP `signed-note` vkey), for
     /// auditors to keep. It is also recorded in the log when the key is activated.
     pub fn checkpoint_verifier_key(&self) -> String {
-        self.checkpoints.verifier_key()
+        self.checkpointer().signer.verifier_key()
+    }
+
+    fn checkpointer(&self) -> std::sync::RwLockReadGuard<'_, super::Checkpointer> {
+        self.checkpoints
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Signs a checkpoint of the whole audit log (C2SP `tlog-checkpoint` in a `signed-note`),
@@ -28,12 +34,33 @@ impl<S: Store> Broker<S> {
     /// [`Error::CheckpointInconsistent`]; [`Error::KeyRetired`] if another broker on the same
     /// store has replaced this broker's checkpoint key; [`Error::Merkle`]; [`Error::Store`].
     pub fn checkpoint(&self) -> Result<StoredCheckpoint, Error> {
-        self.ensure_active(KeyUse::Checkpoint, &self.checkpoint_kid)?;
+        // Under the read lock: a rotation waits for checkpoints being signed with the old key.
+        let current = self.checkpointer();
+        self.ensure_active(KeyUse::Checkpoint, &current.kid)?;
         Ok(auditor::checkpoint_log(
             &self.store,
             self.log_origin(),
-            &self.checkpoints,
+            &current.signer,
         )?)
+    }
+
+    /// Signs a checkpoint (as [`Broker::checkpoint`]) and asks the witnesses of `cosigning` to
+    /// cosign it, each with a consistency proof from the size it cosigned last: the note with
+    /// every cosignature that verified, and an alarm per witness that refused. Publish the note
+    /// (with [`crate::tiles::publish`]); a checkpoint without enough cosignatures is what a
+    /// rolled-back or forked log gets, and readers with a witness policy refuse it.
+    ///
+    /// # Errors
+    /// As [`Broker::checkpoint`]; [`Error::Merkle`] when a proof cannot be made.
+    pub fn witnessed_checkpoint(
+        &self,
+        cosigning: &mut crate::witness::Cosigning<'_>,
+    ) -> Result<(StoredCheckpoint, crate::witness::Cosigned), Error> {
+        let checkpoint = self.checkpoint()?;
+        let verifier = crate::checkpoint::NoteVerifier::from_vkey(&self.checkpoint_verifier_key())
+            .map_err(|e| Error::Store(crate::store::StoreError::Corrupt(e.to_string())))?;
+        let cosigned = cosigning.cosign(&self.store, &checkpoint, &verifier)?;
+        Ok((checkpoint, cosigned))
     }
 
     /// A receipt for the audit entry at `seq`: the entry, its inclusion proof, and a freshly

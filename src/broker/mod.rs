@@ -82,9 +82,15 @@ pub struct Broker<S> {
     instance: u64,
     /// The key that signs tokens now; replaced by a rotation (retired keys live in the store).
     token_key: RwLock<SigningKey>,
-    checkpoints: NoteSigner,
-    /// The checkpoint key's RFC 7638 thumbprint, as published in the store.
-    checkpoint_kid: String,
+    /// The checkpoint key; replaced by a rotation that the old key endorses.
+    checkpoints: RwLock<Checkpointer>,
+}
+
+/// The key that signs checkpoints now.
+struct Checkpointer {
+    signer: NoteSigner,
+    /// Its RFC 7638 thumbprint, as published in the store.
+    kid: String,
 }
 
 impl<S> std::fmt::Debug for Broker<S> {

@@ -46,6 +46,7 @@ mod tokens;
 mod audit_tamper;
 mod checkpoint;
 mod cli;
+mod key_history;
 mod merkle_properties;
 mod merkle_vectors;
 mod monitor;

@@ -27,19 +27,21 @@ impl Platform {
 
     /// Signs a checkpoint, has `witness` cosign it, and publishes it with its tiles.
     fn publish(&self, witness: &Witness) {
-        let checkpoint = self.kit.broker.checkpoint().unwrap();
-        let store = self.kit.broker.store();
-        let cosigned = Cosigning::new(vec![(
+        let mut cosigning = Cosigning::new(vec![(
             witness as &dyn WitnessClient,
             witness.verifier().clone(),
-        )])
-        .cosign(&store, &checkpoint, &self.log_key())
-        .unwrap();
+        )]);
+        let (checkpoint, cosigned) = self
+            .kit
+            .broker
+            .witnessed_checkpoint(&mut cosigning)
+            .unwrap();
         assert_eq!(cosigned.alarms, []);
         let witnessed = StoredCheckpoint {
             note: cosigned.note,
             ..checkpoint
         };
+        let store = self.kit.broker.store();
         publish(&store, self.dir.path(), &witnessed).unwrap();
     }
 }
