@@ -176,3 +176,65 @@ fn an_unwitnessed_or_rolled_back_log_is_not_believed() {
         Err(MonitorError::Tiles(TileError::Rollback { .. }))
     ));
 }
+
+/// The platform takes a new approval from the bank, keeps it out of its log and writes it into
+/// its own consent row instead; its tokens then rest on an attestation its published log never
+/// shows approved. The monitor reports the attestation.
+#[test]
+fn an_approval_the_platform_kept_out_of_its_log_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("platform.sqlite");
+    let kit = TestBroker::sqlite(&db);
+    let bank = TestBank::beside(&kit);
+    let consent = bank.granted(&kit);
+    // The subject approves again at the bank; the platform does not record it.
+    let mut statement = bank.statement(&kit, &kit.request());
+    statement.consent = consent.id().clone();
+    bank.bank.attest(&statement).unwrap();
+    let unlogged = bank
+        .bank
+        .ledger()
+        .attestations_of_consent(consent.id())
+        .unwrap()
+        .into_iter()
+        .find(|a| a.superseded_by.is_none())
+        .unwrap()
+        .id;
+    let connection = rusqlite::Connection::open(&db).unwrap();
+    let record: String = connection
+        .query_row(
+            "SELECT record FROM consents WHERE id = ?1",
+            [consent.id().as_str()],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    record["state"]["grant"]["attestation_id"] = serde_json::json!(unlogged);
+    connection
+        .execute(
+            "UPDATE consents SET record = ?1 WHERE id = ?2",
+            [record.to_string(), consent.id().as_str().to_owned()],
+        )
+        .unwrap();
+    drop(connection);
+    let token = kit.token(&kit.access(consent.id()));
+    bank.sync(&kit).unwrap();
+    let mut proof = String::new();
+    let request = bank.present(&kit, &token.token, &mut proof);
+    bank.bank.serve(&request, &bank.accounts).unwrap().unwrap();
+
+    let published = tempfile::tempdir().unwrap();
+    let checkpoint = kit.broker.checkpoint().unwrap();
+    publish(&kit.broker.store(), published.path(), &checkpoint).unwrap();
+    let log_key = NoteVerifier::from_vkey(&kit.broker.checkpoint_verifier_key()).unwrap();
+    let mut monitor = LogMonitor::new(kit.broker.log_origin(), log_key, WitnessPolicy::none());
+    let report = monitor
+        .check(
+            &bank.bank,
+            &DirTiles::new(published.path()),
+            kit.broker.now(),
+        )
+        .unwrap();
+    assert_eq!(report.missing_tokens, []);
+    assert_eq!(report.missing_approvals, [unlogged]);
+}
