@@ -126,6 +126,11 @@ impl CosignatureVerifier {
         &self.name
     }
 
+    /// The key id its lines carry.
+    pub(crate) fn key_id(&self) -> [u8; 4] {
+        self.key_id
+    }
+
     /// The timestamp of a valid cosignature `blob` (key ID, timestamp, signature) over `body`,
     /// or `None`.
     fn check(&self, body: &str, blob: &[u8]) -> Option<u64> {
@@ -141,7 +146,9 @@ impl CosignatureVerifier {
     }
 }
 
-/// How many witnesses must have cosigned, and which.
+/// How many witnesses must have cosigned, and which. Choose `quorum` above half of `witnesses`:
+/// with witnesses that trust a log's first checkpoint, two disjoint groups of at most half could
+/// each cosign a different history; a majority cannot be split.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WitnessPolicy {
     /// The witnesses trusted for this log.
@@ -231,6 +238,7 @@ pub fn verify_witnessed(
     }
     let (_, lines) = split_note(note).map_err(CheckpointError::from)?;
     let mut cosigned_by: Vec<(String, u64)> = Vec::new();
+    let mut counted: Vec<[u8; 32]> = Vec::new();
     for line in &lines {
         let Some(witness) = policy
             .witnesses
@@ -244,7 +252,9 @@ pub fn verify_witnessed(
                 witness: witness.name.clone(),
             });
         };
-        if !cosigned_by.iter().any(|(name, _)| *name == witness.name) {
+        // Distinct witnesses are distinct keys: one key listed under two names counts once.
+        if !counted.contains(&witness.public_key) {
+            counted.push(witness.public_key);
             cosigned_by.push((witness.name.clone(), timestamp));
         }
     }

@@ -67,7 +67,7 @@ pub use auditor::{
 pub use bank::{
     Admission, Bank, BankBuilder, BankError, BankKeys, DEFAULT_MAX_MERGE_DELAY, GateError,
     GateRequest, GateSettings, LogMonitor, MissingToken, MonitorError, MonitorReport, Served,
-    SubjectView,
+    SubjectView, TokenTerms,
 };
 pub use broker::{
     AccessOutcome, AccessToken, Broker, BrokerBuilder, BrokerKeys, ConsentView,

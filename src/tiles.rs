@@ -34,7 +34,9 @@ use std::io::Write as _;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::auditor::StoreNodes;
 use crate::checkpoint::{Checkpoint, CheckpointError, NoteVerifier, verify_checkpoint};
+use crate::merkle;
 use crate::merkle::{
     EMPTY_ROOT, Hash, MemoryNodes, MerkleError, NodeSource, TreeBuilder, leaf_hash,
 };
@@ -119,6 +121,13 @@ pub enum TileError {
         size: u64,
         /// The size already verified or published.
         known: u64,
+    },
+    /// The store's log is not an extension of the one published in the directory (restored from
+    /// a backup, or another history): publishing it would mix two logs.
+    #[error("the store's log does not extend the published one of size {published}")]
+    NotAnExtension {
+        /// The published size.
+        published: u64,
     },
     /// An entry too long for a bundle.
     #[error("entry {index} is {len} bytes, more than a bundle can hold")]
@@ -383,11 +392,22 @@ pub fn publish(
     dir: &Path,
     checkpoint: &StoredCheckpoint,
 ) -> Result<Published, TileError> {
-    let from = published_size(dir)?;
+    let published = published_checkpoint(dir)?;
+    let from = published.as_ref().map_or(0, |p| p.size);
     if checkpoint.size < from {
         return Err(TileError::Rollback {
             size: checkpoint.size,
             known: from,
+        });
+    }
+    // The store must extend what is published: a store restored from a backup and grown back,
+    // or another history of the same size, would leave a mix of two logs in the directory.
+    if let Some(published) = &published
+        && published.size > 0
+        && merkle::root(published.size, &StoreNodes(store))? != published.root
+    {
+        return Err(TileError::NotAnExtension {
+            published: published.size,
         });
     }
     let len = store.audit_len()?;
@@ -425,18 +445,18 @@ pub fn publish(
     Ok(report)
 }
 
-/// The size of the checkpoint published in `dir` (0 when there is none), read from its body
-/// without checking its signature: the publisher's own file, used only to know what is new.
-fn published_size(dir: &Path) -> Result<u64, TileError> {
+/// The checkpoint published in `dir`, if any, read from its body without checking its
+/// signature: the publisher's own file, used to know what is new and what must be extended.
+fn published_checkpoint(dir: &Path) -> Result<Option<Checkpoint>, TileError> {
     let path = dir.join(CHECKPOINT_FILE);
     let note = match std::fs::read_to_string(&path) {
         Ok(note) => note,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(TileError::Io(format!("{}: {error}", path.display()))),
     };
     let body = note.split("\n\n").next().unwrap_or_default();
     let body = format!("{body}\n");
-    Ok(Checkpoint::parse_body(&body)?.size)
+    Ok(Some(Checkpoint::parse_body(&body)?))
 }
 
 /// Tiles made and written at a time by [`publish`].
@@ -472,7 +492,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TileError> {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
     let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
+    // A name of its own per write: publishers in other processes or threads never share one.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    temporary.push(format!(".{}.{write}.tmp", std::process::id()));
     let temporary = PathBuf::from(temporary);
     let mut file = std::fs::File::create(&temporary).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
@@ -505,16 +528,44 @@ impl DirTiles {
 
 impl TileSource for DirTiles {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>, TileError> {
-        // Only the layout's own paths: nothing outside the directory can be named.
-        if path != CHECKPOINT_FILE {
-            Tile::parse(path)?;
-        }
+        // Only the layout's own paths: nothing outside the directory can be named. Each kind of
+        // file has a largest size; a file above it (or not a regular file: a device, a pipe) is
+        // refused before it is read.
+        let limit = if path == CHECKPOINT_FILE {
+            crate::checkpoint::MAX_NOTE_BYTES
+        } else {
+            match Tile::parse(path)?.kind {
+                TileKind::Hashes { .. } => FULL_TILE_BYTES,
+                TileKind::Entries => 256 * (2 + MAX_ENTRY_BYTES),
+            }
+        };
         let full = self.dir.join(path);
-        match std::fs::read(&full) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(TileError::Io(format!("{}: {error}", full.display()))),
+        let io = |error: std::io::Error| TileError::Io(format!("{}: {error}", full.display()));
+        let metadata = match std::fs::metadata(&full) {
+            Ok(metadata) => metadata,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io(error)),
+        };
+        let too_large = usize::try_from(metadata.len()).map_or(true, |len| len > limit);
+        if !metadata.is_file() || too_large {
+            return Err(TileError::Malformed {
+                path: path.to_owned(),
+            });
         }
+        let mut bytes = Vec::new();
+        std::fs::File::open(&full)
+            .and_then(|file| {
+                use std::io::Read as _;
+                file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+                    .read_to_end(&mut bytes)
+            })
+            .map_err(io)?;
+        if bytes.len() > limit {
+            return Err(TileError::Malformed {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Some(bytes))
     }
 }
 

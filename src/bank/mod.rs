@@ -26,7 +26,9 @@ mod gate;
 mod monitor;
 
 pub use gate::{Admission, GateError, GateRequest, GateSettings, Served};
-pub use monitor::{DEFAULT_MAX_MERGE_DELAY, LogMonitor, MissingToken, MonitorError, MonitorReport};
+pub use monitor::{
+    DEFAULT_MAX_MERGE_DELAY, LogMonitor, MissingToken, MonitorError, MonitorReport, TokenTerms,
+};
 
 use std::collections::HashMap;
 use std::path::Path;

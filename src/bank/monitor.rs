@@ -19,10 +19,14 @@ use super::Bank;
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::checkpoint::NoteVerifier;
 use crate::cosignature::{WitnessPolicy, WitnessedError, verify_witnessed};
+use crate::ids::{AccountId, ConsentId, SubjectId};
 use crate::store::{LedgerRead, LogRead, Store, StoreError};
 use crate::tiles::{CHECKPOINT_FILE, TileError, TileSource, TiledLog};
+use crate::vocab::{Purpose, Scope};
 
-/// How long a served token may take to appear in the platform's published log, by default.
+/// How long a served token may take to appear in the platform's published log, by default. A
+/// token found in the log at a pass counts as logged, however late it appeared there: run the
+/// monitor more often than the delay to bound lateness by it.
 pub const DEFAULT_MAX_MERGE_DELAY: Duration = Duration::hours(1);
 
 /// A token the gate served that the platform's log does not show (in time).
@@ -36,6 +40,24 @@ pub struct MissingToken {
     pub served_at: OffsetDateTime,
     /// The bank journal's entry of the access.
     pub journal_seq: u64,
+    /// What was served.
+    pub terms: TokenTerms,
+}
+
+/// What a token was for: the log's `token_issued` entry must say the same as the bank's
+/// `access_served` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenTerms {
+    /// The consent.
+    pub consent: ConsentId,
+    /// Whose data.
+    pub subject: SubjectId,
+    /// What data.
+    pub scope: Scope,
+    /// Why.
+    pub purpose: Purpose,
+    /// Which account.
+    pub account: AccountId,
 }
 
 /// What one pass found.
@@ -45,9 +67,12 @@ pub struct MonitorReport {
     pub log_size: u64,
     /// The witnesses that cosigned that checkpoint.
     pub witnessed_by: Vec<String>,
-    /// Served tokens not in the log after the maximum merge delay.
+    /// Served tokens the log does not show issued for what was served (same token id, consent,
+    /// subject, scope, purpose, account) after the maximum merge delay, and token ids served a
+    /// second time.
     pub missing_tokens: Vec<MissingToken>,
-    /// Attestations served tokens rested on that the log shows no approval for.
+    /// Attestations served tokens rested on that the log shows no approval of (for that
+    /// consent).
     pub missing_approvals: Vec<String>,
     /// Served tokens still within the merge delay and not yet in the log.
     pub pending: usize,
@@ -85,8 +110,12 @@ pub struct LogMonitor {
     policy: WitnessPolicy,
     max_merge_delay: Duration,
     log: TiledLog,
-    issued: HashSet<String>,
-    approvals: HashSet<String>,
+    /// The tokens the log shows issued, by `jti`: what each was issued for.
+    issued: HashMap<String, Vec<TokenTerms>>,
+    /// The approvals the log shows: attestation id → consent.
+    approvals: HashMap<String, ConsentId>,
+    /// Token ids the gate served, to notice one served twice.
+    served: HashSet<String>,
     journal_position: u64,
     pending: HashMap<String, MissingToken>,
     missing_approvals: HashSet<String>,
@@ -101,8 +130,9 @@ impl LogMonitor {
             policy,
             max_merge_delay: DEFAULT_MAX_MERGE_DELAY,
             log: TiledLog::new(),
-            issued: HashSet::new(),
-            approvals: HashSet::new(),
+            issued: HashMap::new(),
+            approvals: HashMap::new(),
+            served: HashSet::new(),
             journal_position: 0,
             pending: HashMap::new(),
             missing_approvals: HashSet::new(),
@@ -143,18 +173,41 @@ impl LogMonitor {
                 continue;
             };
             match entry.event {
-                AuditEvent::TokenIssued { token_id, .. } => {
-                    self.issued.insert(token_id);
+                AuditEvent::TokenIssued {
+                    consent,
+                    subject,
+                    scope,
+                    purpose,
+                    account,
+                    token_id,
+                    ..
+                } => {
+                    self.issued.entry(token_id).or_default().push(TokenTerms {
+                        consent,
+                        subject,
+                        scope,
+                        purpose,
+                        account,
+                    });
                 }
-                AuditEvent::ConsentApproved { attestation_id, .. }
-                | AuditEvent::ConsentReauthorised { attestation_id, .. } => {
-                    self.approvals.insert(attestation_id);
+                AuditEvent::ConsentApproved {
+                    consent,
+                    attestation_id,
+                    ..
+                }
+                | AuditEvent::ConsentReauthorised {
+                    consent,
+                    attestation_id,
+                    ..
+                } => {
+                    self.approvals.insert(attestation_id, consent);
                 }
                 _ => {}
             }
         }
         let journal = bank.journal();
         let len = journal.audit_len()?;
+        let mut reused = Vec::new();
         let mut position = self.journal_position;
         while position < len {
             let end = position.saturating_add(4096).min(len);
@@ -162,29 +215,50 @@ impl LogMonitor {
                 if let AuditEvent::AccessServed {
                     token_id,
                     attestation,
+                    consent,
+                    subject,
+                    scope,
+                    purpose,
+                    account,
                     ..
                 } = entry.event
                 {
-                    self.pending.insert(
-                        token_id.clone(),
-                        MissingToken {
-                            token_id,
-                            attestation,
-                            served_at: entry.at,
-                            journal_seq: entry.seq,
+                    let served = MissingToken {
+                        token_id,
+                        attestation,
+                        served_at: entry.at,
+                        journal_seq: entry.seq,
+                        terms: TokenTerms {
+                            consent,
+                            subject,
+                            scope,
+                            purpose,
+                            account,
                         },
-                    );
+                    };
+                    // A token id served twice (a shadow broker reusing an id once the gate has
+                    // forgotten it): the second access is accounted for by nothing.
+                    if self.served.insert(served.token_id.clone()) {
+                        self.pending.insert(served.token_id.clone(), served);
+                    } else {
+                        reused.push(served);
+                    }
                 }
             }
             position = end;
         }
         self.journal_position = len;
 
-        let mut missing_tokens = Vec::new();
+        let mut missing_tokens = reused;
         let mut still_pending = HashMap::new();
         for (token_id, served) in self.pending.drain() {
-            if self.issued.contains(&token_id) {
-                if !self.approvals.contains(&served.attestation) {
+            // Logged only if the log shows this token id issued for exactly these terms.
+            let logged = self
+                .issued
+                .get(&token_id)
+                .is_some_and(|issued| issued.contains(&served.terms));
+            if logged {
+                if self.approvals.get(&served.attestation) != Some(&served.terms.consent) {
                     self.missing_approvals.insert(served.attestation.clone());
                 }
             } else if now - served.served_at > self.max_merge_delay {
@@ -196,7 +270,7 @@ impl LogMonitor {
         self.pending = still_pending;
         // An approval that appears later clears its alarm.
         self.missing_approvals
-            .retain(|attestation| !self.approvals.contains(attestation));
+            .retain(|attestation| !self.approvals.contains_key(attestation));
         missing_tokens.sort_by_key(|m| m.journal_seq);
         let mut missing_approvals: Vec<String> = self.missing_approvals.iter().cloned().collect();
         missing_approvals.sort();

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use consent_broker::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 use consent_broker::cosignature::{CosignatureVerifier, WitnessPolicy, verify_witnessed};
+use consent_broker::key_history::KeyHistory;
 use consent_broker::merkle;
-use consent_broker::tiles::{DirTiles, publish, verify_tiles};
+use consent_broker::tiles::{DirTiles, TiledLog, publish, verify_tiles};
 use consent_broker::witness::AddCheckpoint;
 use consent_broker::{
     BrokerId, Clock, ConsentId, HolderId, Jwks, LogError, LogRead, SigningKey, SqliteStore,
@@ -96,9 +97,10 @@ enum AuditCommand {
         /// A witness's cosignature verifier key (type 0x04); repeat for each trusted witness.
         #[arg(long = "witness")]
         witnesses: Vec<String>,
-        /// How many of the --witness keys must have cosigned the tiles' checkpoint.
-        #[arg(long, default_value_t = 0)]
-        quorum: usize,
+        /// How many of the --witness keys must have cosigned the tiles' checkpoint (choose more
+        /// than half of them).
+        #[arg(long)]
+        quorum: Option<usize>,
         /// A signed checkpoint the auditor kept.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
@@ -247,6 +249,14 @@ fn run(command: Command) -> Outcome {
                 (None, Some(path)) => Some(read(&path)?),
                 (None, None) => None,
             };
+            if (!witnesses.is_empty() || quorum.is_some()) && tiles.is_none() {
+                return Err("--witness and --quorum apply to --tiles".into());
+            }
+            if witnesses.is_empty() != quorum.is_none() {
+                return Err(
+                    "give --quorum with the --witness keys (more than half of them)".into(),
+                );
+            }
             match (db, tiles) {
                 (_, Some(tiles)) => {
                     let policy = WitnessPolicy {
@@ -255,10 +265,17 @@ fn run(command: Command) -> Outcome {
                             .map(|w| CosignatureVerifier::from_vkey(w.trim()))
                             .collect::<Result<_, _>>()
                             .map_err(|e| format!("--witness: {e}"))?,
-                        quorum,
+                        quorum: quorum.unwrap_or(0),
                     };
                     let vkey = vkey.ok_or("--tiles needs the log's verifier key (--vkey)")?;
-                    verify_published(&tiles, vkey.trim(), origin.as_deref(), &policy)
+                    let kept = checkpoint.as_ref().map(read).transpose()?;
+                    verify_published(
+                        &tiles,
+                        vkey.trim(),
+                        origin.as_deref(),
+                        &policy,
+                        kept.as_deref(),
+                    )
                 }
                 (Some(db), None) => verify(&db, checkpoint, vkey),
                 (None, None) => Err("give --db or --tiles".into()),
@@ -424,7 +441,29 @@ fn verify(db: &std::path::Path, checkpoint: Option<PathBuf>, vkey: Option<String
         }
         None => None,
     };
-    let against = note.as_deref().zip(verifier.as_ref());
+    // The key history the log records: the given key is the first one trusted; a checkpoint is
+    // checked with the key in force at its size.
+    let history = match &verifier {
+        Some(first) => match KeyHistory::from_log(&store, first.name(), first.clone()) {
+            Ok(history) => Some(history),
+            Err(consent_broker::key_history::KeyHistoryError::Store(error)) => {
+                return Err(error.to_string());
+            }
+            Err(error) => {
+                println!("INVALID: key history: {error}");
+                return Ok(false);
+            }
+        },
+        None => None,
+    };
+    let key_for = |note: &str| -> Option<NoteVerifier> {
+        let history = history.as_ref()?;
+        let body = note.split("\n\n").next().map(|b| format!("{b}\n"))?;
+        let size = Checkpoint::parse_body(&body).map(|c| c.size).unwrap_or(0);
+        Some(history.key_for(size).clone())
+    };
+    let kept_key = note.as_deref().and_then(key_for);
+    let against = note.as_deref().zip(kept_key.as_ref());
     match verify_log(&store, against) {
         Ok(report) => {
             let root = encode_hashes(&[report.root]).concat();
@@ -444,13 +483,13 @@ fn verify(db: &std::path::Path, checkpoint: Option<PathBuf>, vkey: Option<String
     }
     // The store's own latest signed checkpoint is evidence too: a log rewritten consistently
     // (every hash recomputed) no longer matches what the broker signed before.
-    let (Some(verifier), Some(own)) = (
-        &verifier,
-        store.latest_checkpoint().map_err(|e| e.to_string())?,
-    ) else {
+    let Some(own) = store.latest_checkpoint().map_err(|e| e.to_string())? else {
         return Ok(true);
     };
-    match verify_log(&store, Some((own.note.as_str(), verifier))) {
+    let Some(own_key) = key_for(&own.note) else {
+        return Ok(true);
+    };
+    match verify_log(&store, Some((own.note.as_str(), &own_key))) {
         Ok(_) => {
             println!(
                 "the store's own signed checkpoint of size {} verifies; the log is consistent with it",
@@ -473,25 +512,80 @@ fn invalid(error: &LogError, against: &str) {
     }
 }
 
-/// Verifies a published tile directory: the checkpoint's signature, the witnesses' quorum, every
-/// entry and tile.
+/// Verifies a published tile directory: the key history from the entries, the checkpoint's
+/// signature by the key in force at its size, the witnesses' quorum, every entry and tile, and
+/// consistency with a checkpoint the auditor kept.
 fn verify_published(
     dir: &std::path::Path,
     vkey: &str,
     origin: Option<&str>,
     policy: &WitnessPolicy,
+    kept: Option<&str>,
 ) -> Outcome {
-    let log = NoteVerifier::from_vkey(vkey).map_err(|e| e.to_string())?;
+    let first = NoteVerifier::from_vkey(vkey).map_err(|e| e.to_string())?;
     let source = DirTiles::new(dir);
     let note = read(&dir.join("checkpoint"))?;
-    let witnessed = match verify_witnessed(&note, &log, origin, policy) {
+    // The entries first, under the checkpoint's unverified body: the root check binds them to
+    // it, and the key history they record says which key must have signed it.
+    let body = note
+        .split("\n\n")
+        .next()
+        .map(|b| format!("{b}\n"))
+        .unwrap_or_default();
+    let claimed = match Checkpoint::parse_body(&body) {
+        Ok(claimed) => claimed,
+        Err(error) => {
+            println!("INVALID checkpoint: {error}");
+            return Ok(false);
+        }
+    };
+    let mut log = TiledLog::new();
+    let entries = match log.update_to(&source, claimed.clone()) {
+        Ok(entries) => entries,
+        Err(error) => {
+            println!("INVALID: {error}");
+            return Ok(false);
+        }
+    };
+    let mut history = KeyHistory::new(&claimed.origin, first);
+    for entry in &entries {
+        let Ok(entry) = consent_broker::AuditEntry::from_bytes(&entry.bytes) else {
+            continue;
+        };
+        if let Err(error) = history.observe(&entry) {
+            println!("INVALID: key history: {error}");
+            return Ok(false);
+        }
+    }
+    let log_key = history.key_for(claimed.size).clone();
+    let witnessed = match verify_witnessed(&note, &log_key, origin, policy) {
         Ok(witnessed) => witnessed,
         Err(error) => {
             println!("INVALID checkpoint: {error}");
             return Ok(false);
         }
     };
-    match verify_tiles(&source, &log, origin) {
+    if let Some(kept) = kept {
+        let kept = match history.verify_checkpoint(kept) {
+            Ok(kept) => kept,
+            Err(error) => {
+                println!("INVALID kept checkpoint: {error}");
+                return Ok(false);
+            }
+        };
+        let mut prefix = TiledLog::new();
+        if let Err(error) = prefix
+            .update_to(&source, kept.clone())
+            .and_then(|_| prefix.update_to(&source, witnessed.checkpoint.clone()))
+        {
+            println!(
+                "INVALID: not consistent with the kept checkpoint of size {}: {error}",
+                kept.size
+            );
+            return Ok(false);
+        }
+    }
+    match verify_tiles(&source, &log_key, origin) {
         Ok(report) if report.checkpoint == witnessed.checkpoint => {
             let root = encode_hashes(&[report.checkpoint.root]).concat();
             println!(

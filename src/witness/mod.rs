@@ -308,20 +308,32 @@ fn accept(
     log: &NoteVerifier,
     verifier: &CosignatureVerifier,
 ) -> Result<String, CosigningAlarm> {
-    // Only the witness's own lines: anything else it sent (a line in another witness's name)
-    // is not its to add.
+    // One line of the witness's own that verifies, and nothing else it sent (a line in another
+    // witness's name, junk that would push the note past its limits for every reader).
     let prefix = format!("{SIG_PREFIX}{} ", verifier.name());
-    let own: String = lines
-        .lines()
-        .filter(|line| line.starts_with(&prefix))
-        .map(|line| format!("{line}\n"))
-        .collect();
     let policy = WitnessPolicy {
         witnesses: vec![verifier.clone()],
         quorum: 1,
     };
-    verify_witnessed(&add_cosignatures(note, &own), log, None, &policy)
-        .map(|_| own)
+    // Candidates are checked cheaply (name, length, key id) before any signature is.
+    let own_key = |line: &&str| {
+        line.strip_prefix(&prefix)
+            .filter(|b64| b64.len() <= 128)
+            .and_then(|b64| BASE64.decode(b64).ok())
+            .is_some_and(|blob| blob.get(..4) == Some(&verifier.key_id()[..]))
+    };
+    lines
+        .get(..lines.len().min(crate::checkpoint::MAX_NOTE_BYTES))
+        .unwrap_or_default()
+        .lines()
+        .filter(own_key)
+        .take(4)
+        .map(|line| format!("{line}\n"))
+        .find(|own| verify_witnessed(&add_cosignatures(note, own), log, None, &policy).is_ok())
+        .ok_or_else(|| CosigningAlarm::Failed {
+            witness: verifier.name().to_owned(),
+            reason: "no cosignature of its own that verifies".to_owned(),
+        })
         .map_err(|error| CosigningAlarm::Failed {
             witness: verifier.name().to_owned(),
             reason: error.to_string(),

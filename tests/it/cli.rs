@@ -1104,3 +1104,104 @@ fn consistency_proofs_from_a_kept_checkpoint() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.starts_with("INCONSISTENT"), "{run:?}");
 }
+
+/// A fork signed with the real key and published as tiles verifies on its own; against the
+/// checkpoint the auditor kept it does not. Witness keys need a quorum.
+#[test]
+fn verify_tiles_against_a_kept_checkpoint_catches_a_fork() {
+    let audited = closed();
+    let origin = NoteVerifier::from_vkey(&audited.vkey)
+        .unwrap()
+        .name()
+        .to_owned();
+    let forked_db = audited.tampered("fork", |c| {
+        rewrite_consistently(c, 3);
+        c.execute("DELETE FROM checkpoints", []).unwrap();
+    });
+    let tiles = audited.dir.path().join("fork-tiles");
+    let run = cli([
+        "audit",
+        "publish",
+        "--db",
+        s(&forked_db),
+        "--key",
+        s(&audited.key_file),
+        "--origin",
+        &origin,
+        "--dir",
+        s(&tiles),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let alone = cli([
+        "audit",
+        "verify",
+        "--tiles",
+        s(&tiles),
+        "--vkey",
+        &audited.vkey,
+    ]);
+    assert_eq!(alone.code, 0, "{alone:?}");
+    let kept = cli([
+        "audit",
+        "verify",
+        "--tiles",
+        s(&tiles),
+        "--vkey",
+        &audited.vkey,
+        "--checkpoint",
+        s(&audited.checkpoint),
+    ]);
+    assert_eq!(kept.code, 1, "{kept:?}");
+    assert!(
+        kept.stdout
+            .contains("not consistent with the kept checkpoint"),
+        "{kept:?}"
+    );
+    let no_quorum = cli([
+        "audit",
+        "verify",
+        "--tiles",
+        s(&tiles),
+        "--vkey",
+        &audited.vkey,
+        "--witness",
+        &audited.vkey,
+    ]);
+    assert_eq!(no_quorum.code, 2, "{no_quorum:?}");
+    let witness_on_db = cli([
+        "audit",
+        "verify",
+        "--db",
+        s(&audited.db),
+        "--witness",
+        &audited.vkey,
+        "--quorum",
+        "1",
+    ]);
+    assert_eq!(witness_on_db.code, 2, "{witness_on_db:?}");
+}
+
+/// After an endorsed checkpoint key rotation, an auditor holding the first key still verifies
+/// the store's checkpoints: the tool follows the history the log records.
+#[test]
+fn verify_follows_an_endorsed_key_rotation() {
+    let (audited, fx) = setup();
+    fx.broker
+        .rotate_checkpoint_key(SigningKey::generate(&SystemRandom::new()).unwrap())
+        .unwrap();
+    fx.broker.checkpoint().unwrap();
+    drop(fx);
+    let run = cli([
+        "audit",
+        "verify",
+        "--db",
+        s(&audited.db),
+        "--vkey",
+        &audited.vkey,
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("the store's own signed checkpoint"),
+        "{run:?}"
+    );
+}

@@ -21,6 +21,15 @@ struct Platform {
 }
 
 impl Platform {
+    /// A monitor of this platform's log that trusts `witness` alone.
+    fn monitor(&self, witness: &Witness) -> LogMonitor {
+        let policy = WitnessPolicy {
+            witnesses: vec![witness.verifier().clone()],
+            quorum: 1,
+        };
+        LogMonitor::new(self.kit.broker.log_origin(), self.log_key(), policy)
+    }
+
     fn log_key(&self) -> NoteVerifier {
         NoteVerifier::from_vkey(&self.kit.broker.checkpoint_verifier_key()).unwrap()
     }
@@ -159,11 +168,7 @@ fn an_unwitnessed_or_rolled_back_log_is_not_believed() {
     copy_dir(platform.dir.path(), older.path());
     serve(kit, &bank, &consent);
     platform.publish(&witness);
-    let policy = WitnessPolicy {
-        witnesses: vec![witness.verifier().clone()],
-        quorum: 1,
-    };
-    let mut monitor = LogMonitor::new(kit.broker.log_origin(), platform.log_key(), policy);
+    let mut monitor = platform.monitor(&witness);
     assert!(
         monitor
             .check(&bank.bank, &source, kit.broker.now())
@@ -237,4 +242,91 @@ fn an_approval_the_platform_kept_out_of_its_log_is_reported() {
         .unwrap();
     assert_eq!(report.missing_tokens, []);
     assert_eq!(report.missing_approvals, [unlogged]);
+}
+
+/// A shadow broker reuses the id of a token the published log shows but nobody presented (same
+/// keys): the log's entry is for another access, so the served one is still reported; and the
+/// id of a token the bank served before, served again, is reported at once.
+#[test]
+fn a_token_id_the_log_shows_for_another_access_does_not_account_for_this_one() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    serve(kit, &bank, &consent);
+    platform.publish(&witness);
+    let mut monitor = platform.monitor(&witness);
+    let source = DirTiles::new(platform.dir.path());
+    assert!(
+        monitor
+            .check(&bank.bank, &source, kit.broker.now())
+            .unwrap()
+            .is_clean()
+    );
+
+    // An hour later the gate no longer remembers the first token's id.
+    let shadow = TestBroker::configured(MemoryStore::new(), kit.bank.policy().clone(), |b| b);
+    for _ in 0..3 {
+        shadow.request();
+    }
+    let shadow_consent = bank.granted(&shadow);
+    kit.clock.advance(time::Duration::hours(1));
+    shadow.clock.advance(time::Duration::hours(1));
+    // An honest access meanwhile (its commit prunes the ids that expired), then the shadow's
+    // token, carrying the id of the first token the published log shows.
+    serve(kit, &bank, &consent);
+    platform.publish(&witness);
+    // A token the platform's broker issued and logged but never presented: its id was never
+    // served, so only what the log says it was for can tell the two apart.
+    let unpresented = kit.token(&kit.access(consent.id()));
+    platform.publish(&witness);
+    let logged = unpresented.token_id;
+    let token = with_jti(
+        &shadow.token(&shadow.access(shadow_consent.id())).token,
+        &logged,
+    );
+    bank.sync(&shadow).unwrap();
+    let mut proof = String::new();
+    let request = bank.present(&shadow, &token, &mut proof);
+    bank.bank.serve(&request, &bank.accounts).unwrap().unwrap();
+    let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
+    let report = monitor.check(&bank.bank, &source, later).unwrap();
+    assert_eq!(report.missing_tokens.len(), 1, "{report:?}");
+    assert_eq!(report.missing_tokens[0].terms.consent, *shadow_consent.id());
+
+    // The id of a token the bank served before, served again: reported at once.
+    let journal = bank.bank.journal();
+    let first_served = journal
+        .audit_entries(0..journal.audit_len().unwrap())
+        .unwrap()
+        .into_iter()
+        .find_map(|entry| match entry.event {
+            AuditEvent::AccessServed { token_id, .. } => Some(token_id),
+            _ => None,
+        })
+        .unwrap();
+    let token = with_jti(
+        &shadow.token(&shadow.access(shadow_consent.id())).token,
+        &first_served,
+    );
+    let mut proof = String::new();
+    let request = bank.present(&shadow, &token, &mut proof);
+    bank.bank.serve(&request, &bank.accounts).unwrap().unwrap();
+    let report = monitor.check(&bank.bank, &source, later).unwrap();
+    assert_eq!(report.missing_tokens.len(), 1, "{report:?}");
+    assert_eq!(report.missing_tokens[0].token_id, first_served);
+}
+
+/// `token` with its `jti` replaced, signed again with the platform's token key (the kit's keys
+/// come from a public seed; a dishonest platform holds its own).
+fn with_jti(token: &str, jti: &str) -> String {
+    use crate::support::{b64, unb64};
+    let mut parts = token.split('.');
+    let (header, payload) = (parts.next().unwrap(), parts.next().unwrap());
+    let mut claims: serde_json::Value = serde_json::from_slice(&unb64(payload)).unwrap();
+    claims["jti"] = serde_json::json!(jti);
+    let input = format!("{header}.{}", b64(claims.to_string()));
+    let keys = BrokerKeys::ephemeral(&SeededRandom::new(1)).unwrap();
+    let key =
+        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(keys.token().to_pkcs8_der())
+            .unwrap();
+    format!("{input}.{}", b64(key.sign(input.as_bytes())))
 }

@@ -323,6 +323,26 @@ fn tampering_with_the_published_files_is_caught() {
             known: 600
         })
     );
+    // A publisher whose store is another history (same size) or was restored and grew back does
+    // not publish over the log already there.
+    assert_eq!(
+        publish(&forged, clean.path(), &forged_checkpoint),
+        Err(TileError::NotAnExtension { published: 600 })
+    );
+    let regrown = MemoryStore::new();
+    log_of(&regrown, 300);
+    append_decisions(
+        &regrown,
+        600,
+        consent_broker::testing::START + time::Duration::days(3),
+    )
+    .unwrap();
+    let regrown_checkpoint = checkpoint_log(&regrown, ORIGIN, &signer()).unwrap();
+    assert_eq!(
+        publish(&regrown, clean.path(), &regrown_checkpoint),
+        Err(TileError::NotAnExtension { published: 600 })
+    );
+    verify(clean.path()).unwrap();
     // A fork of the same size signed with the real key is caught by a monitor that saw the
     // other: the root differs from the one its verified prefix makes.
     let mut fork_monitor = TiledLog::new();
@@ -402,4 +422,28 @@ fn the_documented_python_recipe_verifies_a_published_log() {
         !output.status.success(),
         "the recipe accepted an altered entry"
     );
+}
+
+/// A tile server that hands out a device, or a file far larger than its kind can be, gets a
+/// typed refusal before anything is read.
+#[cfg(unix)]
+#[test]
+fn oversized_files_and_devices_are_refused_before_they_are_read() {
+    let store = MemoryStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    publish(&store, dir.path(), &log_of(&store, 10)).unwrap();
+    let source = DirTiles::new(dir.path());
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("checkpoint")).unwrap();
+    assert!(matches!(
+        verify_tiles(&source, &verifier(), Some(ORIGIN)),
+        Err(TileError::Malformed { .. })
+    ));
+    let tile = dir.path().join("tile/0/000.p/10");
+    std::fs::write(&tile, vec![0u8; 8193]).unwrap();
+    use consent_broker::tiles::TileSource as _;
+    assert!(matches!(
+        source.read("tile/0/000.p/10"),
+        Err(TileError::Malformed { .. })
+    ));
 }

@@ -291,3 +291,69 @@ fn the_witness_answers_with_the_protocols_status_codes() {
     );
     assert!(CosignatureVerifier::from_vkey(&log_signer().verifier_key()).is_err());
 }
+
+/// A witness that answers with junk beside its cosignature cannot make the published note
+/// unreadable (only its one verifying line is kept), and one witness key listed under two names
+/// counts once, so a relabelled cosignature does not make a quorum.
+#[test]
+fn a_noisy_witness_and_a_relabelled_cosignature_change_nothing() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    struct Noisy<'a>(&'a Witness);
+    impl WitnessClient for Noisy<'_> {
+        fn add_checkpoint(&self, body: &str) -> Result<String, WitnessError> {
+            let line = self.0.add_checkpoint(body)?;
+            let name = self.0.verifier().name();
+            let junk: String = (0..150)
+                .map(|i| format!("— {name} {}\n", "A".repeat(100 + i)))
+                .collect();
+            Ok(format!("{junk}{line}{junk}"))
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let w = witness(dir.path(), "bank.example/witness", 11);
+    let store = store_of(40, START);
+    let checkpoint = checkpoint_log(&store, ORIGIN, &log_signer()).unwrap();
+    let noisy = Noisy(&w);
+    let cosigned = Cosigning::new(vec![(&noisy as &dyn WitnessClient, w.verifier().clone())])
+        .cosign(&store, &checkpoint, &log_verifier())
+        .unwrap();
+    assert_eq!(cosigned.alarms, []);
+    assert_eq!(
+        cosigned.note.lines().filter(|l| l.starts_with('—')).count(),
+        2
+    );
+    verify_witnessed(
+        &cosigned.note,
+        &log_verifier(),
+        Some(ORIGIN),
+        &policy(&[&w], 1),
+    )
+    .unwrap();
+
+    // The same key under a second name: the line relabelled (the cosigned message does not
+    // name the witness) verifies under both, but it is one witness.
+    let public_key = *SigningKey::from_pkcs8_der(&crate::targets::pkcs8(11))
+        .unwrap()
+        .public_key()
+        .as_bytes();
+    let alias = CosignatureVerifier::from_public_key("alias.example/witness", &public_key).unwrap();
+    let alias_id = u32::from_str_radix(alias.to_vkey().split('+').nth(1).unwrap(), 16)
+        .unwrap()
+        .to_be_bytes();
+    let line = cosigned.note.lines().last().unwrap();
+    let mut blob = STANDARD.decode(line.rsplit(' ').next().unwrap()).unwrap();
+    blob[..4].copy_from_slice(&alias_id);
+    let relabelled = consent_broker::cosignature::add_cosignatures(
+        &cosigned.note,
+        &format!("— alias.example/witness {}\n", STANDARD.encode(blob)),
+    );
+    let two_names = WitnessPolicy {
+        witnesses: vec![w.verifier().clone(), alias],
+        quorum: 2,
+    };
+    assert_eq!(
+        verify_witnessed(&relabelled, &log_verifier(), Some(ORIGIN), &two_names),
+        Err(WitnessedError::Quorum { got: 1, quorum: 2 })
+    );
+}

@@ -287,14 +287,14 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// Opens the database at `path` for reading only, never writing to it (no schema migration,
+    /// Opens a copy of a database for reading only, never writing to it (no schema migration,
     /// no journal-mode change): what an auditor's tool uses on evidence. Works on a read-only
     /// copy. Without a `-wal` file beside it, the file is opened as immutable and nothing at all
-    /// is created next to it. A copy in write-ahead-log mode needs its `-wal` file (committed
-    /// entries may live only there) and, for SQLite to read it, a writable directory or an
-    /// existing `-shm` file (SQLite then creates or uses the `-shm`, never touching the
-    /// database or the log); without either, only what was checkpointed into the main file is
-    /// read. Copy the `-wal` and `-shm` files with the database, or checkpoint it first.
+    /// is created next to it (so use it on a copy, not on a database a broker is writing). A
+    /// copy in write-ahead-log mode needs its `-wal` file (committed entries may live only
+    /// there) and, for SQLite to read it, a writable directory or an existing `-shm` file
+    /// (SQLite then creates or uses the `-shm`; the database and the `-wal` are never written);
+    /// without either, the open is refused rather than reading a shorter log.
     ///
     /// # Errors
     /// [`StoreError::NotADatabase`], [`StoreError::Corrupt`], [`StoreError::SchemaTooNew`],
@@ -341,8 +341,14 @@ impl SqliteStore {
             match probe(&connection) {
                 Ok(found) => (connection, found),
                 // A directory SQLite cannot write the `-shm` to: the log's tail in the `-wal`
-                // cannot be read; what the main file holds can.
-                Err(_) => immutable()?,
+                // cannot be read, and reading the main file alone could report a shorter log
+                // as the whole of it. Refuse.
+                Err(error) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{}: its -wal file holds committed entries that cannot be read here                          ({error}); copy it with its -shm file into a writable directory, or                          checkpoint the database first",
+                        path.display()
+                    )));
+                }
             }
         } else {
             immutable()?
