@@ -16,9 +16,10 @@ use std::hint::black_box;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use consent_broker::testing::{GET_BALANCE, SeededRandom, TestBank, TestBroker};
-use consent_broker::time::Duration;
 use consent_broker::*;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+
+mod support;
 use ring::signature::{ED25519, UnparsedPublicKey};
 
 /// The signing input and signature of a compact JWS.
@@ -30,20 +31,11 @@ fn signed_parts(jws: &str) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-/// No ceiling and no staleness within a benchmark's run: every access is served.
-fn bank_settings() -> GateSettings {
-    GateSettings {
-        present_daily_ceiling: u32::MAX,
-        feed_staleness: Duration::days(365),
-        ..GateSettings::default()
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let kit = TestBroker::memory();
     let ledger = SqliteStore::open(dir.path().join("bank.sqlite")).unwrap();
-    let bank = TestBank::with_settings(&kit, ledger, bank_settings());
+    let bank = TestBank::with_settings(&kit, ledger, support::open_gate());
     let consent = bank.granted(&kit);
     let access = kit.access(consent.id());
     let random = SeededRandom::new(21);
@@ -67,7 +59,8 @@ fn bench(c: &mut Criterion) {
     // The same check with the ledger in memory: what reading SQLite adds.
     // (Beside a broker of its own: two test banks draw the same attestation ids.)
     let memory_kit = TestBroker::memory();
-    let memory_bank = TestBank::with_settings(&memory_kit, MemoryStore::new(), bank_settings());
+    let memory_bank =
+        TestBank::with_settings(&memory_kit, MemoryStore::new(), support::open_gate());
     let memory_consent = memory_bank.granted(&memory_kit);
     let memory_token = memory_kit
         .token(&memory_kit.access(memory_consent.id()))
@@ -124,14 +117,7 @@ fn bench(c: &mut Criterion) {
     // the timed part), checked and journalled in one fsynced transaction.
     group.bench_function("check_and_journal_sqlite", |b| {
         b.iter_batched(
-            || {
-                let token = kit.token(&access).token;
-                let proof = kit
-                    .sender
-                    .proof(&GET_BALANCE, &token, kit.broker.now(), &random)
-                    .unwrap();
-                (token, proof)
-            },
+            || support::token_and_proof(&kit, &access, &random),
             |(token, proof)| {
                 let request = GateRequest {
                     token: &token,

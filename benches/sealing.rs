@@ -15,9 +15,10 @@ use std::hint::black_box;
 
 use consent_broker::hpke::DeviceSecretKey;
 use consent_broker::testing::{GET_BALANCE, SeededRandom, TestBank, TestBroker};
-use consent_broker::time::Duration;
 use consent_broker::*;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+
+mod support;
 use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::agreement::{EphemeralPrivateKey, UnparsedPublicKey, X25519, agree_ephemeral};
 use ring::rand::SystemRandom;
@@ -136,18 +137,9 @@ fn sealing(c: &mut Criterion) {
     group.finish();
 }
 
-/// No ceiling and no staleness within a benchmark's run: every access is served.
-fn bank_settings() -> GateSettings {
-    GateSettings {
-        present_daily_ceiling: u32::MAX,
-        feed_staleness: Duration::days(365),
-        ..GateSettings::default()
-    }
-}
-
 fn serving(c: &mut Criterion) {
     let kit = TestBroker::memory();
-    let bank = TestBank::with_settings(&kit, MemoryStore::new(), bank_settings());
+    let bank = TestBank::with_settings(&kit, MemoryStore::new(), support::open_gate());
     let customer_service = PlaintextUses::from([(Scope::Balance, Purpose::CustomerService)]);
     bank.bank
         .set_policy(HolderPolicy {
@@ -170,14 +162,7 @@ fn serving(c: &mut Criterion) {
         let access = kit.access(consent.id());
         group.bench_function(name, |b| {
             b.iter_batched(
-                || {
-                    let token = kit.token(&access).token;
-                    let proof = kit
-                        .sender
-                        .proof(&GET_BALANCE, &token, kit.broker.now(), &random)
-                        .unwrap();
-                    (token, proof)
-                },
+                || support::token_and_proof(&kit, &access, &random),
                 |(token, proof)| {
                     let request = GateRequest {
                         token: &token,

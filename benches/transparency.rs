@@ -18,10 +18,11 @@ use consent_broker::merkle::{self, verify_consistency};
 use consent_broker::testing::bulk::append_decisions;
 use consent_broker::testing::{GET_BALANCE, START, SeededRandom, TestBank, TestBroker};
 use consent_broker::tiles::{DirTiles, Tile, publish, tile_bytes};
-use consent_broker::time::Duration;
 use consent_broker::witness::{AddCheckpoint, Witness};
 use consent_broker::*;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+
+mod support;
 
 const ORIGIN: &str = "broker.example/log";
 
@@ -155,24 +156,12 @@ fn checkpoint_log_at(
 fn monitoring(c: &mut Criterion) {
     const TOKENS: usize = 100_000;
     let kit = TestBroker::memory();
-    let bank = TestBank::with_settings(
-        &kit,
-        MemoryStore::new(),
-        GateSettings {
-            present_daily_ceiling: u32::MAX,
-            feed_staleness: Duration::days(365),
-            ..GateSettings::default()
-        },
-    );
+    let bank = TestBank::with_settings(&kit, MemoryStore::new(), support::open_gate());
     let consent = bank.granted(&kit);
     let access = kit.access(consent.id());
     let random = SeededRandom::new(5);
     for _ in 0..TOKENS {
-        let token = kit.token(&access).token;
-        let proof = kit
-            .sender
-            .proof(&GET_BALANCE, &token, kit.broker.now(), &random)
-            .unwrap();
+        let (token, proof) = support::token_and_proof(&kit, &access, &random);
         let request = GateRequest {
             token: &token,
             proof: &proof,

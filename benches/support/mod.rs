@@ -101,3 +101,33 @@ pub fn setup_on<S: Store + Clone>(store: S) -> Setup<S> {
         access,
     }
 }
+
+/// No ceiling and no staleness within a benchmark's run: every access the gate is shown is
+/// served.
+pub fn open_gate() -> GateSettings {
+    GateSettings {
+        present_daily_ceiling: u32::MAX,
+        feed_staleness: Duration::days(365),
+        ..GateSettings::default()
+    }
+}
+
+/// A fresh token for `access` from the kit's broker and a fresh DPoP proof for it (made outside
+/// any timed part).
+pub fn token_and_proof<S: Store>(
+    kit: &consent_broker::testing::TestBroker<S>,
+    access: &AccessRequest,
+    random: &dyn RandomSource,
+) -> (String, String) {
+    let token = kit.token(access).token;
+    let proof = kit
+        .sender
+        .proof(
+            &consent_broker::testing::GET_BALANCE,
+            &token,
+            kit.broker.now(),
+            random,
+        )
+        .unwrap();
+    (token, proof)
+}
