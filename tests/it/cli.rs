@@ -1132,41 +1132,28 @@ fn verify_tiles_against_a_kept_checkpoint_catches_a_fork() {
         s(&tiles),
     ]);
     assert_eq!(run.code, 0, "{run:?}");
-    let alone = cli([
-        "audit",
-        "verify",
-        "--tiles",
-        s(&tiles),
-        "--vkey",
-        &audited.vkey,
-    ]);
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "verify",
+            "--tiles",
+            s(&tiles),
+            "--vkey",
+            &audited.vkey,
+        ];
+        args.extend_from_slice(extra);
+        cli(args)
+    };
+    let alone = verify(&[]);
     assert_eq!(alone.code, 0, "{alone:?}");
-    let kept = cli([
-        "audit",
-        "verify",
-        "--tiles",
-        s(&tiles),
-        "--vkey",
-        &audited.vkey,
-        "--checkpoint",
-        s(&audited.checkpoint),
-    ]);
+    let kept = verify(&["--checkpoint", s(&audited.checkpoint)]);
     assert_eq!(kept.code, 1, "{kept:?}");
     assert!(
         kept.stdout
             .contains("not consistent with the kept checkpoint"),
         "{kept:?}"
     );
-    let no_quorum = cli([
-        "audit",
-        "verify",
-        "--tiles",
-        s(&tiles),
-        "--vkey",
-        &audited.vkey,
-        "--witness",
-        &audited.vkey,
-    ]);
+    let no_quorum = verify(&["--witness", &audited.vkey]);
     assert_eq!(no_quorum.code, 2, "{no_quorum:?}");
     let witness_on_db = cli([
         "audit",
