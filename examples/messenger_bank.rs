@@ -686,6 +686,9 @@ pub fn tell(storage: &Storage) -> Result<()> {
         receipt.proof.len()
     );
     if let Storage::Sqlite(path) = storage {
+        witness_publish_and_monitor(&mut story, path, &vkey)?;
+    }
+    if let Storage::Sqlite(path) = storage {
         let checkpoint_file = path.with_extension("checkpoint");
         let vkey_file = path.with_extension("vkey");
         check_last_runs_checkpoint(&story.broker, &checkpoint_file, &vkey_file)?;
@@ -707,6 +710,70 @@ pub fn tell(storage: &Storage) -> Result<()> {
             vkey_file.display()
         );
     }
+    Ok(())
+}
+
+/// The log leaves the platform's hands: the bank, as a witness, cosigns the checkpoint only if
+/// it extends what the bank cosigned before (its state is kept in `<db>.witness.sqlite`, across
+/// runs); the platform publishes the log as C2SP tiles in `<db>.tiles/`; and the bank's monitor
+/// reads those tiles and finds every token its gate served there.
+fn witness_publish_and_monitor(story: &mut Story, path: &Path, vkey: &str) -> Result<()> {
+    use consent_broker::cosignature::{CosignatureSigner, WitnessPolicy};
+    use consent_broker::tiles::{DirTiles, publish};
+    use consent_broker::witness::{Cosigning, Witness, WitnessClient};
+    story.step("The bank witnesses the log, the platform publishes it, the bank monitors it");
+    let (witness_key, _) =
+        KeyFile::new(path.with_extension("witness.key")).load_or_create(&story.rng)?;
+    let log_key = NoteVerifier::from_vkey(vkey)?;
+    let witness = Witness::open(
+        path.with_extension("witness.sqlite"),
+        CosignatureSigner::new("first-bank.example/witness", witness_key.to_pkcs8_der())?,
+        story.clock.clone(),
+    )?
+    .follow(story.broker.log_origin(), log_key.clone());
+    let mut cosigning = Cosigning::new(vec![(
+        &witness as &dyn WitnessClient,
+        witness.verifier().clone(),
+    )]);
+    let (checkpoint, cosigned) = story.broker.witnessed_checkpoint(&mut cosigning)?;
+    if let Some(alarm) = cosigned.alarms.first() {
+        return Err(format!("the bank's witness refused the checkpoint: {alarm}").into());
+    }
+    let tiles = path.with_extension("tiles");
+    let witnessed = StoredCheckpoint {
+        note: cosigned.note,
+        ..checkpoint
+    };
+    let published = publish(&story.broker.store(), &tiles, &witnessed)?;
+    println!(
+        "   the bank's witness cosigned size {} (consistent with what it cosigned before); {} new \
+         tiles and bundles published in {}",
+        witnessed.size,
+        published.files,
+        tiles.display()
+    );
+    let policy = WitnessPolicy {
+        witnesses: vec![witness.verifier().clone()],
+        quorum: 1,
+    };
+    let mut monitor = LogMonitor::new(story.broker.log_origin(), log_key, policy);
+    let report = monitor.check(&story.bank, &DirTiles::new(&tiles), story.clock.now())?;
+    if !report.is_clean() {
+        return Err(
+            format!("the bank's monitor found the platform's log wanting: {report:?}").into(),
+        );
+    }
+    println!(
+        "   the bank's monitor read {} entries from the tiles: every token its gate served is \
+         there, for what it was served, with its approval",
+        report.log_size
+    );
+    println!(
+        "   anyone can check the tiles: cargo run --features cli --bin consent-broker -- audit \
+         verify --tiles {} --vkey '{vkey}' --witness '{}' --quorum 1",
+        tiles.display(),
+        witness.verifier().to_vkey()
+    );
     Ok(())
 }
 
