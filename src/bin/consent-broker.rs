@@ -126,11 +126,20 @@ enum AuditCommand {
         #[arg(long)]
         from: PathBuf,
     },
-    /// Sign a checkpoint of the whole log and publish it with its tiles (C2SP tlog-tiles) under
-    /// a directory: only the tiles new since the checkpoint already there.
+    /// Publish the log with its tiles (C2SP tlog-tiles) under a directory: only the tiles new
+    /// since the checkpoint already there. Without --key, the latest checkpoint the broker
+    /// recorded in the store (no private key needed: a publisher or mirror runs this); with
+    /// --key and --origin, a checkpoint of the whole log signed now.
     Publish {
-        #[command(flatten)]
-        signing: Signing,
+        /// The broker's SQLite database.
+        #[arg(long)]
+        db: PathBuf,
+        /// The checkpoint signing key (Ed25519, PKCS#8 DER), to sign a new checkpoint.
+        #[arg(long, requires = "origin")]
+        key: Option<PathBuf>,
+        /// The log's origin line (the broker's id), with --key.
+        #[arg(long, requires = "key")]
+        origin: Option<String>,
         /// The directory to publish to.
         #[arg(long)]
         dir: PathBuf,
@@ -286,8 +295,30 @@ fn run(command: Command) -> Outcome {
             print!("{}", signed.note);
             Ok(true)
         }
-        Command::Audit(AuditCommand::Publish { signing, dir }) => {
-            let (store, signed) = signing.sign()?;
+        Command::Audit(AuditCommand::Publish {
+            db,
+            key,
+            origin,
+            dir,
+        }) => {
+            let (store, signed) = match (key, origin) {
+                (Some(key), Some(origin)) => Signing {
+                    db: Db { db },
+                    key,
+                    origin,
+                }
+                .sign()?,
+                _ => {
+                    let store = open_path(&db)?;
+                    let recorded = store
+                        .latest_checkpoint()
+                        .map_err(|e| e.to_string())?
+                        .ok_or(
+                            "the store holds no signed checkpoint yet: give --key and --origin",
+                        )?;
+                    (store, recorded)
+                }
+            };
             let published = publish(&store, &dir, &signed).map_err(|e| e.to_string())?;
             println!(
                 "published size {} (was {}): {} tiles and bundles, {} bytes, under {}",

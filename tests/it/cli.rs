@@ -1132,18 +1132,7 @@ fn verify_tiles_against_a_kept_checkpoint_catches_a_fork() {
         s(&tiles),
     ]);
     assert_eq!(run.code, 0, "{run:?}");
-    let verify = |extra: &[&str]| {
-        let mut args = vec![
-            "audit",
-            "verify",
-            "--tiles",
-            s(&tiles),
-            "--vkey",
-            &audited.vkey,
-        ];
-        args.extend_from_slice(extra);
-        cli(args)
-    };
+    let verify = |extra: &[&str]| verify_tiles_run(&tiles, &audited.vkey, extra);
     let alone = verify(&[]);
     assert_eq!(alone.code, 0, "{alone:?}");
     let kept = verify(&["--checkpoint", s(&audited.checkpoint)]);
@@ -1191,4 +1180,45 @@ fn verify_follows_an_endorsed_key_rotation() {
         run.stdout.contains("the store's own signed checkpoint"),
         "{run:?}"
     );
+}
+
+/// Publishing needs no private key: the latest checkpoint the broker recorded is published with
+/// its tiles, from a read-only copy of the database.
+#[test]
+fn publish_without_the_key_uses_the_recorded_checkpoint() {
+    let audited = closed();
+    let tiles = audited.dir.path().join("mirror");
+    let run = cli([
+        "audit",
+        "publish",
+        "--db",
+        s(&audited.db),
+        "--dir",
+        s(&tiles),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(tiles.join("checkpoint")).unwrap(),
+        std::fs::read_to_string(&audited.checkpoint).unwrap()
+    );
+    let run = verify_tiles_run(&tiles, &audited.vkey, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let half = cli([
+        "audit",
+        "publish",
+        "--db",
+        s(&audited.db),
+        "--dir",
+        s(&tiles),
+        "--key",
+        s(&audited.key_file),
+    ]);
+    assert_eq!(half.code, 2, "--key needs --origin: {half:?}");
+}
+
+/// `audit verify --tiles DIR --vkey V` and `extra`.
+fn verify_tiles_run(tiles: &Path, vkey: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["audit", "verify", "--tiles", s(tiles), "--vkey", vkey];
+    args.extend_from_slice(extra);
+    cli(args)
 }
