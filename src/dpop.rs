@@ -349,17 +349,7 @@ impl DpopSigner {
             "iat": now.unix_timestamp(),
             "ath": token_hash(access_token),
         });
-        let input = format!(
-            "{}.{}",
-            jws::encode(header.to_string().as_bytes()),
-            jws::encode(claims.to_string().as_bytes())
-        );
-        let signature = jsonwebtoken::crypto::sign(
-            input.as_bytes(),
-            self.key.encoding_key(),
-            jsonwebtoken::Algorithm::EdDSA,
-        )
-        .map_err(|_| DpopError::Signing)?;
-        Ok(format!("{input}.{signature}"))
+        jws::sign_eddsa(&header.to_string(), &claims.to_string(), &self.key)
+            .ok_or(DpopError::Signing)
     }
 }

@@ -108,18 +108,7 @@ pub(crate) fn sign(feed: &RevocationFeed, key: &SigningKey) -> Result<String, Pr
     crypto::install()?;
     let header = json!({ "alg": "EdDSA", "typ": FEED_TYPE, "kid": key.kid() });
     let payload = serde_json::to_string(feed).map_err(|_| ProviderError::Unusable)?;
-    let input = format!(
-        "{}.{}",
-        jws::encode(header.to_string().as_bytes()),
-        jws::encode(payload.as_bytes())
-    );
-    let signature = jsonwebtoken::crypto::sign(
-        input.as_bytes(),
-        key.encoding_key(),
-        jsonwebtoken::Algorithm::EdDSA,
-    )
-    .map_err(|_| ProviderError::Unusable)?;
-    Ok(format!("{input}.{signature}"))
+    jws::sign_eddsa(&header.to_string(), &payload, key).ok_or(ProviderError::Unusable)
 }
 
 /// Checks a feed's signature (a key `key_for` knows), its parties and its time; the order

@@ -154,18 +154,7 @@ pub(crate) fn sign(
     };
     let header = json!({ "alg": "EdDSA", "typ": INSTRUCTION_TYPE, "kid": key.kid() });
     let payload = serde_json::to_string(&claims).map_err(|_| InstructionError::Signing)?;
-    let input = format!(
-        "{}.{}",
-        jws::encode(header.to_string().as_bytes()),
-        jws::encode(payload.as_bytes())
-    );
-    let signature = jsonwebtoken::crypto::sign(
-        input.as_bytes(),
-        key.encoding_key(),
-        jsonwebtoken::Algorithm::EdDSA,
-    )
-    .map_err(|_| InstructionError::Signing)?;
-    Ok(format!("{input}.{signature}"))
+    jws::sign_eddsa(&header.to_string(), &payload, key).ok_or(InstructionError::Signing)
 }
 
 /// The issuer an instruction names, read before its signature is checked, only to find the keys

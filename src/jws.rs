@@ -116,6 +116,23 @@ pub(crate) fn first_present(
         .find(|member| header.contains_key(*member))
 }
 
+/// A compact JWS of `header` and `payload` (JSON texts) signed with `key` (EdDSA) through
+/// jsonwebtoken's process-wide provider; `None` when the provider cannot sign.
+pub(crate) fn sign_eddsa(
+    header: &str,
+    payload: &str,
+    key: &crate::keys::SigningKey,
+) -> Option<String> {
+    let input = format!(
+        "{}.{}",
+        encode(header.as_bytes()),
+        encode(payload.as_bytes())
+    );
+    let signature =
+        jsonwebtoken::crypto::sign(input.as_bytes(), key.encoding_key(), Algorithm::EdDSA).ok()?;
+    Some(format!("{input}.{signature}"))
+}
+
 /// Unpadded base64url of `bytes`.
 pub(crate) fn encode(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
