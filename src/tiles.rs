@@ -569,6 +569,21 @@ impl TileSource for DirTiles {
     }
 }
 
+/// The `checkpoint` file a source serves, as text (not yet verified).
+///
+/// # Errors
+/// [`TileError::Missing`], [`TileError::Malformed`] for a file that is not UTF-8, the source's.
+pub fn checkpoint_note(source: &impl TileSource) -> Result<String, TileError> {
+    let note = source
+        .read(CHECKPOINT_FILE)?
+        .ok_or_else(|| TileError::Missing {
+            path: CHECKPOINT_FILE.to_owned(),
+        })?;
+    String::from_utf8(note).map_err(|_| TileError::Malformed {
+        path: CHECKPOINT_FILE.to_owned(),
+    })
+}
+
 fn fetch(source: &impl TileSource, tile: &Tile) -> Result<Vec<u8>, TileError> {
     let path = tile.path();
     let bytes = source
@@ -667,14 +682,7 @@ impl TiledLog {
         verifier: &NoteVerifier,
         origin: Option<&str>,
     ) -> Result<Vec<TiledEntry>, TileError> {
-        let note = source
-            .read(CHECKPOINT_FILE)?
-            .ok_or_else(|| TileError::Missing {
-                path: CHECKPOINT_FILE.to_owned(),
-            })?;
-        let note = String::from_utf8(note).map_err(|_| TileError::Malformed {
-            path: CHECKPOINT_FILE.to_owned(),
-        })?;
+        let note = checkpoint_note(source)?;
         let checkpoint = verify_checkpoint(&note, verifier, origin)?;
         self.update_to(source, checkpoint)
     }
@@ -689,6 +697,26 @@ impl TiledLog {
         source: &impl TileSource,
         checkpoint: Checkpoint,
     ) -> Result<Vec<TiledEntry>, TileError> {
+        let mut entries = Vec::new();
+        self.walk(source, checkpoint, |index, bytes, _| {
+            entries.push(TiledEntry {
+                index,
+                bytes: bytes.to_vec(),
+            });
+        })?;
+        Ok(entries)
+    }
+
+    /// Reads the entries after the verified size up to `checkpoint`'s, each checked against its
+    /// level-0 tile and handed to `each` (index, bytes, leaf hash) as it is read, then the root
+    /// against the checkpoint's; `self` moves only if all of it verified. What `each` saw is
+    /// trustworthy only once this returns `Ok`.
+    fn walk(
+        &mut self,
+        source: &impl TileSource,
+        checkpoint: Checkpoint,
+        mut each: impl FnMut(u64, &[u8], Hash),
+    ) -> Result<(), TileError> {
         let from = self.tree.size();
         if checkpoint.size < from {
             return Err(TileError::Rollback {
@@ -697,7 +725,6 @@ impl TiledLog {
             });
         }
         let mut tree = self.tree.clone();
-        let mut entries = Vec::new();
         let mut index = from;
         while index < checkpoint.size {
             let bundle_index = index / TILE_WIDTH;
@@ -717,10 +744,7 @@ impl TiledLog {
                     return Err(TileError::EntryMismatch { index });
                 }
                 tree.try_push(hash)?;
-                entries.push(TiledEntry {
-                    index,
-                    bytes: entry.to_vec(),
-                });
+                each(index, entry, hash);
                 index = index.saturating_add(1);
             }
         }
@@ -736,7 +760,7 @@ impl TiledLog {
         }
         self.tree = tree;
         self.checkpoint = Some(checkpoint);
-        Ok(entries)
+        Ok(())
     }
 }
 
@@ -761,15 +785,16 @@ pub fn verify_tiles(
     verifier: &NoteVerifier,
     origin: Option<&str>,
 ) -> Result<TilesReport, TileError> {
-    let mut log = TiledLog::new();
-    let entries = log.update(source, verifier, origin)?;
-    let checkpoint = log.checkpoint.clone().ok_or(TileError::Missing {
-        path: CHECKPOINT_FILE.to_owned(),
-    })?;
+    // Only the leaf hashes are kept (32 bytes an entry), not the entries.
+    let checkpoint = verify_checkpoint(&checkpoint_note(source)?, verifier, origin)?;
     let mut nodes = MemoryNodes::new();
-    for entry in &entries {
-        nodes.push(leaf_hash(&entry.bytes))?;
-    }
+    let mut pushed = Ok(());
+    TiledLog::new().walk(source, checkpoint.clone(), |_, _, hash| {
+        if pushed.is_ok() {
+            pushed = nodes.push(hash);
+        }
+    })?;
+    pushed?;
     let mut tiles = 0;
     for tile in Tile::all_for(checkpoint.size) {
         let TileKind::Hashes { .. } = tile.kind else {

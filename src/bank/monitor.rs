@@ -21,7 +21,7 @@ use crate::checkpoint::NoteVerifier;
 use crate::cosignature::{WitnessPolicy, WitnessedError, verify_witnessed};
 use crate::ids::{AccountId, ConsentId, SubjectId};
 use crate::store::{LedgerRead, LogRead, Store, StoreError};
-use crate::tiles::{CHECKPOINT_FILE, TileError, TileSource, TiledLog};
+use crate::tiles::{TileError, TileSource, TiledLog, checkpoint_note};
 use crate::vocab::{Purpose, Scope};
 
 /// How long a served token may take to appear in the platform's published log, by default. A
@@ -158,14 +158,7 @@ impl LogMonitor {
         source: &impl TileSource,
         now: OffsetDateTime,
     ) -> Result<MonitorReport, MonitorError> {
-        let note = source
-            .read(CHECKPOINT_FILE)?
-            .ok_or_else(|| TileError::Missing {
-                path: CHECKPOINT_FILE.to_owned(),
-            })?;
-        let note = String::from_utf8(note).map_err(|_| TileError::Malformed {
-            path: CHECKPOINT_FILE.to_owned(),
-        })?;
+        let note = checkpoint_note(source)?;
         let witnessed = verify_witnessed(&note, &self.log_key, Some(&self.origin), &self.policy)?;
         for entry in self.log.update_to(source, witnessed.checkpoint.clone())? {
             // An entry this build cannot parse names nothing the monitor looks for.
