@@ -357,3 +357,50 @@ fn a_noisy_witness_and_a_relabelled_cosignature_change_nothing() {
         Err(WitnessedError::Quorum { got: 1, quorum: 2 })
     );
 }
+
+/// Two witness processes on one state file: the state is read inside the transaction that
+/// writes it, so the second of two checkpoints sent from the same old size (a fork racing the
+/// honest log) is refused, whichever process takes it.
+#[test]
+fn two_witness_processes_on_one_state_cannot_both_cosign_from_the_same_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = witness(dir.path(), "bank.example/witness", 11);
+    let second = witness(dir.path(), "bank.example/witness", 11);
+    let honest = store_of(10, START);
+    let start = checkpoint_log(&honest, ORIGIN, &log_signer()).unwrap();
+    first
+        .add_checkpoint(
+            &AddCheckpoint {
+                old_size: 0,
+                proof: vec![],
+                note: start.note,
+            }
+            .to_body(),
+        )
+        .unwrap();
+    append_decisions(&honest, 10, START).unwrap();
+    let grown = checkpoint_log(&honest, ORIGIN, &log_signer()).unwrap();
+    let fork = store_of(10, START);
+    append_decisions(&fork, 10, START + time::Duration::days(1)).unwrap();
+    let forked = checkpoint_log(&fork, ORIGIN, &log_signer()).unwrap();
+    let request = |store: &MemoryStore, checkpoint: &StoredCheckpoint| {
+        AddCheckpoint {
+            old_size: 10,
+            proof: consent_broker::merkle::consistency_proof(10, 20, &StoreNodes(store)).unwrap(),
+            note: checkpoint.note.clone(),
+        }
+        .to_body()
+    };
+    first.add_checkpoint(&request(&honest, &grown)).unwrap();
+    assert_eq!(
+        second.add_checkpoint(&request(&fork, &forked)),
+        Err(WitnessError::Conflict { size: 20 })
+    );
+    assert_eq!(
+        second
+            .latest(ORIGIN)
+            .unwrap()
+            .map(|(size, root, _)| (size, root)),
+        Some((20, grown.root))
+    );
+}
