@@ -159,32 +159,73 @@ pub fn token_hash(access_token: &str) -> String {
     jws::encode(digest::digest(&digest::SHA256, access_token.as_bytes()).as_ref())
 }
 
-/// The URL a proof's `htu` is compared on: scheme and host in lower case, the scheme's default
-/// port dropped, an empty path as `/`, query and fragment removed. `None` for anything but an
-/// absolute `http` or `https` URL with a host.
+/// The URL a proof's `htu` is compared on: scheme and host in lower case, the port as a number
+/// and dropped when it is the scheme's default, an empty path as `/`, query and fragment removed.
+/// `None` for anything but an absolute `http` or `https` URL whose authority is a host (an RFC 3986
+/// reg-name, IPv4 address or bracketed IP literal) with an optional numeric port, and no userinfo.
+/// Idempotent: a normalised URL normalises to itself.
 pub fn normalise_htu(url: &str) -> Option<String> {
     let url = url.split(['#', '?']).next().unwrap_or_default();
     let (scheme, rest) = url.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
     let default_port = match scheme.as_str() {
-        "https" => ":443",
-        "http" => ":80",
+        "https" => 443,
+        "http" => 80,
         _ => return None,
     };
     let (authority, path) = rest.find('/').map_or((rest, "/"), |at| rest.split_at(at));
-    if authority.is_empty() || authority.contains('@') || !path.starts_with('/') {
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return None;
     }
-    let authority = authority.to_ascii_lowercase();
-    let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
-    if authority.is_empty()
-        || authority
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return None;
+    let (host, port) = split_authority(authority)?;
+    let host = host.to_ascii_lowercase();
+    match port {
+        Some(port) if port != default_port => Some(format!("{scheme}://{host}:{port}{path}")),
+        _ => Some(format!("{scheme}://{host}{path}")),
     }
-    Some(format!("{scheme}://{authority}{path}"))
+}
+
+/// An authority's host and numeric port, or `None` when it is not `host[:port]` as RFC 3986 has
+/// it (userinfo refused).
+fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (host, after) = authority.split_at(end + 1);
+        let inner = host.get(1..host.len() - 1)?;
+        if inner.is_empty()
+            || !inner
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || ".:".contains(c))
+        {
+            return None;
+        }
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':')?)),
+        }
+    } else {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        let reg_name = |c: char| c.is_ascii_alphanumeric() || "-._~%!$&'()*+,;=".contains(c);
+        if host.is_empty() || !host.chars().all(reg_name) {
+            return None;
+        }
+        (host, port)
+    };
+    let port = match port {
+        None => None,
+        Some(digits)
+            if !digits.is_empty()
+                && digits.len() <= 5
+                && digits.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Some(digits.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+    };
+    Some((host, port))
 }
 
 /// Checks a DPoP proof for `request`, presented with `access_token`, against the thumbprint the

@@ -138,7 +138,30 @@ fn the_url_is_compared_without_query_fragment_case_or_default_port() {
         normalise_htu("http://bank.example:80/a?b#c"),
         Some("http://bank.example/a".into())
     );
+    // The port is a number: leading zeros and the default port written oddly compare equal.
+    assert_eq!(
+        normalise_htu("https://bank.example:0443/a"),
+        Some("https://bank.example/a".into())
+    );
+    assert_eq!(
+        normalise_htu("https://bank.example:8443/a"),
+        Some("https://bank.example:8443/a".into())
+    );
+    assert_eq!(
+        normalise_htu("https://[::1]:443/a"),
+        Some("https://[::1]/a".into())
+    );
     for invalid in [
+        // Found by the fuzzer: a doubled default port once lost one `:443` per pass.
+        "HTTPS://B]nk.Exa:443:443/v1",
+        "https://bank.example:443:443/",
+        "https://bank.example:/",
+        "https://bank.example:65536/",
+        "https://bank.example:44a/",
+        "https://[::1/",
+        "https://[]/",
+        "https://[::1]x/",
+        "https://:443/",
         "",
         "bank.example/v1",
         "ftp://bank.example/",
