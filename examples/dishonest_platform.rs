@@ -173,10 +173,12 @@ fn main() -> Result<()> {
         phone.public_key().confirmation_code()
     );
     bank.register_device(&alice, phone.public_key())?;
+    // The chat knows Alice only by the pairwise identifier her bank gave it.
+    let alice_in_chat = bank.link_subject(&alice, &chat)?;
 
     step("Alice approves, at her bank, balance checks on her own account, two polls a day");
     let request = platform.broker.request_consent(ConsentRequestDraft {
-        subject: alice.clone(),
+        subject: alice_in_chat.clone(),
         platform: chat.clone(),
         holder: bank_id.clone(),
         scopes: vec![Scope::Balance.into()],

@@ -91,6 +91,8 @@ struct Story {
     dpop: DpopSigner,
     /// Alice's phone's key (on her phone; the platform never holds it).
     phone: hpke::DeviceSecretKey,
+    /// Alice as her bank knows her (the platform never sees this id).
+    customer: SubjectId,
     /// The platform's log of the responses it relayed to Alice's phone.
     relay_log: Vec<u8>,
     rng: SystemRandom,
@@ -127,7 +129,9 @@ impl Story {
     ) -> Result<String> {
         let statement = ApprovalStatement {
             consent: request.id().clone(),
-            subject: request.subject().clone(),
+            // The bank approves for the customer it authenticated; the attestation names her by
+            // the identifier the bank gave the chat.
+            subject: self.customer.clone(),
             platform: request.platform().clone(),
             scopes: scopes.iter().copied().collect(),
             purposes: request.purposes(),
@@ -391,6 +395,7 @@ pub fn tell(storage: &Storage) -> Result<()> {
         clock,
         dpop,
         phone: phone_key(storage, &rng)?,
+        customer: alice.clone(),
         relay_log: Vec::new(),
         rng,
         step: 0,
@@ -423,17 +428,26 @@ pub fn tell(storage: &Storage) -> Result<()> {
     println!("   holder {bank}: shares balance and alerts, at most 4 unattended accesses a day");
     println!("   platform {chat}: registered for customer_service and fraud_protection");
 
+    story.step("Alice links the chat at her bank; the chat knows her only by a pairwise id");
+    let alice_at_bank = alice.clone();
+    let alice = story.bank.link_subject(&alice_at_bank, &chat)?;
+    println!("   the bank knows her as {alice_at_bank}; the chat, as {alice}");
+
     story.step("Alice registers her phone's key at her bank");
     let phone = story.phone.public_key();
     println!(
         "   her phone and her bank's app both show {}: she confirms they match",
         phone.confirmation_code()
     );
-    let known = story.bank.devices(&alice)?.iter().any(|d| d.key == phone);
+    let known = story
+        .bank
+        .devices(&alice_at_bank)?
+        .iter()
+        .any(|d| d.key == phone);
     if known {
         println!("   (registered by an earlier run)");
     } else {
-        story.bank.register_device(&alice, phone)?;
+        story.bank.register_device(&alice_at_bank, phone)?;
     }
 
     story.step("The platform asks Alice for balance + alerts on both her accounts");

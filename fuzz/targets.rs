@@ -756,6 +756,16 @@ impl StateRead for LogStore {
     fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
         Ok(Vec::new())
     }
+    fn subject_key(&self, _: &SubjectId) -> Result<Option<consent_broker::SubjectKey>, StoreError> {
+        Ok(None)
+    }
+    fn consents_ended_before(
+        &self,
+        _: time::OffsetDateTime,
+        _: u32,
+    ) -> Result<Vec<Consent>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 impl Store for LogStore {

@@ -53,6 +53,12 @@ pub enum Error {
     /// A key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The subject has no key at the broker: it never had a consent, or it was erased.
+    #[error("the subject has no key here (never recorded, or erased)")]
+    UnknownSubject,
+    /// A sealed field of the log did not open with the subject's key.
+    #[error(transparent)]
+    Sealed(crate::privacy::PrivacyError),
     /// The store failed; nothing of the call was recorded, and nothing was permitted.
     #[error("the store could not record the operation: {0}")]
     Store(#[from] StoreError),
@@ -166,6 +172,12 @@ impl From<crate::keyring::KeyringError> for Error {
             KeyringError::Retired { key_use, kid } => Self::KeyRetired { key_use, kid },
             KeyringError::SameKeyForTwoUses => Self::SameKeyForTwoUses,
         }
+    }
+}
+
+impl From<crate::random::RandomError> for Error {
+    fn from(_: crate::random::RandomError) -> Self {
+        Self::Key(KeyError::RandomnessUnavailable)
     }
 }
 

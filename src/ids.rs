@@ -153,6 +153,27 @@ id_type!(
     /// The broker, as named in the `aud` of attestations and the `iss` of its tokens.
     BrokerId, "broker id"
 );
+id_type!(
+    /// What a log entry names a subject, an account or a device by: a keyed pseudonym under the
+    /// subject's key ([`SubjectKey`](crate::SubjectKey)), `ps_` and 22 base64url characters.
+    /// Entries written before pseudonyms (audit formats 1 to 4) hold the identifier itself here.
+    Pseudonym, "pseudonym"
+);
+
+impl Pseudonym {
+    /// Wraps text this crate made (a prefix and base64url: always a valid id).
+    pub(crate) fn from_trusted(value: String) -> Self {
+        Self(value.into())
+    }
+}
+
+impl AccountId {
+    /// An account's pseudonym where the log's types hold an account id (a denial's reasons):
+    /// a pseudonym is always a valid account id.
+    pub(crate) fn from_pseudonym(pseudonym: &Pseudonym) -> Self {
+        Self(pseudonym.as_str().into())
+    }
+}
 
 /// Source of fresh consent ids, injected so that tests are deterministic.
 pub trait IdGenerator: Send + Sync {

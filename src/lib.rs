@@ -36,6 +36,7 @@ mod keyring;
 mod keys;
 pub mod merkle;
 mod policy;
+pub mod privacy;
 mod random;
 mod refusal;
 mod sealing;
@@ -69,11 +70,13 @@ pub use bank::{
     GateRequest, GateSettings, LogMonitor, MissingToken, MonitorError, MonitorReport, Served,
     SubjectView, TokenTerms,
 };
+pub use bank::{BankErasure, MAX_BANK_RETENTION_BATCH, PAIRWISE_PREFIX};
 pub use broker::{
     AccessOutcome, AccessToken, Broker, BrokerBuilder, BrokerKeys, ConsentView,
     DEFAULT_MAX_ATTEMPTS, DEFAULT_PERMIT_LIFETIME, Denial, HolderRegistration, NeedsKeys, Permit,
     Registered, TokenOutcome, published_jwks,
 };
+pub use broker::{DEFAULT_RETENTION, Erasure, MAX_RETENTION_BATCH, Retention};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use consent::{
     ABSOLUTE_MAX_CONSENT_DURATION, AccountSelection, Approval, Consent, ConsentError,
@@ -91,7 +94,7 @@ pub use holder::{
 };
 pub use ids::{
     AccountId, BrokerId, ConsentId, HolderId, IdError, IdGenerator, MAX_ID_LEN, PlatformId,
-    RandomIds, SequentialIds, SubjectId,
+    Pseudonym, RandomIds, SequentialIds, SubjectId,
 };
 pub use instruction::{
     INSTRUCTION_LIFETIME, INSTRUCTION_TYPE, Instruction, InstructionError, MAX_INSTRUCTION_LEN,
@@ -105,6 +108,7 @@ pub use policy::{
     AccessRequest, DEFAULT_UNATTENDED_DAILY_LIMIT, Decision, DenyReason, HolderPolicy,
     PlatformProfile, PolicyError, Presence, Usage, evaluate, prohibited_reasons,
 };
+pub use privacy::{SubjectKey, SubjectKeyRecord};
 pub use random::{RandomError, RandomSource};
 pub use refusal::GateRefusal;
 /// The operating system's CSPRNG, `ring`'s: the [`RandomSource`] production code uses.
@@ -122,7 +126,7 @@ pub use store::{
     AttestationRecord, BankRevocation, Change, Commit, CommitParts, CommitReceipt, DeviceKeyRecord,
     FeedState, GateQuery, GateView, HolderRecord, KeyUse, LedgerRead, LogRead, MemoryStore,
     PolicyRecord, Precondition, PublishedKey, ReadOnly, RecordKind, SeenKind, ServedCounts,
-    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
+    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry, SubjectLink,
 };
 #[cfg(feature = "postgres")]
 pub use store::{PostgresOptions, PostgresStore};

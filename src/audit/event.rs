@@ -4,12 +4,13 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{Refusal, Revocation};
-use crate::ids::{AccountId, BrokerId, ConsentId, PlatformId, SubjectId};
+use crate::ids::{BrokerId, ConsentId, HolderId, PlatformId, Pseudonym};
 use crate::keys::Ed25519PublicKey;
 use crate::policy::{DenyReason, HolderPolicy, Presence};
+use crate::privacy::SealedField;
 use crate::refusal::GateRefusal;
 use crate::sealing::Delivery;
-use crate::sets::{AccountSet, ScopeSet};
+use crate::sets::ScopeSet;
 use crate::sets::{PlaintextUses, PurposeSet};
 use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
 
@@ -58,13 +59,13 @@ pub enum AuditEvent {
     ConsentRequested {
         /// The new consent.
         consent: ConsentId,
-        /// Whose data.
-        subject: SubjectId,
+        /// Whose data: the subject's pseudonym.
+        subject: Pseudonym,
     },
     /// A consent request was refused (for example, it named a prohibited use).
     ConsentRequestRefused {
-        /// Whose data it asked for.
-        subject: SubjectId,
+        /// Whose data it asked for: the subject's pseudonym.
+        subject: Pseudonym,
         /// Why.
         refusal: Refusal,
     },
@@ -72,21 +73,30 @@ pub enum AuditEvent {
     ConsentApproved {
         /// The consent.
         consent: ConsentId,
-        /// Whose data.
-        subject: SubjectId,
+        /// Whose data: the subject's pseudonym.
+        subject: Pseudonym,
         /// The attestation's `jti`.
         attestation_id: String,
-        /// The holder's attestation itself (compact JWS): the evidence of the approval.
+        /// Audit formats 1.1 to 4 only: the attestation itself (compact JWS), whose payload names the
+        /// subject and accounts. Never written now.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         attestation: Option<String>,
+        /// The commitment to the attestation ([`commitment`](crate::privacy::commitment): SHA-256
+        /// of the compact JWS, base64url): binds the entry to the exact evidence.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attestation_digest: Option<String>,
+        /// The attestation, sealed under the subject's key (field `attestation`, about the
+        /// subject's pseudonym): readable while the key exists, by no one after erasure.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sealed_attestation: Option<SealedField>,
     },
     /// An approval was refused (missing, forged, expired, replayed or mismatched attestation, or
     /// a request no longer open).
     ApprovalRefused {
         /// The consent.
         consent: ConsentId,
-        /// Whose data.
-        subject: SubjectId,
+        /// Whose data: the subject's pseudonym.
+        subject: Pseudonym,
         /// Why.
         refusal: Refusal,
     },
@@ -94,21 +104,21 @@ pub enum AuditEvent {
     ConsentRejected {
         /// The consent.
         consent: ConsentId,
-        /// Whose data.
-        subject: SubjectId,
+        /// Whose data: the subject's pseudonym.
+        subject: Pseudonym,
     },
     /// An access was permitted.
     AccessPermitted {
         /// The consent relied on.
         consent: ConsentId,
-        /// Whose data.
-        subject: SubjectId,
+        /// Whose data: the subject's pseudonym.
+        subject: Pseudonym,
         /// The scope.
         scope: Scope,
         /// The purpose.
         purpose: Purpose,
-        /// The account.
-        account: AccountId,
+        /// The account: its pseudonym under the subject's key.
+        account: Pseudonym,
         /// Whether the subject was present.
         presence: Presence,
     },
@@ -116,27 +126,31 @@ pub enum AuditEvent {
     AccessDenied {
         /// The consent named.
         consent: ConsentId,
-        /// Whose data; absent when the access was refused before any consent was read (a
-        /// prohibited use, an unknown consent).
+        /// Whose data (the subject's pseudonym); absent when the access was refused before any
+        /// consent was read (a prohibited use, an unknown consent).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        subject: Option<SubjectId>,
+        subject: Option<Pseudonym>,
         /// The scope asked for, as asked.
         scope: RequestedScope,
         /// The purpose stated, as stated.
         purpose: RequestedPurpose,
-        /// The account asked for.
-        account: AccountId,
+        /// The account asked for, as its pseudonym under the subject's key; absent with the
+        /// subject (no key to make it with: the platform's word about an account of nobody known
+        /// is not kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account: Option<Pseudonym>,
         /// Whether the subject was present.
         presence: Presence,
-        /// Every rule that failed (never empty).
+        /// Every rule that failed (never empty). An account a reason names is given as its
+        /// pseudonym, like `account`.
         reasons: Vec<DenyReason>,
     },
     /// A consent was revoked.
     ConsentRevoked {
         /// The consent.
         consent: ConsentId,
-        /// Whose data.
-        subject: SubjectId,
+        /// Whose data: the subject's pseudonym.
+        subject: Pseudonym,
         /// Who revoked it, and why.
         revocation: Revocation,
         /// For a revocation by the holder: its signed instruction, the evidence. Absent for the
@@ -144,25 +158,38 @@ pub enum AuditEvent {
         /// says who asserted it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         instruction: Option<String>,
+        /// The consent's holder: whose revocation feed carries it (an erasure deletes the
+        /// consent's state in the same commit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holder: Option<HolderId>,
     },
     /// A live grant was re-authorised with a new attestation.
     ConsentReauthorised {
         /// The consent.
         consent: ConsentId,
-        /// Whose data.
-        subject: SubjectId,
+        /// Whose data: the subject's pseudonym.
+        subject: Pseudonym,
         /// The new attestation's `jti`.
         attestation_id: String,
-        /// The new attestation itself.
+        /// Audit formats 1.1 to 4 only: the attestation itself (compact JWS), whose payload names the
+        /// subject and accounts. Never written now.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         attestation: Option<String>,
+        /// The commitment to the attestation ([`commitment`](crate::privacy::commitment): SHA-256
+        /// of the compact JWS, base64url): binds the entry to the exact evidence.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attestation_digest: Option<String>,
+        /// The attestation, sealed under the subject's key (field `attestation`, about the
+        /// subject's pseudonym): readable while the key exists, by no one after erasure.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sealed_attestation: Option<SealedField>,
     },
     /// A re-authorisation was refused.
     ReauthorisationRefused {
         /// The consent.
         consent: ConsentId,
-        /// Whose data.
-        subject: SubjectId,
+        /// Whose data: the subject's pseudonym.
+        subject: Pseudonym,
         /// Why.
         refusal: Refusal,
     },
@@ -170,14 +197,14 @@ pub enum AuditEvent {
     TokenIssued {
         /// The consent relied on.
         consent: ConsentId,
-        /// Whose data.
-        subject: SubjectId,
+        /// Whose data: the subject's pseudonym.
+        subject: Pseudonym,
         /// The token's scope.
         scope: Scope,
         /// The token's purpose.
         purpose: Purpose,
-        /// The token's account.
-        account: AccountId,
+        /// The token's account: its pseudonym under the subject's key.
+        account: Pseudonym,
         /// The presence the permit was decided for.
         presence: Presence,
         /// The token's `jti`.
@@ -185,6 +212,10 @@ pub enum AuditEvent {
         /// The thumbprint of the key the token is bound to (its `cnf.jkt`), if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sender_key: Option<String>,
+        /// The commitment to the signed token (SHA-256 of the compact JWS, base64url): what a
+        /// bank's monitor matches the tokens it served against, claim for claim.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_digest: Option<String>,
     },
     /// A token signing key was activated: the broker's first key, or a rotation.
     SigningKeyActivated {
@@ -227,8 +258,8 @@ pub enum AuditEvent {
         attestation: String,
         /// The consent request approved.
         consent: ConsentId,
-        /// Who approved.
-        subject: SubjectId,
+        /// Who approved: the subject's pseudonym.
+        subject: Pseudonym,
         /// The platform approved to receive the data.
         platform: PlatformId,
         /// The broker it was addressed to.
@@ -237,16 +268,16 @@ pub enum AuditEvent {
         scopes: ScopeSet,
         /// Approved purposes.
         purposes: PurposeSet,
-        /// Approved accounts.
-        accounts: AccountSet,
+        /// Approved accounts, as pseudonyms under the subject's key.
+        accounts: Vec<Pseudonym>,
         /// Until when the approval holds.
         #[serde(with = "time::serde::timestamp")]
         expires_at: OffsetDateTime,
         /// Unattended accesses per day the subject agreed to.
         unattended_daily_limit: u32,
-        /// The device keys (thumbprints) responses are sealed to.
+        /// The device keys responses are sealed to, as pseudonyms of their thumbprints.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        devices: Vec<String>,
+        devices: Vec<Pseudonym>,
         /// Uses (scope, purpose) the subject agreed to receive unsealed.
         #[serde(default, skip_serializing_if = "PlaintextUses::is_empty")]
         plaintext: PlaintextUses,
@@ -260,8 +291,8 @@ pub enum AuditEvent {
         attestation: String,
         /// Its consent.
         consent: ConsentId,
-        /// Whose.
-        subject: SubjectId,
+        /// Whose: the subject's pseudonym.
+        subject: Pseudonym,
         /// Who withdrew it, and why.
         revocation: Revocation,
     },
@@ -278,25 +309,30 @@ pub enum AuditEvent {
         attestation: String,
         /// The consent.
         consent: ConsentId,
-        /// Whose data.
-        subject: SubjectId,
+        /// Whose data: the subject's pseudonym.
+        subject: Pseudonym,
         /// Who received it.
         platform: PlatformId,
         /// What data.
         scope: Scope,
         /// Why.
         purpose: Purpose,
-        /// Which account.
-        account: AccountId,
+        /// Which account: its pseudonym under the subject's key.
+        account: Pseudonym,
         /// What the platform claimed about the subject's presence.
         presence: Presence,
         /// The token's `jti`.
         token_id: String,
         /// The DPoP proof's `jti`.
         proof_id: String,
-        /// How the data leaves the bank: sealed to which devices, or unsealed.
+        /// How the data leaves the bank: sealed to which devices (given as the pseudonyms of
+        /// their thumbprints), or unsealed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         delivery: Option<Delivery>,
+        /// The commitment to the token presented (SHA-256 of the compact JWS, base64url): the
+        /// bank's monitor finds the same in the broker's `token_issued` entry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_digest: Option<String>,
     },
     /// The bank's gate refused an access; the members the gate could establish are given.
     AccessRefusedAtGate {
@@ -311,18 +347,19 @@ pub enum AuditEvent {
         /// The consent the token named.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         consent: Option<ConsentId>,
-        /// The subject, as the bank's ledger knows the attestation's (never the token's word).
+        /// The subject's pseudonym, as the bank's ledger knows the attestation's (never the
+        /// token's word).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        subject: Option<SubjectId>,
+        subject: Option<Pseudonym>,
         /// The platform the token was issued to.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         platform: Option<PlatformId>,
         /// The scope asked.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scope: Option<Scope>,
-        /// The account asked.
+        /// The account asked, as its pseudonym under the subject's key (absent with the subject).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        account: Option<AccountId>,
+        account: Option<Pseudonym>,
         /// What the platform claimed about the subject's presence.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         presence: Option<Presence>,
@@ -339,17 +376,17 @@ pub enum AuditEvent {
     },
     /// The subject registered a device key at the bank (responses are sealed to it).
     DeviceKeyRegistered {
-        /// Whose device.
-        subject: SubjectId,
-        /// The key's RFC 7638 thumbprint.
-        device: String,
+        /// Whose device: the subject's pseudonym.
+        subject: Pseudonym,
+        /// The key: the pseudonym of its RFC 7638 thumbprint.
+        device: Pseudonym,
     },
     /// The subject revoked a device key at the bank: nothing is sealed to it after.
     DeviceKeyRevoked {
-        /// Whose device.
-        subject: SubjectId,
-        /// The key's RFC 7638 thumbprint.
-        device: String,
+        /// Whose device: the subject's pseudonym.
+        subject: Pseudonym,
+        /// The key: the pseudonym of its RFC 7638 thumbprint.
+        device: Pseudonym,
     },
     /// A key that signs the bank's attestations and instructions was activated.
     AttestationKeyActivated {
@@ -360,6 +397,40 @@ pub enum AuditEvent {
         /// The key it replaced (its approvals stay verifiable).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retired_key_id: Option<String>,
+    },
+    /// A subject was erased: its key and every state row about it deleted. Recorded under the
+    /// pseudonym it had, which from now on links to nobody.
+    SubjectErased {
+        /// The erased subject's pseudonym.
+        subject: Pseudonym,
+        /// The consents whose state was deleted (a broker's; live ones were revoked first, in the
+        /// same commit).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        consents: Vec<ConsentId>,
+        /// The approvals whose records were deleted (a bank's).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attestations: Vec<String>,
+    },
+    /// State rows of grants that ended long enough ago were deleted (storage limitation). The
+    /// log keeps its pseudonymous entries about them.
+    RetentionApplied {
+        /// Grants that ended before this were eligible.
+        #[serde(with = "time::serde::timestamp")]
+        ended_before: OffsetDateTime,
+        /// The consents whose state was deleted (a broker's).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        consents: Vec<ConsentId>,
+        /// The approvals whose records were deleted (a bank's).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attestations: Vec<String>,
+    },
+    /// The bank gave a platform a pairwise identifier for one of its customers (the customer
+    /// linked the platform in the bank's authenticated session). Neither identifier is written.
+    SubjectLinked {
+        /// The customer's pseudonym.
+        subject: Pseudonym,
+        /// The platform the pairwise identifier is for.
+        platform: PlatformId,
     },
     /// A kind this version does not know (written by a newer one). Parsed so that reading a log
     /// never fails on it; its members are not kept.
@@ -403,6 +474,9 @@ pub enum AuditKind {
     AttestationKeyActivated,
     DeviceKeyRegistered,
     DeviceKeyRevoked,
+    SubjectErased,
+    RetentionApplied,
+    SubjectLinked,
     Unrecognised,
 }
 
@@ -437,6 +511,9 @@ impl AuditEvent {
             Self::AttestationKeyActivated { .. } => AuditKind::AttestationKeyActivated,
             Self::DeviceKeyRegistered { .. } => AuditKind::DeviceKeyRegistered,
             Self::DeviceKeyRevoked { .. } => AuditKind::DeviceKeyRevoked,
+            Self::SubjectErased { .. } => AuditKind::SubjectErased,
+            Self::RetentionApplied { .. } => AuditKind::RetentionApplied,
+            Self::SubjectLinked { .. } => AuditKind::SubjectLinked,
             Self::Unrecognised => AuditKind::Unrecognised,
         }
     }
@@ -462,8 +539,8 @@ impl AuditEvent {
         }
     }
 
-    /// The subject the event names, if any.
-    pub fn subject(&self) -> Option<&SubjectId> {
+    /// The subject the event names (its pseudonym; in audit formats 1 to 4, its id), if any.
+    pub fn subject(&self) -> Option<&Pseudonym> {
         match self {
             Self::ConsentRequested { subject, .. }
             | Self::ConsentRequestRefused { subject, .. }
@@ -479,7 +556,9 @@ impl AuditEvent {
             | Self::RevokedAtBank { subject, .. }
             | Self::AccessServed { subject, .. }
             | Self::DeviceKeyRegistered { subject, .. }
-            | Self::DeviceKeyRevoked { subject, .. } => Some(subject),
+            | Self::DeviceKeyRevoked { subject, .. }
+            | Self::SubjectErased { subject, .. }
+            | Self::SubjectLinked { subject, .. } => Some(subject),
             Self::AccessDenied { subject, .. } | Self::AccessRefusedAtGate { subject, .. } => {
                 subject.as_ref()
             }
@@ -517,12 +596,13 @@ impl AuditEvent {
         }
     }
 
-    /// The account of an access or a token.
-    pub fn account(&self) -> Option<&AccountId> {
+    /// The account of an access or a token (its pseudonym).
+    pub fn account(&self) -> Option<&Pseudonym> {
         match self {
-            Self::AccessPermitted { account, .. }
-            | Self::AccessDenied { account, .. }
-            | Self::TokenIssued { account, .. } => Some(account),
+            Self::AccessPermitted { account, .. } | Self::TokenIssued { account, .. } => {
+                Some(account)
+            }
+            Self::AccessDenied { account, .. } => account.as_ref(),
             _ => None,
         }
     }

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 
 use crate::attestation::AttestationError;
 use crate::consent::{ConsentError, RequestError, RevocationReason, Revoker};
-use crate::ids::{BrokerId, ConsentId, HolderId, PlatformId, SubjectId};
+use crate::ids::{BrokerId, ConsentId, HolderId, PlatformId, Pseudonym, SubjectId};
 use crate::policy::DenyReason;
 
 /// Who caused the event.
@@ -158,7 +158,7 @@ impl AuditEntry {
     }
 
     /// The subject the entry names, if any.
-    pub fn subject(&self) -> Option<&SubjectId> {
+    pub fn subject(&self) -> Option<&Pseudonym> {
         self.event.subject()
     }
 
@@ -212,7 +212,7 @@ mod tests {
             subject: None,
             scope: "ads".parse().unwrap(),
             purpose: "ads".parse().unwrap(),
-            account: "acc-1".parse().unwrap(),
+            account: None,
             presence: Presence::Unattended,
             reasons: vec![DenyReason::UnknownConsent],
         });
@@ -266,6 +266,9 @@ mod tests {
             AttestationKeyActivated,
             DeviceKeyRegistered,
             DeviceKeyRevoked,
+            SubjectErased,
+            RetentionApplied,
+            SubjectLinked,
         ];
         for kind in &all {
             // Exhaustive: a new kind must be added to the list above as well.
@@ -297,6 +300,9 @@ mod tests {
                 | AttestationKeyActivated
                 | DeviceKeyRegistered
                 | DeviceKeyRevoked
+                | SubjectErased
+                | RetentionApplied
+                | SubjectLinked
                 | Unrecognised => {}
             }
         }

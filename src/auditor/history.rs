@@ -4,14 +4,15 @@
 use std::collections::HashSet;
 
 use crate::audit::{AuditEntry, AuditEvent};
-use crate::ids::{ConsentId, SubjectId};
+use crate::ids::{ConsentId, Pseudonym};
 use crate::store::{LogRead, StoreError};
 
 use super::CHUNK;
 
-/// Every entry about a subject, in order: those naming the subject, and those naming one of the
-/// subject's consents from the entry that requested it on (an access refused for a prohibited
-/// purpose names only the consent).
+/// Every entry about a subject, in order: those naming the subject (by `subject`, its pseudonym
+/// under its key: [`SubjectKey::subject`](crate::SubjectKey::subject); in entries of audit
+/// formats 1 to 4, its id), and those naming one of the subject's consents from the entry that
+/// requested it on (an access refused for a prohibited purpose names only the consent).
 ///
 /// Decided by position in the log, not by time: an entry naming a consent id before the entry
 /// that requested that consent (a probe for an id that did not exist yet, even in the same
@@ -21,7 +22,7 @@ use super::CHUNK;
 /// [`StoreError`].
 pub fn subject_history<S: LogRead + ?Sized>(
     log: &S,
-    subject: &SubjectId,
+    subject: &Pseudonym,
 ) -> Result<Vec<AuditEntry>, StoreError> {
     let mut consents: HashSet<ConsentId> = HashSet::new();
     entries_where(log, |entry| {

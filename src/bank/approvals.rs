@@ -16,7 +16,10 @@ use crate::store::{
 };
 
 impl<S: Store + LedgerRead> Bank<S> {
-    /// The subject approved at the bank: checks the approval against the bank's current policy,
+    /// The subject approved at the bank: `statement.subject` is the customer the bank
+    /// authenticated (the bank's own id); the attestation names them by the pairwise identifier
+    /// the bank gave `statement.platform` ([`Bank::link_subject`]), which the platform's consent
+    /// request must name too (the broker checks). Checks the approval against the bank's current policy,
     /// records it in the ledger and the journal (replacing an earlier approval of the same
     /// consent, for a re-authorisation), and only then returns the signed attestation for the
     /// broker. What the ledger records is what the gate will admit, whatever the broker is told.
@@ -24,10 +27,17 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// # Errors
     /// [`BankError::NoPolicy`]; [`BankError::OutsidePolicy`]; [`BankError::UnknownDevice`] for a
     /// device key that is not a live key of the subject's; [`BankError::NoDevice`];
-    /// [`BankError::Store`] (then no attestation exists); [`BankError::Attestation`].
+    /// [`BankError::Store`] (then no attestation exists); [`BankError::Attestation`];
+    /// [`BankError::NotLinked`] when the customer never linked the platform.
     pub fn attest(&self, statement: &ApprovalStatement) -> Result<String, BankError> {
         self.retrying(|| {
             let now = self.now();
+            let customer = &statement.subject;
+            let link = self
+                .ledger
+                .link_of(customer, &statement.platform)?
+                .ok_or(BankError::NotLinked)?;
+            let keyed = self.key_of(customer)?;
             let policy = self.policy()?.ok_or(BankError::NoPolicy)?.policy;
             check_within(statement, &policy, now)?;
             let earlier: Vec<AttestationRecord> = self
@@ -54,12 +64,13 @@ impl<S: Store + LedgerRead> Bank<S> {
             if statement.devices.is_empty() && !all_unsealed {
                 return Err(BankError::NoDevice);
             }
-            let (signed, id) = self.signer().sign_identified(
-                statement,
-                &self.broker,
-                now,
-                self.random.as_ref(),
-            )?;
+            let wire = ApprovalStatement {
+                subject: link.pairwise.clone(),
+                ..statement.clone()
+            };
+            let (signed, id) =
+                self.signer()
+                    .sign_identified(&wire, &self.broker, now, self.random.as_ref())?;
             let record = AttestationRecord {
                 id: id.clone(),
                 consent: statement.consent.clone(),
@@ -76,6 +87,7 @@ impl<S: Store + LedgerRead> Bank<S> {
                 superseded_by: None,
                 devices: statement.devices.clone(),
                 plaintext: statement.plaintext,
+                pairwise: Some(link.pairwise.clone()),
                 version: 1,
             };
             let entry = self.record(
@@ -83,15 +95,23 @@ impl<S: Store + LedgerRead> Bank<S> {
                 AuditEvent::AttestationSigned {
                     attestation: id.clone(),
                     consent: statement.consent.clone(),
-                    subject: statement.subject.clone(),
+                    subject: keyed.key.subject(customer),
                     platform: statement.platform.clone(),
                     broker: self.broker.clone(),
                     scopes: statement.scopes,
                     purposes: statement.purposes,
-                    accounts: statement.accounts.clone(),
+                    accounts: statement
+                        .accounts
+                        .iter()
+                        .map(|a| keyed.key.account(a))
+                        .collect(),
                     expires_at: statement.consent_expires_at,
                     unattended_daily_limit: statement.unattended_daily_limit,
-                    devices: statement.devices.clone(),
+                    devices: statement
+                        .devices
+                        .iter()
+                        .map(|d| keyed.key.device(d))
+                        .collect(),
                     plaintext: statement.plaintext,
                     supersedes: earlier.last().map(|a| a.id.clone()),
                 },
@@ -99,7 +119,8 @@ impl<S: Store + LedgerRead> Bank<S> {
             // Two approvals of one consent at once: the second to commit finds the first live and
             // retries, replacing it.
             // A device key revoked meanwhile: the commit fails, and the retry refuses it.
-            let mut commit = Commit::new(entry)
+            let mut commit = keyed
+                .store_in(Commit::new(entry))
                 .precondition(Precondition::LiveAttestations {
                     consent: statement.consent.clone(),
                     ids: earlier.iter().map(|a| a.id.clone()).collect(),
@@ -159,12 +180,13 @@ impl<S: Store + LedgerRead> Bank<S> {
                 by,
                 reason,
             })?;
+            let keyed = self.key_of(&live.subject)?;
             let entry = self.record(
                 self.me(),
                 AuditEvent::RevokedAtBank {
                     attestation: live.id.clone(),
                     consent: consent.clone(),
-                    subject: live.subject.clone(),
+                    subject: keyed.key.subject(&live.subject),
                     revocation: Revocation { by, reason },
                 },
             );
@@ -179,7 +201,8 @@ impl<S: Store + LedgerRead> Bank<S> {
                 ..live
             };
             self.ledger.commit(
-                Commit::new(entry)
+                keyed
+                    .store_in(Commit::new(entry))
                     .precondition(Precondition::attestation_version(&revoked.id, version))
                     .change(Change::UpdateAttestation { record: revoked }),
             )?;

@@ -22,30 +22,33 @@ impl<S: Store + LedgerRead> Bank<S> {
         subject: &SubjectId,
         key: DevicePublicKey,
     ) -> Result<(), BankError> {
-        let entry = self.record(
-            self.me(),
-            AuditEvent::DeviceKeyRegistered {
+        self.retrying(|| {
+            let keyed = self.key_of(subject)?;
+            let entry = self.record(
+                self.me(),
+                AuditEvent::DeviceKeyRegistered {
+                    subject: keyed.key.subject(subject),
+                    device: keyed.key.device(&key.thumbprint()),
+                },
+            );
+            let record = DeviceKeyRecord {
                 subject: subject.clone(),
-                device: key.thumbprint(),
-            },
-        );
-        let record = DeviceKeyRecord {
-            subject: subject.clone(),
-            key,
-            registered_at: self.now(),
-            revoked_at: None,
-        };
-        match self
-            .ledger
-            .commit(Commit::new(entry).change(Change::RegisterDeviceKey { record }))
-        {
-            Ok(_) => Ok(()),
-            Err(StoreError::Duplicate {
-                kind: RecordKind::DeviceKey,
-                ..
-            }) => Err(BankError::DeviceKeyInUse),
-            Err(error) => Err(error.into()),
-        }
+                key,
+                registered_at: self.now(),
+                revoked_at: None,
+            };
+            let commit = keyed
+                .store_in(Commit::new(entry))
+                .change(Change::RegisterDeviceKey { record });
+            match self.ledger.commit(commit) {
+                Ok(_) => Ok(()),
+                Err(StoreError::Duplicate {
+                    kind: RecordKind::DeviceKey,
+                    ..
+                }) => Err(BankError::DeviceKeyInUse),
+                Err(error) => Err(error.into()),
+            }
+        })
     }
 
     /// Revokes one of `subject`'s device keys (a lost phone): nothing is sealed to it after.
@@ -55,23 +58,29 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// [`BankError::Store`].
     pub fn revoke_device(&self, subject: &SubjectId, thumbprint: &str) -> Result<(), BankError> {
         self.check_devices(subject, &[thumbprint.to_owned()])?;
-        let entry = self.record(
-            self.me(),
-            AuditEvent::DeviceKeyRevoked {
+        self.retrying(|| {
+            let keyed = self.key_of(subject)?;
+            let entry = self.record(
+                self.me(),
+                AuditEvent::DeviceKeyRevoked {
+                    subject: keyed.key.subject(subject),
+                    device: keyed.key.device(thumbprint),
+                },
+            );
+            let change = Change::RevokeDeviceKey {
                 subject: subject.clone(),
-                device: thumbprint.to_owned(),
-            },
-        );
-        let change = Change::RevokeDeviceKey {
-            subject: subject.clone(),
-            thumbprint: thumbprint.to_owned(),
-            at: self.now(),
-        };
-        match self.ledger.commit(Commit::new(entry).change(change)) {
-            Ok(_) => Ok(()),
-            Err(StoreError::Missing { .. }) => Err(BankError::UnknownDevice(thumbprint.into())),
-            Err(error) => Err(error.into()),
-        }
+                thumbprint: thumbprint.to_owned(),
+                at: self.now(),
+            };
+            match self
+                .ledger
+                .commit(keyed.store_in(Commit::new(entry)).change(change))
+            {
+                Ok(_) => Ok(()),
+                Err(StoreError::Missing { .. }) => Err(BankError::UnknownDevice(thumbprint.into())),
+                Err(error) => Err(error.into()),
+            }
+        })
     }
 
     /// `subject`'s device keys, revoked ones included.

@@ -3,7 +3,7 @@
 
 use time::{Duration, OffsetDateTime};
 
-use super::{Bank, MAX_ATTEMPTS};
+use super::{Bank, BankError, MAX_ATTEMPTS};
 use crate::audit::{Actor, AuditEvent};
 use crate::data::{DataError, DataHolder, serve};
 use crate::dpop::{self, DEFAULT_PROOF_WINDOW, HttpRequest, MAX_PROOF_WINDOW};
@@ -258,28 +258,46 @@ impl<S: Store + LedgerRead> Bank<S> {
             proof_expires,
             now,
             plan,
+            token_digest,
         } = decided;
         let Some(attestation) = view.attestation else {
             return Err(Stop::Fail(GateError::Store(StoreError::Conflict)));
         };
         let day = now.date();
+        let keyed = self.key_of(&attestation.subject).map_err(|e| match e {
+            BankError::Store(error) => Stop::Fail(GateError::Store(error)),
+            _ => Stop::Fail(GateError::Store(StoreError::Unavailable(
+                "no randomness for the subject's key".into(),
+            ))),
+        })?;
+        let delivery = match plan.delivery() {
+            Delivery::Sealed { devices } => Delivery::Sealed {
+                devices: devices
+                    .iter()
+                    .map(|d| keyed.key.device(d).as_str().to_owned())
+                    .collect(),
+            },
+            Delivery::Plaintext => Delivery::Plaintext,
+        };
         let entry = self.record(
             Actor::Platform(claims.client_id.clone()),
             AuditEvent::AccessServed {
                 attestation: attestation.id.clone(),
                 consent: claims.cid.clone(),
-                subject: attestation.subject.clone(),
+                subject: keyed.key.subject(&attestation.subject),
                 platform: claims.client_id.clone(),
                 scope: claims.scope,
                 purpose: claims.purpose,
-                account: claims.acct.clone(),
+                account: keyed.key.account(&claims.acct),
                 presence: claims.presence,
                 token_id: claims.jti.clone(),
                 proof_id: proof_id.clone(),
-                delivery: Some(plan.delivery()),
+                delivery: Some(delivery),
+                token_digest: Some(token_digest),
             },
         );
-        let mut commit = Commit::new(entry)
+        let mut commit = keyed
+            .store_in(Commit::new(entry))
             .precondition(Precondition::attestation_version(
                 &attestation.id,
                 attestation.version,
@@ -409,7 +427,7 @@ impl<S: Store + LedgerRead> Bank<S> {
                 subject.clone(),
             )
         };
-        if attestation.subject != claims.sub {
+        if attestation.wire_subject() != &claims.sub {
             return Err(mismatch("sub"));
         }
         if attestation.platform != claims.client_id {
@@ -522,6 +540,7 @@ impl<S: Store + LedgerRead> Bank<S> {
         let proof_expires = OffsetDateTime::from_unix_timestamp(proof.iat)
             .map_or(now, |iat| iat + settings.proof_window + settings.leeway);
         Ok(Decided {
+            token_digest: crate::privacy::commitment(request.token.as_bytes()),
             plan,
             claims,
             view,
@@ -547,6 +566,24 @@ impl<S: Store + LedgerRead> Bank<S> {
             };
         };
         let claims = Some(verified);
+        // The subject (the ledger's, never the token's word) and the account only as
+        // pseudonyms under the subject's key; neither without a subject.
+        let keyed = match subject.as_ref().map(|s| self.key_of(s)).transpose() {
+            Ok(keyed) => keyed,
+            Err(BankError::Store(error)) => return GateError::Store(error),
+            Err(_) => {
+                return GateError::Store(StoreError::Unavailable(
+                    "no randomness for the subject's key".into(),
+                ));
+            }
+        };
+        let (subject, account) = match (&keyed, subject.as_ref()) {
+            (Some(keyed), Some(subject)) => (
+                Some(keyed.key.subject(subject)),
+                Some(keyed.key.account(&verified.acct)),
+            ),
+            _ => (None, None),
+        };
         let actor = Actor::Platform(verified.client_id.clone());
         let entry = self.record(
             actor,
@@ -558,11 +595,15 @@ impl<S: Store + LedgerRead> Bank<S> {
                 subject,
                 platform: claims.map(|c| c.client_id.clone()),
                 scope: claims.map(|c| c.scope),
-                account: claims.map(|c| c.acct.clone()),
+                account,
                 presence: claims.map(|c| c.presence),
             },
         );
-        match self.ledger.commit(Commit::new(entry)) {
+        let commit = match &keyed {
+            Some(keyed) => keyed.store_in(Commit::new(entry)),
+            None => Commit::new(entry),
+        };
+        match self.ledger.commit(commit) {
             Ok(receipt) => GateError::Refused {
                 refusal,
                 journal_seq: Some(receipt.audit_seqs.start),
@@ -574,6 +615,8 @@ impl<S: Store + LedgerRead> Bank<S> {
 
 /// What the checks established for an access they admit.
 struct Decided {
+    /// The commitment to the token presented, for the journal (the monitor matches it).
+    token_digest: String,
     plan: Plan,
     claims: AccessClaims,
     view: GateView,

@@ -24,11 +24,13 @@ mod approvals;
 mod devices;
 mod gate;
 mod monitor;
+mod privacy;
 
 pub use gate::{Admission, GateError, GateRequest, GateSettings, Served};
 pub use monitor::{
     DEFAULT_MAX_MERGE_DELAY, LogMonitor, MissingToken, MonitorError, MonitorReport, TokenTerms,
 };
+pub use privacy::{BankErasure, MAX_BANK_RETENTION_BATCH, PAIRWISE_PREFIX};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -51,7 +53,7 @@ use crate::policy::{HolderPolicy, PolicyError};
 use crate::random::RandomSource;
 use crate::store::{
     AttestationRecord, Change, Commit, FeedState, KeyUse, LedgerRead, LogRead, PolicyRecord,
-    Precondition, Store, StoreError, StoredCheckpoint,
+    Precondition, StateRead, Store, StoreError, StoredCheckpoint,
 };
 
 /// How many times a call re-reads and re-decides when another writer changed its inputs.
@@ -188,6 +190,14 @@ pub enum BankError {
     /// Other writers kept changing what the call read.
     #[error("gave up after {0} attempts under concurrent updates")]
     Contention(u32),
+    /// The customer never linked this platform ([`Bank::link_subject`]): the platform cannot
+    /// know them, so it cannot have asked for their consent.
+    #[error("the customer has not linked this platform")]
+    NotLinked,
+    /// The pairwise identifier asked for is taken, is the customer id itself, or the customer
+    /// has another one for the platform.
+    #[error("that pairwise identifier cannot be given to this customer")]
+    LinkTaken,
 }
 
 impl From<KeyringError> for BankError {
@@ -355,7 +365,7 @@ impl<S: Store + LedgerRead> Bank<S> {
     }
 
     /// The ledger, read-only.
-    pub fn ledger(&self) -> &impl LedgerRead {
+    pub fn ledger(&self) -> &(impl LedgerRead + StateRead) {
         &self.ledger
     }
 
@@ -601,9 +611,13 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// # Errors
     /// [`BankError::Store`].
     pub fn subject_view(&self, subject: &SubjectId) -> Result<SubjectView, BankError> {
+        let journal = match self.pseudonym_of(subject)? {
+            Some(pseudonym) => auditor::subject_history(&self.ledger, &pseudonym)?,
+            None => Vec::new(),
+        };
         Ok(SubjectView {
             approvals: self.ledger.attestations_of_subject(subject)?,
-            journal: auditor::subject_history(&self.ledger, subject)?,
+            journal,
         })
     }
 

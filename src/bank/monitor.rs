@@ -19,7 +19,7 @@ use super::Bank;
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::checkpoint::NoteVerifier;
 use crate::cosignature::{WitnessPolicy, WitnessedError, verify_witnessed};
-use crate::ids::{AccountId, ConsentId, SubjectId};
+use crate::ids::ConsentId;
 use crate::store::{LedgerRead, LogRead, Store, StoreError};
 use crate::tiles::{TileError, TileSource, TiledLog, checkpoint_note};
 use crate::vocab::{Purpose, Scope};
@@ -45,19 +45,19 @@ pub struct MissingToken {
 }
 
 /// What a token was for: the log's `token_issued` entry must say the same as the bank's
-/// `access_served` entry.
+/// `access_served` entry. Subject and account are pseudonyms under each side's own keys, so they
+/// are compared through the token's commitment, which binds every claim of the signed token
+/// (subject, account, presence, expiry and the rest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenTerms {
     /// The consent.
     pub consent: ConsentId,
-    /// Whose data.
-    pub subject: SubjectId,
     /// What data.
     pub scope: Scope,
     /// Why.
     pub purpose: Purpose,
-    /// Which account.
-    pub account: AccountId,
+    /// The commitment to the signed token (SHA-256 of the compact JWS, base64url).
+    pub token_digest: Option<String>,
 }
 
 /// What one pass found.
@@ -168,19 +168,17 @@ impl LogMonitor {
             match entry.event {
                 AuditEvent::TokenIssued {
                     consent,
-                    subject,
                     scope,
                     purpose,
-                    account,
                     token_id,
+                    token_digest,
                     ..
                 } => {
                     self.issued.entry(token_id).or_default().push(TokenTerms {
                         consent,
-                        subject,
                         scope,
                         purpose,
-                        account,
+                        token_digest,
                     });
                 }
                 AuditEvent::ConsentApproved {
@@ -209,10 +207,9 @@ impl LogMonitor {
                     token_id,
                     attestation,
                     consent,
-                    subject,
                     scope,
                     purpose,
-                    account,
+                    token_digest,
                     ..
                 } = entry.event
                 {
@@ -223,10 +220,9 @@ impl LogMonitor {
                         journal_seq: entry.seq,
                         terms: TokenTerms {
                             consent,
-                            subject,
                             scope,
                             purpose,
-                            account,
+                            token_digest,
                         },
                     };
                     // A token id served twice (a shadow broker reusing an id once the gate has

@@ -20,7 +20,7 @@ use consent_broker::tiles::{DirTiles, TiledLog, publish, verify_tiles};
 use consent_broker::witness::AddCheckpoint;
 use consent_broker::{
     BrokerId, Clock, ConsentId, HolderId, Jwks, LogError, LogRead, SigningKey, SqliteStore,
-    StoreNodes, StoreStatus, SubjectId, SystemClock, TokenVerifier, checkpoint_log,
+    StateRead, StoreNodes, StoreStatus, SubjectId, SystemClock, TokenVerifier, checkpoint_log,
     consent_history, encode_hashes, prove, published_jwks, subject_history, verify_log,
 };
 
@@ -396,8 +396,13 @@ fn run(command: Command) -> Outcome {
             let store = open(&db)?;
             let entries = match (subject, consent) {
                 (Some(subject), _) => {
+                    // The log names the subject by its pseudonym under the subject's key, which
+                    // the store keeps apart from the log (none: never recorded, or erased).
                     let subject: SubjectId = subject.parse().map_err(|e| format!("{e}"))?;
-                    subject_history(&store, &subject)
+                    match store.subject_key(&subject).map_err(|e| e.to_string())? {
+                        Some(key) => subject_history(&store, &key.subject(&subject)),
+                        None => Ok(Vec::new()),
+                    }
                 }
                 (None, Some(consent)) => {
                     let consent: ConsentId = consent.parse().map_err(|e| format!("{e}"))?;

@@ -6,7 +6,7 @@ use super::Broker;
 use super::plan::{AccessInputs, AccessPlan, plan_access};
 use crate::error::Error;
 use crate::holder::VerifiedAccess;
-use crate::ids::{AccountId, ConsentId, HolderId, PlatformId, SubjectId};
+use crate::ids::{AccountId, ConsentId, HolderId, PlatformId, Pseudonym, SubjectId};
 use crate::policy::{AccessRequest, Decision, DenyReason, Presence};
 use crate::store::Store;
 use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
@@ -36,6 +36,7 @@ use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
 ///     grant_expires_at: time::OffsetDateTime::UNIX_EPOCH,
 ///     attestation_id: "att-1".into(),
 ///     issued_by: 1,
+///     pseudonyms: ("ps_1".parse().unwrap(), "ps_2".parse().unwrap()),
 /// };
 /// ```
 #[derive(Debug, PartialEq, Eq)]
@@ -60,6 +61,8 @@ pub struct Permit {
     /// verified access, so a permit a throwaway broker decided on its own store is worthless to
     /// the real one.
     pub(super) issued_by: u64,
+    /// The subject's and the account's pseudonyms, for the token's audit entry.
+    pub(super) pseudonyms: (Pseudonym, Pseudonym),
 }
 
 impl Permit {
@@ -222,12 +225,13 @@ impl<S: Store> Broker<S> {
         let day = now.date();
         let consent = self.store.consent(&request.consent)?;
         let platform = self.store.platform(&request.platform)?;
-        let (holder, usage) = match &consent {
+        let (holder, usage, key) = match &consent {
             Some(consent) => (
                 self.store.holder(&consent.request.holder)?,
                 self.store.usage(&request.consent, day)?,
+                Some(self.key_of(&consent.request.subject)?),
             ),
-            None => (None, Default::default()),
+            None => (None, Default::default(), None),
         };
         Ok(Some(AccessInputs {
             consent,
@@ -235,6 +239,7 @@ impl<S: Store> Broker<S> {
             holder,
             usage,
             day,
+            key,
         }))
     }
 }
@@ -264,6 +269,7 @@ mod tests {
             grant_expires_at: time::OffsetDateTime::UNIX_EPOCH,
             attestation_id: "att-1".into(),
             issued_by: 1,
+            pseudonyms: ("ps_1".parse().unwrap(), "ps_2".parse().unwrap()),
         };
         assert_eq!(made.scope(), Scope::Balance);
     }

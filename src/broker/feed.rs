@@ -32,15 +32,21 @@ impl<S: Store> Broker<S> {
                 let AuditEvent::ConsentRevoked {
                     consent,
                     revocation,
+                    holder: named,
                     ..
                 } = &entry.event
                 else {
                     continue;
                 };
-                let theirs = self
-                    .store
-                    .consent(consent)?
-                    .is_some_and(|c| &c.request.holder == holder);
+                // The entry names the holder (an erasure deletes the consent's row in the same
+                // commit); entries from before that member, the consent's row.
+                let theirs = match named {
+                    Some(named) => named == holder,
+                    None => self
+                        .store
+                        .consent(consent)?
+                        .is_some_and(|c| &c.request.holder == holder),
+                };
                 if theirs {
                     revoked.push(FeedRevocation {
                         consent: consent.clone(),

@@ -42,6 +42,7 @@ impl<S: Store> Broker<S> {
             }
             let evidence = Some(signed.to_owned());
             let inapplicable = |why: &str| Error::from(InstructionError::Inapplicable(why.into()));
+            let mut key_insert = None;
             let (event, change) = match &verified.instruction {
                 Instruction::SetPolicy { policy } => {
                     policy.validate()?;
@@ -91,23 +92,30 @@ impl<S: Store> Broker<S> {
                         return Err(inapplicable("the consent is another holder's"));
                     }
                     let next = current.revoke(*by, *reason, now)?;
+                    let keyed = self.key_of(&current.request.subject)?;
+                    key_insert = keyed.insert.clone();
                     (
                         AuditEvent::ConsentRevoked {
                             consent: consent.clone(),
-                            subject: current.request.subject.clone(),
+                            subject: keyed.key.subject(&current.request.subject),
                             revocation: Revocation {
                                 by: *by,
                                 reason: *reason,
                             },
                             instruction: evidence,
+                            holder: Some(holder_id.clone()),
                         },
                         Change::UpdateConsent { consent: next },
                     )
                 }
             };
             let record = AuditRecord::new(now, Actor::Holder(holder_id.clone()), event);
+            let mut commit = Commit::new(record);
+            if let Some(insert) = key_insert {
+                commit = commit.change(insert);
+            }
             self.commit(
-                Commit::new(record)
+                commit
                     .change(Change::UseAttestation {
                         attestation_id: used,
                     })

@@ -2,6 +2,7 @@
 //! the holder) or rejection, re-authorisation, revocation, and looking consents up.
 
 use super::Broker;
+use super::privacy::redact_refusal;
 use crate::attestation::{self, AttestationError, Expectations};
 use crate::audit::{Actor, AuditEvent, AuditRecord, Refusal, Revocation};
 use crate::clock::saturating_add;
@@ -11,6 +12,7 @@ use crate::consent::{
 };
 use crate::error::Error;
 use crate::ids::{AccountId, ConsentId, PlatformId, SubjectId};
+use crate::privacy::commitment;
 use crate::store::{Change, Commit, RecordKind, Store, StoreError};
 use crate::vocab::{RequestedPurpose, Scope};
 
@@ -37,19 +39,25 @@ impl<S: Store> Broker<S> {
     /// or platform, nothing, or too long a duration; [`Error::Id`] when no fresh consent id can
     /// be made (nothing is recorded); [`Error::Store`].
     pub fn request_consent(&self, draft: ConsentRequestDraft) -> Result<ConsentRequest, Error> {
+        self.retrying(|| self.request_once(&draft))
+    }
+
+    fn request_once(&self, draft: &ConsentRequestDraft) -> Result<ConsentRequest, Error> {
         let now = self.now();
+        let keyed = self.key_of(&draft.subject)?;
+        let subject = keyed.key.subject(&draft.subject);
         let refused = |error: RequestError| {
             let record = AuditRecord::new(
                 now,
                 Actor::Platform(draft.platform.clone()),
                 AuditEvent::ConsentRequestRefused {
-                    subject: draft.subject.clone(),
+                    subject: subject.clone(),
                     refusal: Refusal::Request(error.clone()),
                 },
             );
-            self.refuse(record, Error::Request(error))
+            self.refuse_with(keyed.store_in(Commit::new(record)), Error::Request(error))
         };
-        // Prohibited uses are refused before anything is looked up.
+        // Prohibited uses are refused before anything else is looked up.
         if let Err(error) = draft.check_prohibited() {
             return Err(refused(error));
         }
@@ -83,12 +91,16 @@ impl<S: Store> Broker<S> {
             Actor::Platform(request.platform.clone()),
             AuditEvent::ConsentRequested {
                 consent: request.id.clone(),
-                subject: request.subject.clone(),
+                subject,
             },
         );
-        self.commit(Commit::new(record).change(Change::InsertConsent {
-            consent: Consent::requested(request.clone()),
-        }))?;
+        self.commit(
+            keyed
+                .store_in(Commit::new(record))
+                .change(Change::InsertConsent {
+                    consent: Consent::requested(request.clone()),
+                }),
+        )?;
         Ok(request)
     }
 
@@ -123,8 +135,11 @@ impl<S: Store> Broker<S> {
             let consent = self.load(id)?;
             let request = &consent.request;
             let holder = self.load_holder(&request.holder)?;
+            let keyed = self.key_of(&request.subject)?;
+            let subject = keyed.key.subject(&request.subject);
             let refused = |refusal: Refusal, error: Error| {
-                let subject = request.subject.clone();
+                let refusal = redact_refusal(refusal, &keyed.key);
+                let subject = subject.clone();
                 let consent = id.clone();
                 let event = match transition {
                     Transition::Approve => AuditEvent::ApprovalRefused {
@@ -139,7 +154,7 @@ impl<S: Store> Broker<S> {
                     },
                 };
                 let record = AuditRecord::new(now, Actor::Holder(holder.id.clone()), event);
-                self.refuse(record, error)
+                self.refuse_with(keyed.store_in(Commit::new(record)), error)
             };
             let lifecycle = match transition {
                 Transition::Approve => consent.ensure_awaiting_decision(now),
@@ -169,7 +184,16 @@ impl<S: Store> Broker<S> {
                 return Err(refuse_attestation(AttestationError::Replayed));
             }
             let attestation_id = approval.attestation_id().to_owned();
-            let evidence = approval.attestation().to_owned();
+            let digest = commitment(approval.attestation().as_bytes());
+            let sealed = keyed
+                .key
+                .seal(
+                    "attestation",
+                    &subject,
+                    approval.attestation().as_bytes(),
+                    self.settings.random.as_ref(),
+                )
+                .map_err(|_| Error::Key(crate::keys::KeyError::RandomnessUnavailable))?;
             let next = match transition {
                 Transition::Approve => consent.approve(approval, now),
                 Transition::Reauthorise => consent.reauthorise(approval, now),
@@ -178,23 +202,28 @@ impl<S: Store> Broker<S> {
                 Ok(next) => next,
                 Err(error) => return Err(refused(Refusal::Lifecycle(error.clone()), error.into())),
             };
-            let (consent_id, subject) = (id.clone(), request.subject.clone());
+            let consent_id = id.clone();
             let event = match transition {
                 Transition::Approve => AuditEvent::ConsentApproved {
                     consent: consent_id,
-                    subject,
+                    subject: subject.clone(),
                     attestation_id: attestation_id.clone(),
-                    attestation: Some(evidence),
+                    attestation: None,
+                    attestation_digest: Some(digest),
+                    sealed_attestation: Some(sealed),
                 },
                 Transition::Reauthorise => AuditEvent::ConsentReauthorised {
                     consent: consent_id,
-                    subject,
+                    subject: subject.clone(),
                     attestation_id: attestation_id.clone(),
-                    attestation: Some(evidence),
+                    attestation: None,
+                    attestation_digest: Some(digest),
+                    sealed_attestation: Some(sealed),
                 },
             };
             let record = AuditRecord::new(now, Actor::Holder(holder.id.clone()), event);
-            let commit = Commit::new(record)
+            let commit = keyed
+                .store_in(Commit::new(record))
                 .change(Change::UseAttestation { attestation_id })
                 .change(Change::UpdateConsent {
                     consent: next.clone(),
@@ -221,7 +250,8 @@ impl<S: Store> Broker<S> {
             let now = self.now();
             let current = self.load(consent)?;
             let next = current.reject(now)?;
-            let subject = current.request.subject.clone();
+            let keyed = self.key_of(&current.request.subject)?;
+            let subject = keyed.key.subject(&current.request.subject);
             let record = AuditRecord::new(
                 now,
                 Actor::Platform(current.request.platform.clone()),
@@ -230,9 +260,13 @@ impl<S: Store> Broker<S> {
                     subject,
                 },
             );
-            self.commit(Commit::new(record).change(Change::UpdateConsent {
-                consent: next.clone(),
-            }))?;
+            self.commit(
+                keyed
+                    .store_in(Commit::new(record))
+                    .change(Change::UpdateConsent {
+                        consent: next.clone(),
+                    }),
+            )?;
             Ok(next)
         })
     }
@@ -260,19 +294,25 @@ impl<S: Store> Broker<S> {
             let current = self.load(consent)?;
             let next = current.revoke(by, reason, now)?;
             let request = &current.request;
+            let keyed = self.key_of(&request.subject)?;
             let record = AuditRecord::new(
                 now,
                 Actor::Platform(request.platform.clone()),
                 AuditEvent::ConsentRevoked {
                     consent: consent.clone(),
-                    subject: request.subject.clone(),
+                    subject: keyed.key.subject(&request.subject),
                     revocation: Revocation { by, reason },
                     instruction: None,
+                    holder: Some(request.holder.clone()),
                 },
             );
-            self.commit(Commit::new(record).change(Change::UpdateConsent {
-                consent: next.clone(),
-            }))?;
+            self.commit(
+                keyed
+                    .store_in(Commit::new(record))
+                    .change(Change::UpdateConsent {
+                        consent: next.clone(),
+                    }),
+            )?;
             Ok(next)
         })
     }

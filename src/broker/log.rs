@@ -5,7 +5,7 @@ use super::Broker;
 use crate::audit::AuditEntry;
 use crate::auditor::{self, Receipt};
 use crate::error::Error;
-use crate::ids::{ConsentId, SubjectId};
+use crate::ids::ConsentId;
 use crate::store::{KeyUse, Store, StoredCheckpoint};
 
 impl<S: Store> Broker<S> {
@@ -72,15 +72,6 @@ impl<S: Store> Broker<S> {
     pub fn receipt(&self, seq: u64) -> Result<Receipt, Error> {
         let checkpoint = self.checkpoint()?;
         Ok(auditor::prove(&self.store, seq, &checkpoint)?)
-    }
-
-    /// Who asked for a subject's data, when, why, and what was decided: every audit entry about
-    /// the subject or one of their consents, in order.
-    ///
-    /// # Errors
-    /// [`Error::Store`].
-    pub fn subject_history(&self, subject: &SubjectId) -> Result<Vec<AuditEntry>, Error> {
-        Ok(auditor::subject_history(&self.store, subject)?)
     }
 
     /// Every audit entry about a consent, in order.

@@ -21,6 +21,7 @@ mod keys;
 mod lifecycle;
 mod log;
 mod plan;
+mod privacy;
 mod registration;
 mod tokens;
 
@@ -28,6 +29,8 @@ pub use access::{AccessOutcome, Denial, Permit};
 pub use builder::{BrokerBuilder, BrokerKeys, NeedsKeys};
 pub use keys::published_jwks;
 pub use lifecycle::ConsentView;
+pub(crate) use privacy::redact_reasons;
+pub use privacy::{DEFAULT_RETENTION, Erasure, MAX_RETENTION_BATCH, Retention};
 pub use registration::{HolderRegistration, Registered};
 pub use tokens::{AccessToken, TokenOutcome};
 
@@ -36,7 +39,6 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use time::{Duration, OffsetDateTime};
 
-use crate::audit::AuditRecord;
 use crate::checkpoint::NoteSigner;
 use crate::clock::{self, Clock};
 use crate::consent::Consent;
@@ -141,9 +143,10 @@ impl<S: Store> Broker<S> {
         Ok(self.store.commit(commit)?)
     }
 
-    /// Records a refusal and returns `error`; if even the audit append fails, returns that.
-    fn refuse(&self, record: AuditRecord, error: Error) -> Error {
-        match self.store.commit(Commit::new(record)) {
+    /// Records a refusal's commit (its record, and a subject key made for it) and returns
+    /// `error`; if the commit fails, returns that.
+    fn refuse_with(&self, commit: Commit, error: Error) -> Error {
+        match self.store.commit(commit) {
             Ok(_) => error,
             Err(store) => Error::Store(store),
         }

@@ -9,12 +9,14 @@
 use time::{Date, Duration, OffsetDateTime};
 
 use super::access::Permit;
+use super::privacy::redact_reasons;
 use crate::audit::{Actor, AuditEvent, AuditRecord};
 use crate::clock::saturating_add;
 use crate::consent::Consent;
 use crate::policy::{
-    self, AccessRequest, Decision, HolderPolicy, PlatformProfile, Presence, Usage,
+    self, AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, Presence, Usage,
 };
+use crate::privacy::Keyed;
 use crate::store::{Change, Commit, HolderRecord, Precondition};
 use crate::vocab::{RequestedPurpose, RequestedScope};
 
@@ -31,6 +33,8 @@ pub(super) struct AccessInputs {
     pub usage: Usage,
     /// The UTC day of the decision.
     pub day: Date,
+    /// The key of the consent's subject (made now if it had none), when the consent exists.
+    pub key: Option<Keyed>,
 }
 
 /// The decision with everything its commit writes.
@@ -67,24 +71,39 @@ pub(super) fn plan_access(
     permit_lifetime: Duration,
     instance: u64,
 ) -> AccessPlan {
-    let denied = |decision: Decision, subject, preconditions| AccessPlan {
-        record: AuditRecord::new(
-            now,
-            Actor::Platform(request.platform.clone()),
-            AuditEvent::AccessDenied {
-                consent: request.consent.clone(),
-                subject,
-                scope: request.scope,
-                purpose: request.purpose,
-                account: request.account.clone(),
-                presence: request.presence,
-                reasons: decision.reasons().to_vec(),
-            },
-        ),
-        decision,
-        preconditions,
-        changes: Vec::new(),
-        permit: None,
+    // A denial names the subject and the account only by their pseudonyms, and only when the
+    // consent (so the subject's key) is known.
+    let denied = |decision: Decision, keyed: Option<&Keyed>, preconditions| {
+        let (subject, account, reasons, changes) = match keyed {
+            Some(keyed) => (
+                inputs
+                    .and_then(|i| i.consent.as_ref())
+                    .map(|c| keyed.key.subject(&c.request.subject)),
+                Some(keyed.key.account(&request.account)),
+                redact_reasons(decision.reasons(), &keyed.key),
+                keyed.insert.iter().cloned().collect(),
+            ),
+            None => (None, None, decision.reasons().to_vec(), Vec::new()),
+        };
+        AccessPlan {
+            record: AuditRecord::new(
+                now,
+                Actor::Platform(request.platform.clone()),
+                AuditEvent::AccessDenied {
+                    consent: request.consent.clone(),
+                    subject,
+                    scope: request.scope,
+                    purpose: request.purpose,
+                    account,
+                    presence: request.presence,
+                    reasons,
+                },
+            ),
+            decision,
+            preconditions,
+            changes,
+            permit: None,
+        }
     };
     let (RequestedScope::Data(scope), RequestedPurpose::Permitted(purpose), Some(inputs)) =
         (request.scope, request.purpose, inputs)
@@ -120,14 +139,20 @@ pub(super) fn plan_access(
     let decision = policy::evaluate(request, Some(consent), policy, &platform, inputs.usage, now);
     let mut preconditions = vec![Precondition::consent_version(consent.id(), consent.version)];
     let subject = consent.request.subject.clone();
+    let Some(keyed) = inputs.key.as_ref() else {
+        // The broker reads (or makes) the key of every consent it reads: without it, nothing
+        // can be recorded without naming the subject, so nothing is permitted.
+        let reasons = vec![DenyReason::UnknownConsent];
+        return denied(Decision::Deny { reasons }, None, Vec::new());
+    };
     if !decision.is_permit() {
-        return denied(decision, Some(subject), preconditions);
+        return denied(decision, Some(keyed), preconditions);
     }
     let holder_version = inputs.holder.as_ref().map(|holder| {
         preconditions.push(Precondition::holder_version(&holder.id, holder.version));
         holder.version
     });
-    let mut changes = Vec::new();
+    let mut changes: Vec<Change> = keyed.insert.iter().cloned().collect();
     if request.presence == Presence::Unattended {
         preconditions.push(Precondition::usage_is(
             &request.consent,
@@ -144,15 +169,17 @@ pub(super) fn plan_access(
         consent.grant().map_or((now, Box::default()), |grant| {
             (grant.expires_at, grant.attestation_id.clone())
         });
+    let subject_pseudonym = keyed.key.subject(&subject);
+    let account_pseudonym = keyed.key.account(&request.account);
     let record = AuditRecord::new(
         now,
         Actor::Platform(request.platform.clone()),
         AuditEvent::AccessPermitted {
             consent: request.consent.clone(),
-            subject: subject.clone(),
+            subject: subject_pseudonym.clone(),
             scope,
             purpose,
-            account: request.account.clone(),
+            account: account_pseudonym.clone(),
             presence: request.presence,
         },
     );
@@ -173,6 +200,7 @@ pub(super) fn plan_access(
         grant_expires_at,
         attestation_id,
         issued_by: instance,
+        pseudonyms: (subject_pseudonym, account_pseudonym),
     };
     AccessPlan {
         decision,

@@ -85,13 +85,14 @@ impl<S: Store> Broker<S> {
             Actor::Platform(permit.platform.clone()),
             AuditEvent::TokenIssued {
                 consent: permit.consent.clone(),
-                subject: permit.subject.clone(),
+                subject: permit.pseudonyms.0.clone(),
                 scope: permit.scope,
                 purpose: permit.purpose,
-                account: permit.account.clone(),
+                account: permit.pseudonyms.1.clone(),
                 presence: permit.presence,
                 token_id: token_id.clone(),
                 sender_key,
+                token_digest: Some(crate::privacy::commitment(token.as_bytes())),
             },
         );
         let token = AccessToken {

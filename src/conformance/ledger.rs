@@ -24,6 +24,7 @@ fn attestation(id: &str, consent: &str, subject: &str) -> AttestationRecord {
         superseded_by: None,
         devices: vec!["device-1".into()],
         plaintext: crate::PlaintextUses::new(),
+        pairwise: None,
         version: 1,
     }
 }

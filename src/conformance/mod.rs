@@ -131,10 +131,10 @@ fn denial(n: u64) -> AuditRecord {
         Actor::Platform(id("chat")),
         AuditEvent::AccessDenied {
             consent: id(&format!("cns_{n}")),
-            subject: Some(id("alice")),
+            subject: Some(id("ps_alice")),
             scope: RequestedScope::Prohibited(ProhibitedUse::Ads),
             purpose: RequestedPurpose::Permitted(Purpose::FraudProtection),
-            account: id("acc-1"),
+            account: Some(id("ps_acc-1")),
             presence: Presence::Unattended,
             reasons: vec![
                 DenyReason::Expired { at: NOW },

@@ -114,6 +114,8 @@ pub enum RevocationReason {
     SuspectedMisuse,
     /// The platform no longer needs the data.
     NoLongerNeeded,
+    /// The subject asked to be erased: every consent of theirs ends with their data.
+    Erasure,
 }
 
 /// Where a consent stands, as stored (expiry is derived, see [`Consent::status`]).
@@ -390,6 +392,16 @@ impl Consent {
     /// Incremented by every transition; stores use it to refuse lost updates.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// When the consent stops being live or pending: the approval deadline of a request, the
+    /// expiry of a grant, the time of a rejection or revocation. Retention counts from here.
+    pub fn ends_at(&self) -> OffsetDateTime {
+        match &self.state {
+            ConsentState::Requested => self.request.approval_deadline(),
+            ConsentState::Authorised { grant } => grant.expires_at,
+            ConsentState::Rejected { at } | ConsentState::Revoked { at, .. } => *at,
+        }
     }
 
     /// The grant, if the consent was ever authorised (also for revoked consents).

@@ -29,12 +29,14 @@ use time::{Date, OffsetDateTime};
 
 use super::ledger::{
     AttestationRecord, DeviceKeyRecord, FeedState, PolicyRecord, SeenKind, ServedCounts,
+    SubjectLink,
 };
 use super::records::{HolderRecord, KeyUse, PublishedKey};
 use crate::audit::AuditRecord;
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, SubjectId};
 use crate::policy::{PlatformProfile, Presence, Usage};
+use crate::privacy::SubjectKeyRecord;
 
 /// A condition that must still hold when a commit is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +273,54 @@ pub enum Change {
     SetFeedState {
         /// The new state.
         state: FeedState,
+    },
+    /// Stores a subject's key; fails with [`StoreError::Conflict`](super::StoreError::Conflict)
+    /// if the subject has one (another writer made it first: re-read it).
+    #[non_exhaustive]
+    InsertSubjectKey {
+        /// The key.
+        record: SubjectKeyRecord,
+    },
+    /// Erases a subject: deletes its key, its consents with their usage (a broker's), its
+    /// approvals with their served counts, its device keys and its pairwise links (a bank's),
+    /// and the used-attestation ids listed. Fails with [`StoreError::Conflict`] unless the
+    /// subject's consents and approvals are exactly the ones listed (a consent recorded since
+    /// they were read would otherwise outlive the key).
+    ///
+    /// [`StoreError::Conflict`]: super::StoreError::Conflict
+    #[non_exhaustive]
+    EraseSubject {
+        /// The subject (a broker's subject id, a bank's customer id).
+        subject: SubjectId,
+        /// Its consents at the broker, as read.
+        consents: Vec<ConsentId>,
+        /// Its approvals at the bank (attestation ids), as read.
+        attestations: Vec<String>,
+        /// Used-attestation ids (replay protection) of its consents, forgotten with them.
+        used_attestations: Vec<String>,
+    },
+    /// Deletes consents with their usage, and the used-attestation ids listed (retention);
+    /// fails with `Missing` for a consent that does not exist.
+    #[non_exhaustive]
+    ForgetConsents {
+        /// The consents.
+        consents: Vec<ConsentId>,
+        /// Used-attestation ids of those consents.
+        used_attestations: Vec<String>,
+    },
+    /// Deletes approvals from the bank's ledger with their served counts (retention); fails
+    /// with `Missing` for one that does not exist.
+    #[non_exhaustive]
+    ForgetAttestations {
+        /// The attestation ids.
+        ids: Vec<String>,
+    },
+    /// Records a pairwise subject identifier the bank gave a platform; fails with `Duplicate`
+    /// if the identifier exists or the customer has one for that platform already.
+    #[non_exhaustive]
+    LinkSubject {
+        /// The link.
+        link: SubjectLink,
     },
 }
 

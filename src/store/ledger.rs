@@ -57,8 +57,27 @@ pub struct AttestationRecord {
     /// bank's policy must allow each too); empty by default: everything is sealed.
     #[serde(default, alias = "plaintext_purposes")]
     pub plaintext: PlaintextUses,
+    /// The identifier the attestation named the subject by (its `sub`): the pairwise
+    /// identifier the bank gave the platform. Absent in records made before pairwise
+    /// identifiers, whose `sub` was `subject` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairwise: Option<SubjectId>,
     /// Incremented by every change.
     pub version: u64,
+}
+
+impl AttestationRecord {
+    /// The subject as the attestation and the tokens resting on it name it (`sub`).
+    pub fn wire_subject(&self) -> &SubjectId {
+        self.pairwise.as_ref().unwrap_or(&self.subject)
+    }
+
+    /// When the approval stops holding: its expiry, or its revocation if sooner.
+    pub fn ends_at(&self) -> OffsetDateTime {
+        self.revoked
+            .as_ref()
+            .map_or(self.expires_at, |r| r.at.min(self.expires_at))
+    }
 }
 
 /// A key of one of the subject's devices, registered at the bank: the bank seals responses to
@@ -178,8 +197,49 @@ pub struct GateView {
     pub feed: Option<FeedState>,
 }
 
+/// A pairwise subject identifier: what one platform knows one of the bank's customers as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectLink {
+    /// The identifier the platform uses (random, 128 bits: it tells the platform nothing).
+    pub pairwise: SubjectId,
+    /// The bank's customer.
+    pub customer: SubjectId,
+    /// The platform.
+    pub platform: PlatformId,
+    /// When the customer linked the platform.
+    #[serde(with = "time::serde::timestamp")]
+    pub linked_at: OffsetDateTime,
+}
+
 /// The bank's ledger, read-only.
 pub trait LedgerRead {
+    /// The link a pairwise identifier names.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn subject_link(&self, pairwise: &SubjectId) -> Result<Option<SubjectLink>, StoreError>;
+
+    /// The customer's pairwise identifier for `platform`, if it has one.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn link_of(
+        &self,
+        customer: &SubjectId,
+        platform: &PlatformId,
+    ) -> Result<Option<SubjectLink>, StoreError>;
+
+    /// Approvals that ended (expired or revoked) before `before`, oldest end first, at most
+    /// `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn attestations_ended_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<AttestationRecord>, StoreError>;
+
     /// The attestation with this id.
     ///
     /// # Errors
@@ -240,6 +300,23 @@ pub trait LedgerRead {
 macro_rules! forward_ledger_read {
     ($($wrapper:ty),+) => {$(
         impl<T: LedgerRead + ?Sized> LedgerRead for $wrapper {
+            fn subject_link(&self, pairwise: &SubjectId) -> Result<Option<SubjectLink>, StoreError> {
+                (**self).subject_link(pairwise)
+            }
+            fn link_of(
+                &self,
+                customer: &SubjectId,
+                platform: &PlatformId,
+            ) -> Result<Option<SubjectLink>, StoreError> {
+                (**self).link_of(customer, platform)
+            }
+            fn attestations_ended_before(
+                &self,
+                before: OffsetDateTime,
+                limit: u32,
+            ) -> Result<Vec<AttestationRecord>, StoreError> {
+                (**self).attestations_ended_before(before, limit)
+            }
             fn attestation_record(&self, id: &str) -> Result<Option<AttestationRecord>, StoreError> {
                 (**self).attestation_record(id)
             }

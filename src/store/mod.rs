@@ -29,7 +29,7 @@ mod sql;
 pub use commit::{Change, Commit, CommitParts, CommitReceipt, Precondition};
 pub use ledger::{
     AttestationRecord, BankRevocation, DeviceKeyRecord, FeedState, GateQuery, GateView, LedgerRead,
-    PolicyRecord, SeenKind, ServedCounts,
+    PolicyRecord, SeenKind, ServedCounts, SubjectLink,
 };
 pub use memory::MemoryStore;
 pub use records::{
@@ -44,13 +44,14 @@ pub use sql::sqlite::SqliteStore;
 
 use std::ops::Range;
 
-use time::Date;
+use time::{Date, OffsetDateTime};
 
 use crate::audit::AuditEntry;
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::Hash;
 use crate::policy::{PlatformProfile, Usage};
+use crate::privacy::SubjectKey;
 
 /// A storage failure. After any error, the commit left no trace.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -230,6 +231,24 @@ pub trait StateRead: Send + Sync {
     /// # Errors
     /// As [`StateRead::holder`].
     fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError>;
+
+    /// The subject's key (see [`crate::privacy`]), if it has one: none before its first
+    /// record, none after erasure.
+    ///
+    /// # Errors
+    /// As [`StateRead::holder`].
+    fn subject_key(&self, subject: &SubjectId) -> Result<Option<SubjectKey>, StoreError>;
+
+    /// Consents that ended (expired, revoked, rejected, or never approved in time) before
+    /// `before`, oldest end first, at most `limit`: what retention deletes.
+    ///
+    /// # Errors
+    /// As [`StateRead::holder`].
+    fn consents_ended_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Consent>, StoreError>;
 }
 
 /// Durable state of the broker: both read traits, and atomic commits.
@@ -252,6 +271,20 @@ pub trait Store: LogRead + StateRead {
     /// # Errors
     /// [`StoreError::Conflict`]; [`StoreError::Unavailable`] when the write fails.
     fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError>;
+
+    /// Physically removes what deleted rows may have left in the store's files, after an
+    /// erasure or a retention pass: `Ok(true)` when nothing of them is left, `Ok(false)` when
+    /// the engine could not finish now (call again later). The memory store has nothing to do;
+    /// SQLite checkpoints the write-ahead log into the database (whose deleted cells
+    /// `secure_delete` zeroed) and truncates it; PostgreSQL rewrites the subject-key and link
+    /// tables (`VACUUM FULL`) and vacuums the others (see `docs/PRIVACY.md` for what a
+    /// PostgreSQL server keeps elsewhere).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] and the other engine failures.
+    fn purge(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 /// A read-only view of a store: what [`Broker::store`](crate::Broker::store) hands out, so that
@@ -327,6 +360,16 @@ macro_rules! forward_state_read {
         fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
             $target(self).published_keys()
         }
+        fn subject_key(&self, subject: &SubjectId) -> Result<Option<SubjectKey>, StoreError> {
+            $target(self).subject_key(subject)
+        }
+        fn consents_ended_before(
+            &self,
+            before: OffsetDateTime,
+            limit: u32,
+        ) -> Result<Vec<Consent>, StoreError> {
+            $target(self).consents_ended_before(before, limit)
+        }
     };
 }
 
@@ -353,6 +396,9 @@ macro_rules! forward_through_pointer {
             }
             fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
                 (**self).record_checkpoint(checkpoint)
+            }
+            fn purge(&self) -> Result<bool, StoreError> {
+                (**self).purge()
             }
         }
     )+};

@@ -223,6 +223,10 @@ pub enum RecordKind {
     SeenId,
     /// A device key registered at a bank.
     DeviceKey,
+    /// A subject's key.
+    SubjectKey,
+    /// A pairwise subject identifier.
+    SubjectLink,
 }
 
 impl std::fmt::Display for RecordKind {
@@ -239,6 +243,8 @@ impl std::fmt::Display for RecordKind {
             Self::BankPolicy => "bank policy version",
             Self::SeenId => "presented id",
             Self::DeviceKey => "device key",
+            Self::SubjectKey => "subject key",
+            Self::SubjectLink => "pairwise subject identifier",
         })
     }
 }

@@ -3,11 +3,12 @@
 use std::fmt::Write as _;
 
 use crate::audit::{AuditEntry, AuditKind};
-use crate::auditor::{subject_history, verify_log};
+use crate::auditor::verify_log;
 use crate::broker::Broker;
 use crate::checkpoint::NoteVerifier;
 use crate::ids::SubjectId;
 use crate::policy::DenyReason;
+use crate::store::StateRead;
 use crate::store::{LogRead, Store, StoredEntry};
 use crate::vocab::ProhibitedUse;
 
@@ -26,7 +27,7 @@ pub trait LogAssertions {
     /// too.
     fn assert_never_permitted_prohibited_use(&self);
 
-    /// The subject's history ([`subject_history`]) holds entries of exactly these kinds, in this
+    /// The subject's history ([`Broker::subject_history`](crate::Broker::subject_history)) holds entries of exactly these kinds, in this
     /// order.
     fn assert_history(&self, subject: &SubjectId, kinds: &[AuditKind]);
 
@@ -79,7 +80,16 @@ impl<S: Store> LogAssertions for Broker<S> {
     fn assert_denied(&self, seq: u64, reasons: &[DenyReason]) {
         let log = self.store();
         let found = entry(&log, seq);
-        if found.kind() != AuditKind::AccessDenied || found.reasons() != reasons {
+        // The log names an account in a reason by its pseudonym under the subject's key.
+        let key = found
+            .consent()
+            .and_then(|consent| log.consent(consent).ok().flatten())
+            .and_then(|consent| log.subject_key(&consent.request.subject).ok().flatten());
+        let expected = match &key {
+            Some(key) => crate::broker::redact_reasons(reasons, key),
+            None => reasons.to_vec(),
+        };
+        if found.kind() != AuditKind::AccessDenied || found.reasons() != expected {
             panic!(
                 "expected entry {seq} to record an access denied for {reasons:?}; the log around \
                  it:\n{}",
@@ -142,7 +152,8 @@ impl<S: Store> LogAssertions for Broker<S> {
 
     fn assert_history(&self, subject: &SubjectId, kinds: &[AuditKind]) {
         let log = self.store();
-        let history = subject_history(&log, subject)
+        let history = self
+            .subject_history(subject)
             .unwrap_or_else(|e| panic!("the history of {subject} could not be read: {e}"));
         let found: Vec<AuditKind> = history.iter().map(AuditEntry::kind).collect();
         if found != kinds {

@@ -42,10 +42,10 @@ fn decision(n: u64, at: OffsetDateTime) -> Result<AuditRecord, StoreError> {
         Actor::Platform(id("chat".into())?),
         AuditEvent::AccessDenied {
             consent: id(format!("cns_{n:022}"))?,
-            subject: Some(id("alice".into())?),
+            subject: Some(id("ps_AAAAAAAAAAAAAAAAAAAAAA".into())?),
             scope: Scope::Balance.into(),
             purpose: Purpose::CustomerService.into(),
-            account: id("acc-current".into())?,
+            account: Some(id("ps_BBBBBBBBBBBBBBBBBBBBBB".into())?),
             presence: Presence::SubjectPresent,
             reasons: vec![DenyReason::UnknownConsent],
         },

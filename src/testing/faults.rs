@@ -270,6 +270,21 @@ impl<S: Store> StateRead for FaultStore<S> {
         self.read("published_keys")?;
         self.inner.published_keys()
     }
+    fn subject_key(
+        &self,
+        subject: &crate::ids::SubjectId,
+    ) -> Result<Option<crate::privacy::SubjectKey>, StoreError> {
+        self.read("subject_key")?;
+        self.inner.subject_key(subject)
+    }
+    fn consents_ended_before(
+        &self,
+        before: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<crate::consent::Consent>, StoreError> {
+        self.read("consents_ended_before")?;
+        self.inner.consents_ended_before(before, limit)
+    }
 }
 
 impl<S: Store> LogRead for FaultStore<S> {
@@ -346,5 +361,8 @@ impl<S: Store> Store for FaultStore<S> {
             return Err(injected("before-write"));
         }
         self.inner.record_checkpoint(checkpoint)
+    }
+    fn purge(&self) -> Result<bool, StoreError> {
+        self.inner.purge()
     }
 }

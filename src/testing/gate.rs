@@ -97,6 +97,9 @@ pub struct TestBank<L = MemoryStore> {
     /// The subject's phone: its key is registered at the bank, and every approval
     /// [`TestBank::approve`] makes names it, so responses are sealed to it.
     pub device: DeviceSecretKey,
+    /// The bank's customer id of the kit's subject: the platform knows the subject only by the
+    /// pairwise identifier the bank linked it to (the kit's `subject`), never by this.
+    pub customer: SubjectId,
     random: SeededRandom,
 }
 
@@ -144,16 +147,21 @@ impl<L: Store + LedgerRead> TestBank<L> {
             .expect("the kit's policy is valid");
         bank.trust_broker_keys(&kit.broker.jwks().expect("the broker publishes its keys"))
             .expect("the broker's keys are valid");
+        let customer =
+            SubjectId::new(format!("customer-of-{}", kit.subject)).expect("a valid customer id");
+        bank.link_subject_as(&customer, &kit.platform, &kit.subject)
+            .expect("the kit's subject links");
         let accounts = Accounts::new()
-            .with(kit.current.clone(), kit.subject.clone())
-            .with(kit.savings.clone(), kit.subject.clone());
+            .with(kit.current.clone(), customer.clone())
+            .with(kit.savings.clone(), customer.clone());
         let device = DeviceSecretKey::derive(b"the test subject's phone");
-        bank.register_device(&kit.subject, device.public_key())
+        bank.register_device(&customer, device.public_key())
             .expect("the device key registers");
         let test_bank = Self {
             bank,
             accounts,
             device,
+            customer,
             random: SeededRandom::new(7),
         };
         test_bank.sync(kit).expect("the first feed applies");
@@ -209,6 +217,8 @@ impl<L: Store + LedgerRead> TestBank<L> {
     ) -> ApprovalStatement {
         let mut statement = kit.bank.full_statement(request, kit.broker.now());
         statement.devices = vec![self.device.public_key().thumbprint()];
+        // The bank approves for its customer; the attestation names the pairwise identifier.
+        statement.subject = self.customer.clone();
         statement
     }
 

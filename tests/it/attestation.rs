@@ -196,7 +196,17 @@ fn refused(fx: &Fixture, request: &ConsentRequest, call: Call, token: &str) -> E
         Error::Consent(error) => Refusal::Lifecycle(error.clone()),
         other => panic!("not an audited refusal: {other:?}"),
     };
-    let (consent, subject) = (request.id().clone(), request.subject().clone());
+    // The log names the subject, and an account a refusal names, by their pseudonyms.
+    let refusal = match refusal {
+        Refusal::Attestation(AttestationError::AccountNotRequested(account)) => {
+            let pseudonym = fx.account_pseudonym(request.subject(), &account);
+            Refusal::Attestation(AttestationError::AccountNotRequested(
+                pseudonym.as_str().parse().unwrap(),
+            ))
+        }
+        other => other,
+    };
+    let (consent, subject) = (request.id().clone(), fx.pseudonym(request.subject()));
     let event = match call {
         Call::Approve => AuditEvent::ApprovalRefused {
             consent,
@@ -218,6 +228,42 @@ fn refused(fx: &Fixture, request: &ConsentRequest, call: Call, token: &str) -> E
     assert_eq!(fx.audit()[seq as usize..], [expected]);
     assert_eq!(fx.broker.consent(request.id()).unwrap(), before);
     error
+}
+
+/// The approval entry at `seq` is `expected` with a sealed attestation that opens, with the
+/// subject's key, to exactly `token`; and the entry holds neither the token nor the subject's id.
+fn assert_sealed_approval(
+    fx: &Fixture,
+    request: &ConsentRequest,
+    token: &str,
+    seq: u64,
+    expected: AuditEntry,
+) {
+    let mut found = fx.audit()[seq as usize..].to_vec();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let entry = found.remove(0);
+    let opened = fx
+        .broker
+        .open_attestation(request.subject(), &entry)
+        .unwrap();
+    assert_eq!(opened, token);
+    let mut stripped = entry.clone();
+    if let AuditEvent::ConsentApproved {
+        sealed_attestation, ..
+    }
+    | AuditEvent::ConsentReauthorised {
+        sealed_attestation, ..
+    } = &mut stripped.event
+    {
+        assert!(sealed_attestation.take().is_some());
+    }
+    assert_eq!(stripped, expected);
+    let bytes = String::from_utf8(entry.to_bytes().unwrap()).unwrap();
+    assert!(!bytes.contains(token.split('.').nth(1).unwrap()), "{bytes}");
+    assert!(
+        !bytes.contains(&format!("\"{}\"", request.subject())),
+        "{bytes}"
+    );
 }
 
 fn refused_approval(fx: &Fixture, request: &ConsentRequest, token: &str) -> Error {
@@ -249,12 +295,14 @@ fn approved(fx: &Fixture, request: &ConsentRequest, token: &str) -> Grant {
         actor: Actor::Holder(request.holder().clone()),
         event: AuditEvent::ConsentApproved {
             consent: request.id().clone(),
-            subject: request.subject().clone(),
+            subject: fx.pseudonym(request.subject()),
             attestation_id: jti_of(token),
-            attestation: Some(token.to_owned()),
+            attestation: None,
+            attestation_digest: Some(consent_broker::privacy::commitment(token.as_bytes())),
+            sealed_attestation: None,
         },
     };
-    assert_eq!(fx.audit()[seq as usize..], [expected]);
+    assert_sealed_approval(fx, request, token, seq, expected);
     let view = fx.broker.consent(request.id()).unwrap();
     assert_eq!(view.consent, consent);
     assert_eq!(view.status, ConsentStatus::Authorised);
@@ -1256,12 +1304,14 @@ fn reauthorised(fx: &Fixture, request: &ConsentRequest, token: &str, version: u6
         actor: Actor::Holder(request.holder().clone()),
         event: AuditEvent::ConsentReauthorised {
             consent: request.id().clone(),
-            subject: request.subject().clone(),
+            subject: fx.pseudonym(request.subject()),
             attestation_id: jti_of(token),
-            attestation: Some(token.to_owned()),
+            attestation: None,
+            attestation_digest: Some(consent_broker::privacy::commitment(token.as_bytes())),
+            sealed_attestation: None,
         },
     };
-    assert_eq!(fx.audit()[seq as usize..], [expected]);
+    assert_sealed_approval(fx, request, token, seq, expected);
     assert_eq!(fx.broker.consent(request.id()).unwrap().consent, consent);
     grant.clone()
 }

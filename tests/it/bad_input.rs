@@ -182,7 +182,7 @@ fn refused_request(fx: &Fixture, draft: ConsentRequestDraft) -> RequestError {
         at: fx.broker.now(),
         actor: Actor::Platform(draft.platform.clone()),
         event: AuditEvent::ConsentRequestRefused {
-            subject: draft.subject.clone(),
+            subject: fx.pseudonym(&draft.subject),
             refusal: Refusal::Request(refusal.clone()),
         },
     };
@@ -1075,10 +1075,11 @@ fn every_call_on_an_unknown_consent_says_so() {
         actor: Actor::Platform(fx.platform.clone()),
         event: AuditEvent::AccessDenied {
             consent: unknown.clone(),
+            // No consent, so no subject: neither the subject nor the account is named.
             subject: None,
             scope: access.scope,
             purpose: access.purpose,
-            account: access.account.clone(),
+            account: None,
             presence: access.presence,
             reasons: vec![DenyReason::UnknownConsent],
         },
@@ -1121,7 +1122,7 @@ fn a_decided_request_cannot_be_decided_again() {
         actor: Actor::Holder(fx.bank.clone()),
         event: AuditEvent::ApprovalRefused {
             consent: request.id().clone(),
-            subject: fx.alice.clone(),
+            subject: fx.pseudonym(&fx.alice),
             refusal: Refusal::Lifecycle(refusal),
         },
     };

@@ -687,7 +687,8 @@ fn history_prints_one_entry_per_line_about_the_subject() {
         .map(|view| view.consent.id().clone())
         .collect();
     assert!(mine.contains(&audited.alice_consent));
-    let expected = subject_history(&fx.broker.store(), &alice).unwrap();
+    let expected = fx.broker.subject_history(&alice).unwrap();
+    let alice_pseudonym = fx.pseudonym(&alice);
     drop(fx);
 
     let run = cli([
@@ -708,7 +709,8 @@ fn history_prints_one_entry_per_line_about_the_subject() {
     assert!(printed.len() >= 8, "{run:?}");
     for entry in &printed {
         assert!(
-            entry.subject() == Some(&alice) || entry.consent().is_some_and(|c| mine.contains(c)),
+            entry.subject() == Some(&alice_pseudonym)
+                || entry.consent().is_some_and(|c| mine.contains(c)),
             "{entry:?}"
         );
         assert_ne!(entry.consent(), Some(&audited.bob_consent));

@@ -21,12 +21,22 @@ fn assert_audited(
     assert_eq!(entry.kind(), kind);
     assert_eq!(entry.actor, Actor::Platform(access.platform.clone()));
     assert_eq!(entry.consent(), Some(&access.consent));
-    assert_eq!(entry.subject(), subject);
+    // The subject and the account by their pseudonyms, and only when the consent is known.
+    assert_eq!(entry.subject(), subject.map(|s| fx.pseudonym(s)).as_ref());
     assert_eq!(entry.event.scope(), Some(access.scope));
     assert_eq!(entry.event.purpose(), Some(access.purpose));
-    assert_eq!(entry.event.account(), Some(&access.account));
+    assert_eq!(
+        entry.event.account(),
+        subject
+            .map(|s| fx.account_pseudonym(s, &access.account))
+            .as_ref()
+    );
     assert_eq!(entry.event.presence(), Some(access.presence));
-    assert_eq!(entry.reasons(), decision.reasons());
+    let reasons = match subject {
+        Some(subject) => fx.logged_reasons(subject, decision.reasons()),
+        None => decision.reasons().to_vec(),
+    };
+    assert_eq!(entry.reasons(), reasons);
     assert_eq!(entry.at, fx.broker.now());
 }
 

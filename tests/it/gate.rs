@@ -153,12 +153,13 @@ fn an_honest_access_is_journalled_before_it_is_served_and_the_subject_sees_it() 
     }
     let data = consent_broker::serve(&w.bank.accounts, &access).unwrap();
     assert!(matches!(data, AccountData::Balance(_)));
-    let view = w.bank.bank.subject_view(&w.kit.subject).unwrap();
+    let view = w.bank.bank.subject_view(&w.bank.customer).unwrap();
     assert_eq!(view.approvals.len(), 1);
     let kinds: Vec<_> = view.journal.iter().map(AuditEntry::kind).collect();
     assert_eq!(
         kinds,
         [
+            AuditKind::SubjectLinked,
             AuditKind::DeviceKeyRegistered,
             AuditKind::AttestationSigned,
             AuditKind::AccessServed
@@ -275,7 +276,7 @@ fn the_banks_own_revocation_and_policy_bind_at_once_whatever_the_platform_says()
         .bank
         .bank
         .revoke(
-            &w.kit.subject,
+            &w.bank.customer,
             consent.id(),
             Revoker::Subject,
             RevocationReason::SubjectWithdrew,
@@ -376,7 +377,7 @@ fn presence_labels_buy_no_more_than_the_bank_allows() {
         served,
     );
     // Both labels are in the subject's view at the bank.
-    let view = w.bank.bank.subject_view(&w.kit.subject).unwrap();
+    let view = w.bank.bank.subject_view(&w.bank.customer).unwrap();
     let labels: Vec<Presence> = view
         .journal
         .iter()
@@ -703,7 +704,7 @@ fn approving_one_consent_twice_at_once_leaves_one_live_approval() {
         w.bank
             .bank
             .revoke(
-                &w.kit.subject,
+                &w.bank.customer,
                 request.id(),
                 Revoker::Subject,
                 RevocationReason::SubjectWithdrew,
@@ -733,6 +734,7 @@ fn a_reused_consent_id_cannot_replace_or_revoke_another_subjects_approval() {
     let w = world();
     let consent = w.bank.granted(&w.kit);
     let bob: SubjectId = id("bob");
+    w.bank.bank.link_subject(&bob, &w.kit.platform).unwrap();
     let mut bobs = w.bank.statement(&w.kit, consent.request());
     bobs.subject = bob.clone();
     assert_eq!(

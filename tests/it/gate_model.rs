@@ -485,7 +485,7 @@ impl World {
         });
         let statement = ApprovalStatement {
             consent: id(&consent),
-            subject: id("alice"),
+            subject: self.bank.customer.clone(),
             platform: id("chat"),
             scopes: scopes_of(scopes),
             purposes: purposes_of(purposes),
@@ -584,7 +584,7 @@ impl World {
                 );
                 self.bank
                     .bank
-                    .register_device(&id("alice"), key.public_key())
+                    .register_device(&self.bank.customer, key.public_key())
                     .unwrap();
                 self.model.keys.push(MKey {
                     thumbprint: key.public_key().thumbprint(),
@@ -598,7 +598,10 @@ impl World {
                     return Ok(());
                 };
                 let key = self.model.keys[index].clone();
-                let result = self.bank.bank.revoke_device(&id("alice"), &key.thumbprint);
+                let result = self
+                    .bank
+                    .bank
+                    .revoke_device(&self.bank.customer, &key.thumbprint);
                 prop_assert_eq!(result.is_ok(), key.live, "revoke device: {:?}", result);
                 if key.live {
                     self.model.keys[index].live = false;
@@ -621,7 +624,7 @@ impl World {
                         m.consent == a.consent && !m.superseded && m.revoked.is_none()
                     });
                 let result = self.bank.bank.revoke(
-                    &id("alice"),
+                    &self.bank.customer,
                     &id(&a.consent),
                     by,
                     RevocationReason::SuspectedMisuse,
@@ -817,10 +820,21 @@ impl World {
                                 token_id, delivery, ..
                             } => {
                                 prop_assert_eq!(&token_id, &sealed.context.token_id);
+                                // The journal names the devices by their pseudonyms.
+                                let key = self
+                                    .bank
+                                    .bank
+                                    .ledger()
+                                    .subject_key(&self.bank.customer)
+                                    .unwrap()
+                                    .unwrap();
                                 prop_assert_eq!(
                                     delivery,
                                     Some(Delivery::Sealed {
-                                        devices: to.clone()
+                                        devices: to
+                                            .iter()
+                                            .map(|d| key.device(d).as_str().to_owned())
+                                            .collect()
                                     })
                                 );
                             }

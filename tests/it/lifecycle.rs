@@ -29,7 +29,7 @@ fn a_request_waits_for_the_subject() {
         entry.event,
         AuditEvent::ConsentRequested {
             consent: request.id().clone(),
-            subject: fx.alice.clone(),
+            subject: fx.pseudonym(&fx.alice),
         }
     );
 }
@@ -60,16 +60,26 @@ fn approval_with_the_holders_attestation_authorises_exactly_what_was_approved() 
     assert_eq!(entry.kind(), AuditKind::ConsentApproved);
     assert_eq!(entry.actor, Actor::Holder(fx.bank.clone()));
     assert_eq!(entry.consent(), Some(request.id()));
-    assert_eq!(entry.subject(), Some(&fx.alice));
+    assert_eq!(entry.subject(), Some(&fx.pseudonym(&fx.alice)));
     let AuditEvent::ConsentApproved {
         attestation,
         attestation_id: jti,
+        attestation_digest,
         ..
     } = &entry.event
     else {
         panic!("not an approval: {entry:?}");
     };
-    assert_eq!(attestation.as_deref(), Some(token.as_str()));
+    // The evidence: a commitment in the clear, the attestation itself sealed to the subject.
+    assert_eq!(attestation, &None);
+    assert_eq!(
+        attestation_digest.as_deref(),
+        Some(consent_broker::privacy::commitment(token.as_bytes()).as_str())
+    );
+    assert_eq!(
+        fx.broker.open_attestation(&fx.alice, &entry).unwrap(),
+        token
+    );
     assert!(jti.len() >= 22, "128-bit jti, base64url: {jti}");
 }
 
@@ -89,7 +99,7 @@ fn rejection_is_final() {
             &Actor::Platform(fx.platform.clone()),
             &AuditEvent::ConsentRejected {
                 consent: request.id().clone(),
-                subject: fx.alice.clone(),
+                subject: fx.pseudonym(&fx.alice),
             }
         )
     );
@@ -208,9 +218,11 @@ fn revocation_by_each_party_is_immediate_and_final() {
                 subject,
                 revocation,
                 instruction,
+                holder,
             } => {
+                assert_eq!(holder.as_ref(), Some(&fx.bank));
                 assert_eq!(consent, request.id());
-                assert_eq!(subject, &fx.alice);
+                assert_eq!(subject, &fx.pseudonym(&fx.alice));
                 assert_eq!(revocation, &Revocation { by, reason });
                 assert_eq!(instruction.is_some(), signed);
             }

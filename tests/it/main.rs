@@ -30,6 +30,7 @@ mod attestation;
 mod bad_input;
 mod deny_reasons;
 mod dpop;
+mod erasure;
 mod gate;
 mod gate_model;
 mod instructions;

@@ -761,7 +761,16 @@ impl World {
             AuditKind::AccessDenied
         };
         prop_assert_eq!(entry.kind(), kind);
-        prop_assert_eq!(entry.reasons(), decision.reasons());
+        // The log names an account in a reason by its pseudonym under the subject's key.
+        let subject = entry
+            .consent()
+            .and_then(|c| self.fx.broker.consent(c).ok())
+            .map(|view| view.consent.request().subject().clone());
+        let logged = match &subject {
+            Some(subject) => self.fx.logged_reasons(subject, decision.reasons()),
+            None => decision.reasons().to_vec(),
+        };
+        prop_assert_eq!(entry.reasons(), logged.as_slice());
 
         for reason in decision.reasons() {
             hit(match reason {

@@ -21,7 +21,7 @@ const FIGURES: [&str; 3] = [
 ];
 
 /// Every file under `dir`, with its bytes, except under `skip`.
-fn files(dir: &Path, skip: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+pub(crate) fn files(dir: &Path, skip: &Path, out: &mut Vec<(String, Vec<u8>)>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.starts_with(skip) {
@@ -84,7 +84,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 }
 
 /// Where `figure` appears in `bytes`: as text, or in a decoded run.
-fn trace_of(bytes: &[u8], figure: &str) -> Option<&'static str> {
+pub(crate) fn trace_of(bytes: &[u8], figure: &str) -> Option<&'static str> {
     if contains(bytes, figure) {
         return Some("text");
     }

@@ -203,10 +203,23 @@ fn when_randomness_fails_nothing_predictable_is_made_and_nothing_is_recorded() {
     assert_eq!(fx.audit_len(), len);
     assert!(fx.broker.consents_of(&fx.alice).unwrap().is_empty());
 
-    // Token ids: the permit and its token are one commit, so neither is recorded, and no
-    // unattended slot is spent.
+    // A subject's key: without randomness there is none, and nothing is recorded.
     let fx = Fixture::with_builder(MemoryStore::new(), |b| {
         b.random(Arc::new(FailingRandom::always()))
+    });
+    let len = fx.audit_len();
+    assert_eq!(
+        fx.broker.request_consent(fx.draft()),
+        Err(Error::Key(KeyError::RandomnessUnavailable))
+    );
+    assert_eq!(fx.audit_len(), len);
+    assert_eq!(fx.broker.store().subject_key(&fx.alice).unwrap(), None);
+
+    // Token ids: the permit and its token are one commit, so neither is recorded, and no
+    // unattended slot is spent. (Two successes: the subject's key, made at the request, and the
+    // nonce that seals the attestation at the approval.)
+    let fx = Fixture::with_builder(MemoryStore::new(), |b| {
+        b.random(Arc::new(FailingRandom::after(2)))
     });
     let request = fx.granted();
     let poll = AccessRequest {

@@ -418,13 +418,53 @@ fn is_access(kind: AuditKind) -> bool {
     )
 }
 
+thread_local! {
+    /// The accounts the log names by pseudonym, as the replay learnt them from the subjects'
+    /// keys: the log itself never names an account.
+    static ACCOUNTS: std::cell::RefCell<HashMap<Pseudonym, AccountId>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// An entry's reasons, with an account a reason names by pseudonym put back in the clear.
+fn logged_reasons(entry: &AuditEntry) -> Vec<DenyReason> {
+    ACCOUNTS.with(|accounts| {
+        let accounts = accounts.borrow();
+        entry
+            .reasons()
+            .iter()
+            .map(|reason| match reason {
+                DenyReason::AccountNotGranted { account } => {
+                    let pseudonym: Pseudonym = account.as_str().parse().unwrap();
+                    DenyReason::AccountNotGranted {
+                        account: accounts
+                            .get(&pseudonym)
+                            .cloned()
+                            .unwrap_or_else(|| account.clone()),
+                    }
+                }
+                other => other.clone(),
+            })
+            .collect()
+    })
+}
+
+/// The account an entry names, by its pseudonym.
+fn account_of(entry: &AuditEntry) -> Option<AccountId> {
+    let pseudonym = entry.event.account()?;
+    ACCOUNTS.with(|accounts| accounts.borrow().get(pseudonym).cloned())
+}
+
 /// Whether `entry` records a decision on `request`.
 fn records(entry: &AuditEntry, request: &AccessRequest) -> bool {
     let event = &entry.event;
     event.consent() == Some(&request.consent)
         && event.scope() == Some(request.scope)
         && event.purpose() == Some(request.purpose)
-        && event.account() == Some(&request.account)
+        // A denial before any consent was read names no account (the log has no key for it).
+        && match entry.event.account() {
+            Some(_) => account_of(entry).as_ref() == Some(&request.account),
+            None => entry.subject().is_none(),
+        }
         && event.presence() == Some(request.presence)
         && entry.actor == Actor::Platform(request.platform.clone())
 }
@@ -513,7 +553,7 @@ fn replay_thread(
                     Some(entry)
                         if entry.seq == *seq
                             && entry.kind() == AuditKind::AccessDenied
-                            && entry.reasons() == reasons
+                            && logged_reasons(entry) == *reasons
                             && records(entry, &call.request) => {}
                     other => {
                         return fail(format!(
@@ -619,6 +659,29 @@ fn stress<S: Store>(store: S, label: &str) {
             _ => None,
         })
         .collect();
+    ACCOUNTS.with(|accounts| {
+        let mut accounts = accounts.borrow_mut();
+        for call in logs.iter().flat_map(|l| &l.calls) {
+            let request = &call.request;
+            let Ok(view) = fx.broker.consent(&request.consent) else {
+                continue;
+            };
+            let subject = view.consent.request().subject().clone();
+            if let Some(key) = fx.broker.store().subject_key(&subject).unwrap() {
+                accounts.insert(key.account(&request.account), request.account.clone());
+            }
+        }
+    });
+    let seq_thread: HashMap<u64, usize> = logs
+        .iter()
+        .enumerate()
+        .flat_map(|(t, l)| {
+            l.calls.iter().filter_map(move |call| match &call.answer {
+                Ok(Answer::Permit { seq } | Answer::Deny { seq, .. }) => Some((*seq, t)),
+                _ => None,
+            })
+        })
+        .collect();
     let mut changes: HashMap<ConsentId, Vec<u64>> = HashMap::new();
     let mut per_thread: Vec<Vec<&AuditEntry>> = vec![Vec::new(); THREADS];
     for entry in &log {
@@ -629,10 +692,15 @@ fn stress<S: Store>(store: S, label: &str) {
         {
             changes.entry(consent.clone()).or_default().push(entry.seq);
         }
-        match (entry.event.account(), is_access(entry.kind())) {
-            (Some(account), true) => match thread_of(account).filter(|&t| t < THREADS) {
+        match (account_of(entry), is_access(entry.kind())) {
+            (Some(account), true) => match thread_of(&account).filter(|&t| t < THREADS) {
                 Some(t) => per_thread[t].push(entry),
                 None => failures.push(format!("entry {} names no thread's account", entry.seq)),
+            },
+            // A denial that names no account: the thread it answered.
+            (None, true) if entry.event.account().is_none() => match seq_thread.get(&entry.seq) {
+                Some(&t) => per_thread[t].push(entry),
+                None => failures.push(format!("entry {} answered no call", entry.seq)),
             },
             (None, false) => {}
             _ => failures.push(format!("unexpected entry {entry:?}")),

@@ -205,6 +205,41 @@ impl<S: Store> Fixture<S> {
         self.broker.audit_log().unwrap()
     }
 
+    /// The subject's pseudonym in the broker's log (its key must exist).
+    pub fn pseudonym(&self, subject: &SubjectId) -> Pseudonym {
+        self.broker
+            .pseudonym_of(subject)
+            .unwrap()
+            .expect("the subject has a key")
+    }
+
+    /// An account's pseudonym under the subject's key, as the log's types hold it.
+    pub fn account_pseudonym(&self, subject: &SubjectId, account: &AccountId) -> Pseudonym {
+        self.broker
+            .store()
+            .subject_key(subject)
+            .unwrap()
+            .expect("the subject has a key")
+            .account(account)
+    }
+
+    /// Reasons as the log keeps them: an account a reason names, as its pseudonym.
+    pub fn logged_reasons(&self, subject: &SubjectId, reasons: &[DenyReason]) -> Vec<DenyReason> {
+        reasons
+            .iter()
+            .map(|reason| match reason {
+                DenyReason::AccountNotGranted { account } => DenyReason::AccountNotGranted {
+                    account: self
+                        .account_pseudonym(subject, account)
+                        .as_str()
+                        .parse()
+                        .unwrap(),
+                },
+                other => other.clone(),
+            })
+            .collect()
+    }
+
     pub fn last_audit(&self) -> AuditEntry {
         self.audit().pop().unwrap()
     }

@@ -84,7 +84,7 @@ fn a_permit_becomes_a_bound_short_lived_token_and_the_issuing_is_audited() {
     let entry = issued[0];
     assert_eq!(entry.event.token_id(), Some(token.token_id.as_str()));
     assert_eq!(entry.consent(), Some(request.id()));
-    assert_eq!(entry.subject(), Some(&fx.alice));
+    assert_eq!(entry.subject(), Some(&fx.pseudonym(&fx.alice)));
     assert_eq!(entry.actor, Actor::Platform(fx.platform.clone()));
     assert_eq!(
         entry.event.scope(),

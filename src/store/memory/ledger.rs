@@ -6,12 +6,12 @@ use std::collections::{BTreeSet, HashMap};
 use time::{Date, OffsetDateTime};
 
 use super::{duplicate, missing};
-use crate::ids::{ConsentId, SubjectId};
+use crate::ids::{ConsentId, PlatformId, SubjectId};
 use crate::policy::Presence;
 use crate::store::ledger::live_thumbprints;
 use crate::store::{
     AttestationRecord, Change, DeviceKeyRecord, FeedState, GateQuery, GateView, PolicyRecord,
-    Precondition, RecordKind, SeenKind, ServedCounts, StoreError,
+    Precondition, RecordKind, SeenKind, ServedCounts, StoreError, SubjectLink,
 };
 
 /// The ledger's tables.
@@ -29,6 +29,19 @@ pub(super) struct LedgerState {
     feed: Option<FeedState>,
     /// Device keys in the order they were registered.
     devices: Vec<DeviceKeyRecord>,
+    /// Pairwise subject identifiers, by the identifier.
+    links: HashMap<SubjectId, SubjectLink>,
+}
+
+/// What an erasure or a retention pass removed from the ledger, to put back if the commit fails.
+pub(super) struct LedgerRemoved {
+    attestations: Vec<AttestationRecord>,
+    order: Vec<String>,
+    served: Vec<((String, Date), ServedCounts)>,
+    /// Every device key before an erasure (none for retention, which keeps them).
+    devices: Option<Vec<DeviceKeyRecord>>,
+    links: Vec<SubjectLink>,
+    platform_revocations: Vec<(ConsentId, OffsetDateTime)>,
 }
 
 /// How to take back one applied ledger change.
@@ -44,6 +57,8 @@ pub(super) enum LedgerUndo {
     Feed(Option<FeedState>),
     DeviceRegistered,
     DeviceRevoked(usize),
+    Linked(SubjectId),
+    Removed(Box<LedgerRemoved>),
 }
 
 impl LedgerState {
@@ -195,8 +210,101 @@ impl LedgerState {
                 }
                 LedgerUndo::DeviceRevoked(position)
             }
+            Change::LinkSubject { link, .. } => {
+                let taken = self.links.contains_key(&link.pairwise)
+                    || self
+                        .links
+                        .values()
+                        .any(|l| l.customer == link.customer && l.platform == link.platform);
+                if taken {
+                    return Err(duplicate(RecordKind::SubjectLink, link.pairwise.as_str()));
+                }
+                self.links.insert(link.pairwise.clone(), link.clone());
+                LedgerUndo::Linked(link.pairwise.clone())
+            }
+            Change::EraseSubject {
+                subject,
+                attestations,
+                ..
+            } => {
+                let mut held: Vec<&String> = self
+                    .order
+                    .iter()
+                    .filter(|id| {
+                        self.attestations
+                            .get(*id)
+                            .is_some_and(|a| &a.subject == subject)
+                    })
+                    .collect();
+                let mut listed: Vec<&String> = attestations.iter().collect();
+                held.sort();
+                listed.sort();
+                if held != listed {
+                    return Err(StoreError::Conflict);
+                }
+                let consents: Vec<ConsentId> = attestations
+                    .iter()
+                    .filter_map(|id| self.attestations.get(id).map(|a| a.consent.clone()))
+                    .collect();
+                let mut removed = self.remove_attestations(attestations);
+                removed.devices = Some(self.devices.clone());
+                self.devices.retain(|d| &d.subject != subject);
+                let links: Vec<SubjectId> = self
+                    .links
+                    .values()
+                    .filter(|l| &l.customer == subject)
+                    .map(|l| l.pairwise.clone())
+                    .collect();
+                removed.links = links
+                    .iter()
+                    .filter_map(|id| self.links.remove(id))
+                    .collect();
+                removed.platform_revocations = consents
+                    .iter()
+                    .filter_map(|c| Some((c.clone(), self.platform_revocations.remove(c)?)))
+                    .collect();
+                LedgerUndo::Removed(Box::new(removed))
+            }
+            Change::ForgetAttestations { ids, .. } => {
+                if let Some(absent) = ids.iter().find(|id| !self.attestations.contains_key(*id)) {
+                    return Err(missing(RecordKind::AttestationRecord, absent));
+                }
+                LedgerUndo::Removed(Box::new(self.remove_attestations(ids)))
+            }
             _ => return Ok(None),
         }))
+    }
+
+    /// Removes attestations with their served counts; what to put back.
+    fn remove_attestations(&mut self, ids: &[String]) -> LedgerRemoved {
+        let order = self.order.clone();
+        let gone: std::collections::HashSet<&String> = ids.iter().collect();
+        self.order.retain(|id| !gone.contains(id));
+        let attestations = ids
+            .iter()
+            .filter_map(|id| self.attestations.remove(id))
+            .collect();
+        let served_keys: Vec<(String, Date)> = self
+            .served
+            .keys()
+            .filter(|(id, _)| gone.contains(id))
+            .cloned()
+            .collect();
+        let served = served_keys
+            .into_iter()
+            .filter_map(|key| {
+                let counts = self.served.remove(&key)?;
+                Some((key, counts))
+            })
+            .collect();
+        LedgerRemoved {
+            attestations,
+            order,
+            served,
+            devices: None,
+            links: Vec::new(),
+            platform_revocations: Vec::new(),
+        }
     }
 
     pub(super) fn undo(&mut self, undo: LedgerUndo) {
@@ -242,7 +350,57 @@ impl LedgerState {
                     device.revoked_at = None;
                 }
             }
+            LedgerUndo::Linked(pairwise) => {
+                self.links.remove(&pairwise);
+            }
+            LedgerUndo::Removed(removed) => {
+                let removed = *removed;
+                for record in removed.attestations {
+                    self.attestations.insert(record.id.clone(), record);
+                }
+                self.order = removed.order;
+                self.served.extend(removed.served);
+                if let Some(devices) = removed.devices {
+                    self.devices = devices;
+                }
+                for link in removed.links {
+                    self.links.insert(link.pairwise.clone(), link);
+                }
+                self.platform_revocations
+                    .extend(removed.platform_revocations);
+            }
         }
+    }
+
+    pub(super) fn link(&self, pairwise: &SubjectId) -> Option<SubjectLink> {
+        self.links.get(pairwise).cloned()
+    }
+
+    pub(super) fn link_of(
+        &self,
+        customer: &SubjectId,
+        platform: &PlatformId,
+    ) -> Option<SubjectLink> {
+        self.links
+            .values()
+            .find(|l| &l.customer == customer && &l.platform == platform)
+            .cloned()
+    }
+
+    pub(super) fn ended_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Vec<AttestationRecord> {
+        let mut ended: Vec<AttestationRecord> = self
+            .attestations
+            .values()
+            .filter(|a| a.ends_at() < before)
+            .cloned()
+            .collect();
+        ended.sort_by(|a, b| a.ends_at().cmp(&b.ends_at()).then_with(|| a.id.cmp(&b.id)));
+        ended.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        ended
     }
 
     fn served_on(&self, attestation: &str, day: Date) -> ServedCounts {

@@ -9,18 +9,19 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use time::Date;
+use time::{Date, OffsetDateTime};
 
 use super::{
     AttestationRecord, Change, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery,
     GateView, HolderRecord, LedgerRead, LogRead, PolicyRecord, Precondition, PublishedKey,
     RecordKind, SeenKind, SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint,
-    StoredEntry,
+    StoredEntry, SubjectLink,
 };
 use crate::consent::{AccountSelection, Consent, ConsentState};
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource};
 use crate::policy::{PlatformProfile, Usage};
+use crate::privacy::{SubjectKey, SubjectKeyRecord};
 use ledger::{LedgerState, LedgerUndo};
 
 /// A [`Store`] that keeps everything in memory.
@@ -46,6 +47,21 @@ struct Inner {
     checkpoints: Vec<StoredCheckpoint>,
     /// A bank's ledger (empty in a broker's store).
     ledger: LedgerState,
+    /// Subjects' keys, apart from the log.
+    subject_keys: HashMap<SubjectId, SubjectKeyRecord>,
+}
+
+/// What an erasure or a retention pass removed, to put back if the commit fails.
+struct Removed {
+    key: Option<SubjectKeyRecord>,
+    #[expect(
+        clippy::vec_box,
+        reason = "the boxes the consent table holds, put back as they were"
+    )]
+    consents: Vec<Box<Consent>>,
+    by_subject: Vec<(SubjectId, Vec<ConsentId>)>,
+    usage: Vec<((ConsentId, Date), Usage)>,
+    attestations: Vec<String>,
 }
 
 /// How to take back one applied change.
@@ -59,6 +75,9 @@ enum Undo {
     KeyActivated,
     KeyRetired(usize),
     Ledger(LedgerUndo),
+    Several(Vec<Undo>),
+    SubjectKey(SubjectId),
+    Removed(Box<Removed>),
 }
 
 impl MemoryStore {
@@ -248,6 +267,70 @@ impl Inner {
                 }
                 Ok(Undo::KeyRetired(position))
             }
+            Change::InsertSubjectKey { record, .. } => {
+                // Another writer made the subject's key first: re-read it and decide again.
+                if self.subject_keys.contains_key(&record.subject) {
+                    return Err(StoreError::Conflict);
+                }
+                let subject = record.subject.clone();
+                self.subject_keys.insert(subject.clone(), record);
+                Ok(Undo::SubjectKey(subject))
+            }
+            Change::EraseSubject {
+                subject,
+                consents,
+                attestations,
+                used_attestations,
+                ..
+            } => {
+                let mut held: Vec<&ConsentId> = self
+                    .by_subject
+                    .get(&subject)
+                    .map(|ids| ids.iter().collect())
+                    .unwrap_or_default();
+                let mut listed: Vec<&ConsentId> = consents.iter().collect();
+                held.sort();
+                listed.sort();
+                if held != listed {
+                    return Err(StoreError::Conflict);
+                }
+                let ledger = self.ledger.apply(&Change::EraseSubject {
+                    subject: subject.clone(),
+                    consents: Vec::new(),
+                    attestations,
+                    used_attestations: Vec::new(),
+                })?;
+                let mut removed = self.remove_consents(&consents, &used_attestations);
+                removed.key = self.subject_keys.remove(&subject);
+                if let Some(ids) = self.by_subject.remove(&subject) {
+                    removed.by_subject.push((subject, ids));
+                }
+                let mut undo = vec![Undo::Removed(Box::new(removed))];
+                if let Some(ledger) = ledger {
+                    undo.push(Undo::Ledger(ledger));
+                }
+                Ok(Undo::Several(undo))
+            }
+            Change::ForgetConsents {
+                consents,
+                used_attestations,
+                ..
+            } => {
+                if let Some(absent) = consents.iter().find(|id| !self.consents.contains_key(*id)) {
+                    return Err(missing(RecordKind::Consent, absent.as_str()));
+                }
+                let mut removed = self.remove_consents(&consents, &used_attestations);
+                for consent in &removed.consents {
+                    let subject = &consent.request.subject;
+                    if let Some(ids) = self.by_subject.get_mut(subject) {
+                        if !removed.by_subject.iter().any(|(s, _)| s == subject) {
+                            removed.by_subject.push((subject.clone(), ids.clone()));
+                        }
+                        ids.retain(|id| id != consent.id());
+                    }
+                }
+                Ok(Undo::Removed(Box::new(removed)))
+            }
             change @ (Change::RecordAttestation { .. }
             | Change::UpdateAttestation { .. }
             | Change::AppendBankPolicy { .. }
@@ -257,7 +340,9 @@ impl Inner {
             | Change::RecordPlatformRevocation { .. }
             | Change::SetFeedState { .. }
             | Change::RegisterDeviceKey { .. }
-            | Change::RevokeDeviceKey { .. }) => Ok(Undo::Ledger(
+            | Change::RevokeDeviceKey { .. }
+            | Change::LinkSubject { .. }
+            | Change::ForgetAttestations { .. }) => Ok(Undo::Ledger(
                 self.ledger.apply(&change)?.unwrap_or(LedgerUndo::Nothing),
             )),
         }
@@ -302,6 +387,59 @@ impl Inner {
                 }
             }
             Undo::Ledger(undo) => self.ledger.undo(undo),
+            Undo::SubjectKey(subject) => {
+                self.subject_keys.remove(&subject);
+            }
+            Undo::Removed(removed) => {
+                let removed = *removed;
+                if let Some(key) = removed.key {
+                    self.subject_keys.insert(key.subject.clone(), key);
+                }
+                for consent in removed.consents {
+                    self.consents.insert(consent.id().clone(), consent);
+                }
+                for (subject, ids) in removed.by_subject {
+                    self.by_subject.insert(subject, ids);
+                }
+                self.usage.extend(removed.usage);
+                self.attestations.extend(removed.attestations);
+            }
+            Undo::Several(undos) => {
+                for undo in undos.into_iter().rev() {
+                    self.undo(undo);
+                }
+            }
+        }
+    }
+
+    /// Removes consents with their usage, and used-attestation ids; what to put back.
+    fn remove_consents(&mut self, consents: &[ConsentId], used: &[String]) -> Removed {
+        let gone: HashSet<&ConsentId> = consents.iter().collect();
+        let usage_keys: Vec<(ConsentId, Date)> = self
+            .usage
+            .keys()
+            .filter(|(consent, _)| gone.contains(consent))
+            .cloned()
+            .collect();
+        Removed {
+            key: None,
+            consents: consents
+                .iter()
+                .filter_map(|id| self.consents.remove(id))
+                .collect(),
+            by_subject: Vec::new(),
+            usage: usage_keys
+                .into_iter()
+                .filter_map(|key| {
+                    let usage = self.usage.remove(&key)?;
+                    Some((key, usage))
+                })
+                .collect(),
+            attestations: used
+                .iter()
+                .filter(|id| self.attestations.remove(*id))
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -362,6 +500,38 @@ impl StateRead for MemoryStore {
     fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
         Ok(self.read()?.keys.clone())
     }
+
+    fn subject_key(&self, subject: &SubjectId) -> Result<Option<SubjectKey>, StoreError> {
+        Ok(self
+            .read()?
+            .subject_keys
+            .get(subject)
+            .map(|record| record.key.clone()))
+    }
+
+    fn consents_ended_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Consent>, StoreError> {
+        let inner = self.read()?;
+        let mut ended: Vec<&Consent> = inner
+            .consents
+            .values()
+            .map(|consent| &**consent)
+            .filter(|consent| consent.ends_at() < before)
+            .collect();
+        ended.sort_by(|a, b| {
+            a.ends_at()
+                .cmp(&b.ends_at())
+                .then_with(|| a.id().cmp(b.id()))
+        });
+        Ok(ended
+            .into_iter()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
+    }
 }
 
 impl LedgerRead for MemoryStore {
@@ -397,6 +567,26 @@ impl LedgerRead for MemoryStore {
 
     fn device_keys(&self, subject: &SubjectId) -> Result<Vec<DeviceKeyRecord>, StoreError> {
         Ok(self.read()?.ledger.devices_of(subject))
+    }
+
+    fn subject_link(&self, pairwise: &SubjectId) -> Result<Option<SubjectLink>, StoreError> {
+        Ok(self.read()?.ledger.link(pairwise))
+    }
+
+    fn link_of(
+        &self,
+        customer: &SubjectId,
+        platform: &PlatformId,
+    ) -> Result<Option<SubjectLink>, StoreError> {
+        Ok(self.read()?.ledger.link_of(customer, platform))
+    }
+
+    fn attestations_ended_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        Ok(self.read()?.ledger.ended_before(before, limit))
     }
 
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {

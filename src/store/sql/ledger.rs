@@ -254,25 +254,29 @@ pub(crate) fn apply<D: Dialect + ?Sized>(
     match change {
         Change::RecordAttestation { record, .. } => insert_new(
             db,
-            "INSERT INTO bank_attestations (id, consent, subject, version, record) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            "INSERT INTO bank_attestations (id, consent, subject, version, record, ends_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             &[
                 Value::Text(&record.id),
                 Value::Text(record.consent.as_str()),
                 Value::Text(record.subject.as_str()),
                 Value::Int(signed(record.version)),
                 Value::Text(&json(record)?),
+                Value::Int(record.ends_at().unix_timestamp()),
             ],
             RecordKind::AttestationRecord,
             &record.id,
         ),
-        Change::UpdateAttestation { record, .. } => update_versioned(
-            db,
-            &ATTESTATIONS,
-            &record.id,
-            record.version,
-            &json(record)?,
-        ),
+        Change::UpdateAttestation { record, .. } => {
+            update_versioned(
+                db,
+                &ATTESTATIONS,
+                &record.id,
+                record.version,
+                &json(record)?,
+            )?;
+            super::privacy::set_attestation_end(db, record)
+        }
         Change::AppendBankPolicy { record, .. } => insert_new(
             db,
             "INSERT INTO bank_policies (version, record) VALUES (?1, ?2) ON CONFLICT DO NOTHING",

@@ -15,6 +15,7 @@
 pub(crate) mod ledger;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+pub(crate) mod privacy;
 pub(crate) mod read;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;

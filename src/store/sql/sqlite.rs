@@ -34,17 +34,18 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration as StdDuration;
 
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
-use time::Date;
+use time::{Date, OffsetDateTime};
 
 use super::{Dialect, Failure, Migration, Row, Value, ledger, read};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash};
 use crate::policy::{PlatformProfile, Usage};
+use crate::privacy::SubjectKey;
 use crate::store::{
     AttestationRecord, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery, GateView,
     HolderRecord, LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint,
-    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
+    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry, SubjectLink,
 };
 
 const MIGRATIONS: &[Migration] = &[
@@ -171,6 +172,25 @@ const MIGRATIONS: &[Migration] = &[
             CREATE INDEX bank_device_keys_by_subject ON bank_device_keys (subject);
         ",
     },
+    Migration {
+        version: 7,
+        // Privacy: subjects' keys (crypto-shredding), a bank's pairwise identifiers, and when
+        // each consent and approval ends (retention). Rows written before get their `ends_at`
+        // in the same transaction.
+        sql: "
+            CREATE TABLE subject_keys (
+                subject TEXT PRIMARY KEY, key BLOB NOT NULL, created_at INTEGER NOT NULL
+            ) STRICT;
+            CREATE TABLE bank_subject_links (
+                pairwise TEXT PRIMARY KEY, customer TEXT NOT NULL, platform TEXT NOT NULL,
+                linked_at INTEGER NOT NULL, UNIQUE (customer, platform)
+            ) STRICT;
+            ALTER TABLE consents ADD COLUMN ends_at INTEGER;
+            CREATE INDEX consents_by_end ON consents (ends_at);
+            ALTER TABLE bank_attestations ADD COLUMN ends_at INTEGER;
+            CREATE INDEX bank_attestations_by_end ON bank_attestations (ends_at);
+        ",
+    },
 ];
 
 /// A [`Store`] in a SQLite database file.
@@ -211,7 +231,7 @@ impl SqliteStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 6;
+    pub const SCHEMA_VERSION: i64 = 7;
 
     /// SQLite `application_id` of a consent-broker database (`0x4342_526B`, "CBRk"), written by
     /// the first migration. A file with another application id is refused as not ours.
@@ -273,6 +293,11 @@ impl SqliteStore {
             .map_err(fail)?;
         connection
             .pragma_update(None, "foreign_keys", "ON")
+            .map_err(fail)?;
+        // Deleted rows are overwritten with zeros, not left in free pages: an erased subject's
+        // rows leave no bytes behind once the write-ahead log is truncated (see `purge`).
+        connection
+            .pragma_update(None, "secure_delete", "ON")
             .map_err(fail)?;
         // Reads (whole-log verification above all) go through memory-mapped pages, up to
         // 256 MiB, instead of copying every page through read(2).
@@ -456,6 +481,10 @@ impl SqliteStore {
             if migration.version == 3 {
                 backfill_merkle_nodes(&tx).map_err(|e| failure(&self.path, e))?;
             }
+            if migration.version == 7 {
+                super::privacy::backfill_ends(&mut Lite(&tx))
+                    .map_err(|e| failure(&self.path, e))?;
+            }
             tx.pragma_update(None, "user_version", migration.version)
                 .map_err(fail)?;
         }
@@ -606,6 +635,18 @@ impl StateRead for SqliteStore {
     fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
         self.read(|db| read::published_keys(db))
     }
+
+    fn subject_key(&self, subject: &SubjectId) -> Result<Option<SubjectKey>, StoreError> {
+        self.read(|db| super::privacy::subject_key(db, subject))
+    }
+
+    fn consents_ended_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Consent>, StoreError> {
+        self.read(|db| super::privacy::consents_ended_before(db, before, limit))
+    }
 }
 
 impl LedgerRead for SqliteStore {
@@ -643,6 +684,26 @@ impl LedgerRead for SqliteStore {
         self.read(|db| ledger::device_keys(db, subject))
     }
 
+    fn subject_link(&self, pairwise: &SubjectId) -> Result<Option<SubjectLink>, StoreError> {
+        self.read(|db| super::privacy::subject_link(db, pairwise))
+    }
+
+    fn link_of(
+        &self,
+        customer: &SubjectId,
+        platform: &PlatformId,
+    ) -> Result<Option<SubjectLink>, StoreError> {
+        self.read(|db| super::privacy::link_of(db, customer, platform))
+    }
+
+    fn attestations_ended_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        self.read(|db| super::privacy::attestations_ended_before(db, before, limit))
+    }
+
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
         self.read(|db| ledger::gate_view(db, query))
     }
@@ -677,5 +738,19 @@ impl Store for SqliteStore {
 
     fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
         self.write(|db| super::record_checkpoint(db, checkpoint.checkpoint()))
+    }
+
+    fn purge(&self) -> Result<bool, StoreError> {
+        let connection = self.lock();
+        // Copies every committed page (with deleted cells zeroed by `secure_delete`) into the
+        // database file and truncates the write-ahead log to nothing: the frames that held the
+        // rows before they were deleted go with it. Busy (a reader still needs old frames): the
+        // log is kept, and the caller is told to try again.
+        let (busy, _, _): (i64, i64, i64) = connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .map_err(|e| store_error(&self.path, e))?;
+        Ok(busy == 0)
     }
 }

@@ -4,7 +4,7 @@
 
 use time::OffsetDateTime;
 
-use super::{Dialect, Failure, Nodes, Value, day_key, node, one, read, signed};
+use super::{Dialect, Failure, Nodes, Value, day_key, node, one, privacy, read, signed};
 use crate::merkle::{self, Hash, MerkleError, NodeSource};
 use crate::store::{
     Change, Commit, CommitReceipt, Precondition, RecordKind, StoreError, StoredCheckpoint,
@@ -156,24 +156,28 @@ fn apply<D: Dialect + ?Sized>(db: &mut D, change: &Change) -> Result<(), Failure
         ),
         Change::InsertConsent { consent, .. } => insert_new(
             db,
-            "INSERT INTO consents (id, subject, version, record) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO consents (id, subject, version, record, ends_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
             &[
                 Value::Text(consent.id().as_str()),
                 Value::Text(consent.request.subject.as_str()),
                 Value::Int(signed(consent.version)),
                 Value::Text(&json(consent)?),
+                Value::Int(consent.ends_at().unix_timestamp()),
             ],
             RecordKind::Consent,
             consent.id().as_str(),
         ),
-        Change::UpdateConsent { consent, .. } => update_versioned(
-            db,
-            &CONSENTS,
-            consent.id().as_str(),
-            consent.version,
-            &json(consent)?,
-        ),
+        Change::UpdateConsent { consent, .. } => {
+            update_versioned(
+                db,
+                &CONSENTS,
+                consent.id().as_str(),
+                consent.version,
+                &json(consent)?,
+            )?;
+            privacy::set_consent_end(db, consent)
+        }
         Change::CountUnattendedAccess { consent, day, .. } => {
             db.execute(
                 "INSERT INTO usage (consent, day, unattended) VALUES (?1, ?2, 1) \
@@ -239,6 +243,21 @@ fn apply<D: Dialect + ?Sized>(db: &mut D, change: &Change) -> Result<(), Failure
             }
             Ok(())
         }
+        Change::InsertSubjectKey { record, .. } => privacy::insert_subject_key(db, record),
+        Change::EraseSubject {
+            subject,
+            consents,
+            attestations,
+            used_attestations,
+            ..
+        } => privacy::erase_subject(db, subject, consents, attestations, used_attestations),
+        Change::ForgetConsents {
+            consents,
+            used_attestations,
+            ..
+        } => privacy::forget_consents(db, consents, used_attestations),
+        Change::ForgetAttestations { ids, .. } => privacy::forget_attestations(db, ids),
+        Change::LinkSubject { link, .. } => privacy::link_subject(db, link),
         Change::RecordAttestation { .. }
         | Change::UpdateAttestation { .. }
         | Change::AppendBankPolicy { .. }

@@ -40,7 +40,7 @@ use std::thread::JoinHandle;
 use std::time::Duration as StdDuration;
 
 use postgres::{Client, Config, IsolationLevel, Transaction};
-use time::Date;
+use time::{Date, OffsetDateTime};
 
 use self::connection::{Db, Job, Worker, pg_error, retryable};
 use super::{Failure, Migration, ledger, read};
@@ -48,10 +48,11 @@ use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::Hash;
 use crate::policy::{PlatformProfile, Usage};
+use crate::privacy::SubjectKey;
 use crate::store::{
     AttestationRecord, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery, GateView,
     HolderRecord, LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint,
-    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
+    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry, SubjectLink,
 };
 
 /// The advisory lock key every broker's commits take ("CBRk").
@@ -161,6 +162,23 @@ const MIGRATIONS: &[Migration] = &[
         CREATE INDEX bank_device_keys_by_subject ON bank_device_keys (subject);
     ",
     },
+    Migration {
+        version: 5,
+        // As the SQLite store's version 7: subjects' keys, pairwise identifiers, `ends_at`.
+        sql: "
+        CREATE TABLE subject_keys (
+            subject TEXT PRIMARY KEY, key BYTEA NOT NULL, created_at BIGINT NOT NULL
+        );
+        CREATE TABLE bank_subject_links (
+            pairwise TEXT PRIMARY KEY, customer TEXT NOT NULL, platform TEXT NOT NULL,
+            linked_at BIGINT NOT NULL, UNIQUE (customer, platform)
+        );
+        ALTER TABLE consents ADD COLUMN ends_at BIGINT;
+        CREATE INDEX consents_by_end ON consents (ends_at);
+        ALTER TABLE bank_attestations ADD COLUMN ends_at BIGINT;
+        CREATE INDEX bank_attestations_by_end ON bank_attestations (ends_at);
+    ",
+    },
 ];
 
 /// A [`Store`] in a PostgreSQL database.
@@ -201,7 +219,7 @@ impl PostgresStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 4;
+    pub const SCHEMA_VERSION: i64 = 5;
 
     /// How often a transaction is retried after a serialisation failure or deadlock.
     pub const MAX_TRANSACTION_ATTEMPTS: u32 = 5;
@@ -332,6 +350,18 @@ fn migrate(worker: &mut Worker) -> Result<(), StoreError> {
     }
     for migration in MIGRATIONS.iter().filter(|m| m.version > version) {
         tx.batch_execute(migration.sql).map_err(|e| pg_error(&e))?;
+        if migration.version == 5 {
+            let mut statements = HashMap::new();
+            let backfilled = super::privacy::backfill_ends(&mut Db {
+                client: &mut tx,
+                statements: &mut statements,
+            });
+            match backfilled {
+                Ok(()) => {}
+                Err(Failure::Refused(error)) => return Err(error),
+                Err(Failure::Engine(error)) => return Err(pg_error(&error)),
+            }
+        }
         tx.execute(
             "INSERT INTO consent_broker_meta (key, value) VALUES ('schema_version', $1)
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -422,6 +452,19 @@ impl StateRead for PostgresStore {
     fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
         self.read(|db| read::published_keys(db))
     }
+
+    fn subject_key(&self, subject: &SubjectId) -> Result<Option<SubjectKey>, StoreError> {
+        let subject = subject.clone();
+        self.read(move |db| super::privacy::subject_key(db, &subject))
+    }
+
+    fn consents_ended_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Consent>, StoreError> {
+        self.read(move |db| super::privacy::consents_ended_before(db, before, limit))
+    }
 }
 
 impl LedgerRead for PostgresStore {
@@ -462,6 +505,28 @@ impl LedgerRead for PostgresStore {
     fn device_keys(&self, subject: &SubjectId) -> Result<Vec<DeviceKeyRecord>, StoreError> {
         let subject = subject.clone();
         self.read(move |db| ledger::device_keys(db, &subject))
+    }
+
+    fn subject_link(&self, pairwise: &SubjectId) -> Result<Option<SubjectLink>, StoreError> {
+        let pairwise = pairwise.clone();
+        self.read(move |db| super::privacy::subject_link(db, &pairwise))
+    }
+
+    fn link_of(
+        &self,
+        customer: &SubjectId,
+        platform: &PlatformId,
+    ) -> Result<Option<SubjectLink>, StoreError> {
+        let (customer, platform) = (customer.clone(), platform.clone());
+        self.read(move |db| super::privacy::link_of(db, &customer, &platform))
+    }
+
+    fn attestations_ended_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        self.read(move |db| super::privacy::attestations_ended_before(db, before, limit))
     }
 
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
@@ -517,5 +582,25 @@ impl Store for PostgresStore {
     fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
         let checkpoint = checkpoint.checkpoint().clone();
         self.run(move |worker| transaction(worker, |db| super::record_checkpoint(db, &checkpoint)))
+    }
+
+    fn purge(&self) -> Result<bool, StoreError> {
+        // Outside any transaction (VACUUM refuses to run in one). The key and link tables are
+        // small: rewriting them drops every dead row's bytes from their files. The others are
+        // vacuumed, which frees their dead rows' space for reuse without rewriting the tables;
+        // what a PostgreSQL server keeps beyond that (WAL segments, archives, backups) is for
+        // its operator (docs/PRIVACY.md).
+        self.run(|worker| {
+            let client = worker.client()?;
+            // One statement per call: VACUUM refuses a multi-statement string too.
+            for sql in [
+                "VACUUM (FULL) subject_keys, bank_subject_links",
+                "VACUUM consents, usage, attestations, bank_attestations, bank_served, \
+                 bank_device_keys, bank_platform_revocations",
+            ] {
+                client.batch_execute(sql).map_err(|e| pg_error(&e))?;
+            }
+            Ok(true)
+        })
     }
 }

@@ -1,0 +1,420 @@
+//! Personal data in an append-only log: keyed pseudonyms and sealed fields under a per-subject
+//! key, so that deleting the key (crypto-shredding) forgets a person without touching the log.
+//!
+//! Every subject a broker or bank records has its own random 256-bit [`SubjectKey`], kept in the
+//! store's subject-key table, apart from the log. Log entries never name the subject, its
+//! accounts or its devices: they carry [`Pseudonym`]s, HMAC-SHA-256 under the subject's key of a
+//! domain label and the identifier, truncated to 128 bits. Fields the subject must still be able
+//! to read (the bank's attestation of an approval, with the accounts it names) are sealed with
+//! AES-256-GCM under a key derived from the same subject key, beside a SHA-256 commitment that
+//! binds the entry to the exact bytes. The Merkle tree hashes entries as stored, so verifying the
+//! log needs no key at all.
+//!
+//! Erasing a subject deletes the key and every state row about the subject in one commit: the
+//! pseudonyms then link to nobody (HMAC under a deleted random key is indistinguishable from
+//! random), and the sealed fields can never be opened again. See `docs/PRIVACY.md`.
+//!
+//! ```
+//! use consent_broker::{AccountId, SubjectId, SubjectKey, SystemRandom};
+//!
+//! let key = SubjectKey::generate(&SystemRandom::new()).unwrap();
+//! let alice = SubjectId::new("alice").unwrap();
+//! let pseudonym = key.subject(&alice);
+//! // Stable under one key, unrelated under another.
+//! assert_eq!(pseudonym, key.subject(&alice));
+//! let other = SubjectKey::generate(&SystemRandom::new()).unwrap();
+//! assert_ne!(pseudonym, other.subject(&alice));
+//! assert!(!pseudonym.as_str().contains("alice"));
+//! // Accounts get pseudonyms of their own kind.
+//! let account = key.account(&AccountId::new("acc-1").unwrap());
+//! assert_ne!(account.as_str(), pseudonym.as_str());
+//! ```
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::{aead, digest, hmac};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::ids::{AccountId, Pseudonym, SubjectId};
+use crate::random::{RandomError, RandomSource};
+
+/// Bytes of a pseudonym before encoding: 128 bits, collision-free for any realistic population
+/// (a collision needs about 2^64 subjects) and unlinkable without the key.
+pub const PSEUDONYM_BYTES: usize = 16;
+
+/// The prefix every pseudonym this crate makes starts with.
+pub const PSEUDONYM_PREFIX: &str = "ps_";
+
+const LABEL: &[u8] = b"consent-broker/v1 ";
+const NONCE_LEN: usize = 12;
+/// Longest sealed field accepted when opening (an attestation is a few kilobytes).
+const MAX_SEALED_LEN: usize = 64 * 1024;
+
+/// Why a sealed field did not open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrivacyError {
+    /// Not base64url, too short or too long to be a sealed field.
+    #[error("the sealed field is malformed")]
+    Malformed,
+    /// The key, the field or the pseudonym it was sealed for is not this one, or the bytes were
+    /// altered.
+    #[error("the sealed field does not open with this subject's key")]
+    WrongKey,
+    /// No random bytes were available for a nonce or a key: nothing was sealed.
+    #[error("no random bytes were available")]
+    Randomness,
+}
+
+impl From<RandomError> for PrivacyError {
+    fn from(_: RandomError) -> Self {
+        Self::Randomness
+    }
+}
+
+/// A subject's secret key: the only thing that links the log's pseudonyms to the subject, and
+/// the only key that opens its sealed fields. Deleting it erases the subject from the log.
+///
+/// Its bytes are wiped when it is dropped; its `Debug` form never shows them.
+#[derive(Clone)]
+pub struct SubjectKey {
+    secret: Zeroizing<[u8; 32]>,
+    mac: hmac::Key,
+    seal: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SubjectKey(..)")
+    }
+}
+
+impl PartialEq for SubjectKey {
+    fn eq(&self, other: &Self) -> bool {
+        // Compared through their HMAC of a fixed label: no early exit on the secret's bytes.
+        let probe = |key: &Self| hmac::sign(&key.mac, b"consent-broker/v1 key-equality");
+        probe(self).as_ref() == probe(other).as_ref()
+    }
+}
+
+impl Eq for SubjectKey {}
+
+impl SubjectKey {
+    /// A fresh random key.
+    ///
+    /// # Errors
+    /// [`RandomError`] when no randomness is available.
+    pub fn generate(random: &dyn RandomSource) -> Result<Self, RandomError> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        random.fill(&mut secret[..])?;
+        Ok(Self::from_bytes(&secret))
+    }
+
+    /// The key with these bytes (as a store reads it back).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        let mac = hmac::Key::new(hmac::HMAC_SHA256, bytes);
+        let mut seal = Zeroizing::new([0u8; 32]);
+        seal.copy_from_slice(hmac::sign(&mac, &labelled("seal-key", b"")).as_ref());
+        Self {
+            secret: Zeroizing::new(*bytes),
+            mac,
+            seal,
+        }
+    }
+
+    /// The AES-256-GCM key sealed fields use (made per call: sealing is rare).
+    fn aead(&self) -> Result<aead::LessSafeKey, PrivacyError> {
+        aead::UnboundKey::new(&aead::AES_256_GCM, &self.seal[..])
+            .map(aead::LessSafeKey::new)
+            .map_err(|_| PrivacyError::Malformed)
+    }
+
+    /// The key's bytes, for a store to keep (wiped when dropped).
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+        self.secret.clone()
+    }
+
+    /// The subject's pseudonym.
+    pub fn subject(&self, subject: &SubjectId) -> Pseudonym {
+        self.pseudonym("subject", subject.as_str())
+    }
+
+    /// The pseudonym of one of the subject's accounts.
+    pub fn account(&self, account: &AccountId) -> Pseudonym {
+        self.pseudonym("account", account.as_str())
+    }
+
+    /// The pseudonym of one of the subject's device keys (by its RFC 7638 thumbprint).
+    pub fn device(&self, thumbprint: &str) -> Pseudonym {
+        self.pseudonym("device", thumbprint)
+    }
+
+    fn pseudonym(&self, kind: &str, value: &str) -> Pseudonym {
+        let tag = hmac::sign(&self.mac, &labelled(kind, value.as_bytes()));
+        let short = tag.as_ref().get(..PSEUDONYM_BYTES).unwrap_or_default();
+        Pseudonym::from_trusted(format!(
+            "{PSEUDONYM_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(short)
+        ))
+    }
+
+    /// Seals `plaintext` as the `field` of an entry about `about` (AES-256-GCM, random nonce;
+    /// the field's name and the pseudonym are authenticated, so a sealed field cannot be moved
+    /// to another member or another subject's entry).
+    ///
+    /// # Errors
+    /// [`PrivacyError::Randomness`].
+    pub fn seal(
+        &self,
+        field: &str,
+        about: &Pseudonym,
+        plaintext: &[u8],
+        random: &dyn RandomSource,
+    ) -> Result<SealedField, PrivacyError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        random.fill(&mut nonce)?;
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + 16);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let aad = sealing_aad(field, about);
+        let tag = self
+            .aead()?
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(&aad),
+                out.get_mut(NONCE_LEN..).unwrap_or_default(),
+            )
+            .map_err(|_| PrivacyError::Malformed)?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(SealedField(URL_SAFE_NO_PAD.encode(out)))
+    }
+
+    /// Opens a field sealed by [`SubjectKey::seal`] for the same `field` and `about`.
+    ///
+    /// # Errors
+    /// [`PrivacyError::Malformed`]; [`PrivacyError::WrongKey`].
+    pub fn open(
+        &self,
+        field: &str,
+        about: &Pseudonym,
+        sealed: &SealedField,
+    ) -> Result<Vec<u8>, PrivacyError> {
+        if sealed.0.len() > MAX_SEALED_LEN {
+            return Err(PrivacyError::Malformed);
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(&sealed.0)
+            .map_err(|_| PrivacyError::Malformed)?;
+        if bytes.len() < NONCE_LEN + aead::AES_256_GCM.tag_len() {
+            return Err(PrivacyError::Malformed);
+        }
+        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
+        let nonce =
+            aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| PrivacyError::Malformed)?;
+        let mut in_out = sealed.to_vec();
+        let aad = sealing_aad(field, about);
+        let opened = self
+            .aead()?
+            .open_in_place(nonce, aead::Aad::from(&aad), &mut in_out)
+            .map_err(|_| PrivacyError::WrongKey)?;
+        Ok(opened.to_vec())
+    }
+}
+
+fn labelled(kind: &str, value: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(LABEL.len() + kind.len() + 1 + value.len());
+    message.extend_from_slice(LABEL);
+    message.extend_from_slice(kind.as_bytes());
+    message.push(0);
+    message.extend_from_slice(value);
+    message
+}
+
+fn sealing_aad(field: &str, about: &Pseudonym) -> Vec<u8> {
+    let mut aad = labelled("sealed", field.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(about.as_str().as_bytes());
+    aad
+}
+
+/// A field sealed under a subject's key: base64url of a 96-bit nonce, the AES-256-GCM
+/// ciphertext and its tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SealedField(String);
+
+impl SealedField {
+    /// The encoded form, as the log stores it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The commitment to a high-entropy value kept in the log in its place: base64url of its
+/// SHA-256. A signed attestation or token carries a random id and a signature, so its digest
+/// reveals nothing, and binds the entry to the exact bytes.
+pub fn commitment(value: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, value))
+}
+
+/// A subject's key as a store keeps it: in its own table, apart from the log, deleted by
+/// erasure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectKeyRecord {
+    /// The subject (the platform's pairwise id at a broker, the bank's customer id at a bank).
+    pub subject: SubjectId,
+    /// The key.
+    pub key: SubjectKey,
+    /// When it was made.
+    pub created_at: time::OffsetDateTime,
+}
+
+/// A subject's key, and the change that stores it when it was made just now (it goes into the
+/// commit that first needs it; a concurrent writer that made one first makes that commit fail
+/// with a conflict, and the retry reads theirs).
+#[derive(Debug, Clone)]
+pub(crate) struct Keyed {
+    pub(crate) key: SubjectKey,
+    pub(crate) insert: Option<crate::store::Change>,
+}
+
+impl Keyed {
+    /// The subject's stored key, or a new one with its insert.
+    pub(crate) fn read_or_make<S: crate::store::StateRead + ?Sized>(
+        store: &S,
+        subject: &SubjectId,
+        random: &dyn RandomSource,
+        now: time::OffsetDateTime,
+    ) -> Result<Self, KeyedError> {
+        if let Some(key) = store.subject_key(subject)? {
+            return Ok(Self { key, insert: None });
+        }
+        let key = SubjectKey::generate(random)?;
+        Ok(Self {
+            insert: Some(crate::store::Change::InsertSubjectKey {
+                record: SubjectKeyRecord {
+                    subject: subject.clone(),
+                    key: key.clone(),
+                    created_at: now,
+                },
+            }),
+            key,
+        })
+    }
+
+    /// Adds the key's insert, if it is new, to `commit`.
+    pub(crate) fn store_in(&self, commit: crate::store::Commit) -> crate::store::Commit {
+        match &self.insert {
+            Some(change) => commit.change(change.clone()),
+            None => commit,
+        }
+    }
+}
+
+/// Why a subject's key could not be read or made.
+#[derive(Debug)]
+pub(crate) enum KeyedError {
+    Store(crate::store::StoreError),
+    Random(RandomError),
+}
+
+impl From<crate::store::StoreError> for KeyedError {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+impl From<RandomError> for KeyedError {
+    fn from(error: RandomError) -> Self {
+        Self::Random(error)
+    }
+}
+
+impl From<KeyedError> for crate::Error {
+    fn from(error: KeyedError) -> Self {
+        match error {
+            KeyedError::Store(error) => Self::Store(error),
+            KeyedError::Random(error) => error.into(),
+        }
+    }
+}
+
+impl From<KeyedError> for crate::BankError {
+    fn from(error: KeyedError) -> Self {
+        match error {
+            KeyedError::Store(error) => Self::Store(error),
+            KeyedError::Random(_) => Self::Key(crate::keys::KeyError::RandomnessUnavailable),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::SeededRandom;
+
+    fn key(seed: u64) -> SubjectKey {
+        SubjectKey::generate(&SeededRandom::new(seed)).unwrap()
+    }
+
+    #[test]
+    fn pseudonyms_are_keyed_and_separated_by_kind() {
+        let (a, b) = (key(1), key(2));
+        let alice = SubjectId::new("alice").unwrap();
+        let p = a.subject(&alice);
+        assert!(p.as_str().starts_with(PSEUDONYM_PREFIX));
+        assert_eq!(p.as_str().len(), PSEUDONYM_PREFIX.len() + 22);
+        assert_ne!(p, b.subject(&alice));
+        assert_ne!(
+            a.account(&AccountId::new("alice").unwrap()).as_str(),
+            p.as_str()
+        );
+        assert_ne!(a.device("alice").as_str(), p.as_str());
+        assert_eq!(SubjectKey::from_bytes(&a.to_bytes()).subject(&alice), p);
+    }
+
+    #[test]
+    fn sealed_fields_open_only_for_their_key_field_and_subject() {
+        let (a, b) = (key(1), key(2));
+        let random = SeededRandom::new(3);
+        let p = a.subject(&SubjectId::new("alice").unwrap());
+        let q = a.subject(&SubjectId::new("bob").unwrap());
+        let sealed = a.seal("attestation", &p, b"secret", &random).unwrap();
+        assert_eq!(a.open("attestation", &p, &sealed).unwrap(), b"secret");
+        assert_eq!(
+            b.open("attestation", &p, &sealed),
+            Err(PrivacyError::WrongKey)
+        );
+        assert_eq!(
+            a.open("attestation", &q, &sealed),
+            Err(PrivacyError::WrongKey)
+        );
+        assert_eq!(a.open("other", &p, &sealed), Err(PrivacyError::WrongKey));
+        let mut altered = sealed.as_str().to_owned();
+        altered.replace_range(20..21, if &altered[20..21] == "A" { "B" } else { "A" });
+        assert_eq!(
+            a.open("attestation", &p, &SealedField(altered)),
+            Err(PrivacyError::WrongKey)
+        );
+        assert_eq!(
+            a.open("attestation", &p, &SealedField("%%".into())),
+            Err(PrivacyError::Malformed)
+        );
+        assert_eq!(
+            a.open("attestation", &p, &SealedField("AAAA".into())),
+            Err(PrivacyError::Malformed)
+        );
+        assert!(!sealed.as_str().contains("secret"));
+    }
+
+    #[test]
+    fn a_commitment_is_sha256() {
+        assert_eq!(
+            commitment(b"abc"),
+            "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0"
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! Erasure by deleting a subject's key (crypto-shredding), tried as a person who asked to be
+//! forgotten would check it: every byte the broker's database keeps on disk, searched for their
+//! id and account ids as text, base64 and hex; the log still verifying against a checkpoint
+//! signed before; another subject untouched.
+
+use crate::platform_blind::{files, trace_of};
+use crate::support::*;
+use consent_broker::checkpoint::NoteVerifier;
+use consent_broker::*;
+
+/// The subject and accounts to forget: ids long enough that a match is never chance.
+const SUBJECT: &str = "subject-7f3a9c-erase-me";
+const ACCOUNTS: [&str; 2] = ["acct-4417-current-erase", "acct-9925-savings-erase"];
+
+fn bytes_on_disk(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut found = Vec::new();
+    files(dir, &dir.join("nothing-skipped"), &mut found);
+    found
+}
+
+fn traces(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    bytes_on_disk(dir)
+        .iter()
+        .filter_map(|(path, bytes)| trace_of(bytes, needle).map(|how| format!("{path} ({how})")))
+        .collect()
+}
+
+#[test]
+fn after_erasure_no_byte_of_the_database_names_the_subject_and_the_log_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.sqlite");
+    let fx = Fixture::with_store(SqliteStore::open(&db).unwrap());
+    let subject: SubjectId = SUBJECT.parse().unwrap();
+    let accounts: Vec<AccountId> = ACCOUNTS.iter().map(|a| a.parse().unwrap()).collect();
+
+    // The subject's whole life at the broker: a request, an approval, permits, a denial naming
+    // an account not granted, a token, a revocation, and a second consent still live.
+    let draft = ConsentRequestDraft {
+        subject: subject.clone(),
+        accounts: AccountSelection::Listed(accounts.iter().cloned().collect()),
+        ..fx.draft()
+    };
+    let first = fx.broker.request_consent(draft.clone()).unwrap();
+    let mut statement = fx.full_statement(&first);
+    statement.accounts = AccountSet::from([accounts[0].clone()]);
+    fx.broker
+        .approve(first.id(), &fx.attest(&statement))
+        .unwrap();
+    let access = AccessRequest {
+        account: accounts[0].clone(),
+        ..fx.access(first.id())
+    };
+    assert!(
+        fx.broker
+            .authorise_access(&access)
+            .unwrap()
+            .decision()
+            .is_permit()
+    );
+    let other_account = AccessRequest {
+        account: accounts[1].clone(),
+        ..access.clone()
+    };
+    assert!(
+        !fx.broker
+            .authorise_access(&other_account)
+            .unwrap()
+            .decision()
+            .is_permit()
+    );
+    fx.broker.authorise_with_token(&access).unwrap();
+    fx.broker
+        .revoke(
+            first.id(),
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
+    let second = fx.broker.request_consent(draft).unwrap();
+    let mut statement = fx.full_statement(&second);
+    statement.accounts = AccountSet::from([accounts[1].clone()]);
+    fx.broker
+        .approve(second.id(), &fx.attest(&statement))
+        .unwrap();
+    // Someone else, to be left alone.
+    let bob = fx.granted();
+    let bobs_history = fx.broker.subject_history(bob.subject()).unwrap();
+
+    // Before: the database names the subject (its state rows do), so the search can find it.
+    fx.broker.purge().unwrap();
+    assert!(!traces(dir.path(), SUBJECT).is_empty());
+    // Even before erasure, the log itself names neither the subject nor an account.
+    let log: Vec<u8> = fx
+        .broker
+        .store()
+        .audit_bytes(0..fx.audit_len())
+        .unwrap()
+        .into_iter()
+        .flat_map(|e| e.bytes)
+        .collect();
+    for needle in std::iter::once(SUBJECT).chain(ACCOUNTS) {
+        assert_eq!(trace_of(&log, needle), None, "the log names {needle}");
+    }
+    let before = fx.broker.checkpoint().unwrap();
+    let pseudonym = fx.pseudonym(&subject);
+
+    let erasure = fx.broker.erase_subject(&subject).unwrap().unwrap();
+    assert_eq!(erasure.pseudonym, pseudonym);
+    assert_eq!(
+        erasure.consents,
+        vec![first.id().clone(), second.id().clone()]
+    );
+    assert_eq!(erasure.revoked, vec![second.id().clone()]);
+    assert!(erasure.purged, "the write-ahead log was truncated");
+
+    // After: no file of the database (main file, -wal, -shm) holds the subject's id or an
+    // account id, in any form.
+    for needle in std::iter::once(SUBJECT).chain(ACCOUNTS) {
+        assert_eq!(traces(dir.path(), needle), Vec::<String>::new(), "{needle}");
+    }
+    // The log verifies byte for byte against the checkpoint signed before.
+    let verifier = NoteVerifier::from_vkey(&fx.broker.checkpoint_verifier_key()).unwrap();
+    verify_log(&fx.broker.store(), Some((&before.note, &verifier))).unwrap();
+    // Nothing links to the subject: no key, no consents, no history; the erasure itself is
+    // logged under the pseudonym it had, after the revocation of the live consent.
+    assert_eq!(fx.broker.pseudonym_of(&subject).unwrap(), None);
+    assert!(fx.broker.consents_of(&subject).unwrap().is_empty());
+    assert!(fx.broker.subject_history(&subject).unwrap().is_empty());
+    let last = fx.audit();
+    let [.., revoked, erased] = last.as_slice() else {
+        panic!("no entries");
+    };
+    assert_eq!(revoked.kind(), AuditKind::ConsentRevoked);
+    assert_eq!(revoked.consent(), Some(second.id()));
+    assert_eq!(erased.kind(), AuditKind::SubjectErased);
+    assert_eq!(erased.subject(), Some(&pseudonym));
+    // The bank learns of the revocation from the feed, though the consent's row is gone.
+    let feed = fx.broker.revocation_feed(&fx.bank, 0).unwrap();
+    let claims = feed.split('.').nth(1).unwrap();
+    let claims = String::from_utf8(unb64(claims)).unwrap();
+    assert!(claims.contains(second.id().as_str()), "{claims}");
+    // Bob is untouched.
+    assert_eq!(
+        fx.broker.subject_history(bob.subject()).unwrap(),
+        bobs_history
+    );
+    assert_eq!(
+        fx.broker.consent(bob.id()).unwrap().status,
+        ConsentStatus::Authorised
+    );
+    // Erasing again finds nothing to erase and records nothing.
+    let len = fx.audit_len();
+    assert_eq!(fx.broker.erase_subject(&subject).unwrap(), None);
+    assert_eq!(fx.audit_len(), len);
+}
+
+#[test]
+fn retention_deletes_ended_grants_state_and_logs_which() {
+    let fx = Fixture::new();
+    let ended = fx.granted();
+    fx.broker
+        .revoke(
+            ended.id(),
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
+    let live = fx.granted();
+    // Not yet: the grant ended less than the retention period ago.
+    assert_eq!(
+        fx.broker
+            .apply_retention(DEFAULT_RETENTION)
+            .unwrap()
+            .consents,
+        Vec::<ConsentId>::new()
+    );
+    fx.clock
+        .advance(DEFAULT_RETENTION + time::Duration::days(1));
+    let retention = fx.broker.apply_retention(DEFAULT_RETENTION).unwrap();
+    // The revoked consent goes; the live one (expiring later) stays if still live.
+    assert!(retention.consents.contains(ended.id()));
+    assert!(matches!(
+        fx.broker.consent(ended.id()),
+        Err(Error::UnknownConsent(_))
+    ));
+    let entry = fx.last_audit();
+    assert_eq!(entry.kind(), AuditKind::RetentionApplied);
+    assert_eq!(Some(entry.seq), retention.audit_seq);
+    // The log keeps its pseudonymous entries about the deleted consent.
+    assert!(!fx.broker.consent_history(ended.id()).unwrap().is_empty());
+    // An access on it is now an unknown consent, refused and audited.
+    let outcome = fx.broker.authorise_access(&fx.access(ended.id())).unwrap();
+    assert_eq!(
+        outcome.decision(),
+        Decision::Deny {
+            reasons: vec![DenyReason::UnknownConsent]
+        }
+    );
+    let _ = live;
+}
