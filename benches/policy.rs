@@ -48,6 +48,16 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+    // The parts of the checked call's privacy work: the subject's key read from the store, and
+    // one pseudonym.
+    let alice: SubjectId = s.consent.request().subject().clone();
+    let key = s.store.subject_key(&alice).unwrap().unwrap();
+    group.bench_function("privacy/subject_key_read", |b| {
+        b.iter(|| s.store.subject_key(black_box(&alice)).unwrap())
+    });
+    group.bench_function("privacy/pseudonym", |b| {
+        b.iter(|| key.subject(black_box(&alice)))
+    });
     group.bench_function("broker/authorise_access_memory_permit", |b| {
         b.iter(|| {
             s.broker

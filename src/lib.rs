@@ -62,8 +62,8 @@ pub use attestation::{
 pub use audit::{Actor, AuditEntry, AuditEvent, AuditKind, AuditRecord, Refusal, Revocation};
 pub use auditor::{
     LogError, LogReport, ProveError, Receipt, ReceiptError, SigningError, StoreNodes,
-    checkpoint_log, consent_history, decode_hashes, encode_hashes, prove, subject_history,
-    verify_log,
+    checkpoint_log, consent_history, decode_hashes, encode_hashes, history_of_any, prove,
+    subject_history, verify_log,
 };
 pub use bank::{
     Admission, Bank, BankBuilder, BankError, BankKeys, DEFAULT_MAX_MERGE_DELAY, GateError,

@@ -94,9 +94,12 @@ impl fmt::Debug for SubjectKey {
 
 impl PartialEq for SubjectKey {
     fn eq(&self, other: &Self) -> bool {
-        // Compared through their HMAC of a fixed label: no early exit on the secret's bytes.
-        let probe = |key: &Self| hmac::sign(&key.mac, b"consent-broker/v1 key-equality");
-        probe(self).as_ref() == probe(other).as_ref()
+        // No early exit on the secret's bytes.
+        self.secret
+            .iter()
+            .zip(other.secret.iter())
+            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+            == 0
     }
 }
 
@@ -135,6 +138,20 @@ impl SubjectKey {
     /// The key's bytes, for a store to keep (wiped when dropped).
     pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
         self.secret.clone()
+    }
+
+    /// The key of this subject's relationship with one platform, derived from this one
+    /// (HMAC-SHA-256 of `platform`, labelled): what a bank's journal uses for entries about
+    /// that relationship, so that the journal gives one person unrelated pseudonyms for each
+    /// platform, and two platforms cannot match their users through it.
+    pub fn for_platform(&self, platform: &crate::ids::PlatformId) -> SubjectKey {
+        let derived = hmac::sign(
+            &self.mac,
+            &labelled("platform", platform.as_str().as_bytes()),
+        );
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        bytes.copy_from_slice(derived.as_ref());
+        Self::from_bytes(&bytes)
     }
 
     /// The subject's pseudonym.
@@ -260,6 +277,41 @@ pub fn commitment(value: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, value))
 }
 
+/// What a log keeps of a parser's error message: every quoted run (between `"` or between
+/// backticks) replaced by `…`, since what a parser quotes is the input, and an input's value
+/// may be a personal identifier.
+///
+/// ```
+/// use consent_broker::privacy::unquoted;
+/// assert_eq!(
+///     unquoted(r#"invalid type: string "alice-123", expected u64"#),
+///     r#"invalid type: string "…", expected u64"#
+/// );
+/// ```
+pub fn unquoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(quote) if c == quote => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                out.push(c);
+                open = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    if open.is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// A subject's key as a store keeps it: in its own table, apart from the log, deleted by
 /// erasure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +329,7 @@ pub struct SubjectKeyRecord {
 /// with a conflict, and the retry reads theirs).
 #[derive(Debug, Clone)]
 pub(crate) struct Keyed {
+    pub(crate) subject: SubjectId,
     pub(crate) key: SubjectKey,
     pub(crate) insert: Option<crate::store::Change>,
 }
@@ -290,10 +343,15 @@ impl Keyed {
         now: time::OffsetDateTime,
     ) -> Result<Self, KeyedError> {
         if let Some(key) = store.subject_key(subject)? {
-            return Ok(Self { key, insert: None });
+            return Ok(Self {
+                subject: subject.clone(),
+                key,
+                insert: None,
+            });
         }
         let key = SubjectKey::generate(random)?;
         Ok(Self {
+            subject: subject.clone(),
             insert: Some(crate::store::Change::InsertSubjectKey {
                 record: SubjectKeyRecord {
                     subject: subject.clone(),
@@ -305,13 +363,45 @@ impl Keyed {
         })
     }
 
-    /// Adds the key's insert, if it is new, to `commit`.
-    pub(crate) fn store_in(&self, commit: crate::store::Commit) -> crate::store::Commit {
+    /// The subject's stored key, if it has one (never making one: what a refusal about an
+    /// existing record uses, so that no key is made again for a subject erased meanwhile).
+    pub(crate) fn read_existing<S: crate::store::StateRead + ?Sized>(
+        store: &S,
+        subject: &SubjectId,
+    ) -> Result<Option<Self>, crate::store::StoreError> {
+        Ok(store.subject_key(subject)?.map(|key| Self {
+            subject: subject.clone(),
+            key,
+            insert: None,
+        }))
+    }
+
+    /// What a commit that uses the key must carry: the key's insert if it is new, else the
+    /// precondition that the stored key is still this one.
+    pub(crate) fn guard(&self) -> KeyGuard {
         match &self.insert {
-            Some(change) => commit.change(change.clone()),
-            None => commit,
+            Some(change) => KeyGuard::Insert(Box::new(change.clone())),
+            None => KeyGuard::Check(crate::store::Precondition::SubjectKeyIs {
+                subject: self.subject.clone(),
+                key: Box::new(self.key.clone()),
+            }),
         }
     }
+
+    /// Adds [`Keyed::guard`] to `commit`.
+    pub(crate) fn store_in(&self, commit: crate::store::Commit) -> crate::store::Commit {
+        match self.guard() {
+            KeyGuard::Insert(change) => commit.change(*change),
+            KeyGuard::Check(precondition) => commit.precondition(precondition),
+        }
+    }
+}
+
+/// What a commit that uses a subject's key carries (see [`Keyed::guard`]).
+#[derive(Debug, Clone)]
+pub(crate) enum KeyGuard {
+    Insert(Box<crate::store::Change>),
+    Check(crate::store::Precondition),
 }
 
 /// Why a subject's key could not be read or made.
@@ -408,6 +498,20 @@ mod tests {
             Err(PrivacyError::Malformed)
         );
         assert!(!sealed.as_str().contains("secret"));
+    }
+
+    #[test]
+    fn a_parsers_message_loses_what_it_quoted() {
+        assert_eq!(
+            unquoted(r#"invalid type: string "alice-123", expected u64 at line 1 column 30"#),
+            r#"invalid type: string "…", expected u64 at line 1 column 30"#
+        );
+        assert_eq!(
+            unquoted("unknown field `acct-9`, expected one of"),
+            "unknown field `…`, expected one of"
+        );
+        assert_eq!(unquoted(r#"unterminated "alice"#), r#"unterminated "…"#);
+        assert_eq!(unquoted("nothing quoted"), "nothing quoted");
     }
 
     #[test]

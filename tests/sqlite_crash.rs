@@ -702,3 +702,154 @@ fn two_connections_four_threads_share_one_file() {
     let entries = verify_concurrent(&path, &consent);
     assert_eq!(u64::try_from(entries.len()).unwrap() - before, ok);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. A crash during erasure
+
+const ERASE_DB: &str = "CONSENT_BROKER_CHILD_ERASE_DB";
+const ERASE_FIRST: &str = "CONSENT_BROKER_CHILD_ERASE_FIRST";
+/// Consents each subject of the erasure child gets before it is erased.
+const CONSENTS_PER_SUBJECT: usize = 3;
+
+fn erasable(k: u64) -> SubjectId {
+    id(&format!("erase-me-{k:05}-x7q"))
+}
+
+/// Child of [`kill_9_during_erasure_leaves_each_subject_erased_or_intact`]: gives subject after
+/// subject three granted consents (printing `READY k`), then erases it (printing `ERASED k`),
+/// until it is killed.
+#[test]
+fn child_erases_until_killed() {
+    let Ok(path) = std::env::var(ERASE_DB) else {
+        return;
+    };
+    let first: u64 = std::env::var(ERASE_FIRST).unwrap().parse().unwrap();
+    // Random consent and attestation ids: every child adds to the same file.
+    let fx = Fixture::with_builder(SqliteStore::open(&path).expect("child: open"), |b| {
+        b.ids(Arc::new(RandomIds::new()))
+    });
+    let random = SystemRandom::new();
+    let mut out = std::io::stdout().lock();
+    for k in first.. {
+        let subject = erasable(k);
+        for _ in 0..CONSENTS_PER_SUBJECT {
+            let request = fx
+                .broker
+                .request_consent(ConsentRequestDraft {
+                    subject: subject.clone(),
+                    ..fx.draft()
+                })
+                .expect("child: request");
+            let attestation = fx
+                .bank_signer()
+                .sign(
+                    &fx.full_statement(&request),
+                    fx.broker.id(),
+                    fx.broker.now(),
+                    &random,
+                )
+                .expect("child: sign");
+            fx.broker
+                .approve(request.id(), &attestation)
+                .expect("child: approve");
+        }
+        say(&mut out, &format!("READY {k}"));
+        match fx.broker.erase_subject(&subject) {
+            Ok(Some(_)) => say(&mut out, &format!("ERASED {k}")),
+            other => say(&mut out, &format!("ERR erase {k}: {other:?}")),
+        }
+    }
+}
+
+/// Kills a child that erases subjects at random moments, K times (env
+/// `CONSENT_BROKER_CRASH_KILLS`, default 10), and checks after each kill that every subject the
+/// child had finished setting up is either wholly erased (no key, no consent, and once the
+/// store is purged no byte of its id in any file) or wholly intact (its key and all its
+/// consents), that every subject the child reported erased is erased, and that the log verifies.
+#[test]
+fn kill_9_during_erasure_leaves_each_subject_erased_or_intact() {
+    if std::env::var(ERASE_DB).is_ok() || std::env::var(CHILD_DB).is_ok() {
+        return;
+    }
+    let kills: u64 = std::env::var(KILLS)
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(10);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite");
+    drop(Fixture::with_store(SqliteStore::open(&path).unwrap()));
+    let mut next = 0u64;
+    let (mut erased_seen, mut intact_seen) = (0u64, 0u64);
+    for i in 0..kills {
+        let mut rng = seeded(i ^ 0xE4A5E);
+        let wait_ms = 5 + xorshift(&mut rng) % 80;
+        let env = [
+            (ERASE_DB, path.display().to_string()),
+            (ERASE_FIRST, next.to_string()),
+        ];
+        let (mut child, lines, reader) = spawn_child("child_erases_until_killed", &env);
+        let deadline = Instant::now() + StdDuration::from_millis(wait_ms);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("kill {i}: the child exited on its own: {seen:?}")
+                }
+            }
+        }
+        child.kill_and_wait();
+        reader.join().unwrap();
+        seen.extend(lines.try_iter());
+        let errors: Vec<&String> = seen.iter().filter(|l| l.starts_with("ERR")).collect();
+        assert!(errors.is_empty(), "kill {i}: {errors:?}");
+        let number = |prefix: &str| -> BTreeSet<u64> {
+            seen.iter()
+                .filter_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+                .collect()
+        };
+        let (ready, erased) = (number("READY "), number("ERASED "));
+
+        let fx = Fixture::with_store(SqliteStore::open(&path).expect("opens after the crash"));
+        verify_log(&fx.broker.store(), None).expect("the log verifies after the crash");
+        fx.broker.purge().unwrap();
+        let files: Vec<Vec<u8>> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        for &k in &ready {
+            let subject = erasable(k);
+            let key = fx.broker.pseudonym_of(&subject).unwrap();
+            let consents = fx.broker.consents_of(&subject).unwrap().len();
+            let on_disk = files.iter().any(|bytes| {
+                bytes
+                    .windows(subject.as_str().len())
+                    .any(|w| w == subject.as_str().as_bytes())
+            });
+            match (key.is_some(), consents, on_disk) {
+                (false, 0, false) => erased_seen += 1,
+                (true, CONSENTS_PER_SUBJECT, true) => {
+                    assert!(
+                        !erased.contains(&k),
+                        "kill {i}: subject {k} was reported erased but is intact"
+                    );
+                    intact_seen += 1;
+                }
+                other => panic!(
+                    "kill {i}: subject {k} is half erased (key, consents, bytes on disk): \
+                     {other:?}"
+                ),
+            }
+        }
+        // The next child starts past every subject this one may have begun.
+        next = ready.last().map_or(next, |k| k + 1) + 1;
+    }
+    eprintln!(
+        "erasure crash test: {kills} kills, {erased_seen} subject states found erased, \
+         {intact_seen} intact"
+    );
+    if kills >= 10 {
+        assert!(erased_seen > 0, "no child ever erased a subject");
+    }
+}

@@ -64,8 +64,11 @@ pub enum AuditEvent {
     },
     /// A consent request was refused (for example, it named a prohibited use).
     ConsentRequestRefused {
-        /// Whose data it asked for: the subject's pseudonym.
-        subject: Pseudonym,
+        /// Whose data it asked for: the subject's pseudonym, when the subject has a key already
+        /// (a refused request makes none: the platform's word about a subject unknown here is
+        /// not kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<Pseudonym>,
         /// Why.
         refusal: Refusal,
     },
@@ -284,6 +287,11 @@ pub enum AuditEvent {
         /// The earlier attestation of the same consent this one replaces (a re-authorisation).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         supersedes: Option<String>,
+        /// The commitment to the signed attestation (SHA-256 of the compact JWS, base64url): the
+        /// same as the broker's `consent_approved` entry must carry, which the bank's monitor
+        /// checks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attestation_digest: Option<String>,
     },
     /// An approval was withdrawn at the bank (by the subject there, or by the bank).
     RevokedAtBank {
@@ -543,7 +551,6 @@ impl AuditEvent {
     pub fn subject(&self) -> Option<&Pseudonym> {
         match self {
             Self::ConsentRequested { subject, .. }
-            | Self::ConsentRequestRefused { subject, .. }
             | Self::ConsentApproved { subject, .. }
             | Self::ApprovalRefused { subject, .. }
             | Self::ConsentRejected { subject, .. }
@@ -559,9 +566,9 @@ impl AuditEvent {
             | Self::DeviceKeyRevoked { subject, .. }
             | Self::SubjectErased { subject, .. }
             | Self::SubjectLinked { subject, .. } => Some(subject),
-            Self::AccessDenied { subject, .. } | Self::AccessRefusedAtGate { subject, .. } => {
-                subject.as_ref()
-            }
+            Self::AccessDenied { subject, .. }
+            | Self::AccessRefusedAtGate { subject, .. }
+            | Self::ConsentRequestRefused { subject, .. } => subject.as_ref(),
             _ => None,
         }
     }

@@ -24,6 +24,19 @@ pub fn subject_history<S: LogRead + ?Sized>(
     log: &S,
     subject: &Pseudonym,
 ) -> Result<Vec<AuditEntry>, StoreError> {
+    history_of_any(log, std::slice::from_ref(subject))
+}
+
+/// [`subject_history`] for a subject the log names by any of several pseudonyms (a bank's
+/// journal names a customer by one per platform).
+///
+/// # Errors
+/// [`StoreError`].
+pub fn history_of_any<S: LogRead + ?Sized>(
+    log: &S,
+    pseudonyms: &[Pseudonym],
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let subject = |p: &Pseudonym| pseudonyms.contains(p);
     let mut consents: HashSet<ConsentId> = HashSet::new();
     entries_where(log, |entry| {
         // A broker's log names the subject's consents when they are requested, a bank's journal
@@ -37,11 +50,12 @@ pub fn subject_history<S: LogRead + ?Sized>(
             subject: requested_for,
             ..
         } = &entry.event
-            && requested_for == subject
+            && subject(requested_for)
         {
             consents.insert(consent.clone());
         }
-        entry.subject() == Some(subject) || entry.consent().is_some_and(|c| consents.contains(c))
+        entry.subject().is_some_and(subject)
+            || entry.consent().is_some_and(|c| consents.contains(c))
     })
 }
 

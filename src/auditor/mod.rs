@@ -12,7 +12,7 @@ mod receipt;
 mod signing;
 mod verify;
 
-pub use history::{consent_history, subject_history};
+pub use history::{consent_history, history_of_any, subject_history};
 pub use receipt::{ProveError, Receipt, ReceiptError, decode_hashes, encode_hashes, prove};
 pub use signing::{SigningError, checkpoint_log};
 pub use verify::{LogError, LogReport, verify_log};

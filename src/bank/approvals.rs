@@ -38,6 +38,8 @@ impl<S: Store + LedgerRead> Bank<S> {
                 .link_of(customer, &statement.platform)?
                 .ok_or(BankError::NotLinked)?;
             let keyed = self.key_of(customer)?;
+            // The journal names the customer by a pseudonym of this platform's relationship.
+            let scoped = keyed.key.for_platform(&statement.platform);
             let policy = self.policy()?.ok_or(BankError::NoPolicy)?.policy;
             check_within(statement, &policy, now)?;
             let earlier: Vec<AttestationRecord> = self
@@ -95,7 +97,7 @@ impl<S: Store + LedgerRead> Bank<S> {
                 AuditEvent::AttestationSigned {
                     attestation: id.clone(),
                     consent: statement.consent.clone(),
-                    subject: keyed.key.subject(customer),
+                    subject: scoped.subject(customer),
                     platform: statement.platform.clone(),
                     broker: self.broker.clone(),
                     scopes: statement.scopes,
@@ -103,17 +105,14 @@ impl<S: Store + LedgerRead> Bank<S> {
                     accounts: statement
                         .accounts
                         .iter()
-                        .map(|a| keyed.key.account(a))
+                        .map(|a| scoped.account(a))
                         .collect(),
                     expires_at: statement.consent_expires_at,
                     unattended_daily_limit: statement.unattended_daily_limit,
-                    devices: statement
-                        .devices
-                        .iter()
-                        .map(|d| keyed.key.device(d))
-                        .collect(),
+                    devices: statement.devices.iter().map(|d| scoped.device(d)).collect(),
                     plaintext: statement.plaintext,
                     supersedes: earlier.last().map(|a| a.id.clone()),
+                    attestation_digest: Some(crate::privacy::commitment(signed.as_bytes())),
                 },
             );
             // Two approvals of one consent at once: the second to commit finds the first live and
@@ -186,7 +185,10 @@ impl<S: Store + LedgerRead> Bank<S> {
                 AuditEvent::RevokedAtBank {
                     attestation: live.id.clone(),
                     consent: consent.clone(),
-                    subject: keyed.key.subject(&live.subject),
+                    subject: keyed
+                        .key
+                        .for_platform(&live.platform)
+                        .subject(&live.subject),
                     revocation: Revocation { by, reason },
                 },
             );

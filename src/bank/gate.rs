@@ -11,6 +11,7 @@ use crate::holder::VerifiedAccess;
 use crate::hpke::{DevicePublicKey, HpkeError};
 use crate::ids::SubjectId;
 use crate::policy::Presence;
+use crate::privacy::Keyed;
 use crate::refusal::GateRefusal;
 use crate::sealing::{Delivery, Response, ResponseContext, seal_response};
 use crate::store::{
@@ -126,7 +127,7 @@ impl<E> GateError<E> {
 
 /// Why one attempt stopped.
 enum Stop<E> {
-    Refuse(GateRefusal, Option<Box<AccessClaims>>, Option<SubjectId>),
+    Refuse(GateRefusal, Option<Box<AccessClaims>>, Option<Who>),
     Fail(GateError<E>),
     Retry,
 }
@@ -270,11 +271,13 @@ impl<S: Store + LedgerRead> Bank<S> {
                 "no randomness for the subject's key".into(),
             ))),
         })?;
+        // The journal names the customer by a pseudonym of this platform's relationship.
+        let scoped = keyed.key.for_platform(&attestation.platform);
         let delivery = match plan.delivery() {
             Delivery::Sealed { devices } => Delivery::Sealed {
                 devices: devices
                     .iter()
-                    .map(|d| keyed.key.device(d).as_str().to_owned())
+                    .map(|d| scoped.device(d).as_str().to_owned())
                     .collect(),
             },
             Delivery::Plaintext => Delivery::Plaintext,
@@ -284,11 +287,11 @@ impl<S: Store + LedgerRead> Bank<S> {
             AuditEvent::AccessServed {
                 attestation: attestation.id.clone(),
                 consent: claims.cid.clone(),
-                subject: keyed.key.subject(&attestation.subject),
+                subject: scoped.subject(&attestation.subject),
                 platform: claims.client_id.clone(),
                 scope: claims.scope,
                 purpose: claims.purpose,
-                account: keyed.key.account(&claims.acct),
+                account: scoped.account(&claims.acct),
                 presence: claims.presence,
                 token_id: claims.jti.clone(),
                 proof_id: proof_id.clone(),
@@ -359,7 +362,7 @@ impl<S: Store + LedgerRead> Bank<S> {
                 Err(Stop::Refuse(
                     refusal,
                     Some(Box::new(claims)),
-                    Some(attestation.subject),
+                    Some((attestation.subject, attestation.platform)),
                 ))
             }
             Err(error) => Err(error.into()),
@@ -383,7 +386,7 @@ impl<S: Store + LedgerRead> Bank<S> {
         };
         let claims = token::check_token(request.token, |kid| self.broker_key(kid), &expected, now)
             .map_err(|e| Stop::Refuse(GateRefusal::Token(e), None, None))?;
-        let refuse = |refusal: GateRefusal, claims: &AccessClaims, subject: Option<SubjectId>| {
+        let refuse = |refusal: GateRefusal, claims: &AccessClaims, subject: Option<Who>| {
             Stop::Refuse(refusal, Some(Box::new(claims.clone())), subject)
         };
         // 2. The sender constraint.
@@ -417,7 +420,7 @@ impl<S: Store + LedgerRead> Bank<S> {
         let Some(attestation) = &view.attestation else {
             return Err(refuse(GateRefusal::UnknownAttestation, &claims, None));
         };
-        let subject = Some(attestation.subject.clone());
+        let subject = Some((attestation.subject.clone(), attestation.platform.clone()));
         let mismatch = |claim: &str| {
             refuse(
                 GateRefusal::AttestationMismatch {
@@ -557,7 +560,7 @@ impl<S: Store + LedgerRead> Bank<S> {
         &self,
         refusal: GateRefusal,
         claims: Option<&AccessClaims>,
-        subject: Option<SubjectId>,
+        subject: Option<Who>,
     ) -> GateError<E> {
         let Some(verified) = claims else {
             return GateError::Refused {
@@ -566,52 +569,65 @@ impl<S: Store + LedgerRead> Bank<S> {
             };
         };
         let claims = Some(verified);
-        // The subject (the ledger's, never the token's word) and the account only as
-        // pseudonyms under the subject's key; neither without a subject.
-        let keyed = match subject.as_ref().map(|s| self.key_of(s)).transpose() {
-            Ok(keyed) => keyed,
-            Err(BankError::Store(error)) => return GateError::Store(error),
-            Err(_) => {
-                return GateError::Store(StoreError::Unavailable(
-                    "no randomness for the subject's key".into(),
-                ));
+        for _ in 0..MAX_ATTEMPTS {
+            // The subject (the ledger's, never the token's word) and the account only as
+            // pseudonyms of the customer's relationship with the approval's platform, and only
+            // while the customer has a key: a refusal never makes one (an erasure may have
+            // deleted it since the approval was read).
+            let keyed = match subject.as_ref() {
+                Some((customer, _)) => match Keyed::read_existing(&self.ledger, customer) {
+                    Ok(keyed) => keyed,
+                    Err(error) => return GateError::Store(error),
+                },
+                None => None,
+            };
+            let (who, account) = match (&keyed, subject.as_ref()) {
+                (Some(keyed), Some((customer, platform))) => {
+                    let scoped = keyed.key.for_platform(platform);
+                    (
+                        Some(scoped.subject(customer)),
+                        Some(scoped.account(&verified.acct)),
+                    )
+                }
+                _ => (None, None),
+            };
+            let actor = Actor::Platform(verified.client_id.clone());
+            let entry = self.record(
+                actor,
+                AuditEvent::AccessRefusedAtGate {
+                    refusal: refusal.clone(),
+                    token_id: claims.map(|c| c.jti.clone()),
+                    attestation: claims.map(|c| c.att.clone()),
+                    consent: claims.map(|c| c.cid.clone()),
+                    subject: who,
+                    platform: claims.map(|c| c.client_id.clone()),
+                    scope: claims.map(|c| c.scope),
+                    account,
+                    presence: claims.map(|c| c.presence),
+                },
+            );
+            let commit = match &keyed {
+                Some(keyed) => keyed.store_in(Commit::new(entry)),
+                None => Commit::new(entry),
+            };
+            match self.ledger.commit(commit) {
+                Ok(receipt) => {
+                    return GateError::Refused {
+                        refusal,
+                        journal_seq: Some(receipt.audit_seqs.start),
+                    };
+                }
+                // The key changed (an erasure): read again.
+                Err(StoreError::Conflict) => {}
+                Err(error) => return GateError::Store(error),
             }
-        };
-        let (subject, account) = match (&keyed, subject.as_ref()) {
-            (Some(keyed), Some(subject)) => (
-                Some(keyed.key.subject(subject)),
-                Some(keyed.key.account(&verified.acct)),
-            ),
-            _ => (None, None),
-        };
-        let actor = Actor::Platform(verified.client_id.clone());
-        let entry = self.record(
-            actor,
-            AuditEvent::AccessRefusedAtGate {
-                refusal: refusal.clone(),
-                token_id: claims.map(|c| c.jti.clone()),
-                attestation: claims.map(|c| c.att.clone()),
-                consent: claims.map(|c| c.cid.clone()),
-                subject,
-                platform: claims.map(|c| c.client_id.clone()),
-                scope: claims.map(|c| c.scope),
-                account,
-                presence: claims.map(|c| c.presence),
-            },
-        );
-        let commit = match &keyed {
-            Some(keyed) => keyed.store_in(Commit::new(entry)),
-            None => Commit::new(entry),
-        };
-        match self.ledger.commit(commit) {
-            Ok(receipt) => GateError::Refused {
-                refusal,
-                journal_seq: Some(receipt.audit_seqs.start),
-            },
-            Err(error) => GateError::Store(error),
         }
+        GateError::Contention(MAX_ATTEMPTS)
     }
 }
+
+/// Whom a refusal is about, as the ledger knows it: the customer and the approval's platform.
+type Who = (SubjectId, crate::ids::PlatformId);
 
 /// What the checks established for an access they admit.
 struct Decided {

@@ -611,9 +611,11 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// # Errors
     /// [`BankError::Store`].
     pub fn subject_view(&self, subject: &SubjectId) -> Result<SubjectView, BankError> {
-        let journal = match self.pseudonym_of(subject)? {
-            Some(pseudonym) => auditor::subject_history(&self.ledger, &pseudonym)?,
-            None => Vec::new(),
+        let pseudonyms = self.pseudonyms_of(subject)?;
+        let journal = if pseudonyms.is_empty() {
+            Vec::new()
+        } else {
+            auditor::history_of_any(&self.ledger, &pseudonyms)?
         };
         Ok(SubjectView {
             approvals: self.ledger.attestations_of_subject(subject)?,

@@ -56,6 +56,8 @@ pub struct TokenTerms {
     pub scope: Scope,
     /// Why.
     pub purpose: Purpose,
+    /// Whether the subject was said to be present.
+    pub presence: crate::policy::Presence,
     /// The commitment to the signed token (SHA-256 of the compact JWS, base64url).
     pub token_digest: Option<String>,
 }
@@ -68,11 +70,11 @@ pub struct MonitorReport {
     /// The witnesses that cosigned that checkpoint.
     pub witnessed_by: Vec<String>,
     /// Served tokens the log does not show issued for what was served (same token id, consent,
-    /// subject, scope, purpose, account) after the maximum merge delay, and token ids served a
-    /// second time.
+    /// scope, purpose, presence and token digest, which binds subject and account) after the
+    /// maximum merge delay, and token ids served a second time.
     pub missing_tokens: Vec<MissingToken>,
     /// Attestations served tokens rested on that the log shows no approval of (for that
-    /// consent).
+    /// consent, with the digest of the attestation the bank signed).
     pub missing_approvals: Vec<String>,
     /// Served tokens still within the merge delay and not yet in the log.
     pub pending: usize,
@@ -112,8 +114,10 @@ pub struct LogMonitor {
     log: TiledLog,
     /// The tokens the log shows issued, by `jti`: what each was issued for.
     issued: HashMap<String, Vec<TokenTerms>>,
-    /// The approvals the log shows: attestation id → consent.
-    approvals: HashMap<String, ConsentId>,
+    /// The approvals the log shows: attestation id → consent and the attestation's digest.
+    approvals: HashMap<String, (ConsentId, Option<String>)>,
+    /// The attestations the bank signed, by id: their digests, from the bank's journal.
+    signed: HashMap<String, Option<String>>,
     /// Token ids the gate served, to notice one served twice.
     served: HashSet<String>,
     journal_position: u64,
@@ -122,6 +126,21 @@ pub struct LogMonitor {
 }
 
 impl LogMonitor {
+    /// Whether the log shows the approval of `attestation` for `consent`, committing to the
+    /// attestation the bank signed (when both sides recorded a digest: entries written before
+    /// digests carry none).
+    fn approval_logged(&self, attestation: &str, consent: &ConsentId) -> bool {
+        match self.approvals.get(attestation) {
+            Some((logged, digest)) if logged == consent => {
+                match (digest, self.signed.get(attestation)) {
+                    (Some(logged), Some(Some(signed))) => logged == signed,
+                    _ => true,
+                }
+            }
+            _ => false,
+        }
+    }
+
     /// Monitors the log of `origin`, signed by `log_key`, trusting checkpoints `policy` accepts.
     pub fn new(origin: &str, log_key: NoteVerifier, policy: WitnessPolicy) -> Self {
         Self {
@@ -132,6 +151,7 @@ impl LogMonitor {
             log: TiledLog::new(),
             issued: HashMap::new(),
             approvals: HashMap::new(),
+            signed: HashMap::new(),
             served: HashSet::new(),
             journal_position: 0,
             pending: HashMap::new(),
@@ -170,6 +190,7 @@ impl LogMonitor {
                     consent,
                     scope,
                     purpose,
+                    presence,
                     token_id,
                     token_digest,
                     ..
@@ -178,20 +199,24 @@ impl LogMonitor {
                         consent,
                         scope,
                         purpose,
+                        presence,
                         token_digest,
                     });
                 }
                 AuditEvent::ConsentApproved {
                     consent,
                     attestation_id,
+                    attestation_digest,
                     ..
                 }
                 | AuditEvent::ConsentReauthorised {
                     consent,
                     attestation_id,
+                    attestation_digest,
                     ..
                 } => {
-                    self.approvals.insert(attestation_id, consent);
+                    self.approvals
+                        .insert(attestation_id, (consent, attestation_digest));
                 }
                 _ => {}
             }
@@ -203,12 +228,22 @@ impl LogMonitor {
         while position < len {
             let end = position.saturating_add(4096).min(len);
             for entry in journal.audit_entries(position..end)? {
+                if let AuditEvent::AttestationSigned {
+                    attestation,
+                    attestation_digest,
+                    ..
+                } = &entry.event
+                {
+                    self.signed
+                        .insert(attestation.clone(), attestation_digest.clone());
+                }
                 if let AuditEvent::AccessServed {
                     token_id,
                     attestation,
                     consent,
                     scope,
                     purpose,
+                    presence,
                     token_digest,
                     ..
                 } = entry.event
@@ -222,6 +257,7 @@ impl LogMonitor {
                             consent,
                             scope,
                             purpose,
+                            presence,
                             token_digest,
                         },
                     };
@@ -240,14 +276,15 @@ impl LogMonitor {
 
         let mut missing_tokens = reused;
         let mut still_pending = HashMap::new();
-        for (token_id, served) in self.pending.drain() {
+        let pending = std::mem::take(&mut self.pending);
+        for (token_id, served) in pending {
             // Logged only if the log shows this token id issued for exactly these terms.
             let logged = self
                 .issued
                 .get(&token_id)
                 .is_some_and(|issued| issued.contains(&served.terms));
             if logged {
-                if self.approvals.get(&served.attestation) != Some(&served.terms.consent) {
+                if !self.approval_logged(&served.attestation, &served.terms.consent) {
                     self.missing_approvals.insert(served.attestation.clone());
                 }
             } else if now - served.served_at > self.max_merge_delay {
@@ -258,8 +295,16 @@ impl LogMonitor {
         }
         self.pending = still_pending;
         // An approval that appears later clears its alarm.
-        self.missing_approvals
-            .retain(|attestation| !self.approvals.contains_key(attestation));
+        let missing = std::mem::take(&mut self.missing_approvals);
+        self.missing_approvals = missing
+            .into_iter()
+            .filter(|attestation| {
+                !self
+                    .approvals
+                    .get(attestation)
+                    .is_some_and(|(consent, _)| self.approval_logged(attestation, consent))
+            })
+            .collect();
         missing_tokens.sort_by_key(|m| m.journal_seq);
         let mut missing_approvals: Vec<String> = self.missing_approvals.iter().cloned().collect();
         missing_approvals.sort();

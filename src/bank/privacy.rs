@@ -6,8 +6,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::{Duration, OffsetDateTime};
 
 use super::{Bank, BankError};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Revocation};
+use crate::consent::{RevocationReason, Revoker};
 use crate::ids::{PlatformId, Pseudonym, SubjectId};
+use crate::instruction::Instruction;
 use crate::privacy::Keyed;
 use crate::store::{Change, Commit, LedgerRead, Precondition, Store, SubjectLink};
 
@@ -25,6 +27,11 @@ pub struct BankErasure {
     pub pseudonym: Pseudonym,
     /// The approvals whose records were deleted.
     pub attestations: Vec<String>,
+    /// For each approval that was still live: the bank's signed instruction revoking its
+    /// consent (reason `erasure`), for the broker ([`crate::Broker::apply_holder_instruction`]),
+    /// so that the platform's consents end too. Journalled (`revoked_at_bank`) in the same
+    /// commit as the erasure.
+    pub instructions: Vec<String>,
     /// The journal entry that records the erasure.
     pub journal_seq: u64,
     /// Whether the ledger also removed the deleted rows' bytes from its files.
@@ -116,7 +123,7 @@ impl<S: Store + LedgerRead> Bank<S> {
             let entry = self.record(
                 self.me(),
                 AuditEvent::SubjectLinked {
-                    subject: keyed.key.subject(customer),
+                    subject: keyed.key.for_platform(platform).subject(customer),
                     platform: platform.clone(),
                 },
             );
@@ -141,7 +148,18 @@ impl<S: Store + LedgerRead> Bank<S> {
         }
     }
 
-    /// The customer's pseudonym in the journal, while its key exists.
+    /// Removes from the ledger's files what deleted rows left behind (see [`Store::purge`]):
+    /// `true` when done.
+    ///
+    /// # Errors
+    /// [`BankError::Store`].
+    pub fn purge(&self) -> Result<bool, BankError> {
+        Ok(self.ledger.purge()?)
+    }
+
+    /// The customer's pseudonym in the journal's entries that belong to no platform (device
+    /// keys, erasure), while its key exists. Entries about one platform's relationship use
+    /// [`Bank::pseudonyms_of`]'s others.
     ///
     /// # Errors
     /// [`BankError::Store`].
@@ -152,11 +170,44 @@ impl<S: Store + LedgerRead> Bank<S> {
             .map(|key| key.subject(customer)))
     }
 
-    /// Erases a customer at the bank: in one commit, deletes its key, its approvals with their
-    /// served counts, its device keys and its pairwise links, and records the erasure under the
-    /// pseudonym it had. Live approvals end with their records: the gate refuses their tokens
-    /// from then on (it no longer knows the attestation). The journal is untouched and still
-    /// verifies. Then purges the ledger's files ([`Store::purge`]).
+    /// Every pseudonym the journal may name the customer by, while its key exists: the one of
+    /// [`Bank::pseudonym_of`], and one per platform the customer linked or approved.
+    ///
+    /// # Errors
+    /// [`BankError::Store`].
+    pub fn pseudonyms_of(&self, customer: &SubjectId) -> Result<Vec<Pseudonym>, BankError> {
+        let Some(key) = self.ledger.subject_key(customer)? else {
+            return Ok(Vec::new());
+        };
+        let mut platforms: Vec<PlatformId> = self
+            .ledger
+            .links_of_customer(customer)?
+            .into_iter()
+            .map(|link| link.platform)
+            .chain(
+                self.ledger
+                    .attestations_of_subject(customer)?
+                    .into_iter()
+                    .map(|a| a.platform),
+            )
+            .collect();
+        platforms.sort();
+        platforms.dedup();
+        let mut pseudonyms = vec![key.subject(customer)];
+        pseudonyms.extend(
+            platforms
+                .iter()
+                .map(|platform| key.for_platform(platform).subject(customer)),
+        );
+        Ok(pseudonyms)
+    }
+
+    /// Erases a customer at the bank: in one commit, revokes its live approvals (journalled,
+    /// with signed instructions for the broker in the answer), deletes its key, its approvals
+    /// with their served counts, its device keys and its pairwise links, and records the
+    /// erasure under the pseudonym it had. The gate refuses the customer's tokens from then on
+    /// (it no longer knows their attestations). The journal is untouched and still verifies.
+    /// Then purges the ledger's files ([`Store::purge`]).
     ///
     /// `None` when the bank holds nothing about the customer.
     ///
@@ -173,26 +224,61 @@ impl<S: Store + LedgerRead> Bank<S> {
             let keyed = self.key_of(customer)?;
             let pseudonym = keyed.key.subject(customer);
             let ids: Vec<String> = approvals.iter().map(|a| a.id.clone()).collect();
-            let entry = self.record(
+            let now = self.now();
+            let mut records = Vec::new();
+            let mut instructions = Vec::new();
+            let (by, reason) = (Revoker::Subject, RevocationReason::Erasure);
+            for live in approvals
+                .iter()
+                .filter(|a| a.superseded_by.is_none() && a.revoked.is_none() && now < a.expires_at)
+            {
+                instructions.push(self.sign_instruction(&Instruction::Revoke {
+                    consent: live.consent.clone(),
+                    by,
+                    reason,
+                })?);
+                records.push(self.record(
+                    self.me(),
+                    AuditEvent::RevokedAtBank {
+                        attestation: live.id.clone(),
+                        consent: live.consent.clone(),
+                        subject: keyed.key.for_platform(&live.platform).subject(customer),
+                        revocation: Revocation { by, reason },
+                    },
+                ));
+            }
+            // The erasure is recorded under the customer's own pseudonym, without the approval
+            // ids: listing them would tie the customer's relationships with several platforms
+            // together for good.
+            records.push(self.record(
                 self.me(),
                 AuditEvent::SubjectErased {
                     subject: pseudonym.clone(),
                     consents: Vec::new(),
-                    attestations: ids.clone(),
+                    attestations: Vec::new(),
                 },
-            );
-            let receipt = self
-                .ledger
-                .commit(Commit::new(entry).change(Change::EraseSubject {
-                    subject: customer.clone(),
-                    consents: Vec::new(),
-                    attestations: ids.clone(),
-                    used_attestations: Vec::new(),
-                }))?;
+            ));
+            let mut records = records.into_iter();
+            let Some(first) = records.next() else {
+                return Err(BankError::Store(crate::store::StoreError::Unavailable(
+                    "an erasure without its record".into(),
+                )));
+            };
+            let mut commit = Commit::new(first);
+            for record in records {
+                commit.push_record(record);
+            }
+            let receipt = self.ledger.commit(commit.change(Change::EraseSubject {
+                subject: customer.clone(),
+                consents: Vec::new(),
+                attestations: ids.clone(),
+                used_attestations: Vec::new(),
+            }))?;
             Ok(Some(BankErasure {
                 pseudonym,
                 attestations: ids,
-                journal_seq: receipt.audit_seqs.start,
+                instructions,
+                journal_seq: receipt.audit_seqs.end.saturating_sub(1),
                 purged: false,
             }))
         })?;
@@ -205,7 +291,9 @@ impl<S: Store + LedgerRead> Bank<S> {
 
     /// Deletes the ledger records of approvals that ended (expired or revoked) more than
     /// `keep` ago, with their served counts, at most [`MAX_BANK_RETENTION_BATCH`] per call, and
-    /// records which in one journal entry. The ids it returns; empty when nothing was due.
+    /// records which in one journal entry, then purges the ledger's files (call
+    /// [`Bank::purge`] to learn whether that finished). The ids it returns; empty when nothing
+    /// was due.
     ///
     /// # Errors
     /// [`BankError::Store`]; [`BankError::Contention`].

@@ -12,8 +12,8 @@ use crate::consent::{
 };
 use crate::error::Error;
 use crate::ids::{AccountId, ConsentId, PlatformId, SubjectId};
-use crate::privacy::commitment;
-use crate::store::{Change, Commit, RecordKind, Store, StoreError};
+use crate::privacy::{Keyed, commitment};
+use crate::store::{Change, Commit, Precondition, RecordKind, Store, StoreError};
 use crate::vocab::{RequestedPurpose, Scope};
 
 /// A consent with its status at the time it was read.
@@ -44,18 +44,23 @@ impl<S: Store> Broker<S> {
 
     fn request_once(&self, draft: &ConsentRequestDraft) -> Result<ConsentRequest, Error> {
         let now = self.now();
-        let keyed = self.key_of(&draft.subject)?;
-        let subject = keyed.key.subject(&draft.subject);
+        // A refusal names the subject only if it has a key already: it makes none.
+        let existing = Keyed::read_existing(&self.store, &draft.subject)?;
         let refused = |error: RequestError| {
             let record = AuditRecord::new(
                 now,
                 Actor::Platform(draft.platform.clone()),
                 AuditEvent::ConsentRequestRefused {
-                    subject: subject.clone(),
+                    subject: existing.as_ref().map(|k| k.key.subject(&draft.subject)),
                     refusal: Refusal::Request(error.clone()),
                 },
             );
-            self.refuse_with(keyed.store_in(Commit::new(record)), Error::Request(error))
+            let commit = Commit::new(record);
+            let commit = match &existing {
+                Some(keyed) => keyed.store_in(commit),
+                None => commit,
+            };
+            self.refuse_with(commit, Error::Request(error))
         };
         // Prohibited uses are refused before anything else is looked up.
         if let Err(error) = draft.check_prohibited() {
@@ -86,6 +91,11 @@ impl<S: Store> Broker<S> {
             Ok(request) => request,
             Err(error) => return Err(refused(error)),
         };
+        let keyed = match existing.clone() {
+            Some(keyed) => keyed,
+            None => self.key_of(&draft.subject)?,
+        };
+        let subject = keyed.key.subject(&draft.subject);
         let record = AuditRecord::new(
             now,
             Actor::Platform(request.platform.clone()),
@@ -133,6 +143,7 @@ impl<S: Store> Broker<S> {
         self.retrying(|| {
             let now = self.now();
             let consent = self.load(id)?;
+            let read_version = consent.version;
             let request = &consent.request;
             let holder = self.load_holder(&request.holder)?;
             let keyed = self.key_of(&request.subject)?;
@@ -154,7 +165,13 @@ impl<S: Store> Broker<S> {
                     },
                 };
                 let record = AuditRecord::new(now, Actor::Holder(holder.id.clone()), event);
-                self.refuse_with(keyed.store_in(Commit::new(record)), error)
+                // About this consent as read: if an erasure deleted it (and the key) meanwhile,
+                // the refusal is not recorded under a key made again, and the retry finds no
+                // consent.
+                let commit = keyed
+                    .store_in(Commit::new(record))
+                    .precondition(Precondition::consent_version(id, read_version));
+                self.refuse_with(commit, error)
             };
             let lifecycle = match transition {
                 Transition::Approve => consent.ensure_awaiting_decision(now),

@@ -16,7 +16,7 @@ use crate::consent::Consent;
 use crate::policy::{
     self, AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, Presence, Usage,
 };
-use crate::privacy::Keyed;
+use crate::privacy::{KeyGuard, Keyed};
 use crate::store::{Change, Commit, HolderRecord, Precondition};
 use crate::vocab::{RequestedPurpose, RequestedScope};
 
@@ -72,39 +72,48 @@ pub(super) fn plan_access(
     instance: u64,
 ) -> AccessPlan {
     // A denial names the subject and the account only by their pseudonyms, and only when the
-    // consent (so the subject's key) is known.
-    let denied = |decision: Decision, keyed: Option<&Keyed>, preconditions| {
-        let (subject, account, reasons, changes) = match keyed {
-            Some(keyed) => (
-                inputs
-                    .and_then(|i| i.consent.as_ref())
-                    .map(|c| keyed.key.subject(&c.request.subject)),
-                Some(keyed.key.account(&request.account)),
-                redact_reasons(decision.reasons(), &keyed.key),
-                keyed.insert.iter().cloned().collect(),
-            ),
-            None => (None, None, decision.reasons().to_vec(), Vec::new()),
+    // consent (so the subject's key) is known and the platform asking is the consent's own: a
+    // platform naming another's consent learns nothing from the log about the accounts it
+    // guesses.
+    let denied =
+        |decision: Decision, keyed: Option<&Keyed>, mut preconditions: Vec<Precondition>| {
+            let consent = inputs.and_then(|i| i.consent.as_ref());
+            let own = consent.is_some_and(|c| c.request.platform == request.platform);
+            let (subject, account, reasons, mut changes) = match (keyed, consent) {
+                (Some(keyed), Some(consent)) => (
+                    Some(keyed.key.subject(&consent.request.subject)),
+                    own.then(|| keyed.key.account(&request.account)),
+                    redact_reasons(decision.reasons(), &keyed.key),
+                    Vec::new(),
+                ),
+                _ => (None, None, decision.reasons().to_vec(), Vec::new()),
+            };
+            if let Some(keyed) = keyed {
+                match keyed.guard() {
+                    KeyGuard::Insert(change) => changes.push(*change),
+                    KeyGuard::Check(check) => preconditions.push(check),
+                }
+            }
+            AccessPlan {
+                record: AuditRecord::new(
+                    now,
+                    Actor::Platform(request.platform.clone()),
+                    AuditEvent::AccessDenied {
+                        consent: request.consent.clone(),
+                        subject,
+                        scope: request.scope,
+                        purpose: request.purpose,
+                        account,
+                        presence: request.presence,
+                        reasons,
+                    },
+                ),
+                decision,
+                preconditions,
+                changes,
+                permit: None,
+            }
         };
-        AccessPlan {
-            record: AuditRecord::new(
-                now,
-                Actor::Platform(request.platform.clone()),
-                AuditEvent::AccessDenied {
-                    consent: request.consent.clone(),
-                    subject,
-                    scope: request.scope,
-                    purpose: request.purpose,
-                    account,
-                    presence: request.presence,
-                    reasons,
-                },
-            ),
-            decision,
-            preconditions,
-            changes,
-            permit: None,
-        }
-    };
     let (RequestedScope::Data(scope), RequestedPurpose::Permitted(purpose), Some(inputs)) =
         (request.scope, request.purpose, inputs)
     else {
@@ -152,7 +161,11 @@ pub(super) fn plan_access(
         preconditions.push(Precondition::holder_version(&holder.id, holder.version));
         holder.version
     });
-    let mut changes: Vec<Change> = keyed.insert.iter().cloned().collect();
+    let mut changes: Vec<Change> = Vec::new();
+    match keyed.guard() {
+        KeyGuard::Insert(change) => changes.push(*change),
+        KeyGuard::Check(check) => preconditions.push(check),
+    }
     if request.presence == Presence::Unattended {
         preconditions.push(Precondition::usage_is(
             &request.consent,

@@ -18,8 +18,8 @@ use crate::store::{Change, Commit, Store};
 /// How long the state of an ended consent is kept by default before retention deletes it:
 /// 90 days, long enough to answer the subject's or the bank's questions about a grant that just
 /// ended (a disputed last access, a revocation that crossed a token) and short enough that
-/// nothing is kept "just in case". The log keeps its pseudonymous entries for good; the subject
-/// key stays while the subject has any consent, so the history remains readable.
+/// nothing is kept "just in case". The log keeps its pseudonymous entries for good; retention
+/// never deletes a subject's key (only erasure does), so the history remains readable.
 pub const DEFAULT_RETENTION: Duration = Duration::days(90);
 
 /// At most this many consents are deleted per retention call (bounded work per commit).
@@ -51,6 +51,9 @@ pub struct Retention {
     pub consents: Vec<ConsentId>,
     /// The audit entry that records it, if anything was deleted.
     pub audit_seq: Option<u64>,
+    /// Whether the store also removed the deleted rows' bytes from its files (see
+    /// [`Store::purge`]); `false`: call [`Broker::purge`] again later.
+    pub purged: bool,
 }
 
 impl<S: Store> Broker<S> {
@@ -258,6 +261,7 @@ impl<S: Store> Broker<S> {
                 return Ok(Retention {
                     consents: Vec::new(),
                     audit_seq: None,
+                    purged: true,
                 });
             }
             let ids: Vec<ConsentId> = ended.iter().map(|c| c.id().clone()).collect();
@@ -289,16 +293,19 @@ impl<S: Store> Broker<S> {
             Ok(Retention {
                 consents: ids,
                 audit_seq: Some(receipt.audit_seqs.start),
+                purged: false,
             })
         })?;
+        let mut retention = retention;
         if retention.audit_seq.is_some() {
-            self.store.purge()?;
+            retention.purged = self.store.purge()?;
         }
         Ok(retention)
     }
 }
 
-/// A refusal as the log keeps it: an account it names is given as its pseudonym.
+/// A refusal as the log keeps it: an account it names is given as its pseudonym, and a parser's
+/// message loses what it quoted (a claim's value could be a personal identifier).
 pub(crate) fn redact_refusal(refusal: Refusal, key: &SubjectKey) -> Refusal {
     match refusal {
         Refusal::Attestation(AttestationError::AccountNotRequested(account)) => {
@@ -306,6 +313,9 @@ pub(crate) fn redact_refusal(refusal: Refusal, key: &SubjectKey) -> Refusal {
                 key, &account,
             )))
         }
+        Refusal::Attestation(AttestationError::Malformed(message)) => Refusal::Attestation(
+            AttestationError::Malformed(crate::privacy::unquoted(&message)),
+        ),
         other => other,
     }
 }

@@ -7,7 +7,7 @@ use crate::store::{
     PolicyRecord, SeenKind, ServedCounts,
 };
 
-fn attestation(id: &str, consent: &str, subject: &str) -> AttestationRecord {
+pub(super) fn attestation(id: &str, consent: &str, subject: &str) -> AttestationRecord {
     AttestationRecord {
         id: id.to_owned(),
         consent: super::id(consent),
@@ -353,7 +353,7 @@ where
     assert_eq!(s.audit_len().unwrap(), len);
 }
 
-fn device(subject: &str, seed: &[u8], at: OffsetDateTime) -> DeviceKeyRecord {
+pub(super) fn device(subject: &str, seed: &[u8], at: OffsetDateTime) -> DeviceKeyRecord {
     DeviceKeyRecord {
         subject: id(subject),
         key: DeviceSecretKey::derive(seed).public_key(),

@@ -211,6 +211,7 @@ fn published(key_use: KeyUse, n: u8, at: OffsetDateTime) -> PublishedKey {
 mod commits;
 mod ledger;
 mod log;
+mod privacy;
 mod state;
 
 /// The tests. Each makes a fresh store with `H::new()` and checks that it is empty.
@@ -221,6 +222,7 @@ pub mod suite {
         ledger_seen_ids, ledger_served_counts,
     };
     pub use super::log::{audit_log, checkpoints};
+    pub use super::privacy::{ledger_links_and_erasure, retention, subject_keys_and_erasure};
     pub use super::state::{
         consents, holders_and_platforms, published_keys, usage_and_attestations,
     };
@@ -242,7 +244,8 @@ macro_rules! store_conformance_tests {
             use super::*;
             $crate::store_conformance_tests!(@tests $harness, $attrs, holders_and_platforms,
                 consents, usage_and_attestations, published_keys, audit_log, checkpoints,
-                preconditions, atomicity, concurrency, broker_story);
+                preconditions, atomicity, concurrency, broker_story, subject_keys_and_erasure,
+                retention);
             $($crate::store_conformance_tests!(@$flag $harness, $attrs);)*
         }
     };
@@ -262,7 +265,7 @@ macro_rules! store_conformance_tests {
     (@ledger $harness:ty, $attrs:tt) => {
         $crate::store_conformance_tests!(@tests $harness, $attrs, ledger_attestations,
             ledger_policies, ledger_served_counts, ledger_seen_ids, ledger_feed_and_view,
-            ledger_device_keys);
+            ledger_device_keys, ledger_links_and_erasure);
     };
     ($name:ident, $harness:ty $(, $flag:ident)* $(; $attr:meta)?) => {
         $crate::store_conformance_tests!(@module $name, $harness, [$($flag)*], [$($attr)?]);

@@ -36,7 +36,7 @@ use crate::audit::AuditRecord;
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, SubjectId};
 use crate::policy::{PlatformProfile, Presence, Usage};
-use crate::privacy::SubjectKeyRecord;
+use crate::privacy::{SubjectKey, SubjectKeyRecord};
 
 /// A condition that must still hold when a commit is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +120,17 @@ pub enum Precondition {
         subject: SubjectId,
         /// The thumbprints read.
         thumbprints: Vec<String>,
+    },
+    /// The subject's key is stored and is exactly this one: a commit whose pseudonyms were made
+    /// with a key that an erasure deleted since (and perhaps a new key replaced) fails, so no
+    /// entry after an erasure is written under the erased pseudonym and no row about the subject
+    /// is written without its key.
+    #[non_exhaustive]
+    SubjectKeyIs {
+        /// The subject.
+        subject: SubjectId,
+        /// The key read.
+        key: Box<SubjectKey>,
     },
 }
 

@@ -229,6 +229,12 @@ pub trait LedgerRead {
         platform: &PlatformId,
     ) -> Result<Option<SubjectLink>, StoreError>;
 
+    /// Every pairwise identifier the customer has, one per platform it linked.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn links_of_customer(&self, customer: &SubjectId) -> Result<Vec<SubjectLink>, StoreError>;
+
     /// Approvals that ended (expired or revoked) before `before`, oldest end first, at most
     /// `limit`.
     ///
@@ -316,6 +322,9 @@ macro_rules! forward_ledger_read {
                 limit: u32,
             ) -> Result<Vec<AttestationRecord>, StoreError> {
                 (**self).attestations_ended_before(before, limit)
+            }
+            fn links_of_customer(&self, customer: &SubjectId) -> Result<Vec<SubjectLink>, StoreError> {
+                (**self).links_of_customer(customer)
             }
             fn attestation_record(&self, id: &str) -> Result<Option<AttestationRecord>, StoreError> {
                 (**self).attestation_record(id)

@@ -273,12 +273,14 @@ pub trait Store: LogRead + StateRead {
     fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError>;
 
     /// Physically removes what deleted rows may have left in the store's files, after an
-    /// erasure or a retention pass: `Ok(true)` when nothing of them is left, `Ok(false)` when
-    /// the engine could not finish now (call again later). The memory store has nothing to do;
-    /// SQLite checkpoints the write-ahead log into the database (whose deleted cells
-    /// `secure_delete` zeroed) and truncates it; PostgreSQL rewrites the subject-key and link
-    /// tables (`VACUUM FULL`) and vacuums the others (see `docs/PRIVACY.md` for what a
-    /// PostgreSQL server keeps elsewhere).
+    /// erasure or a retention pass: `Ok(true)` when the engine did all it does, `Ok(false)` when
+    /// it could not finish now (call again later). The memory store has nothing to do; SQLite
+    /// checkpoints the write-ahead log into the database (whose deleted cells `secure_delete`
+    /// zeroed) and truncates it, after which no byte of the deleted rows is left in its files;
+    /// PostgreSQL rewrites the subject-key and link tables (`VACUUM FULL`: the keys' bytes
+    /// leave the table files) and vacuums the others, which frees their dead rows' space
+    /// without overwriting it at once (see `docs/PRIVACY.md` for that and for what a PostgreSQL
+    /// server keeps elsewhere: WAL segments, archives, replicas).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] and the other engine failures.

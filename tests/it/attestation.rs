@@ -204,6 +204,10 @@ fn refused(fx: &Fixture, request: &ConsentRequest, call: Call, token: &str) -> E
                 pseudonym.as_str().parse().unwrap(),
             ))
         }
+        // A parser's message loses what it quoted.
+        Refusal::Attestation(AttestationError::Malformed(message)) => Refusal::Attestation(
+            AttestationError::Malformed(consent_broker::privacy::unquoted(&message)),
+        ),
         other => other,
     };
     let (consent, subject) = (request.id().clone(), fx.pseudonym(request.subject()));

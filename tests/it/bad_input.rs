@@ -169,11 +169,14 @@ fn draft_json(fx: &Fixture) -> Value {
 /// the subject's consents are unchanged. Returns the refusal.
 fn refused_request(fx: &Fixture, draft: ConsentRequestDraft) -> RequestError {
     let consents = fx.broker.consents_of(&draft.subject).unwrap();
+    // A refusal names the subject only if it had a key already, and makes none.
+    let pseudonym = fx.broker.pseudonym_of(&draft.subject).unwrap();
     let seq = fx.audit_len();
     let error = fx
         .broker
         .request_consent(draft.clone())
         .expect_err("the request must be refused");
+    assert_eq!(fx.broker.pseudonym_of(&draft.subject).unwrap(), pseudonym);
     let Error::Request(refusal) = error else {
         panic!("not a request refusal: {error:?}");
     };
@@ -182,7 +185,7 @@ fn refused_request(fx: &Fixture, draft: ConsentRequestDraft) -> RequestError {
         at: fx.broker.now(),
         actor: Actor::Platform(draft.platform.clone()),
         event: AuditEvent::ConsentRequestRefused {
-            subject: fx.pseudonym(&draft.subject),
+            subject: pseudonym,
             refusal: Refusal::Request(refusal.clone()),
         },
     };

@@ -198,3 +198,101 @@ fn retention_deletes_ended_grants_state_and_logs_which() {
     );
     let _ = live;
 }
+
+/// The bank's side, with the platform's: the customer's approval, device and an access served
+/// (journalled, sealed), the broker's log published as tiles; then the customer asks both to
+/// forget them. No byte of the bank's ledger files, the platform's database or the tiles holds
+/// the customer id, the pairwise id or an account id; both logs verify against checkpoints
+/// signed before; the bank's gate refuses the customer's old tokens.
+#[test]
+fn erasure_at_the_bank_and_the_platform_leaves_no_trace_in_either_database_or_the_tiles() {
+    use consent_broker::testing::{TestBank, TestBroker};
+    let dir = tempfile::tempdir().unwrap();
+    let kit = TestBroker::sqlite(dir.path().join("platform.sqlite"));
+    let bank = TestBank::on(
+        &kit,
+        SqliteStore::open(dir.path().join("bank.sqlite")).unwrap(),
+    );
+    let consent = bank.granted(&kit);
+    let token = kit.token(&kit.access(consent.id()));
+    bank.sync(&kit).unwrap();
+    let mut proof = String::new();
+    let request = bank.present(&kit, &token.token, &mut proof);
+    let admission = bank.bank.check(&request, &bank.accounts).unwrap();
+    let customer = bank.customer.clone();
+    let pairwise = kit.subject.clone();
+    let needles = [
+        customer.to_string(),
+        pairwise.to_string(),
+        kit.current.to_string(),
+        kit.savings.to_string(),
+    ];
+    // Published: the platform's log as tiles, under a checkpoint.
+    let tiles = dir.path().join("tiles");
+    let broker_checkpoint = kit.broker.checkpoint().unwrap();
+    consent_broker::tiles::publish(&kit.broker.store(), &tiles, &broker_checkpoint).unwrap();
+    let journal_checkpoint = bank.bank.checkpoint().unwrap();
+    // Before erasure the state rows name them: the search can find them.
+    kit.broker.purge().unwrap();
+    bank.bank.purge().unwrap();
+    assert!(!traces(dir.path(), customer.as_str()).is_empty());
+
+    let at_bank = bank.bank.erase_customer(&customer).unwrap().unwrap();
+    assert_eq!(at_bank.attestations.len(), 1);
+    assert!(at_bank.purged);
+    // The live approval was revoked in the same commit; the broker applies the bank's signed
+    // instruction, so the platform's consent ends too, before the platform erases its side.
+    assert_eq!(at_bank.instructions.len(), 1);
+    kit.broker
+        .apply_holder_instruction(&at_bank.instructions[0])
+        .unwrap();
+    assert!(matches!(
+        kit.broker.consent(consent.id()).unwrap().status,
+        ConsentStatus::Revoked {
+            reason: RevocationReason::Erasure,
+            ..
+        }
+    ));
+    let at_platform = kit.broker.erase_subject(&pairwise).unwrap().unwrap();
+    assert!(at_platform.purged);
+    assert!(at_platform.revoked.is_empty());
+    // The tiles, published again after erasure, and every database file.
+    let after = kit.broker.checkpoint().unwrap();
+    consent_broker::tiles::publish(&kit.broker.store(), &tiles, &after).unwrap();
+    for needle in &needles {
+        assert_eq!(traces(dir.path(), needle), Vec::<String>::new(), "{needle}");
+    }
+    // Both logs verify against what was signed before.
+    let verifier = NoteVerifier::from_vkey(&kit.broker.checkpoint_verifier_key()).unwrap();
+    verify_log(
+        &kit.broker.store(),
+        Some((&broker_checkpoint.note, &verifier)),
+    )
+    .unwrap();
+    let journal_verifier = NoteVerifier::from_vkey(&bank.bank.journal_verifier_key()).unwrap();
+    verify_log(
+        bank.bank.journal(),
+        Some((&journal_checkpoint.note, &journal_verifier)),
+    )
+    .unwrap();
+    // The customer's view at the bank is empty; the journal holds the erasure, by pseudonym.
+    let view = bank.bank.subject_view(&customer).unwrap();
+    assert!(view.approvals.is_empty() && view.journal.is_empty());
+    assert_eq!(bank.bank.pseudonym_of(&customer).unwrap(), None);
+    // A token issued before erasure (a copy the platform kept) is worthless at the gate: the
+    // approval it rests on is gone (here the gate also remembers the token as used).
+    let mut proof = String::new();
+    let again = bank.present(&kit, &token.token, &mut proof);
+    let refused = bank.bank.check(&again, &bank.accounts);
+    assert!(
+        matches!(
+            refused,
+            Err(GateError::Refused {
+                refusal: GateRefusal::UnknownAttestation | GateRefusal::TokenReplayed,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let _ = admission;
+}

@@ -102,10 +102,16 @@ fn attestation<S: Store>(fx: &Fixture<S>, request: &ConsentRequest, extra: i64) 
 }
 
 /// Whether `entry` records a decision on exactly `request`.
-fn records(entry: &AuditEntry, request: &AccessRequest) -> bool {
-    // The log names the account by its pseudonym under the subject's key (every fixture here
-    // keeps one subject's key); a denial before any consent was read names none.
-    let named = |account: &Pseudonym| account.as_str().starts_with("ps_");
+/// Whether `entry` records a decision on `request`, reading the subject's key from `state` (a
+/// store read without injected faults).
+fn records(state: &impl StateRead, entry: &AuditEntry, request: &AccessRequest) -> bool {
+    // The log names the account by its pseudonym under the subject's key; a denial before any
+    // consent was read names none.
+    let expected = state
+        .consent(&request.consent)
+        .unwrap()
+        .and_then(|consent| state.subject_key(consent.request().subject()).unwrap())
+        .map(|key| key.account(&request.account));
     match &entry.event {
         AuditEvent::AccessPermitted {
             consent,
@@ -118,7 +124,7 @@ fn records(entry: &AuditEntry, request: &AccessRequest) -> bool {
             consent == &request.consent
                 && RequestedScope::from(*scope) == request.scope
                 && RequestedPurpose::from(*purpose) == request.purpose
-                && named(account)
+                && Some(account) == expected.as_ref()
                 && presence == &request.presence
         }
         AuditEvent::AccessDenied {
@@ -132,7 +138,7 @@ fn records(entry: &AuditEntry, request: &AccessRequest) -> bool {
             consent == &request.consent
                 && scope == &request.scope
                 && purpose == &request.purpose
-                && account.as_ref().is_none_or(named)
+                && (account.is_none() || account.as_ref() == expected.as_ref())
                 && presence == &request.presence
         }
         _ => false,
@@ -415,7 +421,7 @@ fn run_seed<S: Store>(inner: S, seed: u64) -> SeedReport {
                     ));
                 }
                 if let (Op::Access(request) | Op::Token(request), Some(entry)) = (&op, new.first())
-                    && !records(entry, request)
+                    && !records(&raw, entry, request)
                 {
                     fail(format!(
                         "{name}: entry {entry:?} does not record {request:?}"
@@ -761,7 +767,7 @@ fn permit_commit_faults<S: Store>(inner: S) {
     assert_eq!(fx.audit_len(), len + 1);
     let entry = fx.last_audit();
     assert_eq!(entry.kind(), AuditKind::AccessPermitted);
-    assert!(records(&entry, &poll));
+    assert!(records(&fx.broker.store(), &entry, &poll));
     assert_eq!(store.take_injected()[0].seqs, len..len + 1);
     assert_eq!(usage(), 1);
 

@@ -827,7 +827,8 @@ impl World {
                                     .ledger()
                                     .subject_key(&self.bank.customer)
                                     .unwrap()
-                                    .unwrap();
+                                    .unwrap()
+                                    .for_platform(&id("chat"));
                                 prop_assert_eq!(
                                     delivery,
                                     Some(Delivery::Sealed {

@@ -111,7 +111,18 @@ enum Op {
     Advance {
         step: usize,
     },
+    /// The subject asks to be erased.
+    Erase {
+        subject: usize,
+    },
+    /// Retention deletes the state of consents that ended more than `KEEP[keep]` ago.
+    Retain {
+        keep: usize,
+    },
 }
+
+/// Retention periods the model tries.
+const KEEP: [Duration; 3] = [Duration::ZERO, Duration::hours(1), Duration::days(30)];
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -123,7 +134,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(consent, scopes, purposes, accounts, per_mille, unattended, forged)| Op::Approve {
                 consent, scopes, purposes, accounts, per_mille, unattended, forged,
             }),
-        1 => (0..6usize, 0..1100i64, prop::bool::weighted(0.2))
+        2 => (0..6usize, 0..1100i64, prop::bool::weighted(0.2))
             .prop_map(|(consent, per_mille, forged)| Op::Reauthorise { consent, per_mille, forged }),
         1 => (0..6usize).prop_map(|consent| Op::Reject { consent }),
         1 => (0..6usize, 0..3usize).prop_map(|(consent, by)| Op::Revoke { consent, by }),
@@ -132,6 +143,10 @@ fn op() -> impl Strategy<Value = Op> {
                 consent, platform, scope, purpose, account, unattended, aligned,
             }),
         2 => (0..STEPS.len()).prop_map(|step| Op::Advance { step }),
+        // Mostly subjects the broker never saw (nothing to erase): erasing often would leave
+        // too few grants for the other paths.
+        1 => (0..6usize).prop_map(|subject| Op::Erase { subject }),
+        1 => (0..KEEP.len()).prop_map(|keep| Op::Retain { keep }),
     ]
 }
 
@@ -183,14 +198,30 @@ struct MConsent {
     duration: Duration,
     deadline: OffsetDateTime,
     state: MState,
+    /// When it was rejected or revoked.
+    ended_at: Option<OffsetDateTime>,
+    /// Its state was deleted (the subject erased, or retention).
+    gone: bool,
 }
 
 impl MConsent {
+    /// When it stops being live or pending (retention counts from here).
+    fn ends_at(&self) -> OffsetDateTime {
+        match (self.state, self.ended_at) {
+            (MState::Rejected | MState::Revoked(..), Some(at)) => at,
+            (MState::Authorised(grant), _) => grant.expires_at,
+            _ => self.deadline,
+        }
+    }
+
     fn awaiting(&self, now: OffsetDateTime) -> bool {
-        self.state == MState::Requested && now < self.deadline
+        !self.gone && self.state == MState::Requested && now < self.deadline
     }
 
     fn live(&self, now: OffsetDateTime) -> Option<MGrant> {
+        if self.gone {
+            return None;
+        }
         match self.state {
             MState::Authorised(grant) if now < grant.expires_at => Some(grant),
             _ => None,
@@ -222,6 +253,8 @@ enum Outcome {
     Lifecycle,
     /// Refused attestation (`Error::Attestation`).
     Attestation,
+    /// The consent's state was deleted (`Error::UnknownConsent`).
+    Unknown,
 }
 
 fn outcome<T>(result: &Result<T, Error>) -> Outcome {
@@ -230,6 +263,7 @@ fn outcome<T>(result: &Result<T, Error>) -> Outcome {
         Err(Error::Request(_)) => Outcome::Request,
         Err(Error::Consent(_)) => Outcome::Lifecycle,
         Err(Error::Attestation(_)) => Outcome::Attestation,
+        Err(Error::UnknownConsent(_)) => Outcome::Unknown,
         Err(other) => panic!("unexpected error from the broker: {other:?}"),
     }
 }
@@ -239,6 +273,8 @@ struct Model {
     now: OffsetDateTime,
     consents: Vec<MConsent>,
     unattended: HashMap<(usize, Date), u32>,
+    /// Subjects with a key at the broker (made at their first accepted request).
+    keyed: [bool; 2],
 }
 
 impl Model {
@@ -324,7 +360,7 @@ impl Model {
         if !reasons.is_empty() {
             return reasons;
         }
-        let Some(c) = self.consents.get(consent) else {
+        let Some(c) = self.consents.get(consent).filter(|c| !c.gone) else {
             return vec![DenyReason::UnknownConsent];
         };
         let (scope, purpose) = (Scope::ALL[scope], Purpose::ALL[purpose]);
@@ -428,6 +464,7 @@ impl World {
                 now,
                 consents: Vec::new(),
                 unattended: HashMap::new(),
+                keyed: [false; 2],
             },
             unattended_permits: HashMap::new(),
             access_decisions: 0,
@@ -516,6 +553,10 @@ impl World {
                 });
                 let expected = self.model.request(platform, scopes, purposes, days, ads);
                 prop_assert_eq!(outcome(&result), expected, "request {:?}", op);
+                // A key is made with the first accepted request (a refusal makes none).
+                if expected == Outcome::Ok {
+                    self.model.keyed[subject] = true;
+                }
                 hit(if expected == Outcome::Ok {
                     "request accepted"
                 } else {
@@ -532,6 +573,8 @@ impl World {
                         duration: Duration::days(days),
                         deadline: now + APPROVAL_WINDOW,
                         state: MState::Requested,
+                        ended_at: None,
+                        gone: false,
                     });
                 }
             }
@@ -566,7 +609,9 @@ impl World {
                     },
                 );
                 let result = self.fx.broker.approve(&c.id, &token);
-                let expected = if !c.awaiting(now) {
+                let expected = if c.gone {
+                    Outcome::Unknown
+                } else if !c.awaiting(now) {
                     Outcome::Lifecycle
                 } else if forged || expires_at <= now || expires_at > self.model.latest_expiry(&c) {
                     Outcome::Attestation
@@ -622,6 +667,7 @@ impl World {
                 );
                 let result = self.fx.broker.reauthorise(&c.id, &token);
                 let expected = match c.live(now) {
+                    None if c.gone => Outcome::Unknown,
                     None => Outcome::Lifecycle,
                     Some(_)
                         if forged
@@ -657,7 +703,9 @@ impl World {
                     return Ok(());
                 };
                 let result = self.fx.broker.reject(&c.id);
-                let expected = if c.awaiting(now) {
+                let expected = if c.gone {
+                    Outcome::Unknown
+                } else if c.awaiting(now) {
                     Outcome::Ok
                 } else {
                     Outcome::Lifecycle
@@ -668,6 +716,7 @@ impl World {
                 }
                 if expected == Outcome::Ok {
                     self.model.consents[consent].state = MState::Rejected;
+                    self.model.consents[consent].ended_at = Some(now);
                 }
             }
             Op::Revoke { consent, by } => {
@@ -678,6 +727,7 @@ impl World {
                 let result = self.fx.revoke(&c.id, by, RevocationReason::SubjectWithdrew);
                 let expected = match c.live(now) {
                     Some(_) => Outcome::Ok,
+                    None if c.gone => Outcome::Unknown,
                     None => Outcome::Lifecycle,
                 };
                 prop_assert_eq!(outcome(&result), expected, "revoke {:?} of {:?}", op, c);
@@ -688,6 +738,7 @@ impl World {
                 });
                 if let Some(grant) = c.live(now) {
                     self.model.consents[consent].state = MState::Revoked(grant, by);
+                    self.model.consents[consent].ended_at = Some(now);
                 }
             }
             Op::Access {
@@ -703,6 +754,8 @@ impl World {
                 self.fx.clock.advance(STEPS[step]);
                 self.model.now += STEPS[step];
             }
+            Op::Erase { subject } => self.erase(subject)?,
+            Op::Retain { keep } => self.retain(keep)?,
         }
         self.check_statuses()
     }
@@ -820,8 +873,86 @@ impl World {
         Ok(())
     }
 
+    fn erase(&mut self, subject: usize) -> Result<(), TestCaseError> {
+        let now = self.model.now;
+        let Some(name) = SUBJECTS.get(subject) else {
+            let nobody: SubjectId = id(&format!("nobody-{subject}"));
+            let len = self.audit_len();
+            prop_assert_eq!(self.fx.broker.erase_subject(&nobody).unwrap(), None);
+            prop_assert_eq!(self.audit_len(), len);
+            return Ok(());
+        };
+        let who: SubjectId = id(name);
+        let len = self.audit_len();
+        let mine: Vec<usize> = (0..self.model.consents.len())
+            .filter(|&i| self.model.consents[i].subject == subject && !self.model.consents[i].gone)
+            .collect();
+        let erased = self.fx.broker.erase_subject(&who).unwrap();
+        if !self.model.keyed[subject] && mine.is_empty() {
+            prop_assert_eq!(erased, None);
+            prop_assert_eq!(self.audit_len(), len);
+            return Ok(());
+        }
+        let erased = erased.expect("a subject with a key is erased");
+        hit("erased");
+        let ids: Vec<ConsentId> = mine
+            .iter()
+            .map(|&i| self.model.consents[i].id.clone())
+            .collect();
+        let live: Vec<ConsentId> = mine
+            .iter()
+            .filter(|&&i| self.model.consents[i].live(now).is_some())
+            .map(|&i| self.model.consents[i].id.clone())
+            .collect();
+        prop_assert_eq!(&erased.consents, &ids);
+        prop_assert_eq!(&erased.revoked, &live);
+        // One entry per live consent revoked, then the erasure.
+        prop_assert_eq!(self.audit_len(), len + live.len() as u64 + 1);
+        prop_assert_eq!(self.fx.broker.pseudonym_of(&who).unwrap(), None);
+        prop_assert!(self.fx.broker.consents_of(&who).unwrap().is_empty());
+        prop_assert!(self.fx.broker.subject_history(&who).unwrap().is_empty());
+        for i in mine {
+            self.model.consents[i].gone = true;
+        }
+        self.model.keyed[subject] = false;
+        Ok(())
+    }
+
+    fn retain(&mut self, keep: usize) -> Result<(), TestCaseError> {
+        let before = self.model.now - KEEP[keep];
+        let mut due: Vec<&MConsent> = self
+            .model
+            .consents
+            .iter()
+            .filter(|c| !c.gone && c.ends_at() < before)
+            .collect();
+        due.sort_by(|a, b| a.ends_at().cmp(&b.ends_at()).then_with(|| a.id.cmp(&b.id)));
+        let expected: Vec<ConsentId> = due.iter().map(|c| c.id.clone()).collect();
+        let len = self.audit_len();
+        let retention = self.fx.broker.apply_retention(KEEP[keep]).unwrap();
+        prop_assert_eq!(&retention.consents, &expected);
+        prop_assert_eq!(self.audit_len(), len + u64::from(!expected.is_empty()));
+        if !expected.is_empty() {
+            hit("retention deleted");
+        }
+        for c in self.model.consents.iter_mut() {
+            if expected.contains(&c.id) {
+                c.gone = true;
+            }
+        }
+        Ok(())
+    }
+
     fn check_statuses(&self) -> Result<(), TestCaseError> {
         for c in &self.model.consents {
+            if c.gone {
+                prop_assert!(
+                    matches!(self.fx.broker.consent(&c.id), Err(Error::UnknownConsent(_))),
+                    "{:?} is still stored",
+                    c
+                );
+                continue;
+            }
             let view = self.fx.broker.consent(&c.id).unwrap();
             let expected = c.status(self.model.now);
             // The model does not track revocation reasons (every revocation here gives the same).
@@ -907,6 +1038,8 @@ fn the_broker_behaves_as_the_model() {
         "denied: revoked",
         "denied: prohibited",
         "denied: account",
+        "erased",
+        "retention deleted",
     ] {
         assert!(
             counts.get(path).copied().unwrap_or(0) > 0,

@@ -53,7 +53,8 @@ impl World {
             .ledger()
             .subject_key(&self.bank.customer)
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .for_platform(&self.kit.platform);
         Delivery::Sealed {
             devices: devices
                 .iter()

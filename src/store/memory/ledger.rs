@@ -376,6 +376,17 @@ impl LedgerState {
         self.links.get(pairwise).cloned()
     }
 
+    pub(super) fn links_of_customer(&self, customer: &SubjectId) -> Vec<SubjectLink> {
+        let mut links: Vec<SubjectLink> = self
+            .links
+            .values()
+            .filter(|l| &l.customer == customer)
+            .cloned()
+            .collect();
+        links.sort_by(|a, b| a.platform.cmp(&b.platform));
+        links
+    }
+
     pub(super) fn link_of(
         &self,
         customer: &SubjectId,

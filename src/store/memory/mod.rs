@@ -124,6 +124,10 @@ impl Inner {
                 .keys
                 .iter()
                 .any(|key| key.key_use == *key_use && key.kid == *kid && key.retired_at.is_none()),
+            Precondition::SubjectKeyIs { subject, key, .. } => self
+                .subject_keys
+                .get(subject)
+                .is_some_and(|stored| stored.key == **key),
             Precondition::AttestationVersion { .. }
             | Precondition::ServedIs { .. }
             | Precondition::BankPolicyVersion { .. }
@@ -587,6 +591,10 @@ impl LedgerRead for MemoryStore {
         limit: u32,
     ) -> Result<Vec<AttestationRecord>, StoreError> {
         Ok(self.read()?.ledger.ended_before(before, limit))
+    }
+
+    fn links_of_customer(&self, customer: &SubjectId) -> Result<Vec<SubjectLink>, StoreError> {
+        Ok(self.read()?.ledger.links_of_customer(customer))
     }
 
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {

@@ -200,6 +200,19 @@ pub(crate) fn subject_link<D: Dialect + ?Sized>(
     )
 }
 
+pub(crate) fn links_of_customer<D: Dialect + ?Sized>(
+    db: &mut D,
+    customer: &SubjectId,
+) -> Result<Vec<SubjectLink>, Failure<D::Error>> {
+    rows(
+        db,
+        "SELECT pairwise, customer, platform, linked_at FROM bank_subject_links \
+         WHERE customer = ?1 ORDER BY platform",
+        &[Value::Text(customer.as_str())],
+        link_row,
+    )
+}
+
 pub(crate) fn link_of<D: Dialect + ?Sized>(
     db: &mut D,
     customer: &SubjectId,

@@ -704,6 +704,10 @@ impl LedgerRead for SqliteStore {
         self.read(|db| super::privacy::attestations_ended_before(db, before, limit))
     }
 
+    fn links_of_customer(&self, customer: &SubjectId) -> Result<Vec<SubjectLink>, StoreError> {
+        self.read(|db| super::privacy::links_of_customer(db, customer))
+    }
+
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
         self.read(|db| ledger::gate_view(db, query))
     }

@@ -116,6 +116,9 @@ fn holds<D: Dialect + ?Sized>(
             |_| Ok(()),
         )?
         .is_some(),
+        Precondition::SubjectKeyIs { subject, key, .. } => {
+            privacy::subject_key(db, subject)?.is_some_and(|stored| stored == **key)
+        }
         Precondition::AttestationVersion { .. }
         | Precondition::ServedIs { .. }
         | Precondition::BankPolicyVersion { .. }

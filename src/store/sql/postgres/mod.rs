@@ -529,6 +529,11 @@ impl LedgerRead for PostgresStore {
         self.read(move |db| super::privacy::attestations_ended_before(db, before, limit))
     }
 
+    fn links_of_customer(&self, customer: &SubjectId) -> Result<Vec<SubjectLink>, StoreError> {
+        let customer = customer.clone();
+        self.read(move |db| super::privacy::links_of_customer(db, &customer))
+    }
+
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
         let (attestation, consent, proof_id, token_id) = (
             query.attestation.to_owned(),
