@@ -81,9 +81,9 @@ impl From<RandomError> for PrivacyError {
 /// Its bytes are wiped when it is dropped; its `Debug` form never shows them.
 #[derive(Clone)]
 pub struct SubjectKey {
+    /// The secret; the HMAC and AES keys are derived from it when used (32 bytes to copy, not
+    /// the few hundred of prepared keys: a subject's key travels in commits and caches).
     secret: Zeroizing<[u8; 32]>,
-    mac: hmac::Key,
-    seal: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for SubjectKey {
@@ -118,19 +118,20 @@ impl SubjectKey {
 
     /// The key with these bytes (as a store reads it back).
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {
-        let mac = hmac::Key::new(hmac::HMAC_SHA256, bytes);
-        let mut seal = Zeroizing::new([0u8; 32]);
-        seal.copy_from_slice(hmac::sign(&mac, &labelled("seal-key", b"")).as_ref());
         Self {
             secret: Zeroizing::new(*bytes),
-            mac,
-            seal,
         }
+    }
+
+    fn mac(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &self.secret[..])
     }
 
     /// The AES-256-GCM key sealed fields use (made per call: sealing is rare).
     fn aead(&self) -> Result<aead::LessSafeKey, PrivacyError> {
-        aead::UnboundKey::new(&aead::AES_256_GCM, &self.seal[..])
+        let mut seal = Zeroizing::new([0u8; 32]);
+        seal.copy_from_slice(hmac::sign(&self.mac(), &labelled("seal-key", b"")).as_ref());
+        aead::UnboundKey::new(&aead::AES_256_GCM, &seal[..])
             .map(aead::LessSafeKey::new)
             .map_err(|_| PrivacyError::Malformed)
     }
@@ -146,7 +147,7 @@ impl SubjectKey {
     /// platform, and two platforms cannot match their users through it.
     pub fn for_platform(&self, platform: &crate::ids::PlatformId) -> SubjectKey {
         let derived = hmac::sign(
-            &self.mac,
+            &self.mac(),
             &labelled("platform", platform.as_str().as_bytes()),
         );
         let mut bytes = Zeroizing::new([0u8; 32]);
@@ -170,7 +171,7 @@ impl SubjectKey {
     }
 
     fn pseudonym(&self, kind: &str, value: &str) -> Pseudonym {
-        let tag = hmac::sign(&self.mac, &labelled(kind, value.as_bytes()));
+        let tag = hmac::sign(&self.mac(), &labelled(kind, value.as_bytes()));
         let short = tag.as_ref().get(..PSEUDONYM_BYTES).unwrap_or_default();
         Pseudonym::from_trusted(format!(
             "{PSEUDONYM_PREFIX}{}",
@@ -394,6 +395,87 @@ impl Keyed {
             KeyGuard::Insert(change) => commit.change(*change),
             KeyGuard::Check(precondition) => commit.precondition(precondition),
         }
+    }
+}
+
+/// Pseudonyms already computed, per subject and key: the checked call reads the subject's key
+/// from the store on every call (the key may have been erased and replaced since), but computes
+/// the subject's and an account's pseudonym once per key rather than twice per call. Bounded:
+/// emptied when it holds [`PseudonymCache::CAPACITY`] subjects.
+#[derive(Default)]
+pub(crate) struct PseudonymCache {
+    subjects: std::sync::RwLock<std::collections::HashMap<SubjectId, std::sync::Arc<Cached>>>,
+}
+
+impl fmt::Debug for PseudonymCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PseudonymCache(..)")
+    }
+}
+
+/// One subject's pseudonyms under one key.
+#[derive(Debug)]
+pub(crate) struct Cached {
+    key: SubjectKey,
+    subject: Pseudonym,
+    accounts: std::sync::RwLock<std::collections::HashMap<AccountId, Pseudonym>>,
+}
+
+/// Accounts remembered per subject at most (a subject has a handful).
+const ACCOUNTS_PER_SUBJECT: usize = 64;
+
+impl PseudonymCache {
+    /// Subjects remembered at most.
+    pub(crate) const CAPACITY: usize = 65_536;
+
+    /// The pseudonyms of `subject` under `key` (the key the store holds now).
+    pub(crate) fn get(&self, subject: &SubjectId, key: &SubjectKey) -> std::sync::Arc<Cached> {
+        let found = self
+            .subjects
+            .read()
+            .ok()
+            .and_then(|map| map.get(subject).cloned());
+        if let Some(cached) = found.filter(|cached| &cached.key == key) {
+            return cached;
+        }
+        let cached = std::sync::Arc::new(Cached {
+            subject: key.subject(subject),
+            key: key.clone(),
+            accounts: std::sync::RwLock::default(),
+        });
+        if let Ok(mut map) = self.subjects.write() {
+            if map.len() >= Self::CAPACITY {
+                map.clear();
+            }
+            map.insert(subject.clone(), cached.clone());
+        }
+        cached
+    }
+}
+
+impl Cached {
+    /// The subject's pseudonym.
+    pub(crate) fn subject(&self) -> Pseudonym {
+        self.subject.clone()
+    }
+
+    /// An account's pseudonym.
+    pub(crate) fn account(&self, account: &AccountId) -> Pseudonym {
+        if let Some(found) = self
+            .accounts
+            .read()
+            .ok()
+            .and_then(|map| map.get(account).cloned())
+        {
+            return found;
+        }
+        let pseudonym = self.key.account(account);
+        if let Ok(mut map) = self.accounts.write()
+            && map.len() < ACCOUNTS_PER_SUBJECT
+        {
+            map.insert(account.clone(), pseudonym.clone());
+        }
+        pseudonym
     }
 }
 

@@ -229,7 +229,11 @@ impl<S: Store> Broker<S> {
             Some(consent) => (
                 self.store.holder(&consent.request.holder)?,
                 self.store.usage(&request.consent, day)?,
-                Some(self.key_of(&consent.request.subject)?),
+                Some({
+                    let keyed = self.key_of(&consent.request.subject)?;
+                    let cached = self.pseudonyms.get(&keyed.subject, &keyed.key);
+                    (keyed, cached)
+                }),
             ),
             None => (None, Default::default(), None),
         };

@@ -242,6 +242,7 @@ impl<S: Store> BrokerBuilder<S, BrokerKeys> {
             store: self.store,
             instance: super::next_instance(),
             token_key: RwLock::new(token),
+            pseudonyms: crate::privacy::PseudonymCache::default(),
             checkpoints: RwLock::new(super::Checkpointer {
                 signer: checkpoints,
                 kid: checkpoint.kid().to_owned(),

@@ -86,6 +86,8 @@ pub struct Broker<S> {
     token_key: RwLock<SigningKey>,
     /// The checkpoint key; replaced by a rotation that the old key endorses.
     checkpoints: RwLock<Checkpointer>,
+    /// Pseudonyms computed for the checked call, per subject and key.
+    pseudonyms: crate::privacy::PseudonymCache,
 }
 
 /// The key that signs checkpoints now.

@@ -16,7 +16,9 @@ use crate::consent::Consent;
 use crate::policy::{
     self, AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, Presence, Usage,
 };
-use crate::privacy::{KeyGuard, Keyed};
+use std::sync::Arc;
+
+use crate::privacy::{Cached, KeyGuard, Keyed};
 use crate::store::{Change, Commit, HolderRecord, Precondition};
 use crate::vocab::{RequestedPurpose, RequestedScope};
 
@@ -33,8 +35,9 @@ pub(super) struct AccessInputs {
     pub usage: Usage,
     /// The UTC day of the decision.
     pub day: Date,
-    /// The key of the consent's subject (made now if it had none), when the consent exists.
-    pub key: Option<Keyed>,
+    /// The key of the consent's subject (made now if it had none), when the consent exists,
+    /// with its pseudonyms.
+    pub key: Option<(Keyed, Arc<Cached>)>,
 }
 
 /// The decision with everything its commit writes.
@@ -76,19 +79,19 @@ pub(super) fn plan_access(
     // platform naming another's consent learns nothing from the log about the accounts it
     // guesses.
     let denied =
-        |decision: Decision, keyed: Option<&Keyed>, mut preconditions: Vec<Precondition>| {
+        |decision: Decision, keyed: Option<&(Keyed, Arc<Cached>)>, mut preconditions: Vec<Precondition>| {
             let consent = inputs.and_then(|i| i.consent.as_ref());
             let own = consent.is_some_and(|c| c.request.platform == request.platform);
-            let (subject, account, reasons, mut changes) = match (keyed, consent) {
-                (Some(keyed), Some(consent)) => (
-                    Some(keyed.key.subject(&consent.request.subject)),
-                    own.then(|| keyed.key.account(&request.account)),
+            let (subject, account, reasons, mut changes) = match keyed {
+                Some((keyed, cached)) if consent.is_some() => (
+                    Some(cached.subject()),
+                    own.then(|| cached.account(&request.account)),
                     redact_reasons(decision.reasons(), &keyed.key),
                     Vec::new(),
                 ),
                 _ => (None, None, decision.reasons().to_vec(), Vec::new()),
             };
-            if let Some(keyed) = keyed {
+            if let Some((keyed, _)) = keyed {
                 match keyed.guard() {
                     KeyGuard::Insert(change) => changes.push(*change),
                     KeyGuard::Check(check) => preconditions.push(check),
@@ -148,19 +151,20 @@ pub(super) fn plan_access(
     let decision = policy::evaluate(request, Some(consent), policy, &platform, inputs.usage, now);
     let mut preconditions = vec![Precondition::consent_version(consent.id(), consent.version)];
     let subject = consent.request.subject.clone();
-    let Some(keyed) = inputs.key.as_ref() else {
+    let Some(keyed_and_cached) = inputs.key.as_ref() else {
         // The broker reads (or makes) the key of every consent it reads: without it, nothing
         // can be recorded without naming the subject, so nothing is permitted.
         let reasons = vec![DenyReason::UnknownConsent];
         return denied(Decision::Deny { reasons }, None, Vec::new());
     };
     if !decision.is_permit() {
-        return denied(decision, Some(keyed), preconditions);
+        return denied(decision, Some(keyed_and_cached), preconditions);
     }
     let holder_version = inputs.holder.as_ref().map(|holder| {
         preconditions.push(Precondition::holder_version(&holder.id, holder.version));
         holder.version
     });
+    let (keyed, cached) = keyed_and_cached;
     let mut changes: Vec<Change> = Vec::new();
     match keyed.guard() {
         KeyGuard::Insert(change) => changes.push(*change),
@@ -182,8 +186,8 @@ pub(super) fn plan_access(
         consent.grant().map_or((now, Box::default()), |grant| {
             (grant.expires_at, grant.attestation_id.clone())
         });
-    let subject_pseudonym = keyed.key.subject(&subject);
-    let account_pseudonym = keyed.key.account(&request.account);
+    let subject_pseudonym = cached.subject();
+    let account_pseudonym = cached.account(&request.account);
     let record = AuditRecord::new(
         now,
         Actor::Platform(request.platform.clone()),

@@ -678,7 +678,10 @@ impl Store for MemoryStore {
                 }
             }
         }
-        for bytes in prepared {
+        for mut bytes in prepared {
+            // An entry is kept for good: at its length, not at the encoder's doubled capacity
+            // (an entry of 271 bytes would otherwise hold 512).
+            bytes.shrink_to_fit();
             let leaf = merkle::leaf_hash(&bytes);
             if let Err(error) = inner.nodes.push(leaf) {
                 // Unreachable for an in-memory tree that only grows; refuse rather than diverge.
