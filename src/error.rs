@@ -53,6 +53,9 @@ pub enum Error {
     /// A key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A retention period must not be negative: it would delete the state of live consents.
+    #[error("a retention period must not be negative")]
+    InvalidRetention,
     /// The subject has no key at the broker: it never had a consent, or it was erased.
     #[error("the subject has no key here (never recorded, or erased)")]
     UnknownSubject,

@@ -194,6 +194,9 @@ pub enum BankError {
     /// know them, so it cannot have asked for their consent.
     #[error("the customer has not linked this platform")]
     NotLinked,
+    /// A retention period must not be negative: it would delete live approvals.
+    #[error("a retention period must not be negative")]
+    InvalidRetention,
     /// The pairwise identifier asked for is taken, is the customer id itself, or the customer
     /// has another one for the platform.
     #[error("that pairwise identifier cannot be given to this customer")]

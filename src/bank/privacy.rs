@@ -285,7 +285,8 @@ impl<S: Store + LedgerRead> Bank<S> {
         let Some(mut erasure) = erased else {
             return Ok(None);
         };
-        erasure.purged = self.ledger.purge()?;
+        // The erasure is committed: a failed purge is reported as not done, not as a failure.
+        erasure.purged = self.ledger.purge().unwrap_or(false);
         Ok(Some(erasure))
     }
 
@@ -298,6 +299,9 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// # Errors
     /// [`BankError::Store`]; [`BankError::Contention`].
     pub fn apply_retention(&self, keep: Duration) -> Result<Vec<String>, BankError> {
+        if keep.is_negative() {
+            return Err(BankError::InvalidRetention);
+        }
         let deleted = self.retrying(|| {
             let now = self.now();
             let before = now.checked_sub(keep).unwrap_or(OffsetDateTime::UNIX_EPOCH);
@@ -328,7 +332,8 @@ impl<S: Store + LedgerRead> Bank<S> {
             Ok(ids)
         })?;
         if !deleted.is_empty() {
-            self.ledger.purge()?;
+            // Committed: a failed purge is for `Bank::purge` to retry.
+            let _ = self.ledger.purge();
         }
         Ok(deleted)
     }

@@ -159,7 +159,9 @@ impl<S: Store> Broker<S> {
         let Some(mut erasure) = erased else {
             return Ok(None);
         };
-        erasure.purged = self.store.purge()?;
+        // The erasure is committed: a purge that fails now is reported as not done (retry it
+        // with `Broker::purge`), not as an erasure that failed.
+        erasure.purged = self.store.purge().unwrap_or(false);
         Ok(Some(erasure))
     }
 
@@ -249,8 +251,12 @@ impl<S: Store> Broker<S> {
     /// until erasure.
     ///
     /// # Errors
+    /// [`Error::InvalidRetention`] for a negative `keep` (it would delete live consents);
     /// [`Error::Store`]; [`Error::Contention`].
     pub fn apply_retention(&self, keep: Duration) -> Result<Retention, Error> {
+        if keep.is_negative() {
+            return Err(Error::InvalidRetention);
+        }
         let retention = self.retrying(|| {
             let now = self.now();
             let before = now.checked_sub(keep).unwrap_or(OffsetDateTime::UNIX_EPOCH);
@@ -298,7 +304,7 @@ impl<S: Store> Broker<S> {
         })?;
         let mut retention = retention;
         if retention.audit_seq.is_some() {
-            retention.purged = self.store.purge()?;
+            retention.purged = self.store.purge().unwrap_or(false);
         }
         Ok(retention)
     }

@@ -166,6 +166,11 @@ fn retention_deletes_ended_grants_state_and_logs_which() {
         )
         .unwrap();
     let live = fx.granted();
+    // A negative period would delete live consents: refused.
+    assert_eq!(
+        fx.broker.apply_retention(-time::Duration::days(1)),
+        Err(Error::InvalidRetention)
+    );
     // Not yet: the grant ended less than the retention period ago.
     assert_eq!(
         fx.broker
@@ -295,4 +300,100 @@ fn erasure_at_the_bank_and_the_platform_leaves_no_trace_in_either_database_or_th
         "{refused:?}"
     );
     let _ = admission;
+}
+
+/// A consent request that read the subject's key just before an erasure deleted it: its commit
+/// is refused (the key it used is gone), and the retry makes a new key. No consent row is left
+/// without a key, and nothing is written under the erased pseudonym after the erasure.
+#[test]
+fn a_request_racing_an_erasure_never_writes_under_the_erased_pseudonym() {
+    use consent_broker::testing::FaultStore;
+    use std::sync::Arc;
+    let store = Arc::new(FaultStore::new(MemoryStore::new(), 1));
+    let fx = Arc::new(Fixture::with_store(Arc::clone(&store)));
+    let first = fx.granted();
+    let subject = first.subject().clone();
+    let erased = fx.pseudonym(&subject);
+    let racer = Arc::clone(&fx);
+    let who = subject.clone();
+    // Between the request's read of the key and its commit, the subject is erased.
+    store.before_next_read("holder", move || {
+        racer.broker.erase_subject(&who).unwrap().unwrap();
+    });
+    let second = fx.broker.request_consent(fx.draft()).unwrap();
+    let now = fx.pseudonym(&subject);
+    assert_ne!(now, erased, "a new key after the erasure");
+    let log = fx.audit();
+    let erased_at = log
+        .iter()
+        .position(|e| e.kind() == AuditKind::SubjectErased)
+        .expect("the erasure is logged");
+    assert!(
+        log[erased_at + 1..]
+            .iter()
+            .all(|e| e.subject() != Some(&erased)),
+        "an entry after the erasure names the erased pseudonym"
+    );
+    let requested = log.last().unwrap();
+    assert_eq!(requested.consent(), Some(second.id()));
+    assert_eq!(requested.subject(), Some(&now));
+    // Every consent row of the subject has the subject's (new) key behind it.
+    assert_eq!(fx.broker.consents_of(&subject).unwrap().len(), 1);
+}
+
+/// The bank's account system of the race below: asked who owns an account, it first lets the
+/// customer's erasure land (as if it took that long to answer), then answers "nobody".
+struct ErasingAccounts {
+    bank: std::sync::Arc<consent_broker::testing::TestBank>,
+    customer: SubjectId,
+}
+
+impl DataHolder for ErasingAccounts {
+    type Error = std::convert::Infallible;
+
+    fn account_owner(&self, _: &AccountId) -> Result<Option<SubjectId>, Self::Error> {
+        self.bank.bank.erase_customer(&self.customer).unwrap().unwrap();
+        Ok(None)
+    }
+}
+
+/// The bank's gate refusing an access while the customer is being erased (the erasure lands
+/// between the gate's read of the approval and its journal entry): the refusal makes no key
+/// again, and the journal does not tie the erased approval to anyone.
+#[test]
+fn a_gate_refusal_racing_an_erasure_makes_no_key_again() {
+    use consent_broker::testing::{TestBank, TestBroker};
+    use std::sync::Arc;
+    let kit = TestBroker::on(MemoryStore::new());
+    let bank = Arc::new(TestBank::beside(&kit));
+    let consent = bank.granted(&kit);
+    let token = kit.token(&kit.access(consent.id()));
+    bank.sync(&kit).unwrap();
+    let customer = bank.customer.clone();
+    let accounts = ErasingAccounts {
+        bank: Arc::clone(&bank),
+        customer: customer.clone(),
+    };
+    let mut proof = String::new();
+    let request = bank.present(&kit, &token.token, &mut proof);
+    let refused = bank.bank.check(&request, &accounts);
+    assert!(
+        matches!(
+            refused,
+            Err(GateError::Refused {
+                refusal: GateRefusal::AccountNotSubjects,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // No key for the erased customer, and the refusal names nobody.
+    assert_eq!(bank.bank.pseudonym_of(&customer).unwrap(), None);
+    assert!(bank.bank.subject_view(&customer).unwrap().journal.is_empty());
+    let journal = bank.bank.journal();
+    let len = journal.audit_len().unwrap();
+    let last = journal.audit_entries(len - 1..len).unwrap().pop().unwrap();
+    assert_eq!(last.kind(), AuditKind::AccessRefusedAtGate);
+    assert_eq!(last.subject(), None, "{last:?}");
+    assert_eq!(last.event.account(), None, "{last:?}");
 }
