@@ -297,7 +297,8 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// was due.
     ///
     /// # Errors
-    /// [`BankError::Store`]; [`BankError::Contention`].
+    /// [`BankError::InvalidRetention`] for a negative `keep`; [`BankError::Store`];
+    /// [`BankError::Contention`].
     pub fn apply_retention(&self, keep: Duration) -> Result<Vec<String>, BankError> {
         if keep.is_negative() {
             return Err(BankError::InvalidRetention);

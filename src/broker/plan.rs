@@ -78,45 +78,46 @@ pub(super) fn plan_access(
     // consent (so the subject's key) is known and the platform asking is the consent's own: a
     // platform naming another's consent learns nothing from the log about the accounts it
     // guesses.
-    let denied =
-        |decision: Decision, keyed: Option<&(Keyed, Arc<Cached>)>, mut preconditions: Vec<Precondition>| {
-            let consent = inputs.and_then(|i| i.consent.as_ref());
-            let own = consent.is_some_and(|c| c.request.platform == request.platform);
-            let (subject, account, reasons, mut changes) = match keyed {
-                Some((keyed, cached)) if consent.is_some() => (
-                    Some(cached.subject()),
-                    own.then(|| cached.account(&request.account)),
-                    redact_reasons(decision.reasons(), &keyed.key),
-                    Vec::new(),
-                ),
-                _ => (None, None, decision.reasons().to_vec(), Vec::new()),
-            };
-            if let Some((keyed, _)) = keyed {
-                match keyed.guard() {
-                    KeyGuard::Insert(change) => changes.push(*change),
-                    KeyGuard::Check(check) => preconditions.push(check),
-                }
-            }
-            AccessPlan {
-                record: AuditRecord::new(
-                    now,
-                    Actor::Platform(request.platform.clone()),
-                    AuditEvent::AccessDenied {
-                        consent: request.consent.clone(),
-                        subject,
-                        scope: request.scope,
-                        purpose: request.purpose,
-                        account,
-                        presence: request.presence,
-                        reasons,
-                    },
-                ),
-                decision,
-                preconditions,
-                changes,
-                permit: None,
-            }
+    let denied = |decision: Decision,
+                  keyed: Option<&(Keyed, Arc<Cached>)>,
+                  mut preconditions: Vec<Precondition>| {
+        let consent = inputs.and_then(|i| i.consent.as_ref());
+        let own = consent.is_some_and(|c| c.request.platform == request.platform);
+        let (subject, account, reasons, mut changes) = match keyed {
+            Some((keyed, cached)) if consent.is_some() => (
+                Some(cached.subject()),
+                own.then(|| cached.account(&request.account)),
+                redact_reasons(decision.reasons(), &keyed.key),
+                Vec::new(),
+            ),
+            _ => (None, None, decision.reasons().to_vec(), Vec::new()),
         };
+        if let Some((keyed, _)) = keyed {
+            match keyed.guard() {
+                KeyGuard::Insert(change) => changes.push(*change),
+                KeyGuard::Check(check) => preconditions.push(check),
+            }
+        }
+        AccessPlan {
+            record: AuditRecord::new(
+                now,
+                Actor::Platform(request.platform.clone()),
+                AuditEvent::AccessDenied {
+                    consent: request.consent.clone(),
+                    subject,
+                    scope: request.scope,
+                    purpose: request.purpose,
+                    account,
+                    presence: request.presence,
+                    reasons,
+                },
+            ),
+            decision,
+            preconditions,
+            changes,
+            permit: None,
+        }
+    };
     let (RequestedScope::Data(scope), RequestedPurpose::Permitted(purpose), Some(inputs)) =
         (request.scope, request.purpose, inputs)
     else {

@@ -352,7 +352,11 @@ impl DataHolder for ErasingAccounts {
     type Error = std::convert::Infallible;
 
     fn account_owner(&self, _: &AccountId) -> Result<Option<SubjectId>, Self::Error> {
-        self.bank.bank.erase_customer(&self.customer).unwrap().unwrap();
+        self.bank
+            .bank
+            .erase_customer(&self.customer)
+            .unwrap()
+            .unwrap();
         Ok(None)
     }
 }
@@ -389,7 +393,13 @@ fn a_gate_refusal_racing_an_erasure_makes_no_key_again() {
     );
     // No key for the erased customer, and the refusal names nobody.
     assert_eq!(bank.bank.pseudonym_of(&customer).unwrap(), None);
-    assert!(bank.bank.subject_view(&customer).unwrap().journal.is_empty());
+    assert!(
+        bank.bank
+            .subject_view(&customer)
+            .unwrap()
+            .journal
+            .is_empty()
+    );
     let journal = bank.bank.journal();
     let len = journal.audit_len().unwrap();
     let last = journal.audit_entries(len - 1..len).unwrap().pop().unwrap();

@@ -1654,3 +1654,44 @@ fn opening_one_empty_schema_concurrently_migrates_once() {
             .unwrap();
     });
 }
+
+/// Erasure on PostgreSQL: the key and the consents go in one commit, the purge rewrites the key
+/// table (`VACUUM FULL`) and reports it done, the log still verifies, and the subject's key row
+/// is no longer in the table's files' live or dead rows (PostgreSQL's own view of the table).
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn erasure_on_postgres_deletes_the_key_and_purges_its_table() {
+    let url = database_url();
+    let schema = unique_name("erase");
+    let fx = Fixture::with_store(open(&url, &schema));
+    let granted = fx.granted();
+    let subject = granted.subject().clone();
+    let before = fx.broker.checkpoint().unwrap();
+    let erasure = fx.broker.erase_subject(&subject).unwrap().unwrap();
+    assert!(erasure.purged);
+    assert_eq!(erasure.revoked, vec![granted.id().clone()]);
+    assert_eq!(fx.broker.pseudonym_of(&subject).unwrap(), None);
+    assert!(fx.broker.consents_of(&subject).unwrap().is_empty());
+    let verifier =
+        consent_broker::checkpoint::NoteVerifier::from_vkey(&fx.broker.checkpoint_verifier_key())
+            .unwrap();
+    verify_log(&fx.broker.store(), Some((&before.note, &verifier))).unwrap();
+    // After VACUUM FULL the key table holds no dead row: its statistics count none.
+    let mut client = raw_client(&url);
+    let dead: i64 = client
+        .query_one(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'subject_keys'",
+            &[&schema],
+        )
+        .map(|row| row.get(0))
+        .unwrap_or(0);
+    assert_eq!(dead, 0);
+    let rows: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {}.subject_keys", quote(&schema)),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
+}

@@ -597,14 +597,31 @@ impl Store for PostgresStore {
         // its operator (docs/PRIVACY.md).
         self.run(|worker| {
             let client = worker.client()?;
-            // One statement per call: VACUUM refuses a multi-statement string too.
-            for sql in [
-                "VACUUM (FULL) subject_keys, bank_subject_links",
-                "VACUUM consents, usage, attestations, bank_attestations, bank_served, \
-                 bank_device_keys, bank_platform_revocations",
-            ] {
-                client.batch_execute(sql).map_err(|e| pg_error(&e))?;
+            // One statement per call: VACUUM refuses a multi-statement string too. The rewrite
+            // takes an exclusive lock on the key table: wait for it at most two seconds (then
+            // report "not done", to be retried) rather than stall every broker's reads.
+            client
+                .batch_execute("SET lock_timeout = '2s'")
+                .map_err(|e| pg_error(&e))?;
+            let rewritten = client.batch_execute("VACUUM (FULL) subject_keys, bank_subject_links");
+            client
+                .batch_execute("RESET lock_timeout")
+                .map_err(|e| pg_error(&e))?;
+            match rewritten {
+                Ok(()) => {}
+                Err(error)
+                    if error.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                {
+                    return Ok(false);
+                }
+                Err(error) => return Err(pg_error(&error)),
             }
+            client
+                .batch_execute(
+                    "VACUUM consents, usage, attestations, bank_attestations, bank_served, \
+                     bank_device_keys, bank_platform_revocations",
+                )
+                .map_err(|e| pg_error(&e))?;
             Ok(true)
         })
     }
