@@ -702,6 +702,42 @@ pub fn tell(storage: &Storage) -> Result<()> {
     if let Storage::Sqlite(path) = storage {
         witness_publish_and_monitor(&mut story, path, &vkey)?;
     }
+
+    story.step("Alice asks her bank and the chat to forget her");
+    let at_bank = story
+        .bank
+        .erase_customer(&alice_at_bank)?
+        .ok_or("the bank held nothing about Alice")?;
+    // The bank's erasure revoked her live approvals; its signed instructions end the
+    // platform's consents too.
+    // (A consent the platform ended already, in the chat or by expiry, is refused as not live:
+    // nothing left to end.)
+    for instruction in &at_bank.instructions {
+        match story.broker.apply_holder_instruction(instruction) {
+            Ok(_) | Err(Error::Consent(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let at_platform = story
+        .broker
+        .erase_subject(&alice)?
+        .ok_or("the platform held nothing about Alice")?;
+    let verifier = NoteVerifier::from_vkey(&vkey)?;
+    let report = verify_log(&story.broker.store(), Some((&checkpoint.note, &verifier)))?;
+    println!(
+        "   the bank deleted her key, {} approvals (revoking first the {} still live), her \
+         phone's key and her link; the platform deleted her key and {} consents",
+        at_bank.attestations.len(),
+        at_bank.instructions.len(),
+        at_platform.consents.len(),
+    );
+    println!(
+        "   the log ({} entries) still verifies against the checkpoint signed above; nothing in \
+         it links to her: her history has {} entries, her pseudonym {} names nobody",
+        report.size,
+        story.broker.subject_history(&alice)?.len(),
+        at_platform.pseudonym
+    );
     if let Storage::Sqlite(path) = storage {
         let checkpoint_file = path.with_extension("checkpoint");
         let vkey_file = path.with_extension("vkey");

@@ -30,7 +30,8 @@ pub struct BankErasure {
     /// For each approval that was still live: the bank's signed instruction revoking its
     /// consent (reason `erasure`), for the broker ([`crate::Broker::apply_holder_instruction`]),
     /// so that the platform's consents end too. Journalled (`revoked_at_bank`) in the same
-    /// commit as the erasure.
+    /// commit as the erasure. The broker refuses one whose consent it ended already (revoked on
+    /// the platform, or expired there) as not live: nothing is left to end then.
     pub instructions: Vec<String>,
     /// The journal entry that records the erasure.
     pub journal_seq: u64,
