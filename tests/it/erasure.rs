@@ -41,6 +41,7 @@ fn after_erasure_no_byte_of_the_database_names_the_subject_and_the_log_still_ver
         ..fx.draft()
     };
     let first = fx.broker.request_consent(draft.clone()).unwrap();
+    let mut checkpoints = vec![fx.broker.checkpoint().unwrap()];
     let mut statement = fx.full_statement(&first);
     statement.accounts = AccountSet::from([accounts[0].clone()]);
     fx.broker
@@ -101,7 +102,7 @@ fn after_erasure_no_byte_of_the_database_names_the_subject_and_the_log_still_ver
     for needle in std::iter::once(SUBJECT).chain(ACCOUNTS) {
         assert_eq!(trace_of(&log, needle), None, "the log names {needle}");
     }
-    let before = fx.broker.checkpoint().unwrap();
+    checkpoints.push(fx.broker.checkpoint().unwrap());
     let pseudonym = fx.pseudonym(&subject);
 
     let erasure = fx.broker.erase_subject(&subject).unwrap().unwrap();
@@ -118,9 +119,11 @@ fn after_erasure_no_byte_of_the_database_names_the_subject_and_the_log_still_ver
     for needle in std::iter::once(SUBJECT).chain(ACCOUNTS) {
         assert_eq!(traces(dir.path(), needle), Vec::<String>::new(), "{needle}");
     }
-    // The log verifies byte for byte against the checkpoint signed before.
+    // The log verifies byte for byte against every checkpoint signed before.
     let verifier = NoteVerifier::from_vkey(&fx.broker.checkpoint_verifier_key()).unwrap();
-    verify_log(&fx.broker.store(), Some((&before.note, &verifier))).unwrap();
+    for checkpoint in &checkpoints {
+        verify_log(&fx.broker.store(), Some((&checkpoint.note, &verifier))).unwrap();
+    }
     // Nothing links to the subject: no key, no consents, no history; the erasure itself is
     // logged under the pseudonym it had, after the revocation of the live consent.
     assert_eq!(fx.broker.pseudonym_of(&subject).unwrap(), None);

@@ -428,8 +428,8 @@ impl Model {
 // ---------------------------------------------------------------------------------------------
 // The run.
 
-struct World {
-    fx: Fixture,
+struct World<S: Store = MemoryStore> {
+    fx: Fixture<S>,
     forger: AttestationSigner,
     model: Model,
     /// Unattended permits the broker returned, per consent and day.
@@ -437,15 +437,15 @@ struct World {
     access_decisions: u64,
 }
 
-impl World {
-    fn new(policy: Policy) -> Self {
+impl<S: Store> World<S> {
+    fn new(policy: Policy, store: S) -> Self {
         let holder_policy = HolderPolicy {
             enabled_scopes: scopes_of(policy.enabled),
             max_consent_duration: Duration::days(policy.max_days),
             unattended_daily_limit: policy.limit,
             plaintext: PlaintextUses::new(),
         };
-        let fx = Fixture::with_policy(MemoryStore::new(), holder_policy);
+        let fx = Fixture::with_policy(store, holder_policy);
         fx.broker
             .register_platform(PlatformProfile {
                 id: id(PLATFORMS[1]),
@@ -998,6 +998,32 @@ fn hit(path: &'static str) {
     *COVERAGE.lock().unwrap().entry(path).or_default() += 1;
 }
 
+/// The same model on the SQLite store (fewer cases: every commit is an fsync), so that
+/// erasure and retention are checked against the model on a durable store too (the conformance
+/// suite covers PostgreSQL).
+#[test]
+fn the_broker_on_sqlite_behaves_as_the_model() {
+    let config = ProptestConfig {
+        cases: cases() / 8,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let strategy = (policy(), prop::collection::vec(op(), 1..40));
+    let result = runner.run(&strategy, |(policy, ops)| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("model.sqlite")).unwrap();
+        let mut world = World::new(policy, store);
+        for op in &ops {
+            world.step(op)?;
+        }
+        world.finish()
+    });
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+}
+
 #[test]
 fn the_broker_behaves_as_the_model() {
     let config = ProptestConfig {
@@ -1008,7 +1034,7 @@ fn the_broker_behaves_as_the_model() {
     let mut runner = proptest::test_runner::TestRunner::new(config);
     let strategy = (policy(), prop::collection::vec(op(), 1..60));
     let result = runner.run(&strategy, |(policy, ops)| {
-        let mut world = World::new(policy);
+        let mut world = World::new(policy, MemoryStore::new());
         for op in &ops {
             world.step(op)?;
         }
