@@ -20,15 +20,16 @@ use time::OffsetDateTime;
 
 use crate::attestation::AttestationError;
 use crate::consent::{ConsentError, RequestError, RevocationReason, Revoker};
-use crate::ids::{BrokerId, ConsentId, HolderId, PlatformId, Pseudonym, SubjectId};
+use crate::ids::{BrokerId, ConsentId, HolderId, PlatformId, Pseudonym};
 use crate::policy::DenyReason;
 
 /// Who caused the event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Actor {
-    /// The subject.
-    Subject(SubjectId),
+    /// The subject, by its pseudonym (entries of audit formats 1 and 2 named the subject by its
+    /// id here; this version never writes this actor).
+    Subject(Pseudonym),
     /// The platform.
     Platform(PlatformId),
     /// The holder.

@@ -82,8 +82,9 @@ impl<S: Store + LedgerRead> Bank<S> {
 
     /// Links `customer` to `platform` under an identifier the platform already holds (a
     /// relationship from before pairwise identifiers, or one another system set up). The
-    /// identifier must not be the customer id itself (that would show it to the platform) and
-    /// must not name anyone else. Prefer [`Bank::link_subject`], whose identifiers are random.
+    /// identifier must not be the customer id itself (that would show it to the platform), nor
+    /// another customer's id, nor of the form [`Bank::link_subject`] makes, and must not name
+    /// anyone else already. Prefer [`Bank::link_subject`], whose identifiers are random.
     ///
     /// # Errors
     /// [`BankError::LinkTaken`] when the customer has another identifier for the platform, or
@@ -94,7 +95,18 @@ impl<S: Store + LedgerRead> Bank<S> {
         platform: &PlatformId,
         pairwise: &SubjectId,
     ) -> Result<(), BankError> {
-        if pairwise == customer {
+        // Not the customer id (the platform would learn it), not an identifier of the form this
+        // bank makes (a later `link_subject` could draw it), not anyone the bank knows as a
+        // customer (two people would share one subject at the broker).
+        let known_customer = |id: &SubjectId| -> Result<bool, BankError> {
+            Ok(self.ledger.subject_key(id)?.is_some()
+                || !self.ledger.attestations_of_subject(id)?.is_empty()
+                || !self.ledger.device_keys(id)?.is_empty())
+        };
+        if pairwise == customer
+            || pairwise.as_str().starts_with(PAIRWISE_PREFIX)
+            || known_customer(pairwise)?
+        {
             return Err(BankError::LinkTaken);
         }
         self.retrying(|| {

@@ -75,22 +75,24 @@ pub(super) fn plan_access(
     instance: u64,
 ) -> AccessPlan {
     // A denial names the subject and the account only by their pseudonyms, and only when the
-    // consent (so the subject's key) is known and the platform asking is the consent's own: a
-    // platform naming another's consent learns nothing from the log about the accounts it
-    // guesses.
+    // consent (so the subject's key) is known and the platform asking is the consent's own.
     let denied = |decision: Decision,
                   keyed: Option<&(Keyed, Arc<Cached>)>,
                   mut preconditions: Vec<Precondition>| {
         let consent = inputs.and_then(|i| i.consent.as_ref());
         let own = consent.is_some_and(|c| c.request.platform == request.platform);
+        // Another platform's request about this consent names neither subject nor account (nor
+        // an account in a reason): it could otherwise test guesses of the subject's accounts
+        // against the log, and write into the subject's history at will.
+        let keyed = keyed.filter(|_| own);
         let (subject, account, reasons, mut changes) = match keyed {
             Some((keyed, cached)) if consent.is_some() => (
                 Some(cached.subject()),
-                own.then(|| cached.account(&request.account)),
+                Some(cached.account(&request.account)),
                 redact_reasons(decision.reasons(), &keyed.key),
                 Vec::new(),
             ),
-            _ => (None, None, decision.reasons().to_vec(), Vec::new()),
+            _ => (None, None, redact_foreign(decision.reasons()), Vec::new()),
         };
         if let Some((keyed, _)) = keyed {
             match keyed.guard() {
@@ -227,6 +229,16 @@ pub(super) fn plan_access(
         changes,
         permit: Some(permit),
     }
+}
+
+/// Reasons of a denial that names no subject: a reason naming an account is left out (there is
+/// no key to make its pseudonym with, and the platform's word about it is not kept).
+fn redact_foreign(reasons: &[DenyReason]) -> Vec<DenyReason> {
+    reasons
+        .iter()
+        .filter(|reason| !matches!(reason, DenyReason::AccountNotGranted { .. }))
+        .cloned()
+        .collect()
 }
 
 /// The profile of a platform that is not registered: no purposes.

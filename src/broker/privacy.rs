@@ -144,17 +144,22 @@ impl<S: Store> Broker<S> {
                 if consents.is_empty() {
                     return Ok(None);
                 }
-                // Consents from before subject keys (audit formats 1 to 4): erase them all the same.
+                // Consents from before subject keys (audit formats 1 to 4): erase them all the
+                // same, under a throwaway key, and without listing their ids in the erasure's
+                // entry (their old entries name the subject in clear: the list would add a
+                // lasting "this person asked to be erased").
                 return self
                     .erase_with(
                         subject,
                         &SubjectKey::generate(self.settings.random.as_ref())?,
                         &consents,
                         now,
+                        false,
                     )
                     .map(Some);
             };
-            self.erase_with(subject, &key, &consents, now).map(Some)
+            self.erase_with(subject, &key, &consents, now, true)
+                .map(Some)
         })?;
         let Some(mut erasure) = erased else {
             return Ok(None);
@@ -171,6 +176,7 @@ impl<S: Store> Broker<S> {
         key: &SubjectKey,
         consents: &[crate::consent::Consent],
         now: OffsetDateTime,
+        list: bool,
     ) -> Result<Erasure, Error> {
         let pseudonym = key.subject(subject);
         let mut revoked = Vec::new();
@@ -206,7 +212,7 @@ impl<S: Store> Broker<S> {
             Actor::Broker(self.settings.id.clone()),
             AuditEvent::SubjectErased {
                 subject: pseudonym.clone(),
-                consents: ids.clone(),
+                consents: if list { ids.clone() } else { Vec::new() },
                 attestations: Vec::new(),
             },
         ));

@@ -21,27 +21,33 @@ fn assert_audited(
     assert_eq!(entry.kind(), kind);
     assert_eq!(entry.actor, Actor::Platform(access.platform.clone()));
     assert_eq!(entry.consent(), Some(&access.consent));
-    // The subject and the account by their pseudonyms, and only when the consent is known.
-    assert_eq!(entry.subject(), subject.map(|s| fx.pseudonym(s)).as_ref());
-    assert_eq!(entry.event.scope(), Some(access.scope));
-    assert_eq!(entry.event.purpose(), Some(access.purpose));
-    // The account only when the platform asking is the consent's own: another platform learns
-    // nothing from the log about accounts it guesses.
+    // The subject and the account by their pseudonyms, and only when the consent is known and
+    // the platform asking is the consent's own: another platform learns nothing from the log
+    // about the subject's accounts, and cannot write into the subject's history.
     let own = fx
         .broker
         .consent(&access.consent)
         .is_ok_and(|view| view.consent.request().platform() == &access.platform);
+    let subject = subject.filter(|_| own);
+    assert_eq!(entry.subject(), subject.map(|s| fx.pseudonym(s)).as_ref());
+    assert_eq!(entry.event.scope(), Some(access.scope));
+    assert_eq!(entry.event.purpose(), Some(access.purpose));
     assert_eq!(
         entry.event.account(),
         subject
-            .filter(|_| own)
             .map(|s| fx.account_pseudonym(s, &access.account))
             .as_ref()
     );
     assert_eq!(entry.event.presence(), Some(access.presence));
-    let reasons = match subject {
+    let reasons: Vec<DenyReason> = match subject {
         Some(subject) => fx.logged_reasons(subject, decision.reasons()),
-        None => decision.reasons().to_vec(),
+        // Without a subject, a reason naming an account is not kept.
+        None => decision
+            .reasons()
+            .iter()
+            .filter(|r| !matches!(r, DenyReason::AccountNotGranted { .. }))
+            .cloned()
+            .collect(),
     };
     assert_eq!(entry.reasons(), reasons);
     assert_eq!(entry.at, fx.broker.now());
