@@ -1161,7 +1161,65 @@ pub type Body = fn(&[u8]);
 
 /// Every target: its name (the name of its `fuzz_targets/` file and `corpus/` directory) and
 /// its body.
-pub const TARGETS: [(&str, Body); 13] = [
+/// The subject key of the `sealed_field` target (fixed bytes) and the subject it is for.
+pub const FIELD_KEY: [u8; 32] = [7; 32];
+/// The subject of the `sealed_field` target.
+pub const FIELD_SUBJECT: &str = "alice";
+
+/// What a log's reader does with a subject's key: open a sealed field of an entry (input as a
+/// sealed field, or as a whole audit entry), make pseudonyms of arbitrary ids, and scrub parser
+/// messages. Nothing panics; only the fixture's own sealing opens; pseudonyms have their form;
+/// scrubbing is idempotent and leaves nothing quoted.
+pub fn sealed_field(data: &[u8]) {
+    use consent_broker::privacy::{SealedField, unquoted};
+    let key = SubjectKey::from_bytes(&FIELD_KEY);
+    let subject: SubjectId = FIELD_SUBJECT.parse().expect("a valid id");
+    let pseudonym = key.subject(&subject);
+    let text = String::from_utf8_lossy(data);
+    match data.first() {
+        Some(b'{') => {
+            if let Ok(entry) = AuditEntry::from_bytes(data)
+                && let AuditEvent::ConsentApproved {
+                    subject: about,
+                    sealed_attestation: Some(sealed),
+                    ..
+                } = &entry.event
+            {
+                let _ = key.open("attestation", about, sealed);
+            }
+        }
+        Some(b'"') => {
+            if let Ok(sealed) = serde_json::from_str::<SealedField>(&text) {
+                if let Ok(opened) = key.open("attestation", &pseudonym, &sealed) {
+                    // Only a sealing under this key, field and subject opens.
+                    assert!(opened.len() <= data.len());
+                }
+            }
+        }
+        _ => {
+            if let Ok(id) = text.parse::<SubjectId>() {
+                for made in [key.subject(&id), key.device(id.as_str())] {
+                    assert!(made.as_str().starts_with("ps_"));
+                    assert_eq!(made.as_str().len(), 25);
+                }
+            }
+            let once = unquoted(&text);
+            assert_eq!(unquoted(&once), once);
+            for quote in ['"', '`'] {
+                let mut inside = false;
+                for c in once.chars() {
+                    if c == quote {
+                        inside = !inside;
+                    } else if inside {
+                        assert_eq!(c, '…', "something quoted survived in {once:?}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub const TARGETS: [(&str, Body); 14] = [
     ("token_verify", token_verify),
     ("attestation_verify", attestation_verify),
     ("consent_request_json", consent_request_json),
@@ -1175,4 +1233,5 @@ pub const TARGETS: [(&str, Body); 13] = [
     ("sealed_response", sealed_response),
     ("tiles", tiles),
     ("cosignatures", cosignatures),
+    ("sealed_field", sealed_field),
 ];

@@ -818,6 +818,40 @@ fn regenerate_seed_corpus() {
     sealed_seeds();
     tiles_seeds();
     cosignature_seeds();
+    sealed_field_seeds();
+}
+
+fn sealed_field_seeds() {
+    let target = "sealed_field";
+    let key = SubjectKey::from_bytes(&targets::FIELD_KEY);
+    let subject: SubjectId = id(targets::FIELD_SUBJECT);
+    let pseudonym = key.subject(&subject);
+    let sealed = key
+        .seal(
+            "attestation",
+            &pseudonym,
+            b"eyJhbGciOiJFZERTQSJ9.e30.sig",
+            &SeededRandom::new(5),
+        )
+        .unwrap();
+    seed(
+        target,
+        "valid-field.json",
+        serde_json::to_string(&sealed).unwrap(),
+    );
+    seed(target, "truncated-field.json", "\"AAAA\"");
+    let entry = format!(
+        r#"{{"seq":3,"at":1795251600,"actor":{{"holder":"bank"}},"kind":"consent_approved","consent":"cns_1","subject":"{pseudonym}","attestation_id":"j","attestation_digest":"d","sealed_attestation":{}}}"#,
+        serde_json::to_string(&sealed).unwrap()
+    );
+    seed(target, "approval-entry.json", entry);
+    seed(
+        target,
+        "parser-message.txt",
+        r#"invalid type: string "alice-123", expected u64"#,
+    );
+    seed(target, "unterminated.txt", "unknown field `acct");
+    seed(target, "an-id.txt", "acc-current");
 }
 
 /// The fixture's log as published: its checkpoint, its level-0 tile and its entry bundle.
