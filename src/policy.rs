@@ -353,7 +353,8 @@ pub fn prohibited_reasons(request: &AccessRequest) -> Vec<DenyReason> {
 /// The checked policy call.
 ///
 /// `consent` is `None` when no consent with the requested id exists. A prohibited purpose or
-/// scope yields only the prohibited reasons: nothing about the grant is examined.
+/// scope yields only the prohibited reasons, and a consent given to another platform only
+/// [`DenyReason::WrongPlatform`]: nothing about the grant is examined.
 pub fn evaluate(
     request: &AccessRequest,
     consent: Option<&Consent>,
@@ -376,8 +377,16 @@ pub fn evaluate(
         };
     };
 
+    // Another platform's consent: refused for that alone. Nothing else about the grant is
+    // examined, so the answer tells the asking platform nothing of it (its status, its scopes,
+    // whether an account it guesses is the subject's).
+    if consent.request.platform != request.platform {
+        return Decision::Deny {
+            reasons: vec![DenyReason::WrongPlatform],
+        };
+    }
     let mut reasons = Vec::new();
-    if consent.request.platform != request.platform || platform.id != request.platform {
+    if platform.id != request.platform {
         reasons.push(DenyReason::WrongPlatform);
     }
     if !platform.registered_purposes.contains(purpose) {

@@ -401,7 +401,10 @@ impl Keyed {
 /// Pseudonyms already computed, per subject and key: the checked call reads the subject's key
 /// from the store on every call (the key may have been erased and replaced since), but computes
 /// the subject's and an account's pseudonym once per key rather than twice per call. Bounded:
-/// emptied when it holds [`PseudonymCache::CAPACITY`] subjects.
+/// emptied when it holds [`PseudonymCache::CAPACITY`] subjects; an entry is dropped when its
+/// subject is erased through this broker, and is not used (and so replaced) once older than
+/// [`PseudonymCache::TTL`], so a subject erased through another broker leaves this one's memory
+/// within that time of its next use, or when the cache turns over.
 #[derive(Default)]
 pub(crate) struct PseudonymCache {
     subjects: std::sync::RwLock<std::collections::HashMap<SubjectId, std::sync::Arc<Cached>>>,
@@ -416,6 +419,7 @@ impl fmt::Debug for PseudonymCache {
 /// One subject's pseudonyms under one key.
 #[derive(Debug)]
 pub(crate) struct Cached {
+    made: std::time::Instant,
     key: SubjectKey,
     subject: Pseudonym,
     accounts: std::sync::RwLock<std::collections::HashMap<AccountId, Pseudonym>>,
@@ -428,6 +432,16 @@ impl PseudonymCache {
     /// Subjects remembered at most.
     pub(crate) const CAPACITY: usize = 65_536;
 
+    /// How long an entry is used.
+    pub(crate) const TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+    /// Forgets a subject (erased).
+    pub(crate) fn forget(&self, subject: &SubjectId) {
+        if let Ok(mut map) = self.subjects.write() {
+            map.remove(subject);
+        }
+    }
+
     /// The pseudonyms of `subject` under `key` (the key the store holds now).
     pub(crate) fn get(&self, subject: &SubjectId, key: &SubjectKey) -> std::sync::Arc<Cached> {
         let found = self
@@ -435,10 +449,13 @@ impl PseudonymCache {
             .read()
             .ok()
             .and_then(|map| map.get(subject).cloned());
-        if let Some(cached) = found.filter(|cached| &cached.key == key) {
+        if let Some(cached) =
+            found.filter(|cached| &cached.key == key && cached.made.elapsed() < Self::TTL)
+        {
             return cached;
         }
         let cached = std::sync::Arc::new(Cached {
+            made: std::time::Instant::now(),
             subject: key.subject(subject),
             key: key.clone(),
             accounts: std::sync::RwLock::default(),

@@ -11,6 +11,7 @@ use crate::consent::{RevocationReason, Revoker};
 use crate::ids::{ConsentId, SubjectId};
 use crate::instruction::Instruction;
 use crate::policy::HolderPolicy;
+use crate::privacy::Keyed;
 use crate::store::{
     AttestationRecord, BankRevocation, Change, Commit, LedgerRead, Precondition, Store,
 };
@@ -33,11 +34,15 @@ impl<S: Store + LedgerRead> Bank<S> {
         self.retrying(|| {
             let now = self.now();
             let customer = &statement.subject;
+            // The key first, then the link: a link implies a key (they are made together), so
+            // an erasure between the two reads leaves no link to find, and one after both fails
+            // the commit's check that the key is unchanged.
+            let keyed =
+                Keyed::read_existing(&self.ledger, customer)?.ok_or(BankError::NotLinked)?;
             let link = self
                 .ledger
                 .link_of(customer, &statement.platform)?
                 .ok_or(BankError::NotLinked)?;
-            let keyed = self.key_of(customer)?;
             // The journal names the customer by a pseudonym of this platform's relationship.
             let scoped = keyed.key.for_platform(&statement.platform);
             let policy = self.policy()?.ok_or(BankError::NoPolicy)?.policy;

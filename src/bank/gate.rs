@@ -362,7 +362,12 @@ impl<S: Store + LedgerRead> Bank<S> {
                 Err(Stop::Refuse(
                     refusal,
                     Some(Box::new(claims)),
-                    Some((attestation.subject, attestation.platform)),
+                    Some((
+                        attestation.subject,
+                        attestation.platform,
+                        attestation.id,
+                        attestation.version,
+                    )),
                 ))
             }
             Err(error) => Err(error.into()),
@@ -420,7 +425,12 @@ impl<S: Store + LedgerRead> Bank<S> {
         let Some(attestation) = &view.attestation else {
             return Err(refuse(GateRefusal::UnknownAttestation, &claims, None));
         };
-        let subject = Some((attestation.subject.clone(), attestation.platform.clone()));
+        let subject = Some((
+            attestation.subject.clone(),
+            attestation.platform.clone(),
+            attestation.id.clone(),
+            attestation.version,
+        ));
         let mismatch = |claim: &str| {
             refuse(
                 GateRefusal::AttestationMismatch {
@@ -569,20 +579,21 @@ impl<S: Store + LedgerRead> Bank<S> {
             };
         };
         let claims = Some(verified);
+        let mut subject = subject;
         for _ in 0..MAX_ATTEMPTS {
             // The subject (the ledger's, never the token's word) and the account only as
             // pseudonyms of the customer's relationship with the approval's platform, and only
-            // while the customer has a key: a refusal never makes one (an erasure may have
-            // deleted it since the approval was read).
+            // while the customer has a key and the approval is as it was read: a refusal never
+            // makes a key, and never ties an approval an erasure deleted to a key made since.
             let keyed = match subject.as_ref() {
-                Some((customer, _)) => match Keyed::read_existing(&self.ledger, customer) {
+                Some((customer, ..)) => match Keyed::read_existing(&self.ledger, customer) {
                     Ok(keyed) => keyed,
                     Err(error) => return GateError::Store(error),
                 },
                 None => None,
             };
             let (who, account) = match (&keyed, subject.as_ref()) {
-                (Some(keyed), Some((customer, platform))) => {
+                (Some(keyed), Some((customer, platform, ..))) => {
                     let scoped = keyed.key.for_platform(platform);
                     (
                         Some(scoped.subject(customer)),
@@ -606,9 +617,11 @@ impl<S: Store + LedgerRead> Bank<S> {
                     presence: claims.map(|c| c.presence),
                 },
             );
-            let commit = match &keyed {
-                Some(keyed) => keyed.store_in(Commit::new(entry)),
-                None => Commit::new(entry),
+            let commit = match (&keyed, subject.as_ref()) {
+                (Some(keyed), Some((_, _, attestation, version))) => keyed
+                    .store_in(Commit::new(entry))
+                    .precondition(Precondition::attestation_version(attestation, *version)),
+                _ => Commit::new(entry),
             };
             match self.ledger.commit(commit) {
                 Ok(receipt) => {
@@ -617,8 +630,19 @@ impl<S: Store + LedgerRead> Bank<S> {
                         journal_seq: Some(receipt.audit_seqs.start),
                     };
                 }
-                // The key changed (an erasure): read again.
-                Err(StoreError::Conflict) => {}
+                // The key or the approval changed (an erasure, a revocation): read the approval
+                // again; gone, the refusal names nobody.
+                Err(StoreError::Conflict) => {
+                    if let Some((customer, platform, attestation, _)) = subject.take() {
+                        match self.ledger.attestation_record(&attestation) {
+                            Ok(Some(record)) => {
+                                subject = Some((customer, platform, attestation, record.version));
+                            }
+                            Ok(None) => {}
+                            Err(error) => return GateError::Store(error),
+                        }
+                    }
+                }
                 Err(error) => return GateError::Store(error),
             }
         }
@@ -626,8 +650,9 @@ impl<S: Store + LedgerRead> Bank<S> {
     }
 }
 
-/// Whom a refusal is about, as the ledger knows it: the customer and the approval's platform.
-type Who = (SubjectId, crate::ids::PlatformId);
+/// Whom a refusal is about, as the ledger knows it: the customer, the approval's platform, and
+/// the approval (id and version) it was read from.
+type Who = (SubjectId, crate::ids::PlatformId, String, u64);
 
 /// What the checks established for an access they admit.
 struct Decided {

@@ -231,7 +231,8 @@ impl<S: Store + LedgerRead> Bank<S> {
             let approvals = self.ledger.attestations_of_subject(customer)?;
             let key = self.ledger.subject_key(customer)?;
             let devices = self.ledger.device_keys(customer)?;
-            if key.is_none() && approvals.is_empty() && devices.is_empty() {
+            let links = self.ledger.links_of_customer(customer)?;
+            if key.is_none() && approvals.is_empty() && devices.is_empty() && links.is_empty() {
                 return Ok(None);
             }
             let keyed = self.key_of(customer)?;

@@ -164,6 +164,7 @@ impl<S: Store> Broker<S> {
         let Some(mut erasure) = erased else {
             return Ok(None);
         };
+        self.pseudonyms.forget(subject);
         // The erasure is committed: a purge that fails now is reported as not done (retry it
         // with `Broker::purge`), not as an erasure that failed.
         erasure.purged = self.store.purge().unwrap_or(false);
@@ -225,6 +226,14 @@ impl<S: Store> Broker<S> {
         let mut commit = Commit::new(first);
         for record in records {
             commit.push_record(record);
+        }
+        // Each consent as it was read: one approved or revoked meanwhile is erased only after
+        // this reads it again (and revokes it first if it went live).
+        for consent in consents {
+            commit = commit.precondition(crate::store::Precondition::consent_version(
+                consent.id(),
+                consent.version,
+            ));
         }
         let receipt = self.commit(commit.change(Change::EraseSubject {
             subject: subject.clone(),

@@ -349,6 +349,8 @@ fn a_request_racing_an_erasure_never_writes_under_the_erased_pseudonym() {
 struct ErasingAccounts {
     bank: std::sync::Arc<consent_broker::testing::TestBank>,
     customer: SubjectId,
+    /// Then the customer links the platform again (a new key, as a returning user).
+    relink: Option<PlatformId>,
 }
 
 impl DataHolder for ErasingAccounts {
@@ -360,6 +362,12 @@ impl DataHolder for ErasingAccounts {
             .erase_customer(&self.customer)
             .unwrap()
             .unwrap();
+        if let Some(platform) = &self.relink {
+            self.bank
+                .bank
+                .link_subject(&self.customer, platform)
+                .unwrap();
+        }
         Ok(None)
     }
 }
@@ -369,6 +377,17 @@ impl DataHolder for ErasingAccounts {
 /// again, and the journal does not tie the erased approval to anyone.
 #[test]
 fn a_gate_refusal_racing_an_erasure_makes_no_key_again() {
+    gate_refusal_racing_an_erasure(false);
+}
+
+/// The same, when the customer comes back (links the platform again, so has a new key) before
+/// the refusal is journalled: the refusal must not tie the erased approval to the new key.
+#[test]
+fn a_gate_refusal_racing_an_erasure_and_a_return_names_nobody() {
+    gate_refusal_racing_an_erasure(true);
+}
+
+fn gate_refusal_racing_an_erasure(relink: bool) {
     use consent_broker::testing::{TestBank, TestBroker};
     use std::sync::Arc;
     let kit = TestBroker::on(MemoryStore::new());
@@ -380,6 +399,7 @@ fn a_gate_refusal_racing_an_erasure_makes_no_key_again() {
     let accounts = ErasingAccounts {
         bank: Arc::clone(&bank),
         customer: customer.clone(),
+        relink: relink.then(|| kit.platform.clone()),
     };
     let mut proof = String::new();
     let request = bank.present(&kit, &token.token, &mut proof);
@@ -394,14 +414,16 @@ fn a_gate_refusal_racing_an_erasure_makes_no_key_again() {
         ),
         "{refused:?}"
     );
-    // No key for the erased customer, and the refusal names nobody.
-    assert_eq!(bank.bank.pseudonym_of(&customer).unwrap(), None);
+    // Erased: no key. Returned: a key, but no entry of the customer's names the erased
+    // approval, and the refusal names nobody.
+    assert_eq!(bank.bank.pseudonym_of(&customer).unwrap().is_some(), relink);
+    let view = bank.bank.subject_view(&customer).unwrap();
     assert!(
-        bank.bank
-            .subject_view(&customer)
-            .unwrap()
-            .journal
-            .is_empty()
+        view.journal
+            .iter()
+            .all(|e| e.kind() == AuditKind::SubjectLinked),
+        "{:?}",
+        view.journal
     );
     let journal = bank.bank.journal();
     let len = journal.audit_len().unwrap();

@@ -364,8 +364,9 @@ impl Model {
             return vec![DenyReason::UnknownConsent];
         };
         let (scope, purpose) = (Scope::ALL[scope], Purpose::ALL[purpose]);
+        // Another platform's consent: that alone, nothing else about it.
         if c.platform != platform {
-            reasons.push(DenyReason::WrongPlatform);
+            return vec![DenyReason::WrongPlatform];
         }
         if platform_purposes(platform) & (1 << purpose as u8) == 0 {
             reasons.push(DenyReason::PurposeNotRegistered { purpose });
