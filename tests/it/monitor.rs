@@ -330,3 +330,73 @@ fn with_jti(token: &str, jti: &str) -> String {
             .unwrap();
     format!("{input}.{}", b64(key.sign(input.as_bytes())))
 }
+
+/// A platform whose published log shows the approval a served token rests on, but with a
+/// commitment to another attestation than the one the bank signed (its broker wrote a made-up
+/// digest): the bank's monitor reports the approval as missing. The same log with the true
+/// digest is clean. (The log is built outside the broker, from the broker's own entries with
+/// the one member changed, and signed with a key of the test's: what a platform running
+/// modified code could publish.)
+#[test]
+fn an_approval_logged_with_another_attestations_digest_is_reported() {
+    use consent_broker::checkpoint::{Checkpoint, NoteSigner, sign_checkpoint};
+    let kit = TestBroker::on(MemoryStore::new());
+    let bank = TestBank::beside(&kit);
+    let consent = bank.granted(&kit);
+    let token = kit.token(&kit.access(consent.id()));
+    bank.sync(&kit).unwrap();
+    let mut proof = String::new();
+    let request = bank.present(&kit, &token.token, &mut proof);
+    bank.bank.serve(&request, &bank.accounts).unwrap().unwrap();
+    let attestation = bank
+        .bank
+        .ledger()
+        .attestations_of_consent(consent.id())
+        .unwrap()
+        .pop()
+        .unwrap()
+        .id;
+
+    let signer = NoteSigner::new(
+        kit.broker.log_origin(),
+        &SigningKey::from_seed(&[42; 32]).unwrap().to_pkcs8_der(),
+    )
+    .unwrap();
+    let report = |forge: bool| {
+        let len = kit.broker.store().audit_len().unwrap();
+        let entries = kit.broker.store().audit_bytes(0..len).unwrap();
+        let mut log = crate::targets::LogStore::default();
+        for stored in entries {
+            let mut entry: serde_json::Value = serde_json::from_slice(&stored.bytes).unwrap();
+            if forge && entry["kind"] == "consent_approved" {
+                entry["attestation_digest"] =
+                    serde_json::json!(consent_broker::privacy::commitment(b"another attestation"));
+            }
+            log.append(&serde_json::to_vec(&entry).unwrap());
+        }
+        let size = log.entries.len() as u64;
+        let root = log.root(size).unwrap();
+        let note = sign_checkpoint(
+            &Checkpoint {
+                origin: kit.broker.log_origin().to_owned(),
+                size,
+                root,
+                extensions: Vec::new(),
+            },
+            &signer,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        publish(&log, dir.path(), &StoredCheckpoint { size, root, note }).unwrap();
+        let verifier = NoteVerifier::from_vkey(&signer.verifier_key()).unwrap();
+        let mut monitor = LogMonitor::new(kit.broker.log_origin(), verifier, WitnessPolicy::none());
+        monitor
+            .check(&bank.bank, &DirTiles::new(dir.path()), kit.broker.now())
+            .unwrap()
+    };
+    let honest = report(false);
+    assert!(honest.is_clean(), "{honest:?}");
+    let forged = report(true);
+    assert_eq!(forged.missing_tokens, []);
+    assert_eq!(forged.missing_approvals, [attestation]);
+}
