@@ -359,7 +359,7 @@ fn an_approval_logged_with_another_attestations_digest_is_reported() {
 
     let signer = NoteSigner::new(
         kit.broker.log_origin(),
-        &SigningKey::from_seed(&[42; 32]).unwrap().to_pkcs8_der(),
+        SigningKey::from_seed(&[42; 32]).unwrap().to_pkcs8_der(),
     )
     .unwrap();
     let report = |forge: bool| {
