@@ -58,6 +58,32 @@ const DAILY_LIMIT: u64 = 4;
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
 
+/// How many times a crash test kills its child (env `CONSENT_BROKER_CRASH_KILLS`, default 10).
+fn kills() -> u64 {
+    std::env::var(KILLS)
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(10)
+}
+
+/// Collects what the child prints until `deadline` (panics if it exits on its own).
+fn read_until(
+    lines: &mpsc::Receiver<String>,
+    deadline: Instant,
+    seen: &mut Vec<String>,
+    kill: u64,
+) {
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("kill {kill}: the child exited on its own: {seen:?}")
+            }
+        }
+    }
+}
+
 fn xorshift(state: &mut u64) -> u64 {
     let mut x = *state;
     x ^= x << 13;
@@ -363,10 +389,7 @@ fn kill_9_loses_no_acknowledged_decision() {
     if std::env::var(CHILD_DB).is_ok() {
         return;
     }
-    let kills: u64 = std::env::var(KILLS)
-        .ok()
-        .and_then(|k| k.parse().ok())
-        .unwrap_or(10);
+    let kills = kills();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broker.sqlite");
     let consent = database_with_grant(&path);
@@ -407,15 +430,7 @@ fn kill_9_loses_no_acknowledged_decision() {
             }
         }
         let deadline = Instant::now() + StdDuration::from_millis(wait_ms);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match lines.recv_timeout(left) {
-                Ok(line) => seen.push(line),
-                Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("kill {i}: the child exited on its own: {seen:?}")
-                }
-            }
-        }
+        read_until(&lines, deadline, &mut seen, i);
         let status = child.kill_and_wait();
         // Whatever the child printed before it died counts as acknowledged.
         reader.join().unwrap();
@@ -771,10 +786,7 @@ fn kill_9_during_erasure_leaves_each_subject_erased_or_intact() {
     if std::env::var(ERASE_DB).is_ok() || std::env::var(CHILD_DB).is_ok() {
         return;
     }
-    let kills: u64 = std::env::var(KILLS)
-        .ok()
-        .and_then(|k| k.parse().ok())
-        .unwrap_or(10);
+    let kills = kills();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broker.sqlite");
     drop(Fixture::with_store(SqliteStore::open(&path).unwrap()));
@@ -790,15 +802,7 @@ fn kill_9_during_erasure_leaves_each_subject_erased_or_intact() {
         let (mut child, lines, reader) = spawn_child("child_erases_until_killed", &env);
         let deadline = Instant::now() + StdDuration::from_millis(wait_ms);
         let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match lines.recv_timeout(left) {
-                Ok(line) => seen.push(line),
-                Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("kill {i}: the child exited on its own: {seen:?}")
-                }
-            }
-        }
+        read_until(&lines, deadline, &mut seen, i);
         child.kill_and_wait();
         reader.join().unwrap();
         seen.extend(lines.try_iter());

@@ -254,6 +254,24 @@ impl<L: Store + LedgerRead> TestBank<L> {
         }
     }
 
+    /// A device key's thumbprint as the bank's journal names it in entries about the customer's
+    /// relationship with `platform` (its pseudonym under the customer's key for that platform).
+    ///
+    /// # Panics
+    /// If the customer has no key at the bank.
+    pub fn journalled_device(&self, platform: &crate::ids::PlatformId, thumbprint: &str) -> String {
+        use crate::store::StateRead;
+        self.bank
+            .ledger()
+            .subject_key(&self.customer)
+            .expect("the ledger answers")
+            .expect("the customer has a key")
+            .for_platform(platform)
+            .device(thumbprint)
+            .as_str()
+            .to_owned()
+    }
+
     /// Draws from the kit bank's random source (for ids a test makes).
     pub fn random(&self) -> &dyn RandomSource {
         &self.random

@@ -821,20 +821,12 @@ impl World {
                             } => {
                                 prop_assert_eq!(&token_id, &sealed.context.token_id);
                                 // The journal names the devices by their pseudonyms.
-                                let key = self
-                                    .bank
-                                    .bank
-                                    .ledger()
-                                    .subject_key(&self.bank.customer)
-                                    .unwrap()
-                                    .unwrap()
-                                    .for_platform(&id("chat"));
                                 prop_assert_eq!(
                                     delivery,
                                     Some(Delivery::Sealed {
                                         devices: to
                                             .iter()
-                                            .map(|d| key.device(d).as_str().to_owned())
+                                            .map(|d| self.bank.journalled_device(&id("chat"), d))
                                             .collect()
                                     })
                                 );

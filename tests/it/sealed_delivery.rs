@@ -47,18 +47,10 @@ impl World {
     /// A delivery as the journal records it: the devices by their pseudonyms under the
     /// customer's key at the bank.
     fn journalled(&self, devices: &[String]) -> Delivery {
-        let key = self
-            .bank
-            .bank
-            .ledger()
-            .subject_key(&self.bank.customer)
-            .unwrap()
-            .unwrap()
-            .for_platform(&self.kit.platform);
         Delivery::Sealed {
             devices: devices
                 .iter()
-                .map(|d| key.device(d).as_str().to_owned())
+                .map(|d| self.bank.journalled_device(&self.kit.platform, d))
                 .collect(),
         }
     }
