@@ -419,7 +419,8 @@ impl fmt::Debug for PseudonymCache {
 /// One subject's pseudonyms under one key.
 #[derive(Debug)]
 pub(crate) struct Cached {
-    made: std::time::Instant,
+    /// When it was made, by the broker's clock.
+    made: time::OffsetDateTime,
     key: SubjectKey,
     subject: Pseudonym,
     accounts: std::sync::RwLock<std::collections::HashMap<AccountId, Pseudonym>>,
@@ -432,8 +433,8 @@ impl PseudonymCache {
     /// Subjects remembered at most.
     pub(crate) const CAPACITY: usize = 65_536;
 
-    /// How long an entry is used.
-    pub(crate) const TTL: std::time::Duration = std::time::Duration::from_secs(600);
+    /// How long an entry is used (by the broker's clock).
+    pub(crate) const TTL: time::Duration = time::Duration::minutes(10);
 
     /// Forgets a subject (erased).
     pub(crate) fn forget(&self, subject: &SubjectId) {
@@ -442,20 +443,26 @@ impl PseudonymCache {
         }
     }
 
-    /// The pseudonyms of `subject` under `key` (the key the store holds now).
-    pub(crate) fn get(&self, subject: &SubjectId, key: &SubjectKey) -> std::sync::Arc<Cached> {
+    /// The pseudonyms of `subject` under `key` (the key the store holds now), at `now` (the
+    /// broker's time: no clock is read here).
+    pub(crate) fn get(
+        &self,
+        subject: &SubjectId,
+        key: &SubjectKey,
+        now: time::OffsetDateTime,
+    ) -> std::sync::Arc<Cached> {
         let found = self
             .subjects
             .read()
             .ok()
             .and_then(|map| map.get(subject).cloned());
         if let Some(cached) =
-            found.filter(|cached| &cached.key == key && cached.made.elapsed() < Self::TTL)
+            found.filter(|cached| &cached.key == key && now - cached.made < Self::TTL)
         {
             return cached;
         }
         let cached = std::sync::Arc::new(Cached {
-            made: std::time::Instant::now(),
+            made: now,
             subject: key.subject(subject),
             key: key.clone(),
             accounts: std::sync::RwLock::default(),

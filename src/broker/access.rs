@@ -231,7 +231,7 @@ impl<S: Store> Broker<S> {
                 self.store.usage(&request.consent, day)?,
                 Some({
                     let keyed = self.key_of(&consent.request.subject)?;
-                    let cached = self.pseudonyms.get(&keyed.subject, &keyed.key);
+                    let cached = self.pseudonyms.get(&keyed.subject, &keyed.key, now);
                     (keyed, cached)
                 }),
             ),
