@@ -267,24 +267,10 @@ impl<S: Store> Broker<S> {
             let now = self.now();
             let current = self.load(consent)?;
             let next = current.reject(now)?;
-            let keyed = self.key_of(&current.request.subject)?;
-            let subject = keyed.key.subject(&current.request.subject);
-            let record = AuditRecord::new(
-                now,
-                Actor::Platform(current.request.platform.clone()),
-                AuditEvent::ConsentRejected {
-                    consent: consent.clone(),
-                    subject,
-                },
-            );
-            self.commit(
-                keyed
-                    .store_in(Commit::new(record))
-                    .change(Change::UpdateConsent {
-                        consent: next.clone(),
-                    }),
-            )?;
-            Ok(next)
+            self.platform_transition(&current, next, now, |subject| AuditEvent::ConsentRejected {
+                consent: consent.clone(),
+                subject,
+            })
         })
     }
 
@@ -310,28 +296,41 @@ impl<S: Store> Broker<S> {
             let now = self.now();
             let current = self.load(consent)?;
             let next = current.revoke(by, reason, now)?;
-            let request = &current.request;
-            let keyed = self.key_of(&request.subject)?;
-            let record = AuditRecord::new(
-                now,
-                Actor::Platform(request.platform.clone()),
-                AuditEvent::ConsentRevoked {
-                    consent: consent.clone(),
-                    subject: keyed.key.subject(&request.subject),
-                    revocation: Revocation { by, reason },
-                    instruction: None,
-                    holder: Some(request.holder.clone()),
-                },
-            );
-            self.commit(
-                keyed
-                    .store_in(Commit::new(record))
-                    .change(Change::UpdateConsent {
-                        consent: next.clone(),
-                    }),
-            )?;
-            Ok(next)
+            let holder = current.request.holder.clone();
+            self.platform_transition(&current, next, now, |subject| AuditEvent::ConsentRevoked {
+                consent: consent.clone(),
+                subject,
+                revocation: Revocation { by, reason },
+                instruction: None,
+                holder: Some(holder),
+            })
         })
+    }
+
+    /// Commits a transition the platform asserts (the entry's actor): `next` replaces
+    /// `current`, recorded by `event` made with the subject's pseudonym.
+    fn platform_transition(
+        &self,
+        current: &Consent,
+        next: Consent,
+        now: time::OffsetDateTime,
+        event: impl FnOnce(crate::ids::Pseudonym) -> AuditEvent,
+    ) -> Result<Consent, Error> {
+        let request = &current.request;
+        let keyed = self.key_of(&request.subject)?;
+        let record = AuditRecord::new(
+            now,
+            Actor::Platform(request.platform.clone()),
+            event(keyed.key.subject(&request.subject)),
+        );
+        self.commit(
+            keyed
+                .store_in(Commit::new(record))
+                .change(Change::UpdateConsent {
+                    consent: next.clone(),
+                }),
+        )?;
+        Ok(next)
     }
 
     /// A consent by id, with its status now.

@@ -42,12 +42,7 @@ fn assert_audited(
     let reasons: Vec<DenyReason> = match subject {
         Some(subject) => fx.logged_reasons(subject, decision.reasons()),
         // Without a subject, a reason naming an account is not kept.
-        None => decision
-            .reasons()
-            .iter()
-            .filter(|r| !matches!(r, DenyReason::AccountNotGranted { .. }))
-            .cloned()
-            .collect(),
+        None => reasons_without_accounts(decision.reasons()),
     };
     assert_eq!(entry.reasons(), reasons);
     assert_eq!(entry.at, fx.broker.now());

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use crate::support::{Fixture, id, purposes_of, scopes_of};
+use crate::support::{Fixture, id, purposes_of, reasons_without_accounts, scopes_of};
 use consent_broker::*;
 use proptest::prelude::*;
 use time::{Date, Duration, OffsetDateTime};
@@ -825,12 +825,7 @@ impl<S: Store> World<S> {
             .map(|view| view.consent.request().subject().clone());
         let logged = match &subject {
             Some(subject) => self.fx.logged_reasons(subject, decision.reasons()),
-            None => decision
-                .reasons()
-                .iter()
-                .filter(|r| !matches!(r, DenyReason::AccountNotGranted { .. }))
-                .cloned()
-                .collect(),
+            None => reasons_without_accounts(decision.reasons()),
         };
         prop_assert_eq!(entry.reasons(), logged.as_slice());
 

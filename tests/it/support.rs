@@ -300,3 +300,13 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Reasons as the log keeps them for a denial that names no subject: a reason naming an
+/// account is left out.
+pub fn reasons_without_accounts(reasons: &[DenyReason]) -> Vec<DenyReason> {
+    reasons
+        .iter()
+        .filter(|r| !matches!(r, DenyReason::AccountNotGranted { .. }))
+        .cloned()
+        .collect()
+}
