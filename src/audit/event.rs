@@ -412,12 +412,10 @@ pub enum AuditEvent {
         /// The erased subject's pseudonym.
         subject: Pseudonym,
         /// The consents whose state was deleted (a broker's; live ones were revoked first, in the
-        /// same commit).
+        /// same commit). A bank's erasure lists none of its approvals: that would tie the
+        /// customer's relationships with several platforms together for good.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         consents: Vec<ConsentId>,
-        /// The approvals whose records were deleted (a bank's).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        attestations: Vec<String>,
     },
     /// State rows of grants that ended long enough ago were deleted (storage limitation). The
     /// log keeps its pseudonymous entries about them.

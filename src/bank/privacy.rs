@@ -264,24 +264,14 @@ impl<S: Store + LedgerRead> Bank<S> {
             // The erasure is recorded under the customer's own pseudonym, without the approval
             // ids: listing them would tie the customer's relationships with several platforms
             // together for good.
-            records.push(self.record(
+            let erased = self.record(
                 self.me(),
                 AuditEvent::SubjectErased {
                     subject: pseudonym.clone(),
                     consents: Vec::new(),
-                    attestations: Vec::new(),
                 },
-            ));
-            let mut records = records.into_iter();
-            let Some(first) = records.next() else {
-                return Err(BankError::Store(crate::store::StoreError::Unavailable(
-                    "an erasure without its record".into(),
-                )));
-            };
-            let mut commit = Commit::new(first);
-            for record in records {
-                commit.push_record(record);
-            }
+            );
+            let commit = Commit::records_then(records, erased);
             let receipt = self.ledger.commit(commit.change(Change::EraseSubject {
                 subject: customer.clone(),
                 consents: Vec::new(),

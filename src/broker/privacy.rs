@@ -203,30 +203,17 @@ impl<S: Store> Broker<S> {
             }
         }
         let ids: Vec<ConsentId> = consents.iter().map(|c| c.id().clone()).collect();
-        let used = consents
-            .iter()
-            .filter_map(|c| c.grant().map(|g| g.attestation_id.to_string()))
-            .collect();
+        let used = used_attestations(consents);
         // The revocations come first in the log, the erasure last.
-        records.push(AuditRecord::new(
+        let erased = AuditRecord::new(
             now,
             Actor::Broker(self.settings.id.clone()),
             AuditEvent::SubjectErased {
                 subject: pseudonym.clone(),
                 consents: if list { ids.clone() } else { Vec::new() },
-                attestations: Vec::new(),
             },
-        ));
-        let mut records = records.into_iter();
-        let Some(first) = records.next() else {
-            return Err(Error::Store(crate::store::StoreError::Unavailable(
-                "an erasure without its record".into(),
-            )));
-        };
-        let mut commit = Commit::new(first);
-        for record in records {
-            commit.push_record(record);
-        }
+        );
+        let mut commit = Commit::records_then(records, erased);
         // Each consent as it was read: one approved or revoked meanwhile is erased only after
         // this reads it again (and revokes it first if it went live).
         for consent in consents {
@@ -323,6 +310,15 @@ impl<S: Store> Broker<S> {
         }
         Ok(retention)
     }
+}
+
+/// The ids of the attestations the consents' grants rest on (their replay protection), to be
+/// forgotten with them.
+fn used_attestations(consents: &[crate::consent::Consent]) -> Vec<String> {
+    consents
+        .iter()
+        .filter_map(|c| c.grant().map(|g| g.attestation_id.to_string()))
+        .collect()
 }
 
 /// A refusal as the log keeps it: an account it names is given as its pseudonym, and a parser's

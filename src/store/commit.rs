@@ -367,6 +367,17 @@ impl Commit {
         }
     }
 
+    /// A commit that appends `before`, then `last` (never empty: `last` is there).
+    pub(crate) fn records_then(before: Vec<AuditRecord>, last: AuditRecord) -> Self {
+        let mut records = before;
+        records.push(last);
+        Self {
+            preconditions: Vec::new(),
+            changes: Vec::new(),
+            records,
+        }
+    }
+
     /// Adds a state change.
     pub(crate) fn change(mut self, change: Change) -> Self {
         self.changes.push(change);
