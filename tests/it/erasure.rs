@@ -432,3 +432,102 @@ fn gate_refusal_racing_an_erasure(relink: bool) {
     assert_eq!(last.subject(), None, "{last:?}");
     assert_eq!(last.event.account(), None, "{last:?}");
 }
+
+/// The bank's retention: an approval revoked at the bank is kept until the period has passed,
+/// then its record and served counts go, in one journalled pass; a live approval stays; the
+/// journal's entries about it remain; a negative period is refused.
+#[test]
+fn the_banks_retention_deletes_ended_approvals_only_after_the_period() {
+    use consent_broker::testing::{TestBank, TestBroker};
+    let kit = TestBroker::on(MemoryStore::new());
+    let bank = TestBank::beside(&kit);
+    let ended = bank.granted(&kit);
+    bank.bank
+        .revoke(
+            &bank.customer,
+            ended.id(),
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
+    let live = bank.approve(&kit, &kit.request(), |_| {}).unwrap();
+    let approval = |consent: &ConsentId| {
+        bank.bank
+            .ledger()
+            .attestations_of_consent(consent)
+            .unwrap()
+            .pop()
+            .map(|a| a.id)
+    };
+    let ended_id = approval(ended.id()).unwrap();
+    assert_eq!(
+        bank.bank.apply_retention(-time::Duration::days(1)),
+        Err(BankError::InvalidRetention)
+    );
+    assert_eq!(
+        bank.bank.apply_retention(DEFAULT_RETENTION).unwrap(),
+        Vec::<String>::new()
+    );
+    kit.clock
+        .advance(DEFAULT_RETENTION + time::Duration::days(1));
+    let journal_len = bank.bank.journal().audit_len().unwrap();
+    assert_eq!(
+        bank.bank.apply_retention(DEFAULT_RETENTION).unwrap(),
+        vec![ended_id.clone()]
+    );
+    assert_eq!(approval(ended.id()), None);
+    assert!(approval(live.id()).is_some(), "a live approval stays");
+    let journal = bank.bank.journal();
+    let entries = journal
+        .audit_entries(journal_len..journal.audit_len().unwrap())
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].kind(), AuditKind::RetentionApplied);
+    assert!(
+        journal
+            .audit_entries(0..journal_len)
+            .unwrap()
+            .iter()
+            .any(|e| e.kind() == AuditKind::AttestationSigned && e.consent() == Some(ended.id())),
+        "the journal keeps its entries about the deleted approval"
+    );
+}
+
+/// Adopting an identifier a platform already holds: refused when it is the customer's own id
+/// (the platform would learn it), another customer's id (two people would be one subject at the
+/// broker), or of the form the bank's random identifiers take; accepted once, idempotently.
+#[test]
+fn an_adopted_pairwise_identifier_never_exposes_or_merges_customers() {
+    use consent_broker::testing::{TestBank, TestBroker};
+    let kit = TestBroker::on(MemoryStore::new());
+    let bank = TestBank::beside(&kit);
+    let (alice, bob): (SubjectId, SubjectId) = (id("alice-at-bank"), id("bob-at-bank"));
+    let chat = kit.platform.clone();
+    bank.bank.link_subject(&bob, &chat).unwrap();
+    for refused in [alice.clone(), bob.clone(), id("sub_AAAAAAAAAAAAAAAAAAAAAA")] {
+        assert_eq!(
+            bank.bank.link_subject_as(&alice, &chat, &refused),
+            Err(BankError::LinkTaken),
+            "{refused}"
+        );
+    }
+    assert_eq!(
+        bank.bank.pseudonym_of(&alice).unwrap(),
+        None,
+        "nothing recorded"
+    );
+    let adopted: SubjectId = id("chat-user-4711");
+    bank.bank.link_subject_as(&alice, &chat, &adopted).unwrap();
+    bank.bank.link_subject_as(&alice, &chat, &adopted).unwrap();
+    assert_eq!(bank.bank.link_subject(&alice, &chat).unwrap(), adopted);
+    // Another identifier for the same customer and platform, or the same one for bob: taken.
+    assert_eq!(
+        bank.bank.link_subject_as(&alice, &chat, &id("chat-user-9")),
+        Err(BankError::LinkTaken)
+    );
+    assert_eq!(
+        bank.bank
+            .link_subject_as(&id("carol-at-bank"), &chat, &adopted),
+        Err(BankError::LinkTaken)
+    );
+}
