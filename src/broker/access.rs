@@ -230,7 +230,13 @@ impl<S: Store> Broker<S> {
                 self.store.holder(&consent.request.holder)?,
                 self.store.usage(&request.consent, day)?,
                 Some({
-                    let keyed = self.key_of(&consent.request.subject)?;
+                    // At the decision's time: no second clock read on the checked call.
+                    let keyed = crate::privacy::Keyed::read_or_make(
+                        &self.store,
+                        &consent.request.subject,
+                        self.settings.random.as_ref(),
+                        now,
+                    )?;
                     let cached = self.pseudonyms.get(&keyed.subject, &keyed.key, now);
                     (keyed, cached)
                 }),
