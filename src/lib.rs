@@ -27,6 +27,8 @@ pub mod dpop;
 mod error;
 pub mod feed;
 mod holder;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod hpke;
 mod ids;
 mod instruction;

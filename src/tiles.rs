@@ -305,7 +305,7 @@ impl Tile {
     }
 
     /// The node range of the tree this tile covers: level `8·L`, indices `256·N .. 256·N + W`.
-    fn nodes(&self) -> (u32, Range<u64>) {
+    pub(crate) fn nodes(&self) -> (u32, Range<u64>) {
         let level = match self.kind {
             TileKind::Hashes { level } => 8 * u32::from(level),
             TileKind::Entries => 0,

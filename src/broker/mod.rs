@@ -29,6 +29,7 @@ pub use access::{AccessOutcome, Denial, Permit};
 pub use builder::{BrokerBuilder, BrokerKeys, NeedsKeys};
 pub use keys::published_jwks;
 pub use lifecycle::ConsentView;
+#[cfg(feature = "testing")]
 pub(crate) use privacy::redact_reasons;
 pub use privacy::{DEFAULT_RETENTION, Erasure, MAX_RETENTION_BATCH, Retention};
 pub use registration::{HolderRegistration, Registered};

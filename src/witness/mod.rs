@@ -70,6 +70,10 @@ pub enum WitnessError {
     /// 500: the witness's own state could not be read or written (nothing was cosigned).
     #[error("the witness's state failed: {0}")]
     State(String),
+    /// 502: the witness could not be reached, or answered something that is not `tlog-witness`
+    /// (a client across the network reports this; a witness never does).
+    #[error("the witness could not be reached: {0}")]
+    Unreachable(String),
 }
 
 impl WitnessError {
@@ -82,6 +86,7 @@ impl WitnessError {
             Self::Conflict { .. } => 409,
             Self::Inconsistent(_) => 422,
             Self::State(_) => 500,
+            Self::Unreachable(_) => 502,
         }
     }
 }

@@ -73,3 +73,6 @@ mod provider_vectors;
 
 // Embedding: the test kit, registration at start-up, keys, async use.
 mod embedding;
+
+// Across the wire: each party's endpoints over loopback HTTP, and the dashboard in Chromium.
+mod http;

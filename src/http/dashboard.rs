@@ -1,0 +1,1324 @@
+//! The subject's dashboard, and the chat view that opens the bank's sealed responses in the page.
+//!
+//! Server-rendered HTML that works without JavaScript: a person signed in (by the party's own
+//! login, a [`SubjectAuthenticator`]) sees each of their consents (who receives what, from which
+//! accounts, why, until when, how often it was used and when last), its whole history with a
+//! receipt per entry that anyone can verify against the log's key, and stops it with one
+//! confirmed action (a form, protected against cross-site requests by a token bound to the
+//! signed-in subject and by `SameSite=Strict` session cookies). Pages are labelled (one `h1`,
+//! captioned tables with header cells, labelled controls, a skip link) and usable from the
+//! keyboard (native links and buttons only, a visible focus ring).
+//!
+//! The platform serves [`Dashboard`]: `/dashboard` and, with [`Dashboard::chat`], `/chat`, where
+//! the person asks for their balance; the platform's server fetches it from the bank with a
+//! token and relays the sealed response, which the page opens with WebCrypto using the device
+//! key only the person's browser holds (`js/open-sealed-response.mjs`): the platform's server
+//! stores and relays ciphertext only. The bank serves the same view of its side under its own
+//! `/dashboard` (see [`super::bank`]).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::hmac;
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::bank::{BankEndpoints, SubjectAuthenticator, revoke_and_deliver};
+use super::broker::broker_problem;
+use super::problem::Problem;
+use super::{BankClient, ClientError, MAX_BODY_BYTES, Metrics, blocking, metrics};
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::broker::{Broker, ConsentView, TokenOutcome};
+use crate::checkpoint::NoteVerifier;
+use crate::clock::{Clock, SystemClock};
+use crate::consent::{ConsentState, ConsentStatus, RevocationReason, Revoker};
+use crate::data::DataHolder;
+use crate::ids::{ConsentId, PlatformId, SubjectId};
+use crate::policy::{AccessRequest, Presence};
+use crate::sealing::Response as BankResponse;
+use crate::store::{LedgerRead, LogRead, Store};
+use crate::vocab::Scope;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "cb_session";
+
+/// Consents per page of the list.
+pub const PAGE_SIZE: usize = 50;
+
+/// Session cookies signed with HMAC-SHA-256: the party's login issues one
+/// ([`SessionCookies::set_cookie`]) after it authenticated the person; the dashboard
+/// authenticates with it. `HttpOnly`, `SameSite=Strict`, `Secure` (unless turned off for a
+/// loopback test server), expiring.
+pub struct SessionCookies {
+    key: hmac::Key,
+    secure: bool,
+    lifetime: time::Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SessionCookies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCookies")
+            .field("secure", &self.secure)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionCookies {
+    /// Cookies signed with `secret` (32 random bytes kept by the party), lasting 30 minutes.
+    pub fn new(secret: &[u8; 32]) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            secure: true,
+            lifetime: time::Duration::minutes(30),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Without the `Secure` attribute: only for a test server on plain-HTTP loopback.
+    #[must_use]
+    pub fn insecure_for_loopback(mut self) -> Self {
+        self.secure = false;
+        self
+    }
+
+    /// Dates sessions by `clock`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn mac(&self, payload: &str) -> String {
+        URL_SAFE_NO_PAD.encode(hmac::sign(&self.key, payload.as_bytes()))
+    }
+
+    /// The cookie's value for `subject`: `subject.expiry.mac` (the subject base64url-encoded).
+    pub fn issue(&self, subject: &SubjectId) -> String {
+        let expires = (self.clock.now() + self.lifetime).unix_timestamp();
+        let payload = format!("{}.{expires}", URL_SAFE_NO_PAD.encode(subject.as_str()));
+        let mac = self.mac(&payload);
+        format!("{payload}.{mac}")
+    }
+
+    /// A `Set-Cookie` header value for `subject`.
+    pub fn set_cookie(&self, subject: &SubjectId) -> String {
+        format!(
+            "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            self.issue(subject),
+            self.lifetime.whole_seconds(),
+            if self.secure { "; Secure" } else { "" }
+        )
+    }
+
+    /// The subject of a cookie value, if its MAC verifies and it has not expired.
+    pub fn verify(&self, value: &str) -> Option<SubjectId> {
+        let (payload, mac) = value.rsplit_once('.')?;
+        let mac = URL_SAFE_NO_PAD.decode(mac).ok()?;
+        hmac::verify(&self.key, payload.as_bytes(), &mac).ok()?;
+        let (subject, expires) = payload.split_once('.')?;
+        let expires: i64 = expires.parse().ok()?;
+        if self.clock.now().unix_timestamp() >= expires {
+            return None;
+        }
+        let subject = String::from_utf8(URL_SAFE_NO_PAD.decode(subject).ok()?).ok()?;
+        SubjectId::new(subject).ok()
+    }
+}
+
+impl SubjectAuthenticator for SessionCookies {
+    fn authenticate(&self, headers: &HeaderMap) -> Option<SubjectId> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(name, _)| *name == SESSION_COOKIE)
+            .find_map(|(_, value)| self.verify(value))
+    }
+}
+
+/// Cross-site request tokens: one per signed-in subject, an HMAC under the server's key.
+#[derive(Clone)]
+struct Csrf(Arc<hmac::Key>);
+
+impl Csrf {
+    fn new(secret: &[u8; 32]) -> Self {
+        Self(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, secret)))
+    }
+
+    fn token(&self, subject: &SubjectId) -> String {
+        let tag = hmac::sign(&self.0, format!("csrf\0{subject}").as_bytes());
+        URL_SAFE_NO_PAD.encode(tag)
+    }
+
+    fn check(&self, subject: &SubjectId, token: &str) -> Result<(), Problem> {
+        let tag = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| forbidden_form())?;
+        hmac::verify(&self.0, format!("csrf\0{subject}").as_bytes(), &tag)
+            .map_err(|_| forbidden_form())
+    }
+}
+
+fn forbidden_form() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "dashboard/form-token",
+        "The form's token is missing or wrong; reload the page",
+    )
+}
+
+/// The platform's dashboard (and chat view): see the [module documentation](self).
+pub struct Dashboard<S> {
+    broker: Arc<Broker<S>>,
+    auth: Arc<dyn SubjectAuthenticator>,
+    csrf: Csrf,
+    chat: Option<Arc<Chat>>,
+    metrics: Metrics,
+}
+
+impl<S> Clone for Dashboard<S> {
+    fn clone(&self) -> Self {
+        Self {
+            broker: Arc::clone(&self.broker),
+            auth: Arc::clone(&self.auth),
+            csrf: self.csrf.clone(),
+            chat: self.chat.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Dashboard<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dashboard").finish_non_exhaustive()
+    }
+}
+
+/// What the chat view needs: who the platform is, the bank's data endpoint, and the client
+/// that calls it.
+#[derive(Debug, Clone)]
+pub struct ChatSettings {
+    /// The platform (the tokens' `client_id`).
+    pub platform: PlatformId,
+    /// The bank's data endpoint (`https://api.bank.example/v1/data`).
+    pub bank_data_url: String,
+    /// The client, with the platform's DPoP key.
+    pub client: BankClient,
+    /// Where the relayed (sealed) responses are kept, one JSON line each; `None`: in memory.
+    pub relay_file: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+struct Chat {
+    settings: ChatSettings,
+    /// The sealed responses relayed to each subject, as relayed.
+    relayed: Mutex<HashMap<SubjectId, Vec<String>>>,
+}
+
+impl<S: Store + Send + Sync + 'static> Dashboard<S> {
+    /// The dashboard of `broker`'s consents, for the subjects `auth` signs in; `csrf_secret`
+    /// (32 random bytes) keys the forms' tokens.
+    pub fn new(
+        broker: Arc<Broker<S>>,
+        auth: Arc<dyn SubjectAuthenticator>,
+        csrf_secret: &[u8; 32],
+    ) -> Self {
+        Self {
+            broker,
+            auth,
+            csrf: Csrf::new(csrf_secret),
+            chat: None,
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Also serve the chat view at `/chat`.
+    #[must_use]
+    pub fn chat(mut self, settings: ChatSettings) -> Self {
+        self.chat = Some(Arc::new(Chat {
+            settings,
+            relayed: Mutex::new(HashMap::new()),
+        }));
+        self
+    }
+
+    /// Count into `metrics` (decisions of the chat's requests, requests and latencies).
+    #[must_use]
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The routes, under `/dashboard` (and `/chat`).
+    pub fn router(self) -> Router {
+        let mut router = Router::new()
+            .route("/dashboard", get(list::<S>))
+            .route("/dashboard/consents/{id}", get(detail::<S>))
+            .route(
+                "/dashboard/consents/{id}/revoke",
+                get(confirm::<S>).post(revoke::<S>),
+            )
+            .route("/dashboard/consents/{id}/receipts/{seq}", get(receipt::<S>))
+            .route(
+                "/dashboard/consents/{id}/receipts/{seq}/json",
+                get(receipt_json::<S>),
+            )
+            .route("/dashboard/style.css", get(style));
+        if self.chat.is_some() {
+            router = router
+                .route("/chat", get(chat_page::<S>))
+                .route("/chat/ask", axum::routing::post(chat_ask::<S>))
+                .route("/chat/messages", get(chat_messages::<S>))
+                .route("/chat/chat.mjs", get(chat_script))
+                .route("/chat/open-sealed-response.mjs", get(opener_script));
+        }
+        router
+            .with_state(self.clone())
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn_with_state(
+                self.metrics.clone(),
+                metrics::observe,
+            ))
+    }
+
+    /// The consent, if it is this subject's (otherwise 404: nothing says it exists).
+    async fn own_consent(&self, subject: &SubjectId, id: String) -> Result<ConsentView, Problem> {
+        let id = ConsentId::new(id).map_err(|_| Problem::not_found())?;
+        let broker = Arc::clone(&self.broker);
+        let view = blocking(move || broker.consent(&id)).await?;
+        match view {
+            Ok(view) if view.consent.request().subject() == subject => Ok(view),
+            Ok(_) | Err(crate::Error::UnknownConsent(_)) => Err(Problem::not_found()),
+            Err(error) => Err(broker_problem(&error)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTML
+
+/// Escapes text for HTML content and attribute values.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn date(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+fn list_of<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    items
+        .into_iter()
+        .map(|i| esc(&i.to_string()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A whole page: the head (title, stylesheet), a skip link, a header, the main content.
+fn page(title: &str, who: Option<&str>, main: &str) -> Response {
+    let signed_in = who.map_or_else(String::new, |w| {
+        format!(
+            "<p class=\"who\">Signed in as <strong>{}</strong></p>",
+            esc(w)
+        )
+    });
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{title} · Your data sharing</title>\n\
+         <link rel=\"stylesheet\" href=\"/dashboard/style.css\">\n</head>\n<body>\n\
+         <a class=\"skip\" href=\"#main\">Skip to content</a>\n\
+         <header><p class=\"brand\"><a href=\"/dashboard\">Your data sharing</a></p>{signed_in}</header>\n\
+         <main id=\"main\" tabindex=\"-1\">\n<h1>{title}</h1>\n{main}\n</main>\n</body>\n</html>\n",
+        title = esc(title)
+    );
+    html_response(StatusCode::OK, html)
+}
+
+fn html_response(status: StatusCode, html: String) -> Response {
+    let mut response = (status, html).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
+             img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+fn sign_in_page() -> Response {
+    let mut response = page(
+        "Sign in",
+        None,
+        "<p>Sign in with your account to see and stop what you share.</p>",
+    );
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response
+}
+
+fn problem_page(problem: &Problem) -> Response {
+    let details = problem.details();
+    let mut response = page(
+        &details.title,
+        None,
+        &format!(
+            "<p>{}</p><p><a href=\"/dashboard\">Back to your consents</a></p>",
+            esc(details.detail.as_deref().unwrap_or(""))
+        ),
+    );
+    *response.status_mut() = problem.status();
+    response
+}
+
+const STYLE: &str = "\
+:root{font-family:system-ui,sans-serif;line-height:1.5;color:#1a1a1a;background:#fff}\n\
+body{margin:0 auto;max-width:72rem;padding:0 1rem}\n\
+.skip{position:absolute;left:-999px}.skip:focus{left:1rem;top:1rem;background:#fff;padding:.5rem}\n\
+header{display:flex;justify-content:space-between;align-items:center;border-bottom:1px solid #ccc}\n\
+.brand a{font-weight:700;text-decoration:none;color:#0b3d91}\n\
+table{border-collapse:collapse;width:100%;margin:1rem 0}\n\
+caption{text-align:left;font-weight:600;padding:.5rem 0}\n\
+th,td{border:1px solid #bbb;padding:.4rem .6rem;text-align:left;vertical-align:top}\n\
+th{background:#eef2f8}\n\
+a{color:#0b3d91}\n\
+a:focus-visible,button:focus-visible,input:focus-visible{outline:3px solid #e07000;outline-offset:2px}\n\
+button{font:inherit;padding:.5rem 1rem;border-radius:4px;border:2px solid #0b3d91;background:#0b3d91;color:#fff;cursor:pointer}\n\
+button.danger{background:#a40000;border-color:#a40000}\n\
+.status-active{color:#0a6b2d;font-weight:600}.status-ended{color:#6b6b6b}\n\
+.notice{border-left:4px solid #0b3d91;padding:.5rem 1rem;background:#eef2f8}\n\
+.verified{color:#0a6b2d;font-weight:600}.unverified{color:#a40000;font-weight:600}\n\
+pre{white-space:pre-wrap;word-break:break-all;background:#f5f5f5;padding:.5rem}\n\
+ol.messages li{margin:.5rem 0}\n";
+
+async fn style() -> Response {
+    let mut response = STYLE.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    response
+}
+
+fn status_text(status: &ConsentStatus) -> (&'static str, String) {
+    match status {
+        ConsentStatus::Authorised => ("status-active", "Active".to_owned()),
+        ConsentStatus::Requested => ("status-ended", "Waiting for your approval".to_owned()),
+        ConsentStatus::Rejected => ("status-ended", "Declined".to_owned()),
+        ConsentStatus::Revoked { by, reason } => (
+            "status-ended",
+            format!(
+                "Stopped by {} ({})",
+                match by {
+                    Revoker::Subject => "you",
+                    Revoker::Holder => "the bank",
+                    Revoker::Platform => "the platform",
+                },
+                reason_text(*reason)
+            ),
+        ),
+        _ => ("status-ended", "Ended".to_owned()),
+    }
+}
+
+fn reason_text(reason: RevocationReason) -> &'static str {
+    match reason {
+        RevocationReason::SubjectWithdrew => "withdrawn",
+        RevocationReason::AccountClosed => "account closed",
+        RevocationReason::SuspectedMisuse => "suspected misuse",
+        RevocationReason::NoLongerNeeded => "no longer needed",
+        RevocationReason::Erasure => "erasure",
+    }
+}
+
+/// How often a consent was used, and when last (its `access_permitted` entries).
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    count: u64,
+    last: Option<OffsetDateTime>,
+}
+
+fn usage_of(entries: &[AuditEntry]) -> HashMap<ConsentId, Usage> {
+    let mut usage: HashMap<ConsentId, Usage> = HashMap::new();
+    for entry in entries {
+        if let AuditEvent::AccessPermitted { consent, .. } = &entry.event {
+            let u = usage.entry(consent.clone()).or_default();
+            u.count += 1;
+            u.last = Some(entry.at);
+        }
+    }
+    usage
+}
+
+fn used_text(usage: Usage) -> String {
+    match usage.last {
+        Some(last) => format!("{} times, last {}", usage.count, esc(&date(last))),
+        None => "never".to_owned(),
+    }
+}
+
+/// The terms of a consent: what was approved if it was, else what was asked.
+fn terms(view: &ConsentView) -> (String, String, String, Option<OffsetDateTime>) {
+    let request = view.consent.request();
+    match view.consent.state() {
+        ConsentState::Authorised { grant } => (
+            list_of(grant.scopes()),
+            list_of(grant.purposes()),
+            list_of(grant.accounts()),
+            Some(grant.expires_at()),
+        ),
+        _ => (
+            list_of(request.scopes()),
+            list_of(request.purposes()),
+            match request.accounts() {
+                crate::consent::AccountSelection::Listed(accounts) => list_of(accounts),
+                _ => "any the bank offers".to_owned(),
+            },
+            view.consent.grant().map(|g| g.expires_at()),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The platform's pages
+
+#[derive(Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    page: usize,
+    #[serde(default)]
+    notice: Option<String>,
+}
+
+async fn list<S: Store + Send + Sync + 'static>(
+    State(dashboard): State<Dashboard<S>>,
+    headers: HeaderMap,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let Some(subject) = dashboard.auth.authenticate(&headers) else {
+        return sign_in_page();
+    };
+    let broker = Arc::clone(&dashboard.broker);
+    let who = subject.clone();
+    let read = blocking(move || {
+        let consents = broker.consents_of(&who)?;
+        let history = broker.subject_history(&who).unwrap_or_default();
+        Ok::<_, crate::Error>((consents, usage_of(&history)))
+    })
+    .await;
+    let (consents, usage) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(error)) => return problem_page(&broker_problem(&error)),
+        Err(problem) => return problem_page(&problem),
+    };
+    tracing::info!(consents = consents.len(), "dashboard.list");
+    let mut main = String::new();
+    if query.notice.as_deref() == Some("revoked") {
+        main.push_str("<p class=\"notice\" role=\"status\">Stopped. The bank refuses the platform from now on.</p>");
+    }
+    let pages = consents.len().div_ceil(PAGE_SIZE).max(1);
+    let index = query.page.min(pages - 1);
+    let _ = write!(
+        main,
+        "<table>\n<caption>Your consents ({} in all; page {} of {pages})</caption>\n\
+         <thead><tr><th scope=\"col\">Who receives</th><th scope=\"col\">From</th>\
+         <th scope=\"col\">What</th><th scope=\"col\">Accounts</th><th scope=\"col\">Why</th>\
+         <th scope=\"col\">Until</th><th scope=\"col\">Used</th><th scope=\"col\">Status</th>\
+         <th scope=\"col\">Details</th></tr></thead>\n<tbody>\n",
+        consents.len(),
+        index + 1
+    );
+    // Newest first.
+    for view in consents
+        .iter()
+        .rev()
+        .skip(index * PAGE_SIZE)
+        .take(PAGE_SIZE)
+    {
+        let request = view.consent.request();
+        let (scopes, purposes, accounts, until) = terms(view);
+        let (class, status) = status_text(&view.status);
+        let id = esc(request.id().as_str());
+        let _ = writeln!(
+            main,
+            "<tr><td>{}</td><td>{}</td><td>{scopes}</td><td>{accounts}</td><td>{purposes}</td>\
+             <td>{}</td><td>{}</td><td class=\"{class}\">{}</td>\
+             <td><a href=\"/dashboard/consents/{id}\" aria-label=\"Details of consent {id}\">Details</a></td></tr>",
+            esc(request.platform().as_str()),
+            esc(request.holder().as_str()),
+            until.map_or_else(|| "—".to_owned(), |u| esc(&date(u))),
+            used_text(usage.get(request.id()).copied().unwrap_or_default()),
+            esc(&status),
+        );
+    }
+    main.push_str("</tbody>\n</table>\n");
+    if pages > 1 {
+        main.push_str("<nav aria-label=\"Pages\"><ul>");
+        if index > 0 {
+            let _ = write!(
+                main,
+                "<li><a href=\"/dashboard?page={}\">Newer</a></li>",
+                index - 1
+            );
+        }
+        if index + 1 < pages {
+            let _ = write!(
+                main,
+                "<li><a href=\"/dashboard?page={}\">Older</a></li>",
+                index + 1
+            );
+        }
+        main.push_str("</ul></nav>");
+    }
+    page("Your consents", Some(subject.as_str()), &main)
+}
+
+fn event_text(event: &AuditEvent) -> String {
+    match event {
+        AuditEvent::ConsentRequested { .. } => "The platform asked".to_owned(),
+        AuditEvent::ConsentApproved { .. } => "You approved at your bank".to_owned(),
+        AuditEvent::ConsentReauthorised { .. } => "You approved again at your bank".to_owned(),
+        AuditEvent::ConsentRejected { .. } => "Declined".to_owned(),
+        AuditEvent::AccessPermitted { scope, purpose, .. } => {
+            format!("Access to your {scope} allowed, for {purpose}")
+        }
+        AuditEvent::AccessDenied { scope, purpose, .. } => {
+            format!("Access to your {scope} refused, for {purpose}")
+        }
+        AuditEvent::TokenIssued { .. } => {
+            "A short-lived token was issued to the platform".to_owned()
+        }
+        AuditEvent::ConsentRevoked { revocation, .. } => format!(
+            "Stopped by {}",
+            match revocation.by {
+                Revoker::Subject => "you",
+                Revoker::Holder => "the bank",
+                Revoker::Platform => "the platform",
+            }
+        ),
+        other => serde_json::to_value(other.kind())
+            .ok()
+            .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+            .unwrap_or_else(|| "recorded".to_owned()),
+    }
+}
+
+async fn detail<S: Store + Send + Sync + 'static>(
+    State(dashboard): State<Dashboard<S>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(subject) = dashboard.auth.authenticate(&headers) else {
+        return sign_in_page();
+    };
+    let view = match dashboard.own_consent(&subject, id).await {
+        Ok(view) => view,
+        Err(problem) => return problem_page(&problem),
+    };
+    let broker = Arc::clone(&dashboard.broker);
+    let consent = view.consent.id().clone();
+    let history = match blocking(move || broker.consent_history(&consent)).await {
+        Ok(Ok(history)) => history,
+        Ok(Err(error)) => return problem_page(&broker_problem(&error)),
+        Err(problem) => return problem_page(&problem),
+    };
+    tracing::info!(entries = history.len(), "dashboard.detail");
+    let request = view.consent.request();
+    let id = esc(request.id().as_str());
+    let (scopes, purposes, accounts, until) = terms(&view);
+    let (class, status) = status_text(&view.status);
+    let usage = usage_of(&history)
+        .get(request.id())
+        .copied()
+        .unwrap_or_default();
+    let mut main = format!(
+        "<dl>\n<dt>Who receives</dt><dd>{}</dd>\n<dt>From</dt><dd>{}</dd>\n\
+         <dt>What</dt><dd>{scopes}</dd>\n<dt>Accounts</dt><dd>{accounts}</dd>\n\
+         <dt>Why</dt><dd>{purposes}</dd>\n<dt>Until</dt><dd>{}</dd>\n\
+         <dt>Used</dt><dd>{}</dd>\n<dt>Status</dt><dd class=\"{class}\">{}</dd>\n</dl>\n",
+        esc(request.platform().as_str()),
+        esc(request.holder().as_str()),
+        until.map_or_else(|| "—".to_owned(), |u| esc(&date(u))),
+        used_text(usage),
+        esc(&status)
+    );
+    if view.status == ConsentStatus::Authorised {
+        let _ = write!(
+            main,
+            "<p><a href=\"/dashboard/consents/{id}/revoke\">Stop sharing…</a></p>"
+        );
+    }
+    let _ = write!(
+        main,
+        "<table>\n<caption>History ({} entries in the public log)</caption>\n<thead><tr>\
+         <th scope=\"col\">Entry</th><th scope=\"col\">When</th><th scope=\"col\">What</th>\
+         <th scope=\"col\">Receipt</th></tr></thead>\n<tbody>\n",
+        history.len()
+    );
+    for entry in &history {
+        let _ = writeln!(
+            main,
+            "<tr><td>{seq}</td><td>{}</td><td>{}</td><td><a href=\"/dashboard/consents/{id}/receipts/{seq}\" \
+             aria-label=\"Receipt of entry {seq}\">Receipt</a></td></tr>",
+            esc(&date(entry.at)),
+            esc(&event_text(&entry.event)),
+            seq = entry.seq,
+        );
+    }
+    main.push_str("</tbody>\n</table>\n");
+    page(
+        &format!("Consent {}", request.id()),
+        Some(subject.as_str()),
+        &main,
+    )
+}
+
+async fn confirm<S: Store + Send + Sync + 'static>(
+    State(dashboard): State<Dashboard<S>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(subject) = dashboard.auth.authenticate(&headers) else {
+        return sign_in_page();
+    };
+    let view = match dashboard.own_consent(&subject, id).await {
+        Ok(view) => view,
+        Err(problem) => return problem_page(&problem),
+    };
+    let request = view.consent.request();
+    let id = esc(request.id().as_str());
+    let (scopes, _, accounts, _) = terms(&view);
+    let main = format!(
+        "<p>{} will no longer receive your {scopes} from {} (accounts {accounts}). Your bank \
+         refuses it from now on. This cannot be undone: to share again, approve a new request \
+         at your bank.</p>\n\
+         <form method=\"post\" action=\"/dashboard/consents/{id}/revoke\">\n\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\n\
+         <button type=\"submit\" class=\"danger\">Yes, stop sharing</button>\n\
+         <a href=\"/dashboard/consents/{id}\">No, go back</a>\n</form>\n",
+        esc(request.platform().as_str()),
+        esc(request.holder().as_str()),
+        esc(&dashboard.csrf.token(&subject)),
+    );
+    page("Stop sharing?", Some(subject.as_str()), &main)
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn revoke<S: Store + Send + Sync + 'static>(
+    State(dashboard): State<Dashboard<S>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    let Some(subject) = dashboard.auth.authenticate(&headers) else {
+        return sign_in_page();
+    };
+    let Ok(Form(form)) = form else {
+        return problem_page(&forbidden_form());
+    };
+    if let Err(problem) = dashboard.csrf.check(&subject, &form.csrf) {
+        return problem_page(&problem);
+    }
+    let view = match dashboard.own_consent(&subject, id).await {
+        Ok(view) => view,
+        Err(problem) => return problem_page(&problem),
+    };
+    let broker = Arc::clone(&dashboard.broker);
+    let consent = view.consent.id().clone();
+    let revoked = blocking(move || {
+        broker.revoke(
+            &consent,
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+    })
+    .await;
+    match revoked {
+        Ok(Ok(_)) => {
+            tracing::info!("dashboard.revoke");
+            Redirect::to(&format!(
+                "/dashboard/consents/{}?notice=revoked",
+                view.consent.id()
+            ))
+            .into_response()
+        }
+        Ok(Err(error)) => problem_page(&broker_problem(&error)),
+        Err(problem) => problem_page(&problem),
+    }
+}
+
+/// A receipt for one of this consent's entries, against the latest checkpoint that covers it
+/// (a fresh one is signed only when none does).
+async fn receipt_of<S: Store + Send + Sync + 'static>(
+    dashboard: &Dashboard<S>,
+    headers: &HeaderMap,
+    id: String,
+    seq: u64,
+) -> Result<(SubjectId, crate::Receipt), Box<Response>> {
+    let subject = dashboard
+        .auth
+        .authenticate(headers)
+        .ok_or_else(|| Box::new(sign_in_page()))?;
+    let view = dashboard
+        .own_consent(&subject, id)
+        .await
+        .map_err(|p| Box::new(problem_page(&p)))?;
+    let broker = Arc::clone(&dashboard.broker);
+    let consent = view.consent.id().clone();
+    let made = blocking(move || {
+        let history = broker.consent_history(&consent)?;
+        if !history.iter().any(|e| e.seq == seq) {
+            return Ok(None);
+        }
+        let latest = broker.store().latest_checkpoint()?;
+        match latest {
+            Some(checkpoint) if checkpoint.size > seq => Ok(Some(crate::auditor::prove(
+                &broker.store(),
+                seq,
+                &checkpoint,
+            )?)),
+            _ => broker.receipt(seq).map(Some),
+        }
+    })
+    .await
+    .map_err(|p| Box::new(problem_page(&p)))?;
+    match made {
+        Ok(Some(receipt)) => Ok((subject, receipt)),
+        Ok(None) => Err(Box::new(problem_page(&Problem::not_found()))),
+        Err(error) => Err(Box::new(problem_page(&broker_problem(&error)))),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReceiptPath {
+    id: String,
+    seq: u64,
+}
+
+async fn receipt<S: Store + Send + Sync + 'static>(
+    State(dashboard): State<Dashboard<S>>,
+    headers: HeaderMap,
+    Path(path): Path<ReceiptPath>,
+) -> Response {
+    let (subject, receipt) = match receipt_of(&dashboard, &headers, path.id.clone(), path.seq).await
+    {
+        Ok(made) => made,
+        Err(response) => return *response,
+    };
+    let vkey = dashboard.broker.checkpoint_verifier_key();
+    let verified = NoteVerifier::from_vkey(&vkey)
+        .map_err(|e| e.to_string())
+        .and_then(|v| receipt.verify(&v).map_err(|e| e.to_string()));
+    let json = serde_json::to_string_pretty(&receipt).unwrap_or_default();
+    let result = match &verified {
+        Ok(_) => format!(
+            "<p class=\"verified\" id=\"verdict\">Verified: entry {} is in the log of size {}, \
+             whose checkpoint is signed by the log's key.</p>",
+            receipt.index, receipt.tree_size
+        ),
+        Err(why) => format!(
+            "<p class=\"unverified\" id=\"verdict\">Does not verify: {}</p>",
+            esc(why)
+        ),
+    };
+    let main = format!(
+        "{result}\n<p>Check it yourself, without trusting this page: save the receipt and run \
+         <code>consent-broker audit receipt --key '{}' receipt.json</code>, or any RFC 6962 \
+         verifier with the checkpoint's root.</p>\n\
+         <p><a href=\"/dashboard/consents/{id}/receipts/{seq}/json\" download=\"receipt-{seq}.json\">\
+         Download the receipt (JSON)</a></p>\n<h2>The receipt</h2>\n<pre>{}</pre>\n\
+         <p><a href=\"/dashboard/consents/{id}\">Back to the consent</a></p>",
+        esc(&vkey),
+        esc(&json),
+        id = esc(&path.id),
+        seq = path.seq,
+    );
+    page(
+        &format!("Receipt of entry {}", path.seq),
+        Some(subject.as_str()),
+        &main,
+    )
+}
+
+async fn receipt_json<S: Store + Send + Sync + 'static>(
+    State(dashboard): State<Dashboard<S>>,
+    headers: HeaderMap,
+    Path(path): Path<ReceiptPath>,
+) -> Response {
+    match receipt_of(&dashboard, &headers, path.id, path.seq).await {
+        Ok((_, receipt)) => {
+            let mut response = axum::Json(receipt).into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(response) => *response,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chat view
+
+const OPENER: &str = include_str!("../../js/open-sealed-response.mjs");
+const CHAT_SCRIPT: &str = include_str!("chat.mjs");
+
+fn script(source: &'static str) -> Response {
+    let mut response = source.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    response
+}
+
+async fn opener_script() -> Response {
+    script(OPENER)
+}
+
+async fn chat_script() -> Response {
+    script(CHAT_SCRIPT)
+}
+
+impl Chat {
+    fn messages(&self, subject: &SubjectId) -> Vec<String> {
+        self.relayed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(subject)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Keeps a relayed (sealed) response: in memory, and appended to the relay file.
+    fn keep(&self, subject: &SubjectId, sealed: String) -> Result<(), Problem> {
+        if let Some(path) = &self.settings.relay_file {
+            use std::io::Write as _;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|_| Problem::unavailable("the relay cannot be written"))?;
+            writeln!(file, "{sealed}")
+                .map_err(|_| Problem::unavailable("the relay cannot be written"))?;
+        }
+        self.relayed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(subject.clone())
+            .or_default()
+            .push(sealed);
+        Ok(())
+    }
+}
+
+async fn chat_page<S: Store + Send + Sync + 'static>(
+    State(dashboard): State<Dashboard<S>>,
+    headers: HeaderMap,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let Some(subject) = dashboard.auth.authenticate(&headers) else {
+        return sign_in_page();
+    };
+    let Some(chat) = &dashboard.chat else {
+        return problem_page(&Problem::not_found());
+    };
+    let messages = chat.messages(&subject);
+    let mut main = String::new();
+    if let Some(notice) = &query.notice {
+        let _ = write!(
+            main,
+            "<p class=\"notice\" role=\"status\" id=\"notice\">{}</p>",
+            esc(&notice_text(notice))
+        );
+    }
+    let _ = write!(
+        main,
+        "<form method=\"post\" action=\"/chat/ask\">\n\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\n\
+         <button type=\"submit\" id=\"ask-balance\">What is my balance?</button>\n</form>\n\
+         <h2>Messages from your bank</h2>\n\
+         <p>Your bank seals each answer to your device: this page opens it with your device's \
+         key, which never leaves your browser. The platform relays only what it cannot read.</p>\n\
+         <noscript><p class=\"notice\">Opening answers needs JavaScript (your browser's \
+         WebCrypto): the platform's server cannot open them for you.</p></noscript>\n\
+         <ol class=\"messages\" id=\"messages\" aria-live=\"polite\">\n",
+        esc(&dashboard.csrf.token(&subject))
+    );
+    for (index, sealed) in messages.iter().enumerate() {
+        let _ = writeln!(
+            main,
+            "<li data-index=\"{index}\">Sealed answer, {} bytes: <output id=\"message-{index}\">not opened</output></li>",
+            sealed.len()
+        );
+    }
+    main.push_str("</ol>\n<script type=\"module\" src=\"/chat/chat.mjs\"></script>\n");
+    page("Chat with your bank", Some(subject.as_str()), &main)
+}
+
+fn notice_text(code: &str) -> String {
+    match code {
+        "relayed" => "Your bank answered; the answer is opened on your device below.".to_owned(),
+        "no-consent" => {
+            "You have no active consent for your balance. Approve one at your bank.".to_owned()
+        }
+        "unavailable" => "Your bank could not be reached; try again shortly.".to_owned(),
+        other if other.starts_with("denied-") || other.starts_with("refused-") => {
+            format!("Not shared: {}", other.replace(['-', '_'], " "))
+        }
+        _ => "Done.".to_owned(),
+    }
+}
+
+async fn chat_messages<S: Store + Send + Sync + 'static>(
+    State(dashboard): State<Dashboard<S>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(subject) = dashboard.auth.authenticate(&headers) else {
+        return Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Sign in first")
+            .into_response();
+    };
+    let Some(chat) = &dashboard.chat else {
+        return Problem::not_found().into_response();
+    };
+    let body = format!("[{}]", chat.messages(&subject).join(","));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn chat_ask<S: Store + Send + Sync + 'static>(
+    State(dashboard): State<Dashboard<S>>,
+    headers: HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    let Some(subject) = dashboard.auth.authenticate(&headers) else {
+        return sign_in_page();
+    };
+    let Ok(Form(form)) = form else {
+        return problem_page(&forbidden_form());
+    };
+    if let Err(problem) = dashboard.csrf.check(&subject, &form.csrf) {
+        return problem_page(&problem);
+    }
+    let Some(chat) = dashboard.chat.clone() else {
+        return problem_page(&Problem::not_found());
+    };
+    let notice = ask_balance(&dashboard, &chat, &subject).await;
+    Redirect::to(&format!("/chat?notice={notice}")).into_response()
+}
+
+/// The platform's server asks the broker for a token for the subject's balance, presents it
+/// to the bank, and relays the sealed answer. Returns the notice code to show.
+async fn ask_balance<S: Store + Send + Sync + 'static>(
+    dashboard: &Dashboard<S>,
+    chat: &Chat,
+    subject: &SubjectId,
+) -> String {
+    let broker = Arc::clone(&dashboard.broker);
+    let who = subject.clone();
+    let platform = chat.settings.platform.clone();
+    let decided = blocking(move || {
+        let consents = broker.consents_of(&who)?;
+        let live = consents
+            .iter()
+            .rev()
+            .find_map(|view| match view.consent.state() {
+                ConsentState::Authorised { grant }
+                    if view.status == ConsentStatus::Authorised
+                        && view.consent.request().platform() == &platform
+                        && grant.scopes().contains(Scope::Balance) =>
+                {
+                    let account = grant.accounts().iter().next()?.clone();
+                    let purpose = grant.purposes().iter().next()?;
+                    Some(AccessRequest {
+                        consent: view.consent.id().clone(),
+                        platform: platform.clone(),
+                        scope: Scope::Balance.into(),
+                        purpose: purpose.into(),
+                        account,
+                        presence: Presence::SubjectPresent,
+                    })
+                }
+                _ => None,
+            });
+        match live {
+            Some(request) => broker.authorise_with_token(&request).map(Some),
+            None => Ok(None),
+        }
+    })
+    .await;
+    let token = match decided {
+        Ok(Ok(Some(TokenOutcome::Issued(token)))) => {
+            dashboard.metrics.record_decision(&crate::Decision::Permit);
+            token
+        }
+        Ok(Ok(Some(TokenOutcome::Denied(denial)))) => {
+            let decision = crate::Decision::Deny {
+                reasons: denial.reasons.clone(),
+            };
+            dashboard.metrics.record_decision(&decision);
+            let code = denial.reasons.first().map_or("denied", metrics::deny_code);
+            return format!("denied-{code}");
+        }
+        Ok(Ok(None)) => return "no-consent".to_owned(),
+        Ok(Err(_)) | Err(_) => return "unavailable".to_owned(),
+    };
+    match chat
+        .settings
+        .client
+        .fetch(&chat.settings.bank_data_url, &token.token)
+        .await
+    {
+        Ok(BankResponse::Sealed(sealed)) => {
+            let relayed = match serde_json::to_string(&sealed) {
+                Ok(relayed) => relayed,
+                Err(_) => return "unavailable".to_owned(),
+            };
+            match chat.keep(subject, relayed) {
+                Ok(()) => "relayed".to_owned(),
+                Err(_) => "unavailable".to_owned(),
+            }
+        }
+        // The platform relays sealed answers only: a plaintext one is not kept or shown here.
+        Ok(BankResponse::Plaintext(_)) => "refused-not_sealed".to_owned(),
+        Err(ClientError::Refused { refusal, .. }) => {
+            format!("refused-{}", metrics::refusal_code(&refusal))
+        }
+        Err(_) => "unavailable".to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bank's side
+
+/// The bank's dashboard routes (merged by [`BankEndpoints::router`]).
+pub(crate) fn bank_routes<S, H>(endpoints: BankEndpoints<S, H>) -> Router
+where
+    S: Store + LedgerRead + Send + Sync + 'static,
+    H: DataHolder + Send + Sync + 'static,
+    H::Error: Send + 'static,
+{
+    let csrf = Csrf::new(&bank_csrf_secret(&endpoints));
+    Router::new()
+        .route("/dashboard", get(bank_list::<S, H>))
+        .route(
+            "/dashboard/approvals/{consent}/revoke",
+            get(bank_confirm::<S, H>).post(bank_revoke::<S, H>),
+        )
+        .route("/dashboard/style.css", get(style))
+        .with_state((endpoints, csrf))
+}
+
+/// The bank's form tokens are keyed by a secret derived from its journal key's public half and
+/// a random per-process value: forms are valid for this process's life.
+fn bank_csrf_secret<S, H>(_endpoints: &BankEndpoints<S, H>) -> [u8; 32] {
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    *SECRET.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        // Without randomness, forms fail closed: an all-zero key would be guessable, so
+        // refuse by leaving a key nobody can match (a fresh key per failure is the same).
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret);
+        secret
+    })
+}
+
+type BankState<S, H> = (BankEndpoints<S, H>, Csrf);
+
+fn approval_status(
+    record: &crate::AttestationRecord,
+    now: OffsetDateTime,
+) -> (&'static str, String) {
+    if let Some(revoked) = &record.revoked {
+        return (
+            "status-ended",
+            format!(
+                "Stopped by {}",
+                match revoked.by {
+                    Revoker::Subject => "you",
+                    Revoker::Holder => "the bank",
+                    Revoker::Platform => "the platform",
+                }
+            ),
+        );
+    }
+    if record.superseded_by.is_some() {
+        return ("status-ended", "Replaced by a later approval".to_owned());
+    }
+    if now >= record.expires_at {
+        return ("status-ended", "Expired".to_owned());
+    }
+    ("status-active", "Active".to_owned())
+}
+
+async fn bank_list<S, H>(
+    State((endpoints, _)): State<BankState<S, H>>,
+    headers: HeaderMap,
+) -> Response
+where
+    S: Store + LedgerRead + Send + Sync + 'static,
+    H: DataHolder + Send + Sync + 'static,
+    H::Error: Send + 'static,
+{
+    let Some(customer) = endpoints.authenticator().authenticate(&headers) else {
+        return sign_in_page();
+    };
+    let bank = Arc::clone(endpoints.bank());
+    let who = customer.clone();
+    let view = match blocking(move || bank.subject_view(&who).map(|v| (v, bank.now()))).await {
+        Ok(Ok(view)) => view,
+        Ok(Err(error)) => return problem_page(&super::bank::bank_problem(&error)),
+        Err(problem) => return problem_page(&problem),
+    };
+    let (view, now) = view;
+    let mut served: HashMap<&str, Usage> = HashMap::new();
+    for entry in &view.journal {
+        if let AuditEvent::AccessServed { attestation, .. } = &entry.event {
+            let u = served.entry(attestation.as_str()).or_default();
+            u.count += 1;
+            u.last = Some(entry.at);
+        }
+    }
+    let mut main = format!(
+        "<table>\n<caption>What you approved at your bank ({} approvals)</caption>\n<thead><tr>\
+         <th scope=\"col\">Who receives</th><th scope=\"col\">What</th><th scope=\"col\">Accounts</th>\
+         <th scope=\"col\">Why</th><th scope=\"col\">Until</th><th scope=\"col\">Served</th>\
+         <th scope=\"col\">Status</th><th scope=\"col\">Action</th></tr></thead>\n<tbody>\n",
+        view.approvals.len()
+    );
+    for record in view.approvals.iter().rev() {
+        let (class, status) = approval_status(record, now);
+        let action = if class == "status-active" {
+            format!(
+                "<a href=\"/dashboard/approvals/{}/revoke\">Stop sharing…</a>",
+                esc(record.consent.as_str())
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            main,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td class=\"{class}\">{}</td><td>{action}</td></tr>",
+            esc(record.platform.as_str()),
+            list_of(record.scopes),
+            list_of(&record.accounts),
+            list_of(record.purposes),
+            esc(&date(record.expires_at)),
+            used_text(served.get(record.id.as_str()).copied().unwrap_or_default()),
+            esc(&status)
+        );
+    }
+    main.push_str("</tbody>\n</table>\n");
+    let _ = write!(
+        main,
+        "<p>The bank's journal holds {} entries about you; each access it served or refused is one.</p>",
+        view.journal.len()
+    );
+    page("Your approvals", Some(customer.as_str()), &main)
+}
+
+async fn bank_confirm<S, H>(
+    State((endpoints, csrf)): State<BankState<S, H>>,
+    headers: HeaderMap,
+    Path(consent): Path<String>,
+) -> Response
+where
+    S: Store + LedgerRead + Send + Sync + 'static,
+    H: DataHolder + Send + Sync + 'static,
+    H::Error: Send + 'static,
+{
+    let Some(customer) = endpoints.authenticator().authenticate(&headers) else {
+        return sign_in_page();
+    };
+    let main = format!(
+        "<p>The platform will no longer receive anything under this approval; the bank refuses it \
+         from now on and tells the platform's broker.</p>\n\
+         <form method=\"post\" action=\"/dashboard/approvals/{id}/revoke\">\n\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\n\
+         <button type=\"submit\" class=\"danger\">Yes, stop sharing</button>\n\
+         <a href=\"/dashboard\">No, go back</a>\n</form>\n",
+        esc(&csrf.token(&customer)),
+        id = esc(&consent),
+    );
+    page("Stop sharing?", Some(customer.as_str()), &main)
+}
+
+async fn bank_revoke<S, H>(
+    State((endpoints, csrf)): State<BankState<S, H>>,
+    headers: HeaderMap,
+    Path(consent): Path<String>,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response
+where
+    S: Store + LedgerRead + Send + Sync + 'static,
+    H: DataHolder + Send + Sync + 'static,
+    H::Error: Send + 'static,
+{
+    let Some(customer) = endpoints.authenticator().authenticate(&headers) else {
+        return sign_in_page();
+    };
+    let Ok(Form(form)) = form else {
+        return problem_page(&forbidden_form());
+    };
+    if let Err(problem) = csrf.check(&customer, &form.csrf) {
+        return problem_page(&problem);
+    }
+    let Ok(consent) = ConsentId::new(consent) else {
+        return problem_page(&Problem::not_found());
+    };
+    match revoke_and_deliver(&endpoints, customer, consent).await {
+        Ok(_) => Redirect::to("/dashboard").into_response(),
+        Err(problem) => problem_page(&problem),
+    }
+}

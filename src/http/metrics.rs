@@ -1,0 +1,299 @@
+//! Counters and latency histograms in the Prometheus text format (version 0.0.4), and the
+//! middleware that traces and times every request.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::policy::{Decision, DenyReason};
+use crate::refusal::GateRefusal;
+
+/// Upper bounds (seconds) of the latency histogram's buckets.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+/// The families, with their help text and type, in the order they are exposed.
+const FAMILIES: [(&str, &str, &str); 6] = [
+    (
+        "consent_broker_decisions_total",
+        "Access decisions by the broker, by outcome.",
+        "counter",
+    ),
+    (
+        "consent_broker_denials_total",
+        "Reasons of the broker's denials (a denial may carry several).",
+        "counter",
+    ),
+    (
+        "consent_broker_gate_decisions_total",
+        "The bank's gate: accesses served, refused, or failed (nothing served).",
+        "counter",
+    ),
+    (
+        "consent_broker_gate_refusals_total",
+        "The bank's gate refusals, by reason.",
+        "counter",
+    ),
+    (
+        "consent_broker_http_requests_total",
+        "HTTP requests by route template, method and status.",
+        "counter",
+    ),
+    (
+        "consent_broker_http_request_duration_seconds",
+        "HTTP request latency by route template.",
+        "histogram",
+    ),
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Debug, Default)]
+struct Series {
+    counters: BTreeMap<(&'static str, String), u64>,
+    histograms: BTreeMap<String, Histogram>,
+}
+
+/// A server's metrics: decisions and denials by reason, gate outcomes and refusals by reason,
+/// requests and latencies by route. Labels hold codes and route templates only, never ids.
+/// Shared (`Clone` shares) between the routers of one process; [`Metrics::render`] is what
+/// `GET /metrics` answers.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    series: Arc<Mutex<Series>>,
+}
+
+impl Metrics {
+    /// Empty metrics.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&self, family: &'static str, labels: String) {
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        *series.counters.entry((family, labels)).or_default() += 1;
+    }
+
+    /// Counts one of the broker's decisions, and each reason of a denial.
+    pub fn record_decision(&self, decision: &Decision) {
+        match decision {
+            Decision::Permit => {
+                self.add("consent_broker_decisions_total", label("outcome", "permit"));
+            }
+            Decision::Deny { reasons } => {
+                self.add("consent_broker_decisions_total", label("outcome", "deny"));
+                for reason in reasons {
+                    self.add(
+                        "consent_broker_denials_total",
+                        label("reason", deny_code(reason)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Counts one of the gate's outcomes: `served`, `refused` (with `refusal`), or `failed`.
+    pub fn record_gate(&self, outcome: &str, refusal: Option<&GateRefusal>) {
+        self.add(
+            "consent_broker_gate_decisions_total",
+            label("outcome", outcome),
+        );
+        if let Some(refusal) = refusal {
+            self.add(
+                "consent_broker_gate_refusals_total",
+                label("reason", refusal_code(refusal)),
+            );
+        }
+    }
+
+    fn record_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let labels = format!(
+            "route=\"{}\",method=\"{}\",status=\"{status}\"",
+            escape(route),
+            escape(method)
+        );
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        *series
+            .counters
+            .entry(("consent_broker_http_requests_total", labels))
+            .or_default() += 1;
+        let histogram = series
+            .histograms
+            .entry(format!("route=\"{}\"", escape(route)))
+            .or_default();
+        for (count, bound) in histogram.buckets.iter_mut().zip(BUCKETS) {
+            if seconds <= bound {
+                *count += 1;
+            }
+        }
+        histogram.count += 1;
+        histogram.sum += seconds;
+    }
+
+    /// The value of one counter series (`labels` as exposed, e.g. `reason="token_replayed"`):
+    /// for tests and dashboards of the embedder.
+    pub fn counter(&self, family: &str, labels: &str) -> u64 {
+        let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        series
+            .counters
+            .iter()
+            .filter(|((name, l), _)| *name == family && l == labels)
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    /// Everything, in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::new();
+        for (family, help, kind) in FAMILIES {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+            if kind == "histogram" {
+                for (labels, histogram) in &series.histograms {
+                    for (count, bound) in histogram.buckets.iter().zip(BUCKETS) {
+                        let _ = writeln!(out, "{family}_bucket{{{labels},le=\"{bound}\"}} {count}");
+                    }
+                    let _ = writeln!(
+                        out,
+                        "{family}_bucket{{{labels},le=\"+Inf\"}} {}\n{family}_sum{{{labels}}} {}\n\
+                         {family}_count{{{labels}}} {}",
+                        histogram.count, histogram.sum, histogram.count
+                    );
+                }
+            } else {
+                for ((name, labels), value) in &series.counters {
+                    if *name == family {
+                        let _ = writeln!(out, "{family}{{{labels}}} {value}");
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn label(name: &str, value: &str) -> String {
+    format!("{name}=\"{}\"", escape(value))
+}
+
+/// Label values escaped as the text format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The code of a deny reason: its tag in the audit format.
+pub(crate) fn deny_code(reason: &DenyReason) -> &'static str {
+    tag_of(serde_json::to_value(reason).ok().as_ref(), "reason")
+}
+
+/// The code of a gate refusal: its tag in the audit format (`token`, `proof`, `expired`, ...).
+pub(crate) fn refusal_code(refusal: &GateRefusal) -> &'static str {
+    tag_of(serde_json::to_value(refusal).ok().as_ref(), "refusal")
+}
+
+/// The tag member of a serialised enum, interned: the set of codes is small and fixed (the
+/// variants' names), so label values never carry data.
+fn tag_of(value: Option<&serde_json::Value>, member: &str) -> &'static str {
+    let tag = value.and_then(|v| match v {
+        serde_json::Value::String(s) => Some(s.as_str()),
+        serde_json::Value::Object(map) => map.get(member).and_then(|t| t.as_str()),
+        _ => None,
+    });
+    intern(tag.unwrap_or("other"))
+}
+
+fn intern(code: &str) -> &'static str {
+    static CODES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut codes = CODES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = codes.iter().find(|c| **c == code) {
+        return known;
+    }
+    // Only the enum's variant names reach here; cap the set all the same.
+    if codes.len() >= 256 || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return "other";
+    }
+    let leaked: &'static str = Box::leak(code.to_owned().into_boxed_str());
+    codes.push(leaked);
+    leaked
+}
+
+/// The middleware of every router: a `tracing` span per request named by its route template
+/// (never the path), and the request's count and latency.
+pub(crate) async fn observe(
+    State(metrics): State<Metrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!("http", route = %route, method = %method, status = tracing::field::Empty);
+    let started = Instant::now();
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("status", status);
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::debug!(parent: &span, status, micros = (seconds * 1e6) as u64, "answered");
+    metrics.record_request(&route, &method, status, seconds);
+    response
+}
+
+/// `GET /metrics`.
+pub(crate) async fn expose(State(metrics): State<Metrics>) -> Response {
+    let mut response = metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::Scope;
+
+    #[test]
+    fn codes_are_the_audit_tags_and_labels_hold_nothing_else() {
+        assert_eq!(refusal_code(&GateRefusal::TokenReplayed), "token_replayed");
+        assert_eq!(
+            refusal_code(&GateRefusal::ScopeNotAttested(Scope::Balance)),
+            "scope_not_attested"
+        );
+        let metrics = Metrics::new();
+        metrics.record_gate("refused", Some(&GateRefusal::TokenReplayed));
+        metrics.record_request("/data", "GET", 401, 0.0003);
+        let text = metrics.render();
+        assert!(text.contains("consent_broker_gate_refusals_total{reason=\"token_replayed\"} 1"));
+        assert!(text.contains(
+            "consent_broker_http_request_duration_seconds_bucket{route=\"/data\",le=\"0.0005\"} 1"
+        ));
+        assert!(text.contains(
+            "consent_broker_http_request_duration_seconds_bucket{route=\"/data\",le=\"0.00025\"} 0"
+        ));
+        assert_eq!(
+            metrics.counter(
+                "consent_broker_gate_refusals_total",
+                "reason=\"token_replayed\""
+            ),
+            1
+        );
+    }
+}

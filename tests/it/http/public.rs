@@ -1,0 +1,271 @@
+//! The broker's public endpoints, the bank's witness and revocation endpoints, and the metrics,
+//! all over loopback HTTP, each checked by the party that does not trust the other.
+
+use std::sync::Arc;
+
+use consent_broker::checkpoint::NoteVerifier;
+use consent_broker::cosignature::CosignatureSigner;
+use consent_broker::http::bank::BankEndpoints;
+use consent_broker::http::{BrokerClient, ClientError, HttpTiles, HttpWitness};
+use consent_broker::tiles::verify_tiles;
+use consent_broker::witness::{Cosigning, Witness, WitnessClient};
+use consent_broker::*;
+
+use super::{Server, World, quick, serve_broker};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bank_takes_keys_and_feed_from_the_brokers_endpoints_and_checks_them_itself() {
+    let world = World::new().await;
+    let (_, server) = serve_broker(&world.broker).await;
+    let client = BrokerClient::new(&server.origin(), quick()).unwrap();
+    // The JWKS at the well-known path is the broker's, and the bank can trust it.
+    let jwks = client.jwks().await.unwrap();
+    assert_eq!(jwks, world.broker.jwks().unwrap());
+    world.bank.trust_broker_keys(&jwks).unwrap();
+    // A revocation on the platform reaches the bank through the signed feed, from its cursor.
+    let token = world.token();
+    world
+        .broker
+        .revoke(
+            &world.consent,
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
+    let after = world
+        .bank
+        .ledger()
+        .feed_state()
+        .unwrap()
+        .map_or(0, |f| f.position);
+    let feed = client
+        .revocation_feed(world.bank.id(), after)
+        .await
+        .unwrap();
+    world.bank.apply_revocation_feed(&feed).unwrap();
+    match world.client.fetch(&world.data_url(), &token).await {
+        Err(ClientError::Refused { refusal, .. }) => {
+            assert_eq!(refusal, GateRefusal::RevokedAtPlatform);
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    // A feed altered on the way is refused by the bank (the broker's signature).
+    let mut forged = client.revocation_feed(world.bank.id(), 0).await.unwrap();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(world.bank.apply_revocation_feed(&forged).is_err());
+    // An unknown holder's feed, a malformed one: typed 4xx.
+    let raw = super::raw_client();
+    let status = raw
+        .get(format!("{}/revocations/%20bad%20/", server.origin()))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_client_error(), "{status}");
+    server.stop().await;
+    world.bank_server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_across_the_network_cosigns_and_anyone_verifies_the_tiles_over_http() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoints, server) = serve_broker(&world.broker).await;
+    // Before any checkpoint: nothing to serve.
+    let client = BrokerClient::new(&server.origin(), quick()).unwrap();
+    assert!(matches!(client.checkpoint().await, Err(ClientError::Problem(p)) if p.status == 404));
+    // The bank runs a witness, served by its endpoints.
+    let log_key = NoteVerifier::from_vkey(&world.broker.checkpoint_verifier_key()).unwrap();
+    let witness_key = SigningKey::from_seed(&[21; 32]).unwrap();
+    let signer =
+        CosignatureSigner::new("bank.example/witness", witness_key.to_pkcs8_der()).unwrap();
+    let cosignature_verifier = signer.verifier().clone();
+    let witness = Witness::open(
+        dir.path().join("witness.sqlite"),
+        signer,
+        world.clock.clone(),
+    )
+    .unwrap()
+    .follow(world.broker.log_origin(), log_key.clone());
+    let witness_server = Server::start(
+        BankEndpoints::new(
+            Arc::clone(&world.bank),
+            Arc::clone(&world.accounts),
+            "http://127.0.0.1",
+            world.sessions.clone(),
+        )
+        .witness(Arc::new(witness))
+        .router()
+        .unwrap(),
+    )
+    .await;
+    let witness_url = witness_server.origin();
+    // The platform publishes: sign, have the witness cosign over HTTP, serve.
+    let publisher = endpoints.clone();
+    let cosigned = tokio::task::spawn_blocking(move || {
+        let remote = HttpWitness::new(&witness_url, &quick()).unwrap();
+        let mut cosigning = Cosigning::new(vec![(
+            &remote as &dyn WitnessClient,
+            cosignature_verifier.clone(),
+        )]);
+        let first = publisher.publish(&mut cosigning).unwrap();
+        // A second, larger checkpoint: the witness checks consistency with the first.
+        first
+    })
+    .await
+    .unwrap();
+    assert!(cosigned.alarms.is_empty(), "{:?}", cosigned.alarms);
+    assert_eq!(
+        cosigned.cosigned_by,
+        vec!["bank.example/witness".to_owned()]
+    );
+    let served = client.checkpoint().await.unwrap();
+    assert_eq!(served, cosigned.note);
+    // Anyone reads the tiles over HTTP and checks every one against the checkpoint.
+    let base = server.origin();
+    let report = tokio::task::spawn_blocking(move || {
+        let tiles = HttpTiles::new(&base, &quick()).unwrap();
+        verify_tiles(&tiles, &log_key, None)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        report.checkpoint.size,
+        world.broker.store().audit_len().unwrap()
+    );
+    // Beyond the published checkpoint, and malformed paths: 404.
+    let raw = super::raw_client();
+    for path in [
+        "tile/0/001",
+        "tile/entries/005",
+        "tile/9/000",
+        "tile/0/x001/000",
+        "tile/0/0",
+    ] {
+        let status = raw
+            .get(format!("{}/{path}", server.origin()))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{path}");
+    }
+    // A rolled-back request to the witness: 409 with the size it cosigned.
+    let stale = format!("old 0\n\n{}", cosigned.note);
+    let response = raw
+        .post(format!("{}/add-checkpoint", witness_server.origin()))
+        .body(stale.replace("old 0", "old 1"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error());
+    server.stop().await;
+    witness_server.stop().await;
+    world.bank_server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_withdrawal_at_the_bank_reaches_the_broker_as_a_signed_instruction() {
+    let world = World::new().await;
+    let (_, broker_server) = serve_broker(&world.broker).await;
+    let bank_api = Server::start(
+        BankEndpoints::new(
+            Arc::clone(&world.bank),
+            Arc::clone(&world.accounts),
+            "http://127.0.0.1",
+            world.sessions.clone(),
+        )
+        .deliver_to(BrokerClient::new(&broker_server.origin(), quick()).unwrap())
+        .router()
+        .unwrap(),
+    )
+    .await;
+    let raw = super::raw_client();
+    let body = format!("{{\"consent\":\"{}\"}}", world.consent);
+    // Someone else signed in cannot withdraw Alice's approval.
+    let stranger = raw
+        .post(format!("{}/v1/revocations", bank_api.origin()))
+        .header("cookie", world.cookie(&SubjectId::new("mallory").unwrap()))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(stranger.status().is_client_error(), "{}", stranger.status());
+    assert_eq!(
+        world.broker.consent(&world.consent).unwrap().status,
+        ConsentStatus::Authorised
+    );
+    let response = raw
+        .post(format!("{}/v1/revocations", bank_api.origin()))
+        .header("cookie", world.cookie(&world.customer))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let answer: serde_json::Value =
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["delivered"], true);
+    // The broker applied the bank's signed instruction.
+    assert!(matches!(
+        world.broker.consent(&world.consent).unwrap().status,
+        ConsentStatus::Revoked {
+            by: Revoker::Holder,
+            ..
+        } | ConsentStatus::Revoked {
+            by: Revoker::Subject,
+            ..
+        }
+    ));
+    // The same instruction again is refused (applied before), with a typed 4xx.
+    let again = raw
+        .post(format!("{}/instructions", broker_server.origin()))
+        .body(answer["instruction"].as_str().unwrap().to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert!(again.status().is_client_error(), "{}", again.status());
+    bank_api.stop().await;
+    broker_server.stop().await;
+    world.bank_server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_count_gate_outcomes_by_reason_and_name_no_one() {
+    let world = World::new().await;
+    let token = world.token();
+    world.client.fetch(&world.data_url(), &token).await.unwrap();
+    let _ = world.client.fetch(&world.data_url(), &token).await;
+    let text = super::raw_client()
+        .get(format!("{}/metrics", world.bank_server.origin()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("consent_broker_gate_decisions_total{outcome=\"served\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("consent_broker_gate_refusals_total{reason=\"token_replayed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("consent_broker_http_request_duration_seconds_bucket{route=\"/v1/data\"")
+    );
+    for secret in [
+        world.customer.as_str(),
+        world.subject.as_str(),
+        world.current.as_str(),
+        world.consent.as_str(),
+    ] {
+        assert!(!text.contains(secret), "{secret} in the metrics");
+    }
+    world.bank_server.stop().await;
+}
