@@ -27,9 +27,9 @@ pub mod dpop;
 mod error;
 pub mod feed;
 mod holder;
+pub mod hpke;
 #[cfg(feature = "http")]
 pub mod http;
-pub mod hpke;
 mod ids;
 mod instruction;
 mod jws;
@@ -131,7 +131,7 @@ pub use store::{
     SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry, SubjectLink,
 };
 #[cfg(feature = "postgres")]
-pub use store::{PostgresOptions, PostgresStore};
+pub use store::{PostgresOptions, PostgresStore, PostgresTlsMode};
 /// The `time` crate, whose `OffsetDateTime` and `Duration` the API takes and returns.
 pub use time;
 pub use token::{

@@ -16,9 +16,12 @@ function fromBase64url(text) {
 function describe(opened) {
   const data = opened.data;
   if (data && data.scope === "balance" && data.data) {
-    const b = data.data;
-    const amount = b.amount ?? b.available ?? b;
-    return `Balance of ${opened.context.account}: ${JSON.stringify(amount)}`;
+    const money = data.data.available;
+    if (money && Number.isInteger(money.minor_units) && typeof money.currency === "string") {
+      // Two decimal places: the currencies this demo shows (EUR, GBP, USD) all have two.
+      const amount = (money.minor_units / 100).toFixed(2);
+      return `Balance of ${opened.context.account}: ${amount} ${money.currency}`;
+    }
   }
   return JSON.stringify(data);
 }

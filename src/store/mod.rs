@@ -38,7 +38,7 @@ pub use records::{
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::Migration;
 #[cfg(feature = "postgres")]
-pub use sql::postgres::{PostgresOptions, PostgresStore};
+pub use sql::postgres::{PostgresOptions, PostgresStore, PostgresTlsMode};
 #[cfg(feature = "sqlite")]
 pub use sql::sqlite::SqliteStore;
 

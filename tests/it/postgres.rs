@@ -1,14 +1,17 @@
 //! The PostgreSQL store against a real server: several broker processes on one database,
 //! revocation across brokers, faults (credentials, a server that is down or hung, a dropped
-//! connection, a statement timeout), calls from inside an async runtime, and the schema (its
-//! version, the append-only triggers, concurrent migrations).
+//! connection, a statement timeout), calls from inside an async runtime, the schema (its
+//! version, the append-only triggers, concurrent migrations), and TLS (verified, required for
+//! hosts that are not local, never downgraded).
 //!
 //! Every test needs a server, so every test is `#[ignore]`d; run them with
 //! `scripts/with-postgres cargo test --features postgres --test postgres -- --include-ignored`
 //! (the script starts a throwaway cluster and exports `DATABASE_URL`). Each test works in a fresh
 //! schema. The commit lock is an advisory lock, and advisory locks are per database, not per
 //! schema: the tests that hold it (or that need no other writer to take it) work in a fresh
-//! database of their own, so they neither stall nor are stalled by the other tests.
+//! database of their own, so they neither stall nor are stalled by the other tests. The TLS test
+//! starts a second, TLS-only server of its own with a throwaway CA: it needs PostgreSQL's server
+//! binaries, which the script installs.
 //!
 //! The multi-process test re-executes this test binary: the parent runs itself with
 //! `--exact postgres::postgres_child_workload --include-ignored --nocapture --test-threads=1`, the
@@ -1694,4 +1697,522 @@ fn erasure_on_postgres_deletes_the_key_and_purges_its_table() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. TLS
+//
+// A server of its own, started by the test: a throwaway CA and a server certificate made with
+// rcgen, `ssl=on`, and a pg_hba.conf that accepts TCP connections over TLS only (`hostssl`) and
+// plain ones over the Unix socket, through which the test asks the server how the store's own
+// connection is encrypted (`pg_stat_ssl`). The server needs PostgreSQL's binaries, which
+// scripts/with-postgres installs; the server it starts (DATABASE_URL) is the plaintext one the
+// no-downgrade test below connects to.
+
+/// The role every test cluster trusts.
+const TLS_ROLE: &str = "consent";
+
+/// A name only these tests use: connections reach it through `hostaddr=127.0.0.1`, so it is a
+/// host that is not local (TLS under `Auto`), named by the server's certificate.
+const TLS_REMOTE_NAME: &str = "db.test";
+
+/// A throwaway CA and the server certificate it signed, for `localhost`, `127.0.0.1` and
+/// [`TLS_REMOTE_NAME`], in PEM.
+struct TestPki {
+    ca: String,
+    server_certificate: String,
+    server_key: String,
+}
+
+fn test_pki() -> TestPki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "consent-broker test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut server = CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        TLS_REMOTE_NAME.to_owned(),
+    ])
+    .unwrap();
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate().unwrap();
+    let server = server.signed_by(&server_key, &*ca).unwrap();
+    TestPki {
+        ca: ca.pem(),
+        server_certificate: server.pem(),
+        server_key: server_key.serialize_pem(),
+    }
+}
+
+/// The newest PostgreSQL server binaries in the Debian layout (as scripts/with-postgres finds
+/// them).
+fn postgres_bindir() -> PathBuf {
+    let mut found: Vec<(Vec<u32>, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry
+                .file_name()
+                .to_str()?
+                .split('.')
+                .map(|part| part.parse().ok())
+                .collect::<Option<Vec<u32>>>()?;
+            let bin = entry.path().join("bin");
+            ["initdb", "pg_ctl", "postgres"]
+                .iter()
+                .all(|tool| bin.join(tool).is_file())
+                .then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).expect(
+        "the TLS test needs PostgreSQL's server binaries under /usr/lib/postgresql/*/bin: run it \
+         with `scripts/with-postgres cargo test --features postgres --test it postgres -- \
+         --include-ignored` (the script installs them)",
+    )
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// As root, the unprivileged user the server runs as (initdb and postgres refuse root): the one
+/// scripts/with-postgres would choose, created the same way if missing. `None` when not root.
+fn server_os_user() -> Option<(String, u32, u32)> {
+    if command_output("id", &["-u"]).as_deref() != Some("0") {
+        return None;
+    }
+    let user = std::env::var("WITH_POSTGRES_OS_USER")
+        .ok()
+        .filter(|user| !user.is_empty())
+        .unwrap_or_else(|| {
+            if command_output("id", &["-u", "postgres"]).is_some() {
+                "postgres".to_owned()
+            } else {
+                "consentbroker-pg".to_owned()
+            }
+        });
+    if command_output("id", &["-u", &user]).is_none() {
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(&user)
+            .status()
+            .unwrap();
+        assert!(status.success(), "useradd {user}");
+    }
+    let uid = command_output("id", &["-u", &user])
+        .unwrap()
+        .parse()
+        .unwrap();
+    let gid = command_output("id", &["-g", &user])
+        .unwrap()
+        .parse()
+        .unwrap();
+    Some((user, uid, gid))
+}
+
+/// A PostgreSQL cluster with `ssl=on` on 127.0.0.1, TLS-only over TCP; stopped (`pg_ctl stop -m
+/// immediate`) and its directory removed when dropped, whatever the test did.
+struct TlsServer {
+    bin: PathBuf,
+    /// The server's OS user, when the test runs as root.
+    os_user: Option<String>,
+    port: u16,
+    started: bool,
+    /// Dropped after `drop` has stopped the server: removes the data, the keys and the socket.
+    dir: tempfile::TempDir,
+}
+
+impl TlsServer {
+    fn start(pki: &TestPki) -> Self {
+        let bin = postgres_bindir();
+        let os_user = server_os_user();
+        // Under /tmp, whatever TMPDIR says: the server's user must reach it, and the socket's
+        // path must stay short.
+        let dir = tempfile::Builder::new()
+            .prefix("cbt-pg-tls.")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mut server = Self {
+            bin,
+            os_user: os_user.as_ref().map(|(user, _, _)| user.clone()),
+            port: 0,
+            started: false,
+            dir,
+        };
+        let own = |path: &std::path::Path| {
+            if let Some((_, uid, gid)) = &os_user {
+                std::os::unix::fs::chown(path, Some(*uid), Some(*gid)).unwrap();
+            }
+        };
+        own(server.dir.path());
+        // The certificate, and the key the server accepts only if its user owns it, mode 0600.
+        let certificate = server.dir.path().join("server.crt");
+        fs::write(&certificate, &pki.server_certificate).unwrap();
+        own(&certificate);
+        let key = server.dir.path().join("server.key");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key)
+                .unwrap();
+            file.write_all(pki.server_key.as_bytes()).unwrap();
+        }
+        own(&key);
+        fs::write(server.ca_file(), &pki.ca).unwrap();
+
+        let data = server.data();
+        let initdb = server
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", TLS_ROLE, "--no-sync", "-E", "UTF8"])
+            .arg("--locale=C")
+            .output()
+            .unwrap();
+        assert!(
+            initdb.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        // TCP over TLS only; the Unix socket (the test's own view of the server) plain.
+        fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+
+        let dir = server.dir.path().display().to_string();
+        for attempt in 1..=3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            server.port = port;
+            server.started = true;
+            let options = format!(
+                "-c listen_addresses=127.0.0.1 -p {port} -k {dir} -c fsync=off \
+                 -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key"
+            );
+            let started = server
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(server.dir.path().join("log"))
+                .args(["-w", "-t", "30", "-o", &options, "start"])
+                .output()
+                .unwrap();
+            if started.status.success() {
+                break;
+            }
+            // Another process may have taken the port between the probe and the start.
+            server.stop();
+            assert!(
+                attempt < 3,
+                "pg_ctl start failed; the server's log:\n{}",
+                fs::read_to_string(server.dir.path().join("log")).unwrap_or_default()
+            );
+        }
+        server
+    }
+
+    /// `tool` from the server's binaries, run as the server's user, in the server's directory.
+    fn command(&self, tool: &str) -> Command {
+        let program = self.bin.join(tool);
+        let mut command = match &self.os_user {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        command.current_dir(self.dir.path()).stdin(Stdio::null());
+        command
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The throwaway CA's certificate, in PEM.
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A URL for `host` (any query string included), with a password that must never appear in
+    /// an error message (the server trusts the role and ignores it).
+    fn url(&self, host: &str, query: &str) -> String {
+        format!(
+            "postgres://{TLS_ROLE}:s3cret-pw@{host}:{}/postgres{query}",
+            self.port
+        )
+    }
+
+    /// A plain client over the Unix socket.
+    fn admin(&self) -> Client {
+        let config = format!(
+            "host={} port={} user={TLS_ROLE} dbname=postgres",
+            self.dir.path().display(),
+            self.port
+        );
+        Client::connect(&config, NoTls).unwrap()
+    }
+
+    /// Whether each connection of `application_name` is encrypted, as the server sees it.
+    fn encrypted(&self, application_name: &str) -> Vec<bool> {
+        self.admin()
+            .query(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = $1",
+                &[&application_name],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
+    fn stop(&mut self) {
+        if self.started {
+            let _ = self
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
+            self.started = false;
+        }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tls_options(tls: PostgresTlsMode, root_certificates: Option<PathBuf>) -> PostgresOptions {
+    PostgresOptions {
+        tls,
+        root_certificates,
+        connect_timeout: StdDuration::from_secs(10),
+        ..options(&unique_name("tls"))
+    }
+}
+
+/// Opening fails `Unavailable`, with a message that contains `expected` and no password.
+fn refused(url: &str, options: PostgresOptions, expected: &str) -> String {
+    match PostgresStore::open_with(url, options.clone()) {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(
+                message.contains(expected),
+                "{url} with {options:?}: expected a message containing {expected:?}, got {message}"
+            );
+            assert!(
+                !message.contains("s3cret-pw"),
+                "a password leaked: {message}"
+            );
+            message
+        }
+        other => {
+            panic!("{url} with {options:?}: expected Unavailable({expected} …), got {other:?}")
+        }
+    }
+}
+
+/// The store over TLS: with the CA it connects, the connection is encrypted (the server says so)
+/// and the broker works on it; without the CA (the platform's roots), or for a name the
+/// certificate does not carry, verification fails and says so; `Auto` uses TLS for a host that
+/// is not local, plaintext for a local one; a TLS-only server refuses plaintext.
+#[test]
+#[ignore = "needs PostgreSQL's server binaries (it starts a TLS server of its own); .ci/run runs it via scripts/with-postgres"]
+fn tls_connections_are_verified_and_required_for_remote_hosts() {
+    use PostgresTlsMode::{Auto, Disable, Require};
+    let pki = test_pki();
+    let server = TlsServer::start(&pki);
+    let ca = Some(server.ca_file());
+    let remote = |query: &str| {
+        server.url(
+            TLS_REMOTE_NAME,
+            &format!("?hostaddr=127.0.0.1{}", query.replace('?', "&")),
+        )
+    };
+
+    // (a) Require with the CA: encrypted, and the broker works over it.
+    for host in ["localhost", "127.0.0.1"] {
+        let name = unique_name("tlsreq");
+        let store = PostgresStore::open_with(
+            &server.url(host, &format!("?application_name={name}")),
+            tls_options(Require, ca.clone()),
+        )
+        .unwrap_or_else(|e| panic!("Require to {host} with the CA: {e:?}"));
+        assert_eq!(
+            server.encrypted(&name),
+            [true],
+            "the store's connection to {host}"
+        );
+        let fx = Fixture::with_store(store);
+        let granted = fx.granted().id().clone();
+        assert_eq!(
+            fx.broker
+                .authorise_access(&fx.access(&granted))
+                .unwrap()
+                .decision(),
+            Decision::Permit
+        );
+        verify_log(&fx.broker.store(), None).unwrap();
+    }
+
+    // (b) No CA given: the platform's roots do not know the throwaway CA.
+    let message = refused(
+        &server.url("localhost", ""),
+        tls_options(Require, None),
+        "TLS verification failed",
+    );
+    assert!(message.contains("UnknownIssuer"), "{message}");
+    // A CA file that is not there is refused before any connection.
+    refused(
+        &server.url("localhost", ""),
+        tls_options(Require, Some(server.dir.path().join("missing.pem"))),
+        "missing.pem",
+    );
+
+    // (c) The server's certificate does not name the host we asked for.
+    let message = refused(
+        &server.url("wrong.test", "?hostaddr=127.0.0.1"),
+        tls_options(Require, ca.clone()),
+        "TLS verification failed",
+    );
+    assert!(message.contains("wrong.test"), "{message}");
+
+    // (d) Auto: a host that is not local gets TLS (verified: with the CA it works, without it
+    // verification fails, also when the URL says `prefer`).
+    let name = unique_name("tlsauto");
+    let store = PostgresStore::open_with(
+        &remote(&format!("?application_name={name}")),
+        tls_options(Auto, ca.clone()),
+    )
+    .unwrap_or_else(|e| panic!("Auto to {TLS_REMOTE_NAME} with the CA: {e:?}"));
+    assert_eq!(server.encrypted(&name), [true]);
+    drop(store);
+    refused(
+        &remote(""),
+        tls_options(Auto, None),
+        "TLS verification failed",
+    );
+    refused(
+        &remote("?sslmode=prefer"),
+        tls_options(Auto, None),
+        "TLS verification failed",
+    );
+    // ... and `sslmode=disable` in the URL does not turn it off for a remote host.
+    refused(
+        &remote("?sslmode=disable"),
+        tls_options(Auto, ca.clone()),
+        "PostgresTlsMode::Disable",
+    );
+    // A local host under Auto is plain (which this server refuses), unless the URL asks for TLS.
+    for host in ["localhost", "127.0.0.1"] {
+        refused(
+            &server.url(host, ""),
+            tls_options(Auto, ca.clone()),
+            "no encryption",
+        );
+        let name = unique_name("tlslocal");
+        let store = PostgresStore::open_with(
+            &server.url(host, &format!("?sslmode=require&application_name={name}")),
+            tls_options(Auto, ca.clone()),
+        )
+        .unwrap_or_else(|e| panic!("Auto with sslmode=require to {host}: {e:?}"));
+        assert_eq!(server.encrypted(&name), [true]);
+        drop(store);
+    }
+
+    // (e) Disable: the TLS-only server refuses it, remote name or local.
+    for url in [remote(""), server.url("127.0.0.1", "")] {
+        refused(&url, tls_options(Disable, ca.clone()), "no encryption");
+    }
+    // Contradictions between the options and the URL are refused before connecting.
+    refused(
+        &server.url("localhost", "?sslmode=require"),
+        tls_options(Disable, ca.clone()),
+        "contradicts",
+    );
+    refused(
+        &server.url("localhost", "?sslmode=disable"),
+        tls_options(Require, ca.clone()),
+        "contradicts",
+    );
+    // libpq's verify-full and sslrootcert are not the client's: the error says where they go.
+    refused(
+        &server.url("localhost", "?sslmode=verify-full"),
+        tls_options(Auto, ca.clone()),
+        "PostgresOptions::root_certificates",
+    );
+}
+
+/// A plaintext server (scripts/with-postgres's) reached under a name that is not local: `Auto`
+/// and `Require` refuse it rather than fall back to plaintext, even with `sslmode=prefer`;
+/// `Disable` says plaintext and gets it.
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn a_remote_host_that_offers_no_tls_is_refused_not_downgraded() {
+    let config: postgres::Config = database_url().parse().unwrap();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config.get_dbname().unwrap();
+    let url = |query: &str| {
+        format!(
+            "postgres://{TLS_ROLE}:s3cret-pw@{TLS_REMOTE_NAME}:{port}/{database}\
+             ?hostaddr=127.0.0.1{query}"
+        )
+    };
+    // Some CA to trust: the refusal must come from the server offering no TLS.
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    fs::write(ca.path(), test_pki().ca).unwrap();
+    for (query, tls) in [
+        ("", PostgresTlsMode::Auto),
+        ("&sslmode=prefer", PostgresTlsMode::Auto),
+        ("", PostgresTlsMode::Require),
+    ] {
+        refused(
+            &url(query),
+            tls_options(tls, Some(ca.path().to_owned())),
+            "server does not support TLS",
+        );
+    }
+    let store = PostgresStore::open_with(
+        &url(""),
+        PostgresOptions {
+            tls: PostgresTlsMode::Disable,
+            ..options(&unique_name("plain"))
+        },
+    )
+    .unwrap();
+    drop(store);
 }

@@ -1,16 +1,24 @@
-//! The worker thread's connection: connecting within a deadline, statements prepared once per
-//! connection, the [`Dialect`] the shared SQL runs on, and PostgreSQL's errors as store errors.
+//! The worker thread's connection: connecting within a deadline (over TLS when required),
+//! statements prepared once per connection, the [`Dialect`] the shared SQL runs on, and
+//! PostgreSQL's errors as store errors.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, mpsc};
 use std::time::Duration as StdDuration;
 
+use postgres::config::{Host, SslMode};
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Config, GenericClient, NoTls, Statement};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::super::{Dialect, Failure, Nodes, Row, Value, signed};
-use super::COMMIT_LOCK;
+use super::{COMMIT_LOCK, PostgresTlsMode};
 use crate::merkle::Hash;
 use crate::store::StoreError;
 
@@ -19,6 +27,9 @@ pub(super) type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 /// The worker thread's state: the connection settings and, while connected, the client.
 pub(super) struct Worker {
     pub(super) config: Config,
+    /// How connections are made: in the clear or over verified TLS (the config's `sslmode` says
+    /// the same: `disable` or `require`).
+    pub(super) transport: Transport,
     pub(super) connect_timeout: StdDuration,
     pub(super) schema: Option<String>,
     pub(super) client: Option<Client>,
@@ -204,7 +215,7 @@ impl<C: GenericClient> Dialect for Db<'_, C> {
 impl Worker {
     pub(super) fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let mut client = connect_within(&self.config, self.connect_timeout)?;
+            let mut client = connect_within(&self.config, &self.transport, self.connect_timeout)?;
             if let Some(schema) = &self.schema {
                 let quoted = quote_identifier(schema);
                 // Under the commit lock: two brokers creating the same schema at once would
@@ -253,13 +264,21 @@ impl Worker {
 /// Connects, giving up after `timeout` even if the server accepts the TCP connection and then
 /// never answers (the client's own timeout covers only the TCP connect). The handshake runs on a
 /// helper thread; if it hangs, that thread is left to end when the server closes the socket.
-pub(super) fn connect_within(config: &Config, timeout: StdDuration) -> Result<Client, StoreError> {
+pub(super) fn connect_within(
+    config: &Config,
+    transport: &Transport,
+    timeout: StdDuration,
+) -> Result<Client, StoreError> {
     let (sender, receiver) = mpsc::channel();
     let config = config.clone();
+    let transport = transport.clone();
     std::thread::Builder::new()
         .name("consent-broker-postgres-connect".into())
         .spawn(move || {
-            let _ = sender.send(config.connect(NoTls));
+            let _ = sender.send(match transport {
+                Transport::Plain => config.connect(NoTls),
+                Transport::Tls(tls) => config.connect(tls),
+            });
         })
         .map_err(|e| StoreError::Unavailable(format!("cannot start connecting: {e}")))?;
     match receiver.recv_timeout(timeout) {
@@ -272,12 +291,193 @@ pub(super) fn connect_within(config: &Config, timeout: StdDuration) -> Result<Cl
     }
 }
 
+/// How the worker connects.
+#[derive(Clone)]
+pub(super) enum Transport {
+    /// In the clear (`sslmode=disable`).
+    Plain,
+    /// Over TLS, the server's certificate verified (`sslmode=require`).
+    Tls(MakeRustlsConnect),
+}
+
+/// Settles `config`'s `sslmode` from `mode` and the URL's, and builds what connects that way.
+pub(super) fn transport(
+    config: &mut Config,
+    mode: PostgresTlsMode,
+    root_certificates: Option<&Path>,
+) -> Result<Transport, StoreError> {
+    let ssl_mode = ssl_mode(mode, config.get_ssl_mode(), is_local(config))?;
+    config.ssl_mode(ssl_mode);
+    if ssl_mode == SslMode::Disable {
+        return Ok(Transport::Plain);
+    }
+    let roots = match root_certificates {
+        Some(path) => roots_from_pem(path)?,
+        None => platform_roots()?,
+    };
+    // The provider is given here, not taken from a process-wide default: ring, as everywhere
+    // else in this crate.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Unavailable(format!("cannot set up TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // PostgreSQL's ALPN name: required by `sslnegotiation=direct` (PostgreSQL 17), accepted by
+    // servers that know it after an SSLRequest, ignored by older ones.
+    tls.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(Transport::Tls(MakeRustlsConnect::new(tls)))
+}
+
+/// The `sslmode` to connect with, from the options' `mode`, the URL's `url` (`Prefer` when the
+/// URL names none) and whether every host is on this machine: `Disable` or `Require`, never
+/// `Prefer` (which would let a server that offers no TLS downgrade the connection).
+pub(super) fn ssl_mode(
+    mode: PostgresTlsMode,
+    url: SslMode,
+    local: bool,
+) -> Result<SslMode, StoreError> {
+    let conflict = |url: &str, mode: &str| {
+        Err(StoreError::Unavailable(format!(
+            "the URL's sslmode={url} contradicts PostgresOptions::tls = PostgresTlsMode::{mode}"
+        )))
+    };
+    match (mode, url) {
+        (PostgresTlsMode::Disable, SslMode::Disable | SslMode::Prefer) => Ok(SslMode::Disable),
+        (PostgresTlsMode::Disable, _) => conflict("require", "Disable"),
+        (PostgresTlsMode::Require, SslMode::Disable) => conflict("disable", "Require"),
+        (PostgresTlsMode::Require, _) => Ok(SslMode::Require),
+        (PostgresTlsMode::Auto, SslMode::Disable) if local => Ok(SslMode::Disable),
+        (PostgresTlsMode::Auto, SslMode::Disable) => Err(StoreError::Unavailable(
+            "the URL's sslmode=disable names a host that is not on this machine: set \
+             PostgresOptions::tls to PostgresTlsMode::Disable to connect to it in the clear"
+                .into(),
+        )),
+        (PostgresTlsMode::Auto, SslMode::Prefer) if local => Ok(SslMode::Disable),
+        // `prefer` to a remote host, `require`, and any stronger mode a later client may parse.
+        (PostgresTlsMode::Auto, _) => Ok(SslMode::Require),
+    }
+}
+
+/// Whether every server `config` names is on this machine: hosts that are `localhost`, loopback
+/// addresses or Unix socket directories, and `hostaddr`s that are loopback addresses. A config
+/// naming no server at all is not local.
+pub(super) fn is_local(config: &Config) -> bool {
+    let (hosts, addresses) = (config.get_hosts(), config.get_hostaddrs());
+    (!hosts.is_empty() || !addresses.is_empty())
+        && hosts.iter().all(is_local_host)
+        && addresses.iter().copied().all(is_loopback)
+}
+
+/// Whether `host` is on this machine: a Unix socket directory, `localhost` or a loopback address.
+/// Any other name is not, even one that resolves to a loopback address (`localhost.` included):
+/// what a name resolves to can change, and TLS costs little.
+pub(super) fn is_local_host(host: &Host) -> bool {
+    match host {
+        Host::Tcp(name) => {
+            let bare = name
+                .strip_prefix('[')
+                .and_then(|name| name.strip_suffix(']'))
+                .unwrap_or(name);
+            bare.eq_ignore_ascii_case("localhost") || bare.parse().is_ok_and(is_loopback)
+        }
+        #[cfg(unix)]
+        Host::Unix(_) => true,
+    }
+}
+
+/// 127.0.0.0/8, `::1`, and `::ffff:127.x.y.z`.
+fn is_loopback(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Every certificate in the PEM file at `path`, as trusted roots.
+fn roots_from_pem(path: &Path) -> Result<RootCertStore, StoreError> {
+    let unusable = |why: String| {
+        StoreError::Unavailable(format!(
+            "cannot use the TLS root certificates in {}: {why}",
+            path.display()
+        ))
+    };
+    let pem = std::fs::read(path).map_err(|e| unusable(e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        let certificate = certificate.map_err(|e| unusable(format!("not PEM: {e}")))?;
+        roots
+            .add(certificate)
+            .map_err(|e| unusable(format!("a certificate is unusable: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(unusable("the file holds no certificate".into()));
+    }
+    Ok(roots)
+}
+
+/// The platform's trusted roots (the operating system's store, or `SSL_CERT_FILE` /
+/// `SSL_CERT_DIR`).
+fn platform_roots() -> Result<RootCertStore, StoreError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _unparsable) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or_else(String::new, |e| format!(" ({e})"));
+        return Err(StoreError::Unavailable(format!(
+            "cannot set up TLS: no trusted root certificate in the platform's store{why}; name \
+             the server's CA in PostgresOptions::root_certificates"
+        )));
+    }
+    Ok(roots)
+}
+
+/// The rustls error under a client error, when the TLS handshake failed.
+fn tls_failure(error: &postgres::Error) -> Option<&rustls::Error> {
+    let mut source = std::error::Error::source(error);
+    while let Some(current) = source {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // tokio-rustls reports rustls's error inside an `io::Error`, whose `source` skips it.
+        let inner = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if inner.is_some() {
+            return inner;
+        }
+        source = current.source();
+    }
+    None
+}
+
 fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Maps a client error to a store error a caller can act on.
 pub(super) fn pg_error(error: &postgres::Error) -> StoreError {
+    match tls_failure(error) {
+        Some(tls @ rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+            return StoreError::Unavailable(format!(
+                "TLS verification failed: {tls} (the server's certificate is not signed by a \
+                 trusted CA: name its CA in PostgresOptions::root_certificates)"
+            ));
+        }
+        Some(
+            tls @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
+        ) => {
+            return StoreError::Unavailable(format!("TLS verification failed: {tls}"));
+        }
+        Some(tls) => return StoreError::Unavailable(format!("TLS handshake failed: {tls}")),
+        None => {}
+    }
     // `Display` of a server error is just "db error": say what the server said, and why.
     let detail = match (error.as_db_error(), std::error::Error::source(error)) {
         (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
@@ -308,4 +508,131 @@ pub(super) fn retryable(error: &postgres::Error) -> bool {
     error.code().is_some_and(|c| {
         *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local_name(name: &str) -> bool {
+        is_local_host(&Host::Tcp(name.to_owned()))
+    }
+
+    /// `Some(local)` for a URL the client parses.
+    fn local_url(url: &str) -> Option<bool> {
+        url.parse::<Config>().ok().map(|config| is_local(&config))
+    }
+
+    #[test]
+    fn local_hosts_are_localhost_loopback_addresses_and_unix_sockets() {
+        for name in [
+            "localhost",
+            "LocalHost",
+            "127.0.0.1",
+            "127.8.9.10",
+            "127.255.255.255",
+            "::1",
+            "[::1]",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(local_name(name), "{name} is local");
+        }
+        #[cfg(unix)]
+        assert!(is_local_host(&Host::Unix("/var/run/postgresql".into())));
+        for name in [
+            "localhost.",
+            "localhost.example.com",
+            "mylocalhost",
+            "db.example.com",
+            "128.0.0.1",
+            "10.0.0.1",
+            "0.0.0.0",
+            "::",
+            "::ffff:10.0.0.1",
+            "fe80::1",
+            "",
+        ] {
+            assert!(!local_name(name), "{name:?} is not local");
+        }
+    }
+
+    #[test]
+    fn a_config_is_local_only_if_every_host_and_address_is() {
+        assert_eq!(local_url("postgres://u@localhost/db"), Some(true));
+        assert_eq!(local_url("postgres://u@127.0.0.1:5433/db"), Some(true));
+        assert_eq!(local_url("postgres://u@[::1]/db"), Some(true));
+        assert_eq!(local_url("host=/var/run/postgresql user=u"), Some(true));
+        assert_eq!(local_url("postgres://u@localhost,127.0.0.2/db"), Some(true));
+        assert_eq!(local_url("hostaddr=127.0.0.1 user=u"), Some(true));
+        assert_eq!(local_url("postgres://u@db.example.com/db"), Some(false));
+        assert_eq!(
+            local_url("postgres://u@localhost,db.example.com/db"),
+            Some(false)
+        );
+        // The name is what the certificate is checked against: a remote name stays remote.
+        assert_eq!(
+            local_url("postgres://u@db.example.com/db?hostaddr=127.0.0.1"),
+            Some(false)
+        );
+        // A local name reached at a remote address is remote.
+        assert_eq!(
+            local_url("postgres://u@localhost/db?hostaddr=10.0.0.1"),
+            Some(false)
+        );
+        assert_eq!(local_url("user=u dbname=db"), Some(false));
+    }
+
+    #[test]
+    fn the_ssl_mode_never_lets_a_remote_host_go_plain_unasked() {
+        use PostgresTlsMode::{Auto, Disable, Require};
+        let mode = |tls, url, local| ssl_mode(tls, url, local).ok();
+        for local in [true, false] {
+            assert_eq!(
+                mode(Require, SslMode::Prefer, local),
+                Some(SslMode::Require)
+            );
+            assert_eq!(
+                mode(Require, SslMode::Require, local),
+                Some(SslMode::Require)
+            );
+            assert_eq!(mode(Require, SslMode::Disable, local), None);
+            assert_eq!(
+                mode(Disable, SslMode::Prefer, local),
+                Some(SslMode::Disable)
+            );
+            assert_eq!(
+                mode(Disable, SslMode::Disable, local),
+                Some(SslMode::Disable)
+            );
+            assert_eq!(mode(Disable, SslMode::Require, local), None);
+            assert_eq!(mode(Auto, SslMode::Require, local), Some(SslMode::Require));
+        }
+        assert_eq!(mode(Auto, SslMode::Prefer, true), Some(SslMode::Disable));
+        assert_eq!(mode(Auto, SslMode::Disable, true), Some(SslMode::Disable));
+        // `prefer` (also what a URL without sslmode gives) must not mean "plain if refused".
+        assert_eq!(mode(Auto, SslMode::Prefer, false), Some(SslMode::Require));
+        assert_eq!(mode(Auto, SslMode::Disable, false), None);
+        assert_eq!(PostgresTlsMode::default(), Auto);
+    }
+
+    #[test]
+    fn a_remote_host_under_auto_gets_a_verifying_tls_connector() {
+        let parsed = "postgres://u@db.example.com/db?sslmode=prefer".parse::<Config>();
+        assert!(parsed.is_ok());
+        let Ok(mut config) = parsed else { return };
+        let remote = transport(&mut config, PostgresTlsMode::Auto, None);
+        // Without platform roots on this machine the error is the only other outcome.
+        if let Ok(remote) = remote {
+            assert!(matches!(remote, Transport::Tls(_)));
+            assert_eq!(config.get_ssl_mode(), SslMode::Require);
+        }
+        let parsed = "postgres://u@localhost/db".parse::<Config>();
+        assert!(parsed.is_ok());
+        let Ok(mut config) = parsed else { return };
+        assert!(matches!(
+            transport(&mut config, PostgresTlsMode::Auto, None),
+            Ok(Transport::Plain)
+        ));
+        assert_eq!(config.get_ssl_mode(), SslMode::Disable);
+    }
 }

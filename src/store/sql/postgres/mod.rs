@@ -20,6 +20,17 @@
 //! re-decides). Reads take no lock. Serialisation failures and deadlocks (SQLSTATE 40001, 40P01)
 //! are retried up to [`PostgresStore::MAX_TRANSACTION_ATTEMPTS`] times.
 //!
+//! # TLS
+//!
+//! Connections are made with rustls on the ring provider (the crate's only cryptographic
+//! backend), and the server's certificate is always verified: its chain against the CAs in
+//! [`PostgresOptions::root_certificates`] (else the platform's trust store), its name against
+//! the host the URL names. [`PostgresTlsMode::Auto`], the default, uses TLS for every server not
+//! on this machine and never falls back to plaintext for one. The URL's `sslmode` (`disable`,
+//! `prefer`, `require`: what the `postgres` crate parses) is honoured where it does not weaken
+//! that; `verify-full` and `sslrootcert` are not parsed by the client, so their meaning is set
+//! in [`PostgresOptions`] instead (verification is always full).
+//!
 //! # Schema
 //!
 //! Versioned like the SQLite store's: [`PostgresStore::MIGRATIONS`] are applied under the same
@@ -34,6 +45,7 @@ mod connection;
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
@@ -42,7 +54,7 @@ use std::time::Duration as StdDuration;
 use postgres::{Client, Config, IsolationLevel, Transaction};
 use time::{Date, OffsetDateTime};
 
-use self::connection::{Db, Job, Worker, pg_error, retryable};
+use self::connection::{Db, Job, Worker, pg_error, retryable, transport};
 use super::{Failure, Migration, ledger, read};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
@@ -193,6 +205,35 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+/// When the connection to the server is encrypted (TLS).
+///
+/// Whenever TLS is used the server's certificate is verified (chain and host name); there is no
+/// mode that encrypts without verifying. The URL's `sslmode` is combined with this setting:
+///
+/// | this setting | no `sslmode` or `prefer`            | `sslmode=require` | `sslmode=disable`          |
+/// |--------------|-------------------------------------|-------------------|----------------------------|
+/// | `Auto`       | TLS unless every host is local      | TLS               | plaintext if local, else refused |
+/// | `Require`    | TLS                                 | TLS               | refused (a contradiction)  |
+/// | `Disable`    | plaintext                           | refused           | plaintext                  |
+///
+/// A host is local if it is `localhost`, a loopback address (127.0.0.0/8, `::1`) or a Unix
+/// socket directory; with `hostaddr`, that address must be a loopback one too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PostgresTlsMode {
+    /// TLS to any server that is not on this machine, plaintext to one that is. A server not on
+    /// this machine that offers no TLS is refused: never a silent downgrade, whatever the URL's
+    /// `sslmode=prefer` says.
+    #[default]
+    Auto,
+    /// TLS always, local hosts included; a server that offers no TLS is refused (PostgreSQL offers
+    /// none over a Unix socket).
+    Require,
+    /// Never TLS: the credentials and every row cross the network in the clear. Only for a path
+    /// protected otherwise (a private link, a local proxy that encrypts).
+    Disable,
+}
+
 /// Connection settings beyond the URL.
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
@@ -202,6 +243,12 @@ pub struct PostgresOptions {
     pub statement_timeout: StdDuration,
     /// Give up connecting after this long.
     pub connect_timeout: StdDuration,
+    /// When to use TLS; [`PostgresTlsMode::Auto`] by default.
+    pub tls: PostgresTlsMode,
+    /// A PEM file of the certificate authorities that may sign the server's certificate (libpq's
+    /// `sslrootcert`), read when the store opens. `None` trusts the platform's store: the
+    /// operating system's bundle, or the files named by `SSL_CERT_FILE` / `SSL_CERT_DIR`.
+    pub root_certificates: Option<PathBuf>,
 }
 
 impl Default for PostgresOptions {
@@ -210,6 +257,8 @@ impl Default for PostgresOptions {
             schema: None,
             statement_timeout: StdDuration::from_secs(30),
             connect_timeout: StdDuration::from_secs(5),
+            tls: PostgresTlsMode::Auto,
+            root_certificates: None,
         }
     }
 }
@@ -229,7 +278,10 @@ impl PostgresStore {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] for a bad URL, a server that is down or refuses the
-    /// credentials; [`StoreError::SchemaTooNew`].
+    /// credentials, a TLS setting that contradicts the URL's `sslmode`, trusted roots that cannot
+    /// be read, a server that offers no TLS when TLS is required, or a certificate that fails
+    /// verification (the message then says "TLS verification failed");
+    /// [`StoreError::SchemaTooNew`].
     pub fn open(url: &str) -> Result<Self, StoreError> {
         Self::open_with(url, PostgresOptions::default())
     }
@@ -239,9 +291,21 @@ impl PostgresStore {
     /// # Errors
     /// As [`PostgresStore::open`].
     pub fn open_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let mut config: Config = url
-            .parse()
-            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+        let mut config: Config = url.parse().map_err(|e| {
+            // The client parses `sslmode` disable/prefer/require only, and no `sslrootcert`.
+            let hint = if url.contains("sslrootcert") || url.contains("sslmode=verify") {
+                " (certificates are always verified: name the CA file in \
+                 PostgresOptions::root_certificates instead of the URL)"
+            } else {
+                ""
+            };
+            StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}{hint}"))
+        })?;
+        let transport = transport(
+            &mut config,
+            options.tls,
+            options.root_certificates.as_deref(),
+        )?;
         config.connect_timeout(options.connect_timeout);
         config.options(&format!(
             "-c statement_timeout={}",
@@ -250,6 +314,7 @@ impl PostgresStore {
         let (sender, receiver) = mpsc::channel::<Job>();
         let mut state = Worker {
             config,
+            transport,
             connect_timeout: options.connect_timeout,
             schema: options.schema,
             client: None,
