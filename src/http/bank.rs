@@ -421,6 +421,70 @@ async fn add_checkpoint<S, H>(
     let Some(witness) = endpoints.witness.clone() else {
         return Problem::not_found().into_response();
     };
+    witness_call(witness, body).await
+}
+
+/// A witness on its own (a party that is neither platform nor bank): `POST /add-checkpoint`
+/// and `GET /metrics`, bodies bounded, every request traced and counted.
+pub fn witness_router(witness: Arc<Witness>, metrics: Metrics) -> Router {
+    Router::new()
+        .route(
+            "/add-checkpoint",
+            post(move |body: axum::body::Bytes| witness_call(Arc::clone(&witness), body)),
+        )
+        .route("/metrics", get(metrics::expose).with_state(metrics.clone()))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::observe,
+        ))
+}
+
+/// Why the bank's view of the platform's revocations could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FeedSyncError {
+    /// The broker's feed could not be fetched.
+    #[error("fetching the feed: {0}")]
+    Fetch(#[from] super::ClientError),
+    /// The bank refused the feed (a bad signature, another holder's, a gap) or its ledger failed.
+    #[error("applying the feed: {0}")]
+    Apply(#[from] BankError),
+    /// The blocking call did not complete (the runtime is shutting down).
+    #[error("the call did not complete")]
+    Interrupted,
+}
+
+/// Brings the bank's view of the platform's revocations up to date: fetches the broker's signed
+/// feed from where the bank's ledger left off and applies it (the bank checks the broker's
+/// signature, the holder, the positions). Call it on a timer shorter than the gate's
+/// `feed_staleness`: past that, the gate refuses every access (fail closed).
+///
+/// # Errors
+/// [`FeedSyncError`].
+pub async fn sync_feed<S>(
+    bank: &Arc<Bank<S>>,
+    broker: &BrokerClient,
+) -> Result<crate::store::FeedState, FeedSyncError>
+where
+    S: Store + LedgerRead + Send + Sync + 'static,
+{
+    let reader = Arc::clone(bank);
+    let after = blocking(move || reader.ledger().feed_state())
+        .await
+        .map_err(|_| FeedSyncError::Interrupted)?
+        .map_err(BankError::Store)?
+        .map_or(0, |state| state.position);
+    let feed = broker.revocation_feed(bank.id(), after).await?;
+    let applier = Arc::clone(bank);
+    let state = blocking(move || applier.apply_revocation_feed(&feed))
+        .await
+        .map_err(|_| FeedSyncError::Interrupted)??;
+    tracing::debug!(position = state.position, "bank.sync_feed");
+    Ok(state)
+}
+
+async fn witness_call(witness: Arc<Witness>, body: axum::body::Bytes) -> HttpResponse {
     let Ok(body) = String::from_utf8(body.to_vec()) else {
         return witness_answer(Err(WitnessError::BadRequest("not UTF-8".into())));
     };

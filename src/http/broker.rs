@@ -8,6 +8,7 @@
 //! | `GET /tile/{...}` | tiles and entry bundles (C2SP `tlog-tiles`), within the published checkpoint |
 //! | `GET /revocations/{holder}?after=N` | the signed feed of platform-side revocations for a bank, from its cursor |
 //! | `POST /instructions` | a bank delivers a signed instruction (a revocation at the bank, a policy change) |
+//! | `POST /consents/{id}/approval` | the bank's attestation of what the person approved (a compact JWS, as the bank's approval endpoint returned it), carried back by the person's browser or sent by the bank; 204 once the consent is live |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Plus the subject's dashboard and chat view under `/dashboard` and `/chat` when configured
@@ -163,6 +164,7 @@ impl<S: Store + Send + Sync + 'static> BrokerEndpoints<S> {
             .route("/tile/{*path}", get(tile::<S>))
             .route("/revocations/{holder}", get(feed::<S>))
             .route("/instructions", post(instruction::<S>))
+            .route("/consents/{consent}/approval", post(approval::<S>))
             .with_state(self.clone())
             .route(
                 "/metrics",
@@ -276,6 +278,24 @@ async fn instruction<S: Store + Send + Sync + 'static>(
         .await?
         .map_err(|e| broker_problem(&e))?;
     tracing::info!("broker.apply_holder_instruction");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn approval<S: Store + Send + Sync + 'static>(
+    State(endpoints): State<BrokerEndpoints<S>>,
+    Path(consent): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let consent = crate::ids::ConsentId::new(consent).map_err(|_| Problem::not_found())?;
+    let signed = std::str::from_utf8(&body)
+        .map_err(|_| Problem::bad_request("the attestation is not UTF-8"))?
+        .trim()
+        .to_owned();
+    let broker = Arc::clone(&endpoints.broker);
+    blocking(move || broker.approve(&consent, &signed))
+        .await?
+        .map_err(|e| broker_problem(&e))?;
+    tracing::info!("broker.approve");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -493,6 +493,7 @@ fn usage_of(entries: &[AuditEntry]) -> HashMap<ConsentId, Usage> {
 
 fn used_text(usage: Usage) -> String {
     match usage.last {
+        Some(last) if usage.count == 1 => format!("once, {}", esc(&date(last))),
         Some(last) => format!("{} times, last {}", usage.count, esc(&date(last))),
         None => "never".to_owned(),
     }

@@ -442,3 +442,138 @@ pub(crate) fn refusal_problem(
     };
     problem.refusal(refusal, journal_seq)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consent::Revoker;
+    use crate::dpop::DpopError;
+    use crate::token::TokenError;
+    use crate::vocab::{Purpose, Scope};
+    use time::macros::datetime;
+
+    /// Every refusal of the gate, with the status and `WWW-Authenticate` error the module's
+    /// table gives it (`None`: no challenge).
+    fn table() -> Vec<(GateRefusal, u16, Option<&'static str>)> {
+        let at = datetime!(2026-11-21 09:00 UTC);
+        vec![
+            (
+                GateRefusal::Token(TokenError::BadSignature),
+                401,
+                Some("invalid_token"),
+            ),
+            (
+                GateRefusal::NotSenderConstrained,
+                401,
+                Some("invalid_token"),
+            ),
+            (
+                GateRefusal::Proof(DpopError::Missing),
+                401,
+                Some("invalid_dpop_proof"),
+            ),
+            (GateRefusal::TokenReplayed, 401, Some("invalid_token")),
+            (GateRefusal::UnknownAttestation, 401, Some("invalid_token")),
+            (
+                GateRefusal::AttestationMismatch {
+                    claim: "sub".into(),
+                },
+                401,
+                Some("invalid_token"),
+            ),
+            (GateRefusal::Superseded, 401, Some("invalid_token")),
+            (
+                GateRefusal::ScopeNotAttested(Scope::Balance),
+                403,
+                Some("insufficient_scope"),
+            ),
+            (
+                GateRefusal::PurposeNotAttested(Purpose::CustomerService),
+                403,
+                Some("insufficient_scope"),
+            ),
+            (
+                GateRefusal::AccountNotAttested,
+                403,
+                Some("insufficient_scope"),
+            ),
+            (GateRefusal::Expired { at }, 401, Some("invalid_token")),
+            (
+                GateRefusal::RevokedAtBank {
+                    by: Revoker::Subject,
+                },
+                401,
+                Some("invalid_token"),
+            ),
+            (GateRefusal::RevokedAtPlatform, 401, Some("invalid_token")),
+            (
+                GateRefusal::RevocationFeedStale { generated_at: None },
+                503,
+                None,
+            ),
+            (
+                GateRefusal::PolicyForbidsScope(Scope::Balance),
+                403,
+                Some("insufficient_scope"),
+            ),
+            (
+                GateRefusal::AccountNotSubjects,
+                403,
+                Some("insufficient_scope"),
+            ),
+            (
+                GateRefusal::UnattendedNotApproved,
+                403,
+                Some("insufficient_scope"),
+            ),
+            (GateRefusal::UnattendedLimitReached { limit: 4 }, 429, None),
+            (GateRefusal::NoDeviceToSealTo, 403, None),
+            (
+                GateRefusal::PresentCeilingReached { ceiling: 50 },
+                429,
+                None,
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_refusal_has_its_status_type_and_challenge() {
+        let now = datetime!(2026-11-21 09:00 UTC);
+        for (refusal, status, error) in table() {
+            let code = refusal_code(&refusal);
+            let problem = refusal_problem(refusal.clone(), Some(7), now);
+            assert_eq!(problem.status().as_u16(), status, "{refusal:?}");
+            let details = problem.details();
+            assert_eq!(details.code(), Some(format!("gate/{code}").as_str()));
+            assert_eq!(details.refusal.as_ref(), Some(&refusal));
+            assert_eq!(details.journal_seq, Some(7));
+            match error {
+                Some(error) => {
+                    let challenge = problem.www_authenticate().unwrap_or_default();
+                    assert!(challenge.starts_with(CHALLENGE), "{challenge}");
+                    assert!(
+                        challenge.contains(&format!("error=\"{error}\"")),
+                        "{challenge}"
+                    );
+                }
+                None => assert_eq!(problem.www_authenticate(), None, "{refusal:?}"),
+            }
+            let response = problem.into_response();
+            if status == 429 {
+                // Until the next UTC midnight: 15 hours from 09:00.
+                assert_eq!(response.headers()[header::RETRY_AFTER], "54000");
+            }
+            if status == 503 {
+                assert!(response.headers().contains_key(header::RETRY_AFTER));
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_names_every_refusal_code_once() {
+        let codes: std::collections::BTreeSet<_> =
+            table().iter().map(|(r, ..)| refusal_code(r)).collect();
+        assert_eq!(codes.len(), table().len());
+        assert!(!codes.contains("other"));
+    }
+}

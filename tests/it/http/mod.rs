@@ -24,8 +24,8 @@ pub const SESSION_SECRET: [u8; 32] = [9; 32];
 /// A server on a loopback port, stopped gracefully on [`Server::stop`].
 pub struct Server {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    task: tokio::sync::Mutex<Option<JoinHandle<std::io::Result<()>>>>,
 }
 
 impl Server {
@@ -48,8 +48,8 @@ impl Server {
         });
         Self {
             addr,
-            stop: Some(stop),
-            task: Some(task),
+            stop: std::sync::Mutex::new(Some(stop)),
+            task: tokio::sync::Mutex::new(Some(task)),
         }
     }
 
@@ -59,11 +59,11 @@ impl Server {
     }
 
     /// Stops accepting, lets requests in flight finish, and waits.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
+    pub async fn stop(&self) {
+        if let Some(stop) = self.stop.lock().unwrap().take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
+        if let Some(task) = self.task.lock().await.take() {
             task.await.unwrap().unwrap();
         }
     }
@@ -82,6 +82,8 @@ pub struct World<L = MemoryStore> {
     pub platform: PlatformId,
     pub current: AccountId,
     pub consent: ConsentId,
+    /// Every consent granted (the first is `consent`).
+    pub consents: Vec<ConsentId>,
     /// The platform's question: the balance of the current account, the subject present.
     pub access: AccessRequest,
     pub client: BankClient,
@@ -114,9 +116,23 @@ impl<L: Store + LedgerRead + Send + Sync + 'static> World<L> {
         settings: GateSettings,
         accounts: impl FnOnce(Accounts) -> Accounts,
     ) -> Self {
+        Self::build_with(ledger, settings, accounts, 1).await
+    }
+
+    /// As [`World::build`], with `grants` consents granted (each its own approval at the bank).
+    pub async fn build_with(
+        ledger: L,
+        settings: GateSettings,
+        accounts: impl FnOnce(Accounts) -> Accounts,
+        grants: usize,
+    ) -> Self {
         let kit = TestBroker::memory();
         let test_bank = TestBank::with_settings(&kit, ledger, settings);
         let consent = test_bank.granted(&kit);
+        let mut consents = vec![consent.id().clone()];
+        for _ in 1..grants {
+            consents.push(test_bank.granted(&kit).id().clone());
+        }
         let access = kit.access(consent.id());
         let TestBroker {
             broker,
@@ -166,6 +182,7 @@ impl<L: Store + LedgerRead + Send + Sync + 'static> World<L> {
             platform,
             current,
             consent: consent.id().clone(),
+            consents,
             access,
             client,
             sessions,
