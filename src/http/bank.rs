@@ -78,6 +78,8 @@ pub struct BankEndpoints<S, H> {
     witness: Option<Arc<Witness>>,
     broker: Option<BrokerClient>,
     metrics: Metrics,
+    /// The key of the dashboard's form tokens (`None`: no randomness to make one; forms refuse).
+    csrf: Option<[u8; 32]>,
 }
 
 impl<S, H> std::fmt::Debug for BankEndpoints<S, H> {
@@ -98,6 +100,7 @@ impl<S, H> Clone for BankEndpoints<S, H> {
             witness: self.witness.clone(),
             broker: self.broker.clone(),
             metrics: self.metrics.clone(),
+            csrf: self.csrf,
         }
     }
 }
@@ -124,7 +127,22 @@ where
             witness: None,
             broker: None,
             metrics: Metrics::new(),
+            csrf: {
+                let mut secret = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                    .ok()
+                    .map(|()| secret)
+            },
         }
+    }
+
+    /// Keys the dashboard's form tokens with `secret` (32 random bytes the bank keeps), so that
+    /// several processes behind one name accept each other's forms. By default each process
+    /// draws its own.
+    #[must_use]
+    pub fn csrf_secret(mut self, secret: &[u8; 32]) -> Self {
+        self.csrf = Some(*secret);
+        self
     }
 
     /// Also serve `POST /add-checkpoint` as this witness.
@@ -152,6 +170,11 @@ where
     /// The bank this serves.
     pub fn bank(&self) -> &Arc<Bank<S>> {
         &self.bank
+    }
+
+    /// The form tokens' key.
+    pub(crate) fn csrf_key(&self) -> Option<[u8; 32]> {
+        self.csrf
     }
 
     /// The authenticator.
@@ -242,12 +265,20 @@ where
         Ok::<_, DataError<H::Error>>(endpoints.bank.deliver(&admission, data))
     })
     .await?;
+    // The gate admitted and journalled the access (its token is spent): a failure from here is
+    // a 500, never a 503, which would tell the client nothing was done and invite a retry.
+    let undelivered = |why: &str| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "bank/not-delivered",
+            "The access was journalled but its data could not be delivered",
+        )
+        .detail(format!("{why}; ask again with a new token"))
+    };
     let response = match served {
         Ok(Ok(response)) => response,
-        Ok(Err(_)) => return Err(Problem::unavailable("the response could not be sealed")),
-        Err(DataError::Holder(_)) => {
-            return Err(Problem::unavailable("the bank's account system failed"));
-        }
+        Ok(Err(_)) => return Err(undelivered("the response could not be sealed")),
+        Err(DataError::Holder(_)) => return Err(undelivered("the bank's account system failed")),
         Err(error) => {
             return Err(Problem::new(
                 StatusCode::NOT_FOUND,

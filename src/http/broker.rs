@@ -29,7 +29,7 @@ use super::{MAX_BODY_BYTES, Metrics, blocking, metrics};
 use crate::broker::Broker;
 use crate::error::Error;
 use crate::ids::HolderId;
-use crate::store::{LogRead, Store};
+use crate::store::{LogRead, StateRead, Store};
 use crate::tiles::{Tile, TileError, TileSource, tile_bytes};
 use crate::witness::{Cosigned, Cosigning, WitnessClient, WitnessError};
 
@@ -39,7 +39,20 @@ use crate::witness::{Cosigned, Cosigning, WitnessClient, WitnessError};
 pub struct BrokerEndpoints<S> {
     broker: Arc<Broker<S>>,
     published: Arc<RwLock<Option<Published>>>,
+    feeds: Arc<FeedCache>,
     metrics: Metrics,
+}
+
+/// How long a signed feed is served again to the same question (holder and cursor) before it is
+/// made anew: a feed is a scan of the log and a signature, and anyone may ask.
+const FEED_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The feeds made lately, and the lock that lets one be made at a time.
+#[derive(Debug, Default)]
+struct FeedCache {
+    made: tokio::sync::Mutex<
+        std::collections::HashMap<(HolderId, u64), (std::time::Instant, String)>,
+    >,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +66,7 @@ impl<S> Clone for BrokerEndpoints<S> {
         Self {
             broker: Arc::clone(&self.broker),
             published: Arc::clone(&self.published),
+            feeds: Arc::clone(&self.feeds),
             metrics: self.metrics.clone(),
         }
     }
@@ -92,6 +106,7 @@ impl<S: Store + Send + Sync + 'static> BrokerEndpoints<S> {
         Self {
             broker,
             published: Arc::new(RwLock::new(None)),
+            feeds: Arc::new(FeedCache::default()),
             metrics: Metrics::new(),
         }
     }
@@ -257,10 +272,31 @@ async fn feed<S: Store + Send + Sync + 'static>(
     Query(after): Query<After>,
 ) -> Result<Response, Problem> {
     let holder = HolderId::new(holder).map_err(|_| Problem::not_found())?;
+    // One feed made at a time, and the same question within a second answered with the same
+    // feed: the scan is bounded by the callers' patience, not by their number.
+    let mut made = endpoints.feeds.made.lock().await;
+    let key = (holder.clone(), after.after);
+    if let Some((at, feed)) = made.get(&key)
+        && at.elapsed() < FEED_REUSE
+    {
+        return Ok(typed(feed.clone(), "application/jose", "no-store"));
+    }
     let broker = Arc::clone(&endpoints.broker);
-    let feed = blocking(move || broker.revocation_feed(&holder, after.after))
-        .await?
-        .map_err(|e| broker_problem(&e))?;
+    let asked = holder.clone();
+    let feed = blocking(move || {
+        // An unknown holder gets nothing, before any scan.
+        match broker.store().holder(&asked) {
+            Ok(Some(_)) => broker.revocation_feed(&asked, after.after).map(Some),
+            Ok(None) => Ok(None),
+            Err(error) => Err(Error::Store(error)),
+        }
+    })
+    .await?
+    .map_err(|e| broker_problem(&e))?
+    .ok_or_else(Problem::not_found)?;
+    made.retain(|_, (at, _)| at.elapsed() < FEED_REUSE);
+    made.insert(key, (std::time::Instant::now(), feed.clone()));
+    drop(made);
     tracing::info!(after = after.after, "broker.revocation_feed");
     Ok(typed(feed, "application/jose", "no-store"))
 }

@@ -152,6 +152,15 @@ async fn send(request: reqwest::RequestBuilder) -> Result<Attempt, ClientError> 
     }
 }
 
+/// The largest revocation feed read (64 MiB: some 500,000 revocations).
+pub const MAX_FEED_BYTES: usize = 64 << 20;
+
+/// How long to wait before retrying after a `Retry-After` of `seconds`: as asked, at most 5 s
+/// (a caller that wants to wait longer calls again later).
+fn retry_wait(seconds: Option<u64>) -> StdDuration {
+    StdDuration::from_secs(seconds.unwrap_or(0).min(5))
+}
+
 /// The body of a response, at most `limit` bytes.
 async fn body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ClientError> {
     if response.content_length().is_some_and(|n| n > limit as u64) {
@@ -305,8 +314,12 @@ impl BankClient {
                     .map_err(|_| ClientError::InvalidResponse("not a bank response".into()));
             }
             match failure(response, self.settings.max_response_bytes).await {
-                // Nothing was done (the gate consumed nothing): try again.
-                error @ ClientError::Unavailable { .. } => last = error,
+                // Nothing was done (the gate consumed nothing): try again, no sooner than the
+                // server asked (within reason).
+                ClientError::Unavailable { retry_after } => {
+                    wait = wait.max(retry_wait(retry_after));
+                    last = ClientError::Unavailable { retry_after };
+                }
                 error @ ClientError::Refused { status: 503, .. } => last = error,
                 error => return Err(error),
             }
@@ -337,6 +350,10 @@ impl BrokerClient {
     }
 
     async fn get(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        self.get_up_to(path, self.settings.max_response_bytes).await
+    }
+
+    async fn get_up_to(&self, path: &str, limit: usize) -> Result<Vec<u8>, ClientError> {
         let mut wait = self.settings.backoff;
         let mut last = ClientError::Connect("no attempt".into());
         for attempt in 1..=self.settings.attempts.max(1) {
@@ -354,10 +371,13 @@ impl BrokerClient {
                 Err(error) => return Err(ClientError::InvalidResponse(error.to_string())),
             };
             if response.status().is_success() {
-                return body(response, self.settings.max_response_bytes).await;
+                return body(response, limit).await;
             }
             match failure(response, self.settings.max_response_bytes).await {
-                error @ ClientError::Unavailable { .. } => last = error,
+                ClientError::Unavailable { retry_after } => {
+                    wait = wait.max(retry_wait(retry_after));
+                    last = ClientError::Unavailable { retry_after };
+                }
                 error => return Err(error),
             }
         }

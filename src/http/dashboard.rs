@@ -544,8 +544,9 @@ async fn list<S: Store + Send + Sync + 'static>(
     let who = subject.clone();
     let read = blocking(move || {
         let consents = broker.consents_of(&who)?;
-        let history = broker.subject_history(&who).unwrap_or_default();
-        Ok::<_, crate::Error>((consents, usage_of(&history)))
+        // Without the history, the counts are unknown (not "never").
+        let usage = broker.subject_history(&who).ok().map(|h| usage_of(&h));
+        Ok::<_, crate::Error>((consents, usage))
     })
     .await;
     let (consents, usage) = match read {
@@ -556,7 +557,12 @@ async fn list<S: Store + Send + Sync + 'static>(
     tracing::info!(consents = consents.len(), "dashboard.list");
     let mut main = String::new();
     if query.notice.as_deref() == Some("revoked") {
-        main.push_str("<p class=\"notice\" role=\"status\">Stopped. The bank refuses the platform from now on.</p>");
+        main.push_str(
+            "<p class=\"notice\" role=\"status\">Stopped. The platform can no longer get a \
+             token for it; your bank refuses it as soon as it reads the platform's revocation \
+             feed (within minutes). To stop it at the bank at once, stop it in your bank's \
+             dashboard too.</p>",
+        );
     }
     let pages = consents.len().div_ceil(PAGE_SIZE).max(1);
     let index = query.page.min(pages - 1);
@@ -589,7 +595,10 @@ async fn list<S: Store + Send + Sync + 'static>(
             esc(request.platform().as_str()),
             esc(request.holder().as_str()),
             until.map_or_else(|| "—".to_owned(), |u| esc(&date(u))),
-            used_text(usage.get(request.id()).copied().unwrap_or_default()),
+            usage.as_ref().map_or_else(
+                || "unknown now".to_owned(),
+                |u| used_text(u.get(request.id()).copied().unwrap_or_default())
+            ),
             esc(&status),
         );
     }
@@ -649,6 +658,7 @@ async fn detail<S: Store + Send + Sync + 'static>(
     State(dashboard): State<Dashboard<S>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(query): Query<PageQuery>,
 ) -> Response {
     let Some(subject) = dashboard.auth.authenticate(&headers) else {
         return sign_in_page();
@@ -673,8 +683,15 @@ async fn detail<S: Store + Send + Sync + 'static>(
         .get(request.id())
         .copied()
         .unwrap_or_default();
+    let notice = if query.notice.as_deref() == Some("revoked") {
+        "<p class=\"notice\" role=\"status\" id=\"notice\">Stopped. The platform can no longer get \
+         a token for it; your bank refuses it as soon as it reads the platform's revocation feed \
+         (within minutes).</p>\n"
+    } else {
+        ""
+    };
     let mut main = format!(
-        "<dl>\n<dt>Who receives</dt><dd>{}</dd>\n<dt>From</dt><dd>{}</dd>\n\
+        "{notice}<dl>\n<dt>Who receives</dt><dd>{}</dd>\n<dt>From</dt><dd>{}</dd>\n\
          <dt>What</dt><dd>{scopes}</dd>\n<dt>Accounts</dt><dd>{accounts}</dd>\n\
          <dt>Why</dt><dd>{purposes}</dd>\n<dt>Until</dt><dd>{}</dd>\n\
          <dt>Used</dt><dd>{}</dd>\n<dt>Status</dt><dd class=\"{class}\">{}</dd>\n</dl>\n",
@@ -731,9 +748,10 @@ async fn confirm<S: Store + Send + Sync + 'static>(
     let id = esc(request.id().as_str());
     let (scopes, _, accounts, _) = terms(&view);
     let main = format!(
-        "<p>{} will no longer receive your {scopes} from {} (accounts {accounts}). Your bank \
-         refuses it from now on. This cannot be undone: to share again, approve a new request \
-         at your bank.</p>\n\
+        "<p>{} will no longer receive your {scopes} from {} (accounts {accounts}): the platform \
+         can get no new token, and your bank refuses it as soon as it reads the platform's \
+         revocation feed (within minutes). This cannot be undone: to share again, approve a new \
+         request at your bank.</p>\n\
          <form method=\"post\" action=\"/dashboard/consents/{id}/revoke\">\n\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\n\
          <button type=\"submit\" class=\"danger\">Yes, stop sharing</button>\n\
@@ -858,8 +876,8 @@ async fn receipt<S: Store + Send + Sync + 'static>(
     let json = serde_json::to_string_pretty(&receipt).unwrap_or_default();
     let result = match &verified {
         Ok(_) => format!(
-            "<p class=\"verified\" id=\"verdict\">Verified: entry {} is in the log of size {}, \
-             whose checkpoint is signed by the log's key.</p>",
+            "<p class=\"verified\" id=\"verdict\">Verified here: entry {} is in the log of size \
+             {}, whose checkpoint is signed by the key below.</p>",
             receipt.index, receipt.tree_size
         ),
         Err(why) => format!(
@@ -868,9 +886,10 @@ async fn receipt<S: Store + Send + Sync + 'static>(
         ),
     };
     let main = format!(
-        "{result}\n<p>Check it yourself, without trusting this page: save the receipt and run \
-         <code>consent-broker audit receipt --key '{}' receipt.json</code>, or any RFC 6962 \
-         verifier with the checkpoint's root.</p>\n\
+        "{result}\n<p>This verdict is the platform's own, about its own log. Check it yourself: \
+         save the receipt and run <code>consent-broker audit receipt --key '{}' receipt.json</code> \
+         (or any RFC 6962 verifier), after comparing that key with the one your bank and the \
+         log's witnesses publish: a key only this page gives you proves nothing.</p>\n\
          <p><a href=\"/dashboard/consents/{id}/receipts/{seq}/json\" download=\"receipt-{seq}.json\">\
          Download the receipt (JSON)</a></p>\n<h2>The receipt</h2>\n<pre>{}</pre>\n\
          <p><a href=\"/dashboard/consents/{id}\">Back to the consent</a></p>",
@@ -984,8 +1003,10 @@ async fn chat_page<S: Store + Send + Sync + 'static>(
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\n\
          <button type=\"submit\" id=\"ask-balance\">What is my balance?</button>\n</form>\n\
          <h2>Messages from your bank</h2>\n\
-         <p>Your bank seals each answer to your device: this page opens it with your device's \
-         key, which never leaves your browser. The platform relays only what it cannot read.</p>\n\
+         <p>Your bank seals each answer to your device; this page opens it in your browser with \
+         your device's key. The platform's servers relay and keep only the sealed answer, which \
+         they cannot open. (This page's code comes from the platform: to be independent of it, \
+         open answers in your bank's app.)</p>\n\
          <noscript><p class=\"notice\">Opening answers needs JavaScript (your browser's \
          WebCrypto): the platform's server cannot open them for you.</p></noscript>\n\
          <ol class=\"messages\" id=\"messages\" aria-live=\"polite\">\n",
@@ -1063,7 +1084,7 @@ async fn chat_ask<S: Store + Send + Sync + 'static>(
 /// to the bank, and relays the sealed answer. Returns the notice code to show.
 async fn ask_balance<S: Store + Send + Sync + 'static>(
     dashboard: &Dashboard<S>,
-    chat: &Chat,
+    chat: &Arc<Chat>,
     subject: &SubjectId,
 ) -> String {
     let broker = Arc::clone(&dashboard.broker);
@@ -1126,9 +1147,11 @@ async fn ask_balance<S: Store + Send + Sync + 'static>(
                 Ok(relayed) => relayed,
                 Err(_) => return "unavailable".to_owned(),
             };
-            match chat.keep(subject, relayed) {
-                Ok(()) => "relayed".to_owned(),
-                Err(_) => "unavailable".to_owned(),
+            let keeper = Arc::clone(chat);
+            let who = subject.clone();
+            match blocking(move || keeper.keep(&who, relayed)).await {
+                Ok(Ok(())) => "relayed".to_owned(),
+                _ => "unavailable".to_owned(),
             }
         }
         // The platform relays sealed answers only: a plaintext one is not kept or shown here.
@@ -1150,7 +1173,7 @@ where
     H: DataHolder + Send + Sync + 'static,
     H::Error: Send + 'static,
 {
-    let csrf = Csrf::new(&bank_csrf_secret(&endpoints));
+    let csrf = endpoints.csrf_key().map(|secret| Csrf::new(&secret));
     Router::new()
         .route("/dashboard", get(bank_list::<S, H>))
         .route(
@@ -1161,20 +1184,9 @@ where
         .with_state((endpoints, csrf))
 }
 
-/// The bank's form tokens are keyed by a secret derived from its journal key's public half and
-/// a random per-process value: forms are valid for this process's life.
-fn bank_csrf_secret<S, H>(_endpoints: &BankEndpoints<S, H>) -> [u8; 32] {
-    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
-    *SECRET.get_or_init(|| {
-        let mut secret = [0u8; 32];
-        // Without randomness, forms fail closed: an all-zero key would be guessable, so
-        // refuse by leaving a key nobody can match (a fresh key per failure is the same).
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret);
-        secret
-    })
-}
-
-type BankState<S, H> = (BankEndpoints<S, H>, Csrf);
+/// The bank's endpoints and its form tokens (`None`: no secret could be made, and every form
+/// is refused: fail closed).
+type BankState<S, H> = (BankEndpoints<S, H>, Option<Csrf>);
 
 fn approval_status(
     record: &crate::AttestationRecord,
@@ -1282,6 +1294,9 @@ where
     let Some(customer) = endpoints.authenticator().authenticate(&headers) else {
         return sign_in_page();
     };
+    let Some(csrf) = csrf else {
+        return problem_page(&forbidden_form());
+    };
     let main = format!(
         "<p>The platform will no longer receive anything under this approval; the bank refuses it \
          from now on and tells the platform's broker.</p>\n\
@@ -1310,6 +1325,9 @@ where
         return sign_in_page();
     };
     let Ok(Form(form)) = form else {
+        return problem_page(&forbidden_form());
+    };
+    let Some(csrf) = csrf else {
         return problem_page(&forbidden_form());
     };
     if let Err(problem) = csrf.check(&customer, &form.csrf) {

@@ -130,7 +130,10 @@ impl<S, H> GateLayer<S, H> {
             .strip_prefix("https://")
             .or_else(|| origin.strip_prefix("http://"));
         match rest {
-            Some(authority) if !authority.is_empty() && !authority.contains(['/', '?', '#']) => {}
+            Some(authority)
+                if !authority.is_empty()
+                    && !authority.contains(['/', '?', '#', '@'])
+                    && crate::dpop::normalise_htu(&format!("{origin}/")).is_some() => {}
             _ => return Err(OriginError(origin.to_owned())),
         }
         Ok(Self {
@@ -219,7 +222,16 @@ where
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
             let method = request.method().as_str().to_owned();
-            let url = format!("{}{}", shared.origin, request.uri().path());
+            // The path the client used: inside `Router::nest` axum strips the prefix from the
+            // URI, and keeps the original.
+            let path = request
+                .extensions()
+                .get::<axum::extract::OriginalUri>()
+                .map_or_else(
+                    || request.uri().path().to_owned(),
+                    |o| o.0.path().to_owned(),
+                );
+            let url = format!("{}{path}", shared.origin);
             match admit(&shared, request.headers(), method, url).await {
                 Ok(admission) => {
                     request
@@ -386,9 +398,16 @@ where
             Err(refusal_problem(refusal, journal_seq, now))
         }
         (Err(error), _) => {
-            tracing::warn!(outcome = "failed", error = %error, "gate");
+            let what = match &error {
+                GateError::Store(_) => "the bank's ledger failed",
+                GateError::AccountSystem(_) => "the bank's account system failed",
+                GateError::Contention(_) => "too many concurrent accesses to one approval",
+                GateError::Seal(_) => "the response could not be sealed",
+                _ => "the gate failed",
+            };
+            tracing::warn!(outcome = "failed", what, "gate");
             shared.metrics.record_gate("failed", None);
-            Err(Problem::unavailable(error.to_string()))
+            Err(Problem::unavailable(format!("{what}; nothing was served")))
         }
     }
 }

@@ -14,6 +14,9 @@ use axum::response::{IntoResponse, Response};
 use crate::policy::{Decision, DenyReason};
 use crate::refusal::GateRefusal;
 
+/// The longest a request may take inside the server before it is answered 504.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Upper bounds (seconds) of the latency histogram's buckets.
 const BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
@@ -243,10 +246,30 @@ pub(crate) async fn observe(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    // A fixed set: a method is any token a client sends, and labels must stay bounded.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let span = tracing::info_span!("http", route = %route, method = %method, status = tracing::field::Empty);
     let started = Instant::now();
-    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let response = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        tracing::Instrument::instrument(next.run(request), span.clone()),
+    )
+    .await
+    {
+        Ok(response) => response,
+        // The handler's blocking call may still finish (and commit); its answer is lost,
+        // which the client sees as a timeout with an unknown outcome.
+        Err(_) => super::Problem::new(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "The server did not answer in time",
+        )
+        .into_response(),
+    };
     let status = response.status().as_u16();
     span.record("status", status);
     let seconds = started.elapsed().as_secs_f64();

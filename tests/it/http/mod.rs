@@ -5,6 +5,7 @@ mod browser;
 mod gate;
 mod load;
 mod public;
+mod traces;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
