@@ -30,6 +30,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// device key that is not a live key of the subject's; [`BankError::NoDevice`];
     /// [`BankError::Store`] (then no attestation exists); [`BankError::Attestation`];
     /// [`BankError::NotLinked`] when the customer never linked the platform.
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.attest", level = "debug", skip_all)
+    )]
     pub fn attest(&self, statement: &ApprovalStatement) -> Result<String, BankError> {
         self.retrying(|| {
             let now = self.now();
@@ -159,6 +163,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// [`BankError::NotTheBanksRevocation`] for `by` [`Revoker::Platform`];
     /// [`BankError::NothingToRevoke`] when `subject` has no live approval of the consent;
     /// [`BankError::Store`]; [`BankError::Instruction`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.revoke", level = "debug", skip_all)
+    )]
     pub fn revoke(
         &self,
         subject: &SubjectId,

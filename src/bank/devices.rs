@@ -17,6 +17,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     ///
     /// # Errors
     /// [`BankError::DeviceKeyInUse`] for a key registered before, for anyone; [`BankError::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.register_device", level = "debug", skip_all)
+    )]
     pub fn register_device(
         &self,
         subject: &SubjectId,
@@ -56,6 +60,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// # Errors
     /// [`BankError::UnknownDevice`] for a key that is not a live key of the subject's;
     /// [`BankError::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.revoke_device", level = "debug", skip_all)
+    )]
     pub fn revoke_device(&self, subject: &SubjectId, thumbprint: &str) -> Result<(), BankError> {
         self.check_devices(subject, &[thumbprint.to_owned()])?;
         self.retrying(|| {

@@ -156,6 +156,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// # Errors
     /// [`GateError::Refused`] with the first failed check; [`GateError::Store`];
     /// [`GateError::AccountSystem`]; [`GateError::Contention`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.check", level = "debug", skip_all)
+    )]
     pub fn check<H: DataHolder>(
         &self,
         request: &GateRequest<'_>,
@@ -181,6 +185,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     ///
     /// # Errors
     /// [`HpkeError`]: the random source failed (nothing is delivered; the journal says served).
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.deliver", level = "debug", skip_all)
+    )]
     pub fn deliver(
         &self,
         admission: &Admission,
@@ -210,6 +218,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// As [`Bank::check`]; [`GateError::Seal`] when the response could not be sealed (nothing is
     /// served then); the data path's [`DataError`] (as `Ok(Err(..))`: the access was journalled
     /// as served, the holder then failed or refused).
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.serve", level = "debug", skip_all)
+    )]
     pub fn serve<H: DataHolder>(
         &self,
         request: &GateRequest<'_>,

@@ -549,6 +549,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     ///
     /// # Errors
     /// [`BankError::Feed`]; [`BankError::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.apply_revocation_feed", level = "debug", skip_all)
+    )]
     pub fn apply_revocation_feed(&self, signed: &str) -> Result<FeedState, BankError> {
         self.retrying(|| {
             let now = self.now();
@@ -631,6 +635,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     ///
     /// # Errors
     /// [`BankError::Checkpoint`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.checkpoint", level = "debug", skip_all)
+    )]
     pub fn checkpoint(&self) -> Result<StoredCheckpoint, BankError> {
         Ok(auditor::checkpoint_log(
             &self.ledger,

@@ -58,6 +58,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     ///
     /// # Errors
     /// [`BankError::Store`]; [`BankError::Key`] when no randomness is available.
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.link_subject", level = "debug", skip_all)
+    )]
     pub fn link_subject(
         &self,
         customer: &SubjectId,
@@ -166,6 +170,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     ///
     /// # Errors
     /// [`BankError::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.purge", level = "debug", skip_all)
+    )]
     pub fn purge(&self) -> Result<bool, BankError> {
         Ok(self.ledger.purge()?)
     }
@@ -226,6 +234,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     ///
     /// # Errors
     /// [`BankError::Store`] (then nothing was erased); [`BankError::Contention`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.erase_customer", level = "debug", skip_all)
+    )]
     pub fn erase_customer(&self, customer: &SubjectId) -> Result<Option<BankErasure>, BankError> {
         let erased = self.retrying(|| {
             let approvals = self.ledger.attestations_of_subject(customer)?;
@@ -303,6 +315,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// # Errors
     /// [`BankError::InvalidRetention`] for a negative `keep`; [`BankError::Store`];
     /// [`BankError::Contention`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "bank.apply_retention", level = "debug", skip_all)
+    )]
     pub fn apply_retention(&self, keep: Duration) -> Result<Vec<String>, BankError> {
         if keep.is_negative() {
             return Err(BankError::InvalidRetention);

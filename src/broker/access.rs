@@ -159,6 +159,10 @@ impl<S: Store> Broker<S> {
     /// # Errors
     /// [`Error::Store`] when the decision could not be recorded (then nothing is permitted), or
     /// [`Error::Contention`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.authorise_access", level = "debug", skip_all)
+    )]
     pub fn authorise_access(&self, request: &AccessRequest) -> Result<AccessOutcome, Error> {
         self.retrying(|| {
             let (commit, decision, permit) = self.plan(request)?.into_commit();

@@ -17,6 +17,10 @@ impl<S: Store> Broker<S> {
     ///
     /// # Errors
     /// [`Error::Store`]; [`Error::Provider`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.revocation_feed", level = "debug", skip_all)
+    )]
     pub fn revocation_feed(&self, holder: &HolderId, after: u64) -> Result<String, Error> {
         let now = self.now();
         let position = self.store.audit_len()?;

@@ -21,6 +21,10 @@ impl<S: Store> Broker<S> {
     /// [`Error::Instruction`] for an instruction that fails verification, was applied before, or
     /// cannot be applied; [`Error::Consent`] for a revocation of a consent that is not live;
     /// [`Error::UnknownConsent`]; [`Error::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.apply_holder_instruction", level = "debug", skip_all)
+    )]
     pub fn apply_holder_instruction(&self, signed: &str) -> Result<Instruction, Error> {
         let holder_id = instruction::claimed_issuer(signed)?;
         self.retrying(|| {

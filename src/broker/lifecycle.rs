@@ -38,6 +38,10 @@ impl<S: Store> Broker<S> {
     /// [`Error::Request`] (audited) when the request names a prohibited use, an unknown holder
     /// or platform, nothing, or too long a duration; [`Error::Id`] when no fresh consent id can
     /// be made (nothing is recorded); [`Error::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.request_consent", level = "debug", skip_all)
+    )]
     pub fn request_consent(&self, draft: ConsentRequestDraft) -> Result<ConsentRequest, Error> {
         self.retrying(|| self.request_once(&draft))
     }
@@ -121,6 +125,10 @@ impl<S: Store> Broker<S> {
     /// [`Error::Attestation`] (audited) for a missing, forged, expired, replayed or mismatched
     /// attestation; [`Error::Consent`] (audited) when the request is no longer open;
     /// [`Error::UnknownConsent`]; [`Error::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.approve", level = "debug", skip_all)
+    )]
     pub fn approve(&self, consent: &ConsentId, attestation: &str) -> Result<Consent, Error> {
         self.attest(consent, attestation, Transition::Approve)
     }
@@ -130,6 +138,10 @@ impl<S: Store> Broker<S> {
     /// # Errors
     /// As [`Broker::approve`]; [`Error::Consent`] when the grant is not live or the new expiry
     /// does not extend it.
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.reauthorise", level = "debug", skip_all)
+    )]
     pub fn reauthorise(&self, consent: &ConsentId, attestation: &str) -> Result<Consent, Error> {
         self.attest(consent, attestation, Transition::Reauthorise)
     }
@@ -262,6 +274,10 @@ impl<S: Store> Broker<S> {
     /// # Errors
     /// [`Error::Consent`] when the request is no longer open; [`Error::UnknownConsent`];
     /// [`Error::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.reject", level = "debug", skip_all)
+    )]
     pub fn reject(&self, consent: &ConsentId) -> Result<Consent, Error> {
         self.retrying(|| {
             let now = self.now();
@@ -283,6 +299,10 @@ impl<S: Store> Broker<S> {
     /// # Errors
     /// [`Error::HolderMustSign`] for `by` [`Revoker::Holder`]; [`Error::Consent`] when the
     /// consent is not live; [`Error::UnknownConsent`]; [`Error::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.revoke", level = "debug", skip_all)
+    )]
     pub fn revoke(
         &self,
         consent: &ConsentId,
@@ -347,6 +367,10 @@ impl<S: Store> Broker<S> {
     ///
     /// # Errors
     /// [`Error::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.consents_of", level = "debug", skip_all)
+    )]
     pub fn consents_of(&self, subject: &SubjectId) -> Result<Vec<ConsentView>, Error> {
         let now = self.now();
         Ok(self

@@ -33,6 +33,10 @@ impl<S: Store> Broker<S> {
     /// # Errors
     /// [`Error::CheckpointInconsistent`]; [`Error::KeyRetired`] if another broker on the same
     /// store has replaced this broker's checkpoint key; [`Error::Merkle`]; [`Error::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.checkpoint", level = "debug", skip_all)
+    )]
     pub fn checkpoint(&self) -> Result<StoredCheckpoint, Error> {
         // Under the read lock: a rotation waits for checkpoints being signed with the old key.
         let current = self.checkpointer();
@@ -52,6 +56,10 @@ impl<S: Store> Broker<S> {
     ///
     /// # Errors
     /// As [`Broker::checkpoint`]; [`Error::Merkle`] when a proof cannot be made.
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.witnessed_checkpoint", level = "debug", skip_all)
+    )]
     pub fn witnessed_checkpoint(
         &self,
         cosigning: &mut crate::witness::Cosigning<'_>,
@@ -69,6 +77,10 @@ impl<S: Store> Broker<S> {
     /// # Errors
     /// [`Error::Receipt`] (for example a missing entry, as `StoreError::Missing`), and the errors
     /// of [`Broker::checkpoint`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.receipt", level = "debug", skip_all)
+    )]
     pub fn receipt(&self, seq: u64) -> Result<Receipt, Error> {
         let checkpoint = self.checkpoint()?;
         Ok(auditor::prove(&self.store, seq, &checkpoint)?)
@@ -78,6 +90,10 @@ impl<S: Store> Broker<S> {
     ///
     /// # Errors
     /// [`Error::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.consent_history", level = "debug", skip_all)
+    )]
     pub fn consent_history(&self, consent: &ConsentId) -> Result<Vec<AuditEntry>, Error> {
         Ok(auditor::consent_history(&self.store, consent)?)
     }

@@ -85,6 +85,10 @@ impl<S: Store> Broker<S> {
     ///
     /// # Errors
     /// [`Error::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.subject_history", level = "debug", skip_all)
+    )]
     pub fn subject_history(&self, subject: &SubjectId) -> Result<Vec<AuditEntry>, Error> {
         match self.pseudonym_of(subject)? {
             Some(pseudonym) => Ok(auditor::subject_history(&self.store, &pseudonym)?),
@@ -136,6 +140,10 @@ impl<S: Store> Broker<S> {
     ///
     /// # Errors
     /// [`Error::Store`] (then nothing was erased); [`Error::Contention`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.erase_subject", level = "debug", skip_all)
+    )]
     pub fn erase_subject(&self, subject: &SubjectId) -> Result<Option<Erasure>, Error> {
         let erased = self.retrying(|| {
             let now = self.now();
@@ -242,6 +250,10 @@ impl<S: Store> Broker<S> {
     ///
     /// # Errors
     /// [`Error::Store`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.purge", level = "debug", skip_all)
+    )]
     pub fn purge(&self) -> Result<bool, Error> {
         Ok(self.store.purge()?)
     }
@@ -255,6 +267,10 @@ impl<S: Store> Broker<S> {
     /// # Errors
     /// [`Error::InvalidRetention`] for a negative `keep` (it would delete live consents);
     /// [`Error::Store`]; [`Error::Contention`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.apply_retention", level = "debug", skip_all)
+    )]
     pub fn apply_retention(&self, keep: Duration) -> Result<Retention, Error> {
         if keep.is_negative() {
             return Err(Error::InvalidRetention);

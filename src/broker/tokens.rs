@@ -140,6 +140,10 @@ impl<S: Store> Broker<S> {
     /// the holder's policy changed since the permit was decided; [`Error::KeyRetired`] if another
     /// broker on the same store replaced this broker's token key; [`Error::Store`] if the issuing
     /// cannot be recorded (then no token is returned); [`Error::Provider`]; [`Error::Key`].
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.issue_token", level = "debug", skip_all)
+    )]
     pub fn issue_token(&self, permit: Permit) -> Result<AccessToken, Error> {
         self.retrying(|| {
             let now = self.now();
@@ -184,6 +188,10 @@ impl<S: Store> Broker<S> {
     /// # Errors
     /// As [`Broker::authorise_access`], and [`Error::Provider`] or [`Error::Key`] if the token
     /// cannot be signed (then nothing is recorded).
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "broker.authorise_with_token", level = "debug", skip_all)
+    )]
     pub fn authorise_with_token(&self, request: &AccessRequest) -> Result<TokenOutcome, Error> {
         self.retrying(|| {
             let (mut commit, decision, permit) = self.plan(request)?.into_commit();

@@ -95,6 +95,16 @@ async fn no_span_or_event_names_anyone() {
     assert!(text.contains("outcome=\"served\""), "{text}");
     assert!(text.contains("reason=\"token_replayed\""), "{text}");
     assert!(text.contains("route=/dashboard/consents/{id}"), "{text}");
+    // And the core's calls on each side, as spans of their own.
+    for span in [
+        "broker.authorise_with_token",
+        "broker.consents_of",
+        "broker.revocation_feed",
+        "bank.check",
+        "bank.deliver",
+    ] {
+        assert!(text.contains(span), "no {span} span");
+    }
     let Response::Sealed(sealed) = served else {
         panic!("sealed")
     };
