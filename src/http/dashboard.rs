@@ -430,7 +430,8 @@ button.danger{background:#a40000;border-color:#a40000}\n\
 .notice{border-left:4px solid #0b3d91;padding:.5rem 1rem;background:#eef2f8}\n\
 .verified{color:#0a6b2d;font-weight:600}.unverified{color:#a40000;font-weight:600}\n\
 pre{white-space:pre-wrap;word-break:break-all;background:#f5f5f5;padding:.5rem}\n\
-ol.messages li{margin:.5rem 0}\n";
+ol.messages li{margin:.5rem 0}\n\
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1.5rem}dt{font-weight:600}dd{margin:0}\n";
 
 async fn style() -> Response {
     let mut response = STYLE.into_response();

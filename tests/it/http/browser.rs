@@ -63,10 +63,13 @@ async fn sign_in(client: &Client, origin: &str) {
 }
 
 async fn text_of(client: &Client, css: &str) -> String {
+    // Waits for it: a click that submits a form returns before the next page may be read.
     client
-        .find(Locator::Css(css))
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Css(css))
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
         .text()
         .await
         .unwrap()
@@ -143,7 +146,9 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
     }
     assert_eq!(
         client
-            .find(Locator::Css("html"))
+            .wait()
+            .at_most(std::time::Duration::from_secs(20))
+            .for_element(Locator::Css("html"))
             .await
             .unwrap()
             .attr("lang")
@@ -169,7 +174,12 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
     screenshot(&client, "dashboard-list").await;
 
     // From the keyboard: the first Tab lands on the skip link; Tabs reach "Details"; Enter opens it.
-    let body = client.find(Locator::Css("body")).await.unwrap();
+    let body = client
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Css("body"))
+        .await
+        .unwrap();
     body.send_keys(&char::from(Key::Tab).to_string())
         .await
         .unwrap();
@@ -192,6 +202,7 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
             .unwrap();
     }
     assert!(reached, "the Details link is reachable with Tab");
+    text_of(&client, "a[aria-label^='Receipt of entry']").await;
     let url = client.current_url().await.unwrap();
     assert!(url.path().ends_with(world.consent.as_str()), "{url}");
 
@@ -204,13 +215,20 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
     );
     screenshot(&client, "dashboard-consent").await;
     client
-        .find(Locator::Css("a[aria-label^='Receipt of entry']"))
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Css("a[aria-label^='Receipt of entry']"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
-    let verdict = client.find(Locator::Css("#verdict")).await.unwrap();
+    let verdict = client
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Css("#verdict"))
+        .await
+        .unwrap();
     assert_eq!(
         verdict.attr("class").await.unwrap(),
         Some("verified".into())
@@ -218,7 +236,9 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
     screenshot(&client, "dashboard-receipt").await;
     // The receipt the page offers verifies here too, against the log's key alone.
     let json_url = client
-        .find(Locator::Css("a[download]"))
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Css("a[download]"))
         .await
         .unwrap()
         .attr("href")
@@ -248,7 +268,9 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
         .await
         .unwrap();
     client
-        .find(Locator::LinkText("Stop sharing…"))
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::LinkText("Stop sharing…"))
         .await
         .unwrap()
         .click()
@@ -262,12 +284,15 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
         "nothing is revoked before the confirmation"
     );
     client
-        .find(Locator::Css("button.danger"))
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Css("button.danger"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
+    assert!(text_of(&client, "#notice").await.contains("Stopped"));
     assert!(text_of(&client, "main").await.contains("Stopped by you"));
     // The bank's next feed carries it, and the bank refuses the platform's next call.
     world.sync();
@@ -308,7 +333,9 @@ async fn browser_chat_opens_the_sealed_balance_in_the_page_and_the_platform_keep
         .unwrap();
     // The person asks; the platform's server fetches from the bank and relays.
     client
-        .find(Locator::Css("#ask-balance"))
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Css("#ask-balance"))
         .await
         .unwrap()
         .click()
@@ -321,7 +348,9 @@ async fn browser_chat_opens_the_sealed_balance_in_the_page_and_the_platform_keep
         .unwrap();
     assert_eq!(
         client
-            .find(Locator::Css("body"))
+            .wait()
+            .at_most(std::time::Duration::from_secs(20))
+            .for_element(Locator::Css("body"))
             .await
             .unwrap()
             .attr("data-chat-ready")
@@ -333,7 +362,9 @@ async fn browser_chat_opens_the_sealed_balance_in_the_page_and_the_platform_keep
     assert!(shown.contains("acc-current"), "{shown}");
     let opened: serde_json::Value = serde_json::from_str(
         &client
-            .find(Locator::Css("#message-0"))
+            .wait()
+            .at_most(std::time::Duration::from_secs(20))
+            .for_element(Locator::Css("#message-0"))
             .await
             .unwrap()
             .attr("data-opened")
@@ -357,6 +388,94 @@ async fn browser_chat_opens_the_sealed_balance_in_the_page_and_the_platform_keep
     let text = String::from_utf8_lossy(&relayed);
     for trace in ["minor_units", "available", "4200", "\"EUR\""] {
         assert!(!text.contains(trace), "{trace} in the platform's relay");
+    }
+    client.close().await.unwrap();
+    server.stop().await;
+    world.bank_server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium and chromedriver: run `scripts/with-chromium cargo test --test it -- --ignored browser`"]
+async fn browser_bank_dashboard_shows_the_approval_and_its_withdrawal_stops_the_gate_at_once() {
+    let world = World::new().await;
+    let token = world.token();
+    world.client.fetch(&world.data_url(), &token).await.unwrap();
+    let pending = world.token();
+    // The bank's own site: its login stand-in sets the bank's session cookie.
+    let sessions = world.sessions.clone();
+    let customer = world.customer.clone();
+    let login = axum::Router::new().route(
+        "/login",
+        axum::routing::get(move || async move {
+            (
+                [(
+                    axum::http::header::SET_COOKIE,
+                    sessions.set_cookie(&customer),
+                )],
+                axum::response::Redirect::to("/dashboard"),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let router = consent_broker::http::bank::BankEndpoints::new(
+        Arc::clone(&world.bank),
+        Arc::clone(&world.accounts),
+        &origin,
+        world.sessions.clone(),
+    )
+    .router()
+    .unwrap()
+    .merge(login);
+    let server = Server::on(listener, router);
+    let client = browser(false).await;
+    client.goto(&format!("{origin}/login")).await.unwrap();
+    let row = text_of(&client, "tbody tr").await;
+    for expected in [
+        world.platform.as_str(),
+        "balance",
+        "acc-current",
+        "once",
+        "Active",
+    ] {
+        assert!(row.contains(expected), "{expected} missing from {row:?}");
+    }
+    screenshot(&client, "bank-dashboard").await;
+    client
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::LinkText("Stop sharing…"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(text_of(&client, "h1").await, "Stop sharing?");
+    client
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Css("button.danger"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        text_of(&client, "tbody tr")
+            .await
+            .contains("Stopped by you")
+    );
+    // At the bank, the gate refuses from this moment: no feed to wait for.
+    match world.client.fetch(&world.data_url(), &pending).await {
+        Err(ClientError::Refused { refusal, .. }) => {
+            assert_eq!(
+                refusal,
+                GateRefusal::RevokedAtBank {
+                    by: Revoker::Subject
+                }
+            );
+        }
+        other => panic!("the bank served after the withdrawal: {other:?}"),
     }
     client.close().await.unwrap();
     server.stop().await;
