@@ -243,6 +243,7 @@ impl<S: Store> BrokerBuilder<S, BrokerKeys> {
             instance: super::next_instance(),
             token_key: RwLock::new(token),
             pseudonyms: crate::privacy::PseudonymCache::default(),
+            feeds: std::sync::Mutex::default(),
             checkpoints: RwLock::new(super::Checkpointer {
                 signer: checkpoints,
                 kid: checkpoint.kid().to_owned(),

@@ -6,9 +6,21 @@ use crate::error::Error;
 use crate::feed::{self, FeedRevocation, RevocationFeed};
 use crate::ids::HolderId;
 use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::PoisonError;
 
 /// How many log entries one read of the feed takes at a time.
 const CHUNK: u64 = 4_096;
+
+/// The platform-side revocations this broker has found in the log, by holder, in log order,
+/// and how far it has read: each feed reads only the entries appended since the last (the log
+/// is append-only, so what was read stays true). One entry per revocation (about 100 bytes).
+#[derive(Debug, Default)]
+pub(super) struct FeedIndex {
+    /// The log is read up to here (exclusive).
+    scanned: u64,
+    by_holder: HashMap<HolderId, Vec<FeedRevocation>>,
+}
 
 impl<S: Store> Broker<S> {
     /// The revocations of `holder`'s consents recorded in the log from position `after` to its
@@ -23,12 +35,13 @@ impl<S: Store> Broker<S> {
     )]
     pub fn revocation_feed(&self, holder: &HolderId, after: u64) -> Result<String, Error> {
         let now = self.now();
+        // One reader at a time brings the index up to the log's end; then the feed is a slice.
+        let mut index = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
         let position = self.store.audit_len()?;
-        let mut revoked = Vec::new();
-        let mut next = after.min(position);
-        while next < position {
-            let end = next.saturating_add(CHUNK).min(position);
-            let chunk = self.store.audit_entries(next..end)?;
+        while index.scanned < position {
+            let start = index.scanned;
+            let end = start.saturating_add(CHUNK).min(position);
+            let chunk = self.store.audit_entries(start..end)?;
             if chunk.is_empty() {
                 break;
             }
@@ -45,23 +58,38 @@ impl<S: Store> Broker<S> {
                 // The entry names the holder (an erasure deletes the consent's row in the same
                 // commit); entries from before that member, the consent's row.
                 let theirs = match named {
-                    Some(named) => named == holder,
-                    None => self
-                        .store
-                        .consent(consent)?
-                        .is_some_and(|c| &c.request.holder == holder),
+                    Some(named) => Some(named.clone()),
+                    None => self.store.consent(consent)?.map(|c| c.request.holder),
                 };
-                if theirs {
-                    revoked.push(FeedRevocation {
-                        consent: consent.clone(),
-                        seq: entry.seq,
-                        at: entry.at.unix_timestamp(),
-                        by: revocation.by,
-                    });
+                if let Some(theirs) = theirs {
+                    index
+                        .by_holder
+                        .entry(theirs)
+                        .or_default()
+                        .push(FeedRevocation {
+                            consent: consent.clone(),
+                            seq: entry.seq,
+                            at: entry.at.unix_timestamp(),
+                            by: revocation.by,
+                        });
                 }
             }
-            next = end;
+            index.scanned = end;
         }
+        let next = index.scanned.min(position);
+        let revoked: Vec<FeedRevocation> = index
+            .by_holder
+            .get(holder)
+            .map(|all| {
+                let from = all.partition_point(|r| r.seq < after);
+                all.iter()
+                    .skip(from)
+                    .take_while(|r| r.seq < next)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        drop(index);
         let contents = RevocationFeed {
             iss: self.settings.id.clone(),
             aud: holder.clone(),

@@ -89,6 +89,9 @@ pub struct Broker<S> {
     checkpoints: RwLock<Checkpointer>,
     /// Pseudonyms computed for the checked call, per subject and key.
     pseudonyms: crate::privacy::PseudonymCache,
+    /// The platform-side revocations found in the log so far, by holder: a feed scans only what
+    /// was appended since the last one.
+    feeds: std::sync::Mutex<feed::FeedIndex>,
 }
 
 /// The key that signs checkpoints now.

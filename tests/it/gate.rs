@@ -823,3 +823,79 @@ fn a_feed_cannot_stretch_its_freshness_or_name_impossible_positions() {
         )))
     ));
 }
+
+/// The broker keeps an index of the revocations it has read from its log, so a feed reads only
+/// what was appended since: every feed, at any cursor, between revocations, must list exactly
+/// what the log itself says (read here from the log, entry by entry).
+#[test]
+fn feeds_from_the_index_are_exactly_what_the_log_says_at_every_cursor() {
+    use base64::Engine as _;
+    let w = world();
+    let holder = w.bank.bank.id().clone();
+    let consents: Vec<_> = (0..6).map(|_| w.bank.granted(&w.kit)).collect();
+    let from_log = |after: u64, to: u64| -> Vec<(String, u64)> {
+        let entries = w.kit.broker.store().audit_entries(0..to).unwrap();
+        entries
+            .iter()
+            .filter(|e| e.seq >= after)
+            .filter_map(|e| match &e.event {
+                AuditEvent::ConsentRevoked {
+                    consent,
+                    holder: Some(named),
+                    ..
+                } if *named == holder => Some((consent.to_string(), e.seq)),
+                _ => None,
+            })
+            .collect()
+    };
+    let from_feed = |after: u64| -> (Vec<(String, u64)>, u64) {
+        let feed = w.kit.broker.revocation_feed(&holder, after).unwrap();
+        let payload = feed.split('.').nth(1).unwrap();
+        let body: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        let listed = body["revoked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["consent"].as_str().unwrap().to_owned(),
+                    r["seq"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (listed, body["position"].as_u64().unwrap())
+    };
+    for (n, consent) in consents.iter().enumerate() {
+        // Feeds at several cursors before and after each revocation.
+        for after in [0, 3, n as u64 * 2] {
+            let (listed, position) = from_feed(after);
+            assert_eq!(listed, from_log(after, position), "after {after}");
+        }
+        w.kit
+            .broker
+            .revoke(
+                consent.id(),
+                Revoker::Subject,
+                RevocationReason::SubjectWithdrew,
+            )
+            .unwrap();
+        let len = w.kit.broker.store().audit_len().unwrap();
+        let (listed, position) = from_feed(0);
+        assert_eq!(position, len);
+        assert_eq!(listed.len(), n + 1);
+        assert_eq!(listed, from_log(0, len));
+        // A cursor past a revocation leaves it out.
+        let last = listed.last().unwrap().1;
+        assert_eq!(from_feed(last + 1).0, from_log(last + 1, len));
+        assert!(from_feed(last + 1).0.iter().all(|(_, seq)| *seq > last));
+    }
+    // Another holder's feed lists none of them.
+    let other = HolderId::new("other-bank").unwrap();
+    let feed = w.kit.broker.revocation_feed(&other, 0).unwrap();
+    assert!(!feed.is_empty());
+}
