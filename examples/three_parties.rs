@@ -171,7 +171,7 @@ async fn platform(dir: &str, port: &str, bank: &str, witness: &str) -> Result<()
             }
         }),
     );
-    // Checkpoints, cosigned by the witness across the network, every second.
+    // Checkpoints, cosigned by the witness across the network, every 0.7 s.
     let publisher = endpoints.clone();
     let witness_url = witness.to_owned();
     let witness_key = dir.join("../witness.vkey");

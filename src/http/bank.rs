@@ -3,7 +3,7 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `GET /v1/data` | the data of the token's scope and account, behind [`GateLayer`]; JSON of [`Response`] (sealed unless the approval and policy allow plaintext) |
+//! | `GET /v1/data` | the data of the token's scope and account, behind [`GateLayer`]; JSON of [`crate::Response`] (sealed unless the approval and policy allow plaintext) |
 //! | `POST /v1/approvals` | the authenticated customer approves a consent request: JSON [`ApprovalForm`] in, `{"attestation": "<JWS>"}` out (201) |
 //! | `POST /v1/revocations` | the authenticated customer withdraws an approval: `{"consent": "..."}` in, `{"instruction": "<JWS>", "delivered": bool}` out |
 //! | `POST /add-checkpoint` | C2SP `tlog-witness`: cosignature lines, or 409 with the size last cosigned (`text/x.tlog.size`) |
@@ -224,6 +224,13 @@ where
 pub(crate) fn bank_problem(error: &BankError) -> Problem {
     if error.is_retryable() {
         return Problem::unavailable("the bank's ledger is unavailable; nothing was changed");
+    }
+    if matches!(
+        error,
+        BankError::Store(_) | BankError::Provider(_) | BankError::Key(_)
+    ) {
+        tracing::error!(error = %error, "bank call failed");
+        return Problem::internal("the bank's ledger or keys failed; nothing was changed");
     }
     let code = match error {
         BankError::NotLinked => "bank/not-linked",

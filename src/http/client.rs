@@ -320,7 +320,8 @@ impl BankClient {
                     wait = wait.max(retry_wait(retry_after));
                     last = ClientError::Unavailable { retry_after };
                 }
-                error @ ClientError::Refused { status: 503, .. } => last = error,
+                // A refusal (even a 503 for a stale feed) is journalled at the bank: retrying at
+                // once would only journal another.
                 error => return Err(error),
             }
         }
@@ -404,8 +405,12 @@ impl BrokerClient {
         holder: &HolderId,
         after: u64,
     ) -> Result<String, ClientError> {
+        // A feed holds every revocation since the cursor: a bank far behind gets a large one.
         let bytes = self
-            .get(&format!("/revocations/{holder}?after={after}"))
+            .get_up_to(
+                &format!("/revocations/{holder}?after={after}"),
+                MAX_FEED_BYTES.max(self.settings.max_response_bytes),
+            )
             .await?;
         String::from_utf8(bytes).map_err(|_| ClientError::InvalidResponse("not UTF-8".into()))
     }

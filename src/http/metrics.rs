@@ -270,12 +270,38 @@ pub(crate) async fn observe(
         )
         .into_response(),
     };
+    // Answers made by axum itself (no route, wrong method, body too large, unreadable path or
+    // query) become problem documents too: every error answer has one format.
+    let response = as_problem(response);
     let status = response.status().as_u16();
     span.record("status", status);
     let seconds = started.elapsed().as_secs_f64();
     tracing::debug!(parent: &span, status, micros = (seconds * 1e6) as u64, "answered");
     metrics.record_request(&route, &method, status, seconds);
     response
+}
+
+/// An error answer that is neither a problem document nor a page, as a problem of its status.
+fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let typed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json") || v.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || typed {
+        return response;
+    }
+    let title = status.canonical_reason().unwrap_or("Error");
+    let mut problem =
+        super::Problem::new(status, &format!("http/{}", status.as_u16()), title).into_response();
+    // Keep what the answer said about how to go on (`Allow` for a 405, say).
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(value) = response.headers().get(&name) {
+            problem.headers_mut().insert(name, value.clone());
+        }
+    }
+    problem
 }
 
 /// `GET /metrics`.

@@ -324,13 +324,33 @@ async fn browser_chat_opens_the_sealed_balance_in_the_page_and_the_platform_keep
         "d": URL_SAFE_NO_PAD.encode(world.device.to_bytes()),
         "x": URL_SAFE_NO_PAD.encode(world.device.public_key().as_bytes()),
     });
-    client
-        .execute(
-            "localStorage.setItem('consent-broker-device-key', JSON.stringify(arguments[0]))",
+    // Kept as a non-extractable key in the page's IndexedDB, as the chat's own script keeps it.
+    let stored = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             import('/chat/chat.mjs')
+               .then((chat) => chat.storeDeviceKey(arguments[0]))
+               .then(() => done('stored'), (e) => done(String(e)));",
             vec![jwk],
         )
         .await
         .unwrap();
+    assert_eq!(stored, json!("stored"));
+    // The key cannot be read back out of the browser's store.
+    let exported = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const open = indexedDB.open('consent-broker', 1);
+             open.onsuccess = () => {
+               const get = open.result.transaction('device').objectStore('device').get('key');
+               get.onsuccess = () => crypto.subtle.exportKey('jwk', get.result.privateKey)
+                 .then(() => done('exported'), (e) => done(e.name));
+             };",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(exported, json!("InvalidAccessError"));
     // The person asks; the platform's server fetches from the bank and relays.
     client
         .wait()
@@ -359,7 +379,7 @@ async fn browser_chat_opens_the_sealed_balance_in_the_page_and_the_platform_keep
         Some("true".into())
     );
     let shown = text_of(&client, "#message-0").await;
-    assert!(shown.contains("acc-current"), "{shown}");
+    assert!(shown.contains("acc-current: 42.00 EUR"), "{shown}");
     let opened: serde_json::Value = serde_json::from_str(
         &client
             .wait()

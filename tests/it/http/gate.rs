@@ -538,7 +538,12 @@ async fn hostile_input_gets_a_typed_4xx_never_a_5xx_or_a_hang() {
         .send()
         .await
         .unwrap();
-    assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let too_large = answer(too_large).await;
+    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        too_large.problem.unwrap().kind,
+        format!("{PROBLEM_BASE}http/413")
+    );
     let bad_json = client
         .post(&approvals)
         .header("cookie", &cookie)
@@ -572,7 +577,24 @@ async fn hostile_input_gets_a_typed_4xx_never_a_5xx_or_a_hang() {
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
     // The wrong method on the data endpoint.
     let post = client.post(&url).send().await.unwrap();
-    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.headers()["allow"], "GET,HEAD");
+    let post = answer(post).await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        post.problem.unwrap().kind,
+        format!("{PROBLEM_BASE}http/405")
+    );
+    // No such path: a problem too.
+    let nowhere = answer(
+        client
+            .get(format!("{origin}/v2/../etc"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    assert!(nowhere.problem.is_some());
 
     // Many mutated credentials: every answer a 4xx, within the client's timeout.
     let token = world.token();
