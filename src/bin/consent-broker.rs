@@ -152,6 +152,17 @@ enum AuditCommand {
         #[arg(long)]
         index: u64,
     },
+    /// Check a receipt (as `audit prove` or the subject's dashboard gives it) against the log's
+    /// checkpoint verifier key, without the store: prints the proven entry. Compare the key with
+    /// the one the log's witnesses and your bank publish; a key from the same place as the
+    /// receipt proves nothing.
+    Receipt {
+        /// The receipt (JSON).
+        file: PathBuf,
+        /// The log's checkpoint verifier key (`name+id+key`).
+        #[arg(long)]
+        vkey: String,
+    },
     /// Who asked for a subject's data (or about a consent), when, why, and what was decided.
     History {
         #[command(flatten)]
@@ -387,6 +398,31 @@ fn run(command: Command) -> Outcome {
                 serde_json::to_string_pretty(&receipt).map_err(|e| e.to_string())?
             );
             Ok(true)
+        }
+        Command::Audit(AuditCommand::Receipt { file, vkey }) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let receipt: consent_broker::Receipt =
+                serde_json::from_str(&text).map_err(|e| format!("not a receipt: {e}"))?;
+            let key = consent_broker::checkpoint::NoteVerifier::from_vkey(&vkey)
+                .map_err(|e| format!("not a verifier key: {e}"))?;
+            match receipt.verify(&key) {
+                Ok(entry) => {
+                    println!(
+                        "verified: entry {} is in the log of size {} whose checkpoint the key signed",
+                        entry.seq, receipt.tree_size
+                    );
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&entry).map_err(|e| e.to_string())?
+                    );
+                    Ok(true)
+                }
+                Err(error) => {
+                    println!("does not verify: {error}");
+                    Ok(false)
+                }
+            }
         }
         Command::Audit(AuditCommand::History {
             db,

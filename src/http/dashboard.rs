@@ -871,10 +871,32 @@ async fn receipt<S: Store + Send + Sync + 'static>(
         Err(response) => return *response,
     };
     let vkey = dashboard.broker.checkpoint_verifier_key();
-    let verified = NoteVerifier::from_vkey(&vkey)
+    let back = format!("/dashboard/consents/{}", esc(&path.id));
+    let json = format!("{back}/receipts/{}/json", path.seq);
+    receipt_page(
+        &receipt,
+        &vkey,
+        "the platform's own, about its own log",
+        &back,
+        Some(&json),
+        subject.as_str(),
+    )
+}
+
+/// A receipt, its verdict against `vkey` (whose: `whose`), how to check it without this page,
+/// and the receipt itself.
+fn receipt_page(
+    receipt: &crate::Receipt,
+    vkey: &str,
+    whose: &str,
+    back: &str,
+    json_link: Option<&str>,
+    who: &str,
+) -> Response {
+    let verified = NoteVerifier::from_vkey(vkey)
         .map_err(|e| e.to_string())
         .and_then(|v| receipt.verify(&v).map_err(|e| e.to_string()));
-    let json = serde_json::to_string_pretty(&receipt).unwrap_or_default();
+    let json = serde_json::to_string_pretty(receipt).unwrap_or_default();
     let result = match &verified {
         Ok(_) => format!(
             "<p class=\"verified\" id=\"verdict\">Verified here: entry {} is in the log of size \
@@ -886,22 +908,24 @@ async fn receipt<S: Store + Send + Sync + 'static>(
             esc(why)
         ),
     };
+    let download = json_link.map_or_else(String::new, |link| {
+        format!(
+            "<p><a href=\"{link}\" download=\"receipt-{}.json\">Download the receipt (JSON)</a></p>\n",
+            receipt.index
+        )
+    });
     let main = format!(
-        "{result}\n<p>This verdict is the platform's own, about its own log. Check it yourself: \
-         save the receipt and run <code>consent-broker audit receipt --key '{}' receipt.json</code> \
-         (or any RFC 6962 verifier), after comparing that key with the one your bank and the \
-         log's witnesses publish: a key only this page gives you proves nothing.</p>\n\
-         <p><a href=\"/dashboard/consents/{id}/receipts/{seq}/json\" download=\"receipt-{seq}.json\">\
-         Download the receipt (JSON)</a></p>\n<h2>The receipt</h2>\n<pre>{}</pre>\n\
-         <p><a href=\"/dashboard/consents/{id}\">Back to the consent</a></p>",
-        esc(&vkey),
+        "{result}\n<p>This verdict is {whose}. Check it yourself: save the receipt and run \
+         <code>consent-broker audit receipt --vkey '{}' receipt.json</code> (or any RFC 6962 \
+         verifier), after comparing that key with the one published elsewhere (by the log's \
+         witnesses, by your bank): a key only this page gives you proves nothing.</p>\n\
+         {download}<h2>The receipt</h2>\n<pre>{}</pre>\n<p><a href=\"{back}\">Back</a></p>",
+        esc(vkey),
         esc(&json),
-        id = esc(&path.id),
-        seq = path.seq,
     );
     page(
-        &format!("Receipt of entry {}", path.seq),
-        Some(subject.as_str()),
+        &format!("Receipt of entry {}", receipt.index),
+        Some(who),
         &main,
     )
 }
@@ -1177,6 +1201,11 @@ where
     let csrf = endpoints.csrf_key().map(|secret| Csrf::new(&secret));
     Router::new()
         .route("/dashboard", get(bank_list::<S, H>))
+        .route("/dashboard/approvals/{consent}", get(bank_detail::<S, H>))
+        .route(
+            "/dashboard/approvals/{consent}/receipts/{seq}",
+            get(bank_receipt::<S, H>),
+        )
         .route(
             "/dashboard/approvals/{consent}/revoke",
             get(bank_confirm::<S, H>).post(bank_revoke::<S, H>),
@@ -1252,13 +1281,14 @@ where
     );
     for record in view.approvals.iter().rev() {
         let (class, status) = approval_status(record, now);
+        let id = esc(record.consent.as_str());
         let action = if class == "status-active" {
             format!(
-                "<a href=\"/dashboard/approvals/{}/revoke\">Stop sharing…</a>",
-                esc(record.consent.as_str())
+                "<a href=\"/dashboard/approvals/{id}\">History</a> · \
+                 <a href=\"/dashboard/approvals/{id}/revoke\">Stop sharing…</a>"
             )
         } else {
-            String::new()
+            format!("<a href=\"/dashboard/approvals/{id}\">History</a>")
         };
         let _ = writeln!(
             main,
@@ -1280,6 +1310,156 @@ where
         view.journal.len()
     );
     page("Your approvals", Some(customer.as_str()), &main)
+}
+
+/// The journal's entries about one of the customer's approvals (by consent): those that name
+/// the consent or one of its attestations. `None` when the consent is not the customer's.
+async fn bank_history<S, H>(
+    endpoints: &BankEndpoints<S, H>,
+    customer: &SubjectId,
+    consent: String,
+) -> Result<Option<Vec<AuditEntry>>, Problem>
+where
+    S: Store + LedgerRead + Send + Sync + 'static,
+    H: DataHolder + Send + Sync + 'static,
+    H::Error: Send + 'static,
+{
+    let Ok(consent) = ConsentId::new(consent) else {
+        return Ok(None);
+    };
+    let bank = Arc::clone(endpoints.bank());
+    let who = customer.clone();
+    let view = blocking(move || bank.subject_view(&who))
+        .await?
+        .map_err(|e| super::bank::bank_problem(&e))?;
+    let ids: Vec<&str> = view
+        .approvals
+        .iter()
+        .filter(|a| a.consent == consent)
+        .map(|a| a.id.as_str())
+        .collect();
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let about = |entry: &AuditEntry| {
+        let Ok(value) = serde_json::to_value(&entry.event) else {
+            return false;
+        };
+        let named = |member: &str| value.get(member).and_then(|v| v.as_str());
+        named("consent") == Some(consent.as_str())
+            || named("attestation").is_some_and(|a| ids.contains(&a))
+    };
+    Ok(Some(
+        view.journal.iter().filter(|e| about(e)).cloned().collect(),
+    ))
+}
+
+async fn bank_detail<S, H>(
+    State((endpoints, _)): State<BankState<S, H>>,
+    headers: HeaderMap,
+    Path(consent): Path<String>,
+) -> Response
+where
+    S: Store + LedgerRead + Send + Sync + 'static,
+    H: DataHolder + Send + Sync + 'static,
+    H::Error: Send + 'static,
+{
+    let Some(customer) = endpoints.authenticator().authenticate(&headers) else {
+        return sign_in_page();
+    };
+    let history = match bank_history(&endpoints, &customer, consent.clone()).await {
+        Ok(Some(history)) => history,
+        Ok(None) => return problem_page(&Problem::not_found()),
+        Err(problem) => return problem_page(&problem),
+    };
+    let id = esc(&consent);
+    let mut main = format!(
+        "<table>\n<caption>The bank's journal about this approval ({} entries)</caption>\n\
+         <thead><tr><th scope=\"col\">Entry</th><th scope=\"col\">When</th>\
+         <th scope=\"col\">What</th><th scope=\"col\">Receipt</th></tr></thead>\n<tbody>\n",
+        history.len()
+    );
+    for entry in &history {
+        let what = match &entry.event {
+            AuditEvent::AccessServed { scope, purpose, .. } => {
+                format!("Your {scope} was served, for {purpose}")
+            }
+            AuditEvent::AccessRefusedAtGate { refusal, .. } => {
+                format!(
+                    "Refused: {}",
+                    metrics::refusal_code(refusal).replace('_', " ")
+                )
+            }
+            other => event_text(other),
+        };
+        let _ = writeln!(
+            main,
+            "<tr><td>{seq}</td><td>{}</td><td>{}</td><td><a href=\"/dashboard/approvals/{id}/receipts/{seq}\" \
+             aria-label=\"Receipt of entry {seq}\">Receipt</a></td></tr>",
+            esc(&date(entry.at)),
+            esc(&what),
+            seq = entry.seq,
+        );
+    }
+    main.push_str("</tbody>\n</table>\n<p><a href=\"/dashboard\">Back to your approvals</a></p>");
+    page(
+        &format!("Approval of consent {consent}"),
+        Some(customer.as_str()),
+        &main,
+    )
+}
+
+#[derive(Deserialize)]
+struct ApprovalReceiptPath {
+    consent: String,
+    seq: u64,
+}
+
+async fn bank_receipt<S, H>(
+    State((endpoints, _)): State<BankState<S, H>>,
+    headers: HeaderMap,
+    Path(path): Path<ApprovalReceiptPath>,
+) -> Response
+where
+    S: Store + LedgerRead + Send + Sync + 'static,
+    H: DataHolder + Send + Sync + 'static,
+    H::Error: Send + 'static,
+{
+    let Some(customer) = endpoints.authenticator().authenticate(&headers) else {
+        return sign_in_page();
+    };
+    match bank_history(&endpoints, &customer, path.consent.clone()).await {
+        Ok(Some(history)) if history.iter().any(|e| e.seq == path.seq) => {}
+        Ok(_) => return problem_page(&Problem::not_found()),
+        Err(problem) => return problem_page(&problem),
+    }
+    let bank = Arc::clone(endpoints.bank());
+    let seq = path.seq;
+    let made = blocking(move || {
+        let latest = bank.journal().latest_checkpoint()?;
+        let checkpoint = match latest {
+            Some(checkpoint) if checkpoint.size > seq => checkpoint,
+            _ => bank
+                .checkpoint()
+                .map_err(|_| crate::StoreError::Unavailable("the journal's checkpoint".into()))?,
+        };
+        crate::auditor::prove(bank.journal(), seq, &checkpoint)
+            .map_err(|_| crate::StoreError::Unavailable("the journal's proof".into()))
+    })
+    .await;
+    let receipt = match made {
+        Ok(Ok(receipt)) => receipt,
+        _ => return problem_page(&Problem::unavailable("the receipt cannot be made now")),
+    };
+    let vkey = endpoints.bank().journal_verifier_key();
+    receipt_page(
+        &receipt,
+        &vkey,
+        "the bank's own, about its own journal",
+        &format!("/dashboard/approvals/{}", esc(&path.consent)),
+        None,
+        customer.as_str(),
+    )
 }
 
 async fn bank_confirm<S, H>(

@@ -1224,3 +1224,34 @@ fn verify_tiles_run(tiles: &Path, vkey: &str, extra: &[&str]) -> Run {
     args.extend_from_slice(extra);
     cli(args)
 }
+
+#[test]
+fn receipt_checks_a_receipt_against_the_key_alone_and_refuses_an_altered_one() {
+    let audited = closed();
+    let dir = tempfile::tempdir().unwrap();
+    let run = cli(["audit", "prove", "--db", s(&audited.db), "--index", "1"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let file = dir.path().join("receipt.json");
+    std::fs::write(&file, &run.stdout).unwrap();
+    let ok = cli(["audit", "receipt", s(&file), "--vkey", &audited.vkey]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.starts_with("verified: entry 1 "), "{ok:?}");
+    // The entry changed by one byte: the proof no longer leads to the signed root.
+    let mut receipt: Receipt = serde_json::from_str(&run.stdout).unwrap();
+    receipt.entry = receipt.entry.replacen("\"seq\":1", "\"seq\":2", 1);
+    if receipt.entry == serde_json::from_str::<Receipt>(&run.stdout).unwrap().entry {
+        receipt.entry.push(' ');
+    }
+    std::fs::write(&file, serde_json::to_string(&receipt).unwrap()).unwrap();
+    let altered = cli(["audit", "receipt", s(&file), "--vkey", &audited.vkey]);
+    assert_eq!(altered.code, 1, "{altered:?}");
+    assert!(altered.stdout.starts_with("does not verify"), "{altered:?}");
+    // Another key: refused too.
+    std::fs::write(&file, &run.stdout).unwrap();
+    let other = SigningKey::from_seed(&[77; 32]).unwrap();
+    let vkey = NoteSigner::new("other.example", other.to_pkcs8_der())
+        .unwrap()
+        .verifier_key();
+    let wrong = cli(["audit", "receipt", s(&file), "--vkey", &vkey]);
+    assert_eq!(wrong.code, 1, "{wrong:?}");
+}

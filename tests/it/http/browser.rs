@@ -461,6 +461,43 @@ async fn browser_bank_dashboard_shows_the_approval_and_its_withdrawal_stops_the_
         assert!(row.contains(expected), "{expected} missing from {row:?}");
     }
     screenshot(&client, "bank-dashboard").await;
+    // The approval's history in the bank's journal, each entry with a receipt that verifies
+    // against the journal's key.
+    client
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::LinkText("History"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let history = text_of(&client, "tbody").await;
+    assert!(
+        history.contains("Your balance was served, for"),
+        "{history}"
+    );
+    client
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Css("a[aria-label^='Receipt of entry']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let verdict = client
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Css("#verdict"))
+        .await
+        .unwrap();
+    assert_eq!(
+        verdict.attr("class").await.unwrap(),
+        Some("verified".into())
+    );
+    assert!(text_of(&client, "main").await.contains("the bank's own"));
+    client.goto(&format!("{origin}/dashboard")).await.unwrap();
     client
         .wait()
         .at_most(std::time::Duration::from_secs(20))
