@@ -644,3 +644,37 @@ async fn hostile_input_gets_a_typed_4xx_never_a_5xx_or_a_hang() {
     }
     world.bank_server.stop().await;
 }
+
+/// What the subject approved for the world's consent, as the bank would state it again.
+fn statement_again(world: &World) -> ApprovalStatement {
+    let view = world.broker.consent(&world.consent).unwrap();
+    let grant = view.consent.grant().unwrap();
+    ApprovalStatement {
+        consent: world.consent.clone(),
+        subject: world.customer.clone(),
+        platform: world.platform.clone(),
+        scopes: grant.scopes(),
+        purposes: grant.purposes(),
+        accounts: grant.accounts().clone(),
+        consent_expires_at: grant.expires_at(),
+        unattended_daily_limit: grant.unattended_daily_limit(),
+        devices: vec![world.device.public_key().thumbprint()],
+        plaintext: PlaintextUses::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_approval_is_invalid_token() {
+    // The subject approves again at the bank: a token minted under the earlier approval names
+    // an attestation that a later one replaced.
+    let world = World::new().await;
+    let token = world.token();
+    world.bank.attest(&statement_again(&world)).unwrap();
+    let (status, reason, seq) = refusal(world.client.fetch(&world.data_url(), &token).await);
+    assert_eq!((status, reason), (401, GateRefusal::Superseded));
+    assert!(seq.is_some());
+    world.bank_server.stop().await;
+
+    // (An expired approval cannot be reached this way: the broker ends each token when its
+    // grant ends. The gate model, `tests/it/gate_model.rs`, reaches it with tokens it mints.)
+}

@@ -127,9 +127,22 @@ impl<L: Store + LedgerRead + Send + Sync + 'static> World<L> {
         accounts: impl FnOnce(Accounts) -> Accounts,
         grants: usize,
     ) -> Self {
+        Self::build_approving(ledger, settings, accounts, grants, |_| {}).await
+    }
+
+    /// As [`World::build_with`], the first approval narrowed by `narrow` at the bank.
+    pub async fn build_approving(
+        ledger: L,
+        settings: GateSettings,
+        accounts: impl FnOnce(Accounts) -> Accounts,
+        grants: usize,
+        narrow: impl FnOnce(&mut ApprovalStatement),
+    ) -> Self {
         let kit = TestBroker::memory();
         let test_bank = TestBank::with_settings(&kit, ledger, settings);
-        let consent = test_bank.granted(&kit);
+        let consent = test_bank
+            .approve(&kit, &kit.request(), narrow)
+            .expect("the broker activates the grant");
         let mut consents = vec![consent.id().clone()];
         for _ in 1..grants {
             consents.push(test_bank.granted(&kit).id().clone());
