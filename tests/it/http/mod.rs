@@ -4,6 +4,7 @@
 mod browser;
 mod gate;
 mod load;
+mod minted;
 mod public;
 mod traces;
 
