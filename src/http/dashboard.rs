@@ -50,8 +50,16 @@ use crate::sealing::Response as BankResponse;
 use crate::store::{LedgerRead, LogRead, Store};
 use crate::vocab::Scope;
 
-/// The session cookie's name.
+/// The session cookie's name on plain-HTTP loopback (tests); over HTTPS it is
+/// [`SECURE_SESSION_COOKIE`].
 pub const SESSION_COOKIE: &str = "cb_session";
+
+/// The session cookie's name over HTTPS: the `__Host-` prefix makes the browser accept it only
+/// `Secure`, for this host alone and for the whole path, so a sibling domain cannot set one.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-cb_session";
+
+/// How long a form's token stays valid: forms older than this must be reloaded.
+pub const FORM_TOKEN_LIFETIME: time::Duration = time::Duration::hours(2);
 
 /// Consents per page of the list.
 pub const PAGE_SIZE: usize = 50;
@@ -113,10 +121,20 @@ impl SessionCookies {
         format!("{payload}.{mac}")
     }
 
+    /// The cookie's name: [`SECURE_SESSION_COOKIE`], or [`SESSION_COOKIE`] on loopback.
+    pub fn cookie_name(&self) -> &'static str {
+        if self.secure {
+            SECURE_SESSION_COOKIE
+        } else {
+            SESSION_COOKIE
+        }
+    }
+
     /// A `Set-Cookie` header value for `subject`.
     pub fn set_cookie(&self, subject: &SubjectId) -> String {
         format!(
-            "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            "{}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            self.cookie_name(),
             self.issue(subject),
             self.lifetime.whole_seconds(),
             if self.secure { "; Secure" } else { "" }
@@ -139,19 +157,26 @@ impl SessionCookies {
 }
 
 impl SubjectAuthenticator for SessionCookies {
+    /// The subject of the request's one session cookie; none when there is none, more than one
+    /// (a cookie planted beside the real one), or it does not verify.
     fn authenticate(&self, headers: &HeaderMap) -> Option<SubjectId> {
-        headers
+        let name = self.cookie_name();
+        let mut sessions = headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .filter(|(name, _)| *name == SESSION_COOKIE)
-            .find_map(|(_, value)| self.verify(value))
+            .filter(|(cookie, _)| *cookie == name);
+        match (sessions.next(), sessions.next()) {
+            (Some((_, value)), None) => self.verify(value),
+            _ => None,
+        }
     }
 }
 
-/// Cross-site request tokens: one per signed-in subject, an HMAC under the server's key.
+/// Cross-site request tokens: `expiry.mac`, the MAC under the server's key over the signed-in
+/// subject and the expiry ([`FORM_TOKEN_LIFETIME`] after the form was made).
 #[derive(Clone)]
 struct Csrf(Arc<hmac::Key>);
 
@@ -160,17 +185,26 @@ impl Csrf {
         Self(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, secret)))
     }
 
-    fn token(&self, subject: &SubjectId) -> String {
-        let tag = hmac::sign(&self.0, format!("csrf\0{subject}").as_bytes());
-        URL_SAFE_NO_PAD.encode(tag)
+    fn token(&self, subject: &SubjectId, now: OffsetDateTime) -> String {
+        let expires = (now + FORM_TOKEN_LIFETIME).unix_timestamp();
+        let tag = hmac::sign(&self.0, format!("csrf\0{subject}\0{expires}").as_bytes());
+        format!("{expires}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
-    fn check(&self, subject: &SubjectId, token: &str) -> Result<(), Problem> {
-        let tag = URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| forbidden_form())?;
-        hmac::verify(&self.0, format!("csrf\0{subject}").as_bytes(), &tag)
-            .map_err(|_| forbidden_form())
+    fn check(&self, subject: &SubjectId, token: &str, now: OffsetDateTime) -> Result<(), Problem> {
+        let (expires, tag) = token.split_once('.').ok_or_else(forbidden_form)?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| forbidden_form())?;
+        hmac::verify(
+            &self.0,
+            format!("csrf\0{subject}\0{expires}").as_bytes(),
+            &tag,
+        )
+        .map_err(|_| forbidden_form())?;
+        let expires: i64 = expires.parse().map_err(|_| forbidden_form())?;
+        if now.unix_timestamp() >= expires {
+            return Err(forbidden_form());
+        }
+        Ok(())
     }
 }
 
@@ -759,7 +793,7 @@ async fn confirm<S: Store + Send + Sync + 'static>(
          <a href=\"/dashboard/consents/{id}\">No, go back</a>\n</form>\n",
         esc(request.platform().as_str()),
         esc(request.holder().as_str()),
-        esc(&dashboard.csrf.token(&subject)),
+        esc(&dashboard.csrf.token(&subject, dashboard.broker.now())),
     );
     page("Stop sharing?", Some(subject.as_str()), &main)
 }
@@ -781,7 +815,10 @@ async fn revoke<S: Store + Send + Sync + 'static>(
     let Ok(Form(form)) = form else {
         return problem_page(&forbidden_form());
     };
-    if let Err(problem) = dashboard.csrf.check(&subject, &form.csrf) {
+    if let Err(problem) = dashboard
+        .csrf
+        .check(&subject, &form.csrf, dashboard.broker.now())
+    {
         return problem_page(&problem);
     }
     let view = match dashboard.own_consent(&subject, id).await {
@@ -1035,7 +1072,7 @@ async fn chat_page<S: Store + Send + Sync + 'static>(
          <noscript><p class=\"notice\">Opening answers needs JavaScript (your browser's \
          WebCrypto): the platform's server cannot open them for you.</p></noscript>\n\
          <ol class=\"messages\" id=\"messages\" aria-live=\"polite\">\n",
-        esc(&dashboard.csrf.token(&subject))
+        esc(&dashboard.csrf.token(&subject, dashboard.broker.now()))
     );
     for (index, sealed) in messages.iter().enumerate() {
         let _ = writeln!(
@@ -1095,7 +1132,10 @@ async fn chat_ask<S: Store + Send + Sync + 'static>(
     let Ok(Form(form)) = form else {
         return problem_page(&forbidden_form());
     };
-    if let Err(problem) = dashboard.csrf.check(&subject, &form.csrf) {
+    if let Err(problem) = dashboard
+        .csrf
+        .check(&subject, &form.csrf, dashboard.broker.now())
+    {
         return problem_page(&problem);
     }
     let Some(chat) = dashboard.chat.clone() else {
@@ -1485,7 +1525,7 @@ where
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\n\
          <button type=\"submit\" class=\"danger\">Yes, stop sharing</button>\n\
          <a href=\"/dashboard\">No, go back</a>\n</form>\n",
-        esc(&csrf.token(&customer)),
+        esc(&csrf.token(&customer, endpoints.bank().now())),
         id = esc(&consent),
     );
     page("Stop sharing?", Some(customer.as_str()), &main)
@@ -1511,7 +1551,7 @@ where
     let Some(csrf) = csrf else {
         return problem_page(&forbidden_form());
     };
-    if let Err(problem) = csrf.check(&customer, &form.csrf) {
+    if let Err(problem) = csrf.check(&customer, &form.csrf, endpoints.bank().now()) {
         return problem_page(&problem);
     }
     let Ok(consent) = ConsentId::new(consent) else {
@@ -1520,5 +1560,74 @@ where
     match revoke_and_deliver(&endpoints, customer, consent).await {
         Ok(_) => Redirect::to("/dashboard").into_response(),
         Err(problem) => problem_page(&problem),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use time::macros::datetime;
+
+    fn cookie(name: &str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{name}={value}")).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn a_session_is_one_cookie_that_verifies_before_it_expires() {
+        let clock = Arc::new(ManualClock::new(datetime!(2026-11-21 09:00 UTC)));
+        let sessions = SessionCookies::new(&[1; 32]).with_clock(clock.clone());
+        let alice = SubjectId::new("alice").unwrap();
+        let value = sessions.issue(&alice);
+        assert_eq!(sessions.cookie_name(), "__Host-cb_session");
+        assert!(sessions.set_cookie(&alice).ends_with("; Secure"));
+        let headers = cookie(SECURE_SESSION_COOKIE, &value);
+        assert_eq!(sessions.authenticate(&headers), Some(alice.clone()));
+        // Without the prefix, another key, another subject spliced in, two cookies: nobody.
+        assert_eq!(sessions.authenticate(&cookie(SESSION_COOKIE, &value)), None);
+        let other = SessionCookies::new(&[2; 32]).with_clock(clock.clone());
+        assert_eq!(other.authenticate(&headers), None);
+        let (_, rest) = value.split_once('.').unwrap();
+        let spliced = format!("{}.{rest}", URL_SAFE_NO_PAD.encode("mallory"));
+        assert_eq!(
+            sessions.authenticate(&cookie(SECURE_SESSION_COOKIE, &spliced)),
+            None
+        );
+        let mut two = headers.clone();
+        two.append(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{SECURE_SESSION_COOKIE}={value}")).unwrap(),
+        );
+        assert_eq!(sessions.authenticate(&two), None);
+        clock.advance(time::Duration::minutes(31));
+        assert_eq!(sessions.authenticate(&headers), None);
+    }
+
+    #[test]
+    fn a_form_token_is_the_subjects_and_expires() {
+        let csrf = Csrf::new(&[3; 32]);
+        let now = datetime!(2026-11-21 09:00 UTC);
+        let alice = SubjectId::new("alice").unwrap();
+        let bob = SubjectId::new("bob").unwrap();
+        let token = csrf.token(&alice, now);
+        assert!(csrf.check(&alice, &token, now).is_ok());
+        assert!(csrf.check(&bob, &token, now).is_err());
+        assert!(
+            csrf.check(&alice, &token, now + FORM_TOKEN_LIFETIME)
+                .is_err()
+        );
+        // A later expiry written in: the MAC no longer matches.
+        let (_, tag) = token.split_once('.').unwrap();
+        let stretched = format!(
+            "{}.{tag}",
+            (now + time::Duration::days(30)).unix_timestamp()
+        );
+        assert!(csrf.check(&alice, &stretched, now).is_err());
+        assert!(csrf.check(&alice, "", now).is_err());
     }
 }
