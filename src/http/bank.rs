@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Json, State};
+use axum::extract::{Json, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::problem::Problem;
-use super::{Admitted, BrokerClient, GateLayer, MAX_BODY_BYTES, Metrics, blocking, metrics};
+use super::{Admitted, BrokerClient, GateLayer, Metrics, blocking, metrics};
 use crate::attestation::ApprovalStatement;
 use crate::bank::{Bank, BankError};
 use crate::consent::{RevocationReason, Revoker};
@@ -210,13 +210,12 @@ where
             .route(
                 "/metrics",
                 get(metrics::expose).with_state(self.metrics.clone()),
-            )
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .layer(axum::middleware::from_fn_with_state(
-                self.metrics.clone(),
-                metrics::observe,
-            ));
-        Ok(router)
+            );
+        Ok(super::bounded(
+            router,
+            self.metrics.clone(),
+            super::MAX_IN_FLIGHT,
+        ))
     }
 }
 
@@ -465,17 +464,13 @@ async fn add_checkpoint<S, H>(
 /// A witness on its own (a party that is neither platform nor bank): `POST /add-checkpoint`
 /// and `GET /metrics`, bodies bounded, every request traced and counted.
 pub fn witness_router(witness: Arc<Witness>, metrics: Metrics) -> Router {
-    Router::new()
+    let router = Router::new()
         .route(
             "/add-checkpoint",
             post(move |body: axum::body::Bytes| witness_call(Arc::clone(&witness), body)),
         )
-        .route("/metrics", get(metrics::expose).with_state(metrics.clone()))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            metrics::observe,
-        ))
+        .route("/metrics", get(metrics::expose).with_state(metrics.clone()));
+    super::bounded(router, metrics, super::MAX_IN_FLIGHT)
 }
 
 /// Why the bank's view of the platform's revocations could not be brought up to date.

@@ -17,7 +17,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use super::client::{ClientSettings, tls_config};
 use super::problem::Problem;
-use super::{MAX_BODY_BYTES, Metrics, blocking, metrics};
+use super::{Metrics, blocking, metrics};
 use crate::broker::Broker;
 use crate::error::Error;
 use crate::ids::HolderId;
@@ -173,7 +173,7 @@ impl<S: Store + Send + Sync + 'static> BrokerEndpoints<S> {
 
     /// The router of the module's table, bodies bounded, every request traced and counted.
     pub fn router(self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/.well-known/jwks.json", get(jwks::<S>))
             .route("/checkpoint", get(checkpoint::<S>))
             .route("/tile/{*path}", get(tile::<S>))
@@ -184,12 +184,8 @@ impl<S: Store + Send + Sync + 'static> BrokerEndpoints<S> {
             .route(
                 "/metrics",
                 get(metrics::expose).with_state(self.metrics.clone()),
-            )
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .layer(axum::middleware::from_fn_with_state(
-                self.metrics.clone(),
-                metrics::observe,
-            ))
+            );
+        super::bounded(router, self.metrics.clone(), super::MAX_IN_FLIGHT)
     }
 }
 

@@ -37,7 +37,7 @@ use time::format_description::well_known::Rfc3339;
 use super::bank::{BankEndpoints, SubjectAuthenticator, revoke_and_deliver};
 use super::broker::broker_problem;
 use super::problem::Problem;
-use super::{BankClient, ClientError, MAX_BODY_BYTES, Metrics, blocking, metrics};
+use super::{BankClient, ClientError, Metrics, blocking, metrics};
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::broker::{Broker, ConsentView, TokenOutcome};
 use crate::checkpoint::NoteVerifier;
@@ -321,13 +321,11 @@ impl<S: Store + Send + Sync + 'static> Dashboard<S> {
                 .route("/chat/chat.mjs", get(chat_script))
                 .route("/chat/open-sealed-response.mjs", get(opener_script));
         }
-        router
-            .with_state(self.clone())
-            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .layer(axum::middleware::from_fn_with_state(
-                self.metrics.clone(),
-                metrics::observe,
-            ))
+        super::bounded(
+            router.with_state(self.clone()),
+            self.metrics.clone(),
+            super::MAX_IN_FLIGHT,
+        )
     }
 
     /// The consent, if it is this subject's (otherwise 404: nothing says it exists).

@@ -50,6 +50,44 @@ pub use problem::{PROBLEM_BASE, Problem, ProblemDetails};
 /// instructions and checkpoints are a few KiB at most.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The most requests one router handles at once; beyond them it answers 503 `overloaded` with
+/// `Retry-After: 1` at once, rather than queueing work (every call runs on tokio's blocking
+/// pool, which would otherwise take all of them). A proxy in front still limits per client.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// The layers every router of this module has: bodies bounded to [`MAX_BODY_BYTES`], at most
+/// `in_flight` requests at once, each traced, counted, timed out and answered with a problem
+/// document when it fails.
+pub(crate) fn bounded(router: axum::Router, metrics: Metrics, in_flight: usize) -> axum::Router {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(slots, shed))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::observe,
+        ))
+}
+
+/// Sheds a request when every slot is taken.
+async fn shed(
+    axum::extract::State(slots): axum::extract::State<std::sync::Arc<tokio::sync::Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match slots.try_acquire() {
+        Ok(_slot) => next.run(request).await,
+        Err(_) => Problem::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Too many requests at once",
+        )
+        .retry_after(1)
+        .into_response(),
+    }
+}
+
 /// Runs a synchronous core call on tokio's blocking pool. A call that panicked (a bug) is
 /// answered as a 500 problem, never by tearing the server down.
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -58,4 +96,23 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| Problem::internal("the call did not complete"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn a_full_router_sheds_at_once_with_a_problem() {
+        let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let open = bounded(router.clone(), Metrics::new(), 1);
+        let full = bounded(router, Metrics::new(), 0);
+        let request = || axum::extract::Request::new(axum::body::Body::empty());
+        assert_eq!(open.oneshot(request()).await.unwrap().status(), 200);
+        let shed = full.oneshot(request()).await.unwrap();
+        assert_eq!(shed.status(), 503);
+        assert_eq!(shed.headers()["retry-after"], "1");
+        assert_eq!(shed.headers()["content-type"], "application/problem+json");
+    }
 }
