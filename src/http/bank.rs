@@ -172,6 +172,19 @@ where
         &self.bank
     }
 
+    /// The customer the bank's login says made the request, and its JSON body.
+    fn customer_and<T: serde::de::DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(SubjectId, T), Problem> {
+        let customer = self
+            .authenticator
+            .authenticate(headers)
+            .ok_or_else(unauthorised)?;
+        Ok((customer, json_body(headers, body)?))
+    }
+
     /// The form tokens' key.
     pub(crate) fn csrf_key(&self) -> Option<[u8; 32]> {
         self.csrf
@@ -350,11 +363,7 @@ where
     H: DataHolder + Send + Sync + 'static,
     H::Error: Send + 'static,
 {
-    let customer = endpoints
-        .authenticator
-        .authenticate(&headers)
-        .ok_or_else(unauthorised)?;
-    let form: ApprovalForm = json_body(&headers, &body)?;
+    let (customer, form): (_, ApprovalForm) = endpoints.customer_and(&headers, &body)?;
     let statement = ApprovalStatement {
         consent: form.consent,
         subject: customer,
@@ -400,11 +409,7 @@ where
     H: DataHolder + Send + Sync + 'static,
     H::Error: Send + 'static,
 {
-    let customer = endpoints
-        .authenticator
-        .authenticate(&headers)
-        .ok_or_else(unauthorised)?;
-    let form: RevokeForm = json_body(&headers, &body)?;
+    let (customer, form): (_, RevokeForm) = endpoints.customer_and(&headers, &body)?;
     let (instruction, delivered) = revoke_and_deliver(&endpoints, customer, form.consent).await?;
     Ok(Json(Revoked {
         instruction,

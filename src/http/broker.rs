@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use super::client::{ClientSettings, tls_config};
+use super::client::{ClientSettings, blocking_client};
 use super::problem::Problem;
 use super::{Metrics, blocking, metrics};
 use crate::broker::Broker;
@@ -347,13 +347,7 @@ impl HttpWitness {
     /// # Errors
     /// [`super::ClientError::Config`] when the TLS configuration cannot be built.
     pub fn new(base: &str, settings: &ClientSettings) -> Result<Self, super::ClientError> {
-        let http = reqwest::blocking::Client::builder()
-            .tls_backend_preconfigured(tls_config(settings)?)
-            .timeout(settings.timeout)
-            .connect_timeout(settings.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| super::ClientError::Config(e.to_string()))?;
+        let http = blocking_client(settings)?;
         Ok(Self {
             url: format!("{}/add-checkpoint", base.trim_end_matches('/')),
             http,
@@ -421,13 +415,7 @@ impl HttpTiles {
     /// # Errors
     /// [`super::ClientError::Config`].
     pub fn new(base: &str, settings: &ClientSettings) -> Result<Self, super::ClientError> {
-        let http = reqwest::blocking::Client::builder()
-            .tls_backend_preconfigured(tls_config(settings)?)
-            .timeout(settings.timeout)
-            .connect_timeout(settings.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| super::ClientError::Config(e.to_string()))?;
+        let http = blocking_client(settings)?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http,

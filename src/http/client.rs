@@ -126,6 +126,20 @@ pub fn tls_config(settings: &ClientSettings) -> Result<rustls::ClientConfig, Cli
     .with_no_client_auth())
 }
 
+/// A synchronous client on the same settings (for the synchronous `WitnessClient` and
+/// `TileSource`): make, use and drop it on a blocking thread.
+pub(crate) fn blocking_client(
+    settings: &ClientSettings,
+) -> Result<reqwest::blocking::Client, ClientError> {
+    reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(tls_config(settings)?)
+        .timeout(settings.timeout)
+        .connect_timeout(settings.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ClientError::Config(e.to_string()))
+}
+
 fn async_client(settings: &ClientSettings) -> Result<reqwest::Client, ClientError> {
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls_config(settings)?)

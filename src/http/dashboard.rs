@@ -801,24 +801,43 @@ struct CsrfForm {
     csrf: String,
 }
 
+/// Who submitted a form: signed in, with the form's token for them, unexpired. Otherwise the
+/// page to answer with (sign in, or the form refused; `csrf` `None`: every form is refused).
+fn checked_form(
+    auth: &dyn SubjectAuthenticator,
+    csrf: Option<&Csrf>,
+    now: OffsetDateTime,
+    headers: &HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Result<SubjectId, Box<Response>> {
+    let subject = auth
+        .authenticate(headers)
+        .ok_or_else(|| Box::new(sign_in_page()))?;
+    let refused = |problem: &Problem| Box::new(problem_page(problem));
+    let (Ok(Form(form)), Some(csrf)) = (form, csrf) else {
+        return Err(refused(&forbidden_form()));
+    };
+    csrf.check(&subject, &form.csrf, now)
+        .map_err(|p| refused(&p))?;
+    Ok(subject)
+}
+
 async fn revoke<S: Store + Send + Sync + 'static>(
     State(dashboard): State<Dashboard<S>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    let Some(subject) = dashboard.auth.authenticate(&headers) else {
-        return sign_in_page();
+    let subject = match checked_form(
+        dashboard.auth.as_ref(),
+        Some(&dashboard.csrf),
+        dashboard.broker.now(),
+        &headers,
+        form,
+    ) {
+        Ok(subject) => subject,
+        Err(page) => return *page,
     };
-    let Ok(Form(form)) = form else {
-        return problem_page(&forbidden_form());
-    };
-    if let Err(problem) = dashboard
-        .csrf
-        .check(&subject, &form.csrf, dashboard.broker.now())
-    {
-        return problem_page(&problem);
-    }
     let view = match dashboard.own_consent(&subject, id).await {
         Ok(view) => view,
         Err(problem) => return problem_page(&problem),
@@ -1124,18 +1143,16 @@ async fn chat_ask<S: Store + Send + Sync + 'static>(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    let Some(subject) = dashboard.auth.authenticate(&headers) else {
-        return sign_in_page();
+    let subject = match checked_form(
+        dashboard.auth.as_ref(),
+        Some(&dashboard.csrf),
+        dashboard.broker.now(),
+        &headers,
+        form,
+    ) {
+        Ok(subject) => subject,
+        Err(page) => return *page,
     };
-    let Ok(Form(form)) = form else {
-        return problem_page(&forbidden_form());
-    };
-    if let Err(problem) = dashboard
-        .csrf
-        .check(&subject, &form.csrf, dashboard.broker.now())
-    {
-        return problem_page(&problem);
-    }
     let Some(chat) = dashboard.chat.clone() else {
         return problem_page(&Problem::not_found());
     };
@@ -1540,18 +1557,16 @@ where
     H: DataHolder + Send + Sync + 'static,
     H::Error: Send + 'static,
 {
-    let Some(customer) = endpoints.authenticator().authenticate(&headers) else {
-        return sign_in_page();
+    let customer = match checked_form(
+        endpoints.authenticator().as_ref(),
+        csrf.as_ref(),
+        endpoints.bank().now(),
+        &headers,
+        form,
+    ) {
+        Ok(customer) => customer,
+        Err(page) => return *page,
     };
-    let Ok(Form(form)) = form else {
-        return problem_page(&forbidden_form());
-    };
-    let Some(csrf) = csrf else {
-        return problem_page(&forbidden_form());
-    };
-    if let Err(problem) = csrf.check(&customer, &form.csrf, endpoints.bank().now()) {
-        return problem_page(&problem);
-    }
     let Ok(consent) = ConsentId::new(consent) else {
         return problem_page(&Problem::not_found());
     };

@@ -62,17 +62,24 @@ async fn sign_in(client: &Client, origin: &str) {
     client.goto(&format!("{origin}/login")).await.unwrap();
 }
 
-async fn text_of(client: &Client, css: &str) -> String {
-    // Waits for it: a click that submits a form returns before the next page may be read.
+/// The element, once the page shows it (a click that submits a form returns before the next
+/// page may be read).
+async fn find(client: &Client, locator: Locator<'_>) -> fantoccini::elements::Element {
     client
         .wait()
         .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::Css(css))
+        .for_element(locator)
         .await
-        .unwrap_or_else(|e| panic!("no {css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("not on the page: {locator:?}: {e}"))
+}
+
+/// Clicks the element once the page shows it.
+async fn click(client: &Client, locator: Locator<'_>) {
+    find(client, locator).await.click().await.unwrap();
+}
+
+async fn text_of(client: &Client, css: &str) -> String {
+    find(client, Locator::Css(css)).await.text().await.unwrap()
 }
 
 /// The platform's server: the broker's endpoints, the dashboard, and the chat view, which
@@ -145,12 +152,8 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
         assert!(row.contains(expected), "{expected} missing from {row:?}");
     }
     assert_eq!(
-        client
-            .wait()
-            .at_most(std::time::Duration::from_secs(20))
-            .for_element(Locator::Css("html"))
+        find(&client, Locator::Css("html"))
             .await
-            .unwrap()
             .attr("lang")
             .await
             .unwrap(),
@@ -174,12 +177,7 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
     screenshot(&client, "dashboard-list").await;
 
     // From the keyboard: the first Tab lands on the skip link; Tabs reach "Details"; Enter opens it.
-    let body = client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::Css("body"))
-        .await
-        .unwrap();
+    let body = find(&client, Locator::Css("body")).await;
     body.send_keys(&char::from(Key::Tab).to_string())
         .await
         .unwrap();
@@ -214,33 +212,16 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
         history.len()
     );
     screenshot(&client, "dashboard-consent").await;
-    client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::Css("a[aria-label^='Receipt of entry']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let verdict = client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::Css("#verdict"))
-        .await
-        .unwrap();
+    click(&client, Locator::Css("a[aria-label^='Receipt of entry']")).await;
+    let verdict = find(&client, Locator::Css("#verdict")).await;
     assert_eq!(
         verdict.attr("class").await.unwrap(),
         Some("verified".into())
     );
     screenshot(&client, "dashboard-receipt").await;
     // The receipt the page offers verifies here too, against the log's key alone.
-    let json_url = client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::Css("a[download]"))
+    let json_url = find(&client, Locator::Css("a[download]"))
         .await
-        .unwrap()
         .attr("href")
         .await
         .unwrap()
@@ -267,15 +248,7 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
         .goto(&format!("{origin}/dashboard/consents/{}", world.consent))
         .await
         .unwrap();
-    client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::LinkText("Stop sharing…"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::LinkText("Stop sharing…")).await;
     assert_eq!(text_of(&client, "h1").await, "Stop sharing?");
     screenshot(&client, "dashboard-revoke").await;
     assert_eq!(
@@ -283,15 +256,7 @@ async fn browser_dashboard_without_javascript_lists_shows_history_verifies_recei
         ConsentStatus::Authorised,
         "nothing is revoked before the confirmation"
     );
-    client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::Css("button.danger"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Css("button.danger")).await;
     assert!(text_of(&client, "#notice").await.contains("Stopped"));
     assert!(text_of(&client, "main").await.contains("Stopped by you"));
     // The bank's next feed carries it, and the bank refuses the platform's next call.
@@ -352,27 +317,15 @@ async fn browser_chat_opens_the_sealed_balance_in_the_page_and_the_platform_keep
         .unwrap();
     assert_eq!(exported, json!("InvalidAccessError"));
     // The person asks; the platform's server fetches from the bank and relays.
-    client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::Css("#ask-balance"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Css("#ask-balance")).await;
     client
         .wait()
         .for_element(Locator::Css("body[data-chat-ready]"))
         .await
         .unwrap();
     assert_eq!(
-        client
-            .wait()
-            .at_most(std::time::Duration::from_secs(20))
-            .for_element(Locator::Css("body"))
+        find(&client, Locator::Css("body"))
             .await
-            .unwrap()
             .attr("data-chat-ready")
             .await
             .unwrap(),
@@ -381,12 +334,8 @@ async fn browser_chat_opens_the_sealed_balance_in_the_page_and_the_platform_keep
     let shown = text_of(&client, "#message-0").await;
     assert!(shown.contains("acc-current: 42.00 EUR"), "{shown}");
     let opened: serde_json::Value = serde_json::from_str(
-        &client
-            .wait()
-            .at_most(std::time::Duration::from_secs(20))
-            .for_element(Locator::Css("#message-0"))
+        &find(&client, Locator::Css("#message-0"))
             .await
-            .unwrap()
             .attr("data-opened")
             .await
             .unwrap()
@@ -463,60 +412,23 @@ async fn browser_bank_dashboard_shows_the_approval_and_its_withdrawal_stops_the_
     screenshot(&client, "bank-dashboard").await;
     // The approval's history in the bank's journal, each entry with a receipt that verifies
     // against the journal's key.
-    client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::LinkText("History"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::LinkText("History")).await;
     let history = text_of(&client, "tbody").await;
     assert!(
         history.contains("Your balance was served, for"),
         "{history}"
     );
-    client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::Css("a[aria-label^='Receipt of entry']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let verdict = client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::Css("#verdict"))
-        .await
-        .unwrap();
+    click(&client, Locator::Css("a[aria-label^='Receipt of entry']")).await;
+    let verdict = find(&client, Locator::Css("#verdict")).await;
     assert_eq!(
         verdict.attr("class").await.unwrap(),
         Some("verified".into())
     );
     assert!(text_of(&client, "main").await.contains("the bank's own"));
     client.goto(&format!("{origin}/dashboard")).await.unwrap();
-    client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::LinkText("Stop sharing…"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::LinkText("Stop sharing…")).await;
     assert_eq!(text_of(&client, "h1").await, "Stop sharing?");
-    client
-        .wait()
-        .at_most(std::time::Duration::from_secs(20))
-        .for_element(Locator::Css("button.danger"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Css("button.danger")).await;
     assert!(
         text_of(&client, "tbody tr")
             .await

@@ -55,6 +55,21 @@ fn proof_for(world: &World, signer: &DpopSigner, url: &str, token: &str) -> Stri
         .unwrap()
 }
 
+/// `token` at the data endpoint with a fresh proof of the platform's key, as raw HTTP.
+async fn present(world: &World, token: &str) -> Answer {
+    let proof = proof_for(world, &platform_signer(), &world.data_url(), token);
+    answer(
+        raw()
+            .get(world.data_url())
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 /// The platform's signer (the same key the world's client holds).
 fn platform_signer() -> DpopSigner {
     consent_broker::testing::TestBroker::memory().sender
@@ -335,20 +350,7 @@ async fn a_withdrawal_at_the_bank_is_invalid_token_at_once() {
             RevocationReason::SubjectWithdrew,
         )
         .unwrap();
-    let raw_answer = {
-        let signer = platform_signer();
-        let proof = proof_for(&world, &signer, &world.data_url(), &token);
-        answer(
-            raw()
-                .get(world.data_url())
-                .header("authorization", format!("DPoP {token}"))
-                .header("dpop", proof)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
-    };
+    let raw_answer = present(&world, &token).await;
     assert_refused(
         &raw_answer,
         401,
@@ -373,18 +375,7 @@ async fn the_banks_policy_and_the_account_owner_are_insufficient_scope() {
     policy.enabled_scopes = ScopeSet::from([Scope::Alerts]);
     policy.plaintext = PlaintextUses::new();
     world.bank.set_policy(policy).unwrap();
-    let signer = platform_signer();
-    let proof = proof_for(&world, &signer, &world.data_url(), &token);
-    let refused = answer(
-        raw()
-            .get(world.data_url())
-            .header("authorization", format!("DPoP {token}"))
-            .header("dpop", proof)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let refused = present(&world, &token).await;
     assert_refused(
         &refused,
         403,
@@ -416,18 +407,7 @@ async fn no_device_left_to_seal_to_is_forbidden_without_a_challenge() {
         .bank
         .revoke_device(&world.customer, &world.device.public_key().thumbprint())
         .unwrap();
-    let signer = platform_signer();
-    let proof = proof_for(&world, &signer, &world.data_url(), &token);
-    let refused = answer(
-        raw()
-            .get(world.data_url())
-            .header("authorization", format!("DPoP {token}"))
-            .header("dpop", proof)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let refused = present(&world, &token).await;
     assert_refused(&refused, 403, "gate/no_device_to_seal_to", None);
     world.bank_server.stop().await;
 }
@@ -444,18 +424,7 @@ async fn used_up_limits_are_429_until_midnight_and_a_stale_feed_is_503() {
         world.client.fetch(&world.data_url(), &token).await.unwrap();
     }
     let token = world.token();
-    let signer = platform_signer();
-    let proof = proof_for(&world, &signer, &world.data_url(), &token);
-    let limited = answer(
-        raw()
-            .get(world.data_url())
-            .header("authorization", format!("DPoP {token}"))
-            .header("dpop", proof)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let limited = present(&world, &token).await;
     assert_refused(&limited, 429, "gate/present_ceiling_reached", None);
     // The kit's clock stands at 09:00 UTC: 15 hours to midnight.
     assert_eq!(limited.retry_after.as_deref(), Some("54000"));
