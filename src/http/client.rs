@@ -150,20 +150,51 @@ fn async_client(settings: &ClientSettings) -> Result<reqwest::Client, ClientErro
         .map_err(|e| ClientError::Config(e.to_string()))
 }
 
-/// One attempt's outcome, before the retry policy.
-enum Attempt {
-    Done(reqwest::Response),
-    /// Not sent (connection failed): safe to retry.
-    NotSent(String),
-}
-
-async fn send(request: reqwest::RequestBuilder) -> Result<Attempt, ClientError> {
-    match request.send().await {
-        Ok(response) => Ok(Attempt::Done(response)),
-        Err(error) if error.is_connect() => Ok(Attempt::NotSent(error.to_string())),
-        Err(error) if error.is_timeout() => Err(ClientError::Timeout),
-        Err(error) => Err(ClientError::InvalidResponse(error.to_string())),
+/// Sends what `request` makes (anew for each attempt: a fresh proof) up to `settings.attempts`
+/// times and returns the first success (2xx). Another attempt is made only when the request
+/// cannot have been acted on: no connection could be made, the server answered 503
+/// `unavailable` (waiting at least its `Retry-After`, at most 5 s), or, for a request that
+/// changes nothing (`idempotent`), no answer came in time. Never after a refusal, a 500, or a
+/// timeout of a request that may have changed something.
+async fn with_retries(
+    settings: &ClientSettings,
+    idempotent: bool,
+    mut request: impl FnMut(u32) -> Result<reqwest::RequestBuilder, ClientError>,
+) -> Result<reqwest::Response, ClientError> {
+    let mut wait = settings.backoff;
+    let mut last = ClientError::Connect("no attempt".into());
+    for attempt in 1..=settings.attempts.max(1) {
+        if attempt > 1 {
+            tokio::time::sleep(wait).await;
+            wait = wait.saturating_mul(2);
+        }
+        let response = match request(attempt)?.send().await {
+            Ok(response) => response,
+            Err(error) if error.is_connect() => {
+                last = ClientError::Connect(error.to_string());
+                continue;
+            }
+            Err(error) if error.is_timeout() && idempotent => {
+                last = ClientError::Timeout;
+                continue;
+            }
+            Err(error) if error.is_timeout() => return Err(ClientError::Timeout),
+            Err(error) => return Err(ClientError::InvalidResponse(error.to_string())),
+        };
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        match failure(response, settings.max_response_bytes).await {
+            ClientError::Unavailable { retry_after } => {
+                wait = wait.max(retry_wait(retry_after));
+                last = ClientError::Unavailable { retry_after };
+            }
+            // A refusal (even a 503 for a stale feed) is journalled at the bank: another
+            // attempt would only journal another.
+            error => return Err(error),
+        }
     }
+    Err(last)
 }
 
 /// The largest revocation feed read (64 MiB: some 500,000 revocations).
@@ -290,56 +321,32 @@ impl BankClient {
     /// # Errors
     /// [`ClientError::Refused`] with the gate's typed reason; the others of [`ClientError`].
     pub async fn fetch(&self, url: &str, token: &str) -> Result<Response, ClientError> {
-        let mut wait = self.settings.backoff;
-        let attempts = self.settings.attempts.max(1);
-        let mut last = ClientError::Connect("no attempt".into());
-        for attempt in 1..=attempts {
-            if attempt > 1 {
-                tokio::time::sleep(wait).await;
-                wait = wait.saturating_mul(2);
-            }
-            // A fresh proof per attempt: the gate takes each proof once.
-            let proof = self
-                .signer
-                .proof(
-                    &HttpRequest { method: "GET", url },
-                    token,
-                    self.clock.now(),
-                    self.random.as_ref(),
-                )
-                .map_err(ClientError::Proof)?;
-            let request = self
-                .http
-                .get(url)
-                .header(header::AUTHORIZATION, format!("DPoP {token}"))
-                .header("DPoP", proof)
-                .header(header::ACCEPT, "application/json");
-            let span = tracing::info_span!("bank_client.fetch", attempt);
-            let response = match tracing::Instrument::instrument(send(request), span).await? {
-                Attempt::Done(response) => response,
-                Attempt::NotSent(why) => {
-                    last = ClientError::Connect(why);
-                    continue;
-                }
-            };
-            if response.status().is_success() {
-                let bytes = body(response, self.settings.max_response_bytes).await?;
-                return serde_json::from_slice(&bytes)
-                    .map_err(|_| ClientError::InvalidResponse("not a bank response".into()));
-            }
-            match failure(response, self.settings.max_response_bytes).await {
-                // Nothing was done (the gate consumed nothing): try again, no sooner than the
-                // server asked (within reason).
-                ClientError::Unavailable { retry_after } => {
-                    wait = wait.max(retry_wait(retry_after));
-                    last = ClientError::Unavailable { retry_after };
-                }
-                // A refusal (even a 503 for a stale feed) is journalled at the bank: retrying at
-                // once would only journal another.
-                error => return Err(error),
-            }
-        }
-        Err(last)
+        let span = tracing::info_span!("bank_client.fetch");
+        let response = tracing::Instrument::instrument(
+            with_retries(&self.settings, false, |_| {
+                // A fresh proof per attempt: the gate takes each proof once.
+                let proof = self
+                    .signer
+                    .proof(
+                        &HttpRequest { method: "GET", url },
+                        token,
+                        self.clock.now(),
+                        self.random.as_ref(),
+                    )
+                    .map_err(ClientError::Proof)?;
+                Ok(self
+                    .http
+                    .get(url)
+                    .header(header::AUTHORIZATION, format!("DPoP {token}"))
+                    .header("DPoP", proof)
+                    .header(header::ACCEPT, "application/json"))
+            }),
+            span,
+        )
+        .await?;
+        let bytes = body(response, self.settings.max_response_bytes).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|_| ClientError::InvalidResponse("not a bank response".into()))
     }
 }
 
@@ -369,34 +376,10 @@ impl BrokerClient {
     }
 
     async fn get_up_to(&self, path: &str, limit: usize) -> Result<Vec<u8>, ClientError> {
-        let mut wait = self.settings.backoff;
-        let mut last = ClientError::Connect("no attempt".into());
-        for attempt in 1..=self.settings.attempts.max(1) {
-            if attempt > 1 {
-                tokio::time::sleep(wait).await;
-                wait = wait.saturating_mul(2);
-            }
-            // Reads change nothing: a timeout may be retried too.
-            let response = match self.http.get(format!("{}{path}", self.base)).send().await {
-                Ok(response) => response,
-                Err(error) if error.is_connect() || error.is_timeout() => {
-                    last = ClientError::Connect(error.to_string());
-                    continue;
-                }
-                Err(error) => return Err(ClientError::InvalidResponse(error.to_string())),
-            };
-            if response.status().is_success() {
-                return body(response, limit).await;
-            }
-            match failure(response, self.settings.max_response_bytes).await {
-                ClientError::Unavailable { retry_after } => {
-                    wait = wait.max(retry_wait(retry_after));
-                    last = ClientError::Unavailable { retry_after };
-                }
-                error => return Err(error),
-            }
-        }
-        Err(last)
+        // Reads change nothing: a timeout may be retried too.
+        let url = format!("{}{path}", self.base);
+        let response = with_retries(&self.settings, true, |_| Ok(self.http.get(&url))).await?;
+        body(response, limit).await
     }
 
     /// The broker's token keys.
@@ -447,32 +430,22 @@ impl BrokerClient {
             .await
     }
 
-    /// Delivers a bank's signed instruction. Retried only when no connection could be made (the
-    /// broker refuses an instruction applied before, so a duplicate is harmless, but reported).
+    /// Delivers a bank's signed instruction. Retried only when it cannot have been applied (no
+    /// connection, a 503); a timeout is not retried (the broker refuses an instruction applied
+    /// before, so a duplicate would be harmless, but reported as a refusal).
     ///
     /// # Errors
     /// [`ClientError`].
     pub async fn send_instruction(&self, instruction: &str) -> Result<(), ClientError> {
-        let mut wait = self.settings.backoff;
-        let mut last = ClientError::Connect("no attempt".into());
-        for attempt in 1..=self.settings.attempts.max(1) {
-            if attempt > 1 {
-                tokio::time::sleep(wait).await;
-                wait = wait.saturating_mul(2);
-            }
-            let request = self
+        let url = format!("{}/instructions", self.base);
+        with_retries(&self.settings, false, |_| {
+            Ok(self
                 .http
-                .post(format!("{}/instructions", self.base))
+                .post(&url)
                 .header(header::CONTENT_TYPE, "application/jose")
-                .body(instruction.to_owned());
-            match send(request).await? {
-                Attempt::Done(response) if response.status().is_success() => return Ok(()),
-                Attempt::Done(response) => {
-                    return Err(failure(response, self.settings.max_response_bytes).await);
-                }
-                Attempt::NotSent(why) => last = ClientError::Connect(why),
-            }
-        }
-        Err(last)
+                .body(instruction.to_owned()))
+        })
+        .await
+        .map(drop)
     }
 }

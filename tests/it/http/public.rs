@@ -269,3 +269,93 @@ async fn the_metrics_count_gate_outcomes_by_reason_and_name_no_one() {
     }
     world.bank_server.stop().await;
 }
+
+/// A server that answers the n-th request with `answer(n)`, counting them.
+async fn scripted(
+    answer: impl Fn(usize) -> (u16, &'static str) + Send + Sync + 'static,
+    delay: std::time::Duration,
+) -> (Server, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let answer = Arc::new(answer);
+    let router = axum::Router::new().fallback(move || {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        let answer = Arc::clone(&answer);
+        async move {
+            tokio::time::sleep(delay).await;
+            let (status, body) = answer(n);
+            (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+                body,
+            )
+        }
+    });
+    (Server::start(router).await, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_retry_only_what_cannot_have_been_acted_on() {
+    use std::sync::atomic::Ordering;
+    let unavailable =
+        r#"{"type":"urn:consent-broker:problem:unavailable","title":"x","status":503}"#;
+    let refused = r#"{"type":"urn:consent-broker:problem:gate/revocation_feed_stale","title":"x","status":503,"refusal":{"refusal":"revocation_feed_stale","detail":{}}}"#;
+    let settings = consent_broker::http::ClientSettings {
+        attempts: 3,
+        backoff: std::time::Duration::from_millis(5),
+        timeout: std::time::Duration::from_millis(300),
+        ..quick()
+    };
+    // 503 unavailable twice (nothing was done), then the answer: three calls, and it arrives.
+    let (server, calls) = scripted(
+        move |n| {
+            if n < 2 {
+                (503, unavailable)
+            } else {
+                (200, "{\"keys\":[]}")
+            }
+        },
+        std::time::Duration::ZERO,
+    )
+    .await;
+    let client = BrokerClient::new(&server.origin(), settings.clone()).unwrap();
+    assert!(client.jwks().await.is_ok());
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    server.stop().await;
+    // A refusal, even a 503 one, is journalled at the bank: one call, no retry.
+    let (server, calls) = scripted(move |_| (503, refused), std::time::Duration::ZERO).await;
+    let client = BrokerClient::new(&server.origin(), settings.clone()).unwrap();
+    assert!(matches!(
+        client.send_instruction("x.y.z").await,
+        Err(ClientError::Refused { status: 503, .. })
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    server.stop().await;
+    // No answer in time: a read is tried again; an instruction (it may have been applied) is not.
+    let (server, calls) =
+        scripted(move |_| (200, "{}"), std::time::Duration::from_millis(600)).await;
+    let client = BrokerClient::new(&server.origin(), settings.clone()).unwrap();
+    assert!(matches!(
+        client.send_instruction("x.y.z").await,
+        Err(ClientError::Timeout)
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(matches!(
+        client.checkpoint().await,
+        Err(ClientError::Timeout)
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 1 + 3);
+    server.stop().await;
+    // Nobody listening: every attempt made, then a connection error.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = BrokerClient::new(&format!("http://127.0.0.1:{port}"), settings).unwrap();
+    assert!(matches!(
+        client.checkpoint().await,
+        Err(ClientError::Connect(_))
+    ));
+}
