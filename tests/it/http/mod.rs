@@ -2,6 +2,7 @@
 //! crate's clients and with raw requests.
 
 mod browser;
+mod dashboard;
 mod gate;
 mod load;
 mod minted;
