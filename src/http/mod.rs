@@ -28,7 +28,8 @@
 //!   hold an id), and no span or event carries personal data.
 //!
 //! Every router bounds what it reads: bodies to [`MAX_BODY_BYTES`], credentials to the token
-//! and proof limits; hostile input gets a typed 4xx answer (a problem document), never a 5xx.
+//! and proof limits, requests in flight to [`MAX_IN_FLIGHT`] (the rest shed at once with a 503),
+//! each request to 30 s; hostile input gets a typed 4xx answer (a problem document), never a 5xx.
 //! `docs/HTTP.md` lists every endpoint, status code and problem type.
 
 pub mod bank;
