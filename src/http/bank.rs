@@ -196,7 +196,7 @@ where
     }
 
     /// The router: every endpoint of the module's table, the bank's dashboard under
-    /// `/dashboard`, bodies bounded to [`MAX_BODY_BYTES`], every request traced and counted.
+    /// `/dashboard`, bodies bounded to [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES), every request traced and counted.
     ///
     /// # Errors
     /// [`super::gate::OriginError`] when the origin is not an absolute http(s) URL.
