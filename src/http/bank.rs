@@ -224,11 +224,7 @@ where
                 "/metrics",
                 get(metrics::expose).with_state(self.metrics.clone()),
             );
-        Ok(super::bounded(
-            router,
-            self.metrics.clone(),
-            super::MAX_IN_FLIGHT,
-        ))
+        Ok(super::bounded(router, self.metrics.clone()))
     }
 }
 
@@ -475,7 +471,7 @@ pub fn witness_router(witness: Arc<Witness>, metrics: Metrics) -> Router {
             post(move |body: axum::body::Bytes| witness_call(Arc::clone(&witness), body)),
         )
         .route("/metrics", get(metrics::expose).with_state(metrics.clone()));
-    super::bounded(router, metrics, super::MAX_IN_FLIGHT)
+    super::bounded(router, metrics)
 }
 
 /// Why the bank's view of the platform's revocations could not be brought up to date.
@@ -539,6 +535,8 @@ pub(crate) fn witness_answer(answer: Result<String, WitnessError>) -> HttpRespon
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        // C2SP fixes these bodies (a 409 carries the size last cosigned): never rewritten.
+        response.extensions_mut().insert(super::metrics::Verbatim);
         response
     };
     match answer {

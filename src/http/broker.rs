@@ -185,7 +185,7 @@ impl<S: Store + Send + Sync + 'static> BrokerEndpoints<S> {
                 "/metrics",
                 get(metrics::expose).with_state(self.metrics.clone()),
             );
-        super::bounded(router, self.metrics.clone(), super::MAX_IN_FLIGHT)
+        super::bounded(router, self.metrics.clone())
     }
 }
 

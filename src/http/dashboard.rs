@@ -321,11 +321,7 @@ impl<S: Store + Send + Sync + 'static> Dashboard<S> {
                 .route("/chat/chat.mjs", get(chat_script))
                 .route("/chat/open-sealed-response.mjs", get(opener_script));
         }
-        super::bounded(
-            router.with_state(self.clone()),
-            self.metrics.clone(),
-            super::MAX_IN_FLIGHT,
-        )
+        super::bounded(router.with_state(self.clone()), self.metrics.clone())
     }
 
     /// The consent, if it is this subject's (otherwise 404: nothing says it exists).

@@ -281,8 +281,17 @@ pub(crate) async fn observe(
     response
 }
 
-/// An error answer that is neither a problem document nor a page, as a problem of its status.
+/// Marks an answer whose body a protocol fixes (the witness's C2SP answers): the middleware
+/// leaves it as it is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Verbatim;
+
+/// An error answer that is neither a problem document nor a page, as a problem of its status
+/// (unless marked [`Verbatim`]).
 fn as_problem(response: Response) -> Response {
+    if response.extensions().get::<Verbatim>().is_some() {
+        return response;
+    }
     let status = response.status();
     let typed = response
         .headers()

@@ -51,42 +51,36 @@ pub use problem::{PROBLEM_BASE, Problem, ProblemDetails};
 /// instructions and checkpoints are a few KiB at most.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// The most requests one router handles at once; beyond them it answers 503 `overloaded` with
-/// `Retry-After: 1` at once, rather than queueing work (every call runs on tokio's blocking
-/// pool, which would otherwise take all of them). A proxy in front still limits per client.
+/// The most core calls this process runs or queues on tokio's blocking pool at once, over all
+/// routers; a request that would need one more is answered 503 `overloaded` with
+/// `Retry-After: 1` at once, before anything is decided. A call holds its slot until it ends
+/// (even if its request timed out), so the bound is on the work, not on the waiting; requests
+/// still reading their bodies or waiting for a lock hold none. A proxy in front still limits
+/// per client.
 pub const MAX_IN_FLIGHT: usize = 256;
 
-/// The layers every router of this module has: bodies bounded to [`MAX_BODY_BYTES`], at most
-/// `in_flight` requests at once, each traced, counted, timed out and answered with a problem
-/// document when it fails.
-pub(crate) fn bounded(router: axum::Router, metrics: Metrics, in_flight: usize) -> axum::Router {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
+/// The slots of [`MAX_IN_FLIGHT`].
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_IN_FLIGHT);
+
+/// The layers every router of this module has: bodies bounded to [`MAX_BODY_BYTES`], each
+/// request traced, counted, timed out and answered with a problem document when it fails.
+pub(crate) fn bounded(router: axum::Router, metrics: Metrics) -> axum::Router {
     router
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(slots, shed))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             metrics::observe,
         ))
 }
 
-/// Sheds a request when every slot is taken.
-async fn shed(
-    axum::extract::State(slots): axum::extract::State<std::sync::Arc<tokio::sync::Semaphore>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    match slots.try_acquire() {
-        Ok(_slot) => next.run(request).await,
-        Err(_) => Problem::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "Too many requests at once",
-        )
-        .retry_after(1)
-        .into_response(),
-    }
+/// The answer when every slot is taken.
+fn overloaded() -> Problem {
+    Problem::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "Too many requests at once",
+    )
+    .retry_after(1)
 }
 
 /// Runs a synchronous core call on tokio's blocking pool. A call that panicked (a bug) is
@@ -94,26 +88,54 @@ async fn shed(
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Problem> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| Problem::internal("the call did not complete"))
+    blocking_in(&SLOTS, f).await
+}
+
+/// [`blocking`] with the slots of `slots`.
+async fn blocking_in<T: Send + 'static>(
+    slots: &'static tokio::sync::Semaphore,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Problem> {
+    let slot = slots.try_acquire().map_err(|_| overloaded())?;
+    tokio::task::spawn_blocking(move || {
+        // Held until the call ends, even if the request that asked for it is gone.
+        let _slot = slot;
+        f()
+    })
+    .await
+    .map_err(|_| Problem::internal("the call did not complete"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::ServiceExt as _;
 
-    #[tokio::test]
-    async fn a_full_router_sheds_at_once_with_a_problem() {
-        let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        let open = bounded(router.clone(), Metrics::new(), 1);
-        let full = bounded(router, Metrics::new(), 0);
-        let request = || axum::extract::Request::new(axum::body::Body::empty());
-        assert_eq!(open.oneshot(request()).await.unwrap().status(), 200);
-        let shed = full.oneshot(request()).await.unwrap();
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_beyond_the_slots_is_shed_at_once_and_a_slot_is_held_until_its_work_ends() {
+        static ONE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+        let (started, wait) = std::sync::mpsc::channel::<()>();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let running = tokio::spawn(blocking_in(&ONE, move || {
+            let _ = started.send(());
+            let _ = hold.recv();
+        }));
+        tokio::task::spawn_blocking(move || wait.recv().unwrap())
+            .await
+            .unwrap();
+        let shed = blocking_in(&ONE, || ()).await.unwrap_err();
         assert_eq!(shed.status(), 503);
-        assert_eq!(shed.headers()["retry-after"], "1");
-        assert_eq!(shed.headers()["content-type"], "application/problem+json");
+        assert_eq!(shed.details().code(), Some("overloaded"));
+        // The request that asked is dropped: its work still runs and still holds the slot.
+        running.abort();
+        assert!(blocking_in(&ONE, || ()).await.is_err());
+        release.send(()).unwrap();
+        // Once the work ends, the slot is free.
+        for _ in 0..100 {
+            if blocking_in(&ONE, || ()).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the slot was never released");
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use consent_broker::checkpoint::NoteVerifier;
-use consent_broker::cosignature::CosignatureSigner;
+use consent_broker::cosignature::{CosignatureSigner, CosignatureVerifier};
 use consent_broker::http::bank::BankEndpoints;
 use consent_broker::http::{BrokerClient, ClientError, HttpTiles, HttpWitness};
 use consent_broker::tiles::verify_tiles;
@@ -81,6 +81,7 @@ async fn a_witness_across_the_network_cosigns_and_anyone_verifies_the_tiles_over
     let signer =
         CosignatureSigner::new("bank.example/witness", witness_key.to_pkcs8_der()).unwrap();
     let cosignature_verifier = signer.verifier().clone();
+    let witness_vkey = cosignature_verifier.to_vkey();
     let witness = Witness::open(
         dir.path().join("witness.sqlite"),
         signer,
@@ -152,15 +153,36 @@ async fn a_witness_across_the_network_cosigns_and_anyone_verifies_the_tiles_over
             .status();
         assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{path}");
     }
-    // A rolled-back request to the witness: 409 with the size it cosigned.
-    let stale = format!("old 0\n\n{}", cosigned.note);
+    // A request that starts from a size the witness did not cosign last: 409, and (C2SP
+    // tlog-witness) a `text/x.tlog.size` body with the size it did cosign.
+    let stale = format!("old 1\n\n{}", cosigned.note);
     let response = raw
         .post(format!("{}/add-checkpoint", witness_server.origin()))
-        .body(stale.replace("old 0", "old 1"))
+        .body(stale)
         .send()
         .await
         .unwrap();
-    assert!(response.status().is_client_error());
+    assert_eq!(response.status(), reqwest::StatusCode::CONFLICT);
+    assert_eq!(response.headers()["content-type"], "text/x.tlog.size");
+    let size: u64 = response.text().await.unwrap().trim().parse().unwrap();
+    assert_eq!(size, report.checkpoint.size);
+    // The log grows, and a publisher that knows nothing of the witness (a restart: a new
+    // `Cosigning`) learns its size from that 409 and gets the new checkpoint cosigned.
+    let token = world.token();
+    world.client.fetch(&world.data_url(), &token).await.unwrap();
+    let publisher = endpoints.clone();
+    let witness_url = witness_server.origin();
+    let verifier = CosignatureVerifier::from_vkey(&witness_vkey).unwrap();
+    let again = tokio::task::spawn_blocking(move || {
+        let remote = HttpWitness::new(&witness_url, &quick()).unwrap();
+        let mut cosigning = Cosigning::new(vec![(&remote as &dyn WitnessClient, verifier)]);
+        publisher.publish(&mut cosigning).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(again.alarms.is_empty(), "{:?}", again.alarms);
+    assert_eq!(again.cosigned_by, vec!["bank.example/witness".to_owned()]);
+    assert_ne!(again.note, cosigned.note);
     server.stop().await;
     witness_server.stop().await;
     world.bank_server.stop().await;
