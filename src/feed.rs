@@ -55,6 +55,19 @@ pub struct RevocationFeed {
     pub position: u64,
     /// The revocations of the bank's consents in that stretch of the log, in order.
     pub revoked: Vec<FeedRevocation>,
+    /// Whether the feed reaches the end of the broker's log when it was made. A feed holds at
+    /// most [`MAX_FEED_REVOCATIONS`]; a bank further behind gets pages (`position` is then the
+    /// log position of the first revocation left for the next page) and counts its view fresh
+    /// only once a page is complete. Absent: complete (feeds from before pages).
+    #[serde(default = "complete")]
+    pub complete: bool,
+}
+
+/// The most revocations one feed holds (about 500 KiB signed, within [`MAX_FEED_LEN`]).
+pub const MAX_FEED_REVOCATIONS: usize = 4_096;
+
+fn complete() -> bool {
+    true
 }
 
 /// Why a feed was refused.

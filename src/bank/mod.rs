@@ -576,15 +576,23 @@ impl<S: Store + LedgerRead> Bank<S> {
             }
             // A feed dated ahead of the bank's clock (within the leeway) counts as made now: its
             // freshness is never stretched past what the bank's own clock has seen.
-            let generated_at = OffsetDateTime::from_unix_timestamp(contents.iat)
+            let made_at = OffsetDateTime::from_unix_timestamp(contents.iat)
                 .map_err(|_| FeedError::Malformed("iat out of range".into()))?
                 .min(now);
             // An older feed would make the bank's view look fresher than it is. (The same second
             // is not older: a later feed from the same second covers more of the log, since it
             // starts where the last one ended.)
-            if last.is_some_and(|last| generated_at < last) {
+            if last.is_some_and(|last| made_at < last) {
                 return Err(FeedError::Rollback.into());
             }
+            // A page (more revocations are due) moves the position but not the freshness: the
+            // bank knows the platform's revocations only up to the page's end, so its view is as
+            // fresh as the last complete feed, or (none yet) not fresh at all.
+            let generated_at = if contents.complete {
+                made_at
+            } else {
+                last.unwrap_or(OffsetDateTime::UNIX_EPOCH)
+            };
             let state = FeedState {
                 position: contents.position,
                 generated_at,

@@ -34,16 +34,45 @@ impl<S: Store> Broker<S> {
         tracing::instrument(name = "broker.revocation_feed", level = "debug", skip_all)
     )]
     pub fn revocation_feed(&self, holder: &HolderId, after: u64) -> Result<String, Error> {
+        self.revocation_feed_page(holder, after, feed::MAX_FEED_REVOCATIONS)
+    }
+
+    /// [`Broker::revocation_feed`] with at most `most` revocations (at least one): when more
+    /// are due, the feed is a page, not complete, and ends at the first revocation left out,
+    /// where the next page starts.
+    ///
+    /// # Errors
+    /// As [`Broker::revocation_feed`].
+    pub fn revocation_feed_page(
+        &self,
+        holder: &HolderId,
+        after: u64,
+        most: usize,
+    ) -> Result<String, Error> {
         let now = self.now();
         // One reader at a time brings the index up to the log's end; then the feed is a slice.
         let mut index = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
         let position = self.store.audit_len()?;
+        if position < index.scanned {
+            // The log is shorter than what was read (a restored store, a failover to a replica
+            // behind): what the index holds may not be this log's. Read it again.
+            *index = FeedIndex::default();
+        }
         while index.scanned < position {
             let start = index.scanned;
             let end = start.saturating_add(CHUNK).min(position);
             let chunk = self.store.audit_entries(start..end)?;
-            if chunk.is_empty() {
-                break;
+            // Every entry, in order: a short or gapped read must not become a revocation left
+            // out of every feed to come. No feed then (the bank's view goes stale: fail closed).
+            let whole = u64::try_from(chunk.len()).is_ok_and(|n| n == end - start)
+                && chunk
+                    .iter()
+                    .zip(start..end)
+                    .all(|(entry, seq)| entry.seq == seq);
+            if !whole {
+                return Err(Error::Store(crate::store::StoreError::Corrupt(format!(
+                    "the log's entries {start}..{end} were not all read"
+                ))));
             }
             for entry in chunk {
                 let AuditEvent::ConsentRevoked {
@@ -76,8 +105,9 @@ impl<S: Store> Broker<S> {
             }
             index.scanned = end;
         }
-        let next = index.scanned.min(position);
-        let revoked: Vec<FeedRevocation> = index
+        let mut next = index.scanned.min(position);
+        let mut complete = true;
+        let mut revoked: Vec<FeedRevocation> = index
             .by_holder
             .get(holder)
             .map(|all| {
@@ -85,11 +115,19 @@ impl<S: Store> Broker<S> {
                 all.iter()
                     .skip(from)
                     .take_while(|r| r.seq < next)
+                    .take(most.max(1).saturating_add(1))
                     .cloned()
                     .collect()
             })
             .unwrap_or_default();
         drop(index);
+        // One more than fits: this feed is a page, ending where the next one starts.
+        if revoked.len() > most.max(1)
+            && let Some(first_left) = revoked.pop()
+        {
+            next = first_left.seq;
+            complete = false;
+        }
         let contents = RevocationFeed {
             iss: self.settings.id.clone(),
             aud: holder.clone(),
@@ -97,6 +135,7 @@ impl<S: Store> Broker<S> {
             after,
             position: next.max(after),
             revoked,
+            complete,
         };
         Ok(feed::sign(&contents, &self.token_key())?)
     }

@@ -474,6 +474,23 @@ pub fn witness_router(witness: Arc<Witness>, metrics: Metrics) -> Router {
     super::bounded(router, metrics)
 }
 
+/// The most pages one [`sync_feed`] follows (each up to `MAX_FEED_REVOCATIONS` revocations).
+pub const MAX_FEED_PAGES: usize = 64;
+
+/// Whether a signed feed says it is complete (its payload's `complete`, absent: complete).
+fn page_is_complete(feed: &str) -> bool {
+    use base64::Engine as _;
+    feed.split('.')
+        .nth(1)
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .is_none_or(|claims| claims.get("complete") != Some(&serde_json::Value::Bool(false)))
+}
+
 /// Why the bank's view of the platform's revocations could not be brought up to date.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -503,17 +520,29 @@ pub async fn sync_feed<S>(
 where
     S: Store + LedgerRead + Send + Sync + 'static,
 {
-    let reader = Arc::clone(bank);
-    let after = blocking(move || reader.ledger().feed_state())
-        .await
-        .map_err(|_| FeedSyncError::Interrupted)?
-        .map_err(BankError::Store)?
-        .map_or(0, |state| state.position);
-    let feed = broker.revocation_feed(bank.id(), after).await?;
-    let applier = Arc::clone(bank);
-    let state = blocking(move || applier.apply_revocation_feed(&feed))
-        .await
-        .map_err(|_| FeedSyncError::Interrupted)??;
+    // Page after page (a bank far behind gets the feed in pages) until one is complete.
+    let mut state = None;
+    for _ in 0..MAX_FEED_PAGES {
+        let reader = Arc::clone(bank);
+        let after = blocking(move || reader.ledger().feed_state())
+            .await
+            .map_err(|_| FeedSyncError::Interrupted)?
+            .map_err(BankError::Store)?
+            .map_or(0, |state| state.position);
+        let feed = broker.revocation_feed(bank.id(), after).await?;
+        // Whether more pages are due, read before the bank checks the feed (it checks it all
+        // when applying; a feed that lies about this only makes the bank ask again or stop).
+        let more = !page_is_complete(&feed);
+        let applier = Arc::clone(bank);
+        let applied = blocking(move || applier.apply_revocation_feed(&feed))
+            .await
+            .map_err(|_| FeedSyncError::Interrupted)??;
+        state = Some(applied);
+        if !more {
+            break;
+        }
+    }
+    let state = state.ok_or(FeedSyncError::Interrupted)?;
     tracing::debug!(position = state.position, "bank.sync_feed");
     Ok(state)
 }
@@ -562,5 +591,25 @@ pub(crate) fn witness_answer(answer: Result<String, WitnessError>) -> HttpRespon
                 StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             text(status, "text/plain; charset=utf-8", format!("{error}\n"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_is_complete;
+    use base64::Engine as _;
+
+    fn feed(claims: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", b64("{}"), b64(claims))
+    }
+
+    #[test]
+    fn only_a_page_that_says_so_is_incomplete() {
+        assert!(!page_is_complete(&feed(r#"{"complete":false}"#)));
+        assert!(page_is_complete(&feed(r#"{"complete":true}"#)));
+        assert!(page_is_complete(&feed(r#"{"position":3}"#)));
+        // Unreadable: treated as the last page (the bank then checks it and refuses it).
+        assert!(page_is_complete("not a feed"));
     }
 }

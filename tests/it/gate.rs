@@ -899,3 +899,75 @@ fn feeds_from_the_index_are_exactly_what_the_log_says_at_every_cursor() {
     let feed = w.kit.broker.revocation_feed(&other, 0).unwrap();
     assert!(!feed.is_empty());
 }
+
+/// A bank far behind gets the feed in pages; a page moves its position but not its freshness,
+/// so the gate keeps refusing as stale until the last page is applied, and then refuses every
+/// revocation the pages carried.
+#[test]
+fn a_bank_far_behind_catches_up_page_by_page_and_is_fresh_only_at_the_end() {
+    let w = world_with(GateSettings {
+        feed_staleness: Duration::minutes(1),
+        ..GateSettings::default()
+    });
+    let holder = w.bank.bank.id().clone();
+    let consents: Vec<_> = (0..5).map(|_| w.bank.granted(&w.kit)).collect();
+    let kept = w.bank.granted(&w.kit);
+    // Tokens the platform got while the consents were live, then the revocations.
+    let tokens: Vec<String> = consents
+        .iter()
+        .map(|c| w.kit.token(&w.kit.access(c.id())).token)
+        .collect();
+    for consent in &consents {
+        w.kit
+            .broker
+            .revoke(
+                consent.id(),
+                Revoker::Subject,
+                RevocationReason::SubjectWithdrew,
+            )
+            .unwrap();
+    }
+    // Past the staleness bound: the bank must catch up before it serves again.
+    w.kit.clock.advance(Duration::minutes(2));
+    let kept_token = w.kit.token(&w.kit.access(kept.id())).token;
+    let refusal_of = |token: &str| {
+        let mut proof = String::new();
+        let request = w.bank.present(&w.kit, token, &mut proof);
+        match w.bank.bank.precheck(&request, &w.bank.accounts) {
+            Err(GateError::Refused { refusal, .. }) => Some(refusal),
+            Ok(_) => None,
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    let stale = |token: &str| {
+        matches!(
+            refusal_of(token),
+            Some(GateRefusal::RevocationFeedStale { .. })
+        )
+    };
+    assert!(stale(&kept_token));
+    let mut pages = 0;
+    loop {
+        let after = w.bank.bank.ledger().feed_state().unwrap().unwrap().position;
+        let page = w
+            .kit
+            .broker
+            .revocation_feed_page(&holder, after, 2)
+            .unwrap();
+        w.bank.bank.apply_revocation_feed(&page).unwrap();
+        pages += 1;
+        let position = w.bank.bank.ledger().feed_state().unwrap().unwrap().position;
+        if position == w.kit.broker.store().audit_len().unwrap() {
+            break;
+        }
+        assert!(position > after, "each page moves the position");
+        // Not complete yet: still stale, whatever the page's date.
+        assert!(stale(&kept_token), "fresh after page {pages}");
+        assert!(pages < 10);
+    }
+    assert_eq!(pages, 3, "five revocations, two a page");
+    assert_eq!(refusal_of(&kept_token), None, "fresh once complete");
+    for token in &tokens {
+        assert_eq!(refusal_of(token), Some(GateRefusal::RevokedAtPlatform));
+    }
+}
