@@ -81,6 +81,8 @@ struct State {
     script: Vec<(AuditKind, Fault)>,
     injected: Vec<Injected>,
     totals: BTreeMap<Fault, u64>,
+    /// Reads of log entries leave out the last entry asked for.
+    short_reads: bool,
 }
 
 impl State {
@@ -127,6 +129,7 @@ impl<S: Store> FaultStore<S> {
                 script: Vec::new(),
                 injected: Vec::new(),
                 totals: BTreeMap::new(),
+                short_reads: false,
             }),
         }
     }
@@ -161,6 +164,13 @@ impl<S: Store> FaultStore<S> {
     /// example `"latest_checkpoint"`) goes to the inner store.
     pub fn before_next_read(&self, method: &'static str, hook: impl FnOnce() + Send + 'static) {
         self.state().hooks.push((method, Box::new(hook)));
+    }
+
+    /// While on, every read of two or more log entries returns all but the last one asked for,
+    /// without an error (as a replica behind or a faulty store might): what a reader of the log
+    /// must notice rather than take as the whole stretch.
+    pub fn short_reads(&self, on: bool) {
+        self.state().short_reads = on;
     }
 
     /// The faults injected since the last call.
@@ -294,7 +304,11 @@ impl<S: Store> LogRead for FaultStore<S> {
     }
     fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
         self.read("audit_bytes")?;
-        self.inner.audit_bytes(range)
+        let mut entries = self.inner.audit_bytes(range)?;
+        if self.state().short_reads && entries.len() >= 2 {
+            entries.pop();
+        }
+        Ok(entries)
     }
     fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
         self.read("merkle_node")?;

@@ -971,3 +971,41 @@ fn a_bank_far_behind_catches_up_page_by_page_and_is_fresh_only_at_the_end() {
         assert_eq!(refusal_of(token), Some(GateRefusal::RevokedAtPlatform));
     }
 }
+
+/// A read of the log that silently comes back short (a replica behind, a faulty store) must not
+/// become a revocation left out of every feed to come: the broker refuses to make the feed (the
+/// bank's view then goes stale, failing closed), and once reads are whole again the revocation
+/// is there.
+#[test]
+fn a_short_read_of_the_log_makes_no_feed_rather_than_one_missing_a_revocation() {
+    let store = std::sync::Arc::new(consent_broker::testing::FaultStore::new(
+        MemoryStore::new(),
+        5,
+    ));
+    let kit = consent_broker::testing::TestBroker::on(std::sync::Arc::clone(&store));
+    let consent = kit.granted();
+    kit.broker
+        .revoke(
+            consent.id(),
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
+    let holder = kit.bank.id().clone();
+    // The revocation is the log's last entry, the one a short read leaves out.
+    store.short_reads(true);
+    assert!(matches!(
+        kit.broker.revocation_feed(&holder, 0),
+        Err(Error::Store(StoreError::Corrupt(_)))
+    ));
+    store.short_reads(false);
+    let feed = kit.broker.revocation_feed(&holder, 0).unwrap();
+    let payload = feed.split('.').nth(1).unwrap();
+    let body: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["revoked"][0]["consent"], consent.id().as_str());
+    assert_eq!(body["complete"], true);
+}
