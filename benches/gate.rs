@@ -129,6 +129,42 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+
+    // The same with eight callers at once (eight request threads of the bank's server): their
+    // journal entries share transactions and fsyncs. Tokens and proofs are made before the
+    // clock starts.
+    const CALLERS: usize = 8;
+    group.bench_function("check_and_journal_sqlite_8_callers", |b| {
+        b.iter_custom(|iterations| {
+            let each = iterations.div_ceil(CALLERS as u64);
+            let prepared: Vec<Vec<(String, String)>> = (0..CALLERS)
+                .map(|_| {
+                    (0..each)
+                        .map(|_| support::token_and_proof(&kit, &access, &random))
+                        .collect()
+                })
+                .collect();
+            let start = std::time::Instant::now();
+            std::thread::scope(|scope| {
+                for share in &prepared {
+                    let bank = &bank;
+                    scope.spawn(move || {
+                        for (token, proof) in share {
+                            let request = GateRequest {
+                                token,
+                                proof,
+                                http: GET_BALANCE,
+                            };
+                            bank.bank.check(&request, &bank.accounts).unwrap();
+                        }
+                    });
+                }
+            });
+            start
+                .elapsed()
+                .mul_f64(iterations as f64 / (each * CALLERS as u64).max(1) as f64)
+        })
+    });
     group.finish();
 }
 

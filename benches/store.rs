@@ -29,9 +29,43 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("{name}/authorise_access_permit"), |b| {
             b.iter(|| s.broker.authorise_access(black_box(&s.access)).unwrap())
         });
+        if name == "sqlite" {
+            // Eight callers deciding at once on one broker (as eight request threads of one
+            // platform server would): their commits share transactions and fsyncs.
+            let brokers = [&s.broker];
+            group.bench_function("sqlite/authorise_access_permit_8_callers", |b| {
+                b.iter_custom(|iterations| concurrently(&brokers, 8, &s.access, iterations))
+            });
+        }
     }
     postgres(&mut group);
     group.finish();
+}
+
+/// Runs `iterations` decisions spread over `callers` threads taking turns over `brokers`, and
+/// returns the wall time scaled to `iterations` (criterion's time per decision is then one over
+/// the aggregate throughput).
+fn concurrently<S: Store>(
+    brokers: &[&Broker<S>],
+    callers: usize,
+    access: &AccessRequest,
+    iterations: u64,
+) -> std::time::Duration {
+    let each = iterations.div_ceil(callers as u64);
+    let start = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for broker in brokers.iter().cycle().take(callers) {
+            scope.spawn(move || {
+                for _ in 0..each {
+                    broker.authorise_access(access).unwrap();
+                }
+            });
+        }
+    });
+    let decided = each * callers as u64;
+    start
+        .elapsed()
+        .mul_f64(iterations as f64 / decided.max(1) as f64)
 }
 
 /// PostgreSQL, when `DATABASE_URL` names a server (`scripts/with-postgres cargo bench --features
@@ -66,27 +100,9 @@ fn postgres(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::Wa
                 .unwrap()
         })
         .collect();
+    let brokers: Vec<_> = brokers.iter().collect();
     group.bench_function("postgres/authorise_access_permit_4_brokers", |b| {
-        b.iter_custom(|iterations| {
-            let per_broker = iterations.div_ceil(BROKERS as u64);
-            let start = std::time::Instant::now();
-            std::thread::scope(|scope| {
-                for broker in &brokers {
-                    let access = &s.access;
-                    scope.spawn(move || {
-                        for _ in 0..per_broker {
-                            broker.authorise_access(access).unwrap();
-                        }
-                    });
-                }
-            });
-            // Criterion wants the time `iterations` decisions took; they ran spread over the
-            // brokers, so scale the wall time of all of them: the aggregate throughput.
-            let decided = per_broker * BROKERS as u64;
-            start
-                .elapsed()
-                .mul_f64(iterations as f64 / decided.max(1) as f64)
-        })
+        b.iter_custom(|iterations| concurrently(&brokers, BROKERS, &s.access, iterations))
     });
 }
 

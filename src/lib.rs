@@ -120,16 +120,17 @@ pub use sealing::{
     Response, ResponseContext, SealedResponse, open_response, seal_response,
 };
 pub use sets::{AccountSet, Flag, FlagIter, FlagSet, PlaintextUses, PurposeSet, ScopeSet};
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use store::Migration;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{
-    AttestationRecord, BankRevocation, Change, Commit, CommitParts, CommitReceipt, DeviceKeyRecord,
-    FeedState, GateQuery, GateView, HolderRecord, KeyUse, LedgerRead, LogRead, MemoryStore,
-    PolicyRecord, Precondition, PublishedKey, ReadOnly, RecordKind, SeenKind, ServedCounts,
-    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry, SubjectLink,
+    AccessView, AttestationRecord, BankRevocation, Change, Commit, CommitParts, CommitReceipt,
+    DeviceKeyRecord, FeedState, GateQuery, GateView, HolderRecord, KeyUse, LedgerRead, LogRead,
+    MemoryStore, PolicyRecord, Precondition, PublishedKey, ReadOnly, RecordKind, SeenKind,
+    ServedCounts, SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
+    SubjectLink,
 };
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use store::{CommitStats, Migration};
 #[cfg(feature = "postgres")]
 pub use store::{PostgresOptions, PostgresStore, PostgresTlsMode};
 /// The `time` crate, whose `OffsetDateTime` and `Duration` the API takes and returns.

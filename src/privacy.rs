@@ -343,7 +343,17 @@ impl Keyed {
         random: &dyn RandomSource,
         now: time::OffsetDateTime,
     ) -> Result<Self, KeyedError> {
-        if let Some(key) = store.subject_key(subject)? {
+        Self::stored_or_made(subject, store.subject_key(subject)?, random, now)
+    }
+
+    /// The subject's key as read (`stored`), or a new one with its insert when it has none.
+    pub(crate) fn stored_or_made(
+        subject: &SubjectId,
+        stored: Option<SubjectKey>,
+        random: &dyn RandomSource,
+        now: time::OffsetDateTime,
+    ) -> Result<Self, KeyedError> {
+        if let Some(key) = stored {
             return Ok(Self {
                 subject: subject.clone(),
                 key,

@@ -227,17 +227,20 @@ impl<S: Store> Broker<S> {
             return Ok(None);
         }
         let day = now.date();
-        let consent = self.store.consent(&request.consent)?;
-        let platform = self.store.platform(&request.platform)?;
+        // One read of everything the decision needs (one transaction on SQLite).
+        let view = self
+            .store
+            .access_view(&request.consent, &request.platform, day)?;
+        let (consent, platform) = (view.consent, view.platform);
         let (holder, usage, key) = match &consent {
             Some(consent) => (
-                self.store.holder(&consent.request.holder)?,
-                self.store.usage(&request.consent, day)?,
+                view.holder,
+                view.usage,
                 Some({
                     // At the decision's time: no second clock read on the checked call.
-                    let keyed = crate::privacy::Keyed::read_or_make(
-                        &self.store,
+                    let keyed = crate::privacy::Keyed::stored_or_made(
                         &consent.request.subject,
+                        view.subject_key,
                         self.settings.random.as_ref(),
                         now,
                     )?;

@@ -20,6 +20,8 @@
 //! revocation that it did not see.
 
 mod commit;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod group;
 mod ledger;
 mod memory;
 mod records;
@@ -27,6 +29,8 @@ mod records;
 mod sql;
 
 pub use commit::{Change, Commit, CommitParts, CommitReceipt, Precondition};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use group::CommitStats;
 pub use ledger::{
     AttestationRecord, BankRevocation, DeviceKeyRecord, FeedState, GateQuery, GateView, LedgerRead,
     PolicyRecord, SeenKind, ServedCounts, SubjectLink,
@@ -249,6 +253,55 @@ pub trait StateRead: Send + Sync {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Consent>, StoreError>;
+
+    /// Everything the checked call reads about `consent` asked for by `platform` on `day`: the
+    /// consent, the platform, and (when the consent exists) its holder, its usage on the day and
+    /// its subject's key. The default reads them one by one; a database store overrides it to
+    /// read them in one transaction (SQLite) or one round trip, which is most of what a decision
+    /// costs there. A store must not answer from anything older than what the one-by-one reads
+    /// would see: the decision's commit re-checks the versions it read, not the platform.
+    ///
+    /// # Errors
+    /// As [`StateRead::holder`].
+    fn access_view(
+        &self,
+        consent: &ConsentId,
+        platform: &PlatformId,
+        day: Date,
+    ) -> Result<AccessView, StoreError> {
+        let found = self.consent(consent)?;
+        let platform = self.platform(platform)?;
+        let Some(found) = found else {
+            return Ok(AccessView {
+                platform,
+                ..AccessView::default()
+            });
+        };
+        Ok(AccessView {
+            holder: self.holder(&found.request.holder)?,
+            usage: self.usage(consent, day)?,
+            subject_key: self.subject_key(&found.request.subject)?,
+            platform,
+            consent: Some(found),
+        })
+    }
+}
+
+/// Everything the checked call reads, from one consistent view of the store (see
+/// [`StateRead::access_view`]).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct AccessView {
+    /// The consent asked about.
+    pub consent: Option<Consent>,
+    /// The platform asking.
+    pub platform: Option<PlatformProfile>,
+    /// The consent's holder (none when there is no consent).
+    pub holder: Option<HolderRecord>,
+    /// The consent's usage on the day (zero when there is no consent).
+    pub usage: Usage,
+    /// The consent's subject's key (none when there is no consent, or the subject has none).
+    pub subject_key: Option<SubjectKey>,
 }
 
 /// Durable state of the broker: both read traits, and atomic commits.
@@ -371,6 +424,14 @@ macro_rules! forward_state_read {
             limit: u32,
         ) -> Result<Vec<Consent>, StoreError> {
             $target(self).consents_ended_before(before, limit)
+        }
+        fn access_view(
+            &self,
+            consent: &ConsentId,
+            platform: &PlatformId,
+            day: Date,
+        ) -> Result<AccessView, StoreError> {
+            $target(self).access_view(consent, platform, day)
         }
     };
 }

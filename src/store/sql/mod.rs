@@ -21,7 +21,12 @@ pub(crate) mod read;
 pub(crate) mod sqlite;
 mod write;
 
-pub(crate) use write::{append_leaf, apply_commit, record_checkpoint};
+#[cfg(feature = "postgres")]
+pub(crate) use write::apply_commit;
+pub(crate) use write::{
+    Frontier, append_leaf, append_records, apply_changes, current_frontier, encode_records,
+    preconditions_hold, record_checkpoint,
+};
 
 use std::collections::HashMap;
 
@@ -106,9 +111,9 @@ pub(crate) trait Dialect {
         Ok(())
     }
 
-    /// The stored Merkle nodes that appending leaf `size` combines with: node
-    /// `(level, (size >> level) - 1)` for every level where `size` has a 1 bit. By default one
-    /// query per node (cheap on an embedded engine).
+    /// The stored nodes on the right edge of a log of `size` leaves (every node an append can
+    /// combine with): node `(level, (size >> level) - 1)` for every level where `size` has a 1
+    /// bit. By default one query per node (cheap on an embedded engine).
     fn append_siblings(&mut self, size: u64) -> Result<Nodes, Failure<Self::Error>> {
         let mut found = HashMap::new();
         for level in (0..64u32).filter(|level| (size >> level) & 1 == 1) {

@@ -215,3 +215,27 @@ pub(crate) fn latest_checkpoint<D: Dialect + ?Sized>(
         },
     )
 }
+
+/// Everything the checked call reads, in the caller's one transaction.
+pub(crate) fn access_view<D: Dialect + ?Sized>(
+    db: &mut D,
+    id: &ConsentId,
+    platform_id: &PlatformId,
+    day: Date,
+) -> Result<crate::store::AccessView, Failure<D::Error>> {
+    let found = consent(db, id)?;
+    let platform = platform(db, platform_id)?;
+    let Some(found) = found else {
+        return Ok(crate::store::AccessView {
+            platform,
+            ..Default::default()
+        });
+    };
+    Ok(crate::store::AccessView {
+        holder: holder(db, &found.request.holder)?,
+        usage: usage(db, id, day)?,
+        subject_key: super::privacy::subject_key(db, &found.request.subject)?,
+        platform,
+        consent: Some(found),
+    })
+}

@@ -4,8 +4,26 @@
 //! database runs in WAL mode with `synchronous=FULL`: a commit that returned has reached the
 //! disk, and survives `kill -9` and power loss. Tables are `STRICT`, foreign keys are enforced,
 //! and triggers refuse any `UPDATE` or `DELETE` of audit rows and any audit row that would leave
-//! a gap in the sequence. A [`Commit`] is one `BEGIN IMMEDIATE` transaction: preconditions are
-//! read and changes written under the database's write lock, with the audit rows, or nothing is.
+//! a gap in the sequence. A [`Commit`] is applied inside a `BEGIN IMMEDIATE` transaction:
+//! preconditions are read and changes written under the database's write lock, with the audit
+//! rows, or nothing is.
+//!
+//! # Group commit
+//!
+//! Commits that arrive while another is being written wait, and are then written together: one
+//! transaction, one fsync, each commit in a savepoint of its own (a commit whose preconditions
+//! fail, or whose insert is a duplicate, is rolled back alone and answered with its refusal; the
+//! others land). No caller is answered before the `COMMIT` that covers its commit has returned,
+//! so an answered commit is on disk. A caller alone is written at once, with no savepoint, as
+//! before; under load, a transaction carries as many commits as arrived during the previous
+//! one's fsync. An engine failure that ends the transaction (a full disk, an I/O error) or a
+//! failed `COMMIT` is every commit's answer in that batch: none of them is in the file.
+//! [`SqliteStore::commit_stats`] counts commits and transactions. The store keeps the Merkle
+//! tree's right edge between transactions (checked against the log's length in each one, so a
+//! write by another process is noticed), so appending reads no node.
+//!
+//! Reads run on connections of their own (opened read-only, pooled), each call in one read
+//! transaction, so they see one snapshot and do not wait for a batch being flushed.
 //!
 //! # Several brokers on one file
 //!
@@ -42,10 +60,11 @@ use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash};
 use crate::policy::{PlatformProfile, Usage};
 use crate::privacy::SubjectKey;
+use crate::store::group::{CommitStats, Counters, GroupCommit};
 use crate::store::{
-    AttestationRecord, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery, GateView,
-    HolderRecord, LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint,
-    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry, SubjectLink,
+    AccessView, AttestationRecord, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery,
+    GateView, HolderRecord, LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind,
+    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry, SubjectLink,
 };
 
 const MIGRATIONS: &[Migration] = &[
@@ -196,9 +215,28 @@ const MIGRATIONS: &[Migration] = &[
 /// A [`Store`] in a SQLite database file.
 #[derive(Debug)]
 pub struct SqliteStore {
-    connection: Mutex<Connection>,
+    /// Connections that only read, each in a transaction of its own per call, so reads go on
+    /// while a batch is being written and flushed. `None` for a read-only store. Declared before
+    /// the writer so that they close first: the last connection to close (the writer, which may
+    /// write) folds the write-ahead log into the database and removes it.
+    readers: Option<Mutex<Vec<Connection>>>,
+    /// The one connection that writes (and the only one of a read-only store).
+    writer: Mutex<Connection>,
+    /// Concurrent commits, grouped into one transaction and one fsync.
+    group: GroupCommit<Commit, Result<CommitReceipt, StoreError>>,
+    counters: Counters,
+    /// The Merkle tree's right edge after the last batch this store wrote.
+    frontier: Mutex<Option<super::Frontier>>,
     path: PathBuf,
 }
+
+/// The most commits one transaction takes. A batch is as large as the number of callers that
+/// queued while the previous one was being flushed; this bounds how long one leader writes.
+const MAX_BATCH: usize = 256;
+
+/// Idle reader connections kept open (more are opened while more threads read at once, and
+/// closed when they return beyond this).
+const MAX_IDLE_READERS: usize = 16;
 
 /// Maps an engine error to a store error that says what the caller can do.
 fn store_error(path: &Path, error: rusqlite::Error) -> StoreError {
@@ -305,7 +343,11 @@ impl SqliteStore {
             .pragma_update(None, "mmap_size", 256 * 1024 * 1024)
             .map_err(fail)?;
         let store = Self {
-            connection: Mutex::new(connection),
+            writer: Mutex::new(connection),
+            readers: Some(Mutex::new(Vec::new())),
+            group: GroupCommit::new(MAX_BATCH),
+            counters: Counters::default(),
+            frontier: Mutex::new(None),
             path,
         };
         store.migrate()?;
@@ -397,9 +439,18 @@ impl SqliteStore {
             return Err(StoreError::Corrupt(check));
         }
         Ok(Self {
-            connection: Mutex::new(connection),
+            writer: Mutex::new(connection),
+            readers: None,
+            group: GroupCommit::new(MAX_BATCH),
+            counters: Counters::default(),
+            frontier: Mutex::new(None),
             path,
         })
+    }
+
+    /// How this store's commits have been grouped into transactions since it was opened.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.counters.stats()
     }
 
     /// The database file.
@@ -443,9 +494,30 @@ impl SqliteStore {
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a transaction open: the transaction guard
         // rolls back on unwind. The connection is therefore still usable.
-        self.connection
+        self.writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A reader connection from the pool, or a new one.
+    fn reader(&self, pool: &Mutex<Vec<Connection>>) -> Result<Connection, StoreError> {
+        let idle = pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        if let Some(connection) = idle {
+            return Ok(connection);
+        }
+        let fail = |e| store_error(&self.path, e);
+        let connection = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(fail)?;
+        connection
+            .busy_timeout(Self::DEFAULT_BUSY_TIMEOUT)
+            .map_err(fail)?;
+        Ok(connection)
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -491,13 +563,33 @@ impl SqliteStore {
         tx.commit().map_err(fail)
     }
 
-    /// Runs a read on the connection.
+    /// Runs a read in one read transaction (one snapshot, however many statements), on a
+    /// reader connection: reads do not wait for a batch being written.
     fn read<T>(
         &self,
         read: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
     ) -> Result<T, StoreError> {
-        let connection = self.lock();
-        read(&mut Lite(&connection)).map_err(|e| failure(&self.path, e))
+        let Some(pool) = &self.readers else {
+            let connection = self.lock();
+            return read(&mut Lite(&connection)).map_err(|e| failure(&self.path, e));
+        };
+        let mut connection = self.reader(pool)?;
+        let fail = |e| store_error(&self.path, e);
+        let value = {
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Deferred)
+                .map_err(fail)?;
+            let value = read(&mut Lite(&tx)).map_err(|e| failure(&self.path, e))?;
+            tx.commit().map_err(fail)?;
+            value
+        };
+        let mut idle = pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(connection);
+        }
+        Ok(value)
     }
 
     /// Runs `write` in one `BEGIN IMMEDIATE` transaction: committed if it succeeds, rolled back
@@ -514,6 +606,116 @@ impl SqliteStore {
         let value = write(&mut Lite(&tx)).map_err(|e| failure(&self.path, e))?;
         tx.commit().map_err(fail)?;
         Ok(value)
+    }
+
+    /// Applies a batch of commits in one `BEGIN IMMEDIATE` transaction, each in a savepoint of
+    /// its own: a commit refused (a failed precondition, a duplicate) is rolled back alone and
+    /// answered with its refusal; the others are answered once the transaction, and so their
+    /// fsync, has committed. An engine failure that ends the transaction, or a failed `COMMIT`,
+    /// answers every commit of the batch with that failure: none of them is in the database.
+    ///
+    /// The Merkle tree's right edge is kept from one batch to the next (checked against the
+    /// log's length inside the transaction, so a write by another process is noticed), so an
+    /// append reads no node.
+    fn write_batch(&self, commits: Vec<Commit>) -> Vec<Result<CommitReceipt, StoreError>> {
+        let count = commits.len();
+        self.counters.batch(count);
+        let all = |error: StoreError| (0..count).map(|_| Err(error.clone())).collect();
+        let mut connection = self.lock();
+        let cached = self
+            .frontier
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let fail = |e| store_error(&self.path, e);
+        let tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(error) => return all(fail(error)),
+        };
+        let mut db = Lite(&tx);
+        let mut frontier = match super::current_frontier(&mut db, cached) {
+            Ok(frontier) => frontier,
+            Err(error) => return all(failure(&self.path, error)),
+        };
+        let mut answers = Vec::with_capacity(count);
+        for commit in &commits {
+            match self.write_one(&mut db, commit, &mut frontier, count > 1) {
+                Ok(answer) => answers.push(answer),
+                Err(error) => return all(error),
+            }
+        }
+        match tx.commit() {
+            Ok(()) => {
+                *self
+                    .frontier
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(frontier);
+                answers
+            }
+            Err(error) => all(fail(error)),
+        }
+    }
+
+    /// One commit of a batch: `Ok(answer)` for the commit alone (its receipt, or its refusal,
+    /// undone), `Err` when the whole batch must fail. A commit without changes is checked and
+    /// appended without a savepoint (its preconditions only read, and its entries are encoded
+    /// before anything is written); a commit with changes gets one when it shares the batch.
+    fn write_one(
+        &self,
+        db: &mut Lite<'_>,
+        commit: &Commit,
+        frontier: &mut super::Frontier,
+        shared: bool,
+    ) -> Result<Result<CommitReceipt, StoreError>, StoreError> {
+        let savepoint = shared && !commit.changes().is_empty();
+        match super::preconditions_hold(db, commit) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Err(StoreError::Conflict)),
+            // Nothing written: this commit fails alone, unless the engine ended the transaction
+            // (some errors, a full disk or an I/O error, do).
+            Err(error) => {
+                let error = failure(&self.path, error);
+                return if db.0.is_autocommit() {
+                    Err(error)
+                } else {
+                    Ok(Err(error))
+                };
+            }
+        }
+        let entries = match super::encode_records(commit, frontier.size()) {
+            Ok(entries) => entries,
+            Err(error) => return Ok(Err(error)),
+        };
+        let fail = |e| store_error(&self.path, e);
+        if savepoint {
+            db.0.execute_batch("SAVEPOINT batched").map_err(fail)?;
+        }
+        let before = frontier.clone();
+        let written = super::apply_changes(db, commit)
+            .and_then(|()| super::append_records(db, frontier, &entries));
+        match written {
+            Ok(()) => {
+                if savepoint {
+                    db.0.execute_batch("RELEASE batched").map_err(fail)?;
+                }
+                Ok(Ok(CommitReceipt {
+                    audit_seqs: before.size()..frontier.size(),
+                }))
+            }
+            Err(error) => {
+                *frontier = before;
+                let error = failure(&self.path, error);
+                // Undone alone only from its savepoint, in a transaction still open; written in
+                // part with nothing to undo it by, or the transaction ended by the engine, the
+                // batch as a whole is rolled back.
+                if savepoint && !db.0.is_autocommit() {
+                    db.0.execute_batch("ROLLBACK TO batched; RELEASE batched")
+                        .map_err(fail)?;
+                    return Ok(Err(error));
+                }
+                Err(error)
+            }
+        }
     }
 }
 
@@ -647,6 +849,15 @@ impl StateRead for SqliteStore {
     ) -> Result<Vec<Consent>, StoreError> {
         self.read(|db| super::privacy::consents_ended_before(db, before, limit))
     }
+
+    fn access_view(
+        &self,
+        consent: &ConsentId,
+        platform: &PlatformId,
+        day: Date,
+    ) -> Result<AccessView, StoreError> {
+        self.read(|db| read::access_view(db, consent, platform, day))
+    }
 }
 
 impl LedgerRead for SqliteStore {
@@ -737,7 +948,18 @@ impl LogRead for SqliteStore {
 
 impl Store for SqliteStore {
     fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
-        self.write(|db| super::apply_commit(db, &commit))
+        if self.readers.is_none() {
+            return Err(StoreError::ReadOnly(format!(
+                "{} was opened read-only",
+                self.path.display()
+            )));
+        }
+        self.group
+            .submit(commit, &|commits| self.write_batch(commits), &|| {
+                Err(StoreError::Unavailable(
+                    "the commit's batch failed before it was answered".into(),
+                ))
+            })
     }
 
     fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
@@ -756,5 +978,118 @@ impl Store for SqliteStore {
             })
             .map_err(|e| store_error(&self.path, e))?;
         Ok(busy == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
+
+    use super::SqliteStore;
+    use crate::audit::{Actor, AuditEvent, AuditRecord};
+    use crate::store::{Change, Commit, LogRead, StateRead, Store, StoreError};
+    use time::OffsetDateTime;
+
+    fn using(attestation: &str) -> Commit {
+        Commit::new(AuditRecord::new(
+            OffsetDateTime::UNIX_EPOCH,
+            Actor::Platform("chat".parse().unwrap()),
+            AuditEvent::PlatformRegistered { purposes: None },
+        ))
+        .change(Change::UseAttestation {
+            attestation_id: attestation.into(),
+        })
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("batch.sqlite")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn a_refused_commit_in_a_batch_fails_alone_and_the_others_land_in_order() {
+        let (_dir, store) = store();
+        let answers = store.write_batch(vec![using("a"), using("a"), using("b"), using("b")]);
+        assert_eq!(answers.len(), 4);
+        assert_eq!(answers[0].as_ref().unwrap().audit_seqs, 0..1);
+        assert!(matches!(answers[1], Err(StoreError::Duplicate { .. })));
+        // The refused commit took no sequence number: the next one follows the first.
+        assert_eq!(answers[2].as_ref().unwrap().audit_seqs, 1..2);
+        assert!(matches!(answers[3], Err(StoreError::Duplicate { .. })));
+        assert_eq!(store.audit_len().unwrap(), 2);
+        assert!(store.attestation_used("a").unwrap() && store.attestation_used("b").unwrap());
+        // The log the batch wrote is whole: every entry is where its number says.
+        assert_eq!(store.audit_entries(0..2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_batch_the_disk_cannot_hold_answers_no_commit_it_did_not_keep() {
+        let (_dir, store) = store();
+        store
+            .write_batch(vec![using("seed")])
+            .pop()
+            .unwrap()
+            .unwrap();
+        store.limit_size(0).unwrap();
+        // Ids long enough that a few pages' worth cannot fit under the limit.
+        let ids: Vec<String> = (0..64)
+            .map(|i| format!("{i:04}{}", "x".repeat(3000)))
+            .collect();
+        let answers = store.write_batch(ids.iter().map(|id| using(id)).collect());
+        assert!(
+            answers.iter().any(Result::is_err),
+            "the limit was never reached"
+        );
+        let kept = answers.iter().filter(|a| a.is_ok()).count() as u64;
+        // Answered Ok ⇔ in the database, for every commit of the batch.
+        for (id, answer) in ids.iter().zip(&answers) {
+            assert_eq!(
+                store.attestation_used(id).unwrap(),
+                answer.is_ok(),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(store.audit_len().unwrap(), 1 + kept);
+    }
+
+    #[test]
+    fn concurrent_commits_share_transactions_and_every_one_is_answered_with_its_own_entry() {
+        const THREADS: usize = 8;
+        const EACH: usize = 40;
+        let (_dir, store) = store();
+        let store = std::sync::Arc::new(store);
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    (0..EACH)
+                        .map(|i| {
+                            let id = format!("t{t}-{i}");
+                            let seqs = store.commit(using(&id)).unwrap().audit_seqs;
+                            (seqs.start, id)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seen: Vec<(u64, String)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        seen.sort();
+        let total = (THREADS * EACH) as u64;
+        assert_eq!(
+            seen.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            (0..total).collect::<Vec<_>>(),
+            "every commit got its own sequence number, none twice, no gap"
+        );
+        assert_eq!(store.audit_len().unwrap(), total);
+        let stats = store.commit_stats();
+        assert_eq!(stats.commits, total);
+        assert!(
+            stats.largest_batch >= 2 && stats.transactions < stats.commits,
+            "eight callers never shared a transaction: {stats:?}"
+        );
     }
 }

@@ -4,11 +4,9 @@
 
 use time::OffsetDateTime;
 
-use super::{Dialect, Failure, Nodes, Value, day_key, node, one, privacy, read, signed};
+use super::{Dialect, Failure, Value, day_key, one, privacy, read, signed};
 use crate::merkle::{self, Hash, MerkleError, NodeSource};
-use crate::store::{
-    Change, Commit, CommitReceipt, Precondition, RecordKind, StoreError, StoredCheckpoint,
-};
+use crate::store::{Change, Commit, Precondition, RecordKind, StoreError, StoredCheckpoint};
 
 pub(super) fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
@@ -274,98 +272,181 @@ fn apply<D: Dialect + ?Sized>(db: &mut D, change: &Change) -> Result<(), Failure
     }
 }
 
-/// The Merkle nodes as seen inside the commit's transaction: the siblings fetched for the
-/// append first, then one query per node should the append need any other.
-struct TxNodes<'a, D: ?Sized> {
-    db: std::cell::RefCell<&'a mut D>,
-    prefetched: Nodes,
-}
-
-impl<D: Dialect + ?Sized> NodeSource for TxNodes<'_, D> {
-    fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
-        if let Some(hash) = self.prefetched.get(&(level, index)) {
-            return Ok(*hash);
-        }
-        let mut db = self.db.borrow_mut();
-        match node(&mut **db, level, index) {
-            Ok(Some(hash)) => Ok(hash),
-            Ok(None) => Err(MerkleError::MissingNode { level, index }),
-            Err(Failure::Refused(error)) => Err(MerkleError::Source(error.to_string())),
-            Err(Failure::Engine(_)) => Err(MerkleError::Source("the engine failed".into())),
-        }
-    }
-}
-
-/// Writes one entry's bytes and the Merkle nodes its leaf completes.
-pub(crate) fn append_entry<D: Dialect + ?Sized>(
-    db: &mut D,
-    seq: u64,
-    bytes: &[u8],
-) -> Result<(), Failure<D::Error>> {
-    // Entries are UTF-8 JSON; SQLite keeps them as TEXT, PostgreSQL as BYTEA (the dialect binds
-    // the bytes), both verbatim.
-    let entry = std::str::from_utf8(bytes)
-        .map_err(|_| StoreError::Unavailable("an audit entry is not UTF-8".into()))?;
-    db.execute(
-        "INSERT INTO audit (seq, entry) VALUES (?1, ?2)",
-        &[Value::Int(signed(seq)), Value::Text(entry)],
-    )?;
-    append_leaf(db, seq, merkle::leaf_hash(bytes))
-}
-
 /// Writes the Merkle nodes that leaf `size` completes.
 pub(crate) fn append_leaf<D: Dialect + ?Sized>(
     db: &mut D,
     size: u64,
     leaf: Hash,
 ) -> Result<(), Failure<D::Error>> {
-    let prefetched = db.append_siblings(size)?;
-    let nodes = {
-        let source = TxNodes {
-            db: std::cell::RefCell::new(&mut *db),
-            prefetched,
-        };
-        merkle::append(size, leaf, &source)
-            .map_err(|e| StoreError::Corrupt(format!("Merkle tree: {e}")))?
-    };
+    let nodes = Frontier::load(db, size)?.append(leaf)?;
+    insert_nodes(db, &nodes)
+}
+
+fn insert_nodes<D: Dialect + ?Sized>(
+    db: &mut D,
+    nodes: &[(u32, u64, Hash)],
+) -> Result<(), Failure<D::Error>> {
     for (level, index, hash) in nodes {
         db.execute(
             "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
             &[
-                Value::Int(i64::from(level)),
-                Value::Int(signed(index)),
-                Value::Blob(&hash),
+                Value::Int(i64::from(*level)),
+                Value::Int(signed(*index)),
+                Value::Blob(hash),
             ],
         )?;
     }
     Ok(())
 }
 
-/// Applies one commit inside the transaction the store opened.
-pub(crate) fn apply_commit<D: Dialect + ?Sized>(
+/// The right edge of the audit log's Merkle tree: for a log of `size` leaves, the root of each
+/// complete subtree that ends at the log's end (one per 1-bit of `size`), which is every node a
+/// further append can need. Kept by a store across commits, it makes an append read nothing.
+#[derive(Debug, Clone)]
+pub(crate) struct Frontier {
+    size: u64,
+    /// The node at each level whose bit is set in `size`.
+    nodes: Vec<(u32, Hash)>,
+}
+
+impl Frontier {
+    /// The frontier of the log as stored, of `size` leaves (one round trip on PostgreSQL).
+    pub(crate) fn load<D: Dialect + ?Sized>(
+        db: &mut D,
+        size: u64,
+    ) -> Result<Self, Failure<D::Error>> {
+        let found = db.append_siblings(size)?;
+        let mut nodes = Vec::with_capacity(size.count_ones() as usize);
+        for level in (0..64u32).filter(|level| (size >> level) & 1 == 1) {
+            let index = (size >> level) - 1;
+            let hash = found.get(&(level, index)).ok_or_else(|| {
+                StoreError::Corrupt(format!("Merkle tree: node ({level}, {index}) is missing"))
+            })?;
+            nodes.push((level, *hash));
+        }
+        Ok(Self { size, nodes })
+    }
+
+    /// The number of leaves it is the frontier of.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a leaf: the nodes to store, and the frontier moved one leaf on.
+    fn append(&mut self, leaf: Hash) -> Result<Vec<(u32, u64, Hash)>, StoreError> {
+        let nodes = merkle::append(self.size, leaf, &*self)
+            .map_err(|e| StoreError::Corrupt(format!("Merkle tree: {e}")))?;
+        // The levels below the first 0-bit of `size` merged into the new node at that level.
+        let merged = self.size.trailing_ones();
+        self.nodes.retain(|(level, _)| *level > merged);
+        if let Some((level, _, hash)) = nodes.last() {
+            self.nodes.push((*level, *hash));
+        }
+        self.nodes.sort_unstable_by_key(|(level, _)| *level);
+        self.size += 1;
+        Ok(nodes)
+    }
+}
+
+impl NodeSource for Frontier {
+    fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
+        let on_edge = (self.size >> level) & 1 == 1 && (self.size >> level) - 1 == index;
+        self.nodes
+            .iter()
+            .find(|(l, _)| on_edge && *l == level)
+            .map(|(_, hash)| *hash)
+            .ok_or(MerkleError::MissingNode { level, index })
+    }
+}
+
+/// Whether every precondition of `commit` holds (reads only: nothing is written).
+pub(crate) fn preconditions_hold<D: Dialect + ?Sized>(
     db: &mut D,
     commit: &Commit,
-) -> Result<CommitReceipt, Failure<D::Error>> {
-    db.lock_for_commit().map_err(engine)?;
+) -> Result<bool, Failure<D::Error>> {
     for precondition in commit.preconditions() {
         if !holds(db, precondition)? {
-            return Err(Failure::Refused(StoreError::Conflict));
+            return Ok(false);
         }
     }
+    Ok(true)
+}
+
+/// Applies the changes of `commit` (the caller has checked its preconditions).
+pub(crate) fn apply_changes<D: Dialect + ?Sized>(
+    db: &mut D,
+    commit: &Commit,
+) -> Result<(), Failure<D::Error>> {
     for change in commit.changes() {
         apply(db, change)?;
     }
-    let first = read::audit_len(db)?;
-    let mut next = first;
-    for record in commit.records() {
-        let bytes = record
-            .entry_bytes(next)
-            .map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))?;
-        append_entry(db, next, &bytes)?;
-        next += 1;
+    Ok(())
+}
+
+/// The entries of `commit` encoded at the sequence numbers from `first` on, checked to be
+/// UTF-8 (the form both engines keep), before anything is written.
+pub(crate) fn encode_records(commit: &Commit, first: u64) -> Result<Vec<String>, StoreError> {
+    (first..)
+        .zip(commit.records())
+        .map(|(seq, record)| {
+            let bytes = record
+                .entry_bytes(seq)
+                .map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))?;
+            String::from_utf8(bytes)
+                .map_err(|_| StoreError::Unavailable("an audit entry is not UTF-8".into()))
+        })
+        .collect()
+}
+
+/// Appends encoded entries at the frontier's end, with the Merkle nodes they complete, moving
+/// the frontier on.
+pub(crate) fn append_records<D: Dialect + ?Sized>(
+    db: &mut D,
+    frontier: &mut Frontier,
+    entries: &[String],
+) -> Result<(), Failure<D::Error>> {
+    for entry in entries {
+        let seq = frontier.size;
+        db.execute(
+            "INSERT INTO audit (seq, entry) VALUES (?1, ?2)",
+            &[Value::Int(signed(seq)), Value::Text(entry)],
+        )?;
+        let nodes = frontier.append(merkle::leaf_hash(entry.as_bytes()))?;
+        insert_nodes(db, &nodes)?;
     }
-    Ok(CommitReceipt {
-        audit_seqs: first..next,
+    Ok(())
+}
+
+/// The frontier of the log as it stands in this transaction: `cached` when it is of the log's
+/// current length (no writer appended since: the log only grows), else read from the store.
+pub(crate) fn current_frontier<D: Dialect + ?Sized>(
+    db: &mut D,
+    cached: Option<Frontier>,
+) -> Result<Frontier, Failure<D::Error>> {
+    let size = read::audit_len(db)?;
+    match cached {
+        Some(frontier) if frontier.size == size => Ok(frontier),
+        _ => Frontier::load(db, size),
+    }
+}
+
+/// Applies one commit inside the transaction the store opened.
+#[cfg(feature = "postgres")]
+pub(crate) fn apply_commit<D: Dialect + ?Sized>(
+    db: &mut D,
+    commit: &Commit,
+) -> Result<crate::store::CommitReceipt, Failure<D::Error>> {
+    db.lock_for_commit().map_err(engine)?;
+    if !preconditions_hold(db, commit)? {
+        return Err(Failure::Refused(StoreError::Conflict));
+    }
+    apply_changes(db, commit)?;
+    let mut frontier = current_frontier(db, None)?;
+    let first = frontier.size;
+    let entries = encode_records(commit, first)?;
+    append_records(db, &mut frontier, &entries)?;
+    Ok(crate::store::CommitReceipt {
+        audit_seqs: first..frontier.size,
     })
 }
 
