@@ -29,6 +29,14 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("{name}/authorise_access_permit"), |b| {
             b.iter(|| s.broker.authorise_access(black_box(&s.access)).unwrap())
         });
+        if name == "memory" {
+            // Two threads deciding at once on one broker over one in-memory store: how the
+            // checked call scales with a second core (ideal: half the time per decision).
+            let brokers = [&s.broker];
+            group.bench_function("memory/authorise_access_permit_2_threads", |b| {
+                b.iter_custom(|iterations| concurrently(&brokers, 2, &s.access, iterations))
+            });
+        }
         if name == "sqlite" {
             // Eight callers deciding at once on one broker (as eight request threads of one
             // platform server would): their commits share transactions and fsyncs.

@@ -563,8 +563,9 @@ impl SqliteStore {
         tx.commit().map_err(fail)
     }
 
-    /// Runs a read in one read transaction (one snapshot, however many statements), on a
-    /// reader connection: reads do not wait for a batch being written.
+    /// Runs a read in one read transaction (one snapshot, however many statements): on the
+    /// writer's connection when no batch holds it, else on a reader connection, so reads never
+    /// wait for a batch being written.
     fn read<T>(
         &self,
         read: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
@@ -573,15 +574,34 @@ impl SqliteStore {
             let connection = self.lock();
             return read(&mut Lite(&connection)).map_err(|e| failure(&self.path, e));
         };
-        let mut connection = self.reader(pool)?;
+        // The writer, when no batch holds it: its page cache holds what was just written, which
+        // a reader connection would have to read again from the write-ahead log. A lone caller
+        // reads there, as before group commit.
+        let mut writer = match self.writer.try_lock() {
+            Ok(writer) => Some(writer),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let mut pooled = match writer {
+            Some(_) => None,
+            None => Some(self.reader(pool)?),
+        };
+        let connection: &mut Connection = match (&mut writer, &mut pooled) {
+            (Some(writer), _) => writer,
+            (None, Some(reader)) => reader,
+            (None, None) => {
+                return Err(StoreError::Unavailable("no connection to read on".into()));
+            }
+        };
         let fail = |e| store_error(&self.path, e);
-        let value = {
-            let tx = connection
-                .transaction_with_behavior(TransactionBehavior::Deferred)
-                .map_err(fail)?;
-            let value = read(&mut Lite(&tx)).map_err(|e| failure(&self.path, e))?;
-            tx.commit().map_err(fail)?;
-            value
+        let tx = connection
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(fail)?;
+        let value = read(&mut Lite(&tx)).map_err(|e| failure(&self.path, e))?;
+        tx.commit().map_err(fail)?;
+        drop(writer);
+        let Some(connection) = pooled else {
+            return Ok(value);
         };
         let mut idle = pool
             .lock()
