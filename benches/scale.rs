@@ -37,6 +37,25 @@ fn fill(store: &dyn Store, template: &Consent, count: u64, at: time::OffsetDateT
     testing::bulk::dangerous_copy_grants(store, template, count, at).unwrap();
 }
 
+/// `how_many` requests like `template`, each for the copy `n` (drawn at random in `1..=count`)
+/// that `testing::bulk::dangerous_copy_grants` stored: its id and its one account.
+fn random_requests(template: &AccessRequest, count: u64, how_many: usize) -> Vec<AccessRequest> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..how_many)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let n = state % count + 1;
+            AccessRequest {
+                consent: format!("cns_{n:022}").parse().unwrap(),
+                account: format!("acc-{n:08}").parse().unwrap(),
+                ..template.clone()
+            }
+        })
+        .collect()
+}
+
 fn bench(c: &mut Criterion) {
     let large: u64 = std::env::var("CONSENT_BROKER_SCALE_GRANTS")
         .ok()
@@ -93,10 +112,24 @@ fn bench(c: &mut Criterion) {
                 started.elapsed()
             );
         }
-        // The grant the access uses is one among `count`.
+        // The same grant on every call (it stays in the CPU's caches): one among `count`.
         group.bench_function(format!("{name}/authorise_access_permit"), |b| {
             b.iter(|| s.broker.authorise_access(black_box(&s.access)).unwrap())
         });
+        // A different grant on each call, drawn at random among the `count` copies: what a
+        // platform with many users asks for. The requests are drawn before timing (65,536 of
+        // them, cycled), so the timed loop only decides.
+        let requests = random_requests(&s.access, count, 65_536);
+        group.bench_function(
+            format!("{name}/authorise_access_permit_random_grant"),
+            |b| {
+                let mut next = requests.iter().cycle();
+                b.iter(|| {
+                    let access = next.next().unwrap();
+                    s.broker.authorise_access(black_box(access)).unwrap()
+                })
+            },
+        );
     }
     group.finish();
 }

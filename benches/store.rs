@@ -59,21 +59,12 @@ fn concurrently<S: Store>(
     access: &AccessRequest,
     iterations: u64,
 ) -> std::time::Duration {
-    let each = iterations.div_ceil(callers as u64);
-    let start = std::time::Instant::now();
-    std::thread::scope(|scope| {
-        for broker in brokers.iter().cycle().take(callers) {
-            scope.spawn(move || {
-                for _ in 0..each {
-                    broker.authorise_access(access).unwrap();
-                }
-            });
+    support::timed_threads(callers, iterations, |caller, each| {
+        let broker = brokers.get(caller % brokers.len()).unwrap();
+        for _ in 0..each {
+            broker.authorise_access(access).unwrap();
         }
-    });
-    let decided = each * callers as u64;
-    start
-        .elapsed()
-        .mul_f64(iterations as f64 / decided.max(1) as f64)
+    })
 }
 
 /// PostgreSQL, when `DATABASE_URL` names a server (`scripts/with-postgres cargo bench --features

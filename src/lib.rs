@@ -61,7 +61,9 @@ pub use attestation::{
     CheckedAttestation, DEFAULT_ATTESTATION_LIFETIME, Expectations, MAX_ATTESTATION_LEN,
     MAX_ATTESTATION_LIFETIME, check_attestation,
 };
-pub use audit::{Actor, AuditEntry, AuditEvent, AuditKind, AuditRecord, Refusal, Revocation};
+pub use audit::{
+    Actor, AuditEntry, AuditEvent, AuditKind, AuditRecord, PreparedEntry, Refusal, Revocation,
+};
 pub use auditor::{
     LogError, LogReport, ProveError, Receipt, ReceiptError, SigningError, StoreNodes,
     checkpoint_log, consent_history, decode_hashes, encode_hashes, history_of_any, prove,

@@ -131,3 +131,24 @@ pub fn token_and_proof<S: Store>(
         .unwrap();
     (token, proof)
 }
+
+/// Runs `work(thread, each)` on `threads` threads at once, `each` being `iterations` shared out
+/// (rounded up), and returns the wall time scaled to `iterations`: criterion's time per
+/// iteration is then one over the aggregate throughput.
+pub fn timed_threads(
+    threads: usize,
+    iterations: u64,
+    work: impl Fn(usize, u64) + Sync,
+) -> std::time::Duration {
+    let each = iterations.div_ceil(threads as u64);
+    let start = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            let work = &work;
+            scope.spawn(move || work(thread, each));
+        }
+    });
+    start
+        .elapsed()
+        .mul_f64(iterations as f64 / (each * threads as u64).max(1) as f64)
+}

@@ -96,12 +96,69 @@ impl AuditRecord {
     /// # Errors
     /// Only if a value cannot be encoded as JSON, which no audit record contains.
     pub fn entry_bytes(&self, seq: u64) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(&EntryWire {
-            seq,
+        Ok(self.prepare()?.bytes(seq))
+    }
+
+    /// The record encoded but for its sequence number, which [`PreparedEntry::bytes`] puts in:
+    /// a store encodes before it takes its write lock and only places the number under it.
+    ///
+    /// # Errors
+    /// As [`AuditRecord::entry_bytes`].
+    pub fn prepare(&self) -> Result<PreparedEntry, serde_json::Error> {
+        let encoded = serde_json::to_vec(&EntryWire {
+            seq: 0,
             at: self.at,
             actor: &self.actor,
             event: &self.event,
-        })
+        })?;
+        // `seq` is the first field and a plain decimal number: the rest follows `{"seq":0`.
+        if !encoded.starts_with(SEQ_PREFIX_ZERO) {
+            return Err(<serde_json::Error as serde::ser::Error>::custom(
+                "an entry that does not begin with its sequence number",
+            ));
+        }
+        Ok(PreparedEntry { encoded })
+    }
+}
+
+/// How every entry's bytes begin, before the sequence number's digits.
+const SEQ_PREFIX: &[u8] = b"{\"seq\":";
+/// The same with the number 0, as [`AuditRecord::prepare`] encodes it.
+const SEQ_PREFIX_ZERO: &[u8] = b"{\"seq\":0";
+
+/// An audit record encoded but for its sequence number (see [`AuditRecord::prepare`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedEntry {
+    /// The entry encoded at sequence number 0 (so it begins with `{"seq":0`).
+    encoded: Vec<u8>,
+}
+
+impl PreparedEntry {
+    /// The entry's bytes at position `seq`: exactly [`AuditRecord::entry_bytes`]`(seq)`.
+    pub fn bytes(&self, seq: u64) -> Vec<u8> {
+        let tail = self
+            .encoded
+            .get(SEQ_PREFIX_ZERO.len()..)
+            .unwrap_or_default();
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut rest = seq;
+        loop {
+            start -= 1;
+            if let Some(digit) = digits.get_mut(start) {
+                *digit = b'0' + (rest % 10) as u8;
+            }
+            rest /= 10;
+            if rest == 0 || start == 0 {
+                break;
+            }
+        }
+        let digits = digits.get(start..).unwrap_or_default();
+        let mut bytes = Vec::with_capacity(SEQ_PREFIX.len() + digits.len() + tail.len());
+        bytes.extend_from_slice(SEQ_PREFIX);
+        bytes.extend_from_slice(digits);
+        bytes.extend_from_slice(tail);
+        bytes
     }
 }
 
@@ -181,6 +238,25 @@ mod tests {
             Actor::Platform("chat".parse().unwrap()),
             event,
         )
+    }
+
+    /// The prepared form places the number exactly where serde_json writes it: compared with a
+    /// direct encoding of the entry, at numbers of every width.
+    #[test]
+    fn a_prepared_entry_is_byte_for_byte_the_direct_encoding() {
+        let record = entry(AuditEvent::PlatformRegistered { purposes: None });
+        let prepared = record.prepare().unwrap();
+        for seq in [0, 1, 9, 10, 99, 12_345, u64::from(u32::MAX) + 7, u64::MAX] {
+            let direct = serde_json::to_vec(&EntryWire {
+                seq,
+                at: record.at,
+                actor: &record.actor,
+                event: &record.event,
+            })
+            .unwrap();
+            assert_eq!(prepared.bytes(seq), direct, "seq {seq}");
+            assert_eq!(AuditEntry::from_bytes(&direct).unwrap().seq, seq);
+        }
     }
 
     #[test]

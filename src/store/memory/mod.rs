@@ -1,22 +1,29 @@
 //! The in-memory store: for tests and for embedding where durability is not needed.
 //!
-//! One `RwLock` guards everything, so a commit is trivially atomic with respect to readers; a
-//! commit that fails part-way is rolled back from an undo log before the lock is released.
+//! One `RwLock` guards the state and one `Mutex` the audit log. A commit that changes state
+//! holds the state's write lock until its entries are appended; a commit that only records (a
+//! decision with nothing to count) checks its preconditions under the state's read lock and
+//! appends while still holding it, so decisions run side by side and meet only at the append,
+//! and no state change can fall between a decision's check and its entry. A commit that fails
+//! part-way is rolled back from an undo log before the lock is released. Entries are encoded
+//! before any lock is taken; only their sequence numbers are placed under the log's lock.
 
 mod ledger;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use time::{Date, OffsetDateTime};
 
 use super::{
-    AttestationRecord, Change, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery,
-    GateView, HolderRecord, LedgerRead, LogRead, PolicyRecord, Precondition, PublishedKey,
-    RecordKind, SeenKind, SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint,
-    StoredEntry, SubjectLink,
+    AccessView, AttestationRecord, Change, Commit, CommitReceipt, DeviceKeyRecord, FeedState,
+    GateQuery, GateView, HolderRecord, LedgerRead, LogRead, PolicyRecord, Precondition,
+    PublishedKey, RecordKind, SeenKind, SignedCheckpoint, StateRead, Store, StoreError,
+    StoredCheckpoint, StoredEntry, SubjectLink,
 };
+use crate::audit::PreparedEntry;
 use crate::consent::{AccountSelection, Consent, ConsentState};
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource};
@@ -28,6 +35,69 @@ use ledger::{LedgerState, LedgerUndo};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: RwLock<Inner>,
+    /// Taken after `inner` when both are held, never before.
+    log: Mutex<Log>,
+    /// The log's length as of its last append (a hint: entries are encoded and hashed at it
+    /// before the lock is taken).
+    log_len: AtomicU64,
+}
+
+/// The audit log.
+#[derive(Debug, Default)]
+struct Log {
+    /// Entry bytes, by sequence number.
+    audit: Vec<Vec<u8>>,
+    nodes: MemoryNodes,
+    checkpoints: Vec<StoredCheckpoint>,
+}
+
+/// Entries placed at the sequence numbers from `first` on, with their leaf hashes: made before
+/// the log's lock is taken, at the length the log had then, and used under it if no other commit
+/// appended meanwhile (else made again there).
+struct Placed {
+    first: u64,
+    entries: Vec<(Vec<u8>, Hash)>,
+}
+
+impl Placed {
+    fn at(first: u64, prepared: &[PreparedEntry]) -> Self {
+        let entries = (first..)
+            .zip(prepared)
+            .map(|(seq, entry)| {
+                // Allocated at its exact length: an entry is kept for good.
+                let bytes = entry.bytes(seq);
+                let leaf = merkle::leaf_hash(&bytes);
+                (bytes, leaf)
+            })
+            .collect();
+        Self { first, entries }
+    }
+}
+
+impl Log {
+    /// Appends the entries at the log's end; the receipt.
+    fn append(
+        &mut self,
+        placed: Placed,
+        prepared: &[PreparedEntry],
+    ) -> Result<CommitReceipt, StoreError> {
+        let first = self.audit.len() as u64;
+        let placed = if placed.first == first {
+            placed
+        } else {
+            Placed::at(first, prepared)
+        };
+        for (bytes, leaf) in placed.entries {
+            // Unreachable for an in-memory tree that only grows; refuse rather than diverge.
+            self.nodes
+                .push(leaf)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            self.audit.push(bytes);
+        }
+        Ok(CommitReceipt {
+            audit_seqs: first..self.audit.len() as u64,
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -41,10 +111,6 @@ struct Inner {
     usage: HashMap<(ConsentId, Date), Usage>,
     attestations: HashSet<String>,
     keys: Vec<PublishedKey>,
-    /// Entry bytes, by sequence number.
-    audit: Vec<Vec<u8>>,
-    nodes: MemoryNodes,
-    checkpoints: Vec<StoredCheckpoint>,
     /// A bank's ledger (empty in a broker's store).
     ledger: LedgerState,
     /// Subjects' keys, apart from the log.
@@ -92,6 +158,29 @@ impl MemoryStore {
 
     fn write(&self) -> Result<RwLockWriteGuard<'_, Inner>, StoreError> {
         self.inner.write().map_err(|_| poisoned())
+    }
+
+    fn log(&self) -> Result<MutexGuard<'_, Log>, StoreError> {
+        // Held for a few hundred nanoseconds at a time: spin a little before sleeping, which
+        // costs a system call each way.
+        for _ in 0..256 {
+            match self.log.try_lock() {
+                Ok(log) => return Ok(log),
+                Err(std::sync::TryLockError::Poisoned(_)) => return Err(poisoned()),
+                Err(std::sync::TryLockError::WouldBlock) => std::hint::spin_loop(),
+            }
+        }
+        self.log.lock().map_err(|_| poisoned())
+    }
+
+    /// Appends prepared entries, placed and hashed before the lock at the length last seen.
+    fn append(&self, prepared: &[PreparedEntry]) -> Result<CommitReceipt, StoreError> {
+        let placed = Placed::at(self.log_len.load(Ordering::Relaxed), prepared);
+        let mut log = self.log()?;
+        let receipt = log.append(placed, prepared)?;
+        self.log_len
+            .store(receipt.audit_seqs.end, Ordering::Relaxed);
+        Ok(receipt)
     }
 }
 
@@ -513,6 +602,38 @@ impl StateRead for MemoryStore {
             .map(|record| record.key.clone()))
     }
 
+    fn access_view(
+        &self,
+        consent: &ConsentId,
+        platform: &PlatformId,
+        day: Date,
+    ) -> Result<AccessView, StoreError> {
+        // One read lock for the whole view.
+        let inner = self.read()?;
+        let platform = inner.platforms.get(platform).cloned();
+        let Some(found) = inner.consents.get(consent) else {
+            return Ok(AccessView {
+                platform,
+                ..AccessView::default()
+            });
+        };
+        let request = &found.request;
+        Ok(AccessView {
+            holder: inner.holders.get(&request.holder).cloned(),
+            usage: inner
+                .usage
+                .get(&(consent.clone(), day))
+                .copied()
+                .unwrap_or_default(),
+            subject_key: inner
+                .subject_keys
+                .get(&request.subject)
+                .map(|record| record.key.clone()),
+            platform,
+            consent: Some(Consent::clone(found)),
+        })
+    }
+
     fn consents_ended_before(
         &self,
         before: OffsetDateTime,
@@ -604,15 +725,15 @@ impl LedgerRead for MemoryStore {
 
 impl LogRead for MemoryStore {
     fn audit_len(&self) -> Result<u64, StoreError> {
-        Ok(self.read()?.audit.len() as u64)
+        Ok(self.log()?.audit.len() as u64)
     }
 
     fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
-        let inner = self.read()?;
-        let end = range.end.min(inner.audit.len() as u64);
+        let log = self.log()?;
+        let end = range.end.min(log.audit.len() as u64);
         Ok((range.start..end)
             .filter_map(|seq| {
-                let bytes = inner.audit.get(usize::try_from(seq).ok()?)?;
+                let bytes = log.audit.get(usize::try_from(seq).ok()?)?;
                 Some(StoredEntry {
                     seq,
                     bytes: bytes.clone(),
@@ -622,7 +743,7 @@ impl LogRead for MemoryStore {
     }
 
     fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
-        match self.read()?.nodes.node(level, index) {
+        match self.log()?.nodes.node(level, index) {
             Ok(hash) => Ok(Some(hash)),
             Err(MerkleError::MissingNode { .. }) => Ok(None),
             Err(other) => Err(StoreError::Corrupt(other.to_string())),
@@ -631,22 +752,38 @@ impl LogRead for MemoryStore {
 
     fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
         // One lock for the whole range: verifiers read every node.
-        let inner = self.read()?;
-        let count = inner.nodes.size().checked_shr(level).unwrap_or(0);
+        let log = self.log()?;
+        let count = log.nodes.size().checked_shr(level).unwrap_or(0);
         let range = range.start..range.end.min(count);
         Ok(range
-            .filter_map(|index| Some((index, inner.nodes.node(level, index).ok()?)))
+            .filter_map(|index| Some((index, log.nodes.node(level, index).ok()?)))
             .collect())
     }
 
     fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
-        Ok(self.read()?.checkpoints.last().cloned())
+        Ok(self.log()?.checkpoints.last().cloned())
     }
 }
 
 impl Store for MemoryStore {
     fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
         let parts = commit.into_parts();
+        // Encoding is most of a commit's work and needs no lock: only the sequence numbers are
+        // placed under it.
+        let prepared = parts
+            .records
+            .iter()
+            .map(|record| record.prepare())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| StoreError::Unavailable(format!("encoding: {error}")))?;
+        if parts.changes.is_empty() {
+            // Only records: checked under the read lock, held until the entries are appended.
+            let inner = self.read()?;
+            if !parts.preconditions.iter().all(|p| inner.check(p)) {
+                return Err(StoreError::Conflict);
+            }
+            return self.append(&prepared);
+        }
         let mut inner = self.write()?;
         if !parts.preconditions.iter().all(|p| inner.check(p)) {
             return Err(StoreError::Conflict);
@@ -666,42 +803,21 @@ impl Store for MemoryStore {
                 }
             }
         }
-        // Encoding cannot fail half-way through the log: prepare every entry first.
-        let first = inner.audit.len() as u64;
-        let mut prepared = Vec::with_capacity(parts.records.len());
-        for (seq, record) in (first..).zip(&parts.records) {
-            match record.entry_bytes(seq) {
-                Ok(bytes) => prepared.push(bytes),
-                Err(error) => {
-                    rollback(&mut inner, undo_log);
-                    return Err(StoreError::Unavailable(format!("encoding: {error}")));
-                }
-            }
+        let appended = self.append(&prepared);
+        if appended.is_err() {
+            rollback(&mut inner, undo_log);
         }
-        for mut bytes in prepared {
-            // An entry is kept for good: at its length, not at the encoder's doubled capacity
-            // (an entry of 271 bytes would otherwise hold 512).
-            bytes.shrink_to_fit();
-            let leaf = merkle::leaf_hash(&bytes);
-            if let Err(error) = inner.nodes.push(leaf) {
-                // Unreachable for an in-memory tree that only grows; refuse rather than diverge.
-                return Err(StoreError::Corrupt(error.to_string()));
-            }
-            inner.audit.push(bytes);
-        }
-        Ok(CommitReceipt {
-            audit_seqs: first..inner.audit.len() as u64,
-        })
+        appended
     }
 
     fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
         let checkpoint = checkpoint.checkpoint();
-        let mut inner = self.write()?;
-        match inner.checkpoints.last() {
+        let mut log = self.log()?;
+        match log.checkpoints.last() {
             Some(last) if last.size > checkpoint.size => Err(StoreError::Conflict),
             Some(last) if last.size == checkpoint.size => Ok(()),
             _ => {
-                inner.checkpoints.push(checkpoint.clone());
+                log.checkpoints.push(checkpoint.clone());
                 Ok(())
             }
         }

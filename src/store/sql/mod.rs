@@ -25,7 +25,7 @@ mod write;
 pub(crate) use write::apply_commit;
 pub(crate) use write::{
     Frontier, append_leaf, append_records, apply_changes, current_frontier, encode_records,
-    preconditions_hold, record_checkpoint,
+    preconditions_hold, prepare_records, record_checkpoint,
 };
 
 use std::collections::HashMap;

@@ -223,12 +223,15 @@ pub struct SqliteStore {
     /// The one connection that writes (and the only one of a read-only store).
     writer: Mutex<Connection>,
     /// Concurrent commits, grouped into one transaction and one fsync.
-    group: GroupCommit<Commit, Result<CommitReceipt, StoreError>>,
+    group: GroupCommit<Prepared, Result<CommitReceipt, StoreError>>,
     counters: Counters,
     /// The Merkle tree's right edge after the last batch this store wrote.
     frontier: Mutex<Option<super::Frontier>>,
     path: PathBuf,
 }
+
+/// A commit with its records encoded (by its caller, before queueing) but for their numbers.
+type Prepared = (Commit, Vec<crate::audit::PreparedEntry>);
 
 /// The most commits one transaction takes. A batch is as large as the number of callers that
 /// queued while the previous one was being flushed; this bounds how long one leader writes.
@@ -637,7 +640,7 @@ impl SqliteStore {
     /// The Merkle tree's right edge is kept from one batch to the next (checked against the
     /// log's length inside the transaction, so a write by another process is noticed), so an
     /// append reads no node.
-    fn write_batch(&self, commits: Vec<Commit>) -> Vec<Result<CommitReceipt, StoreError>> {
+    fn write_batch(&self, commits: Vec<Prepared>) -> Vec<Result<CommitReceipt, StoreError>> {
         let count = commits.len();
         self.counters.batch(count);
         let all = |error: StoreError| (0..count).map(|_| Err(error.clone())).collect();
@@ -658,8 +661,8 @@ impl SqliteStore {
             Err(error) => return all(failure(&self.path, error)),
         };
         let mut answers = Vec::with_capacity(count);
-        for commit in &commits {
-            match self.write_one(&mut db, commit, &mut frontier, count > 1) {
+        for (commit, prepared) in &commits {
+            match self.write_one(&mut db, commit, prepared, &mut frontier, count > 1) {
                 Ok(answer) => answers.push(answer),
                 Err(error) => return all(error),
             }
@@ -684,6 +687,7 @@ impl SqliteStore {
         &self,
         db: &mut Lite<'_>,
         commit: &Commit,
+        prepared: &[crate::audit::PreparedEntry],
         frontier: &mut super::Frontier,
         shared: bool,
     ) -> Result<Result<CommitReceipt, StoreError>, StoreError> {
@@ -702,7 +706,7 @@ impl SqliteStore {
                 };
             }
         }
-        let entries = match super::encode_records(commit, frontier.size()) {
+        let entries = match super::encode_records(prepared, frontier.size()) {
             Ok(entries) => entries,
             Err(error) => return Ok(Err(error)),
         };
@@ -974,12 +978,17 @@ impl Store for SqliteStore {
                 self.path.display()
             )));
         }
-        self.group
-            .submit(commit, &|commits| self.write_batch(commits), &|| {
+        // Encoded here, in the caller's thread: the leader only places the numbers.
+        let prepared = super::prepare_records(&commit)?;
+        self.group.submit(
+            (commit, prepared),
+            &|commits| self.write_batch(commits),
+            &|| {
                 Err(StoreError::Unavailable(
                     "the commit's batch failed before it was answered".into(),
                 ))
-            })
+            },
+        )
     }
 
     fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
@@ -1021,6 +1030,11 @@ mod tests {
         })
     }
 
+    fn prepared(commit: Commit) -> super::Prepared {
+        let entries = crate::store::sql::prepare_records(&commit).unwrap();
+        (commit, entries)
+    }
+
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("batch.sqlite")).unwrap();
@@ -1030,7 +1044,8 @@ mod tests {
     #[test]
     fn a_refused_commit_in_a_batch_fails_alone_and_the_others_land_in_order() {
         let (_dir, store) = store();
-        let answers = store.write_batch(vec![using("a"), using("a"), using("b"), using("b")]);
+        let batch = ["a", "a", "b", "b"].map(|id| prepared(using(id)));
+        let answers = store.write_batch(batch.into());
         assert_eq!(answers.len(), 4);
         assert_eq!(answers[0].as_ref().unwrap().audit_seqs, 0..1);
         assert!(matches!(answers[1], Err(StoreError::Duplicate { .. })));
@@ -1047,7 +1062,7 @@ mod tests {
     fn a_batch_the_disk_cannot_hold_answers_no_commit_it_did_not_keep() {
         let (_dir, store) = store();
         store
-            .write_batch(vec![using("seed")])
+            .write_batch(vec![prepared(using("seed"))])
             .pop()
             .unwrap()
             .unwrap();
@@ -1056,7 +1071,7 @@ mod tests {
         let ids: Vec<String> = (0..64)
             .map(|i| format!("{i:04}{}", "x".repeat(3000)))
             .collect();
-        let answers = store.write_batch(ids.iter().map(|id| using(id)).collect());
+        let answers = store.write_batch(ids.iter().map(|id| prepared(using(id))).collect());
         assert!(
             answers.iter().any(Result::is_err),
             "the limit was never reached"

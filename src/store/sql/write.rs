@@ -5,6 +5,7 @@
 use time::OffsetDateTime;
 
 use super::{Dialect, Failure, Value, day_key, one, privacy, read, signed};
+use crate::audit::PreparedEntry;
 use crate::merkle::{self, Hash, MerkleError, NodeSource};
 use crate::store::{Change, Commit, Precondition, RecordKind, StoreError, StoredCheckpoint};
 
@@ -383,16 +384,29 @@ pub(crate) fn apply_changes<D: Dialect + ?Sized>(
     Ok(())
 }
 
-/// The entries of `commit` encoded at the sequence numbers from `first` on, checked to be
-/// UTF-8 (the form both engines keep), before anything is written.
-pub(crate) fn encode_records(commit: &Commit, first: u64) -> Result<Vec<String>, StoreError> {
+/// The records of `commit`, encoded but for their sequence numbers (no lock needed).
+pub(crate) fn prepare_records(commit: &Commit) -> Result<Vec<PreparedEntry>, StoreError> {
+    commit
+        .records()
+        .iter()
+        .map(|record| {
+            record
+                .prepare()
+                .map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
+        })
+        .collect()
+}
+
+/// Prepared entries placed at the sequence numbers from `first` on, checked to be UTF-8 (the
+/// form both engines keep), before anything is written.
+pub(crate) fn encode_records(
+    prepared: &[PreparedEntry],
+    first: u64,
+) -> Result<Vec<String>, StoreError> {
     (first..)
-        .zip(commit.records())
-        .map(|(seq, record)| {
-            let bytes = record
-                .entry_bytes(seq)
-                .map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))?;
-            String::from_utf8(bytes)
+        .zip(prepared)
+        .map(|(seq, entry)| {
+            String::from_utf8(entry.bytes(seq))
                 .map_err(|_| StoreError::Unavailable("an audit entry is not UTF-8".into()))
         })
         .collect()
@@ -443,7 +457,7 @@ pub(crate) fn apply_commit<D: Dialect + ?Sized>(
     apply_changes(db, commit)?;
     let mut frontier = current_frontier(db, None)?;
     let first = frontier.size;
-    let entries = encode_records(commit, first)?;
+    let entries = encode_records(&prepare_records(commit)?, first)?;
     append_records(db, &mut frontier, &entries)?;
     Ok(crate::store::CommitReceipt {
         audit_seqs: first..frontier.size,
