@@ -272,6 +272,9 @@ fn verify(path: &Path, consent: &ConsentId, acks: &[Ack]) -> Vec<AuditEntry> {
         .expect("every audit entry parses");
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (0..len).collect::<Vec<_>>(), "the log is gap-free");
+    // Every stored Merkle node is the hash of the entries below it, whichever writer (process,
+    // connection, batch) appended them.
+    verify_log(&store, None).expect("the log and its Merkle nodes verify");
     for ack in acks {
         let entry = entries
             .get(usize::try_from(ack.seq).unwrap())
