@@ -165,10 +165,10 @@ impl<S: Store + LedgerRead> Bank<S> {
         request: &GateRequest<'_>,
         accounts: &H,
     ) -> Result<Admission, GateError<H::Error>> {
-        for _ in 0..MAX_ATTEMPTS {
+        for tried in 1..=MAX_ATTEMPTS {
             match self.attempt(request, accounts) {
                 Ok(admission) => return Ok(admission),
-                Err(Stop::Retry) => continue,
+                Err(Stop::Retry) => crate::store::back_off(tried),
                 Err(Stop::Fail(error)) => return Err(error),
                 Err(Stop::Refuse(refusal, claims, subject)) => {
                     return Err(self.journal_refusal(refusal, claims.as_deref(), subject));
@@ -272,6 +272,7 @@ impl<S: Store + LedgerRead> Bank<S> {
             now,
             plan,
             token_digest,
+            limit,
         } = decided;
         let Some(attestation) = view.attestation else {
             return Err(Stop::Fail(GateError::Store(StoreError::Conflict)));
@@ -317,7 +318,12 @@ impl<S: Store + LedgerRead> Bank<S> {
                 &attestation.id,
                 attestation.version,
             ))
-            .precondition(Precondition::served_is(&attestation.id, day, view.served))
+            .precondition(Precondition::served_below(
+                &attestation.id,
+                day,
+                claims.presence,
+                limit,
+            ))
             .precondition(Precondition::BankPolicyVersion {
                 version: view.policy.as_ref().map(|p| p.version),
             })
@@ -517,24 +523,28 @@ impl<S: Store + LedgerRead> Bank<S> {
         if owner.as_ref() != Some(&attestation.subject) {
             return Err(refuse(GateRefusal::AccountNotSubjects, &claims, subject));
         }
-        // 8. The bank's counts today.
-        let counts = match claims.presence {
+        // 8. The bank's counts today, against the day's limit for this presence (which the
+        // journal entry's commit checks again where it increments the count).
+        let (limit, over) = match claims.presence {
             Presence::Unattended if attestation.unattended_daily_limit == 0 => {
-                Some(GateRefusal::UnattendedNotApproved)
+                (0, Some(GateRefusal::UnattendedNotApproved))
             }
             Presence::Unattended => {
                 let limit = attestation
                     .unattended_daily_limit
                     .min(policy.unattended_daily_limit);
-                (view.served.unattended >= limit)
-                    .then_some(GateRefusal::UnattendedLimitReached { limit })
+                let over = (view.served.unattended >= limit)
+                    .then_some(GateRefusal::UnattendedLimitReached { limit });
+                (limit, over)
             }
-            Presence::SubjectPresent => (view.served.present >= settings.present_daily_ceiling)
-                .then_some(GateRefusal::PresentCeilingReached {
-                    ceiling: settings.present_daily_ceiling,
-                }),
+            Presence::SubjectPresent => {
+                let ceiling = settings.present_daily_ceiling;
+                let over = (view.served.present >= ceiling)
+                    .then_some(GateRefusal::PresentCeilingReached { ceiling });
+                (ceiling, over)
+            }
         };
-        if let Some(refusal) = counts {
+        if let Some(refusal) = over {
             return Err(refuse(refusal, &claims, subject));
         }
         // 9. Where the response goes: sealed unless both the policy and the approval allow this
@@ -572,6 +582,7 @@ impl<S: Store + LedgerRead> Bank<S> {
             proof_id: proof.jti,
             proof_expires,
             now,
+            limit,
         })
     }
 
@@ -592,7 +603,8 @@ impl<S: Store + LedgerRead> Bank<S> {
         };
         let claims = Some(verified);
         let mut subject = subject;
-        for _ in 0..MAX_ATTEMPTS {
+        for tried in 1..=MAX_ATTEMPTS {
+            crate::store::back_off(tried);
             // The subject (the ledger's, never the token's word) and the account only as
             // pseudonyms of the customer's relationship with the approval's platform, and only
             // while the customer has a key and the approval is as it was read: a refusal never
@@ -670,6 +682,8 @@ type Who = (SubjectId, crate::ids::PlatformId, String, u64);
 struct Decided {
     /// The commitment to the token presented, for the journal (the monitor matches it).
     token_digest: String,
+    /// The day's limit of accesses with the request's presence (the count must stay below it).
+    limit: u32,
     plan: Plan,
     claims: AccessClaims,
     view: GateView,

@@ -430,9 +430,9 @@ impl<S: Store + LedgerRead> Bank<S> {
         &self,
         mut attempt: impl FnMut() -> Result<T, BankError>,
     ) -> Result<T, BankError> {
-        for _ in 0..MAX_ATTEMPTS {
+        for tried in 1..=MAX_ATTEMPTS {
             match attempt() {
-                Err(BankError::Store(StoreError::Conflict)) => continue,
+                Err(BankError::Store(StoreError::Conflict)) => crate::store::back_off(tried),
                 other => return other,
             }
         }

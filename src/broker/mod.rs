@@ -133,9 +133,9 @@ impl<S: Store> Broker<S> {
 
     /// Re-runs `attempt` while a concurrent writer invalidates what it read.
     fn retrying<T>(&self, mut attempt: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
-        for _ in 0..self.settings.max_attempts {
+        for tried in 1..=self.settings.max_attempts {
             match attempt() {
-                Err(Error::Store(StoreError::Conflict)) => continue,
+                Err(Error::Store(StoreError::Conflict)) => crate::store::back_off(tried),
                 other => return other,
             }
         }

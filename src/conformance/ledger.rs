@@ -215,6 +215,25 @@ where
     assert_eq!(served(DAY), expected, "a failed commit counts nothing");
     s.commit(guarded(expected)).unwrap();
     assert_eq!(served(DAY).unattended, 3);
+    // Below a limit: the count of that presence only, strictly below.
+    let below = |presence, limit| {
+        count(DAY, presence).precondition(Precondition::served_below("att-1", DAY, presence, limit))
+    };
+    assert_eq!(
+        s.commit(below(Presence::Unattended, 3)),
+        Err(StoreError::Conflict),
+        "three unattended served: not below three"
+    );
+    assert_eq!(served(DAY).unattended, 3, "a failed commit counts nothing");
+    s.commit(below(Presence::Unattended, 4)).unwrap();
+    assert_eq!(served(DAY).unattended, 4);
+    // One present access served: below two, not below one.
+    assert_eq!(
+        s.commit(below(Presence::SubjectPresent, 1)),
+        Err(StoreError::Conflict)
+    );
+    s.commit(below(Presence::SubjectPresent, 2)).unwrap();
+    assert_eq!(served(DAY).present, 2);
 }
 
 /// Presented ids: remembered once per kind, a second presentation is a duplicate, and pruning

@@ -132,6 +132,16 @@ pub struct ServedCounts {
     pub present: u32,
 }
 
+impl ServedCounts {
+    /// The count of accesses with `presence`.
+    pub fn of(&self, presence: crate::policy::Presence) -> u32 {
+        match presence {
+            crate::policy::Presence::Unattended => self.unattended,
+            crate::policy::Presence::SubjectPresent => self.present,
+        }
+    }
+}
+
 /// What kind of presented id the bank remembers, to refuse its second presentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

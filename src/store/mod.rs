@@ -123,6 +123,24 @@ impl StoreError {
     }
 }
 
+/// Waits before the `attempt`-th retry (from 1) of a decision whose commit met a
+/// [`StoreError::Conflict`]: a random time up to 25 µs · 2^attempt, at most 4 ms. Callers that
+/// conflicted on one record (one approval's served count, one consent's usage) would otherwise
+/// meet again in the next batch of a grouping store, where again only one of them can land; spread
+/// out, each lands within a few tries. The first retry does not wait.
+pub(crate) fn back_off(attempt: u32) {
+    use std::hash::{BuildHasher, Hasher};
+    if attempt <= 1 {
+        return;
+    }
+    let ceiling_us = 25u64.saturating_mul(1u64 << attempt.min(8)).min(4_000);
+    // Randomness for spreading only (never for anything secret): std's per-call hasher keys.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    std::thread::sleep(std::time::Duration::from_micros(random % (ceiling_us + 1)));
+}
+
 /// The audit log, read-only: what auditors, verification and the command-line tool need.
 pub trait LogRead: Send + Sync {
     /// Number of audit entries.

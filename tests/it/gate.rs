@@ -1009,3 +1009,99 @@ fn a_short_read_of_the_log_makes_no_feed_rather_than_one_missing_a_revocation() 
     assert_eq!(body["revoked"][0]["consent"], consent.id().as_str());
     assert_eq!(body["complete"], true);
 }
+
+/// Eight threads of a bank's server check tokens of one approval at once (a platform fetching
+/// the balances of several accounts under one consent in parallel) on a SQLite ledger, whose
+/// commits are grouped: each check's count of the day's accesses is one row, so checks of the
+/// same approval in one transaction conflict and all but one decide again. Every check must still
+/// be served and journalled once: grouping may not turn concurrency into refusals.
+#[test]
+fn concurrent_checks_of_one_approval_on_sqlite_are_each_served_once() {
+    let (served, refused) = concurrent_checks_of_one_approval(u32::MAX);
+    assert_eq!(
+        (served, refused),
+        (THREADS * EACH, 0),
+        "each check served once"
+    );
+}
+
+/// The same, with a daily ceiling below the number of checks: the checks race for the last
+/// slots, and exactly the ceiling's worth are served and journalled, the rest refused for the
+/// ceiling. Fails if the commit checks the count against anything weaker than the ceiling.
+#[test]
+fn concurrent_checks_of_one_approval_never_pass_the_days_ceiling() {
+    let (served, refused) = concurrent_checks_of_one_approval(57);
+    assert_eq!((served, refused), (57, THREADS * EACH - 57));
+}
+
+const THREADS: usize = 8;
+const EACH: usize = 25;
+
+/// Eight threads check 25 tokens each of one approval on a SQLite ledger under a present-access
+/// ceiling: how many accesses the journal records as served, and how many checks were refused
+/// for the ceiling (any other outcome fails the test).
+fn concurrent_checks_of_one_approval(ceiling: u32) -> (usize, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let kit = TestBroker::memory();
+    let ledger = SqliteStore::open(dir.path().join("bank.sqlite")).unwrap();
+    let settings = GateSettings {
+        present_daily_ceiling: ceiling,
+        ..GateSettings::default()
+    };
+    let bank = TestBank::with_settings(&kit, ledger, settings);
+    let consent = bank.granted(&kit);
+    let access = kit.access(consent.id());
+    let random = consent_broker::testing::SeededRandom::new(18);
+    let prepared: Vec<Vec<(String, String)>> = (0..THREADS)
+        .map(|_| {
+            (0..EACH)
+                .map(|_| {
+                    let token = kit.token(&access).token;
+                    let proof = kit
+                        .sender
+                        .proof(&GET_BALANCE, &token, kit.broker.now(), &random)
+                        .unwrap();
+                    (token, proof)
+                })
+                .collect()
+        })
+        .collect();
+    let before = bank.bank.journal().audit_len().unwrap();
+    let refused: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = prepared
+            .iter()
+            .map(|share| {
+                let bank = &bank;
+                scope.spawn(move || {
+                    let mut refused = 0;
+                    for (token, proof) in share {
+                        let request = GateRequest {
+                            token,
+                            proof,
+                            http: GET_BALANCE,
+                        };
+                        match bank.bank.check(&request, &bank.accounts) {
+                            Ok(_) => {}
+                            Err(GateError::Refused {
+                                refusal: GateRefusal::PresentCeilingReached { .. },
+                                ..
+                            }) => refused += 1,
+                            Err(error) => panic!("a concurrent check failed: {error:?}"),
+                        }
+                    }
+                    refused
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let served = bank
+        .bank
+        .journal()
+        .audit_entries(before..u64::MAX)
+        .unwrap()
+        .iter()
+        .filter(|entry| entry.kind() == AuditKind::AccessServed)
+        .count();
+    (served, refused)
+}

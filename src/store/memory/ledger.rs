@@ -76,6 +76,13 @@ impl LedgerState {
                 counts,
                 ..
             } => self.served_on(attestation, *day) == *counts,
+            Precondition::ServedBelow {
+                attestation,
+                day,
+                presence,
+                limit,
+                ..
+            } => self.served_on(attestation, *day).of(*presence) < *limit,
             Precondition::BankPolicyVersion { version, .. } => {
                 self.policies.last().map(|p| p.version) == *version
             }

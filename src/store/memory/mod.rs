@@ -219,6 +219,7 @@ impl Inner {
                 .is_some_and(|stored| stored.key == **key),
             Precondition::AttestationVersion { .. }
             | Precondition::ServedIs { .. }
+            | Precondition::ServedBelow { .. }
             | Precondition::BankPolicyVersion { .. }
             | Precondition::LiveAttestations { .. }
             | Precondition::LiveDeviceKeys { .. } => {

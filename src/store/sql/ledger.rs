@@ -222,6 +222,13 @@ pub(crate) fn holds<D: Dialect + ?Sized>(
             counts,
             ..
         } => served(db, attestation, *day)? == *counts,
+        Precondition::ServedBelow {
+            attestation,
+            day,
+            presence,
+            limit,
+            ..
+        } => served(db, attestation, *day)?.of(*presence) < *limit,
         Precondition::BankPolicyVersion { version, .. } => {
             let latest = one(db, "SELECT MAX(version) FROM bank_policies", &[], |row| {
                 row.int(0)

@@ -120,6 +120,7 @@ fn holds<D: Dialect + ?Sized>(
         }
         Precondition::AttestationVersion { .. }
         | Precondition::ServedIs { .. }
+        | Precondition::ServedBelow { .. }
         | Precondition::BankPolicyVersion { .. }
         | Precondition::LiveAttestations { .. }
         | Precondition::LiveDeviceKeys { .. } => super::ledger::holds(db, precondition)?,
