@@ -123,6 +123,10 @@ pub use sealing::{
 };
 pub use sets::{AccountSet, Flag, FlagIter, FlagSet, PlaintextUses, PurposeSet, ScopeSet};
 #[cfg(feature = "sqlite")]
+pub use store::CommitStats;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use store::Migration;
+#[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{
     AccessView, AttestationRecord, BankRevocation, Change, Commit, CommitParts, CommitReceipt,
@@ -131,8 +135,6 @@ pub use store::{
     ServedCounts, SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
     SubjectLink,
 };
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use store::{CommitStats, Migration};
 #[cfg(feature = "postgres")]
 pub use store::{PostgresOptions, PostgresStore, PostgresTlsMode};
 /// The `time` crate, whose `OffsetDateTime` and `Duration` the API takes and returns.

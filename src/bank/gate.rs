@@ -166,9 +166,10 @@ impl<S: Store + LedgerRead> Bank<S> {
         accounts: &H,
     ) -> Result<Admission, GateError<H::Error>> {
         for tried in 1..=MAX_ATTEMPTS {
+            crate::store::back_off(tried);
             match self.attempt(request, accounts) {
                 Ok(admission) => return Ok(admission),
-                Err(Stop::Retry) => crate::store::back_off(tried),
+                Err(Stop::Retry) => continue,
                 Err(Stop::Fail(error)) => return Err(error),
                 Err(Stop::Refuse(refusal, claims, subject)) => {
                     return Err(self.journal_refusal(refusal, claims.as_deref(), subject));

@@ -431,8 +431,9 @@ impl<S: Store + LedgerRead> Bank<S> {
         mut attempt: impl FnMut() -> Result<T, BankError>,
     ) -> Result<T, BankError> {
         for tried in 1..=MAX_ATTEMPTS {
+            crate::store::back_off(tried);
             match attempt() {
-                Err(BankError::Store(StoreError::Conflict)) => crate::store::back_off(tried),
+                Err(BankError::Store(StoreError::Conflict)) => continue,
                 other => return other,
             }
         }

@@ -134,8 +134,9 @@ impl<S: Store> Broker<S> {
     /// Re-runs `attempt` while a concurrent writer invalidates what it read.
     fn retrying<T>(&self, mut attempt: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
         for tried in 1..=self.settings.max_attempts {
+            crate::store::back_off(tried);
             match attempt() {
-                Err(Error::Store(StoreError::Conflict)) => crate::store::back_off(tried),
+                Err(Error::Store(StoreError::Conflict)) => continue,
                 other => return other,
             }
         }

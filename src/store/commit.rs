@@ -481,7 +481,10 @@ impl Precondition {
 
     #[cfg_attr(
         not(feature = "store-conformance"),
-        expect(dead_code, reason = "the conformance suite's; the gate checks served_below")
+        expect(
+            dead_code,
+            reason = "the conformance suite's; the gate checks served_below"
+        )
     )]
     pub(crate) fn served_is(attestation: &str, day: Date, counts: ServedCounts) -> Self {
         Self::ServedIs {

@@ -20,7 +20,7 @@
 //! revocation that it did not see.
 
 mod commit;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(feature = "sqlite")]
 mod group;
 mod ledger;
 mod memory;
@@ -29,7 +29,7 @@ mod records;
 mod sql;
 
 pub use commit::{Change, Commit, CommitParts, CommitReceipt, Precondition};
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(feature = "sqlite")]
 pub use group::CommitStats;
 pub use ledger::{
     AttestationRecord, BankRevocation, DeviceKeyRecord, FeedState, GateQuery, GateView, LedgerRead,
@@ -274,9 +274,9 @@ pub trait StateRead: Send + Sync {
 
     /// Everything the checked call reads about `consent` asked for by `platform` on `day`: the
     /// consent, the platform, and (when the consent exists) its holder, its usage on the day and
-    /// its subject's key. The default reads them one by one; a database store overrides it to
-    /// read them in one transaction (SQLite) or one round trip, which is most of what a decision
-    /// costs there. A store must not answer from anything older than what the one-by-one reads
+    /// its subject's key. The default reads them one by one; the SQLite store reads them in one
+    /// read transaction and the in-memory store under one lock (a store for a networked database
+    /// would read them in one round trip: most of what a decision costs there). A store must not answer from anything older than what the one-by-one reads
     /// would see: the decision's commit re-checks the versions it read, not the platform.
     ///
     /// # Errors

@@ -23,9 +23,11 @@ mod write;
 
 #[cfg(feature = "postgres")]
 pub(crate) use write::apply_commit;
+pub(crate) use write::record_checkpoint;
+#[cfg(feature = "sqlite")]
 pub(crate) use write::{
     Frontier, append_leaf, append_records, apply_changes, current_frontier, encode_records,
-    preconditions_hold, prepare_records, record_checkpoint,
+    preconditions_hold, prepare_records,
 };
 
 use std::collections::HashMap;

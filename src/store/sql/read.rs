@@ -217,6 +217,7 @@ pub(crate) fn latest_checkpoint<D: Dialect + ?Sized>(
 }
 
 /// Everything the checked call reads, in the caller's one transaction.
+#[cfg(feature = "sqlite")]
 pub(crate) fn access_view<D: Dialect + ?Sized>(
     db: &mut D,
     id: &ConsentId,

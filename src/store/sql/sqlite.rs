@@ -16,8 +16,11 @@
 //! others land). No caller is answered before the `COMMIT` that covers its commit has returned,
 //! so an answered commit is on disk. A caller alone is written at once, with no savepoint, as
 //! before; under load, a transaction carries as many commits as arrived during the previous
-//! one's fsync. An engine failure that ends the transaction (a full disk, an I/O error) or a
-//! failed `COMMIT` is every commit's answer in that batch: none of them is in the file.
+//! one's fsync. An engine failure that ends the transaction (a full disk, an I/O error) is every
+//! commit's answer in that batch, and none of them is in the file. A failed `COMMIT` is every
+//! commit's answer too; as with any database, whether it reached the disk is then unknown:
+//! callers treat it as not done, and a decision tried again is decided again on what the store
+//! then holds (its preconditions refuse it if the first one did land and changed what it read).
 //! [`SqliteStore::commit_stats`] counts commits and transactions. The store keeps the Merkle
 //! tree's right edge between transactions (checked against the log's length in each one, so a
 //! write by another process is noticed), so appending reads no node.
@@ -220,6 +223,9 @@ pub struct SqliteStore {
     /// the writer so that they close first: the last connection to close (the writer, which may
     /// write) folds the write-ahead log into the database and removes it.
     readers: Option<Mutex<Vec<Connection>>>,
+    /// The database file as resolved when the store was opened: readers open this, so a
+    /// relative path and a later change of directory cannot point them at another file.
+    resolved: PathBuf,
     /// The one connection that writes (and the only one of a read-only store).
     writer: Mutex<Connection>,
     /// Concurrent commits, grouped into one transaction and one fsync.
@@ -345,9 +351,13 @@ impl SqliteStore {
         connection
             .pragma_update(None, "mmap_size", 256 * 1024 * 1024)
             .map_err(fail)?;
+        let resolved = std::fs::canonicalize(&path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot resolve {}: {e}", path.display()))
+        })?;
         let store = Self {
             writer: Mutex::new(connection),
             readers: Some(Mutex::new(Vec::new())),
+            resolved,
             group: GroupCommit::new(MAX_BATCH),
             counters: Counters::default(),
             frontier: Mutex::new(None),
@@ -444,6 +454,7 @@ impl SqliteStore {
         Ok(Self {
             writer: Mutex::new(connection),
             readers: None,
+            resolved: path.clone(),
             group: GroupCommit::new(MAX_BATCH),
             counters: Counters::default(),
             frontier: Mutex::new(None),
@@ -513,7 +524,7 @@ impl SqliteStore {
         }
         let fail = |e| store_error(&self.path, e);
         let connection = Connection::open_with_flags(
-            &self.path,
+            &self.resolved,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(fail)?;
@@ -573,6 +584,23 @@ impl SqliteStore {
         &self,
         read: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
     ) -> Result<T, StoreError> {
+        self.read_on(true, read)
+    }
+
+    /// A read of many rows (a range of the log, every consent of a subject): always on a reader
+    /// connection, so it never holds the writer's connection while a batch waits for it.
+    fn scan<T>(
+        &self,
+        read: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
+    ) -> Result<T, StoreError> {
+        self.read_on(false, read)
+    }
+
+    fn read_on<T>(
+        &self,
+        may_borrow_writer: bool,
+        read: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
+    ) -> Result<T, StoreError> {
         let Some(pool) = &self.readers else {
             let connection = self.lock();
             return read(&mut Lite(&connection)).map_err(|e| failure(&self.path, e));
@@ -581,6 +609,7 @@ impl SqliteStore {
         // a reader connection would have to read again from the write-ahead log. A lone caller
         // reads there, as before group commit.
         let mut writer = match self.writer.try_lock() {
+            _ if !may_borrow_writer => None,
             Ok(writer) => Some(writer),
             Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => None,
@@ -847,7 +876,7 @@ impl StateRead for SqliteStore {
     }
 
     fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
-        self.read(|db| read::consents_of_subject(db, subject))
+        self.scan(|db| read::consents_of_subject(db, subject))
     }
 
     fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
@@ -871,7 +900,7 @@ impl StateRead for SqliteStore {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Consent>, StoreError> {
-        self.read(|db| super::privacy::consents_ended_before(db, before, limit))
+        self.scan(|db| super::privacy::consents_ended_before(db, before, limit))
     }
 
     fn access_view(
@@ -893,14 +922,14 @@ impl LedgerRead for SqliteStore {
         &self,
         subject: &SubjectId,
     ) -> Result<Vec<AttestationRecord>, StoreError> {
-        self.read(|db| ledger::attestations_of_subject(db, subject))
+        self.scan(|db| ledger::attestations_of_subject(db, subject))
     }
 
     fn attestations_of_consent(
         &self,
         consent: &ConsentId,
     ) -> Result<Vec<AttestationRecord>, StoreError> {
-        self.read(|db| ledger::attestations_of_consent(db, consent))
+        self.scan(|db| ledger::attestations_of_consent(db, consent))
     }
 
     fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
@@ -936,11 +965,11 @@ impl LedgerRead for SqliteStore {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<AttestationRecord>, StoreError> {
-        self.read(|db| super::privacy::attestations_ended_before(db, before, limit))
+        self.scan(|db| super::privacy::attestations_ended_before(db, before, limit))
     }
 
     fn links_of_customer(&self, customer: &SubjectId) -> Result<Vec<SubjectLink>, StoreError> {
-        self.read(|db| super::privacy::links_of_customer(db, customer))
+        self.scan(|db| super::privacy::links_of_customer(db, customer))
     }
 
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
@@ -954,7 +983,7 @@ impl LogRead for SqliteStore {
     }
 
     fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
-        self.read(|db| read::audit_bytes(db, range))
+        self.scan(|db| read::audit_bytes(db, range))
     }
 
     fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
@@ -962,7 +991,7 @@ impl LogRead for SqliteStore {
     }
 
     fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
-        self.read(|db| read::merkle_nodes(db, level, range))
+        self.scan(|db| read::merkle_nodes(db, level, range))
     }
 
     fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {

@@ -275,6 +275,7 @@ fn apply<D: Dialect + ?Sized>(db: &mut D, change: &Change) -> Result<(), Failure
 }
 
 /// Writes the Merkle nodes that leaf `size` completes.
+#[cfg(feature = "sqlite")]
 pub(crate) fn append_leaf<D: Dialect + ?Sized>(
     db: &mut D,
     size: u64,
@@ -330,6 +331,7 @@ impl Frontier {
     }
 
     /// The number of leaves it is the frontier of.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn size(&self) -> u64 {
         self.size
     }
