@@ -608,33 +608,20 @@ impl SqliteStore {
         // The writer, when no batch holds it: its page cache holds what was just written, which
         // a reader connection would have to read again from the write-ahead log. A lone caller
         // reads there, as before group commit.
-        let mut writer = match self.writer.try_lock() {
-            _ if !may_borrow_writer => None,
-            Ok(writer) => Some(writer),
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        };
-        let mut pooled = match writer {
-            Some(_) => None,
-            None => Some(self.reader(pool)?),
-        };
-        let connection: &mut Connection = match (&mut writer, &mut pooled) {
-            (Some(writer), _) => writer,
-            (None, Some(reader)) => reader,
-            (None, None) => {
-                return Err(StoreError::Unavailable("no connection to read on".into()));
+        let idle_writer = if may_borrow_writer {
+            match self.writer.try_lock() {
+                Ok(writer) => Some(writer),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
             }
+        } else {
+            None
         };
-        let fail = |e| store_error(&self.path, e);
-        let tx = connection
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(fail)?;
-        let value = read(&mut Lite(&tx)).map_err(|e| failure(&self.path, e))?;
-        tx.commit().map_err(fail)?;
-        drop(writer);
-        let Some(connection) = pooled else {
-            return Ok(value);
-        };
+        if let Some(mut writer) = idle_writer {
+            return self.in_transaction(&mut writer, TransactionBehavior::Deferred, read);
+        }
+        let mut connection = self.reader(pool)?;
+        let value = self.in_transaction(&mut connection, TransactionBehavior::Deferred, read)?;
         let mut idle = pool
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -644,20 +631,29 @@ impl SqliteStore {
         Ok(value)
     }
 
-    /// Runs `write` in one `BEGIN IMMEDIATE` transaction: committed if it succeeds, rolled back
-    /// (by dropping the transaction) if anything in it fails.
+    /// Runs `work` in one transaction of `behavior` on `connection`: committed if it succeeds,
+    /// rolled back (by dropping the transaction) if anything in it fails.
+    fn in_transaction<T>(
+        &self,
+        connection: &mut Connection,
+        behavior: TransactionBehavior,
+        work: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
+    ) -> Result<T, StoreError> {
+        let fail = |e| store_error(&self.path, e);
+        let tx = connection
+            .transaction_with_behavior(behavior)
+            .map_err(fail)?;
+        let value = work(&mut Lite(&tx)).map_err(|e| failure(&self.path, e))?;
+        tx.commit().map_err(fail)?;
+        Ok(value)
+    }
+
+    /// Runs `write` in one `BEGIN IMMEDIATE` transaction on the writer's connection.
     fn write<T>(
         &self,
         write: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
     ) -> Result<T, StoreError> {
-        let mut connection = self.lock();
-        let fail = |e| store_error(&self.path, e);
-        let tx = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail)?;
-        let value = write(&mut Lite(&tx)).map_err(|e| failure(&self.path, e))?;
-        tx.commit().map_err(fail)?;
-        Ok(value)
+        self.in_transaction(&mut self.lock(), TransactionBehavior::Immediate, write)
     }
 
     /// Applies a batch of commits in one `BEGIN IMMEDIATE` transaction, each in a savepoint of
