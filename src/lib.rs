@@ -122,7 +122,7 @@ pub use sealing::{
     Response, ResponseContext, SealedResponse, open_response, seal_response,
 };
 pub use sets::{AccountSet, Flag, FlagIter, FlagSet, PlaintextUses, PurposeSet, ScopeSet};
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use store::CommitStats;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use store::Migration;

@@ -134,12 +134,18 @@ pub struct PreparedEntry {
 }
 
 impl PreparedEntry {
+    /// The entry's bytes after its sequence number's digits: the entry at position `seq` is
+    /// `{"seq":`, then `seq` in decimal, then these bytes (how a database server that numbers
+    /// entries itself builds them).
+    pub fn after_seq(&self) -> &[u8] {
+        self.encoded
+            .get(SEQ_PREFIX_ZERO.len()..)
+            .unwrap_or_default()
+    }
+
     /// The entry's bytes at position `seq`: exactly [`AuditRecord::entry_bytes`]`(seq)`.
     pub fn bytes(&self, seq: u64) -> Vec<u8> {
-        let tail = self
-            .encoded
-            .get(SEQ_PREFIX_ZERO.len()..)
-            .unwrap_or_default();
+        let tail = self.after_seq();
         let mut digits = [0u8; 20];
         let mut start = digits.len();
         let mut rest = seq;

@@ -27,10 +27,10 @@ mod memory;
 mod records;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod stats;
 
 pub use commit::{Change, Commit, CommitParts, CommitReceipt, Precondition};
-#[cfg(feature = "sqlite")]
-pub use group::CommitStats;
 pub use ledger::{
     AttestationRecord, BankRevocation, DeviceKeyRecord, FeedState, GateQuery, GateView, LedgerRead,
     PolicyRecord, SeenKind, ServedCounts, SubjectLink,
@@ -45,6 +45,8 @@ pub use sql::Migration;
 pub use sql::postgres::{PostgresOptions, PostgresStore, PostgresTlsMode};
 #[cfg(feature = "sqlite")]
 pub use sql::sqlite::SqliteStore;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use stats::CommitStats;
 
 use std::ops::Range;
 

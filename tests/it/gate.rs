@@ -1034,16 +1034,24 @@ fn concurrent_checks_of_one_approval_never_pass_the_days_ceiling() {
     assert_eq!((served, refused), (57, THREADS * EACH - 57));
 }
 
-const THREADS: usize = 8;
-const EACH: usize = 25;
+pub(crate) const THREADS: usize = 8;
+pub(crate) const EACH: usize = 25;
 
 /// Eight threads check 25 tokens each of one approval on a SQLite ledger under a present-access
 /// ceiling: how many accesses the journal records as served, and how many checks were refused
 /// for the ceiling (any other outcome fails the test).
 fn concurrent_checks_of_one_approval(ceiling: u32) -> (usize, usize) {
     let dir = tempfile::tempdir().unwrap();
-    let kit = TestBroker::memory();
     let ledger = SqliteStore::open(dir.path().join("bank.sqlite")).unwrap();
+    concurrent_checks_of_one_approval_on(ledger, ceiling)
+}
+
+/// The same on any ledger (the PostgreSQL tests run it on theirs).
+pub(crate) fn concurrent_checks_of_one_approval_on<L: Store + LedgerRead>(
+    ledger: L,
+    ceiling: u32,
+) -> (usize, usize) {
+    let kit = TestBroker::memory();
     let settings = GateSettings {
         present_daily_ceiling: ceiling,
         ..GateSettings::default()

@@ -57,6 +57,7 @@ mod witnessing;
 // Stores: the conformance suite on every store, SQLite files, PostgreSQL.
 mod conformance;
 mod postgres;
+mod postgres_group;
 mod sqlite_files;
 
 // Reliability: model-based, concurrency, faults, hostile input, fuzz corpora.

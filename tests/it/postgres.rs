@@ -59,7 +59,7 @@ const fn policy_limit() -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
 
-fn database_url() -> String {
+pub(super) fn database_url() -> String {
     std::env::var("DATABASE_URL").expect(
         "the PostgreSQL tests need a server named by DATABASE_URL: run them with \
          `scripts/with-postgres cargo test --features postgres --test postgres -- --include-ignored`",
@@ -68,7 +68,7 @@ fn database_url() -> String {
 
 /// A schema (or database) name no other test or process uses. Short: identifiers stop at 63
 /// bytes.
-fn unique_name(tag: &str) -> String {
+pub(super) fn unique_name(tag: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -81,7 +81,7 @@ fn unique_name(tag: &str) -> String {
     )
 }
 
-fn options(schema: &str) -> PostgresOptions {
+pub(super) fn options(schema: &str) -> PostgresOptions {
     PostgresOptions {
         schema: Some(schema.to_owned()),
         ..PostgresOptions::default()
@@ -215,7 +215,7 @@ fn hold_commit_lock(
     })
 }
 
-fn unattended(access: AccessRequest) -> AccessRequest {
+pub(super) fn unattended(access: AccessRequest) -> AccessRequest {
     AccessRequest {
         presence: Presence::Unattended,
         ..access
@@ -223,7 +223,7 @@ fn unattended(access: AccessRequest) -> AccessRequest {
 }
 
 /// Unattended `AccessPermitted` entries per consent and UTC day.
-fn unattended_permits(entries: &[AuditEntry]) -> BTreeMap<(ConsentId, Date), u64> {
+pub(super) fn unattended_permits(entries: &[AuditEntry]) -> BTreeMap<(ConsentId, Date), u64> {
     let mut per_day = BTreeMap::new();
     for entry in entries {
         if entry.kind() == AuditKind::AccessPermitted
@@ -260,7 +260,7 @@ fn usage_rows(url: &str, schema: &str) -> BTreeMap<(ConsentId, Date), u64> {
 }
 
 /// The whole log, checked to be one gap-free sequence.
-fn gap_free_log(store: &impl LogRead) -> Vec<AuditEntry> {
+pub(super) fn gap_free_log(store: &impl LogRead) -> Vec<AuditEntry> {
     let len = store.audit_len().unwrap();
     let entries = store.audit_entries(0..len).expect("every entry parses");
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
@@ -1204,7 +1204,7 @@ fn a_connection_dropped_between_calls_is_replaced() {
 
     // A plain store call.
     let len = store.audit_len().unwrap();
-    assert_eq!(terminate_backends(&mut admin, &application), 1);
+    assert!(terminate_backends(&mut admin, &application) >= 1);
     let first = store.audit_len();
     if let Err(error) = &first {
         assert!(
@@ -1230,7 +1230,7 @@ fn a_connection_dropped_between_calls_is_replaced() {
             store.audit_len().unwrap(),
             store.usage(&granted, day).unwrap(),
         );
-        assert_eq!(terminate_backends(&mut admin, &application), 1);
+        assert!(terminate_backends(&mut admin, &application) >= 1);
         let first = fx.broker.authorise_access(&access);
         check_recorded_or_nothing(&store, &granted, day, before, &first);
         let second = fx.broker.authorise_access(&access);
@@ -1281,26 +1281,8 @@ fn a_connection_dropped_inside_a_commit_records_nothing() {
     let result = thread::scope(|scope| {
         let deciding = scope.spawn(|| fx.broker.authorise_access(&access));
         // Wait until the store's backend is blocked on the commit lock, then kill it.
-        let deadline = Instant::now() + StdDuration::from_secs(10);
-        loop {
-            let waiting: i64 = admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE application_name = $1 AND wait_event_type = 'Lock'",
-                    &[&application],
-                )
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the commit never waited for the lock"
-            );
-            thread::sleep(StdDuration::from_millis(5));
-        }
-        assert_eq!(terminate_backends(&mut admin, &application), 1);
+        crate::postgres_group::wait_for(&mut admin, &application, "advisory");
+        assert!(terminate_backends(&mut admin, &application) >= 1);
         release.send(()).unwrap();
         deciding.join().unwrap()
     });
@@ -1831,65 +1813,58 @@ fn server_os_user() -> Option<(String, u32, u32)> {
     Some((user, uid, gid))
 }
 
-/// A PostgreSQL cluster with `ssl=on` on 127.0.0.1, TLS-only over TCP; stopped (`pg_ctl stop -m
-/// immediate`) and its directory removed when dropped, whatever the test did.
-struct TlsServer {
+/// A PostgreSQL cluster of a test's own on 127.0.0.1 (initialised, not yet started); stopped
+/// (`pg_ctl stop -m immediate`) and its directory removed when dropped, whatever the test did.
+pub(super) struct Cluster {
     bin: PathBuf,
     /// The server's OS user, when the test runs as root.
-    os_user: Option<String>,
-    port: u16,
+    os_user: Option<(String, u32, u32)>,
+    pub(super) port: u16,
+    /// The role the cluster was initialised with.
+    pub(super) role: String,
+    /// The server options of the last start (`-o`), for a restart.
+    options: String,
     started: bool,
     /// Dropped after `drop` has stopped the server: removes the data, the keys and the socket.
-    dir: tempfile::TempDir,
+    pub(super) dir: tempfile::TempDir,
 }
 
-impl TlsServer {
-    fn start(pki: &TestPki) -> Self {
-        let bin = postgres_bindir();
-        let os_user = server_os_user();
-        // Under /tmp, whatever TMPDIR says: the server's user must reach it, and the socket's
-        // path must stay short.
+impl Cluster {
+    /// A new cluster's directory under /tmp (whatever TMPDIR says: the server's user must reach
+    /// it, and the socket's path must stay short), owned by the server's user.
+    pub(super) fn new(prefix: &str, role: &str) -> Self {
         let dir = tempfile::Builder::new()
-            .prefix("cbt-pg-tls.")
+            .prefix(prefix)
             .tempdir_in("/tmp")
             .unwrap();
-        let mut server = Self {
-            bin,
-            os_user: os_user.as_ref().map(|(user, _, _)| user.clone()),
+        let cluster = Self {
+            bin: postgres_bindir(),
+            os_user: server_os_user(),
             port: 0,
+            role: role.to_owned(),
+            options: String::new(),
             started: false,
             dir,
         };
-        let own = |path: &std::path::Path| {
-            if let Some((_, uid, gid)) = &os_user {
-                std::os::unix::fs::chown(path, Some(*uid), Some(*gid)).unwrap();
-            }
-        };
-        own(server.dir.path());
-        // The certificate, and the key the server accepts only if its user owns it, mode 0600.
-        let certificate = server.dir.path().join("server.crt");
-        fs::write(&certificate, &pki.server_certificate).unwrap();
-        own(&certificate);
-        let key = server.dir.path().join("server.key");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&key)
-                .unwrap();
-            file.write_all(pki.server_key.as_bytes()).unwrap();
-        }
-        own(&key);
-        fs::write(server.ca_file(), &pki.ca).unwrap();
+        cluster.own(cluster.dir.path());
+        cluster
+    }
 
-        let data = server.data();
-        let initdb = server
+    /// Gives `path` to the server's user (when the test runs as root).
+    pub(super) fn own(&self, path: &std::path::Path) {
+        if let Some((_, uid, gid)) = &self.os_user {
+            std::os::unix::fs::chown(path, Some(*uid), Some(*gid)).unwrap();
+        }
+    }
+
+    /// `initdb` with trust authentication for the role, and `hba` as `pg_hba.conf`.
+    pub(super) fn init(&self, hba: &str) {
+        let data = self.data();
+        let initdb = self
             .command("initdb")
             .arg("-D")
             .arg(&data)
-            .args(["-A", "trust", "-U", TLS_ROLE, "--no-sync", "-E", "UTF8"])
+            .args(["-A", "trust", "-U", &self.role, "--no-sync", "-E", "UTF8"])
             .arg("--locale=C")
             .output()
             .unwrap();
@@ -1898,54 +1873,65 @@ impl TlsServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&initdb.stderr)
         );
-        // TCP over TLS only; the Unix socket (the test's own view of the server) plain.
-        fs::write(
-            data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
-        )
-        .unwrap();
+        fs::write(data.join("pg_hba.conf"), hba).unwrap();
+    }
 
-        let dir = server.dir.path().display().to_string();
+    /// Starts the server on a free port with `extra` server options (after listening on
+    /// 127.0.0.1 and putting the socket in the cluster's directory).
+    pub(super) fn start(&mut self, extra: &str) {
+        let dir = self.dir.path().display().to_string();
         for attempt in 1..=3 {
-            let port = TcpListener::bind("127.0.0.1:0")
+            self.port = TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port();
-            server.port = port;
-            server.started = true;
-            let options = format!(
-                "-c listen_addresses=127.0.0.1 -p {port} -k {dir} -c fsync=off \
-                 -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key"
+            self.options = format!(
+                "-c listen_addresses=127.0.0.1 -p {} -k {dir} {extra}",
+                self.port
             );
-            let started = server
-                .command("pg_ctl")
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(server.dir.path().join("log"))
-                .args(["-w", "-t", "30", "-o", &options, "start"])
-                .output()
-                .unwrap();
-            if started.status.success() {
-                break;
+            if self.pg_ctl_start() {
+                return;
             }
             // Another process may have taken the port between the probe and the start.
-            server.stop();
+            self.stop();
             assert!(
                 attempt < 3,
                 "pg_ctl start failed; the server's log:\n{}",
-                fs::read_to_string(server.dir.path().join("log")).unwrap_or_default()
+                fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
             );
         }
-        server
     }
 
-    /// `tool` from the server's binaries, run as the server's user, in the server's directory.
-    fn command(&self, tool: &str) -> Command {
+    /// Starts the stopped server again, on the same port with the same options (crash recovery
+    /// runs first if it was stopped with an immediate shutdown).
+    pub(super) fn restart(&mut self) {
+        assert!(
+            self.pg_ctl_start(),
+            "pg_ctl start (again) failed; the server's log:\n{}",
+            fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        );
+    }
+
+    fn pg_ctl_start(&mut self) -> bool {
+        self.started = true;
+        self.command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .args(["-w", "-t", "60", "-o", &self.options, "start"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    /// `tool` from the server's binaries, run as the server's user, in the cluster's directory.
+    pub(super) fn command(&self, tool: &str) -> Command {
         let program = self.bin.join(tool);
         let mut command = match &self.os_user {
-            Some(user) => {
+            Some((user, _, _)) => {
                 let mut command = Command::new("runuser");
                 command.args(["-u", user, "--"]).arg(program);
                 command
@@ -1956,49 +1942,24 @@ impl TlsServer {
         command
     }
 
-    fn data(&self) -> PathBuf {
+    pub(super) fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
-    /// The throwaway CA's certificate, in PEM.
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A URL for `host` (any query string included), with a password that must never appear in
-    /// an error message (the server trusts the role and ignores it).
-    fn url(&self, host: &str, query: &str) -> String {
-        format!(
-            "postgres://{TLS_ROLE}:s3cret-pw@{host}:{}/postgres{query}",
-            self.port
-        )
-    }
-
     /// A plain client over the Unix socket.
-    fn admin(&self) -> Client {
+    pub(super) fn admin(&self) -> Client {
         let config = format!(
-            "host={} port={} user={TLS_ROLE} dbname=postgres",
+            "host={} port={} user={} dbname=postgres",
             self.dir.path().display(),
-            self.port
+            self.port,
+            self.role
         );
         Client::connect(&config, NoTls).unwrap()
     }
 
-    /// Whether each connection of `application_name` is encrypted, as the server sees it.
-    fn encrypted(&self, application_name: &str) -> Vec<bool> {
-        self.admin()
-            .query(
-                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
-                 WHERE a.application_name = $1",
-                &[&application_name],
-            )
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect()
-    }
-
-    fn stop(&mut self) {
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`: no checkpoint,
+    /// the next start recovers from the write-ahead log).
+    pub(super) fn stop(&mut self) {
         if self.started {
             let _ = self
                 .command("pg_ctl")
@@ -2011,9 +1972,78 @@ impl TlsServer {
     }
 }
 
-impl Drop for TlsServer {
+impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A cluster with `ssl=on`, TLS-only over TCP.
+struct TlsServer {
+    cluster: Cluster,
+}
+
+impl TlsServer {
+    fn start(pki: &TestPki) -> Self {
+        let cluster = Cluster::new("cbt-pg-tls.", TLS_ROLE);
+        // The certificate, and the key the server accepts only if its user owns it, mode 0600.
+        let certificate = cluster.dir.path().join("server.crt");
+        fs::write(&certificate, &pki.server_certificate).unwrap();
+        cluster.own(&certificate);
+        let key = cluster.dir.path().join("server.key");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key)
+                .unwrap();
+            file.write_all(pki.server_key.as_bytes()).unwrap();
+        }
+        cluster.own(&key);
+        let server = Self { cluster };
+        fs::write(server.ca_file(), &pki.ca).unwrap();
+        // TCP over TLS only; the Unix socket (the test's own view of the server) plain.
+        server
+            .cluster
+            .init("local all all trust\nhostssl all all 127.0.0.1/32 trust\n");
+        let mut server = server;
+        let dir = server.cluster.dir.path().display().to_string();
+        server.cluster.start(&format!(
+            "-c fsync=off -c ssl=on -c ssl_cert_file={dir}/server.crt \
+             -c ssl_key_file={dir}/server.key"
+        ));
+        server
+    }
+
+    /// The throwaway CA's certificate, in PEM.
+    fn ca_file(&self) -> PathBuf {
+        self.cluster.dir.path().join("ca.pem")
+    }
+
+    /// A URL for `host` (any query string included), with a password that must never appear in
+    /// an error message (the server trusts the role and ignores it).
+    fn url(&self, host: &str, query: &str) -> String {
+        format!(
+            "postgres://{TLS_ROLE}:s3cret-pw@{host}:{}/postgres{query}",
+            self.cluster.port
+        )
+    }
+
+    /// Whether each connection of `application_name` is encrypted, as the server sees it.
+    fn encrypted(&self, application_name: &str) -> Vec<bool> {
+        self.cluster
+            .admin()
+            .query(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = $1",
+                &[&application_name],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
     }
 }
 
@@ -2099,7 +2129,7 @@ fn tls_connections_are_verified_and_required_for_remote_hosts() {
     // A CA file that is not there is refused before any connection.
     refused(
         &server.url("localhost", ""),
-        tls_options(Require, Some(server.dir.path().join("missing.pem"))),
+        tls_options(Require, Some(server.cluster.dir.path().join("missing.pem"))),
         "missing.pem",
     );
 

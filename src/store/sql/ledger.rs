@@ -253,6 +253,14 @@ pub(crate) fn holds<D: Dialect + ?Sized>(
     })
 }
 
+/// What one access served with `presence` adds to the day's (unattended, present) counts.
+pub(crate) fn served_increments(presence: Presence) -> (i64, i64) {
+    match presence {
+        Presence::Unattended => (1, 0),
+        Presence::SubjectPresent => (0, 1),
+    }
+}
+
 /// Applies a ledger change.
 pub(crate) fn apply<D: Dialect + ?Sized>(
     db: &mut D,
@@ -300,10 +308,7 @@ pub(crate) fn apply<D: Dialect + ?Sized>(
             presence,
             ..
         } => {
-            let (unattended, present) = match presence {
-                Presence::Unattended => (1, 0),
-                Presence::SubjectPresent => (0, 1),
-            };
+            let (unattended, present) = served_increments(*presence);
             db.execute(
                 "INSERT INTO bank_served (attestation, day, unattended, present) \
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT (attestation, day) DO UPDATE SET \

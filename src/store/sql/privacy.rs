@@ -19,14 +19,16 @@ pub(crate) fn subject_key<D: Dialect + ?Sized>(
         db,
         "SELECT key FROM subject_keys WHERE subject = ?1",
         &[Value::Text(subject.as_str())],
-        |row| {
-            let bytes: [u8; 32] = row
-                .bytes(0)?
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("a subject key is not 32 bytes".into()))?;
-            Ok(SubjectKey::from_bytes(&bytes))
-        },
+        |row| decode_subject_key(row.bytes(0)?),
     )
+}
+
+/// A subject's stored key.
+pub(crate) fn decode_subject_key(bytes: Vec<u8>) -> Result<SubjectKey, StoreError> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("a subject key is not 32 bytes".into()))?;
+    Ok(SubjectKey::from_bytes(&bytes))
 }
 
 pub(crate) fn insert_subject_key<D: Dialect + ?Sized>(

@@ -23,9 +23,32 @@ pub(crate) fn holder<D: Dialect + ?Sized>(
     let Some(json) = record(db, "SELECT record FROM holders WHERE id = ?1", id.as_str())? else {
         return Ok(None);
     };
-    Ok(Some(
-        HolderRecord::from_stored(&json).map_err(corrupt(format!("holder {id}")))?,
-    ))
+    Ok(Some(decode_holder(id, &json)?))
+}
+
+/// A holder's stored record.
+pub(crate) fn decode_holder(id: &HolderId, json: &[u8]) -> Result<HolderRecord, StoreError> {
+    HolderRecord::from_stored(json).map_err(corrupt(format!("holder {id}")))
+}
+
+/// A platform's stored record.
+pub(crate) fn decode_platform(id: &PlatformId, json: &[u8]) -> Result<PlatformProfile, StoreError> {
+    serde_json::from_slice(json).map_err(corrupt(format!("platform {id}")))
+}
+
+/// A consent's stored record.
+pub(crate) fn decode_consent(id: &ConsentId, json: &[u8]) -> Result<Consent, StoreError> {
+    Consent::from_stored(json).map_err(corrupt(format!("consent {id}")))
+}
+
+/// A consent's stored count of unattended accesses on a day (none stored: zero).
+pub(crate) fn decode_usage(
+    consent: &ConsentId,
+    unattended: Option<i64>,
+) -> Result<Usage, StoreError> {
+    let unattended_today = u32::try_from(unattended.unwrap_or(0))
+        .map_err(|_| StoreError::Corrupt(format!("usage of {consent} out of range")))?;
+    Ok(Usage { unattended_today })
 }
 
 pub(crate) fn platform<D: Dialect + ?Sized>(
@@ -40,9 +63,7 @@ pub(crate) fn platform<D: Dialect + ?Sized>(
     else {
         return Ok(None);
     };
-    Ok(Some(
-        serde_json::from_slice(&json).map_err(corrupt(format!("platform {id}")))?,
-    ))
+    Ok(Some(decode_platform(id, &json)?))
 }
 
 pub(crate) fn consent<D: Dialect + ?Sized>(
@@ -52,9 +73,7 @@ pub(crate) fn consent<D: Dialect + ?Sized>(
     let Some(json) = record(db, "SELECT record FROM consents WHERE id = ?1", id.as_str())? else {
         return Ok(None);
     };
-    Ok(Some(
-        Consent::from_stored(&json).map_err(corrupt(format!("consent {id}")))?,
-    ))
+    Ok(Some(decode_consent(id, &json)?))
 }
 
 pub(crate) fn consents_of_subject<D: Dialect + ?Sized>(
@@ -80,11 +99,8 @@ pub(crate) fn usage<D: Dialect + ?Sized>(
         "SELECT unattended FROM usage WHERE consent = ?1 AND day = ?2",
         &[Value::Text(consent.as_str()), Value::Text(&day)],
         |row| required("usage", row.int(0)?),
-    )?
-    .unwrap_or(0);
-    let unattended_today = u32::try_from(unattended)
-        .map_err(|_| StoreError::Corrupt(format!("usage of {consent} out of range")))?;
-    Ok(Usage { unattended_today })
+    )?;
+    Ok(decode_usage(consent, unattended)?)
 }
 
 pub(crate) fn attestation_used<D: Dialect + ?Sized>(

@@ -63,7 +63,8 @@ use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash};
 use crate::policy::{PlatformProfile, Usage};
 use crate::privacy::SubjectKey;
-use crate::store::group::{CommitStats, Counters, GroupCommit};
+use crate::store::group::GroupCommit;
+use crate::store::stats::{CommitStats, Counters};
 use crate::store::{
     AccessView, AttestationRecord, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery,
     GateView, HolderRecord, LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind,

@@ -235,24 +235,34 @@ impl Worker {
             .ok_or_else(|| StoreError::Unavailable("not connected".into()))
     }
 
+    /// The connection (made first if there is none, or it was lost) and the statements prepared
+    /// on it.
+    pub(super) fn connected(
+        &mut self,
+    ) -> Result<(&mut Client, &mut HashMap<String, Statement>), StoreError> {
+        self.client()?;
+        match self {
+            Self {
+                client: Some(client),
+                statements,
+                ..
+            } => Ok((client, statements)),
+            Self { client: None, .. } => Err(StoreError::Unavailable("not connected".into())),
+        }
+    }
+
     /// Runs `f` on the connection; drops the connection after an error that may have broken it,
     /// so the next call reconnects.
     pub(super) fn with<T>(
         &mut self,
         f: impl FnOnce(&mut Db<'_, Client>) -> Result<T, Failure<postgres::Error>>,
     ) -> Result<T, StoreError> {
-        self.client()?;
-        let Some(client) = self.client.as_mut() else {
-            return Err(StoreError::Unavailable("not connected".into()));
-        };
-        match f(&mut Db {
-            client,
-            statements: &mut self.statements,
-        }) {
+        let (client, statements) = self.connected()?;
+        match f(&mut Db { client, statements }) {
             Ok(value) => Ok(value),
             Err(Failure::Refused(error)) => Err(error),
             Err(Failure::Engine(error)) => {
-                if error.is_closed() || error.code().is_none() {
+                if connection_lost(&error) {
                     self.client = None;
                 }
                 Err(pg_error(&error))
@@ -502,6 +512,17 @@ pub(super) fn pg_error(error: &postgres::Error) -> StoreError {
         _ if error.is_closed() => StoreError::Unavailable(format!("connection lost: {detail}")),
         _ => StoreError::Unavailable(detail),
     }
+}
+
+/// Whether `error` means the connection is gone (closed, broken, or ended by the server: a
+/// connection exception, SQLSTATE class 08, or the server shutting down or being terminated,
+/// 57P01 to 57P03), so the next call must reconnect.
+pub(super) fn connection_lost(error: &postgres::Error) -> bool {
+    error.is_closed()
+        || error.code().is_none_or(|code| {
+            let code = code.code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        })
 }
 
 pub(super) fn retryable(error: &postgres::Error) -> bool {

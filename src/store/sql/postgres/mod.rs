@@ -3,22 +3,45 @@
 //! # Client and threads
 //!
 //! The synchronous `postgres` crate runs each call on a small runtime of its own, and such a call
-//! panics if made from inside another async runtime. So the connection lives on a worker thread
-//! that this store owns, and every store call is sent to it over a channel: calling the store (or
-//! the broker) from inside an async runtime blocks that task's thread like any blocking call, and
-//! never panics. The worker reconnects after a lost connection, so a call after the server comes
-//! back works.
+//! panics if made from inside another async runtime. So every connection lives on a thread that
+//! this store owns, and every store call is sent to one over a channel: calling the store (or the
+//! broker) from inside an async runtime blocks that task's thread like any blocking call, and
+//! never panics. A thread reconnects after a lost connection, so a call after the server comes
+//! back works; a read that finds its connection lost is made once more on a new one.
+//!
+//! Reads go to a pool of [`PostgresOptions::readers`] connections sharing one queue; each read is
+//! one statement ([`StateRead::access_view`], everything a decision reads, included). Writes go
+//! to one writer connection, in the order they were queued.
+//!
+//! # Group commit in one round trip
+//!
+//! The commits queued while the writer is busy are sent together as the next batch: one call of
+//! the server-side function `consent_broker_commit` (schema version 6), which takes the commit
+//! lock, and for each commit in turn checks its preconditions, applies its changes, builds its
+//! audit entries and computes the Merkle nodes they complete. One statement, one transaction,
+//! one flush of the server's write-ahead log for the whole batch, and no caller is answered before
+//! it returns. A commit whose preconditions fail is refused alone (`Conflict`, or `Duplicate` for
+//! an id already seen) and writes nothing; the others land, numbered consecutively. The function
+//! knows the preconditions and changes of a decision, a token and the bank's gate; any other
+//! commit (a consent's creation, a revocation, a key's rotation, an erasure) is applied
+//! statement by statement in a transaction of its own, in its turn. [`PostgresStore::commit_stats`]
+//! shows the grouping.
+//!
+//! If the connection breaks while a batch is in flight, every caller in it gets an error, and
+//! whether the server committed the batch before the break is unknown to this side, as with any
+//! database client: the decisions may be in the log though their callers were told of an error
+//! (never of a permit). A caller that retries decides again on what the store then holds.
 //!
 //! # Concurrency control
 //!
-//! Every [`Commit`] is one `READ COMMITTED` transaction that first takes a transaction-scoped
-//! advisory lock (`pg_advisory_xact_lock`) on one key shared by every broker on the database.
-//! Commits are thereby serialised across processes, as in SQLite: preconditions are read and
-//! changes, audit rows and Merkle nodes written under the lock, so the audit log stays one
-//! gap-free sequence with one valid tree, usage counters are exact, and a revocation committed by
-//! one broker fails the precondition of any permit another broker decided before it (that broker
-//! re-decides). Reads take no lock. Serialisation failures and deadlocks (SQLSTATE 40001, 40P01)
-//! are retried up to [`PostgresStore::MAX_TRANSACTION_ATTEMPTS`] times.
+//! Every transaction that writes first takes a transaction-scoped advisory lock
+//! (`pg_advisory_xact_lock`) on one key shared by every broker on the database. Commits are
+//! thereby serialised across processes, as in SQLite: preconditions are read and changes, audit
+//! rows and Merkle nodes written under the lock, so the audit log stays one gap-free sequence
+//! with one valid tree, usage counters are exact, and a revocation committed by one broker fails
+//! the precondition of any permit another broker decided before it (that broker re-decides).
+//! Reads take no lock. Serialisation failures and deadlocks (SQLSTATE 40001, 40P01) are retried
+//! up to [`PostgresStore::MAX_TRANSACTION_ATTEMPTS`] times.
 //!
 //! # TLS
 //!
@@ -41,30 +64,35 @@
 //! this file holds what is PostgreSQL's own: the worker thread, connecting, retries, the
 //! advisory lock, its schema history, and the [`Dialect`] over the `postgres` client.
 
+mod batch;
 mod connection;
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration as StdDuration;
 
 use postgres::{Client, Config, IsolationLevel, Transaction};
 use time::{Date, OffsetDateTime};
 
-use self::connection::{Db, Job, Worker, pg_error, retryable, transport};
-use super::{Failure, Migration, ledger, read};
+use self::batch::{Fast, Pending};
+use self::connection::{
+    Db, Job, Transport, Worker, connection_lost, pg_error, retryable, transport,
+};
+use super::{Failure, Migration, Value, ledger, read};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::Hash;
 use crate::policy::{PlatformProfile, Usage};
 use crate::privacy::SubjectKey;
+use crate::store::stats::Counters;
 use crate::store::{
-    AttestationRecord, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery, GateView,
-    HolderRecord, LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind, SignedCheckpoint,
-    StateRead, Store, StoreError, StoredCheckpoint, StoredEntry, SubjectLink,
+    AccessView, AttestationRecord, Commit, CommitReceipt, CommitStats, DeviceKeyRecord, FeedState,
+    GateQuery, GateView, HolderRecord, LedgerRead, LogRead, PolicyRecord, PublishedKey, SeenKind,
+    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry, SubjectLink,
 };
 
 /// The advisory lock key every broker's commits take ("CBRk").
@@ -191,12 +219,222 @@ const MIGRATIONS: &[Migration] = &[
         CREATE INDEX bank_attestations_by_end ON bank_attestations (ends_at);
     ",
     },
+    Migration {
+        version: 6,
+        // Group commit in one round trip (see the `batch` module): a batch of commits, as
+        // parallel arrays, checked, applied, numbered and hashed under the commit lock.
+        sql: COMMIT_FUNCTION,
+    },
 ];
+
+/// The server-side function behind group commit (schema version 6). Its arguments are parallel
+/// arrays, each row tagged with the position of its commit in the batch (rows in commit order).
+/// It answers, per commit, its first sequence number; -1 if a precondition failed; -2 - k if its
+/// check k (0-based over the whole batch) found an id already seen. A refused commit writes
+/// nothing. The lock key is [`COMMIT_LOCK`] (a unit test checks that it is spelled the same).
+const COMMIT_FUNCTION: &str = r#"
+CREATE FUNCTION consent_broker_commit(
+    commits INTEGER,
+    check_commit INTEGER[], check_kind TEXT[], check_id TEXT[], check_arg TEXT[],
+    check_num BIGINT[], check_blob BYTEA[],
+    change_commit INTEGER[], change_kind TEXT[], change_id TEXT[], change_arg TEXT[],
+    change_num BIGINT[], change_num2 BIGINT[],
+    entry_commit INTEGER[], entry_tail BYTEA[]
+) RETURNS BIGINT[] LANGUAGE plpgsql AS $fn$
+DECLARE
+    outcome BIGINT[] := array_fill(NULL::BIGINT, ARRAY[commits]);
+    edge BYTEA[] := array_fill(NULL::BYTEA, ARRAY[64]);
+    seqs BIGINT[] := '{}';
+    entries BYTEA[] := '{}';
+    levels INTEGER[] := '{}';
+    indices BIGINT[] := '{}';
+    hashes BYTEA[] := '{}';
+    _size BIGINT;
+    _c INTEGER;
+    _k INTEGER := 1;
+    _x INTEGER := 1;
+    _e INTEGER := 1;
+    _verdict BIGINT;
+    _level INTEGER;
+    _index BIGINT;
+    _hash BYTEA;
+    _entry BYTEA;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1128419947);
+    SELECT COALESCE(MAX(seq) + 1, 0) INTO _size FROM audit;
+    -- The tree's right edge: the root of each complete subtree ending at the log's end.
+    FOR _level IN 0..62 LOOP
+        IF ((_size >> _level) & 1) = 1 THEN
+            SELECT hash INTO _hash FROM merkle_nodes
+                WHERE level = _level AND idx = (_size >> _level) - 1;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION USING ERRCODE = 'data_corrupted', MESSAGE = format(
+                    'Merkle tree: node (%s, %s) is missing', _level, (_size >> _level) - 1);
+            END IF;
+            edge[_level + 1] := _hash;
+        END IF;
+    END LOOP;
+    FOR _c IN 0 .. commits - 1 LOOP
+        _verdict := NULL;
+        WHILE _k <= cardinality(check_commit) AND check_commit[_k] = _c LOOP
+            IF _verdict IS NULL THEN
+                CASE check_kind[_k]
+                WHEN 'consent' THEN
+                    IF (SELECT version FROM consents WHERE id = check_id[_k])
+                        IS DISTINCT FROM check_num[_k] THEN _verdict := -1; END IF;
+                WHEN 'holder' THEN
+                    IF (SELECT version FROM holders WHERE id = check_id[_k])
+                        IS DISTINCT FROM check_num[_k] THEN _verdict := -1; END IF;
+                WHEN 'usage' THEN
+                    IF COALESCE((SELECT unattended FROM usage
+                            WHERE consent = check_id[_k] AND day = check_arg[_k]), 0)
+                        IS DISTINCT FROM check_num[_k] THEN _verdict := -1; END IF;
+                WHEN 'key' THEN
+                    IF NOT EXISTS (SELECT 1 FROM published_keys WHERE key_use = check_arg[_k]
+                            AND kid = check_id[_k] AND retired_at IS NULL)
+                        THEN _verdict := -1; END IF;
+                WHEN 'subject_key' THEN
+                    IF (SELECT key FROM subject_keys WHERE subject = check_id[_k])
+                        IS DISTINCT FROM check_blob[_k] THEN _verdict := -1; END IF;
+                WHEN 'attestation' THEN
+                    IF (SELECT version FROM bank_attestations WHERE id = check_id[_k])
+                        IS DISTINCT FROM check_num[_k] THEN _verdict := -1; END IF;
+                WHEN 'served_unattended_below' THEN
+                    IF NOT COALESCE((SELECT unattended FROM bank_served
+                            WHERE attestation = check_id[_k] AND day = check_arg[_k]), 0)
+                        < check_num[_k] THEN _verdict := -1; END IF;
+                WHEN 'served_present_below' THEN
+                    IF NOT COALESCE((SELECT present FROM bank_served
+                            WHERE attestation = check_id[_k] AND day = check_arg[_k]), 0)
+                        < check_num[_k] THEN _verdict := -1; END IF;
+                WHEN 'policy' THEN
+                    IF (SELECT MAX(version) FROM bank_policies)
+                        IS DISTINCT FROM check_num[_k] THEN _verdict := -1; END IF;
+                WHEN 'unseen' THEN
+                    IF EXISTS (SELECT 1 FROM bank_seen
+                            WHERE kind = check_arg[_k] AND id = check_id[_k])
+                        THEN _verdict := -2 - (_k - 1); END IF;
+                ELSE
+                    RAISE EXCEPTION 'consent-broker: unknown check %', check_kind[_k];
+                END CASE;
+            END IF;
+            _k := _k + 1;
+        END LOOP;
+        WHILE _x <= cardinality(change_commit) AND change_commit[_x] = _c LOOP
+            IF _verdict IS NULL THEN
+                CASE change_kind[_x]
+                WHEN 'usage' THEN
+                    INSERT INTO usage (consent, day, unattended)
+                        VALUES (change_id[_x], change_arg[_x], 1)
+                        ON CONFLICT (consent, day)
+                        DO UPDATE SET unattended = usage.unattended + 1;
+                WHEN 'served' THEN
+                    INSERT INTO bank_served (attestation, day, unattended, present)
+                        VALUES (change_id[_x], change_arg[_x], change_num[_x], change_num2[_x])
+                        ON CONFLICT (attestation, day) DO UPDATE SET
+                        unattended = bank_served.unattended + excluded.unattended,
+                        present = bank_served.present + excluded.present;
+                WHEN 'seen' THEN
+                    INSERT INTO bank_seen (kind, id, expires_at)
+                        VALUES (change_arg[_x], change_id[_x], change_num[_x]);
+                WHEN 'prune' THEN
+                    DELETE FROM bank_seen WHERE (kind, id) IN (SELECT s.kind, s.id
+                        FROM bank_seen s WHERE s.expires_at < change_num[_x]
+                        ORDER BY s.expires_at LIMIT change_num2[_x]);
+                ELSE
+                    RAISE EXCEPTION 'consent-broker: unknown change %', change_kind[_x];
+                END CASE;
+            END IF;
+            _x := _x + 1;
+        END LOOP;
+        outcome[_c + 1] := COALESCE(_verdict, _size);
+        WHILE _e <= cardinality(entry_commit) AND entry_commit[_e] = _c LOOP
+            IF _verdict IS NULL THEN
+                _entry := convert_to('{"seq":' || _size, 'UTF8') || entry_tail[_e];
+                seqs := seqs || _size;
+                entries := entries || _entry;
+                _hash := sha256('\x00'::BYTEA || _entry);
+                _level := 0;
+                _index := _size;
+                levels := levels || _level;
+                indices := indices || _index;
+                hashes := hashes || _hash;
+                WHILE (_index & 1) = 1 LOOP
+                    _hash := sha256('\x01'::BYTEA || edge[_level + 1] || _hash);
+                    _level := _level + 1;
+                    _index := _index >> 1;
+                    levels := levels || _level;
+                    indices := indices || _index;
+                    hashes := hashes || _hash;
+                END LOOP;
+                edge[_level + 1] := _hash;
+                _size := _size + 1;
+            END IF;
+            _e := _e + 1;
+        END LOOP;
+    END LOOP;
+    INSERT INTO audit (seq, entry) SELECT * FROM unnest(seqs, entries);
+    INSERT INTO merkle_nodes (level, idx, hash) SELECT * FROM unnest(levels, indices, hashes);
+    RETURN outcome;
+END
+$fn$;
+"#;
 
 /// A [`Store`] in a PostgreSQL database.
 pub struct PostgresStore {
-    jobs: Mutex<Option<Sender<Job>>>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    /// The writer's queue: commits (sent in batches) and other writes, in order.
+    writer: Lane<Task>,
+    /// The readers' queue, shared by [`PostgresOptions::readers`] threads.
+    readers: Lane<Job>,
+    counters: Arc<Counters>,
+}
+
+/// Where a caller's answer goes.
+type Reply<T> = Sender<Result<T, StoreError>>;
+
+/// What the writer thread is given.
+enum Task {
+    /// A commit, batched with those queued behind it.
+    Commit(Box<Pending>),
+    /// Anything else, run alone in its turn.
+    Run(Job),
+}
+
+/// A queue and the threads that serve it.
+struct Lane<T> {
+    jobs: Mutex<Option<Sender<T>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<T> Lane<T> {
+    fn send(&self, task: T) -> Result<(), StoreError> {
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|jobs| jobs.send(task).is_ok());
+        if sent == Some(true) {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "the PostgreSQL worker has stopped".into(),
+            ))
+        }
+    }
+
+    /// Closes the queue and waits for its threads, so their connections close.
+    fn close(&self) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -249,6 +487,10 @@ pub struct PostgresOptions {
     /// `sslrootcert`), read when the store opens. `None` trusts the platform's store: the
     /// operating system's bundle, or the files named by `SSL_CERT_FILE` / `SSL_CERT_DIR`.
     pub root_certificates: Option<PathBuf>,
+    /// How many connections serve reads, each on a thread of its own (at least one; 4 by
+    /// default). Commits have one more connection, their own: commits queued while one batch is
+    /// being written go to the server together as the next.
+    pub readers: usize,
 }
 
 impl Default for PostgresOptions {
@@ -259,6 +501,7 @@ impl Default for PostgresOptions {
             connect_timeout: StdDuration::from_secs(5),
             tls: PostgresTlsMode::Auto,
             root_certificates: None,
+            readers: 4,
         }
     }
 }
@@ -268,7 +511,7 @@ impl PostgresStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 5;
+    pub const SCHEMA_VERSION: i64 = 6;
 
     /// How often a transaction is retried after a serialisation failure or deadlock.
     pub const MAX_TRANSACTION_ATTEMPTS: u32 = 5;
@@ -311,80 +554,199 @@ impl PostgresStore {
             "-c statement_timeout={}",
             options.statement_timeout.as_millis()
         ));
-        let (sender, receiver) = mpsc::channel::<Job>();
-        let mut state = Worker {
+        let connection = Connection {
             config,
             transport,
             connect_timeout: options.connect_timeout,
             schema: options.schema,
-            client: None,
-            statements: HashMap::new(),
         };
-        let worker = std::thread::Builder::new()
-            .name("consent-broker-postgres".into())
-            .spawn(move || {
-                while let Ok(job) = receiver.recv() {
-                    job(&mut state);
+        let counters = Arc::new(Counters::default());
+        let (writer, tasks) = mpsc::channel::<Task>();
+        let mut threads = vec![spawn("consent-broker-postgres-writer", {
+            let (mut worker, counters) = (connection.worker(), Arc::clone(&counters));
+            move || write_loop(&mut worker, &tasks, &counters)
+        })?];
+        let writer = Lane {
+            jobs: Mutex::new(Some(writer)),
+            threads: Mutex::new(std::mem::take(&mut threads)),
+        };
+        let (readers, jobs) = mpsc::channel::<Job>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        let readers = Lane {
+            jobs: Mutex::new(Some(readers)),
+            threads: Mutex::new(Vec::new()),
+        };
+        for _ in 0..options.readers.max(1) {
+            let (mut worker, jobs) = (connection.worker(), Arc::clone(&jobs));
+            let thread = spawn("consent-broker-postgres-reader", move || {
+                read_loop(&mut worker, &jobs);
+            });
+            match thread {
+                Ok(thread) => readers
+                    .threads
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(thread),
+                Err(error) => {
+                    writer.close();
+                    readers.close();
+                    return Err(error);
                 }
-            })
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the worker: {e}")))?;
+            }
+        }
         let store = Self {
-            jobs: Mutex::new(Some(sender)),
-            worker: Mutex::new(Some(worker)),
+            writer,
+            readers,
+            counters,
         };
         store.run(migrate)?;
         Ok(store)
     }
 
-    /// Runs `f` on the worker thread and waits for its answer.
+    /// How the store's commits have been grouped into transactions since it was opened (a
+    /// commit applied statement by statement is a transaction of its own).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.counters.stats()
+    }
+
+    /// Runs `f` on the writer's thread, in its turn among the commits, and waits for its answer.
     fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Worker) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = mpsc::channel();
-        let job: Job = Box::new(move |worker| {
+        self.writer.send(Task::Run(Box::new(move |worker| {
             // The caller may have gone; nothing to do then.
             let _ = reply.send(f(worker));
-        });
-        let sent = self
-            .jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .map(|jobs| jobs.send(job).is_ok());
-        if sent != Some(true) {
-            return Err(StoreError::Unavailable(
-                "the PostgreSQL worker has stopped".into(),
-            ));
-        }
+        })))?;
         answer
             .recv()
             .map_err(|_| StoreError::Unavailable("the PostgreSQL worker has stopped".into()))?
     }
 
-    /// Runs a read on the worker's connection.
+    /// Runs a read on one of the readers' connections. A read that fails because that
+    /// connection was lost since its last use (the server restarted, a proxy closed it) is made
+    /// once more on a new connection: reads change nothing, and a pool of connections the server
+    /// dropped together then costs the caller no error.
     fn read<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&mut Db<'_, Client>) -> Result<T, Failure<postgres::Error>> + Send + 'static,
+        read: impl Fn(&mut Db<'_, Client>) -> Result<T, Failure<postgres::Error>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.run(move |worker| worker.with(read))
+        let (reply, answer) = mpsc::channel();
+        self.readers.send(Box::new(move |worker: &mut Worker| {
+            let was_connected = worker.client.is_some();
+            let mut result = worker.with(&read);
+            if was_connected && worker.client.is_none() && result.is_err() {
+                result = worker.with(&read);
+            }
+            let _ = reply.send(result);
+        }))?;
+        answer
+            .recv()
+            .map_err(|_| StoreError::Unavailable("the PostgreSQL worker has stopped".into()))?
     }
 }
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
-        // Closing the channel ends the worker's loop; wait for it so the connection closes.
-        self.jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(worker) = self
-            .worker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            let _ = worker.join();
+        // Closing the queues ends the threads' loops; wait for them so the connections close.
+        self.writer.close();
+        self.readers.close();
+    }
+}
+
+/// What every connection of a store is made with.
+struct Connection {
+    config: Config,
+    transport: Transport,
+    connect_timeout: StdDuration,
+    schema: Option<String>,
+}
+
+impl Connection {
+    /// A worker that connects when first used.
+    fn worker(&self) -> Worker {
+        Worker {
+            config: self.config.clone(),
+            transport: self.transport.clone(),
+            connect_timeout: self.connect_timeout,
+            schema: self.schema.clone(),
+            client: None,
+            statements: HashMap::new(),
+        }
+    }
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map_err(|e| StoreError::Unavailable(format!("cannot start a worker: {e}")))
+}
+
+/// The most commits sent in one call.
+const MAX_BATCH: usize = 256;
+
+/// The writer's thread: each commit with every commit queued behind it (up to [`MAX_BATCH`]),
+/// other writes alone, in the order they were queued.
+fn write_loop(worker: &mut Worker, tasks: &Receiver<Task>, counters: &Counters) {
+    let mut next = tasks.recv().ok();
+    while let Some(task) = next.take() {
+        match task {
+            Task::Run(job) => job(worker),
+            Task::Commit(first) => {
+                let mut batch = vec![*first];
+                while batch.len() < MAX_BATCH {
+                    match tasks.try_recv() {
+                        Ok(Task::Commit(pending)) => batch.push(*pending),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                write_batch(worker, batch, counters);
+            }
+        }
+        if next.is_none() {
+            next = tasks.recv().ok();
+        }
+    }
+}
+
+/// Writes a batch: each run of commits the server-side function takes in one call, any other
+/// commit in a transaction of its own, in order.
+fn write_batch(worker: &mut Worker, batch: Vec<Pending>, counters: &Counters) {
+    let mut run = Vec::new();
+    for pending in batch {
+        match Fast::of(&pending.commit) {
+            Some(fast) => run.push((pending, fast)),
+            None => {
+                flush_run(worker, &mut run, counters);
+                counters.batch(1);
+                let Pending { commit, reply, .. } = pending;
+                let _ = reply.send(transaction(worker, |db| super::apply_commit(db, &commit)));
+            }
+        }
+    }
+    flush_run(worker, &mut run, counters);
+}
+
+fn flush_run(worker: &mut Worker, run: &mut Vec<(Pending, Fast)>, counters: &Counters) {
+    if !run.is_empty() {
+        counters.batch(run.len());
+        batch::commit_run(worker, std::mem::take(run));
+    }
+}
+
+/// A reader's thread: jobs from the shared queue, one at a time.
+fn read_loop(worker: &mut Worker, jobs: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        match job {
+            Ok(job) => job(worker),
+            Err(_) => return,
         }
     }
 }
@@ -446,15 +808,7 @@ fn transaction<T>(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        worker.client()?;
-        let Worker {
-            client: Some(client),
-            statements,
-            ..
-        } = &mut *worker
-        else {
-            return Err(StoreError::Unavailable("not connected".into()));
-        };
+        let (client, statements) = worker.connected()?;
         let outcome = (|| -> Result<T, Failure<postgres::Error>> {
             let mut tx = client
                 .build_transaction()
@@ -474,7 +828,7 @@ fn transaction<T>(
             Err(Failure::Engine(error))
                 if retryable(&error) && attempt < PostgresStore::MAX_TRANSACTION_ATTEMPTS => {}
             Err(Failure::Engine(error)) => {
-                if error.is_closed() || error.code().is_none() {
+                if connection_lost(&error) {
                     worker.client = None;
                 }
                 return Err(pg_error(&error));
@@ -484,6 +838,16 @@ fn transaction<T>(
 }
 
 impl StateRead for PostgresStore {
+    fn access_view(
+        &self,
+        consent: &ConsentId,
+        platform: &PlatformId,
+        day: Date,
+    ) -> Result<AccessView, StoreError> {
+        let (consent, platform) = (consent.clone(), platform.clone());
+        self.read(move |db| access_view(db, &consent, &platform, day))
+    }
+
     fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
         let id = id.clone();
         self.read(move |db| read::holder(db, &id))
@@ -530,6 +894,72 @@ impl StateRead for PostgresStore {
     ) -> Result<Vec<Consent>, StoreError> {
         self.read(move |db| super::privacy::consents_ended_before(db, before, limit))
     }
+}
+
+/// What [`StateRead::access_view`] reads, in one statement: the consent, the platform, the
+/// consent's holder (found by the holder id in the consent's record), usage and subject key.
+const ACCESS_VIEW: &str = "SELECT c.record, (SELECT record FROM platforms WHERE id = ?2), \
+     h.record, u.unattended, k.key \
+     FROM (SELECT 1) AS one \
+     LEFT JOIN consents c ON c.id = ?1 \
+     LEFT JOIN holders h ON h.id = (c.record::jsonb #>> '{request,holder}') \
+     LEFT JOIN usage u ON u.consent = c.id AND u.day = ?3 \
+     LEFT JOIN subject_keys k ON k.subject = c.subject";
+
+fn access_view(
+    db: &mut Db<'_, Client>,
+    id: &ConsentId,
+    platform_id: &PlatformId,
+    day: Date,
+) -> Result<AccessView, Failure<postgres::Error>> {
+    let day_key = super::day_key(day);
+    let params = [
+        Value::Text(id.as_str()),
+        Value::Text(platform_id.as_str()),
+        Value::Text(&day_key),
+    ];
+    let row = super::one(db, ACCESS_VIEW, &params, |row| {
+        Ok((
+            row.optional_bytes(0)?,
+            row.optional_bytes(1)?,
+            row.optional_bytes(2)?,
+            row.int(3)?,
+            row.optional_bytes(4)?,
+        ))
+    })?;
+    let Some((consent, platform, holder, usage, subject_key)) = row else {
+        return Err(Failure::Refused(StoreError::Corrupt(
+            "the access view returned no row".into(),
+        )));
+    };
+    let platform = platform
+        .map(|json| read::decode_platform(platform_id, &json))
+        .transpose()?;
+    let Some(consent) = consent else {
+        return Ok(AccessView {
+            platform,
+            ..AccessView::default()
+        });
+    };
+    let consent = read::decode_consent(id, &consent)?;
+    let holder_id = &consent.request.holder;
+    let holder = match holder
+        .map(|json| read::decode_holder(holder_id, &json))
+        .transpose()?
+    {
+        Some(holder) if holder.id == *holder_id => Some(holder),
+        // Not found by the path into the record (or another's): read it by the decoded id.
+        _ => read::holder(db, holder_id)?,
+    };
+    Ok(AccessView {
+        holder,
+        usage: read::decode_usage(id, usage)?,
+        subject_key: subject_key
+            .map(super::privacy::decode_subject_key)
+            .transpose()?,
+        platform,
+        consent: Some(consent),
+    })
 }
 
 impl LedgerRead for PostgresStore {
@@ -628,7 +1058,7 @@ impl LogRead for PostgresStore {
     }
 
     fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
-        self.read(move |db| read::audit_bytes(db, range))
+        self.read(move |db| read::audit_bytes(db, range.clone()))
     }
 
     fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
@@ -636,7 +1066,7 @@ impl LogRead for PostgresStore {
     }
 
     fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
-        self.read(move |db| read::merkle_nodes(db, level, range))
+        self.read(move |db| read::merkle_nodes(db, level, range.clone()))
     }
 
     fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
@@ -646,7 +1076,17 @@ impl LogRead for PostgresStore {
 
 impl Store for PostgresStore {
     fn commit(&self, commit: Commit) -> Result<CommitReceipt, StoreError> {
-        self.run(move |worker| transaction(worker, |db| super::apply_commit(db, &commit)))
+        // Encoded here, by the caller, so the writer only sends.
+        let records = super::write::prepare_records(&commit)?;
+        let (reply, answer) = mpsc::channel();
+        self.writer.send(Task::Commit(Box::new(Pending {
+            commit,
+            records,
+            reply,
+        })))?;
+        answer
+            .recv()
+            .map_err(|_| StoreError::Unavailable("the PostgreSQL worker has stopped".into()))?
     }
 
     fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
@@ -689,5 +1129,15 @@ impl Store for PostgresStore {
                 .map_err(|e| pg_error(&e))?;
             Ok(true)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The commit function takes the same advisory lock as every other writing transaction.
+    #[test]
+    fn the_commit_function_takes_the_commit_lock() {
+        let call = format!("pg_advisory_xact_lock({})", super::COMMIT_LOCK);
+        assert!(super::COMMIT_FUNCTION.contains(&call));
     }
 }

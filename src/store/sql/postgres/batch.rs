@@ -1,0 +1,374 @@
+//! Group commit in one round trip: the commits queued on a broker's writer are sent together as
+//! one call of the server-side function `consent_broker_commit` (schema version 6), which takes
+//! the commit lock, checks each commit's preconditions, applies its changes, numbers its audit
+//! entries and computes the Merkle nodes they complete, all in the statement's own transaction.
+//! One statement, one transaction, one flush of the server's write-ahead log for the batch.
+//!
+//! A commit is sent this way when all of its preconditions and changes are of the kinds a
+//! decision, a token, or the bank's gate makes (see [`Fast::of`]); any other commit (a consent's
+//! creation, a key's rotation, an erasure) is applied statement by statement in a transaction of
+//! its own, in its turn. Within a batch the function applies commits in order, each seeing the
+//! ones before it, exactly as the statement-by-statement path would one after another:
+//! preconditions first (any that fails refuses the commit with `Conflict`), then the ids the
+//! commit would remember as seen (one already seen refuses it with `Duplicate`), and only then
+//! its changes, which cannot fail on their own. A refused commit writes nothing and takes no
+//! sequence number; the others land, numbered consecutively.
+//!
+//! The server builds each entry as `{"seq":` + its number + the bytes the broker encoded after
+//! it ([`PreparedEntry::after_seq`]), which is byte for byte what
+//! [`AuditRecord::entry_bytes`](crate::AuditRecord::entry_bytes) gives, and hashes it as RFC 6962
+//! says (`SHA-256(0x00 || entry)`, nodes `SHA-256(0x01 || left || right)`), so the log verifies
+//! with any RFC 6962 tool, as before.
+
+use postgres::types::ToSql;
+
+use super::connection::{Worker, connection_lost, pg_error, retryable};
+use super::{PostgresStore, Reply};
+use crate::audit::PreparedEntry;
+use crate::policy::Presence;
+use crate::store::sql::{day_key, signed};
+use crate::store::{Change, Commit, CommitReceipt, Precondition, RecordKind, StoreError};
+
+/// The call, prepared once per connection.
+const CALL: &str = "SELECT consent_broker_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                    $12, $13, $14, $15)";
+
+/// A commit queued on the writer, with its entries encoded by its caller.
+pub(super) struct Pending {
+    pub(super) commit: Commit,
+    pub(super) records: Vec<PreparedEntry>,
+    pub(super) reply: Reply<CommitReceipt>,
+}
+
+/// One precondition, as the function's arrays carry it.
+struct Check {
+    kind: &'static str,
+    id: String,
+    arg: String,
+    num: Option<i64>,
+    blob: Option<Vec<u8>>,
+}
+
+/// One change, as the function's arrays carry it.
+struct Apply {
+    kind: &'static str,
+    id: String,
+    arg: String,
+    num: i64,
+    num2: i64,
+}
+
+/// A commit in the form the function takes.
+pub(super) struct Fast {
+    checks: Vec<Check>,
+    changes: Vec<Apply>,
+}
+
+impl Fast {
+    /// The commit's form for the function, or `None` if it holds a precondition or a change the
+    /// function does not know (it is then applied statement by statement).
+    pub(super) fn of(commit: &Commit) -> Option<Self> {
+        let mut checks = Vec::with_capacity(commit.preconditions().len() + 2);
+        for precondition in commit.preconditions() {
+            checks.push(check(precondition)?);
+        }
+        let mut changes = Vec::with_capacity(commit.changes().len());
+        // The ids remembered as seen are checked after every precondition, as the
+        // statement-by-statement path finds a duplicate only once the preconditions held.
+        for change in commit.changes() {
+            if let Change::RememberSeen { kind, id, .. } = change {
+                checks.push(Check {
+                    kind: "unseen",
+                    id: id.clone(),
+                    arg: kind.as_str().to_owned(),
+                    num: None,
+                    blob: None,
+                });
+            }
+            changes.push(apply(change)?);
+        }
+        Some(Self { checks, changes })
+    }
+}
+
+fn check(precondition: &Precondition) -> Option<Check> {
+    let plain = |kind, id: &str, num| Check {
+        kind,
+        id: id.to_owned(),
+        arg: String::new(),
+        num,
+        blob: None,
+    };
+    Some(match precondition {
+        Precondition::ConsentVersion {
+            consent, version, ..
+        } => plain("consent", consent.as_str(), Some(signed(*version))),
+        Precondition::HolderVersion {
+            holder, version, ..
+        } => plain("holder", holder.as_str(), Some(signed(*version))),
+        Precondition::UsageIs {
+            consent,
+            day,
+            usage,
+            ..
+        } => Check {
+            arg: day_key(*day),
+            ..plain(
+                "usage",
+                consent.as_str(),
+                Some(i64::from(usage.unattended_today)),
+            )
+        },
+        Precondition::KeyActive { key_use, kid, .. } => Check {
+            arg: key_use.as_str().to_owned(),
+            ..plain("key", kid, None)
+        },
+        Precondition::SubjectKeyIs { subject, key, .. } => Check {
+            blob: Some(key.to_bytes().to_vec()),
+            ..plain("subject_key", subject.as_str(), None)
+        },
+        Precondition::AttestationVersion {
+            attestation,
+            version,
+            ..
+        } => plain("attestation", attestation, Some(signed(*version))),
+        Precondition::ServedBelow {
+            attestation,
+            day,
+            presence,
+            limit,
+            ..
+        } => Check {
+            arg: day_key(*day),
+            ..plain(
+                match presence {
+                    Presence::Unattended => "served_unattended_below",
+                    Presence::SubjectPresent => "served_present_below",
+                },
+                attestation,
+                Some(i64::from(*limit)),
+            )
+        },
+        Precondition::BankPolicyVersion { version, .. } => plain("policy", "", version.map(signed)),
+        _ => return None,
+    })
+}
+
+fn apply(change: &Change) -> Option<Apply> {
+    Some(match change {
+        Change::CountUnattendedAccess { consent, day, .. } => Apply {
+            kind: "usage",
+            id: consent.as_str().to_owned(),
+            arg: day_key(*day),
+            num: 0,
+            num2: 0,
+        },
+        Change::CountServed {
+            attestation,
+            day,
+            presence,
+            ..
+        } => {
+            let (unattended, present) = crate::store::sql::ledger::served_increments(*presence);
+            Apply {
+                kind: "served",
+                id: attestation.clone(),
+                arg: day_key(*day),
+                num: unattended,
+                num2: present,
+            }
+        }
+        Change::RememberSeen {
+            kind,
+            id,
+            expires_at,
+            ..
+        } => Apply {
+            kind: "seen",
+            id: id.clone(),
+            arg: kind.as_str().to_owned(),
+            num: expires_at.unix_timestamp(),
+            num2: 0,
+        },
+        Change::PruneSeen { before, limit, .. } => Apply {
+            kind: "prune",
+            id: String::new(),
+            arg: String::new(),
+            num: before.unix_timestamp(),
+            num2: i64::from(*limit),
+        },
+        _ => return None,
+    })
+}
+
+/// The function's arguments for a run of commits, in order.
+#[derive(Default)]
+struct Arguments {
+    check_commit: Vec<i32>,
+    check_kind: Vec<&'static str>,
+    check_id: Vec<String>,
+    check_arg: Vec<String>,
+    check_num: Vec<Option<i64>>,
+    check_blob: Vec<Option<Vec<u8>>>,
+    change_commit: Vec<i32>,
+    change_kind: Vec<&'static str>,
+    change_id: Vec<String>,
+    change_arg: Vec<String>,
+    change_num: Vec<i64>,
+    change_num2: Vec<i64>,
+    entry_commit: Vec<i32>,
+    entry_tail: Vec<Vec<u8>>,
+}
+
+impl Arguments {
+    fn new(run: &[(Pending, Fast)]) -> Result<Self, StoreError> {
+        let mut args = Self::default();
+        for (position, (pending, fast)) in run.iter().enumerate() {
+            let position = i32::try_from(position)
+                .map_err(|_| StoreError::Unavailable("too many commits in one batch".into()))?;
+            for check in &fast.checks {
+                args.check_commit.push(position);
+                args.check_kind.push(check.kind);
+                args.check_id.push(check.id.clone());
+                args.check_arg.push(check.arg.clone());
+                args.check_num.push(check.num);
+                args.check_blob.push(check.blob.clone());
+            }
+            for change in &fast.changes {
+                args.change_commit.push(position);
+                args.change_kind.push(change.kind);
+                args.change_id.push(change.id.clone());
+                args.change_arg.push(change.arg.clone());
+                args.change_num.push(change.num);
+                args.change_num2.push(change.num2);
+            }
+            for record in &pending.records {
+                let tail = record.after_seq();
+                // Both engines keep entries as UTF-8; checked before anything is sent.
+                std::str::from_utf8(tail)
+                    .map_err(|_| StoreError::Unavailable("an audit entry is not UTF-8".into()))?;
+                args.entry_commit.push(position);
+                args.entry_tail.push(tail.to_vec());
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// Applies a run of commits in one call, retrying a serialisation failure or deadlock, and
+/// answers each caller: its receipt, `Conflict` or `Duplicate` if it alone was refused, or the
+/// error that failed the whole call (nothing of the run is then in the database, unless the
+/// connection was lost after the server received the call: then the outcome is unknown, as with
+/// any database, and said so in the error).
+pub(super) fn commit_run(worker: &mut Worker, run: Vec<(Pending, Fast)>) {
+    let outcome = Arguments::new(&run).and_then(|args| call(worker, &args, run.len()));
+    match outcome {
+        Ok(verdicts) => {
+            let mut offset = 0;
+            for ((pending, fast), verdict) in run.into_iter().zip(verdicts) {
+                let answer = answer(&pending, &fast, offset, verdict);
+                offset += fast.checks.len();
+                let _ = pending.reply.send(answer);
+            }
+        }
+        Err(error) => {
+            for (pending, _) in run {
+                let _ = pending.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// What the function said of one commit (whose checks begin at `offset` in the batch's): its
+/// first sequence number, or why it was refused.
+fn answer(
+    pending: &Pending,
+    fast: &Fast,
+    offset: usize,
+    verdict: i64,
+) -> Result<CommitReceipt, StoreError> {
+    match verdict {
+        first @ 0.. => {
+            let first = u64::try_from(first).unwrap_or_default();
+            Ok(CommitReceipt {
+                audit_seqs: first..first + pending.records.len() as u64,
+            })
+        }
+        -1 => Err(StoreError::Conflict),
+        refused => {
+            // -2 - k: the batch's check k (one of this commit's) found its id already seen.
+            let k = usize::try_from(-2 - refused).unwrap_or(usize::MAX);
+            let seen = k
+                .checked_sub(offset)
+                .and_then(|k| fast.checks.get(k))
+                .filter(|check| check.kind == "unseen");
+            Err(match seen {
+                Some(check) => StoreError::Duplicate {
+                    kind: RecordKind::SeenId,
+                    id: check.id.clone(),
+                },
+                None => StoreError::Corrupt(format!("the commit function answered {refused}")),
+            })
+        }
+    }
+}
+
+/// Calls the function, one round trip; a serialisation failure or deadlock is retried.
+fn call(worker: &mut Worker, args: &Arguments, commits: usize) -> Result<Vec<i64>, StoreError> {
+    let count = i32::try_from(commits)
+        .map_err(|_| StoreError::Unavailable("too many commits in one batch".into()))?;
+    let params: [&(dyn ToSql + Sync); 15] = [
+        &count,
+        &args.check_commit,
+        &args.check_kind,
+        &args.check_id,
+        &args.check_arg,
+        &args.check_num,
+        &args.check_blob,
+        &args.change_commit,
+        &args.change_kind,
+        &args.change_id,
+        &args.change_arg,
+        &args.change_num,
+        &args.change_num2,
+        &args.entry_commit,
+        &args.entry_tail,
+    ];
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (client, statements) = worker.connected()?;
+        let result = match statements.get(CALL) {
+            Some(statement) => Ok(statement.clone()),
+            None => client.prepare(CALL).inspect(|statement| {
+                statements.insert(CALL.to_owned(), statement.clone());
+            }),
+        }
+        .and_then(|statement| client.query_one(&statement, &params));
+        let error = match result {
+            Ok(row) => {
+                let verdicts: Vec<i64> = row
+                    .try_get(0)
+                    .map_err(|e| StoreError::Corrupt(format!("the commit function: {e}")))?;
+                if verdicts.len() != commits {
+                    return Err(StoreError::Corrupt(format!(
+                        "the commit function answered for {} commits of {commits}",
+                        verdicts.len()
+                    )));
+                }
+                return Ok(verdicts);
+            }
+            Err(error) => error,
+        };
+        if retryable(&error) && attempt < PostgresStore::MAX_TRANSACTION_ATTEMPTS {
+            crate::store::back_off(attempt);
+            continue;
+        }
+        if connection_lost(&error) {
+            // The connection broke: whether the server committed the call before it did is
+            // unknown to this side (a decision retried after this is decided again).
+            worker.client = None;
+        }
+        return Err(pg_error(&error));
+    }
+}
