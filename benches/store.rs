@@ -103,12 +103,16 @@ fn postgres(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::Wa
     group.bench_function("postgres/authorise_access_permit_4_brokers", |b| {
         b.iter_custom(|iterations| concurrently(&brokers, BROKERS, &s.access, iterations))
     });
-    // Eight callers on each of the four brokers (as four platform servers with eight request
-    // threads each): each broker's concurrent commits go to the server together.
-    group.bench_function(
-        "postgres/authorise_access_permit_4_brokers_32_callers",
-        |b| b.iter_custom(|iterations| concurrently(&brokers, 8 * BROKERS, &s.access, iterations)),
-    );
+    // Eight, then 32 callers on each of the four brokers (as four platform servers with that many
+    // request threads each): each broker's concurrent commits go to the server together, and its
+    // concurrent reads too; the more callers, the larger the batches.
+    for per_broker in [8, 32] {
+        let callers = per_broker * BROKERS;
+        group.bench_function(
+            format!("postgres/authorise_access_permit_4_brokers_{callers}_callers"),
+            |b| b.iter_custom(|iterations| concurrently(&brokers, callers, &s.access, iterations)),
+        );
+    }
 }
 
 #[cfg(not(feature = "postgres"))]

@@ -288,6 +288,40 @@ where
     assert!(s.seen(SeenKind::Proof, "p-3").unwrap(), "not expired: kept");
     // Forgotten, an id can be remembered again.
     s.commit(remember(SeenKind::Proof, "p-1", 20)).unwrap();
+    // Changes apply in order: an id a commit's own prune forgets, it may remember again.
+    s.commit(remember(SeenKind::Proof, "p-9", 1)).unwrap();
+    let len = s.audit_len().unwrap();
+    s.commit(commit(
+        vec![
+            Change::PruneSeen {
+                before: NOW + Duration::minutes(5),
+                limit: 10,
+            },
+            Change::RememberSeen {
+                kind: SeenKind::Proof,
+                id: "p-9".into(),
+                expires_at: NOW + Duration::minutes(30),
+            },
+        ],
+        vec![],
+    ))
+    .unwrap();
+    assert_eq!(s.audit_len().unwrap(), len + 1);
+    // One id remembered twice in one commit: the commit is a duplicate, and none of it stays.
+    let twice = |id: &str| Change::RememberSeen {
+        kind: SeenKind::Token,
+        id: id.into(),
+        expires_at: NOW + Duration::minutes(30),
+    };
+    assert_eq!(
+        s.commit(commit(vec![twice("t-7"), twice("t-7")], vec![])),
+        Err(StoreError::Duplicate {
+            kind: RecordKind::SeenId,
+            id: "t-7".into(),
+        })
+    );
+    assert!(!s.seen(SeenKind::Token, "t-7").unwrap());
+    assert_eq!(s.audit_len().unwrap(), len + 1);
 }
 
 /// Platform-side revocations and the feed's state, in the gate's view; a ledger change rolled

@@ -93,16 +93,16 @@ fn open(url: &str, schema: &str) -> PostgresStore {
         .unwrap_or_else(|e| panic!("open schema {schema}: {e:?}"))
 }
 
-fn raw_client(url: &str) -> Client {
+pub(super) fn raw_client(url: &str) -> Client {
     Client::connect(url, NoTls).unwrap_or_else(|e| panic!("raw connection to {url}: {e}"))
 }
 
-fn quote(identifier: &str) -> String {
+pub(super) fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
 /// `url` with one more query parameter.
-fn with_param(url: &str, key: &str, value: &str) -> String {
+pub(super) fn with_param(url: &str, key: &str, value: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}{key}={value}")
 }
@@ -132,14 +132,14 @@ fn with_credentials(url: &str, credentials: &str) -> String {
 }
 
 /// A database of its own for one test, dropped (with its connections) at the end.
-struct TempDatabase {
+pub(super) struct TempDatabase {
     admin_url: String,
-    name: String,
-    url: String,
+    pub(super) name: String,
+    pub(super) url: String,
 }
 
 impl TempDatabase {
-    fn create(tag: &str) -> Self {
+    pub(super) fn create(tag: &str) -> Self {
         let admin_url = database_url();
         let name = unique_name(tag);
         raw_client(&admin_url)
@@ -199,7 +199,7 @@ fn terminate_backends(admin: &mut Client, application_name: &str) -> usize {
 
 /// A transaction on its own connection holding the commit lock until `release` receives (or its
 /// sender is dropped); `held` is signalled once the lock is taken.
-fn hold_commit_lock(
+pub(super) fn hold_commit_lock(
     url: String,
     held: mpsc::Sender<()>,
     release: mpsc::Receiver<()>,

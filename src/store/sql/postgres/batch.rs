@@ -25,7 +25,7 @@ use postgres::types::ToSql;
 use super::connection::{Worker, connection_lost, pg_error, retryable};
 use super::{PostgresStore, Reply};
 use crate::audit::PreparedEntry;
-use crate::policy::Presence;
+use crate::policy::{Presence, Usage};
 use crate::store::sql::{day_key, signed};
 use crate::store::{Change, Commit, CommitReceipt, Precondition, RecordKind, StoreError};
 
@@ -73,17 +73,30 @@ impl Fast {
             checks.push(check(precondition)?);
         }
         let mut changes = Vec::with_capacity(commit.changes().len());
+        let mut pruned = false;
         // The ids remembered as seen are checked after every precondition, as the
-        // statement-by-statement path finds a duplicate only once the preconditions held.
+        // statement-by-statement path finds a duplicate only once the preconditions held. That
+        // is the same only if no id is remembered after a prune (which may free it) or twice in
+        // one commit: such a commit takes the statement-by-statement path.
         for change in commit.changes() {
-            if let Change::RememberSeen { kind, id, .. } = change {
-                checks.push(Check {
-                    kind: "unseen",
-                    id: id.clone(),
-                    arg: kind.as_str().to_owned(),
-                    num: None,
-                    blob: None,
-                });
+            match change {
+                Change::RememberSeen { kind, id, .. } => {
+                    let twice = checks
+                        .iter()
+                        .any(|c| c.kind == "unseen" && c.id == *id && c.arg == kind.as_str());
+                    if pruned || twice {
+                        return None;
+                    }
+                    checks.push(Check {
+                        kind: "unseen",
+                        id: id.clone(),
+                        arg: kind.as_str().to_owned(),
+                        num: None,
+                        blob: None,
+                    });
+                }
+                Change::PruneSeen { .. } => pruned = true,
+                _ => {}
             }
             changes.push(apply(change)?);
         }
@@ -100,44 +113,47 @@ fn check(precondition: &Precondition) -> Option<Check> {
         blob: None,
     };
     Some(match precondition {
-        Precondition::ConsentVersion {
-            consent, version, ..
-        } => plain("consent", consent.as_str(), Some(signed(*version))),
-        Precondition::HolderVersion {
-            holder, version, ..
-        } => plain("holder", holder.as_str(), Some(signed(*version))),
+        Precondition::ConsentVersion { consent, version } => {
+            plain("consent", consent.as_str(), Some(signed(*version)))
+        }
+        Precondition::HolderVersion { holder, version } => {
+            plain("holder", holder.as_str(), Some(signed(*version)))
+        }
         Precondition::UsageIs {
             consent,
             day,
-            usage,
-            ..
+            usage: Usage { unattended_today },
         } => Check {
             arg: day_key(*day),
             ..plain(
                 "usage",
                 consent.as_str(),
-                Some(i64::from(usage.unattended_today)),
+                Some(i64::from(*unattended_today)),
             )
         },
-        Precondition::KeyActive { key_use, kid, .. } => Check {
+        Precondition::KeyActive { key_use, kid } => Check {
             arg: key_use.as_str().to_owned(),
             ..plain("key", kid, None)
         },
-        Precondition::SubjectKeyIs { subject, key, .. } => Check {
-            blob: Some(key.to_bytes().to_vec()),
+        // Compared by digest: the key itself never leaves this process on this path (a
+        // statement logged with its parameters would otherwise hold it, defeating erasure).
+        Precondition::SubjectKeyIs { subject, key } => Check {
+            blob: Some(
+                ring::digest::digest(&ring::digest::SHA256, key.to_bytes().as_slice())
+                    .as_ref()
+                    .to_vec(),
+            ),
             ..plain("subject_key", subject.as_str(), None)
         },
         Precondition::AttestationVersion {
             attestation,
             version,
-            ..
         } => plain("attestation", attestation, Some(signed(*version))),
         Precondition::ServedBelow {
             attestation,
             day,
             presence,
             limit,
-            ..
         } => Check {
             arg: day_key(*day),
             ..plain(
@@ -149,14 +165,14 @@ fn check(precondition: &Precondition) -> Option<Check> {
                 Some(i64::from(*limit)),
             )
         },
-        Precondition::BankPolicyVersion { version, .. } => plain("policy", "", version.map(signed)),
+        Precondition::BankPolicyVersion { version } => plain("policy", "", version.map(signed)),
         _ => return None,
     })
 }
 
 fn apply(change: &Change) -> Option<Apply> {
     Some(match change {
-        Change::CountUnattendedAccess { consent, day, .. } => Apply {
+        Change::CountUnattendedAccess { consent, day } => Apply {
             kind: "usage",
             id: consent.as_str().to_owned(),
             arg: day_key(*day),
@@ -167,7 +183,6 @@ fn apply(change: &Change) -> Option<Apply> {
             attestation,
             day,
             presence,
-            ..
         } => {
             let (unattended, present) = crate::store::sql::ledger::served_increments(*presence);
             Apply {
@@ -182,7 +197,6 @@ fn apply(change: &Change) -> Option<Apply> {
             kind,
             id,
             expires_at,
-            ..
         } => Apply {
             kind: "seen",
             id: id.clone(),
@@ -190,7 +204,7 @@ fn apply(change: &Change) -> Option<Apply> {
             num: expires_at.unix_timestamp(),
             num2: 0,
         },
-        Change::PruneSeen { before, limit, .. } => Apply {
+        Change::PruneSeen { before, limit } => Apply {
             kind: "prune",
             id: String::new(),
             arg: String::new(),
@@ -260,8 +274,17 @@ impl Arguments {
 /// error that failed the whole call (nothing of the run is then in the database, unless the
 /// connection was lost after the server received the call: then the outcome is unknown, as with
 /// any database, and said so in the error).
-pub(super) fn commit_run(worker: &mut Worker, run: Vec<(Pending, Fast)>) {
-    let outcome = Arguments::new(&run).and_then(|args| call(worker, &args, run.len()));
+pub(super) fn commit_run(
+    worker: &mut Worker,
+    run: Vec<(Pending, Fast)>,
+    alone: fn(&mut Worker, &Commit) -> Result<CommitReceipt, StoreError>,
+) {
+    let outcome = Arguments::new(&run)
+        .map_err(|error| Failed {
+            error,
+            isolate: true,
+        })
+        .and_then(|args| call(worker, &args, run.len()));
     match outcome {
         Ok(verdicts) => {
             let mut offset = 0;
@@ -271,10 +294,32 @@ pub(super) fn commit_run(worker: &mut Worker, run: Vec<(Pending, Fast)>) {
                 let _ = pending.reply.send(answer);
             }
         }
-        Err(error) => {
+        // Something in one commit's data failed the whole call (nothing of it was written): each
+        // commit is applied alone, statement by statement, so only that one fails.
+        Err(Failed { isolate: true, .. }) if run.len() > 1 => {
+            for (pending, _) in run {
+                let _ = pending.reply.send(alone(worker, &pending.commit));
+            }
+        }
+        Err(Failed { error, .. }) => {
             for (pending, _) in run {
                 let _ = pending.reply.send(Err(error.clone()));
             }
+        }
+    }
+}
+
+/// Why a call failed, and whether one commit's data may be the cause (then each is tried alone).
+struct Failed {
+    error: StoreError,
+    isolate: bool,
+}
+
+impl From<StoreError> for Failed {
+    fn from(error: StoreError) -> Self {
+        Self {
+            error,
+            isolate: false,
         }
     }
 }
@@ -314,7 +359,7 @@ fn answer(
 }
 
 /// Calls the function, one round trip; a serialisation failure or deadlock is retried.
-fn call(worker: &mut Worker, args: &Arguments, commits: usize) -> Result<Vec<i64>, StoreError> {
+fn call(worker: &mut Worker, args: &Arguments, commits: usize) -> Result<Vec<i64>, Failed> {
     let count = i32::try_from(commits)
         .map_err(|_| StoreError::Unavailable("too many commits in one batch".into()))?;
     let params: [&(dyn ToSql + Sync); 15] = [
@@ -354,7 +399,8 @@ fn call(worker: &mut Worker, args: &Arguments, commits: usize) -> Result<Vec<i64
                     return Err(StoreError::Corrupt(format!(
                         "the commit function answered for {} commits of {commits}",
                         verdicts.len()
-                    )));
+                    ))
+                    .into());
                 }
                 return Ok(verdicts);
             }
@@ -369,6 +415,15 @@ fn call(worker: &mut Worker, args: &Arguments, commits: usize) -> Result<Vec<i64
             // unknown to this side (a decision retried after this is decided again).
             worker.client = None;
         }
-        return Err(pg_error(&error));
+        // A data exception (22), an integrity constraint (23) or an exception the function
+        // raised (P0001) may come from one commit's data; anything else is no commit's doing.
+        let isolate = error.code().is_some_and(|code| {
+            let code = code.code();
+            code.starts_with("22") || code.starts_with("23") || code == "P0001"
+        });
+        return Err(Failed {
+            error: pg_error(&error),
+            isolate,
+        });
     }
 }

@@ -47,7 +47,7 @@ pub(super) struct Db<'a, C> {
 impl<C: GenericClient> Db<'_, C> {
     /// The prepared statement for `sql`, written with `?N` placeholders (the shared SQL's), which
     /// PostgreSQL spells `$N`. Prepared once per connection.
-    fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+    pub(super) fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
@@ -227,6 +227,17 @@ impl Worker {
                     ))
                     .map_err(|e| pg_error(&e))?;
             }
+            // Every write runs in READ COMMITTED, so each statement after the commit lock sees
+            // what the writer before it committed (a database whose default isolation is higher
+            // would read a stale log length in the commit function); and a commit is acknowledged
+            // only once durable, whatever the database's default.
+            client
+                .batch_execute(
+                    "SET default_transaction_isolation = 'read committed'; \
+                     SELECT set_config('synchronous_commit', 'on', false) \
+                     WHERE current_setting('synchronous_commit') = 'off'",
+                )
+                .map_err(|e| pg_error(&e))?;
             self.client = Some(client);
             self.statements.clear();
         }
@@ -515,13 +526,15 @@ pub(super) fn pg_error(error: &postgres::Error) -> StoreError {
 }
 
 /// Whether `error` means the connection is gone (closed, broken, or ended by the server: a
-/// connection exception, SQLSTATE class 08, or the server shutting down or being terminated,
-/// 57P01 to 57P03), so the next call must reconnect.
+/// connection exception, SQLSTATE class 08; the server shutting down, the session terminated,
+/// the database dropped or the session idle too long, 57P01 to 57P05), so the next call must
+/// reconnect.
 pub(super) fn connection_lost(error: &postgres::Error) -> bool {
     error.is_closed()
         || error.code().is_none_or(|code| {
             let code = code.code();
-            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+            code.starts_with("08")
+                || matches!(code, "57P01" | "57P02" | "57P03" | "57P04" | "57P05")
         })
 }
 

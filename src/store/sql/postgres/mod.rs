@@ -66,6 +66,7 @@
 
 mod batch;
 mod connection;
+mod views;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -82,7 +83,8 @@ use self::batch::{Fast, Pending};
 use self::connection::{
     Db, Job, Transport, Worker, connection_lost, pg_error, retryable, transport,
 };
-use super::{Failure, Migration, Value, ledger, read};
+use self::views::{Read, ViewQuery, read_loop};
+use super::{Failure, Migration, ledger, read};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::Hash;
@@ -222,7 +224,9 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 6,
         // Group commit in one round trip (see the `batch` module): a batch of commits, as
-        // parallel arrays, checked, applied, numbered and hashed under the commit lock.
+        // parallel arrays, checked, applied, numbered and hashed under the commit lock; and each
+        // consent's holder in a column of its own, kept from the record by a trigger, so the
+        // access view (one statement) joins on it without parsing the record on every read.
         sql: COMMIT_FUNCTION,
     },
 ];
@@ -233,6 +237,13 @@ const MIGRATIONS: &[Migration] = &[
 /// check k (0-based over the whole batch) found an id already seen. A refused commit writes
 /// nothing. The lock key is [`COMMIT_LOCK`] (a unit test checks that it is spelled the same).
 const COMMIT_FUNCTION: &str = r#"
+ALTER TABLE consents ADD COLUMN holder TEXT;
+UPDATE consents SET holder = record::jsonb #>> '{request,holder}'::TEXT[];
+CREATE FUNCTION consent_broker_consent_holder() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN NEW.holder := NEW.record::jsonb #>> '{request,holder}'::TEXT[]; RETURN NEW; END
+$fn$;
+CREATE TRIGGER consents_holder BEFORE INSERT OR UPDATE OF record ON consents
+    FOR EACH ROW EXECUTE FUNCTION consent_broker_consent_holder();
 CREATE FUNCTION consent_broker_commit(
     commits INTEGER,
     check_commit INTEGER[], check_kind TEXT[], check_id TEXT[], check_arg TEXT[],
@@ -242,15 +253,18 @@ CREATE FUNCTION consent_broker_commit(
     entry_commit INTEGER[], entry_tail BYTEA[]
 ) RETURNS BIGINT[] LANGUAGE plpgsql AS $fn$
 DECLARE
-    outcome BIGINT[] := array_fill(NULL::BIGINT, ARRAY[commits]);
-    edge BYTEA[] := array_fill(NULL::BYTEA, ARRAY[64]);
+    outcome BIGINT[] := pg_catalog.array_fill(NULL::BIGINT, ARRAY[commits]);
+    edge BYTEA[] := pg_catalog.array_fill(NULL::BYTEA, ARRAY[64]);
     seqs BIGINT[] := '{}';
     entries BYTEA[] := '{}';
     levels INTEGER[] := '{}';
     indices BIGINT[] := '{}';
     hashes BYTEA[] := '{}';
     _size BIGINT;
+    _want INTEGER := 0;
+    _found INTEGER := 0;
     _c INTEGER;
+    _first INTEGER;
     _k INTEGER := 1;
     _x INTEGER := 1;
     _e INTEGER := 1;
@@ -262,65 +276,70 @@ DECLARE
 BEGIN
     PERFORM pg_advisory_xact_lock(1128419947);
     SELECT COALESCE(MAX(seq) + 1, 0) INTO _size FROM audit;
-    -- The tree's right edge: the root of each complete subtree ending at the log's end.
+    -- The tree's right edge: the root of each complete subtree ending at the log's end, in one
+    -- query.
     FOR _level IN 0..62 LOOP
-        IF ((_size >> _level) & 1) = 1 THEN
-            SELECT hash INTO _hash FROM merkle_nodes
-                WHERE level = _level AND idx = (_size >> _level) - 1;
-            IF NOT FOUND THEN
-                RAISE EXCEPTION USING ERRCODE = 'data_corrupted', MESSAGE = format(
-                    'Merkle tree: node (%s, %s) is missing', _level, (_size >> _level) - 1);
-            END IF;
-            edge[_level + 1] := _hash;
-        END IF;
+        IF ((_size >> _level) & 1::BIGINT) = 1 THEN _want := _want + 1; END IF;
     END LOOP;
+    FOR _level, _hash IN SELECT n.level, n.hash FROM pg_catalog.generate_series(0, 62) AS l (level)
+            JOIN merkle_nodes n ON n.level = l.level AND n.idx = (_size >> l.level) - 1
+            WHERE ((_size >> l.level) & 1::BIGINT) = 1 LOOP
+        edge[_level + 1] := _hash;
+        _found := _found + 1;
+    END LOOP;
+    IF _found <> _want THEN
+        RAISE EXCEPTION USING ERRCODE = 'data_corrupted', MESSAGE = pg_catalog.format(
+            'Merkle tree: %s of the %s nodes of the right edge of %s leaves are missing',
+            _want - _found, _want, _size);
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.unnest(check_kind) AS k (kind)
+            WHERE k.kind NOT IN ('consent',
+            'holder', 'usage', 'key', 'subject_key', 'attestation', 'served_unattended_below',
+            'served_present_below', 'policy', 'unseen')) THEN
+        RAISE EXCEPTION 'consent-broker: unknown check';
+    END IF;
     FOR _c IN 0 .. commits - 1 LOOP
-        _verdict := NULL;
-        WHILE _k <= cardinality(check_commit) AND check_commit[_k] = _c LOOP
-            IF _verdict IS NULL THEN
-                CASE check_kind[_k]
-                WHEN 'consent' THEN
-                    IF (SELECT version FROM consents WHERE id = check_id[_k])
-                        IS DISTINCT FROM check_num[_k] THEN _verdict := -1; END IF;
-                WHEN 'holder' THEN
-                    IF (SELECT version FROM holders WHERE id = check_id[_k])
-                        IS DISTINCT FROM check_num[_k] THEN _verdict := -1; END IF;
-                WHEN 'usage' THEN
-                    IF COALESCE((SELECT unattended FROM usage
-                            WHERE consent = check_id[_k] AND day = check_arg[_k]), 0)
-                        IS DISTINCT FROM check_num[_k] THEN _verdict := -1; END IF;
-                WHEN 'key' THEN
-                    IF NOT EXISTS (SELECT 1 FROM published_keys WHERE key_use = check_arg[_k]
-                            AND kid = check_id[_k] AND retired_at IS NULL)
-                        THEN _verdict := -1; END IF;
-                WHEN 'subject_key' THEN
-                    IF (SELECT key FROM subject_keys WHERE subject = check_id[_k])
-                        IS DISTINCT FROM check_blob[_k] THEN _verdict := -1; END IF;
-                WHEN 'attestation' THEN
-                    IF (SELECT version FROM bank_attestations WHERE id = check_id[_k])
-                        IS DISTINCT FROM check_num[_k] THEN _verdict := -1; END IF;
-                WHEN 'served_unattended_below' THEN
-                    IF NOT COALESCE((SELECT unattended FROM bank_served
-                            WHERE attestation = check_id[_k] AND day = check_arg[_k]), 0)
-                        < check_num[_k] THEN _verdict := -1; END IF;
-                WHEN 'served_present_below' THEN
-                    IF NOT COALESCE((SELECT present FROM bank_served
-                            WHERE attestation = check_id[_k] AND day = check_arg[_k]), 0)
-                        < check_num[_k] THEN _verdict := -1; END IF;
-                WHEN 'policy' THEN
-                    IF (SELECT MAX(version) FROM bank_policies)
-                        IS DISTINCT FROM check_num[_k] THEN _verdict := -1; END IF;
-                WHEN 'unseen' THEN
-                    IF EXISTS (SELECT 1 FROM bank_seen
-                            WHERE kind = check_arg[_k] AND id = check_id[_k])
-                        THEN _verdict := -2 - (_k - 1); END IF;
-                ELSE
-                    RAISE EXCEPTION 'consent-broker: unknown check %', check_kind[_k];
-                END CASE;
-            END IF;
+        -- The commit's checks are rows _first .. _k - 1, all made against the same state (the
+        -- commits before it applied): the first that fails decides, in one query.
+        _first := _k;
+        WHILE _k <= pg_catalog.cardinality(check_commit) AND check_commit[_k] = _c LOOP
             _k := _k + 1;
         END LOOP;
-        WHILE _x <= cardinality(change_commit) AND change_commit[_x] = _c LOOP
+        _verdict := NULL;
+        IF _k > _first THEN
+            SELECT CASE WHEN c.kind = 'unseen' THEN -2 - (_first + c.n - 2) ELSE -1 END
+                INTO _verdict
+                FROM ROWS FROM (pg_catalog.unnest(check_kind[_first:_k - 1]),
+                    pg_catalog.unnest(check_id[_first:_k - 1]),
+                    pg_catalog.unnest(check_arg[_first:_k - 1]),
+                    pg_catalog.unnest(check_num[_first:_k - 1]),
+                    pg_catalog.unnest(check_blob[_first:_k - 1]))
+                    WITH ORDINALITY AS c (kind, id, arg, num, blob, n)
+                WHERE NOT COALESCE(CASE c.kind
+                    WHEN 'consent' THEN (SELECT version FROM consents WHERE id = c.id)
+                        IS NOT DISTINCT FROM c.num
+                    WHEN 'holder' THEN (SELECT version FROM holders WHERE id = c.id)
+                        IS NOT DISTINCT FROM c.num
+                    WHEN 'usage' THEN COALESCE((SELECT unattended FROM usage
+                        WHERE consent = c.id AND day = c.arg), 0) = c.num
+                    WHEN 'key' THEN EXISTS (SELECT 1 FROM published_keys
+                        WHERE key_use = c.arg AND kid = c.id AND retired_at IS NULL)
+                    WHEN 'subject_key' THEN pg_catalog.sha256((SELECT key FROM subject_keys
+                        WHERE subject = c.id)) IS NOT DISTINCT FROM c.blob
+                    WHEN 'attestation' THEN (SELECT version FROM bank_attestations
+                        WHERE id = c.id) IS NOT DISTINCT FROM c.num
+                    WHEN 'served_unattended_below' THEN COALESCE((SELECT unattended
+                        FROM bank_served WHERE attestation = c.id AND day = c.arg), 0) < c.num
+                    WHEN 'served_present_below' THEN COALESCE((SELECT present
+                        FROM bank_served WHERE attestation = c.id AND day = c.arg), 0) < c.num
+                    WHEN 'policy' THEN (SELECT MAX(version) FROM bank_policies)
+                        IS NOT DISTINCT FROM c.num
+                    WHEN 'unseen' THEN NOT EXISTS (SELECT 1 FROM bank_seen
+                        WHERE kind = c.arg AND id = c.id)
+                    END, FALSE)
+                ORDER BY c.n LIMIT 1;
+        END IF;
+        WHILE _x <= pg_catalog.cardinality(change_commit) AND change_commit[_x] = _c LOOP
             IF _verdict IS NULL THEN
                 CASE change_kind[_x]
                 WHEN 'usage' THEN
@@ -348,24 +367,26 @@ BEGIN
             _x := _x + 1;
         END LOOP;
         outcome[_c + 1] := COALESCE(_verdict, _size);
-        WHILE _e <= cardinality(entry_commit) AND entry_commit[_e] = _c LOOP
+        WHILE _e <= pg_catalog.cardinality(entry_commit) AND entry_commit[_e] = _c LOOP
             IF _verdict IS NULL THEN
-                _entry := convert_to('{"seq":' || _size, 'UTF8') || entry_tail[_e];
-                seqs := seqs || _size;
-                entries := entries || _entry;
-                _hash := sha256('\x00'::BYTEA || _entry);
+                _entry := pg_catalog.convert_to('{"seq":'::TEXT || _size::TEXT, 'UTF8'::NAME)
+                    || entry_tail[_e];
+                seqs := pg_catalog.array_append(seqs, _size);
+                entries := pg_catalog.array_append(entries, _entry);
+                _hash := pg_catalog.sha256(pg_catalog.decode('00', 'hex') || _entry);
                 _level := 0;
                 _index := _size;
-                levels := levels || _level;
-                indices := indices || _index;
-                hashes := hashes || _hash;
-                WHILE (_index & 1) = 1 LOOP
-                    _hash := sha256('\x01'::BYTEA || edge[_level + 1] || _hash);
+                levels := pg_catalog.array_append(levels, _level);
+                indices := pg_catalog.array_append(indices, _index);
+                hashes := pg_catalog.array_append(hashes, _hash);
+                WHILE (_index & 1::BIGINT) = 1 LOOP
+                    _hash := pg_catalog.sha256(
+                        pg_catalog.decode('01', 'hex') || edge[_level + 1] || _hash);
                     _level := _level + 1;
                     _index := _index >> 1;
-                    levels := levels || _level;
-                    indices := indices || _index;
-                    hashes := hashes || _hash;
+                    levels := pg_catalog.array_append(levels, _level);
+                    indices := pg_catalog.array_append(indices, _index);
+                    hashes := pg_catalog.array_append(hashes, _hash);
                 END LOOP;
                 edge[_level + 1] := _hash;
                 _size := _size + 1;
@@ -373,11 +394,25 @@ BEGIN
             _e := _e + 1;
         END LOOP;
     END LOOP;
-    INSERT INTO audit (seq, entry) SELECT * FROM unnest(seqs, entries);
-    INSERT INTO merkle_nodes (level, idx, hash) SELECT * FROM unnest(levels, indices, hashes);
+    INSERT INTO audit (seq, entry)
+        SELECT * FROM ROWS FROM (pg_catalog.unnest(seqs), pg_catalog.unnest(entries));
+    INSERT INTO merkle_nodes (level, idx, hash)
+        SELECT * FROM ROWS FROM (pg_catalog.unnest(levels), pg_catalog.unnest(indices),
+            pg_catalog.unnest(hashes));
     RETURN outcome;
 END
 $fn$;
+DO $do$ BEGIN
+    -- Names inside the functions resolve in the schema they were created in (and pg_temp last),
+    -- whatever the caller's search path: an object another role put on that path cannot stand in
+    -- for a table, a function or an operator the functions use.
+    EXECUTE pg_catalog.format('ALTER FUNCTION consent_broker_commit(INTEGER, INTEGER[], '
+        'TEXT[], TEXT[], TEXT[], BIGINT[], BYTEA[], INTEGER[], TEXT[], TEXT[], TEXT[], BIGINT[], '
+        'BIGINT[], INTEGER[], BYTEA[]) SET search_path = %I, pg_temp', current_schema());
+    EXECUTE pg_catalog.format('ALTER FUNCTION consent_broker_consent_holder() '
+        'SET search_path = %I, pg_temp', current_schema());
+END
+$do$;
 "#;
 
 /// A [`Store`] in a PostgreSQL database.
@@ -385,7 +420,7 @@ pub struct PostgresStore {
     /// The writer's queue: commits (sent in batches) and other writes, in order.
     writer: Lane<Task>,
     /// The readers' queue, shared by [`PostgresOptions::readers`] threads.
-    readers: Lane<Job>,
+    readers: Lane<Read>,
     counters: Arc<Counters>,
 }
 
@@ -476,8 +511,16 @@ pub enum PostgresTlsMode {
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
     /// Keep every table in this schema (created if missing); `None` uses the search path.
+    ///
+    /// Give the broker a schema of its own, in which no other role may create objects: the
+    /// server-side commit function resolves names in the schema it was created in, and a role
+    /// that can create functions or operators there could stand in for the ones it uses. (The
+    /// function names the types of what it calls, so look-alikes in `public` do not match; see
+    /// the tests.)
     pub schema: Option<String>,
-    /// Abort a statement after this long (server-side `statement_timeout`).
+    /// Abort a statement after this long (server-side `statement_timeout`). The time a commit
+    /// waits for the commit lock counts, and a batch of commits is one statement: a timeout
+    /// answers every caller in the batch with [`StoreError::Busy`].
     pub statement_timeout: StdDuration,
     /// Give up connecting after this long.
     pub connect_timeout: StdDuration,
@@ -487,9 +530,11 @@ pub struct PostgresOptions {
     /// `sslrootcert`), read when the store opens. `None` trusts the platform's store: the
     /// operating system's bundle, or the files named by `SSL_CERT_FILE` / `SSL_CERT_DIR`.
     pub root_certificates: Option<PathBuf>,
-    /// How many connections serve reads, each on a thread of its own (at least one; 4 by
-    /// default). Commits have one more connection, their own: commits queued while one batch is
-    /// being written go to the server together as the next.
+    /// How many connections serve reads, each on a thread of its own (at least one; 2 by
+    /// default). The access views queued while a reader is busy are answered together by its
+    /// next statement, so a few readers serve many callers. Commits have one more connection,
+    /// their own: commits queued while one batch is being written go to the server together as
+    /// the next.
     pub readers: usize,
 }
 
@@ -501,7 +546,7 @@ impl Default for PostgresOptions {
             connect_timeout: StdDuration::from_secs(5),
             tls: PostgresTlsMode::Auto,
             root_certificates: None,
-            readers: 4,
+            readers: 2,
         }
     }
 }
@@ -518,6 +563,12 @@ impl PostgresStore {
 
     /// Connects to `url` (`postgres://user@host:port/db`) and brings the schema up to
     /// [`PostgresStore::SCHEMA_VERSION`].
+    ///
+    /// Every session the store opens runs its transactions in `READ COMMITTED` and with
+    /// `synchronous_commit` on (raised from `off` if that is the database's default; a stronger
+    /// setting, such as `remote_apply`, is kept), so nothing is acknowledged before it is
+    /// durable. Unless the URL sets them, TCP keepalives (after 30 s idle, every 5 s, 3 probes)
+    /// and a 60 s `tcp_user_timeout` notice a server or path that stopped answering.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] for a bad URL, a server that is down or refuses the
@@ -550,6 +601,18 @@ impl PostgresStore {
             options.root_certificates.as_deref(),
         )?;
         config.connect_timeout(options.connect_timeout);
+        // A server (or the path to it) that stops answering is noticed within about a minute,
+        // not after the operating system's two hours, unless the URL says otherwise.
+        if config.get_keepalives_idle() == StdDuration::from_secs(2 * 60 * 60) {
+            config
+                .keepalives(true)
+                .keepalives_idle(StdDuration::from_secs(30))
+                .keepalives_interval(StdDuration::from_secs(5))
+                .keepalives_retries(3);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(StdDuration::from_secs(60));
+        }
         config.options(&format!(
             "-c statement_timeout={}",
             options.statement_timeout.as_millis()
@@ -570,7 +633,7 @@ impl PostgresStore {
             jobs: Mutex::new(Some(writer)),
             threads: Mutex::new(std::mem::take(&mut threads)),
         };
-        let (readers, jobs) = mpsc::channel::<Job>();
+        let (readers, jobs) = mpsc::channel::<Read>();
         let jobs = Arc::new(Mutex::new(jobs));
         let readers = Lane {
             jobs: Mutex::new(Some(readers)),
@@ -624,23 +687,17 @@ impl PostgresStore {
             .map_err(|_| StoreError::Unavailable("the PostgreSQL worker has stopped".into()))?
     }
 
-    /// Runs a read on one of the readers' connections. A read that fails because that
-    /// connection was lost since its last use (the server restarted, a proxy closed it) is made
-    /// once more on a new connection: reads change nothing, and a pool of connections the server
-    /// dropped together then costs the caller no error.
+    /// Runs a read on one of the readers' connections (made once more on a new connection if
+    /// that one was lost since its last use: [`views::retrying`]).
     fn read<T: Send + 'static>(
         &self,
         read: impl Fn(&mut Db<'_, Client>) -> Result<T, Failure<postgres::Error>> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = mpsc::channel();
-        self.readers.send(Box::new(move |worker: &mut Worker| {
-            let was_connected = worker.client.is_some();
-            let mut result = worker.with(&read);
-            if was_connected && worker.client.is_none() && result.is_err() {
-                result = worker.with(&read);
-            }
-            let _ = reply.send(result);
-        }))?;
+        self.readers
+            .send(Read::Run(Box::new(move |worker: &mut Worker| {
+                let _ = reply.send(views::retrying(worker, &read));
+            })))?;
         answer
             .recv()
             .map_err(|_| StoreError::Unavailable("the PostgreSQL worker has stopped".into()))?
@@ -725,29 +782,22 @@ fn write_batch(worker: &mut Worker, batch: Vec<Pending>, counters: &Counters) {
             None => {
                 flush_run(worker, &mut run, counters);
                 counters.batch(1);
-                let Pending { commit, reply, .. } = pending;
-                let _ = reply.send(transaction(worker, |db| super::apply_commit(db, &commit)));
+                let _ = pending.reply.send(alone(worker, &pending.commit));
             }
         }
     }
     flush_run(worker, &mut run, counters);
 }
 
+/// Applies one commit statement by statement, in a transaction of its own.
+fn alone(worker: &mut Worker, commit: &Commit) -> Result<CommitReceipt, StoreError> {
+    transaction(worker, |db| super::apply_commit(db, commit))
+}
+
 fn flush_run(worker: &mut Worker, run: &mut Vec<(Pending, Fast)>, counters: &Counters) {
     if !run.is_empty() {
         counters.batch(run.len());
-        batch::commit_run(worker, std::mem::take(run));
-    }
-}
-
-/// A reader's thread: jobs from the shared queue, one at a time.
-fn read_loop(worker: &mut Worker, jobs: &Mutex<Receiver<Job>>) {
-    loop {
-        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        match job {
-            Ok(job) => job(worker),
-            Err(_) => return,
-        }
+        batch::commit_run(worker, std::mem::take(run), alone);
     }
 }
 
@@ -810,6 +860,7 @@ fn transaction<T>(
         attempt += 1;
         let (client, statements) = worker.connected()?;
         let outcome = (|| -> Result<T, Failure<postgres::Error>> {
+            crate::store::back_off(attempt);
             let mut tx = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::ReadCommitted)
@@ -844,8 +895,16 @@ impl StateRead for PostgresStore {
         platform: &PlatformId,
         day: Date,
     ) -> Result<AccessView, StoreError> {
-        let (consent, platform) = (consent.clone(), platform.clone());
-        self.read(move |db| access_view(db, &consent, &platform, day))
+        let (reply, answer) = mpsc::channel();
+        self.readers.send(Read::View(Box::new(ViewQuery {
+            consent: consent.clone(),
+            platform: platform.clone(),
+            day,
+            reply,
+        })))?;
+        answer
+            .recv()
+            .map_err(|_| StoreError::Unavailable("the PostgreSQL worker has stopped".into()))?
     }
 
     fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
@@ -894,72 +953,6 @@ impl StateRead for PostgresStore {
     ) -> Result<Vec<Consent>, StoreError> {
         self.read(move |db| super::privacy::consents_ended_before(db, before, limit))
     }
-}
-
-/// What [`StateRead::access_view`] reads, in one statement: the consent, the platform, the
-/// consent's holder (found by the holder id in the consent's record), usage and subject key.
-const ACCESS_VIEW: &str = "SELECT c.record, (SELECT record FROM platforms WHERE id = ?2), \
-     h.record, u.unattended, k.key \
-     FROM (SELECT 1) AS one \
-     LEFT JOIN consents c ON c.id = ?1 \
-     LEFT JOIN holders h ON h.id = (c.record::jsonb #>> '{request,holder}') \
-     LEFT JOIN usage u ON u.consent = c.id AND u.day = ?3 \
-     LEFT JOIN subject_keys k ON k.subject = c.subject";
-
-fn access_view(
-    db: &mut Db<'_, Client>,
-    id: &ConsentId,
-    platform_id: &PlatformId,
-    day: Date,
-) -> Result<AccessView, Failure<postgres::Error>> {
-    let day_key = super::day_key(day);
-    let params = [
-        Value::Text(id.as_str()),
-        Value::Text(platform_id.as_str()),
-        Value::Text(&day_key),
-    ];
-    let row = super::one(db, ACCESS_VIEW, &params, |row| {
-        Ok((
-            row.optional_bytes(0)?,
-            row.optional_bytes(1)?,
-            row.optional_bytes(2)?,
-            row.int(3)?,
-            row.optional_bytes(4)?,
-        ))
-    })?;
-    let Some((consent, platform, holder, usage, subject_key)) = row else {
-        return Err(Failure::Refused(StoreError::Corrupt(
-            "the access view returned no row".into(),
-        )));
-    };
-    let platform = platform
-        .map(|json| read::decode_platform(platform_id, &json))
-        .transpose()?;
-    let Some(consent) = consent else {
-        return Ok(AccessView {
-            platform,
-            ..AccessView::default()
-        });
-    };
-    let consent = read::decode_consent(id, &consent)?;
-    let holder_id = &consent.request.holder;
-    let holder = match holder
-        .map(|json| read::decode_holder(holder_id, &json))
-        .transpose()?
-    {
-        Some(holder) if holder.id == *holder_id => Some(holder),
-        // Not found by the path into the record (or another's): read it by the decoded id.
-        _ => read::holder(db, holder_id)?,
-    };
-    Ok(AccessView {
-        holder,
-        usage: read::decode_usage(id, usage)?,
-        subject_key: subject_key
-            .map(super::privacy::decode_subject_key)
-            .transpose()?,
-        platform,
-        consent: Some(consent),
-    })
 }
 
 impl LedgerRead for PostgresStore {
