@@ -58,6 +58,7 @@ mod witnessing;
 mod conformance;
 mod postgres;
 mod postgres_group;
+mod racing;
 mod sqlite_files;
 
 // Reliability: model-based, concurrency, faults, hostile input, fuzz corpora.

@@ -40,6 +40,7 @@ use std::sync::{Arc, Barrier, mpsc};
 use std::thread;
 use std::time::{Duration as StdDuration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::racing::{gap_free_log, unattended, unattended_permits};
 use crate::support::*;
 use consent_broker::checkpoint::NoteVerifier;
 use consent_broker::*;
@@ -215,27 +216,6 @@ pub(super) fn hold_commit_lock(
     })
 }
 
-pub(super) fn unattended(access: AccessRequest) -> AccessRequest {
-    AccessRequest {
-        presence: Presence::Unattended,
-        ..access
-    }
-}
-
-/// Unattended `AccessPermitted` entries per consent and UTC day.
-pub(super) fn unattended_permits(entries: &[AuditEntry]) -> BTreeMap<(ConsentId, Date), u64> {
-    let mut per_day = BTreeMap::new();
-    for entry in entries {
-        if entry.kind() == AuditKind::AccessPermitted
-            && entry.event.presence() == Some(Presence::Unattended)
-        {
-            let consent = entry.consent().expect("a permit names its consent").clone();
-            *per_day.entry((consent, entry.at.date())).or_insert(0) += 1;
-        }
-    }
-    per_day
-}
-
 /// Every row of the schema's usage table.
 fn usage_rows(url: &str, schema: &str) -> BTreeMap<(ConsentId, Date), u64> {
     let mut client = raw_client(url);
@@ -257,15 +237,6 @@ fn usage_rows(url: &str, schema: &str) -> BTreeMap<(ConsentId, Date), u64> {
             ((consent, day), count)
         })
         .collect()
-}
-
-/// The whole log, checked to be one gap-free sequence.
-pub(super) fn gap_free_log(store: &impl LogRead) -> Vec<AuditEntry> {
-    let len = store.audit_len().unwrap();
-    let entries = store.audit_entries(0..len).expect("every entry parses");
-    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (0..len).collect::<Vec<_>>(), "the log is gap-free");
-    entries
 }
 
 fn is_revoked_denial(outcome: &AccessOutcome) -> bool {

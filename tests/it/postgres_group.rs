@@ -27,117 +27,25 @@ use consent_broker::*;
 use postgres::Client;
 
 use crate::postgres::{
-    Cluster, TempDatabase, database_url, gap_free_log, hold_commit_lock, options, quote,
-    raw_client, unattended, unattended_permits, unique_name, with_param,
+    Cluster, TempDatabase, database_url, hold_commit_lock, options, quote, raw_client, unique_name,
+    with_param,
+};
+use crate::racing::{
+    checked_log, decisions, race_for_one_consents_slots, unattended, usage_agrees,
 };
 use crate::support::*;
 
 /// Decisions a broker acknowledged: (sequence number, kind, consent, presence).
 type Ack = (u64, AuditKind, ConsentId, Presence);
 
-/// The whole log, checked to be gap-free and to verify (every Merkle node stored matches).
-fn checked_log(store: &impl LogRead) -> Vec<AuditEntry> {
-    let entries = gap_free_log(store);
-    verify_log(store, None).expect("the log verifies");
-    entries
-}
-
-/// How many of `entries` are access decisions.
-fn decisions(entries: &[AuditEntry]) -> usize {
-    entries
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.kind(),
-                AuditKind::AccessPermitted | AuditKind::AccessDenied
-            )
-        })
-        .count()
-}
-
-/// Every usage counter equals the unattended permits the log holds for it.
-fn usage_agrees(store: &(impl StateRead + LogRead), entries: &[AuditEntry]) {
-    for ((consent, day), permits) in unattended_permits(entries) {
-        assert_eq!(
-            u64::from(store.usage(&consent, day).unwrap().unattended_today),
-            permits,
-            "usage of {consent} on {day}"
-        );
-    }
-}
-
-const CALLERS: usize = 8;
-const EACH: usize = 25;
-
-/// Eight callers on one broker make 25 unattended decisions each on one consent, whose holder
-/// allows four a day, beside a present one each time: their commits are sent in batches, and
-/// within a batch a commit whose usage precondition an earlier one broke is refused alone and
-/// decided again. Exactly four unattended permits land, every decision is in the log once, the
-/// counter agrees, and fewer transactions than commits were written.
+/// Eight callers racing for one consent's daily slots on one broker ([`race_for_one_consents_slots`]),
+/// its commits sent to the server in batches.
 #[test]
 #[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
 fn callers_racing_for_one_consents_slots_land_in_turn_on_postgres() {
     let store =
         Arc::new(PostgresStore::open_with(&database_url(), options(&unique_name("race"))).unwrap());
-    let fx = Fixture::sharing(Arc::clone(&store), |builder| builder);
-    let granted = fx.granted().id().clone();
-    let before = store.audit_len().unwrap();
-    let stats_before = store.commit_stats();
-    let outcomes: Vec<(usize, usize)> = thread::scope(|scope| {
-        let handles: Vec<_> = (0..CALLERS)
-            .map(|_| {
-                let (fx, granted) = (&fx, &granted);
-                scope.spawn(move || {
-                    let (mut permits, mut decisions) = (0, 0);
-                    for _ in 0..EACH {
-                        for access in [unattended(fx.access(granted)), fx.access(granted)] {
-                            let outcome = fx
-                                .broker
-                                .authorise_access(&access)
-                                .unwrap_or_else(|e| panic!("a racing decision failed: {e:?}"));
-                            decisions += 1;
-                            if access.presence == Presence::Unattended
-                                && outcome.decision() == Decision::Permit
-                            {
-                                permits += 1;
-                            }
-                        }
-                    }
-                    (permits, decisions)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let permits: usize = outcomes.iter().map(|o| o.0).sum();
-    let decisions: usize = outcomes.iter().map(|o| o.1).sum();
-    assert_eq!(
-        permits,
-        usize::try_from(DEFAULT_UNATTENDED_DAILY_LIMIT).unwrap(),
-        "exactly the day's unattended slots were granted"
-    );
-    let entries = checked_log(&*store);
-    let new = entries.get(usize::try_from(before).unwrap()..).unwrap();
-    assert_eq!(
-        self::decisions(new),
-        decisions,
-        "each decision is in the log once"
-    );
-    usage_agrees(&*store, &entries);
-    let stats = store.commit_stats();
-    let (commits, transactions) = (
-        stats.commits - stats_before.commits,
-        stats.transactions - stats_before.transactions,
-    );
-    eprintln!(
-        "{commits} commits in {transactions} transactions, largest batch {}",
-        stats.largest_batch
-    );
-    assert!(commits >= u64::try_from(decisions).unwrap());
-    assert!(
-        transactions < commits,
-        "concurrent commits were grouped: {commits} commits in {transactions} transactions"
-    );
+    race_for_one_consents_slots(Arc::clone(&store), || store.commit_stats());
 }
 
 /// The bank's gate, its ledger on PostgreSQL: eight threads check tokens of one approval at
