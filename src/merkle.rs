@@ -614,12 +614,66 @@ impl TreeBuilder {
     }
 }
 
+/// A growable sequence kept in chunks of at most [`Chunked::CHUNK`] elements. Pushing never moves
+/// what is stored: a `Vec` that doubles a log of millions of entries copies all of them at once,
+/// under the lock of whoever appends, while here a full chunk is followed by a new one. A short
+/// sequence costs what a `Vec` does (its first chunk grows like one).
+#[derive(Debug, Clone)]
+pub(crate) struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    /// Elements per chunk.
+    const CHUNK: usize = 1 << 14;
+
+    /// How many elements are stored.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends `value`.
+    pub(crate) fn push(&mut self, value: T) {
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < Self::CHUNK => last.push(value),
+            _ => {
+                // The first chunk grows as a `Vec` does; the later ones are made full size.
+                let mut chunk = if self.chunks.is_empty() {
+                    Vec::new()
+                } else {
+                    Vec::with_capacity(Self::CHUNK)
+                };
+                chunk.push(value);
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// The element at `index`, if stored.
+    pub(crate) fn get(&self, index: usize) -> Option<&T> {
+        self.chunks
+            .get(index / Self::CHUNK)?
+            .get(index % Self::CHUNK)
+    }
+}
+
 /// An in-memory [`NodeSource`] that also appends: the complete-subtree hashes, by level. Used
 /// by the in-memory store and in tests.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryNodes {
     /// `levels[l][i]` is node `(l, i)`; level `l` holds `size >> l` nodes.
-    levels: Vec<Vec<Hash>>,
+    levels: Vec<Chunked<Hash>>,
     /// Number of leaves.
     size: u64,
 }
@@ -648,7 +702,7 @@ impl MemoryNodes {
         // Check every node lands at the end of its level before storing any, so a failure
         // cannot leave a half-updated tree behind.
         for (level, index, _) in &nodes {
-            let stored = self.level(*level).map_or(0, Vec::len);
+            let stored = self.level(*level).map_or(0, Chunked::len);
             if u64::try_from(stored).ok() != Some(*index) {
                 return Err(MerkleError::Source(format!(
                     "node (level {level}, index {index}) does not extend its level of {stored}"
@@ -659,7 +713,8 @@ impl MemoryNodes {
             let slot = usize::try_from(level)
                 .map_err(|_| MerkleError::Source(format!("level {level} is not addressable")))?;
             if self.levels.len() <= slot {
-                self.levels.resize_with(slot.saturating_add(1), Vec::new);
+                self.levels
+                    .resize_with(slot.saturating_add(1), Chunked::default);
             }
             if let Some(row) = self.levels.get_mut(slot) {
                 row.push(hash);
@@ -671,7 +726,7 @@ impl MemoryNodes {
     }
 
     /// The stored nodes of one level, if any.
-    fn level(&self, level: u32) -> Option<&Vec<Hash>> {
+    fn level(&self, level: u32) -> Option<&Chunked<Hash>> {
         usize::try_from(level)
             .ok()
             .and_then(|slot| self.levels.get(slot))
@@ -685,5 +740,70 @@ impl NodeSource for MemoryNodes {
             .and_then(|(row, slot)| row.get(slot))
             .copied()
             .ok_or(MerkleError::MissingNode { level, index })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pushed across several chunk boundaries, every element is where it was put.
+    #[test]
+    fn a_chunked_sequence_keeps_every_element_in_place() {
+        let n = 3 * Chunked::<u64>::CHUNK + 7;
+        let mut seq = Chunked::default();
+        for i in 0..n {
+            seq.push(i as u64);
+        }
+        assert_eq!(seq.len(), n);
+        for i in 0..n {
+            assert_eq!(seq.get(i), Some(&(i as u64)), "element {i}");
+        }
+        assert_eq!(seq.get(n), None);
+        assert_eq!(seq.get(usize::MAX), None);
+    }
+
+    /// RFC 6962's MTH, straight from the definition.
+    fn mth(leaves: &[Hash]) -> Hash {
+        match leaves {
+            [] => Hash::default(),
+            [one] => *one,
+            _ => {
+                let k = split_point(leaves.len() as u64) as usize;
+                let (left, right) = leaves.split_at(k);
+                node_hash(&mth(left), &mth(right))
+            }
+        }
+    }
+
+    /// A tree whose levels span several chunks: its roots equal MTH computed from the leaves, and
+    /// inclusion proofs made from its nodes verify.
+    #[test]
+    fn memory_nodes_across_chunks_give_the_rfc_6962_roots() {
+        let n = 2 * Chunked::<Hash>::CHUNK + 5;
+        let leaves: Vec<Hash> = (0..n)
+            .map(|i| leaf_hash(format!("entry {i}").as_bytes()))
+            .collect();
+        let mut nodes = MemoryNodes::new();
+        for leaf in &leaves {
+            nodes.push(*leaf).unwrap();
+        }
+        for size in [
+            1,
+            2,
+            3,
+            Chunked::<Hash>::CHUNK,
+            Chunked::<Hash>::CHUNK + 1,
+            n,
+        ] {
+            let expected = mth(leaves.get(..size).unwrap());
+            assert_eq!(root(size as u64, &nodes).unwrap(), expected, "size {size}");
+        }
+        let top = root(n as u64, &nodes).unwrap();
+        for index in [0, Chunked::<Hash>::CHUNK - 1, Chunked::<Hash>::CHUNK, n - 1] {
+            let proof = inclusion_proof(index as u64, n as u64, &nodes).unwrap();
+            let leaf = leaves.get(index).unwrap();
+            verify_inclusion(index as u64, n as u64, leaf, &proof, &top).unwrap();
+        }
     }
 }

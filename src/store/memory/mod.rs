@@ -45,8 +45,8 @@ pub struct MemoryStore {
 /// The audit log.
 #[derive(Debug, Default)]
 struct Log {
-    /// Entry bytes, by sequence number.
-    audit: Vec<Vec<u8>>,
+    /// Entry bytes, by sequence number (in chunks: an append never moves the log).
+    audit: merkle::Chunked<Vec<u8>>,
     nodes: MemoryNodes,
     checkpoints: Vec<StoredCheckpoint>,
 }
