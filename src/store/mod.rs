@@ -59,7 +59,8 @@ use crate::merkle::Hash;
 use crate::policy::{PlatformProfile, Usage};
 use crate::privacy::SubjectKey;
 
-/// A storage failure. After any error, the commit left no trace.
+/// A storage failure. After any error but [`StoreError::OutcomeUnknown`], the commit left no
+/// trace.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -113,6 +114,13 @@ pub enum StoreError {
     /// Another process held the database lock for longer than the busy timeout.
     #[error("the database stayed locked by another writer: {0}")]
     Busy(String),
+    /// The commit was sent, and the connection broke (or the disk failed) before the database
+    /// answered: whether the database made it durable is unknown. It may be in the store though
+    /// this call failed; it was not acknowledged, and a decision that met this was not served.
+    /// Not retryable as such: a retry decides again, and both may then stand (a second use
+    /// counted, a single-use id refused as a replay). Read the store (the log) to find out.
+    #[error("the outcome of the commit is unknown (it may have been made durable): {0}")]
+    OutcomeUnknown(String),
 }
 
 impl StoreError {

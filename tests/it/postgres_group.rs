@@ -271,12 +271,12 @@ const ROUNDS: usize = 5;
 /// The connection is dropped before the commit, and after it.
 ///
 /// Before: the commit waits for the commit lock (held by another session) and its backend is
-/// terminated: the decision fails with a store error and the log and the usage counter are as
-/// before. After: the server is made to wait for a synchronous standby that does not exist, so a
-/// commit is durable in its write-ahead log but not yet acknowledged when its backend is
-/// terminated: the decision fails with a store error (never a permit), and the log holds it. That
-/// is the unknown outcome a caller of any database meets when a connection breaks during COMMIT;
-/// the broker does not retry it (a retry would decide a second time). Both are counted, and after
+/// terminated: the decision fails with `OutcomeUnknown` (the batch had been sent) and the log and
+/// the usage counter are as before. After: the server is made to wait for a synchronous standby
+/// that does not exist, so a commit is durable in its write-ahead log but not yet acknowledged
+/// when its backend is terminated: the decision fails with `OutcomeUnknown` too (never a permit),
+/// and the log holds it. The caller cannot tell the two apart, and is told so; the log can. The
+/// broker does not retry it (a retry would decide a second time). Both are counted, and after
 /// each the next decision works. At the end the log is gap-free and verifies and the usage
 /// counter agrees with it.
 #[test]
@@ -312,7 +312,7 @@ fn a_connection_dropped_before_or_after_commit_fails_closed_and_loses_nothing_ac
         });
         held.rollback().unwrap();
         assert!(
-            matches!(result, Err(Error::Store(_))),
+            matches!(result, Err(Error::Store(StoreError::OutcomeUnknown(_)))),
             "a commit whose connection dropped before COMMIT: {result:?}"
         );
         assert_eq!(store.audit_len().unwrap(), len, "nothing was recorded");
@@ -332,7 +332,7 @@ fn a_connection_dropped_before_or_after_commit_fails_closed_and_loses_nothing_ac
         });
         set_standby(&mut admin, &url, "");
         assert!(
-            matches!(result, Err(Error::Store(_))),
+            matches!(result, Err(Error::Store(StoreError::OutcomeUnknown(_)))),
             "a commit whose connection dropped after COMMIT: {result:?}"
         );
         assert_eq!(

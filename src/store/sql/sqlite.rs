@@ -18,9 +18,9 @@
 //! before; under load, a transaction carries as many commits as arrived during the previous
 //! one's fsync. An engine failure that ends the transaction (a full disk, an I/O error) is every
 //! commit's answer in that batch, and none of them is in the file. A failed `COMMIT` is every
-//! commit's answer too; as with any database, whether it reached the disk is then unknown:
-//! callers treat it as not done, and a decision tried again is decided again on what the store
-//! then holds (its preconditions refuse it if the first one did land and changed what it read).
+//! commit's answer too; after an I/O error there, as with any database, whether it reached the
+//! disk is unknown, and the answer says so ([`StoreError::OutcomeUnknown`]): the decision was
+//! not served, and one tried again is decided again on what the store then holds.
 //! [`SqliteStore::commit_stats`] counts commits and transactions. The store keeps the Merkle
 //! tree's right edge between transactions (checked against the log's length in each one, so a
 //! write by another process is noticed), so appending reads no node.
@@ -264,6 +264,17 @@ fn store_error(path: &Path, error: rusqlite::Error) -> StoreError {
             StoreError::Unavailable(format!("cannot open {}: {detail}", path.display()))
         }
         _ => StoreError::Unavailable(detail),
+    }
+}
+
+/// A failed `COMMIT`: an I/O error there (the WAL's write or fsync) leaves unknown whether the
+/// transaction reached the disk; SQLite rolls back what it can after a full disk, a busy lock or
+/// a read-only file, and those are reported as such.
+fn commit_failed(path: &Path, error: rusqlite::Error) -> StoreError {
+    if error.sqlite_error_code() == Some(ErrorCode::SystemIoFailure) {
+        StoreError::OutcomeUnknown(error.to_string())
+    } else {
+        store_error(path, error)
     }
 }
 
@@ -645,7 +656,7 @@ impl SqliteStore {
             .transaction_with_behavior(behavior)
             .map_err(fail)?;
         let value = work(&mut Lite(&tx)).map_err(|e| failure(&self.path, e))?;
-        tx.commit().map_err(fail)?;
+        tx.commit().map_err(|e| commit_failed(&self.path, e))?;
         Ok(value)
     }
 
@@ -660,8 +671,9 @@ impl SqliteStore {
     /// Applies a batch of commits in one `BEGIN IMMEDIATE` transaction, each in a savepoint of
     /// its own: a commit refused (a failed precondition, a duplicate) is rolled back alone and
     /// answered with its refusal; the others are answered once the transaction, and so their
-    /// fsync, has committed. An engine failure that ends the transaction, or a failed `COMMIT`,
-    /// answers every commit of the batch with that failure: none of them is in the database.
+    /// fsync, has committed. An engine failure that ends the transaction answers every commit of
+    /// the batch with that failure (none of them is in the database); so does a failed `COMMIT`,
+    /// as [`StoreError::OutcomeUnknown`] after an I/O error.
     ///
     /// The Merkle tree's right edge is kept from one batch to the next (checked against the
     /// log's length inside the transaction, so a write by another process is noticed), so an
@@ -701,7 +713,7 @@ impl SqliteStore {
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(frontier);
                 answers
             }
-            Err(error) => all(fail(error)),
+            Err(error) => all(commit_failed(&self.path, error)),
         }
     }
 

@@ -383,13 +383,15 @@ fn call(worker: &mut Worker, args: &Arguments, commits: usize) -> Result<Vec<i64
     loop {
         attempt += 1;
         let (client, statements) = worker.connected()?;
-        let result = match statements.get(CALL) {
+        let prepared = match statements.get(CALL) {
             Some(statement) => Ok(statement.clone()),
             None => client.prepare(CALL).inspect(|statement| {
                 statements.insert(CALL.to_owned(), statement.clone());
             }),
-        }
-        .and_then(|statement| client.query_one(&statement, &params));
+        };
+        // Whether the call itself was sent: before it, a lost connection leaves nothing behind.
+        let sent = prepared.is_ok();
+        let result = prepared.and_then(|statement| client.query_one(&statement, &params));
         let error = match result {
             Ok(row) => {
                 let verdicts: Vec<i64> = row
@@ -411,9 +413,12 @@ fn call(worker: &mut Worker, args: &Arguments, commits: usize) -> Result<Vec<i64
             continue;
         }
         if connection_lost(&error) {
-            // The connection broke: whether the server committed the call before it did is
-            // unknown to this side (a decision retried after this is decided again).
             worker.client = None;
+            if sent {
+                // The connection broke with the call sent: whether the server committed it
+                // before the break is unknown to this side.
+                return Err(StoreError::OutcomeUnknown(pg_error(&error).to_string()).into());
+            }
         }
         // A data exception (22), an integrity constraint (23) or an exception the function
         // raised (P0001) may come from one commit's data; anything else is no commit's doing.

@@ -27,10 +27,11 @@
 //! statement by statement in a transaction of its own, in its turn. [`PostgresStore::commit_stats`]
 //! shows the grouping.
 //!
-//! If the connection breaks while a batch is in flight, every caller in it gets an error, and
-//! whether the server committed the batch before the break is unknown to this side, as with any
-//! database client: the decisions may be in the log though their callers were told of an error
-//! (never of a permit). A caller that retries decides again on what the store then holds.
+//! If the connection breaks while a batch is in flight, every caller in it gets
+//! [`StoreError::OutcomeUnknown`]: whether the server committed the batch before the break is
+//! unknown to this side, as with any database client, and the decisions may be in the log though
+//! their callers were told of an error (never of a permit). A caller that retries decides again
+//! on what the store then holds.
 //!
 //! # Concurrency control
 //!
@@ -870,12 +871,25 @@ fn transaction<T>(
                 client: &mut tx,
                 statements,
             })?;
-            tx.commit().map_err(Failure::Engine)?;
+            if let Err(error) = tx.commit() {
+                if connection_lost(&error) {
+                    // COMMIT was sent: whether the server made it durable is unknown here.
+                    return Err(Failure::Refused(StoreError::OutcomeUnknown(
+                        pg_error(&error).to_string(),
+                    )));
+                }
+                return Err(Failure::Engine(error));
+            }
             Ok(value)
         })();
         match outcome {
             Ok(value) => return Ok(value),
-            Err(Failure::Refused(error)) => return Err(error),
+            Err(Failure::Refused(error)) => {
+                if matches!(error, StoreError::OutcomeUnknown(_)) {
+                    worker.client = None;
+                }
+                return Err(error);
+            }
             Err(Failure::Engine(error))
                 if retryable(&error) && attempt < PostgresStore::MAX_TRANSACTION_ATTEMPTS => {}
             Err(Failure::Engine(error)) => {
