@@ -683,9 +683,7 @@ impl PostgresStore {
             // The caller may have gone; nothing to do then.
             let _ = reply.send(f(worker));
         })))?;
-        answer
-            .recv()
-            .map_err(|_| StoreError::Unavailable("the PostgreSQL worker has stopped".into()))?
+        answered(&answer)
     }
 
     /// Runs a read on one of the readers' connections (made once more on a new connection if
@@ -699,9 +697,7 @@ impl PostgresStore {
             .send(Read::Run(Box::new(move |worker: &mut Worker| {
                 let _ = reply.send(views::retrying(worker, &read));
             })))?;
-        answer
-            .recv()
-            .map_err(|_| StoreError::Unavailable("the PostgreSQL worker has stopped".into()))?
+        answered(&answer)
     }
 }
 
@@ -711,6 +707,14 @@ impl Drop for PostgresStore {
         self.writer.close();
         self.readers.close();
     }
+}
+
+/// The answer a worker thread sends back; if the thread is gone (it stopped, or panicked), the
+/// store is unavailable.
+fn answered<T>(answer: &Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    answer
+        .recv()
+        .map_err(|_| StoreError::Unavailable("the PostgreSQL worker has stopped".into()))?
 }
 
 /// What every connection of a store is made with.
@@ -916,9 +920,7 @@ impl StateRead for PostgresStore {
             day,
             reply,
         })))?;
-        answer
-            .recv()
-            .map_err(|_| StoreError::Unavailable("the PostgreSQL worker has stopped".into()))?
+        answered(&answer)
     }
 
     fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
@@ -1091,9 +1093,7 @@ impl Store for PostgresStore {
             records,
             reply,
         })))?;
-        answer
-            .recv()
-            .map_err(|_| StoreError::Unavailable("the PostgreSQL worker has stopped".into()))?
+        answered(&answer)
     }
 
     fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
