@@ -217,25 +217,26 @@ fn apply(change: &Change) -> Option<Apply> {
 
 /// The function's arguments for a run of commits, in order.
 #[derive(Default)]
-struct Arguments {
+struct Arguments<'a> {
     check_commit: Vec<i32>,
     check_kind: Vec<&'static str>,
-    check_id: Vec<String>,
-    check_arg: Vec<String>,
+    check_id: Vec<&'a str>,
+    check_arg: Vec<&'a str>,
     check_num: Vec<Option<i64>>,
-    check_blob: Vec<Option<Vec<u8>>>,
+    check_blob: Vec<Option<&'a [u8]>>,
     change_commit: Vec<i32>,
     change_kind: Vec<&'static str>,
-    change_id: Vec<String>,
-    change_arg: Vec<String>,
+    change_id: Vec<&'a str>,
+    change_arg: Vec<&'a str>,
     change_num: Vec<i64>,
     change_num2: Vec<i64>,
     entry_commit: Vec<i32>,
-    entry_tail: Vec<Vec<u8>>,
+    entry_tail: Vec<&'a [u8]>,
 }
 
-impl Arguments {
-    fn new(run: &[(Pending, Fast)]) -> Result<Self, StoreError> {
+impl<'a> Arguments<'a> {
+    /// The run's arguments, borrowed from it (nothing is copied but the numbers).
+    fn new(run: &'a [(Pending, Fast)]) -> Result<Self, StoreError> {
         let mut args = Self::default();
         for (position, (pending, fast)) in run.iter().enumerate() {
             let position = i32::try_from(position)
@@ -243,16 +244,16 @@ impl Arguments {
             for check in &fast.checks {
                 args.check_commit.push(position);
                 args.check_kind.push(check.kind);
-                args.check_id.push(check.id.clone());
-                args.check_arg.push(check.arg.clone());
+                args.check_id.push(&check.id);
+                args.check_arg.push(&check.arg);
                 args.check_num.push(check.num);
-                args.check_blob.push(check.blob.clone());
+                args.check_blob.push(check.blob.as_deref());
             }
             for change in &fast.changes {
                 args.change_commit.push(position);
                 args.change_kind.push(change.kind);
-                args.change_id.push(change.id.clone());
-                args.change_arg.push(change.arg.clone());
+                args.change_id.push(&change.id);
+                args.change_arg.push(&change.arg);
                 args.change_num.push(change.num);
                 args.change_num2.push(change.num2);
             }
@@ -262,7 +263,7 @@ impl Arguments {
                 std::str::from_utf8(tail)
                     .map_err(|_| StoreError::Unavailable("an audit entry is not UTF-8".into()))?;
                 args.entry_commit.push(position);
-                args.entry_tail.push(tail.to_vec());
+                args.entry_tail.push(tail);
             }
         }
         Ok(args)
