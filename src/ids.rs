@@ -160,6 +160,28 @@ id_type!(
     Pseudonym, "pseudonym"
 );
 
+/// Ids the in-memory store kept as text in its packed records, which it checked when they were
+/// first made (the records are written only from ids of these types).
+macro_rules! from_packed {
+    ($($name:ident),*) => {$(
+        impl $name {
+            pub(crate) fn from_packed(value: &str) -> Self {
+                debug_assert!(validate("packed id", value).is_ok());
+                Self(value.into())
+            }
+        }
+    )*};
+}
+
+from_packed!(SubjectId, AccountId, ConsentId);
+
+/// A subject's id is looked up by its text (its hash and equality are those of the text).
+impl std::borrow::Borrow<str> for SubjectId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Pseudonym {
     /// Wraps text this crate made (a prefix and base64url: always a valid id).
     pub(crate) fn from_trusted(value: String) -> Self {

@@ -441,19 +441,14 @@ impl AccountSet {
         &self.0
     }
 
-    /// Points every account that `source` also holds at `source`'s copy of the id, so that the
-    /// text is stored once (ids are shared `Arc<str>`s). The set is unchanged as a value.
-    pub(crate) fn share_from(&mut self, source: &AccountSet) {
-        for account in self.0.iter_mut() {
-            if let Some(shared) = source
-                .0
-                .binary_search(account)
-                .ok()
-                .and_then(|at| source.0.get(at))
-            {
-                *account = shared.clone();
-            }
-        }
+    /// Wraps accounts already in ascending order without duplicates (as a set's own slice is).
+    pub(crate) fn from_sorted(accounts: Box<[AccountId]>) -> Self {
+        debug_assert!(
+            accounts
+                .windows(2)
+                .all(|pair| matches!(pair, [a, b] if a < b))
+        );
+        Self(accounts)
     }
 }
 

@@ -9,6 +9,7 @@
 //! before any lock is taken; only their sequence numbers are placed under the log's lock.
 
 mod ledger;
+mod packed;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -24,12 +25,13 @@ use super::{
     StoredCheckpoint, StoredEntry, SubjectLink,
 };
 use crate::audit::PreparedEntry;
-use crate::consent::{AccountSelection, Consent, ConsentState};
+use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource};
 use crate::policy::{PlatformProfile, Usage};
 use crate::privacy::{SubjectKey, SubjectKeyRecord};
 use ledger::{LedgerState, LedgerUndo};
+use packed::{Consents, Packed};
 
 /// A [`Store`] that keeps everything in memory.
 #[derive(Debug, Default)]
@@ -104,10 +106,8 @@ impl Log {
 struct Inner {
     holders: HashMap<HolderId, HolderRecord>,
     platforms: HashMap<PlatformId, PlatformProfile>,
-    /// Boxed: a hash table keeps spare slots, and a slot the size of a consent would cost far
-    /// more than a pointer.
-    consents: HashMap<ConsentId, Box<Consent>>,
-    by_subject: HashMap<SubjectId, Vec<ConsentId>>,
+    /// Packed records, indexed by id and by subject.
+    consents: Consents,
     usage: HashMap<(ConsentId, Date), Usage>,
     attestations: HashSet<String>,
     keys: Vec<PublishedKey>,
@@ -120,12 +120,8 @@ struct Inner {
 /// What an erasure or a retention pass removed, to put back if the commit fails.
 struct Removed {
     key: Option<SubjectKeyRecord>,
-    #[expect(
-        clippy::vec_box,
-        reason = "the boxes the consent table holds, put back as they were"
-    )]
-    consents: Vec<Box<Consent>>,
-    by_subject: Vec<(SubjectId, Vec<ConsentId>)>,
+    /// The records the consent table held, put back as they were.
+    consents: Vec<Packed>,
     usage: Vec<((ConsentId, Date), Usage)>,
     attestations: Vec<String>,
 }
@@ -134,8 +130,8 @@ struct Removed {
 enum Undo {
     Holder(HolderId, Option<HolderRecord>),
     Platform(PlatformId),
-    ConsentInserted(ConsentId, SubjectId),
-    ConsentUpdated(Consent),
+    ConsentInserted(ConsentId),
+    ConsentUpdated(Packed),
     Usage((ConsentId, Date), Option<Usage>),
     Attestation(String),
     KeyActivated,
@@ -193,7 +189,7 @@ impl Inner {
         match precondition {
             Precondition::ConsentVersion {
                 consent, version, ..
-            } => self.consents.get(consent).map(|c| c.version) == Some(*version),
+            } => self.consents.version(consent) == Some(*version),
             Precondition::HolderVersion {
                 holder, version, ..
             } => self.holders.get(holder).map(|h| h.version) == Some(*version),
@@ -228,33 +224,6 @@ impl Inner {
         }
     }
 
-    /// Points the ids of a consent at copies the store already holds (ids are shared
-    /// `Arc<str>`s): a platform's or holder's id, the subject's, and the granted accounts that
-    /// the request listed, are then stored once however many consents name them.
-    fn share_ids(&self, consent: &mut Consent) {
-        let request = &mut consent.request;
-        if let Some((id, _)) = self.platforms.get_key_value(&request.platform) {
-            request.platform = id.clone();
-        }
-        if let Some((id, _)) = self.holders.get_key_value(&request.holder) {
-            request.holder = id.clone();
-        }
-        if let Some((id, _)) = self.by_subject.get_key_value(&request.subject) {
-            request.subject = id.clone();
-        }
-        if let Some((id, _)) = self.consents.get_key_value(&request.id) {
-            request.id = id.clone();
-        }
-        let (ConsentState::Authorised { grant } | ConsentState::Revoked { grant, .. }) =
-            &mut consent.state
-        else {
-            return;
-        };
-        if let AccountSelection::Listed(requested) = &request.accounts {
-            grant.accounts.share_from(requested);
-        }
-    }
-
     fn apply(&mut self, change: Change) -> Result<Undo, StoreError> {
         match change {
             Change::InsertHolder { holder, .. } => {
@@ -284,29 +253,24 @@ impl Inner {
                 self.platforms.insert(id.clone(), platform);
                 Ok(Undo::Platform(id))
             }
-            Change::InsertConsent { mut consent, .. } => {
-                self.share_ids(&mut consent);
-                if self.consents.contains_key(consent.id()) {
+            Change::InsertConsent { consent, .. } => {
+                if !self.consents.insert(&consent)? {
                     return Err(duplicate(RecordKind::Consent, consent.id().as_str()));
                 }
-                let id = consent.id().clone();
-                let subject = consent.request.subject.clone();
-                self.by_subject
-                    .entry(subject.clone())
-                    .or_default()
-                    .push(id.clone());
-                self.consents.insert(id.clone(), Box::new(consent));
-                Ok(Undo::ConsentInserted(id, subject))
+                Ok(Undo::ConsentInserted(consent.id().clone()))
             }
-            Change::UpdateConsent { mut consent, .. } => {
-                self.share_ids(&mut consent);
-                let Some(stored) = self.consents.get_mut(consent.id()) else {
+            Change::UpdateConsent { consent, .. } => {
+                let Some(stored) = self.consents.version(consent.id()) else {
                     return Err(missing(RecordKind::Consent, consent.id().as_str()));
                 };
-                if stored.version.checked_add(1) != Some(consent.version) {
+                if stored.checked_add(1) != Some(consent.version) {
                     return Err(StoreError::Conflict);
                 }
-                Ok(Undo::ConsentUpdated(std::mem::replace(stored, consent)))
+                let old = self
+                    .consents
+                    .replace(&consent)?
+                    .ok_or_else(|| missing(RecordKind::Consent, consent.id().as_str()))?;
+                Ok(Undo::ConsentUpdated(old))
             }
             Change::CountUnattendedAccess { consent, day, .. } => {
                 let key = (consent, day);
@@ -377,12 +341,8 @@ impl Inner {
                 used_attestations,
                 ..
             } => {
-                let mut held: Vec<&ConsentId> = self
-                    .by_subject
-                    .get(&subject)
-                    .map(|ids| ids.iter().collect())
-                    .unwrap_or_default();
-                let mut listed: Vec<&ConsentId> = consents.iter().collect();
+                let mut held = self.consents.ids_of_subject(&subject);
+                let mut listed = consents.clone();
                 held.sort();
                 listed.sort();
                 if held != listed {
@@ -394,11 +354,16 @@ impl Inner {
                     attestations,
                     used_attestations: Vec::new(),
                 })?;
-                let mut removed = self.remove_consents(&consents, &used_attestations);
+                let mut removed = match self.remove_consents(&consents, &used_attestations) {
+                    Ok(removed) => removed,
+                    Err(error) => {
+                        if let Some(ledger) = ledger {
+                            self.ledger.undo(ledger);
+                        }
+                        return Err(error);
+                    }
+                };
                 removed.key = self.subject_keys.remove(&subject);
-                if let Some(ids) = self.by_subject.remove(&subject) {
-                    removed.by_subject.push((subject, ids));
-                }
                 let mut undo = vec![Undo::Removed(Box::new(removed))];
                 if let Some(ledger) = ledger {
                     undo.push(Undo::Ledger(ledger));
@@ -410,19 +375,10 @@ impl Inner {
                 used_attestations,
                 ..
             } => {
-                if let Some(absent) = consents.iter().find(|id| !self.consents.contains_key(*id)) {
+                if let Some(absent) = consents.iter().find(|id| !self.consents.contains(id)) {
                     return Err(missing(RecordKind::Consent, absent.as_str()));
                 }
-                let mut removed = self.remove_consents(&consents, &used_attestations);
-                for consent in &removed.consents {
-                    let subject = &consent.request.subject;
-                    if let Some(ids) = self.by_subject.get_mut(subject) {
-                        if !removed.by_subject.iter().any(|(s, _)| s == subject) {
-                            removed.by_subject.push((subject.clone(), ids.clone()));
-                        }
-                        ids.retain(|id| id != consent.id());
-                    }
-                }
+                let removed = self.remove_consents(&consents, &used_attestations)?;
                 Ok(Undo::Removed(Box::new(removed)))
             }
             change @ (Change::RecordAttestation { .. }
@@ -453,14 +409,11 @@ impl Inner {
             Undo::Platform(id) => {
                 self.platforms.remove(&id);
             }
-            Undo::ConsentInserted(id, subject) => {
-                self.consents.remove(&id);
-                if let Some(ids) = self.by_subject.get_mut(&subject) {
-                    ids.retain(|c| c != &id);
-                }
+            Undo::ConsentInserted(id) => {
+                let _ = self.consents.remove(&id);
             }
             Undo::ConsentUpdated(old) => {
-                self.consents.insert(old.id().clone(), Box::new(old));
+                let _ = self.consents.restore(old);
             }
             Undo::Usage(key, Some(old)) => {
                 self.usage.insert(key, old);
@@ -490,10 +443,7 @@ impl Inner {
                     self.subject_keys.insert(key.subject.clone(), key);
                 }
                 for consent in removed.consents {
-                    self.consents.insert(consent.id().clone(), consent);
-                }
-                for (subject, ids) in removed.by_subject {
-                    self.by_subject.insert(subject, ids);
+                    let _ = self.consents.put_back(consent);
                 }
                 self.usage.extend(removed.usage);
                 self.attestations.extend(removed.attestations);
@@ -507,7 +457,11 @@ impl Inner {
     }
 
     /// Removes consents with their usage, and used-attestation ids; what to put back.
-    fn remove_consents(&mut self, consents: &[ConsentId], used: &[String]) -> Removed {
+    fn remove_consents(
+        &mut self,
+        consents: &[ConsentId],
+        used: &[String],
+    ) -> Result<Removed, StoreError> {
         let gone: HashSet<&ConsentId> = consents.iter().collect();
         let usage_keys: Vec<(ConsentId, Date)> = self
             .usage
@@ -515,13 +469,24 @@ impl Inner {
             .filter(|(consent, _)| gone.contains(consent))
             .cloned()
             .collect();
-        Removed {
+        let mut removed = Vec::with_capacity(consents.len());
+        for id in consents {
+            match self.consents.remove(id) {
+                Ok(Some(record)) => removed.push(record),
+                Ok(None) => {}
+                Err(error) => {
+                    // Put back what this call took before failing: the caller's undo log does not
+                    // know of it yet.
+                    for record in removed {
+                        let _ = self.consents.put_back(record);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(Removed {
             key: None,
-            consents: consents
-                .iter()
-                .filter_map(|id| self.consents.remove(id))
-                .collect(),
-            by_subject: Vec::new(),
+            consents: removed,
             usage: usage_keys
                 .into_iter()
                 .filter_map(|key| {
@@ -534,7 +499,7 @@ impl Inner {
                 .filter(|id| self.attestations.remove(*id))
                 .cloned()
                 .collect(),
-        }
+        })
     }
 }
 
@@ -562,20 +527,11 @@ impl StateRead for MemoryStore {
     }
 
     fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
-        Ok(self.read()?.consents.get(id).map(|c| Consent::clone(c)))
+        self.read()?.consents.get(id)
     }
 
     fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
-        let inner = self.read()?;
-        let ids = inner
-            .by_subject
-            .get(subject)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        Ok(ids
-            .iter()
-            .filter_map(|id| inner.consents.get(id).map(|c| Consent::clone(c)))
-            .collect())
+        self.read()?.consents.of_subject(subject)
     }
 
     fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
@@ -612,7 +568,15 @@ impl StateRead for MemoryStore {
         // One read lock for the whole view.
         let inner = self.read()?;
         let platform = inner.platforms.get(platform).cloned();
-        let Some(found) = inner.consents.get(consent) else {
+        // The subject's key is found by the text of the consent's subject, and the consent shares
+        // the store's copy of the subject's id.
+        let mut subject_key = None;
+        let Some(found) = inner.consents.get_sharing(consent, |subject| {
+            let (id, record) = inner.subject_keys.get_key_value(subject)?;
+            subject_key = Some(record.key.clone());
+            Some(id)
+        })?
+        else {
             return Ok(AccessView {
                 platform,
                 ..AccessView::default()
@@ -626,12 +590,9 @@ impl StateRead for MemoryStore {
                 .get(&(consent.clone(), day))
                 .copied()
                 .unwrap_or_default(),
-            subject_key: inner
-                .subject_keys
-                .get(&request.subject)
-                .map(|record| record.key.clone()),
+            subject_key,
             platform,
-            consent: Some(Consent::clone(found)),
+            consent: Some(found),
         })
     }
 
@@ -640,23 +601,10 @@ impl StateRead for MemoryStore {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Consent>, StoreError> {
-        let inner = self.read()?;
-        let mut ended: Vec<&Consent> = inner
-            .consents
-            .values()
-            .map(|consent| &**consent)
-            .filter(|consent| consent.ends_at() < before)
-            .collect();
-        ended.sort_by(|a, b| {
-            a.ends_at()
-                .cmp(&b.ends_at())
-                .then_with(|| a.id().cmp(b.id()))
-        });
-        Ok(ended
-            .into_iter()
-            .take(usize::try_from(limit).unwrap_or(usize::MAX))
-            .cloned()
-            .collect())
+        let mut ended = self.read()?.consents.ended_before(before)?;
+        ended.sort_by(|(a_end, a), (b_end, b)| a_end.cmp(b_end).then_with(|| a.id().cmp(b.id())));
+        ended.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(ended.into_iter().map(|(_, consent)| consent).collect())
     }
 }
 
