@@ -410,10 +410,10 @@ impl Inner {
                 self.platforms.remove(&id);
             }
             Undo::ConsentInserted(id) => {
-                let _ = self.consents.remove(&id);
+                undone(self.consents.remove(&id).map(drop));
             }
             Undo::ConsentUpdated(old) => {
-                let _ = self.consents.restore(old);
+                undone(self.consents.restore(old));
             }
             Undo::Usage(key, Some(old)) => {
                 self.usage.insert(key, old);
@@ -443,7 +443,7 @@ impl Inner {
                     self.subject_keys.insert(key.subject.clone(), key);
                 }
                 for consent in removed.consents {
-                    let _ = self.consents.put_back(consent);
+                    undone(self.consents.put_back(consent));
                 }
                 self.usage.extend(removed.usage);
                 self.attestations.extend(removed.attestations);
@@ -478,7 +478,7 @@ impl Inner {
                     // Put back what this call took before failing: the caller's undo log does not
                     // know of it yet.
                     for record in removed {
-                        let _ = self.consents.put_back(record);
+                        undone(self.consents.put_back(record));
                     }
                     return Err(error);
                 }
@@ -501,6 +501,15 @@ impl Inner {
                 .collect(),
         })
     }
+}
+
+/// An undo of the consent table, which fails only if the table was already damaged (a bug):
+/// then the store answers `Corrupt` on the records concerned, and a debug build stops here.
+fn undone(result: Result<(), StoreError>) {
+    debug_assert!(
+        result.is_ok(),
+        "undoing a consent change failed: {result:?}"
+    );
 }
 
 fn duplicate(kind: RecordKind, id: &str) -> StoreError {
@@ -601,10 +610,9 @@ impl StateRead for MemoryStore {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Consent>, StoreError> {
-        let mut ended = self.read()?.consents.ended_before(before)?;
-        ended.sort_by(|(a_end, a), (b_end, b)| a_end.cmp(b_end).then_with(|| a.id().cmp(b.id())));
-        ended.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        Ok(ended.into_iter().map(|(_, consent)| consent).collect())
+        self.read()?
+            .consents
+            .ended_before(before, usize::try_from(limit).unwrap_or(usize::MAX))
     }
 }
 

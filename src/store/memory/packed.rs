@@ -112,7 +112,9 @@ fn full() -> StoreError {
 }
 
 fn damaged() -> StoreError {
-    StoreError::Corrupt("a packed consent record in the memory store does not decode".into())
+    StoreError::Corrupt(
+        "the memory store's consent table is damaged (a record or an index does not agree)".into(),
+    )
 }
 
 impl Consents {
@@ -196,19 +198,6 @@ impl Consents {
         found
     }
 
-    /// The last record of a subject's thread.
-    fn tail(&self, subject: &str) -> Option<u32> {
-        let mut at = self.find_subject(subject)?;
-        // Bounded as in `thread`.
-        for _ in 0..self.slab.len() {
-            match self.record(at).map(|record| record.next) {
-                Some(next) if next != NONE => at = next,
-                _ => break,
-            }
-        }
-        Some(at)
-    }
-
     /// Every consent of a subject, oldest first.
     pub(super) fn of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
         let mut records: Vec<&Packed> = self
@@ -232,17 +221,27 @@ impl Consents {
             .collect()
     }
 
-    /// The consents that ended before `before`, with when they ended, in no particular order
-    /// (only those are decoded).
+    /// At most `limit` of the consents that ended before `before`, those that ended first (then
+    /// by id); only those are decoded.
     pub(super) fn ended_before(
         &self,
         before: OffsetDateTime,
-    ) -> Result<Vec<(OffsetDateTime, Consent)>, StoreError> {
-        self.slab
+        limit: usize,
+    ) -> Result<Vec<Consent>, StoreError> {
+        let mut ended: Vec<(OffsetDateTime, &str, &Packed)> = self
+            .slab
             .iter()
             .flatten()
-            .filter_map(|record| (record.at < before).then_some((record.at, record)))
-            .map(|(ends, record)| Ok((ends, self.decode(record, None)?)))
+            .filter(|record| record.at < before)
+            .map(|record| Ok((record.at, record.id_text().ok_or_else(damaged)?, record)))
+            .collect::<Result<_, StoreError>>()?;
+        ended.sort_unstable_by(|(a_end, a_id, _), (b_end, b_id, _)| {
+            a_end.cmp(b_end).then_with(|| a_id.cmp(b_id))
+        });
+        ended.truncate(limit);
+        ended
+            .into_iter()
+            .map(|(_, _, record)| self.decode(record, None))
             .collect()
     }
 
@@ -261,13 +260,10 @@ impl Consents {
         Ok(true)
     }
 
-    /// Places a record (its position kept) in a free slot, indexed, at the end of its subject's
+    /// Places a record (its position kept) in a free slot, indexed, first in its subject's
     /// thread.
-    fn place(&mut self, mut record: Packed) -> Result<(), StoreError> {
-        record.next = NONE;
+    fn place(&mut self, record: Packed) -> Result<(), StoreError> {
         let id_hash = self.hasher.hash_one(record.id_text().ok_or_else(damaged)?);
-        let subject = record.subject_text().ok_or_else(damaged)?.to_owned();
-        let tail = self.tail(&subject);
         let at = match self.free.pop() {
             Some(at) => {
                 *self.slab.get_mut(at as usize).ok_or_else(damaged)? = Some(record);
@@ -286,15 +282,67 @@ impl Consents {
         self.by_id.insert_unique(id_hash, at, |&at| {
             slot_hash(hasher, slab, at, Packed::id_text)
         });
-        match tail {
-            Some(tail) => self.record_mut(tail).ok_or_else(damaged)?.next = at,
+        self.link(at)
+    }
+
+    /// Links the record at `at` first in its subject's thread (in constant time: a subject may
+    /// have any number of consents).
+    fn link(&mut self, at: u32) -> Result<(), StoreError> {
+        let subject = self
+            .record(at)
+            .and_then(Packed::subject_text)
+            .ok_or_else(damaged)?;
+        let hash = self.hasher.hash_one(subject);
+        let head = self.find_subject(subject);
+        let record = self.record_mut(at).ok_or_else(damaged)?;
+        record.previous = NONE;
+        record.next = head.unwrap_or(NONE);
+        match head {
+            Some(head) => {
+                self.record_mut(head).ok_or_else(damaged)?.previous = at;
+                let entry = self
+                    .by_subject
+                    .find_mut(hash, |&found| found == head)
+                    .ok_or_else(damaged)?;
+                *entry = at;
+            }
             None => {
-                let hash = hasher.hash_one(subject.as_str());
+                let (slab, hasher) = (&self.slab, &self.hasher);
                 self.by_subject.insert_unique(hash, at, |&at| {
                     slot_hash(hasher, slab, at, Packed::subject_text)
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Unlinks the record at `at` from its subject's thread (in constant time).
+    fn unlink(&mut self, at: u32) -> Result<(), StoreError> {
+        let record = self.record(at).ok_or_else(damaged)?;
+        let (previous, next) = (record.previous, record.next);
+        if previous == NONE {
+            // The first: the subject's index points at the next one, or forgets the subject.
+            let hash = self
+                .hasher
+                .hash_one(record.subject_text().ok_or_else(damaged)?);
+            let head = self
+                .by_subject
+                .find_entry(hash, |&found| found == at)
+                .map_err(|_| damaged())?;
+            if next == NONE {
+                head.remove();
+            } else {
+                *head.into_mut() = next;
+            }
+        } else {
+            self.record_mut(previous).ok_or_else(damaged)?.next = next;
+        }
+        if next != NONE {
+            self.record_mut(next).ok_or_else(damaged)?.previous = previous;
+        }
+        let record = self.record_mut(at).ok_or_else(damaged)?;
+        record.previous = NONE;
+        record.next = NONE;
         Ok(())
     }
 
@@ -319,11 +367,22 @@ impl Consents {
         self.put(at, old).map(drop)
     }
 
-    /// Writes `record` at `at` in place of the record there, keeping that one's thread link.
+    /// Writes `record` (the same consent id) at `at` in place of the record there; the one it
+    /// replaced. The thread links stay, unless the subject differs: then it moves to its
+    /// subject's thread.
     fn put(&mut self, at: u32, mut record: Packed) -> Result<Packed, StoreError> {
+        let slot = self.record(at).ok_or_else(damaged)?;
+        if slot.subject_text() == record.subject_text() {
+            record.previous = slot.previous;
+            record.next = slot.next;
+            let slot = self.record_mut(at).ok_or_else(damaged)?;
+            return Ok(std::mem::replace(slot, record));
+        }
+        self.unlink(at)?;
         let slot = self.record_mut(at).ok_or_else(damaged)?;
-        record.next = slot.next;
-        Ok(std::mem::replace(slot, record))
+        let old = std::mem::replace(slot, record);
+        self.link(at)?;
+        Ok(old)
     }
 
     /// Removes a consent; its record, to [`Consents::put_back`] if the commit fails.
@@ -331,28 +390,7 @@ impl Consents {
         let Some(at) = self.find(id.as_str()) else {
             return Ok(None);
         };
-        let record = self.record(at).ok_or_else(damaged)?;
-        let subject = record.subject_text().ok_or_else(damaged)?.to_owned();
-        let next = record.next;
-        // Unlink it from its subject's thread.
-        let thread = self.thread(&subject);
-        match thread.iter().position(|&found| found == at) {
-            Some(0) => {
-                let hash = self.hasher.hash_one(subject.as_str());
-                if let Ok(head) = self.by_subject.find_entry(hash, |&found| found == at) {
-                    if next == NONE {
-                        head.remove();
-                    } else {
-                        *head.into_mut() = next;
-                    }
-                }
-            }
-            Some(i) => {
-                let before = thread.get(i.wrapping_sub(1)).copied().ok_or_else(damaged)?;
-                self.record_mut(before).ok_or_else(damaged)?.next = next;
-            }
-            None => return Err(damaged()),
-        }
+        self.unlink(at)?;
         let hash = self.hasher.hash_one(id.as_str());
         if let Ok(entry) = self.by_id.find_entry(hash, |&found| found == at) {
             entry.remove();
@@ -429,6 +467,7 @@ impl Consents {
             authorised_at: grant.map_or(OffsetDateTime::UNIX_EPOCH, |grant| grant.authorised_at),
             expires_at: grant.map_or(OffsetDateTime::UNIX_EPOCH, |grant| grant.expires_at),
             duration: request.duration,
+            previous: NONE,
             next: NONE,
             platform,
             holder,
@@ -586,7 +625,8 @@ pub(super) struct Packed {
     authorised_at: OffsetDateTime,
     expires_at: OffsetDateTime,
     duration: Duration,
-    /// The next record of the same subject.
+    /// The previous and the next record of the same subject (`NONE`: none).
+    previous: u32,
     next: u32,
     platform: u32,
     holder: u32,
@@ -828,19 +868,23 @@ mod tests {
             assert_eq!(ids, want);
         }
         let cut = datetime!(2026-11-30 10:00:00 UTC) + Duration::days(1);
-        let mut ended: Vec<ConsentId> = table
-            .ended_before(cut)
+        let ended: Vec<ConsentId> = table
+            .ended_before(cut, usize::MAX)
             .unwrap()
-            .into_iter()
-            .map(|(_, c)| c.id().clone())
+            .iter()
+            .map(|c| c.id().clone())
             .collect();
-        ended.sort();
-        let want: Vec<ConsentId> = model
+        let mut want: Vec<(time::OffsetDateTime, ConsentId)> = model
             .values()
             .filter(|(_, c)| c.ends_at() < cut)
-            .map(|(_, c)| c.id().clone())
+            .map(|(_, c)| (c.ends_at(), c.id().clone()))
             .collect();
-        assert_eq!(ended, want);
+        want.sort();
+        let want: Vec<ConsentId> = want.into_iter().map(|(_, id)| id).collect();
+        assert_eq!(ended, want, "those that ended first, then by id");
+        let first = table.ended_before(cut, 2).unwrap();
+        assert_eq!(first.len(), want.len().min(2));
+        assert!(first.iter().map(Consent::id).eq(want.iter().take(2)));
     }
 
     #[derive(Debug, Clone)]
@@ -851,9 +895,11 @@ mod tests {
             state: u8,
             accounts: u8,
         },
+        /// An update; a consent's subject never changes, but the table copes if it does.
         Replace {
             pick: usize,
             state: u8,
+            subject: Option<u32>,
         },
         Remove {
             pick: usize,
@@ -872,7 +918,8 @@ mod tests {
         prop_oneof![
             4 => (0..40u32, 0..5u32, any::<u8>(), 0..4u8)
                 .prop_map(|(n, subject, state, accounts)| Op::Insert { n, subject, state, accounts }),
-            2 => (any::<usize>(), any::<u8>()).prop_map(|(pick, state)| Op::Replace { pick, state }),
+            2 => (any::<usize>(), any::<u8>(), proptest::option::weighted(0.2, 0..5u32))
+                .prop_map(|(pick, state, subject)| Op::Replace { pick, state, subject }),
             2 => any::<usize>().prop_map(|pick| Op::Remove { pick }),
             1 => proptest::collection::vec(any::<usize>(), 1..4)
                 .prop_map(|picks| Op::RemoveAndPutBack { picks }),
@@ -905,12 +952,15 @@ mod tests {
                             next_position += 1;
                         }
                     }
-                    Op::Replace { pick, state } => {
+                    Op::Replace { pick, state, subject } => {
                         if let Some(old) = picked(&model, pick) {
                             let mut new = consent(
                                 u32::try_from(old.version / 3).unwrap(), 9, state, 2, 1);
                             new.request.id = old.id().clone();
-                            new.request.subject = old.request.subject.clone();
+                            new.request.subject = match subject {
+                                Some(subject) => id(&format!("subject-{subject}")),
+                                None => old.request.subject.clone(),
+                            };
                             new.version = old.version + 1;
                             prop_assert!(table.replace(&new).unwrap().is_some());
                             model.get_mut(old.id().as_str()).unwrap().1 = new;
@@ -941,6 +991,9 @@ mod tests {
                             let mut new = old.clone();
                             new.version += 1;
                             new.state = ConsentState::Rejected { at: old.request.requested_at };
+                            if pick % 2 == 0 {
+                                new.request.subject = id("subject-moved");
+                            }
                             let before = table.replace(&new).unwrap().unwrap();
                             table.restore(before).unwrap();
                         }
