@@ -44,10 +44,29 @@ fn bench(c: &mut Criterion) {
             group.bench_function("sqlite/authorise_access_permit_8_callers", |b| {
                 b.iter_custom(|iterations| concurrently(&brokers, 8, &s.access, iterations))
             });
+            // The same with every decision reading its view afresh (the broker keeps none): the
+            // baseline of the kept views, which the rows above use (one consent asked about
+            // again and again is the case they serve).
+            let fresh = fresh_reads(&s);
+            let brokers = [&fresh];
+            group.bench_function(
+                "sqlite/authorise_access_permit_8_callers_fresh_reads",
+                |b| b.iter_custom(|iterations| concurrently(&brokers, 8, &s.access, iterations)),
+            );
         }
     }
     postgres(&mut group);
     group.finish();
+}
+
+/// Another broker on `s`'s store, the same in every way but keeping no access views.
+fn fresh_reads<S: Store + Clone>(s: &support::Setup<S>) -> Broker<S> {
+    Broker::builder("broker".parse().unwrap(), s.store.clone())
+        .clock(s.clock.clone())
+        .keys(support::keys())
+        .access_view_cache(false)
+        .build()
+        .unwrap()
 }
 
 /// Runs `iterations` decisions spread over `callers` threads taking turns over `brokers`, and
@@ -90,16 +109,20 @@ fn postgres(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::Wa
         b.iter(|| s.broker.authorise_access(black_box(&s.access)).unwrap())
     });
     const BROKERS: usize = 4;
-    let brokers: Vec<_> = (0..BROKERS)
-        .map(|_| {
-            Broker::builder("broker".parse().unwrap(), open())
-                .clock(s.clock.clone())
-                .keys(support::keys())
-                .build()
-                .unwrap()
-        })
-        .collect();
-    let brokers: Vec<_> = brokers.iter().collect();
+    let brokers_keeping = |keep: bool| -> Vec<_> {
+        (0..BROKERS)
+            .map(|_| {
+                Broker::builder("broker".parse().unwrap(), open())
+                    .clock(s.clock.clone())
+                    .keys(support::keys())
+                    .access_view_cache(keep)
+                    .build()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (keeping, fresh) = (brokers_keeping(true), brokers_keeping(false));
+    let brokers: Vec<_> = keeping.iter().collect();
     group.bench_function("postgres/authorise_access_permit_4_brokers", |b| {
         b.iter_custom(|iterations| concurrently(&brokers, BROKERS, &s.access, iterations))
     });
@@ -113,6 +136,12 @@ fn postgres(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::Wa
             |b| b.iter_custom(|iterations| concurrently(&brokers, callers, &s.access, iterations)),
         );
     }
+    // The baseline of the kept views: every decision reads its view (two round trips).
+    let fresh: Vec<_> = fresh.iter().collect();
+    group.bench_function(
+        "postgres/authorise_access_permit_4_brokers_32_callers_fresh_reads",
+        |b| b.iter_custom(|iterations| concurrently(&fresh, 32, &s.access, iterations)),
+    );
 }
 
 #[cfg(not(feature = "postgres"))]

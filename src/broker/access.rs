@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::holder::VerifiedAccess;
 use crate::ids::{AccountId, ConsentId, HolderId, PlatformId, Pseudonym, SubjectId};
 use crate::policy::{AccessRequest, Decision, DenyReason, Presence};
-use crate::store::Store;
+use crate::store::{AccessView, Store, StoreError};
 use crate::vocab::{Purpose, RequestedPurpose, RequestedScope, Scope};
 
 /// Proof that the broker permitted one access and recorded it.
@@ -164,8 +164,8 @@ impl<S: Store> Broker<S> {
         tracing::instrument(name = "broker.authorise_access", level = "debug", skip_all)
     )]
     pub fn authorise_access(&self, request: &AccessRequest) -> Result<AccessOutcome, Error> {
-        self.retrying(|| {
-            let (commit, decision, permit) = self.plan(request)?.into_commit();
+        self.deciding(request, |plan| {
+            let (commit, decision, permit) = plan.into_commit();
             let seq = self.commit(commit)?.audit_seqs.start;
             Ok(match (permit, decision) {
                 (Some(mut permit), _) => {
@@ -178,6 +178,46 @@ impl<S: Store> Broker<S> {
                 }),
             })
         })
+    }
+
+    /// Plans an access and records it with `record`, re-deciding while a concurrent writer
+    /// invalidates what it read. A plan made from a kept view (see
+    /// [`BrokerBuilder::access_view_cache`](crate::BrokerBuilder::access_view_cache)) whose
+    /// commit is refused is made again at once from a fresh read, and the view is dropped.
+    pub(super) fn deciding<T>(
+        &self,
+        request: &AccessRequest,
+        mut record: impl FnMut(AccessPlan) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut kept_ok = true;
+        self.retrying(|| {
+            let (plan, kept) = self.plan(request, kept_ok)?;
+            let counts = plan.counts_unattended();
+            let mut recorded = record(plan);
+            if kept && matches!(recorded, Err(Error::Store(StoreError::Conflict))) {
+                self.views.forget(&request.consent);
+                kept_ok = false;
+                let (plan, _) = self.plan(request, false)?;
+                let counts = plan.counts_unattended();
+                recorded = record(plan);
+                self.note_counted(request, counts, &recorded);
+                return recorded;
+            }
+            self.note_counted(request, counts, &recorded);
+            recorded
+        })
+    }
+
+    /// After a permit for an unattended access is recorded, the kept view's count follows.
+    fn note_counted<T>(
+        &self,
+        request: &AccessRequest,
+        counts: Option<time::Date>,
+        recorded: &Result<T, Error>,
+    ) {
+        if let (Some(day), Ok(_)) = (counts, recorded) {
+            self.views.counted(&request.consent, day);
+        }
     }
 
     /// The access a permit stands for, for a bank that runs in the same process as this broker
@@ -202,17 +242,49 @@ impl<S: Store> Broker<S> {
         Ok(VerifiedAccess::from_permit(permit))
     }
 
-    /// Reads what the access needs and plans it (nothing is written).
-    pub(super) fn plan(&self, request: &AccessRequest) -> Result<AccessPlan, Error> {
+    /// Reads what the access needs and plans it (nothing is written); whether the plan was made
+    /// from a kept view (only a permit is: a denial from a kept view is planned again from a
+    /// fresh read). `kept_ok`: whether a kept view may be used.
+    pub(super) fn plan(
+        &self,
+        request: &AccessRequest,
+        kept_ok: bool,
+    ) -> Result<(AccessPlan, bool), Error> {
         let now = self.now();
+        if kept_ok && let Some(view) = self.kept_view(request, now) {
+            let inputs = self.inputs_from(view, now)?;
+            let plan = plan_access(
+                request,
+                Some(&inputs),
+                now,
+                self.settings.permit_lifetime,
+                self.instance,
+            );
+            if plan.permit.is_some() {
+                return Ok((plan, true));
+            }
+        }
         let inputs = self.read_for(request, now)?;
-        Ok(plan_access(
+        let plan = plan_access(
             request,
             inputs.as_ref(),
             now,
             self.settings.permit_lifetime,
             self.instance,
-        ))
+        );
+        Ok((plan, false))
+    }
+
+    /// The view kept for this request, if any (never for a prohibited use: nothing is read).
+    fn kept_view(&self, request: &AccessRequest, now: OffsetDateTime) -> Option<AccessView> {
+        if !self.views.is_on()
+            || matches!(request.scope, RequestedScope::Prohibited(_))
+            || matches!(request.purpose, RequestedPurpose::Prohibited(_))
+        {
+            return None;
+        }
+        self.views
+            .get(&request.consent, &request.platform, now.date(), now)
     }
 
     /// Everything an access decision reads, or nothing when it names a prohibited use.
@@ -231,6 +303,14 @@ impl<S: Store> Broker<S> {
         let view = self
             .store
             .access_view(&request.consent, &request.platform, day)?;
+        self.views
+            .keep(&request.consent, &request.platform, day, now, &view);
+        self.inputs_from(view, now).map(Some)
+    }
+
+    /// The inputs of a decision, from a view of the store.
+    fn inputs_from(&self, view: AccessView, now: OffsetDateTime) -> Result<AccessInputs, Error> {
+        let day = now.date();
         let (consent, platform) = (view.consent, view.platform);
         let (holder, usage, key) = match &consent {
             Some(consent) => (
@@ -250,14 +330,14 @@ impl<S: Store> Broker<S> {
             ),
             None => (None, Default::default(), None),
         };
-        Ok(Some(AccessInputs {
+        Ok(AccessInputs {
             consent,
             platform,
             holder,
             usage,
             day,
             key,
-        }))
+        })
     }
 }
 

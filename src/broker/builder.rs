@@ -118,6 +118,7 @@ impl<S: Store> Broker<S> {
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
                 token_lifetime: DEFAULT_TOKEN_LIFETIME,
                 permit_lifetime: DEFAULT_PERMIT_LIFETIME,
+                access_view_cache: None,
                 sender_keys: Default::default(),
             },
             store,
@@ -159,6 +160,23 @@ impl<S, K> BrokerBuilder<S, K> {
     /// positive closes every request at once.
     pub fn approval_window(mut self, window: Duration) -> Self {
         self.settings.approval_window = window;
+        self
+    }
+
+    /// Whether the checked call keeps what it read about a consent for the next decision on it
+    /// (default: as the store's [`StateRead::keep_access_views`](crate::StateRead::keep_access_views)
+    /// says, which is on for SQLite and PostgreSQL and off in memory).
+    ///
+    /// A decision on a consent asked about again is then made from the view read last time (for
+    /// at most a minute), and its commit is the only call to the store: one round trip to
+    /// PostgreSQL instead of two. No permit rests on a kept view alone: its commit re-checks the
+    /// consent's and the holder's versions, the subject's key and the day's unattended count,
+    /// and if any changed, the decision is made again at once from a fresh read. A denial is
+    /// always decided from a fresh read. A kept view holds the subject's key: an erasure through
+    /// this broker drops every kept view; one through another broker is caught by the commit's
+    /// check of the key, and the view is gone from memory within the minute.
+    pub fn access_view_cache(mut self, keep: bool) -> Self {
+        self.settings.access_view_cache = Some(keep);
         self
     }
 
@@ -237,12 +255,16 @@ impl<S: Store> BrokerBuilder<S, BrokerKeys> {
             return Err(Error::SameKeyForTwoUses);
         }
         let checkpoints = NoteSigner::new(settings.id.as_str(), checkpoint.to_pkcs8_der())?;
+        let keep_views = settings
+            .access_view_cache
+            .unwrap_or_else(|| self.store.keep_access_views());
         let broker = Broker {
             settings,
             store: self.store,
             instance: super::next_instance(),
             token_key: RwLock::new(token),
             pseudonyms: crate::privacy::PseudonymCache::default(),
+            views: super::views::ViewCache::new(keep_views),
             feeds: std::sync::Mutex::default(),
             checkpoints: RwLock::new(super::Checkpointer {
                 signer: checkpoints,

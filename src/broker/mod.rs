@@ -24,6 +24,7 @@ mod plan;
 mod privacy;
 mod registration;
 mod tokens;
+mod views;
 
 pub use access::{AccessOutcome, Denial, Permit};
 pub use builder::{BrokerBuilder, BrokerKeys, NeedsKeys};
@@ -65,6 +66,8 @@ struct Settings {
     max_attempts: u32,
     token_lifetime: Duration,
     permit_lifetime: Duration,
+    /// Whether access views are kept between decisions (`None`: as the store says).
+    access_view_cache: Option<bool>,
     /// Per platform, the thumbprint of the key its tokens are bound to (RFC 9449 `cnf.jkt`).
     sender_keys: std::collections::HashMap<crate::ids::PlatformId, String>,
 }
@@ -89,6 +92,8 @@ pub struct Broker<S> {
     checkpoints: RwLock<Checkpointer>,
     /// Pseudonyms computed for the checked call, per subject and key.
     pseudonyms: crate::privacy::PseudonymCache,
+    /// Access views kept between decisions (see [`BrokerBuilder::access_view_cache`]).
+    views: views::ViewCache,
     /// The platform-side revocations found in the log so far, by holder: a feed scans only what
     /// was appended since the last one.
     feeds: std::sync::Mutex<feed::FeedIndex>,

@@ -63,6 +63,15 @@ impl AccessPlan {
         }
         (commit, self.decision, self.permit)
     }
+
+    /// The day whose unattended count this plan's commit raises (a permit for an unattended
+    /// access), if any.
+    pub(super) fn counts_unattended(&self) -> Option<time::Date> {
+        self.changes.iter().find_map(|change| match change {
+            Change::CountUnattendedAccess { day, .. } => Some(*day),
+            _ => None,
+        })
+    }
 }
 
 /// Plans one access decision. `inputs` is `None` when the request names a prohibited purpose or

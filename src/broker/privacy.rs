@@ -173,6 +173,7 @@ impl<S: Store> Broker<S> {
             return Ok(None);
         };
         self.pseudonyms.forget(subject);
+        self.views.clear();
         // The erasure is committed: a purge that fails now is reported as not done (retry it
         // with `Broker::purge`), not as an erasure that failed.
         erasure.purged = self.store.purge().unwrap_or(false);

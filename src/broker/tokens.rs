@@ -193,8 +193,8 @@ impl<S: Store> Broker<S> {
         tracing::instrument(name = "broker.authorise_with_token", level = "debug", skip_all)
     )]
     pub fn authorise_with_token(&self, request: &AccessRequest) -> Result<TokenOutcome, Error> {
-        self.retrying(|| {
-            let (mut commit, decision, permit) = self.plan(request)?.into_commit();
+        self.deciding(request, |plan| {
+            let (mut commit, decision, permit) = plan.into_commit();
             let Some(permit) = permit else {
                 let seq = self.commit(commit)?.audit_seqs.start;
                 return Ok(TokenOutcome::Denied(Denial {

@@ -313,6 +313,14 @@ pub trait StateRead: Send + Sync {
             consent: Some(found),
         })
     }
+
+    /// Whether a broker should keep the access views it reads between decisions (see
+    /// [`BrokerBuilder::access_view_cache`](crate::BrokerBuilder::access_view_cache)): `true`
+    /// where reading one costs a round trip or a transaction (the SQL stores), `false` (the
+    /// default) where it costs a lookup (the in-memory store).
+    fn keep_access_views(&self) -> bool {
+        false
+    }
 }
 
 /// Everything the checked call reads, from one consistent view of the store (see
@@ -460,6 +468,9 @@ macro_rules! forward_state_read {
             day: Date,
         ) -> Result<AccessView, StoreError> {
             $target(self).access_view(consent, platform, day)
+        }
+        fn keep_access_views(&self) -> bool {
+            $target(self).keep_access_views()
         }
     };
 }

@@ -29,7 +29,14 @@ fn world() -> World {
 fn world_with(settings: GateSettings) -> World {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("platform.sqlite");
-    let kit = TestBroker::sqlite(&db);
+    // The platform's broker reads its database on every decision, so that what the platform
+    // writes into its rows reaches the tokens at once (a broker keeping views would act on the
+    // edits within a minute: the gate must refuse them either way).
+    let kit = TestBroker::configured(
+        SqliteStore::open(&db).unwrap(),
+        HolderPolicy::default(),
+        |builder| builder.access_view_cache(false),
+    );
     let bank = TestBank::with_settings(&kit, MemoryStore::new(), settings);
     World {
         kit,

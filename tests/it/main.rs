@@ -60,6 +60,7 @@ mod postgres;
 mod postgres_group;
 mod racing;
 mod sqlite_files;
+mod view_cache;
 
 // Reliability: model-based, concurrency, faults, hostile input, fuzz corpora.
 mod faults;

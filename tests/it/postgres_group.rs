@@ -528,3 +528,53 @@ fn look_alike_operators_in_public_do_not_change_the_log() {
     let entries = checked_log(&*store);
     assert!(decisions(&entries) >= 20);
 }
+
+/// Two brokers on their own connections to one database, the first keeping access views (the
+/// default on PostgreSQL): what the second does (a revocation, the day's unattended slots) is
+/// never missed by the first, which decides a consent asked about again in one round trip.
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn a_broker_keeping_views_misses_nothing_another_broker_does() {
+    let schema = unique_name("views");
+    let open = || Arc::new(PostgresStore::open_with(&database_url(), options(&schema)).unwrap());
+    let first = open();
+    let fx = Fixture::sharing(Arc::clone(&first), |builder| builder);
+    let second = Broker::builder(fx.broker.id().clone(), open())
+        .clock(fx.clock.clone())
+        .keys(keys())
+        .build()
+        .unwrap();
+    let granted = fx.granted().id().clone();
+    // The day's unattended slots, taken in turn by both.
+    let access = unattended(fx.access(&granted));
+    let mut permitted = 0;
+    for round in 0..10 {
+        let broker = if round % 2 == 0 { &fx.broker } else { &second };
+        if broker.authorise_access(&access).unwrap().decision() == Decision::Permit {
+            permitted += 1;
+        }
+    }
+    assert_eq!(permitted, DEFAULT_UNATTENDED_DAILY_LIMIT);
+    // A present access, kept by the first; the second revokes; the first denies.
+    let present = fx.access(&granted);
+    assert_eq!(fx.decide(&present), Decision::Permit);
+    assert_eq!(fx.decide(&present), Decision::Permit);
+    second
+        .revoke(
+            &granted,
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
+    assert_ne!(fx.decide(&present), Decision::Permit);
+    let entries = checked_log(&*first);
+    usage_agrees(&*first, &entries);
+    let permits = entries
+        .iter()
+        .filter(|e| e.kind() == AuditKind::AccessPermitted)
+        .count();
+    assert_eq!(
+        permits,
+        usize::try_from(DEFAULT_UNATTENDED_DAILY_LIMIT).unwrap() + 2
+    );
+}

@@ -920,6 +920,10 @@ impl StateRead for SqliteStore {
     ) -> Result<AccessView, StoreError> {
         self.read(|db| read::access_view(db, consent, platform, day))
     }
+
+    fn keep_access_views(&self) -> bool {
+        true
+    }
 }
 
 impl LedgerRead for SqliteStore {

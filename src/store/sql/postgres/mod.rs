@@ -923,6 +923,10 @@ impl StateRead for PostgresStore {
         answered(&answer)
     }
 
+    fn keep_access_views(&self) -> bool {
+        true
+    }
+
     fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
         let id = id.clone();
         self.read(move |db| read::holder(db, &id))
