@@ -193,9 +193,15 @@ impl<S: Store> Broker<S> {
         self.retrying(|| {
             let (plan, kept) = self.plan(request, kept_ok)?;
             let counts = plan.counts_unattended();
+            let subject = plan.permit.as_ref().map(|permit| permit.subject.clone());
             let mut recorded = record(plan);
             if kept && matches!(recorded, Err(Error::Store(StoreError::Conflict))) {
+                // The view is stale (the subject's key among what may have changed: its
+                // pseudonyms go too).
                 self.views.forget(&request.consent);
+                if let Some(subject) = &subject {
+                    self.pseudonyms.forget(subject);
+                }
                 kept_ok = false;
                 let (plan, _) = self.plan(request, false)?;
                 let counts = plan.counts_unattended();
@@ -299,12 +305,13 @@ impl<S: Store> Broker<S> {
             return Ok(None);
         }
         let day = now.date();
+        let epoch = self.views.epoch();
         // One read of everything the decision needs (one transaction on SQLite).
         let view = self
             .store
             .access_view(&request.consent, &request.platform, day)?;
         self.views
-            .keep(&request.consent, &request.platform, day, now, &view);
+            .keep(&request.consent, &request.platform, day, now, &view, epoch);
         self.inputs_from(view, now).map(Some)
     }
 

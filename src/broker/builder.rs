@@ -174,13 +174,19 @@ impl<S, K> BrokerBuilder<S, K> {
     /// and if any changed, the decision is made again at once from a fresh read. A denial is
     /// always decided from a fresh read. A kept view holds the subject's key: an erasure through
     /// this broker drops every kept view; one through another broker is caught by the commit's
-    /// check of the key, and the view is gone from memory within the minute.
+    /// check of the key (which drops the view), and a view leaves memory within two minutes of
+    /// being read while the broker reads views (an idle broker drops them at its next read).
+    /// Versions are what catch a change: a row edited behind the brokers' backs with its
+    /// version unchanged reaches decisions within the minute (the bank's gate decides from its
+    /// own records either way).
     pub fn access_view_cache(mut self, keep: bool) -> Self {
         self.settings.access_view_cache = Some(keep);
         self
     }
 
-    /// How many times a call re-decides under concurrent updates (at least 1).
+    /// How many times a call re-decides under concurrent updates (at least 1). A decision made
+    /// from a kept access view whose commit is refused is made once more at once from a fresh
+    /// read, within the same attempt.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.settings.max_attempts = attempts.max(1);
         self

@@ -322,6 +322,9 @@ impl<S: Store> Broker<S> {
             })
         })?;
         let mut retention = retention;
+        for consent in &retention.consents {
+            self.views.forget(consent);
+        }
         if retention.audit_seq.is_some() {
             retention.purged = self.store.purge().unwrap_or(false);
         }

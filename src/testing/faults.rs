@@ -252,6 +252,9 @@ fn injected(what: &str) -> StoreError {
 }
 
 impl<S: Store> StateRead for FaultStore<S> {
+    fn keep_access_views(&self) -> bool {
+        self.inner.keep_access_views()
+    }
     fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
         self.read("holder")?;
         self.inner.holder(id)
