@@ -189,11 +189,16 @@ impl<S: Store> Broker<S> {
         request: &AccessRequest,
         mut record: impl FnMut(AccessPlan) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        if !self.views.is_on() {
+            return self.retrying(|| record(self.plan(request, false)?.0));
+        }
         let mut kept_ok = true;
         self.retrying(|| {
             let (plan, kept) = self.plan(request, kept_ok)?;
             let counts = plan.counts_unattended();
-            let subject = plan.permit.as_ref().map(|permit| permit.subject.clone());
+            let subject = kept
+                .then(|| plan.permit.as_ref().map(|permit| permit.subject.clone()))
+                .flatten();
             let mut recorded = record(plan);
             if kept && matches!(recorded, Err(Error::Store(StoreError::Conflict))) {
                 // The view is stale (the subject's key among what may have changed: its
@@ -316,6 +321,7 @@ impl<S: Store> Broker<S> {
     }
 
     /// The inputs of a decision, from a view of the store.
+    #[inline]
     fn inputs_from(&self, view: AccessView, now: OffsetDateTime) -> Result<AccessInputs, Error> {
         let day = now.date();
         let (consent, platform) = (view.consent, view.platform);
