@@ -195,40 +195,39 @@ impl<S: Store> Broker<S> {
         let mut kept_ok = true;
         self.retrying(|| {
             let (plan, kept) = self.plan(request, kept_ok)?;
-            let counts = plan.counts_unattended();
             let subject = kept
                 .then(|| plan.permit.as_ref().map(|permit| permit.subject.clone()))
                 .flatten();
-            let mut recorded = record(plan);
-            if kept && matches!(recorded, Err(Error::Store(StoreError::Conflict))) {
-                // The view is stale (the subject's key among what may have changed: its
-                // pseudonyms go too).
-                self.views.forget(&request.consent);
-                if let Some(subject) = &subject {
-                    self.pseudonyms.forget(subject);
-                }
-                kept_ok = false;
-                let (plan, _) = self.plan(request, false)?;
-                let counts = plan.counts_unattended();
-                recorded = record(plan);
-                self.note_counted(request, counts, &recorded);
+            let recorded = self.record_counted(request, plan, &mut record);
+            if !(kept && matches!(recorded, Err(Error::Store(StoreError::Conflict)))) {
                 return recorded;
             }
-            self.note_counted(request, counts, &recorded);
-            recorded
+            // The view is stale (the subject's key among what may have changed: its pseudonyms
+            // go too). Decide again at once from a fresh read, and from fresh reads from now on.
+            self.views.forget(&request.consent);
+            if let Some(subject) = &subject {
+                self.pseudonyms.forget(subject);
+            }
+            kept_ok = false;
+            let (plan, _) = self.plan(request, false)?;
+            self.record_counted(request, plan, &mut record)
         })
     }
 
-    /// After a permit for an unattended access is recorded, the kept view's count follows.
-    fn note_counted<T>(
+    /// Records `plan` with `record`; after a permit for an unattended access, the kept view's
+    /// count follows.
+    fn record_counted<T>(
         &self,
         request: &AccessRequest,
-        counts: Option<time::Date>,
-        recorded: &Result<T, Error>,
-    ) {
-        if let (Some(day), Ok(_)) = (counts, recorded) {
+        plan: AccessPlan,
+        record: &mut impl FnMut(AccessPlan) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let counts = plan.counts_unattended();
+        let recorded = record(plan);
+        if let (Some(day), Ok(_)) = (counts, &recorded) {
             self.views.counted(&request.consent, day);
         }
+        recorded
     }
 
     /// The access a permit stands for, for a bank that runs in the same process as this broker
