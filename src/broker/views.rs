@@ -93,10 +93,10 @@ pub(super) struct Epoch(u64);
 
 impl ViewCache {
     /// Consents kept at most in one generation. A view is a consent, its holder's record and the
-    /// platform's profile (estimated from their types at a few hundred bytes to a kilobyte, not
-    /// measured), so the two generations hold a few
-    /// tens of megabytes at most; a consent asked about again within the minute is what they
-    /// serve, and a broker rarely has more of those at once.
+    /// platform's profile (a few hundred bytes to a kilobyte, estimated from their types, not
+    /// measured), so the two generations hold a few tens of megabytes at most; a consent asked
+    /// about again within the minute is what they serve, and a broker rarely has more of those
+    /// at once.
     pub(super) const CAPACITY: usize = 16_384;
 
     /// How long a view is used (by the broker's clock).
