@@ -20,6 +20,7 @@
 //! Decoding makes a [`Consent`] equal to the one stored, field for field.
 
 use std::collections::hash_map::RandomState;
+use std::fmt::Write as _;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
@@ -164,10 +165,7 @@ impl Consents {
 
     /// A stored consent; `id` is the caller's copy of its id, shared by the result.
     pub(super) fn get(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
-        let Some(record) = self.find(id.as_str()).and_then(|at| self.record(at)) else {
-            return Ok(None);
-        };
-        self.decode(record, Some(id)).map(Some)
+        self.get_sharing(id, |_| None)
     }
 
     /// As [`Consents::get`]; the consent's subject shares the text of the id `subject` finds for
@@ -450,8 +448,8 @@ impl Consents {
                 match requested.binary_search(account) {
                     // The same account as the request's: its position there, not its text again.
                     Ok(at) => {
-                        text.push('#');
-                        text.push_str(itoa(at, &mut [0; 20]));
+                        // Writing to a `String` cannot fail.
+                        let _ = write!(text, "#{at}");
                     }
                     Err(_) => text.push_str(account.as_str()),
                 }
@@ -497,25 +495,6 @@ impl Consents {
     fn decode(&self, record: &Packed, id: Option<&ConsentId>) -> Result<Consent, StoreError> {
         decode(record, id, None, &self.platforms, &self.holders).ok_or_else(damaged)
     }
-}
-
-/// `n` in decimal, in `buffer`.
-fn itoa(mut n: usize, buffer: &mut [u8; 20]) -> &str {
-    let mut at = buffer.len();
-    loop {
-        at -= 1;
-        if let Some(digit) = buffer.get_mut(at) {
-            *digit = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || at == 0 {
-            break;
-        }
-    }
-    buffer
-        .get(at..)
-        .and_then(|digits| std::str::from_utf8(digits).ok())
-        .unwrap_or("0")
 }
 
 fn decode(
@@ -793,6 +772,10 @@ mod tests {
             assert!(table.insert(&c).unwrap());
             stored.push(c);
         }
+        // Granted accounts referring to requested ones past the ninth (`#10`).
+        let many = consent(100, 1, 1, 12, 0);
+        assert!(table.insert(&many).unwrap());
+        stored.push(many);
         for c in &stored {
             let back = table.get(c.id()).unwrap().unwrap();
             assert_eq!(&back, c);
