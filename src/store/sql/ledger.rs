@@ -261,6 +261,10 @@ pub(crate) fn served_increments(presence: Presence) -> (i64, i64) {
     }
 }
 
+/// Deletes up to `?2` seen ids that expired before `?1`, the soonest expired first.
+pub(crate) const PRUNE_SEEN: &str = "DELETE FROM bank_seen WHERE (kind, id) IN \
+     (SELECT kind, id FROM bank_seen WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)";
+
 /// Applies a ledger change.
 pub(crate) fn apply<D: Dialect + ?Sized>(
     db: &mut D,
@@ -342,8 +346,7 @@ pub(crate) fn apply<D: Dialect + ?Sized>(
         ),
         Change::PruneSeen { before, limit, .. } => {
             db.execute(
-                "DELETE FROM bank_seen WHERE (kind, id) IN (SELECT kind, id FROM bank_seen \
-                 WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)",
+                PRUNE_SEEN,
                 &[
                     Value::Int(before.unix_timestamp()),
                     Value::Int(i64::from(*limit)),
