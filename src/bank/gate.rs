@@ -3,7 +3,7 @@
 
 use time::{Duration, OffsetDateTime};
 
-use super::{Bank, BankError, MAX_ATTEMPTS};
+use super::{Bank, MAX_ATTEMPTS};
 use crate::audit::{Actor, AuditEvent};
 use crate::data::{DataError, DataHolder, serve};
 use crate::dpop::{self, DEFAULT_PROOF_WINDOW, HttpRequest, MAX_PROOF_WINDOW};
@@ -279,11 +279,18 @@ impl<S: Store + LedgerRead> Bank<S> {
             return Err(Stop::Fail(GateError::Store(StoreError::Conflict)));
         };
         let day = now.date();
-        let keyed = self.key_of(&attestation.subject).map_err(|e| match e {
-            BankError::Store(error) => Stop::Fail(GateError::Store(error)),
-            _ => Stop::Fail(GateError::Store(StoreError::Unavailable(
+        // The subject's key as the view read it (the commit checks it is still the stored one),
+        // or a new one that the commit inserts.
+        let keyed = Keyed::stored_or_made(
+            &attestation.subject,
+            view.subject_key.clone(),
+            self.random.as_ref(),
+            now,
+        )
+        .map_err(|_| {
+            Stop::Fail(GateError::Store(StoreError::Unavailable(
                 "no randomness for the subject's key".into(),
-            ))),
+            )))
         })?;
         // The journal names the customer by a pseudonym of this platform's relationship.
         let scoped = keyed.key.for_platform(&attestation.platform);
@@ -555,10 +562,13 @@ impl<S: Store + LedgerRead> Bank<S> {
         {
             Plan::Plaintext
         } else {
-            let live = self.live_devices(&attestation.subject)?;
-            let live: Vec<(String, DevicePublicKey)> = live
-                .into_iter()
-                .map(|key| (key.thumbprint(), key))
+            // The subject's keys that are not revoked, in the order registered (read with the
+            // view; the commit checks they are still the live ones).
+            let live: Vec<(String, DevicePublicKey)> = view
+                .device_keys
+                .iter()
+                .filter(|record| record.revoked_at.is_none())
+                .map(|record| (record.key.thumbprint(), record.key))
                 .collect();
             let to: Vec<DevicePublicKey> = live
                 .iter()

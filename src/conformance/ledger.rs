@@ -1,5 +1,6 @@
 //! A bank's ledger: attestations, policy history, served counts, presented ids, the feed.
 
+use super::privacy::key_record;
 use super::*;
 use crate::hpke::DeviceSecretKey;
 use crate::store::{
@@ -442,6 +443,27 @@ where
         s.device_keys(&id("bob")).unwrap(),
         std::slice::from_ref(&bobs)
     );
+    // The gate's view carries the keys of the attestation's subject, and its subject key once
+    // it has one: Alice's, never Bob's.
+    s.commit(only(Change::RecordAttestation {
+        record: attestation("att-1", "cns_1", "alice"),
+    }))
+    .unwrap();
+    let alices = view(s, "att-1", "cns_1", DAY);
+    assert_eq!(alices.device_keys, [phone.clone(), tablet.clone()]);
+    assert_eq!(alices.subject_key, None);
+    let key = key_record("alice", 1);
+    s.commit(only(Change::InsertSubjectKey {
+        record: key_record("bob", 2),
+    }))
+    .unwrap();
+    assert_eq!(view(s, "att-1", "cns_1", DAY).subject_key, None);
+    s.commit(only(Change::InsertSubjectKey {
+        record: key.clone(),
+    }))
+    .unwrap();
+    assert_eq!(view(s, "att-1", "cns_1", DAY).subject_key, Some(key.key));
+    assert_eq!(view(s, "att-9", "cns_1", DAY), GateView::default());
     // One key, one registration: not again, and not for another subject.
     for again in [
         phone.clone(),
@@ -491,7 +513,12 @@ where
     };
     assert_eq!(
         s.device_keys(&id("alice")).unwrap(),
-        [revoked, tablet.clone()]
+        [revoked.clone(), tablet.clone()]
+    );
+    assert_eq!(
+        view(s, "att-1", "cns_1", DAY).device_keys,
+        [revoked, tablet.clone()],
+        "the view shows a revoked key as revoked"
     );
     assert_eq!(
         s.commit(probe(live(&[&phone, &tablet]))),

@@ -12,7 +12,7 @@ use crate::store::{
 };
 use crate::testing::SeededRandom;
 
-fn key_record(subject: &str, seed: u64) -> SubjectKeyRecord {
+pub(super) fn key_record(subject: &str, seed: u64) -> SubjectKeyRecord {
     SubjectKeyRecord {
         subject: id(subject),
         key: SubjectKey::generate(&SeededRandom::new(seed)).unwrap(),

@@ -205,6 +205,12 @@ pub struct GateView {
     pub platform_revoked_at: Option<OffsetDateTime>,
     /// How far the feed has been followed.
     pub feed: Option<FeedState>,
+    /// The key of the attestation's subject (see [`crate::store::StateRead::subject_key`]), if
+    /// it has one; `None` without an attestation.
+    pub subject_key: Option<crate::privacy::SubjectKey>,
+    /// The device keys of the attestation's subject, revoked ones included, in the order
+    /// registered (as [`LedgerRead::device_keys`]); empty without an attestation.
+    pub device_keys: Vec<DeviceKeyRecord>,
 }
 
 /// A pairwise subject identifier: what one platform knows one of the bank's customers as.

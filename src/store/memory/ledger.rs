@@ -481,6 +481,8 @@ impl LedgerState {
             served: self.served_on(query.attestation, query.day),
             platform_revoked_at: self.platform_revocations.get(query.consent).copied(),
             feed: self.feed,
+            subject_key: None,
+            device_keys: Vec::new(),
         }
     }
 }

@@ -676,7 +676,16 @@ impl LedgerRead for MemoryStore {
     }
 
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
-        Ok(self.read()?.ledger.gate_view(query))
+        let state = self.read()?;
+        let mut view = state.ledger.gate_view(query);
+        if let Some(attestation) = &view.attestation {
+            view.subject_key = state
+                .subject_keys
+                .get(&attestation.subject)
+                .map(|record| record.key.clone());
+            view.device_keys = state.ledger.devices_of(&attestation.subject);
+        }
+        Ok(view)
     }
 }
 

@@ -173,7 +173,29 @@ pub(crate) fn gate_view<D: Dialect + ?Sized>(
         ],
         |row| decode_view(row),
     )?;
-    Ok(view.unwrap_or_default())
+    let mut view = view.unwrap_or_default();
+    if let Some(attestation) = &view.attestation {
+        // The subject's key and device keys, in the same read: kind 0 is the key, kind 1 a
+        // device key.
+        let subject = attestation.subject.clone();
+        let (key, devices) = (&mut view.subject_key, &mut view.device_keys);
+        db.query(
+            "SELECT 0, 0, key, NULL FROM subject_keys WHERE subject = ?1 \
+             UNION ALL \
+             SELECT 1, position, NULL, record FROM bank_device_keys WHERE subject = ?1 \
+             ORDER BY 1, 2",
+            &[Value::Text(subject.as_str())],
+            &mut |row| {
+                if row.int(0)? == Some(0) {
+                    *key = Some(super::privacy::decode_subject_key(row.bytes(2)?)?);
+                } else {
+                    devices.push(device_key(&row.bytes(3)?)?);
+                }
+                Ok(())
+            },
+        )?;
+    }
+    Ok(view)
 }
 
 fn decode_view(row: &dyn Row) -> Result<GateView, StoreError> {
@@ -202,6 +224,8 @@ fn decode_view(row: &dyn Row) -> Result<GateView, StoreError> {
             .map(|at| time("platform revocation", at))
             .transpose()?,
         feed,
+        subject_key: None,
+        device_keys: Vec::new(),
     })
 }
 
