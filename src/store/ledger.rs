@@ -312,7 +312,10 @@ pub trait LedgerRead {
 
     /// What the gate reads for one access: whether the proof and the token were presented
     /// before, the attestation, the current policy, the attestation's served counts on the day,
-    /// whether the platform revoked the consent, and the feed's state.
+    /// whether the platform revoked the consent, the feed's state, and the key and device keys of
+    /// the attestation's subject. A store reads it in one consistent read where it can (the SQL
+    /// stores: one read transaction); the journal entry's commit re-checks what a served access
+    /// rests on, so a view that is stale by the time of the commit is refused there.
     ///
     /// # Errors
     /// [`StoreError`].
