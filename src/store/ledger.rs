@@ -314,8 +314,9 @@ pub trait LedgerRead {
     /// before, the attestation, the current policy, the attestation's served counts on the day,
     /// whether the platform revoked the consent, the feed's state, and the key and device keys of
     /// the attestation's subject. A store reads it in one consistent read where it can (the SQL
-    /// stores: one read transaction); the journal entry's commit re-checks what a served access
-    /// rests on, so a view that is stale by the time of the commit is refused there.
+    /// stores: one read transaction). The gate's commit of a served access re-checks the
+    /// attestation's version, the day's count, the policy's version, the subject's key and live
+    /// device keys, and that both ids are new.
     ///
     /// # Errors
     /// [`StoreError`].
