@@ -150,6 +150,13 @@ impl<J, R> GroupCommit<J, R> {
         }
     }
 
+    /// Whether no batch is being written and none is waiting to be: what a reader checks before
+    /// borrowing the writer's connection, so that it never makes a batch wait for it.
+    pub(crate) fn is_quiet(&self) -> bool {
+        let queue = self.lock();
+        !queue.leading && queue.jobs.is_empty()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queue<J, R>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -213,6 +220,32 @@ mod tests {
     use super::GroupCommit;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Barrier};
+
+    #[test]
+    fn the_group_is_quiet_only_when_no_batch_is_written_or_waiting() {
+        let group = Arc::new(GroupCommit::<usize, usize>::new(8));
+        assert!(group.is_quiet());
+        let (entered, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let leader = {
+            let (group, entered, release) = (group.clone(), entered.clone(), release.clone());
+            std::thread::spawn(move || {
+                group.submit(
+                    1,
+                    &|jobs: Vec<usize>| {
+                        entered.wait();
+                        release.wait();
+                        jobs
+                    },
+                    &|| usize::MAX,
+                )
+            })
+        };
+        entered.wait();
+        assert!(!group.is_quiet(), "a batch is being written");
+        release.wait();
+        assert_eq!(leader.join().ok(), Some(1));
+        assert!(group.is_quiet());
+    }
 
     #[test]
     fn every_caller_gets_its_own_answer_and_batches_form_under_load() {

@@ -619,10 +619,11 @@ impl SqliteStore {
             let connection = self.lock();
             return read(&mut Lite(&connection)).map_err(|e| failure(&self.path, e));
         };
-        // The writer, when no batch holds it: its page cache holds what was just written, which
-        // a reader connection would have to read again from the write-ahead log. A lone caller
-        // reads there, as before group commit.
-        let idle_writer = if may_borrow_writer {
+        // The writer, when no batch holds it or waits for it: its page cache holds what was just
+        // written, which a reader connection would have to read again from the write-ahead log.
+        // A lone caller reads there, as before group commit; under load, reads go to the pool,
+        // so that the next batch's leader never waits for a read to give the writer back.
+        let idle_writer = if may_borrow_writer && self.group.is_quiet() {
             match self.writer.try_lock() {
                 Ok(writer) => Some(writer),
                 Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
