@@ -655,9 +655,7 @@ impl SqliteStore {
         work: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
     ) -> Result<T, StoreError> {
         let fail = |e| store_error(&self.path, e);
-        let tx = connection
-            .transaction_with_behavior(behavior)
-            .map_err(fail)?;
+        let tx = Tx::begin(connection, behavior).map_err(fail)?;
         let value = work(&mut Lite(&tx)).map_err(|e| failure(&self.path, e))?;
         tx.commit().map_err(|e| commit_failed(&self.path, e))?;
         Ok(value)
@@ -685,14 +683,14 @@ impl SqliteStore {
         let count = commits.len();
         self.counters.batch(count);
         let all = |error: StoreError| (0..count).map(|_| Err(error.clone())).collect();
-        let mut connection = self.lock();
+        let connection = self.lock();
         let cached = self
             .frontier
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         let fail = |e| store_error(&self.path, e);
-        let tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+        let tx = match Tx::begin(&connection, TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(error) => return all(fail(error)),
         };
@@ -753,7 +751,10 @@ impl SqliteStore {
         };
         let fail = |e| store_error(&self.path, e);
         if savepoint {
-            db.0.execute_batch("SAVEPOINT batched").map_err(fail)?;
+            // Prepared once per connection, not parsed at every commit.
+            db.0.prepare_cached("SAVEPOINT batched")
+                .and_then(|mut statement| statement.execute([]))
+                .map_err(fail)?;
         }
         let before = frontier.clone();
         let written = super::apply_changes(db, commit)
@@ -761,7 +762,9 @@ impl SqliteStore {
         match written {
             Ok(()) => {
                 if savepoint {
-                    db.0.execute_batch("RELEASE batched").map_err(fail)?;
+                    db.0.prepare_cached("RELEASE batched")
+                        .and_then(|mut statement| statement.execute([]))
+                        .map_err(fail)?;
                 }
                 Ok(Ok(CommitReceipt {
                     audit_seqs: before.size()..frontier.size(),
@@ -795,6 +798,48 @@ fn stable_plans(connection: &Connection) -> rusqlite::Result<()> {
             true,
         )
         .map(|_| ())
+}
+
+/// A transaction begun and ended with statements from the connection's cache (parsed once per
+/// connection, not at every transaction as rusqlite's `Transaction` does), rolled back when
+/// dropped uncommitted.
+struct Tx<'c> {
+    connection: &'c Connection,
+}
+
+impl<'c> Tx<'c> {
+    fn begin(connection: &'c Connection, behavior: TransactionBehavior) -> rusqlite::Result<Self> {
+        let begin = match behavior {
+            TransactionBehavior::Immediate => "BEGIN IMMEDIATE",
+            TransactionBehavior::Exclusive => "BEGIN EXCLUSIVE",
+            _ => "BEGIN DEFERRED",
+        };
+        connection.prepare_cached(begin)?.execute([])?;
+        Ok(Self { connection })
+    }
+
+    /// Commits. On failure the transaction may still be open; dropping the guard rolls it back.
+    fn commit(self) -> rusqlite::Result<()> {
+        self.connection.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.connection
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        // Committed (or ended by the engine): nothing to undo.
+        if !self.connection.is_autocommit() {
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 /// The [`Dialect`] over a rusqlite connection (or a transaction, which derefs to one).
@@ -1097,6 +1142,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("batch.sqlite")).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn a_transaction_guard_commits_or_rolls_back_when_dropped() {
+        let (_dir, store) = store();
+        let writer = store.lock();
+        let count = |c: &rusqlite::Connection| -> i64 {
+            c.query_row("SELECT COUNT(*) FROM bank_feed", [], |row| row.get(0))
+                .unwrap()
+        };
+        let insert = "INSERT INTO bank_feed (id, position, generated_at) VALUES (1, 1, 1)";
+        {
+            let tx = super::Tx::begin(&writer, rusqlite::TransactionBehavior::Immediate).unwrap();
+            tx.execute(insert, []).unwrap();
+            assert!(!writer.is_autocommit());
+        }
+        assert!(writer.is_autocommit(), "dropped uncommitted: rolled back");
+        assert_eq!(count(&writer), 0);
+        for _ in 0..2 {
+            let tx = super::Tx::begin(&writer, rusqlite::TransactionBehavior::Deferred).unwrap();
+            tx.execute("DELETE FROM bank_feed", []).unwrap();
+            tx.execute(insert, []).unwrap();
+            tx.commit().unwrap();
+        }
+        assert!(writer.is_autocommit());
+        assert_eq!(count(&writer), 1);
     }
 
     #[test]
