@@ -189,7 +189,11 @@ pub struct GateQuery<'a> {
 }
 
 /// Everything the gate reads for one access, read at once (one statement on the SQL stores).
+///
+/// A store outside this crate builds one from [`GateView::default`] and sets its fields (more
+/// may be added).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct GateView {
     /// Whether the proof's `jti` was presented before.
     pub proof_seen: bool,
@@ -314,7 +318,7 @@ pub trait LedgerRead {
     /// before, the attestation, the current policy, the attestation's served counts on the day,
     /// whether the platform revoked the consent, the feed's state, and the key and device keys of
     /// the attestation's subject. A store reads it in one consistent read where it can (the SQL
-    /// stores: one read transaction). The gate's commit of a served access re-checks the
+    /// stores: one statement). The gate's commit of a served access re-checks the
     /// attestation's version, the day's count, the policy's version, the subject's key and live
     /// device keys, and that both ids are new.
     ///

@@ -147,14 +147,15 @@ fn served<D: Dialect + ?Sized>(
     Ok(counts.unwrap_or_default())
 }
 
-/// Everything the gate reads, in one statement (one round trip on PostgreSQL).
+/// Everything the gate reads, in one statement (one round trip on PostgreSQL): one row per
+/// device key of the attestation's subject (at least one row), each with the same scalar columns.
 pub(crate) fn gate_view<D: Dialect + ?Sized>(
     db: &mut D,
     query: &GateQuery<'_>,
 ) -> Result<GateView, Failure<D::Error>> {
     let day = day_key(query.day);
-    let view = one(
-        db,
+    let mut view: Option<GateView> = None;
+    db.query(
         "SELECT (SELECT record FROM bank_attestations WHERE id = ?1), \
                 (SELECT record FROM bank_policies ORDER BY version DESC LIMIT 1), \
                 (SELECT unattended FROM bank_served WHERE attestation = ?1 AND day = ?3), \
@@ -163,7 +164,15 @@ pub(crate) fn gate_view<D: Dialect + ?Sized>(
                 (SELECT position FROM bank_feed WHERE id = 1), \
                 (SELECT generated_at FROM bank_feed WHERE id = 1), \
                 (SELECT COUNT(*) FROM bank_seen WHERE kind = 'proof' AND id = ?4), \
-                (SELECT COUNT(*) FROM bank_seen WHERE kind = 'token' AND id = ?5)",
+                (SELECT COUNT(*) FROM bank_seen WHERE kind = 'token' AND id = ?5), \
+                (SELECT subject FROM bank_attestations WHERE id = ?1), \
+                (SELECT key FROM subject_keys WHERE subject = \
+                    (SELECT subject FROM bank_attestations WHERE id = ?1)), \
+                d.record \
+         FROM (SELECT 1) AS one \
+         LEFT JOIN bank_device_keys d \
+             ON d.subject = (SELECT subject FROM bank_attestations WHERE id = ?1) \
+         ORDER BY d.position",
         &[
             Value::Text(query.attestation),
             Value::Text(query.consent.as_str()),
@@ -171,31 +180,40 @@ pub(crate) fn gate_view<D: Dialect + ?Sized>(
             Value::Text(query.proof_id),
             Value::Text(query.token_id),
         ],
-        |row| decode_view(row),
-    )?;
-    let mut view = view.unwrap_or_default();
-    if let Some(attestation) = &view.attestation {
-        // The subject's key and device keys, in the same read: kind 0 is the key, kind 1 a
-        // device key.
-        let subject = attestation.subject.clone();
-        let (key, devices) = (&mut view.subject_key, &mut view.device_keys);
-        db.query(
-            "SELECT 0, 0, key, NULL FROM subject_keys WHERE subject = ?1 \
-             UNION ALL \
-             SELECT 1, position, NULL, record FROM bank_device_keys WHERE subject = ?1 \
-             ORDER BY 1, 2",
-            &[Value::Text(subject.as_str())],
-            &mut |row| {
-                if row.int(0)? == Some(0) {
-                    *key = Some(super::privacy::decode_subject_key(row.bytes(2)?)?);
-                } else {
-                    devices.push(device_key(&row.bytes(3)?)?);
+        &mut |row| {
+            let view = match &mut view {
+                Some(view) => view,
+                None => view.insert(decode_view(row)?),
+            };
+            let Some(attestation) = &view.attestation else {
+                return Ok(());
+            };
+            // The keys are found by the attestation row's subject column: it must be the
+            // subject its record names.
+            let column = row.optional_bytes(9)?;
+            if column.as_deref() != Some(attestation.subject.as_str().as_bytes()) {
+                return Err(StoreError::Corrupt(
+                    "an attestation's subject column differs from its record".into(),
+                ));
+            }
+            if view.subject_key.is_none()
+                && let Some(key) = row.optional_bytes(10)?
+            {
+                view.subject_key = Some(super::privacy::decode_subject_key(key)?);
+            }
+            if let Some(record) = row.optional_bytes(11)? {
+                let device = device_key(&record)?;
+                if device.subject != attestation.subject {
+                    return Err(StoreError::Corrupt(
+                        "a device key listed under another subject".into(),
+                    ));
                 }
-                Ok(())
-            },
-        )?;
-    }
-    Ok(view)
+                view.device_keys.push(device);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(view.unwrap_or_default())
 }
 
 fn decode_view(row: &dyn Row) -> Result<GateView, StoreError> {

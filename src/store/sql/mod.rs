@@ -156,8 +156,17 @@ fn time(what: &str, seconds: i64) -> Result<OffsetDateTime, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("{what} {seconds} is out of range")))
 }
 
+/// A stored record that does not decode: what it is and where decoding stopped, never serde's
+/// message, which can quote the record's values (personal data among them).
 fn corrupt(what: String) -> impl FnOnce(serde_json::Error) -> StoreError {
-    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+    move |e| {
+        StoreError::Corrupt(format!(
+            "{what}: {:?} error at line {}, column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    }
 }
 
 fn day_key(day: Date) -> String {

@@ -817,10 +817,16 @@ struct Tx<'c> {
 impl<'c> Tx<'c> {
     fn begin(connection: &'c Connection, behavior: TransactionBehavior) -> rusqlite::Result<Self> {
         let begin = match behavior {
-            TransactionBehavior::Immediate => "BEGIN IMMEDIATE",
+            TransactionBehavior::Deferred => "BEGIN DEFERRED",
             TransactionBehavior::Exclusive => "BEGIN EXCLUSIVE",
-            _ => "BEGIN DEFERRED",
+            // Immediate, and any kind rusqlite adds later: the writer's lock at once.
+            _ => "BEGIN IMMEDIATE",
         };
+        // A transaction left open (a rollback that failed when its guard was dropped) would make
+        // every later `BEGIN` fail: end it first.
+        if !connection.is_autocommit() {
+            connection.execute_batch("ROLLBACK")?;
+        }
         connection.prepare_cached(begin)?.execute([])?;
         Ok(Self { connection })
     }
@@ -1152,6 +1158,84 @@ mod tests {
     }
 
     #[test]
+    fn the_gate_view_refuses_keys_found_under_an_edited_subject() {
+        use crate::store::{AttestationRecord, DeviceKeyRecord, GateQuery, LedgerRead};
+        let (_dir, store) = store();
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let attestation = AttestationRecord {
+            id: "att-1".into(),
+            consent: "cns_1".parse().unwrap(),
+            subject: "alice".parse().unwrap(),
+            platform: "chat".parse().unwrap(),
+            broker: "broker".parse().unwrap(),
+            scopes: crate::ScopeSet::from([crate::Scope::Balance]),
+            purposes: crate::PurposeSet::from([crate::Purpose::CustomerService]),
+            accounts: crate::AccountSet::from(["acc-1".parse().unwrap()]),
+            unattended_daily_limit: 4,
+            signed_at: at,
+            expires_at: at + time::Duration::days(90),
+            revoked: None,
+            superseded_by: None,
+            devices: Vec::new(),
+            plaintext: crate::PlaintextUses::new(),
+            pairwise: None,
+            version: 1,
+        };
+        let device = |subject: &str, seed: &[u8]| DeviceKeyRecord {
+            subject: subject.parse().unwrap(),
+            key: crate::hpke::DeviceSecretKey::derive(seed).public_key(),
+            registered_at: at,
+            revoked_at: None,
+        };
+        let (phone, mallorys) = (device("alice", b"phone"), device("mallory", b"other"));
+        let changes = [
+            Change::RecordAttestation {
+                record: attestation,
+            },
+            Change::RegisterDeviceKey {
+                record: phone.clone(),
+            },
+            Change::RegisterDeviceKey { record: mallorys },
+        ];
+        for change in changes {
+            store
+                .commit(
+                    Commit::new(AuditRecord::new(
+                        at,
+                        Actor::Platform("chat".parse().unwrap()),
+                        AuditEvent::PlatformRegistered { purposes: None },
+                    ))
+                    .change(change),
+                )
+                .unwrap();
+        }
+        let consent = "cns_1".parse().unwrap();
+        let query = GateQuery {
+            attestation: "att-1",
+            consent: &consent,
+            day: at.date(),
+            proof_id: "p-1",
+            token_id: "t-1",
+        };
+        assert_eq!(store.gate_view(&query).unwrap().device_keys, [phone]);
+        // A device key's row moved under Alice, its record still Mallory's.
+        let edit = |sql: &str| store.lock().execute(sql, []).unwrap();
+        edit("UPDATE bank_device_keys SET subject = 'alice' WHERE subject = 'mallory'");
+        assert!(matches!(
+            store.gate_view(&query),
+            Err(StoreError::Corrupt(_))
+        ));
+        edit("UPDATE bank_device_keys SET subject = 'mallory' WHERE record LIKE '%mallory%'");
+        assert!(store.gate_view(&query).is_ok());
+        // The attestation's subject column edited, its record still Alice's.
+        edit("UPDATE bank_attestations SET subject = 'mallory'");
+        assert!(matches!(
+            store.gate_view(&query),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
     fn a_transaction_guard_commits_or_rolls_back_when_dropped() {
         let (_dir, store) = store();
         let writer = store.lock();
@@ -1175,6 +1259,33 @@ mod tests {
         }
         assert!(writer.is_autocommit());
         assert_eq!(count(&writer), 1);
+        // A COMMIT that fails (a deferred foreign key, checked at COMMIT) leaves the transaction
+        // open: dropping the guard rolls it back, and the next transaction begins.
+        writer
+            .execute_batch(
+                "CREATE TEMP TABLE parent (id INTEGER PRIMARY KEY); \
+                 CREATE TEMP TABLE child (parent INTEGER REFERENCES parent (id) \
+                     DEFERRABLE INITIALLY DEFERRED);",
+            )
+            .unwrap();
+        let tx = super::Tx::begin(&writer, rusqlite::TransactionBehavior::Immediate).unwrap();
+        tx.execute("INSERT INTO child (parent) VALUES (7)", [])
+            .unwrap();
+        tx.execute("DELETE FROM bank_feed", []).unwrap();
+        assert!(tx.commit().is_err());
+        assert!(writer.is_autocommit(), "the failed commit was rolled back");
+        assert_eq!(count(&writer), 1);
+        let orphans: i64 = writer
+            .query_row("SELECT COUNT(*) FROM child", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(orphans, 0);
+        // A transaction left open by someone else is ended before the next one begins.
+        writer
+            .execute_batch("BEGIN; DELETE FROM bank_feed;")
+            .unwrap();
+        let tx = super::Tx::begin(&writer, rusqlite::TransactionBehavior::Deferred).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(count(&writer), 1, "the abandoned delete was rolled back");
     }
 
     #[test]
