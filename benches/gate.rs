@@ -2,9 +2,11 @@
 //! bank's ledger on SQLite: attestation, policy, counts, presented ids, feed; account owner),
 //! beside two raw ring Ed25519 verifications of the same bytes (the token's and the proof's
 //! signatures, the floor any such check pays); and, separately, the journal's write of a served
-//! access (one fsynced SQLite transaction).
+//! access (one fsynced SQLite transaction), for one caller and eight; the same on PostgreSQL when
+//! a server is named.
 //!
-//! Run: `cargo bench --bench gate`.
+//! Run: `cargo bench --bench gate`; with PostgreSQL:
+//! `scripts/with-postgres cargo bench --features postgres --bench gate`.
 #![expect(
     missing_docs,
     reason = "criterion_group! generates an undocumented entry point"
@@ -131,22 +133,41 @@ fn bench(c: &mut Criterion) {
     });
 
     // The same with eight callers at once (eight request threads of the bank's server): their
-    // journal entries share transactions and fsyncs. Tokens and proofs are made before the
-    // clock starts.
-    // Each caller serves a consent of its own (eight customers' apps polling at once; one
-    // consent's served count is one row, which concurrent checks of it take in turn).
+    // journal entries share transactions and fsyncs.
+    eight_callers(
+        &mut group,
+        "check_and_journal_sqlite_8_callers",
+        &kit,
+        &bank,
+        &random,
+    );
+    postgres(&mut group, &random);
+    group.finish();
+}
+
+/// Eight callers checking at once, each for a consent of its own (eight customers' apps polling at
+/// once; one consent's served count is one row, which concurrent checks of it take in turn).
+/// Tokens and proofs are made before the clock starts; the time is one over the aggregate
+/// throughput.
+fn eight_callers<L: Store + LedgerRead + Sync>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    kit: &TestBroker,
+    bank: &TestBank<L>,
+    random: &SeededRandom,
+) {
     const CALLERS: usize = 8;
     let accesses: Vec<AccessRequest> = (0..CALLERS)
-        .map(|_| kit.access(bank.granted(&kit).id()))
+        .map(|_| kit.access(bank.granted(kit).id()))
         .collect();
-    group.bench_function("check_and_journal_sqlite_8_callers", |b| {
+    group.bench_function(name, |b| {
         b.iter_custom(|iterations| {
             let each = iterations.div_ceil(CALLERS as u64);
             let prepared: Vec<Vec<(String, String)>> = accesses
                 .iter()
                 .map(|access| {
                     (0..each)
-                        .map(|_| support::token_and_proof(&kit, access, &random))
+                        .map(|_| support::token_and_proof(kit, access, random))
                         .collect()
                 })
                 .collect();
@@ -163,7 +184,56 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
-    group.finish();
+}
+
+/// The gate with its ledger and journal on PostgreSQL, when `DATABASE_URL` names a server
+/// (`scripts/with-postgres cargo bench --features postgres --bench gate`): one caller, and eight.
+#[cfg(feature = "postgres")]
+fn postgres(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    random: &SeededRandom,
+) {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        eprintln!("gate/postgres: skipped (no DATABASE_URL; run under scripts/with-postgres)");
+        return;
+    };
+    let options = PostgresOptions {
+        schema: Some(format!("bench_gate_{}", std::process::id())),
+        ..Default::default()
+    };
+    let ledger = PostgresStore::open_with(&url, options).unwrap();
+    // A broker of its own: two test banks draw the same attestation ids.
+    let kit = TestBroker::memory();
+    let bank = TestBank::with_settings(&kit, ledger, support::open_gate());
+    let access = kit.access(bank.granted(&kit).id());
+    group.bench_function("check_and_journal_postgres", |b| {
+        b.iter_batched(
+            || support::token_and_proof(&kit, &access, random),
+            |(token, proof)| {
+                let request = GateRequest {
+                    token: &token,
+                    proof: &proof,
+                    http: GET_BALANCE,
+                };
+                bank.bank.check(&request, &bank.accounts).unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    eight_callers(
+        group,
+        "check_and_journal_postgres_8_callers",
+        &kit,
+        &bank,
+        random,
+    );
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres(
+    _: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    _: &SeededRandom,
+) {
 }
 
 criterion_group!(benches, bench);

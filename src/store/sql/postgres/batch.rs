@@ -1,5 +1,5 @@
 //! Group commit in one round trip: the commits queued on a broker's writer are sent together as
-//! one call of the server-side function `consent_broker_commit` (schema version 6), which takes
+//! one call of the server-side function `consent_broker_commit` (schema version 6, replaced by 7), which takes
 //! the commit lock, checks each commit's preconditions, applies its changes, numbers its audit
 //! entries and computes the Merkle nodes they complete, all in the statement's own transaction.
 //! One statement, one transaction, one flush of the server's write-ahead log for the batch.
@@ -166,6 +166,16 @@ fn check(precondition: &Precondition) -> Option<Check> {
             )
         },
         Precondition::BankPolicyVersion { version } => plain("policy", "", version.map(signed)),
+        // The live keys' thumbprints in the order registered, joined by commas. A thumbprint is
+        // base64url (RFC 7638) and has none; a list where one had could join equal to another
+        // list, so it takes the statement-by-statement path.
+        Precondition::LiveDeviceKeys {
+            subject,
+            thumbprints,
+        } if !thumbprints.iter().any(|t| t.contains(',')) => Check {
+            arg: thumbprints.join(","),
+            ..plain("live_devices", subject.as_str(), None)
+        },
         _ => return None,
     })
 }
@@ -431,5 +441,52 @@ fn call(worker: &mut Worker, args: &Arguments, commits: usize) -> Result<Vec<i64
             error: pg_error(&error),
             isolate,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fast;
+    use crate::audit::{Actor, AuditEvent, AuditRecord};
+    use crate::store::{Change, Commit, Precondition, SeenKind};
+    use time::OffsetDateTime;
+
+    /// A gate check's commit, as `Bank::check` builds it for a sealed response.
+    fn sealed_check(thumbprints: &[&str]) -> Commit {
+        let at = OffsetDateTime::UNIX_EPOCH;
+        Commit::new(AuditRecord::new(
+            at,
+            Actor::Platform("chat".parse().unwrap_or_else(|_| unreachable!())),
+            AuditEvent::PlatformRegistered { purposes: None },
+        ))
+        .precondition(Precondition::attestation_version("att-1", 1))
+        .precondition(Precondition::BankPolicyVersion { version: Some(1) })
+        .precondition(Precondition::LiveDeviceKeys {
+            subject: "alice".parse().unwrap_or_else(|_| unreachable!()),
+            thumbprints: thumbprints.iter().map(|t| (*t).to_owned()).collect(),
+        })
+        .change(Change::RememberSeen {
+            kind: SeenKind::Proof,
+            id: "p-1".into(),
+            expires_at: at,
+        })
+        .change(Change::PruneSeen {
+            before: at,
+            limit: 8,
+        })
+    }
+
+    #[test]
+    fn a_sealed_gate_check_goes_to_the_commit_function() {
+        let fast = Fast::of(&sealed_check(&["tp-a", "tp-b"]));
+        let check = fast
+            .as_ref()
+            .and_then(|fast| fast.checks.iter().find(|c| c.kind == "live_devices"));
+        assert_eq!(
+            check.map(|c| (c.id.as_str(), c.arg.as_str())),
+            Some(("alice", "tp-a,tp-b"))
+        );
+        // A list that joins ambiguously is left to the statement-by-statement path.
+        assert!(Fast::of(&sealed_check(&["tp-a,tp-b"])).is_none());
     }
 }

@@ -16,14 +16,16 @@
 //! # Group commit in one round trip
 //!
 //! The commits queued while the writer is busy are sent together as the next batch: one call of
-//! the server-side function `consent_broker_commit` (schema version 6), which takes the commit
+//! the server-side function `consent_broker_commit` (schema version 6, replaced by 7), which takes the commit
 //! lock, and for each commit in turn checks its preconditions, applies its changes, builds its
 //! audit entries and computes the Merkle nodes they complete. One statement, one transaction,
 //! one flush of the server's write-ahead log for the whole batch, and no caller is answered before
 //! it returns. A commit whose preconditions fail is refused alone (`Conflict`, or `Duplicate` for
 //! an id already seen) and writes nothing; the others land, numbered consecutively. The function
-//! knows the preconditions and changes of a decision, a token and the bank's gate; any other
-//! commit (a consent's creation, a revocation, a key's rotation, an erasure) is applied
+//! knows the preconditions and changes of a decision, a token and the bank's gate (a sealed
+//! response's live device keys among them since version 7; before, such a gate check was applied
+//! alone); any other commit (a consent's creation, a revocation, a key's rotation, an erasure, a
+//! subject's first key) is applied
 //! statement by statement in a transaction of its own, in its turn. [`PostgresStore::commit_stats`]
 //! shows the grouping.
 //!
@@ -100,6 +102,191 @@ use crate::store::{
 
 /// The advisory lock key every broker's commits take ("CBRk").
 const COMMIT_LOCK: i64 = 0x4342_526B;
+
+/// The server-side function behind group commit, and the statement that pins its search path
+/// (schema version 6 created it, version 7 replaced it). Its arguments are parallel arrays, each row
+/// tagged with the position of its commit in the batch (rows in commit order). It answers, per
+/// commit, its first sequence number; -1 if a precondition failed; -2 - k if its check k
+/// (0-based over the whole batch) found an id already seen. A refused commit writes nothing. The
+/// lock key is [`COMMIT_LOCK`] (a unit test checks that it is spelled the same).
+macro_rules! commit_function {
+    () => {
+        r#"
+CREATE OR REPLACE FUNCTION consent_broker_commit(
+    commits INTEGER,
+    check_commit INTEGER[], check_kind TEXT[], check_id TEXT[], check_arg TEXT[],
+    check_num BIGINT[], check_blob BYTEA[],
+    change_commit INTEGER[], change_kind TEXT[], change_id TEXT[], change_arg TEXT[],
+    change_num BIGINT[], change_num2 BIGINT[],
+    entry_commit INTEGER[], entry_tail BYTEA[]
+) RETURNS BIGINT[] LANGUAGE plpgsql AS $fn$
+DECLARE
+    outcome BIGINT[] := pg_catalog.array_fill(NULL::BIGINT, ARRAY[commits]);
+    edge BYTEA[] := pg_catalog.array_fill(NULL::BYTEA, ARRAY[64]);
+    seqs BIGINT[] := '{}';
+    entries BYTEA[] := '{}';
+    levels INTEGER[] := '{}';
+    indices BIGINT[] := '{}';
+    hashes BYTEA[] := '{}';
+    _size BIGINT;
+    _want INTEGER := 0;
+    _found INTEGER := 0;
+    _c INTEGER;
+    _first INTEGER;
+    _k INTEGER := 1;
+    _x INTEGER := 1;
+    _e INTEGER := 1;
+    _verdict BIGINT;
+    _level INTEGER;
+    _index BIGINT;
+    _hash BYTEA;
+    _entry BYTEA;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1128419947);
+    SELECT COALESCE(MAX(seq) + 1, 0) INTO _size FROM audit;
+    -- The tree's right edge: the root of each complete subtree ending at the log's end, in one
+    -- query.
+    FOR _level IN 0..62 LOOP
+        IF ((_size >> _level) & 1::BIGINT) = 1 THEN _want := _want + 1; END IF;
+    END LOOP;
+    FOR _level, _hash IN SELECT n.level, n.hash FROM pg_catalog.generate_series(0, 62) AS l (level)
+            JOIN merkle_nodes n ON n.level = l.level AND n.idx = (_size >> l.level) - 1
+            WHERE ((_size >> l.level) & 1::BIGINT) = 1 LOOP
+        edge[_level + 1] := _hash;
+        _found := _found + 1;
+    END LOOP;
+    IF _found <> _want THEN
+        RAISE EXCEPTION USING ERRCODE = 'data_corrupted', MESSAGE = pg_catalog.format(
+            'Merkle tree: %s of the %s nodes of the right edge of %s leaves are missing',
+            _want - _found, _want, _size);
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.unnest(check_kind) AS k (kind)
+            WHERE k.kind NOT IN ('consent',
+            'holder', 'usage', 'key', 'subject_key', 'attestation', 'served_unattended_below',
+            'served_present_below', 'policy', 'unseen', 'live_devices')) THEN
+        RAISE EXCEPTION 'consent-broker: unknown check';
+    END IF;
+    FOR _c IN 0 .. commits - 1 LOOP
+        -- The commit's checks are rows _first .. _k - 1, all made against the same state (the
+        -- commits before it applied): the first that fails decides, in one query.
+        _first := _k;
+        WHILE _k <= pg_catalog.cardinality(check_commit) AND check_commit[_k] = _c LOOP
+            _k := _k + 1;
+        END LOOP;
+        _verdict := NULL;
+        IF _k > _first THEN
+            SELECT CASE WHEN c.kind = 'unseen' THEN -2 - (_first + c.n - 2) ELSE -1 END
+                INTO _verdict
+                FROM ROWS FROM (pg_catalog.unnest(check_kind[_first:_k - 1]),
+                    pg_catalog.unnest(check_id[_first:_k - 1]),
+                    pg_catalog.unnest(check_arg[_first:_k - 1]),
+                    pg_catalog.unnest(check_num[_first:_k - 1]),
+                    pg_catalog.unnest(check_blob[_first:_k - 1]))
+                    WITH ORDINALITY AS c (kind, id, arg, num, blob, n)
+                WHERE NOT COALESCE(CASE c.kind
+                    WHEN 'consent' THEN (SELECT version FROM consents WHERE id = c.id)
+                        IS NOT DISTINCT FROM c.num
+                    WHEN 'holder' THEN (SELECT version FROM holders WHERE id = c.id)
+                        IS NOT DISTINCT FROM c.num
+                    WHEN 'usage' THEN COALESCE((SELECT unattended FROM usage
+                        WHERE consent = c.id AND day = c.arg), 0) = c.num
+                    WHEN 'key' THEN EXISTS (SELECT 1 FROM published_keys
+                        WHERE key_use = c.arg AND kid = c.id AND retired_at IS NULL)
+                    WHEN 'subject_key' THEN pg_catalog.sha256((SELECT key FROM subject_keys
+                        WHERE subject = c.id)) IS NOT DISTINCT FROM c.blob
+                    WHEN 'attestation' THEN (SELECT version FROM bank_attestations
+                        WHERE id = c.id) IS NOT DISTINCT FROM c.num
+                    WHEN 'served_unattended_below' THEN COALESCE((SELECT unattended
+                        FROM bank_served WHERE attestation = c.id AND day = c.arg), 0) < c.num
+                    WHEN 'served_present_below' THEN COALESCE((SELECT present
+                        FROM bank_served WHERE attestation = c.id AND day = c.arg), 0) < c.num
+                    WHEN 'policy' THEN (SELECT MAX(version) FROM bank_policies)
+                        IS NOT DISTINCT FROM c.num
+                    WHEN 'unseen' THEN NOT EXISTS (SELECT 1 FROM bank_seen
+                        WHERE kind = c.arg AND id = c.id)
+                    WHEN 'live_devices' THEN COALESCE((SELECT pg_catalog.string_agg(d.thumbprint,
+                        ',' ORDER BY d.position) FROM bank_device_keys d WHERE d.subject = c.id
+                        AND (d.record::jsonb ->> 'revoked_at') IS NULL), '') = c.arg
+                    END, FALSE)
+                ORDER BY c.n LIMIT 1;
+        END IF;
+        WHILE _x <= pg_catalog.cardinality(change_commit) AND change_commit[_x] = _c LOOP
+            IF _verdict IS NULL THEN
+                CASE change_kind[_x]
+                WHEN 'usage' THEN
+                    INSERT INTO usage (consent, day, unattended)
+                        VALUES (change_id[_x], change_arg[_x], 1)
+                        ON CONFLICT (consent, day)
+                        DO UPDATE SET unattended = usage.unattended + 1;
+                WHEN 'served' THEN
+                    INSERT INTO bank_served (attestation, day, unattended, present)
+                        VALUES (change_id[_x], change_arg[_x], change_num[_x], change_num2[_x])
+                        ON CONFLICT (attestation, day) DO UPDATE SET
+                        unattended = bank_served.unattended + excluded.unattended,
+                        present = bank_served.present + excluded.present;
+                WHEN 'seen' THEN
+                    INSERT INTO bank_seen (kind, id, expires_at)
+                        VALUES (change_arg[_x], change_id[_x], change_num[_x]);
+                WHEN 'prune' THEN
+                    DELETE FROM bank_seen WHERE (kind, id) IN (SELECT s.kind, s.id
+                        FROM bank_seen s WHERE s.expires_at < change_num[_x]
+                        ORDER BY s.expires_at LIMIT change_num2[_x]);
+                ELSE
+                    RAISE EXCEPTION 'consent-broker: unknown change %', change_kind[_x];
+                END CASE;
+            END IF;
+            _x := _x + 1;
+        END LOOP;
+        outcome[_c + 1] := COALESCE(_verdict, _size);
+        WHILE _e <= pg_catalog.cardinality(entry_commit) AND entry_commit[_e] = _c LOOP
+            IF _verdict IS NULL THEN
+                _entry := pg_catalog.convert_to('{"seq":'::TEXT || _size::TEXT, 'UTF8'::NAME)
+                    || entry_tail[_e];
+                seqs := pg_catalog.array_append(seqs, _size);
+                entries := pg_catalog.array_append(entries, _entry);
+                _hash := pg_catalog.sha256(pg_catalog.decode('00', 'hex') || _entry);
+                _level := 0;
+                _index := _size;
+                levels := pg_catalog.array_append(levels, _level);
+                indices := pg_catalog.array_append(indices, _index);
+                hashes := pg_catalog.array_append(hashes, _hash);
+                WHILE (_index & 1::BIGINT) = 1 LOOP
+                    _hash := pg_catalog.sha256(
+                        pg_catalog.decode('01', 'hex') || edge[_level + 1] || _hash);
+                    _level := _level + 1;
+                    _index := _index >> 1;
+                    levels := pg_catalog.array_append(levels, _level);
+                    indices := pg_catalog.array_append(indices, _index);
+                    hashes := pg_catalog.array_append(hashes, _hash);
+                END LOOP;
+                edge[_level + 1] := _hash;
+                _size := _size + 1;
+            END IF;
+            _e := _e + 1;
+        END LOOP;
+    END LOOP;
+    INSERT INTO audit (seq, entry)
+        SELECT * FROM ROWS FROM (pg_catalog.unnest(seqs), pg_catalog.unnest(entries));
+    INSERT INTO merkle_nodes (level, idx, hash)
+        SELECT * FROM ROWS FROM (pg_catalog.unnest(levels), pg_catalog.unnest(indices),
+            pg_catalog.unnest(hashes));
+    RETURN outcome;
+END
+$fn$;
+DO $do$ BEGIN
+    -- Names inside the functions resolve in the schema they were created in (and pg_temp last),
+    -- whatever the caller's search path: an object another role put on that path cannot stand in
+    -- for a table, a function or an operator the functions use.
+    EXECUTE pg_catalog.format('ALTER FUNCTION consent_broker_commit(INTEGER, INTEGER[], '
+        'TEXT[], TEXT[], TEXT[], BIGINT[], BYTEA[], INTEGER[], TEXT[], TEXT[], TEXT[], BIGINT[], '
+        'BIGINT[], INTEGER[], BYTEA[]) SET search_path = %I, pg_temp', current_schema());
+    EXECUTE pg_catalog.format('ALTER FUNCTION consent_broker_consent_holder() '
+        'SET search_path = %I, pg_temp', current_schema());
+END
+$do$;
+"#
+    };
+}
 
 /// The schema's history, oldest first.
 const MIGRATIONS: &[Migration] = &[
@@ -230,14 +417,19 @@ const MIGRATIONS: &[Migration] = &[
         // access view (one statement) joins on it without parsing the record on every read.
         sql: COMMIT_FUNCTION,
     },
+    Migration {
+        version: 7,
+        // The commit function learns the precondition on a subject's live device keys, so that
+        // the bank's gate check of a sealed response joins the batch instead of being applied
+        // statement by statement in a transaction of its own.
+        sql: commit_function!(),
+    },
 ];
 
-/// The server-side function behind group commit (schema version 6). Its arguments are parallel
-/// arrays, each row tagged with the position of its commit in the batch (rows in commit order).
-/// It answers, per commit, its first sequence number; -1 if a precondition failed; -2 - k if its
-/// check k (0-based over the whole batch) found an id already seen. A refused commit writes
-/// nothing. The lock key is [`COMMIT_LOCK`] (a unit test checks that it is spelled the same).
-const COMMIT_FUNCTION: &str = r#"
+/// Schema version 6: each consent's holder in a column kept by a trigger, and the commit
+/// function.
+const COMMIT_FUNCTION: &str = concat!(
+    r#"
 ALTER TABLE consents ADD COLUMN holder TEXT;
 UPDATE consents SET holder = record::jsonb #>> '{request,holder}'::TEXT[];
 CREATE FUNCTION consent_broker_consent_holder() RETURNS trigger LANGUAGE plpgsql AS $fn$
@@ -245,176 +437,9 @@ CREATE FUNCTION consent_broker_consent_holder() RETURNS trigger LANGUAGE plpgsql
 $fn$;
 CREATE TRIGGER consents_holder BEFORE INSERT OR UPDATE OF record ON consents
     FOR EACH ROW EXECUTE FUNCTION consent_broker_consent_holder();
-CREATE FUNCTION consent_broker_commit(
-    commits INTEGER,
-    check_commit INTEGER[], check_kind TEXT[], check_id TEXT[], check_arg TEXT[],
-    check_num BIGINT[], check_blob BYTEA[],
-    change_commit INTEGER[], change_kind TEXT[], change_id TEXT[], change_arg TEXT[],
-    change_num BIGINT[], change_num2 BIGINT[],
-    entry_commit INTEGER[], entry_tail BYTEA[]
-) RETURNS BIGINT[] LANGUAGE plpgsql AS $fn$
-DECLARE
-    outcome BIGINT[] := pg_catalog.array_fill(NULL::BIGINT, ARRAY[commits]);
-    edge BYTEA[] := pg_catalog.array_fill(NULL::BYTEA, ARRAY[64]);
-    seqs BIGINT[] := '{}';
-    entries BYTEA[] := '{}';
-    levels INTEGER[] := '{}';
-    indices BIGINT[] := '{}';
-    hashes BYTEA[] := '{}';
-    _size BIGINT;
-    _want INTEGER := 0;
-    _found INTEGER := 0;
-    _c INTEGER;
-    _first INTEGER;
-    _k INTEGER := 1;
-    _x INTEGER := 1;
-    _e INTEGER := 1;
-    _verdict BIGINT;
-    _level INTEGER;
-    _index BIGINT;
-    _hash BYTEA;
-    _entry BYTEA;
-BEGIN
-    PERFORM pg_advisory_xact_lock(1128419947);
-    SELECT COALESCE(MAX(seq) + 1, 0) INTO _size FROM audit;
-    -- The tree's right edge: the root of each complete subtree ending at the log's end, in one
-    -- query.
-    FOR _level IN 0..62 LOOP
-        IF ((_size >> _level) & 1::BIGINT) = 1 THEN _want := _want + 1; END IF;
-    END LOOP;
-    FOR _level, _hash IN SELECT n.level, n.hash FROM pg_catalog.generate_series(0, 62) AS l (level)
-            JOIN merkle_nodes n ON n.level = l.level AND n.idx = (_size >> l.level) - 1
-            WHERE ((_size >> l.level) & 1::BIGINT) = 1 LOOP
-        edge[_level + 1] := _hash;
-        _found := _found + 1;
-    END LOOP;
-    IF _found <> _want THEN
-        RAISE EXCEPTION USING ERRCODE = 'data_corrupted', MESSAGE = pg_catalog.format(
-            'Merkle tree: %s of the %s nodes of the right edge of %s leaves are missing',
-            _want - _found, _want, _size);
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_catalog.unnest(check_kind) AS k (kind)
-            WHERE k.kind NOT IN ('consent',
-            'holder', 'usage', 'key', 'subject_key', 'attestation', 'served_unattended_below',
-            'served_present_below', 'policy', 'unseen')) THEN
-        RAISE EXCEPTION 'consent-broker: unknown check';
-    END IF;
-    FOR _c IN 0 .. commits - 1 LOOP
-        -- The commit's checks are rows _first .. _k - 1, all made against the same state (the
-        -- commits before it applied): the first that fails decides, in one query.
-        _first := _k;
-        WHILE _k <= pg_catalog.cardinality(check_commit) AND check_commit[_k] = _c LOOP
-            _k := _k + 1;
-        END LOOP;
-        _verdict := NULL;
-        IF _k > _first THEN
-            SELECT CASE WHEN c.kind = 'unseen' THEN -2 - (_first + c.n - 2) ELSE -1 END
-                INTO _verdict
-                FROM ROWS FROM (pg_catalog.unnest(check_kind[_first:_k - 1]),
-                    pg_catalog.unnest(check_id[_first:_k - 1]),
-                    pg_catalog.unnest(check_arg[_first:_k - 1]),
-                    pg_catalog.unnest(check_num[_first:_k - 1]),
-                    pg_catalog.unnest(check_blob[_first:_k - 1]))
-                    WITH ORDINALITY AS c (kind, id, arg, num, blob, n)
-                WHERE NOT COALESCE(CASE c.kind
-                    WHEN 'consent' THEN (SELECT version FROM consents WHERE id = c.id)
-                        IS NOT DISTINCT FROM c.num
-                    WHEN 'holder' THEN (SELECT version FROM holders WHERE id = c.id)
-                        IS NOT DISTINCT FROM c.num
-                    WHEN 'usage' THEN COALESCE((SELECT unattended FROM usage
-                        WHERE consent = c.id AND day = c.arg), 0) = c.num
-                    WHEN 'key' THEN EXISTS (SELECT 1 FROM published_keys
-                        WHERE key_use = c.arg AND kid = c.id AND retired_at IS NULL)
-                    WHEN 'subject_key' THEN pg_catalog.sha256((SELECT key FROM subject_keys
-                        WHERE subject = c.id)) IS NOT DISTINCT FROM c.blob
-                    WHEN 'attestation' THEN (SELECT version FROM bank_attestations
-                        WHERE id = c.id) IS NOT DISTINCT FROM c.num
-                    WHEN 'served_unattended_below' THEN COALESCE((SELECT unattended
-                        FROM bank_served WHERE attestation = c.id AND day = c.arg), 0) < c.num
-                    WHEN 'served_present_below' THEN COALESCE((SELECT present
-                        FROM bank_served WHERE attestation = c.id AND day = c.arg), 0) < c.num
-                    WHEN 'policy' THEN (SELECT MAX(version) FROM bank_policies)
-                        IS NOT DISTINCT FROM c.num
-                    WHEN 'unseen' THEN NOT EXISTS (SELECT 1 FROM bank_seen
-                        WHERE kind = c.arg AND id = c.id)
-                    END, FALSE)
-                ORDER BY c.n LIMIT 1;
-        END IF;
-        WHILE _x <= pg_catalog.cardinality(change_commit) AND change_commit[_x] = _c LOOP
-            IF _verdict IS NULL THEN
-                CASE change_kind[_x]
-                WHEN 'usage' THEN
-                    INSERT INTO usage (consent, day, unattended)
-                        VALUES (change_id[_x], change_arg[_x], 1)
-                        ON CONFLICT (consent, day)
-                        DO UPDATE SET unattended = usage.unattended + 1;
-                WHEN 'served' THEN
-                    INSERT INTO bank_served (attestation, day, unattended, present)
-                        VALUES (change_id[_x], change_arg[_x], change_num[_x], change_num2[_x])
-                        ON CONFLICT (attestation, day) DO UPDATE SET
-                        unattended = bank_served.unattended + excluded.unattended,
-                        present = bank_served.present + excluded.present;
-                WHEN 'seen' THEN
-                    INSERT INTO bank_seen (kind, id, expires_at)
-                        VALUES (change_arg[_x], change_id[_x], change_num[_x]);
-                WHEN 'prune' THEN
-                    DELETE FROM bank_seen WHERE (kind, id) IN (SELECT s.kind, s.id
-                        FROM bank_seen s WHERE s.expires_at < change_num[_x]
-                        ORDER BY s.expires_at LIMIT change_num2[_x]);
-                ELSE
-                    RAISE EXCEPTION 'consent-broker: unknown change %', change_kind[_x];
-                END CASE;
-            END IF;
-            _x := _x + 1;
-        END LOOP;
-        outcome[_c + 1] := COALESCE(_verdict, _size);
-        WHILE _e <= pg_catalog.cardinality(entry_commit) AND entry_commit[_e] = _c LOOP
-            IF _verdict IS NULL THEN
-                _entry := pg_catalog.convert_to('{"seq":'::TEXT || _size::TEXT, 'UTF8'::NAME)
-                    || entry_tail[_e];
-                seqs := pg_catalog.array_append(seqs, _size);
-                entries := pg_catalog.array_append(entries, _entry);
-                _hash := pg_catalog.sha256(pg_catalog.decode('00', 'hex') || _entry);
-                _level := 0;
-                _index := _size;
-                levels := pg_catalog.array_append(levels, _level);
-                indices := pg_catalog.array_append(indices, _index);
-                hashes := pg_catalog.array_append(hashes, _hash);
-                WHILE (_index & 1::BIGINT) = 1 LOOP
-                    _hash := pg_catalog.sha256(
-                        pg_catalog.decode('01', 'hex') || edge[_level + 1] || _hash);
-                    _level := _level + 1;
-                    _index := _index >> 1;
-                    levels := pg_catalog.array_append(levels, _level);
-                    indices := pg_catalog.array_append(indices, _index);
-                    hashes := pg_catalog.array_append(hashes, _hash);
-                END LOOP;
-                edge[_level + 1] := _hash;
-                _size := _size + 1;
-            END IF;
-            _e := _e + 1;
-        END LOOP;
-    END LOOP;
-    INSERT INTO audit (seq, entry)
-        SELECT * FROM ROWS FROM (pg_catalog.unnest(seqs), pg_catalog.unnest(entries));
-    INSERT INTO merkle_nodes (level, idx, hash)
-        SELECT * FROM ROWS FROM (pg_catalog.unnest(levels), pg_catalog.unnest(indices),
-            pg_catalog.unnest(hashes));
-    RETURN outcome;
-END
-$fn$;
-DO $do$ BEGIN
-    -- Names inside the functions resolve in the schema they were created in (and pg_temp last),
-    -- whatever the caller's search path: an object another role put on that path cannot stand in
-    -- for a table, a function or an operator the functions use.
-    EXECUTE pg_catalog.format('ALTER FUNCTION consent_broker_commit(INTEGER, INTEGER[], '
-        'TEXT[], TEXT[], TEXT[], BIGINT[], BYTEA[], INTEGER[], TEXT[], TEXT[], TEXT[], BIGINT[], '
-        'BIGINT[], INTEGER[], BYTEA[]) SET search_path = %I, pg_temp', current_schema());
-    EXECUTE pg_catalog.format('ALTER FUNCTION consent_broker_consent_holder() '
-        'SET search_path = %I, pg_temp', current_schema());
-END
-$do$;
-"#;
+"#,
+    commit_function!()
+);
 
 /// A [`Store`] in a PostgreSQL database.
 pub struct PostgresStore {
@@ -557,7 +582,7 @@ impl PostgresStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 6;
+    pub const SCHEMA_VERSION: i64 = 7;
 
     /// How often a transaction is retried after a serialisation failure or deadlock.
     pub const MAX_TRANSACTION_ATTEMPTS: u32 = 5;
