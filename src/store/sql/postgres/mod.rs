@@ -202,8 +202,10 @@ BEGIN
                         FROM bank_served WHERE attestation = c.id AND day = c.arg), 0) < c.num
                     WHEN 'policy' THEN (SELECT MAX(version) FROM bank_policies)
                         IS NOT DISTINCT FROM c.num
-                    WHEN 'unseen' THEN NOT EXISTS (SELECT 1 FROM bank_seen
-                        WHERE kind = c.arg AND id = c.id)
+                    -- A count, not NOT EXISTS: the planner may hash an EXISTS sub-plan, reading
+                    -- every seen id at every batch; a count is one index probe.
+                    WHEN 'unseen' THEN (SELECT pg_catalog.count(*) FROM bank_seen
+                        WHERE kind = c.arg AND id = c.id) = 0
                     WHEN 'live_devices' THEN COALESCE((SELECT pg_catalog.string_agg(d.thumbprint,
                         ',' ORDER BY d.position) FROM bank_device_keys d WHERE d.subject = c.id
                         AND (d.record::jsonb ->> 'revoked_at') IS NULL), '') = c.arg
