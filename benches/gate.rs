@@ -117,20 +117,14 @@ fn bench(c: &mut Criterion) {
 
     // The whole gate with the journal's write: a fresh token and proof per access (made outside
     // the timed part), checked and journalled in one fsynced transaction.
-    group.bench_function("check_and_journal_sqlite", |b| {
-        b.iter_batched(
-            || support::token_and_proof(&kit, &access, &random),
-            |(token, proof)| {
-                let request = GateRequest {
-                    token: &token,
-                    proof: &proof,
-                    http: GET_BALANCE,
-                };
-                bank.bank.check(&request, &bank.accounts).unwrap()
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    one_caller(
+        &mut group,
+        "check_and_journal_sqlite",
+        &kit,
+        &bank,
+        &access,
+        &random,
+    );
 
     // The same with eight callers at once (eight request threads of the bank's server): their
     // journal entries share transactions and fsyncs.
@@ -143,6 +137,32 @@ fn bench(c: &mut Criterion) {
     );
     postgres(&mut group, &random);
     group.finish();
+}
+
+/// One caller: a fresh token and proof per access (made outside the timed part), checked and
+/// journalled.
+fn one_caller<L: Store + LedgerRead>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    kit: &TestBroker,
+    bank: &TestBank<L>,
+    access: &AccessRequest,
+    random: &SeededRandom,
+) {
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            || support::token_and_proof(kit, access, random),
+            |(token, proof)| {
+                let request = GateRequest {
+                    token: &token,
+                    proof: &proof,
+                    http: GET_BALANCE,
+                };
+                bank.bank.check(&request, &bank.accounts).unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
 }
 
 /// Eight callers checking at once, each for a consent of its own (eight customers' apps polling at
@@ -206,20 +226,14 @@ fn postgres(
     let kit = TestBroker::memory();
     let bank = TestBank::with_settings(&kit, ledger, support::open_gate());
     let access = kit.access(bank.granted(&kit).id());
-    group.bench_function("check_and_journal_postgres", |b| {
-        b.iter_batched(
-            || support::token_and_proof(&kit, &access, random),
-            |(token, proof)| {
-                let request = GateRequest {
-                    token: &token,
-                    proof: &proof,
-                    http: GET_BALANCE,
-                };
-                bank.bank.check(&request, &bank.accounts).unwrap()
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    one_caller(
+        group,
+        "check_and_journal_postgres",
+        &kit,
+        &bank,
+        &access,
+        random,
+    );
     eight_callers(
         group,
         "check_and_journal_postgres_8_callers",
