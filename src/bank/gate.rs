@@ -269,7 +269,8 @@ impl<S: Store + LedgerRead> Bank<S> {
             claims,
             view,
             proof_id,
-            proof_expires,
+            proof_at,
+            token_at,
             now,
             plan,
             token_digest,
@@ -343,15 +344,13 @@ impl<S: Store + LedgerRead> Bank<S> {
             .change(Change::RememberSeen {
                 kind: SeenKind::Proof,
                 id: proof_id.clone(),
-                expires_at: proof_expires,
+                at: proof_at,
             });
         if self.gate.single_use_tokens {
-            let token_expires = OffsetDateTime::from_unix_timestamp(claims.exp)
-                .map_or(now, |exp| exp + self.gate.leeway);
             commit = commit.change(Change::RememberSeen {
                 kind: SeenKind::Token,
                 id: claims.jti.clone(),
-                expires_at: token_expires,
+                at: token_at,
             });
         }
         if let Plan::Sealed { live, .. } = &plan {
@@ -360,10 +359,21 @@ impl<S: Store + LedgerRead> Bank<S> {
                 thumbprints: live.clone(),
             });
         }
-        commit = commit.change(Change::PruneSeen {
-            before: now,
-            limit: PRUNE_PER_CALL,
-        });
+        // Ids that no longer verify are forgotten: a proof once its window (and the leeway)
+        // has passed since its `iat`, a token once the leeway has passed since its `exp`. A
+        // later, wider window would find them forgotten; the gate's settings bound the window
+        // (`proof_window`) and the leeway (`MAX_LEEWAY`).
+        commit = commit
+            .change(Change::PruneSeen {
+                kind: SeenKind::Proof,
+                before: now - self.gate.proof_window - self.gate.leeway,
+                limit: PRUNE_PER_CALL,
+            })
+            .change(Change::PruneSeen {
+                kind: SeenKind::Token,
+                before: now - self.gate.leeway,
+                limit: PRUNE_PER_CALL,
+            });
         match self.ledger.commit(commit) {
             Ok(receipt) => Ok(Admission {
                 delivery: plan.delivery(),
@@ -433,12 +443,24 @@ impl<S: Store + LedgerRead> Bank<S> {
             now,
         )
         .map_err(|e| refuse(GateRefusal::Proof(e), &claims, None))?;
+        // The ids are remembered with the times their signatures cover (both checked against
+        // the clock above, so within range; refused, not guessed, if not).
+        let Ok(proof_at) = OffsetDateTime::from_unix_timestamp(proof.iat) else {
+            let too_old = GateRefusal::Proof(dpop::DpopError::TooOld);
+            return Err(refuse(too_old, &claims, None));
+        };
+        let Ok(token_at) = OffsetDateTime::from_unix_timestamp(claims.exp) else {
+            let expired = GateRefusal::Token(token::TokenError::Expired { exp: claims.exp });
+            return Err(refuse(expired, &claims, None));
+        };
         let view = self.ledger.gate_view(&GateQuery {
             attestation: &claims.att,
             consent: &claims.cid,
             day: now.date(),
             proof_id: &proof.jti,
+            proof_at,
             token_id: &claims.jti,
+            token_at,
         })?;
         if view.proof_seen {
             let replayed = GateRefusal::Proof(dpop::DpopError::Replayed);
@@ -583,15 +605,14 @@ impl<S: Store + LedgerRead> Bank<S> {
                 live: live.into_iter().map(|(thumbprint, _)| thumbprint).collect(),
             }
         };
-        let proof_expires = OffsetDateTime::from_unix_timestamp(proof.iat)
-            .map_or(now, |iat| iat + settings.proof_window + settings.leeway);
         Ok(Decided {
             token_digest: crate::privacy::commitment(request.token.as_bytes()),
             plan,
             claims,
             view,
             proof_id: proof.jti,
-            proof_expires,
+            proof_at,
+            token_at,
             now,
             limit,
         })
@@ -699,7 +720,10 @@ struct Decided {
     claims: AccessClaims,
     view: GateView,
     proof_id: String,
-    proof_expires: OffsetDateTime,
+    /// The proof's `iat`.
+    proof_at: OffsetDateTime,
+    /// The token's `exp`.
+    token_at: OffsetDateTime,
     now: OffsetDateTime,
 }
 

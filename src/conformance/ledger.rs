@@ -42,14 +42,16 @@ fn policy(version: u64) -> PolicyRecord {
 }
 
 /// The gate's view of an access under `attestation` and `consent` on `day`, with proof `p-1` and
-/// token `t-1`.
+/// token `t-1`, each signed for a minute past `NOW`.
 fn view<S: LedgerRead + ?Sized>(s: &S, attestation: &str, consent: &str, day: Date) -> GateView {
     s.gate_view(&GateQuery {
         attestation,
         consent: &id(consent),
         day,
         proof_id: "p-1",
+        proof_at: NOW + Duration::minutes(1),
         token_id: "t-1",
+        token_at: NOW + Duration::minutes(1),
     })
     .unwrap()
 }
@@ -237,82 +239,97 @@ where
     assert_eq!(served(DAY).present, 2);
 }
 
-/// Presented ids: remembered once per kind, a second presentation is a duplicate, and pruning
-/// forgets at most its limit of the oldest expired ids.
+/// Presented ids: remembered by kind, signed time and id; a second presentation of the same is a
+/// duplicate; pruning forgets, per kind, at most its limit of the ids signed before its cut, the
+/// oldest first.
 pub fn ledger_seen_ids<H: Harness>()
 where
     H::Store: LedgerRead,
 {
     let h = fresh::<H>();
     let s = h.store();
+    let at = |minutes: i64| NOW + Duration::minutes(minutes);
     let remember = |kind, id: &str, minutes: i64| {
         only(Change::RememberSeen {
             kind,
             id: id.to_owned(),
-            expires_at: NOW + Duration::minutes(minutes),
+            at: at(minutes),
         })
     };
+    let seen = |kind, id: &str, minutes: i64| s.seen(kind, id, at(minutes)).unwrap();
     s.commit(remember(SeenKind::Proof, "p-1", 1)).unwrap();
     s.commit(remember(SeenKind::Proof, "p-2", 2)).unwrap();
     s.commit(remember(SeenKind::Proof, "p-3", 10)).unwrap();
     s.commit(remember(SeenKind::Token, "p-1", 1)).unwrap();
     assert_eq!(
-        s.commit(remember(SeenKind::Proof, "p-1", 5)),
+        s.commit(remember(SeenKind::Proof, "p-1", 1)),
         Err(StoreError::Duplicate {
             kind: RecordKind::SeenId,
             id: "p-1".into(),
         })
     );
-    assert!(s.seen(SeenKind::Proof, "p-1").unwrap());
-    assert!(!s.seen(SeenKind::Proof, "p-4").unwrap());
-    // The gate reads both at once: proof `p-1` seen, token `t-1` not.
+    assert!(seen(SeenKind::Proof, "p-1", 1));
+    assert!(!seen(SeenKind::Proof, "p-1", 3), "another signed time");
+    assert!(!seen(SeenKind::Proof, "p-4", 1));
+    // The same id signed for another time is another presentation (only the signer can make
+    // it): remembered beside the first.
+    s.commit(remember(SeenKind::Proof, "p-1", 5)).unwrap();
+    assert!(seen(SeenKind::Proof, "p-1", 5) && seen(SeenKind::Proof, "p-1", 1));
+    // The gate reads both at once: proof `p-1` at one minute seen, token `t-1` not.
     let both = view(s, "att-1", "cns_1", DAY);
     assert!(both.proof_seen && !both.token_seen);
-    let prune = |limit| {
+    let prune = |kind, limit| {
         only(Change::PruneSeen {
-            before: NOW + Duration::minutes(5),
+            kind,
+            before: at(5),
             limit,
         })
     };
-    // Three expired before the cut (two proofs and a token), one not; at most two go, the
-    // oldest first.
-    s.commit(prune(2)).unwrap();
-    assert!(!s.seen(SeenKind::Proof, "p-1").unwrap());
-    assert!(!s.seen(SeenKind::Token, "p-1").unwrap());
+    // Two proofs signed before the cut, two not: at most one goes, the oldest; tokens stay.
+    s.commit(prune(SeenKind::Proof, 1)).unwrap();
+    assert!(!seen(SeenKind::Proof, "p-1", 1));
     assert!(
-        s.seen(SeenKind::Proof, "p-2").unwrap(),
+        seen(SeenKind::Proof, "p-2", 2),
         "beyond the limit: kept for now"
     );
-    s.commit(prune(10)).unwrap();
-    assert!(!s.seen(SeenKind::Proof, "p-1").unwrap());
-    assert!(!s.seen(SeenKind::Token, "p-1").unwrap());
-    assert!(s.seen(SeenKind::Proof, "p-3").unwrap(), "not expired: kept");
+    assert!(seen(SeenKind::Token, "p-1", 1), "another kind: kept");
+    s.commit(prune(SeenKind::Proof, 10)).unwrap();
+    assert!(!seen(SeenKind::Proof, "p-2", 2));
+    assert!(seen(SeenKind::Proof, "p-1", 5), "signed at the cut: kept");
+    assert!(
+        seen(SeenKind::Proof, "p-3", 10),
+        "signed after the cut: kept"
+    );
+    assert!(seen(SeenKind::Token, "p-1", 1));
+    s.commit(prune(SeenKind::Token, 10)).unwrap();
+    assert!(!seen(SeenKind::Token, "p-1", 1));
     // Forgotten, an id can be remembered again.
-    s.commit(remember(SeenKind::Proof, "p-1", 20)).unwrap();
+    s.commit(remember(SeenKind::Proof, "p-1", 1)).unwrap();
     // Changes apply in order: an id a commit's own prune forgets, it may remember again.
-    s.commit(remember(SeenKind::Proof, "p-9", 1)).unwrap();
     let len = s.audit_len().unwrap();
     s.commit(commit(
         vec![
             Change::PruneSeen {
-                before: NOW + Duration::minutes(5),
+                kind: SeenKind::Proof,
+                before: at(5),
                 limit: 10,
             },
             Change::RememberSeen {
                 kind: SeenKind::Proof,
-                id: "p-9".into(),
-                expires_at: NOW + Duration::minutes(30),
+                id: "p-1".into(),
+                at: at(1),
             },
         ],
         vec![],
     ))
     .unwrap();
     assert_eq!(s.audit_len().unwrap(), len + 1);
+    assert!(seen(SeenKind::Proof, "p-1", 1));
     // One id remembered twice in one commit: the commit is a duplicate, and none of it stays.
     let twice = |id: &str| Change::RememberSeen {
         kind: SeenKind::Token,
         id: id.into(),
-        expires_at: NOW + Duration::minutes(30),
+        at: at(30),
     };
     assert_eq!(
         s.commit(commit(vec![twice("t-7"), twice("t-7")], vec![])),
@@ -321,7 +338,7 @@ where
             id: "t-7".into(),
         })
     );
-    assert!(!s.seen(SeenKind::Token, "t-7").unwrap());
+    assert!(!seen(SeenKind::Token, "t-7", 30));
     assert_eq!(s.audit_len().unwrap(), len + 1);
 }
 
@@ -386,7 +403,7 @@ where
             Change::RememberSeen {
                 kind: SeenKind::Proof,
                 id: "p-9".into(),
-                expires_at: NOW,
+                at: NOW,
             },
             Change::RecordAttestation {
                 record: attestation("att-1", "cns_1", "alice"),
@@ -403,7 +420,7 @@ where
         view(s, "att-2", "cns_2", DAY).served,
         ServedCounts::default()
     );
-    assert!(!s.seen(SeenKind::Proof, "p-9").unwrap());
+    assert!(!s.seen(SeenKind::Proof, "p-9", NOW).unwrap());
     assert_eq!(s.audit_len().unwrap(), len);
 }
 

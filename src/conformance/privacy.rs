@@ -364,7 +364,9 @@ where
             consent: &id("cns_1"),
             day: super::DAY,
             proof_id: "p",
+            proof_at: super::NOW,
             token_id: "t",
+            token_at: super::NOW,
         })
         .unwrap()
         .served,

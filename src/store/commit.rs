@@ -249,22 +249,26 @@ pub enum Change {
         /// Which count.
         presence: Presence,
     },
-    /// Remembers a presented id until `expires_at`; fails with `Duplicate` if it is
-    /// remembered already (the presentation is a replay).
+    /// Remembers a presented id with its signed time (see [`SeenKind`]); fails with
+    /// `Duplicate` if the same kind, time and id are remembered already (the presentation is a
+    /// replay).
     #[non_exhaustive]
     RememberSeen {
         /// What kind of id.
         kind: SeenKind,
         /// The id.
         id: String,
-        /// When it can be forgotten (it no longer verifies after).
-        expires_at: OffsetDateTime,
+        /// The time its signature covers: a proof's `iat`, a token's `exp` (whole seconds).
+        at: OffsetDateTime,
     },
-    /// Forgets at most `limit` remembered ids that expired before `before`: bounded work per
-    /// call, so pruning never stalls a request.
+    /// Forgets at most `limit` remembered ids of one kind whose signed time is before
+    /// `before` (they no longer verify): bounded work per call, so pruning never stalls a
+    /// request.
     #[non_exhaustive]
     PruneSeen {
-        /// Ids that expired before this are forgotten.
+        /// What kind of id.
+        kind: SeenKind,
+        /// Ids signed for a time before this are forgotten.
         before: OffsetDateTime,
         /// At most this many.
         limit: u32,

@@ -143,6 +143,12 @@ impl ServedCounts {
 }
 
 /// What kind of presented id the bank remembers, to refuse its second presentation.
+///
+/// A presented id is remembered with the time its own signature covers (a proof's `iat`, a
+/// token's `exp`): stores keep it ordered by that time, so that new ids land at one end of one
+/// index and expired ones leave from the other. A presentation is a replay when the same kind,
+/// signed time and id were presented before: the signed time cannot be changed without the
+/// signer's key, and a store never needs an index in the ids' random order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SeenKind {
@@ -184,8 +190,12 @@ pub struct GateQuery<'a> {
     pub day: Date,
     /// The DPoP proof's `jti`.
     pub proof_id: &'a str,
+    /// The DPoP proof's `iat` (its signed time).
+    pub proof_at: OffsetDateTime,
     /// The token's `jti`.
     pub token_id: &'a str,
+    /// The token's `exp` (its signed time).
+    pub token_at: OffsetDateTime,
 }
 
 /// Everything the gate reads for one access, read at once (one statement on the SQL stores).
@@ -308,11 +318,12 @@ pub trait LedgerRead {
     /// [`StoreError`].
     fn feed_state(&self) -> Result<Option<FeedState>, StoreError>;
 
-    /// Whether an id of this kind was presented before (and is still remembered).
+    /// Whether an id of this kind, with this signed time (see [`SeenKind`]), was presented
+    /// before (and is still remembered).
     ///
     /// # Errors
     /// [`StoreError`].
-    fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError>;
+    fn seen(&self, kind: SeenKind, id: &str, at: OffsetDateTime) -> Result<bool, StoreError>;
 
     /// What the gate reads for one access: whether the proof and the token were presented
     /// before, the attestation, the current policy, the attestation's served counts on the day,
@@ -368,8 +379,8 @@ macro_rules! forward_ledger_read {
             fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
                 (**self).bank_policies()
             }
-            fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError> {
-                (**self).seen(kind, id)
+            fn seen(&self, kind: SeenKind, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+                (**self).seen(kind, id, at)
             }
             fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
                 (**self).feed_state()

@@ -22,9 +22,9 @@ pub(super) struct LedgerState {
     order: Vec<String>,
     policies: Vec<PolicyRecord>,
     served: HashMap<(String, Date), ServedCounts>,
-    seen: HashMap<(SeenKind, String), OffsetDateTime>,
-    /// The same ids by expiry, so that pruning takes the oldest few without a scan.
-    seen_by_expiry: BTreeSet<(OffsetDateTime, SeenKind, String)>,
+    /// Presented ids by kind, then signed time (whole seconds), then id, as the SQL stores key
+    /// them: pruning takes a kind's oldest few without a scan.
+    seen: BTreeSet<Seen>,
     platform_revocations: HashMap<ConsentId, OffsetDateTime>,
     feed: Option<FeedState>,
     /// Device keys in the order they were registered.
@@ -32,6 +32,9 @@ pub(super) struct LedgerState {
     /// Pairwise subject identifiers, by the identifier.
     links: HashMap<SubjectId, SubjectLink>,
 }
+
+/// A remembered presented id: its kind, signed time (Unix seconds) and id.
+type Seen = (SeenKind, i64, String);
 
 /// What an erasure or a retention pass removed from the ledger, to put back if the commit fails.
 pub(super) struct LedgerRemoved {
@@ -50,8 +53,8 @@ pub(super) enum LedgerUndo {
     AttestationUpdated(AttestationRecord),
     PolicyAppended,
     Served((String, Date), Option<ServedCounts>),
-    Seen(SeenKind, String, OffsetDateTime),
-    Pruned(Vec<(OffsetDateTime, SeenKind, String)>),
+    Seen(Seen),
+    Pruned(Vec<Seen>),
     PlatformRevocation(ConsentId),
     Nothing,
     Feed(Option<FeedState>),
@@ -150,30 +153,29 @@ impl LedgerState {
                 self.served.insert(key.clone(), counts);
                 LedgerUndo::Served(key, old)
             }
-            Change::RememberSeen {
-                kind,
-                id,
-                expires_at,
-                ..
-            } => {
-                if self.seen.contains_key(&(*kind, id.clone())) {
+            Change::RememberSeen { kind, id, at, .. } => {
+                let entry = (*kind, at.unix_timestamp(), id.clone());
+                if !self.seen.insert(entry.clone()) {
                     return Err(duplicate(RecordKind::SeenId, id));
                 }
-                self.seen.insert((*kind, id.clone()), *expires_at);
-                self.seen_by_expiry.insert((*expires_at, *kind, id.clone()));
-                LedgerUndo::Seen(*kind, id.clone(), *expires_at)
+                LedgerUndo::Seen(entry)
             }
-            Change::PruneSeen { before, limit, .. } => {
+            Change::PruneSeen {
+                kind,
+                before,
+                limit,
+                ..
+            } => {
+                let from = (*kind, i64::MIN, String::new());
                 let expired: Vec<_> = self
-                    .seen_by_expiry
-                    .iter()
-                    .take_while(|(expiry, _, _)| expiry < before)
+                    .seen
+                    .range(from..)
+                    .take_while(|(k, at, _)| k == kind && *at < before.unix_timestamp())
                     .take(usize::try_from(*limit).unwrap_or(usize::MAX))
                     .cloned()
                     .collect();
                 for entry in &expired {
-                    self.seen_by_expiry.remove(entry);
-                    self.seen.remove(&(entry.1, entry.2.clone()));
+                    self.seen.remove(entry);
                 }
                 LedgerUndo::Pruned(expired)
             }
@@ -334,15 +336,11 @@ impl LedgerState {
             LedgerUndo::Served(key, None) => {
                 self.served.remove(&key);
             }
-            LedgerUndo::Seen(kind, id, expires_at) => {
-                self.seen.remove(&(kind, id.clone()));
-                self.seen_by_expiry.remove(&(expires_at, kind, id));
+            LedgerUndo::Seen(entry) => {
+                self.seen.remove(&entry);
             }
             LedgerUndo::Pruned(entries) => {
-                for (expires_at, kind, id) in entries {
-                    self.seen.insert((kind, id.clone()), expires_at);
-                    self.seen_by_expiry.insert((expires_at, kind, id));
-                }
+                self.seen.extend(entries);
             }
             LedgerUndo::PlatformRevocation(consent) => {
                 self.platform_revocations.remove(&consent);
@@ -468,14 +466,15 @@ impl LedgerState {
         self.feed
     }
 
-    pub(super) fn seen(&self, kind: SeenKind, id: &str) -> bool {
-        self.seen.contains_key(&(kind, id.to_owned()))
+    pub(super) fn seen(&self, kind: SeenKind, id: &str, at: OffsetDateTime) -> bool {
+        self.seen
+            .contains(&(kind, at.unix_timestamp(), id.to_owned()))
     }
 
     pub(super) fn gate_view(&self, query: &GateQuery<'_>) -> GateView {
         GateView {
-            proof_seen: self.seen(SeenKind::Proof, query.proof_id),
-            token_seen: self.seen(SeenKind::Token, query.token_id),
+            proof_seen: self.seen(SeenKind::Proof, query.proof_id, query.proof_at),
+            token_seen: self.seen(SeenKind::Token, query.token_id, query.token_at),
             attestation: self.attestation(query.attestation),
             policy: self.policies.last().cloned(),
             served: self.served_on(query.attestation, query.day),

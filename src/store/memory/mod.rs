@@ -639,8 +639,8 @@ impl LedgerRead for MemoryStore {
         Ok(self.read()?.ledger.policies())
     }
 
-    fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError> {
-        Ok(self.read()?.ledger.seen(kind, id))
+    fn seen(&self, kind: SeenKind, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+        Ok(self.read()?.ledger.seen(kind, id, at))
     }
 
     fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {

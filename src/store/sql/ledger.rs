@@ -1,7 +1,7 @@
 //! The bank's ledger in the SQL stores: its reads, its preconditions and its changes, for any
 //! dialect. The tables are `bank_*` (see each engine's schema history).
 
-use time::Date;
+use time::{Date, OffsetDateTime};
 
 use super::{Dialect, Failure, Row, Value, corrupt, day_key, one, rows, signed, time};
 use crate::ids::{ConsentId, SubjectId};
@@ -100,14 +100,20 @@ pub(crate) fn seen<D: Dialect + ?Sized>(
     db: &mut D,
     kind: SeenKind,
     id: &str,
+    at: OffsetDateTime,
 ) -> Result<bool, Failure<D::Error>> {
     Ok(one(
         db,
-        "SELECT 1 FROM bank_seen WHERE kind = ?1 AND id = ?2",
-        &[Value::Text(kind.as_str()), Value::Text(id)],
-        |_| Ok(()),
+        "SELECT (SELECT COUNT(*) FROM bank_presented WHERE kind = ?1 AND at = ?3 AND id = ?2) \
+              + (SELECT COUNT(*) FROM bank_seen WHERE kind = ?1 AND id = ?2)",
+        &[
+            Value::Text(kind.as_str()),
+            Value::Text(id),
+            Value::Int(at.unix_timestamp()),
+        ],
+        |row| Ok(row.int(0)?.unwrap_or(0)),
     )?
-    .is_some())
+    .is_some_and(|count| count > 0))
 }
 
 pub(crate) fn feed_state<D: Dialect + ?Sized>(
@@ -163,8 +169,12 @@ pub(crate) fn gate_view<D: Dialect + ?Sized>(
                 (SELECT revoked_at FROM bank_platform_revocations WHERE consent = ?2), \
                 (SELECT position FROM bank_feed WHERE id = 1), \
                 (SELECT generated_at FROM bank_feed WHERE id = 1), \
-                (SELECT COUNT(*) FROM bank_seen WHERE kind = 'proof' AND id = ?4), \
-                (SELECT COUNT(*) FROM bank_seen WHERE kind = 'token' AND id = ?5), \
+                (SELECT COUNT(*) FROM bank_presented WHERE kind = 'proof' AND at = ?6 \
+                    AND id = ?4) + (SELECT COUNT(*) FROM bank_seen \
+                    WHERE kind = 'proof' AND id = ?4), \
+                (SELECT COUNT(*) FROM bank_presented WHERE kind = 'token' AND at = ?7 \
+                    AND id = ?5) + (SELECT COUNT(*) FROM bank_seen \
+                    WHERE kind = 'token' AND id = ?5), \
                 (SELECT subject FROM bank_attestations WHERE id = ?1), \
                 (SELECT key FROM subject_keys WHERE subject = \
                     (SELECT subject FROM bank_attestations WHERE id = ?1)), \
@@ -179,6 +189,8 @@ pub(crate) fn gate_view<D: Dialect + ?Sized>(
             Value::Text(&day),
             Value::Text(query.proof_id),
             Value::Text(query.token_id),
+            Value::Int(query.proof_at.unix_timestamp()),
+            Value::Int(query.token_at.unix_timestamp()),
         ],
         &mut |row| {
             let view = match &mut view {
@@ -303,9 +315,24 @@ pub(crate) fn served_increments(presence: Presence) -> (i64, i64) {
     }
 }
 
-/// Deletes up to `?2` seen ids that expired before `?1`, the soonest expired first.
-pub(crate) const PRUNE_SEEN: &str = "DELETE FROM bank_seen WHERE (kind, id) IN \
-     (SELECT kind, id FROM bank_seen WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)";
+/// Remembers a presented id (`?1` kind, `?2` signed time, `?3` id), unless it is remembered
+/// already: in its own table, or in the table of ids remembered before schema version 8 (by kind
+/// and id, with their expiry), which is read and pruned but never written.
+pub(crate) const REMEMBER_SEEN: &str = "INSERT INTO bank_presented (kind, at, id) \
+     SELECT ?1, ?2, ?3 WHERE NOT EXISTS \
+     (SELECT 1 FROM bank_seen WHERE kind = ?1 AND id = ?3) ON CONFLICT DO NOTHING";
+
+/// Deletes up to `?3` presented ids of kind `?1` signed for a time before `?2`, the oldest first:
+/// one range at the left edge of the table's key.
+pub(crate) const PRUNE_SEEN: &str = "DELETE FROM bank_presented WHERE (kind, at, id) IN \
+     (SELECT kind, at, id FROM bank_presented WHERE kind = ?1 AND at < ?2 ORDER BY at LIMIT ?3)";
+
+/// Deletes up to `?3` ids of kind `?1` remembered before schema version 8 that expired before
+/// `?2`. Their expiry is later than their signed time, so a cutoff by signed time keeps them no
+/// shorter than they verify; the table empties within a token's lifetime of the upgrade.
+pub(crate) const PRUNE_SEEN_BEFORE_V8: &str = "DELETE FROM bank_seen WHERE (kind, id) IN \
+     (SELECT kind, id FROM bank_seen WHERE kind = ?1 AND expires_at < ?2 \
+     ORDER BY expires_at LIMIT ?3)";
 
 /// Applies a ledger change.
 pub(crate) fn apply<D: Dialect + ?Sized>(
@@ -369,31 +396,30 @@ pub(crate) fn apply<D: Dialect + ?Sized>(
             )?;
             Ok(())
         }
-        Change::RememberSeen {
-            kind,
-            id,
-            expires_at,
-            ..
-        } => insert_new(
+        Change::RememberSeen { kind, id, at, .. } => insert_new(
             db,
-            "INSERT INTO bank_seen (kind, id, expires_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT DO NOTHING",
+            REMEMBER_SEEN,
             &[
                 Value::Text(kind.as_str()),
+                Value::Int(at.unix_timestamp()),
                 Value::Text(id),
-                Value::Int(expires_at.unix_timestamp()),
             ],
             RecordKind::SeenId,
             id,
         ),
-        Change::PruneSeen { before, limit, .. } => {
-            db.execute(
-                PRUNE_SEEN,
-                &[
-                    Value::Int(before.unix_timestamp()),
-                    Value::Int(i64::from(*limit)),
-                ],
-            )?;
+        Change::PruneSeen {
+            kind,
+            before,
+            limit,
+            ..
+        } => {
+            let params = [
+                Value::Text(kind.as_str()),
+                Value::Int(before.unix_timestamp()),
+                Value::Int(i64::from(*limit)),
+            ];
+            db.execute(PRUNE_SEEN, &params)?;
+            db.execute(PRUNE_SEEN_BEFORE_V8, &params)?;
             Ok(())
         }
         Change::RecordPlatformRevocation {

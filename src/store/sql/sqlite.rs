@@ -214,6 +214,19 @@ const MIGRATIONS: &[Migration] = &[
             CREATE INDEX bank_attestations_by_end ON bank_attestations (ends_at);
         ",
     },
+    Migration {
+        version: 8,
+        // The gate's presented ids keyed by kind, signed time and id: new ids land at the right
+        // edge of one B-tree and expired ones leave from the left, where `bank_seen` (keyed by
+        // random ids, with an index by expiry) touched random pages of two. `bank_seen` stays,
+        // read and pruned but never written, until the ids in it have expired.
+        sql: "
+            CREATE TABLE bank_presented (
+                kind TEXT NOT NULL, at INTEGER NOT NULL, id TEXT NOT NULL,
+                PRIMARY KEY (kind, at, id)
+            ) STRICT, WITHOUT ROWID;
+        ",
+    },
 ];
 
 /// A [`Store`] in a SQLite database file.
@@ -290,7 +303,7 @@ impl SqliteStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 7;
+    pub const SCHEMA_VERSION: i64 = 8;
 
     /// SQLite `application_id` of a consent-broker database (`0x4342_526B`, "CBRk"), written by
     /// the first migration. A file with another application id is refused as not ours.
@@ -1023,8 +1036,8 @@ impl LedgerRead for SqliteStore {
         self.read(|db| ledger::bank_policies(db))
     }
 
-    fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError> {
-        self.read(|db| ledger::seen(db, kind, id))
+    fn seen(&self, kind: SeenKind, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+        self.read(|db| ledger::seen(db, kind, id, at))
     }
 
     fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
@@ -1157,6 +1170,87 @@ mod tests {
         (dir, store)
     }
 
+    /// Ids a bank remembered before version 8 (by kind and id, with an expiry) are still found
+    /// whatever the signed time asked about, refuse a second presentation, and leave only once
+    /// expired; writes go to the new table only.
+    #[test]
+    fn ids_remembered_before_version_8_are_refused_until_they_expire() {
+        use crate::store::{GateQuery, LedgerRead, RecordKind, SeenKind};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v7.sqlite");
+        {
+            let connection = rusqlite::Connection::open(&path).unwrap();
+            for migration in super::MIGRATIONS.iter().filter(|m| m.version <= 7) {
+                connection.execute_batch(migration.sql).unwrap();
+            }
+            connection.pragma_update(None, "user_version", 7).unwrap();
+            connection
+                .execute_batch(
+                    "INSERT INTO bank_seen (kind, id, expires_at) VALUES \
+                     ('proof', 'old-p', 1000), ('token', 'old-t', 2000);",
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 8);
+        let at = |seconds| OffsetDateTime::from_unix_timestamp(seconds).unwrap();
+        assert!(store.seen(SeenKind::Proof, "old-p", at(910)).unwrap());
+        assert!(store.seen(SeenKind::Token, "old-t", at(1)).unwrap());
+        assert!(!store.seen(SeenKind::Token, "old-p", at(910)).unwrap());
+        let consent = "cns_1".parse().unwrap();
+        let view = store
+            .gate_view(&GateQuery {
+                attestation: "att-1",
+                consent: &consent,
+                day: at(910).date(),
+                proof_id: "old-p",
+                proof_at: at(910),
+                token_id: "old-t",
+                token_at: at(1200),
+            })
+            .unwrap();
+        assert!(view.proof_seen && view.token_seen);
+        let commit = |change: Change| {
+            Commit::new(AuditRecord::new(
+                OffsetDateTime::UNIX_EPOCH,
+                Actor::Platform("chat".parse().unwrap()),
+                AuditEvent::PlatformRegistered { purposes: None },
+            ))
+            .change(change)
+        };
+        let remember = |id: &str| Change::RememberSeen {
+            kind: SeenKind::Proof,
+            id: id.into(),
+            at: at(910),
+        };
+        assert_eq!(
+            store.commit(commit(remember("old-p"))),
+            Err(StoreError::Duplicate {
+                kind: RecordKind::SeenId,
+                id: "old-p".into(),
+            })
+        );
+        let prune = |kind, before| Change::PruneSeen {
+            kind,
+            before: at(before),
+            limit: 8,
+        };
+        // Not expired before the cut: kept. Another kind's cut: kept.
+        store.commit(commit(prune(SeenKind::Proof, 1000))).unwrap();
+        store.commit(commit(prune(SeenKind::Token, 1500))).unwrap();
+        assert!(store.seen(SeenKind::Proof, "old-p", at(910)).unwrap());
+        assert!(store.seen(SeenKind::Token, "old-t", at(1)).unwrap());
+        store.commit(commit(prune(SeenKind::Proof, 1001))).unwrap();
+        assert!(!store.seen(SeenKind::Proof, "old-p", at(910)).unwrap());
+        assert!(store.seen(SeenKind::Token, "old-t", at(1)).unwrap());
+        // Gone, it is remembered again, in the new table.
+        store.commit(commit(remember("old-p"))).unwrap();
+        let rows =
+            |sql: &str| -> i64 { store.lock().query_row(sql, [], |row| row.get(0)).unwrap() };
+        assert_eq!(rows("SELECT COUNT(*) FROM bank_presented"), 1);
+        assert_eq!(rows("SELECT COUNT(*) FROM bank_seen"), 1);
+    }
+
     #[test]
     fn the_gate_view_refuses_keys_found_under_an_edited_subject() {
         use crate::store::{AttestationRecord, DeviceKeyRecord, GateQuery, LedgerRead};
@@ -1215,7 +1309,9 @@ mod tests {
             consent: &consent,
             day: at.date(),
             proof_id: "p-1",
+            proof_at: at,
             token_id: "t-1",
+            token_at: at,
         };
         assert_eq!(store.gate_view(&query).unwrap().device_keys, [phone]);
         // A device key's row moved under Alice, its record still Mallory's.
@@ -1300,13 +1396,13 @@ mod tests {
                 .prepare_cached(super::super::ledger::PRUNE_SEEN)
                 .unwrap();
             for (before, limit) in runs {
-                prune.execute((before, limit)).unwrap();
+                prune.execute(("proof", before, limit)).unwrap();
             }
             assert_eq!(prune.get_status(rusqlite::StatementStatus::RePrepare), 0);
         }
         let reader = store.reader(store.readers.as_ref().unwrap()).unwrap();
         let mut scan = reader
-            .prepare("SELECT id FROM bank_seen WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2")
+            .prepare("SELECT id FROM bank_presented WHERE kind = 'proof' AND at < ?1 ORDER BY at LIMIT ?2")
             .unwrap();
         for (before, limit) in runs {
             scan.query((before, limit)).unwrap().next().unwrap();

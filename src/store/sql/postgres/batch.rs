@@ -80,10 +80,14 @@ impl Fast {
         // one commit: such a commit takes the statement-by-statement path.
         for change in commit.changes() {
             match change {
-                Change::RememberSeen { kind, id, .. } => {
-                    let twice = checks
-                        .iter()
-                        .any(|c| c.kind == "unseen" && c.id == *id && c.arg == kind.as_str());
+                Change::RememberSeen { kind, id, at, .. } => {
+                    let at = at.unix_timestamp();
+                    let twice = checks.iter().any(|c| {
+                        c.kind == "unseen"
+                            && c.id == *id
+                            && c.arg == kind.as_str()
+                            && c.num == Some(at)
+                    });
                     if pruned || twice {
                         return None;
                     }
@@ -91,7 +95,7 @@ impl Fast {
                         kind: "unseen",
                         id: id.clone(),
                         arg: kind.as_str().to_owned(),
-                        num: None,
+                        num: Some(at),
                         blob: None,
                     });
                 }
@@ -203,21 +207,21 @@ fn apply(change: &Change) -> Option<Apply> {
                 num2: present,
             }
         }
-        Change::RememberSeen {
-            kind,
-            id,
-            expires_at,
-        } => Apply {
+        Change::RememberSeen { kind, id, at } => Apply {
             kind: "seen",
             id: id.clone(),
             arg: kind.as_str().to_owned(),
-            num: expires_at.unix_timestamp(),
+            num: at.unix_timestamp(),
             num2: 0,
         },
-        Change::PruneSeen { before, limit } => Apply {
+        Change::PruneSeen {
+            kind,
+            before,
+            limit,
+        } => Apply {
             kind: "prune",
             id: String::new(),
-            arg: String::new(),
+            arg: kind.as_str().to_owned(),
             num: before.unix_timestamp(),
             num2: i64::from(*limit),
         },
@@ -468,9 +472,10 @@ mod tests {
         .change(Change::RememberSeen {
             kind: SeenKind::Proof,
             id: "p-1".into(),
-            expires_at: at,
+            at,
         })
         .change(Change::PruneSeen {
+            kind: SeenKind::Proof,
             before: at,
             limit: 8,
         })

@@ -104,7 +104,7 @@ use crate::store::{
 const COMMIT_LOCK: i64 = 0x4342_526B;
 
 /// The server-side function behind group commit, and the statement that pins its search path
-/// (schema version 6 created it, version 7 replaced it). Its arguments are parallel arrays, each row
+/// (schema version 6 created it, versions 7 and 8 replaced it). Its arguments are parallel arrays, each row
 /// tagged with the position of its commit in the batch (rows in commit order). It answers, per
 /// commit, its first sequence number; -1 if a precondition failed; -2 - k if its check k
 /// (0-based over the whole batch) found an id already seen. A refused commit writes nothing. The
@@ -204,8 +204,9 @@ BEGIN
                         IS NOT DISTINCT FROM c.num
                     -- A count, not NOT EXISTS: the planner may hash an EXISTS sub-plan, reading
                     -- every seen id at every batch; a count is one index probe.
-                    WHEN 'unseen' THEN (SELECT pg_catalog.count(*) FROM bank_seen
-                        WHERE kind = c.arg AND id = c.id) = 0
+                    WHEN 'unseen' THEN (SELECT pg_catalog.count(*) FROM bank_presented
+                        WHERE kind = c.arg AND at = c.num AND id = c.id) + (SELECT
+                        pg_catalog.count(*) FROM bank_seen WHERE kind = c.arg AND id = c.id) = 0
                     WHEN 'live_devices' THEN COALESCE((SELECT pg_catalog.string_agg(d.thumbprint,
                         ',' ORDER BY d.position) FROM bank_device_keys d WHERE d.subject = c.id
                         AND (d.record::jsonb ->> 'revoked_at') IS NULL), '') = c.arg
@@ -227,12 +228,17 @@ BEGIN
                         unattended = bank_served.unattended + excluded.unattended,
                         present = bank_served.present + excluded.present;
                 WHEN 'seen' THEN
-                    INSERT INTO bank_seen (kind, id, expires_at)
-                        VALUES (change_arg[_x], change_id[_x], change_num[_x]);
+                    INSERT INTO bank_presented (kind, at, id)
+                        VALUES (change_arg[_x], change_num[_x], change_id[_x]);
                 WHEN 'prune' THEN
-                    -- By row address: no plan of it can become a scan of every seen id.
+                    -- By row address: no plan of it can become a scan of every presented id.
+                    DELETE FROM bank_presented WHERE ctid = ANY (ARRAY(SELECT s.ctid
+                        FROM bank_presented s WHERE s.kind = change_arg[_x]
+                        AND s.at < change_num[_x] ORDER BY s.at LIMIT change_num2[_x]));
+                    -- Ids remembered before schema version 8, until they are gone.
                     DELETE FROM bank_seen WHERE ctid = ANY (ARRAY(SELECT s.ctid
-                        FROM bank_seen s WHERE s.expires_at < change_num[_x]
+                        FROM bank_seen s WHERE s.kind = change_arg[_x]
+                        AND s.expires_at < change_num[_x]
                         ORDER BY s.expires_at LIMIT change_num2[_x]));
                 ELSE
                     RAISE EXCEPTION 'consent-broker: unknown change %', change_kind[_x];
@@ -439,6 +445,20 @@ const MIGRATIONS: &[Migration] = &[
         // statement by statement in a transaction of its own.
         sql: commit_function!(),
     },
+    Migration {
+        version: 8,
+        // As the SQLite store's version 8: presented ids keyed by kind, signed time and id, so
+        // that inserts and prunes touch the two edges of one index; `bank_seen` is read and
+        // pruned, never written, until the ids in it have expired. The commit function learns
+        // the new table.
+        sql: concat!(
+            "CREATE TABLE bank_presented (
+                kind TEXT NOT NULL, at BIGINT NOT NULL, id TEXT NOT NULL,
+                PRIMARY KEY (kind, at, id)
+            );",
+            commit_function!()
+        ),
+    },
 ];
 
 /// Schema version 6: each consent's holder in a column kept by a trigger, and the commit
@@ -597,7 +617,7 @@ impl PostgresStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 7;
+    pub const SCHEMA_VERSION: i64 = 8;
 
     /// How often a transaction is retried after a serialisation failure or deadlock.
     pub const MAX_TRANSACTION_ATTEMPTS: u32 = 5;
@@ -1041,9 +1061,9 @@ impl LedgerRead for PostgresStore {
         self.read(|db| ledger::bank_policies(db))
     }
 
-    fn seen(&self, kind: SeenKind, id: &str) -> Result<bool, StoreError> {
+    fn seen(&self, kind: SeenKind, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.read(move |db| ledger::seen(db, kind, &id))
+        self.read(move |db| ledger::seen(db, kind, &id, at))
     }
 
     fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
@@ -1089,7 +1109,7 @@ impl LedgerRead for PostgresStore {
             query.proof_id.to_owned(),
             query.token_id.to_owned(),
         );
-        let day = query.day;
+        let (day, proof_at, token_at) = (query.day, query.proof_at, query.token_at);
         self.read(move |db| {
             ledger::gate_view(
                 db,
@@ -1098,7 +1118,9 @@ impl LedgerRead for PostgresStore {
                     consent: &consent,
                     day,
                     proof_id: &proof_id,
+                    proof_at,
                     token_id: &token_id,
+                    token_at,
                 },
             )
         })
