@@ -1401,6 +1401,90 @@ async fn the_store_and_broker_work_inside_a_current_thread_runtime() {
 // ---------------------------------------------------------------------------------------------
 // 5. Schema
 
+/// Ids a bank remembered before schema version 8 (`bank_seen`, by kind and id) are still found
+/// whatever signed time is asked about, and the commit function refuses them again, until a prune
+/// whose cut is past their expiry removes them; the function writes new ids to `bank_presented`.
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn ids_remembered_before_version_8_are_refused_until_they_expire() {
+    let url = database_url();
+    let schema = unique_name("seenv7");
+    let store = open(&url, &schema);
+    let mut client = raw_client(&url);
+    let q = quote(&schema);
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {q}.bank_seen (kind, id, expires_at) VALUES \
+             ('proof', 'old-p', 1000), ('token', 'old-t', 2000)"
+        ))
+        .unwrap();
+    let at = |seconds| OffsetDateTime::from_unix_timestamp(seconds).unwrap();
+    assert!(store.seen(SeenKind::Proof, "old-p", at(910)).unwrap());
+    assert!(store.seen(SeenKind::Token, "old-t", at(1)).unwrap());
+    assert!(!store.seen(SeenKind::Token, "old-p", at(910)).unwrap());
+    let view = store
+        .gate_view(&GateQuery {
+            attestation: "att-1",
+            consent: &id("cns_1"),
+            day: at(910).date(),
+            proof_id: "old-p",
+            proof_at: at(910),
+            token_id: "old-t",
+            token_at: at(1200),
+        })
+        .unwrap();
+    assert!(view.proof_seen && view.token_seen);
+    // The commit function, called as a batch of one commit with one check ("unseen": kind, id,
+    // signed time) and optionally one change, answers -2 when the check finds the id.
+    let mut call = |check_id: &str, change: Option<(&str, &str, i64, i64)>| -> Vec<i64> {
+        let (mut kinds, mut ids, mut args) =
+            (Vec::<&str>::new(), Vec::<&str>::new(), Vec::<&str>::new());
+        let (mut nums, mut nums2) = (Vec::<i64>::new(), Vec::<i64>::new());
+        if let Some((kind, arg, num, num2)) = change {
+            (kinds, ids, args, nums, nums2) =
+                (vec![kind], vec![check_id], vec![arg], vec![num], vec![num2]);
+        }
+        let commits: Vec<i32> = vec![0; kinds.len()];
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT {q}.consent_broker_commit(1, ARRAY[0], ARRAY['unseen'], ARRAY[$1::TEXT], \
+                     ARRAY['proof'], ARRAY[910::BIGINT], ARRAY[NULL::BYTEA], $2, $3, $4, $5, $6, \
+                     $7, '{{}}'::INTEGER[], '{{}}'::BYTEA[])"
+                ),
+                &[&check_id, &commits, &kinds, &ids, &args, &nums, &nums2],
+            )
+            .unwrap();
+        row.get(0)
+    };
+    assert_eq!(
+        call("old-p", None),
+        vec![-2],
+        "a replay of an id kept before version 8"
+    );
+    // A prune whose cut is not past its expiry keeps it; one past it removes it.
+    assert_eq!(call("new-p", Some(("prune", "proof", 1000, 8))), vec![0]);
+    assert_eq!(call("old-p", None), vec![-2]);
+    assert_eq!(call("new-p", Some(("prune", "proof", 1001, 8))), vec![0]);
+    assert!(!store.seen(SeenKind::Proof, "old-p", at(910)).unwrap());
+    assert!(
+        store.seen(SeenKind::Token, "old-t", at(1)).unwrap(),
+        "another kind: kept"
+    );
+    // Gone, it is remembered again, in the new table, under its signed time.
+    assert_eq!(call("old-p", Some(("seen", "proof", 910, 0))), vec![0]);
+    assert!(store.seen(SeenKind::Proof, "old-p", at(910)).unwrap());
+    assert!(!store.seen(SeenKind::Proof, "old-p", at(911)).unwrap());
+    assert_eq!(call("old-p", None), vec![-2]);
+    let count = |table: &str| -> i64 {
+        raw_client(&url)
+            .query_one(&format!("SELECT COUNT(*) FROM {q}.{table}"), &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!((count("bank_presented"), count("bank_seen")), (1, 1));
+}
+
 /// A schema whose recorded version is newer than this build's is refused, and left as it was.
 #[test]
 #[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
