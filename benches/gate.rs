@@ -134,6 +134,32 @@ fn bench(c: &mut Criterion) {
         &kit,
         &bank,
         &random,
+        false,
+    );
+
+    // The same in steady state, as in service: the ledger (a file of its own) already holds the
+    // ids presented over their lifetime at 1,000 checks a second, and the clock moves a second
+    // per sample, so that each check's prune forgets about as many ids as it adds.
+    let steady_dir = tempfile::tempdir().unwrap();
+    let steady_path = steady_dir.path().join("steady.sqlite");
+    let steady_kit = TestBroker::memory();
+    let steady_bank = TestBank::with_settings(
+        &steady_kit,
+        SqliteStore::open(&steady_path).unwrap(),
+        support::open_gate(),
+    );
+    presented_for_a_lifetime(
+        &steady_path,
+        steady_kit.broker.now().unix_timestamp(),
+        1_000,
+    );
+    eight_callers(
+        &mut group,
+        "check_and_journal_sqlite_8_callers_steady",
+        &steady_kit,
+        &steady_bank,
+        &random,
+        true,
     );
     postgres(&mut group, &random);
     group.finish();
@@ -169,12 +195,14 @@ fn one_caller<L: Store + LedgerRead>(
 /// once; one consent's served count is one row, which concurrent checks of it take in turn).
 /// Tokens and proofs are made before the clock starts; the time is one over the aggregate
 /// throughput.
+/// With `moving`, the kit's clock moves a second before each sample's tokens are made.
 fn eight_callers<L: Store + LedgerRead + Sync>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
     kit: &TestBroker,
     bank: &TestBank<L>,
     random: &SeededRandom,
+    moving: bool,
 ) {
     const CALLERS: usize = 8;
     let accesses: Vec<AccessRequest> = (0..CALLERS)
@@ -182,6 +210,10 @@ fn eight_callers<L: Store + LedgerRead + Sync>(
         .collect();
     group.bench_function(name, |b| {
         b.iter_custom(|iterations| {
+            if moving {
+                kit.clock
+                    .advance(consent_broker::time::Duration::seconds(1));
+            }
             let each = iterations.div_ceil(CALLERS as u64);
             let prepared: Vec<Vec<(String, String)>> = accesses
                 .iter()
@@ -204,6 +236,32 @@ fn eight_callers<L: Store + LedgerRead + Sync>(
             })
         })
     });
+}
+
+/// Fills a bank's SQLite ledger with the ids a gate taking `per_second` checks a second holds at
+/// `now` (Unix seconds): a proof and a token per check, each kept until no gate could take it (a
+/// proof the widest window, five minutes, and the widest leeway, 30 s, past its `iat`; a token,
+/// of the default five-minute lifetime, 30 s past its `exp`), keyed by signed time.
+fn presented_for_a_lifetime(path: &std::path::Path, now: i64, per_second: i64) {
+    let mut db = rusqlite::Connection::open(path).unwrap();
+    let tx = db.transaction().unwrap();
+    {
+        let mut insert = tx
+            .prepare("INSERT INTO bank_presented (kind, at, id) VALUES (?1, ?2, ?3)")
+            .unwrap();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        // (kind, seconds an id is kept, signed time of one forgotten now)
+        for (kind, kept, oldest) in [("proof", 330, now - 330), ("token", 330, now - 30)] {
+            for n in 0..per_second * kept {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = oldest + n / per_second;
+                insert.execute((kind, at, format!("{state:016x}"))).unwrap();
+            }
+        }
+    }
+    tx.commit().unwrap();
 }
 
 /// The gate with its ledger and journal on PostgreSQL, when `DATABASE_URL` names a server
@@ -240,6 +298,7 @@ fn postgres(
         &kit,
         &bank,
         random,
+        false,
     );
 }
 

@@ -359,19 +359,20 @@ impl<S: Store + LedgerRead> Bank<S> {
                 thumbprints: live.clone(),
             });
         }
-        // Ids that no longer verify are forgotten: a proof once its window (and the leeway)
-        // has passed since its `iat`, a token once the leeway has passed since its `exp`. A
-        // later, wider window would find them forgotten; the gate's settings bound the window
-        // (`proof_window`) and the leeway (`MAX_LEEWAY`).
+        // Ids are forgotten once no gate on this ledger could take them, whatever its settings:
+        // a proof once the widest window and leeway have passed since its `iat`, a token once
+        // the widest leeway has passed since its `exp`. Cutting by this gate's own settings
+        // would let a gate with a narrower window forget a proof that another process sharing
+        // the ledger, with a wider one, still takes.
         commit = commit
             .change(Change::PruneSeen {
                 kind: SeenKind::Proof,
-                before: now - self.gate.proof_window - self.gate.leeway,
+                before: now - MAX_PROOF_WINDOW - MAX_LEEWAY,
                 limit: PRUNE_PER_CALL,
             })
             .change(Change::PruneSeen {
                 kind: SeenKind::Token,
-                before: now - self.gate.leeway,
+                before: now - MAX_LEEWAY,
                 limit: PRUNE_PER_CALL,
             });
         match self.ledger.commit(commit) {

@@ -133,20 +133,9 @@ impl<L: Store + LedgerRead> TestBank<L> {
     /// # Panics
     /// If the bank cannot be built or set up.
     pub fn with_settings<S: Store>(kit: &TestBroker<S>, ledger: L, settings: GateSettings) -> Self {
-        let keys = BankKeys::new(
-            kit.bank.attestation_key(),
-            SigningKey::from_seed(&[4; 32]).expect("a fixed seed is a key"),
-        );
-        let bank = Bank::builder(kit.bank.id().clone(), ledger, keys, kit.broker.id().clone())
-            .clock(kit.clock.clone())
-            .random(Arc::new(SeededRandom::new(6)))
-            .gate(settings)
-            .build()
-            .expect("the test bank builds");
+        let bank = Self::another_gate(kit, ledger, settings);
         bank.set_policy(kit.bank.policy().clone())
             .expect("the kit's policy is valid");
-        bank.trust_broker_keys(&kit.broker.jwks().expect("the broker publishes its keys"))
-            .expect("the broker's keys are valid");
         let customer =
             SubjectId::new(format!("customer-of-{}", kit.subject)).expect("a valid customer id");
         bank.link_subject_as(&customer, &kit.platform, &kit.subject)
@@ -166,6 +155,32 @@ impl<L: Store + LedgerRead> TestBank<L> {
         };
         test_bank.sync(kit).expect("the first feed applies");
         test_bank
+    }
+
+    /// Another process of the same bank: a gate with the bank's keys, on the kit's clock and on
+    /// `ledger` (a handle to the ledger a [`TestBank`] set up, or a new one), with settings of its
+    /// own. It trusts the broker's keys; it writes nothing to the ledger until it is used.
+    ///
+    /// # Panics
+    /// If the bank cannot be built.
+    pub fn another_gate<S: Store>(
+        kit: &TestBroker<S>,
+        ledger: L,
+        settings: GateSettings,
+    ) -> Bank<L> {
+        let keys = BankKeys::new(
+            kit.bank.attestation_key(),
+            SigningKey::from_seed(&[4; 32]).expect("a fixed seed is a key"),
+        );
+        let bank = Bank::builder(kit.bank.id().clone(), ledger, keys, kit.broker.id().clone())
+            .clock(kit.clock.clone())
+            .random(Arc::new(SeededRandom::new(6)))
+            .gate(settings)
+            .build()
+            .expect("the test bank builds");
+        bank.trust_broker_keys(&kit.broker.jwks().expect("the broker publishes its keys"))
+            .expect("the broker's keys are valid");
+        bank
     }
 
     /// Applies the broker's revocation feed from where the bank's ledger left off.

@@ -509,6 +509,53 @@ fn a_copied_token_or_a_replayed_proof_is_worthless() {
     w.assert_refused(w.present(&token.token), GateRefusal::TokenReplayed, served);
 }
 
+/// Two processes of one bank on one ledger, with different proof windows: the narrower gate's
+/// prune never forgets a proof the wider gate still takes, so a replay to the wider gate is
+/// refused.
+#[test]
+fn a_gate_with_a_narrower_window_never_forgets_a_proof_another_still_takes() {
+    let kit = TestBroker::memory();
+    let ledger = std::sync::Arc::new(MemoryStore::new());
+    // Tokens may be presented again (only proofs are single use), so that only the proof's
+    // memory stands between a replay and the data.
+    let wide = TestBank::with_settings(
+        &kit,
+        ledger.clone(),
+        GateSettings {
+            proof_window: Duration::minutes(5),
+            single_use_tokens: false,
+            ..GateSettings::default()
+        },
+    );
+    let narrow = TestBank::another_gate(
+        &kit,
+        ledger,
+        GateSettings {
+            proof_window: Duration::seconds(60),
+            leeway: Duration::ZERO,
+            single_use_tokens: false,
+            ..GateSettings::default()
+        },
+    );
+    let consent = wide.granted(&kit);
+    let token = kit.token(&kit.access(consent.id()));
+    let mut proof = String::new();
+    let request = wide.present(&kit, &token.token, &mut proof);
+    wide.bank.check(&request, &wide.accounts).unwrap();
+    // Two minutes on (past the narrow window, within the wide one), the narrow gate serves
+    // another access, and its commit prunes.
+    kit.clock.advance(Duration::minutes(2));
+    let mut other = String::new();
+    let later = wide.present(&kit, &token.token, &mut other);
+    narrow.check(&later, &wide.accounts).unwrap();
+    match wide.bank.check(&request, &wide.accounts) {
+        Err(GateError::Refused { refusal, .. }) => {
+            assert_eq!(refusal, GateRefusal::Proof(DpopError::Replayed))
+        }
+        other => panic!("a replayed proof was not refused: {other:?}"),
+    }
+}
+
 #[test]
 fn a_token_bound_to_no_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();

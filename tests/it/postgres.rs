@@ -1401,9 +1401,10 @@ async fn the_store_and_broker_work_inside_a_current_thread_runtime() {
 // ---------------------------------------------------------------------------------------------
 // 5. Schema
 
-/// Ids a bank remembered before schema version 8 (`bank_seen`, by kind and id) are still found
-/// whatever signed time is asked about, and the commit function refuses them again, until a prune
-/// whose cut is past their expiry removes them; the function writes new ids to `bank_presented`.
+/// Ids a bank remembered before schema version 8 (`bank_seen`, now `bank_seen_before_v8`, by kind
+/// and id) are still found whatever signed time is asked about, and the commit function refuses
+/// them again, until a prune whose cut is past their expiry removes them; the function writes new
+/// ids to `bank_presented`, and refuses a caller of an older build (no signed time, no kind).
 #[test]
 #[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
 fn ids_remembered_before_version_8_are_refused_until_they_expire() {
@@ -1414,7 +1415,7 @@ fn ids_remembered_before_version_8_are_refused_until_they_expire() {
     let q = quote(&schema);
     client
         .batch_execute(&format!(
-            "INSERT INTO {q}.bank_seen (kind, id, expires_at) VALUES \
+            "INSERT INTO {q}.bank_seen_before_v8 (kind, id, expires_at) VALUES \
              ('proof', 'old-p', 1000), ('token', 'old-t', 2000)"
         ))
         .unwrap();
@@ -1482,7 +1483,35 @@ fn ids_remembered_before_version_8_are_refused_until_they_expire() {
             .unwrap()
             .get(0)
     };
-    assert_eq!((count("bank_presented"), count("bank_seen")), (1, 1));
+    assert_eq!(
+        (count("bank_presented"), count("bank_seen_before_v8")),
+        (1, 1)
+    );
+    // An older build's caller: its check of an id carries no signed time, its prune no kind.
+    let old_check = format!(
+        "SELECT {q}.consent_broker_commit(1, ARRAY[0], ARRAY['unseen'], ARRAY['p-9'], \
+         ARRAY['proof'], ARRAY[NULL::BIGINT], ARRAY[NULL::BYTEA], '{{}}'::INTEGER[], \
+         '{{}}'::TEXT[], '{{}}'::TEXT[], '{{}}'::TEXT[], '{{}}'::BIGINT[], '{{}}'::BIGINT[], \
+         '{{}}'::INTEGER[], '{{}}'::BYTEA[])"
+    );
+    let old_prune = format!(
+        "SELECT {q}.consent_broker_commit(1, '{{}}'::INTEGER[], '{{}}'::TEXT[], '{{}}'::TEXT[], \
+         '{{}}'::TEXT[], '{{}}'::BIGINT[], '{{}}'::BYTEA[], ARRAY[0], ARRAY['prune'], ARRAY[''], \
+         ARRAY[''], ARRAY[2000::BIGINT], ARRAY[8::BIGINT], '{{}}'::INTEGER[], '{{}}'::BYTEA[])"
+    );
+    for old in [old_check, old_prune] {
+        let error = raw_client(&url).query_one(&old, &[]).unwrap_err();
+        assert!(
+            error.to_string().contains("older than schema version 8")
+                || format!("{error:?}").contains("older than schema version 8"),
+            "{error:?}"
+        );
+    }
+    assert_eq!(
+        count("bank_seen_before_v8"),
+        1,
+        "the old-style prune deleted nothing"
+    );
 }
 
 /// A schema whose recorded version is newer than this build's is refused, and left as it was.

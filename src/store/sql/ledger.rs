@@ -105,7 +105,7 @@ pub(crate) fn seen<D: Dialect + ?Sized>(
     Ok(one(
         db,
         "SELECT (SELECT COUNT(*) FROM bank_presented WHERE kind = ?1 AND at = ?3 AND id = ?2) \
-              + (SELECT COUNT(*) FROM bank_seen WHERE kind = ?1 AND id = ?2)",
+              + (SELECT COUNT(*) FROM bank_seen_before_v8 WHERE kind = ?1 AND id = ?2)",
         &[
             Value::Text(kind.as_str()),
             Value::Text(id),
@@ -170,10 +170,10 @@ pub(crate) fn gate_view<D: Dialect + ?Sized>(
                 (SELECT position FROM bank_feed WHERE id = 1), \
                 (SELECT generated_at FROM bank_feed WHERE id = 1), \
                 (SELECT COUNT(*) FROM bank_presented WHERE kind = 'proof' AND at = ?6 \
-                    AND id = ?4) + (SELECT COUNT(*) FROM bank_seen \
+                    AND id = ?4) + (SELECT COUNT(*) FROM bank_seen_before_v8 \
                     WHERE kind = 'proof' AND id = ?4), \
                 (SELECT COUNT(*) FROM bank_presented WHERE kind = 'token' AND at = ?7 \
-                    AND id = ?5) + (SELECT COUNT(*) FROM bank_seen \
+                    AND id = ?5) + (SELECT COUNT(*) FROM bank_seen_before_v8 \
                     WHERE kind = 'token' AND id = ?5), \
                 (SELECT subject FROM bank_attestations WHERE id = ?1), \
                 (SELECT key FROM subject_keys WHERE subject = \
@@ -317,10 +317,10 @@ pub(crate) fn served_increments(presence: Presence) -> (i64, i64) {
 
 /// Remembers a presented id (`?1` kind, `?2` signed time, `?3` id), unless it is remembered
 /// already: in its own table, or in the table of ids remembered before schema version 8 (by kind
-/// and id, with their expiry), which is read and pruned but never written.
+/// and id, with their expiry; `bank_seen` then), which is read and pruned but never written.
 pub(crate) const REMEMBER_SEEN: &str = "INSERT INTO bank_presented (kind, at, id) \
      SELECT ?1, ?2, ?3 WHERE NOT EXISTS \
-     (SELECT 1 FROM bank_seen WHERE kind = ?1 AND id = ?3) ON CONFLICT DO NOTHING";
+     (SELECT 1 FROM bank_seen_before_v8 WHERE kind = ?1 AND id = ?3) ON CONFLICT DO NOTHING";
 
 /// Deletes up to `?3` presented ids of kind `?1` signed for a time before `?2`, the oldest first:
 /// one range at the left edge of the table's key.
@@ -329,9 +329,10 @@ pub(crate) const PRUNE_SEEN: &str = "DELETE FROM bank_presented WHERE (kind, at,
 
 /// Deletes up to `?3` ids of kind `?1` remembered before schema version 8 that expired before
 /// `?2`. Their expiry is later than their signed time, so a cutoff by signed time keeps them no
-/// shorter than they verify; the table empties within a token's lifetime of the upgrade.
-pub(crate) const PRUNE_SEEN_BEFORE_V8: &str = "DELETE FROM bank_seen WHERE (kind, id) IN \
-     (SELECT kind, id FROM bank_seen WHERE kind = ?1 AND expires_at < ?2 \
+/// shorter than they verify. The table drains through the gate's own checks (a few ids a check),
+/// within about a token's lifetime and the prune's margin of the upgrade under traffic.
+pub(crate) const PRUNE_SEEN_BEFORE_V8: &str = "DELETE FROM bank_seen_before_v8 WHERE (kind, id) IN \
+     (SELECT kind, id FROM bank_seen_before_v8 WHERE kind = ?1 AND expires_at < ?2 \
      ORDER BY expires_at LIMIT ?3)";
 
 /// Applies a ledger change.

@@ -218,13 +218,16 @@ const MIGRATIONS: &[Migration] = &[
         version: 8,
         // The gate's presented ids keyed by kind, signed time and id: new ids land at the right
         // edge of one B-tree and expired ones leave from the left, where `bank_seen` (keyed by
-        // random ids, with an index by expiry) touched random pages of two. `bank_seen` stays,
-        // read and pruned but never written, until the ids in it have expired.
+        // random ids, with an index by expiry) touched random pages of two. The old table stays,
+        // read and pruned but never written, until the ids in it have expired; renamed, so that
+        // a process of an older build still running on the file fails on it instead of reading
+        // and writing a table the new build no longer fills.
         sql: "
             CREATE TABLE bank_presented (
                 kind TEXT NOT NULL, at INTEGER NOT NULL, id TEXT NOT NULL,
                 PRIMARY KEY (kind, at, id)
             ) STRICT, WITHOUT ROWID;
+            ALTER TABLE bank_seen RENAME TO bank_seen_before_v8;
         ",
     },
 ];
@@ -1248,7 +1251,14 @@ mod tests {
         let rows =
             |sql: &str| -> i64 { store.lock().query_row(sql, [], |row| row.get(0)).unwrap() };
         assert_eq!(rows("SELECT COUNT(*) FROM bank_presented"), 1);
-        assert_eq!(rows("SELECT COUNT(*) FROM bank_seen"), 1);
+        assert_eq!(rows("SELECT COUNT(*) FROM bank_seen_before_v8"), 1);
+        // A process of an older build, still running on the file, fails on the old name (its
+        // statements name it) rather than reading a table no longer written.
+        let old_view = store
+            .lock()
+            .prepare("SELECT COUNT(*) FROM bank_seen WHERE kind = 'proof' AND id = 'old-p'")
+            .map(|_| ());
+        assert!(old_view.is_err());
     }
 
     #[test]

@@ -160,6 +160,19 @@ BEGIN
             'Merkle tree: %s of the %s nodes of the right edge of %s leaves are missing',
             _want - _found, _want, _size);
     END IF;
+    -- A caller of an older build (before schema version 8) sends no signed time with an id it
+    -- checks and no kind with a prune: refused, so that it cannot pass a replay the current
+    -- build would refuse.
+    IF EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest(check_kind),
+                pg_catalog.unnest(check_num)) AS c (kind, num)
+            WHERE c.kind = 'unseen' AND c.num IS NULL)
+        OR EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest(change_kind),
+                pg_catalog.unnest(change_arg)) AS c (kind, arg)
+            WHERE c.kind = 'prune' AND c.arg IS DISTINCT FROM 'proof'
+                AND c.arg IS DISTINCT FROM 'token') THEN
+        RAISE EXCEPTION 'consent-broker: a presented id without its signed time, or a prune '
+            'without its kind (a caller older than schema version 8)';
+    END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.unnest(check_kind) AS k (kind)
             WHERE k.kind NOT IN ('consent',
             'holder', 'usage', 'key', 'subject_key', 'attestation', 'served_unattended_below',
@@ -206,7 +219,8 @@ BEGIN
                     -- every seen id at every batch; a count is one index probe.
                     WHEN 'unseen' THEN (SELECT pg_catalog.count(*) FROM bank_presented
                         WHERE kind = c.arg AND at = c.num AND id = c.id) + (SELECT
-                        pg_catalog.count(*) FROM bank_seen WHERE kind = c.arg AND id = c.id) = 0
+                        pg_catalog.count(*) FROM bank_seen_before_v8
+                        WHERE kind = c.arg AND id = c.id) = 0
                     WHEN 'live_devices' THEN COALESCE((SELECT pg_catalog.string_agg(d.thumbprint,
                         ',' ORDER BY d.position) FROM bank_device_keys d WHERE d.subject = c.id
                         AND (d.record::jsonb ->> 'revoked_at') IS NULL), '') = c.arg
@@ -236,8 +250,8 @@ BEGIN
                         FROM bank_presented s WHERE s.kind = change_arg[_x]
                         AND s.at < change_num[_x] ORDER BY s.at LIMIT change_num2[_x]));
                     -- Ids remembered before schema version 8, until they are gone.
-                    DELETE FROM bank_seen WHERE ctid = ANY (ARRAY(SELECT s.ctid
-                        FROM bank_seen s WHERE s.kind = change_arg[_x]
+                    DELETE FROM bank_seen_before_v8 WHERE ctid = ANY (ARRAY(SELECT s.ctid
+                        FROM bank_seen_before_v8 s WHERE s.kind = change_arg[_x]
                         AND s.expires_at < change_num[_x]
                         ORDER BY s.expires_at LIMIT change_num2[_x]));
                 ELSE
@@ -448,14 +462,16 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 8,
         // As the SQLite store's version 8: presented ids keyed by kind, signed time and id, so
-        // that inserts and prunes touch the two edges of one index; `bank_seen` is read and
-        // pruned, never written, until the ids in it have expired. The commit function learns
-        // the new table.
+        // that inserts and prunes touch the two edges of one index; the old table is read and
+        // pruned, never written, until the ids in it have expired, under a new name so that a
+        // process of an older build still running fails on it. The commit function learns the
+        // new table, and refuses the arguments of an older build's caller.
         sql: concat!(
             "CREATE TABLE bank_presented (
                 kind TEXT NOT NULL, at BIGINT NOT NULL, id TEXT NOT NULL,
                 PRIMARY KEY (kind, at, id)
-            );",
+            );
+            ALTER TABLE bank_seen RENAME TO bank_seen_before_v8;",
             commit_function!()
         ),
     },
