@@ -252,6 +252,8 @@ pub struct Bank<S> {
     broker: BrokerId,
     trust: RwLock<BrokerTrust>,
     gate: GateSettings,
+    /// Checks this gate has committed or tried to (one in [`gate::PRUNE_EVERY`] prunes).
+    checks: std::sync::atomic::AtomicU64,
 }
 
 impl<S> std::fmt::Debug for Bank<S> {
@@ -348,6 +350,7 @@ impl<S: Store + LedgerRead> BankBuilder<S> {
             broker: self.broker,
             trust: RwLock::new(BrokerTrust::default()),
             gate: self.gate.clamped(),
+            checks: std::sync::atomic::AtomicU64::new(0),
         };
         bank.activate(KeyUse::Attestation, &attestation)?;
         bank.activate(KeyUse::Checkpoint, &journal)?;

@@ -543,17 +543,52 @@ fn a_gate_with_a_narrower_window_never_forgets_a_proof_another_still_takes() {
     let request = wide.present(&kit, &token.token, &mut proof);
     wide.bank.check(&request, &wide.accounts).unwrap();
     // Two minutes on (past the narrow window, within the wide one), the narrow gate serves
-    // another access, and its commit prunes.
+    // other accesses, enough that its commits prune (one check in eight does).
     kit.clock.advance(Duration::minutes(2));
-    let mut other = String::new();
-    let later = wide.present(&kit, &token.token, &mut other);
-    narrow.check(&later, &wide.accounts).unwrap();
+    for _ in 0..8 {
+        let mut other = String::new();
+        let later = wide.present(&kit, &token.token, &mut other);
+        narrow.check(&later, &wide.accounts).unwrap();
+    }
     match wide.bank.check(&request, &wide.accounts) {
         Err(GateError::Refused { refusal, .. }) => {
             assert_eq!(refusal, GateRefusal::Proof(DpopError::Replayed))
         }
         other => panic!("a replayed proof was not refused: {other:?}"),
     }
+}
+
+/// The ids a gate remembers are forgotten once no gate could take them: the ledger holds about
+/// what the last few minutes presented, not everything ever presented.
+#[test]
+fn presented_ids_are_forgotten_once_no_gate_could_take_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.sqlite");
+    let kit = TestBroker::memory();
+    let bank = TestBank::on(&kit, SqliteStore::open(&path).unwrap());
+    let consent = bank.granted(&kit);
+    let rows = || -> i64 {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM bank_presented", [], |row| row.get(0))
+            .unwrap()
+    };
+    let serve = |n: usize| {
+        for _ in 0..n {
+            let token = kit.token(&kit.access(consent.id()));
+            let mut proof = String::new();
+            let request = bank.present(&kit, &token.token, &mut proof);
+            bank.bank.check(&request, &bank.accounts).unwrap();
+        }
+    };
+    serve(10);
+    assert_eq!(rows(), 20, "a proof and a token a check");
+    // Past the widest window and leeway for the proofs, past their `exp` and the leeway for the
+    // tokens: the next eight checks (one of them prunes) leave only their own ids.
+    kit.clock.advance(Duration::minutes(6));
+    bank.sync(&kit).unwrap();
+    serve(8);
+    assert_eq!(rows(), 16);
 }
 
 #[test]
