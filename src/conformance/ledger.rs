@@ -301,6 +301,15 @@ where
         "signed after the cut: kept"
     );
     assert!(seen(SeenKind::Token, "p-1", 1));
+    // A cut past every proof forgets them all, and no token with them.
+    s.commit(only(Change::PruneSeen {
+        kind: SeenKind::Proof,
+        before: at(60),
+        limit: 10,
+    }))
+    .unwrap();
+    assert!(!seen(SeenKind::Proof, "p-3", 10));
+    assert!(seen(SeenKind::Token, "p-1", 1), "another kind: kept");
     s.commit(prune(SeenKind::Token, 10)).unwrap();
     assert!(!seen(SeenKind::Token, "p-1", 1));
     // Forgotten, an id can be remembered again.
