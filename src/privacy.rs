@@ -415,9 +415,13 @@ impl Keyed {
 /// subject is erased through this broker, and is not used (and so replaced) once older than
 /// [`PseudonymCache::TTL`], so a subject erased through another broker leaves this one's memory
 /// within that time of its next use, or when the cache turns over.
+///
+/// One map, its entries held in place: a lookup takes one read lock and copies out the two
+/// pseudonyms, with no shared count or second lock per entry for concurrent callers to write
+/// (and no further table to fetch from memory when the subject is one among millions).
 #[derive(Default)]
 pub(crate) struct PseudonymCache {
-    subjects: std::sync::RwLock<std::collections::HashMap<SubjectId, std::sync::Arc<Cached>>>,
+    subjects: std::sync::RwLock<std::collections::HashMap<SubjectId, Cached>>,
 }
 
 impl fmt::Debug for PseudonymCache {
@@ -427,13 +431,42 @@ impl fmt::Debug for PseudonymCache {
 }
 
 /// One subject's pseudonyms under one key.
-#[derive(Debug)]
-pub(crate) struct Cached {
+struct Cached {
     /// When it was made, by the broker's clock.
     made: time::OffsetDateTime,
     key: SubjectKey,
     subject: Pseudonym,
-    accounts: std::sync::RwLock<std::collections::HashMap<AccountId, Pseudonym>>,
+    /// Its accounts' pseudonyms, in the order first asked for (a subject has a handful).
+    accounts: Vec<(AccountId, Pseudonym)>,
+}
+
+impl Cached {
+    /// Whether it may serve for `key` at `now`.
+    fn serves(&self, key: &SubjectKey, now: time::OffsetDateTime) -> bool {
+        &self.key == key && now - self.made < PseudonymCache::TTL
+    }
+
+    fn account(&self, account: &AccountId) -> Option<&Pseudonym> {
+        self.accounts
+            .iter()
+            .find(|(id, _)| id == account)
+            .map(|(_, pseudonym)| pseudonym)
+    }
+
+    fn remember(&mut self, account: &AccountId, pseudonym: &Pseudonym) {
+        if self.accounts.len() < ACCOUNTS_PER_SUBJECT && self.account(account).is_none() {
+            self.accounts.push((account.clone(), pseudonym.clone()));
+        }
+    }
+}
+
+/// A subject's pseudonym and, when one was asked for, an account's.
+#[derive(Debug, Clone)]
+pub(crate) struct Pseudonyms {
+    /// The subject's.
+    pub(crate) subject: Pseudonym,
+    /// The account's, if asked for.
+    pub(crate) account: Option<Pseudonym>,
 }
 
 /// Accounts remembered per subject at most (a subject has a handful).
@@ -453,63 +486,57 @@ impl PseudonymCache {
         }
     }
 
-    /// The pseudonyms of `subject` under `key` (the key the store holds now), at `now` (the
-    /// broker's time: no clock is read here).
+    /// The pseudonyms of `subject`, and of `account` if given, under `key` (the key the store
+    /// holds now), at `now` (the broker's time: no clock is read here).
     pub(crate) fn get(
         &self,
         subject: &SubjectId,
         key: &SubjectKey,
+        account: Option<&AccountId>,
         now: time::OffsetDateTime,
-    ) -> std::sync::Arc<Cached> {
-        let found = self
-            .subjects
-            .read()
-            .ok()
-            .and_then(|map| map.get(subject).cloned());
-        if let Some(cached) =
-            found.filter(|cached| &cached.key == key && now - cached.made < Self::TTL)
-        {
-            return cached;
-        }
-        let cached = std::sync::Arc::new(Cached {
-            made: now,
-            subject: key.subject(subject),
-            key: key.clone(),
-            accounts: std::sync::RwLock::default(),
+    ) -> Pseudonyms {
+        let found = self.subjects.read().ok().and_then(|map| {
+            let cached = map.get(subject).filter(|cached| cached.serves(key, now))?;
+            Some(Pseudonyms {
+                subject: cached.subject.clone(),
+                account: account.and_then(|account| cached.account(account).cloned()),
+            })
         });
+        if let Some(found) = &found
+            && (account.is_none() || found.account.is_some())
+        {
+            return found.clone();
+        }
+        // Computed with no lock held (an HMAC each), then remembered.
+        let made = Pseudonyms {
+            subject: found.map_or_else(|| key.subject(subject), |found| found.subject),
+            account: account.map(|account| key.account(account)),
+        };
         if let Ok(mut map) = self.subjects.write() {
-            if map.len() >= Self::CAPACITY {
-                map.clear();
+            match map.get_mut(subject) {
+                Some(cached) if cached.serves(key, now) => {}
+                _ => {
+                    if map.len() >= Self::CAPACITY {
+                        map.clear();
+                    }
+                    map.insert(
+                        subject.clone(),
+                        Cached {
+                            made: now,
+                            key: key.clone(),
+                            subject: made.subject.clone(),
+                            accounts: Vec::new(),
+                        },
+                    );
+                }
             }
-            map.insert(subject.clone(), cached.clone());
+            if let (Some(cached), Some(account), Some(pseudonym)) =
+                (map.get_mut(subject), account, &made.account)
+            {
+                cached.remember(account, pseudonym);
+            }
         }
-        cached
-    }
-}
-
-impl Cached {
-    /// The subject's pseudonym.
-    pub(crate) fn subject(&self) -> Pseudonym {
-        self.subject.clone()
-    }
-
-    /// An account's pseudonym.
-    pub(crate) fn account(&self, account: &AccountId) -> Pseudonym {
-        if let Some(found) = self
-            .accounts
-            .read()
-            .ok()
-            .and_then(|map| map.get(account).cloned())
-        {
-            return found;
-        }
-        let pseudonym = self.key.account(account);
-        if let Ok(mut map) = self.accounts.write()
-            && map.len() < ACCOUNTS_PER_SUBJECT
-        {
-            map.insert(account.clone(), pseudonym.clone());
-        }
-        pseudonym
+        made
     }
 }
 
@@ -564,6 +591,75 @@ mod tests {
 
     fn key(seed: u64) -> SubjectKey {
         SubjectKey::generate(&SeededRandom::new(seed)).unwrap()
+    }
+
+    fn accounts_remembered(cache: &PseudonymCache, subject: &SubjectId) -> Option<usize> {
+        let map = cache.subjects.read().unwrap();
+        map.get(subject).map(|cached| cached.accounts.len())
+    }
+
+    /// The cache answers what the key computes, for the key the store holds now: never a
+    /// pseudonym made under a key since replaced, nor one older than its TTL, nor one of another
+    /// account or subject; and it remembers an account only when one was asked for.
+    #[test]
+    fn cached_pseudonyms_are_the_current_keys() {
+        let cache = PseudonymCache::default();
+        let (alice, bob): (SubjectId, SubjectId) =
+            ("alice".parse().unwrap(), "bob".parse().unwrap());
+        let (one, two): (AccountId, AccountId) =
+            ("acc-1".parse().unwrap(), "acc-2".parse().unwrap());
+        let now = time::OffsetDateTime::UNIX_EPOCH;
+        let (old, new) = (key(1), key(2));
+        // Asks the cache and checks the answer against the key itself.
+        let ask = |subject: &SubjectId,
+                   key: &SubjectKey,
+                   account: Option<&AccountId>,
+                   at: time::OffsetDateTime| {
+            let got = cache.get(subject, key, account, at);
+            assert_eq!(got.subject, key.subject(subject));
+            assert_eq!(got.account, account.map(|account| key.account(account)));
+        };
+
+        // A foreign platform's question: the subject's pseudonym only, no account remembered.
+        ask(&alice, &old, None, now);
+        assert_eq!(accounts_remembered(&cache, &alice), Some(0));
+        // Asked twice, from the cache the second time; another account beside it.
+        for account in [&one, &one, &two, &one] {
+            ask(&alice, &old, Some(account), now);
+        }
+        assert_eq!(accounts_remembered(&cache, &alice), Some(2));
+        // Another subject under the same key has pseudonyms of its own.
+        ask(&bob, &old, Some(&one), now);
+        // The key replaced (erased and made again): the new key's pseudonyms, the old ones gone.
+        ask(&alice, &new, Some(&one), now);
+        assert_eq!(accounts_remembered(&cache, &alice), Some(1));
+        ask(&alice, &new, Some(&two), now);
+        // Past the TTL the entry is made again (its accounts with it).
+        ask(&alice, &new, None, now + PseudonymCache::TTL);
+        assert_eq!(accounts_remembered(&cache, &alice), Some(0));
+        // Forgotten at erasure.
+        cache.forget(&alice);
+        assert_eq!(accounts_remembered(&cache, &alice), None);
+        assert_eq!(accounts_remembered(&cache, &bob), Some(1));
+    }
+
+    /// A subject's accounts are remembered up to the bound; past it, pseudonyms are still right,
+    /// only made afresh.
+    #[test]
+    fn a_subjects_remembered_accounts_are_bounded() {
+        let cache = PseudonymCache::default();
+        let alice: SubjectId = "alice".parse().unwrap();
+        let key = key(3);
+        let now = time::OffsetDateTime::UNIX_EPOCH;
+        for n in 0..ACCOUNTS_PER_SUBJECT + 8 {
+            let account: AccountId = format!("acc-{n}").parse().unwrap();
+            let got = cache.get(&alice, &key, Some(&account), now);
+            assert_eq!(got.account, Some(key.account(&account)));
+        }
+        assert_eq!(
+            accounts_remembered(&cache, &alice),
+            Some(ACCOUNTS_PER_SUBJECT)
+        );
     }
 
     #[test]

@@ -262,7 +262,7 @@ impl<S: Store> Broker<S> {
     ) -> Result<(AccessPlan, bool), Error> {
         let now = self.now();
         if kept_ok && let Some(view) = self.kept_view(request, now) {
-            let inputs = self.inputs_from(view, now)?;
+            let inputs = self.inputs_from(request, view, now)?;
             let plan = plan_access(
                 request,
                 Some(&inputs),
@@ -316,12 +316,17 @@ impl<S: Store> Broker<S> {
             .access_view(&request.consent, &request.platform, day)?;
         self.views
             .keep(&request.consent, &request.platform, day, now, &view, epoch);
-        self.inputs_from(view, now).map(Some)
+        self.inputs_from(request, view, now).map(Some)
     }
 
     /// The inputs of a decision, from a view of the store.
     #[inline]
-    fn inputs_from(&self, view: AccessView, now: OffsetDateTime) -> Result<AccessInputs, Error> {
+    fn inputs_from(
+        &self,
+        request: &AccessRequest,
+        view: AccessView,
+        now: OffsetDateTime,
+    ) -> Result<AccessInputs, Error> {
         let day = now.date();
         let (consent, platform) = (view.consent, view.platform);
         let (holder, usage, key) = match &consent {
@@ -336,8 +341,14 @@ impl<S: Store> Broker<S> {
                         self.settings.random.as_ref(),
                         now,
                     )?;
-                    let cached = self.pseudonyms.get(&keyed.subject, &keyed.key, now);
-                    (keyed, cached)
+                    // The account's pseudonym only for the consent's own platform: no other
+                    // platform's request is ever written with it, nor may it fill the cache.
+                    let own = consent.request.platform == request.platform;
+                    let account = own.then_some(&request.account);
+                    let pseudonyms = self
+                        .pseudonyms
+                        .get(&keyed.subject, &keyed.key, account, now);
+                    (keyed, pseudonyms)
                 }),
             ),
             None => (None, Default::default(), None),

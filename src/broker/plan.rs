@@ -13,12 +13,12 @@ use super::privacy::redact_reasons;
 use crate::audit::{Actor, AuditEvent, AuditRecord};
 use crate::clock::saturating_add;
 use crate::consent::Consent;
+use crate::ids::{AccountId, Pseudonym};
 use crate::policy::{
     self, AccessRequest, Decision, DenyReason, HolderPolicy, PlatformProfile, Presence, Usage,
 };
-use std::sync::Arc;
 
-use crate::privacy::{Cached, KeyGuard, Keyed};
+use crate::privacy::{KeyGuard, Keyed, Pseudonyms};
 use crate::store::{Change, Commit, HolderRecord, Precondition};
 use crate::vocab::{RequestedPurpose, RequestedScope};
 
@@ -37,7 +37,7 @@ pub(super) struct AccessInputs {
     pub day: Date,
     /// The key of the consent's subject (made now if it had none), when the consent exists,
     /// with its pseudonyms.
-    pub key: Option<(Keyed, Arc<Cached>)>,
+    pub key: Option<(Keyed, Pseudonyms)>,
 }
 
 /// The decision with everything its commit writes.
@@ -86,7 +86,7 @@ pub(super) fn plan_access(
     // A denial names the subject and the account only by their pseudonyms, and only when the
     // consent (so the subject's key) is known and the platform asking is the consent's own.
     let denied = |decision: Decision,
-                  keyed: Option<&(Keyed, Arc<Cached>)>,
+                  keyed: Option<&(Keyed, Pseudonyms)>,
                   mut preconditions: Vec<Precondition>| {
         let consent = inputs.and_then(|i| i.consent.as_ref());
         let own = consent.is_some_and(|c| c.request.platform == request.platform);
@@ -95,9 +95,9 @@ pub(super) fn plan_access(
         // against the log, and write into the subject's history at will.
         let keyed = keyed.filter(|_| own);
         let (subject, account, reasons, mut changes) = match keyed {
-            Some((keyed, cached)) if consent.is_some() => (
-                Some(cached.subject()),
-                Some(cached.account(&request.account)),
+            Some((keyed, pseudonyms)) if consent.is_some() => (
+                Some(pseudonyms.subject.clone()),
+                Some(account_pseudonym(keyed, pseudonyms, &request.account)),
                 redact_reasons(decision.reasons(), &keyed.key),
                 Vec::new(),
             ),
@@ -163,20 +163,20 @@ pub(super) fn plan_access(
     let decision = policy::evaluate(request, Some(consent), policy, &platform, inputs.usage, now);
     let mut preconditions = vec![Precondition::consent_version(consent.id(), consent.version)];
     let subject = consent.request.subject.clone();
-    let Some(keyed_and_cached) = inputs.key.as_ref() else {
+    let Some(keyed_and_pseudonyms) = inputs.key.as_ref() else {
         // The broker reads (or makes) the key of every consent it reads: without it, nothing
         // can be recorded without naming the subject, so nothing is permitted.
         let reasons = vec![DenyReason::UnknownConsent];
         return denied(Decision::Deny { reasons }, None, Vec::new());
     };
     if !decision.is_permit() {
-        return denied(decision, Some(keyed_and_cached), preconditions);
+        return denied(decision, Some(keyed_and_pseudonyms), preconditions);
     }
     let holder_version = inputs.holder.as_ref().map(|holder| {
         preconditions.push(Precondition::holder_version(&holder.id, holder.version));
         holder.version
     });
-    let (keyed, cached) = keyed_and_cached;
+    let (keyed, pseudonyms) = keyed_and_pseudonyms;
     let mut changes: Vec<Change> = Vec::new();
     match keyed.guard() {
         KeyGuard::Insert(change) => changes.push(*change),
@@ -198,8 +198,8 @@ pub(super) fn plan_access(
         consent.grant().map_or((now, Box::default()), |grant| {
             (grant.expires_at, grant.attestation_id.clone())
         });
-    let subject_pseudonym = cached.subject();
-    let account_pseudonym = cached.account(&request.account);
+    let subject_pseudonym = pseudonyms.subject.clone();
+    let account_pseudonym = account_pseudonym(keyed, pseudonyms, &request.account);
     let record = AuditRecord::new(
         now,
         Actor::Platform(request.platform.clone()),
@@ -238,6 +238,15 @@ pub(super) fn plan_access(
         changes,
         permit: Some(permit),
     }
+}
+
+/// The account's pseudonym: from the cache, or made now where it was not asked for (the
+/// consent's own platform asks, so it was).
+fn account_pseudonym(keyed: &Keyed, pseudonyms: &Pseudonyms, account: &AccountId) -> Pseudonym {
+    pseudonyms
+        .account
+        .clone()
+        .unwrap_or_else(|| keyed.key.account(account))
 }
 
 /// Reasons of a denial that names no subject: a reason naming an account is left out (there is
