@@ -789,3 +789,56 @@ impl Store for MemoryStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Actor, AuditEvent, AuditRecord};
+    use crate::auditor::verify_log;
+    use crate::policy::Presence;
+    use crate::vocab::{ProhibitedUse, Purpose, RequestedPurpose, RequestedScope};
+
+    fn record(n: i64) -> AuditRecord {
+        AuditRecord::new(
+            OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(n),
+            Actor::Platform("chat".parse().unwrap()),
+            AuditEvent::AccessDenied {
+                consent: format!("cns_{n}").parse().unwrap(),
+                subject: None,
+                scope: RequestedScope::Prohibited(ProhibitedUse::Ads),
+                purpose: RequestedPurpose::Permitted(Purpose::FraudProtection),
+                account: None,
+                presence: Presence::Unattended,
+                reasons: vec![],
+            },
+        )
+    }
+
+    /// An append whose placement was made at a length the log no longer has (another commit
+    /// appended meanwhile, or the hint is off either way) is placed again at the log's real end:
+    /// every entry carries its own sequence number and the tree stays the tree of the entries.
+    #[test]
+    fn an_append_placed_at_a_stale_length_lands_at_the_end() {
+        let store = MemoryStore::new();
+        for (n, hint) in [(0, 0), (1, 0), (2, 0), (3, 1), (4, 9), (5, 5)] {
+            store.log_len.store(hint, Ordering::Relaxed);
+            let prepared = [
+                record(n).prepare().unwrap(),
+                record(n + 100).prepare().unwrap(),
+            ];
+            let receipt = store.append(&prepared).unwrap();
+            let first = 2 * n as u64;
+            assert_eq!(receipt.audit_seqs, first..first + 2);
+            assert_eq!(store.log_len.load(Ordering::Relaxed), first + 2);
+            let stored = store.audit_bytes(first..first + 2).unwrap();
+            for (entry, (seq, prepared)) in stored.iter().zip((first..).zip(&prepared)) {
+                assert_eq!(entry.bytes, prepared.bytes(seq));
+            }
+        }
+        // The entries hash to the tree the store keeps (its nodes, not a tree made afresh).
+        let report = verify_log(&store, None).unwrap();
+        assert_eq!(report.size, 12);
+        let kept = merkle::root(12, &store.log().unwrap().nodes).unwrap();
+        assert_eq!(kept, report.root);
+    }
+}
