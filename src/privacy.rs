@@ -434,7 +434,9 @@ impl fmt::Debug for PseudonymCache {
 struct Cached {
     /// When it was made, by the broker's clock.
     made: time::OffsetDateTime,
-    key: SubjectKey,
+    /// The key, in an allocation of its own that is wiped when the entry goes: the map's own
+    /// storage, which it moves when it grows and does not wipe, holds only the pointer.
+    key: Box<SubjectKey>,
     subject: Pseudonym,
     /// Its accounts' pseudonyms, in the order first asked for (a subject has a handful).
     accounts: Vec<(AccountId, Pseudonym)>,
@@ -443,9 +445,10 @@ struct Cached {
 impl Cached {
     /// Whether it may serve for `key` at `now`.
     fn serves(&self, key: &SubjectKey, now: time::OffsetDateTime) -> bool {
-        &self.key == key && now - self.made < PseudonymCache::TTL
+        *self.key == *key && now - self.made < PseudonymCache::TTL
     }
 
+    /// The account's pseudonym, if remembered.
     fn account(&self, account: &AccountId) -> Option<&Pseudonym> {
         self.accounts
             .iter()
@@ -453,20 +456,36 @@ impl Cached {
             .map(|(_, pseudonym)| pseudonym)
     }
 
+    /// Whether no further account is remembered.
+    fn full(&self) -> bool {
+        self.accounts.len() >= ACCOUNTS_PER_SUBJECT
+    }
+
+    /// Remembers an account's pseudonym, below the bound and if not already there.
     fn remember(&mut self, account: &AccountId, pseudonym: &Pseudonym) {
-        if self.accounts.len() < ACCOUNTS_PER_SUBJECT && self.account(account).is_none() {
+        if !self.full() && self.account(account).is_none() {
             self.accounts.push((account.clone(), pseudonym.clone()));
         }
     }
 }
 
-/// A subject's pseudonym and, when one was asked for, an account's.
+/// A subject's pseudonym and, when one was asked for, an account's with the account it is of.
 #[derive(Debug, Clone)]
 pub(crate) struct Pseudonyms {
     /// The subject's.
     pub(crate) subject: Pseudonym,
-    /// The account's, if asked for.
-    pub(crate) account: Option<Pseudonym>,
+    /// The account asked about and its pseudonym, if one was.
+    pub(crate) account: Option<(AccountId, Pseudonym)>,
+}
+
+impl Pseudonyms {
+    /// The pseudonym of `account`, if it is the one asked about.
+    pub(crate) fn account(&self, account: &AccountId) -> Option<&Pseudonym> {
+        self.account
+            .as_ref()
+            .filter(|(id, _)| id == account)
+            .map(|(_, pseudonym)| pseudonym)
+    }
 }
 
 /// Accounts remembered per subject at most (a subject has a handful).
@@ -495,23 +514,37 @@ impl PseudonymCache {
         account: Option<&AccountId>,
         now: time::OffsetDateTime,
     ) -> Pseudonyms {
+        // The entry's pseudonyms, and whether its accounts are at their bound.
         let found = self.subjects.read().ok().and_then(|map| {
             let cached = map.get(subject).filter(|cached| cached.serves(key, now))?;
-            Some(Pseudonyms {
-                subject: cached.subject.clone(),
-                account: account.and_then(|account| cached.account(account).cloned()),
-            })
+            let account = account.and_then(|account| {
+                let pseudonym = cached.account(account)?;
+                Some((account.clone(), pseudonym.clone()))
+            });
+            Some((cached.subject.clone(), account, cached.full()))
         });
-        if let Some(found) = &found
-            && (account.is_none() || found.account.is_some())
-        {
-            return found.clone();
-        }
+        let full = match found {
+            Some((subject, found, _)) if account.is_none() || found.is_some() => {
+                return Pseudonyms {
+                    subject,
+                    account: found,
+                };
+            }
+            Some((_, _, full)) => full,
+            None => false,
+        };
         // Computed with no lock held (an HMAC each), then remembered.
         let made = Pseudonyms {
-            subject: found.map_or_else(|| key.subject(subject), |found| found.subject),
-            account: account.map(|account| key.account(account)),
+            subject: match &found {
+                Some((subject, _, _)) => subject.clone(),
+                None => key.subject(subject),
+            },
+            account: account.map(|account| (account.clone(), key.account(account))),
         };
+        if full {
+            // Nothing would be remembered: no write lock for every other subject to wait on.
+            return made;
+        }
         if let Ok(mut map) = self.subjects.write() {
             match map.get_mut(subject) {
                 Some(cached) if cached.serves(key, now) => {}
@@ -523,15 +556,15 @@ impl PseudonymCache {
                         subject.clone(),
                         Cached {
                             made: now,
-                            key: key.clone(),
+                            key: Box::new(key.clone()),
                             subject: made.subject.clone(),
                             accounts: Vec::new(),
                         },
                     );
                 }
             }
-            if let (Some(cached), Some(account), Some(pseudonym)) =
-                (map.get_mut(subject), account, &made.account)
+            if let (Some(cached), Some((account, pseudonym))) =
+                (map.get_mut(subject), &made.account)
             {
                 cached.remember(account, pseudonym);
             }
@@ -617,7 +650,8 @@ mod tests {
                    at: time::OffsetDateTime| {
             let got = cache.get(subject, key, account, at);
             assert_eq!(got.subject, key.subject(subject));
-            assert_eq!(got.account, account.map(|account| key.account(account)));
+            let expected = account.map(|account| (account.clone(), key.account(account)));
+            assert_eq!(got.account, expected);
         };
 
         // A foreign platform's question: the subject's pseudonym only, no account remembered.
@@ -654,7 +688,8 @@ mod tests {
         for n in 0..ACCOUNTS_PER_SUBJECT + 8 {
             let account: AccountId = format!("acc-{n}").parse().unwrap();
             let got = cache.get(&alice, &key, Some(&account), now);
-            assert_eq!(got.account, Some(key.account(&account)));
+            assert_eq!(got.account(&account), Some(&key.account(&account)));
+            assert_eq!(got.account(&"acc-other".parse().unwrap()), None);
         }
         assert_eq!(
             accounts_remembered(&cache, &alice),

@@ -240,12 +240,12 @@ pub(super) fn plan_access(
     }
 }
 
-/// The account's pseudonym: from the cache, or made now where it was not asked for (the
-/// consent's own platform asks, so it was).
+/// The account's pseudonym: the one looked up for this account, or made now where none was (the
+/// consent's own platform asks, so one was).
 fn account_pseudonym(keyed: &Keyed, pseudonyms: &Pseudonyms, account: &AccountId) -> Pseudonym {
     pseudonyms
-        .account
-        .clone()
+        .account(account)
+        .cloned()
         .unwrap_or_else(|| keyed.key.account(account))
 }
 
