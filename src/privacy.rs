@@ -416,9 +416,10 @@ impl Keyed {
 /// [`PseudonymCache::TTL`], so a subject erased through another broker leaves this one's memory
 /// within that time of its next use, or when the cache turns over.
 ///
-/// One map, its entries held in place: a lookup takes one read lock and copies out the two
-/// pseudonyms, with no shared count or second lock per entry for concurrent callers to write
-/// (and no further table to fetch from memory when the subject is one among millions).
+/// One map, its entries held in place: a lookup takes one read lock and clones the two
+/// pseudonyms out (texts shared, as every id's), with no second lock per entry and no shared
+/// entry to count, and no further table to fetch from memory when the subject is one among
+/// millions.
 #[derive(Default)]
 pub(crate) struct PseudonymCache {
     subjects: std::sync::RwLock<std::collections::HashMap<SubjectId, Cached>>,
