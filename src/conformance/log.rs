@@ -57,6 +57,61 @@ pub fn audit_log<H: Harness>() {
     assert_eq!(reversed, vec![]);
 }
 
+/// The Merkle nodes at every level, stored or derived from the leaves (see
+/// [`LogRead::derived_levels`]), equal the nodes computed here from the entries' bytes, after
+/// every commit of a log grown unevenly (commits of one to five entries), whole and by range,
+/// one by one and in bulk; no node of an incomplete subtree is answered.
+pub fn merkle_nodes_at_every_level<H: Harness>() {
+    let h = fresh::<H>();
+    let s = h.store();
+    let mut leaves: Vec<merkle::Hash> = Vec::new();
+    for (round, size) in [1u64, 2, 3, 5, 1, 4, 2, 5, 3, 1, 5, 5, 2]
+        .into_iter()
+        .enumerate()
+    {
+        let first = leaves.len() as u64;
+        let records: Vec<_> = (first..first + size).map(record).collect();
+        let receipt = s.commit(commit(vec![], records)).unwrap();
+        assert_eq!(receipt.audit_seqs, first..first + size);
+        leaves.extend(
+            (first..first + size).map(|n| merkle::leaf_hash(&record(n).entry_bytes(n).unwrap())),
+        );
+        let len = leaves.len() as u64;
+        // Every complete subtree's root, level by level, computed from the leaves alone.
+        let mut level_nodes = leaves.clone();
+        for level in 0..7u32 {
+            let expected: Vec<(u64, merkle::Hash)> =
+                (0u64..).zip(level_nodes.iter().copied()).collect();
+            assert_eq!(
+                s.merkle_nodes(level, 0..u64::MAX).unwrap(),
+                expected,
+                "level {level} after {len} entries (commit {round})"
+            );
+            for (index, hash) in &expected {
+                assert_eq!(s.merkle_node(level, *index).unwrap(), Some(*hash));
+            }
+            let past = expected.len() as u64;
+            assert_eq!(
+                s.merkle_node(level, past).unwrap(),
+                None,
+                "level {level}: incomplete"
+            );
+            // A range starting and ending inside the level.
+            if past >= 3 {
+                assert_eq!(
+                    s.merkle_nodes(level, 1..past - 1).unwrap(),
+                    expected[1..expected.len() - 1].to_vec()
+                );
+            }
+            assert_eq!(s.merkle_nodes(level, past..past + 5).unwrap(), vec![]);
+            level_nodes = level_nodes
+                .chunks_exact(2)
+                .map(|pair| merkle::node_hash(&pair[0], &pair[1]))
+                .collect();
+        }
+    }
+}
+
 /// Checkpoints: the latest is returned; one per size (the first); never a smaller one.
 pub fn checkpoints<H: Harness>() {
     let h = fresh::<H>();

@@ -221,7 +221,7 @@ pub mod suite {
         ledger_attestations, ledger_device_keys, ledger_feed_and_view, ledger_policies,
         ledger_seen_ids, ledger_served_counts,
     };
-    pub use super::log::{audit_log, checkpoints};
+    pub use super::log::{audit_log, checkpoints, merkle_nodes_at_every_level};
     pub use super::privacy::{ledger_links_and_erasure, retention, subject_keys_and_erasure};
     pub use super::state::{
         consents, holders_and_platforms, published_keys, usage_and_attestations,
@@ -244,8 +244,8 @@ macro_rules! store_conformance_tests {
             use super::*;
             $crate::store_conformance_tests!(@tests $harness, $attrs, holders_and_platforms,
                 consents, usage_and_attestations, published_keys, audit_log, checkpoints,
-                preconditions, atomicity, concurrency, broker_story, subject_keys_and_erasure,
-                retention);
+                merkle_nodes_at_every_level, preconditions, atomicity, concurrency, broker_story,
+                subject_keys_and_erasure, retention);
             $($crate::store_conformance_tests!(@$flag $harness, $attrs);)*
         }
     };

@@ -218,6 +218,17 @@ pub trait LogRead: Send + Sync {
     /// # Errors
     /// [`StoreError::Unavailable`].
     fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
+
+    /// The levels above the leaves, 1 to this, whose nodes the store derives from its stored
+    /// leaves on every read of [`LogRead::merkle_node`] and [`LogRead::merkle_nodes`] instead
+    /// of storing them (0, the default: every level is stored). The answers are the same
+    /// either way; a verifier that has checked the leaves need not compare these levels, which
+    /// cannot disagree with them ([`verify_log`](crate::verify_log) does not). The SQLite store
+    /// derives levels 1 to 3, so that an append writes the leaves' page and not a page per
+    /// level.
+    fn derived_levels(&self) -> u32 {
+        0
+    }
 }
 
 /// The broker's state, read-only.
@@ -424,6 +435,9 @@ macro_rules! forward_log_read {
         }
         fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
             $target(self).latest_checkpoint()
+        }
+        fn derived_levels(&self) -> u32 {
+            $target(self).derived_levels()
         }
     };
 }

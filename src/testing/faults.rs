@@ -325,6 +325,9 @@ impl<S: Store> LogRead for FaultStore<S> {
         self.read("latest_checkpoint")?;
         self.inner.latest_checkpoint()
     }
+    fn derived_levels(&self) -> u32 {
+        self.inner.derived_levels()
+    }
 }
 
 impl<S: Store> Store for FaultStore<S> {

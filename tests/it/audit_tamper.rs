@@ -357,6 +357,19 @@ fn set_node(connection: &Connection, level: u32, index: u64, hash: &Hash) {
     assert_eq!(changed, 1, "node ({level}, {index}) is not stored");
 }
 
+/// Whether the file stores node `(level, index)`: the SQLite store derives its lowest levels
+/// from the leaves instead (`LogRead::derived_levels`), and there is then no row to edit.
+fn stored(connection: &Connection, level: u32, index: u64) -> bool {
+    connection
+        .query_row(
+            "SELECT COUNT(*) FROM merkle_nodes WHERE level = ?1 AND idx = ?2",
+            params![level, index as i64],
+            |row| row.get::<_, i64>(0),
+        )
+        .unwrap()
+        == 1
+}
+
 fn node(connection: &Connection, level: u32, index: u64) -> Hash {
     let blob: Vec<u8> = connection
         .query_row(
@@ -727,7 +740,16 @@ fn a_forged_tail_is_caught_by_the_checkpoint() {
 fn a_tampered_node_on_the_root_path_is_a_tree_mismatch() {
     let logged = Logged::new();
     let n = logged.size;
+    let derived = SqliteStore::open(&logged.path).unwrap().derived_levels();
+    let connection = Connection::open(&logged.path).unwrap();
+    let mut inner = 0;
     for (level, index) in root_path(n) {
+        if (1..=derived).contains(&level) {
+            // Derived from the leaves: nothing stored to tamper with.
+            assert!(!stored(&connection, level, index));
+            continue;
+        }
+        inner += usize::from(level > 0);
         let (plain, checked) = logged.verify_both(&format!("node-{level}-{index}"), |c| {
             let hash = node(c, level, index);
             set_node(c, level, index, &flipped(&hash));
@@ -743,6 +765,10 @@ fn a_tampered_node_on_the_root_path_is_a_tree_mismatch() {
         assert_named(plain, &expected, index);
         assert_named(checked, &expected, index);
     }
+    assert!(
+        inner > 0,
+        "no stored inner node on the root path of {n} entries"
+    );
 }
 
 #[test]
@@ -765,7 +791,12 @@ fn a_tampered_node_off_the_root_path_is_detected() {
     let logged = Logged::new();
     let n = logged.size;
     let on_path = root_path(n);
-    for (level, index) in [(1, 0), (2, 1), (0, 3)] {
+    let connection = Connection::open(&logged.path).unwrap();
+    // The lowest inner levels are derived from the leaves: no row to edit there.
+    for (level, index) in [(1, 0), (2, 1), (3, 0)] {
+        assert!(!stored(&connection, level, index));
+    }
+    for (level, index) in [(4, 0), (0, 3)] {
         assert!(!on_path.contains(&(level, index)));
         let (plain, checked) = logged.verify_both(&format!("off-path-{level}-{index}"), |c| {
             let hash = node(c, level, index);
@@ -788,15 +819,16 @@ fn a_tampered_node_off_the_root_path_is_detected() {
 fn a_receipt_through_a_tampered_node_does_not_verify() {
     // What the off-path node tampering above breaks: the proofs the store hands out.
     let logged = Logged::new();
+    // Node (4, 0), the first sixteen entries' subtree, is the sibling of entry 20's path.
     let store = logged.attacked("receipt-node", |c| {
-        let hash = node(c, 1, 0);
-        set_node(c, 1, 0, &flipped(&hash));
+        let hash = node(c, 4, 0);
+        set_node(c, 4, 0, &flipped(&hash));
     });
-    let proof = merkle::inclusion_proof(2, logged.size, &StoreNodes(&store)).unwrap();
+    let proof = merkle::inclusion_proof(20, logged.size, &StoreNodes(&store)).unwrap();
     let connection = Connection::open(&logged.path).unwrap();
     let receipt = Receipt {
-        index: 2,
-        entry: entry(&connection, 2),
+        index: 20,
+        entry: entry(&connection, 20),
         tree_size: logged.size,
         proof: encode_hashes(&proof),
         checkpoint: logged.note.clone(),

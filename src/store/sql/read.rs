@@ -193,26 +193,11 @@ pub(crate) fn merkle_nodes<D: Dialect + ?Sized>(
     level: u32,
     range: Range<u64>,
 ) -> Result<Vec<(u64, Hash)>, Failure<D::Error>> {
-    rows(
-        db,
-        "SELECT idx, hash FROM merkle_nodes WHERE level = ?1 AND idx >= ?2 AND idx < ?3 \
-         ORDER BY idx",
-        &[
-            Value::Int(i64::from(level)),
-            Value::Int(signed(range.start)),
-            Value::Int(signed(range.end)),
-        ],
-        |row| {
-            let index = unsigned(
-                "Merkle node index",
-                required("Merkle node index", row.int(0)?)?,
-            )?;
-            Ok((
-                index,
-                hash(&format!("Merkle node ({level}, {index})"), &row.bytes(1)?)?,
-            ))
-        },
-    )
+    if super::is_derived(db, level) {
+        super::derived_nodes(db, level, range)
+    } else {
+        super::stored_nodes(db, level, range)
+    }
 }
 
 pub(crate) fn latest_checkpoint<D: Dialect + ?Sized>(

@@ -290,6 +290,9 @@ fn insert_nodes<D: Dialect + ?Sized>(
     nodes: &[(u32, u64, Hash)],
 ) -> Result<(), Failure<D::Error>> {
     for (level, index, hash) in nodes {
+        if super::is_derived(db, *level) {
+            continue;
+        }
         db.execute(
             "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
             &[
