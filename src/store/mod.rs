@@ -190,7 +190,8 @@ pub trait LogRead: Send + Sync {
     }
 
     /// A node of the audit log's Merkle tree: the hash of leaves
-    /// `[index·2^level, (index+1)·2^level)`, stored once that subtree is complete.
+    /// `[index·2^level, (index+1)·2^level)`, there once that subtree is complete (stored, or
+    /// derived from the stored leaves for the levels [`LogRead::derived_levels`] names).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].

@@ -251,7 +251,8 @@ fn drop_triggers(connection: &Connection) {
              DROP TRIGGER audit_no_delete;
              DROP TRIGGER audit_gap_free;
              DROP TRIGGER merkle_nodes_no_update;
-             DROP TRIGGER merkle_nodes_no_delete;",
+             DROP TRIGGER merkle_nodes_no_delete;
+             DROP TRIGGER merkle_nodes_derived_levels;",
         )
         .unwrap();
 }
@@ -772,6 +773,65 @@ fn a_tampered_node_on_the_root_path_is_a_tree_mismatch() {
 }
 
 #[test]
+fn a_tail_entry_altered_together_with_its_leaf_is_caught_by_the_kept_checkpoint() {
+    // The last entry and its leaf hash rewritten, nothing above them: on SQLite, which derives
+    // levels 1 to 3, no stored node covers the last `size % 16` entries (see `verify_log`), so
+    // the auditor's checkpoint is what catches it (or the level-4 node, when the size is a
+    // multiple of sixteen).
+    let logged = Logged::new();
+    let k = logged.size - 1;
+    let (_, checked) = logged.verify_both("tail-entry-and-leaf", |c| {
+        rewrite_entry(c, k);
+        let leaf = merkle::leaf_hash(entry(c, k).as_bytes());
+        set_node(c, 0, k, &leaf);
+    });
+    let error = checked.expect_err("a rewritten tail entry went unnoticed");
+    assert!(
+        matches!(
+            error,
+            LogError::CheckpointMismatch { checkpoint_size } if checkpoint_size == logged.size
+        ) || error == LogError::TreeMismatch { size: logged.size },
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_leaf_stored_twice_is_a_tree_mismatch_and_a_damaged_store() {
+    // The node table rebuilt without its key, leaf 5 stored again with another hash after the
+    // true one: the verifier and the store's derived nodes must not each pick a different copy.
+    let logged = Logged::new();
+    let store = logged.attacked("leaf-twice", |c| {
+        c.execute_batch(
+            "CREATE TABLE nodes_copy AS SELECT * FROM merkle_nodes;
+             DROP TABLE merkle_nodes;
+             CREATE TABLE merkle_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL,
+                 hash BLOB NOT NULL) STRICT;
+             INSERT INTO merkle_nodes SELECT * FROM nodes_copy ORDER BY level, idx;
+             DROP TABLE nodes_copy;",
+        )
+        .unwrap();
+        let hash = node(c, 0, 5);
+        c.execute(
+            "INSERT INTO merkle_nodes (level, idx, hash) VALUES (0, 5, ?1)",
+            params![&flipped(&hash)[..]],
+        )
+        .unwrap();
+    });
+    // Whichever copy comes first, the other is caught: the false one as an altered entry, a
+    // second one as a tree mismatch.
+    let error = verify_log(&store, None).expect_err("a leaf stored twice went unnoticed");
+    assert!(
+        error == LogError::TreeMismatch { size: logged.size }
+            || error == LogError::AlteredEntry { index: 5 },
+        "{error:?}"
+    );
+    assert!(matches!(
+        store.merkle_node(1, 2),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[test]
 fn an_entry_altered_together_with_its_leaf_is_still_detected() {
     // The attacker rewrites the entry and its leaf hash, but not the inner nodes above it.
     let logged = Logged::new();
@@ -796,7 +856,12 @@ fn a_tampered_node_off_the_root_path_is_detected() {
     for (level, index) in [(1, 0), (2, 1), (3, 0)] {
         assert!(!stored(&connection, level, index));
     }
-    for (level, index) in [(4, 0), (0, 3)] {
+    // A stored inner node off the path: the first of level 4 and up that is not on it.
+    let inner = (4..64u32)
+        .flat_map(|level| (0..n >> level).map(move |index| (level, index)))
+        .find(|node| !on_path.contains(node))
+        .expect("a log of over 30 entries has a stored inner node off its root path");
+    for (level, index) in [inner, (0, 3)] {
         assert!(!on_path.contains(&(level, index)));
         let (plain, checked) = logged.verify_both(&format!("off-path-{level}-{index}"), |c| {
             let hash = node(c, level, index);

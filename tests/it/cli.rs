@@ -232,7 +232,8 @@ impl Audited {
                  DROP TRIGGER audit_no_delete;
                  DROP TRIGGER audit_gap_free;
                  DROP TRIGGER merkle_nodes_no_update;
-                 DROP TRIGGER merkle_nodes_no_delete;",
+                 DROP TRIGGER merkle_nodes_no_delete;
+                 DROP TRIGGER merkle_nodes_derived_levels;",
             )
             .unwrap();
         attack(&connection);

@@ -285,6 +285,13 @@ fn derived_nodes<D: Dialect + ?Sized>(
     let mut run: Vec<Hash> = Vec::new();
     let mut next = None;
     for (index, leaf) in stored_nodes(db, 0, leaves)? {
+        // A leaf stored twice (its table rebuilt without its key) would make this read and a
+        // verifier's disagree on which copy counts: refuse it.
+        if next.is_some_and(|next| index < next) {
+            return Err(Failure::Refused(StoreError::Corrupt(format!(
+                "Merkle tree: leaf {index} is stored more than once"
+            ))));
+        }
         // A gap (a leaf missing) breaks the subtree it falls in: start again at this leaf.
         if next != Some(index) || index % width == 0 {
             run.clear();

@@ -236,14 +236,18 @@ const MIGRATIONS: &[Migration] = &[
         version: 9,
         // The Merkle nodes of levels 1 to 3 are derived from the leaves when read, no longer
         // stored (`DERIVED_LEVELS`): the stored ones go, so that the file holds one copy of
-        // each hash. A process of an older build still running on the file finds the nodes it
-        // needs for its next append missing and fails closed (a corrupt-store error), instead
-        // of extending the tree wrongly.
+        // each hash. A process of an older build still running on the file fails closed at
+        // its next append that completes a node of those levels (every other append): the
+        // trigger refuses the insert, and its transaction with it. One that reloads the tree's
+        // right edge finds the nodes it needs missing (a corrupt-store error).
         sql: "
             DROP TRIGGER merkle_nodes_no_delete;
             DELETE FROM merkle_nodes WHERE level BETWEEN 1 AND 3;
             CREATE TRIGGER merkle_nodes_no_delete BEFORE DELETE ON merkle_nodes
                 BEGIN SELECT RAISE(ABORT, 'Merkle nodes are append-only'); END;
+            CREATE TRIGGER merkle_nodes_derived_levels BEFORE INSERT ON merkle_nodes
+                WHEN NEW.level BETWEEN 1 AND 3
+                BEGIN SELECT RAISE(ABORT, 'Merkle levels 1 to 3 are derived, not stored'); END;
         ",
     },
 ];
@@ -264,6 +268,10 @@ pub struct SqliteStore {
     /// Concurrent commits, grouped into one transaction and one fsync.
     group: GroupCommit<Prepared, Result<CommitReceipt, StoreError>>,
     counters: Counters,
+    /// The Merkle levels this file derives instead of storing: [`DERIVED_LEVELS`] from schema
+    /// version 9 on (a store that writes has migrated its file); 0 for an older file opened
+    /// read-only, whose stored nodes of every level are read and verified as they are.
+    derived: u32,
     /// The Merkle tree's right edge after the last batch this store wrote.
     frontier: Mutex<Option<super::Frontier>>,
     path: PathBuf,
@@ -407,6 +415,7 @@ impl SqliteStore {
             StoreError::Unavailable(format!("cannot resolve {}: {e}", path.display()))
         })?;
         let store = Self {
+            derived: DERIVED_LEVELS,
             writer: Mutex::new(connection),
             readers: Some(Mutex::new(Vec::new())),
             resolved,
@@ -504,6 +513,7 @@ impl SqliteStore {
             return Err(StoreError::Corrupt(check));
         }
         Ok(Self {
+            derived: if version >= 9 { DERIVED_LEVELS } else { 0 },
             writer: Mutex::new(connection),
             readers: None,
             resolved: path.clone(),
@@ -621,7 +631,7 @@ impl SqliteStore {
                 backfill_merkle_nodes(&tx).map_err(|e| failure(&self.path, e))?;
             }
             if migration.version == 7 {
-                super::privacy::backfill_ends(&mut Lite(&tx))
+                super::privacy::backfill_ends(&mut Lite(&tx, DERIVED_LEVELS))
                     .map_err(|e| failure(&self.path, e))?;
             }
             tx.pragma_update(None, "user_version", migration.version)
@@ -656,7 +666,7 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let Some(pool) = &self.readers else {
             let connection = self.lock();
-            return read(&mut Lite(&connection)).map_err(|e| failure(&self.path, e));
+            return read(&mut Lite(&connection, self.derived)).map_err(|e| failure(&self.path, e));
         };
         // The writer, when no batch holds it or waits for it: its page cache holds what was just
         // written, which a reader connection would have to read again from the write-ahead log.
@@ -695,7 +705,7 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let fail = |e| store_error(&self.path, e);
         let tx = Tx::begin(connection, behavior).map_err(fail)?;
-        let value = work(&mut Lite(&tx)).map_err(|e| failure(&self.path, e))?;
+        let value = work(&mut Lite(&tx, self.derived)).map_err(|e| failure(&self.path, e))?;
         tx.commit().map_err(|e| commit_failed(&self.path, e))?;
         Ok(value)
     }
@@ -733,7 +743,7 @@ impl SqliteStore {
             Ok(tx) => tx,
             Err(error) => return all(fail(error)),
         };
-        let mut db = Lite(&tx);
+        let mut db = Lite(&tx, self.derived);
         let mut frontier = match super::current_frontier(&mut db, cached) {
             Ok(frontier) => frontier,
             Err(error) => return all(failure(&self.path, error)),
@@ -895,7 +905,7 @@ impl Drop for Tx<'_> {
 }
 
 /// The [`Dialect`] over a rusqlite connection (or a transaction, which derefs to one).
-struct Lite<'a>(&'a Connection);
+struct Lite<'a>(&'a Connection, u32);
 
 fn bind(params: &[Value<'_>]) -> Vec<rusqlite::types::Value> {
     use rusqlite::types::Value as Sql;
@@ -934,7 +944,7 @@ impl Dialect for Lite<'_> {
     type Error = rusqlite::Error;
 
     fn derived_levels(&self) -> u32 {
-        DERIVED_LEVELS
+        self.1
     }
 
     fn execute(
@@ -983,7 +993,11 @@ fn backfill_merkle_nodes(tx: &Connection) -> Result<(), Failure<rusqlite::Error>
                 "audit sequence broken at {seq}"
             ))));
         }
-        super::append_leaf(&mut Lite(tx), expected, merkle::leaf_hash(entry.as_bytes()))?;
+        super::append_leaf(
+            &mut Lite(tx, DERIVED_LEVELS),
+            expected,
+            merkle::leaf_hash(entry.as_bytes()),
+        )?;
     }
     Ok(())
 }
@@ -1125,7 +1139,7 @@ impl LogRead for SqliteStore {
     }
 
     fn derived_levels(&self) -> u32 {
-        DERIVED_LEVELS
+        self.derived
     }
 
     fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
@@ -1311,6 +1325,34 @@ mod tests {
         levels
     }
 
+    /// Makes the file at `path` look as a build of version 8 left it: the nodes of levels 1 to 3
+    /// stored (`expected`, the one at `edited` with a bit flipped), `user_version` 8.
+    fn as_version_8(
+        path: &std::path::Path,
+        expected: &[Vec<(u64, crate::merkle::Hash)>],
+        edited: Option<(usize, u64)>,
+    ) {
+        let connection = rusqlite::Connection::open(path).unwrap();
+        connection
+            .execute_batch("DROP TRIGGER merkle_nodes_derived_levels")
+            .unwrap();
+        for (level, nodes) in expected.iter().enumerate().skip(1).take(3) {
+            for (index, hash) in nodes {
+                let mut hash = *hash;
+                if edited == Some((level, *index)) {
+                    hash[0] ^= 1;
+                }
+                connection
+                    .execute(
+                        "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
+                        (level as i64, *index as i64, hash.as_slice()),
+                    )
+                    .unwrap();
+            }
+        }
+        connection.pragma_update(None, "user_version", 8).unwrap();
+    }
+
     /// A file of version 8 stored the nodes of levels 1 to 3; version 9 removes them and
     /// derives them, with the same answers, and the log still verifies and grows.
     #[test]
@@ -1325,21 +1367,8 @@ mod tests {
             }
             expected_levels(&store)
         };
-        {
-            // As a build of version 8 left it: every level stored.
-            let connection = rusqlite::Connection::open(&path).unwrap();
-            for (level, nodes) in expected.iter().enumerate().skip(1).take(3) {
-                for (index, hash) in nodes {
-                    connection
-                        .execute(
-                            "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
-                            (level as i64, *index as i64, hash.as_slice()),
-                        )
-                        .unwrap();
-                }
-            }
-            connection.pragma_update(None, "user_version", 8).unwrap();
-        }
+        // As a build of version 8 left it: every level stored.
+        as_version_8(&path, &expected, None);
         let low_rows = |store: &SqliteStore| -> i64 {
             store
                 .lock()
@@ -1364,6 +1393,39 @@ mod tests {
         assert_eq!(low_rows(&store), 0, "appends store no low node");
         let report = crate::verify_log(&store, None).unwrap();
         assert_eq!(report.size, 40);
+        // A process of an older build would store one: the file refuses it.
+        let refused = store.lock().execute(
+            "INSERT INTO merkle_nodes (level, idx, hash) VALUES (2, 9, zeroblob(32))",
+            [],
+        );
+        assert!(refused.is_err(), "a node of a derived level was stored");
+        assert_eq!(low_rows(&store), 0);
+    }
+
+    /// A file of version 8 opened read-only (an auditor's copy, not migrated) is read as it is:
+    /// its stored nodes of levels 1 to 3, which a build of version 8 still uses, are compared
+    /// by the verifier, so an edited one is caught.
+    #[test]
+    fn a_version_8_file_opened_read_only_has_its_low_nodes_verified() {
+        use crate::store::LogRead;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v8-evidence.sqlite");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            for n in 0..12 {
+                store.commit(using(&format!("att-{n}"))).unwrap();
+            }
+            let expected = expected_levels(&store);
+            drop(store);
+            // The attack: node (2, 1) edited.
+            as_version_8(&path, &expected, Some((2, 1)));
+        }
+        let evidence = SqliteStore::open_read_only(&path).unwrap();
+        assert_eq!(evidence.derived_levels(), 0);
+        assert_eq!(
+            crate::verify_log(&evidence, None),
+            Err(crate::LogError::TreeMismatch { size: 12 })
+        );
     }
 
     /// A leaf missing from the file (a tampered or damaged store) breaks the derived nodes above
