@@ -268,10 +268,10 @@ fn is_derived<D: Dialect + ?Sized>(db: &D, level: u32) -> bool {
 
 /// The nodes at a derived `level` with indices in `range`: each the root of its `2^level`
 /// stored leaves, for every such subtree that is complete. An engine derives the lowest levels
-/// (SQLite: 1 to 3) so that an append writes one page of nodes, not one page per level: the
-/// leaves and the nodes above them were each appended at the right edge of their own level's
-/// key range, so a transaction of eight appends touched about five pages of nodes where the
-/// leaves alone touch one (see BENCHMARKS.md). A derived node costs its subtree's leaves (at
+/// (SQLite: 1 to 3) so that an append does not write a page per level: the leaves and the
+/// nodes above them were each appended at the right edge of their own level's key range, so a
+/// transaction of a batch of decisions wrote 4.4 pages of nodes, and now 2.75 (counted in the
+/// write-ahead log; see BENCHMARKS.md). A derived node costs its subtree's leaves (at
 /// most eight rows, read together) and `2^level - 1` hashes to read.
 fn derived_nodes<D: Dialect + ?Sized>(
     db: &mut D,

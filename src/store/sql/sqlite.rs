@@ -286,9 +286,10 @@ const MAX_BATCH: usize = 256;
 
 /// The Merkle tree's levels above the leaves that a SQLite file does not store (since schema
 /// version 9): their nodes are derived from the stored leaves when read. With them stored, each
-/// level's right edge was a page of its own, and a transaction of eight appends wrote about
-/// five pages of nodes; now about two (the leaves' page, and one above level 3 about every
-/// other transaction). Eight callers' decisions: 20 % more a second (see BENCHMARKS.md).
+/// level's right edge was a page of its own, and a transaction of a batch of decisions wrote 4.4
+/// pages of nodes; now 2.75 (the leaves' page, a node above level 3 in about every other
+/// transaction, and the B-tree's inner pages as it grows). Eight callers' decisions: 12 to 16 %
+/// more a second (see BENCHMARKS.md).
 const DERIVED_LEVELS: u32 = 3;
 
 /// Idle reader connections kept open (more are opened while more threads read at once, and
