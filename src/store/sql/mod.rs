@@ -109,7 +109,7 @@ pub(crate) trait Dialect {
     ) -> Result<(), Failure<Self::Error>>;
 
     /// The levels above the leaves (1 to this) whose Merkle nodes this engine derives from the
-    /// stored leaves on every read instead of storing them (see [`derived_node`]). 0: every
+    /// stored leaves on every read instead of storing them (see `derived_nodes`). 0: every
     /// level is stored.
     fn derived_levels(&self) -> u32 {
         0
@@ -282,7 +282,8 @@ fn derived_nodes<D: Dialect + ?Sized>(
     // Subtrees past what a u64 leaf index can reach do not exist.
     let leaves = range.start.saturating_mul(width)..range.end.saturating_mul(width);
     let mut nodes = Vec::new();
-    let mut run: Vec<Hash> = Vec::new();
+    // The subtree being read: its leaves so far (RFC 6962's tree over them).
+    let mut subtree = crate::merkle::TreeBuilder::new();
     let mut next = None;
     for (index, leaf) in stored_nodes(db, 0, leaves)? {
         // A leaf stored twice (its table rebuilt without its key) would make this read and a
@@ -294,31 +295,13 @@ fn derived_nodes<D: Dialect + ?Sized>(
         }
         // A gap (a leaf missing) breaks the subtree it falls in: start again at this leaf.
         if next != Some(index) || index % width == 0 {
-            run.clear();
+            subtree = crate::merkle::TreeBuilder::new();
         }
         next = index.checked_add(1);
-        run.push(leaf);
-        if run.len() as u64 == width {
-            nodes.push((index / width, fold(&mut run)));
+        subtree.push(leaf);
+        if subtree.size() == width {
+            nodes.push((index / width, subtree.root()));
         }
     }
     Ok(nodes)
-}
-
-/// The root of a complete subtree from its leaves (a power of two of them), emptying `run`.
-fn fold(run: &mut Vec<Hash>) -> Hash {
-    while run.len() > 1 {
-        let pairs = run.len() / 2;
-        for i in 0..pairs {
-            let (left, right) = (run.get(2 * i), run.get(2 * i + 1));
-            if let (Some(left), Some(right)) = (left, right) {
-                let parent = crate::merkle::node_hash(left, right);
-                if let Some(slot) = run.get_mut(i) {
-                    *slot = parent;
-                }
-            }
-        }
-        run.truncate(pairs);
-    }
-    run.pop().unwrap_or_default()
 }

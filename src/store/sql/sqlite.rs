@@ -905,7 +905,8 @@ impl Drop for Tx<'_> {
     }
 }
 
-/// The [`Dialect`] over a rusqlite connection (or a transaction, which derefs to one).
+/// The [`Dialect`] over a rusqlite connection (or a transaction, which derefs to one), and the
+/// Merkle levels the file derives instead of storing (`SqliteStore::derived`).
 struct Lite<'a>(&'a Connection, u32);
 
 fn bind(params: &[Value<'_>]) -> Vec<rusqlite::types::Value> {
