@@ -105,12 +105,21 @@ impl AuditRecord {
     /// # Errors
     /// As [`AuditRecord::entry_bytes`].
     pub fn prepare(&self) -> Result<PreparedEntry, serde_json::Error> {
-        let encoded = serde_json::to_vec(&EntryWire {
-            seq: 0,
-            at: self.at,
-            actor: &self.actor,
-            event: &self.event,
-        })?;
+        // Sized for a typical entry up front. Growing the buffer (serde_json starts at 128
+        // bytes) reallocates, and glibc's `realloc` takes the lock of the arena the block came
+        // from, where `malloc` and `free` mostly use the thread's own cache: blocks passed
+        // between threads then had two deciding threads queue on one arena's lock, with a
+        // futex sleep and wake-up each time (tests/reallocations.rs).
+        let mut encoded = Vec::with_capacity(ENTRY_CAPACITY);
+        serde_json::to_writer(
+            &mut encoded,
+            &EntryWire {
+                seq: 0,
+                at: self.at,
+                actor: &self.actor,
+                event: &self.event,
+            },
+        )?;
         // `seq` is the first field and a plain decimal number: the rest follows `{"seq":0`.
         if !encoded.starts_with(SEQ_PREFIX_ZERO) {
             return Err(<serde_json::Error as serde::ser::Error>::custom(
@@ -120,6 +129,11 @@ impl AuditRecord {
         Ok(PreparedEntry { encoded })
     }
 }
+
+/// The buffer an entry is encoded into at first: most entries fit (a decision's is about 250
+/// bytes, a served access's at the bank's gate 400 to 520), and a buffer of this size still
+/// comes from the allocator's per-thread cache.
+const ENTRY_CAPACITY: usize = 640;
 
 /// How every entry's bytes begin, before the sequence number's digits.
 const SEQ_PREFIX: &[u8] = b"{\"seq\":";

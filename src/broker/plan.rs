@@ -161,7 +161,10 @@ pub(super) fn plan_access(
         .clone()
         .unwrap_or_else(|| unregistered(request));
     let decision = policy::evaluate(request, Some(consent), policy, &platform, inputs.usage, now);
-    let mut preconditions = vec![Precondition::consent_version(consent.id(), consent.version)];
+    // Sized for a permit's (the consent's, the holder's and the key's versions, the day's
+    // count): growing a vector reallocates, and `realloc` takes the allocator's arena lock.
+    let mut preconditions = Vec::with_capacity(4);
+    preconditions.push(Precondition::consent_version(consent.id(), consent.version));
     let subject = consent.request.subject.clone();
     let Some(keyed_and_pseudonyms) = inputs.key.as_ref() else {
         // The broker reads (or makes) the key of every consent it reads: without it, nothing
@@ -177,7 +180,7 @@ pub(super) fn plan_access(
         holder.version
     });
     let (keyed, pseudonyms) = keyed_and_pseudonyms;
-    let mut changes: Vec<Change> = Vec::new();
+    let mut changes: Vec<Change> = Vec::with_capacity(2);
     match keyed.guard() {
         KeyGuard::Insert(change) => changes.push(*change),
         KeyGuard::Check(check) => preconditions.push(check),
