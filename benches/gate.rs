@@ -2,8 +2,8 @@
 //! bank's ledger on SQLite: attestation, policy, counts, presented ids, feed; account owner),
 //! beside two raw ring Ed25519 verifications of the same bytes (the token's and the proof's
 //! signatures, the floor any such check pays); and, separately, the journal's write of a served
-//! access (one fsynced SQLite transaction), for one caller and eight; the same on PostgreSQL when
-//! a server is named.
+//! access (one fsynced SQLite transaction), for one caller, eight and 32; the same on PostgreSQL
+//! when a server is named.
 //!
 //! Run: `cargo bench --bench gate`; with PostgreSQL:
 //! `scripts/with-postgres cargo bench --features postgres --bench gate`.
@@ -128,13 +128,13 @@ fn bench(c: &mut Criterion) {
 
     // The same with eight callers at once (eight request threads of the bank's server): their
     // journal entries share transactions and fsyncs.
-    eight_callers(
+    many_callers(
         &mut group,
         "check_and_journal_sqlite_8_callers",
         &kit,
         &bank,
         &random,
-        false,
+        (8, false),
     );
 
     // The same in steady state, as in service: the ledger (a file of its own) already holds the
@@ -153,13 +153,24 @@ fn bench(c: &mut Criterion) {
         steady_kit.broker.now().unix_timestamp(),
         1_000,
     );
-    eight_callers(
+    many_callers(
         &mut group,
         "check_and_journal_sqlite_8_callers_steady",
         &steady_kit,
         &steady_bank,
         &random,
-        true,
+        (8, true),
+    );
+    // And with 32 request threads, as the library's own HTTP gate runs under load: it hands each
+    // check to a blocking thread and lets up to `http::MAX_IN_FLIGHT` (256) run at once, so a
+    // busy gate has many more than eight checks waiting on one fsync.
+    many_callers(
+        &mut group,
+        "check_and_journal_sqlite_32_callers_steady",
+        &steady_kit,
+        &steady_bank,
+        &random,
+        (32, true),
     );
     postgres(&mut group, &random);
     group.finish();
@@ -191,21 +202,20 @@ fn one_caller<L: Store + LedgerRead>(
     });
 }
 
-/// Eight callers checking at once, each for a consent of its own (eight customers' apps polling at
-/// once; one consent's served count is one row, which concurrent checks of it take in turn).
-/// Tokens and proofs are made before the clock starts; the time is one over the aggregate
+/// `callers` callers checking at once, each for a consent of its own (as many customers' apps
+/// polling at once; one consent's served count is one row, which concurrent checks of it take in
+/// turn). Tokens and proofs are made before the clock starts; the time is one over the aggregate
 /// throughput.
 /// With `moving`, the kit's clock moves a second before each sample's tokens are made.
-fn eight_callers<L: Store + LedgerRead + Sync>(
+fn many_callers<L: Store + LedgerRead + Sync>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
     kit: &TestBroker,
     bank: &TestBank<L>,
     random: &SeededRandom,
-    moving: bool,
+    (callers, moving): (usize, bool),
 ) {
-    const CALLERS: usize = 8;
-    let accesses: Vec<AccessRequest> = (0..CALLERS)
+    let accesses: Vec<AccessRequest> = (0..callers)
         .map(|_| kit.access(bank.granted(kit).id()))
         .collect();
     group.bench_function(name, |b| {
@@ -214,7 +224,7 @@ fn eight_callers<L: Store + LedgerRead + Sync>(
                 kit.clock
                     .advance(consent_broker::time::Duration::seconds(1));
             }
-            let each = iterations.div_ceil(CALLERS as u64);
+            let each = iterations.div_ceil(callers as u64);
             let prepared: Vec<Vec<(String, String)>> = accesses
                 .iter()
                 .map(|access| {
@@ -224,7 +234,7 @@ fn eight_callers<L: Store + LedgerRead + Sync>(
                 })
                 .collect();
             // Each caller checks the tokens made for it: `each` of them.
-            support::timed_threads(CALLERS, iterations, |caller, _| {
+            support::timed_threads(callers, iterations, |caller, _| {
                 for (token, proof) in prepared.get(caller).unwrap() {
                     let request = GateRequest {
                         token,
@@ -292,13 +302,13 @@ fn postgres(
         &access,
         random,
     );
-    eight_callers(
+    many_callers(
         group,
         "check_and_journal_postgres_8_callers",
         &kit,
         &bank,
         random,
-        false,
+        (8, false),
     );
 }
 
