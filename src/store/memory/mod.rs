@@ -39,6 +39,9 @@ pub struct MemoryStore {
     inner: RwLock<Inner>,
     /// Taken after `inner` when both are held, never before.
     log: Mutex<Log>,
+    /// The Merkle tree of the log's entries, brought up to date from the log's pending leaf
+    /// hashes (see [`Tree`]). Taken before `log` when both are held, never after.
+    tree: Mutex<Tree>,
     /// The log's length as of its last append (a hint: entries are encoded and hashed at it
     /// before the lock is taken).
     log_len: AtomicU64,
@@ -49,9 +52,32 @@ pub struct MemoryStore {
 struct Log {
     /// Entry bytes, by sequence number (in chunks: an append never moves the log).
     audit: merkle::Chunked<Vec<u8>>,
-    nodes: MemoryNodes,
+    /// The leaf hashes of the entries appended since the tree was last brought up to date, in
+    /// order: the tree holds the first `audit.len() - pending.len()` leaves.
+    pending: Vec<Hash>,
     checkpoints: Vec<StoredCheckpoint>,
 }
+
+/// The log's Merkle tree, kept apart from the log: an append under the log's lock only queues
+/// its leaf hashes, and the inner nodes (about one SHA-256 of 65 bytes a leaf) are computed
+/// afterwards, outside that lock, by whichever appender finds the tree free once enough leaves
+/// are waiting, or by a reader of nodes before it reads. Two threads deciding at once then no
+/// longer queue on the log's lock while the other hashes. Every read of a node brings the tree
+/// up to the log's length first, so readers see the same tree as before.
+#[derive(Debug, Default)]
+struct Tree {
+    nodes: MemoryNodes,
+    /// An empty buffer with room, swapped with the log's pending leaves when taking them, so
+    /// that neither side reallocates in steady state.
+    spare: Vec<Hash>,
+    /// Why the tree stopped taking leaves, if it did.
+    broken: Option<String>,
+}
+
+/// Leaves waiting before an appender brings the tree up to date: enough that one thread hashes
+/// a run of them while the tree's lines stay in its cache, few enough that a reader catching up
+/// hashes at most about this many more than were appended since.
+const INTEGRATE_AT: usize = 64;
 
 /// Entries placed at the sequence numbers from `first` on, with their leaf hashes: made before
 /// the log's lock is taken, at the length the log had then, and used under it if no other commit
@@ -90,10 +116,7 @@ impl Log {
             Placed::at(first, prepared)
         };
         for (bytes, leaf) in placed.entries {
-            // Unreachable for an in-memory tree that only grows; refuse rather than diverge.
-            self.nodes
-                .push(leaf)
-                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            self.pending.push(leaf);
             self.audit.push(bytes);
         }
         Ok(CommitReceipt {
@@ -169,14 +192,64 @@ impl MemoryStore {
         self.log.lock().map_err(|_| poisoned())
     }
 
-    /// Appends prepared entries, placed and hashed before the lock at the length last seen.
+    /// Appends prepared entries, placed and hashed before the lock at the length last seen;
+    /// then, with enough leaves waiting and the tree free, brings the tree up to date.
     fn append(&self, prepared: &[PreparedEntry]) -> Result<CommitReceipt, StoreError> {
         let placed = Placed::at(self.log_len.load(Ordering::Relaxed), prepared);
-        let mut log = self.log()?;
-        let receipt = log.append(placed, prepared)?;
+        let (receipt, waiting) = {
+            let mut log = self.log()?;
+            let receipt = log.append(placed, prepared)?;
+            (receipt, log.pending.len())
+        };
         self.log_len
             .store(receipt.audit_seqs.end, Ordering::Relaxed);
+        // Busy means another thread is integrating: it or a later append takes these. The
+        // entries are in the log whatever happens here, so the commit has landed: a tree that
+        // cannot take them (unreachable) or a poisoned lock is reported to its readers.
+        if waiting >= INTEGRATE_AT
+            && let Ok(mut tree) = self.tree.try_lock()
+        {
+            self.integrate(&mut tree);
+        }
         Ok(receipt)
+    }
+
+    /// The tree, brought up to the log's length as of this call.
+    fn tree(&self) -> Result<MutexGuard<'_, Tree>, StoreError> {
+        let mut tree = self.tree.lock().map_err(|_| poisoned())?;
+        self.integrate(&mut tree);
+        match &tree.broken {
+            Some(error) => Err(StoreError::Corrupt(error.clone())),
+            None => Ok(tree),
+        }
+    }
+
+    /// Takes the log's pending leaves (briefly holding its lock) and adds them to the tree,
+    /// computing the nodes they complete outside the log's lock.
+    /// A tree that failed to take a leaf (unreachable for an in-memory tree that only grows)
+    /// takes no more, and its readers get the error rather than a tree that diverged.
+    fn integrate(&self, tree: &mut Tree) {
+        if tree.broken.is_some() {
+            return;
+        }
+        let mut leaves = std::mem::take(&mut tree.spare);
+        match self.log() {
+            Ok(mut log) => std::mem::swap(&mut log.pending, &mut leaves),
+            Err(error) => {
+                tree.broken = Some(error.to_string());
+                return;
+            }
+        }
+        for leaf in leaves.drain(..) {
+            if let Err(error) = tree.nodes.push(leaf) {
+                tree.broken = Some(error.to_string());
+                return;
+            }
+        }
+        if leaves.capacity() < INTEGRATE_AT {
+            leaves.reserve(2 * INTEGRATE_AT);
+        }
+        tree.spare = leaves;
     }
 }
 
@@ -576,14 +649,17 @@ impl StateRead for MemoryStore {
     ) -> Result<AccessView, StoreError> {
         // One read lock for the whole view.
         let inner = self.read()?;
-        let platform = inner.platforms.get(platform).cloned();
+        let platform = inner.platforms.get(platform).map(|found| PlatformProfile {
+            id: platform.clone(),
+            registered_purposes: found.registered_purposes,
+        });
         // The subject's key is found by the text of the consent's subject, and the consent shares
         // the store's copy of the subject's id.
         let mut subject_key = None;
         let Some(found) = inner.consents.get_sharing(consent, |subject| {
-            let (id, record) = inner.subject_keys.get_key_value(subject)?;
+            let record = inner.subject_keys.get(subject)?;
             subject_key = Some(record.key.clone());
-            Some(id)
+            None
         })?
         else {
             return Ok(AccessView {
@@ -593,7 +669,16 @@ impl StateRead for MemoryStore {
         };
         let request = &found.request;
         Ok(AccessView {
-            holder: inner.holders.get(&request.holder).cloned(),
+            holder: inner
+                .holders
+                .get(&request.holder)
+                .map(|holder| HolderRecord {
+                    id: holder.id.unshared(),
+                    policy: holder.policy.clone(),
+                    attestation_keys: holder.attestation_keys.clone(),
+                    retired_attestation_keys: holder.retired_attestation_keys.clone(),
+                    version: holder.version,
+                }),
             usage: inner
                 .usage
                 .get(&(consent.clone(), day))
@@ -709,7 +794,7 @@ impl LogRead for MemoryStore {
     }
 
     fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
-        match self.log()?.nodes.node(level, index) {
+        match self.tree()?.nodes.node(level, index) {
             Ok(hash) => Ok(Some(hash)),
             Err(MerkleError::MissingNode { .. }) => Ok(None),
             Err(other) => Err(StoreError::Corrupt(other.to_string())),
@@ -718,11 +803,11 @@ impl LogRead for MemoryStore {
 
     fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
         // One lock for the whole range: verifiers read every node.
-        let log = self.log()?;
-        let count = log.nodes.size().checked_shr(level).unwrap_or(0);
+        let tree = self.tree()?;
+        let count = tree.nodes.size().checked_shr(level).unwrap_or(0);
         let range = range.start..range.end.min(count);
         Ok(range
-            .filter_map(|index| Some((index, log.nodes.node(level, index).ok()?)))
+            .filter_map(|index| Some((index, tree.nodes.node(level, index).ok()?)))
             .collect())
     }
 
@@ -838,7 +923,165 @@ mod tests {
         // The entries hash to the tree the store keeps (its nodes, not a tree made afresh).
         let report = verify_log(&store, None).unwrap();
         assert_eq!(report.size, 12);
-        let kept = merkle::root(12, &store.log().unwrap().nodes).unwrap();
+        let kept = merkle::root(12, &store.tree().unwrap().nodes).unwrap();
         assert_eq!(kept, report.root);
+    }
+
+    /// The tree of `entries`, made afresh.
+    fn tree_of(entries: &[StoredEntry]) -> MemoryNodes {
+        let mut tree = MemoryNodes::new();
+        for entry in entries {
+            tree.push(merkle::leaf_hash(&entry.bytes)).unwrap();
+        }
+        tree
+    }
+
+    /// The leaves waiting for the tree and the leaves it holds, without bringing it up to date.
+    fn waiting_and_integrated(store: &MemoryStore) -> (usize, u64) {
+        let tree = store.tree.lock().unwrap().nodes.size();
+        (store.log().unwrap().pending.len(), tree)
+    }
+
+    /// Appends queue their leaves; the append that leaves `INTEGRATE_AT` of them waiting brings
+    /// the tree up to date itself (no reader needed), and a reader of nodes always finds the
+    /// tree of every entry appended before it asked, whatever is still waiting.
+    #[test]
+    fn appends_queue_leaves_and_the_tree_catches_up_before_any_read() {
+        let store = MemoryStore::new();
+        let one = |n: i64| store.append(&[record(n).prepare().unwrap()]).unwrap();
+        for n in 0..INTEGRATE_AT - 1 {
+            one(n as i64);
+        }
+        assert_eq!(waiting_and_integrated(&store), (INTEGRATE_AT - 1, 0));
+        one(1_000);
+        assert_eq!(waiting_and_integrated(&store), (0, INTEGRATE_AT as u64));
+        // Three more wait; a read of the newest leaf takes them in first.
+        for n in 0..3 {
+            one(2_000 + n);
+        }
+        assert_eq!(waiting_and_integrated(&store).0, 3);
+        let size = INTEGRATE_AT as u64 + 3;
+        let newest = store.audit_bytes(size - 1..size).unwrap();
+        let leaf = merkle::leaf_hash(&newest[0].bytes);
+        assert_eq!(store.merkle_node(0, size - 1).unwrap(), Some(leaf));
+        assert_eq!(waiting_and_integrated(&store), (0, size));
+        let report = verify_log(&store, None).unwrap();
+        assert_eq!(report.size, size);
+        assert_eq!(
+            merkle::root(size, &store.tree().unwrap().nodes).unwrap(),
+            report.root
+        );
+    }
+
+    /// Threads appending at once (batches of one to three entries) while others read nodes and
+    /// verify the whole log: every read finds a tree that agrees with the entries, and the
+    /// final tree is the tree of all of them, in the log's order.
+    #[test]
+    fn concurrent_appends_and_reads_keep_one_tree_of_the_entries() {
+        let store = MemoryStore::new();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for t in 0..4_i64 {
+                let store = &store;
+                scope.spawn(move || {
+                    for n in 0..150_i64 {
+                        let batch: Vec<_> = (0..1 + (n + t) % 3)
+                            .map(|k| record(t * 1_000_000 + n * 10 + k).prepare().unwrap())
+                            .collect();
+                        store.append(&batch).unwrap();
+                    }
+                });
+            }
+            let (store, done) = (&store, &done);
+            scope.spawn(move || {
+                let mut checked = 0;
+                while !done.load(Ordering::Relaxed) || checked == 0 {
+                    // (`verify_log` wants a log at rest: it refuses nodes past the length it
+                    // read, which concurrent appends add.) Every node of the first `size`
+                    // entries must be there, and be the node of those entries.
+                    let size = store.audit_len().unwrap();
+                    let fresh = tree_of(&store.audit_bytes(0..size).unwrap());
+                    for level in 0..u64::BITS - size.leading_zeros() {
+                        let count = size >> level;
+                        let stored = store.merkle_nodes(level, 0..count).unwrap();
+                        let expected: Vec<(u64, Hash)> = (0..count)
+                            .map(|index| (index, fresh.node(level, index).unwrap()))
+                            .collect();
+                        assert_eq!(stored, expected, "level {level} of {size} entries");
+                    }
+                    checked += 1;
+                }
+            });
+            // Ends the reader once the writers are done (scope joins them in order).
+            scope.spawn(move || {
+                while store.audit_len().unwrap() < 4 * 300 {
+                    std::thread::yield_now();
+                }
+                done.store(true, Ordering::Relaxed);
+            });
+        });
+        let size = store.audit_len().unwrap();
+        // Each thread: 50 batches each of one, two and three entries.
+        assert_eq!(size, 4 * 300);
+        let report = verify_log(&store, None).unwrap();
+        assert_eq!(report.size, size);
+        let fresh = tree_of(&store.audit_bytes(0..size).unwrap());
+        assert_eq!(merkle::root(size, &fresh).unwrap(), report.root);
+        let tree = store.tree().unwrap();
+        for level in 0..12 {
+            for index in 0..size >> level {
+                assert_eq!(
+                    tree.nodes.node(level, index).unwrap(),
+                    fresh.node(level, index).unwrap(),
+                    "node ({level}, {index})"
+                );
+            }
+        }
+    }
+
+    /// The view of the checked call shares no id with the store or with another view: each
+    /// clone or drop of a shared id writes its count, a cache line every deciding core would
+    /// then write. The platform's id is the caller's own copy; the consent's, as before, too.
+    #[test]
+    fn a_view_shares_no_id_with_the_store_or_another_view() {
+        let kit = crate::testing::TestBroker::memory();
+        let consent = kit.granted();
+        let access = kit.access(consent.id());
+        let day = kit.broker.now().date();
+        let store = kit.broker.store();
+        let view =
+            |platform: &PlatformId| store.access_view(&access.consent, platform, day).unwrap();
+        let (first, second) = (view(&access.platform), view(&access.platform));
+        let text = |id: &str| id.as_ptr();
+        let consent_of = |view: &AccessView| view.consent.clone().unwrap().request().clone();
+        let (a, b) = (consent_of(&first), consent_of(&second));
+        for (one, other, what) in [
+            (a.subject().as_str(), b.subject().as_str(), "subject"),
+            (
+                a.platform().as_str(),
+                b.platform().as_str(),
+                "consent's platform",
+            ),
+            (a.holder().as_str(), b.holder().as_str(), "consent's holder"),
+            (
+                first.holder.as_ref().unwrap().id().as_str(),
+                second.holder.as_ref().unwrap().id().as_str(),
+                "holder record",
+            ),
+        ] {
+            assert_eq!(one, other);
+            assert_ne!(text(one), text(other), "the {what}'s id is shared");
+        }
+        let profile = first.platform.as_ref().unwrap();
+        assert_eq!(text(profile.id.as_str()), text(access.platform.as_str()));
+        let found = first.consent.as_ref().unwrap();
+        assert_eq!(text(found.id().as_str()), text(access.consent.as_str()));
+        // A caller's own copy of the platform's id, as parsed from its own request.
+        let own: PlatformId = access.platform.as_str().parse().unwrap();
+        let third = view(&own);
+        assert_eq!(
+            text(third.platform.unwrap().id.as_str()),
+            text(own.as_str())
+        );
     }
 }

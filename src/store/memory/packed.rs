@@ -55,17 +55,24 @@ impl<T> Default for Names<T> {
 /// An id kept in [`Names`].
 trait Name: Clone {
     fn text(&self) -> &str;
+    fn unshared(&self) -> Self;
 }
 
 impl Name for PlatformId {
     fn text(&self) -> &str {
         self.as_str()
     }
+    fn unshared(&self) -> Self {
+        PlatformId::unshared(self)
+    }
 }
 
 impl Name for HolderId {
     fn text(&self) -> &str {
         self.as_str()
+    }
+    fn unshared(&self) -> Self {
+        HolderId::unshared(self)
     }
 }
 
@@ -89,7 +96,10 @@ impl<T: Name> Names<T> {
     }
 
     fn get(&self, at: u32) -> Result<T, StoreError> {
-        self.all.get(at as usize).cloned().ok_or_else(damaged)
+        self.all
+            .get(at as usize)
+            .map(Name::unshared)
+            .ok_or_else(damaged)
     }
 }
 
