@@ -515,14 +515,16 @@ impl PseudonymCache {
         account: Option<&AccountId>,
         now: time::OffsetDateTime,
     ) -> Pseudonyms {
-        // The entry's pseudonyms, and whether its accounts are at their bound.
+        // The entry's pseudonyms, and whether its accounts are at their bound. Copies with text
+        // of their own: the cache's are read by every deciding thread, and a clone's count
+        // (written by the clone and by its drop) would be a line they all write.
         let found = self.subjects.read().ok().and_then(|map| {
             let cached = map.get(subject).filter(|cached| cached.serves(key, now))?;
             let account = account.and_then(|account| {
                 let pseudonym = cached.account(account)?;
-                Some((account.clone(), pseudonym.clone()))
+                Some((account.clone(), pseudonym.unshared()))
             });
-            Some((cached.subject.clone(), account, cached.full()))
+            Some((cached.subject.unshared(), account, cached.full()))
         });
         let full = match found {
             Some((subject, found, _)) if account.is_none() || found.is_some() => {
@@ -676,6 +678,30 @@ mod tests {
         cache.forget(&alice);
         assert_eq!(accounts_remembered(&cache, &alice), None);
         assert_eq!(accounts_remembered(&cache, &bob), Some(1));
+    }
+
+    /// Two answers from the cache share no pseudonym's text with each other (nor, so, with the
+    /// cache): every deciding thread reads the same entry, and a shared count would be a line
+    /// they all write.
+    #[test]
+    fn cached_answers_share_nothing() {
+        let cache = PseudonymCache::default();
+        let alice: SubjectId = "alice".parse().unwrap();
+        let account: AccountId = "acc-1".parse().unwrap();
+        let (key, now) = (key(4), time::OffsetDateTime::UNIX_EPOCH);
+        cache.get(&alice, &key, Some(&account), now);
+        let (one, two) = (
+            cache.get(&alice, &key, Some(&account), now),
+            cache.get(&alice, &key, Some(&account), now),
+        );
+        assert_eq!(one.subject, two.subject);
+        assert_ne!(one.subject.as_str().as_ptr(), two.subject.as_str().as_ptr());
+        let (a, b) = (
+            one.account(&account).unwrap(),
+            two.account(&account).unwrap(),
+        );
+        assert_eq!(a, b);
+        assert_ne!(a.as_str().as_ptr(), b.as_str().as_ptr());
     }
 
     /// A subject's accounts are remembered up to the bound; past it, pseudonyms are still right,
