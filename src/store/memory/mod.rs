@@ -6,14 +6,16 @@
 //! appends while still holding it, so decisions run side by side and meet only at the append,
 //! and no state change can fall between a decision's check and its entry. A commit that fails
 //! part-way is rolled back from an undo log before the lock is released. Entries are encoded
-//! before any lock is taken; only their sequence numbers are placed under the log's lock.
+//! and their leaves hashed before any lock is taken; only their sequence numbers are placed under
+//! the log's lock. The log's Merkle tree has a `Mutex` of its own: its inner nodes are computed
+//! after the append, outside both locks, or by a reader of nodes before it reads (see `Tree`).
 
 mod ledger;
 mod packed;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use time::{Date, OffsetDateTime};
@@ -45,6 +47,9 @@ pub struct MemoryStore {
     /// The log's length as of its last append (a hint: entries are encoded and hashed at it
     /// before the lock is taken).
     log_len: AtomicU64,
+    /// Set once the tree cannot take the log's leaves (unreachable, or a thread panicked while
+    /// integrating): from then on appends are refused, since their entries could never be proven.
+    tree_broken: AtomicBool,
 }
 
 /// The audit log.
@@ -192,9 +197,14 @@ impl MemoryStore {
         self.log.lock().map_err(|_| poisoned())
     }
 
-    /// Appends prepared entries, placed and hashed before the lock at the length last seen;
-    /// then, with enough leaves waiting and the tree free, brings the tree up to date.
-    fn append(&self, prepared: &[PreparedEntry]) -> Result<CommitReceipt, StoreError> {
+    /// Appends prepared entries, placed and hashed before the lock at the length last seen:
+    /// the receipt, and how many leaves now wait for the tree (for [`Self::after_append`], which
+    /// the caller runs once it has released the state's lock). Refused, before anything is
+    /// appended, once the tree is broken: an entry that could never be proven is not recorded.
+    fn append(&self, prepared: &[PreparedEntry]) -> Result<(CommitReceipt, usize), StoreError> {
+        if self.tree_broken.load(Ordering::Acquire) {
+            return Err(tree_broken());
+        }
         let placed = Placed::at(self.log_len.load(Ordering::Relaxed), prepared);
         let (receipt, waiting) = {
             let mut log = self.log()?;
@@ -203,23 +213,35 @@ impl MemoryStore {
         };
         self.log_len
             .store(receipt.audit_seqs.end, Ordering::Relaxed);
-        // Busy means another thread is integrating: it or a later append takes these. The
-        // entries are in the log whatever happens here, so the commit has landed: a tree that
-        // cannot take them (unreachable) or a poisoned lock is reported to its readers.
-        if waiting >= INTEGRATE_AT
-            && let Ok(mut tree) = self.tree.try_lock()
-        {
-            self.integrate(&mut tree);
+        Ok((receipt, waiting))
+    }
+
+    /// With enough leaves waiting and the tree free, brings the tree up to date. Busy means
+    /// another thread is integrating: it or a later append takes these. The commit has landed
+    /// whatever happens here; a tree that cannot take its leaves refuses the next appends.
+    fn after_append(&self, waiting: usize) {
+        if waiting < INTEGRATE_AT {
+            return;
         }
-        Ok(receipt)
+        match self.tree.try_lock() {
+            Ok(mut tree) => self.integrate(&mut tree),
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                self.tree_broken.store(true, Ordering::Release);
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
     }
 
     /// The tree, brought up to the log's length as of this call.
     fn tree(&self) -> Result<MutexGuard<'_, Tree>, StoreError> {
-        let mut tree = self.tree.lock().map_err(|_| poisoned())?;
+        let Ok(mut tree) = self.tree.lock() else {
+            // A thread panicked while integrating: the leaves it held are gone.
+            self.tree_broken.store(true, Ordering::Release);
+            return Err(tree_broken());
+        };
         self.integrate(&mut tree);
         match &tree.broken {
-            Some(error) => Err(StoreError::Corrupt(error.clone())),
+            Some(error) => Err(StoreError::Corrupt(format!("{}: {error}", tree_broken()))),
             None => Ok(tree),
         }
     }
@@ -237,12 +259,14 @@ impl MemoryStore {
             Ok(mut log) => std::mem::swap(&mut log.pending, &mut leaves),
             Err(error) => {
                 tree.broken = Some(error.to_string());
+                self.tree_broken.store(true, Ordering::Release);
                 return;
             }
         }
         for leaf in leaves.drain(..) {
             if let Err(error) = tree.nodes.push(leaf) {
                 tree.broken = Some(error.to_string());
+                self.tree_broken.store(true, Ordering::Release);
                 return;
             }
         }
@@ -255,6 +279,10 @@ impl MemoryStore {
 
 fn poisoned() -> StoreError {
     StoreError::Unavailable("memory store lock poisoned by a panicking writer".into())
+}
+
+fn tree_broken() -> StoreError {
+    StoreError::Corrupt("the memory store's Merkle tree cannot take the log's entries".into())
 }
 
 impl Inner {
@@ -829,11 +857,15 @@ impl Store for MemoryStore {
             .map_err(|error| StoreError::Unavailable(format!("encoding: {error}")))?;
         if parts.changes.is_empty() {
             // Only records: checked under the read lock, held until the entries are appended.
-            let inner = self.read()?;
-            if !parts.preconditions.iter().all(|p| inner.check(p)) {
-                return Err(StoreError::Conflict);
-            }
-            return self.append(&prepared);
+            let (receipt, waiting) = {
+                let inner = self.read()?;
+                if !parts.preconditions.iter().all(|p| inner.check(p)) {
+                    return Err(StoreError::Conflict);
+                }
+                self.append(&prepared)?
+            };
+            self.after_append(waiting);
+            return Ok(receipt);
         }
         let mut inner = self.write()?;
         if !parts.preconditions.iter().all(|p| inner.check(p)) {
@@ -854,11 +886,17 @@ impl Store for MemoryStore {
                 }
             }
         }
-        let appended = self.append(&prepared);
-        if appended.is_err() {
-            rollback(&mut inner, undo_log);
+        match self.append(&prepared) {
+            Ok((receipt, waiting)) => {
+                drop(inner);
+                self.after_append(waiting);
+                Ok(receipt)
+            }
+            Err(error) => {
+                rollback(&mut inner, undo_log);
+                Err(error)
+            }
         }
-        appended
     }
 
     fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
@@ -911,7 +949,7 @@ mod tests {
                 record(n).prepare().unwrap(),
                 record(n + 100).prepare().unwrap(),
             ];
-            let receipt = store.append(&prepared).unwrap();
+            let receipt = appended(&store, &prepared);
             let first = 2 * n as u64;
             assert_eq!(receipt.audit_seqs, first..first + 2);
             assert_eq!(store.log_len.load(Ordering::Relaxed), first + 2);
@@ -925,6 +963,13 @@ mod tests {
         assert_eq!(report.size, 12);
         let kept = merkle::root(12, &store.tree().unwrap().nodes).unwrap();
         assert_eq!(kept, report.root);
+    }
+
+    /// Appends as a commit does: the entries, then the tree's turn.
+    fn appended(store: &MemoryStore, prepared: &[PreparedEntry]) -> CommitReceipt {
+        let (receipt, waiting) = store.append(prepared).unwrap();
+        store.after_append(waiting);
+        receipt
     }
 
     /// The tree of `entries`, made afresh.
@@ -948,7 +993,7 @@ mod tests {
     #[test]
     fn appends_queue_leaves_and_the_tree_catches_up_before_any_read() {
         let store = MemoryStore::new();
-        let one = |n: i64| store.append(&[record(n).prepare().unwrap()]).unwrap();
+        let one = |n: i64| appended(&store, &[record(n).prepare().unwrap()]);
         for n in 0..INTEGRATE_AT - 1 {
             one(n as i64);
         }
@@ -978,17 +1023,26 @@ mod tests {
     /// final tree is the tree of all of them, in the log's order.
     #[test]
     fn concurrent_appends_and_reads_keep_one_tree_of_the_entries() {
+        /// Counts a writer as finished when it ends, panicking or not.
+        struct Finished<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let store = MemoryStore::new();
         let done = std::sync::atomic::AtomicBool::new(false);
+        let finished = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|scope| {
             for t in 0..4_i64 {
-                let store = &store;
+                let (store, finished) = (&store, &finished);
                 scope.spawn(move || {
+                    let _finished = Finished(finished);
                     for n in 0..150_i64 {
                         let batch: Vec<_> = (0..1 + (n + t) % 3)
                             .map(|k| record(t * 1_000_000 + n * 10 + k).prepare().unwrap())
                             .collect();
-                        store.append(&batch).unwrap();
+                        appended(store, &batch);
                     }
                 });
             }
@@ -1012,9 +1066,11 @@ mod tests {
                     checked += 1;
                 }
             });
-            // Ends the reader once the writers are done (scope joins them in order).
+            // Ends the reader once the writers are done, or one of them failed (the scope then
+            // reports its panic).
+            let finished = &finished;
             scope.spawn(move || {
-                while store.audit_len().unwrap() < 4 * 300 {
+                while finished.load(Ordering::Relaxed) < 4 {
                     std::thread::yield_now();
                 }
                 done.store(true, Ordering::Relaxed);
@@ -1083,5 +1139,45 @@ mod tests {
             text(third.platform.unwrap().id.as_str()),
             text(own.as_str())
         );
+    }
+
+    /// A tree that lost leaves (here: a thread panicked holding it) fails closed: readers of
+    /// nodes get `Corrupt`, and no entry is appended after that, since it could never be proven.
+    /// An append that finds the tree so while bringing it up to date refuses the next one too.
+    #[test]
+    fn a_broken_tree_refuses_further_appends() {
+        let poison = |store: &MemoryStore| {
+            std::thread::scope(|scope| {
+                let held = scope.spawn(|| {
+                    let _tree = store.tree.lock().unwrap();
+                    panic!("a panic while integrating");
+                });
+                assert!(held.join().is_err());
+            });
+        };
+        let store = MemoryStore::new();
+        appended(&store, &[record(1).prepare().unwrap()]);
+        poison(&store);
+        assert!(matches!(
+            store.merkle_node(0, 0),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            store.append(&[record(2).prepare().unwrap()]),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(store.audit_len().unwrap(), 1);
+
+        // With no reader: the append that would integrate finds the tree poisoned.
+        let store = MemoryStore::new();
+        poison(&store);
+        for n in 0..INTEGRATE_AT {
+            appended(&store, &[record(n as i64).prepare().unwrap()]);
+        }
+        assert!(matches!(
+            store.append(&[record(1_000).prepare().unwrap()]),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(store.audit_len().unwrap(), INTEGRATE_AT as u64);
     }
 }
