@@ -248,6 +248,7 @@ impl MemoryStore {
 
     /// Takes the log's pending leaves (briefly holding its lock) and adds them to the tree,
     /// computing the nodes they complete outside the log's lock.
+    ///
     /// A tree that failed to take a leaf (unreachable for an in-memory tree that only grows)
     /// takes no more, and its readers get the error rather than a tree that diverged.
     fn integrate(&self, tree: &mut Tree) {
@@ -681,21 +682,20 @@ impl StateRead for MemoryStore {
             id: platform.clone(),
             registered_purposes: found.registered_purposes,
         });
-        // The subject's key is found by the text of the consent's subject, and the consent shares
-        // the store's copy of the subject's id.
-        let mut subject_key = None;
-        let Some(found) = inner.consents.get_sharing(consent, |subject| {
-            let record = inner.subject_keys.get(subject)?;
-            subject_key = Some(record.key.clone());
-            None
-        })?
-        else {
+        // Every id in the view has text of its own (the consent's and the platform's are the
+        // caller's copies): a clone of one the store holds would write its count, a line every
+        // deciding core would then write, on the clone and again on the drop.
+        let Some(found) = inner.consents.get(consent)? else {
             return Ok(AccessView {
                 platform,
                 ..AccessView::default()
             });
         };
         let request = &found.request;
+        let subject_key = inner
+            .subject_keys
+            .get(request.subject())
+            .map(|record| record.key.clone());
         Ok(AccessView {
             holder: inner
                 .holders

@@ -174,24 +174,12 @@ impl Consents {
     }
 
     /// A stored consent; `id` is the caller's copy of its id, shared by the result.
+    /// Its other ids have text of their own (see `MemoryStore::access_view`).
     pub(super) fn get(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
-        self.get_sharing(id, |_| None)
-    }
-
-    /// As [`Consents::get`]; the consent's subject shares the text of the id `subject` finds for
-    /// its text, if it finds one (the store's other copy of it).
-    pub(super) fn get_sharing<'a>(
-        &self,
-        id: &ConsentId,
-        subject: impl FnOnce(&str) -> Option<&'a SubjectId>,
-    ) -> Result<Option<Consent>, StoreError> {
         let Some(record) = self.find(id.as_str()).and_then(|at| self.record(at)) else {
             return Ok(None);
         };
-        let shared = record.subject_text().and_then(subject);
-        decode(record, Some(id), shared, &self.platforms, &self.holders)
-            .ok_or_else(damaged)
-            .map(Some)
+        self.decode(record, Some(id)).map(Some)
     }
 
     /// The positions of a subject's records, by its thread.
@@ -503,14 +491,13 @@ impl Consents {
 
     /// The consent a record holds; its id shares `id`'s text when given.
     fn decode(&self, record: &Packed, id: Option<&ConsentId>) -> Result<Consent, StoreError> {
-        decode(record, id, None, &self.platforms, &self.holders).ok_or_else(damaged)
+        decode(record, id, &self.platforms, &self.holders).ok_or_else(damaged)
     }
 }
 
 fn decode(
     record: &Packed,
     id: Option<&ConsentId>,
-    subject: Option<&SubjectId>,
     platforms: &Names<PlatformId>,
     holders: &Names<HolderId>,
 ) -> Option<Consent> {
@@ -518,10 +505,7 @@ fn decode(
         Some(id) if Some(id.as_str()) == record.id_text() => id.clone(),
         _ => ConsentId::from_packed(record.id_text()?),
     };
-    let subject = match subject {
-        Some(subject) if Some(subject.as_str()) == record.subject_text() => subject.clone(),
-        _ => SubjectId::from_packed(record.subject_text()?),
-    };
+    let subject = SubjectId::from_packed(record.subject_text()?);
     let requested_text = record.requested_text()?;
     let requested = if record.listed {
         Some(accounts(requested_text, &[])?)
