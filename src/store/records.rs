@@ -36,6 +36,18 @@ struct StoredHolder {
 }
 
 impl HolderRecord {
+    /// A copy whose id has text of its own (see `PlatformId::unshared`): what a store hands to
+    /// concurrent callers.
+    pub(crate) fn unshared(&self) -> Self {
+        Self {
+            id: self.id.unshared(),
+            policy: self.policy.clone(),
+            attestation_keys: self.attestation_keys.clone(),
+            retired_attestation_keys: self.retired_attestation_keys.clone(),
+            version: self.version,
+        }
+    }
+
     /// The holder.
     pub fn id(&self) -> &HolderId {
         &self.id

@@ -75,8 +75,6 @@ struct Tree {
     /// An empty buffer with room, swapped with the log's pending leaves when taking them, so
     /// that neither side reallocates in steady state.
     spare: Vec<Hash>,
-    /// Why the tree stopped taking leaves, if it did.
-    broken: Option<String>,
 }
 
 /// Leaves waiting before an appender brings the tree up to date: enough that one thread hashes
@@ -240,10 +238,10 @@ impl MemoryStore {
             return Err(tree_broken());
         };
         self.integrate(&mut tree);
-        match &tree.broken {
-            Some(error) => Err(StoreError::Corrupt(format!("{}: {error}", tree_broken()))),
-            None => Ok(tree),
+        if self.tree_broken.load(Ordering::Acquire) {
+            return Err(tree_broken());
         }
+        Ok(tree)
     }
 
     /// Takes the log's pending leaves (briefly holding its lock) and adds them to the tree,
@@ -252,21 +250,19 @@ impl MemoryStore {
     /// A tree that failed to take a leaf (unreachable for an in-memory tree that only grows)
     /// takes no more, and its readers get the error rather than a tree that diverged.
     fn integrate(&self, tree: &mut Tree) {
-        if tree.broken.is_some() {
+        if self.tree_broken.load(Ordering::Acquire) {
             return;
         }
         let mut leaves = std::mem::take(&mut tree.spare);
         match self.log() {
             Ok(mut log) => std::mem::swap(&mut log.pending, &mut leaves),
-            Err(error) => {
-                tree.broken = Some(error.to_string());
+            Err(_) => {
                 self.tree_broken.store(true, Ordering::Release);
                 return;
             }
         }
         for leaf in leaves.drain(..) {
-            if let Err(error) = tree.nodes.push(leaf) {
-                tree.broken = Some(error.to_string());
+            if tree.nodes.push(leaf).is_err() {
                 self.tree_broken.store(true, Ordering::Release);
                 return;
             }
@@ -700,13 +696,7 @@ impl StateRead for MemoryStore {
             holder: inner
                 .holders
                 .get(&request.holder)
-                .map(|holder| HolderRecord {
-                    id: holder.id.unshared(),
-                    policy: holder.policy.clone(),
-                    attestation_keys: holder.attestation_keys.clone(),
-                    retired_attestation_keys: holder.retired_attestation_keys.clone(),
-                    version: holder.version,
-                }),
+                .map(HolderRecord::unshared),
             usage: inner
                 .usage
                 .get(&(consent.clone(), day))
