@@ -416,13 +416,17 @@ impl Keyed {
 /// [`PseudonymCache::TTL`], so a subject erased through another broker leaves this one's memory
 /// within that time of its next use, or when the cache turns over.
 ///
-/// One map, its entries held in place: a lookup takes one read lock and clones the two
-/// pseudonyms out (texts shared, as every id's), with no second lock per entry and no shared
-/// entry to count, and no further table to fetch from memory when the subject is one among
-/// millions.
+/// One table, each subject's entry in place with all it remembers in one allocation (the key,
+/// the subject's id and pseudonym, its accounts' ids and pseudonyms): when the subject is one
+/// among millions, a lookup fetches the table's control bytes, the entry and that allocation
+/// from memory, not a text, a key and a list apiece. A lookup takes one read lock and copies
+/// the pseudonyms out with text of their own: nothing the answer holds is shared with the cache
+/// or with another thread's answer.
 #[derive(Default)]
 pub(crate) struct PseudonymCache {
-    subjects: std::sync::RwLock<std::collections::HashMap<SubjectId, Cached>>,
+    subjects: std::sync::RwLock<hashbrown::HashTable<Cached>>,
+    /// Hashes a subject's id (randomly seeded, as the standard library's maps).
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl fmt::Debug for PseudonymCache {
@@ -431,43 +435,139 @@ impl fmt::Debug for PseudonymCache {
     }
 }
 
+/// The length of a pseudonym's text: the prefix and 16 bytes in unpadded base64.
+const PSEUDONYM_TEXT_LEN: usize = PSEUDONYM_PREFIX.len() + (PSEUDONYM_BYTES * 4).div_ceil(3);
+/// Where the subject's pseudonym starts in [`Cached::data`] (after the key).
+const SUBJECT_PSEUDONYM_AT: usize = 32;
+/// Where the subject's id starts in [`Cached::data`].
+const SUBJECT_AT: usize = SUBJECT_PSEUDONYM_AT + PSEUDONYM_TEXT_LEN;
+
 /// One subject's pseudonyms under one key.
 struct Cached {
     /// When it was made, by the broker's clock.
     made: time::OffsetDateTime,
-    /// The key, in an allocation of its own that is wiped when the entry goes: the map's own
-    /// storage, which it moves when it grows and does not wipe, holds only the pointer.
-    key: Box<SubjectKey>,
-    subject: Pseudonym,
-    /// Its accounts' pseudonyms, in the order first asked for (a subject has a handful).
-    accounts: Vec<(AccountId, Pseudonym)>,
+    /// The key's 32 bytes, the subject's pseudonym, the subject's id, then each remembered
+    /// account: the length of its id (one byte), its id and its pseudonym. One allocation, sized
+    /// exactly and wiped when dropped or replaced (the table's own storage, which it moves when
+    /// it grows and does not wipe, holds only the pointer).
+    data: Box<[u8]>,
+    /// The length of the subject's id (at most 128 bytes).
+    subject_len: u8,
+    /// How many accounts it remembers.
+    accounts: u8,
+}
+
+impl Drop for Cached {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut *self.data);
+    }
 }
 
 impl Cached {
-    /// Whether it may serve for `key` at `now`.
-    fn serves(&self, key: &SubjectKey, now: time::OffsetDateTime) -> bool {
-        *self.key == *key && now - self.made < PseudonymCache::TTL
+    /// An entry for `subject` under `key` with the subject's pseudonym; `None` if it cannot be
+    /// held (an id or a pseudonym longer than any this crate makes): then nothing is cached.
+    fn new(
+        now: time::OffsetDateTime,
+        key: &SubjectKey,
+        subject: &SubjectId,
+        pseudonym: &Pseudonym,
+    ) -> Option<Self> {
+        let subject = subject.as_str().as_bytes();
+        let pseudonym = pseudonym.as_str().as_bytes();
+        if pseudonym.len() != PSEUDONYM_TEXT_LEN {
+            return None;
+        }
+        let subject_len = u8::try_from(subject.len()).ok()?;
+        let mut data = Vec::with_capacity(SUBJECT_AT + subject.len());
+        data.extend_from_slice(&key.secret[..]);
+        data.extend_from_slice(pseudonym);
+        data.extend_from_slice(subject);
+        Some(Self {
+            made: now,
+            data: data.into_boxed_slice(),
+            subject_len,
+            accounts: 0,
+        })
     }
 
-    /// The account's pseudonym, if remembered.
-    fn account(&self, account: &AccountId) -> Option<&Pseudonym> {
-        self.accounts
+    /// The subject's id.
+    fn subject(&self) -> &[u8] {
+        self.data
+            .get(SUBJECT_AT..SUBJECT_AT + usize::from(self.subject_len))
+            .unwrap_or_default()
+    }
+
+    /// Whether it may serve for `key` at `now`.
+    fn serves(&self, key: &SubjectKey, now: time::OffsetDateTime) -> bool {
+        // No early exit on the secret's bytes.
+        let differ = self
+            .data
             .iter()
-            .find(|(id, _)| id == account)
-            .map(|(_, pseudonym)| pseudonym)
+            .take(32)
+            .zip(key.secret.iter())
+            .fold(0u8, |differ, (a, b)| differ | (a ^ b));
+        differ == 0 && self.data.len() >= SUBJECT_AT && now - self.made < PseudonymCache::TTL
+    }
+
+    /// The subject's pseudonym, with text of its own.
+    fn subject_pseudonym(&self) -> Option<Pseudonym> {
+        pseudonym_from(self.data.get(SUBJECT_PSEUDONYM_AT..SUBJECT_AT)?)
+    }
+
+    /// Each remembered account's id and pseudonym.
+    fn remembered(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut rest = self
+            .data
+            .get(SUBJECT_AT + usize::from(self.subject_len)..)
+            .unwrap_or_default();
+        std::iter::from_fn(move || {
+            let (&len, after) = rest.split_first()?;
+            let (id, after) = after.split_at_checked(usize::from(len))?;
+            let (pseudonym, after) = after.split_at_checked(PSEUDONYM_TEXT_LEN)?;
+            rest = after;
+            Some((id, pseudonym))
+        })
+    }
+
+    /// The account's pseudonym, with text of its own, if remembered.
+    fn account(&self, account: &AccountId) -> Option<Pseudonym> {
+        let wanted = account.as_str().as_bytes();
+        self.remembered()
+            .find(|(id, _)| *id == wanted)
+            .and_then(|(_, pseudonym)| pseudonym_from(pseudonym))
     }
 
     /// Whether no further account is remembered.
     fn full(&self) -> bool {
-        self.accounts.len() >= ACCOUNTS_PER_SUBJECT
+        usize::from(self.accounts) >= ACCOUNTS_PER_SUBJECT
     }
 
-    /// Remembers an account's pseudonym, below the bound and if not already there.
+    /// Remembers an account's pseudonym, below the bound and if not already there: the entry's
+    /// allocation is made afresh one account longer, and the old one wiped.
     fn remember(&mut self, account: &AccountId, pseudonym: &Pseudonym) {
-        if !self.full() && self.account(account).is_none() {
-            self.accounts.push((account.clone(), pseudonym.clone()));
+        let (id, pseudonym) = (account.as_str().as_bytes(), pseudonym.as_str().as_bytes());
+        let Ok(len) = u8::try_from(id.len()) else {
+            return;
+        };
+        if self.full() || pseudonym.len() != PSEUDONYM_TEXT_LEN || self.account(account).is_some() {
+            return;
         }
+        let mut data = Vec::with_capacity(self.data.len() + 1 + id.len() + pseudonym.len());
+        data.extend_from_slice(&self.data);
+        data.push(len);
+        data.extend_from_slice(id);
+        data.extend_from_slice(pseudonym);
+        let mut old = std::mem::replace(&mut self.data, data.into_boxed_slice());
+        zeroize::Zeroize::zeroize(&mut *old);
+        self.accounts += 1;
     }
+}
+
+/// A pseudonym from the text a [`Cached`] holds.
+fn pseudonym_from(text: &[u8]) -> Option<Pseudonym> {
+    std::str::from_utf8(text)
+        .ok()
+        .map(|text| Pseudonym::from_trusted(text.to_owned()))
 }
 
 /// A subject's pseudonym and, when one was asked for, an account's with the account it is of.
@@ -499,11 +599,19 @@ impl PseudonymCache {
     /// How long an entry is used (by the broker's clock).
     pub(crate) const TTL: time::Duration = time::Duration::minutes(10);
 
+    fn hash(&self, subject: &[u8]) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, subject)
+    }
+
     /// Forgets a subject (erased).
     pub(crate) fn forget(&self, subject: &SubjectId) {
-        if let Ok(mut map) = self.subjects.write() {
-            map.remove(subject);
-        }
+        let subject = subject.as_str().as_bytes();
+        let hash = self.hash(subject);
+        let removed = self.subjects.write().ok().and_then(|mut table| {
+            let entry = table.find_entry(hash, |cached| cached.subject() == subject);
+            entry.ok().map(|entry| entry.remove().0)
+        });
+        drop(removed);
     }
 
     /// The pseudonyms of `subject`, and of `account` if given, under `key` (the key the store
@@ -515,16 +623,15 @@ impl PseudonymCache {
         account: Option<&AccountId>,
         now: time::OffsetDateTime,
     ) -> Pseudonyms {
-        // The entry's pseudonyms, and whether its accounts are at their bound. Copies with text
-        // of their own: the cache's are read by every deciding thread, and a clone's count
-        // (written by the clone and by its drop) would be a line they all write.
-        let found = self.subjects.read().ok().and_then(|map| {
-            let cached = map.get(subject).filter(|cached| cached.serves(key, now))?;
-            let account = account.and_then(|account| {
-                let pseudonym = cached.account(account)?;
-                Some((account.clone(), pseudonym.unshared()))
-            });
-            Some((cached.subject.unshared(), account, cached.full()))
+        let text = subject.as_str().as_bytes();
+        let hash = self.hash(text);
+        let same = |cached: &Cached| cached.subject() == text;
+        // The entry's pseudonyms, and whether its accounts are at their bound.
+        let found = self.subjects.read().ok().and_then(|table| {
+            let cached = table.find(hash, same).filter(|c| c.serves(key, now))?;
+            let account =
+                account.and_then(|account| Some((account.clone(), cached.account(account)?)));
+            Some((cached.subject_pseudonym()?, account, cached.full()))
         });
         let full = match found {
             Some((subject, found, _)) if account.is_none() || found.is_some() => {
@@ -548,30 +655,27 @@ impl PseudonymCache {
             // Nothing would be remembered: no write lock for every other subject to wait on.
             return made;
         }
-        if let Ok(mut map) = self.subjects.write() {
-            match map.get_mut(subject) {
-                Some(cached) if cached.serves(key, now) => {}
-                _ => {
-                    if map.len() >= Self::CAPACITY {
-                        map.clear();
-                    }
-                    map.insert(
-                        subject.clone(),
-                        Cached {
-                            made: now,
-                            key: Box::new(key.clone()),
-                            subject: made.subject.clone(),
-                            accounts: Vec::new(),
-                        },
-                    );
+        let mut dropped = Vec::new();
+        if let Ok(mut table) = self.subjects.write() {
+            if !table.find(hash, same).is_some_and(|c| c.serves(key, now)) {
+                if let Ok(entry) = table.find_entry(hash, same) {
+                    dropped.push(entry.remove().0);
+                }
+                if table.len() >= Self::CAPACITY {
+                    dropped.extend(table.drain());
+                }
+                if let Some(cached) = Cached::new(now, key, subject, &made.subject) {
+                    table.insert_unique(hash, cached, |cached| self.hash(cached.subject()));
                 }
             }
             if let (Some(cached), Some((account, pseudonym))) =
-                (map.get_mut(subject), &made.account)
+                (table.find_mut(hash, same), &made.account)
             {
                 cached.remember(account, pseudonym);
             }
         }
+        // Wiped as they drop: not while every decision waits for the lock.
+        drop(dropped);
         made
     }
 }
@@ -630,8 +734,11 @@ mod tests {
     }
 
     fn accounts_remembered(cache: &PseudonymCache, subject: &SubjectId) -> Option<usize> {
-        let map = cache.subjects.read().unwrap();
-        map.get(subject).map(|cached| cached.accounts.len())
+        let text = subject.as_str().as_bytes();
+        let table = cache.subjects.read().unwrap();
+        table
+            .find(cache.hash(text), |cached| cached.subject() == text)
+            .map(|cached| usize::from(cached.accounts))
     }
 
     /// The cache answers what the key computes, for the key the store holds now: never a
@@ -702,6 +809,34 @@ mod tests {
         );
         assert_eq!(a, b);
         assert_ne!(a.as_str().as_ptr(), b.as_str().as_ptr());
+    }
+
+    /// Subjects and accounts with ids of every length up to the longest allowed, packed side by
+    /// side in entries: each answer is what the key computes, from the cache as afresh, and no
+    /// entry answers for another subject or account (one whose id is a prefix of another's).
+    #[test]
+    fn packed_entries_answer_for_their_own_ids_only() {
+        let cache = PseudonymCache::default();
+        let key = key(5);
+        let now = time::OffsetDateTime::UNIX_EPOCH;
+        let ids: Vec<String> = (1..=crate::ids::MAX_ID_LEN)
+            .step_by(7)
+            .chain([crate::ids::MAX_ID_LEN])
+            .map(|len| "s".repeat(len))
+            .collect();
+        for round in 0..2 {
+            for (i, subject) in ids.iter().enumerate() {
+                let subject: SubjectId = subject.parse().unwrap();
+                for account in ids.iter().skip(i % 3).step_by(5) {
+                    let account: AccountId = account.parse().unwrap();
+                    let got = cache.get(&subject, &key, Some(&account), now);
+                    assert_eq!(got.subject, key.subject(&subject), "round {round}");
+                    assert_eq!(got.account(&account), Some(&key.account(&account)));
+                }
+            }
+        }
+        let longest: SubjectId = ids.last().unwrap().parse().unwrap();
+        assert!(accounts_remembered(&cache, &longest).unwrap() > 0);
     }
 
     /// A subject's accounts are remembered up to the bound; past it, pseudonyms are still right,
