@@ -10,8 +10,11 @@
 //! the log's lock. The log's Merkle tree has a `Mutex` of its own: its inner nodes are computed
 //! after the append, outside both locks, or by a reader of nodes before it reads (see `Tree`).
 
+mod index;
+mod keys;
 mod ledger;
 mod packed;
+mod text;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -32,6 +35,7 @@ use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{self, Hash, MemoryNodes, MerkleError, NodeSource};
 use crate::policy::{PlatformProfile, Usage};
 use crate::privacy::{SubjectKey, SubjectKeyRecord};
+use keys::SubjectKeys;
 use ledger::{LedgerState, LedgerUndo};
 use packed::{Consents, Packed};
 
@@ -140,7 +144,7 @@ struct Inner {
     /// A bank's ledger (empty in a broker's store).
     ledger: LedgerState,
     /// Subjects' keys, apart from the log.
-    subject_keys: HashMap<SubjectId, SubjectKeyRecord>,
+    subject_keys: SubjectKeys,
 }
 
 /// What an erasure or a retention pass removed, to put back if the commit fails.
@@ -309,8 +313,8 @@ impl Inner {
                 .any(|key| key.key_use == *key_use && key.kid == *kid && key.retired_at.is_none()),
             Precondition::SubjectKeyIs { subject, key, .. } => self
                 .subject_keys
-                .get(subject)
-                .is_some_and(|stored| stored.key == **key),
+                .key(subject)
+                .is_some_and(|stored| stored == &**key),
             Precondition::AttestationVersion { .. }
             | Precondition::ServedIs { .. }
             | Precondition::ServedBelow { .. }
@@ -425,11 +429,10 @@ impl Inner {
             }
             Change::InsertSubjectKey { record, .. } => {
                 // Another writer made the subject's key first: re-read it and decide again.
-                if self.subject_keys.contains_key(&record.subject) {
+                let subject = record.subject.clone();
+                if !self.subject_keys.insert(record)? {
                     return Err(StoreError::Conflict);
                 }
-                let subject = record.subject.clone();
-                self.subject_keys.insert(subject.clone(), record);
                 Ok(Undo::SubjectKey(subject))
             }
             Change::EraseSubject {
@@ -538,7 +541,7 @@ impl Inner {
             Undo::Removed(removed) => {
                 let removed = *removed;
                 if let Some(key) = removed.key {
-                    self.subject_keys.insert(key.subject.clone(), key);
+                    undone(self.subject_keys.insert(key).map(drop));
                 }
                 for consent in removed.consents {
                     undone(self.consents.put_back(consent));
@@ -659,11 +662,7 @@ impl StateRead for MemoryStore {
     }
 
     fn subject_key(&self, subject: &SubjectId) -> Result<Option<SubjectKey>, StoreError> {
-        Ok(self
-            .read()?
-            .subject_keys
-            .get(subject)
-            .map(|record| record.key.clone()))
+        Ok(self.read()?.subject_keys.key(subject).cloned())
     }
 
     fn access_view(
@@ -688,10 +687,7 @@ impl StateRead for MemoryStore {
             });
         };
         let request = &found.request;
-        let subject_key = inner
-            .subject_keys
-            .get(request.subject())
-            .map(|record| record.key.clone());
+        let subject_key = inner.subject_keys.key(request.subject()).cloned();
         Ok(AccessView {
             holder: inner
                 .holders
@@ -782,10 +778,7 @@ impl LedgerRead for MemoryStore {
         let state = self.read()?;
         let mut view = state.ledger.gate_view(query);
         if let Some(attestation) = &view.attestation {
-            view.subject_key = state
-                .subject_keys
-                .get(&attestation.subject)
-                .map(|record| record.key.clone());
+            view.subject_key = state.subject_keys.key(&attestation.subject).cloned();
             view.device_keys = state.ledger.devices_of(&attestation.subject);
         }
         Ok(view)

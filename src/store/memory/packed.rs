@@ -26,6 +26,7 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 use time::{Duration, OffsetDateTime};
 
+use super::index::Index;
 use crate::consent::{
     AccountSelection, Consent, ConsentRequest, ConsentState, Grant, RevocationReason, Revoker,
 };
@@ -108,9 +109,9 @@ impl<T: Name> Names<T> {
 pub(super) struct Consents {
     slab: Vec<Option<Packed>>,
     free: Vec<u32>,
-    by_id: HashTable<u32>,
+    by_id: Index,
     /// A subject's first record.
-    by_subject: HashTable<u32>,
+    by_subject: Index,
     platforms: Names<PlatformId>,
     holders: Names<HolderId>,
     hasher: RandomState,
@@ -139,20 +140,16 @@ impl Consents {
 
     fn find(&self, id: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(id);
-        self.by_id
-            .find(hash, |&at| {
-                self.record(at).and_then(Packed::id_text) == Some(id)
-            })
-            .copied()
+        self.by_id.find(hash, |at| {
+            self.record(at).and_then(Packed::id_text) == Some(id)
+        })
     }
 
     fn find_subject(&self, subject: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(subject);
-        self.by_subject
-            .find(hash, |&at| {
-                self.record(at).and_then(Packed::subject_text) == Some(subject)
-            })
-            .copied()
+        self.by_subject.find(hash, |at| {
+            self.record(at).and_then(Packed::subject_text) == Some(subject)
+        })
     }
 
     /// How many consents the table holds.
@@ -274,10 +271,9 @@ impl Consents {
                 at
             }
         };
-        let (slab, hasher) = (&self.slab, &self.hasher);
-        self.by_id.insert_unique(id_hash, at, |&at| {
-            slot_hash(hasher, slab, at, Packed::id_text)
-        });
+        if !self.by_id.insert(id_hash, at) {
+            return Err(damaged());
+        }
         self.link(at)
     }
 
@@ -296,17 +292,14 @@ impl Consents {
         match head {
             Some(head) => {
                 self.record_mut(head).ok_or_else(damaged)?.previous = at;
-                let entry = self
-                    .by_subject
-                    .find_mut(hash, |&found| found == head)
-                    .ok_or_else(damaged)?;
-                *entry = at;
+                if !self.by_subject.replace(hash, head, at) {
+                    return Err(damaged());
+                }
             }
             None => {
-                let (slab, hasher) = (&self.slab, &self.hasher);
-                self.by_subject.insert_unique(hash, at, |&at| {
-                    slot_hash(hasher, slab, at, Packed::subject_text)
-                });
+                if !self.by_subject.insert(hash, at) {
+                    return Err(damaged());
+                }
             }
         }
         Ok(())
@@ -321,14 +314,13 @@ impl Consents {
             let hash = self
                 .hasher
                 .hash_one(record.subject_text().ok_or_else(damaged)?);
-            let head = self
-                .by_subject
-                .find_entry(hash, |&found| found == at)
-                .map_err(|_| damaged())?;
-            if next == NONE {
-                head.remove();
+            let moved = if next == NONE {
+                self.by_subject.remove(hash, at)
             } else {
-                *head.into_mut() = next;
+                self.by_subject.replace(hash, at, next)
+            };
+            if !moved {
+                return Err(damaged());
             }
         } else {
             self.record_mut(previous).ok_or_else(damaged)?.next = next;
@@ -388,9 +380,7 @@ impl Consents {
         };
         self.unlink(at)?;
         let hash = self.hasher.hash_one(id.as_str());
-        if let Ok(entry) = self.by_id.find_entry(hash, |&found| found == at) {
-            entry.remove();
-        }
+        self.by_id.remove(hash, at);
         let record = self
             .slab
             .get_mut(at as usize)
@@ -618,52 +608,11 @@ pub(super) struct Packed {
     text: Text,
 }
 
-/// Bytes of text a record holds in itself.
+/// Bytes of text a record holds in itself (a grant's usually fit: then finding and reading a
+/// consent fetches the record alone).
 const INLINE: usize = 102;
 
-/// A record's text: in the record itself when it fits, as a grant's usually does (then finding
-/// and reading a consent fetches the record alone, not a string elsewhere as well), else in an
-/// exactly sized allocation of its own.
-#[derive(Debug, Clone)]
-enum Text {
-    Inline { len: u8, bytes: [u8; INLINE] },
-    Spilled(Box<str>),
-}
-
-impl Text {
-    fn new(text: &str) -> Self {
-        let mut bytes = [0u8; INLINE];
-        match (bytes.get_mut(..text.len()), u8::try_from(text.len())) {
-            (Some(inline), Ok(len)) => {
-                inline.copy_from_slice(text.as_bytes());
-                Self::Inline { len, bytes }
-            }
-            _ => Self::Spilled(text.into()),
-        }
-    }
-
-    /// The text from `from`, `len` bytes long or (if `None`) to the end.
-    fn get(&self, from: usize, len: Option<usize>) -> Option<&str> {
-        let to = match len {
-            Some(len) => Some(from.checked_add(len)?),
-            None => None,
-        };
-        match self {
-            Self::Inline { len, bytes } => {
-                let text = bytes.get(..usize::from(*len))?;
-                let part = match to {
-                    Some(to) => text.get(from..to)?,
-                    None => text.get(from..)?,
-                };
-                std::str::from_utf8(part).ok()
-            }
-            Self::Spilled(text) => match to {
-                Some(to) => text.get(from..to),
-                None => text.get(from..),
-            },
-        }
-    }
-}
+type Text = super::text::Text<INLINE>;
 
 impl Packed {
     fn part(&self, from: usize, len: usize) -> Option<&str> {
@@ -698,21 +647,6 @@ impl Packed {
             self.attestation_from() + self.attestation_len as usize + self.requested_len as usize;
         self.text.get(from, None)
     }
-}
-
-/// The hash of a slot's record's id or subject (for the indices' growth).
-fn slot_hash(
-    hasher: &RandomState,
-    slab: &[Option<Packed>],
-    at: u32,
-    part: fn(&Packed) -> Option<&str>,
-) -> u64 {
-    hasher.hash_one(
-        slab.get(at as usize)
-            .and_then(Option::as_ref)
-            .and_then(part)
-            .unwrap_or(""),
-    )
 }
 
 #[cfg(test)]
@@ -860,7 +794,7 @@ mod tests {
         let record = table.encode(&c, position).unwrap();
         // The id, the subject, the attestation id, the account, the reference to it.
         let text = "cns_123456subject-123456att_0123456789abcdefghijklacc-123456-0#0";
-        assert!(matches!(record.text, Text::Inline { .. }));
+        assert!(record.text.is_inline());
         assert_eq!(record.text.get(0, None), Some(text));
         assert!(std::mem::size_of::<Option<Packed>>() <= 256);
         assert_eq!(table.decode(&record, None).unwrap(), c);
@@ -869,7 +803,7 @@ mod tests {
             grant.attestation_id = format!("att_{}", "y".repeat(INLINE)).into();
         }
         let record = table.encode(&c, position).unwrap();
-        assert!(matches!(record.text, Text::Spilled(_)));
+        assert!(!record.text.is_inline());
         assert_eq!(table.decode(&record, None).unwrap(), c);
     }
 
