@@ -141,14 +141,14 @@ impl Consents {
     fn find(&self, id: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(id);
         self.by_id.find(hash, |at| {
-            self.record(at).and_then(Packed::id_text) == Some(id)
+            self.record(at).map(Packed::id_bytes) == Some(id.as_bytes())
         })
     }
 
     fn find_subject(&self, subject: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(subject);
         self.by_subject.find(hash, |at| {
-            self.record(at).and_then(Packed::subject_text) == Some(subject)
+            self.record(at).map(Packed::subject_bytes) == Some(subject.as_bytes())
         })
     }
 
@@ -491,12 +491,13 @@ fn decode(
     platforms: &Names<PlatformId>,
     holders: &Names<HolderId>,
 ) -> Option<Consent> {
+    let parts = record.parts()?;
     let id = match id {
-        Some(id) if Some(id.as_str()) == record.id_text() => id.clone(),
-        _ => ConsentId::from_packed(record.id_text()?),
+        Some(id) if id.as_str() == parts.id => id.clone(),
+        _ => ConsentId::from_packed(parts.id),
     };
-    let subject = SubjectId::from_packed(record.subject_text()?);
-    let requested_text = record.requested_text()?;
+    let subject = SubjectId::from_packed(parts.subject);
+    let requested_text = parts.requested;
     let requested = if record.listed {
         Some(accounts(requested_text, &[])?)
     } else {
@@ -507,12 +508,12 @@ fn decode(
             scopes: record.granted_scopes,
             purposes: record.granted_purposes,
             accounts: accounts(
-                record.granted_text()?,
+                parts.granted,
                 requested.as_ref().map_or(&[], AccountSet::as_slice),
             )?,
             authorised_at: record.authorised_at,
             expires_at: record.expires_at,
-            attestation_id: record.attestation_text()?.into(),
+            attestation_id: parts.attestation.into(),
             unattended_daily_limit: record.unattended_daily_limit,
         }),
         State::Requested | State::Rejected => None,
@@ -614,38 +615,56 @@ const INLINE: usize = 102;
 
 type Text = super::text::Text<INLINE>;
 
+/// A record's text cut into its parts.
+struct Parts<'a> {
+    id: &'a str,
+    subject: &'a str,
+    attestation: &'a str,
+    requested: &'a str,
+    granted: &'a str,
+}
+
 impl Packed {
-    fn part(&self, from: usize, len: usize) -> Option<&str> {
-        self.text.get(from, Some(len))
+    /// Its text in parts (checked as UTF-8 once, for all of them).
+    fn parts(&self) -> Option<Parts<'_>> {
+        let text = self.text.as_str()?;
+        let (id, rest) = text.split_at_checked(usize::from(self.id_len))?;
+        let (subject, rest) = rest.split_at_checked(usize::from(self.subject_len))?;
+        let (attestation, rest) = rest.split_at_checked(self.attestation_len as usize)?;
+        let (requested, granted) = rest.split_at_checked(self.requested_len as usize)?;
+        Some(Parts {
+            id,
+            subject,
+            attestation,
+            requested,
+            granted,
+        })
     }
 
     fn id_text(&self) -> Option<&str> {
-        self.part(0, usize::from(self.id_len))
+        self.parts().map(|parts| parts.id)
     }
 
     fn subject_text(&self) -> Option<&str> {
-        self.part(usize::from(self.id_len), usize::from(self.subject_len))
+        self.parts().map(|parts| parts.subject)
     }
 
-    fn attestation_from(&self) -> usize {
-        usize::from(self.id_len) + usize::from(self.subject_len)
+    /// The id's bytes, to compare (no check as UTF-8: a lookup compares many); empty if the
+    /// record is damaged.
+    fn id_bytes(&self) -> &[u8] {
+        self.text
+            .bytes()
+            .get(..usize::from(self.id_len))
+            .unwrap_or_default()
     }
 
-    fn attestation_text(&self) -> Option<&str> {
-        self.part(self.attestation_from(), self.attestation_len as usize)
-    }
-
-    fn requested_text(&self) -> Option<&str> {
-        self.part(
-            self.attestation_from() + self.attestation_len as usize,
-            self.requested_len as usize,
-        )
-    }
-
-    fn granted_text(&self) -> Option<&str> {
-        let from =
-            self.attestation_from() + self.attestation_len as usize + self.requested_len as usize;
-        self.text.get(from, None)
+    /// The subject's bytes, as [`Packed::id_bytes`].
+    fn subject_bytes(&self) -> &[u8] {
+        let from = usize::from(self.id_len);
+        self.text
+            .bytes()
+            .get(from..from + usize::from(self.subject_len))
+            .unwrap_or_default()
     }
 }
 
@@ -795,7 +814,7 @@ mod tests {
         // The id, the subject, the attestation id, the account, the reference to it.
         let text = "cns_123456subject-123456att_0123456789abcdefghijklacc-123456-0#0";
         assert!(record.text.is_inline());
-        assert_eq!(record.text.get(0, None), Some(text));
+        assert_eq!(record.text.as_str(), Some(text));
         assert!(std::mem::size_of::<Option<Packed>>() <= 256);
         assert_eq!(table.decode(&record, None).unwrap(), c);
         // A text longer than the record holds is kept apart, and reads back the same.

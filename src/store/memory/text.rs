@@ -41,32 +41,11 @@ impl<const N: usize> Text<N> {
         }
     }
 
-    /// The whole text.
-    #[cfg(test)]
+    /// The whole text; `None` if it is not UTF-8 (never, unless damaged).
     pub(super) fn as_str(&self) -> Option<&str> {
-        self.get(0, None)
-    }
-
-    /// The text from `from`, `len` bytes long or (if `None`) to the end; `None` if that is not
-    /// within it or not whole characters.
-    pub(super) fn get(&self, from: usize, len: Option<usize>) -> Option<&str> {
-        let to = match len {
-            Some(len) => Some(from.checked_add(len)?),
-            None => None,
-        };
         match self {
-            Self::Inline { .. } => {
-                let text = self.bytes();
-                let part = match to {
-                    Some(to) => text.get(from..to)?,
-                    None => text.get(from..)?,
-                };
-                std::str::from_utf8(part).ok()
-            }
-            Self::Spilled(text) => match to {
-                Some(to) => text.get(from..to),
-                None => text.get(from..),
-            },
+            Self::Inline { .. } => std::str::from_utf8(self.bytes()).ok(),
+            Self::Spilled(text) => Some(text),
         }
     }
 }
@@ -89,9 +68,6 @@ mod tests {
             assert_eq!(kept.is_inline(), text.len() <= 8, "{text}");
             assert_eq!(kept.as_str(), Some(text));
             assert_eq!(kept.bytes(), text.as_bytes());
-            assert_eq!(kept.get(1, Some(2)), text.get(1..3));
-            assert_eq!(kept.get(2, None), text.get(2..));
-            assert_eq!(kept.get(usize::MAX, Some(1)), None);
         }
     }
 }
