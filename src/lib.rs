@@ -44,6 +44,7 @@ mod refusal;
 mod sealing;
 mod sets;
 mod store;
+mod table;
 pub mod tiles;
 mod token;
 mod vocab;

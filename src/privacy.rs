@@ -416,17 +416,16 @@ impl Keyed {
 /// [`PseudonymCache::TTL`], so a subject erased through another broker leaves this one's memory
 /// within that time of its next use, or when the cache turns over.
 ///
-/// One table, each subject's entry in place with all it remembers in one allocation (the key,
-/// the subject's id and pseudonym, its accounts' ids and pseudonyms): when the subject is one
-/// among millions, a lookup fetches the table's control bytes, the entry and that allocation
-/// from memory, not a text, a key and a list apiece. A lookup takes one read lock and copies
-/// the pseudonyms out with text of their own: nothing the answer holds is shared with the cache
-/// or with another thread's answer.
+/// One [`Table`](crate::table::Table), each subject's entry in place with what it remembers: the
+/// key, the subject's id and pseudonym, and (the first few in place) its accounts' ids and
+/// pseudonyms. When the subject is one among millions, a lookup fetches a line of the table's
+/// index and the entry, not a text, a key and a list apiece. The key is wiped when the entry
+/// goes, and the table's growth leaves no copy of it. A lookup takes one read lock and copies the
+/// pseudonyms out with text of their own: nothing the answer holds is shared with the cache or
+/// with another thread's answer.
 #[derive(Default)]
 pub(crate) struct PseudonymCache {
-    subjects: std::sync::RwLock<hashbrown::HashTable<Cached>>,
-    /// Hashes a subject's id (randomly seeded, as the standard library's maps).
-    hasher: std::collections::hash_map::RandomState,
+    subjects: std::sync::RwLock<crate::table::Table<Cached>>,
 }
 
 impl fmt::Debug for PseudonymCache {
@@ -437,92 +436,62 @@ impl fmt::Debug for PseudonymCache {
 
 /// The length of a pseudonym's text: the prefix and 16 bytes in unpadded base64.
 const PSEUDONYM_TEXT_LEN: usize = PSEUDONYM_PREFIX.len() + (PSEUDONYM_BYTES * 4).div_ceil(3);
-/// Where the subject's pseudonym starts in [`Cached::data`] (after the key).
-const SUBJECT_PSEUDONYM_AT: usize = 32;
-/// Where the subject's id starts in [`Cached::data`].
-const SUBJECT_AT: usize = SUBJECT_PSEUDONYM_AT + PSEUDONYM_TEXT_LEN;
+/// Bytes of a subject's id kept in place (a UUID's 36 fit).
+const SUBJECT_INLINE: usize = 46;
+/// Bytes of remembered accounts kept in place (one with an id of up to 36 bytes).
+const ACCOUNTS_INLINE: usize = 62;
 
 /// One subject's pseudonyms under one key.
+#[derive(Clone)]
 struct Cached {
     /// When it was made, by the broker's clock.
     made: time::OffsetDateTime,
-    /// The key's 32 bytes, the subject's pseudonym, the subject's id, then each remembered
-    /// account: the length of its id (one byte), its id and its pseudonym. One allocation, sized
-    /// exactly and wiped when dropped or replaced (the table's own storage, which it moves when
-    /// it grows and does not wipe, holds only the pointer).
-    data: Box<[u8]>,
-    /// The length of the subject's id (at most 128 bytes).
-    subject_len: u8,
+    /// The key they were made under (wiped when dropped).
+    key: SubjectKey,
+    subject: crate::table::Text<SUBJECT_INLINE>,
+    /// The subject's pseudonym's text.
+    pseudonym: arrayvec::ArrayString<PSEUDONYM_TEXT_LEN>,
+    /// Each remembered account: its id, a comma (which no id holds), its pseudonym.
+    accounts: crate::table::Text<ACCOUNTS_INLINE>,
     /// How many accounts it remembers.
-    accounts: u8,
+    count: u8,
 }
 
-impl Drop for Cached {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut *self.data);
+impl crate::table::Keyed for Cached {
+    fn key(&self) -> &[u8] {
+        self.subject.bytes()
     }
 }
 
 impl Cached {
     /// An entry for `subject` under `key` with the subject's pseudonym; `None` if it cannot be
-    /// held (an id or a pseudonym longer than any this crate makes): then nothing is cached.
+    /// held (a pseudonym unlike any this crate makes): then nothing is cached.
     fn new(
         now: time::OffsetDateTime,
         key: &SubjectKey,
         subject: &SubjectId,
         pseudonym: &Pseudonym,
     ) -> Option<Self> {
-        let subject = subject.as_str().as_bytes();
-        let pseudonym = pseudonym.as_str().as_bytes();
-        if pseudonym.len() != PSEUDONYM_TEXT_LEN {
-            return None;
-        }
-        let subject_len = u8::try_from(subject.len()).ok()?;
-        let mut data = Vec::with_capacity(SUBJECT_AT + subject.len());
-        data.extend_from_slice(&key.secret[..]);
-        data.extend_from_slice(pseudonym);
-        data.extend_from_slice(subject);
         Some(Self {
             made: now,
-            data: data.into_boxed_slice(),
-            subject_len,
-            accounts: 0,
+            key: key.clone(),
+            subject: crate::table::Text::new(subject.as_str()),
+            pseudonym: arrayvec::ArrayString::from(pseudonym.as_str()).ok()?,
+            accounts: crate::table::Text::new(""),
+            count: 0,
         })
-    }
-
-    /// The subject's id.
-    fn subject(&self) -> &[u8] {
-        self.data
-            .get(SUBJECT_AT..SUBJECT_AT + usize::from(self.subject_len))
-            .unwrap_or_default()
     }
 
     /// Whether it may serve for `key` at `now`.
     fn serves(&self, key: &SubjectKey, now: time::OffsetDateTime) -> bool {
-        // No early exit on the secret's bytes.
-        let differ = self
-            .data
-            .iter()
-            .take(32)
-            .zip(key.secret.iter())
-            .fold(0u8, |differ, (a, b)| differ | (a ^ b));
-        differ == 0 && self.data.len() >= SUBJECT_AT && now - self.made < PseudonymCache::TTL
-    }
-
-    /// The subject's pseudonym, with text of its own.
-    fn subject_pseudonym(&self) -> Option<Pseudonym> {
-        pseudonym_from(self.data.get(SUBJECT_PSEUDONYM_AT..SUBJECT_AT)?)
+        self.key == *key && now - self.made < PseudonymCache::TTL
     }
 
     /// Each remembered account's id and pseudonym.
-    fn remembered(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let mut rest = self
-            .data
-            .get(SUBJECT_AT + usize::from(self.subject_len)..)
-            .unwrap_or_default();
+    fn remembered(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut rest = self.accounts.as_str();
         std::iter::from_fn(move || {
-            let (&len, after) = rest.split_first()?;
-            let (id, after) = after.split_at_checked(usize::from(len))?;
+            let (id, after) = rest.split_once(',')?;
             let (pseudonym, after) = after.split_at_checked(PSEUDONYM_TEXT_LEN)?;
             rest = after;
             Some((id, pseudonym))
@@ -531,43 +500,41 @@ impl Cached {
 
     /// The account's pseudonym, with text of its own, if remembered.
     fn account(&self, account: &AccountId) -> Option<Pseudonym> {
-        let wanted = account.as_str().as_bytes();
+        let wanted = account.as_str();
         self.remembered()
             .find(|(id, _)| *id == wanted)
-            .and_then(|(_, pseudonym)| pseudonym_from(pseudonym))
+            .map(|(_, pseudonym)| pseudonym_from(pseudonym))
     }
 
     /// Whether no further account is remembered.
     fn full(&self) -> bool {
-        usize::from(self.accounts) >= ACCOUNTS_PER_SUBJECT
+        usize::from(self.count) >= ACCOUNTS_PER_SUBJECT
     }
 
-    /// Remembers an account's pseudonym, below the bound and if not already there: the entry's
-    /// allocation is made afresh one account longer, and the old one wiped.
+    /// Remembers an account's pseudonym, below the bound and if not already there.
     fn remember(&mut self, account: &AccountId, pseudonym: &Pseudonym) {
-        let (id, pseudonym) = (account.as_str().as_bytes(), pseudonym.as_str().as_bytes());
-        let Ok(len) = u8::try_from(id.len()) else {
-            return;
-        };
-        if self.full() || pseudonym.len() != PSEUDONYM_TEXT_LEN || self.account(account).is_some() {
+        let (id, pseudonym) = (account.as_str(), pseudonym.as_str());
+        if self.full()
+            || pseudonym.len() != PSEUDONYM_TEXT_LEN
+            || id.contains(',')
+            || self.account(account).is_some()
+        {
             return;
         }
-        let mut data = Vec::with_capacity(self.data.len() + 1 + id.len() + pseudonym.len());
-        data.extend_from_slice(&self.data);
-        data.push(len);
-        data.extend_from_slice(id);
-        data.extend_from_slice(pseudonym);
-        let mut old = std::mem::replace(&mut self.data, data.into_boxed_slice());
-        zeroize::Zeroize::zeroize(&mut *old);
-        self.accounts += 1;
+        let held = self.accounts.as_str();
+        let mut accounts = String::with_capacity(held.len() + id.len() + 1 + pseudonym.len());
+        accounts.push_str(held);
+        accounts.push_str(id);
+        accounts.push(',');
+        accounts.push_str(pseudonym);
+        self.accounts = crate::table::Text::new(&accounts);
+        self.count += 1;
     }
 }
 
-/// A pseudonym from the text a [`Cached`] holds.
-fn pseudonym_from(text: &[u8]) -> Option<Pseudonym> {
-    std::str::from_utf8(text)
-        .ok()
-        .map(|text| Pseudonym::from_trusted(text.to_owned()))
+/// A pseudonym, with text of its own, from the text a [`Cached`] holds.
+fn pseudonym_from(text: &str) -> Pseudonym {
+    Pseudonym::from_trusted(text.to_owned())
 }
 
 /// A subject's pseudonym and, when one was asked for, an account's with the account it is of.
@@ -599,18 +566,13 @@ impl PseudonymCache {
     /// How long an entry is used (by the broker's clock).
     pub(crate) const TTL: time::Duration = time::Duration::minutes(10);
 
-    fn hash(&self, subject: &[u8]) -> u64 {
-        std::hash::BuildHasher::hash_one(&self.hasher, subject)
-    }
-
     /// Forgets a subject (erased).
     pub(crate) fn forget(&self, subject: &SubjectId) {
-        let subject = subject.as_str().as_bytes();
-        let hash = self.hash(subject);
-        let removed = self.subjects.write().ok().and_then(|mut table| {
-            let entry = table.find_entry(hash, |cached| cached.subject() == subject);
-            entry.ok().map(|entry| entry.remove().0)
-        });
+        let removed = self
+            .subjects
+            .write()
+            .ok()
+            .and_then(|mut table| table.remove(subject.as_str().as_bytes()));
         drop(removed);
     }
 
@@ -624,14 +586,12 @@ impl PseudonymCache {
         now: time::OffsetDateTime,
     ) -> Pseudonyms {
         let text = subject.as_str().as_bytes();
-        let hash = self.hash(text);
-        let same = |cached: &Cached| cached.subject() == text;
         // The entry's pseudonyms, and whether its accounts are at their bound.
         let found = self.subjects.read().ok().and_then(|table| {
-            let cached = table.find(hash, same).filter(|c| c.serves(key, now))?;
+            let cached = table.get(text).filter(|c| c.serves(key, now))?;
             let account =
                 account.and_then(|account| Some((account.clone(), cached.account(account)?)));
-            Some((cached.subject_pseudonym()?, account, cached.full()))
+            Some((pseudonym_from(&cached.pseudonym), account, cached.full()))
         });
         let full = match found {
             Some((subject, found, _)) if account.is_none() || found.is_some() => {
@@ -655,27 +615,25 @@ impl PseudonymCache {
             // Nothing would be remembered: no write lock for every other subject to wait on.
             return made;
         }
-        let mut dropped = Vec::new();
+        let (mut stale, mut turned) = (None, None);
         if let Ok(mut table) = self.subjects.write() {
-            if !table.find(hash, same).is_some_and(|c| c.serves(key, now)) {
-                if let Ok(entry) = table.find_entry(hash, same) {
-                    dropped.push(entry.remove().0);
-                }
+            if !table.get(text).is_some_and(|c| c.serves(key, now)) {
+                stale = table.remove(text);
                 if table.len() >= Self::CAPACITY {
-                    dropped.extend(table.drain());
+                    turned = Some(std::mem::take(&mut *table));
                 }
                 if let Some(cached) = Cached::new(now, key, subject, &made.subject) {
-                    table.insert_unique(hash, cached, |cached| self.hash(cached.subject()));
+                    // Full only past four thousand million subjects: then it is not remembered.
+                    let _ = table.insert(cached);
                 }
             }
-            if let (Some(cached), Some((account, pseudonym))) =
-                (table.find_mut(hash, same), &made.account)
+            if let (Some(cached), Some((account, pseudonym))) = (table.get_mut(text), &made.account)
             {
                 cached.remember(account, pseudonym);
             }
         }
-        // Wiped as they drop: not while every decision waits for the lock.
-        drop(dropped);
+        // Keys are wiped as they drop: not while every decision waits for the lock.
+        drop((stale, turned));
         made
     }
 }
@@ -734,11 +692,10 @@ mod tests {
     }
 
     fn accounts_remembered(cache: &PseudonymCache, subject: &SubjectId) -> Option<usize> {
-        let text = subject.as_str().as_bytes();
         let table = cache.subjects.read().unwrap();
         table
-            .find(cache.hash(text), |cached| cached.subject() == text)
-            .map(|cached| usize::from(cached.accounts))
+            .get(subject.as_str().as_bytes())
+            .map(|cached| usize::from(cached.count))
     }
 
     /// The cache answers what the key computes, for the key the store holds now: never a

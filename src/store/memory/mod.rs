@@ -10,11 +10,9 @@
 //! the log's lock. The log's Merkle tree has a `Mutex` of its own: its inner nodes are computed
 //! after the append, outside both locks, or by a reader of nodes before it reads (see `Tree`).
 
-mod index;
 mod keys;
 mod ledger;
 mod packed;
-mod text;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;

@@ -26,13 +26,13 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 use time::{Duration, OffsetDateTime};
 
-use super::index::Index;
 use crate::consent::{
     AccountSelection, Consent, ConsentRequest, ConsentState, Grant, RevocationReason, Revoker,
 };
 use crate::ids::{AccountId, ConsentId, HolderId, PlatformId, SubjectId};
 use crate::sets::{AccountSet, PurposeSet, ScopeSet};
 use crate::store::StoreError;
+use crate::table::Index;
 
 /// No record (the end of a subject's thread).
 const NONE: u32 = u32::MAX;
@@ -611,9 +611,9 @@ pub(super) struct Packed {
 
 /// Bytes of text a record holds in itself (a grant's usually fit: then finding and reading a
 /// consent fetches the record alone).
-const INLINE: usize = 102;
+const INLINE: usize = 96;
 
-type Text = super::text::Text<INLINE>;
+type Text = crate::table::Text<INLINE>;
 
 /// A record's text cut into its parts.
 struct Parts<'a> {
@@ -627,7 +627,7 @@ struct Parts<'a> {
 impl Packed {
     /// Its text in parts (checked as UTF-8 once, for all of them).
     fn parts(&self) -> Option<Parts<'_>> {
-        let text = self.text.as_str()?;
+        let text = self.text.as_str();
         let (id, rest) = text.split_at_checked(usize::from(self.id_len))?;
         let (subject, rest) = rest.split_at_checked(usize::from(self.subject_len))?;
         let (attestation, rest) = rest.split_at_checked(self.attestation_len as usize)?;
@@ -814,7 +814,7 @@ mod tests {
         // The id, the subject, the attestation id, the account, the reference to it.
         let text = "cns_123456subject-123456att_0123456789abcdefghijklacc-123456-0#0";
         assert!(record.text.is_inline());
-        assert_eq!(record.text.as_str(), Some(text));
+        assert_eq!(record.text.as_str(), text);
         assert!(std::mem::size_of::<Option<Packed>>() <= 256);
         assert_eq!(table.decode(&record, None).unwrap(), c);
         // A text longer than the record holds is kept apart, and reads back the same.

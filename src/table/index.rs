@@ -21,7 +21,7 @@ const MIN_SLOTS: usize = 16;
 
 /// Positions by the hash of their key.
 #[derive(Debug, Default, Clone)]
-pub(super) struct Index {
+pub(crate) struct Index {
     /// Each slot: the high 32 bits of the hash, then the position (`EMPTY` if none). A power of
     /// two long, or empty.
     slots: Vec<u64>,
@@ -49,7 +49,7 @@ const VACANT: u64 = EMPTY as u64;
 impl Index {
     /// How many positions it holds.
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
@@ -86,7 +86,7 @@ impl Index {
 
     /// The position, among those whose key has `hash`, for which `is` holds (the caller compares
     /// the key at that position with the one it looks for).
-    pub(super) fn find(&self, hash: u64, is: impl FnMut(u32) -> bool) -> Option<u32> {
+    pub(crate) fn find(&self, hash: u64, is: impl FnMut(u32) -> bool) -> Option<u32> {
         self.slot_of(hash, is)
             .and_then(|i| self.slots.get(i))
             .map(|&found| at_of(found))
@@ -95,7 +95,7 @@ impl Index {
     /// Adds `at` under `hash` (the caller knows no position under it holds the same key); false
     /// (and nothing added) if `at` is `u32::MAX`, which marks an empty slot.
     #[must_use]
-    pub(super) fn insert(&mut self, hash: u64, at: u32) -> bool {
+    pub(crate) fn insert(&mut self, hash: u64, at: u32) -> bool {
         if at == EMPTY {
             return false;
         }
@@ -134,7 +134,7 @@ impl Index {
     }
 
     /// Replaces the position `old` under `hash` with `new`; whether `old` was there.
-    pub(super) fn replace(&mut self, hash: u64, old: u32, new: u32) -> bool {
+    pub(crate) fn replace(&mut self, hash: u64, old: u32, new: u32) -> bool {
         if new == EMPTY {
             return false;
         }
@@ -151,7 +151,7 @@ impl Index {
     }
 
     /// Removes the position `at` under `hash`; whether it was there.
-    pub(super) fn remove(&mut self, hash: u64, at: u32) -> bool {
+    pub(crate) fn remove(&mut self, hash: u64, at: u32) -> bool {
         let Some(mut hole) = self.slot_of(hash, |found| found == at) else {
             return false;
         };
