@@ -56,6 +56,30 @@ fn random_requests(template: &AccessRequest, count: u64, how_many: usize) -> Vec
         .collect()
 }
 
+/// The machine's own figure behind the random-grant rows, measured in the same process: one load
+/// from memory that depends on the one before (a walk around one random cycle through 128 MiB,
+/// made with Sattolo's shuffle), so each pays a cache miss and usually a TLB miss, as each line a
+/// random grant fetches does. On this shared host it moves between hours by a third; the ratio
+/// of the random rows moves with it.
+fn memory_latency(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    const SLOTS: u32 = 32 << 20;
+    let mut next: Vec<u32> = (0..SLOTS).collect();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for i in (1..SLOTS as usize).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        next.swap(i, (state % i as u64) as usize);
+    }
+    let mut at = 0u32;
+    group.bench_function("memory_latency_dependent_load_128mib", |b| {
+        b.iter(|| {
+            at = *next.get(at as usize).unwrap();
+            at
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let large: u64 = std::env::var("CONSENT_BROKER_SCALE_GRANTS")
         .ok()
@@ -83,6 +107,12 @@ fn bench(c: &mut Criterion) {
             Arc::new(SqliteStore::open(dir.path().join(format!("{name}.sqlite"))).unwrap())
         };
         stores.push((name, store));
+    }
+    if only
+        .as_deref()
+        .is_none_or(|only| only == format!("memory_{large}"))
+    {
+        memory_latency(&mut group);
     }
     for (name, store) in stores {
         let s = support::setup_on(store.clone());
