@@ -414,18 +414,21 @@ impl Keyed {
 /// emptied when it holds [`PseudonymCache::CAPACITY`] subjects; an entry is dropped when its
 /// subject is erased through this broker, and is not used (and so replaced) once older than
 /// [`PseudonymCache::TTL`], so a subject erased through another broker leaves this one's memory
-/// within that time of its next use, or when the cache turns over.
+/// within that time of its next use, or when the cache turns over. An answer computed from a key
+/// read before this broker forgot the subject is not remembered (see [`PseudonymCache::epoch`]).
 ///
 /// One [`Table`](crate::table::Table), each subject's entry in place with what it remembers: the
 /// key, the subject's id and pseudonym, and (the first few in place) its accounts' ids and
 /// pseudonyms. When the subject is one among millions, a lookup fetches a line of the table's
-/// index and the entry, not a text, a key and a list apiece. The key is wiped when the entry
-/// goes, and the table's growth leaves no copy of it. A lookup takes one read lock and copies the
+/// index and the entry, not a text, a key and a list apiece. The key is wiped where it sat when
+/// the entry goes, and the table's growth leaves no copy of it. A lookup takes one read lock and copies the
 /// pseudonyms out with text of their own: nothing the answer holds is shared with the cache or
 /// with another thread's answer.
 #[derive(Default)]
 pub(crate) struct PseudonymCache {
     subjects: std::sync::RwLock<crate::table::Table<Cached>>,
+    /// How many times a subject was forgotten (changed under the write lock).
+    forgotten: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for PseudonymCache {
@@ -460,6 +463,18 @@ struct Cached {
 impl crate::table::Keyed for Cached {
     fn key(&self) -> &[u8] {
         self.subject.bytes()
+    }
+
+    /// The key copied; the texts held apart (a long id, many accounts) handed over, not copied.
+    fn relocated(&mut self) -> Self {
+        Self {
+            made: self.made,
+            key: self.key.clone(),
+            subject: self.subject.take(),
+            pseudonym: self.pseudonym,
+            accounts: self.accounts.take(),
+            count: self.count,
+        }
     }
 }
 
@@ -566,24 +581,35 @@ impl PseudonymCache {
     /// How long an entry is used (by the broker's clock).
     pub(crate) const TTL: time::Duration = time::Duration::minutes(10);
 
-    /// Forgets a subject (erased).
+    /// Forgets a subject (erased), its key wiped where it sat.
     pub(crate) fn forget(&self, subject: &SubjectId) {
-        let removed = self
+        let mut table = self
             .subjects
             .write()
-            .ok()
-            .and_then(|mut table| table.remove(subject.as_str().as_bytes()));
-        drop(removed);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Release: a reader that sees the new epoch sees the erasure committed before it.
+        self.forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        table.discard(subject.as_str().as_bytes());
+    }
+
+    /// To read before the subject's key is read from the store, and give to [`Self::get`]: a key
+    /// read before an erasure committed, handed to `get` after the erasure forgot the subject,
+    /// would otherwise be remembered again, with the subject's pseudonyms, after the erasure.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.forgotten.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The pseudonyms of `subject`, and of `account` if given, under `key` (the key the store
-    /// holds now), at `now` (the broker's time: no clock is read here).
+    /// holds now, read after [`Self::epoch`] gave `epoch`), at `now` (the broker's time: no clock
+    /// is read here). Remembered only if no subject was forgotten since `epoch`.
     pub(crate) fn get(
         &self,
         subject: &SubjectId,
         key: &SubjectKey,
         account: Option<&AccountId>,
         now: time::OffsetDateTime,
+        epoch: u64,
     ) -> Pseudonyms {
         let text = subject.as_str().as_bytes();
         // The entry's pseudonyms, and whether its accounts are at their bound.
@@ -615,10 +641,14 @@ impl PseudonymCache {
             // Nothing would be remembered: no write lock for every other subject to wait on.
             return made;
         }
-        let (mut stale, mut turned) = (None, None);
+        let mut turned = None;
         if let Ok(mut table) = self.subjects.write() {
+            if self.forgotten.load(std::sync::atomic::Ordering::Relaxed) != epoch {
+                // A subject was forgotten since the key was read: perhaps this one.
+                return made;
+            }
             if !table.get(text).is_some_and(|c| c.serves(key, now)) {
-                stale = table.remove(text);
+                table.discard(text);
                 if table.len() >= Self::CAPACITY {
                     turned = Some(std::mem::take(&mut *table));
                 }
@@ -632,8 +662,9 @@ impl PseudonymCache {
                 cached.remember(account, pseudonym);
             }
         }
-        // Keys are wiped as they drop: not while every decision waits for the lock.
-        drop((stale, turned));
+        // A turned-over table's keys are wiped as it drops: not while every decision waits for
+        // the lock.
+        drop(turned);
         made
     }
 }
@@ -715,7 +746,7 @@ mod tests {
                    key: &SubjectKey,
                    account: Option<&AccountId>,
                    at: time::OffsetDateTime| {
-            let got = cache.get(subject, key, account, at);
+            let got = cache.get(subject, key, account, at, cache.epoch());
             assert_eq!(got.subject, key.subject(subject));
             let expected = account.map(|account| (account.clone(), key.account(account)));
             assert_eq!(got.account, expected);
@@ -753,10 +784,10 @@ mod tests {
         let alice: SubjectId = "alice".parse().unwrap();
         let account: AccountId = "acc-1".parse().unwrap();
         let (key, now) = (key(4), time::OffsetDateTime::UNIX_EPOCH);
-        cache.get(&alice, &key, Some(&account), now);
+        cache.get(&alice, &key, Some(&account), now, cache.epoch());
         let (one, two) = (
-            cache.get(&alice, &key, Some(&account), now),
-            cache.get(&alice, &key, Some(&account), now),
+            cache.get(&alice, &key, Some(&account), now, cache.epoch()),
+            cache.get(&alice, &key, Some(&account), now, cache.epoch()),
         );
         assert_eq!(one.subject, two.subject);
         assert_ne!(one.subject.as_str().as_ptr(), two.subject.as_str().as_ptr());
@@ -786,14 +817,48 @@ mod tests {
                 let subject: SubjectId = subject.parse().unwrap();
                 for account in ids.iter().skip(i % 3).step_by(5) {
                     let account: AccountId = account.parse().unwrap();
-                    let got = cache.get(&subject, &key, Some(&account), now);
+                    let got = cache.get(&subject, &key, Some(&account), now, cache.epoch());
                     assert_eq!(got.subject, key.subject(&subject), "round {round}");
                     assert_eq!(got.account(&account), Some(&key.account(&account)));
                 }
             }
+            // The table grew past 16 subjects in the first round: every entry's texts came
+            // through whole (checked before the second round could remember them again).
+            let table = cache.subjects.read().unwrap();
+            assert_eq!(table.len(), ids.len());
+            for (i, subject) in ids.iter().enumerate() {
+                let cached = table.get(subject.as_bytes()).unwrap();
+                let subject: SubjectId = subject.parse().unwrap();
+                assert_eq!(cached.subject.as_str(), subject.as_str());
+                assert_eq!(cached.pseudonym.as_str(), key.subject(&subject).as_str());
+                for account in ids.iter().skip(i % 3).step_by(5) {
+                    let account: AccountId = account.parse().unwrap();
+                    assert_eq!(cached.account(&account), Some(key.account(&account)));
+                }
+            }
         }
-        let longest: SubjectId = ids.last().unwrap().parse().unwrap();
-        assert!(accounts_remembered(&cache, &longest).unwrap() > 0);
+    }
+
+    /// A key read before the subject was forgotten (an erasure committed and forgotten between
+    /// a decision's read of the key and its answer) is not remembered again; read after, it is.
+    #[test]
+    fn a_key_read_before_the_subject_was_forgotten_is_not_remembered() {
+        let cache = PseudonymCache::default();
+        let alice: SubjectId = "alice".parse().unwrap();
+        let account: AccountId = "acc-1".parse().unwrap();
+        let (key, now) = (key(6), time::OffsetDateTime::UNIX_EPOCH);
+        let before = cache.epoch();
+        cache.get(&alice, &key, None, now, before);
+        assert_eq!(accounts_remembered(&cache, &alice), Some(0));
+        // The erasure forgets alice; a decision that read her key before it answers after.
+        cache.forget(&alice);
+        let got = cache.get(&alice, &key, Some(&account), now, before);
+        assert_eq!(got.subject, key.subject(&alice));
+        assert_eq!(got.account(&account), Some(&key.account(&account)));
+        assert_eq!(accounts_remembered(&cache, &alice), None);
+        // A decision that read the (new) key after the erasure is remembered as before.
+        cache.get(&alice, &key, Some(&account), now, cache.epoch());
+        assert_eq!(accounts_remembered(&cache, &alice), Some(1));
     }
 
     /// A subject's accounts are remembered up to the bound; past it, pseudonyms are still right,
@@ -806,7 +871,7 @@ mod tests {
         let now = time::OffsetDateTime::UNIX_EPOCH;
         for n in 0..ACCOUNTS_PER_SUBJECT + 8 {
             let account: AccountId = format!("acc-{n}").parse().unwrap();
-            let got = cache.get(&alice, &key, Some(&account), now);
+            let got = cache.get(&alice, &key, Some(&account), now, cache.epoch());
             assert_eq!(got.account(&account), Some(&key.account(&account)));
             assert_eq!(got.account(&"acc-other".parse().unwrap()), None);
         }

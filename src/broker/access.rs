@@ -261,8 +261,10 @@ impl<S: Store> Broker<S> {
         kept_ok: bool,
     ) -> Result<(AccessPlan, bool), Error> {
         let now = self.now();
+        // Before any subject's key is read (see `PseudonymCache::epoch`).
+        let forgotten = self.pseudonyms.epoch();
         if kept_ok && let Some(view) = self.kept_view(request, now) {
-            let inputs = self.inputs_from(request, view, now)?;
+            let inputs = self.inputs_from(request, view, now, forgotten)?;
             let plan = plan_access(
                 request,
                 Some(&inputs),
@@ -274,7 +276,7 @@ impl<S: Store> Broker<S> {
                 return Ok((plan, true));
             }
         }
-        let inputs = self.read_for(request, now)?;
+        let inputs = self.read_for(request, now, forgotten)?;
         let plan = plan_access(
             request,
             inputs.as_ref(),
@@ -302,6 +304,7 @@ impl<S: Store> Broker<S> {
         &self,
         request: &AccessRequest,
         now: OffsetDateTime,
+        forgotten: u64,
     ) -> Result<Option<AccessInputs>, Error> {
         if matches!(request.scope, RequestedScope::Prohibited(_))
             || matches!(request.purpose, RequestedPurpose::Prohibited(_))
@@ -316,16 +319,18 @@ impl<S: Store> Broker<S> {
             .access_view(&request.consent, &request.platform, day)?;
         self.views
             .keep(&request.consent, &request.platform, day, now, &view, epoch);
-        self.inputs_from(request, view, now).map(Some)
+        self.inputs_from(request, view, now, forgotten).map(Some)
     }
 
-    /// The inputs of a decision, from a view of the store.
+    /// The inputs of a decision, from a view of the store read after the pseudonym cache's epoch
+    /// was `forgotten`.
     #[inline]
     fn inputs_from(
         &self,
         request: &AccessRequest,
         view: AccessView,
         now: OffsetDateTime,
+        forgotten: u64,
     ) -> Result<AccessInputs, Error> {
         let day = now.date();
         let (consent, platform) = (view.consent, view.platform);
@@ -345,9 +350,9 @@ impl<S: Store> Broker<S> {
                     // platform's request is ever written with it, nor may it fill the cache.
                     let own = consent.request.platform == request.platform;
                     let account = own.then_some(&request.account);
-                    let pseudonyms = self
-                        .pseudonyms
-                        .get(&keyed.subject, &keyed.key, account, now);
+                    let pseudonyms =
+                        self.pseudonyms
+                            .get(&keyed.subject, &keyed.key, account, now, forgotten);
                     (keyed, pseudonyms)
                 }),
             ),

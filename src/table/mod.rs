@@ -7,9 +7,15 @@
 //! - [`Text`]: text kept in place when short, so that comparing an entry's key fetches the entry
 //!   alone.
 //! - [`Table`]: entries kept in place, found by a key of bytes they hold, through an [`Index`].
-//!   When the entries outgrow their allocation they are copied to a larger one and the old ones
-//!   dropped, not moved: an entry that wipes a secret as it drops (a subject's key) leaves no copy
-//!   behind in freed memory, as a general hash table's growth would.
+//!   An entry that wipes a secret as it drops (a subject's key) leaves no copy of it behind in the
+//!   table's memory, as a general hash table would: a removed entry is dropped where it sits (the
+//!   caller gets a copy), and when the entries outgrow their allocation each is relocated (a copy
+//!   of what it holds in place, what it holds apart handed over, see [`Keyed::relocated`]) and
+//!   the old one dropped where it sits, not moved.
+//!
+//! What a table cannot wipe is what Rust's moves leave: an entry passed by value to
+//! [`Table::insert`], or a copy returned by [`Table::remove`], may leave its bytes in a stack frame
+//! until it is overwritten.
 
 mod index;
 mod text;
@@ -24,6 +30,13 @@ pub(crate) use text::Text;
 pub(crate) trait Keyed: Clone {
     /// The key's bytes.
     fn key(&self) -> &[u8];
+
+    /// The entry for a larger allocation, as the table grows; `self` is dropped right after
+    /// (and so wipes what it holds in place). A copy by default; an entry holding text apart
+    /// hands it over instead of copying it (a table's growth then allocates nothing per entry).
+    fn relocated(&mut self) -> Self {
+        self.clone()
+    }
 }
 
 /// The table holds as many entries as it can index (about four thousand million).
@@ -112,9 +125,13 @@ impl<T: Keyed, H: BuildHasher> Table<T, H> {
                     .filter(|&at| at != u32::MAX)
                     .ok_or(Full)?;
                 if self.entries.len() == self.entries.capacity() {
-                    // Copied, and the old entries dropped, rather than moved.
+                    // Relocated, and the old entries dropped where they sit, rather than moved.
                     let mut grown = Vec::with_capacity((self.entries.len() * 2).max(16));
-                    grown.extend(self.entries.iter().cloned());
+                    grown.extend(
+                        self.entries
+                            .iter_mut()
+                            .map(|entry| entry.as_mut().map(Keyed::relocated)),
+                    );
                     self.entries = grown;
                 }
                 self.entries.push(Some(entry));
@@ -124,25 +141,46 @@ impl<T: Keyed, H: BuildHasher> Table<T, H> {
         if self.index.insert(hash, at) {
             Ok(true)
         } else {
-            // Unreachable (`at` is never the reserved position): take the entry back out.
-            self.entries.get_mut(at as usize).map(Option::take);
+            // Unreachable (`at` is never the reserved position): the entry dropped again.
+            if let Some(slot) = self.entries.get_mut(at as usize) {
+                *slot = None;
+            }
             self.free.push(at);
             Err(Full)
         }
     }
 
-    /// Removes the entry with this key; the entry, if there was one.
+    /// Removes the entry with this key; a copy of it, if there was one (the entry itself is
+    /// dropped where it sat).
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<T> {
+        let (at, slot) = self.unlink(key)?;
+        let entry = slot.clone();
+        *slot = None;
+        self.free.push(at);
+        entry
+    }
+
+    /// Removes the entry with this key, dropping it where it sat; whether there was one.
+    pub(crate) fn discard(&mut self, key: &[u8]) -> bool {
+        let Some((at, slot)) = self.unlink(key) else {
+            return false;
+        };
+        *slot = None;
+        self.free.push(at);
+        true
+    }
+
+    /// The place of the entry with this key, taken out of the index.
+    fn unlink(&mut self, key: &[u8]) -> Option<(u32, &mut Option<T>)> {
         let hash = self.hash(key);
         let at = self.position(key, hash)?;
         self.index.remove(hash, at);
-        let entry = self.entries.get_mut(at as usize).and_then(Option::take)?;
-        self.free.push(at);
-        Some(entry)
+        Some((at, self.entries.get_mut(at as usize)?))
     }
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 mod tests {
     use std::collections::HashMap;
     use std::hash::BuildHasherDefault;
@@ -200,9 +238,12 @@ mod tests {
                     prop_assert_eq!(table.insert(entry), Ok(fresh));
                     model.entry(key).or_insert(step as u64);
                 }
-                1 => {
+                1 if step % 2 == 0 => {
                     let removed = table.remove(key.as_bytes()).map(|entry| entry.value);
                     prop_assert_eq!(removed, model.remove(&key));
+                }
+                1 => {
+                    prop_assert_eq!(table.discard(key.as_bytes()), model.remove(&key).is_some());
                 }
                 _ => {
                     if let Some(entry) = table.get_mut(key.as_bytes()) {
@@ -239,31 +280,119 @@ mod tests {
         }
     }
 
-    /// Growing copies the entries and drops the old ones (a wiping entry leaves no copy).
+    /// An entry that counts its drops and copies; relocated by a copy, or (`hand_over`) by a new
+    /// entry made without one.
+    struct Counted {
+        key: Text<8>,
+        hand_over: bool,
+        drops: std::rc::Rc<std::cell::Cell<usize>>,
+        copies: std::rc::Rc<std::cell::Cell<usize>>,
+    }
+
+    impl Counted {
+        fn made(&self) -> Self {
+            Self {
+                key: Text::new(self.key.as_str()),
+                hand_over: self.hand_over,
+                drops: self.drops.clone(),
+                copies: self.copies.clone(),
+            }
+        }
+    }
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.copies.set(self.copies.get() + 1);
+            self.made()
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.drops.set(self.drops.get() + 1);
+        }
+    }
+
+    impl Keyed for Counted {
+        fn key(&self) -> &[u8] {
+            self.key.bytes()
+        }
+        fn relocated(&mut self) -> Self {
+            if self.hand_over {
+                self.made()
+            } else {
+                self.clone()
+            }
+        }
+    }
+
+    /// A table of counted entries and the counts: (drops, copies).
+    fn counted(
+        hand_over: bool,
+    ) -> (
+        Table<Counted>,
+        impl Fn() -> (usize, usize),
+        impl Fn(&str) -> Counted,
+    ) {
+        let drops = std::rc::Rc::new(std::cell::Cell::new(0));
+        let copies = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counts = {
+            let (drops, copies) = (drops.clone(), copies.clone());
+            move || (drops.get(), copies.get())
+        };
+        let entry = move |key: &str| Counted {
+            key: Text::new(key),
+            hand_over,
+            drops: drops.clone(),
+            copies: copies.clone(),
+        };
+        (Table::default(), counts, entry)
+    }
+
+    /// Growing relocates each entry (a copy by default, none when the entry hands over what it
+    /// holds) and drops the old one where it sat: a wiping entry leaves no copy behind.
     #[test]
-    fn growing_drops_the_old_entries() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static DROPPED: AtomicUsize = AtomicUsize::new(0);
-        #[derive(Clone)]
-        struct Counted(Text<8>);
-        impl Drop for Counted {
-            fn drop(&mut self) {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
+    fn growing_relocates_and_drops_the_old_entries() {
+        for hand_over in [false, true] {
+            let (mut table, counts, entry) = counted(hand_over);
+            for n in 0..17 {
+                assert_eq!(table.insert(entry(&format!("{n}"))), Ok(true));
             }
-        }
-        impl Keyed for Counted {
-            fn key(&self) -> &[u8] {
-                self.0.bytes()
+            // Growing from 16 to 32 dropped the 16 old entries; the 17 held are alive.
+            let copies = if hand_over { 0 } else { 16 };
+            assert_eq!(counts(), (16, copies), "hand over: {hand_over}");
+            assert_eq!(table.len(), 17);
+            for n in 0..17 {
+                assert!(table.get(format!("{n}").as_bytes()).is_some());
             }
+            drop(table);
+            assert_eq!(counts(), (33, copies));
         }
-        let mut table = Table::<Counted>::default();
-        for n in 0..17 {
-            assert_eq!(table.insert(Counted(Text::new(&format!("{n}")))), Ok(true));
+    }
+
+    /// A removed entry is dropped where it sat (so a wiping entry leaves nothing in the table's
+    /// memory), the caller holding a copy; a discarded one is dropped with no copy made.
+    #[test]
+    fn removing_drops_the_entry_where_it_sat() {
+        let (mut table, counts, entry) = counted(false);
+        for key in ["a", "b", "c"] {
+            assert_eq!(table.insert(entry(key)), Ok(true));
         }
-        // Growing from 16 to 32 dropped the 16 old copies; the 17 held are alive.
-        assert_eq!(DROPPED.load(Ordering::Relaxed), 16);
-        assert_eq!(table.len(), 17);
-        drop(table);
-        assert_eq!(DROPPED.load(Ordering::Relaxed), 33);
+        let copy = table.remove(b"a").unwrap();
+        assert_eq!(copy.key.as_str(), "a");
+        assert_eq!(counts(), (1, 1), "dropped in place while the copy lives");
+        drop(copy);
+        assert_eq!(counts(), (2, 1));
+        assert!(table.discard(b"b"));
+        assert_eq!(counts(), (3, 1));
+        assert!(!table.discard(b"b"));
+        assert!(table.remove(b"b").is_none());
+        assert_eq!(counts(), (3, 1));
+        assert_eq!(table.len(), 1);
+        assert!(table.get(b"c").is_some());
+        // The places freed are reused.
+        assert_eq!(table.insert(entry("d")), Ok(true));
+        assert_eq!(table.insert(entry("e")), Ok(true));
+        assert_eq!(table.entries.len(), 3);
     }
 }

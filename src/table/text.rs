@@ -25,6 +25,11 @@ impl<const N: usize> Text<N> {
         }
     }
 
+    /// The text, leaving empty text in its place (nothing allocated, nothing copied apart).
+    pub(crate) fn take(&mut self) -> Self {
+        std::mem::replace(self, Self::Inline(ArrayString::new()))
+    }
+
     /// Whether it is kept in place.
     #[cfg(test)]
     pub(crate) fn is_inline(&self) -> bool {
@@ -63,6 +68,10 @@ mod tests {
             assert_eq!(kept.is_inline(), text.len() <= 8, "{text}");
             assert_eq!(kept.as_str(), text);
             assert_eq!(kept.bytes(), text.as_bytes());
+            let mut left = kept.clone();
+            let taken = left.take();
+            assert_eq!((taken.as_str(), left.as_str()), (text, ""));
+            assert_eq!(taken.is_inline(), kept.is_inline());
         }
     }
 }

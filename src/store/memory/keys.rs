@@ -4,7 +4,7 @@
 //! fetches from memory is a wait. A map from a subject's id to its record fetched three: the
 //! map's control bytes, its slot, and the id's text to compare. Here a [`Table`] finds an entry
 //! holding the key and, when short, the subject's id itself: one line of index and one entry.
-//! A removed entry's key is wiped as it drops, and the table's growth leaves no copy behind.
+//! A removed entry's key is wiped where it sat, and the table's growth leaves no copy behind.
 
 use time::OffsetDateTime;
 
@@ -26,6 +26,14 @@ struct Entry {
 impl Keyed for Entry {
     fn key(&self) -> &[u8] {
         self.subject.bytes()
+    }
+
+    fn relocated(&mut self) -> Self {
+        Self {
+            subject: self.subject.take(),
+            key: self.key.clone(),
+            created_at: self.created_at,
+        }
     }
 }
 
@@ -64,7 +72,7 @@ impl SubjectKeys {
         let entry = self.0.remove(subject.as_str().as_bytes())?;
         Some(SubjectKeyRecord {
             subject: subject.clone(),
-            key: entry.key.clone(),
+            key: entry.key,
             created_at: entry.created_at,
         })
     }
