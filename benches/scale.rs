@@ -148,8 +148,15 @@ fn bench(c: &mut Criterion) {
         });
         // A different grant on each call, drawn at random among the `count` copies: what a
         // platform with many users asks for. The requests are drawn before timing (65,536 of
-        // them, cycled), so the timed loop only decides.
-        let requests = random_requests(&s.access, count, 65_536);
+        // them, cycled; `CONSENT_BROKER_SCALE_CYCLE` sets another number), so the timed loop
+        // only decides. 65,536 subjects fit the broker's pseudonym cache, so from the second
+        // round on no pseudonym is computed; a larger cycle measures a stream of subjects the
+        // cache cannot hold (two HMACs a decision more).
+        let cycle = std::env::var("CONSENT_BROKER_SCALE_CYCLE")
+            .ok()
+            .and_then(|cycle| cycle.parse().ok())
+            .unwrap_or(65_536);
+        let requests = random_requests(&s.access, count, cycle);
         group.bench_function(
             format!("{name}/authorise_access_permit_random_grant"),
             |b| {
