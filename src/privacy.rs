@@ -421,9 +421,9 @@ impl Keyed {
 /// key, the subject's id and pseudonym, and (the first few in place) its accounts' ids and
 /// pseudonyms. When the subject is one among millions, a lookup fetches a line of the table's
 /// index and the entry, not a text, a key and a list apiece. The key is wiped where it sat when
-/// the entry goes, and the table's growth leaves no copy of it. A lookup takes one read lock and copies the
-/// pseudonyms out with text of their own: nothing the answer holds is shared with the cache or
-/// with another thread's answer.
+/// the entry goes, and the table's growth leaves no copy of it. A lookup takes one read lock and
+/// copies the pseudonyms out with text of their own: nothing the answer holds is shared with the
+/// cache or with another thread's answer.
 #[derive(Default)]
 pub(crate) struct PseudonymCache {
     subjects: std::sync::RwLock<crate::table::Table<Cached>>,

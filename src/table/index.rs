@@ -1,5 +1,6 @@
-//! An index of record positions by hash, for the consent table: open addressing with linear
-//! probing, each slot 8 bytes holding the position and the high half of its key's hash.
+//! An index of positions by hash, for the consent table and every [`Table`](super::Table): open
+//! addressing with linear probing, each slot 8 bytes holding the position and the high half of
+//! its key's hash.
 //!
 //! A general hash table (hashbrown's, the standard library's) keeps its control bytes apart from
 //! its slots: finding a key among a million then fetches two lines from memory (a control group,
