@@ -333,9 +333,6 @@ pub(crate) struct Keyed {
     pub(crate) subject: SubjectId,
     pub(crate) key: SubjectKey,
     pub(crate) insert: Option<crate::store::Change>,
-    /// The subject's consent the key was read for, if any (see
-    /// [`Precondition::SubjectKeyIs`](crate::store::Precondition::SubjectKeyIs)).
-    consent: Option<crate::ids::ConsentId>,
 }
 
 impl Keyed {
@@ -361,7 +358,6 @@ impl Keyed {
                 subject: subject.clone(),
                 key,
                 insert: None,
-                consent: None,
             });
         }
         let key = SubjectKey::generate(random)?;
@@ -375,17 +371,7 @@ impl Keyed {
                 },
             }),
             key,
-            consent: None,
         })
-    }
-
-    /// The key as read for the subject's consent `consent`: its commit's precondition names the
-    /// consent, so that a store keeping the key with the consent checks it there.
-    pub(crate) fn for_consent(self, consent: crate::ids::ConsentId) -> Self {
-        Self {
-            consent: Some(consent),
-            ..self
-        }
     }
 
     /// The subject's stored key, if it has one (never making one: what a refusal about an
@@ -398,7 +384,6 @@ impl Keyed {
             subject: subject.clone(),
             key,
             insert: None,
-            consent: None,
         }))
     }
 
@@ -410,7 +395,6 @@ impl Keyed {
             None => KeyGuard::Check(crate::store::Precondition::SubjectKeyIs {
                 subject: self.subject.clone(),
                 key: Box::new(self.key.clone()),
-                consent: self.consent.clone(),
             }),
         }
     }
@@ -480,9 +464,7 @@ impl crate::table::Keyed for Cached {
     fn key(&self) -> &[u8] {
         self.subject.bytes()
     }
-}
 
-impl crate::table::Relocate for Cached {
     /// The key copied; the texts held apart (a long id, many accounts) handed over, not copied.
     fn relocated(&mut self) -> Self {
         Self {

@@ -345,8 +345,7 @@ impl<S: Store> Broker<S> {
                         view.subject_key,
                         self.settings.random.as_ref(),
                         now,
-                    )?
-                    .for_consent(consent.request.id.clone());
+                    )?;
                     // The account's pseudonym only for the consent's own platform: no other
                     // platform's request is ever written with it, nor may it fill the cache.
                     let own = consent.request.platform == request.platform;

@@ -147,11 +147,6 @@ pub enum Precondition {
         subject: SubjectId,
         /// The key read.
         key: Box<SubjectKey>,
-        /// The subject's consent the key was read for, if any: a store that keeps a copy of the
-        /// subject's key with each of its consents (the memory store) checks that copy, in the
-        /// record the consent's own precondition reads, instead of looking the key up again.
-        /// The condition is the same either way: the subject's stored key is `key`.
-        consent: Option<ConsentId>,
     },
 }
 

@@ -18,21 +18,25 @@
 //! until it is overwritten.
 
 mod index;
-mod slots;
 mod text;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
 pub(crate) use index::Index;
-pub(crate) use slots::{Relocate, Slots};
 pub(crate) use text::Text;
 
-/// An entry of a [`Table`]: the key it is found by (and, as every entry of [`Slots`], how it
-/// moves when the table grows).
-pub(crate) trait Keyed: Relocate {
+/// An entry of a [`Table`]: the key it is found by.
+pub(crate) trait Keyed: Clone {
     /// The key's bytes.
     fn key(&self) -> &[u8];
+
+    /// The entry for a larger allocation, as the table grows; `self` is dropped right after
+    /// (and so wipes what it holds in place). A copy by default; an entry holding text apart
+    /// hands it over instead of copying it (a table's growth then allocates nothing per entry).
+    fn relocated(&mut self) -> Self {
+        self.clone()
+    }
 }
 
 /// The table holds as many entries as it can index (about four thousand million).
@@ -43,7 +47,9 @@ pub(crate) struct Full;
 #[derive(Clone)]
 pub(crate) struct Table<T, H = RandomState> {
     index: Index,
-    entries: Slots<T>,
+    entries: Vec<Option<T>>,
+    /// Places free to reuse.
+    free: Vec<u32>,
     hasher: H,
 }
 
@@ -51,17 +57,18 @@ impl<T, H: Default> Default for Table<T, H> {
     fn default() -> Self {
         Self {
             index: Index::default(),
-            entries: Slots::default(),
+            entries: Vec::new(),
+            free: Vec::new(),
             hasher: H::default(),
         }
     }
 }
 
-impl<T: Keyed, H> std::fmt::Debug for Table<T, H> {
+impl<T, H> std::fmt::Debug for Table<T, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Entries may hold secrets: their number only.
         f.debug_struct("Table")
-            .field("len", &self.entries.len())
+            .field("len", &(self.entries.len() - self.free.len()))
             .finish_non_exhaustive()
     }
 }
@@ -69,7 +76,7 @@ impl<T: Keyed, H> std::fmt::Debug for Table<T, H> {
 impl<T: Keyed, H: BuildHasher> Table<T, H> {
     /// How many entries it holds.
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() - self.free.len()
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
@@ -77,7 +84,7 @@ impl<T: Keyed, H: BuildHasher> Table<T, H> {
     }
 
     fn entry(&self, at: u32) -> Option<&T> {
-        self.entries.get(at)
+        self.entries.get(at as usize).and_then(Option::as_ref)
     }
 
     fn position(&self, key: &[u8], hash: u64) -> Option<u32> {
@@ -95,7 +102,7 @@ impl<T: Keyed, H: BuildHasher> Table<T, H> {
     /// The entry with this key, to change (not its key).
     pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut T> {
         let at = self.position(key, self.hash(key))?;
-        self.entries.get_mut(at)
+        self.entries.get_mut(at as usize).and_then(Option::as_mut)
     }
 
     /// Adds an entry; false (and nothing changed) if one with its key is there.
@@ -107,12 +114,38 @@ impl<T: Keyed, H: BuildHasher> Table<T, H> {
         if self.position(entry.key(), hash).is_some() {
             return Ok(false);
         }
-        let at = self.entries.put(entry)?;
+        let at = match self.free.pop() {
+            Some(at) => {
+                *self.entries.get_mut(at as usize).ok_or(Full)? = Some(entry);
+                at
+            }
+            None => {
+                let at = u32::try_from(self.entries.len())
+                    .ok()
+                    .filter(|&at| at != u32::MAX)
+                    .ok_or(Full)?;
+                if self.entries.len() == self.entries.capacity() {
+                    // Relocated, and the old entries dropped where they sit, rather than moved.
+                    let mut grown = Vec::with_capacity((self.entries.len() * 2).max(16));
+                    grown.extend(
+                        self.entries
+                            .iter_mut()
+                            .map(|entry| entry.as_mut().map(Keyed::relocated)),
+                    );
+                    self.entries = grown;
+                }
+                self.entries.push(Some(entry));
+                at
+            }
+        };
         if self.index.insert(hash, at) {
             Ok(true)
         } else {
             // Unreachable (`at` is never the reserved position): the entry dropped again.
-            self.entries.discard(at);
+            if let Some(slot) = self.entries.get_mut(at as usize) {
+                *slot = None;
+            }
+            self.free.push(at);
             Err(Full)
         }
     }
@@ -120,21 +153,29 @@ impl<T: Keyed, H: BuildHasher> Table<T, H> {
     /// Removes the entry with this key; a copy of it, if there was one (the entry itself is
     /// dropped where it sat).
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<T> {
-        let at = self.unlink(key)?;
-        self.entries.take(at)
+        let (at, slot) = self.unlink(key)?;
+        let entry = slot.clone();
+        *slot = None;
+        self.free.push(at);
+        entry
     }
 
     /// Removes the entry with this key, dropping it where it sat; whether there was one.
     pub(crate) fn discard(&mut self, key: &[u8]) -> bool {
-        self.unlink(key).is_some_and(|at| self.entries.discard(at))
+        let Some((at, slot)) = self.unlink(key) else {
+            return false;
+        };
+        *slot = None;
+        self.free.push(at);
+        true
     }
 
     /// The place of the entry with this key, taken out of the index.
-    fn unlink(&mut self, key: &[u8]) -> Option<u32> {
+    fn unlink(&mut self, key: &[u8]) -> Option<(u32, &mut Option<T>)> {
         let hash = self.hash(key);
         let at = self.position(key, hash)?;
         self.index.remove(hash, at);
-        Some(at)
+        Some((at, self.entries.get_mut(at as usize)?))
     }
 }
 
@@ -153,8 +194,6 @@ mod tests {
         key: Text<12>,
         value: u64,
     }
-
-    impl Relocate for Entry {}
 
     impl Keyed for Entry {
         fn key(&self) -> &[u8] {
@@ -278,9 +317,6 @@ mod tests {
         fn key(&self) -> &[u8] {
             self.key.bytes()
         }
-    }
-
-    impl Relocate for Counted {
         fn relocated(&mut self) -> Self {
             if self.hand_over {
                 self.made()
@@ -357,6 +393,6 @@ mod tests {
         // The places freed are reused.
         assert_eq!(table.insert(entry("d")), Ok(true));
         assert_eq!(table.insert(entry("e")), Ok(true));
-        assert_eq!(table.entries.places(), 3);
+        assert_eq!(table.entries.len(), 3);
     }
 }

@@ -1,22 +1,17 @@
 //! Subjects' keys in the memory store.
 //!
-//! A subject's key is read by key lookups (a bank's ledger view, [`StateRead::subject_key`]) and,
-//! for a broker's decisions, from the copy each of the subject's consents holds (see
-//! `packed`): this table is the one the copies follow. When the subject is one among millions
-//! each line a lookup fetches from memory is a wait. A map from a subject's id to its record
-//! fetched three: the map's control bytes, its slot, and the id's text to compare. Here a
-//! [`Table`] finds an entry holding the key and, when short, the subject's id itself: one line
-//! of index and one entry. A removed entry's key is wiped where it sat, and the table's growth
-//! leaves no copy behind.
-//!
-//! [`StateRead::subject_key`]: crate::store::StateRead::subject_key
+//! A decision reads its subject's key, and when the subject is one among millions each line it
+//! fetches from memory is a wait. A map from a subject's id to its record fetched three: the
+//! map's control bytes, its slot, and the id's text to compare. Here a [`Table`] finds an entry
+//! holding the key and, when short, the subject's id itself: one line of index and one entry.
+//! A removed entry's key is wiped where it sat, and the table's growth leaves no copy behind.
 
 use time::OffsetDateTime;
 
 use crate::ids::SubjectId;
 use crate::privacy::{SubjectKey, SubjectKeyRecord};
 use crate::store::StoreError;
-use crate::table::{Keyed, Relocate, Table, Text};
+use crate::table::{Keyed, Table, Text};
 
 /// Bytes of a subject's id kept in its entry (a UUID's 36 fit).
 const SUBJECT_INLINE: usize = 46;
@@ -32,9 +27,7 @@ impl Keyed for Entry {
     fn key(&self) -> &[u8] {
         self.subject.bytes()
     }
-}
 
-impl Relocate for Entry {
     fn relocated(&mut self) -> Self {
         Self {
             subject: self.subject.take(),

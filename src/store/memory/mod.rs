@@ -309,20 +309,10 @@ impl Inner {
                 .keys
                 .iter()
                 .any(|key| key.key_use == *key_use && key.kid == *kid && key.retired_at.is_none()),
-            Precondition::SubjectKeyIs {
-                subject,
-                key,
-                consent,
-                ..
-            } => {
-                // The copy in the consent's record (fetched already by the consent's own
-                // precondition) when there is one: equal to the table's by construction.
-                let held = consent
-                    .as_ref()
-                    .and_then(|consent| self.consents.subject_key_of(consent, subject));
-                held.unwrap_or_else(|| self.subject_keys.key(subject))
-                    .is_some_and(|stored| stored == &**key)
-            }
+            Precondition::SubjectKeyIs { subject, key, .. } => self
+                .subject_keys
+                .key(subject)
+                .is_some_and(|stored| stored == &**key),
             Precondition::AttestationVersion { .. }
             | Precondition::ServedIs { .. }
             | Precondition::ServedBelow { .. }
@@ -364,8 +354,7 @@ impl Inner {
                 Ok(Undo::Platform(id))
             }
             Change::InsertConsent { consent, .. } => {
-                let key = self.subject_keys.key(consent.request.subject());
-                if !self.consents.insert(&consent, key)? {
+                if !self.consents.insert(&consent)? {
                     return Err(duplicate(RecordKind::Consent, consent.id().as_str()));
                 }
                 Ok(Undo::ConsentInserted(consent.id().clone()))
@@ -377,10 +366,9 @@ impl Inner {
                 if stored.checked_add(1) != Some(consent.version) {
                     return Err(StoreError::Conflict);
                 }
-                let key = self.subject_keys.key(consent.request.subject());
                 let old = self
                     .consents
-                    .replace(&consent, key)?
+                    .replace(&consent)?
                     .ok_or_else(|| missing(RecordKind::Consent, consent.id().as_str()))?;
                 Ok(Undo::ConsentUpdated(old))
             }
@@ -439,11 +427,10 @@ impl Inner {
             }
             Change::InsertSubjectKey { record, .. } => {
                 // Another writer made the subject's key first: re-read it and decide again.
-                let (subject, key) = (record.subject.clone(), record.key.clone());
+                let subject = record.subject.clone();
                 if !self.subject_keys.insert(record)? {
                     return Err(StoreError::Conflict);
                 }
-                self.consents.set_subject_key(&subject, Some(&key));
                 Ok(Undo::SubjectKey(subject))
             }
             Change::EraseSubject {
@@ -548,7 +535,6 @@ impl Inner {
             Undo::Ledger(undo) => self.ledger.undo(undo),
             Undo::SubjectKey(subject) => {
                 self.subject_keys.remove(&subject);
-                self.consents.set_subject_key(&subject, None);
             }
             Undo::Removed(removed) => {
                 let removed = *removed;
@@ -692,15 +678,14 @@ impl StateRead for MemoryStore {
         // Every id in the view has text of its own (the consent's and the platform's are the
         // caller's copies): a clone of one the store holds would write its count, a line every
         // deciding core would then write, on the clone and again on the drop.
-        // The subject's key from the consent's own record: one fetch from memory fewer than the
-        // table of keys (at a million subjects, a line of its index and its entry).
-        let Some((found, subject_key)) = inner.consents.get_keyed(consent)? else {
+        let Some(found) = inner.consents.get(consent)? else {
             return Ok(AccessView {
                 platform,
                 ..AccessView::default()
             });
         };
         let request = &found.request;
+        let subject_key = inner.subject_keys.key(request.subject()).cloned();
         Ok(AccessView {
             holder: inner
                 .holders
@@ -1175,93 +1160,5 @@ mod tests {
             Err(StoreError::Corrupt(_))
         ));
         assert_eq!(store.audit_len().unwrap(), INTEGRATE_AT as u64);
-    }
-
-    /// Whether every consent's record holds the key the table of keys holds for its subject.
-    fn copies_agree(inner: &Inner) -> bool {
-        inner.consents.keys_agree(|subject| {
-            subject
-                .parse::<SubjectId>()
-                .ok()
-                .and_then(|subject| inner.subject_keys.key(&subject).cloned())
-        })
-    }
-
-    /// One change of the model test below: `op` picks it, about consent `n` of subject `n % 4`.
-    fn change_for(inner: &Inner, op: u8, n: u32, step: usize) -> Option<Change> {
-        let subject: SubjectId = format!("subject-{}", n % 4).parse().ok()?;
-        let id: ConsentId = format!("cns_{n}").parse().ok()?;
-        Some(match op {
-            0 => Change::InsertConsent {
-                consent: packed::tests::consent(n, n % 4, 1, 1, 0),
-            },
-            1 => Change::InsertSubjectKey {
-                record: SubjectKeyRecord {
-                    subject,
-                    key: SubjectKey::generate(&crate::testing::SeededRandom::new(step as u64))
-                        .ok()?,
-                    created_at: OffsetDateTime::UNIX_EPOCH,
-                },
-            },
-            2 => {
-                let mut consent = packed::tests::consent(n, n % 4, 3, 2, 0);
-                consent.version = inner.consents.version(&id)? + 1;
-                Change::UpdateConsent { consent }
-            }
-            3 => Change::EraseSubject {
-                consents: inner.consents.ids_of_subject(&subject),
-                subject,
-                attestations: Vec::new(),
-                used_attestations: Vec::new(),
-            },
-            _ => Change::ForgetConsents {
-                consents: vec![id],
-                used_attestations: Vec::new(),
-            },
-        })
-    }
-
-    proptest::proptest! {
-        /// A decision reads the subject's key from the consent's record, and a commit checks it
-        /// there: so each record's copy must be the key the store's table holds for the subject,
-        /// through consents stored before and after the key, updated, forgotten, their subject
-        /// erased, and each of those undone (as when a later change of the same commit fails).
-        /// And the precondition checked through a record answers as the one through the table.
-        #[test]
-        fn each_record_holds_its_subjects_key_through_every_change_and_undo(
-            ops in proptest::collection::vec((0u8..5, 0u32..10, proptest::bool::ANY), 1..60),
-        ) {
-            let mut inner = Inner::default();
-            let other = SubjectKey::generate(&crate::testing::SeededRandom::new(u64::MAX)).unwrap();
-            for (step, (op, n, undo)) in ops.into_iter().enumerate() {
-                let Some(change) = change_for(&inner, op, n, step) else {
-                    continue;
-                };
-                if let Ok(applied) = inner.apply(change)
-                    && undo
-                {
-                    inner.undo(applied);
-                }
-                proptest::prop_assert!(copies_agree(&inner), "step {}", step);
-                // Every consent against its own subject and the others (a precondition naming a
-                // consent of another subject is checked through the table).
-                for (n, of) in (0..10u32).flat_map(|n| (0..4u32).map(move |of| (n, of))) {
-                    let subject: SubjectId = format!("subject-{of}").parse().unwrap();
-                    let stored = inner.subject_keys.key(&subject).cloned();
-                    for key in stored.iter().chain([&other]) {
-                        let through = |consent: Option<ConsentId>| {
-                            inner.check(&Precondition::SubjectKeyIs {
-                                subject: subject.clone(),
-                                key: Box::new(key.clone()),
-                                consent,
-                            })
-                        };
-                        let id: ConsentId = format!("cns_{n}").parse().unwrap();
-                        proptest::prop_assert_eq!(through(Some(id)), through(None));
-                        proptest::prop_assert_eq!(through(None), stored.as_ref() == Some(key));
-                    }
-                }
-            }
-        }
     }
 }

@@ -5,25 +5,17 @@
 //! account set, a box for the attestation id. Kept that way, a stored grant cost about 730 bytes
 //! (issue 18 asks for at most 512). Here a consent is one [`Packed`] record: its times, sets and
 //! counters as plain fields, the platform and holder as positions in small tables of the ids the
-//! store already holds, every other id (the consent's, the subject's, the accounts', the
-//! attestation's) in one text, kept in the record when it fits (a grant's usually does), and a
-//! copy of the subject's key. A stored grant is then one place of the table's [`Slots`], plus
-//! its share of two indexes of 8-byte slots.
+//! store already holds, and every other id (the consent's, the subject's, the accounts', the
+//! attestation's) in one exactly sized string. A stored grant is then a slot of the slab and one
+//! short allocation, plus its share of two hash tables of 4-byte slots.
 //!
 //! The table keeps:
-//! - the records in [`Slots`] (a removed record's place is reused; a removed record, and the
-//!   old copies when the places grow, are dropped where they sat, so that the key a record
-//!   holds is wiped there);
-//! - an index by consent id and one by subject, each an [`Index`] of places, hashed (with the
-//!   standard library's randomly seeded SipHash, as the store's other tables) from text held in
+//! - the records in a slab (`Vec` of slots; a removed record's slot is reused);
+//! - an index by consent id and one by subject, each a hash table of slab positions keyed (with
+//!   the standard library's randomly seeded SipHash, as the store's other tables) by text held in
 //!   the records themselves;
 //! - a subject's consents threaded through their records (each names the next), so the subject
-//!   index holds one position per subject and no list;
-//! - in each record, the key the store's table of subjects' keys holds for its subject (or none),
-//!   set by the store whenever either changes ([`Consents::insert`], [`Consents::replace`] and
-//!   [`Consents::set_subject_key`]). A decision among a million grants then reads the consent
-//!   and its subject's key from the one record it has fetched from memory, where a lookup in
-//!   the table of keys fetched a line of its index and its entry, each a wait of 150 to 200 ns.
+//!   index holds one position per subject and no list.
 //!
 //! Decoding makes a [`Consent`] equal to the one stored, field for field.
 
@@ -38,10 +30,9 @@ use crate::consent::{
     AccountSelection, Consent, ConsentRequest, ConsentState, Grant, RevocationReason, Revoker,
 };
 use crate::ids::{AccountId, ConsentId, HolderId, PlatformId, SubjectId};
-use crate::privacy::SubjectKey;
 use crate::sets::{AccountSet, PurposeSet, ScopeSet};
 use crate::store::StoreError;
-use crate::table::{Index, Relocate, Slots};
+use crate::table::Index;
 
 /// No record (the end of a subject's thread).
 const NONE: u32 = u32::MAX;
@@ -116,7 +107,8 @@ impl<T: Name> Names<T> {
 /// The consents of a [`MemoryStore`](super::MemoryStore).
 #[derive(Debug, Default)]
 pub(super) struct Consents {
-    slab: Slots<Packed>,
+    slab: Vec<Option<Packed>>,
+    free: Vec<u32>,
     by_id: Index,
     /// A subject's first record.
     by_subject: Index,
@@ -139,11 +131,11 @@ fn damaged() -> StoreError {
 
 impl Consents {
     fn record(&self, at: u32) -> Option<&Packed> {
-        self.slab.get(at)
+        self.slab.get(at as usize).and_then(Option::as_ref)
     }
 
     fn record_mut(&mut self, at: u32) -> Option<&mut Packed> {
-        self.slab.get_mut(at)
+        self.slab.get_mut(at as usize).and_then(Option::as_mut)
     }
 
     fn find(&self, id: &str) -> Option<u32> {
@@ -187,57 +179,12 @@ impl Consents {
         self.decode(record, Some(id)).map(Some)
     }
 
-    /// A stored consent and the copy of its subject's key its record holds (see
-    /// [`Consents::get`]): what a decision reads, from the one record.
-    pub(super) fn get_keyed(
-        &self,
-        id: &ConsentId,
-    ) -> Result<Option<(Consent, Option<SubjectKey>)>, StoreError> {
-        let Some(record) = self.find(id.as_str()).and_then(|at| self.record(at)) else {
-            return Ok(None);
-        };
-        let consent = self.decode(record, Some(id))?;
-        Ok(Some((consent, record.key.clone())))
-    }
-
-    /// The key of `subject` as the record of `consent` holds it, if that record is stored and is
-    /// `subject`'s (else `None`: ask the store's table of keys).
-    pub(super) fn subject_key_of(
-        &self,
-        consent: &ConsentId,
-        subject: &SubjectId,
-    ) -> Option<Option<&SubjectKey>> {
-        let record = self.find(consent.as_str()).and_then(|at| self.record(at))?;
-        (record.subject_bytes() == subject.as_str().as_bytes()).then_some(record.key.as_ref())
-    }
-
-    /// Sets the copy of `subject`'s key in each of its records: to call whenever the store's
-    /// table of keys gains or loses the subject's key.
-    pub(super) fn set_subject_key(&mut self, subject: &SubjectId, key: Option<&SubjectKey>) {
-        for at in self.thread(subject.as_str()) {
-            if let Some(record) = self.record_mut(at) {
-                // The old copy is dropped (wiped) in place by the assignment.
-                record.key = key.cloned();
-            }
-        }
-    }
-
-    /// Whether every record holds the key `keys` gives for its subject (a check for tests).
-    #[cfg(test)]
-    pub(super) fn keys_agree(&self, keys: impl Fn(&str) -> Option<SubjectKey>) -> bool {
-        self.slab.iter().all(|record| {
-            record
-                .subject_text()
-                .is_some_and(|subject| record.key == keys(subject))
-        })
-    }
-
     /// The positions of a subject's records, by its thread.
     fn thread(&self, subject: &str) -> Vec<u32> {
         let mut found = Vec::new();
         let mut at = self.find_subject(subject).unwrap_or(NONE);
         // A thread never holds more records than the slab: bounded even if it were damaged.
-        while at != NONE && found.len() < self.slab.places() {
+        while at != NONE && found.len() < self.slab.len() {
             found.push(at);
             at = self.record(at).map_or(NONE, |record| record.next);
         }
@@ -277,6 +224,7 @@ impl Consents {
         let mut ended: Vec<(OffsetDateTime, &str, &Packed)> = self
             .slab
             .iter()
+            .flatten()
             .filter(|record| record.at < before)
             .map(|record| Ok((record.at, record.id_text().ok_or_else(damaged)?, record)))
             .collect::<Result<_, StoreError>>()?;
@@ -290,20 +238,16 @@ impl Consents {
             .collect()
     }
 
-    /// Stores a new consent, with its subject's key (`key`: the one the store holds now).
+    /// Stores a new consent.
     ///
     /// # Errors
     /// `Ok(false)` when a consent with its id is already stored (nothing changed).
-    pub(super) fn insert(
-        &mut self,
-        consent: &Consent,
-        key: Option<&SubjectKey>,
-    ) -> Result<bool, StoreError> {
+    pub(super) fn insert(&mut self, consent: &Consent) -> Result<bool, StoreError> {
         if self.contains(consent.id()) {
             return Ok(false);
         }
         let position = self.next_position;
-        let record = self.encode(consent, position, key)?;
+        let record = self.encode(consent, position)?;
         self.next_position = position.saturating_add(1);
         self.place(record)?;
         Ok(true)
@@ -313,7 +257,20 @@ impl Consents {
     /// thread.
     fn place(&mut self, record: Packed) -> Result<(), StoreError> {
         let id_hash = self.hasher.hash_one(record.id_text().ok_or_else(damaged)?);
-        let at = self.slab.put(record).map_err(|_| full())?;
+        let at = match self.free.pop() {
+            Some(at) => {
+                *self.slab.get_mut(at as usize).ok_or_else(damaged)? = Some(record);
+                at
+            }
+            None => {
+                let at = u32::try_from(self.slab.len())
+                    .ok()
+                    .filter(|&at| at != NONE)
+                    .ok_or_else(full)?;
+                self.slab.push(Some(record));
+                at
+            }
+        };
         if !self.by_id.insert(id_hash, at) {
             return Err(damaged());
         }
@@ -377,13 +334,9 @@ impl Consents {
         Ok(())
     }
 
-    /// Replaces a stored consent with `consent` (same id, its subject's key `key`), keeping its
-    /// position; the record it replaced, or `None` if no consent has its id.
-    pub(super) fn replace(
-        &mut self,
-        consent: &Consent,
-        key: Option<&SubjectKey>,
-    ) -> Result<Option<Packed>, StoreError> {
+    /// Replaces a stored consent with `consent` (same id), keeping its position; the record it
+    /// replaced, or `None` if no consent has its id.
+    pub(super) fn replace(&mut self, consent: &Consent) -> Result<Option<Packed>, StoreError> {
         let Some(at) = self.find(consent.id().as_str()) else {
             return Ok(None);
         };
@@ -391,7 +344,7 @@ impl Consents {
             .record(at)
             .map(|record| record.position)
             .ok_or_else(damaged)?;
-        let record = self.encode(consent, position, key)?;
+        let record = self.encode(consent, position)?;
         self.put(at, record).map(Some)
     }
 
@@ -428,8 +381,12 @@ impl Consents {
         self.unlink(at)?;
         let hash = self.hasher.hash_one(id.as_str());
         self.by_id.remove(hash, at);
-        // A copy goes back; the record (its copy of the subject's key) is dropped where it sat.
-        let record = self.slab.take(at).ok_or_else(damaged)?;
+        let record = self
+            .slab
+            .get_mut(at as usize)
+            .and_then(Option::take)
+            .ok_or_else(damaged)?;
+        self.free.push(at);
         Ok(Some(record))
     }
 
@@ -439,12 +396,7 @@ impl Consents {
         self.place(record)
     }
 
-    fn encode(
-        &mut self,
-        consent: &Consent,
-        position: u64,
-        key: Option<&SubjectKey>,
-    ) -> Result<Packed, StoreError> {
+    fn encode(&mut self, consent: &Consent, position: u64) -> Result<Packed, StoreError> {
         let request = &consent.request;
         let platform = self.platforms.position(&self.hasher, &request.platform)?;
         let holder = self.holders.position(&self.hasher, &request.holder)?;
@@ -524,7 +476,6 @@ impl Consents {
             granted_purposes: grant.map_or_else(PurposeSet::new, |grant| grant.purposes),
             revoked,
             text: Text::new(&text),
-            key: key.cloned(),
         })
     }
 
@@ -656,21 +607,6 @@ pub(super) struct Packed {
     granted_purposes: PurposeSet,
     revoked: Option<(Revoker, RevocationReason)>,
     text: Text,
-    /// The subject's key, a copy of the one the store's table of keys holds for the subject (kept
-    /// equal to it by every change to either), so that a decision reads the key from the record
-    /// it has already fetched. Wiped where it sat when the record goes (see [`Slots`]).
-    key: Option<SubjectKey>,
-}
-
-impl Relocate for Packed {
-    /// The text handed over, not copied (the key, a few bytes, is copied).
-    fn relocated(&mut self) -> Self {
-        let text = self.text.take();
-        Self {
-            text,
-            ..self.clone()
-        }
-    }
 }
 
 /// Bytes of text a record holds in itself (a grant's usually fit: then finding and reading a
@@ -738,7 +674,7 @@ impl Packed {
     clippy::indexing_slicing,
     reason = "a test fails by panicking"
 )]
-pub(super) mod tests {
+mod tests {
     use std::collections::BTreeMap;
 
     use proptest::prelude::*;
@@ -757,13 +693,7 @@ pub(super) mod tests {
     /// A consent for `n`, of `subject`, in the state `state` picks (0 to 3 and, for revoked ones,
     /// every revoker and reason), with `accounts` requested and the odd ones granted plus one the
     /// request did not list.
-    pub(in crate::store::memory) fn consent(
-        n: u32,
-        subject: u32,
-        state: u8,
-        accounts: u8,
-        nanos: u32,
-    ) -> Consent {
+    fn consent(n: u32, subject: u32, state: u8, accounts: u8, nanos: u32) -> Consent {
         let at = datetime!(2026-11-30 10:00:00 UTC) + Duration::seconds(i64::from(n));
         let at = at.replace_nanosecond(nanos % 1_000_000_000).unwrap();
         let listed: AccountSet = (0..accounts)
@@ -834,12 +764,12 @@ pub(super) mod tests {
         let mut stored = Vec::new();
         for n in 0..60u32 {
             let c = consent(n, n % 7, u8::try_from(n).unwrap(), (n % 4) as u8, n * 13);
-            assert!(table.insert(&c, None).unwrap());
+            assert!(table.insert(&c).unwrap());
             stored.push(c);
         }
         // Granted accounts referring to requested ones past the ninth (`#10`).
         let many = consent(100, 1, 1, 12, 0);
-        assert!(table.insert(&many, None).unwrap());
+        assert!(table.insert(&many).unwrap());
         stored.push(many);
         for c in &stored {
             let back = table.get(c.id()).unwrap().unwrap();
@@ -854,7 +784,7 @@ pub(super) mod tests {
         }
         assert!(table.get(&id("cns_none")).unwrap().is_none());
         assert!(
-            !table.insert(&stored[3], None).unwrap(),
+            !table.insert(&stored[3]).unwrap(),
             "a duplicate id is refused"
         );
     }
@@ -864,7 +794,7 @@ pub(super) mod tests {
         let mut c = consent(1, 1, 1, 2, 999_999_999);
         c.request.requested_at = c.request.requested_at.to_offset(offset!(+5:30));
         let mut table = Consents::default();
-        table.insert(&c, None).unwrap();
+        table.insert(&c).unwrap();
         let back = table.get(c.id()).unwrap().unwrap();
         assert_eq!(back, c);
         assert_eq!(back.request.requested_at.offset(), offset!(+5:30));
@@ -880,20 +810,18 @@ pub(super) mod tests {
         }
         let mut table = Consents::default();
         let position = table.next_position;
-        let record = table.encode(&c, position, None).unwrap();
+        let record = table.encode(&c, position).unwrap();
         // The id, the subject, the attestation id, the account, the reference to it.
         let text = "cns_123456subject-123456att_0123456789abcdefghijklacc-123456-0#0";
         assert!(record.text.is_inline());
         assert_eq!(record.text.as_str(), text);
-        eprintln!("SIZE {}", std::mem::size_of::<Option<Packed>>());
-        // With the subject's key (33 bytes) beside the consent: 288 bytes.
-        assert!(std::mem::size_of::<Option<Packed>>() <= 288);
+        assert!(std::mem::size_of::<Option<Packed>>() <= 256);
         assert_eq!(table.decode(&record, None).unwrap(), c);
         // A text longer than the record holds is kept apart, and reads back the same.
         if let ConsentState::Authorised { grant } = &mut c.state {
             grant.attestation_id = format!("att_{}", "y".repeat(INLINE)).into();
         }
-        let record = table.encode(&c, position, None).unwrap();
+        let record = table.encode(&c, position).unwrap();
         assert!(!record.text.is_inline());
         assert_eq!(table.decode(&record, None).unwrap(), c);
     }
@@ -1002,7 +930,7 @@ pub(super) mod tests {
                     Op::Insert { n, subject, state, accounts } => {
                         let c = consent(n, subject, state, accounts, n);
                         let fresh = !model.contains_key(c.id().as_str());
-                        prop_assert_eq!(table.insert(&c, None).unwrap(), fresh);
+                        prop_assert_eq!(table.insert(&c).unwrap(), fresh);
                         if fresh {
                             model.insert(c.id().as_str().to_owned(), (next_position, c));
                             next_position += 1;
@@ -1018,7 +946,7 @@ pub(super) mod tests {
                                 None => old.request.subject.clone(),
                             };
                             new.version = old.version + 1;
-                            prop_assert!(table.replace(&new, None).unwrap().is_some());
+                            prop_assert!(table.replace(&new).unwrap().is_some());
                             model.get_mut(old.id().as_str()).unwrap().1 = new;
                         }
                     }
@@ -1050,7 +978,7 @@ pub(super) mod tests {
                             if pick % 2 == 0 {
                                 new.request.subject = id("subject-moved");
                             }
-                            let before = table.replace(&new, None).unwrap().unwrap();
+                            let before = table.replace(&new).unwrap().unwrap();
                             table.restore(before).unwrap();
                         }
                     }

@@ -142,7 +142,7 @@ fn check(precondition: &Precondition) -> Option<Check> {
         },
         // Compared by digest: the key itself never leaves this process on this path (a
         // statement logged with its parameters would otherwise hold it, defeating erasure).
-        Precondition::SubjectKeyIs { subject, key, .. } => Check {
+        Precondition::SubjectKeyIs { subject, key } => Check {
             blob: Some(
                 ring::digest::digest(&ring::digest::SHA256, key.to_bytes().as_slice())
                     .as_ref()
