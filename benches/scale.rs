@@ -8,6 +8,12 @@
 //! times only that store. `scripts/bench` runs each store in its own process: in one process, a
 //! run that follows another reuses the memory the first one's audit log freed and skips the page
 //! faults the first one paid, which skews the ratio by tens of percent either way.
+//!
+//! `CONSENT_BROKER_SCALE_RUN=memory_interleaved` builds a store of 1,000 grants and one of the
+//! large count side by side in one process and times their random-grant decisions in alternated
+//! blocks, and two threads against one on a third broker likewise (see `interleaved_ratios`):
+//! the ratios `scripts/bench-report` judges those goals by, since the host's speed moves between
+//! two runs made minutes apart.
 #![expect(
     missing_docs,
     reason = "criterion_group! generates an undocumented entry point"
@@ -80,11 +86,78 @@ fn memory_latency(group: &mut criterion::BenchmarkGroup<'_, criterion::measureme
     });
 }
 
+/// Decisions timed in a block of [`interleaved_ratios`].
+const BLOCK: usize = 8_192;
+
+/// One block of `BLOCK` decisions on `s`, the requests taken in turn from `next` on: the time
+/// per decision.
+fn block(s: &support::Setup, requests: &[AccessRequest], next: &mut usize) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    for _ in 0..BLOCK {
+        let access = requests.get(*next % requests.len()).unwrap();
+        *next += 1;
+        black_box(s.broker.authorise_access(black_box(access)).unwrap());
+    }
+    started.elapsed() / BLOCK as u32
+}
+
+/// The two ratios of issue 18 that runs minutes apart cannot settle on this host, each from
+/// blocks timed in alternation (`support::interleaved`), written for `scripts/bench-report`:
+/// - a random grant at `large` grants ÷ at 1,000, both stores filled in this process before
+///   any timing (the thousand first), each asked its `cycle` requests once before timing;
+/// - one thread ÷ two threads deciding on one broker, each thread with ids of its own.
+fn interleaved_ratios(large: u64, cycle: usize) {
+    const PAIRS: usize = 60;
+    let filled = |count: u64| {
+        let s = support::setup();
+        fill(&*s.store, &s.consent, count, s.broker.now());
+        let requests = random_requests(&s.access, count, cycle);
+        for access in &requests {
+            s.broker.authorise_access(access).unwrap();
+        }
+        (s, requests)
+    };
+    let (small, small_requests) = filled(1_000);
+    let (big, big_requests) = filled(large);
+    let (mut at_small, mut at_big) = (0, 0);
+    let random = support::interleaved(
+        PAIRS,
+        || block(&small, &small_requests, &mut at_small),
+        || block(&big, &big_requests, &mut at_big),
+    );
+    eprintln!(
+        "scale: random grant, {large} ÷ 1,000 grants, {PAIRS} alternated pairs of {BLOCK} \
+         decisions: median {:.3}× (quartiles {:.3}–{:.3}); {:.0} ns against {:.0} ns",
+        random.median, random.q1, random.q3, random.second_ns, random.first_ns
+    );
+    support::write_report("scale-random-interleaved.json", &random.json());
+    let s = support::setup();
+    let brokers = [&s.broker];
+    let per_call = |threads: usize| {
+        support::concurrently(&brokers, threads, &s.access, BLOCK as u64) / BLOCK as u32
+    };
+    let threads = support::interleaved(PAIRS, || per_call(2), || per_call(1));
+    eprintln!(
+        "scale: one thread ÷ two, one broker, {PAIRS} alternated pairs of {BLOCK} decisions: \
+         median {:.3}× (quartiles {:.3}–{:.3}); {:.0} ns a decision with one, {:.0} ns with two",
+        threads.median, threads.q1, threads.q3, threads.second_ns, threads.first_ns
+    );
+    support::write_report("two-threads-interleaved.json", &threads.json());
+}
+
 fn bench(c: &mut Criterion) {
     let large: u64 = std::env::var("CONSENT_BROKER_SCALE_GRANTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let cycle = std::env::var("CONSENT_BROKER_SCALE_CYCLE")
+        .ok()
+        .and_then(|cycle| cycle.parse().ok())
+        .unwrap_or(65_536);
+    if std::env::var("CONSENT_BROKER_SCALE_RUN").as_deref() == Ok("memory_interleaved") {
+        interleaved_ratios(large, cycle);
+        return;
+    }
     let with_sqlite = std::env::var("CONSENT_BROKER_SCALE_SQLITE").map_or(true, |v| v != "0");
     let mut group = c.benchmark_group("scale");
     let only = std::env::var("CONSENT_BROKER_SCALE_RUN").ok();
@@ -152,10 +225,6 @@ fn bench(c: &mut Criterion) {
         // only decides. 65,536 subjects fit the broker's pseudonym cache, so from the second
         // round on no pseudonym is computed; a larger cycle measures a stream of subjects the
         // cache cannot hold (two HMACs a decision more).
-        let cycle = std::env::var("CONSENT_BROKER_SCALE_CYCLE")
-            .ok()
-            .and_then(|cycle| cycle.parse().ok())
-            .unwrap_or(65_536);
         let requests = random_requests(&s.access, count, cycle);
         group.bench_function(
             format!("{name}/authorise_access_permit_random_grant"),

@@ -18,6 +18,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 mod support;
 
+use support::concurrently;
+
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let sqlite: Arc<dyn Store> =
@@ -95,37 +97,6 @@ fn fresh_reads<S: Store + Clone>(s: &support::Setup<S>) -> Broker<S> {
         .access_view_cache(false)
         .build()
         .unwrap()
-}
-
-/// Runs `iterations` decisions spread over `callers` threads taking turns over `brokers`, and
-/// returns the wall time scaled to `iterations` (criterion's time per decision is then one over
-/// the aggregate throughput).
-fn concurrently<S: Store>(
-    brokers: &[&Broker<S>],
-    callers: usize,
-    access: &AccessRequest,
-    iterations: u64,
-) -> std::time::Duration {
-    // Each caller asks with ids of its own, as a request thread that parsed its own request
-    // would (not clones of one request's ids, whose shared counts every caller would write).
-    let own: Vec<AccessRequest> = (0..callers).map(|_| parsed_apart(access)).collect();
-    support::timed_threads(callers, iterations, |caller, each| {
-        let broker = brokers.get(caller % brokers.len()).unwrap();
-        let access = own.get(caller).unwrap();
-        for _ in 0..each {
-            broker.authorise_access(access).unwrap();
-        }
-    })
-}
-
-/// A copy of `access` sharing no id with it: as parsed from a request of its own.
-fn parsed_apart(access: &AccessRequest) -> AccessRequest {
-    AccessRequest {
-        consent: access.consent.as_str().parse().unwrap(),
-        platform: access.platform.as_str().parse().unwrap(),
-        account: access.account.as_str().parse().unwrap(),
-        ..access.clone()
-    }
 }
 
 /// PostgreSQL, when `DATABASE_URL` names a server (`scripts/with-postgres cargo bench --features

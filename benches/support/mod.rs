@@ -152,3 +152,104 @@ pub fn timed_threads(
         .elapsed()
         .mul_f64(iterations as f64 / (each * threads as u64).max(1) as f64)
 }
+
+/// Runs `iterations` decisions spread over `callers` threads taking turns over `brokers`, and
+/// returns the wall time scaled to `iterations` (criterion's time per decision is then one over
+/// the aggregate throughput).
+pub fn concurrently<S: Store>(
+    brokers: &[&Broker<S>],
+    callers: usize,
+    access: &AccessRequest,
+    iterations: u64,
+) -> std::time::Duration {
+    // Each caller asks with ids of its own, as a request thread that parsed its own request
+    // would (not clones of one request's ids, whose shared counts every caller would write).
+    let own: Vec<AccessRequest> = (0..callers).map(|_| parsed_apart(access)).collect();
+    timed_threads(callers, iterations, |caller, each| {
+        let broker = brokers.get(caller % brokers.len()).unwrap();
+        let access = own.get(caller).unwrap();
+        for _ in 0..each {
+            broker.authorise_access(access).unwrap();
+        }
+    })
+}
+
+/// A copy of `access` sharing no id with it: as parsed from a request of its own.
+pub fn parsed_apart(access: &AccessRequest) -> AccessRequest {
+    AccessRequest {
+        consent: access.consent.as_str().parse().unwrap(),
+        platform: access.platform.as_str().parse().unwrap(),
+        account: access.account.as_str().parse().unwrap(),
+        ..access.clone()
+    }
+}
+
+/// What [`interleaved`] measured: the median of the pairs' ratios `second ÷ first`, its
+/// quartiles, and each side's median time per call.
+pub struct Interleaved {
+    pub pairs: usize,
+    pub median: f64,
+    pub q1: f64,
+    pub q3: f64,
+    pub first_ns: f64,
+    pub second_ns: f64,
+}
+
+impl Interleaved {
+    /// As JSON, for `scripts/bench-report`.
+    pub fn json(&self) -> String {
+        format!(
+            "{{\"pairs\": {}, \"median\": {}, \"q1\": {}, \"q3\": {}, \"first_ns\": {}, \"second_ns\": {}}}\n",
+            self.pairs, self.median, self.q1, self.q3, self.first_ns, self.second_ns
+        )
+    }
+}
+
+/// Times `pairs` pairs of blocks, one of `first` and one of `second` (which of them runs first
+/// alternating from pair to pair), each call returning its block's time per call. On a shared
+/// host whose speed moves by a third from one minute to the next, a ratio of two runs made
+/// minutes apart measures the host as much as the code; blocks a few milliseconds apart see
+/// the same host.
+pub fn interleaved(
+    pairs: usize,
+    mut first: impl FnMut() -> std::time::Duration,
+    mut second: impl FnMut() -> std::time::Duration,
+) -> Interleaved {
+    let mut times = (Vec::new(), Vec::new());
+    for pair in 0..pairs {
+        let (a, b) = if pair % 2 == 0 {
+            let a = first();
+            (a, second())
+        } else {
+            let b = second();
+            (first(), b)
+        };
+        times.0.push(a.as_nanos() as f64);
+        times.1.push(b.as_nanos() as f64);
+    }
+    let mut ratios: Vec<f64> = times.1.iter().zip(&times.0).map(|(b, a)| b / a).collect();
+    let quantile = |values: &mut Vec<f64>, q: usize| {
+        values.sort_by(f64::total_cmp);
+        values
+            .get(values.len().saturating_sub(1) * q / 4)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Interleaved {
+        pairs,
+        median: quantile(&mut ratios, 2),
+        q1: quantile(&mut ratios, 1),
+        q3: quantile(&mut ratios, 3),
+        first_ns: quantile(&mut times.0, 2),
+        second_ns: quantile(&mut times.1, 2),
+    }
+}
+
+/// Writes `json` to `name` in Cargo's target `tmp` directory, where `scripts/bench-report` reads
+/// the figures criterion does not keep.
+pub fn write_report(name: &str, json: &str) {
+    let path = format!("{}/{name}", env!("CARGO_TARGET_TMPDIR"));
+    if let Err(error) = std::fs::write(&path, json) {
+        eprintln!("could not write {path}: {error}");
+    }
+}
