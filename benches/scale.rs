@@ -203,12 +203,10 @@ fn bench(c: &mut Criterion) {
                 "scale: {count} grants in memory: {per_grant} bytes per grant (resident set growth), filled in {:.1?}",
                 started.elapsed()
             );
-            // For scripts/bench-report.
-            let report = format!("{{\"grants\": {count}, \"bytes_per_grant\": {per_grant}}}\n");
-            let path = concat!(env!("CARGO_TARGET_TMPDIR"), "/scale-memory.json");
-            if let Err(error) = std::fs::write(path, report) {
-                eprintln!("scale: could not write {path}: {error}");
-            }
+            support::write_report(
+                "scale-memory.json",
+                &format!("{{\"grants\": {count}, \"bytes_per_grant\": {per_grant}}}\n"),
+            );
         } else {
             eprintln!(
                 "scale: {count} grants in {name}: filled in {:.1?}",
