@@ -105,32 +105,48 @@ fn block(s: &support::Setup, requests: &[AccessRequest], next: &mut usize) -> st
 /// blocks timed in alternation (`support::interleaved`), written for `scripts/bench-report`:
 /// - a random grant at `large` grants ÷ at 1,000, both stores filled in this process before
 ///   any timing (the thousand first), each asked its `cycle` requests once before timing;
+/// - the same with a stream of `large` requests (as many as the grants, far more subjects than
+///   the broker's pseudonym cache holds: most decisions make the subject's and the account's
+///   pseudonyms afresh, as a platform whose users outnumber the cache would have them do);
 /// - one thread ÷ two threads deciding on one broker, each thread with ids of its own.
 fn interleaved_ratios(large: u64, cycle: usize) {
     const PAIRS: usize = 60;
     let filled = |count: u64| {
         let s = support::setup();
         fill(&*s.store, &s.consent, count, s.broker.now());
-        let requests = random_requests(&s.access, count, cycle);
+        s
+    };
+    let (small, big) = (filled(1_000), filled(large));
+    // Each store asked its requests once before timing: every subject's key made, and the
+    // pseudonym cache as full as the stream leaves it.
+    let asked = |s: &support::Setup, count: u64, how_many: usize| {
+        let requests = random_requests(&s.access, count, how_many);
         for access in &requests {
             s.broker.authorise_access(access).unwrap();
         }
-        (s, requests)
+        requests
     };
-    let (small, small_requests) = filled(1_000);
-    let (big, big_requests) = filled(large);
-    let (mut at_small, mut at_big) = (0, 0);
-    let random = support::interleaved(
-        PAIRS,
-        || block(&small, &small_requests, &mut at_small),
-        || block(&big, &big_requests, &mut at_big),
-    );
-    eprintln!(
-        "scale: random grant, {large} ÷ 1,000 grants, {PAIRS} alternated pairs of {BLOCK} \
-         decisions: median {:.3}× (quartiles {:.3}–{:.3}); {:.0} ns against {:.0} ns",
-        random.median, random.q1, random.q3, random.second_ns, random.first_ns
-    );
-    support::write_report("scale-random-interleaved.json", &random.json());
+    let streams = [
+        (cycle, "scale-random-interleaved.json"),
+        (large as usize, "scale-random-stream-interleaved.json"),
+    ];
+    for (how_many, report) in streams {
+        let (small_requests, big_requests) =
+            (asked(&small, 1_000, how_many), asked(&big, large, how_many));
+        let (mut at_small, mut at_big) = (0, 0);
+        let random = support::interleaved(
+            PAIRS,
+            || block(&small, &small_requests, &mut at_small),
+            || block(&big, &big_requests, &mut at_big),
+        );
+        eprintln!(
+            "scale: random grant among {how_many} requests, {large} ÷ 1,000 grants, {PAIRS} \
+             alternated pairs of {BLOCK} decisions: median {:.3}× (quartiles {:.3}–{:.3}); \
+             {:.0} ns against {:.0} ns",
+            random.median, random.q1, random.q3, random.second_ns, random.first_ns
+        );
+        support::write_report(report, &random.json());
+    }
     let s = support::setup();
     let brokers = [&s.broker];
     let per_call = |threads: usize| {
