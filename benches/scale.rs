@@ -106,8 +106,8 @@ fn block(s: &support::Setup, requests: &[AccessRequest], next: &mut usize) -> st
 /// - a random grant at `large` grants ÷ at 1,000, both stores filled in this process before
 ///   any timing (the thousand first), each asked its `cycle` requests once before timing;
 /// - the same with a stream of `large` requests (as many as the grants, far more subjects than
-///   the broker's pseudonym cache holds: most decisions make the subject's and the account's
-///   pseudonyms afresh, as a platform whose users outnumber the cache would have them do);
+///   the broker's pseudonym cache holds: a grant without kept pseudonyms would make the
+///   subject's and the account's afresh on most decisions);
 /// - one thread ÷ two threads deciding on one broker, each thread with ids of its own.
 fn interleaved_ratios(large: u64, cycle: usize) {
     const PAIRS: usize = 60;
@@ -117,8 +117,8 @@ fn interleaved_ratios(large: u64, cycle: usize) {
         s
     };
     let (small, big) = (filled(1_000), filled(large));
-    // Each store asked its requests once before timing: every subject's key made, and the
-    // pseudonym cache as full as the stream leaves it.
+    // Each store asked its requests once before timing (every subject's key was made with its
+    // copy, and each grant keeps its pseudonyms: the warm-up touches what the timing will).
     let asked = |s: &support::Setup, count: u64, how_many: usize| {
         let requests = random_requests(&s.access, count, how_many);
         for access in &requests {
@@ -236,9 +236,8 @@ fn bench(c: &mut Criterion) {
         // A different grant on each call, drawn at random among the `count` copies: what a
         // platform with many users asks for. The requests are drawn before timing (65,536 of
         // them, cycled; `CONSENT_BROKER_SCALE_CYCLE` sets another number), so the timed loop
-        // only decides. 65,536 subjects fit the broker's pseudonym cache, so from the second
-        // round on no pseudonym is computed; a larger cycle measures a stream of subjects the
-        // cache cannot hold (two HMACs a decision more).
+        // only decides. Each copy keeps its pseudonyms with its grant, as an approval leaves
+        // it, so no decision computes one or reads the subject's key, whatever the cycle.
         let requests = random_requests(&s.access, count, cycle);
         group.bench_function(
             format!("{name}/authorise_access_permit_random_grant"),

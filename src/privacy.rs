@@ -171,12 +171,25 @@ impl SubjectKey {
     }
 
     fn pseudonym(&self, kind: &str, value: &str) -> Pseudonym {
-        let tag = hmac::sign(&self.mac(), &labelled(kind, value.as_bytes()));
-        let short = tag.as_ref().get(..PSEUDONYM_BYTES).unwrap_or_default();
-        Pseudonym::from_trusted(format!(
-            "{PSEUDONYM_PREFIX}{}",
-            URL_SAFE_NO_PAD.encode(short)
-        ))
+        pseudonym_bytes(&self.mac(), kind, value).text()
+    }
+
+    /// The pseudonyms of a grant of `subject`'s to `accounts` (in their order), under one
+    /// prepared HMAC key: what the broker keeps with the grant, so that a decision on it
+    /// computes none.
+    pub(crate) fn grant_pseudonyms(
+        &self,
+        subject: &SubjectId,
+        accounts: &crate::sets::AccountSet,
+    ) -> GrantPseudonyms {
+        let mac = self.mac();
+        GrantPseudonyms {
+            subject: pseudonym_bytes(&mac, "subject", subject.as_str()),
+            accounts: accounts
+                .iter()
+                .map(|account| pseudonym_bytes(&mac, "account", account.as_str()))
+                .collect(),
+        }
     }
 
     /// Seals `plaintext` as the `field` of an entry about `about` (AES-256-GCM, random nonce;
@@ -240,6 +253,80 @@ impl SubjectKey {
             .map_err(|_| PrivacyError::WrongKey)?;
         Ok(opened.to_vec())
     }
+}
+
+fn pseudonym_bytes(mac: &hmac::Key, kind: &str, value: &str) -> PseudonymBytes {
+    let tag = hmac::sign(mac, &labelled(kind, value.as_bytes()));
+    let mut bytes = [0u8; PSEUDONYM_BYTES];
+    if let Some(short) = tag.as_ref().get(..PSEUDONYM_BYTES) {
+        bytes.copy_from_slice(short);
+    }
+    PseudonymBytes(bytes)
+}
+
+/// A pseudonym's bytes, before its text (`ps_` and base64url): what a store keeps of the
+/// pseudonyms made with a grant. Not secret: the log names subjects and accounts by them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct PseudonymBytes(pub(crate) [u8; PSEUDONYM_BYTES]);
+
+impl fmt::Debug for PseudonymBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text().as_str())
+    }
+}
+
+impl PseudonymBytes {
+    /// Its text, as the log holds it.
+    pub(crate) fn text(&self) -> Pseudonym {
+        let mut text = String::with_capacity(PSEUDONYM_TEXT_LEN);
+        self.write_text(&mut text);
+        Pseudonym::from_trusted(text)
+    }
+
+    /// Appends its text to `out`.
+    pub(crate) fn write_text(&self, out: &mut String) {
+        out.push_str(PSEUDONYM_PREFIX);
+        URL_SAFE_NO_PAD.encode_string(self.0, out);
+    }
+
+    /// The bytes of a pseudonym's text; `None` unless it is `ps_` and exactly 16 bytes in
+    /// base64url.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        let encoded = text.strip_prefix(PSEUDONYM_PREFIX)?;
+        if encoded.len() != PSEUDONYM_TEXT_LEN - PSEUDONYM_PREFIX.len() {
+            return None;
+        }
+        // Room for what 22 characters could decode to; exactly 16 bytes must come out.
+        let mut decoded = [0u8; PSEUDONYM_BYTES + 2];
+        let len = URL_SAFE_NO_PAD.decode_slice(encoded, &mut decoded).ok()?;
+        let bytes: [u8; PSEUDONYM_BYTES] = decoded.get(..len)?.try_into().ok()?;
+        Some(Self(bytes))
+    }
+}
+
+impl Serialize for PseudonymBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.text().as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PseudonymBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom("not a pseudonym's text"))
+    }
+}
+
+/// The pseudonyms a grant's decisions write, made with the grant under the subject's key: the
+/// subject's, and each granted account's in the grant's order. A store keeps them with the
+/// grant; erasure deletes them with it and with the key, in one commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrantPseudonyms {
+    /// The subject's.
+    pub(crate) subject: PseudonymBytes,
+    /// Each granted account's, in the order of the grant's accounts.
+    pub(crate) accounts: Box<[PseudonymBytes]>,
 }
 
 fn labelled(kind: &str, value: &[u8]) -> Vec<u8> {
@@ -879,6 +966,38 @@ mod tests {
             accounts_remembered(&cache, &alice),
             Some(ACCOUNTS_PER_SUBJECT)
         );
+    }
+
+    #[test]
+    fn a_grants_pseudonyms_are_the_keys_and_their_text_reads_back() {
+        let key = SubjectKey::from_bytes(&[9; 32]);
+        let alice: SubjectId = "alice".parse().unwrap();
+        let accounts: crate::sets::AccountSet = ["acc-1", "acc-2"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let kept = key.grant_pseudonyms(&alice, &accounts);
+        assert_eq!(kept.subject.text(), key.subject(&alice));
+        let made: Vec<Pseudonym> = accounts.iter().map(|a| key.account(a)).collect();
+        let texts: Vec<Pseudonym> = kept.accounts.iter().map(PseudonymBytes::text).collect();
+        assert_eq!(texts, made);
+        for pseudonym in &made {
+            let bytes = PseudonymBytes::parse(pseudonym.as_str()).unwrap();
+            assert_eq!(&bytes.text(), pseudonym);
+        }
+        // Only this crate's form: the prefix, 22 characters, no bits past the 16 bytes.
+        let text = made[0].as_str();
+        for other in [
+            &text[3..],
+            &text[..text.len() - 1],
+            &format!("{text}A"),
+            &format!("xx_{}", &text[3..]),
+            "ps_AAAAAAAAAAAAAAAAAAAAAB",
+            "ps_AAAAAAAAAAAAAAAAAAAA==",
+        ] {
+            assert_eq!(PseudonymBytes::parse(other), None, "{other}");
+        }
+        assert!(PseudonymBytes::parse("ps_AAAAAAAAAAAAAAAAAAAAAA").is_some());
     }
 
     #[test]

@@ -338,23 +338,14 @@ impl<S: Store> Broker<S> {
             Some(consent) => (
                 view.holder,
                 view.usage,
-                Some({
-                    // At the decision's time: no second clock read on the checked call.
-                    let keyed = crate::privacy::Keyed::stored_or_made(
-                        &consent.request.subject,
-                        view.subject_key,
-                        self.settings.random.as_ref(),
-                        now,
-                    )?;
-                    // The account's pseudonym only for the consent's own platform: no other
-                    // platform's request is ever written with it, nor may it fill the cache.
-                    let own = consent.request.platform == request.platform;
-                    let account = own.then_some(&request.account);
-                    let pseudonyms =
-                        self.pseudonyms
-                            .get(&keyed.subject, &keyed.key, account, now, forgotten);
-                    (keyed, pseudonyms)
-                }),
+                Some(self.subject_of(
+                    request,
+                    consent,
+                    view.subject_key,
+                    view.subject_key_unread,
+                    now,
+                    forgotten,
+                )?),
             ),
             None => (None, Default::default(), None),
         };
@@ -366,6 +357,62 @@ impl<S: Store> Broker<S> {
             day,
             key,
         })
+    }
+}
+
+impl<S: Store> Broker<S> {
+    /// The subject's key and pseudonyms for a decision on `consent`: the pseudonyms kept with
+    /// its grant when they cover the request (then the key is not needed, and not read if the
+    /// store left it unread), else made (or remembered) from the key, read now if the store
+    /// left it unread, made if the subject has none.
+    fn subject_of(
+        &self,
+        request: &AccessRequest,
+        consent: &crate::consent::Consent,
+        stored: Option<crate::privacy::SubjectKey>,
+        unread: bool,
+        now: OffsetDateTime,
+        forgotten: u64,
+    ) -> Result<(Option<crate::privacy::Keyed>, crate::privacy::Pseudonyms), Error> {
+        let subject = &consent.request.subject;
+        // The account's pseudonym only for the consent's own platform: no other platform's
+        // request is ever written with it, nor may it fill the cache.
+        let own = consent.request.platform == request.platform;
+        let account = own.then_some(&request.account);
+        if let Some((pseudonym, found)) = consent
+            .grant()
+            .and_then(|grant| grant.kept_pseudonyms(account))
+        {
+            let pseudonyms = crate::privacy::Pseudonyms {
+                subject: pseudonym,
+                account: account.cloned().zip(found),
+            };
+            let keyed = match (unread, stored) {
+                (true, _) => None,
+                (false, stored) => Some(crate::privacy::Keyed::stored_or_made(
+                    subject,
+                    stored,
+                    self.settings.random.as_ref(),
+                    now,
+                )?),
+            };
+            return Ok((keyed, pseudonyms));
+        }
+        let stored = match unread {
+            true => self.store.subject_key(subject)?,
+            false => stored,
+        };
+        // At the decision's time: no second clock read on the checked call.
+        let keyed = crate::privacy::Keyed::stored_or_made(
+            subject,
+            stored,
+            self.settings.random.as_ref(),
+            now,
+        )?;
+        let pseudonyms = self
+            .pseudonyms
+            .get(&keyed.subject, &keyed.key, account, now, forgotten);
+        Ok((Some(keyed), pseudonyms))
     }
 }
 

@@ -228,7 +228,9 @@ impl<S: Store> Broker<S> {
                 Transition::Reauthorise => consent.reauthorise(approval, now),
             };
             let next = match next {
-                Ok(next) => next,
+                // The pseudonyms its decisions write, made once here under the key this commit
+                // guards.
+                Ok(next) => next.with_pseudonyms(&keyed.key),
                 Err(error) => return Err(refused(Refusal::Lifecycle(error.clone()), error.into())),
             };
             let consent_id = id.clone();

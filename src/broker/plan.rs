@@ -35,9 +35,9 @@ pub(super) struct AccessInputs {
     pub usage: Usage,
     /// The UTC day of the decision.
     pub day: Date,
-    /// The key of the consent's subject (made now if it had none), when the consent exists,
-    /// with its pseudonyms.
-    pub key: Option<(Keyed, Pseudonyms)>,
+    /// When the consent exists: the key of its subject (made now if it had none; not read when
+    /// the grant keeps the pseudonyms the decision writes), with those pseudonyms.
+    pub key: Option<(Option<Keyed>, Pseudonyms)>,
 }
 
 /// The decision with everything its commit writes.
@@ -86,7 +86,7 @@ pub(super) fn plan_access(
     // A denial names the subject and the account only by their pseudonyms, and only when the
     // consent (so the subject's key) is known and the platform asking is the consent's own.
     let denied = |decision: Decision,
-                  keyed: Option<&(Keyed, Pseudonyms)>,
+                  keyed: Option<&(Option<Keyed>, Pseudonyms)>,
                   mut preconditions: Vec<Precondition>| {
         let consent = inputs.and_then(|i| i.consent.as_ref());
         let own = consent.is_some_and(|c| c.request.platform == request.platform);
@@ -97,13 +97,17 @@ pub(super) fn plan_access(
         let (subject, account, reasons, mut changes) = match keyed {
             Some((keyed, pseudonyms)) if consent.is_some() => (
                 Some(pseudonyms.subject.clone()),
-                Some(account_pseudonym(keyed, pseudonyms, &request.account)),
-                redact_reasons(decision.reasons(), &keyed.key),
+                account_pseudonym(keyed.as_ref(), pseudonyms, &request.account),
+                match keyed {
+                    Some(keyed) => redact_reasons(decision.reasons(), &keyed.key),
+                    // Not read: the request's account is granted, so no reason names it.
+                    None => redact_foreign(decision.reasons()),
+                },
                 Vec::new(),
             ),
             _ => (None, None, redact_foreign(decision.reasons()), Vec::new()),
         };
-        if let Some((keyed, _)) = keyed {
+        if let Some((Some(keyed), _)) = keyed {
             match keyed.guard() {
                 KeyGuard::Insert(change) => changes.push(*change),
                 KeyGuard::Check(check) => preconditions.push(check),
@@ -180,10 +184,22 @@ pub(super) fn plan_access(
         holder.version
     });
     let (keyed, pseudonyms) = keyed_and_pseudonyms;
+    let Some(account_pseudonym) = account_pseudonym(keyed.as_ref(), pseudonyms, &request.account)
+    else {
+        // Unreachable: the key goes unread only when the grant keeps this account's pseudonym.
+        let reasons = vec![DenyReason::UnknownConsent];
+        return denied(Decision::Deny { reasons }, None, Vec::new());
+    };
     let mut changes: Vec<Change> = Vec::with_capacity(2);
-    match keyed.guard() {
-        KeyGuard::Insert(change) => changes.push(*change),
-        KeyGuard::Check(check) => preconditions.push(check),
+    // A key read is checked unchanged at the commit. One left unread needs no check: the
+    // pseudonyms were made under the key the subject had when the grant was stored, and the
+    // key goes only with the consent (an erasure deletes both in one commit), which the
+    // consent's version precondition checks.
+    if let Some(keyed) = keyed {
+        match keyed.guard() {
+            KeyGuard::Insert(change) => changes.push(*change),
+            KeyGuard::Check(check) => preconditions.push(check),
+        }
     }
     if request.presence == Presence::Unattended {
         preconditions.push(Precondition::usage_is(
@@ -202,7 +218,6 @@ pub(super) fn plan_access(
             (grant.expires_at, grant.attestation_id.clone())
         });
     let subject_pseudonym = pseudonyms.subject.clone();
-    let account_pseudonym = account_pseudonym(keyed, pseudonyms, &request.account);
     let record = AuditRecord::new(
         now,
         Actor::Platform(request.platform.clone()),
@@ -243,13 +258,17 @@ pub(super) fn plan_access(
     }
 }
 
-/// The account's pseudonym: the one looked up for this account, or made now where none was (the
-/// consent's own platform asks, so one was).
-fn account_pseudonym(keyed: &Keyed, pseudonyms: &Pseudonyms, account: &AccountId) -> Pseudonym {
+/// The account's pseudonym: the one looked up or kept for this account, or made now from the
+/// key where none was; none without either.
+fn account_pseudonym(
+    keyed: Option<&Keyed>,
+    pseudonyms: &Pseudonyms,
+    account: &AccountId,
+) -> Option<Pseudonym> {
     pseudonyms
         .account(account)
         .cloned()
-        .unwrap_or_else(|| keyed.key.account(account))
+        .or_else(|| keyed.map(|keyed| keyed.key.account(account)))
 }
 
 /// Reasons of a denial that names no subject: a reason naming an account is left out (there is

@@ -300,6 +300,17 @@ pub fn broker_story<H: Harness>() {
     let t = crate::testing::TestBroker::on(h.store());
     let request = t.request();
     let consent = t.bank.approve_all(&t.broker, &request).unwrap();
+    // The grant keeps the pseudonyms its decisions write, made under the subject's stored key,
+    // and the store gives them back exactly.
+    let stored = h.store().consent(consent.id()).unwrap().unwrap();
+    assert_eq!(stored, consent);
+    let subject = &consent.request.subject;
+    let key = h.store().subject_key(subject).unwrap().unwrap();
+    let grant = stored.grant().unwrap();
+    assert_eq!(
+        grant.pseudonyms,
+        Some(key.grant_pseudonyms(subject, &grant.accounts))
+    );
     // A second approval with a fresh attestation: refused, and audited.
     assert!(matches!(
         t.bank.approve_all(&t.broker, &request),

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::request::{ConsentRequest, StoredRequest};
-use crate::ids::ConsentId;
+use crate::ids::{AccountId, ConsentId, Pseudonym};
+use crate::privacy::{GrantPseudonyms, SubjectKey};
 use crate::sets::{AccountSet, PurposeSet, ScopeSet};
 
 /// What the subject approved, as attested by the holder. Read-only outside the crate.
@@ -32,6 +33,11 @@ pub struct Grant {
     pub(crate) attestation_id: Box<str>,
     /// Unattended accesses per UTC day the subject agreed to (0: none).
     pub(crate) unattended_daily_limit: u32,
+    /// The subject's and the granted accounts' pseudonyms, made with the grant under the
+    /// subject's key (see [`Consent::with_pseudonyms`]); none for a grant stored before grants
+    /// kept them, whose decisions make them from the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pseudonyms: Option<GrantPseudonyms>,
     // The holder's attestation that activated the grant is evidence, not state: it is kept in the
     // audit entry of the approval, where it is tamper-evident, and not in every stored grant,
     // where it would triple the memory a grant costs.
@@ -53,6 +59,8 @@ struct StoredGrant {
     attestation_id: Box<str>,
     #[serde(default = "legacy_unattended_limit")]
     unattended_daily_limit: u32,
+    #[serde(default)]
+    pseudonyms: Option<GrantPseudonyms>,
 }
 
 fn legacy_unattended_limit() -> u32 {
@@ -87,6 +95,27 @@ impl Grant {
     /// Unattended accesses per UTC day the subject agreed to (0: none).
     pub fn unattended_daily_limit(&self) -> u32 {
         self.unattended_daily_limit
+    }
+
+    /// The subject's pseudonym and `account`'s, as kept with the grant; `None` when the grant
+    /// keeps none, or none for `account` (not granted), or they do not match the grant's
+    /// accounts: then they are made from the subject's key.
+    pub(crate) fn kept_pseudonyms(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Option<(Pseudonym, Option<Pseudonym>)> {
+        let kept = self.pseudonyms.as_ref()?;
+        if kept.accounts.len() != self.accounts.len() {
+            return None;
+        }
+        let account = match account {
+            Some(account) => {
+                let at = self.accounts.as_slice().binary_search(account).ok()?;
+                Some(kept.accounts.get(at)?.text())
+            }
+            None => None,
+        };
+        Some((kept.subject.text(), account))
     }
 }
 
@@ -347,6 +376,7 @@ impl Approval {
             expires_at: self.expires_at,
             attestation_id: self.attestation_id.into_boxed_str(),
             unattended_daily_limit: self.unattended_daily_limit,
+            pseudonyms: None,
         }
     }
 }
@@ -508,6 +538,19 @@ impl Consent {
         }))
     }
 
+    /// The consent with its grant's pseudonyms made under `key`, the subject's key (which the
+    /// commit storing the consent must guard): a decision on the grant then reads them rather
+    /// than making them. A consent without a grant is returned as it is.
+    pub(crate) fn with_pseudonyms(mut self, key: &SubjectKey) -> Self {
+        let subject = &self.request.subject;
+        if let ConsentState::Authorised { grant } | ConsentState::Revoked { grant, .. } =
+            &mut self.state
+        {
+            grant.pseudonyms = Some(key.grant_pseudonyms(subject, &grant.accounts));
+        }
+        self
+    }
+
     /// A new approval for a live grant, moving its expiry forward.
     pub(crate) fn reauthorise(
         &self,
@@ -560,6 +603,7 @@ mod tests {
             expires_at: datetime!(2031-11-21 09:01 UTC),
             attestation_id: "att-1".into(),
             unattended_daily_limit: 4,
+            pseudonyms: None,
         }
     }
 

@@ -309,21 +309,7 @@ pub trait StateRead: Send + Sync {
         platform: &PlatformId,
         day: Date,
     ) -> Result<AccessView, StoreError> {
-        let found = self.consent(consent)?;
-        let platform = self.platform(platform)?;
-        let Some(found) = found else {
-            return Ok(AccessView {
-                platform,
-                ..AccessView::default()
-            });
-        };
-        Ok(AccessView {
-            holder: self.holder(&found.request.holder)?,
-            usage: self.usage(consent, day)?,
-            subject_key: self.subject_key(&found.request.subject)?,
-            platform,
-            consent: Some(found),
-        })
+        access_view_by_parts(self, consent, platform, day)
     }
 
     /// Whether a broker should keep the access views it reads between decisions (see
@@ -333,6 +319,31 @@ pub trait StateRead: Send + Sync {
     fn keep_access_views(&self) -> bool {
         false
     }
+}
+
+/// [`StateRead::access_view`] as its default reads it: each part by its own method.
+pub(crate) fn access_view_by_parts<S: StateRead + ?Sized>(
+    store: &S,
+    consent: &ConsentId,
+    platform: &PlatformId,
+    day: Date,
+) -> Result<AccessView, StoreError> {
+    let found = store.consent(consent)?;
+    let platform = store.platform(platform)?;
+    let Some(found) = found else {
+        return Ok(AccessView {
+            platform,
+            ..AccessView::default()
+        });
+    };
+    Ok(AccessView {
+        holder: store.holder(&found.request.holder)?,
+        usage: store.usage(consent, day)?,
+        subject_key: store.subject_key(&found.request.subject)?,
+        subject_key_unread: false,
+        platform,
+        consent: Some(found),
+    })
 }
 
 /// Everything the checked call reads, from one consistent view of the store (see
@@ -348,8 +359,14 @@ pub struct AccessView {
     pub holder: Option<HolderRecord>,
     /// The consent's usage on the day (zero when there is no consent).
     pub usage: Usage,
-    /// The consent's subject's key (none when there is no consent, or the subject has none).
+    /// The consent's subject's key (none when there is no consent, or the subject has none, or
+    /// it was left unread).
     pub subject_key: Option<SubjectKey>,
+    /// Whether the store left the subject's key unread because the consent's grant keeps the
+    /// pseudonyms its decisions write (the in-memory store does: a lookup among millions saved
+    /// on each decision). The broker then reads the key itself if a decision needs it (a
+    /// request about an account the grant does not name).
+    pub subject_key_unread: bool,
 }
 
 /// Durable state of the broker: both read traits, and atomic commits.

@@ -7,6 +7,7 @@ use crate::audit::{Actor, AuditEvent, AuditRecord};
 use crate::consent::{AccountSelection, Consent};
 use crate::ids::AccountId;
 use crate::policy::{DenyReason, Presence};
+use crate::privacy::{SubjectKey, SubjectKeyRecord};
 use crate::sets::AccountSet;
 use crate::store::{Change, Commit, Store, StoreError};
 use crate::vocab::{Purpose, Scope};
@@ -83,6 +84,8 @@ pub fn append_decisions<S: Store + ?Sized>(
 /// **Dangerous, for benchmarks only**: stores `count` copies of the consent `template` (a live
 /// grant, say), each with its own id `cns_<n>`, subject `subject-<n>` and single account
 /// `acc-<n>`, with every id parsed afresh (nothing shared but what the store itself shares).
+/// Each subject gets a fresh random key, stored with its copy, and a granted copy keeps its
+/// pseudonyms made under that key, as an approval through the broker would leave it.
 /// No attestation stands behind them: each commit of up to a thousand carries one
 /// `test_data_imported` entry, so the log says so.
 ///
@@ -94,6 +97,7 @@ pub fn dangerous_copy_grants<S: Store + ?Sized>(
     count: u64,
     at: OffsetDateTime,
 ) -> Result<(), StoreError> {
+    let random = ring::rand::SystemRandom::new();
     let mut next = 1u64;
     while next <= count {
         let end = (next + BATCH).min(count + 1);
@@ -106,9 +110,18 @@ pub fn dangerous_copy_grants<S: Store + ?Sized>(
         );
         let mut commit = Commit::new(record);
         for n in next..end {
-            commit = commit.change(Change::InsertConsent {
-                consent: copy(template, n)?,
-            });
+            let key = SubjectKey::generate(&random)
+                .map_err(|_| StoreError::Unavailable("no random bytes for a subject key".into()))?;
+            let consent = copy(template, n)?.with_pseudonyms(&key);
+            commit = commit
+                .change(Change::InsertSubjectKey {
+                    record: SubjectKeyRecord {
+                        subject: consent.request.subject.clone(),
+                        key,
+                        created_at: at,
+                    },
+                })
+                .change(Change::InsertConsent { consent });
         }
         store.commit(commit)?;
         next = end;

@@ -83,6 +83,8 @@ struct State {
     totals: BTreeMap<Fault, u64>,
     /// Reads of log entries leave out the last entry asked for.
     short_reads: bool,
+    /// `access_view` goes to the inner store's own.
+    whole_views: bool,
 }
 
 impl State {
@@ -130,6 +132,7 @@ impl<S: Store> FaultStore<S> {
                 injected: Vec::new(),
                 totals: BTreeMap::new(),
                 short_reads: false,
+                whole_views: false,
             }),
         }
     }
@@ -171,6 +174,15 @@ impl<S: Store> FaultStore<S> {
     /// must notice rather than take as the whole stretch.
     pub fn short_reads(&self, on: bool) {
         self.state().short_reads = on;
+    }
+
+    /// While on, `access_view` goes to the inner store's own (one read, with its shortcuts:
+    /// the in-memory store leaves the subject's key unread for a grant that keeps its
+    /// pseudonyms), and the read hook named `"access_view"` runs just after it, before the
+    /// decision made from the view commits. Off (the default), the view is read part by part,
+    /// each part through this store's own read and its hooks.
+    pub fn whole_views(&self, on: bool) {
+        self.state().whole_views = on;
     }
 
     /// The faults injected since the last call.
@@ -254,6 +266,19 @@ fn injected(what: &str) -> StoreError {
 impl<S: Store> StateRead for FaultStore<S> {
     fn keep_access_views(&self) -> bool {
         self.inner.keep_access_views()
+    }
+    fn access_view(
+        &self,
+        consent: &ConsentId,
+        platform: &PlatformId,
+        day: Date,
+    ) -> Result<crate::store::AccessView, StoreError> {
+        if !self.state().whole_views {
+            return crate::store::access_view_by_parts(self, consent, platform, day);
+        }
+        let view = self.inner.access_view(consent, platform, day)?;
+        self.read("access_view")?;
+        Ok(view)
     }
     fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
         self.read("holder")?;

@@ -122,22 +122,7 @@ impl World {
     /// Rewrites the stored JSON of `consent` in the platform's own database, as a platform that
     /// edits its database would.
     fn tamper(&self, consent: &ConsentId, edit: impl FnOnce(&mut Value)) {
-        let connection = rusqlite::Connection::open(&self.db).unwrap();
-        let json: String = connection
-            .query_row(
-                "SELECT record FROM consents WHERE id = ?1",
-                [consent.as_str()],
-                |row| row.get(0),
-            )
-            .unwrap();
-        let mut record: Value = serde_json::from_str(&json).unwrap();
-        edit(&mut record);
-        connection
-            .execute(
-                "UPDATE consents SET record = ?1 WHERE id = ?2",
-                [record.to_string(), consent.as_str().to_owned()],
-            )
-            .unwrap();
+        edit_stored_consent(&self.db, consent, edit);
     }
 }
 

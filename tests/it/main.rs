@@ -34,6 +34,7 @@ mod erasure;
 mod gate;
 mod gate_model;
 mod instructions;
+mod kept_pseudonyms;
 mod lifecycle;
 mod platform_blind;
 mod review_fixes;

@@ -310,3 +310,28 @@ pub fn reasons_without_accounts(reasons: &[DenyReason]) -> Vec<DenyReason> {
         .cloned()
         .collect()
 }
+
+/// Rewrites the stored JSON of `consent` in a SQLite broker database, as a platform that edits
+/// its own database would.
+pub fn edit_stored_consent(
+    db: &std::path::Path,
+    consent: &ConsentId,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let connection = rusqlite::Connection::open(db).unwrap();
+    let json: String = connection
+        .query_row(
+            "SELECT record FROM consents WHERE id = ?1",
+            [consent.as_str()],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&json).unwrap();
+    edit(&mut record);
+    connection
+        .execute(
+            "UPDATE consents SET record = ?1 WHERE id = ?2",
+            [record.to_string(), consent.as_str().to_owned()],
+        )
+        .unwrap();
+}

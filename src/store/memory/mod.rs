@@ -685,7 +685,14 @@ impl StateRead for MemoryStore {
             });
         };
         let request = &found.request;
-        let subject_key = inner.subject_keys.key(request.subject()).cloned();
+        // A grant that keeps its pseudonyms: the key is not needed to decide on it.
+        let subject_key_unread = found
+            .grant()
+            .is_some_and(|grant| grant.pseudonyms.is_some());
+        let subject_key = match subject_key_unread {
+            true => None,
+            false => inner.subject_keys.key(request.subject()).cloned(),
+        };
         Ok(AccessView {
             holder: inner
                 .holders
@@ -697,6 +704,7 @@ impl StateRead for MemoryStore {
                 .copied()
                 .unwrap_or_default(),
             subject_key,
+            subject_key_unread,
             platform,
             consent: Some(found),
         })

@@ -30,6 +30,7 @@ use crate::consent::{
     AccountSelection, Consent, ConsentRequest, ConsentState, Grant, RevocationReason, Revoker,
 };
 use crate::ids::{AccountId, ConsentId, HolderId, PlatformId, SubjectId};
+use crate::privacy::{GrantPseudonyms, PSEUDONYM_BYTES, PseudonymBytes};
 use crate::sets::{AccountSet, PurposeSet, ScopeSet};
 use crate::store::StoreError;
 use crate::table::Index;
@@ -428,6 +429,14 @@ impl Consents {
             text.push_str(account.as_str());
         }
         let requested_len = text.len() - start;
+        // The pseudonyms kept with the grant: the subject's and the first account's in the
+        // record, each further account's after its id in the text.
+        let kept = grant.and_then(|grant| grant.pseudonyms.as_ref());
+        if kept.is_some_and(|kept| Some(kept.accounts.len()) != grant.map(|g| g.accounts.len())) {
+            return Err(StoreError::Unavailable(
+                "a grant's pseudonyms do not match its accounts".into(),
+            ));
+        }
         if let Some(grant) = grant {
             for (i, account) in grant.accounts.iter().enumerate() {
                 if i > 0 {
@@ -441,8 +450,19 @@ impl Consents {
                     }
                     Err(_) => text.push_str(account.as_str()),
                 }
+                if i > 0
+                    && let Some(pseudonym) = kept.and_then(|kept| kept.accounts.get(i))
+                {
+                    // `=`, which neither an id nor base64url holds, then the pseudonym's text.
+                    text.push('=');
+                    pseudonym.write_text(&mut text);
+                }
             }
         }
+        let pseudonyms = kept.map(|kept| {
+            let first = kept.accounts.first().map_or([0; 16], |first| first.0);
+            [kept.subject.0, first]
+        });
         let length = |len: usize| u32::try_from(len).map_err(|_| damaged());
         Ok(Packed {
             position,
@@ -475,6 +495,8 @@ impl Consents {
             granted_scopes: grant.map_or_else(ScopeSet::new, |grant| grant.scopes),
             granted_purposes: grant.map_or_else(PurposeSet::new, |grant| grant.purposes),
             revoked,
+            kept: pseudonyms.is_some(),
+            pseudonyms: pseudonyms.unwrap_or_default(),
             text: Text::new(&text),
         })
     }
@@ -504,18 +526,23 @@ fn decode(
         None
     };
     let grant = match record.state {
-        State::Authorised | State::Revoked => Some(Grant {
-            scopes: record.granted_scopes,
-            purposes: record.granted_purposes,
-            accounts: accounts(
+        State::Authorised | State::Revoked => {
+            let (accounts, pseudonyms) = granted(
                 parts.granted,
                 requested.as_ref().map_or(&[], AccountSet::as_slice),
-            )?,
-            authorised_at: record.authorised_at,
-            expires_at: record.expires_at,
-            attestation_id: parts.attestation.into(),
-            unattended_daily_limit: record.unattended_daily_limit,
-        }),
+                record.kept.then_some(&record.pseudonyms),
+            )?;
+            Some(Grant {
+                scopes: record.granted_scopes,
+                purposes: record.granted_purposes,
+                accounts,
+                authorised_at: record.authorised_at,
+                expires_at: record.expires_at,
+                attestation_id: parts.attestation.into(),
+                unattended_daily_limit: record.unattended_daily_limit,
+                pseudonyms,
+            })
+        }
         State::Requested | State::Rejected => None,
     };
     let state = match (record.state, grant, record.revoked) {
@@ -564,6 +591,51 @@ fn accounts(text: &str, shared: &[AccountId]) -> Option<AccountSet> {
     Some(AccountSet::from_sorted(accounts.into_boxed_slice()))
 }
 
+/// A grant's accounts from its text (as [`accounts`], each after the first followed by `=` and
+/// its pseudonym when the grant keeps them), and its pseudonyms when `kept` (the subject's and
+/// the first account's, from the record).
+fn granted(
+    text: &str,
+    shared: &[AccountId],
+    kept: Option<&[[u8; PSEUDONYM_BYTES]; 2]>,
+) -> Option<(AccountSet, Option<GrantPseudonyms>)> {
+    let Some([subject, first]) = kept else {
+        return Some((accounts(text, shared)?, None));
+    };
+    if text.is_empty() {
+        let pseudonyms = GrantPseudonyms {
+            subject: PseudonymBytes(*subject),
+            accounts: Box::default(),
+        };
+        return Some((AccountSet::new(), Some(pseudonyms)));
+    }
+    let mut ids = String::with_capacity(text.len());
+    let mut pseudonyms = Vec::with_capacity(text.bytes().filter(|&b| b == b',').count() + 1);
+    for (i, entry) in text.split(',').enumerate() {
+        if i > 0 {
+            ids.push(',');
+        }
+        match entry.split_once('=') {
+            Some((account, pseudonym)) if i > 0 => {
+                ids.push_str(account);
+                pseudonyms.push(PseudonymBytes::parse(pseudonym)?);
+            }
+            None if i == 0 && !entry.is_empty() => {
+                ids.push_str(entry);
+                pseudonyms.push(PseudonymBytes(*first));
+            }
+            _ => return None,
+        }
+    }
+    Some((
+        accounts(&ids, shared)?,
+        Some(GrantPseudonyms {
+            subject: PseudonymBytes(*subject),
+            accounts: pseudonyms.into_boxed_slice(),
+        }),
+    ))
+}
+
 /// Where a consent stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -606,6 +678,10 @@ pub(super) struct Packed {
     granted_scopes: ScopeSet,
     granted_purposes: PurposeSet,
     revoked: Option<(Revoker, RevocationReason)>,
+    /// Whether the grant keeps its pseudonyms: then `pseudonyms` holds the subject's and the
+    /// first account's.
+    kept: bool,
+    pseudonyms: [[u8; PSEUDONYM_BYTES]; 2],
     text: Text,
 }
 
@@ -729,7 +805,14 @@ mod tests {
             // Texts that fit in the record and texts that do not.
             attestation_id: format!("att-{n}-{}", "x".repeat(n as usize % 7 * 40)).into(),
             unattended_daily_limit: n,
+            pseudonyms: None,
         };
+        // Two grants in three keep their pseudonyms (as a grant made through the broker does).
+        let mut grant = grant;
+        if !n.is_multiple_of(3) {
+            let key = crate::privacy::SubjectKey::from_bytes(&[n.to_le_bytes()[0]; 32]);
+            grant.pseudonyms = Some(key.grant_pseudonyms(&request.subject, &grant.accounts));
+        }
         let revokers = [Revoker::Subject, Revoker::Holder, Revoker::Platform];
         let reasons = [
             RevocationReason::SubjectWithdrew,
@@ -815,7 +898,9 @@ mod tests {
         let text = "cns_123456subject-123456att_0123456789abcdefghijklacc-123456-0#0";
         assert!(record.text.is_inline());
         assert_eq!(record.text.as_str(), text);
-        assert!(std::mem::size_of::<Option<Packed>>() <= 256);
+        // 256 bytes of fields and text, and the grant's two pseudonyms (32 bytes) that spare a
+        // decision the subject's key and two HMACs.
+        assert!(std::mem::size_of::<Option<Packed>>() <= 288);
         assert_eq!(table.decode(&record, None).unwrap(), c);
         // A text longer than the record holds is kept apart, and reads back the same.
         if let ConsentState::Authorised { grant } = &mut c.state {

@@ -237,6 +237,7 @@ pub(crate) fn access_view<D: Dialect + ?Sized>(
         holder: holder(db, &found.request.holder)?,
         usage: usage(db, id, day)?,
         subject_key: super::privacy::subject_key(db, &found.request.subject)?,
+        subject_key_unread: false,
         platform,
         consent: Some(found),
     })

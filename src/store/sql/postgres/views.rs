@@ -182,6 +182,7 @@ fn decode(
             .optional_bytes(4)?
             .map(super::super::privacy::decode_subject_key)
             .transpose()?,
+        subject_key_unread: false,
         platform,
         consent: Some(consent),
     })
