@@ -207,7 +207,11 @@ impl AccountId {
 
 /// Source of fresh consent ids, injected so that tests are deterministic.
 pub trait IdGenerator: Send + Sync {
-    /// A consent id never returned before by this generator.
+    /// A consent id never returned before by this generator, nor by that of any other broker on
+    /// the same store, even for a consent since erased: a decision on a grant that keeps its
+    /// pseudonyms checks at its commit the consent's id and version, not the subject's key (see
+    /// [`AccessView::subject_key_unread`](crate::AccessView::subject_key_unread)), so an id used
+    /// again could pass for the erased consent. [`RandomIds`] draws 128 random bits.
     ///
     /// # Errors
     /// [`IdError::RandomnessUnavailable`] when a generator that needs randomness cannot get any:

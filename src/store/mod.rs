@@ -365,7 +365,11 @@ pub struct AccessView {
     /// Whether the store left the subject's key unread because the consent's grant keeps the
     /// pseudonyms its decisions write (the in-memory store does: a lookup among millions saved
     /// on each decision). The broker then reads the key itself if a decision needs it (a
-    /// request about an account the grant does not name).
+    /// request about an account the grant does not name), and a decision that needs none
+    /// commits with a check of the consent's version but none of the key. A store may leave
+    /// the key unread only if it never replaces a subject's key and deletes one only in the
+    /// commit that deletes every consent of the subject (`Change::EraseSubject`), and consent
+    /// ids are never used again (see [`IdGenerator`](crate::IdGenerator)).
     pub subject_key_unread: bool,
 }
 

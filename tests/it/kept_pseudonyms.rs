@@ -90,6 +90,65 @@ fn decisions_on_sqlite_name_what_the_subjects_key_makes() {
     decisions_name_what_the_key_makes(&Fixture::with_store(store));
 }
 
+/// A re-authorisation that grants other accounts keeps the pseudonyms of the new ones: an
+/// account newly granted is named as the key makes it, and the one no longer granted is refused
+/// and named as the key makes it too.
+#[test]
+fn a_reauthorisation_keeps_the_pseudonyms_of_the_accounts_it_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.sqlite");
+    let fx = Fixture::with_store(SqliteStore::open(&db).unwrap());
+    let (request, [current, savings, third]) = two_of_three(&fx);
+    let subject = request.subject().clone();
+    fx.clock.advance(time::Duration::days(1));
+    let mut statement = fx.full_statement(&request);
+    statement.accounts = AccountSet::from([savings.clone(), third.clone()]);
+    let renewed = fx
+        .broker
+        .reauthorise(request.id(), &fx.attest(&statement))
+        .unwrap();
+    let kept_for = |account: &AccountId| AccessRequest {
+        account: account.clone(),
+        ..fx.access(request.id())
+    };
+    assert_eq!(
+        renewed.grant().unwrap().accounts(),
+        &AccountSet::from([savings.clone(), third.clone()])
+    );
+    for account in [&savings, &third] {
+        assert!(
+            fx.broker
+                .authorise_access(&kept_for(account))
+                .unwrap()
+                .decision()
+                .is_permit()
+        );
+        names_what_the_key_makes(&fx, &subject, account);
+    }
+    assert!(
+        !fx.broker
+            .authorise_access(&kept_for(&current))
+            .unwrap()
+            .decision()
+            .is_permit()
+    );
+    names_what_the_key_makes(&fx, &subject, &current);
+    // Kept, not made again: the stored grant holds the new accounts' pseudonyms.
+    let mut kept = serde_json::Value::Null;
+    edit_grant(&db, request.id(), |grant| {
+        kept = grant["pseudonyms"].clone()
+    });
+    let made = |account: &AccountId| fx.account_pseudonym(&subject, account).to_string();
+    assert_eq!(
+        kept["accounts"],
+        serde_json::json!([made(&savings), made(&third)])
+    );
+    assert_eq!(
+        kept["subject"],
+        serde_json::json!(fx.pseudonym(&subject).to_string())
+    );
+}
+
 /// Rewrites the grant's stored JSON as a platform editing its own database would.
 fn edit_grant(
     db: &std::path::Path,
@@ -172,10 +231,10 @@ fn a_mangled_kept_pseudonym_fails_closed() {
 
 /// A decision on the in-memory store, which leaves the subject's key unread for a grant that
 /// keeps its pseudonyms, racing the subject's erasure (which lands between the decision's read
-/// and its commit): the commit is refused with the consent gone, the retry finds no consent, and
-/// nothing after the erasure names the erased pseudonym.
-#[test]
-fn a_decision_racing_an_erasure_never_writes_under_the_erased_pseudonym() {
+/// and its commit), for a permit and for a denial (the consent revoked first): the commit is
+/// refused with the consent gone, the retry finds no consent, and nothing after the erasure
+/// names the erased pseudonym or an account.
+fn a_decision_racing_an_erasure(revoked: bool) {
     let store = Arc::new(FaultStore::new(MemoryStore::new(), 1));
     store.whole_views(true);
     let fx = Arc::new(Fixture::with_store(Arc::clone(&store)));
@@ -183,13 +242,18 @@ fn a_decision_racing_an_erasure_never_writes_under_the_erased_pseudonym() {
     let subject = consent.subject().clone();
     let erased = fx.pseudonym(&subject);
     let access = fx.access(consent.id());
-    assert!(
+    if revoked {
         fx.broker
-            .authorise_access(&access)
-            .unwrap()
-            .decision()
-            .is_permit()
-    );
+            .revoke(
+                consent.id(),
+                Revoker::Subject,
+                RevocationReason::SubjectWithdrew,
+            )
+            .unwrap();
+    }
+    let before = fx.broker.authorise_access(&access).unwrap();
+    assert_eq!(before.decision().is_permit(), !revoked);
+    assert_eq!(fx.last_audit().subject(), Some(&erased));
     let racer = Arc::clone(&fx);
     let who = subject.clone();
     store.before_next_read("access_view", move || {
@@ -213,4 +277,14 @@ fn a_decision_racing_an_erasure_never_writes_under_the_erased_pseudonym() {
             .all(|e| e.subject() != Some(&erased) && e.event.account().is_none()),
         "an entry after the erasure names the erased subject or an account"
     );
+}
+
+#[test]
+fn a_permit_racing_an_erasure_never_writes_under_the_erased_pseudonym() {
+    a_decision_racing_an_erasure(false);
+}
+
+#[test]
+fn a_denial_racing_an_erasure_never_writes_under_the_erased_pseudonym() {
+    a_decision_racing_an_erasure(true);
 }

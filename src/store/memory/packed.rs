@@ -431,12 +431,14 @@ impl Consents {
         let requested_len = text.len() - start;
         // The pseudonyms kept with the grant: the subject's and the first account's in the
         // record, each further account's after its id in the text.
-        let kept = grant.and_then(|grant| grant.pseudonyms.as_ref());
-        if kept.is_some_and(|kept| Some(kept.accounts.len()) != grant.map(|g| g.accounts.len())) {
-            return Err(StoreError::Unavailable(
-                "a grant's pseudonyms do not match its accounts".into(),
-            ));
-        }
+        // Pseudonyms that do not match the grant's accounts are never used (a decision makes
+        // them from the key instead, `Grant::kept_pseudonyms`): not kept.
+        let kept = grant.and_then(|grant| {
+            grant
+                .pseudonyms
+                .as_ref()
+                .filter(|kept| kept.accounts.len() == grant.accounts.len())
+        });
         if let Some(grant) = grant {
             for (i, account) in grant.accounts.iter().enumerate() {
                 if i > 0 {
