@@ -433,6 +433,15 @@ impl Keyed {
         Self::stored_or_made(subject, store.subject_key(subject)?, random, now)
     }
 
+    /// The subject's key as read.
+    pub(crate) fn stored(subject: &SubjectId, key: SubjectKey) -> Self {
+        Self {
+            subject: subject.clone(),
+            key,
+            insert: None,
+        }
+    }
+
     /// The subject's key as read (`stored`), or a new one with its insert when it has none.
     pub(crate) fn stored_or_made(
         subject: &SubjectId,
@@ -441,11 +450,7 @@ impl Keyed {
         now: time::OffsetDateTime,
     ) -> Result<Self, KeyedError> {
         if let Some(key) = stored {
-            return Ok(Self {
-                subject: subject.clone(),
-                key,
-                insert: None,
-            });
+            return Ok(Self::stored(subject, key));
         }
         let key = SubjectKey::generate(random)?;
         Ok(Self {

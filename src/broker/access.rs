@@ -379,23 +379,19 @@ impl<S: Store> Broker<S> {
         // request is ever written with it, nor may it fill the cache.
         let own = consent.request.platform == request.platform;
         let account = own.then_some(&request.account);
-        if let Some((pseudonym, found)) = consent
+        // Not when the store was read and holds no key for the subject (its row deleted behind
+        // the broker's back): the decision then makes one, and names what it makes.
+        let kept = consent
             .grant()
             .and_then(|grant| grant.kept_pseudonyms(account))
-        {
+            .filter(|_| unread || stored.is_some());
+        if let Some((pseudonym, found)) = kept {
             let pseudonyms = crate::privacy::Pseudonyms {
                 subject: pseudonym,
                 account: account.cloned().zip(found),
             };
-            let keyed = match (unread, stored) {
-                (true, _) => None,
-                (false, stored) => Some(crate::privacy::Keyed::stored_or_made(
-                    subject,
-                    stored,
-                    self.settings.random.as_ref(),
-                    now,
-                )?),
-            };
+            // A key read is checked at the commit; one left unread is not needed.
+            let keyed = stored.map(|key| crate::privacy::Keyed::stored(subject, key));
             return Ok((keyed, pseudonyms));
         }
         let stored = match unread {

@@ -195,6 +195,33 @@ fn a_grant_without_usable_pseudonyms_is_decided_from_the_key() {
     }
 }
 
+/// A grant that keeps its pseudonyms, whose subject's key row the platform deleted behind the
+/// broker's back (SQLite edited): the decision makes a new key and names what that key makes,
+/// not the pseudonyms of the key that is gone.
+#[test]
+fn a_grant_whose_key_was_deleted_is_decided_under_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.sqlite");
+    let fx = Fixture::with_store(SqliteStore::open(&db).unwrap());
+    let (request, [current, ..]) = two_of_three(&fx);
+    let subject = request.subject().clone();
+    let before = fx.pseudonym(&subject);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "DELETE FROM subject_keys WHERE subject = ?1",
+            [subject.as_str()],
+        )
+        .unwrap();
+    let access = AccessRequest {
+        account: current.clone(),
+        ..fx.access(request.id())
+    };
+    fx.broker.authorise_access(&access).unwrap();
+    assert_ne!(fx.pseudonym(&subject), before, "a new key");
+    names_what_the_key_makes(&fx, &subject, &current);
+}
+
 /// A kept pseudonym that is not one (edited into any other text): the consent cannot be read,
 /// the decision fails with a typed error naming nobody, and nothing is permitted or logged.
 #[test]
