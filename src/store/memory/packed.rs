@@ -497,8 +497,7 @@ impl Consents {
             granted_scopes: grant.map_or_else(ScopeSet::new, |grant| grant.scopes),
             granted_purposes: grant.map_or_else(PurposeSet::new, |grant| grant.purposes),
             revoked,
-            kept: pseudonyms.is_some(),
-            pseudonyms: pseudonyms.unwrap_or_default(),
+            pseudonyms,
             text: Text::new(&text),
         })
     }
@@ -532,7 +531,7 @@ fn decode(
             let (accounts, pseudonyms) = granted(
                 parts.granted,
                 requested.as_ref().map_or(&[], AccountSet::as_slice),
-                record.kept.then_some(&record.pseudonyms),
+                record.pseudonyms.as_ref(),
             )?;
             Some(Grant {
                 scopes: record.granted_scopes,
@@ -579,62 +578,51 @@ fn decode(
 
 /// A set of accounts from its text: ids separated by commas, `#n` for the `n`th of `shared`.
 fn accounts(text: &str, shared: &[AccountId]) -> Option<AccountSet> {
-    if text.is_empty() {
-        return Some(AccountSet::new());
-    }
-    // Sized exactly: a slice made from a larger vector is reallocated.
-    let mut accounts = Vec::with_capacity(text.bytes().filter(|&b| b == b',').count() + 1);
-    for account in text.split(',') {
-        accounts.push(match account.strip_prefix('#') {
-            Some(at) => shared.get(at.parse::<usize>().ok()?)?.clone(),
-            None => AccountId::from_packed(account),
-        });
-    }
-    Some(AccountSet::from_sorted(accounts.into_boxed_slice()))
+    Some(granted(text, shared, None)?.0)
 }
 
 /// A grant's accounts from its text (as [`accounts`], each after the first followed by `=` and
 /// its pseudonym when the grant keeps them), and its pseudonyms when `kept` (the subject's and
-/// the first account's, from the record).
+/// the first account's, from the record). One pass, no copy of the text.
 fn granted(
     text: &str,
     shared: &[AccountId],
     kept: Option<&[[u8; PSEUDONYM_BYTES]; 2]>,
 ) -> Option<(AccountSet, Option<GrantPseudonyms>)> {
-    let Some([subject, first]) = kept else {
-        return Some((accounts(text, shared)?, None));
+    // Sized exactly: a slice made from a larger vector is reallocated.
+    let count = match text.is_empty() {
+        true => 0,
+        false => text.bytes().filter(|&b| b == b',').count() + 1,
     };
-    if text.is_empty() {
-        let pseudonyms = GrantPseudonyms {
-            subject: PseudonymBytes(*subject),
-            accounts: Box::default(),
-        };
-        return Some((AccountSet::new(), Some(pseudonyms)));
-    }
-    let mut ids = String::with_capacity(text.len());
-    let mut pseudonyms = Vec::with_capacity(text.bytes().filter(|&b| b == b',').count() + 1);
-    for (i, entry) in text.split(',').enumerate() {
-        if i > 0 {
-            ids.push(',');
-        }
-        match entry.split_once('=') {
-            Some((account, pseudonym)) if i > 0 => {
-                ids.push_str(account);
-                pseudonyms.push(PseudonymBytes::parse(pseudonym)?);
-            }
-            None if i == 0 && !entry.is_empty() => {
-                ids.push_str(entry);
+    let mut accounts = Vec::with_capacity(count);
+    let mut pseudonyms = Vec::with_capacity(if kept.is_some() { count } else { 0 });
+    for (i, entry) in text.split(',').take(count).enumerate() {
+        let account = match kept {
+            None => entry,
+            Some([_, first]) if i == 0 && !entry.contains('=') => {
                 pseudonyms.push(PseudonymBytes(*first));
+                entry
             }
-            _ => return None,
-        }
+            Some(_) if i == 0 => return None,
+            Some(_) => {
+                let (account, pseudonym) = entry.split_once('=')?;
+                pseudonyms.push(PseudonymBytes::parse(pseudonym)?);
+                account
+            }
+        };
+        accounts.push(match account.strip_prefix('#') {
+            Some(at) => shared.get(at.parse::<usize>().ok()?)?.clone(),
+            None if account.is_empty() => return None,
+            None => AccountId::from_packed(account),
+        });
     }
+    let pseudonyms = kept.map(|[subject, _]| GrantPseudonyms {
+        subject: PseudonymBytes(*subject),
+        accounts: pseudonyms.into_boxed_slice(),
+    });
     Some((
-        accounts(&ids, shared)?,
-        Some(GrantPseudonyms {
-            subject: PseudonymBytes(*subject),
-            accounts: pseudonyms.into_boxed_slice(),
-        }),
+        AccountSet::from_sorted(accounts.into_boxed_slice()),
+        pseudonyms,
     ))
 }
 
@@ -680,10 +668,8 @@ pub(super) struct Packed {
     granted_scopes: ScopeSet,
     granted_purposes: PurposeSet,
     revoked: Option<(Revoker, RevocationReason)>,
-    /// Whether the grant keeps its pseudonyms: then `pseudonyms` holds the subject's and the
-    /// first account's.
-    kept: bool,
-    pseudonyms: [[u8; PSEUDONYM_BYTES]; 2],
+    /// The subject's and the first account's pseudonyms, when the grant keeps them.
+    pseudonyms: Option<[[u8; PSEUDONYM_BYTES]; 2]>,
     text: Text,
 }
 
