@@ -195,6 +195,11 @@ impl Pseudonym {
     pub(crate) fn from_trusted(value: String) -> Self {
         Self(value.into())
     }
+
+    /// As [`Pseudonym::from_trusted`], from borrowed text (one allocation: the shared text).
+    pub(crate) fn from_trusted_str(value: &str) -> Self {
+        Self(value.into())
+    }
 }
 
 impl AccountId {

@@ -278,9 +278,20 @@ impl fmt::Debug for PseudonymBytes {
 impl PseudonymBytes {
     /// Its text, as the log holds it.
     pub(crate) fn text(&self) -> Pseudonym {
-        let mut text = String::with_capacity(PSEUDONYM_TEXT_LEN);
-        self.write_text(&mut text);
-        Pseudonym::from_trusted(text)
+        // Written on the stack, then copied once into the pseudonym's shared text.
+        let mut text = [0u8; PSEUDONYM_TEXT_LEN];
+        let (prefix, encoded) = text.split_at_mut(PSEUDONYM_PREFIX.len());
+        prefix.copy_from_slice(PSEUDONYM_PREFIX.as_bytes());
+        let written = URL_SAFE_NO_PAD.encode_slice(self.0, encoded).ok();
+        // Never `None`: base64url of 16 bytes is the 22 ASCII characters the buffer holds.
+        match written.and_then(|_| std::str::from_utf8(&text).ok()) {
+            Some(text) => Pseudonym::from_trusted_str(text),
+            None => {
+                let mut text = String::with_capacity(PSEUDONYM_TEXT_LEN);
+                self.write_text(&mut text);
+                Pseudonym::from_trusted(text)
+            }
+        }
     }
 
     /// Appends its text to `out`.
@@ -641,7 +652,7 @@ impl Cached {
 
 /// A pseudonym, with text of its own, from the text a [`Cached`] holds.
 fn pseudonym_from(text: &str) -> Pseudonym {
-    Pseudonym::from_trusted(text.to_owned())
+    Pseudonym::from_trusted_str(text)
 }
 
 /// A subject's pseudonym and, when one was asked for, an account's with the account it is of.
