@@ -28,6 +28,28 @@ fn two_of_three<S: Store>(fx: &Fixture<S>) -> (ConsentRequest, [AccountId; 3]) {
     (request, accounts)
 }
 
+/// `request`'s access (the fixture's) about `account`.
+fn about<S: Store>(
+    fx: &Fixture<S>,
+    request: &ConsentRequest,
+    account: &AccountId,
+) -> AccessRequest {
+    AccessRequest {
+        account: account.clone(),
+        ..fx.access(request.id())
+    }
+}
+
+/// Decides `request`'s access about `account`: whether it was permitted.
+fn permitted<S: Store>(fx: &Fixture<S>, request: &ConsentRequest, account: &AccountId) -> bool {
+    let access = about(fx, request, account);
+    fx.broker
+        .authorise_access(&access)
+        .unwrap()
+        .decision()
+        .is_permit()
+}
+
 /// The last entry names `subject` and `account` by what the subject's stored key makes.
 fn names_what_the_key_makes<S: Store>(fx: &Fixture<S>, subject: &SubjectId, account: &AccountId) {
     let entry = fx.last_audit();
@@ -44,29 +66,11 @@ fn decisions_name_what_the_key_makes<S: Store>(fx: &Fixture<S>) {
     let (request, [current, savings, third]) = two_of_three(fx);
     let subject = request.subject().clone();
     for account in [&current, &third] {
-        let access = AccessRequest {
-            account: account.clone(),
-            ..fx.access(request.id())
-        };
-        assert!(
-            fx.broker
-                .authorise_access(&access)
-                .unwrap()
-                .decision()
-                .is_permit()
-        );
-        let entry = fx.last_audit();
-        assert_eq!(entry.kind(), AuditKind::AccessPermitted);
-        assert_eq!(entry.subject(), Some(&fx.pseudonym(&subject)));
-        assert_eq!(
-            entry.event.account(),
-            Some(&fx.account_pseudonym(&subject, account))
-        );
+        assert!(permitted(fx, &request, account));
+        assert_eq!(fx.last_audit().kind(), AuditKind::AccessPermitted);
+        names_what_the_key_makes(fx, &subject, account);
     }
-    let access = AccessRequest {
-        account: savings.clone(),
-        ..fx.access(request.id())
-    };
+    let access = about(fx, &request, &savings);
     let outcome = fx.broker.authorise_access(&access).unwrap();
     assert!(!outcome.decision().is_permit());
     let entry = fx.last_audit();
@@ -107,31 +111,15 @@ fn a_reauthorisation_keeps_the_pseudonyms_of_the_accounts_it_grants() {
         .broker
         .reauthorise(request.id(), &fx.attest(&statement))
         .unwrap();
-    let kept_for = |account: &AccountId| AccessRequest {
-        account: account.clone(),
-        ..fx.access(request.id())
-    };
     assert_eq!(
         renewed.grant().unwrap().accounts(),
         &AccountSet::from([savings.clone(), third.clone()])
     );
     for account in [&savings, &third] {
-        assert!(
-            fx.broker
-                .authorise_access(&kept_for(account))
-                .unwrap()
-                .decision()
-                .is_permit()
-        );
+        assert!(permitted(&fx, &request, account));
         names_what_the_key_makes(&fx, &subject, account);
     }
-    assert!(
-        !fx.broker
-            .authorise_access(&kept_for(&current))
-            .unwrap()
-            .decision()
-            .is_permit()
-    );
+    assert!(!permitted(&fx, &request, &current));
     names_what_the_key_makes(&fx, &subject, &current);
     // Kept, not made again: the stored grant holds the new accounts' pseudonyms.
     let mut kept = serde_json::Value::Null;
@@ -167,10 +155,6 @@ fn a_grant_without_usable_pseudonyms_is_decided_from_the_key() {
     let fx = Fixture::with_store(SqliteStore::open(&db).unwrap());
     let (request, [current, ..]) = two_of_three(&fx);
     let subject = request.subject().clone();
-    let access = AccessRequest {
-        account: current.clone(),
-        ..fx.access(request.id())
-    };
     let edits: [fn(&mut serde_json::Value); 2] = [
         |grant| {
             grant.as_object_mut().unwrap().remove("pseudonyms").unwrap();
@@ -179,19 +163,8 @@ fn a_grant_without_usable_pseudonyms_is_decided_from_the_key() {
     ];
     for edit in edits {
         edit_grant(&db, request.id(), edit);
-        assert!(
-            fx.broker
-                .authorise_access(&access)
-                .unwrap()
-                .decision()
-                .is_permit()
-        );
-        let entry = fx.last_audit();
-        assert_eq!(entry.subject(), Some(&fx.pseudonym(&subject)));
-        assert_eq!(
-            entry.event.account(),
-            Some(&fx.account_pseudonym(&subject, &current))
-        );
+        assert!(permitted(&fx, &request, &current));
+        names_what_the_key_makes(&fx, &subject, &current);
     }
 }
 
@@ -213,11 +186,7 @@ fn a_grant_whose_key_was_deleted_is_decided_under_a_new_key() {
             [subject.as_str()],
         )
         .unwrap();
-    let access = AccessRequest {
-        account: current.clone(),
-        ..fx.access(request.id())
-    };
-    fx.broker.authorise_access(&access).unwrap();
+    assert!(permitted(&fx, &request, &current));
     assert_ne!(fx.pseudonym(&subject), before, "a new key");
     names_what_the_key_makes(&fx, &subject, &current);
 }
@@ -230,10 +199,7 @@ fn a_mangled_kept_pseudonym_fails_closed() {
     let db = dir.path().join("broker.sqlite");
     let fx = Fixture::with_store(SqliteStore::open(&db).unwrap());
     let (request, [current, ..]) = two_of_three(&fx);
-    let access = AccessRequest {
-        account: current,
-        ..fx.access(request.id())
-    };
+    let access = about(&fx, &request, &current);
     let mangled = [
         "alice",
         "ps_short",
