@@ -222,7 +222,9 @@ pub mod suite {
         ledger_seen_ids, ledger_served_counts,
     };
     pub use super::log::{audit_log, checkpoints, merkle_nodes_at_every_level};
-    pub use super::privacy::{ledger_links_and_erasure, retention, subject_keys_and_erasure};
+    pub use super::privacy::{
+        ledger_links_and_erasure, retention, subject_key_preconditions, subject_keys_and_erasure,
+    };
     pub use super::state::{
         consents, holders_and_platforms, published_keys, usage_and_attestations,
     };
@@ -245,7 +247,7 @@ macro_rules! store_conformance_tests {
             $crate::store_conformance_tests!(@tests $harness, $attrs, holders_and_platforms,
                 consents, usage_and_attestations, published_keys, audit_log, checkpoints,
                 merkle_nodes_at_every_level, preconditions, atomicity, concurrency, broker_story,
-                subject_keys_and_erasure, retention);
+                subject_keys_and_erasure, subject_key_preconditions, retention);
             $($crate::store_conformance_tests!(@$flag $harness, $attrs);)*
         }
     };

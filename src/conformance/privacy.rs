@@ -7,8 +7,8 @@ use crate::consent::{Consent, ConsentState};
 use crate::ids::{ConsentId, SubjectId};
 use crate::privacy::{SubjectKey, SubjectKeyRecord};
 use crate::store::{
-    AttestationRecord, Change, LedgerRead, LogRead, RecordKind, StateRead, Store, StoreError,
-    SubjectLink,
+    AttestationRecord, Change, LedgerRead, LogRead, Precondition, RecordKind, StateRead, Store,
+    StoreError, SubjectLink,
 };
 use crate::testing::SeededRandom;
 
@@ -38,6 +38,47 @@ fn held<S: StateRead + ?Sized>(s: &S, subject: &str, consents: &[&str]) -> (bool
         .map(|c| s.usage(&id(c), super::DAY).unwrap().unattended_today)
         .sum();
     (key, rows, used)
+}
+
+/// A commit whose pseudonyms were made with a subject's key lands only while that very key is
+/// stored: under another key, under none, or after the subject's erasure, it is a conflict and
+/// writes nothing.
+pub fn subject_key_preconditions<H: Harness>() {
+    let h = fresh::<H>();
+    let s = h.store();
+    let (alice, other) = (key_record("alice", 1), key_record("alice", 2));
+    s.commit(commit(
+        vec![Change::InsertSubjectKey {
+            record: alice.clone(),
+        }],
+        vec![],
+    ))
+    .unwrap();
+    let guarded = |subject: &str, key: &SubjectKey| {
+        commit(vec![], vec![record(0)]).precondition(Precondition::SubjectKeyIs {
+            subject: id(subject),
+            key: Box::new(key.clone()),
+        })
+    };
+    let len = s.audit_len().unwrap();
+    for (subject, key) in [("alice", &other.key), ("bob", &alice.key)] {
+        assert_eq!(
+            s.commit(guarded(subject, key)),
+            Err(StoreError::Conflict),
+            "{subject}"
+        );
+        assert_eq!(s.audit_len().unwrap(), len);
+    }
+    s.commit(guarded("alice", &alice.key)).unwrap();
+    assert_eq!(s.audit_len().unwrap(), len + 1);
+    s.commit(commit(vec![erase("alice", &[], &[], &[])], vec![]))
+        .unwrap();
+    let len = s.audit_len().unwrap();
+    assert_eq!(
+        s.commit(guarded("alice", &alice.key)),
+        Err(StoreError::Conflict)
+    );
+    assert_eq!(s.audit_len().unwrap(), len);
 }
 
 /// Subjects' keys (one per subject: a second is a conflict), and erasure: the key, the
