@@ -1726,7 +1726,7 @@ fn opening_one_empty_schema_concurrently_migrates_once() {
 
 /// Erasure on PostgreSQL: the key and the consents go in one commit, the purge rewrites the key
 /// table (`VACUUM FULL`) and reports it done, the log still verifies, and the subject's key row
-/// is no longer in the table's files' live or dead rows (PostgreSQL's own view of the table).
+/// is no longer in the table's files, live or dead: the table's file is a new one, and empty.
 #[test]
 #[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
 fn erasure_on_postgres_deletes_the_key_and_purges_its_table() {
@@ -1734,6 +1734,19 @@ fn erasure_on_postgres_deletes_the_key_and_purges_its_table() {
     let schema = unique_name("erase");
     let fx = Fixture::with_store(open(&url, &schema));
     let granted = fx.granted();
+    let mut client = raw_client(&url);
+    let table = format!("{}.subject_keys", quote(&schema));
+    let file = |client: &mut Client| -> (u32, i64) {
+        let row = client
+            .query_one(
+                "SELECT pg_catalog.pg_relation_filenode($1::TEXT::regclass)::TEXT::BIGINT,                  pg_catalog.pg_relation_size($1::TEXT::regclass)",
+                &[&table],
+            )
+            .unwrap();
+        (u32::try_from(row.get::<_, i64>(0)).unwrap(), row.get(1))
+    };
+    let (file_before, size_before) = file(&mut client);
+    assert!(size_before > 0, "the subject's key is in the table's file");
     let subject = granted.subject().clone();
     let before = fx.broker.checkpoint().unwrap();
     let erasure = fx.broker.erase_subject(&subject).unwrap().unwrap();
@@ -1745,24 +1758,17 @@ fn erasure_on_postgres_deletes_the_key_and_purges_its_table() {
         consent_broker::checkpoint::NoteVerifier::from_vkey(&fx.broker.checkpoint_verifier_key())
             .unwrap();
     verify_log(&fx.broker.store(), Some((&before.note, &verifier))).unwrap();
-    // After VACUUM FULL the key table holds no dead row: its statistics count none.
-    let mut client = raw_client(&url);
-    let dead: i64 = client
-        .query_one(
-            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'subject_keys'",
-            &[&schema],
-        )
-        .map(|row| row.get(0))
-        .unwrap_or(0);
-    assert_eq!(dead, 0);
+    // VACUUM FULL wrote the table anew from its live rows, of which there are none: a new file,
+    // empty, so the deleted key's row is in no page of it. (The statistics' count of dead rows
+    // is not evidence: a backend reports its deletions to them in its own time.)
     let rows: i64 = client
-        .query_one(
-            &format!("SELECT count(*) FROM {}.subject_keys", quote(&schema)),
-            &[],
-        )
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .unwrap()
         .get(0);
     assert_eq!(rows, 0);
+    let (file_after, size_after) = file(&mut client);
+    assert_ne!(file_after, file_before, "the table was rewritten");
+    assert_eq!(size_after, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2329,4 +2335,98 @@ fn a_remote_host_that_offers_no_tls_is_refused_not_downgraded() {
     )
     .unwrap();
     drop(store);
+}
+
+/// A schema at version 8, with that version's commit function (here a stand-in of the same
+/// signature that refuses every commit), is brought to version 9 on opening: the function is
+/// replaced, with its pinned settings, and decisions land again. A check of no kind fails the
+/// whole call; it never passes.
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn a_version_8_schema_gets_the_commit_function_of_version_9() {
+    let url = database_url();
+    let schema = unique_name("v8to9");
+    let fx = Fixture::with_store(open(&url, &schema));
+    let access = fx.access(fx.granted().id());
+    let mut client = raw_client(&url);
+    let q = quote(&schema);
+    client
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION {q}.consent_broker_commit(commits INTEGER, \
+             check_commit INTEGER[], check_kind TEXT[], check_id TEXT[], check_arg TEXT[], \
+             check_num BIGINT[], check_blob BYTEA[], change_commit INTEGER[], \
+             change_kind TEXT[], change_id TEXT[], change_arg TEXT[], change_num BIGINT[], \
+             change_num2 BIGINT[], entry_commit INTEGER[], entry_tail BYTEA[]) \
+             RETURNS BIGINT[] LANGUAGE sql \
+             AS $$ SELECT pg_catalog.array_fill(-1::BIGINT, ARRAY[commits]) $$; \
+             UPDATE {q}.consent_broker_meta SET value = 8 WHERE key = 'schema_version'"
+        ))
+        .unwrap();
+    let before = fx.audit_len();
+    assert!(
+        !matches!(
+            fx.broker.authorise_access(&access),
+            Ok(AccessOutcome::Permitted(_))
+        ),
+        "the stand-in refuses every commit"
+    );
+    assert_eq!(fx.audit_len(), before);
+
+    let broker = Broker::builder(id("broker"), open(&url, &schema))
+        .clock(fx.clock.clone())
+        .keys(keys())
+        .build()
+        .unwrap();
+    let version: i64 = client
+        .query_one(
+            &format!("SELECT value FROM {q}.consent_broker_meta WHERE key = 'schema_version'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 9);
+    let settings: Vec<String> = client
+        .query_one(
+            "SELECT proconfig FROM pg_catalog.pg_proc \
+             WHERE proname = 'consent_broker_commit' AND pronamespace = $1::TEXT::regnamespace",
+            &[&q],
+        )
+        .unwrap()
+        .get(0);
+    for setting in [
+        "search_path=",
+        "plan_cache_mode=force_generic_plan",
+        "enable_seqscan=off",
+    ] {
+        assert!(
+            settings.iter().any(|s| s.starts_with(setting)),
+            "{setting} in {settings:?}"
+        );
+    }
+    assert_eq!(
+        broker.authorise_access(&access).unwrap().decision(),
+        Decision::Permit
+    );
+    assert!(fx.audit_len() > before);
+
+    let len = fx.audit_len();
+    let error = client
+        .query_one(
+            &format!(
+                "SELECT {q}.consent_broker_commit(1, ARRAY[0], ARRAY[NULL::TEXT], ARRAY['x'], \
+                 ARRAY[NULL::TEXT], ARRAY[1::BIGINT], ARRAY[NULL::BYTEA], '{{}}'::INTEGER[], \
+                 '{{}}'::TEXT[], '{{}}'::TEXT[], '{{}}'::TEXT[], '{{}}'::BIGINT[], \
+                 '{{}}'::BIGINT[], ARRAY[0], ARRAY['\\x7d'::BYTEA])"
+            ),
+            &[],
+        )
+        .expect_err("a check of no kind");
+    let message = error.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("unknown check")),
+        "{error:?}"
+    );
+    assert_eq!(fx.audit_len(), len);
 }
