@@ -19,9 +19,8 @@
 //! the server-side function `consent_broker_commit` (schema version 6, replaced by 7, 8 and 9),
 //! which takes the commit lock, and for each commit in turn checks its preconditions (one
 //! statement a check), applies its changes, builds its audit entries and computes the Merkle
-//! nodes they complete. One statement, one transaction,
-//! one flush of the server's write-ahead log for the whole batch, and no caller is answered before
-//! it returns. A commit whose preconditions fail is refused alone (`Conflict`, or `Duplicate` for
+//! nodes they complete. One statement, one transaction, one flush of the server's write-ahead
+//! log for the whole batch, and no caller is answered before it returns. A commit whose preconditions fail is refused alone (`Conflict`, or `Duplicate` for
 //! an id already seen) and writes nothing; the others land, numbered consecutively. The function
 //! knows the preconditions and changes of a decision, a token and the bank's gate (a sealed
 //! response's live device keys among them since version 7; before, such a gate check was applied
@@ -105,11 +104,11 @@ use crate::store::{
 const COMMIT_LOCK: i64 = 0x4342_526B;
 
 /// The server-side function behind group commit, and the statement that pins its search path
-/// (schema version 6 created it, versions 7, 8 and 9 replaced it). Its arguments are parallel arrays, each row
-/// tagged with the position of its commit in the batch (rows in commit order). It answers, per
-/// commit, its first sequence number; -1 if a precondition failed; -2 - k if its check k
-/// (0-based over the whole batch) found an id already seen. A refused commit writes nothing. The
-/// lock key is [`COMMIT_LOCK`] (a unit test checks that it is spelled the same).
+/// (schema version 6 created it, versions 7, 8 and 9 replaced it). Its arguments are parallel
+/// arrays, each row tagged with the position of its commit in the batch (rows in commit order).
+/// It answers, per commit, its first sequence number; -1 if a precondition failed; -2 - k if its
+/// check k (0-based over the whole batch) found an id already seen. A refused commit writes
+/// nothing. The lock key is [`COMMIT_LOCK`] (a unit test checks that it is spelled the same).
 macro_rules! commit_function {
     () => {
         r#"
