@@ -10,6 +10,15 @@ use crate::support::*;
 use consent_broker::testing::FaultStore;
 use consent_broker::*;
 
+/// A fixture on a SQLite file of its own (the directory, kept alive, and the file's path, for
+/// editing it behind the broker's back).
+fn on_sqlite() -> (tempfile::TempDir, std::path::PathBuf, Fixture<SqliteStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.sqlite");
+    let fx = Fixture::with_store(SqliteStore::open(&db).unwrap());
+    (dir, db, fx)
+}
+
 /// A grant of two accounts of three requested (the first and a further one, which the
 /// in-memory store keeps in different places).
 fn two_of_three<S: Store>(fx: &Fixture<S>) -> (ConsentRequest, [AccountId; 3]) {
@@ -99,9 +108,7 @@ fn decisions_on_sqlite_name_what_the_subjects_key_makes() {
 /// and named as the key makes it too.
 #[test]
 fn a_reauthorisation_keeps_the_pseudonyms_of_the_accounts_it_grants() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("broker.sqlite");
-    let fx = Fixture::with_store(SqliteStore::open(&db).unwrap());
+    let (_dir, db, fx) = on_sqlite();
     let (request, [current, savings, third]) = two_of_three(&fx);
     let subject = request.subject().clone();
     fx.clock.advance(time::Duration::days(1));
@@ -150,9 +157,7 @@ fn edit_grant(
 /// its decisions make them from the key, and name exactly what the key makes.
 #[test]
 fn a_grant_without_usable_pseudonyms_is_decided_from_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("broker.sqlite");
-    let fx = Fixture::with_store(SqliteStore::open(&db).unwrap());
+    let (_dir, db, fx) = on_sqlite();
     let (request, [current, ..]) = two_of_three(&fx);
     let subject = request.subject().clone();
     let edits: [fn(&mut serde_json::Value); 2] = [
@@ -173,9 +178,7 @@ fn a_grant_without_usable_pseudonyms_is_decided_from_the_key() {
 /// not the pseudonyms of the key that is gone.
 #[test]
 fn a_grant_whose_key_was_deleted_is_decided_under_a_new_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("broker.sqlite");
-    let fx = Fixture::with_store(SqliteStore::open(&db).unwrap());
+    let (_dir, db, fx) = on_sqlite();
     let (request, [current, ..]) = two_of_three(&fx);
     let subject = request.subject().clone();
     let before = fx.pseudonym(&subject);
@@ -195,9 +198,7 @@ fn a_grant_whose_key_was_deleted_is_decided_under_a_new_key() {
 /// the decision fails with a typed error naming nobody, and nothing is permitted or logged.
 #[test]
 fn a_mangled_kept_pseudonym_fails_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("broker.sqlite");
-    let fx = Fixture::with_store(SqliteStore::open(&db).unwrap());
+    let (_dir, db, fx) = on_sqlite();
     let (request, [current, ..]) = two_of_three(&fx);
     let access = about(&fx, &request, &current);
     let mangled = [
