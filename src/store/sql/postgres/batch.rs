@@ -1,9 +1,9 @@
-//! Group commit in one round trip: the commits queued on a broker's writer are sent together as
-//! one call of the server-side function `consent_broker_commit` (schema version 6, replaced by 7,
-//! 8 and 9), which takes the commit lock, checks each commit's preconditions, applies its changes,
-//! numbers its audit
-//! entries and computes the Merkle nodes they complete, all in the statement's own transaction.
-//! One statement, one transaction, one flush of the server's write-ahead log for the batch.
+//! Group commit in one round trip: the commits queued on a broker's writer are sent together as one
+//! call of the server-side function `consent_broker_commit` (schema version 6, replaced by 7, 8 and
+//! 9), which takes the commit lock, checks each commit's preconditions, applies its changes,
+//! numbers its audit entries and computes the Merkle nodes they complete, all in the statement's
+//! own transaction. One statement, one transaction, one flush of the server's write-ahead log for
+//! the batch.
 //!
 //! A commit is sent this way when all of its preconditions and changes are of the kinds a
 //! decision, a token, or the bank's gate makes (see [`Fast::of`]); any other commit (a consent's

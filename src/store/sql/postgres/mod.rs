@@ -15,19 +15,19 @@
 //!
 //! # Group commit in one round trip
 //!
-//! The commits queued while the writer is busy are sent together as the next batch: one call of
-//! the server-side function `consent_broker_commit` (schema version 6, replaced by 7, 8 and 9),
-//! which takes the commit lock, and for each commit in turn checks its preconditions (one
-//! statement a check), applies its changes, builds its audit entries and computes the Merkle
-//! nodes they complete. One statement, one transaction, one flush of the server's write-ahead
-//! log for the whole batch, and no caller is answered before it returns. A commit whose preconditions fail is refused alone (`Conflict`, or `Duplicate` for
-//! an id already seen) and writes nothing; the others land, numbered consecutively. The function
-//! knows the preconditions and changes of a decision, a token and the bank's gate (a sealed
-//! response's live device keys among them since version 7; before, such a gate check was applied
-//! alone); any other commit (a consent's creation, a revocation, a key's rotation, an erasure, a
-//! subject's first key) is applied
-//! statement by statement in a transaction of its own, in its turn. [`PostgresStore::commit_stats`]
-//! shows the grouping.
+//! The commits queued while the writer is busy are sent together as the next batch: one call of the
+//! server-side function `consent_broker_commit` (schema version 6, replaced by 7, 8 and 9), which
+//! takes the commit lock, and for each commit in turn checks its preconditions (one statement a
+//! check), applies its changes, builds its audit entries and computes the Merkle nodes they
+//! complete. One statement, one transaction, one flush of the server's write-ahead log for the
+//! whole batch, and no caller is answered before it returns. A commit whose preconditions fail is
+//! refused alone (`Conflict`, or `Duplicate` for an id already seen) and writes nothing; the others
+//! land, numbered consecutively. The function knows the preconditions and changes of a decision, a
+//! token and the bank's gate (a sealed response's live device keys among them since version 7;
+//! before, such a gate check was applied alone); any other commit (a consent's creation, a
+//! revocation, a key's rotation, an erasure, a subject's first key) is applied statement by
+//! statement in a transaction of its own, in its turn. [`PostgresStore::commit_stats`] shows the
+//! grouping.
 //!
 //! If the connection breaks while a batch is in flight, every caller in it gets
 //! [`StoreError::OutcomeUnknown`]: whether the server committed the batch before the break is
