@@ -2,8 +2,9 @@
 //! bank's ledger on SQLite: attestation, policy, counts, presented ids, feed; account owner),
 //! beside two raw ring Ed25519 verifications of the same bytes (the token's and the proof's
 //! signatures, the floor any such check pays); and, separately, the journal's write of a served
-//! access (one fsynced SQLite transaction), for one caller, eight and 32; the same on PostgreSQL
-//! when a server is named.
+//! access (one fsynced SQLite transaction), for one caller, eight, 32 and 256 (with the default
+//! bound on the checks verifying at once, and with none); the same on PostgreSQL when a server is
+//! named.
 //!
 //! Run: `cargo bench --bench gate`; with PostgreSQL:
 //! `scripts/with-postgres cargo bench --features postgres --bench gate`.
@@ -134,7 +135,7 @@ fn bench(c: &mut Criterion) {
         &kit,
         &bank,
         &random,
-        (8, false),
+        (8, false, 1),
     );
 
     // The same in steady state, as in service: the ledger (a file of its own) already holds the
@@ -143,9 +144,10 @@ fn bench(c: &mut Criterion) {
     let steady_dir = tempfile::tempdir().unwrap();
     let steady_path = steady_dir.path().join("steady.sqlite");
     let steady_kit = TestBroker::memory();
+    let steady_ledger = std::sync::Arc::new(SqliteStore::open(&steady_path).unwrap());
     let steady_bank = TestBank::with_settings(
         &steady_kit,
-        SqliteStore::open(&steady_path).unwrap(),
+        std::sync::Arc::clone(&steady_ledger),
         support::open_gate(),
     );
     presented_for_a_lifetime(
@@ -159,7 +161,7 @@ fn bench(c: &mut Criterion) {
         &steady_kit,
         &steady_bank,
         &random,
-        (8, true),
+        (8, true, 1),
     );
     // And with 32 request threads, as the library's own HTTP gate runs under load: it hands each
     // check to a blocking thread and lets up to `http::MAX_IN_FLIGHT` (256) run at once, so a
@@ -170,8 +172,38 @@ fn bench(c: &mut Criterion) {
         &steady_kit,
         &steady_bank,
         &random,
-        (32, true),
+        (32, true, 1),
     );
+    // And with 256, as many as the HTTP gate runs at once: with the default bound on the checks
+    // verifying signatures at once (the cores), then with none (another process of the bank on
+    // the same ledger), the baseline of that bound. Ten samples of at least 4,096 checks each.
+    group.sample_size(10);
+    many_callers(
+        &mut group,
+        "check_and_journal_sqlite_256_callers_steady",
+        &steady_kit,
+        &steady_bank,
+        &random,
+        (256, true, 16),
+    );
+    let unbounded = TestBank::another_gate(
+        &steady_kit,
+        steady_ledger,
+        GateSettings {
+            verifying_at_once: usize::MAX,
+            ..support::open_gate()
+        },
+    );
+    many_callers_through(
+        &mut group,
+        "check_and_journal_sqlite_256_callers_steady_unbounded",
+        &steady_kit,
+        &steady_bank,
+        &unbounded,
+        &random,
+        (256, true, 16),
+    );
+    group.sample_size(100);
     postgres(&mut group, &random);
     group.finish();
 }
@@ -206,14 +238,28 @@ fn one_caller<L: Store + LedgerRead>(
 /// polling at once; one consent's served count is one row, which concurrent checks of it take in
 /// turn). Tokens and proofs are made before the clock starts; the time is one over the aggregate
 /// throughput.
-/// With `moving`, the kit's clock moves a second before each sample's tokens are made.
+/// With `moving`, the kit's clock moves a second before each sample's tokens are made; each caller
+/// checks at least `at_least` tokens a sample.
 fn many_callers<L: Store + LedgerRead + Sync>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
     kit: &TestBroker,
     bank: &TestBank<L>,
     random: &SeededRandom,
-    (callers, moving): (usize, bool),
+    callers: (usize, bool, u64),
+) {
+    many_callers_through(group, name, kit, bank, &bank.bank, random, callers);
+}
+
+/// [`many_callers`], the checks made by `gate` (a gate of `bank` with settings of its own).
+fn many_callers_through<L: Store + LedgerRead + Sync>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    kit: &TestBroker,
+    bank: &TestBank<L>,
+    gate: &Bank<L>,
+    random: &SeededRandom,
+    (callers, moving, at_least): (usize, bool, u64),
 ) {
     let accesses: Vec<AccessRequest> = (0..callers)
         .map(|_| kit.access(bank.granted(kit).id()))
@@ -224,7 +270,10 @@ fn many_callers<L: Store + LedgerRead + Sync>(
                 kit.clock
                     .advance(consent_broker::time::Duration::seconds(1));
             }
-            let each = iterations.div_ceil(callers as u64);
+            // At least `at_least` checks a caller: many callers each checking one or two would
+            // measure their threads' start, not a gate under that load.
+            let run = iterations.max(callers as u64 * at_least);
+            let each = run.div_ceil(callers as u64);
             let prepared: Vec<Vec<(String, String)>> = accesses
                 .iter()
                 .map(|access| {
@@ -234,16 +283,17 @@ fn many_callers<L: Store + LedgerRead + Sync>(
                 })
                 .collect();
             // Each caller checks the tokens made for it: `each` of them.
-            support::timed_threads(callers, iterations, |caller, _| {
+            support::timed_threads(callers, run, |caller, _| {
                 for (token, proof) in prepared.get(caller).unwrap() {
                     let request = GateRequest {
                         token,
                         proof,
                         http: GET_BALANCE,
                     };
-                    bank.bank.check(&request, &bank.accounts).unwrap();
+                    gate.check(&request, &bank.accounts).unwrap();
                 }
             })
+            .mul_f64(iterations as f64 / run as f64)
         })
     });
 }
@@ -308,7 +358,7 @@ fn postgres(
         &kit,
         &bank,
         random,
-        (8, false),
+        (8, false, 1),
     );
 }
 

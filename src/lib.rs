@@ -36,6 +36,7 @@ mod jws;
 pub mod key_history;
 mod keyring;
 mod keys;
+mod limit;
 pub mod merkle;
 mod policy;
 pub mod privacy;

@@ -53,6 +53,16 @@ pub struct GateSettings {
     /// Take each access token once (the default): every served access then rests on its own
     /// token, and so on its own `token_issued` entry in the broker's log.
     pub single_use_tokens: bool,
+    /// How many checks of this bank verify their signatures (the token's and the proof's) at
+    /// once, at most; the others sleep until a place is free. Default: the cores this process
+    /// may use ([`std::thread::available_parallelism`]); at least 1; `usize::MAX` for no bound.
+    ///
+    /// The two verifications are most of a check's CPU. With more checks verifying at once than
+    /// there are cores (the HTTP gate of feature `http` runs up to 256), they only take turns on
+    /// the cores, and take them from the thread writing the journal's next transaction, which
+    /// every one of them then waits for: with 256 request threads on a SQLite ledger, unbounded,
+    /// the gate did about a third of what it did bounded (BENCHMARKS.md, "Verifying at once").
+    pub verifying_at_once: usize,
 }
 
 impl Default for GateSettings {
@@ -64,6 +74,8 @@ impl Default for GateSettings {
             feed_staleness: Duration::minutes(5),
             present_daily_ceiling: 50,
             single_use_tokens: true,
+            verifying_at_once: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get),
         }
     }
 }
@@ -74,6 +86,7 @@ impl GateSettings {
         self.leeway = self.leeway.clamp(Duration::ZERO, MAX_LEEWAY);
         self.proof_window = self.proof_window.clamp(Duration::ZERO, MAX_PROOF_WINDOW);
         self.max_token_lifetime = self.max_token_lifetime.min(MAX_TOKEN_LIFETIME);
+        self.verifying_at_once = self.verifying_at_once.max(1);
         self
     }
 }
@@ -440,6 +453,9 @@ impl<S: Store + LedgerRead> Bank<S> {
             leeway: settings.leeway,
             max_lifetime: settings.max_token_lifetime,
         };
+        // The signatures, as many checks at once as `verifying_at_once` allows (CPU only:
+        // nothing is read from the ledger, nor waited for, inside).
+        let verifying = self.verifying.enter();
         let claims = token::check_token(request.token, |kid| self.broker_key(kid), &expected, now)
             .map_err(|e| Stop::Refuse(GateRefusal::Token(e), None, None))?;
         let refuse = |refusal: GateRefusal, claims: &AccessClaims, subject: Option<Who>| {
@@ -458,6 +474,7 @@ impl<S: Store + LedgerRead> Bank<S> {
             now,
         )
         .map_err(|e| refuse(GateRefusal::Proof(e), &claims, None))?;
+        drop(verifying);
         // The ids are remembered with the times their signatures cover (both checked against
         // the clock above, so within range; refused, not guessed, if not).
         let Ok(proof_at) = OffsetDateTime::from_unix_timestamp(proof.iat) else {

@@ -252,6 +252,8 @@ pub struct Bank<S> {
     broker: BrokerId,
     trust: RwLock<BrokerTrust>,
     gate: GateSettings,
+    /// The checks verifying signatures now, at most `gate.verifying_at_once`.
+    verifying: crate::limit::Limiter,
     /// Checks this gate has committed or tried to (one in [`gate::PRUNE_EVERY`] prunes).
     checks: std::sync::atomic::AtomicU64,
 }
@@ -337,6 +339,7 @@ impl<S: Store + LedgerRead> BankBuilder<S> {
         }
         let note = NoteSigner::new(self.id.as_str(), journal.to_pkcs8_der())
             .map_err(|_| KeyError::InvalidPkcs8)?;
+        let gate = self.gate.clamped();
         let bank = Bank {
             signer: RwLock::new(AttestationSigner::new(
                 self.id.clone(),
@@ -349,7 +352,8 @@ impl<S: Store + LedgerRead> BankBuilder<S> {
             journal: note,
             broker: self.broker,
             trust: RwLock::new(BrokerTrust::default()),
-            gate: self.gate.clamped(),
+            verifying: crate::limit::Limiter::new(gate.verifying_at_once),
+            gate,
             checks: std::sync::atomic::AtomicU64::new(0),
         };
         bank.activate(KeyUse::Attestation, &attestation)?;

@@ -1187,3 +1187,71 @@ pub(crate) fn concurrent_checks_of_one_approval_on<L: Store + LedgerRead>(
         .count();
     (served, refused)
 }
+
+/// With one place to verify signatures in, a check refused at the token or at the proof gives
+/// its place back: the checks after it (in this thread, then eight at once) are decided, not
+/// left waiting for a place nobody returns. Run apart, with a deadline, so a leak fails the test
+/// instead of hanging it.
+#[test]
+fn a_check_refused_at_its_signatures_gives_its_place_to_verify_back() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let w = world_with(GateSettings {
+            verifying_at_once: 1,
+            ..GateSettings::default()
+        });
+        let consent = w.bank.granted(&w.kit);
+        let access = w.kit.access(consent.id());
+        let token = w.kit.token(&access).token;
+        // Refused at the token (inside the place), then at the proof.
+        let outcome = w.check(&GateRequest {
+            token: "a.b.c",
+            proof: "",
+            http: GET_BALANCE,
+        });
+        assert!(
+            matches!(outcome, Err(GateError::Refused { .. })),
+            "{outcome:?}"
+        );
+        let thief = consent_broker::dpop::DpopSigner::new(SigningKey::from_seed(&[8; 32]).unwrap())
+            .unwrap();
+        let stolen = thief
+            .proof(
+                &GET_BALANCE,
+                &token,
+                w.kit.broker.now(),
+                &SystemRandom::new(),
+            )
+            .unwrap();
+        let outcome = w.check(&GateRequest {
+            token: &token,
+            proof: &stolen,
+            http: GET_BALANCE,
+        });
+        assert!(
+            matches!(
+                outcome,
+                Err(GateError::Refused {
+                    refusal: GateRefusal::Proof(DpopError::KeyMismatch),
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
+        w.present(&token).unwrap();
+        // Eight threads at once through the one place, each a fresh token.
+        let served = w.served_count();
+        let tokens: Vec<String> = (0..8).map(|_| w.kit.token(&access).token).collect();
+        std::thread::scope(|scope| {
+            for token in &tokens {
+                let w = &w;
+                scope.spawn(move || w.present(token).unwrap());
+            }
+        });
+        assert_eq!(w.served_count(), served + 8);
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("a check never got a place to verify in (or failed: see its panic above)");
+}
