@@ -1,6 +1,6 @@
 //! A bound on how many threads run one CPU-bound step at once ([`Limiter`]).
 //!
-//! The gate's signature verifications are most of its CPU. An HTTP gate runs up to
+//! The gate's signature verifications are about half of its CPU. An HTTP gate runs up to
 //! `http::MAX_IN_FLIGHT` checks at once on blocking threads; with far more threads verifying
 //! than there are cores, the scheduler shares the cores among all of them, and the thread that
 //! writes the journal's next transaction (the group commit's leader, whom every one of them then
@@ -35,6 +35,12 @@ impl Limiter {
         }
     }
 
+    /// The most threads let in at once.
+    #[cfg(test)]
+    pub(crate) fn bound(&self) -> usize {
+        self.max
+    }
+
     fn count(&self) -> MutexGuard<'_, usize> {
         self.inside.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -60,6 +66,7 @@ impl Drop for Inside<'_> {
     fn drop(&mut self) {
         if let Some(limiter) = self.0 {
             let mut inside = limiter.count();
+            debug_assert!(*inside > 0, "a place given back twice");
             *inside = inside.saturating_sub(1);
             drop(inside);
             limiter.left.notify_one();
@@ -90,21 +97,39 @@ mod tests {
         (thread, told)
     }
 
+    /// A thread that enters `limiter`, says so, and stays inside until told to leave.
+    fn stays_inside(limiter: &Arc<Limiter>) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (entered, told) = mpsc::channel();
+        let (leave, left) = mpsc::channel::<()>();
+        let limiter = Arc::clone(limiter);
+        std::thread::spawn(move || {
+            let _inside = limiter.enter();
+            entered.send(()).unwrap();
+            let _ = left.recv();
+        });
+        (told, leave)
+    }
+
     #[test]
     fn a_third_thread_waits_while_two_are_inside_and_enters_when_one_leaves() {
         let limiter = Arc::new(Limiter::new(2));
-        let (first, second) = (limiter.enter(), limiter.enter());
+        let (first_in, first_leaves) = stays_inside(&limiter);
+        let (second_in, _second_leaves) = stays_inside(&limiter);
+        for entered in [&first_in, &second_in] {
+            entered
+                .recv_timeout(DEADLINE)
+                .expect("two threads could not be inside at once");
+        }
         let (third, told) = enters_apart(&limiter);
         assert_eq!(
             told.recv_timeout(SETTLE),
             Err(mpsc::RecvTimeoutError::Timeout),
             "a third thread got in while two were inside"
         );
-        drop(first);
+        first_leaves.send(()).unwrap();
         told.recv_timeout(DEADLINE)
             .expect("the third thread never got the place the first gave back");
         third.join().unwrap();
-        drop(second);
     }
 
     #[test]

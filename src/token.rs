@@ -304,11 +304,26 @@ pub fn check_token(
     expected: &TokenExpectations<'_>,
     now: OffsetDateTime,
 ) -> Result<AccessClaims, TokenError> {
+    check_token_in(token, key_for, expected, now, None).map(|(claims, _)| claims)
+}
+
+/// [`check_token`], from its signature on in a place of `verifying` when given (the bank's gate:
+/// see `GateSettings::verifying_at_once`), returned still held with the claims so that the
+/// caller's next checks run in it too. A token refused before its signature (too long,
+/// malformed, another algorithm, an unknown key) takes no place.
+pub(crate) fn check_token_in<'v>(
+    token: &str,
+    key_for: impl Fn(&str) -> Option<Ed25519PublicKey>,
+    expected: &TokenExpectations<'_>,
+    now: OffsetDateTime,
+    verifying: Option<&'v crate::limit::Limiter>,
+) -> Result<(AccessClaims, Option<crate::limit::Inside<'v>>), TokenError> {
     crypto::install()?;
     let compact = jws::split(token, MAX_TOKEN_LEN)?;
     let key = check_header(&compact.header, key_for)?;
+    let place = verifying.map(crate::limit::Limiter::enter);
     let claims = compact.open(&key)?.ok_or(TokenError::BadSignature)?;
-    check_claims(&claims, expected, now)
+    Ok((check_claims(&claims, expected, now)?, place))
 }
 
 fn check_header(

@@ -53,15 +53,21 @@ pub struct GateSettings {
     /// Take each access token once (the default): every served access then rests on its own
     /// token, and so on its own `token_issued` entry in the broker's log.
     pub single_use_tokens: bool,
-    /// How many checks of this bank verify their signatures (the token's and the proof's) at
-    /// once, at most; the others sleep until a place is free. Default: the cores this process
-    /// may use ([`std::thread::available_parallelism`]); at least 1; `usize::MAX` for no bound.
+    /// How many of this bank's checks verify their signatures at once (the token's and the
+    /// proof's, with the checks of their claims), at most; the others sleep until a place is
+    /// free. Default: the cores this process may use ([`std::thread::available_parallelism`]);
+    /// at least 1; `usize::MAX` for no bound. The bound is per [`Bank`](crate::Bank): banks in
+    /// one process have one each.
     ///
-    /// The two verifications are most of a check's CPU. With more checks verifying at once than
-    /// there are cores (the HTTP gate of feature `http` runs up to 256), they only take turns on
-    /// the cores, and take them from the thread writing the journal's next transaction, which
+    /// The two verifications are about half of a check's CPU. With more checks verifying at once
+    /// than there are cores (the HTTP gate of feature `http` runs up to 256), they only take turns
+    /// on the cores, and take them from the thread writing the journal's next transaction, which
     /// every one of them then waits for: with 256 request threads on a SQLite ledger, unbounded,
-    /// the gate did about a third of what it did bounded (BENCHMARKS.md, "Verifying at once").
+    /// the gate did about a third of what it did bounded, and a bound of one more than the cores
+    /// lost half the gain (measured on two cores: BENCHMARKS.md, "Verifying at once"). A request
+    /// whose token is refused before its signature is verified (malformed, another algorithm, an
+    /// unknown key) takes no place; anyone can send those. Lower the bound when other CPU-heavy
+    /// work shares the process; raise it only where measurements show the cores idle under load.
     pub verifying_at_once: usize,
 }
 
@@ -453,11 +459,16 @@ impl<S: Store + LedgerRead> Bank<S> {
             leeway: settings.leeway,
             max_lifetime: settings.max_token_lifetime,
         };
-        // The signatures, as many checks at once as `verifying_at_once` allows (CPU only:
-        // nothing is read from the ledger, nor waited for, inside).
-        let verifying = self.verifying.enter();
-        let claims = token::check_token(request.token, |kid| self.broker_key(kid), &expected, now)
-            .map_err(|e| Stop::Refuse(GateRefusal::Token(e), None, None))?;
+        // From the token's signature to the end of the proof's check, in one of
+        // `verifying_at_once` places: CPU only, nothing read from the ledger nor waited for.
+        let (claims, verifying) = token::check_token_in(
+            request.token,
+            |kid| self.broker_key(kid),
+            &expected,
+            now,
+            Some(&self.verifying),
+        )
+        .map_err(|e| Stop::Refuse(GateRefusal::Token(e), None, None))?;
         let refuse = |refusal: GateRefusal, claims: &AccessClaims, subject: Option<Who>| {
             Stop::Refuse(refusal, Some(Box::new(claims.clone())), subject)
         };
@@ -814,5 +825,29 @@ impl Admission {
     /// The journal's entry that recorded the access (the sealed context's `sequence`).
     pub fn journal_seq(&self) -> u64 {
         self.journal_seq
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::GateSettings;
+    use crate::MemoryStore;
+    use crate::testing::{TestBank, TestBroker};
+
+    /// The setting reaches the bank's limiter: as given, 0 taken as 1, the cores by default.
+    #[test]
+    fn the_bound_on_verifying_at_once_is_the_banks() {
+        let kit = TestBroker::memory();
+        for (asked, kept) in [(0, 1), (1, 1), (3, 3), (usize::MAX, usize::MAX)] {
+            let settings = GateSettings {
+                verifying_at_once: asked,
+                ..GateSettings::default()
+            };
+            let bank = TestBank::another_gate(&kit, MemoryStore::new(), settings);
+            assert_eq!(bank.verifying.bound(), kept);
+        }
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let bank = TestBank::another_gate(&kit, MemoryStore::new(), GateSettings::default());
+        assert_eq!(bank.verifying.bound(), cores);
     }
 }

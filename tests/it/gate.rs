@@ -1188,12 +1188,9 @@ pub(crate) fn concurrent_checks_of_one_approval_on<L: Store + LedgerRead>(
     (served, refused)
 }
 
-/// With one place to verify signatures in, a check refused at the token or at the proof gives
-/// its place back: the checks after it (in this thread, then eight at once) are decided, not
-/// left waiting for a place nobody returns. Run apart, with a deadline, so a leak fails the test
-/// instead of hanging it.
-#[test]
-fn a_check_refused_at_its_signatures_gives_its_place_to_verify_back() {
+/// Runs `test` on a world whose gate verifies one signature at a time, in a thread of its own
+/// with a deadline: a place to verify never given back fails the test instead of hanging it.
+fn with_one_place_to_verify(test: impl FnOnce(&World, &AccessRequest) + Send + 'static) {
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let w = world_with(GateSettings {
@@ -1201,18 +1198,54 @@ fn a_check_refused_at_its_signatures_gives_its_place_to_verify_back() {
             ..GateSettings::default()
         });
         let consent = w.bank.granted(&w.kit);
-        let access = w.kit.access(consent.id());
-        let token = w.kit.token(&access).token;
-        // Refused at the token (inside the place), then at the proof.
-        let outcome = w.check(&GateRequest {
+        test(&w, &w.kit.access(consent.id()));
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("a check never got a place to verify in (or failed: see its panic above)");
+}
+
+/// `jws` with one character of its signature changed: still 64 bytes, no longer the signature.
+fn bad_signature(jws: &str) -> String {
+    let (input, signature) = jws.rsplit_once('.').unwrap();
+    let mut signature = signature.to_owned();
+    let swapped = if signature.as_bytes()[10] == b'A' {
+        "B"
+    } else {
+        "A"
+    };
+    signature.replace_range(10..11, swapped);
+    format!("{input}.{signature}")
+}
+
+/// With one place to verify signatures in, a check refused before its token's signature (no
+/// place taken) or from it on (inside the place) leaves the place free: the checks after it, in
+/// this thread and then eight at once, are decided, not left waiting for a place nobody returns.
+#[test]
+fn a_check_refused_at_its_signatures_gives_its_place_to_verify_back() {
+    with_one_place_to_verify(|w, access| {
+        let token = w.kit.token(access).token;
+        let refused = |request: GateRequest<'_>, expected: GateRefusal| match w.check(&request) {
+            Err(GateError::Refused { refusal, .. }) => assert_eq!(refusal, expected),
+            other => panic!("expected {expected:?}, got {other:?}"),
+        };
+        // The token: malformed (before any place), then a bad signature (inside one).
+        let no_token = GateRequest {
             token: "a.b.c",
             proof: "",
             http: GET_BALANCE,
-        });
-        assert!(
-            matches!(outcome, Err(GateError::Refused { .. })),
-            "{outcome:?}"
+        };
+        assert!(matches!(w.check(&no_token), Err(GateError::Refused { .. })));
+        let forged = bad_signature(&token);
+        refused(
+            GateRequest {
+                token: &forged,
+                ..no_token
+            },
+            GateRefusal::Token(TokenError::BadSignature),
         );
+        // The proof: another key's, then a bad signature (both in the token's place).
         let thief = consent_broker::dpop::DpopSigner::new(SigningKey::from_seed(&[8; 32]).unwrap())
             .unwrap();
         let stolen = thief
@@ -1223,35 +1256,72 @@ fn a_check_refused_at_its_signatures_gives_its_place_to_verify_back() {
                 &SystemRandom::new(),
             )
             .unwrap();
-        let outcome = w.check(&GateRequest {
+        let request = GateRequest {
             token: &token,
             proof: &stolen,
             http: GET_BALANCE,
-        });
-        assert!(
-            matches!(
-                outcome,
-                Err(GateError::Refused {
-                    refusal: GateRefusal::Proof(DpopError::KeyMismatch),
-                    ..
-                })
-            ),
-            "{outcome:?}"
+        };
+        refused(request, GateRefusal::Proof(DpopError::KeyMismatch));
+        let mut proof = String::new();
+        let honest = w.bank.present(&w.kit, &token, &mut proof);
+        let spoiled = bad_signature(honest.proof);
+        refused(
+            GateRequest {
+                proof: &spoiled,
+                ..honest
+            },
+            GateRefusal::Proof(DpopError::BadSignature),
         );
         w.present(&token).unwrap();
         // Eight threads at once through the one place, each a fresh token.
         let served = w.served_count();
-        let tokens: Vec<String> = (0..8).map(|_| w.kit.token(&access).token).collect();
+        let tokens: Vec<String> = (0..8).map(|_| w.kit.token(access).token).collect();
         std::thread::scope(|scope| {
             for token in &tokens {
-                let w = &w;
                 scope.spawn(move || w.present(token).unwrap());
             }
         });
         assert_eq!(w.served_count(), served + 8);
-        done.send(()).unwrap();
     });
-    finished
-        .recv_timeout(std::time::Duration::from_secs(120))
-        .expect("a check never got a place to verify in (or failed: see its panic above)");
+}
+
+/// The account system of [`the_place_to_verify_is_given_back_before_the_checks_that_follow`]:
+/// every lookup waits for `meeting`'s other party.
+struct Meeting<'a> {
+    accounts: &'a Accounts,
+    meeting: &'a std::sync::Barrier,
+}
+
+impl DataHolder for Meeting<'_> {
+    type Error = std::convert::Infallible;
+
+    fn account_owner(&self, account: &AccountId) -> Result<Option<SubjectId>, Self::Error> {
+        self.meeting.wait();
+        self.accounts.account_owner(account)
+    }
+}
+
+/// With one place to verify signatures in, two checks meet in the bank's account system (step 7,
+/// after the ledger's view): each must have given its place back before asking, or the other
+/// could never verify its signatures and reach the meeting.
+#[test]
+fn the_place_to_verify_is_given_back_before_the_checks_that_follow() {
+    with_one_place_to_verify(|w, access| {
+        let tokens: Vec<String> = (0..2).map(|_| w.kit.token(access).token).collect();
+        let meeting = std::sync::Barrier::new(2);
+        let accounts = Meeting {
+            accounts: &w.bank.accounts,
+            meeting: &meeting,
+        };
+        std::thread::scope(|scope| {
+            for token in &tokens {
+                let accounts = &accounts;
+                scope.spawn(move || {
+                    let mut proof = String::new();
+                    let request = w.bank.present(&w.kit, token, &mut proof);
+                    w.bank.bank.check(&request, accounts).unwrap();
+                });
+            }
+        });
+    });
 }
