@@ -462,3 +462,100 @@ fn confirmation_claim(claims: &Map<String, Value>) -> Result<Option<Confirmation
         _ => Err(claim_error("cnf", ClaimProblem::Invalid)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, mpsc};
+    use std::time::Duration as StdDuration;
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use super::*;
+    use crate::limit::Limiter;
+
+    /// A token with `header`, an empty payload and a signature of 64 zero bytes.
+    fn token_with(header: &Value) -> String {
+        let part = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        format!(
+            "{}.{}.{}",
+            part(header.to_string().as_bytes()),
+            part(b"{}"),
+            part(&[0; 64])
+        )
+    }
+
+    /// Checks `token` on a thread of its own with the gate's limiter; the outcome arrives on the
+    /// receiver once the check ends.
+    fn checked_apart(
+        limiter: &Arc<Limiter>,
+        token: String,
+    ) -> mpsc::Receiver<Result<AccessClaims, TokenError>> {
+        let (done, outcome) = mpsc::channel();
+        let limiter = Arc::clone(limiter);
+        std::thread::spawn(move || {
+            let (issuer, audience): (BrokerId, HolderId) =
+                ("broker".parse().unwrap(), "bank".parse().unwrap());
+            let expected = TokenExpectations {
+                issuer: &issuer,
+                audience: &audience,
+                leeway: MAX_LEEWAY,
+                max_lifetime: MAX_TOKEN_LIFETIME,
+            };
+            let key = SigningKey::from_seed(&[3; 32]).unwrap().public_key();
+            let outcome = check_token_in(
+                &token,
+                |kid| (kid == "known").then_some(key),
+                &expected,
+                OffsetDateTime::UNIX_EPOCH,
+                Some(&limiter),
+            );
+            let _ = done.send(outcome.map(|(claims, _place)| claims));
+        });
+        outcome
+    }
+
+    /// With every place to verify taken, a token anyone could send that is refused before its
+    /// signature (malformed, another algorithm, an unknown key) is refused at once, never queued
+    /// behind the checks that verify; a token naming a known key waits for a place, and is
+    /// refused for its signature once it has one.
+    #[test]
+    fn a_token_refused_before_its_signature_never_waits_for_a_place() {
+        let limiter = Arc::new(Limiter::new(1));
+        let taken = limiter.enter();
+        let garbage = [
+            ("a.b.c".to_owned(), "malformed"),
+            (
+                token_with(&serde_json::json!({ "alg": "HS256", "typ": "at+jwt", "kid": "known" })),
+                "another algorithm",
+            ),
+            (
+                token_with(&serde_json::json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": "other" })),
+                "an unknown key",
+            ),
+        ];
+        for (token, what) in garbage {
+            let outcome = checked_apart(&limiter, token)
+                .recv_timeout(StdDuration::from_secs(20))
+                .unwrap_or_else(|_| panic!("a token with {what} waited for a place"));
+            assert!(outcome.is_err(), "a token with {what} was accepted");
+        }
+        let known = checked_apart(
+            &limiter,
+            token_with(&serde_json::json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": "known" })),
+        );
+        assert_eq!(
+            known.recv_timeout(StdDuration::from_millis(200)).err(),
+            Some(mpsc::RecvTimeoutError::Timeout),
+            "a token to verify did not wait for the place"
+        );
+        drop(taken);
+        let outcome = known
+            .recv_timeout(StdDuration::from_secs(20))
+            .expect("the token never got the place given back");
+        assert!(
+            matches!(outcome, Err(TokenError::BadSignature)),
+            "{outcome:?}"
+        );
+    }
+}
