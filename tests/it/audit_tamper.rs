@@ -488,6 +488,39 @@ fn a_flipped_byte_names_the_entry() {
     }
 }
 
+/// A stored node cut to 31 bytes (a leaf, and a node of the lowest level the file stores above
+/// the derived ones) is refused as corrupt, and the error names the node.
+#[test]
+fn a_node_cut_short_is_refused_and_named() {
+    let logged = Logged::new();
+    let high = (4..32)
+        .find(|level| logged.size >= 1 << level)
+        .expect("the story's log has at least 16 entries");
+    for (level, index) in [(0u32, 3u64), (high, 0)] {
+        let name = format!("short-{level}-{index}");
+        let (plain, checked) = logged.verify_both(&name, |c| {
+            assert!(stored(c, level, index), "node ({level}, {index}) is stored");
+            let changed = c
+                .execute(
+                    "UPDATE merkle_nodes SET hash = substr(hash, 1, 31) \
+                     WHERE level = ?1 AND idx = ?2",
+                    params![level, index as i64],
+                )
+                .unwrap();
+            assert_eq!(changed, 1);
+        });
+        let expected = format!("Merkle node ({level}, {index}) is not 32 bytes");
+        for result in [plain, checked] {
+            match result {
+                Err(LogError::Store(StoreError::Corrupt(message))) => {
+                    assert!(message.contains(&expected), "{message}")
+                }
+                other => panic!("node ({level}, {index}) cut short: {other:?}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn a_flipped_byte_anywhere_in_an_entry_is_detected() {
     let logged = Logged::new();

@@ -259,7 +259,7 @@ pub struct SqliteStore {
     /// while a batch is being written and flushed. `None` for a read-only store. Declared before
     /// the writer so that they close first: the last connection to close (the writer, which may
     /// write) folds the write-ahead log into the database and removes it.
-    readers: Option<Mutex<Vec<Connection>>>,
+    readers: Option<Readers>,
     /// The database file as resolved when the store was opened: readers open this, so a
     /// relative path and a later change of directory cannot point them at another file.
     resolved: PathBuf,
@@ -277,6 +277,14 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
+/// The idle reader connections of a store that writes, in two pools: one for reads of a few
+/// rows, one for scans, which read the file through memory-mapped pages (see [`MMAP_BYTES`]).
+#[derive(Debug, Default)]
+struct Readers {
+    point: Mutex<Vec<Connection>>,
+    scans: Mutex<Vec<Connection>>,
+}
+
 /// A commit with its records encoded (by its caller, before queueing) but for their numbers.
 type Prepared = (Commit, Vec<crate::audit::PreparedEntry>);
 
@@ -292,13 +300,25 @@ const MAX_BATCH: usize = 256;
 /// more a second (see BENCHMARKS.md).
 const DERIVED_LEVELS: u32 = 3;
 
-/// Idle reader connections kept open (more are opened while more threads read at once, and
-/// closed when they return beyond this). A gate under load has dozens of checks reading at once
-/// (the HTTP gate lets up to 256 run): with 16 kept, 32 request threads closed and reopened
-/// connections all the time, each new one parsing the schema and preparing its statements
-/// again (2.5 % of the gate's samples; 552 files opened in one run of its 32-caller row against
-/// 228 with 64 kept).
+/// Idle reader connections kept open in each pool (more are opened while more threads read at
+/// once, and closed when they return beyond this). A gate under load has dozens of checks
+/// reading at once (the HTTP gate lets up to 256 run): with 16 kept, 32 request threads closed
+/// and reopened connections all the time, each new one parsing the schema and preparing its
+/// statements again (2.5 % of the gate's samples; 552 files opened in one run of its 32-caller
+/// row against 228 with 64 kept).
 const MAX_IDLE_READERS: usize = 64;
+
+/// How much of the database file the writer's connection and the scanning readers read through
+/// memory-mapped pages (`PRAGMA mmap_size`): a page of the file is then read in place, where
+/// `pread` copies it, a system call a page (pages whose latest version is in the write-ahead
+/// log are read from it with `pread` all the same). A scan (the log's verification, a range of
+/// entries for tiles) reads thousands of pages, and mapped reads made the log's verification
+/// about 8 % faster. Readers of a few rows (a decision's view, the gate's) stay unmapped: a
+/// reader's page cache is emptied whenever another connection has committed, and under load
+/// their mapped reads were slower (eight callers' decisions, three pairs: 22,997–27,459
+/// against 23,502–30,751 a second; see BENCHMARKS.md). Not for [`SqliteStore::open_read_only`],
+/// which reads copies another process might truncate under the mapping.
+const MMAP_BYTES: i64 = 256 * 1024 * 1024;
 
 /// Maps an engine error to a store error that says what the caller can do.
 fn store_error(path: &Path, error: rusqlite::Error) -> StoreError {
@@ -411,10 +431,9 @@ impl SqliteStore {
         connection
             .pragma_update(None, "secure_delete", "ON")
             .map_err(fail)?;
-        // Reads (whole-log verification above all) go through memory-mapped pages, up to
-        // 256 MiB, instead of copying every page through read(2).
+        // Reads on the writer's connection go through memory-mapped pages (see `MMAP_BYTES`).
         connection
-            .pragma_update(None, "mmap_size", 256 * 1024 * 1024)
+            .pragma_update(None, "mmap_size", MMAP_BYTES)
             .map_err(fail)?;
         let resolved = std::fs::canonicalize(&path).map_err(|e| {
             StoreError::Unavailable(format!("cannot resolve {}: {e}", path.display()))
@@ -422,7 +441,7 @@ impl SqliteStore {
         let store = Self {
             derived: DERIVED_LEVELS,
             writer: Mutex::new(connection),
-            readers: Some(Mutex::new(Vec::new())),
+            readers: Some(Readers::default()),
             resolved,
             group: GroupCommit::new(MAX_BATCH),
             counters: Counters::default(),
@@ -580,8 +599,13 @@ impl SqliteStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A reader connection from the pool, or a new one.
-    fn reader(&self, pool: &Mutex<Vec<Connection>>) -> Result<Connection, StoreError> {
+    /// An idle reader connection of `pool`, or a new one (`mapped`: reading through
+    /// memory-mapped pages).
+    fn reader(
+        &self,
+        pool: &Mutex<Vec<Connection>>,
+        mapped: bool,
+    ) -> Result<Connection, StoreError> {
         let idle = pool
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -598,6 +622,11 @@ impl SqliteStore {
         connection
             .busy_timeout(Self::DEFAULT_BUSY_TIMEOUT)
             .map_err(fail)?;
+        if mapped {
+            connection
+                .pragma_update(None, "mmap_size", MMAP_BYTES)
+                .map_err(fail)?;
+        }
         tune_statements(&connection).map_err(fail)?;
         Ok(connection)
     }
@@ -669,7 +698,7 @@ impl SqliteStore {
         may_borrow_writer: bool,
         read: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
     ) -> Result<T, StoreError> {
-        let Some(pool) = &self.readers else {
+        let Some(readers) = &self.readers else {
             let connection = self.lock();
             return read(&mut Lite(&connection, self.derived)).map_err(|e| failure(&self.path, e));
         };
@@ -689,7 +718,13 @@ impl SqliteStore {
         if let Some(mut writer) = idle_writer {
             return self.in_transaction(&mut writer, TransactionBehavior::Deferred, read);
         }
-        let mut connection = self.reader(pool)?;
+        // Scans are the reads that never borrow the writer.
+        let scan = !may_borrow_writer;
+        let pool = match scan {
+            true => &readers.scans,
+            false => &readers.point,
+        };
+        let mut connection = self.reader(pool, scan)?;
         let value = self.in_transaction(&mut connection, TransactionBehavior::Deferred, read)?;
         let mut idle = pool
             .lock()
@@ -1616,7 +1651,9 @@ mod tests {
             }
             assert_eq!(prune.get_status(rusqlite::StatementStatus::RePrepare), 0);
         }
-        let reader = store.reader(store.readers.as_ref().unwrap()).unwrap();
+        let reader = store
+            .reader(&store.readers.as_ref().unwrap().point, false)
+            .unwrap();
         let mut scan = reader
             .prepare("SELECT id FROM bank_presented WHERE kind = 'proof' AND at < ?1 ORDER BY at LIMIT ?2")
             .unwrap();
