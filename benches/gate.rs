@@ -3,8 +3,8 @@
 //! beside two raw ring Ed25519 verifications of the same bytes (the token's and the proof's
 //! signatures, the floor any such check pays); and, separately, the journal's write of a served
 //! access (one fsynced SQLite transaction), for one caller, eight, 32 and 256 (with the default
-//! bound on the checks verifying at once, and with none); the same on PostgreSQL when a server is
-//! named.
+//! bound on the checks verifying at once, and with none), and the checks alone with 32 callers;
+//! the same on PostgreSQL when a server is named.
 //!
 //! Run: `cargo bench --bench gate`; with PostgreSQL:
 //! `scripts/with-postgres cargo bench --features postgres --bench gate`.
@@ -174,6 +174,22 @@ fn bench(c: &mut Criterion) {
         &random,
         (32, true, 1),
     );
+    // The same 32 callers making the checks alone (`Bank::precheck`: every check, nothing
+    // written): the most this machine gives the checks in this run, the journal's cost apart.
+    many_callers_making(
+        &mut group,
+        "check_sqlite_dpop_32_callers_steady",
+        &steady_kit,
+        &steady_bank,
+        &|request| {
+            steady_bank
+                .bank
+                .precheck(request, &steady_bank.accounts)
+                .unwrap();
+        },
+        &random,
+        (32, true, 1),
+    );
     // And with 256, as many as the HTTP gate runs at once: with the default bound on the checks
     // verifying signatures at once (the cores), then with none (another process of the bank on
     // the same ledger), the baseline of that bound. Ten samples of at least 4,096 checks each.
@@ -194,12 +210,14 @@ fn bench(c: &mut Criterion) {
             ..support::open_gate()
         },
     );
-    many_callers_through(
+    many_callers_making(
         &mut group,
         "check_and_journal_sqlite_256_callers_steady_unbounded",
         &steady_kit,
         &steady_bank,
-        &unbounded,
+        &|request| {
+            unbounded.check(request, &steady_bank.accounts).unwrap();
+        },
         &random,
         (256, true, 16),
     );
@@ -248,16 +266,20 @@ fn many_callers<L: Store + LedgerRead + Sync>(
     random: &SeededRandom,
     callers: (usize, bool, u64),
 ) {
-    many_callers_through(group, name, kit, bank, &bank.bank, random, callers);
+    let check = |request: &GateRequest<'_>| {
+        bank.bank.check(request, &bank.accounts).unwrap();
+    };
+    many_callers_making(group, name, kit, bank, &check, random, callers);
 }
 
-/// [`many_callers`], the checks made by `gate` (a gate of `bank` with settings of its own).
-fn many_callers_through<L: Store + LedgerRead + Sync>(
+/// [`many_callers`], each caller making `check` of each request (another gate of `bank`, with
+/// settings of its own; or the checks without the journal).
+fn many_callers_making<L: Store + LedgerRead + Sync>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
     kit: &TestBroker,
     bank: &TestBank<L>,
-    gate: &Bank<L>,
+    check: &(dyn Fn(&GateRequest<'_>) + Sync),
     random: &SeededRandom,
     (callers, moving, at_least): (usize, bool, u64),
 ) {
@@ -285,12 +307,11 @@ fn many_callers_through<L: Store + LedgerRead + Sync>(
             // Each caller checks the tokens made for it: `each` of them.
             support::timed_threads(callers, run, |caller, _| {
                 for (token, proof) in prepared.get(caller).unwrap() {
-                    let request = GateRequest {
+                    check(&GateRequest {
                         token,
                         proof,
                         http: GET_BALANCE,
-                    };
-                    gate.check(&request, &bank.accounts).unwrap();
+                    });
                 }
             })
             .mul_f64(iterations as f64 / run as f64)
