@@ -685,7 +685,8 @@ impl SqliteStore {
     }
 
     /// A read of many rows (a range of the log, every consent of a subject): always on a reader
-    /// connection, so it never holds the writer's connection while a batch waits for it.
+    /// connection of the scanning pool, which maps the file (see [`MMAP_BYTES`]), so it never
+    /// holds the writer's connection while a batch waits for it.
     fn scan<T>(
         &self,
         read: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
