@@ -1233,9 +1233,11 @@ impl Store for SqliteStore {
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
-    use super::SqliteStore;
+    use super::{MMAP_BYTES, SqliteStore};
     use crate::audit::{Actor, AuditEvent, AuditRecord};
     use crate::store::{Change, Commit, LogRead, StateRead, Store, StoreError};
+    use rusqlite::Connection;
+    use std::sync::Mutex;
     use time::OffsetDateTime;
 
     fn using(attestation: &str) -> Commit {
@@ -1634,6 +1636,32 @@ mod tests {
         let tx = super::Tx::begin(&writer, rusqlite::TransactionBehavior::Deferred).unwrap();
         tx.commit().unwrap();
         assert_eq!(count(&writer), 1, "the abandoned delete was rolled back");
+    }
+
+    /// A scan (a range of the log) runs on the pool of readers that map the file, a read of a
+    /// few rows under load on the pool that does not, and neither takes the other's connection.
+    #[test]
+    fn scans_read_through_mapped_pages_and_reads_of_a_few_rows_do_not() {
+        let (_dir, store) = store();
+        let readers = store.readers.as_ref().unwrap();
+        let idle = |pool: &Mutex<Vec<Connection>>| {
+            pool.lock()
+                .unwrap()
+                .iter()
+                .map(|c| c.pragma_query_value(None, "mmap_size", |row| row.get::<_, i64>(0)))
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+        };
+        store.audit_bytes(0..10).unwrap();
+        assert_eq!(idle(&readers.scans), [MMAP_BYTES]);
+        assert!(idle(&readers.point).is_empty());
+        // The writer's connection busy (as under a batch): a read of a few rows goes to the
+        // unmapped pool.
+        let writer = store.lock();
+        assert_eq!(store.audit_len().unwrap(), 0);
+        drop(writer);
+        assert_eq!(idle(&readers.point), [0]);
+        assert_eq!(idle(&readers.scans), [MMAP_BYTES]);
     }
 
     #[test]
