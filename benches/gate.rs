@@ -1,10 +1,11 @@
 //! The bank's gate: the full check of one request (token signature and claims, DPoP proof, the
 //! bank's ledger on SQLite: attestation, policy, counts, presented ids, feed; account owner),
 //! beside two raw ring Ed25519 verifications of the same bytes (the token's and the proof's
-//! signatures, the floor any such check pays); and, separately, the journal's write of a served
-//! access (one fsynced SQLite transaction), for one caller, eight, 32 and 256 (with the default
-//! bound on the checks verifying at once, and with none), and the checks alone with 32 callers;
-//! the same on PostgreSQL when a server is named.
+//! signatures, the floor any such check pays) and the same two by the crate's own verification;
+//! and, separately, the journal's write of a served access (one fsynced SQLite transaction), for
+//! one caller, eight, 32 and 256 (with the default bound on the checks verifying at once, and
+//! with none), and the checks alone with 32 callers; the same on PostgreSQL when a server is
+//! named.
 //!
 //! Run: `cargo bench --bench gate`; with PostgreSQL:
 //! `scripts/with-postgres cargo bench --features postgres --bench gate`.
@@ -18,7 +19,7 @@ use std::hint::black_box;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use consent_broker::testing::{GET_BALANCE, SeededRandom, TestBank, TestBroker};
+use consent_broker::testing::{self, GET_BALANCE, SeededRandom, TestBank, TestBroker};
 use consent_broker::*;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
@@ -113,6 +114,23 @@ fn bench(c: &mut Criterion) {
             UnparsedPublicKey::new(&ED25519, platform_key.as_bytes())
                 .verify(black_box(&proof_input), black_box(&proof_signature))
                 .unwrap();
+        })
+    });
+
+    // The same two with the crate's own verification (every token, proof, checkpoint and
+    // cosignature goes through it): the same answers as ring's, on curve25519-dalek, keys kept.
+    group.bench_function("raw/two_ed25519_verifications_crate", |b| {
+        b.iter(|| {
+            assert!(testing::verify_ed25519(
+                broker_key.as_bytes(),
+                black_box(&token_input),
+                black_box(&token_signature),
+            ));
+            assert!(testing::verify_ed25519(
+                platform_key.as_bytes(),
+                black_box(&proof_input),
+                black_box(&proof_signature),
+            ));
         })
     });
 

@@ -11,7 +11,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ring::signature::{self, Ed25519KeyPair};
+use ring::signature::Ed25519KeyPair;
 
 use crate::checkpoint::{
     Checkpoint, CheckpointError, NoteError, NoteVerifier, SIG_PREFIX, ed25519_key_pair,
@@ -139,10 +139,12 @@ impl CosignatureVerifier {
         if timestamp > i64::MAX as u64 || sig.len() != 64 {
             return None;
         }
-        signature::UnparsedPublicKey::new(&signature::ED25519, self.public_key)
-            .verify(signed_message(timestamp, body).as_bytes(), sig)
-            .ok()
-            .map(|()| timestamp)
+        crate::ed25519::verify(
+            &self.public_key,
+            signed_message(timestamp, body).as_bytes(),
+            sig,
+        )
+        .then_some(timestamp)
     }
 }
 

@@ -4,7 +4,9 @@
 //! it runs goes through one process-wide [`CryptoProvider`]. This module owns:
 //!
 //! - [`RING_PROVIDER`]: a provider for every algorithm `jsonwebtoken` names (HS256/384/512,
-//!   RS256/384/512, PS256/384/512, ES256/384, EdDSA), with `ring` as the only backend;
+//!   RS256/384/512, PS256/384/512, ES256/384, EdDSA), with `ring` as the backend, except
+//!   that EdDSA signatures are verified by the crate's one Ed25519 verification
+//!   (`src/ed25519.rs`: `ring`'s answers, on curve25519-dalek's arithmetic);
 //! - [`install`]: makes a provider process-wide (ours, or one the host installed first) and
 //!   proves it works with a known-answer self-test, once per process.
 //!
@@ -249,15 +251,15 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> JwtResult<Box<dyn JwtVeri
         Algorithm::ES384 => ecdsa(&ring_sig::ECDSA_P384_SHA384_FIXED, P384_COORDINATE_LEN),
         Algorithm::EdDSA => {
             let public_key = key.try_get_as_bytes()?;
-            let well_formed = public_key.len() == ring_sig::ED25519_PUBLIC_KEY_LEN;
-            let malformed = ErrorKind::InvalidEddsaKey;
-            point_verifier(alg, &ring_sig::ED25519, public_key, well_formed, malformed)
+            let key = <[u8; ring_sig::ED25519_PUBLIC_KEY_LEN]>::try_from(public_key)
+                .map_err(|_| new_error(ErrorKind::InvalidEddsaKey))?;
+            Ok(Box::new(EdVerifier { alg, key }))
         }
         _ => Err(new_error(ErrorKind::UnsupportedAlgorithm)),
     }
 }
 
-/// ECDSA and Ed25519 keys are raw public keys that ring only parses when verifying: checking
+/// ECDSA keys are raw public keys that ring only parses when verifying: checking
 /// their shape here makes a wrong key a factory error, not a verifier that rejects every token.
 fn point_verifier(
     alg: Algorithm,
@@ -311,7 +313,13 @@ struct RsaVerifier {
     key: RsaPublicKeyComponents<Vec<u8>>,
 }
 
-/// ECDSA and Ed25519.
+/// Ed25519, by this crate's one verification ([`crate::ed25519::verify`]).
+struct EdVerifier {
+    alg: Algorithm,
+    key: [u8; ring_sig::ED25519_PUBLIC_KEY_LEN],
+}
+
+/// ECDSA.
 struct PublicKeyVerifier {
     alg: Algorithm,
     key: UnparsedPublicKey<Vec<u8>>,
@@ -327,7 +335,7 @@ macro_rules! reports_algorithm {
     };
 }
 reports_algorithm!(JwtSigner for HmacSigner, RsaSigner, EcdsaSigner, EdSigner);
-reports_algorithm!(JwtVerifier for HmacVerifier, RsaVerifier, PublicKeyVerifier);
+reports_algorithm!(JwtVerifier for HmacVerifier, RsaVerifier, PublicKeyVerifier, EdVerifier);
 
 impl Signer<Vec<u8>> for HmacSigner {
     fn try_sign(&self, msg: &[u8]) -> Result<Vec<u8>, SignatureError> {
@@ -373,6 +381,15 @@ impl Verifier<Vec<u8>> for RsaVerifier {
         self.key
             .verify(self.params, msg, signature)
             .map_err(|_| SignatureError::new())
+    }
+}
+
+impl Verifier<Vec<u8>> for EdVerifier {
+    fn verify(&self, msg: &[u8], signature: &Vec<u8>) -> Result<(), SignatureError> {
+        match crate::ed25519::verify(&self.key, msg, signature) {
+            true => Ok(()),
+            false => Err(SignatureError::new()),
+        }
     }
 }
 

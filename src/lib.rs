@@ -24,6 +24,7 @@ pub mod cosignature;
 pub mod crypto;
 mod data;
 pub mod dpop;
+mod ed25519;
 mod error;
 pub mod feed;
 mod holder;

@@ -93,7 +93,7 @@ pub enum ClientError {
 }
 
 /// The rustls configuration of every client of this module: the `ring` provider (this crate's
-/// only cryptographic backend), safe protocol versions, certificate verification on, against
+/// cryptographic backend), safe protocol versions, certificate verification on, against
 /// the roots of `settings` or the Web PKI's. For a `reqwest` client of your own:
 /// `reqwest::Client::builder().tls_backend_preconfigured(tls_config(&settings)?)`.
 ///

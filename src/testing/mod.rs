@@ -71,3 +71,22 @@ pub use faults::{Fault, FaultRates, FaultStore, Injected};
 pub use fixture::{START, TestBroker};
 pub use gate::{Accounts, BALANCE_URL, GET_BALANCE, TestBank};
 pub use random::{FailingRandom, SeededRandom};
+
+/// The crate's Ed25519 verification, which checks every token, DPoP proof, checkpoint and
+/// cosignature: whether `signature` is `public_key`'s signature of `message`. For benchmarks
+/// and for checking it against other implementations.
+///
+/// ```
+/// use ring::signature::{Ed25519KeyPair, KeyPair};
+///
+/// let random = ring::rand::SystemRandom::new();
+/// let pkcs8 = Ed25519KeyPair::generate_pkcs8(&random).unwrap();
+/// let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+/// let signature = pair.sign(b"hello");
+/// let key = pair.public_key().as_ref();
+/// assert!(consent_broker::testing::verify_ed25519(key, b"hello", signature.as_ref()));
+/// assert!(!consent_broker::testing::verify_ed25519(key, b"hullo", signature.as_ref()));
+/// ```
+pub fn verify_ed25519(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    crate::ed25519::verify(public_key, message, signature)
+}

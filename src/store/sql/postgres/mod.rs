@@ -48,8 +48,8 @@
 //!
 //! # TLS
 //!
-//! Connections are made with rustls on the ring provider (the crate's only cryptographic
-//! backend), and the server's certificate is always verified: its chain against the CAs in
+//! Connections are made with rustls on the ring provider (the crate's cryptographic backend),
+//! and the server's certificate is always verified: its chain against the CAs in
 //! [`PostgresOptions::root_certificates`] (else the platform's trust store), its name against
 //! the host the URL names. [`PostgresTlsMode::Auto`], the default, uses TLS for every server not
 //! on this machine and never falls back to plaintext for one. The URL's `sslmode` (`disable`,
