@@ -1,5 +1,8 @@
 //! Ed25519 signature verification: every signature this crate checks (tokens, DPoP proofs,
-//! checkpoints, cosignatures, the JWT provider's EdDSA) goes through [`verify`].
+//! checkpoints, cosignatures, the JWT provider's EdDSA) goes through [`verify`]. The bank's
+//! attestations are verified through jsonwebtoken's process-wide provider: by this function when
+//! the crate's provider is installed (what `crypto::install` does unless the host installed one
+//! of its own first), by the host's EdDSA otherwise.
 //!
 //! It is RFC 8032's verification (section 5.1.7) with the cofactorless equation, exactly as
 //! `ring` (and so BoringSSL's ref10) does it: `S` must be below the group order `L`; the key `A`
@@ -224,6 +227,52 @@ mod tests {
                 assert!(verify(key, message, signatures[i].as_ref()), "{round}/{i}");
                 let other = &signatures[(i + 1 + round) % pairs.len()];
                 assert!(!verify(key, message, other.as_ref()), "{round}/{i}");
+            }
+        }
+    }
+
+    /// A key and its negation share their `y` and differ in the sign bit only: each signature
+    /// verifies under its own key and not under the other, in either order of first use (a
+    /// thread keeping decoded keys by `y`, or by the bytes without the sign bit, would answer
+    /// for the wrong one).
+    #[test]
+    fn a_key_and_its_negation_are_kept_apart() {
+        use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
+
+        let random = SystemRandom::new();
+        let scalar = || {
+            let mut wide = [0u8; 64];
+            ring::rand::SecureRandom::fill(&random, &mut wide).unwrap();
+            Scalar::from_bytes_mod_order_wide(&wide)
+        };
+        // RFC 8032's signing equation over a raw scalar: S = r + k·a.
+        let sign = |a: &Scalar, key: &[u8; 32], message: &[u8]| {
+            let r = scalar();
+            let big_r = (ED25519_BASEPOINT_TABLE * &r).compress();
+            let mut hash = ring::digest::Context::new(&ring::digest::SHA512);
+            hash.update(big_r.as_bytes());
+            hash.update(key);
+            hash.update(message);
+            let k = Scalar::from_bytes_mod_order_wide(hash.finish().as_ref().try_into().unwrap());
+            [big_r.to_bytes(), (r + k * a).to_bytes()].concat()
+        };
+        let message = b"signed under a key and under its negation";
+        for first in [0, 1] {
+            let a = scalar();
+            let key = (ED25519_BASEPOINT_TABLE * &a).compress().to_bytes();
+            let negated = (ED25519_BASEPOINT_TABLE * &-a).compress().to_bytes();
+            assert_eq!(key[..31], negated[..31]);
+            assert_eq!(key[31] ^ negated[31], 0x80);
+            let keys = [
+                (key, sign(&a, &key, message)),
+                (negated, sign(&-a, &negated, message)),
+            ];
+            for i in [first, 1 - first, first, 1 - first] {
+                let (own, signature) = &keys[i];
+                let (other, _) = &keys[1 - i];
+                assert!(ring_verifies(own, message, signature));
+                assert!(verify(own, message, signature), "{first}/{i}");
+                assert!(!verify(other, message, signature), "{first}/{i}");
             }
         }
     }

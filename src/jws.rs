@@ -1,7 +1,8 @@
 //! Strict parsing of compact JWS (RFC 7515) shared by the access token and the DPoP proof: exact
 //! segment count, unpadded base64url, JSON objects, typed claims, and the Ed25519 signature check
-//! through jsonwebtoken's process-wide provider. Each caller maps a [`JwsProblem`] into its own
-//! error type, so that a refusal names the part and claim at fault.
+//! by the crate's one verification (`crate::ed25519`; signing goes through jsonwebtoken's
+//! process-wide provider). Each caller maps a [`JwsProblem`] into its own error type, so that a
+//! refusal names the part and claim at fault.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
