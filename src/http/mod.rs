@@ -62,15 +62,89 @@ pub const MAX_IN_FLIGHT: usize = 256;
 /// The slots of [`MAX_IN_FLIGHT`].
 static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_IN_FLIGHT);
 
+/// How much of a body beyond [`MAX_BODY_BYTES`] is read and thrown away before the 413 is sent
+/// (1 MiB in all).
+///
+/// A server that answers before the request's body has arrived and closes the connection
+/// leaves the rest of the body unread in its socket, and the kernel then resets the connection:
+/// the client, still sending, often loses the answer and sees a broken connection instead of
+/// the 413 (in a test of this crate, 12 requests of 500 with a 200 KiB body). So a body that
+/// is too large is read to its end, up to this much, and only then refused. Beyond it, the 413
+/// is sent at once and the connection may be reset: nobody sends a megabyte to these endpoints
+/// by mistake.
+const DRAIN_BYTES: usize = 1024 * 1024;
+
 /// The layers every router of this module has: bodies bounded to [`MAX_BODY_BYTES`], each
 /// request traced, counted, timed out and answered with a problem document when it fails.
 pub(crate) fn bounded(router: axum::Router, metrics: Metrics) -> axum::Router {
     router
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(read_body))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             metrics::observe,
         ))
+}
+
+/// The 413 for a body beyond [`MAX_BODY_BYTES`].
+fn too_large() -> Problem {
+    let status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+    Problem::new(
+        status,
+        "http/413",
+        status.canonical_reason().unwrap_or("Payload Too Large"),
+    )
+}
+
+/// Reads the request's body before any handler sees it: whole when it is within
+/// [`MAX_BODY_BYTES`] (the handler gets it from memory), and to its end (up to
+/// [`DRAIN_BYTES`]) before a 413 when it is not, so that the client receives the 413 instead of
+/// a reset connection. A body declared larger than [`DRAIN_BYTES`], or announced with
+/// `Expect: 100-continue` and declared too large, is refused without reading it. A body that
+/// cannot be read (the client went away, a broken chunked encoding) is a 400. Trailers are not
+/// kept: no endpoint of this module reads any.
+async fn read_body(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    use http_body_util::BodyExt as _;
+    let headers = request.headers();
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let waits_for_continue = headers
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let limit = u64::try_from(MAX_BODY_BYTES).unwrap_or(u64::MAX);
+    let drain = u64::try_from(DRAIN_BYTES).unwrap_or(u64::MAX);
+    if declared.is_some_and(|n| n > drain || (waits_for_continue && n > limit)) {
+        return too_large().into_response();
+    }
+    let (parts, mut body) = request.into_parts();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut read = 0_usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Problem::bad_request("the request's body could not be read").into_response();
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        read = read.saturating_add(data.len());
+        if read > DRAIN_BYTES {
+            return too_large().into_response();
+        }
+        if read <= MAX_BODY_BYTES {
+            kept.extend_from_slice(&data);
+        }
+    }
+    if read > MAX_BODY_BYTES {
+        return too_large().into_response();
+    }
+    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(kept));
+    next.run(request).await
 }
 
 /// The answer when every slot is taken.
