@@ -251,7 +251,8 @@ pub fn check_proof(
     if key.thumbprint() != expected_jkt {
         return Err(DpopError::KeyMismatch);
     }
-    let claims = compact.open(&key)?.ok_or(DpopError::BadSignature)?;
+    let payload = compact.open(&key)?.ok_or(DpopError::BadSignature)?;
+    let claims = jws::Members::parse(&payload, TokenPart::Payload)?;
     check_claims(&claims, request, access_token, window, now)
 }
 
@@ -296,7 +297,7 @@ fn check_header(header: &Map<String, Value>) -> Result<Ed25519PublicKey, DpopErr
 }
 
 fn check_claims(
-    claims: &Map<String, Value>,
+    claims: &jws::Members<'_>,
     request: &HttpRequest<'_>,
     access_token: &str,
     window: Duration,

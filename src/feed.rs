@@ -153,7 +153,7 @@ pub fn check_feed(
         _ => None,
     }
     .ok_or(FeedError::UnknownKey)?;
-    let payload = compact.open(&key)?.ok_or(FeedError::BadSignature)?;
+    let payload = compact.open_object(&key)?.ok_or(FeedError::BadSignature)?;
     let contents: RevocationFeed = serde_json::from_value(Value::Object(payload))
         .map_err(|e| FeedError::Malformed(e.to_string()))?;
     if &contents.iss != broker || &contents.aud != holder {

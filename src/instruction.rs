@@ -196,7 +196,9 @@ pub(crate) fn verify(
         _ => None,
     }
     .ok_or(InstructionError::UnknownKey)?;
-    let payload = compact.open(key)?.ok_or(InstructionError::BadSignature)?;
+    let payload = compact
+        .open_object(key)?
+        .ok_or(InstructionError::BadSignature)?;
     let claims: InstructionClaims = serde_json::from_value(Value::Object(payload))
         .map_err(|e| InstructionError::Malformed(e.to_string()))?;
     if &claims.iss != holder {

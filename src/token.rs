@@ -18,7 +18,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::crypto::{self, ProviderError};
 use crate::ids::{AccountId, BrokerId, ConsentId, HolderId, PlatformId, SubjectId};
-use crate::jws::{self, JwsProblem};
+use crate::jws::{self, JwsProblem, Member, Members};
 use crate::keys::{Ed25519PublicKey, SigningKey};
 use crate::policy::Presence;
 use crate::vocab::{ProhibitedUse, Purpose, RequestedPurpose, RequestedScope, Scope};
@@ -279,18 +279,15 @@ fn claim_error(claim: &str, problem: ClaimProblem) -> TokenError {
     jws::claim_error(claim, problem).into()
 }
 
-fn string_claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Result<&'a str, TokenError> {
+fn string_claim<'a>(claims: &'a Members<'_>, name: &str) -> Result<&'a str, TokenError> {
     Ok(jws::string_claim(claims, name)?)
 }
 
-fn parsed_claim<T: std::str::FromStr>(
-    claims: &Map<String, Value>,
-    name: &str,
-) -> Result<T, TokenError> {
+fn parsed_claim<T: std::str::FromStr>(claims: &Members<'_>, name: &str) -> Result<T, TokenError> {
     Ok(jws::parsed_claim(claims, name)?)
 }
 
-fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<i64, TokenError> {
+fn time_claim(claims: &Members<'_>, name: &str) -> Result<i64, TokenError> {
     Ok(jws::time_claim(claims, name)?)
 }
 
@@ -322,7 +319,8 @@ pub(crate) fn check_token_in<'v>(
     let compact = jws::split(token, MAX_TOKEN_LEN)?;
     let key = check_header(&compact.header, key_for)?;
     let place = verifying.map(crate::limit::Limiter::enter);
-    let claims = compact.open(&key)?.ok_or(TokenError::BadSignature)?;
+    let payload = compact.open(&key)?.ok_or(TokenError::BadSignature)?;
+    let claims = Members::parse(&payload, TokenPart::Payload)?;
     Ok((check_claims(&claims, expected, now)?, place))
 }
 
@@ -363,7 +361,7 @@ fn check_header(
 }
 
 fn check_claims(
-    claims: &Map<String, Value>,
+    claims: &Members<'_>,
     expected: &TokenExpectations<'_>,
     now: OffsetDateTime,
 ) -> Result<AccessClaims, TokenError> {
@@ -448,11 +446,11 @@ fn check_claims(
 
 /// `cnf`, when present: an object holding exactly a `jkt`, 43 base64url characters (a SHA-256
 /// thumbprint).
-fn confirmation_claim(claims: &Map<String, Value>) -> Result<Option<Confirmation>, TokenError> {
+fn confirmation_claim(claims: &Members<'_>) -> Result<Option<Confirmation>, TokenError> {
     let Some(value) = claims.get("cnf") else {
         return Ok(None);
     };
-    let Value::Object(cnf) = value else {
+    let Member::Other(Value::Object(cnf)) = value else {
         return Err(claim_error("cnf", ClaimProblem::WrongType));
     };
     match (cnf.len(), cnf.get("jkt")) {
