@@ -242,6 +242,21 @@ pub fn check_proof(
     window: Duration,
     now: OffsetDateTime,
 ) -> Result<CheckedProof, DpopError> {
+    check_proof_hashed(proof, request, access_token, expected_jkt, window, now)
+        .map(|(checked, _)| checked)
+}
+
+/// [`check_proof`], with the [`token_hash`] of `access_token` it computed for `ath`: the bank's
+/// gate journals that same digest (`privacy::commitment` of the token) and need not hash the
+/// token twice.
+pub(crate) fn check_proof_hashed(
+    proof: &str,
+    request: &HttpRequest<'_>,
+    access_token: &str,
+    expected_jkt: &str,
+    window: Duration,
+    now: OffsetDateTime,
+) -> Result<(CheckedProof, String), DpopError> {
     crypto::install()?;
     if proof.is_empty() {
         return Err(DpopError::Missing);
@@ -302,7 +317,7 @@ fn check_claims(
     access_token: &str,
     window: Duration,
     now: OffsetDateTime,
-) -> Result<CheckedProof, DpopError> {
+) -> Result<(CheckedProof, String), DpopError> {
     let jti = jws::string_claim(claims, "jti")?;
     if !(16..=128).contains(&jti.len()) {
         return Err(jws::claim_error("jti", ClaimProblem::Invalid).into());
@@ -328,13 +343,15 @@ fn check_claims(
     if iat < now.saturating_sub(window) {
         return Err(DpopError::TooOld);
     }
-    if ath != token_hash(access_token) {
+    let hash = token_hash(access_token);
+    if ath != hash {
         return Err(DpopError::TokenHashMismatch);
     }
-    Ok(CheckedProof {
+    let checked = CheckedProof {
         jti: jti.to_owned(),
         iat,
-    })
+    };
+    Ok((checked, hash))
 }
 
 /// The platform's DPoP key: makes a proof for each request it sends with an access token.

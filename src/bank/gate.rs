@@ -476,7 +476,7 @@ impl<S: Store + LedgerRead> Bank<S> {
         let Some(cnf) = &claims.cnf else {
             return Err(refuse(GateRefusal::NotSenderConstrained, &claims, None));
         };
-        let proof = dpop::check_proof(
+        let (proof, token_digest) = dpop::check_proof_hashed(
             request.proof,
             &request.http,
             request.token,
@@ -649,7 +649,8 @@ impl<S: Store + LedgerRead> Bank<S> {
             }
         };
         Ok(Decided {
-            token_digest: crate::privacy::commitment(request.token.as_bytes()),
+            // The proof's `ath` is this digest: base64url of the token's SHA-256.
+            token_digest,
             plan,
             claims,
             view,

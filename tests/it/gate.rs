@@ -136,10 +136,18 @@ fn an_honest_access_is_journalled_before_it_is_served_and_the_subject_sees_it() 
     assert_eq!(w.served_count(), 1);
     match w.last_journal_entry().event {
         AuditEvent::AccessServed {
-            token_id, presence, ..
+            token_id,
+            presence,
+            token_digest,
+            ..
         } => {
             assert_eq!(token_id, token.token_id);
             assert_eq!(presence, Presence::SubjectPresent);
+            // The commitment the broker's `token_issued` entry carries for the same bytes.
+            assert_eq!(
+                token_digest,
+                Some(consent_broker::privacy::commitment(token.token.as_bytes()))
+            );
         }
         other => panic!("not journalled as served: {other:?}"),
     }
