@@ -108,7 +108,8 @@ impl Compact<'_> {
 
 /// A JSON object's members in their order, for reading claims by name: the same answers as
 /// [`serde_json::Map`] (the last of a duplicated name counts, as RFC 7519 §4 allows), without
-/// its tree and with strings borrowed from the text wherever they have no escape. A token's
+/// its tree and with strings borrowed from the text wherever they have no escape; but a member
+/// named with `serde_json`'s private marker is refused (see [`PRIVATE_MARKER`]). A token's
 /// claims are read on every request the gate serves: parsed into a `Map`, they took a tenth of
 /// a full token verification (`callgrind`), as much as everything else besides the signature.
 #[derive(Debug)]
@@ -124,8 +125,9 @@ pub(crate) enum Member<'a> {
 }
 
 impl<'a> Members<'a> {
-    /// Parses `bytes` as a JSON object: refused exactly where [`serde_json::Value`] would refuse
-    /// it, or read it as something other than an object.
+    /// Parses `bytes` as a JSON object: refused where [`serde_json::Value`] would refuse it or
+    /// read it as something other than an object, and where a member is named with
+    /// [`PRIVATE_MARKER`].
     pub(crate) fn parse(bytes: &'a [u8], part: TokenPart) -> Result<Self, JwsProblem> {
         serde_json::from_slice(bytes).map_err(|_| JwsProblem::Json(part))
     }
@@ -140,10 +142,13 @@ impl<'a> Members<'a> {
     }
 }
 
-/// The member name with which `serde_json` marks a raw value: a `Value` read from an object
-/// whose first member has this name is the JSON text of that member's string. [`Members`] does
-/// the same, so that its answers are `Map`'s in every case.
-const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+/// The prefix of the member names with which `serde_json` marks its private values (a raw
+/// value, an arbitrary-precision number). With its `raw_value` feature on (which a dependency may
+/// turn on), a `Value` read from an object whose first member is `$serde_json::private::RawValue`
+/// becomes the JSON text of that member's string, so that a payload could carry its claims
+/// wrapped, and be read one way in one build and another way in the next. [`Members`] refuses
+/// any member so named, in every build.
+const PRIVATE_MARKER: &str = "$serde_json::private::";
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -155,24 +160,10 @@ impl<'de> Deserialize<'de> for Members<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
                 let mut members = Vec::with_capacity(16);
-                let mut first = true;
                 while let Some(Name(name)) = map.next_key()? {
-                    if first && name == RAW_VALUE_TOKEN {
-                        // As `serde_json::Value` reads it: the string's JSON, and nothing more.
-                        let text: String = map.next_value()?;
-                        let Value::Object(inner) = serde_json::from_str::<Value>(&text)
-                            .map_err(serde::de::Error::custom)?
-                        else {
-                            return Err(serde::de::Error::custom("not an object"));
-                        };
-                        return Ok(Members(
-                            inner
-                                .into_iter()
-                                .map(|(key, value)| (Cow::Owned(key), Member::from(value)))
-                                .collect(),
-                        ));
+                    if name.starts_with(PRIVATE_MARKER) {
+                        return Err(serde::de::Error::custom("a member of serde_json's own"));
                     }
-                    first = false;
                     let value: Member<'de> = map.next_value()?;
                     members.push((name, value));
                 }
@@ -180,15 +171,6 @@ impl<'de> Deserialize<'de> for Members<'de> {
             }
         }
         deserializer.deserialize_map(Object)
-    }
-}
-
-impl From<Value> for Member<'_> {
-    fn from(value: Value) -> Self {
-        match value {
-            Value::String(text) => Member::Str(Cow::Owned(text)),
-            other => Member::Other(other),
-        }
     }
 }
 
@@ -405,25 +387,43 @@ mod tests {
     }
 
     const NAMES: &[&str] = &[
-        "iss",
-        "aud",
-        "sub",
-        "cnf",
-        "iat",
-        "exp",
-        "jti",
-        "a",
-        "",
-        "é",
-        "\u{0}",
-        RAW_VALUE_TOKEN,
+        "iss", "aud", "sub", "cnf", "iat", "exp", "jti", "a", "", "é", "\u{0}",
     ];
 
+    /// The names of an object's members as `serde_json` reads them (escapes undone), whatever
+    /// their values; `None` when the text is no object.
+    fn member_names(text: &[u8]) -> Option<Vec<String>> {
+        struct Names;
+        impl<'de> Visitor<'de> for Names {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    names.push(name);
+                }
+                Ok(names)
+            }
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(text);
+        deserializer.deserialize_map(Names).ok()
+    }
+
     /// `Members` against `serde_json::Map` on one text: the same refusals, and the same value
-    /// for every name.
+    /// for every name; except that a member named with serde_json's private marker is refused
+    /// by `Members` whatever `Map` makes of it (which depends on serde_json's features).
     fn agree(text: &[u8]) {
         let map = object(text, TokenPart::Payload);
         let members = Members::parse(text, TokenPart::Payload);
+        let marked = member_names(text)
+            .is_some_and(|names| names.iter().any(|name| name.starts_with(PRIVATE_MARKER)));
+        if marked {
+            assert!(members.is_err(), "{:?}", String::from_utf8_lossy(text));
+            return;
+        }
         match (&map, &members) {
             (Ok(map), Ok(members)) => {
                 let mut names: Vec<&str> = NAMES.to_vec();
@@ -587,6 +587,33 @@ mod tests {
         // Non-canonical trailing bits are refused too (`QUI` is canonical, `QUJ` is not).
         assert!(decode("QUI", TokenPart::Payload).is_ok());
         assert!(decode("QUJ", TokenPart::Payload).is_err());
+    }
+
+    #[test]
+    fn claims_wrapped_in_serde_jsons_private_members_are_refused_in_every_build() {
+        // With serde_json's `raw_value` feature (which axum turns on), a `Value` unwraps the
+        // first: a proof whose claims came wrapped was read as if they were not, and refused for
+        // a missing `jti` in a build without the feature. Now it is malformed in every build.
+        let wrapped = br#"{"$serde_json::private::RawValue":"{\"jti\":\"abcdefghijklmnop\",\"htm\":\"GET\"}"}"#;
+        let named = [
+            wrapped.to_vec(),
+            br#"{"jti":"abcdefghijklmnop","$serde_json::private::Number":"1"}"#.to_vec(),
+            br#"{"\u0024serde_json::private::RawValue":"{}"}"#.to_vec(),
+            br#"{"jti":"abcdefghijklmnop","$serde_json::private::anything":1}"#.to_vec(),
+        ];
+        for text in named {
+            assert_eq!(
+                Members::parse(&text, TokenPart::Payload).map(|_| ()),
+                Err(JwsProblem::Json(TokenPart::Payload)),
+                "{}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+        // Nested, such a name is a value's business (`Value`'s own visitor reads it), and a name
+        // that only resembles the marker is an ordinary member.
+        let nested = br#"{"x":{"$serde_json::private::Other":1},"serde_json::private::":2}"#;
+        let members = Members::parse(nested, TokenPart::Payload).unwrap();
+        assert!(members.get("serde_json::private::").is_some());
     }
 
     #[test]

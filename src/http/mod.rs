@@ -123,7 +123,9 @@ async fn read_body(
         return too_large().into_response();
     }
     let (parts, mut body) = request.into_parts();
-    let mut kept: Vec<u8> = Vec::new();
+    // What a declared length within the limit needs, and no more (a chunked body grows it).
+    let mut kept: Vec<u8> =
+        Vec::with_capacity(declared.map_or(0, |n| usize::try_from(n.min(limit)).unwrap_or(0)));
     let mut read = 0_usize;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {

@@ -316,4 +316,13 @@ fn malformed_proofs_get_typed_errors() {
     claims["htm"] = json!("GET ");
     parts[1] = b64(claims.to_string().as_bytes());
     assert_eq!(check(&parts.join("."), &jkt), Err(DpopError::BadSignature));
+    // Good claims wrapped in serde_json's private raw-value member, signed by the proof's key:
+    // a build whose serde_json has `raw_value` on would unwrap them, one without would not.
+    // Refused as malformed in every build.
+    let header = json!({ "typ": "dpop+jwt", "alg": "EdDSA", "jwk": public_jwk(7) });
+    let wrapped = json!({ "$serde_json::private::RawValue": good_claims().to_string() });
+    assert_eq!(
+        check(&crafted(&header, &wrapped, 7), &jkt),
+        Err(DpopError::Json(TokenPart::Payload))
+    );
 }
