@@ -325,4 +325,10 @@ fn malformed_proofs_get_typed_errors() {
         check(&crafted(&header, &wrapped, 7), &jkt),
         Err(DpopError::Json(TokenPart::Payload))
     );
+    // The same for a header.
+    let wrapped = json!({ "$serde_json::private::RawValue": header.to_string() });
+    assert_eq!(
+        check(&crafted(&wrapped, &good_claims(), 7), &jkt),
+        Err(DpopError::Json(TokenPart::Header))
+    );
 }
