@@ -13,6 +13,11 @@ pub struct CommitStats {
     pub transactions: u64,
     /// The most commits one transaction carried.
     pub largest_batch: u64,
+    /// Batches applied a second time, each commit in a savepoint of its own, because one of
+    /// their commits was refused after it had begun writing (a duplicate met by an insert); the
+    /// first attempt was rolled back whole. Counted among `transactions` once. Always 0 on
+    /// PostgreSQL, whose server-side function checks a commit's ids before it writes.
+    pub batches_redone: u64,
 }
 
 /// Counters behind [`CommitStats`].
@@ -21,6 +26,7 @@ pub(crate) struct Counters {
     commits: AtomicU64,
     transactions: AtomicU64,
     largest_batch: AtomicU64,
+    batches_redone: AtomicU64,
 }
 
 impl Counters {
@@ -32,12 +38,18 @@ impl Counters {
         self.largest_batch.fetch_max(size, Ordering::Relaxed);
     }
 
+    /// Counts a batch applied again, each commit in a savepoint.
+    pub(crate) fn redone(&self) {
+        self.batches_redone.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counts so far.
     pub(crate) fn stats(&self) -> CommitStats {
         CommitStats {
             commits: self.commits.load(Ordering::Relaxed),
             transactions: self.transactions.load(Ordering::Relaxed),
             largest_batch: self.largest_batch.load(Ordering::Relaxed),
+            batches_redone: self.batches_redone.load(Ordering::Relaxed),
         }
     }
 }

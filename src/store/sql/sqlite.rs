@@ -37,7 +37,9 @@
 //! 5 s by default, then gets [`StoreError::Busy`]); because preconditions are checked inside the
 //! write transaction, a decision taken on stale state is refused as [`StoreError::Conflict`] and
 //! re-decided by the broker, never committed; and the audit sequence stays gap-free (enforced by
-//! a trigger as well). WAL needs shared memory between processes, so network file systems are not
+//! a trigger as well, for every connection but the store's own writer, which checks the log's
+//! length before each `COMMIT` instead; see [`SqliteStore::open`]). WAL needs shared memory
+//! between processes, so network file systems are not
 //! supported.
 //!
 //! # Schema versions
@@ -435,6 +437,20 @@ impl SqliteStore {
         connection
             .pragma_update(None, "mmap_size", MMAP_BYTES)
             .map_err(fail)?;
+        // The schema's triggers (the log and the Merkle nodes append-only and gap-free) guard
+        // the file against every other writer: SQL run by hand, a script, another program. This
+        // connection runs none: SQLite writes any insert that fires a trigger able to abort
+        // under a statement journal, a copy of each page it touches, and the gap check reads
+        // the log's end for every row; with eight callers that was a tenth of the writer's
+        // serial path. The store keeps the same rules itself: it never updates or deletes a
+        // row of either table, appends at the log's length read inside its write transaction,
+        // and checks that length again before each batch's `COMMIT`.
+        connection
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+                false,
+            )
+            .map_err(fail)?;
         let resolved = std::fs::canonicalize(&path).map_err(|e| {
             StoreError::Unavailable(format!("cannot resolve {}: {e}", path.display()))
         })?;
@@ -665,7 +681,7 @@ impl SqliteStore {
                 backfill_merkle_nodes(&tx).map_err(|e| failure(&self.path, e))?;
             }
             if migration.version == 7 {
-                super::privacy::backfill_ends(&mut Lite(&tx, DERIVED_LEVELS))
+                super::privacy::backfill_ends(&mut Lite::new(&tx, DERIVED_LEVELS))
                     .map_err(|e| failure(&self.path, e))?;
             }
             tx.pragma_update(None, "user_version", migration.version)
@@ -701,7 +717,8 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let Some(readers) = &self.readers else {
             let connection = self.lock();
-            return read(&mut Lite(&connection, self.derived)).map_err(|e| failure(&self.path, e));
+            return read(&mut Lite::new(&connection, self.derived))
+                .map_err(|e| failure(&self.path, e));
         };
         // The writer, when no batch holds it or waits for it: its page cache holds what was just
         // written, which a reader connection would have to read again from the write-ahead log.
@@ -746,7 +763,7 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let fail = |e| store_error(&self.path, e);
         let tx = Tx::begin(connection, behavior).map_err(fail)?;
-        let value = work(&mut Lite(&tx, self.derived)).map_err(|e| failure(&self.path, e))?;
+        let value = work(&mut Lite::new(&tx, self.derived)).map_err(|e| failure(&self.path, e))?;
         tx.commit().map_err(|e| commit_failed(&self.path, e))?;
         Ok(value)
     }
@@ -759,12 +776,22 @@ impl SqliteStore {
         self.in_transaction(&mut self.lock(), TransactionBehavior::Immediate, write)
     }
 
-    /// Applies a batch of commits in one `BEGIN IMMEDIATE` transaction, each in a savepoint of
-    /// its own: a commit refused (a failed precondition, a duplicate) is rolled back alone and
-    /// answered with its refusal; the others are answered once the transaction, and so their
-    /// fsync, has committed. An engine failure that ends the transaction answers every commit of
-    /// the batch with that failure (none of them is in the database); so does a failed `COMMIT`,
-    /// as [`StoreError::OutcomeUnknown`] after an I/O error.
+    /// Applies a batch of commits in one `BEGIN IMMEDIATE` transaction: a commit refused (a
+    /// failed precondition, a duplicate) is answered with its refusal and leaves nothing behind;
+    /// the others are answered once the transaction, and so their fsync, has committed. An
+    /// engine failure that ends the transaction answers every commit of the batch with that
+    /// failure (none of them is in the database); so does a failed `COMMIT`, as
+    /// [`StoreError::OutcomeUnknown`] after an I/O error.
+    ///
+    /// The batch is first applied without savepoints: a refused precondition writes nothing,
+    /// and most commits cannot be refused once their preconditions hold. A savepoint copies
+    /// every page a commit touches into a journal before changing it; with the triggers this
+    /// connection no longer runs (see `open`), that was 15 % of the instructions of a bank
+    /// gate's journal entry, whose commits all have changes. Should a commit be refused after
+    /// it began writing (a duplicate met by an insert), the whole transaction is rolled back
+    /// and the batch applied again, each commit with changes in a savepoint of its own, so that
+    /// the refused one is undone alone: the answers are those of applying the batch in order,
+    /// either way.
     ///
     /// The Merkle tree's right edge is kept from one batch to the next (checked against the
     /// log's length inside the transaction, so a write by another process is noticed), so an
@@ -772,55 +799,96 @@ impl SqliteStore {
     fn write_batch(&self, commits: Vec<Prepared>) -> Vec<Result<CommitReceipt, StoreError>> {
         let count = commits.len();
         self.counters.batch(count);
-        let all = |error: StoreError| (0..count).map(|_| Err(error.clone())).collect();
         let connection = self.lock();
         let cached = self
             .frontier
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let fail = |e| store_error(&self.path, e);
-        let tx = match Tx::begin(&connection, TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(error) => return all(fail(error)),
-        };
-        let mut db = Lite(&tx, self.derived);
-        let mut frontier = match super::current_frontier(&mut db, cached) {
-            Ok(frontier) => frontier,
-            Err(error) => return all(failure(&self.path, error)),
-        };
-        let mut answers = Vec::with_capacity(count);
-        for (commit, prepared) in &commits {
-            match self.write_one(&mut db, commit, prepared, &mut frontier, count > 1) {
-                Ok(answer) => answers.push(answer),
-                Err(error) => return all(error),
+        let written = match self.apply_batch(&connection, cached.clone(), &commits, false) {
+            Err(Stop::Redo) => {
+                self.counters.redone();
+                self.apply_batch(&connection, cached, &commits, true)
             }
-        }
-        match tx.commit() {
-            Ok(()) => {
+            written => written,
+        };
+        match written {
+            Ok((answers, frontier)) => {
                 *self
                     .frontier
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(frontier);
                 answers
             }
-            Err(error) => all(commit_failed(&self.path, error)),
+            Err(Stop::Fail(error)) => (0..count).map(|_| Err(error.clone())).collect(),
+            // Only a batch applied without savepoints asks to be applied again.
+            Err(Stop::Redo) => (0..count)
+                .map(|_| Err(StoreError::Unavailable("a batch was refused twice".into())))
+                .collect(),
         }
     }
 
+    /// One attempt at a batch, from `BEGIN` to `COMMIT`: every commit's answer and the frontier
+    /// after them, or why the batch as a whole stops (rolled back when the transaction guard is
+    /// dropped). With `careful`, each commit with changes that shares the batch writes in a
+    /// savepoint of its own; without, a commit refused after it began writing stops the batch
+    /// with [`Stop::Redo`].
+    fn apply_batch(
+        &self,
+        connection: &Connection,
+        cached: Option<super::Frontier>,
+        commits: &[Prepared],
+        careful: bool,
+    ) -> Result<(Vec<Result<CommitReceipt, StoreError>>, super::Frontier), Stop> {
+        let tx = Tx::begin(connection, TransactionBehavior::Immediate)
+            .map_err(|e| Stop::Fail(store_error(&self.path, e)))?;
+        let mut db = Lite::new(connection, self.derived);
+        let mut frontier = super::current_frontier(&mut db, cached)
+            .map_err(|e| Stop::Fail(failure(&self.path, e)))?;
+        let shared = commits.len() > 1;
+        let mut answers = Vec::with_capacity(commits.len());
+        for (commit, prepared) in commits {
+            answers.push(self.write_one(
+                &mut db,
+                commit,
+                prepared,
+                &mut frontier,
+                (shared, careful),
+            )?);
+        }
+        // The log ends where the writer's edge says, or nothing of the batch is kept: the
+        // triggers that check each append for a gap do not run on this connection (see
+        // `open`), so the writer checks the batch as a whole.
+        let length =
+            super::read::audit_len(&mut db).map_err(|e| Stop::Fail(failure(&self.path, e)))?;
+        if length != frontier.size() {
+            return Err(Stop::Fail(StoreError::Corrupt(format!(
+                "the audit log holds {length} entries after a batch, where {} were written",
+                frontier.size()
+            ))));
+        }
+        // Its statements back in the connection's cache before the transaction ends.
+        drop(db);
+        tx.commit()
+            .map_err(|e| Stop::Fail(commit_failed(&self.path, e)))?;
+        Ok((answers, frontier))
+    }
+
     /// One commit of a batch: `Ok(answer)` for the commit alone (its receipt, or its refusal,
-    /// undone), `Err` when the whole batch must fail. A commit without changes is checked and
-    /// appended without a savepoint (its preconditions only read, and its entries are encoded
-    /// before anything is written); a commit with changes gets one when it shares the batch.
+    /// undone), `Err` when the whole batch must stop. A commit's preconditions are checked and
+    /// its entries encoded before it writes anything, so a refusal there needs nothing undone.
+    /// A commit with changes that shares the batch writes in a savepoint when `careful`; when
+    /// not, a refusal once it has begun writing (nothing to undo it by) stops the batch with
+    /// [`Stop::Redo`], for the batch to be applied again carefully.
     fn write_one(
         &self,
         db: &mut Lite<'_>,
         commit: &Commit,
         prepared: &[crate::audit::PreparedEntry],
         frontier: &mut super::Frontier,
-        shared: bool,
-    ) -> Result<Result<CommitReceipt, StoreError>, StoreError> {
-        let savepoint = shared && !commit.changes().is_empty();
+        (shared, careful): (bool, bool),
+    ) -> Result<Result<CommitReceipt, StoreError>, Stop> {
+        let savepoint = shared && careful && !commit.changes().is_empty();
         match super::preconditions_hold(db, commit) {
             Ok(true) => {}
             Ok(false) => return Ok(Err(StoreError::Conflict)),
@@ -828,8 +896,8 @@ impl SqliteStore {
             // (some errors, a full disk or an I/O error, do).
             Err(error) => {
                 let error = failure(&self.path, error);
-                return if db.0.is_autocommit() {
-                    Err(error)
+                return if db.connection.is_autocommit() {
+                    Err(Stop::Fail(error))
                 } else {
                     Ok(Err(error))
                 };
@@ -839,10 +907,11 @@ impl SqliteStore {
             Ok(entries) => entries,
             Err(error) => return Ok(Err(error)),
         };
-        let fail = |e| store_error(&self.path, e);
+        let fail = |e| Stop::Fail(store_error(&self.path, e));
         if savepoint {
             // Prepared once per connection, not parsed at every commit.
-            db.0.prepare_cached("SAVEPOINT batched")
+            db.connection
+                .prepare_cached("SAVEPOINT batched")
                 .and_then(|mut statement| statement.execute([]))
                 .map_err(fail)?;
         }
@@ -852,7 +921,8 @@ impl SqliteStore {
         match written {
             Ok(()) => {
                 if savepoint {
-                    db.0.prepare_cached("RELEASE batched")
+                    db.connection
+                        .prepare_cached("RELEASE batched")
                         .and_then(|mut statement| statement.execute([]))
                         .map_err(fail)?;
                 }
@@ -863,18 +933,35 @@ impl SqliteStore {
             Err(error) => {
                 *frontier = before;
                 let error = failure(&self.path, error);
-                // Undone alone only from its savepoint, in a transaction still open; written in
-                // part with nothing to undo it by, or the transaction ended by the engine, the
-                // batch as a whole is rolled back.
-                if savepoint && !db.0.is_autocommit() {
-                    db.0.execute_batch("ROLLBACK TO batched; RELEASE batched")
+                // The transaction ended by the engine: the batch as a whole is lost.
+                if db.connection.is_autocommit() {
+                    return Err(Stop::Fail(error));
+                }
+                // Undone alone from its savepoint, in a transaction still open.
+                if savepoint {
+                    db.connection
+                        .execute_batch("ROLLBACK TO batched; RELEASE batched")
                         .map_err(fail)?;
                     return Ok(Err(error));
                 }
-                Err(error)
+                // Written in part with nothing to undo it by: with others in the batch, the
+                // batch is applied again carefully; alone, it fails and is rolled back.
+                if shared && !careful {
+                    return Err(Stop::Redo);
+                }
+                Err(Stop::Fail(error))
             }
         }
     }
+}
+
+/// Why a batch's transaction stops before its `COMMIT` (and is rolled back).
+enum Stop {
+    /// Every commit of the batch fails with this error.
+    Fail(StoreError),
+    /// A commit applied without a savepoint was refused after it began writing: apply the batch
+    /// again, each commit in a savepoint.
+    Redo,
 }
 
 /// How many prepared statements a connection keeps: more than the distinct statements a broker's
@@ -945,22 +1032,65 @@ impl Drop for Tx<'_> {
     }
 }
 
-/// The [`Dialect`] over a rusqlite connection (or a transaction, which derefs to one), and the
-/// Merkle levels the file derives instead of storing (`SqliteStore::derived`).
-struct Lite<'a>(&'a Connection, u32);
+/// The [`Dialect`] over a rusqlite connection (or a transaction, which derefs to one), with the
+/// Merkle levels the file derives instead of storing (`SqliteStore::derived`), and the
+/// statements it has used, kept until it is dropped.
+struct Lite<'a> {
+    connection: &'a Connection,
+    derived: u32,
+    /// Each statement this `Lite` ran, by its SQL (the same `&'static str`), taken from the
+    /// connection's cache once and given back when the `Lite` is dropped. A batch of commits
+    /// runs the same few statements for every commit; through rusqlite's cache each run hashed
+    /// the SQL text twice (to take the statement and to give it back), a tenth of the writer's
+    /// instructions with eight callers.
+    statements: Vec<(&'static str, rusqlite::CachedStatement<'a>)>,
+}
 
-fn bind(params: &[Value<'_>]) -> Vec<rusqlite::types::Value> {
-    use rusqlite::types::Value as Sql;
-    params
-        .iter()
-        .map(|value| match *value {
-            Value::Int(int) => Sql::Integer(int),
-            Value::OptionalInt(Some(int)) => Sql::Integer(int),
-            Value::OptionalInt(None) => Sql::Null,
-            Value::Text(text) => Sql::Text(text.to_owned()),
-            Value::Blob(bytes) => Sql::Blob(bytes.to_vec()),
-        })
-        .collect()
+impl<'a> Lite<'a> {
+    fn new(connection: &'a Connection, derived: u32) -> Self {
+        Self {
+            connection,
+            derived,
+            statements: Vec::new(),
+        }
+    }
+
+    /// The prepared statement of `sql`, from those this `Lite` holds or from the connection's
+    /// cache (parsed there once per connection).
+    fn statement(
+        &mut self,
+        sql: &'static str,
+    ) -> rusqlite::Result<&mut rusqlite::CachedStatement<'a>> {
+        let index = match self
+            .statements
+            .iter()
+            .position(|(held, _)| std::ptr::eq(*held, sql))
+        {
+            Some(index) => index,
+            None => {
+                let statement = self.connection.prepare_cached(sql)?;
+                self.statements.push((sql, statement));
+                self.statements.len() - 1
+            }
+        };
+        match self.statements.get_mut(index) {
+            Some((_, statement)) => Ok(statement),
+            None => Err(rusqlite::Error::InvalidQuery),
+        }
+    }
+}
+
+/// A value bound as it is: text and bytes borrowed, not copied.
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::ValueRef;
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(match *self {
+            Value::Int(int) | Value::OptionalInt(Some(int)) => ValueRef::Integer(int),
+            Value::OptionalInt(None) => ValueRef::Null,
+            Value::Text(text) => ValueRef::Text(text.as_bytes()),
+            Value::Blob(bytes) => ValueRef::Blob(bytes),
+        }))
+    }
 }
 
 impl Row for rusqlite::Row<'_> {
@@ -986,7 +1116,7 @@ impl Dialect for Lite<'_> {
     type Error = rusqlite::Error;
 
     fn derived_levels(&self) -> u32 {
-        self.1
+        self.derived
     }
 
     fn execute(
@@ -995,9 +1125,8 @@ impl Dialect for Lite<'_> {
         params: &[Value<'_>],
     ) -> Result<u64, Failure<Self::Error>> {
         let changed = self
-            .0
-            .prepare_cached(sql)
-            .and_then(|mut statement| statement.execute(rusqlite::params_from_iter(bind(params))))
+            .statement(sql)
+            .and_then(|statement| statement.execute(rusqlite::params_from_iter(params)))
             .map_err(Failure::Engine)?;
         Ok(changed as u64)
     }
@@ -1008,9 +1137,9 @@ impl Dialect for Lite<'_> {
         params: &[Value<'_>],
         each: &mut dyn FnMut(&dyn Row) -> Result<(), StoreError>,
     ) -> Result<(), Failure<Self::Error>> {
-        let mut statement = self.0.prepare_cached(sql).map_err(Failure::Engine)?;
+        let statement = self.statement(sql).map_err(Failure::Engine)?;
         let mut rows = statement
-            .query(rusqlite::params_from_iter(bind(params)))
+            .query(rusqlite::params_from_iter(params))
             .map_err(Failure::Engine)?;
         while let Some(row) = rows.next().map_err(Failure::Engine)? {
             each(row)?;
@@ -1036,7 +1165,7 @@ fn backfill_merkle_nodes(tx: &Connection) -> Result<(), Failure<rusqlite::Error>
             ))));
         }
         super::append_leaf(
-            &mut Lite(tx, DERIVED_LEVELS),
+            &mut Lite::new(tx, DERIVED_LEVELS),
             expected,
             merkle::leaf_hash(entry.as_bytes()),
         )?;
@@ -1235,7 +1364,7 @@ mod tests {
 
     use super::{MMAP_BYTES, SqliteStore};
     use crate::audit::{Actor, AuditEvent, AuditRecord};
-    use crate::store::{Change, Commit, LogRead, StateRead, Store, StoreError};
+    use crate::store::{Change, Commit, LogRead, Precondition, StateRead, Store, StoreError};
     use rusqlite::Connection;
     use std::sync::Mutex;
     use time::OffsetDateTime;
@@ -1437,8 +1566,9 @@ mod tests {
         assert_eq!(low_rows(&store), 0, "appends store no low node");
         let report = crate::verify_log(&store, None).unwrap();
         assert_eq!(report.size, 40);
-        // A process of an older build would store one: the file refuses it.
-        let refused = store.lock().execute(
+        // A process of an older build would store one: the file refuses it. (Another
+        // connection: the store's own writer runs no trigger.)
+        let refused = rusqlite::Connection::open(&path).unwrap().execute(
             "INSERT INTO merkle_nodes (level, idx, hash) VALUES (2, 9, zeroblob(32))",
             [],
         );
@@ -1707,6 +1837,98 @@ mod tests {
         assert!(store.attestation_used("a").unwrap() && store.attestation_used("b").unwrap());
         // The log the batch wrote is whole: every entry is where its number says.
         assert_eq!(store.audit_entries(0..2).unwrap().len(), 2);
+        // Refused once they had begun writing: the batch was applied a second time, carefully.
+        assert_eq!(store.commit_stats().batches_redone, 1);
+    }
+
+    /// A commit refused after some of its changes were written, in a batch first applied
+    /// without savepoints: what it wrote is undone, and only it; the commits before and after it
+    /// land as if it had never been sent.
+    #[test]
+    fn a_commit_refused_after_writing_leaves_nothing_and_the_batch_lands_without_it() {
+        let (_dir, store) = store();
+        store
+            .write_batch(vec![prepared(using("taken"))])
+            .pop()
+            .unwrap()
+            .unwrap();
+        // Writes "half" first, then meets the id already taken.
+        let half = using("half").change(Change::UseAttestation {
+            attestation_id: "taken".into(),
+        });
+        let answers = store.write_batch(vec![
+            prepared(using("before")),
+            prepared(half),
+            prepared(using("after")),
+        ]);
+        assert_eq!(answers[0].as_ref().unwrap().audit_seqs, 1..2);
+        assert!(matches!(
+            &answers[1],
+            Err(StoreError::Duplicate { id, .. }) if id == "taken"
+        ));
+        assert_eq!(answers[2].as_ref().unwrap().audit_seqs, 2..3);
+        assert!(
+            !store.attestation_used("half").unwrap(),
+            "its first change was kept"
+        );
+        assert!(
+            store.attestation_used("before").unwrap() && store.attestation_used("after").unwrap()
+        );
+        assert_eq!(store.audit_len().unwrap(), 3);
+        assert_eq!(store.commit_stats().batches_redone, 1);
+        // The frontier kept after the redo is the log's: the next append extends it.
+        let next = store.write_batch(vec![prepared(using("next"))]);
+        assert_eq!(next[0].as_ref().unwrap().audit_seqs, 3..4);
+        crate::auditor::verify_log(&store, None).unwrap();
+    }
+
+    /// The store's writer runs no trigger (it keeps their rules itself); any other connection
+    /// to the file meets them: an update, a delete, or an insert that leaves a gap is refused.
+    #[test]
+    fn the_writer_runs_no_trigger_and_every_other_connection_meets_them() {
+        let (dir, store) = store();
+        for id in ["one", "two", "three"] {
+            store.commit(using(id)).unwrap();
+        }
+        let writer_runs_triggers = store
+            .lock()
+            .db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER)
+            .unwrap();
+        assert!(!writer_runs_triggers);
+        let other = Connection::open(dir.path().join("batch.sqlite")).unwrap();
+        for sql in [
+            "UPDATE audit SET entry = 'x' WHERE seq = 0",
+            "DELETE FROM audit WHERE seq = 2",
+            "INSERT INTO audit (seq, entry) VALUES (5, '{}')",
+            "DELETE FROM merkle_nodes",
+            "INSERT INTO merkle_nodes (level, idx, hash) VALUES (1, 0, zeroblob(32))",
+        ] {
+            assert!(other.execute(sql, []).is_err(), "{sql} was accepted");
+        }
+        drop(other);
+        // The writer still appends where the log ends, and the log verifies.
+        assert_eq!(store.commit(using("four")).unwrap().audit_seqs, 3..4);
+        assert_eq!(crate::auditor::verify_log(&store, None).unwrap().size, 4);
+    }
+
+    /// A batch whose commits are refused only by their preconditions (which write nothing), or
+    /// not at all, is written in one attempt.
+    #[test]
+    fn a_batch_refused_only_by_preconditions_is_written_once() {
+        let (_dir, store) = store();
+        let stale = using("stale")
+            .precondition(Precondition::holder_version(&"nobody".parse().unwrap(), 1));
+        let answers = store.write_batch(vec![
+            prepared(using("one")),
+            prepared(stale),
+            prepared(using("two")),
+        ]);
+        assert_eq!(answers[0].as_ref().unwrap().audit_seqs, 0..1);
+        assert!(matches!(answers[1], Err(StoreError::Conflict)));
+        assert_eq!(answers[2].as_ref().unwrap().audit_seqs, 1..2);
+        assert!(!store.attestation_used("stale").unwrap());
+        let stats = store.commit_stats();
+        assert_eq!((stats.transactions, stats.batches_redone), (1, 0));
     }
 
     #[test]
