@@ -241,7 +241,9 @@ const MIGRATIONS: &[Migration] = &[
         // each hash. A process of an older build still running on the file fails closed at
         // its next append that completes a node of those levels (every other append): the
         // trigger refuses the insert, and its transaction with it. One that reloads the tree's
-        // right edge finds the nodes it needs missing (a corrupt-store error).
+        // right edge finds the nodes it needs missing (a corrupt-store error). (Writers of
+        // later builds run no trigger: a later version fences them off by its number, which
+        // each of their write transactions reads; see `SqliteStore::schema_not_moved_on`.)
         sql: "
             DROP TRIGGER merkle_nodes_no_delete;
             DELETE FROM merkle_nodes WHERE level BETWEEN 1 AND 3;
@@ -437,20 +439,6 @@ impl SqliteStore {
         connection
             .pragma_update(None, "mmap_size", MMAP_BYTES)
             .map_err(fail)?;
-        // The schema's triggers (the log and the Merkle nodes append-only and gap-free) guard
-        // the file against every other writer: SQL run by hand, a script, another program. This
-        // connection runs none: SQLite writes any insert that fires a trigger able to abort
-        // under a statement journal, a copy of each page it touches, and the gap check reads
-        // the log's end for every row; with eight callers that was a tenth of the writer's
-        // serial path. The store keeps the same rules itself: it never updates or deletes a
-        // row of either table, appends at the log's length read inside its write transaction,
-        // and checks that length again before each batch's `COMMIT`.
-        connection
-            .set_db_config(
-                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
-                false,
-            )
-            .map_err(fail)?;
         let resolved = std::fs::canonicalize(&path).map_err(|e| {
             StoreError::Unavailable(format!("cannot resolve {}: {e}", path.display()))
         })?;
@@ -465,6 +453,25 @@ impl SqliteStore {
             path,
         };
         store.migrate()?;
+        // The schema's triggers (the log and the Merkle nodes append-only and gap-free) guard
+        // the file against every other writer: SQL run by hand, a script, another program. This
+        // connection runs none: SQLite writes any insert that fires a trigger able to abort
+        // under a statement journal, a copy of each page it touches, and the gap check reads
+        // the log's end for every row; with eight callers that was a tenth of the writer's
+        // instructions. The store keeps the same rules itself: it never updates or deletes a
+        // row of either table, appends at the log's length read inside its write transaction,
+        // and checks before each batch's `COMMIT` that the log ends where its appends did.
+        // Since no writer of this build runs a trigger, a later schema version fences them off
+        // by its number instead: each write transaction reads `user_version` and refuses a file
+        // that a newer build has migrated ([`StoreError::SchemaTooNew`]). Turned off after the
+        // migrations, which run as they always did.
+        store
+            .lock()
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+                false,
+            )
+            .map_err(|e| store_error(&store.path, e))?;
         Ok(store)
     }
 
@@ -773,7 +780,10 @@ impl SqliteStore {
         &self,
         write: impl FnOnce(&mut Lite<'_>) -> Result<T, Failure<rusqlite::Error>>,
     ) -> Result<T, StoreError> {
-        self.in_transaction(&mut self.lock(), TransactionBehavior::Immediate, write)
+        self.in_transaction(&mut self.lock(), TransactionBehavior::Immediate, |db| {
+            self.schema_not_moved_on(db).map_err(Failure::Refused)?;
+            write(db)
+        })
     }
 
     /// Applies a batch of commits in one `BEGIN IMMEDIATE` transaction: a commit refused (a
@@ -781,17 +791,23 @@ impl SqliteStore {
     /// the others are answered once the transaction, and so their fsync, has committed. An
     /// engine failure that ends the transaction answers every commit of the batch with that
     /// failure (none of them is in the database); so does a failed `COMMIT`, as
-    /// [`StoreError::OutcomeUnknown`] after an I/O error.
+    /// [`StoreError::OutcomeUnknown`] after an I/O error; so does a file whose schema a newer
+    /// build has moved on since this store opened it ([`StoreError::SchemaTooNew`]).
     ///
-    /// The batch is first applied without savepoints: a refused precondition writes nothing,
-    /// and most commits cannot be refused once their preconditions hold. A savepoint copies
-    /// every page a commit touches into a journal before changing it; with the triggers this
+    /// Commits are applied without a savepoint each: a refused precondition writes nothing, and
+    /// most commits cannot be refused once their preconditions hold. A savepoint copies every
+    /// page a commit touches into a journal before changing it; with the triggers this
     /// connection no longer runs (see `open`), that was 15 % of the instructions of a bank
-    /// gate's journal entry, whose commits all have changes. Should a commit be refused after
-    /// it began writing (a duplicate met by an insert), the whole transaction is rolled back
-    /// and the batch applied again, each commit with changes in a savepoint of its own, so that
-    /// the refused one is undone alone: the answers are those of applying the batch in order,
-    /// either way.
+    /// gate's journal entry, whose commits all have changes. A batch in which a commit could
+    /// be refused after it began writing (one with changes, in a shared batch) has one savepoint
+    /// around the whole batch instead, each page copied once. Should a commit be refused after
+    /// writing (a duplicate met by an insert), the batch goes back to that savepoint, without
+    /// letting go of the write lock; the commits before the refused one are applied again as
+    /// they were (the same state, the same order: the same answers), the refused one is
+    /// answered with its refusal, and the commits after it each get a savepoint of their own,
+    /// so that a further refusal is undone alone. The answers are those of the batch applied in
+    /// order, one commit at a time, either way. `CommitStats::batches_redone` counts the
+    /// batches that went back.
     ///
     /// The Merkle tree's right edge is kept from one batch to the next (checked against the
     /// log's length inside the transaction, so a write by another process is noticed), so an
@@ -805,14 +821,7 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let written = match self.apply_batch(&connection, cached.clone(), &commits, false) {
-            Err(Stop::Redo) => {
-                self.counters.redone();
-                self.apply_batch(&connection, cached, &commits, true)
-            }
-            written => written,
-        };
-        match written {
+        match self.apply_batch(&connection, cached, &commits) {
             Ok((answers, frontier)) => {
                 *self
                     .frontier
@@ -820,75 +829,129 @@ impl SqliteStore {
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(frontier);
                 answers
             }
-            Err(Stop::Fail(error)) => (0..count).map(|_| Err(error.clone())).collect(),
-            // Only a batch applied without savepoints asks to be applied again.
-            Err(Stop::Redo) => (0..count)
-                .map(|_| Err(StoreError::Unavailable("a batch was refused twice".into())))
-                .collect(),
+            Err(error) => (0..count).map(|_| Err(error.clone())).collect(),
         }
     }
 
-    /// One attempt at a batch, from `BEGIN` to `COMMIT`: every commit's answer and the frontier
-    /// after them, or why the batch as a whole stops (rolled back when the transaction guard is
-    /// dropped). With `careful`, each commit with changes that shares the batch writes in a
-    /// savepoint of its own; without, a commit refused after it began writing stops the batch
-    /// with [`Stop::Redo`].
+    /// The batch from `BEGIN` to `COMMIT`: every commit's answer and the frontier after them,
+    /// or the error every commit of the batch gets (the transaction rolled back when its guard
+    /// is dropped). See [`SqliteStore::write_batch`].
     fn apply_batch(
         &self,
         connection: &Connection,
         cached: Option<super::Frontier>,
         commits: &[Prepared],
-        careful: bool,
-    ) -> Result<(Vec<Result<CommitReceipt, StoreError>>, super::Frontier), Stop> {
+    ) -> Result<(Vec<Result<CommitReceipt, StoreError>>, super::Frontier), StoreError> {
         let tx = Tx::begin(connection, TransactionBehavior::Immediate)
-            .map_err(|e| Stop::Fail(store_error(&self.path, e)))?;
+            .map_err(|e| store_error(&self.path, e))?;
         let mut db = Lite::new(connection, self.derived);
-        let mut frontier = super::current_frontier(&mut db, cached)
-            .map_err(|e| Stop::Fail(failure(&self.path, e)))?;
+        self.schema_not_moved_on(&mut db)?;
+        let start = super::current_frontier(&mut db, cached).map_err(|e| failure(&self.path, e))?;
         let shared = commits.len() > 1;
-        let mut answers = Vec::with_capacity(commits.len());
-        for (commit, prepared) in commits {
-            answers.push(self.write_one(
-                &mut db,
-                commit,
-                prepared,
-                &mut frontier,
-                (shared, careful),
-            )?);
+        let guarded = shared
+            && commits
+                .iter()
+                .any(|(commit, _)| !commit.changes().is_empty());
+        if guarded {
+            db.run("SAVEPOINT batch")
+                .map_err(|e| store_error(&self.path, e))?;
         }
-        // The log ends where the writer's edge says, or nothing of the batch is kept: the
-        // triggers that check each append for a gap do not run on this connection (see
-        // `open`), so the writer checks the batch as a whole.
-        let length =
-            super::read::audit_len(&mut db).map_err(|e| Stop::Fail(failure(&self.path, e)))?;
+        let mut frontier = start.clone();
+        let mut answers = Vec::with_capacity(commits.len());
+        // Commits from this index on write in a savepoint of their own.
+        let mut careful_from = commits.len();
+        for (index, (commit, prepared)) in commits.iter().enumerate() {
+            let careful = shared && index >= careful_from;
+            match self.write_one(&mut db, commit, prepared, &mut frontier, careful) {
+                Ok(answer) => answers.push(answer),
+                Err(Stop::Fail(error)) => return Err(error),
+                // Refused after it began writing, with nothing to undo it alone by.
+                Err(Stop::Undo(refusal)) => {
+                    if !guarded {
+                        return Err(refusal);
+                    }
+                    self.counters.redone();
+                    db.run("ROLLBACK TO batch")
+                        .map_err(|e| store_error(&self.path, e))?;
+                    frontier = start.clone();
+                    // The commits before it again, from the same state in the same order: each
+                    // one that landed lands again at the same numbers; each one refused wrote
+                    // nothing and keeps its answer.
+                    let before = std::mem::take(&mut answers);
+                    for ((commit, prepared), first) in commits.iter().zip(before) {
+                        let Ok(landed) = &first else {
+                            answers.push(first);
+                            continue;
+                        };
+                        let again = self
+                            .write_one(&mut db, commit, prepared, &mut frontier, false)
+                            .map_err(Stop::into_error)?;
+                        if again.as_ref().map(|r| &r.audit_seqs) != Ok(&landed.audit_seqs) {
+                            return Err(StoreError::Unavailable(
+                                "a batch applied again answered otherwise".into(),
+                            ));
+                        }
+                        answers.push(again);
+                    }
+                    answers.push(Err(refusal));
+                    careful_from = index + 1;
+                }
+            }
+        }
+        if guarded {
+            db.run("RELEASE batch")
+                .map_err(|e| store_error(&self.path, e))?;
+        }
+        // The log ends where the appends did. Gap-free by construction (each append is at the
+        // length read inside this transaction, and the primary key refuses a second row at a
+        // number); this guards against a mistake of the writer's own, which the triggers this
+        // connection does not run would have caught.
+        let length = super::read::audit_len(&mut db).map_err(|e| failure(&self.path, e))?;
         if length != frontier.size() {
-            return Err(Stop::Fail(StoreError::Corrupt(format!(
+            return Err(StoreError::Corrupt(format!(
                 "the audit log holds {length} entries after a batch, where {} were written",
                 frontier.size()
-            ))));
+            )));
         }
         // Its statements back in the connection's cache before the transaction ends.
         drop(db);
-        tx.commit()
-            .map_err(|e| Stop::Fail(commit_failed(&self.path, e)))?;
+        tx.commit().map_err(|e| commit_failed(&self.path, e))?;
         Ok((answers, frontier))
     }
 
+    /// Refuses to write to a file whose schema version is above this build's: another process
+    /// of a newer build migrated it after this store opened it. Read inside each write
+    /// transaction, it is how a later migration fences off this build's writers, which run none
+    /// of the schema's triggers (see `open`).
+    fn schema_not_moved_on(&self, db: &mut Lite<'_>) -> Result<(), StoreError> {
+        let found = super::one(db, "PRAGMA user_version", &[], |row| {
+            row.int(0).map(Option::unwrap_or_default)
+        })
+        .map_err(|e| failure(&self.path, e))?
+        .unwrap_or_default();
+        if found > Self::SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: Self::SCHEMA_VERSION,
+            });
+        }
+        Ok(())
+    }
+
     /// One commit of a batch: `Ok(answer)` for the commit alone (its receipt, or its refusal,
-    /// undone), `Err` when the whole batch must stop. A commit's preconditions are checked and
-    /// its entries encoded before it writes anything, so a refusal there needs nothing undone.
-    /// A commit with changes that shares the batch writes in a savepoint when `careful`; when
-    /// not, a refusal once it has begun writing (nothing to undo it by) stops the batch with
-    /// [`Stop::Redo`], for the batch to be applied again carefully.
+    /// undone), `Err` when it cannot be answered alone. A commit's preconditions are checked
+    /// and its entries encoded before it writes anything, so a refusal there needs nothing
+    /// undone. A commit with changes writes in a savepoint of its own when `careful`; otherwise
+    /// a refusal once it has begun writing is [`Stop::Undo`]: what it wrote is still there.
     fn write_one(
         &self,
         db: &mut Lite<'_>,
         commit: &Commit,
         prepared: &[crate::audit::PreparedEntry],
         frontier: &mut super::Frontier,
-        (shared, careful): (bool, bool),
+        careful: bool,
     ) -> Result<Result<CommitReceipt, StoreError>, Stop> {
-        let savepoint = shared && careful && !commit.changes().is_empty();
+        let savepoint = careful && !commit.changes().is_empty();
         match super::preconditions_hold(db, commit) {
             Ok(true) => {}
             Ok(false) => return Ok(Err(StoreError::Conflict)),
@@ -944,24 +1007,28 @@ impl SqliteStore {
                         .map_err(fail)?;
                     return Ok(Err(error));
                 }
-                // Written in part with nothing to undo it by: with others in the batch, the
-                // batch is applied again carefully; alone, it fails and is rolled back.
-                if shared && !careful {
-                    return Err(Stop::Redo);
-                }
-                Err(Stop::Fail(error))
+                // Written in part, with nothing to undo it alone by.
+                Err(Stop::Undo(error))
             }
         }
     }
 }
 
-/// Why a batch's transaction stops before its `COMMIT` (and is rolled back).
+/// Why a commit of a batch cannot be answered alone.
 enum Stop {
-    /// Every commit of the batch fails with this error.
+    /// The transaction cannot go on: every commit of the batch fails with this error.
     Fail(StoreError),
-    /// A commit applied without a savepoint was refused after it began writing: apply the batch
-    /// again, each commit in a savepoint.
-    Redo,
+    /// Refused (with this error) after it began writing, without a savepoint of its own: what
+    /// it wrote must be undone with the batch's.
+    Undo(StoreError),
+}
+
+impl Stop {
+    fn into_error(self) -> StoreError {
+        match self {
+            Self::Fail(error) | Self::Undo(error) => error,
+        }
+    }
 }
 
 /// How many prepared statements a connection keeps: more than the distinct statements a broker's
@@ -1078,9 +1145,15 @@ impl<'a> Lite<'a> {
             None => Err(rusqlite::Error::InvalidQuery),
         }
     }
+
+    /// Runs a statement that takes no value and returns no row (a savepoint's).
+    fn run(&mut self, sql: &'static str) -> rusqlite::Result<()> {
+        self.statement(sql)?.execute([]).map(|_| ())
+    }
 }
 
-/// A value bound as it is: text and bytes borrowed, not copied.
+/// A value bound as it is: text and bytes from where they are, not copied into a
+/// `rusqlite::types::Value` first (SQLite takes its own copy as it binds them).
 impl rusqlite::ToSql for Value<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         use rusqlite::types::ValueRef;
@@ -1841,24 +1914,33 @@ mod tests {
         assert_eq!(store.commit_stats().batches_redone, 1);
     }
 
-    /// A commit refused after some of its changes were written, in a batch first applied
-    /// without savepoints: what it wrote is undone, and only it; the commits before and after it
-    /// land as if it had never been sent.
-    #[test]
-    fn a_commit_refused_after_writing_leaves_nothing_and_the_batch_lands_without_it() {
-        let (_dir, store) = store();
+    /// A store whose attestation "taken" is used (by the log's entry 0).
+    fn store_with_taken() -> (tempfile::TempDir, SqliteStore) {
+        let (dir, store) = store();
         store
             .write_batch(vec![prepared(using("taken"))])
             .pop()
             .unwrap()
             .unwrap();
-        // Writes "half" first, then meets the id already taken.
-        let half = using("half").change(Change::UseAttestation {
+        (dir, store)
+    }
+
+    /// A commit that uses attestation `id`, then "taken": refused after it has written.
+    fn half(id: &str) -> Commit {
+        using(id).change(Change::UseAttestation {
             attestation_id: "taken".into(),
-        });
+        })
+    }
+
+    /// A commit refused after some of its changes were written, in a batch first applied
+    /// without savepoints: what it wrote is undone, and only it; the commits before and after it
+    /// land as if it had never been sent.
+    #[test]
+    fn a_commit_refused_after_writing_leaves_nothing_and_the_batch_lands_without_it() {
+        let (_dir, store) = store_with_taken();
         let answers = store.write_batch(vec![
             prepared(using("before")),
-            prepared(half),
+            prepared(half("half")),
             prepared(using("after")),
         ]);
         assert_eq!(answers[0].as_ref().unwrap().audit_seqs, 1..2);
@@ -1909,6 +1991,60 @@ mod tests {
         // The writer still appends where the log ends, and the log verifies.
         assert_eq!(store.commit(using("four")).unwrap().audit_seqs, 3..4);
         assert_eq!(crate::auditor::verify_log(&store, None).unwrap().size, 4);
+    }
+
+    /// Two commits refused after writing in one batch: the batch goes back once, the second is
+    /// undone alone from a savepoint of its own, and every other commit lands in order.
+    #[test]
+    fn a_second_refusal_after_writing_is_undone_alone_without_going_back_again() {
+        let (_dir, store) = store_with_taken();
+        let answers = store.write_batch(vec![
+            prepared(using("a")),
+            prepared(half("half-1")),
+            prepared(using("b")),
+            prepared(half("half-2")),
+            prepared(using("c")),
+        ]);
+        let seqs: Vec<_> = answers
+            .iter()
+            .map(|a| a.as_ref().map(|r| r.audit_seqs.clone()).ok())
+            .collect();
+        assert_eq!(seqs, [Some(1..2), None, Some(2..3), None, Some(3..4)]);
+        for id in ["a", "b", "c"] {
+            assert!(store.attestation_used(id).unwrap(), "{id}");
+        }
+        for id in ["half-1", "half-2"] {
+            assert!(!store.attestation_used(id).unwrap(), "{id} was kept");
+        }
+        assert_eq!(store.commit_stats().batches_redone, 1);
+        assert_eq!(crate::auditor::verify_log(&store, None).unwrap().size, 4);
+    }
+
+    /// A newer build's migration fences this build's writers off by the schema version, since
+    /// they run no trigger: a commit after it is refused, and writes nothing.
+    #[test]
+    fn a_file_migrated_by_a_newer_build_takes_no_more_commits_from_this_one() {
+        let (dir, store) = store();
+        store.commit(using("before")).unwrap();
+        let newer = Connection::open(dir.path().join("batch.sqlite")).unwrap();
+        newer
+            .execute_batch(&format!(
+                "CREATE TRIGGER fence BEFORE INSERT ON audit \
+                     BEGIN SELECT RAISE(ABORT, 'fenced'); END; \
+                 PRAGMA user_version = {};",
+                SqliteStore::SCHEMA_VERSION + 1
+            ))
+            .unwrap();
+        drop(newer);
+        let too_new = StoreError::SchemaTooNew {
+            found: SqliteStore::SCHEMA_VERSION + 1,
+            supported: SqliteStore::SCHEMA_VERSION,
+        };
+        assert_eq!(store.commit(using("after")), Err(too_new.clone()));
+        let batch = store.write_batch(vec![prepared(using("x")), prepared(using("y"))]);
+        assert!(batch.iter().all(|answer| answer == &Err(too_new.clone())));
+        assert!(!store.attestation_used("after").unwrap());
+        assert_eq!(store.audit_len().unwrap(), 1);
     }
 
     /// A batch whose commits are refused only by their preconditions (which write nothing), or
