@@ -807,7 +807,10 @@ impl SqliteStore {
     /// answered with its refusal, and the commits after it each get a savepoint of their own,
     /// so that a further refusal is undone alone. The answers are those of the batch applied in
     /// order, one commit at a time, either way. `CommitStats::batches_redone` counts the
-    /// batches that went back.
+    /// batches that went back. A full disk (or size limit) makes SQLite end the whole
+    /// transaction, as an I/O error does, savepoints and all: then each commit of the batch is
+    /// tried again in a transaction of its own, so that those that fit land, as they would have
+    /// one at a time. Any other error that ends the transaction is every commit's answer.
     ///
     /// The Merkle tree's right edge is kept from one batch to the next (checked against the
     /// log's length inside the transaction, so a write by another process is noticed), so an
@@ -829,6 +832,24 @@ impl SqliteStore {
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(frontier);
                 answers
             }
+            // The disk (or the size limit) is full, and SQLite ended the transaction: none of
+            // the batch is in the file. Each commit is tried again in a transaction of its own,
+            // so that those that fit land and the answers are those of one commit at a time.
+            Err(StoreError::Full(_)) if count > 1 => commits
+                .chunks(1)
+                .map(|alone| match self.apply_batch(&connection, None, alone) {
+                    Ok((mut answers, frontier)) => {
+                        *self
+                            .frontier
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(frontier);
+                        answers.pop().unwrap_or_else(|| {
+                            Err(StoreError::Unavailable("a commit went unanswered".into()))
+                        })
+                    }
+                    Err(error) => Err(error),
+                })
+                .collect(),
             Err(error) => (0..count).map(|_| Err(error.clone())).collect(),
         }
     }
@@ -870,9 +891,9 @@ impl SqliteStore {
                     if !guarded {
                         return Err(refusal);
                     }
-                    self.counters.redone();
                     db.run("ROLLBACK TO batch")
                         .map_err(|e| store_error(&self.path, e))?;
+                    self.counters.redone();
                     frontier = start.clone();
                     // The commits before it again, from the same state in the same order: each
                     // one that landed lands again at the same numbers; each one refused wrote
@@ -941,8 +962,8 @@ impl SqliteStore {
     /// One commit of a batch: `Ok(answer)` for the commit alone (its receipt, or its refusal,
     /// undone), `Err` when it cannot be answered alone. A commit's preconditions are checked
     /// and its entries encoded before it writes anything, so a refusal there needs nothing
-    /// undone. A commit with changes writes in a savepoint of its own when `careful`; otherwise
-    /// a refusal once it has begun writing is [`Stop::Undo`]: what it wrote is still there.
+    /// undone. A commit writes in a savepoint of its own when `careful`; otherwise a refusal
+    /// once it has begun writing is [`Stop::Undo`]: what it wrote is still there.
     fn write_one(
         &self,
         db: &mut Lite<'_>,
@@ -951,7 +972,7 @@ impl SqliteStore {
         frontier: &mut super::Frontier,
         careful: bool,
     ) -> Result<Result<CommitReceipt, StoreError>, Stop> {
-        let savepoint = careful && !commit.changes().is_empty();
+        let savepoint = careful;
         match super::preconditions_hold(db, commit) {
             Ok(true) => {}
             Ok(false) => return Ok(Err(StoreError::Conflict)),
@@ -2045,6 +2066,55 @@ mod tests {
         assert!(batch.iter().all(|answer| answer == &Err(too_new.clone())));
         assert!(!store.attestation_used("after").unwrap());
         assert_eq!(store.audit_len().unwrap(), 1);
+    }
+
+    /// A full disk ends SQLite's transaction whole (the writer runs no statement journal): the
+    /// batch's commits are answered as they would have been one at a time, those that fit kept.
+    #[test]
+    fn a_full_disk_answers_a_batch_as_one_commit_at_a_time() {
+        let ids: Vec<String> = (0..8)
+            .map(|i| format!("{i:04}{}", "x".repeat(3000)))
+            .collect();
+        let run = |together: bool| {
+            let (dir, store) = store();
+            store.commit(using("seed")).unwrap();
+            let pages: i64 = store
+                .lock()
+                .query_row("PRAGMA page_count", [], |row| row.get(0))
+                .unwrap();
+            store
+                .limit_size(u64::try_from(pages + 4).unwrap() * 4096)
+                .unwrap();
+            let commits = ids.iter().map(|id| prepared(using(id)));
+            let answers: Vec<_> = if together {
+                store.write_batch(commits.collect())
+            } else {
+                commits
+                    .flat_map(|commit| store.write_batch(vec![commit]))
+                    .collect()
+            };
+            for (id, answer) in ids.iter().zip(&answers) {
+                assert_eq!(store.attestation_used(id).unwrap(), answer.is_ok());
+            }
+            assert!(crate::auditor::verify_log(&store, None).is_ok());
+            drop(dir);
+            answers
+                .into_iter()
+                .map(|answer| answer.map(|receipt| receipt.audit_seqs))
+                .collect::<Vec<_>>()
+        };
+        let alone = run(false);
+        assert!(alone.iter().any(Result::is_ok) && alone.iter().any(Result::is_err));
+        assert!(
+            alone
+                .iter()
+                .all(|a| a.is_ok() || matches!(a, Err(StoreError::Full(_))))
+        );
+        let together = run(true);
+        let shape = |answers: &[Result<std::ops::Range<u64>, StoreError>]| {
+            answers.iter().map(|a| a.clone().ok()).collect::<Vec<_>>()
+        };
+        assert_eq!(shape(&together), shape(&alone));
     }
 
     /// A batch whose commits are refused only by their preconditions (which write nothing), or
