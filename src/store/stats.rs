@@ -13,10 +13,11 @@ pub struct CommitStats {
     pub transactions: u64,
     /// The most commits one transaction carried.
     pub largest_batch: u64,
-    /// Batches applied a second time, each commit in a savepoint of its own, because one of
-    /// their commits was refused after it had begun writing (a duplicate met by an insert); the
-    /// first attempt was rolled back whole. Counted among `transactions` once. Always 0 on
-    /// PostgreSQL, whose server-side function checks a commit's ids before it writes.
+    /// Batches that went back to the savepoint around them because one of their commits was
+    /// refused after it had begun writing (a duplicate met by an insert): the commits before it
+    /// applied again, each one after it in a savepoint of its own. At most once a batch; each is
+    /// still one transaction. Always 0 on PostgreSQL, whose server-side function checks a
+    /// commit's ids before it writes.
     pub batches_redone: u64,
 }
 

@@ -11,13 +11,15 @@
 //! # Group commit
 //!
 //! Commits that arrive while another is being written wait, and are then written together: one
-//! transaction, one fsync, each commit in a savepoint of its own (a commit whose preconditions
-//! fail, or whose insert is a duplicate, is rolled back alone and answered with its refusal; the
-//! others land). No caller is answered before the `COMMIT` that covers its commit has returned,
-//! so an answered commit is on disk. A caller alone is written at once, with no savepoint, as
-//! before; under load, a transaction carries as many commits as arrived during the previous
-//! one's fsync. An engine failure that ends the transaction (a full disk, an I/O error) is every
-//! commit's answer in that batch, and none of them is in the file. A failed `COMMIT` is every
+//! transaction, one fsync (a commit whose preconditions fail, or whose insert is a duplicate, is
+//! undone alone and answered with its refusal; the others land: see `SqliteStore::write_batch`
+//! for how, with one savepoint around a batch rather than one per commit). No caller is
+//! answered before the `COMMIT` that covers its commit has returned, so an answered commit is on
+//! disk. A caller alone is written at once, with no savepoint, as before; under load, a
+//! transaction carries as many commits as arrived during the previous one's fsync. A full disk
+//! ends the transaction, and each commit of the batch is then tried alone; any other engine
+//! failure that ends it (an I/O error) is every commit's answer in that batch, and none of them
+//! is in the file. A failed `COMMIT` is every
 //! commit's answer too; after an I/O error there, as with any database, whether it reached the
 //! disk is unknown, and the answer says so ([`StoreError::OutcomeUnknown`]): the decision was
 //! not served, and one tried again is decided again on what the store then holds.
@@ -1953,9 +1955,9 @@ mod tests {
         })
     }
 
-    /// A commit refused after some of its changes were written, in a batch first applied
-    /// without savepoints: what it wrote is undone, and only it; the commits before and after it
-    /// land as if it had never been sent.
+    /// A commit refused after some of its changes were written, in a batch applied without a
+    /// savepoint per commit: what it wrote is undone, and only it; the commits before and after
+    /// it land as if it had never been sent.
     #[test]
     fn a_commit_refused_after_writing_leaves_nothing_and_the_batch_lands_without_it() {
         let (_dir, store) = store_with_taken();
