@@ -97,7 +97,9 @@ pub enum StoreError {
     /// The database is damaged (truncated, overwritten, failed its integrity check).
     #[error("the database is corrupt: {0}")]
     Corrupt(String),
-    /// The database was written by a newer version of this crate.
+    /// The database was written by a newer version of this crate: at opening, or, for a SQLite
+    /// store, at a commit after a newer build migrated the file (nothing is written; run the
+    /// newer build).
     #[error("the database has schema version {found}; this build supports up to {supported}")]
     SchemaTooNew {
         /// The version found.

@@ -39,10 +39,12 @@
 //! 5 s by default, then gets [`StoreError::Busy`]); because preconditions are checked inside the
 //! write transaction, a decision taken on stale state is refused as [`StoreError::Conflict`] and
 //! re-decided by the broker, never committed; and the audit sequence stays gap-free (enforced by
-//! a trigger as well, for every connection but the store's own writer, which checks the log's
-//! length before each `COMMIT` instead; see [`SqliteStore::open`]). WAL needs shared memory
-//! between processes, so network file systems are not
-//! supported.
+//! a trigger as well, for every connection but a store's own writer, which appends at the
+//! log's length read inside its transaction and checks before each `COMMIT` that the log ends
+//! there). A store's writer runs none of the schema's triggers, so a newer build fences it off
+//! by the schema version instead: once another process has migrated the file past this build's
+//! version, every commit here is refused as [`StoreError::SchemaTooNew`]. WAL needs shared
+//! memory between processes, so network file systems are not supported.
 //!
 //! # Schema versions
 //!
@@ -379,6 +381,12 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database at `path`, checks its integrity, and brings its
     /// schema up to [`SqliteStore::SCHEMA_VERSION`].
+    ///
+    /// The store's writer runs none of the schema's triggers (they keep the log and its Merkle
+    /// nodes append-only and gap-free against every other connection; the writer keeps those
+    /// rules itself). Should a newer build migrate the file while this store has it open, each
+    /// later commit is refused as [`StoreError::SchemaTooNew`] and writes nothing: the process
+    /// needs the newer build.
     ///
     /// # Errors
     /// [`StoreError::NotADatabase`] for a file that is not SQLite or not ours,
