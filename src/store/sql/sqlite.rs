@@ -449,6 +449,14 @@ impl SqliteStore {
         connection
             .pragma_update(None, "mmap_size", MMAP_BYTES)
             .map_err(fail)?;
+        // A batch's savepoint journal (the first version of every page the batch changes, kept
+        // for going back to the savepoint) stays in memory. SQLite's default spills it past
+        // 64 KiB to temporary files it creates, writes and deletes: with 32 of the gate's
+        // callers, 1,121 files in 685 transactions and four writes of them per journal entry,
+        // all in the leader's serial path. Its size is bounded by the batch's pages (`MAX_BATCH`).
+        connection
+            .pragma_update(None, "temp_store", "MEMORY")
+            .map_err(fail)?;
         let resolved = std::fs::canonicalize(&path).map_err(|e| {
             StoreError::Unavailable(format!("cannot resolve {}: {e}", path.display()))
         })?;
@@ -2022,6 +2030,18 @@ mod tests {
         // The writer still appends where the log ends, and the log verifies.
         assert_eq!(store.commit(using("four")).unwrap().audit_seqs, 3..4);
         assert_eq!(crate::auditor::verify_log(&store, None).unwrap().size, 4);
+    }
+
+    /// The writer keeps its temporary journals (a batch's savepoint journal) in memory, not in
+    /// files it creates and deletes per batch.
+    #[test]
+    fn the_writer_keeps_its_savepoint_journal_in_memory() {
+        let (_dir, store) = store();
+        let temp_store: i64 = store
+            .lock()
+            .pragma_query_value(None, "temp_store", |row| row.get(0))
+            .unwrap();
+        assert_eq!(temp_store, 2, "PRAGMA temp_store is not MEMORY");
     }
 
     /// Two commits refused after writing in one batch: the batch goes back once, the second is
