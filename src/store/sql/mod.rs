@@ -13,6 +13,8 @@
 //! (a failed precondition, a duplicate) and an engine error both make the store roll it back.
 
 pub(crate) mod ledger;
+#[cfg(feature = "sqlite")]
+mod pool;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod privacy;

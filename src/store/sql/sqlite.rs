@@ -65,6 +65,7 @@ use std::time::Duration as StdDuration;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use time::{Date, OffsetDateTime};
 
+use super::pool::{Lease, Pool};
 use super::{Dialect, Failure, Migration, Row, Value, ledger, read};
 use crate::consent::Consent;
 use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
@@ -285,12 +286,22 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
-/// The idle reader connections of a store that writes, in two pools: one for reads of a few
-/// rows, one for scans, which read the file through memory-mapped pages (see [`MMAP_BYTES`]).
-#[derive(Debug, Default)]
+/// The reader connections of a store that writes, in two pools of at most [`MAX_READERS`]
+/// each: one for reads of a few rows, one for scans, which read the file through memory-mapped
+/// pages (see [`MMAP_BYTES`]).
+#[derive(Debug)]
 struct Readers {
-    point: Mutex<Vec<Connection>>,
-    scans: Mutex<Vec<Connection>>,
+    point: Pool<Connection>,
+    scans: Pool<Connection>,
+}
+
+impl Readers {
+    fn new() -> Self {
+        Self {
+            point: Pool::new(MAX_READERS),
+            scans: Pool::new(MAX_READERS),
+        }
+    }
 }
 
 /// A commit with its records encoded (by its caller, before queueing) but for their numbers.
@@ -308,13 +319,15 @@ const MAX_BATCH: usize = 256;
 /// more a second (see BENCHMARKS.md).
 const DERIVED_LEVELS: u32 = 3;
 
-/// Idle reader connections kept open in each pool (more are opened while more threads read at
-/// once, and closed when they return beyond this). A gate under load has dozens of checks
-/// reading at once (the HTTP gate lets up to 256 run): with 16 kept, 32 request threads closed
-/// and reopened connections all the time, each new one parsing the schema and preparing its
-/// statements again (2.5 % of the gate's samples; 552 files opened in one run of its 32-caller
-/// row against 228 with 64 kept).
-const MAX_IDLE_READERS: usize = 64;
+/// Reader connections open at most in each pool. Once they are all lent, a read waits for one
+/// to be given back rather than opening another (see `pool`): a gate under load has dozens of
+/// checks reading at once (the HTTP gate lets up to 256 run), and with connections opened past
+/// the pool's size and closed on their return, each new one parsed the schema and prepared its
+/// statements again. With 16 kept, 32 request threads did so all the time (2.5 % of the gate's
+/// samples; 552 files opened in one run of its 32-caller row against 228 with 64 kept); with 64
+/// kept, 256 callers opened about 16,000 in 76,800 checks, and reading took two thirds of the
+/// gate's CPU samples.
+const MAX_READERS: usize = 64;
 
 /// How much of the database file the writer's connection and the scanning readers read through
 /// memory-mapped pages (`PRAGMA mmap_size`): a page of the file is then read in place, where
@@ -463,7 +476,7 @@ impl SqliteStore {
         let store = Self {
             derived: DERIVED_LEVELS,
             writer: Mutex::new(connection),
-            readers: Some(Readers::default()),
+            readers: Some(Readers::new()),
             resolved,
             group: GroupCommit::new(MAX_BATCH),
             counters: Counters::default(),
@@ -640,20 +653,19 @@ impl SqliteStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// An idle reader connection of `pool`, or a new one (`mapped`: reading through
-    /// memory-mapped pages).
-    fn reader(
+    /// A reader connection of `pool`: an idle one, a new one while fewer than [`MAX_READERS`]
+    /// are open (`mapped`: reading through memory-mapped pages), or else the first one given
+    /// back.
+    fn reader<'p>(
         &self,
-        pool: &Mutex<Vec<Connection>>,
+        pool: &'p Pool<Connection>,
         mapped: bool,
-    ) -> Result<Connection, StoreError> {
-        let idle = pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        if let Some(connection) = idle {
-            return Ok(connection);
-        }
+    ) -> Result<Lease<'p, Connection>, StoreError> {
+        pool.lease(|| self.open_reader(mapped))
+    }
+
+    /// A new reader connection.
+    fn open_reader(&self, mapped: bool) -> Result<Connection, StoreError> {
         let fail = |e| store_error(&self.path, e);
         let connection = Connection::open_with_flags(
             &self.resolved,
@@ -767,15 +779,20 @@ impl SqliteStore {
             true => &readers.scans,
             false => &readers.point,
         };
-        let mut connection = self.reader(pool, scan)?;
-        let value = self.in_transaction(&mut connection, TransactionBehavior::Deferred, read)?;
-        let mut idle = pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(connection);
+        let mut lease = self.reader(pool, scan)?;
+        let Some(connection) = lease.connection() else {
+            return Err(StoreError::Unavailable(
+                "a reader connection was lent empty".into(),
+            ));
+        };
+        // Given back when the lease is dropped; closed after an error.
+        match self.in_transaction(connection, TransactionBehavior::Deferred, read) {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                lease.discard();
+                Err(error)
+            }
         }
-        Ok(value)
     }
 
     /// Runs `work` in one transaction of `behavior` on `connection`: committed if it succeeds,
@@ -1474,11 +1491,10 @@ impl Store for SqliteStore {
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
-    use super::{MMAP_BYTES, SqliteStore};
+    use super::{MAX_READERS, MMAP_BYTES, Pool, SqliteStore};
     use crate::audit::{Actor, AuditEvent, AuditRecord};
     use crate::store::{Change, Commit, LogRead, Precondition, StateRead, Store, StoreError};
     use rusqlite::Connection;
-    use std::sync::Mutex;
     use time::OffsetDateTime;
 
     fn using(attestation: &str) -> Commit {
@@ -1886,13 +1902,13 @@ mod tests {
     fn scans_read_through_mapped_pages_and_reads_of_a_few_rows_do_not() {
         let (_dir, store) = store();
         let readers = store.readers.as_ref().unwrap();
-        let idle = |pool: &Mutex<Vec<Connection>>| {
-            pool.lock()
-                .unwrap()
-                .iter()
-                .map(|c| c.pragma_query_value(None, "mmap_size", |row| row.get::<_, i64>(0)))
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap()
+        let idle = |pool: &Pool<Connection>| {
+            pool.idle(|idle| {
+                idle.iter()
+                    .map(|c| c.pragma_query_value(None, "mmap_size", |row| row.get::<_, i64>(0)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap()
+            })
         };
         store.audit_bytes(0..10).unwrap();
         assert_eq!(idle(&readers.scans), [MMAP_BYTES]);
@@ -1904,6 +1920,36 @@ mod tests {
         drop(writer);
         assert_eq!(idle(&readers.point), [0]);
         assert_eq!(idle(&readers.scans), [MMAP_BYTES]);
+    }
+
+    /// With every reader connection of a pool lent, a read waits for one to be given back and
+    /// opens none: however many threads read at once, the pool holds at most `MAX_READERS`.
+    #[test]
+    fn reads_past_the_pools_size_wait_for_a_connection_and_open_none() {
+        let (_dir, store) = store();
+        store.commit(using("one")).unwrap();
+        let point = &store.readers.as_ref().unwrap().point;
+        let mut lent: Vec<_> = (0..MAX_READERS)
+            .map(|_| store.reader(point, false).unwrap())
+            .collect();
+        // The writer busy (as under a batch): reads go to the pool.
+        let writer = store.lock();
+        std::thread::scope(|scope| {
+            let reading = scope.spawn(|| store.audit_len());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(
+                !reading.is_finished(),
+                "a read was served past the pool's size"
+            );
+            lent.pop();
+            assert_eq!(reading.join().ok().map(Result::ok), Some(Some(1)));
+        });
+        drop(writer);
+        assert_eq!(
+            point.opened(),
+            MAX_READERS as u64,
+            "a connection was opened past the limit"
+        );
     }
 
     #[test]
@@ -1922,10 +1968,12 @@ mod tests {
             }
             assert_eq!(prune.get_status(rusqlite::StatementStatus::RePrepare), 0);
         }
-        let reader = store
+        let mut reader = store
             .reader(&store.readers.as_ref().unwrap().point, false)
             .unwrap();
         let mut scan = reader
+            .connection()
+            .unwrap()
             .prepare("SELECT id FROM bank_presented WHERE kind = 'proof' AND at < ?1 ORDER BY at LIMIT ?2")
             .unwrap();
         for (before, limit) in runs {
