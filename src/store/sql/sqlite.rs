@@ -655,13 +655,17 @@ impl SqliteStore {
 
     /// A reader connection of `pool`: an idle one, a new one while fewer than [`MAX_READERS`]
     /// are open (`mapped`: reading through memory-mapped pages), or else the first one given
-    /// back.
+    /// back; [`StoreError::Busy`] if none is within the busy timeout.
     fn reader<'p>(
         &self,
         pool: &'p Pool<Connection>,
         mapped: bool,
     ) -> Result<Lease<'p, Connection>, StoreError> {
-        pool.lease(|| self.open_reader(mapped))
+        pool.lease(
+            || self.open_reader(mapped),
+            Self::DEFAULT_BUSY_TIMEOUT,
+            || StoreError::Busy("every reader connection stayed lent".into()),
+        )
     }
 
     /// A new reader connection.
@@ -1950,6 +1954,41 @@ mod tests {
             MAX_READERS as u64,
             "a connection was opened past the limit"
         );
+    }
+
+    /// A read that panics mid-transaction gives its connection back with the transaction rolled
+    /// back: the next read on it sees later commits, not the panicked read's snapshot.
+    #[test]
+    #[expect(clippy::panic, reason = "the read under test panics")]
+    fn a_read_that_panics_gives_back_a_connection_with_no_transaction_open() {
+        let (_dir, store) = store();
+        store.commit(using("one")).unwrap();
+        let point = &store.readers.as_ref().unwrap().point;
+        let writer = store.lock();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _: Result<u64, _> = store.read(|db| {
+                let n = super::read::audit_len(db)?;
+                if n < 100 {
+                    panic!("a read panicked after its first statement");
+                }
+                Ok(n)
+            });
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(
+            point.idle(|idle| idle
+                .iter()
+                .map(Connection::is_autocommit)
+                .collect::<Vec<_>>()),
+            [true],
+            "given back, and with no transaction open"
+        );
+        drop(writer);
+        store.commit(using("two")).unwrap();
+        let writer = store.lock();
+        assert_eq!(store.audit_len().unwrap(), 2, "a fresh snapshot");
+        drop(writer);
+        assert_eq!(point.opened(), 1, "the same connection, reused");
     }
 
     #[test]
