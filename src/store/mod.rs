@@ -113,8 +113,10 @@ pub enum StoreError {
     /// The disk (or the configured size limit) is full.
     #[error("the database is full: {0}")]
     Full(String),
-    /// Another process held the database lock for longer than the busy timeout.
-    #[error("the database stayed locked by another writer: {0}")]
+    /// The database stayed busy past a timeout: another process held its lock longer than the
+    /// busy timeout, every reader connection of this store stayed in use that long (SQLite), or
+    /// a statement ran past its timeout (PostgreSQL). Retrying later can succeed.
+    #[error("the database stayed busy past the busy timeout: {0}")]
     Busy(String),
     /// The commit was sent, and the connection broke (or the disk failed) before the database
     /// answered: whether the database made it durable is unknown. It may be in the store though

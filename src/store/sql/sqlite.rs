@@ -664,7 +664,7 @@ impl SqliteStore {
         pool.lease(
             || self.open_reader(mapped),
             Self::DEFAULT_BUSY_TIMEOUT,
-            || StoreError::Busy("every reader connection stayed lent".into()),
+            || StoreError::Busy("every reader connection of this store stayed in use".into()),
         )
     }
 
