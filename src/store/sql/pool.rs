@@ -57,7 +57,8 @@ impl<T> Pool<T> {
         patience: Duration,
         impatient: impl FnOnce() -> E,
     ) -> Result<Lease<'_, T>, E> {
-        let deadline = Instant::now().checked_add(patience);
+        // Read from the clock only once a caller has to wait.
+        let mut deadline = None;
         let mut state = self.lock();
         loop {
             if let Some(connection) = state.idle.pop() {
@@ -80,7 +81,7 @@ impl<T> Pool<T> {
                 });
             }
             let now = Instant::now();
-            let left = match deadline {
+            let left = match *deadline.get_or_insert_with(|| now.checked_add(patience)) {
                 Some(deadline) if deadline <= now => return Err(impatient()),
                 Some(deadline) => deadline - now,
                 None => patience,
