@@ -272,8 +272,8 @@ fn one_caller<L: Store + LedgerRead>(
 
 /// `callers` callers checking at once, each for a consent of its own (as many customers' apps
 /// polling at once; one consent's served count is one row, which concurrent checks of it take in
-/// turn). Tokens and proofs are made before the clock starts; the time is one over the aggregate
-/// throughput.
+/// turn). Tokens and proofs are made before the clock starts, in the order they are checked; the
+/// time is one over the aggregate throughput.
 /// With `moving`, the kit's clock moves a second before each sample's tokens are made; each caller
 /// checks at least `at_least` tokens a sample.
 fn many_callers<L: Store + LedgerRead + Sync>(
@@ -314,14 +314,16 @@ fn many_callers_making<L: Store + LedgerRead + Sync>(
             // measure their threads' start, not a gate under that load.
             let run = iterations.max(callers as u64 * at_least);
             let each = run.div_ceil(callers as u64);
-            let prepared: Vec<Vec<(String, String)>> = accesses
-                .iter()
-                .map(|access| {
-                    (0..each)
-                        .map(|_| support::token_and_proof(kit, access, random))
-                        .collect()
-                })
-                .collect();
+            // Made in the order they are checked (every caller's first, then every caller's
+            // second, ...), as a broker issues tokens to callers who present them within
+            // milliseconds: their ids, time-ordered, reach the ledger in about that order.
+            let mut prepared: Vec<Vec<(String, String)>> =
+                accesses.iter().map(|_| Vec::new()).collect();
+            for _ in 0..each {
+                for (mine, access) in prepared.iter_mut().zip(&accesses) {
+                    mine.push(support::token_and_proof(kit, access, random));
+                }
+            }
             // Each caller checks the tokens made for it: `each` of them.
             support::timed_threads(callers, run, |caller, _| {
                 for (token, proof) in prepared.get(caller).unwrap() {
@@ -356,7 +358,10 @@ fn presented_for_a_lifetime(path: &std::path::Path, now: i64, per_second: i64) {
                 state ^= state >> 7;
                 state ^= state << 17;
                 let at = oldest + n / per_second;
-                insert.execute((kind, at, format!("{state:016x}"))).unwrap();
+                // 28 characters, ordered within their second, as the ids this crate makes.
+                insert
+                    .execute((kind, at, format!("{n:012x}{state:016x}")))
+                    .unwrap();
             }
         }
     }

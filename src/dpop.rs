@@ -21,7 +21,7 @@ use time::{Duration, OffsetDateTime};
 use crate::crypto::{self, ProviderError};
 use crate::jws::{self, JwsProblem};
 use crate::keys::{Ed25519PublicKey, SigningKey};
-use crate::random::{RandomSource, random_token};
+use crate::random::{OrderedIds, RandomSource};
 use crate::token::{ClaimProblem, MAX_LEEWAY, TokenPart};
 
 /// The JOSE `typ` of a DPoP proof.
@@ -359,6 +359,8 @@ fn check_claims(
 pub struct DpopSigner {
     key: SigningKey,
     jwk: Value,
+    /// The proofs' ids, time-ordered (the bank keeps each in a table keyed by it).
+    ids: OrderedIds,
 }
 
 impl DpopSigner {
@@ -374,7 +376,11 @@ impl DpopSigner {
             "crv": "Ed25519",
             "x": key.public_key().to_base64url(),
         });
-        Ok(Self { key, jwk })
+        Ok(Self {
+            key,
+            jwk,
+            ids: OrderedIds::new(),
+        })
     }
 
     /// The public key, to give the broker ([`BrokerBuilder::sender_key`](crate::BrokerBuilder::sender_key)).
@@ -387,8 +393,10 @@ impl DpopSigner {
         self.key.kid()
     }
 
-    /// A proof for one `request` carrying `access_token`, made at `now`, with a fresh `jti` from
-    /// `random`.
+    /// A proof for one `request` carrying `access_token`, made at `now`, with a fresh `jti`:
+    /// 28 characters, the microseconds of `now` (raised past this signer's previous proof's
+    /// when needed) then 112 bits from `random`, so that the ids of proofs made later sort later
+    /// and a bank's table of presented ids takes them at its edge.
     ///
     /// # Errors
     /// [`DpopError::Signing`] if signing or randomness fails.
@@ -399,7 +407,7 @@ impl DpopSigner {
         now: OffsetDateTime,
         random: &dyn RandomSource,
     ) -> Result<String, DpopError> {
-        let jti = random_token(random).map_err(|_| DpopError::Signing)?;
+        let jti = self.ids.next(now, random).map_err(|_| DpopError::Signing)?;
         let header = json!({ "typ": DPOP_TYPE, "alg": "EdDSA", "jwk": self.jwk });
         let claims = json!({
             "jti": jti,

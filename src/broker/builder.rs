@@ -272,6 +272,7 @@ impl<S: Store> BrokerBuilder<S, BrokerKeys> {
             pseudonyms: crate::privacy::PseudonymCache::default(),
             views: super::views::ViewCache::new(keep_views),
             feeds: std::sync::Mutex::default(),
+            token_ids: crate::random::OrderedIds::new(),
             checkpoints: RwLock::new(super::Checkpointer {
                 signer: checkpoints,
                 kid: checkpoint.kid().to_owned(),

@@ -10,7 +10,6 @@ use crate::clock::saturating_add;
 use crate::error::Error;
 use crate::keys::KeyError;
 use crate::policy::AccessRequest;
-use crate::random::random_token;
 use crate::store::{Commit, KeyUse, Precondition, Store, StoreError};
 use crate::token::{self, AccessClaims, Confirmation};
 
@@ -57,7 +56,8 @@ impl<S: Store> Broker<S> {
         let expires_at =
             saturating_add(now, self.settings.token_lifetime).min(permit.grant_expires_at);
         let sender_key = self.settings.sender_keys.get(&permit.platform).cloned();
-        let token_id = random_token(self.settings.random.as_ref())
+        let token_id = (self.token_ids)
+            .next(now, self.settings.random.as_ref())
             .map_err(|_| KeyError::RandomnessUnavailable)?;
         let claims = AccessClaims {
             iss: self.settings.id.clone(),

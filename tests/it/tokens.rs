@@ -70,9 +70,12 @@ fn a_permit_becomes_a_bound_short_lived_token_and_the_issuing_is_audited() {
             "iat": now, "nbf": now, "exp": now + 300, "jti": token.token_id,
         })
     );
-    // 128 random bits, base64url: 22 characters, and never the same twice.
-    assert_eq!(URL_SAFE_NO_PAD.decode(&token.token_id).unwrap().len(), 16);
-    assert_ne!(issue(&fx, &access).token_id, token.token_id);
+    // 28 characters of the base64url alphabet (168 bits: the time of issuing, then 112 random),
+    // never the same twice, and a token issued later, even at the same time, sorts later.
+    assert_eq!(URL_SAFE_NO_PAD.decode(&token.token_id).unwrap().len(), 21);
+    assert_eq!(token.token_id.len(), 28);
+    let later = issue(&fx, &access).token_id;
+    assert!(later > token.token_id, "{later} {}", token.token_id);
     assert_eq!(token.expires_at, START + Duration::minutes(5));
 
     let log = fx.audit();
