@@ -354,6 +354,18 @@ fn check_claims(
     Ok((checked, hash))
 }
 
+/// The scheme and authority of `url` (`https://bank.example`), or the whole of it when it has no
+/// `://`: the proofs for one bank share a count in their `jti`.
+fn origin(url: &str) -> &str {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url;
+    };
+    let end = rest
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |at| scheme.len() + 3 + at);
+    url.get(..end).unwrap_or(url)
+}
+
 /// The platform's DPoP key: makes a proof for each request it sends with an access token.
 #[derive(Debug)]
 pub struct DpopSigner {
@@ -393,10 +405,11 @@ impl DpopSigner {
         self.key.kid()
     }
 
-    /// A proof for one `request` carrying `access_token`, made at `now`, with a fresh `jti`:
-    /// 28 characters, the microseconds of `now` (raised past this signer's previous proof's
-    /// when needed) then 112 bits from `random`, so that the ids of proofs made later sort later
-    /// and a bank's table of presented ids takes them at its edge.
+    /// A proof for one `request` carrying `access_token`, made at `now`, with a fresh `jti` of
+    /// 28 characters: `now`'s second and how many proofs this signer made for the same origin
+    /// (scheme and host of the request's URL) earlier in that second, then 112 bits from
+    /// `random`. The proofs one bank is given sort in the order they were made, and its table
+    /// of presented ids takes them at its edge; nothing in them counts another bank's.
     ///
     /// # Errors
     /// [`DpopError::Signing`] if signing or randomness fails.
@@ -407,7 +420,9 @@ impl DpopSigner {
         now: OffsetDateTime,
         random: &dyn RandomSource,
     ) -> Result<String, DpopError> {
-        let jti = self.ids.next(now, random).map_err(|_| DpopError::Signing)?;
+        let jti = (self.ids)
+            .next(origin(request.url), now, random)
+            .map_err(|_| DpopError::Signing)?;
         let header = json!({ "typ": DPOP_TYPE, "alg": "EdDSA", "jwk": self.jwk });
         let claims = json!({
             "jti": jti,

@@ -6,12 +6,12 @@
 //! [`RandomError`] and must fail closed.
 //!
 //! The ids a bank remembers per access (an access token's and a DPoP proof's `jti`) are
-//! time-ordered ([`OrderedIds`]): a prefix from the time they are made, then 112 random bits.
-//! Ordered, the ids a gate takes in one second land at the right edge of its table of presented
-//! ids, a few pages a commit, instead of one page each at random within that second's range.
+//! time-ordered ([`OrderedIds`]): a prefix from the second they are made in and a count within
+//! it, then 112 random bits. Ordered, the ids a gate takes in one second land at the right edge
+//! of its table of presented ids, a few pages a commit, instead of one page each at random within
+//! that second's range.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -59,57 +59,88 @@ pub(crate) fn random_token(random: &dyn RandomSource) -> Result<String, RandomEr
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// The largest time prefix of an [`OrderedIds`] id: 56 bits of microseconds (the year 4253).
+/// Bits of an [`OrderedIds`] prefix that count the ids made for one audience within a second.
+const COUNTER_BITS: u32 = 20;
+/// The last second an [`OrderedIds`] prefix can hold (36 bits: the year 4147).
+const LAST_SECOND: u64 = (1 << 36) - 1;
+/// The largest [`OrderedIds`] prefix (56 bits).
 const LAST_PREFIX: u64 = (1 << 56) - 1;
+/// How many audiences an [`OrderedIds`] keeps a count for; past it, the counts start again.
+const AUDIENCES: usize = 1024;
 
-/// Makes time-ordered ids: each is 21 bytes, the first 7 the microseconds since the Unix epoch at
-/// the `now` it is made for (raised, when needed, to one more than the previous id's, so that the
-/// ids of one maker increase even within a microsecond or when its clock goes back), the other 14
-/// random (112 bits: RFC 9449 asks a proof's `jti` for at least 96), written in 28 characters of
-/// the base64url alphabet taken in ASCII order, so that their text sorts as their bytes.
+/// Makes time-ordered ids, for one audience at a time (a bank): each is 21 bytes, the first 7 a
+/// prefix, the other 14 random (112 bits: RFC 9449 asks a proof's `jti` for at least 96),
+/// written in 28 characters of the base64url alphabet taken in ASCII order, so that their text
+/// sorts as their bytes.
 ///
-/// The prefix is a sort key, not a timestamp anyone should trust: it tells the order, to the
-/// microsecond, in which one maker made its ids, which the tokens' and proofs' own signed `iat`
-/// tells to the second.
+/// The prefix is the second it is made in (`now`: the crate's clocks keep whole seconds) and how
+/// many ids this maker made for the same audience earlier in that second: the ids one bank is
+/// given sort in the order they were made, and land at the right edge of its table of presented
+/// ids. What a prefix tells its reader is what the bank sees anyway (its own ids, in the order it
+/// is given them); the counts are kept per audience so that nothing in an id tells one bank how
+/// many ids the same maker made for another. When the clock goes back by a second or less, the
+/// count goes on from the last id's; further back, it starts again from `now`'s second (the
+/// random part alone tells the ids apart).
 #[derive(Debug, Default)]
 pub(crate) struct OrderedIds {
-    /// The prefix of the last id made.
-    last: AtomicU64,
+    /// Per audience, the prefix of the last id made for it.
+    last: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl OrderedIds {
     /// A maker that has made no id.
-    pub(crate) const fn new() -> Self {
-        Self {
-            last: AtomicU64::new(0),
-        }
+    pub(crate) fn new() -> Self {
+        Self::default()
     }
 
-    /// A fresh id made at `now`.
+    /// A fresh id for `audience`, made at `now`.
     ///
     /// # Errors
     /// [`RandomError`] when `random` fails.
     pub(crate) fn next(
         &self,
+        audience: &str,
         now: time::OffsetDateTime,
         random: &dyn RandomSource,
     ) -> Result<String, RandomError> {
-        let micros = u64::try_from(now.unix_timestamp_nanos() / 1_000)
+        let second = u64::try_from(now.unix_timestamp())
             .unwrap_or(0)
-            .min(LAST_PREFIX);
-        // One more than the previous prefix at least; at the last prefix, the last prefix again
-        // (the random part still tells the ids apart).
-        let raise = |previous: u64| Some(micros.max(previous.saturating_add(1)).min(LAST_PREFIX));
-        let previous = self
-            .last
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, raise)
-            .unwrap_or_else(|previous| previous);
-        let prefix = raise(previous).unwrap_or(LAST_PREFIX);
+            .min(LAST_SECOND);
+        let prefix = {
+            let mut last = self
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let previous = last.get(audience).copied();
+            let prefix = next_prefix(previous, second);
+            match last.get_mut(audience) {
+                Some(kept) => *kept = prefix,
+                None => {
+                    if last.len() >= AUDIENCES {
+                        last.clear();
+                    }
+                    last.insert(audience.to_owned(), prefix);
+                }
+            }
+            prefix
+        };
         let mut bytes = [0u8; 21];
-        let (time, rest) = bytes.split_at_mut(7);
-        time.copy_from_slice(prefix.to_be_bytes().get(1..).unwrap_or_default());
+        let (head, rest) = bytes.split_at_mut(7);
+        head.copy_from_slice(prefix.to_be_bytes().get(1..).unwrap_or_default());
         random.fill(rest)?;
         Ok(sortable_base64(&bytes))
+    }
+}
+
+/// The prefix after `previous` (of the same audience) for an id made in `second`: one more than
+/// `previous` when it is of this second or at most one ahead of it, else the second's first.
+fn next_prefix(previous: Option<u64>, second: u64) -> u64 {
+    let first = second << COUNTER_BITS;
+    match previous {
+        Some(previous) if previous >= first && previous >> COUNTER_BITS <= second + 1 => {
+            previous.saturating_add(1).min(LAST_PREFIX)
+        }
+        _ => first,
     }
 }
 
@@ -163,9 +194,28 @@ mod tests {
 
     const BASE64URL: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-    fn at(seconds: i64, micros: i64) -> time::OffsetDateTime {
+    fn at(seconds: i64) -> time::OffsetDateTime {
         time::OffsetDateTime::from_unix_timestamp(seconds).unwrap()
-            + time::Duration::microseconds(micros)
+    }
+
+    /// The 21 bytes an id's text encodes.
+    fn decode(id: &str) -> [u8; 21] {
+        let digits: Vec<u32> = id
+            .chars()
+            .map(|c| (0..64).find(|v| sortable_digit(*v) == c).unwrap())
+            .collect();
+        let mut bytes = Vec::new();
+        for group in digits.chunks(4) {
+            let n = group.iter().fold(0u32, |n, d| n << 6 | d);
+            bytes.extend_from_slice(&n.to_be_bytes()[1..]);
+        }
+        bytes.try_into().unwrap()
+    }
+
+    fn prefix(id: &str) -> u64 {
+        let mut eight = [0u8; 8];
+        eight[1..].copy_from_slice(&decode(id)[..7]);
+        u64::from_be_bytes(eight)
     }
 
     #[test]
@@ -178,80 +228,141 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn sortable_text_sorts_as_its_bytes(a in proptest::array::uniform21(0u8..), b in proptest::array::uniform21(0u8..)) {
+        fn sortable_text_sorts_as_its_bytes(
+            a in proptest::array::uniform21(0u8..),
+            b in proptest::array::uniform21(0u8..),
+        ) {
             let (x, y) = (sortable_base64(&a), sortable_base64(&b));
             proptest::prop_assert_eq!(x.len(), 28);
             proptest::prop_assert!(x.chars().all(|c| BASE64URL.contains(c)));
+            proptest::prop_assert_eq!(decode(&x), a);
             proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
         }
     }
 
     #[test]
-    fn one_makers_ids_increase_within_a_microsecond_and_when_its_clock_goes_back() {
-        let system = ring::rand::SystemRandom::new();
+    fn an_id_is_its_second_its_count_for_the_audience_and_112_bits_of_the_random_source() {
         let ids = OrderedIds::new();
-        let mut made = Vec::new();
-        for now in [
-            at(1_800_000_000, 5),
-            at(1_800_000_000, 5),
-            at(1_799_999_000, 0),
-        ] {
-            for _ in 0..100 {
-                made.push(ids.next(now, &system).unwrap());
-            }
+        let second = 1_800_000_000u64;
+        for count in 0..3u64 {
+            let id = ids.next("bank-a", at(1_800_000_000), &Counting).unwrap();
+            assert_eq!(id.len(), 28);
+            assert_eq!(prefix(&id), second << COUNTER_BITS | count, "{id}");
+            let expected: Vec<u8> = (1..=14).collect();
+            assert_eq!(decode(&id)[7..], expected);
         }
-        made.push(ids.next(at(1_800_000_001, 0), &system).unwrap());
-        assert!(made.iter().all(|id| id.len() == 28), "{made:?}");
-        assert!(made.windows(2).all(|w| w[0] < w[1]), "{made:?}");
+        // Another audience's count is its own: nothing in bank B's ids counts bank A's.
+        let other = ids.next("bank-b", at(1_800_000_000), &Zeros).unwrap();
+        assert_eq!(prefix(&other), second << COUNTER_BITS);
+        // The next second starts its count again, and sorts after.
+        let next = ids.next("bank-a", at(1_800_000_001), &Zeros).unwrap();
+        assert_eq!(prefix(&next), (second + 1) << COUNTER_BITS);
+    }
+
+    /// A source that gives 1, 2, 3, ... on each call.
+    struct Counting;
+
+    impl RandomSource for Counting {
+        fn fill(&self, destination: &mut [u8]) -> Result<(), RandomError> {
+            for (byte, n) in destination.iter_mut().zip(1u8..) {
+                *byte = n;
+            }
+            Ok(())
+        }
+    }
+
+    /// A source of zeros, for tests that look at the prefix only.
+    struct Zeros;
+
+    impl RandomSource for Zeros {
+        fn fill(&self, destination: &mut [u8]) -> Result<(), RandomError> {
+            destination.fill(0);
+            Ok(())
+        }
     }
 
     #[test]
-    fn ids_of_two_makers_sort_by_the_time_they_were_made_for() {
+    fn ids_for_one_audience_increase_within_a_second_and_when_the_clock_goes_back_a_second() {
         let system = ring::rand::SystemRandom::new();
-        let (early, late) = (OrderedIds::new(), OrderedIds::new());
-        for micros in [1, 999_999, 1_000_000] {
-            let later = late.next(at(1_800_000_000, micros), &system).unwrap();
-            let earlier = early.next(at(1_800_000_000, micros - 1), &system).unwrap();
-            assert!(earlier < later, "{earlier} {later}");
+        let ids = OrderedIds::new();
+        let mut made = Vec::new();
+        for now in [at(1_800_000_000), at(1_800_000_001), at(1_800_000_000)] {
+            for _ in 0..100 {
+                made.push(ids.next("bank", now, &system).unwrap());
+            }
         }
-        // Before the epoch and past the last prefix: the first and the last prefix.
-        let before = OrderedIds::new().next(at(-5, 0), &system).unwrap();
-        let past = OrderedIds::new()
-            .next(
-                time::OffsetDateTime::from_unix_timestamp(253_402_300_799).unwrap(),
-                &system,
-            )
+        made.push(ids.next("bank", at(1_800_000_002), &system).unwrap());
+        assert!(made.windows(2).all(|w| w[0] < w[1]), "{made:?}");
+        // An id of a later second sorts after another maker's of an earlier one.
+        let other = OrderedIds::new()
+            .next("bank", at(1_800_000_003), &system)
             .unwrap();
-        assert!(before.starts_with("---------"), "{before}");
-        assert!(past.starts_with("zzzzzzzzz"), "{past}");
+        assert!(other > made[made.len() - 1]);
+    }
+
+    #[test]
+    fn a_clock_far_ahead_once_does_not_hold_the_prefix_there() {
+        let ids = OrderedIds::new();
+        let now = 1_800_000_000u64;
+        let ahead = ids.next("bank", at(4_000_000_000), &Zeros).unwrap();
+        assert_eq!(prefix(&ahead), 4_000_000_000 << COUNTER_BITS);
+        let back = ids.next("bank", at(1_800_000_000), &Zeros).unwrap();
+        assert_eq!(prefix(&back), now << COUNTER_BITS);
+        // Before the epoch, and past the last second a prefix holds: the first and the last
+        // second.
+        let before = OrderedIds::new().next("bank", at(-5), &Zeros).unwrap();
+        assert_eq!(prefix(&before), 0);
+        let past = OrderedIds::new()
+            .next("bank", at(253_402_300_799), &Zeros)
+            .unwrap();
+        assert_eq!(prefix(&past), LAST_SECOND << COUNTER_BITS);
+        // A full count runs into the next second's prefixes, still increasing, and the last
+        // prefix stays the last.
+        assert_eq!(next_prefix(Some(LAST_PREFIX), LAST_SECOND), LAST_PREFIX);
+        let full = (now << COUNTER_BITS) | ((1 << COUNTER_BITS) - 1);
+        assert_eq!(next_prefix(Some(full), now), full + 1);
     }
 
     #[test]
     fn ids_made_at_once_are_distinct_and_a_random_failure_is_reported() {
         let system = ring::rand::SystemRandom::new();
         let ids = OrderedIds::new();
-        let now = at(1_800_000_000, 0);
+        let now = at(1_800_000_000);
         let made: Vec<Vec<String>> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..4)
                 .map(|_| {
-                    scope.spawn(|| (0..500).map(|_| ids.next(now, &system).unwrap()).collect())
+                    scope.spawn(|| {
+                        (0..500)
+                            .map(|_| ids.next("bank", now, &system).unwrap())
+                            .collect()
+                    })
                 })
                 .collect();
             workers.into_iter().map(|w| w.join().unwrap()).collect()
         });
         assert!(made.iter().all(|one| one.windows(2).all(|w| w[0] < w[1])));
-        let mut all: Vec<&String> = made.iter().flatten().collect();
-        all.sort_unstable();
-        all.dedup();
-        assert_eq!(all.len(), 2_000);
-        // Prefixes raised one a call: no two ids of one maker share the first 10 characters.
-        let prefixes: std::collections::HashSet<&str> = all.iter().map(|id| &id[..10]).collect();
-        assert_eq!(prefixes.len(), 2_000);
-        assert_eq!(ids.next(now, &Broken), Err(RandomError));
-        // Two makers at the same time differ in their random part.
-        assert_ne!(
-            OrderedIds::new().next(now, &system).unwrap(),
-            OrderedIds::new().next(now, &system).unwrap()
-        );
+        // One prefix each: the counts 0 to 1,999 of that second.
+        let mut prefixes: Vec<u64> = made.iter().flatten().map(|id| prefix(id)).collect();
+        prefixes.sort_unstable();
+        let first = 1_800_000_000u64 << COUNTER_BITS;
+        assert_eq!(prefixes, (first..first + 2_000).collect::<Vec<_>>());
+        assert_eq!(ids.next("bank", now, &Broken), Err(RandomError));
+    }
+
+    #[test]
+    fn past_its_audiences_a_maker_starts_its_counts_again() {
+        let ids = OrderedIds::new();
+        let now = at(1_800_000_000);
+        ids.next("bank-0", now, &Zeros).unwrap();
+        let again = ids.next("bank-0", now, &Zeros).unwrap();
+        assert_eq!(prefix(&again) & ((1 << COUNTER_BITS) - 1), 1);
+        for n in 1..AUDIENCES {
+            ids.next(&format!("bank-{n}"), now, &Zeros).unwrap();
+        }
+        assert_eq!(ids.last.lock().unwrap().len(), AUDIENCES);
+        ids.next("one-more", now, &Zeros).unwrap();
+        assert_eq!(ids.last.lock().unwrap().len(), 1);
+        let restarted = ids.next("bank-0", now, &Zeros).unwrap();
+        assert_eq!(prefix(&restarted) & ((1 << COUNTER_BITS) - 1), 0);
     }
 }

@@ -57,7 +57,7 @@ impl<S: Store> Broker<S> {
             saturating_add(now, self.settings.token_lifetime).min(permit.grant_expires_at);
         let sender_key = self.settings.sender_keys.get(&permit.platform).cloned();
         let token_id = (self.token_ids)
-            .next(now, self.settings.random.as_ref())
+            .next(permit.holder.as_str(), now, self.settings.random.as_ref())
             .map_err(|_| KeyError::RandomnessUnavailable)?;
         let claims = AccessClaims {
             iss: self.settings.id.clone(),

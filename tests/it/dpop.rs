@@ -30,6 +30,16 @@ fn proof(signer: &DpopSigner, request: &HttpRequest<'_>, token: &str) -> String 
         .unwrap()
 }
 
+/// The `jti` claim of `proof`, read without checking it.
+fn jti(proof: &str) -> String {
+    let claims = proof.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
+    claims["jti"].as_str().unwrap().to_owned()
+}
+
 fn check(proof: &str, jkt: &str) -> Result<CheckedProof, DpopError> {
     check_proof(proof, &GET, TOKEN, jkt, DEFAULT_PROOF_WINDOW, START)
 }
@@ -79,6 +89,17 @@ fn a_proof_made_for_the_request_and_token_is_accepted_once_per_jti() {
         .unwrap();
     let later_jti = check(&later, second.thumbprint()).unwrap().jti;
     assert!(later_jti > other_jti, "{later_jti} {other_jti}");
+    // Each origin has its own count within the second: the signer's first proof for another
+    // bank sorts before its second one for this bank (nothing in it counts this bank's).
+    let elsewhere = HttpRequest {
+        method: "GET",
+        url: "https://other-bank.example/v1/balance",
+    };
+    let first_elsewhere = platform
+        .proof(&elsewhere, TOKEN, START, &SeededRandom::new(5))
+        .unwrap();
+    let first_elsewhere = jti(&first_elsewhere);
+    assert!(first_elsewhere < other_jti, "{first_elsewhere} {other_jti}");
     assert_eq!(platform.thumbprint(), platform.public_key().thumbprint());
 }
 
