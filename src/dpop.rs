@@ -14,6 +14,8 @@
 //! after), `ath` (base64url SHA-256 of the access token). Replay of a proof's `jti` needs memory
 //! shared by every process of the bank, so the gate keeps it in the bank's store.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::digest;
 use serde_json::{Map, Value, json};
 use time::{Duration, OffsetDateTime};
@@ -354,16 +356,23 @@ fn check_claims(
     Ok((checked, hash))
 }
 
-/// The scheme and authority of `url` (`https://bank.example`), or the whole of it when it has no
-/// `://`: the proofs for one bank share a count in their `jti`.
-fn origin(url: &str) -> &str {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url;
-    };
-    let end = rest
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |at| scheme.len() + 3 + at);
-    url.get(..end).unwrap_or(url)
+/// Whom a signer keeps its proofs' counts for (see [`DpopSigner::proof`]): the bank the access
+/// token is for (its `aud`, read without verifying it: only the count depends on it), or, for a
+/// token that names none, the request's URL as `htu` compares it.
+fn audience(access_token: &str, url: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Audience {
+        aud: String,
+    }
+    let aud = access_token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
+        .and_then(|claims| serde_json::from_slice::<Audience>(&claims).ok());
+    match aud {
+        Some(Audience { aud }) => format!("aud {aud}"),
+        None => format!("htu {}", normalise_htu(url).as_deref().unwrap_or(url)),
+    }
 }
 
 /// The platform's DPoP key: makes a proof for each request it sends with an access token.
@@ -406,10 +415,11 @@ impl DpopSigner {
     }
 
     /// A proof for one `request` carrying `access_token`, made at `now`, with a fresh `jti` of
-    /// 28 characters: `now`'s second and how many proofs this signer made for the same origin
-    /// (scheme and host of the request's URL) earlier in that second, then 112 bits from
-    /// `random`. The proofs one bank is given sort in the order they were made, and its table
-    /// of presented ids takes them at its edge; nothing in them counts another bank's.
+    /// 28 characters: `now`'s second and how many proofs this signer made earlier in that second
+    /// for the same bank (the access token's `aud`, read without verifying it; for a token that
+    /// names none, the request's URL as `htu` compares it), then 112 bits from `random`. The
+    /// proofs made for one bank sort in the order they were made, and its table of presented ids
+    /// takes them at its edge; nothing in them counts the proofs made for another bank.
     ///
     /// # Errors
     /// [`DpopError::Signing`] if signing or randomness fails.
@@ -421,7 +431,7 @@ impl DpopSigner {
         random: &dyn RandomSource,
     ) -> Result<String, DpopError> {
         let jti = (self.ids)
-            .next(origin(request.url), now, random)
+            .next(&audience(access_token, request.url), now, random)
             .map_err(|_| DpopError::Signing)?;
         let header = json!({ "typ": DPOP_TYPE, "alg": "EdDSA", "jwk": self.jwk });
         let claims = json!({
@@ -433,5 +443,44 @@ impl DpopSigner {
         });
         jws::sign_eddsa(&header.to_string(), &claims.to_string(), &self.key)
             .ok_or(DpopError::Signing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_for(aud: &str) -> String {
+        let claims = URL_SAFE_NO_PAD.encode(json!({ "aud": aud, "sub": "s" }).to_string());
+        format!("header.{claims}.signature")
+    }
+
+    #[test]
+    fn proofs_are_counted_per_bank_the_token_is_for_or_else_per_url() {
+        let url = "https://gateway.example/bank-a/v1/balance";
+        // One bank, whatever the URL; two banks behind one gateway, apart.
+        assert_eq!(
+            audience(&token_for("bank-a"), url),
+            audience(&token_for("bank-a"), "https://other.example/v1/alerts")
+        );
+        assert_ne!(
+            audience(&token_for("bank-a"), url),
+            audience(&token_for("bank-b"), url)
+        );
+        // A token that names no bank: the URL as `htu` compares it (case, default port, query).
+        let opaque = "header.payload.signature";
+        assert_eq!(
+            audience(opaque, "HTTPS://Bank.example:443/v1/balance?x=1"),
+            audience(opaque, "https://bank.example/v1/balance")
+        );
+        assert_ne!(
+            audience(opaque, "https://gateway.example/bank-a/v1/balance"),
+            audience(opaque, "https://gateway.example/bank-b/v1/balance")
+        );
+        // A bank named `htu …` does not share a count with a URL.
+        assert_ne!(
+            audience(&token_for("https://bank.example/v1/balance"), url),
+            audience(opaque, "https://bank.example/v1/balance")
+        );
     }
 }

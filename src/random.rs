@@ -65,10 +65,11 @@ const COUNTER_BITS: u32 = 20;
 const LAST_SECOND: u64 = (1 << 36) - 1;
 /// The largest [`OrderedIds`] prefix (56 bits).
 const LAST_PREFIX: u64 = (1 << 56) - 1;
-/// How many audiences an [`OrderedIds`] keeps a count for; past it, the counts start again.
+/// How many audiences an [`OrderedIds`] keeps a count for. Past it, the counts of a second before
+/// the last are dropped, and all of them when every one is live (they start again).
 const AUDIENCES: usize = 1024;
 
-/// Makes time-ordered ids, for one audience at a time (a bank): each is 21 bytes, the first 7 a
+/// Makes time-ordered ids, for one audience at a time (a bank, for a platform): each is 21 bytes, the first 7 a
 /// prefix, the other 14 random (112 bits: RFC 9449 asks a proof's `jti` for at least 96),
 /// written in 28 characters of the base64url alphabet taken in ASCII order, so that their text
 /// sorts as their bytes.
@@ -76,8 +77,9 @@ const AUDIENCES: usize = 1024;
 /// The prefix is the second it is made in (`now`: the crate's clocks keep whole seconds) and how
 /// many ids this maker made for the same audience earlier in that second: the ids one bank is
 /// given sort in the order they were made, and land at the right edge of its table of presented
-/// ids. What a prefix tells its reader is what the bank sees anyway (its own ids, in the order it
-/// is given them); the counts are kept per audience so that nothing in an id tells one bank how
+/// ids. What a prefix tells its reader is the order in which the ids for that audience were made,
+/// and how many (counting ids made and never presented: a token not used, a proof not sent); the
+/// counts are kept per audience so that nothing in an id tells one bank, or one platform, how
 /// many ids the same maker made for another. When the clock goes back by a second or less, the
 /// count goes on from the last id's; further back, it starts again from `now`'s second (the
 /// random part alone tells the ids apart).
@@ -117,7 +119,12 @@ impl OrderedIds {
                 Some(kept) => *kept = prefix,
                 None => {
                     if last.len() >= AUDIENCES {
-                        last.clear();
+                        // Counts of a second before the last are as good as none: drop those
+                        // first, and all only when every one is live.
+                        last.retain(|_, kept| (*kept >> COUNTER_BITS).saturating_add(1) >= second);
+                        if last.len() >= AUDIENCES {
+                            last.clear();
+                        }
                     }
                     last.insert(audience.to_owned(), prefix);
                 }
@@ -350,19 +357,33 @@ mod tests {
     }
 
     #[test]
-    fn past_its_audiences_a_maker_starts_its_counts_again() {
+    fn past_its_audiences_a_maker_drops_the_stale_counts_first() {
+        let count = |id: &str| prefix(id) & ((1 << COUNTER_BITS) - 1);
         let ids = OrderedIds::new();
-        let now = at(1_800_000_000);
-        ids.next("bank-0", now, &Zeros).unwrap();
-        let again = ids.next("bank-0", now, &Zeros).unwrap();
-        assert_eq!(prefix(&again) & ((1 << COUNTER_BITS) - 1), 1);
-        for n in 1..AUDIENCES {
-            ids.next(&format!("bank-{n}"), now, &Zeros).unwrap();
+        // Most audiences last seen two seconds ago, 24 live now.
+        for n in 0..AUDIENCES - 24 {
+            ids.next(&format!("old-{n}"), at(1_800_000_000), &Zeros)
+                .unwrap();
+        }
+        for n in 0..24 {
+            ids.next(&format!("live-{n}"), at(1_800_000_002), &Zeros)
+                .unwrap();
         }
         assert_eq!(ids.last.lock().unwrap().len(), AUDIENCES);
-        ids.next("one-more", now, &Zeros).unwrap();
-        assert_eq!(ids.last.lock().unwrap().len(), 1);
-        let restarted = ids.next("bank-0", now, &Zeros).unwrap();
-        assert_eq!(prefix(&restarted) & ((1 << COUNTER_BITS) - 1), 0);
+        ids.next("one-more", at(1_800_000_002), &Zeros).unwrap();
+        assert_eq!(ids.last.lock().unwrap().len(), 25);
+        // The live counts go on.
+        let live = ids.next("live-0", at(1_800_000_002), &Zeros).unwrap();
+        assert_eq!(count(&live), 1);
+        // When every count is live, they all start again.
+        let full = OrderedIds::new();
+        for n in 0..AUDIENCES {
+            full.next(&format!("bank-{n}"), at(1_800_000_000), &Zeros)
+                .unwrap();
+        }
+        full.next("one-more", at(1_800_000_000), &Zeros).unwrap();
+        assert_eq!(full.last.lock().unwrap().len(), 1);
+        let restarted = full.next("bank-0", at(1_800_000_000), &Zeros).unwrap();
+        assert_eq!(count(&restarted), 0);
     }
 }

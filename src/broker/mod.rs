@@ -97,8 +97,8 @@ pub struct Broker<S> {
     /// The platform-side revocations found in the log so far, by holder: a feed scans only what
     /// was appended since the last one.
     feeds: std::sync::Mutex<feed::FeedIndex>,
-    /// The tokens' ids, ordered per bank within a second: its table of presented ids takes
-    /// them at its edge.
+    /// The tokens' ids, ordered per bank and platform within a second: a bank's table of
+    /// presented ids takes them at its edge.
     token_ids: crate::random::OrderedIds,
 }
 

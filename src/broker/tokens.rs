@@ -56,8 +56,11 @@ impl<S: Store> Broker<S> {
         let expires_at =
             saturating_add(now, self.settings.token_lifetime).min(permit.grant_expires_at);
         let sender_key = self.settings.sender_keys.get(&permit.platform).cloned();
+        // Counted per bank and platform: nothing in a token tells its platform how many the
+        // broker issued to another.
+        let audience = format!("{}\n{}", permit.holder.as_str(), permit.platform.as_str());
         let token_id = (self.token_ids)
-            .next(permit.holder.as_str(), now, self.settings.random.as_ref())
+            .next(&audience, now, self.settings.random.as_ref())
             .map_err(|_| KeyError::RandomnessUnavailable)?;
         let claims = AccessClaims {
             iss: self.settings.id.clone(),

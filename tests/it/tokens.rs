@@ -637,3 +637,33 @@ fn a_token_refused_for_want_of_an_audit_record_is_not_burnt_by_replay_detection(
         audit.log.records().into_iter().map(|r| r.refusal).collect();
     assert_eq!(refusals, vec![None, Some(TokenError::Replayed)]);
 }
+
+#[test]
+fn token_ids_count_per_bank_within_the_second_and_sort_in_issuing_order() {
+    use consent_broker::testing::{SimulatedBank, TestBroker};
+    let kit = TestBroker::memory();
+    let other = SimulatedBank::new(id("other-bank"), 77);
+    other.register(&kit.broker).unwrap();
+    let consent_a = kit.granted();
+    let request_b = kit
+        .broker
+        .request_consent(ConsentRequestDraft {
+            holder: other.id().clone(),
+            ..kit.draft()
+        })
+        .unwrap();
+    let consent_b = other.approve_all(&kit.broker, &request_b).unwrap();
+    let token = |consent: &Consent| kit.token(&kit.access(consent.id())).token_id;
+    // All in one second of the kit's clock: bank A's ids count 0, 1, 2 and bank B's 0, 1.
+    let a: Vec<String> = (0..3).map(|_| token(&consent_a)).collect();
+    let b: Vec<String> = (0..2).map(|_| token(&consent_b)).collect();
+    assert!(a.windows(2).all(|w| w[0] < w[1]), "{a:?}");
+    assert!(b[0] < b[1]);
+    // Bank B's count is its own: its first id sorts below bank A's second (count 1), though
+    // issued after every one of A's (a shared count would put it above all of them).
+    assert!(b[0] < a[1], "{b:?} {a:?}");
+    // The next second's ids sort after this one's, whichever bank they are for.
+    kit.clock.advance(Duration::seconds(1));
+    let next = token(&consent_b);
+    assert!(next > a[2] && next > b[1]);
+}
