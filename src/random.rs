@@ -69,10 +69,10 @@ const LAST_PREFIX: u64 = (1 << 56) - 1;
 /// the last are dropped, and all of them when every one is live (they start again).
 const AUDIENCES: usize = 1024;
 
-/// Makes time-ordered ids, for one audience at a time (a bank, for a platform): each is 21 bytes, the first 7 a
-/// prefix, the other 14 random (112 bits: RFC 9449 asks a proof's `jti` for at least 96),
-/// written in 28 characters of the base64url alphabet taken in ASCII order, so that their text
-/// sorts as their bytes.
+/// Makes time-ordered ids, for one audience at a time (a bank, for a platform): each is 21
+/// bytes, the first 7 a prefix, the other 14 random (112 bits: RFC 9449 asks a proof's `jti` for
+/// at least 96), written in 28 characters of the base64url alphabet taken in ASCII order, so that
+/// their text sorts as their bytes.
 ///
 /// The prefix is the second it is made in (`now`: the crate's clocks keep whole seconds) and how
 /// many ids this maker made for the same audience earlier in that second: the ids one bank is
@@ -113,23 +113,22 @@ impl OrderedIds {
                 .last
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let previous = last.get(audience).copied();
-            let prefix = next_prefix(previous, second);
-            match last.get_mut(audience) {
-                Some(kept) => *kept = prefix,
-                None => {
+            if let Some(kept) = last.get_mut(audience) {
+                *kept = next_prefix(Some(*kept), second);
+                *kept
+            } else {
+                if last.len() >= AUDIENCES {
+                    // Counts of a second before the last are as good as none: drop those first,
+                    // and all only when every one is live.
+                    last.retain(|_, kept| (*kept >> COUNTER_BITS).saturating_add(1) >= second);
                     if last.len() >= AUDIENCES {
-                        // Counts of a second before the last are as good as none: drop those
-                        // first, and all only when every one is live.
-                        last.retain(|_, kept| (*kept >> COUNTER_BITS).saturating_add(1) >= second);
-                        if last.len() >= AUDIENCES {
-                            last.clear();
-                        }
+                        last.clear();
                     }
-                    last.insert(audience.to_owned(), prefix);
                 }
+                let prefix = next_prefix(None, second);
+                last.insert(audience.to_owned(), prefix);
+                prefix
             }
-            prefix
         };
         let mut bytes = [0u8; 21];
         let (head, rest) = bytes.split_at_mut(7);
