@@ -502,6 +502,64 @@ fn a_copied_token_or_a_replayed_proof_is_worthless() {
     w.assert_refused(w.present(&token.token), GateRefusal::TokenReplayed, served);
 }
 
+/// Proofs from clients other than this crate's, whose ids are not ordered: each is taken once,
+/// wherever its id falls beside the ordered ones of the same second, and its replay refused. The
+/// ledger's order is for speed only; nothing refuses or forgets an id by its place.
+#[test]
+fn proof_ids_of_any_form_are_taken_once_each_beside_ordered_ones() {
+    let w = world();
+    let consent = w.bank.granted(&w.kit);
+    let now = w.kit.broker.now().unix_timestamp();
+    // A proof made by hand with the platform's key (the kit's sender is seed 3) and `jti`.
+    let proof_with = |token: &str, jti: &str| {
+        let header = json!({
+            "typ": "dpop+jwt", "alg": "EdDSA",
+            "jwk": { "kty": "OKP", "crv": "Ed25519", "x": w.kit.sender.public_key().to_base64url() },
+        });
+        let claims = json!({
+            "jti": jti, "htm": "GET", "htu": GET_BALANCE.url, "iat": now,
+            "ath": consent_broker::dpop::token_hash(token),
+        });
+        crate::targets::sign_jws(&header.to_string(), &claims.to_string(), 3)
+    };
+    // Sorting after every ordered id of this second, before all of them, and a UUID.
+    let ids = [
+        "zzzzzzzzzzzzzzzzzzzzzz",
+        "----------------",
+        "0b5e3a52-3c1f-4a8e-9d0e-6f1b2c3d4e5f",
+    ];
+    for jti in ids {
+        let ordered = w.kit.token(&w.kit.access(consent.id()));
+        w.present(&ordered.token).unwrap();
+        let token = w.kit.token(&w.kit.access(consent.id()));
+        let proof = proof_with(&token.token, jti);
+        let request = GateRequest {
+            token: &token.token,
+            proof: &proof,
+            http: GET_BALANCE,
+        };
+        w.check(&request).unwrap();
+        let served = w.served_count();
+        w.assert_refused(
+            w.check(&request),
+            GateRefusal::Proof(DpopError::Replayed),
+            served,
+        );
+        // The same id in a proof for another token is the same proof id presented again.
+        let other = w.kit.token(&w.kit.access(consent.id()));
+        let again = proof_with(&other.token, jti);
+        w.assert_refused(
+            w.check(&GateRequest {
+                token: &other.token,
+                proof: &again,
+                http: GET_BALANCE,
+            }),
+            GateRefusal::Proof(DpopError::Replayed),
+            served,
+        );
+    }
+}
+
 /// Two processes of one bank on one ledger, with different proof windows: the narrower gate's
 /// prune never forgets a proof the wider gate still takes, so a replay to the wider gate is
 /// refused.
