@@ -91,6 +91,19 @@ impl World {
             .map(Admission::into_access)
     }
 
+    /// Asserts the gate serves `request` once and refuses it again as a replay of its proof;
+    /// the count of accesses served after the first.
+    fn served_once(&self, request: &GateRequest<'_>) -> usize {
+        self.check(request).unwrap();
+        let served = self.served_count();
+        self.assert_refused(
+            self.check(request),
+            GateRefusal::Proof(DpopError::Replayed),
+            served,
+        );
+        served
+    }
+
     /// Asserts the gate refused `outcome` with `expected`, journalled it with that reason, and
     /// served nothing.
     fn assert_refused(
@@ -491,13 +504,7 @@ fn a_copied_token_or_a_replayed_proof_is_worthless() {
     // The real request, once; the same request again is a replay of its proof.
     let mut proof = String::new();
     let request = w.bank.present(&w.kit, &token.token, &mut proof);
-    w.check(&request).unwrap();
-    let served = w.served_count();
-    w.assert_refused(
-        w.check(&request),
-        GateRefusal::Proof(DpopError::Replayed),
-        served,
-    );
+    let served = w.served_once(&request);
     // A fresh proof does not make the used token new again.
     w.assert_refused(w.present(&token.token), GateRefusal::TokenReplayed, served);
 }
@@ -538,13 +545,7 @@ fn proof_ids_of_any_form_are_taken_once_each_beside_ordered_ones() {
             proof: &proof,
             http: GET_BALANCE,
         };
-        w.check(&request).unwrap();
-        let served = w.served_count();
-        w.assert_refused(
-            w.check(&request),
-            GateRefusal::Proof(DpopError::Replayed),
-            served,
-        );
+        let served = w.served_once(&request);
         // The same id in a proof for another token is the same proof id presented again.
         let other = w.kit.token(&w.kit.access(consent.id()));
         let again = proof_with(&other.token, jti);
