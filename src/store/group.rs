@@ -130,7 +130,8 @@ impl<J, R> Drop for Leading<'_, J, R> {
     fn drop(&mut self) {
         self.hand_off();
         for slot in self.taken.drain(..) {
-            // Only slots still waiting: a slot answered by the batch keeps its answer.
+            // Only slots the batch did not answer: `submit` takes each answered slot out of
+            // `taken` (the leader's own, whose answer it takes back at once, among them).
             let mut state = slot.lock();
             if matches!(*state, State::Waiting) {
                 *state = State::Done((self.fallback)());
@@ -154,7 +155,8 @@ impl<J, R> GroupCommit<J, R> {
     }
 
     /// Whether no batch is being written and none is waiting to be: what a reader checks before
-    /// borrowing the writer's connection, so that it never makes a batch wait for it.
+    /// borrowing the writer's connection, so that a batch seldom waits for it (a commit queued
+    /// just after the check waits for that one read).
     pub(crate) fn is_quiet(&self) -> bool {
         let queue = self.lock();
         !queue.leading && queue.jobs.is_empty()
@@ -198,10 +200,17 @@ impl<J, R> GroupCommit<J, R> {
                 fallback,
                 handed_off: false,
             };
-            let answers = write(jobs);
-            for (slot, answer) in leading.taken.iter().zip(answers) {
-                slot.set(State::Done(answer));
-            }
+            let mut answers = write(jobs).into_iter();
+            // Each slot answered leaves `taken`: only slots the batch left unanswered (too few
+            // answers) stay for the fallback, so none is answered twice and the fallback is
+            // made only for a batch that failed to answer.
+            leading.taken.retain(|slot| match answers.next() {
+                Some(answer) => {
+                    slot.set(State::Done(answer));
+                    false
+                }
+                None => true,
+            });
             leading.hand_off();
             let own = slot.take();
             // Dropping `leading` answers any slot left unanswered.
@@ -320,6 +329,39 @@ mod tests {
         // The lead was released: the next caller leads and is answered.
         let answer = group.submit(2, &|jobs| jobs.into_iter().map(Ok).collect(), &|| Err(()));
         assert_eq!(answer, Ok(2));
+    }
+
+    #[test]
+    fn a_batch_that_answers_every_job_never_makes_the_fallback() {
+        // The fallback is the answer for a batch that failed to answer; it was also made for
+        // every slot whose caller had already taken its answer (the leader's own, at least),
+        // an allocation on the leader's serial path for nothing.
+        let made = AtomicUsize::new(0);
+        let fallback = || {
+            made.fetch_add(1, Ordering::Relaxed);
+            None
+        };
+        let group = GroupCommit::<u32, Option<u32>>::new(8);
+        let threads = 4;
+        let barrier = Barrier::new(threads);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (group, barrier, fallback) = (&group, &barrier, &fallback);
+                s.spawn(move || {
+                    barrier.wait();
+                    for i in 0..100 {
+                        let job = u32::try_from(t * 1_000 + i).unwrap();
+                        let answer = group.submit(
+                            job,
+                            &|jobs| jobs.into_iter().map(Some).collect(),
+                            fallback,
+                        );
+                        assert_eq!(answer, Some(job));
+                    }
+                });
+            }
+        });
+        assert_eq!(made.load(Ordering::Relaxed), 0);
     }
 
     #[test]
