@@ -118,8 +118,9 @@ pub enum StoreError {
     /// a statement ran past its timeout (PostgreSQL). Retrying later can succeed.
     #[error("the database stayed busy past the busy timeout: {0}")]
     Busy(String),
-    /// The commit was sent, and the connection broke (or the disk failed) before the database
-    /// answered: whether the database made it durable is unknown. It may be in the store though
+    /// The commit was sent, and the connection broke (or the disk failed, or SQLite's `COMMIT`
+    /// failed after it may have flushed the log) before the database answered: whether the
+    /// database made it durable is unknown. It may be in the store though
     /// this call failed; it was not acknowledged, and a decision that met this was not served.
     /// Not retryable as such: a retry decides again, and both may then stand (a second use
     /// counted, a single-use id refused as a replay). Read the store (the log) to find out.

@@ -360,11 +360,23 @@ fn store_error(path: &Path, error: rusqlite::Error) -> StoreError {
     }
 }
 
-/// A failed `COMMIT`: an I/O error there (the WAL's write or fsync) leaves unknown whether the
-/// transaction reached the disk; SQLite rolls back what it can after a full disk, a busy lock or
-/// a read-only file, and those are reported as such.
-fn commit_failed(path: &Path, error: rusqlite::Error) -> StoreError {
-    if error.sqlite_error_code() == Some(ErrorCode::SystemIoFailure) {
+/// A failed `COMMIT` of a transaction that `wrote`. SQLite leaves it unwritten after a busy
+/// lock, a full disk or a read-only file, and those are reported as such. After any other error
+/// whether it reached the disk is unknown: an I/O error in the log's write or flush, or one
+/// after the flush (the log's frames are written and flushed before SQLite adds them to its
+/// index of the log, which can fail for want of memory; the frames are then found again when
+/// the log is next recovered). A read's `COMMIT` wrote nothing: its error is the engine's.
+fn commit_failed(path: &Path, error: rusqlite::Error, wrote: bool) -> StoreError {
+    let unwritten = matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::ReadOnly
+        )
+    );
+    if wrote && !unwritten {
         StoreError::OutcomeUnknown(error.to_string())
     } else {
         store_error(path, error)
@@ -449,6 +461,14 @@ impl SqliteStore {
         }
         connection
             .pragma_update(None, "synchronous", "FULL")
+            .map_err(fail)?;
+        // On macOS `fsync` leaves the writes in the drive's cache; `F_FULLFSYNC` flushes them, for
+        // the log's flush at each commit and for the checkpoint's. Elsewhere these change nothing.
+        connection
+            .pragma_update(None, "fullfsync", "ON")
+            .map_err(fail)?;
+        connection
+            .pragma_update(None, "checkpoint_fullfsync", "ON")
             .map_err(fail)?;
         connection
             .pragma_update(None, "foreign_keys", "ON")
@@ -764,7 +784,8 @@ impl SqliteStore {
         // The writer, when no batch holds it or waits for it: its page cache holds what was just
         // written, which a reader connection would have to read again from the write-ahead log.
         // A lone caller reads there, as before group commit; under load, reads go to the pool,
-        // so that the next batch's leader never waits for a read to give the writer back.
+        // so that the next batch's leader does not wait for a read to give the writer back (but
+        // for a commit queued between the check and the lock, which waits for this one read).
         let idle_writer = if may_borrow_writer && self.group.is_quiet() {
             match self.writer.try_lock() {
                 Ok(writer) => Some(writer),
@@ -810,7 +831,10 @@ impl SqliteStore {
         let fail = |e| store_error(&self.path, e);
         let tx = Tx::begin(connection, behavior).map_err(fail)?;
         let value = work(&mut Lite::new(&tx, self.derived)).map_err(|e| failure(&self.path, e))?;
-        tx.commit().map_err(|e| commit_failed(&self.path, e))?;
+        // Reads run deferred; a transaction begun to write may have written.
+        let wrote = !matches!(behavior, TransactionBehavior::Deferred);
+        tx.commit()
+            .map_err(|e| commit_failed(&self.path, e, wrote))?;
         Ok(value)
     }
 
@@ -975,7 +999,8 @@ impl SqliteStore {
         }
         // Its statements back in the connection's cache before the transaction ends.
         drop(db);
-        tx.commit().map_err(|e| commit_failed(&self.path, e))?;
+        tx.commit()
+            .map_err(|e| commit_failed(&self.path, e, true))?;
         Ok((answers, frontier))
     }
 
@@ -1515,6 +1540,59 @@ mod tests {
     fn prepared(commit: Commit) -> super::Prepared {
         let entries = crate::store::sql::prepare_records(&commit).unwrap();
         (commit, entries)
+    }
+
+    #[test]
+    fn a_failed_commit_of_a_write_is_unknown_unless_sqlite_left_it_unwritten() {
+        use rusqlite::ffi;
+        let path = std::path::Path::new("ledger.sqlite");
+        let failed = |code, wrote| {
+            let engine = rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+            super::commit_failed(path, engine, wrote)
+        };
+        // The log's frames flushed, then no memory to index them: recovery finds them again.
+        assert!(matches!(
+            failed(ffi::SQLITE_NOMEM, true),
+            StoreError::OutcomeUnknown(_)
+        ));
+        assert!(matches!(
+            failed(ffi::SQLITE_IOERR_FSYNC, true),
+            StoreError::OutcomeUnknown(_)
+        ));
+        // What SQLite leaves unwritten: retry, or free the disk, or a writable file.
+        assert!(matches!(
+            failed(ffi::SQLITE_BUSY, true),
+            StoreError::Busy(_)
+        ));
+        assert!(matches!(
+            failed(ffi::SQLITE_FULL, true),
+            StoreError::Full(_)
+        ));
+        assert!(matches!(
+            failed(ffi::SQLITE_READONLY, true),
+            StoreError::ReadOnly(_)
+        ));
+        // A read's commit wrote nothing, whatever the engine says.
+        assert!(matches!(
+            failed(ffi::SQLITE_IOERR_FSYNC, false),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            failed(ffi::SQLITE_NOMEM, false),
+            StoreError::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn the_writer_flushes_through_the_drives_cache_where_fsync_does_not() {
+        let (_dir, store) = store();
+        let writer = store.lock();
+        for pragma in ["fullfsync", "checkpoint_fullfsync"] {
+            let on: i64 = writer
+                .pragma_query_value(None, pragma, |row| row.get(0))
+                .unwrap();
+            assert_eq!(on, 1, "{pragma}");
+        }
     }
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
