@@ -149,9 +149,12 @@ pub enum BankError {
     /// approval cannot replace theirs.
     #[error("consent {0} was approved by someone else or for another platform")]
     ConsentOfAnother(ConsentId),
-    /// A device key the approval names is not registered at the bank for the subject, or was
-    /// revoked.
-    #[error("device key {0} is not a live key of the subject's at the bank")]
+    /// A device key named (by an approval, or to be revoked) is not registered at the bank for
+    /// the subject, or was revoked.
+    ///
+    /// The message leaves the key's thumbprint out (it identifies the subject's device); the
+    /// field holds it.
+    #[error("a device key named is not a live key of the subject's at the bank")]
     UnknownDevice(String),
     /// The device key is registered at the bank already (for this subject or another). Device
     /// keys are random: a key registered for another customer was relayed to someone who

@@ -48,6 +48,7 @@ pub use sql::sqlite::SqliteStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use stats::CommitStats;
 
+use records::Named;
 use std::ops::Range;
 
 use time::{Date, OffsetDateTime};
@@ -67,16 +68,18 @@ pub enum StoreError {
     /// A precondition no longer holds: another writer got there first. Re-read and retry.
     #[error("the stored state changed since it was read (concurrent update)")]
     Conflict,
-    /// An insert with an id that already exists.
-    #[error("a {kind} with id {id} already exists")]
+    /// An insert with an id that already exists. The message names the id unless it identifies
+    /// a person or their device ([`RecordKind::names_a_person`]); the field always holds it.
+    #[error("a {kind} {} already exists", Named(*.kind, .id))]
     Duplicate {
         /// The kind of record.
         kind: RecordKind,
         /// The id.
         id: String,
     },
-    /// An update of a record that does not exist.
-    #[error("no {kind} with id {id} exists")]
+    /// An update of a record that does not exist. The message names the id as
+    /// [`StoreError::Duplicate`]'s does.
+    #[error("no {kind} {} exists", Named(*.kind, .id))]
     Missing {
         /// The kind of record.
         kind: RecordKind,

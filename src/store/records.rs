@@ -241,6 +241,29 @@ pub enum RecordKind {
     SubjectLink,
 }
 
+impl RecordKind {
+    /// Whether a record of this kind has an id that identifies a person or their device (a
+    /// device key's thumbprint, a subject's id, a pairwise subject identifier): the store's error
+    /// messages leave such ids out, as the audit log does (it records pseudonyms of them).
+    #[must_use]
+    pub fn names_a_person(self) -> bool {
+        matches!(self, Self::DeviceKey | Self::SubjectKey | Self::SubjectLink)
+    }
+}
+
+/// A record's id in an error message: `with id …`, or a note that it is left out.
+pub(crate) struct Named<'a>(pub(crate) RecordKind, pub(crate) &'a str);
+
+impl std::fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.names_a_person() {
+            f.write_str("with an id not shown (it identifies a person or their device)")
+        } else {
+            write!(f, "with id {}", self.1)
+        }
+    }
+}
+
 impl std::fmt::Display for RecordKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -264,6 +287,47 @@ impl std::fmt::Display for RecordKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn store_errors_name_an_id_unless_it_identifies_a_person() {
+        let id = "the-id-itself";
+        let messages = |kind| {
+            [
+                StoreError::Duplicate {
+                    kind,
+                    id: id.into(),
+                }
+                .to_string(),
+                StoreError::Missing {
+                    kind,
+                    id: id.into(),
+                }
+                .to_string(),
+            ]
+        };
+        for kind in [
+            RecordKind::Consent,
+            RecordKind::SeenId,
+            RecordKind::Attestation,
+        ] {
+            assert!(!kind.names_a_person());
+            for message in messages(kind) {
+                assert!(message.contains(id), "{message}");
+            }
+        }
+        for kind in [
+            RecordKind::DeviceKey,
+            RecordKind::SubjectKey,
+            RecordKind::SubjectLink,
+        ] {
+            assert!(kind.names_a_person());
+            for message in messages(kind) {
+                assert!(!message.contains(id), "{message}");
+                assert!(message.contains(&kind.to_string()), "{message}");
+            }
+        }
+    }
 
     /// The `compile_fail` example on [`SignedCheckpoint`] is this literal, which compiles where
     /// the field is visible.
