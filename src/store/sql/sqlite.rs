@@ -1595,6 +1595,53 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_version_update_never_matches_the_version_it_replaces() {
+        let (_dir, store) = store();
+        let holder = |version| crate::store::HolderRecord {
+            id: "bank".parse().unwrap(),
+            policy: crate::policy::HolderPolicy::default(),
+            attestation_keys: Vec::new(),
+            retired_attestation_keys: Vec::new(),
+            version,
+        };
+        let with = |change| {
+            Commit::new(AuditRecord::new(
+                OffsetDateTime::UNIX_EPOCH,
+                Actor::Platform("chat".parse().unwrap()),
+                AuditEvent::PlatformRegistered { purposes: None },
+            ))
+            .change(change)
+        };
+        store
+            .commit(with(Change::InsertHolder { holder: holder(1) }))
+            .unwrap();
+        // Versions a row reaches only by an edit behind the store's back: the one that no
+        // version follows in SQL's integers, and the one that follows none. Saturating, the
+        // update's "previous version" was the stored one and the row was replaced, unbumped.
+        for (stored, update) in [(i64::MAX, u64::MAX), (i64::MAX, 1 << 63), (0, 0)] {
+            store
+                .lock()
+                .execute("UPDATE holders SET version = ?1", [stored])
+                .unwrap();
+            assert_eq!(
+                store.commit(with(Change::UpdateHolder {
+                    holder: holder(update)
+                })),
+                Err(StoreError::Conflict),
+                "stored {stored}, update to {update}"
+            );
+        }
+        // The ordinary step still goes through.
+        store
+            .lock()
+            .execute("UPDATE holders SET version = 1", [])
+            .unwrap();
+        store
+            .commit(with(Change::UpdateHolder { holder: holder(2) }))
+            .unwrap();
+    }
+
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("batch.sqlite")).unwrap();

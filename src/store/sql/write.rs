@@ -61,15 +61,19 @@ pub(super) fn update_versioned<D: Dialect + ?Sized>(
     version: u64,
     record: &str,
 ) -> Result<(), Failure<D::Error>> {
-    let previous = signed(version.saturating_sub(1));
-    let params = [
-        Value::Int(signed(version)),
-        Value::Text(record),
-        Value::Text(id),
-        Value::Int(previous),
-    ];
-    if db.execute(table.update, &params)? == 1 {
-        return Ok(());
+    // The new version follows the stored one, both within SQL's integers: version 0 follows
+    // none, and none follows `i64::MAX` (saturated, either would match a stored version equal
+    // to itself and replace the row without a bump, as the memory store never does).
+    if let (Some(previous), Ok(new)) = (version.checked_sub(1), i64::try_from(version)) {
+        let params = [
+            Value::Int(new),
+            Value::Text(record),
+            Value::Text(id),
+            Value::Int(signed(previous)),
+        ];
+        if db.execute(table.update, &params)? == 1 {
+            return Ok(());
+        }
     }
     let exists = one(db, table.exists, &[Value::Text(id)], |_| Ok(()))?.is_some();
     Err(Failure::Refused(if exists {
