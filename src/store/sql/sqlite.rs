@@ -1526,13 +1526,17 @@ mod tests {
     use rusqlite::Connection;
     use time::OffsetDateTime;
 
-    fn using(attestation: &str) -> Commit {
+    /// A commit of one audit entry and no change.
+    fn entry() -> Commit {
         Commit::new(AuditRecord::new(
             OffsetDateTime::UNIX_EPOCH,
             Actor::Platform("chat".parse().unwrap()),
             AuditEvent::PlatformRegistered { purposes: None },
         ))
-        .change(Change::UseAttestation {
+    }
+
+    fn using(attestation: &str) -> Commit {
+        entry().change(Change::UseAttestation {
             attestation_id: attestation.into(),
         })
     }
@@ -1550,37 +1554,35 @@ mod tests {
             let engine = rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
             super::commit_failed(path, engine, wrote)
         };
-        // The log's frames flushed, then no memory to index them: recovery finds them again.
-        assert!(matches!(
-            failed(ffi::SQLITE_NOMEM, true),
-            StoreError::OutcomeUnknown(_)
-        ));
-        assert!(matches!(
-            failed(ffi::SQLITE_IOERR_FSYNC, true),
-            StoreError::OutcomeUnknown(_)
-        ));
-        // What SQLite leaves unwritten: retry, or free the disk, or a writable file.
-        assert!(matches!(
-            failed(ffi::SQLITE_BUSY, true),
-            StoreError::Busy(_)
-        ));
-        assert!(matches!(
-            failed(ffi::SQLITE_FULL, true),
-            StoreError::Full(_)
-        ));
-        assert!(matches!(
-            failed(ffi::SQLITE_READONLY, true),
-            StoreError::ReadOnly(_)
-        ));
-        // A read's commit wrote nothing, whatever the engine says.
-        assert!(matches!(
-            failed(ffi::SQLITE_IOERR_FSYNC, false),
-            StoreError::Unavailable(_)
-        ));
-        assert!(matches!(
-            failed(ffi::SQLITE_NOMEM, false),
-            StoreError::Unavailable(_)
-        ));
+        let kind = std::mem::discriminant::<StoreError>;
+        let said = String::new;
+        for (code, wrote, expected) in [
+            // The log's frames flushed, then no memory to index them: recovery finds them again.
+            (ffi::SQLITE_NOMEM, true, StoreError::OutcomeUnknown(said())),
+            (
+                ffi::SQLITE_IOERR_FSYNC,
+                true,
+                StoreError::OutcomeUnknown(said()),
+            ),
+            // What SQLite leaves unwritten: retry, or free the disk, or a writable file.
+            (ffi::SQLITE_BUSY, true, StoreError::Busy(said())),
+            (ffi::SQLITE_FULL, true, StoreError::Full(said())),
+            (ffi::SQLITE_READONLY, true, StoreError::ReadOnly(said())),
+            // A read's commit wrote nothing, whatever the engine says.
+            (
+                ffi::SQLITE_IOERR_FSYNC,
+                false,
+                StoreError::Unavailable(said()),
+            ),
+            (ffi::SQLITE_NOMEM, false, StoreError::Unavailable(said())),
+        ] {
+            let got = failed(code, wrote);
+            assert_eq!(
+                kind(&got),
+                kind(&expected),
+                "{code}, wrote {wrote}: {got:?}"
+            );
+        }
     }
 
     #[test]
@@ -1605,14 +1607,7 @@ mod tests {
             retired_attestation_keys: Vec::new(),
             version,
         };
-        let with = |change| {
-            Commit::new(AuditRecord::new(
-                OffsetDateTime::UNIX_EPOCH,
-                Actor::Platform("chat".parse().unwrap()),
-                AuditEvent::PlatformRegistered { purposes: None },
-            ))
-            .change(change)
-        };
+        let with = |change| entry().change(change);
         store
             .commit(with(Change::InsertHolder { holder: holder(1) }))
             .unwrap();
