@@ -212,37 +212,159 @@ impl Interleaved {
 /// the same host.
 pub fn interleaved(
     pairs: usize,
+    first: impl FnMut() -> std::time::Duration,
+    second: impl FnMut() -> std::time::Duration,
+) -> Interleaved {
+    let timed = timed_pairs(pairs, first, second, || 0.0);
+    summary(timed.iter().map(|&(a, b, _)| (a, b)))
+}
+
+/// Each pair's two times per call (ns) and what `beside` measured just before the pair.
+fn timed_pairs(
+    pairs: usize,
     mut first: impl FnMut() -> std::time::Duration,
     mut second: impl FnMut() -> std::time::Duration,
-) -> Interleaved {
-    let mut times = (Vec::new(), Vec::new());
-    for pair in 0..pairs {
-        let (a, b) = if pair % 2 == 0 {
-            let a = first();
-            (a, second())
-        } else {
-            let b = second();
-            (first(), b)
-        };
-        times.0.push(a.as_nanos() as f64);
-        times.1.push(b.as_nanos() as f64);
-    }
-    let mut ratios: Vec<f64> = times.1.iter().zip(&times.0).map(|(b, a)| b / a).collect();
-    let quantile = |values: &mut Vec<f64>, q: usize| {
-        values.sort_by(f64::total_cmp);
-        values
-            .get(values.len().saturating_sub(1) * q / 4)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    mut beside: impl FnMut() -> f64,
+) -> Vec<(f64, f64, f64)> {
+    (0..pairs)
+        .map(|pair| {
+            let before = beside();
+            let (a, b) = if pair % 2 == 0 {
+                let a = first();
+                (a, second())
+            } else {
+                let b = second();
+                (first(), b)
+            };
+            (a.as_nanos() as f64, b.as_nanos() as f64, before)
+        })
+        .collect()
+}
+
+fn median_of(values: &mut [f64], q: usize) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values
+        .get(values.len().saturating_sub(1) * q / 4)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// The median ratio `second ÷ first` of `pairs` and its quartiles.
+fn summary(pairs: impl Iterator<Item = (f64, f64)>) -> Interleaved {
+    let (mut first, mut second): (Vec<f64>, Vec<f64>) = pairs.unzip();
+    let mut ratios: Vec<f64> = second.iter().zip(&first).map(|(b, a)| b / a).collect();
     Interleaved {
-        pairs,
-        median: quantile(&mut ratios, 2),
-        q1: quantile(&mut ratios, 1),
-        q3: quantile(&mut ratios, 3),
-        first_ns: quantile(&mut times.0, 2),
-        second_ns: quantile(&mut times.1, 2),
+        pairs: ratios.len(),
+        median: median_of(&mut ratios, 2),
+        q1: median_of(&mut ratios, 1),
+        q3: median_of(&mut ratios, 3),
+        first_ns: median_of(&mut first, 2),
+        second_ns: median_of(&mut second, 2),
     }
+}
+
+/// [`interleaved`] for work that runs on both cores, each pair preceded by
+/// [`core_round_trip_ns`]: all the pairs, and apart the pairs whose cores were near (a round
+/// trip under `far_from_ns`) and those whose cores were far.
+pub fn interleaved_by_placement(
+    pairs: usize,
+    first: impl FnMut() -> std::time::Duration,
+    second: impl FnMut() -> std::time::Duration,
+    far_from_ns: f64,
+) -> (Interleaved, Placement) {
+    let timed = timed_pairs(pairs, first, second, core_round_trip_ns);
+    let all = summary(timed.iter().map(|&(a, b, _)| (a, b)));
+    let side = |far: bool| {
+        let chosen: Vec<_> = timed
+            .iter()
+            .filter(|&&(_, _, trip)| (trip >= far_from_ns) == far)
+            .collect();
+        let mut trips: Vec<f64> = chosen.iter().map(|&&(_, _, trip)| trip).collect();
+        (!chosen.is_empty()).then(|| {
+            (
+                summary(chosen.iter().map(|&&(a, b, _)| (a, b))),
+                median_of(&mut trips, 2),
+            )
+        })
+    };
+    let placement = Placement {
+        far_from_ns,
+        near: side(false),
+        far: side(true),
+    };
+    (all, placement)
+}
+
+/// The pairs of [`interleaved_by_placement`] by where the host had put the two cores: each side
+/// with the median round trip between the cores over its pairs (`None`: no pair).
+pub struct Placement {
+    pub far_from_ns: f64,
+    pub near: Option<(Interleaved, f64)>,
+    pub far: Option<(Interleaved, f64)>,
+}
+
+impl Placement {
+    /// The pairs and the placement as JSON, for `scripts/bench-report`.
+    pub fn json(&self, all: &Interleaved) -> String {
+        let side = |found: &Option<(Interleaved, f64)>| match found {
+            Some((pairs, trip)) => format!(
+                "{{\"round_trip_ns\": {trip}, \"pairs\": {}, \"median\": {}, \"q1\": {}, \"q3\": {}}}",
+                pairs.pairs, pairs.median, pairs.q1, pairs.q3
+            ),
+            None => "null".to_owned(),
+        };
+        let all = all.json();
+        format!(
+            "{}, \"far_from_ns\": {}, \"near\": {}, \"far\": {}}}\n",
+            all.trim_end().trim_end_matches('}'),
+            self.far_from_ns,
+            side(&self.near),
+            side(&self.far)
+        )
+    }
+}
+
+/// The time for a write on one core to be seen on another and answered (ns, the mean of up to
+/// 20,000 exchanges, stopping after 50 ms): two threads taking turns to write one atomic. A
+/// decision on two cores pays about half of it for each cache line the other core wrote last
+/// (the state's lock, the log's lock and tail). On this shared machine it moves with where the
+/// host puts the two virtual cores: about 50–150 ns when they share a cache, 350–600 ns when
+/// they do not, from one second to the next.
+pub fn core_round_trip_ns() -> f64 {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const EXCHANGES: u64 = 20_000;
+    let turn = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    let done = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for i in 0..EXCHANGES {
+                while turn.load(Ordering::Acquire) != 2 * i + 1 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::hint::spin_loop();
+                }
+                turn.store(2 * i + 2, Ordering::Release);
+            }
+        });
+        let deadline = started + std::time::Duration::from_millis(50);
+        for i in 0..EXCHANGES {
+            turn.store(2 * i + 1, Ordering::Release);
+            let mut spins = 0u32;
+            while turn.load(Ordering::Acquire) != 2 * i + 2 {
+                spins = spins.wrapping_add(1);
+                // The clock read now and then: on every spin it would lengthen the trip.
+                if spins.is_multiple_of(1024) && std::time::Instant::now() > deadline {
+                    stop.store(true, Ordering::Relaxed);
+                    return i;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        EXCHANGES
+    });
+    started.elapsed().as_nanos() as f64 / done.max(1) as f64
 }
 
 /// Writes `json` to `name` in Cargo's target `tmp` directory, where `scripts/bench-report` reads
