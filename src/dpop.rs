@@ -8,10 +8,10 @@
 //!
 //! The proof is parsed as strictly as an access token: `typ` `dpop+jwt`, `alg` `EdDSA` only, the
 //! public key in the header as an Ed25519 JWK with no private member, no `crit` and no pointer to
-//! key material elsewhere (`jku`, `x5u`, `x5c`, `kid`); claims `jti` (16 to 128 characters), `htm`
-//! (exactly the method), `htu` (the URL without query and fragment, compared after normalising
-//! scheme and host case and default ports), `iat` (within a window before now and a small leeway
-//! after), `ath` (base64url SHA-256 of the access token). Replay of a proof's `jti` needs memory
+//! key material elsewhere (`jku`, `x5u`, `x5c`, `kid`); claims `jti` (16 to 128 bytes, no
+//! control character), `htm` (exactly the method), `htu` (the URL without query and fragment,
+//! compared after normalising scheme and host case and default ports), `iat` (within a window
+//! before now and a small leeway after), `ath` (base64url SHA-256 of the access token). Replay of a proof's `jti` needs memory
 //! shared by every process of the bank, so the gate keeps it in the bank's store.
 
 use base64::Engine as _;
@@ -321,7 +321,9 @@ fn check_claims(
     now: OffsetDateTime,
 ) -> Result<(CheckedProof, String), DpopError> {
     let jti = jws::string_claim(claims, "jti")?;
-    if !(16..=128).contains(&jti.len()) {
+    // Control characters too: an id is remembered as text, which a NUL would fail to be in
+    // PostgreSQL (a store error where the proof is at fault).
+    if !(16..=128).contains(&jti.len()) || jti.chars().any(char::is_control) {
         return Err(jws::claim_error("jti", ClaimProblem::Invalid).into());
     }
     let htm = jws::string_claim(claims, "htm")?;

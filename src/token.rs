@@ -399,7 +399,9 @@ fn check_claims(
     let nbf = time_claim(claims, "nbf")?;
     let exp = time_claim(claims, "exp")?;
     let jti = string_claim(claims, "jti")?;
-    if !(16..=128).contains(&jti.len()) {
+    // Control characters too: an id is remembered as text, which a NUL would fail to be in
+    // PostgreSQL (a store error where the token is at fault).
+    if !(16..=128).contains(&jti.len()) || jti.chars().any(char::is_control) {
         return Err(claim_error("jti", ClaimProblem::Invalid));
     }
 

@@ -302,6 +302,18 @@ fn hand_made_proofs_are_refused_for_what_they_get_wrong() {
     };
     for (name, value, expected) in [
         ("jti", json!("short"), claim("jti", ClaimProblem::Invalid)),
+        // Long enough, but with a control character (a NUL, which PostgreSQL's text refuses:
+        // the ledger would fail, not the proof) or a line break.
+        (
+            "jti",
+            json!("proof-id-0123456789\u{0}"),
+            claim("jti", ClaimProblem::Invalid),
+        ),
+        (
+            "jti",
+            json!("proof-id-\n0123456789"),
+            claim("jti", ClaimProblem::Invalid),
+        ),
         ("htm", json!(1), claim("htm", ClaimProblem::WrongType)),
         ("iat", json!(1.5), claim("iat", ClaimProblem::WrongType)),
         ("ath", Value::Null, claim("ath", ClaimProblem::WrongType)),

@@ -1008,7 +1008,12 @@ fn each_string_claim_with_an_unparseable_value_is_invalid() {
             Some(claim(name, ClaimProblem::Invalid))
         );
     }
-    for jti in ["short", &"j".repeat(15)] {
+    for jti in [
+        "short",
+        &"j".repeat(15),
+        "jjjjjjjjjjjjjjjj\u{0}",
+        "jjjjjjjj\tjjjjjjjj",
+    ] {
         assert_eq!(
             at.verify(&at.with_claim("jti", json!(jti))).err(),
             Some(claim("jti", ClaimProblem::Invalid)),
