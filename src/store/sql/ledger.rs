@@ -3,7 +3,9 @@
 
 use time::{Date, OffsetDateTime};
 
-use super::{Dialect, Failure, Row, Value, corrupt, day_key, one, rows, signed, time};
+use super::{
+    Dialect, Failure, Row, Value, corrupt, day_key, one, rows, same_version, signed, time,
+};
 use crate::ids::{ConsentId, SubjectId};
 use crate::policy::Presence;
 use crate::store::ledger::live_thumbprints;
@@ -269,7 +271,10 @@ pub(crate) fn holds<D: Dialect + ?Sized>(
             attestation,
             version,
             ..
-        } => stored_version(db, ATTESTATIONS.exists, attestation)? == Some(signed(*version)),
+        } => same_version(
+            stored_version(db, ATTESTATIONS.exists, attestation)?,
+            *version,
+        ),
         Precondition::ServedIs {
             attestation,
             day,
@@ -288,7 +293,10 @@ pub(crate) fn holds<D: Dialect + ?Sized>(
                 row.int(0)
             })?
             .flatten();
-            latest == version.map(signed)
+            match version {
+                Some(version) => same_version(latest, *version),
+                None => latest.is_none(),
+            }
         }
         Precondition::LiveAttestations { consent, ids, .. } => {
             let live: Vec<String> = attestations_of_consent(db, consent)?

@@ -145,6 +145,12 @@ pub(crate) fn signed(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// Whether a stored version is exactly `expected` (compared as the memory store does: a version
+/// no row can hold, past `i64::MAX`, matches none, where [`signed`] would saturate onto one).
+fn same_version(stored: Option<i64>, expected: u64) -> bool {
+    stored.is_some_and(|stored| u64::try_from(stored) == Ok(expected))
+}
+
 fn unsigned(what: &str, value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} is negative")))
 }

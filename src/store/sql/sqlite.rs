@@ -1637,6 +1637,42 @@ mod tests {
             .unwrap();
     }
 
+    /// A precondition naming a version past `i64::MAX` (no row can hold it) holds for no row,
+    /// as in the memory store: saturating, it matched a row edited to `i64::MAX`.
+    #[test]
+    fn a_version_precondition_never_matches_a_version_no_row_can_hold() {
+        let (_dir, store) = store();
+        let holder = crate::store::HolderRecord {
+            id: "bank".parse().unwrap(),
+            policy: crate::policy::HolderPolicy::default(),
+            attestation_keys: Vec::new(),
+            retired_attestation_keys: Vec::new(),
+            version: 1,
+        };
+        let id = holder.id.clone();
+        store
+            .commit(entry().change(Change::InsertHolder { holder }))
+            .unwrap();
+        store
+            .lock()
+            .execute("UPDATE holders SET version = ?1", [i64::MAX])
+            .unwrap();
+        let expecting = |version| {
+            entry().precondition(Precondition::HolderVersion {
+                holder: id.clone(),
+                version,
+            })
+        };
+        for version in [u64::MAX, 1 << 63] {
+            assert_eq!(
+                store.commit(expecting(version)),
+                Err(StoreError::Conflict),
+                "{version}"
+            );
+        }
+        store.commit(expecting(i64::MAX as u64)).unwrap();
+    }
+
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("batch.sqlite")).unwrap();

@@ -4,7 +4,7 @@
 
 use time::OffsetDateTime;
 
-use super::{Dialect, Failure, Value, day_key, one, privacy, read, signed};
+use super::{Dialect, Failure, Value, day_key, one, privacy, read, same_version, signed};
 use crate::audit::PreparedEntry;
 use crate::merkle::{self, Hash, MerkleError, NodeSource};
 use crate::store::{Change, Commit, Precondition, RecordKind, StoreError, StoredCheckpoint};
@@ -101,10 +101,16 @@ fn holds<D: Dialect + ?Sized>(
     Ok(match precondition {
         Precondition::ConsentVersion {
             consent, version, ..
-        } => stored_version(db, CONSENTS.exists, consent.as_str())? == Some(signed(*version)),
+        } => same_version(
+            stored_version(db, CONSENTS.exists, consent.as_str())?,
+            *version,
+        ),
         Precondition::HolderVersion {
             holder, version, ..
-        } => stored_version(db, HOLDERS.exists, holder.as_str())? == Some(signed(*version)),
+        } => same_version(
+            stored_version(db, HOLDERS.exists, holder.as_str())?,
+            *version,
+        ),
         Precondition::UsageIs {
             consent,
             day,

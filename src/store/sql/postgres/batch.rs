@@ -27,7 +27,7 @@ use super::connection::{Worker, connection_lost, pg_error, retryable};
 use super::{PostgresStore, Reply};
 use crate::audit::PreparedEntry;
 use crate::policy::{Presence, Usage};
-use crate::store::sql::{day_key, signed};
+use crate::store::sql::day_key;
 use crate::store::{Change, Commit, CommitReceipt, Precondition, RecordKind, StoreError};
 
 /// The call, prepared once per connection.
@@ -117,12 +117,16 @@ fn check(precondition: &Precondition) -> Option<Check> {
         num,
         blob: None,
     };
+    // A version past `i64::MAX` cannot be sent without saturating onto one a row may hold: such
+    // a commit takes the statement-by-statement path, which compares exactly.
+    let version = |version: &u64| i64::try_from(*version).ok();
     Some(match precondition {
-        Precondition::ConsentVersion { consent, version } => {
-            plain("consent", consent.as_str(), Some(signed(*version)))
-        }
-        Precondition::HolderVersion { holder, version } => {
-            plain("holder", holder.as_str(), Some(signed(*version)))
+        Precondition::ConsentVersion {
+            consent,
+            version: v,
+        } => plain("consent", consent.as_str(), Some(version(v)?)),
+        Precondition::HolderVersion { holder, version: v } => {
+            plain("holder", holder.as_str(), Some(version(v)?))
         }
         Precondition::UsageIs {
             consent,
@@ -152,8 +156,8 @@ fn check(precondition: &Precondition) -> Option<Check> {
         },
         Precondition::AttestationVersion {
             attestation,
-            version,
-        } => plain("attestation", attestation, Some(signed(*version))),
+            version: v,
+        } => plain("attestation", attestation, Some(version(v)?)),
         Precondition::ServedBelow {
             attestation,
             day,
@@ -170,7 +174,13 @@ fn check(precondition: &Precondition) -> Option<Check> {
                 Some(i64::from(*limit)),
             )
         },
-        Precondition::BankPolicyVersion { version } => plain("policy", "", version.map(signed)),
+        Precondition::BankPolicyVersion { version: v } => {
+            let expected = match v {
+                Some(v) => Some(version(v)?),
+                None => None,
+            };
+            plain("policy", "", expected)
+        }
         // The live keys' thumbprints in the order registered, joined by commas. A thumbprint is
         // base64url (RFC 7638) and has none; a list where one had could join equal to another
         // list, so it takes the statement-by-statement path.
