@@ -6,7 +6,9 @@
 //! - the bank's gate with eight threads on one approval, its journal on PostgreSQL;
 //! - the server stopped with an immediate shutdown (as a crash) in the middle of a load from four
 //!   brokers: every decision a broker acknowledged is in the log after the restart, the log is
-//!   gap-free and verifies, and the usage counters agree with it;
+//!   gap-free and verifies, and the usage counters agree with it; the same after the server's
+//!   configuration was reloaded with `synchronous_commit` off;
+//! - every connection closed by the server while idle: the next decision is recorded as usual;
 //! - the connection dropped before the commit (while it waits for the commit lock) and after it
 //!   (while the server waits to acknowledge a commit it has made durable): the caller gets an
 //!   error either way, never a permit; the first recorded nothing, the second recorded the
@@ -70,13 +72,18 @@ fn concurrent_checks_of_one_approval_on_postgres_never_pass_the_days_ceiling() {
     assert_eq!((served, refused), (57, all - 57));
 }
 
-/// A server of the test's own, fsync on and synchronous commit as `synchronous_commit` says, and
-/// its URL.
+/// A server of the test's own, fsync on and synchronous commit as `synchronous_commit` says (if
+/// empty, as its configuration files say: a setting on the command line outranks them, and
+/// `ALTER SYSTEM` could not change it), and its URL.
 fn own_server(prefix: &str, synchronous_commit: &str) -> (Cluster, String) {
     let mut cluster = Cluster::new(prefix, "consent");
     cluster.init("local all all trust\nhost all all 127.0.0.1/32 trust\n");
+    let synchronous_commit = match synchronous_commit {
+        "" => String::new(),
+        setting => format!(" -c synchronous_commit={setting}"),
+    };
     cluster.start(&format!(
-        "-c fsync=on -c synchronous_commit={synchronous_commit} -c max_connections=100"
+        "-c fsync=on{synchronous_commit} -c max_connections=100"
     ));
     let url = format!("postgres://consent@127.0.0.1:{}/postgres", cluster.port);
     (cluster, url)
@@ -97,7 +104,25 @@ const CALLERS_PER_BROKER: usize = 4;
 #[test]
 #[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
 fn an_immediate_shutdown_under_load_from_four_brokers_loses_no_acknowledged_decision() {
-    let (mut cluster, url) = own_server("cbt-pg-crash.", "off");
+    immediate_shutdown_under_load("cbt-pg-crash.", "off", false);
+}
+
+/// The same on a server whose configuration says `synchronous_commit=on` (its default) when the
+/// brokers connect and is then reloaded with it off (`ALTER SYSTEM`, `pg_reload_conf()`), as an operator
+/// tuning the server might: a session that took the server's setting would follow the reload and
+/// acknowledge commits before they are flushed; the store's sessions set it for themselves.
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn a_reload_turning_synchronous_commit_off_loses_no_acknowledged_decision() {
+    immediate_shutdown_under_load("cbt-pg-reload.", "", true);
+}
+
+/// Four brokers decide under load on a server of their own (`synchronous_commit` as `server`
+/// says, see [`own_server`]; with `reload_off`, set off and reloaded once they are connected), stopped with an
+/// immediate shutdown after 400 acknowledged decisions: every acknowledged one is there after
+/// the restart.
+fn immediate_shutdown_under_load(prefix: &str, server: &str, reload_off: bool) {
+    let (mut cluster, url) = own_server(prefix, server);
     let schema = unique_name("crash");
     let open = || Arc::new(PostgresStore::open_with(&url, options(&schema)).unwrap());
     let first = open();
@@ -113,6 +138,34 @@ fn an_immediate_shutdown_under_load_from_four_brokers_loses_no_acknowledged_deci
         })
         .collect();
     let brokers: Vec<_> = std::iter::once(&fx.broker).chain(&others).collect();
+    if reload_off {
+        // Every broker has decided once (its connections are made with the server's setting,
+        // `on`); then the server's configuration turns it off.
+        for broker in &brokers {
+            broker.authorise_access(&fx.access(&consents[0])).unwrap();
+        }
+        let mut admin = raw_client(&url);
+        // Two statements: ALTER SYSTEM refuses the implicit transaction of a multi-statement
+        // string.
+        admin
+            .batch_execute("ALTER SYSTEM SET synchronous_commit = off")
+            .unwrap();
+        admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+        // A new session takes the reloaded setting once the server has read it; the brokers'
+        // sessions read it before their next statement.
+        let deadline = Instant::now() + StdDuration::from_secs(20);
+        loop {
+            let setting: String = raw_client(&url)
+                .query_one("SELECT current_setting('synchronous_commit')", &[])
+                .unwrap()
+                .get(0);
+            if setting == "off" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the reload never took");
+            thread::sleep(StdDuration::from_millis(20));
+        }
+    }
     let acked = AtomicUsize::new(0);
     let down = AtomicBool::new(false);
     let (acks, errors): (Vec<Vec<Ack>>, Vec<usize>) = thread::scope(|scope| {
@@ -264,6 +317,41 @@ fn set_standby(admin: &mut Client, url: &str, names: &str) {
         );
         thread::sleep(StdDuration::from_millis(20));
     }
+}
+
+/// Every connection of a broker's store is closed by the server while idle (as a restart, a
+/// failover or `idle_session_timeout` would), unknown to the store; a second later the next
+/// decision is made and recorded as usual: the store checked the idle connection before sending
+/// the commit on it, where sending it would have made its outcome unknown (an error to the
+/// caller). Nothing else is in the log.
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn a_connection_the_server_closed_while_idle_is_replaced_before_a_commit() {
+    let application = unique_name("idle");
+    let url = with_param(&database_url(), "application_name", &application);
+    let store = Arc::new(PostgresStore::open_with(&url, options(&unique_name("idle"))).unwrap());
+    let fx = Fixture::sharing(Arc::clone(&store), |builder| builder);
+    let granted = fx.granted().id().clone();
+    fx.broker.authorise_access(&fx.access(&granted)).unwrap();
+    let len = store.audit_len().unwrap();
+    let mut admin = raw_client(&database_url());
+    let terminated: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1) AS t",
+            &[&application],
+        )
+        .unwrap()
+        .get(0);
+    assert!(terminated >= 1, "the store had no connection to close");
+    thread::sleep(StdDuration::from_millis(1_300));
+    let outcome = fx.broker.authorise_access(&fx.access(&granted));
+    assert!(
+        matches!(outcome, Ok(AccessOutcome::Permitted(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(store.audit_len().unwrap(), len + 1);
+    checked_log(&*store);
 }
 
 const ROUNDS: usize = 5;

@@ -419,12 +419,14 @@ fn call(worker: &mut Worker, args: &Arguments, commits: usize) -> Result<Vec<i64
         let sent = prepared.is_ok();
         let result = prepared.and_then(|statement| client.query_one(&statement, &params));
         let error = match result {
+            // The call's transaction has committed by now: an answer that cannot be read says
+            // nothing of which commits landed, so none of them is failed for certain.
             Ok(row) => {
-                let verdicts: Vec<i64> = row
-                    .try_get(0)
-                    .map_err(|e| StoreError::Corrupt(format!("the commit function: {e}")))?;
+                let verdicts: Vec<i64> = row.try_get(0).map_err(|e| {
+                    StoreError::OutcomeUnknown(format!("the commit function's answer: {e}"))
+                })?;
                 if verdicts.len() != commits {
-                    return Err(StoreError::Corrupt(format!(
+                    return Err(StoreError::OutcomeUnknown(format!(
                         "the commit function answered for {} commits of {commits}",
                         verdicts.len()
                     ))

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, mpsc};
-use std::time::Duration as StdDuration;
+use std::time::{Duration as StdDuration, Instant};
 
 use postgres::config::{Host, SslMode};
 use postgres::error::SqlState;
@@ -36,7 +36,19 @@ pub(super) struct Worker {
     /// Statements prepared on the current connection, by SQL text: each is parsed once, so a
     /// later use is one round trip instead of two.
     pub(super) statements: HashMap<String, Statement>,
+    /// When the connection was last handed out (`None`: not since it was made).
+    pub(super) used: Option<Instant>,
 }
+
+/// How long a connection may sit unused before it is checked (one round trip) before its next
+/// use. Under load a connection is never idle that long, so the check costs nothing there.
+const IDLE_CHECK_AFTER: StdDuration = StdDuration::from_secs(1);
+
+/// Sets `synchronous_commit` for the session: `on` if it is `off`, else as it is (`local`,
+/// `remote_write`, `on` and `remote_apply` all flush the commit on this server first).
+pub(super) const PIN_SYNCHRONOUS_COMMIT: &str = "SELECT set_config('synchronous_commit', \
+     CASE current_setting('synchronous_commit') WHEN 'off' THEN 'on' \
+     ELSE current_setting('synchronous_commit') END, false)";
 
 /// A client or transaction whose statements are prepared once and reused.
 pub(super) struct Db<'a, C> {
@@ -213,34 +225,68 @@ impl<C: GenericClient> Dialect for Db<'_, C> {
 }
 
 impl Worker {
+    /// The connection: made (and set up) if there is none or it was lost, checked first if it
+    /// sat unused for more than [`IDLE_CHECK_AFTER`].
     pub(super) fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             let mut client = connect_within(&self.config, &self.transport, self.connect_timeout)?;
             if let Some(schema) = &self.schema {
                 let quoted = quote_identifier(schema);
-                // Under the commit lock: two brokers creating the same schema at once would
-                // otherwise collide in the catalog.
-                client
-                    .batch_execute(&format!(
-                        "BEGIN; SELECT pg_advisory_xact_lock({COMMIT_LOCK}); \
-                         CREATE SCHEMA IF NOT EXISTS {quoted}; COMMIT; SET search_path TO {quoted}"
-                    ))
+                // Made only if missing: `CREATE SCHEMA IF NOT EXISTS` needs the right to create
+                // in the database even when the schema exists, which a role that only uses it
+                // lacks, and every connection of every broker would queue on the commit lock
+                // for it (after a failover, all at once).
+                let exists: bool = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                        &[schema],
+                    )
+                    .and_then(|row| row.try_get(0))
                     .map_err(|e| pg_error(&e))?;
+                if !exists {
+                    // Under the commit lock: two brokers creating the same schema at once would
+                    // otherwise collide in the catalog.
+                    client
+                        .batch_execute(&format!(
+                            "BEGIN; SELECT pg_advisory_xact_lock({COMMIT_LOCK}); \
+                             CREATE SCHEMA IF NOT EXISTS {quoted}; COMMIT"
+                        ))
+                        .map_err(|e| pg_error(&e))?;
+                }
             }
             // Every write runs in READ COMMITTED, so each statement after the commit lock sees
             // what the writer before it committed (a database whose default isolation is higher
             // would read a stale log length in the commit function); and a commit is acknowledged
-            // only once durable, whatever the database's default.
+            // only once durable, whatever the database's default. Both are set for the session
+            // even when the default already says so: a setting of the session's own outranks the
+            // server's configuration, so a reload that turns `synchronous_commit` off for the
+            // server (`ALTER SYSTEM`, then `pg_reload_conf()`) leaves this session durable.
+            let search_path = self.schema.as_deref().map_or(String::new(), |schema| {
+                format!("SET search_path TO {}; ", quote_identifier(schema))
+            });
             client
-                .batch_execute(
-                    "SET default_transaction_isolation = 'read committed'; \
-                     SELECT set_config('synchronous_commit', 'on', false) \
-                     WHERE current_setting('synchronous_commit') = 'off'",
-                )
+                .batch_execute(&format!(
+                    "{search_path}SET default_transaction_isolation = 'read committed'; \
+                     {PIN_SYNCHRONOUS_COMMIT}"
+                ))
                 .map_err(|e| pg_error(&e))?;
             self.client = Some(client);
             self.statements.clear();
+        } else if let Some(client) = &mut self.client
+            && self
+                .used
+                .is_some_and(|used| used.elapsed() > IDLE_CHECK_AFTER)
+        {
+            // A connection idle for a while may have been closed by the server (a restart, a
+            // failover, `idle_session_timeout`) or a proxy without this side knowing. Found out
+            // now, before a commit is sent on it, rather than after: a commit sent on a dead
+            // connection has an unknown outcome, where one never sent has none.
+            if client.is_valid(self.connect_timeout).is_err() {
+                self.client = None;
+                return self.client();
+            }
         }
+        self.used = Some(Instant::now());
         self.client
             .as_mut()
             .ok_or_else(|| StoreError::Unavailable("not connected".into()))

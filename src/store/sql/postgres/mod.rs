@@ -680,8 +680,10 @@ impl PostgresStore {
     ///
     /// Every session the store opens runs its transactions in `READ COMMITTED` and with
     /// `synchronous_commit` on (raised from `off` if that is the database's default; a stronger
-    /// setting, such as `remote_apply`, is kept), so nothing is acknowledged before it is
-    /// durable. Unless the URL sets them, TCP keepalives (after 30 s idle, every 5 s, 3 probes)
+    /// setting, such as `remote_apply`, is kept), both set for the session so that a reload of
+    /// the server's configuration cannot change them, and nothing is acknowledged before it is
+    /// durable. A connection that sat unused for more than a second is checked (one round trip)
+    /// before its next use, so that a commit is not sent on a connection the server has closed. Unless the URL sets them, TCP keepalives (after 30 s idle, every 5 s, 3 probes)
     /// and a 60 s `tcp_user_timeout` notice a server or path that stopped answering.
     ///
     /// # Errors
@@ -848,6 +850,7 @@ impl Connection {
             schema: self.schema.clone(),
             client: None,
             statements: HashMap::new(),
+            used: None,
         }
     }
 }
@@ -930,13 +933,20 @@ fn migrate(worker: &mut Worker) -> Result<(), StoreError> {
         "CREATE TABLE IF NOT EXISTS consent_broker_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
     )
     .map_err(|e| pg_error(&e))?;
-    let version: i64 = tx
+    // A table of that name made by something else may hold another type, or a null: refused,
+    // not read as a version.
+    let version: i64 = match tx
         .query_opt(
             "SELECT value FROM consent_broker_meta WHERE key = 'schema_version'",
             &[],
         )
         .map_err(|e| pg_error(&e))?
-        .map_or(0, |row| row.get(0));
+    {
+        None => 0,
+        Some(row) => row.try_get(0).map_err(|_| {
+            StoreError::Corrupt("consent_broker_meta's schema version is not a number".into())
+        })?,
+    };
     if version > PostgresStore::SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew {
             found: version,
@@ -1212,7 +1222,13 @@ impl Store for PostgresStore {
             records,
             reply,
         })))?;
-        answered(&answer)
+        // Queued: a writer that stops (a panic) without answering may have sent it first, so
+        // its outcome is unknown, not failed (a retry could record the decision twice).
+        answer.recv().map_err(|_| {
+            StoreError::OutcomeUnknown(
+                "the PostgreSQL writer stopped with this commit queued".into(),
+            )
+        })?
     }
 
     fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
