@@ -118,8 +118,9 @@ pub(crate) trait Dialect {
     }
 
     /// Called first in every commit's transaction: serialises commits where the engine's own
-    /// locking does not (SQLite's `BEGIN IMMEDIATE` already has).
-    fn lock_for_commit(&mut self) -> Result<(), Self::Error> {
+    /// locking does not (SQLite's `BEGIN IMMEDIATE` already has), and refuses a database whose
+    /// schema another build has migrated since this one opened it.
+    fn lock_for_commit(&mut self) -> Result<(), Failure<Self::Error>> {
         Ok(())
     }
 

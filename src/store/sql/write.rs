@@ -13,10 +13,6 @@ pub(super) fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError>
     serde_json::to_string(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
 }
 
-fn engine<E>(error: E) -> Failure<E> {
-    Failure::Engine(error)
-}
-
 /// Inserts a row unless its key exists; a duplicate is reported as such.
 pub(super) fn insert_new<D: Dialect + ?Sized>(
     db: &mut D,
@@ -466,7 +462,7 @@ pub(crate) fn apply_commit<D: Dialect + ?Sized>(
     db: &mut D,
     commit: &Commit,
 ) -> Result<crate::store::CommitReceipt, Failure<D::Error>> {
-    db.lock_for_commit().map_err(engine)?;
+    db.lock_for_commit()?;
     if !preconditions_hold(db, commit)? {
         return Err(Failure::Refused(StoreError::Conflict));
     }
@@ -485,7 +481,7 @@ pub(crate) fn record_checkpoint<D: Dialect + ?Sized>(
     db: &mut D,
     checkpoint: &StoredCheckpoint,
 ) -> Result<(), Failure<D::Error>> {
-    db.lock_for_commit().map_err(engine)?;
+    db.lock_for_commit()?;
     if let Some(latest) = read::latest_checkpoint(db)?
         && latest.size > checkpoint.size
     {

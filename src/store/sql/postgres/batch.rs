@@ -23,7 +23,7 @@
 
 use postgres::types::ToSql;
 
-use super::connection::{Worker, connection_lost, pg_error, retryable};
+use super::connection::{Worker, connection_lost, pg_error, retryable, schema_refusal};
 use super::{PostgresStore, Reply};
 use crate::audit::PreparedEntry;
 use crate::policy::{Presence, Usage};
@@ -439,6 +439,10 @@ fn call(worker: &mut Worker, args: &Arguments, commits: usize) -> Result<Vec<i64
         if retryable(&error) && attempt < PostgresStore::MAX_TRANSACTION_ATTEMPTS {
             crate::store::back_off(attempt);
             continue;
+        }
+        // The call ran and wrote nothing: the database's schema is not this build's.
+        if let Some(refused) = schema_refusal(&error) {
+            return Err(refused.into());
         }
         if connection_lost(&error) {
             worker.client = None;

@@ -18,7 +18,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::super::{Dialect, Failure, Nodes, Row, Value, signed};
-use super::{COMMIT_LOCK, PostgresTlsMode};
+use super::{COMMIT_LOCK, PostgresStore, PostgresTlsMode};
 use crate::merkle::Hash;
 use crate::store::StoreError;
 
@@ -186,9 +186,24 @@ impl<C: GenericClient> Dialect for Db<'_, C> {
         Ok(())
     }
 
-    fn lock_for_commit(&mut self) -> Result<(), Self::Error> {
-        let statement = self.statement("SELECT pg_advisory_xact_lock(?1)")?;
-        self.client.execute(&statement, &[&COMMIT_LOCK]).map(|_| ())
+    fn lock_for_commit(&mut self) -> Result<(), Failure<Self::Error>> {
+        // The schema's version read under the lock, as a migration runs under it: a newer build
+        // may have migrated the database since this one opened it.
+        let statement = self
+            .statement(
+                "SELECT (SELECT value FROM consent_broker_meta WHERE key = 'schema_version') \
+                 FROM pg_advisory_xact_lock(?1)",
+            )
+            .map_err(Failure::Engine)?;
+        let row = self
+            .client
+            .query_one(&statement, &[&COMMIT_LOCK])
+            .map_err(Failure::Engine)?;
+        let found: Option<i64> = row.try_get(0).map_err(Failure::Engine)?;
+        match found {
+            Some(PostgresStore::SCHEMA_VERSION) => Ok(()),
+            found => Err(Failure::Refused(schema_moved(found))),
+        }
     }
 
     fn append_siblings(&mut self, size: u64) -> Result<Nodes, Failure<Self::Error>> {
@@ -264,10 +279,14 @@ impl Worker {
             let search_path = self.schema.as_deref().map_or(String::new(), |schema| {
                 format!("SET search_path TO {}; ", quote_identifier(schema))
             });
+            // And the schema version this build writes, which the commit function compares
+            // with the database's (see `PostgresStore::MIGRATIONS`, version 10).
+            let version = PostgresStore::SCHEMA_VERSION;
             client
                 .batch_execute(&format!(
                     "{search_path}SET default_transaction_isolation = 'read committed'; \
-                     {PIN_SYNCHRONOUS_COMMIT}"
+                     {PIN_SYNCHRONOUS_COMMIT}; \
+                     SELECT set_config('consent_broker.schema_version', '{version}', false)"
                 ))
                 .map_err(|e| pg_error(&e))?;
             self.client = Some(client);
@@ -575,6 +594,31 @@ pub(super) fn pg_error(error: &postgres::Error) -> StoreError {
 /// connection exception, SQLSTATE class 08; the server shutting down, the session terminated,
 /// the database dropped or the session idle too long, 57P01 to 57P05), so the next call must
 /// reconnect.
+/// The database's schema is not at this build's version any more: refused as too new if a
+/// newer build migrated it, else as damaged (a version edited down, or gone).
+pub(super) fn schema_moved(found: Option<i64>) -> StoreError {
+    match found {
+        Some(found) if found > PostgresStore::SCHEMA_VERSION => StoreError::SchemaTooNew {
+            found,
+            supported: PostgresStore::SCHEMA_VERSION,
+        },
+        _ => StoreError::Corrupt(
+            "consent_broker_meta's schema version is not the one this store opened".into(),
+        ),
+    }
+}
+
+/// The commit function's refusal of a caller of another schema version (raised with the
+/// database's version in its message), as the store reports it.
+pub(super) fn schema_refusal(error: &postgres::Error) -> Option<StoreError> {
+    let db = error.as_db_error()?;
+    let version = db
+        .message()
+        .strip_prefix("consent_broker schema version ")?;
+    (db.code() == &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+        .then(|| schema_moved(version.trim().parse().ok()))
+}
+
 pub(super) fn connection_lost(error: &postgres::Error) -> bool {
     error.is_closed()
         || error.code().is_none_or(|code| {

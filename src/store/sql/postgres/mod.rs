@@ -61,7 +61,9 @@
 //!
 //! Versioned like the SQLite store's: [`PostgresStore::MIGRATIONS`] are applied under the same
 //! advisory lock, the version is kept in `consent_broker_meta`, and a newer version is refused
-//! with [`StoreError::SchemaTooNew`]. Audit rows and Merkle nodes are append-only (triggers).
+//! with [`StoreError::SchemaTooNew`], at opening and at every commit after (a newer build may
+//! migrate the database while this one runs: each commit compares the versions under the commit
+//! lock, the commit function by the session's `consent_broker.schema_version`). Audit rows and Merkle nodes are append-only (triggers).
 //!
 //! The statements and the commit semantics are shared with the SQLite store (the parent module);
 //! this file holds what is PostgreSQL's own: the worker thread, connecting, retries, the
@@ -104,7 +106,7 @@ use crate::store::{
 const COMMIT_LOCK: i64 = 0x4342_526B;
 
 /// The server-side function behind group commit, and the statement that pins its search path
-/// (schema version 6 created it, versions 7, 8 and 9 replaced it). Its arguments are parallel
+/// (schema version 6 created it, versions 7 to 10 replaced it). Its arguments are parallel
 /// arrays, each row tagged with the position of its commit in the batch (rows in commit order).
 /// It answers, per commit, its first sequence number; -1 if a precondition failed; -2 - k if its
 /// check k (0-based over the whole batch) found an id already seen. A refused commit writes
@@ -151,6 +153,13 @@ DECLARE
     _ok BOOLEAN;
 BEGIN
     PERFORM pg_advisory_xact_lock(1128419947);
+    -- Under the lock, as a migration runs: a caller of another schema version than the one the
+    -- database is at (a build still running after a newer one migrated it) writes nothing.
+    SELECT value INTO _got FROM consent_broker_meta WHERE key = 'schema_version';
+    IF pg_catalog.current_setting('consent_broker.schema_version', true)
+        IS DISTINCT FROM _got::TEXT THEN
+        RAISE EXCEPTION 'consent_broker schema version %', _got USING ERRCODE = '55000';
+    END IF;
     SELECT COALESCE(MAX(seq) + 1, 0) INTO _size FROM audit;
     -- The tree's right edge: the root of each complete subtree ending at the log's end, in one
     -- query.
@@ -512,6 +521,15 @@ const MIGRATIONS: &[Migration] = &[
         // up again at every commit: the server's own work per decision.
         sql: commit_function!(),
     },
+    Migration {
+        version: 10,
+        // The commit function refuses, under the commit lock, a caller whose session says another
+        // schema version than the database's (`consent_broker.schema_version`, which every
+        // session of the store sets): a build still running after a newer one migrated the
+        // database writes nothing, whatever the newer migration changed. A build before this one
+        // sets no version and is refused too.
+        sql: commit_function!(),
+    },
 ];
 
 /// Schema version 6: each consent's holder in a column kept by a trigger, and the commit
@@ -670,7 +688,7 @@ impl PostgresStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 9;
+    pub const SCHEMA_VERSION: i64 = 10;
 
     /// How often a transaction is retried after a serialisation failure or deadlock.
     pub const MAX_TRANSACTION_ATTEMPTS: u32 = 5;
@@ -683,8 +701,13 @@ impl PostgresStore {
     /// setting, such as `remote_apply`, is kept), both set for the session so that a reload of
     /// the server's configuration cannot change them, and nothing is acknowledged before it is
     /// durable. A connection that sat unused for more than a second is checked (one round trip)
-    /// before its next use, so that a commit is not sent on a connection the server has closed. Unless the URL sets them, TCP keepalives (after 30 s idle, every 5 s, 3 probes)
-    /// and a 60 s `tcp_user_timeout` notice a server or path that stopped answering.
+    /// before its next use, so that a commit is not sent on a connection the server has closed.
+    /// Unless the URL sets them, TCP keepalives (after 30 s idle, every 5 s, 3 probes) and a 60 s
+    /// `tcp_user_timeout` notice a server or path that stopped answering.
+    ///
+    /// Each session also sets the schema version this build writes: once a newer build has
+    /// migrated the database, every later commit of this store is refused as
+    /// [`StoreError::SchemaTooNew`] and writes nothing.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] for a bad URL, a server that is down or refuses the
@@ -926,7 +949,16 @@ fn migrate(worker: &mut Worker) -> Result<(), StoreError> {
     let client = worker.client()?;
     let mut tx = client.transaction().map_err(|e| pg_error(&e))?;
     // Everything under the commit lock, the version table's creation included: two brokers
-    // starting on a new database at once must not both create it.
+    // starting on a new database at once must not both create it. With a statement timeout of
+    // at least a minute (a shorter one bounds a decision's wait for the commit lock): a new
+    // database's migrations, which compile the commit function once per version, may take
+    // longer than a decision should, and run once.
+    tx.batch_execute(
+        "SELECT set_config('statement_timeout', '60s', true) \
+         WHERE current_setting('statement_timeout')::INTERVAL \
+         BETWEEN INTERVAL '1 microsecond' AND INTERVAL '60 seconds'",
+    )
+    .map_err(|e| pg_error(&e))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])
         .map_err(|e| pg_error(&e))?;
     tx.batch_execute(
