@@ -11,8 +11,9 @@
 //! key material elsewhere (`jku`, `x5u`, `x5c`, `kid`); claims `jti` (16 to 128 bytes, no
 //! control character), `htm` (exactly the method), `htu` (the URL without query and fragment,
 //! compared after normalising scheme and host case and default ports), `iat` (within a window
-//! before now and a small leeway after), `ath` (base64url SHA-256 of the access token). Replay of a proof's `jti` needs memory
-//! shared by every process of the bank, so the gate keeps it in the bank's store.
+//! before now and a small leeway after), `ath` (base64url SHA-256 of the access token). Replay of
+//! a proof's `jti` needs memory shared by every process of the bank, so the gate keeps it in the
+//! bank's store.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -46,7 +46,7 @@ const IDLE_CHECK_AFTER: StdDuration = StdDuration::from_secs(1);
 
 /// Sets `synchronous_commit` for the session: `on` if it is `off`, else as it is (`local`,
 /// `remote_write`, `on` and `remote_apply` all flush the commit on this server first).
-pub(super) const PIN_SYNCHRONOUS_COMMIT: &str = "SELECT set_config('synchronous_commit', \
+const PIN_SYNCHRONOUS_COMMIT: &str = "SELECT set_config('synchronous_commit', \
      CASE current_setting('synchronous_commit') WHEN 'off' THEN 'on' \
      ELSE current_setting('synchronous_commit') END, false)";
 
@@ -590,10 +590,6 @@ pub(super) fn pg_error(error: &postgres::Error) -> StoreError {
     }
 }
 
-/// Whether `error` means the connection is gone (closed, broken, or ended by the server: a
-/// connection exception, SQLSTATE class 08; the server shutting down, the session terminated,
-/// the database dropped or the session idle too long, 57P01 to 57P05), so the next call must
-/// reconnect.
 /// The database's schema is not at this build's version any more: refused as too new if a
 /// newer build migrated it, else as damaged (a version edited down, or gone).
 pub(super) fn schema_moved(found: Option<i64>) -> StoreError {
@@ -619,6 +615,10 @@ pub(super) fn schema_refusal(error: &postgres::Error) -> Option<StoreError> {
         .then(|| schema_moved(version.trim().parse().ok()))
 }
 
+/// Whether `error` means the connection is gone (closed, broken, or ended by the server: a
+/// connection exception, SQLSTATE class 08; the server shutting down, the session terminated,
+/// the database dropped or the session idle too long, 57P01 to 57P05), so the next call must
+/// reconnect.
 pub(super) fn connection_lost(error: &postgres::Error) -> bool {
     error.is_closed()
         || error.code().is_none_or(|code| {

@@ -63,7 +63,8 @@
 //! advisory lock, the version is kept in `consent_broker_meta`, and a newer version is refused
 //! with [`StoreError::SchemaTooNew`], at opening and at every commit after (a newer build may
 //! migrate the database while this one runs: each commit compares the versions under the commit
-//! lock, the commit function by the session's `consent_broker.schema_version`). Audit rows and Merkle nodes are append-only (triggers).
+//! lock, the commit function by the session's `consent_broker.schema_version`). Audit rows and
+//! Merkle nodes are append-only (triggers).
 //!
 //! The statements and the commit semantics are shared with the SQLite store (the parent module);
 //! this file holds what is PostgreSQL's own: the worker thread, connecting, retries, the
