@@ -340,9 +340,11 @@ fn many_callers_making<L: Store + LedgerRead + Sync>(
 }
 
 /// Fills a bank's SQLite ledger with the ids a gate taking `per_second` checks a second holds at
-/// `now` (Unix seconds): a proof and a token per check, each kept until no gate could take it (a
-/// proof the widest window, five minutes, and the widest leeway, 30 s, past its `iat`; a token,
-/// of the default five-minute lifetime, 30 s past its `exp`), keyed by signed time.
+/// `now` (Unix seconds): a proof and a token per check, each kept until no gate could take it,
+/// whose clock is within `CLOCK_SKEW_ALLOWANCE` (two minutes) of this one's (a proof the widest
+/// window, five minutes, the widest leeway, 30 s, and the allowance past its `iat`; a token, of
+/// the default five-minute lifetime, the leeway and the allowance past its `exp`), keyed by
+/// signed time.
 fn presented_for_a_lifetime(path: &std::path::Path, now: i64, per_second: i64) {
     let mut db = rusqlite::Connection::open(path).unwrap();
     let tx = db.transaction().unwrap();
@@ -352,7 +354,7 @@ fn presented_for_a_lifetime(path: &std::path::Path, now: i64, per_second: i64) {
             .unwrap();
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         // (kind, seconds an id is kept, signed time of one forgotten now)
-        for (kind, kept, oldest) in [("proof", 330, now - 330), ("token", 330, now - 30)] {
+        for (kind, kept, oldest) in [("proof", 450, now - 450), ("token", 450, now - 150)] {
             for n in 0..per_second * kept {
                 state ^= state << 13;
                 state ^= state >> 7;

@@ -73,9 +73,9 @@ pub use auditor::{
     subject_history, verify_log,
 };
 pub use bank::{
-    Admission, Bank, BankBuilder, BankError, BankKeys, DEFAULT_MAX_MERGE_DELAY, GateError,
-    GateRequest, GateSettings, LogMonitor, MissingToken, MonitorError, MonitorReport, Served,
-    SubjectView, TokenTerms,
+    Admission, Bank, BankBuilder, BankError, BankKeys, CLOCK_SKEW_ALLOWANCE,
+    DEFAULT_MAX_MERGE_DELAY, GateError, GateRequest, GateSettings, LogMonitor, MissingToken,
+    MonitorError, MonitorReport, Prechecked, Served, SubjectView, TokenTerms,
 };
 pub use bank::{BankErasure, MAX_BANK_RETENTION_BATCH, PAIRWISE_PREFIX};
 pub use broker::{

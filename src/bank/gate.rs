@@ -21,6 +21,7 @@ use crate::store::{
     StoreError,
 };
 use crate::token::{self, AccessClaims, MAX_LEEWAY, MAX_TOKEN_LIFETIME, TokenExpectations};
+use crate::vocab::{Purpose, Scope};
 
 /// One check in this many prunes the presented ids no gate could take any more: a range at the
 /// left edge of their key, so a few larger prunes cost less than a small one in every check (on
@@ -30,6 +31,12 @@ pub(crate) const PRUNE_EVERY: u64 = 8;
 /// How many expired presented ids of each kind a pruning check forgets, at most: bounded work per
 /// call, and on average eight a check, more than the two ids a check adds.
 const PRUNE_PER_CALL: u32 = 64;
+
+/// How much longer than the widest window and leeway presented ids are kept: each gate prunes by
+/// its own clock, and a gate whose clock is behind another's still takes what the other has
+/// passed. Processes of one bank whose clocks differ by less than this forget no id one of them
+/// could still take (beyond it, one of them could serve a replay).
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::minutes(2);
 
 /// What the data path answered once the gate admitted an access (and journalled it): the
 /// response (sealed by default), or the holder's refusal or failure.
@@ -266,7 +273,9 @@ impl<S: Store + LedgerRead> Bank<S> {
     }
 
     /// The checks without recording anything: what [`Bank::check`] would decide now, for
-    /// diagnostics and for measuring the checks apart from the journal's write.
+    /// diagnostics and for measuring the checks apart from the journal's write. What it admits
+    /// is a [`Prechecked`], which serves no data: nothing was journalled, no id remembered as
+    /// presented, nothing counted against the day's limit.
     ///
     /// # Errors
     /// As [`Bank::check`], with `journal_seq` `None` (nothing is journalled).
@@ -274,9 +283,13 @@ impl<S: Store + LedgerRead> Bank<S> {
         &self,
         request: &GateRequest<'_>,
         accounts: &H,
-    ) -> Result<VerifiedAccess, GateError<H::Error>> {
+    ) -> Result<Prechecked, GateError<H::Error>> {
         match self.decide(request, accounts) {
-            Ok(decided) => Ok(VerifiedAccess::from_claims(decided.claims)),
+            Ok(decided) => Ok(Prechecked {
+                scope: decided.claims.scope,
+                purpose: decided.claims.purpose,
+                delivery: decided.plan.delivery(),
+            }),
             Err(Stop::Refuse(refusal, ..)) => Err(GateError::Refused {
                 refusal,
                 journal_seq: None,
@@ -386,11 +399,12 @@ impl<S: Store + LedgerRead> Bank<S> {
                 thumbprints: live.clone(),
             });
         }
-        // Ids are forgotten once no gate on this ledger could take them, whatever its settings:
-        // a proof once the widest window and leeway have passed since its `iat`, a token once
-        // the widest leeway has passed since its `exp`. Cutting by this gate's own settings
-        // would let a gate with a narrower window forget a proof that another process sharing
-        // the ledger, with a wider one, still takes.
+        // Ids are forgotten once no gate on this ledger could take them, whatever its settings
+        // and within `CLOCK_SKEW_ALLOWANCE` of this gate's clock: a proof once the widest window
+        // and leeway have passed since its `iat`, a token once the widest leeway has passed
+        // since its `exp`. Cutting by this gate's own settings would let a gate with a narrower
+        // window forget a proof that another process sharing the ledger, with a wider one, still
+        // takes; cutting by this gate's clock alone, a gate whose clock is behind.
         if self
             .checks
             .fetch_add(1, Ordering::Relaxed)
@@ -399,12 +413,12 @@ impl<S: Store + LedgerRead> Bank<S> {
             commit = commit
                 .change(Change::PruneSeen {
                     kind: SeenKind::Proof,
-                    before: now - MAX_PROOF_WINDOW - MAX_LEEWAY,
+                    before: now - MAX_PROOF_WINDOW - MAX_LEEWAY - CLOCK_SKEW_ALLOWANCE,
                     limit: PRUNE_PER_CALL,
                 })
                 .change(Change::PruneSeen {
                     kind: SeenKind::Token,
-                    before: now - MAX_LEEWAY,
+                    before: now - MAX_LEEWAY - CLOCK_SKEW_ALLOWANCE,
                     limit: PRUNE_PER_CALL,
                 });
         }
@@ -826,6 +840,39 @@ impl Admission {
     /// The journal's entry that recorded the access (the sealed context's `sequence`).
     pub fn journal_seq(&self) -> u64 {
         self.journal_seq
+    }
+}
+
+/// What [`Bank::precheck`] admitted: the checks passed, nothing recorded. It serves no data: the
+/// data methods take a [`VerifiedAccess`], which the gate makes only with a journalled
+/// [`Bank::check`], and there is no way from one to the other:
+///
+/// ```compile_fail,E0308
+/// fn launder(prechecked: consent_broker::Prechecked) -> consent_broker::VerifiedAccess {
+///     prechecked
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prechecked {
+    scope: Scope,
+    purpose: Purpose,
+    delivery: Delivery,
+}
+
+impl Prechecked {
+    /// The scope the token asks for.
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+
+    /// The purpose the token states.
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
+
+    /// Where a check would send the data, as its journal entry would record it.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
     }
 }
 

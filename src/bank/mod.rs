@@ -26,7 +26,9 @@ mod gate;
 mod monitor;
 mod privacy;
 
-pub use gate::{Admission, GateError, GateRequest, GateSettings, Served};
+pub use gate::{
+    Admission, CLOCK_SKEW_ALLOWANCE, GateError, GateRequest, GateSettings, Prechecked, Served,
+};
 pub use monitor::{
     DEFAULT_MAX_MERGE_DELAY, LogMonitor, MissingToken, MonitorError, MonitorReport, TokenTerms,
 };

@@ -8,6 +8,7 @@ use super::{SeededRandom, TestBroker};
 use crate::attestation::ApprovalStatement;
 use crate::bank::{Bank, BankKeys, GateRequest, GateSettings};
 use crate::broker::{AccessToken, TokenOutcome};
+use crate::clock::Clock;
 use crate::consent::{Consent, ConsentRequest};
 use crate::data::{
     AlertsGrant, Balance, BalanceGrant, DataError, DataHolder, FraudAlert, Money, Transaction,
@@ -168,12 +169,26 @@ impl<L: Store + LedgerRead> TestBank<L> {
         ledger: L,
         settings: GateSettings,
     ) -> Bank<L> {
+        Self::another_gate_on(kit, ledger, settings, kit.clock.clone())
+    }
+
+    /// [`TestBank::another_gate`] on a clock of its own (a process on another host, whose clock
+    /// may differ from the kit's).
+    ///
+    /// # Panics
+    /// If the bank cannot be built or the broker's keys are refused.
+    pub fn another_gate_on<S: Store>(
+        kit: &TestBroker<S>,
+        ledger: L,
+        settings: GateSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Bank<L> {
         let keys = BankKeys::new(
             kit.bank.attestation_key(),
             SigningKey::from_seed(&[4; 32]).expect("a fixed seed is a key"),
         );
         let bank = Bank::builder(kit.bank.id().clone(), ledger, keys, kit.broker.id().clone())
-            .clock(kit.clock.clone())
+            .clock(clock)
             .random(Arc::new(SeededRandom::new(6)))
             .gate(settings)
             .build()

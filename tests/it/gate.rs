@@ -610,6 +610,50 @@ fn a_gate_with_a_narrower_window_never_forgets_a_proof_another_still_takes() {
     }
 }
 
+/// Two processes of one bank on one ledger, one's clock three seconds ahead of the other's (as
+/// two hosts' clocks may be). A token served by the gate whose clock is behind, at the edge of
+/// its leeway, is still remembered after the gate ahead has pruned (it already counts the token
+/// as expired): presented again to the first gate, it is refused as a replay, not served twice.
+#[test]
+fn a_gate_whose_clock_is_ahead_never_forgets_a_token_another_still_takes() {
+    let kit = TestBroker::memory();
+    let ledger = std::sync::Arc::new(MemoryStore::new());
+    let behind = TestBank::with_settings(
+        &kit,
+        ledger.clone(),
+        GateSettings {
+            leeway: MAX_LEEWAY,
+            ..GateSettings::default()
+        },
+    );
+    let consent = behind.granted(&kit);
+    let token = kit.token(&kit.access(consent.id()));
+    let mut proof = String::new();
+    let request = behind.present(&kit, &token.token, &mut proof);
+    behind.bank.check(&request, &behind.accounts).unwrap();
+    // To 28 s past the token's `exp`: within the leeway of the gate behind.
+    let exp = token.expires_at;
+    kit.clock.set(exp + Duration::seconds(28));
+    let ahead_clock = std::sync::Arc::new(ManualClock::new(kit.clock.now() + Duration::seconds(3)));
+    let ahead = TestBank::another_gate_on(&kit, ledger, GateSettings::default(), ahead_clock);
+    behind.sync(&kit).unwrap();
+    // The gate ahead serves other tokens, enough that its commits prune (one check in eight).
+    for _ in 0..8 {
+        let other = kit.token(&kit.access(consent.id()));
+        let mut other_proof = String::new();
+        let later = behind.present(&kit, &other.token, &mut other_proof);
+        ahead.check(&later, &behind.accounts).unwrap();
+    }
+    let mut again = String::new();
+    let replay = behind.present(&kit, &token.token, &mut again);
+    match behind.bank.check(&replay, &behind.accounts) {
+        Err(GateError::Refused { refusal, .. }) => {
+            assert_eq!(refusal, GateRefusal::TokenReplayed)
+        }
+        other => panic!("a token served once was served again: {other:?}"),
+    }
+}
+
 /// The ids a gate remembers are forgotten once no gate could take them: the ledger holds about
 /// what the last few minutes presented, not everything ever presented.
 #[test]
@@ -635,9 +679,10 @@ fn presented_ids_are_forgotten_once_no_gate_could_take_them() {
     };
     serve(10);
     assert_eq!(rows(), 20, "a proof and a token a check");
-    // Past the widest window and leeway for the proofs, past their `exp` and the leeway for the
-    // tokens: the next eight checks (one of them prunes) leave only their own ids.
-    kit.clock.advance(Duration::minutes(6));
+    // Past the widest window, the leeway and the allowance for clock skew for the proofs (7.5
+    // minutes), past their `exp`, the leeway and the allowance for the tokens (the same): the
+    // next eight checks (one of them prunes) leave only their own ids.
+    kit.clock.advance(Duration::minutes(8));
     bank.sync(&kit).unwrap();
     serve(8);
     assert_eq!(rows(), 16);
