@@ -376,6 +376,9 @@ impl<S: Store + LedgerRead> Bank<S> {
             .precondition(Precondition::BankPolicyVersion {
                 version: view.policy.as_ref().map(|p| p.version),
             })
+            // The view found no revocation on the platform (else it refused): a feed applied
+            // since that revokes the consent fails this commit, which then decides again.
+            .precondition(Precondition::not_revoked_at_platform(&claims.cid))
             .change(Change::CountServed {
                 attestation: attestation.id.clone(),
                 day,

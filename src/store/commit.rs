@@ -137,6 +137,14 @@ pub enum Precondition {
         /// The thumbprints read.
         thumbprints: Vec<String>,
     },
+    /// The bank's ledger records no revocation of the consent on the platform (from the broker's
+    /// revocation feed): an access decided before the feed that revokes it was applied is
+    /// journalled before the feed's entry, never after it.
+    #[non_exhaustive]
+    NotRevokedAtPlatform {
+        /// The consent.
+        consent: ConsentId,
+    },
     /// The subject's key is stored and is exactly this one: a commit whose pseudonyms were made
     /// with a key that an erasure deleted since (and perhaps a new key replaced) fails, so no
     /// entry after an erasure is written under the erased pseudonym and no row about the subject
@@ -459,6 +467,12 @@ impl Precondition {
         Self::KeyActive {
             key_use,
             kid: kid.to_owned(),
+        }
+    }
+
+    pub(crate) fn not_revoked_at_platform(consent: &ConsentId) -> Self {
+        Self::NotRevokedAtPlatform {
+            consent: consent.clone(),
         }
     }
 

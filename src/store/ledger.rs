@@ -331,7 +331,7 @@ pub trait LedgerRead {
     /// the attestation's subject. A store reads it in one consistent read where it can (the SQL
     /// stores: one statement). The gate's commit of a served access re-checks the
     /// attestation's version, the day's count, the policy's version, the subject's key and live
-    /// device keys, and that both ids are new.
+    /// device keys, that the platform has not revoked the consent, and that both ids are new.
     ///
     /// # Errors
     /// [`StoreError`].

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;
 
-use time::Date;
+use time::{Date, OffsetDateTime};
 
 use crate::audit::AuditKind;
 use crate::consent::Consent;
@@ -13,8 +13,9 @@ use crate::ids::{ConsentId, HolderId, PlatformId, SubjectId};
 use crate::merkle::{Hash, MerkleError};
 use crate::policy::{HolderPolicy, PlatformProfile, Usage};
 use crate::store::{
-    Change, Commit, CommitReceipt, HolderRecord, LogRead, PublishedKey, RecordKind,
-    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry,
+    AttestationRecord, Change, Commit, CommitReceipt, DeviceKeyRecord, FeedState, GateQuery,
+    GateView, HolderRecord, LedgerRead, LogRead, PolicyRecord, PublishedKey, RecordKind, SeenKind,
+    SignedCheckpoint, StateRead, Store, StoreError, StoredCheckpoint, StoredEntry, SubjectLink,
 };
 
 /// Where a fault strikes.
@@ -75,6 +76,9 @@ type Hook = Box<dyn FnOnce() + Send>;
 struct State {
     /// Hooks run once, at the start of the next read of the named method.
     hooks: Vec<(&'static str, Hook)>,
+    /// Hooks run once, when the next read of the named method has its answer from the inner
+    /// store (before the caller gets it).
+    after: Vec<(&'static str, Hook)>,
     rng: u64,
     random: bool,
     rates: FaultRates,
@@ -125,6 +129,7 @@ impl<S: Store> FaultStore<S> {
             inner,
             state: Mutex::new(State {
                 hooks: Vec::new(),
+                after: Vec::new(),
                 rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
                 random: false,
                 rates: FaultRates::default(),
@@ -167,6 +172,13 @@ impl<S: Store> FaultStore<S> {
     /// example `"latest_checkpoint"`) goes to the inner store.
     pub fn before_next_read(&self, method: &'static str, hook: impl FnOnce() + Send + 'static) {
         self.state().hooks.push((method, Box::new(hook)));
+    }
+
+    /// Runs `hook` once, just after the next call of the read method named `method` has its
+    /// answer from the inner store and before its caller gets it: a write that lands between a
+    /// read and the commit that relies on it (for example `"gate_view"`).
+    pub fn after_next_read(&self, method: &'static str, hook: impl FnOnce() + Send + 'static) {
+        self.state().after.push((method, Box::new(hook)));
     }
 
     /// While on, every read of two or more log entries returns all but the last one asked for,
@@ -231,6 +243,18 @@ impl<S: Store> FaultStore<S> {
             return Err(injected(&format!("read ({what})")));
         }
         Ok(())
+    }
+
+    /// Runs the hook waiting for the end of a read of `what`, if any (outside the lock).
+    fn read_done(&self, what: &'static str) {
+        let hook = {
+            let mut state = self.state();
+            let at = state.after.iter().position(|(method, _)| *method == what);
+            at.map(|at| state.after.remove(at).1)
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
     }
 
     fn commit_fault(&self, kinds: &[AuditKind]) -> Option<Fault> {
@@ -322,6 +346,86 @@ impl<S: Store> StateRead for FaultStore<S> {
     ) -> Result<Vec<crate::consent::Consent>, StoreError> {
         self.read("consents_ended_before")?;
         self.inner.consents_ended_before(before, limit)
+    }
+}
+
+/// A bank's ledger through the faults: every read as the store's own (hooks, random read
+/// faults), `gate_view` also with the hooks of [`FaultStore::after_next_read`].
+impl<S: Store + LedgerRead> LedgerRead for FaultStore<S> {
+    fn attestation_record(&self, id: &str) -> Result<Option<AttestationRecord>, StoreError> {
+        self.read("attestation_record")?;
+        self.inner.attestation_record(id)
+    }
+
+    fn attestations_of_subject(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        self.read("attestations_of_subject")?;
+        self.inner.attestations_of_subject(subject)
+    }
+
+    fn attestations_of_consent(
+        &self,
+        consent: &ConsentId,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        self.read("attestations_of_consent")?;
+        self.inner.attestations_of_consent(consent)
+    }
+
+    fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        self.read("bank_policies")?;
+        self.inner.bank_policies()
+    }
+
+    fn seen(&self, kind: SeenKind, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+        self.read("seen")?;
+        self.inner.seen(kind, id, at)
+    }
+
+    fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
+        self.read("feed_state")?;
+        self.inner.feed_state()
+    }
+
+    fn device_keys(&self, subject: &SubjectId) -> Result<Vec<DeviceKeyRecord>, StoreError> {
+        self.read("device_keys")?;
+        self.inner.device_keys(subject)
+    }
+
+    fn subject_link(&self, pairwise: &SubjectId) -> Result<Option<SubjectLink>, StoreError> {
+        self.read("subject_link")?;
+        self.inner.subject_link(pairwise)
+    }
+
+    fn link_of(
+        &self,
+        customer: &SubjectId,
+        platform: &PlatformId,
+    ) -> Result<Option<SubjectLink>, StoreError> {
+        self.read("link_of")?;
+        self.inner.link_of(customer, platform)
+    }
+
+    fn attestations_ended_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        self.read("attestations_ended_before")?;
+        self.inner.attestations_ended_before(before, limit)
+    }
+
+    fn links_of_customer(&self, customer: &SubjectId) -> Result<Vec<SubjectLink>, StoreError> {
+        self.read("links_of_customer")?;
+        self.inner.links_of_customer(customer)
+    }
+
+    fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
+        self.read("gate_view")?;
+        let view = self.inner.gate_view(query)?;
+        self.read_done("gate_view");
+        Ok(view)
     }
 }
 

@@ -654,6 +654,70 @@ fn a_gate_whose_clock_is_ahead_never_forgets_a_token_another_still_takes() {
     }
 }
 
+/// The platform's revocation reaches the bank's ledger (another process of the bank applies the
+/// revocation feed) after a gate has read its view of an access, before it commits: the gate's
+/// commit fails on it, and the gate decides again, refusing. The journal never shows data served
+/// for a consent after the feed entry that revoked it.
+#[test]
+fn a_revocation_applied_between_the_gates_read_and_its_commit_is_not_served_past() {
+    revocation_between_read_and_commit_on(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    revocation_between_read_and_commit_on(
+        SqliteStore::open(dir.path().join("bank.sqlite")).unwrap(),
+    );
+}
+
+/// [`a_revocation_applied_between_the_gates_read_and_its_commit_is_not_served_past`] on a
+/// ledger of the caller's.
+pub(crate) fn revocation_between_read_and_commit_on<L>(ledger: L)
+where
+    L: Store + LedgerRead + Send + Sync + 'static,
+{
+    let kit = TestBroker::memory();
+    let ledger = std::sync::Arc::new(consent_broker::testing::FaultStore::new(ledger, 1));
+    let bank = TestBank::with_settings(&kit, ledger.clone(), GateSettings::default());
+    let consent = bank.granted(&kit);
+    let token = kit.token(&kit.access(consent.id()));
+    kit.broker
+        .revoke(
+            consent.id(),
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
+    let after = bank
+        .bank
+        .ledger()
+        .feed_state()
+        .unwrap()
+        .map_or(0, |state| state.position);
+    let feed = kit.broker.revocation_feed(bank.bank.id(), after).unwrap();
+    let other = TestBank::another_gate(&kit, ledger.clone(), GateSettings::default());
+    ledger.after_next_read("gate_view", move || {
+        other.apply_revocation_feed(&feed).unwrap();
+    });
+    let mut proof = String::new();
+    let request = bank.present(&kit, &token.token, &mut proof);
+    match bank.bank.check(&request, &bank.accounts) {
+        Err(GateError::Refused { refusal, .. }) => {
+            assert_eq!(refusal, GateRefusal::RevokedAtPlatform)
+        }
+        other => panic!("served past the revocation: {other:?}"),
+    }
+    let journal = ledger
+        .audit_entries(0..ledger.audit_len().unwrap())
+        .unwrap();
+    let kinds: Vec<AuditKind> = journal.iter().map(|e| e.kind()).collect();
+    let applied = kinds
+        .iter()
+        .position(|k| *k == AuditKind::RevocationFeedApplied)
+        .expect("the feed was applied");
+    assert!(
+        !kinds[applied..].contains(&AuditKind::AccessServed),
+        "{kinds:?}"
+    );
+}
+
 /// The ids a gate remembers are forgotten once no gate could take them: the ledger holds about
 /// what the last few minutes presented, not everything ever presented.
 #[test]

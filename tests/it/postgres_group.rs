@@ -72,6 +72,17 @@ fn concurrent_checks_of_one_approval_on_postgres_never_pass_the_days_ceiling() {
     assert_eq!((served, refused), (57, all - 57));
 }
 
+/// The platform's revocation applied between the gate's read and its commit
+/// ([`crate::gate::revocation_between_read_and_commit_on`]), the ledger on PostgreSQL: the commit
+/// function's check refuses the commit, and the gate refuses the access.
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn a_revocation_between_the_gates_read_and_its_commit_is_not_served_past_on_postgres() {
+    let ledger =
+        PostgresStore::open_with(&database_url(), options(&unique_name("gaterev"))).unwrap();
+    crate::gate::revocation_between_read_and_commit_on(ledger);
+}
+
 /// A server of the test's own, fsync on and synchronous commit as `synchronous_commit` says (if
 /// empty, as its configuration files say: a setting on the command line outranks them, and
 /// `ALTER SYSTEM` could not change it), and its URL.

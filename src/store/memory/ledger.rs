@@ -103,6 +103,9 @@ impl LedgerState {
                 thumbprints,
                 ..
             } => live_thumbprints(&self.devices_of(subject)) == *thumbprints,
+            Precondition::NotRevokedAtPlatform { consent, .. } => {
+                !self.platform_revocations.contains_key(consent)
+            }
             _ => return None,
         })
     }

@@ -318,7 +318,8 @@ impl Inner {
             | Precondition::ServedBelow { .. }
             | Precondition::BankPolicyVersion { .. }
             | Precondition::LiveAttestations { .. }
-            | Precondition::LiveDeviceKeys { .. } => {
+            | Precondition::LiveDeviceKeys { .. }
+            | Precondition::NotRevokedAtPlatform { .. } => {
                 self.ledger.check(precondition).unwrap_or(false)
             }
         }

@@ -311,6 +311,13 @@ pub(crate) fn holds<D: Dialect + ?Sized>(
             thumbprints,
             ..
         } => live_thumbprints(&device_keys(db, subject)?) == *thumbprints,
+        Precondition::NotRevokedAtPlatform { consent, .. } => one(
+            db,
+            "SELECT 1 FROM bank_platform_revocations WHERE consent = ?1",
+            &[Value::Text(consent.as_str())],
+            |_| Ok(()),
+        )?
+        .is_none(),
         _ => false,
     })
 }

@@ -129,7 +129,8 @@ fn holds<D: Dialect + ?Sized>(
         | Precondition::ServedBelow { .. }
         | Precondition::BankPolicyVersion { .. }
         | Precondition::LiveAttestations { .. }
-        | Precondition::LiveDeviceKeys { .. } => super::ledger::holds(db, precondition)?,
+        | Precondition::LiveDeviceKeys { .. }
+        | Precondition::NotRevokedAtPlatform { .. } => super::ledger::holds(db, precondition)?,
     })
 }
 

@@ -191,6 +191,9 @@ fn check(precondition: &Precondition) -> Option<Check> {
             arg: thumbprints.join(","),
             ..plain("live_devices", subject.as_str(), None)
         },
+        Precondition::NotRevokedAtPlatform { consent } => {
+            plain("not_revoked_at_platform", consent.as_str(), None)
+        }
         _ => return None,
     })
 }

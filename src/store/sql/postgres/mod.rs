@@ -107,7 +107,7 @@ use crate::store::{
 const COMMIT_LOCK: i64 = 0x4342_526B;
 
 /// The server-side function behind group commit, and the statement that pins its search path
-/// (schema version 6 created it, versions 7 to 10 replaced it). Its arguments are parallel
+/// (schema version 6 created it, versions 7 to 11 replaced it). Its arguments are parallel
 /// arrays, each row tagged with the position of its commit in the batch (rows in commit order).
 /// It answers, per commit, its first sequence number; -1 if a precondition failed; -2 - k if its
 /// check k (0-based over the whole batch) found an id already seen. A refused commit writes
@@ -194,7 +194,8 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.unnest(check_kind) AS k (kind)
             WHERE k.kind IS NULL OR k.kind NOT IN ('consent',
             'holder', 'usage', 'key', 'subject_key', 'attestation', 'served_unattended_below',
-            'served_present_below', 'policy', 'unseen', 'live_devices')) THEN
+            'served_present_below', 'policy', 'unseen', 'live_devices',
+            'not_revoked_at_platform')) THEN
         RAISE EXCEPTION 'consent-broker: unknown check';
     END IF;
     FOR _c IN 0 .. commits - 1 LOOP
@@ -256,6 +257,10 @@ BEGIN
                     FROM bank_device_keys d WHERE d.subject = _id
                     AND (d.record::jsonb ->> 'revoked_at') IS NULL;
                 _ok := COALESCE(_text, '') = _arg;
+            WHEN 'not_revoked_at_platform' THEN
+                SELECT pg_catalog.count(*) INTO _got FROM bank_platform_revocations
+                    WHERE consent = _id;
+                _ok := _got = 0;
             ELSE
                 RAISE EXCEPTION 'consent-broker: unknown check';
             END CASE;
@@ -531,6 +536,13 @@ const MIGRATIONS: &[Migration] = &[
         // sets no version and is refused too.
         sql: commit_function!(),
     },
+    Migration {
+        version: 11,
+        // The commit function checks that the bank's ledger records no revocation of a consent
+        // on the platform (`not_revoked_at_platform`): the gate's commit of a served access
+        // fails if the revocation feed that revokes its consent was applied since its read.
+        sql: commit_function!(),
+    },
 ];
 
 /// Schema version 6: each consent's holder in a column kept by a trigger, and the commit
@@ -689,7 +701,7 @@ impl PostgresStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 10;
+    pub const SCHEMA_VERSION: i64 = 11;
 
     /// How often a transaction is retried after a serialisation failure or deadlock.
     pub const MAX_TRANSACTION_ATTEMPTS: u32 = 5;
