@@ -109,8 +109,9 @@ const NO_SUCH_HOLDER: &str = "fault-injection-no-such-holder";
 /// A [`Store`] wrapper that forwards to `inner`, except where it injects a [`Fault`]: at random
 /// (seeded, at [`FaultRates`]) once [`FaultStore::random_faults`] is on, and on script
 /// ([`FaultStore::script`]). Injected errors are `StoreError::Unavailable("injected …")`. It can
-/// also run a hook just before a read ([`FaultStore::before_next_read`]), to make an interleaving
-/// with another thread deterministic.
+/// also run a hook just before a read ([`FaultStore::before_next_read`]) or just after one
+/// ([`FaultStore::after_next_read`]), to make an interleaving with another thread or process
+/// deterministic. Over a bank's ledger it is a [`LedgerRead`] too.
 pub struct FaultStore<S> {
     inner: S,
     state: Mutex<State>,
