@@ -561,6 +561,19 @@ fn proof_ids_of_any_form_are_taken_once_each_beside_ordered_ones() {
     }
 }
 
+/// `gate` (one of `bank`'s processes) checks `token` for the kit's request, with a fresh proof
+/// from the kit's platform.
+fn check_at<S: Store, L: Store + LedgerRead>(
+    kit: &TestBroker<S>,
+    bank: &TestBank<L>,
+    gate: &Bank<L>,
+    token: &str,
+) -> Result<Admission, GateError<<Accounts as DataHolder>::Error>> {
+    let mut proof = String::new();
+    let request = bank.present(kit, token, &mut proof);
+    gate.check(&request, &bank.accounts)
+}
+
 /// Two processes of one bank on one ledger, with different proof windows: the narrower gate's
 /// prune never forgets a proof the wider gate still takes, so a replay to the wider gate is
 /// refused.
@@ -598,9 +611,7 @@ fn a_gate_with_a_narrower_window_never_forgets_a_proof_another_still_takes() {
     // other accesses, enough that its commits prune (one check in eight does).
     kit.clock.advance(Duration::minutes(2));
     for _ in 0..8 {
-        let mut other = String::new();
-        let later = wide.present(&kit, &token.token, &mut other);
-        narrow.check(&later, &wide.accounts).unwrap();
+        check_at(&kit, &wide, &narrow, &token.token).unwrap();
     }
     match wide.bank.check(&request, &wide.accounts) {
         Err(GateError::Refused { refusal, .. }) => {
@@ -628,9 +639,7 @@ fn a_gate_whose_clock_is_ahead_never_forgets_a_token_another_still_takes() {
     );
     let consent = behind.granted(&kit);
     let token = kit.token(&kit.access(consent.id()));
-    let mut proof = String::new();
-    let request = behind.present(&kit, &token.token, &mut proof);
-    behind.bank.check(&request, &behind.accounts).unwrap();
+    check_at(&kit, &behind, &behind.bank, &token.token).unwrap();
     // To 28 s past the token's `exp`: within the leeway of the gate behind.
     let exp = token.expires_at;
     kit.clock.set(exp + Duration::seconds(28));
@@ -640,13 +649,9 @@ fn a_gate_whose_clock_is_ahead_never_forgets_a_token_another_still_takes() {
     // The gate ahead serves other tokens, enough that its commits prune (one check in eight).
     for _ in 0..8 {
         let other = kit.token(&kit.access(consent.id()));
-        let mut other_proof = String::new();
-        let later = behind.present(&kit, &other.token, &mut other_proof);
-        ahead.check(&later, &behind.accounts).unwrap();
+        check_at(&kit, &behind, &ahead, &other.token).unwrap();
     }
-    let mut again = String::new();
-    let replay = behind.present(&kit, &token.token, &mut again);
-    match behind.bank.check(&replay, &behind.accounts) {
+    match check_at(&kit, &behind, &behind.bank, &token.token) {
         Err(GateError::Refused { refusal, .. }) => {
             assert_eq!(refusal, GateRefusal::TokenReplayed)
         }
@@ -696,9 +701,7 @@ where
     ledger.after_next_read("gate_view", move || {
         other.apply_revocation_feed(&feed).unwrap();
     });
-    let mut proof = String::new();
-    let request = bank.present(&kit, &token.token, &mut proof);
-    match bank.bank.check(&request, &bank.accounts) {
+    match check_at(&kit, &bank, &bank.bank, &token.token) {
         Err(GateError::Refused { refusal, .. }) => {
             assert_eq!(refusal, GateRefusal::RevokedAtPlatform)
         }
