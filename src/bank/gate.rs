@@ -438,13 +438,12 @@ impl<S: Store + LedgerRead> Bank<S> {
             Err(StoreError::Conflict) => Err(Stop::Retry),
             // Another process took the same proof or token between our read and our write.
             Err(StoreError::Duplicate {
-                kind: RecordKind::SeenId,
-                id,
+                kind: RecordKind::Presented(kind),
+                ..
             }) => {
-                let refusal = if id == proof_id {
-                    GateRefusal::Proof(dpop::DpopError::Replayed)
-                } else {
-                    GateRefusal::TokenReplayed
+                let refusal = match kind {
+                    SeenKind::Proof => GateRefusal::Proof(dpop::DpopError::Replayed),
+                    SeenKind::Token => GateRefusal::TokenReplayed,
                 };
                 Err(Stop::Refuse(
                     refusal,

@@ -264,7 +264,7 @@ where
     assert_eq!(
         s.commit(remember(SeenKind::Proof, "p-1", 1)),
         Err(StoreError::Duplicate {
-            kind: RecordKind::SeenId,
+            kind: RecordKind::Presented(SeenKind::Proof),
             id: "p-1".into(),
         })
     );
@@ -343,7 +343,7 @@ where
     assert_eq!(
         s.commit(commit(vec![twice("t-7"), twice("t-7")], vec![])),
         Err(StoreError::Duplicate {
-            kind: RecordKind::SeenId,
+            kind: RecordKind::Presented(SeenKind::Token),
             id: "t-7".into(),
         })
     );

@@ -258,8 +258,8 @@ pub enum Change {
         presence: Presence,
     },
     /// Remembers a presented id with its signed time (see [`SeenKind`]); fails with
-    /// `Duplicate` if the same kind, time and id are remembered already (the presentation is a
-    /// replay).
+    /// `Duplicate` of [`RecordKind::Presented`](super::RecordKind::Presented) of this kind if the same kind, time and id are
+    /// remembered already (the presentation is a replay).
     #[non_exhaustive]
     RememberSeen {
         /// What kind of id.

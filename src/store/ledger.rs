@@ -166,6 +166,14 @@ impl SeenKind {
             Self::Token => "token",
         }
     }
+
+    /// The kind [`SeenKind::as_str`] names.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        [Self::Proof, Self::Token]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
 }
 
 /// How far the bank has followed the broker's feed of platform-side revocations.

@@ -7,6 +7,7 @@ use crate::ids::HolderId;
 use crate::keys::Ed25519PublicKey;
 use crate::merkle::Hash;
 use crate::policy::HolderPolicy;
+use crate::store::ledger::SeenKind;
 
 /// What the broker knows of a holder: its policy and the keys that sign its attestations.
 ///
@@ -231,8 +232,8 @@ pub enum RecordKind {
     AttestationRecord,
     /// A version of a bank's policy.
     BankPolicy,
-    /// A presented id (DPoP proof or token) the bank remembers.
-    SeenId,
+    /// An id presented to the bank's gate (a DPoP proof's or a token's), which it remembers.
+    Presented(SeenKind),
     /// A device key registered at a bank.
     DeviceKey,
     /// A subject's key.
@@ -276,7 +277,8 @@ impl std::fmt::Display for RecordKind {
             Self::AuditEntry => "audit entry",
             Self::AttestationRecord => "attestation record",
             Self::BankPolicy => "bank policy version",
-            Self::SeenId => "presented id",
+            Self::Presented(SeenKind::Proof) => "presented proof id",
+            Self::Presented(SeenKind::Token) => "presented token id",
             Self::DeviceKey => "device key",
             Self::SubjectKey => "subject key",
             Self::SubjectLink => "pairwise subject identifier",
@@ -308,7 +310,8 @@ mod tests {
         };
         for kind in [
             RecordKind::Consent,
-            RecordKind::SeenId,
+            RecordKind::Presented(SeenKind::Proof),
+            RecordKind::Presented(SeenKind::Token),
             RecordKind::Attestation,
         ] {
             assert!(!kind.names_a_person());

@@ -721,6 +721,92 @@ where
     );
 }
 
+/// A proof whose `jti` is the token's own (the platform chooses both), presented while another
+/// process of the bank serves the same token between this gate's read and its commit: the
+/// commit finds the token's id already presented and the gate refuses the token as replayed,
+/// not the proof (the ids are told apart by their kind, not by their text).
+#[test]
+fn a_token_taken_between_read_and_commit_is_refused_as_the_tokens_replay_whatever_the_proofs_id() {
+    token_taken_between_read_and_commit_on(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    token_taken_between_read_and_commit_on(
+        SqliteStore::open(dir.path().join("bank.sqlite")).unwrap(),
+    );
+}
+
+/// [`a_token_taken_between_read_and_commit_is_refused_as_the_tokens_replay_whatever_the_proofs_id`]
+/// on a ledger of the caller's.
+pub(crate) fn token_taken_between_read_and_commit_on<L>(ledger: L)
+where
+    L: Store + LedgerRead + Send + Sync + 'static,
+{
+    let kit = TestBroker::memory();
+    let ledger = std::sync::Arc::new(consent_broker::testing::FaultStore::new(ledger, 1));
+    let bank = TestBank::with_settings(&kit, ledger.clone(), GateSettings::default());
+    let consent = bank.granted(&kit);
+    let token = kit.token(&kit.access(consent.id()));
+    let payload = token.token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    let token_jti = claims["jti"].as_str().unwrap().to_owned();
+    // The platform's sender key (the kit's, seed 3) signs a proof carrying the token's `jti`.
+    let proof = crate::targets::sign_jws(
+        &json!({
+            "typ": "dpop+jwt", "alg": "EdDSA",
+            "jwk": {
+                "kty": "OKP", "crv": "Ed25519",
+                "x": kit.sender.public_key().to_base64url(),
+            },
+        })
+        .to_string(),
+        &json!({
+            "jti": token_jti, "htm": GET_BALANCE.method, "htu": GET_BALANCE.url,
+            "iat": kit.broker.now().unix_timestamp(),
+            "ath": consent_broker::dpop::token_hash(&token.token),
+        })
+        .to_string(),
+        3,
+    );
+    // Another process of the bank, serving the same token with the platform's usual proof.
+    let other = TestBank::another_gate(&kit, ledger.clone(), GateSettings::default());
+    let usual_proof = kit
+        .sender
+        .proof(
+            &GET_BALANCE,
+            &token.token,
+            kit.broker.now(),
+            &SeededRandom::new(77),
+        )
+        .unwrap();
+    let (copy, accounts) = (token.token.clone(), bank.accounts.clone());
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served_by_other = std::sync::Arc::clone(&served);
+    ledger.after_next_read("gate_view", move || {
+        let request = GateRequest {
+            token: &copy,
+            proof: &usual_proof,
+            http: GET_BALANCE,
+        };
+        other.check(&request, &accounts).unwrap();
+        served_by_other.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let request = GateRequest {
+        token: &token.token,
+        proof: &proof,
+        http: GET_BALANCE,
+    };
+    match bank.bank.check(&request, &bank.accounts) {
+        Err(GateError::Refused { refusal, .. }) => {
+            assert_eq!(refusal, GateRefusal::TokenReplayed)
+        }
+        other => panic!("a token presented twice was not refused as replayed: {other:?}"),
+    }
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst));
+}
+
 /// The ids a gate remembers are forgotten once no gate could take them: the ledger holds about
 /// what the last few minutes presented, not everything ever presented.
 #[test]

@@ -83,6 +83,18 @@ fn a_revocation_between_the_gates_read_and_its_commit_is_not_served_past_on_post
     crate::gate::revocation_between_read_and_commit_on(ledger);
 }
 
+/// A token another process of the bank serves between a gate's read and its commit, presented
+/// with a proof whose `jti` is the token's
+/// ([`crate::gate::token_taken_between_read_and_commit_on`]), the ledger on PostgreSQL: the commit
+/// function names the presented id's kind, and the gate refuses the token as replayed.
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn a_token_taken_between_the_gates_read_and_its_commit_is_refused_as_replayed_on_postgres() {
+    let ledger =
+        PostgresStore::open_with(&database_url(), options(&unique_name("gatetok"))).unwrap();
+    crate::gate::token_taken_between_read_and_commit_on(ledger);
+}
+
 /// A server of the test's own, fsync on and synchronous commit as `synchronous_commit` says (if
 /// empty, as its configuration files say: a setting on the command line outranks them, and
 /// `ALTER SYSTEM` could not change it), and its URL.

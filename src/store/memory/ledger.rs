@@ -159,7 +159,7 @@ impl LedgerState {
             Change::RememberSeen { kind, id, at, .. } => {
                 let entry = (*kind, at.unix_timestamp(), id.clone());
                 if !self.seen.insert(entry.clone()) {
-                    return Err(duplicate(RecordKind::SeenId, id));
+                    return Err(duplicate(RecordKind::Presented(*kind), id));
                 }
                 LedgerUndo::Seen(entry)
             }

@@ -420,7 +420,7 @@ pub(crate) fn apply<D: Dialect + ?Sized>(
                 Value::Int(at.unix_timestamp()),
                 Value::Text(id),
             ],
-            RecordKind::SeenId,
+            RecordKind::Presented(*kind),
             id,
         ),
         Change::PruneSeen {

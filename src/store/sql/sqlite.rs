@@ -1735,7 +1735,7 @@ mod tests {
         assert_eq!(
             store.commit(commit(remember("old-p"))),
             Err(StoreError::Duplicate {
-                kind: RecordKind::SeenId,
+                kind: RecordKind::Presented(SeenKind::Proof),
                 id: "old-p".into(),
             })
         );

@@ -28,7 +28,7 @@ use super::{PostgresStore, Reply};
 use crate::audit::PreparedEntry;
 use crate::policy::{Presence, Usage};
 use crate::store::sql::day_key;
-use crate::store::{Change, Commit, CommitReceipt, Precondition, RecordKind, StoreError};
+use crate::store::{Change, Commit, CommitReceipt, Precondition, RecordKind, SeenKind, StoreError};
 
 /// The call, prepared once per connection.
 const CALL: &str = "SELECT consent_broker_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
@@ -375,10 +375,11 @@ fn answer(
             let seen = k
                 .checked_sub(offset)
                 .and_then(|k| fast.checks.get(k))
-                .filter(|check| check.kind == "unseen");
+                .filter(|check| check.kind == "unseen")
+                .and_then(|check| Some((SeenKind::from_name(&check.arg)?, check)));
             Err(match seen {
-                Some(check) => StoreError::Duplicate {
-                    kind: RecordKind::SeenId,
+                Some((kind, check)) => StoreError::Duplicate {
+                    kind: RecordKind::Presented(kind),
                     id: check.id.clone(),
                 },
                 None => StoreError::Corrupt(format!("the commit function answered {refused}")),
