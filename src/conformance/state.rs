@@ -223,6 +223,17 @@ pub fn published_keys<H: Harness>() {
         )),
         Err(StoreError::Conflict)
     );
+    // The active key itself, published again: a duplicate (not another broker's activation).
+    assert_eq!(
+        s.commit(commit(
+            vec![Change::ActivateKey { key: first.clone() }],
+            vec![]
+        )),
+        Err(StoreError::Duplicate {
+            kind: RecordKind::Key,
+            id: first.kid.clone()
+        })
+    );
     let until = later + Duration::minutes(15);
     let retire = |kid: &str| Change::RetireKey {
         key_use: KeyUse::Token,

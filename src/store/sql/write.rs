@@ -204,15 +204,26 @@ fn apply<D: Dialect + ?Sized>(db: &mut D, change: &Change) -> Result<(), Failure
             attestation_id,
         ),
         Change::ActivateKey { key, .. } => {
-            // One active key per use: another broker activated one first.
-            let active = one(
+            // A key published before, active or retired, is a duplicate (as in memory: checked
+            // before the one active key per use).
+            let published = one(
                 db,
-                "SELECT kid FROM published_keys WHERE key_use = ?1 AND retired_at IS NULL",
-                &[Value::Text(key.key_use.as_str())],
-                |_| Ok(()),
+                "SELECT CASE WHEN kid = ?2 THEN 1 ELSE 0 END AS same FROM published_keys \
+                 WHERE key_use = ?1 AND (kid = ?2 OR retired_at IS NULL) \
+                 ORDER BY same DESC LIMIT 1",
+                &[Value::Text(key.key_use.as_str()), Value::Text(&key.kid)],
+                |row| row.int(0),
             )?;
-            if active.is_some() {
-                return Err(Failure::Refused(StoreError::Conflict));
+            match published {
+                Some(Some(1)) => {
+                    return Err(Failure::Refused(StoreError::Duplicate {
+                        kind: RecordKind::Key,
+                        id: key.kid.clone(),
+                    }));
+                }
+                // One active key per use: another broker activated one first.
+                Some(_) => return Err(Failure::Refused(StoreError::Conflict)),
+                None => {}
             }
             insert_new(
                 db,
