@@ -169,6 +169,33 @@ where
     assert_eq!(s.commit(guarded(None)), Err(StoreError::Conflict));
     let current = view(s, "att-1", "cns_1", DAY);
     assert_eq!(current.policy, Some(policy(2)));
+    // Versions appended out of order (the crate appends latest + 1; a store must not depend on
+    // it): the highest is current, in the view and for the precondition, and the history is in
+    // version order. A commit that fails after its append leaves the order as it was.
+    s.commit(only(Change::AppendBankPolicy { record: policy(5) }))
+        .unwrap();
+    s.commit(only(Change::AppendBankPolicy { record: policy(4) }))
+        .unwrap();
+    assert_eq!(
+        s.commit(commit(
+            vec![
+                Change::AppendBankPolicy { record: policy(3) },
+                Change::AppendBankPolicy { record: policy(4) },
+            ],
+            vec![]
+        )),
+        Err(StoreError::Duplicate {
+            kind: RecordKind::BankPolicy,
+            id: "4".into(),
+        })
+    );
+    assert_eq!(
+        s.bank_policies().unwrap(),
+        [policy(1), policy(2), policy(4), policy(5)]
+    );
+    assert_eq!(s.commit(guarded(Some(4))), Err(StoreError::Conflict));
+    s.commit(guarded(Some(5))).unwrap();
+    assert_eq!(view(s, "att-1", "cns_1", DAY).policy, Some(policy(5)));
 }
 
 /// Served counts per attestation and UTC day, by presence, and their precondition.

@@ -51,7 +51,7 @@ pub(super) struct LedgerRemoved {
 pub(super) enum LedgerUndo {
     AttestationInserted(String),
     AttestationUpdated(AttestationRecord),
-    PolicyAppended,
+    PolicyAppended(usize),
     Served((String, Date), Option<ServedCounts>),
     Seen(Seen),
     Pruned(Vec<Seen>),
@@ -131,14 +131,22 @@ impl LedgerState {
                 LedgerUndo::AttestationUpdated(std::mem::replace(stored, record.clone()))
             }
             Change::AppendBankPolicy { record, .. } => {
-                if self.policies.iter().any(|p| p.version == record.version) {
-                    return Err(duplicate(
-                        RecordKind::BankPolicy,
-                        &record.version.to_string(),
-                    ));
-                }
-                self.policies.push(record.clone());
-                LedgerUndo::PolicyAppended
+                // Kept in version order, as SQL reads them: the current policy is the highest
+                // version, whatever order the versions came in.
+                let at = match self
+                    .policies
+                    .binary_search_by_key(&record.version, |p| p.version)
+                {
+                    Ok(_) => {
+                        return Err(duplicate(
+                            RecordKind::BankPolicy,
+                            &record.version.to_string(),
+                        ));
+                    }
+                    Err(at) => at,
+                };
+                self.policies.insert(at, record.clone());
+                LedgerUndo::PolicyAppended(at)
             }
             Change::CountServed {
                 attestation,
@@ -330,8 +338,8 @@ impl LedgerState {
             LedgerUndo::AttestationUpdated(old) => {
                 self.attestations.insert(old.id.clone(), old);
             }
-            LedgerUndo::PolicyAppended => {
-                self.policies.pop();
+            LedgerUndo::PolicyAppended(at) => {
+                self.policies.remove(at);
             }
             LedgerUndo::Served(key, Some(old)) => {
                 self.served.insert(key, old);
