@@ -1860,6 +1860,68 @@ fn erasure_on_postgres_deletes_the_key_and_purges_its_table() {
     assert_eq!(size_after, 0);
 }
 
+/// A snapshot older than the erasure, held open in another session (a report's long
+/// transaction, say): VACUUM would copy the erased key's row into the rewritten file, so purge
+/// says "not done" and leaves the file as it was; once that transaction ends, purge rewrites the
+/// table without the row.
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn purge_on_postgres_waits_for_snapshots_that_still_see_the_erased_key() {
+    let url = database_url();
+    let schema = unique_name("erasewait");
+    let fx = Fixture::with_store(open(&url, &schema));
+    let granted = fx.granted();
+    let mut client = raw_client(&url);
+    let table = format!("{}.subject_keys", quote(&schema));
+    let file = |client: &mut Client| -> (i64, i64) {
+        let row = client
+            .query_one(
+                "SELECT pg_catalog.pg_relation_filenode($1::TEXT::regclass)::TEXT::BIGINT, \
+                 pg_catalog.pg_relation_size($1::TEXT::regclass)",
+                &[&table],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let (file_before, size_before) = file(&mut client);
+    assert!(size_before > 0, "the subject's key is in the table's file");
+    // Another session's snapshot, taken before the erasure and held. It reads no table (so it
+    // holds no lock that would stop the rewrite): its snapshot alone keeps the row.
+    let mut reader = raw_client(&url);
+    let mut old = reader
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    old.query_one("SELECT 1", &[]).unwrap();
+    let subject = granted.subject().clone();
+    let erasure = fx.broker.erase_subject(&subject).unwrap().unwrap();
+    assert!(
+        !erasure.purged,
+        "purged while a snapshot still sees the key"
+    );
+    assert_eq!(fx.broker.pseudonym_of(&subject).unwrap(), None);
+    assert_eq!(
+        file(&mut client),
+        (file_before, size_before),
+        "not rewritten"
+    );
+    // The old snapshot still reads the erased key: a rewrite would have had to keep it.
+    let still: i64 = old
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(still, 1);
+    old.commit().unwrap();
+    assert!(fx.broker.purge().unwrap());
+    let (file_after, size_after) = file(&mut client);
+    assert_ne!(file_after, file_before, "the table was rewritten");
+    assert_eq!(
+        size_after, 0,
+        "no byte of the erased key's row is left in the table's file"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. TLS
 //

@@ -1289,6 +1289,12 @@ impl Store for PostgresStore {
         // its operator (docs/PRIVACY.md).
         self.run(|worker| {
             let client = worker.client()?;
+            // VACUUM keeps a deleted row that a snapshot older than its deletion may still see,
+            // and the rewrite would copy it into the new file: first wait (at most two seconds)
+            // until no such snapshot is left, else report "not done".
+            if !older_snapshots_gone(client)? {
+                return Ok(false);
+            }
             // One statement per call: VACUUM refuses a multi-statement string too. The rewrite
             // takes an exclusive lock on the key table: wait for it at most two seconds (then
             // report "not done", to be retried) rather than stall every broker's reads.
@@ -1316,6 +1322,54 @@ impl Store for PostgresStore {
                 .map_err(|e| pg_error(&e))?;
             Ok(true)
         })
+    }
+}
+
+/// How long purge waits for the snapshots that may still see deleted rows.
+const PURGE_WAIT: StdDuration = StdDuration::from_secs(2);
+
+/// Waits, at most [`PURGE_WAIT`], until nothing that could still see a row deleted before this
+/// call holds back this database's vacuum horizon: a session of this database (or a WAL sender,
+/// whose standby's feedback holds it for every database) whose snapshot or transaction is older
+/// than the first transaction id not yet assigned when the call began, a replication slot or a
+/// prepared transaction as old. Sessions of other roles count too: their transaction ids are
+/// shown to every role. `false` if one is still there.
+fn older_snapshots_gone(client: &mut postgres::Client) -> Result<bool, StoreError> {
+    let started = std::time::Instant::now();
+    // Every transaction that committed before this call has a smaller id than this one (as an
+    // `xid`, the 32-bit form the statistics show, compared by age across wraparound).
+    let before: String = client
+        .query_one(
+            "SELECT (txid_snapshot_xmax(txid_current_snapshot()) % 4294967296)::TEXT",
+            &[],
+        )
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| pg_error(&e))?;
+    loop {
+        let holding: i64 = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity a \
+                     WHERE a.pid <> pg_catalog.pg_backend_pid() \
+                       AND (a.datname = pg_catalog.current_database() \
+                            OR a.backend_type = 'walsender') \
+                       AND (pg_catalog.age(a.backend_xmin) > pg_catalog.age($1::TEXT::xid) \
+                            OR pg_catalog.age(a.backend_xid) > pg_catalog.age($1::TEXT::xid))) \
+                   + (SELECT count(*) FROM pg_catalog.pg_replication_slots s \
+                     WHERE pg_catalog.age(s.xmin) > pg_catalog.age($1::TEXT::xid)) \
+                   + (SELECT count(*) FROM pg_catalog.pg_prepared_xacts p \
+                     WHERE p.database = pg_catalog.current_database() \
+                       AND pg_catalog.age(p.transaction) > pg_catalog.age($1::TEXT::xid))",
+                &[&before],
+            )
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| pg_error(&e))?;
+        if holding == 0 {
+            return Ok(true);
+        }
+        if started.elapsed() >= PURGE_WAIT {
+            return Ok(false);
+        }
+        std::thread::sleep(StdDuration::from_millis(10));
     }
 }
 
