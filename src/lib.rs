@@ -77,7 +77,7 @@ pub use bank::{
     DEFAULT_MAX_MERGE_DELAY, GateError, GateRequest, GateSettings, LogMonitor, MissingToken,
     MonitorError, MonitorReport, Prechecked, Served, SubjectView, TokenTerms,
 };
-pub use bank::{BankErasure, MAX_BANK_RETENTION_BATCH, PAIRWISE_PREFIX};
+pub use bank::{BankErasure, MAX_BANK_RETENTION_BATCH, MAX_LIVE_DEVICES, PAIRWISE_PREFIX};
 pub use broker::{
     AccessOutcome, AccessToken, Broker, BrokerBuilder, BrokerKeys, ConsentView,
     DEFAULT_MAX_ATTEMPTS, DEFAULT_PERMIT_LIFETIME, Denial, HolderRegistration, NeedsKeys, Permit,

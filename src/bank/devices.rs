@@ -7,7 +7,15 @@ use super::{Bank, BankError};
 use crate::audit::AuditEvent;
 use crate::hpke::DevicePublicKey;
 use crate::ids::SubjectId;
-use crate::store::{Change, Commit, DeviceKeyRecord, LedgerRead, RecordKind, Store, StoreError};
+use crate::store::{
+    Change, Commit, DeviceKeyRecord, LedgerRead, Precondition, RecordKind, Store, StoreError,
+};
+
+/// The most device keys one subject may have live (registered and not revoked) at once: as many
+/// as a sealed response has envelopes ([`MAX_ENVELOPES`](crate::MAX_ENVELOPES)) and an approval
+/// names devices. The gate reads them all for each sealed access: the bound keeps that small
+/// whatever a session does.
+pub const MAX_LIVE_DEVICES: usize = crate::MAX_ENVELOPES;
 
 impl<S: Store + LedgerRead> Bank<S> {
     /// Registers one of `subject`'s device keys, after the subject confirmed, in the bank's
@@ -16,7 +24,10 @@ impl<S: Store + LedgerRead> Bank<S> {
     /// another code). Recorded in the ledger and the journal.
     ///
     /// # Errors
-    /// [`BankError::DeviceKeyInUse`] for a key registered before, for anyone; [`BankError::Store`].
+    /// [`BankError::DeviceKeyInUse`] for a key registered before, for anyone;
+    /// [`BankError::TooManyDevices`] when the subject has [`MAX_LIVE_DEVICES`] live keys (the
+    /// commit checks the live keys it counted are still the live ones, so registrations at once
+    /// cannot pass the bound together); [`BankError::Store`].
     #[cfg_attr(
         feature = "tracing",
         tracing::instrument(name = "bank.register_device", level = "debug", skip_all)
@@ -27,6 +38,16 @@ impl<S: Store + LedgerRead> Bank<S> {
         key: DevicePublicKey,
     ) -> Result<(), BankError> {
         self.retrying(|| {
+            let live: Vec<String> = self
+                .live_devices(subject)?
+                .iter()
+                .map(DevicePublicKey::thumbprint)
+                .collect();
+            if live.len() >= MAX_LIVE_DEVICES {
+                return Err(BankError::TooManyDevices {
+                    limit: MAX_LIVE_DEVICES,
+                });
+            }
             let keyed = self.key_of(subject)?;
             let entry = self.record(
                 self.me(),
@@ -43,6 +64,10 @@ impl<S: Store + LedgerRead> Bank<S> {
             };
             let commit = keyed
                 .store_in(Commit::new(entry))
+                .precondition(Precondition::LiveDeviceKeys {
+                    subject: subject.clone(),
+                    thumbprints: live,
+                })
                 .change(Change::RegisterDeviceKey { record });
             match self.ledger.commit(commit) {
                 Ok(_) => Ok(()),

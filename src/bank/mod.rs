@@ -26,6 +26,7 @@ mod gate;
 mod monitor;
 mod privacy;
 
+pub use devices::MAX_LIVE_DEVICES;
 pub use gate::{
     Admission, CLOCK_SKEW_ALLOWANCE, GateError, GateRequest, GateSettings, Prechecked, Served,
 };
@@ -165,6 +166,13 @@ pub enum BankError {
     /// registration.
     #[error("this device key is registered at the bank already")]
     DeviceKeyInUse,
+    /// The subject has [`MAX_LIVE_DEVICES`](crate::MAX_LIVE_DEVICES) device keys that are not revoked: one must be
+    /// revoked before another is registered.
+    #[error("the subject has {limit} live device keys, the most the bank keeps")]
+    TooManyDevices {
+        /// The limit, [`MAX_LIVE_DEVICES`](crate::MAX_LIVE_DEVICES).
+        limit: usize,
+    },
     /// The approval names no device key, and some use (scope and purpose) it approves is not
     /// one the subject agreed to receive unsealed: its responses could never be delivered.
     #[error("the approval names no device to seal responses to")]

@@ -247,6 +247,18 @@ impl<S: Store> FaultStore<S> {
     }
 
     /// Runs the hook waiting for the end of a read of `what`, if any (outside the lock).
+    /// A read of the inner store's named `what`, with its faults and both kinds of hooks.
+    fn reading<T>(
+        &self,
+        what: &'static str,
+        read: impl FnOnce(&S) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.read(what)?;
+        let answer = read(&self.inner)?;
+        self.read_done(what);
+        Ok(answer)
+    }
+
     fn read_done(&self, what: &'static str) {
         let hook = {
             let mut state = self.state();
@@ -306,97 +318,90 @@ impl<S: Store> StateRead for FaultStore<S> {
         Ok(view)
     }
     fn holder(&self, id: &HolderId) -> Result<Option<HolderRecord>, StoreError> {
-        self.read("holder")?;
-        self.inner.holder(id)
+        self.reading("holder", |inner| inner.holder(id))
     }
     fn platform(&self, id: &PlatformId) -> Result<Option<PlatformProfile>, StoreError> {
-        self.read("platform")?;
-        self.inner.platform(id)
+        self.reading("platform", |inner| inner.platform(id))
     }
     fn consent(&self, id: &ConsentId) -> Result<Option<Consent>, StoreError> {
-        self.read("consent")?;
-        self.inner.consent(id)
+        self.reading("consent", |inner| inner.consent(id))
     }
     fn consents_of_subject(&self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
-        self.read("consents_of_subject")?;
-        self.inner.consents_of_subject(subject)
+        self.reading("consents_of_subject", |inner| {
+            inner.consents_of_subject(subject)
+        })
     }
     fn usage(&self, consent: &ConsentId, day: Date) -> Result<Usage, StoreError> {
-        self.read("usage")?;
-        self.inner.usage(consent, day)
+        self.reading("usage", |inner| inner.usage(consent, day))
     }
     fn attestation_used(&self, attestation_id: &str) -> Result<bool, StoreError> {
-        self.read("attestation_used")?;
-        self.inner.attestation_used(attestation_id)
+        self.reading("attestation_used", |inner| {
+            inner.attestation_used(attestation_id)
+        })
     }
     fn published_keys(&self) -> Result<Vec<PublishedKey>, StoreError> {
-        self.read("published_keys")?;
-        self.inner.published_keys()
+        self.reading("published_keys", |inner| inner.published_keys())
     }
     fn subject_key(
         &self,
         subject: &crate::ids::SubjectId,
     ) -> Result<Option<crate::privacy::SubjectKey>, StoreError> {
-        self.read("subject_key")?;
-        self.inner.subject_key(subject)
+        self.reading("subject_key", |inner| inner.subject_key(subject))
     }
     fn consents_ended_before(
         &self,
         before: time::OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<crate::consent::Consent>, StoreError> {
-        self.read("consents_ended_before")?;
-        self.inner.consents_ended_before(before, limit)
+        self.reading("consents_ended_before", |inner| {
+            inner.consents_ended_before(before, limit)
+        })
     }
 }
 
 /// A bank's ledger through the faults: every read as the store's own (hooks, random read
-/// faults), `gate_view` also with the hooks of [`FaultStore::after_next_read`].
+/// faults), and with the hooks of [`FaultStore::after_next_read`].
 impl<S: Store + LedgerRead> LedgerRead for FaultStore<S> {
     fn attestation_record(&self, id: &str) -> Result<Option<AttestationRecord>, StoreError> {
-        self.read("attestation_record")?;
-        self.inner.attestation_record(id)
+        self.reading("attestation_record", |inner| inner.attestation_record(id))
     }
 
     fn attestations_of_subject(
         &self,
         subject: &SubjectId,
     ) -> Result<Vec<AttestationRecord>, StoreError> {
-        self.read("attestations_of_subject")?;
-        self.inner.attestations_of_subject(subject)
+        self.reading("attestations_of_subject", |inner| {
+            inner.attestations_of_subject(subject)
+        })
     }
 
     fn attestations_of_consent(
         &self,
         consent: &ConsentId,
     ) -> Result<Vec<AttestationRecord>, StoreError> {
-        self.read("attestations_of_consent")?;
-        self.inner.attestations_of_consent(consent)
+        self.reading("attestations_of_consent", |inner| {
+            inner.attestations_of_consent(consent)
+        })
     }
 
     fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
-        self.read("bank_policies")?;
-        self.inner.bank_policies()
+        self.reading("bank_policies", |inner| inner.bank_policies())
     }
 
     fn seen(&self, kind: SeenKind, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
-        self.read("seen")?;
-        self.inner.seen(kind, id, at)
+        self.reading("seen", |inner| inner.seen(kind, id, at))
     }
 
     fn feed_state(&self) -> Result<Option<FeedState>, StoreError> {
-        self.read("feed_state")?;
-        self.inner.feed_state()
+        self.reading("feed_state", |inner| inner.feed_state())
     }
 
     fn device_keys(&self, subject: &SubjectId) -> Result<Vec<DeviceKeyRecord>, StoreError> {
-        self.read("device_keys")?;
-        self.inner.device_keys(subject)
+        self.reading("device_keys", |inner| inner.device_keys(subject))
     }
 
     fn subject_link(&self, pairwise: &SubjectId) -> Result<Option<SubjectLink>, StoreError> {
-        self.read("subject_link")?;
-        self.inner.subject_link(pairwise)
+        self.reading("subject_link", |inner| inner.subject_link(pairwise))
     }
 
     fn link_of(
@@ -404,8 +409,7 @@ impl<S: Store + LedgerRead> LedgerRead for FaultStore<S> {
         customer: &SubjectId,
         platform: &PlatformId,
     ) -> Result<Option<SubjectLink>, StoreError> {
-        self.read("link_of")?;
-        self.inner.link_of(customer, platform)
+        self.reading("link_of", |inner| inner.link_of(customer, platform))
     }
 
     fn attestations_ended_before(
@@ -413,27 +417,25 @@ impl<S: Store + LedgerRead> LedgerRead for FaultStore<S> {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<AttestationRecord>, StoreError> {
-        self.read("attestations_ended_before")?;
-        self.inner.attestations_ended_before(before, limit)
+        self.reading("attestations_ended_before", |inner| {
+            inner.attestations_ended_before(before, limit)
+        })
     }
 
     fn links_of_customer(&self, customer: &SubjectId) -> Result<Vec<SubjectLink>, StoreError> {
-        self.read("links_of_customer")?;
-        self.inner.links_of_customer(customer)
+        self.reading("links_of_customer", |inner| {
+            inner.links_of_customer(customer)
+        })
     }
 
     fn gate_view(&self, query: &GateQuery<'_>) -> Result<GateView, StoreError> {
-        self.read("gate_view")?;
-        let view = self.inner.gate_view(query)?;
-        self.read_done("gate_view");
-        Ok(view)
+        self.reading("gate_view", |inner| inner.gate_view(query))
     }
 }
 
 impl<S: Store> LogRead for FaultStore<S> {
     fn audit_len(&self) -> Result<u64, StoreError> {
-        self.read("audit_len")?;
-        self.inner.audit_len()
+        self.reading("audit_len", |inner| inner.audit_len())
     }
     fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
         self.read("audit_bytes")?;
@@ -444,16 +446,13 @@ impl<S: Store> LogRead for FaultStore<S> {
         Ok(entries)
     }
     fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
-        self.read("merkle_node")?;
-        self.inner.merkle_node(level, index)
+        self.reading("merkle_node", |inner| inner.merkle_node(level, index))
     }
     fn merkle_nodes(&self, level: u32, range: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
-        self.read("merkle_nodes")?;
-        self.inner.merkle_nodes(level, range)
+        self.reading("merkle_nodes", |inner| inner.merkle_nodes(level, range))
     }
     fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
-        self.read("latest_checkpoint")?;
-        self.inner.latest_checkpoint()
+        self.reading("latest_checkpoint", |inner| inner.latest_checkpoint())
     }
     fn derived_levels(&self) -> u32 {
         self.inner.derived_levels()

@@ -759,3 +759,48 @@ fn sealed_responses_are_bounded_on_both_sides() {
     let big = seal_response(&alerts(fits), &context, &[phone.public_key()], &random).unwrap();
     assert_eq!(open_response(&big, &phone).unwrap(), alerts(fits));
 }
+
+/// A subject has at most `MAX_LIVE_DEVICES` live device keys (each sealed response is sealed to
+/// every live key an approval names, and the gate reads them all): past it a registration is
+/// refused until one is revoked. Two processes of the bank registering the last place at once
+/// (the other registers between this one's read of the keys and its commit) do not both land:
+/// the commit finds the live keys changed, reads them again and refuses.
+#[test]
+fn a_subject_has_at_most_the_bound_of_live_device_keys_even_registering_at_once() {
+    let kit = TestBroker::memory();
+    let ledger = std::sync::Arc::new(consent_broker::testing::FaultStore::new(
+        MemoryStore::new(),
+        1,
+    ));
+    let bank = TestBank::with_settings(&kit, ledger.clone(), GateSettings::default());
+    let customer = bank.customer.clone();
+    let live = || {
+        bank.bank
+            .devices(&customer)
+            .unwrap()
+            .iter()
+            .filter(|d| d.revoked_at.is_none())
+            .count()
+    };
+    let key = |n: usize| DeviceSecretKey::derive(format!("device {n}").as_bytes()).public_key();
+    for n in 0..MAX_LIVE_DEVICES - 1 - live() {
+        bank.bank.register_device(&customer, key(n)).unwrap();
+    }
+    assert_eq!(live(), MAX_LIVE_DEVICES - 1);
+    let other = TestBank::another_gate(&kit, ledger.clone(), GateSettings::default());
+    let (theirs, last) = (customer.clone(), key(100));
+    ledger.after_next_read("device_keys", move || {
+        other.register_device(&theirs, last).unwrap();
+    });
+    let too_many = Err(BankError::TooManyDevices {
+        limit: MAX_LIVE_DEVICES,
+    });
+    assert_eq!(bank.bank.register_device(&customer, key(101)), too_many);
+    assert_eq!(live(), MAX_LIVE_DEVICES);
+    assert_eq!(bank.bank.register_device(&customer, key(102)), too_many);
+    // A lost phone revoked: a place again.
+    let first = bank.bank.devices(&customer).unwrap()[0].key.thumbprint();
+    bank.bank.revoke_device(&customer, &first).unwrap();
+    bank.bank.register_device(&customer, key(102)).unwrap();
+    assert_eq!(live(), MAX_LIVE_DEVICES);
+}
