@@ -407,7 +407,7 @@ pub trait Store: LogRead + StateRead {
     /// it could not finish now (call again later). The memory store has nothing to do; SQLite
     /// checkpoints the write-ahead log into the database (whose deleted cells `secure_delete`
     /// zeroed) and truncates it, after which no byte of the deleted rows is left in its files;
-    /// PostgreSQL, once no snapshot older than the call is left (else `Ok(false)` after two
+    /// PostgreSQL, once no snapshot older than the call is left (else `Ok(false)` after twelve
     /// seconds), rewrites the subject-key and link tables (`VACUUM FULL`: the keys' bytes
     /// leave the table files) and vacuums the others, which frees their dead rows' space
     /// without overwriting it at once (see `docs/PRIVACY.md` for that and for what a PostgreSQL

@@ -1282,17 +1282,32 @@ impl Store for PostgresStore {
     }
 
     fn purge(&self) -> Result<bool, StoreError> {
+        // VACUUM keeps a deleted row that a snapshot older than its deletion may still see, and
+        // the rewrite would copy it into the new file. So: the first transaction id not yet
+        // assigned now (every erasure committed before this call has a smaller one); wait, on a
+        // reader's connection (the writer goes on committing), until nothing older holds the
+        // horizon back; then vacuum on the writer's, and look again after it.
+        let (reply, answer) = mpsc::channel();
+        self.readers
+            .send(Read::Run(Box::new(move |worker: &mut Worker| {
+                let _ = reply.send(worker.client().and_then(|client| {
+                    let before = next_xid(client)?;
+                    let gone = wait_for_older_snapshots(client, &before, PURGE_WAIT)?;
+                    Ok(gone.then_some(before))
+                }));
+            })))?;
+        let Some(before) = answered(&answer)? else {
+            return Ok(false);
+        };
         // Outside any transaction (VACUUM refuses to run in one). The key and link tables are
         // small: rewriting them drops every dead row's bytes from their files. The others are
         // vacuumed, which frees their dead rows' space for reuse without rewriting the tables;
         // what a PostgreSQL server keeps beyond that (WAL segments, archives, backups) is for
         // its operator (docs/PRIVACY.md).
-        self.run(|worker| {
+        self.run(move |worker| {
             let client = worker.client()?;
-            // VACUUM keeps a deleted row that a snapshot older than its deletion may still see,
-            // and the rewrite would copy it into the new file: first wait (at most two seconds)
-            // until no such snapshot is left, else report "not done".
-            if !older_snapshots_gone(client)? {
+            // PostgreSQL 15 and older keep dead rows this many transactions longer.
+            if cleanup_deferred(client)? {
                 return Ok(false);
             }
             // One statement per call: VACUUM refuses a multi-statement string too. The rewrite
@@ -1314,6 +1329,11 @@ impl Store for PostgresStore {
                 }
                 Err(error) => return Err(pg_error(&error)),
             }
+            // A standby that connected while the rewrite ran may have brought an older horizon
+            // with it: then the rewrite may have kept the rows.
+            if !wait_for_older_snapshots(client, &before, StdDuration::ZERO)? {
+                return Ok(false);
+            }
             client
                 .batch_execute(
                     "VACUUM consents, usage, attestations, bank_attestations, bank_served, \
@@ -1325,33 +1345,55 @@ impl Store for PostgresStore {
     }
 }
 
-/// How long purge waits for the snapshots that may still see deleted rows.
-const PURGE_WAIT: StdDuration = StdDuration::from_secs(2);
+/// How long purge waits for the snapshots that may still see deleted rows: longer than a hot
+/// standby's feedback interval (`wal_receiver_status_interval`, 10 s by default), so that a
+/// standby's horizon can pass the purge's start within it.
+const PURGE_WAIT: StdDuration = StdDuration::from_secs(12);
 
-/// Waits, at most [`PURGE_WAIT`], until nothing that could still see a row deleted before this
-/// call holds back this database's vacuum horizon: a session of this database (or a WAL sender,
-/// whose standby's feedback holds it for every database) whose snapshot or transaction is older
-/// than the first transaction id not yet assigned when the call began, a replication slot or a
-/// prepared transaction as old. Sessions of other roles count too: their transaction ids are
-/// shown to every role. `false` if one is still there.
-fn older_snapshots_gone(client: &mut postgres::Client) -> Result<bool, StoreError> {
-    let started = std::time::Instant::now();
-    // Every transaction that committed before this call has a smaller id than this one (as an
-    // `xid`, the 32-bit form the statistics show, compared by age across wraparound).
-    let before: String = client
+/// The first transaction id not yet assigned, as an `xid` (the 32-bit form the statistics show,
+/// compared by age across wraparound), in text.
+fn next_xid(client: &mut postgres::Client) -> Result<String, StoreError> {
+    client
         .query_one(
             "SELECT (txid_snapshot_xmax(txid_current_snapshot()) % 4294967296)::TEXT",
             &[],
         )
         .and_then(|row| row.try_get(0))
+        .map_err(|e| pg_error(&e))
+}
+
+/// Whether the server keeps dead rows longer than its snapshots need (`vacuum_defer_cleanup_age`
+/// above zero, PostgreSQL 15 and older; later versions have no such setting).
+fn cleanup_deferred(client: &mut postgres::Client) -> Result<bool, StoreError> {
+    let deferred: Option<String> = client
+        .query_opt(
+            "SELECT setting FROM pg_catalog.pg_settings WHERE name = 'vacuum_defer_cleanup_age'",
+            &[],
+        )
+        .and_then(|row| row.map(|row| row.try_get(0)).transpose())
         .map_err(|e| pg_error(&e))?;
+    Ok(deferred.is_some_and(|age| age != "0"))
+}
+
+/// Waits, at most `wait`, until nothing that could still see a row deleted before `before` (a
+/// transaction id from [`next_xid`]) holds back this database's vacuum horizon: a session of
+/// this database, or one of no database (a WAL sender, whose standby's feedback holds the
+/// horizon of every database; the statistics show another role's WAL sender with neither its
+/// database nor its type), whose snapshot or transaction is older; a replication slot or a
+/// prepared transaction as old. Every role is shown every session's transaction ids. `false` if
+/// one is still there.
+fn wait_for_older_snapshots(
+    client: &mut postgres::Client,
+    before: &str,
+    wait: StdDuration,
+) -> Result<bool, StoreError> {
+    let started = std::time::Instant::now();
     loop {
         let holding: i64 = client
             .query_one(
                 "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity a \
                      WHERE a.pid <> pg_catalog.pg_backend_pid() \
-                       AND (a.datname = pg_catalog.current_database() \
-                            OR a.backend_type = 'walsender') \
+                       AND (a.datname = pg_catalog.current_database() OR a.datid IS NULL) \
                        AND (pg_catalog.age(a.backend_xmin) > pg_catalog.age($1::TEXT::xid) \
                             OR pg_catalog.age(a.backend_xid) > pg_catalog.age($1::TEXT::xid))) \
                    + (SELECT count(*) FROM pg_catalog.pg_replication_slots s \
@@ -1366,10 +1408,10 @@ fn older_snapshots_gone(client: &mut postgres::Client) -> Result<bool, StoreErro
         if holding == 0 {
             return Ok(true);
         }
-        if started.elapsed() >= PURGE_WAIT {
+        if started.elapsed() >= wait {
             return Ok(false);
         }
-        std::thread::sleep(StdDuration::from_millis(10));
+        std::thread::sleep(StdDuration::from_millis(20));
     }
 }
 
