@@ -8,7 +8,9 @@ use time::{Duration, OffsetDateTime};
 use crate::audit::AuditRecord;
 use crate::clock::saturating_add;
 use crate::keys::SigningKey;
-use crate::store::{Change, Commit, KeyUse, PublishedKey, StateRead, Store, StoreError};
+use crate::store::{
+    Change, Commit, KeyUse, PublishedKey, RecordKind, StateRead, Store, StoreError,
+};
 
 /// Why a key could not be made active.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +77,16 @@ pub(crate) fn activate<S: Store + ?Sized>(
             verifies_until: None,
         },
     });
-    store.commit(commit)?;
-    Ok(())
+    match store.commit(commit) {
+        Ok(_) => Ok(()),
+        // Another process published this key between our read and our commit: a conflict, so
+        // that the caller reads again (and finds it active, or retired).
+        Err(StoreError::Duplicate {
+            kind: RecordKind::Key,
+            id,
+        }) if id == key.kid() => Err(StoreError::Conflict.into()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Whether `store` publishes `kid` as the active key of `key_use`.

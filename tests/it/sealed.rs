@@ -417,3 +417,50 @@ fn the_test_kit_writes_nothing_into_a_store_a_real_broker_runs_on() {
     testing::bulk::append_decisions(&bench, 3, START).unwrap();
     assert_eq!(bench.audit_len().unwrap(), 3);
 }
+
+/// Two processes of one broker start at once on one store with the same keys: the second
+/// publishes them between the first's read of the published keys and its commit. The first's
+/// commit finds the key published (a duplicate), reads again, finds it active and starts: both
+/// run, and the log records each key's activation once.
+#[test]
+fn two_brokers_starting_at_once_with_the_same_keys_both_start() {
+    starting_at_once_on(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    starting_at_once_on(SqliteStore::open(dir.path().join("broker.sqlite")).unwrap());
+}
+
+fn starting_at_once_on<S: Store + Send + Sync + 'static>(store: S) {
+    let store = Arc::new(consent_broker::testing::FaultStore::new(store, 1));
+    let build = {
+        let store = Arc::clone(&store);
+        move || {
+            Broker::builder(id("broker"), Arc::clone(&store))
+                .keys(BrokerKeys::ephemeral(&SeededRandom::new(7)).unwrap())
+                .build()
+        }
+    };
+    let other = build.clone();
+    store.after_next_read("published_keys", move || {
+        other().unwrap();
+    });
+    let first = build().unwrap();
+    let activations: Vec<AuditKind> = first
+        .audit_log()
+        .unwrap()
+        .iter()
+        .map(AuditEntry::kind)
+        .filter(|kind| {
+            matches!(
+                kind,
+                AuditKind::SigningKeyActivated | AuditKind::CheckpointKeyActivated
+            )
+        })
+        .collect();
+    assert_eq!(
+        activations,
+        [
+            AuditKind::SigningKeyActivated,
+            AuditKind::CheckpointKeyActivated
+        ]
+    );
+}
