@@ -13,8 +13,10 @@ use crate::store::{
 
 /// The most device keys one subject may have live (registered and not revoked) at once: as many
 /// as a sealed response has envelopes ([`MAX_ENVELOPES`](crate::MAX_ENVELOPES)) and an approval
-/// names devices. The gate reads them all for each sealed access: the bound keeps that small
-/// whatever a session does.
+/// names devices. Revoked keys are kept (so that a lost phone's key can never be registered
+/// again) and are not counted: the gate, which reads the subject's keys for each sealed access,
+/// reads those too, so only the subject's own register-and-revoke cycles at the bank lengthen
+/// that read.
 pub const MAX_LIVE_DEVICES: usize = crate::MAX_ENVELOPES;
 
 impl<S: Store + LedgerRead> Bank<S> {

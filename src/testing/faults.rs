@@ -246,7 +246,6 @@ impl<S: Store> FaultStore<S> {
         Ok(())
     }
 
-    /// Runs the hook waiting for the end of a read of `what`, if any (outside the lock).
     /// A read of the inner store's named `what`, with its faults and both kinds of hooks.
     fn reading<T>(
         &self,
@@ -259,6 +258,7 @@ impl<S: Store> FaultStore<S> {
         Ok(answer)
     }
 
+    /// Runs the hook waiting for the end of a read of `what`, if any (outside the lock).
     fn read_done(&self, what: &'static str) {
         let hook = {
             let mut state = self.state();
@@ -443,6 +443,7 @@ impl<S: Store> LogRead for FaultStore<S> {
         if self.state().short_reads && entries.len() >= 2 {
             entries.pop();
         }
+        self.read_done("audit_bytes");
         Ok(entries)
     }
     fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
