@@ -179,7 +179,7 @@ fn monitoring(c: &mut Criterion) {
     group.throughput(criterion::Throughput::Elements(TOKENS as u64));
     group.bench_function("first_pass_100000_served_tokens", |b| {
         b.iter(|| {
-            let mut monitor = LogMonitor::new(
+            let mut monitor = LogMonitor::accepting_weak_policy(
                 kit.broker.log_origin(),
                 log_key.clone(),
                 WitnessPolicy::none(),

@@ -806,7 +806,7 @@ fn witness_publish_and_monitor(story: &mut Story, path: &Path, vkey: &str) -> Re
         witnesses: vec![witness.verifier().clone()],
         quorum: 1,
     };
-    let mut monitor = LogMonitor::new(story.broker.log_origin(), log_key, policy);
+    let mut monitor = LogMonitor::new(story.broker.log_origin(), log_key, policy)?;
     let report = monitor.check(&story.bank, &DirTiles::new(&tiles), story.clock.now())?;
     if !report.is_clean() {
         return Err(

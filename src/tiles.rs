@@ -698,13 +698,29 @@ impl TiledLog {
         checkpoint: Checkpoint,
     ) -> Result<Vec<TiledEntry>, TileError> {
         let mut entries = Vec::new();
-        self.walk(source, checkpoint, |index, bytes, _| {
+        self.update_each(source, checkpoint, |index, bytes| {
             entries.push(TiledEntry {
                 index,
                 bytes: bytes.to_vec(),
             });
         })?;
         Ok(entries)
+    }
+
+    /// [`TiledLog::update_to`], handing each new entry (its index and bytes) to `each` as it is
+    /// read instead of keeping them all: for a reader that keeps only what it needs of a long
+    /// stretch. What `each` saw is trustworthy only once this returns `Ok` (an entry it was
+    /// given may belong to tiles that then fail to match the checkpoint): stage it until then.
+    ///
+    /// # Errors
+    /// As [`TiledLog::update`].
+    pub fn update_each(
+        &mut self,
+        source: &impl TileSource,
+        checkpoint: Checkpoint,
+        mut each: impl FnMut(u64, &[u8]),
+    ) -> Result<(), TileError> {
+        self.walk(source, checkpoint, |index, bytes, _| each(index, bytes))
     }
 
     /// Reads the entries after the verified size up to `checkpoint`'s, each checked against its

@@ -16,12 +16,14 @@ use std::collections::{HashMap, HashSet};
 use time::{Duration, OffsetDateTime};
 
 use super::Bank;
+use super::gate::CLOCK_SKEW_ALLOWANCE;
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::checkpoint::NoteVerifier;
 use crate::cosignature::{WitnessPolicy, WitnessedError, verify_witnessed};
 use crate::ids::ConsentId;
 use crate::store::{LedgerRead, LogRead, Store, StoreError};
 use crate::tiles::{TileError, TileSource, TiledLog, checkpoint_note};
+use crate::token::{MAX_LEEWAY, MAX_TOKEN_LIFETIME};
 use crate::vocab::{Purpose, Scope};
 
 /// How long a served token may take to appear in the platform's published log, by default. A
@@ -65,13 +67,19 @@ pub struct TokenTerms {
 /// What one pass found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonitorReport {
-    /// The size of the platform's log, as its witnessed checkpoint says.
+    /// The size of the platform's log as last verified (this pass's witnessed checkpoint, or an
+    /// earlier pass's when this one's could not be read or trusted).
     pub log_size: u64,
-    /// The witnesses that cosigned that checkpoint.
+    /// The witnesses that cosigned this pass's checkpoint (none when it was not trusted).
     pub witnessed_by: Vec<String>,
+    /// Why this pass could not read or trust the platform's log (missing, unwitnessed, rolled
+    /// back, tiles that do not match): an alarm in itself when it persists. The bank's journal
+    /// was still read, and its served tokens judged against the log as last verified, so a log
+    /// kept unreadable does not stop the merge delay from running out.
+    pub log_error: Option<MonitorError>,
     /// Served tokens the log does not show issued for what was served (same token id, consent,
     /// scope, purpose, presence and token digest, which binds subject and account) after the
-    /// maximum merge delay, and token ids served a second time.
+    /// maximum merge delay, and token ids served again for another token.
     pub missing_tokens: Vec<MissingToken>,
     /// Attestations served tokens rested on that the log shows no approval of (for that
     /// consent, with the digest of the attestation the bank signed).
@@ -81,15 +89,16 @@ pub struct MonitorReport {
 }
 
 impl MonitorReport {
-    /// Whether the platform's log accounts for everything the bank served.
+    /// Whether the platform's log could be read and accounts for everything the bank served.
     pub fn is_clean(&self) -> bool {
-        self.missing_tokens.is_empty() && self.missing_approvals.is_empty()
+        self.log_error.is_none()
+            && self.missing_tokens.is_empty()
+            && self.missing_approvals.is_empty()
     }
 }
 
-/// Why a pass could not be made: the platform's published log cannot be trusted or read. Itself
-/// an alarm when it persists (a log that is not witnessed, or not consistent with what the bank
-/// saw before).
+/// Why a pass could not be made (the bank's own journal could not be read), why the platform's
+/// log was not trusted in a pass ([`MonitorReport::log_error`]), or why a monitor was not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MonitorError {
@@ -102,9 +111,34 @@ pub enum MonitorError {
     /// The bank's own journal could not be read.
     #[error("the bank's journal: {0}")]
     Journal(#[from] StoreError),
+    /// The witness policy cannot stop the platform from showing the bank a log of its own (no
+    /// witness, or quorums of its witnesses that need not overlap, or more than it lists):
+    /// [`LogMonitor::new`] refuses it.
+    #[error(
+        "a quorum of {quorum} of {witnesses} witnesses cannot stop a split view: ask a majority"
+    )]
+    WeakPolicy {
+        /// The policy's quorum.
+        quorum: usize,
+        /// How many witnesses it lists.
+        witnesses: usize,
+    },
 }
 
-/// The bank's monitor of one platform's log.
+/// How long after the monitor read a `token_issued` entry a token it names can still be served
+/// (its lifetime, the gates' leeway and the allowance for their clocks): older entries are
+/// dropped, so that the monitor's memory follows the tokens alive, not every token ever issued.
+const ISSUED_KEPT: Duration = MAX_TOKEN_LIFETIME
+    .saturating_add(MAX_LEEWAY)
+    .saturating_add(CLOCK_SKEW_ALLOWANCE);
+
+/// The longest token id or digest the monitor keeps from the log: a gate takes no longer `jti`,
+/// and a digest is 43 characters; a longer one could match nothing served.
+const LONGEST_KEPT: usize = 128;
+
+/// The bank's monitor of one platform's log. Its state lives in memory: a monitor made anew
+/// (after a restart) reads the whole log and journal again, and trusts the first checkpoint its
+/// policy accepts, so keep one running, and keep the witness policy a majority.
 #[derive(Debug)]
 pub struct LogMonitor {
     origin: String,
@@ -112,28 +146,41 @@ pub struct LogMonitor {
     policy: WitnessPolicy,
     max_merge_delay: Duration,
     log: TiledLog,
-    /// The tokens the log shows issued, by `jti`: what each was issued for.
-    issued: HashMap<String, Vec<TokenTerms>>,
-    /// The approvals the log shows: attestation id → consent and the attestation's digest.
+    /// The tokens the log shows issued for this bank's consents, by `jti`: what each was issued
+    /// for, and when the monitor read it.
+    issued: HashMap<String, Vec<(TokenTerms, OffsetDateTime)>>,
+    /// The approvals the log shows of attestations this bank signed: attestation id → consent
+    /// and the attestation's digest.
     approvals: HashMap<String, (ConsentId, Option<String>)>,
+    /// The consents of those approvals: this bank's, whose tokens the monitor keeps.
+    consents: HashSet<ConsentId>,
     /// The attestations the bank signed, by id: their digests, from the bank's journal.
     signed: HashMap<String, Option<String>>,
-    /// Token ids the gate served, to notice one served twice.
-    served: HashSet<String>,
+    /// Token ids the gate served, with the token's digest and when: the same id served again
+    /// for another token is reported.
+    served: HashMap<String, (Option<String>, OffsetDateTime)>,
     journal_position: u64,
     pending: HashMap<String, MissingToken>,
     missing_approvals: HashSet<String>,
 }
 
+/// What one pass read from the log, kept only once the log verified.
+#[derive(Default)]
+struct FromLog {
+    issued: Vec<(String, TokenTerms)>,
+    approvals: Vec<(String, ConsentId, Option<String>)>,
+}
+
 impl LogMonitor {
     /// Whether the log shows the approval of `attestation` for `consent`, committing to the
-    /// attestation the bank signed (when both sides recorded a digest: entries written before
-    /// digests carry none).
+    /// attestation the bank signed: when the bank recorded a digest, the log's entry must carry
+    /// the same one (an entry without one commits to nothing). Only entries written before the
+    /// bank recorded digests are taken without.
     fn approval_logged(&self, attestation: &str, consent: &ConsentId) -> bool {
         match self.approvals.get(attestation) {
             Some((logged, digest)) if logged == consent => {
                 match (digest, self.signed.get(attestation)) {
-                    (Some(logged), Some(Some(signed))) => logged == signed,
+                    (logged, Some(Some(signed))) => logged.as_ref() == Some(signed),
                     _ => true,
                 }
             }
@@ -142,7 +189,32 @@ impl LogMonitor {
     }
 
     /// Monitors the log of `origin`, signed by `log_key`, trusting checkpoints `policy` accepts.
-    pub fn new(origin: &str, log_key: NoteVerifier, policy: WitnessPolicy) -> Self {
+    ///
+    /// # Errors
+    /// [`MonitorError::WeakPolicy`] for a policy that cannot stop a split view: no witness
+    /// required, a quorum larger than the witnesses listed, or one that is not a majority of
+    /// them (two quorums that need not share a witness could each cosign a different log).
+    /// [`LogMonitor::accepting_weak_policy`] takes such a policy when that is meant.
+    pub fn new(
+        origin: &str,
+        log_key: NoteVerifier,
+        policy: WitnessPolicy,
+    ) -> Result<Self, MonitorError> {
+        let (quorum, witnesses) = (policy.quorum, policy.witnesses.len());
+        if quorum == 0 || quorum > witnesses || quorum.saturating_mul(2) <= witnesses {
+            return Err(MonitorError::WeakPolicy { quorum, witnesses });
+        }
+        Ok(Self::accepting_weak_policy(origin, log_key, policy))
+    }
+
+    /// [`LogMonitor::new`] taking any policy, [`WitnessPolicy::none`] included: for a log that
+    /// is not witnessed yet, knowing that the platform can then show the bank a log that no
+    /// one else sees.
+    pub fn accepting_weak_policy(
+        origin: &str,
+        log_key: NoteVerifier,
+        policy: WitnessPolicy,
+    ) -> Self {
         Self {
             origin: origin.to_owned(),
             log_key,
@@ -151,8 +223,9 @@ impl LogMonitor {
             log: TiledLog::new(),
             issued: HashMap::new(),
             approvals: HashMap::new(),
+            consents: HashSet::new(),
             signed: HashMap::new(),
-            served: HashSet::new(),
+            served: HashMap::new(),
             journal_position: 0,
             pending: HashMap::new(),
             missing_approvals: HashSet::new(),
@@ -166,115 +239,34 @@ impl LogMonitor {
         self
     }
 
-    /// One pass: reads the platform's newly published entries and the bank's newly journalled
-    /// accesses, and reports what the log does not account for. A token reported missing is
-    /// reported once; an attestation without an approval in the log, every pass.
+    /// One pass: reads the bank's newly journalled accesses, then the platform's newly
+    /// published entries, and reports what the log does not account for. A log that cannot be
+    /// read or trusted is reported ([`MonitorReport::log_error`]), and the served tokens are
+    /// judged against the log as last verified: past the merge delay, they are missing. A token
+    /// reported missing is reported once; an attestation without an approval in the log, every
+    /// pass.
     ///
     /// # Errors
-    /// [`MonitorError`]: nothing is learnt from a log that does not verify.
+    /// [`MonitorError::Journal`]: the bank's own journal could not be read (nothing of the pass
+    /// is kept; the next reads it again).
     pub fn check<S: Store + LedgerRead>(
         &mut self,
         bank: &Bank<S>,
         source: &impl TileSource,
         now: OffsetDateTime,
     ) -> Result<MonitorReport, MonitorError> {
-        let note = checkpoint_note(source)?;
-        let witnessed = verify_witnessed(&note, &self.log_key, Some(&self.origin), &self.policy)?;
-        for entry in self.log.update_to(source, witnessed.checkpoint.clone())? {
-            // An entry this build cannot parse names nothing the monitor looks for.
-            let Ok(entry) = AuditEntry::from_bytes(&entry.bytes) else {
-                continue;
-            };
-            match entry.event {
-                AuditEvent::TokenIssued {
-                    consent,
-                    scope,
-                    purpose,
-                    presence,
-                    token_id,
-                    token_digest,
-                    ..
-                } => {
-                    self.issued.entry(token_id).or_default().push(TokenTerms {
-                        consent,
-                        scope,
-                        purpose,
-                        presence,
-                        token_digest,
-                    });
-                }
-                AuditEvent::ConsentApproved {
-                    consent,
-                    attestation_id,
-                    attestation_digest,
-                    ..
-                }
-                | AuditEvent::ConsentReauthorised {
-                    consent,
-                    attestation_id,
-                    attestation_digest,
-                    ..
-                } => {
-                    self.approvals
-                        .insert(attestation_id, (consent, attestation_digest));
-                }
-                _ => {}
-            }
-        }
-        let journal = bank.journal();
-        let len = journal.audit_len()?;
-        let mut reused = Vec::new();
-        let mut position = self.journal_position;
-        while position < len {
-            let end = position.saturating_add(4096).min(len);
-            for entry in journal.audit_entries(position..end)? {
-                if let AuditEvent::AttestationSigned {
-                    attestation,
-                    attestation_digest,
-                    ..
-                } = &entry.event
-                {
-                    self.signed
-                        .insert(attestation.clone(), attestation_digest.clone());
-                }
-                if let AuditEvent::AccessServed {
-                    token_id,
-                    attestation,
-                    consent,
-                    scope,
-                    purpose,
-                    presence,
-                    token_digest,
-                    ..
-                } = entry.event
-                {
-                    let served = MissingToken {
-                        token_id,
-                        attestation,
-                        served_at: entry.at,
-                        journal_seq: entry.seq,
-                        terms: TokenTerms {
-                            consent,
-                            scope,
-                            purpose,
-                            presence,
-                            token_digest,
-                        },
-                    };
-                    // A token id served twice (a shadow broker reusing an id once the gate has
-                    // forgotten it): the second access is accounted for by nothing.
-                    if self.served.insert(served.token_id.clone()) {
-                        self.pending.insert(served.token_id.clone(), served);
-                    } else {
-                        reused.push(served);
-                    }
-                }
-            }
-            position = end;
-        }
-        self.journal_position = len;
-
-        let mut missing_tokens = reused;
+        let mut missing_tokens = self.read_journal(bank)?;
+        let (witnessed_by, log_error) = match self.read_log(source, now) {
+            Ok(witnessed) => (
+                witnessed
+                    .cosigned_by
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect(),
+                None,
+            ),
+            Err(error) => (Vec::new(), Some(error)),
+        };
         let mut still_pending = HashMap::new();
         let pending = std::mem::take(&mut self.pending);
         for (token_id, served) in pending {
@@ -282,7 +274,7 @@ impl LogMonitor {
             let logged = self
                 .issued
                 .get(&token_id)
-                .is_some_and(|issued| issued.contains(&served.terms));
+                .is_some_and(|issued| issued.iter().any(|(terms, _)| *terms == served.terms));
             if logged {
                 if !self.approval_logged(&served.attestation, &served.terms.consent) {
                     self.missing_approvals.insert(served.attestation.clone());
@@ -305,19 +297,177 @@ impl LogMonitor {
                     .is_some_and(|(consent, _)| self.approval_logged(attestation, consent))
             })
             .collect();
+        self.forget_the_expired(now);
         missing_tokens.sort_by_key(|m| m.journal_seq);
         let mut missing_approvals: Vec<String> = self.missing_approvals.iter().cloned().collect();
         missing_approvals.sort();
         Ok(MonitorReport {
-            log_size: witnessed.checkpoint.size,
-            witnessed_by: witnessed
-                .cosigned_by
-                .into_iter()
-                .map(|(name, _)| name)
-                .collect(),
+            log_size: self.log.size(),
+            witnessed_by,
+            log_error,
             missing_tokens,
             missing_approvals,
             pending: self.pending.len(),
         })
+    }
+
+    /// Reads the bank's journal from where the last pass stopped: the attestations it signed,
+    /// and each served access, pending until the log shows it. Kept only if all of it was read.
+    /// Returns the accesses whose token id was served before for another token.
+    fn read_journal<S: Store + LedgerRead>(
+        &mut self,
+        bank: &Bank<S>,
+    ) -> Result<Vec<MissingToken>, MonitorError> {
+        let journal = bank.journal();
+        let len = journal.audit_len()?;
+        let mut signed = Vec::new();
+        let mut served = Vec::new();
+        let mut position = self.journal_position;
+        while position < len {
+            let end = position.saturating_add(4096).min(len);
+            for entry in journal.audit_entries(position..end)? {
+                match entry.event {
+                    AuditEvent::AttestationSigned {
+                        attestation,
+                        attestation_digest,
+                        ..
+                    } => signed.push((attestation, attestation_digest)),
+                    AuditEvent::AccessServed {
+                        token_id,
+                        attestation,
+                        consent,
+                        scope,
+                        purpose,
+                        presence,
+                        token_digest,
+                        ..
+                    } => served.push(MissingToken {
+                        token_id,
+                        attestation,
+                        served_at: entry.at,
+                        journal_seq: entry.seq,
+                        terms: TokenTerms {
+                            consent,
+                            scope,
+                            purpose,
+                            presence,
+                            token_digest,
+                        },
+                    }),
+                    _ => {}
+                }
+            }
+            position = end;
+        }
+        self.journal_position = len;
+        self.signed.extend(signed);
+        let mut reused = Vec::new();
+        for access in served {
+            match self.served.get(&access.token_id) {
+                // The same token presented again (a gate that takes tokens more than once): the
+                // log's entry for it accounts for both.
+                Some((Some(digest), _)) if access.terms.token_digest.as_ref() == Some(digest) => {}
+                // A token id served before for another token (a shadow broker reusing an id
+                // once the gate has forgotten it): the second access is accounted for by nothing.
+                Some(_) => reused.push(access),
+                None => {
+                    self.served.insert(
+                        access.token_id.clone(),
+                        (access.terms.token_digest.clone(), access.served_at),
+                    );
+                    self.pending.insert(access.token_id.clone(), access);
+                }
+            }
+        }
+        Ok(reused)
+    }
+
+    /// Reads the platform's witnessed checkpoint and the entries after the size verified so far:
+    /// the approvals of attestations this bank signed, and the tokens issued for their consents
+    /// (the rest of the log is not this bank's). Kept only if the log verified.
+    fn read_log(
+        &mut self,
+        source: &impl TileSource,
+        now: OffsetDateTime,
+    ) -> Result<crate::cosignature::WitnessedCheckpoint, MonitorError> {
+        let note = checkpoint_note(source)?;
+        let witnessed = verify_witnessed(&note, &self.log_key, Some(&self.origin), &self.policy)?;
+        let mut read = FromLog::default();
+        let mut new_consents: HashSet<ConsentId> = HashSet::new();
+        let (signed, consents) = (&self.signed, &self.consents);
+        self.log
+            .update_each(source, witnessed.checkpoint.clone(), |_, bytes| {
+                // An entry this build cannot parse names nothing the monitor looks for.
+                let Ok(entry) = AuditEntry::from_bytes(bytes) else {
+                    return;
+                };
+                match entry.event {
+                    AuditEvent::TokenIssued {
+                        consent,
+                        scope,
+                        purpose,
+                        presence,
+                        token_id,
+                        token_digest,
+                        ..
+                    } => {
+                        let ours = consents.contains(&consent) || new_consents.contains(&consent);
+                        let kept = token_id.len() <= LONGEST_KEPT
+                            && token_digest
+                                .as_ref()
+                                .is_none_or(|d| d.len() <= LONGEST_KEPT);
+                        if ours && kept {
+                            read.issued.push((
+                                token_id,
+                                TokenTerms {
+                                    consent,
+                                    scope,
+                                    purpose,
+                                    presence,
+                                    token_digest,
+                                },
+                            ));
+                        }
+                    }
+                    AuditEvent::ConsentApproved {
+                        consent,
+                        attestation_id,
+                        attestation_digest,
+                        ..
+                    }
+                    | AuditEvent::ConsentReauthorised {
+                        consent,
+                        attestation_id,
+                        attestation_digest,
+                        ..
+                    } if signed.contains_key(&attestation_id) => {
+                        new_consents.insert(consent.clone());
+                        read.approvals
+                            .push((attestation_id, consent, attestation_digest));
+                    }
+                    _ => {}
+                }
+            })?;
+        for (token_id, terms) in read.issued {
+            self.issued.entry(token_id).or_default().push((terms, now));
+        }
+        for (attestation, consent, digest) in read.approvals {
+            self.approvals.insert(attestation, (consent, digest));
+        }
+        self.consents.extend(new_consents);
+        Ok(witnessed)
+    }
+
+    /// Drops the `token_issued` entries read longer ago than a token can live (before the
+    /// oldest access still pending was served, at the latest) and the served ids as old: what
+    /// no access served from now on can match.
+    fn forget_the_expired(&mut self, now: OffsetDateTime) {
+        let oldest_pending = self.pending.values().map(|m| m.served_at).min();
+        let cut = oldest_pending.map_or(now, |at| at.min(now)) - ISSUED_KEPT;
+        self.issued.retain(|_, issued| {
+            issued.retain(|(_, read_at)| *read_at >= cut);
+            !issued.is_empty()
+        });
+        self.served.retain(|_, (_, served_at)| *served_at >= cut);
     }
 }

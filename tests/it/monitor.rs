@@ -27,7 +27,7 @@ impl Platform {
             witnesses: vec![witness.verifier().clone()],
             quorum: 1,
         };
-        LogMonitor::new(self.kit.broker.log_origin(), self.log_key(), policy)
+        LogMonitor::new(self.kit.broker.log_origin(), self.log_key(), policy).unwrap()
     }
 
     fn log_key(&self) -> NoteVerifier {
@@ -100,7 +100,8 @@ fn the_bank_finds_what_its_gate_served_in_the_platforms_log_and_misses_a_shadow_
         witnesses: vec![witness.verifier().clone()],
         quorum: 1,
     };
-    let mut monitor = LogMonitor::new(kit.broker.log_origin(), platform.log_key(), policy.clone());
+    let mut monitor =
+        LogMonitor::new(kit.broker.log_origin(), platform.log_key(), policy.clone()).unwrap();
     let source = DirTiles::new(platform.dir.path());
     let report = monitor
         .check(&bank.bank, &source, kit.broker.now())
@@ -153,11 +154,14 @@ fn an_unwitnessed_or_rolled_back_log_is_not_believed() {
         witnesses: vec![witness.verifier().clone(), other.verifier().clone()],
         quorum: 2,
     };
-    let mut monitor = LogMonitor::new(kit.broker.log_origin(), platform.log_key(), strict);
+    let mut monitor = LogMonitor::new(kit.broker.log_origin(), platform.log_key(), strict).unwrap();
     let source = DirTiles::new(platform.dir.path());
     assert!(matches!(
-        monitor.check(&bank.bank, &source, kit.broker.now()),
-        Err(MonitorError::Checkpoint(WitnessedError::Quorum {
+        monitor
+            .check(&bank.bank, &source, kit.broker.now())
+            .unwrap()
+            .log_error,
+        Some(MonitorError::Checkpoint(WitnessedError::Quorum {
             got: 1,
             quorum: 2
         }))
@@ -177,8 +181,11 @@ fn an_unwitnessed_or_rolled_back_log_is_not_believed() {
     );
     // Served the older directory afterwards (a rollback of what is published): refused.
     assert!(matches!(
-        monitor.check(&bank.bank, &DirTiles::new(older.path()), kit.broker.now()),
-        Err(MonitorError::Tiles(TileError::Rollback { .. }))
+        monitor
+            .check(&bank.bank, &DirTiles::new(older.path()), kit.broker.now())
+            .unwrap()
+            .log_error,
+        Some(MonitorError::Tiles(TileError::Rollback { .. }))
     ));
 }
 
@@ -232,7 +239,8 @@ fn an_approval_the_platform_kept_out_of_its_log_is_reported() {
     let checkpoint = kit.broker.checkpoint().unwrap();
     publish(&kit.broker.store(), published.path(), &checkpoint).unwrap();
     let log_key = NoteVerifier::from_vkey(&kit.broker.checkpoint_verifier_key()).unwrap();
-    let mut monitor = LogMonitor::new(kit.broker.log_origin(), log_key, WitnessPolicy::none());
+    let mut monitor =
+        LogMonitor::accepting_weak_policy(kit.broker.log_origin(), log_key, WitnessPolicy::none());
     let report = monitor
         .check(
             &bank.bank,
@@ -246,7 +254,7 @@ fn an_approval_the_platform_kept_out_of_its_log_is_reported() {
 
 /// A shadow broker reuses the id of a token the published log shows but nobody presented (same
 /// keys): the log's entry is for another access, so the served one is still reported; and the
-/// id of a token the bank served before, served again, is reported at once.
+/// id of a token the bank served before, served again for another token, is reported.
 #[test]
 fn a_token_id_the_log_shows_for_another_access_does_not_account_for_this_one() {
     let (platform, bank, _witness_dir, witness, consent) = world();
@@ -362,15 +370,22 @@ fn an_approval_logged_with_another_attestations_digest_is_reported() {
         SigningKey::from_seed(&[42; 32]).unwrap().to_pkcs8_der(),
     )
     .unwrap();
-    let report = |forge: bool| {
+    // What the platform writes into the approval's digest: the true one (`None`), another
+    // attestation's (`Some(Some(..))`), or none at all (`Some(None)`).
+    let report = |forge: Option<Option<String>>| {
         let len = kit.broker.store().audit_len().unwrap();
         let entries = kit.broker.store().audit_bytes(0..len).unwrap();
         let mut log = crate::targets::LogStore::default();
         for stored in entries {
             let mut entry: serde_json::Value = serde_json::from_slice(&stored.bytes).unwrap();
-            if forge && entry["kind"] == "consent_approved" {
-                entry["attestation_digest"] =
-                    serde_json::json!(consent_broker::privacy::commitment(b"another attestation"));
+            if entry["kind"] == "consent_approved" {
+                match &forge {
+                    None => {}
+                    Some(Some(digest)) => entry["attestation_digest"] = serde_json::json!(digest),
+                    Some(None) => {
+                        entry.as_object_mut().unwrap().remove("attestation_digest");
+                    }
+                }
             }
             log.append(&serde_json::to_vec(&entry).unwrap());
         }
@@ -389,14 +404,138 @@ fn an_approval_logged_with_another_attestations_digest_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         publish(&log, dir.path(), &StoredCheckpoint { size, root, note }).unwrap();
         let verifier = NoteVerifier::from_vkey(&signer.verifier_key()).unwrap();
-        let mut monitor = LogMonitor::new(kit.broker.log_origin(), verifier, WitnessPolicy::none());
+        let mut monitor = LogMonitor::accepting_weak_policy(
+            kit.broker.log_origin(),
+            verifier,
+            WitnessPolicy::none(),
+        );
         monitor
             .check(&bank.bank, &DirTiles::new(dir.path()), kit.broker.now())
             .unwrap()
     };
-    let honest = report(false);
+    let honest = report(None);
     assert!(honest.is_clean(), "{honest:?}");
-    let forged = report(true);
+    let forged = report(Some(Some(consent_broker::privacy::commitment(
+        b"another attestation",
+    ))));
     assert_eq!(forged.missing_tokens, []);
-    assert_eq!(forged.missing_approvals, [attestation]);
+    assert_eq!(forged.missing_approvals, std::slice::from_ref(&attestation));
+    // An approval logged with no digest commits to nothing: reported too, once the bank
+    // recorded the digest of what it signed.
+    let bare = report(Some(None));
+    assert_eq!(bare.missing_tokens, []);
+    assert_eq!(bare.missing_approvals, [attestation]);
+}
+
+/// The platform serves from a shadow broker and keeps its published log unreadable (its
+/// checkpoint gone) until the merge delay has passed: the monitor still reads the bank's
+/// journal, reports the log's failure, and reports the shadow's token as missing once the delay
+/// has run out, judged against the log it verified last.
+#[test]
+fn a_log_kept_unreadable_does_not_stop_the_merge_delay() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    serve(kit, &bank, &consent);
+    platform.publish(&witness);
+    let mut monitor = platform.monitor(&witness);
+    let source = DirTiles::new(platform.dir.path());
+    let first = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(first.is_clean(), "{first:?}");
+    let shadow = TestBroker::configured(MemoryStore::new(), kit.bank.policy().clone(), |builder| {
+        builder.random(Arc::new(SeededRandom::new(98)))
+    });
+    for _ in 0..3 {
+        shadow.request();
+    }
+    let shadow_consent = bank.granted(&shadow);
+    serve(&shadow, &bank, &shadow_consent);
+    std::fs::remove_file(platform.dir.path().join("checkpoint")).unwrap();
+    let within = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(matches!(
+        within.log_error,
+        Some(MonitorError::Tiles(TileError::Missing { .. }))
+    ));
+    assert!(!within.is_clean());
+    assert_eq!((within.missing_tokens.len(), within.pending), (0, 1));
+    assert_eq!(within.log_size, first.log_size, "the log as last verified");
+    let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
+    let past = monitor.check(&bank.bank, &source, later).unwrap();
+    assert!(past.log_error.is_some());
+    assert_eq!(past.missing_tokens.len(), 1, "{past:?}");
+    assert_eq!(past.missing_tokens[0].terms.consent, *shadow_consent.id());
+}
+
+/// A policy that cannot stop a split view is refused unless asked for by name: no witness, a
+/// quorum that is not a majority of the witnesses listed (two quorums need not share one), or
+/// more than are listed.
+#[test]
+fn a_witness_policy_that_cannot_stop_a_split_view_is_refused() {
+    let (platform, ..) = world();
+    let witness = |n: u8| {
+        CosignatureSigner::new(
+            &format!("w{n}.example/witness"),
+            &crate::targets::pkcs8(30 + n),
+        )
+        .unwrap()
+        .verifier()
+        .clone()
+    };
+    let policy = |quorum: usize, of: u8| WitnessPolicy {
+        witnesses: (0..of).map(witness).collect(),
+        quorum,
+    };
+    let origin = platform.kit.broker.log_origin();
+    for (quorum, of) in [(0, 0), (0, 1), (1, 2), (2, 4), (3, 2)] {
+        assert_eq!(
+            LogMonitor::new(origin, platform.log_key(), policy(quorum, of)).map(drop),
+            Err(MonitorError::WeakPolicy {
+                quorum,
+                witnesses: usize::from(of)
+            })
+        );
+    }
+    for (quorum, of) in [(1, 1), (2, 2), (2, 3), (3, 4)] {
+        assert!(LogMonitor::new(origin, platform.log_key(), policy(quorum, of)).is_ok());
+    }
+    let _unwitnessed =
+        LogMonitor::accepting_weak_policy(origin, platform.log_key(), WitnessPolicy::none());
+}
+
+/// A gate that takes a token more than once serves the same token twice: the log's one entry
+/// accounts for both, and nothing is reported as a reused id.
+#[test]
+fn the_same_token_served_twice_is_accounted_for_by_its_one_entry() {
+    let platform = Platform {
+        kit: TestBroker::memory(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let kit = &platform.kit;
+    let bank = TestBank::with_settings(
+        kit,
+        MemoryStore::new(),
+        GateSettings {
+            single_use_tokens: false,
+            ..GateSettings::default()
+        },
+    );
+    let witness_dir = tempfile::tempdir().unwrap();
+    let witness = bank_witness(witness_dir.path(), &platform);
+    let consent = bank.granted(kit);
+    let token = kit.token(&kit.access(consent.id()));
+    bank.sync(kit).unwrap();
+    for _ in 0..2 {
+        let mut proof = String::new();
+        let request = bank.present(kit, &token.token, &mut proof);
+        bank.bank.serve(&request, &bank.accounts).unwrap().unwrap();
+    }
+    platform.publish(&witness);
+    let mut monitor = platform.monitor(&witness);
+    let source = DirTiles::new(platform.dir.path());
+    let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
+    let report = monitor.check(&bank.bank, &source, later).unwrap();
+    assert!(report.is_clean(), "{report:?}");
 }
