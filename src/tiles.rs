@@ -526,19 +526,29 @@ impl DirTiles {
     }
 }
 
+/// The largest file a published log holds at `path` (one of the layout's own paths): a
+/// checkpoint's note, a full hash tile, a full bundle of the largest entries. A reader refuses a
+/// larger one before reading it whole.
+///
+/// # Errors
+/// [`TileError::Malformed`] for a path that is not the layout's.
+pub(crate) fn largest_file(path: &str) -> Result<usize, TileError> {
+    Ok(if path == CHECKPOINT_FILE {
+        crate::checkpoint::MAX_NOTE_BYTES
+    } else {
+        match Tile::parse(path)?.kind {
+            TileKind::Hashes { .. } => FULL_TILE_BYTES,
+            TileKind::Entries => 256 * (2 + MAX_ENTRY_BYTES),
+        }
+    })
+}
+
 impl TileSource for DirTiles {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>, TileError> {
         // Only the layout's own paths: nothing outside the directory can be named. Each kind of
         // file has a largest size; a file above it (or not a regular file: a device, a pipe) is
         // refused before it is read.
-        let limit = if path == CHECKPOINT_FILE {
-            crate::checkpoint::MAX_NOTE_BYTES
-        } else {
-            match Tile::parse(path)?.kind {
-                TileKind::Hashes { .. } => FULL_TILE_BYTES,
-                TileKind::Entries => 256 * (2 + MAX_ENTRY_BYTES),
-            }
-        };
+        let limit = largest_file(path)?;
         let full = self.dir.join(path);
         let io = |error: std::io::Error| TileError::Io(format!("{}: {error}", full.display()));
         let metadata = match std::fs::metadata(&full) {

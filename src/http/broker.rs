@@ -406,7 +406,6 @@ impl WitnessClient for HttpWitness {
 pub struct HttpTiles {
     base: String,
     http: reqwest::blocking::Client,
-    limit: u64,
 }
 
 impl HttpTiles {
@@ -419,7 +418,6 @@ impl HttpTiles {
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http,
-            limit: u64::try_from(settings.max_response_bytes).unwrap_or(u64::MAX),
         })
     }
 }
@@ -427,6 +425,9 @@ impl HttpTiles {
 impl TileSource for HttpTiles {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>, TileError> {
         let io = |e: &dyn std::fmt::Display| TileError::Io(format!("{path}: {e}"));
+        // What the layout allows for this file, whatever the settings' answer limit: a log of
+        // large entries stays readable, and nothing larger than such a log holds is read.
+        let limit = u64::try_from(crate::tiles::largest_file(path)?).unwrap_or(u64::MAX);
         let response = self
             .http
             .get(format!("{}/{path}", self.base))
@@ -439,11 +440,11 @@ impl TileSource for HttpTiles {
         }
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(
-            &mut std::io::Read::take(response, self.limit.saturating_add(1)),
+            &mut std::io::Read::take(response, limit.saturating_add(1)),
             &mut bytes,
         )
         .map_err(|e| io(&e))?;
-        if bytes.len() as u64 > self.limit {
+        if bytes.len() as u64 > limit {
             return Err(io(&"too large"));
         }
         Ok(Some(bytes))

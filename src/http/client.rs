@@ -33,7 +33,8 @@ pub struct ClientSettings {
     /// PEM certificates of the certificate authorities to trust; `None` trusts the Web PKI's
     /// roots (Mozilla's, from `webpki-roots`). Verification is always on.
     pub root_certificates: Option<Vec<u8>>,
-    /// The largest answer read (default 1 MiB, above the largest sealed response).
+    /// The largest answer read (default 1 MiB, above the largest sealed response); `HttpTiles`
+    /// reads each published file up to what the tile layout allows for it instead.
     pub max_response_bytes: usize,
 }
 

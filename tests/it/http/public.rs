@@ -381,3 +381,77 @@ async fn the_clients_retry_only_what_cannot_have_been_acted_on() {
         Err(ClientError::Connect(_))
     ));
 }
+
+/// A log whose entries are large (256 of 8 KiB: a bundle of 2 MiB, past the client's default
+/// 1 MiB answer) read over HTTP from a plain file server: every file the layout allows is read
+/// whole, so the log verifies; a file larger than the layout allows for its path is refused
+/// unread past that size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiles_over_http_are_read_up_to_what_the_layout_allows_and_no_further() {
+    use consent_broker::checkpoint::{Checkpoint, NoteSigner, sign_checkpoint};
+    use consent_broker::tiles::{TileError, publish};
+    let mut log = crate::targets::LogStore::default();
+    for n in 0..256u32 {
+        let mut entry = vec![b'x'; 8 * 1024];
+        entry[..4].copy_from_slice(&n.to_be_bytes());
+        log.append(&entry);
+    }
+    let signer = NoteSigner::new(
+        "large.example/log",
+        SigningKey::from_seed(&[43; 32]).unwrap().to_pkcs8_der(),
+    )
+    .unwrap();
+    let (size, root) = (256, log.root(256).unwrap());
+    let note = sign_checkpoint(
+        &Checkpoint {
+            origin: "large.example/log".to_owned(),
+            size,
+            root,
+            extensions: Vec::new(),
+        },
+        &signer,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    publish(&log, dir.path(), &StoredCheckpoint { size, root, note }).unwrap();
+    let bundle = dir.path().join("tile/entries/000");
+    assert!(std::fs::metadata(&bundle).unwrap().len() > 1 << 20);
+    let root_dir = dir.path().to_owned();
+    let router = axum::Router::new().route(
+        "/{*path}",
+        axum::routing::get(
+            move |axum::extract::Path(path): axum::extract::Path<String>| {
+                let file = root_dir.join(path);
+                async move {
+                    match std::fs::read(file) {
+                        Ok(bytes) => (axum::http::StatusCode::OK, bytes),
+                        Err(_) => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
+                    }
+                }
+            },
+        ),
+    );
+    let server = Server::start(router).await;
+    let verifier = NoteVerifier::from_vkey(&signer.verifier_key()).unwrap();
+    let base = server.origin();
+    let read = {
+        let (base, verifier) = (base.clone(), verifier.clone());
+        tokio::task::spawn_blocking(move || {
+            verify_tiles(&HttpTiles::new(&base, &quick()).unwrap(), &verifier, None)
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(read.unwrap().checkpoint.size, 256);
+    // A hash tile one byte past a full one (256 hashes of 32 bytes).
+    std::fs::write(dir.path().join("tile/0/000"), vec![0u8; 256 * 32 + 1]).unwrap();
+    let refused = tokio::task::spawn_blocking(move || {
+        verify_tiles(&HttpTiles::new(&base, &quick()).unwrap(), &verifier, None)
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(&refused, Err(TileError::Io(message)) if message.contains("too large")),
+        "{refused:?}"
+    );
+}
