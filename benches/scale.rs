@@ -86,10 +86,6 @@ fn memory_latency(group: &mut criterion::BenchmarkGroup<'_, criterion::measureme
     });
 }
 
-/// A round trip between the two cores from which they count as far apart (ns): on this host
-/// the trips fall in two groups, about 50–150 ns and 350–600 ns.
-const FAR_FROM_NS: f64 = 250.0;
-
 /// Decisions timed in a block of [`interleaved_ratios`].
 const BLOCK: usize = 8_192;
 
@@ -113,8 +109,9 @@ fn block(s: &support::Setup, requests: &[AccessRequest], next: &mut usize) -> st
 ///   the broker's pseudonym cache holds: a grant without kept pseudonyms would make the
 ///   subject's and the account's afresh on most decisions);
 /// - one thread ÷ two threads deciding on one broker, each thread with ids of its own, in
-///   twice as many pairs, each beside the round trip between the cores just before it
-///   (`support::interleaved_by_placement`), so that both placements of the cores have pairs.
+///   twice as many pairs, each beside the exchanges between the cores just before it
+///   (`support::interleaved_by_interference`): whether the host was running something else on
+///   one of the two virtual cores.
 fn interleaved_ratios(large: u64, cycle: usize) {
     const PAIRS: usize = 60;
     let filled = |count: u64| {
@@ -158,26 +155,33 @@ fn interleaved_ratios(large: u64, cycle: usize) {
     let per_call = |threads: usize| {
         support::concurrently(&brokers, threads, &s.access, BLOCK as u64) / BLOCK as u32
     };
-    // Each pair beside the round trip between the two cores just before it: the host moves
-    // them between sharing a cache and not from one second to the next, and a decision on two
-    // cores waits on a few lines the other core wrote last.
-    let (threads, placement) =
-        support::interleaved_by_placement(2 * PAIRS, || per_call(2), || per_call(1), FAR_FROM_NS);
+    // Each pair beside the exchanges between the two cores just before it: the host runs other
+    // work on one of the two virtual cores now and then, and a decision on two cores then waits.
+    let (threads, interference) =
+        support::interleaved_by_interference(2 * PAIRS, || per_call(2), || per_call(1));
     eprintln!(
         "scale: one thread ÷ two, one broker, {} alternated pairs of {BLOCK} decisions: \
          median {:.3}× (quartiles {:.3}–{:.3}); {:.0} ns a decision with one, {:.0} ns with two",
         threads.pairs, threads.median, threads.q1, threads.q3, threads.second_ns, threads.first_ns
     );
-    for (side, found) in [("near", &placement.near), ("far", &placement.far)] {
-        if let Some((pairs, trip)) = found {
+    for (name, found) in [
+        ("quiet", &interference.quiet),
+        ("interrupted", &interference.interrupted),
+    ] {
+        if let Some(side) = found {
             eprintln!(
-                "scale: the same, the pairs with the cores {side} (a round trip of {trip:.0} ns): \
-                 {} pairs, median {:.3}× (quartiles {:.3}–{:.3})",
-                pairs.pairs, pairs.median, pairs.q1, pairs.q3
+                "scale: the same, the pairs after {name} exchanges (a round trip of {:.0} ns, \
+                 {:.1} % of blocks stalled): {} pairs, median {:.3}× (quartiles {:.3}–{:.3})",
+                side.round_trip_ns,
+                100.0 * side.stalled,
+                side.pairs.pairs,
+                side.pairs.median,
+                side.pairs.q1,
+                side.pairs.q3
             );
         }
     }
-    support::write_report("two-threads-interleaved.json", &placement.json(&threads));
+    support::write_report("two-threads-interleaved.json", &interference.json(&threads));
 }
 
 fn bench(c: &mut Criterion) {

@@ -220,12 +220,12 @@ pub fn interleaved(
 }
 
 /// Each pair's two times per call (ns) and what `beside` measured just before the pair.
-fn timed_pairs(
+fn timed_pairs<T>(
     pairs: usize,
     mut first: impl FnMut() -> std::time::Duration,
     mut second: impl FnMut() -> std::time::Duration,
-    mut beside: impl FnMut() -> f64,
-) -> Vec<(f64, f64, f64)> {
+    mut beside: impl FnMut() -> T,
+) -> Vec<(f64, f64, T)> {
     (0..pairs)
         .map(|pair| {
             let before = beside();
@@ -263,80 +263,112 @@ fn summary(pairs: impl Iterator<Item = (f64, f64)>) -> Interleaved {
     }
 }
 
-/// [`interleaved`] for work that runs on both cores, each pair preceded by
-/// [`core_round_trip_ns`]: all the pairs, and apart the pairs whose cores were near (a round
-/// trip under `far_from_ns`) and those whose cores were far.
-pub fn interleaved_by_placement(
+/// [`interleaved`] for work that runs on both cores, each pair preceded by [`core_exchanges`]:
+/// all the pairs, and apart the pairs before which the two threads exchanged with few stalls
+/// (quiet) and those before which [`INTERRUPTED_FROM`] or more of the blocks stalled
+/// (interrupted: the host ran something else on one of the two virtual cores for a while).
+pub fn interleaved_by_interference(
     pairs: usize,
     first: impl FnMut() -> std::time::Duration,
     second: impl FnMut() -> std::time::Duration,
-    far_from_ns: f64,
-) -> (Interleaved, Placement) {
-    let timed = timed_pairs(pairs, first, second, core_round_trip_ns);
-    let all = summary(timed.iter().map(|&(a, b, _)| (a, b)));
-    let side = |far: bool| {
+) -> (Interleaved, Interference) {
+    let timed = timed_pairs(pairs, first, second, core_exchanges);
+    let all = summary(timed.iter().map(|(a, b, _)| (*a, *b)));
+    let side = |interrupted: bool| {
         let chosen: Vec<_> = timed
             .iter()
-            .filter(|&&(_, _, trip)| (trip >= far_from_ns) == far)
+            .filter(|(_, _, exchanges)| (exchanges.stalled >= INTERRUPTED_FROM) == interrupted)
             .collect();
-        let mut trips: Vec<f64> = chosen.iter().map(|&&(_, _, trip)| trip).collect();
-        (!chosen.is_empty()).then(|| {
-            (
-                summary(chosen.iter().map(|&&(a, b, _)| (a, b))),
-                median_of(&mut trips, 2),
-            )
+        let mut trips: Vec<f64> = chosen.iter().map(|(_, _, e)| e.median_ns).collect();
+        let stalled =
+            chosen.iter().map(|(_, _, e)| e.stalled).sum::<f64>() / chosen.len().max(1) as f64;
+        (!chosen.is_empty()).then(|| Side {
+            pairs: summary(chosen.iter().map(|(a, b, _)| (*a, *b))),
+            round_trip_ns: median_of(&mut trips, 2),
+            stalled,
         })
     };
-    let placement = Placement {
-        far_from_ns,
-        near: side(false),
-        far: side(true),
+    let interference = Interference {
+        quiet: side(false),
+        interrupted: side(true),
     };
-    (all, placement)
+    (all, interference)
 }
 
-/// The pairs of [`interleaved_by_placement`] by where the host had put the two cores: each side
-/// with the median round trip between the cores over its pairs (`None`: no pair).
-pub struct Placement {
-    pub far_from_ns: f64,
-    pub near: Option<(Interleaved, f64)>,
-    pub far: Option<(Interleaved, f64)>,
+/// One side of [`Interference`]: its pairs, the median round trip before them, and the mean
+/// share of stalled exchanges.
+pub struct Side {
+    pub pairs: Interleaved,
+    pub round_trip_ns: f64,
+    pub stalled: f64,
 }
 
-impl Placement {
-    /// The pairs and the placement as JSON, for `scripts/bench-report`.
+/// The pairs of [`interleaved_by_interference`] by whether the exchanges before them stalled
+/// (`None`: no pair on that side).
+pub struct Interference {
+    pub quiet: Option<Side>,
+    pub interrupted: Option<Side>,
+}
+
+impl Interference {
+    /// The pairs and both sides as JSON, for `scripts/bench-report`.
     pub fn json(&self, all: &Interleaved) -> String {
-        let side = |found: &Option<(Interleaved, f64)>| match found {
-            Some((pairs, trip)) => format!(
-                "{{\"round_trip_ns\": {trip}, \"pairs\": {}, \"median\": {}, \"q1\": {}, \"q3\": {}}}",
-                pairs.pairs, pairs.median, pairs.q1, pairs.q3
+        let side = |found: &Option<Side>| match found {
+            Some(side) => format!(
+                "{{\"round_trip_ns\": {}, \"stalled\": {}, \"pairs\": {}, \"median\": {}, \"q1\": {}, \"q3\": {}}}",
+                side.round_trip_ns,
+                side.stalled,
+                side.pairs.pairs,
+                side.pairs.median,
+                side.pairs.q1,
+                side.pairs.q3
             ),
             None => "null".to_owned(),
         };
         let all = all.json();
         format!(
-            "{}, \"far_from_ns\": {}, \"near\": {}, \"far\": {}}}\n",
+            "{}, \"stalled_from_ns\": {STALLED_NS}, \"interrupted_from\": {INTERRUPTED_FROM}, \"quiet\": {}, \"interrupted\": {}}}\n",
             all.trim_end().trim_end_matches('}'),
-            self.far_from_ns,
-            side(&self.near),
-            side(&self.far)
+            side(&self.quiet),
+            side(&self.interrupted)
         )
     }
 }
 
-/// The time for a write on one core to be seen on another and answered (ns, the mean of up to
-/// 20,000 exchanges, stopping after 50 ms): two threads taking turns to write one atomic. A
-/// decision on two cores pays about half of it for each cache line the other core wrote last
-/// (the state's lock, the log's lock and tail). On this shared machine it moves with where the
-/// host puts the two virtual cores: about 50–150 ns when they share a cache, 350–600 ns when
-/// they do not, from one second to the next.
-pub fn core_round_trip_ns() -> f64 {
+/// A block of exchanges whose mean round trip is longer than this (ns) stalled: one of the two
+/// threads was off its core for part of it (a round trip between two cores takes 50–600 ns).
+pub const STALLED_NS: f64 = 2_000.0;
+
+/// The share of stalled blocks from which the exchanges before a pair count as interrupted: a
+/// timer tick in the millisecond the exchanges take stalls one block of about 300 (0.3 %); the
+/// host running something else on one of the two virtual cores stalls many, or all.
+pub const INTERRUPTED_FROM: f64 = 0.02;
+
+/// What [`core_exchanges`] measured.
+pub struct Exchanges {
+    /// The median of the blocks' mean round trips (ns).
+    pub median_ns: f64,
+    /// The share of blocks that stalled ([`STALLED_NS`]); 1 when not one block completed.
+    pub stalled: f64,
+}
+
+/// The time for a write on one core to be seen on another and answered: two threads taking
+/// turns to write one atomic, up to 20,000 exchanges (stopping after 50 ms), timed in blocks of
+/// 64. The median of the blocks' means is the round trip between the cores: about 50 ns on this
+/// machine when both run. A block whose mean is past [`STALLED_NS`] stalled: the host took one
+/// of the two virtual cores for something else meanwhile, which a decision on two cores then
+/// waits for too. (The mean of all exchanges, which this measured before, mixes the two: its
+/// "far" round trips of 350–1,400 ns were such stalls.)
+pub fn core_exchanges() -> Exchanges {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     const EXCHANGES: u64 = 20_000;
+    const BLOCK: u64 = 64;
     let turn = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let started = std::time::Instant::now();
-    let done = std::thread::scope(|scope| {
+    let deadline = started + std::time::Duration::from_millis(50);
+    let mut blocks: Vec<f64> = Vec::with_capacity((EXCHANGES / BLOCK) as usize);
+    std::thread::scope(|scope| {
         scope.spawn(|| {
             for i in 0..EXCHANGES {
                 while turn.load(Ordering::Acquire) != 2 * i + 1 {
@@ -348,7 +380,7 @@ pub fn core_round_trip_ns() -> f64 {
                 turn.store(2 * i + 2, Ordering::Release);
             }
         });
-        let deadline = started + std::time::Duration::from_millis(50);
+        let mut block_start = std::time::Instant::now();
         for i in 0..EXCHANGES {
             turn.store(2 * i + 1, Ordering::Release);
             let mut spins = 0u32;
@@ -357,14 +389,33 @@ pub fn core_round_trip_ns() -> f64 {
                 // The clock read now and then: on every spin it would lengthen the trip.
                 if spins.is_multiple_of(1024) && std::time::Instant::now() > deadline {
                     stop.store(true, Ordering::Relaxed);
-                    return i;
+                    return;
                 }
                 std::hint::spin_loop();
             }
+            if (i + 1).is_multiple_of(BLOCK) {
+                let now = std::time::Instant::now();
+                blocks.push((now - block_start).as_nanos() as f64 / BLOCK as f64);
+                block_start = now;
+                if now > deadline {
+                    stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
         }
-        EXCHANGES
     });
-    started.elapsed().as_nanos() as f64 / done.max(1) as f64
+    if blocks.is_empty() {
+        // Not one block in 50 ms: the two threads hardly ever ran at once.
+        return Exchanges {
+            median_ns: started.elapsed().as_nanos() as f64,
+            stalled: 1.0,
+        };
+    }
+    let stalled = blocks.iter().filter(|&&b| b > STALLED_NS).count() as f64 / blocks.len() as f64;
+    Exchanges {
+        median_ns: median_of(&mut blocks, 2),
+        stalled,
+    }
 }
 
 /// Writes `json` to `name` in Cargo's target `tmp` directory, where `scripts/bench-report` reads
