@@ -659,6 +659,30 @@ fn a_gate_whose_clock_is_ahead_never_forgets_a_token_another_still_takes() {
     }
 }
 
+/// A gate on `ledger` through the faults (so that another process's write can land between the
+/// gate's read and its commit), the kit beside it, a consent the bank approved and a token for
+/// it.
+#[allow(clippy::type_complexity, reason = "a test's tuple of what it set up")]
+fn racing<L>(
+    ledger: L,
+) -> (
+    TestBroker,
+    std::sync::Arc<consent_broker::testing::FaultStore<L>>,
+    TestBank<std::sync::Arc<consent_broker::testing::FaultStore<L>>>,
+    Consent,
+    AccessToken,
+)
+where
+    L: Store + LedgerRead + Send + Sync + 'static,
+{
+    let kit = TestBroker::memory();
+    let ledger = std::sync::Arc::new(consent_broker::testing::FaultStore::new(ledger, 1));
+    let bank = TestBank::with_settings(&kit, ledger.clone(), GateSettings::default());
+    let consent = bank.granted(&kit);
+    let token = kit.token(&kit.access(consent.id()));
+    (kit, ledger, bank, consent, token)
+}
+
 /// The platform's revocation reaches the bank's ledger (another process of the bank applies the
 /// revocation feed) after a gate has read its view of an access, before it commits: the gate's
 /// commit fails on it, and the gate decides again, refusing. The journal never shows data served
@@ -678,11 +702,7 @@ pub(crate) fn revocation_between_read_and_commit_on<L>(ledger: L)
 where
     L: Store + LedgerRead + Send + Sync + 'static,
 {
-    let kit = TestBroker::memory();
-    let ledger = std::sync::Arc::new(consent_broker::testing::FaultStore::new(ledger, 1));
-    let bank = TestBank::with_settings(&kit, ledger.clone(), GateSettings::default());
-    let consent = bank.granted(&kit);
-    let token = kit.token(&kit.access(consent.id()));
+    let (kit, ledger, bank, consent, token) = racing(ledger);
     kit.broker
         .revoke(
             consent.id(),
@@ -740,17 +760,9 @@ pub(crate) fn token_taken_between_read_and_commit_on<L>(ledger: L)
 where
     L: Store + LedgerRead + Send + Sync + 'static,
 {
-    let kit = TestBroker::memory();
-    let ledger = std::sync::Arc::new(consent_broker::testing::FaultStore::new(ledger, 1));
-    let bank = TestBank::with_settings(&kit, ledger.clone(), GateSettings::default());
-    let consent = bank.granted(&kit);
-    let token = kit.token(&kit.access(consent.id()));
+    let (kit, ledger, bank, _, token) = racing(ledger);
     let payload = token.token.split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims: Value = serde_json::from_slice(&unb64(payload)).unwrap();
     let token_jti = claims["jti"].as_str().unwrap().to_owned();
     // The platform's sender key (the kit's, seed 3) signs a proof carrying the token's `jti`.
     let proof = crate::targets::sign_jws(

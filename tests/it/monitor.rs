@@ -73,6 +73,26 @@ fn bank_witness(dir: &Path, platform: &Platform) -> Witness {
     .follow(platform.kit.broker.log_origin(), platform.log_key())
 }
 
+/// A shadow broker: the platform's keys (the kit's) on a store it never publishes, its random
+/// source seeded with `seed` (or the kit's), and a consent the bank approved through it (after
+/// three requests, so that its id is not one the platform's broker gave).
+fn shadow_broker(kit: &TestBroker, bank: &TestBank, seed: Option<u64>) -> (TestBroker, Consent) {
+    let shadow =
+        TestBroker::configured(
+            MemoryStore::new(),
+            kit.bank.policy().clone(),
+            |builder| match seed {
+                Some(seed) => builder.random(Arc::new(SeededRandom::new(seed))),
+                None => builder,
+            },
+        );
+    for _ in 0..3 {
+        shadow.request();
+    }
+    let consent = bank.granted(&shadow);
+    (shadow, consent)
+}
+
 /// A platform with its broker and published directory, the bank beside it (also its witness),
 /// and a consent the bank approved.
 fn world() -> (Platform, TestBank, tempfile::TempDir, Witness, Consent) {
@@ -111,13 +131,7 @@ fn the_bank_finds_what_its_gate_served_in_the_platforms_log_and_misses_a_shadow_
     assert_eq!(report.witnessed_by, ["bank.example/witness"]);
 
     // A shadow broker: the platform's keys on a store it never publishes.
-    let shadow = TestBroker::configured(MemoryStore::new(), kit.bank.policy().clone(), |builder| {
-        builder.random(Arc::new(SeededRandom::new(99)))
-    });
-    for _ in 0..3 {
-        shadow.request();
-    }
-    let shadow_consent = bank.granted(&shadow);
+    let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(99));
     serve(&shadow, &bank, &shadow_consent);
     let served = bank.bank.journal().audit_len().unwrap() - 1;
     // Within the merge delay it is pending; past it, missing.
@@ -271,11 +285,7 @@ fn a_token_id_the_log_shows_for_another_access_does_not_account_for_this_one() {
     );
 
     // An hour later the gate no longer remembers the first token's id.
-    let shadow = TestBroker::configured(MemoryStore::new(), kit.bank.policy().clone(), |b| b);
-    for _ in 0..3 {
-        shadow.request();
-    }
-    let shadow_consent = bank.granted(&shadow);
+    let (shadow, shadow_consent) = shadow_broker(kit, &bank, None);
     kit.clock.advance(time::Duration::hours(1));
     shadow.clock.advance(time::Duration::hours(1));
     // An honest access meanwhile (its commit prunes the ids that expired), then the shadow's
@@ -347,7 +357,7 @@ fn with_jti(token: &str, jti: &str) -> String {
 /// modified code could publish.)
 #[test]
 fn an_approval_logged_with_another_attestations_digest_is_reported() {
-    use consent_broker::checkpoint::{Checkpoint, NoteSigner, sign_checkpoint};
+    use consent_broker::checkpoint::NoteSigner;
     let kit = TestBroker::on(MemoryStore::new());
     let bank = TestBank::beside(&kit);
     let consent = bank.granted(&kit);
@@ -389,20 +399,8 @@ fn an_approval_logged_with_another_attestations_digest_is_reported() {
             }
             log.append(&serde_json::to_vec(&entry).unwrap());
         }
-        let size = log.entries.len() as u64;
-        let root = log.root(size).unwrap();
-        let note = sign_checkpoint(
-            &Checkpoint {
-                origin: kit.broker.log_origin().to_owned(),
-                size,
-                root,
-                extensions: Vec::new(),
-            },
-            &signer,
-        )
-        .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        publish(&log, dir.path(), &StoredCheckpoint { size, root, note }).unwrap();
+        publish_signed(&log, kit.broker.log_origin(), &signer, dir.path());
         let verifier = NoteVerifier::from_vkey(&signer.verifier_key()).unwrap();
         let mut monitor = LogMonitor::accepting_weak_policy(
             kit.broker.log_origin(),
@@ -443,13 +441,7 @@ fn a_log_kept_unreadable_does_not_stop_the_merge_delay() {
         .check(&bank.bank, &source, kit.broker.now())
         .unwrap();
     assert!(first.is_clean(), "{first:?}");
-    let shadow = TestBroker::configured(MemoryStore::new(), kit.bank.policy().clone(), |builder| {
-        builder.random(Arc::new(SeededRandom::new(98)))
-    });
-    for _ in 0..3 {
-        shadow.request();
-    }
-    let shadow_consent = bank.granted(&shadow);
+    let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(98));
     serve(&shadow, &bank, &shadow_consent);
     std::fs::remove_file(platform.dir.path().join("checkpoint")).unwrap();
     let within = monitor
@@ -538,4 +530,29 @@ fn the_same_token_served_twice_is_accounted_for_by_its_one_entry() {
     let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
     let report = monitor.check(&bank.bank, &source, later).unwrap();
     assert!(report.is_clean(), "{report:?}");
+}
+
+/// Signs a checkpoint of the whole of `log` for `origin` with `signer`, and publishes the log's
+/// tiles and that checkpoint in `dir` (a log built by hand, as a dishonest or unusual platform
+/// would publish it).
+pub(crate) fn publish_signed(
+    log: &crate::targets::LogStore,
+    origin: &str,
+    signer: &consent_broker::checkpoint::NoteSigner,
+    dir: &std::path::Path,
+) {
+    use consent_broker::checkpoint::{Checkpoint, sign_checkpoint};
+    let size = log.entries.len() as u64;
+    let root = log.root(size).unwrap();
+    let note = sign_checkpoint(
+        &Checkpoint {
+            origin: origin.to_owned(),
+            size,
+            root,
+            extensions: Vec::new(),
+        },
+        signer,
+    )
+    .unwrap();
+    consent_broker::tiles::publish(log, dir, &StoredCheckpoint { size, root, note }).unwrap();
 }

@@ -388,8 +388,8 @@ async fn the_clients_retry_only_what_cannot_have_been_acted_on() {
 /// unread past that size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiles_over_http_are_read_up_to_what_the_layout_allows_and_no_further() {
-    use consent_broker::checkpoint::{Checkpoint, NoteSigner, sign_checkpoint};
-    use consent_broker::tiles::{TileError, publish};
+    use consent_broker::checkpoint::NoteSigner;
+    use consent_broker::tiles::TileError;
     let mut log = crate::targets::LogStore::default();
     for n in 0..256u32 {
         let mut entry = vec![b'x'; 8 * 1024];
@@ -401,19 +401,8 @@ async fn tiles_over_http_are_read_up_to_what_the_layout_allows_and_no_further() 
         SigningKey::from_seed(&[43; 32]).unwrap().to_pkcs8_der(),
     )
     .unwrap();
-    let (size, root) = (256, log.root(256).unwrap());
-    let note = sign_checkpoint(
-        &Checkpoint {
-            origin: "large.example/log".to_owned(),
-            size,
-            root,
-            extensions: Vec::new(),
-        },
-        &signer,
-    )
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    publish(&log, dir.path(), &StoredCheckpoint { size, root, note }).unwrap();
+    crate::monitor::publish_signed(&log, "large.example/log", &signer, dir.path());
     let bundle = dir.path().join("tile/entries/000");
     assert!(std::fs::metadata(&bundle).unwrap().len() > 1 << 20);
     let root_dir = dir.path().to_owned();
