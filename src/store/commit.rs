@@ -257,9 +257,9 @@ pub enum Change {
         /// Which count.
         presence: Presence,
     },
-    /// Remembers a presented id with its signed time (see [`SeenKind`]); fails with
-    /// `Duplicate` of [`RecordKind::Presented`](super::RecordKind::Presented) of this kind if the same kind, time and id are
-    /// remembered already (the presentation is a replay).
+    /// Remembers a presented id with its signed time (see [`SeenKind`]); fails with `Duplicate`
+    /// of [`RecordKind::Presented`](super::RecordKind::Presented) of this kind if the same kind,
+    /// time and id are remembered already (the presentation is a replay).
     #[non_exhaustive]
     RememberSeen {
         /// What kind of id.
