@@ -256,7 +256,9 @@ impl LogMonitor {
         now: OffsetDateTime,
     ) -> Result<MonitorReport, MonitorError> {
         let mut missing_tokens = self.read_journal(bank)?;
-        let (witnessed_by, log_error) = match self.read_log(source, now) {
+        // An access served after the journal was read is judged at the next pass, after the
+        // attestation it rests on (journalled before it) and that attestation's digest.
+        let (witnessed_by, log_error) = match self.read_log(bank, source, now) {
             Ok(witnessed) => (
                 witnessed
                     .cosigned_by
@@ -385,8 +387,9 @@ impl LogMonitor {
     /// Reads the platform's witnessed checkpoint and the entries after the size verified so far:
     /// the approvals of attestations this bank signed, and the tokens issued for their consents
     /// (the rest of the log is not this bank's). Kept only if the log verified.
-    fn read_log(
+    fn read_log<S: Store + LedgerRead>(
         &mut self,
+        bank: &Bank<S>,
         source: &impl TileSource,
         now: OffsetDateTime,
     ) -> Result<crate::cosignature::WitnessedCheckpoint, MonitorError> {
@@ -395,6 +398,21 @@ impl LogMonitor {
         let mut read = FromLog::default();
         let mut new_consents: HashSet<ConsentId> = HashSet::new();
         let (signed, consents) = (&self.signed, &self.consents);
+        // An approval of an attestation the journal read at the start of the pass does not show
+        // yet: the bank may have signed it since (its approval cannot be logged before). Its
+        // ledger says.
+        let mut ledger_failed = None;
+        let position = self.log.clone();
+        let mut signed_by_the_bank = |attestation: &str| {
+            signed.contains_key(attestation)
+                || match bank.ledger().attestation_record(attestation) {
+                    Ok(found) => found.is_some(),
+                    Err(error) => {
+                        ledger_failed = Some(error);
+                        false
+                    }
+                }
+        };
         self.log
             .update_each(source, witnessed.checkpoint.clone(), |_, bytes| {
                 // An entry this build cannot parse names nothing the monitor looks for.
@@ -440,7 +458,7 @@ impl LogMonitor {
                         attestation_id,
                         attestation_digest,
                         ..
-                    } if signed.contains_key(&attestation_id) => {
+                    } if signed_by_the_bank(&attestation_id) => {
                         new_consents.insert(consent.clone());
                         read.approvals
                             .push((attestation_id, consent, attestation_digest));
@@ -448,6 +466,11 @@ impl LogMonitor {
                     _ => {}
                 }
             })?;
+        if let Some(error) = ledger_failed {
+            // Not read, then: the next pass reads these entries again.
+            self.log = position;
+            return Err(MonitorError::Journal(error));
+        }
         for (token_id, terms) in read.issued {
             self.issued.entry(token_id).or_default().push((terms, now));
         }

@@ -461,6 +461,63 @@ fn a_log_kept_unreadable_does_not_stop_the_merge_delay() {
     assert_eq!(past.missing_tokens[0].terms.consent, *shadow_consent.id());
 }
 
+/// A tile source that runs `hook` once, just before its checkpoint is first read.
+struct Hooked<'a, T> {
+    inner: T,
+    hook: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+}
+
+impl<T: consent_broker::tiles::TileSource> consent_broker::tiles::TileSource for Hooked<'_, T> {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, TileError> {
+        if path == "checkpoint" {
+            let hook = self.hook.borrow_mut().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        self.inner.read(path)
+    }
+}
+
+/// The bank approves a new consent, its gate serves a token for it and the platform publishes
+/// both, all after the monitor's pass has read the bank's journal and before it reads the log:
+/// the log's approval names an attestation the journal read did not show yet. The monitor finds
+/// it in the bank's ledger, keeps the consent's tokens, and reports nothing, then or later.
+#[test]
+fn an_approval_signed_while_the_monitor_reads_is_still_the_banks() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    serve(kit, &bank, &consent);
+    platform.publish(&witness);
+    let mut monitor = platform.monitor(&witness);
+    let first = monitor
+        .check(
+            &bank.bank,
+            &DirTiles::new(platform.dir.path()),
+            kit.broker.now(),
+        )
+        .unwrap();
+    assert!(first.is_clean(), "{first:?}");
+    let source = Hooked {
+        inner: DirTiles::new(platform.dir.path()),
+        hook: std::cell::RefCell::new(Some(Box::new(|| {
+            let new = bank.granted(kit);
+            serve(kit, &bank, &new);
+            platform.publish(&witness);
+        }))),
+    };
+    let during = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(during.is_clean(), "{during:?}");
+    assert_eq!(during.pending, 0, "{during:?}");
+    let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
+    let after = monitor
+        .check(&bank.bank, &DirTiles::new(platform.dir.path()), later)
+        .unwrap();
+    assert!(after.is_clean(), "{after:?}");
+}
+
 /// A policy that cannot stop a split view is refused unless asked for by name: no witness, a
 /// quorum that is not a majority of the witnesses listed (two quorums need not share one), or
 /// more than are listed.
