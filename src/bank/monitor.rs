@@ -151,17 +151,20 @@ pub struct LogMonitor {
     issued: HashMap<String, Vec<(TokenTerms, OffsetDateTime)>>,
     /// The approvals the log shows of attestations this bank signed: attestation id → consent
     /// and the attestation's digest.
-    approvals: HashMap<String, (ConsentId, Option<String>)>,
+    approvals: HashMap<String, Vec<(ConsentId, Option<String>)>>,
     /// The consents of those approvals: this bank's, whose tokens the monitor keeps.
     consents: HashSet<ConsentId>,
-    /// The attestations the bank signed, by id: their digests, from the bank's journal.
-    signed: HashMap<String, Option<String>>,
+    /// The attestations the bank signed, by id: the consent each approved and its digest, from
+    /// the bank's journal.
+    signed: HashMap<String, (ConsentId, Option<String>)>,
     /// Token ids the gate served, with the token's digest and when: the same id served again
     /// for another token is reported.
     served: HashMap<String, (Option<String>, OffsetDateTime)>,
     journal_position: u64,
     pending: HashMap<String, MissingToken>,
-    missing_approvals: HashSet<String>,
+    /// Attestations (with the consent their served tokens named) whose approval the log does
+    /// not show.
+    missing_approvals: HashSet<(String, ConsentId)>,
 }
 
 /// What one pass read from the log, kept only once the log verified.
@@ -177,15 +180,17 @@ impl LogMonitor {
     /// the same one (an entry without one commits to nothing). Only entries written before the
     /// bank recorded digests are taken without.
     fn approval_logged(&self, attestation: &str, consent: &ConsentId) -> bool {
-        match self.approvals.get(attestation) {
-            Some((logged, digest)) if logged == consent => {
-                match (digest, self.signed.get(attestation)) {
-                    (logged, Some(Some(signed))) => logged.as_ref() == Some(signed),
-                    _ => true,
-                }
-            }
-            _ => false,
-        }
+        let Some(logged) = self.approvals.get(attestation) else {
+            return false;
+        };
+        let signed = self
+            .signed
+            .get(attestation)
+            .and_then(|(_, digest)| digest.as_ref());
+        logged.iter().any(|(logged_consent, logged_digest)| {
+            logged_consent == consent
+                && signed.is_none_or(|signed| logged_digest.as_ref() == Some(signed))
+        })
     }
 
     /// Monitors the log of `origin`, signed by `log_key`, trusting checkpoints `policy` accepts.
@@ -279,7 +284,8 @@ impl LogMonitor {
                 .is_some_and(|issued| issued.iter().any(|(terms, _)| *terms == served.terms));
             if logged {
                 if !self.approval_logged(&served.attestation, &served.terms.consent) {
-                    self.missing_approvals.insert(served.attestation.clone());
+                    self.missing_approvals
+                        .insert((served.attestation.clone(), served.terms.consent.clone()));
                 }
             } else if now - served.served_at > self.max_merge_delay {
                 missing_tokens.push(served);
@@ -288,21 +294,23 @@ impl LogMonitor {
             }
         }
         self.pending = still_pending;
-        // An approval that appears later clears its alarm.
+        // An approval that appears later (of the attestation, for the consent the served token
+        // named, committing to what the bank signed) clears its alarm; one for another consent
+        // does not.
         let missing = std::mem::take(&mut self.missing_approvals);
         self.missing_approvals = missing
             .into_iter()
-            .filter(|attestation| {
-                !self
-                    .approvals
-                    .get(attestation)
-                    .is_some_and(|(consent, _)| self.approval_logged(attestation, consent))
-            })
+            .filter(|(attestation, consent)| !self.approval_logged(attestation, consent))
             .collect();
         self.forget_the_expired(now);
         missing_tokens.sort_by_key(|m| m.journal_seq);
-        let mut missing_approvals: Vec<String> = self.missing_approvals.iter().cloned().collect();
+        let mut missing_approvals: Vec<String> = self
+            .missing_approvals
+            .iter()
+            .map(|(attestation, _)| attestation.clone())
+            .collect();
         missing_approvals.sort();
+        missing_approvals.dedup();
         Ok(MonitorReport {
             log_size: self.log.size(),
             witnessed_by,
@@ -331,9 +339,10 @@ impl LogMonitor {
                 match entry.event {
                     AuditEvent::AttestationSigned {
                         attestation,
+                        consent,
                         attestation_digest,
                         ..
-                    } => signed.push((attestation, attestation_digest)),
+                    } => signed.push((attestation, (consent, attestation_digest))),
                     AuditEvent::AccessServed {
                         token_id,
                         attestation,
@@ -403,10 +412,12 @@ impl LogMonitor {
         // ledger says.
         let mut ledger_failed = None;
         let position = self.log.clone();
-        let mut signed_by_the_bank = |attestation: &str| {
-            signed.contains_key(attestation)
+        let mut signed_by_the_bank = |attestation: &str, consent: &ConsentId| {
+            signed
+                .get(attestation)
+                .is_some_and(|(signed, _)| signed == consent)
                 || match bank.ledger().attestation_record(attestation) {
-                    Ok(found) => found.is_some(),
+                    Ok(found) => found.is_some_and(|record| record.consent == *consent),
                     Err(error) => {
                         ledger_failed = Some(error);
                         false
@@ -458,7 +469,7 @@ impl LogMonitor {
                         attestation_id,
                         attestation_digest,
                         ..
-                    } if signed_by_the_bank(&attestation_id) => {
+                    } if signed_by_the_bank(&attestation_id, &consent) => {
                         new_consents.insert(consent.clone());
                         read.approvals
                             .push((attestation_id, consent, attestation_digest));
@@ -475,7 +486,12 @@ impl LogMonitor {
             self.issued.entry(token_id).or_default().push((terms, now));
         }
         for (attestation, consent, digest) in read.approvals {
-            self.approvals.insert(attestation, (consent, digest));
+            // A handful is all an honest log has (an approval, its reauthorisations); more,
+            // with other digests, are the platform's, and can only make an alarm, not clear one.
+            let logged = self.approvals.entry(attestation).or_default();
+            if logged.len() < 16 && !logged.contains(&(consent.clone(), digest.clone())) {
+                logged.push((consent, digest));
+            }
         }
         self.consents.extend(new_consents);
         Ok(witnessed)

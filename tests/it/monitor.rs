@@ -380,24 +380,20 @@ fn an_approval_logged_with_another_attestations_digest_is_reported() {
         SigningKey::from_seed(&[42; 32]).unwrap().to_pkcs8_der(),
     )
     .unwrap();
-    // What the platform writes into the approval's digest: the true one (`None`), another
-    // attestation's (`Some(Some(..))`), or none at all (`Some(None)`).
-    let report = |forge: Option<Option<String>>| {
+    // What the platform logs in place of each approval entry.
+    let report = |forge: &dyn Fn(serde_json::Value) -> Vec<serde_json::Value>| {
         let len = kit.broker.store().audit_len().unwrap();
         let entries = kit.broker.store().audit_bytes(0..len).unwrap();
         let mut log = crate::targets::LogStore::default();
         for stored in entries {
-            let mut entry: serde_json::Value = serde_json::from_slice(&stored.bytes).unwrap();
-            if entry["kind"] == "consent_approved" {
-                match &forge {
-                    None => {}
-                    Some(Some(digest)) => entry["attestation_digest"] = serde_json::json!(digest),
-                    Some(None) => {
-                        entry.as_object_mut().unwrap().remove("attestation_digest");
-                    }
-                }
+            let entry: serde_json::Value = serde_json::from_slice(&stored.bytes).unwrap();
+            let entries = match entry["kind"] == "consent_approved" {
+                true => forge(entry),
+                false => vec![entry],
+            };
+            for entry in entries {
+                log.append(&serde_json::to_vec(&entry).unwrap());
             }
-            log.append(&serde_json::to_vec(&entry).unwrap());
         }
         let dir = tempfile::tempdir().unwrap();
         publish_signed(&log, kit.broker.log_origin(), &signer, dir.path());
@@ -411,18 +407,39 @@ fn an_approval_logged_with_another_attestations_digest_is_reported() {
             .check(&bank.bank, &DirTiles::new(dir.path()), kit.broker.now())
             .unwrap()
     };
-    let honest = report(None);
+    let honest = report(&|entry| vec![entry]);
     assert!(honest.is_clean(), "{honest:?}");
-    let forged = report(Some(Some(consent_broker::privacy::commitment(
+    let with_digest = |digest: Option<String>| {
+        move |mut entry: serde_json::Value| {
+            match &digest {
+                Some(digest) => entry["attestation_digest"] = serde_json::json!(digest),
+                None => {
+                    entry.as_object_mut().unwrap().remove("attestation_digest");
+                }
+            }
+            vec![entry]
+        }
+    };
+    let forged = report(&with_digest(Some(consent_broker::privacy::commitment(
         b"another attestation",
     ))));
     assert_eq!(forged.missing_tokens, []);
     assert_eq!(forged.missing_approvals, std::slice::from_ref(&attestation));
     // An approval logged with no digest commits to nothing: reported too, once the bank
     // recorded the digest of what it signed.
-    let bare = report(Some(None));
+    let bare = report(&with_digest(None));
     assert_eq!(bare.missing_tokens, []);
-    assert_eq!(bare.missing_approvals, [attestation]);
+    assert_eq!(bare.missing_approvals, std::slice::from_ref(&attestation));
+    // The same without a digest, and beside it the true one logged for another consent: the
+    // approval of this consent is still missing (the other names another consent).
+    let elsewhere = report(&|entry: serde_json::Value| {
+        let bare = with_digest(None)(entry.clone()).pop().unwrap();
+        let mut other = entry;
+        other["consent"] = serde_json::json!("cns_another");
+        vec![bare, other]
+    });
+    assert_eq!(elsewhere.missing_tokens, []);
+    assert_eq!(elsewhere.missing_approvals, [attestation]);
 }
 
 /// The platform serves from a shadow broker and keeps its published log unreadable (its
