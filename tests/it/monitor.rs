@@ -107,6 +107,29 @@ fn world() -> (Platform, TestBank, tempfile::TempDir, Witness, Consent) {
     (platform, bank, witness_dir, witness, consent)
 }
 
+/// One access served under `consent` and published, and a monitor trusting `witness` that has
+/// made its first pass over it (clean, asserted): the monitor and that pass's report.
+fn watched(
+    platform: &Platform,
+    bank: &TestBank,
+    witness: &Witness,
+    consent: &Consent,
+) -> (LogMonitor, MonitorReport) {
+    let kit = &platform.kit;
+    serve(kit, bank, consent);
+    platform.publish(witness);
+    let mut monitor = platform.monitor(witness);
+    let first = monitor
+        .check(
+            &bank.bank,
+            &DirTiles::new(platform.dir.path()),
+            kit.broker.now(),
+        )
+        .unwrap();
+    assert!(first.is_clean(), "{first:?}");
+    (monitor, first)
+}
+
 #[test]
 fn the_bank_finds_what_its_gate_served_in_the_platforms_log_and_misses_a_shadow_brokers() {
     let (platform, bank, _witness_dir, witness, consent) = world();
@@ -273,16 +296,8 @@ fn an_approval_the_platform_kept_out_of_its_log_is_reported() {
 fn a_token_id_the_log_shows_for_another_access_does_not_account_for_this_one() {
     let (platform, bank, _witness_dir, witness, consent) = world();
     let kit = &platform.kit;
-    serve(kit, &bank, &consent);
-    platform.publish(&witness);
-    let mut monitor = platform.monitor(&witness);
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
     let source = DirTiles::new(platform.dir.path());
-    assert!(
-        monitor
-            .check(&bank.bank, &source, kit.broker.now())
-            .unwrap()
-            .is_clean()
-    );
 
     // An hour later the gate no longer remembers the first token's id.
     let (shadow, shadow_consent) = shadow_broker(kit, &bank, None);
@@ -450,14 +465,8 @@ fn an_approval_logged_with_another_attestations_digest_is_reported() {
 fn a_log_kept_unreadable_does_not_stop_the_merge_delay() {
     let (platform, bank, _witness_dir, witness, consent) = world();
     let kit = &platform.kit;
-    serve(kit, &bank, &consent);
-    platform.publish(&witness);
-    let mut monitor = platform.monitor(&witness);
+    let (mut monitor, first) = watched(&platform, &bank, &witness, &consent);
     let source = DirTiles::new(platform.dir.path());
-    let first = monitor
-        .check(&bank.bank, &source, kit.broker.now())
-        .unwrap();
-    assert!(first.is_clean(), "{first:?}");
     let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(98));
     serve(&shadow, &bank, &shadow_consent);
     std::fs::remove_file(platform.dir.path().join("checkpoint")).unwrap();
@@ -504,17 +513,7 @@ impl<T: consent_broker::tiles::TileSource> consent_broker::tiles::TileSource for
 fn an_approval_signed_while_the_monitor_reads_is_still_the_banks() {
     let (platform, bank, _witness_dir, witness, consent) = world();
     let kit = &platform.kit;
-    serve(kit, &bank, &consent);
-    platform.publish(&witness);
-    let mut monitor = platform.monitor(&witness);
-    let first = monitor
-        .check(
-            &bank.bank,
-            &DirTiles::new(platform.dir.path()),
-            kit.broker.now(),
-        )
-        .unwrap();
-    assert!(first.is_clean(), "{first:?}");
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
     let source = Hooked {
         inner: DirTiles::new(platform.dir.path()),
         hook: std::cell::RefCell::new(Some(Box::new(|| {
