@@ -191,6 +191,44 @@ fn monitoring(c: &mut Criterion) {
             report
         })
     });
+    // A bank that restarts: its monitor's state saved after that pass, restored, and the next
+    // pass with nothing new (against the first pass above, which a monitor made anew repeats).
+    let made = || {
+        LogMonitor::accepting_weak_policy(
+            kit.broker.log_origin(),
+            log_key.clone(),
+            WitnessPolicy::none(),
+        )
+    };
+    let mut monitor = made();
+    monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    let saved = monitor.save();
+    eprintln!(
+        "monitor: the state saved after a pass over {TOKENS} served tokens is {} bytes",
+        saved.len()
+    );
+    group.bench_function("save_100000_served_tokens", |b| {
+        b.iter(|| black_box(&monitor).save())
+    });
+    group.bench_function("restore_100000_served_tokens", |b| {
+        b.iter(|| made().restore(black_box(&saved)).unwrap())
+    });
+    group.bench_function("restored_pass_nothing_new_100000_served_tokens", |b| {
+        b.iter_batched(
+            || made().restore(&saved).unwrap(),
+            |mut monitor| {
+                let report = monitor
+                    .check(&bank.bank, &source, kit.broker.now())
+                    .unwrap();
+                assert!(report.is_clean() && report.pending == 0);
+                // Dropped outside the timing, as the monitor is not dropped between passes.
+                (report, monitor)
+            },
+            BatchSize::LargeInput,
+        )
+    });
     group.finish();
 }
 

@@ -806,17 +806,42 @@ fn witness_publish_and_monitor(story: &mut Story, path: &Path, vkey: &str) -> Re
         witnesses: vec![witness.verifier().clone()],
         quorum: 1,
     };
-    let mut monitor = LogMonitor::new(story.broker.log_origin(), log_key, policy)?;
+    // The monitor's state is the bank's, kept beside its ledger across runs: a restarted monitor
+    // goes on from the checkpoint it verified last, so the platform cannot show it less.
+    let state_file = path.with_extension("monitor.json");
+    let monitor = LogMonitor::new(story.broker.log_origin(), log_key, policy)?;
+    let (mut monitor, went_on) = match std::fs::read(&state_file) {
+        Ok(saved) => (
+            monitor.restore(&saved).map_err(|e| {
+                format!(
+                    "the bank's monitor state in {}: {e} (remove it to start anew)",
+                    state_file.display()
+                )
+            })?,
+            true,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (monitor, false),
+        Err(e) => return Err(e.into()),
+    };
     let report = monitor.check(&story.bank, &DirTiles::new(&tiles), story.clock.now())?;
     if !report.is_clean() {
         return Err(
             format!("the bank's monitor found the platform's log wanting: {report:?}").into(),
         );
     }
+    let kept = state_file.with_extension("json.new");
+    std::fs::write(&kept, monitor.save())?;
+    std::fs::rename(&kept, &state_file)?;
     println!(
-        "   the bank's monitor read {} entries from the tiles: every token its gate served is \
-         there, for what it was served, with its approval",
-        report.log_size
+        "   the bank's monitor verified the tiles up to size {}{}: every token its gate served is \
+         there, for what it was served, with its approval; its state is kept in {}",
+        report.log_size,
+        if went_on {
+            " from where its saved state left off"
+        } else {
+            ""
+        },
+        state_file.display()
     );
     println!(
         "   anyone can check the tiles: cargo run --features cli --bin consent-broker -- audit \

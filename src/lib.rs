@@ -75,7 +75,7 @@ pub use auditor::{
 pub use bank::{
     Admission, Bank, BankBuilder, BankError, BankKeys, CLOCK_SKEW_ALLOWANCE,
     DEFAULT_MAX_MERGE_DELAY, GateError, GateRequest, GateSettings, LogMonitor, MissingToken,
-    MonitorError, MonitorReport, Prechecked, Served, SubjectView, TokenTerms,
+    MonitorError, MonitorReport, Prechecked, SavedStateError, Served, SubjectView, TokenTerms,
 };
 pub use bank::{BankErasure, MAX_BANK_RETENTION_BATCH, MAX_LIVE_DEVICES, PAIRWISE_PREFIX};
 pub use broker::{

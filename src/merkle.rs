@@ -602,6 +602,21 @@ impl TreeBuilder {
         self.size
     }
 
+    /// The roots of the complete subtrees that make up the leaves pushed so far, leftmost
+    /// (largest) first, one per set bit of [`size`](Self::size): with the size, all a verifier
+    /// needs to keep of a log to go on from it ([`TreeBuilder::from_peaks`]).
+    #[must_use]
+    pub fn peaks(&self) -> &[Hash] {
+        &self.peaks
+    }
+
+    /// A builder at `size` leaves whose complete subtrees have the roots `peaks` (as
+    /// [`peaks`](Self::peaks) gave them); `None` unless there is one per set bit of `size`.
+    #[must_use]
+    pub fn from_peaks(size: u64, peaks: Vec<Hash>) -> Option<Self> {
+        (peaks.len() == size.count_ones() as usize).then_some(Self { size, peaks })
+    }
+
     /// The root of the leaves pushed so far ([`EMPTY_ROOT`] for none).
     #[must_use]
     pub fn root(&self) -> Hash {

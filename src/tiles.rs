@@ -676,6 +676,22 @@ impl TiledLog {
         self.checkpoint.as_ref()
     }
 
+    /// The tree of the entries verified so far (its size and the roots of its complete
+    /// subtrees): with [`TiledLog::checkpoint`], what [`TiledLog::resume`] takes back.
+    pub fn tree(&self) -> &TreeBuilder {
+        &self.tree
+    }
+
+    /// A position verified earlier and kept: `checkpoint` (verified again by the caller, who
+    /// kept it) and the tree of its entries. `None` unless the tree has the checkpoint's size
+    /// and root.
+    pub fn resume(checkpoint: Checkpoint, tree: TreeBuilder) -> Option<Self> {
+        (tree.size() == checkpoint.size && tree.root() == checkpoint.root).then_some(Self {
+            checkpoint: Some(checkpoint),
+            tree,
+        })
+    }
+
     /// Reads the source's checkpoint, verifies its signature (and origin, when given), then the
     /// entries after the size verified so far: each against its level-0 tile, and the root of all
     /// of them, prefix included, against the checkpoint's. Returns the new entries; `self`

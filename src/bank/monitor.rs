@@ -11,6 +11,10 @@
 //! platform (stop serving its tokens) and raise it with the platform and the supervisor, with the
 //! journal entries and the checkpoint as evidence.
 
+mod saved;
+
+pub use saved::SavedStateError;
+
 use std::collections::{HashMap, HashSet};
 
 use time::{Duration, OffsetDateTime};
@@ -21,6 +25,7 @@ use crate::audit::{AuditEntry, AuditEvent};
 use crate::checkpoint::NoteVerifier;
 use crate::cosignature::{WitnessPolicy, WitnessedError, verify_witnessed};
 use crate::ids::ConsentId;
+use crate::merkle::{Hash, leaf_hash};
 use crate::store::{LedgerRead, LogRead, Store, StoreError};
 use crate::tiles::{TileError, TileSource, TiledLog, checkpoint_note};
 use crate::token::{MAX_LEEWAY, MAX_TOKEN_LIFETIME};
@@ -111,6 +116,17 @@ pub enum MonitorError {
     /// The bank's own journal could not be read.
     #[error("the bank's journal: {0}")]
     Journal(#[from] StoreError),
+    /// The bank's journal does not hold the entries this monitor has read: it is shorter, or
+    /// its entry at `position - 1` is not the one read there. A journal restored from an older
+    /// copy, or a monitor restored from another bank's saved state.
+    #[error("the bank's journal does not hold the {position} entries this monitor read")]
+    JournalDiffers {
+        /// How many of the journal's entries the monitor had read.
+        position: u64,
+    },
+    /// A saved state could not be restored ([`LogMonitor::restore`]).
+    #[error("the saved monitor state: {0}")]
+    Saved(#[from] SavedStateError),
     /// The witness policy cannot stop the platform from showing the bank a log of its own (no
     /// witness, or quorums of its witnesses that need not overlap, or more than it lists):
     /// [`LogMonitor::new`] refuses it.
@@ -132,13 +148,21 @@ const ISSUED_KEPT: Duration = MAX_TOKEN_LIFETIME
     .saturating_add(MAX_LEEWAY)
     .saturating_add(CLOCK_SKEW_ALLOWANCE);
 
+/// The most approvals of one attestation the monitor keeps: an honest log has a handful (an
+/// approval, its reauthorisations); more, with other digests, are the platform's, and can only
+/// make an alarm, not clear one.
+const MAX_APPROVALS: usize = 16;
+
 /// The longest token id or digest the monitor keeps from the log: a gate takes no longer `jti`,
 /// and a digest is 43 characters; a longer one could match nothing served.
 const LONGEST_KEPT: usize = 128;
 
-/// The bank's monitor of one platform's log. Its state lives in memory: a monitor made anew
-/// (after a restart) reads the whole log and journal again, and trusts the first checkpoint its
-/// policy accepts, so keep one running, and keep the witness policy a majority.
+/// The bank's monitor of one platform's log. Its state lives in memory between passes; save
+/// it after a pass ([`LogMonitor::save`]) and restore it when the bank restarts
+/// ([`LogMonitor::restore`]). A monitor made anew reads the whole log and journal again and
+/// trusts the first checkpoint its policy accepts, however old; a restored one goes on from the
+/// checkpoint it verified last, so a log shown rolled back or forked across the restart is
+/// refused, and only what is new is read. Keep the witness policy a majority.
 #[derive(Debug)]
 pub struct LogMonitor {
     origin: String,
@@ -146,6 +170,8 @@ pub struct LogMonitor {
     policy: WitnessPolicy,
     max_merge_delay: Duration,
     log: TiledLog,
+    /// The signed note (with its cosignatures) of the checkpoint `log` verified last.
+    note: Option<String>,
     /// The tokens the log shows issued for this bank's consents, by `jti`: what each was issued
     /// for, and when the monitor read it.
     issued: HashMap<String, Vec<(TokenTerms, OffsetDateTime)>>,
@@ -161,6 +187,8 @@ pub struct LogMonitor {
     /// for another token is reported.
     served: HashMap<String, (Option<String>, OffsetDateTime)>,
     journal_position: u64,
+    /// The leaf hash of the journal's entry at `journal_position - 1`, as read.
+    journal_last: Option<Hash>,
     pending: HashMap<String, MissingToken>,
     /// Attestations (with the consent their served tokens named) whose approval the log does
     /// not show.
@@ -226,12 +254,14 @@ impl LogMonitor {
             policy,
             max_merge_delay: DEFAULT_MAX_MERGE_DELAY,
             log: TiledLog::new(),
+            note: None,
             issued: HashMap::new(),
             approvals: HashMap::new(),
             consents: HashSet::new(),
             signed: HashMap::new(),
             served: HashMap::new(),
             journal_position: 0,
+            journal_last: None,
             pending: HashMap::new(),
             missing_approvals: HashSet::new(),
         }
@@ -253,7 +283,8 @@ impl LogMonitor {
     ///
     /// # Errors
     /// [`MonitorError::Journal`]: the bank's own journal could not be read (nothing of the pass
-    /// is kept; the next reads it again).
+    /// is kept; the next reads it again). [`MonitorError::JournalDiffers`]: the journal no
+    /// longer holds what the monitor read of it.
     pub fn check<S: Store + LedgerRead>(
         &mut self,
         bank: &Bank<S>,
@@ -330,9 +361,14 @@ impl LogMonitor {
     ) -> Result<Vec<MissingToken>, MonitorError> {
         let journal = bank.journal();
         let len = journal.audit_len()?;
+        let start = self.journal_position;
+        // The journal still holds what was read of it (a restored state's, too).
+        if len < start || last_entry_hash(journal, start)? != self.journal_last {
+            return Err(MonitorError::JournalDiffers { position: start });
+        }
         let mut signed = Vec::new();
         let mut served = Vec::new();
-        let mut position = self.journal_position;
+        let mut position = start;
         while position < len {
             let end = position.saturating_add(4096).min(len);
             for entry in journal.audit_entries(position..end)? {
@@ -369,6 +405,9 @@ impl LogMonitor {
                 }
             }
             position = end;
+        }
+        if len > start {
+            self.journal_last = last_entry_hash(journal, len)?;
         }
         self.journal_position = len;
         self.signed.extend(signed);
@@ -486,14 +525,15 @@ impl LogMonitor {
             self.issued.entry(token_id).or_default().push((terms, now));
         }
         for (attestation, consent, digest) in read.approvals {
-            // A handful is all an honest log has (an approval, its reauthorisations); more,
-            // with other digests, are the platform's, and can only make an alarm, not clear one.
+            // Up to `MAX_APPROVALS`: more can only make an alarm, not clear one.
             let logged = self.approvals.entry(attestation).or_default();
-            if logged.len() < 16 && !logged.contains(&(consent.clone(), digest.clone())) {
+            if logged.len() < MAX_APPROVALS && !logged.contains(&(consent.clone(), digest.clone()))
+            {
                 logged.push((consent, digest));
             }
         }
         self.consents.extend(new_consents);
+        self.note = Some(note);
         Ok(witnessed)
     }
 
@@ -508,5 +548,20 @@ impl LogMonitor {
             !issued.is_empty()
         });
         self.served.retain(|_, (_, served_at)| *served_at >= cut);
+    }
+}
+
+/// The leaf hash of the journal's entry at `len - 1` (`None` for `len` 0).
+///
+/// # Errors
+/// The journal's; [`MonitorError::JournalDiffers`] when it holds no such entry.
+fn last_entry_hash(journal: &impl LogRead, len: u64) -> Result<Option<Hash>, MonitorError> {
+    let Some(last) = len.checked_sub(1) else {
+        return Ok(None);
+    };
+    let entries = journal.audit_bytes(last..len)?;
+    match entries.first() {
+        Some(entry) if entry.seq == last => Ok(Some(leaf_hash(&entry.bytes))),
+        _ => Err(MonitorError::JournalDiffers { position: len }),
     }
 }

@@ -629,3 +629,321 @@ pub(crate) fn publish_signed(
     .unwrap();
     consent_broker::tiles::publish(log, dir, &StoredCheckpoint { size, root, note }).unwrap();
 }
+
+/// A tile source that records the path of every file read.
+struct Recording<T> {
+    inner: T,
+    read: std::cell::RefCell<Vec<String>>,
+}
+
+impl<T> Recording<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            inner,
+            read: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl<T: consent_broker::tiles::TileSource> consent_broker::tiles::TileSource for Recording<T> {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, TileError> {
+        self.read.borrow_mut().push(path.to_owned());
+        self.inner.read(path)
+    }
+}
+
+/// Publishes the broker's log with a checkpoint no witness cosigned.
+fn publish_unwitnessed(kit: &TestBroker, dir: &Path) {
+    let checkpoint = kit.broker.checkpoint().unwrap();
+    publish(&kit.broker.store(), dir, &checkpoint).unwrap();
+}
+
+/// The bank restarts its monitor, and the platform then shows it an older copy of its published
+/// log (a checkpoint the witness did cosign, replayed), or, for a log no witness follows yet,
+/// another log signed with the platform's key. A monitor made anew takes either; one restored
+/// from the state saved before the restart refuses both.
+#[test]
+fn a_restored_monitor_refuses_a_log_rolled_back_or_forked_across_the_restart() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    serve(kit, &bank, &consent);
+    platform.publish(&witness);
+    let older = tempfile::tempdir().unwrap();
+    copy_dir(platform.dir.path(), older.path());
+    serve(kit, &bank, &consent);
+    platform.publish(&witness);
+    let source = DirTiles::new(platform.dir.path());
+    let now = kit.broker.now();
+    let mut monitor = platform.monitor(&witness);
+    assert!(monitor.check(&bank.bank, &source, now).unwrap().is_clean());
+    let saved = monitor.save();
+    drop(monitor);
+
+    let rolled_back = DirTiles::new(older.path());
+    let pass = |made: &dyn Fn() -> LogMonitor, saved: &[u8], source: &DirTiles| {
+        let anew = made().check(&bank.bank, source, now).unwrap();
+        let mut restored = made().restore(saved).unwrap();
+        (anew, restored.check(&bank.bank, source, now).unwrap())
+    };
+    let witnessed = || platform.monitor(&witness);
+    let (anew, restored) = pass(&witnessed, &saved, &rolled_back);
+    assert_eq!(anew.log_error, None, "made anew, it takes the older log");
+    assert!(
+        matches!(
+            restored.log_error,
+            Some(MonitorError::Tiles(TileError::Rollback { .. }))
+        ),
+        "{restored:?}"
+    );
+
+    // No witness: the platform's key alone vouches for the log.
+    let origin = kit.broker.log_origin();
+    let unwitnessed =
+        || LogMonitor::accepting_weak_policy(origin, platform.log_key(), WitnessPolicy::none());
+    let mut monitor = unwitnessed();
+    assert!(monitor.check(&bank.bank, &source, now).unwrap().is_clean());
+    let saved = monitor.save();
+    // A shadow broker with the platform's keys publishes a longer log of its own.
+    let (shadow, _) = shadow_broker(kit, &bank, Some(97));
+    let published = kit.broker.store().audit_len().unwrap();
+    while shadow.broker.store().audit_len().unwrap() <= published {
+        shadow.request();
+    }
+    let fork_dir = tempfile::tempdir().unwrap();
+    publish_unwitnessed(&shadow, fork_dir.path());
+    let (anew, restored) = pass(&unwitnessed, &saved, &DirTiles::new(fork_dir.path()));
+    assert_eq!(anew.log_error, None, "made anew, it takes the other log");
+    assert!(
+        matches!(
+            restored.log_error,
+            Some(MonitorError::Tiles(
+                TileError::EntryMismatch { .. } | TileError::RootMismatch { .. }
+            ))
+        ),
+        "{restored:?}"
+    );
+    assert_eq!(restored.log_size, published, "the log as verified before");
+}
+
+/// Saved after a pass and restored, a monitor goes on as the one that kept running does: the
+/// same reports pass after pass (a shadow's token pending across the restart is reported
+/// missing once its delay has run out, and then not again), the same state saved, and no full
+/// tile of the log read again.
+#[test]
+fn a_restored_monitor_goes_on_where_the_saved_one_stopped() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    // More than a full tile of entries.
+    for _ in 0..256 {
+        kit.request();
+    }
+    let (mut running, _) = watched(&platform, &bank, &witness, &consent);
+    let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(96));
+    serve(&shadow, &bank, &shadow_consent);
+    let source = DirTiles::new(platform.dir.path());
+    let now = kit.broker.now();
+    let before = running.check(&bank.bank, &source, now).unwrap();
+    assert_eq!((before.pending, before.missing_tokens.len()), (1, 0));
+    let saved = running.save();
+    let mut restored = platform.monitor(&witness).restore(&saved).unwrap();
+    assert_eq!(restored.save(), saved, "restored, it saves the same bytes");
+
+    serve(kit, &bank, &consent);
+    platform.publish(&witness);
+    let later = now + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
+    let recording = Recording::new(DirTiles::new(platform.dir.path()));
+    let after = restored.check(&bank.bank, &recording, later).unwrap();
+    assert_eq!(after, running.check(&bank.bank, &source, later).unwrap());
+    assert_eq!(after.missing_tokens.len(), 1, "{after:?}");
+    assert_eq!(after.missing_tokens[0].terms.consent, *shadow_consent.id());
+    let read = recording.read.borrow();
+    assert!(
+        read.iter().any(|path| path.contains(".p/")),
+        "the partial tiles after the restart are read: {read:?}"
+    );
+    assert!(
+        read.iter()
+            .all(|path| path == "checkpoint" || path.contains(".p/")),
+        "no full tile is read again: {read:?}"
+    );
+    let again = restored.check(&bank.bank, &source, later).unwrap();
+    assert_eq!(again, running.check(&bank.bank, &source, later).unwrap());
+    assert_eq!(again.missing_tokens, [], "reported once");
+    assert_eq!(restored.save(), running.save());
+}
+
+/// A saved state restored beside a journal it was not read from (another ledger of the bank,
+/// shorter or longer than what was read: a journal restored from an older copy, or the state of
+/// another bank's monitor) is refused at the first pass, and so is a journal that shrinks
+/// under a running monitor.
+#[test]
+fn a_monitor_refuses_a_journal_it_did_not_read() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let saved = monitor.save();
+    let read = bank.bank.journal().audit_len().unwrap();
+    let source = DirTiles::new(platform.dir.path());
+    let now = kit.broker.now();
+
+    let other = TestBank::beside(kit);
+    assert!(other.bank.journal().audit_len().unwrap() < read);
+    let differs = Err(MonitorError::JournalDiffers { position: read });
+    let restored = || platform.monitor(&witness).restore(&saved).unwrap();
+    assert_eq!(restored().check(&other.bank, &source, now), differs);
+    assert_eq!(monitor.check(&other.bank, &source, now), differs);
+    // Entries of its own (the same bank's keys and seeds would make the same approvals).
+    for n in 0u8.. {
+        if other.bank.journal().audit_len().unwrap() >= read {
+            break;
+        }
+        let device = consent_broker::hpke::DeviceSecretKey::derive(&[n; 8]);
+        other
+            .bank
+            .register_device(&other.customer, device.public_key())
+            .unwrap();
+    }
+    assert_eq!(restored().check(&other.bank, &source, now), differs);
+    // Its own journal still passes.
+    assert!(
+        restored()
+            .check(&bank.bank, &source, now)
+            .unwrap()
+            .is_clean()
+    );
+}
+
+/// A saved state cut short, edited or from another log is refused with a typed error (never a
+/// panic, nothing of it used), and a monitor then made anew still works.
+#[test]
+fn a_saved_state_damaged_or_from_another_log_is_refused() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let (shadow, shadow_consent) = shadow_broker(&platform.kit, &bank, Some(95));
+    serve(&shadow, &bank, &shadow_consent);
+    let (monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let saved = monitor.save();
+    let restore = |bytes: &[u8]| platform.monitor(&witness).restore(bytes).map(drop);
+    assert_eq!(restore(&saved), Ok(()));
+
+    for len in 0..saved.len() {
+        assert!(
+            matches!(
+                restore(&saved[..len]),
+                Err(MonitorError::Saved(SavedStateError::Malformed { .. }))
+            ),
+            "cut at {len}"
+        );
+    }
+    for at in 0..saved.len() {
+        for byte in [b'"', b'0', b'A', b'}'] {
+            let mut changed = saved.clone();
+            changed[at] = byte;
+            // Refused or restored, never a panic (some changes leave a valid state).
+            let _ = restore(&changed);
+        }
+    }
+
+    let state: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    assert_eq!(state["pending"].as_array().map(Vec::len), Some(1));
+    let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut state = state.clone();
+        edit(&mut state);
+        restore(&serde_json::to_vec(&state).unwrap())
+    };
+    let inconsistent = |what| Err(MonitorError::Saved(SavedStateError::Inconsistent(what)));
+    // A table's first row there twice.
+    let twice = |table: &str| {
+        edited(&|s| {
+            let first = s[table][0].clone();
+            s[table].as_array_mut().unwrap().push(first);
+        })
+    };
+    assert_eq!(
+        edited(&|s| s["format"] = "consent-broker/log-monitor/2".into()),
+        Err(MonitorError::Saved(SavedStateError::Format))
+    );
+    assert!(matches!(
+        edited(&|s| s["extra"] = 1.into()),
+        Err(MonitorError::Saved(SavedStateError::Malformed { .. }))
+    ));
+    assert_eq!(
+        edited(&|s| s["origin"] = "another.example/log".into()),
+        Err(MonitorError::Saved(SavedStateError::OtherLog))
+    );
+    // The checkpoint's note with one byte of its body changed: the log's signature fails.
+    assert_eq!(
+        edited(&|s| {
+            let note = s["checkpoint"].as_str().unwrap().replacen('\n', "\n1", 1);
+            s["checkpoint"] = note.into();
+        }),
+        Err(MonitorError::Saved(SavedStateError::OtherLog))
+    );
+    // Another log's key.
+    let stranger =
+        consent_broker::checkpoint::NoteSigner::new("stranger", &crate::targets::pkcs8(40))
+            .unwrap();
+    let policy = WitnessPolicy {
+        witnesses: vec![witness.verifier().clone()],
+        quorum: 1,
+    };
+    assert_eq!(
+        LogMonitor::new(
+            platform.kit.broker.log_origin(),
+            NoteVerifier::from_vkey(&stranger.verifier_key()).unwrap(),
+            policy,
+        )
+        .unwrap()
+        .restore(&saved)
+        .map(drop),
+        Err(MonitorError::Saved(SavedStateError::OtherLog))
+    );
+    // The tree.
+    let other_hash = serde_json::Value::from(consent_broker::encode_hashes(&[[7; 32]]).concat());
+    assert_eq!(
+        edited(&|s| s["peaks"][0] = other_hash.clone()),
+        inconsistent("the tree does not give the checkpoint's root")
+    );
+    assert_eq!(
+        edited(&|s| s["peaks"].as_array_mut().unwrap().push(other_hash.clone())),
+        inconsistent("the tree is not of the checkpoint's size")
+    );
+    assert_eq!(
+        edited(&|s| s["peaks"][0] = "AAAA".into()),
+        inconsistent("a tree hash is not 32 bytes")
+    );
+    assert_eq!(
+        edited(&|s| s["checkpoint"] = serde_json::Value::Null),
+        inconsistent("a tree without a checkpoint")
+    );
+    // The journal's mark.
+    assert_eq!(
+        edited(&|s| s["journal_last"] = serde_json::Value::Null),
+        inconsistent("the journal's last hash does not match its position")
+    );
+    // The tables.
+    assert_eq!(twice("served"), inconsistent("a token id served twice"));
+    assert_eq!(
+        edited(&|s| s["pending"][0]["token_id"] = "never-served".into()),
+        inconsistent("a pending access whose token was not served")
+    );
+    assert_eq!(twice("signed"), inconsistent("an attestation signed twice"));
+    assert_eq!(
+        twice("approvals"),
+        inconsistent("more approvals of an attestation than are kept, or one twice")
+    );
+    assert_eq!(
+        edited(&|s| s["issued"][0]["token_id"] = "t".repeat(129).into()),
+        inconsistent("a token id or digest longer than is kept")
+    );
+    assert!(matches!(
+        edited(&|s| s["issued"][0]["terms"]["purpose"] = "ads".into()),
+        Err(MonitorError::Saved(SavedStateError::Malformed { .. }))
+    ));
+    // Made anew instead, the monitor works.
+    let source = DirTiles::new(platform.dir.path());
+    let report = platform
+        .monitor(&witness)
+        .check(&bank.bank, &source, platform.kit.broker.now())
+        .unwrap();
+    assert_eq!(report.pending, 1);
+}

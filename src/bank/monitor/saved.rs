@@ -1,0 +1,423 @@
+//! A monitor's state as bytes the bank keeps between runs ([`LogMonitor::save`],
+//! [`LogMonitor::restore`]).
+//!
+//! The bytes are JSON (one object, its first field `format`). They hold what a pass needs to go
+//! on: the signed note of the checkpoint verified last and the roots of its tree's complete
+//! subtrees (O(log n) hashes, from which the next checkpoint is checked by reading only the
+//! entries after it), how much of the bank's journal was read and the hash of its last entry
+//! read, and the monitor's tables (attestations signed, approvals logged, tokens issued and
+//! served, accesses pending, approvals missing). They name consents, attestations and tokens by
+//! id, as the bank's journal does, and no subject or account: keep them where the journal is
+//! kept. Restoring checks the checkpoint's signature with the monitor's key and origin, that
+//! the tree gives the checkpoint's root, and every bound the monitor keeps; the first pass then
+//! checks the journal's entry at the position read.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{LONGEST_KEPT, LogMonitor, MAX_APPROVALS, MissingToken, MonitorError, TokenTerms};
+use crate::auditor::{decode_hashes, encode_hashes};
+use crate::checkpoint::verify_checkpoint;
+use crate::ids::ConsentId;
+use crate::merkle::TreeBuilder;
+use crate::policy::Presence;
+use crate::tiles::TiledLog;
+use crate::vocab::{Purpose, Scope};
+
+/// The format's name and version: the saved state's first field.
+const FORMAT: &str = "consent-broker/log-monitor/1";
+
+/// Why a saved state was not restored ([`LogMonitor::restore`]). Nothing of it is used then:
+/// restore the right state, or make the monitor anew (it then reads the whole log and journal
+/// again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SavedStateError {
+    /// Not JSON of this format: cut short, a field missing, unknown or of the wrong type.
+    #[error("not a saved monitor state (line {line}, column {column})")]
+    Malformed {
+        /// The line where reading it failed.
+        line: usize,
+        /// The column there.
+        column: usize,
+    },
+    /// Another format, or another version of this one.
+    #[error("another format or version than {FORMAT}")]
+    Format,
+    /// The state of another log: its origin is not this monitor's, or its checkpoint is not
+    /// signed by this monitor's log key.
+    #[error("the state of another log than this monitor's")]
+    OtherLog,
+    /// Its parts do not agree with each other or with what a monitor keeps (named here): a
+    /// damaged or edited state.
+    #[error("its parts do not agree: {0}")]
+    Inconsistent(&'static str),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct State {
+    format: String,
+    origin: String,
+    /// The signed note of the checkpoint verified last, with its cosignatures.
+    checkpoint: Option<String>,
+    /// The roots of the complete subtrees of that checkpoint's tree (standard base64).
+    peaks: Vec<String>,
+    journal_position: u64,
+    journal_last: Option<String>,
+    signed: Vec<Attested>,
+    approvals: Vec<Attested>,
+    consents: Vec<ConsentId>,
+    issued: Vec<Issued>,
+    served: Vec<Served>,
+    pending: Vec<Pending>,
+    missing_approvals: Vec<Missing>,
+}
+
+/// An attestation, the consent it approved and its digest (signed by the bank, or logged).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Attested {
+    attestation: String,
+    consent: ConsentId,
+    digest: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Terms {
+    consent: ConsentId,
+    scope: Scope,
+    purpose: Purpose,
+    presence: Presence,
+    token_digest: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Issued {
+    token_id: String,
+    terms: Terms,
+    #[serde(with = "time::serde::timestamp::nanoseconds")]
+    read_at: OffsetDateTime,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Served {
+    token_id: String,
+    token_digest: Option<String>,
+    #[serde(with = "time::serde::timestamp::nanoseconds")]
+    served_at: OffsetDateTime,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pending {
+    token_id: String,
+    attestation: String,
+    #[serde(with = "time::serde::timestamp::nanoseconds")]
+    served_at: OffsetDateTime,
+    journal_seq: u64,
+    terms: Terms,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Missing {
+    attestation: String,
+    consent: ConsentId,
+}
+
+impl From<&TokenTerms> for Terms {
+    fn from(terms: &TokenTerms) -> Self {
+        Self {
+            consent: terms.consent.clone(),
+            scope: terms.scope,
+            purpose: terms.purpose,
+            presence: terms.presence,
+            token_digest: terms.token_digest.clone(),
+        }
+    }
+}
+
+impl From<Terms> for TokenTerms {
+    fn from(terms: Terms) -> Self {
+        Self {
+            consent: terms.consent,
+            scope: terms.scope,
+            purpose: terms.purpose,
+            presence: terms.presence,
+            token_digest: terms.token_digest,
+        }
+    }
+}
+
+/// `items` in a stable order (the maps' own is random), so that the same state saves to the
+/// same bytes.
+fn sorted<T>(mut items: Vec<T>, key: impl Fn(&T) -> (&str, &str)) -> Vec<T> {
+    items.sort_by(|a, b| key(a).cmp(&key(b)));
+    items
+}
+
+/// Whether a token id or digest is one the monitor keeps.
+fn kept(text: &str) -> bool {
+    text.len() <= LONGEST_KEPT
+}
+
+/// Inserts `value` under `key`, refusing a key that is there already.
+fn insert_once<V>(
+    map: &mut HashMap<String, V>,
+    key: String,
+    value: V,
+    what: &'static str,
+) -> Result<(), SavedStateError> {
+    match map.entry(key) {
+        Entry::Occupied(_) => Err(SavedStateError::Inconsistent(what)),
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+            Ok(())
+        }
+    }
+}
+
+impl LogMonitor {
+    /// The monitor's state, to keep with the bank's own data and give to
+    /// [`LogMonitor::restore`] when the bank restarts. Save after each pass: a monitor restored
+    /// from an older save reads again what came after it, and reports again what it reported
+    /// since. The bytes name consents, attestations and tokens by id, as the bank's journal
+    /// does, and no subject or account.
+    pub fn save(&self) -> Vec<u8> {
+        let attested =
+            |(attestation, consent, digest): (&String, &ConsentId, &Option<String>)| Attested {
+                attestation: attestation.clone(),
+                consent: consent.clone(),
+                digest: digest.clone(),
+            };
+        let state = State {
+            format: FORMAT.to_owned(),
+            origin: self.origin.clone(),
+            checkpoint: self.note.clone(),
+            peaks: encode_hashes(self.log.tree().peaks()),
+            journal_position: self.journal_position,
+            journal_last: self
+                .journal_last
+                .map(|hash| encode_hashes(&[hash]).concat()),
+            signed: sorted(
+                self.signed
+                    .iter()
+                    .map(|(attestation, (consent, digest))| {
+                        attested((attestation, consent, digest))
+                    })
+                    .collect(),
+                |a| (&a.attestation, a.consent.as_str()),
+            ),
+            // Each attestation's approvals in the order they were logged (the first 16 count).
+            approvals: sorted(
+                self.approvals
+                    .iter()
+                    .map(|(attestation, logged)| {
+                        (
+                            attestation,
+                            logged
+                                .iter()
+                                .map(|(consent, digest)| attested((attestation, consent, digest)))
+                                .collect::<Vec<_>>(),
+                        )
+                    })
+                    .collect(),
+                |(attestation, _)| (attestation.as_str(), ""),
+            )
+            .into_iter()
+            .flat_map(|(_, logged)| logged)
+            .collect(),
+            consents: {
+                let mut consents: Vec<ConsentId> = self.consents.iter().cloned().collect();
+                consents.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                consents
+            },
+            issued: sorted(
+                self.issued
+                    .iter()
+                    .flat_map(|(token_id, issued)| {
+                        issued.iter().map(move |(terms, read_at)| Issued {
+                            token_id: token_id.clone(),
+                            terms: terms.into(),
+                            read_at: *read_at,
+                        })
+                    })
+                    .collect(),
+                |issued| (&issued.token_id, ""),
+            ),
+            served: sorted(
+                self.served
+                    .iter()
+                    .map(|(token_id, (token_digest, served_at))| Served {
+                        token_id: token_id.clone(),
+                        token_digest: token_digest.clone(),
+                        served_at: *served_at,
+                    })
+                    .collect(),
+                |served| (&served.token_id, ""),
+            ),
+            pending: sorted(
+                self.pending
+                    .values()
+                    .map(|pending| Pending {
+                        token_id: pending.token_id.clone(),
+                        attestation: pending.attestation.clone(),
+                        served_at: pending.served_at,
+                        journal_seq: pending.journal_seq,
+                        terms: (&pending.terms).into(),
+                    })
+                    .collect(),
+                |pending| (&pending.token_id, ""),
+            ),
+            missing_approvals: sorted(
+                self.missing_approvals
+                    .iter()
+                    .map(|(attestation, consent)| Missing {
+                        attestation: attestation.clone(),
+                        consent: consent.clone(),
+                    })
+                    .collect(),
+                |missing| (&missing.attestation, missing.consent.as_str()),
+            ),
+        };
+        // Every field serialises (strings, numbers, and times as integers): this cannot fail.
+        serde_json::to_vec(&state).unwrap_or_default()
+    }
+
+    /// This monitor (its origin, log key, witness policy and merge delay) with the state
+    /// [`LogMonitor::save`] gave, from where that save left off: its next pass reads only the
+    /// log's entries after the checkpoint verified last, refuses a log smaller than it or not
+    /// consistent with it (a rollback or a fork shown to the restarted bank), and reads the
+    /// bank's journal from where it stopped, after checking that the journal still holds the
+    /// entry it read last ([`MonitorError::JournalDiffers`] otherwise).
+    ///
+    /// # Errors
+    /// [`MonitorError::Saved`]: bytes that are not a saved state of this version, another log's
+    /// state (origin, or checkpoint signature), or one whose parts do not agree. Nothing of it
+    /// is used then.
+    pub fn restore(self, saved: &[u8]) -> Result<Self, MonitorError> {
+        let state: State = serde_json::from_slice(saved).map_err(|error| {
+            // Where, not what: the error's text may quote the bytes.
+            SavedStateError::Malformed {
+                line: error.line(),
+                column: error.column(),
+            }
+        })?;
+        Ok(self.restored(state)?)
+    }
+
+    fn restored(mut self, state: State) -> Result<Self, SavedStateError> {
+        use SavedStateError::Inconsistent;
+        if state.format != FORMAT {
+            return Err(SavedStateError::Format);
+        }
+        if state.origin != self.origin {
+            return Err(SavedStateError::OtherLog);
+        }
+        let peaks =
+            decode_hashes(&state.peaks).ok_or(Inconsistent("a tree hash is not 32 bytes"))?;
+        self.log = match &state.checkpoint {
+            Some(note) => {
+                let checkpoint = verify_checkpoint(note, &self.log_key, Some(&self.origin))
+                    .map_err(|_| SavedStateError::OtherLog)?;
+                let tree = TreeBuilder::from_peaks(checkpoint.size, peaks)
+                    .ok_or(Inconsistent("the tree is not of the checkpoint's size"))?;
+                TiledLog::resume(checkpoint, tree)
+                    .ok_or(Inconsistent("the tree does not give the checkpoint's root"))?
+            }
+            None if peaks.is_empty() => TiledLog::new(),
+            None => return Err(Inconsistent("a tree without a checkpoint")),
+        };
+        self.note = state.checkpoint;
+        self.journal_position = state.journal_position;
+        self.journal_last = match state.journal_last {
+            Some(hash) => Some(
+                decode_hashes(&[hash])
+                    .and_then(|hashes| hashes.first().copied())
+                    .ok_or(Inconsistent("the journal's hash is not 32 bytes"))?,
+            ),
+            None => None,
+        };
+        if self.journal_last.is_some() != (self.journal_position > 0) {
+            return Err(Inconsistent(
+                "the journal's last hash does not match its position",
+            ));
+        }
+
+        self.signed = HashMap::new();
+        for signed in state.signed {
+            let value = (signed.consent, signed.digest);
+            insert_once(
+                &mut self.signed,
+                signed.attestation,
+                value,
+                "an attestation signed twice",
+            )?;
+        }
+        self.approvals = HashMap::new();
+        for approval in state.approvals {
+            let logged = self.approvals.entry(approval.attestation).or_default();
+            let value = (approval.consent, approval.digest);
+            if logged.len() >= MAX_APPROVALS || logged.contains(&value) {
+                return Err(Inconsistent(
+                    "more approvals of an attestation than are kept, or one twice",
+                ));
+            }
+            logged.push(value);
+        }
+        self.consents = state.consents.into_iter().collect();
+        self.issued = HashMap::new();
+        for issued in state.issued {
+            if !kept(&issued.token_id) || !issued.terms.token_digest.as_deref().is_none_or(kept) {
+                return Err(Inconsistent("a token id or digest longer than is kept"));
+            }
+            self.issued
+                .entry(issued.token_id)
+                .or_default()
+                .push((issued.terms.into(), issued.read_at));
+        }
+        self.served = HashMap::new();
+        for served in state.served {
+            let value = (served.token_digest, served.served_at);
+            insert_once(
+                &mut self.served,
+                served.token_id,
+                value,
+                "a token id served twice",
+            )?;
+        }
+        self.pending = HashMap::new();
+        for pending in state.pending {
+            if !self.served.contains_key(&pending.token_id) {
+                return Err(Inconsistent("a pending access whose token was not served"));
+            }
+            let access = MissingToken {
+                token_id: pending.token_id.clone(),
+                attestation: pending.attestation,
+                served_at: pending.served_at,
+                journal_seq: pending.journal_seq,
+                terms: pending.terms.into(),
+            };
+            insert_once(
+                &mut self.pending,
+                pending.token_id,
+                access,
+                "an access pending twice",
+            )?;
+        }
+        let missing: HashSet<(String, ConsentId)> = state
+            .missing_approvals
+            .into_iter()
+            .map(|missing| (missing.attestation, missing.consent))
+            .collect();
+        self.missing_approvals = missing;
+        Ok(self)
+    }
+}
