@@ -368,44 +368,37 @@ impl LogMonitor {
         }
         let mut signed = Vec::new();
         let mut served = Vec::new();
-        let mut position = start;
-        while position < len {
-            let end = position.saturating_add(4096).min(len);
-            for entry in journal.audit_entries(position..end)? {
-                match entry.event {
-                    AuditEvent::AttestationSigned {
-                        attestation,
-                        consent,
-                        attestation_digest,
-                        ..
-                    } => signed.push((attestation, (consent, attestation_digest))),
-                    AuditEvent::AccessServed {
-                        token_id,
-                        attestation,
+        journal_entries(journal, start..len, |entry| {
+            if let Some(attestation) = signed_in(&entry.event) {
+                signed.push(attestation);
+                return;
+            }
+            if let AuditEvent::AccessServed {
+                token_id,
+                attestation,
+                consent,
+                scope,
+                purpose,
+                presence,
+                token_digest,
+                ..
+            } = entry.event
+            {
+                served.push(MissingToken {
+                    token_id,
+                    attestation,
+                    served_at: entry.at,
+                    journal_seq: entry.seq,
+                    terms: TokenTerms {
                         consent,
                         scope,
                         purpose,
                         presence,
                         token_digest,
-                        ..
-                    } => served.push(MissingToken {
-                        token_id,
-                        attestation,
-                        served_at: entry.at,
-                        journal_seq: entry.seq,
-                        terms: TokenTerms {
-                            consent,
-                            scope,
-                            purpose,
-                            presence,
-                            token_digest,
-                        },
-                    }),
-                    _ => {}
-                }
+                    },
+                });
             }
-            position = end;
-        }
+        })?;
         if len > start {
             self.journal_last = last_entry_hash(journal, len)?;
         }
@@ -443,25 +436,28 @@ impl LogMonitor {
     ) -> Result<crate::cosignature::WitnessedCheckpoint, MonitorError> {
         let note = checkpoint_note(source)?;
         let witnessed = verify_witnessed(&note, &self.log_key, Some(&self.origin), &self.policy)?;
+        // The attestations the bank signed since the pass read its journal. The bank journals an
+        // attestation before it hands it out, and the platform logged every approval this
+        // checkpoint covers before signing it, so the journal read now shows every attestation
+        // of this bank that the checkpoint's entries can name: no approval needs a look into
+        // the ledger. (Accesses served since are left for the next pass.)
+        let journal = bank.journal();
+        let mut late = Vec::new();
+        journal_entries(
+            journal,
+            self.journal_position..journal.audit_len()?,
+            |entry| {
+                late.extend(signed_in(&entry.event));
+            },
+        )?;
+        self.signed.extend(late);
         let mut read = FromLog::default();
         let mut new_consents: HashSet<ConsentId> = HashSet::new();
         let (signed, consents) = (&self.signed, &self.consents);
-        // An approval of an attestation the journal read at the start of the pass does not show
-        // yet: the bank may have signed it since (its approval cannot be logged before). Its
-        // ledger says.
-        let mut ledger_failed = None;
-        let position = self.log.clone();
-        let mut signed_by_the_bank = |attestation: &str, consent: &ConsentId| {
+        let signed_by_the_bank = |attestation: &str, consent: &ConsentId| {
             signed
                 .get(attestation)
                 .is_some_and(|(signed, _)| signed == consent)
-                || match bank.ledger().attestation_record(attestation) {
-                    Ok(found) => found.is_some_and(|record| record.consent == *consent),
-                    Err(error) => {
-                        ledger_failed = Some(error);
-                        false
-                    }
-                }
         };
         self.log
             .update_each(source, witnessed.checkpoint.clone(), |_, bytes| {
@@ -516,11 +512,6 @@ impl LogMonitor {
                     _ => {}
                 }
             })?;
-        if let Some(error) = ledger_failed {
-            // Not read, then: the next pass reads these entries again.
-            self.log = position;
-            return Err(MonitorError::Journal(error));
-        }
         for (token_id, terms) in read.issued {
             self.issued.entry(token_id).or_default().push((terms, now));
         }
@@ -563,5 +554,39 @@ fn last_entry_hash(journal: &impl LogRead, len: u64) -> Result<Option<Hash>, Mon
     match entries.first() {
         Some(entry) if entry.seq == last => Ok(Some(leaf_hash(&entry.bytes))),
         _ => Err(MonitorError::JournalDiffers { position: len }),
+    }
+}
+
+/// The journal's entries in `range`, read a stretch at a time, each given to `each`.
+fn journal_entries(
+    journal: &impl LogRead,
+    range: std::ops::Range<u64>,
+    mut each: impl FnMut(AuditEntry),
+) -> Result<(), StoreError> {
+    let mut position = range.start;
+    while position < range.end {
+        let end = position.saturating_add(4096).min(range.end);
+        for entry in journal.audit_entries(position..end)? {
+            each(entry);
+        }
+        position = end;
+    }
+    Ok(())
+}
+
+/// The attestation an `attestation_signed` entry records: its id, the consent it approved and
+/// its digest.
+fn signed_in(event: &AuditEvent) -> Option<(String, (ConsentId, Option<String>))> {
+    match event {
+        AuditEvent::AttestationSigned {
+            attestation,
+            consent,
+            attestation_digest,
+            ..
+        } => Some((
+            attestation.clone(),
+            (consent.clone(), attestation_digest.clone()),
+        )),
+        _ => None,
     }
 }
