@@ -1825,15 +1825,7 @@ fn erasure_on_postgres_deletes_the_key_and_purges_its_table() {
     let granted = fx.granted();
     let mut client = raw_client(&url);
     let table = format!("{}.subject_keys", quote(&schema));
-    let file = |client: &mut Client| -> (u32, i64) {
-        let row = client
-            .query_one(
-                "SELECT pg_catalog.pg_relation_filenode($1::TEXT::regclass)::TEXT::BIGINT,                  pg_catalog.pg_relation_size($1::TEXT::regclass)",
-                &[&table],
-            )
-            .unwrap();
-        (u32::try_from(row.get::<_, i64>(0)).unwrap(), row.get(1))
-    };
+    let file = |client: &mut Client| key_table_file(client, &schema);
     let (file_before, size_before) = file(&mut client);
     assert!(size_before > 0, "the subject's key is in the table's file");
     let subject = granted.subject().clone();
@@ -1876,16 +1868,7 @@ fn purge_on_postgres_waits_for_snapshots_that_still_see_the_erased_key() {
     let granted = fx.granted();
     let mut client = raw_client(&url);
     let table = format!("{}.subject_keys", quote(&schema));
-    let file = |client: &mut Client| -> (i64, i64) {
-        let row = client
-            .query_one(
-                "SELECT pg_catalog.pg_relation_filenode($1::TEXT::regclass)::TEXT::BIGINT, \
-                 pg_catalog.pg_relation_size($1::TEXT::regclass)",
-                &[&table],
-            )
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
+    let file = |client: &mut Client| key_table_file(client, &schema);
     let (file_before, size_before) = file(&mut client);
     assert!(size_before > 0, "the subject's key is in the table's file");
     // Another session's snapshot, taken before the erasure and held. It reads no table (so it
@@ -1923,6 +1906,194 @@ fn purge_on_postgres_waits_for_snapshots_that_still_see_the_erased_key() {
         size_after, 0,
         "no byte of the erased key's row is left in the table's file"
     );
+}
+
+/// The key table's file (its number and size), read by `client`.
+fn key_table_file(client: &mut Client, schema: &str) -> (i64, i64) {
+    let table = format!("{}.subject_keys", quote(schema));
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.pg_relation_filenode($1::TEXT::regclass)::TEXT::BIGINT, \
+             pg_catalog.pg_relation_size($1::TEXT::regclass)",
+            &[&table],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// A primary of the test's own whose broker connects as `broker`, a role without superuser
+/// (owner of the database `app`), and which takes replication connections from `replicator`:
+/// the cluster and the broker's URL.
+fn primary_for_a_standby(prefix: &str, extra: &str) -> (Cluster, String) {
+    let mut primary = Cluster::new(prefix, "consent");
+    primary.init(
+        "local all all trust\nhost all all 127.0.0.1/32 trust\n\
+         local replication all trust\nhost replication all 127.0.0.1/32 trust\n",
+    );
+    primary.start(&format!(
+        "-c wal_level=replica -c max_wal_senders=4 {extra}"
+    ));
+    let mut admin = primary.admin();
+    for statement in [
+        "CREATE ROLE broker LOGIN",
+        "CREATE DATABASE app OWNER broker",
+        "CREATE ROLE replicator LOGIN REPLICATION",
+    ] {
+        admin.batch_execute(statement).unwrap();
+    }
+    let url = format!("postgres://broker@127.0.0.1:{}/app", primary.port);
+    (primary, url)
+}
+
+/// PostgreSQL 15 and older can keep dead rows `vacuum_defer_cleanup_age` transactions longer
+/// than any snapshot needs them: purge then says "not done", whatever it rewrites. Set by the
+/// server's operator (`ALTER SYSTEM`, a reload), on a server of the test's own (the setting is
+/// the whole server's).
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn purge_on_postgres_refuses_while_the_server_defers_cleanup() {
+    let (primary, url) = primary_for_a_standby("cbt-pg-defer.", "");
+    let mut admin = primary.admin();
+    let version: i32 = admin
+        .query_one("SELECT current_setting('server_version_num')::INT", &[])
+        .unwrap()
+        .get(0);
+    if version >= 160_000 {
+        eprintln!("PostgreSQL {version} has no vacuum_defer_cleanup_age: nothing to test");
+        return;
+    }
+    let schema = unique_name("defer");
+    let fx = Fixture::with_store(open(&url, &schema));
+    let granted = fx.granted();
+    let mut client = raw_client(&url);
+    let (file_before, _) = key_table_file(&mut client, &schema);
+    let reload = |admin: &mut Client, statement: &str| {
+        admin.batch_execute(statement).unwrap();
+        admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+        // Each session takes the reload at its next statement: wait until a new one sees it.
+        let wanted = statement.contains(" = ");
+        for _ in 0..100 {
+            let age: String = raw_client(&url)
+                .query_one("SELECT current_setting('vacuum_defer_cleanup_age')", &[])
+                .unwrap()
+                .get(0);
+            if (age != "0") == wanted {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the reload was not taken");
+    };
+    reload(
+        &mut admin,
+        "ALTER SYSTEM SET vacuum_defer_cleanup_age = 1000",
+    );
+    let erasure = fx.broker.erase_subject(granted.subject()).unwrap().unwrap();
+    assert!(!erasure.purged, "purged while the server defers cleanup");
+    assert_eq!(key_table_file(&mut client, &schema).0, file_before);
+    reload(&mut admin, "ALTER SYSTEM RESET vacuum_defer_cleanup_age");
+    assert!(fx.broker.purge().unwrap());
+    let (file_after, size_after) = key_table_file(&mut client, &schema);
+    assert_ne!(file_after, file_before, "the table was rewritten");
+    assert_eq!(size_after, 0);
+}
+
+/// A hot standby (`hot_standby_feedback` on) with a snapshot older than the erasure holds the
+/// primary's horizon back through its WAL sender, which connects as a replication role of its
+/// own and which the broker's role (no superuser) sees with neither a database nor a type: the
+/// rewrite would keep the erased key's row, so purge says "not done" and leaves the file; once
+/// the standby's snapshot ends, purge rewrites the table without the row.
+#[test]
+#[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
+fn purge_on_postgres_waits_for_a_standbys_snapshot() {
+    let (primary, url) = primary_for_a_standby("cbt-pg-primary.", "");
+    let mut standby = Cluster::new("cbt-pg-standby.", "consent");
+    let backup = primary
+        .command("pg_basebackup")
+        .arg("-D")
+        .arg(standby.data())
+        .args(["-R", "-X", "stream", "-c", "fast", "-h"])
+        .arg(primary.dir.path())
+        .args(["-p", &primary.port.to_string(), "-U", "replicator"])
+        .output()
+        .unwrap();
+    assert!(
+        backup.status.success(),
+        "pg_basebackup failed: {}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    standby.start("-c hot_standby=on -c hot_standby_feedback=on -c wal_receiver_status_interval=1");
+
+    let schema = unique_name("standby");
+    let fx = Fixture::with_store(open(&url, &schema));
+    let granted = fx.granted();
+    let mut client = raw_client(&url);
+    let (file_before, size_before) = key_table_file(&mut client, &schema);
+    assert!(size_before > 0);
+    // A snapshot on the standby, taken before the erasure and held; its feedback reaches the
+    // primary's WAL sender.
+    let mut on_standby = Client::connect(
+        &format!(
+            "host={} port={} user=broker dbname=app",
+            standby.dir.path().display(),
+            standby.port
+        ),
+        NoTls,
+    )
+    .unwrap();
+    let mut old = on_standby
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    old.query_one("SELECT 1", &[]).unwrap();
+    let sender_holds = |client: &mut Client| -> bool {
+        client
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_catalog.pg_stat_replication \
+                 WHERE backend_xmin IS NOT NULL",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let mut admin = primary.admin();
+    for _ in 0..200 {
+        if sender_holds(&mut admin) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(sender_holds(&mut admin), "the standby's feedback arrived");
+    // What the broker's role sees of the WAL sender: no database, no type.
+    let seen: (Option<String>, Option<String>) = {
+        let row = client
+            .query_one(
+                "SELECT datname::TEXT, backend_type FROM pg_catalog.pg_stat_activity \
+                 WHERE usename = 'replicator'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(seen, (None, None));
+
+    let erasure = fx.broker.erase_subject(granted.subject()).unwrap().unwrap();
+    assert!(
+        !erasure.purged,
+        "purged while a standby's snapshot still sees the key"
+    );
+    assert_eq!(
+        key_table_file(&mut client, &schema),
+        (file_before, size_before),
+        "not rewritten"
+    );
+    old.commit().unwrap();
+    assert!(fx.broker.purge().unwrap());
+    let (file_after, size_after) = key_table_file(&mut client, &schema);
+    assert_ne!(file_after, file_before, "the table was rewritten");
+    assert_eq!(size_after, 0);
+    drop(standby);
 }
 
 // ---------------------------------------------------------------------------------------------
