@@ -213,7 +213,11 @@ fn monitoring(c: &mut Criterion) {
         b.iter(|| black_box(&monitor).save())
     });
     group.bench_function("restore_100000_served_tokens", |b| {
-        b.iter(|| made().restore(black_box(&saved)).unwrap())
+        b.iter_batched(
+            made,
+            |monitor| monitor.restore(black_box(&saved)).unwrap(),
+            BatchSize::LargeInput,
+        )
     });
     group.bench_function("restored_pass_nothing_new_100000_served_tokens", |b| {
         b.iter_batched(

@@ -829,9 +829,16 @@ fn witness_publish_and_monitor(story: &mut Story, path: &Path, vkey: &str) -> Re
             format!("the bank's monitor found the platform's log wanting: {report:?}").into(),
         );
     }
+    // Durably, replacing the last save: written in full and flushed, then renamed over it, and
+    // the rename flushed with its directory.
     let kept = state_file.with_extension("json.new");
-    std::fs::write(&kept, monitor.save())?;
+    let mut file = std::fs::File::create(&kept)?;
+    std::io::Write::write_all(&mut file, &monitor.save())?;
+    file.sync_all()?;
     std::fs::rename(&kept, &state_file)?;
+    if let Some(directory) = state_file.parent() {
+        std::fs::File::open(directory)?.sync_all()?;
+    }
     println!(
         "   the bank's monitor verified the tiles up to size {}{}: every token its gate served is \
          there, for what it was served, with its approval; its state is kept in {}",

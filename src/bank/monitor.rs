@@ -25,7 +25,7 @@ use crate::audit::{AuditEntry, AuditEvent};
 use crate::checkpoint::NoteVerifier;
 use crate::cosignature::{WitnessPolicy, WitnessedError, verify_witnessed};
 use crate::ids::ConsentId;
-use crate::merkle::{Hash, leaf_hash};
+use crate::merkle::{self, EMPTY_ROOT, Hash};
 use crate::store::{LedgerRead, LogRead, Store, StoreError};
 use crate::tiles::{TileError, TileSource, TiledLog, checkpoint_note};
 use crate::token::{MAX_LEEWAY, MAX_TOKEN_LIFETIME};
@@ -117,8 +117,8 @@ pub enum MonitorError {
     #[error("the bank's journal: {0}")]
     Journal(#[from] StoreError),
     /// The bank's journal does not hold the entries this monitor has read: it is shorter, or
-    /// its entry at `position - 1` is not the one read there. A journal restored from an older
-    /// copy, or a monitor restored from another bank's saved state.
+    /// its tree over the first `position` entries is not the one read. A journal restored from
+    /// an older copy, or a monitor restored from another bank's saved state.
     #[error("the bank's journal does not hold the {position} entries this monitor read")]
     JournalDiffers {
         /// How many of the journal's entries the monitor had read.
@@ -187,9 +187,15 @@ pub struct LogMonitor {
     /// for another token is reported.
     served: HashMap<String, (Option<String>, OffsetDateTime)>,
     journal_position: u64,
-    /// The leaf hash of the journal's entry at `journal_position - 1`, as read.
-    journal_last: Option<Hash>,
+    /// The root of the journal's first `journal_position` entries, as read.
+    journal_root: Hash,
     pending: HashMap<String, MissingToken>,
+    /// What the last pass reported missing: saved, so that a monitor restored from the state
+    /// saved after a pass reports it again (an alarm the bank had no time to act on before a
+    /// restart is not lost).
+    reported: Vec<MissingToken>,
+    /// What a restored monitor's next pass reports again.
+    repeat: Vec<MissingToken>,
     /// Attestations (with the consent their served tokens named) whose approval the log does
     /// not show.
     missing_approvals: HashSet<(String, ConsentId)>,
@@ -261,8 +267,10 @@ impl LogMonitor {
             signed: HashMap::new(),
             served: HashMap::new(),
             journal_position: 0,
-            journal_last: None,
+            journal_root: EMPTY_ROOT,
             pending: HashMap::new(),
+            reported: Vec::new(),
+            repeat: Vec::new(),
             missing_approvals: HashSet::new(),
         }
     }
@@ -278,8 +286,9 @@ impl LogMonitor {
     /// published entries, and reports what the log does not account for. A log that cannot be
     /// read or trusted is reported ([`MonitorReport::log_error`]), and the served tokens are
     /// judged against the log as last verified: past the merge delay, they are missing. A token
-    /// reported missing is reported once; an attestation without an approval in the log, every
-    /// pass.
+    /// reported missing is reported once (and once more by a monitor restored from the state
+    /// saved after that pass: see [`LogMonitor::save`]); an attestation without an approval in
+    /// the log, every pass.
     ///
     /// # Errors
     /// [`MonitorError::Journal`]: the bank's own journal could not be read (nothing of the pass
@@ -292,6 +301,7 @@ impl LogMonitor {
         now: OffsetDateTime,
     ) -> Result<MonitorReport, MonitorError> {
         let mut missing_tokens = self.read_journal(bank)?;
+        missing_tokens.append(&mut self.repeat);
         // An access served after the journal was read is judged at the next pass, after the
         // attestation it rests on (journalled before it) and that attestation's digest.
         let (witnessed_by, log_error) = match self.read_log(bank, source, now) {
@@ -335,6 +345,7 @@ impl LogMonitor {
             .collect();
         self.forget_the_expired(now);
         missing_tokens.sort_by_key(|m| m.journal_seq);
+        self.reported.clone_from(&missing_tokens);
         let mut missing_approvals: Vec<String> = self
             .missing_approvals
             .iter()
@@ -363,7 +374,7 @@ impl LogMonitor {
         let len = journal.audit_len()?;
         let start = self.journal_position;
         // The journal still holds what was read of it (a restored state's, too).
-        if len < start || last_entry_hash(journal, start)? != self.journal_last {
+        if len < start || journal_root(journal, start)? != Some(self.journal_root) {
             return Err(MonitorError::JournalDiffers { position: start });
         }
         let mut signed = Vec::new();
@@ -400,7 +411,11 @@ impl LogMonitor {
             }
         })?;
         if len > start {
-            self.journal_last = last_entry_hash(journal, len)?;
+            self.journal_root = journal_root(journal, len)?.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the journal holds {len} entries but not its tree's nodes over them"
+                ))
+            })?;
         }
         self.journal_position = len;
         self.signed.extend(signed);
@@ -542,18 +557,40 @@ impl LogMonitor {
     }
 }
 
-/// The leaf hash of the journal's entry at `len - 1` (`None` for `len` 0).
+/// The root of the journal's first `size` entries, from its stored tree (one node per set bit
+/// of `size`); `None` if it holds no such tree.
 ///
 /// # Errors
-/// The journal's; [`MonitorError::JournalDiffers`] when it holds no such entry.
-fn last_entry_hash(journal: &impl LogRead, len: u64) -> Result<Option<Hash>, MonitorError> {
-    let Some(last) = len.checked_sub(1) else {
-        return Ok(None);
+/// The journal's.
+fn journal_root(journal: &impl LogRead, size: u64) -> Result<Option<Hash>, StoreError> {
+    let nodes = JournalNodes {
+        journal,
+        error: std::cell::RefCell::new(None),
     };
-    let entries = journal.audit_bytes(last..len)?;
-    match entries.first() {
-        Some(entry) if entry.seq == last => Ok(Some(leaf_hash(&entry.bytes))),
-        _ => Err(MonitorError::JournalDiffers { position: len }),
+    let root = merkle::root(size, &nodes);
+    match (nodes.error.into_inner(), root) {
+        (Some(error), _) => Err(error),
+        (None, Ok(root)) => Ok(Some(root)),
+        (None, Err(_)) => Ok(None),
+    }
+}
+
+/// A journal's stored tree as a [`NodeSource`](merkle::NodeSource), keeping the store's error.
+struct JournalNodes<'a, J> {
+    journal: &'a J,
+    error: std::cell::RefCell<Option<StoreError>>,
+}
+
+impl<J: LogRead> merkle::NodeSource for JournalNodes<'_, J> {
+    fn node(&self, level: u32, index: u64) -> Result<Hash, merkle::MerkleError> {
+        match self.journal.merkle_node(level, index) {
+            Ok(Some(hash)) => Ok(hash),
+            Ok(None) => Err(merkle::MerkleError::MissingNode { level, index }),
+            Err(error) => {
+                *self.error.borrow_mut() = Some(error);
+                Err(merkle::MerkleError::Source(String::new()))
+            }
+        }
     }
 }
 
@@ -566,9 +603,21 @@ fn journal_entries(
     let mut position = range.start;
     while position < range.end {
         let end = position.saturating_add(4096).min(range.end);
-        for entry in journal.audit_entries(position..end)? {
-            each(entry);
+        let entries = journal.audit_entries(position..end)?;
+        // Every entry of the stretch, in order: a store that skips one (a replica behind, a
+        // damaged table) is not read past it.
+        let whole = entries.len() as u64 == end - position
+            && entries
+                .iter()
+                .zip(position..)
+                .all(|(entry, seq)| entry.seq == seq);
+        if !whole {
+            return Err(StoreError::Unavailable(format!(
+                "the journal gave {} of its entries {position} to {end}",
+                entries.len()
+            )));
         }
+        entries.into_iter().for_each(&mut each);
         position = end;
     }
     Ok(())

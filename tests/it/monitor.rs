@@ -76,7 +76,11 @@ fn bank_witness(dir: &Path, platform: &Platform) -> Witness {
 /// A shadow broker: the platform's keys (the kit's) on a store it never publishes, its random
 /// source seeded with `seed` (or the kit's), and a consent the bank approved through it (after
 /// three requests, so that its id is not one the platform's broker gave).
-fn shadow_broker(kit: &TestBroker, bank: &TestBank, seed: Option<u64>) -> (TestBroker, Consent) {
+fn shadow_broker<L: Store + LedgerRead>(
+    kit: &TestBroker,
+    bank: &TestBank<L>,
+    seed: Option<u64>,
+) -> (TestBroker, Consent) {
     let shadow =
         TestBroker::configured(
             MemoryStore::new(),
@@ -791,6 +795,65 @@ fn a_restored_monitor_goes_on_where_the_saved_one_stopped() {
     assert_eq!(restored.save(), running.save());
 }
 
+/// A pass reports a shadow broker's token missing, the bank saves the monitor's state, and goes
+/// down before it has acted on the report: the restored monitor reports the token again at its
+/// next pass (the one that kept running does not), and then not again.
+#[test]
+fn an_alarm_reported_before_a_restart_is_reported_again_after_it() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (mut running, _) = watched(&platform, &bank, &witness, &consent);
+    let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(94));
+    serve(&shadow, &bank, &shadow_consent);
+    let source = DirTiles::new(platform.dir.path());
+    let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
+    let reported = running
+        .check(&bank.bank, &source, later)
+        .unwrap()
+        .missing_tokens;
+    assert_eq!(reported.len(), 1);
+    let saved = running.save();
+    let mut restored = platform.monitor(&witness).restore(&saved).unwrap();
+    assert_eq!(restored.save(), saved);
+    let again = restored.check(&bank.bank, &source, later).unwrap();
+    assert_eq!(
+        again.missing_tokens, reported,
+        "reported again after the restart"
+    );
+    assert!(!again.is_clean());
+    let kept_running = running.check(&bank.bank, &source, later).unwrap();
+    assert_eq!(kept_running.missing_tokens, []);
+    let after = restored.check(&bank.bank, &source, later).unwrap();
+    assert_eq!(after.missing_tokens, [], "and then not again");
+}
+
+/// A ledger that returns a stretch of the journal short (a replica behind, a damaged table)
+/// stops the pass with an error instead of the monitor reading past the missing entry; once the
+/// ledger answers whole again, the pass reads everything, the shadow broker's token included.
+#[test]
+fn a_journal_read_short_is_not_read_past() {
+    let ledger = Arc::new(FaultStore::new(MemoryStore::new(), 2));
+    let (platform, bank, _witness_dir, witness, consent) =
+        world_with(|kit| TestBank::on(kit, ledger.clone()));
+    let kit = &platform.kit;
+    let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(93));
+    serve(&shadow, &bank, &shadow_consent);
+    serve(kit, &bank, &consent);
+    platform.publish(&witness);
+    let mut monitor = platform.monitor(&witness);
+    let source = DirTiles::new(platform.dir.path());
+    let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
+    ledger.short_reads(true);
+    assert!(matches!(
+        monitor.check(&bank.bank, &source, later),
+        Err(MonitorError::Journal(StoreError::Unavailable(_)))
+    ));
+    ledger.short_reads(false);
+    let report = monitor.check(&bank.bank, &source, later).unwrap();
+    assert_eq!(report.missing_tokens.len(), 1, "{report:?}");
+    assert_eq!(report.missing_tokens[0].terms.consent, *shadow_consent.id());
+}
+
 /// A saved state restored beside a journal it was not read from (another ledger of the bank,
 /// shorter or longer than what was read: a journal restored from an older copy, or the state of
 /// another bank's monitor) is refused at the first pass, and so is a journal that shrinks
@@ -895,7 +958,7 @@ fn a_saved_state_damaged_or_from_another_log_is_refused() {
             let note = s["checkpoint"].as_str().unwrap().replacen('\n', "\n1", 1);
             s["checkpoint"] = note.into();
         }),
-        Err(MonitorError::Saved(SavedStateError::OtherLog))
+        Err(MonitorError::Saved(SavedStateError::Checkpoint))
     );
     // Another log's key.
     let stranger =
@@ -914,7 +977,7 @@ fn a_saved_state_damaged_or_from_another_log_is_refused() {
         .unwrap()
         .restore(&saved)
         .map(drop),
-        Err(MonitorError::Saved(SavedStateError::OtherLog))
+        Err(MonitorError::Saved(SavedStateError::Checkpoint))
     );
     // The tree.
     let other_hash = serde_json::Value::from(consent_broker::encode_hashes(&[[7; 32]]).concat());
@@ -936,8 +999,12 @@ fn a_saved_state_damaged_or_from_another_log_is_refused() {
     );
     // The journal's mark.
     assert_eq!(
-        edited(&|s| s["journal_last"] = serde_json::Value::Null),
-        inconsistent("the journal's last hash does not match its position")
+        edited(&|s| s["journal_root"] = "AAAA".into()),
+        inconsistent("the journal's root is not 32 bytes")
+    );
+    assert_eq!(
+        edited(&|s| s["journal_position"] = 0.into()),
+        inconsistent("the journal's root is not its position's")
     );
     // The tables.
     assert_eq!(twice("served"), inconsistent("a token id served twice"));

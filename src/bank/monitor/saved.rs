@@ -1,16 +1,18 @@
 //! A monitor's state as bytes the bank keeps between runs ([`LogMonitor::save`],
 //! [`LogMonitor::restore`]).
 //!
-//! The bytes are JSON (one object, its first field `format`). They hold what a pass needs to go
-//! on: the signed note of the checkpoint verified last and the roots of its tree's complete
-//! subtrees (O(log n) hashes, from which the next checkpoint is checked by reading only the
-//! entries after it), how much of the bank's journal was read and the hash of its last entry
-//! read, and the monitor's tables (attestations signed, approvals logged, tokens issued and
-//! served, accesses pending, approvals missing). They name consents, attestations and tokens by
-//! id, as the bank's journal does, and no subject or account: keep them where the journal is
-//! kept. Restoring checks the checkpoint's signature with the monitor's key and origin, that
-//! the tree gives the checkpoint's root, and every bound the monitor keeps; the first pass then
-//! checks the journal's entry at the position read.
+//! The bytes are JSON (one object, its first field `format`; times are integers, nanoseconds
+//! since 1970, beyond the 2^53 a JSON number read as a double keeps exactly). They hold what a
+//! pass needs to go on: the signed note of the checkpoint verified last and the roots of its
+//! tree's complete subtrees (O(log n) hashes, from which the next checkpoint is checked by
+//! reading only the entries after it), how much of the bank's journal was read and the root of
+//! its tree over that much, the monitor's tables (attestations signed, approvals logged, tokens
+//! issued and served, accesses pending, approvals missing), and what the last pass reported
+//! missing. They name consents, attestations and tokens by id, and no subject or account: keep
+//! them where the journal is kept. Restoring checks the checkpoint's signature with the
+//! monitor's key and origin (not its cosignatures: the witness policy may have changed since it
+//! was accepted), that the tree gives the checkpoint's root, and the bounds on what the tables
+//! hold; the next pass then checks the journal's tree at the position read.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -22,7 +24,7 @@ use super::{LONGEST_KEPT, LogMonitor, MAX_APPROVALS, MissingToken, MonitorError,
 use crate::auditor::{decode_hashes, encode_hashes};
 use crate::checkpoint::verify_checkpoint;
 use crate::ids::ConsentId;
-use crate::merkle::TreeBuilder;
+use crate::merkle::{EMPTY_ROOT, TreeBuilder};
 use crate::policy::Presence;
 use crate::tiles::TiledLog;
 use crate::vocab::{Purpose, Scope};
@@ -47,10 +49,13 @@ pub enum SavedStateError {
     /// Another format, or another version of this one.
     #[error("another format or version than {FORMAT}")]
     Format,
-    /// The state of another log: its origin is not this monitor's, or its checkpoint is not
-    /// signed by this monitor's log key.
+    /// The state of another log: its origin is not this monitor's.
     #[error("the state of another log than this monitor's")]
     OtherLog,
+    /// Its checkpoint does not verify under this monitor's log key and origin: another log's
+    /// (under another key), or damaged.
+    #[error("its checkpoint does not verify under this monitor's log key")]
+    Checkpoint,
     /// Its parts do not agree with each other or with what a monitor keeps (named here): a
     /// damaged or edited state.
     #[error("its parts do not agree: {0}")]
@@ -67,7 +72,8 @@ struct State {
     /// The roots of the complete subtrees of that checkpoint's tree (standard base64).
     peaks: Vec<String>,
     journal_position: u64,
-    journal_last: Option<String>,
+    /// The root of the journal's tree over its first `journal_position` entries.
+    journal_root: String,
     signed: Vec<Attested>,
     approvals: Vec<Attested>,
     consents: Vec<ConsentId>,
@@ -75,6 +81,8 @@ struct State {
     served: Vec<Served>,
     pending: Vec<Pending>,
     missing_approvals: Vec<Missing>,
+    /// What the last pass reported missing, reported again by the restored monitor's next pass.
+    reported: Vec<Pending>,
 }
 
 /// An attestation, the consent it approved and its digest (signed by the bank, or logged).
@@ -132,6 +140,30 @@ struct Missing {
     consent: ConsentId,
 }
 
+impl From<&MissingToken> for Pending {
+    fn from(access: &MissingToken) -> Self {
+        Self {
+            token_id: access.token_id.clone(),
+            attestation: access.attestation.clone(),
+            served_at: access.served_at,
+            journal_seq: access.journal_seq,
+            terms: (&access.terms).into(),
+        }
+    }
+}
+
+impl From<Pending> for MissingToken {
+    fn from(access: Pending) -> Self {
+        Self {
+            token_id: access.token_id,
+            attestation: access.attestation,
+            served_at: access.served_at,
+            journal_seq: access.journal_seq,
+            terms: access.terms.into(),
+        }
+    }
+}
+
 impl From<&TokenTerms> for Terms {
     fn from(terms: &TokenTerms) -> Self {
         Self {
@@ -186,10 +218,14 @@ fn insert_once<V>(
 
 impl LogMonitor {
     /// The monitor's state, to keep with the bank's own data and give to
-    /// [`LogMonitor::restore`] when the bank restarts. Save after each pass: a monitor restored
-    /// from an older save reads again what came after it, and reports again what it reported
-    /// since. The bytes name consents, attestations and tokens by id, as the bank's journal
-    /// does, and no subject or account.
+    /// [`LogMonitor::restore`] when the bank restarts. Save after each pass (durably, replacing
+    /// the last save): the state holds what that pass reported missing, and a monitor restored
+    /// from it reports that again at its next pass, so an alarm the bank had no time to act on
+    /// before a restart is not lost (one it did act on comes twice; each names its journal
+    /// entry). A monitor restored from an older save reads again what came after it, and
+    /// reports again what it reported since. The bytes name consents, attestations and tokens
+    /// by id (this bank's served tokens, and the tokens the platform's log shows issued for
+    /// this bank's consents), and no subject or account.
     pub fn save(&self) -> Vec<u8> {
         let attested =
             |(attestation, consent, digest): (&String, &ConsentId, &Option<String>)| Attested {
@@ -203,9 +239,7 @@ impl LogMonitor {
             checkpoint: self.note.clone(),
             peaks: encode_hashes(self.log.tree().peaks()),
             journal_position: self.journal_position,
-            journal_last: self
-                .journal_last
-                .map(|hash| encode_hashes(&[hash]).concat()),
+            journal_root: encode_hashes(&[self.journal_root]).concat(),
             signed: sorted(
                 self.signed
                     .iter()
@@ -264,16 +298,7 @@ impl LogMonitor {
                 |served| (&served.token_id, ""),
             ),
             pending: sorted(
-                self.pending
-                    .values()
-                    .map(|pending| Pending {
-                        token_id: pending.token_id.clone(),
-                        attestation: pending.attestation.clone(),
-                        served_at: pending.served_at,
-                        journal_seq: pending.journal_seq,
-                        terms: (&pending.terms).into(),
-                    })
-                    .collect(),
+                self.pending.values().map(Pending::from).collect(),
                 |pending| (&pending.token_id, ""),
             ),
             missing_approvals: sorted(
@@ -286,6 +311,7 @@ impl LogMonitor {
                     .collect(),
                 |missing| (&missing.attestation, missing.consent.as_str()),
             ),
+            reported: self.reported.iter().map(Pending::from).collect(),
         };
         // Every field serialises (strings, numbers, and times as integers): this cannot fail.
         serde_json::to_vec(&state).unwrap_or_default()
@@ -295,13 +321,15 @@ impl LogMonitor {
     /// [`LogMonitor::save`] gave, from where that save left off: its next pass reads only the
     /// log's entries after the checkpoint verified last, refuses a log smaller than it or not
     /// consistent with it (a rollback or a fork shown to the restarted bank), and reads the
-    /// bank's journal from where it stopped, after checking that the journal still holds the
-    /// entry it read last ([`MonitorError::JournalDiffers`] otherwise).
+    /// bank's journal from where it stopped, after checking that the journal's tree over what
+    /// was read is the one read ([`MonitorError::JournalDiffers`] otherwise). The saved
+    /// checkpoint's log signature and origin are checked again, not its cosignatures: it was
+    /// accepted under the policy of its day, and the witnesses may have changed since.
     ///
     /// # Errors
     /// [`MonitorError::Saved`]: bytes that are not a saved state of this version, another log's
-    /// state (origin, or checkpoint signature), or one whose parts do not agree. Nothing of it
-    /// is used then.
+    /// state, a checkpoint that does not verify, or parts that do not agree. Nothing of it is
+    /// used then.
     pub fn restore(self, saved: &[u8]) -> Result<Self, MonitorError> {
         let state: State = serde_json::from_slice(saved).map_err(|error| {
             // Where, not what: the error's text may quote the bytes.
@@ -326,7 +354,7 @@ impl LogMonitor {
         self.log = match &state.checkpoint {
             Some(note) => {
                 let checkpoint = verify_checkpoint(note, &self.log_key, Some(&self.origin))
-                    .map_err(|_| SavedStateError::OtherLog)?;
+                    .map_err(|_| SavedStateError::Checkpoint)?;
                 let tree = TreeBuilder::from_peaks(checkpoint.size, peaks)
                     .ok_or(Inconsistent("the tree is not of the checkpoint's size"))?;
                 TiledLog::resume(checkpoint, tree)
@@ -337,18 +365,11 @@ impl LogMonitor {
         };
         self.note = state.checkpoint;
         self.journal_position = state.journal_position;
-        self.journal_last = match state.journal_last {
-            Some(hash) => Some(
-                decode_hashes(&[hash])
-                    .and_then(|hashes| hashes.first().copied())
-                    .ok_or(Inconsistent("the journal's hash is not 32 bytes"))?,
-            ),
-            None => None,
-        };
-        if self.journal_last.is_some() != (self.journal_position > 0) {
-            return Err(Inconsistent(
-                "the journal's last hash does not match its position",
-            ));
+        self.journal_root = decode_hashes(&[state.journal_root])
+            .and_then(|hashes| hashes.first().copied())
+            .ok_or(Inconsistent("the journal's root is not 32 bytes"))?;
+        if self.journal_position == 0 && self.journal_root != EMPTY_ROOT {
+            return Err(Inconsistent("the journal's root is not its position's"));
         }
 
         self.signed = HashMap::new();
@@ -398,17 +419,11 @@ impl LogMonitor {
             if !self.served.contains_key(&pending.token_id) {
                 return Err(Inconsistent("a pending access whose token was not served"));
             }
-            let access = MissingToken {
-                token_id: pending.token_id.clone(),
-                attestation: pending.attestation,
-                served_at: pending.served_at,
-                journal_seq: pending.journal_seq,
-                terms: pending.terms.into(),
-            };
+            let token_id = pending.token_id.clone();
             insert_once(
                 &mut self.pending,
-                pending.token_id,
-                access,
+                token_id,
+                pending.into(),
                 "an access pending twice",
             )?;
         }
@@ -418,6 +433,8 @@ impl LogMonitor {
             .map(|missing| (missing.attestation, missing.consent))
             .collect();
         self.missing_approvals = missing;
+        self.reported = state.reported.into_iter().map(MissingToken::from).collect();
+        self.repeat.clone_from(&self.reported);
         Ok(self)
     }
 }
