@@ -640,6 +640,8 @@ fn hashes_of(bytes: &[u8]) -> impl Iterator<Item = Hash> + '_ {
 pub struct TiledLog {
     checkpoint: Option<Checkpoint>,
     tree: TreeBuilder,
+    /// A checkpoint this log must extend, not verified through yet (see [`TiledLog::pinned`]).
+    pin: Option<Checkpoint>,
 }
 
 /// One verified entry, read from the tiles.
@@ -663,6 +665,19 @@ impl TiledLog {
         Self {
             checkpoint: None,
             tree: TreeBuilder::new(),
+            pin: None,
+        }
+    }
+
+    /// Nothing verified yet, but held to `checkpoint` (verified by the caller, who kept it
+    /// without the tree of its entries): reading refuses a checkpoint smaller than it
+    /// ([`TileError::Rollback`]) and entries whose first `checkpoint.size` do not have its root
+    /// ([`TileError::RootMismatch`] at its size), as [`TiledLog::resume`] would, at the cost of
+    /// reading the log from its start.
+    pub fn pinned(checkpoint: Checkpoint) -> Self {
+        Self {
+            pin: Some(checkpoint),
+            ..Self::new()
         }
     }
 
@@ -689,6 +704,7 @@ impl TiledLog {
         (tree.size() == checkpoint.size && tree.root() == checkpoint.root).then_some(Self {
             checkpoint: Some(checkpoint),
             tree,
+            pin: None,
         })
     }
 
@@ -760,10 +776,12 @@ impl TiledLog {
         mut each: impl FnMut(u64, &[u8], Hash),
     ) -> Result<(), TileError> {
         let from = self.tree.size();
-        if checkpoint.size < from {
+        let pin = self.pin.as_ref().map(|pin| (pin.size, pin.root));
+        let known = pin.map_or(from, |(size, _)| size.max(from));
+        if checkpoint.size < known {
             return Err(TileError::Rollback {
                 size: checkpoint.size,
-                known: from,
+                known,
             });
         }
         let mut tree = self.tree.clone();
@@ -786,6 +804,12 @@ impl TiledLog {
                     return Err(TileError::EntryMismatch { index });
                 }
                 tree.try_push(hash)?;
+                if let Some((size, root)) = pin
+                    && tree.size() == size
+                    && tree.root() != root
+                {
+                    return Err(TileError::RootMismatch { size });
+                }
                 each(index, entry, hash);
                 index = index.saturating_add(1);
             }
@@ -802,6 +826,7 @@ impl TiledLog {
         }
         self.tree = tree;
         self.checkpoint = Some(checkpoint);
+        self.pin = None;
         Ok(())
     }
 }

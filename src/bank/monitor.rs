@@ -172,6 +172,9 @@ pub struct LogMonitor {
     log: TiledLog,
     /// The signed note (with its cosignatures) of the checkpoint `log` verified last.
     note: Option<String>,
+    /// The signed note of the checkpoint `log` is held to and has not read through yet
+    /// ([`LogMonitor::pinned_to`]).
+    pin: Option<String>,
     /// The tokens the log shows issued for this bank's consents, by `jti`: what each was issued
     /// for, and when the monitor read it.
     issued: HashMap<String, Vec<(TokenTerms, OffsetDateTime)>>,
@@ -261,6 +264,7 @@ impl LogMonitor {
             max_merge_delay: DEFAULT_MAX_MERGE_DELAY,
             log: TiledLog::new(),
             note: None,
+            pin: None,
             issued: HashMap::new(),
             approvals: HashMap::new(),
             consents: HashSet::new(),
@@ -540,6 +544,8 @@ impl LogMonitor {
         }
         self.consents.extend(new_consents);
         self.note = Some(note);
+        // Read through the pin (a smaller checkpoint, or another tree at its size, failed).
+        self.pin = None;
         Ok(witnessed)
     }
 

@@ -681,20 +681,34 @@ fn publish_unwitnessed(kit: &TestBroker, dir: &Path) {
     publish(&kit.broker.store(), dir, &checkpoint).unwrap();
 }
 
+/// An access served and published, a copy of the published directory taken (an older,
+/// witnessed log, for the platform to show again), and another access served and published: the
+/// copy.
+fn published_twice(
+    platform: &Platform,
+    bank: &TestBank,
+    witness: &Witness,
+    consent: &Consent,
+) -> tempfile::TempDir {
+    serve(&platform.kit, bank, consent);
+    platform.publish(witness);
+    let older = tempfile::tempdir().unwrap();
+    copy_dir(platform.dir.path(), older.path());
+    serve(&platform.kit, bank, consent);
+    platform.publish(witness);
+    older
+}
+
 /// The bank restarts its monitor, and the platform then shows it an older copy of its published
 /// log (a checkpoint the witness did cosign, replayed), or, for a log no witness follows yet,
 /// another log signed with the platform's key. A monitor made anew takes either; one restored
-/// from the state saved before the restart refuses both.
+/// from the state saved before the restart refuses both, and so does one made anew but held to
+/// that state's checkpoint (`pinned_to`), which reads the log from its start.
 #[test]
 fn a_restored_monitor_refuses_a_log_rolled_back_or_forked_across_the_restart() {
     let (platform, bank, _witness_dir, witness, consent) = world();
     let kit = &platform.kit;
-    serve(kit, &bank, &consent);
-    platform.publish(&witness);
-    let older = tempfile::tempdir().unwrap();
-    copy_dir(platform.dir.path(), older.path());
-    serve(kit, &bank, &consent);
-    platform.publish(&witness);
+    let older = published_twice(&platform, &bank, &witness, &consent);
     let source = DirTiles::new(platform.dir.path());
     let now = kit.broker.now();
     let mut monitor = platform.monitor(&witness);
@@ -703,21 +717,31 @@ fn a_restored_monitor_refuses_a_log_rolled_back_or_forked_across_the_restart() {
     drop(monitor);
 
     let rolled_back = DirTiles::new(older.path());
+    // A pass by a monitor made anew, one restored from `saved` and one held to its checkpoint.
     let pass = |made: &dyn Fn() -> LogMonitor, saved: &[u8], source: &DirTiles| {
         let anew = made().check(&bank.bank, source, now).unwrap();
         let mut restored = made().restore(saved).unwrap();
-        (anew, restored.check(&bank.bank, source, now).unwrap())
+        let mut pinned = made().pinned_to(saved).unwrap();
+        (
+            anew,
+            restored.check(&bank.bank, source, now).unwrap(),
+            pinned.check(&bank.bank, source, now).unwrap(),
+        )
     };
     let witnessed = || platform.monitor(&witness);
-    let (anew, restored) = pass(&witnessed, &saved, &rolled_back);
+    let (anew, restored, pinned) = pass(&witnessed, &saved, &rolled_back);
     assert_eq!(anew.log_error, None, "made anew, it takes the older log");
-    assert!(
-        matches!(
-            restored.log_error,
-            Some(MonitorError::Tiles(TileError::Rollback { .. }))
-        ),
-        "{restored:?}"
-    );
+    for refused in [restored, pinned] {
+        assert!(
+            matches!(
+                refused.log_error,
+                Some(MonitorError::Tiles(TileError::Rollback { .. }))
+            ),
+            "{refused:?}"
+        );
+    }
+    let (_, restored, pinned) = pass(&witnessed, &saved, &source);
+    assert!(restored.is_clean() && pinned.is_clean(), "{pinned:?}");
 
     // No witness: the platform's key alone vouches for the log.
     let origin = kit.broker.log_origin();
@@ -734,7 +758,7 @@ fn a_restored_monitor_refuses_a_log_rolled_back_or_forked_across_the_restart() {
     }
     let fork_dir = tempfile::tempdir().unwrap();
     publish_unwitnessed(&shadow, fork_dir.path());
-    let (anew, restored) = pass(&unwitnessed, &saved, &DirTiles::new(fork_dir.path()));
+    let (anew, restored, pinned) = pass(&unwitnessed, &saved, &DirTiles::new(fork_dir.path()));
     assert_eq!(anew.log_error, None, "made anew, it takes the other log");
     assert!(
         matches!(
@@ -746,6 +770,55 @@ fn a_restored_monitor_refuses_a_log_rolled_back_or_forked_across_the_restart() {
         "{restored:?}"
     );
     assert_eq!(restored.log_size, published, "the log as verified before");
+    assert!(
+        matches!(
+            pinned.log_error,
+            Some(MonitorError::Tiles(TileError::RootMismatch { size })) if size == published
+        ),
+        "{pinned:?}"
+    );
+}
+
+/// A monitor held to a saved checkpoint keeps the hold in its own saved state until a pass has
+/// read the log through it: saved after a pass the platform showed a rolled-back log, and
+/// restored, it still refuses that log; once it has read the real one, the hold is gone.
+#[test]
+fn a_monitor_held_to_a_checkpoint_keeps_the_hold_across_a_restart() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let older = published_twice(&platform, &bank, &witness, &consent);
+    let (source, rolled_back) = (
+        DirTiles::new(platform.dir.path()),
+        DirTiles::new(older.path()),
+    );
+    let now = kit.broker.now();
+    let mut monitor = platform.monitor(&witness);
+    monitor.check(&bank.bank, &source, now).unwrap();
+    let saved = monitor.save();
+
+    let mut pinned = platform.monitor(&witness).pinned_to(&saved).unwrap();
+    let refused = |report: MonitorReport| {
+        matches!(
+            report.log_error,
+            Some(MonitorError::Tiles(TileError::Rollback { .. }))
+        )
+    };
+    assert!(refused(
+        pinned.check(&bank.bank, &rolled_back, now).unwrap()
+    ));
+    let held = pinned.save();
+    let mut restored = platform.monitor(&witness).restore(&held).unwrap();
+    assert!(refused(
+        restored.check(&bank.bank, &rolled_back, now).unwrap()
+    ));
+    assert!(restored.check(&bank.bank, &source, now).unwrap().is_clean());
+    let state: serde_json::Value = serde_json::from_slice(&restored.save()).unwrap();
+    assert_eq!(state["pin"], serde_json::Value::Null);
+    assert_eq!(
+        restored.save(),
+        monitor.save(),
+        "as the monitor that kept running"
+    );
 }
 
 /// Saved after a pass and restored, a monitor goes on as the one that kept running does: the
@@ -886,6 +959,9 @@ fn a_monitor_refuses_a_journal_it_did_not_read() {
             .unwrap();
     }
     assert_eq!(restored().check(&other.bank, &source, now), differs);
+    // Held to the saved checkpoint instead, the monitor reads that journal from its start.
+    let mut pinned = platform.monitor(&witness).pinned_to(&saved).unwrap();
+    assert!(pinned.check(&other.bank, &source, now).unwrap().is_clean());
     // Its own journal still passes.
     assert!(
         restored()

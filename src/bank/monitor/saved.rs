@@ -8,11 +8,12 @@
 //! reading only the entries after it), how much of the bank's journal was read and the root of
 //! its tree over that much, the monitor's tables (attestations signed, approvals logged, tokens
 //! issued and served, accesses pending, approvals missing), and what the last pass reported
-//! missing. They name consents, attestations and tokens by id, and no subject or account: keep
-//! them where the journal is kept. Restoring checks the checkpoint's signature with the
-//! monitor's key and origin (not its cosignatures: the witness policy may have changed since it
-//! was accepted), that the tree gives the checkpoint's root, and the bounds on what the tables
-//! hold; the next pass then checks the journal's tree at the position read.
+//! missing (and, for a monitor made with `pinned_to` that has not read the log through yet, the
+//! checkpoint it is held to). They name consents, attestations and tokens by id, and no subject
+//! or account: keep them where the journal is kept. Restoring checks the checkpoint's signature
+//! with the monitor's key and origin (not its cosignatures: the witness policy may have changed
+//! since it was accepted), that the tree gives the checkpoint's root, and the bounds on what the
+//! tables hold; the next pass then checks the journal's tree at the position read.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -69,6 +70,9 @@ struct State {
     origin: String,
     /// The signed note of the checkpoint verified last, with its cosignatures.
     checkpoint: Option<String>,
+    /// The signed note of a checkpoint the log is held to and has not been read through yet
+    /// (a monitor made with `pinned_to`, before its first pass that read the log).
+    pin: Option<String>,
     /// The roots of the complete subtrees of that checkpoint's tree (standard base64).
     peaks: Vec<String>,
     journal_position: u64,
@@ -237,6 +241,7 @@ impl LogMonitor {
             format: FORMAT.to_owned(),
             origin: self.origin.clone(),
             checkpoint: self.note.clone(),
+            pin: self.pin.clone(),
             peaks: encode_hashes(self.log.tree().peaks()),
             journal_position: self.journal_position,
             journal_root: encode_hashes(&[self.journal_root]).concat(),
@@ -331,6 +336,41 @@ impl LogMonitor {
     /// state, a checkpoint that does not verify, or parts that do not agree. Nothing of it is
     /// used then.
     pub fn restore(self, saved: &[u8]) -> Result<Self, MonitorError> {
+        let state = self.parse(saved)?;
+        Ok(self.restored(state)?)
+    }
+
+    /// This monitor made anew (it reads the whole log and the bank's journal again) but held to
+    /// the checkpoint of the state [`LogMonitor::save`] gave: its passes refuse a log smaller
+    /// than that checkpoint or whose entries up to its size are not the ones it covered, as a
+    /// restored monitor's would. For a state that cannot be restored whole, when its log part
+    /// still holds: the bank's journal differs from the one it was read from (the ledger was
+    /// restored from an older copy, [`MonitorError::JournalDiffers`]), or its tables do not
+    /// agree. Only the format, the origin and the checkpoint are read; nothing else of the
+    /// state is used.
+    ///
+    /// # Errors
+    /// [`MonitorError::Saved`]: bytes that are not a saved state of this version, another log's
+    /// state, or a checkpoint that does not verify.
+    pub fn pinned_to(mut self, saved: &[u8]) -> Result<Self, MonitorError> {
+        let state = self.parse(saved)?;
+        if let Some(note) = state.checkpoint.or(state.pin) {
+            self.pin_to(note)?;
+        }
+        Ok(self)
+    }
+
+    /// Holds the log to the checkpoint of `note`, once it verifies.
+    fn pin_to(&mut self, note: String) -> Result<(), SavedStateError> {
+        let checkpoint = verify_checkpoint(&note, &self.log_key, Some(&self.origin))
+            .map_err(|_| SavedStateError::Checkpoint)?;
+        self.log = TiledLog::pinned(checkpoint);
+        self.pin = Some(note);
+        Ok(())
+    }
+
+    /// The saved state's JSON, of this format and this monitor's origin.
+    fn parse(&self, saved: &[u8]) -> Result<State, SavedStateError> {
         let state: State = serde_json::from_slice(saved).map_err(|error| {
             // Where, not what: the error's text may quote the bytes.
             SavedStateError::Malformed {
@@ -338,17 +378,17 @@ impl LogMonitor {
                 column: error.column(),
             }
         })?;
-        Ok(self.restored(state)?)
-    }
-
-    fn restored(mut self, state: State) -> Result<Self, SavedStateError> {
-        use SavedStateError::Inconsistent;
         if state.format != FORMAT {
             return Err(SavedStateError::Format);
         }
         if state.origin != self.origin {
             return Err(SavedStateError::OtherLog);
         }
+        Ok(state)
+    }
+
+    fn restored(mut self, state: State) -> Result<Self, SavedStateError> {
+        use SavedStateError::Inconsistent;
         let peaks =
             decode_hashes(&state.peaks).ok_or(Inconsistent("a tree hash is not 32 bytes"))?;
         self.log = match &state.checkpoint {
@@ -364,6 +404,12 @@ impl LogMonitor {
             None => return Err(Inconsistent("a tree without a checkpoint")),
         };
         self.note = state.checkpoint;
+        if let Some(pin) = state.pin {
+            if self.note.is_some() {
+                return Err(Inconsistent("a pin beside a checkpoint read through"));
+            }
+            self.pin_to(pin)?;
+        }
         self.journal_position = state.journal_position;
         self.journal_root = decode_hashes(&[state.journal_root])
             .and_then(|hashes| hashes.first().copied())
