@@ -814,7 +814,8 @@ fn witness_publish_and_monitor(story: &mut Story, path: &Path, vkey: &str) -> Re
         Ok(saved) => (
             monitor.restore(&saved).map_err(|e| {
                 format!(
-                    "the bank's monitor state in {}: {e} (remove it to start anew)",
+                    "the bank's monitor state in {}: {e} (LogMonitor::pinned_to keeps its \
+                     checkpoint; removing the file starts anew)",
                     state_file.display()
                 )
             })?,

@@ -114,7 +114,8 @@ pub enum TileError {
         /// The checkpoint's size.
         size: u64,
     },
-    /// A checkpoint smaller than what was already verified or published: a rollback.
+    /// A checkpoint smaller than what was already verified or published, or than the checkpoint
+    /// a log is held to ([`TiledLog::pinned`]): a rollback.
     #[error("the checkpoint's size {size} is below the {known} already seen")]
     Rollback {
         /// The new checkpoint's size.
@@ -715,9 +716,9 @@ impl TiledLog {
     ///
     /// # Errors
     /// [`TileError::Missing`] for the checkpoint or a tile; [`TileError::Checkpoint`] for a bad
-    /// signature or origin; [`TileError::Rollback`] for a checkpoint below the verified size;
-    /// [`TileError::EntryMismatch`], [`TileError::RootMismatch`] (the log was rewritten, or the
-    /// tiles do not match the checkpoint); [`TileError::Malformed`].
+    /// signature or origin; [`TileError::Rollback`] for a checkpoint below the verified size (or
+    /// the one held to); [`TileError::EntryMismatch`], [`TileError::RootMismatch`] (the log was
+    /// rewritten, or the tiles do not match the checkpoint); [`TileError::Malformed`].
     pub fn update(
         &mut self,
         source: &impl TileSource,

@@ -80,11 +80,16 @@ pub struct MonitorReport {
     /// Why this pass could not read or trust the platform's log (missing, unwitnessed, rolled
     /// back, tiles that do not match): an alarm in itself when it persists. The bank's journal
     /// was still read, and its served tokens judged against the log as last verified, so a log
-    /// kept unreadable does not stop the merge delay from running out.
+    /// kept unreadable does not stop the merge delay from running out. A
+    /// [`MonitorError::Journal`] here is the bank's own fault, met while the pass read the
+    /// journal again after fetching the checkpoint: then nothing was judged (every access stays
+    /// pending), so that no fault of the bank's is reported as the platform's.
     pub log_error: Option<MonitorError>,
     /// Served tokens the log does not show issued for what was served (same token id, consent,
     /// scope, purpose, presence and token digest, which binds subject and account) after the
-    /// maximum merge delay, and token ids served again for another token.
+    /// maximum merge delay, and token ids served again for another token. After
+    /// [`LogMonitor::restore`] or [`LogMonitor::pinned_to`], the first pass also repeats what the
+    /// last pass before the save reported, as it was (not judged again).
     pub missing_tokens: Vec<MissingToken>,
     /// Attestations served tokens rested on that the log shows no approval of (for that
     /// consent, with the digest of the attestation the bank signed).
@@ -279,6 +284,15 @@ impl LogMonitor {
         }
     }
 
+    /// A monitor as this one was made (origin, log key, witness policy, merge delay), with
+    /// nothing read.
+    fn anew(&self) -> Self {
+        Self {
+            max_merge_delay: self.max_merge_delay,
+            ..Self::accepting_weak_policy(&self.origin, self.log_key.clone(), self.policy.clone())
+        }
+    }
+
     /// With another maximum merge delay.
     #[must_use]
     pub fn max_merge_delay(mut self, delay: Duration) -> Self {
@@ -295,9 +309,10 @@ impl LogMonitor {
     /// the log, every pass.
     ///
     /// # Errors
-    /// [`MonitorError::Journal`]: the bank's own journal could not be read (nothing of the pass
-    /// is kept; the next reads it again). [`MonitorError::JournalDiffers`]: the journal no
-    /// longer holds what the monitor read of it.
+    /// [`MonitorError::Journal`]: the bank's own journal could not be read at the start of the
+    /// pass (nothing of the pass is kept; the next reads it again; a fault later in the pass is
+    /// [`MonitorReport::log_error`]). [`MonitorError::JournalDiffers`]: the journal no longer
+    /// holds what the monitor read of it.
     pub fn check<S: Store + LedgerRead>(
         &mut self,
         bank: &Bank<S>,
@@ -319,9 +334,15 @@ impl LogMonitor {
             ),
             Err(error) => (Vec::new(), Some(error)),
         };
+        // A fault of the bank's own journal: judge nothing against a log not read.
+        let judged = !matches!(log_error, Some(MonitorError::Journal(_)));
         let mut still_pending = HashMap::new();
         let pending = std::mem::take(&mut self.pending);
         for (token_id, served) in pending {
+            if !judged {
+                still_pending.insert(token_id, served);
+                continue;
+            }
             // Logged only if the log shows this token id issued for exactly these terms.
             let logged = self
                 .issued
@@ -378,7 +399,10 @@ impl LogMonitor {
         let len = journal.audit_len()?;
         let start = self.journal_position;
         // The journal still holds what was read of it (a restored state's, too).
-        if len < start || journal_root(journal, start)? != Some(self.journal_root) {
+        if len < start
+            || journal_root(journal, start)?.ok_or_else(|| tree_missing(start))?
+                != self.journal_root
+        {
             return Err(MonitorError::JournalDiffers { position: start });
         }
         let mut signed = Vec::new();
@@ -415,11 +439,7 @@ impl LogMonitor {
             }
         })?;
         if len > start {
-            self.journal_root = journal_root(journal, len)?.ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "the journal holds {len} entries but not its tree's nodes over them"
-                ))
-            })?;
+            self.journal_root = journal_root(journal, len)?.ok_or_else(|| tree_missing(len))?;
         }
         self.journal_position = len;
         self.signed.extend(signed);
@@ -579,6 +599,13 @@ fn journal_root(journal: &impl LogRead, size: u64) -> Result<Option<Hash>, Store
         (None, Ok(root)) => Ok(Some(root)),
         (None, Err(_)) => Ok(None),
     }
+}
+
+/// A journal that holds `len` entries but not its tree's nodes over them.
+fn tree_missing(len: u64) -> StoreError {
+    StoreError::Corrupt(format!(
+        "the journal holds {len} entries but not its tree's nodes over them"
+    ))
 }
 
 /// A journal's stored tree as a [`NodeSource`](merkle::NodeSource), keeping the store's error.

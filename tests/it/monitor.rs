@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use consent_broker::checkpoint::NoteVerifier;
 use consent_broker::cosignature::{CosignatureSigner, WitnessPolicy, WitnessedError};
-use consent_broker::testing::{FaultStore, SeededRandom, TestBank, TestBroker};
+use consent_broker::testing::{FaultRates, FaultStore, SeededRandom, TestBank, TestBroker};
 use consent_broker::tiles::{DirTiles, TileError, publish};
 use consent_broker::witness::{Cosigning, Witness, WitnessClient};
 use consent_broker::*;
@@ -819,6 +819,14 @@ fn a_monitor_held_to_a_checkpoint_keeps_the_hold_across_a_restart() {
         monitor.save(),
         "as the monitor that kept running"
     );
+    // A state restored over a held monitor replaces all of it, the hold included.
+    let replaced = platform
+        .monitor(&witness)
+        .pinned_to(&saved)
+        .unwrap()
+        .restore(&monitor.save())
+        .unwrap();
+    assert_eq!(replaced.save(), monitor.save());
 }
 
 /// Saved after a pass and restored, a monitor goes on as the one that kept running does: the
@@ -898,6 +906,12 @@ fn an_alarm_reported_before_a_restart_is_reported_again_after_it() {
     assert_eq!(kept_running.missing_tokens, []);
     let after = restored.check(&bank.bank, &source, later).unwrap();
     assert_eq!(after.missing_tokens, [], "and then not again");
+    // Held to the saved checkpoint beside a journal that lost the access (another ledger), the
+    // report is repeated all the same.
+    let other = TestBank::beside(kit);
+    let mut pinned = platform.monitor(&witness).pinned_to(&saved).unwrap();
+    let repeated = pinned.check(&other.bank, &source, later).unwrap();
+    assert_eq!(repeated.missing_tokens, reported);
 }
 
 /// A ledger that returns a stretch of the journal short (a replica behind, a damaged table)
@@ -925,6 +939,55 @@ fn a_journal_read_short_is_not_read_past() {
     let report = monitor.check(&bank.bank, &source, later).unwrap();
     assert_eq!(report.missing_tokens.len(), 1, "{report:?}");
     assert_eq!(report.missing_tokens[0].terms.consent, *shadow_consent.id());
+}
+
+/// The bank's own journal fails as the pass reads it again after fetching the checkpoint: the
+/// report says so, and judges nothing, so that an access the platform did publish is not
+/// reported missing for a fault of the bank's; the next pass finds it logged.
+#[test]
+fn a_fault_of_the_banks_journal_is_not_reported_as_the_platforms() {
+    let ledger = Arc::new(FaultStore::new(MemoryStore::new(), 3));
+    let (platform, bank, _witness_dir, witness, consent) =
+        world_with(|kit| TestBank::on(kit, ledger.clone()));
+    let kit = &platform.kit;
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    serve(kit, &bank, &consent);
+    let pending = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert_eq!(pending.pending, 1);
+    platform.publish(&witness);
+    // While the pass fetches the checkpoint, the gate serves another access, and from then on
+    // every read of the ledger fails: the pass's second read of the journal fails.
+    let hooked = Hooked {
+        inner: DirTiles::new(platform.dir.path()),
+        hook: std::cell::RefCell::new(Some(Box::new(|| {
+            serve(kit, &bank, &consent);
+            ledger.rates(FaultRates {
+                before: 0,
+                during: 0,
+                after: 0,
+                read: 1000,
+            });
+            ledger.random_faults(true);
+        }))),
+    };
+    let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
+    let faulted = monitor.check(&bank.bank, &hooked, later).unwrap();
+    assert!(
+        matches!(faulted.log_error, Some(MonitorError::Journal(_))),
+        "{faulted:?}"
+    );
+    assert_eq!(
+        (faulted.missing_tokens.len(), faulted.pending),
+        (0, 1),
+        "nothing judged"
+    );
+    platform.publish(&witness);
+    ledger.random_faults(false);
+    let after = monitor.check(&bank.bank, &source, later).unwrap();
+    assert!(after.is_clean() && after.pending == 0, "{after:?}");
 }
 
 /// A saved state restored beside a journal it was not read from (another ledger of the bank,
@@ -1017,7 +1080,7 @@ fn a_saved_state_damaged_or_from_another_log_is_refused() {
         })
     };
     assert_eq!(
-        edited(&|s| s["format"] = "consent-broker/log-monitor/2".into()),
+        edited(&|s| s["format"] = "consent-broker/log-monitor/1".into()),
         Err(MonitorError::Saved(SavedStateError::Format))
     );
     assert!(matches!(

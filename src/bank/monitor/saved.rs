@@ -18,6 +18,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -31,7 +32,7 @@ use crate::tiles::TiledLog;
 use crate::vocab::{Purpose, Scope};
 
 /// The format's name and version: the saved state's first field.
-const FORMAT: &str = "consent-broker/log-monitor/1";
+const FORMAT: &str = "consent-broker/log-monitor/2";
 
 /// Why a saved state was not restored ([`LogMonitor::restore`]). Nothing of it is used then:
 /// restore the right state, or make the monitor anew (it then reads the whole log and journal
@@ -86,6 +87,16 @@ struct State {
     pending: Vec<Pending>,
     missing_approvals: Vec<Missing>,
     /// What the last pass reported missing, reported again by the restored monitor's next pass.
+    reported: Vec<Pending>,
+}
+
+/// What [`LogMonitor::pinned_to`] reads of a saved state (the rest is not parsed).
+#[derive(Deserialize)]
+struct Held {
+    format: String,
+    origin: String,
+    checkpoint: Option<String>,
+    pin: Option<String>,
     reported: Vec<Pending>,
 }
 
@@ -336,8 +347,8 @@ impl LogMonitor {
     /// state, a checkpoint that does not verify, or parts that do not agree. Nothing of it is
     /// used then.
     pub fn restore(self, saved: &[u8]) -> Result<Self, MonitorError> {
-        let state = self.parse(saved)?;
-        Ok(self.restored(state)?)
+        let state = self.parse(saved, |state: &State| (&state.format, &state.origin))?;
+        Ok(self.anew().restored(state)?)
     }
 
     /// This monitor made anew (it reads the whole log and the bank's journal again) but held to
@@ -346,18 +357,48 @@ impl LogMonitor {
     /// restored monitor's would. For a state that cannot be restored whole, when its log part
     /// still holds: the bank's journal differs from the one it was read from (the ledger was
     /// restored from an older copy, [`MonitorError::JournalDiffers`]), or its tables do not
-    /// agree. Only the format, the origin and the checkpoint are read; nothing else of the
-    /// state is used.
+    /// agree. Of the state, only the format, the origin, the checkpoint (or the one it was
+    /// itself held to) and what its last pass reported are read; the next pass reports that
+    /// again, as it was (its journal entries are the old journal's).
     ///
     /// # Errors
     /// [`MonitorError::Saved`]: bytes that are not a saved state of this version, another log's
-    /// state, or a checkpoint that does not verify.
-    pub fn pinned_to(mut self, saved: &[u8]) -> Result<Self, MonitorError> {
-        let state = self.parse(saved)?;
-        if let Some(note) = state.checkpoint.or(state.pin) {
-            self.pin_to(note)?;
+    /// state, a checkpoint that does not verify, or a report with an id longer than is kept.
+    pub fn pinned_to(self, saved: &[u8]) -> Result<Self, MonitorError> {
+        let held = self.parse(saved, |held: &Held| (&held.format, &held.origin))?;
+        let mut monitor = self.anew();
+        if let Some(note) = held.checkpoint.or(held.pin) {
+            monitor.pin_to(note)?;
         }
-        Ok(self)
+        monitor.repeat_report(held.reported, None)?;
+        Ok(monitor)
+    }
+
+    /// `reported`, to be reported again at the next pass (each below `position` in the journal,
+    /// when given, and none twice).
+    fn repeat_report(
+        &mut self,
+        reported: Vec<Pending>,
+        position: Option<u64>,
+    ) -> Result<(), SavedStateError> {
+        let mut seqs = HashSet::new();
+        for access in &reported {
+            if !kept(&access.token_id) {
+                return Err(SavedStateError::Inconsistent(
+                    "a token id or digest longer than is kept",
+                ));
+            }
+            if position.is_some_and(|position| access.journal_seq >= position)
+                || !seqs.insert(access.journal_seq)
+            {
+                return Err(SavedStateError::Inconsistent(
+                    "a report of an access not read, or twice",
+                ));
+            }
+        }
+        self.reported = reported.into_iter().map(MissingToken::from).collect();
+        self.repeat.clone_from(&self.reported);
+        Ok(())
     }
 
     /// Holds the log to the checkpoint of `note`, once it verifies.
@@ -369,19 +410,25 @@ impl LogMonitor {
         Ok(())
     }
 
-    /// The saved state's JSON, of this format and this monitor's origin.
-    fn parse(&self, saved: &[u8]) -> Result<State, SavedStateError> {
-        let state: State = serde_json::from_slice(saved).map_err(|error| {
+    /// The saved state's JSON as `T`, whose `header` (format and origin) must be this format's
+    /// and this monitor's.
+    fn parse<T: DeserializeOwned>(
+        &self,
+        saved: &[u8],
+        header: impl Fn(&T) -> (&String, &String),
+    ) -> Result<T, SavedStateError> {
+        let state: T = serde_json::from_slice(saved).map_err(|error| {
             // Where, not what: the error's text may quote the bytes.
             SavedStateError::Malformed {
                 line: error.line(),
                 column: error.column(),
             }
         })?;
-        if state.format != FORMAT {
+        let (format, origin) = header(&state);
+        if format != FORMAT {
             return Err(SavedStateError::Format);
         }
-        if state.origin != self.origin {
+        if *origin != self.origin {
             return Err(SavedStateError::OtherLog);
         }
         Ok(state)
@@ -479,8 +526,8 @@ impl LogMonitor {
             .map(|missing| (missing.attestation, missing.consent))
             .collect();
         self.missing_approvals = missing;
-        self.reported = state.reported.into_iter().map(MissingToken::from).collect();
-        self.repeat.clone_from(&self.reported);
+        let position = self.journal_position;
+        self.repeat_report(state.reported, Some(position))?;
         Ok(self)
     }
 }
