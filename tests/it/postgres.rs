@@ -1820,14 +1820,9 @@ fn opening_one_empty_schema_concurrently_migrates_once() {
 #[ignore = "needs a PostgreSQL server (DATABASE_URL); .ci/run runs it via scripts/with-postgres"]
 fn erasure_on_postgres_deletes_the_key_and_purges_its_table() {
     let url = database_url();
-    let schema = unique_name("erase");
-    let fx = Fixture::with_store(open(&url, &schema));
-    let granted = fx.granted();
-    let mut client = raw_client(&url);
+    let (fx, granted, mut client, schema, (file_before, _)) = with_a_key_to_erase(&url, "erase");
     let table = format!("{}.subject_keys", quote(&schema));
     let file = |client: &mut Client| key_table_file(client, &schema);
-    let (file_before, size_before) = file(&mut client);
-    assert!(size_before > 0, "the subject's key is in the table's file");
     let subject = granted.subject().clone();
     let before = fx.broker.checkpoint().unwrap();
     let erasure = fx.broker.erase_subject(&subject).unwrap().unwrap();
@@ -1863,14 +1858,10 @@ fn purge_on_postgres_waits_for_snapshots_that_still_see_the_erased_key() {
     // the other tests' purges must not wait for it.
     let database = TempDatabase::create("erasewait");
     let url = database.url.clone();
-    let schema = unique_name("erasewait");
-    let fx = Fixture::with_store(open(&url, &schema));
-    let granted = fx.granted();
-    let mut client = raw_client(&url);
+    let (fx, granted, mut client, schema, (file_before, size_before)) =
+        with_a_key_to_erase(&url, "erasewait");
     let table = format!("{}.subject_keys", quote(&schema));
     let file = |client: &mut Client| key_table_file(client, &schema);
-    let (file_before, size_before) = file(&mut client);
-    assert!(size_before > 0, "the subject's key is in the table's file");
     // Another session's snapshot, taken before the erasure and held. It reads no table (so it
     // holds no lock that would stop the rewrite): its snapshot alone keeps the row.
     let mut reader = raw_client(&url);
@@ -1921,6 +1912,28 @@ fn key_table_file(client: &mut Client, schema: &str) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
+/// For an erasure test: a broker on `url`, in a schema of its own named from `tag`, with one
+/// live grant; a plain client; the schema; and the key table's file before the erasure (the
+/// subject's key is in it).
+fn with_a_key_to_erase(
+    url: &str,
+    tag: &str,
+) -> (
+    Fixture<PostgresStore>,
+    ConsentRequest,
+    Client,
+    String,
+    (i64, i64),
+) {
+    let schema = unique_name(tag);
+    let fx = Fixture::with_store(open(url, &schema));
+    let granted = fx.granted();
+    let mut client = raw_client(url);
+    let file = key_table_file(&mut client, &schema);
+    assert!(file.1 > 0, "the subject's key is in the table's file");
+    (fx, granted, client, schema, file)
+}
+
 /// A primary of the test's own whose broker connects as `broker`, a role without superuser
 /// (owner of the database `app`), and which takes replication connections from `replicator`:
 /// the cluster and the broker's URL.
@@ -1962,11 +1975,7 @@ fn purge_on_postgres_refuses_while_the_server_defers_cleanup() {
         eprintln!("PostgreSQL {version} has no vacuum_defer_cleanup_age: nothing to test");
         return;
     }
-    let schema = unique_name("defer");
-    let fx = Fixture::with_store(open(&url, &schema));
-    let granted = fx.granted();
-    let mut client = raw_client(&url);
-    let (file_before, _) = key_table_file(&mut client, &schema);
+    let (fx, granted, mut client, schema, (file_before, _)) = with_a_key_to_erase(&url, "defer");
     let reload = |admin: &mut Client, statement: &str| {
         admin.batch_execute(statement).unwrap();
         admin.batch_execute("SELECT pg_reload_conf()").unwrap();
@@ -2024,12 +2033,8 @@ fn purge_on_postgres_waits_for_a_standbys_snapshot() {
     );
     standby.start("-c hot_standby=on -c hot_standby_feedback=on -c wal_receiver_status_interval=1");
 
-    let schema = unique_name("standby");
-    let fx = Fixture::with_store(open(&url, &schema));
-    let granted = fx.granted();
-    let mut client = raw_client(&url);
-    let (file_before, size_before) = key_table_file(&mut client, &schema);
-    assert!(size_before > 0);
+    let (fx, granted, mut client, schema, (file_before, size_before)) =
+        with_a_key_to_erase(&url, "standby");
     // A snapshot on the standby, taken before the erasure and held; its feedback reaches the
     // primary's WAL sender.
     let mut on_standby = Client::connect(
