@@ -318,6 +318,13 @@ async fn browser_chat_opens_the_sealed_balance_in_the_page_and_the_platform_keep
     assert_eq!(exported, json!("InvalidAccessError"));
     // The person asks; the platform's server fetches from the bank and relays.
     click(&client, Locator::Css("#ask-balance")).await;
+    // The page before the click set `data-chat-ready` too ("no-key": the key was stored after
+    // it loaded): wait for the answer's page, which alone lists a message, then for its script.
+    client
+        .wait()
+        .for_element(Locator::Css("#message-0"))
+        .await
+        .unwrap();
     client
         .wait()
         .for_element(Locator::Css("body[data-chat-ready]"))
