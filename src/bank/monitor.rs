@@ -335,31 +335,9 @@ impl LogMonitor {
             Err(error) => (Vec::new(), Some(error)),
         };
         // A fault of the bank's own journal: judge nothing against a log not read.
-        let judged = !matches!(log_error, Some(MonitorError::Journal(_)));
-        let mut still_pending = HashMap::new();
-        let pending = std::mem::take(&mut self.pending);
-        for (token_id, served) in pending {
-            if !judged {
-                still_pending.insert(token_id, served);
-                continue;
-            }
-            // Logged only if the log shows this token id issued for exactly these terms.
-            let logged = self
-                .issued
-                .get(&token_id)
-                .is_some_and(|issued| issued.iter().any(|(terms, _)| *terms == served.terms));
-            if logged {
-                if !self.approval_logged(&served.attestation, &served.terms.consent) {
-                    self.missing_approvals
-                        .insert((served.attestation.clone(), served.terms.consent.clone()));
-                }
-            } else if now - served.served_at > self.max_merge_delay {
-                missing_tokens.push(served);
-            } else {
-                still_pending.insert(token_id, served);
-            }
+        if !matches!(log_error, Some(MonitorError::Journal(_))) {
+            missing_tokens.extend(self.judge_pending(now));
         }
-        self.pending = still_pending;
         // An approval that appears later (of the attestation, for the consent the served token
         // named, committing to what the bank signed) clears its alarm; one for another consent
         // does not.
@@ -386,6 +364,31 @@ impl LogMonitor {
             missing_approvals,
             pending: self.pending.len(),
         })
+    }
+
+    /// Judges each pending access against the log as verified: logged (its approval checked
+    /// too), missing (past the merge delay: returned), or still pending.
+    fn judge_pending(&mut self, now: OffsetDateTime) -> Vec<MissingToken> {
+        let mut missing = Vec::new();
+        let pending = std::mem::take(&mut self.pending);
+        for (token_id, served) in pending {
+            // Logged only if the log shows this token id issued for exactly these terms.
+            let logged = self
+                .issued
+                .get(&token_id)
+                .is_some_and(|issued| issued.iter().any(|(terms, _)| *terms == served.terms));
+            if logged {
+                if !self.approval_logged(&served.attestation, &served.terms.consent) {
+                    self.missing_approvals
+                        .insert((served.attestation.clone(), served.terms.consent.clone()));
+                }
+            } else if now - served.served_at > self.max_merge_delay {
+                missing.push(served);
+            } else {
+                self.pending.insert(token_id, served);
+            }
+        }
+        missing
     }
 
     /// Reads the bank's journal from where the last pass stopped: the attestations it signed,

@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 
 use super::{LONGEST_KEPT, LogMonitor, MAX_APPROVALS, MissingToken, MonitorError, TokenTerms};
 use crate::auditor::{decode_hashes, encode_hashes};
-use crate::checkpoint::verify_checkpoint;
+use crate::checkpoint::{Checkpoint, verify_checkpoint};
 use crate::ids::ConsentId;
 use crate::merkle::{EMPTY_ROOT, TreeBuilder};
 use crate::policy::Presence;
@@ -401,11 +401,15 @@ impl LogMonitor {
         Ok(())
     }
 
+    /// The checkpoint of a saved `note`, verified under this monitor's log key and origin.
+    fn verified(&self, note: &str) -> Result<Checkpoint, SavedStateError> {
+        verify_checkpoint(note, &self.log_key, Some(&self.origin))
+            .map_err(|_| SavedStateError::Checkpoint)
+    }
+
     /// Holds the log to the checkpoint of `note`, once it verifies.
     fn pin_to(&mut self, note: String) -> Result<(), SavedStateError> {
-        let checkpoint = verify_checkpoint(&note, &self.log_key, Some(&self.origin))
-            .map_err(|_| SavedStateError::Checkpoint)?;
-        self.log = TiledLog::pinned(checkpoint);
+        self.log = TiledLog::pinned(self.verified(&note)?);
         self.pin = Some(note);
         Ok(())
     }
@@ -434,14 +438,14 @@ impl LogMonitor {
         Ok(state)
     }
 
+    /// A monitor made anew (nothing read) with `state`'s contents, each checked.
     fn restored(mut self, state: State) -> Result<Self, SavedStateError> {
         use SavedStateError::Inconsistent;
         let peaks =
             decode_hashes(&state.peaks).ok_or(Inconsistent("a tree hash is not 32 bytes"))?;
         self.log = match &state.checkpoint {
             Some(note) => {
-                let checkpoint = verify_checkpoint(note, &self.log_key, Some(&self.origin))
-                    .map_err(|_| SavedStateError::Checkpoint)?;
+                let checkpoint = self.verified(note)?;
                 let tree = TreeBuilder::from_peaks(checkpoint.size, peaks)
                     .ok_or(Inconsistent("the tree is not of the checkpoint's size"))?;
                 TiledLog::resume(checkpoint, tree)
@@ -465,7 +469,6 @@ impl LogMonitor {
             return Err(Inconsistent("the journal's root is not its position's"));
         }
 
-        self.signed = HashMap::new();
         for signed in state.signed {
             let value = (signed.consent, signed.digest);
             insert_once(
@@ -475,7 +478,6 @@ impl LogMonitor {
                 "an attestation signed twice",
             )?;
         }
-        self.approvals = HashMap::new();
         for approval in state.approvals {
             let logged = self.approvals.entry(approval.attestation).or_default();
             let value = (approval.consent, approval.digest);
@@ -487,7 +489,6 @@ impl LogMonitor {
             logged.push(value);
         }
         self.consents = state.consents.into_iter().collect();
-        self.issued = HashMap::new();
         for issued in state.issued {
             if !kept(&issued.token_id) || !issued.terms.token_digest.as_deref().is_none_or(kept) {
                 return Err(Inconsistent("a token id or digest longer than is kept"));
@@ -497,7 +498,6 @@ impl LogMonitor {
                 .or_default()
                 .push((issued.terms.into(), issued.read_at));
         }
-        self.served = HashMap::new();
         for served in state.served {
             let value = (served.token_digest, served.served_at);
             insert_once(
@@ -507,7 +507,6 @@ impl LogMonitor {
                 "a token id served twice",
             )?;
         }
-        self.pending = HashMap::new();
         for pending in state.pending {
             if !self.served.contains_key(&pending.token_id) {
                 return Err(Inconsistent("a pending access whose token was not served"));
@@ -520,14 +519,12 @@ impl LogMonitor {
                 "an access pending twice",
             )?;
         }
-        let missing: HashSet<(String, ConsentId)> = state
+        self.missing_approvals = state
             .missing_approvals
             .into_iter()
             .map(|missing| (missing.attestation, missing.consent))
             .collect();
-        self.missing_approvals = missing;
-        let position = self.journal_position;
-        self.repeat_report(state.reported, Some(position))?;
+        self.repeat_report(state.reported, Some(self.journal_position))?;
         Ok(self)
     }
 }
