@@ -2017,19 +2017,14 @@ fn purge_on_postgres_refuses_while_the_server_defers_cleanup() {
 fn purge_on_postgres_waits_for_a_standbys_snapshot() {
     let (primary, url) = primary_for_a_standby("cbt-pg-primary.", "");
     let mut standby = Cluster::new("cbt-pg-standby.", "consent");
-    let backup = primary
-        .command("pg_basebackup")
-        .arg("-D")
-        .arg(standby.data())
-        .args(["-R", "-X", "stream", "-c", "fast", "-h"])
-        .arg(primary.dir.path())
-        .args(["-p", &primary.port.to_string(), "-U", "replicator"])
-        .output()
-        .unwrap();
-    assert!(
-        backup.status.success(),
-        "pg_basebackup failed: {}",
-        String::from_utf8_lossy(&backup.stderr)
+    primary.run(
+        primary
+            .command("pg_basebackup")
+            .arg("-D")
+            .arg(standby.data())
+            .args(["-R", "-X", "stream", "-c", "fast", "-h"])
+            .arg(primary.dir.path())
+            .args(["-p", &primary.port.to_string(), "-U", "replicator"]),
     );
     standby.start("-c hot_standby=on -c hot_standby_feedback=on -c wal_receiver_status_interval=1");
 
@@ -2280,18 +2275,12 @@ impl Cluster {
     /// `initdb` with trust authentication for the role, and `hba` as `pg_hba.conf`.
     pub(super) fn init(&self, hba: &str) {
         let data = self.data();
-        let initdb = self
-            .command("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["-A", "trust", "-U", &self.role, "--no-sync", "-E", "UTF8"])
-            .arg("--locale=C")
-            .output()
-            .unwrap();
-        assert!(
-            initdb.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&initdb.stderr)
+        self.run(
+            self.command("initdb")
+                .arg("-D")
+                .arg(&data)
+                .args(["-A", "trust", "-U", &self.role, "--no-sync", "-E", "UTF8"])
+                .arg("--locale=C"),
         );
         fs::write(data.join("pg_hba.conf"), hba).unwrap();
     }
@@ -2345,6 +2334,16 @@ impl Cluster {
             .unwrap()
             .status
             .success()
+    }
+
+    /// Runs `command` (one of [`Cluster::command`]'s) to its end, and asserts that it succeeded.
+    pub(super) fn run(&self, command: &mut Command) {
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// `tool` from the server's binaries, run as the server's user, in the cluster's directory.
