@@ -840,9 +840,14 @@ fn witness_publish_and_monitor(story: &mut Story, path: &Path, vkey: &str) -> Re
     if let Some(directory) = state_file.parent() {
         std::fs::File::open(directory)?.sync_all()?;
     }
+    let cosigned_at = report
+        .cosigned_at
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "no time".to_owned());
     println!(
-        "   the bank's monitor verified the tiles up to size {}{}: every token its gate served is \
-         there, for what it was served, with its approval; its state is kept in {}",
+        "   the bank's monitor verified the tiles up to size {}{}, under a checkpoint its witness \
+         cosigned at {cosigned_at} (older than a day would be an alarm): every token its gate \
+         served is there, for what it was served, with its approval; its state is kept in {}",
         report.log_size,
         if went_on {
             " from where its saved state left off"

@@ -74,8 +74,9 @@ pub use auditor::{
 };
 pub use bank::{
     Admission, Bank, BankBuilder, BankError, BankKeys, CLOCK_SKEW_ALLOWANCE,
-    DEFAULT_MAX_MERGE_DELAY, GateError, GateRequest, GateSettings, LogMonitor, MissingToken,
-    MonitorError, MonitorReport, Prechecked, SavedStateError, Served, SubjectView, TokenTerms,
+    DEFAULT_MAX_CHECKPOINT_AGE, DEFAULT_MAX_MERGE_DELAY, GateError, GateRequest, GateSettings,
+    LogMonitor, MissingToken, MonitorError, MonitorReport, Prechecked, SavedStateError, Served,
+    SubjectView, TokenTerms,
 };
 pub use bank::{BankErasure, MAX_BANK_RETENTION_BATCH, MAX_LIVE_DEVICES, PAIRWISE_PREFIX};
 pub use broker::{

@@ -36,6 +36,14 @@ use crate::vocab::{Purpose, Scope};
 /// monitor more often than the delay to bound lateness by it.
 pub const DEFAULT_MAX_MERGE_DELAY: Duration = Duration::hours(1);
 
+/// How old the platform's checkpoint may be, by default, counted from the time by which a quorum
+/// of the policy's witnesses had cosigned it ([`MonitorReport::cosigned_at`]). A witness cosigns
+/// the same checkpoint again with its current time when the log asks (C2SP `tlog-witness`), so a
+/// platform whose log is quiet keeps its checkpoint fresh by having it cosigned again, at least
+/// daily; one that stops publishing, or shows the bank a checkpoint cosigned long ago, is
+/// reported ([`MonitorError::StaleCheckpoint`]).
+pub const DEFAULT_MAX_CHECKPOINT_AGE: Duration = Duration::days(1);
+
 /// A token the gate served that the platform's log does not show (in time).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MissingToken {
@@ -77,6 +85,11 @@ pub struct MonitorReport {
     pub log_size: u64,
     /// The witnesses that cosigned this pass's checkpoint (none when it was not trusted).
     pub witnessed_by: Vec<String>,
+    /// When a quorum of the policy's witnesses had cosigned this pass's checkpoint, by their
+    /// cosignatures' timestamps (the quorum's oldest of the freshest; a timestamp later than the
+    /// bank's clock allows is not counted). `None` when the checkpoint was not trusted, or when
+    /// no cosignature counts (a policy that requires none).
+    pub cosigned_at: Option<OffsetDateTime>,
     /// Why this pass could not read or trust the platform's log (missing, unwitnessed, rolled
     /// back, tiles that do not match): an alarm in itself when it persists. The bank's journal
     /// was still read, and its served tokens judged against the log as last verified, so a log
@@ -144,6 +157,24 @@ pub enum MonitorError {
         /// How many witnesses it lists.
         witnesses: usize,
     },
+    /// The checkpoint verified, but no quorum of the policy's witnesses cosigned it within the
+    /// maximum age ([`LogMonitor::max_checkpoint_age`]): the platform stopped publishing, or
+    /// shows the bank a checkpoint cosigned long ago. The log was still read (a checkpoint its
+    /// witnesses cosigned can only show less than a fresher one, never a different history).
+    #[error(
+        "the platform's checkpoint was last cosigned by a quorum {}, more than {max_age} before \
+         the pass",
+        cosigned_at.map_or_else(
+            || "at no time".to_owned(),
+            |at| format!("at {} (POSIX seconds)", at.unix_timestamp())
+        )
+    )]
+    StaleCheckpoint {
+        /// When a quorum had cosigned it ([`MonitorReport::cosigned_at`]).
+        cosigned_at: Option<OffsetDateTime>,
+        /// The maximum age the monitor allows.
+        max_age: Duration,
+    },
 }
 
 /// How long after the monitor read a `token_issued` entry a token it names can still be served
@@ -168,12 +199,19 @@ const LONGEST_KEPT: usize = 128;
 /// trusts the first checkpoint its policy accepts, however old; a restored one goes on from the
 /// checkpoint it verified last, so a log shown rolled back or forked across the restart is
 /// refused, and only what is new is read. Keep the witness policy a majority.
+///
+/// A checkpoint also has an age: the witnesses date their cosignatures, and a pass reports a
+/// checkpoint no quorum cosigned within [`DEFAULT_MAX_CHECKPOINT_AGE`] (or the bank's
+/// [`LogMonitor::max_checkpoint_age`]) as [`MonitorError::StaleCheckpoint`]. So a platform that
+/// stops publishing, or shows a monitor made anew a view its witnesses cosigned long ago, is
+/// seen at once, even when the bank served nothing since.
 #[derive(Debug)]
 pub struct LogMonitor {
     origin: String,
     log_key: NoteVerifier,
     policy: WitnessPolicy,
     max_merge_delay: Duration,
+    max_checkpoint_age: Option<Duration>,
     log: TiledLog,
     /// The signed note (with its cosignatures) of the checkpoint `log` verified last.
     note: Option<String>,
@@ -265,6 +303,7 @@ impl LogMonitor {
         Self {
             origin: origin.to_owned(),
             log_key,
+            max_checkpoint_age: (policy.quorum > 0).then_some(DEFAULT_MAX_CHECKPOINT_AGE),
             policy,
             max_merge_delay: DEFAULT_MAX_MERGE_DELAY,
             log: TiledLog::new(),
@@ -284,11 +323,12 @@ impl LogMonitor {
         }
     }
 
-    /// A monitor as this one was made (origin, log key, witness policy, merge delay), with
-    /// nothing read.
+    /// A monitor as this one was made (origin, log key, witness policy, merge delay, checkpoint
+    /// age), with nothing read.
     fn anew(&self) -> Self {
         Self {
             max_merge_delay: self.max_merge_delay,
+            max_checkpoint_age: self.max_checkpoint_age,
             ..Self::accepting_weak_policy(&self.origin, self.log_key.clone(), self.policy.clone())
         }
     }
@@ -298,6 +338,36 @@ impl LogMonitor {
     pub fn max_merge_delay(mut self, delay: Duration) -> Self {
         self.max_merge_delay = delay;
         self
+    }
+
+    /// With another maximum age for the platform's checkpoint (see
+    /// [`DEFAULT_MAX_CHECKPOINT_AGE`], the default of a policy that requires witnesses), or none
+    /// (`None`: the default of a policy that requires none, whose checkpoints carry no time).
+    /// With an age set and a policy that requires no witness, only cosignatures of the
+    /// witnesses it lists count, and a checkpoint that has none is reported stale at every
+    /// pass.
+    #[must_use]
+    pub fn max_checkpoint_age(mut self, age: Option<Duration>) -> Self {
+        self.max_checkpoint_age = age;
+        self
+    }
+
+    /// When a quorum (at least one) of the policy's witnesses had cosigned: the quorum-th latest
+    /// of the cosignatures' timestamps, leaving out those later than `now` allows.
+    fn cosigned_at(
+        &self,
+        cosigned_by: &[(String, u64)],
+        now: OffsetDateTime,
+    ) -> Option<OffsetDateTime> {
+        let latest = now + CLOCK_SKEW_ALLOWANCE;
+        let mut times: Vec<OffsetDateTime> = cosigned_by
+            .iter()
+            .filter_map(|(_, timestamp)| i64::try_from(*timestamp).ok())
+            .filter_map(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok())
+            .filter(|at| *at <= latest)
+            .collect();
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        times.get(self.policy.quorum.max(1) - 1).copied()
     }
 
     /// One pass: reads the bank's newly journalled accesses, then the platform's newly
@@ -323,16 +393,21 @@ impl LogMonitor {
         missing_tokens.append(&mut self.repeat);
         // An access served after the journal was read is judged at the next pass, after the
         // attestation it rests on (journalled before it) and that attestation's digest.
-        let (witnessed_by, log_error) = match self.read_log(bank, source, now) {
-            Ok(witnessed) => (
-                witnessed
-                    .cosigned_by
-                    .into_iter()
-                    .map(|(name, _)| name)
-                    .collect(),
-                None,
-            ),
-            Err(error) => (Vec::new(), Some(error)),
+        let (witnessed_by, cosigned_at, log_error) = match self.read_log(bank, source, now) {
+            Ok(witnessed) => {
+                let cosigned_at = self.cosigned_at(&witnessed.cosigned_by, now);
+                let stale = self.max_checkpoint_age.and_then(|max_age| {
+                    cosigned_at.is_none_or(|at| now - at > max_age).then_some(
+                        MonitorError::StaleCheckpoint {
+                            cosigned_at,
+                            max_age,
+                        },
+                    )
+                });
+                let names = witnessed.cosigned_by.into_iter().map(|(name, _)| name);
+                (names.collect(), cosigned_at, stale)
+            }
+            Err(error) => (Vec::new(), None, Some(error)),
         };
         // A fault of the bank's own journal: judge nothing against a log not read.
         if !matches!(log_error, Some(MonitorError::Journal(_))) {
@@ -359,6 +434,7 @@ impl LogMonitor {
         Ok(MonitorReport {
             log_size: self.log.size(),
             witnessed_by,
+            cosigned_at,
             log_error,
             missing_tokens,
             missing_approvals,

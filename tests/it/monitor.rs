@@ -1172,3 +1172,142 @@ fn a_saved_state_damaged_or_from_another_log_is_refused() {
         .unwrap();
     assert_eq!(report.pending, 1);
 }
+
+/// The platform's log as a checkpoint signed now and cosigned by each of `witnesses` at its own
+/// time (seconds from now), published in a directory of its own.
+fn cosigned_at_times(
+    kit: &TestBroker,
+    witnesses: &[(&CosignatureSigner, i64)],
+) -> tempfile::TempDir {
+    let checkpoint = kit.broker.checkpoint().unwrap();
+    let body = &checkpoint.note[..checkpoint.note.find("\n\n").unwrap() + 1];
+    let mut note = checkpoint.note.clone();
+    for (witness, from_now) in witnesses {
+        let at = (kit.broker.now().unix_timestamp() + from_now) as u64;
+        note = consent_broker::cosignature::add_cosignatures(&note, &witness.cosign(body, at));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let witnessed = StoredCheckpoint { note, ..checkpoint };
+    publish(&kit.broker.store(), dir.path(), &witnessed).unwrap();
+    dir
+}
+
+/// A checkpoint its witnesses cosigned long ago is reported stale, however valid: the platform
+/// stopped publishing, or shows the bank (a monitor made anew after a restart, say) a view it
+/// had cosigned once. A quiet log cosigned again is fresh. With two of three witnesses required,
+/// one fresh cosignature does not make the checkpoint fresh, and a cosignature dated beyond the
+/// bank's clock counts for nothing.
+#[test]
+fn a_checkpoint_cosigned_long_ago_is_reported_stale() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (mut monitor, first) = watched(&platform, &bank, &witness, &consent);
+    let published_at = kit.broker.now().replace_nanosecond(0).unwrap();
+    assert_eq!(first.cosigned_at, Some(published_at));
+    let older = tempfile::tempdir().unwrap();
+    copy_dir(platform.dir.path(), older.path());
+    let source = DirTiles::new(platform.dir.path());
+    let is_stale = |report: &MonitorReport, when: Option<time::OffsetDateTime>| {
+        matches!(
+            report.log_error,
+            Some(MonitorError::StaleCheckpoint { cosigned_at, max_age })
+                if cosigned_at == when && max_age == DEFAULT_MAX_CHECKPOINT_AGE
+        )
+    };
+
+    // A day on, to the second, the checkpoint is as old as allowed; a second later, stale.
+    kit.clock.advance(DEFAULT_MAX_CHECKPOINT_AGE);
+    let report = monitor.check(
+        &bank.bank,
+        &source,
+        published_at + DEFAULT_MAX_CHECKPOINT_AGE,
+    );
+    assert!(report.unwrap().is_clean());
+    kit.clock.advance(time::Duration::seconds(1));
+    let now = kit.broker.now();
+    let report = monitor.check(&bank.bank, &source, now).unwrap();
+    assert!(is_stale(&report, Some(published_at)), "{report:?}");
+    assert_eq!(report.log_size, first.log_size);
+    assert_eq!(report.missing_tokens, []);
+
+    // A monitor made anew, shown the old view: it reads the log, and says it is stale.
+    let anew = platform
+        .monitor(&witness)
+        .check(&bank.bank, &DirTiles::new(older.path()), now)
+        .unwrap();
+    assert!(is_stale(&anew, Some(published_at)), "{anew:?}");
+    assert_eq!(anew.log_size, first.log_size);
+
+    // The platform has its quiet log cosigned again: fresh, at the same size.
+    platform.publish(&witness);
+    let fresh = monitor.check(&bank.bank, &source, now).unwrap();
+    assert!(fresh.is_clean(), "{fresh:?}");
+    assert_eq!(fresh.log_size, kit.broker.store().audit_len().unwrap());
+    assert_eq!(fresh.cosigned_at, Some(now.replace_nanosecond(0).unwrap()));
+
+    // The bank may take any age.
+    let mut any_age = platform.monitor(&witness).max_checkpoint_age(None);
+    let later = now + time::Duration::days(30);
+    let report = any_age.check(&bank.bank, &source, later).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+
+    // Two of three witnesses required.
+    let signers: Vec<CosignatureSigner> = (0..3)
+        .map(|i| {
+            let name = format!("witness-{i}.example");
+            CosignatureSigner::new(&name, &crate::targets::pkcs8(60 + i)).unwrap()
+        })
+        .collect();
+    let policy = WitnessPolicy {
+        witnesses: signers.iter().map(|s| s.verifier().clone()).collect(),
+        quorum: 2,
+    };
+    let origin = kit.broker.log_origin();
+    let two_of_three = || LogMonitor::new(origin, platform.log_key(), policy.clone()).unwrap();
+    let (w0, w1, w2) = (&signers[0], &signers[1], &signers[2]);
+    let now = kit.broker.now();
+    let seconds = |s: i64| Some(now.replace_nanosecond(0).unwrap() + time::Duration::seconds(s));
+    let two_days = 2 * 86_400;
+    let skew = CLOCK_SKEW_ALLOWANCE.whole_seconds();
+    type Case<'a> = (
+        &'a [(&'a CosignatureSigner, i64)],
+        Option<time::OffsetDateTime>,
+        bool,
+    );
+    let cases: [Case; 5] = [
+        // The second freshest of the quorum dates the checkpoint.
+        (&[(w0, 0), (w1, -60), (w2, -two_days)], seconds(-60), false),
+        // One fresh cosignature, the others two days old: stale.
+        (
+            &[(w0, 0), (w1, -two_days), (w2, -two_days - 5)],
+            seconds(-two_days),
+            true,
+        ),
+        // Within the clock allowance ahead: counted.
+        (&[(w0, skew), (w1, skew)], seconds(skew), false),
+        // Beyond it: not counted, so the old one dates the checkpoint.
+        (
+            &[(w0, skew + 1), (w1, skew + 3600), (w2, -two_days)],
+            None,
+            true,
+        ),
+        (
+            &[(w0, skew + 1), (w1, -30), (w2, -two_days)],
+            seconds(-two_days),
+            true,
+        ),
+    ];
+    for (i, (cosigned, when, stale)) in cases.into_iter().enumerate() {
+        let dir = cosigned_at_times(kit, cosigned);
+        let report = two_of_three()
+            .check(&bank.bank, &DirTiles::new(dir.path()), now)
+            .unwrap();
+        assert_eq!(report.cosigned_at, when, "case {i}: {report:?}");
+        assert_eq!(
+            matches!(report.log_error, Some(MonitorError::StaleCheckpoint { .. })),
+            stale,
+            "case {i}: {report:?}"
+        );
+        assert_eq!(report.log_error.is_none(), !stale, "case {i}: {report:?}");
+    }
+}
