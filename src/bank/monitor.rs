@@ -7,9 +7,12 @@
 //!
 //! The monitor reads the published tiles (C2SP tlog-tiles) and only what is new since its last
 //! pass (see [`crate::tiles::TiledLog`]), never the platform's database. What to do when
-//! something is missing is the bank's policy; the documented response is to suspend the
-//! platform (stop serving its tokens) and raise it with the platform and the supervisor, with the
-//! journal entries and the checkpoint as evidence.
+//! something is missing, or the log stands still ([`MonitorError::StaleCheckpoint`]), is the
+//! bank's policy; the documented response is to suspend the platform and raise it with the
+//! platform and the supervisor, with the journal entries and the checkpoint as evidence. The
+//! bank suspends a platform with its own policy: [`Bank::set_policy`] with no scope enabled is
+//! journalled, binds every gate on the ledger at once (each refusal journalled), and returns the
+//! signed instruction that tells the broker; setting the policy again resumes.
 
 mod saved;
 

@@ -1311,3 +1311,52 @@ fn a_checkpoint_cosigned_long_ago_is_reported_stale() {
         assert_eq!(report.log_error.is_none(), !stale, "case {i}: {report:?}");
     }
 }
+
+/// What the bank does when its monitor finds the log wanting: it suspends the platform by its
+/// own policy (no scope enabled). That is in its ledger and journal, binds every gate on the
+/// ledger at once (the platform's next valid token is refused, and the refusal journalled), and
+/// tells the broker by a signed instruction; the bank's policy set again resumes.
+#[test]
+fn a_bank_suspends_a_platform_whose_log_is_wanting_by_its_policy() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(98));
+    serve(&shadow, &bank, &shadow_consent);
+    let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
+    let source = DirTiles::new(platform.dir.path());
+    let report = monitor.check(&bank.bank, &source, later).unwrap();
+    assert_eq!(report.missing_tokens.len(), 1, "{report:?}");
+
+    let before = bank.bank.policy().unwrap().map(|record| record.policy);
+    let suspended = HolderPolicy {
+        enabled_scopes: ScopeSet::new(),
+        ..before.clone().unwrap_or_default()
+    };
+    let instruction = bank.bank.set_policy(suspended).unwrap();
+    // A platform that has not applied the instruction (or never will) still issues tokens: the
+    // gate refuses them from its own ledger.
+    let journalled = bank.bank.journal().audit_len().unwrap();
+    let token = kit.token(&kit.access(consent.id()));
+    let mut proof = String::new();
+    let request = bank.present(kit, &token.token, &mut proof);
+    match bank.bank.serve(&request, &bank.accounts) {
+        Err(GateError::Refused {
+            refusal: GateRefusal::PolicyForbidsScope(_),
+            journal_seq: Some(seq),
+        }) => assert_eq!(seq, journalled, "the refusal is journalled"),
+        other => panic!("served a suspended platform: {other:?}"),
+    }
+    // The broker that applies it denies the platform's next access itself.
+    kit.broker.apply_holder_instruction(&instruction).unwrap();
+    assert!(matches!(
+        kit.broker.authorise_with_token(&kit.access(consent.id())),
+        Ok(TokenOutcome::Denied(denial))
+            if denial.reasons == [DenyReason::HolderForbidsScope { scope: Scope::Balance }]
+    ));
+
+    // Resumed: the platform's accesses are served again.
+    let instruction = bank.bank.set_policy(before.unwrap_or_default()).unwrap();
+    kit.broker.apply_holder_instruction(&instruction).unwrap();
+    serve(kit, &bank, &consent);
+}
