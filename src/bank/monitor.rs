@@ -39,12 +39,15 @@ use crate::vocab::{Purpose, Scope};
 /// monitor more often than the delay to bound lateness by it.
 pub const DEFAULT_MAX_MERGE_DELAY: Duration = Duration::hours(1);
 
-/// How old the platform's checkpoint may be, by default, counted from the time by which a quorum
-/// of the policy's witnesses had cosigned it ([`MonitorReport::cosigned_at`]). A witness cosigns
-/// the same checkpoint again with its current time when the log asks (C2SP `tlog-witness`), so a
-/// platform whose log is quiet keeps its checkpoint fresh by having it cosigned again, at least
-/// daily; one that stops publishing, or shows the bank a checkpoint cosigned long ago, is
-/// reported ([`MonitorError::StaleCheckpoint`]).
+/// How old the platform's checkpoint may be, by default, counted from [`MonitorReport::cosigned_at`]
+/// (the latest time by which a quorum of the policy's witnesses had each cosigned it). A witness
+/// cosigns the same checkpoint again with its current time when the log asks (C2SP
+/// `tlog-witness`), so a platform whose log is quiet keeps its checkpoint fresh by publishing it
+/// on a timer well under this age (the merge delay, say); one that stops having its checkpoint
+/// cosigned, or shows the bank a view cosigned long ago, is reported
+/// ([`MonitorError::StaleCheckpoint`]). A recent cosignature says only that the log showed its
+/// witnesses nothing newer: a platform that shows every witness an old size again is not caught
+/// by this, but what the bank served since is, by the merge delay.
 pub const DEFAULT_MAX_CHECKPOINT_AGE: Duration = Duration::days(1);
 
 /// A token the gate served that the platform's log does not show (in time).
@@ -88,13 +91,16 @@ pub struct MonitorReport {
     pub log_size: u64,
     /// The witnesses that cosigned this pass's checkpoint (none when it was not trusted).
     pub witnessed_by: Vec<String>,
-    /// When a quorum of the policy's witnesses had cosigned this pass's checkpoint, by their
-    /// cosignatures' timestamps (the quorum's oldest of the freshest; a timestamp later than the
-    /// bank's clock allows is not counted). `None` when the checkpoint was not trusted, or when
-    /// no cosignature counts (a policy that requires none).
+    /// The latest time by which a quorum (at least one) of the policy's witnesses had each
+    /// cosigned this pass's checkpoint: the quorum-th latest of their cosignatures' timestamps,
+    /// leaving out a timestamp later than the bank's clock allows ([`CLOCK_SKEW_ALLOWANCE`]; a
+    /// witness whose clock runs further ahead counts for nothing). `None` when the checkpoint
+    /// was not trusted, or when not enough cosignatures count.
     pub cosigned_at: Option<OffsetDateTime>,
     /// Why this pass could not read or trust the platform's log (missing, unwitnessed, rolled
-    /// back, tiles that do not match): an alarm in itself when it persists. The bank's journal
+    /// back, tiles that do not match), or why the log it read is stale
+    /// ([`MonitorError::StaleCheckpoint`]: read, and `log_size` moved with it): an alarm in
+    /// itself when it persists. The bank's journal
     /// was still read, and its served tokens judged against the log as last verified, so a log
     /// kept unreadable does not stop the merge delay from running out. A
     /// [`MonitorError::Journal`] here is the bank's own fault, met while the pass read the
@@ -161,8 +167,8 @@ pub enum MonitorError {
         witnesses: usize,
     },
     /// The checkpoint verified, but no quorum of the policy's witnesses cosigned it within the
-    /// maximum age ([`LogMonitor::max_checkpoint_age`]): the platform stopped publishing, or
-    /// shows the bank a checkpoint cosigned long ago. The log was still read (a checkpoint its
+    /// maximum age ([`LogMonitor::max_checkpoint_age`]): the platform stopped having its
+    /// checkpoint cosigned, or shows the bank a checkpoint cosigned long ago. The log was still read (a checkpoint its
     /// witnesses cosigned can only show less than a fresher one, never a different history).
     #[error(
         "the platform's checkpoint was last cosigned by a quorum {}, more than {max_age} before \
@@ -206,8 +212,9 @@ const LONGEST_KEPT: usize = 128;
 /// A checkpoint also has an age: the witnesses date their cosignatures, and a pass reports a
 /// checkpoint no quorum cosigned within [`DEFAULT_MAX_CHECKPOINT_AGE`] (or the bank's
 /// [`LogMonitor::max_checkpoint_age`]) as [`MonitorError::StaleCheckpoint`]. So a platform that
-/// stops publishing, or shows a monitor made anew a view its witnesses cosigned long ago, is
-/// seen at once, even when the bank served nothing since.
+/// stops having its checkpoint cosigned, or shows a monitor made anew a view its witnesses
+/// cosigned long ago, is seen even when the bank served nothing since (a platform that shows
+/// its witnesses an old size again is not: see [`DEFAULT_MAX_CHECKPOINT_AGE`]).
 #[derive(Debug)]
 pub struct LogMonitor {
     origin: String,
@@ -362,7 +369,7 @@ impl LogMonitor {
         cosigned_by: &[(String, u64)],
         now: OffsetDateTime,
     ) -> Option<OffsetDateTime> {
-        let latest = now + CLOCK_SKEW_ALLOWANCE;
+        let latest = now.checked_add(CLOCK_SKEW_ALLOWANCE).unwrap_or(now);
         let mut times: Vec<OffsetDateTime> = cosigned_by
             .iter()
             .filter_map(|(_, timestamp)| i64::try_from(*timestamp).ok())
@@ -383,9 +390,11 @@ impl LogMonitor {
     ///
     /// # Errors
     /// [`MonitorError::Journal`]: the bank's own journal could not be read at the start of the
-    /// pass (nothing of the pass is kept; the next reads it again; a fault later in the pass is
-    /// [`MonitorReport::log_error`]). [`MonitorError::JournalDiffers`]: the journal no longer
-    /// holds what the monitor read of it.
+    /// pass, or the entries read do not give its stored tree's root (`StoreError::Corrupt`: an
+    /// entry edited after it was written); nothing of the pass is kept, and the next reads it
+    /// again (a fault later in the pass is [`MonitorReport::log_error`]).
+    /// [`MonitorError::JournalDiffers`]: the journal no longer holds what the monitor read of
+    /// it.
     pub fn check<S: Store + LedgerRead>(
         &mut self,
         bank: &Bank<S>,
@@ -481,15 +490,20 @@ impl LogMonitor {
         let len = journal.audit_len()?;
         let start = self.journal_position;
         // The journal still holds what was read of it (a restored state's, too).
-        if len < start
-            || journal_root(journal, start)?.ok_or_else(|| tree_missing(start))?
-                != self.journal_root
-        {
+        if len < start {
+            return Err(MonitorError::JournalDiffers { position: start });
+        }
+        let mut tree = journal_peaks(journal, start)?;
+        if tree.root() != self.journal_root {
             return Err(MonitorError::JournalDiffers { position: start });
         }
         let mut signed = Vec::new();
         let mut served = Vec::new();
-        journal_entries(journal, start..len, |entry| {
+        // The tree over what this pass reads goes on from there with the entries themselves: it
+        // must give the root the journal's stored tree gives, so that what is judged is what the
+        // journal's tree (and every checkpoint the bank signed of it) commits to.
+        journal_entries(journal, start..len, |entry, bytes| {
+            tree.push(merkle::leaf_hash(bytes));
             if let Some(attestation) = signed_in(&entry.event) {
                 signed.push(attestation);
                 return;
@@ -521,7 +535,14 @@ impl LogMonitor {
             }
         })?;
         if len > start {
-            self.journal_root = journal_root(journal, len)?.ok_or_else(|| tree_missing(len))?;
+            let stored = journal_root(journal, len)?.ok_or_else(|| tree_missing(len))?;
+            if tree.root() != stored {
+                return Err(StoreError::Corrupt(format!(
+                    "the journal's entries {start} to {len} do not give its stored tree's root"
+                ))
+                .into());
+            }
+            self.journal_root = stored;
         }
         self.journal_position = len;
         self.signed.extend(signed);
@@ -567,7 +588,7 @@ impl LogMonitor {
         journal_entries(
             journal,
             self.journal_position..journal.audit_len()?,
-            |entry| {
+            |entry, _| {
                 late.extend(signed_in(&entry.event));
             },
         )?;
@@ -683,6 +704,25 @@ fn journal_root(journal: &impl LogRead, size: u64) -> Result<Option<Hash>, Store
     }
 }
 
+/// The journal's stored tree over its first `size` entries, as the roots of its complete
+/// subtrees (one node per set bit of `size`), to go on from with the entries after them.
+///
+/// # Errors
+/// The journal's; [`StoreError::Corrupt`] when it holds no such node.
+fn journal_peaks(journal: &impl LogRead, size: u64) -> Result<merkle::TreeBuilder, StoreError> {
+    let mut peaks = Vec::new();
+    let mut covered = 0u64;
+    for level in (0..u64::BITS).rev() {
+        let width = 1u64 << level;
+        if size & width != 0 {
+            let node = journal.merkle_node(level, covered >> level)?;
+            peaks.push(node.ok_or_else(|| tree_missing(size))?);
+            covered += width;
+        }
+    }
+    merkle::TreeBuilder::from_peaks(size, peaks).ok_or_else(|| tree_missing(size))
+}
+
 /// A journal that holds `len` entries but not its tree's nodes over them.
 fn tree_missing(len: u64) -> StoreError {
     StoreError::Corrupt(format!(
@@ -709,30 +749,33 @@ impl<J: LogRead> merkle::NodeSource for JournalNodes<'_, J> {
     }
 }
 
-/// The journal's entries in `range`, read a stretch at a time, each given to `each`.
+/// The journal's entries in `range`, read a stretch at a time, each given to `each` with its
+/// stored bytes.
 fn journal_entries(
     journal: &impl LogRead,
     range: std::ops::Range<u64>,
-    mut each: impl FnMut(AuditEntry),
+    mut each: impl FnMut(AuditEntry, &[u8]),
 ) -> Result<(), StoreError> {
     let mut position = range.start;
     while position < range.end {
         let end = position.saturating_add(4096).min(range.end);
-        let entries = journal.audit_entries(position..end)?;
+        let stored = journal.audit_bytes(position..end)?;
         // Every entry of the stretch, in order: a store that skips one (a replica behind, a
         // damaged table) is not read past it.
-        let whole = entries.len() as u64 == end - position
-            && entries
+        let whole = stored.len() as u64 == end - position
+            && stored
                 .iter()
                 .zip(position..)
                 .all(|(entry, seq)| entry.seq == seq);
         if !whole {
             return Err(StoreError::Unavailable(format!(
                 "the journal gave {} of its entries {position} to {end}",
-                entries.len()
+                stored.len()
             )));
         }
-        entries.into_iter().for_each(&mut each);
+        for entry in &stored {
+            each(entry.parse()?, &entry.bytes);
+        }
         position = end;
     }
     Ok(())

@@ -182,18 +182,8 @@ pub trait LogRead: Send + Sync {
     /// their position; [`StoreError::Unavailable`].
     fn audit_entries(&self, range: Range<u64>) -> Result<Vec<AuditEntry>, StoreError> {
         self.audit_bytes(range)?
-            .into_iter()
-            .map(|stored| {
-                let entry = AuditEntry::from_bytes(&stored.bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("audit entry {}: {e}", stored.seq)))?;
-                if entry.seq != stored.seq {
-                    return Err(StoreError::Corrupt(format!(
-                        "audit entry stored at {} says it is {}",
-                        stored.seq, entry.seq
-                    )));
-                }
-                Ok(entry)
-            })
+            .iter()
+            .map(StoredEntry::parse)
             .collect()
     }
 

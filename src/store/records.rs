@@ -7,6 +7,7 @@ use crate::ids::HolderId;
 use crate::keys::Ed25519PublicKey;
 use crate::merkle::Hash;
 use crate::policy::HolderPolicy;
+use crate::store::StoreError;
 use crate::store::ledger::SeenKind;
 
 /// What the broker knows of a holder: its policy and the keys that sign its attestations.
@@ -163,6 +164,25 @@ pub struct StoredEntry {
     pub seq: u64,
     /// The entry's JSON bytes, exactly as written and hashed.
     pub bytes: Vec<u8>,
+}
+
+impl StoredEntry {
+    /// The entry its bytes hold.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for bytes that do not parse, or whose sequence number is not
+    /// `seq`.
+    pub fn parse(&self) -> Result<crate::audit::AuditEntry, StoreError> {
+        let entry = crate::audit::AuditEntry::from_bytes(&self.bytes)
+            .map_err(|e| StoreError::Corrupt(format!("audit entry {}: {e}", self.seq)))?;
+        if entry.seq != self.seq {
+            return Err(StoreError::Corrupt(format!(
+                "audit entry stored at {} says it is {}",
+                self.seq, entry.seq
+            )));
+        }
+        Ok(entry)
+    }
 }
 
 /// A checkpoint the broker signed.

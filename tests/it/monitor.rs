@@ -1251,6 +1251,42 @@ fn a_checkpoint_cosigned_long_ago_is_reported_stale() {
     let report = any_age.check(&bank.bank, &source, later).unwrap();
     assert!(report.is_clean(), "{report:?}");
 
+    // A monitor restored or held to a saved state keeps the bank's age, whichever it is.
+    let saved = monitor.save();
+    let hour = time::Duration::hours(1);
+    let strict = || platform.monitor(&witness).max_checkpoint_age(Some(hour));
+    let two_hours_on = now + time::Duration::hours(2);
+    for mut kept in [
+        strict().restore(&saved).unwrap(),
+        strict().pinned_to(&saved).unwrap(),
+    ] {
+        let report = kept.check(&bank.bank, &source, two_hours_on).unwrap();
+        assert!(
+            matches!(
+                report.log_error,
+                Some(MonitorError::StaleCheckpoint { max_age, .. }) if max_age == hour
+            ),
+            "{report:?}"
+        );
+    }
+    let mut lenient = platform.monitor(&witness).max_checkpoint_age(None);
+    lenient = lenient.restore(&saved).unwrap();
+    let report = lenient.check(&bank.bank, &source, later).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    // At the end of time, a stale checkpoint, not a panic.
+    let end = time::PrimitiveDateTime::MAX.assume_utc();
+    let report = platform.monitor(&witness).check(&bank.bank, &source, end);
+    assert!(
+        matches!(
+            report,
+            Ok(MonitorReport {
+                log_error: Some(MonitorError::StaleCheckpoint { .. }),
+                ..
+            })
+        ),
+        "{report:?}"
+    );
+
     // Two of three witnesses required.
     let signers: Vec<CosignatureSigner> = (0..3)
         .map(|i| {
@@ -1274,7 +1310,7 @@ fn a_checkpoint_cosigned_long_ago_is_reported_stale() {
         Option<time::OffsetDateTime>,
         bool,
     );
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         // The second freshest of the quorum dates the checkpoint.
         (&[(w0, 0), (w1, -60), (w2, -two_days)], seconds(-60), false),
         // One fresh cosignature, the others two days old: stale.
@@ -1296,6 +1332,12 @@ fn a_checkpoint_cosigned_long_ago_is_reported_stale() {
             seconds(-two_days),
             true,
         ),
+        // One witness's fresh line twice is one witness.
+        (
+            &[(w0, 0), (w0, 0), (w1, -two_days)],
+            seconds(-two_days),
+            true,
+        ),
     ];
     for (i, (cosigned, when, stale)) in cases.into_iter().enumerate() {
         let dir = cosigned_at_times(kit, cosigned);
@@ -1310,6 +1352,22 @@ fn a_checkpoint_cosigned_long_ago_is_reported_stale() {
         );
         assert_eq!(report.log_error.is_none(), !stale, "case {i}: {report:?}");
     }
+    // One witness's key listed under a second name is still one witness.
+    let alias = CosignatureSigner::new("alias.example", &crate::targets::pkcs8(60)).unwrap();
+    let aliased = WitnessPolicy {
+        witnesses: vec![
+            w0.verifier().clone(),
+            alias.verifier().clone(),
+            w1.verifier().clone(),
+        ],
+        quorum: 2,
+    };
+    let dir = cosigned_at_times(kit, &[(w0, 0), (&alias, 0), (w1, -two_days)]);
+    let report = LogMonitor::new(origin, platform.log_key(), aliased)
+        .unwrap()
+        .check(&bank.bank, &DirTiles::new(dir.path()), now)
+        .unwrap();
+    assert_eq!(report.cosigned_at, seconds(-two_days), "{report:?}");
 }
 
 /// What the bank does when its monitor finds the log wanting: it suspends the platform by its
@@ -1359,4 +1417,63 @@ fn a_bank_suspends_a_platform_whose_log_is_wanting_by_its_policy() {
     let instruction = bank.bank.set_policy(before.unwrap_or_default()).unwrap();
     kit.broker.apply_holder_instruction(&instruction).unwrap();
     serve(kit, &bank, &consent);
+}
+
+/// The monitor judges what the bank's journal commits to. An entry edited in the ledger's file
+/// after the journal's tree was written (an insider hiding an access, a damaged disk), so that
+/// the entries read no longer give the journal's stored tree, stops the pass as the bank's own
+/// fault, and nothing of it is kept: with the entry as written again, the next pass reads it.
+#[test]
+fn journal_entries_that_do_not_give_the_journals_tree_are_not_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.sqlite");
+    let (platform, bank, _witness_dir, witness, consent) =
+        world_with(|kit| TestBank::on(kit, SqliteStore::open(&path).unwrap()));
+    let kit = &platform.kit;
+    let (mut monitor, first) = watched(&platform, &bank, &witness, &consent);
+    // Past a complete subtree of 16, whose node the file stores (levels 1 to 3 it derives from
+    // the leaves' stored hashes).
+    for _ in 0..20 {
+        serve(kit, &bank, &consent);
+    }
+    platform.publish(&witness);
+    let last = bank.bank.journal().audit_len().unwrap() - 1;
+
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch("DROP TRIGGER audit_no_update").unwrap();
+    let written: String = db
+        .query_row(
+            "SELECT entry FROM audit WHERE seq = ?1",
+            [last as i64],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let set = |text: &str| {
+        let changed = db
+            .execute(
+                "UPDATE audit SET entry = ?1 WHERE seq = ?2",
+                rusqlite::params![text, last as i64],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    };
+    // Another second for the access, the entry still an entry.
+    let at = written.find("\"at\":").unwrap() + 5;
+    let mut edited = written.clone().into_bytes();
+    edited[at + 5] = if edited[at + 5] == b'0' { b'1' } else { b'0' };
+    set(std::str::from_utf8(&edited).unwrap());
+    assert!(AuditEntry::from_bytes(&edited).is_ok());
+
+    let source = DirTiles::new(platform.dir.path());
+    let now = kit.broker.now();
+    let refused = monitor.check(&bank.bank, &source, now);
+    assert!(
+        matches!(refused, Err(MonitorError::Journal(StoreError::Corrupt(_)))),
+        "{refused:?}"
+    );
+    set(&written);
+    let report = monitor.check(&bank.bank, &source, now).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.pending, 0);
+    assert!(report.log_size > first.log_size);
 }
