@@ -832,14 +832,7 @@ fn witness_publish_and_monitor(story: &mut Story, path: &Path, vkey: &str) -> Re
     }
     // Durably, replacing the last save: written in full and flushed, then renamed over it, and
     // the rename flushed with its directory.
-    let kept = state_file.with_extension("json.new");
-    let mut file = std::fs::File::create(&kept)?;
-    std::io::Write::write_all(&mut file, &monitor.save())?;
-    file.sync_all()?;
-    std::fs::rename(&kept, &state_file)?;
-    if let Some(directory) = state_file.parent() {
-        std::fs::File::open(directory)?.sync_all()?;
-    }
+    monitor.save_to(&state_file)?;
     let cosigned_at = report
         .cosigned_at
         .and_then(|at| at.format(&Rfc3339).ok())

@@ -23,7 +23,7 @@ use std::time::Duration as StdDuration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use consent_broker::checkpoint::NoteVerifier;
-use consent_broker::cosignature::{CosignatureSigner, CosignatureVerifier};
+use consent_broker::cosignature::{CosignatureSigner, CosignatureVerifier, WitnessPolicy};
 use consent_broker::dpop::DpopSigner;
 use consent_broker::http::bank::{ApprovalForm, BankEndpoints, sync_feed, witness_router};
 use consent_broker::http::broker::BrokerEndpoints;
@@ -51,7 +51,7 @@ fn main() -> Result<()> {
         .build()?;
     match args.get(1).map(String::as_str) {
         Some("platform") => runtime.block_on(platform(&args[2], &args[3], &args[4], &args[5])),
-        Some("bank") => runtime.block_on(bank(&args[2], &args[3], &args[4])),
+        Some("bank") => runtime.block_on(bank(&args[2], &args[3], &args[4], &args[5], &args[6])),
         Some("witness") => runtime.block_on(witness(&args[2], &args[3], &args[4], &args[5])),
         _ => runtime.block_on(person()),
     }
@@ -248,7 +248,7 @@ impl DataHolder for Accounts {
     }
 }
 
-async fn bank(dir: &str, port: &str, platform: &str) -> Result<()> {
+async fn bank(dir: &str, port: &str, platform: &str, origin: &str, log_vkey: &str) -> Result<()> {
     let dir = PathBuf::from(dir);
     let ledger = SqliteStore::open(dir.join("bank.sqlite"))?;
     let keys = BankKeys::load_or_create(&dir, &SystemRandom::new())?;
@@ -267,6 +267,22 @@ async fn bank(dir: &str, port: &str, platform: &str) -> Result<()> {
         loop {
             tokio::time::sleep(StdDuration::from_millis(500)).await;
             let _ = sync_feed(&follower, &feed).await;
+        }
+    });
+    // The bank's monitor of the platform's published log, over HTTP, every second, trusting the
+    // witness; its state kept beside the ledger, and its passes counted in the bank's metrics.
+    let metrics = Metrics::new();
+    let witness_vkey = wait_for_file(&dir.join("../witness.vkey")).await?;
+    let policy = WitnessPolicy {
+        witnesses: vec![CosignatureVerifier::from_vkey(witness_vkey.trim())?],
+        quorum: 1,
+    };
+    let monitor = LogMonitor::new(origin, NoteVerifier::from_vkey(log_vkey)?, policy)?;
+    let (watched, counted) = (Arc::clone(&bank), metrics.clone());
+    let (published, state) = (platform.to_owned(), dir.join("monitor.json"));
+    std::thread::spawn(move || {
+        if let Err(error) = watch(&watched, monitor, &published, &state, &counted) {
+            eprintln!("the bank's monitor stopped: {error}");
         }
     });
     let sessions = Arc::new(SessionCookies::new(&secret(3)).insecure_for_loopback());
@@ -306,10 +322,36 @@ async fn bank(dir: &str, port: &str, platform: &str) -> Result<()> {
         sessions.clone(),
     )
     .deliver_to(broker)
+    .metrics(metrics)
     .router()?
     .merge(demo_login(sessions))
     .merge(app);
     serve(port, router).await
+}
+
+/// The bank's monitor, on a thread of its own (its HTTP client blocks): restored from its saved
+/// state if there is one, a pass a second, the state saved durably after each.
+fn watch(
+    bank: &Bank<SqliteStore>,
+    monitor: LogMonitor,
+    platform: &str,
+    state: &Path,
+    metrics: &Metrics,
+) -> Result<()> {
+    let mut monitor = match std::fs::read(state) {
+        Ok(saved) => monitor.restore(&saved)?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => monitor,
+        Err(error) => return Err(error.into()),
+    };
+    let tiles = HttpTiles::new(platform, &settings())?;
+    loop {
+        std::thread::sleep(StdDuration::from_secs(1));
+        let pass = monitor.check(bank, &tiles, bank.now());
+        metrics.record_monitor(pass.as_ref());
+        if pass.is_ok() {
+            monitor.save_to(state)?;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -464,7 +506,14 @@ async fn person() -> Result<()> {
     )?;
     spawn(
         &mut parties,
-        &["bank", path(&bank_dir), &b.to_string(), &platform_url],
+        &[
+            "bank",
+            path(&bank_dir),
+            &b.to_string(),
+            &platform_url,
+            &origin,
+            &vkey,
+        ],
     )?;
     wait_for(&http, &witness_url).await?;
     wait_for(&http, &bank_url).await?;
@@ -649,7 +698,10 @@ async fn person() -> Result<()> {
         note.contains(&format!("— {WITNESS}"))
     );
 
-    println!("\n7. What each server counted (GET /metrics; no names, no ids)");
+    println!(
+        "\n7. What each server counted (GET /metrics; no names, no ids); the bank's monitor reads \
+         the platform's published log every second"
+    );
     for (name, url) in [("platform", &platform_url), ("bank", &bank_url)] {
         let metrics = http
             .get(format!("{url}/metrics"))
@@ -658,8 +710,13 @@ async fn person() -> Result<()> {
             .text()
             .await?;
         for line in metrics.lines().filter(|l| {
-            (l.starts_with("consent_broker_gate") || l.starts_with("consent_broker_decisions"))
-                && !l.starts_with('#')
+            [
+                "consent_broker_gate",
+                "consent_broker_decisions",
+                "consent_broker_monitor",
+            ]
+            .iter()
+            .any(|family| l.starts_with(family))
         }) {
             println!("   {name}: {line}");
         }

@@ -27,6 +27,7 @@ pub mod dpop;
 mod ed25519;
 mod error;
 pub mod feed;
+mod files;
 mod holder;
 pub mod hpke;
 #[cfg(feature = "http")]

@@ -30,7 +30,6 @@
 //! O(log n) subtree roots of that prefix) and reads only what is new.
 
 use std::fmt;
-use std::io::Write as _;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -488,20 +487,8 @@ fn write_all(files: &[(PathBuf, Vec<u8>)]) -> Result<(), TileError> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TileError> {
-    let io = |error: std::io::Error| TileError::Io(format!("{}: {error}", path.display()));
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    let mut temporary = path.as_os_str().to_owned();
-    // A name of its own per write: publishers in other processes or threads never share one.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    temporary.push(format!(".{}.{write}.tmp", std::process::id()));
-    let temporary = PathBuf::from(temporary);
-    let mut file = std::fs::File::create(&temporary).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&temporary, path).map_err(io)
+    crate::files::write_atomically(path, bytes)
+        .map_err(|error| TileError::Io(format!("{}: {error}", path.display())))
 }
 
 /// Where tiles are read from: a directory, an HTTP prefix, an object store.

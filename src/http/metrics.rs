@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::bank::{MonitorError, MonitorReport};
 use crate::policy::{Decision, DenyReason};
 use crate::refusal::GateRefusal;
 
@@ -23,7 +24,7 @@ const BUCKETS: [f64; 12] = [
 ];
 
 /// The families, with their help text and type, in the order they are exposed.
-const FAMILIES: [(&str, &str, &str); 6] = [
+const FAMILIES: [(&str, &str, &str); 8] = [
     (
         "consent_broker_decisions_total",
         "Access decisions by the broker, by outcome.",
@@ -42,6 +43,18 @@ const FAMILIES: [(&str, &str, &str); 6] = [
     (
         "consent_broker_gate_refusals_total",
         "The bank's gate refusals, by reason.",
+        "counter",
+    ),
+    (
+        "consent_broker_monitor_passes_total",
+        "The bank's passes over the platform's published log: clean, with an alarm, or failed \
+         (the bank's own journal could not be read).",
+        "counter",
+    ),
+    (
+        "consent_broker_monitor_alarms_total",
+        "What the bank's monitor reported, by kind: each served token missing from the log once; \
+         each attestation without an approval in the log, and the log's error, at every pass.",
         "counter",
     ),
     (
@@ -85,8 +98,54 @@ impl Metrics {
     }
 
     fn add(&self, family: &'static str, labels: String) {
+        self.add_n(family, labels, 1);
+    }
+
+    fn add_n(&self, family: &'static str, labels: String, n: u64) {
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
-        *series.counters.entry((family, labels)).or_default() += 1;
+        let counter = series.counters.entry((family, labels)).or_default();
+        *counter = counter.saturating_add(n);
+    }
+
+    /// Counts one pass of the bank's [`LogMonitor`](crate::LogMonitor): its outcome (`clean`,
+    /// `alarm`, or `failed` for a pass that returned an error), and its alarms by kind
+    /// (`missing_token` for each token reported, `missing_approval` for each attestation still
+    /// without an approval, and the log's error by its code: `stale_checkpoint`, `checkpoint`,
+    /// `tiles`, `journal`, `journal_differs`). No ids.
+    pub fn record_monitor(&self, pass: Result<&MonitorReport, &MonitorError>) {
+        let family = "consent_broker_monitor_alarms_total";
+        let report = match pass {
+            Ok(report) => report,
+            Err(error) => {
+                self.add(
+                    "consent_broker_monitor_passes_total",
+                    label("outcome", "failed"),
+                );
+                self.add(family, label("kind", monitor_code(error)));
+                return;
+            }
+        };
+        let outcome = if report.is_clean() { "clean" } else { "alarm" };
+        self.add(
+            "consent_broker_monitor_passes_total",
+            label("outcome", outcome),
+        );
+        let counts = [
+            ("missing_token", report.missing_tokens.len()),
+            ("missing_approval", report.missing_approvals.len()),
+        ];
+        for (kind, n) in counts {
+            if n > 0 {
+                self.add_n(
+                    family,
+                    label("kind", kind),
+                    u64::try_from(n).unwrap_or(u64::MAX),
+                );
+            }
+        }
+        if let Some(error) = &report.log_error {
+            self.add(family, label("kind", monitor_code(error)));
+        }
     }
 
     /// Counts one of the broker's decisions, and each reason of a denial.
@@ -184,6 +243,18 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// A monitor error's code, for a label.
+fn monitor_code(error: &MonitorError) -> &'static str {
+    match error {
+        MonitorError::StaleCheckpoint { .. } => "stale_checkpoint",
+        MonitorError::Checkpoint(_) => "checkpoint",
+        MonitorError::Tiles(_) => "tiles",
+        MonitorError::Journal(_) => "journal",
+        MonitorError::JournalDiffers { .. } => "journal_differs",
+        _ => "other",
     }
 }
 
@@ -353,5 +424,57 @@ mod tests {
             ),
             1
         );
+    }
+
+    #[test]
+    fn a_monitors_passes_are_counted_by_outcome_and_its_alarms_by_kind() {
+        let metrics = Metrics::new();
+        let clean = MonitorReport {
+            log_size: 3,
+            witnessed_by: vec!["w".into()],
+            cosigned_at: None,
+            log_error: None,
+            missing_tokens: Vec::new(),
+            missing_approvals: Vec::new(),
+            pending: 0,
+        };
+        metrics.record_monitor(Ok(&clean));
+        let missing = crate::bank::MissingToken {
+            token_id: "tok_secret-id".into(),
+            attestation: "att_1".into(),
+            served_at: time::OffsetDateTime::UNIX_EPOCH,
+            journal_seq: 7,
+            terms: crate::bank::TokenTerms {
+                consent: crate::ids::ConsentId::new("cns_1").unwrap_or_else(|_| unreachable!()),
+                scope: Scope::Balance,
+                purpose: crate::vocab::Purpose::CustomerService,
+                presence: crate::policy::Presence::SubjectPresent,
+                token_digest: None,
+            },
+        };
+        let alarm = MonitorReport {
+            log_error: Some(MonitorError::StaleCheckpoint {
+                cosigned_at: None,
+                max_age: time::Duration::days(1),
+            }),
+            missing_tokens: vec![missing.clone(), missing],
+            missing_approvals: vec!["att_2".into()],
+            ..clean
+        };
+        metrics.record_monitor(Ok(&alarm));
+        metrics.record_monitor(Err(&MonitorError::JournalDiffers { position: 4 }));
+        let count = |family: &str, labels: &str| metrics.counter(family, labels);
+        let passes = "consent_broker_monitor_passes_total";
+        let alarms = "consent_broker_monitor_alarms_total";
+        assert_eq!(count(passes, "outcome=\"clean\""), 1);
+        assert_eq!(count(passes, "outcome=\"alarm\""), 1);
+        assert_eq!(count(passes, "outcome=\"failed\""), 1);
+        assert_eq!(count(alarms, "kind=\"missing_token\""), 2);
+        assert_eq!(count(alarms, "kind=\"missing_approval\""), 1);
+        assert_eq!(count(alarms, "kind=\"stale_checkpoint\""), 1);
+        assert_eq!(count(alarms, "kind=\"journal_differs\""), 1);
+        let text = metrics.render();
+        assert!(text.contains("# TYPE consent_broker_monitor_alarms_total counter"));
+        assert!(!text.contains("tok_") && !text.contains("att_") && !text.contains("cns_"));
     }
 }

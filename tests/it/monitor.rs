@@ -1477,3 +1477,46 @@ fn journal_entries_that_do_not_give_the_journals_tree_are_not_judged() {
     assert_eq!(report.pending, 0);
     assert!(report.log_size > first.log_size);
 }
+
+/// `save_to` replaces the saved state whole: the file holds exactly what `save` gives, restores
+/// to a monitor that goes on, and a write that fails leaves the last state and nothing beside it.
+#[test]
+fn a_state_saved_to_a_file_is_replaced_whole_or_not_at_all() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let (monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("monitor.json");
+    std::fs::write(&file, b"an older state").unwrap();
+    monitor.save_to(&file).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), monitor.save());
+    let names = |dir: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(dir.path()), ["monitor.json"]);
+    let mut restored = platform
+        .monitor(&witness)
+        .restore(&std::fs::read(&file).unwrap())
+        .unwrap();
+    let source = DirTiles::new(platform.dir.path());
+    let report = restored
+        .check(&bank.bank, &source, platform.kit.broker.now())
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+
+    // A file where the state's directory should be: the write fails, typed, and nothing changes.
+    let blocked = dir.path().join("monitor.json").join("state.json");
+    assert!(monitor.save_to(&blocked).is_err());
+    assert_eq!(std::fs::read(&file).unwrap(), monitor.save());
+    assert_eq!(names(dir.path()), ["monitor.json"]);
+    // A directory where the state should be: written beside it, the rename fails, and the
+    // written copy is removed.
+    let occupied = dir.path().join("occupied");
+    std::fs::create_dir(&occupied).unwrap();
+    assert!(monitor.save_to(&occupied).is_err());
+    assert_eq!(names(dir.path()), ["monitor.json", "occupied"]);
+}

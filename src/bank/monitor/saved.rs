@@ -333,6 +333,17 @@ impl LogMonitor {
         serde_json::to_vec(&state).unwrap_or_default()
     }
 
+    /// The monitor's state ([`LogMonitor::save`]) written to `path` whole or not at all: to a
+    /// file beside it, flushed, renamed over it, and the rename flushed with its directory, so
+    /// that once this returns the state survives a crash or a power loss. Read it back with
+    /// `std::fs::read` and give the bytes to [`LogMonitor::restore`].
+    ///
+    /// # Errors
+    /// The file system's (the last state saved is then still in place).
+    pub fn save_to(&self, path: &std::path::Path) -> std::io::Result<()> {
+        crate::files::write_durably(path, &self.save())
+    }
+
     /// This monitor (its origin, log key, witness policy and merge delay) with the state
     /// [`LogMonitor::save`] gave, from where that save left off: its next pass reads only the
     /// log's entries after the checkpoint verified last, refuses a log smaller than it or not
