@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use consent_broker::checkpoint::NoteVerifier;
-use consent_broker::cosignature::{CosignatureSigner, CosignatureVerifier};
+use consent_broker::cosignature::{CosignatureSigner, CosignatureVerifier, WitnessPolicy};
 use consent_broker::http::bank::BankEndpoints;
 use consent_broker::http::{BrokerClient, ClientError, HttpTiles, HttpWitness};
 use consent_broker::tiles::verify_tiles;
@@ -102,6 +102,7 @@ async fn a_witness_across_the_network_cosigns_and_anyone_verifies_the_tiles_over
     )
     .await;
     let witness_url = witness_server.origin();
+    let (monitor_log_key, monitor_witness) = (log_key.clone(), cosignature_verifier.clone());
     // The platform publishes: sign, have the witness cosign over HTTP, serve.
     let publisher = endpoints.clone();
     let cosigned = tokio::task::spawn_blocking(move || {
@@ -135,6 +136,39 @@ async fn a_witness_across_the_network_cosigns_and_anyone_verifies_the_tiles_over
     assert_eq!(
         report.checkpoint.size,
         world.broker.store().audit_len().unwrap()
+    );
+    // The bank's monitor follows the same log over HTTP, trusting its witness, and counts its
+    // pass in the bank's metrics.
+    let (bank, base, origin) = (
+        Arc::clone(&world.bank),
+        server.origin(),
+        world.broker.log_origin().to_owned(),
+    );
+    let metrics = consent_broker::http::Metrics::new();
+    let counted = metrics.clone();
+    let pass = tokio::task::spawn_blocking(move || {
+        let tiles = HttpTiles::new(&base, &quick()).unwrap();
+        let policy = WitnessPolicy {
+            witnesses: vec![monitor_witness],
+            quorum: 1,
+        };
+        let mut monitor = LogMonitor::new(&origin, monitor_log_key, policy).unwrap();
+        let pass = monitor.check(&bank, &tiles, bank.now());
+        counted.record_monitor(pass.as_ref());
+        pass
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(pass.is_clean(), "{pass:?}");
+    assert_eq!(pass.log_size, report.checkpoint.size);
+    assert_eq!(
+        pass.cosigned_at,
+        Some(world.clock.now().replace_nanosecond(0).unwrap())
+    );
+    assert_eq!(
+        metrics.counter("consent_broker_monitor_passes_total", "outcome=\"clean\""),
+        1
     );
     // Beyond the published checkpoint, and malformed paths: 404.
     let raw = super::raw_client();
