@@ -272,9 +272,18 @@ async fn bank(dir: &str, port: &str, platform: &str, origin: &str, log_vkey: &st
     // The bank's monitor of the platform's published log, over HTTP, every second, trusting the
     // witness; its state kept beside the ledger, and its passes counted in the bank's metrics.
     let metrics = Metrics::new();
-    let witness_vkey = wait_for_file(&dir.join("../witness.vkey")).await?;
+    // The witness writes its key beside the parties' directories; read until it is whole.
+    let mut witness_key = None;
+    for _ in 0..100 {
+        let text = wait_for_file(&dir.join("../witness.vkey")).await?;
+        if let Ok(key) = CosignatureVerifier::from_vkey(text.trim()) {
+            witness_key = Some(key);
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
     let policy = WitnessPolicy {
-        witnesses: vec![CosignatureVerifier::from_vkey(witness_vkey.trim())?],
+        witnesses: vec![witness_key.ok_or("the witness's key never appeared whole")?],
         quorum: 1,
     };
     let monitor = LogMonitor::new(origin, NoteVerifier::from_vkey(log_vkey)?, policy)?;
@@ -348,8 +357,11 @@ fn watch(
         std::thread::sleep(StdDuration::from_secs(1));
         let pass = monitor.check(bank, &tiles, bank.now());
         metrics.record_monitor(pass.as_ref());
-        if pass.is_ok() {
-            monitor.save_to(state)?;
+        // A state not saved is saved at the next pass; the alarms are in the metrics already.
+        if pass.is_ok()
+            && let Err(error) = monitor.save_to(state)
+        {
+            eprintln!("the bank's monitor state was not saved: {error}");
         }
     }
 }

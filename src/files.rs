@@ -4,42 +4,68 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Writes `bytes` to `path` through a file of its own beside it, flushed, then renamed over
-/// `path`: a reader sees the old contents or the new, never a part (its parent directories are
-/// made first).
+use ring::rand::SecureRandom as _;
+
+/// Who may read a file written here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readers {
+    /// As the process's umask allows (published tiles).
+    Any,
+    /// Its owner alone, on Unix (a bank's own state).
+    Owner,
+}
+
+/// Writes `bytes` to `path` through a new file of its own beside it (a name no other writer
+/// takes: process, count and 64 random bits; created, never opened if it exists, so a link
+/// planted under that name is not followed), flushed, then renamed over `path`: a reader sees the
+/// old contents or the new, never a part. Its parent directories are made first. On failure the
+/// file beside it is removed and `path` is as it was.
 ///
 /// # Errors
-/// The file system's.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// The file system's; the randomness's, as [`std::io::ErrorKind::Other`].
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], readers: Readers) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let mut temporary = path.as_os_str().to_owned();
-    // A name of its own per write: writers in other processes or threads never share one.
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let write = WRITES.fetch_add(1, Ordering::Relaxed);
-    temporary.push(format!(".{}.{write}.tmp", std::process::id()));
+    let mut random = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut random)
+        .map_err(|_| std::io::Error::other("no randomness for a temporary file's name"))?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(
+        ".{}.{write}.{:016x}.tmp",
+        std::process::id(),
+        u64::from_be_bytes(random)
+    ));
     let temporary = PathBuf::from(temporary);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if readers == Readers::Owner {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    let mut file = options.open(&temporary)?;
     let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)
     })();
     if written.is_err() {
-        // Nothing half-written left beside the file (it may not exist: ignored).
+        // Its own file, just created: nothing half-written is left beside `path`.
         let _ = std::fs::remove_file(&temporary);
     }
     written
 }
 
-/// [`write_atomically`], then the rename flushed with the directory, so that the new contents
-/// survive a power loss once this returns.
+/// [`write_atomically`] for the owner alone, then the rename flushed with the directory, so that
+/// the new contents survive a power loss once this returns.
 ///
 /// # Errors
 /// The file system's.
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomically(path, bytes)?;
+    write_atomically(path, bytes, Readers::Owner)?;
     #[cfg(unix)]
     {
         let directory = match path.parent() {

@@ -487,7 +487,7 @@ fn write_all(files: &[(PathBuf, Vec<u8>)]) -> Result<(), TileError> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TileError> {
-    crate::files::write_atomically(path, bytes)
+    crate::files::write_atomically(path, bytes, crate::files::Readers::Any)
         .map_err(|error| TileError::Io(format!("{}: {error}", path.display())))
 }
 

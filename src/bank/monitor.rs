@@ -103,9 +103,10 @@ pub struct MonitorReport {
     /// itself when it persists. The bank's journal
     /// was still read, and its served tokens judged against the log as last verified, so a log
     /// kept unreadable does not stop the merge delay from running out. A
-    /// [`MonitorError::Journal`] here is the bank's own fault, met while the pass read the
-    /// journal again after fetching the checkpoint: then nothing was judged (every access stays
-    /// pending), so that no fault of the bank's is reported as the platform's.
+    /// [`MonitorError::Journal`] or [`MonitorError::JournalDiffers`] here is the bank's own
+    /// fault, met while the pass read the journal again after fetching the checkpoint (that read
+    /// is anchored to the journal's tree as the first is): then nothing was judged (every access
+    /// stays pending), so that no fault of the bank's is reported as the platform's.
     pub log_error: Option<MonitorError>,
     /// Served tokens the log does not show issued for what was served (same token id, consent,
     /// scope, purpose, presence and token digest, which binds subject and account) after the
@@ -422,7 +423,10 @@ impl LogMonitor {
             Err(error) => (Vec::new(), None, Some(error)),
         };
         // A fault of the bank's own journal: judge nothing against a log not read.
-        if !matches!(log_error, Some(MonitorError::Journal(_))) {
+        if !matches!(
+            log_error,
+            Some(MonitorError::Journal(_) | MonitorError::JournalDiffers { .. })
+        ) {
             missing_tokens.extend(self.judge_pending(now));
         }
         // An approval that appears later (of the attestation, for the consent the served token
@@ -487,23 +491,10 @@ impl LogMonitor {
         bank: &Bank<S>,
     ) -> Result<Vec<MissingToken>, MonitorError> {
         let journal = bank.journal();
-        let len = journal.audit_len()?;
         let start = self.journal_position;
-        // The journal still holds what was read of it (a restored state's, too).
-        if len < start {
-            return Err(MonitorError::JournalDiffers { position: start });
-        }
-        let mut tree = journal_peaks(journal, start)?;
-        if tree.root() != self.journal_root {
-            return Err(MonitorError::JournalDiffers { position: start });
-        }
         let mut signed = Vec::new();
         let mut served = Vec::new();
-        // The tree over what this pass reads goes on from there with the entries themselves: it
-        // must give the root the journal's stored tree gives, so that what is judged is what the
-        // journal's tree (and every checkpoint the bank signed of it) commits to.
-        journal_entries(journal, start..len, |entry, bytes| {
-            tree.push(merkle::leaf_hash(bytes));
+        let (len, root) = anchored_entries(journal, start, self.journal_root, |entry| {
             if let Some(attestation) = signed_in(&entry.event) {
                 signed.push(attestation);
                 return;
@@ -534,18 +525,9 @@ impl LogMonitor {
                 });
             }
         })?;
-        if len > start {
-            let stored = journal_root(journal, len)?.ok_or_else(|| tree_missing(len))?;
-            if tree.root() != stored {
-                return Err(StoreError::Corrupt(format!(
-                    "the journal's entries {start} to {len} do not give its stored tree's root"
-                ))
-                .into());
-            }
-            self.journal_root = stored;
-        }
+        self.journal_root = root;
         self.journal_position = len;
-        self.signed.extend(signed);
+        self.keep_signed(signed);
         let mut reused = Vec::new();
         for access in served {
             match self.served.get(&access.token_id) {
@@ -567,6 +549,14 @@ impl LogMonitor {
         Ok(reused)
     }
 
+    /// Keeps the attestations the bank signed, each as the journal first recorded it (the bank
+    /// signs an attestation once: a second entry with its id changes nothing).
+    fn keep_signed(&mut self, signed: Vec<(String, (ConsentId, Option<String>))>) {
+        for (attestation, record) in signed {
+            self.signed.entry(attestation).or_insert(record);
+        }
+    }
+
     /// Reads the platform's witnessed checkpoint and the entries after the size verified so far:
     /// the approvals of attestations this bank signed, and the tokens issued for their consents
     /// (the rest of the log is not this bank's). Kept only if the log verified.
@@ -583,16 +573,15 @@ impl LogMonitor {
         // checkpoint covers before signing it, so the journal read now shows every attestation
         // of this bank that the checkpoint's entries can name: no approval needs a look into
         // the ledger. (Accesses served since are left for the next pass.)
-        let journal = bank.journal();
+        // Anchored as the pass's own read: only what the journal's tree holds counts.
         let mut late = Vec::new();
-        journal_entries(
-            journal,
-            self.journal_position..journal.audit_len()?,
-            |entry, _| {
-                late.extend(signed_in(&entry.event));
-            },
+        anchored_entries(
+            bank.journal(),
+            self.journal_position,
+            self.journal_root,
+            |entry| late.extend(signed_in(&entry.event)),
         )?;
-        self.signed.extend(late);
+        self.keep_signed(late);
         let mut read = FromLog::default();
         let mut new_consents: HashSet<ConsentId> = HashSet::new();
         let (signed, consents) = (&self.signed, &self.consents);
@@ -702,6 +691,43 @@ fn journal_root(journal: &impl LogRead, size: u64) -> Result<Option<Hash>, Store
         (None, Ok(root)) => Ok(Some(root)),
         (None, Err(_)) => Ok(None),
     }
+}
+
+/// Reads the journal's entries from `start` to its length, giving each to `each`, anchored: the
+/// stored tree over the first `start` entries must have the root `root` (what was read before;
+/// else [`MonitorError::JournalDiffers`]), and those entries' bytes hashed onto it must give the
+/// stored tree's root at the length read (else `StoreError::Corrupt`: an entry edited after its
+/// leaf was written, or one added without it). Returns that length and root.
+fn anchored_entries(
+    journal: &impl LogRead,
+    start: u64,
+    root: Hash,
+    mut each: impl FnMut(AuditEntry),
+) -> Result<(u64, Hash), MonitorError> {
+    let len = journal.audit_len()?;
+    // The journal still holds what was read of it (a restored state's, too).
+    if len < start {
+        return Err(MonitorError::JournalDiffers { position: start });
+    }
+    let mut tree = journal_peaks(journal, start)?;
+    if tree.root() != root {
+        return Err(MonitorError::JournalDiffers { position: start });
+    }
+    if len == start {
+        return Ok((len, root));
+    }
+    journal_entries(journal, start..len, |entry, bytes| {
+        tree.push(merkle::leaf_hash(bytes));
+        each(entry);
+    })?;
+    let stored = journal_root(journal, len)?.ok_or_else(|| tree_missing(len))?;
+    if tree.root() != stored {
+        return Err(StoreError::Corrupt(format!(
+            "the journal's entries {start} to {len} do not give its stored tree's root"
+        ))
+        .into());
+    }
+    Ok((len, stored))
 }
 
 /// The journal's stored tree over its first `size` entries, as the roots of its complete

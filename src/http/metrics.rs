@@ -53,8 +53,9 @@ const FAMILIES: [(&str, &str, &str); 8] = [
     ),
     (
         "consent_broker_monitor_alarms_total",
-        "What the bank's monitor reported, by kind: each served token missing from the log once; \
-         each attestation without an approval in the log, and the log's error, at every pass.",
+        "What the bank's monitor reported, by kind: each served token missing from the log once \
+         (and again by a monitor's first pass after a restore); each attestation without an \
+         approval in the log, and the log's error, at every pass.",
         "counter",
     ),
     (
@@ -463,12 +464,19 @@ mod tests {
         };
         metrics.record_monitor(Ok(&alarm));
         metrics.record_monitor(Err(&MonitorError::JournalDiffers { position: 4 }));
+        let unavailable = crate::store::StoreError::Unavailable(String::new());
+        metrics.record_monitor(Err(&MonitorError::Journal(unavailable)));
+        let tiles = crate::tiles::TileError::Io(String::new());
+        metrics.record_monitor(Err(&MonitorError::Tiles(tiles)));
         let count = |family: &str, labels: &str| metrics.counter(family, labels);
         let passes = "consent_broker_monitor_passes_total";
         let alarms = "consent_broker_monitor_alarms_total";
         assert_eq!(count(passes, "outcome=\"clean\""), 1);
         assert_eq!(count(passes, "outcome=\"alarm\""), 1);
-        assert_eq!(count(passes, "outcome=\"failed\""), 1);
+        assert_eq!(count(passes, "outcome=\"failed\""), 3);
+        assert_eq!(count(alarms, "kind=\"journal\""), 1);
+        assert_eq!(count(alarms, "kind=\"tiles\""), 1);
+        assert_eq!(count(alarms, "kind=\"other\""), 0);
         assert_eq!(count(alarms, "kind=\"missing_token\""), 2);
         assert_eq!(count(alarms, "kind=\"missing_approval\""), 1);
         assert_eq!(count(alarms, "kind=\"stale_checkpoint\""), 1);

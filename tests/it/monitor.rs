@@ -1489,6 +1489,13 @@ fn a_state_saved_to_a_file_is_replaced_whole_or_not_at_all() {
     std::fs::write(&file, b"an older state").unwrap();
     monitor.save_to(&file).unwrap();
     assert_eq!(std::fs::read(&file).unwrap(), monitor.save());
+    // Readable by its owner alone: it names tokens, attestations and consents.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let names = |dir: &Path| {
         let mut names: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
@@ -1519,4 +1526,86 @@ fn a_state_saved_to_a_file_is_replaced_whole_or_not_at_all() {
     std::fs::create_dir(&occupied).unwrap();
     assert!(monitor.save_to(&occupied).is_err());
     assert_eq!(names(dir.path()), ["monitor.json", "occupied"]);
+}
+
+/// A tile source that runs `then` once, when the checkpoint is first read (what happens beside
+/// the pass while it fetches the checkpoint).
+struct OnCheckpoint<T, F: Fn()> {
+    inner: T,
+    then: F,
+    done: std::cell::Cell<bool>,
+}
+
+impl<T: consent_broker::tiles::TileSource, F: Fn()> consent_broker::tiles::TileSource
+    for OnCheckpoint<T, F>
+{
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, TileError> {
+        if path == "checkpoint" && !self.done.replace(true) {
+            (self.then)();
+        }
+        self.inner.read(path)
+    }
+}
+
+/// The journal the pass reads again after fetching the checkpoint (for attestations signed
+/// meanwhile) is anchored to its tree as the first read is. An `attestation_signed` entry added
+/// to the ledger's file without its leaf while the pass fetches the checkpoint (a copy of the
+/// bank's own with its digest dropped, which would have taken the place of the one the bank
+/// signed) stops the pass as the bank's fault; once it is gone, the next pass is clean and the
+/// monitor still holds the digest the bank signed.
+#[test]
+fn an_entry_added_to_the_journal_without_its_leaf_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.sqlite");
+    let (platform, bank, _witness_dir, witness, consent) =
+        world_with(|kit| TestBank::on(kit, SqliteStore::open(&path).unwrap()));
+    let kit = &platform.kit;
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch("DROP TRIGGER audit_no_delete").unwrap();
+    let signed: String = db
+        .query_row(
+            "SELECT entry FROM audit WHERE entry LIKE '%\"kind\":\"attestation_signed\"%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let len = bank.bank.journal().audit_len().unwrap();
+    let mut forged: serde_json::Value = serde_json::from_str(&signed).unwrap();
+    assert!(forged["attestation_digest"].is_string());
+    forged["seq"] = serde_json::json!(len);
+    forged.as_object_mut().unwrap().remove("attestation_digest");
+    let forged = serde_json::to_string(&forged).unwrap();
+    let source = OnCheckpoint {
+        inner: DirTiles::new(platform.dir.path()),
+        then: || {
+            db.execute(
+                "INSERT INTO audit (seq, entry) VALUES (?1, ?2)",
+                rusqlite::params![len as i64, forged],
+            )
+            .unwrap();
+        },
+        done: std::cell::Cell::new(false),
+    };
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(
+        matches!(
+            report.log_error,
+            Some(MonitorError::Journal(StoreError::Corrupt(_)))
+        ),
+        "{report:?}"
+    );
+    db.execute("DELETE FROM audit WHERE seq = ?1", [len as i64])
+        .unwrap();
+    let source = DirTiles::new(platform.dir.path());
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let saved: serde_json::Value = serde_json::from_slice(&monitor.save()).unwrap();
+    let kept = saved["signed"].as_array().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0]["digest"].is_string(), "{kept:?}");
 }

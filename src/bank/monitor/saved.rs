@@ -334,9 +334,10 @@ impl LogMonitor {
     }
 
     /// The monitor's state ([`LogMonitor::save`]) written to `path` whole or not at all: to a
-    /// file beside it, flushed, renamed over it, and the rename flushed with its directory, so
-    /// that once this returns the state survives a crash or a power loss. Read it back with
-    /// `std::fs::read` and give the bytes to [`LogMonitor::restore`].
+    /// new file beside it (readable by its owner alone, on Unix: the state names tokens,
+    /// attestations and consents), flushed, renamed over it, and the rename flushed with its
+    /// directory, so that once this returns the state survives a crash or a power loss. Read it
+    /// back with `std::fs::read` and give the bytes to [`LogMonitor::restore`].
     ///
     /// # Errors
     /// The file system's (the last state saved is then still in place).
