@@ -39,12 +39,12 @@ use crate::vocab::{Purpose, Scope};
 /// monitor more often than the delay to bound lateness by it.
 pub const DEFAULT_MAX_MERGE_DELAY: Duration = Duration::hours(1);
 
-/// How old the platform's checkpoint may be, by default, counted from [`MonitorReport::cosigned_at`]
-/// (the latest time by which a quorum of the policy's witnesses had each cosigned it). A witness
-/// cosigns the same checkpoint again with its current time when the log asks (C2SP
-/// `tlog-witness`), so a platform whose log is quiet keeps its checkpoint fresh by publishing it
-/// on a timer well under this age (the merge delay, say); one that stops having its checkpoint
-/// cosigned, or shows the bank a view cosigned long ago, is reported
+/// How old the platform's checkpoint may be, by default, counted from
+/// [`MonitorReport::cosigned_at`] (the latest time by which a quorum of the policy's witnesses had
+/// each cosigned it). A witness cosigns the same checkpoint again with its current time when the
+/// log asks (C2SP `tlog-witness`), so a platform whose log is quiet keeps its checkpoint fresh by
+/// publishing it on a timer well under this age (the merge delay, say); one that stops having its
+/// checkpoint cosigned, or shows the bank a view cosigned long ago, is reported
 /// ([`MonitorError::StaleCheckpoint`]). A recent cosignature says only that the log showed its
 /// witnesses nothing newer: a platform that shows every witness an old size again is not caught
 /// by this, but what the bank served since is, by the merge delay.
@@ -169,8 +169,9 @@ pub enum MonitorError {
     },
     /// The checkpoint verified, but no quorum of the policy's witnesses cosigned it within the
     /// maximum age ([`LogMonitor::max_checkpoint_age`]): the platform stopped having its
-    /// checkpoint cosigned, or shows the bank a checkpoint cosigned long ago. The log was still read (a checkpoint its
-    /// witnesses cosigned can only show less than a fresher one, never a different history).
+    /// checkpoint cosigned, or shows the bank a checkpoint cosigned long ago. The log was still
+    /// read (a checkpoint its witnesses cosigned can only show less than a fresher one, never a
+    /// different history).
     #[error(
         "the platform's checkpoint was last cosigned by a quorum {}, more than {max_age} before \
          the pass",
