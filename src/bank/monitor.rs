@@ -676,24 +676,6 @@ impl LogMonitor {
     }
 }
 
-/// The root of the journal's first `size` entries, from its stored tree (one node per set bit
-/// of `size`); `None` if it holds no such tree.
-///
-/// # Errors
-/// The journal's.
-fn journal_root(journal: &impl LogRead, size: u64) -> Result<Option<Hash>, StoreError> {
-    let nodes = JournalNodes {
-        journal,
-        error: std::cell::RefCell::new(None),
-    };
-    let root = merkle::root(size, &nodes);
-    match (nodes.error.into_inner(), root) {
-        (Some(error), _) => Err(error),
-        (None, Ok(root)) => Ok(Some(root)),
-        (None, Err(_)) => Ok(None),
-    }
-}
-
 /// Reads the journal's entries from `start` to its length, giving each to `each`, anchored: the
 /// stored tree over the first `start` entries must have the root `root` (what was read before;
 /// else [`MonitorError::JournalDiffers`]), and those entries' bytes hashed onto it must give the
@@ -721,7 +703,7 @@ fn anchored_entries(
         tree.push(merkle::leaf_hash(bytes));
         each(entry);
     })?;
-    let stored = journal_root(journal, len)?.ok_or_else(|| tree_missing(len))?;
+    let stored = journal_peaks(journal, len)?.root();
     if tree.root() != stored {
         return Err(StoreError::Corrupt(format!(
             "the journal's entries {start} to {len} do not give its stored tree's root"
@@ -755,25 +737,6 @@ fn tree_missing(len: u64) -> StoreError {
     StoreError::Corrupt(format!(
         "the journal holds {len} entries but not its tree's nodes over them"
     ))
-}
-
-/// A journal's stored tree as a [`NodeSource`](merkle::NodeSource), keeping the store's error.
-struct JournalNodes<'a, J> {
-    journal: &'a J,
-    error: std::cell::RefCell<Option<StoreError>>,
-}
-
-impl<J: LogRead> merkle::NodeSource for JournalNodes<'_, J> {
-    fn node(&self, level: u32, index: u64) -> Result<Hash, merkle::MerkleError> {
-        match self.journal.merkle_node(level, index) {
-            Ok(Some(hash)) => Ok(hash),
-            Ok(None) => Err(merkle::MerkleError::MissingNode { level, index }),
-            Err(error) => {
-                *self.error.borrow_mut() = Some(error);
-                Err(merkle::MerkleError::Source(String::new()))
-            }
-        }
-    }
 }
 
 /// The journal's entries in `range`, read a stretch at a time, each given to `each` with its
