@@ -18,14 +18,16 @@ pub(crate) enum Readers {
 /// Writes `bytes` to `path` through a new file of its own beside it (a name no other writer
 /// takes: process, count and 64 random bits; created, never opened if it exists, so a link
 /// planted under that name is not followed), flushed, then renamed over `path`: a reader sees the
-/// old contents or the new, never a part. Its parent directories are made first. On failure the
-/// file beside it is removed and `path` is as it was.
+/// old contents or the new, never a part. Its parent directories are made first, each one new
+/// flushed into its own parent ([`make_dirs`]). On failure the file beside it is removed and
+/// `path` is as it was. The rename itself is durable once `path`'s directory is flushed
+/// ([`sync_dir`]; [`write_durably`] does it).
 ///
 /// # Errors
 /// The file system's; the randomness's, as [`std::io::ErrorKind::Other`].
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8], readers: Readers) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        make_dirs(parent)?;
     }
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let write = WRITES.fetch_add(1, Ordering::Relaxed);
@@ -66,13 +68,96 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], readers: Readers) -> s
 /// The file system's.
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomically(path, bytes, Readers::Owner)?;
+    sync_dir(parent_of(path))
+}
+
+/// The directory that holds `path` (`.` for a bare name).
+pub(crate) fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// Flushes `dir`'s entries (the names created, renamed or removed in it), so that they survive
+/// a power loss. Only on Unix, where a directory can be opened and flushed; elsewhere nothing.
+///
+/// # Errors
+/// The file system's.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
-    {
-        let directory = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(directory)?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Makes `dir` and its missing ancestors, as `create_dir_all` does, and flushes each one made
+/// into its parent: a file flushed into a new directory is not durable while the directory's
+/// own name is not (after a power loss the directory, and the file with it, may be gone). A
+/// directory another writer made meanwhile is taken as made, and its parent flushed all the
+/// same, so that it is durable when this returns whoever made it.
+///
+/// # Errors
+/// The file system's.
+pub(crate) fn make_dirs(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(path) = next.filter(|p| !p.as_os_str().is_empty()) {
+        if std::fs::metadata(path).is_ok() {
+            break;
+        }
+        missing.push(path);
+        next = path.parent();
+    }
+    for path in missing.into_iter().rev() {
+        match std::fs::create_dir(path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
+            Err(error) => return Err(error),
+        }
+        sync_dir(parent_of(path))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
+
+    use super::{Readers, make_dirs, write_atomically, write_durably};
+
+    #[test]
+    fn missing_directories_are_made_and_writers_racing_to_make_them_all_succeed() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = root.path().join("tile/0/x001/x002");
+        std::thread::scope(|s| {
+            for n in 0..8 {
+                let deep = &deep;
+                s.spawn(move || {
+                    write_atomically(&deep.join(format!("{n:03}")), b"tile", Readers::Any).unwrap();
+                });
+            }
+        });
+        for n in 0..8 {
+            assert_eq!(
+                std::fs::read(deep.join(format!("{n:03}"))).unwrap(),
+                b"tile"
+            );
+        }
+        // Made already: nothing to do, and no error.
+        make_dirs(&deep).unwrap();
+        write_durably(&root.path().join("state/monitor.json"), b"{}").unwrap();
+        assert!(root.path().join("state").is_dir());
+    }
+
+    #[test]
+    fn a_file_in_the_way_of_a_directory_is_an_error_not_a_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("tile");
+        std::fs::write(&file, b"not a directory").unwrap();
+        assert!(make_dirs(&file.join("0")).is_err());
+        assert!(write_atomically(&file.join("0/000"), b"x", Readers::Any).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+    }
 }

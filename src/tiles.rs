@@ -380,8 +380,10 @@ pub struct Published {
 
 /// Publishes `checkpoint` (as the broker signed it, possibly with cosignatures appended to its
 /// note) and the tiles and bundles it needs under `dir`: only those new since the checkpoint
-/// already there. Each file is written to a temporary name and renamed; the checkpoint is
-/// written last, so the directory is always a consistent, servable log.
+/// already there. Each file is written to a temporary name, flushed and renamed; the checkpoint
+/// is written last, once every tile's file and its name in its directory (and each directory
+/// made for them, in its parent) are flushed, so the directory is always a consistent, servable
+/// log, after a power loss too.
 ///
 /// # Errors
 /// [`TileError::Rollback`] when `dir` holds a larger checkpoint (a rolled-back store does not
@@ -440,6 +442,17 @@ pub fn publish(
                 .bytes
                 .saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
         }
+    }
+    // Each tile's name flushed in its directory before the checkpoint that needs it: a tile
+    // file flushed is not durable while its name is not, and a checkpoint that survived a power
+    // loss its tiles did not would be a log that cannot be served.
+    let directories: std::collections::BTreeSet<PathBuf> = tiles
+        .iter()
+        .map(|tile| crate::files::parent_of(&dir.join(tile.path())).to_owned())
+        .collect();
+    for directory in &directories {
+        crate::files::sync_dir(directory)
+            .map_err(|error| TileError::Io(format!("{}: {error}", directory.display())))?;
     }
     write_atomically(&dir.join(CHECKPOINT_FILE), checkpoint.note.as_bytes())?;
     Ok(report)
