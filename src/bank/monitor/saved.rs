@@ -241,6 +241,12 @@ impl LogMonitor {
     /// reports again what it reported since. The bytes name consents, attestations and tokens
     /// by id (this bank's served tokens, and the tokens the platform's log shows issued for
     /// this bank's consents), and no subject or account.
+    ///
+    /// The whole state is written each time: about 376 bytes for each token the monitor may
+    /// still have to match (those of the last 17.5 minutes), so a save costs what the tokens
+    /// alive cost, not what the pass read. A bank serving thousands of tokens a second saves
+    /// every few minutes instead of after each pass, and pays for it only at a restart, by
+    /// reading again what came after the save (docs/SCALING.md, "A bank monitor's saved state").
     pub fn save(&self) -> Vec<u8> {
         let attested =
             |(attestation, consent, digest): (&String, &ConsentId, &Option<String>)| Attested {
