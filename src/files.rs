@@ -52,7 +52,10 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], readers: Readers) -> s
     let written = (|| {
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&temporary, path)
+        std::fs::rename(&temporary, path)?;
+        #[cfg(test)]
+        observed::note(observed::Event::Renamed(path.to_owned()));
+        Ok(())
     })();
     if written.is_err() {
         // Its own file, just created: nothing half-written is left beside `path`.
@@ -89,7 +92,48 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()?;
     #[cfg(not(unix))]
     let _ = dir;
+    #[cfg(test)]
+    observed::note(observed::Event::Flushed(dir.to_owned()));
     Ok(())
+}
+
+/// What the unit tests see of the files written and the directories flushed, in order, by
+/// every thread (each test reads the events under a directory of its own).
+#[cfg(test)]
+pub(crate) mod observed {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    /// One step.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) enum Event {
+        /// A file renamed into place.
+        Renamed(PathBuf),
+        /// A directory flushed.
+        Flushed(PathBuf),
+    }
+
+    static EVENTS: Mutex<Vec<Event>> = Mutex::new(Vec::new());
+
+    pub(super) fn note(event: Event) {
+        EVENTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(event);
+    }
+
+    /// The events on paths under `root` (itself included), in order.
+    pub(crate) fn under(root: &Path) -> Vec<Event> {
+        EVENTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|event| match event {
+                Event::Renamed(path) | Event::Flushed(path) => path.starts_with(root),
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 /// Makes `dir` and its missing ancestors, as `create_dir_all` does, and flushes each one made

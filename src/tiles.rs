@@ -383,7 +383,8 @@ pub struct Published {
 /// already there. Each file is written to a temporary name, flushed and renamed; the checkpoint
 /// is written last, once every tile's file and its name in its directory (and each directory
 /// made for them, in its parent) are flushed, so the directory is always a consistent, servable
-/// log, after a power loss too.
+/// log, after a power loss too; the checkpoint's name is flushed before this returns, so the
+/// directory does not go back to an older one either.
 ///
 /// # Errors
 /// [`TileError::Rollback`] when `dir` holds a larger checkpoint (a rolled-back store does not
@@ -455,6 +456,11 @@ pub fn publish(
             .map_err(|error| TileError::Io(format!("{}: {error}", directory.display())))?;
     }
     write_atomically(&dir.join(CHECKPOINT_FILE), checkpoint.note.as_bytes())?;
+    // And the checkpoint's own name: a power loss after this returns does not take the
+    // directory back to an older checkpoint, which the monitors that read this one would report
+    // as a log rolled back.
+    crate::files::sync_dir(dir)
+        .map_err(|error| TileError::Io(format!("{}: {error}", dir.display())))?;
     Ok(report)
 }
 
@@ -885,6 +891,70 @@ pub fn verify_tiles(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_tile_and_directory_is_flushed_before_the_checkpoint_and_the_checkpoint_after() {
+        #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
+        use crate::audit::{Actor, AuditEvent, AuditRecord};
+        use crate::files::observed::{Event, under};
+        use crate::store::{Commit, MemoryStore, Store};
+
+        let store = MemoryStore::new();
+        for _ in 0..700 {
+            store
+                .commit(Commit::new(AuditRecord::new(
+                    time::OffsetDateTime::UNIX_EPOCH,
+                    Actor::Platform("chat".parse().unwrap()),
+                    AuditEvent::PlatformRegistered { purposes: None },
+                )))
+                .unwrap();
+        }
+        let root = tempfile::tempdir().unwrap();
+        // A directory two levels down, neither of which exists yet.
+        let dir = root.path().join("published/log");
+        let checkpoint = StoredCheckpoint {
+            size: 700,
+            root: crate::merkle::EMPTY_ROOT,
+            note: "broker.example/log\n700\n\n".to_owned(),
+        };
+        publish(&store, &dir, &checkpoint).unwrap();
+        let events = under(root.path());
+        let at = |wanted: &Event| events.iter().position(|event| event == wanted);
+        let written = at(&Event::Renamed(dir.join(CHECKPOINT_FILE))).unwrap();
+        let mut tiles = 0;
+        for event in &events {
+            let Event::Renamed(file) = event else {
+                continue;
+            };
+            if file == &dir.join(CHECKPOINT_FILE) {
+                continue;
+            }
+            tiles += 1;
+            let parent = file.parent().unwrap();
+            // The tile's name in its directory, before the checkpoint.
+            let flushed = at(&Event::Flushed(parent.to_owned()));
+            assert!(
+                flushed.is_some_and(|flushed| flushed < written),
+                "{}",
+                file.display()
+            );
+            // Each directory made for it, in its own parent, before the checkpoint.
+            for made in parent
+                .ancestors()
+                .take_while(|d| d.starts_with(root.path()) && *d != root.path())
+            {
+                let flushed = at(&Event::Flushed(made.parent().unwrap().to_owned()));
+                assert!(
+                    flushed.is_some_and(|flushed| flushed < written),
+                    "{}",
+                    made.display()
+                );
+            }
+        }
+        assert_eq!(tiles, 7);
+        // The checkpoint's name, after it was written.
+        assert!(events[written..].contains(&Event::Flushed(dir.clone())));
+    }
 
     #[test]
     fn paths_follow_the_c2sp_examples() {
