@@ -65,7 +65,8 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], readers: Readers) -> s
 }
 
 /// [`write_atomically`] for the owner alone, then the rename flushed with the directory, so that
-/// the new contents survive a power loss once this returns.
+/// the new contents survive a power loss once this returns (on Unix: elsewhere the directory is
+/// not flushed).
 ///
 /// # Errors
 /// The file system's.
@@ -83,15 +84,30 @@ pub(crate) fn parent_of(path: &Path) -> &Path {
 }
 
 /// Flushes `dir`'s entries (the names created, renamed or removed in it), so that they survive
-/// a power loss. Only on Unix, where a directory can be opened and flushed; elsewhere nothing.
+/// a power loss (an empty path is the current directory). Only on Unix, where a directory can be
+/// opened and flushed; elsewhere nothing. As PostgreSQL does (`fsync_fname`), a file system that
+/// refuses to flush a directory (`EINVAL`, `ENOTSUP`: some FUSE and network mounts) is taken as
+/// having nothing to flush, since nothing more can be done there; any other error (`EIO`) is
+/// returned.
 ///
 /// # Errors
 /// The file system's.
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     #[cfg(unix)]
-    std::fs::File::open(dir)?.sync_all()?;
-    #[cfg(not(unix))]
-    let _ = dir;
+    match std::fs::File::open(dir)?.sync_all() {
+        Ok(()) => {}
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported
+            ) => {}
+        Err(error) => return Err(error),
+    }
     #[cfg(test)]
     observed::note(observed::Event::Flushed(dir.to_owned()));
     Ok(())
@@ -109,6 +125,8 @@ pub(crate) mod observed {
     pub(crate) enum Event {
         /// A file renamed into place.
         Renamed(PathBuf),
+        /// A directory made.
+        Made(PathBuf),
         /// A directory flushed.
         Flushed(PathBuf),
     }
@@ -129,26 +147,36 @@ pub(crate) mod observed {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .filter(|event| match event {
-                Event::Renamed(path) | Event::Flushed(path) => path.starts_with(root),
+                Event::Renamed(path) | Event::Made(path) | Event::Flushed(path) => {
+                    path.starts_with(root)
+                }
             })
             .cloned()
             .collect()
     }
 }
 
-/// Makes `dir` and its missing ancestors, as `create_dir_all` does, and flushes each one made
-/// into its parent: a file flushed into a new directory is not durable while the directory's
-/// own name is not (after a power loss the directory, and the file with it, may be gone). A
-/// directory another writer made meanwhile is taken as made, and its parent flushed all the
-/// same, so that it is durable when this returns whoever made it.
+/// Makes `dir` and its missing ancestors, as `create_dir_all` does, and flushes each one this
+/// call makes into its parent: a file flushed into a new directory is not durable while the
+/// directory's own name is not (after a power loss the directory, and the file with it, may be
+/// gone). A directory found made, by another writer just now or by a run that stopped before
+/// its flush, is not flushed here: a caller that needs the whole path durable flushes it (as
+/// `tiles::publish` does, up to its directory, before its checkpoint).
 ///
 /// # Errors
-/// The file system's.
+/// The file system's; [`std::io::ErrorKind::AlreadyExists`] when something other than a
+/// directory is at `dir` or one of its ancestors.
 pub(crate) fn make_dirs(dir: &Path) -> std::io::Result<()> {
     let mut missing = Vec::new();
     let mut next = Some(dir);
     while let Some(path) = next.filter(|p| !p.as_os_str().is_empty()) {
-        if std::fs::metadata(path).is_ok() {
+        if let Ok(found) = std::fs::metadata(path) {
+            if !found.is_dir() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} is not a directory", path.display()),
+                ));
+            }
             break;
         }
         missing.push(path);
@@ -156,7 +184,10 @@ pub(crate) fn make_dirs(dir: &Path) -> std::io::Result<()> {
     }
     for path in missing.into_iter().rev() {
         match std::fs::create_dir(path) {
-            Ok(()) => {}
+            Ok(()) => {
+                #[cfg(test)]
+                observed::note(observed::Event::Made(path.to_owned()));
+            }
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
             Err(error) => return Err(error),
         }
@@ -201,6 +232,7 @@ mod tests {
         let file = root.path().join("tile");
         std::fs::write(&file, b"not a directory").unwrap();
         assert!(make_dirs(&file.join("0")).is_err());
+        assert!(make_dirs(&file).is_err(), "a file is not a directory made");
         assert!(write_atomically(&file.join("0/000"), b"x", Readers::Any).is_err());
         assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
     }

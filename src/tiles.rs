@@ -381,10 +381,12 @@ pub struct Published {
 /// Publishes `checkpoint` (as the broker signed it, possibly with cosignatures appended to its
 /// note) and the tiles and bundles it needs under `dir`: only those new since the checkpoint
 /// already there. Each file is written to a temporary name, flushed and renamed; the checkpoint
-/// is written last, once every tile's file and its name in its directory (and each directory
-/// made for them, in its parent) are flushed, so the directory is always a consistent, servable
-/// log, after a power loss too; the checkpoint's name is flushed before this returns, so the
-/// directory does not go back to an older one either.
+/// is written last, once every tile's file and the directories from its own up to `dir` are
+/// flushed, so the directory is always a consistent, servable log, after a power loss too (on
+/// Unix: elsewhere directories are not flushed); the checkpoint's name is flushed before this
+/// returns, so the directory does not go back to an older one either. An error after the
+/// checkpoint's rename (its flush) leaves it in place, not yet known durable: publishing the
+/// same checkpoint again rewrites only it.
 ///
 /// # Errors
 /// [`TileError::Rollback`] when `dir` holds a larger checkpoint (a rolled-back store does not
@@ -444,13 +446,22 @@ pub fn publish(
                 .saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
         }
     }
-    // Each tile's name flushed in its directory before the checkpoint that needs it: a tile
-    // file flushed is not durable while its name is not, and a checkpoint that survived a power
-    // loss its tiles did not would be a log that cannot be served.
-    let directories: std::collections::BTreeSet<PathBuf> = tiles
-        .iter()
-        .map(|tile| crate::files::parent_of(&dir.join(tile.path())).to_owned())
-        .collect();
+    // Each tile's name flushed in its directory, and each directory's name in its parent up to
+    // `dir`, before the checkpoint that needs them: a tile file flushed is not durable while its
+    // name is not, and a checkpoint that survived a power loss its tiles did not would be a log
+    // that cannot be served. The directories that were there already are flushed too: one made
+    // by a run stopped before its flush (or by a build that did not flush) may not be durable.
+    let mut directories = std::collections::BTreeSet::new();
+    for tile in &tiles {
+        let path = dir.join(tile.path());
+        let mut next = path.parent();
+        while let Some(directory) = next.filter(|d| d.starts_with(dir)) {
+            if !directories.insert(directory.to_owned()) {
+                break;
+            }
+            next = directory.parent();
+        }
+    }
     for directory in &directories {
         crate::files::sync_dir(directory)
             .map_err(|error| TileError::Io(format!("{}: {error}", directory.display())))?;
@@ -892,8 +903,12 @@ pub fn verify_tiles(
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_tile_and_directory_is_flushed_before_the_checkpoint_and_the_checkpoint_after() {
+    /// Publishes 700 entries into `dir` (which `prepare` may make beforehand) and checks the
+    /// order of what the file helpers did: every directory whose entries changed (a tile renamed
+    /// into it, a directory made in it) flushed after the change and before the checkpoint's
+    /// rename; every directory from a tile's up to `dir` flushed before that rename, those found
+    /// made included; `dir` flushed after it.
+    fn publish_and_check_the_flushes(prepare: impl FnOnce(&Path)) {
         #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
         use crate::audit::{Actor, AuditEvent, AuditRecord};
         use crate::files::observed::{Event, under};
@@ -910,8 +925,8 @@ mod tests {
                 .unwrap();
         }
         let root = tempfile::tempdir().unwrap();
-        // A directory two levels down, neither of which exists yet.
         let dir = root.path().join("published/log");
+        prepare(&dir);
         let checkpoint = StoredCheckpoint {
             size: 700,
             root: crate::merkle::EMPTY_ROOT,
@@ -919,41 +934,53 @@ mod tests {
         };
         publish(&store, &dir, &checkpoint).unwrap();
         let events = under(root.path());
-        let at = |wanted: &Event| events.iter().position(|event| event == wanted);
-        let written = at(&Event::Renamed(dir.join(CHECKPOINT_FILE))).unwrap();
+        let written = events
+            .iter()
+            .position(|event| *event == Event::Renamed(dir.join(CHECKPOINT_FILE)))
+            .unwrap();
+        let flushed_between = |directory: &Path, from: usize| {
+            events[from..written].contains(&Event::Flushed(directory.to_owned()))
+        };
         let mut tiles = 0;
-        for event in &events {
-            let Event::Renamed(file) = event else {
+        for (at, event) in events[..written].iter().enumerate() {
+            let (Event::Renamed(path) | Event::Made(path)) = event else {
                 continue;
             };
-            if file == &dir.join(CHECKPOINT_FILE) {
-                continue;
-            }
-            tiles += 1;
-            let parent = file.parent().unwrap();
-            // The tile's name in its directory, before the checkpoint.
-            let flushed = at(&Event::Flushed(parent.to_owned()));
+            let parent = path.parent().unwrap();
             assert!(
-                flushed.is_some_and(|flushed| flushed < written),
-                "{}",
-                file.display()
+                flushed_between(parent, at),
+                "{} not flushed after {event:?}",
+                parent.display()
             );
-            // Each directory made for it, in its own parent, before the checkpoint.
-            for made in parent
-                .ancestors()
-                .take_while(|d| d.starts_with(root.path()) && *d != root.path())
-            {
-                let flushed = at(&Event::Flushed(made.parent().unwrap().to_owned()));
-                assert!(
-                    flushed.is_some_and(|flushed| flushed < written),
-                    "{}",
-                    made.display()
-                );
+            if matches!(event, Event::Renamed(_)) {
+                tiles += 1;
+                for directory in parent.ancestors().take_while(|d| d.starts_with(&dir)) {
+                    assert!(
+                        flushed_between(directory, 0),
+                        "{} not flushed",
+                        directory.display()
+                    );
+                }
             }
         }
         assert_eq!(tiles, 7);
-        // The checkpoint's name, after it was written.
         assert!(events[written..].contains(&Event::Flushed(dir.clone())));
+    }
+
+    #[test]
+    fn every_tile_and_directory_is_flushed_before_the_checkpoint_and_the_checkpoint_after() {
+        // Nothing there: every directory is made by the publish.
+        publish_and_check_the_flushes(|_| {});
+    }
+
+    #[test]
+    fn directories_found_made_are_flushed_before_the_checkpoint_too() {
+        // Made by someone else, never flushed (a run stopped before its flush, an older build).
+        publish_and_check_the_flushes(|dir| {
+            for sub in ["tile/0", "tile/1", "tile/entries"] {
+                std::fs::create_dir_all(dir.join(sub)).unwrap();
+            }
+        });
     }
 
     #[test]

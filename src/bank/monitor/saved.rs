@@ -243,10 +243,12 @@ impl LogMonitor {
     /// this bank's consents), and no subject or account.
     ///
     /// The whole state is written each time: about 376 bytes for each token the monitor may
-    /// still have to match (those of the last 17.5 minutes), so a save costs what the tokens
-    /// alive cost, not what the pass read. A bank serving thousands of tokens a second saves
-    /// every few minutes instead of after each pass, and pays for it only at a restart, by
-    /// reading again what came after the save (docs/SCALING.md, "A bank monitor's saved state").
+    /// still have to match (those of the 17.5 minutes before the oldest access still pending:
+    /// the last 17.5 minutes while the platform's log keeps up, more while it lags), so a save
+    /// costs what the tokens alive cost, not what the pass read. A bank serving thousands of
+    /// tokens a second saves every few minutes instead of after each pass, and pays for it only
+    /// at a restart, by reading again what came after the save and reporting again what it
+    /// reported since (docs/SCALING.md, "A bank monitor's saved state").
     pub fn save(&self) -> Vec<u8> {
         let attested =
             |(attestation, consent, digest): (&String, &ConsentId, &Option<String>)| Attested {
@@ -342,8 +344,8 @@ impl LogMonitor {
     /// The monitor's state ([`LogMonitor::save`]) written to `path` whole or not at all: to a
     /// new file beside it (readable by its owner alone, on Unix: the state names tokens,
     /// attestations and consents), flushed, renamed over it, and the rename flushed with its
-    /// directory, so that once this returns the state survives a crash or a power loss. Read it
-    /// back with `std::fs::read` and give the bytes to [`LogMonitor::restore`].
+    /// directory (on Unix), so that once this returns the state survives a crash or a power
+    /// loss. Read it back with `std::fs::read` and give the bytes to [`LogMonitor::restore`].
     ///
     /// # Errors
     /// The file system's (the last state saved is then still in place).
