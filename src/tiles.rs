@@ -378,6 +378,10 @@ pub struct Published {
     pub bytes: u64,
 }
 
+/// The file in a publish directory that publishers lock, one at a time (empty; not part of the
+/// log, and nothing a reader needs).
+pub const LOCK_FILE: &str = ".publish.lock";
+
 /// Publishes `checkpoint` (as the broker signed it, possibly with cosignatures appended to its
 /// note) and the tiles and bundles it needs under `dir`: only those new since the checkpoint
 /// already there. Each file is written to a temporary name, flushed and renamed; the checkpoint
@@ -388,6 +392,11 @@ pub struct Published {
 /// checkpoint's rename (its flush) leaves it in place, not yet known durable: publishing the
 /// same checkpoint again rewrites only it.
 ///
+/// Publishers in one directory, in any thread or process, take turns: each holds a lock on
+/// [`LOCK_FILE`] in it (an advisory `flock`, on Unix; a file lock elsewhere) from reading the
+/// checkpoint there to writing its own, so the larger of two checkpoints published at once is
+/// the one left (the other is refused as [`TileError::Rollback`], or is overwritten).
+///
 /// # Errors
 /// [`TileError::Rollback`] when `dir` holds a larger checkpoint (a rolled-back store does not
 /// overwrite what was published); [`TileError::Store`], [`TileError::EntryTooLarge`],
@@ -397,6 +406,21 @@ pub fn publish(
     dir: &Path,
     checkpoint: &StoredCheckpoint,
 ) -> Result<Published, TileError> {
+    // One publisher at a time in `dir`, across threads and processes (an operator's
+    // `audit publish` beside the broker's own timer): two that both read the checkpoint there
+    // before either wrote could otherwise leave the smaller of theirs over the larger, a log
+    // rolled back to its readers. Released when the file is closed, at return or at a crash.
+    let io =
+        |path: &Path, error: std::io::Error| TileError::Io(format!("{}: {error}", path.display()));
+    crate::files::make_dirs(dir).map_err(|e| io(dir, e))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| io(&lock_path, e))?;
+    lock.lock().map_err(|e| io(&lock_path, e))?;
     let published = published_checkpoint(dir)?;
     let from = published.as_ref().map_or(0, |p| p.size);
     if checkpoint.size < from {

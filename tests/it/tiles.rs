@@ -40,6 +40,46 @@ fn files_under(dir: &Path) -> usize {
     count
 }
 
+/// Two publishers at once in one directory (the broker's timer and an operator's `audit
+/// publish`), one with a larger checkpoint: whichever goes first, the larger is what is left.
+/// Without the lock, both could read the directory's checkpoint before either wrote, and the
+/// smaller written last would roll the published log back.
+#[test]
+fn publishers_at_once_never_leave_the_smaller_checkpoint() {
+    let store = MemoryStore::new();
+    let small = log_of(&store, 1_000);
+    let large = log_of(&store, 2_000);
+    for _ in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let start = std::sync::Barrier::new(2);
+        let (first, second) = std::thread::scope(|s| {
+            let one = s.spawn(|| {
+                start.wait();
+                publish(&store, dir.path(), &small)
+            });
+            let two = s.spawn(|| {
+                start.wait();
+                publish(&store, dir.path(), &large)
+            });
+            (one.join().unwrap(), two.join().unwrap())
+        });
+        assert!(second.is_ok(), "{second:?}");
+        assert!(
+            matches!(
+                first,
+                Ok(_)
+                    | Err(TileError::Rollback {
+                        size: 1_000,
+                        known: 2_000
+                    })
+            ),
+            "{first:?}"
+        );
+        let report = verify_tiles(&DirTiles::new(dir.path()), &verifier(), Some(ORIGIN)).unwrap();
+        assert_eq!(report.checkpoint.size, 2_000);
+    }
+}
+
 #[test]
 fn a_published_log_verifies_from_its_files_alone_and_grows_incrementally() {
     let store = MemoryStore::new();
@@ -48,7 +88,12 @@ fn a_published_log_verifies_from_its_files_alone_and_grows_incrementally() {
     let published = publish(&store, dir.path(), &first).unwrap();
     // Two full level-0 tiles and bundles, the partial ones (188), a partial level-1 tile (2).
     assert_eq!((published.from, published.to, published.files), (0, 700, 7));
-    assert_eq!(files_under(dir.path()), 8, "seven tiles and the checkpoint");
+    assert_eq!(
+        files_under(dir.path()),
+        9,
+        "seven tiles, the checkpoint and the publishers' lock"
+    );
+    assert!(dir.path().join(consent_broker::tiles::LOCK_FILE).is_file());
     let report = verify_tiles(&DirTiles::new(dir.path()), &verifier(), Some(ORIGIN)).unwrap();
     assert_eq!(
         (report.checkpoint.size, report.checkpoint.root),
