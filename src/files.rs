@@ -52,6 +52,8 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], readers: Readers) -> s
     let written = (|| {
         file.write_all(bytes)?;
         file.sync_all()?;
+        #[cfg(test)]
+        observed::note(observed::Event::Synced(path.to_owned()));
         std::fs::rename(&temporary, path)?;
         #[cfg(test)]
         observed::note(observed::Event::Renamed(path.to_owned()));
@@ -113,6 +115,66 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Opens (creating it, readable by its owner alone on Unix) and locks `path` for this process
+/// alone, waiting at most `wait` for another holder to let go; the lock is released when the
+/// file returned is closed (at a crash too). A link planted under the name is refused, and a
+/// file removed or replaced while this waited is opened and locked again. A file removed while
+/// it is held is beyond it: the next caller makes and locks another, so do not remove it.
+///
+/// # Errors
+/// The file system's; [`std::io::ErrorKind::TimedOut`] when another holder kept it past
+/// `wait`; [`std::io::ErrorKind::InvalidInput`] when `path` is a link; `Unsupported` where the
+/// platform has no file locks.
+pub(crate) fn lock_file(path: &Path, wait: std::time::Duration) -> std::io::Result<std::fs::File> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(path)?;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "{} stayed locked by another holder for {wait:?}",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::Error(error)) => return Err(error),
+            }
+        }
+        let named = match std::fs::symlink_metadata(path) {
+            Ok(named) => named,
+            // Removed while this waited: the next holder would make another file.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        if named.file_type().is_symlink() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is a link, not a lock file", path.display()),
+            ));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let held = file.metadata()?;
+            if (held.dev(), held.ino()) != (named.dev(), named.ino()) {
+                continue;
+            }
+        }
+        return Ok(file);
+    }
+}
+
 /// What the unit tests see of the files written and the directories flushed, in order, by
 /// every thread (each test reads the events under a directory of its own).
 #[cfg(test)]
@@ -123,6 +185,8 @@ pub(crate) mod observed {
     /// One step.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub(crate) enum Event {
+        /// A file's contents flushed (named by the path it is then renamed to).
+        Synced(PathBuf),
         /// A file renamed into place.
         Renamed(PathBuf),
         /// A directory made.
@@ -147,9 +211,10 @@ pub(crate) mod observed {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .filter(|event| match event {
-                Event::Renamed(path) | Event::Made(path) | Event::Flushed(path) => {
-                    path.starts_with(root)
-                }
+                Event::Synced(path)
+                | Event::Renamed(path)
+                | Event::Made(path)
+                | Event::Flushed(path) => path.starts_with(root),
             })
             .cloned()
             .collect()
@@ -159,9 +224,11 @@ pub(crate) mod observed {
 /// Makes `dir` and its missing ancestors, as `create_dir_all` does, and flushes each one this
 /// call makes into its parent: a file flushed into a new directory is not durable while the
 /// directory's own name is not (after a power loss the directory, and the file with it, may be
-/// gone). A directory found made, by another writer just now or by a run that stopped before
-/// its flush, is not flushed here: a caller that needs the whole path durable flushes it (as
-/// `tiles::publish` does, up to its directory, before its checkpoint).
+/// gone). A directory another writer made between this call's look and its `create_dir` has its
+/// parent flushed here all the same; one found made when this call looked (by a run that
+/// stopped before its flush, say) is not: a caller that needs the whole path durable flushes it
+/// (as `tiles::publish` does, up to its directory and that directory's parent, before its
+/// checkpoint).
 ///
 /// # Errors
 /// The file system's; [`std::io::ErrorKind::AlreadyExists`] when something other than a
@@ -200,7 +267,51 @@ pub(crate) fn make_dirs(dir: &Path) -> std::io::Result<()> {
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
-    use super::{Readers, make_dirs, write_atomically, write_durably};
+    use super::{Readers, lock_file, make_dirs, write_atomically, write_durably};
+    use std::time::Duration;
+
+    #[test]
+    fn a_lock_held_elsewhere_times_out_and_a_link_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join(".lock");
+        let held = lock_file(&path, Duration::ZERO).unwrap();
+        let waited = lock_file(&path, Duration::from_millis(50)).unwrap_err();
+        assert_eq!(waited.kind(), std::io::ErrorKind::TimedOut);
+        drop(held);
+        let again = lock_file(&path, Duration::ZERO).unwrap();
+        drop(again);
+        #[cfg(unix)]
+        {
+            let link = root.path().join("link.lock");
+            std::os::unix::fs::symlink(&path, &link).unwrap();
+            let refused = lock_file(&link, Duration::ZERO).unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn a_waiter_whose_lock_file_was_replaced_locks_the_new_one() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join(".lock");
+        let first = lock_file(&path, Duration::ZERO).unwrap();
+        std::thread::scope(|s| {
+            // Waits on the file `first` holds.
+            let waiter = s.spawn(|| lock_file(&path, Duration::from_millis(600)));
+            std::thread::sleep(Duration::from_millis(100));
+            // The file replaced, and the new one held by another.
+            std::fs::remove_file(&path).unwrap();
+            let other = lock_file(&path, Duration::ZERO).unwrap();
+            // The old file let go: the waiter gets it, sees it is no longer the one named, and
+            // waits for the new one, which stays held.
+            drop(first);
+            let waited = waiter.join().unwrap();
+            assert_eq!(
+                waited.map(|_| ()).unwrap_err().kind(),
+                std::io::ErrorKind::TimedOut
+            );
+            drop(other);
+        });
+    }
 
     #[test]
     fn missing_directories_are_made_and_writers_racing_to_make_them_all_succeed() {

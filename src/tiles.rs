@@ -378,24 +378,32 @@ pub struct Published {
     pub bytes: u64,
 }
 
-/// The file in a publish directory that publishers lock, one at a time (empty; not part of the
-/// log, and nothing a reader needs).
+/// The file in a publish directory that publishers lock, one at a time (empty, readable by its
+/// owner alone; not part of the log, and nothing a reader needs).
 pub const LOCK_FILE: &str = ".publish.lock";
+
+/// How long [`publish`] waits for another publisher in the same directory before it gives up.
+const PUBLISH_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Publishes `checkpoint` (as the broker signed it, possibly with cosignatures appended to its
 /// note) and the tiles and bundles it needs under `dir`: only those new since the checkpoint
 /// already there. Each file is written to a temporary name, flushed and renamed; the checkpoint
-/// is written last, once every tile's file and the directories from its own up to `dir` are
-/// flushed, so the directory is always a consistent, servable log, after a power loss too (on
+/// is written last, once every tile's file, the directories from its own up to `dir` and `dir`
+/// in its parent are flushed, so the directory is always a consistent, servable log, after a power loss too (on
 /// Unix: elsewhere directories are not flushed); the checkpoint's name is flushed before this
 /// returns, so the directory does not go back to an older one either. An error after the
 /// checkpoint's rename (its flush) leaves it in place, not yet known durable: publishing the
 /// same checkpoint again rewrites only it.
 ///
-/// Publishers in one directory, in any thread or process, take turns: each holds a lock on
-/// [`LOCK_FILE`] in it (an advisory `flock`, on Unix; a file lock elsewhere) from reading the
-/// checkpoint there to writing its own, so the larger of two checkpoints published at once is
-/// the one left (the other is refused as [`TileError::Rollback`], or is overwritten).
+/// Publishers in one directory take turns: each holds a lock on [`LOCK_FILE`] in it (std's
+/// `File::try_lock`: `flock` on Linux, the BSDs and macOS, `LockFileEx` on Windows, so any
+/// thread or process there; on targets without file locks `publish` fails with
+/// [`TileError::Io`]) from reading the checkpoint there to writing its own, so the larger of
+/// two checkpoints published at once is the one left (the other is refused as
+/// [`TileError::Rollback`], or is overwritten). A publisher that cannot take the lock within a
+/// minute gives up with [`TileError::Io`] (another publisher stopped, or anyone who can open
+/// the file holding it). Do not remove the file while a publish may run: one that starts then
+/// makes another and does not wait.
 ///
 /// # Errors
 /// [`TileError::Rollback`] when `dir` holds a larger checkpoint (a rolled-back store does not
@@ -406,21 +414,16 @@ pub fn publish(
     dir: &Path,
     checkpoint: &StoredCheckpoint,
 ) -> Result<Published, TileError> {
-    // One publisher at a time in `dir`, across threads and processes (an operator's
-    // `audit publish` beside the broker's own timer): two that both read the checkpoint there
-    // before either wrote could otherwise leave the smaller of theirs over the larger, a log
-    // rolled back to its readers. Released when the file is closed, at return or at a crash.
+    // One publisher at a time in `dir`, across threads and processes (two `audit publish` runs,
+    // or one beside an embedder's timer): two that both read the checkpoint there before either
+    // wrote could otherwise leave the smaller of theirs over the larger, a log rolled back to
+    // its readers. Released when the file is closed, at return or at a crash.
     let io =
         |path: &Path, error: std::io::Error| TileError::Io(format!("{}: {error}", path.display()));
     crate::files::make_dirs(dir).map_err(|e| io(dir, e))?;
     let lock_path = dir.join(LOCK_FILE);
-    let lock = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(|e| io(&lock_path, e))?;
-    lock.lock().map_err(|e| io(&lock_path, e))?;
+    let _lock =
+        crate::files::lock_file(&lock_path, PUBLISH_LOCK_WAIT).map_err(|e| io(&lock_path, e))?;
     let published = published_checkpoint(dir)?;
     let from = published.as_ref().map_or(0, |p| p.size);
     if checkpoint.size < from {
@@ -486,6 +489,9 @@ pub fn publish(
             next = directory.parent();
         }
     }
+    // And the directory's own name in its parent, should an earlier run have made it and
+    // stopped before its flush.
+    directories.insert(crate::files::parent_of(dir).to_owned());
     for directory in &directories {
         crate::files::sync_dir(directory)
             .map_err(|error| TileError::Io(format!("{}: {error}", directory.display())))?;
@@ -977,6 +983,11 @@ mod tests {
                 parent.display()
             );
             if matches!(event, Event::Renamed(_)) {
+                assert!(
+                    events[..at].contains(&Event::Synced(path.clone())),
+                    "{} renamed before its contents were flushed",
+                    path.display()
+                );
                 tiles += 1;
                 for directory in parent.ancestors().take_while(|d| d.starts_with(&dir)) {
                     assert!(
@@ -988,6 +999,9 @@ mod tests {
             }
         }
         assert_eq!(tiles, 7);
+        assert!(events[..written].contains(&Event::Synced(dir.join(CHECKPOINT_FILE))));
+        // The publish directory's own name, in case a run before made it and stopped.
+        assert!(events[..written].contains(&Event::Flushed(dir.parent().unwrap().to_owned())));
         assert!(events[written..].contains(&Event::Flushed(dir.clone())));
     }
 

@@ -40,8 +40,8 @@ fn files_under(dir: &Path) -> usize {
     count
 }
 
-/// Two publishers at once in one directory (the broker's timer and an operator's `audit
-/// publish`), one with a larger checkpoint: whichever goes first, the larger is what is left.
+/// Two publishers at once in one directory (two `audit publish` runs, or one beside an
+/// embedder's timer), one with a larger checkpoint: whichever goes first, the larger is what is left.
 /// Without the lock, both could read the directory's checkpoint before either wrote, and the
 /// smaller written last would roll the published log back.
 #[test]
