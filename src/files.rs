@@ -115,10 +115,12 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens (creating it, readable by its owner alone on Unix) and locks `path` for this process
-/// alone, waiting at most `wait` for another holder to let go; the lock is released when the
-/// file returned is closed (at a crash too). A link planted under the name is refused, and a
-/// file removed or replaced while this waited is opened and locked again. A file removed while
+/// Opens (creating it, readable by its owner alone on Unix) and locks `path` for its holder
+/// alone (any other open of it, in this process or another, waits), waiting at most `wait` for
+/// another holder to let go; the lock is released when the file returned is closed (at a crash
+/// too). A link planted under the name is refused, before it is opened (so nothing is made where
+/// it points) and again once locked (a link planted meanwhile), and a file removed or replaced
+/// while this waited is opened and locked again. A file removed while
 /// it is held is beyond it: the next caller makes and locks another, so do not remove it.
 ///
 /// # Errors
@@ -127,7 +129,16 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// platform has no file locks.
 pub(crate) fn lock_file(path: &Path, wait: std::time::Duration) -> std::io::Result<std::fs::File> {
     let deadline = std::time::Instant::now() + wait;
+    let refuse_link = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is a link, not a lock file", path.display()),
+        )
+    };
     loop {
+        if std::fs::symlink_metadata(path).is_ok_and(|found| found.file_type().is_symlink()) {
+            return Err(refuse_link());
+        }
         let mut options = std::fs::OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
@@ -158,10 +169,7 @@ pub(crate) fn lock_file(path: &Path, wait: std::time::Duration) -> std::io::Resu
             Err(error) => return Err(error),
         };
         if named.file_type().is_symlink() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{} is a link, not a lock file", path.display()),
-            ));
+            return Err(refuse_link());
         }
         #[cfg(unix)]
         {
@@ -286,6 +294,13 @@ mod tests {
             std::os::unix::fs::symlink(&path, &link).unwrap();
             let refused = lock_file(&link, Duration::ZERO).unwrap_err();
             assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+            // A link to a name not there: refused, and nothing made where it points.
+            let nowhere = root.path().join("nowhere");
+            let dangling = root.path().join("dangling.lock");
+            std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+            let refused = lock_file(&dangling, Duration::ZERO).unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(!nowhere.exists());
         }
     }
 
