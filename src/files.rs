@@ -77,12 +77,10 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(parent_of(path))
 }
 
-/// The directory that holds `path` (`.` for a bare name).
+/// The directory that holds `path`, for [`sync_dir`] (which reads an empty path, a bare name's
+/// parent, as the current directory).
 pub(crate) fn parent_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    }
+    path.parent().unwrap_or_else(|| Path::new(""))
 }
 
 /// Flushes `dir`'s entries (the names created, renamed or removed in it), so that they survive
@@ -348,6 +346,8 @@ mod tests {
         }
         // Made already: nothing to do, and no error.
         make_dirs(&deep).unwrap();
+        // A bare name's directory is the current one.
+        super::sync_dir(super::parent_of(std::path::Path::new("monitor.json"))).unwrap();
         write_durably(&root.path().join("state/monitor.json"), b"{}").unwrap();
         assert!(root.path().join("state").is_dir());
     }

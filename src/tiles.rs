@@ -418,12 +418,10 @@ pub fn publish(
     // or one beside an embedder's timer): two that both read the checkpoint there before either
     // wrote could otherwise leave the smaller of theirs over the larger, a log rolled back to
     // its readers. Released when the file is closed, at return or at a crash.
-    let io =
-        |path: &Path, error: std::io::Error| TileError::Io(format!("{}: {error}", path.display()));
-    crate::files::make_dirs(dir).map_err(|e| io(dir, e))?;
+    crate::files::make_dirs(dir).map_err(|e| io_error(dir, e))?;
     let lock_path = dir.join(LOCK_FILE);
-    let _lock =
-        crate::files::lock_file(&lock_path, PUBLISH_LOCK_WAIT).map_err(|e| io(&lock_path, e))?;
+    let _lock = crate::files::lock_file(&lock_path, PUBLISH_LOCK_WAIT)
+        .map_err(|e| io_error(&lock_path, e))?;
     let published = published_checkpoint(dir)?;
     let from = published.as_ref().map_or(0, |p| p.size);
     if checkpoint.size < from {
@@ -493,16 +491,19 @@ pub fn publish(
     // stopped before its flush.
     directories.insert(crate::files::parent_of(dir).to_owned());
     for directory in &directories {
-        crate::files::sync_dir(directory)
-            .map_err(|error| TileError::Io(format!("{}: {error}", directory.display())))?;
+        crate::files::sync_dir(directory).map_err(|error| io_error(directory, error))?;
     }
     write_atomically(&dir.join(CHECKPOINT_FILE), checkpoint.note.as_bytes())?;
     // And the checkpoint's own name: a power loss after this returns does not take the
     // directory back to an older checkpoint, which the monitors that read this one would report
     // as a log rolled back.
-    crate::files::sync_dir(dir)
-        .map_err(|error| TileError::Io(format!("{}: {error}", dir.display())))?;
+    crate::files::sync_dir(dir).map_err(|error| io_error(dir, error))?;
     Ok(report)
+}
+
+/// A file system error on `path`, as the publisher reports it.
+fn io_error(path: &Path, error: std::io::Error) -> TileError {
+    TileError::Io(format!("{}: {error}", path.display()))
 }
 
 /// The checkpoint published in `dir`, if any, read from its body without checking its
@@ -512,7 +513,7 @@ fn published_checkpoint(dir: &Path) -> Result<Option<Checkpoint>, TileError> {
     let note = match std::fs::read_to_string(&path) {
         Ok(note) => note,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(TileError::Io(format!("{}: {error}", path.display()))),
+        Err(error) => return Err(io_error(&path, error)),
     };
     let body = note.split("\n\n").next().unwrap_or_default();
     let body = format!("{body}\n");
@@ -548,7 +549,7 @@ fn write_all(files: &[(PathBuf, Vec<u8>)]) -> Result<(), TileError> {
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TileError> {
     crate::files::write_atomically(path, bytes, crate::files::Readers::Any)
-        .map_err(|error| TileError::Io(format!("{}: {error}", path.display())))
+        .map_err(|error| io_error(path, error))
 }
 
 /// Where tiles are read from: a directory, an HTTP prefix, an object store.
@@ -598,7 +599,7 @@ impl TileSource for DirTiles {
         // refused before it is read.
         let limit = largest_file(path)?;
         let full = self.dir.join(path);
-        let io = |error: std::io::Error| TileError::Io(format!("{}: {error}", full.display()));
+        let io = |error: std::io::Error| io_error(&full, error);
         let metadata = match std::fs::metadata(&full) {
             Ok(metadata) => metadata,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
