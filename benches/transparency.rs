@@ -160,15 +160,19 @@ fn monitoring(c: &mut Criterion) {
     let consent = bank.granted(&kit);
     let access = kit.access(consent.id());
     let random = SeededRandom::new(5);
-    for _ in 0..TOKENS {
-        let (token, proof) = support::token_and_proof(&kit, &access, &random);
-        let request = GateRequest {
-            token: &token,
-            proof: &proof,
-            http: GET_BALANCE,
-        };
-        bank.bank.check(&request, &bank.accounts).unwrap();
-    }
+    // `count` fresh tokens, each checked at the bank's gate (served and journalled).
+    let serve = |count: usize| {
+        for _ in 0..count {
+            let (token, proof) = support::token_and_proof(&kit, &access, &random);
+            let request = GateRequest {
+                token: &token,
+                proof: &proof,
+                http: GET_BALANCE,
+            };
+            bank.bank.check(&request, &bank.accounts).unwrap();
+        }
+    };
+    serve(TOKENS);
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = kit.broker.checkpoint().unwrap();
     publish(&kit.broker.store(), dir.path(), &checkpoint).unwrap();
@@ -219,6 +223,16 @@ fn monitoring(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // Saved to a file: whole (the first save to a file, alternating between two so that each
+    // is written whole), and appended to after a pass that served and read 1,000 new tokens.
+    let states = tempfile::tempdir().unwrap();
+    let mut files = [states.path().join("a.state"), states.path().join("b.state")];
+    group.bench_function("save_to_whole_100000_served_tokens", |b| {
+        b.iter(|| {
+            files.swap(0, 1);
+            monitor.save_to(&files[0]).unwrap();
+        })
+    });
     group.bench_function("restored_pass_nothing_new_100000_served_tokens", |b| {
         b.iter_batched(
             || made().restore(&saved).unwrap(),
@@ -233,6 +247,38 @@ fn monitoring(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // A pass that served and read 1,000 new tokens, made outside the timing, then its save
+    // appended to the file (whole again now and then, once the records outgrow the state: the
+    // mean includes those).
+    const NEW: usize = 1_000;
+    let appended = states.path().join("appended.state");
+    monitor.save_to(&appended).unwrap();
+    group.throughput(criterion::Throughput::Elements(NEW as u64));
+    group.bench_function(
+        "save_to_appending_a_pass_of_1000_new_100000_served_tokens",
+        |b| {
+            b.iter_custom(|iterations| {
+                let mut timed = std::time::Duration::ZERO;
+                for _ in 0..iterations {
+                    serve(NEW);
+                    let checkpoint = kit.broker.checkpoint().unwrap();
+                    publish(&kit.broker.store(), dir.path(), &checkpoint).unwrap();
+                    let report = monitor
+                        .check(&bank.bank, &source, kit.broker.now())
+                        .unwrap();
+                    assert!(report.is_clean() && report.pending == 0);
+                    let started = std::time::Instant::now();
+                    monitor.save_to(&appended).unwrap();
+                    timed += started.elapsed();
+                }
+                eprintln!(
+                    "monitor: the file appended to is {} bytes",
+                    std::fs::metadata(&appended).unwrap().len()
+                );
+                timed
+            })
+        },
+    );
     group.finish();
 }
 

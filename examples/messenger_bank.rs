@@ -810,19 +810,19 @@ fn witness_publish_and_monitor(story: &mut Story, path: &Path, vkey: &str) -> Re
     // goes on from the checkpoint it verified last, so the platform cannot show it less.
     let state_file = path.with_extension("monitor.json");
     let monitor = LogMonitor::new(story.broker.log_origin(), log_key, policy)?;
-    let (mut monitor, went_on) = match std::fs::read(&state_file) {
-        Ok(saved) => (
-            monitor.restore(&saved).map_err(|e| {
-                format!(
-                    "the bank's monitor state in {}: {e} (LogMonitor::pinned_to keeps its \
-                     checkpoint; removing the file starts anew)",
-                    state_file.display()
-                )
-            })?,
-            true,
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (monitor, false),
-        Err(e) => return Err(e.into()),
+    let (mut monitor, went_on) = match monitor.restore_from(&state_file) {
+        Ok(restored) => (restored, true),
+        Err(MonitorError::Saved(SavedStateError::Unreadable(std::io::ErrorKind::NotFound))) => {
+            (monitor, false)
+        }
+        Err(e) => {
+            return Err(format!(
+                "the bank's monitor state in {}: {e} (LogMonitor::pinned_to keeps its \
+                 checkpoint; removing the file starts anew)",
+                state_file.display()
+            )
+            .into());
+        }
     };
     let report = monitor.check(&story.bank, &DirTiles::new(&tiles), story.clock.now())?;
     if !report.is_clean() {
@@ -830,8 +830,8 @@ fn witness_publish_and_monitor(story: &mut Story, path: &Path, vkey: &str) -> Re
             format!("the bank's monitor found the platform's log wanting: {report:?}").into(),
         );
     }
-    // Durably, replacing the last save: written in full and flushed, then renamed over it, and
-    // the rename flushed with its directory.
+    // Durably: the first save written in full and flushed, then renamed over the file, and the
+    // rename flushed with its directory; the saves after it append what their passes changed.
     monitor.save_to(&state_file)?;
     let cosigned_at = report
         .cosigned_at

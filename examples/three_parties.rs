@@ -339,7 +339,8 @@ async fn bank(dir: &str, port: &str, platform: &str, origin: &str, log_vkey: &st
 }
 
 /// The bank's monitor, on a thread of its own (its HTTP client blocks): restored from its saved
-/// state if there is one, a pass a second, the state saved durably after each.
+/// state if there is one, a pass a second, the state saved durably after each (what the pass
+/// changed, appended to the file).
 fn watch(
     bank: &Bank<SqliteStore>,
     monitor: LogMonitor,
@@ -347,9 +348,11 @@ fn watch(
     state: &Path,
     metrics: &Metrics,
 ) -> Result<()> {
-    let mut monitor = match std::fs::read(state) {
-        Ok(saved) => monitor.restore(&saved)?,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => monitor,
+    let mut monitor = match monitor.restore_from(state) {
+        Ok(restored) => restored,
+        Err(MonitorError::Saved(SavedStateError::Unreadable(std::io::ErrorKind::NotFound))) => {
+            monitor
+        }
         Err(error) => return Err(error.into()),
     };
     let tiles = HttpTiles::new(platform, &settings())?;

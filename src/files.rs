@@ -77,6 +77,47 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(parent_of(path))
 }
 
+/// Appends `bytes` to the file at `path` and flushes it, if that file is still the one
+/// expected: its `identity` ([`identity`]) and `len`. Returns whether it appended; `false`, with
+/// nothing written, for no file there or another (put in its place, or of another length).
+///
+/// # Errors
+/// The file system's: the file may then hold part of `bytes`.
+pub(crate) fn append_durably(
+    path: &Path,
+    bytes: &[u8],
+    expected: Option<(u64, u64)>,
+    len: u64,
+) -> std::io::Result<bool> {
+    let mut file = match std::fs::OpenOptions::new().append(true).open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    let found = file.metadata()?;
+    if found.len() != len || identity(&found) != expected {
+        return Ok(false);
+    }
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    Ok(true)
+}
+
+/// A file's identity: its device and inode on Unix (what a file put in another's place does
+/// not share with it); nothing elsewhere.
+pub(crate) fn identity(metadata: &std::fs::Metadata) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        Some((metadata.dev(), metadata.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = metadata;
+        None
+    }
+}
+
 /// The directory that holds `path`, for [`sync_dir`] (which reads an empty path, a bare name's
 /// parent, as the current directory).
 pub(crate) fn parent_of(path: &Path) -> &Path {
@@ -169,13 +210,8 @@ pub(crate) fn lock_file(path: &Path, wait: std::time::Duration) -> std::io::Resu
         if named.file_type().is_symlink() {
             return Err(refuse_link());
         }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt as _;
-            let held = file.metadata()?;
-            if (held.dev(), held.ino()) != (named.dev(), named.ino()) {
-                continue;
-            }
+        if identity(&file.metadata()?) != identity(&named) {
+            continue;
         }
         return Ok(file);
     }

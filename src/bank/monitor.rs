@@ -257,6 +257,13 @@ pub struct LogMonitor {
     /// Attestations (with the consent their served tokens named) whose approval the log does
     /// not show.
     missing_approvals: HashSet<(String, ConsentId)>,
+    /// What the passes changed since the last save to `file`, for the next save to append
+    /// (kept only while the monitor saves to a file, and dropped when it outgrows what the
+    /// monitor holds: the next save then writes the whole state).
+    recorded: Option<saved::Recorded>,
+    /// The file the monitor last saved to or was restored from ([`LogMonitor::save_to`],
+    /// [`LogMonitor::restore_from`]).
+    file: Option<saved::StateFile>,
 }
 
 /// What one pass read from the log, kept only once the log verified.
@@ -332,6 +339,8 @@ impl LogMonitor {
             reported: Vec::new(),
             repeat: Vec::new(),
             missing_approvals: HashSet::new(),
+            recorded: None,
+            file: None,
         }
     }
 
@@ -403,6 +412,9 @@ impl LogMonitor {
         source: &impl TileSource,
         now: OffsetDateTime,
     ) -> Result<MonitorReport, MonitorError> {
+        if let Some(recorded) = &mut self.recorded {
+            recorded.begin_pass();
+        }
         let mut missing_tokens = self.read_journal(bank)?;
         missing_tokens.append(&mut self.repeat);
         // An access served after the journal was read is judged at the next pass, after the
@@ -475,10 +487,14 @@ impl LogMonitor {
                     self.missing_approvals
                         .insert((served.attestation.clone(), served.terms.consent.clone()));
                 }
-            } else if now - served.served_at > self.max_merge_delay {
-                missing.push(served);
-            } else {
+            } else if now - served.served_at <= self.max_merge_delay {
                 self.pending.insert(token_id, served);
+                continue;
+            } else {
+                missing.push(served);
+            }
+            if let Some(recorded) = &mut self.recorded {
+                recorded.judged(token_id);
             }
         }
         missing
@@ -543,6 +559,9 @@ impl LogMonitor {
                         access.token_id.clone(),
                         (access.terms.token_digest.clone(), access.served_at),
                     );
+                    if let Some(recorded) = &mut self.recorded {
+                        recorded.served(&access);
+                    }
                     self.pending.insert(access.token_id.clone(), access);
                 }
             }
@@ -554,7 +573,13 @@ impl LogMonitor {
     /// signs an attestation once: a second entry with its id changes nothing).
     fn keep_signed(&mut self, signed: Vec<(String, (ConsentId, Option<String>))>) {
         for (attestation, record) in signed {
-            self.signed.entry(attestation).or_insert(record);
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.signed.entry(attestation)
+            {
+                if let Some(recorded) = &mut self.recorded {
+                    recorded.signed(slot.key(), &record);
+                }
+                slot.insert(record);
+            }
         }
     }
 
@@ -645,17 +670,30 @@ impl LogMonitor {
                 }
             })?;
         for (token_id, terms) in read.issued {
+            if let Some(recorded) = &mut self.recorded {
+                recorded.issued(&token_id, &terms, now);
+            }
             self.issued.entry(token_id).or_default().push((terms, now));
         }
         for (attestation, consent, digest) in read.approvals {
             // Up to `MAX_APPROVALS`: more can only make an alarm, not clear one.
-            let logged = self.approvals.entry(attestation).or_default();
+            let logged = self.approvals.entry(attestation.clone()).or_default();
             if logged.len() < MAX_APPROVALS && !logged.contains(&(consent.clone(), digest.clone()))
             {
+                if let Some(recorded) = &mut self.recorded {
+                    recorded.approval(&attestation, &consent, &digest);
+                }
                 logged.push((consent, digest));
             }
         }
-        self.consents.extend(new_consents);
+        for consent in new_consents {
+            if !self.consents.contains(&consent) {
+                if let Some(recorded) = &mut self.recorded {
+                    recorded.consent(&consent);
+                }
+                self.consents.insert(consent);
+            }
+        }
         self.note = Some(note);
         // Read through the pin (a smaller checkpoint, or another tree at its size, failed).
         self.pin = None;
@@ -668,6 +706,24 @@ impl LogMonitor {
     fn forget_the_expired(&mut self, now: OffsetDateTime) {
         let oldest_pending = self.pending.values().map(|m| m.served_at).min();
         let cut = oldest_pending.map_or(now, |at| at.min(now)) - ISSUED_KEPT;
+        self.forget_before(cut);
+        if let Some(recorded) = &mut self.recorded {
+            recorded.forgot_before(cut);
+            // Saved whole next time, rather than kept past the size of what it records.
+            let held = self.issued.len()
+                + self.served.len()
+                + self.pending.len()
+                + self.signed.len()
+                + self.approvals.len()
+                + self.consents.len();
+            if recorded.items() > held.saturating_add(saved::RECORDED_SLACK) {
+                self.recorded = None;
+            }
+        }
+    }
+
+    /// Drops the `token_issued` entries read before `cut` and the ids served before it.
+    fn forget_before(&mut self, cut: OffsetDateTime) {
         self.issued.retain(|_, issued| {
             issued.retain(|(_, read_at)| *read_at >= cut);
             !issued.is_empty()

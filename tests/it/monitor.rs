@@ -1483,7 +1483,7 @@ fn journal_entries_that_do_not_give_the_journals_tree_are_not_judged() {
 #[test]
 fn a_state_saved_to_a_file_is_replaced_whole_or_not_at_all() {
     let (platform, bank, _witness_dir, witness, consent) = world();
-    let (monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("monitor.json");
     std::fs::write(&file, b"an older state").unwrap();
@@ -1608,4 +1608,378 @@ fn an_entry_added_to_the_journal_without_its_leaf_is_not_read() {
     let kept = saved["signed"].as_array().unwrap();
     assert_eq!(kept.len(), 1);
     assert!(kept[0]["digest"].is_string(), "{kept:?}");
+}
+
+/// The lines of a monitor's state file: the whole state, then each record of changes.
+fn lines(file: &Path) -> Vec<Vec<u8>> {
+    std::fs::read(file)
+        .unwrap()
+        .split(|byte| *byte == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// `running`'s state, restored from `file` by `restore_from` and by `restore` of its bytes,
+/// must be exactly what `running` holds.
+fn assert_restores_to(platform: &Platform, witness: &Witness, file: &Path, running: &LogMonitor) {
+    let held = running.save();
+    let restored = platform.monitor(witness).restore_from(file).unwrap();
+    assert_eq!(
+        restored.save(),
+        held,
+        "restore_from gives the running state"
+    );
+    let bytes = std::fs::read(file).unwrap();
+    let restored = platform.monitor(witness).restore(&bytes).unwrap();
+    assert_eq!(restored.save(), held, "restore of the file's bytes too");
+}
+
+/// A monitor that saves to a file after its passes writes the whole state once, then appends
+/// what each pass changed: restored from the file after any save, it holds exactly what the
+/// running monitor holds. The passes add, judge (logged, and missing past the merge delay) and
+/// forget (tokens read and ids served before the time a token can live), some between two
+/// saves; another customer's consent is approved now and then (an attestation signed, an
+/// approval and a consent read from the log).
+#[test]
+fn a_state_file_appended_to_restores_what_the_running_monitor_holds() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (mut running, _) = watched(&platform, &bank, &witness, &consent);
+    let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(97));
+    let source = DirTiles::new(platform.dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("monitor.state");
+    running.save_to(&file).unwrap();
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        running.save(),
+        "whole at first"
+    );
+    let count = |state: &[u8], table: &str| {
+        let state: serde_json::Value = serde_json::from_slice(state).unwrap();
+        state[table].as_array().unwrap().len()
+    };
+    let (mut issued, mut reported, mut forgot) = (0, 0, false);
+    for round in 0..14 {
+        serve(kit, &bank, &consent);
+        serve(kit, &bank, &consent);
+        if round % 6 == 0 {
+            shadow.clock.set(kit.broker.now());
+            serve(&shadow, &bank, &shadow_consent);
+        }
+        if round % 5 == 2 {
+            // Another customer's consent: an attestation signed, its approval logged.
+            let other = bank.granted(kit);
+            serve(kit, &bank, &other);
+        }
+        if round % 2 == 0 {
+            platform.publish(&witness);
+        }
+        kit.clock.advance(time::Duration::minutes(10));
+        let report = running
+            .check(&bank.bank, &source, kit.broker.now())
+            .unwrap();
+        reported += report.missing_tokens.len();
+        let held = count(&running.save(), "issued");
+        forgot |= held < issued;
+        issued = held;
+        // Saved after two passes of three.
+        if round % 3 != 1 {
+            running.save_to(&file).unwrap();
+            assert_restores_to(&platform, &witness, &file, &running);
+        }
+    }
+    assert!(
+        reported >= 2,
+        "the shadow broker's tokens reported: {reported}"
+    );
+    assert!(forgot, "tokens read from the log were forgotten");
+    let written = lines(&file);
+    assert!(
+        written.len() > 5,
+        "records appended: {} lines",
+        written.len()
+    );
+    let whole = running.save().len();
+    assert!(
+        written[1..].iter().all(|record| record.len() < whole),
+        "each record is smaller than the whole state ({whole} bytes)"
+    );
+}
+
+/// A record of two passes keeps each pass's forgetting in its order: a pass forgets the token
+/// read at the first (its time is past), and the next, given an earlier time (a clock set
+/// back), forgets less. Replayed as one, the second's forgetting alone would keep the token.
+#[test]
+fn a_record_of_several_passes_forgets_in_their_order() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let (mut running, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("monitor.state");
+    running.save_to(&file).unwrap();
+    let issued = |monitor: &LogMonitor| {
+        let state: serde_json::Value = serde_json::from_slice(&monitor.save()).unwrap();
+        state["issued"].as_array().unwrap().len()
+    };
+    assert_eq!(issued(&running), 1);
+    let read_at = platform.kit.broker.now();
+    running
+        .check(&bank.bank, &source, read_at + time::Duration::minutes(30))
+        .unwrap();
+    assert_eq!(
+        issued(&running),
+        0,
+        "forgotten: read longer ago than a token lives"
+    );
+    running
+        .check(&bank.bank, &source, read_at + time::Duration::minutes(5))
+        .unwrap();
+    running.save_to(&file).unwrap();
+    assert_eq!(lines(&file).len(), 2, "one record, of both passes");
+    assert_restores_to(&platform, &witness, &file, &running);
+}
+
+/// A monitor saved to `file` whole, then after two passes each serving an access: the state
+/// after the first of them, and the file's bytes then.
+fn saved_twice_after_the_whole(
+    platform: &Platform,
+    bank: &TestBank,
+    witness: &Witness,
+    consent: &Consent,
+    file: &Path,
+) -> (LogMonitor, Vec<u8>, Vec<u8>) {
+    let kit = &platform.kit;
+    let (mut running, _) = watched(platform, bank, witness, consent);
+    let source = DirTiles::new(platform.dir.path());
+    running.save_to(file).unwrap();
+    let pass = |running: &mut LogMonitor| {
+        serve(kit, bank, consent);
+        platform.publish(witness);
+        running
+            .check(&bank.bank, &source, kit.broker.now())
+            .unwrap();
+        running.save_to(file).unwrap();
+    };
+    pass(&mut running);
+    let (state, bytes) = (running.save(), std::fs::read(file).unwrap());
+    pass(&mut running);
+    assert_eq!(lines(file).len(), 3, "the whole state and two records");
+    (running, state, bytes)
+}
+
+/// A save cut short by a crash, at any byte of the record it was appending (and with zero
+/// bytes after it, as a power loss may leave), restores to the state of the save before; the
+/// monitor restored from it writes its next save whole. A record damaged otherwise, removed,
+/// repeated or of another log is refused, typed, and never taken as cut short.
+#[test]
+fn a_save_cut_short_restores_the_one_before_and_damage_is_refused() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("monitor.state");
+    let (running, before, bytes_before) =
+        saved_twice_after_the_whole(&platform, &bank, &witness, &consent, &file);
+    let whole = std::fs::read(&file).unwrap();
+    let restore_bytes = |bytes: &[u8]| {
+        std::fs::write(&file, bytes).unwrap();
+        platform
+            .monitor(&witness)
+            .restore_from(&file)
+            .map(|monitor| String::from_utf8(monitor.save()).unwrap())
+    };
+    let before = String::from_utf8(before).unwrap();
+    assert_eq!(
+        restore_bytes(&whole),
+        Ok(String::from_utf8(running.save()).unwrap())
+    );
+    let cuts: Vec<usize> = (bytes_before.len()..whole.len())
+        .step_by(13)
+        .chain([bytes_before.len() + 1, whole.len() - 1])
+        .collect();
+    for cut in cuts {
+        assert_eq!(
+            restore_bytes(&whole[..cut]),
+            Ok(before.clone()),
+            "cut at {cut}"
+        );
+        let mut zeroed = whole[..cut].to_vec();
+        zeroed.resize(cut + 4096, 0);
+        assert_eq!(
+            restore_bytes(&zeroed),
+            Ok(before.clone()),
+            "cut at {cut}, zeros after"
+        );
+    }
+    // Restored from a file cut short, the next save writes the whole state.
+    std::fs::write(&file, &whole[..whole.len() - 10]).unwrap();
+    let mut restored = platform.monitor(&witness).restore_from(&file).unwrap();
+    let source = DirTiles::new(platform.dir.path());
+    restored
+        .check(&bank.bank, &source, platform.kit.broker.now())
+        .unwrap();
+    restored.save_to(&file).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), restored.save());
+
+    let saved = |error| Err(MonitorError::Saved(error));
+    let broken = saved(SavedStateError::Inconsistent(
+        "a record of changes that does not follow the line before it",
+    ));
+    let written: Vec<Vec<u8>> = whole.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+    let joined = |lines: &[Vec<u8>]| lines.join(&b'\n');
+    // The first record's journal position changed (still JSON, still in order): the record
+    // after it no longer follows it.
+    let mut changed = written.clone();
+    let text = String::from_utf8(changed[1].clone()).unwrap();
+    let edited = text.replacen("\"journal_position\":", "\"journal_position\":1", 1);
+    assert_ne!(edited, text);
+    changed[1] = edited.into_bytes();
+    assert_eq!(restore_bytes(&joined(&changed)), broken);
+    // The first record left out, or repeated.
+    assert_eq!(
+        restore_bytes(&joined(&[written[0].clone(), written[2].clone()])),
+        broken
+    );
+    assert_eq!(
+        restore_bytes(&joined(&[
+            written[0].clone(),
+            written[1].clone(),
+            written[1].clone(),
+            written[2].clone()
+        ])),
+        broken
+    );
+    // The last record damaged, not cut: refused, not left out.
+    let mut damaged = written.clone();
+    let quote = damaged[2].iter().position(|b| *b == b'"').unwrap();
+    damaged[2][quote] = b'x';
+    assert!(matches!(
+        restore_bytes(&joined(&damaged)),
+        Err(MonitorError::Saved(SavedStateError::Malformed {
+            line: 3,
+            ..
+        }))
+    ));
+    // A record of another log's.
+    let mut other = written.clone();
+    let text = String::from_utf8(other[2].clone()).unwrap();
+    let origin = platform.kit.broker.log_origin();
+    let field = format!("\"origin\":\"{origin}\"");
+    assert!(text.contains(&field));
+    other[2] = text
+        .replacen(&field, "\"origin\":\"another.example/log\"", 1)
+        .into_bytes();
+    assert_eq!(
+        restore_bytes(&joined(&other)),
+        saved(SavedStateError::OtherLog)
+    );
+    // The bytes alone restore the same way.
+    assert_eq!(
+        platform
+            .monitor(&witness)
+            .restore(&whole[..whole.len() - 3])
+            .map(|monitor| String::from_utf8(monitor.save()).unwrap()),
+        Ok(before)
+    );
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        platform.monitor(&witness).restore_from(&file).map(drop),
+        Err(MonitorError::Saved(SavedStateError::Unreadable(
+            std::io::ErrorKind::NotFound
+        )))
+    );
+}
+
+/// A file put in the place of the monitor's (an older copy restored over it, or the same bytes
+/// in another file) is not appended to: the next save writes the whole state there.
+#[test]
+fn a_file_put_in_place_of_the_monitors_is_written_whole() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("monitor.state");
+    let (mut running, _, older) =
+        saved_twice_after_the_whole(&platform, &bank, &witness, &consent, &file);
+    let source = DirTiles::new(platform.dir.path());
+    let pass_and_save = |running: &mut LogMonitor| {
+        serve(&platform.kit, &bank, &consent);
+        platform.publish(&witness);
+        running
+            .check(&bank.bank, &source, platform.kit.broker.now())
+            .unwrap();
+        running.save_to(&file).unwrap();
+    };
+    // The older copy written over it (the same file, shorter).
+    std::fs::write(&file, &older).unwrap();
+    pass_and_save(&mut running);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        running.save(),
+        "written whole"
+    );
+    pass_and_save(&mut running);
+    assert_eq!(lines(&file).len(), 2, "then appended to");
+    assert_restores_to(&platform, &witness, &file, &running);
+    // The same bytes in another file renamed over it.
+    #[cfg(unix)]
+    {
+        let copy = dir.path().join("copy");
+        std::fs::copy(&file, &copy).unwrap();
+        std::fs::rename(&copy, &file).unwrap();
+        pass_and_save(&mut running);
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            running.save(),
+            "written whole"
+        );
+    }
+    // Saved to another path, then back: each written whole first.
+    let elsewhere = dir.path().join("elsewhere.state");
+    pass_and_save(&mut running);
+    running.save_to(&elsewhere).unwrap();
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), running.save());
+    pass_and_save(&mut running);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        running.save(),
+        "written whole"
+    );
+    assert_restores_to(&platform, &witness, &file, &running);
+}
+
+/// The records appended after the whole state stay within the whole state's length or 1 MiB,
+/// whichever is more: past it, the save writes the whole state again.
+#[test]
+fn a_state_file_is_written_whole_again_once_its_records_outgrow_it() {
+    const COMPACT_PAST: usize = 1 << 20;
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let (mut running, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("monitor.state");
+    running.save_to(&file).unwrap();
+    let mut appended = 0;
+    let mut longest = 0;
+    for pass in 0..4000 {
+        running
+            .check(&bank.bank, &source, platform.kit.broker.now())
+            .unwrap();
+        running.save_to(&file).unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        let whole = bytes.split(|b| *b == b'\n').next().unwrap().len();
+        assert!(
+            bytes.len() <= whole + whole.max(COMPACT_PAST),
+            "pass {pass}: {} bytes for a state of {whole}",
+            bytes.len()
+        );
+        longest = longest.max(bytes.len());
+        if bytes.len() == whole {
+            assert_eq!(bytes, running.save());
+            break;
+        }
+        appended += 1;
+    }
+    assert!(
+        longest > COMPACT_PAST,
+        "the records grew past 1 MiB ({longest} bytes) before the whole state was written again, after {appended} records"
+    );
+    assert_restores_to(&platform, &witness, &file, &running);
 }

@@ -1,8 +1,10 @@
 //! A monitor's state as bytes the bank keeps between runs ([`LogMonitor::save`],
-//! [`LogMonitor::restore`]).
+//! [`LogMonitor::restore`]), and as a file each save appends to ([`LogMonitor::save_to`],
+//! [`LogMonitor::restore_from`]).
 //!
-//! The bytes are JSON (one object, its first field `format`; times are integers, nanoseconds
-//! since 1970, beyond the 2^53 a JSON number read as a double keeps exactly). They hold what a
+//! The bytes are JSON (one object on one line, its first field `format`; times are integers,
+//! nanoseconds since 1970, beyond the 2^53 a JSON number read as a double keeps exactly). They
+//! hold what a
 //! pass needs to go on: the signed note of the checkpoint verified last and the roots of its
 //! tree's complete subtrees (O(log n) hashes, from which the next checkpoint is checked by
 //! reading only the entries after it), how much of the bank's journal was read and the root of
@@ -14,11 +16,22 @@
 //! with the monitor's key and origin (not its cosignatures: the witness policy may have changed
 //! since it was accepted), that the tree gives the checkpoint's root, and the bounds on what the
 //! tables hold; the next pass then checks the journal's tree at the position read.
+//!
+//! A file saved to by [`LogMonitor::save_to`] holds that object, then records of changes, each
+//! on a line of its own after a newline (`consent-broker/log-monitor-changes/1`): the SHA-256 of
+//! the line before it, what each pass since that line added, judged and forgot (in the pass's
+//! order: what it forgot depends on when), and where the monitor then stood (the checkpoint, the
+//! tree, the journal's position and root, the approvals missing, the report), each checked on
+//! restoring as the whole state's are. A last line cut short (a save that never returned: a
+//! crash while it appended) is left out; any other line that is not a record following the one
+//! before it is refused.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
+use ring::digest;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -33,6 +46,19 @@ use crate::vocab::{Purpose, Scope};
 
 /// The format's name and version: the saved state's first field.
 const FORMAT: &str = "consent-broker/log-monitor/2";
+
+/// The format of a record of changes appended to a saved state's file.
+const CHANGES_FORMAT: &str = "consent-broker/log-monitor-changes/1";
+
+/// How many bytes of records a file may hold after its whole state, at the least: past this and
+/// past the whole state's own length, [`LogMonitor::save_to`] writes the whole state again. So
+/// the file stays under about twice the state, and the state is written whole once for about
+/// as many bytes appended.
+const COMPACT_PAST: u64 = 1 << 20;
+
+/// How many more changes than it holds a monitor records before it stops (and its next save
+/// writes the whole state): a monitor saved to a file once and then only in bytes.
+pub(super) const RECORDED_SLACK: usize = 4096;
 
 /// Why a saved state was not restored ([`LogMonitor::restore`]). Nothing of it is used then:
 /// restore the right state, or make the monitor anew (it then reads the whole log and journal
@@ -62,6 +88,10 @@ pub enum SavedStateError {
     /// damaged or edited state.
     #[error("its parts do not agree: {0}")]
     Inconsistent(&'static str),
+    /// The file could not be read ([`LogMonitor::restore_from`]): `NotFound` when there is none
+    /// (a bank that never saved one makes its monitor anew).
+    #[error("the saved state's file could not be read: {0}")]
+    Unreadable(std::io::ErrorKind),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -90,6 +120,255 @@ struct State {
     reported: Vec<Pending>,
 }
 
+/// Where the monitor stands: what a record of changes carries whole, as the saved state does.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Progress {
+    checkpoint: Option<String>,
+    pin: Option<String>,
+    peaks: Vec<String>,
+    journal_position: u64,
+    journal_root: String,
+    missing_approvals: Vec<Missing>,
+    reported: Vec<Pending>,
+}
+
+/// A record of changes, appended to a saved state's file: the passes since the record before
+/// it (`passes`: a slice to write, a list read), then where the monitor stood.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesRecord<P> {
+    format: String,
+    origin: String,
+    /// The SHA-256 (standard base64) of the line before this one, as written.
+    after: String,
+    passes: P,
+    progress: Progress,
+}
+
+/// What a record of changes is first read for: the line it follows (the rest is skipped).
+#[derive(Deserialize)]
+struct Link {
+    format: String,
+    origin: String,
+    after: String,
+}
+
+/// What one pass changed, in the order it changed it: added (attestations signed, ids served,
+/// accesses pending, tokens read from the log, approvals, consents), judged (pending accesses
+/// found logged or reported missing), then forgot (what was read or served before a time).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PassChanges {
+    signed: Vec<Attested>,
+    served: Vec<Served>,
+    pending: Vec<Pending>,
+    issued: Vec<Issued>,
+    approvals: Vec<Attested>,
+    consents: Vec<ConsentId>,
+    judged: Vec<String>,
+    #[serde(with = "time::serde::timestamp::nanoseconds::option")]
+    forgot_before: Option<OffsetDateTime>,
+}
+
+impl PassChanges {
+    fn is_empty(&self) -> bool {
+        self.signed.is_empty()
+            && self.served.is_empty()
+            && self.pending.is_empty()
+            && self.issued.is_empty()
+            && self.approvals.is_empty()
+            && self.consents.is_empty()
+            && self.judged.is_empty()
+            && self.forgot_before.is_none()
+    }
+}
+
+/// The changes of the passes since the last save to a file, for the next save to append.
+#[derive(Debug, Default)]
+pub(super) struct Recorded {
+    /// The passes before the one under way.
+    passes: Vec<PassChanges>,
+    /// The pass under way.
+    current: PassChanges,
+    items: usize,
+}
+
+impl Recorded {
+    /// A pass begins: what it changes is recorded apart from the passes before it.
+    pub(super) fn begin_pass(&mut self) {
+        if !self.current.is_empty() {
+            self.passes.push(std::mem::take(&mut self.current));
+        }
+    }
+
+    /// The pass under way, counting one more change.
+    const fn pass(&mut self) -> &mut PassChanges {
+        self.items += 1;
+        &mut self.current
+    }
+
+    /// The passes that changed something, in order.
+    fn changed(&self) -> Vec<&PassChanges> {
+        let current = Some(&self.current).filter(|pass| !pass.is_empty());
+        self.passes.iter().chain(current).collect()
+    }
+
+    /// How many changes are recorded.
+    pub(super) fn items(&self) -> usize {
+        self.items
+    }
+
+    pub(super) fn signed(
+        &mut self,
+        attestation: &str,
+        (consent, digest): &(ConsentId, Option<String>),
+    ) {
+        self.pass()
+            .signed
+            .push(attested(attestation, consent, digest));
+    }
+
+    /// An access served under a token id not served before: the id, and the access pending.
+    pub(super) fn served(&mut self, access: &MissingToken) {
+        let pass = self.pass();
+        pass.served.push(Served {
+            token_id: access.token_id.clone(),
+            token_digest: access.terms.token_digest.clone(),
+            served_at: access.served_at,
+        });
+        pass.pending.push(Pending::from(access));
+    }
+
+    pub(super) fn issued(&mut self, token_id: &str, terms: &TokenTerms, read_at: OffsetDateTime) {
+        self.pass().issued.push(Issued {
+            token_id: token_id.to_owned(),
+            terms: terms.into(),
+            read_at,
+        });
+    }
+
+    pub(super) fn approval(
+        &mut self,
+        attestation: &str,
+        consent: &ConsentId,
+        digest: &Option<String>,
+    ) {
+        self.pass()
+            .approvals
+            .push(attested(attestation, consent, digest));
+    }
+
+    pub(super) fn consent(&mut self, consent: &ConsentId) {
+        self.pass().consents.push(consent.clone());
+    }
+
+    /// A pending access judged: logged, or reported missing.
+    pub(super) fn judged(&mut self, token_id: String) {
+        self.pass().judged.push(token_id);
+    }
+
+    /// The pass forgot what was read or served before `cut` (not counted: a pass does once).
+    pub(super) const fn forgot_before(&mut self, cut: OffsetDateTime) {
+        self.current.forgot_before = Some(cut);
+    }
+}
+
+/// The file a monitor saves to, as it last wrote or read it.
+#[derive(Debug)]
+pub(super) struct StateFile {
+    path: PathBuf,
+    /// Its device and inode (on Unix): a file put in its place is not appended to.
+    identity: Option<(u64, u64)>,
+    /// Its length.
+    len: u64,
+    /// The SHA-256 of its last line.
+    last: [u8; 32],
+    /// The length of its first line, the whole state.
+    base_len: u64,
+}
+
+/// A saved state's lines, as [`records`] found them.
+struct Records<'a> {
+    /// The whole state.
+    base: &'a [u8],
+    /// The records of changes after it, each following the one before.
+    changes: Vec<&'a [u8]>,
+    /// How many bytes they take, from the start (a last line cut short left out).
+    len: u64,
+    /// The SHA-256 of the last.
+    last: [u8; 32],
+}
+
+fn attested(attestation: &str, consent: &ConsentId, digest: &Option<String>) -> Attested {
+    Attested {
+        attestation: attestation.to_owned(),
+        consent: consent.clone(),
+        digest: digest.clone(),
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
+    hash
+}
+
+/// Where reading line `line` failed (not what: the error's text may quote the bytes).
+fn malformed(line: usize, error: &serde_json::Error) -> SavedStateError {
+    SavedStateError::Malformed {
+        line,
+        column: error.column(),
+    }
+}
+
+/// Splits `saved` into the whole state and the records of changes after it, each checked to
+/// follow the line before it (its format, `origin` and the hash of that line). A last line cut
+/// short (JSON that ends early) is left out, as are zero bytes at the end (what a power loss
+/// may leave of an append).
+fn records<'a>(saved: &'a [u8], origin: &str) -> Result<Records<'a>, SavedStateError> {
+    // Zero bytes at the end are none of a line's (each ends with `}`).
+    let written = saved
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .and_then(|end| saved.get(..=end))
+        .unwrap_or_default();
+    let mut lines = written.split(|byte| *byte == b'\n');
+    let base = lines.next().unwrap_or_default();
+    let mut changes: Vec<&[u8]> = lines.collect();
+    if changes
+        .last()
+        .is_some_and(|last| serde_json::from_slice::<Link>(last).is_err_and(|error| error.is_eof()))
+    {
+        changes.pop();
+    }
+    let mut before = base;
+    let mut len = base.len() as u64;
+    for (index, line) in changes.iter().enumerate() {
+        let link: Link =
+            serde_json::from_slice(line).map_err(|error| malformed(index + 2, &error))?;
+        if link.format != CHANGES_FORMAT {
+            return Err(SavedStateError::Format);
+        }
+        if link.origin != origin {
+            return Err(SavedStateError::OtherLog);
+        }
+        if link.after != encode_hashes(&[sha256(before)]).concat() {
+            return Err(SavedStateError::Inconsistent(
+                "a record of changes that does not follow the line before it",
+            ));
+        }
+        before = line;
+        len += 1 + line.len() as u64;
+    }
+    Ok(Records {
+        base,
+        changes,
+        len,
+        last: sha256(before),
+    })
+}
+
 /// What [`LogMonitor::pinned_to`] reads of a saved state (the rest is not parsed).
 #[derive(Deserialize)]
 struct Held {
@@ -101,7 +380,7 @@ struct Held {
 }
 
 /// An attestation, the consent it approved and its digest (signed by the bank, or logged).
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Attested {
     attestation: String,
@@ -109,7 +388,7 @@ struct Attested {
     digest: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Terms {
     consent: ConsentId,
@@ -119,7 +398,7 @@ struct Terms {
     token_digest: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Issued {
     token_id: String,
@@ -128,7 +407,7 @@ struct Issued {
     read_at: OffsetDateTime,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Served {
     token_id: String,
@@ -137,7 +416,7 @@ struct Served {
     served_at: OffsetDateTime,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Pending {
     token_id: String,
@@ -148,7 +427,7 @@ struct Pending {
     terms: Terms,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Missing {
     attestation: String,
@@ -232,9 +511,9 @@ fn insert_once<V>(
 }
 
 impl LogMonitor {
-    /// The monitor's state, to keep with the bank's own data and give to
-    /// [`LogMonitor::restore`] when the bank restarts. Save after each pass (durably, replacing
-    /// the last save): the state holds what that pass reported missing, and a monitor restored
+    /// The monitor's whole state, to keep with the bank's own data and give to
+    /// [`LogMonitor::restore`] when the bank restarts ([`LogMonitor::save_to`] keeps it in a
+    /// file, appending what changed). Save after each pass: the state holds what that pass reported missing, and a monitor restored
     /// from it reports that again at its next pass, so an alarm the bank had no time to act on
     /// before a restart is not lost (one it did act on comes twice; each names its journal
     /// entry). A monitor restored from an older save reads again what came after it, and
@@ -242,34 +521,25 @@ impl LogMonitor {
     /// by id (this bank's served tokens, and the tokens the platform's log shows issued for
     /// this bank's consents), and no subject or account.
     ///
-    /// The whole state is written each time: about 376 bytes for each token the monitor may
-    /// still have to match (those of the 17.5 minutes before the oldest access still pending:
-    /// the last 17.5 minutes while the platform's log keeps up, more while it lags), so a save
-    /// costs what the tokens alive cost, not what the pass read. A bank serving thousands of
-    /// tokens a second saves every few minutes instead of after each pass, and pays for it only
-    /// at a restart, by reading again what came after the save and reporting again what it
-    /// reported since (docs/SCALING.md, "A bank monitor's saved state").
+    /// The bytes hold about 376 bytes for each token the monitor may still have to match
+    /// (those of the 17.5 minutes before the oldest access still pending: the last 17.5 minutes
+    /// while the platform's log keeps up, more while it lags), so they cost what the tokens
+    /// alive cost, not what the pass read. [`LogMonitor::save_to`] writes them whole only now
+    /// and then (docs/SCALING.md, "A bank monitor's saved state").
     pub fn save(&self) -> Vec<u8> {
-        let attested =
-            |(attestation, consent, digest): (&String, &ConsentId, &Option<String>)| Attested {
-                attestation: attestation.clone(),
-                consent: consent.clone(),
-                digest: digest.clone(),
-            };
+        let progress = self.progress();
         let state = State {
             format: FORMAT.to_owned(),
             origin: self.origin.clone(),
-            checkpoint: self.note.clone(),
-            pin: self.pin.clone(),
-            peaks: encode_hashes(self.log.tree().peaks()),
-            journal_position: self.journal_position,
-            journal_root: encode_hashes(&[self.journal_root]).concat(),
+            checkpoint: progress.checkpoint,
+            pin: progress.pin,
+            peaks: progress.peaks,
+            journal_position: progress.journal_position,
+            journal_root: progress.journal_root,
             signed: sorted(
                 self.signed
                     .iter()
-                    .map(|(attestation, (consent, digest))| {
-                        attested((attestation, consent, digest))
-                    })
+                    .map(|(attestation, (consent, digest))| attested(attestation, consent, digest))
                     .collect(),
                 |a| (&a.attestation, a.consent.as_str()),
             ),
@@ -282,7 +552,7 @@ impl LogMonitor {
                             attestation,
                             logged
                                 .iter()
-                                .map(|(consent, digest)| attested((attestation, consent, digest)))
+                                .map(|(consent, digest)| attested(attestation, consent, digest))
                                 .collect::<Vec<_>>(),
                         )
                     })
@@ -325,6 +595,21 @@ impl LogMonitor {
                 self.pending.values().map(Pending::from).collect(),
                 |pending| (&pending.token_id, ""),
             ),
+            missing_approvals: progress.missing_approvals,
+            reported: progress.reported,
+        };
+        // Every field serialises (strings, numbers, and times as integers): this cannot fail.
+        serde_json::to_vec(&state).unwrap_or_default()
+    }
+
+    /// Where the monitor stands (what each record of changes carries whole).
+    fn progress(&self) -> Progress {
+        Progress {
+            checkpoint: self.note.clone(),
+            pin: self.pin.clone(),
+            peaks: encode_hashes(self.log.tree().peaks()),
+            journal_position: self.journal_position,
+            journal_root: encode_hashes(&[self.journal_root]).concat(),
             missing_approvals: sorted(
                 self.missing_approvals
                     .iter()
@@ -336,25 +621,144 @@ impl LogMonitor {
                 |missing| (&missing.attestation, missing.consent.as_str()),
             ),
             reported: self.reported.iter().map(Pending::from).collect(),
-        };
-        // Every field serialises (strings, numbers, and times as integers): this cannot fail.
-        serde_json::to_vec(&state).unwrap_or_default()
+        }
     }
 
-    /// The monitor's state ([`LogMonitor::save`]) written to `path` whole or not at all: to a
-    /// new file beside it (readable by its owner alone, on Unix: the state names tokens,
-    /// attestations and consents), flushed, renamed over it, and the rename flushed with its
-    /// directory (on Unix), so that once this returns the state survives a crash or a power
-    /// loss. Read it back with `std::fs::read` and give the bytes to [`LogMonitor::restore`].
+    /// Saves the monitor's state to the file at `path` durably: once this returns, the state
+    /// survives a crash or a power loss. Save after each pass, and restore with
+    /// [`LogMonitor::restore_from`] when the bank restarts.
+    ///
+    /// The first save of this monitor to `path` (or of one restored from another file) writes
+    /// the whole state ([`LogMonitor::save`]) whole or not at all: to a new file beside it
+    /// (readable by its owner alone, on Unix: the state names tokens, attestations and
+    /// consents), flushed, renamed over it, and the rename flushed with its directory (on
+    /// Unix). Each later save appends to that file a record of what the passes since changed
+    /// (added, judged, forgot) and where the monitor now stands, and flushes it: a pass's
+    /// save costs what the pass read, not every token the monitor holds. When the records
+    /// outgrow the whole state (and 1 MiB), or the file at `path` is no longer the one this
+    /// monitor wrote (another file put there, or of another length), the whole state is
+    /// written again. One monitor saves to a file: two would each find the other's file and
+    /// write theirs whole.
+    ///
+    /// A save cut short by a crash (its record written in part) leaves the file with the state
+    /// of the save before it: [`LogMonitor::restore_from`] leaves the part out.
     ///
     /// # Errors
-    /// The file system's (the last state saved is then still in place).
-    pub fn save_to(&self, path: &std::path::Path) -> std::io::Result<()> {
-        crate::files::write_durably(path, &self.save())
+    /// The file system's. The last state saved is then still in the file (a record appended in
+    /// part is left out on restoring), and the next save writes the whole state.
+    pub fn save_to(&mut self, path: &Path) -> std::io::Result<()> {
+        if let Some(record) = self.changes_for(path) {
+            let Some(file) = self.file.as_mut() else {
+                return self.save_whole(path);
+            };
+            let mut line = Vec::with_capacity(record.len() + 1);
+            line.push(b'\n');
+            line.extend_from_slice(&record);
+            match crate::files::append_durably(&file.path, &line, file.identity, file.len) {
+                Ok(true) => {
+                    file.len += line.len() as u64;
+                    file.last = sha256(&record);
+                    self.recorded = Some(Recorded::default());
+                    return Ok(());
+                }
+                // Not the file this monitor wrote: written whole.
+                Ok(false) => {}
+                Err(error) => {
+                    self.file = None;
+                    return Err(error);
+                }
+            }
+        }
+        self.save_whole(path)
+    }
+
+    /// The record of changes a save to `path` would append, if it appends one: the monitor
+    /// saved to `path` last, recorded every change since, and the file's records stay within
+    /// bounds with it.
+    fn changes_for(&self, path: &Path) -> Option<Vec<u8>> {
+        let (file, recorded) = (self.file.as_ref()?, self.recorded.as_ref()?);
+        if file.path != path {
+            return None;
+        }
+        let passes = recorded.changed();
+        let record = ChangesRecord {
+            format: CHANGES_FORMAT.to_owned(),
+            origin: self.origin.clone(),
+            after: encode_hashes(&[file.last]).concat(),
+            passes,
+            progress: self.progress(),
+        };
+        // Strings, numbers and times as integers: this cannot fail.
+        let record = serde_json::to_vec(&record).ok()?;
+        let records = (file.len - file.base_len).saturating_add(1 + record.len() as u64);
+        (records <= file.base_len.max(COMPACT_PAST)).then_some(record)
+    }
+
+    /// Writes the whole state to `path` ([`LogMonitor::save_to`]), and records the changes
+    /// from now on for the next save to append.
+    fn save_whole(&mut self, path: &Path) -> std::io::Result<()> {
+        self.file = None;
+        let whole = self.save();
+        crate::files::write_durably(path, &whole)?;
+        let written = std::fs::metadata(path)?;
+        self.file = Some(StateFile {
+            path: path.to_owned(),
+            identity: crate::files::identity(&written),
+            len: whole.len() as u64,
+            last: sha256(&whole),
+            base_len: whole.len() as u64,
+        });
+        self.recorded = Some(Recorded::default());
+        Ok(())
+    }
+
+    /// A monitor as this one was made (origin, log key, witness policy, merge delay, checkpoint
+    /// age) restored ([`LogMonitor::restore`]) from the file at `path` that
+    /// [`LogMonitor::save_to`] wrote, the whole state and the records of changes after it; its
+    /// next save to `path` appends to that file. A last record cut short (a save that never
+    /// returned) is left out: the monitor stands where the save before it left it, and its next
+    /// save writes the whole state. This monitor is left as it is, to go on with when there is
+    /// no file:
+    ///
+    /// ```no_run
+    /// # use consent_broker::{LogMonitor, MonitorError, SavedStateError};
+    /// # fn restart(made: LogMonitor, path: &std::path::Path) -> Result<LogMonitor, MonitorError> {
+    /// let monitor = match made.restore_from(path) {
+    ///     Ok(restored) => restored,
+    ///     // Never saved: the first pass reads the whole log and journal.
+    ///     Err(MonitorError::Saved(SavedStateError::Unreadable(std::io::ErrorKind::NotFound))) => {
+    ///         made
+    ///     }
+    ///     Err(error) => return Err(error),
+    /// };
+    /// # Ok(monitor)
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`MonitorError::Saved`]: the file could not be read ([`SavedStateError::Unreadable`],
+    /// `NotFound` when there is none), or as [`LogMonitor::restore`].
+    pub fn restore_from(&self, path: &Path) -> Result<Self, MonitorError> {
+        let unreadable = |error: std::io::Error| SavedStateError::Unreadable(error.kind());
+        let mut file = std::fs::File::open(path).map_err(unreadable)?;
+        let found = file.metadata().map_err(unreadable)?;
+        let mut saved = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut saved).map_err(unreadable)?;
+        let (mut monitor, read) = self.anew().restored_from_lines(&saved)?;
+        monitor.file = Some(StateFile {
+            path: path.to_owned(),
+            identity: crate::files::identity(&found),
+            len: read.len,
+            last: read.last,
+            base_len: read.base.len() as u64,
+        });
+        monitor.recorded = Some(Recorded::default());
+        Ok(monitor)
     }
 
     /// This monitor (its origin, log key, witness policy and merge delay) with the state
-    /// [`LogMonitor::save`] gave, from where that save left off: its next pass reads only the
+    /// [`LogMonitor::save`] gave (or the contents of a file [`LogMonitor::save_to`] wrote: the
+    /// whole state and the records of changes after it), from where that save left off: its next pass reads only the
     /// log's entries after the checkpoint verified last, refuses a log smaller than it or not
     /// consistent with it (a rollback or a fork shown to the restarted bank), and reads the
     /// bank's journal from where it stopped, after checking that the journal's tree over what
@@ -367,8 +771,24 @@ impl LogMonitor {
     /// state, a checkpoint that does not verify, or parts that do not agree. Nothing of it is
     /// used then.
     pub fn restore(self, saved: &[u8]) -> Result<Self, MonitorError> {
-        let state = self.parse(saved, |state: &State| (&state.format, &state.origin))?;
-        Ok(self.anew().restored(state)?)
+        Ok(self.restored_from_lines(saved)?.0)
+    }
+
+    /// This monitor made anew with the whole state of `saved`'s first line and the records of
+    /// changes after it, each applied in turn; with the lines read.
+    fn restored_from_lines(self, saved: &[u8]) -> Result<(Self, Records<'_>), SavedStateError> {
+        let read = records(saved, &self.origin)?;
+        let state: State = self.parse(read.base, |state: &State| (&state.format, &state.origin))?;
+        let mut monitor = self.anew().restored(state)?;
+        for (index, line) in read.changes.iter().enumerate() {
+            let record: ChangesRecord<Vec<PassChanges>> =
+                serde_json::from_slice(line).map_err(|error| malformed(index + 2, &error))?;
+            for pass in record.passes {
+                monitor.replay(pass)?;
+            }
+            monitor.stand_at(record.progress)?;
+        }
+        Ok((monitor, read))
     }
 
     /// This monitor made anew (it reads the whole log and the bank's journal again) but held to
@@ -385,12 +805,23 @@ impl LogMonitor {
     /// [`MonitorError::Saved`]: bytes that are not a saved state of this version, another log's
     /// state, a checkpoint that does not verify, or a report with an id longer than is kept.
     pub fn pinned_to(self, saved: &[u8]) -> Result<Self, MonitorError> {
-        let held = self.parse(saved, |held: &Held| (&held.format, &held.origin))?;
+        let read = records(saved, &self.origin)?;
+        let held = self.parse(read.base, |held: &Held| (&held.format, &held.origin))?;
+        // Where the last record of changes left the monitor, if there is one.
+        let (checkpoint, pin, reported) = match read.changes.last() {
+            None => (held.checkpoint, held.pin, held.reported),
+            Some(line) => {
+                let record: ChangesRecord<IgnoredAny> = serde_json::from_slice(line)
+                    .map_err(|error| malformed(read.changes.len() + 1, &error))?;
+                let progress = record.progress;
+                (progress.checkpoint, progress.pin, progress.reported)
+            }
+        };
         let mut monitor = self.anew();
-        if let Some(note) = held.checkpoint.or(held.pin) {
+        if let Some(note) = checkpoint.or(pin) {
             monitor.pin_to(note)?;
         }
-        monitor.repeat_report(held.reported, None)?;
+        monitor.repeat_report(reported, None)?;
         Ok(monitor)
     }
 
@@ -441,13 +872,7 @@ impl LogMonitor {
         saved: &[u8],
         header: impl Fn(&T) -> (&String, &String),
     ) -> Result<T, SavedStateError> {
-        let state: T = serde_json::from_slice(saved).map_err(|error| {
-            // Where, not what: the error's text may quote the bytes.
-            SavedStateError::Malformed {
-                line: error.line(),
-                column: error.column(),
-            }
-        })?;
+        let state: T = serde_json::from_slice(saved).map_err(|error| malformed(1, &error))?;
         let (format, origin) = header(&state);
         if format != FORMAT {
             return Err(SavedStateError::Format);
@@ -460,36 +885,50 @@ impl LogMonitor {
 
     /// A monitor made anew (nothing read) with `state`'s contents, each checked.
     fn restored(mut self, state: State) -> Result<Self, SavedStateError> {
-        use SavedStateError::Inconsistent;
-        let peaks =
-            decode_hashes(&state.peaks).ok_or(Inconsistent("a tree hash is not 32 bytes"))?;
-        self.log = match &state.checkpoint {
-            Some(note) => {
-                let checkpoint = self.verified(note)?;
-                let tree = TreeBuilder::from_peaks(checkpoint.size, peaks)
-                    .ok_or(Inconsistent("the tree is not of the checkpoint's size"))?;
-                TiledLog::resume(checkpoint, tree)
-                    .ok_or(Inconsistent("the tree does not give the checkpoint's root"))?
-            }
-            None if peaks.is_empty() => TiledLog::new(),
-            None => return Err(Inconsistent("a tree without a checkpoint")),
-        };
-        self.note = state.checkpoint;
-        if let Some(pin) = state.pin {
-            if self.note.is_some() {
-                return Err(Inconsistent("a pin beside a checkpoint read through"));
-            }
-            self.pin_to(pin)?;
-        }
-        self.journal_position = state.journal_position;
-        self.journal_root = decode_hashes(&[state.journal_root])
-            .and_then(|hashes| hashes.first().copied())
-            .ok_or(Inconsistent("the journal's root is not 32 bytes"))?;
-        if self.journal_position == 0 && self.journal_root != EMPTY_ROOT {
-            return Err(Inconsistent("the journal's root is not its position's"));
-        }
+        let State {
+            format: _,
+            origin: _,
+            checkpoint,
+            pin,
+            peaks,
+            journal_position,
+            journal_root,
+            signed,
+            approvals,
+            consents,
+            issued,
+            served,
+            pending,
+            missing_approvals,
+            reported,
+        } = state;
+        self.replay(PassChanges {
+            signed,
+            served,
+            pending,
+            issued,
+            approvals,
+            consents,
+            judged: Vec::new(),
+            forgot_before: None,
+        })?;
+        self.stand_at(Progress {
+            checkpoint,
+            pin,
+            peaks,
+            journal_position,
+            journal_root,
+            missing_approvals,
+            reported,
+        })?;
+        Ok(self)
+    }
 
-        for signed in state.signed {
+    /// Applies what a pass changed (or a whole state's tables, as added to nothing), each
+    /// change checked against what the monitor holds and keeps.
+    fn replay(&mut self, pass: PassChanges) -> Result<(), SavedStateError> {
+        use SavedStateError::Inconsistent;
+        for signed in pass.signed {
             let value = (signed.consent, signed.digest);
             insert_once(
                 &mut self.signed,
@@ -498,27 +937,7 @@ impl LogMonitor {
                 "an attestation signed twice",
             )?;
         }
-        for approval in state.approvals {
-            let logged = self.approvals.entry(approval.attestation).or_default();
-            let value = (approval.consent, approval.digest);
-            if logged.len() >= MAX_APPROVALS || logged.contains(&value) {
-                return Err(Inconsistent(
-                    "more approvals of an attestation than are kept, or one twice",
-                ));
-            }
-            logged.push(value);
-        }
-        self.consents = state.consents.into_iter().collect();
-        for issued in state.issued {
-            if !kept(&issued.token_id) || !issued.terms.token_digest.as_deref().is_none_or(kept) {
-                return Err(Inconsistent("a token id or digest longer than is kept"));
-            }
-            self.issued
-                .entry(issued.token_id)
-                .or_default()
-                .push((issued.terms.into(), issued.read_at));
-        }
-        for served in state.served {
+        for served in pass.served {
             let value = (served.token_digest, served.served_at);
             insert_once(
                 &mut self.served,
@@ -527,7 +946,7 @@ impl LogMonitor {
                 "a token id served twice",
             )?;
         }
-        for pending in state.pending {
+        for pending in pass.pending {
             if !self.served.contains_key(&pending.token_id) {
                 return Err(Inconsistent("a pending access whose token was not served"));
             }
@@ -539,12 +958,139 @@ impl LogMonitor {
                 "an access pending twice",
             )?;
         }
-        self.missing_approvals = state
+        for issued in pass.issued {
+            if !kept(&issued.token_id) || !issued.terms.token_digest.as_deref().is_none_or(kept) {
+                return Err(Inconsistent("a token id or digest longer than is kept"));
+            }
+            self.issued
+                .entry(issued.token_id)
+                .or_default()
+                .push((issued.terms.into(), issued.read_at));
+        }
+        for approval in pass.approvals {
+            let logged = self.approvals.entry(approval.attestation).or_default();
+            let value = (approval.consent, approval.digest);
+            if logged.len() >= MAX_APPROVALS || logged.contains(&value) {
+                return Err(Inconsistent(
+                    "more approvals of an attestation than are kept, or one twice",
+                ));
+            }
+            logged.push(value);
+        }
+        for consent in pass.consents {
+            if !self.consents.insert(consent) {
+                return Err(Inconsistent("a consent twice"));
+            }
+        }
+        for token_id in pass.judged {
+            if self.pending.remove(&token_id).is_none() {
+                return Err(Inconsistent("an access judged that was not pending"));
+            }
+        }
+        if let Some(cut) = pass.forgot_before {
+            self.forget_before(cut);
+        }
+        Ok(())
+    }
+
+    /// Where the monitor stands, each part checked (and, after a record of changes, checked
+    /// not to go back: a log or journal read less far than before is a damaged file).
+    fn stand_at(&mut self, progress: Progress) -> Result<(), SavedStateError> {
+        use SavedStateError::Inconsistent;
+        let peaks =
+            decode_hashes(&progress.peaks).ok_or(Inconsistent("a tree hash is not 32 bytes"))?;
+        let verified_before = self.note.as_ref().map(|_| self.log.size());
+        self.log = match &progress.checkpoint {
+            Some(note) => {
+                let checkpoint = self.verified(note)?;
+                if verified_before.is_some_and(|size| checkpoint.size < size) {
+                    return Err(Inconsistent("a log smaller than the line before read"));
+                }
+                let tree = TreeBuilder::from_peaks(checkpoint.size, peaks)
+                    .ok_or(Inconsistent("the tree is not of the checkpoint's size"))?;
+                TiledLog::resume(checkpoint, tree)
+                    .ok_or(Inconsistent("the tree does not give the checkpoint's root"))?
+            }
+            None if verified_before.is_some() => {
+                return Err(Inconsistent("no checkpoint after a line that had one"));
+            }
+            None if peaks.is_empty() => TiledLog::new(),
+            None => return Err(Inconsistent("a tree without a checkpoint")),
+        };
+        self.note = progress.checkpoint;
+        self.pin = None;
+        if let Some(pin) = progress.pin {
+            if self.note.is_some() {
+                return Err(Inconsistent("a pin beside a checkpoint read through"));
+            }
+            self.pin_to(pin)?;
+        }
+        if progress.journal_position < self.journal_position {
+            return Err(Inconsistent(
+                "a journal read less far than the line before read",
+            ));
+        }
+        self.journal_position = progress.journal_position;
+        self.journal_root = decode_hashes(&[progress.journal_root])
+            .and_then(|hashes| hashes.first().copied())
+            .ok_or(Inconsistent("the journal's root is not 32 bytes"))?;
+        if self.journal_position == 0 && self.journal_root != EMPTY_ROOT {
+            return Err(Inconsistent("the journal's root is not its position's"));
+        }
+        self.missing_approvals = progress
             .missing_approvals
             .into_iter()
             .map(|missing| (missing.attestation, missing.consent))
             .collect();
-        self.repeat_report(state.reported, Some(self.journal_position))?;
-        Ok(self)
+        self.repeat_report(progress.reported, Some(self.journal_position))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+    use crate::checkpoint::NoteVerifier;
+    use crate::cosignature::WitnessPolicy;
+
+    fn monitor(recorded: usize) -> LogMonitor {
+        let key = NoteVerifier::from_public_key("log.example", &[7; 32]).unwrap();
+        let mut monitor =
+            LogMonitor::accepting_weak_policy("log.example", key, WitnessPolicy::none());
+        monitor.recorded = Some(Recorded {
+            items: recorded,
+            ..Recorded::default()
+        });
+        monitor
+    }
+
+    /// A monitor saved to a file once and then only in bytes stops recording once its record
+    /// holds more changes than the monitor holds items (and the slack): memory follows what it
+    /// holds. Its next save to the file then writes the whole state.
+    #[test]
+    fn a_recording_past_what_the_monitor_holds_is_dropped() {
+        let now = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);
+        let mut within = monitor(RECORDED_SLACK);
+        within.forget_the_expired(now);
+        assert!(within.recorded.is_some());
+        let mut past = monitor(RECORDED_SLACK + 1);
+        past.forget_the_expired(now);
+        assert!(past.recorded.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("monitor.state");
+        past.save_to(&path).unwrap();
+        past.forget_the_expired(now);
+        past.recorded = None;
+        past.save_to(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), past.save(), "written whole");
+        past.forget_the_expired(now);
+        past.save_to(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap().split(|b| *b == b'\n').count(),
+            2,
+            "then appended to"
+        );
     }
 }
