@@ -191,6 +191,9 @@ pub(super) struct Recorded {
     passes: Vec<PassChanges>,
     /// The pass under way.
     current: PassChanges,
+    /// Where each access the pass under way made pending is in its list: one judged in the
+    /// same pass (most are: logged by then) is taken out of it instead of recorded twice.
+    pending_at: HashMap<String, usize>,
     items: usize,
 }
 
@@ -200,6 +203,7 @@ impl Recorded {
         if !self.current.is_empty() {
             self.passes.push(std::mem::take(&mut self.current));
         }
+        self.pending_at.clear();
     }
 
     /// The pass under way, counting one more change.
@@ -238,6 +242,8 @@ impl Recorded {
             served_at: access.served_at,
         });
         pass.pending.push(Pending::from(access));
+        let at = pass.pending.len() - 1;
+        self.pending_at.insert(access.token_id.clone(), at);
     }
 
     pub(super) fn issued(&mut self, token_id: &str, terms: &TokenTerms, read_at: OffsetDateTime) {
@@ -265,7 +271,17 @@ impl Recorded {
 
     /// A pending access judged: logged, or reported missing.
     pub(super) fn judged(&mut self, token_id: String) {
-        self.pass().judged.push(token_id);
+        let Some(at) = self.pending_at.remove(&token_id) else {
+            self.pass().judged.push(token_id);
+            return;
+        };
+        let pending = &mut self.current.pending;
+        if at < pending.len() {
+            pending.swap_remove(at);
+            if let Some(moved) = pending.get(at) {
+                self.pending_at.insert(moved.token_id.clone(), at);
+            }
+        }
     }
 
     /// The pass forgot what was read or served before `cut` (not counted: a pass does once).
