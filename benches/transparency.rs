@@ -279,6 +279,22 @@ fn monitoring(c: &mut Criterion) {
             })
         },
     );
+    // The file as those saves left it (the whole state, and the records after it), restored.
+    let bytes = std::fs::metadata(&appended).unwrap().len();
+    let records = std::fs::read(&appended)
+        .unwrap()
+        .iter()
+        .filter(|byte| **byte == b'\n')
+        .count();
+    eprintln!("monitor: restoring a file of {bytes} bytes, {records} records after the state");
+    group.throughput(criterion::Throughput::Bytes(bytes));
+    group.bench_function("restore_from_the_file_appended_to", |b| {
+        b.iter_with_large_drop(|| made().restore_from(black_box(&appended)).unwrap())
+    });
+    let file_bytes = std::fs::read(&appended).unwrap();
+    group.bench_function("restore_the_file_appended_to_bytes", |b| {
+        b.iter_with_large_drop(|| made().restore(black_box(&file_bytes)).unwrap())
+    });
     group.finish();
 }
 

@@ -1709,7 +1709,9 @@ fn a_state_file_appended_to_restores_what_the_running_monitor_holds() {
 
 /// A record of two passes keeps each pass's forgetting in its order: a pass forgets the token
 /// read at the first (its time is past), and the next, given an earlier time (a clock set
-/// back), forgets less. Replayed as one, the second's forgetting alone would keep the token.
+/// back), forgets less and reads a new token, older than what the pass before forgot. Replayed
+/// with the second's forgetting alone, the first token would be kept; with the first's applied
+/// to the second's additions, the new one would be lost.
 #[test]
 fn a_record_of_several_passes_forgets_in_their_order() {
     let (platform, bank, _witness_dir, witness, consent) = world();
@@ -1732,9 +1734,12 @@ fn a_record_of_several_passes_forgets_in_their_order() {
         0,
         "forgotten: read longer ago than a token lives"
     );
+    serve(&platform.kit, &bank, &consent);
+    platform.publish(&witness);
     running
         .check(&bank.bank, &source, read_at + time::Duration::minutes(5))
         .unwrap();
+    assert_eq!(issued(&running), 1, "the new token is kept");
     running.save_to(&file).unwrap();
     assert_eq!(lines(&file).len(), 2, "one record, of both passes");
     assert_restores_to(&platform, &witness, &file, &running);

@@ -146,12 +146,21 @@ struct ChangesRecord<P> {
     progress: Progress,
 }
 
-/// What a record of changes is first read for: the line it follows (the rest is skipped).
+/// What a record of changes is first read for: the line it follows, and when each of its
+/// passes forgot (the rest is skipped).
 #[derive(Deserialize)]
 struct Link {
     format: String,
     origin: String,
     after: String,
+    passes: Vec<Forgot>,
+}
+
+/// When a pass forgot.
+#[derive(Deserialize)]
+struct Forgot {
+    #[serde(with = "time::serde::timestamp::nanoseconds::option")]
+    forgot_before: Option<OffsetDateTime>,
 }
 
 /// What one pass changed, in the order it changed it: added (attestations signed, ids served,
@@ -314,6 +323,8 @@ struct Records<'a> {
     len: u64,
     /// The SHA-256 of the last.
     last: [u8; 32],
+    /// When each of their passes forgot, in order.
+    forgot: Vec<Option<OffsetDateTime>>,
 }
 
 fn attested(attestation: &str, consent: &ConsentId, digest: &Option<String>) -> Attested {
@@ -360,6 +371,7 @@ fn records<'a>(saved: &'a [u8], origin: &str) -> Result<Records<'a>, SavedStateE
     }
     let mut before = base;
     let mut len = base.len() as u64;
+    let mut forgot = Vec::new();
     for (index, line) in changes.iter().enumerate() {
         let link: Link =
             serde_json::from_slice(line).map_err(|error| malformed(index + 2, &error))?;
@@ -374,6 +386,7 @@ fn records<'a>(saved: &'a [u8], origin: &str) -> Result<Records<'a>, SavedStateE
                 "a record of changes that does not follow the line before it",
             ));
         }
+        forgot.extend(link.passes.into_iter().map(|pass| pass.forgot_before));
         before = line;
         len += 1 + line.len() as u64;
     }
@@ -382,6 +395,7 @@ fn records<'a>(saved: &'a [u8], origin: &str) -> Result<Records<'a>, SavedStateE
         changes,
         len,
         last: sha256(before),
+        forgot,
     })
 }
 
@@ -792,17 +806,41 @@ impl LogMonitor {
 
     /// This monitor made anew with the whole state of `saved`'s first line and the records of
     /// changes after it, each applied in turn; with the lines read.
+    ///
+    /// What the passes forgot is applied once, not pass by pass (each a walk over every token
+    /// held): what a pass added is kept only if it is no older than the latest time that pass
+    /// or any after it forgot before, and what the whole state held, than the latest of all.
     fn restored_from_lines(self, saved: &[u8]) -> Result<(Self, Records<'_>), SavedStateError> {
         let read = records(saved, &self.origin)?;
         let state: State = self.parse(read.base, |state: &State| (&state.format, &state.origin))?;
         let mut monitor = self.anew().restored(state)?;
+        // The latest time each pass, or one after it, forgot before.
+        let mut keep_from = read.forgot.clone();
+        let mut latest = None;
+        for forgot in keep_from.iter_mut().rev() {
+            latest = latest.max(*forgot);
+            *forgot = latest;
+        }
+        if let Some(cut) = latest {
+            monitor.forget_before(cut);
+        }
+        let mut keep_from = keep_from.into_iter();
         for (index, line) in read.changes.iter().enumerate() {
             let record: ChangesRecord<Vec<PassChanges>> =
                 serde_json::from_slice(line).map_err(|error| malformed(index + 2, &error))?;
             for pass in record.passes {
-                monitor.replay(pass)?;
+                monitor.replay(pass, keep_from.next().flatten())?;
             }
             monitor.stand_at(record.progress)?;
+        }
+        if monitor
+            .pending
+            .keys()
+            .any(|token_id| !monitor.served.contains_key(token_id))
+        {
+            return Err(SavedStateError::Inconsistent(
+                "a pending access whose token was not served",
+            ));
         }
         Ok((monitor, read))
     }
@@ -918,16 +956,19 @@ impl LogMonitor {
             missing_approvals,
             reported,
         } = state;
-        self.replay(PassChanges {
-            signed,
-            served,
-            pending,
-            issued,
-            approvals,
-            consents,
-            judged: Vec::new(),
-            forgot_before: None,
-        })?;
+        self.replay(
+            PassChanges {
+                signed,
+                served,
+                pending,
+                issued,
+                approvals,
+                consents,
+                judged: Vec::new(),
+                forgot_before: None,
+            },
+            None,
+        )?;
         self.stand_at(Progress {
             checkpoint,
             pin,
@@ -941,8 +982,15 @@ impl LogMonitor {
     }
 
     /// Applies what a pass changed (or a whole state's tables, as added to nothing), each
-    /// change checked against what the monitor holds and keeps.
-    fn replay(&mut self, pass: PassChanges) -> Result<(), SavedStateError> {
+    /// change checked against what the monitor holds and keeps, but for what it forgot: ids
+    /// served and tokens read before `keep_from` (what this pass or a later one forgot) are
+    /// left out.
+    fn replay(
+        &mut self,
+        pass: PassChanges,
+        keep_from: Option<OffsetDateTime>,
+    ) -> Result<(), SavedStateError> {
+        let kept_at = |at: OffsetDateTime| keep_from.is_none_or(|cut| at >= cut);
         use SavedStateError::Inconsistent;
         for signed in pass.signed {
             let value = (signed.consent, signed.digest);
@@ -953,7 +1001,7 @@ impl LogMonitor {
                 "an attestation signed twice",
             )?;
         }
-        for served in pass.served {
+        for served in pass.served.into_iter().filter(|s| kept_at(s.served_at)) {
             let value = (served.token_digest, served.served_at);
             insert_once(
                 &mut self.served,
@@ -963,7 +1011,9 @@ impl LogMonitor {
             )?;
         }
         for pending in pass.pending {
-            if !self.served.contains_key(&pending.token_id) {
+            // One whose id a later pass forgot was judged before that pass (checked once all
+            // are applied).
+            if !self.served.contains_key(&pending.token_id) && kept_at(pending.served_at) {
                 return Err(Inconsistent("a pending access whose token was not served"));
             }
             let token_id = pending.token_id.clone();
@@ -978,10 +1028,12 @@ impl LogMonitor {
             if !kept(&issued.token_id) || !issued.terms.token_digest.as_deref().is_none_or(kept) {
                 return Err(Inconsistent("a token id or digest longer than is kept"));
             }
-            self.issued
-                .entry(issued.token_id)
-                .or_default()
-                .push((issued.terms.into(), issued.read_at));
+            if kept_at(issued.read_at) {
+                self.issued
+                    .entry(issued.token_id)
+                    .or_default()
+                    .push((issued.terms.into(), issued.read_at));
+            }
         }
         for approval in pass.approvals {
             let logged = self.approvals.entry(approval.attestation).or_default();
@@ -1002,9 +1054,6 @@ impl LogMonitor {
             if self.pending.remove(&token_id).is_none() {
                 return Err(Inconsistent("an access judged that was not pending"));
             }
-        }
-        if let Some(cut) = pass.forgot_before {
-            self.forget_before(cut);
         }
         Ok(())
     }
