@@ -80,6 +80,84 @@ fn publishers_at_once_never_leave_the_smaller_checkpoint() {
     }
 }
 
+/// A log whose first `audit_len` tells `entered` and waits for `release`: a publisher paused
+/// inside its publish, after it has taken the lock and read the checkpoint on disk.
+struct Paused<'a> {
+    inner: &'a MemoryStore,
+    entered: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl LogRead for Paused<'_> {
+    fn audit_len(&self) -> Result<u64, StoreError> {
+        if let Some(entered) = self.entered.lock().unwrap().take() {
+            entered.send(()).unwrap();
+            self.release.lock().unwrap().recv().unwrap();
+        }
+        self.inner.audit_len()
+    }
+
+    fn audit_bytes(&self, range: std::ops::Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
+        self.inner.audit_bytes(range)
+    }
+
+    fn merkle_node(&self, level: u32, index: u64) -> Result<Option<merkle::Hash>, StoreError> {
+        self.inner.merkle_node(level, index)
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.inner.latest_checkpoint()
+    }
+}
+
+/// The interleaving the lock is for, forced: the smaller publisher is paused inside its publish
+/// (the checkpoint on disk read, nothing written) while the larger one starts. The larger must
+/// not finish before the smaller lets go; without the lock it does, and the smaller then writes
+/// its checkpoint over the larger's.
+#[test]
+fn a_publisher_waits_for_one_paused_inside_its_publish() {
+    let store = MemoryStore::new();
+    let small = log_of(&store, 1_000);
+    let large = log_of(&store, 2_000);
+    let dir = tempfile::tempdir().unwrap();
+    let (entered, inside) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel();
+    let paused = Paused {
+        inner: &store,
+        entered: std::sync::Mutex::new(Some(entered)),
+        release: std::sync::Mutex::new(released),
+    };
+    let (first, second, finished_while_paused) = std::thread::scope(|s| {
+        let one = s.spawn(|| publish(&paused, dir.path(), &small));
+        inside.recv().unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let (store, path, large) = (&store, dir.path(), &large);
+        let two = s.spawn(move || {
+            let published = publish(store, path, large);
+            done.send(()).unwrap();
+            published
+        });
+        // Long enough for the larger publish to finish many times over when nothing stops it.
+        let finished_while_paused = finished
+            .recv_timeout(std::time::Duration::from_secs(2))
+            .is_ok();
+        release.send(()).unwrap();
+        (
+            one.join().unwrap(),
+            two.join().unwrap(),
+            finished_while_paused,
+        )
+    });
+    assert!(
+        !finished_while_paused,
+        "the larger publisher finished while the smaller held the directory"
+    );
+    assert!(first.is_ok(), "{first:?}");
+    assert!(second.is_ok(), "{second:?}");
+    let report = verify_tiles(&DirTiles::new(dir.path()), &verifier(), Some(ORIGIN)).unwrap();
+    assert_eq!(report.checkpoint.size, 2_000);
+}
+
 #[test]
 fn a_published_log_verifies_from_its_files_alone_and_grows_incrementally() {
     let store = MemoryStore::new();
