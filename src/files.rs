@@ -77,30 +77,58 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(parent_of(path))
 }
 
-/// Appends `bytes` to the file at `path` and flushes it, if that file is still the one
-/// expected: its `identity` ([`identity`]) and `len`. Returns whether it appended; `false`, with
-/// nothing written, for no file there or another (put in its place, or of another length).
+/// Appends `bytes` to the file at `path` and flushes it, if `expected` (given the file, opened
+/// for reading too) finds it still the one expected. Returns whether it appended; `false`, with
+/// nothing written, for no file there or another.
 ///
 /// # Errors
-/// The file system's: the file may then hold part of `bytes`.
+/// The file system's, and `expected`'s: the file may then hold part of `bytes`.
 pub(crate) fn append_durably(
     path: &Path,
     bytes: &[u8],
-    expected: Option<(u64, u64)>,
-    len: u64,
+    expected: impl FnOnce(&mut std::fs::File) -> std::io::Result<bool>,
 ) -> std::io::Result<bool> {
-    let mut file = match std::fs::OpenOptions::new().append(true).open(path) {
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)
+    {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(error) => return Err(error),
     };
-    let found = file.metadata()?;
-    if found.len() != len || identity(&found) != expected {
+    if !expected(&mut file)? {
         return Ok(false);
     }
     file.write_all(bytes)?;
     file.sync_data()?;
     Ok(true)
+}
+
+/// The SHA-256 of `file`'s `len` bytes from `start`, read a stretch at a time.
+///
+/// # Errors
+/// The file system's; `UnexpectedEof` when the file ends before.
+pub(crate) fn sha256_of(
+    file: &mut std::fs::File,
+    start: u64,
+    len: u64,
+) -> std::io::Result<[u8; 32]> {
+    use std::io::{Read as _, Seek as _};
+    file.seek(std::io::SeekFrom::Start(start))?;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut stretch = vec![0u8; 1 << 16];
+    let mut left = len;
+    while left > 0 {
+        let take = usize::try_from(left.min(stretch.len() as u64)).unwrap_or(stretch.len());
+        let part = stretch.get_mut(..take).unwrap_or_default();
+        file.read_exact(part)?;
+        context.update(part);
+        left -= take as u64;
+    }
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(context.finish().as_ref());
+    Ok(hash)
 }
 
 /// A file's identity: its device and inode on Unix (what a file put in another's place does

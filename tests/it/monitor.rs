@@ -1504,7 +1504,8 @@ fn a_state_saved_to_a_file_is_replaced_whole_or_not_at_all() {
         names.sort();
         names
     };
-    assert_eq!(names(dir.path()), ["monitor.json"]);
+    // Beside it, the lock that keeps a second monitor from saving to it.
+    assert_eq!(names(dir.path()), ["monitor.json", "monitor.json.lock"]);
     let mut restored = platform
         .monitor(&witness)
         .restore(&std::fs::read(&file).unwrap())
@@ -1519,13 +1520,21 @@ fn a_state_saved_to_a_file_is_replaced_whole_or_not_at_all() {
     let blocked = dir.path().join("monitor.json").join("state.json");
     assert!(monitor.save_to(&blocked).is_err());
     assert_eq!(std::fs::read(&file).unwrap(), monitor.save());
-    assert_eq!(names(dir.path()), ["monitor.json"]);
+    assert_eq!(names(dir.path()), ["monitor.json", "monitor.json.lock"]);
     // A directory where the state should be: written beside it, the rename fails, and the
     // written copy is removed.
     let occupied = dir.path().join("occupied");
     std::fs::create_dir(&occupied).unwrap();
     assert!(monitor.save_to(&occupied).is_err());
-    assert_eq!(names(dir.path()), ["monitor.json", "occupied"]);
+    assert_eq!(
+        names(dir.path()),
+        [
+            "monitor.json",
+            "monitor.json.lock",
+            "occupied",
+            "occupied.lock"
+        ]
+    );
 }
 
 /// A tile source that runs `then` once, when the checkpoint is first read (what happens beside
@@ -1617,6 +1626,15 @@ fn lines(file: &Path) -> Vec<Vec<u8>> {
         .split(|byte| *byte == b'\n')
         .map(<[u8]>::to_vec)
         .collect()
+}
+
+/// `file` holds `monitor`'s whole state alone: the last save wrote it whole.
+fn assert_written_whole(file: &Path, monitor: &LogMonitor) {
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        monitor.save(),
+        "written whole"
+    );
 }
 
 /// `running`'s state, restored from `file` by `restore_from` and by `restore` of its bytes,
@@ -1815,7 +1833,28 @@ fn a_save_cut_short_restores_the_one_before_and_damage_is_refused() {
             "cut at {cut}, zeros after"
         );
     }
-    // Restored from a file cut short, the next save writes the whole state.
+    // A power loss can leave a block of the append as zeros, its newline too, with the rest of
+    // it written: the part after the first zero byte of the last line is left out.
+    let newline = bytes_before.len();
+    for (from, to) in [(newline, newline + 40), (newline + 100, newline + 140)] {
+        let mut holed = whole.clone();
+        holed[from..to].fill(0);
+        assert_eq!(
+            restore_bytes(&holed),
+            Ok(before.clone()),
+            "zeros at {from}..{to}"
+        );
+    }
+    // Zeros in a line before the last are damage, refused.
+    let mut holed = whole.clone();
+    holed[newline - 40..newline - 20].fill(0);
+    assert!(matches!(
+        restore_bytes(&holed),
+        Err(MonitorError::Saved(SavedStateError::Malformed { .. }))
+    ));
+    // Restored from a file cut short (the monitor that wrote it gone), the next save writes the
+    // whole state.
+    drop(running);
     std::fs::write(&file, &whole[..whole.len() - 10]).unwrap();
     let mut restored = platform.monitor(&witness).restore_from(&file).unwrap();
     let source = DirTiles::new(platform.dir.path());
@@ -1915,11 +1954,7 @@ fn a_file_put_in_place_of_the_monitors_is_written_whole() {
     // The older copy written over it (the same file, shorter).
     std::fs::write(&file, &older).unwrap();
     pass_and_save(&mut running);
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        running.save(),
-        "written whole"
-    );
+    assert_written_whole(&file, &running);
     pass_and_save(&mut running);
     assert_eq!(lines(&file).len(), 2, "then appended to");
     assert_restores_to(&platform, &witness, &file, &running);
@@ -1930,11 +1965,7 @@ fn a_file_put_in_place_of_the_monitors_is_written_whole() {
         std::fs::copy(&file, &copy).unwrap();
         std::fs::rename(&copy, &file).unwrap();
         pass_and_save(&mut running);
-        assert_eq!(
-            std::fs::read(&file).unwrap(),
-            running.save(),
-            "written whole"
-        );
+        assert_written_whole(&file, &running);
     }
     // Saved to another path, then back: each written whole first.
     let elsewhere = dir.path().join("elsewhere.state");
@@ -1942,11 +1973,7 @@ fn a_file_put_in_place_of_the_monitors_is_written_whole() {
     running.save_to(&elsewhere).unwrap();
     assert_eq!(std::fs::read(&elsewhere).unwrap(), running.save());
     pass_and_save(&mut running);
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        running.save(),
-        "written whole"
-    );
+    assert_written_whole(&file, &running);
     assert_restores_to(&platform, &witness, &file, &running);
 }
 
@@ -1987,4 +2014,189 @@ fn a_state_file_is_written_whole_again_once_its_records_outgrow_it() {
         "the records grew past 1 MiB ({longest} bytes) before the whole state was written again, after {appended} records"
     );
     assert_restores_to(&platform, &witness, &file, &running);
+}
+
+/// `restore_from` reads only a regular file (not a device or a directory given by mistake), and
+/// stops at the first line that is not a record (a file of empty lines is not split whole
+/// first).
+#[test]
+fn restore_from_refuses_what_is_not_a_state_file() {
+    let (platform, _bank, _witness_dir, witness, _consent) = world();
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |path: &Path| platform.monitor(&witness).restore_from(path).map(drop);
+    let invalid = Err(MonitorError::Saved(SavedStateError::Unreadable(
+        std::io::ErrorKind::InvalidInput,
+    )));
+    assert_eq!(refused(dir.path()), invalid);
+    #[cfg(unix)]
+    assert_eq!(refused(Path::new("/dev/null")), invalid);
+    let monitor = platform.monitor(&witness);
+    let mut empty_lines = monitor.save();
+    empty_lines.resize(empty_lines.len() + (1 << 20), b'\n');
+    let file = dir.path().join("monitor.state");
+    std::fs::write(&file, &empty_lines).unwrap();
+    assert!(matches!(
+        refused(&file),
+        Err(MonitorError::Saved(SavedStateError::Malformed {
+            line: 2,
+            ..
+        }))
+    ));
+}
+
+/// A file written over in place with other contents of the same length (an older copy, of
+/// another save) is not appended to: the last line read back does not match, and the save
+/// writes the whole state.
+#[test]
+fn a_file_written_over_with_the_same_length_is_written_whole() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("monitor.state");
+    let (mut running, _, _) =
+        saved_twice_after_the_whole(&platform, &bank, &witness, &consent, &file);
+    let mut other = std::fs::read(&file).unwrap();
+    // One character of the last record's journal root changed: the same length, in place.
+    let text = String::from_utf8(other.clone()).unwrap();
+    let at = text.rfind("\"journal_root\":\"").unwrap() + "\"journal_root\":\"".len();
+    other[at] = if other[at] == b'A' { b'B' } else { b'A' };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &other))
+        .unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), other);
+    serve(&platform.kit, &bank, &consent);
+    platform.publish(&witness);
+    running
+        .check(
+            &bank.bank,
+            &DirTiles::new(platform.dir.path()),
+            platform.kit.broker.now(),
+        )
+        .unwrap();
+    running.save_to(&file).unwrap();
+    assert_written_whole(&file, &running);
+    assert_restores_to(&platform, &witness, &file, &running);
+}
+
+/// One monitor saves to a file at a time: a second one (restored from the file while the first
+/// runs) is refused a save, typed, and the file is left as the first wrote it; once the first
+/// is gone, the second saves (whole: the file has moved on since it read it).
+#[test]
+fn a_second_monitor_is_refused_a_save_to_the_same_file() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("monitor.state");
+    let (mut first, _, _) =
+        saved_twice_after_the_whole(&platform, &bank, &witness, &consent, &file);
+    let mut second = platform.monitor(&witness).restore_from(&file).unwrap();
+    let written = std::fs::read(&file).unwrap();
+    let refused = second.save_to(&file).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::TimedOut);
+    assert_eq!(std::fs::read(&file).unwrap(), written);
+    let source = DirTiles::new(platform.dir.path());
+    let now = platform.kit.broker.now();
+    first.check(&bank.bank, &source, now).unwrap();
+    first.save_to(&file).unwrap();
+    assert_restores_to(&platform, &witness, &file, &first);
+    drop(first);
+    second.check(&bank.bank, &source, now).unwrap();
+    second.save_to(&file).unwrap();
+    assert_written_whole(&file, &second);
+}
+
+/// A tile source that has the checkpoint and none of the tiles: a pass then fails after it has
+/// read the bank's journal again (and kept the attestations signed meanwhile).
+struct CheckpointOnly<T>(T);
+
+impl<T: consent_broker::tiles::TileSource> consent_broker::tiles::TileSource for CheckpointOnly<T> {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, TileError> {
+        if path == "checkpoint" {
+            self.0.read(path)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Random runs of passes and saves, each checked against the running monitor: whatever the
+/// passes did (served tokens, a shadow broker's, another customer's consent, a log published or
+/// not, a pass whose tiles cannot be read, a clock moved either way) and however it was saved
+/// (to the file, to another, not at all, the monitor restored from the file and carried on
+/// with), the file restores to exactly what the running monitor holds after each save.
+#[test]
+fn random_passes_and_saves_restore_what_the_running_monitor_holds() {
+    for seed in 1..=6u64 {
+        let (platform, bank, _witness_dir, witness, consent) = world();
+        let kit = &platform.kit;
+        let (mut running, _) = watched(&platform, &bank, &witness, &consent);
+        // The platform's next consent ids past the shadow broker's (the kit's ids count up).
+        for _ in 0..8 {
+            kit.request();
+        }
+        let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(100 + seed));
+        let source = DirTiles::new(platform.dir.path());
+        let dir = tempfile::tempdir().unwrap();
+        let (file, other) = (dir.path().join("monitor.state"), dir.path().join("other"));
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut roll = |sides: u64| {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % sides
+        };
+        let mut clock_shift = time::Duration::ZERO;
+        let mut appended = 0;
+        for round in 0..30 {
+            for _ in 0..roll(3) {
+                serve(kit, &bank, &consent);
+            }
+            if roll(5) == 0 {
+                shadow.clock.set(kit.broker.now());
+                serve(&shadow, &bank, &shadow_consent);
+            }
+            if roll(6) == 0 {
+                let another = bank.granted(kit);
+                serve(kit, &bank, &another);
+            }
+            if roll(3) != 0 {
+                platform.publish(&witness);
+            }
+            kit.clock
+                .advance(time::Duration::minutes(i64::try_from(roll(12)).unwrap()));
+            if roll(6) == 0 {
+                clock_shift = time::Duration::minutes(i64::try_from(roll(61)).unwrap() - 30);
+            }
+            let now = kit.broker.now() + clock_shift;
+            if roll(7) == 0 {
+                // A log error when there is something new to read.
+                running
+                    .check(
+                        &bank.bank,
+                        &CheckpointOnly(DirTiles::new(platform.dir.path())),
+                        now,
+                    )
+                    .unwrap();
+            } else {
+                running.check(&bank.bank, &source, now).unwrap();
+            }
+            match roll(8) {
+                0 => running.save_to(&other).unwrap(),
+                1 | 2 => {}
+                _ => {
+                    running.save_to(&file).unwrap();
+                    assert_restores_to(&platform, &witness, &file, &running);
+                    appended += usize::from(lines(&file).len() > 1);
+                    if roll(6) == 0 {
+                        let held = running.save();
+                        drop(running);
+                        running = platform.monitor(&witness).restore_from(&file).unwrap();
+                        assert_eq!(running.save(), held, "seed {seed} round {round}");
+                    }
+                }
+            }
+        }
+        assert!(appended > 3, "seed {seed}: records appended to the file");
+    }
 }

@@ -23,8 +23,9 @@
 //! order: what it forgot depends on when), and where the monitor then stood (the checkpoint, the
 //! tree, the journal's position and root, the approvals missing, the report), each checked on
 //! restoring as the whole state's are. A last line cut short (a save that never returned: a
-//! crash while it appended) is left out; any other line that is not a record following the one
-//! before it is refused.
+//! crash while it appended), and whatever follows a zero byte in the last line (what a power
+//! loss may leave of an append), are left out; any other line that is not a record following
+//! the one before it is refused.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -89,7 +90,8 @@ pub enum SavedStateError {
     #[error("its parts do not agree: {0}")]
     Inconsistent(&'static str),
     /// The file could not be read ([`LogMonitor::restore_from`]): `NotFound` when there is none
-    /// (a bank that never saved one makes its monitor anew).
+    /// (a bank that never saved one makes its monitor anew), `InvalidInput` when it is not a
+    /// regular file.
     #[error("the saved state's file could not be read: {0}")]
     Unreadable(std::io::ErrorKind),
 }
@@ -307,10 +309,47 @@ pub(super) struct StateFile {
     identity: Option<(u64, u64)>,
     /// Its length.
     len: u64,
-    /// The SHA-256 of its last line.
+    /// The SHA-256 of its last line, and that line's length: read back before each append, so
+    /// that a file written over in place (an older copy of the same length) is not appended to.
     last: [u8; 32],
+    last_len: u64,
     /// The length of its first line, the whole state.
     base_len: u64,
+    /// The lock on the file beside it ([`lock_path`]), held once this monitor has written to
+    /// the file: one monitor saves to a file at a time.
+    lock: Option<std::fs::File>,
+}
+
+/// The lock file beside a state's file: its name and `.lock`.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// The lock on `path`'s lock file, taken at once or not at all.
+///
+/// # Errors
+/// [`std::io::ErrorKind::TimedOut`] when another monitor (in this process or another) holds
+/// it; the file system's.
+fn lock_state(path: &Path) -> std::io::Result<std::fs::File> {
+    crate::files::lock_file(&lock_path(path), std::time::Duration::ZERO)
+}
+
+impl StateFile {
+    /// Whether `file`, opened at this one's path, is still it: the same file (on Unix), the same
+    /// length, and its last line the one written or read last.
+    fn is(&self, file: &mut std::fs::File) -> std::io::Result<bool> {
+        let found = file.metadata()?;
+        if !found.is_file()
+            || found.len() != self.len
+            || crate::files::identity(&found) != self.identity
+        {
+            return Ok(false);
+        }
+        let last = crate::files::sha256_of(file, self.len - self.last_len, self.last_len)?;
+        Ok(last == self.last)
+    }
 }
 
 /// A saved state's lines, as [`records`] found them.
@@ -321,8 +360,9 @@ struct Records<'a> {
     changes: Vec<&'a [u8]>,
     /// How many bytes they take, from the start (a last line cut short left out).
     len: u64,
-    /// The SHA-256 of the last.
+    /// The SHA-256 of the last, and its length.
     last: [u8; 32],
+    last_len: u64,
     /// When each of their passes forgot, in order.
     forgot: Vec<Option<OffsetDateTime>>,
 }
@@ -350,31 +390,32 @@ fn malformed(line: usize, error: &serde_json::Error) -> SavedStateError {
 }
 
 /// Splits `saved` into the whole state and the records of changes after it, each checked to
-/// follow the line before it (its format, `origin` and the hash of that line). A last line cut
-/// short (JSON that ends early) is left out, as are zero bytes at the end (what a power loss
-/// may leave of an append).
+/// follow the line before it (its format, `origin` and the hash of that line), each as it is
+/// read. A last line cut short (JSON that ends early) is left out, and so is what follows a
+/// zero byte in the last line (what a power loss may leave of an append).
 fn records<'a>(saved: &'a [u8], origin: &str) -> Result<Records<'a>, SavedStateError> {
-    // Zero bytes at the end are none of a line's (each ends with `}`).
+    // No line holds a zero byte (JSON escapes it). A zero byte with no newline after it is the
+    // last append's, written in part (a power loss can leave a block of it, its newline too,
+    // as zeros): the file is read up to it.
     let written = saved
         .iter()
-        .rposition(|byte| *byte != 0)
-        .and_then(|end| saved.get(..=end))
-        .unwrap_or_default();
-    let mut lines = written.split(|byte| *byte == b'\n');
+        .position(|byte| *byte == 0)
+        .filter(|zero| !saved.get(*zero..).unwrap_or_default().contains(&b'\n'))
+        .and_then(|zero| saved.get(..zero))
+        .unwrap_or(saved);
+    let mut lines = written.split(|byte| *byte == b'\n').peekable();
     let base = lines.next().unwrap_or_default();
-    let mut changes: Vec<&[u8]> = lines.collect();
-    if changes
-        .last()
-        .is_some_and(|last| serde_json::from_slice::<Link>(last).is_err_and(|error| error.is_eof()))
-    {
-        changes.pop();
-    }
     let mut before = base;
     let mut len = base.len() as u64;
+    let mut changes = Vec::new();
     let mut forgot = Vec::new();
-    for (index, line) in changes.iter().enumerate() {
-        let link: Link =
-            serde_json::from_slice(line).map_err(|error| malformed(index + 2, &error))?;
+    while let Some(line) = lines.next() {
+        let link: Link = match serde_json::from_slice(line) {
+            Ok(link) => link,
+            // A last line cut short: the append of a save that never returned.
+            Err(error) if error.is_eof() && lines.peek().is_none() => break,
+            Err(error) => return Err(malformed(changes.len() + 2, &error)),
+        };
         if link.format != CHANGES_FORMAT {
             return Err(SavedStateError::Format);
         }
@@ -387,6 +428,7 @@ fn records<'a>(saved: &'a [u8], origin: &str) -> Result<Records<'a>, SavedStateE
             ));
         }
         forgot.extend(link.passes.into_iter().map(|pass| pass.forgot_before));
+        changes.push(line);
         before = line;
         len += 1 + line.len() as u64;
     }
@@ -395,6 +437,7 @@ fn records<'a>(saved: &'a [u8], origin: &str) -> Result<Records<'a>, SavedStateE
         changes,
         len,
         last: sha256(before),
+        last_len: before.len() as u64,
         forgot,
     })
 }
@@ -666,16 +709,26 @@ impl LogMonitor {
     /// (added, judged, forgot) and where the monitor now stands, and flushes it: a pass's
     /// save costs what the pass read, not every token the monitor holds. When the records
     /// outgrow the whole state (and 1 MiB), or the file at `path` is no longer the one this
-    /// monitor wrote (another file put there, or of another length), the whole state is
-    /// written again. One monitor saves to a file: two would each find the other's file and
-    /// write theirs whole.
+    /// monitor wrote or read (another file put there, or of another length, or whose last line,
+    /// read back before each append, is not the one written: an older copy written over it),
+    /// the whole state is written again.
     ///
-    /// A save cut short by a crash (its record written in part) leaves the file with the state
-    /// of the save before it: [`LogMonitor::restore_from`] leaves the part out.
+    /// One monitor saves to a file at a time: the first save takes a lock on a file beside it
+    /// (its name and `.lock`, readable by its owner alone), held until the monitor is dropped,
+    /// and a second monitor's save to the same file, in this process or another, is refused
+    /// while the first holds it. Restoring takes no lock (a copy restored to look at it runs
+    /// beside the monitor); its first save does.
+    ///
+    /// A save cut short by a crash or a power loss (its record written in part, or partly as
+    /// zeros) leaves the file with the state of the save before it:
+    /// [`LogMonitor::restore_from`] leaves the part out. A last record damaged by the disk so
+    /// that it ends early is taken the same way (the save before it is restored).
     ///
     /// # Errors
-    /// The file system's. The last state saved is then still in the file (a record appended in
-    /// part is left out on restoring), and the next save writes the whole state.
+    /// The file system's; [`std::io::ErrorKind::TimedOut`] when another monitor holds the
+    /// file's lock. The next save then writes the whole state. The file holds the last state
+    /// saved, or this one when the failure came after it was written (its flush failed, or the
+    /// file could not be looked at after the rename).
     pub fn save_to(&mut self, path: &Path) -> std::io::Result<()> {
         if let Some(record) = self.changes_for(path) {
             let Some(file) = self.file.as_mut() else {
@@ -684,10 +737,14 @@ impl LogMonitor {
             let mut line = Vec::with_capacity(record.len() + 1);
             line.push(b'\n');
             line.extend_from_slice(&record);
-            match crate::files::append_durably(&file.path, &line, file.identity, file.len) {
+            if file.lock.is_none() {
+                file.lock = Some(lock_state(path)?);
+            }
+            match crate::files::append_durably(path, &line, |found| file.is(found)) {
                 Ok(true) => {
                     file.len += line.len() as u64;
                     file.last = sha256(&record);
+                    file.last_len = record.len() as u64;
                     self.recorded = Some(Recorded::default());
                     return Ok(());
                 }
@@ -727,7 +784,14 @@ impl LogMonitor {
     /// Writes the whole state to `path` ([`LogMonitor::save_to`]), and records the changes
     /// from now on for the next save to append.
     fn save_whole(&mut self, path: &Path) -> std::io::Result<()> {
-        self.file = None;
+        let lock = match self.file.take() {
+            Some(StateFile {
+                path: held,
+                lock: Some(lock),
+                ..
+            }) if held == path => lock,
+            _ => lock_state(path)?,
+        };
         let whole = self.save();
         crate::files::write_durably(path, &whole)?;
         let written = std::fs::metadata(path)?;
@@ -736,7 +800,9 @@ impl LogMonitor {
             identity: crate::files::identity(&written),
             len: whole.len() as u64,
             last: sha256(&whole),
+            last_len: whole.len() as u64,
             base_len: whole.len() as u64,
+            lock: Some(lock),
         });
         self.recorded = Some(Recorded::default());
         Ok(())
@@ -747,8 +813,9 @@ impl LogMonitor {
     /// [`LogMonitor::save_to`] wrote, the whole state and the records of changes after it; its
     /// next save to `path` appends to that file. A last record cut short (a save that never
     /// returned) is left out: the monitor stands where the save before it left it, and its next
-    /// save writes the whole state. This monitor is left as it is, to go on with when there is
-    /// no file:
+    /// save writes the whole state. Only a regular file is read, whole, into memory (a state
+    /// parsed takes several times its bytes). This monitor is left as it is, to go on with when
+    /// there is no file:
     ///
     /// ```no_run
     /// # use consent_broker::{LogMonitor, MonitorError, SavedStateError};
@@ -767,11 +834,16 @@ impl LogMonitor {
     ///
     /// # Errors
     /// [`MonitorError::Saved`]: the file could not be read ([`SavedStateError::Unreadable`],
-    /// `NotFound` when there is none), or as [`LogMonitor::restore`].
+    /// `NotFound` when there is none, `InvalidInput` when it is not a regular file), or as
+    /// [`LogMonitor::restore`].
     pub fn restore_from(&self, path: &Path) -> Result<Self, MonitorError> {
         let unreadable = |error: std::io::Error| SavedStateError::Unreadable(error.kind());
         let mut file = std::fs::File::open(path).map_err(unreadable)?;
         let found = file.metadata().map_err(unreadable)?;
+        // Not a FIFO, a device or a directory given by mistake.
+        if !found.is_file() {
+            return Err(SavedStateError::Unreadable(std::io::ErrorKind::InvalidInput).into());
+        }
         let mut saved = Vec::new();
         std::io::Read::read_to_end(&mut file, &mut saved).map_err(unreadable)?;
         let (mut monitor, read) = self.anew().restored_from_lines(&saved)?;
@@ -780,7 +852,9 @@ impl LogMonitor {
             identity: crate::files::identity(&found),
             len: read.len,
             last: read.last,
+            last_len: read.last_len,
             base_len: read.base.len() as u64,
+            lock: None,
         });
         monitor.recorded = Some(Recorded::default());
         Ok(monitor)
@@ -1143,11 +1217,22 @@ mod tests {
         past.forget_the_expired(now);
         assert!(past.recorded.is_none());
 
+        // Saved to a file, then past the slack: the next save writes the whole state.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("monitor.state");
         past.save_to(&path).unwrap();
         past.forget_the_expired(now);
-        past.recorded = None;
+        past.save_to(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap().split(|b| *b == b'\n').count(),
+            2,
+            "appended to"
+        );
+        if let Some(recorded) = &mut past.recorded {
+            recorded.items = RECORDED_SLACK + 1;
+        }
+        past.forget_the_expired(now);
+        assert!(past.recorded.is_none());
         past.save_to(&path).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), past.save(), "written whole");
         past.forget_the_expired(now);
