@@ -264,6 +264,8 @@ pub struct LogMonitor {
     /// The file the monitor last saved to or was restored from ([`LogMonitor::save_to`],
     /// [`LogMonitor::restore_from`]).
     file: Option<saved::StateFile>,
+    /// The lock of the state file the monitor saves to ([`LogMonitor::save_to`]).
+    lock: Option<saved::StateLock>,
 }
 
 /// What one pass read from the log, kept only once the log verified.
@@ -341,6 +343,7 @@ impl LogMonitor {
             missing_approvals: HashSet::new(),
             recorded: None,
             file: None,
+            lock: None,
         }
     }
 

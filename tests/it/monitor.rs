@@ -2029,7 +2029,25 @@ fn restore_from_refuses_what_is_not_a_state_file() {
     )));
     assert_eq!(refused(dir.path()), invalid);
     #[cfg(unix)]
-    assert_eq!(refused(Path::new("/dev/null")), invalid);
+    {
+        assert_eq!(refused(Path::new("/dev/null")), invalid);
+        // A FIFO, which opening would wait on for a writer.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (done, result) = std::sync::mpsc::channel();
+        let monitor = platform.monitor(&witness);
+        std::thread::spawn(move || {
+            let _ = done.send(monitor.restore_from(&fifo).map(drop));
+        });
+        assert_eq!(
+            result.recv_timeout(std::time::Duration::from_secs(10)),
+            Ok(invalid.clone())
+        );
+    }
     let monitor = platform.monitor(&witness);
     let mut empty_lines = monitor.save();
     empty_lines.resize(empty_lines.len() + (1 << 20), b'\n');
@@ -2199,4 +2217,37 @@ fn random_passes_and_saves_restore_what_the_running_monitor_holds() {
         }
         assert!(appended > 3, "seed {seed}: records appended to the file");
     }
+}
+
+/// A save makes the state file's directory when it is missing; the lock is kept when a save to
+/// another path fails (a second monitor is still refused the first's file), and kept, not
+/// refused, for the same file named another way.
+#[test]
+fn the_state_files_lock_is_kept_across_failures_and_names() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let (mut first, _) = watched(&platform, &bank, &witness, &consent);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("new").join("monitor.state");
+    first.save_to(&file).unwrap();
+    assert_written_whole(&file, &first);
+    first.save_to(&file).unwrap();
+    // A path under the state file itself: no directory can be made there.
+    assert!(first.save_to(&file.join("x")).is_err());
+    let mut second = platform.monitor(&witness).restore_from(&file).unwrap();
+    let refused = second.save_to(&file).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::TimedOut);
+    // The same file through a directory and back: the first's own lock, not another's.
+    std::fs::create_dir(dir.path().join("new").join("sub")).unwrap();
+    let respelled = dir
+        .path()
+        .join("new")
+        .join("sub")
+        .join("..")
+        .join("monitor.state");
+    first.save_to(&respelled).unwrap();
+    assert_eq!(
+        second.save_to(&file).unwrap_err().kind(),
+        std::io::ErrorKind::TimedOut
+    );
+    assert_restores_to(&platform, &witness, &file, &first);
 }

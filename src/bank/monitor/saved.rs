@@ -315,9 +315,14 @@ pub(super) struct StateFile {
     last_len: u64,
     /// The length of its first line, the whole state.
     base_len: u64,
-    /// The lock on the file beside it ([`lock_path`]), held once this monitor has written to
-    /// the file: one monitor saves to a file at a time.
-    lock: Option<std::fs::File>,
+}
+
+/// The lock on the file beside a state's file ([`lock_path`]), held while the monitor saves to
+/// that file: one monitor saves to a file at a time.
+#[derive(Debug)]
+pub(super) struct StateLock {
+    path: PathBuf,
+    held: std::fs::File,
 }
 
 /// The lock file beside a state's file: its name and `.lock`.
@@ -325,15 +330,6 @@ fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     PathBuf::from(name)
-}
-
-/// The lock on `path`'s lock file, taken at once or not at all.
-///
-/// # Errors
-/// [`std::io::ErrorKind::TimedOut`] when another monitor (in this process or another) holds
-/// it; the file system's.
-fn lock_state(path: &Path) -> std::io::Result<std::fs::File> {
-    crate::files::lock_file(&lock_path(path), std::time::Duration::ZERO)
 }
 
 impl StateFile {
@@ -713,23 +709,30 @@ impl LogMonitor {
     /// read back before each append, is not the one written: an older copy written over it),
     /// the whole state is written again.
     ///
-    /// One monitor saves to a file at a time: the first save takes a lock on a file beside it
-    /// (its name and `.lock`, readable by its owner alone), held until the monitor is dropped,
-    /// and a second monitor's save to the same file, in this process or another, is refused
-    /// while the first holds it. Restoring takes no lock (a copy restored to look at it runs
-    /// beside the monitor); its first save does.
+    /// One monitor saves to a file at a time: a save takes a lock on a file beside it (its name
+    /// and `.lock`, readable by its owner alone; it stays there), held until the monitor is
+    /// dropped or saves to another file, and a second monitor's save to the same file, in this
+    /// process or another, is refused while the first holds it. A failed save keeps the lock.
+    /// Restoring takes no lock (a copy restored to look at it runs beside the monitor); its
+    /// first save does. The lock follows the name: a link to the state file is another file
+    /// (and the first whole write replaces the link with a file).
     ///
     /// A save cut short by a crash or a power loss (its record written in part, or partly as
     /// zeros) leaves the file with the state of the save before it:
-    /// [`LogMonitor::restore_from`] leaves the part out. A last record damaged by the disk so
-    /// that it ends early is taken the same way (the save before it is restored).
+    /// [`LogMonitor::restore_from`] leaves the part out. A last record the disk damaged so that
+    /// it ends early or holds a zero byte is taken the same way: the save before it is
+    /// restored, and with it the checkpoint verified before (a log forked after that one and
+    /// shown to the restored monitor goes unseen until the next whole write's restore).
     ///
     /// # Errors
-    /// The file system's; [`std::io::ErrorKind::TimedOut`] when another monitor holds the
-    /// file's lock. The next save then writes the whole state. The file holds the last state
-    /// saved, or this one when the failure came after it was written (its flush failed, or the
-    /// file could not be looked at after the rename).
+    /// The file system's: `NotFound` or `AlreadyExists` for a directory that cannot be made,
+    /// `InvalidInput` when the lock file's name is a link, `Unsupported` where the platform has
+    /// no file locks; [`std::io::ErrorKind::TimedOut`] when another monitor holds the file's
+    /// lock (the next save tries again). After a failure past the lock, the next save writes the
+    /// whole state. The file holds the last state saved, or this one when the failure came after
+    /// it was written (its flush failed, or the file could not be looked at after the rename).
     pub fn save_to(&mut self, path: &Path) -> std::io::Result<()> {
+        self.hold_lock(path)?;
         if let Some(record) = self.changes_for(path) {
             let Some(file) = self.file.as_mut() else {
                 return self.save_whole(path);
@@ -737,9 +740,6 @@ impl LogMonitor {
             let mut line = Vec::with_capacity(record.len() + 1);
             line.push(b'\n');
             line.extend_from_slice(&record);
-            if file.lock.is_none() {
-                file.lock = Some(lock_state(path)?);
-            }
             match crate::files::append_durably(path, &line, |found| file.is(found)) {
                 Ok(true) => {
                     file.len += line.len() as u64;
@@ -781,17 +781,44 @@ impl LogMonitor {
         (records <= file.base_len.max(COMPACT_PAST)).then_some(record)
     }
 
+    /// Holds the lock of the state file at `path` (its directories made first): kept if held
+    /// already (under this name or another: the same lock file, on Unix), else taken at once
+    /// or not at all, and only then the one held for another file let go.
+    ///
+    /// # Errors
+    /// [`std::io::ErrorKind::TimedOut`] when another monitor (in this process or another) holds
+    /// it; the file system's. The lock held before is still held.
+    fn hold_lock(&mut self, path: &Path) -> std::io::Result<()> {
+        let lock_path = lock_path(path);
+        if let Some(held) = &mut self.lock {
+            let same = held.path == path || {
+                let named = std::fs::symlink_metadata(&lock_path).ok();
+                let held = held.held.metadata().ok();
+                let identity = |found: Option<std::fs::Metadata>| {
+                    found.as_ref().and_then(crate::files::identity)
+                };
+                identity(named).is_some_and(|named| Some(named) == identity(held))
+            };
+            if same {
+                held.path = path.to_owned();
+                return Ok(());
+            }
+        }
+        if let Some(parent) = path.parent() {
+            crate::files::make_dirs(parent)?;
+        }
+        let held = crate::files::lock_file(&lock_path, std::time::Duration::ZERO)?;
+        self.lock = Some(StateLock {
+            path: path.to_owned(),
+            held,
+        });
+        Ok(())
+    }
+
     /// Writes the whole state to `path` ([`LogMonitor::save_to`]), and records the changes
     /// from now on for the next save to append.
     fn save_whole(&mut self, path: &Path) -> std::io::Result<()> {
-        let lock = match self.file.take() {
-            Some(StateFile {
-                path: held,
-                lock: Some(lock),
-                ..
-            }) if held == path => lock,
-            _ => lock_state(path)?,
-        };
+        self.file = None;
         let whole = self.save();
         crate::files::write_durably(path, &whole)?;
         let written = std::fs::metadata(path)?;
@@ -802,7 +829,6 @@ impl LogMonitor {
             last: sha256(&whole),
             last_len: whole.len() as u64,
             base_len: whole.len() as u64,
-            lock: Some(lock),
         });
         self.recorded = Some(Recorded::default());
         Ok(())
@@ -838,11 +864,16 @@ impl LogMonitor {
     /// [`LogMonitor::restore`].
     pub fn restore_from(&self, path: &Path) -> Result<Self, MonitorError> {
         let unreadable = |error: std::io::Error| SavedStateError::Unreadable(error.kind());
+        let not_a_file = SavedStateError::Unreadable(std::io::ErrorKind::InvalidInput);
+        // Not a FIFO (opening one waits for a writer), a device or a directory given by
+        // mistake: looked at before it is opened, and again once open (what was opened).
+        if !std::fs::metadata(path).map_err(unreadable)?.is_file() {
+            return Err(not_a_file.into());
+        }
         let mut file = std::fs::File::open(path).map_err(unreadable)?;
         let found = file.metadata().map_err(unreadable)?;
-        // Not a FIFO, a device or a directory given by mistake.
         if !found.is_file() {
-            return Err(SavedStateError::Unreadable(std::io::ErrorKind::InvalidInput).into());
+            return Err(not_a_file.into());
         }
         let mut saved = Vec::new();
         std::io::Read::read_to_end(&mut file, &mut saved).map_err(unreadable)?;
@@ -854,7 +885,6 @@ impl LogMonitor {
             last: read.last,
             last_len: read.last_len,
             base_len: read.base.len() as u64,
-            lock: None,
         });
         monitor.recorded = Some(Recorded::default());
         Ok(monitor)
