@@ -745,7 +745,8 @@ pub fn tell(storage: &Storage) -> Result<()> {
         std::fs::write(&checkpoint_file, &checkpoint.note)?;
         std::fs::write(&vkey_file, format!("{vkey}\n"))?;
         println!(
-            "\nThe log ({total} entries) is kept in {}; run again to add to it.",
+            "\nThe log ({} entries) is kept in {}; run again to add to it.",
+            story.broker.store().audit_len()?,
             path.display()
         );
         println!(

@@ -96,9 +96,11 @@ pub enum SavedStateError {
     Unreadable(std::io::ErrorKind),
 }
 
+/// The whole state: its tables' text (`S`) and consents (`C`) owned as read, borrowed from the
+/// monitor as saved (nothing copied: a save costs the bytes it writes, not a copy of the state).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct State {
+struct State<S = String, C = ConsentId> {
     format: String,
     origin: String,
     /// The signed note of the checkpoint verified last, with its cosignatures.
@@ -111,12 +113,12 @@ struct State {
     journal_position: u64,
     /// The root of the journal's tree over its first `journal_position` entries.
     journal_root: String,
-    signed: Vec<Attested>,
-    approvals: Vec<Attested>,
-    consents: Vec<ConsentId>,
-    issued: Vec<Issued>,
-    served: Vec<Served>,
-    pending: Vec<Pending>,
+    signed: Vec<Attested<S, C>>,
+    approvals: Vec<Attested<S, C>>,
+    consents: Vec<C>,
+    issued: Vec<Issued<S, C>>,
+    served: Vec<Served<S>>,
+    pending: Vec<Pending<S, C>>,
     missing_approvals: Vec<Missing>,
     /// What the last pass reported missing, reported again by the restored monitor's next pass.
     reported: Vec<Pending>,
@@ -448,52 +450,55 @@ struct Held {
     reported: Vec<Pending>,
 }
 
+// The tables' rows below are generic as `State` is: text `S` and consents `C`, owned (`String`,
+// `ConsentId`) as read and recorded, borrowed (`&str`, `&ConsentId`) as `save` writes them.
+
 /// An attestation, the consent it approved and its digest (signed by the bank, or logged).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Attested {
-    attestation: String,
-    consent: ConsentId,
-    digest: Option<String>,
+struct Attested<S = String, C = ConsentId> {
+    attestation: S,
+    consent: C,
+    digest: Option<S>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Terms {
-    consent: ConsentId,
+struct Terms<S = String, C = ConsentId> {
+    consent: C,
     scope: Scope,
     purpose: Purpose,
     presence: Presence,
-    token_digest: Option<String>,
+    token_digest: Option<S>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Issued {
-    token_id: String,
-    terms: Terms,
+struct Issued<S = String, C = ConsentId> {
+    token_id: S,
+    terms: Terms<S, C>,
     #[serde(with = "time::serde::timestamp::nanoseconds")]
     read_at: OffsetDateTime,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Served {
-    token_id: String,
-    token_digest: Option<String>,
+struct Served<S = String> {
+    token_id: S,
+    token_digest: Option<S>,
     #[serde(with = "time::serde::timestamp::nanoseconds")]
     served_at: OffsetDateTime,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Pending {
-    token_id: String,
-    attestation: String,
+struct Pending<S = String, C = ConsentId> {
+    token_id: S,
+    attestation: S,
     #[serde(with = "time::serde::timestamp::nanoseconds")]
     served_at: OffsetDateTime,
     journal_seq: u64,
-    terms: Terms,
+    terms: Terms<S, C>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -505,12 +510,53 @@ struct Missing {
 
 impl From<&MissingToken> for Pending {
     fn from(access: &MissingToken) -> Self {
+        let Pending {
+            token_id,
+            attestation,
+            served_at,
+            journal_seq,
+            terms,
+        } = pending_of(access);
         Self {
-            token_id: access.token_id.clone(),
-            attestation: access.attestation.clone(),
-            served_at: access.served_at,
-            journal_seq: access.journal_seq,
-            terms: (&access.terms).into(),
+            token_id: token_id.to_owned(),
+            attestation: attestation.to_owned(),
+            served_at,
+            journal_seq,
+            terms: terms.owned(),
+        }
+    }
+}
+
+/// A pending access as saved, borrowed from the monitor.
+fn pending_of(access: &MissingToken) -> Pending<&str, &ConsentId> {
+    Pending {
+        token_id: &access.token_id,
+        attestation: &access.attestation,
+        served_at: access.served_at,
+        journal_seq: access.journal_seq,
+        terms: terms_of(&access.terms),
+    }
+}
+
+/// A token's terms as saved, borrowed from the monitor.
+fn terms_of(terms: &TokenTerms) -> Terms<&str, &ConsentId> {
+    Terms {
+        consent: &terms.consent,
+        scope: terms.scope,
+        purpose: terms.purpose,
+        presence: terms.presence,
+        token_digest: terms.token_digest.as_deref(),
+    }
+}
+
+impl Terms<&str, &ConsentId> {
+    fn owned(self) -> Terms {
+        Terms {
+            consent: self.consent.clone(),
+            scope: self.scope,
+            purpose: self.purpose,
+            presence: self.presence,
+            token_digest: self.token_digest.map(str::to_owned),
         }
     }
 }
@@ -529,13 +575,7 @@ impl From<Pending> for MissingToken {
 
 impl From<&TokenTerms> for Terms {
     fn from(terms: &TokenTerms) -> Self {
-        Self {
-            consent: terms.consent.clone(),
-            scope: terms.scope,
-            purpose: terms.purpose,
-            presence: terms.presence,
-            token_digest: terms.token_digest.clone(),
-        }
+        terms_of(terms).owned()
     }
 }
 
@@ -597,7 +637,7 @@ impl LogMonitor {
     /// and then (docs/SCALING.md, "A bank monitor's saved state").
     pub fn save(&self) -> Vec<u8> {
         let progress = self.progress();
-        let state = State {
+        let state: State<&str, &ConsentId> = State {
             format: FORMAT.to_owned(),
             origin: self.origin.clone(),
             checkpoint: progress.checkpoint,
@@ -608,67 +648,79 @@ impl LogMonitor {
             signed: sorted(
                 self.signed
                     .iter()
-                    .map(|(attestation, (consent, digest))| attested(attestation, consent, digest))
-                    .collect(),
-                |a| (&a.attestation, a.consent.as_str()),
-            ),
-            // Each attestation's approvals in the order they were logged (the first 16 count).
-            approvals: sorted(
-                self.approvals
-                    .iter()
-                    .map(|(attestation, logged)| {
-                        (
-                            attestation,
-                            logged
-                                .iter()
-                                .map(|(consent, digest)| attested(attestation, consent, digest))
-                                .collect::<Vec<_>>(),
-                        )
+                    .map(|(attestation, (consent, digest))| Attested {
+                        attestation: attestation.as_str(),
+                        consent,
+                        digest: digest.as_deref(),
                     })
                     .collect(),
-                |(attestation, _)| (attestation.as_str(), ""),
-            )
+                |a| (a.attestation, a.consent.as_str()),
+            ),
+            // Each attestation's approvals in the order they were logged (the first 16 count).
+            approvals: sorted(self.approvals.iter().collect(), |(attestation, _)| {
+                (attestation.as_str(), "")
+            })
             .into_iter()
-            .flat_map(|(_, logged)| logged)
+            .flat_map(|(attestation, logged)| {
+                logged.iter().map(move |(consent, digest)| Attested {
+                    attestation: attestation.as_str(),
+                    consent,
+                    digest: digest.as_deref(),
+                })
+            })
             .collect(),
-            consents: {
-                let mut consents: Vec<ConsentId> = self.consents.iter().cloned().collect();
-                consents.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-                consents
-            },
+            consents: sorted(self.consents.iter().collect(), |consent| {
+                (consent.as_str(), "")
+            }),
             issued: sorted(
                 self.issued
                     .iter()
                     .flat_map(|(token_id, issued)| {
                         issued.iter().map(move |(terms, read_at)| Issued {
-                            token_id: token_id.clone(),
-                            terms: terms.into(),
+                            token_id: token_id.as_str(),
+                            terms: terms_of(terms),
                             read_at: *read_at,
                         })
                     })
                     .collect(),
-                |issued| (&issued.token_id, ""),
+                |issued| (issued.token_id, ""),
             ),
             served: sorted(
                 self.served
                     .iter()
                     .map(|(token_id, (token_digest, served_at))| Served {
-                        token_id: token_id.clone(),
-                        token_digest: token_digest.clone(),
+                        token_id: token_id.as_str(),
+                        token_digest: token_digest.as_deref(),
                         served_at: *served_at,
                     })
                     .collect(),
-                |served| (&served.token_id, ""),
+                |served| (served.token_id, ""),
             ),
-            pending: sorted(
-                self.pending.values().map(Pending::from).collect(),
-                |pending| (&pending.token_id, ""),
-            ),
+            pending: sorted(self.pending.values().map(pending_of).collect(), |pending| {
+                (pending.token_id, "")
+            }),
             missing_approvals: progress.missing_approvals,
             reported: progress.reported,
         };
+        // Room for about what the rows take (at most some 250 bytes each), so that the bytes
+        // are not copied as they grow; what is left over is given back.
+        let rows = [
+            self.signed.len(),
+            self.approvals.values().map(Vec::len).sum(),
+            self.consents.len(),
+            self.issued.values().map(Vec::len).sum(),
+            self.served.len(),
+            self.pending.len(),
+        ];
+        let mut bytes = Vec::with_capacity(rows.iter().fold(4096_usize, |len, rows| {
+            len.saturating_add(rows.saturating_mul(256))
+        }));
         // Every field serialises (strings, numbers, and times as integers): this cannot fail.
-        serde_json::to_vec(&state).unwrap_or_default()
+        if serde_json::to_writer(&mut bytes, &state).is_err() {
+            return Vec::new();
+        }
+        bytes.shrink_to_fit();
+        bytes
     }
 
     /// Where the monitor stands (what each record of changes carries whole).
