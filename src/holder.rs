@@ -430,7 +430,7 @@ impl<St: ConsentStatusSource> TokenVerifier<St> {
             return Err(TokenError::PurposeNotGranted(claims.purpose));
         }
         if !grant.accounts.contains(&claims.acct) {
-            return Err(TokenError::AccountNotGranted(claims.acct.clone()));
+            return Err(TokenError::AccountNotGranted);
         }
         Ok(())
     }

@@ -214,9 +214,12 @@ pub enum TokenError {
     /// The consent does not grant the token's purpose.
     #[error("the consent does not grant purpose {0}")]
     PurposeNotGranted(Purpose),
-    /// The consent does not grant the token's account.
+    /// The consent does not grant the token's account. It names no account: the refusal is
+    /// what a holder's [`VerificationAudit`](crate::VerificationAudit) records, and an account
+    /// id is the bank's reference for a person's account (the token says which, to whoever
+    /// holds it).
     #[error("the consent does not grant the token's account")]
-    AccountNotGranted(AccountId),
+    AccountNotGranted,
     /// The token's `jti` was seen before (replay detection is on).
     #[error("the token was already presented (replay)")]
     Replayed,

@@ -198,7 +198,7 @@ fn no_error_message_names_an_account() {
     let account: AccountId = id("acc-7781-secret");
     let messages = [
         AttestationError::AccountNotRequested(account.clone()).to_string(),
-        TokenError::AccountNotGranted(account.clone()).to_string(),
+        TokenError::AccountNotGranted.to_string(),
         Error::Attestation(AttestationError::AccountNotRequested(account.clone())).to_string(),
         DenyReason::AccountNotGranted {
             account: account.clone(),

@@ -1330,15 +1330,11 @@ fn scope_purpose_or_account_the_consent_does_not_grant_is_refused() {
             json!("fraud_protection"),
             TokenError::PurposeNotGranted(Purpose::FraudProtection),
         ),
-        (
-            "acct",
-            json!("acc-savings"),
-            TokenError::AccountNotGranted(id("acc-savings")),
-        ),
+        ("acct", json!("acc-savings"), TokenError::AccountNotGranted),
         (
             "acct",
             json!("acc-elsewhere"),
-            TokenError::AccountNotGranted(id("acc-elsewhere")),
+            TokenError::AccountNotGranted,
         ),
     ];
     for (name, value, expected) in cases {
@@ -1360,7 +1356,7 @@ fn scope_purpose_or_account_the_consent_does_not_grant_is_refused() {
     assert_eq!(
         at.verify(&at.with_claim("acct", json!("acc-elsewhere")))
             .err(),
-        Some(TokenError::AccountNotGranted(id("acc-elsewhere")))
+        Some(TokenError::AccountNotGranted)
     );
 }
 
@@ -1497,6 +1493,33 @@ fn verification_log_records_accepted_and_refused_tokens() {
             record(jti, consent, Some(revoked)),
         ]
     );
+}
+
+/// A token naming an account its consent does not grant is refused, and what the holder's
+/// verification log records of it (and the error's `Debug`) names no account: the log is the
+/// bank's, and an account id is its reference for a person's account.
+#[test]
+fn a_refusal_for_an_account_not_granted_records_no_account() {
+    let at = Attack::new();
+    let log = Arc::new(MemoryVerificationLog::new());
+    let verifier = at.bank_verifier().with_audit(log.clone());
+    let refused = verifier
+        .verify(&at.with_claim("acct", json!("acc-elsewhere-DE89370400440532013000")))
+        .unwrap_err();
+    assert_eq!(refused, TokenError::AccountNotGranted);
+    let records = log.records();
+    assert_eq!(records.len(), 1);
+    let recorded = serde_json::to_string(&records).unwrap();
+    assert!(recorded.contains("account_not_granted"), "{recorded}");
+    for text in [
+        recorded,
+        format!("{records:?}"),
+        format!("{refused:?}"),
+        refused.to_string(),
+    ] {
+        assert!(!text.contains("DE89"), "{text}");
+        assert!(!text.contains("acc-elsewhere"), "{text}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
