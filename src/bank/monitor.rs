@@ -708,7 +708,12 @@ impl LogMonitor {
     /// no access served from now on can match.
     fn forget_the_expired(&mut self, now: OffsetDateTime) {
         let oldest_pending = self.pending.values().map(|m| m.served_at).min();
-        let cut = oldest_pending.map_or(now, |at| at.min(now)) - ISSUED_KEPT;
+        // A time within `ISSUED_KEPT` of the earliest one kept (a saved state's, or a clock's)
+        // cuts at that earliest time: nothing before it to forget, and no overflow.
+        let cut = oldest_pending
+            .map_or(now, |at| at.min(now))
+            .checked_sub(ISSUED_KEPT)
+            .unwrap_or_else(|| time::PrimitiveDateTime::MIN.assume_utc());
         self.forget_before(cut);
         if let Some(recorded) = &mut self.recorded {
             recorded.forgot_before(cut);

@@ -498,6 +498,48 @@ fn a_log_kept_unreadable_does_not_stop_the_merge_delay() {
     assert_eq!(past.missing_tokens[0].terms.consent, *shadow_consent.id());
 }
 
+/// A ledger that fails when told to, the [`world_with`] around it, and a monitor [`watched`]
+/// over it whose second pass left one access served and pending (not yet published).
+#[expect(
+    clippy::type_complexity,
+    reason = "a test's world, taken apart at once"
+)]
+fn one_pending_over_a_faulty_ledger() -> (
+    Arc<FaultStore<MemoryStore>>,
+    (
+        Platform,
+        TestBank<Arc<FaultStore<MemoryStore>>>,
+        tempfile::TempDir,
+        Witness,
+        Consent,
+    ),
+    LogMonitor,
+) {
+    let ledger = Arc::new(FaultStore::new(MemoryStore::new(), 3));
+    let world = world_with(|kit| TestBank::on(kit, ledger.clone()));
+    let (platform, bank, _, witness, consent) = &world;
+    let kit = &platform.kit;
+    let (mut monitor, _) = watched(platform, bank, witness, consent);
+    serve(kit, bank, consent);
+    let source = DirTiles::new(platform.dir.path());
+    let pending = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert_eq!(pending.pending, 1);
+    (ledger, world, monitor)
+}
+
+/// From now on, every read of `ledger` fails (writes do not).
+fn every_read_fails(ledger: &FaultStore<MemoryStore>) {
+    ledger.rates(FaultRates {
+        before: 0,
+        during: 0,
+        after: 0,
+        read: 1000,
+    });
+    ledger.random_faults(true);
+}
+
 /// A tile source that runs `hook` once, just before its checkpoint is first read.
 struct Hooked<'a, T> {
     inner: T,
@@ -946,17 +988,10 @@ fn a_journal_read_short_is_not_read_past() {
 /// reported missing for a fault of the bank's; the next pass finds it logged.
 #[test]
 fn a_fault_of_the_banks_journal_is_not_reported_as_the_platforms() {
-    let ledger = Arc::new(FaultStore::new(MemoryStore::new(), 3));
-    let (platform, bank, _witness_dir, witness, consent) =
-        world_with(|kit| TestBank::on(kit, ledger.clone()));
+    let (ledger, (platform, bank, _witness_dir, witness, consent), mut monitor) =
+        one_pending_over_a_faulty_ledger();
     let kit = &platform.kit;
-    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
     let source = DirTiles::new(platform.dir.path());
-    serve(kit, &bank, &consent);
-    let pending = monitor
-        .check(&bank.bank, &source, kit.broker.now())
-        .unwrap();
-    assert_eq!(pending.pending, 1);
     platform.publish(&witness);
     // While the pass fetches the checkpoint, the gate serves another access, and from then on
     // every read of the ledger fails: the pass's second read of the journal fails.
@@ -964,13 +999,7 @@ fn a_fault_of_the_banks_journal_is_not_reported_as_the_platforms() {
         inner: DirTiles::new(platform.dir.path()),
         hook: std::cell::RefCell::new(Some(Box::new(|| {
             serve(kit, &bank, &consent);
-            ledger.rates(FaultRates {
-                before: 0,
-                during: 0,
-                after: 0,
-                read: 1000,
-            });
-            ledger.random_faults(true);
+            every_read_fails(&ledger);
         }))),
     };
     let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
@@ -2250,4 +2279,56 @@ fn the_state_files_lock_is_kept_across_failures_and_names() {
         std::io::ErrorKind::TimedOut
     );
     assert_restores_to(&platform, &witness, &file, &first);
+}
+
+/// A saved state whose pending access was served at the earliest time the format reads restores
+/// (a state the bank keeps, edited or damaged), and a pass that cannot judge it (the journal's
+/// second read fails, so pending accesses are not judged) goes on to forget what a token could
+/// no longer match, counting back from that time: no overflow, no panic. The next pass reports
+/// the access missing, as one served that long ago.
+#[test]
+fn a_pending_access_served_at_the_start_of_time_is_no_panic() {
+    let (ledger, (platform, bank, _witness_dir, witness, _), monitor) =
+        one_pending_over_a_faulty_ledger();
+    let kit = &platform.kit;
+    let source = DirTiles::new(platform.dir.path());
+    // Every `served_at` at the earliest time the format reads (the JSON edited as text).
+    let earliest = time::PrimitiveDateTime::MIN
+        .assume_utc()
+        .unix_timestamp_nanos()
+        .to_string();
+    let saved = String::from_utf8(monitor.save()).unwrap();
+    let key = "\"served_at\":";
+    let (mut edited, mut rest) = (String::new(), saved.as_str());
+    while let Some(at) = rest.find(key) {
+        let (head, tail) = rest.split_at(at + key.len());
+        edited.push_str(head);
+        edited.push_str(&earliest);
+        rest = tail.trim_start_matches(|c: char| c.is_ascii_digit() || c == '-');
+    }
+    edited.push_str(rest);
+    assert!(edited.contains(&earliest));
+    let mut restored = platform
+        .monitor(&witness)
+        .restore(edited.as_bytes())
+        .unwrap();
+    let faulted = Hooked {
+        inner: DirTiles::new(platform.dir.path()),
+        hook: std::cell::RefCell::new(Some(Box::new(|| {
+            every_read_fails(&ledger);
+        }))),
+    };
+    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        restored.check(&bank.bank, &faulted, kit.broker.now())
+    }));
+    ledger.random_faults(false);
+    let pass = pass.expect("the pass does not panic");
+    assert!(
+        pass.is_err() || pass.as_ref().is_ok_and(|report| report.log_error.is_some()),
+        "the journal's read failed: {pass:?}"
+    );
+    let next = restored
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert_eq!(next.missing_tokens.len(), 1, "{next:?}");
 }
