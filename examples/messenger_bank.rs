@@ -566,7 +566,8 @@ pub fn tell(storage: &Storage) -> Result<()> {
         &story.rng,
     )?;
     match story.broker.approve(second.id(), &forged) {
-        Err(Error::Attestation(error)) => println!("   refused: {error}"),
+        // Not logged: no key of the bank's signed it, so it is nobody's word but the poster's.
+        Err(Error::Attestation(error)) => println!("   refused, and not logged: {error}"),
         other => return Err(format!("a forged attestation was not refused: {other:?}").into()),
     }
     println!(

@@ -97,7 +97,9 @@ pub enum AttestationError {
     /// No attestation was given.
     #[error("no attestation was given: approval requires the holder's signed attestation")]
     Missing,
-    /// Not a well-formed compact JWS with the expected claims.
+    /// Not a well-formed compact JWS with the expected claims. The text is this crate's own:
+    /// which part, what kind of fault, and for JSON its line and column; never the input's
+    /// text (the refusal is logged, and the log is published).
     #[error("the attestation is malformed: {0}")]
     Malformed(String),
     /// The header names an algorithm other than EdDSA.
@@ -227,6 +229,26 @@ pub fn check_attestation(
     })
 }
 
+/// Whether `token` is a compact JWS signed by the one of `keys` its header's `kid` names, under
+/// `alg` EdDSA, whatever else its header and claims say: the holder's act. The broker logs a
+/// refusal of an approval only then ([`Broker::approve`](crate::Broker::approve)): anyone may
+/// post an attestation for a consent the published log shows pending, and what they post is not
+/// the holder's word, so it is answered and not written to the log in the holder's name (as the
+/// bank's gate journals a refusal only once the token's signature verified).
+pub(crate) fn signed_by_one_of(token: &str, keys: &[Ed25519PublicKey]) -> bool {
+    let Ok(compact) = crate::jws::split(token, MAX_ATTESTATION_LEN) else {
+        return false;
+    };
+    let text = |name: &str| compact.header.get(name).and_then(serde_json::Value::as_str);
+    if text("alg") != Some("EdDSA") {
+        return false;
+    }
+    let Some(key) = text("kid").and_then(|kid| keys.iter().find(|k| k.thumbprint() == kid)) else {
+        return false;
+    };
+    matches!(compact.open(key), Ok(Some(_)))
+}
+
 /// The broker's verification: as [`check_attestation`], and the result is the [`Approval`] that
 /// activates a grant. Crate-private: the broker calls it with the keys the holder registered, and
 /// nothing else can mint an approval.
@@ -262,8 +284,7 @@ fn checked_claims(
             token.len()
         )));
     }
-    let header = jsonwebtoken::decode_header(token)
-        .map_err(|e| AttestationError::Malformed(format!("header: {e}")))?;
+    let header = jsonwebtoken::decode_header(token).map_err(|e| unreadable("header", &e))?;
     if header.alg != Algorithm::EdDSA {
         return Err(AttestationError::WrongAlgorithm);
     }
@@ -299,9 +320,35 @@ fn decode_claims(
         Err(e) => Err(match e.kind() {
             ErrorKind::InvalidSignature => AttestationError::BadSignature,
             ErrorKind::InvalidAlgorithm => AttestationError::WrongAlgorithm,
-            _ => AttestationError::Malformed(e.to_string()),
+            _ => unreadable("claims", &e),
         }),
     }
+}
+
+/// Why an attestation's `part` could not be read, in this crate's own words and never the
+/// parser's message: that quotes the input (an unknown member's name, a value of the wrong
+/// type), and a refusal is written to the broker's log, which is published and which erasure
+/// does not reach, and sent back to whoever posted it. The JSON's position is kept: a number
+/// the parser counted, not one the input gave.
+fn unreadable(part: &str, error: &jsonwebtoken::errors::Error) -> AttestationError {
+    let why = match error.kind() {
+        ErrorKind::InvalidToken => "not a compact JWS".to_owned(),
+        ErrorKind::Base64(_) => "not base64url".to_owned(),
+        ErrorKind::Utf8(_) => "not UTF-8".to_owned(),
+        ErrorKind::Json(json) => {
+            let what = match json.classify() {
+                serde_json::error::Category::Syntax => "not JSON",
+                serde_json::error::Category::Eof => "JSON cut short",
+                serde_json::error::Category::Data => {
+                    "a member missing, unknown, given twice, or of the wrong type or value"
+                }
+                serde_json::error::Category::Io => "unreadable",
+            };
+            format!("{what} (line {}, column {})", json.line(), json.column())
+        }
+        _ => "unreadable".to_owned(),
+    };
+    AttestationError::Malformed(format!("{part}: {why}"))
 }
 
 fn check_claims(
@@ -370,7 +417,7 @@ fn check_claims(
 
 fn from_unix(seconds: i64) -> Result<OffsetDateTime, AttestationError> {
     OffsetDateTime::from_unix_timestamp(seconds)
-        .map_err(|_| AttestationError::Malformed(format!("time {seconds} is out of range")))
+        .map_err(|_| AttestationError::Malformed("a time out of range".into()))
 }
 
 /// The holder-side helper that signs attestations with the holder's key.

@@ -376,39 +376,41 @@ pub fn commitment(value: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, value))
 }
 
-/// What a log keeps of a parser's error message: every quoted run (between `"` or between
-/// backticks) replaced by `…`, since what a parser quotes is the input, and an input's value
-/// may be a personal identifier.
+/// What a log or an answer keeps of a parser's error message: everything from its first quote
+/// (`"` or a backtick) on replaced by `…`, but for the position serde_json ends its messages
+/// with (` at line L column C`, numbers the parser counted). What a parser quotes is the input,
+/// and an input's value may be a personal identifier; nor can the end of a quoted run be found,
+/// since a parser does not always escape the quote inside it (serde's backticks never do), so
+/// nothing after the first quote is kept.
 ///
 /// ```
 /// use consent_broker::privacy::unquoted;
 /// assert_eq!(
-///     unquoted(r#"invalid type: string "alice-123", expected u64"#),
-///     r#"invalid type: string "…", expected u64"#
+///     unquoted(r#"invalid type: string "alice-123", expected u64 at line 1 column 30"#),
+///     r#"invalid type: string "… at line 1 column 30"#
+/// );
+/// assert_eq!(
+///     unquoted("unknown variant `x`Alice Smith`y`, expected `EdDSA`"),
+///     "unknown variant `…"
 /// );
 /// ```
 pub fn unquoted(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut open: Option<char> = None;
-    for c in message.chars() {
-        match open {
-            Some(quote) if c == quote => {
-                out.push('…');
-                out.push(c);
-                open = None;
-            }
-            Some(_) => {}
-            None if c == '"' || c == '`' => {
-                out.push(c);
-                open = Some(c);
-            }
-            None => out.push(c),
+    let (body, position) = match message.rsplit_once(" at line ") {
+        Some((body, at))
+            if at.split_once(" column ").is_some_and(|(line, column)| {
+                [line, column]
+                    .iter()
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            }) =>
+        {
+            (body, message.get(body.len()..).unwrap_or_default())
         }
+        _ => (message, ""),
+    };
+    match body.char_indices().find(|&(_, c)| c == '"' || c == '`') {
+        Some((at, quote)) => format!("{}{quote}…{position}", body.get(..at).unwrap_or_default()),
+        None => message.to_owned(),
     }
-    if open.is_some() {
-        out.push('…');
-    }
-    out
 }
 
 /// A subject's key as a store keeps it: in its own table, apart from the log, deleted by
@@ -1070,14 +1072,38 @@ mod tests {
     fn a_parsers_message_loses_what_it_quoted() {
         assert_eq!(
             unquoted(r#"invalid type: string "alice-123", expected u64 at line 1 column 30"#),
-            r#"invalid type: string "…", expected u64 at line 1 column 30"#
+            r#"invalid type: string "… at line 1 column 30"#
         );
         assert_eq!(
             unquoted("unknown field `acct-9`, expected one of"),
-            "unknown field `…`, expected one of"
+            "unknown field `…"
         );
         assert_eq!(unquoted(r#"unterminated "alice"#), r#"unterminated "…"#);
         assert_eq!(unquoted("nothing quoted"), "nothing quoted");
+        assert_eq!(
+            unquoted("a syntax error at line 3 column 9"),
+            "a syntax error at line 3 column 9"
+        );
+    }
+
+    /// A quote inside the quoted value (serde's backticks are never escaped; a `"` is escaped as
+    /// `\"`) does not end what is dropped: nothing of the value is kept, wherever it ends.
+    #[test]
+    fn a_quote_inside_a_quoted_value_keeps_none_of_it() {
+        let secret = "Alice Smith, IBAN DE89370400440532013000";
+        for message in [
+            format!("unknown variant `x`{secret}`y`, expected one of `EdDSA`, `ES256`"),
+            format!("invalid type: string \"x\\\"{secret}\\\"y\", expected a map"),
+            format!("unknown field `a`, expected `b` or `{secret}` at line 1 column 9"),
+            format!("`{secret} at line 1 column 9"),
+            format!("x at line 1 column 9 \"{secret}\" at line 1 column 9"),
+        ] {
+            let kept = unquoted(&message);
+            assert!(!kept.contains("Alice"), "{message} -> {kept}");
+            assert!(!kept.contains("DE89"), "{message} -> {kept}");
+        }
+        // Not a position: kept out with the rest.
+        assert_eq!(unquoted(&format!("`x` at line {secret} column 1")), "`…");
     }
 
     #[test]

@@ -121,10 +121,16 @@ impl<S: Store> Broker<S> {
     /// Activates a requested consent with the holder's attestation of the subject's approval,
     /// verified against the keys registered for the consent's holder.
     ///
+    /// A refusal is logged (`approval_refused`, the holder as actor) when what was posted is
+    /// signed by a key registered for the holder (the header's `kid`, EdDSA), whatever its
+    /// claims: the holder's act. Anything else (no attestation, one that cannot be read, another
+    /// key's, a bad signature) is anyone's: refused and answered, not logged, since anyone may
+    /// post one for a consent the published log shows pending.
+    ///
     /// # Errors
-    /// [`Error::Attestation`] (audited) for a missing, forged, expired, replayed or mismatched
-    /// attestation; [`Error::Consent`] (audited) when the request is no longer open;
-    /// [`Error::UnknownConsent`]; [`Error::Store`].
+    /// [`Error::Attestation`] for a missing, forged, expired, replayed or mismatched
+    /// attestation; [`Error::Consent`] when the request is no longer open (each logged when the
+    /// holder signed what was posted); [`Error::UnknownConsent`]; [`Error::Store`].
     #[cfg_attr(
         feature = "tracing",
         tracing::instrument(name = "broker.approve", level = "debug", skip_all)
@@ -161,6 +167,11 @@ impl<S: Store> Broker<S> {
             let keyed = self.key_of(&request.subject)?;
             let subject = keyed.key.subject(&request.subject);
             let refused = |refusal: Refusal, error: Error| {
+                // Logged as the holder's only when the holder signed what was posted: anything
+                // else is anyone's, answered and not logged.
+                if !attestation::signed_by_one_of(token, &holder.attestation_keys) {
+                    return error;
+                }
                 let refusal = redact_refusal(refusal, &keyed.key);
                 let subject = subject.clone();
                 let consent = id.clone();

@@ -341,8 +341,9 @@ fn used_attestations(consents: &[crate::consent::Consent]) -> Vec<String> {
         .collect()
 }
 
-/// A refusal as the log keeps it: an account it names is given as its pseudonym, and a parser's
-/// message loses what it quoted (a claim's value could be a personal identifier).
+/// A refusal as the log keeps it: an account it names is given as its pseudonym. A malformed
+/// attestation's text is the crate's own, never the parser's; it goes through
+/// [`unquoted`](crate::privacy::unquoted) all the same, should a quote ever reach it.
 pub(crate) fn redact_refusal(refusal: Refusal, key: &SubjectKey) -> Refusal {
     match refusal {
         Refusal::Attestation(AttestationError::AccountNotRequested(account)) => {

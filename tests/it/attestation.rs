@@ -1,7 +1,8 @@
 //! A holder's attestation is required and checked.
 //!
 //! Each story presents one attestation for a pending request (or a live grant) and checks the
-//! exact refusal, the single audit entry it leaves, and that the stored consent did not move.
+//! exact refusal, the single audit entry it leaves when the holder signed what was posted (none
+//! when anyone else did), and that the stored consent did not move.
 //! Forgeries are built by hand (JWS compact serialization signed with `ring`), so that every
 //! check in the verifier is reached by a token that passes all the checks before it.
 
@@ -180,9 +181,41 @@ fn request_at(fx: &Fixture, holder: &HolderId) -> ConsentRequest {
         .unwrap()
 }
 
-/// Presents `token`, expects a refusal, and checks that exactly one audit entry records it (the
-/// holder as actor, the consent and subject named, the refusal equal to the returned error) and
-/// that the stored consent is unchanged. Returns the error for the caller to pin down.
+/// Whether `token` is signed by a key registered for `holder`, the one its header's `kid` names,
+/// under EdDSA: checked here with `ring`, apart from the crate's own reading.
+fn holder_signed(fx: &Fixture, holder: &HolderId, token: &str) -> bool {
+    let segments: Vec<&str> = token.split('.').collect();
+    let [header_b64, payload_b64, signature_b64] = segments[..] else {
+        return false;
+    };
+    let header: Value = match URL_SAFE_NO_PAD.decode(header_b64) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        Err(_) => return false,
+    };
+    let (Some("EdDSA"), Some(kid)) = (header["alg"].as_str(), header["kid"].as_str()) else {
+        return false;
+    };
+    let Ok(signature) = URL_SAFE_NO_PAD.decode(signature_b64) else {
+        return false;
+    };
+    let record = fx.broker.store().holder(holder).unwrap().unwrap();
+    let input = format!("{header_b64}.{payload_b64}");
+    record
+        .attestation_keys()
+        .iter()
+        .filter(|key| key.thumbprint() == kid)
+        .any(|key| {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.as_bytes())
+                .verify(input.as_bytes(), &signature)
+                .is_ok()
+        })
+}
+
+/// Presents `token`, expects a refusal, and checks that the stored consent is unchanged and
+/// that, when the holder signed `token` ([`holder_signed`]), exactly one audit entry records it
+/// (the holder as actor, the consent and subject named, the refusal equal to the returned
+/// error); when anyone else did, none (anyone may post one for a pending consent: it is not the
+/// holder's word). Returns the error for the caller to pin down.
 fn refused(fx: &Fixture, request: &ConsentRequest, call: Call, token: &str) -> Error {
     let before = fx.broker.consent(request.id()).unwrap();
     let seq = fx.audit_len();
@@ -191,6 +224,15 @@ fn refused(fx: &Fixture, request: &ConsentRequest, call: Call, token: &str) -> E
         Call::Reauthorise => fx.broker.reauthorise(request.id(), token),
     };
     let error = result.expect_err("the attestation must be refused");
+    if !holder_signed(fx, request.holder(), token) {
+        assert_eq!(
+            fx.audit_len(),
+            seq,
+            "not the holder's, yet logged: {error:?}"
+        );
+        assert_eq!(fx.broker.consent(request.id()).unwrap(), before);
+        return error;
+    }
     let refusal = match &error {
         Error::Attestation(error) => Refusal::Attestation(error.clone()),
         Error::Consent(error) => Refusal::Lifecycle(error.clone()),
@@ -204,10 +246,7 @@ fn refused(fx: &Fixture, request: &ConsentRequest, call: Call, token: &str) -> E
                 pseudonym.as_str().parse().unwrap(),
             ))
         }
-        // A parser's message loses what it quoted.
-        Refusal::Attestation(AttestationError::Malformed(message)) => Refusal::Attestation(
-            AttestationError::Malformed(consent_broker::privacy::unquoted(&message)),
-        ),
+        // A malformed attestation's text is the crate's own (no input in it), logged as is.
         other => other,
     };
     let (consent, subject) = (request.id().clone(), fx.pseudonym(request.subject()));
@@ -1448,4 +1487,76 @@ fn a_request_never_approved_or_a_grant_that_expired_cannot_be_reauthorised() {
             status: ConsentStatus::Expired,
         })
     );
+}
+
+/// What an attestation that cannot be read is refused with, logged and answered, holds nothing
+/// of the input: not even where the parser's message would quote a value holding its own quote
+/// (serde's backticks are never escaped, and a `"` in a value it quotes with `{:?}` is `\"`),
+/// which a redaction of the quoted runs took for the run's end. Anyone may post an attestation
+/// for a consent the published log shows pending: what is not the holder's is answered and not
+/// logged; what the holder signed is logged, its claims' text left out all the same.
+#[test]
+fn an_unreadable_attestations_refusal_holds_nothing_of_its_input() {
+    let fx = Fixture::new();
+    let secret = "Alice Smith, IBAN DE89370400440532013000";
+    let leaks = |texts: &[&str]| {
+        for text in texts {
+            for part in ["Alice", "DE89", "8937040044053201"] {
+                assert!(!text.contains(part), "{part} in {text}");
+            }
+        }
+    };
+    // Anyone's: headers naming the secret, a header that is not JSON, a number where a string
+    // belongs.
+    let request = fx.request();
+    let mut posted: Vec<String> = [
+        json!({"alg": format!("x`{secret}`y"), "typ": "JWT"}),
+        json!({"alg": "EdDSA", "jwk": format!("x\"{secret}\"y")}),
+    ]
+    .iter()
+    .map(|header| format!("{}.{}.{}", b64(header.to_string()), b64("{}"), b64("sig")))
+    .collect();
+    posted.push(format!("{}.e30.c2ln", b64(format!("{{\"alg\":{secret}"))));
+    posted.push(format!(
+        "{}.e30.c2ln",
+        b64(r#"{"alg":"EdDSA","kid":89370400440532013000}"#)
+    ));
+    for attestation in &posted {
+        let before = fx.audit_len();
+        let error = fx.broker.approve(request.id(), attestation).unwrap_err();
+        let Error::Attestation(AttestationError::Malformed(message)) = &error else {
+            panic!("not refused as malformed: {error:?}");
+        };
+        assert!(message.starts_with("header: "), "{message}");
+        assert_eq!(fx.audit_len(), before, "not the holder's: not logged");
+        let answered = consent_broker::privacy::unquoted(&error.to_string());
+        leaks(&[&error.to_string(), &format!("{error:?}"), &answered]);
+    }
+    // The holder's own, with claims that name the secret where a scope or a number belongs:
+    // logged, as the crate's words.
+    let (holder, request, claims) = hand_holder_claims(&fx, "secret-1");
+    for (claim, value) in [
+        ("scope", json!([format!("x`{secret}`y")])),
+        ("consent_exp", json!(format!("x\"{secret}\"y"))),
+        // Beyond an i64: the parser would quote the number.
+        ("iat", json!(9_893_704_004_405_320_130_u64)),
+    ] {
+        let mut claims = claims.clone();
+        claims[claim] = value;
+        let attestation = holder.sign(&eddsa_header(&holder.kid), &claims);
+        let error = refused_approval(&fx, &request, &attestation);
+        let Error::Attestation(AttestationError::Malformed(message)) = &error else {
+            panic!("not refused as malformed: {error:?}");
+        };
+        assert!(message.starts_with("claims: "), "{message}");
+        let logged = serde_json::to_string(fx.audit().last().unwrap()).unwrap();
+        assert!(logged.contains(message.as_str()), "{logged}");
+        let answered = consent_broker::privacy::unquoted(&error.to_string());
+        leaks(&[
+            &logged,
+            &error.to_string(),
+            &format!("{error:?}"),
+            &answered,
+        ]);
+    }
 }

@@ -149,7 +149,11 @@ fn storied() -> (Fixture, ConsentRequest) {
     let mut ads = fx.access(request.id());
     ads.purpose = "ads".parse().unwrap();
     fx.decide(&ads);
-    let refused = fx.broker.approve(fx.request().id(), "garbage");
+    // An attestation the bank signed for another request: refused, and logged (the holder's).
+    let other = fx.request();
+    let refused = fx
+        .broker
+        .approve(fx.request().id(), &fx.attest(&fx.full_statement(&other)));
     assert!(refused.is_err());
     fx.revoke(
         request.id(),

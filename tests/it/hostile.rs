@@ -742,7 +742,7 @@ fn deep_nesting_never_exhausts_the_stack() {
     assert!(attestation.len() <= MAX_ATTESTATION_LEN);
     assert!(matches!(
         verify_attestation(&attestation),
-        Err(AttestationError::Malformed(message)) if message.contains("recursion limit exceeded")
+        Err(AttestationError::Malformed(message)) if message.starts_with("header: not JSON (")
     ));
 }
 
@@ -958,7 +958,8 @@ fn huge_numbers_are_refused_with_typed_errors_never_overflow() {
         verify_attestation(&attestation_with(
             r#","iat":1795251600,"exp":1795251900,"consent_exp":9223372036854775808"#
         )),
-        Err(AttestationError::Malformed(message)) if message.contains("expected i64")
+        Err(AttestationError::Malformed(message))
+            if message.starts_with("claims: a member missing, unknown, given twice, or of the wrong type")
     ));
 
     // Checkpoint sizes: up to u64::MAX, and one more is refused as such.
@@ -1095,7 +1096,8 @@ fn duplicate_keys_are_refused_except_in_token_json_where_the_last_counts() {
     ));
     assert!(matches!(
         verify_attestation(&attestation),
-        Err(AttestationError::Malformed(message)) if message.contains("duplicate field `aud`")
+        Err(AttestationError::Malformed(message))
+            if message.starts_with("claims: a member missing, unknown, given twice, or of the wrong type")
     ));
 
     // A token's header and claims are JSON objects in which the last duplicate counts, as RFC

@@ -85,11 +85,21 @@ fn state_changes_are_not_applied_without_their_audit_entry() {
     store.random_faults(true);
     assert_eq!(fx.broker.approve(request.id(), &token), Err(unavailable()));
     assert_eq!(fx.broker.consent(request.id()).unwrap(), before);
-    // A refusal that cannot be audited is reported as the store failure, not swallowed.
+    // A refusal that cannot be audited is reported as the store failure, not swallowed: the
+    // bank's attestation of another request, refused and logged as the holder's.
+    store.random_faults(false);
+    let other = fx.request();
+    let misplaced = fx.attest(&fx.full_statement(&other));
+    store.random_faults(true);
     assert_eq!(
-        fx.broker.approve(request.id(), "forged"),
+        fx.broker.approve(request.id(), &misplaced),
         Err(unavailable())
     );
+    // What is not the holder's is refused and not logged: nothing to fail.
+    assert!(matches!(
+        fx.broker.approve(request.id(), "forged"),
+        Err(Error::Attestation(AttestationError::Malformed(_)))
+    ));
     store.random_faults(false);
     // The attestation was not consumed by the failed commit: it still works.
     fx.broker.approve(request.id(), &token).unwrap();
@@ -108,7 +118,8 @@ fn state_changes_are_not_applied_without_their_audit_entry() {
         ConsentStatus::Authorised
     );
     store.random_faults(false);
-    assert_eq!(fx.audit_len(), len + 2);
+    // The two requests and the approval: nothing of what failed.
+    assert_eq!(fx.audit_len(), len + 3);
 }
 
 // A commit that fails part way (its last change) leaves no trace: the conformance suite's
