@@ -106,7 +106,7 @@ pub enum AttestationError {
     #[error("the attestation must be signed with EdDSA")]
     WrongAlgorithm,
     /// The header's `typ` is not [`ATTESTATION_TYPE`].
-    #[error("the attestation's typ must be {ATTESTATION_TYPE:?}")]
+    #[error("the attestation's typ must be {ATTESTATION_TYPE}")]
     WrongType,
     /// The `kid` is missing or names no key registered for the holder.
     #[error("the attestation is signed with a key not registered for holder {holder}")]
@@ -229,24 +229,73 @@ pub fn check_attestation(
     })
 }
 
-/// Whether `token` is a compact JWS signed by the one of `keys` its header's `kid` names, under
-/// `alg` EdDSA, whatever else its header and claims say: the holder's act. The broker logs a
-/// refusal of an approval only then ([`Broker::approve`](crate::Broker::approve)): anyone may
-/// post an attestation for a consent the published log shows pending, and what they post is not
-/// the holder's word, so it is answered and not written to the log in the holder's name (as the
-/// bank's gate journals a refusal only once the token's signature verified).
-pub(crate) fn signed_by_one_of(token: &str, keys: &[Ed25519PublicKey]) -> bool {
+/// Whether `token` is the holder's own current attestation about `expected.request`: signed by
+/// the registered key its header names (EdDSA, the attestation `typ`), by this holder, for this
+/// broker, consent, subject and platform, and within its lifetime at `now`, whatever it
+/// approves. The broker logs a refusal of an approval only then
+/// ([`Broker::approve`](crate::Broker::approve)): anyone may post an attestation for a consent
+/// the published log shows pending, and anything else the holder's key signed (an instruction
+/// in the log, another consent's attestation, a stale one) is not the holder's word about this
+/// consent now, so it is answered and not written to the log in the holder's name (as the bank's
+/// gate journals a refusal only once the token's signature verified).
+pub(crate) fn is_the_holders(
+    token: &str,
+    expected: &Expectations<'_>,
+    now: OffsetDateTime,
+) -> bool {
     let Ok(compact) = crate::jws::split(token, MAX_ATTESTATION_LEN) else {
         return false;
     };
-    let text = |name: &str| compact.header.get(name).and_then(serde_json::Value::as_str);
-    if text("alg") != Some("EdDSA") {
+    let header = |name: &str| compact.header.get(name).and_then(serde_json::Value::as_str);
+    if header("alg") != Some("EdDSA") || header("typ") != Some(ATTESTATION_TYPE) {
         return false;
     }
-    let Some(key) = text("kid").and_then(|kid| keys.iter().find(|k| k.thumbprint() == kid)) else {
+    let Some(key) =
+        header("kid").and_then(|kid| expected.holder_keys.iter().find(|k| k.thumbprint() == kid))
+    else {
         return false;
     };
-    matches!(compact.open(key), Ok(Some(_)))
+    // The claims that say whose and about what, read as JSON (what the attestation approves
+    // need not parse: a malformed statement of the holder's is still the holder's).
+    let Ok(Some(claims)) = compact.open_object(key) else {
+        return false;
+    };
+    let text = |name: &str| claims.get(name).and_then(serde_json::Value::as_str);
+    let number = |name: &str| claims.get(name).and_then(serde_json::Value::as_i64);
+    let (
+        Some(iss),
+        Some(aud),
+        Some(cid),
+        Some(sub),
+        Some(client_id),
+        Some(iat),
+        Some(exp),
+        Some(jti),
+    ) = (
+        text("iss"),
+        text("aud"),
+        text("cid"),
+        text("sub"),
+        text("client_id"),
+        number("iat"),
+        number("exp"),
+        text("jti"),
+    )
+    else {
+        return false;
+    };
+    Identity {
+        iss,
+        aud,
+        cid,
+        sub,
+        client_id,
+        iat,
+        exp,
+        jti,
+    }
+    .check(expected, now)
+    .is_ok()
 }
 
 /// The broker's verification: as [`check_attestation`], and the result is the [`Approval`] that
@@ -274,6 +323,18 @@ fn checked_claims(
     expected: &Expectations<'_>,
     now: OffsetDateTime,
 ) -> Result<AttestationClaims, AttestationError> {
+    let claims = signed_claims(token, expected)?;
+    check_identity(&claims, expected, now)?;
+    check_statement(&claims, expected, now)?;
+    Ok(claims)
+}
+
+/// The claims of `token`, once its header is an attestation's and its signature verifies under
+/// the holder's key the header names.
+fn signed_claims(
+    token: &str,
+    expected: &Expectations<'_>,
+) -> Result<AttestationClaims, AttestationError> {
     crypto::install()?;
     if token.is_empty() {
         return Err(AttestationError::Missing);
@@ -300,9 +361,7 @@ fn checked_claims(
             holder: holder.clone(),
         })?;
 
-    let claims = decode_claims(token, key)?;
-    check_claims(&claims, expected, now)?;
-    Ok(claims)
+    decode_claims(token, key)
 }
 
 fn decode_claims(
@@ -351,44 +410,90 @@ fn unreadable(part: &str, error: &jsonwebtoken::errors::Error) -> AttestationErr
     AttestationError::Malformed(format!("{part}: {why}"))
 }
 
-fn check_claims(
+/// Who signed it about what, and when: the holder, for this broker, consent, subject and
+/// platform, within its lifetime.
+fn check_identity(
+    claims: &AttestationClaims,
+    expected: &Expectations<'_>,
+    now: OffsetDateTime,
+) -> Result<(), AttestationError> {
+    Identity {
+        iss: claims.iss.as_str(),
+        aud: claims.aud.as_str(),
+        cid: claims.cid.as_str(),
+        sub: claims.sub.as_str(),
+        client_id: claims.client_id.as_str(),
+        iat: claims.iat,
+        exp: claims.exp,
+        jti: &claims.jti,
+    }
+    .check(expected, now)
+}
+
+/// The claims that say who signed an attestation about what, and when.
+struct Identity<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    cid: &'a str,
+    sub: &'a str,
+    client_id: &'a str,
+    iat: i64,
+    exp: i64,
+    jti: &'a str,
+}
+
+impl Identity<'_> {
+    /// The holder, for this broker, consent, subject and platform, within its lifetime.
+    fn check(
+        &self,
+        expected: &Expectations<'_>,
+        now: OffsetDateTime,
+    ) -> Result<(), AttestationError> {
+        let request = expected.request;
+        if self.iss != request.holder.as_str() {
+            return Err(AttestationError::WrongIssuer);
+        }
+        if self.aud != expected.broker.as_str() {
+            return Err(AttestationError::WrongAudience);
+        }
+        if self.cid != request.id.as_str() {
+            return Err(AttestationError::WrongConsent);
+        }
+        if self.sub != request.subject.as_str() {
+            return Err(AttestationError::WrongSubject);
+        }
+        if self.client_id != request.platform.as_str() {
+            return Err(AttestationError::WrongPlatform);
+        }
+        let now_unix = now.unix_timestamp();
+        let leeway = ATTESTATION_LEEWAY.whole_seconds();
+        if self.iat > now_unix.saturating_add(leeway) {
+            return Err(AttestationError::IssuedInFuture);
+        }
+        let lifetime = self.exp.saturating_sub(self.iat);
+        if lifetime <= 0 || lifetime > MAX_ATTESTATION_LIFETIME.whole_seconds() {
+            return Err(AttestationError::LifetimeInvalid);
+        }
+        if now_unix >= self.exp.saturating_add(leeway) {
+            return Err(AttestationError::Expired { exp: self.exp });
+        }
+        if self.jti.is_empty() || self.jti.len() > 128 {
+            return Err(AttestationError::Malformed(
+                "jti must be 1 to 128 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the holder's attestation approves: within what was requested.
+fn check_statement(
     claims: &AttestationClaims,
     expected: &Expectations<'_>,
     now: OffsetDateTime,
 ) -> Result<(), AttestationError> {
     let request = expected.request;
-    if claims.iss != request.holder {
-        return Err(AttestationError::WrongIssuer);
-    }
-    if &claims.aud != expected.broker {
-        return Err(AttestationError::WrongAudience);
-    }
-    if claims.cid != request.id {
-        return Err(AttestationError::WrongConsent);
-    }
-    if claims.sub != request.subject {
-        return Err(AttestationError::WrongSubject);
-    }
-    if claims.client_id != request.platform {
-        return Err(AttestationError::WrongPlatform);
-    }
     let now_unix = now.unix_timestamp();
-    let leeway = ATTESTATION_LEEWAY.whole_seconds();
-    if claims.iat > now_unix.saturating_add(leeway) {
-        return Err(AttestationError::IssuedInFuture);
-    }
-    let lifetime = claims.exp.saturating_sub(claims.iat);
-    if lifetime <= 0 || lifetime > MAX_ATTESTATION_LIFETIME.whole_seconds() {
-        return Err(AttestationError::LifetimeInvalid);
-    }
-    if now_unix >= claims.exp.saturating_add(leeway) {
-        return Err(AttestationError::Expired { exp: claims.exp });
-    }
-    if claims.jti.is_empty() || claims.jti.len() > 128 {
-        return Err(AttestationError::Malformed(
-            "jti must be 1 to 128 bytes".into(),
-        ));
-    }
     if claims.scope.is_empty() || claims.purpose.is_empty() || claims.acct.is_empty() {
         return Err(AttestationError::NothingApproved);
     }

@@ -121,16 +121,18 @@ impl<S: Store> Broker<S> {
     /// Activates a requested consent with the holder's attestation of the subject's approval,
     /// verified against the keys registered for the consent's holder.
     ///
-    /// A refusal is logged (`approval_refused`, the holder as actor) when what was posted is
-    /// signed by a key registered for the holder (the header's `kid`, EdDSA), whatever its
-    /// claims: the holder's act. Anything else (no attestation, one that cannot be read, another
-    /// key's, a bad signature) is anyone's: refused and answered, not logged, since anyone may
-    /// post one for a consent the published log shows pending.
+    /// A refusal is logged (`approval_refused`, the holder as actor) when what was posted is the
+    /// holder's current attestation about this consent (signed by its registered key, for this
+    /// broker, consent, subject and platform, within its lifetime), whatever it approves: the
+    /// holder's act. Anything else (no attestation, one that cannot be read, another key's, a
+    /// bad signature, another consent's, an expired one, any other JWS the holder signed) is
+    /// anyone's: refused and answered, not logged, since anyone may post one for a consent the
+    /// published log shows pending.
     ///
     /// # Errors
     /// [`Error::Attestation`] for a missing, forged, expired, replayed or mismatched
-    /// attestation; [`Error::Consent`] when the request is no longer open (each logged when the
-    /// holder signed what was posted); [`Error::UnknownConsent`]; [`Error::Store`].
+    /// attestation; [`Error::Consent`] when the request is no longer open (each logged when it
+    /// is the holder's, as above); [`Error::UnknownConsent`]; [`Error::Store`].
     #[cfg_attr(
         feature = "tracing",
         tracing::instrument(name = "broker.approve", level = "debug", skip_all)
@@ -166,10 +168,20 @@ impl<S: Store> Broker<S> {
             let holder = self.load_holder(&request.holder)?;
             let keyed = self.key_of(&request.subject)?;
             let subject = keyed.key.subject(&request.subject);
+            let expectations = Expectations {
+                broker: &self.settings.id,
+                request,
+                holder_keys: &holder.attestation_keys,
+                latest_expiry: saturating_add(
+                    now,
+                    request.duration.min(holder.policy.effective_max_duration()),
+                ),
+            };
             let refused = |refusal: Refusal, error: Error| {
-                // Logged as the holder's only when the holder signed what was posted: anything
-                // else is anyone's, answered and not logged.
-                if !attestation::signed_by_one_of(token, &holder.attestation_keys) {
+                // Logged as the holder's only when what was posted is the holder's current
+                // attestation about this consent: anything else is anyone's, answered and not
+                // logged.
+                if !attestation::is_the_holders(token, &expectations, now) {
                     return error;
                 }
                 let refusal = redact_refusal(refusal, &keyed.key);
@@ -205,15 +217,6 @@ impl<S: Store> Broker<S> {
             }
             let refuse_attestation = |error: AttestationError| {
                 refused(Refusal::Attestation(error.clone()), error.into())
-            };
-            let expectations = Expectations {
-                broker: &self.settings.id,
-                request,
-                holder_keys: &holder.attestation_keys,
-                latest_expiry: saturating_add(
-                    now,
-                    request.duration.min(holder.policy.effective_max_duration()),
-                ),
             };
             let approval: Approval = match attestation::verify(token, &expectations, now) {
                 Ok(approval) => approval,

@@ -181,26 +181,37 @@ fn request_at(fx: &Fixture, holder: &HolderId) -> ConsentRequest {
         .unwrap()
 }
 
-/// Whether `token` is signed by a key registered for `holder`, the one its header's `kid` names,
-/// under EdDSA: checked here with `ring`, apart from the crate's own reading.
-fn holder_signed(fx: &Fixture, holder: &HolderId, token: &str) -> bool {
+/// Whether `token` is the holder's current attestation about `request`, the refusals the
+/// broker logs: signed by the registered key its header's `kid` names (EdDSA, the attestation
+/// `typ`), by the request's holder, for this broker, consent, subject and platform, within its
+/// lifetime at the broker's clock. Checked here with `ring` and `serde_json`, apart from the
+/// crate's own reading.
+fn holders_current(fx: &Fixture, request: &ConsentRequest, token: &str) -> bool {
     let segments: Vec<&str> = token.split('.').collect();
     let [header_b64, payload_b64, signature_b64] = segments[..] else {
         return false;
     };
-    let header: Value = match URL_SAFE_NO_PAD.decode(header_b64) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        Err(_) => return false,
+    let json = |segment: &str| {
+        URL_SAFE_NO_PAD
+            .decode(segment)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .unwrap_or(Value::Null)
     };
-    let (Some("EdDSA"), Some(kid)) = (header["alg"].as_str(), header["kid"].as_str()) else {
+    let (header, claims) = (json(header_b64), json(payload_b64));
+    let (Some("EdDSA"), Some(TYP), Some(kid)) = (
+        header["alg"].as_str(),
+        header["typ"].as_str(),
+        header["kid"].as_str(),
+    ) else {
         return false;
     };
     let Ok(signature) = URL_SAFE_NO_PAD.decode(signature_b64) else {
         return false;
     };
-    let record = fx.broker.store().holder(holder).unwrap().unwrap();
+    let record = fx.broker.store().holder(request.holder()).unwrap().unwrap();
     let input = format!("{header_b64}.{payload_b64}");
-    record
+    let signed = record
         .attestation_keys()
         .iter()
         .filter(|key| key.thumbprint() == kid)
@@ -208,11 +219,32 @@ fn holder_signed(fx: &Fixture, holder: &HolderId, token: &str) -> bool {
             ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.as_bytes())
                 .verify(input.as_bytes(), &signature)
                 .is_ok()
-        })
+        });
+    let now = fx.broker.now().unix_timestamp();
+    let leeway = ATTESTATION_LEEWAY.whole_seconds();
+    let (Some(iat), Some(exp), Some(jti)) = (
+        claims["iat"].as_i64(),
+        claims["exp"].as_i64(),
+        claims["jti"].as_str(),
+    ) else {
+        return false;
+    };
+    signed
+        && claims["iss"] == request.holder().as_str()
+        && claims["aud"] == fx.broker.id().as_str()
+        && claims["cid"] == request.id().as_str()
+        && claims["sub"] == request.subject().as_str()
+        && claims["client_id"] == request.platform().as_str()
+        && iat <= now + leeway
+        && exp > iat
+        && exp - iat <= MAX_ATTESTATION_LIFETIME.whole_seconds()
+        && now < exp + leeway
+        && (1..=128).contains(&jti.len())
 }
 
 /// Presents `token`, expects a refusal, and checks that the stored consent is unchanged and
-/// that, when the holder signed `token` ([`holder_signed`]), exactly one audit entry records it
+/// that, when `token` is the holder's current attestation about `request`
+/// ([`holders_current`]), exactly one audit entry records it
 /// (the holder as actor, the consent and subject named, the refusal equal to the returned
 /// error); when anyone else did, none (anyone may post one for a pending consent: it is not the
 /// holder's word). Returns the error for the caller to pin down.
@@ -224,7 +256,7 @@ fn refused(fx: &Fixture, request: &ConsentRequest, call: Call, token: &str) -> E
         Call::Reauthorise => fx.broker.reauthorise(request.id(), token),
     };
     let error = result.expect_err("the attestation must be refused");
-    if !holder_signed(fx, request.holder(), token) {
+    if !holders_current(fx, request, token) {
         assert_eq!(
             fx.audit_len(),
             seq,
@@ -1538,8 +1570,11 @@ fn an_unreadable_attestations_refusal_holds_nothing_of_its_input() {
     for (claim, value) in [
         ("scope", json!([format!("x`{secret}`y")])),
         ("consent_exp", json!(format!("x\"{secret}\"y"))),
-        // Beyond an i64: the parser would quote the number.
-        ("iat", json!(9_893_704_004_405_320_130_u64)),
+        // Beyond a u32: the parser would quote the number.
+        (
+            "unattended_daily_limit",
+            json!(9_893_704_004_405_320_130_u64),
+        ),
     ] {
         let mut claims = claims.clone();
         claims[claim] = value;
@@ -1559,4 +1594,55 @@ fn an_unreadable_attestations_refusal_holds_nothing_of_its_input() {
             &answered,
         ]);
     }
+}
+
+/// What the holder's key signed for something else is not logged in the holder's name: an
+/// instruction the log publishes, the attestation of another person's consent, a used one, and
+/// the right one once expired. Each is refused, and the log does not grow; the holder's current
+/// attestation about the consent, refused as it approves too much, is logged.
+#[test]
+fn what_the_holders_key_signed_for_something_else_is_not_logged_in_its_name() {
+    let fx = Fixture::new();
+    let pending = fx.request();
+    let instruction = fx
+        .bank_signer()
+        .sign_instruction(
+            &Instruction::SetPolicy {
+                policy: HolderPolicy::default(),
+            },
+            fx.broker.id(),
+            fx.broker.now(),
+            &fx.rng,
+        )
+        .unwrap();
+    let others = fx.request();
+    let for_another = fx.attest(&fx.full_statement(&others));
+    let granted = fx.granted();
+    let used = fx.attest(&fx.full_statement(&granted));
+    fx.broker.approve(granted.id(), &used).ok();
+    let current = fx.attest(&fx.full_statement(&pending));
+    let before = fx.audit_len();
+    for (posted, times) in [(&instruction, 3), (&for_another, 3)] {
+        for _ in 0..times {
+            assert!(fx.broker.approve(pending.id(), posted).is_err());
+        }
+    }
+    assert_eq!(
+        fx.audit_len(),
+        before,
+        "nothing logged in the holder's name"
+    );
+    // The holder's current one about it, approving a scope not asked for: logged once.
+    let mut wider = fx.full_statement(&pending);
+    wider.scopes = ScopeSet::from([Scope::Transactions]);
+    assert_eq!(
+        refused_approval(&fx, &pending, &fx.attest(&wider)),
+        Error::Attestation(AttestationError::ScopeNotRequested(Scope::Transactions))
+    );
+    assert_eq!(fx.audit_len(), before + 1);
+    // The right attestation once expired (and the request's window with it): not logged.
+    fx.clock
+        .advance(MAX_ATTESTATION_LIFETIME + ATTESTATION_LEEWAY);
+    assert!(fx.broker.approve(pending.id(), &current).is_err());
+    assert_eq!(fx.audit_len(), before + 1);
 }

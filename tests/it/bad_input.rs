@@ -149,11 +149,10 @@ fn storied() -> (Fixture, ConsentRequest) {
     let mut ads = fx.access(request.id());
     ads.purpose = "ads".parse().unwrap();
     fx.decide(&ads);
-    // An attestation the bank signed for another request: refused, and logged (the holder's).
-    let other = fx.request();
+    // The bank's attestation of a consent approved already: refused, and logged (the holder's).
     let refused = fx
         .broker
-        .approve(fx.request().id(), &fx.attest(&fx.full_statement(&other)));
+        .approve(request.id(), &fx.attest(&fx.full_statement(&request)));
     assert!(refused.is_err());
     fx.revoke(
         request.id(),
