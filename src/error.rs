@@ -143,6 +143,20 @@ pub enum Error {
         /// Attempts made.
         attempts: u32,
     },
+    /// A revocation feed was asked for from past the end of the log: the holder followed a log
+    /// that was longer (this one was restored from an older copy, or a replica behind took
+    /// over), or names a position of another log. No feed is signed: one would say the
+    /// revocations logged since the log's end, at positions the holder has passed, were none.
+    /// The holder's view goes stale, and its gate refuses, until the log reaches the holder's
+    /// position again (what feeds then leave out: docs/TRUST.md, "What the library does not
+    /// stop (yet)").
+    #[error("a revocation feed was asked for after position {after}, past the log's end at {len}")]
+    FeedBeyondLog {
+        /// Where the holder asked the feed to start.
+        after: u64,
+        /// How many entries the log holds.
+        len: u64,
+    },
 }
 
 /// The part of a registration that differs from what is registered.

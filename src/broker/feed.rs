@@ -28,7 +28,8 @@ impl<S: Store> Broker<S> {
     /// made on the platform's side. The bank asks from where its last feed ended.
     ///
     /// # Errors
-    /// [`Error::Store`]; [`Error::Provider`].
+    /// [`Error::FeedBeyondLog`] when `after` is past the log's end (no feed then: the holder's
+    /// view goes stale); [`Error::Store`]; [`Error::Provider`].
     #[cfg_attr(
         feature = "tracing",
         tracing::instrument(name = "broker.revocation_feed", level = "debug", skip_all)
@@ -53,6 +54,12 @@ impl<S: Store> Broker<S> {
         // One reader at a time brings the index up to the log's end; then the feed is a slice.
         let mut index = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
         let position = self.store.audit_len()?;
+        if after > position {
+            return Err(Error::FeedBeyondLog {
+                after,
+                len: position,
+            });
+        }
         if position < index.scanned {
             // The log is shorter than what was read (a restored store, a failover to a replica
             // behind): what the index holds may not be this log's. Read it again.

@@ -89,6 +89,7 @@ pub(crate) fn broker_problem(error: &Error) -> Problem {
         Error::Instruction(_) => (StatusCode::UNPROCESSABLE_ENTITY, "broker/instruction"),
         Error::Attestation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "broker/attestation"),
         Error::Id(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+        Error::FeedBeyondLog { .. } => (StatusCode::CONFLICT, "broker/feed-beyond-log"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
     let problem = Problem::new(status, code, "Refused by the broker");

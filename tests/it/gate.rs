@@ -1602,3 +1602,59 @@ fn the_place_to_verify_is_given_back_before_the_checks_that_follow() {
         });
     });
 }
+
+/// The platform fails over to a copy of its store a few entries behind (a restored backup, a
+/// replica behind), honestly, and the subject then stops sharing in the chat: the new log holds
+/// the stop below the position the bank has followed. The broker signs no feed from past its
+/// log's end (it would say the stop was none), and the bank's view goes stale: past the
+/// staleness bound, a token is refused, not served.
+#[test]
+fn no_feed_is_signed_from_past_a_rolled_back_logs_end() {
+    let primary = tempfile::tempdir().unwrap();
+    let replica = tempfile::tempdir().unwrap();
+    let kit = consent_broker::testing::TestBroker::sqlite(primary.path().join("platform.sqlite"));
+    let bank = TestBank::beside(&kit);
+    let consent = bank.granted(&kit);
+    copy_dir(primary.path(), replica.path());
+    let behind = kit.broker.store().audit_len().unwrap();
+    kit.token(&kit.access(consent.id()));
+    bank.sync(&kit).unwrap();
+    let followed = bank.bank.ledger().feed_state().unwrap().unwrap().position;
+    assert!(followed > behind, "{followed} > {behind}");
+    let failed_over =
+        consent_broker::testing::TestBroker::sqlite(replica.path().join("platform.sqlite"));
+    failed_over.clock.set(kit.broker.now());
+    failed_over
+        .broker
+        .revoke(
+            consent.id(),
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
+    let len = failed_over.broker.store().audit_len().unwrap();
+    assert!(
+        len < followed,
+        "the stop is logged below the bank's position"
+    );
+    assert_eq!(
+        failed_over.broker.revocation_feed(bank.bank.id(), followed),
+        Err(Error::FeedBeyondLog {
+            after: followed,
+            len
+        })
+    );
+    // Past the staleness bound, a token the old primary (which never saw the stop) issues is
+    // refused: the bank has had no feed since.
+    kit.clock.advance(Duration::minutes(6));
+    let token = kit.token(&kit.access(consent.id()));
+    let mut proof = String::new();
+    let request = bank.present(&kit, &token.token, &mut proof);
+    assert!(matches!(
+        bank.bank.check(&request, &bank.accounts),
+        Err(GateError::Refused {
+            refusal: GateRefusal::RevocationFeedStale { .. },
+            ..
+        })
+    ));
+}

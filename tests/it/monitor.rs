@@ -56,8 +56,19 @@ impl Platform {
 }
 
 fn serve<L: Store + LedgerRead>(kit: &TestBroker, bank: &TestBank<L>, consent: &Consent) {
+    serve_following(kit, kit, bank, consent);
+}
+
+/// [`serve`] a token of `kit`'s (the platform's broker or a shadow broker), the bank following
+/// the revocation feed of `feeds` (the platform's broker: one bank follows one broker's log).
+fn serve_following<L: Store + LedgerRead>(
+    kit: &TestBroker,
+    feeds: &TestBroker,
+    bank: &TestBank<L>,
+    consent: &Consent,
+) {
     let token = kit.token(&kit.access(consent.id()));
-    bank.sync(kit).unwrap();
+    bank.sync(feeds).unwrap();
     let mut proof = String::new();
     let request = bank.present(kit, &token.token, &mut proof);
     bank.bank.serve(&request, &bank.accounts).unwrap().unwrap();
@@ -166,7 +177,7 @@ fn the_bank_finds_what_its_gate_served_in_the_platforms_log_and_misses_a_shadow_
 
     // A shadow broker: the platform's keys on a store it never publishes.
     let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(99));
-    serve(&shadow, &bank, &shadow_consent);
+    serve_following(&shadow, kit, &bank, &shadow_consent);
     let served = bank.bank.journal().audit_len().unwrap() - 1;
     // Within the merge delay it is pending; past it, missing.
     let report = monitor
@@ -479,7 +490,7 @@ fn a_log_kept_unreadable_does_not_stop_the_merge_delay() {
     let (mut monitor, first) = watched(&platform, &bank, &witness, &consent);
     let source = DirTiles::new(platform.dir.path());
     let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(98));
-    serve(&shadow, &bank, &shadow_consent);
+    serve_following(&shadow, kit, &bank, &shadow_consent);
     std::fs::remove_file(platform.dir.path().join("checkpoint")).unwrap();
     let within = monitor
         .check(&bank.bank, &source, kit.broker.now())
@@ -885,7 +896,7 @@ fn a_restored_monitor_goes_on_where_the_saved_one_stopped() {
     }
     let (mut running, _) = watched(&platform, &bank, &witness, &consent);
     let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(96));
-    serve(&shadow, &bank, &shadow_consent);
+    serve_following(&shadow, kit, &bank, &shadow_consent);
     let source = DirTiles::new(platform.dir.path());
     let now = kit.broker.now();
     let before = running.check(&bank.bank, &source, now).unwrap();
@@ -927,7 +938,7 @@ fn an_alarm_reported_before_a_restart_is_reported_again_after_it() {
     let kit = &platform.kit;
     let (mut running, _) = watched(&platform, &bank, &witness, &consent);
     let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(94));
-    serve(&shadow, &bank, &shadow_consent);
+    serve_following(&shadow, kit, &bank, &shadow_consent);
     let source = DirTiles::new(platform.dir.path());
     let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
     let reported = running
@@ -966,7 +977,7 @@ fn a_journal_read_short_is_not_read_past() {
         world_with(|kit| TestBank::on(kit, ledger.clone()));
     let kit = &platform.kit;
     let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(93));
-    serve(&shadow, &bank, &shadow_consent);
+    serve_following(&shadow, kit, &bank, &shadow_consent);
     serve(kit, &bank, &consent);
     platform.publish(&witness);
     let mut monitor = platform.monitor(&witness);
@@ -1069,7 +1080,7 @@ fn a_monitor_refuses_a_journal_it_did_not_read() {
 fn a_saved_state_damaged_or_from_another_log_is_refused() {
     let (platform, bank, _witness_dir, witness, consent) = world();
     let (shadow, shadow_consent) = shadow_broker(&platform.kit, &bank, Some(95));
-    serve(&shadow, &bank, &shadow_consent);
+    serve_following(&shadow, &platform.kit, &bank, &shadow_consent);
     let (monitor, _) = watched(&platform, &bank, &witness, &consent);
     let saved = monitor.save();
     let restore = |bytes: &[u8]| platform.monitor(&witness).restore(bytes).map(drop);
@@ -1409,7 +1420,7 @@ fn a_bank_suspends_a_platform_whose_log_is_wanting_by_its_policy() {
     let kit = &platform.kit;
     let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
     let (shadow, shadow_consent) = shadow_broker(kit, &bank, Some(98));
-    serve(&shadow, &bank, &shadow_consent);
+    serve_following(&shadow, kit, &bank, &shadow_consent);
     let later = kit.broker.now() + DEFAULT_MAX_MERGE_DELAY + time::Duration::seconds(1);
     let source = DirTiles::new(platform.dir.path());
     let report = monitor.check(&bank.bank, &source, later).unwrap();
@@ -1712,7 +1723,7 @@ fn a_state_file_appended_to_restores_what_the_running_monitor_holds() {
         serve(kit, &bank, &consent);
         if round % 6 == 0 {
             shadow.clock.set(kit.broker.now());
-            serve(&shadow, &bank, &shadow_consent);
+            serve_following(&shadow, kit, &bank, &shadow_consent);
         }
         if round % 5 == 2 {
             // Another customer's consent: an attestation signed, its approval logged.
@@ -2201,7 +2212,7 @@ fn random_passes_and_saves_restore_what_the_running_monitor_holds() {
             }
             if roll(5) == 0 {
                 shadow.clock.set(kit.broker.now());
-                serve(&shadow, &bank, &shadow_consent);
+                serve_following(&shadow, kit, &bank, &shadow_consent);
             }
             if roll(6) == 0 {
                 let another = bank.granted(kit);
