@@ -72,7 +72,9 @@ pub struct VerificationRecord {
     pub jti: Option<String>,
     /// The token's consent, when the token got far enough to have one.
     pub consent: Option<ConsentId>,
-    /// The refusal, or `None` when the token was accepted.
+    /// The refusal, or `None` when the token was accepted. An unsupported `alg` or a wrong
+    /// `typ` is recorded without the header's text (`None`): nothing of a header no signature
+    /// covered is kept (the error returned to the caller still names it, cut to 32 characters).
     pub refusal: Option<TokenError>,
 }
 
@@ -354,7 +356,7 @@ impl<St: ConsentStatusSource> TokenVerifier<St> {
         let mut identified = None;
         let outcome = self.verify_at(token, now, &mut identified);
         if let Some(audit) = &self.audit {
-            let refusal = outcome.as_ref().err().cloned();
+            let refusal = outcome.as_ref().err().map(TokenError::recorded);
             let (jti, consent) = identified.unzip();
             let record = VerificationRecord {
                 at: now,

@@ -256,6 +256,18 @@ pub(crate) fn sign(claims: &AccessClaims, key: &SigningKey) -> Result<String, Pr
     jsonwebtoken::encode(&header, claims, key.encoding_key()).map_err(|_| ProviderError::Unusable)
 }
 
+impl TokenError {
+    /// The refusal as a [`VerificationRecord`](crate::VerificationRecord) keeps it: the `alg`
+    /// or `typ` text of a header no signature covered (a stranger's) left out, as `None`.
+    pub(crate) fn recorded(&self) -> Self {
+        match self {
+            Self::UnsupportedAlgorithm(Some(_)) => Self::UnsupportedAlgorithm(None),
+            Self::WrongType(Some(_)) => Self::WrongType(None),
+            other => other.clone(),
+        }
+    }
+}
+
 impl From<JwsProblem> for TokenError {
     fn from(problem: JwsProblem) -> Self {
         match problem {

@@ -1522,6 +1522,55 @@ fn a_refusal_for_an_account_not_granted_records_no_account() {
     }
 }
 
+/// What a stranger writes in a token's unsigned header (`alg`, `typ`) is not kept in the
+/// holder's verification record: the record names the refusal, the caller's error the text.
+#[test]
+fn an_unsigned_headers_text_is_not_recorded() {
+    let at = Attack::new();
+    let log = Arc::new(MemoryVerificationLog::new());
+    let verifier = at.bank_verifier().with_audit(log.clone());
+    let text = "Alice DE89370400440532013000";
+    let [_, payload, signature] = {
+        let parts: Vec<&str> = at.token().split('.').collect();
+        [
+            parts[0].to_owned(),
+            parts[1].to_owned(),
+            parts[2].to_owned(),
+        ]
+    };
+    for header in [
+        json!({"alg": text, "typ": "at+jwt", "kid": "k"}),
+        json!({"alg": "EdDSA", "typ": text, "kid": "k"}),
+    ] {
+        let token = format!("{}.{payload}.{signature}", b64(header.to_string()));
+        let refused = verifier.verify(&token).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                TokenError::UnsupportedAlgorithm(Some(_)) | TokenError::WrongType(Some(_))
+            ),
+            "{refused:?}"
+        );
+    }
+    let records = log.records();
+    assert_eq!(records.len(), 2);
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| r.refusal.clone())
+            .collect::<Vec<_>>(),
+        [
+            Some(TokenError::UnsupportedAlgorithm(None)),
+            Some(TokenError::WrongType(None))
+        ]
+    );
+    let recorded = serde_json::to_string(&records).unwrap();
+    assert!(
+        !recorded.contains("DE89") && !recorded.contains("Alice"),
+        "{recorded}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Issuing
 
