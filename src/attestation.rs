@@ -255,13 +255,16 @@ pub(crate) fn is_the_holders(
     else {
         return false;
     };
-    // The claims that say whose and about what, read as JSON (what the attestation approves
-    // need not parse: a malformed statement of the holder's is still the holder's).
-    let Ok(Some(claims)) = compact.open_object(key) else {
+    // The claims that say whose and about what, read as a token's are (what the attestation
+    // approves need not parse: a malformed statement of the holder's is still the holder's).
+    let Ok(Some(payload)) = compact.open(key) else {
         return false;
     };
-    let text = |name: &str| claims.get(name).and_then(serde_json::Value::as_str);
-    let number = |name: &str| claims.get(name).and_then(serde_json::Value::as_i64);
+    let Ok(claims) = crate::jws::Members::parse(&payload, crate::token::TokenPart::Payload) else {
+        return false;
+    };
+    let text = |name: &str| crate::jws::string_claim(&claims, name).ok();
+    let number = |name: &str| crate::jws::time_claim(&claims, name).ok();
     let (
         Some(iss),
         Some(aud),
