@@ -817,6 +817,11 @@ fn witness_publish_and_monitor(story: &mut Story, path: &Path, vkey: &str) -> Re
         Err(MonitorError::Saved(SavedStateError::Unreadable(std::io::ErrorKind::NotFound))) => {
             (monitor, false)
         }
+        // A state an older version of the library saved: held to its checkpoint, the journal
+        // and the log read again from their start (the first save writes the state whole).
+        Err(MonitorError::Saved(SavedStateError::Format)) => {
+            (monitor.pinned_to(&std::fs::read(&state_file)?)?, false)
+        }
         Err(e) => {
             return Err(format!(
                 "the bank's monitor state in {}: {e} (LogMonitor::pinned_to keeps its \

@@ -32,7 +32,7 @@ pub use gate::{
 };
 pub use monitor::{
     DEFAULT_MAX_CHECKPOINT_AGE, DEFAULT_MAX_MERGE_DELAY, LogMonitor, MissingToken, MonitorError,
-    MonitorReport, SavedStateError, TokenTerms,
+    MonitorReport, SavedStateError, TokenTerms, UndeliveredRevocation,
 };
 pub use privacy::{BankErasure, MAX_BANK_RETENTION_BATCH, PAIRWISE_PREFIX};
 

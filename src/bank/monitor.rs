@@ -3,7 +3,10 @@
 //! witness policy accepts, within a maximum merge delay of being served; and every attestation a
 //! served token rested on must appear as an approval there. A platform that issues tokens from a
 //! store it does not publish (a shadow broker with the same keys, a forked or rolled-back log)
-//! is found out by what is missing.
+//! is found out by what is missing. The other way round, every stop of this bank's consents the
+//! log shows must have reached the bank through the broker's revocation feed: a platform that
+//! logs a withdrawal and signs feeds that leave it out is found out too
+//! ([`UndeliveredRevocation`]).
 //!
 //! The monitor reads the published tiles (C2SP tlog-tiles) and only what is new since its last
 //! pass (see [`crate::tiles::TiledLog`]), never the platform's database. What to do when
@@ -14,8 +17,10 @@
 //! journalled, binds every gate on the ledger at once (each refusal journalled), and returns the
 //! signed instruction that tells the broker; setting the policy again resumes.
 
+mod revocations;
 mod saved;
 
+pub use revocations::UndeliveredRevocation;
 pub use saved::SavedStateError;
 
 use std::collections::{HashMap, HashSet};
@@ -119,6 +124,14 @@ pub struct MonitorReport {
     pub missing_approvals: Vec<String>,
     /// Served tokens still within the merge delay and not yet in the log.
     pub pending: usize,
+    /// Stops of this bank's consents the log shows and the broker's revocation feed passed
+    /// over (the bank's gate was never told of them): each reported once, as
+    /// `missing_tokens` are, and again by a monitor restored from the state saved after the
+    /// pass. See [`UndeliveredRevocation`].
+    pub undelivered_revocations: Vec<UndeliveredRevocation>,
+    /// Stops of this bank's consents the log shows that the bank's feeds have not come to yet
+    /// (the feed lags the log: the gate refuses once it lags past its staleness bound).
+    pub pending_revocations: usize,
 }
 
 impl MonitorReport {
@@ -127,6 +140,7 @@ impl MonitorReport {
         self.log_error.is_none()
             && self.missing_tokens.is_empty()
             && self.missing_approvals.is_empty()
+            && self.undelivered_revocations.is_empty()
     }
 }
 
@@ -257,6 +271,8 @@ pub struct LogMonitor {
     /// Attestations (with the consent their served tokens named) whose approval the log does
     /// not show.
     missing_approvals: HashSet<(String, ConsentId)>,
+    /// The stops the log shows for this bank's consents, against what the feeds delivered.
+    revocations: revocations::Watch,
     /// What the passes changed since the last save to `file`, for the next save to append
     /// (kept only while the monitor saves to a file, and dropped when it outgrows what the
     /// monitor holds: the next save then writes the whole state).
@@ -273,6 +289,8 @@ pub struct LogMonitor {
 struct FromLog {
     issued: Vec<(String, TokenTerms)>,
     approvals: Vec<(String, ConsentId, Option<String>)>,
+    /// Stops of this bank's consents, with their positions.
+    revoked: Vec<(ConsentId, u64)>,
 }
 
 impl LogMonitor {
@@ -341,6 +359,7 @@ impl LogMonitor {
             reported: Vec::new(),
             repeat: Vec::new(),
             missing_approvals: HashSet::new(),
+            revocations: revocations::Watch::default(),
             recorded: None,
             file: None,
             lock: None,
@@ -420,6 +439,7 @@ impl LogMonitor {
         }
         let mut missing_tokens = self.read_journal(bank)?;
         missing_tokens.append(&mut self.repeat);
+        let mut undelivered_revocations = Vec::new();
         // An access served after the journal was read is judged at the next pass, after the
         // attestation it rests on (journalled before it) and that attestation's digest.
         let (witnessed_by, cosigned_at, log_error) = match self.read_log(bank, source, now) {
@@ -444,6 +464,7 @@ impl LogMonitor {
             Some(MonitorError::Journal(_) | MonitorError::JournalDiffers { .. })
         ) {
             missing_tokens.extend(self.judge_pending(now));
+            undelivered_revocations = self.revocations.judge(self.log.size());
         }
         // An approval that appears later (of the attestation, for the consent the served token
         // named, committing to what the bank signed) clears its alarm; one for another consent
@@ -471,6 +492,8 @@ impl LogMonitor {
             missing_tokens,
             missing_approvals,
             pending: self.pending.len(),
+            undelivered_revocations,
+            pending_revocations: self.revocations.pending(),
         })
     }
 
@@ -514,9 +537,17 @@ impl LogMonitor {
         let start = self.journal_position;
         let mut signed = Vec::new();
         let mut served = Vec::new();
+        let mut feeds = Vec::new();
         let (len, root) = anchored_entries(journal, start, self.journal_root, |entry| {
             if let Some(attestation) = signed_in(&entry.event) {
                 signed.push(attestation);
+                return;
+            }
+            if let AuditEvent::RevocationFeedApplied {
+                position, revoked, ..
+            } = entry.event
+            {
+                feeds.push((position, revoked));
                 return;
             }
             if let AuditEvent::AccessServed {
@@ -548,6 +579,9 @@ impl LogMonitor {
         self.journal_root = root;
         self.journal_position = len;
         self.keep_signed(signed);
+        for (position, revoked) in feeds {
+            self.revocations.fed(position, revoked);
+        }
         let mut reused = Vec::new();
         for access in served {
             match self.served.get(&access.token_id) {
@@ -613,14 +647,14 @@ impl LogMonitor {
         self.keep_signed(late);
         let mut read = FromLog::default();
         let mut new_consents: HashSet<ConsentId> = HashSet::new();
-        let (signed, consents) = (&self.signed, &self.consents);
+        let (signed, consents, holder) = (&self.signed, &self.consents, bank.id());
         let signed_by_the_bank = |attestation: &str, consent: &ConsentId| {
             signed
                 .get(attestation)
                 .is_some_and(|(signed, _)| signed == consent)
         };
         self.log
-            .update_each(source, witnessed.checkpoint.clone(), |_, bytes| {
+            .update_each(source, witnessed.checkpoint.clone(), |position, bytes| {
                 // An entry this build cannot parse names nothing the monitor looks for.
                 let Ok(entry) = AuditEntry::from_bytes(bytes) else {
                     return;
@@ -669,6 +703,22 @@ impl LogMonitor {
                         read.approvals
                             .push((attestation_id, consent, attestation_digest));
                     }
+                    // A stop of this bank's consent: one its feed must carry. The entry names
+                    // the holder (entries from before that member, a consent this bank's
+                    // approval named), as the broker's feed picks them.
+                    AuditEvent::ConsentRevoked {
+                        consent,
+                        holder: named,
+                        ..
+                    } => {
+                        let ours = match named {
+                            Some(named) => &named == holder,
+                            None => consents.contains(&consent) || new_consents.contains(&consent),
+                        };
+                        if ours {
+                            read.revoked.push((consent, position));
+                        }
+                    }
                     _ => {}
                 }
             })?;
@@ -688,6 +738,9 @@ impl LogMonitor {
                 }
                 logged.push((consent, digest));
             }
+        }
+        for (consent, position) in read.revoked {
+            self.revocations.logged(consent, position);
         }
         for consent in new_consents {
             if !self.consents.contains(&consent) {

@@ -111,7 +111,8 @@ impl Metrics {
     /// Counts one pass of the bank's [`LogMonitor`](crate::LogMonitor): its outcome (`clean`,
     /// `alarm`, or `failed` for a pass that returned an error), and its alarms by kind
     /// (`missing_token` for each token reported, `missing_approval` for each attestation still
-    /// without an approval, and the log's error by its code: `stale_checkpoint`, `checkpoint`,
+    /// without an approval, `undelivered_revocation` for each stop the log shows that the
+    /// revocation feed passed over, and the log's error by its code: `stale_checkpoint`, `checkpoint`,
     /// `tiles`, `journal`, `journal_differs`). No ids.
     pub fn record_monitor(&self, pass: Result<&MonitorReport, &MonitorError>) {
         let family = "consent_broker_monitor_alarms_total";
@@ -134,6 +135,10 @@ impl Metrics {
         let counts = [
             ("missing_token", report.missing_tokens.len()),
             ("missing_approval", report.missing_approvals.len()),
+            (
+                "undelivered_revocation",
+                report.undelivered_revocations.len(),
+            ),
         ];
         for (kind, n) in counts {
             if n > 0 {
@@ -438,6 +443,8 @@ mod tests {
             missing_tokens: Vec::new(),
             missing_approvals: Vec::new(),
             pending: 0,
+            undelivered_revocations: Vec::new(),
+            pending_revocations: 0,
         };
         metrics.record_monitor(Ok(&clean));
         let missing = crate::bank::MissingToken {
@@ -460,6 +467,11 @@ mod tests {
             }),
             missing_tokens: vec![missing.clone(), missing],
             missing_approvals: vec!["att_2".into()],
+            undelivered_revocations: vec![crate::bank::UndeliveredRevocation {
+                consent: crate::ids::ConsentId::new("cns_2").unwrap_or_else(|_| unreachable!()),
+                seq: 5,
+                fed_to: 9,
+            }],
             ..clean
         };
         metrics.record_monitor(Ok(&alarm));
@@ -479,6 +491,7 @@ mod tests {
         assert_eq!(count(alarms, "kind=\"other\""), 0);
         assert_eq!(count(alarms, "kind=\"missing_token\""), 2);
         assert_eq!(count(alarms, "kind=\"missing_approval\""), 1);
+        assert_eq!(count(alarms, "kind=\"undelivered_revocation\""), 1);
         assert_eq!(count(alarms, "kind=\"stale_checkpoint\""), 1);
         assert_eq!(count(alarms, "kind=\"journal_differs\""), 1);
         let text = metrics.render();

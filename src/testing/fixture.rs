@@ -198,6 +198,23 @@ impl<S: Store> TestBroker<S> {
         }
     }
 
+    /// The subject withdraws `consent` in the chat: the broker revokes it and logs the stop.
+    /// Returns the stop's position in the log.
+    ///
+    /// # Panics
+    /// If the broker refuses, or its log cannot be read.
+    pub fn withdrawn(&self, consent: &ConsentId) -> u64 {
+        self.broker
+            .revoke(
+                consent,
+                crate::consent::Revoker::Subject,
+                crate::consent::RevocationReason::SubjectWithdrew,
+            )
+            .expect("the broker revokes the consent");
+        let len = crate::store::LogRead::audit_len(&self.broker.store()).expect("the log is read");
+        len.saturating_sub(1)
+    }
+
     /// The recorded decision on `access`.
     ///
     /// # Panics

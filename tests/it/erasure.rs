@@ -70,13 +70,7 @@ fn after_erasure_no_byte_of_the_database_names_the_subject_and_the_log_still_ver
             .is_permit()
     );
     fx.broker.authorise_with_token(&access).unwrap();
-    fx.broker
-        .revoke(
-            first.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.withdrawn(first.id());
     let second = fx.broker.request_consent(draft).unwrap();
     let mut statement = fx.full_statement(&second);
     statement.accounts = AccountSet::from([accounts[1].clone()]);
@@ -161,13 +155,7 @@ fn after_erasure_no_byte_of_the_database_names_the_subject_and_the_log_still_ver
 fn retention_deletes_ended_grants_state_and_logs_which() {
     let fx = Fixture::new();
     let ended = fx.granted();
-    fx.broker
-        .revoke(
-            ended.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    fx.withdrawn(ended.id());
     let live = fx.granted();
     // A negative period would delete live consents: refused.
     assert_eq!(

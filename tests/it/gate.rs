@@ -703,13 +703,7 @@ where
     L: Store + LedgerRead + Send + Sync + 'static,
 {
     let (kit, ledger, bank, consent, token) = racing(ledger);
-    kit.broker
-        .revoke(
-            consent.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    kit.withdrawn(consent.id());
     let after = bank
         .bank
         .ledger()
@@ -885,30 +879,13 @@ fn a_token_bound_to_no_key_is_refused() {
     }
 }
 
-/// Signs a token with the test kit's broker token key (seeded: the platform holds it).
-fn sign_as_broker(header: &Value, claims: &Value) -> String {
-    let keys = BrokerKeys::ephemeral(&SeededRandom::new(1)).unwrap();
-    let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
-    let pair =
-        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(keys.token().to_pkcs8_der())
-            .unwrap();
-    format!("{input}.{}", b64(pair.sign(input.as_bytes())))
-}
-
 #[test]
 fn revocations_on_the_platform_reach_the_gate_or_nothing_is_served() {
     let w = world();
     let consent = w.bank.granted(&w.kit);
     let kept = w.bank.granted(&w.kit);
     // The subject withdraws in the chat; the feed carries it to the bank.
-    w.kit
-        .broker
-        .revoke(
-            consent.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    w.kit.withdrawn(consent.id());
     w.bank.sync(&w.kit).unwrap();
     // Consents not revoked are served as before.
     let served = w.served_count();
@@ -1227,14 +1204,7 @@ fn feeds_from_the_index_are_exactly_what_the_log_says_at_every_cursor() {
             let (listed, position) = from_feed(after);
             assert_eq!(listed, from_log(after, position), "after {after}");
         }
-        w.kit
-            .broker
-            .revoke(
-                consent.id(),
-                Revoker::Subject,
-                RevocationReason::SubjectWithdrew,
-            )
-            .unwrap();
+        w.kit.withdrawn(consent.id());
         let len = w.kit.broker.store().audit_len().unwrap();
         let (listed, position) = from_feed(0);
         assert_eq!(position, len);
@@ -1269,14 +1239,7 @@ fn a_bank_far_behind_catches_up_page_by_page_and_is_fresh_only_at_the_end() {
         .map(|c| w.kit.token(&w.kit.access(c.id())).token)
         .collect();
     for consent in &consents {
-        w.kit
-            .broker
-            .revoke(
-                consent.id(),
-                Revoker::Subject,
-                RevocationReason::SubjectWithdrew,
-            )
-            .unwrap();
+        w.kit.withdrawn(consent.id());
     }
     // Past the staleness bound: the bank must catch up before it serves again.
     w.kit.clock.advance(Duration::minutes(2));
@@ -1335,13 +1298,7 @@ fn a_short_read_of_the_log_makes_no_feed_rather_than_one_missing_a_revocation() 
     ));
     let kit = consent_broker::testing::TestBroker::on(std::sync::Arc::clone(&store));
     let consent = kit.granted();
-    kit.broker
-        .revoke(
-            consent.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    kit.withdrawn(consent.id());
     let holder = kit.bank.id().clone();
     // The revocation is the log's last entry, the one a short read leaves out.
     store.short_reads(true);
@@ -1624,14 +1581,7 @@ fn no_feed_is_signed_from_past_a_rolled_back_logs_end() {
     let failed_over =
         consent_broker::testing::TestBroker::sqlite(replica.path().join("platform.sqlite"));
     failed_over.clock.set(kit.broker.now());
-    failed_over
-        .broker
-        .revoke(
-            consent.id(),
-            Revoker::Subject,
-            RevocationReason::SubjectWithdrew,
-        )
-        .unwrap();
+    failed_over.withdrawn(consent.id());
     let len = failed_over.broker.store().audit_len().unwrap();
     assert!(
         len < followed,

@@ -237,13 +237,7 @@ fn a_decision_racing_an_erasure(revoked: bool) {
     let erased = fx.pseudonym(&subject);
     let access = fx.access(consent.id());
     if revoked {
-        fx.broker
-            .revoke(
-                consent.id(),
-                Revoker::Subject,
-                RevocationReason::SubjectWithdrew,
-            )
-            .unwrap();
+        fx.withdrawn(consent.id());
     }
     let before = fx.broker.authorise_access(&access).unwrap();
     assert_eq!(before.decision().is_permit(), !revoked);

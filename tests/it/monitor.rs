@@ -2343,3 +2343,185 @@ fn a_pending_access_served_at_the_start_of_time_is_no_panic() {
         .unwrap();
     assert_eq!(next.missing_tokens.len(), 1, "{next:?}");
 }
+
+/// The platform hands the bank a feed signed with its broker's key, complete and fresh,
+/// covering its log to the end and carrying none of its stops.
+fn feed_leaving_out_every_stop<L: Store + LedgerRead>(kit: &TestBroker, bank: &TestBank<L>) -> u64 {
+    let after = bank
+        .bank
+        .ledger()
+        .feed_state()
+        .unwrap()
+        .map_or(0, |f| f.position);
+    let end = kit.broker.store().audit_len().unwrap();
+    let feed = crate::support::feed_as_broker(after, end, kit.broker.now().unix_timestamp(), &[]);
+    bank.bank.apply_revocation_feed(&feed).unwrap();
+    end
+}
+
+/// The feed is the platform's word, the log its witnesses' view: a stop the log shows for one
+/// of the bank's consents that the feed passed over is reported (the bank's gate was never
+/// told of it), once; a stop the feed carries is not, whichever of the two the monitor sees
+/// first.
+#[test]
+fn a_stop_the_platform_logs_but_leaves_out_of_its_feed_is_reported() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (chat, later, left_out) = (bank.granted(kit), bank.granted(kit), bank.granted(kit));
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let mut pass = || {
+        monitor
+            .check(&bank.bank, &source, kit.broker.now())
+            .unwrap()
+    };
+
+    // The log shows the stop before the bank's feed comes to it: pending, then carried.
+    kit.withdrawn(chat.id());
+    platform.publish(&witness);
+    let report = pass();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.pending_revocations, 1);
+    bank.sync(kit).unwrap();
+    let report = pass();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.pending_revocations, 0);
+
+    // The feed carries a stop before the log the monitor reads shows it.
+    kit.withdrawn(later.id());
+    bank.sync(kit).unwrap();
+    let report = pass();
+    assert!(report.is_clean(), "{report:?}");
+    platform.publish(&witness);
+    let report = pass();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.pending_revocations, 0);
+
+    // The platform logs a stop and hands the bank a feed past it that leaves it out.
+    let seq = kit.withdrawn(left_out.id());
+    let fed_to = feed_leaving_out_every_stop(kit, &bank);
+    let view = bank.bank.ledger().feed_state().unwrap().unwrap();
+    assert_eq!(
+        view.position, fed_to,
+        "the bank took the feed: its view is fresh"
+    );
+    platform.publish(&witness);
+    let report = pass();
+    assert!(!report.is_clean());
+    assert_eq!(
+        report.undelivered_revocations,
+        [UndeliveredRevocation {
+            consent: left_out.id().clone(),
+            seq,
+            fed_to,
+        }]
+    );
+    assert_eq!(report.missing_tokens, []);
+    // Reported once.
+    let report = pass();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// What the watch over the stops holds between passes is saved: a stop the log showed before
+/// the save is judged after the restore, a consent a feed carried before the save matches the
+/// stop the restored monitor reads, and a report made before the save is made again after it.
+/// A state saved by the version before (without the watch) is not restored, and is pinned to.
+#[test]
+fn the_watch_over_the_platforms_stops_survives_a_restart() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (carried, left_out) = (bank.granted(kit), bank.granted(kit));
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("monitor.state");
+    let restarted = |mut monitor: LogMonitor| {
+        monitor.save_to(&file).unwrap();
+        let held = monitor.save();
+        drop(monitor);
+        let restored = platform.monitor(&witness).restore_from(&file).unwrap();
+        assert!(restored.save() == held, "restored as it was saved");
+        restored
+    };
+
+    // Carried by the feed before the monitor's log shows it; the monitor restarts between.
+    kit.withdrawn(carried.id());
+    bank.sync(kit).unwrap();
+    monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    let mut monitor = restarted(monitor);
+    platform.publish(&witness);
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+
+    // Shown by the log before the feed passes it; the monitor restarts between.
+    let seq = kit.withdrawn(left_out.id());
+    platform.publish(&witness);
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert_eq!(report.pending_revocations, 1);
+    let mut monitor = restarted(monitor);
+    let fed_to = feed_leaving_out_every_stop(kit, &bank);
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    let expected = [UndeliveredRevocation {
+        consent: left_out.id().clone(),
+        seq,
+        fed_to,
+    }];
+    assert_eq!(report.undelivered_revocations, expected);
+    // Saved after the pass that reported it: reported again once restored, then not.
+    let mut monitor = restarted(monitor);
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert_eq!(report.undelivered_revocations, expected);
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+
+    // The saved watch is checked against itself and the rest of the state.
+    let saved: serde_json::Value = serde_json::from_slice(&monitor.save()).unwrap();
+    let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut state = saved.clone();
+        edit(&mut state);
+        platform
+            .monitor(&witness)
+            .restore(&serde_json::to_vec(&state).unwrap())
+            .map(drop)
+    };
+    let stop =
+        |position: u64| serde_json::json!({ "consent": left_out.id(), "position": position });
+    for (table, position) in [("logged", 0), ("logged", fed_to + 100), ("delivered", 1)] {
+        assert!(
+            matches!(
+                edited(&|s| s["revocations"][table] = serde_json::json!([stop(position)])),
+                Err(MonitorError::Saved(SavedStateError::Inconsistent(_)))
+            ),
+            "{table} at {position}"
+        );
+    }
+
+    // A state of the version before: refused by `restore`, taken by `pinned_to`, which reads
+    // the journal and the log again from their start.
+    let mut older = saved.clone();
+    older["format"] = "consent-broker/log-monitor/2".into();
+    older.as_object_mut().unwrap().remove("revocations");
+    let older = serde_json::to_vec(&older).unwrap();
+    assert_eq!(
+        platform.monitor(&witness).restore(&older).map(drop),
+        Err(MonitorError::Saved(SavedStateError::Format))
+    );
+    let mut pinned = platform.monitor(&witness).pinned_to(&older).unwrap();
+    let report = pinned.check(&bank.bank, &source, kit.broker.now()).unwrap();
+    assert_eq!(
+        report.undelivered_revocations, expected,
+        "read again from the start"
+    );
+}

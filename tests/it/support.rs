@@ -24,6 +24,42 @@ pub fn b64(bytes: impl AsRef<[u8]>) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Signs a JWS with the test kit's broker token key (seeded: the platform holds it).
+pub fn sign_as_broker(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    let keys = BrokerKeys::ephemeral(&SeededRandom::new(1)).unwrap();
+    let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
+    let pair =
+        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(keys.token().to_pkcs8_der())
+            .unwrap();
+    format!("{input}.{}", b64(pair.sign(input.as_bytes())))
+}
+
+/// A revocation feed the platform signs with the broker's token key, complete and dated
+/// `iat`, covering its log from `after` to `position` and carrying the stops of `revoked`
+/// (consent, log position): what a dishonest platform hands the test kit's bank.
+pub fn feed_as_broker(
+    after: u64,
+    position: u64,
+    iat: i64,
+    revoked: &[(&ConsentId, u64)],
+) -> String {
+    let keys = BrokerKeys::ephemeral(&SeededRandom::new(1)).unwrap();
+    let header = serde_json::json!({
+        "alg": "EdDSA", "typ": "revocation-feed+jwt", "kid": keys.token().kid(),
+    });
+    let revoked: Vec<serde_json::Value> = revoked
+        .iter()
+        .map(|(consent, seq)| {
+            serde_json::json!({ "consent": consent, "seq": seq, "at": iat, "by": "subject" })
+        })
+        .collect();
+    let contents = serde_json::json!({
+        "iss": "broker", "aud": "bank", "iat": iat, "after": after,
+        "position": position, "revoked": revoked,
+    });
+    sign_as_broker(&header, &contents)
+}
+
 /// Decodes unpadded base64url that the test knows is valid.
 pub fn unb64(segment: &str) -> Vec<u8> {
     use base64::Engine as _;

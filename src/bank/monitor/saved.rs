@@ -3,14 +3,14 @@
 //! [`LogMonitor::restore_from`]).
 //!
 //! The bytes are JSON (one object on one line, its first field `format`; times are integers,
-//! nanoseconds since 1970, beyond the 2^53 a JSON number read as a double keeps exactly). They
-//! hold what a
-//! pass needs to go on: the signed note of the checkpoint verified last and the roots of its
+//! nanoseconds since 1970, beyond the 2^53 a JSON number read as a double keeps exactly;
+//! `consent-broker/log-monitor/3`). They hold what a pass needs to go on: the signed note of the checkpoint verified last and the roots of its
 //! tree's complete subtrees (O(log n) hashes, from which the next checkpoint is checked by
 //! reading only the entries after it), how much of the bank's journal was read and the root of
 //! its tree over that much, the monitor's tables (attestations signed, approvals logged, tokens
-//! issued and served, accesses pending, approvals missing), and what the last pass reported
-//! missing (and, for a monitor made with `pinned_to` that has not read the log through yet, the
+//! issued and served, accesses pending, approvals missing; the platform's stops of the bank's
+//! consents the feeds have not come to, and the consents the feeds carried whose stop the log
+//! has not shown yet), and what the last pass reported (and, for a monitor made with `pinned_to` that has not read the log through yet, the
 //! checkpoint it is held to). They name consents, attestations and tokens by id, and no subject
 //! or account: keep them where the journal is kept. Restoring checks the checkpoint's signature
 //! with the monitor's key and origin (not its cosignatures: the witness policy may have changed
@@ -18,10 +18,11 @@
 //! tables hold; the next pass then checks the journal's tree at the position read.
 //!
 //! A file saved to by [`LogMonitor::save_to`] holds that object, then records of changes, each
-//! on a line of its own after a newline (`consent-broker/log-monitor-changes/1`): the SHA-256 of
+//! on a line of its own after a newline (`consent-broker/log-monitor-changes/2`): the SHA-256 of
 //! the line before it, what each pass since that line added, judged and forgot (in the pass's
 //! order: what it forgot depends on when), and where the monitor then stood (the checkpoint, the
-//! tree, the journal's position and root, the approvals missing, the report), each checked on
+//! tree, the journal's position and root, the approvals missing, the watch over the stops, the
+//! report), each checked on
 //! restoring as the whole state's are. A last line cut short (a save that never returned: a
 //! crash while it appended), and whatever follows a zero byte in the last line (what a power
 //! loss may leave of an append), are left out; any other line that is not a record following
@@ -32,10 +33,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use ring::digest;
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::revocations::{SavedWatch, Watch};
 use super::{LONGEST_KEPT, LogMonitor, MAX_APPROVALS, MissingToken, MonitorError, TokenTerms};
 use crate::auditor::{decode_hashes, encode_hashes};
 use crate::checkpoint::{Checkpoint, verify_checkpoint};
@@ -46,10 +48,18 @@ use crate::tiles::TiledLog;
 use crate::vocab::{Purpose, Scope};
 
 /// The format's name and version: the saved state's first field.
-const FORMAT: &str = "consent-broker/log-monitor/2";
+const FORMAT: &str = "consent-broker/log-monitor/3";
 
 /// The format of a record of changes appended to a saved state's file.
-const CHANGES_FORMAT: &str = "consent-broker/log-monitor-changes/1";
+const CHANGES_FORMAT: &str = "consent-broker/log-monitor-changes/2";
+
+/// The formats before these (a state without the watch over the platform's stops): not
+/// restored (what the feeds delivered before the save is not in them), but
+/// [`LogMonitor::pinned_to`] takes their checkpoint and report.
+const OLDER_FORMATS: [(&str, &str); 1] = [(
+    "consent-broker/log-monitor/2",
+    "consent-broker/log-monitor-changes/1",
+)];
 
 /// How many bytes of records a file may hold after its whole state, at the least: past this and
 /// past the whole state's own length, [`LogMonitor::save_to`] writes the whole state again. So
@@ -122,6 +132,8 @@ struct State<S = String, C = ConsentId> {
     missing_approvals: Vec<Missing>,
     /// What the last pass reported missing, reported again by the restored monitor's next pass.
     reported: Vec<Pending>,
+    /// The stops the log shows for the bank's consents, against what its feeds delivered.
+    revocations: SavedWatch,
 }
 
 /// Where the monitor stands: what a record of changes carries whole, as the saved state does.
@@ -135,6 +147,7 @@ struct Progress {
     journal_root: String,
     missing_approvals: Vec<Missing>,
     reported: Vec<Pending>,
+    revocations: SavedWatch,
 }
 
 /// A record of changes, appended to a saved state's file: the passes since the record before
@@ -391,7 +404,11 @@ fn malformed(line: usize, error: &serde_json::Error) -> SavedStateError {
 /// follow the line before it (its format, `origin` and the hash of that line), each as it is
 /// read. A last line cut short (JSON that ends early) is left out, and so is what follows a
 /// zero byte in the last line (what a power loss may leave of an append).
-fn records<'a>(saved: &'a [u8], origin: &str) -> Result<Records<'a>, SavedStateError> {
+fn records<'a>(
+    saved: &'a [u8],
+    origin: &str,
+    changes_format: &str,
+) -> Result<Records<'a>, SavedStateError> {
     // No line holds a zero byte (JSON escapes it). A zero byte with no newline after it is the
     // last append's, written in part (a power loss can leave a block of it, its newline too,
     // as zeros): the file is read up to it.
@@ -414,7 +431,7 @@ fn records<'a>(saved: &'a [u8], origin: &str) -> Result<Records<'a>, SavedStateE
             Err(error) if error.is_eof() && lines.peek().is_none() => break,
             Err(error) => return Err(malformed(changes.len() + 2, &error)),
         };
-        if link.format != CHANGES_FORMAT {
+        if link.format != changes_format {
             return Err(SavedStateError::Format);
         }
         if link.origin != origin {
@@ -440,11 +457,33 @@ fn records<'a>(saved: &'a [u8], origin: &str) -> Result<Records<'a>, SavedStateE
     })
 }
 
-/// What [`LogMonitor::pinned_to`] reads of a saved state (the rest is not parsed).
+/// What [`LogMonitor::pinned_to`] reads of a saved state (the rest is not parsed), of this
+/// format or an older one.
 #[derive(Deserialize)]
 struct Held {
     format: String,
     origin: String,
+    checkpoint: Option<String>,
+    pin: Option<String>,
+    reported: Vec<Pending>,
+}
+
+/// What [`LogMonitor::pinned_to`] reads of a saved state's format (the rest is skipped).
+#[derive(Deserialize)]
+struct Head {
+    format: String,
+}
+
+/// What [`LogMonitor::pinned_to`] reads of the last record of changes, of this format or an
+/// older one (the rest is skipped).
+#[derive(Deserialize)]
+struct HeldRecord {
+    progress: HeldProgress,
+}
+
+/// Where a record of changes left the monitor, as [`LogMonitor::pinned_to`] reads it.
+#[derive(Deserialize)]
+struct HeldProgress {
     checkpoint: Option<String>,
     pin: Option<String>,
     reported: Vec<Pending>,
@@ -701,6 +740,7 @@ impl LogMonitor {
             }),
             missing_approvals: progress.missing_approvals,
             reported: progress.reported,
+            revocations: progress.revocations,
         };
         // Room for about what the rows take (at most some 250 bytes each), so that the bytes
         // are not copied as they grow; what is left over is given back.
@@ -742,6 +782,7 @@ impl LogMonitor {
                 |missing| (&missing.attestation, missing.consent.as_str()),
             ),
             reported: self.reported.iter().map(Pending::from).collect(),
+            revocations: self.revocations.saved(),
         }
     }
 
@@ -953,7 +994,9 @@ impl LogMonitor {
     /// accepted under the policy of its day, and the witnesses may have changed since.
     ///
     /// # Errors
-    /// [`MonitorError::Saved`]: bytes that are not a saved state of this version, another log's
+    /// [`MonitorError::Saved`]: bytes that are not a saved state of this version (a state saved
+    /// by a version of this crate before the watch over the platform's stops is
+    /// [`SavedStateError::Format`]: give it to [`LogMonitor::pinned_to`]), another log's
     /// state, a checkpoint that does not verify, or parts that do not agree. Nothing of it is
     /// used then.
     pub fn restore(self, saved: &[u8]) -> Result<Self, MonitorError> {
@@ -967,8 +1010,10 @@ impl LogMonitor {
     /// held): what a pass added is kept only if it is no older than the latest time that pass
     /// or any after it forgot before, and what the whole state held, than the latest of all.
     fn restored_from_lines(self, saved: &[u8]) -> Result<(Self, Records<'_>), SavedStateError> {
-        let read = records(saved, &self.origin)?;
-        let state: State = self.parse(read.base, |state: &State| (&state.format, &state.origin))?;
+        let read = records(saved, &self.origin, CHANGES_FORMAT)?;
+        let state: State = self.parse(read.base, false, |state: &State| {
+            (&state.format, &state.origin)
+        })?;
         let mut monitor = self.anew().restored(state)?;
         // The latest time each pass, or one after it, forgot before.
         let mut keep_from = read.forgot.clone();
@@ -1007,21 +1052,37 @@ impl LogMonitor {
     /// restored monitor's would. For a state that cannot be restored whole, when its log part
     /// still holds: the bank's journal differs from the one it was read from (the ledger was
     /// restored from an older copy, [`MonitorError::JournalDiffers`]), or its tables do not
-    /// agree. Of the state, only the format, the origin, the checkpoint (or the one it was
-    /// itself held to) and what its last pass reported are read; the next pass reports that
+    /// agree; or a state an older version of this crate saved (`consent-broker/log-monitor/2`,
+    /// without what the bank's feeds delivered, which only the journal read again from its
+    /// start gives). Of the state, only the format, the origin, the checkpoint (or the one it
+    /// was itself held to) and what its last pass reported are read; the next pass reports that
     /// again, as it was (its journal entries are the old journal's).
     ///
     /// # Errors
-    /// [`MonitorError::Saved`]: bytes that are not a saved state of this version, another log's
+    /// [`MonitorError::Saved`]: bytes that are not a saved state of this version or the one
+    /// before, another log's
     /// state, a checkpoint that does not verify, or a report with an id longer than is kept.
     pub fn pinned_to(self, saved: &[u8]) -> Result<Self, MonitorError> {
-        let read = records(saved, &self.origin)?;
-        let held = self.parse(read.base, |held: &Held| (&held.format, &held.origin))?;
+        // The records of changes after a state of an older format are of its day's format.
+        let base = saved
+            .split(|byte| *byte == b'\n')
+            .next()
+            .unwrap_or_default();
+        let changes_format = serde_json::from_slice::<Head>(base)
+            .ok()
+            .and_then(|head| {
+                OLDER_FORMATS
+                    .iter()
+                    .find(|(format, _)| *format == head.format)
+            })
+            .map_or(CHANGES_FORMAT, |(_, changes)| changes);
+        let read = records(saved, &self.origin, changes_format)?;
+        let held = self.parse(read.base, true, |held: &Held| (&held.format, &held.origin))?;
         // Where the last record of changes left the monitor, if there is one.
         let (checkpoint, pin, reported) = match read.changes.last() {
             None => (held.checkpoint, held.pin, held.reported),
             Some(line) => {
-                let record: ChangesRecord<IgnoredAny> = serde_json::from_slice(line)
+                let record: HeldRecord = serde_json::from_slice(line)
                     .map_err(|error| malformed(read.changes.len() + 1, &error))?;
                 let progress = record.progress;
                 (progress.checkpoint, progress.pin, progress.reported)
@@ -1076,15 +1137,23 @@ impl LogMonitor {
     }
 
     /// The saved state's JSON as `T`, whose `header` (format and origin) must be this format's
-    /// and this monitor's.
+    /// (or an older one's, when `older` is taken) and this monitor's.
     fn parse<T: DeserializeOwned>(
         &self,
         saved: &[u8],
+        older: bool,
         header: impl Fn(&T) -> (&String, &String),
     ) -> Result<T, SavedStateError> {
-        let state: T = serde_json::from_slice(saved).map_err(|error| malformed(1, &error))?;
+        let state: T = serde_json::from_slice(saved).map_err(|error| {
+            // Another format's state (an older version's lacks fields) is said to be one.
+            match serde_json::from_slice::<Head>(saved) {
+                Ok(head) if head.format != FORMAT => SavedStateError::Format,
+                _ => malformed(1, &error),
+            }
+        })?;
         let (format, origin) = header(&state);
-        if format != FORMAT {
+        let an_older = older && OLDER_FORMATS.iter().any(|(older, _)| format == older);
+        if format != FORMAT && !an_older {
             return Err(SavedStateError::Format);
         }
         if *origin != self.origin {
@@ -1111,6 +1180,7 @@ impl LogMonitor {
             pending,
             missing_approvals,
             reported,
+            revocations,
         } = state;
         self.replay(
             PassChanges {
@@ -1133,6 +1203,7 @@ impl LogMonitor {
             journal_root,
             missing_approvals,
             reported,
+            revocations,
         })?;
         Ok(self)
     }
@@ -1263,6 +1334,7 @@ impl LogMonitor {
             .into_iter()
             .map(|missing| (missing.attestation, missing.consent))
             .collect();
+        self.revocations = Watch::restored(progress.revocations, self.log.size())?;
         self.repeat_report(progress.reported, Some(self.journal_position))
     }
 }
