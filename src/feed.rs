@@ -5,18 +5,24 @@
 //! bank already trusts for tokens) covering the log from position `after` to `position`. The bank
 //! applies feeds in order: each must start where the last one ended, and be newer than it, so a
 //! relay can neither skip a stretch of the log nor replay an old feed to make the bank's view look
-//! fresh. The bank's gate refuses when its last feed is older than its staleness bound: a
-//! revocation on the platform reaches the bank within that bound, or nothing is served.
+//! fresh. Each feed also names the root of the broker's log tree at its end, with the RFC 9162
+//! consistency proof from its start: the bank holds the last root and refuses a feed whose log
+//! does not extend it ([`FeedError::Inconsistent`]), so a log rolled back and grown again, or
+//! another log under the same keys, cannot resume the feed past stops the bank never saw. The
+//! bank's gate refuses when its last feed is older than its staleness bound: a revocation on
+//! the platform reaches the bank within that bound, or nothing is served.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::auditor::decode_hashes;
 use crate::consent::Revoker;
 use crate::crypto::{self, ProviderError};
 use crate::ids::{BrokerId, ConsentId, HolderId};
 use crate::jws::{self, JwsProblem};
 use crate::keys::{Ed25519PublicKey, SigningKey};
+use crate::merkle::Hash;
 
 /// The JOSE `typ` of a revocation feed.
 pub const FEED_TYPE: &str = "revocation-feed+jwt";
@@ -61,6 +67,40 @@ pub struct RevocationFeed {
     /// only once a page is complete. Absent: complete (feeds from before pages).
     #[serde(default = "complete")]
     pub complete: bool,
+    /// The root of the broker's log tree (RFC 9162) over its first `position` entries,
+    /// standard base64: what the bank holds the next feed's log to. Absent only in feeds from
+    /// before roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// The RFC 9162 consistency proof from the tree over the first `after` entries to the tree
+    /// over the first `position` (standard base64 hashes): that this feed's log extends the one
+    /// the bank's last feed described. Empty when `after` is 0 or is `position`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consistency: Vec<String>,
+}
+
+impl RevocationFeed {
+    /// The feed's root and consistency proof as hashes (`None` for a feed from before roots).
+    ///
+    /// # Errors
+    /// [`FeedError::Malformed`] for a hash that is not 32 bytes of standard base64, or a proof
+    /// without a root.
+    pub fn tree(&self) -> Result<Option<(Hash, Vec<Hash>)>, FeedError> {
+        let malformed = || FeedError::Malformed("a tree hash is not 32 bytes of base64".into());
+        let proof = decode_hashes(&self.consistency).ok_or_else(malformed)?;
+        match &self.root {
+            Some(root) => {
+                let root = decode_hashes(std::slice::from_ref(root))
+                    .and_then(|roots| roots.first().copied())
+                    .ok_or_else(malformed)?;
+                Ok(Some((root, proof)))
+            }
+            None if proof.is_empty() => Ok(None),
+            None => Err(FeedError::Malformed(
+                "a consistency proof without a root".into(),
+            )),
+        }
+    }
 }
 
 /// The most revocations one feed holds (about 500 KiB signed, within [`MAX_FEED_LEN`]).
@@ -105,6 +145,14 @@ pub enum FeedError {
     /// It was made in the future.
     #[error("the feed was produced in the future")]
     IssuedInFuture,
+    /// Its log does not extend the one the last feed applied described: the root it names at
+    /// its position and its consistency proof do not show a tree whose first `after` entries
+    /// have the root the bank holds (the platform's log was rolled back and grew again, or
+    /// forked), or it names no root where the bank holds one. The bank's view goes stale, and
+    /// its gate refuses, until the broker's log extends the one the bank followed again, or
+    /// the bank follows the feed anew ([`crate::Bank::follow_revocation_feed_anew`]).
+    #[error("the feed's log does not extend the one the bank's last feed described")]
+    Inconsistent,
     /// The JWT crypto provider cannot be used.
     #[error(transparent)]
     Provider(#[from] ProviderError),
@@ -165,6 +213,7 @@ pub fn check_feed(
     if contents.position < contents.after {
         return Err(FeedError::Rollback);
     }
+    contents.tree()?;
     // Positions are log indices, which no store numbers past i64::MAX.
     let limit = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
     if contents.position > limit || contents.revoked.iter().any(|r| r.seq > limit) {

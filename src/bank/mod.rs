@@ -585,10 +585,8 @@ impl<S: Store + LedgerRead> Bank<S> {
                 &self.id,
                 now,
             )?;
-            let (expected, last) = self
-                .ledger
-                .feed_state()?
-                .map_or((0, None), |f| (f.position, Some(f.generated_at)));
+            let held = self.ledger.feed_state()?;
+            let (expected, last) = held.map_or((0, None), |f| (f.position, Some(f.generated_at)));
             if contents.after != expected {
                 return Err(FeedError::Gap {
                     expected,
@@ -596,6 +594,7 @@ impl<S: Store + LedgerRead> Bank<S> {
                 }
                 .into());
             }
+            let root = extended_root(held, &contents)?;
             // A feed dated ahead of the bank's clock (within the leeway) counts as made now: its
             // freshness is never stretched past what the bank's own clock has seen.
             let made_at = OffsetDateTime::from_unix_timestamp(contents.iat)
@@ -618,6 +617,7 @@ impl<S: Store + LedgerRead> Bank<S> {
             let state = FeedState {
                 position: contents.position,
                 generated_at,
+                root,
             };
             let entry = self.record(
                 self.me(),
@@ -637,6 +637,40 @@ impl<S: Store + LedgerRead> Bank<S> {
                 });
             }
             self.ledger.commit(commit)?;
+            Ok(state)
+        })
+    }
+
+    /// Follows the broker's revocation feed again from the start of its log: for a bank whose
+    /// feeds are refused as [`FeedError::Inconsistent`] because the platform's log no longer
+    /// extends the one it followed (a store restored from an older copy and grown again, a
+    /// fork). The position goes back to 0, the root held is dropped, and the view is stale
+    /// (the gate refuses) until a complete feed has brought the bank to the log's end again;
+    /// every revocation in the broker's log comes again, in pages, and the ones recorded
+    /// before stay as they were. Journalled as a `revocation_feed_applied` entry at position 0
+    /// that carries no revocation. The platform cannot make this happen: it is the bank's
+    /// call, once it has seen why (its monitor's report of the platform's log says whether the
+    /// witnessed log still extends what the bank followed).
+    ///
+    /// # Errors
+    /// [`BankError::Store`].
+    pub fn follow_revocation_feed_anew(&self) -> Result<FeedState, BankError> {
+        self.retrying(|| {
+            let state = FeedState {
+                position: 0,
+                generated_at: OffsetDateTime::UNIX_EPOCH,
+                root: None,
+            };
+            let entry = self.record(
+                self.me(),
+                AuditEvent::RevocationFeedApplied {
+                    position: state.position,
+                    generated_at: state.generated_at,
+                    revoked: Vec::new(),
+                },
+            );
+            self.ledger
+                .commit(Commit::new(entry).change(Change::SetFeedState { state }))?;
             Ok(state)
         })
     }
@@ -676,4 +710,39 @@ impl<S: Store + LedgerRead> Bank<S> {
             &self.journal,
         )?)
     }
+}
+
+/// The root of the log `feed` describes, once it is shown to extend the log the bank's last
+/// feed described (`held`): by the feed's consistency proof from the root the bank holds. A
+/// bank that holds none takes the feed's root as it is: at the log's start (any log extends
+/// the empty one), or where its state was written before feeds named roots. A feed that names
+/// no root (from a broker before roots) is taken only by such a bank, which then holds none
+/// still.
+fn extended_root(
+    held: Option<FeedState>,
+    feed: &feed::RevocationFeed,
+) -> Result<Option<crate::merkle::Hash>, FeedError> {
+    let before_roots = held.is_some_and(|held| held.root.is_none() && held.position > 0);
+    let Some((root, proof)) = feed.tree()? else {
+        return if before_roots {
+            Ok(None)
+        } else {
+            Err(FeedError::Inconsistent)
+        };
+    };
+    match held.and_then(|held| held.root) {
+        Some(held_root) if feed.after > 0 => {
+            crate::merkle::verify_consistency(feed.after, feed.position, &held_root, &root, &proof)
+                .map_err(|_| FeedError::Inconsistent)?
+        }
+        // From the empty log: no proof is due.
+        _ if feed.after == 0 && !proof.is_empty() => {
+            return Err(FeedError::Malformed(
+                "a consistency proof from the empty log".into(),
+            ));
+        }
+        // From the log's start, or from a position held without a root: taken as it is.
+        _ => {}
+    }
+    Ok(Some(root))
 }

@@ -2,9 +2,11 @@
 
 use super::Broker;
 use crate::audit::AuditEvent;
+use crate::auditor::{StoreNodes, encode_hashes};
 use crate::error::Error;
 use crate::feed::{self, FeedRevocation, RevocationFeed};
 use crate::ids::HolderId;
+use crate::merkle::{self, EMPTY_ROOT};
 use crate::store::Store;
 use std::collections::HashMap;
 use std::sync::PoisonError;
@@ -135,14 +137,29 @@ impl<S: Store> Broker<S> {
             next = first_left.seq;
             complete = false;
         }
+        let position = next.max(after);
+        // The log's tree at the feed's end, and that it extends the tree at its start: the bank
+        // holds each feed's log to the last one's.
+        let nodes = StoreNodes(&self.store);
+        let root = match position {
+            0 => EMPTY_ROOT,
+            _ => merkle::root(position, &nodes)?,
+        };
+        let consistency = if after == 0 || after == position {
+            Vec::new()
+        } else {
+            merkle::consistency_proof(after, position, &nodes)?
+        };
         let contents = RevocationFeed {
             iss: self.settings.id.clone(),
             aud: holder.clone(),
             iat: now.unix_timestamp(),
             after,
-            position: next.max(after),
+            position,
             revoked,
             complete,
+            root: encode_hashes(&[root]).pop(),
+            consistency: encode_hashes(&consistency),
         };
         Ok(feed::sign(&contents, &self.token_key())?)
     }

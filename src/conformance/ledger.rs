@@ -395,14 +395,18 @@ where
         }))
         .unwrap();
     }
-    for position in [7, 9] {
+    for (position, root) in [(7, Some([7; 32])), (9, None), (11, Some([11; 32]))] {
         s.commit(only(Change::SetFeedState {
             state: FeedState {
                 position,
                 generated_at: NOW + Duration::minutes(i64::try_from(position).unwrap()),
+                root,
             },
         }))
         .unwrap();
+        // The state as written, root and all (or none), for the gate and for the feed.
+        let state = s.feed_state().unwrap().unwrap();
+        assert_eq!((state.position, state.root), (position, root));
     }
     let kept = attestation("att-1", "cns_1", "alice");
     s.commit(only(Change::RecordAttestation {
@@ -419,8 +423,9 @@ where
     assert_eq!(
         current.feed,
         Some(FeedState {
-            position: 9,
-            generated_at: NOW + Duration::minutes(9)
+            position: 11,
+            generated_at: NOW + Duration::minutes(11),
+            root: Some([11; 32]),
         })
     );
     assert_eq!(view(s, "att-1", "cns_2", DAY).platform_revoked_at, None);

@@ -185,6 +185,40 @@ pub struct FeedState {
     /// than its staleness bound.
     #[serde(with = "time::serde::timestamp")]
     pub generated_at: OffsetDateTime,
+    /// The root of the broker's log tree over its first `position` entries, as the feed last
+    /// applied named it: the next feed's log must extend it. `None` for a state written before
+    /// feeds named roots, and for one followed anew from the start.
+    #[serde(default, with = "optional_hash")]
+    pub root: Option<crate::merkle::Hash>,
+}
+
+/// A tree hash as standard base64, or nothing.
+mod optional_hash {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        hash: &Option<crate::merkle::Hash>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match hash {
+            Some(hash) => {
+                serializer.serialize_some(&crate::auditor::encode_hashes(&[*hash]).concat())
+            }
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<crate::merkle::Hash>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(deserializer)? else {
+            return Ok(None);
+        };
+        crate::auditor::decode_hashes(&[text])
+            .and_then(|hashes| hashes.first().copied())
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("a tree hash is not 32 bytes of base64"))
+    }
 }
 
 /// What the gate asks its ledger about one access.

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use consent_broker::dpop::{DpopError, HttpRequest};
+use consent_broker::feed::FeedError;
 use consent_broker::testing::{Accounts, GET_BALANCE, TestBank};
 use consent_broker::time::Duration;
 use consent_broker::*;
@@ -1126,13 +1127,14 @@ fn tokens_that_do_not_verify_are_refused_without_a_journal_entry() {
 fn a_feed_cannot_stretch_its_freshness_or_name_impossible_positions() {
     let w = world();
     let state = w.bank.bank.ledger().feed_state().unwrap().unwrap();
-    let keys = BrokerKeys::ephemeral(&SeededRandom::new(1)).unwrap();
-    let header = json!({ "alg": "EdDSA", "typ": "revocation-feed+jwt", "kid": keys.token().kid() });
+    let header = feed_header();
     let now = w.kit.broker.now();
+    // The log's root at the bank's position (no proof: the feed covers no more of it).
+    let (root, _) = feed_tree(&w.kit.broker.store(), state.position, state.position);
     let feed = |position: u64, iat: i64| {
         let contents = json!({
             "iss": "broker", "aud": "bank", "iat": iat, "after": state.position,
-            "position": position, "revoked": [],
+            "position": position, "revoked": [], "root": root,
         });
         sign_as_broker(&header, &contents)
     };
@@ -1150,6 +1152,194 @@ fn a_feed_cannot_stretch_its_freshness_or_name_impossible_positions() {
             _
         )))
     ));
+}
+
+/// The header of a revocation feed signed with the test kit's broker token key.
+fn feed_header() -> Value {
+    let keys = BrokerKeys::ephemeral(&SeededRandom::new(1)).unwrap();
+    json!({ "alg": "EdDSA", "typ": "revocation-feed+jwt", "kid": keys.token().kid() })
+}
+
+/// A platform's SQLite log the bank follows, copied, grown by one token, followed by the bank;
+/// then the copy taking over (a replica behind, a restore from an older copy) with the
+/// subject's stop of the consent logged on it, below the bank's feed position. Returns the
+/// directories, the old primary, the bank, the consent, the broker on the copy and the bank's
+/// feed position.
+fn rolled_back() -> (
+    [tempfile::TempDir; 2],
+    consent_broker::testing::TestBroker<SqliteStore>,
+    TestBank,
+    Consent,
+    consent_broker::testing::TestBroker<SqliteStore>,
+    u64,
+) {
+    let (primary, replica) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let kit = consent_broker::testing::TestBroker::sqlite(primary.path().join("platform.sqlite"));
+    let bank = TestBank::beside(&kit);
+    let consent = bank.granted(&kit);
+    copy_dir(primary.path(), replica.path());
+    let behind = kit.broker.store().audit_len().unwrap();
+    kit.token(&kit.access(consent.id()));
+    bank.sync(&kit).unwrap();
+    let followed = bank.bank.ledger().feed_state().unwrap().unwrap().position;
+    assert!(followed > behind, "{followed} > {behind}");
+    let failed_over =
+        consent_broker::testing::TestBroker::sqlite(replica.path().join("platform.sqlite"));
+    failed_over.clock.set(kit.broker.now());
+    let stop = failed_over.withdrawn(consent.id());
+    assert!(
+        stop < followed,
+        "the stop is logged below the bank's position"
+    );
+    (
+        [primary, replica],
+        kit,
+        bank,
+        consent,
+        failed_over,
+        followed,
+    )
+}
+
+/// Once the log that took over grows past the bank's position again, its feeds would start
+/// where the bank stopped and never carry the stop logged below it. Each feed names the log's
+/// root at its end and proves it extends the root the bank holds: the grown log's does not,
+/// so its feeds are refused and the bank's view goes stale (its gate refuses) until the bank
+/// follows the feed anew, from the log's start, which brings the stop.
+#[test]
+fn a_log_rolled_back_and_grown_again_is_refused_until_the_bank_follows_it_anew() {
+    let (_dirs, kit, bank, consent, failed_over, followed) = rolled_back();
+    // Each access asked for is logged (denied: the consent is stopped there).
+    while failed_over.broker.store().audit_len().unwrap() <= followed + 2 {
+        failed_over.decide(&failed_over.access(consent.id()));
+    }
+    let held = bank.bank.ledger().feed_state().unwrap().unwrap();
+    let feed = failed_over
+        .broker
+        .revocation_feed(bank.bank.id(), followed)
+        .unwrap();
+    assert_eq!(
+        bank.bank.apply_revocation_feed(&feed),
+        Err(BankError::Feed(FeedError::Inconsistent))
+    );
+    assert_eq!(bank.bank.ledger().feed_state().unwrap(), Some(held));
+    // A feed naming no root, where the bank holds one, is refused too.
+    let rootless = json!({
+        "iss": "broker", "aud": "bank", "iat": kit.broker.now().unix_timestamp(),
+        "after": followed, "position": failed_over.broker.store().audit_len().unwrap(),
+        "revoked": [],
+    });
+    assert_eq!(
+        bank.bank
+            .apply_revocation_feed(&sign_as_broker(&feed_header(), &rootless)),
+        Err(BankError::Feed(FeedError::Inconsistent))
+    );
+
+    // Past the staleness bound, a token of the old primary's (which never saw the stop) is
+    // refused: no feed was taken.
+    kit.clock.advance(Duration::minutes(6));
+    failed_over.clock.set(kit.broker.now());
+    let token = kit.token(&kit.access(consent.id()));
+    let present = |token: &str| {
+        let mut proof = String::new();
+        let request = bank.present(&kit, token, &mut proof);
+        bank.bank.check(&request, &bank.accounts).map(drop)
+    };
+    assert!(matches!(
+        present(&token.token),
+        Err(GateError::Refused {
+            refusal: GateRefusal::RevocationFeedStale { .. },
+            ..
+        })
+    ));
+
+    // The bank follows the feed anew: stale until it has, then the stop has reached it.
+    let anew = bank.bank.follow_revocation_feed_anew().unwrap();
+    assert_eq!((anew.position, anew.root), (0, None));
+    let journal = bank.bank.journal();
+    let last =
+        journal.audit_entries(journal.audit_len().unwrap() - 1..journal.audit_len().unwrap());
+    assert!(matches!(
+        &last.unwrap()[0].event,
+        AuditEvent::RevocationFeedApplied { position: 0, revoked, .. } if revoked.is_empty()
+    ));
+    bank.sync(&failed_over).unwrap();
+    assert!(matches!(
+        present(&token.token),
+        Err(GateError::Refused {
+            refusal: GateRefusal::RevokedAtPlatform,
+            ..
+        })
+    ));
+}
+
+/// A bank whose feed state was written before feeds named roots takes feeds that name none (a
+/// broker before roots), then the first root a feed names as it is (it has nothing to hold it
+/// to), and holds the next ones to it: a feed of another log after that is refused.
+#[test]
+fn a_bank_holding_no_root_takes_the_first_and_holds_the_rest_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.sqlite");
+    let kit = TestBroker::memory();
+    let bank = TestBank::on(&kit, SqliteStore::open(&path).unwrap());
+    bank.sync(&kit).unwrap();
+    // As a build before roots left it.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE bank_feed SET root = NULL", [])
+        .unwrap();
+    let held = bank.bank.ledger().feed_state().unwrap().unwrap();
+    assert_eq!(held.root, None);
+    assert!(held.position > 0);
+    let header = feed_header();
+    kit.request();
+    let len = kit.broker.store().audit_len().unwrap();
+    let rootless = json!({
+        "iss": "broker", "aud": "bank", "iat": kit.broker.now().unix_timestamp(),
+        "after": held.position, "position": len, "revoked": [],
+    });
+    let taken = bank
+        .bank
+        .apply_revocation_feed(&sign_as_broker(&header, &rootless))
+        .unwrap();
+    assert_eq!((taken.position, taken.root), (len, None));
+    kit.request();
+    bank.sync(&kit).unwrap();
+    let rooted = bank.bank.ledger().feed_state().unwrap().unwrap();
+    let (root, _) = feed_tree(&kit.broker.store(), 0, rooted.position);
+    assert_eq!(
+        rooted.root.map(|r| encode_hashes(&[r]).concat()),
+        Some(root)
+    );
+    // Another log, of the same keys, longer: its tree does not extend the one held.
+    let other = TestBroker::memory();
+    other.clock.advance(Duration::seconds(1));
+    while other.broker.store().audit_len().unwrap() < rooted.position + 3 {
+        other.request();
+    }
+    let end = other.broker.store().audit_len().unwrap();
+    let forged = feed_as_broker(
+        &other.broker.store(),
+        rooted.position,
+        end,
+        kit.broker.now().unix_timestamp(),
+        &[],
+    );
+    assert_eq!(
+        bank.bank.apply_revocation_feed(&forged),
+        Err(BankError::Feed(FeedError::Inconsistent))
+    );
+    // And a feed naming no root is no longer taken.
+    let rootless = json!({
+        "iss": "broker", "aud": "bank", "iat": kit.broker.now().unix_timestamp(),
+        "after": rooted.position, "position": rooted.position, "revoked": [],
+    });
+    assert_eq!(
+        bank.bank
+            .apply_revocation_feed(&sign_as_broker(&header, &rootless)),
+        Err(BankError::Feed(FeedError::Inconsistent))
+    );
+    assert_eq!(bank.bank.ledger().feed_state().unwrap(), Some(rooted));
 }
 
 /// The broker keeps an index of the revocations it has read from its log, so a feed reads only
@@ -1567,26 +1757,8 @@ fn the_place_to_verify_is_given_back_before_the_checks_that_follow() {
 /// staleness bound, a token is refused, not served.
 #[test]
 fn no_feed_is_signed_from_past_a_rolled_back_logs_end() {
-    let primary = tempfile::tempdir().unwrap();
-    let replica = tempfile::tempdir().unwrap();
-    let kit = consent_broker::testing::TestBroker::sqlite(primary.path().join("platform.sqlite"));
-    let bank = TestBank::beside(&kit);
-    let consent = bank.granted(&kit);
-    copy_dir(primary.path(), replica.path());
-    let behind = kit.broker.store().audit_len().unwrap();
-    kit.token(&kit.access(consent.id()));
-    bank.sync(&kit).unwrap();
-    let followed = bank.bank.ledger().feed_state().unwrap().unwrap().position;
-    assert!(followed > behind, "{followed} > {behind}");
-    let failed_over =
-        consent_broker::testing::TestBroker::sqlite(replica.path().join("platform.sqlite"));
-    failed_over.clock.set(kit.broker.now());
-    failed_over.withdrawn(consent.id());
+    let (_dirs, kit, bank, consent, failed_over, followed) = rolled_back();
     let len = failed_over.broker.store().audit_len().unwrap();
-    assert!(
-        len < followed,
-        "the stop is logged below the bank's position"
-    );
     assert_eq!(
         failed_over.broker.revocation_feed(bank.bank.id(), followed),
         Err(Error::FeedBeyondLog {

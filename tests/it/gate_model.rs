@@ -359,6 +359,27 @@ fn mismatch(claim: &str) -> GateRefusal {
     }
 }
 
+/// The log the model's feeds describe: the broker's real entries below `real_len` (their tree
+/// is the one the bank's first feed named), and a made-up entry at each position after.
+struct ModelLog<'a, S: LogRead> {
+    real: StoreNodes<'a, S>,
+    real_len: u64,
+}
+
+impl<S: LogRead> merkle::NodeSource for ModelLog<'_, S> {
+    fn node(&self, level: u32, index: u64) -> Result<merkle::Hash, merkle::MerkleError> {
+        if (index + 1) << level <= self.real_len {
+            return self.real.node(level, index);
+        }
+        if level == 0 {
+            return Ok(merkle::leaf_hash(&index.to_be_bytes()));
+        }
+        let left = self.node(level - 1, 2 * index)?;
+        let right = self.node(level - 1, 2 * index + 1)?;
+        Ok(merkle::node_hash(&left, &right))
+    }
+}
+
 /// The real bank beside a test broker (whose keys the dishonest platform holds).
 struct World {
     kit: TestBroker,
@@ -368,6 +389,9 @@ struct World {
     thief: DpopSigner,
     rng: SystemRandom,
     feed_position: u64,
+    /// The log the model's feeds describe: the broker's real log up to the bank's first feed
+    /// position, then one made-up entry per feed.
+    feed_base: u64,
     consents: u64,
     tokens: u64,
     /// The last request served: its token and proof, and its token's `jti`.
@@ -422,6 +446,7 @@ impl World {
             thief: DpopSigner::new(SigningKey::from_seed(&[8; 32]).unwrap()).unwrap(),
             rng: SystemRandom::new(),
             feed_position,
+            feed_base: feed_position,
             consents: 0,
             tokens: 0,
             last_served: None,
@@ -452,11 +477,18 @@ impl World {
             .iter()
             .map(|consent| json!({ "consent": consent, "seq": after, "at": now.unix_timestamp(), "by": "platform" }))
             .collect();
+        let log = ModelLog {
+            real: StoreNodes(&self.kit.broker.store()),
+            real_len: self.feed_base,
+        };
+        let root = merkle::root(position, &log).unwrap();
+        let proof = merkle::consistency_proof(after, position, &log).unwrap();
         let feed = self.signed(
             "revocation-feed+jwt",
             &json!({
                 "iss": "broker", "aud": "bank", "iat": now.unix_timestamp(),
                 "after": after, "position": position, "revoked": entries,
+                "root": encode_hashes(&[root]).concat(), "consistency": encode_hashes(&proof),
             }),
         );
         self.bank.bank.apply_revocation_feed(&feed).unwrap();

@@ -338,7 +338,7 @@ fn a_token_id_the_log_shows_for_another_access_does_not_account_for_this_one() {
         &shadow.token(&shadow.access(shadow_consent.id())).token,
         &logged,
     );
-    bank.sync(&shadow).unwrap();
+    bank.sync(kit).unwrap();
     let mut proof = String::new();
     let request = bank.present(&shadow, &token, &mut proof);
     bank.bank.serve(&request, &bank.accounts).unwrap().unwrap();
@@ -2354,7 +2354,13 @@ fn feed_leaving_out_every_stop<L: Store + LedgerRead>(kit: &TestBroker, bank: &T
         .unwrap()
         .map_or(0, |f| f.position);
     let end = kit.broker.store().audit_len().unwrap();
-    let feed = crate::support::feed_as_broker(after, end, kit.broker.now().unix_timestamp(), &[]);
+    let feed = crate::support::feed_as_broker(
+        &kit.broker.store(),
+        after,
+        end,
+        kit.broker.now().unix_timestamp(),
+        &[],
+    );
     bank.bank.apply_revocation_feed(&feed).unwrap();
     end
 }

@@ -2688,6 +2688,7 @@ fn a_version_8_schema_gets_this_builds_commit_function() {
              change_num2 BIGINT[], entry_commit INTEGER[], entry_tail BYTEA[]) \
              RETURNS BIGINT[] LANGUAGE sql \
              AS $$ SELECT pg_catalog.array_fill(-1::BIGINT, ARRAY[commits]) $$; \
+             ALTER TABLE {q}.bank_feed DROP COLUMN root; \
              UPDATE {q}.consent_broker_meta SET value = 8 WHERE key = 'schema_version'"
         ))
         .unwrap();

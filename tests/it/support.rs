@@ -34,10 +34,28 @@ pub fn sign_as_broker(header: &serde_json::Value, claims: &serde_json::Value) ->
     format!("{input}.{}", b64(pair.sign(input.as_bytes())))
 }
 
+/// The root of `log`'s tree at `position` and the consistency proof from `after` to it, as a
+/// revocation feed names them (standard base64).
+pub fn feed_tree(log: &impl LogRead, after: u64, position: u64) -> (String, Vec<String>) {
+    let nodes = StoreNodes(log);
+    let root = match position {
+        0 => merkle::EMPTY_ROOT,
+        _ => merkle::root(position, &nodes).unwrap(),
+    };
+    let proof = match after {
+        0 => Vec::new(),
+        _ if after == position => Vec::new(),
+        _ => merkle::consistency_proof(after, position, &nodes).unwrap(),
+    };
+    (encode_hashes(&[root]).concat(), encode_hashes(&proof))
+}
+
 /// A revocation feed the platform signs with the broker's token key, complete and dated
-/// `iat`, covering its log from `after` to `position` and carrying the stops of `revoked`
-/// (consent, log position): what a dishonest platform hands the test kit's bank.
+/// `iat`, covering its `log` from `after` to `position` (with the log's root there and the
+/// proof that it extends the tree at `after`) and carrying the stops of `revoked` (consent,
+/// log position): what a dishonest platform hands the test kit's bank.
 pub fn feed_as_broker(
+    log: &impl LogRead,
     after: u64,
     position: u64,
     iat: i64,
@@ -53,9 +71,10 @@ pub fn feed_as_broker(
             serde_json::json!({ "consent": consent, "seq": seq, "at": iat, "by": "subject" })
         })
         .collect();
+    let (root, consistency) = feed_tree(log, after, position);
     let contents = serde_json::json!({
         "iss": "broker", "aud": "bank", "iat": iat, "after": after,
-        "position": position, "revoked": revoked,
+        "position": position, "revoked": revoked, "root": root, "consistency": consistency,
     });
     sign_as_broker(&header, &contents)
 }

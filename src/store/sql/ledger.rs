@@ -123,17 +123,28 @@ pub(crate) fn feed_state<D: Dialect + ?Sized>(
 ) -> Result<Option<FeedState>, Failure<D::Error>> {
     let state = one(
         db,
-        "SELECT position, generated_at FROM bank_feed WHERE id = 1",
+        "SELECT position, generated_at, root FROM bank_feed WHERE id = 1",
         &[],
         |row| {
             Ok(FeedState {
                 position: u64::try_from(row.int(0)?.unwrap_or(-1))
                     .map_err(|_| StoreError::Corrupt("feed position".into()))?,
                 generated_at: time("feed time", row.int(1)?.unwrap_or(i64::MIN))?,
+                root: feed_root(row.optional_bytes(2)?)?,
             })
         },
     )?;
     Ok(state)
+}
+
+/// The feed's root as stored (32 bytes, or none).
+fn feed_root(stored: Option<Vec<u8>>) -> Result<Option<crate::merkle::Hash>, StoreError> {
+    stored
+        .map(|bytes| {
+            crate::merkle::Hash::try_from(bytes.as_slice())
+                .map_err(|_| StoreError::Corrupt("the feed's root is not 32 bytes".into()))
+        })
+        .transpose()
 }
 
 fn served<D: Dialect + ?Sized>(
@@ -180,7 +191,8 @@ pub(crate) fn gate_view<D: Dialect + ?Sized>(
                 (SELECT subject FROM bank_attestations WHERE id = ?1), \
                 (SELECT key FROM subject_keys WHERE subject = \
                     (SELECT subject FROM bank_attestations WHERE id = ?1)), \
-                d.record \
+                d.record, \
+                (SELECT root FROM bank_feed WHERE id = 1) \
          FROM (SELECT 1) AS one \
          LEFT JOIN bank_device_keys d \
              ON d.subject = (SELECT subject FROM bank_attestations WHERE id = ?1) \
@@ -236,6 +248,7 @@ fn decode_view(row: &dyn Row) -> Result<GateView, StoreError> {
             position: u64::try_from(position)
                 .map_err(|_| StoreError::Corrupt("feed position is negative".into()))?,
             generated_at: time("feed time", generated_at)?,
+            root: feed_root(row.optional_bytes(12)?)?,
         }),
         _ => None,
     };
@@ -455,12 +468,13 @@ pub(crate) fn apply<D: Dialect + ?Sized>(
         }
         Change::SetFeedState { state, .. } => {
             db.execute(
-                "INSERT INTO bank_feed (id, position, generated_at) VALUES (1, ?1, ?2) \
+                "INSERT INTO bank_feed (id, position, generated_at, root) VALUES (1, ?1, ?2, ?3) \
                  ON CONFLICT (id) DO UPDATE SET position = excluded.position, \
-                 generated_at = excluded.generated_at",
+                 generated_at = excluded.generated_at, root = excluded.root",
                 &[
                     Value::Int(signed(state.position)),
                     Value::Int(state.generated_at.unix_timestamp()),
+                    Value::OptionalBlob(state.root.as_ref().map(<[u8; 32]>::as_slice)),
                 ],
             )?;
             Ok(())

@@ -60,6 +60,8 @@ pub(crate) enum Value<'a> {
     Text(&'a str),
     /// Bytes.
     Blob(&'a [u8]),
+    /// Bytes or SQL `NULL`.
+    OptionalBlob(Option<&'a [u8]>),
 }
 
 /// A result row.

@@ -259,6 +259,14 @@ const MIGRATIONS: &[Migration] = &[
                 BEGIN SELECT RAISE(ABORT, 'Merkle levels 1 to 3 are derived, not stored'); END;
         ",
     },
+    Migration {
+        version: 10,
+        // The root of the broker's log tree at the bank's feed position: the next feed's log
+        // must extend it (none in a state written before feeds named roots).
+        sql: "
+            ALTER TABLE bank_feed ADD COLUMN root BLOB CHECK (root IS NULL OR length(root) = 32);
+        ",
+    },
 ];
 
 /// A [`Store`] in a SQLite database file.
@@ -395,7 +403,7 @@ impl SqliteStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 9;
+    pub const SCHEMA_VERSION: i64 = 10;
 
     /// SQLite `application_id` of a consent-broker database (`0x4342_526B`, "CBRk"), written by
     /// the first migration. A file with another application id is refused as not ours.
@@ -1246,7 +1254,8 @@ impl rusqlite::ToSql for Value<'_> {
             Value::Int(int) | Value::OptionalInt(Some(int)) => ValueRef::Integer(int),
             Value::OptionalInt(None) => ValueRef::Null,
             Value::Text(text) => ValueRef::Text(text.as_bytes()),
-            Value::Blob(bytes) => ValueRef::Blob(bytes),
+            Value::Blob(bytes) | Value::OptionalBlob(Some(bytes)) => ValueRef::Blob(bytes),
+            Value::OptionalBlob(None) => ValueRef::Null,
         }))
     }
 }
@@ -1811,6 +1820,10 @@ mod tests {
                     .unwrap();
             }
         }
+        // Nor had it the feed's root (version 10).
+        connection
+            .execute_batch("ALTER TABLE bank_feed DROP COLUMN root")
+            .unwrap();
         connection.pragma_update(None, "user_version", 8).unwrap();
     }
 
@@ -1841,7 +1854,7 @@ mod tests {
                 .unwrap()
         };
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 9);
+        assert_eq!(store.schema_version().unwrap(), SqliteStore::SCHEMA_VERSION);
         assert_eq!(low_rows(&store), 0, "the stored low nodes are gone");
         assert_eq!(expected_levels(&store), expected);
         for (level, nodes) in (0u32..).zip(&expected) {

@@ -104,6 +104,7 @@ fn bind(value: Value<'_>, declared: &Type) -> Result<Bound, StoreError> {
         Value::Text(text) if *declared == Type::BYTEA => Box::new(text.as_bytes().to_vec()),
         Value::Text(text) => Box::new(text.to_owned()),
         Value::Blob(bytes) => Box::new(bytes.to_vec()),
+        Value::OptionalBlob(bytes) => Box::new(bytes.map(<[u8]>::to_vec)),
     })
 }
 

@@ -543,6 +543,13 @@ const MIGRATIONS: &[Migration] = &[
         // fails if the revocation feed that revokes its consent was applied since its read.
         sql: commit_function!(),
     },
+    Migration {
+        version: 12,
+        // The root of the broker's log tree at the bank's feed position: the next feed's log
+        // must extend it (none in a state written before feeds named roots).
+        sql: "ALTER TABLE bank_feed ADD COLUMN root BYTEA \
+              CHECK (root IS NULL OR octet_length(root) = 32);",
+    },
 ];
 
 /// Schema version 6: each consent's holder in a column kept by a trigger, and the commit
@@ -701,7 +708,7 @@ impl PostgresStore {
     pub const MIGRATIONS: &'static [Migration] = MIGRATIONS;
 
     /// The schema version this build writes.
-    pub const SCHEMA_VERSION: i64 = 11;
+    pub const SCHEMA_VERSION: i64 = 12;
 
     /// How often a transaction is retried after a serialisation failure or deadlock.
     pub const MAX_TRANSACTION_ATTEMPTS: u32 = 5;
