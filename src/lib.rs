@@ -75,9 +75,9 @@ pub use auditor::{
 };
 pub use bank::{
     Admission, Bank, BankBuilder, BankError, BankKeys, CLOCK_SKEW_ALLOWANCE,
-    DEFAULT_MAX_CHECKPOINT_AGE, DEFAULT_MAX_MERGE_DELAY, GateError, GateRequest, GateSettings,
-    LogMonitor, MissingToken, MonitorError, MonitorReport, Prechecked, SavedStateError, Served,
-    SubjectView, TokenTerms, UndeliveredRevocation,
+    DEFAULT_MAX_CHECKPOINT_AGE, DEFAULT_MAX_MERGE_DELAY, FeedMismatch, GateError, GateRequest,
+    GateSettings, LogMonitor, MissingToken, MonitorError, MonitorReport, Prechecked,
+    SavedStateError, Served, SubjectView, TokenTerms, UndeliveredRevocation,
 };
 pub use bank::{BankErasure, MAX_BANK_RETENTION_BATCH, MAX_LIVE_DEVICES, PAIRWISE_PREFIX};
 pub use broker::{

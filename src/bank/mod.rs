@@ -31,8 +31,8 @@ pub use gate::{
     Admission, CLOCK_SKEW_ALLOWANCE, GateError, GateRequest, GateSettings, Prechecked, Served,
 };
 pub use monitor::{
-    DEFAULT_MAX_CHECKPOINT_AGE, DEFAULT_MAX_MERGE_DELAY, LogMonitor, MissingToken, MonitorError,
-    MonitorReport, SavedStateError, TokenTerms, UndeliveredRevocation,
+    DEFAULT_MAX_CHECKPOINT_AGE, DEFAULT_MAX_MERGE_DELAY, FeedMismatch, LogMonitor, MissingToken,
+    MonitorError, MonitorReport, SavedStateError, TokenTerms, UndeliveredRevocation,
 };
 pub use privacy::{BankErasure, MAX_BANK_RETENTION_BATCH, PAIRWISE_PREFIX};
 

@@ -20,7 +20,7 @@
 mod revocations;
 mod saved;
 
-pub use revocations::UndeliveredRevocation;
+pub use revocations::{FeedMismatch, UndeliveredRevocation};
 pub use saved::SavedStateError;
 
 use std::collections::{HashMap, HashSet};
@@ -129,6 +129,9 @@ pub struct MonitorReport {
     /// `missing_tokens` are, and again by a monitor restored from the state saved after the
     /// pass. See [`UndeliveredRevocation`].
     pub undelivered_revocations: Vec<UndeliveredRevocation>,
+    /// Where the bank's revocation feeds and the witnessed log disagree about the log's length
+    /// (see [`FeedMismatch`]).
+    pub feed_mismatches: Vec<FeedMismatch>,
     /// Stops of this bank's consents the log shows that the bank's feeds have not come to yet
     /// (the feed lags the log: the gate refuses once it lags past its staleness bound).
     pub pending_revocations: usize,
@@ -141,6 +144,7 @@ impl MonitorReport {
             && self.missing_tokens.is_empty()
             && self.missing_approvals.is_empty()
             && self.undelivered_revocations.is_empty()
+            && self.feed_mismatches.is_empty()
     }
 }
 
@@ -439,7 +443,6 @@ impl LogMonitor {
         }
         let mut missing_tokens = self.read_journal(bank)?;
         missing_tokens.append(&mut self.repeat);
-        let mut undelivered_revocations = Vec::new();
         // An access served after the journal was read is judged at the next pass, after the
         // attestation it rests on (journalled before it) and that attestation's digest.
         let (witnessed_by, cosigned_at, log_error) = match self.read_log(bank, source, now) {
@@ -459,13 +462,20 @@ impl LogMonitor {
             Err(error) => (Vec::new(), None, Some(error)),
         };
         // A fault of the bank's own journal: judge nothing against a log not read.
-        if !matches!(
+        let journal_fault = matches!(
             log_error,
             Some(MonitorError::Journal(_) | MonitorError::JournalDiffers { .. })
-        ) {
+        );
+        if !journal_fault {
             missing_tokens.extend(self.judge_pending(now));
-            undelivered_revocations = self.revocations.judge(self.log.size());
         }
+        // The stops are judged at every pass (what the journal's first read gave is the bank's
+        // own, read whole); only what depends on the log having been read waits.
+        let judged = self.revocations.judge(revocations::Verified {
+            size: self.log.size(),
+            cosigned_at,
+            due: (!journal_fault).then_some((now, self.max_merge_delay)),
+        });
         // An approval that appears later (of the attestation, for the consent the served token
         // named, committing to what the bank signed) clears its alarm; one for another consent
         // does not.
@@ -492,7 +502,8 @@ impl LogMonitor {
             missing_tokens,
             missing_approvals,
             pending: self.pending.len(),
-            undelivered_revocations,
+            undelivered_revocations: judged.undelivered,
+            feed_mismatches: judged.mismatches,
             pending_revocations: self.revocations.pending(),
         })
     }
@@ -544,10 +555,12 @@ impl LogMonitor {
                 return;
             }
             if let AuditEvent::RevocationFeedApplied {
-                position, revoked, ..
+                position,
+                generated_at,
+                revoked,
             } = entry.event
             {
-                feeds.push((position, revoked));
+                feeds.push((position, generated_at, entry.at, revoked));
                 return;
             }
             if let AuditEvent::AccessServed {
@@ -579,8 +592,9 @@ impl LogMonitor {
         self.journal_root = root;
         self.journal_position = len;
         self.keep_signed(signed);
-        for (position, revoked) in feeds {
-            self.revocations.fed(position, revoked);
+        for (position, generated_at, applied_at, revoked) in feeds {
+            self.revocations
+                .fed(position, generated_at, applied_at, revoked);
         }
         let mut reused = Vec::new();
         for access in served {
@@ -703,18 +717,20 @@ impl LogMonitor {
                         read.approvals
                             .push((attestation_id, consent, attestation_digest));
                     }
-                    // A stop of this bank's consent: one its feed must carry. The entry names
-                    // the holder (entries from before that member, a consent this bank's
-                    // approval named), as the broker's feed picks them.
+                    // A stop of this bank's consent: one its feed must carry. The consent is
+                    // this bank's when the entry names it as holder, or when an approval this
+                    // bank signed named the consent.
                     AuditEvent::ConsentRevoked {
                         consent,
                         holder: named,
                         ..
                     } => {
-                        let ours = match named {
-                            Some(named) => &named == holder,
-                            None => consents.contains(&consent) || new_consents.contains(&consent),
-                        };
+                        // A consent of this bank's approvals is this bank's whatever holder
+                        // the entry names (the feed follows the name: a stop logged under
+                        // another holder's reaches no feed of this bank's).
+                        let ours = named.as_ref() == Some(holder)
+                            || consents.contains(&consent)
+                            || new_consents.contains(&consent);
                         if ours {
                             read.revoked.push((consent, position));
                         }

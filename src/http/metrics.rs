@@ -112,7 +112,8 @@ impl Metrics {
     /// `alarm`, or `failed` for a pass that returned an error), and its alarms by kind
     /// (`missing_token` for each token reported, `missing_approval` for each attestation still
     /// without an approval, `undelivered_revocation` for each stop the log shows that the
-    /// revocation feed passed over, and the log's error by its code: `stale_checkpoint`, `checkpoint`,
+    /// revocation feed passed over, `feed_behind_log` and `feed_ahead_of_log` for feeds that
+    /// disagree with the witnessed log about its length, and the log's error by its code: `stale_checkpoint`, `checkpoint`,
     /// `tiles`, `journal`, `journal_differs`). No ids.
     pub fn record_monitor(&self, pass: Result<&MonitorReport, &MonitorError>) {
         let family = "consent_broker_monitor_alarms_total";
@@ -138,6 +139,22 @@ impl Metrics {
             (
                 "undelivered_revocation",
                 report.undelivered_revocations.len(),
+            ),
+            (
+                "feed_behind_log",
+                report
+                    .feed_mismatches
+                    .iter()
+                    .filter(|m| matches!(m, crate::bank::FeedMismatch::Behind { .. }))
+                    .count(),
+            ),
+            (
+                "feed_ahead_of_log",
+                report
+                    .feed_mismatches
+                    .iter()
+                    .filter(|m| matches!(m, crate::bank::FeedMismatch::Ahead { .. }))
+                    .count(),
             ),
         ];
         for (kind, n) in counts {
@@ -444,6 +461,7 @@ mod tests {
             missing_approvals: Vec::new(),
             pending: 0,
             undelivered_revocations: Vec::new(),
+            feed_mismatches: Vec::new(),
             pending_revocations: 0,
         };
         metrics.record_monitor(Ok(&clean));
@@ -472,6 +490,12 @@ mod tests {
                 seq: 5,
                 fed_to: 9,
             }],
+            feed_mismatches: vec![crate::bank::FeedMismatch::Behind {
+                fed_to: 3,
+                generated_at: time::OffsetDateTime::UNIX_EPOCH,
+                log_size: 9,
+                cosigned_at: time::OffsetDateTime::UNIX_EPOCH,
+            }],
             ..clean
         };
         metrics.record_monitor(Ok(&alarm));
@@ -492,6 +516,8 @@ mod tests {
         assert_eq!(count(alarms, "kind=\"missing_token\""), 2);
         assert_eq!(count(alarms, "kind=\"missing_approval\""), 1);
         assert_eq!(count(alarms, "kind=\"undelivered_revocation\""), 1);
+        assert_eq!(count(alarms, "kind=\"feed_behind_log\""), 1);
+        assert_eq!(count(alarms, "kind=\"feed_ahead_of_log\""), 0);
         assert_eq!(count(alarms, "kind=\"stale_checkpoint\""), 1);
         assert_eq!(count(alarms, "kind=\"journal_differs\""), 1);
         let text = metrics.render();

@@ -420,7 +420,7 @@ impl<'a, S: ?Sized> ReadOnly<'a, S> {
         Self(store)
     }
 
-    fn inner(&self) -> &'a S {
+    pub(crate) fn inner(&self) -> &'a S {
         self.0
     }
 }

@@ -215,6 +215,26 @@ impl<S: Store> TestBroker<S> {
         len.saturating_sub(1)
     }
 
+    /// The platform writes `event` into its own log as it likes (it owns the broker's store),
+    /// as the platform's act. Returns the entry's position.
+    ///
+    /// # Panics
+    /// If the store refuses the entry, or its log cannot be read.
+    pub fn logs_as_it_likes(&self, event: crate::audit::AuditEvent) -> u64 {
+        let record = crate::audit::AuditRecord::new(
+            self.broker.now(),
+            crate::audit::Actor::Platform(self.platform.clone()),
+            event,
+        );
+        self.broker
+            .store()
+            .inner()
+            .commit(crate::store::Commit::new(record))
+            .expect("the store takes the entry");
+        let len = crate::store::LogRead::audit_len(&self.broker.store()).expect("the log is read");
+        len.saturating_sub(1)
+    }
+
     /// The recorded decision on `access`.
     ///
     /// # Panics

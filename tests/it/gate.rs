@@ -1130,7 +1130,11 @@ fn a_feed_cannot_stretch_its_freshness_or_name_impossible_positions() {
     let header = feed_header();
     let now = w.kit.broker.now();
     // The log's root at the bank's position (no proof: the feed covers no more of it).
-    let (root, _) = feed_tree(&w.kit.broker.store(), state.position, state.position);
+    let (root, _) = feed_tree(
+        &StoreNodes(&w.kit.broker.store()),
+        state.position,
+        state.position,
+    );
     let feed = |position: u64, iat: i64| {
         let contents = json!({
             "iss": "broker", "aud": "bank", "iat": iat, "after": state.position,
@@ -1306,7 +1310,7 @@ fn a_bank_holding_no_root_takes_the_first_and_holds_the_rest_to_it() {
     kit.request();
     bank.sync(&kit).unwrap();
     let rooted = bank.bank.ledger().feed_state().unwrap().unwrap();
-    let (root, _) = feed_tree(&kit.broker.store(), 0, rooted.position);
+    let (root, _) = feed_tree(&StoreNodes(&kit.broker.store()), 0, rooted.position);
     assert_eq!(
         rooted.root.map(|r| encode_hashes(&[r]).concat()),
         Some(root)
@@ -1319,7 +1323,7 @@ fn a_bank_holding_no_root_takes_the_first_and_holds_the_rest_to_it() {
     }
     let end = other.broker.store().audit_len().unwrap();
     let forged = feed_as_broker(
-        &other.broker.store(),
+        &StoreNodes(&other.broker.store()),
         rooted.position,
         end,
         kit.broker.now().unix_timestamp(),

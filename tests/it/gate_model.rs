@@ -359,27 +359,6 @@ fn mismatch(claim: &str) -> GateRefusal {
     }
 }
 
-/// The log the model's feeds describe: the broker's real entries below `real_len` (their tree
-/// is the one the bank's first feed named), and a made-up entry at each position after.
-struct ModelLog<'a, S: LogRead> {
-    real: StoreNodes<'a, S>,
-    real_len: u64,
-}
-
-impl<S: LogRead> merkle::NodeSource for ModelLog<'_, S> {
-    fn node(&self, level: u32, index: u64) -> Result<merkle::Hash, merkle::MerkleError> {
-        if (index + 1) << level <= self.real_len {
-            return self.real.node(level, index);
-        }
-        if level == 0 {
-            return Ok(merkle::leaf_hash(&index.to_be_bytes()));
-        }
-        let left = self.node(level - 1, 2 * index)?;
-        let right = self.node(level - 1, 2 * index + 1)?;
-        Ok(merkle::node_hash(&left, &right))
-    }
-}
-
 /// The real bank beside a test broker (whose keys the dishonest platform holds).
 struct World {
     kit: TestBroker,
@@ -477,7 +456,7 @@ impl World {
             .iter()
             .map(|consent| json!({ "consent": consent, "seq": after, "at": now.unix_timestamp(), "by": "platform" }))
             .collect();
-        let log = ModelLog {
+        let log = crate::support::ForgedLog {
             real: StoreNodes(&self.kit.broker.store()),
             real_len: self.feed_base,
         };

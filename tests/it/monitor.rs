@@ -2355,7 +2355,7 @@ fn feed_leaving_out_every_stop<L: Store + LedgerRead>(kit: &TestBroker, bank: &T
         .map_or(0, |f| f.position);
     let end = kit.broker.store().audit_len().unwrap();
     let feed = crate::support::feed_as_broker(
-        &kit.broker.store(),
+        &StoreNodes(&kit.broker.store()),
         after,
         end,
         kit.broker.now().unix_timestamp(),
@@ -2529,5 +2529,257 @@ fn the_watch_over_the_platforms_stops_survives_a_restart() {
     assert_eq!(
         report.undelivered_revocations, expected,
         "read again from the start"
+    );
+}
+
+/// How far the bank has followed the feed.
+fn fed_to<L: Store + LedgerRead>(bank: &TestBank<L>) -> u64 {
+    bank.bank
+        .ledger()
+        .feed_state()
+        .unwrap()
+        .map_or(0, |f| f.position)
+}
+
+/// The platform logs the stop of one of the bank's consents under another holder's name: the
+/// broker's feed follows the name, so no feed of this bank's carries it. The consent is the
+/// bank's (its approval is in the log), so the stop is held against its feeds all the same.
+#[test]
+fn a_stop_logged_under_another_holders_name_is_still_the_banks() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let stopped = bank.granted(kit);
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let seq = kit.logs_as_it_likes(AuditEvent::ConsentRevoked {
+        consent: stopped.id().clone(),
+        subject: "ps_AAAAAAAAAAAAAAAAAAAAAA".parse().unwrap(),
+        revocation: Revocation {
+            by: Revoker::Subject,
+            reason: RevocationReason::SubjectWithdrew,
+        },
+        instruction: None,
+        holder: Some("another-bank".parse().unwrap()),
+    });
+    // The honest broker's feed, complete and past the stop, leaves it out: the gate serves.
+    serve(kit, &bank, &stopped);
+    assert!(fed_to(&bank) > seq);
+    platform.publish(&witness);
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert_eq!(
+        report.undelivered_revocations,
+        [UndeliveredRevocation {
+            consent: stopped.id().clone(),
+            seq,
+            fed_to: fed_to(&bank),
+        }]
+    );
+}
+
+/// The platform logs a withdrawal, then hands the bank complete, fresh feeds that never move
+/// past it (each from where the bank stands to the same place), so the stop never falls due
+/// and the gate's view stays fresh. A quorum of the witnesses cosigned a log past the stop
+/// before those feeds were made: the feeds said less than the log, and that is reported at each
+/// pass while it holds, until a feed reaches the log (which carries the stop).
+#[test]
+fn feeds_that_stand_still_short_of_a_stop_are_reported_behind_the_log() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let stopped = bank.granted(kit);
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    bank.sync(kit).unwrap();
+    let held = fed_to(&bank);
+    let token = kit.token(&kit.access(stopped.id()));
+    let seq = kit.withdrawn(stopped.id());
+    assert!(seq >= held);
+    let standing_still = || {
+        let nodes = StoreNodes(&kit.broker.store());
+        let now = kit.broker.now().unix_timestamp();
+        let feed = crate::support::feed_as_broker(&nodes, held, held, now, &[]);
+        bank.bank.apply_revocation_feed(&feed).unwrap();
+    };
+    standing_still();
+    let mut proof = String::new();
+    let request = bank.present(kit, &token.token, &mut proof);
+    bank.bank
+        .serve(&request, &bank.accounts)
+        .unwrap()
+        .expect("the gate serves the consent the log shows stopped");
+    platform.publish(&witness);
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(report.is_clean(), "made with the checkpoint: {report:?}");
+    let witnessed = (report.log_size, report.cosigned_at.unwrap());
+    // Feeds every four minutes (the gate's bound is five), checkpoints cosigned again as
+    // often (which moves their time, not when the log was first seen that long).
+    let mut behind = 0;
+    for _ in 0..5 {
+        kit.clock.advance(time::Duration::minutes(4));
+        standing_still();
+        platform.publish(&witness);
+        let report = monitor
+            .check(&bank.bank, &source, kit.broker.now())
+            .unwrap();
+        assert_eq!(report.pending_revocations, 1, "{report:?}");
+        for mismatch in &report.feed_mismatches {
+            assert_eq!(
+                *mismatch,
+                FeedMismatch::Behind {
+                    fed_to: held,
+                    generated_at: kit.broker.now(),
+                    log_size: witnessed.0,
+                    cosigned_at: witnessed.1,
+                }
+            );
+            behind += 1;
+        }
+    }
+    // The first feed four minutes after the cosignature is within the clocks' allowance.
+    assert_eq!(behind, 4);
+    // The honest feed reaches the log and carries the stop.
+    bank.sync(kit).unwrap();
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.pending_revocations, 0);
+}
+
+/// Feeds claiming positions past the witnessed log, carrying consent ids of the platform's
+/// choosing: the witnessed log never reaches them, so they are reported ahead once the merge
+/// delay is past, and what they carried is let go (the watch does not grow without bound).
+#[test]
+fn feeds_past_the_witnessed_log_are_reported_and_let_go() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let real_len = fed_to(&bank);
+    let forged = crate::support::ForgedLog {
+        real: StoreNodes(&kit.broker.store()),
+        real_len,
+    };
+    let far = real_len + 1_000;
+    let mut after = real_len;
+    let mut sizes = Vec::new();
+    let mut ahead = Vec::new();
+    for round in 0..20u64 {
+        let junk: Vec<ConsentId> = (0..200)
+            .map(|n| format!("cns_{:0>26}", round * 1000 + n).parse().unwrap())
+            .collect();
+        let carried: Vec<(&ConsentId, u64)> = junk.iter().map(|c| (c, 0)).collect();
+        let position = far + round;
+        let now = kit.broker.now();
+        let feed = crate::support::feed_as_broker(
+            &forged,
+            after,
+            position,
+            now.unix_timestamp(),
+            &carried,
+        );
+        bank.bank.apply_revocation_feed(&feed).unwrap();
+        after = position;
+        let report = monitor.check(&bank.bank, &source, now).unwrap();
+        ahead.extend(report.feed_mismatches);
+        sizes.push(monitor.save().len());
+        kit.clock.advance(time::Duration::minutes(10));
+    }
+    // Each feed is reported once its merge delay is past, in the pass after.
+    assert!(ahead.len() >= 10, "{ahead:?}");
+    assert!(
+        ahead
+            .iter()
+            .all(|m| matches!(m, FeedMismatch::Ahead { fed_to, .. } if *fed_to >= far)),
+        "{ahead:?}"
+    );
+    // What is held is what the last hour's feeds carried (seven, ten minutes apart), not every
+    // feed's: the saved state stops growing there.
+    assert!(
+        sizes[19] <= sizes[6] + 1024 && sizes[6] > sizes[0] * 5,
+        "the saved state holds what every feed carried: {sizes:?}"
+    );
+}
+
+/// A pass whose second read of the bank's journal fails (after its first took a feed that
+/// carried a stop the log already showed) still matches the stop with the feed: the state
+/// saved after it restores, and the stop raises no alarm.
+#[test]
+fn a_state_saved_after_a_journal_fault_restores() {
+    let ledger = Arc::new(FaultStore::new(MemoryStore::new(), 3));
+    let (platform, bank, _witness_dir, witness, consent) =
+        world_with(|kit| TestBank::on(kit, ledger.clone()));
+    let kit = &platform.kit;
+    let stopped = bank.granted(kit);
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    kit.withdrawn(stopped.id());
+    platform.publish(&witness);
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert_eq!(report.pending_revocations, 1, "{report:?}");
+    bank.sync(kit).unwrap();
+    let hooked = Hooked {
+        inner: DirTiles::new(platform.dir.path()),
+        hook: std::cell::RefCell::new(Some(Box::new(|| every_read_fails(&ledger)))),
+    };
+    let faulted = monitor
+        .check(&bank.bank, &hooked, kit.broker.now())
+        .unwrap();
+    assert!(
+        matches!(faulted.log_error, Some(MonitorError::Journal(_))),
+        "{faulted:?}"
+    );
+    assert_eq!(faulted.pending_revocations, 0, "{faulted:?}");
+    ledger.random_faults(false);
+    let mut restored = platform.monitor(&witness).restore(&monitor.save()).unwrap();
+    let report = restored
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// An honest broker's feed in pages of one, with a pass between pages, and an erasure at the
+/// platform (its stops name the holder), raise no alarm.
+#[test]
+fn honest_pages_and_an_erasure_raise_no_alarm() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (one, two, three) = (bank.granted(kit), bank.granted(kit), bank.granted(kit));
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    for stopped in [&one, &two, &three] {
+        kit.withdrawn(stopped.id());
+    }
+    platform.publish(&witness);
+    for _ in 0..4 {
+        let page = kit
+            .broker
+            .revocation_feed_page(bank.bank.id(), fed_to(&bank), 1)
+            .unwrap();
+        bank.bank.apply_revocation_feed(&page).unwrap();
+        let report = monitor
+            .check(&bank.bank, &source, kit.broker.now())
+            .unwrap();
+        assert!(report.is_clean(), "{report:?}");
+    }
+    kit.broker.erase_subject(&kit.subject).unwrap().unwrap();
+    platform.publish(&witness);
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.pending_revocations > 0, "{report:?}");
+    bank.sync(kit).unwrap();
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(
+        report.is_clean() && report.pending_revocations == 0,
+        "{report:?}"
     );
 }

@@ -34,28 +34,56 @@ pub fn sign_as_broker(header: &serde_json::Value, claims: &serde_json::Value) ->
     format!("{input}.{}", b64(pair.sign(input.as_bytes())))
 }
 
-/// The root of `log`'s tree at `position` and the consistency proof from `after` to it, as a
-/// revocation feed names them (standard base64).
-pub fn feed_tree(log: &impl LogRead, after: u64, position: u64) -> (String, Vec<String>) {
-    let nodes = StoreNodes(log);
+/// A log a dishonest platform describes: the real log's tree below `real_len` entries, and a
+/// made-up entry hash at every position past it (a platform can sign a root and a consistency
+/// proof for any length it likes). Each node past the real log is computed from the leaves:
+/// keep the length to thousands.
+pub struct ForgedLog<N> {
+    pub real: N,
+    pub real_len: u64,
+}
+
+impl<N: merkle::NodeSource> merkle::NodeSource for ForgedLog<N> {
+    fn node(&self, level: u32, index: u64) -> Result<merkle::Hash, merkle::MerkleError> {
+        if (index + 1) << level <= self.real_len {
+            return self.real.node(level, index);
+        }
+        if level == 0 {
+            let mut made_up = level.to_be_bytes().to_vec();
+            made_up.extend_from_slice(&index.to_be_bytes());
+            return Ok(merkle::leaf_hash(&made_up));
+        }
+        let left = self.node(level - 1, 2 * index)?;
+        let right = self.node(level - 1, 2 * index + 1)?;
+        Ok(merkle::node_hash(&left, &right))
+    }
+}
+
+/// The root of the tree `nodes` hold at `position` and the consistency proof from `after` to
+/// it, as a revocation feed names them (standard base64).
+pub fn feed_tree(
+    nodes: &impl merkle::NodeSource,
+    after: u64,
+    position: u64,
+) -> (String, Vec<String>) {
     let root = match position {
         0 => merkle::EMPTY_ROOT,
-        _ => merkle::root(position, &nodes).unwrap(),
+        _ => merkle::root(position, nodes).unwrap(),
     };
     let proof = match after {
         0 => Vec::new(),
         _ if after == position => Vec::new(),
-        _ => merkle::consistency_proof(after, position, &nodes).unwrap(),
+        _ => merkle::consistency_proof(after, position, nodes).unwrap(),
     };
     (encode_hashes(&[root]).concat(), encode_hashes(&proof))
 }
 
 /// A revocation feed the platform signs with the broker's token key, complete and dated
-/// `iat`, covering its `log` from `after` to `position` (with the log's root there and the
-/// proof that it extends the tree at `after`) and carrying the stops of `revoked` (consent,
-/// log position): what a dishonest platform hands the test kit's bank.
+/// `iat`, covering the log `nodes` hold from `after` to `position` (with its root there and
+/// the proof that it extends the tree at `after`) and carrying the stops of `revoked`
+/// (consent, log position): what a dishonest platform hands the test kit's bank.
 pub fn feed_as_broker(
-    log: &impl LogRead,
+    nodes: &impl merkle::NodeSource,
     after: u64,
     position: u64,
     iat: i64,
@@ -71,7 +99,7 @@ pub fn feed_as_broker(
             serde_json::json!({ "consent": consent, "seq": seq, "at": iat, "by": "subject" })
         })
         .collect();
-    let (root, consistency) = feed_tree(log, after, position);
+    let (root, consistency) = feed_tree(nodes, after, position);
     let contents = serde_json::json!({
         "iss": "broker", "aud": "bank", "iat": iat, "after": after,
         "position": position, "revoked": revoked, "root": root, "consistency": consistency,
