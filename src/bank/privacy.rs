@@ -258,10 +258,14 @@ impl<S: Store + LedgerRead> Bank<S> {
                 .iter()
                 .filter(|a| a.superseded_by.is_none() && a.revoked.is_none() && now < a.expires_at)
             {
+                // The platforms are told of an ordinary withdrawal: each broker logs the
+                // instruction in clear, and an `erasure` in two platforms' logs would tie the
+                // customer's pseudonyms there together (the bank's own journal keeps the
+                // reason).
                 instructions.push(self.sign_instruction(&Instruction::Revoke {
                     consent: live.consent.clone(),
                     by,
-                    reason,
+                    reason: RevocationReason::SubjectWithdrew,
                 })?);
                 records.push(self.record(
                     self.me(),

@@ -242,13 +242,22 @@ fn erasure_at_the_bank_and_the_platform_leaves_no_trace_in_either_database_or_th
     kit.broker
         .apply_holder_instruction(&at_bank.instructions[0])
         .unwrap();
+    // As an ordinary withdrawal: the instruction is logged in clear, and an erasure named in
+    // two platforms' logs would tie the customer's pseudonyms there together.
     assert!(matches!(
         kit.broker.consent(consent.id()).unwrap().status,
         ConsentStatus::Revoked {
-            reason: RevocationReason::Erasure,
+            by: Revoker::Subject,
+            reason: RevocationReason::SubjectWithdrew,
             ..
         }
     ));
+    let payload = at_bank.instructions[0].split('.').nth(1).unwrap();
+    assert!(
+        !String::from_utf8(unb64(payload))
+            .unwrap()
+            .contains("erasure")
+    );
     let at_platform = kit.broker.erase_subject(&pairwise).unwrap().unwrap();
     assert!(at_platform.purged);
     assert!(at_platform.revoked.is_empty());
