@@ -224,6 +224,36 @@ impl<S: Store + LedgerRead> Bank<S> {
             Ok(instruction)
         })
     }
+
+    /// The instruction that tells the broker of a revocation at the bank, signed again: for
+    /// one whose first instruction ([`Bank::revoke`]'s) never reached the broker (an
+    /// instruction is valid for [`crate::INSTRUCTION_LIFETIME`]). It names what
+    /// the ledger recorded (who revoked, and why) for `subject`'s latest approval of the
+    /// consent, which the bank revoked; the journal already holds the revocation, so nothing
+    /// is recorded. Applying it again at the broker changes nothing.
+    ///
+    /// # Errors
+    /// [`BankError::NothingToRevoke`] when the bank revoked no approval of `subject`'s for the
+    /// consent (none, or the latest is live, expired or superseded); [`BankError::Store`];
+    /// [`BankError::Instruction`].
+    pub fn revocation_instruction(
+        &self,
+        subject: &SubjectId,
+        consent: &ConsentId,
+    ) -> Result<String, BankError> {
+        let revoked = self
+            .ledger
+            .attestations_of_consent(consent)?
+            .into_iter()
+            .rfind(|a| &a.subject == subject && a.superseded_by.is_none())
+            .and_then(|latest| latest.revoked)
+            .ok_or_else(|| BankError::NothingToRevoke(consent.clone()))?;
+        self.sign_instruction(&Instruction::Revoke {
+            consent: consent.clone(),
+            by: revoked.by,
+            reason: revoked.reason,
+        })
+    }
 }
 
 /// Whether the approval stays within the bank's policy.

@@ -1084,6 +1084,57 @@ fn a_reused_consent_id_cannot_replace_or_revoke_another_subjects_approval() {
         .unwrap();
 }
 
+/// A stop at the bank whose instruction never reached the broker (it is valid for five
+/// minutes) is signed again, as the ledger recorded it; a live approval, or another subject's,
+/// has none to sign.
+#[test]
+fn a_stop_at_the_bank_whose_instruction_was_lost_is_signed_again() {
+    let w = world();
+    let consent = w.bank.granted(&w.kit);
+    let customer = w.bank.customer.clone();
+    assert_eq!(
+        w.bank.bank.revocation_instruction(&customer, consent.id()),
+        Err(BankError::NothingToRevoke(consent.id().clone())),
+        "live"
+    );
+    let lost = w
+        .bank
+        .bank
+        .revoke(
+            &customer,
+            consent.id(),
+            Revoker::Holder,
+            RevocationReason::SuspectedMisuse,
+        )
+        .unwrap();
+    let journal = w.bank.bank.journal().audit_len().unwrap();
+    w.kit.clock.advance(Duration::minutes(6));
+    assert!(matches!(
+        w.kit.broker.apply_holder_instruction(&lost),
+        Err(Error::Instruction(_))
+    ));
+    let again = w
+        .bank
+        .bank
+        .revocation_instruction(&customer, consent.id())
+        .unwrap();
+    assert_eq!(w.bank.bank.journal().audit_len().unwrap(), journal);
+    w.kit.broker.apply_holder_instruction(&again).unwrap();
+    assert!(matches!(
+        w.kit.broker.consent(consent.id()).unwrap().status,
+        ConsentStatus::Revoked {
+            by: Revoker::Holder,
+            reason: RevocationReason::SuspectedMisuse,
+            ..
+        }
+    ));
+    assert_eq!(
+        w.bank.bank.revocation_instruction(&id("bob"), consent.id()),
+        Err(BankError::NothingToRevoke(consent.id().clone())),
+        "another subject's"
+    );
+}
+
 /// A stranger's garbage does not grow the bank's journal, and what it sent is not echoed
 /// whole into the refusal.
 #[test]
