@@ -6,7 +6,7 @@ use crate::auditor::{StoreNodes, encode_hashes};
 use crate::error::Error;
 use crate::feed::{self, FeedRevocation, RevocationFeed};
 use crate::ids::HolderId;
-use crate::merkle::{self, EMPTY_ROOT};
+use crate::merkle::{self, EMPTY_ROOT, Hash};
 use crate::store::Store;
 use std::collections::HashMap;
 use std::sync::PoisonError;
@@ -16,11 +16,15 @@ const CHUNK: u64 = 4_096;
 
 /// The platform-side revocations this broker has found in the log, by holder, in log order,
 /// and how far it has read: each feed reads only the entries appended since the last (the log
-/// is append-only, so what was read stays true). One entry per revocation (about 100 bytes).
+/// is append-only, so what was read stays true, as long as it is the same log: the index holds
+/// the root of the tree it read, and reads again from the start a log whose tree there differs).
+/// One entry per revocation (about 100 bytes).
 #[derive(Debug, Default)]
 pub(super) struct FeedIndex {
     /// The log is read up to here (exclusive).
     scanned: u64,
+    /// The root of the log's first `scanned` entries, as read.
+    root: Hash,
     by_holder: HashMap<HolderId, Vec<FeedRevocation>>,
 }
 
@@ -62,9 +66,13 @@ impl<S: Store> Broker<S> {
                 len: position,
             });
         }
-        if position < index.scanned {
-            // The log is shorter than what was read (a restored store, a failover to a replica
-            // behind): what the index holds may not be this log's. Read it again.
+        let nodes = StoreNodes(&self.store);
+        // A log shorter than what was read, or whose tree differs there (a restored store, a
+        // failover to a replica that was behind and has grown since): what the index holds may
+        // not be this log's. Read it again.
+        if index.scanned > 0
+            && (position < index.scanned || merkle::root(index.scanned, &nodes)? != index.root)
+        {
             *index = FeedIndex::default();
         }
         while index.scanned < position {
@@ -83,6 +91,9 @@ impl<S: Store> Broker<S> {
                     "the log's entries {start}..{end} were not all read"
                 ))));
             }
+            // The chunk's revocations and the tree's root at its end, all read before the index
+            // takes any of them: a fault midway leaves the index as it was.
+            let mut found = Vec::new();
             for entry in chunk {
                 let AuditEvent::ConsentRevoked {
                     consent,
@@ -100,19 +111,23 @@ impl<S: Store> Broker<S> {
                     None => self.store.consent(consent)?.map(|c| c.request.holder),
                 };
                 if let Some(theirs) = theirs {
-                    index
-                        .by_holder
-                        .entry(theirs)
-                        .or_default()
-                        .push(FeedRevocation {
+                    found.push((
+                        theirs,
+                        FeedRevocation {
                             consent: consent.clone(),
                             seq: entry.seq,
                             at: entry.at.unix_timestamp(),
                             by: revocation.by,
-                        });
+                        },
+                    ));
                 }
             }
+            let root = merkle::root(end, &nodes)?;
+            for (theirs, revocation) in found {
+                index.by_holder.entry(theirs).or_default().push(revocation);
+            }
             index.scanned = end;
+            index.root = root;
         }
         let mut next = index.scanned.min(position);
         let mut complete = true;
@@ -129,6 +144,7 @@ impl<S: Store> Broker<S> {
                     .collect()
             })
             .unwrap_or_default();
+        let (scanned, scanned_root) = (index.scanned, index.root);
         drop(index);
         // One more than fits: this feed is a page, ending where the next one starts.
         if revoked.len() > most.max(1)
@@ -140,9 +156,9 @@ impl<S: Store> Broker<S> {
         let position = next.max(after);
         // The log's tree at the feed's end, and that it extends the tree at its start: the bank
         // holds each feed's log to the last one's.
-        let nodes = StoreNodes(&self.store);
         let root = match position {
             0 => EMPTY_ROOT,
+            _ if position == scanned => scanned_root,
             _ => merkle::root(position, &nodes)?,
         };
         let consistency = if after == 0 || after == position {

@@ -31,6 +31,7 @@ mod bad_input;
 mod deny_reasons;
 mod dpop;
 mod erasure;
+mod feed_index;
 mod gate;
 mod gate_model;
 mod instructions;
