@@ -32,7 +32,8 @@ pub use gate::{
 };
 pub use monitor::{
     DEFAULT_MAX_CHECKPOINT_AGE, DEFAULT_MAX_MERGE_DELAY, FeedMismatch, LogMonitor, MissingToken,
-    MonitorError, MonitorReport, SavedStateError, TokenTerms, UndeliveredRevocation,
+    MonitorError, MonitorReport, SavedStateError, TokenAfterRevocation, TokenTerms,
+    UndeliveredRevocation,
 };
 pub use privacy::{BankErasure, MAX_BANK_RETENTION_BATCH, PAIRWISE_PREFIX};
 

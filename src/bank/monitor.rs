@@ -6,7 +6,8 @@
 //! is found out by what is missing. The other way round, every stop of this bank's consents the
 //! log shows must have reached the bank through the broker's revocation feed: a platform that
 //! logs a withdrawal and signs feeds that leave it out is found out too
-//! ([`UndeliveredRevocation`]).
+//! ([`UndeliveredRevocation`]), as is one that goes on issuing tokens for a consent its log shows
+//! stopped ([`TokenAfterRevocation`]).
 //!
 //! The monitor reads the published tiles (C2SP tlog-tiles) and only what is new since its last
 //! pass (see [`crate::tiles::TiledLog`]), never the platform's database. What to do when
@@ -20,7 +21,7 @@
 mod revocations;
 mod saved;
 
-pub use revocations::{FeedMismatch, UndeliveredRevocation};
+pub use revocations::{FeedMismatch, TokenAfterRevocation, UndeliveredRevocation};
 pub use saved::SavedStateError;
 
 use std::collections::{HashMap, HashSet};
@@ -132,6 +133,9 @@ pub struct MonitorReport {
     /// Where the bank's revocation feeds and the witnessed log disagree about the log's length
     /// (see [`FeedMismatch`]).
     pub feed_mismatches: Vec<FeedMismatch>,
+    /// Tokens the log shows issued for this bank's consents after it showed them stopped (see
+    /// [`TokenAfterRevocation`]): each reported once, as `missing_tokens` are.
+    pub tokens_after_revocation: Vec<TokenAfterRevocation>,
     /// Stops of this bank's consents the log shows that the bank's feeds have not come to yet
     /// (the feed lags the log: the gate refuses once it lags past its staleness bound).
     pub pending_revocations: usize,
@@ -145,6 +149,7 @@ impl MonitorReport {
             && self.missing_approvals.is_empty()
             && self.undelivered_revocations.is_empty()
             && self.feed_mismatches.is_empty()
+            && self.tokens_after_revocation.is_empty()
     }
 }
 
@@ -293,8 +298,10 @@ pub struct LogMonitor {
 struct FromLog {
     issued: Vec<(String, TokenTerms)>,
     approvals: Vec<(String, ConsentId, Option<String>)>,
-    /// Stops of this bank's consents, with their positions.
-    revoked: Vec<(ConsentId, u64)>,
+    /// Every stop read, with its position and whether the entry names this bank as holder.
+    revoked: Vec<(ConsentId, u64, bool)>,
+    /// Tokens issued for consents of this bank's or stopped, with their positions.
+    tokens: Vec<(ConsentId, String, u64)>,
 }
 
 impl LogMonitor {
@@ -445,7 +452,9 @@ impl LogMonitor {
         missing_tokens.append(&mut self.repeat);
         // An access served after the journal was read is judged at the next pass, after the
         // attestation it rests on (journalled before it) and that attestation's digest.
-        let (witnessed_by, cosigned_at, log_error) = match self.read_log(bank, source, now) {
+        let read = self.read_log(bank, source, now);
+        let log_read = read.is_ok();
+        let (witnessed_by, cosigned_at, log_error) = match read {
             Ok(witnessed) => {
                 let cosigned_at = self.cosigned_at(&witnessed.cosigned_by, now);
                 let stale = self.max_checkpoint_age.and_then(|max_age| {
@@ -474,7 +483,8 @@ impl LogMonitor {
         let judged = self.revocations.judge(revocations::Verified {
             size: self.log.size(),
             cosigned_at,
-            due: (!journal_fault).then_some((now, self.max_merge_delay)),
+            due: (log_read && !journal_fault).then_some((now, self.max_merge_delay)),
+            stops_kept: self.max_merge_delay.saturating_add(ISSUED_KEPT),
         });
         // An approval that appears later (of the attestation, for the consent the served token
         // named, committing to what the bank signed) clears its alarm; one for another consent
@@ -504,6 +514,7 @@ impl LogMonitor {
             pending: self.pending.len(),
             undelivered_revocations: judged.undelivered,
             feed_mismatches: judged.mismatches,
+            tokens_after_revocation: judged.tokens,
             pending_revocations: self.revocations.pending(),
         })
     }
@@ -662,6 +673,8 @@ impl LogMonitor {
         let mut read = FromLog::default();
         let mut new_consents: HashSet<ConsentId> = HashSet::new();
         let (signed, consents, holder) = (&self.signed, &self.consents, bank.id());
+        let watch = &self.revocations;
+        let mut stopped_here: HashSet<ConsentId> = HashSet::new();
         let signed_by_the_bank = |attestation: &str, consent: &ConsentId| {
             signed
                 .get(attestation)
@@ -688,6 +701,12 @@ impl LogMonitor {
                             && token_digest
                                 .as_ref()
                                 .is_none_or(|d| d.len() <= LONGEST_KEPT);
+                        // Held against the stops (a stop may be this bank's by its name alone).
+                        let stopped = watch.is_stopped(&consent) || stopped_here.contains(&consent);
+                        if (ours || stopped) && token_id.len() <= LONGEST_KEPT {
+                            read.tokens
+                                .push((consent.clone(), token_id.clone(), position));
+                        }
                         if ours && kept {
                             read.issued.push((
                                 token_id,
@@ -717,23 +736,17 @@ impl LogMonitor {
                         read.approvals
                             .push((attestation_id, consent, attestation_digest));
                     }
-                    // A stop of this bank's consent: one its feed must carry. The consent is
-                    // this bank's when the entry names it as holder, or when an approval this
-                    // bank signed named the consent.
+                    // A stop: this bank's consent's (one its feed must carry) when the entry names
+                    // the bank as holder, or when an approval this bank signed names the consent,
+                    // before or after the stop (sorted out once the pass has read them all).
                     AuditEvent::ConsentRevoked {
                         consent,
                         holder: named,
                         ..
                     } => {
-                        // A consent of this bank's approvals is this bank's whatever holder
-                        // the entry names (the feed follows the name: a stop logged under
-                        // another holder's reaches no feed of this bank's).
-                        let ours = named.as_ref() == Some(holder)
-                            || consents.contains(&consent)
-                            || new_consents.contains(&consent);
-                        if ours {
-                            read.revoked.push((consent, position));
-                        }
+                        stopped_here.insert(consent.clone());
+                        read.revoked
+                            .push((consent, position, named.as_ref() == Some(holder)));
                     }
                     _ => {}
                 }
@@ -755,9 +768,6 @@ impl LogMonitor {
                 logged.push((consent, digest));
             }
         }
-        for (consent, position) in read.revoked {
-            self.revocations.logged(consent, position);
-        }
         for consent in new_consents {
             if !self.consents.contains(&consent) {
                 if let Some(recorded) = &mut self.recorded {
@@ -765,6 +775,21 @@ impl LogMonitor {
                 }
                 self.consents.insert(consent);
             }
+        }
+        // A consent of this bank's approvals is this bank's whatever holder the entry names
+        // (the feed follows the name: a stop logged under another holder's reaches no feed of
+        // this bank's), and whether the approval came before the stop or after it.
+        let consents = &self.consents;
+        for (consent, position, named) in read.revoked {
+            if named || consents.contains(&consent) {
+                self.revocations.logged(consent, position, now);
+            } else {
+                self.revocations.unclaimed(consent, position, now);
+            }
+        }
+        self.revocations.claim(|consent| consents.contains(consent));
+        for (consent, token_id, position) in read.tokens {
+            self.revocations.issued(&consent, &token_id, position);
         }
         self.note = Some(note);
         // Read through the pin (a smaller checkpoint, or another tree at its size, failed).

@@ -113,8 +113,9 @@ impl Metrics {
     /// (`missing_token` for each token reported, `missing_approval` for each attestation still
     /// without an approval, `undelivered_revocation` for each stop the log shows that the
     /// revocation feed passed over, `feed_behind_log` and `feed_ahead_of_log` for feeds that
-    /// disagree with the witnessed log about its length, and the log's error by its code: `stale_checkpoint`, `checkpoint`,
-    /// `tiles`, `journal`, `journal_differs`). No ids.
+    /// disagree with the witnessed log about its length, `token_after_revocation` for each token
+    /// the log shows issued for a consent it showed stopped, and the log's error by its code:
+    /// `stale_checkpoint`, `checkpoint`, `tiles`, `journal`, `journal_differs`). No ids.
     pub fn record_monitor(&self, pass: Result<&MonitorReport, &MonitorError>) {
         let family = "consent_broker_monitor_alarms_total";
         let report = match pass {
@@ -155,6 +156,10 @@ impl Metrics {
                     .iter()
                     .filter(|m| matches!(m, crate::bank::FeedMismatch::Ahead { .. }))
                     .count(),
+            ),
+            (
+                "token_after_revocation",
+                report.tokens_after_revocation.len(),
             ),
         ];
         for (kind, n) in counts {
@@ -462,6 +467,7 @@ mod tests {
             pending: 0,
             undelivered_revocations: Vec::new(),
             feed_mismatches: Vec::new(),
+            tokens_after_revocation: Vec::new(),
             pending_revocations: 0,
         };
         metrics.record_monitor(Ok(&clean));
@@ -496,6 +502,12 @@ mod tests {
                 log_size: 9,
                 cosigned_at: time::OffsetDateTime::UNIX_EPOCH,
             }],
+            tokens_after_revocation: vec![crate::bank::TokenAfterRevocation {
+                consent: crate::ids::ConsentId::new("cns_3").unwrap_or_else(|_| unreachable!()),
+                revoked_seq: 5,
+                token_id: "tok_after".into(),
+                issued_seq: 7,
+            }],
             ..clean
         };
         metrics.record_monitor(Ok(&alarm));
@@ -518,6 +530,7 @@ mod tests {
         assert_eq!(count(alarms, "kind=\"undelivered_revocation\""), 1);
         assert_eq!(count(alarms, "kind=\"feed_behind_log\""), 1);
         assert_eq!(count(alarms, "kind=\"feed_ahead_of_log\""), 0);
+        assert_eq!(count(alarms, "kind=\"token_after_revocation\""), 1);
         assert_eq!(count(alarms, "kind=\"stale_checkpoint\""), 1);
         assert_eq!(count(alarms, "kind=\"journal_differs\""), 1);
         let text = metrics.render();

@@ -17,12 +17,26 @@
 //! within the merge delay come from a log the witnesses were not shown
 //! ([`FeedMismatch::Ahead`]).
 //!
+//! Nor may the platform go on issuing tokens for a consent it logged stopped, while it keeps the
+//! stop from the witnesses and the feed short of it: a `token_issued` entry of one of this
+//! bank's consents after the log's `consent_revoked` entry of it is reported
+//! ([`TokenAfterRevocation`]), whatever the feed said. An honest broker checks the consent in
+//! the same commit as it logs the token, so never writes one.
+//!
+//! A stop is this bank's when the entry names the bank as holder, or when an approval this bank
+//! signed names the consent, in the log before or after the stop (an honest broker approves
+//! only a consent awaiting decision, never a stopped one: a stop before the approval is the
+//! platform's doing, and is held against the feed all the same). Stops of consents no approval
+//! of this bank's names yet are kept for the merge delay, at most [`MAX_UNCLAIMED`] of them.
+//!
 //! What is held between passes is small: the stops at or past the position the feeds cover
 //! (the feed has not come to them yet), the consents the feeds carried whose stop the monitor
 //! has not read in the log yet (its checkpoint lags the feed), the feeds past the witnessed
-//! log (for at most the merge delay), and what the last pass reported.
+//! log (for at most the merge delay), the consents those feeds carried once they are let go (at
+//! most [`MAX_RELEASED`]), the stops of this bank's consents read within the merge delay and a
+//! token's life, the unclaimed stops, and what the last pass reported.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -89,6 +103,34 @@ pub enum FeedMismatch {
     },
 }
 
+/// A `token_issued` entry of one of this bank's consents after a `consent_revoked` entry of
+/// the same consent, in the platform's witnessed log: the platform went on issuing tokens for a
+/// consent it had logged stopped (and the gate, if its feed had not carried the stop yet, may
+/// have served them). An honest broker never logs one. Reported once, and again by a monitor
+/// restored from the state saved after the pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenAfterRevocation {
+    /// The consent.
+    pub consent: ConsentId,
+    /// The position of the log's (first) `consent_revoked` entry of it.
+    pub revoked_seq: u64,
+    /// The token's `jti`, as logged.
+    pub token_id: String,
+    /// The position of the log's `token_issued` entry.
+    pub issued_seq: u64,
+}
+
+/// The most stops of consents not known to be this bank's the monitor keeps (the oldest go
+/// first): a stop logged before this bank's approval of the consent is held against the feed
+/// when the approval is read within the merge delay and before this many other stops.
+pub(super) const MAX_UNCLAIMED: usize = 1_024;
+
+/// The most consents, carried by feeds reported [`FeedMismatch::Ahead`], the monitor keeps as
+/// delivered to the gate (the oldest go first): a stop of one read later is not reported
+/// undelivered, since the bank's gate was told of it.
+pub(super) const MAX_RELEASED: usize = 4_096;
+
 /// A consent at a position: a stop at its log entry, or a consent a feed carried, with the
 /// position the feed covered to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,7 +150,19 @@ pub(super) struct FeedMark {
     at: OffsetDateTime,
 }
 
+/// A stop read in the log, and when the monitor read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StopRead {
+    consent: ConsentId,
+    position: u64,
+    #[serde(with = "time::serde::timestamp")]
+    at: OffsetDateTime,
+}
+
 /// The watch as saved (whole, in the state and in each record of changes: it is small).
+/// Members added after format 3 was first written default to empty, so a state saved before
+/// them restores.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SavedWatch {
@@ -129,6 +183,18 @@ pub(super) struct SavedWatch {
     /// Sizes of the witnessed log past the last feed's position, each with the time a quorum
     /// had cosigned it when the monitor first read it.
     witnessed: Vec<FeedMark>,
+    /// The first stop read of each of this bank's consents, while kept.
+    #[serde(default)]
+    stopped: Vec<StopRead>,
+    /// Stops of consents not known to be this bank's yet, in log order.
+    #[serde(default)]
+    unclaimed: Vec<StopRead>,
+    /// Consents carried by feeds reported ahead, oldest first.
+    #[serde(default)]
+    released: Vec<ConsentId>,
+    /// The tokens after a stop the last pass reported.
+    #[serde(default)]
+    reported_tokens: Vec<TokenAfterRevocation>,
 }
 
 /// What one judgement found.
@@ -136,6 +202,7 @@ pub(super) struct SavedWatch {
 pub(super) struct Judged {
     pub(super) undelivered: Vec<UndeliveredRevocation>,
     pub(super) mismatches: Vec<FeedMismatch>,
+    pub(super) tokens: Vec<TokenAfterRevocation>,
 }
 
 /// What a pass knows of the witnessed log when it judges.
@@ -146,9 +213,14 @@ pub(super) struct Verified {
     /// When a quorum had cosigned the checkpoint of that size, if this pass read and trusted
     /// it.
     pub(super) cosigned_at: Option<OffsetDateTime>,
-    /// The pass's time and the merge delay, when the log was read as far as it could be (not
-    /// after a fault of the bank's own journal, which stopped the pass before the log).
+    /// The pass's time and the merge delay, when this pass read and verified the log (not
+    /// when it could not, nor after a fault of the bank's own journal): feeds are judged ahead
+    /// of the log, and what is kept for a time is let go, only against a log read.
     pub(super) due: Option<(OffsetDateTime, Duration)>,
+    /// How long after it is read a stop is held against the tokens issued after it (the merge
+    /// delay and a token's life: a token served before the feed carried the stop is in the
+    /// witnessed log by then).
+    pub(super) stops_kept: Duration,
 }
 
 /// How many witnessed sizes the watch keeps (the oldest go first).
@@ -173,6 +245,17 @@ pub(super) struct Watch {
     /// What a restored monitor's next pass reports again.
     repeat: Vec<UndeliveredRevocation>,
     repeat_ahead: Vec<FeedMismatch>,
+    /// This bank's consents → their first stop read (position, when read), while kept.
+    stopped: HashMap<ConsentId, FeedMark>,
+    /// Stops of consents not known to be this bank's yet (consent, position, when read), in
+    /// log order, at most [`MAX_UNCLAIMED`].
+    unclaimed: VecDeque<StopRead>,
+    /// Consents carried by feeds reported ahead, oldest first, at most [`MAX_RELEASED`].
+    released: VecDeque<ConsentId>,
+    /// Tokens found issued after a stop since the last judgement.
+    tokens: Vec<TokenAfterRevocation>,
+    reported_tokens: Vec<TokenAfterRevocation>,
+    repeat_tokens: Vec<TokenAfterRevocation>,
 }
 
 impl Watch {
@@ -199,9 +282,65 @@ impl Watch {
         }
     }
 
-    /// The log shows `consent` stopped at `position`.
-    pub(super) fn logged(&mut self, consent: ConsentId, position: u64) {
-        self.logged.push((consent, position));
+    /// The log shows `consent`, one of this bank's, stopped at `position` (read at `now`).
+    /// Stops are given in log order, except those claimed later, which are put in their place.
+    pub(super) fn logged(&mut self, consent: ConsentId, position: u64, now: OffsetDateTime) {
+        self.stopped
+            .entry(consent.clone())
+            .and_modify(|first| {
+                if position < first.position {
+                    first.position = position;
+                }
+            })
+            .or_insert(FeedMark { position, at: now });
+        let at = self.logged.partition_point(|(_, seq)| *seq <= position);
+        self.logged.insert(at, (consent, position));
+    }
+
+    /// The log shows `consent` stopped at `position` (read at `now`), and no approval this bank
+    /// signed names the consent yet: kept, so that one read later makes the stop this bank's.
+    pub(super) fn unclaimed(&mut self, consent: ConsentId, position: u64, now: OffsetDateTime) {
+        if self.unclaimed.len() >= MAX_UNCLAIMED {
+            self.unclaimed.pop_front();
+        }
+        self.unclaimed.push_back(StopRead {
+            consent,
+            position,
+            at: now,
+        });
+    }
+
+    /// Takes as this bank's the unclaimed stops of consents `ours` now names.
+    pub(super) fn claim(&mut self, ours: impl Fn(&ConsentId) -> bool) {
+        let (claimed, kept): (VecDeque<StopRead>, VecDeque<StopRead>) =
+            std::mem::take(&mut self.unclaimed)
+                .into_iter()
+                .partition(|stop| ours(&stop.consent));
+        self.unclaimed = kept;
+        for stop in claimed {
+            self.logged(stop.consent, stop.position, stop.at);
+        }
+    }
+
+    /// Whether the log showed `consent` stopped (as far as the watch keeps).
+    pub(super) fn is_stopped(&self, consent: &ConsentId) -> bool {
+        self.stopped.contains_key(consent)
+    }
+
+    /// The log shows a token `token_id` issued for `consent`, one of this bank's, at
+    /// `position`: reported at the next judgement when the log showed the consent stopped
+    /// before it.
+    pub(super) fn issued(&mut self, consent: &ConsentId, token_id: &str, position: u64) {
+        if let Some(stop) = self.stopped.get(consent)
+            && stop.position < position
+        {
+            self.tokens.push(TokenAfterRevocation {
+                consent: consent.clone(),
+                revoked_seq: stop.position,
+                token_id: token_id.to_owned(),
+                issued_seq: position,
+            });
+        }
     }
 
     /// Matches each stop read with a consent a feed carried: one no feed carried though the
@@ -212,7 +351,9 @@ impl Watch {
     pub(super) fn judge(&mut self, log: Verified) -> Judged {
         let mut undelivered = std::mem::take(&mut self.repeat);
         let mut mismatches = std::mem::take(&mut self.repeat_ahead);
-        let (fed, delivered) = (self.fed, &mut self.delivered);
+        let mut tokens = std::mem::take(&mut self.repeat_tokens);
+        tokens.append(&mut self.tokens);
+        let (fed, delivered, released) = (self.fed, &mut self.delivered, &mut self.released);
         self.logged.retain(|(consent, seq)| {
             if let Some(positions) = delivered.get_mut(consent)
                 && !positions.is_empty()
@@ -221,6 +362,11 @@ impl Watch {
                 if positions.is_empty() {
                     delivered.remove(consent);
                 }
+                return false;
+            }
+            // Carried by a feed reported ahead: the gate was told.
+            if let Some(at) = released.iter().position(|c| c == consent) {
+                released.remove(at);
                 return false;
             }
             if fed > *seq {
@@ -246,9 +392,21 @@ impl Watch {
                 late.iter().map(|feed| feed.position).max(),
                 late.iter().map(|feed| feed.at).min(),
             ) {
+                // Let go, but kept as told to the gate: a stop of one read later is not the
+                // feed's omission.
                 let gone: HashSet<u64> = late.iter().map(|feed| feed.position).collect();
-                self.delivered.retain(|_, positions| {
-                    positions.retain(|position| !gone.contains(position));
+                let released = &mut self.released;
+                self.delivered.retain(|consent, positions| {
+                    positions.retain(|position| {
+                        let kept = !gone.contains(position);
+                        if !kept {
+                            if released.len() >= MAX_RELEASED {
+                                released.pop_front();
+                            }
+                            released.push_back(consent.clone());
+                        }
+                        kept
+                    });
                     !positions.is_empty()
                 });
                 let ahead = FeedMismatch::Ahead {
@@ -262,6 +420,15 @@ impl Watch {
                 self.reported_ahead.clear();
             }
             self.ahead = within;
+            // Stops read longer ago than a token issued after them could still be unlogged,
+            // and unclaimed ones past the merge delay, are let go.
+            self.stopped.retain(|_, stop| {
+                stop.at
+                    .checked_add(log.stops_kept)
+                    .is_none_or(|until| until >= now)
+            });
+            self.unclaimed
+                .retain(|stop| stop.at.checked_add(delay).is_none_or(|until| until >= now));
         }
         self.delivered.retain(|_, positions| {
             positions.retain(|position| *position > log.size);
@@ -301,9 +468,12 @@ impl Watch {
             }
         }
         self.reported.clone_from(&undelivered);
+        tokens.sort_by_key(|token| token.issued_seq);
+        self.reported_tokens.clone_from(&tokens);
         Judged {
             undelivered,
             mismatches,
+            tokens,
         }
     }
 
@@ -344,6 +514,22 @@ impl Watch {
             reported: self.reported.clone(),
             reported_ahead: self.reported_ahead.clone(),
             witnessed: self.witnessed.clone(),
+            stopped: {
+                let mut stopped: Vec<StopRead> = self
+                    .stopped
+                    .iter()
+                    .map(|(consent, first)| StopRead {
+                        consent: consent.clone(),
+                        position: first.position,
+                        at: first.at,
+                    })
+                    .collect();
+                stopped.sort_by_key(|stop| stop.position);
+                stopped
+            },
+            unclaimed: self.unclaimed.iter().cloned().collect(),
+            released: self.released.iter().cloned().collect(),
+            reported_tokens: self.reported_tokens.clone(),
         }
     }
 
@@ -360,6 +546,10 @@ impl Watch {
             reported,
             reported_ahead,
             witnessed,
+            stopped,
+            unclaimed,
+            released,
+            reported_tokens,
         } = saved;
         if latest.is_some_and(|latest| latest.position > fed) {
             return Err(Inconsistent("a feed past the furthest one"));
@@ -422,6 +612,43 @@ impl Watch {
         watch.reported = reported;
         watch.repeat_ahead.clone_from(&reported_ahead);
         watch.reported_ahead = reported_ahead;
+        for StopRead {
+            consent,
+            position,
+            at,
+        } in stopped
+        {
+            if position >= verified {
+                return Err(Inconsistent("a stop read past the log verified"));
+            }
+            if watch
+                .stopped
+                .insert(consent, FeedMark { position, at })
+                .is_some()
+            {
+                return Err(Inconsistent("a consent's first stop twice"));
+            }
+        }
+        let mut before = None;
+        for stop in &unclaimed {
+            if stop.position >= verified || before.is_some_and(|b| stop.position < b) {
+                return Err(Inconsistent("an unclaimed stop out of place"));
+            }
+            before = Some(stop.position);
+        }
+        if unclaimed.len() > MAX_UNCLAIMED || released.len() > MAX_RELEASED {
+            return Err(Inconsistent("more stops or consents than are kept"));
+        }
+        watch.unclaimed = unclaimed.into();
+        watch.released = released.into();
+        if reported_tokens
+            .iter()
+            .any(|token| token.revoked_seq >= token.issued_seq || token.issued_seq >= verified)
+        {
+            return Err(Inconsistent("a token reported after a stop out of place"));
+        }
+        watch.repeat_tokens.clone_from(&reported_tokens);
+        watch.reported_tokens = reported_tokens;
         Ok(watch)
     }
 }
@@ -443,6 +670,7 @@ mod tests {
             size,
             cosigned_at: cosigned.map(at),
             due: Some((at(now), Duration::hours(1))),
+            stops_kept: Duration::minutes(78),
         }
     }
 
@@ -452,19 +680,19 @@ mod tests {
         // The feed carries the stop before the monitor's checkpoint shows it.
         watch.fed(10, at(0), at(0), vec![consent(1)]);
         assert!(watch.judge(log(5, None, 0)).undelivered.is_empty());
-        watch.logged(consent(1), 7);
+        watch.logged(consent(1), 7, at(0));
         assert!(watch.judge(log(12, None, 1)).undelivered.is_empty());
         assert!(watch.delivered.is_empty());
         // The log shows it before the feed comes to it.
-        watch.logged(consent(2), 11);
+        watch.logged(consent(2), 11, at(0));
         assert!(watch.judge(log(12, None, 2)).undelivered.is_empty());
         assert_eq!(watch.pending(), 1);
         watch.fed(12, at(3), at(3), vec![consent(2)]);
         assert!(watch.judge(log(12, None, 3)).undelivered.is_empty());
         assert_eq!(watch.pending(), 0);
         // Stopped twice, carried once: the second stop is reported.
-        watch.logged(consent(3), 13);
-        watch.logged(consent(3), 14);
+        watch.logged(consent(3), 13, at(0));
+        watch.logged(consent(3), 14, at(0));
         watch.fed(15, at(4), at(4), vec![consent(3)]);
         let reported = watch.judge(log(15, None, 4)).undelivered;
         assert_eq!(
@@ -516,5 +744,53 @@ mod tests {
         let mut restored = Watch::restored(watch.saved(), 21).unwrap();
         assert_eq!(restored.judge(log(21, None, 70)).mismatches, ahead);
         assert!(watch.judge(log(21, Some(70), 70)).mismatches.is_empty());
+    }
+
+    #[test]
+    fn unclaimed_stops_are_claimed_in_log_order_and_tokens_after_them_reported() {
+        let mut watch = Watch::default();
+        watch.logged(consent(1), 20, at(0));
+        watch.unclaimed(consent(2), 10, at(0));
+        watch.unclaimed(consent(3), 15, at(0));
+        watch.claim(|c| *c == consent(2));
+        assert_eq!(
+            watch.logged,
+            [(consent(2), 10), (consent(1), 20)],
+            "claimed into its place"
+        );
+        assert_eq!(watch.unclaimed.len(), 1);
+        // A token before the stop is not reported; after it, it is, once.
+        watch.issued(&consent(2), "tok_before", 9);
+        watch.issued(&consent(2), "tok_after", 11);
+        watch.issued(&consent(3), "tok_unclaimed", 16);
+        let judged = watch.judge(log(25, None, 1));
+        assert_eq!(
+            judged.tokens,
+            [TokenAfterRevocation {
+                consent: consent(2),
+                revoked_seq: 10,
+                token_id: "tok_after".into(),
+                issued_seq: 11,
+            }]
+        );
+        // Saved after the pass and restored: what it reported is repeated, the rest kept as it
+        // was; a pass of the running watch reports it no more.
+        let mut restored = Watch::restored(watch.saved(), 25).unwrap();
+        assert_eq!(restored.judge(log(25, None, 3)).tokens, judged.tokens);
+        assert_eq!(restored.stopped, watch.stopped);
+        assert_eq!(restored.unclaimed, watch.unclaimed);
+        assert!(watch.judge(log(25, None, 2)).tokens.is_empty());
+        // Unclaimed stops go after the merge delay, stops after the time kept.
+        watch.judge(log(25, None, 62));
+        assert!(watch.unclaimed.is_empty() && !watch.stopped.is_empty());
+        watch.judge(log(25, None, 80));
+        assert!(watch.stopped.is_empty());
+        // A saved state that names a stop past the log verified is refused.
+        let mut saved = restored.saved();
+        saved.stopped[0].position = 25;
+        assert!(Watch::restored(saved, 25).is_err());
+        let mut saved = restored.saved();
+        saved.released = vec![consent(1); MAX_RELEASED + 1];
+        assert!(Watch::restored(saved, 25).is_err());
     }
 }
