@@ -76,7 +76,7 @@ pub use auditor::{
 pub use bank::{
     Admission, Bank, BankBuilder, BankError, BankKeys, CLOCK_SKEW_ALLOWANCE,
     DEFAULT_MAX_CHECKPOINT_AGE, DEFAULT_MAX_MERGE_DELAY, FeedMismatch, GateError, GateRequest,
-    GateSettings, LogMonitor, MissingToken, MonitorError, MonitorReport, Prechecked,
+    GateSettings, LogMonitor, MissingToken, MonitorError, MonitorReport, PlatformStop, Prechecked,
     SavedStateError, Served, SubjectView, TokenAfterRevocation, TokenTerms, UndeliveredRevocation,
 };
 pub use bank::{BankErasure, MAX_BANK_RETENTION_BATCH, MAX_LIVE_DEVICES, PAIRWISE_PREFIX};

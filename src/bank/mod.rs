@@ -240,14 +240,28 @@ impl BankError {
     }
 }
 
-/// What a subject can see at the bank: every approval it gave there, and everything the bank's
-/// journal records about it (accesses served and refused included).
+/// What a subject can see at the bank: every approval it gave there, the stops it made on the
+/// platform's side that reached the bank, and everything the bank's journal records about it
+/// (accesses served and refused included).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubjectView {
-    /// The subject's approvals, oldest first, with their revocations.
+    /// The subject's approvals, oldest first, with their revocations at the bank.
     pub approvals: Vec<AttestationRecord>,
+    /// The consents of those approvals stopped on the platform's side (in chat), as the
+    /// broker's revocation feed told the bank, in the order of the approvals: from then on the
+    /// bank's gate serves nothing under them.
+    pub platform_stops: Vec<PlatformStop>,
     /// The journal's entries about the subject, in order.
     pub journal: Vec<AuditEntry>,
+}
+
+/// A consent stopped on the platform's side, as the broker's revocation feed told the bank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformStop {
+    /// The consent.
+    pub consent: ConsentId,
+    /// When the platform logged the stop (the feed's time for it).
+    pub at: OffsetDateTime,
 }
 
 /// The broker's token keys the bank trusts, by `kid`.
@@ -676,9 +690,10 @@ impl<S: Store + LedgerRead> Bank<S> {
         })
     }
 
-    /// What the subject sees at the bank: every approval it gave, and every journal entry about
-    /// it (each access served or refused under its approvals, with the reason of a refusal and
-    /// what the platform claimed about its presence).
+    /// What the subject sees at the bank: every approval it gave, the stops it made in chat that
+    /// reached the bank, and every journal entry about it (each access served or refused under
+    /// its approvals, with the reason of a refusal and what the platform claimed about its
+    /// presence).
     ///
     /// # Errors
     /// [`BankError::Store`].
@@ -689,8 +704,25 @@ impl<S: Store + LedgerRead> Bank<S> {
         } else {
             auditor::history_of_any(&self.ledger, &pseudonyms)?
         };
+        let approvals = self.ledger.attestations_of_subject(subject)?;
+        let mut platform_stops: Vec<PlatformStop> = Vec::new();
+        for record in &approvals {
+            if platform_stops
+                .iter()
+                .any(|stop| stop.consent == record.consent)
+            {
+                continue;
+            }
+            if let Some(at) = self.ledger.platform_revocation(&record.consent)? {
+                platform_stops.push(PlatformStop {
+                    consent: record.consent.clone(),
+                    at,
+                });
+            }
+        }
         Ok(SubjectView {
-            approvals: self.ledger.attestations_of_subject(subject)?,
+            approvals,
+            platform_stops,
             journal,
         })
     }

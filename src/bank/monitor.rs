@@ -302,6 +302,8 @@ struct FromLog {
     revoked: Vec<(ConsentId, u64, bool)>,
     /// Tokens issued for consents of this bank's or stopped, with their positions.
     tokens: Vec<(ConsentId, String, u64)>,
+    /// Consents ended by an erasure or by retention, with the entry's position.
+    ended: Vec<(ConsentId, u64)>,
 }
 
 impl LogMonitor {
@@ -748,6 +750,21 @@ impl LogMonitor {
                         read.revoked
                             .push((consent, position, named.as_ref() == Some(holder)));
                     }
+                    // Consents whose state was deleted: no token may follow either (the feed
+                    // does not carry these; an honest erasure stopped the live ones first).
+                    AuditEvent::SubjectErased {
+                        consents: ended, ..
+                    }
+                    | AuditEvent::RetentionApplied {
+                        consents: ended, ..
+                    } => {
+                        for consent in ended {
+                            if consents.contains(&consent) || new_consents.contains(&consent) {
+                                stopped_here.insert(consent.clone());
+                                read.ended.push((consent, position));
+                            }
+                        }
+                    }
                     _ => {}
                 }
             })?;
@@ -788,6 +805,9 @@ impl LogMonitor {
             }
         }
         self.revocations.claim(|consent| consents.contains(consent));
+        for (consent, position) in read.ended {
+            self.revocations.ended(consent, position, now);
+        }
         for (consent, token_id, position) in read.tokens {
             self.revocations.issued(&consent, &token_id, position);
         }

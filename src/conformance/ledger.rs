@@ -429,6 +429,9 @@ where
         })
     );
     assert_eq!(view(s, "att-1", "cns_2", DAY).platform_revoked_at, None);
+    // The same time read alone (the subject's view).
+    assert_eq!(s.platform_revocation(&id("cns_1")).unwrap(), Some(first));
+    assert_eq!(s.platform_revocation(&id("cns_2")).unwrap(), None);
     // All or nothing: the attestation, the count and the id go with the duplicate that fails.
     let len = s.audit_len().unwrap();
     let failing = commit(

@@ -1271,8 +1271,15 @@ type BankState<S, H> = (BankEndpoints<S, H>, Option<Csrf>);
 
 fn approval_status(
     record: &crate::AttestationRecord,
+    platform_stop: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> (&'static str, String) {
+    if let Some(at) = platform_stop {
+        return (
+            "status-ended",
+            format!("Stopped in {} on {}", record.platform.as_str(), date(at)),
+        );
+    }
     if let Some(revoked) = &record.revoked {
         return (
             "status-ended",
@@ -1331,7 +1338,12 @@ where
         view.approvals.len()
     );
     for record in view.approvals.iter().rev() {
-        let (class, status) = approval_status(record, now);
+        let platform_stop = view
+            .platform_stops
+            .iter()
+            .find(|stop| stop.consent == record.consent)
+            .map(|stop| stop.at);
+        let (class, status) = approval_status(record, platform_stop, now);
         let id = esc(record.consent.as_str());
         let action = if class == "status-active" {
             format!(
@@ -1585,6 +1597,37 @@ mod tests {
             HeaderValue::from_str(&format!("{name}={value}")).unwrap(),
         );
         headers
+    }
+
+    #[test]
+    fn an_approval_stopped_in_chat_shows_as_stopped_there() {
+        let now = datetime!(2026-12-04 06:00 UTC);
+        fn parse<T: std::str::FromStr>(text: &str) -> T {
+            text.parse().unwrap_or_else(|_| unreachable!())
+        }
+        let record = crate::AttestationRecord {
+            id: "att-1".to_owned(),
+            consent: parse("cns_1"),
+            subject: parse("alice"),
+            platform: parse("chat"),
+            broker: parse("broker"),
+            scopes: crate::ScopeSet::from([crate::Scope::Balance]),
+            purposes: crate::PurposeSet::from([crate::Purpose::CustomerService]),
+            accounts: crate::AccountSet::new(),
+            unattended_daily_limit: 0,
+            signed_at: now,
+            expires_at: now + time::Duration::days(30),
+            revoked: None,
+            superseded_by: None,
+            devices: Vec::new(),
+            plaintext: crate::PlaintextUses::new(),
+            pairwise: None,
+            version: 1,
+        };
+        assert_eq!(approval_status(&record, None, now).0, "status-active");
+        let (class, status) = approval_status(&record, Some(now), now);
+        assert_eq!(class, "status-ended");
+        assert_eq!(status, "Stopped in chat on 2026-12-04T06:00:00Z");
     }
 
     #[test]

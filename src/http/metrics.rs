@@ -504,7 +504,7 @@ mod tests {
             }],
             tokens_after_revocation: vec![crate::bank::TokenAfterRevocation {
                 consent: crate::ids::ConsentId::new("cns_3").unwrap_or_else(|_| unreachable!()),
-                revoked_seq: 5,
+                stopped_seq: 5,
                 token_id: "tok_after".into(),
                 issued_seq: 7,
             }],

@@ -342,6 +342,16 @@ pub trait LedgerRead {
         consent: &ConsentId,
     ) -> Result<Vec<AttestationRecord>, StoreError>;
 
+    /// When the broker's revocation feed told the bank that `consent` was stopped on the
+    /// platform's side (the time the revocation was logged there), if it did.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    fn platform_revocation(
+        &self,
+        consent: &ConsentId,
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
+
     /// Every version of the bank's policy, oldest first.
     ///
     /// # Errors
@@ -417,6 +427,12 @@ macro_rules! forward_ledger_read {
                 consent: &ConsentId,
             ) -> Result<Vec<AttestationRecord>, StoreError> {
                 (**self).attestations_of_consent(consent)
+            }
+            fn platform_revocation(
+                &self,
+                consent: &ConsentId,
+            ) -> Result<Option<OffsetDateTime>, StoreError> {
+                (**self).platform_revocation(consent)
             }
             fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
                 (**self).bank_policies()

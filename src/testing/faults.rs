@@ -384,6 +384,15 @@ impl<S: Store + LedgerRead> LedgerRead for FaultStore<S> {
         })
     }
 
+    fn platform_revocation(
+        &self,
+        consent: &ConsentId,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.reading("platform_revocation", |inner| {
+            inner.platform_revocation(consent)
+        })
+    }
+
     fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
         self.reading("bank_policies", |inner| inner.bank_policies())
     }

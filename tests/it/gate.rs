@@ -1835,3 +1835,39 @@ fn no_feed_is_signed_from_past_a_rolled_back_logs_end() {
         })
     ));
 }
+
+/// A stop the subject makes in chat reaches the bank through the feed, and the subject's view at
+/// the bank shows it (when the platform logged it), on each ledger; before the feed brings it,
+/// nothing is shown.
+#[test]
+fn a_stop_made_in_chat_shows_in_the_subjects_view_at_the_bank() {
+    fn shown<L: Store + LedgerRead>(kit: &TestBroker, bank: &TestBank<L>) {
+        let consent = bank.granted(kit);
+        let other = bank.granted(kit);
+        kit.clock.advance(Duration::seconds(7));
+        let seq = kit.withdrawn(consent.id());
+        let logged_at = kit.broker.store().audit_entries(seq..seq + 1).unwrap()[0].at;
+        let view = bank.bank.subject_view(&bank.customer).unwrap();
+        assert_eq!(view.platform_stops, [], "not told yet");
+        bank.sync(kit).unwrap();
+        let view = bank.bank.subject_view(&bank.customer).unwrap();
+        assert_eq!(view.approvals.len(), 2);
+        assert_eq!(
+            view.platform_stops,
+            [PlatformStop {
+                consent: consent.id().clone(),
+                at: logged_at,
+            }],
+            "{} was not stopped",
+            other.id()
+        );
+    }
+    let kit = TestBroker::memory();
+    shown(&kit, &TestBank::beside(&kit));
+    let dir = tempfile::tempdir().unwrap();
+    let kit = TestBroker::memory();
+    shown(
+        &kit,
+        &TestBank::on(&kit, SqliteStore::open(dir.path().join("bank.sqlite")).unwrap()),
+    );
+}

@@ -2881,7 +2881,7 @@ fn tokens_issued_after_a_stop_kept_from_the_witnesses_are_reported() {
     assert!(
         after
             .iter()
-            .all(|t| t.consent == *stopped.id() && t.revoked_seq == seq && t.issued_seq > seq)
+            .all(|t| t.consent == *stopped.id() && t.stopped_seq == seq && t.issued_seq > seq)
     );
     // Reported once: the last pass reads nothing new.
     assert!(reports.last().unwrap().tokens_after_revocation.is_empty());
@@ -2998,4 +2998,36 @@ fn a_stop_carried_by_a_feed_reported_ahead_is_not_reported_undelivered() {
         [],
         "the honest feed carried it; outage pass: {outage:?}"
     );
+}
+
+/// The platform logs the subject's erasure naming the consent (the person is told they are
+/// forgotten) but never stops it, so its feed has nothing to carry, and goes on issuing tokens
+/// for it, which the gate serves: each token its log shows issued after the erasure is
+/// reported.
+#[test]
+fn tokens_issued_after_an_erasure_that_stopped_nothing_are_reported() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let erased = bank.granted(kit);
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let seq = kit.logs_as_it_likes(AuditEvent::SubjectErased {
+        subject: "ps_AAAAAAAAAAAAAAAAAAAAAA".parse().unwrap(),
+        consents: vec![erased.id().clone()],
+    });
+    serve(kit, &bank, &erased);
+    platform.publish(&witness);
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert_eq!(
+        report
+            .tokens_after_revocation
+            .iter()
+            .map(|t| (t.consent.clone(), t.stopped_seq))
+            .collect::<Vec<_>>(),
+        [(erased.id().clone(), seq)],
+        "{report:?}"
+    );
+    assert!(report.undelivered_revocations.is_empty(), "{report:?}");
 }

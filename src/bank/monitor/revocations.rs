@@ -103,18 +103,19 @@ pub enum FeedMismatch {
     },
 }
 
-/// A `token_issued` entry of one of this bank's consents after a `consent_revoked` entry of
-/// the same consent, in the platform's witnessed log: the platform went on issuing tokens for a
-/// consent it had logged stopped (and the gate, if its feed had not carried the stop yet, may
-/// have served them). An honest broker never logs one. Reported once, and again by a monitor
-/// restored from the state saved after the pass.
+/// A `token_issued` entry of one of this bank's consents after an entry that ended the same
+/// consent, in the platform's witnessed log: its `consent_revoked` entry, or a `subject_erased`
+/// or `retention_applied` entry naming it (its state deleted). The platform went on issuing
+/// tokens for a consent it had logged stopped (and the gate, if its feed had not carried the
+/// stop yet, may have served them). An honest broker never logs one. Reported once, and again
+/// by a monitor restored from the state saved after the pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenAfterRevocation {
     /// The consent.
     pub consent: ConsentId,
-    /// The position of the log's (first) `consent_revoked` entry of it.
-    pub revoked_seq: u64,
+    /// The position of the log's first entry that ended it.
+    pub stopped_seq: u64,
     /// The token's `jti`, as logged.
     pub token_id: String,
     /// The position of the log's `token_issued` entry.
@@ -285,14 +286,7 @@ impl Watch {
     /// The log shows `consent`, one of this bank's, stopped at `position` (read at `now`).
     /// Stops are given in log order, except those claimed later, which are put in their place.
     pub(super) fn logged(&mut self, consent: ConsentId, position: u64, now: OffsetDateTime) {
-        self.stopped
-            .entry(consent.clone())
-            .and_modify(|first| {
-                if position < first.position {
-                    first.position = position;
-                }
-            })
-            .or_insert(FeedMark { position, at: now });
+        self.ended(consent.clone(), position, now);
         let at = self.logged.partition_point(|(_, seq)| *seq <= position);
         self.logged.insert(at, (consent, position));
     }
@@ -322,6 +316,16 @@ impl Watch {
         }
     }
 
+    /// The log shows `consent`, one of this bank's, ended at `position` (read at `now`) by an
+    /// entry the feed does not carry (an erasure, or retention deleting its state): held
+    /// against the tokens issued after it only.
+    pub(super) fn ended(&mut self, consent: ConsentId, position: u64, now: OffsetDateTime) {
+        self.stopped
+            .entry(consent)
+            .and_modify(|first| first.position = first.position.min(position))
+            .or_insert(FeedMark { position, at: now });
+    }
+
     /// Whether the log showed `consent` stopped (as far as the watch keeps).
     pub(super) fn is_stopped(&self, consent: &ConsentId) -> bool {
         self.stopped.contains_key(consent)
@@ -336,7 +340,7 @@ impl Watch {
         {
             self.tokens.push(TokenAfterRevocation {
                 consent: consent.clone(),
-                revoked_seq: stop.position,
+                stopped_seq: stop.position,
                 token_id: token_id.to_owned(),
                 issued_seq: position,
             });
@@ -643,7 +647,7 @@ impl Watch {
         watch.released = released.into();
         if reported_tokens
             .iter()
-            .any(|token| token.revoked_seq >= token.issued_seq || token.issued_seq >= verified)
+            .any(|token| token.stopped_seq >= token.issued_seq || token.issued_seq >= verified)
         {
             return Err(Inconsistent("a token reported after a stop out of place"));
         }
@@ -768,7 +772,7 @@ mod tests {
             judged.tokens,
             [TokenAfterRevocation {
                 consent: consent(2),
-                revoked_seq: 10,
+                stopped_seq: 10,
                 token_id: "tok_after".into(),
                 issued_seq: 11,
             }]

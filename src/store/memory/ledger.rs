@@ -461,6 +461,10 @@ impl LedgerState {
         self.attestations_where(|record| &record.consent == consent)
     }
 
+    pub(super) fn platform_revocation(&self, consent: &ConsentId) -> Option<OffsetDateTime> {
+        self.platform_revocations.get(consent).copied()
+    }
+
     pub(super) fn policies(&self) -> Vec<PolicyRecord> {
         self.policies.clone()
     }

@@ -741,6 +741,13 @@ impl LedgerRead for MemoryStore {
         Ok(self.read()?.ledger.of_consent(consent))
     }
 
+    fn platform_revocation(
+        &self,
+        consent: &ConsentId,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        Ok(self.read()?.ledger.platform_revocation(consent))
+    }
+
     fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
         Ok(self.read()?.ledger.policies())
     }

@@ -87,6 +87,23 @@ pub(crate) fn attestations_of_consent<D: Dialect + ?Sized>(
     )
 }
 
+pub(crate) fn platform_revocation<D: Dialect + ?Sized>(
+    db: &mut D,
+    consent: &ConsentId,
+) -> Result<Option<OffsetDateTime>, Failure<D::Error>> {
+    let at = one(
+        db,
+        "SELECT revoked_at FROM bank_platform_revocations WHERE consent = ?1",
+        &[Value::Text(consent.as_str())],
+        |row| {
+            row.int(0)?
+                .map(|at| time("platform revocation", at))
+                .transpose()
+        },
+    )?;
+    Ok(at.flatten())
+}
+
 pub(crate) fn bank_policies<D: Dialect + ?Sized>(
     db: &mut D,
 ) -> Result<Vec<PolicyRecord>, Failure<D::Error>> {

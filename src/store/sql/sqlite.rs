@@ -1414,6 +1414,13 @@ impl LedgerRead for SqliteStore {
         self.scan(|db| ledger::attestations_of_consent(db, consent))
     }
 
+    fn platform_revocation(
+        &self,
+        consent: &ConsentId,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.read(|db| ledger::platform_revocation(db, consent))
+    }
+
     fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
         self.read(|db| ledger::bank_policies(db))
     }

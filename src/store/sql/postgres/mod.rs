@@ -1172,6 +1172,14 @@ impl LedgerRead for PostgresStore {
         self.read(move |db| ledger::attestations_of_consent(db, &consent))
     }
 
+    fn platform_revocation(
+        &self,
+        consent: &ConsentId,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let consent = consent.clone();
+        self.read(move |db| ledger::platform_revocation(db, &consent))
+    }
+
     fn bank_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
         self.read(|db| ledger::bank_policies(db))
     }
