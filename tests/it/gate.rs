@@ -1868,6 +1868,9 @@ fn a_stop_made_in_chat_shows_in_the_subjects_view_at_the_bank() {
     let kit = TestBroker::memory();
     shown(
         &kit,
-        &TestBank::on(&kit, SqliteStore::open(dir.path().join("bank.sqlite")).unwrap()),
+        &TestBank::on(
+            &kit,
+            SqliteStore::open(dir.path().join("bank.sqlite")).unwrap(),
+        ),
     );
 }
