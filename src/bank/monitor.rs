@@ -264,6 +264,9 @@ pub struct LogMonitor {
     /// The attestations the bank signed, by id: the consent each approved and its digest, from
     /// the bank's journal.
     signed: HashMap<String, (ConsentId, Option<String>)>,
+    /// The consents of those attestations: a stop of one is this bank's from the moment the
+    /// bank signed for it, whatever the log shows.
+    signed_consents: HashSet<ConsentId>,
     /// Token ids the gate served, with the token's digest and when: the same id served again
     /// for another token is reported.
     served: HashMap<String, (Option<String>, OffsetDateTime)>,
@@ -365,6 +368,7 @@ impl LogMonitor {
             approvals: HashMap::new(),
             consents: HashSet::new(),
             signed: HashMap::new(),
+            signed_consents: HashSet::new(),
             served: HashMap::new(),
             journal_position: 0,
             journal_root: EMPTY_ROOT,
@@ -406,6 +410,17 @@ impl LogMonitor {
     pub fn max_checkpoint_age(mut self, age: Option<Duration>) -> Self {
         self.max_checkpoint_age = age;
         self
+    }
+
+    /// The time the watch over the platform's stops keeps them by: when a quorum of the
+    /// witnesses had cosigned the checkpoint read (their clocks, not the bank's: a pass whose
+    /// clock steps forward forgets nothing early), or the pass's time when none counts.
+    fn watch_clock(
+        &self,
+        witnessed: &crate::cosignature::WitnessedCheckpoint,
+        now: OffsetDateTime,
+    ) -> OffsetDateTime {
+        self.cosigned_at(&witnessed.cosigned_by, now).unwrap_or(now)
     }
 
     /// When a quorum (at least one) of the policy's witnesses had cosigned: the quorum-th latest
@@ -485,7 +500,9 @@ impl LogMonitor {
         let judged = self.revocations.judge(revocations::Verified {
             size: self.log.size(),
             cosigned_at,
-            due: (log_read && !journal_fault).then_some((now, self.max_merge_delay)),
+            read: log_read && !journal_fault,
+            now: (!journal_fault).then_some(now),
+            merge_delay: self.max_merge_delay,
             stops_kept: self.max_merge_delay.saturating_add(ISSUED_KEPT),
         });
         // An approval that appears later (of the attestation, for the consent the served token
@@ -642,6 +659,7 @@ impl LogMonitor {
                 if let Some(recorded) = &mut self.recorded {
                     recorded.signed(slot.key(), &record);
                 }
+                self.signed_consents.insert(record.0.clone());
                 slot.insert(record);
             }
         }
@@ -793,20 +811,26 @@ impl LogMonitor {
                 self.consents.insert(consent);
             }
         }
-        // A consent of this bank's approvals is this bank's whatever holder the entry names
-        // (the feed follows the name: a stop logged under another holder's reaches no feed of
-        // this bank's), and whether the approval came before the stop or after it.
-        let consents = &self.consents;
+        // A consent this bank signed an attestation for, or of this bank's approvals in the log,
+        // is this bank's whatever holder the entry names (the feed follows the name: a stop
+        // logged under another holder's reaches no feed of this bank's), and whether the
+        // approval came before the stop or after it. Stops kept unclaimed are claimed first, so
+        // that this pass's stops of other consents push none of them out.
+        let clock = self.watch_clock(&witnessed, now);
+        let clock = self.revocations.tick(clock);
+        let (consents, signed_consents) = (&self.consents, &self.signed_consents);
+        let ours =
+            |consent: &ConsentId| consents.contains(consent) || signed_consents.contains(consent);
+        self.revocations.claim(ours);
         for (consent, position, named) in read.revoked {
-            if named || consents.contains(&consent) {
-                self.revocations.logged(consent, position, now);
+            if named || ours(&consent) {
+                self.revocations.logged(consent, position, clock);
             } else {
-                self.revocations.unclaimed(consent, position, now);
+                self.revocations.unclaimed(consent, position, clock);
             }
         }
-        self.revocations.claim(|consent| consents.contains(consent));
         for (consent, position) in read.ended {
-            self.revocations.ended(consent, position, now);
+            self.revocations.ended(consent, position, clock);
         }
         for (consent, token_id, position) in read.tokens {
             self.revocations.issued(&consent, &token_id, position);

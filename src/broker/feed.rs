@@ -6,7 +6,7 @@ use crate::auditor::{StoreNodes, encode_hashes};
 use crate::error::Error;
 use crate::feed::{self, FeedRevocation, RevocationFeed};
 use crate::ids::HolderId;
-use crate::merkle::{self, EMPTY_ROOT, Hash};
+use crate::merkle::{self, EMPTY_ROOT};
 use crate::store::Store;
 use std::collections::HashMap;
 use std::sync::PoisonError;
@@ -17,14 +17,14 @@ const CHUNK: u64 = 4_096;
 /// The platform-side revocations this broker has found in the log, by holder, in log order,
 /// and how far it has read: each feed reads only the entries appended since the last (the log
 /// is append-only, so what was read stays true, as long as it is the same log: the index holds
-/// the root of the tree it read, and reads again from the start a log whose tree there differs).
-/// One entry per revocation (about 100 bytes).
+/// the tree of the entries it read, hashed from their bytes, and reads again from the start a
+/// log whose stored tree there differs). One entry per revocation (about 100 bytes).
 #[derive(Debug, Default)]
 pub(super) struct FeedIndex {
     /// The log is read up to here (exclusive).
     scanned: u64,
-    /// The root of the log's first `scanned` entries, as read.
-    root: Hash,
+    /// The tree of the log's first `scanned` entries, as read (O(log n) hashes).
+    tree: merkle::TreeBuilder,
     by_holder: HashMap<HolderId, Vec<FeedRevocation>>,
 }
 
@@ -71,14 +71,15 @@ impl<S: Store> Broker<S> {
         // failover to a replica that was behind and has grown since): what the index holds may
         // not be this log's. Read it again.
         if index.scanned > 0
-            && (position < index.scanned || merkle::root(index.scanned, &nodes)? != index.root)
+            && (position < index.scanned
+                || merkle::root(index.scanned, &nodes)? != index.tree.root())
         {
             *index = FeedIndex::default();
         }
         while index.scanned < position {
             let start = index.scanned;
             let end = start.saturating_add(CHUNK).min(position);
-            let chunk = self.store.audit_entries(start..end)?;
+            let chunk = self.store.audit_bytes(start..end)?;
             // Every entry, in order: a short or gapped read must not become a revocation left
             // out of every feed to come. No feed then (the bank's view goes stale: fail closed).
             let whole = u64::try_from(chunk.len()).is_ok_and(|n| n == end - start)
@@ -91,10 +92,13 @@ impl<S: Store> Broker<S> {
                     "the log's entries {start}..{end} were not all read"
                 ))));
             }
-            // The chunk's revocations and the tree's root at its end, all read before the index
-            // takes any of them: a fault midway leaves the index as it was.
+            // The chunk's revocations and its entries' hashes onto the tree, all read before the
+            // index takes any of them: a fault midway leaves the index as it was.
             let mut found = Vec::new();
-            for entry in chunk {
+            let mut tree = index.tree.clone();
+            for stored in chunk {
+                tree.push(merkle::leaf_hash(&stored.bytes));
+                let entry = stored.parse()?;
                 let AuditEvent::ConsentRevoked {
                     consent,
                     revocation,
@@ -122,12 +126,18 @@ impl<S: Store> Broker<S> {
                     ));
                 }
             }
-            let root = merkle::root(end, &nodes)?;
+            // The entries read are the log whose tree the store holds at their end (not another
+            // store's, met in a failover between two reads): else no feed.
+            if merkle::root(end, &nodes)? != tree.root() {
+                return Err(Error::Store(crate::store::StoreError::Corrupt(format!(
+                    "the log's entries {start}..{end} do not give its tree's root"
+                ))));
+            }
             for (theirs, revocation) in found {
                 index.by_holder.entry(theirs).or_default().push(revocation);
             }
             index.scanned = end;
-            index.root = root;
+            index.tree = tree;
         }
         let mut next = index.scanned.min(position);
         let mut complete = true;
@@ -144,7 +154,7 @@ impl<S: Store> Broker<S> {
                     .collect()
             })
             .unwrap_or_default();
-        let (scanned, scanned_root) = (index.scanned, index.root);
+        let (scanned, scanned_root) = (index.scanned, index.tree.root());
         drop(index);
         // One more than fits: this feed is a page, ending where the next one starts.
         if revoked.len() > most.max(1)

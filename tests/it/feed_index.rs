@@ -18,6 +18,8 @@ struct Failover {
     replica: MemoryStore,
     /// 0: both in step; 1: the replica left behind; 2: failed over to the replica.
     mode: Arc<AtomicU8>,
+    /// Fail over to the replica (mode 2) right after the next read of entries.
+    flip_after_read: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Failover {
@@ -35,7 +37,11 @@ impl LogRead for Failover {
         self.active().audit_len()
     }
     fn audit_bytes(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, StoreError> {
-        self.active().audit_bytes(range)
+        let read = self.active().audit_bytes(range);
+        if self.flip_after_read.swap(false, Ordering::SeqCst) {
+            self.mode.store(2, Ordering::SeqCst);
+        }
+        read
     }
     fn merkle_node(&self, level: u32, index: u64) -> Result<Option<merkle::Hash>, StoreError> {
         self.active().merkle_node(level, index)
@@ -144,19 +150,7 @@ fn after_a_failover_to_a_replica_that_grew_past_the_index_the_feed_reads_the_log
     ));
     bank.bank.follow_revocation_feed_anew().unwrap();
     bank.sync(&kit).unwrap();
-    let mut proof = String::new();
-    let request = bank.present(&kit, &token.token, &mut proof);
-    let checked = bank.bank.check(&request, &bank.accounts).map(drop);
-    assert!(
-        matches!(
-            checked,
-            Err(GateError::Refused {
-                refusal: GateRefusal::RevokedAtPlatform,
-                ..
-            })
-        ),
-        "the gate serves a consent stopped at {stop} in the log the bank followed anew: {checked:?}"
-    );
+    refused_as_stopped_at_the_platform(&kit, &bank, &token, stop);
 }
 
 /// Feeds a platform might try against a bank holding a root: standing still or growing on
@@ -200,4 +194,76 @@ fn feeds_of_another_tree_or_from_the_start_are_refused() {
         Err(BankError::Feed(FeedError::Gap { .. }))
     ));
     assert_eq!(bank.bank.ledger().feed_state().unwrap(), Some(held));
+}
+
+/// The index reads a chunk's entries from one store and the tree's root at its end from
+/// another (a failover between the two reads, onto a replica written meanwhile: two broker
+/// processes of a store group failing over at different times). Were it to hold the first
+/// store's revocations under the second's root, the feed, consistent with the bank's root,
+/// would pass over the stop the replica's log holds in the chunk, and no later feed would carry
+/// it: the entries read are hashed onto the index's tree and must give the store's root, so
+/// that feed is refused and the next reads the replica's log from the start.
+#[test]
+fn a_failover_between_a_chunks_entries_and_its_root_loses_no_stop() {
+    let store = Failover::default();
+    let mode = Arc::clone(&store.mode);
+    let flip = Arc::clone(&store.flip_after_read);
+    let kit = TestBroker::on(store);
+    let bank = TestBank::beside(&kit);
+    let kept = bank.granted(&kit);
+    let stopped = bank.granted(&kit);
+    bank.sync(&kit).unwrap();
+    let held = bank.bank.ledger().feed_state().unwrap().unwrap().position;
+    // The replica is written alone for a while (another process failed over): the stop.
+    mode.store(2, Ordering::SeqCst);
+    let token = kit.token(&kit.access(stopped.id()));
+    let stop = kit.withdrawn(stopped.id());
+    for _ in 0..3 {
+        kit.decide(&kit.access(kept.id()));
+    }
+    let replica_len = kit.broker.store().audit_len().unwrap();
+    // This process is on the primary, which grew as far without the stop.
+    mode.store(1, Ordering::SeqCst);
+    while kit.broker.store().audit_len().unwrap() < replica_len {
+        kit.decide(&kit.access(kept.id()));
+    }
+    assert_eq!(kit.broker.store().audit_len().unwrap(), replica_len);
+    // The feed reads the primary's entries, then fails over before the root: no feed.
+    flip.store(true, Ordering::SeqCst);
+    let refused = kit.broker.revocation_feed(bank.bank.id(), held);
+    assert!(
+        matches!(refused, Err(Error::Store(StoreError::Corrupt(_)))),
+        "{refused:?}"
+    );
+    assert!(stop >= held && stop < replica_len);
+    // From here on the broker is on the replica, whose log holds the stop; it grows, and the
+    // next feed carries the stop.
+    for _ in 0..3 {
+        kit.decide(&kit.access(kept.id()));
+    }
+    bank.sync(&kit).unwrap();
+    refused_as_stopped_at_the_platform(&kit, &bank, &token, stop);
+}
+
+/// The gate refuses `token` as stopped on the platform's side: the stop at `stop` in the log
+/// reached the bank.
+fn refused_as_stopped_at_the_platform<S: Store>(
+    kit: &TestBroker<S>,
+    bank: &TestBank,
+    token: &AccessToken,
+    stop: u64,
+) {
+    let mut proof = String::new();
+    let request = bank.present(kit, &token.token, &mut proof);
+    let checked = bank.bank.check(&request, &bank.accounts).map(drop);
+    assert!(
+        matches!(
+            checked,
+            Err(GateError::Refused {
+                refusal: GateRefusal::RevokedAtPlatform,
+                ..
+            })
+        ),
+        "the log shows the stop at {stop}, the gate: {checked:?}"
+    );
 }

@@ -2679,10 +2679,39 @@ fn feeds_that_stand_still_short_of_a_stop_are_reported_behind_the_log() {
 /// (the watch does not grow without bound).
 #[test]
 fn feeds_past_the_witnessed_log_are_reported_and_let_go() {
+    let (far, reports, sizes) = fed_ahead(true);
+    let ahead: Vec<&FeedMismatch> = reports.iter().flat_map(|r| &r.feed_mismatches).collect();
+    // Each feed is reported once its merge delay is past, in the pass after.
+    assert!(ahead.len() >= 10, "{ahead:?}");
+    assert!(
+        ahead
+            .iter()
+            .all(|m| matches!(m, FeedMismatch::Ahead { fed_to, .. } if *fed_to >= far)),
+        "{ahead:?}"
+    );
+    // What is held is what the last hour's feeds carried (seven, ten minutes apart) and at most
+    // 4,096 consents let go, not every feed's: the saved state stops growing there (by round
+    // 17, 10 rounds of 400 consents after the first feed's hour).
+    assert!(
+        sizes[6] > sizes[0] * 5 && sizes[19] <= sizes[17] + 1024,
+        "the saved state holds what every feed carried: {sizes:?}"
+    );
+}
+
+/// Twenty feeds ten minutes apart, each claiming a position past the witnessed log and carrying
+/// 400 consent ids of the platform's choosing, and a pass after each, reading the platform's
+/// tiles (or, not `readable`, a directory without them): where the feeds start, each pass's
+/// report, and the saved state's size after it.
+fn fed_ahead(readable: bool) -> (u64, Vec<MonitorReport>, Vec<usize>) {
     let (platform, bank, _witness_dir, witness, consent) = world();
     let kit = &platform.kit;
     let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
-    let source = DirTiles::new(platform.dir.path());
+    let unreadable = tempfile::tempdir().unwrap();
+    let source = DirTiles::new(if readable {
+        platform.dir.path()
+    } else {
+        unreadable.path()
+    });
     let real_len = fed_to(&bank);
     let forged = crate::support::ForgedLog {
         real: StoreNodes(&kit.broker.store()),
@@ -2690,12 +2719,9 @@ fn feeds_past_the_witnessed_log_are_reported_and_let_go() {
     };
     let far = real_len + 1_000;
     let mut after = real_len;
-    let mut sizes = Vec::new();
-    let mut ahead = Vec::new();
+    let (mut reports, mut sizes) = (Vec::new(), Vec::new());
     for round in 0..20u64 {
-        let junk: Vec<ConsentId> = (0..400)
-            .map(|n| format!("cns_{:0>26}", round * 1000 + n).parse().unwrap())
-            .collect();
+        let junk: Vec<ConsentId> = (0..400).map(|n| junk_consent(round * 1000 + n)).collect();
         let carried: Vec<(&ConsentId, u64)> = junk.iter().map(|c| (c, 0)).collect();
         let position = far + round;
         let now = kit.broker.now();
@@ -2708,27 +2734,11 @@ fn feeds_past_the_witnessed_log_are_reported_and_let_go() {
         );
         bank.bank.apply_revocation_feed(&feed).unwrap();
         after = position;
-        let report = monitor.check(&bank.bank, &source, now).unwrap();
-        ahead.extend(report.feed_mismatches);
+        reports.push(monitor.check(&bank.bank, &source, now).unwrap());
         sizes.push(monitor.save().len());
         kit.clock.advance(time::Duration::minutes(10));
     }
-    // Each feed is reported once its merge delay is past, in the pass after.
-    assert!(ahead.len() >= 10, "{ahead:?}");
-    assert!(
-        ahead
-            .iter()
-            .all(|m| matches!(m, FeedMismatch::Ahead { fed_to, .. } if *fed_to >= far)),
-        "{ahead:?}"
-    );
-    // What is held is what the last hour's feeds carried (seven, ten minutes apart) and at most
-    // 4,096 consents let go, not every feed's: the saved state stops growing there (by round
-    // 17, 10 rounds of 400 consents after the first feed's hour).
-    let round = sizes[19] - sizes[18];
-    assert!(
-        sizes[6] > sizes[0] * 5 && sizes[19] <= sizes[17] + 1024,
-        "the saved state holds what every feed carried: {sizes:?} ({round} a round at the end)"
-    );
+    (far, reports, sizes)
 }
 
 /// A pass whose second read of the bank's journal fails (after its first took a feed that
@@ -2811,6 +2821,25 @@ fn honest_pages_and_an_erasure_raise_no_alarm() {
     );
 }
 
+/// The platform hands the bank a fresh feed that stands still at `held` (short of a stop it
+/// logged), issues a token for `consent` and the gate serves it: the token.
+fn served_standing_still(
+    kit: &TestBroker,
+    bank: &TestBank,
+    held: u64,
+    consent: &ConsentId,
+) -> AccessToken {
+    let nodes = StoreNodes(&kit.broker.store());
+    let now = kit.broker.now().unix_timestamp();
+    let still = crate::support::feed_as_broker(&nodes, held, held, now, &[]);
+    bank.bank.apply_revocation_feed(&still).unwrap();
+    let token = kit.token(&kit.access(consent));
+    let mut proof = String::new();
+    let request = bank.present(kit, &token.token, &mut proof);
+    bank.bank.serve(&request, &bank.accounts).unwrap().unwrap();
+    token
+}
+
 /// The platform logs a stop, keeps its witnessed checkpoint short of it for most of the merge
 /// delay (no witnessed size past the feed: no `Behind`), hands the bank fresh feeds that stand
 /// still before the stop, and goes on issuing tokens for the consent, logged after the stop,
@@ -2829,14 +2858,7 @@ fn tokens_issued_after_a_stop_kept_from_the_witnesses_are_reported() {
     let mut reports = Vec::new();
     let mut served = 0;
     for _ in 0..13 {
-        let nodes = StoreNodes(&kit.broker.store());
-        let now = kit.broker.now().unix_timestamp();
-        let still = crate::support::feed_as_broker(&nodes, held, held, now, &[]);
-        bank.bank.apply_revocation_feed(&still).unwrap();
-        let token = kit.token(&kit.access(stopped.id()));
-        let mut proof = String::new();
-        let request = bank.present(kit, &token.token, &mut proof);
-        bank.bank.serve(&request, &bank.accounts).unwrap().unwrap();
+        served_standing_still(kit, &bank, held, stopped.id());
         served += 1;
         reports.push(
             monitor
@@ -2908,6 +2930,14 @@ fn a_stop_logged_before_the_banks_approval_is_held_against_the_feed() {
 /// bank's when the approval is read at a later pass.
 #[test]
 fn a_stop_read_before_the_banks_approval_is_claimed_when_the_approval_is_read() {
+    let report = claimed_after_the_approval(0);
+    assert_eq!(report.tokens_after_revocation.len(), 1, "{report:?}");
+}
+
+/// A stop of a requested consent logged under another holder's name and read by a pass before
+/// the bank approves, then the approval followed by `others` stops of other consents, and the
+/// honest feed past them all: the stop is the bank's, reported undelivered.
+fn claimed_after_the_approval(others: u64) -> MonitorReport {
     let (platform, bank, _witness_dir, witness, consent) = world();
     let kit = &platform.kit;
     let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
@@ -2922,9 +2952,10 @@ fn a_stop_read_before_the_banks_approval_is_claimed_when_the_approval_is_read() 
     assert_eq!(before.pending_revocations, 0, "not the bank's yet");
     kit.clock.advance(time::Duration::minutes(3));
     let stopped = bank.approve(kit, &request, |_| {}).unwrap();
-    let report =
-        served_past_a_stop_left_out(&platform, &bank, &witness, &mut monitor, &stopped, seq);
-    assert_eq!(report.tokens_after_revocation.len(), 1, "{report:?}");
+    for n in 0..others {
+        logged_stop(kit, &junk_consent(n), "another-bank".parse().unwrap());
+    }
+    served_past_a_stop_left_out(&platform, &bank, &witness, &mut monitor, &stopped, seq)
 }
 
 /// An honest platform and bank; the honest feed carried the stop. A new monitor's first pass
@@ -3030,4 +3061,119 @@ fn tokens_issued_after_an_erasure_that_stopped_nothing_are_reported() {
         "{report:?}"
     );
     assert!(report.undelivered_revocations.is_empty(), "{report:?}");
+}
+
+/// A junk consent id, the `n`th.
+fn junk_consent(n: u64) -> ConsentId {
+    format!("cns_{:0>26}", 7_000_000 + n).parse().unwrap()
+}
+
+/// The platform logs the stop under another holder's name (a pass reads it unclaimed), then
+/// the bank's approval, then 1,024 stops of other consents after the approval. The pass that
+/// reads the approval claims the stop before it keeps any of its own unclaimed: the feed that
+/// passed over the stop is reported.
+#[test]
+fn stops_logged_after_the_approval_do_not_push_out_the_stop_it_claims() {
+    // None of these is between the stop and the approval.
+    claimed_after_the_approval(1_024);
+}
+
+/// Feeds are reported ahead only by a pass that read the log. A platform that keeps its log
+/// unreadable to the bank (a log error at each pass) while handing the bank feeds far past any
+/// log, each carrying consent ids of its choosing: what they carried is let go past the merge
+/// delay all the same, and the state stops growing.
+#[test]
+fn feeds_ahead_of_a_log_kept_unreadable_do_not_grow_the_state_without_bound() {
+    let (_, reports, sizes) = fed_ahead(false);
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.log_error.is_some() && r.feed_mismatches.is_empty())
+    );
+    assert!(
+        sizes[6] > sizes[0] * 5 && sizes[19] <= sizes[17] + 1024,
+        "the saved state holds every feed's consents while the log is unreadable: {sizes:?}"
+    );
+}
+
+/// The bank's clock steps forward (three hours) for one pass and back (an NTP step, a VM
+/// resumed). The platform then issues a token for the stopped consent, logged after the stop,
+/// and the gate serves it (the feed still short of the stop, within the clocks' margin): the
+/// stops are kept by the witnesses' time, not the pass's, so the token is reported.
+#[test]
+fn a_pass_clock_stepped_forward_forgets_no_stop() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let stopped = bank.granted(kit);
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    bank.sync(kit).unwrap();
+    let held = fed_to(&bank);
+    let seq = logged_stop(kit, stopped.id(), bank.bank.id().clone());
+    platform.publish(&witness);
+    let read = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert_eq!(read.pending_revocations, 1, "{read:?}");
+    // One pass with the bank's clock three hours ahead: nothing to report, nothing new read.
+    let glitch = monitor
+        .check(
+            &bank.bank,
+            &source,
+            kit.broker.now() + time::Duration::hours(3),
+        )
+        .unwrap();
+    assert!(glitch.is_clean(), "{glitch:?}");
+    // Back to the right time: a feed still short of the stop, a token issued after it, served.
+    kit.clock.advance(time::Duration::minutes(1));
+    let token = served_standing_still(kit, &bank, held, stopped.id());
+    platform.publish(&witness);
+    let after = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert_eq!(
+        after
+            .tokens_after_revocation
+            .iter()
+            .map(|t| (t.stopped_seq, t.token_id.clone()))
+            .collect::<Vec<_>>(),
+        [(seq, token.token_id.clone())],
+        "{after:?}"
+    );
+}
+
+/// The bank signed its approval before the platform logged a stop of the consent under another
+/// holder's name: the stop is the bank's from the moment the bank signed (its journal says so),
+/// however many other holders' stops come before the approval is logged.
+#[test]
+fn a_stop_of_a_consent_the_bank_signed_for_is_the_banks_before_the_approval_is_logged() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let request = kit.request();
+    let signed = bank.bank.attest(&bank.statement(kit, &request)).unwrap();
+    monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    // Restored, the monitor still knows what the bank signed for.
+    let mut monitor = platform.monitor(&witness).restore(&monitor.save()).unwrap();
+    let seq = logged_stop(kit, request.id(), "another-bank".parse().unwrap());
+    platform.publish(&witness);
+    let first = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert_eq!(first.pending_revocations, 1, "the bank's: {first:?}");
+    // More other holders' stops than are kept unclaimed, read before the approval.
+    for n in 0..1_100 {
+        logged_stop(kit, &junk_consent(n), "another-bank".parse().unwrap());
+    }
+    platform.publish(&witness);
+    monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    let stopped = kit.broker.approve(request.id(), &signed).unwrap();
+    let report =
+        served_past_a_stop_left_out(&platform, &bank, &witness, &mut monitor, &stopped, seq);
+    assert_eq!(report.tokens_after_revocation.len(), 1, "{report:?}");
 }

@@ -23,17 +23,25 @@
 //! ([`TokenAfterRevocation`]), whatever the feed said. An honest broker checks the consent in
 //! the same commit as it logs the token, so never writes one.
 //!
-//! A stop is this bank's when the entry names the bank as holder, or when an approval this bank
-//! signed names the consent, in the log before or after the stop (an honest broker approves
-//! only a consent awaiting decision, never a stopped one: a stop before the approval is the
-//! platform's doing, and is held against the feed all the same). Stops of consents no approval
-//! of this bank's names yet are kept for the merge delay, at most [`MAX_UNCLAIMED`] of them.
+//! A stop is this bank's when the entry names the bank as holder, when the bank's journal shows
+//! it signed an attestation for the consent, or when an approval this bank signed names the
+//! consent in the log, before or after the stop (an honest broker approves only a consent
+//! awaiting decision, never a stopped one: a stop before the approval is the platform's doing,
+//! and is held against the feed all the same). Stops of consents none of these names yet (the
+//! bank has not signed) are kept for the merge delay, at most [`MAX_UNCLAIMED`] of them, and
+//! claimed before a pass keeps any of its own.
+//!
+//! What is kept for a time is kept by the watch's own clock: the time a quorum of the witnesses
+//! had cosigned the checkpoint read (the pass's time under a policy with no witness), which
+//! never goes back, so that a bank whose clock steps forward or back for a pass forgets nothing
+//! early.
 //!
 //! What is held between passes is small: the stops at or past the position the feeds cover
 //! (the feed has not come to them yet), the consents the feeds carried whose stop the monitor
 //! has not read in the log yet (its checkpoint lags the feed), the feeds past the witnessed
-//! log (for at most the merge delay), the consents those feeds carried once they are let go (at
-//! most [`MAX_RELEASED`]), the stops of this bank's consents read within the merge delay and a
+//! log (for at most the merge delay when the log is read, and at most [`MAX_AHEAD`] while it is
+//! not), the consents those feeds carried once they are let go past the merge delay (at most
+//! [`MAX_RELEASED`], whether the log could be read or not), the stops of this bank's consents read within the merge delay and a
 //! token's life, the unclaimed stops, and what the last pass reported.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -214,15 +222,22 @@ pub(super) struct Verified {
     /// When a quorum had cosigned the checkpoint of that size, if this pass read and trusted
     /// it.
     pub(super) cosigned_at: Option<OffsetDateTime>,
-    /// The pass's time and the merge delay, when this pass read and verified the log (not
-    /// when it could not, nor after a fault of the bank's own journal): feeds are judged ahead
-    /// of the log, and what is kept for a time is let go, only against a log read.
-    pub(super) due: Option<(OffsetDateTime, Duration)>,
+    /// Whether this pass read and verified the log (not when it could not, nor after a fault
+    /// of the bank's own journal): feeds are reported ahead of the log only by such a pass.
+    pub(super) read: bool,
+    /// The pass's time; none after a fault of the bank's own journal, when nothing is let go.
+    pub(super) now: Option<OffsetDateTime>,
+    /// The maximum merge delay.
+    pub(super) merge_delay: Duration,
     /// How long after it is read a stop is held against the tokens issued after it (the merge
     /// delay and a token's life: a token served before the feed carried the stop is in the
     /// witnessed log by then).
     pub(super) stops_kept: Duration,
 }
+
+/// How many feeds past the witnessed log the watch keeps for a pass that reads the log to
+/// report (the oldest go first): a log kept unreadable does not grow the watch.
+const MAX_AHEAD: usize = 1_024;
 
 /// How many witnessed sizes the watch keeps (the oldest go first).
 const MAX_WITNESSED: usize = 256;
@@ -255,6 +270,9 @@ pub(super) struct Watch {
     released: VecDeque<ConsentId>,
     /// Tokens found issued after a stop since the last judgement.
     tokens: Vec<TokenAfterRevocation>,
+    /// The latest time the watch was given ([`Watch::tick`]): stops are stamped and let go by
+    /// it, so that a pass whose clock steps back or forward for a while forgets nothing early.
+    clock: Option<OffsetDateTime>,
     reported_tokens: Vec<TokenAfterRevocation>,
     repeat_tokens: Vec<TokenAfterRevocation>,
 }
@@ -302,6 +320,16 @@ impl Watch {
             position,
             at: now,
         });
+    }
+
+    /// The watch's clock at a pass that read the log: `witnessed` is when a quorum of the
+    /// witnesses had cosigned the checkpoint read (their clocks, not the bank's), or the
+    /// pass's own time when no witness counts. It never goes back: a clock behind stamps
+    /// nothing early.
+    pub(super) fn tick(&mut self, witnessed: OffsetDateTime) -> OffsetDateTime {
+        let clock = self.clock.map_or(witnessed, |clock| clock.max(witnessed));
+        self.clock = Some(clock);
+        clock
     }
 
     /// Takes as this bank's the unclaimed stops of consents `ours` now names.
@@ -368,12 +396,12 @@ impl Watch {
                 }
                 return false;
             }
-            // Carried by a feed reported ahead: the gate was told.
-            if let Some(at) = released.iter().position(|c| c == consent) {
-                released.remove(at);
-                return false;
-            }
             if fed > *seq {
+                // Carried by a feed let go past the merge delay: the gate was told.
+                if let Some(at) = released.iter().position(|c| c == consent) {
+                    released.remove(at);
+                    return false;
+                }
                 undelivered.push(UndeliveredRevocation {
                     consent: consent.clone(),
                     seq: *seq,
@@ -384,55 +412,68 @@ impl Watch {
             true
         });
         undelivered.sort_by_key(|stop| stop.seq);
-        // Feeds the witnessed log reached are no longer ahead; those it has not reached within
-        // the merge delay are reported, and what they carried is let go.
+        // Feeds the witnessed log reached are no longer ahead. What those it has not reached
+        // within the merge delay carried is let go (kept only as told to the gate), read or
+        // not; they are reported by a pass that read the log, and kept for one until then.
         self.ahead.retain(|feed| feed.position > log.size);
-        if let Some((now, delay)) = log.due {
+        self.reported_ahead.clear();
+        if let Some(now) = log.now {
+            let delay = log.merge_delay;
             let (late, within): (Vec<FeedMark>, Vec<FeedMark>) = self
                 .ahead
                 .iter()
                 .partition(|feed| feed.at.checked_add(delay).is_some_and(|due| due < now));
-            if let (Some(furthest), Some(first)) = (
-                late.iter().map(|feed| feed.position).max(),
-                late.iter().map(|feed| feed.at).min(),
-            ) {
-                // Let go, but kept as told to the gate: a stop of one read later is not the
-                // feed's omission.
-                let gone: HashSet<u64> = late.iter().map(|feed| feed.position).collect();
-                let released = &mut self.released;
-                self.delivered.retain(|consent, positions| {
-                    positions.retain(|position| {
-                        let kept = !gone.contains(position);
-                        if !kept {
-                            if released.len() >= MAX_RELEASED {
-                                released.pop_front();
-                            }
-                            released.push_back(consent.clone());
+            let gone: HashSet<u64> = late.iter().map(|feed| feed.position).collect();
+            let released = &mut self.released;
+            self.delivered.retain(|consent, positions| {
+                positions.retain(|position| {
+                    let kept = !gone.contains(position);
+                    if !kept {
+                        if released.len() >= MAX_RELEASED {
+                            released.pop_front();
                         }
-                        kept
-                    });
-                    !positions.is_empty()
+                        released.push_back(consent.clone());
+                    }
+                    kept
                 });
-                let ahead = FeedMismatch::Ahead {
-                    fed_to: furthest,
-                    applied_at: first,
-                    log_size: log.size,
-                };
-                self.reported_ahead = vec![ahead.clone()];
-                mismatches.push(ahead);
-            } else {
-                self.reported_ahead.clear();
+                !positions.is_empty()
+            });
+            if log.read {
+                if let (Some(furthest), Some(first)) = (
+                    late.iter().map(|feed| feed.position).max(),
+                    late.iter().map(|feed| feed.at).min(),
+                ) {
+                    let ahead = FeedMismatch::Ahead {
+                        fed_to: furthest,
+                        applied_at: first,
+                        log_size: log.size,
+                    };
+                    self.reported_ahead = vec![ahead.clone()];
+                    mismatches.push(ahead);
+                }
+                self.ahead = within;
+            } else if self.ahead.len() > MAX_AHEAD {
+                let over = self.ahead.len() - MAX_AHEAD;
+                self.ahead.drain(..over);
             }
-            self.ahead = within;
-            // Stops read longer ago than a token issued after them could still be unlogged,
-            // and unclaimed ones past the merge delay, are let go.
+        }
+        // Stops read longer ago than a token issued after them could still be unlogged, and
+        // unclaimed ones past the merge delay, are let go, by the watch's own clock (see
+        // `Watch::tick`), and only by a pass that read the log.
+        if log.read
+            && let Some(watch_now) = self.clock
+        {
+            let delay = log.merge_delay;
             self.stopped.retain(|_, stop| {
                 stop.at
                     .checked_add(log.stops_kept)
-                    .is_none_or(|until| until >= now)
+                    .is_none_or(|until| until >= watch_now)
             });
-            self.unclaimed
-                .retain(|stop| stop.at.checked_add(delay).is_none_or(|until| until >= now));
+            self.unclaimed.retain(|stop| {
+                stop.at
+                    .checked_add(delay)
+                    .is_none_or(|until| until >= watch_now)
+            });
         }
         self.delivered.retain(|_, positions| {
             positions.retain(|position| *position > log.size);
@@ -643,6 +684,12 @@ impl Watch {
         if unclaimed.len() > MAX_UNCLAIMED || released.len() > MAX_RELEASED {
             return Err(Inconsistent("more stops or consents than are kept"));
         }
+        watch.clock = watch
+            .stopped
+            .values()
+            .map(|stop| stop.at)
+            .chain(unclaimed.iter().map(|stop| stop.at))
+            .max();
         watch.unclaimed = unclaimed.into();
         watch.released = released.into();
         if reported_tokens
@@ -673,7 +720,9 @@ mod tests {
         Verified {
             size,
             cosigned_at: cosigned.map(at),
-            due: Some((at(now), Duration::hours(1))),
+            read: true,
+            now: Some(at(now)),
+            merge_delay: Duration::hours(1),
             stops_kept: Duration::minutes(78),
         }
     }
@@ -784,9 +833,15 @@ mod tests {
         assert_eq!(restored.stopped, watch.stopped);
         assert_eq!(restored.unclaimed, watch.unclaimed);
         assert!(watch.judge(log(25, None, 2)).tokens.is_empty());
-        // Unclaimed stops go after the merge delay, stops after the time kept.
+        // Unclaimed stops go after the merge delay, stops after the time kept, by the watch's
+        // clock, which a pass's clock stepping back does not turn back.
+        watch.tick(at(62));
         watch.judge(log(25, None, 62));
         assert!(watch.unclaimed.is_empty() && !watch.stopped.is_empty());
+        assert_eq!(watch.tick(at(10)), at(62));
+        watch.judge(log(25, None, 10));
+        assert!(!watch.stopped.is_empty());
+        watch.tick(at(80));
         watch.judge(log(25, None, 80));
         assert!(watch.stopped.is_empty());
         // A saved state that names a stop past the log verified is refused.

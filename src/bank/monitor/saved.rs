@@ -1220,6 +1220,7 @@ impl LogMonitor {
         let kept_at = |at: OffsetDateTime| keep_from.is_none_or(|cut| at >= cut);
         use SavedStateError::Inconsistent;
         for signed in pass.signed {
+            self.signed_consents.insert(signed.consent.clone());
             let value = (signed.consent, signed.digest);
             insert_once(
                 &mut self.signed,
