@@ -249,7 +249,8 @@ pub struct SubjectView {
     pub approvals: Vec<AttestationRecord>,
     /// The consents of those approvals stopped on the platform's side (in chat), as the
     /// broker's revocation feed told the bank, in the order of the approvals: from then on the
-    /// bank's gate serves nothing under them.
+    /// bank's gate serves nothing under them. A stop made at the bank (which the feed carries
+    /// back too) is the approval's own revocation, not one of these.
     pub platform_stops: Vec<PlatformStop>,
     /// The journal's entries about the subject, in order.
     pub journal: Vec<AuditEntry>,
@@ -707,10 +708,14 @@ impl<S: Store + LedgerRead> Bank<S> {
         let approvals = self.ledger.attestations_of_subject(subject)?;
         let mut platform_stops: Vec<PlatformStop> = Vec::new();
         for record in &approvals {
-            if platform_stops
+            // Stopped at the bank: the feed's stop is the broker's echo of the bank's own.
+            let at_the_bank = approvals
                 .iter()
-                .any(|stop| stop.consent == record.consent)
-            {
+                .any(|other| other.consent == record.consent && other.revoked.is_some());
+            let listed = platform_stops
+                .iter()
+                .any(|stop| stop.consent == record.consent);
+            if at_the_bank || listed {
                 continue;
             }
             if let Some(at) = self.ledger.platform_revocation(&record.consent)? {

@@ -414,13 +414,17 @@ impl LogMonitor {
 
     /// The time the watch over the platform's stops keeps them by: when a quorum of the
     /// witnesses had cosigned the checkpoint read (their clocks, not the bank's: a pass whose
-    /// clock steps forward forgets nothing early), or the pass's time when none counts.
+    /// clock steps forward forgets nothing early), or, under a policy that requires no
+    /// witness, the pass's time. `None` when the policy requires witnesses and no quorum's
+    /// time counts (a cosignature dated beyond the bank's clock): the watch's clock then
+    /// stays where it is.
     fn watch_clock(
         &self,
         witnessed: &crate::cosignature::WitnessedCheckpoint,
         now: OffsetDateTime,
-    ) -> OffsetDateTime {
-        self.cosigned_at(&witnessed.cosigned_by, now).unwrap_or(now)
+    ) -> Option<OffsetDateTime> {
+        self.cosigned_at(&witnessed.cosigned_by, now)
+            .or((self.policy.quorum == 0).then_some(now))
     }
 
     /// When a quorum (at least one) of the policy's witnesses had cosigned: the quorum-th latest
@@ -776,11 +780,10 @@ impl LogMonitor {
                     | AuditEvent::RetentionApplied {
                         consents: ended, ..
                     } => {
+                        // Sorted out once the pass has read them all, as stops are.
                         for consent in ended {
-                            if consents.contains(&consent) || new_consents.contains(&consent) {
-                                stopped_here.insert(consent.clone());
-                                read.ended.push((consent, position));
-                            }
+                            stopped_here.insert(consent.clone());
+                            read.ended.push((consent, position));
                         }
                     }
                     _ => {}
@@ -816,8 +819,10 @@ impl LogMonitor {
         // logged under another holder's reaches no feed of this bank's), and whether the
         // approval came before the stop or after it. Stops kept unclaimed are claimed first, so
         // that this pass's stops of other consents push none of them out.
-        let clock = self.watch_clock(&witnessed, now);
-        let clock = self.revocations.tick(clock);
+        let clock = match self.watch_clock(&witnessed, now) {
+            Some(witnessed) => self.revocations.tick(witnessed),
+            None => self.revocations.held_clock(now),
+        };
         let (consents, signed_consents) = (&self.consents, &self.signed_consents);
         let ours =
             |consent: &ConsentId| consents.contains(consent) || signed_consents.contains(consent);
@@ -830,7 +835,9 @@ impl LogMonitor {
             }
         }
         for (consent, position) in read.ended {
-            self.revocations.ended(consent, position, clock);
+            if ours(&consent) {
+                self.revocations.ended(consent, position, clock);
+            }
         }
         for (consent, token_id, position) in read.tokens {
             self.revocations.issued(&consent, &token_id, position);

@@ -1274,12 +1274,6 @@ fn approval_status(
     platform_stop: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> (&'static str, String) {
-    if let Some(at) = platform_stop {
-        return (
-            "status-ended",
-            format!("Stopped in {} on {}", record.platform.as_str(), date(at)),
-        );
-    }
     if let Some(revoked) = &record.revoked {
         return (
             "status-ended",
@@ -1291,6 +1285,12 @@ fn approval_status(
                     Revoker::Platform => "the platform",
                 }
             ),
+        );
+    }
+    if let Some(at) = platform_stop {
+        return (
+            "status-ended",
+            format!("Stopped in {} on {}", record.platform.as_str(), date(at)),
         );
     }
     if record.superseded_by.is_some() {
@@ -1628,6 +1628,19 @@ mod tests {
         let (class, status) = approval_status(&record, Some(now), now);
         assert_eq!(class, "status-ended");
         assert_eq!(status, "Stopped in chat on 2026-12-04T06:00:00Z");
+        // Stopped at the bank: the approval's own revocation is what is shown.
+        let revoked = crate::AttestationRecord {
+            revoked: Some(crate::store::BankRevocation {
+                by: Revoker::Subject,
+                reason: crate::RevocationReason::SubjectWithdrew,
+                at: now,
+            }),
+            ..record
+        };
+        assert_eq!(
+            approval_status(&revoked, Some(now), now).1,
+            "Stopped by you"
+        );
     }
 
     #[test]

@@ -2821,6 +2821,24 @@ fn honest_pages_and_an_erasure_raise_no_alarm() {
     );
 }
 
+/// The tokens a report shows issued after a stop: each consent with the position of its stop.
+fn after_stops(report: &MonitorReport) -> Vec<(ConsentId, u64)> {
+    report
+        .tokens_after_revocation
+        .iter()
+        .map(|t| (t.consent.clone(), t.stopped_seq))
+        .collect()
+}
+
+/// The ids of the tokens a report shows issued after a stop.
+fn token_ids(report: &MonitorReport) -> Vec<String> {
+    report
+        .tokens_after_revocation
+        .iter()
+        .map(|t| t.token_id.clone())
+        .collect()
+}
+
 /// The platform hands the bank a fresh feed that stands still at `held` (short of a stop it
 /// logged), issues a token for `consent` and the gate serves it: the token.
 fn served_standing_still(
@@ -3052,11 +3070,7 @@ fn tokens_issued_after_an_erasure_that_stopped_nothing_are_reported() {
         .check(&bank.bank, &source, kit.broker.now())
         .unwrap();
     assert_eq!(
-        report
-            .tokens_after_revocation
-            .iter()
-            .map(|t| (t.consent.clone(), t.stopped_seq))
-            .collect::<Vec<_>>(),
+        after_stops(&report),
         [(erased.id().clone(), seq)],
         "{report:?}"
     );
@@ -3132,12 +3146,11 @@ fn a_pass_clock_stepped_forward_forgets_no_stop() {
         .check(&bank.bank, &source, kit.broker.now())
         .unwrap();
     assert_eq!(
-        after
-            .tokens_after_revocation
-            .iter()
-            .map(|t| (t.stopped_seq, t.token_id.clone()))
-            .collect::<Vec<_>>(),
-        [(seq, token.token_id.clone())],
+        (after_stops(&after), token_ids(&after)),
+        (
+            vec![(stopped.id().clone(), seq)],
+            vec![token.token_id.clone()]
+        ),
         "{after:?}"
     );
 }
@@ -3176,4 +3189,194 @@ fn a_stop_of_a_consent_the_bank_signed_for_is_the_banks_before_the_approval_is_l
     let report =
         served_past_a_stop_left_out(&platform, &bank, &witness, &mut monitor, &stopped, seq);
     assert_eq!(report.tokens_after_revocation.len(), 1, "{report:?}");
+}
+
+/// The platform logs the subject's erasure naming a consent the bank has signed for but whose
+/// approval it has not logged yet, then the approval, then issues tokens the gate serves (read
+/// in one pass, or with a pass between the erasure and the approval): the report.
+fn erasure_before_the_approval(read_between: bool) -> (u64, ConsentId, MonitorReport) {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let request = kit.request();
+    let signed = bank.bank.attest(&bank.statement(kit, &request)).unwrap();
+    let seq = kit.logs_as_it_likes(AuditEvent::SubjectErased {
+        subject: "ps_AAAAAAAAAAAAAAAAAAAAAA".parse().unwrap(),
+        consents: vec![request.id().clone()],
+    });
+    if read_between {
+        platform.publish(&witness);
+        let between = monitor
+            .check(&bank.bank, &source, kit.broker.now())
+            .unwrap();
+        assert!(between.is_clean(), "{between:?}");
+    }
+    let erased = kit.broker.approve(request.id(), &signed).unwrap();
+    serve(kit, &bank, &erased);
+    platform.publish(&witness);
+    let report = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    (seq, erased.id().clone(), report)
+}
+
+/// Tokens the log shows issued after an erasure that named the bank's consent are reported,
+/// as they are after a `consent_revoked` entry in the same place.
+#[test]
+fn tokens_after_an_erasure_logged_before_the_approval_are_reported() {
+    for read_between in [false, true] {
+        let (seq, erased, report) = erasure_before_the_approval(read_between);
+        assert_eq!(
+            after_stops(&report),
+            [(erased, seq)],
+            "read between: {read_between}: {report:?}"
+        );
+    }
+}
+
+/// The subject stops sharing at the bank; the bank's instruction reaches the broker, which logs
+/// the stop and its feed carries it back. It is the approval's own revocation in the subject's
+/// view, not a stop made in chat.
+#[test]
+fn a_stop_made_at_the_bank_is_not_shown_as_made_in_chat() {
+    let (platform, bank, _witness_dir, _witness, _consent) = world();
+    let kit = &platform.kit;
+    let stopped = bank.granted(kit);
+    let instruction = bank
+        .bank
+        .revoke(
+            &bank.customer,
+            stopped.id(),
+            Revoker::Subject,
+            RevocationReason::SubjectWithdrew,
+        )
+        .unwrap();
+    kit.broker.apply_holder_instruction(&instruction).unwrap();
+    bank.sync(kit).unwrap();
+    let view = bank.bank.subject_view(&bank.customer).unwrap();
+    assert!(
+        view.approvals
+            .iter()
+            .filter(|a| a.consent == *stopped.id())
+            .all(|a| a.revoked.is_some())
+    );
+    assert_eq!(
+        view.platform_stops,
+        [],
+        "the stop was made at the bank, not in chat: {view:?}"
+    );
+}
+
+fn witness_signer(n: u8) -> CosignatureSigner {
+    CosignatureSigner::new(
+        &format!("rd{n}.example/witness"),
+        &crate::targets::pkcs8(40 + n),
+    )
+    .unwrap()
+}
+
+/// A policy of two witnesses of three. On a pass whose clock is three hours ahead, the platform
+/// attaches to its checkpoint the cosignatures of one honest witness and of one other dated a
+/// day ahead (`lying`; both honest otherwise): the checkpoint verifies, but no quorum's time
+/// counts. Then, the clock back, a token issued after a stop is served: the stop, the token
+/// and the last pass's report.
+fn clock_glitch_with_a_witness_ahead(lying: bool) -> (ConsentId, u64, String, MonitorReport) {
+    let (platform, bank, _witness_dir, _witness, consent) = world();
+    let kit = &platform.kit;
+    let (w1, w2, w3) = (witness_signer(1), witness_signer(2), witness_signer(3));
+    let policy = WitnessPolicy {
+        witnesses: vec![
+            w1.verifier().clone(),
+            w2.verifier().clone(),
+            w3.verifier().clone(),
+        ],
+        quorum: 2,
+    };
+    let mut monitor = LogMonitor::new(kit.broker.log_origin(), platform.log_key(), policy).unwrap();
+    let stopped = bank.granted(kit);
+    serve(kit, &bank, &consent);
+    let honest = || cosigned_at_times(kit, &[(&w1, 0), (&w2, 0)]);
+    let dir = honest();
+    let first = monitor
+        .check(&bank.bank, &DirTiles::new(dir.path()), kit.broker.now())
+        .unwrap();
+    assert!(first.is_clean(), "{first:?}");
+    bank.sync(kit).unwrap();
+    let held = fed_to(&bank);
+    let seq = logged_stop(kit, stopped.id(), bank.bank.id().clone());
+    let dir = honest();
+    let read = monitor
+        .check(&bank.bank, &DirTiles::new(dir.path()), kit.broker.now())
+        .unwrap();
+    assert_eq!(read.pending_revocations, 1, "{read:?}");
+    // The glitch pass: the bank's clock three hours ahead; the second cosignature a day ahead.
+    let ahead = if lying { 86_400 } else { 0 };
+    let dir = cosigned_at_times(kit, &[(&w1, 0), (&w2, ahead)]);
+    let _glitch = monitor
+        .check(
+            &bank.bank,
+            &DirTiles::new(dir.path()),
+            kit.broker.now() + time::Duration::hours(3),
+        )
+        .unwrap();
+    kit.clock.advance(time::Duration::minutes(1));
+    let token = served_standing_still(kit, &bank, held, stopped.id());
+    let dir = honest();
+    let after = monitor
+        .check(&bank.bank, &DirTiles::new(dir.path()), kit.broker.now())
+        .unwrap();
+    (stopped.id().clone(), seq, token.token_id, after)
+}
+
+/// With no quorum's time to go by, the watch's clock stays where it is rather than take the
+/// pass's: the stop is kept and the token after it reported.
+#[test]
+fn a_witness_below_quorum_dated_ahead_does_not_make_a_clock_step_forget_a_stop() {
+    for lying in [false, true] {
+        let (stopped, seq, token, after) = clock_glitch_with_a_witness_ahead(lying);
+        assert_eq!(
+            (after_stops(&after), token_ids(&after)),
+            (vec![(stopped, seq)], vec![token]),
+            "lying witness: {lying}: {after:?}"
+        );
+    }
+}
+
+/// An honest retention run (naming a stopped consent of the bank's), tokens of the bank's other
+/// consent after it, a reauthorisation, then an honest erasure and the same person approving a
+/// new consent whose tokens the gate serves: no alarm at any pass.
+#[test]
+fn honest_retention_reauthorisation_and_erasure_then_new_tokens_raise_no_alarm() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (gone, live) = (bank.granted(kit), bank.granted(kit));
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let mut pass = |label: &str| {
+        platform.publish(&witness);
+        let report = monitor
+            .check(&bank.bank, &source, kit.broker.now())
+            .unwrap();
+        assert!(report.is_clean(), "{label}: {report:?}");
+    };
+    kit.withdrawn(gone.id());
+    bank.sync(kit).unwrap();
+    kit.clock.advance(time::Duration::minutes(1));
+    let retention = kit.broker.apply_retention(time::Duration::ZERO).unwrap();
+    assert_eq!(retention.consents, [gone.id().clone()]);
+    serve(kit, &bank, &live);
+    pass("after retention");
+    kit.clock.advance(time::Duration::hours(2));
+    let statement = bank.statement(kit, live.request());
+    let signed = bank.bank.attest(&statement).unwrap();
+    kit.broker.reauthorise(live.id(), &signed).unwrap();
+    serve(kit, &bank, &live);
+    pass("after reauthorisation");
+    kit.broker.erase_subject(&kit.subject).unwrap().unwrap();
+    bank.sync(kit).unwrap();
+    pass("after erasure");
+    let again = bank.granted(kit);
+    serve(kit, &bank, &again);
+    pass("a new consent after the erasure");
 }

@@ -332,6 +332,13 @@ impl Watch {
         clock
     }
 
+    /// The time to stamp what a pass read when it gave the watch no time of the witnesses':
+    /// the watch's clock as it is, or `now` while it has none (a stamp ahead keeps a stop
+    /// longer, never shorter); the clock does not move.
+    pub(super) fn held_clock(&self, now: OffsetDateTime) -> OffsetDateTime {
+        self.clock.unwrap_or(now)
+    }
+
     /// Takes as this bank's the unclaimed stops of consents `ours` now names.
     pub(super) fn claim(&mut self, ours: impl Fn(&ConsentId) -> bool) {
         let (claimed, kept): (VecDeque<StopRead>, VecDeque<StopRead>) =
