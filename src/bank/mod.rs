@@ -250,7 +250,8 @@ pub struct SubjectView {
     /// The consents of those approvals stopped on the platform's side (in chat), as the
     /// broker's revocation feed told the bank, in the order of the approvals: from then on the
     /// bank's gate serves nothing under them. A stop made at the bank (which the feed carries
-    /// back too) is the approval's own revocation, not one of these.
+    /// back too, logged after it) is the approval's own revocation, not one of these; a stop
+    /// made in chat before the bank revoked the approval is.
     pub platform_stops: Vec<PlatformStop>,
     /// The journal's entries about the subject, in order.
     pub journal: Vec<AuditEntry>,
@@ -708,17 +709,25 @@ impl<S: Store + LedgerRead> Bank<S> {
         let approvals = self.ledger.attestations_of_subject(subject)?;
         let mut platform_stops: Vec<PlatformStop> = Vec::new();
         for record in &approvals {
-            // Stopped at the bank: the feed's stop is the broker's echo of the bank's own.
-            let at_the_bank = approvals
+            if platform_stops
                 .iter()
-                .any(|other| other.consent == record.consent && other.revoked.is_some());
-            let listed = platform_stops
-                .iter()
-                .any(|stop| stop.consent == record.consent);
-            if at_the_bank || listed {
+                .any(|stop| stop.consent == record.consent)
+            {
                 continue;
             }
-            if let Some(at) = self.ledger.platform_revocation(&record.consent)? {
+            let Some(at) = self.ledger.platform_revocation(&record.consent)? else {
+                continue;
+            };
+            // A stop logged after the bank's own (within the clocks' allowance) is the broker's
+            // echo of it, which the feed carries back; one before it was made in chat.
+            let at_the_bank = approvals
+                .iter()
+                .filter(|other| other.consent == record.consent)
+                .filter_map(|other| other.revoked.as_ref().map(|revoked| revoked.at))
+                .max();
+            let echo = at_the_bank
+                .is_some_and(|bank| at >= bank.checked_sub(CLOCK_SKEW_ALLOWANCE).unwrap_or(bank));
+            if !echo {
                 platform_stops.push(PlatformStop {
                     consent: record.consent.clone(),
                     at,

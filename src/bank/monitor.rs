@@ -305,8 +305,9 @@ struct FromLog {
     revoked: Vec<(ConsentId, u64, bool)>,
     /// Tokens issued for consents of this bank's or stopped, with their positions.
     tokens: Vec<(ConsentId, String, u64)>,
-    /// Consents ended by an erasure or by retention, with the entry's position.
-    ended: Vec<(ConsentId, u64)>,
+    /// Consents ended by an erasure or by retention, with the entry's position, and whether it
+    /// is an erasure.
+    ended: Vec<(ConsentId, u64, bool)>,
 }
 
 impl LogMonitor {
@@ -776,14 +777,19 @@ impl LogMonitor {
                     // does not carry these; an honest erasure stopped the live ones first).
                     AuditEvent::SubjectErased {
                         consents: ended, ..
-                    }
-                    | AuditEvent::RetentionApplied {
-                        consents: ended, ..
                     } => {
                         // Sorted out once the pass has read them all, as stops are.
                         for consent in ended {
                             stopped_here.insert(consent.clone());
-                            read.ended.push((consent, position));
+                            read.ended.push((consent, position, true));
+                        }
+                    }
+                    AuditEvent::RetentionApplied {
+                        consents: ended, ..
+                    } => {
+                        for consent in ended {
+                            stopped_here.insert(consent.clone());
+                            read.ended.push((consent, position, false));
                         }
                     }
                     _ => {}
@@ -831,12 +837,17 @@ impl LogMonitor {
             if named || ours(&consent) {
                 self.revocations.logged(consent, position, clock);
             } else {
-                self.revocations.unclaimed(consent, position, clock);
+                self.revocations.unclaimed(consent, position, clock, false);
             }
         }
-        for (consent, position) in read.ended {
+        // An erasure of a consent not the bank's yet is kept as a stop is (an honest broker
+        // never approves an erased consent); retention names the ended requests of every
+        // holder, so a consent not the bank's there is let go.
+        for (consent, position, erasure) in read.ended {
             if ours(&consent) {
                 self.revocations.ended(consent, position, clock);
+            } else if erasure {
+                self.revocations.unclaimed(consent, position, clock, true);
             }
         }
         for (consent, token_id, position) in read.tokens {

@@ -1274,6 +1274,15 @@ fn approval_status(
     platform_stop: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> (&'static str, String) {
+    // Whichever stop came first: one made in chat, or the bank's own revocation (a stop the
+    // feed brought after it is its echo).
+    if let Some(at) = platform_stop.filter(|at| record.revoked.as_ref().is_none_or(|r| *at < r.at))
+    {
+        return (
+            "status-ended",
+            format!("Stopped in {} on {}", record.platform.as_str(), date(at)),
+        );
+    }
     if let Some(revoked) = &record.revoked {
         return (
             "status-ended",
@@ -1285,12 +1294,6 @@ fn approval_status(
                     Revoker::Platform => "the platform",
                 }
             ),
-        );
-    }
-    if let Some(at) = platform_stop {
-        return (
-            "status-ended",
-            format!("Stopped in {} on {}", record.platform.as_str(), date(at)),
         );
     }
     if record.superseded_by.is_some() {
@@ -1640,6 +1643,12 @@ mod tests {
         assert_eq!(
             approval_status(&revoked, Some(now), now).1,
             "Stopped by you"
+        );
+        // Stopped in chat first, and revoked at the bank an hour later: the first stop shows.
+        let earlier = now - time::Duration::hours(1);
+        assert_eq!(
+            approval_status(&revoked, Some(earlier), now).1,
+            "Stopped in chat on 2026-12-04T05:00:00Z"
         );
     }
 

@@ -2821,6 +2821,43 @@ fn honest_pages_and_an_erasure_raise_no_alarm() {
     );
 }
 
+/// The subject's erasure as the platform logs it, naming `consent` (and stopping nothing): its
+/// position.
+fn logged_erasure(kit: &TestBroker, consent: &ConsentId) -> u64 {
+    kit.logs_as_it_likes(AuditEvent::SubjectErased {
+        subject: "ps_AAAAAAAAAAAAAAAAAAAAAA".parse().unwrap(),
+        consents: vec![consent.clone()],
+    })
+}
+
+/// Serves `consent` through the gate, publishes and runs a pass: the token the log shows
+/// issued after the stop (or erasure) at `seq` is reported.
+fn served_after_a_stop(
+    platform: &Platform,
+    bank: &TestBank,
+    witness: &Witness,
+    monitor: &mut LogMonitor,
+    consent: &Consent,
+    seq: u64,
+) -> MonitorReport {
+    let kit = &platform.kit;
+    serve(kit, bank, consent);
+    platform.publish(witness);
+    let report = monitor
+        .check(
+            &bank.bank,
+            &DirTiles::new(platform.dir.path()),
+            kit.broker.now(),
+        )
+        .unwrap();
+    assert_eq!(
+        after_stops(&report),
+        [(consent.id().clone(), seq)],
+        "{report:?}"
+    );
+    report
+}
+
 /// The tokens a report shows issued after a stop: each consent with the position of its stop.
 fn after_stops(report: &MonitorReport) -> Vec<(ConsentId, u64)> {
     report
@@ -3059,21 +3096,8 @@ fn tokens_issued_after_an_erasure_that_stopped_nothing_are_reported() {
     let kit = &platform.kit;
     let erased = bank.granted(kit);
     let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
-    let source = DirTiles::new(platform.dir.path());
-    let seq = kit.logs_as_it_likes(AuditEvent::SubjectErased {
-        subject: "ps_AAAAAAAAAAAAAAAAAAAAAA".parse().unwrap(),
-        consents: vec![erased.id().clone()],
-    });
-    serve(kit, &bank, &erased);
-    platform.publish(&witness);
-    let report = monitor
-        .check(&bank.bank, &source, kit.broker.now())
-        .unwrap();
-    assert_eq!(
-        after_stops(&report),
-        [(erased.id().clone(), seq)],
-        "{report:?}"
-    );
+    let seq = logged_erasure(kit, erased.id());
+    let report = served_after_a_stop(&platform, &bank, &witness, &mut monitor, &erased, seq);
     assert!(report.undelivered_revocations.is_empty(), "{report:?}");
 }
 
@@ -3201,10 +3225,7 @@ fn erasure_before_the_approval(read_between: bool) -> (u64, ConsentId, MonitorRe
     let source = DirTiles::new(platform.dir.path());
     let request = kit.request();
     let signed = bank.bank.attest(&bank.statement(kit, &request)).unwrap();
-    let seq = kit.logs_as_it_likes(AuditEvent::SubjectErased {
-        subject: "ps_AAAAAAAAAAAAAAAAAAAAAA".parse().unwrap(),
-        consents: vec![request.id().clone()],
-    });
+    let seq = logged_erasure(kit, request.id());
     if read_between {
         platform.publish(&witness);
         let between = monitor
@@ -3276,6 +3297,19 @@ fn witness_signer(n: u8) -> CosignatureSigner {
     .unwrap()
 }
 
+/// Three witnesses, any two of them a quorum, and a monitor of the platform's log under that
+/// policy.
+fn two_of_three(platform: &Platform) -> ([CosignatureSigner; 3], LogMonitor) {
+    let signers = [witness_signer(1), witness_signer(2), witness_signer(3)];
+    let policy = WitnessPolicy {
+        witnesses: signers.iter().map(|s| s.verifier().clone()).collect(),
+        quorum: 2,
+    };
+    let kit = &platform.kit;
+    let monitor = LogMonitor::new(kit.broker.log_origin(), platform.log_key(), policy).unwrap();
+    (signers, monitor)
+}
+
 /// A policy of two witnesses of three. On a pass whose clock is three hours ahead, the platform
 /// attaches to its checkpoint the cosignatures of one honest witness and of one other dated a
 /// day ahead (`lying`; both honest otherwise): the checkpoint verifies, but no quorum's time
@@ -3284,16 +3318,7 @@ fn witness_signer(n: u8) -> CosignatureSigner {
 fn clock_glitch_with_a_witness_ahead(lying: bool) -> (ConsentId, u64, String, MonitorReport) {
     let (platform, bank, _witness_dir, _witness, consent) = world();
     let kit = &platform.kit;
-    let (w1, w2, w3) = (witness_signer(1), witness_signer(2), witness_signer(3));
-    let policy = WitnessPolicy {
-        witnesses: vec![
-            w1.verifier().clone(),
-            w2.verifier().clone(),
-            w3.verifier().clone(),
-        ],
-        quorum: 2,
-    };
-    let mut monitor = LogMonitor::new(kit.broker.log_origin(), platform.log_key(), policy).unwrap();
+    let ([w1, w2, _], mut monitor) = two_of_three(&platform);
     let stopped = bank.granted(kit);
     serve(kit, &bank, &consent);
     let honest = || cosigned_at_times(kit, &[(&w1, 0), (&w2, 0)]);
@@ -3379,4 +3404,124 @@ fn honest_retention_reauthorisation_and_erasure_then_new_tokens_raise_no_alarm()
     let again = bank.granted(kit);
     serve(kit, &bank, &again);
     pass("a new consent after the erasure");
+}
+
+/// The platform logs the subject's erasure naming the bank's live consent (no `consent_revoked`,
+/// so no feed carries it and the gate keeps serving), waits three hours (past the time a stop
+/// is kept), then issues tokens for the "erased" consent, which the gate serves and the log
+/// shows after the erasure: an erasure is kept as long as a grant lasts, so they are reported.
+#[test]
+fn tokens_issued_long_after_an_erasure_are_reported() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let erased = bank.granted(kit);
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let seq = logged_erasure(kit, erased.id());
+    platform.publish(&witness);
+    let read = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(read.is_clean(), "{read:?}");
+    kit.clock.advance(time::Duration::hours(3));
+    platform.publish(&witness);
+    let quiet = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(quiet.is_clean(), "{quiet:?}");
+    served_after_a_stop(&platform, &bank, &witness, &mut monitor, &erased, seq);
+}
+
+/// The platform logs an erasure naming a pending request before the bank signs for it, and a
+/// pass reads it (not the bank's yet). Then the bank signs, the platform logs the approval and
+/// issues tokens the gate serves: the erasure was kept unclaimed, as a stop is, and claimed.
+#[test]
+fn tokens_after_an_erasure_read_before_the_bank_signed_are_reported() {
+    let (platform, bank, _witness_dir, witness, consent) = world();
+    let kit = &platform.kit;
+    let (mut monitor, _) = watched(&platform, &bank, &witness, &consent);
+    let source = DirTiles::new(platform.dir.path());
+    let request = kit.request();
+    let seq = logged_erasure(kit, request.id());
+    platform.publish(&witness);
+    let between = monitor
+        .check(&bank.bank, &source, kit.broker.now())
+        .unwrap();
+    assert!(between.is_clean(), "{between:?}");
+    let signed = bank.bank.attest(&bank.statement(kit, &request)).unwrap();
+    let erased = kit.broker.approve(request.id(), &signed).unwrap();
+    served_after_a_stop(&platform, &bank, &witness, &mut monitor, &erased, seq);
+}
+
+/// The subject stops sharing in chat; the feed carries it to the bank. An hour later the bank
+/// revokes the (still live in its ledger) approval itself. The chat stop came first and is no
+/// echo of the bank's: it stays in the subject's view.
+#[test]
+fn a_chat_stop_before_a_bank_revocation_stays_in_the_subject_view() {
+    let (platform, bank, _witness_dir, _witness, _consent) = world();
+    let kit = &platform.kit;
+    let stopped = bank.granted(kit);
+    kit.withdrawn(stopped.id());
+    bank.sync(kit).unwrap();
+    let before = bank.bank.subject_view(&bank.customer).unwrap();
+    assert_eq!(before.platform_stops.len(), 1, "{before:?}");
+    kit.clock.advance(time::Duration::hours(1));
+    bank.bank
+        .revoke(
+            &bank.customer,
+            stopped.id(),
+            Revoker::Holder,
+            RevocationReason::SuspectedMisuse,
+        )
+        .unwrap();
+    let after = bank.bank.subject_view(&bank.customer).unwrap();
+    assert_eq!(
+        after.platform_stops, before.platform_stops,
+        "the chat stop an hour before the bank's revocation is gone: {after:?}"
+    );
+}
+
+/// Two of three witnesses; one (w2) dates its cosignatures a day ahead. The platform presents
+/// w1 + w2 for three hours (no quorum's time: the watch's clock is held), logs a stop in that
+/// time, which a held pass reads. Then it presents w1 + w3 again, and the clock moves three
+/// hours on: the stop, read minutes ago, was stamped with the pass's time, not the held clock,
+/// so it is kept, and a token issued after it and served through a feed standing still is
+/// reported.
+#[test]
+fn a_clock_held_then_released_forgets_no_stop_read_while_held() {
+    let (platform, bank, _witness_dir, _witness, consent) = world();
+    let kit = &platform.kit;
+    let ([w1, w2, w3], mut monitor) = two_of_three(&platform);
+    let stopped = bank.granted(kit);
+    serve(kit, &bank, &consent);
+    let honest = || cosigned_at_times(kit, &[(&w1, 0), (&w3, 0)]);
+    let dir = honest();
+    let first = monitor
+        .check(&bank.bank, &DirTiles::new(dir.path()), kit.broker.now())
+        .unwrap();
+    assert!(first.is_clean(), "{first:?}");
+    bank.sync(kit).unwrap();
+    let held = fed_to(&bank);
+    kit.clock.advance(time::Duration::hours(3));
+    let seq = logged_stop(kit, stopped.id(), bank.bank.id().clone());
+    let dir = cosigned_at_times(kit, &[(&w1, 0), (&w2, 86_400)]);
+    let frozen = monitor
+        .check(&bank.bank, &DirTiles::new(dir.path()), kit.broker.now())
+        .unwrap();
+    assert_eq!(frozen.pending_revocations, 1, "{frozen:?}");
+    let dir = honest();
+    let _released = monitor
+        .check(&bank.bank, &DirTiles::new(dir.path()), kit.broker.now())
+        .unwrap();
+    kit.clock.advance(time::Duration::minutes(1));
+    let token = served_standing_still(kit, &bank, held, stopped.id());
+    let dir = honest();
+    let after = monitor
+        .check(&bank.bank, &DirTiles::new(dir.path()), kit.broker.now())
+        .unwrap();
+    assert_eq!(
+        (after_stops(&after), token_ids(&after)),
+        (vec![(stopped.id().clone(), seq)], vec![token.token_id]),
+        "a stop read a minute before: {after:?}"
+    );
 }

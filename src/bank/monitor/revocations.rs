@@ -167,7 +167,16 @@ pub(super) struct StopRead {
     position: u64,
     #[serde(with = "time::serde::timestamp")]
     at: OffsetDateTime,
+    /// An erasure's (the consent's state deleted), not a `consent_revoked` entry's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    erased: bool,
 }
+
+/// How long the watch holds a consent the log shows erased (or its state deleted by retention)
+/// against the tokens issued after it: the longest a grant can last, so that the approval the
+/// bank's gate would serve under has ended by then. No feed carries an erasure, so this is the
+/// only watch over it; an honest broker never issues a token after one, so it costs no alarm.
+const ERASED_KEPT: Duration = crate::consent::ABSOLUTE_MAX_CONSENT_DURATION;
 
 /// The watch as saved (whole, in the state and in each record of changes: it is small).
 /// Members added after format 3 was first written default to empty, so a state saved before
@@ -195,6 +204,9 @@ pub(super) struct SavedWatch {
     /// The first stop read of each of this bank's consents, while kept.
     #[serde(default)]
     stopped: Vec<StopRead>,
+    /// The first erasure (or retention) read of each of this bank's consents, while kept.
+    #[serde(default)]
+    erased: Vec<StopRead>,
     /// Stops of consents not known to be this bank's yet, in log order.
     #[serde(default)]
     unclaimed: Vec<StopRead>,
@@ -263,6 +275,9 @@ pub(super) struct Watch {
     repeat_ahead: Vec<FeedMismatch>,
     /// This bank's consents → their first stop read (position, when read), while kept.
     stopped: HashMap<ConsentId, FeedMark>,
+    /// This bank's consents → the first entry read that erased them or deleted their state by
+    /// retention (position, when read), for [`ERASED_KEPT`].
+    erased: HashMap<ConsentId, FeedMark>,
     /// Stops of consents not known to be this bank's yet (consent, position, when read), in
     /// log order, at most [`MAX_UNCLAIMED`].
     unclaimed: VecDeque<StopRead>,
@@ -304,14 +319,21 @@ impl Watch {
     /// The log shows `consent`, one of this bank's, stopped at `position` (read at `now`).
     /// Stops are given in log order, except those claimed later, which are put in their place.
     pub(super) fn logged(&mut self, consent: ConsentId, position: u64, now: OffsetDateTime) {
-        self.ended(consent.clone(), position, now);
+        first_at(&mut self.stopped, consent.clone(), position, now);
         let at = self.logged.partition_point(|(_, seq)| *seq <= position);
         self.logged.insert(at, (consent, position));
     }
 
-    /// The log shows `consent` stopped at `position` (read at `now`), and no approval this bank
-    /// signed names the consent yet: kept, so that one read later makes the stop this bank's.
-    pub(super) fn unclaimed(&mut self, consent: ConsentId, position: u64, now: OffsetDateTime) {
+    /// The log shows `consent` stopped (or, `erased`, erased) at `position` (read at `now`),
+    /// and nothing shows the consent this bank's yet: kept, so that an approval or a signature
+    /// of the bank's read later makes it this bank's.
+    pub(super) fn unclaimed(
+        &mut self,
+        consent: ConsentId,
+        position: u64,
+        now: OffsetDateTime,
+        erased: bool,
+    ) {
         if self.unclaimed.len() >= MAX_UNCLAIMED {
             self.unclaimed.pop_front();
         }
@@ -319,6 +341,7 @@ impl Watch {
             consent,
             position,
             at: now,
+            erased,
         });
     }
 
@@ -333,10 +356,11 @@ impl Watch {
     }
 
     /// The time to stamp what a pass read when it gave the watch no time of the witnesses':
-    /// the watch's clock as it is, or `now` while it has none (a stamp ahead keeps a stop
-    /// longer, never shorter); the clock does not move.
+    /// the later of the watch's clock and `now` (a stamp ahead keeps a stop longer, never
+    /// shorter: a clock held back for a while, then let go, forgets nothing read meanwhile
+    /// early); the clock does not move.
     pub(super) fn held_clock(&self, now: OffsetDateTime) -> OffsetDateTime {
-        self.clock.unwrap_or(now)
+        self.clock.map_or(now, |clock| clock.max(now))
     }
 
     /// Takes as this bank's the unclaimed stops of consents `ours` now names.
@@ -347,7 +371,11 @@ impl Watch {
                 .partition(|stop| ours(&stop.consent));
         self.unclaimed = kept;
         for stop in claimed {
-            self.logged(stop.consent, stop.position, stop.at);
+            if stop.erased {
+                self.ended(stop.consent, stop.position, stop.at);
+            } else {
+                self.logged(stop.consent, stop.position, stop.at);
+            }
         }
     }
 
@@ -355,27 +383,29 @@ impl Watch {
     /// entry the feed does not carry (an erasure, or retention deleting its state): held
     /// against the tokens issued after it only.
     pub(super) fn ended(&mut self, consent: ConsentId, position: u64, now: OffsetDateTime) {
-        self.stopped
-            .entry(consent)
-            .and_modify(|first| first.position = first.position.min(position))
-            .or_insert(FeedMark { position, at: now });
+        first_at(&mut self.erased, consent, position, now);
     }
 
-    /// Whether the log showed `consent` stopped (as far as the watch keeps).
+    /// Whether the log showed `consent` stopped or erased (as far as the watch keeps).
     pub(super) fn is_stopped(&self, consent: &ConsentId) -> bool {
-        self.stopped.contains_key(consent)
+        self.stopped.contains_key(consent) || self.erased.contains_key(consent)
     }
 
     /// The log shows a token `token_id` issued for `consent`, one of this bank's, at
     /// `position`: reported at the next judgement when the log showed the consent stopped
     /// before it.
     pub(super) fn issued(&mut self, consent: &ConsentId, token_id: &str, position: u64) {
-        if let Some(stop) = self.stopped.get(consent)
-            && stop.position < position
+        let first = [self.stopped.get(consent), self.erased.get(consent)]
+            .into_iter()
+            .flatten()
+            .map(|stop| stop.position)
+            .min();
+        if let Some(stopped_seq) = first
+            && stopped_seq < position
         {
             self.tokens.push(TokenAfterRevocation {
                 consent: consent.clone(),
-                stopped_seq: stop.position,
+                stopped_seq,
                 token_id: token_id.to_owned(),
                 issued_seq: position,
             });
@@ -476,6 +506,11 @@ impl Watch {
                     .checked_add(log.stops_kept)
                     .is_none_or(|until| until >= watch_now)
             });
+            self.erased.retain(|_, stop| {
+                stop.at
+                    .checked_add(ERASED_KEPT)
+                    .is_none_or(|until| until >= watch_now)
+            });
             self.unclaimed.retain(|stop| {
                 stop.at
                     .checked_add(delay)
@@ -566,19 +601,8 @@ impl Watch {
             reported: self.reported.clone(),
             reported_ahead: self.reported_ahead.clone(),
             witnessed: self.witnessed.clone(),
-            stopped: {
-                let mut stopped: Vec<StopRead> = self
-                    .stopped
-                    .iter()
-                    .map(|(consent, first)| StopRead {
-                        consent: consent.clone(),
-                        position: first.position,
-                        at: first.at,
-                    })
-                    .collect();
-                stopped.sort_by_key(|stop| stop.position);
-                stopped
-            },
+            stopped: saved_stops(&self.stopped),
+            erased: saved_stops(&self.erased),
             unclaimed: self.unclaimed.iter().cloned().collect(),
             released: self.released.iter().cloned().collect(),
             reported_tokens: self.reported_tokens.clone(),
@@ -599,6 +623,7 @@ impl Watch {
             reported_ahead,
             witnessed,
             stopped,
+            erased,
             unclaimed,
             released,
             reported_tokens,
@@ -664,23 +689,8 @@ impl Watch {
         watch.reported = reported;
         watch.repeat_ahead.clone_from(&reported_ahead);
         watch.reported_ahead = reported_ahead;
-        for StopRead {
-            consent,
-            position,
-            at,
-        } in stopped
-        {
-            if position >= verified {
-                return Err(Inconsistent("a stop read past the log verified"));
-            }
-            if watch
-                .stopped
-                .insert(consent, FeedMark { position, at })
-                .is_some()
-            {
-                return Err(Inconsistent("a consent's first stop twice"));
-            }
-        }
+        watch.stopped = restored_stops(stopped, verified)?;
+        watch.erased = restored_stops(erased, verified)?;
         let mut before = None;
         for stop in &unclaimed {
             if stop.position >= verified || before.is_some_and(|b| stop.position < b) {
@@ -694,6 +704,7 @@ impl Watch {
         watch.clock = watch
             .stopped
             .values()
+            .chain(watch.erased.values())
             .map(|stop| stop.at)
             .chain(unclaimed.iter().map(|stop| stop.at))
             .max();
@@ -709,6 +720,60 @@ impl Watch {
         watch.reported_tokens = reported_tokens;
         Ok(watch)
     }
+}
+
+/// Records in `first` that the log shows `consent` stopped (or erased) at `position`, read at
+/// `now`: the first position the watch read, and when.
+fn first_at(
+    first: &mut HashMap<ConsentId, FeedMark>,
+    consent: ConsentId,
+    position: u64,
+    now: OffsetDateTime,
+) {
+    first
+        .entry(consent)
+        .and_modify(|mark| mark.position = mark.position.min(position))
+        .or_insert(FeedMark { position, at: now });
+}
+
+/// The first stops (or erasures) as saved, in log order.
+fn saved_stops(first: &HashMap<ConsentId, FeedMark>) -> Vec<StopRead> {
+    let mut saved: Vec<StopRead> = first
+        .iter()
+        .map(|(consent, mark)| StopRead {
+            consent: consent.clone(),
+            position: mark.position,
+            at: mark.at,
+            erased: false,
+        })
+        .collect();
+    saved.sort_by_key(|stop| stop.position);
+    saved
+}
+
+/// The first stops (or erasures) `saved` holds, each read below the log verified (`verified`)
+/// and one a consent.
+fn restored_stops(
+    saved: Vec<StopRead>,
+    verified: u64,
+) -> Result<HashMap<ConsentId, FeedMark>, SavedStateError> {
+    use SavedStateError::Inconsistent;
+    let mut first = HashMap::with_capacity(saved.len());
+    for StopRead {
+        consent,
+        position,
+        at,
+        erased,
+    } in saved
+    {
+        if position >= verified || erased {
+            return Err(Inconsistent("a stop read past the log verified"));
+        }
+        if first.insert(consent, FeedMark { position, at }).is_some() {
+            return Err(Inconsistent("a consent's first stop twice"));
+        }
+    }
+    Ok(first)
 }
 
 #[cfg(test)]
@@ -810,8 +875,8 @@ mod tests {
     fn unclaimed_stops_are_claimed_in_log_order_and_tokens_after_them_reported() {
         let mut watch = Watch::default();
         watch.logged(consent(1), 20, at(0));
-        watch.unclaimed(consent(2), 10, at(0));
-        watch.unclaimed(consent(3), 15, at(0));
+        watch.unclaimed(consent(2), 10, at(0), false);
+        watch.unclaimed(consent(3), 15, at(0), true);
         watch.claim(|c| *c == consent(2));
         assert_eq!(
             watch.logged,
@@ -858,5 +923,29 @@ mod tests {
         let mut saved = restored.saved();
         saved.released = vec![consent(1); MAX_RELEASED + 1];
         assert!(Watch::restored(saved, 25).is_err());
+    }
+
+    #[test]
+    fn an_erasure_is_held_against_tokens_not_feeds_for_as_long_as_a_grant_lasts() {
+        let mut watch = Watch::default();
+        watch.tick(at(0));
+        watch.unclaimed(consent(1), 10, at(0), true);
+        watch.claim(|c| *c == consent(1));
+        assert!(watch.logged.is_empty(), "no feed carries an erasure");
+        assert_eq!(watch.pending(), 0);
+        // A day later (far past a stop's time), a token after it is still reported.
+        watch.tick(at(24 * 60));
+        assert!(watch.judge(log(30, None, 24 * 60)).undelivered.is_empty());
+        watch.issued(&consent(1), "tok_late", 20);
+        assert_eq!(watch.judge(log(30, None, 24 * 60)).tokens.len(), 1);
+        // Saved and restored as an erasure.
+        let restored = Watch::restored(watch.saved(), 30).unwrap();
+        assert_eq!(restored.erased, watch.erased);
+        assert!(restored.stopped.is_empty());
+        // Let go once a grant could no longer last.
+        let year = 366 * 24 * 60;
+        watch.tick(at(year));
+        watch.judge(log(30, None, year));
+        assert!(watch.erased.is_empty());
     }
 }
